@@ -1,0 +1,311 @@
+//! The service definition a user applies, and the effective per-region spec derived from it.
+//!
+//! Every field and default is documented in `docs/definition.md`; keep the two in step.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+
+/// A service definition: what a user applies with `meridian deploy`.
+///
+/// Unknown fields are rejected by [`crate::parse_definition_json`], all of them at once; semantic rules
+/// are checked by [`crate::validate_definition`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Definition {
+    /// The organisation (tenant) owning the service; a DNS label.
+    pub org: String,
+    /// The application the service belongs to; a DNS label.
+    pub app: String,
+    /// The service's name, unique within its app; a DNS label.
+    pub name: String,
+    /// The regions the service runs in, by name; at least one, no duplicates.
+    pub regions: Vec<String>,
+    /// Instance count bounds; defaults to `{min: 1, max: 1}`.
+    #[serde(default)]
+    pub scale: Scale,
+    /// How an instance is started.
+    pub runtime: Runtime,
+    /// The ports an instance listens on.
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Public routes: path prefixes exposed through the edges, each to a declared port.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Public host names served by this service's routes.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Health checks run against every instance.
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheck>,
+    /// Who outside the org may call this service over the mesh.
+    #[serde(default)]
+    pub mesh: Mesh,
+    /// Per-region overrides, keyed by a region listed in `regions`.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, RegionOverride>,
+}
+
+/// Bounds on the number of instances in one region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Scale {
+    /// Fewest instances kept running (0 allowed); defaults to 1.
+    #[serde(default = "default_scale")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000))]
+    pub min: u32,
+    /// Most instances ever run; at least 1 and at least `min`; defaults to 1.
+    #[serde(default = "default_scale")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
+    pub max: u32,
+}
+
+fn default_scale() -> u32 {
+    1
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale { min: 1, max: 1 }
+    }
+}
+
+/// How an instance runs. Today the only runtime is a local process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Runtime {
+    /// A process started by the agent.
+    pub process: Process,
+}
+
+/// A process the agent starts for each instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Process {
+    /// The executable to run; not empty.
+    pub command: String,
+    /// Arguments passed to the command.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment variables set for the process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; defaults to the instance's own directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+/// The protocol spoken on a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2 (cleartext, prior knowledge) behind the mesh.
+    Http2,
+    /// gRPC (HTTP/2).
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// A named port an instance listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Port {
+    /// The port's name, unique within the service; a DNS label. Routes and checks refer to it.
+    pub name: String,
+    /// The port number, 1–65535, unique within the service.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
+    pub port: u32,
+    /// The protocol; defaults to `http`.
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Http
+}
+
+/// A public route: requests whose path starts with `path_prefix` go to `port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Route {
+    /// Path prefix, starting with `/`; defaults to `/`.
+    #[serde(default = "default_path")]
+    pub path_prefix: String,
+    /// Name of a declared port.
+    pub port: String,
+}
+
+fn default_path() -> String {
+    "/".to_owned()
+}
+
+fn default_method() -> String {
+    "GET".to_owned()
+}
+
+/// One health check. Exactly one of `tcp` or `http` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthCheck {
+    /// Healthy when a TCP connection to the port succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    /// Healthy when an HTTP request answers 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    /// Time after start during which failures do not count; defaults to `10s`.
+    #[serde(default = "HumanDuration::ten_seconds")]
+    pub grace_period: HumanDuration,
+    /// Time between checks; defaults to `10s`; more than zero.
+    #[serde(default = "HumanDuration::ten_seconds")]
+    pub interval: HumanDuration,
+    /// How long one check may take; defaults to `2s`; more than zero, at most `interval`.
+    #[serde(default = "HumanDuration::two_seconds")]
+    pub timeout: HumanDuration,
+    /// Consecutive successes to become healthy; defaults to 1.
+    #[serde(default = "default_healthy_threshold")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+    pub healthy_threshold: u32,
+    /// Consecutive failures to become unhealthy; defaults to 3.
+    #[serde(default = "default_unhealthy_threshold")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+    pub unhealthy_threshold: u32,
+    /// Restarts of an unhealthy instance before it is replaced elsewhere; defaults to 5.
+    #[serde(default = "default_restart_limit")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000))]
+    pub restart_limit: u32,
+}
+
+fn default_healthy_threshold() -> u32 {
+    1
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+fn default_restart_limit() -> u32 {
+    5
+}
+
+/// A TCP connect check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TcpCheck {
+    /// Name of a declared port.
+    pub port: String,
+}
+
+/// An HTTP request check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HttpCheck {
+    /// Name of a declared port.
+    pub port: String,
+    /// Request path, starting with `/`; defaults to `/`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Request method; defaults to `GET`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Mesh access policy for callers from other orgs (callers in the same org are always allowed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Mesh {
+    /// Patterns `org/app/service`; each segment a DNS label or `*`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// What one region changes relative to the base definition.
+///
+/// Maps merge by key (the override wins); lists and scalars replace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegionOverride {
+    /// Replaces `scale.min` and/or `scale.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<ScaleOverride>,
+    /// Merged into `runtime.process.env` (after `runtime`'s own env).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Replaces the named process fields; its `env` merges by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeOverride>,
+    /// Replaces the whole list of health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_checks: Option<Vec<HealthCheck>>,
+}
+
+/// A partial [`Scale`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScaleOverride {
+    /// Replaces `scale.min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000))]
+    pub min: Option<u32>,
+    /// Replaces `scale.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
+    pub max: Option<u32>,
+}
+
+/// A partial [`Runtime`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RuntimeOverride {
+    /// Changes to the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessOverride>,
+}
+
+/// A partial [`Process`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProcessOverride {
+    /// Replaces the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Replaces the argument list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Merged into the environment by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Replaces the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+/// The effective specification of a service in one region: the definition with that region's
+/// overrides applied, and without the fields that only matter before derivation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceSpec {
+    /// Instance count bounds.
+    pub scale: Scale,
+    /// How an instance is started.
+    pub runtime: Runtime,
+    /// The ports an instance listens on.
+    pub ports: Vec<Port>,
+    /// Public routes.
+    pub routes: Vec<Route>,
+    /// Public host names.
+    pub domains: Vec<String>,
+    /// Health checks.
+    pub health_checks: Vec<HealthCheck>,
+    /// Mesh access policy.
+    pub mesh: Mesh,
+}

@@ -1,0 +1,92 @@
+//! Regional derivation: a definition becomes one [`RegionalDeployment`] per listed region.
+//!
+//! Override semantics: maps merge by key with the override winning (`scale`, `runtime`,
+//! `runtime.process`, `runtime.process.env`, `env`); lists and scalars replace (`args`,
+//! `health_checks`, `command`, `working_dir`, `scale.min`, `scale.max`). The region-level `env`
+//! merges after `runtime.process.env`, so it wins where both name a key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Definition, RegionOverride, ServiceSpec};
+
+/// A service's definition as one region runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegionalDeployment {
+    /// Owning org.
+    pub org: String,
+    /// Owning app.
+    pub app: String,
+    /// Service name.
+    pub service: String,
+    /// The region this deployment is for.
+    pub region: String,
+    /// The deployment version it was derived from.
+    pub version: u64,
+    /// The effective spec in this region.
+    pub spec: ServiceSpec,
+}
+
+/// Derives one regional deployment per region of `definition`, in the order the regions are listed.
+///
+/// Pure and deterministic; assumes the definition is valid (overrides for unlisted regions are
+/// ignored).
+pub fn derive_regional(definition: &Definition, version: u64) -> Vec<RegionalDeployment> {
+    definition
+        .regions
+        .iter()
+        .map(|region| RegionalDeployment {
+            org: definition.org.clone(),
+            app: definition.app.clone(),
+            service: definition.name.clone(),
+            region: region.clone(),
+            version,
+            spec: derive_spec(definition, definition.overrides.get(region)),
+        })
+        .collect()
+}
+
+/// The effective spec: the definition's base with `region_override` (if any) applied.
+pub fn derive_spec(definition: &Definition, region_override: Option<&RegionOverride>) -> ServiceSpec {
+    let mut spec = ServiceSpec {
+        scale: definition.scale,
+        runtime: definition.runtime.clone(),
+        ports: definition.ports.clone(),
+        routes: definition.routes.clone(),
+        domains: definition.domains.clone(),
+        health_checks: definition.health_checks.clone(),
+        mesh: definition.mesh.clone(),
+    };
+    if let Some(o) = region_override {
+        apply_override(&mut spec, o);
+    }
+    spec
+}
+
+fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
+    if let Some(scale) = &o.scale {
+        spec.scale.min = scale.min.unwrap_or(spec.scale.min);
+        spec.scale.max = scale.max.unwrap_or(spec.scale.max);
+    }
+    let process = &mut spec.runtime.process;
+    if let Some(p) = o.runtime.as_ref().and_then(|r| r.process.as_ref()) {
+        if let Some(command) = &p.command {
+            process.command.clone_from(command);
+        }
+        if let Some(args) = &p.args {
+            process.args.clone_from(args);
+        }
+        if let Some(dir) = &p.working_dir {
+            process.working_dir = Some(dir.clone());
+        }
+        if let Some(env) = &p.env {
+            process.env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    if let Some(env) = &o.env {
+        process.env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if let Some(checks) = &o.health_checks {
+        spec.health_checks.clone_from(checks);
+    }
+}

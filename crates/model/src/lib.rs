@@ -1,0 +1,30 @@
+//! Meridian's domain model: service definitions, their validation, and the pure derivation of one
+//! regional deployment per region.
+//!
+//! This crate is the shared vocabulary of every other crate. It must stay pure: no I/O, no clocks,
+//! no randomness, no async. Everything here is a function of its inputs, which is what lets the
+//! property tests state the derivation's laws.
+
+mod definition;
+mod derive;
+mod duration;
+mod error;
+mod names;
+mod parse;
+mod resources;
+mod validate;
+
+pub use definition::{
+    Definition, HealthCheck, HttpCheck, Mesh, Port, Process, ProcessOverride, Protocol,
+    RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec, TcpCheck,
+};
+pub use derive::{derive_regional, derive_spec, RegionalDeployment};
+pub use duration::HumanDuration;
+pub use error::{FieldError, ValidationErrors};
+pub use names::{check_dns_label, check_host_name};
+pub use parse::{parse_definition_json, parse_json};
+pub use resources::{
+    Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Region, RegionInput,
+    ServiceSummary,
+};
+pub use validate::{validate_definition, validate_region, Limits};

@@ -1,0 +1,124 @@
+//! The resources the store keeps besides definitions: regions, deployments and the change feed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Definition;
+
+/// A region: a place where instances run, with coordinates used to order regions by distance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Region {
+    /// The region's name; a DNS label.
+    pub name: String,
+    /// Latitude in degrees, −90 to 90.
+    pub lat: f64,
+    /// Longitude in degrees, −180 to 180.
+    pub lon: f64,
+}
+
+/// The body of a request that creates or updates a region (its name comes from the path).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegionInput {
+    /// Latitude in degrees, −90 to 90.
+    #[cfg_attr(feature = "openapi", schema(minimum = -90.0, maximum = 90.0))]
+    pub lat: f64,
+    /// Longitude in degrees, −180 to 180.
+    #[cfg_attr(feature = "openapi", schema(minimum = -180.0, maximum = 180.0))]
+    pub lon: f64,
+}
+
+/// How a deployment version came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentOrigin {
+    /// A user applied a definition.
+    Apply,
+    /// A rollback copied an earlier version.
+    Rollback,
+}
+
+/// One version of a service's definition. Versions start at 1 and only grow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Deployment {
+    /// The version number, unique per service.
+    pub version: u64,
+    /// The store revision that created this version.
+    pub revision: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+    /// Whether this version was applied or rolled back to.
+    pub origin: DeploymentOrigin,
+    /// For a rollback, the version that was copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<u64>,
+    /// The definition of this version.
+    pub definition: Definition,
+}
+
+/// A service as listed: its identity and current version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceSummary {
+    /// Owning org.
+    pub org: String,
+    /// Owning app.
+    pub app: String,
+    /// Service name.
+    pub name: String,
+    /// The current deployment version.
+    pub version: u64,
+    /// Regions of the current version.
+    pub regions: Vec<String>,
+    /// Time of the last change, seconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
+/// What kind of resource a change touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// An org (key: `org`).
+    Org,
+    /// An API token (key: the token's id).
+    Token,
+    /// A region (key: `region`).
+    Region,
+    /// An app (key: `org/app`).
+    App,
+    /// A service and its current deployment (key: `org/app/service`).
+    Service,
+}
+
+/// Whether a change created/updated or removed its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOp {
+    /// Created or updated.
+    Put,
+    /// Removed.
+    Delete,
+}
+
+/// One entry of the store's change feed. Every write produces exactly one, with the next revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Change {
+    /// The global revision of the write; consecutive, starting at 1.
+    pub revision: u64,
+    /// What kind of resource changed.
+    pub kind: ChangeKind,
+    /// Which resource changed (format depends on `kind`).
+    pub key: String,
+    /// Put or delete.
+    pub op: ChangeOp,
+    /// For a service put, the new current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Commit time, microseconds since the Unix epoch.
+    pub committed_at_us: i64,
+}

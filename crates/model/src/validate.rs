@@ -1,0 +1,426 @@
+//! Semantic validation of definitions and regions. Collects every problem, each naming its field.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use crate::names::{check_dns_label, check_host_name};
+use crate::{Definition, HealthCheck, Port, Process, RegionInput, ValidationErrors};
+
+/// Explicit size limits on a definition.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits;
+
+impl Limits {
+    /// Most regions a service may list.
+    pub const REGIONS: usize = 64;
+    /// Most instances per region.
+    pub const SCALE_MAX: u32 = 1000;
+    /// Most ports per service.
+    pub const PORTS: usize = 32;
+    /// Most routes per service.
+    pub const ROUTES: usize = 64;
+    /// Most public domains per service.
+    pub const DOMAINS: usize = 64;
+    /// Most health checks per service.
+    pub const HEALTH_CHECKS: usize = 8;
+    /// Most environment variables per process (after merging).
+    pub const ENV_VARS: usize = 256;
+    /// Most arguments per process.
+    pub const ARGS: usize = 256;
+    /// Most mesh allow patterns.
+    pub const MESH_ALLOW: usize = 64;
+    /// Longest string value (command, argument, env value, path).
+    pub const STRING_LEN: usize = 4096;
+    /// Largest threshold.
+    pub const THRESHOLD_MAX: u32 = 100;
+    /// Largest restart limit.
+    pub const RESTART_LIMIT_MAX: u32 = 1000;
+}
+
+/// Validates `definition`; `region_exists` says whether a region name is known to the installation.
+///
+/// Returns every problem found, each with its field path, or `Ok(())`.
+pub fn validate_definition(
+    definition: &Definition,
+    region_exists: &dyn Fn(&str) -> bool,
+) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    let d = definition;
+    label(&mut errs, "org", &d.org);
+    label(&mut errs, "app", &d.app);
+    label(&mut errs, "name", &d.name);
+
+    validate_regions(&mut errs, &d.regions, region_exists);
+    validate_scale(&mut errs, "scale", d.scale.min, d.scale.max, [true, true]);
+    validate_process(&mut errs, "runtime.process", &d.runtime.process);
+    validate_ports(&mut errs, &d.ports);
+    let port_names: HashSet<&str> = d.ports.iter().map(|p| p.name.as_str()).collect();
+    validate_routes(&mut errs, d, &port_names);
+    validate_domains(&mut errs, &d.domains);
+    validate_checks(&mut errs, "health_checks", &d.health_checks, &port_names);
+    validate_mesh(&mut errs, &d.mesh.allow);
+    validate_overrides(&mut errs, d, &port_names);
+    errs.into_result()
+}
+
+/// Validates the body of a region create/update.
+pub fn validate_region(name: &str, input: &RegionInput) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    label(&mut errs, "name", name);
+    if !(-90.0..=90.0).contains(&input.lat) {
+        errs.push("lat", "must be a latitude between -90 and 90");
+    }
+    if !(-180.0..=180.0).contains(&input.lon) {
+        errs.push("lon", "must be a longitude between -180 and 180");
+    }
+    errs.into_result()
+}
+
+fn label(errs: &mut ValidationErrors, field: &str, value: &str) {
+    if let Err(reason) = check_dns_label(value) {
+        errs.push(field, reason);
+    }
+}
+
+fn too_many(errs: &mut ValidationErrors, field: &str, len: usize, max: usize) -> bool {
+    if len > max {
+        errs.push(field, format!("has {len} entries; at most {max} are allowed"));
+        return true;
+    }
+    false
+}
+
+fn string_value(errs: &mut ValidationErrors, field: &str, value: &str) {
+    if value.len() > Limits::STRING_LEN {
+        errs.push(
+            field,
+            format!("is {} bytes long; at most {} are allowed", value.len(), Limits::STRING_LEN),
+        );
+    }
+}
+
+fn validate_regions(
+    errs: &mut ValidationErrors,
+    regions: &[String],
+    region_exists: &dyn Fn(&str) -> bool,
+) {
+    if regions.is_empty() {
+        errs.push("regions", "must list at least one region");
+    }
+    if too_many(errs, "regions", regions.len(), Limits::REGIONS) {
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for (i, region) in regions.iter().enumerate() {
+        let field = format!("regions[{i}]");
+        if !seen.insert(region.as_str()) {
+            errs.push(field, format!("region `{region}` is listed twice"));
+        } else if let Err(reason) = check_dns_label(region) {
+            errs.push(field, reason);
+        } else if !region_exists(region) {
+            errs.push(
+                field,
+                format!("unknown region `{region}` (see `meridian get regions`)"),
+            );
+        }
+    }
+}
+
+/// Checks merged scale bounds. `named` says which of min/max the writer of `prefix` set, so the
+/// error points at a field they wrote.
+fn validate_scale(errs: &mut ValidationErrors, prefix: &str, min: u32, max: u32, named: [bool; 2]) {
+    if named[0] && min > Limits::SCALE_MAX {
+        errs.push(format!("{prefix}.min"), format!("must be at most {}", Limits::SCALE_MAX));
+    }
+    if named[1] && max > Limits::SCALE_MAX {
+        errs.push(format!("{prefix}.max"), format!("must be at most {}", Limits::SCALE_MAX));
+    }
+    if named[1] && max == 0 {
+        errs.push(format!("{prefix}.max"), "must be at least 1");
+    }
+    if min > max {
+        let field = if named[0] { "min" } else { "max" };
+        errs.push(
+            format!("{prefix}.{field}"),
+            format!("min ({min}) is greater than max ({max})"),
+        );
+    }
+}
+
+fn validate_process(errs: &mut ValidationErrors, prefix: &str, p: &Process) {
+    if p.command.trim().is_empty() {
+        errs.push(format!("{prefix}.command"), "must not be empty");
+    }
+    string_value(errs, &format!("{prefix}.command"), &p.command);
+    validate_args(errs, prefix, &p.args);
+    validate_env(errs, &format!("{prefix}.env"), &p.env);
+    if let Some(dir) = &p.working_dir {
+        validate_working_dir(errs, prefix, dir);
+    }
+}
+
+fn validate_args(errs: &mut ValidationErrors, prefix: &str, args: &[String]) {
+    let field = format!("{prefix}.args");
+    if !too_many(errs, &field, args.len(), Limits::ARGS) {
+        for (i, arg) in args.iter().enumerate() {
+            string_value(errs, &format!("{field}[{i}]"), arg);
+        }
+    }
+}
+
+fn validate_working_dir(errs: &mut ValidationErrors, prefix: &str, dir: &str) {
+    let field = format!("{prefix}.working_dir");
+    if dir.is_empty() {
+        errs.push(field, "must not be empty when given (omit it for the default)");
+    } else {
+        string_value(errs, &field, dir);
+    }
+}
+
+fn validate_env(errs: &mut ValidationErrors, prefix: &str, env: &BTreeMap<String, String>) {
+    if too_many(errs, prefix, env.len(), Limits::ENV_VARS) {
+        return;
+    }
+    for (key, value) in env {
+        let field = format!("{prefix}.{key}");
+        let mut chars = key.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            errs.push(
+                field.clone(),
+                "is not an environment variable name (letters, digits and _, not starting with a digit)",
+            );
+        }
+        string_value(errs, &field, value);
+    }
+}
+
+fn validate_ports(errs: &mut ValidationErrors, ports: &[Port]) {
+    if too_many(errs, "ports", ports.len(), Limits::PORTS) {
+        return;
+    }
+    let mut names = HashSet::new();
+    let mut numbers = HashSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        if let Err(reason) = check_dns_label(&port.name) {
+            errs.push(format!("ports[{i}].name"), reason);
+        } else if !names.insert(port.name.as_str()) {
+            errs.push(
+                format!("ports[{i}].name"),
+                format!("duplicate port name `{}`", port.name),
+            );
+        }
+        if !(1..=65535).contains(&port.port) {
+            errs.push(
+                format!("ports[{i}].port"),
+                format!("port {} is out of range (1-65535)", port.port),
+            );
+        } else if !numbers.insert(port.port) {
+            errs.push(
+                format!("ports[{i}].port"),
+                format!("port {} is declared twice", port.port),
+            );
+        }
+    }
+}
+
+fn port_ref(errs: &mut ValidationErrors, field: String, port: &str, declared: &HashSet<&str>) {
+    if !declared.contains(port) {
+        errs.push(
+            field,
+            format!("refers to undeclared port `{port}` (declare it under `ports`)"),
+        );
+    }
+}
+
+fn validate_path(errs: &mut ValidationErrors, field: String, path: &str) {
+    if !path.starts_with('/') {
+        errs.push(field, format!("`{path}` must start with /"));
+    } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errs.push(field, format!("`{path}` must not contain whitespace"));
+    } else {
+        string_value(errs, &field, path);
+    }
+}
+
+fn validate_routes(errs: &mut ValidationErrors, d: &Definition, ports: &HashSet<&str>) {
+    if too_many(errs, "routes", d.routes.len(), Limits::ROUTES) {
+        return;
+    }
+    let mut prefixes = HashSet::new();
+    for (i, route) in d.routes.iter().enumerate() {
+        validate_path(errs, format!("routes[{i}].path_prefix"), &route.path_prefix);
+        if !prefixes.insert(route.path_prefix.as_str()) {
+            errs.push(
+                format!("routes[{i}].path_prefix"),
+                format!("duplicate route for `{}`", route.path_prefix),
+            );
+        }
+        port_ref(errs, format!("routes[{i}].port"), &route.port, ports);
+    }
+    if !d.domains.is_empty() && d.routes.is_empty() {
+        errs.push("routes", "domains are listed but no route exposes a port");
+    }
+}
+
+fn validate_domains(errs: &mut ValidationErrors, domains: &[String]) {
+    if too_many(errs, "domains", domains.len(), Limits::DOMAINS) {
+        return;
+    }
+    let mut seen = HashSet::new();
+    for (i, domain) in domains.iter().enumerate() {
+        if let Err(reason) = check_host_name(domain) {
+            errs.push(format!("domains[{i}]"), reason);
+        } else if !seen.insert(domain.as_str()) {
+            errs.push(format!("domains[{i}]"), format!("`{domain}` is listed twice"));
+        }
+    }
+}
+
+fn validate_checks(
+    errs: &mut ValidationErrors,
+    prefix: &str,
+    checks: &[HealthCheck],
+    ports: &HashSet<&str>,
+) {
+    if too_many(errs, prefix, checks.len(), Limits::HEALTH_CHECKS) {
+        return;
+    }
+    for (i, check) in checks.iter().enumerate() {
+        let at = format!("{prefix}[{i}]");
+        match (&check.tcp, &check.http) {
+            (Some(tcp), None) => port_ref(errs, format!("{at}.tcp.port"), &tcp.port, ports),
+            (None, Some(http)) => {
+                port_ref(errs, format!("{at}.http.port"), &http.port, ports);
+                validate_path(errs, format!("{at}.http.path"), &http.path);
+                if http.method.is_empty() || !http.method.chars().all(|c| c.is_ascii_uppercase()) {
+                    errs.push(
+                        format!("{at}.http.method"),
+                        format!("`{}` is not an HTTP method (e.g. GET, HEAD)", http.method),
+                    );
+                }
+                for (name, value) in &http.headers {
+                    let valid = !name.is_empty()
+                        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                    if !valid {
+                        errs.push(
+                            format!("{at}.http.headers.{name}"),
+                            "is not a header name (letters, digits and -)",
+                        );
+                    }
+                    if value.chars().any(|c| c.is_control()) {
+                        errs.push(
+                            format!("{at}.http.headers.{name}"),
+                            "value must not contain control characters",
+                        );
+                    }
+                }
+            }
+            _ => errs.push(at.clone(), "exactly one of `tcp` or `http` must be set"),
+        }
+        if check.interval.0.is_zero() {
+            errs.push(format!("{at}.interval"), "must be more than zero");
+        }
+        if check.timeout.0.is_zero() {
+            errs.push(format!("{at}.timeout"), "must be more than zero");
+        } else if check.timeout > check.interval {
+            errs.push(
+                format!("{at}.timeout"),
+                format!(
+                    "timeout ({}) must not exceed interval ({})",
+                    check.timeout, check.interval
+                ),
+            );
+        }
+        for (name, value) in [
+            ("healthy_threshold", check.healthy_threshold),
+            ("unhealthy_threshold", check.unhealthy_threshold),
+        ] {
+            if !(1..=Limits::THRESHOLD_MAX).contains(&value) {
+                errs.push(
+                    format!("{at}.{name}"),
+                    format!("must be between 1 and {}", Limits::THRESHOLD_MAX),
+                );
+            }
+        }
+        if check.restart_limit > Limits::RESTART_LIMIT_MAX {
+            errs.push(
+                format!("{at}.restart_limit"),
+                format!("must be at most {}", Limits::RESTART_LIMIT_MAX),
+            );
+        }
+    }
+}
+
+fn validate_mesh(errs: &mut ValidationErrors, allow: &[String]) {
+    if too_many(errs, "mesh.allow", allow.len(), Limits::MESH_ALLOW) {
+        return;
+    }
+    for (i, pattern) in allow.iter().enumerate() {
+        let segments: Vec<&str> = pattern.split('/').collect();
+        let valid = segments.len() == 3
+            && segments.iter().all(|s| *s == "*" || check_dns_label(s).is_ok());
+        if !valid {
+            errs.push(
+                format!("mesh.allow[{i}]"),
+                format!("`{pattern}` is not a pattern org/app/service (each a DNS label or *)"),
+            );
+        }
+    }
+}
+
+fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashSet<&str>) {
+    for (region, o) in &d.overrides {
+        let prefix = format!("overrides.{region}");
+        if !d.regions.contains(region) {
+            errs.push(
+                prefix.clone(),
+                format!("region `{region}` is not listed in `regions`"),
+            );
+            continue;
+        }
+        if let Some(scale) = &o.scale {
+            let min = scale.min.unwrap_or(d.scale.min);
+            let max = scale.max.unwrap_or(d.scale.max);
+            let named = [scale.min.is_some(), scale.max.is_some()];
+            validate_scale(errs, &format!("{prefix}.scale"), min, max, named);
+        }
+        if let Some(env) = &o.env {
+            validate_env(errs, &format!("{prefix}.env"), env);
+        }
+        if let Some(p) = o.runtime.as_ref().and_then(|r| r.process.as_ref()) {
+            let at = format!("{prefix}.runtime.process");
+            if let Some(command) = &p.command {
+                if command.trim().is_empty() {
+                    errs.push(format!("{at}.command"), "must not be empty");
+                }
+                string_value(errs, &format!("{at}.command"), command);
+            }
+            if let Some(args) = &p.args {
+                validate_args(errs, &at, args);
+            }
+            if let Some(env) = &p.env {
+                validate_env(errs, &format!("{at}.env"), env);
+            }
+            if let Some(dir) = &p.working_dir {
+                validate_working_dir(errs, &at, dir);
+            }
+        }
+        let merged = crate::derive_spec(d, Some(o));
+        let env_len = merged.runtime.process.env.len();
+        if env_len > Limits::ENV_VARS {
+            errs.push(
+                format!("{prefix}.env"),
+                format!(
+                    "the merged environment has {env_len} variables; at most {} are allowed",
+                    Limits::ENV_VARS
+                ),
+            );
+        }
+        if let Some(checks) = &o.health_checks {
+            validate_checks(errs, &format!("{prefix}.health_checks"), checks, ports);
+        }
+    }
+}

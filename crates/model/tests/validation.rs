@@ -1,0 +1,166 @@
+//! Validation reports every problem, each naming its field path.
+
+use meridian_model::{parse_definition_json, validate_definition, Definition, ValidationErrors};
+
+fn parse(json: serde_json::Value) -> Definition {
+    parse_definition_json(json.to_string().as_bytes()).expect("fixture parses")
+}
+
+fn known(region: &str) -> bool {
+    ["fra", "iad", "sin"].contains(&region)
+}
+
+fn valid() -> serde_json::Value {
+    serde_json::json!({
+        "org": "acme", "app": "shop", "name": "web",
+        "regions": ["fra", "iad"],
+        "scale": {"min": 1, "max": 3},
+        "runtime": {"process": {"command": "/usr/bin/python3", "args": ["-m", "http.server"],
+                                "env": {"MODE": "prod"}}},
+        "ports": [{"name": "http", "port": 8080, "protocol": "http"}],
+        "routes": [{"path_prefix": "/", "port": "http"}],
+        "domains": ["shop.example.com"],
+        "health_checks": [{"http": {"port": "http", "path": "/healthz"}, "interval": "5s"}],
+        "mesh": {"allow": ["partner/*/*"]},
+        "overrides": {"iad": {"scale": {"max": 5}, "env": {"MODE": "us"}}}
+    })
+}
+
+fn errors(json: serde_json::Value) -> ValidationErrors {
+    validate_definition(&parse(json), &known).expect_err("definition should be rejected")
+}
+
+fn fields(err: &ValidationErrors) -> Vec<&str> {
+    err.errors.iter().map(|e| e.field.as_str()).collect()
+}
+
+#[test]
+fn the_reference_definition_is_valid() {
+    validate_definition(&parse(valid()), &known).unwrap();
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let def = parse(serde_json::json!({
+        "org": "a", "app": "b", "name": "c", "regions": ["fra"],
+        "runtime": {"process": {"command": "x"}},
+        "ports": [{"name": "p", "port": 1}],
+        "health_checks": [{"tcp": {"port": "p"}}]
+    }));
+    assert_eq!((def.scale.min, def.scale.max), (1, 1));
+    assert_eq!(def.ports[0].protocol, meridian_model::Protocol::Http);
+    let check = &def.health_checks[0];
+    assert_eq!(check.interval.to_string(), "10s");
+    assert_eq!(check.timeout.to_string(), "2s");
+    assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (1, 3));
+    assert_eq!(check.restart_limit, 5);
+}
+
+#[test]
+fn collects_every_error_with_its_field_path() {
+    let mut def = valid();
+    def["name"] = "Web_1".into();
+    def["regions"] = serde_json::json!(["fra", "mars", "fra"]);
+    def["scale"] = serde_json::json!({"min": 4, "max": 2});
+    def["ports"] = serde_json::json!([
+        {"name": "http", "port": 8080}, {"name": "http", "port": 70000}
+    ]);
+    def["routes"] = serde_json::json!([{"path_prefix": "/", "port": "admin"}]);
+    def["overrides"] = serde_json::json!({
+        "fra": {"scale": {"min": 9}}, "sin": {"scale": {"max": 1}}
+    });
+    let err = errors(def);
+    assert_eq!(
+        fields(&err),
+        [
+            "name",
+            "regions[1]",
+            "regions[2]",
+            "scale.min",
+            "ports[1].name",
+            "ports[1].port",
+            "routes[0].port",
+            "overrides.fra.scale.min",
+            "overrides.sin",
+        ],
+        "{err}"
+    );
+    let text = err.to_string();
+    for reason in [
+        "not a DNS label",
+        "unknown region `mars`",
+        "listed twice",
+        "greater than max",
+        "duplicate port name",
+        "out of range",
+        "undeclared port `admin`",
+        "not listed in `regions`",
+    ] {
+        assert!(text.contains(reason), "missing {reason:?} in {text}");
+    }
+}
+
+#[test]
+fn health_checks_need_exactly_one_kind_and_sane_timings() {
+    let mut def = valid();
+    def["health_checks"] = serde_json::json!([
+        {"interval": "5s"},
+        {"tcp": {"port": "http"}, "interval": "1s", "timeout": "5s", "healthy_threshold": 0},
+        {"http": {"port": "nope", "path": "healthz", "method": "get"}}
+    ]);
+    let err = errors(def);
+    assert_eq!(
+        fields(&err),
+        [
+            "health_checks[0]",
+            "health_checks[1].timeout",
+            "health_checks[1].healthy_threshold",
+            "health_checks[2].http.port",
+            "health_checks[2].http.path",
+            "health_checks[2].http.method",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn override_fields_are_checked_where_they_are_written() {
+    let mut def = valid();
+    def["overrides"] = serde_json::json!({"iad": {
+        "env": {"1BAD": "x"},
+        "runtime": {"process": {"command": " "}},
+        "health_checks": [{"tcp": {"port": "ghost"}}]
+    }});
+    let err = errors(def);
+    assert_eq!(
+        fields(&err),
+        [
+            "overrides.iad.env.1BAD",
+            "overrides.iad.runtime.process.command",
+            "overrides.iad.health_checks[0].tcp.port",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn mesh_patterns_and_domains_are_checked() {
+    let mut def = valid();
+    def["mesh"] = serde_json::json!({"allow": ["partner/*", "a/b/C"]});
+    def["domains"] = serde_json::json!(["localhost", "shop.example.com", "shop.example.com"]);
+    let err = errors(def);
+    assert_eq!(
+        fields(&err),
+        ["domains[0]", "domains[2]", "mesh.allow[0]", "mesh.allow[1]"],
+        "{err}"
+    );
+}
+
+#[test]
+fn limits_are_explicit() {
+    let mut def = valid();
+    def["scale"] = serde_json::json!({"min": 1, "max": 100000});
+    def["runtime"]["process"]["args"] = serde_json::json!(vec!["x"; 300]);
+    let err = errors(def);
+    assert_eq!(fields(&err), ["scale.max", "runtime.process.args"], "{err}");
+}
