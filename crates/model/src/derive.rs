@@ -47,7 +47,10 @@ pub fn derive_regional(definition: &Definition, version: u64) -> Vec<RegionalDep
 }
 
 /// The effective spec: the definition's base with `region_override` (if any) applied.
-pub fn derive_spec(definition: &Definition, region_override: Option<&RegionOverride>) -> ServiceSpec {
+pub fn derive_spec(
+    definition: &Definition,
+    region_override: Option<&RegionOverride>,
+) -> ServiceSpec {
     let mut spec = ServiceSpec {
         scale: definition.scale,
         runtime: definition.runtime.clone(),
@@ -80,11 +83,15 @@ fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
             process.working_dir = Some(dir.clone());
         }
         if let Some(env) = &p.env {
-            process.env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            process
+                .env
+                .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
     if let Some(env) = &o.env {
-        process.env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        process
+            .env
+            .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     if let Some(checks) = &o.health_checks {
         spec.health_checks.clone_from(checks);

@@ -18,7 +18,9 @@ pub fn check_dns_label(name: &str) -> Result<(), String> {
         ));
     }
     if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!("`{name}` is not a DNS label: it starts or ends with -"));
+        return Err(format!(
+            "`{name}` is not a DNS label: it starts or ends with -"
+        ));
     }
     Ok(())
 }

@@ -35,7 +35,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationErro
         },
         Err(err) => {
             let field = error_path(err.path());
-            let field = if field.is_empty() { "body".to_owned() } else { field };
+            let field = if field.is_empty() {
+                "body".to_owned()
+            } else {
+                field
+            };
             errors.push(field, err.into_inner().to_string());
             Err(errors)
         }
@@ -65,9 +69,9 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
             push_key(&mut out, key);
             out
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            ignored_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
     }
 }
 
@@ -113,8 +117,8 @@ mod tests {
 
     #[test]
     fn names_a_missing_field() {
-        let err = parse_definition_json(br#"{"org":"a","app":"b","name":"c","regions":[]}"#)
-            .unwrap_err();
+        let err =
+            parse_definition_json(br#"{"org":"a","app":"b","name":"c","regions":[]}"#).unwrap_err();
         assert!(err.errors[0].message.contains("runtime"), "{err}");
     }
 

@@ -122,3 +122,40 @@ pub struct Change {
     /// Commit time, microseconds since the Unix epoch.
     pub committed_at_us: i64,
 }
+
+/// An organisation: the tenant that owns apps and is the unit of isolation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Org {
+    /// The org's name; a DNS label.
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// An application: a group of services within an org.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct App {
+    /// Owning org.
+    pub org: String,
+    /// The app's name; a DNS label.
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// An API token as listed: never its secret, which is shown once at creation and stored hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenInfo {
+    /// The token's id (not secret), used to revoke it.
+    pub id: String,
+    /// The org the token is scoped to; absent for an installation admin token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// A label saying what the token is for.
+    pub label: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+}

@@ -83,7 +83,10 @@ fn label(errs: &mut ValidationErrors, field: &str, value: &str) {
 
 fn too_many(errs: &mut ValidationErrors, field: &str, len: usize, max: usize) -> bool {
     if len > max {
-        errs.push(field, format!("has {len} entries; at most {max} are allowed"));
+        errs.push(
+            field,
+            format!("has {len} entries; at most {max} are allowed"),
+        );
         return true;
     }
     false
@@ -93,7 +96,11 @@ fn string_value(errs: &mut ValidationErrors, field: &str, value: &str) {
     if value.len() > Limits::STRING_LEN {
         errs.push(
             field,
-            format!("is {} bytes long; at most {} are allowed", value.len(), Limits::STRING_LEN),
+            format!(
+                "is {} bytes long; at most {} are allowed",
+                value.len(),
+                Limits::STRING_LEN
+            ),
         );
     }
 }
@@ -129,10 +136,16 @@ fn validate_regions(
 /// error points at a field they wrote.
 fn validate_scale(errs: &mut ValidationErrors, prefix: &str, min: u32, max: u32, named: [bool; 2]) {
     if named[0] && min > Limits::SCALE_MAX {
-        errs.push(format!("{prefix}.min"), format!("must be at most {}", Limits::SCALE_MAX));
+        errs.push(
+            format!("{prefix}.min"),
+            format!("must be at most {}", Limits::SCALE_MAX),
+        );
     }
     if named[1] && max > Limits::SCALE_MAX {
-        errs.push(format!("{prefix}.max"), format!("must be at most {}", Limits::SCALE_MAX));
+        errs.push(
+            format!("{prefix}.max"),
+            format!("must be at most {}", Limits::SCALE_MAX),
+        );
     }
     if named[1] && max == 0 {
         errs.push(format!("{prefix}.max"), "must be at least 1");
@@ -170,7 +183,10 @@ fn validate_args(errs: &mut ValidationErrors, prefix: &str, args: &[String]) {
 fn validate_working_dir(errs: &mut ValidationErrors, prefix: &str, dir: &str) {
     let field = format!("{prefix}.working_dir");
     if dir.is_empty() {
-        errs.push(field, "must not be empty when given (omit it for the default)");
+        errs.push(
+            field,
+            "must not be empty when given (omit it for the default)",
+        );
     } else {
         string_value(errs, &field, dir);
     }
@@ -274,7 +290,10 @@ fn validate_domains(errs: &mut ValidationErrors, domains: &[String]) {
         if let Err(reason) = check_host_name(domain) {
             errs.push(format!("domains[{i}]"), reason);
         } else if !seen.insert(domain.as_str()) {
-            errs.push(format!("domains[{i}]"), format!("`{domain}` is listed twice"));
+            errs.push(
+                format!("domains[{i}]"),
+                format!("`{domain}` is listed twice"),
+            );
         }
     }
 }
@@ -361,7 +380,9 @@ fn validate_mesh(errs: &mut ValidationErrors, allow: &[String]) {
     for (i, pattern) in allow.iter().enumerate() {
         let segments: Vec<&str> = pattern.split('/').collect();
         let valid = segments.len() == 3
-            && segments.iter().all(|s| *s == "*" || check_dns_label(s).is_ok());
+            && segments
+                .iter()
+                .all(|s| *s == "*" || check_dns_label(s).is_ok());
         if !valid {
             errs.push(
                 format!("mesh.allow[{i}]"),

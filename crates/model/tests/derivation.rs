@@ -20,7 +20,9 @@ fn env() -> impl Strategy<Value = BTreeMap<String, String>> {
 fn checks() -> impl Strategy<Value = Vec<HealthCheck>> {
     vec(
         (1u32..5, 1u64..30).prop_map(|(threshold, secs)| HealthCheck {
-            tcp: Some(TcpCheck { port: "http".into() }),
+            tcp: Some(TcpCheck {
+                port: "http".into(),
+            }),
             http: None,
             grace_period: HumanDuration::ten_seconds(),
             interval: HumanDuration(std::time::Duration::from_secs(secs)),
@@ -70,44 +72,50 @@ fn definition() -> impl Strategy<Value = Definition> {
         vec("[a-z]{1,3}", 0..3),
         env(),
         checks(),
-        btree_map(proptest::sample::select(REGIONS.to_vec()), region_override(), 0..4),
+        btree_map(
+            proptest::sample::select(REGIONS.to_vec()),
+            region_override(),
+            0..4,
+        ),
     )
-        .prop_map(|(regions, (min, max), command, args, env, health_checks, overrides)| {
-            let regions: Vec<String> = regions.into_iter().map(String::from).collect();
-            let overrides = overrides
-                .into_iter()
-                .filter(|(r, _)| regions.iter().any(|x| x == r))
-                .map(|(r, o)| (r.to_owned(), o))
-                .collect();
-            Definition {
-                org: "acme".into(),
-                app: "shop".into(),
-                name: "web".into(),
-                regions,
-                scale: Scale { min, max },
-                runtime: Runtime {
-                    process: Process {
-                        command,
-                        args,
-                        env,
-                        working_dir: None,
+        .prop_map(
+            |(regions, (min, max), command, args, env, health_checks, overrides)| {
+                let regions: Vec<String> = regions.into_iter().map(String::from).collect();
+                let overrides = overrides
+                    .into_iter()
+                    .filter(|(r, _)| regions.iter().any(|x| x == r))
+                    .map(|(r, o)| (r.to_owned(), o))
+                    .collect();
+                Definition {
+                    org: "acme".into(),
+                    app: "shop".into(),
+                    name: "web".into(),
+                    regions,
+                    scale: Scale { min, max },
+                    runtime: Runtime {
+                        process: Process {
+                            command,
+                            args,
+                            env,
+                            working_dir: None,
+                        },
                     },
-                },
-                ports: vec![Port {
-                    name: "http".into(),
-                    port: 8080,
-                    protocol: Protocol::Http,
-                }],
-                routes: vec![Route {
-                    path_prefix: "/".into(),
-                    port: "http".into(),
-                }],
-                domains: vec!["shop.example.com".into()],
-                health_checks,
-                mesh: Mesh::default(),
-                overrides,
-            }
-        })
+                    ports: vec![Port {
+                        name: "http".into(),
+                        port: 8080,
+                        protocol: Protocol::Http,
+                    }],
+                    routes: vec![Route {
+                        path_prefix: "/".into(),
+                        port: "http".into(),
+                    }],
+                    domains: vec!["shop.example.com".into()],
+                    health_checks,
+                    mesh: Mesh::default(),
+                    overrides,
+                }
+            },
+        )
 }
 
 proptest! {

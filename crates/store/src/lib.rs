@@ -1,0 +1,172 @@
+//! Meridian's store: orgs, tokens, regions, apps, services and their deployment history, behind
+//! the [`Store`] trait, with one global revision and a gap-free change feed.
+//!
+//! Every write is one transaction that bumps the global revision by exactly one and appends one
+//! [`Change`] to the feed; [`Watch`] yields the feed in order from any revision. Callers see only
+//! the trait: nothing backend-specific (SQL, SQLite types) may leak into it, so that the
+//! PostgreSQL backend can slot in later. Validation is the caller's job; the store enforces only
+//! identity and referential rules (exists, already exists, still in use).
+
+mod sqlite;
+mod watch;
+
+use async_trait::async_trait;
+use meridian_model::{App, Change, Definition, Deployment, Org, Region, ServiceSummary, TokenInfo};
+
+pub use sqlite::SqliteStore;
+pub use watch::{wait_for_changes, Watch};
+
+/// Identifies a service: org, app and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Owning org.
+    pub org: String,
+    /// Owning app.
+    pub app: String,
+    /// Service name.
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// The key of the service `definition` describes.
+    pub fn of(definition: &Definition) -> Self {
+        ServiceKey {
+            org: definition.org.clone(),
+            app: definition.app.clone(),
+            name: definition.name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.org, self.app, self.name)
+    }
+}
+
+/// Narrows a service listing; `None` fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceFilter {
+    /// Only services of this org.
+    pub org: Option<String>,
+    /// Only services of apps with this name.
+    pub app: Option<String>,
+    /// Only services with this name.
+    pub name: Option<String>,
+}
+
+/// A token to store: its secret is already hashed by the caller.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Public id of the token.
+    pub id: String,
+    /// Org scope; `None` for an admin token.
+    pub org: Option<String>,
+    /// What the token is for.
+    pub label: String,
+    /// Hash of the secret (hex).
+    pub hash: String,
+}
+
+/// Whether applying a service may create its org when it does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingOrg {
+    /// Create the org (an installation admin applies).
+    Create,
+    /// Fail with [`StoreError::NotFound`].
+    Reject,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named resource does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The named resource exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The operation would break a reference (e.g. deleting a region still in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend failed (I/O, database).
+    #[error("storage failure: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store was shut down while a watcher waited.
+    #[error("the store was closed")]
+    Closed,
+    /// Stored data could not be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Result of a store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Persistence for the global control plane. Every method that writes bumps the global revision
+/// by exactly one and appends one change, atomically; a method that fails writes nothing.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The revision of the last write (0 for an empty store).
+    async fn revision(&self) -> Result<u64>;
+    /// A receiver whose value is the latest committed revision; it changes after every commit.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Up to `limit` changes with revision greater than `after`, in revision order.
+    async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Change>>;
+
+    /// Stores a new token.
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo>;
+    /// The token whose secret hashes to `hash`, if any.
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenInfo>>;
+    /// Tokens of `org`, or admin tokens when `org` is `None`.
+    async fn list_tokens(&self, org: Option<&str>) -> Result<Vec<TokenInfo>>;
+    /// Revokes a token.
+    async fn delete_token(&self, id: &str) -> Result<()>;
+
+    /// Creates an org.
+    async fn create_org(&self, name: &str) -> Result<Org>;
+    /// All orgs, by name.
+    async fn list_orgs(&self) -> Result<Vec<Org>>;
+    /// One org.
+    async fn get_org(&self, name: &str) -> Result<Option<Org>>;
+    /// Deletes an org with no apps, and its tokens.
+    async fn delete_org(&self, name: &str) -> Result<()>;
+
+    /// Creates or updates a region.
+    async fn put_region(&self, region: &Region) -> Result<()>;
+    /// All regions, by name.
+    async fn list_regions(&self) -> Result<Vec<Region>>;
+    /// Deletes a region no service runs in.
+    async fn delete_region(&self, name: &str) -> Result<()>;
+
+    /// Creates an app in an existing org.
+    async fn create_app(&self, org: &str, name: &str) -> Result<App>;
+    /// Apps, of one org or of all.
+    async fn list_apps(&self, org: Option<&str>) -> Result<Vec<App>>;
+    /// One app.
+    async fn get_app(&self, org: &str, name: &str) -> Result<Option<App>>;
+    /// Deletes an app with no services.
+    async fn delete_app(&self, org: &str, name: &str) -> Result<()>;
+
+    /// Creates or updates a service: always a new deployment version, current from now on. The
+    /// app is created if missing; the org as `missing_org` says.
+    async fn apply_service(
+        &self,
+        definition: &Definition,
+        missing_org: MissingOrg,
+    ) -> Result<Deployment>;
+    /// Services matching `filter`, ordered by org, app, name.
+    async fn list_services(&self, filter: &ServiceFilter) -> Result<Vec<ServiceSummary>>;
+    /// The current deployment of a service.
+    async fn get_service(&self, key: &ServiceKey) -> Result<Option<Deployment>>;
+    /// Deletes a service and its history.
+    async fn delete_service(&self, key: &ServiceKey) -> Result<()>;
+    /// Every version of a service, oldest first.
+    async fn list_deployments(&self, key: &ServiceKey) -> Result<Vec<Deployment>>;
+    /// One version of a service.
+    async fn get_deployment(&self, key: &ServiceKey, version: u64) -> Result<Option<Deployment>>;
+    /// Creates a new version equal to version `to`, current from now on.
+    async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment>;
+    /// The current deployments of every service that runs in `region`, ordered by key.
+    async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>>;
+}

@@ -1,0 +1,764 @@
+//! The embedded backend: SQLite in one file, in WAL mode.
+//!
+//! Writes go through a pool of exactly one connection, so they are serialized and commit in
+//! revision order; reads use a separate pool of read-only connections and never block writes.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use meridian_model::{
+    App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Org, Region,
+    ServiceSummary, TokenInfo,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::watch;
+
+use crate::{MissingOrg, NewToken, Result, ServiceFilter, ServiceKey, Store, StoreError};
+
+/// Most read connections open at once.
+const READERS: u32 = 4;
+/// How long a statement waits for a lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`Store`] in a SQLite database file.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    latest: watch::Sender<u64>,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.read_only(true))
+            .await?;
+        let revision: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM changes")
+            .fetch_one(&reader)
+            .await?;
+        tracing::info!(path = %path.display(), revision, "opened SQLite store");
+        Ok(SqliteStore {
+            writer,
+            reader,
+            latest: watch::Sender::new(to_u64(revision)),
+        })
+    }
+
+    /// Commits `tx` and tells watchers that `revision` is visible.
+    async fn commit(&self, tx: Transaction<'_, Sqlite>, revision: u64) -> Result<()> {
+        tx.commit().await?;
+        self.latest.send_if_modified(|latest| {
+            let newer = revision > *latest;
+            if newer {
+                *latest = revision;
+            }
+            newer
+        });
+        Ok(())
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::NotFound(format!("version {v}")))
+}
+
+fn kind_name(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Org => "org",
+        ChangeKind::Token => "token",
+        ChangeKind::Region => "region",
+        ChangeKind::App => "app",
+        ChangeKind::Service => "service",
+    }
+}
+
+fn parse_kind(name: &str) -> Result<ChangeKind> {
+    Ok(match name {
+        "org" => ChangeKind::Org,
+        "token" => ChangeKind::Token,
+        "region" => ChangeKind::Region,
+        "app" => ChangeKind::App,
+        "service" => ChangeKind::Service,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown change kind `{other}`"
+            )))
+        }
+    })
+}
+
+/// Appends the change of the write in progress and returns its revision.
+async fn record(
+    conn: &mut SqliteConnection,
+    kind: ChangeKind,
+    key: &str,
+    op: ChangeOp,
+    version: Option<u64>,
+) -> Result<u64> {
+    let op = match op {
+        ChangeOp::Put => "put",
+        ChangeOp::Delete => "delete",
+    };
+    let revision: i64 = sqlx::query_scalar(
+        "INSERT INTO changes (kind, key, op, version, committed_at_us) VALUES (?, ?, ?, ?, ?) \
+         RETURNING revision",
+    )
+    .bind(kind_name(kind))
+    .bind(key)
+    .bind(op)
+    .bind(version.map(|v| v as i64))
+    .bind(now_micros())
+    .fetch_one(conn)
+    .await?;
+    Ok(to_u64(revision))
+}
+
+fn change_from_row(row: &SqliteRow) -> Result<Change> {
+    let op: String = row.try_get("op")?;
+    Ok(Change {
+        revision: to_u64(row.try_get("revision")?),
+        kind: parse_kind(row.try_get("kind")?)?,
+        key: row.try_get("key")?,
+        op: if op == "delete" {
+            ChangeOp::Delete
+        } else {
+            ChangeOp::Put
+        },
+        version: row.try_get::<Option<i64>, _>("version")?.map(to_u64),
+        committed_at_us: row.try_get("committed_at_us")?,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: row.try_get("id")?,
+        org: row.try_get("org")?,
+        label: row.try_get("label")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+const DEPLOYMENT_COLUMNS: &str =
+    "d.version, d.revision, d.created_at, d.origin, d.rolled_back_from, d.definition";
+
+fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
+    let text: String = row.try_get("definition")?;
+    let definition: Definition = serde_json::from_str(&text)
+        .map_err(|e| StoreError::Corrupt(format!("deployment definition: {e}")))?;
+    let origin: String = row.try_get("origin")?;
+    Ok(Deployment {
+        version: to_u64(row.try_get("version")?),
+        revision: to_u64(row.try_get("revision")?),
+        created_at: row.try_get("created_at")?,
+        origin: if origin == "rollback" {
+            DeploymentOrigin::Rollback
+        } else {
+            DeploymentOrigin::Apply
+        },
+        rolled_back_from: row
+            .try_get::<Option<i64>, _>("rolled_back_from")?
+            .map(to_u64),
+        definition,
+    })
+}
+
+async fn exists(conn: &mut SqliteConnection, sql: &str, binds: &[&str]) -> Result<bool> {
+    let mut query = sqlx::query(sql);
+    for value in binds {
+        query = query.bind(*value);
+    }
+    Ok(query.fetch_optional(conn).await?.is_some())
+}
+
+async fn current_version(conn: &mut SqliteConnection, key: &ServiceKey) -> Result<Option<u64>> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "SELECT current_version FROM services WHERE org = ? AND app = ? AND name = ?",
+    )
+    .bind(&key.org)
+    .bind(&key.app)
+    .bind(&key.name)
+    .fetch_optional(conn)
+    .await?;
+    Ok(version.map(to_u64))
+}
+
+/// Writes a new current version of a service (the row in `services`, the deployment and the
+/// region index), inside the caller's transaction. Returns the stored deployment.
+async fn write_version(
+    conn: &mut SqliteConnection,
+    definition: &Definition,
+    origin: DeploymentOrigin,
+    rolled_back_from: Option<u64>,
+) -> Result<Deployment> {
+    let key = ServiceKey::of(definition);
+    let version = current_version(conn, &key).await?.map_or(1, |v| v + 1);
+    let revision = record(
+        conn,
+        ChangeKind::Service,
+        &key.to_string(),
+        ChangeOp::Put,
+        Some(version),
+    )
+    .await?;
+    let now = now_secs();
+    sqlx::query(
+        "INSERT INTO services (org, app, name, current_version, updated_at) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (org, app, name) DO UPDATE SET \
+         current_version = excluded.current_version, updated_at = excluded.updated_at",
+    )
+    .bind(&key.org)
+    .bind(&key.app)
+    .bind(&key.name)
+    .bind(version as i64)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let text = serde_json::to_string(definition)
+        .map_err(|e| StoreError::Corrupt(format!("definition does not serialize: {e}")))?;
+    sqlx::query(
+        "INSERT INTO deployments \
+         (org, app, service, version, revision, created_at, origin, rolled_back_from, definition) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&key.org)
+    .bind(&key.app)
+    .bind(&key.name)
+    .bind(version as i64)
+    .bind(revision as i64)
+    .bind(now)
+    .bind(match origin {
+        DeploymentOrigin::Apply => "apply",
+        DeploymentOrigin::Rollback => "rollback",
+    })
+    .bind(rolled_back_from.map(|v| v as i64))
+    .bind(text)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM service_regions WHERE org = ? AND app = ? AND service = ?")
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .execute(&mut *conn)
+        .await?;
+    for region in &definition.regions {
+        sqlx::query("INSERT INTO service_regions (org, app, service, region) VALUES (?, ?, ?, ?)")
+            .bind(&key.org)
+            .bind(&key.app)
+            .bind(&key.name)
+            .bind(region)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Deployment {
+        version,
+        revision,
+        created_at: now,
+        origin,
+        rolled_back_from,
+        definition: definition.clone(),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn revision(&self) -> Result<u64> {
+        Ok(*self.latest.borrow())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
+        let rows = sqlx::query(
+            "SELECT revision, kind, key, op, version, committed_at_us FROM changes \
+             WHERE revision > ? ORDER BY revision LIMIT ?",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(org) = &token.org {
+            if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
+                return Err(StoreError::NotFound(format!("org `{org}`")));
+            }
+        }
+        let revision = record(&mut tx, ChangeKind::Token, &token.id, ChangeOp::Put, None).await?;
+        let created_at = now_secs();
+        sqlx::query("INSERT INTO tokens (id, org, label, hash, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&token.id)
+            .bind(&token.org)
+            .bind(&token.label)
+            .bind(&token.hash)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, revision).await?;
+        Ok(TokenInfo {
+            id: token.id,
+            org: token.org,
+            label: token.label,
+            created_at,
+        })
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenInfo>> {
+        let row = sqlx::query("SELECT id, org, label, created_at FROM tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn list_tokens(&self, org: Option<&str>) -> Result<Vec<TokenInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, org, label, created_at FROM tokens WHERE org IS ? ORDER BY created_at, id",
+        )
+        .bind(org)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM tokens WHERE id = ?", &[id]).await? {
+            return Err(StoreError::NotFound(format!("token `{id}`")));
+        }
+        let revision = record(&mut tx, ChangeKind::Token, id, ChangeOp::Delete, None).await?;
+        sqlx::query("DELETE FROM tokens WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn create_org(&self, name: &str) -> Result<Org> {
+        let mut tx = self.writer.begin().await?;
+        if exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[name]).await? {
+            return Err(StoreError::AlreadyExists(format!("org `{name}`")));
+        }
+        let revision = record(&mut tx, ChangeKind::Org, name, ChangeOp::Put, None).await?;
+        let created_at = now_secs();
+        sqlx::query("INSERT INTO orgs (name, created_at) VALUES (?, ?)")
+            .bind(name)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, revision).await?;
+        Ok(Org {
+            name: name.to_owned(),
+            created_at,
+        })
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Org>> {
+        let rows = sqlx::query("SELECT name, created_at FROM orgs ORDER BY name")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Org {
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn get_org(&self, name: &str) -> Result<Option<Org>> {
+        let row = sqlx::query("SELECT name, created_at FROM orgs WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| {
+            Ok(Org {
+                name: r.try_get("name")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_org(&self, name: &str) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[name]).await? {
+            return Err(StoreError::NotFound(format!("org `{name}`")));
+        }
+        if exists(&mut tx, "SELECT 1 FROM apps WHERE org = ?", &[name]).await? {
+            return Err(StoreError::Conflict(format!(
+                "org `{name}` still has apps; delete them first"
+            )));
+        }
+        let revision = record(&mut tx, ChangeKind::Org, name, ChangeOp::Delete, None).await?;
+        sqlx::query("DELETE FROM tokens WHERE org = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM orgs WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn put_region(&self, region: &Region) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let revision = record(
+            &mut tx,
+            ChangeKind::Region,
+            &region.name,
+            ChangeOp::Put,
+            None,
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO regions (name, lat, lon) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET lat = excluded.lat, lon = excluded.lon",
+        )
+        .bind(&region.name)
+        .bind(region.lat)
+        .bind(region.lon)
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn list_regions(&self) -> Result<Vec<Region>> {
+        let rows = sqlx::query("SELECT name, lat, lon FROM regions ORDER BY name")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Region {
+                    name: r.try_get("name")?,
+                    lat: r.try_get("lat")?,
+                    lon: r.try_get("lon")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_region(&self, name: &str) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM regions WHERE name = ?", &[name]).await? {
+            return Err(StoreError::NotFound(format!("region `{name}`")));
+        }
+        let user: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT org, app, service FROM service_regions WHERE region = ? LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((org, app, service)) = user {
+            return Err(StoreError::Conflict(format!(
+                "region `{name}` is still used by services (e.g. {org}/{app}/{service}); \
+                 remove it from their regions first"
+            )));
+        }
+        let revision = record(&mut tx, ChangeKind::Region, name, ChangeOp::Delete, None).await?;
+        sqlx::query("DELETE FROM regions WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn create_app(&self, org: &str, name: &str) -> Result<App> {
+        let mut tx = self.writer.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
+            return Err(StoreError::NotFound(format!("org `{org}`")));
+        }
+        let sql = "SELECT 1 FROM apps WHERE org = ? AND name = ?";
+        if exists(&mut tx, sql, &[org, name]).await? {
+            return Err(StoreError::AlreadyExists(format!("app `{org}/{name}`")));
+        }
+        let key = format!("{org}/{name}");
+        let revision = record(&mut tx, ChangeKind::App, &key, ChangeOp::Put, None).await?;
+        let created_at = now_secs();
+        sqlx::query("INSERT INTO apps (org, name, created_at) VALUES (?, ?, ?)")
+            .bind(org)
+            .bind(name)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, revision).await?;
+        Ok(App {
+            org: org.to_owned(),
+            name: name.to_owned(),
+            created_at,
+        })
+    }
+
+    async fn list_apps(&self, org: Option<&str>) -> Result<Vec<App>> {
+        let rows = sqlx::query(
+            "SELECT org, name, created_at FROM apps WHERE ?1 IS NULL OR org = ?1 ORDER BY org, name",
+        )
+        .bind(org)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(App {
+                    org: r.try_get("org")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn get_app(&self, org: &str, name: &str) -> Result<Option<App>> {
+        Ok(self
+            .list_apps(Some(org))
+            .await?
+            .into_iter()
+            .find(|a| a.name == name))
+    }
+
+    async fn delete_app(&self, org: &str, name: &str) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let sql = "SELECT 1 FROM apps WHERE org = ? AND name = ?";
+        if !exists(&mut tx, sql, &[org, name]).await? {
+            return Err(StoreError::NotFound(format!("app `{org}/{name}`")));
+        }
+        let sql = "SELECT 1 FROM services WHERE org = ? AND app = ?";
+        if exists(&mut tx, sql, &[org, name]).await? {
+            return Err(StoreError::Conflict(format!(
+                "app `{org}/{name}` still has services; delete them first"
+            )));
+        }
+        let key = format!("{org}/{name}");
+        let revision = record(&mut tx, ChangeKind::App, &key, ChangeOp::Delete, None).await?;
+        sqlx::query("DELETE FROM apps WHERE org = ? AND name = ?")
+            .bind(org)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn apply_service(
+        &self,
+        definition: &Definition,
+        missing_org: MissingOrg,
+    ) -> Result<Deployment> {
+        let (org, app) = (definition.org.as_str(), definition.app.as_str());
+        let mut tx = self.writer.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
+            if missing_org == MissingOrg::Reject {
+                return Err(StoreError::NotFound(format!("org `{org}`")));
+            }
+            sqlx::query("INSERT INTO orgs (name, created_at) VALUES (?, ?)")
+                .bind(org)
+                .bind(now_secs())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT OR IGNORE INTO apps (org, name, created_at) VALUES (?, ?, ?)")
+            .bind(org)
+            .bind(app)
+            .bind(now_secs())
+            .execute(&mut *tx)
+            .await?;
+        let deployment = write_version(&mut tx, definition, DeploymentOrigin::Apply, None).await?;
+        self.commit(tx, deployment.revision).await?;
+        Ok(deployment)
+    }
+
+    async fn list_services(&self, filter: &ServiceFilter) -> Result<Vec<ServiceSummary>> {
+        let rows = sqlx::query(
+            "SELECT s.org, s.app, s.name, s.current_version, s.updated_at, \
+                    (SELECT group_concat(region, ',') FROM \
+                        (SELECT region FROM service_regions r \
+                         WHERE r.org = s.org AND r.app = s.app AND r.service = s.name \
+                         ORDER BY region)) AS regions \
+             FROM services s \
+             WHERE (?1 IS NULL OR s.org = ?1) AND (?2 IS NULL OR s.app = ?2) \
+               AND (?3 IS NULL OR s.name = ?3) \
+             ORDER BY s.org, s.app, s.name",
+        )
+        .bind(filter.org.as_deref())
+        .bind(filter.app.as_deref())
+        .bind(filter.name.as_deref())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let regions: Option<String> = r.try_get("regions")?;
+                Ok(ServiceSummary {
+                    org: r.try_get("org")?,
+                    app: r.try_get("app")?,
+                    name: r.try_get("name")?,
+                    version: to_u64(r.try_get("current_version")?),
+                    regions: regions
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn get_service(&self, key: &ServiceKey) -> Result<Option<Deployment>> {
+        let row = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM services s JOIN deployments d \
+             ON d.org = s.org AND d.app = s.app AND d.service = s.name \
+             AND d.version = s.current_version \
+             WHERE s.org = ? AND s.app = ? AND s.name = ?"
+        ))
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(deployment_from_row).transpose()
+    }
+
+    async fn delete_service(&self, key: &ServiceKey) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        if current_version(&mut tx, key).await?.is_none() {
+            return Err(StoreError::NotFound(format!("service `{key}`")));
+        }
+        let revision = record(
+            &mut tx,
+            ChangeKind::Service,
+            &key.to_string(),
+            ChangeOp::Delete,
+            None,
+        )
+        .await?;
+        sqlx::query("DELETE FROM services WHERE org = ? AND app = ? AND name = ?")
+            .bind(&key.org)
+            .bind(&key.app)
+            .bind(&key.name)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn list_deployments(&self, key: &ServiceKey) -> Result<Vec<Deployment>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d \
+             WHERE d.org = ? AND d.app = ? AND d.service = ? ORDER BY d.version"
+        ))
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .fetch_all(&self.reader)
+        .await?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(format!("service `{key}`")));
+        }
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn get_deployment(&self, key: &ServiceKey, version: u64) -> Result<Option<Deployment>> {
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d \
+             WHERE d.org = ? AND d.app = ? AND d.service = ? AND d.version = ?"
+        ))
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .bind(version)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(deployment_from_row).transpose()
+    }
+
+    async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment> {
+        let mut tx = self.writer.begin().await?;
+        if current_version(&mut tx, key).await?.is_none() {
+            return Err(StoreError::NotFound(format!("service `{key}`")));
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d \
+             WHERE d.org = ? AND d.app = ? AND d.service = ? AND d.version = ?"
+        ))
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .bind(to_i64(to)?)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("version {to} of service `{key}`")))?;
+        let old = deployment_from_row(&row)?;
+        let deployment = write_version(
+            &mut tx,
+            &old.definition,
+            DeploymentOrigin::Rollback,
+            Some(to),
+        )
+        .await?;
+        self.commit(tx, deployment.revision).await?;
+        Ok(deployment)
+    }
+
+    async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM service_regions r \
+             JOIN services s ON s.org = r.org AND s.app = r.app AND s.name = r.service \
+             JOIN deployments d ON d.org = s.org AND d.app = s.app AND d.service = s.name \
+              AND d.version = s.current_version \
+             WHERE r.region = ? ORDER BY s.org, s.app, s.name"
+        ))
+        .bind(region)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+}

@@ -1,0 +1,248 @@
+//! The SQLite store against a real database file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_model::{ChangeKind, ChangeOp, Definition, DeploymentOrigin, Region};
+use meridian_store::{
+    wait_for_changes, MissingOrg, ServiceFilter, ServiceKey, SqliteStore, Store, StoreError, Watch,
+};
+
+fn definition(name: &str, regions: &[&str], command: &str) -> Definition {
+    let json = serde_json::json!({
+        "org": "acme", "app": "shop", "name": name, "regions": regions,
+        "runtime": {"process": {"command": command}}
+    });
+    meridian_model::parse_definition_json(json.to_string().as_bytes()).unwrap()
+}
+
+async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("meridian.db"))
+        .await
+        .unwrap()
+}
+
+async fn with_regions(store: &SqliteStore) {
+    for (name, lat, lon) in [("fra", 50.1, 8.7), ("iad", 38.9, -77.0)] {
+        store
+            .put_region(&Region {
+                name: name.into(),
+                lat,
+                lon,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn key(name: &str) -> ServiceKey {
+    ServiceKey {
+        org: "acme".into(),
+        app: "shop".into(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test]
+async fn every_write_bumps_the_revision_by_one_and_failures_by_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    assert_eq!(store.revision().await.unwrap(), 0);
+    store.create_org("acme").await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), 1);
+    assert!(matches!(
+        store.create_org("acme").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.delete_region("nowhere").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.rollback(&key("web"), 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.revision().await.unwrap(), 1);
+    with_regions(&store).await;
+    store
+        .apply_service(&definition("web", &["fra"], "a"), MissingOrg::Reject)
+        .await
+        .unwrap();
+    assert_eq!(store.revision().await.unwrap(), 4);
+    let feed = store.changes_after(0, 100).await.unwrap();
+    let revisions: Vec<u64> = feed.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, [1, 2, 3, 4]);
+    assert_eq!(
+        (
+            feed[3].kind,
+            feed[3].key.as_str(),
+            feed[3].op,
+            feed[3].version
+        ),
+        (ChangeKind::Service, "acme/shop/web", ChangeOp::Put, Some(1))
+    );
+}
+
+#[tokio::test]
+async fn applies_create_versions_and_rollback_copies_an_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    with_regions(&store).await;
+    assert!(matches!(
+        store
+            .apply_service(&definition("web", &["fra"], "v1"), MissingOrg::Reject)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    for command in ["v1", "v2", "v3"] {
+        store
+            .apply_service(&definition("web", &["fra"], command), MissingOrg::Create)
+            .await
+            .unwrap();
+    }
+    let rolled = store.rollback(&key("web"), 1).await.unwrap();
+    assert_eq!(rolled.version, 4);
+    assert_eq!(rolled.origin, DeploymentOrigin::Rollback);
+    assert_eq!(rolled.rolled_back_from, Some(1));
+    assert_eq!(rolled.definition.runtime.process.command, "v1");
+    let history = store.list_deployments(&key("web")).await.unwrap();
+    let commands: Vec<&str> = history
+        .iter()
+        .map(|d| d.definition.runtime.process.command.as_str())
+        .collect();
+    assert_eq!(commands, ["v1", "v2", "v3", "v1"]);
+    let current = store.get_service(&key("web")).await.unwrap().unwrap();
+    assert_eq!(current.version, 4);
+    assert!(matches!(
+        store.rollback(&key("web"), 9).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn regions_in_use_cannot_be_deleted_and_index_follows_the_current_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    with_regions(&store).await;
+    store
+        .apply_service(&definition("web", &["fra", "iad"], "a"), MissingOrg::Create)
+        .await
+        .unwrap();
+    store
+        .apply_service(&definition("api", &["iad"], "a"), MissingOrg::Create)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_region("fra").await,
+        Err(StoreError::Conflict(_))
+    ));
+    let names = |ds: Vec<meridian_model::Deployment>| -> Vec<String> {
+        ds.into_iter().map(|d| d.definition.name).collect()
+    };
+    assert_eq!(
+        names(store.deployments_in_region("iad").await.unwrap()),
+        ["api", "web"]
+    );
+    store
+        .apply_service(&definition("web", &["iad"], "b"), MissingOrg::Create)
+        .await
+        .unwrap();
+    assert!(store.deployments_in_region("fra").await.unwrap().is_empty());
+    store.delete_region("fra").await.unwrap();
+    let listed = store
+        .list_services(&ServiceFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].regions, ["iad"]);
+    assert_eq!(listed[1].version, 2);
+    store.delete_service(&key("web")).await.unwrap();
+    assert!(store.get_service(&key("web")).await.unwrap().is_none());
+    assert!(matches!(
+        store.list_deployments(&key("web")).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn watch_yields_every_change_in_order_under_concurrent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(open(&dir).await);
+    store
+        .put_region(&Region {
+            name: "fra".into(),
+            lat: 0.0,
+            lon: 0.0,
+        })
+        .await
+        .unwrap();
+    let mut watch = Watch::new(store.clone(), 1);
+    const WRITERS: usize = 8;
+    const EACH: usize = 40;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let def = definition(&format!("s{w}-{i}"), &["fra"], "x");
+                store.apply_service(&def, MissingOrg::Create).await.unwrap();
+            }
+        }));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < WRITERS * EACH {
+        let change = tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("watch stalled")
+            .unwrap();
+        seen.push(change);
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let revisions: Vec<u64> = seen.iter().map(|c| c.revision).collect();
+    let expected: Vec<u64> = (2..2 + (WRITERS * EACH) as u64).collect();
+    assert_eq!(revisions, expected, "gap or reordering in the feed");
+    let mut keys: Vec<&str> = seen.iter().map(|c| c.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), WRITERS * EACH, "every write appears once");
+}
+
+#[tokio::test]
+async fn long_poll_returns_on_commit_or_times_out_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(open(&dir).await);
+    let empty = wait_for_changes(&*store, 0, 10, Duration::from_millis(20))
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move { wait_for_changes(&*store, 0, 10, Duration::from_secs(30)).await })
+    };
+    store.create_org("acme").await.unwrap();
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key, "acme");
+}
+
+#[tokio::test]
+async fn a_reopened_store_keeps_its_state_and_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir).await;
+        with_regions(&store).await;
+        store
+            .apply_service(&definition("web", &["fra"], "a"), MissingOrg::Create)
+            .await
+            .unwrap();
+    }
+    let store = open(&dir).await;
+    assert_eq!(store.revision().await.unwrap(), 3);
+    assert_eq!(store.list_regions().await.unwrap().len(), 2);
+    let web = store.get_service(&key("web")).await.unwrap().unwrap();
+    assert_eq!(web.version, 1);
+    store.create_org("other").await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), 4);
+}
