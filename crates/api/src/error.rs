@@ -1,0 +1,183 @@
+//! The API's error type and its JSON form: `{"error": {"code", "message", "field", "details"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use meridian_model::{FieldError, ValidationErrors};
+use meridian_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code, e.g. `invalid`, `not_found`, `unauthorized`.
+    pub code: &'static str,
+    /// A sentence for the person who sent the request.
+    pub message: String,
+    /// The offending field (its path in the body, or a path or query parameter), if one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Every problem, when the request had several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+}
+
+/// An error answered to an API client. Built by handlers; turned into JSON with its status code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: ErrorDetail,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            detail: ErrorDetail {
+                code,
+                message: message.into(),
+                field: None,
+                details: Vec::new(),
+            },
+        }
+    }
+
+    /// Names the field the error is about.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.detail.field = Some(field.into());
+        self
+    }
+
+    /// 400: the request is malformed (bad JSON, bad parameter).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401: no token, or one that is not valid.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: the token is valid but may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404: no such resource (or not visible to this token).
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    /// 413: the body is over the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 422: the body is well-formed but its content is not accepted.
+    pub fn invalid(errors: ValidationErrors) -> Self {
+        let mut error = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            errors.to_string(),
+        );
+        error.detail.field = errors.errors.first().map(|e| e.field.clone());
+        error.detail.details = errors.errors;
+        error
+    }
+
+    /// 500: something failed inside; the details go to the log, not the client.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the control plane's log",
+        )
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(what) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
+            StoreError::AlreadyExists(what) => ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                format!("{what} already exists"),
+            ),
+            StoreError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            StoreError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the control plane is shutting down",
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(errors: ValidationErrors) -> Self {
+        ApiError::invalid(errors)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(ErrorBody { error: self.detail })).into_response()
+    }
+}
+
+/// The error responses every authenticated operation may give, for the OpenAPI document.
+/// Only described, never built: handlers answer with [`ApiError`].
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum ErrorResponses {
+    /// Malformed request: bad JSON, or a bad path or query parameter.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// Missing or unknown token.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The token may not do this (e.g. an org token doing admin work).
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such resource, or not visible to this token.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The resource exists already, or is still in use.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The body is larger than the limit.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The body's content is not accepted; `details` lists every problem.
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+}

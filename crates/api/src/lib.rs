@@ -1,0 +1,175 @@
+//! Meridian's public HTTP API: JSON over HTTP/1.1 with bearer-token auth, described by an
+//! OpenAPI 3.1 document at `/openapi.json`.
+//!
+//! It validates input (every problem named by field), authorizes by token scope (an org token
+//! sees only its org; other orgs' resources answer 404) and then calls the [`Store`]; it keeps no
+//! state of its own beyond metrics. It must not reach into a storage backend directly, so that any
+//! [`Store`] works behind it.
+
+mod auth;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use meridian_store::Store;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub use auth::{bootstrap_admin_token, hash_secret, Caller};
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use extract::MAX_BODY_BYTES;
+pub use metrics::Metrics;
+pub use routes::feed::{ChangesPage, RevisionInfo};
+pub use routes::services::{RegionStatus, ServiceStatus};
+pub use routes::tenancy::CreatedToken;
+
+/// Most requests the API serves at once; more wait for a slot.
+pub const MAX_CONCURRENT_REQUESTS: usize = 512;
+
+/// Shared state of the API's handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store behind the API.
+    pub store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+/// Who the caller's token belongs to.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// Whether the token is an installation admin token.
+    pub admin: bool,
+    /// The org an org token is scoped to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+}
+
+/// Builds the API's router over `store`.
+pub fn router(store: Arc<dyn Store>) -> Router {
+    use routes::{feed, regions, services, tenancy};
+    let state = ApiState {
+        store,
+        metrics: Arc::new(Metrics::default()),
+    };
+    let openapi = openapi::document();
+    let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move { ([("content-type", "application/json")], doc) }
+            }),
+        )
+        .route("/v1/whoami", get(whoami))
+        .route(
+            "/v1/orgs",
+            post(tenancy::create_org).get(tenancy::list_orgs),
+        )
+        .route(
+            "/v1/orgs/{org}",
+            get(tenancy::get_org).delete(tenancy::delete_org),
+        )
+        .route(
+            "/v1/orgs/{org}/tokens",
+            post(tenancy::create_token).get(tenancy::list_tokens),
+        )
+        .route(
+            "/v1/orgs/{org}/tokens/{id}",
+            axum::routing::delete(tenancy::delete_token),
+        )
+        .route("/v1/orgs/{org}/apps", get(tenancy::list_apps))
+        .route(
+            "/v1/orgs/{org}/apps/{app}",
+            put(tenancy::create_app)
+                .get(tenancy::get_app)
+                .delete(tenancy::delete_app),
+        )
+        .route("/v1/regions", get(regions::list))
+        .route(
+            "/v1/regions/{region}",
+            put(regions::put).delete(regions::delete),
+        )
+        .route(
+            "/v1/regions/{region}/deployments",
+            get(regions::deployments),
+        )
+        .route("/v1/services", post(services::apply).get(services::list))
+        .route(service_path, get(services::get).delete(services::delete))
+        .route(
+            &format!("{service_path}/deployments"),
+            get(services::deployments),
+        )
+        .route(
+            &format!("{service_path}/deployments/{{version}}"),
+            get(services::deployment),
+        )
+        .route(
+            &format!("{service_path}/rollback"),
+            post(services::rollback),
+        )
+        .route(&format!("{service_path}/status"), get(services::status))
+        .route("/v1/revision", get(feed::revision))
+        .route("/v1/changes", get(feed::changes))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        .with_state(state)
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi_json() -> String {
+    openapi::document()
+}
+
+async fn readyz(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
+    // Ready when the store answers a real read.
+    state.store.list_regions().await?;
+    Ok("ready\n")
+}
+
+/// Who the token belongs to.
+#[utoipa::path(get, path = "/v1/whoami", tag = "auth",
+    responses((status = 200, description = "The token's scope", body = WhoAmI), error::ErrorResponses))]
+async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        admin: caller.is_admin(),
+        org: caller.org,
+    })
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("route `{}`", uri.path()))
+}
+
+async fn method_not_allowed() -> (StatusCode, Json<ErrorBody>) {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(ErrorBody {
+            error: ErrorDetail {
+                code: "method_not_allowed",
+                message: "this route does not support that method".to_owned(),
+                field: None,
+                details: Vec::new(),
+            },
+        }),
+    )
+}

@@ -1,0 +1,58 @@
+//! The OpenAPI document: generated from the handlers' annotations, so it describes what the
+//! server does.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{feed, regions, services, tenancy};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Meridian API", description = "The public API of a Meridian installation."),
+    paths(
+        crate::whoami,
+        tenancy::create_org, tenancy::list_orgs, tenancy::get_org, tenancy::delete_org,
+        tenancy::create_token, tenancy::list_tokens, tenancy::delete_token,
+        tenancy::create_app, tenancy::list_apps, tenancy::get_app, tenancy::delete_app,
+        regions::put, regions::list, regions::delete, regions::deployments,
+        services::apply, services::list, services::get, services::delete,
+        services::deployments, services::deployment, services::rollback, services::status,
+        feed::revision, feed::changes,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Objects with declared properties accept no others: the server rejects unknown fields.
+fn forbid_additional_properties(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), false.into());
+            }
+            map.values_mut().for_each(forbid_additional_properties);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(forbid_additional_properties),
+        _ => {}
+    }
+}
+
+/// The document as JSON text.
+pub fn document() -> String {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    forbid_additional_properties(&mut doc);
+    doc.to_string()
+}

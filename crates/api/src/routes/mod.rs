@@ -1,0 +1,6 @@
+//! The API's handlers, one module per resource family.
+
+pub mod feed;
+pub mod regions;
+pub mod services;
+pub mod tenancy;

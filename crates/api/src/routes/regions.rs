@@ -1,0 +1,101 @@
+//! Regions (admin) and the regional deployments a region's control plane fetches.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use meridian_model::{derive_spec, validate_region, Region, RegionInput, RegionalDeployment};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::ErrorResponses;
+use crate::extract::{ApiPath, JsonBody};
+use crate::{ApiError, ApiState, Caller};
+
+/// Path of one region.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RegionPath {
+    /// The region.
+    region: String,
+}
+
+/// Creates or updates a region (admin only).
+#[utoipa::path(put, path = "/v1/regions/{region}", tag = "regions", params(RegionPath),
+    request_body = RegionInput,
+    responses((status = 200, description = "The region as stored", body = Region), ErrorResponses))]
+pub async fn put(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<RegionPath>,
+    JsonBody(input): JsonBody<RegionInput>,
+) -> Result<Json<Region>, ApiError> {
+    caller.require_admin()?;
+    validate_region(&path.region, &input)?;
+    let region = Region {
+        name: path.region,
+        lat: input.lat,
+        lon: input.lon,
+    };
+    state.store.put_region(&region).await?;
+    tracing::info!(region = %region.name, "region stored");
+    Ok(Json(region))
+}
+
+/// Lists regions.
+#[utoipa::path(get, path = "/v1/regions", tag = "regions",
+    responses((status = 200, description = "Regions by name", body = Vec<Region>), ErrorResponses))]
+pub async fn list(
+    State(state): State<ApiState>,
+    _caller: Caller,
+) -> Result<Json<Vec<Region>>, ApiError> {
+    Ok(Json(state.store.list_regions().await?))
+}
+
+/// Deletes a region no service runs in (admin only).
+#[utoipa::path(delete, path = "/v1/regions/{region}", tag = "regions", params(RegionPath),
+    responses((status = 204, description = "Deleted"), ErrorResponses))]
+pub async fn delete(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<RegionPath>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    state.store.delete_region(&path.region).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The regional deployments of every service that runs in the region: each current definition
+/// with the region's overrides applied (admin only; this is what the region's control plane reads).
+#[utoipa::path(get, path = "/v1/regions/{region}/deployments", tag = "regions",
+    params(RegionPath),
+    responses((status = 200, description = "Regional deployments, by org, app and service",
+               body = Vec<RegionalDeployment>), ErrorResponses))]
+pub async fn deployments(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<RegionPath>,
+) -> Result<Json<Vec<RegionalDeployment>>, ApiError> {
+    caller.require_admin()?;
+    let regions = state.store.list_regions().await?;
+    if !regions.iter().any(|r| r.name == path.region) {
+        return Err(ApiError::not_found(format!("region `{}`", path.region)));
+    }
+    let derived = state
+        .store
+        .deployments_in_region(&path.region)
+        .await?
+        .into_iter()
+        .map(|d| {
+            let spec = derive_spec(&d.definition, d.definition.overrides.get(&path.region));
+            RegionalDeployment {
+                org: d.definition.org,
+                app: d.definition.app,
+                service: d.definition.name,
+                region: path.region.clone(),
+                version: d.version,
+                spec,
+            }
+        })
+        .collect();
+    Ok(Json(derived))
+}

@@ -1,0 +1,268 @@
+//! Services: apply (create or update), list, get, delete, history, rollback and status.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use meridian_model::{validate_definition, Definition, Deployment, ServiceSummary};
+use meridian_store::{MissingOrg, ServiceFilter, ServiceKey};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ErrorResponses;
+use crate::extract::{ApiPath, ApiQuery, JsonBody};
+use crate::{ApiError, ApiState, Caller};
+
+/// Path of one service.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ServicePath {
+    /// Owning org.
+    org: String,
+    /// Owning app.
+    app: String,
+    /// Service name.
+    service: String,
+}
+
+impl ServicePath {
+    fn authorize(self, caller: &Caller) -> Result<ServiceKey, ApiError> {
+        caller.require_org(&self.org)?;
+        Ok(ServiceKey {
+            org: self.org,
+            app: self.app,
+            name: self.service,
+        })
+    }
+}
+
+/// Path of one deployment version.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct VersionPath {
+    /// Owning org.
+    org: String,
+    /// Owning app.
+    app: String,
+    /// Service name.
+    service: String,
+    /// Deployment version.
+    version: u64,
+}
+
+/// Filters for listing services.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ServiceQuery {
+    /// Only services of this org.
+    org: Option<String>,
+    /// Only services of apps with this name.
+    app: Option<String>,
+    /// Only services with this name.
+    name: Option<String>,
+}
+
+/// Body of a rollback.
+#[derive(Deserialize, ToSchema)]
+pub struct RollbackRequest {
+    /// The version to copy into a new current version.
+    #[schema(minimum = 1)]
+    to: u64,
+}
+
+/// A service's state in each of its regions.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ServiceStatus {
+    /// Owning org.
+    pub org: String,
+    /// Owning app.
+    pub app: String,
+    /// Service name.
+    pub name: String,
+    /// The current deployment version.
+    pub version: u64,
+    /// One entry per region of the current version.
+    pub regions: Vec<RegionStatus>,
+}
+
+/// A service's state in one region.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RegionStatus {
+    /// The region.
+    pub region: String,
+    /// Instances wanted (the region's effective `scale.min`).
+    pub desired: u32,
+    /// Most instances allowed (the region's effective `scale.max`).
+    pub max: u32,
+    /// The deployment version the region should run.
+    pub version: u64,
+    /// `pending` until the region's control plane reports on it.
+    pub state: String,
+}
+
+/// Creates or updates a service from its definition. Each apply creates a new deployment version.
+///
+/// An admin token may apply into any org (creating it if missing); an org token only into its
+/// own. The app is created if missing.
+#[utoipa::path(post, path = "/v1/services", tag = "services",
+    request_body = Definition,
+    responses((status = 200, description = "The new current deployment", body = Deployment), ErrorResponses))]
+pub async fn apply(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(definition): JsonBody<Definition>,
+) -> Result<Json<Deployment>, ApiError> {
+    caller.require_org(&definition.org)?;
+    let regions = state.store.list_regions().await?;
+    let exists = |name: &str| regions.iter().any(|r| r.name == name);
+    validate_definition(&definition, &exists)?;
+    let missing_org = if caller.is_admin() {
+        MissingOrg::Create
+    } else {
+        MissingOrg::Reject
+    };
+    let deployment = state.store.apply_service(&definition, missing_org).await?;
+    tracing::info!(
+        service = %ServiceKey::of(&definition),
+        version = deployment.version,
+        revision = deployment.revision,
+        "applied service"
+    );
+    Ok(Json(deployment))
+}
+
+/// Lists services visible to the caller, optionally filtered.
+#[utoipa::path(get, path = "/v1/services", tag = "services", params(ServiceQuery),
+    responses((status = 200, description = "Services, by org, app and name", body = Vec<ServiceSummary>), ErrorResponses))]
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ServiceQuery>,
+) -> Result<Json<Vec<ServiceSummary>>, ApiError> {
+    let org = match (&caller.org, query.org) {
+        (Some(own), Some(asked)) if *own != asked => return Ok(Json(Vec::new())),
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked,
+    };
+    let filter = ServiceFilter {
+        org,
+        app: query.app,
+        name: query.name,
+    };
+    Ok(Json(state.store.list_services(&filter).await?))
+}
+
+/// The current deployment of a service.
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/services/{service}", tag = "services",
+    params(ServicePath),
+    responses((status = 200, description = "The current deployment", body = Deployment), ErrorResponses))]
+pub async fn get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<ServicePath>,
+) -> Result<Json<Deployment>, ApiError> {
+    let key = path.authorize(&caller)?;
+    match state.store.get_service(&key).await? {
+        Some(deployment) => Ok(Json(deployment)),
+        None => Err(ApiError::not_found(format!("service `{key}`"))),
+    }
+}
+
+/// Deletes a service and its deployment history.
+#[utoipa::path(delete, path = "/v1/orgs/{org}/apps/{app}/services/{service}", tag = "services",
+    params(ServicePath),
+    responses((status = 204, description = "Deleted"), ErrorResponses))]
+pub async fn delete(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<ServicePath>,
+) -> Result<StatusCode, ApiError> {
+    let key = path.authorize(&caller)?;
+    state.store.delete_service(&key).await?;
+    tracing::info!(service = %key, "deleted service");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every deployment version of a service, oldest first.
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/services/{service}/deployments",
+    tag = "services", params(ServicePath),
+    responses((status = 200, description = "The history", body = Vec<Deployment>), ErrorResponses))]
+pub async fn deployments(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<ServicePath>,
+) -> Result<Json<Vec<Deployment>>, ApiError> {
+    let key = path.authorize(&caller)?;
+    Ok(Json(state.store.list_deployments(&key).await?))
+}
+
+/// One deployment version of a service.
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/services/{service}/deployments/{version}",
+    tag = "services", params(VersionPath),
+    responses((status = 200, description = "The deployment", body = Deployment), ErrorResponses))]
+pub async fn deployment(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<VersionPath>,
+) -> Result<Json<Deployment>, ApiError> {
+    let version = path.version;
+    let key = ServicePath {
+        org: path.org,
+        app: path.app,
+        service: path.service,
+    }
+    .authorize(&caller)?;
+    match state.store.get_deployment(&key, version).await? {
+        Some(deployment) => Ok(Json(deployment)),
+        None => Err(ApiError::not_found(format!(
+            "version {version} of service `{key}`"
+        ))),
+    }
+}
+
+/// Makes a new current version equal to an earlier one.
+#[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/services/{service}/rollback",
+    tag = "services", params(ServicePath), request_body = RollbackRequest,
+    responses((status = 200, description = "The new current deployment", body = Deployment), ErrorResponses))]
+pub async fn rollback(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<ServicePath>,
+    JsonBody(request): JsonBody<RollbackRequest>,
+) -> Result<Json<Deployment>, ApiError> {
+    let key = path.authorize(&caller)?;
+    let deployment = state.store.rollback(&key, request.to).await?;
+    tracing::info!(service = %key, to = request.to, version = deployment.version, "rolled back");
+    Ok(Json(deployment))
+}
+
+/// Per region: desired instances, the version it should run, and its state.
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/services/{service}/status",
+    tag = "services", params(ServicePath),
+    responses((status = 200, description = "Status by region", body = ServiceStatus), ErrorResponses))]
+pub async fn status(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<ServicePath>,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    let key = path.authorize(&caller)?;
+    let Some(current) = state.store.get_service(&key).await? else {
+        return Err(ApiError::not_found(format!("service `{key}`")));
+    };
+    let regions = meridian_model::derive_regional(&current.definition, current.version)
+        .into_iter()
+        .map(|rd| RegionStatus {
+            region: rd.region,
+            desired: rd.spec.scale.min,
+            max: rd.spec.scale.max,
+            version: rd.version,
+            state: "pending".to_owned(),
+        })
+        .collect();
+    Ok(Json(ServiceStatus {
+        org: key.org,
+        app: key.app,
+        name: key.name,
+        version: current.version,
+        regions,
+    }))
+}

@@ -1,0 +1,5 @@
+//! One module per group of subcommands.
+
+pub mod control;
+pub mod dev;
+pub mod resources;

@@ -1,0 +1,472 @@
+//! The API client commands: regions, orgs, tokens, deploy, get, status, rollback, delete.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use meridian_api::{CreatedToken, ServiceStatus, WhoAmI};
+use meridian_model::{App, Deployment, DeploymentOrigin, Org, Region, ServiceSummary, TokenInfo};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::client::Client;
+use crate::output::{print, timestamp, Format};
+
+/// Which app (and org) a service belongs to.
+#[derive(Args, Clone)]
+pub struct AppScope {
+    /// The app the service belongs to.
+    #[arg(long)]
+    app: String,
+    /// The org; defaults to the token's org, or (admin) the only org with such a service.
+    #[arg(long, env = "MERIDIAN_ORG")]
+    org: Option<String>,
+}
+
+/// `meridian region …`
+#[derive(Subcommand)]
+pub enum RegionCommand {
+    /// Create or update a region with its coordinates.
+    Add {
+        /// The region's name (a DNS label, e.g. fra).
+        name: String,
+        /// Latitude in degrees.
+        #[arg(long, allow_negative_numbers = true)]
+        lat: f64,
+        /// Longitude in degrees.
+        #[arg(long, allow_negative_numbers = true)]
+        lon: f64,
+    },
+    /// List regions.
+    List,
+}
+
+/// `meridian org …`
+#[derive(Subcommand)]
+pub enum OrgCommand {
+    /// Create an org.
+    Create {
+        /// The org's name (a DNS label).
+        name: String,
+    },
+    /// List orgs.
+    List,
+}
+
+/// `meridian token …`
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token scoped to an org; prints its secret once.
+    Create {
+        /// The org the token may act on.
+        #[arg(long)]
+        org: String,
+        /// What the token is for.
+        #[arg(long, default_value = "cli")]
+        label: String,
+    },
+    /// List an org's tokens (never their secrets).
+    List {
+        /// The org.
+        #[arg(long)]
+        org: String,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// The org.
+        #[arg(long)]
+        org: String,
+        /// The token's id (see `meridian token list`).
+        id: String,
+    },
+}
+
+/// `meridian get …`
+#[derive(Subcommand)]
+pub enum GetCommand {
+    /// List services.
+    Services {
+        /// Only this org's services.
+        #[arg(long, env = "MERIDIAN_ORG")]
+        org: Option<String>,
+        /// Only services of apps with this name.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// List a service's deployment versions.
+    Deployments {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: AppScope,
+    },
+    /// List regions.
+    Regions,
+    /// List orgs.
+    Orgs,
+    /// List an org's apps.
+    Apps {
+        /// The org; defaults to the token's org.
+        #[arg(long, env = "MERIDIAN_ORG")]
+        org: Option<String>,
+    },
+}
+
+/// `meridian delete …`
+#[derive(Subcommand)]
+pub enum DeleteCommand {
+    /// Delete a service and its history.
+    Service {
+        /// The service.
+        name: String,
+        #[command(flatten)]
+        scope: AppScope,
+    },
+    /// Delete an app that has no services.
+    App {
+        /// The app.
+        name: String,
+        /// The org; defaults to the token's org.
+        #[arg(long, env = "MERIDIAN_ORG")]
+        org: Option<String>,
+    },
+    /// Delete a region no service runs in.
+    Region {
+        /// The region.
+        name: String,
+    },
+    /// Delete an org that has no apps.
+    Org {
+        /// The org.
+        name: String,
+    },
+}
+
+fn regions_table(regions: &Vec<Region>) -> Vec<Vec<String>> {
+    regions
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                format!("{:.4}", r.lat),
+                format!("{:.4}", r.lon),
+            ]
+        })
+        .collect()
+}
+
+fn orgs_table(orgs: &Vec<Org>) -> Vec<Vec<String>> {
+    orgs.iter()
+        .map(|o| vec![o.name.clone(), timestamp(o.created_at)])
+        .collect()
+}
+
+fn tokens_table(tokens: &Vec<TokenInfo>) -> Vec<Vec<String>> {
+    tokens
+        .iter()
+        .map(|t| vec![t.id.clone(), t.label.clone(), timestamp(t.created_at)])
+        .collect()
+}
+
+/// Runs `meridian region …`.
+pub async fn region(api: &Client, format: Format, cmd: RegionCommand) -> Result<()> {
+    match cmd {
+        RegionCommand::Add { name, lat, lon } => {
+            let region: Region = api
+                .send(
+                    Method::PUT,
+                    &format!("/v1/regions/{name}"),
+                    &json!({"lat": lat, "lon": lon}),
+                )
+                .await?;
+            print(format, &region, &["REGION", "LAT", "LON"], |r| {
+                regions_table(&vec![r.clone()])
+            })
+        }
+        RegionCommand::List => list_regions(api, format).await,
+    }
+}
+
+async fn list_regions(api: &Client, format: Format) -> Result<()> {
+    let regions: Vec<Region> = api.get("/v1/regions").await?;
+    print(format, &regions, &["REGION", "LAT", "LON"], regions_table)
+}
+
+async fn list_orgs(api: &Client, format: Format) -> Result<()> {
+    let orgs: Vec<Org> = api.get("/v1/orgs").await?;
+    print(format, &orgs, &["ORG", "CREATED"], orgs_table)
+}
+
+/// Runs `meridian org …`.
+pub async fn org(api: &Client, format: Format, cmd: OrgCommand) -> Result<()> {
+    match cmd {
+        OrgCommand::Create { name } => {
+            let org: Org = api
+                .send(Method::POST, "/v1/orgs", &json!({"name": name}))
+                .await?;
+            print(format, &org, &["ORG", "CREATED"], |o| {
+                orgs_table(&vec![o.clone()])
+            })
+        }
+        OrgCommand::List => list_orgs(api, format).await,
+    }
+}
+
+/// Runs `meridian token …`.
+pub async fn token(api: &Client, format: Format, cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create { org, label } => {
+            let created: CreatedToken = api
+                .send(
+                    Method::POST,
+                    &format!("/v1/orgs/{org}/tokens"),
+                    &json!({"label": label}),
+                )
+                .await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&created)?),
+                Format::Table => {
+                    println!("created token {} for org {org}", created.token.id);
+                    println!("secret (shown only now): {}", created.secret);
+                }
+            }
+            Ok(())
+        }
+        TokenCommand::List { org } => {
+            let tokens: Vec<TokenInfo> = api.get(&format!("/v1/orgs/{org}/tokens")).await?;
+            print(format, &tokens, &["ID", "LABEL", "CREATED"], tokens_table)
+        }
+        TokenCommand::Revoke { org, id } => {
+            api.delete(&format!("/v1/orgs/{org}/tokens/{id}")).await?;
+            println!("revoked token {id}");
+            Ok(())
+        }
+    }
+}
+
+/// Reads a definition file (YAML or JSON; `-` for standard input) into JSON.
+fn read_definition(file: &Path) -> Result<serde_json::Value> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    // JSON is YAML, so one parser reads both; the API validates the content.
+    serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{} is neither valid YAML nor JSON", file.display()))
+}
+
+/// Runs `meridian deploy -f FILE`.
+pub async fn deploy(api: &Client, format: Format, file: &Path) -> Result<()> {
+    deploy_definition(api, format, &read_definition(file)?).await
+}
+
+/// Applies a definition (as JSON) and prints the new version.
+pub async fn deploy_definition(
+    api: &Client,
+    format: Format,
+    definition: &serde_json::Value,
+) -> Result<()> {
+    let deployment: Deployment = api.send(Method::POST, "/v1/services", definition).await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&deployment)?),
+        Format::Table => {
+            let d = &deployment.definition;
+            println!(
+                "deployed {}/{}/{} version {} to {} (revision {})",
+                d.org,
+                d.app,
+                d.name,
+                deployment.version,
+                d.regions.join(", "),
+                deployment.revision
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Finds the org of `service` in `scope.app` when `--org` was not given.
+async fn resolve_org(api: &Client, service: &str, scope: &AppScope) -> Result<String> {
+    if let Some(org) = &scope.org {
+        return Ok(org.clone());
+    }
+    let me: WhoAmI = api.get("/v1/whoami").await?;
+    if let Some(org) = me.org {
+        return Ok(org);
+    }
+    let found: Vec<ServiceSummary> = api
+        .get(&format!("/v1/services?app={}&name={service}", scope.app))
+        .await?;
+    match found.as_slice() {
+        [one] => Ok(one.org.clone()),
+        [] => bail!("no service `{service}` in an app `{}`", scope.app),
+        many => {
+            let orgs: Vec<&str> = many.iter().map(|s| s.org.as_str()).collect();
+            bail!(
+                "several orgs have a service `{service}` in an app `{}` ({}); pass --org",
+                scope.app,
+                orgs.join(", ")
+            )
+        }
+    }
+}
+
+async fn service_path(api: &Client, service: &str, scope: &AppScope) -> Result<String> {
+    let org = resolve_org(api, service, scope).await?;
+    Ok(format!(
+        "/v1/orgs/{org}/apps/{}/services/{service}",
+        scope.app
+    ))
+}
+
+async fn default_org(api: &Client, org: Option<String>) -> Result<String> {
+    if let Some(org) = org {
+        return Ok(org);
+    }
+    let me: WhoAmI = api.get("/v1/whoami").await?;
+    me.org
+        .context("an admin token has no org of its own; pass --org (or set MERIDIAN_ORG)")
+}
+
+fn deployments_table(deployments: &Vec<Deployment>) -> Vec<Vec<String>> {
+    let current = deployments.iter().map(|d| d.version).max();
+    deployments
+        .iter()
+        .map(|d| {
+            let origin = match (d.origin, d.rolled_back_from) {
+                (DeploymentOrigin::Rollback, Some(from)) => format!("rollback to {from}"),
+                (DeploymentOrigin::Rollback, None) => "rollback".to_owned(),
+                (DeploymentOrigin::Apply, _) => "apply".to_owned(),
+            };
+            let marker = if Some(d.version) == current { "*" } else { "" };
+            vec![
+                format!("{}{marker}", d.version),
+                origin,
+                d.definition.regions.join(","),
+                timestamp(d.created_at),
+            ]
+        })
+        .collect()
+}
+
+/// Runs `meridian get …`.
+pub async fn get(api: &Client, format: Format, cmd: GetCommand) -> Result<()> {
+    match cmd {
+        GetCommand::Services { org, app } => {
+            let mut query = Vec::new();
+            query.extend(org.map(|o| format!("org={o}")));
+            query.extend(app.map(|a| format!("app={a}")));
+            let services: Vec<ServiceSummary> = api
+                .get(&format!("/v1/services?{}", query.join("&")))
+                .await?;
+            let headers = ["ORG", "APP", "SERVICE", "VERSION", "REGIONS", "UPDATED"];
+            print(format, &services, &headers, |list| {
+                list.iter()
+                    .map(|s| {
+                        vec![
+                            s.org.clone(),
+                            s.app.clone(),
+                            s.name.clone(),
+                            s.version.to_string(),
+                            s.regions.join(","),
+                            timestamp(s.updated_at),
+                        ]
+                    })
+                    .collect()
+            })
+        }
+        GetCommand::Deployments { service, scope } => {
+            let path = service_path(api, &service, &scope).await?;
+            let deployments: Vec<Deployment> = api.get(&format!("{path}/deployments")).await?;
+            let headers = ["VERSION", "ORIGIN", "REGIONS", "CREATED"];
+            print(format, &deployments, &headers, deployments_table)
+        }
+        GetCommand::Regions => list_regions(api, format).await,
+        GetCommand::Orgs => list_orgs(api, format).await,
+        GetCommand::Apps { org } => {
+            let org = default_org(api, org).await?;
+            let apps: Vec<App> = api.get(&format!("/v1/orgs/{org}/apps")).await?;
+            print(format, &apps, &["ORG", "APP", "CREATED"], |list| {
+                list.iter()
+                    .map(|a| vec![a.org.clone(), a.name.clone(), timestamp(a.created_at)])
+                    .collect()
+            })
+        }
+    }
+}
+
+/// Runs `meridian status SERVICE --app APP`.
+pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScope) -> Result<()> {
+    let path = service_path(api, service, scope).await?;
+    let status: ServiceStatus = api.get(&format!("{path}/status")).await?;
+    if format == Format::Table {
+        println!(
+            "{}/{}/{}  version {}",
+            status.org, status.app, status.name, status.version
+        );
+    }
+    let headers = ["REGION", "DESIRED", "MAX", "VERSION", "STATE"];
+    print(format, &status, &headers, |s| {
+        s.regions
+            .iter()
+            .map(|r| {
+                vec![
+                    r.region.clone(),
+                    r.desired.to_string(),
+                    r.max.to_string(),
+                    r.version.to_string(),
+                    r.state.clone(),
+                ]
+            })
+            .collect()
+    })
+}
+
+/// Runs `meridian rollback SERVICE --app APP --to N`.
+pub async fn rollback(
+    api: &Client,
+    format: Format,
+    service: &str,
+    scope: &AppScope,
+    to: u64,
+) -> Result<()> {
+    let path = service_path(api, service, scope).await?;
+    let deployment: Deployment = api
+        .send(
+            Method::POST,
+            &format!("{path}/rollback"),
+            &json!({"to": to}),
+        )
+        .await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&deployment)?),
+        Format::Table => println!(
+            "rolled back {service} to version {to}: now version {} (revision {})",
+            deployment.version, deployment.revision
+        ),
+    }
+    Ok(())
+}
+
+/// Runs `meridian delete …`.
+pub async fn delete(api: &Client, cmd: DeleteCommand) -> Result<()> {
+    let (path, what) = match cmd {
+        DeleteCommand::Service { name, scope } => (
+            service_path(api, &name, &scope).await?,
+            format!("service {name}"),
+        ),
+        DeleteCommand::App { name, org } => {
+            let org = default_org(api, org).await?;
+            (
+                format!("/v1/orgs/{org}/apps/{name}"),
+                format!("app {org}/{name}"),
+            )
+        }
+        DeleteCommand::Region { name } => (format!("/v1/regions/{name}"), format!("region {name}")),
+        DeleteCommand::Org { name } => (format!("/v1/orgs/{name}"), format!("org {name}")),
+    };
+    api.delete(&path).await?;
+    println!("deleted {what}");
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `meridian`: one binary for every Meridian component and for the command-line client.
+//!
+//! Component subcommands (`control`, `dev`) run servers; the others talk to the public API named
+//! by `MERIDIAN_API` with the token in `MERIDIAN_TOKEN`. This crate only wires things together:
+//! the logic lives in the library crates.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::Client;
+use crate::output::Format;
+
+/// Meridian: run your services in several regions on machines you own.
+#[derive(Parser)]
+#[command(name = "meridian", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to reach the API and how to print answers.
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// Base URL of the public API.
+    #[arg(
+        long,
+        env = "MERIDIAN_API",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub api: String,
+    /// API token (printed by the control plane at first start, or from `meridian token create`).
+    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control plane.
+    Control(commands::control::ControlArgs),
+    /// Run a whole platform on this machine and deploy an example app.
+    Dev(commands::dev::DevArgs),
+    /// Manage regions (admin).
+    #[command(subcommand)]
+    Region(commands::resources::RegionCommand),
+    /// Manage orgs (admin).
+    #[command(subcommand)]
+    Org(commands::resources::OrgCommand),
+    /// Manage an org's API tokens.
+    #[command(subcommand)]
+    Token(commands::resources::TokenCommand),
+    /// Create or update a service from a definition file (YAML or JSON); prints the new version.
+    Deploy {
+        /// The definition file; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List resources.
+    #[command(subcommand)]
+    Get(commands::resources::GetCommand),
+    /// Show a service's state in each of its regions.
+    Status {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: commands::resources::AppScope,
+    },
+    /// Make a new version of a service equal to an earlier one.
+    Rollback {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: commands::resources::AppScope,
+        /// The version to go back to.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Delete a resource.
+    #[command(subcommand)]
+    Delete(commands::resources::DeleteCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, cli.client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
+    use commands::{control, dev, resources};
+    let format = args.output;
+    match command {
+        Command::Control(control_args) => control::run(control_args).await,
+        Command::Dev(dev_args) => dev::run(dev_args).await,
+        Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,
+        Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,
+        Command::Token(cmd) => resources::token(&Client::new(&args)?, format, cmd).await,
+        Command::Deploy { file } => resources::deploy(&Client::new(&args)?, format, &file).await,
+        Command::Get(cmd) => resources::get(&Client::new(&args)?, format, cmd).await,
+        Command::Status { service, scope } => {
+            resources::status(&Client::new(&args)?, format, &service, &scope).await
+        }
+        Command::Rollback { service, scope, to } => {
+            resources::rollback(&Client::new(&args)?, format, &service, &scope, to).await
+        }
+        Command::Delete(cmd) => resources::delete(&Client::new(&args)?, cmd).await,
+    }
+}
