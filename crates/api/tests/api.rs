@@ -1,0 +1,424 @@
+//! The API against a real server on port 0 with a real SQLite file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    admin: Option<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(dir: &Path) -> Server {
+        let store = meridian_store::SqliteStore::open(&dir.join("meridian.db"))
+            .await
+            .unwrap();
+        let store: Arc<dyn meridian_store::Store> = Arc::new(store);
+        let admin = meridian_api::bootstrap_admin_token(&*store).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let router = meridian_api::router(store);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Server {
+            base: format!("http://{addr}"),
+            admin,
+            task,
+        }
+    }
+
+    fn as_admin(&self) -> Api {
+        Api {
+            base: self.base.clone(),
+            token: self.admin.clone().expect("first start prints an admin token"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn with_token(&self, token: &str) -> Api {
+        Api {
+            base: self.base.clone(),
+            token: token.to_owned(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: non-JSON {text:?}: {e}"))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    async fn revision(&self) -> u64 {
+        let (status, body) = self.get("/v1/revision").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["revision"].as_u64().unwrap()
+    }
+}
+
+fn definition(org: &str, name: &str, command: &str) -> Value {
+    json!({
+        "org": org, "app": "shop", "name": name, "regions": ["fra", "iad"],
+        "scale": {"min": 1, "max": 3},
+        "runtime": {"process": {"command": command, "env": {"MODE": "base"}}},
+        "ports": [{"name": "http", "port": 8080}],
+        "routes": [{"path_prefix": "/", "port": "http"}],
+        "overrides": {"iad": {"scale": {"max": 9}, "env": {"MODE": "us"}}}
+    })
+}
+
+async fn with_regions(admin: &Api) {
+    for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
+        let (status, body) = admin
+            .put(&format!("/v1/regions/{name}"), json!({"lat": lat, "lon": lon}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+async fn org_token(admin: &Api, org: &str) -> Api {
+    let (status, body) = admin.post("/v1/orgs", json!({"name": org})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = admin
+        .post(&format!("/v1/orgs/{org}/tokens"), json!({"label": "test"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    admin.with_token(body["secret"].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn requests_need_a_valid_token_but_health_and_openapi_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    let (status, body) = admin.with_token("mrd_nope").get("/v1/services").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let bare = reqwest::get(format!("{}/v1/services", server.base)).await.unwrap();
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+    for path in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
+        let response = reqwest::get(format!("{}{path}", server.base)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    let doc: Value = reqwest::get(format!("{}/openapi.json", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/v1/services"]["post"].is_object());
+    let (status, me) = admin.get("/v1/whoami").await;
+    assert_eq!((status, me["admin"].as_bool()), (StatusCode::OK, Some(true)));
+}
+
+#[tokio::test]
+async fn an_org_token_sees_only_its_org() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let alpha = org_token(&admin, "alpha").await;
+    let beta = org_token(&admin, "beta").await;
+
+    let (status, body) = alpha.post("/v1/services", definition("alpha", "web", "a")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let web = "/v1/orgs/alpha/apps/shop/services/web";
+    assert_eq!(alpha.get(web).await.0, StatusCode::OK);
+
+    // Another org's resources answer 404, whatever the operation.
+    for path in [
+        web.to_owned(),
+        format!("{web}/deployments"),
+        format!("{web}/deployments/1"),
+        format!("{web}/status"),
+        "/v1/orgs/alpha".to_owned(),
+        "/v1/orgs/alpha/apps".to_owned(),
+        "/v1/orgs/alpha/tokens".to_owned(),
+    ] {
+        let (status, body) = beta.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let (status, _) = beta.post(&format!("{web}/rollback"), json!({"to": 1})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = beta.post("/v1/services", definition("alpha", "web", "evil")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(beta.delete(web).await.0, StatusCode::NOT_FOUND);
+    let (_, listed) = beta.get("/v1/services").await;
+    assert_eq!(listed, json!([]));
+    let (_, listed) = beta.get("/v1/services?org=alpha").await;
+    assert_eq!(listed, json!([]));
+    let (_, orgs) = beta.get("/v1/orgs").await;
+    assert_eq!(orgs.as_array().unwrap().len(), 1);
+    assert_eq!(orgs[0]["name"], "beta");
+
+    // Org tokens cannot do admin work.
+    let (status, _) = alpha.put("/v1/regions/sin", json!({"lat": 1.0, "lon": 2.0})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(alpha.get("/v1/revision").await.0, StatusCode::FORBIDDEN);
+    // An org token cannot create its org implicitly elsewhere, and alpha's service is intact.
+    let (_, current) = alpha.get(web).await;
+    assert_eq!(current["definition"]["runtime"]["process"]["command"], "a");
+    // The admin sees everything.
+    let (_, all) = admin.get("/v1/services").await;
+    assert_eq!(all.as_array().unwrap().len(), 1);
+
+    // A revoked token stops working.
+    let (_, tokens) = admin.get("/v1/orgs/beta/tokens").await;
+    let id = tokens[0]["id"].as_str().unwrap();
+    assert_eq!(
+        admin.delete(&format!("/v1/orgs/beta/tokens/{id}")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(beta.get("/v1/services").await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn each_apply_is_a_version_and_rollback_makes_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    for (i, command) in ["v1", "v2", "v3"].iter().enumerate() {
+        let (status, body) = admin.post("/v1/services", definition("acme", "web", command)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["version"], i as u64 + 1);
+    }
+    let web = "/v1/orgs/acme/apps/shop/services/web";
+    let (status, body) = admin.post(&format!("{web}/rollback"), json!({"to": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 4);
+    assert_eq!(body["origin"], "rollback");
+    assert_eq!(body["rolled_back_from"], 1);
+    let (_, history) = admin.get(&format!("{web}/deployments")).await;
+    let commands: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["definition"]["runtime"]["process"]["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(commands, ["v1", "v2", "v3", "v1"]);
+    let (_, v2) = admin.get(&format!("{web}/deployments/2")).await;
+    assert_eq!(v2["definition"]["runtime"]["process"]["command"], "v2");
+
+    let (_, status) = admin.get(&format!("{web}/status")).await;
+    assert_eq!(status["version"], 4);
+    let regions: Vec<(String, u64, u64)> = status["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["region"].as_str().unwrap().to_owned(),
+                r["desired"].as_u64().unwrap(),
+                r["max"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(regions, [("fra".into(), 1, 3), ("iad".into(), 1, 9)]);
+
+    // What iad's control plane will fetch: the definition with iad's overrides applied.
+    let (_, iad) = admin.get("/v1/regions/iad/deployments").await;
+    assert_eq!(iad[0]["spec"]["runtime"]["process"]["env"]["MODE"], "us");
+    assert_eq!(iad[0]["spec"]["scale"]["max"], 9);
+    let (_, fra) = admin.get("/v1/regions/fra/deployments").await;
+    assert_eq!(fra[0]["spec"]["runtime"]["process"]["env"]["MODE"], "base");
+
+    let (status, body) = admin.post(&format!("{web}/rollback"), json!({"to": 99})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(admin.delete(web).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(admin.get(web).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn rejected_requests_change_nothing_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let (status, _) = admin.post("/v1/services", definition("acme", "web", "v1")).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = admin.revision().await;
+
+    let mut invalid = definition("acme", "web", "v2");
+    invalid["scale"] = json!({"min": 5, "max": 2});
+    invalid["regions"] = json!(["fra", "mars"]);
+    invalid["colour"] = json!("blue");
+    let (status, body) = admin.post("/v1/services", invalid).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid");
+    assert_eq!(body["error"]["field"], "colour");
+    let mut invalid = definition("acme", "web", "v2");
+    invalid["scale"] = json!({"min": 5, "max": 2});
+    invalid["regions"] = json!(["fra", "mars"]);
+    let (status, body) = admin.post("/v1/services", invalid).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["regions[1]", "scale.min", "overrides.iad"]);
+
+    let raw = |body: &'static str| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/services", server.base))
+            .bearer_auth(&admin.token)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let response = raw("{not json").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "body");
+
+    let huge = "x".repeat(meridian_api::MAX_BODY_BYTES + 1);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/services", server.base))
+        .bearer_auth(&admin.token)
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+
+    let (status, body) = admin
+        .get("/v1/orgs/acme/apps/shop/services/web/deployments/notanumber")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = admin.get("/v1/changes?limit=5000").await;
+    assert_eq!((status, &body["error"]["field"]), (StatusCode::BAD_REQUEST, &json!("limit")));
+    let (status, body) = admin.put("/v1/regions/Bad_Name", json!({"lat": 91, "lon": 0})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["details"].as_array().unwrap().len(), 2);
+    let (status, _) = admin.post("/v1/orgs", json!({"name": "acme"})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = admin.delete("/v1/regions/fra").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = admin.get("/v1/nothing/here").await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("not_found")));
+
+    assert_eq!(admin.revision().await, before, "a rejected request wrote something");
+    let (_, current) = admin.get("/v1/orgs/acme/apps/shop/services/web").await;
+    assert_eq!(current["version"], 1);
+}
+
+#[tokio::test]
+async fn the_change_feed_long_polls_until_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let after = admin.revision().await;
+    let (_, page) = admin.get(&format!("/v1/changes?after={after}")).await;
+    assert_eq!(page["changes"], json!([]));
+    assert_eq!(page["next_after"], after);
+    let waiter = {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            admin
+                .get(&format!("/v1/changes?after={after}&wait_ms=30000"))
+                .await
+        })
+    };
+    let (status, _) = admin.post("/v1/services", definition("acme", "web", "v1")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, page) = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["changes"][0]["key"], "acme/shop/web");
+    assert_eq!(page["changes"][0]["revision"], after + 1);
+    assert_eq!(page["changes"][0]["version"], 1);
+}
+
+#[tokio::test]
+async fn a_restarted_server_keeps_state_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start(dir.path()).await;
+    let admin = first.as_admin();
+    with_regions(&admin).await;
+    admin.post("/v1/services", definition("acme", "web", "v1")).await;
+    let revision = admin.revision().await;
+    first.task.abort();
+
+    let second = Server::start(dir.path()).await;
+    assert!(second.admin.is_none(), "a second admin token was minted");
+    let admin = admin.with_token(&admin.token);
+    let admin = Api {
+        base: second.base.clone(),
+        ..admin
+    };
+    assert_eq!(admin.revision().await, revision);
+    let (status, web) = admin.get("/v1/orgs/acme/apps/shop/services/web").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(web["version"], 1);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    admin.get("/v1/regions").await;
+    admin.with_token("bad").get("/v1/regions").await;
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"meridian_api_requests_total{method="GET",route="/v1/regions",status="200"} 1"#,
+        r#"meridian_api_requests_total{method="GET",route="/v1/regions",status="401"} 1"#,
+        "meridian_api_request_duration_seconds_bucket",
+        "meridian_api_store_revision 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
