@@ -1,1 +1,316 @@
+//! End to end: the `meridian` binary as a user runs it — a control plane process on loopback and
+//! the command-line client against it.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A `meridian control --global` process; killed on drop.
+struct ControlPlane {
+    child: Child,
+    api: String,
+    token: Option<String>,
+}
+
+impl ControlPlane {
+    fn start(data_dir: &Path) -> ControlPlane {
+        let mut child = Command::new(MERIDIAN)
+            .args([
+                "control",
+                "--global",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("MERIDIAN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn meridian control");
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        let mut api = None;
+        // The serving line comes first, then the admin token line (its secret on a first start).
+        let token = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .expect("control plane printed its address and admin token line in time");
+            if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
+                api = rest.split_whitespace().next().map(str::to_owned);
+            } else if line.starts_with("admin token") {
+                break line
+                    .split_once("stored hashed): ")
+                    .map(|(_, t)| t.trim().to_owned());
+            }
+        };
+        ControlPlane {
+            child,
+            api: api.expect("control plane printed its address"),
+            token,
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cli {
+    api: String,
+    token: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(MERIDIAN)
+            .args(args)
+            .current_dir(repo_root())
+            .env("MERIDIAN_API", &self.api)
+            .env("MERIDIAN_TOKEN", &self.token)
+            .env_remove("MERIDIAN_ORG")
+            .output()
+            .expect("run meridian")
+    }
+
+    /// Runs a command that must succeed; returns its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "meridian {args:?} failed\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Runs a command that must fail; returns its standard error.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "meridian {args:?} should have failed"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("-o json prints JSON")
+    }
+}
+
+fn row<'a>(table: &'a str, first_cell: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&first_cell))
+        .unwrap_or_else(|| panic!("no row {first_cell:?} in\n{table}"))
+}
+
+#[test]
+fn the_readme_flow_works_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlPlane::start(dir.path());
+    let cli = Cli {
+        api: control.api.clone(),
+        token: control
+            .token
+            .clone()
+            .expect("first start prints an admin token"),
+    };
+
+    let added = cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    assert_eq!(row(&added, "fra"), ["fra", "50.1100", "8.6800"]);
+    for version in 1..=3 {
+        let out = cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
+        assert!(
+            out.contains(&format!("deployed demo/shop/web version {version} to fra")),
+            "{out}"
+        );
+    }
+
+    let services = cli.ok(&["get", "services"]);
+    assert_eq!(
+        &row(&services, "demo")[..5],
+        ["demo", "shop", "web", "3", "fra"]
+    );
+    let history = cli.ok(&["get", "deployments", "web", "--app", "shop"]);
+    assert_eq!(history.lines().count(), 4, "{history}");
+    assert_eq!(&row(&history, "3*")[..3], ["3*", "apply", "fra"]);
+
+    let status = cli.ok(&["status", "web", "--app", "shop"]);
+    assert!(status.starts_with("demo/shop/web  version 3"), "{status}");
+    assert_eq!(row(&status, "fra"), ["fra", "1", "3", "3", "pending"]);
+
+    let rolled = cli.ok(&["rollback", "web", "--app", "shop", "--to", "1"]);
+    assert!(rolled.contains("now version 4"), "{rolled}");
+    let history = cli.json(&["get", "deployments", "web", "--app", "shop"]);
+    assert_eq!(history[3]["origin"], "rollback");
+    assert_eq!(history[3]["rolled_back_from"], 1);
+    let services = cli.json(&["get", "services"]);
+    assert_eq!(services[0]["version"], 4);
+
+    cli.ok(&["delete", "service", "web", "--app", "shop"]);
+    assert_eq!(cli.json(&["get", "services"]), serde_json::json!([]));
+}
+
+#[test]
+fn bad_input_and_missing_setup_get_errors_that_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlPlane::start(dir.path());
+    let cli = Cli {
+        api: control.api.clone(),
+        token: control.token.clone().unwrap(),
+    };
+    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "org: demo\napp: shop\nname: Web\nregions: [fra, mars]\nscale: {min: 3, max: 1}\n\
+         runtime: {process: {command: x}}\nroutes: [{port: http}]\nextra: 1\n",
+    )
+    .unwrap();
+    let err = cli.fails(&["deploy", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("extra: unknown field"), "{err}");
+    std::fs::write(
+        &bad,
+        "org: demo\napp: shop\nname: Web\nregions: [fra, mars]\nscale: {min: 3, max: 1}\n\
+         runtime: {process: {command: x}}\nroutes: [{port: http}]\n",
+    )
+    .unwrap();
+    let err = cli.fails(&["deploy", "-f", bad.to_str().unwrap()]);
+    for expected in [
+        "name: `Web` is not a DNS label",
+        "regions[1]: unknown region `mars`",
+        "scale.min: min (3) is greater than max (1)",
+        "routes[0].port: refers to undeclared port `http`",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in {err}");
+    }
+    assert_eq!(cli.json(&["get", "services"]), serde_json::json!([]));
+
+    let anonymous = Cli {
+        api: control.api.clone(),
+        token: String::new(),
+    };
+    let err = anonymous.fails(&["get", "services"]);
+    assert!(err.contains("MERIDIAN_TOKEN"), "{err}");
+    let nowhere = Cli {
+        api: "http://127.0.0.1:1".into(),
+        token: "x".into(),
+    };
+    let err = nowhere.fails(&["get", "regions"]);
+    assert!(err.contains("cannot reach the Meridian API"), "{err}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    let cli = Cli {
+        api: String::new(),
+        token: String::new(),
+    };
+    let commands: &[&[&str]] = &[
+        &[],
+        &["control"],
+        &["dev"],
+        &["region"],
+        &["region", "add"],
+        &["org"],
+        &["org", "create"],
+        &["token"],
+        &["token", "create"],
+        &["deploy"],
+        &["get"],
+        &["get", "services"],
+        &["get", "deployments"],
+        &["status"],
+        &["rollback"],
+        &["delete"],
+        &["delete", "service"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = cli.ok(&args);
+        assert!(out.contains("Usage: meridian"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn a_restarted_control_plane_keeps_state_and_prints_no_new_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ControlPlane::start(dir.path());
+    let token = first.token.clone().unwrap();
+    let cli = Cli {
+        api: first.api.clone(),
+        token: token.clone(),
+    };
+    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
+    drop(first);
+
+    let second = ControlPlane::start(dir.path());
+    assert!(second.token.is_none(), "printed a second admin token");
+    let cli = Cli {
+        api: second.api.clone(),
+        token,
+    };
+    let services = cli.json(&["get", "services"]);
+    assert_eq!(services[0]["name"], "web");
+    assert_eq!(services[0]["version"], 1);
+}
+
+#[test]
+fn dev_starts_a_platform_and_deploys_the_example_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(MERIDIAN)
+        .args([
+            "dev",
+            "--exit-after-deploy",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("dev"))
+        .env("MERIDIAN_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("deployed demo/shop/web version 1 to fra"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("deployed demo/shop/api version 1 to fra, iad, sin"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Meridian dev is up"), "{stdout}");
+}

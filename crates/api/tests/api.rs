@@ -37,7 +37,10 @@ impl Server {
     fn as_admin(&self) -> Api {
         Api {
             base: self.base.clone(),
-            token: self.admin.clone().expect("first start prints an admin token"),
+            token: self
+                .admin
+                .clone()
+                .expect("first start prints an admin token"),
         }
     }
 }
@@ -56,7 +59,12 @@ impl Api {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = reqwest::Client::new()
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
@@ -111,7 +119,10 @@ fn definition(org: &str, name: &str, command: &str) -> Value {
 async fn with_regions(admin: &Api) {
     for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
         let (status, body) = admin
-            .put(&format!("/v1/regions/{name}"), json!({"lat": lat, "lon": lon}))
+            .put(
+                &format!("/v1/regions/{name}"),
+                json!({"lat": lat, "lon": lon}),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
@@ -135,10 +146,14 @@ async fn requests_need_a_valid_token_but_health_and_openapi_do_not() {
     let (status, body) = admin.with_token("mrd_nope").get("/v1/services").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthorized");
-    let bare = reqwest::get(format!("{}/v1/services", server.base)).await.unwrap();
+    let bare = reqwest::get(format!("{}/v1/services", server.base))
+        .await
+        .unwrap();
     assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
     for path in ["/healthz", "/readyz", "/openapi.json", "/metrics"] {
-        let response = reqwest::get(format!("{}{path}", server.base)).await.unwrap();
+        let response = reqwest::get(format!("{}{path}", server.base))
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
     let doc: Value = reqwest::get(format!("{}/openapi.json", server.base))
@@ -150,7 +165,10 @@ async fn requests_need_a_valid_token_but_health_and_openapi_do_not() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert!(doc["paths"]["/v1/services"]["post"].is_object());
     let (status, me) = admin.get("/v1/whoami").await;
-    assert_eq!((status, me["admin"].as_bool()), (StatusCode::OK, Some(true)));
+    assert_eq!(
+        (status, me["admin"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
 }
 
 #[tokio::test]
@@ -162,7 +180,9 @@ async fn an_org_token_sees_only_its_org() {
     let alpha = org_token(&admin, "alpha").await;
     let beta = org_token(&admin, "beta").await;
 
-    let (status, body) = alpha.post("/v1/services", definition("alpha", "web", "a")).await;
+    let (status, body) = alpha
+        .post("/v1/services", definition("alpha", "web", "a"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let web = "/v1/orgs/alpha/apps/shop/services/web";
     assert_eq!(alpha.get(web).await.0, StatusCode::OK);
@@ -180,9 +200,13 @@ async fn an_org_token_sees_only_its_org() {
         let (status, body) = beta.get(&path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
     }
-    let (status, _) = beta.post(&format!("{web}/rollback"), json!({"to": 1})).await;
+    let (status, _) = beta
+        .post(&format!("{web}/rollback"), json!({"to": 1}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = beta.post("/v1/services", definition("alpha", "web", "evil")).await;
+    let (status, _) = beta
+        .post("/v1/services", definition("alpha", "web", "evil"))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(beta.delete(web).await.0, StatusCode::NOT_FOUND);
     let (_, listed) = beta.get("/v1/services").await;
@@ -194,7 +218,9 @@ async fn an_org_token_sees_only_its_org() {
     assert_eq!(orgs[0]["name"], "beta");
 
     // Org tokens cannot do admin work.
-    let (status, _) = alpha.put("/v1/regions/sin", json!({"lat": 1.0, "lon": 2.0})).await;
+    let (status, _) = alpha
+        .put("/v1/regions/sin", json!({"lat": 1.0, "lon": 2.0}))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(alpha.get("/v1/revision").await.0, StatusCode::FORBIDDEN);
     // An org token cannot create its org implicitly elsewhere, and alpha's service is intact.
@@ -221,12 +247,16 @@ async fn each_apply_is_a_version_and_rollback_makes_a_new_one() {
     let admin = server.as_admin();
     with_regions(&admin).await;
     for (i, command) in ["v1", "v2", "v3"].iter().enumerate() {
-        let (status, body) = admin.post("/v1/services", definition("acme", "web", command)).await;
+        let (status, body) = admin
+            .post("/v1/services", definition("acme", "web", command))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["version"], i as u64 + 1);
     }
     let web = "/v1/orgs/acme/apps/shop/services/web";
-    let (status, body) = admin.post(&format!("{web}/rollback"), json!({"to": 1})).await;
+    let (status, body) = admin
+        .post(&format!("{web}/rollback"), json!({"to": 1}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["version"], 4);
     assert_eq!(body["origin"], "rollback");
@@ -236,7 +266,11 @@ async fn each_apply_is_a_version_and_rollback_makes_a_new_one() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["definition"]["runtime"]["process"]["command"].as_str().unwrap())
+        .map(|d| {
+            d["definition"]["runtime"]["process"]["command"]
+                .as_str()
+                .unwrap()
+        })
         .collect();
     assert_eq!(commands, ["v1", "v2", "v3", "v1"]);
     let (_, v2) = admin.get(&format!("{web}/deployments/2")).await;
@@ -265,7 +299,9 @@ async fn each_apply_is_a_version_and_rollback_makes_a_new_one() {
     let (_, fra) = admin.get("/v1/regions/fra/deployments").await;
     assert_eq!(fra[0]["spec"]["runtime"]["process"]["env"]["MODE"], "base");
 
-    let (status, body) = admin.post(&format!("{web}/rollback"), json!({"to": 99})).await;
+    let (status, body) = admin
+        .post(&format!("{web}/rollback"), json!({"to": 99}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(admin.delete(web).await.0, StatusCode::NO_CONTENT);
     assert_eq!(admin.get(web).await.0, StatusCode::NOT_FOUND);
@@ -277,7 +313,9 @@ async fn rejected_requests_change_nothing_and_say_why() {
     let server = Server::start(dir.path()).await;
     let admin = server.as_admin();
     with_regions(&admin).await;
-    let (status, _) = admin.post("/v1/services", definition("acme", "web", "v1")).await;
+    let (status, _) = admin
+        .post("/v1/services", definition("acme", "web", "v1"))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let before = admin.revision().await;
 
@@ -331,8 +369,13 @@ async fn rejected_requests_change_nothing_and_say_why() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, body) = admin.get("/v1/changes?limit=5000").await;
-    assert_eq!((status, &body["error"]["field"]), (StatusCode::BAD_REQUEST, &json!("limit")));
-    let (status, body) = admin.put("/v1/regions/Bad_Name", json!({"lat": 91, "lon": 0})).await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (StatusCode::BAD_REQUEST, &json!("limit"))
+    );
+    let (status, body) = admin
+        .put("/v1/regions/Bad_Name", json!({"lat": 91, "lon": 0}))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["details"].as_array().unwrap().len(), 2);
     let (status, _) = admin.post("/v1/orgs", json!({"name": "acme"})).await;
@@ -340,9 +383,16 @@ async fn rejected_requests_change_nothing_and_say_why() {
     let (status, body) = admin.delete("/v1/regions/fra").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let (status, body) = admin.get("/v1/nothing/here").await;
-    assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("not_found")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found"))
+    );
 
-    assert_eq!(admin.revision().await, before, "a rejected request wrote something");
+    assert_eq!(
+        admin.revision().await,
+        before,
+        "a rejected request wrote something"
+    );
     let (_, current) = admin.get("/v1/orgs/acme/apps/shop/services/web").await;
     assert_eq!(current["version"], 1);
 }
@@ -365,7 +415,9 @@ async fn the_change_feed_long_polls_until_a_commit() {
                 .await
         })
     };
-    let (status, _) = admin.post("/v1/services", definition("acme", "web", "v1")).await;
+    let (status, _) = admin
+        .post("/v1/services", definition("acme", "web", "v1"))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let (status, page) = tokio::time::timeout(Duration::from_secs(30), waiter)
         .await
@@ -383,7 +435,9 @@ async fn a_restarted_server_keeps_state_and_tokens() {
     let first = Server::start(dir.path()).await;
     let admin = first.as_admin();
     with_regions(&admin).await;
-    admin.post("/v1/services", definition("acme", "web", "v1")).await;
+    admin
+        .post("/v1/services", definition("acme", "web", "v1"))
+        .await;
     let revision = admin.revision().await;
     first.task.abort();
 

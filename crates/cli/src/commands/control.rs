@@ -44,9 +44,12 @@ pub async fn run(args: ControlArgs) -> Result<()> {
         "meridian control (global) serving http://{addr} (data in {})",
         args.data_dir.display()
     );
-    if let Some(token) = admin_token {
-        println!("admin token (shown only at first start, stored hashed): {token}");
-        println!("  export MERIDIAN_API=http://{addr} MERIDIAN_TOKEN={token}");
+    match admin_token {
+        Some(token) => {
+            println!("admin token (shown only at first start, stored hashed): {token}");
+            println!("  export MERIDIAN_API=http://{addr} MERIDIAN_TOKEN={token}");
+        }
+        None => println!("admin token: created at first start, not shown again"),
     }
     axum::serve(listener, meridian_api::router(store))
         .with_graceful_shutdown(shutdown_signal())

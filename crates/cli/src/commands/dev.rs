@@ -114,8 +114,11 @@ async fn read_startup(control: &mut Child) -> Result<(String, String)> {
         while let Some(line) = lines.next_line().await? {
             if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
                 api = rest.split_whitespace().next().map(str::to_owned);
-            } else if let Some((_, token)) = line.split_once("stored hashed): ") {
-                return Ok::<_, std::io::Error>(Some(token.trim().to_owned()));
+            } else if line.starts_with("admin token") {
+                let token = line
+                    .split_once("stored hashed): ")
+                    .map(|(_, t)| t.trim().to_owned());
+                return Ok::<_, std::io::Error>(token);
             }
         }
         Ok(None)

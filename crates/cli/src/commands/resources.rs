@@ -142,7 +142,7 @@ pub enum DeleteCommand {
     },
 }
 
-fn regions_table(regions: &Vec<Region>) -> Vec<Vec<String>> {
+fn regions_table(regions: &[Region]) -> Vec<Vec<String>> {
     regions
         .iter()
         .map(|r| {
@@ -155,13 +155,13 @@ fn regions_table(regions: &Vec<Region>) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn orgs_table(orgs: &Vec<Org>) -> Vec<Vec<String>> {
+fn orgs_table(orgs: &[Org]) -> Vec<Vec<String>> {
     orgs.iter()
         .map(|o| vec![o.name.clone(), timestamp(o.created_at)])
         .collect()
 }
 
-fn tokens_table(tokens: &Vec<TokenInfo>) -> Vec<Vec<String>> {
+fn tokens_table(tokens: &[TokenInfo]) -> Vec<Vec<String>> {
     tokens
         .iter()
         .map(|t| vec![t.id.clone(), t.label.clone(), timestamp(t.created_at)])
@@ -180,7 +180,7 @@ pub async fn region(api: &Client, format: Format, cmd: RegionCommand) -> Result<
                 )
                 .await?;
             print(format, &region, &["REGION", "LAT", "LON"], |r| {
-                regions_table(&vec![r.clone()])
+                regions_table(std::slice::from_ref(r))
             })
         }
         RegionCommand::List => list_regions(api, format).await,
@@ -189,12 +189,14 @@ pub async fn region(api: &Client, format: Format, cmd: RegionCommand) -> Result<
 
 async fn list_regions(api: &Client, format: Format) -> Result<()> {
     let regions: Vec<Region> = api.get("/v1/regions").await?;
-    print(format, &regions, &["REGION", "LAT", "LON"], regions_table)
+    print(format, &regions, &["REGION", "LAT", "LON"], |list| {
+        regions_table(list)
+    })
 }
 
 async fn list_orgs(api: &Client, format: Format) -> Result<()> {
     let orgs: Vec<Org> = api.get("/v1/orgs").await?;
-    print(format, &orgs, &["ORG", "CREATED"], orgs_table)
+    print(format, &orgs, &["ORG", "CREATED"], |list| orgs_table(list))
 }
 
 /// Runs `meridian org …`.
@@ -205,7 +207,7 @@ pub async fn org(api: &Client, format: Format, cmd: OrgCommand) -> Result<()> {
                 .send(Method::POST, "/v1/orgs", &json!({"name": name}))
                 .await?;
             print(format, &org, &["ORG", "CREATED"], |o| {
-                orgs_table(&vec![o.clone()])
+                orgs_table(std::slice::from_ref(o))
             })
         }
         OrgCommand::List => list_orgs(api, format).await,
@@ -234,7 +236,9 @@ pub async fn token(api: &Client, format: Format, cmd: TokenCommand) -> Result<()
         }
         TokenCommand::List { org } => {
             let tokens: Vec<TokenInfo> = api.get(&format!("/v1/orgs/{org}/tokens")).await?;
-            print(format, &tokens, &["ID", "LABEL", "CREATED"], tokens_table)
+            print(format, &tokens, &["ID", "LABEL", "CREATED"], |list| {
+                tokens_table(list)
+            })
         }
         TokenCommand::Revoke { org, id } => {
             api.delete(&format!("/v1/orgs/{org}/tokens/{id}")).await?;
@@ -329,7 +333,7 @@ async fn default_org(api: &Client, org: Option<String>) -> Result<String> {
         .context("an admin token has no org of its own; pass --org (or set MERIDIAN_ORG)")
 }
 
-fn deployments_table(deployments: &Vec<Deployment>) -> Vec<Vec<String>> {
+fn deployments_table(deployments: &[Deployment]) -> Vec<Vec<String>> {
     let current = deployments.iter().map(|d| d.version).max();
     deployments
         .iter()
@@ -380,7 +384,9 @@ pub async fn get(api: &Client, format: Format, cmd: GetCommand) -> Result<()> {
             let path = service_path(api, &service, &scope).await?;
             let deployments: Vec<Deployment> = api.get(&format!("{path}/deployments")).await?;
             let headers = ["VERSION", "ORIGIN", "REGIONS", "CREATED"];
-            print(format, &deployments, &headers, deployments_table)
+            print(format, &deployments, &headers, |list| {
+                deployments_table(list)
+            })
         }
         GetCommand::Regions => list_regions(api, format).await,
         GetCommand::Orgs => list_orgs(api, format).await,
