@@ -19,6 +19,7 @@ use crate::routes::{feed, regions, services, tenancy};
         services::deployments, services::deployment, services::rollback, services::status,
         feed::revision, feed::changes,
     ),
+    components(schemas(crate::ErrorBody, crate::ErrorDetail, meridian_model::FieldError)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]

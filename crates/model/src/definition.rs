@@ -16,10 +16,22 @@ use crate::duration::HumanDuration;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Definition {
     /// The organisation (tenant) owning the service; a DNS label.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub org: String,
     /// The application the service belongs to; a DNS label.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub app: String,
     /// The service's name, unique within its app; a DNS label.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
     /// The regions the service runs in, by name; at least one, no duplicates.
     pub regions: Vec<String>,

@@ -16,6 +16,7 @@ use crate::{ApiError, ApiState, Caller};
 #[into_params(parameter_in = Path)]
 pub struct RegionPath {
     /// The region.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     region: String,
 }
 

@@ -17,10 +17,13 @@ use crate::{ApiError, ApiState, Caller};
 #[into_params(parameter_in = Path)]
 pub struct ServicePath {
     /// Owning org.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     org: String,
     /// Owning app.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     app: String,
     /// Service name.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     service: String,
 }
 
@@ -40,10 +43,13 @@ impl ServicePath {
 #[into_params(parameter_in = Path)]
 pub struct VersionPath {
     /// Owning org.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     org: String,
     /// Owning app.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     app: String,
     /// Service name.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     service: String,
     /// Deployment version.
     version: u64,

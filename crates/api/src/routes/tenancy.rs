@@ -16,6 +16,7 @@ use crate::{ApiError, ApiState, Caller};
 #[derive(Deserialize, ToSchema)]
 pub struct CreateOrg {
     /// The org's name; a DNS label.
+    #[schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     name: String,
 }
 
@@ -40,6 +41,7 @@ pub struct CreatedToken {
 #[into_params(parameter_in = Path)]
 pub struct OrgPath {
     /// The org.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     org: String,
 }
 
@@ -48,6 +50,7 @@ pub struct OrgPath {
 #[into_params(parameter_in = Path)]
 pub struct TokenPath {
     /// The org.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     org: String,
     /// The token's id.
     id: String,
@@ -58,8 +61,10 @@ pub struct TokenPath {
 #[into_params(parameter_in = Path)]
 pub struct AppPath {
     /// The org.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     org: String,
     /// The app.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     app: String,
 }
 

@@ -1,0 +1,390 @@
+//! `meridian-bench control-plane`: the global control plane's write path, change feed and read
+//! path, each next to a reference measured in the same invocation.
+//!
+//! 1. Apply N services through the API (HTTP + auth + validation + SQLite) — reference: the same
+//!    N applies straight into a `SqliteStore` in this process (the store alone).
+//! 2. With those N services stored, write at a steady rate and measure, per change, the time from
+//!    its commit to an HTTP long-poll watcher seeing it — reference: an in-process `Watch` on a
+//!    store written at the same rate.
+//! 3. While those writes run, `GET` one service (auth + SQLite read + JSON), interleaved with
+//!    `GET /healthz` (the HTTP floor) on the same connection pool.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use meridian_store::{MissingOrg, SqliteStore, Store, Watch};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+
+/// Benchmarks the global control plane against same-run references.
+#[derive(Parser)]
+struct Args {
+    /// The `meridian` binary to measure (build it with --release).
+    #[arg(long, default_value = "target/release/meridian")]
+    meridian: PathBuf,
+    /// Services to apply in phase 1.
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Concurrent apply requests in phase 1.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Writes per second during phases 2 and 3.
+    #[arg(long, default_value_t = 500)]
+    write_rate: u32,
+    /// Writes in phases 2 and 3.
+    #[arg(long, default_value_t = 2_000)]
+    writes: usize,
+    /// CPU list the control plane is pinned to with taskset (empty: no pinning).
+    #[arg(long, default_value = "1")]
+    control_cpus: String,
+}
+
+fn definition(i: usize, command: &str) -> Value {
+    json!({
+        "org": "bench", "app": format!("app{}", i % 100), "name": format!("svc{i}"),
+        "regions": ["fra", "iad"],
+        "scale": {"min": 1, "max": 3},
+        "runtime": {"process": {"command": command, "args": ["--port", "8080"],
+                                "env": {"MODE": "bench"}}},
+        "ports": [{"name": "http", "port": 8080}],
+        "routes": [{"path_prefix": "/", "port": "http"}],
+        "health_checks": [{"http": {"port": "http", "path": "/healthz"}}],
+        "overrides": {"iad": {"scale": {"max": 5}}}
+    })
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// p-th percentile (0–100) of `samples` in µs, sorting them.
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank]
+}
+
+/// CPU time (user + system) of a process so far, from /proc.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // Linux reports in USER_HZ, 100 per second on every mainstream configuration.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+async fn start_control(args: &Args, dir: &std::path::Path) -> Result<(tokio::process::Child, Api)> {
+    let mut command = if args.control_cpus.is_empty() {
+        Command::new(&args.meridian)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &args.control_cpus]).arg(&args.meridian);
+        c
+    };
+    let mut child = command
+        .args([
+            "control",
+            "--global",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", args.meridian.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let (mut base, mut token) = (None, None);
+    while let Some(line) = lines.next_line().await? {
+        if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
+            base = rest.split_whitespace().next().map(str::to_owned);
+        } else if let Some((_, t)) = line.split_once("stored hashed): ") {
+            token = Some(t.trim().to_owned());
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let api = Api {
+        http,
+        base: base.context("control plane did not print its address")?,
+        token: token.context("control plane did not print an admin token")?,
+    };
+    Ok((child, api))
+}
+
+struct ApplyFigures {
+    per_second: f64,
+    control_cpu_us: f64,
+}
+
+/// Phase 1 through the API.
+async fn apply_through_api(api: &Arc<Api>, args: &Args, pid: u32) -> Result<ApplyFigures> {
+    let cpu_before = cpu_time(pid)?;
+    let started = Instant::now();
+    let slots = Arc::new(Semaphore::new(args.concurrency));
+    let mut tasks = Vec::with_capacity(args.services);
+    for i in 0..args.services {
+        let permit = slots.clone().acquire_owned().await?;
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = definition(i, "server");
+            let result = api
+                .send(reqwest::Method::POST, "/v1/services", Some(&body))
+                .await;
+            drop(permit);
+            result
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_time(pid)? - cpu_before;
+    Ok(ApplyFigures {
+        per_second: args.services as f64 / elapsed.as_secs_f64(),
+        control_cpu_us: cpu.as_micros() as f64 / args.services as f64,
+    })
+}
+
+/// Phase 1 reference: the same applies straight into a store in this process.
+async fn apply_direct(store: &Arc<dyn Store>, args: &Args) -> Result<f64> {
+    let started = Instant::now();
+    let slots = Arc::new(Semaphore::new(args.concurrency));
+    let mut tasks = Vec::with_capacity(args.services);
+    for i in 0..args.services {
+        let permit = slots.clone().acquire_owned().await?;
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = definition(i, "server");
+            let def = meridian_model::parse_definition_json(body.to_string().as_bytes())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.apply_service(&def, MissingOrg::Create).await?;
+            drop(permit);
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(args.services as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Phases 2 and 3: paced writes, an HTTP watcher, and interleaved GETs.
+async fn watch_and_read(api: &Arc<Api>, args: &Args) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let revision = api.send(reqwest::Method::GET, "/v1/revision", None).await?["revision"]
+        .as_u64()
+        .context("revision")?;
+    let writes = args.writes;
+    let watcher = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut after = revision;
+            let mut latencies = Vec::with_capacity(writes);
+            while latencies.len() < writes {
+                let page = api
+                    .send(
+                        reqwest::Method::GET,
+                        &format!("/v1/changes?after={after}&limit=1000&wait_ms=5000"),
+                        None,
+                    )
+                    .await?;
+                let seen = now_us();
+                for change in page["changes"].as_array().context("changes")? {
+                    let committed = change["committed_at_us"]
+                        .as_i64()
+                        .context("committed_at_us")?;
+                    latencies.push((seen - committed) as f64);
+                }
+                after = page["next_after"].as_u64().context("next_after")?;
+            }
+            anyhow::Ok(latencies)
+        })
+    };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (api, done) = (api.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut gets, mut floors) = (Vec::new(), Vec::new());
+            let service = "/v1/orgs/bench/apps/app7/services/svc7";
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                api.send(reqwest::Method::GET, service, None).await?;
+                gets.push(t.elapsed().as_micros() as f64);
+                let t = Instant::now();
+                let response = api.http.get(format!("{}/healthz", api.base)).send().await?;
+                response.bytes().await?;
+                floors.push(t.elapsed().as_micros() as f64);
+            }
+            anyhow::Ok((gets, floors))
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / args.write_rate);
+    for i in 0..writes {
+        tick.tick().await;
+        let body = definition(i % args.services.max(1), &format!("v{i}"));
+        api.send(reqwest::Method::POST, "/v1/services", Some(&body))
+            .await?;
+    }
+    let watch = tokio::time::timeout(Duration::from_secs(60), watcher).await???;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (gets, floors) = reader.await??;
+    Ok((watch, gets, floors))
+}
+
+/// Phase 2 reference: an in-process watcher on a store written at the same rate.
+async fn watch_direct(store: &Arc<dyn Store>, args: &Args) -> Result<Vec<f64>> {
+    let mut watch = Watch::new(store.clone(), store.revision().await?);
+    let writes = args.writes;
+    let watcher = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(writes);
+        while latencies.len() < writes {
+            let change = watch.next().await?;
+            latencies.push((now_us() - change.committed_at_us) as f64);
+        }
+        anyhow::Ok(latencies)
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / args.write_rate);
+    for i in 0..writes {
+        tick.tick().await;
+        let body = definition(i % args.services.max(1), &format!("v{i}"));
+        let def = meridian_model::parse_definition_json(body.to_string().as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        store.apply_service(&def, MissingOrg::Create).await?;
+    }
+    tokio::time::timeout(Duration::from_secs(60), watcher).await???
+}
+
+fn row(name: &str, mut samples: Vec<f64>, reference: &mut [f64]) {
+    let (p50, p99) = (
+        percentile(&mut samples, 50.0),
+        percentile(&mut samples, 99.0),
+    );
+    let (r50, r99) = (percentile(reference, 50.0), percentile(reference, 99.0));
+    println!(
+        "{name:<34} p50 {:>8.0} µs  p99 {:>8.0} µs | reference p50 {:>6.0} µs  p99 {:>6.0} µs | p99 ratio {:>5.1}x",
+        p50,
+        p99,
+        r50,
+        r99,
+        p99 / r99
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let (control, api) = start_control(&args, &dir.path().join("api")).await?;
+    let pid = control.id().context("control plane pid")?;
+    let api = Arc::new(api);
+    for (region, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
+        let body = json!({"lat": lat, "lon": lon});
+        api.send(
+            reqwest::Method::PUT,
+            &format!("/v1/regions/{region}"),
+            Some(&body),
+        )
+        .await?;
+    }
+    let direct: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("direct.db")).await?);
+    for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
+        let region = meridian_model::Region {
+            name: name.into(),
+            lat,
+            lon,
+        };
+        direct.put_region(&region).await?;
+    }
+
+    println!(
+        "control plane pid {pid} pinned to CPUs [{}]; this client runs beside it",
+        args.control_cpus
+    );
+    println!(
+        "phase 1: apply {} services, {} at a time",
+        args.services, args.concurrency
+    );
+    let through_api = apply_through_api(&api, &args, pid).await?;
+    let store_alone = apply_direct(&direct, &args).await?;
+    println!(
+        "  through the API   {:>8.0} services/s  ({:.0} µs control-plane CPU per apply)",
+        through_api.per_second, through_api.control_cpu_us
+    );
+    println!("  store alone (ref) {store_alone:>8.0} services/s");
+    println!(
+        "  API / store ratio {:.2}   target ≥ 1,000 services/s through the API: {}",
+        through_api.per_second / store_alone,
+        if through_api.per_second >= 1000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+
+    println!(
+        "phase 2+3: {} writes at {}/s over {} services; watcher and reader running",
+        args.writes, args.write_rate, args.services
+    );
+    let (watch, gets, mut floors) = watch_and_read(&api, &args).await?;
+    let mut watch_ref = watch_direct(&direct, &args).await?;
+    let mut watch_sorted = watch.clone();
+    let watch_p99 = percentile(&mut watch_sorted, 99.0);
+    row("watch: commit → HTTP watcher", watch, &mut watch_ref);
+    println!("  (reference: in-process Watch on the store, same write rate)");
+    let reads = gets.len();
+    row("GET service while writing", gets, &mut floors);
+    println!("  ({reads} GETs; reference: GET /healthz interleaved on the same connections)");
+    println!(
+        "  target watch p99 < 5 ms: {}",
+        if watch_p99 < 5000.0 { "met" } else { "NOT met" }
+    );
+    drop(control);
+    Ok(())
+}

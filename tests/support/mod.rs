@@ -1,0 +1,129 @@
+//! Shared by the end-to-end tests: the `meridian` binary as a control plane process and as the
+//! command-line client. Each test binary uses part of it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A `meridian control --global` process; killed on drop.
+pub struct ControlPlane {
+    child: Child,
+    /// Base URL of its API.
+    pub api: String,
+    /// The admin token it printed (first start only).
+    pub token: Option<String>,
+}
+
+impl ControlPlane {
+    pub fn start(data_dir: &Path) -> ControlPlane {
+        let mut child = Command::new(MERIDIAN)
+            .args([
+                "control",
+                "--global",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("MERIDIAN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn meridian control");
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        let mut api = None;
+        // The serving line comes first, then the admin token line (its secret on a first start).
+        let token = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .expect("control plane printed its address and admin token line in time");
+            if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
+                api = rest.split_whitespace().next().map(str::to_owned);
+            } else if line.starts_with("admin token") {
+                break line
+                    .split_once("stored hashed): ")
+                    .map(|(_, t)| t.trim().to_owned());
+            }
+        };
+        ControlPlane {
+            child,
+            api: api.expect("control plane printed its address"),
+            token,
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Cli {
+    /// Base URL of the API.
+    pub api: String,
+    /// Token to use.
+    pub token: String,
+}
+
+impl Cli {
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(MERIDIAN)
+            .args(args)
+            .current_dir(repo_root())
+            .env("MERIDIAN_API", &self.api)
+            .env("MERIDIAN_TOKEN", &self.token)
+            .env_remove("MERIDIAN_ORG")
+            .output()
+            .expect("run meridian")
+    }
+
+    /// Runs a command that must succeed; returns its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "meridian {args:?} failed\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// Runs a command that must fail; returns its standard error.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "meridian {args:?} should have failed"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("-o json prints JSON")
+    }
+}
