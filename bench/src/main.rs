@@ -37,9 +37,15 @@ struct Args {
     /// Writes per second during phases 2 and 3.
     #[arg(long, default_value_t = 500)]
     write_rate: u32,
+    /// Service GETs per second (and as many /healthz GETs) during phase 3.
+    #[arg(long, default_value_t = 250)]
+    read_rate: u32,
     /// Writes in phases 2 and 3.
     #[arg(long, default_value_t = 2_000)]
     writes: usize,
+    /// Measured rounds (after one discarded warm-up round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// CPU list the control plane is pinned to with taskset (empty: no pinning).
     #[arg(long, default_value = "1")]
     control_cpus: String,
@@ -248,15 +254,21 @@ async fn watch_and_read(api: &Arc<Api>, args: &Args) -> Result<(Vec<f64>, Vec<f6
         })
     };
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Reads at a fixed rate (closed-loop reads would hide latency under load): a service GET and
+    // a /healthz GET alternate, each at `read_rate` per second.
+    let read_rate = args.read_rate;
     let reader = {
         let (api, done) = (api.clone(), done.clone());
         tokio::spawn(async move {
             let (mut gets, mut floors) = (Vec::new(), Vec::new());
             let service = "/v1/orgs/bench/apps/app7/services/svc7";
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / (2 * read_rate));
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
                 let t = Instant::now();
                 api.send(reqwest::Method::GET, service, None).await?;
                 gets.push(t.elapsed().as_micros() as f64);
+                tick.tick().await;
                 let t = Instant::now();
                 let response = api.http.get(format!("{}/healthz", api.base)).send().await?;
                 response.bytes().await?;
@@ -298,43 +310,44 @@ async fn watch_direct(store: &Arc<dyn Store>, args: &Args) -> Result<Vec<f64>> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         store.apply_service(&def, MissingOrg::Create).await?;
     }
-    tokio::time::timeout(Duration::from_secs(60), watcher).await???
+    tokio::time::timeout(Duration::from_secs(60), watcher).await??
 }
 
-fn row(name: &str, mut samples: Vec<f64>, reference: &mut [f64]) {
-    let (p50, p99) = (
+/// The figures of one round.
+#[derive(Default)]
+struct Round {
+    api_rate: f64,
+    store_rate: f64,
+    control_cpu_us: f64,
+    watch: [f64; 2],
+    watch_ref: [f64; 2],
+    get: [f64; 2],
+    get_ref: [f64; 2],
+}
+
+fn p50_p99(mut samples: Vec<f64>) -> [f64; 2] {
+    [
         percentile(&mut samples, 50.0),
         percentile(&mut samples, 99.0),
-    );
-    let (r50, r99) = (percentile(reference, 50.0), percentile(reference, 99.0));
-    println!(
-        "{name:<34} p50 {:>8.0} µs  p99 {:>8.0} µs | reference p50 {:>6.0} µs  p99 {:>6.0} µs | p99 ratio {:>5.1}x",
-        p50,
-        p99,
-        r50,
-        r99,
-        p99 / r99
-    );
+    ]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+/// One round on a fresh control plane and a fresh store; `api_first` alternates which of the
+/// pair runs first, so that warm-up and drift do not favour one side.
+async fn round(args: &Args, api_first: bool) -> Result<Round> {
     let dir = tempfile::tempdir()?;
-    let (control, api) = start_control(&args, &dir.path().join("api")).await?;
+    let (control, api) = start_control(args, &dir.path().join("api")).await?;
     let pid = control.id().context("control plane pid")?;
     let api = Arc::new(api);
-    for (region, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
+    let direct: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("direct.db")).await?);
+    for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
         let body = json!({"lat": lat, "lon": lon});
         api.send(
             reqwest::Method::PUT,
-            &format!("/v1/regions/{region}"),
+            &format!("/v1/regions/{name}"),
             Some(&body),
         )
         .await?;
-    }
-    let direct: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("direct.db")).await?);
-    for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
         let region = meridian_model::Region {
             name: name.into(),
             lat,
@@ -342,49 +355,120 @@ async fn main() -> Result<()> {
         };
         direct.put_region(&region).await?;
     }
-
-    println!(
-        "control plane pid {pid} pinned to CPUs [{}]; this client runs beside it",
-        args.control_cpus
-    );
-    println!(
-        "phase 1: apply {} services, {} at a time",
-        args.services, args.concurrency
-    );
-    let through_api = apply_through_api(&api, &args, pid).await?;
-    let store_alone = apply_direct(&direct, &args).await?;
-    println!(
-        "  through the API   {:>8.0} services/s  ({:.0} µs control-plane CPU per apply)",
-        through_api.per_second, through_api.control_cpu_us
-    );
-    println!("  store alone (ref) {store_alone:>8.0} services/s");
-    println!(
-        "  API / store ratio {:.2}   target ≥ 1,000 services/s through the API: {}",
-        through_api.per_second / store_alone,
-        if through_api.per_second >= 1000.0 {
-            "met"
-        } else {
-            "NOT met"
-        }
-    );
-
-    println!(
-        "phase 2+3: {} writes at {}/s over {} services; watcher and reader running",
-        args.writes, args.write_rate, args.services
-    );
-    let (watch, gets, mut floors) = watch_and_read(&api, &args).await?;
-    let mut watch_ref = watch_direct(&direct, &args).await?;
-    let mut watch_sorted = watch.clone();
-    let watch_p99 = percentile(&mut watch_sorted, 99.0);
-    row("watch: commit → HTTP watcher", watch, &mut watch_ref);
-    println!("  (reference: in-process Watch on the store, same write rate)");
-    let reads = gets.len();
-    row("GET service while writing", gets, &mut floors);
-    println!("  ({reads} GETs; reference: GET /healthz interleaved on the same connections)");
-    println!(
-        "  target watch p99 < 5 ms: {}",
-        if watch_p99 < 5000.0 { "met" } else { "NOT met" }
-    );
+    let mut r = Round::default();
+    if api_first {
+        let applied = apply_through_api(&api, args, pid).await?;
+        (r.api_rate, r.control_cpu_us) = (applied.per_second, applied.control_cpu_us);
+        r.store_rate = apply_direct(&direct, args).await?;
+    } else {
+        r.store_rate = apply_direct(&direct, args).await?;
+        let applied = apply_through_api(&api, args, pid).await?;
+        (r.api_rate, r.control_cpu_us) = (applied.per_second, applied.control_cpu_us);
+    }
+    let (watch, gets, floors, watch_ref) = if api_first {
+        let (w, g, f) = watch_and_read(&api, args).await?;
+        (w, g, f, watch_direct(&direct, args).await?)
+    } else {
+        let wr = watch_direct(&direct, args).await?;
+        let (w, g, f) = watch_and_read(&api, args).await?;
+        (w, g, f, wr)
+    };
+    r.watch = p50_p99(watch);
+    r.watch_ref = p50_p99(watch_ref);
+    r.get = p50_p99(gets);
+    r.get_ref = p50_p99(floors);
     drop(control);
+    Ok(r)
+}
+
+/// "median [min–max]" of one figure over the rounds.
+fn spread(rounds: &[Round], figure: impl Fn(&Round) -> f64) -> (f64, String) {
+    let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+    let median = percentile(&mut values, 50.0);
+    let text = format!(
+        "{median:.0} [{:.0}–{:.0}]",
+        values[0],
+        values[values.len() - 1]
+    );
+    (median, text)
+}
+
+fn report(rounds: &[Round]) {
+    println!();
+    println!("median [min–max] over {} rounds", rounds.len());
+    println!(
+        "{:<40} {:>24} {:>24} {:>7}",
+        "figure", "Meridian", "reference", "ratio"
+    );
+    let line = |name: &str, ours: &dyn Fn(&Round) -> f64, reference: &dyn Fn(&Round) -> f64| {
+        let (a, a_text) = spread(rounds, ours);
+        let (b, b_text) = spread(rounds, reference);
+        println!("{name:<40} {a_text:>24} {b_text:>24} {:>6.2}x", a / b);
+    };
+    line(
+        "apply, services/s (ref: store alone)",
+        &|r| r.api_rate,
+        &|r| r.store_rate,
+    );
+    line(
+        "watch p50 µs (ref: in-process Watch)",
+        &|r| r.watch[0],
+        &|r| r.watch_ref[0],
+    );
+    line(
+        "watch p99 µs (ref: in-process Watch)",
+        &|r| r.watch[1],
+        &|r| r.watch_ref[1],
+    );
+    line(
+        "GET service p50 µs (ref: GET /healthz)",
+        &|r| r.get[0],
+        &|r| r.get_ref[0],
+    );
+    line(
+        "GET service p99 µs (ref: GET /healthz)",
+        &|r| r.get[1],
+        &|r| r.get_ref[1],
+    );
+    let (_, cpu_text) = spread(rounds, |r| r.control_cpu_us);
+    println!("{:<40} {cpu_text:>24}", "control-plane CPU µs per apply");
+    let (apply, _) = spread(rounds, |r| r.api_rate);
+    let (watch_p99, _) = spread(rounds, |r| r.watch[1]);
+    println!();
+    println!(
+        "targets: apply ≥ 1,000 services/s: {} ({apply:.0}); watch p99 < 5 ms: {} ({watch_p99:.0} µs)",
+        if apply >= 1000.0 { "met" } else { "NOT met" },
+        if watch_p99 < 5000.0 { "met" } else { "NOT met" },
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    println!(
+        "control plane pinned to CPUs [{}]; {} services applied {} at a time, then {} writes at \
+         {}/s with a watcher and {} reads/s",
+        args.control_cpus,
+        args.services,
+        args.concurrency,
+        args.writes,
+        args.write_rate,
+        args.read_rate
+    );
+    let mut rounds = Vec::new();
+    for i in 0..args.rounds + 1 {
+        let figures = round(&args, i % 2 == 0).await?;
+        if i == 0 {
+            println!("warm-up round done (discarded)");
+            continue;
+        }
+        println!(
+            "round {i}: apply {:.0}/s (store {:.0}/s), watch p99 {:.0} µs (ref {:.0}), GET p99 {:.0} µs (ref {:.0})",
+            figures.api_rate, figures.store_rate, figures.watch[1], figures.watch_ref[1],
+            figures.get[1], figures.get_ref[1]
+        );
+        rounds.push(figures);
+    }
+    report(&rounds);
     Ok(())
 }

@@ -14,7 +14,7 @@ use meridian_model::{
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::watch;
 
 use crate::{MissingOrg, NewToken, Result, ServiceFilter, ServiceKey, Store, StoreError};
@@ -23,6 +23,8 @@ use crate::{MissingOrg, NewToken, Result, ServiceFilter, ServiceKey, Store, Stor
 const READERS: u32 = 4;
 /// How long a statement waits for a lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often written WAL frames are copied back into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A [`Store`] in a SQLite database file.
 pub struct SqliteStore {
@@ -46,7 +48,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // Checkpoints run on their own connection (see `checkpoint_in_background`), not inside
+            // whichever commit happens to cross the threshold: that would stall that commit.
+            .pragma("wal_autocheckpoint", "0");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
@@ -57,16 +62,23 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
         let revision: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM changes")
             .fetch_one(&reader)
             .await?;
         tracing::info!(path = %path.display(), revision, "opened SQLite store");
+        let latest = watch::Sender::new(to_u64(revision));
+        // A checkpoint under heavy writes may take seconds; that is expected, not a slow query.
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.log_slow_statements(log::LevelFilter::Debug, CHECKPOINT_INTERVAL))
+            .await?;
+        tokio::spawn(checkpoint_in_background(checkpointer, latest.subscribe()));
         Ok(SqliteStore {
             writer,
             reader,
-            latest: watch::Sender::new(to_u64(revision)),
+            latest,
         })
     }
 
@@ -82,6 +94,26 @@ impl SqliteStore {
         });
         Ok(())
     }
+}
+
+/// Copies committed WAL frames into the database file once a second while there are writes, without
+/// blocking writers (a passive checkpoint). Ends when the store is dropped.
+async fn checkpoint_in_background(pool: SqlitePool, mut latest: watch::Receiver<u64>) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+        match latest.has_changed() {
+            Err(_closed) => break,
+            Ok(false) => continue,
+            Ok(true) => latest.mark_unchanged(),
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+    }
+    pool.close().await;
 }
 
 fn now_secs() -> i64 {
