@@ -430,6 +430,66 @@ async fn the_change_feed_long_polls_until_a_commit() {
 }
 
 #[tokio::test]
+async fn the_change_feed_is_ordered_and_gap_free_under_concurrent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let start = admin.revision().await;
+    const WRITERS: usize = 6;
+    const EACH: usize = 15;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let (status, body) = admin
+                        .post(
+                            "/v1/services",
+                            definition("acme", &format!("s{w}-{i}"), "x"),
+                        )
+                        .await;
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                }
+            })
+        })
+        .collect();
+    // Follow the feed while the writes happen, in small pages.
+    let mut after = start;
+    let mut seen = Vec::new();
+    while seen.len() < WRITERS * EACH {
+        let (status, page) = tokio::time::timeout(
+            Duration::from_secs(30),
+            admin.get(&format!("/v1/changes?after={after}&limit=7&wait_ms=10000")),
+        )
+        .await
+        .expect("the feed stalled");
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for change in page["changes"].as_array().unwrap() {
+            seen.push((
+                change["revision"].as_u64().unwrap(),
+                change["key"].as_str().unwrap().to_owned(),
+            ));
+        }
+        after = page["next_after"].as_u64().unwrap();
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let revisions: Vec<u64> = seen.iter().map(|(r, _)| *r).collect();
+    let expected: Vec<u64> = (start + 1..=start + (WRITERS * EACH) as u64).collect();
+    assert_eq!(revisions, expected, "gap or reordering in the feed");
+    let mut keys: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        WRITERS * EACH,
+        "every write appears exactly once"
+    );
+}
+
+#[tokio::test]
 async fn a_restarted_server_keeps_state_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let first = Server::start(dir.path()).await;

@@ -203,6 +203,29 @@ fn change_from_row(row: &SqliteRow) -> Result<Change> {
     })
 }
 
+fn org_from_row(row: &SqliteRow) -> Result<Org> {
+    Ok(Org {
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn region_from_row(row: &SqliteRow) -> Result<Region> {
+    Ok(Region {
+        name: row.try_get("name")?,
+        lat: row.try_get("lat")?,
+        lon: row.try_get("lon")?,
+    })
+}
+
+fn app_from_row(row: &SqliteRow) -> Result<App> {
+    Ok(App {
+        org: row.try_get("org")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 fn token_from_row(row: &SqliteRow) -> Result<TokenInfo> {
     Ok(TokenInfo {
         id: row.try_get("id")?,
@@ -435,14 +458,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT name, created_at FROM orgs ORDER BY name")
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Org {
-                    name: r.try_get("name")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(org_from_row).collect()
     }
 
     async fn get_org(&self, name: &str) -> Result<Option<Org>> {
@@ -450,13 +466,7 @@ impl Store for SqliteStore {
             .bind(name)
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|r| {
-            Ok(Org {
-                name: r.try_get("name")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(org_from_row).transpose()
     }
 
     async fn delete_org(&self, name: &str) -> Result<()> {
@@ -507,15 +517,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT name, lat, lon FROM regions ORDER BY name")
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Region {
-                    name: r.try_get("name")?,
-                    lat: r.try_get("lat")?,
-                    lon: r.try_get("lon")?,
-                })
-            })
-            .collect()
+        rows.iter().map(region_from_row).collect()
     }
 
     async fn delete_region(&self, name: &str) -> Result<()> {
@@ -576,15 +578,7 @@ impl Store for SqliteStore {
         .bind(org)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(App {
-                    org: r.try_get("org")?,
-                    name: r.try_get("name")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(app_from_row).collect()
     }
 
     async fn get_app(&self, org: &str, name: &str) -> Result<Option<App>> {
