@@ -53,6 +53,8 @@ enum Command {
     Control(commands::control::ControlArgs),
     /// Run a whole platform on this machine and deploy an example app.
     Dev(commands::dev::DevArgs),
+    /// Run the data-plane proxy from a config file.
+    Proxy(commands::proxy::ProxyArgs),
     /// Manage regions (admin).
     #[command(subcommand)]
     Region(commands::resources::RegionCommand),
@@ -124,6 +126,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
     match command {
         Command::Control(control_args) => control::run(control_args).await,
         Command::Dev(dev_args) => dev::run(dev_args).await,
+        Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,
         Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,
         Command::Token(cmd) => resources::token(&Client::new(&args)?, format, cmd).await,

@@ -2,4 +2,5 @@
 
 pub mod control;
 pub mod dev;
+pub mod proxy;
 pub mod resources;

@@ -1,0 +1,667 @@
+//! The proxy's configuration file (YAML or JSON): listeners, routes and clusters, with every
+//! problem reported by field path. Documented in `docs/proxy-config.md`; keep the two in step.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meridian_model::{HumanDuration, ValidationErrors};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Swapped atomically on reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyConfig {
+    /// Sockets the proxy accepts connections on.
+    pub listeners: Vec<ListenerConfig>,
+    /// Groups of upstream endpoints that routes send traffic to.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    /// Limits on what clients may send.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c), routed by `virtual_hosts`.
+    #[default]
+    Http,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerConfig {
+    /// Unique name, used in metrics.
+    pub name: String,
+    /// `ip:port` to bind; port 0 picks a free port (see the admin `/listeners`).
+    pub address: String,
+    /// The protocol; defaults to `http`.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Virtual hosts, tried by their `domains`.
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// A set of routes for some host names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VirtualHost {
+    /// Name, used in metrics.
+    pub name: String,
+    /// Host names served: exact (`shop.example.com`), suffix wildcard (`*.example.com`), or `*`.
+    pub domains: Vec<String>,
+    /// Routes, tried in order; the first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A route: what requests it matches and where they go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteConfig {
+    /// Name, used in metrics; defaults to the route's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What the request must look like.
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    /// The cluster to send to (or use `weighted_clusters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Clusters to split traffic across by weight (canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighted_clusters: Option<Vec<WeightedCluster>>,
+    /// Replaces the matched prefix (or exact path) of the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// Time for the upstream to answer with its headers; defaults to `15s`.
+    #[serde(default = "default_route_timeout")]
+    pub timeout: HumanDuration,
+    /// Headers set on the request to the upstream (replacing any of the same name).
+    #[serde(default)]
+    pub request_headers_add: BTreeMap<String, String>,
+    /// Headers removed from the request to the upstream.
+    #[serde(default)]
+    pub request_headers_remove: Vec<String>,
+    /// Headers set on the response to the client.
+    #[serde(default)]
+    pub response_headers_add: BTreeMap<String, String>,
+    /// Headers removed from the response to the client.
+    #[serde(default)]
+    pub response_headers_remove: Vec<String>,
+}
+
+fn default_route_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+
+/// Request conditions; all given ones must hold. With neither `path` nor `prefix`, any path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteMatch {
+    /// The path must start with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The path must equal this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Header conditions.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A header condition: with `exact`, the header must have that value; else it must be present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeaderMatch {
+    /// Header name (case-insensitive).
+    pub name: String,
+    /// Required value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+}
+
+/// A cluster and its share of a route's traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightedCluster {
+    /// The cluster.
+    pub name: String,
+    /// Relative weight, 1–10000.
+    pub weight: u32,
+}
+
+/// How a cluster picks an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Power of two choices over peak-EWMA latency × outstanding requests (the default).
+    #[default]
+    P2cEwma,
+    /// Power of two choices over outstanding requests.
+    LeastRequest,
+    /// Weighted round robin.
+    RoundRobin,
+    /// Consistent hashing (ring hash) on `hash_on`; requests without the key fall back to P2C.
+    RingHash,
+}
+
+/// What consistent hashing hashes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashOn {
+    /// A request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie's value (sticky sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// The protocol spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c); also what gRPC upstreams need.
+    Http2,
+}
+
+/// A group of upstream endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Unique name, referred to by routes.
+    pub name: String,
+    /// Load-balancing policy; defaults to `p2c_ewma`.
+    #[serde(default)]
+    pub lb: LbPolicy,
+    /// The hash key for `ring_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// Protocol to the endpoints; defaults to `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Time to establish a connection; defaults to `1s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Active health checking of the endpoints; without it every endpoint counts as healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// The endpoints.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// An active health check, run against every endpoint of a cluster. Exactly one of `http` or
+/// `tcp`. Endpoints start healthy and change state after the thresholds' worth of results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheckConfig {
+    /// Healthy when `GET path` answers 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// Healthy when a TCP connection opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+    /// Time between checks; defaults to `5s`.
+    #[serde(default = "default_check_interval")]
+    pub interval: HumanDuration,
+    /// Time one check may take; defaults to `1s`; at most `interval`.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: HumanDuration,
+    /// Consecutive successes that make an unhealthy endpoint healthy; defaults to 1.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy; defaults to 3.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+/// The HTTP variant of a health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpHealthCheck {
+    /// The path requested; defaults to `/`.
+    #[serde(default = "default_check_path")]
+    pub path: String,
+}
+
+/// The TCP variant of a health check (no options).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpHealthCheck {}
+
+fn default_check_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+fn default_check_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+fn default_healthy_threshold() -> u32 {
+    1
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+fn default_check_path() -> String {
+    "/".to_owned()
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointConfig {
+    /// `ip:port`.
+    pub address: String,
+    /// Relative weight, 1–1000; defaults to 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Priority (locality) level, 0 (best) to 9; defaults to 0.
+    #[serde(default)]
+    pub priority: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Limits on clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest request head (request line and headers), in bytes; larger answers 431. Default 64 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head; defaults to `10s`.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// Most concurrent HTTP/2 streams per client connection; defaults to 256.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+fn default_max_streams() -> u32 {
+    256
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: default_max_header_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            max_concurrent_streams: default_max_streams(),
+        }
+    }
+}
+
+/// Parses a configuration from YAML or JSON text and validates it; every problem is reported with
+/// its field path.
+pub fn parse_config(text: &str) -> Result<ProxyConfig, ValidationErrors> {
+    let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        let mut errors = ValidationErrors::default();
+        errors.push("config", format!("not valid YAML or JSON: {e}"));
+        errors
+    })?;
+    let config: ProxyConfig = meridian_model::parse_json(value.to_string().as_bytes())?;
+    validate(&config)?;
+    Ok(config)
+}
+
+fn check_name(errs: &mut ValidationErrors, field: String, name: &str) {
+    if let Err(reason) = meridian_model::check_dns_label(name) {
+        errs.push(field, reason);
+    }
+}
+
+fn check_path(errs: &mut ValidationErrors, field: String, path: &str) {
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errs.push(
+            field,
+            format!("`{path}` must start with / and contain no whitespace"),
+        );
+    }
+}
+
+fn check_header_name(errs: &mut ValidationErrors, field: String, name: &str) {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        errs.push(field, format!("`{name}` is not a valid header name"));
+    }
+}
+
+fn check_header_map(errs: &mut ValidationErrors, prefix: &str, headers: &BTreeMap<String, String>) {
+    for (name, value) in headers {
+        check_header_name(errs, format!("{prefix}.{name}"), name);
+        if http::HeaderValue::from_str(value).is_err() {
+            errs.push(format!("{prefix}.{name}"), "is not a valid header value");
+        }
+    }
+}
+
+fn check_domain(errs: &mut ValidationErrors, field: String, domain: &str) {
+    if domain == "*" {
+        return;
+    }
+    let host = domain.strip_prefix("*.").unwrap_or(domain);
+    let valid = !host.is_empty()
+        && host
+            .split('.')
+            .all(|label| meridian_model::check_dns_label(label).is_ok());
+    if !valid {
+        errs.push(
+            field,
+            format!("`{domain}` is not a host name, `*.` followed by one, or `*`"),
+        );
+    }
+}
+
+/// Checks every rule that parsing alone does not.
+pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+    if config.listeners.is_empty() {
+        errs.push("listeners", "must declare at least one listener");
+    }
+    let mut listener_names = HashSet::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        check_name(&mut errs, format!("{at}.name"), &listener.name);
+        if !listener_names.insert(listener.name.as_str()) {
+            errs.push(
+                format!("{at}.name"),
+                format!("duplicate listener `{}`", listener.name),
+            );
+        }
+        if listener.address.parse::<SocketAddr>().is_err() {
+            errs.push(
+                format!("{at}.address"),
+                format!("`{}` is not an ip:port address", listener.address),
+            );
+        }
+        validate_virtual_hosts(&mut errs, &at, &listener.virtual_hosts, &clusters);
+    }
+    let mut cluster_names = HashSet::new();
+    for (i, cluster) in config.clusters.iter().enumerate() {
+        validate_cluster(&mut errs, &format!("clusters[{i}]"), cluster);
+        if !cluster_names.insert(cluster.name.as_str()) {
+            errs.push(
+                format!("clusters[{i}].name"),
+                format!("duplicate cluster `{}`", cluster.name),
+            );
+        }
+    }
+    let limits = &config.limits;
+    if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
+        errs.push(
+            "limits.max_header_bytes",
+            "must be between 8192 and 1048576",
+        );
+    }
+    if limits.header_read_timeout.0.is_zero() {
+        errs.push("limits.header_read_timeout", "must be more than zero");
+    }
+    if !(1..=10_000).contains(&limits.max_concurrent_streams) {
+        errs.push(
+            "limits.max_concurrent_streams",
+            "must be between 1 and 10000",
+        );
+    }
+    errs.into_result()
+}
+
+fn validate_virtual_hosts(
+    errs: &mut ValidationErrors,
+    at: &str,
+    hosts: &[VirtualHost],
+    clusters: &HashSet<&str>,
+) {
+    let mut domains = HashSet::new();
+    for (v, vhost) in hosts.iter().enumerate() {
+        let at = format!("{at}.virtual_hosts[{v}]");
+        check_name(errs, format!("{at}.name"), &vhost.name);
+        if vhost.domains.is_empty() {
+            errs.push(
+                format!("{at}.domains"),
+                "must list at least one domain (or `*`)",
+            );
+        }
+        for (d, domain) in vhost.domains.iter().enumerate() {
+            check_domain(errs, format!("{at}.domains[{d}]"), domain);
+            if !domains.insert(domain.to_ascii_lowercase()) {
+                errs.push(
+                    format!("{at}.domains[{d}]"),
+                    format!("`{domain}` is already served by another virtual host"),
+                );
+            }
+        }
+        for (r, route) in vhost.routes.iter().enumerate() {
+            validate_route(errs, &format!("{at}.routes[{r}]"), route, clusters);
+        }
+    }
+}
+
+fn validate_route(
+    errs: &mut ValidationErrors,
+    at: &str,
+    route: &RouteConfig,
+    clusters: &HashSet<&str>,
+) {
+    let m = &route.matcher;
+    if m.prefix.is_some() && m.path.is_some() {
+        errs.push(format!("{at}.match"), "give `prefix` or `path`, not both");
+    }
+    if let Some(prefix) = &m.prefix {
+        check_path(errs, format!("{at}.match.prefix"), prefix);
+    }
+    if let Some(path) = &m.path {
+        check_path(errs, format!("{at}.match.path"), path);
+    }
+    for (h, header) in m.headers.iter().enumerate() {
+        check_header_name(errs, format!("{at}.match.headers[{h}].name"), &header.name);
+    }
+    match (&route.cluster, &route.weighted_clusters) {
+        (Some(cluster), None) => {
+            if !clusters.contains(cluster.as_str()) {
+                errs.push(
+                    format!("{at}.cluster"),
+                    format!("unknown cluster `{cluster}`"),
+                );
+            }
+        }
+        (None, Some(split)) => {
+            if split.is_empty() {
+                errs.push(
+                    format!("{at}.weighted_clusters"),
+                    "must list at least one cluster",
+                );
+            }
+            for (w, entry) in split.iter().enumerate() {
+                if !clusters.contains(entry.name.as_str()) {
+                    errs.push(
+                        format!("{at}.weighted_clusters[{w}].name"),
+                        format!("unknown cluster `{}`", entry.name),
+                    );
+                }
+                if !(1..=10_000).contains(&entry.weight) {
+                    errs.push(
+                        format!("{at}.weighted_clusters[{w}].weight"),
+                        "must be between 1 and 10000",
+                    );
+                }
+            }
+        }
+        _ => errs.push(
+            at.to_owned(),
+            "give exactly one of `cluster` or `weighted_clusters`",
+        ),
+    }
+    if let Some(rewrite) = &route.prefix_rewrite {
+        check_path(errs, format!("{at}.prefix_rewrite"), rewrite);
+    }
+    if route.timeout.0.is_zero() {
+        errs.push(format!("{at}.timeout"), "must be more than zero");
+    }
+    check_header_map(
+        errs,
+        &format!("{at}.request_headers_add"),
+        &route.request_headers_add,
+    );
+    check_header_map(
+        errs,
+        &format!("{at}.response_headers_add"),
+        &route.response_headers_add,
+    );
+    for (h, name) in route.request_headers_remove.iter().enumerate() {
+        check_header_name(errs, format!("{at}.request_headers_remove[{h}]"), name);
+    }
+    for (h, name) in route.response_headers_remove.iter().enumerate() {
+        check_header_name(errs, format!("{at}.response_headers_remove[{h}]"), name);
+    }
+}
+
+fn validate_cluster(errs: &mut ValidationErrors, at: &str, cluster: &ClusterConfig) {
+    check_name(errs, format!("{at}.name"), &cluster.name);
+    if cluster.endpoints.is_empty() {
+        errs.push(format!("{at}.endpoints"), "must list at least one endpoint");
+    }
+    for (e, endpoint) in cluster.endpoints.iter().enumerate() {
+        if endpoint.address.parse::<SocketAddr>().is_err() {
+            errs.push(
+                format!("{at}.endpoints[{e}].address"),
+                format!("`{}` is not an ip:port address", endpoint.address),
+            );
+        }
+        if !(1..=1000).contains(&endpoint.weight) {
+            errs.push(
+                format!("{at}.endpoints[{e}].weight"),
+                "must be between 1 and 1000",
+            );
+        }
+        if endpoint.priority > 9 {
+            errs.push(
+                format!("{at}.endpoints[{e}].priority"),
+                "must be between 0 and 9",
+            );
+        }
+    }
+    let hash_key = cluster
+        .hash_on
+        .as_ref()
+        .map(|h| (h.header.is_some(), h.cookie.is_some()));
+    match (cluster.lb, hash_key) {
+        (LbPolicy::RingHash, Some((true, false)) | Some((false, true))) => {}
+        (LbPolicy::RingHash, _) => errs.push(
+            format!("{at}.hash_on"),
+            "ring_hash needs exactly one of `header` or `cookie`",
+        ),
+        (_, Some(_)) => errs.push(format!("{at}.hash_on"), "only used with `lb: ring_hash`"),
+        (_, None) => {}
+    }
+    if cluster.connect_timeout.0.is_zero() {
+        errs.push(format!("{at}.connect_timeout"), "must be more than zero");
+    }
+    if let Some(check) = &cluster.health_check {
+        validate_health_check(errs, &format!("{at}.health_check"), check);
+    }
+}
+
+fn validate_health_check(errs: &mut ValidationErrors, at: &str, check: &HealthCheckConfig) {
+    match (&check.http, &check.tcp) {
+        (Some(http), None) => check_path(errs, format!("{at}.http.path"), &http.path),
+        (None, Some(_)) => {}
+        _ => errs.push(at.to_owned(), "give exactly one of `http` or `tcp`"),
+    }
+    if check.interval.0 < Duration::from_millis(10) {
+        errs.push(format!("{at}.interval"), "must be at least 10ms");
+    }
+    if check.timeout.0.is_zero() || check.timeout > check.interval {
+        errs.push(
+            format!("{at}.timeout"),
+            "must be more than zero and at most `interval`",
+        );
+    }
+    for (name, value) in [
+        ("healthy_threshold", check.healthy_threshold),
+        ("unhealthy_threshold", check.unhealthy_threshold),
+    ] {
+        if !(1..=100).contains(&value) {
+            errs.push(format!("{at}.{name}"), "must be between 1 and 100");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    virtual_hosts:
+      - name: shop
+        domains: ["shop.example.com", "*.shop.example.com"]
+        routes:
+          - match: {prefix: /api, headers: [{name: x-canary, exact: "1"}]}
+            weighted_clusters: [{name: api, weight: 90}, {name: api-v2, weight: 10}]
+            prefix_rewrite: /
+          - cluster: web
+clusters:
+  - name: api
+    endpoints: [{address: "127.0.0.1:9000"}, {address: "127.0.0.1:9001", priority: 1}]
+  - name: api-v2
+    lb: ring_hash
+    hash_on: {cookie: session}
+    endpoints: [{address: "127.0.0.1:9002", weight: 3}]
+  - name: web
+    lb: round_robin
+    endpoints: [{address: "127.0.0.1:9003"}]
+"#;
+
+    #[test]
+    fn a_full_config_parses_with_defaults() {
+        let config = parse_config(VALID).unwrap();
+        let route = &config.listeners[0].virtual_hosts[0].routes[1];
+        assert_eq!(route.timeout.0, Duration::from_secs(15));
+        assert_eq!(config.clusters[0].lb, LbPolicy::P2cEwma);
+        assert_eq!(config.clusters[0].endpoints[0].weight, 1);
+        assert_eq!(config.limits.max_header_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let text = VALID
+            .replace("127.0.0.1:8080", "nowhere")
+            .replace("name: api-v2, weight: 10", "name: ghost, weight: 0")
+            .replace("hash_on: {cookie: session}", "hash_on: {}")
+            .replace("prefix: /api,", "prefix: api,");
+        let err = parse_config(&text).unwrap_err();
+        let fields: Vec<&str> = err.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "listeners[0].address",
+                "listeners[0].virtual_hosts[0].routes[0].match.prefix",
+                "listeners[0].virtual_hosts[0].routes[0].weighted_clusters[1].name",
+                "listeners[0].virtual_hosts[0].routes[0].weighted_clusters[1].weight",
+                "clusters[1].hash_on",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        let err =
+            parse_config(&VALID.replace("lb: round_robin", "lb: round_robin\n    colour: red"))
+                .unwrap_err();
+        assert_eq!(err.errors[0].field, "clusters[2].colour");
+    }
+}

@@ -1,0 +1,242 @@
+//! Meridian's data plane: a proxy for HTTP/1.1, HTTP/2 (h2c) and, later, TCP, whose whole
+//! configuration (listeners, routes, clusters) can be swapped at run time without dropping
+//! requests or connections.
+//!
+//! It becomes the edge, the regional gateway and the node proxy. Today a config file drives it
+//! (`meridian proxy --config`); the xDS client will feed the same [`ProxyConfig`]. The request
+//! path must not allocate or lock what it need not: route tables are swapped with `arc-swap`, and
+//! metric handles are made when a config is compiled. Nothing a client sends may panic it.
+
+mod admin;
+mod cluster;
+mod config;
+mod forward;
+mod health;
+mod metrics;
+mod reload;
+mod routing;
+mod server;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use meridian_model::ValidationErrors;
+
+pub use config::{
+    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, LbPolicy, Limits,
+    ListenerConfig, ListenerProtocol, ProxyConfig, RouteConfig, RouteMatch, UpstreamProtocol,
+    VirtualHost, WeightedCluster,
+};
+pub use forward::ERROR_HEADER;
+pub use reload::{run, RunOptions};
+
+use crate::cluster::Cluster;
+use crate::forward::HttpClient;
+use crate::metrics::ProxyMetrics;
+use crate::routing::RouteTable;
+use crate::server::{upstream_client, Listener, Shared};
+
+/// Why a configuration was not applied. The previous one stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The configuration breaks a rule; every problem names its field.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] ValidationErrors),
+    /// A new listener's address could not be bound.
+    #[error("listeners[{index}].address: cannot bind {address}: {source}")]
+    Bind {
+        /// Index of the listener in the configuration.
+        index: usize,
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What is in force: the config, its clusters and its bound listeners.
+#[derive(Default)]
+struct Active {
+    config: Option<ProxyConfig>,
+    clusters: HashMap<String, Arc<Cluster>>,
+    /// By listener name, with the configured address it was bound for.
+    listeners: HashMap<String, (String, Listener)>,
+    /// Upstream clients by protocol and connect timeout, kept across reloads so that pooled
+    /// connections survive a config swap.
+    clients: HashMap<(UpstreamProtocol, Duration), HttpClient>,
+    /// The running health-check tasks; replaced on every apply.
+    checkers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        for checker in &self.checkers {
+            checker.abort();
+        }
+    }
+}
+
+/// A running proxy. [`Proxy::apply`] swaps its whole configuration atomically.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    active: tokio::sync::Mutex<Active>,
+    probes: health::ProbeClient,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            shared: Arc::new(Shared {
+                metrics: Arc::new(ProxyMetrics::default()),
+                limits: ArcSwap::from_pointee(Limits::default()),
+            }),
+            active: tokio::sync::Mutex::new(Active::default()),
+            probes: health::probe_client(),
+        }
+    }
+}
+
+impl Proxy {
+    /// Validates and applies `config`: binds new listeners first (if one fails, nothing changes),
+    /// then swaps every route table; listeners no longer configured stop accepting, while their
+    /// open connections finish on the config they started with.
+    pub async fn apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
+        let result = self.try_apply(config).await;
+        self.shared.metrics.reload(result.is_ok());
+        result
+    }
+
+    async fn try_apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
+        config::validate(&config)?;
+        let mut active = self.active.lock().await;
+        let mut clusters = HashMap::new();
+        for cluster in &config.clusters {
+            let key = (cluster.protocol, cluster.connect_timeout.0);
+            let client = active
+                .clients
+                .entry(key)
+                .or_insert_with(|| upstream_client(key.0, key.1))
+                .clone();
+            let previous = active.clusters.get(&cluster.name).map(Arc::as_ref);
+            let built = Cluster::build(cluster, client, previous);
+            if cluster.health_check.is_none() {
+                // Unchecked endpoints are healthy, whatever an earlier check had said.
+                built.endpoints().iter().for_each(|e| e.set_healthy(true));
+            }
+            clusters.insert(cluster.name.clone(), Arc::new(built));
+        }
+        let tables: Vec<RouteTable> = config
+            .listeners
+            .iter()
+            .map(|l| {
+                RouteTable::build(
+                    &l.name,
+                    &l.virtual_hosts,
+                    &|name| clusters.get(name).cloned(),
+                    &|listener, vhost, route, cluster| {
+                        self.shared.metrics.route(listener, vhost, route, cluster)
+                    },
+                )
+            })
+            .collect();
+        // Bind what is new before changing anything, so that a failure leaves all as it was.
+        let mut fresh = HashMap::new();
+        let mut reused = Vec::new();
+        for (index, (listener, table)) in config.listeners.iter().zip(tables).enumerate() {
+            match active.listeners.get(&listener.name) {
+                Some((address, _)) if *address == listener.address => {
+                    reused.push((listener.name.clone(), table));
+                }
+                _ => {
+                    let address: SocketAddr = listener.address.parse().map_err(|_| {
+                        let mut errors = ValidationErrors::default();
+                        errors.push(
+                            format!("listeners[{index}].address"),
+                            "not an ip:port address",
+                        );
+                        ApplyError::Invalid(errors)
+                    })?;
+                    let bound = Listener::bind(&listener.name, address, table, self.shared.clone())
+                        .await
+                        .map_err(|source| ApplyError::Bind {
+                            index,
+                            address,
+                            source,
+                        })?;
+                    fresh.insert(listener.name.clone(), (listener.address.clone(), bound));
+                }
+            }
+        }
+        self.shared.limits.store(Arc::new(config.limits.clone()));
+        let mut kept = std::mem::take(&mut active.listeners);
+        for (name, table) in reused {
+            if let Some(entry) = kept.remove(&name) {
+                entry.1.context.table.store(Arc::new(table));
+                fresh.insert(name, entry);
+            }
+        }
+        // Whatever is left in `kept` is no longer configured: dropping it stops its accept loop.
+        drop(kept);
+        active.listeners = fresh;
+        for checker in active.checkers.drain(..) {
+            checker.abort();
+        }
+        active.checkers = config
+            .clusters
+            .iter()
+            .filter_map(|c| Some((c.health_check.clone()?, clusters.get(&c.name)?.clone())))
+            .map(|(check, cluster)| {
+                health::spawn(
+                    cluster,
+                    check,
+                    self.probes.clone(),
+                    self.shared.metrics.clone(),
+                )
+            })
+            .collect();
+        active.clusters = clusters;
+        active.config = Some(config);
+        tracing::info!(
+            listeners = active.listeners.len(),
+            clusters = active.clusters.len(),
+            "configuration applied"
+        );
+        Ok(())
+    }
+
+    /// Parses `text` (YAML or JSON) and applies it; see [`Proxy::apply`].
+    pub async fn apply_text(&self, text: &str) -> Result<(), ApplyError> {
+        match parse_config(text) {
+            Ok(config) => self.apply(config).await,
+            Err(errors) => {
+                self.shared.metrics.reload(false);
+                Err(ApplyError::Invalid(errors))
+            }
+        }
+    }
+
+    /// The configuration in force, if any.
+    pub async fn config(&self) -> Option<ProxyConfig> {
+        self.active.lock().await.config.clone()
+    }
+
+    /// The bound address of each listener, by name.
+    pub async fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let active = self.active.lock().await;
+        let mut listeners: Vec<(String, SocketAddr)> = active
+            .listeners
+            .iter()
+            .map(|(name, (_, l))| (name.clone(), l.bound))
+            .collect();
+        listeners.sort();
+        listeners
+    }
+
+    /// The Prometheus text exposition of the proxy's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+}

@@ -1,0 +1,244 @@
+//! The proxy's Prometheus metrics. Per-route handles are made when a config is compiled, so the
+//! request path only increments counters it already holds.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    listener: String,
+    vhost: String,
+    route: String,
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    vhost: String,
+    route: String,
+    cluster: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    cluster: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    cluster: String,
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Metric handles of one route target (listener, virtual host, route, cluster).
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    /// Records one answered request.
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.latency.observe(seconds);
+    }
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamError {
+    /// The cluster had no healthy endpoint.
+    NoEndpoint,
+    /// Connecting or talking to the endpoint failed.
+    Connect,
+    /// The endpoint did not answer within the route's timeout.
+    Timeout,
+}
+
+impl UpstreamError {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamError::NoEndpoint => "no_endpoint",
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+        }
+    }
+}
+
+/// All of the proxy's metrics.
+pub struct ProxyMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    connections: Family<ListenerLabels, Gauge>,
+    no_route: Family<ListenerLabels, Counter>,
+    upstream_errors: Family<ErrorLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    health: Family<HealthLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~3 s.
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("meridian_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency =
+            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        let no_route = Family::<ListenerLabels, Counter>::default();
+        let upstream_errors = Family::<ErrorLabels, Counter>::default();
+        let reloads = Family::<ResultLabels, Counter>::default();
+        let health = Family::<HealthLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route target and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head, by route target",
+            latency.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        registry.register(
+            "no_route",
+            "Requests that matched no route (404)",
+            no_route.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Requests not forwarded: no endpoint, connect failure or timeout",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration loads by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "health_transitions",
+            "Endpoints that became healthy or unhealthy, by cluster",
+            health.clone(),
+        );
+        ProxyMetrics {
+            registry,
+            requests,
+            latency,
+            connections,
+            no_route,
+            upstream_errors,
+            reloads,
+            health,
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// Handles for one route target.
+    pub fn route(&self, listener: &str, vhost: &str, route: &str, cluster: &str) -> RouteMetrics {
+        let labels = RouteLabels {
+            listener: listener.to_owned(),
+            vhost: vhost.to_owned(),
+            route: route.to_owned(),
+            cluster: cluster.to_owned(),
+        };
+        let by_class = STATUS_CLASSES.map(|status| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    listener: labels.listener.clone(),
+                    vhost: labels.vhost.clone(),
+                    route: labels.route.clone(),
+                    cluster: labels.cluster.clone(),
+                    status,
+                })
+                .clone()
+        });
+        RouteMetrics {
+            by_class,
+            latency: self.latency.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The open-connections gauge of a listener.
+    pub fn connections(&self, listener: &str) -> Gauge {
+        self.connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The no-route counter of a listener.
+    pub fn no_route(&self, listener: &str) -> Counter {
+        self.no_route
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Counts a request that could not be forwarded to `cluster`.
+    pub fn upstream_error(&self, cluster: &str, error: UpstreamError) {
+        self.upstream_errors
+            .get_or_create(&ErrorLabels {
+                cluster: cluster.to_owned(),
+                kind: error.label(),
+            })
+            .inc();
+    }
+
+    /// Counts a configuration load.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts an endpoint of `cluster` becoming healthy or unhealthy.
+    pub fn health_transition(&self, cluster: &str, healthy: bool) {
+        let to = if healthy { "healthy" } else { "unhealthy" };
+        self.health
+            .get_or_create(&HealthLabels {
+                cluster: cluster.to_owned(),
+                to,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        text
+    }
+}

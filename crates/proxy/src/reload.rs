@@ -1,0 +1,128 @@
+//! Running from a config file: load it, serve the admin port, and re-apply the file when it
+//! changes or on SIGHUP. A file that does not parse or validate is rejected with every problem
+//! logged, and the configuration in force stays.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::Proxy;
+
+/// How often the config file is checked for changes.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Options of [`run`].
+pub struct RunOptions {
+    /// The config file (YAML or JSON).
+    pub config: PathBuf,
+    /// Where the admin port listens (port 0 picks one; it is printed).
+    pub admin: SocketAddr,
+}
+
+/// Error starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The first configuration was not applied.
+    #[error("{path}: {source}")]
+    Apply {
+        /// The file.
+        path: String,
+        /// Why.
+        source: crate::ApplyError,
+    },
+    /// The admin port could not be bound.
+    #[error("admin port {address}: {source}")]
+    Admin {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+async fn load(proxy: &Proxy, path: &PathBuf) -> Result<String, RunError> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| RunError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+    proxy
+        .apply_text(&text)
+        .await
+        .map_err(|source| RunError::Apply {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(text)
+}
+
+/// Runs the proxy from `options.config` until `shutdown` resolves. Prints the admin address and
+/// each listener's bound address on standard output once serving.
+pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let proxy = Arc::new(Proxy::default());
+    let mut applied = load(&proxy, &options.config).await?;
+    let admin = tokio::net::TcpListener::bind(options.admin)
+        .await
+        .map_err(|source| RunError::Admin {
+            address: options.admin,
+            source,
+        })?;
+    let admin_address = admin.local_addr().map_err(|source| RunError::Admin {
+        address: options.admin,
+        source,
+    })?;
+    let router = crate::admin::router(proxy.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin, router).await {
+            tracing::error!(error = %e, "admin port failed");
+        }
+    });
+    println!("meridian proxy admin on http://{admin_address}");
+    for (name, address) in proxy.listeners().await {
+        println!("listener {name} on {address}");
+    }
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    tokio::pin!(shutdown);
+    loop {
+        let forced = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(POLL_INTERVAL) => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let text = match tokio::fs::read_to_string(&options.config).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(path = %options.config.display(), error = %e,
+                    "cannot read the config file; keeping the current config");
+                continue;
+            }
+        };
+        if text == applied && !forced {
+            continue;
+        }
+        match proxy.apply_text(&text).await {
+            Ok(()) => tracing::info!(path = %options.config.display(), "configuration reloaded"),
+            Err(e) => tracing::warn!(path = %options.config.display(), error = %e,
+                "configuration rejected; keeping the current one"),
+        }
+        applied = text;
+    }
+}

@@ -1,0 +1,262 @@
+//! Route tables at run time: a listener's virtual hosts and routes, compiled for matching.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::cluster::Cluster;
+use crate::config::{RouteConfig, VirtualHost};
+use crate::metrics::RouteMetrics;
+
+/// How a route matches the path.
+#[derive(Debug)]
+enum PathMatch {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+/// Where a route sends traffic: one cluster, or several by weight.
+#[derive(Debug)]
+pub struct Target {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// This target's metrics.
+    pub metrics: RouteMetrics,
+    /// Cumulative weight up to and including this target.
+    cumulative: u32,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Name used in metrics and logs.
+    pub name: String,
+    path: PathMatch,
+    headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    targets: Vec<Target>,
+    /// Replacement for the matched part of the path.
+    pub prefix_rewrite: Option<String>,
+    /// Time for the upstream to answer with headers.
+    pub timeout: Duration,
+    /// Headers set on the upstream request.
+    pub request_add: Vec<(HeaderName, HeaderValue)>,
+    /// Headers removed from the upstream request.
+    pub request_remove: Vec<HeaderName>,
+    /// Headers set on the response.
+    pub response_add: Vec<(HeaderName, HeaderValue)>,
+    /// Headers removed from the response.
+    pub response_remove: Vec<HeaderName>,
+}
+
+impl Route {
+    fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+        };
+        path_ok
+            && self
+                .headers
+                .iter()
+                .all(|(name, want)| match (headers.get(name), want) {
+                    (Some(got), Some(want)) => got == want,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                })
+    }
+
+    /// Picks the target for one request, by weight.
+    pub fn target(&self) -> &Target {
+        if self.targets.len() == 1 {
+            return &self.targets[0];
+        }
+        let total = self.targets.last().map_or(1, |t| t.cumulative);
+        let roll = fastrand::u32(0..total);
+        let slot = self.targets.partition_point(|t| t.cumulative <= roll);
+        &self.targets[slot.min(self.targets.len() - 1)]
+    }
+
+    /// The upstream path for `path_and_query` after this route's rewrite.
+    pub fn rewrite(&self, path: &str, query: Option<&str>) -> Option<String> {
+        let replacement = self.prefix_rewrite.as_deref()?;
+        let rest = match &self.path {
+            PathMatch::Prefix(p) => &path[p.len().min(path.len())..],
+            PathMatch::Exact(_) => "",
+            PathMatch::Any => path,
+        };
+        let mut out = String::with_capacity(replacement.len() + rest.len() + 1);
+        out.push_str(replacement);
+        if out.ends_with('/') && rest.starts_with('/') {
+            out.push_str(&rest[1..]);
+        } else {
+            out.push_str(rest);
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
+}
+
+#[derive(Debug)]
+struct Host {
+    routes: Vec<Route>,
+}
+
+/// A listener's routing: host lookup (exact, longest `*.` suffix, then `*`), then the first
+/// matching route of that host.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    hosts: Vec<Host>,
+    exact: HashMap<String, usize>,
+    /// (".example.com", host index), longest suffix first.
+    suffixes: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+fn header_pairs(
+    map: &std::collections::BTreeMap<String, String>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    map.iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn header_names(names: &[String]) -> Vec<HeaderName> {
+    names
+        .iter()
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect()
+}
+
+impl RouteTable {
+    /// Compiles a listener's validated virtual hosts; `cluster` resolves a cluster by name and
+    /// `metrics` makes a route's metric handles.
+    pub fn build(
+        listener: &str,
+        vhosts: &[VirtualHost],
+        cluster: &dyn Fn(&str) -> Option<Arc<Cluster>>,
+        metrics: &dyn Fn(&str, &str, &str, &str) -> RouteMetrics,
+    ) -> RouteTable {
+        let mut table = RouteTable::default();
+        for (index, vhost) in vhosts.iter().enumerate() {
+            let routes = vhost
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(r, route)| compile_route(listener, &vhost.name, r, route, cluster, metrics))
+                .collect();
+            table.hosts.push(Host { routes });
+            for domain in &vhost.domains {
+                let domain = domain.to_ascii_lowercase();
+                if domain == "*" {
+                    table.any = Some(index);
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    table.suffixes.push((suffix.to_owned(), index));
+                } else {
+                    table.exact.insert(domain, index);
+                }
+            }
+        }
+        table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        table
+    }
+
+    /// The route for a request to `host` (without port) with `path` and `headers`.
+    pub fn find(&self, host: &str, path: &str, headers: &HeaderMap) -> Option<&Route> {
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let index = self
+            .exact
+            .get(host)
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
+                    .map(|(_, i)| *i)
+            })
+            .or(self.any)?;
+        self.hosts[index]
+            .routes
+            .iter()
+            .find(|route| route.matches(path, headers))
+    }
+}
+
+fn compile_route(
+    listener: &str,
+    vhost: &str,
+    index: usize,
+    route: &RouteConfig,
+    cluster: &dyn Fn(&str) -> Option<Arc<Cluster>>,
+    metrics: &dyn Fn(&str, &str, &str, &str) -> RouteMetrics,
+) -> Route {
+    let name = route.name.clone().unwrap_or_else(|| index.to_string());
+    let split: Vec<(String, u32)> = match (&route.cluster, &route.weighted_clusters) {
+        (Some(single), _) => vec![(single.clone(), 1)],
+        (None, Some(weighted)) => weighted
+            .iter()
+            .map(|w| (w.name.clone(), w.weight))
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let mut cumulative = 0;
+    let targets = split
+        .into_iter()
+        .filter_map(|(cluster_name, weight)| {
+            cumulative += weight;
+            Some(Target {
+                cluster: cluster(&cluster_name)?,
+                metrics: metrics(listener, vhost, &name, &cluster_name),
+                cumulative,
+            })
+        })
+        .collect();
+    let path = match (&route.matcher.path, &route.matcher.prefix) {
+        (Some(exact), _) => PathMatch::Exact(exact.clone()),
+        (None, Some(prefix)) if prefix != "/" => PathMatch::Prefix(prefix.clone()),
+        _ => PathMatch::Any,
+    };
+    Route {
+        headers: route
+            .matcher
+            .headers
+            .iter()
+            .filter_map(|h| {
+                let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+                let value = match &h.exact {
+                    Some(v) => Some(HeaderValue::from_str(v).ok()?),
+                    None => None,
+                };
+                Some((name, value))
+            })
+            .collect(),
+        name,
+        path,
+        targets,
+        prefix_rewrite: route.prefix_rewrite.clone(),
+        timeout: route.timeout.0,
+        request_add: header_pairs(&route.request_headers_add),
+        request_remove: header_names(&route.request_headers_remove),
+        response_add: header_pairs(&route.response_headers_add),
+        response_remove: header_names(&route.response_headers_remove),
+    }
+}

@@ -1,0 +1,155 @@
+//! Listeners: accept loops and per-connection HTTP/1.1 + HTTP/2 (h2c) serving, with the limits
+//! of the current configuration.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{Limits, UpstreamProtocol};
+use crate::forward::{self, HttpClient};
+use crate::metrics::ProxyMetrics;
+use crate::routing::RouteTable;
+
+/// Idle upstream connections are closed after this long.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Most idle connections kept per upstream endpoint.
+const UPSTREAM_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// What every listener shares: metrics and the client limits of the current config.
+pub struct Shared {
+    /// The proxy's metrics.
+    pub metrics: Arc<ProxyMetrics>,
+    /// Limits on clients, swapped with the config.
+    pub limits: ArcSwap<Limits>,
+}
+
+/// What a listener's connections need: its routes (swapped on reload) and its metric handles.
+pub struct ListenerContext {
+    /// The listener's name.
+    pub name: String,
+    /// The current route table.
+    pub table: ArcSwap<RouteTable>,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Requests that matched no route.
+    pub no_route: Counter,
+    connections: Gauge,
+}
+
+/// A bound listener. Dropping it stops accepting; open connections carry on.
+pub struct Listener {
+    /// Its context (route table and metrics).
+    pub context: Arc<ListenerContext>,
+    /// The address it is bound to.
+    pub bound: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// A client for upstreams speaking `protocol`, connecting within `connect_timeout`.
+pub fn upstream_client(protocol: UpstreamProtocol, connect_timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(UPSTREAM_IDLE_PER_ENDPOINT)
+        .http2_only(protocol == UpstreamProtocol::Http2);
+    builder.build(connector)
+}
+
+impl Listener {
+    /// Binds `address` and starts accepting with `table`.
+    pub async fn bind(
+        name: &str,
+        address: SocketAddr,
+        table: RouteTable,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Listener> {
+        let socket = TcpListener::bind(address).await?;
+        let bound = socket.local_addr()?;
+        let context = Arc::new(ListenerContext {
+            name: name.to_owned(),
+            table: ArcSwap::from_pointee(table),
+            no_route: shared.metrics.no_route(name),
+            connections: shared.metrics.connections(name),
+            shared,
+        });
+        let accept = tokio::spawn(accept_loop(socket, context.clone()));
+        tracing::info!(listener = name, address = %bound, "listening");
+        Ok(Listener {
+            context,
+            bound,
+            accept,
+        })
+    }
+}
+
+async fn accept_loop(socket: TcpListener, context: Arc<ListenerContext>) {
+    loop {
+        match socket.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, peer, context.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %context.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    context: Arc<ListenerContext>,
+) {
+    let limits = context.shared.limits.load_full();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    context.connections.inc();
+    let service = {
+        let context = context.clone();
+        service_fn(move |request| {
+            let context = context.clone();
+            async move { Ok::<_, Infallible>(forward::handle(request, context, peer).await) }
+        })
+    };
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(listener = %context.name, %peer, error = %e, "connection ended with an error");
+    }
+    context.connections.dec();
+}

@@ -1,0 +1,429 @@
+//! The proxy between real clients and real upstream servers on loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use meridian_proxy::{Proxy, ERROR_HEADER};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An upstream that answers every request with JSON describing it, and its own name.
+async fn upstream(name: &'static str) -> SocketAddr {
+    let app = axum::Router::new().fallback(move |request: Request| async move {
+        if request.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let headers: HashMap<String, String> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = json!({
+            "upstream": name,
+            "path": request.uri().to_string(),
+            "headers": headers,
+        });
+        (
+            [("x-upstream", name), ("x-internal", "secret")],
+            axum::Json(body),
+        )
+            .into_response()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn config(a: SocketAddr, b: SocketAddr) -> String {
+    format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: shop
+        domains: ["shop.example.com", "*.shop.example.com"]
+        routes:
+          - name: canary
+            match: {{prefix: /api, headers: [{{name: x-canary, exact: "1"}}]}}
+            cluster: b
+          - name: api
+            match: {{prefix: /api/}}
+            cluster: a
+            prefix_rewrite: /v2/
+            request_headers_add: {{x-route: api}}
+            request_headers_remove: [x-debug]
+            response_headers_remove: [x-internal]
+            response_headers_add: {{x-served-by: meridian}}
+          - name: slow
+            match: {{path: /slow}}
+            cluster: a
+            timeout: 200ms
+      - name: fallback
+        domains: ["*"]
+        routes:
+          - cluster: b
+clusters:
+  - name: a
+    endpoints: [{{address: "{a}"}}]
+  - name: b
+    lb: round_robin
+    endpoints: [{{address: "{b}"}}]
+  - name: dead
+    endpoints: [{{address: "127.0.0.1:1"}}]
+"#
+    )
+}
+
+async fn start(text: &str) -> (Arc<Proxy>, String) {
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(text).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    (proxy, format!("http://{address}"))
+}
+
+async fn get(
+    base: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>, Value) {
+    let client = reqwest::Client::new();
+    let mut request = client.get(format!("{base}{path}")).header("host", host);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn routes_by_host_path_and_header_and_rewrites_headers() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let (_proxy, base) = start(&config(a, b)).await;
+
+    let (status, headers, body) = get(
+        &base,
+        "/api/items?x=1",
+        "shop.example.com:8080",
+        &[
+            ("x-debug", "1"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["upstream"], "a");
+    assert_eq!(body["path"], "/v2/items?x=1");
+    let seen = &body["headers"];
+    assert_eq!(seen["x-route"], "api");
+    assert!(seen.get("x-debug").is_none());
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "shop.example.com");
+    assert_eq!(seen["x-request-id"].as_str().unwrap().len(), 32);
+    assert_eq!(
+        seen["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert_eq!(headers["x-served-by"], "meridian");
+    assert!(!headers.contains_key("x-internal"));
+
+    // Header match wins over the later prefix route; a given request id is kept.
+    let (_, _, body) = get(
+        &base,
+        "/api/items",
+        "shop.example.com",
+        &[("x-canary", "1"), ("x-request-id", "abc")],
+    )
+    .await;
+    assert_eq!(body["upstream"], "b");
+    assert_eq!(body["headers"]["x-request-id"], "abc");
+    // Wildcard host, then the catch-all virtual host.
+    let (_, _, body) = get(&base, "/api/x", "eu.shop.example.com", &[]).await;
+    assert_eq!(body["upstream"], "a");
+    let (_, _, body) = get(&base, "/api/x", "other.example.org", &[]).await;
+    assert_eq!(body["upstream"], "b");
+    // A prefix that is not matched falls through to no route in this host.
+    let (status, headers, _) = get(&base, "/nothing", "shop.example.com", &[]).await;
+    assert_eq!((status, headers[ERROR_HEADER].as_str()), (404, "no_route"));
+}
+
+#[tokio::test]
+async fn upstream_failures_answer_502_and_504() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let text = config(a, b).replace(
+        "routes:\n          - cluster: b",
+        "routes:\n          - cluster: dead",
+    );
+    let (_proxy, base) = start(&text).await;
+    let (status, headers, _) = get(&base, "/slow", "shop.example.com", &[]).await;
+    assert_eq!(
+        (status, headers[ERROR_HEADER].as_str()),
+        (504, "upstream_timeout")
+    );
+    let (status, headers, _) = get(&base, "/", "elsewhere.example.org", &[]).await;
+    assert_eq!(
+        (status, headers[ERROR_HEADER].as_str()),
+        (502, "upstream_failed")
+    );
+}
+
+#[tokio::test]
+async fn weighted_clusters_split_traffic() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let text = config(a, b).replace(
+        "routes:\n          - cluster: b",
+        "routes:\n          - weighted_clusters: [{name: a, weight: 90}, {name: b, weight: 10}]",
+    );
+    let (_proxy, base) = start(&text).await;
+    let mut to_b = 0;
+    for _ in 0..500 {
+        let (_, _, body) = get(&base, "/", "any.example.org", &[]).await;
+        if body["upstream"] == "b" {
+            to_b += 1;
+        }
+    }
+    assert!(
+        (20..90).contains(&to_b),
+        "{to_b} of 500 went to the 10% cluster"
+    );
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_clients_are_served() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let (_proxy, base) = start(&config(a, b)).await;
+    // HTTP/2 with prior knowledge over a plain connection; :authority names the virtual host.
+    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut client, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri("http://shop.example.com/api/h2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.headers()["x-upstream"], "a");
+}
+
+#[tokio::test]
+async fn a_config_swap_under_load_drops_nothing_and_bad_configs_change_nothing() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let original = config(a, b);
+    let (proxy, base) = start(&original).await;
+    let swapped = original.replace(
+        &format!("endpoints: [{{address: \"{a}\"}}]"),
+        &format!("endpoints: [{{address: \"{b}\"}}]"),
+    );
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut statuses = Vec::new();
+                for _ in 0..150 {
+                    let response = client
+                        .get(format!("{base}/api/load"))
+                        .header("host", "shop.example.com")
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(response.status().as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        let text = if i % 2 == 0 { &swapped } else { &original };
+        proxy.apply_text(text).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    proxy.apply_text(&swapped).await.unwrap();
+    for task in load {
+        let statuses = task.await.unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    let (_, _, body) = get(&base, "/api/after", "shop.example.com", &[]).await;
+    assert_eq!(body["upstream"], "b", "new requests see the new config");
+
+    let broken = swapped.replace("lb: round_robin", "lb: fastest");
+    let err = proxy.apply_text(&broken).await.unwrap_err().to_string();
+    assert!(err.contains("clusters[1].lb"), "{err}");
+    let err = proxy
+        .apply_text(&swapped.replace(
+            "cluster: a\n            prefix_rewrite",
+            "cluster: ghost\n            prefix_rewrite",
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes[1].cluster: unknown cluster `ghost`"),
+        "{err}"
+    );
+    let (_, _, body) = get(&base, "/api/still", "shop.example.com", &[]).await;
+    assert_eq!(body["upstream"], "b");
+    let metrics = proxy.metrics_text();
+    assert!(
+        metrics.contains("meridian_proxy_config_reloads_total{result=\"rejected\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// An upstream whose `/health` answers 200 or 503 as its switch says.
+async fn switchable_upstream(
+    name: &'static str,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let switch = healthy.clone();
+    let app = axum::Router::new().fallback(move |request: Request| {
+        let healthy = healthy.clone();
+        async move {
+            if request.uri().path() == "/health"
+                && !healthy.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return (http::StatusCode::SERVICE_UNAVAILABLE, name).into_response();
+            }
+            ([("x-upstream", name)], name).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, switch)
+}
+
+/// Polls until a request is served by `want`, or fails after a deadline.
+async fn until_served_by(base: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = reqwest::get(format!("{base}/")).await.unwrap();
+        let by = response
+            .headers()
+            .get("x-upstream")
+            .map(|v| v.to_str().unwrap().to_owned());
+        if by.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served by {want} (last: {by:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_checks_move_traffic_to_the_next_priority_and_back() {
+    let (primary, primary_ok) = switchable_upstream("primary").await;
+    let (backup, _) = switchable_upstream("backup").await;
+    let text = format!(
+        r#"
+listeners:
+  - name: l
+    address: 127.0.0.1:0
+    virtual_hosts: [{{name: all, domains: ["*"], routes: [{{cluster: c}}]}}]
+clusters:
+  - name: c
+    health_check: {{http: {{path: /health}}, interval: 50ms, timeout: 40ms, unhealthy_threshold: 2}}
+    endpoints: [{{address: "{primary}"}}, {{address: "{backup}", priority: 1}}]
+"#
+    );
+    let (proxy, base) = start(&text).await;
+    for _ in 0..20 {
+        let response = reqwest::get(format!("{base}/")).await.unwrap();
+        assert_eq!(response.headers()["x-upstream"], "primary");
+    }
+    primary_ok.store(false, std::sync::atomic::Ordering::SeqCst);
+    until_served_by(&base, "backup").await;
+    for _ in 0..20 {
+        let response = reqwest::get(format!("{base}/")).await.unwrap();
+        assert_eq!(
+            response.headers()["x-upstream"],
+            "backup",
+            "traffic went back too early"
+        );
+    }
+    primary_ok.store(true, std::sync::atomic::Ordering::SeqCst);
+    until_served_by(&base, "primary").await;
+    let metrics = proxy.metrics_text();
+    assert!(
+        metrics
+            .contains(r#"meridian_proxy_health_transitions_total{cluster="c",to="unhealthy"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"meridian_proxy_health_transitions_total{cluster="c",to="healthy"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// Sends raw bytes and returns the status line of the answer.
+async fn raw(base: &str, bytes: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_requests_are_refused() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let text = format!("{}limits: {{max_header_bytes: 8192}}\n", config(a, b));
+    let (proxy, base) = start(&text).await;
+    let huge = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert!(raw(&base, huge.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431"));
+    assert!(raw(&base, b"BLAH\x01 / HTTP/1.1\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 400"));
+    assert!(raw(&base, b"GET / HTTP/1.1\r\nbad header\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 400"));
+    // Still serving.
+    let (status, _, _) = get(&base, "/", "x.example.org", &[]).await;
+    assert_eq!(status, 200);
+    assert!(proxy
+        .metrics_text()
+        .contains("meridian_proxy_requests_total"));
+}

@@ -1,0 +1,103 @@
+//! End to end: `meridian proxy --config FILE` as a process; editing the file swaps the config,
+//! a broken edit changes nothing.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::MERIDIAN;
+
+/// An upstream answering its name, on a thread of its own.
+fn upstream(name: &'static str) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(move || async move { name });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
+}
+
+fn config(upstream: SocketAddr) -> String {
+    format!(
+        "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes: [{{cluster: app}}]\nclusters:\n  - name: app\n    endpoints: [{{address: \"{upstream}\"}}]\n"
+    )
+}
+
+fn fetch(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+}
+
+#[test]
+fn editing_the_config_file_swaps_the_config_and_a_broken_edit_does_not() {
+    let (blue, green) = (upstream("blue"), upstream("green"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.yaml");
+    std::fs::write(&file, config(blue)).unwrap();
+    let mut child = Command::new(MERIDIAN)
+        .args(["proxy", "--admin", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut admin, mut web) = (None, None);
+    while admin.is_none() || web.is_none() {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("proxy started");
+        if let Some(rest) = line.strip_prefix("meridian proxy admin on ") {
+            admin = Some(rest.to_owned());
+        } else if let Some(rest) = line.strip_prefix("listener web on ") {
+            web = Some(format!("http://{rest}/"));
+        }
+    }
+    let (admin, web) = (admin.unwrap(), web.unwrap());
+    assert_eq!(fetch(&web), "blue");
+
+    std::fs::write(&file, config(green)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetch(&web) != "green" {
+        assert!(Instant::now() < deadline, "the edit was not picked up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    std::fs::write(&file, config(blue).replace("endpoints", "endpoint")).unwrap();
+    let rejected = "meridian_proxy_config_reloads_total{result=\"rejected\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fetch(&format!("{admin}/metrics")).contains(rejected) {
+        assert!(Instant::now() < deadline, "the broken edit was not noticed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fetch(&web), "green", "a broken file changed the config");
+    let live: serde_json::Value = serde_json::from_str(&fetch(&format!("{admin}/config"))).unwrap();
+    assert_eq!(
+        live["clusters"][0]["endpoints"][0]["address"],
+        green.to_string()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
