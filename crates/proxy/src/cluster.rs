@@ -7,14 +7,14 @@
 //! together cover less than 100%, the shares are scaled up to 100%.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::HeaderMap;
 
-use crate::config::{ClusterConfig, HashOn, LbPolicy, UpstreamProtocol};
+use crate::config::{ClusterConfig, HashOn, LbPolicy, OutlierDetection, UpstreamProtocol};
 use crate::forward::HttpClient;
 
 /// How much headroom a priority level is assumed to have (Envoy's overprovisioning factor).
@@ -40,9 +40,36 @@ pub struct Endpoint {
     ewma_ns: AtomicU64,
     /// When `ewma_ns` was last updated, in nanoseconds since the cluster was built.
     stamp_ns: AtomicU64,
+    /// Outlier ejection ends at this time (nanoseconds since the cluster's epoch); 0: not ejected.
+    ejected_until_ns: AtomicU64,
+    /// Times ejected (the next ejection lasts this many base ejection times, plus one).
+    ejections: AtomicU32,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
 }
 
 impl Endpoint {
+    fn new(addr: SocketAddr, weight: u32) -> Option<Endpoint> {
+        Some(Endpoint {
+            addr,
+            authority: Authority::try_from(addr.to_string()).ok()?,
+            weight,
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicU32::new(0),
+            ewma_ns: AtomicU64::new(INITIAL_LATENCY_NS.to_bits()),
+            stamp_ns: AtomicU64::new(0),
+            ejected_until_ns: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway: AtomicU32::new(0),
+        })
+    }
+
+    /// Whether the endpoint is healthy and not ejected at `now_ns`.
+    fn usable(&self, now_ns: u64) -> bool {
+        self.is_healthy() && self.ejected_until_ns.load(Ordering::Relaxed) <= now_ns
+    }
+
     fn cost(&self) -> f64 {
         let ewma = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         ewma * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
@@ -59,43 +86,72 @@ impl Endpoint {
     }
 }
 
-/// An endpoint chosen for one request. Counts as outstanding until dropped; report the outcome
-/// with [`Lease::finish`] so that latency feeds the balancer.
-pub struct Lease {
-    endpoint: Arc<Endpoint>,
-    started: Instant,
-    epoch: Instant,
+/// How a request to an endpoint ended, for load balancing and outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered, not with a 5xx.
+    Success,
+    /// Answered 500 or another 5xx that is not a gateway error.
+    ServerError,
+    /// Answered 502, 503 or 504, or could not be connected to, or timed out.
+    GatewayError,
 }
 
-impl Lease {
+impl Outcome {
+    /// The outcome of an answer with `status`.
+    pub fn of_status(status: u16) -> Outcome {
+        match status {
+            502..=504 => Outcome::GatewayError,
+            500..=599 => Outcome::ServerError,
+            _ => Outcome::Success,
+        }
+    }
+}
+
+/// An endpoint chosen for one request. Counts as outstanding until dropped; report the outcome
+/// with [`Lease::finish`].
+pub struct Lease<'c> {
+    cluster: &'c Cluster,
+    index: usize,
+    started: Instant,
+}
+
+impl Lease<'_> {
     /// The chosen endpoint.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        &self.cluster.endpoints[self.index]
     }
 
-    /// Records how long the endpoint took to answer (peak EWMA: a slower answer counts at once, a
-    /// faster one decays in).
-    pub fn finish(self) {
+    /// Records the outcome: latency feeds the balancer (peak EWMA: a slower answer counts at
+    /// once, a faster one decays in); errors feed outlier detection. Returns whether the endpoint
+    /// was ejected for it.
+    pub fn finish(self, outcome: Outcome) -> bool {
         let now = Instant::now();
-        let rtt = now.duration_since(self.started).as_nanos() as f64;
-        let now_ns = now.duration_since(self.epoch).as_nanos() as u64;
-        let e = &self.endpoint;
-        let last = e.stamp_ns.swap(now_ns, Ordering::Relaxed);
-        let old = f64::from_bits(e.ewma_ns.load(Ordering::Relaxed));
-        let next = if rtt > old {
-            rtt
-        } else {
-            let elapsed = now_ns.saturating_sub(last) as f64;
-            let w = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
-            old * w + rtt * (1.0 - w)
-        };
-        e.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+        let now_ns = now.duration_since(self.cluster.epoch).as_nanos() as u64;
+        let e = self.endpoint();
+        if outcome != Outcome::GatewayError {
+            let rtt = now.duration_since(self.started).as_nanos() as f64;
+            let last = e.stamp_ns.swap(now_ns, Ordering::Relaxed);
+            let old = f64::from_bits(e.ewma_ns.load(Ordering::Relaxed));
+            let next = if rtt > old {
+                rtt
+            } else {
+                let elapsed = now_ns.saturating_sub(last) as f64;
+                let w = (-elapsed / EWMA_DECAY.as_nanos() as f64).exp();
+                old * w + rtt * (1.0 - w)
+            };
+            e.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+        }
+        match &self.cluster.outlier {
+            Some(outlier) => self.cluster.detect_outlier(e, outcome, outlier, now_ns),
+            None => false,
+        }
     }
 }
 
-impl Drop for Lease {
+impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint().in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -109,6 +165,25 @@ struct Level {
     /// Smooth weighted round-robin order of `members` indices.
     schedule: Vec<usize>,
     next: AtomicUsize,
+}
+
+impl Level {
+    fn new(members: Vec<usize>, endpoints: &[Arc<Endpoint>]) -> Level {
+        let weights: Vec<u32> = members.iter().map(|i| endpoints[*i].weight).collect();
+        let cumulative = weights
+            .iter()
+            .scan(0u32, |sum, w| {
+                *sum += w;
+                Some(*sum)
+            })
+            .collect();
+        Level {
+            schedule: smooth_schedule(&weights),
+            members,
+            cumulative,
+            next: AtomicUsize::new(0),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -130,8 +205,78 @@ pub struct Cluster {
     pub client: HttpClient,
     endpoints: Vec<Arc<Endpoint>>,
     levels: Vec<Level>,
+    /// Every endpoint as one level, for panic mode.
+    everyone: Level,
     balancer: Balancer,
     epoch: Instant,
+    outlier: Option<OutlierDetection>,
+    /// Fraction of usable endpoints below which health is ignored.
+    panic_below: f64,
+    max_requests: u32,
+    active: AtomicU32,
+    budget: RetryBudget,
+}
+
+/// Retries allowed on top of a cluster's requests: each request deposits `ratio` of a token (the
+/// balance is capped at ten seconds' worth), each retry takes one; besides, `min_per_second`
+/// retries a second are always allowed.
+#[derive(Debug)]
+struct RetryBudget {
+    /// Deposit per request, in thousandths of a token.
+    ratio_milli: i64,
+    /// Balance, in thousandths of a token.
+    balance_milli: AtomicI64,
+    min_per_second: u32,
+    /// The second `floor_used` counts for.
+    floor_second: AtomicU64,
+    floor_used: AtomicU32,
+}
+
+impl RetryBudget {
+    fn deposit(&self) {
+        let cap = self.ratio_milli.saturating_mul(10_000).max(10_000);
+        let before = self
+            .balance_milli
+            .fetch_add(self.ratio_milli, Ordering::Relaxed);
+        if before + self.ratio_milli > cap {
+            self.balance_milli
+                .fetch_sub(self.ratio_milli, Ordering::Relaxed);
+        }
+    }
+
+    fn withdraw(&self, now_second: u64) -> bool {
+        if self.floor_second.swap(now_second, Ordering::Relaxed) != now_second {
+            self.floor_used.store(0, Ordering::Relaxed);
+        }
+        if self.floor_used.fetch_add(1, Ordering::Relaxed) < self.min_per_second {
+            return true;
+        }
+        if self.balance_milli.fetch_sub(1000, Ordering::Relaxed) >= 1000 {
+            return true;
+        }
+        self.balance_milli.fetch_add(1000, Ordering::Relaxed);
+        false
+    }
+}
+
+/// A request admitted by the circuit breaker; frees its slot when dropped.
+pub struct Admission<'c> {
+    cluster: &'c Cluster,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.cluster.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Which endpoints a pick may choose.
+struct PickRules {
+    now_ns: u64,
+    /// Ignore health and ejections (too few endpoints are usable).
+    panic: bool,
+    /// An endpoint to avoid (the one a retry follows).
+    avoid: Option<usize>,
 }
 
 /// FNV-1a (64 bit) followed by MurmurHash3's finalizer: small, fully specified (so every proxy
@@ -191,15 +336,7 @@ impl Cluster {
                 });
                 Some(match reused {
                     Some(old) => old.clone(),
-                    None => Arc::new(Endpoint {
-                        addr,
-                        authority: Authority::try_from(addr.to_string()).ok()?,
-                        weight: e.weight,
-                        healthy: AtomicBool::new(true),
-                        in_flight: AtomicU32::new(0),
-                        ewma_ns: AtomicU64::new(INITIAL_LATENCY_NS.to_bits()),
-                        stamp_ns: AtomicU64::new(0),
-                    }),
+                    None => Arc::new(Endpoint::new(addr, e.weight)?),
                 })
             })
             .collect();
@@ -209,30 +346,13 @@ impl Cluster {
         let levels = priorities
             .iter()
             .map(|p| {
-                let members: Vec<usize> = config
-                    .endpoints
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| e.priority == *p)
-                    .map(|(i, _)| i)
-                    .filter(|i| *i < endpoints.len())
+                let members = (0..endpoints.len())
+                    .filter(|i| config.endpoints[*i].priority == *p)
                     .collect();
-                let weights: Vec<u32> = members.iter().map(|i| endpoints[*i].weight).collect();
-                let cumulative = weights
-                    .iter()
-                    .scan(0u32, |sum, w| {
-                        *sum += w;
-                        Some(*sum)
-                    })
-                    .collect();
-                Level {
-                    schedule: smooth_schedule(&weights),
-                    members,
-                    cumulative,
-                    next: AtomicUsize::new(0),
-                }
+                Level::new(members, &endpoints)
             })
             .collect();
+        let everyone = Level::new((0..endpoints.len()).collect(), &endpoints);
         let balancer = match config.lb {
             LbPolicy::P2cEwma => Balancer::P2cEwma,
             LbPolicy::LeastRequest => Balancer::LeastRequest,
@@ -258,9 +378,99 @@ impl Cluster {
             client,
             endpoints,
             levels,
+            everyone,
             balancer,
             epoch: previous.map_or_else(Instant::now, |p| p.epoch),
+            outlier: config.outlier_detection.clone(),
+            panic_below: f64::from(config.panic_threshold) / 100.0,
+            max_requests: config.circuit_breakers.max_requests,
+            active: AtomicU32::new(0),
+            budget: RetryBudget {
+                ratio_milli: (config.retry_budget.ratio * 1000.0) as i64,
+                balance_milli: AtomicI64::new(0),
+                min_per_second: config.retry_budget.min_per_second,
+                floor_second: AtomicU64::new(0),
+                floor_used: AtomicU32::new(0),
+            },
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Admits a request under the circuit breaker's `max_requests`, or `None` when the cluster is
+    /// full. Each admitted request also pays into the retry budget.
+    pub fn admit(&self) -> Option<Admission<'_>> {
+        if self.active.fetch_add(1, Ordering::Relaxed) >= self.max_requests {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.budget.deposit();
+        Some(Admission { cluster: self })
+    }
+
+    /// Whether the retry budget allows one more retry now (and takes it).
+    pub fn allow_retry(&self) -> bool {
+        self.budget.withdraw(self.epoch.elapsed().as_secs())
+    }
+
+    /// Outlier detection: counts consecutive errors of `endpoint` and ejects it when a threshold
+    /// is reached, unless too many endpoints are ejected already. Returns whether it ejected.
+    fn detect_outlier(
+        &self,
+        endpoint: &Endpoint,
+        outcome: Outcome,
+        o: &OutlierDetection,
+        now_ns: u64,
+    ) -> bool {
+        let (five, gateway) = match outcome {
+            Outcome::Success => {
+                endpoint.consecutive_5xx.store(0, Ordering::Relaxed);
+                endpoint.consecutive_gateway.store(0, Ordering::Relaxed);
+                let until = endpoint.ejected_until_ns.load(Ordering::Relaxed);
+                if until > 0 && now_ns > until + o.max_ejection_time.0.as_nanos() as u64 {
+                    endpoint.ejections.store(0, Ordering::Relaxed);
+                }
+                return false;
+            }
+            Outcome::ServerError => {
+                endpoint.consecutive_gateway.store(0, Ordering::Relaxed);
+                (
+                    endpoint.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1,
+                    0,
+                )
+            }
+            Outcome::GatewayError => (
+                endpoint.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1,
+                endpoint.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1,
+            ),
+        };
+        if five < o.consecutive_5xx && gateway < o.consecutive_gateway_errors {
+            return false;
+        }
+        if endpoint.ejected_until_ns.load(Ordering::Relaxed) > now_ns {
+            return false;
+        }
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.ejected_until_ns.load(Ordering::Relaxed) > now_ns)
+            .count();
+        let allowed = (self.endpoints.len() * o.max_ejection_percent as usize) / 100;
+        if ejected > 0 && ejected + 1 > allowed {
+            return false;
+        }
+        let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let length = (o.base_ejection_time.0 * times).min(o.max_ejection_time.0);
+        endpoint
+            .ejected_until_ns
+            .store(now_ns + length.as_nanos() as u64, Ordering::Relaxed);
+        endpoint.consecutive_5xx.store(0, Ordering::Relaxed);
+        endpoint.consecutive_gateway.store(0, Ordering::Relaxed);
+        tracing::info!(cluster = %self.name, endpoint = %endpoint.addr,
+            seconds = length.as_secs_f64(), "endpoint ejected");
+        true
     }
 
     /// Every endpoint, in configuration order.
@@ -268,45 +478,81 @@ impl Cluster {
         &self.endpoints
     }
 
-    /// Picks an endpoint for a request with `headers`; `None` when no endpoint is healthy.
-    pub fn pick(&self, headers: &HeaderMap) -> Option<Lease> {
-        let index = match &self.balancer {
-            Balancer::RingHash { on, ring } => match hash_key(on, headers) {
-                Some(key) => self.ring_pick(ring, ring_hash(&[key])),
-                None => self.level_pick(false),
-            },
-            Balancer::RoundRobin => self.round_robin(),
-            Balancer::P2cEwma => self.level_pick(true),
-            Balancer::LeastRequest => self.level_pick(false),
-        }?;
-        let endpoint = self.endpoints[index].clone();
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Picks an endpoint for a request with `headers`, avoiding the endpoint at `avoid` (a retry's
+    /// previous one) where another is usable; `None` when no endpoint is usable.
+    pub fn pick(&self, headers: &HeaderMap, avoid: Option<SocketAddr>) -> Option<Lease<'_>> {
+        let now_ns = self.now_ns();
+        let panic = self.availability(now_ns) < self.panic_below;
+        let avoid = avoid.and_then(|addr| self.endpoints.iter().position(|e| e.addr == addr));
+        let mut rules = PickRules {
+            now_ns,
+            panic,
+            avoid,
+        };
+        let index = self.pick_index(headers, &rules).or_else(|| {
+            rules.avoid = None;
+            self.pick_index(headers, &rules)
+        })?;
+        self.endpoints[index]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
         Some(Lease {
-            endpoint,
+            cluster: self,
+            index,
             started: Instant::now(),
-            epoch: self.epoch,
         })
     }
 
+    fn pick_index(&self, headers: &HeaderMap, rules: &PickRules) -> Option<usize> {
+        match &self.balancer {
+            Balancer::RingHash { on, ring } => match hash_key(on, headers) {
+                Some(key) => self.ring_pick(ring, ring_hash(&[key]), rules),
+                None => self.level_pick(false, rules),
+            },
+            Balancer::RoundRobin => self.round_robin(rules),
+            Balancer::P2cEwma => self.level_pick(true, rules),
+            Balancer::LeastRequest => self.level_pick(false, rules),
+        }
+    }
+
+    /// The fraction of a level's endpoints that are usable.
+    fn usable_fraction(&self, level: &Level, now_ns: u64) -> f64 {
+        let usable = level
+            .members
+            .iter()
+            .filter(|i| self.endpoints[**i].usable(now_ns))
+            .count();
+        usable as f64 / level.members.len().max(1) as f64
+    }
+
+    /// How much of the traffic the levels can take together (1.0: all of it), by the priority
+    /// rule; below the panic threshold the cluster ignores health.
+    fn availability(&self, now_ns: u64) -> f64 {
+        self.levels
+            .iter()
+            .map(|level| self.usable_fraction(level, now_ns) * OVERPROVISION)
+            .sum::<f64>()
+            .min(1.0)
+    }
+
+    fn eligible(&self, index: usize, rules: &PickRules) -> bool {
+        Some(index) != rules.avoid && (rules.panic || self.endpoints[index].usable(rules.now_ns))
+    }
+
     /// The level to use for this request, by the priority rule in the module doc.
-    fn choose_level(&self) -> Option<&Level> {
-        let healthy_fraction = |level: &Level| {
-            let healthy = level
-                .members
-                .iter()
-                .filter(|i| self.endpoints[**i].is_healthy())
-                .count();
-            healthy as f64 / level.members.len().max(1) as f64
-        };
+    fn choose_level(&self, rules: &PickRules) -> Option<&Level> {
+        if rules.panic {
+            return Some(&self.everyone);
+        }
+        let usable_fraction = |level: &Level| self.usable_fraction(level, rules.now_ns);
         let first = self.levels.first()?;
-        let first_share = (healthy_fraction(first) * OVERPROVISION).min(1.0);
-        if first_share >= 1.0 {
+        if usable_fraction(first) * OVERPROVISION >= 1.0 {
             return Some(first);
         }
         let mut shares = Vec::with_capacity(self.levels.len());
         let mut left = 1.0;
         for level in &self.levels {
-            let share = (healthy_fraction(level) * OVERPROVISION).min(1.0).min(left);
+            let share = (usable_fraction(level) * OVERPROVISION).min(left);
             shares.push(share);
             left -= share;
         }
@@ -329,14 +575,14 @@ impl Cluster {
             .map(|(l, _)| l)
     }
 
-    /// A healthy member of `level` sampled by weight.
-    fn sample(&self, level: &Level) -> Option<usize> {
+    /// An eligible member of `level` sampled by weight.
+    fn sample(&self, level: &Level, rules: &PickRules) -> Option<usize> {
         let total = *level.cumulative.last()?;
         for _ in 0..4 {
             let roll = fastrand::u32(0..total);
             let slot = level.cumulative.partition_point(|c| *c <= roll);
             let index = level.members[slot];
-            if self.endpoints[index].is_healthy() {
+            if self.eligible(index, rules) {
                 return Some(index);
             }
         }
@@ -344,14 +590,14 @@ impl Cluster {
             .members
             .iter()
             .copied()
-            .find(|i| self.endpoints[*i].is_healthy())
+            .find(|i| self.eligible(*i, rules))
     }
 
     /// Power of two choices in the chosen level: by peak-EWMA cost, or by outstanding requests.
-    fn level_pick(&self, by_latency: bool) -> Option<usize> {
-        let level = self.choose_level()?;
-        let a = self.sample(level)?;
-        let b = self.sample(level)?;
+    fn level_pick(&self, by_latency: bool, rules: &PickRules) -> Option<usize> {
+        let level = self.choose_level(rules)?;
+        let a = self.sample(level, rules)?;
+        let b = self.sample(level, rules)?;
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
         let a_better = if by_latency {
             ea.cost() <= eb.cost()
@@ -361,23 +607,23 @@ impl Cluster {
         Some(if a_better { a } else { b })
     }
 
-    fn round_robin(&self) -> Option<usize> {
-        let level = self.choose_level()?;
+    fn round_robin(&self, rules: &PickRules) -> Option<usize> {
+        let level = self.choose_level(rules)?;
         for _ in 0..level.schedule.len() {
             let turn = level.next.fetch_add(1, Ordering::Relaxed) % level.schedule.len();
             let index = level.members[level.schedule[turn]];
-            if self.endpoints[index].is_healthy() {
+            if self.eligible(index, rules) {
                 return Some(index);
             }
         }
         None
     }
 
-    fn ring_pick(&self, ring: &[(u64, usize)], hash: u64) -> Option<usize> {
+    fn ring_pick(&self, ring: &[(u64, usize)], hash: u64, rules: &PickRules) -> Option<usize> {
         let start = ring.partition_point(|(point, _)| *point < hash);
         (0..ring.len())
             .map(|step| ring[(start + step) % ring.len()].1)
-            .find(|i| self.endpoints[*i].is_healthy())
+            .find(|i| self.eligible(*i, rules))
     }
 }
 
@@ -412,7 +658,7 @@ mod tests {
 
     fn picks(c: &Cluster, n: usize, headers: &HeaderMap) -> Vec<u16> {
         (0..n)
-            .map(|_| c.pick(headers).unwrap().endpoint().addr.port())
+            .map(|_| c.pick(headers, None).unwrap().endpoint().addr.port())
             .collect()
     }
 
@@ -427,7 +673,7 @@ mod tests {
     #[test]
     fn traffic_stays_on_the_best_priority_until_it_degrades() {
         let c = cluster(
-            "  - name: c\n    endpoints:\n      - {address: \"127.0.0.1:1\"}\n      - {address: \"127.0.0.1:2\"}\n      - {address: \"127.0.0.1:3\"}\n      - {address: \"127.0.0.1:4\"}\n      - {address: \"127.0.0.1:9\", priority: 1}",
+            "  - name: c\n    panic_threshold: 0\n    endpoints:\n      - {address: \"127.0.0.1:1\"}\n      - {address: \"127.0.0.1:2\"}\n      - {address: \"127.0.0.1:3\"}\n      - {address: \"127.0.0.1:4\"}\n      - {address: \"127.0.0.1:9\", priority: 1}",
         );
         let none = HeaderMap::new();
         assert!(picks(&c, 200, &none).iter().all(|p| *p != 9));
@@ -444,7 +690,21 @@ mod tests {
         c.endpoints()[3].set_healthy(false);
         assert!(picks(&c, 50, &none).iter().all(|p| *p == 9));
         c.endpoints()[4].set_healthy(false);
-        assert!(c.pick(&none).is_none());
+        assert!(c.pick(&none, None).is_none());
+    }
+
+    #[test]
+    fn below_the_panic_threshold_health_is_ignored() {
+        let c = cluster(
+            "  - {name: c, endpoints: [{address: \"127.0.0.1:1\"}, {address: \"127.0.0.1:2\"}, {address: \"127.0.0.1:3\"}]}",
+        );
+        let none = HeaderMap::new();
+        c.endpoints()[0].set_healthy(false);
+        assert!(picks(&c, 100, &none).iter().all(|p| *p != 1));
+        // One of three usable: 1/3 × 1.4 < 50%, so all three share the load again.
+        c.endpoints()[1].set_healthy(false);
+        let ports = picks(&c, 300, &none);
+        assert!(ports.contains(&1) && ports.contains(&2) && ports.contains(&3));
     }
 
     #[test]
@@ -457,9 +717,12 @@ mod tests {
             let mut headers = HeaderMap::new();
             let cookie = format!("theme=dark; session=user-{user}");
             headers.insert(http::header::COOKIE, cookie.parse().unwrap());
-            let a = before.pick(&headers).unwrap().endpoint().addr.port();
-            assert_eq!(a, before.pick(&headers).unwrap().endpoint().addr.port());
-            let b = after.pick(&headers).unwrap().endpoint().addr.port();
+            let a = before.pick(&headers, None).unwrap().endpoint().addr.port();
+            assert_eq!(
+                a,
+                before.pick(&headers, None).unwrap().endpoint().addr.port()
+            );
+            let b = after.pick(&headers, None).unwrap().endpoint().addr.port();
             if a != b {
                 assert_eq!(b, 4, "a key moved between old endpoints");
                 moved += 1;
@@ -476,7 +739,7 @@ mod tests {
         );
         let none = HeaderMap::new();
         let held: Vec<Lease> = (0..50)
-            .filter_map(|_| c.pick(&none))
+            .filter_map(|_| c.pick(&none, None))
             .filter(|l| l.endpoint().addr.port() == 1)
             .collect();
         assert!(!held.is_empty());

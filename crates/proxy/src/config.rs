@@ -77,6 +77,9 @@ pub struct RouteConfig {
     /// Time for the upstream to answer with its headers; defaults to `15s`.
     #[serde(default = "default_route_timeout")]
     pub timeout: HumanDuration,
+    /// Retries of failed attempts; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
     /// Headers set on the request to the upstream (replacing any of the same name).
     #[serde(default)]
     pub request_headers_add: BTreeMap<String, String>,
@@ -93,6 +96,53 @@ pub struct RouteConfig {
 
 fn default_route_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(15))
+}
+
+/// What makes an attempt worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// The connection to the endpoint failed (any method: nothing was sent).
+    ConnectFailure,
+    /// Any 5xx answer (idempotent methods only).
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503, 504 or a per-try timeout (idempotent methods only).
+    GatewayError,
+    /// gRPC status cancelled, deadline-exceeded, resource-exhausted or unavailable in a
+    /// trailers-only answer (idempotent methods only).
+    RetriableGrpc,
+}
+
+/// A route's retry policy. A request is retried only if its body was buffered whole (at most
+/// `buffer_limit` bytes) and the cluster's retry budget allows; each retry goes to another
+/// endpoint where there is one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt, 1–5; defaults to 2.
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+    /// Conditions; defaults to `[connect_failure, gateway_error]`.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Time one attempt may take; defaults to the route's `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<HumanDuration>,
+    /// Largest request body kept for replay, in bytes; defaults to 65536.
+    #[serde(default = "default_buffer_limit")]
+    pub buffer_limit: usize,
+}
+
+fn default_retry_attempts() -> u32 {
+    2
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::ConnectFailure, RetryOn::GatewayError]
+}
+
+fn default_buffer_limit() -> usize {
+    64 * 1024
 }
 
 /// Request conditions; all given ones must hold. With neither `path` nor `prefix`, any path.
@@ -182,6 +232,20 @@ pub struct ClusterConfig {
     /// Time to establish a connection; defaults to `1s`.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// Passive outlier detection: eject endpoints that keep failing; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Below this percentage of usable (healthy, not ejected) endpoints the cluster ignores
+    /// health and spreads load over all endpoints, so it never ejects itself to nothing;
+    /// defaults to 50, 0 turns panic mode off.
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: u32,
+    /// Limits that shed load with a 503 rather than queue it.
+    #[serde(default)]
+    pub circuit_breakers: CircuitBreakers,
+    /// How many retries the cluster accepts on top of its requests.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
     /// Active health checking of the endpoints; without it every endpoint counts as healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
@@ -243,6 +307,101 @@ fn default_unhealthy_threshold() -> u32 {
 
 fn default_check_path() -> String {
     "/".to_owned()
+}
+
+fn default_panic_threshold() -> u32 {
+    50
+}
+
+/// Passive outlier detection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers (any, including gateway errors) that eject; defaults to 5.
+    #[serde(default = "default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway errors (502, 503, 504, connect failure, timeout) that eject; defaults
+    /// to 3.
+    #[serde(default = "default_consecutive_gateway")]
+    pub consecutive_gateway_errors: u32,
+    /// The first ejection's length; the n-th lasts n times this (up to `max_ejection_time`).
+    /// Defaults to `10s`.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: HumanDuration,
+    /// The longest ejection; defaults to `300s`.
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: HumanDuration,
+    /// Most endpoints ejected at once, in percent (one is always allowed); defaults to 50.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+
+fn default_consecutive_gateway() -> u32 {
+    3
+}
+
+fn default_base_ejection() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+fn default_max_ejection() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+/// Per-cluster limits; over them the proxy answers 503 with `x-meridian-error: overflow_…`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CircuitBreakers {
+    /// Most requests in flight to the cluster (retries included); defaults to 1024.
+    #[serde(default = "default_breaker_limit")]
+    pub max_requests: u32,
+}
+
+fn default_breaker_limit() -> u32 {
+    1024
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_requests: default_breaker_limit(),
+        }
+    }
+}
+
+/// Retries allowed: `ratio` of the cluster's requests over the last ten seconds, and at least
+/// `min_per_second` retries every second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryBudgetConfig {
+    /// Retries per request, 0–1; defaults to 0.2.
+    #[serde(default = "default_retry_ratio")]
+    pub ratio: f64,
+    /// Retries always allowed per second; defaults to 10.
+    #[serde(default = "default_min_retries")]
+    pub min_per_second: u32,
+}
+
+fn default_retry_ratio() -> f64 {
+    0.2
+}
+
+fn default_min_retries() -> u32 {
+    10
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            ratio: default_retry_ratio(),
+            min_per_second: default_min_retries(),
+        }
+    }
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -502,6 +661,29 @@ fn validate_route(
             "give exactly one of `cluster` or `weighted_clusters`",
         ),
     }
+    if let Some(retries) = &route.retries {
+        if !(1..=5).contains(&retries.attempts) {
+            errs.push(format!("{at}.retries.attempts"), "must be between 1 and 5");
+        }
+        if retries.on.is_empty() {
+            errs.push(
+                format!("{at}.retries.on"),
+                "must name at least one condition",
+            );
+        }
+        if retries.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
+            errs.push(
+                format!("{at}.retries.per_try_timeout"),
+                "must be more than zero",
+            );
+        }
+        if retries.buffer_limit > 16 * 1024 * 1024 {
+            errs.push(
+                format!("{at}.retries.buffer_limit"),
+                "must be at most 16777216",
+            );
+        }
+    }
     if let Some(rewrite) = &route.prefix_rewrite {
         check_path(errs, format!("{at}.prefix_rewrite"), rewrite);
     }
@@ -569,6 +751,48 @@ fn validate_cluster(errs: &mut ValidationErrors, at: &str, cluster: &ClusterConf
     }
     if let Some(check) = &cluster.health_check {
         validate_health_check(errs, &format!("{at}.health_check"), check);
+    }
+    if let Some(o) = &cluster.outlier_detection {
+        let at = format!("{at}.outlier_detection");
+        for (name, value) in [
+            ("consecutive_5xx", o.consecutive_5xx),
+            ("consecutive_gateway_errors", o.consecutive_gateway_errors),
+        ] {
+            if !(1..=1000).contains(&value) {
+                errs.push(format!("{at}.{name}"), "must be between 1 and 1000");
+            }
+        }
+        if o.base_ejection_time.0.is_zero() || o.base_ejection_time > o.max_ejection_time {
+            errs.push(
+                format!("{at}.base_ejection_time"),
+                "must be more than zero and at most `max_ejection_time`",
+            );
+        }
+        if o.max_ejection_percent > 100 {
+            errs.push(format!("{at}.max_ejection_percent"), "must be at most 100");
+        }
+    }
+    if cluster.panic_threshold > 100 {
+        errs.push(format!("{at}.panic_threshold"), "must be at most 100");
+    }
+    if cluster.circuit_breakers.max_requests == 0 {
+        errs.push(
+            format!("{at}.circuit_breakers.max_requests"),
+            "must be at least 1",
+        );
+    }
+    let budget = &cluster.retry_budget;
+    if !(0.0..=1.0).contains(&budget.ratio) {
+        errs.push(
+            format!("{at}.retry_budget.ratio"),
+            "must be between 0 and 1",
+        );
+    }
+    if budget.min_per_second > 10_000 {
+        errs.push(
+            format!("{at}.retry_budget.min_per_second"),
+            "must be at most 10000",
+        );
     }
 }
 

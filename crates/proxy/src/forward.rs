@@ -6,19 +6,25 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
-use crate::config::UpstreamProtocol;
-use crate::metrics::UpstreamError;
+use crate::cluster::{Cluster, Outcome};
+use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
+use crate::metrics::{ProxyMetrics, UpstreamError};
 use crate::routing::Route;
 use crate::server::ListenerContext;
 
+/// The body of a request to an upstream: the client's, streamed, or a buffered copy for replay.
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
 /// A client for upstream endpoints (one per protocol and connect timeout, shared by clusters).
-pub type HttpClient = Client<HttpConnector, Incoming>;
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 
 /// The body of a response the proxy sends: the upstream's, or one the proxy made.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -131,51 +137,169 @@ fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: &str, sch
     }
 }
 
-/// Turns the client's request into the request to `authority`, per `route`.
-fn upstream_request(
-    request: Request<Incoming>,
-    route: &Route,
-    authority: &http::uri::Authority,
-    protocol: UpstreamProtocol,
-    peer: SocketAddr,
-) -> Result<Request<Incoming>, http::Error> {
-    let host = request_host(&request).to_owned();
-    let original_authority = request.uri().authority().cloned();
-    let (mut parts, body) = request.into_parts();
-    let rewritten = route.rewrite(parts.uri.path(), parts.uri.query());
-    let path_and_query = match rewritten {
-        Some(path) => http::uri::PathAndQuery::try_from(path)?,
-        None => parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    };
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()?;
-    let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
-    forwarding_headers(headers, peer, &host, "http");
-    if !headers.contains_key(header::HOST) {
-        if let Some(value) = original_authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(header::HOST, value);
+/// The client's request, rewritten for upstreams except for the endpoint: what each attempt
+/// sends.
+struct Prepared {
+    method: Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
+}
+
+impl Prepared {
+    /// Rewrites path and headers per `route`.
+    fn new(
+        parts: http::request::Parts,
+        route: &Route,
+        peer: SocketAddr,
+        host: &str,
+    ) -> Result<Prepared, http::Error> {
+        let http::request::Parts {
+            method,
+            uri,
+            mut headers,
+            ..
+        } = parts;
+        let path_and_query = match route.rewrite(uri.path(), uri.query()) {
+            Some(path) => PathAndQuery::try_from(path)?,
+            None => uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        strip_hop_by_hop(&mut headers);
+        forwarding_headers(&mut headers, peer, host, "http");
+        if !headers.contains_key(header::HOST) {
+            if let Some(value) = uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(header::HOST, value);
+            }
+        }
+        for name in &route.request_remove {
+            headers.remove(name);
+        }
+        for (name, value) in &route.request_add {
+            headers.insert(name.clone(), value.clone());
+        }
+        Ok(Prepared {
+            method,
+            path_and_query,
+            headers,
+        })
+    }
+
+    /// The request of one attempt to `authority`.
+    fn request(
+        &self,
+        headers: HeaderMap,
+        body: UpstreamBody,
+        authority: &Authority,
+        protocol: UpstreamProtocol,
+    ) -> Result<Request<UpstreamBody>, http::Error> {
+        let mut request = Request::builder()
+            .method(self.method.clone())
+            .uri(
+                Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query(self.path_and_query.clone())
+                    .build()?,
+            )
+            .version(match protocol {
+                UpstreamProtocol::Http1 => Version::HTTP_11,
+                UpstreamProtocol::Http2 => Version::HTTP_2,
+            })
+            .body(body)?;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+}
+
+/// A request body ready for attempts: kept whole for replay, or streamed once.
+enum Body {
+    Replayable(Bytes),
+    Streamed(Option<Incoming>),
+}
+
+impl Body {
+    /// The body for the next attempt; `None` once a streamed body has been sent.
+    fn next(&mut self) -> Option<UpstreamBody> {
+        match self {
+            Body::Replayable(bytes) => Some(Either::Right(Full::new(bytes.clone()))),
+            Body::Streamed(incoming) => incoming.take().map(Either::Left),
         }
     }
-    for name in &route.request_remove {
-        headers.remove(name);
+
+    fn replayable(&self) -> bool {
+        matches!(self, Body::Replayable(_))
     }
-    for (name, value) in &route.request_add {
-        headers.insert(name.clone(), value.clone());
+}
+
+/// Keeps `body` whole if it is at most `limit` bytes by its Content-Length (or empty); else
+/// leaves it to stream, which rules out retries.
+async fn buffer(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Body, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(Body::Replayable(Bytes::new()));
     }
-    parts.version = match protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
-    Ok(Request::from_parts(parts, body))
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match length {
+        Some(length) if length <= limit => Ok(Body::Replayable(body.collect().await?.to_bytes())),
+        _ => Ok(Body::Streamed(Some(body))),
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// gRPC codes worth another try: cancelled, deadline-exceeded, resource-exhausted, unavailable.
+fn retriable_grpc(headers: &HeaderMap) -> bool {
+    matches!(
+        headers.get("grpc-status").map(HeaderValue::as_bytes),
+        Some(b"1" | b"4" | b"8" | b"14")
+    )
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Answered(Response<Incoming>),
+    Failed { connect: bool },
+    TimedOut,
+}
+
+impl Attempt {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Attempt::Answered(response) => Outcome::of_status(response.status().as_u16()),
+            Attempt::Failed { .. } | Attempt::TimedOut => Outcome::GatewayError,
+        }
+    }
+
+    /// Whether `policy` retries this attempt of a request with `method`.
+    fn retriable(&self, policy: &RetryPolicy, method: &Method) -> bool {
+        let on = |condition| policy.on.contains(&condition);
+        let idempotent = idempotent(method);
+        match self {
+            Attempt::Failed { connect: true } => on(RetryOn::ConnectFailure),
+            Attempt::Failed { connect: false } | Attempt::TimedOut => {
+                idempotent && on(RetryOn::GatewayError)
+            }
+            Attempt::Answered(response) => {
+                let status = response.status().as_u16();
+                idempotent
+                    && ((on(RetryOn::ServerError) && status >= 500)
+                        || (on(RetryOn::GatewayError) && (502..=504).contains(&status))
+                        || (on(RetryOn::RetriableGrpc) && retriable_grpc(response.headers())))
+            }
+        }
+    }
 }
 
 /// Serves one request: the whole proxy path for one listener.
@@ -192,47 +316,10 @@ pub async fn handle(
         return local_response(StatusCode::NOT_FOUND, "no_route");
     };
     let target = route.target();
-    let cluster = &target.cluster;
-    let Some(lease) = cluster.pick(request.headers()) else {
-        ctx.shared
-            .metrics
-            .upstream_error(&cluster.name, UpstreamError::NoEndpoint);
-        target.metrics.record(503, started.elapsed().as_secs_f64());
-        return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_endpoint");
-    };
-    let upstream = match upstream_request(
-        request,
-        route,
-        &lease.endpoint().authority,
-        cluster.protocol,
-        peer,
-    ) {
-        Ok(upstream) => upstream,
-        Err(_) => {
-            target.metrics.record(400, started.elapsed().as_secs_f64());
-            return local_response(StatusCode::BAD_REQUEST, "bad_request_target");
-        }
-    };
-    let answer = tokio::time::timeout(route.timeout, cluster.client.request(upstream)).await;
-    let mut response = match answer {
-        Ok(Ok(response)) => {
-            lease.finish();
-            response.map(Either::Left)
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(route = %route.name, cluster = %cluster.name,
-                endpoint = %lease.endpoint().addr, error = %e, "upstream failed");
-            ctx.shared
-                .metrics
-                .upstream_error(&cluster.name, UpstreamError::Connect);
-            local_response(StatusCode::BAD_GATEWAY, "upstream_failed")
-        }
-        Err(_elapsed) => {
-            ctx.shared
-                .metrics
-                .upstream_error(&cluster.name, UpstreamError::Timeout);
-            local_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
-        }
+    let metrics = &ctx.shared.metrics;
+    let mut response = match forward(request, route, &target.cluster, metrics, peer).await {
+        Ok(response) => response.map(Either::Left),
+        Err(answer) => answer,
     };
     let headers = response.headers_mut();
     if !headers.contains_key(ERROR_HEADER) {
@@ -248,6 +335,113 @@ pub async fn handle(
         .metrics
         .record(response.status().as_u16(), started.elapsed().as_secs_f64());
     response
+}
+
+/// Sends the request to `cluster`, retrying per the route's policy; `Err` is the proxy's own
+/// answer.
+async fn forward(
+    request: Request<Incoming>,
+    route: &Route,
+    cluster: &Cluster,
+    metrics: &ProxyMetrics,
+    peer: SocketAddr,
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    let deadline = Instant::now() + route.timeout;
+    let Some(_admitted) = cluster.admit() else {
+        metrics.overflow(&cluster.name, "max_requests");
+        return Err(local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overflow_max_requests",
+        ));
+    };
+    let host = request_host(&request).to_owned();
+    let (parts, body) = request.into_parts();
+    let mut prepared = Prepared::new(parts, route, peer, &host)
+        .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
+    let mut body = match &route.retries {
+        Some(policy) => buffer(body, &prepared.headers, policy.buffer_limit)
+            .await
+            .map_err(|_| local_response(StatusCode::BAD_REQUEST, "request_body_failed"))?,
+        None => Body::Streamed(Some(body)),
+    };
+    let mut avoid = None;
+    let mut retries = 0;
+    loop {
+        let Some(lease) = cluster.pick(&prepared.headers, avoid) else {
+            metrics.upstream_error(&cluster.name, UpstreamError::NoEndpoint);
+            return Err(local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_endpoint",
+            ));
+        };
+        // Only a replayable body allows a second attempt, so this holds on every attempt made.
+        let Some(attempt_body) = body.next() else {
+            return Err(local_response(StatusCode::BAD_GATEWAY, "upstream_failed"));
+        };
+        // A body sent once means a single attempt: its headers can move instead of being copied.
+        let headers = if body.replayable() {
+            prepared.headers.clone()
+        } else {
+            std::mem::take(&mut prepared.headers)
+        };
+        let upstream = prepared
+            .request(
+                headers,
+                attempt_body,
+                &lease.endpoint().authority,
+                cluster.protocol,
+            )
+            .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let per_try = route
+            .retries
+            .as_ref()
+            .and_then(|p| p.per_try_timeout)
+            .map_or(left, |t| t.0.min(left));
+        let attempt = match tokio::time::timeout(per_try, cluster.client.request(upstream)).await {
+            Ok(Ok(response)) => Attempt::Answered(response),
+            Ok(Err(e)) => {
+                tracing::debug!(route = %route.name, cluster = %cluster.name,
+                    endpoint = %lease.endpoint().addr, error = %e, "upstream failed");
+                Attempt::Failed {
+                    connect: e.is_connect(),
+                }
+            }
+            Err(_elapsed) => Attempt::TimedOut,
+        };
+        let endpoint = lease.endpoint().addr;
+        if lease.finish(attempt.outcome()) {
+            metrics.ejection(&cluster.name);
+        }
+        let policy = route.retries.as_ref();
+        let wants_retry = body.replayable()
+            && policy
+                .is_some_and(|p| retries < p.attempts && attempt.retriable(p, &prepared.method))
+            && Instant::now() < deadline;
+        if wants_retry {
+            if cluster.allow_retry() {
+                retries += 1;
+                avoid = Some(endpoint);
+                metrics.retry(&cluster.name);
+                continue;
+            }
+            metrics.retry_budget_exhausted(&cluster.name);
+        }
+        return match attempt {
+            Attempt::Answered(response) => Ok(response),
+            Attempt::Failed { .. } => {
+                metrics.upstream_error(&cluster.name, UpstreamError::Connect);
+                Err(local_response(StatusCode::BAD_GATEWAY, "upstream_failed"))
+            }
+            Attempt::TimedOut => {
+                metrics.upstream_error(&cluster.name, UpstreamError::Timeout);
+                Err(local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                ))
+            }
+        };
+    }
 }
 
 #[cfg(test)]

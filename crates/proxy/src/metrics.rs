@@ -43,8 +43,25 @@ struct HealthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverflowLabels {
+    cluster: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+fn cluster_labels(cluster: &str) -> ClusterLabels {
+    ClusterLabels {
+        cluster: cluster.to_owned(),
+    }
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -96,6 +113,10 @@ pub struct ProxyMetrics {
     upstream_errors: Family<ErrorLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     health: Family<HealthLabels, Counter>,
+    retries: Family<ClusterLabels, Counter>,
+    ejections: Family<ClusterLabels, Counter>,
+    budget_exhausted: Family<ClusterLabels, Counter>,
+    overflows: Family<OverflowLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -114,6 +135,26 @@ impl Default for ProxyMetrics {
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let health = Family::<HealthLabels, Counter>::default();
+        let retries = Family::<ClusterLabels, Counter>::default();
+        let ejections = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by cluster",
+            ejections.clone(),
+        );
+        let budget_exhausted = Family::<ClusterLabels, Counter>::default();
+        let overflows = Family::<OverflowLabels, Counter>::default();
+        registry.register("retries", "Retried attempts, by cluster", retries.clone());
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries refused because the cluster's retry budget was spent",
+            budget_exhausted.clone(),
+        );
+        registry.register(
+            "circuit_breaker_overflows",
+            "Requests answered 503 because a cluster limit was reached",
+            overflows.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by route target and status class",
@@ -158,6 +199,10 @@ impl Default for ProxyMetrics {
             upstream_errors,
             reloads,
             health,
+            retries,
+            ejections,
+            budget_exhausted,
+            overflows,
         }
     }
 }
@@ -220,6 +265,32 @@ impl ProxyMetrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "applied" } else { "rejected" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a retry to `cluster`.
+    pub fn retry(&self, cluster: &str) {
+        self.retries.get_or_create(&cluster_labels(cluster)).inc();
+    }
+
+    /// Counts an outlier ejection in `cluster`.
+    pub fn ejection(&self, cluster: &str) {
+        self.ejections.get_or_create(&cluster_labels(cluster)).inc();
+    }
+
+    /// Counts a retry refused by `cluster`'s budget.
+    pub fn retry_budget_exhausted(&self, cluster: &str) {
+        self.budget_exhausted
+            .get_or_create(&cluster_labels(cluster))
+            .inc();
+    }
+
+    /// Counts a request refused because `cluster` reached `limit`.
+    pub fn overflow(&self, cluster: &str, limit: &'static str) {
+        let labels = OverflowLabels {
+            cluster: cluster.to_owned(),
+            limit,
+        };
+        self.overflows.get_or_create(&labels).inc();
     }
 
     /// Counts an endpoint of `cluster` becoming healthy or unhealthy.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::cluster::Cluster;
-use crate::config::{RouteConfig, VirtualHost};
+use crate::config::{RetryPolicy, RouteConfig, VirtualHost};
 use crate::metrics::RouteMetrics;
 
 /// How a route matches the path.
@@ -39,8 +39,10 @@ pub struct Route {
     targets: Vec<Target>,
     /// Replacement for the matched part of the path.
     pub prefix_rewrite: Option<String>,
-    /// Time for the upstream to answer with headers.
+    /// Time for the upstream to answer with headers, retries included.
     pub timeout: Duration,
+    /// The retry policy, if any.
+    pub retries: Option<RetryPolicy>,
     /// Headers set on the upstream request.
     pub request_add: Vec<(HeaderName, HeaderValue)>,
     /// Headers removed from the upstream request.
@@ -254,6 +256,7 @@ fn compile_route(
         targets,
         prefix_rewrite: route.prefix_rewrite.clone(),
         timeout: route.timeout.0,
+        retries: route.retries.clone(),
         request_add: header_pairs(&route.request_headers_add),
         request_remove: header_names(&route.request_headers_remove),
         response_add: header_pairs(&route.response_headers_add),

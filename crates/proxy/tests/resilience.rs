@@ -1,0 +1,229 @@
+//! Resilience against real upstreams on loopback: killed endpoints, sick endpoints, full clusters.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::IntoResponse;
+use meridian_proxy::{Proxy, ERROR_HEADER};
+use tokio::sync::watch;
+
+/// An upstream that can be killed: it stops accepting and closes every open connection.
+struct Upstream {
+    addr: SocketAddr,
+    kill: watch::Sender<bool>,
+    sick: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    async fn start(name: &'static str) -> Upstream {
+        let sick = Arc::new(AtomicBool::new(false));
+        let app = {
+            let sick = sick.clone();
+            axum::Router::new().fallback(move || {
+                let sick = sick.clone();
+                async move {
+                    if sick.load(Ordering::SeqCst) {
+                        return (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            [("x-upstream", name)],
+                            "sick",
+                        )
+                            .into_response();
+                    }
+                    if name == "slow" {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    ([("x-upstream", name)], name).into_response()
+                }
+            })
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (kill, killed) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut stop = killed.clone();
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => accepted.unwrap(),
+                    _ = stop.changed() => return,
+                };
+                let app = app.clone();
+                let mut stop = killed.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let app = app.clone();
+                            async move {
+                                use tower::ServiceExt;
+                                app.oneshot(request.map(axum::body::Body::new)).await
+                            }
+                        },
+                    );
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+        Upstream { addr, kill, sick }
+    }
+
+    fn kill(&self) {
+        let _ = self.kill.send(true);
+    }
+}
+
+async fn proxy(cluster: &str, route_extra: &str) -> (Arc<Proxy>, String) {
+    let text = format!(
+        "listeners:\n  - name: l\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - cluster: c\n{route_extra}\nclusters:\n{cluster}\n"
+    );
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(&text).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    (proxy, format!("http://{address}/"))
+}
+
+fn endpoints(upstreams: &[&Upstream]) -> String {
+    let list: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("{{address: \"{}\"}}", u.addr))
+        .collect();
+    format!("[{}]", list.join(", "))
+}
+
+#[tokio::test]
+async fn load_keeps_flowing_while_an_upstream_is_killed() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
+    let cluster = format!(
+        "  - name: c\n    outlier_detection: {{consecutive_gateway_errors: 2, base_ejection_time: 30s}}\n    endpoints: {}",
+        endpoints(&[&ups[0], &ups[1], &ups[2]])
+    );
+    let (proxy, base) = proxy(
+        &cluster,
+        "            retries: {attempts: 2, on: [connect_failure, gateway_error]}",
+    )
+    .await;
+    let (progress_tx, mut progress) = watch::channel(0usize);
+    let progress_tx = Arc::new(progress_tx);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, progress_tx) = (base.clone(), progress_tx.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut failures = Vec::new();
+                for _ in 0..250 {
+                    let response = client.get(&base).send().await.unwrap();
+                    if response.status() != 200 {
+                        failures.push(response.status().as_u16());
+                    }
+                    progress_tx.send_modify(|n| *n += 1);
+                }
+                failures
+            })
+        })
+        .collect();
+    // Kill one upstream once the load is under way.
+    progress.wait_for(|n| *n >= 200).await.unwrap();
+    ups[1].kill();
+    for client in clients {
+        let failures = client.await.unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+    }
+    let metrics = proxy.metrics_text();
+    assert!(
+        metrics.contains(r#"meridian_proxy_outlier_ejections_total{cluster="c"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"meridian_proxy_retries_total{cluster="c"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_sick_endpoint_is_ejected_and_comes_back() {
+    let healthy = Upstream::start("healthy").await;
+    let sick = Upstream::start("sick").await;
+    sick.sick.store(true, Ordering::SeqCst);
+    let cluster = format!(
+        "  - name: c\n    lb: round_robin\n    outlier_detection: {{consecutive_gateway_errors: 3, base_ejection_time: 300ms}}\n    endpoints: {}",
+        endpoints(&[&healthy, &sick])
+    );
+    let (proxy, base) = proxy(&cluster, "").await;
+    let client = reqwest::Client::new();
+    let mut served_by_sick = 0;
+    for _ in 0..40 {
+        let response = client.get(&base).send().await.unwrap();
+        if response.headers()["x-upstream"] == "sick" {
+            served_by_sick += 1;
+        }
+    }
+    assert_eq!(
+        served_by_sick, 3,
+        "ejected after exactly three gateway errors"
+    );
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_outlier_ejections_total{cluster="c"} 1"#));
+    // Healed; after the ejection time it gets traffic again.
+    sick.sick.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = client.get(&base).send().await.unwrap();
+        if response.headers()["x-upstream"] == "sick" {
+            assert_eq!(response.status(), 200);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the endpoint never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_cluster_sheds_load_with_503_and_says_why() {
+    let slow = Upstream::start("slow").await;
+    let cluster = format!(
+        "  - name: c\n    circuit_breakers: {{max_requests: 2}}\n    endpoints: {}",
+        endpoints(&[&slow])
+    );
+    let (proxy, base) = proxy(&cluster, "").await;
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let response = reqwest::get(&base).await.unwrap();
+                let reason = response
+                    .headers()
+                    .get(ERROR_HEADER)
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (response.status().as_u16(), reason)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    let served = answers.iter().filter(|(s, _)| *s == 200).count();
+    let shed: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(served >= 2, "{answers:?}");
+    assert!(!shed.is_empty(), "{answers:?}");
+    assert!(shed
+        .iter()
+        .all(|(_, why)| why.as_deref() == Some("overflow_max_requests")));
+    assert!(proxy.metrics_text().contains(
+        r#"meridian_proxy_circuit_breaker_overflows_total{cluster="c",limit="max_requests"}"#
+    ));
+}
