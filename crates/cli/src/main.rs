@@ -104,7 +104,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The proxy on a single CPU runs on the current thread: no cross-thread scheduling on the
+    // request path. Everything else (and the proxy on several CPUs) uses the multi-threaded one.
+    let single_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
+    let runtime = if single_cpu && matches!(cli.command, Command::Proxy(_)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

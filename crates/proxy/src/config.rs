@@ -375,8 +375,9 @@ impl Default for CircuitBreakers {
     }
 }
 
-/// Retries allowed: `ratio` of the cluster's requests over the last ten seconds, and at least
-/// `min_per_second` retries every second.
+/// Retries allowed: each request adds `ratio` of a retry to the cluster's balance (which holds at
+/// most `max(10000 × ratio, 10)` retries), and `min_per_second` retries a second are always
+/// allowed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetryBudgetConfig {
     /// Retries per request, 0–1; defaults to 0.2.
@@ -624,6 +625,14 @@ fn validate_route(
     }
     for (h, header) in m.headers.iter().enumerate() {
         check_header_name(errs, format!("{at}.match.headers[{h}].name"), &header.name);
+        if let Some(value) = &header.exact {
+            if http::HeaderValue::from_str(value).is_err() {
+                errs.push(
+                    format!("{at}.match.headers[{h}].exact"),
+                    "is not a valid header value",
+                );
+            }
+        }
     }
     match (&route.cluster, &route.weighted_clusters) {
         (Some(cluster), None) => {

@@ -110,25 +110,53 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A random 128-bit request id in hex.
 fn request_id() -> HeaderValue {
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let random = fastrand::u128(..);
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = HEX[((random >> (i * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The client of a connection, with the header value that names it, made once per connection.
+#[derive(Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Peer { addr, ip }
+    }
 }
 
 /// Sets the forwarding headers: appends the client to `x-forwarded-for`, sets
 /// `x-forwarded-proto`, and `x-forwarded-host` and `x-request-id` when absent.
-fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: &str, scheme: &'static str) {
-    let client = peer.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client,
+fn forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: &Peer,
+    host: Option<HeaderValue>,
+    scheme: &'static str,
+) {
+    let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let forwarded_for = match earlier {
+        Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", peer.addr.ip())).ok(),
+        None => Some(peer.ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Ok(value) = HeaderValue::from_str(host) {
+        if let Some(value) = host {
             headers.insert(X_FORWARDED_HOST.clone(), value);
         }
     }
@@ -150,8 +178,7 @@ impl Prepared {
     fn new(
         parts: http::request::Parts,
         route: &Route,
-        peer: SocketAddr,
-        host: &str,
+        peer: &Peer,
     ) -> Result<Prepared, http::Error> {
         let http::request::Parts {
             method,
@@ -167,7 +194,7 @@ impl Prepared {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         strip_hop_by_hop(&mut headers);
-        forwarding_headers(&mut headers, peer, host, "http");
+        // HTTP/2 names the host in the URI; HTTP/1.1 upstreams need it as Host.
         if !headers.contains_key(header::HOST) {
             if let Some(value) = uri
                 .authority()
@@ -176,6 +203,8 @@ impl Prepared {
                 headers.insert(header::HOST, value);
             }
         }
+        let host = headers.get(header::HOST).cloned();
+        forwarding_headers(&mut headers, peer, host, "http");
         for name in &route.request_remove {
             headers.remove(name);
         }
@@ -306,7 +335,7 @@ impl Attempt {
 pub async fn handle(
     request: Request<Incoming>,
     ctx: Arc<ListenerContext>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let table = ctx.table.load_full();
@@ -344,7 +373,7 @@ async fn forward(
     route: &Route,
     cluster: &Cluster,
     metrics: &ProxyMetrics,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let deadline = Instant::now() + route.timeout;
     let Some(_admitted) = cluster.admit() else {
@@ -354,9 +383,8 @@ async fn forward(
             "overflow_max_requests",
         ));
     };
-    let host = request_host(&request).to_owned();
     let (parts, body) = request.into_parts();
-    let mut prepared = Prepared::new(parts, route, peer, &host)
+    let mut prepared = Prepared::new(parts, route, peer)
         .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
     let mut body = match &route.retries {
         Some(policy) => buffer(body, &prepared.headers, policy.buffer_limit)

@@ -140,9 +140,11 @@ async fn serve_connection(
     context.connections.inc();
     let service = {
         let context = context.clone();
+        let peer = forward::Peer::new(peer);
         service_fn(move |request| {
             let context = context.clone();
-            async move { Ok::<_, Infallible>(forward::handle(request, context, peer).await) }
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(forward::handle(request, context, &peer).await) }
         })
     };
     if let Err(e) = builder

@@ -139,7 +139,7 @@ async fn routes_by_host_path_and_header_and_rewrites_headers() {
     assert!(seen.get("x-debug").is_none());
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
-    assert_eq!(seen["x-forwarded-host"], "shop.example.com");
+    assert_eq!(seen["x-forwarded-host"], "shop.example.com:8080");
     assert_eq!(seen["x-request-id"].as_str().unwrap().len(), 32);
     assert_eq!(
         seen["traceparent"],
