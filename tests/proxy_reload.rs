@@ -32,7 +32,7 @@ fn upstream(name: &'static str) -> SocketAddr {
 
 fn config(upstream: SocketAddr) -> String {
     format!(
-        "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes: [{{cluster: app}}]\nclusters:\n  - name: app\n    endpoints: [{{address: \"{upstream}\"}}]\n"
+        "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes: [{{cluster: app}}]\nclusters:\n  - name: app\n    endpoints: [{{address: \"{upstream}\"}}]\naccess_log: true\n"
     )
 }
 
@@ -77,6 +77,19 @@ fn editing_the_config_file_swaps_the_config_and_a_broken_edit_does_not() {
     }
     let (admin, web) = (admin.unwrap(), web.unwrap());
     assert_eq!(fetch(&web), "blue");
+    // The access log: one JSON line per request on standard output.
+    let logged: serde_json::Value = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("an access-log line");
+        if line.starts_with('{') {
+            break serde_json::from_str(&line).unwrap();
+        }
+    };
+    assert_eq!(
+        (logged["status"].as_u64(), logged["listener"].as_str()),
+        (Some(200), Some("web"))
+    );
 
     std::fs::write(&file, config(green)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -19,6 +19,9 @@ pub struct ProxyConfig {
     /// Limits on what clients may send.
     #[serde(default)]
     pub limits: Limits,
+    /// Write one JSON line per request to standard output; defaults to false.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 /// What a listener speaks.
@@ -438,6 +441,13 @@ pub struct Limits {
     /// Most concurrent HTTP/2 streams per client connection; defaults to 256.
     #[serde(default = "default_max_streams")]
     pub max_concurrent_streams: u32,
+    /// A client connection with no request in flight and no bytes moving for this long is
+    /// closed; defaults to `60s`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Largest request body, in bytes; larger answers 413. Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 fn default_max_header_bytes() -> usize {
@@ -446,6 +456,10 @@ fn default_max_header_bytes() -> usize {
 
 fn default_header_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 fn default_max_streams() -> u32 {
@@ -458,6 +472,8 @@ impl Default for Limits {
             max_header_bytes: default_max_header_bytes(),
             header_read_timeout: default_header_read_timeout(),
             max_concurrent_streams: default_max_streams(),
+            idle_timeout: default_idle_timeout(),
+            max_request_body_bytes: None,
         }
     }
 }
@@ -563,6 +579,9 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
             "limits.max_header_bytes",
             "must be between 8192 and 1048576",
         );
+    }
+    if limits.idle_timeout.0 < Duration::from_millis(10) {
+        errs.push("limits.idle_timeout", "must be at least 10ms");
     }
     if limits.header_read_timeout.0.is_zero() {
         errs.push("limits.header_read_timeout", "must be more than zero");

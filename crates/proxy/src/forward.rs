@@ -14,14 +14,16 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
+use crate::body::LimitedBody;
 use crate::cluster::{Cluster, Outcome};
 use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
 use crate::routing::Route;
 use crate::server::ListenerContext;
 
-/// The body of a request to an upstream: the client's, streamed, or a buffered copy for replay.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+/// The body of a request to an upstream: the client's, streamed under the body limit, or a
+/// buffered copy for replay.
+pub type UpstreamBody = Either<LimitedBody, Full<Bytes>>;
 
 /// A client for upstream endpoints (one per protocol and connect timeout, shared by clusters).
 pub type HttpClient = Client<HttpConnector, UpstreamBody>;
@@ -248,7 +250,7 @@ impl Prepared {
 /// A request body ready for attempts: kept whole for replay, or streamed once.
 enum Body {
     Replayable(Bytes),
-    Streamed(Option<Incoming>),
+    Streamed(Option<LimitedBody>),
 }
 
 impl Body {
@@ -265,20 +267,33 @@ impl Body {
     }
 }
 
-/// Keeps `body` whole if it is at most `limit` bytes by its Content-Length (or empty); else
-/// leaves it to stream, which rules out retries.
-async fn buffer(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Body, hyper::Error> {
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Keeps `body` whole if it is at most `keep` bytes by its Content-Length (or empty); else leaves
+/// it to stream, which rules out retries.
+async fn buffer(
+    body: LimitedBody,
+    headers: &HeaderMap,
+    keep: usize,
+) -> Result<Body, Box<dyn std::error::Error + Send + Sync>> {
     if body.is_end_stream() {
         return Ok(Body::Replayable(Bytes::new()));
     }
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    match length {
-        Some(length) if length <= limit => Ok(Body::Replayable(body.collect().await?.to_bytes())),
+    match content_length(headers) {
+        Some(length) if length <= keep as u64 => {
+            Ok(Body::Replayable(body.collect().await?.to_bytes()))
+        }
         _ => Ok(Body::Streamed(Some(body))),
     }
+}
+
+fn too_large() -> Response<ProxyBody> {
+    local_response(StatusCode::PAYLOAD_TOO_LARGE, "request_body_too_large")
 }
 
 fn idempotent(method: &Method) -> bool {
@@ -346,10 +361,17 @@ pub async fn handle(
     };
     let target = route.target();
     let metrics = &ctx.shared.metrics;
-    let mut response = match forward(request, route, &target.cluster, metrics, peer).await {
-        Ok(response) => response.map(Either::Left),
-        Err(answer) => answer,
-    };
+    let body_limit = ctx.shared.limits.load().max_request_body_bytes;
+    let logged = ctx
+        .shared
+        .access_log
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(|| (request.method().clone(), request.uri().clone()));
+    let mut response =
+        match forward(request, route, &target.cluster, metrics, peer, body_limit).await {
+            Ok(response) => response.map(Either::Left),
+            Err(answer) => answer,
+        };
     let headers = response.headers_mut();
     if !headers.contains_key(ERROR_HEADER) {
         strip_hop_by_hop(headers);
@@ -360,10 +382,50 @@ pub async fn handle(
     for (name, value) in &route.response_add {
         headers.insert(name.clone(), value.clone());
     }
+    let elapsed = started.elapsed();
     target
         .metrics
-        .record(response.status().as_u16(), started.elapsed().as_secs_f64());
+        .record(response.status().as_u16(), elapsed.as_secs_f64());
+    if let Some((method, uri)) = logged {
+        log_access(
+            &ctx.name,
+            route,
+            &target.cluster.name,
+            peer,
+            &method,
+            &uri,
+            &response,
+            elapsed,
+        );
+    }
     response
+}
+
+/// Writes one JSON access-log line to standard output.
+#[allow(clippy::too_many_arguments)]
+fn log_access(
+    listener: &str,
+    route: &Route,
+    cluster: &str,
+    peer: &Peer,
+    method: &Method,
+    uri: &Uri,
+    response: &Response<ProxyBody>,
+    elapsed: std::time::Duration,
+) {
+    let line = serde_json::json!({
+        "time": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        "listener": listener,
+        "route": route.name,
+        "cluster": cluster,
+        "client": peer.addr.to_string(),
+        "method": method.as_str(),
+        "path": uri.path(),
+        "status": response.status().as_u16(),
+        "duration_us": elapsed.as_micros() as u64,
+        "proxy_error": response.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()),
+    });
+    println!("{line}");
 }
 
 /// Sends the request to `cluster`, retrying per the route's policy; `Err` is the proxy's own
@@ -374,6 +436,7 @@ async fn forward(
     cluster: &Cluster,
     metrics: &ProxyMetrics,
     peer: &Peer,
+    body_limit: Option<u64>,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let deadline = Instant::now() + route.timeout;
     let Some(_admitted) = cluster.admit() else {
@@ -386,10 +449,22 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let mut prepared = Prepared::new(parts, route, peer)
         .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
+    let body_limit = body_limit.unwrap_or(u64::MAX);
+    if content_length(&prepared.headers).is_some_and(|length| length > body_limit) {
+        return Err(too_large());
+    }
+    let body = LimitedBody::new(body, body_limit);
+    let over_limit = body.tripped();
     let mut body = match &route.retries {
         Some(policy) => buffer(body, &prepared.headers, policy.buffer_limit)
             .await
-            .map_err(|_| local_response(StatusCode::BAD_REQUEST, "request_body_failed"))?,
+            .map_err(|_| {
+                if over_limit.load(std::sync::atomic::Ordering::Relaxed) {
+                    too_large()
+                } else {
+                    local_response(StatusCode::BAD_REQUEST, "request_body_failed")
+                }
+            })?,
         None => Body::Streamed(Some(body)),
     };
     let mut avoid = None;
@@ -429,6 +504,9 @@ async fn forward(
         let attempt = match tokio::time::timeout(per_try, cluster.client.request(upstream)).await {
             Ok(Ok(response)) => Attempt::Answered(response),
             Ok(Err(e)) => {
+                if over_limit.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(too_large());
+                }
                 tracing::debug!(route = %route.name, cluster = %cluster.name,
                     endpoint = %lease.endpoint().addr, error = %e, "upstream failed");
                 Attempt::Failed {

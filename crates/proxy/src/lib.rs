@@ -8,10 +8,12 @@
 //! metric handles are made when a config is compiled. Nothing a client sends may panic it.
 
 mod admin;
+mod body;
 mod cluster;
 mod config;
 mod forward;
 mod health;
+mod idle;
 mod metrics;
 mod reload;
 mod routing;
@@ -92,6 +94,7 @@ impl Default for Proxy {
             shared: Arc::new(Shared {
                 metrics: Arc::new(ProxyMetrics::default()),
                 limits: ArcSwap::from_pointee(Limits::default()),
+                access_log: std::sync::atomic::AtomicBool::new(false),
             }),
             active: tokio::sync::Mutex::new(Active::default()),
             probes: health::probe_client(),
@@ -171,6 +174,9 @@ impl Proxy {
             }
         }
         self.shared.limits.store(Arc::new(config.limits.clone()));
+        self.shared
+            .access_log
+            .store(config.access_log, std::sync::atomic::Ordering::Relaxed);
         let mut kept = std::mem::take(&mut active.listeners);
         for (name, table) in reused {
             if let Some(entry) = kept.remove(&name) {

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Limits, UpstreamProtocol};
 use crate::forward::{self, HttpClient};
+use crate::idle::{Activity, Watched};
 use crate::metrics::ProxyMetrics;
 use crate::routing::RouteTable;
 
@@ -33,6 +34,8 @@ pub struct Shared {
     pub metrics: Arc<ProxyMetrics>,
     /// Limits on clients, swapped with the config.
     pub limits: ArcSwap<Limits>,
+    /// Whether to write access-log lines, swapped with the config.
+    pub access_log: std::sync::atomic::AtomicBool,
 }
 
 /// What a listener's connections need: its routes (swapped on reload) and its metric handles.
@@ -138,20 +141,33 @@ async fn serve_connection(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     context.connections.inc();
+    let activity = Arc::new(Activity::default());
     let service = {
         let context = context.clone();
+        let activity = activity.clone();
         let peer = forward::Peer::new(peer);
         service_fn(move |request| {
             let context = context.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(forward::handle(request, context, &peer).await) }
+            let in_flight = activity.request();
+            async move {
+                let response = forward::handle(request, context, &peer).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(response)
+            }
         })
     };
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(listener = %context.name, %peer, error = %e, "connection ended with an error");
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    tokio::select! {
+        served = builder.serve_connection(io, service) => {
+            if let Err(e) = served {
+                tracing::debug!(listener = %context.name, %peer, error = %e,
+                    "connection ended with an error");
+            }
+        }
+        () = activity.idle_for(limits.idle_timeout.0) => {
+            tracing::debug!(listener = %context.name, %peer, "closing an idle connection");
+        }
     }
     context.connections.dec();
 }

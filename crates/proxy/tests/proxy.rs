@@ -17,6 +17,11 @@ async fn upstream(name: &'static str) -> SocketAddr {
         if request.uri().path() == "/slow" {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
+        let (parts, body) = request.into_parts();
+        let request = Request::from_parts(parts, ());
+        let body_bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_or(0, |b| b.len());
         let headers: HashMap<String, String> = request
             .headers()
             .iter()
@@ -26,6 +31,7 @@ async fn upstream(name: &'static str) -> SocketAddr {
             "upstream": name,
             "path": request.uri().to_string(),
             "headers": headers,
+            "body_bytes": body_bytes,
         });
         (
             [("x-upstream", name), ("x-internal", "secret")],
@@ -426,4 +432,59 @@ async fn oversized_and_malformed_requests_are_refused() {
     assert!(proxy
         .metrics_text()
         .contains("meridian_proxy_requests_total"));
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_answer_413() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let text = format!("{}limits: {{max_request_body_bytes: 1000}}\n", config(a, b));
+    let (_proxy, base) = start(&text).await;
+    let client = reqwest::Client::new();
+    let post = |size: usize| {
+        client
+            .post(format!("{base}/"))
+            .header("host", "x.example.org")
+            .body(vec![b'x'; size])
+    };
+    assert_eq!(post(500).send().await.unwrap().status(), 200);
+    let response = post(2000).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()[ERROR_HEADER], "request_body_too_large");
+    // Without a Content-Length the limit is enforced as the body streams.
+    let chunked = format!(
+        "POST / HTTP/1.1\r\nhost: x.example.org\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n",
+        "x".repeat(2000)
+    );
+    let answer = raw(&base, chunked.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+/// Whether the proxy closes a connection on which the client sends `bytes` and then nothing.
+async fn closes_after(base: &str, bytes: &[u8]) -> bool {
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let text = format!(
+        "{}limits: {{header_read_timeout: 300ms, idle_timeout: 300ms}}\n",
+        config(a, b)
+    );
+    let (_proxy, base) = start(&text).await;
+    assert!(
+        closes_after(&base, b"GET / HTTP/1.1\r\nhost: x\r\n").await,
+        "slowloris kept open"
+    );
+    assert!(
+        closes_after(&base, b"").await,
+        "silent connection kept open"
+    );
 }
