@@ -82,8 +82,9 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the Connection header names.
-/// `te: trailers` survives: gRPC needs it end to end.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// `te: trailers` survives: gRPC needs it end to end. With `upgrade` (a protocol switch being
+/// forwarded), `Upgrade: <upgrade>` and `Connection: upgrade` are set again.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -110,6 +111,43 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         headers.remove(header::TE);
     }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with `Upgrade`).
+fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = request
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| request.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Joins the client's and the upstream's upgraded connections and copies bytes both ways until
+/// either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "protocol switch failed"),
+        }
+    });
 }
 
 /// A random 128-bit request id in hex.
@@ -181,6 +219,7 @@ impl Prepared {
         parts: http::request::Parts,
         route: &Route,
         peer: &Peer,
+        upgrade: Option<HeaderValue>,
     ) -> Result<Prepared, http::Error> {
         let http::request::Parts {
             method,
@@ -195,7 +234,7 @@ impl Prepared {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, upgrade);
         // HTTP/2 names the host in the URI; HTTP/1.1 upstreams need it as Host.
         if !headers.contains_key(header::HOST) {
             if let Some(value) = uri
@@ -348,7 +387,7 @@ impl Attempt {
 
 /// Serves one request: the whole proxy path for one listener.
 pub async fn handle(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     ctx: Arc<ListenerContext>,
     peer: &Peer,
 ) -> Response<ProxyBody> {
@@ -367,14 +406,31 @@ pub async fn handle(
         .access_log
         .load(std::sync::atomic::Ordering::Relaxed)
         .then(|| (request.method().clone(), request.uri().clone()));
-    let mut response =
-        match forward(request, route, &target.cluster, metrics, peer, body_limit).await {
-            Ok(response) => response.map(Either::Left),
-            Err(answer) => answer,
-        };
+    let upgrade = requested_upgrade(&request);
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let client = ClientRequest {
+        request,
+        peer,
+        body_limit,
+        upgrade,
+    };
+    let mut response = match forward(client, route, &target.cluster, metrics).await {
+        Ok(mut response) => {
+            let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if let (true, Some(client_side)) = (switched, client_side) {
+                tunnel(client_side, hyper::upgrade::on(&mut response));
+            }
+            response.map(Either::Left)
+        }
+        Err(answer) => answer,
+    };
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     if !headers.contains_key(ERROR_HEADER) {
-        strip_hop_by_hop(headers);
+        let switched_to = switched
+            .then(|| headers.get(header::UPGRADE).cloned())
+            .flatten();
+        strip_hop_by_hop(headers, switched_to);
     }
     for name in &route.response_remove {
         headers.remove(name);
@@ -430,13 +486,21 @@ fn log_access(
 
 /// Sends the request to `cluster`, retrying per the route's policy; `Err` is the proxy's own
 /// answer.
-async fn forward(
+/// A client's request with what forwarding needs to know about it.
+struct ClientRequest<'p> {
     request: Request<Incoming>,
+    peer: &'p Peer,
+    /// Largest body allowed, in bytes.
+    body_limit: Option<u64>,
+    /// The protocol the client asks to switch to, if any.
+    upgrade: Option<HeaderValue>,
+}
+
+async fn forward(
+    client: ClientRequest<'_>,
     route: &Route,
     cluster: &Cluster,
     metrics: &ProxyMetrics,
-    peer: &Peer,
-    body_limit: Option<u64>,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let deadline = Instant::now() + route.timeout;
     let Some(_admitted) = cluster.admit() else {
@@ -446,10 +510,10 @@ async fn forward(
             "overflow_max_requests",
         ));
     };
-    let (parts, body) = request.into_parts();
-    let mut prepared = Prepared::new(parts, route, peer)
+    let (parts, body) = client.request.into_parts();
+    let mut prepared = Prepared::new(parts, route, client.peer, client.upgrade)
         .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
-    let body_limit = body_limit.unwrap_or(u64::MAX);
+    let body_limit = client.body_limit.unwrap_or(u64::MAX);
     if content_length(&prepared.headers).is_some_and(|length| length > body_limit) {
         return Err(too_large());
     }
@@ -570,7 +634,7 @@ mod tests {
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert(header::TE, "trailers".parse().unwrap());
         headers.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, None);
         let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["te", "x-kept"]);

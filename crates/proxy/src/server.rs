@@ -159,7 +159,7 @@ async fn serve_connection(
     };
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
     tokio::select! {
-        served = builder.serve_connection(io, service) => {
+        served = builder.serve_connection_with_upgrades(io, service) => {
             if let Err(e) = served {
                 tracing::debug!(listener = %context.name, %peer, error = %e,
                     "connection ended with an error");
