@@ -122,10 +122,16 @@ impl Lease<'_> {
         &self.cluster.endpoints[self.index]
     }
 
-    /// Records the outcome: latency feeds the balancer (peak EWMA: a slower answer counts at
-    /// once, a faster one decays in); errors feed outlier detection. Returns whether the endpoint
-    /// was ejected for it.
+    /// Records the outcome and ends the lease; see [`Lease::observe`].
     pub fn finish(self, outcome: Outcome) -> bool {
+        self.observe(outcome)
+    }
+
+    /// Records an outcome without ending the lease (a relayed TCP connection stays outstanding
+    /// after it connected): latency since the pick feeds the balancer (peak EWMA: a slower answer
+    /// counts at once, a faster one decays in); errors feed outlier detection. Returns whether
+    /// the endpoint was ejected for it.
+    pub fn observe(&self, outcome: Outcome) -> bool {
         let now = Instant::now();
         let now_ns = now.duration_since(self.cluster.epoch).as_nanos() as u64;
         let e = self.endpoint();
@@ -203,6 +209,8 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// The client that carries requests to the endpoints.
     pub client: HttpClient,
+    /// Time to establish a connection to an endpoint.
+    pub connect_timeout: Duration,
     endpoints: Vec<Arc<Endpoint>>,
     levels: Vec<Level>,
     /// Every endpoint as one level, for panic mode.
@@ -376,6 +384,7 @@ impl Cluster {
             name: config.name.clone(),
             protocol: config.protocol,
             client,
+            connect_timeout: config.connect_timeout.0,
             endpoints,
             levels,
             everyone,

@@ -31,6 +31,8 @@ pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c), routed by `virtual_hosts`.
     #[default]
     Http,
+    /// Opaque TCP: each connection is relayed to an endpoint of `cluster`.
+    Tcp,
 }
 
 /// One listening socket.
@@ -43,9 +45,12 @@ pub struct ListenerConfig {
     /// The protocol; defaults to `http`.
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// Virtual hosts, tried by their `domains`.
+    /// Virtual hosts, tried by their `domains` (`http` listeners).
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
+    /// The cluster connections are relayed to (`tcp` listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// A set of routes for some host names.
@@ -562,6 +567,30 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
             );
         }
         validate_virtual_hosts(&mut errs, &at, &listener.virtual_hosts, &clusters);
+        match (listener.protocol, &listener.cluster) {
+            (ListenerProtocol::Http, Some(_)) => errs.push(
+                format!("{at}.cluster"),
+                "only `tcp` listeners name a cluster; `http` ones route by `virtual_hosts`",
+            ),
+            (ListenerProtocol::Tcp, None) => {
+                errs.push(format!("{at}.cluster"), "a `tcp` listener needs a cluster")
+            }
+            (ListenerProtocol::Tcp, Some(cluster)) => {
+                if !clusters.contains(cluster.as_str()) {
+                    errs.push(
+                        format!("{at}.cluster"),
+                        format!("unknown cluster `{cluster}`"),
+                    );
+                }
+                if !listener.virtual_hosts.is_empty() {
+                    errs.push(
+                        format!("{at}.virtual_hosts"),
+                        "a `tcp` listener has no virtual hosts",
+                    );
+                }
+            }
+            (ListenerProtocol::Http, None) => {}
+        }
     }
     let mut cluster_names = HashSet::new();
     for (i, cluster) in config.clusters.iter().enumerate() {

@@ -64,8 +64,8 @@ pub enum ApplyError {
 struct Active {
     config: Option<ProxyConfig>,
     clusters: HashMap<String, Arc<Cluster>>,
-    /// By listener name, with the configured address it was bound for.
-    listeners: HashMap<String, (String, Listener)>,
+    /// By listener name, with the configured address and protocol it was bound for.
+    listeners: HashMap<String, (String, ListenerProtocol, Listener)>,
     /// Upstream clients by protocol and connect timeout, kept across reloads so that pooled
     /// connections survive a config swap.
     clients: HashMap<(UpstreamProtocol, Duration), HttpClient>,
@@ -149,9 +149,15 @@ impl Proxy {
         let mut fresh = HashMap::new();
         let mut reused = Vec::new();
         for (index, (listener, table)) in config.listeners.iter().zip(tables).enumerate() {
+            let relay = listener
+                .cluster
+                .as_ref()
+                .and_then(|name| clusters.get(name).cloned());
             match active.listeners.get(&listener.name) {
-                Some((address, _)) if *address == listener.address => {
-                    reused.push((listener.name.clone(), table));
+                Some((address, protocol, _))
+                    if *address == listener.address && *protocol == listener.protocol =>
+                {
+                    reused.push((listener.name.clone(), table, relay));
                 }
                 _ => {
                     let address: SocketAddr = listener.address.parse().map_err(|_| {
@@ -162,14 +168,16 @@ impl Proxy {
                         );
                         ApplyError::Invalid(errors)
                     })?;
-                    let bound = Listener::bind(&listener.name, address, table, self.shared.clone())
+                    let shared = self.shared.clone();
+                    let bound = Listener::bind(&listener.name, address, table, relay, shared)
                         .await
                         .map_err(|source| ApplyError::Bind {
                             index,
                             address,
                             source,
                         })?;
-                    fresh.insert(listener.name.clone(), (listener.address.clone(), bound));
+                    let entry = (listener.address.clone(), listener.protocol, bound);
+                    fresh.insert(listener.name.clone(), entry);
                 }
             }
         }
@@ -178,9 +186,10 @@ impl Proxy {
             .access_log
             .store(config.access_log, std::sync::atomic::Ordering::Relaxed);
         let mut kept = std::mem::take(&mut active.listeners);
-        for (name, table) in reused {
+        for (name, table, relay) in reused {
             if let Some(entry) = kept.remove(&name) {
-                entry.1.context.table.store(Arc::new(table));
+                entry.2.context.table.store(Arc::new(table));
+                entry.2.context.relay.store(relay);
                 fresh.insert(name, entry);
             }
         }
@@ -235,7 +244,7 @@ impl Proxy {
         let mut listeners: Vec<(String, SocketAddr)> = active
             .listeners
             .iter()
-            .map(|(name, (_, l))| (name.clone(), l.bound))
+            .map(|(name, (_, _, l))| (name.clone(), l.bound))
             .collect();
         listeners.sort();
         listeners

@@ -54,6 +54,12 @@ struct OverflowLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    listener: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -117,6 +123,7 @@ pub struct ProxyMetrics {
     ejections: Family<ClusterLabels, Counter>,
     budget_exhausted: Family<ClusterLabels, Counter>,
     overflows: Family<OverflowLabels, Counter>,
+    relayed: Family<DirectionLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -144,6 +151,12 @@ impl Default for ProxyMetrics {
         );
         let budget_exhausted = Family::<ClusterLabels, Counter>::default();
         let overflows = Family::<OverflowLabels, Counter>::default();
+        let relayed = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tcp_relayed_bytes",
+            "Bytes relayed by tcp listeners, by direction",
+            relayed.clone(),
+        );
         registry.register("retries", "Retried attempts, by cluster", retries.clone());
         registry.register(
             "retry_budget_exhausted",
@@ -203,6 +216,7 @@ impl Default for ProxyMetrics {
             ejections,
             budget_exhausted,
             overflows,
+            relayed,
         }
     }
 }
@@ -270,6 +284,17 @@ impl ProxyMetrics {
     /// Counts a retry to `cluster`.
     pub fn retry(&self, cluster: &str) {
         self.retries.get_or_create(&cluster_labels(cluster)).inc();
+    }
+
+    /// Counts the bytes of one finished relayed TCP connection.
+    pub fn relayed(&self, listener: &str, sent: u64, received: u64) {
+        for (direction, bytes) in [("upstream", sent), ("downstream", received)] {
+            let labels = DirectionLabels {
+                listener: listener.to_owned(),
+                direction,
+            };
+            self.relayed.get_or_create(&labels).inc_by(bytes);
+        }
     }
 
     /// Counts an outlier ejection in `cluster`.

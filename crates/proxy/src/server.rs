@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -17,10 +17,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{Cluster, Outcome};
 use crate::config::{Limits, UpstreamProtocol};
 use crate::forward::{self, HttpClient};
 use crate::idle::{Activity, Watched};
 use crate::metrics::ProxyMetrics;
+use crate::metrics::UpstreamError;
 use crate::routing::RouteTable;
 
 /// Idle upstream connections are closed after this long.
@@ -42,8 +44,10 @@ pub struct Shared {
 pub struct ListenerContext {
     /// The listener's name.
     pub name: String,
-    /// The current route table.
+    /// The current route table (`http` listeners).
     pub table: ArcSwap<RouteTable>,
+    /// The cluster connections are relayed to (`tcp` listeners).
+    pub relay: ArcSwapOption<Cluster>,
     /// Shared state.
     pub shared: Arc<Shared>,
     /// Requests that matched no route.
@@ -86,6 +90,7 @@ impl Listener {
         name: &str,
         address: SocketAddr,
         table: RouteTable,
+        relay: Option<Arc<Cluster>>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Listener> {
         let socket = TcpListener::bind(address).await?;
@@ -93,6 +98,7 @@ impl Listener {
         let context = Arc::new(ListenerContext {
             name: name.to_owned(),
             table: ArcSwap::from_pointee(table),
+            relay: ArcSwapOption::new(relay),
             no_route: shared.metrics.no_route(name),
             connections: shared.metrics.connections(name),
             shared,
@@ -112,7 +118,14 @@ async fn accept_loop(socket: TcpListener, context: Arc<ListenerContext>) {
         match socket.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(stream, peer, context.clone()));
+                match context.relay.load_full() {
+                    Some(cluster) => {
+                        tokio::spawn(relay_connection(stream, cluster, context.clone()));
+                    }
+                    None => {
+                        tokio::spawn(serve_connection(stream, peer, context.clone()));
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -167,6 +180,52 @@ async fn serve_connection(
         }
         () = activity.idle_for(limits.idle_timeout.0) => {
             tracing::debug!(listener = %context.name, %peer, "closing an idle connection");
+        }
+    }
+    context.connections.dec();
+}
+
+/// Relays one TCP connection to an endpoint of `cluster`, trying up to three endpoints to
+/// connect; bytes flow both ways until either side closes.
+async fn relay_connection(
+    mut client: tokio::net::TcpStream,
+    cluster: Arc<Cluster>,
+    context: Arc<ListenerContext>,
+) {
+    const CONNECT_TRIES: usize = 3;
+    context.connections.inc();
+    let metrics = &context.shared.metrics;
+    let no_headers = http::HeaderMap::new();
+    let mut avoid = None;
+    for _ in 0..CONNECT_TRIES {
+        let Some(lease) = cluster.pick(&no_headers, avoid) else {
+            metrics.upstream_error(&cluster.name, UpstreamError::NoEndpoint);
+            break;
+        };
+        let address = lease.endpoint().addr;
+        let connected = tokio::time::timeout(
+            cluster.connect_timeout,
+            tokio::net::TcpStream::connect(address),
+        )
+        .await;
+        match connected {
+            Ok(Ok(mut upstream)) => {
+                let _ = upstream.set_nodelay(true);
+                lease.observe(Outcome::Success);
+                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    Ok((sent, received)) => metrics.relayed(&context.name, sent, received),
+                    Err(e) => tracing::debug!(listener = %context.name, error = %e,
+                        "relayed connection ended with an error"),
+                }
+                break;
+            }
+            _ => {
+                metrics.upstream_error(&cluster.name, UpstreamError::Connect);
+                if lease.finish(Outcome::GatewayError) {
+                    metrics.ejection(&cluster.name);
+                }
+                avoid = Some(address);
+            }
         }
     }
     context.connections.dec();

@@ -530,3 +530,56 @@ async fn websockets_are_tunnelled() {
     }
     socket.close(None).await.unwrap();
 }
+
+#[tokio::test]
+async fn tcp_listeners_relay_bytes_and_skip_dead_endpoints() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    let text = format!(
+        "listeners:\n  - {{name: db, address: \"127.0.0.1:0\", protocol: tcp, cluster: db}}\nclusters:\n  - name: db\n    lb: round_robin\n    endpoints: [{{address: \"127.0.0.1:1\"}}, {{address: \"{echo_addr}\"}}]\n"
+    );
+    let (proxy, base) = start(&text).await;
+    for i in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let message = format!("ping {i}");
+        stream.write_all(message.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut echoed = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.metrics_text().contains(
+        r#"meridian_proxy_tcp_relayed_bytes_total{listener="db",direction="upstream"} 24"#,
+    ) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            proxy.metrics_text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = proxy
+        .apply_text(&text.replace("protocol: tcp, cluster: db", "protocol: tcp"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("listeners[0].cluster: a `tcp` listener needs a cluster"),
+        "{err}"
+    );
+}
