@@ -51,6 +51,18 @@ pub struct ListenerConfig {
     /// The cluster connections are relayed to (`tcp` listeners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Terminate TLS on this listener (`http` listeners); ALPN offers `h2` and `http/1.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's certificate and key, as PEM files (read again at every reload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
 }
 
 /// A set of routes for some host names.
@@ -580,6 +592,12 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
                     errs.push(
                         format!("{at}.cluster"),
                         format!("unknown cluster `{cluster}`"),
+                    );
+                }
+                if listener.tls.is_some() {
+                    errs.push(
+                        format!("{at}.tls"),
+                        "TLS is terminated on `http` listeners only",
                     );
                 }
                 if !listener.virtual_hosts.is_empty() {

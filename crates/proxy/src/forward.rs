@@ -167,14 +167,16 @@ pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
     ip: HeaderValue,
+    /// `http` or `https`: how the client reached the proxy.
+    scheme: &'static str,
 }
 
 impl Peer {
-    /// The peer at `addr`.
-    pub fn new(addr: SocketAddr) -> Peer {
+    /// The peer at `addr`, connected over `scheme` (`http` or `https`).
+    pub fn new(addr: SocketAddr, scheme: &'static str) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, ip }
+        Peer { addr, ip, scheme }
     }
 }
 
@@ -245,7 +247,7 @@ impl Prepared {
             }
         }
         let host = headers.get(header::HOST).cloned();
-        forwarding_headers(&mut headers, peer, host, "http");
+        forwarding_headers(&mut headers, peer, host, peer.scheme);
         for name in &route.request_remove {
             headers.remove(name);
         }

@@ -18,6 +18,7 @@ mod metrics;
 mod reload;
 mod routing;
 mod server;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,8 +30,8 @@ use meridian_model::ValidationErrors;
 
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, LbPolicy, Limits,
-    ListenerConfig, ListenerProtocol, ProxyConfig, RouteConfig, RouteMatch, UpstreamProtocol,
-    VirtualHost, WeightedCluster,
+    ListenerConfig, ListenerProtocol, ProxyConfig, RouteConfig, RouteMatch, TlsConfig,
+    UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
 pub use reload::{run, RunOptions};
@@ -145,10 +146,23 @@ impl Proxy {
                 )
             })
             .collect();
+        let mut acceptors = Vec::with_capacity(config.listeners.len());
+        let mut tls_errors = ValidationErrors::default();
+        for (index, listener) in config.listeners.iter().enumerate() {
+            match listener.tls.as_ref().map(tls::acceptor).transpose() {
+                Ok(acceptor) => acceptors.push(acceptor.map(Arc::new)),
+                Err((field, reason)) => {
+                    tls_errors.push(format!("listeners[{index}].tls.{field}"), reason);
+                    acceptors.push(None);
+                }
+            }
+        }
+        tls_errors.into_result()?;
         // Bind what is new before changing anything, so that a failure leaves all as it was.
         let mut fresh = HashMap::new();
         let mut reused = Vec::new();
-        for (index, (listener, table)) in config.listeners.iter().zip(tables).enumerate() {
+        let listeners = config.listeners.iter().zip(tables).zip(acceptors);
+        for (index, ((listener, table), acceptor)) in listeners.enumerate() {
             let relay = listener
                 .cluster
                 .as_ref()
@@ -157,7 +171,7 @@ impl Proxy {
                 Some((address, protocol, _))
                     if *address == listener.address && *protocol == listener.protocol =>
                 {
-                    reused.push((listener.name.clone(), table, relay));
+                    reused.push((listener.name.clone(), table, relay, acceptor));
                 }
                 _ => {
                     let address: SocketAddr = listener.address.parse().map_err(|_| {
@@ -169,13 +183,14 @@ impl Proxy {
                         ApplyError::Invalid(errors)
                     })?;
                     let shared = self.shared.clone();
-                    let bound = Listener::bind(&listener.name, address, table, relay, shared)
-                        .await
-                        .map_err(|source| ApplyError::Bind {
-                            index,
-                            address,
-                            source,
-                        })?;
+                    let bound =
+                        Listener::bind(&listener.name, address, table, relay, acceptor, shared)
+                            .await
+                            .map_err(|source| ApplyError::Bind {
+                                index,
+                                address,
+                                source,
+                            })?;
                     let entry = (listener.address.clone(), listener.protocol, bound);
                     fresh.insert(listener.name.clone(), entry);
                 }
@@ -186,10 +201,11 @@ impl Proxy {
             .access_log
             .store(config.access_log, std::sync::atomic::Ordering::Relaxed);
         let mut kept = std::mem::take(&mut active.listeners);
-        for (name, table, relay) in reused {
+        for (name, table, relay, acceptor) in reused {
             if let Some(entry) = kept.remove(&name) {
                 entry.2.context.table.store(Arc::new(table));
                 entry.2.context.relay.store(relay);
+                entry.2.context.tls.store(acceptor);
                 fresh.insert(name, entry);
             }
         }

@@ -124,6 +124,7 @@ pub struct ProxyMetrics {
     budget_exhausted: Family<ClusterLabels, Counter>,
     overflows: Family<OverflowLabels, Counter>,
     relayed: Family<DirectionLabels, Counter>,
+    tls_failures: Family<ListenerLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -152,6 +153,12 @@ impl Default for ProxyMetrics {
         let budget_exhausted = Family::<ClusterLabels, Counter>::default();
         let overflows = Family::<OverflowLabels, Counter>::default();
         let relayed = Family::<DirectionLabels, Counter>::default();
+        let tls_failures = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by listener",
+            tls_failures.clone(),
+        );
         registry.register(
             "tcp_relayed_bytes",
             "Bytes relayed by tcp listeners, by direction",
@@ -217,6 +224,7 @@ impl Default for ProxyMetrics {
             budget_exhausted,
             overflows,
             relayed,
+            tls_failures,
         }
     }
 }
@@ -284,6 +292,15 @@ impl ProxyMetrics {
     /// Counts a retry to `cluster`.
     pub fn retry(&self, cluster: &str) {
         self.retries.get_or_create(&cluster_labels(cluster)).inc();
+    }
+
+    /// Counts a failed TLS handshake on `listener`.
+    pub fn tls_handshake_failed(&self, listener: &str) {
+        self.tls_failures
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts the bytes of one finished relayed TCP connection.

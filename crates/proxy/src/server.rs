@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::cluster::{Cluster, Outcome};
 use crate::config::{Limits, UpstreamProtocol};
@@ -48,6 +49,8 @@ pub struct ListenerContext {
     pub table: ArcSwap<RouteTable>,
     /// The cluster connections are relayed to (`tcp` listeners).
     pub relay: ArcSwapOption<Cluster>,
+    /// The TLS acceptor, when the listener terminates TLS.
+    pub tls: ArcSwapOption<TlsAcceptor>,
     /// Shared state.
     pub shared: Arc<Shared>,
     /// Requests that matched no route.
@@ -91,6 +94,7 @@ impl Listener {
         address: SocketAddr,
         table: RouteTable,
         relay: Option<Arc<Cluster>>,
+        tls: Option<Arc<TlsAcceptor>>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Listener> {
         let socket = TcpListener::bind(address).await?;
@@ -99,6 +103,7 @@ impl Listener {
             name: name.to_owned(),
             table: ArcSwap::from_pointee(table),
             relay: ArcSwapOption::new(relay),
+            tls: ArcSwapOption::new(tls),
             no_route: shared.metrics.no_route(name),
             connections: shared.metrics.connections(name),
             shared,
@@ -122,9 +127,14 @@ async fn accept_loop(socket: TcpListener, context: Arc<ListenerContext>) {
                     Some(cluster) => {
                         tokio::spawn(relay_connection(stream, cluster, context.clone()));
                     }
-                    None => {
-                        tokio::spawn(serve_connection(stream, peer, context.clone()));
-                    }
+                    None => match context.tls.load_full() {
+                        Some(acceptor) => {
+                            tokio::spawn(serve_tls(stream, peer, acceptor, context.clone()));
+                        }
+                        None => {
+                            tokio::spawn(serve_connection(stream, peer, "http", context.clone()));
+                        }
+                    },
                 }
             }
             Err(e) => {
@@ -136,11 +146,35 @@ async fn accept_loop(socket: TcpListener, context: Arc<ListenerContext>) {
     }
 }
 
-async fn serve_connection(
+/// Completes the TLS handshake (within the header read timeout), then serves HTTP on it.
+async fn serve_tls(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    acceptor: Arc<TlsAcceptor>,
     context: Arc<ListenerContext>,
 ) {
+    let timeout = context.shared.limits.load().header_read_timeout.0;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_connection(tls, peer, "https", context).await,
+        Ok(Err(e)) => {
+            context.shared.metrics.tls_handshake_failed(&context.name);
+            tracing::debug!(listener = %context.name, %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_elapsed) => {
+            context.shared.metrics.tls_handshake_failed(&context.name);
+            tracing::debug!(listener = %context.name, %peer, "TLS handshake timed out");
+        }
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    scheme: &'static str,
+    context: Arc<ListenerContext>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let limits = context.shared.limits.load_full();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -158,7 +192,7 @@ async fn serve_connection(
     let service = {
         let context = context.clone();
         let activity = activity.clone();
-        let peer = forward::Peer::new(peer);
+        let peer = forward::Peer::new(peer, scheme);
         service_fn(move |request| {
             let context = context.clone();
             let peer = peer.clone();

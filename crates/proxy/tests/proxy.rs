@@ -583,3 +583,116 @@ async fn tcp_listeners_relay_bytes_and_skip_dead_endpoints() {
         "{err}"
     );
 }
+
+/// Connects over TLS to `base` for `shop.example.com`, offering `alpn`; returns the stream and the
+/// protocol the proxy chose.
+async fn tls_connect(
+    base: &str,
+    ca: &rcgen::Certificate,
+    alpn: &[&[u8]],
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("shop.example.com").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    let chosen = stream
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .unwrap_or_default()
+        .to_vec();
+    (stream, chosen)
+}
+
+#[tokio::test]
+async fn tls_listeners_negotiate_http2_and_http1_by_alpn() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let tls = format!(
+        "    tls: {{cert_file: \"{}\", key_file: \"{}\"}}\n    virtual_hosts:",
+        cert_file.display(),
+        key_file.display()
+    );
+    let (proxy, base) = start(&config(a, b).replacen("    virtual_hosts:", &tls, 1)).await;
+
+    let (stream, chosen) = tls_connect(&base, &cert, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(chosen, b"h2");
+    let (mut h2, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri("https://shop.example.com/api/tls")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = h2.send_request(request).await.unwrap();
+    assert_eq!(
+        (response.status(), response.version()),
+        (http::StatusCode::OK, http::Version::HTTP_2)
+    );
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let seen: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+
+    let (stream, chosen) = tls_connect(&base, &cert, &[b"http/1.1"]).await;
+    assert_eq!(chosen, b"http/1.1");
+    let (mut h1, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri("/api/tls")
+        .header("host", "shop.example.com")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = h1.send_request(request).await.unwrap();
+    assert_eq!(
+        (response.status(), response.version()),
+        (http::StatusCode::OK, http::Version::HTTP_11)
+    );
+
+    // A plaintext client on a TLS listener fails the handshake and is counted.
+    let plaintext = reqwest::Client::new().get(format!("{base}/")).send().await;
+    assert!(
+        plaintext.is_err(),
+        "plaintext was answered on a TLS listener"
+    );
+    assert!(proxy
+        .metrics_text()
+        .contains("meridian_proxy_tls_handshake_failures_total"));
+
+    // A missing key file is an error naming the field; the config in force stays.
+    let broken =
+        config(a, b).replacen("    virtual_hosts:", &tls.replace("key.pem", "nope.pem"), 1);
+    let err = proxy.apply_text(&broken).await.unwrap_err().to_string();
+    assert!(err.contains("listeners[0].tls.key_file"), "{err}");
+}
