@@ -1,0 +1,87 @@
+//! gRPC through the proxy, with tonic on both sides: unary calls, server streaming, and status
+//! codes carried in trailers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_proxy::Proxy;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[tokio::test]
+async fn grpc_unary_and_streaming_calls_pass_through() {
+    // A real gRPC server: the standard health service.
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("shop", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream_from(listener))
+            .await
+            .unwrap();
+    });
+    let config = format!(
+        "listeners:\n  - name: grpc\n    address: 127.0.0.1:0\n    virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: health}}]}}]\nclusters:\n  - name: health\n    protocol: http2\n    endpoints: [{{address: \"{upstream}\"}}]\n"
+    );
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(&config).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+
+    let unary = client
+        .check(HealthCheckRequest {
+            service: "shop".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(unary.into_inner().status(), ServingStatus::Serving);
+
+    // An error status travels in the trailers of a trailers-only answer.
+    let missing = client
+        .check(HealthCheckRequest {
+            service: "nothing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // Server streaming: each change arrives as its own message.
+    let mut watch = client
+        .watch(HealthCheckRequest {
+            service: "shop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    reporter
+        .set_service_status("shop", tonic_health::ServingStatus::NotServing)
+        .await;
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+}
+
+/// The listener's connections as the stream tonic's server takes.
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
+}
