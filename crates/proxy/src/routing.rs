@@ -263,3 +263,145 @@ fn compile_route(
         response_remove: header_names(&route.response_headers_remove),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_config, ProxyConfig};
+    use proptest::prelude::*;
+
+    /// A table whose virtual hosts each have one route per prefix, named `vhost:prefix`.
+    fn table(domains: &[Vec<String>], prefixes: &[String]) -> RouteTable {
+        let vhosts: Vec<String> = domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let routes: Vec<String> = prefixes
+                    .iter()
+                    .map(|p| {
+                        format!("{{name: \"v{i}:{p}\", match: {{prefix: \"{p}\"}}, cluster: c}}")
+                    })
+                    .collect();
+                format!(
+                    "{{name: v{i}, domains: [{}], routes: [{}]}}",
+                    d.iter()
+                        .map(|x| format!("\"{x}\""))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    routes.join(", ")
+                )
+            })
+            .collect();
+        let text = format!(
+            "listeners: [{{name: l, address: \"127.0.0.1:1\", virtual_hosts: [{}]}}]\nclusters: [{{name: c, endpoints: [{{address: \"127.0.0.1:2\"}}]}}]\n",
+            vhosts.join(", ")
+        );
+        let config: ProxyConfig = parse_config(&text).expect("generated config is valid");
+        RouteTable::build(
+            "l",
+            &config.listeners[0].virtual_hosts,
+            &|_| None,
+            &|_, _, _, _| crate::metrics::ProxyMetrics::default().route("l", "v", "r", "c"),
+        )
+    }
+
+    /// The reference: which virtual host serves `host`.
+    fn expected_vhost(domains: &[Vec<String>], host: &str) -> Option<usize> {
+        let find =
+            |pred: &dyn Fn(&str) -> bool| domains.iter().position(|d| d.iter().any(|x| pred(x)));
+        find(&|d| d == host)
+            .or_else(|| {
+                let mut best: Option<(usize, usize)> = None;
+                for (i, d) in domains.iter().enumerate() {
+                    for x in d {
+                        if let Some(suffix) = x.strip_prefix('*') {
+                            if suffix.len() > 1
+                                && host.len() > suffix.len()
+                                && host.ends_with(suffix)
+                                && best.is_none_or(|(len, _)| suffix.len() > len)
+                            {
+                                best = Some((suffix.len(), i));
+                            }
+                        }
+                    }
+                }
+                best.map(|(_, i)| i)
+            })
+            .or_else(|| find(&|d| d == "*"))
+    }
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-c]{1,2}"
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("*".to_owned()),
+            (label(), label()).prop_map(|(a, b)| format!("{a}.{b}")),
+            (label(), label()).prop_map(|(a, b)| format!("*.{a}.{b}")),
+            label().prop_map(|a| format!("*.{a}")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn host_and_path_matching_follow_the_documented_order(
+            domains in proptest::collection::vec(proptest::collection::vec(domain(), 1..3), 1..4),
+            prefixes in proptest::collection::vec("/[a-b]{0,3}", 1..4),
+            host in "([a-c]{1,2}\\.){0,3}[a-c]{1,2}",
+            path in "/[a-b/]{0,6}",
+        ) {
+            // Domains must be unique across virtual hosts, as validation demands.
+            let mut seen = std::collections::HashSet::new();
+            let domains: Vec<Vec<String>> = domains
+                .into_iter()
+                .map(|d| d.into_iter().filter(|x| seen.insert(x.clone())).collect::<Vec<_>>())
+                .filter(|d: &Vec<String>| !d.is_empty())
+                .collect();
+            prop_assume!(!domains.is_empty());
+            let mut unique = std::collections::HashSet::new();
+            let prefixes: Vec<String> = prefixes.into_iter().filter(|p| unique.insert(p.clone())).collect();
+            let table = table(&domains, &prefixes);
+            let found = table.find(&host, &path, &HeaderMap::new()).map(|r| r.name.clone());
+            let expected = expected_vhost(&domains, &host).and_then(|v| {
+                prefixes
+                    .iter()
+                    .find(|p| p.as_str() == "/" || path.starts_with(p.as_str()))
+                    .map(|p| format!("v{v}:{p}"))
+            });
+            prop_assert_eq!(found, expected);
+        }
+
+        #[test]
+        fn matching_and_rewriting_never_panic(
+            host in any::<String>(),
+            path in any::<String>(),
+            query in proptest::option::of(any::<String>()),
+        ) {
+            let table = table(&[vec!["*".to_owned()]], &["/a".to_owned(), "/".to_owned()]);
+            if let Some(route) = table.find(&host, &path, &HeaderMap::new()) {
+                let _ = route.rewrite(&path, query.as_deref());
+            }
+        }
+
+        #[test]
+        fn config_parsing_never_panics(text in any::<String>()) {
+            let _ = parse_config(&text);
+        }
+
+        #[test]
+        fn mutated_configs_are_accepted_or_rejected_with_a_field(
+            cut in 0usize..400,
+            insert in "[ -~]{0,8}",
+        ) {
+            let valid = "listeners:\n  - name: web\n    address: 127.0.0.1:8080\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {prefix: /api}\n            cluster: api\n            retries: {attempts: 2}\nclusters:\n  - name: api\n    lb: ring_hash\n    hash_on: {header: x-user}\n    endpoints: [{address: \"127.0.0.1:9000\", weight: 2}]\n";
+            let at = (cut % valid.len()).min(valid.len());
+            let at = (0..=at).rev().find(|i| valid.is_char_boundary(*i)).unwrap_or(0);
+            let text = format!("{}{}{}", &valid[..at], insert, &valid[at..]);
+            if let Err(errors) = parse_config(&text) {
+                prop_assert!(!errors.errors.is_empty());
+                prop_assert!(errors.errors.iter().all(|e| !e.field.is_empty() && !e.message.is_empty()));
+            }
+        }
+    }
+}
