@@ -15,7 +15,7 @@ use http::uri::Authority;
 use http::HeaderMap;
 
 use crate::config::{ClusterConfig, HashOn, LbPolicy, OutlierDetection, UpstreamProtocol};
-use crate::forward::HttpClient;
+use crate::upstream::HttpClient;
 
 /// How much headroom a priority level is assumed to have (Envoy's overprovisioning factor).
 const OVERPROVISION: f64 = 1.4;
@@ -660,8 +660,14 @@ mod tests {
     fn cluster(yaml: &str) -> Cluster {
         let text = format!("listeners: [{{name: l, address: \"127.0.0.1:1\"}}]\nclusters:\n{yaml}");
         let config: ProxyConfig = parse_config(&text).unwrap();
-        let client =
-            crate::server::upstream_client(UpstreamProtocol::Http1, Duration::from_secs(1));
+        let client = crate::upstream::client(
+            UpstreamProtocol::Http1,
+            Duration::from_secs(1),
+            1024,
+            Default::default(),
+            prometheus_client::metrics::histogram::Histogram::new([1.0]),
+        )
+        .client;
         Cluster::build(&config.clusters[0], client, None)
     }
 

@@ -381,6 +381,10 @@ pub struct CircuitBreakers {
     /// Most requests in flight to the cluster (retries included); defaults to 1024.
     #[serde(default = "default_breaker_limit")]
     pub max_requests: u32,
+    /// Most open connections to the cluster's endpoints, idle ones included; a request that
+    /// needs a new connection beyond it answers 503. Defaults to 1024.
+    #[serde(default = "default_breaker_limit")]
+    pub max_connections: u32,
 }
 
 fn default_breaker_limit() -> u32 {
@@ -391,6 +395,7 @@ impl Default for CircuitBreakers {
     fn default() -> Self {
         CircuitBreakers {
             max_requests: default_breaker_limit(),
+            max_connections: default_breaker_limit(),
         }
     }
 }
@@ -853,6 +858,12 @@ fn validate_cluster(errs: &mut ValidationErrors, at: &str, cluster: &ClusterConf
     if cluster.circuit_breakers.max_requests == 0 {
         errs.push(
             format!("{at}.circuit_breakers.max_requests"),
+            "must be at least 1",
+        );
+    }
+    if cluster.circuit_breakers.max_connections == 0 {
+        errs.push(
+            format!("{at}.circuit_breakers.max_connections"),
             "must be at least 1",
         );
     }

@@ -11,8 +11,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 
 use crate::body::LimitedBody;
 use crate::cluster::{Cluster, Outcome};
@@ -20,13 +18,11 @@ use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
 use crate::routing::Route;
 use crate::server::ListenerContext;
+use crate::upstream::ConnectionLimitReached;
 
 /// The body of a request to an upstream: the client's, streamed under the body limit, or a
 /// buffered copy for replay.
 pub type UpstreamBody = Either<LimitedBody, Full<Bytes>>;
-
-/// A client for upstream endpoints (one per protocol and connect timeout, shared by clusters).
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 
 /// The body of a response the proxy sends: the upstream's, or one the proxy made.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -333,6 +329,18 @@ async fn buffer(
     }
 }
 
+/// Whether `error`, or an error that caused it, is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<E>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 fn too_large() -> Response<ProxyBody> {
     local_response(StatusCode::PAYLOAD_TOO_LARGE, "request_body_too_large")
 }
@@ -572,6 +580,13 @@ async fn forward(
             Ok(Err(e)) => {
                 if over_limit.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(too_large());
+                }
+                if caused_by::<ConnectionLimitReached>(&e) {
+                    metrics.overflow(&cluster.name, "max_connections");
+                    return Err(local_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overflow_max_connections",
+                    ));
                 }
                 tracing::debug!(route = %route.name, cluster = %cluster.name,
                     endpoint = %lease.endpoint().addr, error = %e, "upstream failed");

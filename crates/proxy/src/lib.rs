@@ -19,6 +19,7 @@ mod reload;
 mod routing;
 mod server;
 mod tls;
+mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,10 +38,10 @@ pub use forward::ERROR_HEADER;
 pub use reload::{run, RunOptions};
 
 use crate::cluster::Cluster;
-use crate::forward::HttpClient;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RouteTable;
-use crate::server::{upstream_client, Listener, Shared};
+use crate::server::{Listener, Shared};
+use crate::upstream::UpstreamClient;
 
 /// Why a configuration was not applied. The previous one stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +68,9 @@ struct Active {
     clusters: HashMap<String, Arc<Cluster>>,
     /// By listener name, with the configured address and protocol it was bound for.
     listeners: HashMap<String, (String, ListenerProtocol, Listener)>,
-    /// Upstream clients by protocol and connect timeout, kept across reloads so that pooled
-    /// connections survive a config swap.
-    clients: HashMap<(UpstreamProtocol, Duration), HttpClient>,
+    /// Upstream clients by cluster, protocol and connect timeout, kept across reloads so that
+    /// pooled connections survive a config swap.
+    clients: HashMap<(String, UpstreamProtocol, Duration), UpstreamClient>,
     /// The running health-check tasks; replaced on every apply.
     checkers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -117,13 +118,21 @@ impl Proxy {
         config::validate(&config)?;
         let mut active = self.active.lock().await;
         let mut clusters = HashMap::new();
+        let mut clients = std::mem::take(&mut active.clients);
         for cluster in &config.clusters {
-            let key = (cluster.protocol, cluster.connect_timeout.0);
-            let client = active
-                .clients
-                .entry(key)
-                .or_insert_with(|| upstream_client(key.0, key.1))
-                .clone();
+            let key = (
+                cluster.name.clone(),
+                cluster.protocol,
+                cluster.connect_timeout.0,
+            );
+            let limit = cluster.circuit_breakers.max_connections;
+            let upstream = clients.remove(&key).unwrap_or_else(|| {
+                let (open, connect_time) = self.shared.metrics.upstream(&cluster.name);
+                upstream::client(key.1, key.2, limit, open, connect_time)
+            });
+            upstream.set_max_connections(limit);
+            let client = upstream.client.clone();
+            active.clients.insert(key, upstream);
             let previous = active.clusters.get(&cluster.name).map(Arc::as_ref);
             let built = Cluster::build(cluster, client, previous);
             if cluster.health_check.is_none() {

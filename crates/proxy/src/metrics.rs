@@ -125,6 +125,8 @@ pub struct ProxyMetrics {
     overflows: Family<OverflowLabels, Counter>,
     relayed: Family<DirectionLabels, Counter>,
     tls_failures: Family<ListenerLabels, Counter>,
+    upstream_connections: Family<ClusterLabels, Gauge>,
+    connect_time: Family<ClusterLabels, Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -154,6 +156,20 @@ impl Default for ProxyMetrics {
         let overflows = Family::<OverflowLabels, Counter>::default();
         let relayed = Family::<DirectionLabels, Counter>::default();
         let tls_failures = Family::<ListenerLabels, Counter>::default();
+        let upstream_connections = Family::<ClusterLabels, Gauge>::default();
+        let connect_time = Family::<ClusterLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> _,
+        );
+        registry.register(
+            "upstream_connections",
+            "Open connections to a cluster's endpoints",
+            upstream_connections.clone(),
+        );
+        registry.register(
+            "upstream_connect_seconds",
+            "Time to open a connection to an endpoint, by cluster",
+            connect_time.clone(),
+        );
         registry.register(
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out, by listener",
@@ -225,6 +241,8 @@ impl Default for ProxyMetrics {
             overflows,
             relayed,
             tls_failures,
+            upstream_connections,
+            connect_time,
         }
     }
 }
@@ -292,6 +310,15 @@ impl ProxyMetrics {
     /// Counts a retry to `cluster`.
     pub fn retry(&self, cluster: &str) {
         self.retries.get_or_create(&cluster_labels(cluster)).inc();
+    }
+
+    /// The open-connections gauge and connect-time histogram of `cluster`.
+    pub fn upstream(&self, cluster: &str) -> (Gauge, Histogram) {
+        let labels = cluster_labels(cluster);
+        (
+            self.upstream_connections.get_or_create(&labels).clone(),
+            self.connect_time.get_or_create(&labels).clone(),
+        )
     }
 
     /// Counts a failed TLS handshake on `listener`.

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
@@ -19,17 +17,12 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cluster::{Cluster, Outcome};
-use crate::config::{Limits, UpstreamProtocol};
-use crate::forward::{self, HttpClient};
+use crate::config::Limits;
+use crate::forward;
 use crate::idle::{Activity, Watched};
 use crate::metrics::ProxyMetrics;
 use crate::metrics::UpstreamError;
 use crate::routing::RouteTable;
-
-/// Idle upstream connections are closed after this long.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Most idle connections kept per upstream endpoint.
-const UPSTREAM_IDLE_PER_ENDPOINT: usize = 1024;
 
 /// What every listener shares: metrics and the client limits of the current config.
 pub struct Shared {
@@ -71,20 +64,6 @@ impl Drop for Listener {
     fn drop(&mut self) {
         self.accept.abort();
     }
-}
-
-/// A client for upstreams speaking `protocol`, connecting within `connect_timeout`.
-pub fn upstream_client(protocol: UpstreamProtocol, connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(UPSTREAM_IDLE_PER_ENDPOINT)
-        .http2_only(protocol == UpstreamProtocol::Http2);
-    builder.build(connector)
 }
 
 impl Listener {

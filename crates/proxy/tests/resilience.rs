@@ -227,3 +227,43 @@ async fn a_full_cluster_sheds_load_with_503_and_says_why() {
         r#"meridian_proxy_circuit_breaker_overflows_total{cluster="c",limit="max_requests"}"#
     ));
 }
+
+#[tokio::test]
+async fn a_cluster_at_its_connection_limit_sheds_load_with_503() {
+    let slow = Upstream::start("slow").await;
+    let cluster = format!(
+        "  - name: c\n    circuit_breakers: {{max_connections: 1}}\n    endpoints: {}",
+        endpoints(&[&slow])
+    );
+    let (proxy, base) = proxy(&cluster, "").await;
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let response = reqwest::get(&base).await.unwrap();
+                let reason = response
+                    .headers()
+                    .get(ERROR_HEADER)
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (response.status().as_u16(), reason)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    assert!(answers.iter().any(|(s, _)| *s == 200), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|(s, why)| *s == 503 && why.as_deref() == Some("overflow_max_connections")),
+        "{answers:?}"
+    );
+    let metrics = proxy.metrics_text();
+    assert!(metrics.contains(r#"limit="max_connections""#), "{metrics}");
+    assert!(
+        metrics.contains(r#"meridian_proxy_upstream_connect_seconds_count{cluster="c"}"#),
+        "{metrics}"
+    );
+}

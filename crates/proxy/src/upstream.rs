@@ -1,0 +1,187 @@
+//! Connections to upstream endpoints: one pooled client per cluster, whose connector measures
+//! connect time and holds the cluster's `max_connections` limit.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::net::TcpStream;
+
+use crate::config::UpstreamProtocol;
+use crate::forward::UpstreamBody;
+
+/// Idle upstream connections are closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Most idle connections kept per upstream endpoint.
+const IDLE_PER_ENDPOINT: usize = 1024;
+
+/// A pooled client for one cluster's endpoints.
+pub type HttpClient = Client<ClusterConnector, UpstreamBody>;
+
+/// The error a connection attempt fails with when the cluster is at `max_connections`.
+#[derive(Debug, thiserror::Error)]
+#[error("the cluster has reached its max_connections limit")]
+pub struct ConnectionLimitReached;
+
+/// A cluster's client with the handle to its connection limit.
+pub struct UpstreamClient {
+    /// The pooled client.
+    pub client: HttpClient,
+    max: Arc<AtomicI64>,
+}
+
+impl UpstreamClient {
+    /// Sets the cluster's connection limit (applied to new connections).
+    pub fn set_max_connections(&self, max: u32) {
+        self.max.store(i64::from(max), Ordering::Relaxed);
+    }
+}
+
+/// Opens TCP connections for one cluster, counting them against its limit.
+#[derive(Clone)]
+pub struct ClusterConnector {
+    inner: HttpConnector,
+    open: Gauge,
+    max: Arc<AtomicI64>,
+    connect_seconds: Histogram,
+}
+
+type Connecting = Pin<
+    Box<
+        dyn Future<Output = Result<CountedStream, Box<dyn std::error::Error + Send + Sync>>> + Send,
+    >,
+>;
+
+impl tower::Service<Uri> for ClusterConnector {
+    type Response = CountedStream;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        if self.open.inc() >= self.max.load(Ordering::Relaxed) {
+            self.open.dec();
+            return Box::pin(std::future::ready(Err(ConnectionLimitReached.into())));
+        }
+        let connecting = self.inner.call(uri);
+        let (open, histogram) = (self.open.clone(), self.connect_seconds.clone());
+        let started = Instant::now();
+        Box::pin(async move {
+            match connecting.await {
+                Ok(stream) => {
+                    histogram.observe(started.elapsed().as_secs_f64());
+                    Ok(CountedStream {
+                        inner: stream,
+                        open,
+                    })
+                }
+                Err(e) => {
+                    open.dec();
+                    Err(e.into())
+                }
+            }
+        })
+    }
+}
+
+/// An upstream connection that leaves the cluster's count when dropped.
+pub struct CountedStream {
+    inner: TokioIo<TcpStream>,
+    open: Gauge,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl Connection for CountedStream {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
+    }
+}
+
+impl hyper::rt::Read for CountedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for CountedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// A client for a cluster speaking `protocol`, connecting within `connect_timeout`; `open` and
+/// `connect_seconds` are the cluster's metric handles.
+pub fn client(
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    max_connections: u32,
+    open: Gauge,
+    connect_seconds: Histogram,
+) -> UpstreamClient {
+    let mut inner = HttpConnector::new();
+    inner.set_nodelay(true);
+    inner.set_connect_timeout(Some(connect_timeout));
+    let max = Arc::new(AtomicI64::new(i64::from(max_connections)));
+    let connector = ClusterConnector {
+        inner,
+        open,
+        max: max.clone(),
+        connect_seconds,
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(IDLE_PER_ENDPOINT)
+        .http2_only(protocol == UpstreamProtocol::Http2);
+    UpstreamClient {
+        client: builder.build(connector),
+        max,
+    }
+}
