@@ -408,7 +408,9 @@ pub async fn handle(
         ctx.no_route.inc();
         return local_response(StatusCode::NOT_FOUND, "no_route");
     };
-    let target = route.target();
+    let Some(target) = route.target() else {
+        return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_cluster");
+    };
     let metrics = &ctx.shared.metrics;
     let body_limit = ctx.shared.limits.load().max_request_body_bytes;
     let logged = ctx

@@ -71,15 +71,16 @@ impl Route {
                 })
     }
 
-    /// Picks the target for one request, by weight.
-    pub fn target(&self) -> &Target {
+    /// Picks the target for one request, by weight (`None` only if the route has no target,
+    /// which validation rules out).
+    pub fn target(&self) -> Option<&Target> {
         if self.targets.len() == 1 {
-            return &self.targets[0];
+            return self.targets.first();
         }
-        let total = self.targets.last().map_or(1, |t| t.cumulative);
-        let roll = fastrand::u32(0..total);
+        let total = self.targets.last()?.cumulative;
+        let roll = fastrand::u32(0..total.max(1));
         let slot = self.targets.partition_point(|t| t.cumulative <= roll);
-        &self.targets[slot.min(self.targets.len() - 1)]
+        self.targets.get(slot).or(self.targets.last())
     }
 
     /// The upstream path for `path_and_query` after this route's rewrite.
