@@ -215,14 +215,11 @@ async fn weighted_clusters_split_traffic() {
     );
 }
 
-#[tokio::test]
-async fn http2_prior_knowledge_clients_are_served() {
-    let (a, b) = (upstream("a").await, upstream("b").await);
-    let (_proxy, base) = start(&config(a, b)).await;
-    // HTTP/2 with prior knowledge over a plain connection; :authority names the virtual host.
-    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
-        .await
-        .unwrap();
+/// Sends one HTTP/2 GET for `uri` over `stream` (prior knowledge); :authority comes from `uri`.
+async fn h2_get<S>(stream: S, uri: &str) -> http::Response<hyper::body::Incoming>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut client, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
@@ -231,10 +228,21 @@ async fn http2_prior_knowledge_clients_are_served() {
     .unwrap();
     tokio::spawn(connection);
     let request = http::Request::builder()
-        .uri("http://shop.example.com/api/h2")
+        .uri(uri)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    let response = client.send_request(request).await.unwrap();
+    client.send_request(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_clients_are_served() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let (_proxy, base) = start(&config(a, b)).await;
+    // HTTP/2 with prior knowledge over a plain connection; :authority names the virtual host.
+    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let response = h2_get(stream, "http://shop.example.com/api/h2").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.headers()["x-upstream"], "a");
@@ -639,18 +647,7 @@ async fn tls_listeners_negotiate_http2_and_http1_by_alpn() {
 
     let (stream, chosen) = tls_connect(&base, &cert, &[b"h2", b"http/1.1"]).await;
     assert_eq!(chosen, b"h2");
-    let (mut h2, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::builder()
-        .uri("https://shop.example.com/api/tls")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = h2.send_request(request).await.unwrap();
+    let response = h2_get(stream, "https://shop.example.com/api/tls").await;
     assert_eq!(
         (response.status(), response.version()),
         (http::StatusCode::OK, http::Version::HTTP_2)

@@ -191,17 +191,11 @@ async fn a_sick_endpoint_is_ejected_and_comes_back() {
     }
 }
 
-#[tokio::test]
-async fn a_full_cluster_sheds_load_with_503_and_says_why() {
-    let slow = Upstream::start("slow").await;
-    let cluster = format!(
-        "  - name: c\n    circuit_breakers: {{max_requests: 2}}\n    endpoints: {}",
-        endpoints(&[&slow])
-    );
-    let (proxy, base) = proxy(&cluster, "").await;
-    let requests: Vec<_> = (0..6)
+/// Sends `count` requests at once; returns each answer's status and `x-meridian-error`.
+async fn concurrent_gets(base: &str, count: usize) -> Vec<(u16, Option<String>)> {
+    let requests: Vec<_> = (0..count)
         .map(|_| {
-            let base = base.clone();
+            let base = base.to_owned();
             tokio::spawn(async move {
                 let response = reqwest::get(&base).await.unwrap();
                 let reason = response
@@ -216,6 +210,18 @@ async fn a_full_cluster_sheds_load_with_503_and_says_why() {
     for request in requests {
         answers.push(request.await.unwrap());
     }
+    answers
+}
+
+#[tokio::test]
+async fn a_full_cluster_sheds_load_with_503_and_says_why() {
+    let slow = Upstream::start("slow").await;
+    let cluster = format!(
+        "  - name: c\n    circuit_breakers: {{max_requests: 2}}\n    endpoints: {}",
+        endpoints(&[&slow])
+    );
+    let (proxy, base) = proxy(&cluster, "").await;
+    let answers = concurrent_gets(&base, 6).await;
     let served = answers.iter().filter(|(s, _)| *s == 200).count();
     let shed: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
     assert!(served >= 2, "{answers:?}");
@@ -236,23 +242,7 @@ async fn a_cluster_at_its_connection_limit_sheds_load_with_503() {
         endpoints(&[&slow])
     );
     let (proxy, base) = proxy(&cluster, "").await;
-    let requests: Vec<_> = (0..4)
-        .map(|_| {
-            let base = base.clone();
-            tokio::spawn(async move {
-                let response = reqwest::get(&base).await.unwrap();
-                let reason = response
-                    .headers()
-                    .get(ERROR_HEADER)
-                    .map(|v| v.to_str().unwrap().to_owned());
-                (response.status().as_u16(), reason)
-            })
-        })
-        .collect();
-    let mut answers = Vec::new();
-    for request in requests {
-        answers.push(request.await.unwrap());
-    }
+    let answers = concurrent_gets(&base, 4).await;
     assert!(answers.iter().any(|(s, _)| *s == 200), "{answers:?}");
     assert!(
         answers
