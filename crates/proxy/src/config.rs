@@ -151,6 +151,14 @@ pub struct RetryPolicy {
     /// Largest request body kept for replay, in bytes; defaults to 65536.
     #[serde(default = "default_buffer_limit")]
     pub buffer_limit: usize,
+    /// Wait before the first retry; each further retry waits twice as long, with full jitter,
+    /// up to ten times this. Defaults to `25ms`.
+    #[serde(default = "default_retry_backoff")]
+    pub backoff: HumanDuration,
+}
+
+fn default_retry_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_millis(25))
 }
 
 fn default_retry_attempts() -> u32 {
@@ -756,6 +764,9 @@ fn validate_route(
                 format!("{at}.retries.per_try_timeout"),
                 "must be more than zero",
             );
+        }
+        if retries.backoff.0 > Duration::from_secs(10) {
+            errs.push(format!("{at}.retries.backoff"), "must be at most 10s");
         }
         if retries.buffer_limit > 16 * 1024 * 1024 {
             errs.push(

@@ -329,6 +329,15 @@ async fn buffer(
     }
 }
 
+/// The pause before retry number `retry` (1, 2, …): exponential from `base`, capped at ten times
+/// `base`, with full jitter so that retries of many requests spread out.
+fn backoff(base: std::time::Duration, retry: u32) -> std::time::Duration {
+    let ceiling = base
+        .saturating_mul(1 << retry.saturating_sub(1).min(8))
+        .min(base.saturating_mul(10));
+    ceiling.mul_f64(fastrand::f64())
+}
+
 /// Whether `error`, or an error that caused it, is an `E`.
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
@@ -612,6 +621,11 @@ async fn forward(
                 retries += 1;
                 avoid = Some(endpoint);
                 metrics.retry(&cluster.name);
+                if let Some(policy) = &route.retries {
+                    let pause = backoff(policy.backoff.0, retries)
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                }
                 continue;
             }
             metrics.retry_budget_exhausted(&cluster.name);
@@ -636,6 +650,18 @@ async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_backoff_grows_and_is_capped() {
+        let base = std::time::Duration::from_millis(25);
+        for retry in 1..=10u32 {
+            let ceiling = (base * 2u32.pow(retry - 1)).min(base * 10);
+            for _ in 0..50 {
+                assert!(backoff(base, retry) <= ceiling, "retry {retry}");
+            }
+        }
+        assert!((0..50).any(|_| backoff(base, 4) > base * 2), "never above the early ceiling");
+    }
 
     #[test]
     fn ports_are_stripped_from_hosts() {
