@@ -475,6 +475,9 @@ pub struct Limits {
     /// closed; defaults to `60s`.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// On shutdown, how long open connections get to finish their requests; defaults to `15s`.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
     /// Largest request body, in bytes; larger answers 413. Unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body_bytes: Option<u64>,
@@ -486,6 +489,10 @@ fn default_max_header_bytes() -> usize {
 
 fn default_header_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+
+fn default_drain_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
 }
 
 fn default_idle_timeout() -> HumanDuration {
@@ -503,6 +510,7 @@ impl Default for Limits {
             header_read_timeout: default_header_read_timeout(),
             max_concurrent_streams: default_max_streams(),
             idle_timeout: default_idle_timeout(),
+            drain_timeout: default_drain_timeout(),
             max_request_body_bytes: None,
         }
     }

@@ -660,7 +660,10 @@ mod tests {
                 assert!(backoff(base, retry) <= ceiling, "retry {retry}");
             }
         }
-        assert!((0..50).any(|_| backoff(base, 4) > base * 2), "never above the early ceiling");
+        assert!(
+            (0..50).any(|_| backoff(base, 4) > base * 2),
+            "never above the early ceiling"
+        );
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl Default for Proxy {
                 metrics: Arc::new(ProxyMetrics::default()),
                 limits: ArcSwap::from_pointee(Limits::default()),
                 access_log: std::sync::atomic::AtomicBool::new(false),
+                open: Default::default(),
             }),
             active: tokio::sync::Mutex::new(Active::default()),
             probes: health::probe_client(),
@@ -273,6 +274,24 @@ impl Proxy {
             .collect();
         listeners.sort();
         listeners
+    }
+
+    /// Stops accepting connections, asks open ones to finish their requests in flight and close,
+    /// and waits for them up to `timeout`. Returns how many were still open at the end.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        {
+            let mut active = self.active.lock().await;
+            active.listeners.clear();
+            for checker in active.checkers.drain(..) {
+                checker.abort();
+            }
+        }
+        self.shared.open.drain(timeout).await
+    }
+
+    /// The client limits in force.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.shared.limits.load_full()
     }
 
     /// The Prometheus text exposition of the proxy's metrics.

@@ -98,7 +98,13 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
     tokio::pin!(shutdown);
     loop {
         let forced = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                let timeout = proxy.limits().drain_timeout.0;
+                println!("draining connections (up to {})", humantime::format_duration(timeout));
+                let left = proxy.drain(timeout).await;
+                println!("stopped ({left} connections cut off)");
+                return Ok(());
+            }
             _ = tokio::time::sleep(POLL_INTERVAL) => false,
             Some(()) = async {
                 match hangup.as_mut() {

@@ -32,6 +32,60 @@ pub struct Shared {
     pub limits: ArcSwap<Limits>,
     /// Whether to write access-log lines, swapped with the config.
     pub access_log: std::sync::atomic::AtomicBool,
+    /// Open client connections, for draining.
+    pub open: OpenConnections,
+}
+
+/// Client connections open on all listeners, and the signal that asks them to wind down.
+#[derive(Default)]
+pub struct OpenConnections {
+    count: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+    draining: tokio::sync::watch::Sender<bool>,
+}
+
+impl OpenConnections {
+    /// Counts a connection as open until the guard is dropped.
+    fn open(&self) -> OpenGuard<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenGuard(self)
+    }
+
+    /// Asks every connection to finish its requests in flight and close; resolves when all
+    /// have closed or `timeout` has passed, and returns how many were still open.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.draining.send_replace(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            let open = self.count.load(std::sync::atomic::Ordering::SeqCst);
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return open;
+            }
+        }
+    }
+
+    /// Resolves once draining has begun.
+    async fn drain_requested(&self) {
+        let mut draining = self.draining.subscribe();
+        let _ = draining.wait_for(|d| *d).await;
+    }
+}
+
+struct OpenGuard<'a>(&'a OpenConnections);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.closed.notify_waiters();
+    }
 }
 
 /// What a listener's connections need: its routes (swapped on reload) and its metric handles.
@@ -167,6 +221,7 @@ async fn serve_connection<S>(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     context.connections.inc();
+    let _open = context.shared.open.open();
     let activity = Arc::new(Activity::default());
     let service = {
         let context = context.clone();
@@ -184,16 +239,22 @@ async fn serve_connection<S>(
         })
     };
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
-    tokio::select! {
-        served = builder.serve_connection_with_upgrades(io, service) => {
-            if let Err(e) = served {
-                tracing::debug!(listener = %context.name, %peer, error = %e,
-                    "connection ended with an error");
-            }
-        }
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => Some(served),
         () = activity.idle_for(limits.idle_timeout.0) => {
             tracing::debug!(listener = %context.name, %peer, "closing an idle connection");
+            None
         }
+        () = context.shared.open.drain_requested() => {
+            // Finish what is in flight (HTTP/2: GOAWAY; HTTP/1.1: close after the response).
+            connection.as_mut().graceful_shutdown();
+            Some(connection.await)
+        }
+    };
+    if let Some(Err(e)) = served {
+        tracing::debug!(listener = %context.name, %peer, error = %e, "connection ended with an error");
     }
     context.connections.dec();
 }

@@ -17,6 +17,9 @@ async fn upstream(name: &'static str) -> SocketAddr {
         if request.uri().path() == "/slow" {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
+        if request.uri().path() == "/pause" {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         let (parts, body) = request.into_parts();
         let request = Request::from_parts(parts, ());
         let body_bytes = axum::body::to_bytes(body, usize::MAX)
@@ -692,4 +695,39 @@ async fn tls_listeners_negotiate_http2_and_http1_by_alpn() {
         config(a, b).replacen("    virtual_hosts:", &tls.replace("key.pem", "nope.pem"), 1);
     let err = proxy.apply_text(&broken).await.unwrap_err().to_string();
     assert!(err.contains("listeners[0].tls.key_file"), "{err}");
+}
+
+#[tokio::test]
+async fn draining_finishes_requests_in_flight_and_accepts_no_new_connections() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let (proxy, base) = start(&config(a, b)).await;
+    let in_flight = {
+        let base = base.clone();
+        tokio::spawn(async move { get(&base, "/pause", "elsewhere.example.org", &[]).await })
+    };
+    let busy = r#"meridian_proxy_active_connections{listener="public"} 1"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.metrics_text().contains(busy) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.drain(Duration::from_secs(10)).await })
+    };
+    let address = base.trim_start_matches("http://").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&address).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, &body["upstream"]), (200, &json!("b")));
+    assert_eq!(drained.await.unwrap(), 0, "connections were cut off");
 }
