@@ -584,6 +584,7 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
         errs.push("listeners", "must declare at least one listener");
     }
     let mut listener_names = HashSet::new();
+    let mut addresses = HashSet::new();
     for (i, listener) in config.listeners.iter().enumerate() {
         let at = format!("listeners[{i}]");
         check_name(&mut errs, format!("{at}.name"), &listener.name);
@@ -593,11 +594,16 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
                 format!("duplicate listener `{}`", listener.name),
             );
         }
-        if listener.address.parse::<SocketAddr>().is_err() {
-            errs.push(
+        match listener.address.parse::<SocketAddr>() {
+            Err(_) => errs.push(
                 format!("{at}.address"),
                 format!("`{}` is not an ip:port address", listener.address),
-            );
+            ),
+            Ok(address) if address.port() != 0 && !addresses.insert(address) => errs.push(
+                format!("{at}.address"),
+                format!("{address} is used by another listener"),
+            ),
+            Ok(_) => {}
         }
         validate_virtual_hosts(&mut errs, &at, &listener.virtual_hosts, &clusters);
         match (listener.protocol, &listener.cluster) {

@@ -21,7 +21,7 @@ mod server;
 mod tls;
 mod upstream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,55 +168,101 @@ impl Proxy {
             }
         }
         tls_errors.into_result()?;
-        // Bind what is new before changing anything, so that a failure leaves all as it was.
+        // Listeners whose name, address and protocol are unchanged keep their socket; a new one
+        // at the address of an old listener that goes away takes that socket over (no gap, no
+        // "address in use"); the rest are bound now, before anything changes, since binding is
+        // the only step that can fail.
+        let unchanged = |l: &ListenerConfig| {
+            matches!(active.listeners.get(&l.name),
+                Some((address, protocol, _)) if *address == l.address && *protocol == l.protocol)
+        };
+        let kept_names: HashSet<&str> = config
+            .listeners
+            .iter()
+            .filter(|l| unchanged(l))
+            .map(|l| l.name.as_str())
+            .collect();
+        let mut taken = HashSet::new();
         let mut fresh = HashMap::new();
         let mut reused = Vec::new();
+        let mut handovers = Vec::new();
         let listeners = config.listeners.iter().zip(tables).zip(acceptors);
         for (index, ((listener, table), acceptor)) in listeners.enumerate() {
             let relay = listener
                 .cluster
                 .as_ref()
                 .and_then(|name| clusters.get(name).cloned());
-            match active.listeners.get(&listener.name) {
-                Some((address, protocol, _))
-                    if *address == listener.address && *protocol == listener.protocol =>
-                {
-                    reused.push((listener.name.clone(), table, relay, acceptor));
-                }
-                _ => {
-                    let address: SocketAddr = listener.address.parse().map_err(|_| {
-                        let mut errors = ValidationErrors::default();
-                        errors.push(
-                            format!("listeners[{index}].address"),
-                            "not an ip:port address",
-                        );
-                        ApplyError::Invalid(errors)
-                    })?;
-                    let shared = self.shared.clone();
-                    let bound =
-                        Listener::bind(&listener.name, address, table, relay, acceptor, shared)
-                            .await
-                            .map_err(|source| ApplyError::Bind {
-                                index,
-                                address,
-                                source,
-                            })?;
-                    let entry = (listener.address.clone(), listener.protocol, bound);
-                    fresh.insert(listener.name.clone(), entry);
-                }
+            let parts = (table, relay, acceptor);
+            if unchanged(listener) {
+                reused.push((listener.name.clone(), parts));
+                continue;
             }
+            let address: SocketAddr = listener.address.parse().map_err(|_| {
+                let mut errors = ValidationErrors::default();
+                errors.push(
+                    format!("listeners[{index}].address"),
+                    "not an ip:port address",
+                );
+                ApplyError::Invalid(errors)
+            })?;
+            let owner = active
+                .listeners
+                .iter()
+                .find(|(name, (old_address, _, _))| {
+                    address.port() != 0
+                        && *old_address == listener.address
+                        && !kept_names.contains(name.as_str())
+                        && !taken.contains(name.as_str())
+                })
+                .map(|(name, _)| name.clone());
+            if let Some(owner) = owner {
+                taken.insert(owner.clone());
+                handovers.push((listener, parts, owner));
+                continue;
+            }
+            let (table, relay, acceptor) = parts;
+            let shared = self.shared.clone();
+            let bound = Listener::bind(&listener.name, address, table, relay, acceptor, shared)
+                .await
+                .map_err(|source| ApplyError::Bind {
+                    index,
+                    address,
+                    source,
+                })?;
+            let entry = (listener.address.clone(), listener.protocol, bound);
+            fresh.insert(listener.name.clone(), entry);
         }
         self.shared.limits.store(Arc::new(config.limits.clone()));
         self.shared
             .access_log
             .store(config.access_log, std::sync::atomic::Ordering::Relaxed);
         let mut kept = std::mem::take(&mut active.listeners);
-        for (name, table, relay, acceptor) in reused {
+        for (name, (table, relay, acceptor)) in reused {
             if let Some(entry) = kept.remove(&name) {
                 entry.2.context.table.store(Arc::new(table));
                 entry.2.context.relay.store(relay);
                 entry.2.context.tls.store(acceptor);
                 fresh.insert(name, entry);
+            }
+        }
+        for (listener, (table, relay, acceptor), owner) in handovers {
+            let Some((_, _, old)) = kept.remove(&owner) else {
+                continue;
+            };
+            let shared = self.shared.clone();
+            let started = match old.into_socket().await {
+                Some(socket) => {
+                    Listener::start(&listener.name, socket, table, relay, acceptor, shared)
+                }
+                None => Err(std::io::Error::other("the previous accept loop had ended")),
+            };
+            match started {
+                Ok(bound) => {
+                    let entry = (listener.address.clone(), listener.protocol, bound);
+                    fresh.insert(listener.name.clone(), entry);
+                }
+                Err(e) => tracing::error!(listener = %listener.name, error = %e,
+                    "could not take over the socket; the listener is not serving"),
             }
         }
         // Whatever is left in `kept` is no longer configured: dropping it stops its accept loop.

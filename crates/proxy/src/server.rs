@@ -111,7 +111,8 @@ pub struct Listener {
     pub context: Arc<ListenerContext>,
     /// The address it is bound to.
     pub bound: SocketAddr,
-    accept: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    accept: JoinHandle<TcpListener>,
 }
 
 impl Drop for Listener {
@@ -131,6 +132,18 @@ impl Listener {
         shared: Arc<Shared>,
     ) -> std::io::Result<Listener> {
         let socket = TcpListener::bind(address).await?;
+        Listener::start(name, socket, table, relay, tls, shared)
+    }
+
+    /// Starts accepting on an already bound `socket`.
+    pub fn start(
+        name: &str,
+        socket: TcpListener,
+        table: RouteTable,
+        relay: Option<Arc<Cluster>>,
+        tls: Option<Arc<TlsAcceptor>>,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Listener> {
         let bound = socket.local_addr()?;
         let context = Arc::new(ListenerContext {
             name: name.to_owned(),
@@ -141,19 +154,41 @@ impl Listener {
             connections: shared.metrics.connections(name),
             shared,
         });
-        let accept = tokio::spawn(accept_loop(socket, context.clone()));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let accept = tokio::spawn(accept_loop(socket, context.clone(), stopped));
         tracing::info!(listener = name, address = %bound, "listening");
         Ok(Listener {
             context,
             bound,
+            stop: Some(stop),
             accept,
         })
     }
 }
 
-async fn accept_loop(socket: TcpListener, context: Arc<ListenerContext>) {
+impl Listener {
+    /// Stops accepting and hands back the bound socket, so that a listener of the next config can
+    /// take over its address without a gap. `None` if the accept loop had ended.
+    pub async fn into_socket(mut self) -> Option<TcpListener> {
+        let stop = self.stop.take()?;
+        let _ = stop.send(());
+        (&mut self.accept).await.ok()
+    }
+}
+
+/// Accepts until told to stop; returns the socket then.
+async fn accept_loop(
+    socket: TcpListener,
+    context: Arc<ListenerContext>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> TcpListener {
     loop {
-        match socket.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stop => return socket,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 match context.relay.load_full() {

@@ -731,3 +731,47 @@ async fn draining_finishes_requests_in_flight_and_accepts_no_new_connections() {
     assert_eq!((status, &body["upstream"]), (200, &json!("b")));
     assert_eq!(drained.await.unwrap(), 0, "connections were cut off");
 }
+
+#[tokio::test]
+async fn a_listener_can_be_renamed_or_change_protocol_at_the_same_address() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    // A fixed address of our own on a distinct loopback IP, so that it can be reused.
+    let address = "127.0.0.57:18557";
+    let http = |name: &str, cluster: &str| {
+        format!(
+            "listeners:\n  - name: {name}\n    address: \"{address}\"\n    virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: {cluster}}}]}}]\nclusters:\n  - {{name: a, endpoints: [{{address: \"{a}\"}}]}}\n  - {{name: b, endpoints: [{{address: \"{b}\"}}]}}\n"
+        )
+    };
+    let (proxy, base) = start(&http("web", "a")).await;
+    assert_eq!(base, format!("http://{address}"));
+    assert_eq!(
+        get(&base, "/", "x.example.org", &[]).await.2["upstream"],
+        "a"
+    );
+    proxy.apply_text(&http("site", "b")).await.unwrap();
+    assert_eq!(
+        get(&base, "/", "x.example.org", &[]).await.2["upstream"],
+        "b"
+    );
+    assert_eq!(
+        proxy.listeners().await,
+        [("site".to_owned(), address.parse().unwrap())]
+    );
+    let tcp = format!(
+        "listeners:\n  - {{name: site, address: \"{address}\", protocol: tcp, cluster: a}}\nclusters:\n  - {{name: a, endpoints: [{{address: \"{a}\"}}]}}\n"
+    );
+    proxy.apply_text(&tcp).await.unwrap();
+    // Relayed as opaque TCP now: the upstream answers the raw request itself.
+    let answer = raw(
+        &base,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let duplicate = http("one", "a").replace(
+        "clusters:",
+        &format!("  - {{name: two, address: \"{address}\"}}\nclusters:"),
+    );
+    let err = proxy.apply_text(&duplicate).await.unwrap_err().to_string();
+    assert!(err.contains("listeners[1].address"), "{err}");
+}
