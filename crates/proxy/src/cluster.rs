@@ -221,7 +221,9 @@ pub struct Cluster {
     /// Fraction of usable endpoints below which health is ignored.
     panic_below: f64,
     max_requests: u32,
-    active: AtomicU32,
+    /// Requests in flight; shared with the cluster's next builds so that a reload does not reset
+    /// the circuit breaker.
+    active: Arc<AtomicU32>,
     budget: RetryBudget,
 }
 
@@ -232,8 +234,8 @@ pub struct Cluster {
 struct RetryBudget {
     /// Deposit per request, in thousandths of a token.
     ratio_milli: i64,
-    /// Balance, in thousandths of a token.
-    balance_milli: AtomicI64,
+    /// Balance, in thousandths of a token; carried over by reloads.
+    balance_milli: Arc<AtomicI64>,
     min_per_second: u32,
     /// The second `floor_used` counts for.
     floor_second: AtomicU64,
@@ -393,10 +395,11 @@ impl Cluster {
             outlier: config.outlier_detection.clone(),
             panic_below: f64::from(config.panic_threshold) / 100.0,
             max_requests: config.circuit_breakers.max_requests,
-            active: AtomicU32::new(0),
+            active: previous.map_or_else(Default::default, |p| p.active.clone()),
             budget: RetryBudget {
                 ratio_milli: (config.retry_budget.ratio * 1000.0) as i64,
-                balance_milli: AtomicI64::new(0),
+                balance_milli: previous
+                    .map_or_else(Default::default, |p| p.budget.balance_milli.clone()),
                 min_per_second: config.retry_budget.min_per_second,
                 floor_second: AtomicU64::new(0),
                 floor_used: AtomicU32::new(0),
@@ -706,6 +709,23 @@ mod tests {
         assert!(picks(&c, 50, &none).iter().all(|p| *p == 9));
         c.endpoints()[4].set_healthy(false);
         assert!(c.pick(&none, None).is_none());
+    }
+
+    #[test]
+    fn requests_in_flight_count_against_the_rebuilt_cluster() {
+        let yaml = "  - {name: c, circuit_breakers: {max_requests: 2}, endpoints: [{address: \"127.0.0.1:1\"}]}";
+        let old = cluster(yaml);
+        let held = [old.admit(), old.admit()];
+        assert!(held.iter().all(Option::is_some) && old.admit().is_none());
+        let text = format!("listeners: [{{name: l, address: \"127.0.0.1:1\"}}]\nclusters:\n{yaml}");
+        let config = parse_config(&text).unwrap();
+        let rebuilt = Cluster::build(&config.clusters[0], old.client.clone(), Some(&old));
+        assert!(
+            rebuilt.admit().is_none(),
+            "a reload reset the circuit breaker"
+        );
+        drop(held);
+        assert!(rebuilt.admit().is_some());
     }
 
     #[test]
