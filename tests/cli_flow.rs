@@ -121,6 +121,7 @@ fn every_subcommand_has_help() {
         &[],
         &["control"],
         &["dev"],
+        &["proxy"],
         &["region"],
         &["region", "add"],
         &["org"],
