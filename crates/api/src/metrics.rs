@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
@@ -80,7 +80,18 @@ pub async fn track(State(state): State<ApiState>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let method = request.method().as_str().to_owned();
+    // Only standard methods become labels: a made-up one must not mint a series per request.
+    let method = match *request.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::HEAD
+        | Method::OPTIONS
+        | Method::PATCH => request.method().as_str(),
+        _ => "OTHER",
+    }
+    .to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
     let metrics = &state.metrics;

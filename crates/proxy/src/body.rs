@@ -1,4 +1,5 @@
-//! The client's request body, counted against the configured limit as it streams.
+//! The client's request body, counted against the configured limit as it streams, and watched so
+//! that a failure of the client's own making is not blamed on the upstream.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,27 +14,56 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 #[error("the request body is larger than the limit")]
 pub struct OverLimit;
 
-/// A request body that fails once more than its limit has been read, and remembers that it did
-/// (the upstream client reports body errors without their cause).
+/// What became of a request body while it streamed (the upstream client reports body errors
+/// without their cause, so the body keeps its own record).
+#[derive(Debug, Default)]
+pub struct BodyState {
+    over_limit: AtomicBool,
+    failed: AtomicBool,
+    finished: AtomicBool,
+}
+
+impl BodyState {
+    /// The body went over its limit.
+    pub fn over_limit(&self) -> bool {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+
+    /// Reading the body from the client failed (it went away, or sent garbage).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The whole body has been read from the client.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+}
+
+/// A request body that fails once more than its limit has been read, and records how it ended.
 pub struct LimitedBody {
     inner: Incoming,
     left: u64,
-    tripped: Arc<AtomicBool>,
+    state: Arc<BodyState>,
 }
 
 impl LimitedBody {
     /// `inner`, limited to `limit` bytes.
     pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
+        let state = BodyState::default();
+        state
+            .finished
+            .store(inner.is_end_stream(), Ordering::Relaxed);
         LimitedBody {
             inner,
             left: limit,
-            tripped: Arc::new(AtomicBool::new(false)),
+            state: Arc::new(state),
         }
     }
 
-    /// A flag that turns true when the body goes over its limit.
-    pub fn tripped(&self) -> Arc<AtomicBool> {
-        self.tripped.clone()
+    /// The record of how the body fares.
+    pub fn state(&self) -> Arc<BodyState> {
+        self.state.clone()
     }
 }
 
@@ -47,17 +77,26 @@ impl Body for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                self.state.finished.store(true, Ordering::Relaxed);
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.state.failed.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(e.into())));
+            }
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         if let Some(data) = frame.data_ref() {
             let length = data.len() as u64;
             if length > self.left {
-                self.tripped.store(true, Ordering::Relaxed);
+                self.state.over_limit.store(true, Ordering::Relaxed);
                 return Poll::Ready(Some(Err(OverLimit.into())));
             }
             self.left -= length;
+        }
+        if self.inner.is_end_stream() {
+            self.state.finished.store(true, Ordering::Relaxed);
         }
         Poll::Ready(Some(Ok(frame)))
     }

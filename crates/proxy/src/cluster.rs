@@ -95,6 +95,9 @@ pub enum Outcome {
     ServerError,
     /// Answered 502, 503 or 504, or could not be connected to, or timed out.
     GatewayError,
+    /// Failed in a way that may be the client's doing (its body broke off or was too slow):
+    /// recorded neither as latency nor as an error.
+    Inconclusive,
 }
 
 impl Outcome {
@@ -135,6 +138,9 @@ impl Lease<'_> {
         let now = Instant::now();
         let now_ns = now.duration_since(self.cluster.epoch).as_nanos() as u64;
         let e = self.endpoint();
+        if outcome == Outcome::Inconclusive {
+            return false;
+        }
         if outcome != Outcome::GatewayError {
             let rtt = now.duration_since(self.started).as_nanos() as f64;
             let last = e.stamp_ns.swap(now_ns, Ordering::Relaxed);
@@ -334,7 +340,8 @@ impl Cluster {
         client: HttpClient,
         previous: Option<&Cluster>,
     ) -> Cluster {
-        let endpoints: Vec<Arc<Endpoint>> = config
+        // Each endpoint with its priority, so that the two stay paired whatever is skipped.
+        let (priority_of, endpoints): (Vec<u32>, Vec<Arc<Endpoint>>) = config
             .endpoints
             .iter()
             .filter_map(|e| {
@@ -344,20 +351,21 @@ impl Cluster {
                         .iter()
                         .find(|old| old.addr == addr && old.weight == e.weight)
                 });
-                Some(match reused {
+                let endpoint = match reused {
                     Some(old) => old.clone(),
                     None => Arc::new(Endpoint::new(addr, e.weight)?),
-                })
+                };
+                Some((e.priority, endpoint))
             })
-            .collect();
-        let mut priorities: Vec<u32> = config.endpoints.iter().map(|e| e.priority).collect();
+            .unzip();
+        let mut priorities = priority_of.clone();
         priorities.sort_unstable();
         priorities.dedup();
         let levels = priorities
             .iter()
             .map(|p| {
                 let members = (0..endpoints.len())
-                    .filter(|i| config.endpoints[*i].priority == *p)
+                    .filter(|i| priority_of[*i] == *p)
                     .collect();
                 Level::new(members, &endpoints)
             })
@@ -437,6 +445,7 @@ impl Cluster {
         now_ns: u64,
     ) -> bool {
         let (five, gateway) = match outcome {
+            Outcome::Inconclusive => return false,
             Outcome::Success => {
                 endpoint.consecutive_5xx.store(0, Ordering::Relaxed);
                 endpoint.consecutive_gateway.store(0, Ordering::Relaxed);
@@ -474,7 +483,11 @@ impl Cluster {
             return false;
         }
         let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        let length = (o.base_ejection_time.0 * times).min(o.max_ejection_time.0);
+        let length = o
+            .base_ejection_time
+            .0
+            .saturating_mul(times)
+            .min(o.max_ejection_time.0);
         endpoint
             .ejected_until_ns
             .store(now_ns + length.as_nanos() as u64, Ordering::Relaxed);

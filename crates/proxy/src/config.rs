@@ -576,9 +576,68 @@ fn check_domain(errs: &mut ValidationErrors, field: String, domain: &str) {
     }
 }
 
+/// The longest duration any setting accepts (keeps deadline arithmetic far from overflow).
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
+
+/// Every duration setting of `config`, with its field path.
+fn durations(config: &ProxyConfig) -> Vec<(String, Duration)> {
+    let mut all = vec![
+        (
+            "limits.header_read_timeout".to_owned(),
+            config.limits.header_read_timeout.0,
+        ),
+        (
+            "limits.idle_timeout".to_owned(),
+            config.limits.idle_timeout.0,
+        ),
+        (
+            "limits.drain_timeout".to_owned(),
+            config.limits.drain_timeout.0,
+        ),
+    ];
+    for (l, listener) in config.listeners.iter().enumerate() {
+        for (v, vhost) in listener.virtual_hosts.iter().enumerate() {
+            for (r, route) in vhost.routes.iter().enumerate() {
+                let at = format!("listeners[{l}].virtual_hosts[{v}].routes[{r}]");
+                all.push((format!("{at}.timeout"), route.timeout.0));
+                if let Some(retries) = &route.retries {
+                    all.push((format!("{at}.retries.backoff"), retries.backoff.0));
+                    if let Some(t) = retries.per_try_timeout {
+                        all.push((format!("{at}.retries.per_try_timeout"), t.0));
+                    }
+                }
+            }
+        }
+    }
+    for (c, cluster) in config.clusters.iter().enumerate() {
+        let at = format!("clusters[{c}]");
+        all.push((format!("{at}.connect_timeout"), cluster.connect_timeout.0));
+        if let Some(check) = &cluster.health_check {
+            all.push((format!("{at}.health_check.interval"), check.interval.0));
+            all.push((format!("{at}.health_check.timeout"), check.timeout.0));
+        }
+        if let Some(o) = &cluster.outlier_detection {
+            all.push((
+                format!("{at}.outlier_detection.base_ejection_time"),
+                o.base_ejection_time.0,
+            ));
+            all.push((
+                format!("{at}.outlier_detection.max_ejection_time"),
+                o.max_ejection_time.0,
+            ));
+        }
+    }
+    all
+}
+
 /// Checks every rule that parsing alone does not.
 pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
     let mut errs = ValidationErrors::default();
+    for (field, duration) in durations(config) {
+        if duration > LONGEST {
+            errs.push(field, "must be at most 24h");
+        }
+    }
     let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
     if config.listeners.is_empty() {
         errs.push("listeners", "must declare at least one listener");

@@ -131,8 +131,13 @@ fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
 
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways until
 /// either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    open: crate::server::OpenGuard,
+) {
     tokio::spawn(async move {
+        let _open = open;
         match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
                 let mut client = hyper_util::rt::TokioIo::new(client);
@@ -437,9 +442,12 @@ pub async fn handle(
     };
     let mut response = match forward(client, route, &target.cluster, metrics).await {
         Ok(mut response) => {
+            // Only the proxy says why it answered itself.
+            response.headers_mut().remove(ERROR_HEADER);
             let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             if let (true, Some(client_side)) = (switched, client_side) {
-                tunnel(client_side, hyper::upgrade::on(&mut response));
+                let open = ctx.shared.open_connection();
+                tunnel(client_side, hyper::upgrade::on(&mut response), open);
             }
             response.map(Either::Left)
         }
@@ -539,12 +547,12 @@ async fn forward(
         return Err(too_large());
     }
     let body = LimitedBody::new(body, body_limit);
-    let over_limit = body.tripped();
+    let body_state = body.state();
     let mut body = match &route.retries {
         Some(policy) => buffer(body, &prepared.headers, policy.buffer_limit)
             .await
             .map_err(|_| {
-                if over_limit.load(std::sync::atomic::Ordering::Relaxed) {
+                if body_state.over_limit() {
                     too_large()
                 } else {
                     local_response(StatusCode::BAD_REQUEST, "request_body_failed")
@@ -589,8 +597,16 @@ async fn forward(
         let attempt = match tokio::time::timeout(per_try, cluster.client.request(upstream)).await {
             Ok(Ok(response)) => Attempt::Answered(response),
             Ok(Err(e)) => {
-                if over_limit.load(std::sync::atomic::Ordering::Relaxed) {
+                if body_state.over_limit() {
                     return Err(too_large());
+                }
+                if body_state.failed() {
+                    // The client's body broke off: not the endpoint's fault.
+                    lease.finish(Outcome::Inconclusive);
+                    return Err(local_response(
+                        StatusCode::BAD_REQUEST,
+                        "request_body_failed",
+                    ));
                 }
                 if caused_by::<ConnectionLimitReached>(&e) {
                     metrics.overflow(&cluster.name, "max_connections");
@@ -608,7 +624,16 @@ async fn forward(
             Err(_elapsed) => Attempt::TimedOut,
         };
         let endpoint = lease.endpoint().addr;
-        if lease.finish(attempt.outcome()) {
+        // A streamed body the client had not finished sending: a failure or timeout may be the
+        // client's doing (a slow upload), so it says nothing about the endpoint.
+        let client_unfinished = !body.replayable() && !body_state.finished();
+        let outcome = match attempt {
+            Attempt::Failed { connect: false } | Attempt::TimedOut if client_unfinished => {
+                Outcome::Inconclusive
+            }
+            _ => attempt.outcome(),
+        };
+        if lease.finish(outcome) {
             metrics.ejection(&cluster.name);
         }
         let policy = route.retries.as_ref();

@@ -112,3 +112,40 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// A response body that keeps its request counted as in flight until it has been sent or
+/// dropped.
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    /// `inner`, holding `in_flight`.
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        Tracked {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

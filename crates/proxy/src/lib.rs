@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use meridian_model::ValidationErrors;
+use tokio_rustls::TlsAcceptor;
 
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, LbPolicy, Limits,
@@ -83,6 +84,22 @@ impl Drop for Active {
     }
 }
 
+/// The TLS acceptor of each listener (in order), or every problem with the files.
+fn tls_acceptors(config: &ProxyConfig) -> Result<Vec<Option<Arc<TlsAcceptor>>>, ValidationErrors> {
+    let mut acceptors = Vec::with_capacity(config.listeners.len());
+    let mut errors = ValidationErrors::default();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        match listener.tls.as_ref().map(tls::acceptor).transpose() {
+            Ok(acceptor) => acceptors.push(acceptor.map(Arc::new)),
+            Err((field, reason)) => {
+                errors.push(format!("listeners[{index}].tls.{field}"), reason);
+                acceptors.push(None);
+            }
+        }
+    }
+    errors.into_result().map(|()| acceptors)
+}
+
 /// A running proxy. [`Proxy::apply`] swaps its whole configuration atomically.
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -117,9 +134,13 @@ impl Proxy {
 
     async fn try_apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
         config::validate(&config)?;
+        let acceptors = tls_acceptors(&config)?;
         let mut active = self.active.lock().await;
+        // Nothing shared with the running configuration (endpoints, pools) may change before the
+        // last fallible step (binding): what to change is collected and done at the commit.
         let mut clusters = HashMap::new();
-        let mut clients = std::mem::take(&mut active.clients);
+        let mut clients = HashMap::new();
+        let mut unchecked = Vec::new();
         for cluster in &config.clusters {
             let key = (
                 cluster.name.clone(),
@@ -127,20 +148,17 @@ impl Proxy {
                 cluster.connect_timeout.0,
             );
             let limit = cluster.circuit_breakers.max_connections;
-            let upstream = clients.remove(&key).unwrap_or_else(|| {
+            let upstream = active.clients.get(&key).cloned().unwrap_or_else(|| {
                 let (open, connect_time) = self.shared.metrics.upstream(&cluster.name);
                 upstream::client(key.1, key.2, limit, open, connect_time)
             });
-            upstream.set_max_connections(limit);
-            let client = upstream.client.clone();
-            active.clients.insert(key, upstream);
             let previous = active.clusters.get(&cluster.name).map(Arc::as_ref);
-            let built = Cluster::build(cluster, client, previous);
+            let built = Arc::new(Cluster::build(cluster, upstream.client.clone(), previous));
             if cluster.health_check.is_none() {
-                // Unchecked endpoints are healthy, whatever an earlier check had said.
-                built.endpoints().iter().for_each(|e| e.set_healthy(true));
+                unchecked.push(built.clone());
             }
-            clusters.insert(cluster.name.clone(), Arc::new(built));
+            clients.insert(key, (upstream, limit));
+            clusters.insert(cluster.name.clone(), built);
         }
         let tables: Vec<RouteTable> = config
             .listeners
@@ -156,18 +174,6 @@ impl Proxy {
                 )
             })
             .collect();
-        let mut acceptors = Vec::with_capacity(config.listeners.len());
-        let mut tls_errors = ValidationErrors::default();
-        for (index, listener) in config.listeners.iter().enumerate() {
-            match listener.tls.as_ref().map(tls::acceptor).transpose() {
-                Ok(acceptor) => acceptors.push(acceptor.map(Arc::new)),
-                Err((field, reason)) => {
-                    tls_errors.push(format!("listeners[{index}].tls.{field}"), reason);
-                    acceptors.push(None);
-                }
-            }
-        }
-        tls_errors.into_result()?;
         // Listeners whose name, address and protocol are unchanged keep their socket; a new one
         // at the address of an old listener that goes away takes that socket over (no gap, no
         // "address in use"); the rest are bound now, before anything changes, since binding is
@@ -231,6 +237,18 @@ impl Proxy {
                 })?;
             let entry = (listener.address.clone(), listener.protocol, bound);
             fresh.insert(listener.name.clone(), entry);
+        }
+        // Commit: from here on nothing fails.
+        active.clients = clients
+            .into_iter()
+            .map(|(key, (upstream, limit))| {
+                upstream.set_max_connections(limit);
+                (key, upstream)
+            })
+            .collect();
+        for cluster in unchecked {
+            // Unchecked endpoints are healthy, whatever an earlier check had said.
+            cluster.endpoints().iter().for_each(|e| e.set_healthy(true));
         }
         self.shared.limits.store(Arc::new(config.limits.clone()));
         self.shared

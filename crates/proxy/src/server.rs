@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::cluster::{Cluster, Outcome};
 use crate::config::Limits;
 use crate::forward;
-use crate::idle::{Activity, Watched};
+use crate::idle::{Activity, Tracked, Watched};
 use crate::metrics::ProxyMetrics;
 use crate::metrics::UpstreamError;
 use crate::routing::RouteTable;
@@ -44,13 +44,18 @@ pub struct OpenConnections {
     draining: tokio::sync::watch::Sender<bool>,
 }
 
-impl OpenConnections {
-    /// Counts a connection as open until the guard is dropped.
-    fn open(&self) -> OpenGuard<'_> {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        OpenGuard(self)
+impl Shared {
+    /// Counts a connection (or a tunnel, or a relayed stream) as open until the guard is dropped,
+    /// so that draining waits for it.
+    pub fn open_connection(self: &Arc<Self>) -> OpenGuard {
+        self.open
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenGuard(self.clone())
     }
+}
 
+impl OpenConnections {
     /// Asks every connection to finish its requests in flight and close; resolves when all
     /// have closed or `timeout` has passed, and returns how many were still open.
     pub async fn drain(&self, timeout: Duration) -> usize {
@@ -77,14 +82,14 @@ impl OpenConnections {
     }
 }
 
-struct OpenGuard<'a>(&'a OpenConnections);
+/// An open connection, counted until dropped.
+pub struct OpenGuard(Arc<Shared>);
 
-impl Drop for OpenGuard<'_> {
+impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.closed.notify_waiters();
+        let open = &self.0.open;
+        open.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        open.closed.notify_waiters();
     }
 }
 
@@ -256,7 +261,7 @@ async fn serve_connection<S>(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     context.connections.inc();
-    let _open = context.shared.open.open();
+    let _open = context.shared.open_connection();
     let activity = Arc::new(Activity::default());
     let service = {
         let context = context.clone();
@@ -268,8 +273,8 @@ async fn serve_connection<S>(
             let in_flight = activity.request();
             async move {
                 let response = forward::handle(request, context, &peer).await;
-                drop(in_flight);
-                Ok::<_, Infallible>(response)
+                // In flight until the body has been sent: a quiet stream is not an idle connection.
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         })
     };
@@ -303,6 +308,7 @@ async fn relay_connection(
 ) {
     const CONNECT_TRIES: usize = 3;
     context.connections.inc();
+    let _open = context.shared.open_connection();
     let metrics = &context.shared.metrics;
     let no_headers = http::HeaderMap::new();
     let mut avoid = None;

@@ -34,6 +34,7 @@ pub type HttpClient = Client<ClusterConnector, UpstreamBody>;
 pub struct ConnectionLimitReached;
 
 /// A cluster's client with the handle to its connection limit.
+#[derive(Clone)]
 pub struct UpstreamClient {
     /// The pooled client.
     pub client: HttpClient,

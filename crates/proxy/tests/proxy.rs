@@ -20,6 +20,20 @@ async fn upstream(name: &'static str) -> SocketAddr {
         if request.uri().path() == "/pause" {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        if request.uri().path() == "/stream" {
+            // A response whose body goes quiet for a while between two parts.
+            let parts = futures_util::stream::unfold(0, |step| async move {
+                match step {
+                    0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from("first ")), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                        Some((Ok(bytes::Bytes::from("second")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            return axum::body::Body::from_stream(parts).into_response();
+        }
         let (parts, body) = request.into_parts();
         let request = Request::from_parts(parts, ());
         let body_bytes = axum::body::to_bytes(body, usize::MAX)
@@ -774,4 +788,42 @@ async fn a_listener_can_be_renamed_or_change_protocol_at_the_same_address() {
     );
     let err = proxy.apply_text(&duplicate).await.unwrap_err().to_string();
     assert!(err.contains("listeners[1].address"), "{err}");
+}
+
+#[tokio::test]
+async fn a_quiet_streaming_response_is_not_an_idle_connection() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let text = format!("{}limits: {{idle_timeout: 200ms}}\n", config(a, b));
+    let (_proxy, base) = start(&text).await;
+    let (status, _, body) = get(&base, "/stream", "x.example.org", &[]).await;
+    assert_eq!((status, body), (200, Value::String("first second".into())));
+}
+
+#[tokio::test]
+async fn clients_that_abandon_their_bodies_do_not_get_endpoints_ejected() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let text = config(a, b).replace(
+        "  - name: b\n    lb: round_robin\n",
+        "  - name: b\n    lb: round_robin\n    outlier_detection: {consecutive_gateway_errors: 2}\n",
+    );
+    let (proxy, base) = start(&text).await;
+    for _ in 0..5 {
+        let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        stream
+            .write_all(
+                b"POST / HTTP/1.1\r\nhost: x.example.org\r\ncontent-length: 1000\r\n\r\nonly this",
+            )
+            .await
+            .unwrap();
+        drop(stream);
+    }
+    let (status, _, body) = get(&base, "/", "x.example.org", &[]).await;
+    assert_eq!((status, &body["upstream"]), (200, &json!("b")));
+    let metrics = proxy.metrics_text();
+    assert!(
+        !metrics.contains("meridian_proxy_outlier_ejections_total{"),
+        "{metrics}"
+    );
 }
