@@ -41,7 +41,7 @@ pub use reload::{run, RunOptions};
 use crate::cluster::Cluster;
 use crate::metrics::ProxyMetrics;
 use crate::routing::RouteTable;
-use crate::server::{Listener, Shared};
+use crate::server::{Listener, Serving, Shared};
 use crate::upstream::UpstreamClient;
 
 /// Why a configuration was not applied. The previous one stays in force.
@@ -198,7 +198,11 @@ impl Proxy {
                 .cluster
                 .as_ref()
                 .and_then(|name| clusters.get(name).cloned());
-            let parts = (table, relay, acceptor);
+            let parts = Serving {
+                table,
+                relay,
+                tls: acceptor,
+            };
             if unchanged(listener) {
                 reused.push((listener.name.clone(), parts));
                 continue;
@@ -226,9 +230,8 @@ impl Proxy {
                 handovers.push((listener, parts, owner));
                 continue;
             }
-            let (table, relay, acceptor) = parts;
             let shared = self.shared.clone();
-            let bound = Listener::bind(&listener.name, address, table, relay, acceptor, shared)
+            let bound = Listener::bind(&listener.name, address, parts, shared)
                 .await
                 .map_err(|source| ApplyError::Bind {
                     index,
@@ -255,23 +258,19 @@ impl Proxy {
             .access_log
             .store(config.access_log, std::sync::atomic::Ordering::Relaxed);
         let mut kept = std::mem::take(&mut active.listeners);
-        for (name, (table, relay, acceptor)) in reused {
+        for (name, serving) in reused {
             if let Some(entry) = kept.remove(&name) {
-                entry.2.context.table.store(Arc::new(table));
-                entry.2.context.relay.store(relay);
-                entry.2.context.tls.store(acceptor);
+                entry.2.context.update(serving);
                 fresh.insert(name, entry);
             }
         }
-        for (listener, (table, relay, acceptor), owner) in handovers {
+        for (listener, serving, owner) in handovers {
             let Some((_, _, old)) = kept.remove(&owner) else {
                 continue;
             };
             let shared = self.shared.clone();
             let started = match old.into_socket().await {
-                Some(socket) => {
-                    Listener::start(&listener.name, socket, table, relay, acceptor, shared)
-                }
+                Some(socket) => Listener::start(&listener.name, socket, serving, shared),
                 None => Err(std::io::Error::other("the previous accept loop had ended")),
             };
             match started {

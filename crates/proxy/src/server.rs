@@ -126,35 +126,50 @@ impl Drop for Listener {
     }
 }
 
+/// How a listener serves its connections; swapped as a whole on reload.
+pub struct Serving {
+    /// Routes (`http` listeners).
+    pub table: RouteTable,
+    /// The cluster connections are relayed to (`tcp` listeners).
+    pub relay: Option<Arc<Cluster>>,
+    /// The TLS acceptor, if the listener terminates TLS.
+    pub tls: Option<Arc<TlsAcceptor>>,
+}
+
+impl ListenerContext {
+    /// Serves new connections and requests the new way.
+    pub fn update(&self, serving: Serving) {
+        self.table.store(Arc::new(serving.table));
+        self.relay.store(serving.relay);
+        self.tls.store(serving.tls);
+    }
+}
+
 impl Listener {
-    /// Binds `address` and starts accepting with `table`.
+    /// Binds `address` and starts accepting.
     pub async fn bind(
         name: &str,
         address: SocketAddr,
-        table: RouteTable,
-        relay: Option<Arc<Cluster>>,
-        tls: Option<Arc<TlsAcceptor>>,
+        serving: Serving,
         shared: Arc<Shared>,
     ) -> std::io::Result<Listener> {
         let socket = TcpListener::bind(address).await?;
-        Listener::start(name, socket, table, relay, tls, shared)
+        Listener::start(name, socket, serving, shared)
     }
 
     /// Starts accepting on an already bound `socket`.
     pub fn start(
         name: &str,
         socket: TcpListener,
-        table: RouteTable,
-        relay: Option<Arc<Cluster>>,
-        tls: Option<Arc<TlsAcceptor>>,
+        serving: Serving,
         shared: Arc<Shared>,
     ) -> std::io::Result<Listener> {
         let bound = socket.local_addr()?;
         let context = Arc::new(ListenerContext {
             name: name.to_owned(),
-            table: ArcSwap::from_pointee(table),
-            relay: ArcSwapOption::new(relay),
-            tls: ArcSwapOption::new(tls),
+            table: ArcSwap::from_pointee(serving.table),
+            relay: ArcSwapOption::new(serving.relay),
+            tls: ArcSwapOption::new(serving.tls),
             no_route: shared.metrics.no_route(name),
             connections: shared.metrics.connections(name),
             shared,
