@@ -21,7 +21,7 @@ pub use definition::{
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};
 pub use duration::HumanDuration;
 pub use error::{FieldError, ValidationErrors};
-pub use names::{check_dns_label, check_host_name};
+pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{
     App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Org, Region, RegionInput,

@@ -43,6 +43,18 @@ pub fn check_host_name(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that `path` is an absolute URL path: starts with `/`, no whitespace or control
+/// characters. Returns the reason when it is not.
+pub fn check_url_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("`{path}` must start with /"));
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{path}` must not contain whitespace"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

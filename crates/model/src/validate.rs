@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::names::{check_dns_label, check_host_name};
+use crate::names::{check_dns_label, check_host_name, check_url_path};
 use crate::{Definition, HealthCheck, Port, Process, RegionInput, ValidationErrors};
 
 /// Explicit size limits on a definition.
@@ -252,12 +252,9 @@ fn port_ref(errs: &mut ValidationErrors, field: String, port: &str, declared: &H
 }
 
 fn validate_path(errs: &mut ValidationErrors, field: String, path: &str) {
-    if !path.starts_with('/') {
-        errs.push(field, format!("`{path}` must start with /"));
-    } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        errs.push(field, format!("`{path}` must not contain whitespace"));
-    } else {
-        string_value(errs, &field, path);
+    match check_url_path(path) {
+        Err(reason) => errs.push(field, reason),
+        Ok(()) => string_value(errs, &field, path),
     }
 }
 

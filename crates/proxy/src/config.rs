@@ -536,11 +536,8 @@ fn check_name(errs: &mut ValidationErrors, field: String, name: &str) {
 }
 
 fn check_path(errs: &mut ValidationErrors, field: String, path: &str) {
-    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        errs.push(
-            field,
-            format!("`{path}` must start with / and contain no whitespace"),
-        );
+    if let Err(reason) = meridian_model::check_url_path(path) {
+        errs.push(field, reason);
     }
 }
 
