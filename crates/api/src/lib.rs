@@ -54,7 +54,7 @@ pub struct WhoAmI {
 
 /// Builds the API's router over `store`.
 pub fn router(store: Arc<dyn Store>) -> Router {
-    use routes::{feed, regions, services, tenancy};
+    use routes::{endpoints, feed, regions, services, tenancy};
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::default()),
@@ -105,6 +105,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
             "/v1/regions/{region}/deployments",
             get(regions::deployments),
         )
+        .route("/v1/regions/{region}/endpoints", get(regions::endpoints))
         .route("/v1/services", post(services::apply).get(services::list))
         .route(service_path, get(services::get).delete(services::delete))
         .route(
@@ -120,6 +121,11 @@ pub fn router(store: Arc<dyn Store>) -> Router {
             post(services::rollback),
         )
         .route(&format!("{service_path}/status"), get(services::status))
+        .route(&format!("{service_path}/endpoints"), get(endpoints::list))
+        .route(
+            &format!("{service_path}/endpoints/{{endpoint}}"),
+            put(endpoints::put).delete(endpoints::delete),
+        )
         .route("/v1/revision", get(feed::revision))
         .route("/v1/changes", get(feed::changes))
         .fallback(not_found)

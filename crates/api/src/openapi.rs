@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{feed, regions, services, tenancy};
+use crate::routes::{endpoints, feed, regions, services, tenancy};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,9 +14,10 @@ use crate::routes::{feed, regions, services, tenancy};
         tenancy::create_org, tenancy::list_orgs, tenancy::get_org, tenancy::delete_org,
         tenancy::create_token, tenancy::list_tokens, tenancy::delete_token,
         tenancy::create_app, tenancy::list_apps, tenancy::get_app, tenancy::delete_app,
-        regions::put, regions::list, regions::delete, regions::deployments,
+        regions::put, regions::list, regions::delete, regions::deployments, regions::endpoints,
         services::apply, services::list, services::get, services::delete,
         services::deployments, services::deployment, services::rollback, services::status,
+        endpoints::put, endpoints::list, endpoints::delete,
         feed::revision, feed::changes,
     ),
     components(schemas(crate::ErrorBody, crate::ErrorDetail, meridian_model::FieldError)),

@@ -536,3 +536,108 @@ async fn metrics_count_requests_by_route_and_status() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn endpoints_are_registered_listed_by_region_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let acme = org_token(&admin, "acme").await;
+    let globex = org_token(&admin, "globex").await;
+    let (status, body) = acme
+        .post("/v1/services", definition("acme", "api", "v1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let base = "/v1/orgs/acme/apps/shop/services/api/endpoints";
+
+    let (status, body) = acme
+        .put(
+            &format!("{base}/i-1"),
+            json!({"region": "fra", "address": "127.0.0.2", "ports": {"http": 18080}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["health"], "healthy");
+    let (status, _) = acme
+        .put(
+            &format!("{base}/i-2"),
+            json!({"region": "iad", "address": "::1", "health": "draining"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let before = admin.revision().await;
+    let (status, body) = acme
+        .put(
+            &format!("{base}/i-3"),
+            json!({"region": "sin", "address": "not-an-ip", "ports": {"grpc": 0}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["region", "address", "ports.grpc", "ports.grpc"]);
+    let (status, _) = acme
+        .put(
+            "/v1/orgs/acme/apps/shop/services/nope/endpoints/i-1",
+            json!({"region": "fra", "address": "127.0.0.2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = globex
+        .put(
+            &format!("{base}/i-9"),
+            json!({"region": "fra", "address": "127.0.0.9"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        admin.revision().await,
+        before,
+        "rejected writes changed the store"
+    );
+
+    let (status, body) = acme.get(base).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["i-1", "i-2"]);
+    let (status, body) = admin.get("/v1/regions/fra/endpoints").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert_eq!(body[0]["ports"]["http"], 18080);
+    let (status, _) = acme.get("/v1/regions/fra/endpoints").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, _) = acme.delete(&format!("{base}/i-1")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = acme.delete(&format!("{base}/i-1")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, body) = admin.get("/v1/regions/fra/endpoints").await;
+    assert_eq!(body.as_array().unwrap().len(), 0);
+    let (_, body) = admin.get("/v1/changes?after=0&limit=100").await;
+    let kinds: Vec<&str> = body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "endpoint")
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "acme/shop/api/i-1",
+            "acme/shop/api/i-2",
+            "acme/shop/api/i-1"
+        ]
+    );
+}

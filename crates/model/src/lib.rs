@@ -24,7 +24,7 @@ pub use error::{FieldError, ValidationErrors};
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{
-    App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Org, Region, RegionInput,
-    ServiceSummary, TokenInfo,
+    App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Endpoint, EndpointHealth,
+    EndpointInput, Org, Region, RegionInput, ServiceSummary, TokenInfo,
 };
-pub use validate::{validate_definition, validate_region, Limits};
+pub use validate::{validate_definition, validate_endpoint, validate_region, Limits};

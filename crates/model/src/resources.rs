@@ -91,6 +91,8 @@ pub enum ChangeKind {
     App,
     /// A service and its current deployment (key: `org/app/service`).
     Service,
+    /// An endpoint of a service (key: `org/app/service/endpoint`).
+    Endpoint,
 }
 
 /// Whether a change created/updated or removed its resource.
@@ -158,4 +160,61 @@ pub struct TokenInfo {
     pub label: String,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: i64,
+}
+
+/// The health of an endpoint, as its reporter (today the API caller, later the agent) sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointHealth {
+    /// Serving; receives traffic.
+    #[default]
+    Healthy,
+    /// Failing its checks; receives no traffic.
+    Unhealthy,
+    /// Going away: finishes what it has, receives no new traffic.
+    Draining,
+}
+
+/// The body of a request that registers or updates an endpoint (its identity comes from the path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EndpointInput {
+    /// The region the endpoint runs in; one of the service's current regions.
+    pub region: String,
+    /// The endpoint's IP address (IPv4 or IPv6).
+    pub address: String,
+    /// Port numbers by port name, for ports where the endpoint listens on another number than the
+    /// definition declares (e.g. several instances on one loopback address). Names must be ports
+    /// of the service.
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, u32>,
+    /// Health; defaults to `healthy`.
+    #[serde(default)]
+    pub health: EndpointHealth,
+}
+
+/// An instance of a service that proxies may send traffic to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Endpoint {
+    /// Owning org.
+    pub org: String,
+    /// Owning app.
+    pub app: String,
+    /// The service it is an instance of.
+    pub service: String,
+    /// The endpoint's id, unique within the service; a DNS label.
+    pub id: String,
+    /// The region it runs in.
+    pub region: String,
+    /// Its IP address.
+    pub address: String,
+    /// Port numbers by port name that differ from the definition's.
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, u32>,
+    /// Its health.
+    pub health: EndpointHealth,
+    /// Time of the last change, seconds since the Unix epoch.
+    pub updated_at: i64,
 }

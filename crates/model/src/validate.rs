@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::names::{check_dns_label, check_host_name, check_url_path};
-use crate::{Definition, HealthCheck, Port, Process, RegionInput, ValidationErrors};
+use crate::{Definition, EndpointInput, HealthCheck, Port, Process, RegionInput, ValidationErrors};
 
 /// Explicit size limits on a definition.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +71,44 @@ pub fn validate_region(name: &str, input: &RegionInput) -> Result<(), Validation
     }
     if !(-180.0..=180.0).contains(&input.lon) {
         errs.push("lon", "must be a longitude between -180 and 180");
+    }
+    errs.into_result()
+}
+
+/// Checks an endpoint registration for a service whose current definition is `definition`:
+/// the id is a DNS label, the region one of the service's regions, the address an IP address, and
+/// every port override names a declared port with a number in 1–65535.
+pub fn validate_endpoint(
+    id: &str,
+    input: &EndpointInput,
+    definition: &Definition,
+) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    label(&mut errs, "id", id);
+    if !definition.regions.contains(&input.region) {
+        errs.push(
+            "region",
+            format!(
+                "`{}` is not a region of the service (its regions: {})",
+                input.region,
+                definition.regions.join(", ")
+            ),
+        );
+    }
+    if input.address.parse::<std::net::IpAddr>().is_err() {
+        errs.push(
+            "address",
+            format!("`{}` is not an IPv4 or IPv6 address", input.address),
+        );
+    }
+    for (name, number) in &input.ports {
+        let field = format!("ports.{name}");
+        if !definition.ports.iter().any(|p| &p.name == name) {
+            errs.push(field.as_str(), "names no port of the service");
+        }
+        if !(1..=65535).contains(number) {
+            errs.push(field.as_str(), "must be a port number between 1 and 65535");
+        }
     }
     errs.into_result()
 }

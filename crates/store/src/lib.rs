@@ -11,7 +11,10 @@ mod sqlite;
 mod watch;
 
 use async_trait::async_trait;
-use meridian_model::{App, Change, Definition, Deployment, Org, Region, ServiceSummary, TokenInfo};
+use meridian_model::{
+    App, Change, Definition, Deployment, Endpoint, EndpointInput, Org, Region, ServiceSummary,
+    TokenInfo,
+};
 
 pub use sqlite::SqliteStore;
 pub use watch::{wait_for_changes, Watch};
@@ -169,4 +172,18 @@ pub trait Store: Send + Sync + 'static {
     async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment>;
     /// The current deployments of every service that runs in `region`, ordered by key.
     async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>>;
+
+    /// Registers or updates endpoint `id` of an existing service.
+    async fn put_endpoint(
+        &self,
+        key: &ServiceKey,
+        id: &str,
+        input: &EndpointInput,
+    ) -> Result<Endpoint>;
+    /// The endpoints of a service, by id (empty when the service has none or does not exist).
+    async fn list_endpoints(&self, key: &ServiceKey) -> Result<Vec<Endpoint>>;
+    /// Every endpoint registered in `region`, ordered by org, app, service and id.
+    async fn endpoints_in_region(&self, region: &str) -> Result<Vec<Endpoint>>;
+    /// Removes an endpoint.
+    async fn delete_endpoint(&self, key: &ServiceKey, id: &str) -> Result<()>;
 }

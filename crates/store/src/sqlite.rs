@@ -8,14 +8,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use meridian_model::{
-    App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Org, Region,
-    ServiceSummary, TokenInfo,
+    App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Endpoint,
+    EndpointInput, Org, Region, ServiceSummary, TokenInfo,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::watch;
+
+mod endpoints;
 
 use crate::{MissingOrg, NewToken, Result, ServiceFilter, ServiceKey, Store, StoreError};
 
@@ -143,6 +145,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::Region => "region",
         ChangeKind::App => "app",
         ChangeKind::Service => "service",
+        ChangeKind::Endpoint => "endpoint",
     }
 }
 
@@ -153,6 +156,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "region" => ChangeKind::Region,
         "app" => ChangeKind::App,
         "service" => ChangeKind::Service,
+        "endpoint" => ChangeKind::Endpoint,
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unknown change kind `{other}`"
@@ -786,5 +790,47 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn put_endpoint(
+        &self,
+        key: &ServiceKey,
+        id: &str,
+        input: &EndpointInput,
+    ) -> Result<Endpoint> {
+        let mut tx = self.writer.begin().await?;
+        let (revision, endpoint) = endpoints::put(&mut tx, key, id, input).await?;
+        self.commit(tx, revision).await?;
+        Ok(endpoint)
+    }
+
+    async fn list_endpoints(&self, key: &ServiceKey) -> Result<Vec<Endpoint>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM endpoints WHERE org = ? AND app = ? AND service = ? ORDER BY id",
+            endpoints::COLUMNS
+        ))
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(endpoints::endpoint_from_row).collect()
+    }
+
+    async fn endpoints_in_region(&self, region: &str) -> Result<Vec<Endpoint>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM endpoints WHERE region = ? ORDER BY org, app, service, id",
+            endpoints::COLUMNS
+        ))
+        .bind(region)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(endpoints::endpoint_from_row).collect()
+    }
+
+    async fn delete_endpoint(&self, key: &ServiceKey, id: &str) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let revision = endpoints::delete(&mut tx, key, id).await?;
+        self.commit(tx, revision).await
     }
 }

@@ -1,5 +1,6 @@
 //! The API's handlers, one module per resource family.
 
+pub mod endpoints;
 pub mod feed;
 pub mod regions;
 pub mod services;

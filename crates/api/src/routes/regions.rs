@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use meridian_model::{derive_spec, validate_region, Region, RegionInput, RegionalDeployment};
+use meridian_model::{
+    derive_spec, validate_region, Endpoint, Region, RegionInput, RegionalDeployment,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -65,6 +67,29 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every endpoint registered in the region (admin only; the region's control plane reads it).
+#[utoipa::path(get, path = "/v1/regions/{region}/endpoints", tag = "regions",
+    params(RegionPath),
+    responses((status = 200, description = "Endpoints, by org, app, service and id",
+               body = Vec<Endpoint>), ErrorResponses))]
+pub async fn endpoints(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<RegionPath>,
+) -> Result<Json<Vec<Endpoint>>, ApiError> {
+    caller.require_admin()?;
+    require_region(&state, &path.region).await?;
+    Ok(Json(state.store.endpoints_in_region(&path.region).await?))
+}
+
+async fn require_region(state: &ApiState, name: &str) -> Result<(), ApiError> {
+    let regions = state.store.list_regions().await?;
+    if !regions.iter().any(|r| r.name == name) {
+        return Err(ApiError::not_found(format!("region `{name}`")));
+    }
+    Ok(())
+}
+
 /// The regional deployments of every service that runs in the region: each current definition
 /// with the region's overrides applied (admin only; this is what the region's control plane reads).
 #[utoipa::path(get, path = "/v1/regions/{region}/deployments", tag = "regions",
@@ -77,10 +102,7 @@ pub async fn deployments(
     ApiPath(path): ApiPath<RegionPath>,
 ) -> Result<Json<Vec<RegionalDeployment>>, ApiError> {
     caller.require_admin()?;
-    let regions = state.store.list_regions().await?;
-    if !regions.iter().any(|r| r.name == path.region) {
-        return Err(ApiError::not_found(format!("region `{}`", path.region)));
-    }
+    require_region(&state, &path.region).await?;
     let derived = state
         .store
         .deployments_in_region(&path.region)

@@ -18,17 +18,18 @@ use crate::{ApiError, ApiState, Caller};
 pub struct ServicePath {
     /// Owning org.
     #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
-    org: String,
+    pub(crate) org: String,
     /// Owning app.
     #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
-    app: String,
+    pub(crate) app: String,
     /// Service name.
     #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
-    service: String,
+    pub(crate) service: String,
 }
 
 impl ServicePath {
-    fn authorize(self, caller: &Caller) -> Result<ServiceKey, ApiError> {
+    /// The service's key, when the caller may act on the service's org.
+    pub(crate) fn authorize(self, caller: &Caller) -> Result<ServiceKey, ApiError> {
         caller.require_org(&self.org)?;
         Ok(ServiceKey {
             org: self.org,
