@@ -134,7 +134,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
     use commands::{control, dev, resources};
     let format = args.output;
     match command {
-        Command::Control(control_args) => control::run(control_args).await,
+        Command::Control(control_args) => control::run(control_args, args).await,
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,

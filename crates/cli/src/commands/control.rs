@@ -1,30 +1,100 @@
-//! `meridian control --global`: the global control plane (public API over the store).
+//! `meridian control --global`: the global control plane (public API over the store), and
+//! `meridian control --region R`: a region's control plane (xDS for the region's proxies).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use meridian_control::{admin_router, follow, GlobalApi, RegionState};
 use meridian_store::{SqliteStore, Store};
+use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
+
+use crate::ClientArgs;
 
 /// Options of `meridian control`.
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("plane").required(true).args(["global", "region"])))]
 pub struct ControlArgs {
     /// Run the global control plane: the public API, the store and the change feed.
-    #[arg(long, required = true)]
+    #[arg(long)]
     global: bool,
-    /// Directory for the embedded database (created if missing).
+    /// Run the control plane of this region: it follows the global API (`--api`, with an admin
+    /// `--token`) and serves the region's configuration over xDS.
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// Directory for the embedded database (created if missing; global only).
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
-    /// Address for the public API (port 0 picks a free port; the chosen one is printed).
+    /// Address for the public API (global only; port 0 picks a free port, the chosen one is
+    /// printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Address for the xDS (ADS over gRPC) server (region only; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds: SocketAddr,
+    /// Address for the admin port with /healthz, /readyz and /metrics (region only).
+    #[arg(long, default_value = "127.0.0.1:9902")]
+    admin: SocketAddr,
 }
 
-/// Runs the global control plane until Ctrl-C or SIGTERM.
-pub async fn run(args: ControlArgs) -> Result<()> {
-    debug_assert!(args.global, "clap requires --global");
+/// Runs the chosen control plane until Ctrl-C or SIGTERM.
+pub async fn run(args: ControlArgs, client: ClientArgs) -> Result<()> {
+    match args.region.clone() {
+        Some(region) => run_regional(args, client, region).await,
+        None => run_global(args).await,
+    }
+}
+
+/// Runs a region's control plane.
+async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> Result<()> {
+    meridian_model::check_dns_label(&region)
+        .map_err(|reason| anyhow::anyhow!("--region: {reason}"))?;
+    let token = client.token.context(
+        "the regional control plane needs an admin token for the global API: \
+         pass --token or set MERIDIAN_TOKEN",
+    )?;
+    let cache = Cache::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = XdsMetrics::new(&mut registry);
+    let state = Arc::new(Mutex::new(RegionState::new(&region, cache.clone())));
+    let (synced, synced_rx) = tokio::sync::watch::channel(false);
+    let xds = tokio::net::TcpListener::bind(args.xds)
+        .await
+        .with_context(|| format!("listening for xDS on {} (is the port in use?)", args.xds))?;
+    let admin = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| {
+            format!(
+                "listening for admin on {} (is the port in use?)",
+                args.admin
+            )
+        })?;
+    println!(
+        "meridian control (region {region}) serving xDS on {}, admin http://{}, following {}",
+        xds.local_addr()?,
+        admin.local_addr()?,
+        client.api
+    );
+    tokio::spawn(follow(GlobalApi::new(&client.api, &token), state, synced));
+    let admin_server = axum::serve(admin, admin_router(Arc::new(registry), synced_rx))
+        .with_graceful_shutdown(shutdown_signal());
+    tokio::spawn(async move {
+        if let Err(e) = admin_server.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    AdsServer::new(cache, metrics, Limits::default())
+        .serve(xds, shutdown_signal())
+        .await
+        .context("serving xDS")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs the global control plane.
+async fn run_global(args: ControlArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     let db = args.data_dir.join("meridian.db");

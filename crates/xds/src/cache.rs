@@ -1,0 +1,286 @@
+//! The resource cache: the current version of every resource, by type URL and name, and who is
+//! subscribed to what, so that an update wakes only the streams that asked for what changed.
+//!
+//! Names in the cache are global; a stream that serves a tenant sees them through a
+//! [`crate::Scope`]. The cache lock is a plain mutex, held only for map operations, never
+//! across an `.await`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::Notify;
+
+/// One resource as stored: its bytes and the version they were given.
+#[derive(Debug)]
+pub struct Versioned {
+    /// The resource's version: unique across the cache, and new each time its content changes.
+    pub version: String,
+    /// The encoded resource.
+    pub resource: Any,
+    /// When this version entered the cache (start of the push and convergence clocks).
+    pub changed_at: Instant,
+}
+
+/// A change to one type: resources to add or replace, and names to remove.
+#[derive(Debug, Default)]
+pub struct Update {
+    /// Resources to add or replace, by name.
+    pub put: Vec<(String, Any)>,
+    /// Names to remove.
+    pub remove: Vec<String>,
+}
+
+#[derive(Default)]
+struct Table {
+    resources: BTreeMap<String, Arc<Versioned>>,
+    /// Streams subscribed to a name.
+    by_name: HashMap<String, HashMap<u64, Arc<Watcher>>>,
+    /// Streams subscribed to every name starting with a prefix (wildcard within their scope).
+    wildcard: HashMap<u64, (String, Arc<Watcher>)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_version: u64,
+    types: HashMap<String, Table>,
+}
+
+/// The shared resource cache. Cheap to share behind an [`Arc`].
+#[derive(Default)]
+pub struct Cache {
+    inner: Mutex<Inner>,
+    next_watcher: AtomicU64,
+}
+
+/// What a stream has been told changed since it last looked: names by type URL.
+pub type Dirty = HashMap<String, BTreeSet<String>>;
+
+/// A stream's mailbox: names that changed, and a wake-up.
+#[derive(Default)]
+struct Watcher {
+    dirty: Mutex<Dirty>,
+    notify: Notify,
+}
+
+impl Watcher {
+    fn mark(&self, type_url: &str, name: &str) {
+        let mut dirty = lock(&self.dirty);
+        dirty
+            .entry(type_url.to_owned())
+            .or_default()
+            .insert(name.to_owned());
+        drop(dirty);
+        self.notify.notify_one();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain maps in a usable state.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Cache {
+    /// An empty cache.
+    pub fn new() -> Arc<Cache> {
+        Arc::new(Cache::default())
+    }
+
+    /// Applies `update` to `type_url`: a put whose content equals the stored one changes
+    /// nothing; every real change gets a new version and wakes the streams subscribed to that
+    /// name. Returns how many resources changed.
+    pub fn apply(&self, type_url: &str, update: Update) -> usize {
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        let table = inner.types.entry(type_url.to_owned()).or_default();
+        let mut changed = Vec::new();
+        for (name, resource) in update.put {
+            if table
+                .resources
+                .get(&name)
+                .is_some_and(|old| old.resource == resource)
+            {
+                continue;
+            }
+            inner.next_version += 1;
+            let versioned = Versioned {
+                version: inner.next_version.to_string(),
+                resource,
+                changed_at: now,
+            };
+            table.resources.insert(name.clone(), Arc::new(versioned));
+            changed.push(name);
+        }
+        for name in update.remove {
+            if table.resources.remove(&name).is_some() {
+                changed.push(name);
+            }
+        }
+        for name in &changed {
+            for watcher in table.by_name.get(name).into_iter().flat_map(|w| w.values()) {
+                watcher.mark(type_url, name);
+            }
+            for (prefix, watcher) in table.wildcard.values() {
+                if name.starts_with(prefix.as_str()) {
+                    watcher.mark(type_url, name);
+                }
+            }
+        }
+        changed.len()
+    }
+
+    /// The current version of one resource.
+    pub fn get(&self, type_url: &str, name: &str) -> Option<Arc<Versioned>> {
+        let inner = lock(&self.inner);
+        inner.types.get(type_url)?.resources.get(name).cloned()
+    }
+
+    /// The names of every resource of `type_url` starting with `prefix`, in order.
+    pub fn names(&self, type_url: &str, prefix: &str) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let Some(table) = inner.types.get(type_url) else {
+            return Vec::new();
+        };
+        table
+            .resources
+            .range(prefix.to_owned()..)
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// How many resources of `type_url` the cache holds.
+    pub fn len(&self, type_url: &str) -> usize {
+        let inner = lock(&self.inner);
+        inner.types.get(type_url).map_or(0, |t| t.resources.len())
+    }
+
+    /// Whether the cache holds no resource of `type_url`.
+    pub fn is_empty(&self, type_url: &str) -> bool {
+        self.len(type_url) == 0
+    }
+
+    /// A new subscriber handle; its subscriptions end when it is dropped.
+    pub fn subscriber(self: &Arc<Self>) -> Subscriber {
+        Subscriber {
+            cache: self.clone(),
+            id: self.next_watcher.fetch_add(1, Ordering::Relaxed),
+            watcher: Arc::new(Watcher::default()),
+            names: HashMap::new(),
+            wildcards: HashMap::new(),
+        }
+    }
+}
+
+/// One stream's subscriptions to the cache, and its mailbox of changed names.
+pub struct Subscriber {
+    cache: Arc<Cache>,
+    id: u64,
+    watcher: Arc<Watcher>,
+    names: HashMap<String, BTreeSet<String>>,
+    wildcards: HashMap<String, String>,
+}
+
+impl Subscriber {
+    /// Subscribes to `names` (cache names) of `type_url`.
+    pub fn subscribe<'a>(&mut self, type_url: &str, names: impl IntoIterator<Item = &'a String>) {
+        let mut inner = lock(&self.cache.inner);
+        let table = inner.types.entry(type_url.to_owned()).or_default();
+        let mine = self.names.entry(type_url.to_owned()).or_default();
+        for name in names {
+            if mine.insert(name.clone()) {
+                table
+                    .by_name
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(self.id, self.watcher.clone());
+            }
+        }
+    }
+
+    /// Unsubscribes from `names` of `type_url`.
+    pub fn unsubscribe<'a>(&mut self, type_url: &str, names: impl IntoIterator<Item = &'a String>) {
+        let mut inner = lock(&self.cache.inner);
+        let Some(table) = inner.types.get_mut(type_url) else {
+            return;
+        };
+        let Some(mine) = self.names.get_mut(type_url) else {
+            return;
+        };
+        for name in names {
+            if mine.remove(name) {
+                remove_watcher(table, name, self.id);
+            }
+        }
+    }
+
+    /// Subscribes to every resource of `type_url` whose name starts with `prefix`.
+    pub fn subscribe_wildcard(&mut self, type_url: &str, prefix: &str) {
+        let mut inner = lock(&self.cache.inner);
+        let table = inner.types.entry(type_url.to_owned()).or_default();
+        table
+            .wildcard
+            .insert(self.id, (prefix.to_owned(), self.watcher.clone()));
+        self.wildcards
+            .insert(type_url.to_owned(), prefix.to_owned());
+    }
+
+    /// Ends the wildcard subscription to `type_url`.
+    pub fn unsubscribe_wildcard(&mut self, type_url: &str) {
+        if self.wildcards.remove(type_url).is_none() {
+            return;
+        }
+        let mut inner = lock(&self.cache.inner);
+        if let Some(table) = inner.types.get_mut(type_url) {
+            table.wildcard.remove(&self.id);
+        }
+    }
+
+    /// Waits until some subscribed resource changes (returns at once if one changed since the
+    /// last [`Subscriber::take_changed`]).
+    pub async fn changed(&self) {
+        self.watcher.notify.notified().await;
+    }
+
+    /// The names that changed since the last call, by type URL.
+    pub fn take_changed(&self) -> Dirty {
+        std::mem::take(&mut *lock(&self.watcher.dirty))
+    }
+
+    /// The cache this subscriber reads.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+fn remove_watcher(table: &mut Table, name: &str, id: u64) {
+    if let Some(watchers) = table.by_name.get_mut(name) {
+        watchers.remove(&id);
+        if watchers.is_empty() {
+            table.by_name.remove(name);
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.cache.inner);
+        for (type_url, names) in &self.names {
+            if let Some(table) = inner.types.get_mut(type_url) {
+                for name in names {
+                    remove_watcher(table, name, self.id);
+                }
+            }
+        }
+        for type_url in self.wildcards.keys() {
+            if let Some(table) = inner.types.get_mut(type_url) {
+                table.wildcard.remove(&self.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Meridian's xDS: the protocol that carries configuration from control planes to proxies,
+//! Envoy and proxyless gRPC clients.
+//!
+//! It holds a [`Cache`] of resources with per-resource versions, serves it over ADS in both
+//! flavours (state of the world and delta, v3) with per-stream subscriptions, ACK/NACK
+//! tracking and metrics, and renders a region's services and endpoints into standard Listener,
+//! RouteConfiguration, Cluster and ClusterLoadAssignment resources ([`render`]). It knows nothing
+//! of stores or HTTP APIs: whoever owns the state feeds the cache; an update wakes only the
+//! streams subscribed to what changed.
+
+mod cache;
+mod delta;
+mod metrics;
+mod node;
+pub mod render;
+mod server;
+mod sotw;
+mod stream;
+
+pub use cache::{Cache, Dirty, Subscriber, Update, Versioned};
+pub use metrics::XdsMetrics;
+pub use node::Scope;
+pub use server::{AdsServer, Limits};
+
+/// Type URL of a Listener.
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// Type URL of a RouteConfiguration.
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// Type URL of a Cluster.
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// Type URL of a ClusterLoadAssignment.
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// A short, bounded label for a type URL in metrics (`other` for types Meridian does not serve).
+pub(crate) fn type_label(type_url: &str) -> &'static str {
+    match type_url {
+        LISTENER => "listener",
+        ROUTE => "route",
+        CLUSTER => "cluster",
+        ENDPOINT => "endpoint",
+        _ => "other",
+    }
+}
+
+/// Whether a request for `type_url` with no names means "everything" (Listener and Cluster: the
+/// xDS rule for legacy wildcard subscriptions).
+pub fn wildcard_by_default(type_url: &str) -> bool {
+    type_url == LISTENER || type_url == CLUSTER
+}

@@ -1,0 +1,120 @@
+//! The ADS gRPC service over the cache, and a function that serves it on a listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::Cache;
+use crate::delta::Delta;
+use crate::metrics::XdsMetrics;
+use crate::sotw::Sotw;
+use crate::stream;
+
+/// Explicit limits on what one client may cost the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request message accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest response message sent, in bytes.
+    pub max_response_bytes: usize,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
+    /// Most names one stream may subscribe to per type.
+    pub max_names_per_type: usize,
+    /// Responses queued for a client that reads slowly; beyond this the stream waits, and changes
+    /// meanwhile collapse into one response per type.
+    pub queued_responses: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 4 << 20,
+            max_response_bytes: 64 << 20,
+            max_streams_per_connection: 16,
+            max_names_per_type: 100_000,
+            queued_responses: 4,
+        }
+    }
+}
+
+/// The ADS service: state of the world and delta over one [`Cache`].
+#[derive(Clone)]
+pub struct AdsServer {
+    cache: Arc<Cache>,
+    metrics: XdsMetrics,
+    limits: Limits,
+}
+
+impl AdsServer {
+    /// A service over `cache`, counting in `metrics`.
+    pub fn new(cache: Arc<Cache>, metrics: XdsMetrics, limits: Limits) -> AdsServer {
+        AdsServer {
+            cache,
+            metrics,
+            limits,
+        }
+    }
+
+    /// The tonic service, with the message size limits applied.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        let limits = self.limits;
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(limits.max_request_bytes)
+            .max_encoding_message_size(limits.max_response_bytes)
+    }
+
+    /// Serves ADS over gRPC (HTTP/2 cleartext) on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let max_streams = self.limits.max_streams_per_connection;
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(max_streams)
+            .tcp_nodelay(true)
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(stream::spawn::<Sotw>(
+            request.into_inner(),
+            &self.cache,
+            self.metrics.clone(),
+            self.limits,
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(stream::spawn::<Delta>(
+            request.into_inner(),
+            &self.cache,
+            self.metrics.clone(),
+            self.limits,
+        )))
+    }
+}

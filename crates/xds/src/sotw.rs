@@ -1,0 +1,174 @@
+//! State-of-the-world ADS: every response for a type carries the whole subscribed set.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tonic::Status;
+
+use crate::cache::Dirty;
+use crate::stream::{Context, Protocol};
+use crate::wildcard_by_default;
+
+/// One type's state on a state-of-the-world stream.
+#[derive(Default)]
+struct TypeState {
+    /// Whether the client asked for this type yet.
+    started: bool,
+    /// Subscribed names (as the node names them).
+    names: BTreeSet<String>,
+    /// Subscribed to everything in the node's scope.
+    wildcard: bool,
+    /// Version string of the last response.
+    version: u64,
+    /// Nonce of the last response; requests carrying another nonce are stale.
+    nonce: Option<String>,
+    /// Resource versions in the last response, by node name.
+    sent: HashMap<String, String>,
+    /// The oldest change sent and not yet acknowledged.
+    unacked_since: Option<Instant>,
+}
+
+/// The state-of-the-world flavour.
+#[derive(Default)]
+pub(crate) struct Sotw {
+    types: HashMap<String, TypeState>,
+}
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const API: &'static str = "sotw";
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        cx: &mut Context,
+    ) -> Result<Vec<DiscoveryResponse>, Status> {
+        let type_url = request.type_url;
+        if request.resource_names.len() > cx.limits.max_names_per_type {
+            return Err(Status::resource_exhausted(format!(
+                "resource_names: {} names for {type_url}; at most {} are allowed",
+                request.resource_names.len(),
+                cx.limits.max_names_per_type
+            )));
+        }
+        let state = self.types.entry(type_url.clone()).or_default();
+        if !request.response_nonce.is_empty() {
+            if state.nonce.as_deref() != Some(request.response_nonce.as_str()) {
+                // A reply to an older response: the client has newer data coming.
+                return Ok(Vec::new());
+            }
+            match &request.error_detail {
+                Some(error) => {
+                    cx.metrics.nacked(Sotw::API, &type_url);
+                    tracing::warn!(node = %cx.scope.node_id, %type_url,
+                        rejected_version = state.version, kept_version = %request.version_info,
+                        error = %error.message, "client rejected a configuration (NACK)");
+                }
+                None => cx.metrics.acked(state.unacked_since.take()),
+            }
+        }
+        let wildcard = request.resource_names.iter().any(|n| n == "*")
+            || (request.resource_names.is_empty() && wildcard_by_default(&type_url));
+        let names: BTreeSet<String> = request
+            .resource_names
+            .into_iter()
+            .filter(|n| n != "*")
+            .collect();
+        let changed = !state.started || names != state.names || wildcard != state.wildcard;
+        if !changed {
+            return Ok(Vec::new());
+        }
+        let cache_names = |set: &BTreeSet<String>| -> Vec<String> {
+            set.iter().map(|n| cx.scope.cache_name(n)).collect()
+        };
+        let gone = cache_names(&state.names.difference(&names).cloned().collect());
+        let new = cache_names(&names.difference(&state.names).cloned().collect());
+        cx.subscriber.unsubscribe(&type_url, &gone);
+        cx.subscriber.subscribe(&type_url, &new);
+        if wildcard && !state.wildcard {
+            let prefix = cx.scope.prefix().to_owned();
+            cx.subscriber.subscribe_wildcard(&type_url, &prefix);
+        } else if !wildcard && state.wildcard {
+            cx.subscriber.unsubscribe_wildcard(&type_url);
+        }
+        state.started = true;
+        state.names = names;
+        state.wildcard = wildcard;
+        Ok(vec![respond(&type_url, state, cx, false)])
+    }
+
+    fn on_changed(&mut self, changed: Dirty, cx: &mut Context) -> Vec<DiscoveryResponse> {
+        let mut responses = Vec::new();
+        for (type_url, names) in changed {
+            let Some(state) = self.types.get_mut(&type_url) else {
+                continue;
+            };
+            let relevant = names.iter().any(|cache_name| {
+                cx.scope
+                    .node_name(cache_name)
+                    .is_some_and(|n| state.wildcard || state.names.contains(n))
+            });
+            if relevant {
+                responses.push(respond(&type_url, state, cx, true));
+            }
+        }
+        responses
+    }
+}
+
+/// The whole subscribed set of `type_url`, as a new response. `pushed` says whether a change
+/// caused it (only those count in the push and convergence latencies; a new subscription's first
+/// answer does not).
+fn respond(
+    type_url: &str,
+    state: &mut TypeState,
+    cx: &mut Context,
+    pushed: bool,
+) -> DiscoveryResponse {
+    let cache = cx.subscriber.cache();
+    let names: Vec<String> = if state.wildcard {
+        cache
+            .names(type_url, cx.scope.prefix())
+            .iter()
+            .filter_map(|n| cx.scope.node_name(n).map(str::to_owned))
+            .collect()
+    } else {
+        state.names.iter().cloned().collect()
+    };
+    let mut resources = Vec::with_capacity(names.len());
+    let mut sent = HashMap::with_capacity(names.len());
+    let mut oldest: Option<Instant> = None;
+    for name in names {
+        let Some(versioned) = cache.get(type_url, &cx.scope.cache_name(&name)) else {
+            continue;
+        };
+        if pushed && state.sent.get(&name) != Some(&versioned.version) {
+            oldest = Some(oldest.map_or(versioned.changed_at, |o| o.min(versioned.changed_at)));
+        }
+        resources.push(versioned.resource.clone());
+        sent.insert(name, versioned.version.clone());
+    }
+    state.sent = sent;
+    state.version += 1;
+    if let Some(at) = oldest {
+        state.unacked_since = Some(state.unacked_since.map_or(at, |o| o.min(at)));
+    }
+    let nonce = cx.nonce();
+    state.nonce = Some(nonce.clone());
+    cx.metrics
+        .pushed(Sotw::API, type_url, resources.len(), oldest);
+    DiscoveryResponse {
+        version_info: state.version.to_string(),
+        resources,
+        type_url: type_url.to_owned(),
+        nonce,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,122 @@
+//! One ADS stream, either flavour: reads requests, wakes on cache changes, and queues responses
+//! through a bounded channel so that a client that reads slowly holds a bounded amount of memory
+//! (changes meanwhile collapse into its set of changed names).
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::cache::{Cache, Dirty, Subscriber};
+use crate::metrics::XdsMetrics;
+use crate::node::Scope;
+use crate::server::Limits;
+
+/// What a stream's handler works with.
+pub(crate) struct Context {
+    /// The stream's subscriptions.
+    pub subscriber: Subscriber,
+    /// What the node sees.
+    pub scope: Scope,
+    /// Shared metrics.
+    pub metrics: XdsMetrics,
+    /// Limits on what a client may ask.
+    pub limits: Limits,
+    next_nonce: u64,
+}
+
+impl Context {
+    /// A nonce not used before on this stream.
+    pub fn nonce(&mut self) -> String {
+        self.next_nonce += 1;
+        self.next_nonce.to_string()
+    }
+}
+
+/// A flavour of ADS: how requests and cache changes turn into responses.
+pub(crate) trait Protocol: Default + Send + 'static {
+    /// The request message.
+    type Request: Send + 'static;
+    /// The response message.
+    type Response: Send + 'static;
+    /// `sotw` or `delta`, for metrics and logs.
+    const API: &'static str;
+    /// The node a request names, if any.
+    fn node(request: &Self::Request) -> Option<&Node>;
+    /// Handles one request; an error ends the stream with that status.
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+        cx: &mut Context,
+    ) -> Result<Vec<Self::Response>, Status>;
+    /// Handles changed cache names.
+    fn on_changed(&mut self, changed: Dirty, cx: &mut Context) -> Vec<Self::Response>;
+}
+
+/// Serves one stream in a task of its own and returns its responses.
+pub(crate) fn spawn<P: Protocol>(
+    mut inbound: Streaming<P::Request>,
+    cache: &std::sync::Arc<Cache>,
+    metrics: XdsMetrics,
+    limits: Limits,
+) -> ReceiverStream<Result<P::Response, Status>> {
+    let (tx, rx) = mpsc::channel(limits.queued_responses);
+    let subscriber = cache.subscriber();
+    tokio::spawn(async move {
+        let first = match inbound.message().await {
+            Ok(Some(first)) => first,
+            _ => return,
+        };
+        let scope = Scope::of(P::node(&first));
+        let _connected = metrics.connected(P::API, &scope.role);
+        tracing::debug!(api = P::API, node = %scope.node_id, role = %scope.role, "ADS stream opened");
+        let mut cx = Context {
+            subscriber,
+            scope,
+            metrics,
+            limits,
+            next_nonce: 0,
+        };
+        let mut protocol = P::default();
+        let mut next = Some(first);
+        loop {
+            let responses = match next.take() {
+                Some(request) => match protocol.on_request(request, &mut cx) {
+                    Ok(responses) => responses,
+                    Err(status) => {
+                        tracing::warn!(api = P::API, node = %cx.scope.node_id,
+                            error = %status.message(), "closing ADS stream");
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                },
+                None => tokio::select! {
+                    message = inbound.message() => {
+                        match message {
+                            Ok(Some(request)) => next = Some(request),
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::debug!(api = P::API, node = %cx.scope.node_id,
+                                    error = %status.message(), "ADS stream broke off");
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                    () = cx.subscriber.changed() => {
+                        let changed = cx.subscriber.take_changed();
+                        protocol.on_changed(changed, &mut cx)
+                    }
+                    () = tx.closed() => break,
+                },
+            };
+            for response in responses {
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tracing::debug!(api = P::API, node = %cx.scope.node_id, "ADS stream closed");
+    });
+    ReceiverStream::new(rx)
+}
