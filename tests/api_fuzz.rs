@@ -13,7 +13,7 @@ use support::{Cli, ControlPlane};
 fn schemathesis_finds_no_server_errors_or_schema_violations() {
     if Command::new("st").arg("--version").output().is_err() {
         assert!(
-            std::env::var("MERIDIAN_TEST_STRICT").as_deref() != Ok("1"),
+            !support::strict(),
             "schemathesis (`st`) is not installed: pip install schemathesis"
         );
         eprintln!("skipped: schemathesis (`st`) is not installed");

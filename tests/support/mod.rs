@@ -25,30 +25,62 @@ pub struct ControlPlane {
     pub token: Option<String>,
 }
 
+/// Spawns `command` with its standard output piped, and returns the child with a channel of its
+/// output lines (read by a thread of their own).
+pub fn spawn_with_lines(command: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// The first line from `lines` that `wanted` accepts, within `deadline`; panics with `what`.
+pub fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    deadline: Duration,
+    what: &str,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> String {
+    let end = Instant::now() + deadline;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("waited in vain for {what}"),
+        }
+    }
+}
+
+/// Whether tests must fail rather than skip when a prerequisite is missing (as in CI).
+pub fn strict() -> bool {
+    std::env::var("MERIDIAN_TEST_STRICT").as_deref() == Ok("1")
+}
+
 impl ControlPlane {
     pub fn start(data_dir: &Path) -> ControlPlane {
-        let mut child = Command::new(MERIDIAN)
-            .args([
-                "control",
-                "--global",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("MERIDIAN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn meridian control");
-        let stdout = child.stdout.take().unwrap();
-        let (lines_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn_with_lines(
+            Command::new(MERIDIAN)
+                .args([
+                    "control",
+                    "--global",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                ])
+                .arg(data_dir)
+                .env("MERIDIAN_LOG", "warn"),
+        );
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut api = None;
         // The serving line comes first, then the admin token line (its secret on a first start).

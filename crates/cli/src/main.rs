@@ -70,6 +70,9 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Register, list and remove a service's endpoints (where its instances listen).
+    #[command(subcommand)]
+    Endpoint(commands::endpoints::EndpointCommand),
     /// List resources.
     #[command(subcommand)]
     Get(commands::resources::GetCommand),
@@ -141,6 +144,9 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,
         Command::Token(cmd) => resources::token(&Client::new(&args)?, format, cmd).await,
         Command::Deploy { file } => resources::deploy(&Client::new(&args)?, format, &file).await,
+        Command::Endpoint(cmd) => {
+            commands::endpoints::endpoint(&Client::new(&args)?, format, cmd).await
+        }
         Command::Get(cmd) => resources::get(&Client::new(&args)?, format, cmd).await,
         Command::Status { service, scope } => {
             resources::status(&Client::new(&args)?, format, &service, &scope).await

@@ -176,6 +176,17 @@ pub enum EndpointHealth {
     Draining,
 }
 
+impl EndpointHealth {
+    /// The name used in JSON: `healthy`, `unhealthy` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointHealth::Healthy => "healthy",
+            EndpointHealth::Unhealthy => "unhealthy",
+            EndpointHealth::Draining => "draining",
+        }
+    }
+}
+
 /// The body of a request that registers or updates an endpoint (its identity comes from the path).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

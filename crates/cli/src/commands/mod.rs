@@ -2,5 +2,6 @@
 
 pub mod control;
 pub mod dev;
+pub mod endpoints;
 pub mod proxy;
 pub mod resources;

@@ -316,7 +316,8 @@ async fn resolve_org(api: &Client, service: &str, scope: &AppScope) -> Result<St
     }
 }
 
-async fn service_path(api: &Client, service: &str, scope: &AppScope) -> Result<String> {
+/// The API path of a service, resolving its org.
+pub(crate) async fn service_path(api: &Client, service: &str, scope: &AppScope) -> Result<String> {
     let org = resolve_org(api, service, scope).await?;
     Ok(format!(
         "/v1/orgs/{org}/apps/{}/services/{service}",

@@ -13,14 +13,6 @@ use crate::{Result, ServiceKey, StoreError};
 pub(super) const COLUMNS: &str =
     "org, app, service, id, region, address, ports, health, updated_at";
 
-fn health_name(health: EndpointHealth) -> &'static str {
-    match health {
-        EndpointHealth::Healthy => "healthy",
-        EndpointHealth::Unhealthy => "unhealthy",
-        EndpointHealth::Draining => "draining",
-    }
-}
-
 fn parse_health(name: &str) -> Result<EndpointHealth> {
     Ok(match name {
         "healthy" => EndpointHealth::Healthy,
@@ -82,7 +74,7 @@ pub(super) async fn put(
     .bind(&input.region)
     .bind(&input.address)
     .bind(&ports)
-    .bind(health_name(input.health))
+    .bind(input.health.as_str())
     .bind(updated_at)
     .execute(&mut *conn)
     .await?;

@@ -1,0 +1,402 @@
+//! The ADS server against a real gRPC client (tonic, envoy-types' generated client) on
+//! loopback: subscriptions, pushes only to subscribers, ACK/NACK, resume, scopes and limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meridian_xds::render::pack;
+use meridian_xds::{AdsServer, Cache, Limits, Update, XdsMetrics, CLUSTER, ENDPOINT, LISTENER};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    cache: Arc<Cache>,
+    registry: Registry,
+    url: String,
+}
+
+async fn start(limits: Limits) -> Server {
+    let cache = Cache::new();
+    let mut registry = Registry::default();
+    let metrics = XdsMetrics::new(&mut registry);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = AdsServer::new(cache.clone(), metrics, limits);
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    Server {
+        cache,
+        registry,
+        url,
+    }
+}
+
+impl Server {
+    fn metric(&self, prefix: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+fn assignment(name: &str, tag: u32) -> envoy_types::pb::google::protobuf::Any {
+    pack(&ClusterLoadAssignment {
+        cluster_name: format!("{name}#{tag}"),
+        ..Default::default()
+    })
+}
+
+fn put(cache: &Cache, type_url: &str, names: &[(&str, u32)]) {
+    let update = Update {
+        put: names
+            .iter()
+            .map(|(n, tag)| (n.to_string(), assignment(n, *tag)))
+            .collect(),
+        remove: Vec::new(),
+    };
+    cache.apply(type_url, update);
+}
+
+fn node(id: &str, org: Option<&str>) -> Node {
+    let mut fields = std::collections::HashMap::new();
+    if let Some(org) = org {
+        fields.insert(
+            "org".to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(org.to_owned())),
+            },
+        );
+    }
+    Node {
+        id: id.to_owned(),
+        metadata: Some(Struct { fields }),
+        ..Default::default()
+    }
+}
+
+/// The tag an assignment was made with, from its cluster name.
+fn tag_of(resource: &envoy_types::pb::google::protobuf::Any) -> String {
+    ClusterLoadAssignment::decode(resource.value.as_slice())
+        .unwrap()
+        .cluster_name
+}
+
+struct Stream<Req, Resp> {
+    tx: mpsc::Sender<Req>,
+    rx: Streaming<Resp>,
+}
+
+impl<Req, Resp> Stream<Req, Resp> {
+    async fn send(&self, request: Req) {
+        self.tx.send(request).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Resp {
+        tokio::time::timeout(WAIT, self.rx.message())
+            .await
+            .expect("a response in time")
+            .expect("the stream is healthy")
+            .expect("the stream is open")
+    }
+}
+
+async fn delta(url: &str) -> Stream<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(url.to_owned())
+        .await
+        .unwrap();
+    let (tx, requests) = mpsc::channel(16);
+    let rx = client
+        .delta_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    Stream { tx, rx }
+}
+
+async fn sotw(url: &str) -> Stream<DiscoveryRequest, DiscoveryResponse> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(url.to_owned())
+        .await
+        .unwrap();
+    let (tx, requests) = mpsc::channel(16);
+    let rx = client
+        .stream_aggregated_resources(ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    Stream { tx, rx }
+}
+
+fn subscribe(node: Option<Node>, type_url: &str, names: &[&str]) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node,
+        type_url: type_url.to_owned(),
+        resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn ack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.to_owned(),
+        response_nonce: nonce.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn delta_pushes_a_change_only_to_the_subscribers_of_that_resource() {
+    let server = start(Limits::default()).await;
+    put(&server.cache, ENDPOINT, &[("a", 1), ("b", 1)]);
+    let mut first = delta(&server.url).await;
+    let mut second = delta(&server.url).await;
+    first
+        .send(subscribe(
+            Some(node("n1", None)),
+            ENDPOINT,
+            &["a", "missing"],
+        ))
+        .await;
+    second
+        .send(subscribe(Some(node("n2", None)), ENDPOINT, &["b"]))
+        .await;
+
+    let response = first.next().await;
+    assert_eq!(response.resources.len(), 1);
+    assert_eq!(response.resources[0].name, "a");
+    assert_eq!(
+        tag_of(response.resources[0].resource.as_ref().unwrap()),
+        "a#1"
+    );
+    assert_eq!(
+        response.removed_resources,
+        ["missing"],
+        "an unknown name is announced gone"
+    );
+    first.send(ack(ENDPOINT, &response.nonce)).await;
+    let response = second.next().await;
+    assert_eq!(response.resources[0].name, "b");
+    second.send(ack(ENDPOINT, &response.nonce)).await;
+
+    // A change to `a` goes to the first stream only: the next thing the second one hears
+    // about is the later change to `b`.
+    put(&server.cache, ENDPOINT, &[("a", 2)]);
+    let response = first.next().await;
+    assert_eq!(response.resources.len(), 1);
+    assert_eq!(
+        tag_of(response.resources[0].resource.as_ref().unwrap()),
+        "a#2"
+    );
+    first.send(ack(ENDPOINT, &response.nonce)).await;
+    put(&server.cache, ENDPOINT, &[("b", 2)]);
+    let response = second.next().await;
+    assert_eq!(response.resources.len(), 1);
+    assert_eq!(
+        tag_of(response.resources[0].resource.as_ref().unwrap()),
+        "b#2"
+    );
+
+    // An identical put is no change; a removal is pushed as such.
+    put(&server.cache, ENDPOINT, &[("a", 2)]);
+    server.cache.apply(
+        ENDPOINT,
+        Update {
+            put: Vec::new(),
+            remove: vec!["a".to_owned()],
+        },
+    );
+    let response = first.next().await;
+    assert!(response.resources.is_empty());
+    assert_eq!(response.removed_resources, ["a"]);
+    assert_eq!(server.metric("meridian_xds_connected_clients"), 2);
+}
+
+#[tokio::test]
+async fn a_nack_is_counted_and_the_next_change_still_arrives() {
+    let server = start(Limits::default()).await;
+    put(&server.cache, ENDPOINT, &[("a", 1)]);
+    let mut stream = delta(&server.url).await;
+    stream
+        .send(subscribe(Some(node("n1", None)), ENDPOINT, &["a"]))
+        .await;
+    let response = stream.next().await;
+    stream
+        .send(DeltaDiscoveryRequest {
+            type_url: ENDPOINT.to_owned(),
+            response_nonce: response.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "endpoint a: bad port".to_owned(),
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        })
+        .await;
+    put(&server.cache, ENDPOINT, &[("a", 2)]);
+    let response = stream.next().await;
+    assert_eq!(
+        tag_of(response.resources[0].resource.as_ref().unwrap()),
+        "a#2"
+    );
+    stream.send(ack(ENDPOINT, &response.nonce)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.metric("meridian_xds_nacks_total") != 1
+        || server.metric("meridian_xds_convergence_seconds_count") != 1
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the NACK and ACK were not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_delta_stream_gets_only_what_it_lacks() {
+    let server = start(Limits::default()).await;
+    put(&server.cache, ENDPOINT, &[("same", 1), ("changed", 1)]);
+    let mut stream = delta(&server.url).await;
+    stream
+        .send(subscribe(
+            Some(node("n1", None)),
+            ENDPOINT,
+            &["same", "changed", "gone"],
+        ))
+        .await;
+    let response = stream.next().await;
+    let versions: std::collections::HashMap<String, String> = response
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    drop(stream);
+
+    put(&server.cache, ENDPOINT, &[("changed", 2)]);
+    let mut resumed = delta(&server.url).await;
+    let mut request = subscribe(
+        Some(node("n1", None)),
+        ENDPOINT,
+        &["same", "changed", "gone"],
+    );
+    request.initial_resource_versions = versions;
+    request
+        .initial_resource_versions
+        .insert("gone".to_owned(), "7".to_owned());
+    resumed.send(request).await;
+    let response = resumed.next().await;
+    let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["changed"],
+        "an unchanged resource is not sent again"
+    );
+    assert_eq!(response.removed_resources, ["gone"]);
+}
+
+#[tokio::test]
+async fn sotw_wildcard_sees_only_the_nodes_org_and_answers_unknown_types_empty() {
+    let server = start(Limits::default()).await;
+    put(
+        &server.cache,
+        LISTENER,
+        &[("acme/api:80", 1), ("acme/web:80", 1), ("globex/api:80", 1)],
+    );
+    let mut stream = sotw(&server.url).await;
+    stream
+        .send(DiscoveryRequest {
+            node: Some(node("grpc-1", Some("acme"))),
+            type_url: LISTENER.to_owned(),
+            ..Default::default()
+        })
+        .await;
+    let response = stream.next().await;
+    let mut tags: Vec<String> = response.resources.iter().map(tag_of).collect();
+    tags.sort();
+    assert_eq!(tags, ["acme/api:80#1", "acme/web:80#1"]);
+    let first_version = response.version_info.clone();
+    stream
+        .send(DiscoveryRequest {
+            type_url: LISTENER.to_owned(),
+            version_info: first_version.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+
+    // Another org's change is invisible; this org's change brings the whole set again.
+    put(&server.cache, LISTENER, &[("globex/api:80", 2)]);
+    put(&server.cache, LISTENER, &[("acme/web:80", 2)]);
+    let response = stream.next().await;
+    let mut tags: Vec<String> = response.resources.iter().map(tag_of).collect();
+    tags.sort();
+    assert_eq!(tags, ["acme/api:80#1", "acme/web:80#2"]);
+    assert_ne!(response.version_info, first_version);
+
+    stream
+        .send(DiscoveryRequest {
+            type_url: "type.googleapis.com/example.Unknown".to_owned(),
+            resource_names: vec!["x".to_owned()],
+            ..Default::default()
+        })
+        .await;
+    let response = stream.next().await;
+    assert_eq!(response.type_url, "type.googleapis.com/example.Unknown");
+    assert!(response.resources.is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_sotw_nonce_is_ignored_and_too_many_names_close_the_stream() {
+    let server = start(Limits {
+        max_names_per_type: 3,
+        ..Limits::default()
+    })
+    .await;
+    put(&server.cache, CLUSTER, &[("c1", 1)]);
+    let mut stream = sotw(&server.url).await;
+    stream
+        .send(DiscoveryRequest {
+            node: Some(node("n", None)),
+            type_url: CLUSTER.to_owned(),
+            resource_names: vec!["c1".to_owned()],
+            ..Default::default()
+        })
+        .await;
+    let first = stream.next().await;
+    // A request answering a nonce the server never sent asks for nothing.
+    stream
+        .send(DiscoveryRequest {
+            type_url: CLUSTER.to_owned(),
+            resource_names: vec!["c1".to_owned(), "c2".to_owned()],
+            response_nonce: "not-a-nonce".to_owned(),
+            ..Default::default()
+        })
+        .await;
+    stream
+        .send(DiscoveryRequest {
+            type_url: CLUSTER.to_owned(),
+            resource_names: (0..4).map(|i| format!("c{i}")).collect(),
+            response_nonce: first.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    let status = tokio::time::timeout(WAIT, stream.rx.message())
+        .await
+        .expect("an answer in time")
+        .expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(status.message().contains("resource_names"), "{status:?}");
+}
