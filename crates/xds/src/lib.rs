@@ -19,7 +19,7 @@ mod stream;
 
 pub use cache::{Cache, Dirty, Subscriber, Update, Versioned};
 pub use metrics::XdsMetrics;
-pub use node::Scope;
+pub use node::{tenant_namespace, Scope, PROXY_NAMESPACE};
 pub use server::{AdsServer, Limits};
 
 /// Type URL of a Listener.

@@ -3,10 +3,18 @@
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 
-/// The part of the cache a node sees. A node whose metadata names an `org` sees only that org's
-/// resources, under names relative to it (cache name `acme/api.shop.internal:8080` is
-/// `api.shop.internal:8080` to a node of org `acme`); other nodes (Meridian's own proxies) see
-/// cache names as they are.
+/// The namespace of the resources rendered for Meridian's proxies.
+pub const PROXY_NAMESPACE: &str = "proxy/";
+
+/// The namespace of the resources rendered for `org`'s proxyless gRPC clients.
+pub fn tenant_namespace(org: &str) -> String {
+    format!("grpc/{org}/")
+}
+
+/// The part of the cache a node sees. Cache names start with a namespace: a node whose metadata
+/// names an `org` (a proxyless gRPC client of a tenant) sees only `grpc/<org>/…`, under names
+/// relative to it (cache name `grpc/acme/api.shop.internal:8080` is `api.shop.internal:8080` to
+/// a node of org `acme`); other nodes (Meridian's own proxies) see `proxy/…` the same way.
 ///
 /// Until workload identities exist, the org is what the node declares; the identity issue ties
 /// it to the node's certificate.
@@ -32,8 +40,7 @@ impl Scope {
         };
         Scope {
             prefix: string("org")
-                .map(|org| format!("{org}/"))
-                .unwrap_or_default(),
+                .map_or_else(|| PROXY_NAMESPACE.to_owned(), |org| tenant_namespace(&org)),
             role: string("role").unwrap_or_else(|| "unknown".to_owned()),
             node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
         }

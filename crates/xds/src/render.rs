@@ -70,7 +70,7 @@ pub fn service(deployment: &RegionalDeployment, endpoints: &[&Endpoint]) -> Rend
     let mut rendered = Rendered::default();
     for port in &deployment.spec.ports {
         let name = internal_name(deployment, port.port);
-        let cache_name = format!("{}/{name}", deployment.org);
+        let cache_name = format!("{}{name}", crate::tenant_namespace(&deployment.org));
         rendered
             .resources
             .push((LISTENER, cache_name.clone(), pack(&listener(&name))));

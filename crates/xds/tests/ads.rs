@@ -161,7 +161,7 @@ fn ack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
 #[tokio::test]
 async fn delta_pushes_a_change_only_to_the_subscribers_of_that_resource() {
     let server = start(Limits::default()).await;
-    put(&server.cache, ENDPOINT, &[("a", 1), ("b", 1)]);
+    put(&server.cache, ENDPOINT, &[("proxy/a", 1), ("proxy/b", 1)]);
     let mut first = delta(&server.url).await;
     let mut second = delta(&server.url).await;
     first
@@ -180,7 +180,7 @@ async fn delta_pushes_a_change_only_to_the_subscribers_of_that_resource() {
     assert_eq!(response.resources[0].name, "a");
     assert_eq!(
         tag_of(response.resources[0].resource.as_ref().unwrap()),
-        "a#1"
+        "proxy/a#1"
     );
     assert_eq!(
         response.removed_resources,
@@ -194,29 +194,29 @@ async fn delta_pushes_a_change_only_to_the_subscribers_of_that_resource() {
 
     // A change to `a` goes to the first stream only: the next thing the second one hears
     // about is the later change to `b`.
-    put(&server.cache, ENDPOINT, &[("a", 2)]);
+    put(&server.cache, ENDPOINT, &[("proxy/a", 2)]);
     let response = first.next().await;
     assert_eq!(response.resources.len(), 1);
     assert_eq!(
         tag_of(response.resources[0].resource.as_ref().unwrap()),
-        "a#2"
+        "proxy/a#2"
     );
     first.send(ack(ENDPOINT, &response.nonce)).await;
-    put(&server.cache, ENDPOINT, &[("b", 2)]);
+    put(&server.cache, ENDPOINT, &[("proxy/b", 2)]);
     let response = second.next().await;
     assert_eq!(response.resources.len(), 1);
     assert_eq!(
         tag_of(response.resources[0].resource.as_ref().unwrap()),
-        "b#2"
+        "proxy/b#2"
     );
 
     // An identical put is no change; a removal is pushed as such.
-    put(&server.cache, ENDPOINT, &[("a", 2)]);
+    put(&server.cache, ENDPOINT, &[("proxy/a", 2)]);
     server.cache.apply(
         ENDPOINT,
         Update {
             put: Vec::new(),
-            remove: vec!["a".to_owned()],
+            remove: vec!["proxy/a".to_owned()],
         },
     );
     let response = first.next().await;
@@ -228,7 +228,7 @@ async fn delta_pushes_a_change_only_to_the_subscribers_of_that_resource() {
 #[tokio::test]
 async fn a_nack_is_counted_and_the_next_change_still_arrives() {
     let server = start(Limits::default()).await;
-    put(&server.cache, ENDPOINT, &[("a", 1)]);
+    put(&server.cache, ENDPOINT, &[("proxy/a", 1)]);
     let mut stream = delta(&server.url).await;
     stream
         .send(subscribe(Some(node("n1", None)), ENDPOINT, &["a"]))
@@ -246,11 +246,11 @@ async fn a_nack_is_counted_and_the_next_change_still_arrives() {
             ..Default::default()
         })
         .await;
-    put(&server.cache, ENDPOINT, &[("a", 2)]);
+    put(&server.cache, ENDPOINT, &[("proxy/a", 2)]);
     let response = stream.next().await;
     assert_eq!(
         tag_of(response.resources[0].resource.as_ref().unwrap()),
-        "a#2"
+        "proxy/a#2"
     );
     stream.send(ack(ENDPOINT, &response.nonce)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -268,7 +268,11 @@ async fn a_nack_is_counted_and_the_next_change_still_arrives() {
 #[tokio::test]
 async fn a_resumed_delta_stream_gets_only_what_it_lacks() {
     let server = start(Limits::default()).await;
-    put(&server.cache, ENDPOINT, &[("same", 1), ("changed", 1)]);
+    put(
+        &server.cache,
+        ENDPOINT,
+        &[("proxy/same", 1), ("proxy/changed", 1)],
+    );
     let mut stream = delta(&server.url).await;
     stream
         .send(subscribe(
@@ -285,7 +289,7 @@ async fn a_resumed_delta_stream_gets_only_what_it_lacks() {
         .collect();
     drop(stream);
 
-    put(&server.cache, ENDPOINT, &[("changed", 2)]);
+    put(&server.cache, ENDPOINT, &[("proxy/changed", 2)]);
     let mut resumed = delta(&server.url).await;
     let mut request = subscribe(
         Some(node("n1", None)),
@@ -313,7 +317,11 @@ async fn sotw_wildcard_sees_only_the_nodes_org_and_answers_unknown_types_empty()
     put(
         &server.cache,
         LISTENER,
-        &[("acme/api:80", 1), ("acme/web:80", 1), ("globex/api:80", 1)],
+        &[
+            ("grpc/acme/api:80", 1),
+            ("grpc/acme/web:80", 1),
+            ("grpc/globex/api:80", 1),
+        ],
     );
     let mut stream = sotw(&server.url).await;
     stream
@@ -326,7 +334,7 @@ async fn sotw_wildcard_sees_only_the_nodes_org_and_answers_unknown_types_empty()
     let response = stream.next().await;
     let mut tags: Vec<String> = response.resources.iter().map(tag_of).collect();
     tags.sort();
-    assert_eq!(tags, ["acme/api:80#1", "acme/web:80#1"]);
+    assert_eq!(tags, ["grpc/acme/api:80#1", "grpc/acme/web:80#1"]);
     let first_version = response.version_info.clone();
     stream
         .send(DiscoveryRequest {
@@ -338,12 +346,12 @@ async fn sotw_wildcard_sees_only_the_nodes_org_and_answers_unknown_types_empty()
         .await;
 
     // Another org's change is invisible; this org's change brings the whole set again.
-    put(&server.cache, LISTENER, &[("globex/api:80", 2)]);
-    put(&server.cache, LISTENER, &[("acme/web:80", 2)]);
+    put(&server.cache, LISTENER, &[("grpc/globex/api:80", 2)]);
+    put(&server.cache, LISTENER, &[("grpc/acme/web:80", 2)]);
     let response = stream.next().await;
     let mut tags: Vec<String> = response.resources.iter().map(tag_of).collect();
     tags.sort();
-    assert_eq!(tags, ["acme/api:80#1", "acme/web:80#2"]);
+    assert_eq!(tags, ["grpc/acme/api:80#1", "grpc/acme/web:80#2"]);
     assert_ne!(response.version_info, first_version);
 
     stream
@@ -365,7 +373,7 @@ async fn a_stale_sotw_nonce_is_ignored_and_too_many_names_close_the_stream() {
         ..Limits::default()
     })
     .await;
-    put(&server.cache, CLUSTER, &[("c1", 1)]);
+    put(&server.cache, CLUSTER, &[("proxy/c1", 1)]);
     let mut stream = sotw(&server.url).await;
     stream
         .send(DiscoveryRequest {
