@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use meridian_model::{Endpoint, RegionalDeployment};
-use meridian_xds::{render, Cache, Update};
+use std::net::SocketAddr;
+
+use meridian_xds::{render, Cache, Update, LISTENER, PROXY_NAMESPACE, ROUTE};
 
 /// Identifies a service: org, app and name.
 pub type ServiceId = (String, String, String);
@@ -20,14 +22,41 @@ pub struct RegionState {
 }
 
 impl RegionState {
-    /// An empty state for `region`, rendering into `cache`.
-    pub fn new(region: &str, cache: Arc<Cache>) -> RegionState {
-        RegionState {
+    /// An empty state for `region`, rendering into `cache`; with `gateway`, the region's
+    /// gateway listens there.
+    pub fn new(region: &str, cache: Arc<Cache>, gateway: Option<SocketAddr>) -> RegionState {
+        let gateway_name = format!("{PROXY_NAMESPACE}{}", render::GATEWAY);
+        if let Some(address) = gateway {
+            let listener = (gateway_name.clone(), render::gateway_listener(address));
+            cache.apply(
+                LISTENER,
+                Update {
+                    put: vec![listener],
+                    remove: Vec::new(),
+                },
+            );
+        }
+        let state = RegionState {
             region: region.to_owned(),
             cache,
             deployments: BTreeMap::new(),
             rendered: HashMap::new(),
-        }
+        };
+        state.render_gateway_routes();
+        state
+    }
+
+    /// Re-renders the gateway's routes from every deployment (unchanged content is no change).
+    fn render_gateway_routes(&self) {
+        let name = format!("{PROXY_NAMESPACE}{}", render::GATEWAY);
+        let routes = render::gateway_routes(self.deployments.values());
+        self.cache.apply(
+            ROUTE,
+            Update {
+                put: vec![(name, routes)],
+                remove: Vec::new(),
+            },
+        );
     }
 
     /// The region this state is for.
@@ -113,6 +142,7 @@ impl RegionState {
                 self.cache.apply(type_url, update);
             }
         }
+        let spec_changed = self.deployments.get(&id) != deployment.as_ref();
         match deployment {
             Some(deployment) => {
                 self.deployments.insert(id.clone(), deployment);
@@ -122,6 +152,9 @@ impl RegionState {
                 self.deployments.remove(&id);
                 self.rendered.remove(&id);
             }
+        }
+        if spec_changed {
+            self.render_gateway_routes();
         }
     }
 }

@@ -6,9 +6,11 @@
 //! tracking and metrics, and renders a region's services and endpoints into standard Listener,
 //! RouteConfiguration, Cluster and ClusterLoadAssignment resources ([`render`]). It knows nothing
 //! of stores or HTTP APIs: whoever owns the state feeds the cache; an update wakes only the
-//! streams subscribed to what changed.
+//! streams subscribed to what changed. Its delta client ([`run_delta_client`]) is what
+//! Meridian's proxies and agents subscribe with.
 
 mod cache;
+mod client;
 mod delta;
 mod metrics;
 mod node;
@@ -18,6 +20,7 @@ mod sotw;
 mod stream;
 
 pub use cache::{Cache, Dirty, Subscriber, Update, Versioned};
+pub use client::{run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources};
 pub use metrics::XdsMetrics;
 pub use node::{tenant_namespace, Scope, PROXY_NAMESPACE};
 pub use server::{AdsServer, Limits};

@@ -8,8 +8,14 @@
 //! - a Cluster of type EDS with round robin, whose endpoints come from
 //! - a ClusterLoadAssignment with the region's endpoints, their locality and health.
 //!
-//! Rendering is a pure function of one service's regional deployment and endpoints, so a change
-//! re-renders only the service it touches.
+//! For Meridian's proxies (namespace `proxy/`), each port of each service is a Cluster
+//! `<org>/<app>/<service>:<port name>` (EDS, least request, outlier detection) with its
+//! ClusterLoadAssignment, and a region's gateway gets a Listener `gateway` on its address whose
+//! RouteConfiguration `gateway` routes each service's public domains and path prefixes to those
+//! clusters.
+//!
+//! Rendering is a pure function of one service's regional deployment and endpoints (and, for the
+//! gateway routes, of the region's deployments), so a change re-renders only what it touches.
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
@@ -40,7 +46,17 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
-use meridian_model::{Endpoint, EndpointHealth, RegionalDeployment};
+use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
+use meridian_model::{Endpoint, EndpointHealth, Protocol, RegionalDeployment};
+use std::net::SocketAddr;
 
 use crate::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
@@ -86,7 +102,148 @@ pub fn service(deployment: &RegionalDeployment, endpoints: &[&Endpoint]) -> Rend
             .resources
             .push((ENDPOINT, cache_name, pack(&assignment)));
     }
+    for port in &deployment.spec.ports {
+        let name = proxy_cluster_name(deployment, &port.name);
+        let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
+        let cluster = proxy_cluster(&name, port.protocol == Protocol::Http2);
+        rendered
+            .resources
+            .push((CLUSTER, cache_name.clone(), pack(&cluster)));
+        let assignment =
+            load_assignment(&name, &deployment.region, &port.name, port.port, endpoints);
+        rendered
+            .resources
+            .push((ENDPOINT, cache_name, pack(&assignment)));
+    }
     rendered
+}
+
+/// The name of a service port's cluster for Meridian's proxies: `<org>/<app>/<service>:<port>`.
+pub fn proxy_cluster_name(deployment: &RegionalDeployment, port_name: &str) -> String {
+    format!(
+        "{}/{}/{}:{port_name}",
+        deployment.org, deployment.app, deployment.service
+    )
+}
+
+/// The name of the gateway's Listener and RouteConfiguration.
+pub const GATEWAY: &str = "gateway";
+
+/// The gateway's Listener: HTTP (HTTP/1.1 and h2c) on `address`, routes from RDS `gateway`.
+pub fn gateway_listener(address: SocketAddr) -> Any {
+    let manager = http_connection_manager(GATEWAY);
+    pack(&Listener {
+        name: GATEWAY.to_owned(),
+        address: Some(socket_address(
+            &address.ip().to_string(),
+            u32::from(address.port()),
+        )),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(FilterConfig::TypedConfig(pack(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+/// The gateway's RouteConfiguration: one virtual host per service with public domains and
+/// routes, each path prefix (longest first) to the cluster of its port. A domain claimed by an
+/// earlier service (in `deployments` order) is not given to a later one.
+pub fn gateway_routes<'a>(deployments: impl IntoIterator<Item = &'a RegionalDeployment>) -> Any {
+    let mut claimed = std::collections::HashSet::new();
+    let mut virtual_hosts = Vec::new();
+    for deployment in deployments {
+        let spec = &deployment.spec;
+        let domains: Vec<String> = spec
+            .domains
+            .iter()
+            .filter(|d| claimed.insert(d.to_string()))
+            .cloned()
+            .collect();
+        if domains.is_empty() || spec.routes.is_empty() {
+            continue;
+        }
+        let mut routes: Vec<&meridian_model::Route> = spec.routes.iter().collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        virtual_hosts.push(VirtualHost {
+            name: format!(
+                "{}/{}/{}",
+                deployment.org, deployment.app, deployment.service
+            ),
+            domains,
+            routes: routes
+                .into_iter()
+                .map(|r| prefix_route(&r.path_prefix, proxy_cluster_name(deployment, &r.port)))
+                .collect(),
+            ..Default::default()
+        });
+    }
+    pack(&RouteConfiguration {
+        name: GATEWAY.to_owned(),
+        virtual_hosts,
+        ..Default::default()
+    })
+}
+
+fn prefix_route(prefix: &str, cluster: String) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix(prefix.to_owned())),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn proxy_cluster(name: &str, http2: bool) -> Cluster {
+    Cluster {
+        lb_policy: LbPolicy::LeastRequest as i32,
+        outlier_detection: Some(OutlierDetection {
+            consecutive_gateway_failure: Some(UInt32Value { value: 5 }),
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: if http2 {
+            http2_options()
+        } else {
+            Default::default()
+        },
+        ..cluster(name)
+    }
+}
+
+/// The key of a cluster's upstream HTTP protocol options.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Protocol options that make a cluster speak HTTP/2 (prior knowledge) to its endpoints.
+fn http2_options() -> std::collections::HashMap<String, Any> {
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    std::collections::HashMap::from([(HTTP_PROTOCOL_OPTIONS.to_owned(), pack(&options))])
+}
+
+fn socket_address(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
 }
 
 fn ads() -> ConfigSource {
@@ -97,8 +254,8 @@ fn ads() -> ConfigSource {
     }
 }
 
-fn listener(name: &str) -> Listener {
-    let manager = HttpConnectionManager {
+fn http_connection_manager(name: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix: name.to_owned(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads()),
@@ -110,7 +267,11 @@ fn listener(name: &str) -> Listener {
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+fn listener(name: &str) -> Listener {
+    let manager = http_connection_manager(name);
     Listener {
         name: name.to_owned(),
         api_listener: Some(ApiListener {
@@ -127,17 +288,7 @@ fn route(name: &str, deployment: &RegionalDeployment) -> RouteConfiguration {
         virtual_hosts: vec![VirtualHost {
             name: name.to_owned(),
             domains: vec![name.to_owned(), host],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(PathSpecifier::Prefix(String::new())),
-                    ..Default::default()
-                }),
-                action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(name.to_owned())),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+            routes: vec![prefix_route("", name.to_owned())],
             ..Default::default()
         }],
         ..Default::default()
@@ -186,13 +337,7 @@ fn load_assignment(
                 .unwrap_or(default_port);
             LbEndpoint {
                 host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
-                    address: Some(Address {
-                        address: Some(AddressKind::SocketAddress(SocketAddress {
-                            address: endpoint.address.clone(),
-                            port_specifier: Some(PortSpecifier::PortValue(port)),
-                            ..Default::default()
-                        })),
-                    }),
+                    address: Some(socket_address(&endpoint.address, port)),
                     ..Default::default()
                 })),
                 health_status: health_status(endpoint.health) as i32,

@@ -37,6 +37,10 @@ pub struct ControlArgs {
     /// Address for the admin port with /healthz, /readyz and /metrics (region only).
     #[arg(long, default_value = "127.0.0.1:9902")]
     admin: SocketAddr,
+    /// Where the region's gateway proxies listen: rendered into their `gateway` Listener
+    /// (region only; without it gateways get routes and clusters but no listener).
+    #[arg(long, value_name = "ADDRESS")]
+    gateway: Option<SocketAddr>,
 }
 
 /// Runs the chosen control plane until Ctrl-C or SIGTERM.
@@ -58,7 +62,11 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     let cache = Cache::new();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = XdsMetrics::new(&mut registry);
-    let state = Arc::new(Mutex::new(RegionState::new(&region, cache.clone())));
+    let state = Arc::new(Mutex::new(RegionState::new(
+        &region,
+        cache.clone(),
+        args.gateway,
+    )));
     let (synced, synced_rx) = tokio::sync::watch::channel(false);
     let xds = tokio::net::TcpListener::bind(args.xds)
         .await

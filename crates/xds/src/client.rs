@@ -1,0 +1,257 @@
+//! A delta-ADS client: holds the resources it accepted, hands each response to a [`Handler`]
+//! that accepts (ACK) or rejects (NACK, with the reason) it as a whole, follows the interests the
+//! handler derives (e.g. routes named by listeners), and reconnects with backoff, resuming with
+//! the versions it holds so that the server sends only what changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tokio::sync::mpsc;
+
+/// One accepted resource.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// Its version, as the server named it.
+    pub version: String,
+    /// Its body.
+    pub resource: Arc<Any>,
+}
+
+/// Resources held, by type URL, then name. A type is present once a response for it arrived
+/// (even an empty one).
+pub type Resources = BTreeMap<String, BTreeMap<String, Held>>;
+
+/// What a client subscribes to for one type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    /// Every resource of the type the server has for this node.
+    Wildcard,
+    /// These names.
+    Names(BTreeSet<String>),
+}
+
+/// Interests by type URL.
+pub type Interests = BTreeMap<String, Interest>;
+
+/// What the client does with resources.
+pub trait Handler: Send {
+    /// The interests to start with.
+    fn initial_interests(&self) -> Interests;
+    /// Accepts `resources` (what is held, with one response for `type_url` applied) and returns
+    /// the interests from now on; or rejects it with a reason, and the client keeps what it held.
+    fn accept(
+        &mut self,
+        resources: &Resources,
+        type_url: &str,
+    ) -> impl Future<Output = Result<Interests, String>> + Send;
+}
+
+/// Where and as whom a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The server, e.g. `http://127.0.0.1:18000`.
+    pub url: String,
+    /// The node this client is.
+    pub node: Node,
+    /// First and longest wait between reconnection attempts.
+    pub backoff: (Duration, Duration),
+}
+
+/// Largest response accepted, in bytes.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Why a session with the server ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("the stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the stream was closed")]
+    Closed,
+}
+
+/// Runs the client until the task is dropped: connects, resumes, and reconnects after failures.
+pub async fn run_delta_client<H: Handler>(options: ClientOptions, mut handler: H) {
+    let mut held = Resources::new();
+    let mut interests = handler.initial_interests();
+    let mut backoff = options.backoff.0;
+    loop {
+        let started = Instant::now();
+        let result = session(&options, &mut handler, &mut held, &mut interests).await;
+        // A session that lasted a while was healthy: start the backoff over.
+        if started.elapsed() > options.backoff.1 {
+            backoff = options.backoff.0;
+        }
+        let wait = backoff.mul_f64(0.5 + fastrand::f64());
+        match result {
+            Err(SessionError::Closed) => {
+                tracing::info!(server = %options.url, retry_in = ?wait, "xDS stream closed by the server")
+            }
+            Err(e) => tracing::warn!(server = %options.url, error = %e, retry_in = ?wait,
+                "xDS connection lost; keeping the last accepted configuration"),
+            Ok(()) => {}
+        }
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(options.backoff.1);
+    }
+}
+
+fn subscribe(
+    type_url: &str,
+    interest: &Interest,
+    held: Option<&BTreeMap<String, Held>>,
+) -> DeltaDiscoveryRequest {
+    let names = match interest {
+        Interest::Wildcard => vec!["*".to_owned()],
+        Interest::Names(names) => names.iter().cloned().collect(),
+    };
+    DeltaDiscoveryRequest {
+        type_url: type_url.to_owned(),
+        resource_names_subscribe: names,
+        initial_resource_versions: held
+            .into_iter()
+            .flatten()
+            .map(|(name, h)| (name.clone(), h.version.clone()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The requests that move the subscriptions from `old` to `new`, dropping from `held` what is no
+/// longer subscribed.
+fn changes(old: &Interests, new: &Interests, held: &mut Resources) -> Vec<DeltaDiscoveryRequest> {
+    let mut requests = Vec::new();
+    for (type_url, want) in new {
+        let before = old.get(type_url);
+        if before == Some(want) {
+            continue;
+        }
+        let (subscribe, unsubscribe): (Vec<String>, Vec<String>) = match (before, want) {
+            (Some(Interest::Names(was)), Interest::Names(now)) => (
+                now.difference(was).cloned().collect(),
+                was.difference(now).cloned().collect(),
+            ),
+            (Some(Interest::Wildcard), Interest::Names(now)) => {
+                (now.iter().cloned().collect(), vec!["*".to_owned()])
+            }
+            (_, Interest::Wildcard) => (vec!["*".to_owned()], Vec::new()),
+            (None, Interest::Names(now)) => (now.iter().cloned().collect(), Vec::new()),
+        };
+        if let (Interest::Names(now), Some(resources)) = (want, held.get_mut(type_url)) {
+            resources.retain(|name, _| now.contains(name));
+        }
+        requests.push(DeltaDiscoveryRequest {
+            type_url: type_url.clone(),
+            resource_names_subscribe: subscribe,
+            resource_names_unsubscribe: unsubscribe,
+            ..Default::default()
+        });
+    }
+    requests
+}
+
+/// Applies a response to a copy of `held`.
+fn candidate(held: &Resources, response: &DeltaDiscoveryResponse) -> Result<Resources, String> {
+    let mut candidate = held.clone();
+    let resources = candidate.entry(response.type_url.clone()).or_default();
+    for resource in &response.resources {
+        let Some(body) = &resource.resource else {
+            return Err(format!("resource `{}` has no body", resource.name));
+        };
+        if body.type_url != response.type_url {
+            return Err(format!(
+                "resource `{}` is a {}, not a {}",
+                resource.name, body.type_url, response.type_url
+            ));
+        }
+        resources.insert(
+            resource.name.clone(),
+            Held {
+                version: resource.version.clone(),
+                resource: Arc::new(body.clone()),
+            },
+        );
+    }
+    for name in &response.removed_resources {
+        resources.remove(name);
+    }
+    Ok(candidate)
+}
+
+async fn session<H: Handler>(
+    options: &ClientOptions,
+    handler: &mut H,
+    held: &mut Resources,
+    interests: &mut Interests,
+) -> Result<(), SessionError> {
+    let channel = tonic::transport::Endpoint::from_shared(options.url.clone())
+        .map_err(SessionError::Connect)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let (tx, rx) = mpsc::unbounded_channel();
+    for (i, (type_url, interest)) in interests.iter().enumerate() {
+        let mut request = subscribe(type_url, interest, held.get(type_url));
+        if i == 0 {
+            request.node = Some(options.node.clone());
+        }
+        let _ = tx.send(request);
+    }
+    let requests = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+    let mut responses = client
+        .delta_aggregated_resources(requests)
+        .await?
+        .into_inner();
+    tracing::info!(server = %options.url, resumed = held.values().map(|r| r.len()).sum::<usize>(),
+        "xDS stream open");
+    loop {
+        let Some(response) = responses.message().await? else {
+            return Err(SessionError::Closed);
+        };
+        let verdict = match candidate(held, &response) {
+            Ok(candidate) => match handler.accept(&candidate, &response.type_url).await {
+                Ok(new_interests) => Ok((candidate, new_interests)),
+                Err(reason) => Err(reason),
+            },
+            Err(reason) => Err(reason),
+        };
+        let mut ack = DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        };
+        match verdict {
+            Ok((candidate, new_interests)) => {
+                *held = candidate;
+                let _ = tx.send(ack);
+                for request in changes(interests, &new_interests, held) {
+                    let _ = tx.send(request);
+                }
+                *interests = new_interests;
+            }
+            Err(reason) => {
+                tracing::warn!(type_url = %response.type_url, nonce = %response.nonce, %reason,
+                    "rejected an xDS update (NACK); keeping the last accepted configuration");
+                ack.error_detail = Some(RpcStatus {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: reason,
+                    details: Vec::new(),
+                });
+                let _ = tx.send(ack);
+            }
+        }
+    }
+}
