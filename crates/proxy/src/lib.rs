@@ -2,8 +2,9 @@
 //! configuration (listeners, routes, clusters) can be swapped at run time without dropping
 //! requests or connections.
 //!
-//! It becomes the edge, the regional gateway and the node proxy. Today a config file drives it
-//! (`meridian proxy --config`); the xDS client will feed the same [`ProxyConfig`]. The request
+//! It becomes the edge, the regional gateway and the node proxy. A config file
+//! (`meridian proxy --config`) or an xDS control plane (`meridian proxy --xds`, [`run_xds`])
+//! drives it; both produce the same [`ProxyConfig`], validated and applied the same way. The request
 //! path must not allocate or lock what it need not: route tables are swapped with `arc-swap`, and
 //! metric handles are made when a config is compiled. Nothing a client sends may panic it.
 
@@ -20,6 +21,7 @@ mod routing;
 mod server;
 mod tls;
 mod upstream;
+mod xds;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -36,7 +38,8 @@ pub use config::{
     UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
-pub use reload::{run, RunOptions};
+pub use reload::{run, RunError, RunOptions};
+pub use xds::{run_xds, XdsOptions};
 
 use crate::cluster::Cluster;
 use crate::metrics::ProxyMetrics;

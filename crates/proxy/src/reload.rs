@@ -69,21 +69,15 @@ async fn load(proxy: &Proxy, path: &PathBuf) -> Result<String, RunError> {
     Ok(text)
 }
 
-/// Runs the proxy from `options.config` until `shutdown` resolves. Prints the admin address and
-/// each listener's bound address on standard output once serving.
-pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let proxy = Arc::new(Proxy::default());
-    let mut applied = load(&proxy, &options.config).await?;
-    let admin = tokio::net::TcpListener::bind(options.admin)
+/// Serves the admin port of `proxy` on `address` in a task of its own; prints its address and
+/// each listener's bound address on standard output.
+pub(crate) async fn serve_admin(proxy: &Arc<Proxy>, address: SocketAddr) -> Result<(), RunError> {
+    let admin = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|source| RunError::Admin {
-            address: options.admin,
-            source,
-        })?;
-    let admin_address = admin.local_addr().map_err(|source| RunError::Admin {
-        address: options.admin,
-        source,
-    })?;
+        .map_err(|source| RunError::Admin { address, source })?;
+    let admin_address = admin
+        .local_addr()
+        .map_err(|source| RunError::Admin { address, source })?;
     let router = crate::admin::router(proxy.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(admin, router).await {
@@ -94,15 +88,41 @@ pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Res
     for (name, address) in proxy.listeners().await {
         println!("listener {name} on {address}");
     }
+    Ok(())
+}
+
+/// Waits for `shutdown`, then drains `proxy`'s connections.
+pub(crate) async fn serve_until(
+    proxy: &Proxy,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    shutdown.await;
+    drain(proxy).await;
+    Ok(())
+}
+
+async fn drain(proxy: &Proxy) {
+    let timeout = proxy.limits().drain_timeout.0;
+    println!(
+        "draining connections (up to {})",
+        humantime::format_duration(timeout)
+    );
+    let left = proxy.drain(timeout).await;
+    println!("stopped ({left} connections cut off)");
+}
+
+/// Runs the proxy from `options.config` until `shutdown` resolves. Prints the admin address and
+/// each listener's bound address on standard output once serving.
+pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let proxy = Arc::new(Proxy::default());
+    let mut applied = load(&proxy, &options.config).await?;
+    serve_admin(&proxy, options.admin).await?;
     let mut hangup = signal(SignalKind::hangup()).ok();
     tokio::pin!(shutdown);
     loop {
         let forced = tokio::select! {
             _ = &mut shutdown => {
-                let timeout = proxy.limits().drain_timeout.0;
-                println!("draining connections (up to {})", humantime::format_duration(timeout));
-                let left = proxy.drain(timeout).await;
-                println!("stopped ({left} connections cut off)");
+                drain(&proxy).await;
                 return Ok(());
             }
             _ = tokio::time::sleep(POLL_INTERVAL) => false,

@@ -1,4 +1,4 @@
-//! `meridian proxy`: the data plane, driven by a config file.
+//! `meridian proxy`: the data plane, driven by a config file or by an xDS control plane.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,10 +8,27 @@ use clap::Args;
 
 /// Options of `meridian proxy`.
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["config", "xds"])))]
 pub struct ProxyArgs {
     /// The config file (YAML or JSON; see docs/proxy-config.md). Edits, or SIGHUP, reload it.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Follow this xDS control plane (delta ADS over gRPC), e.g. http://127.0.0.1:18000.
+    #[arg(long, value_name = "URL")]
+    xds: Option<String>,
+    /// The node id this proxy gives the control plane (xDS only).
+    #[arg(long, default_value = "meridian-proxy")]
+    node_id: String,
+    /// The role this proxy plays: gateway, node-proxy or edge (xDS only).
+    #[arg(long, default_value = "gateway", value_parser = ["gateway", "node-proxy", "edge"])]
+    role: String,
+    /// The region this proxy runs in (xDS only; sent as the node's locality).
+    #[arg(long)]
+    region: Option<String>,
+    /// Where the last configuration accepted over xDS is kept; a proxy that starts while its
+    /// control plane is unreachable serves that copy (xDS only).
+    #[arg(long, default_value = "./proxy-state")]
+    state_dir: PathBuf,
     /// Address of the admin port (/metrics, /config, /listeners, /healthz); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
@@ -19,10 +36,27 @@ pub struct ProxyArgs {
 
 /// Runs the proxy until Ctrl-C or SIGTERM.
 pub async fn run(args: ProxyArgs) -> Result<()> {
-    let options = meridian_proxy::RunOptions {
-        config: args.config,
-        admin: args.admin,
-    };
-    meridian_proxy::run(options, super::control::shutdown_signal()).await?;
+    let shutdown = super::control::shutdown_signal();
+    match (args.config, args.xds) {
+        (Some(config), _) => {
+            let options = meridian_proxy::RunOptions {
+                config,
+                admin: args.admin,
+            };
+            meridian_proxy::run(options, shutdown).await?;
+        }
+        (None, Some(server)) => {
+            let options = meridian_proxy::XdsOptions {
+                server,
+                node_id: args.node_id,
+                role: args.role,
+                region: args.region,
+                state_dir: args.state_dir,
+                admin: args.admin,
+            };
+            meridian_proxy::run_xds(options, shutdown).await?;
+        }
+        (None, None) => anyhow::bail!("pass --config FILE or --xds URL"),
+    }
     Ok(())
 }
