@@ -10,11 +10,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{repo_root, spawn_with_lines, strict, wait_for_line, Cli, ControlPlane, MERIDIAN};
+use support::{
+    repo_root, spawn_with_lines, strict, wait_for_line, Cli, ControlPlane, Killed, RegionalPlane,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -26,50 +28,6 @@ regions: [fra]
 runtime: {process: {command: /bin/true}}
 ports: [{name: grpc, port: 8080, protocol: http2}]
 ";
-
-/// A child process killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `meridian control --region R` following a global control plane.
-struct RegionalPlane {
-    _child: Killed,
-    xds: String,
-}
-
-impl RegionalPlane {
-    fn start(api: &str, token: &str, region: &str) -> RegionalPlane {
-        let (child, lines) = spawn_with_lines(
-            Command::new(MERIDIAN)
-                .args(["control", "--region", region, "--xds", "127.0.0.1:0"])
-                .args(["--admin", "127.0.0.1:0", "--api", api])
-                .env("MERIDIAN_TOKEN", token)
-                .env("MERIDIAN_LOG", "warn"),
-        );
-        let line = wait_for_line(
-            &lines,
-            DEADLINE,
-            "the regional control plane's address",
-            |l| l.contains("serving xDS on "),
-        );
-        let xds = line
-            .split("serving xDS on ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .expect("an xDS address")
-            .to_owned();
-        RegionalPlane {
-            _child: Killed(child),
-            xds,
-        }
-    }
-}
 
 /// gRPC servers answering their name, one port each.
 struct GrpcServers {
@@ -165,7 +123,7 @@ fn endpoints_reach_the_client_and_changes_move_its_traffic(client: Command) {
     let definition = dir.path().join("api.yaml");
     std::fs::write(&definition, DEFINITION).unwrap();
     cli.ok(&["deploy", "-f", definition.to_str().unwrap()]);
-    let region = RegionalPlane::start(&global.api, &token, "fra");
+    let region = RegionalPlane::start(&global.api, &token, "fra", None);
     let servers = GrpcServers::start(&["a", "b", "c"]);
     let set = |name: &str, health: &str| {
         let port = format!("grpc={}", servers.ports[name]);

@@ -159,3 +159,51 @@ impl Cli {
         serde_json::from_str(&self.ok(&all)).expect("-o json prints JSON")
     }
 }
+
+/// A child process killed on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `meridian control --region R` following a global control plane.
+pub struct RegionalPlane {
+    _child: Killed,
+    /// Its xDS address (`ip:port`).
+    pub xds: String,
+}
+
+impl RegionalPlane {
+    /// Starts the control plane of `region`, following the global API at `api`; with
+    /// `gateway`, the region's gateway listens there.
+    pub fn start(api: &str, token: &str, region: &str, gateway: Option<&str>) -> RegionalPlane {
+        let (child, lines) = spawn_with_lines(
+            Command::new(MERIDIAN)
+                .args(["control", "--region", region, "--xds", "127.0.0.1:0"])
+                .args(["--admin", "127.0.0.1:0", "--api", api])
+                .args(gateway.map(|g| ["--gateway", g]).into_iter().flatten())
+                .env("MERIDIAN_TOKEN", token)
+                .env("MERIDIAN_LOG", "warn"),
+        );
+        let line = wait_for_line(
+            &lines,
+            STARTUP_DEADLINE,
+            "the regional control plane's address",
+            |l| l.contains("serving xDS on "),
+        );
+        let xds = line
+            .split("serving xDS on ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .expect("an xDS address")
+            .to_owned();
+        RegionalPlane {
+            _child: Killed(child),
+            xds,
+        }
+    }
+}

@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -53,6 +54,8 @@ pub struct AdsServer {
     cache: Arc<Cache>,
     metrics: XdsMetrics,
     limits: Limits,
+    /// Becomes true when the server shuts down: open streams end then.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl AdsServer {
@@ -62,6 +65,7 @@ impl AdsServer {
             cache,
             metrics,
             limits,
+            closing: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -73,13 +77,19 @@ impl AdsServer {
             .max_encoding_message_size(limits.max_response_bytes)
     }
 
-    /// Serves ADS over gRPC (HTTP/2 cleartext) on `listener` until `shutdown` completes.
+    /// Serves ADS over gRPC (HTTP/2 cleartext) on `listener` until `shutdown` completes; then
+    /// every open stream ends (clients reconnect elsewhere or later).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let max_streams = self.limits.max_streams_per_connection;
+        let closing = self.closing.clone();
+        let shutdown = async move {
+            shutdown.await;
+            closing.send_replace(true);
+        };
         tonic::transport::Server::builder()
             .max_concurrent_streams(max_streams)
             .tcp_nodelay(true)
@@ -103,6 +113,7 @@ impl AggregatedDiscoveryService for AdsServer {
             &self.cache,
             self.metrics.clone(),
             self.limits,
+            self.closing.subscribe(),
         )))
     }
 
@@ -115,6 +126,7 @@ impl AggregatedDiscoveryService for AdsServer {
             &self.cache,
             self.metrics.clone(),
             self.limits,
+            self.closing.subscribe(),
         )))
     }
 }

@@ -3,7 +3,7 @@
 //! (changes meanwhile collapse into its set of changed names).
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -59,13 +59,17 @@ pub(crate) fn spawn<P: Protocol>(
     cache: &std::sync::Arc<Cache>,
     metrics: XdsMetrics,
     limits: Limits,
+    mut closing: watch::Receiver<bool>,
 ) -> ReceiverStream<Result<P::Response, Status>> {
     let (tx, rx) = mpsc::channel(limits.queued_responses);
     let subscriber = cache.subscriber();
     tokio::spawn(async move {
-        let first = match inbound.message().await {
-            Ok(Some(first)) => first,
-            _ => return,
+        let first = tokio::select! {
+            first = inbound.message() => match first {
+                Ok(Some(first)) => first,
+                _ => return,
+            },
+            _ = closing.wait_for(|closing| *closing) => return,
         };
         let scope = Scope::of(P::node(&first));
         let _connected = metrics.connected(P::API, &scope.role);
@@ -91,6 +95,8 @@ pub(crate) fn spawn<P: Protocol>(
                     }
                 },
                 None => tokio::select! {
+                    biased;
+                    _ = closing.wait_for(|closing| *closing) => break,
                     message = inbound.message() => {
                         match message {
                             Ok(Some(request)) => next = Some(request),
