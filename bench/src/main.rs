@@ -10,16 +10,14 @@
 //!    `GET /healthz` (the HTTP floor) on the same connection pool.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
+use meridian_bench::{cpu_time, percentile, start_control, Api};
 use meridian_store::{MissingOrg, SqliteStore, Store, Watch};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::Semaphore;
 
 /// Benchmarks the global control plane against same-run references.
@@ -69,100 +67,6 @@ fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
-}
-
-/// p-th percentile (0–100) of `samples` in µs, sorting them.
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
-    samples[rank]
-}
-
-/// CPU time (user + system) of a process so far, from /proc.
-fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // Linux reports in USER_HZ, 100 per second on every mainstream configuration.
-    Ok(Duration::from_millis(ticks * 10))
-}
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        if !status.is_success() {
-            bail!("{path}: {status}: {}", String::from_utf8_lossy(&bytes));
-        }
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-}
-
-async fn start_control(args: &Args, dir: &std::path::Path) -> Result<(tokio::process::Child, Api)> {
-    let mut command = if args.control_cpus.is_empty() {
-        Command::new(&args.meridian)
-    } else {
-        let mut c = Command::new("taskset");
-        c.args(["-c", &args.control_cpus]).arg(&args.meridian);
-        c
-    };
-    let mut child = command
-        .args([
-            "control",
-            "--global",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("MERIDIAN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", args.meridian.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let (mut base, mut token) = (None, None);
-    while let Some(line) = lines.next_line().await? {
-        if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
-            base = rest.split_whitespace().next().map(str::to_owned);
-        } else if let Some((_, t)) = line.split_once("stored hashed): ") {
-            token = Some(t.trim().to_owned());
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
-    let api = Api {
-        http,
-        base: base.context("control plane did not print its address")?,
-        token: token.context("control plane did not print an admin token")?,
-    };
-    Ok((child, api))
 }
 
 struct ApplyFigures {
@@ -336,7 +240,8 @@ fn p50_p99(mut samples: Vec<f64>) -> [f64; 2] {
 /// pair runs first, so that warm-up and drift do not favour one side.
 async fn round(args: &Args, api_first: bool) -> Result<Round> {
     let dir = tempfile::tempdir()?;
-    let (control, api) = start_control(args, &dir.path().join("api")).await?;
+    let (control, api) =
+        start_control(&args.meridian, &args.control_cpus, &dir.path().join("api")).await?;
     let pid = control.id().context("control plane pid")?;
     let api = Arc::new(api);
     let direct: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("direct.db")).await?);

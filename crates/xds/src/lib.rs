@@ -16,6 +16,7 @@ mod metrics;
 mod node;
 pub mod render;
 mod server;
+mod service;
 mod sotw;
 mod stream;
 
@@ -24,6 +25,7 @@ pub use client::{run_delta_client, ClientOptions, Handler, Held, Interest, Inter
 pub use metrics::XdsMetrics;
 pub use node::{tenant_namespace, Scope, PROXY_NAMESPACE};
 pub use server::{AdsServer, Limits};
+pub use service::AdsService;
 
 /// Type URL of a Listener.
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";

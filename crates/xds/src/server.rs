@@ -3,22 +3,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::cache::Cache;
-use crate::delta::Delta;
 use crate::metrics::XdsMetrics;
-use crate::sotw::Sotw;
-use crate::stream;
+use crate::service::AdsService;
 
 /// Explicit limits on what one client may cost the server.
 #[derive(Debug, Clone, Copy)]
@@ -70,11 +61,23 @@ impl AdsServer {
     }
 
     /// The tonic service, with the message size limits applied.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        let limits = self.limits;
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(limits.max_request_bytes)
-            .max_encoding_message_size(limits.max_response_bytes)
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
+    }
+
+    /// The limits this server applies.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// What a new stream needs: the cache, metrics, limits and the shutdown signal.
+    pub(crate) fn parts(&self) -> (&Arc<Cache>, XdsMetrics, Limits, watch::Receiver<bool>) {
+        (
+            &self.cache,
+            self.metrics.clone(),
+            self.limits,
+            self.closing.subscribe(),
+        )
     }
 
     /// Serves ADS over gRPC (HTTP/2 cleartext) on `listener` until `shutdown` completes; then
@@ -96,37 +99,5 @@ impl AdsServer {
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(stream::spawn::<Sotw>(
-            request.into_inner(),
-            &self.cache,
-            self.metrics.clone(),
-            self.limits,
-            self.closing.subscribe(),
-        )))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(stream::spawn::<Delta>(
-            request.into_inner(),
-            &self.cache,
-            self.metrics.clone(),
-            self.limits,
-            self.closing.subscribe(),
-        )))
     }
 }

@@ -1,0 +1,135 @@
+//! Shared by Meridian's benchmarks: process control, CPU and memory readings, percentiles, and
+//! an admin client of the public API.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// A command running `program`, pinned to `cpus` with taskset unless `cpus` is empty.
+pub fn pinned(program: &Path, cpus: &str) -> Command {
+    if cpus.is_empty() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", cpus]).arg(program);
+        c
+    }
+}
+
+/// Resident memory of a process, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS")?
+        .parse()?)
+}
+
+/// p-th percentile (0–100) of `samples` in µs, sorting them.
+pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank]
+}
+
+/// CPU time (user + system) of a process so far, from /proc.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // Linux reports in USER_HZ, 100 per second on every mainstream configuration.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// An admin client of the public API.
+pub struct Api {
+    /// The HTTP client.
+    pub http: reqwest::Client,
+    /// Base URL of the API.
+    pub base: String,
+    /// The admin token.
+    pub token: String,
+}
+
+impl Api {
+    /// `method path` with an optional JSON body; the JSON answer (or null).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+/// Starts `meridian control --global` (pinned to `cpus` with taskset unless empty) with its data
+/// in `dir`; returns the process and an admin client of its API.
+pub async fn start_control(
+    meridian: &Path,
+    cpus: &str,
+    dir: &Path,
+) -> Result<(tokio::process::Child, Api)> {
+    let mut command = pinned(meridian, cpus);
+    let mut child = command
+        .args([
+            "control",
+            "--global",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", meridian.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let (mut base, mut token) = (None, None);
+    while let Some(line) = lines.next_line().await? {
+        if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
+            base = rest.split_whitespace().next().map(str::to_owned);
+        } else if let Some((_, t)) = line.split_once("stored hashed): ") {
+            token = Some(t.trim().to_owned());
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let api = Api {
+        http,
+        base: base.context("control plane did not print its address")?,
+        token: token.context("control plane did not print an admin token")?,
+    };
+    Ok((child, api))
+}

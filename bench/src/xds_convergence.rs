@@ -1,0 +1,556 @@
+//! `xds-convergence`: how fast an endpoint change reaches every xDS client that needs it.
+//!
+//! A global and a regional control plane run as their own processes (pinned to `--control-cpus`);
+//! M services with one endpoint each are registered through the API. This process then plays N
+//! delta (or state-of-the-world) ADS clients, each a node proxy on its own connection subscribed
+//! to the ClusterLoadAssignments of `--share` random services plus one popular service that every
+//! client uses. Each measured change moves one endpoint (alternately of the popular service,
+//! reaching all N clients, and of a random one, reaching about N × share / M) through the public
+//! API; the time from just before the API call to each affected client's ACK is recorded. It
+//! reports p50/p99/max per change, control-plane CPU per change, and the regional control plane's
+//! memory per connected client; delta next to SotW in the same invocation.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use meridian_bench::{cpu_time, percentile, pinned, rss_kib, start_control, Api};
+use meridian_xds::ENDPOINT;
+use prost::Message;
+use reqwest::Method;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+/// Measures xDS convergence for N clients and M services.
+#[derive(Parser)]
+struct Args {
+    /// The `meridian` binary to measure (build it with --release).
+    #[arg(long, default_value = "target/release/meridian")]
+    meridian: PathBuf,
+    /// Client counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    clients: Vec<usize>,
+    /// Services registered (M).
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Random services each client subscribes to, besides the popular one.
+    #[arg(long, default_value_t = 20)]
+    share: usize,
+    /// Measured changes per run (half to the popular service, half to random ones).
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// ADS flavours to measure, in this order: delta, sotw.
+    #[arg(long, value_delimiter = ',', default_value = "delta,sotw")]
+    apis: Vec<String>,
+    /// CPU list the control planes are pinned to (empty: no pinning).
+    #[arg(long, default_value = "1")]
+    control_cpus: String,
+}
+
+/// Which ADS flavour the simulated clients speak.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flavour {
+    Delta,
+    Sotw,
+}
+
+impl Flavour {
+    fn name(self) -> &'static str {
+        match self {
+            Flavour::Delta => "delta",
+            Flavour::Sotw => "sotw",
+        }
+    }
+}
+
+fn service_name(i: usize) -> String {
+    format!("svc{i:05}")
+}
+
+/// The name of a service's load assignment, as a node proxy sees it.
+fn assignment_name(i: usize) -> String {
+    format!("bench/shop/{}:http", service_name(i))
+}
+
+/// What a client reports: which client, when it ACKed, which assignments the response changed.
+type Event = (usize, Instant, Vec<String>);
+
+/// One simulated client: subscribes, ACKs every response at once, reports what changed. It
+/// holds a `connecting` permit until its connection is up.
+async fn client(
+    id: usize,
+    url: String,
+    names: Vec<String>,
+    flavour: Flavour,
+    events: mpsc::UnboundedSender<Event>,
+    connecting: tokio::sync::OwnedSemaphorePermit,
+) -> Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    drop(connecting);
+    let mut ads =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let node = Node {
+        id: format!("bench-{id}"),
+        ..Default::default()
+    };
+    match flavour {
+        Flavour::Delta => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tx.send(DeltaDiscoveryRequest {
+                node: Some(node),
+                type_url: ENDPOINT.to_owned(),
+                resource_names_subscribe: names,
+                ..Default::default()
+            })?;
+            let mut responses = ads
+                .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            while let Some(response) = responses.message().await? {
+                tx.send(DeltaDiscoveryRequest {
+                    type_url: ENDPOINT.to_owned(),
+                    response_nonce: response.nonce,
+                    ..Default::default()
+                })?;
+                let changed = response.resources.into_iter().map(|r| r.name).collect();
+                let _ = events.send((id, Instant::now(), changed));
+            }
+        }
+        Flavour::Sotw => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tx.send(DiscoveryRequest {
+                node: Some(node),
+                type_url: ENDPOINT.to_owned(),
+                resource_names: names.clone(),
+                ..Default::default()
+            })?;
+            let mut responses = ads
+                .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            // A state-of-the-world response carries every subscribed assignment: what changed is
+            // what differs from the previous one.
+            let mut previous: HashMap<String, Vec<u8>> = HashMap::new();
+            while let Some(response) = responses.message().await? {
+                tx.send(DiscoveryRequest {
+                    type_url: ENDPOINT.to_owned(),
+                    resource_names: names.clone(),
+                    version_info: response.version_info.clone(),
+                    response_nonce: response.nonce.clone(),
+                    ..Default::default()
+                })?;
+                let mut changed = Vec::new();
+                for any in response.resources {
+                    let name = ClusterLoadAssignment::decode(any.value.as_slice())?.cluster_name;
+                    if previous.get(&name) != Some(&any.value) {
+                        changed.push(name.clone());
+                        previous.insert(name, any.value);
+                    }
+                }
+                let _ = events.send((id, Instant::now(), changed));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The global and regional control planes with M services registered.
+struct Platform {
+    _global: tokio::process::Child,
+    regional: tokio::process::Child,
+    global_pid: u32,
+    regional_pid: u32,
+    api: Arc<Api>,
+    xds: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_platform(args: &Args) -> Result<Platform> {
+    let dir = tempfile::tempdir()?;
+    let (global, api) = start_control(&args.meridian, &args.control_cpus, dir.path()).await?;
+    let global_pid = global.id().context("global control plane exited")?;
+    let api = Arc::new(api);
+    api.send(
+        Method::PUT,
+        "/v1/regions/fra",
+        Some(&json!({"lat": 50.1, "lon": 8.7})),
+    )
+    .await?;
+    let limit = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..args.services {
+        let (api, limit) = (api.clone(), limit.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await?;
+            let name = service_name(i);
+            let definition = json!({
+                "org": "bench", "app": "shop", "name": name, "regions": ["fra"],
+                "runtime": {"process": {"command": "/bin/true"}},
+                "ports": [{"name": "http", "port": 8080}],
+            });
+            api.send(Method::POST, "/v1/services", Some(&definition))
+                .await?;
+            endpoint(&api, i, 20_000).await
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let mut regional = pinned(&args.meridian, &args.control_cpus)
+        .args([
+            "control",
+            "--region",
+            "fra",
+            "--xds",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(["--api", &api.base])
+        .env("MERIDIAN_TOKEN", &api.token)
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let regional_pid = regional.id().context("regional control plane exited")?;
+    let mut lines = BufReader::new(regional.stdout.take().context("no stdout")?).lines();
+    let line = loop {
+        let line = lines
+            .next_line()
+            .await?
+            .context("the regional control plane did not print its addresses")?;
+        if line.contains("serving xDS on ") {
+            break line;
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let xds = line
+        .split("serving xDS on ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .context("no xDS address")?
+        .to_owned();
+    let admin = line
+        .split("admin ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .context("no admin address")?
+        .to_owned();
+    let platform = Platform {
+        _global: global,
+        regional,
+        global_pid,
+        regional_pid,
+        api,
+        xds: format!("http://{xds}"),
+        admin,
+        _dir: dir,
+    };
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = reqwest::get(format!("{}/readyz", platform.admin)).await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        if Instant::now() > end {
+            bail!("the regional control plane did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(platform)
+}
+
+/// Moves service `i`'s endpoint to `port`.
+async fn endpoint(api: &Api, i: usize, port: u32) -> Result<()> {
+    let path = format!(
+        "/v1/orgs/bench/apps/shop/services/{}/endpoints/e1",
+        service_name(i)
+    );
+    let body = json!({"region": "fra", "address": "127.0.0.1", "ports": {"http": port}});
+    api.send(Method::PUT, &path, Some(&body)).await?;
+    Ok(())
+}
+
+/// Figures of one run (N clients, one flavour).
+struct Run {
+    flavour: Flavour,
+    clients: usize,
+    connect_seconds: f64,
+    /// ACK latencies of every affected client over all changes, µs.
+    latencies: Vec<f64>,
+    /// Per change: the slowest client's latency, µs.
+    completions: Vec<f64>,
+    popular_max_us: f64,
+    random_max_us: f64,
+    affected_random: f64,
+    cpu_ms_per_change: f64,
+    /// Control-plane CPU per affected client, µs: for changes to the popular service, and for
+    /// changes to random ones.
+    cpu_us_per_client: (f64, f64),
+    rss_kib_per_client: f64,
+}
+
+async fn run(
+    args: &Args,
+    platform: &Platform,
+    n: usize,
+    flavour: Flavour,
+    round: u32,
+) -> Result<Run> {
+    let rss_before = rss_kib(platform.regional_pid)?;
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let mut subscriptions: Vec<BTreeSet<usize>> = Vec::with_capacity(n);
+    let started = Instant::now();
+    let connecting = Arc::new(Semaphore::new(256));
+    let mut handles = Vec::with_capacity(n);
+    for id in 0..n {
+        let mut services: BTreeSet<usize> = BTreeSet::from([0]);
+        while services.len() < args.share + 1 {
+            services.insert(fastrand::usize(1..args.services));
+        }
+        let names = services.iter().map(|i| assignment_name(*i)).collect();
+        subscriptions.push(services);
+        let (url, events) = (platform.xds.clone(), events_tx.clone());
+        let permit = connecting.clone().acquire_owned().await?;
+        handles.push(tokio::spawn(client(
+            id, url, names, flavour, events, permit,
+        )));
+    }
+    // Every client's first response: it is connected and subscribed.
+    let mut first = vec![false; n];
+    let mut waiting = n;
+    while waiting > 0 {
+        let (id, _, _) = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .context("clients did not all get their first response")?
+            .context("events ended")?;
+        if !std::mem::replace(&mut first[id], true) {
+            waiting -= 1;
+        }
+    }
+    let connect_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_after = rss_kib(platform.regional_pid)?;
+    let cpu_before = cpu_time(platform.regional_pid)? + cpu_time(platform.global_pid)?;
+    let mut latencies = Vec::new();
+    let mut completions = Vec::new();
+    let (mut popular_max, mut random_max, mut affected_random) = (0f64, 0f64, 0usize);
+    let mut cpu_by_kind = [Duration::ZERO; 2];
+    for change in 0..args.changes {
+        let popular = change % 2 == 0;
+        let service = if popular {
+            0
+        } else {
+            fastrand::usize(1..args.services)
+        };
+        let name = assignment_name(service);
+        let affected: BTreeSet<usize> = (0..n)
+            .filter(|c| subscriptions[*c].contains(&service))
+            .collect();
+        while events.try_recv().is_ok() {}
+        let port = 30_000 + round * 1000 + change as u32;
+        let cpu_at_start = cpu_time(platform.regional_pid)? + cpu_time(platform.global_pid)?;
+        let t0 = Instant::now();
+        endpoint(&platform.api, service, port).await?;
+        let mut pending = affected.clone();
+        let mut slowest = 0f64;
+        while !pending.is_empty() {
+            let (id, at, changed) = tokio::time::timeout(Duration::from_secs(60), events.recv())
+                .await
+                .with_context(|| format!("{} clients never saw change {change}", pending.len()))?
+                .context("events ended")?;
+            if changed.contains(&name) && pending.remove(&id) {
+                let us = at.duration_since(t0).as_secs_f64() * 1e6;
+                latencies.push(us);
+                slowest = slowest.max(us);
+            }
+        }
+        completions.push(slowest);
+        // Let the control planes finish with the ACKs before reading their CPU time.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cpu_now = cpu_time(platform.regional_pid)? + cpu_time(platform.global_pid)?;
+        cpu_by_kind[usize::from(!popular)] += cpu_now - cpu_at_start;
+        if popular {
+            popular_max = popular_max.max(slowest);
+        } else {
+            random_max = random_max.max(slowest);
+            affected_random += affected.len();
+        }
+    }
+    let cpu_after = cpu_time(platform.regional_pid)? + cpu_time(platform.global_pid)?;
+    for handle in &handles {
+        handle.abort();
+    }
+    drop(events);
+    // Wait for the server to see every client gone.
+    let end = Instant::now() + Duration::from_secs(60);
+    while connected(&platform.admin).await? > 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Run {
+        flavour,
+        clients: n,
+        connect_seconds,
+        latencies,
+        completions,
+        popular_max_us: popular_max,
+        random_max_us: random_max,
+        affected_random: affected_random as f64 / (args.changes / 2).max(1) as f64,
+        cpu_ms_per_change: (cpu_after - cpu_before).as_secs_f64() * 1e3 / args.changes as f64,
+        cpu_us_per_client: (
+            cpu_by_kind[0].as_secs_f64() * 1e6 / (n * args.changes.div_ceil(2)).max(1) as f64,
+            cpu_by_kind[1].as_secs_f64() * 1e6 / affected_random.max(1) as f64,
+        ),
+        rss_kib_per_client: rss_after.saturating_sub(rss_before) as f64 / n as f64,
+    })
+}
+
+/// Open ADS streams on the regional control plane.
+async fn connected(admin: &str) -> Result<u64> {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("meridian_xds_connected_clients"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+fn report(args: &Args, runs: &[Run]) {
+    println!();
+    println!(
+        "M = {} services, each client subscribed to {} + 1 popular; {} changes per run, \
+         alternately to the popular service (all N clients) and to a random one",
+        args.services, args.share, args.changes
+    );
+    println!(
+        "{:<6} {:>6} {:>9} {:>10} {:>10} {:>10} {:>12} {:>12} {:>9} {:>12} {:>19} {:>11}",
+        "api",
+        "N",
+        "connect s",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "all-N max",
+        "random max",
+        "affected",
+        "CPU ms/chg",
+        "CPU µs/cli all|rnd",
+        "RSS KB/cli"
+    );
+    for run in runs {
+        let mut latencies = run.latencies.clone();
+        let max = run.completions.iter().cloned().fold(0f64, f64::max);
+        println!(
+            "{:<6} {:>6} {:>9.1} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>9.0} {:>12.2} {:>19} {:>11.1}",
+            run.flavour.name(),
+            run.clients,
+            run.connect_seconds,
+            percentile(&mut latencies, 50.0),
+            percentile(&mut latencies, 99.0),
+            max,
+            run.popular_max_us,
+            run.random_max_us,
+            run.affected_random,
+            run.cpu_ms_per_change,
+            format!("{:.0} | {:.0}", run.cpu_us_per_client.0, run.cpu_us_per_client.1),
+            run.rss_kib_per_client * 1.024,
+        );
+    }
+    println!();
+    for delta in runs.iter().filter(|r| r.flavour == Flavour::Delta) {
+        if let Some(sotw) = runs
+            .iter()
+            .find(|r| r.flavour == Flavour::Sotw && r.clients == delta.clients)
+        {
+            let max = |r: &Run| r.completions.iter().cloned().fold(0f64, f64::max);
+            println!(
+                "N = {}: delta / SotW: max latency {:.2}x, CPU per change {:.2}x",
+                delta.clients,
+                max(delta) / max(sotw),
+                delta.cpu_ms_per_change / sotw.cpu_ms_per_change
+            );
+        }
+    }
+    let target = |n: usize, limit_us: f64| {
+        runs.iter()
+            .filter(|r| r.flavour == Flavour::Delta && r.clients == n)
+            .map(|r| {
+                let max = r.completions.iter().cloned().fold(0f64, f64::max);
+                format!(
+                    "{} ({:.0} ms)",
+                    if max < limit_us { "met" } else { "NOT met" },
+                    max / 1e3
+                )
+            })
+            .next()
+            .unwrap_or_else(|| "not measured".to_owned())
+    };
+    let rss = runs
+        .iter()
+        .filter(|r| r.flavour == Flavour::Delta)
+        .map(|r| r.rss_kib_per_client * 1.024)
+        .fold(0f64, f64::max);
+    println!(
+        "targets (delta): N = 10000 max < 1 s: {}; N = 1000 max < 100 ms: {}; RSS <= 20 KB per client: {} ({rss:.1} KB)",
+        target(10_000, 1e6),
+        target(1_000, 1e5),
+        if rss <= 20.0 { "met" } else { "NOT met" },
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let platform = start_platform(&args).await?;
+    println!(
+        "control planes pinned to CPUs [{}]; {} services registered; clients in this process",
+        args.control_cpus, args.services
+    );
+    let mut runs = Vec::new();
+    for (round, n) in args.clients.iter().enumerate() {
+        for api in &args.apis {
+            let flavour = match api.as_str() {
+                "delta" => Flavour::Delta,
+                "sotw" => Flavour::Sotw,
+                other => bail!("--apis: `{other}` is neither delta nor sotw"),
+            };
+            let run = run(
+                &args,
+                &platform,
+                *n,
+                flavour,
+                (round * 2 + flavour as usize) as u32,
+            )
+            .await?;
+            println!(
+                "{} N={}: connected in {:.1}s, slowest change {:.0} µs",
+                flavour.name(),
+                n,
+                run.connect_seconds,
+                run.completions.iter().cloned().fold(0f64, f64::max)
+            );
+            runs.push(run);
+        }
+    }
+    let mut regional = platform.regional;
+    let _ = regional.kill().await;
+    report(&args, &runs);
+    Ok(())
+}
