@@ -7,7 +7,7 @@ use std::sync::Arc;
 use meridian_model::{Endpoint, RegionalDeployment};
 use std::net::SocketAddr;
 
-use meridian_xds::{render, Cache, Update, LISTENER, PROXY_NAMESPACE, ROUTE};
+use meridian_xds::{render, role_namespace, Cache, Update, LISTENER, ROUTE};
 
 /// Identifies a service: org, app and name.
 pub type ServiceId = (String, String, String);
@@ -25,7 +25,7 @@ impl RegionState {
     /// An empty state for `region`, rendering into `cache`; with `gateway`, the region's
     /// gateway listens there.
     pub fn new(region: &str, cache: Arc<Cache>, gateway: Option<SocketAddr>) -> RegionState {
-        let gateway_name = format!("{PROXY_NAMESPACE}{}", render::GATEWAY);
+        let gateway_name = gateway_cache_name();
         if let Some(address) = gateway {
             let listener = (gateway_name.clone(), render::gateway_listener(address));
             cache.apply(
@@ -48,7 +48,7 @@ impl RegionState {
 
     /// Re-renders the gateway's routes from every deployment (unchanged content is no change).
     fn render_gateway_routes(&self) {
-        let name = format!("{PROXY_NAMESPACE}{}", render::GATEWAY);
+        let name = gateway_cache_name();
         let routes = render::gateway_routes(self.deployments.values());
         self.cache.apply(
             ROUTE,
@@ -157,6 +157,11 @@ impl RegionState {
             self.render_gateway_routes();
         }
     }
+}
+
+/// The cache name of the gateway's listener and of its routes.
+fn gateway_cache_name() -> String {
+    format!("{}{}", role_namespace("gateway"), render::GATEWAY)
 }
 
 fn id_of(deployment: &RegionalDeployment) -> ServiceId {

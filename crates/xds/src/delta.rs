@@ -81,7 +81,7 @@ impl Protocol for Delta {
             if name == "*" {
                 wildcard = true;
             } else if state.names.insert(name.clone()) {
-                subscribe.push(cx.scope.cache_name(&name));
+                subscribe.push(cx.scope.cache_name(&type_url, &name));
                 announce_missing.insert(name.clone());
                 candidates.insert(name);
             }
@@ -98,21 +98,21 @@ impl Protocol for Delta {
             if name == "*" {
                 wildcard = false;
             } else if state.names.remove(&name) {
-                unsubscribe.push(cx.scope.cache_name(&name));
+                unsubscribe.push(cx.scope.cache_name(&type_url, &name));
                 state.known.remove(&name);
             }
         }
         cx.subscriber.subscribe(&type_url, &subscribe);
         cx.subscriber.unsubscribe(&type_url, &unsubscribe);
         if wildcard && !state.wildcard {
-            let prefix = cx.scope.prefix().to_owned();
+            let prefix = cx.scope.prefix(&type_url).to_owned();
             cx.subscriber.subscribe_wildcard(&type_url, &prefix);
             let cache = cx.subscriber.cache();
             candidates.extend(
                 cache
                     .names(&type_url, &prefix)
                     .iter()
-                    .filter_map(|n| cx.scope.node_name(n).map(str::to_owned)),
+                    .filter_map(|n| cx.scope.node_name(&type_url, n).map(str::to_owned)),
             );
         } else if !wildcard && state.wildcard {
             cx.subscriber.unsubscribe_wildcard(&type_url);
@@ -133,7 +133,7 @@ impl Protocol for Delta {
             };
             let candidates = names
                 .iter()
-                .filter_map(|n| cx.scope.node_name(n).map(str::to_owned))
+                .filter_map(|n| cx.scope.node_name(&type_url, n).map(str::to_owned))
                 .collect();
             responses.extend(respond(
                 &type_url,
@@ -195,7 +195,7 @@ fn respond(
     for name in candidates {
         let wanted = state.wildcard || state.names.contains(&name);
         let current = wanted
-            .then(|| cache.get(type_url, &cx.scope.cache_name(&name)))
+            .then(|| cache.get(type_url, &cx.scope.cache_name(type_url, &name)))
             .flatten();
         match current {
             Some(versioned) => {

@@ -6,6 +6,12 @@ use envoy_types::pb::google::protobuf::value::Kind;
 /// The namespace of the resources rendered for Meridian's proxies.
 pub const PROXY_NAMESPACE: &str = "proxy/";
 
+/// The namespace of the listeners and routes rendered for Meridian's proxies playing `role`
+/// (`gateway`, `node-proxy`, `edge`); clusters and endpoints are shared by all roles.
+pub fn role_namespace(role: &str) -> String {
+    format!("{PROXY_NAMESPACE}{role}/")
+}
+
 /// The namespace of the resources rendered for `org`'s proxyless gRPC clients.
 pub fn tenant_namespace(org: &str) -> String {
     format!("grpc/{org}/")
@@ -14,14 +20,18 @@ pub fn tenant_namespace(org: &str) -> String {
 /// The part of the cache a node sees. Cache names start with a namespace: a node whose metadata
 /// names an `org` (a proxyless gRPC client of a tenant) sees only `grpc/<org>/…`, under names
 /// relative to it (cache name `grpc/acme/api.shop.internal:8080` is `api.shop.internal:8080` to
-/// a node of org `acme`); other nodes (Meridian's own proxies) see `proxy/…` the same way.
+/// a node of org `acme`); other nodes (Meridian's own proxies) see the listeners and routes of
+/// their role under `proxy/<role>/…`, and the clusters and endpoints under `proxy/…`, the same
+/// way.
 ///
 /// Until workload identities exist, the org is what the node declares; the identity issue ties
 /// it to the node's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
-    /// The prefix that turns a node's names into cache names.
-    prefix: String,
+    /// The prefix that turns a node's names of clusters and endpoints into cache names.
+    shared: String,
+    /// The prefix that turns a node's names of listeners and routes into cache names.
+    listeners: String,
     /// The node's role, for metrics and logs (`metadata.role`, or `unknown`).
     pub role: String,
     /// The node's id, for logs.
@@ -38,26 +48,35 @@ impl Scope {
                 _ => None,
             }
         };
+        let role = string("role").unwrap_or_else(|| "unknown".to_owned());
+        let (shared, listeners) = match string("org") {
+            Some(org) => (tenant_namespace(&org), tenant_namespace(&org)),
+            None => (PROXY_NAMESPACE.to_owned(), role_namespace(&role)),
+        };
         Scope {
-            prefix: string("org")
-                .map_or_else(|| PROXY_NAMESPACE.to_owned(), |org| tenant_namespace(&org)),
-            role: string("role").unwrap_or_else(|| "unknown".to_owned()),
+            shared,
+            listeners,
+            role,
             node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
         }
     }
 
-    /// The cache name of a name the node uses.
-    pub fn cache_name(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+    /// The prefix of every cache name of `type_url` the node may see.
+    pub fn prefix(&self, type_url: &str) -> &str {
+        if type_url == crate::LISTENER || type_url == crate::ROUTE {
+            &self.listeners
+        } else {
+            &self.shared
+        }
     }
 
-    /// The name the node uses for a cache name, if the node may see it.
-    pub fn node_name<'a>(&self, cache_name: &'a str) -> Option<&'a str> {
-        cache_name.strip_prefix(self.prefix.as_str())
+    /// The cache name of a name of `type_url` the node uses.
+    pub fn cache_name(&self, type_url: &str, name: &str) -> String {
+        format!("{}{name}", self.prefix(type_url))
     }
 
-    /// The prefix of every cache name the node may see.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
+    /// The name the node uses for a cache name of `type_url`, if the node may see it.
+    pub fn node_name<'a>(&self, type_url: &str, cache_name: &'a str) -> Option<&'a str> {
+        cache_name.strip_prefix(self.prefix(type_url))
     }
 }

@@ -86,14 +86,16 @@ impl Protocol for Sotw {
             return Ok(Vec::new());
         }
         let cache_names = |set: &BTreeSet<String>| -> Vec<String> {
-            set.iter().map(|n| cx.scope.cache_name(n)).collect()
+            set.iter()
+                .map(|n| cx.scope.cache_name(&type_url, n))
+                .collect()
         };
         let gone = cache_names(&state.names.difference(&names).cloned().collect());
         let new = cache_names(&names.difference(&state.names).cloned().collect());
         cx.subscriber.unsubscribe(&type_url, &gone);
         cx.subscriber.subscribe(&type_url, &new);
         if wildcard && !state.wildcard {
-            let prefix = cx.scope.prefix().to_owned();
+            let prefix = cx.scope.prefix(&type_url).to_owned();
             cx.subscriber.subscribe_wildcard(&type_url, &prefix);
         } else if !wildcard && state.wildcard {
             cx.subscriber.unsubscribe_wildcard(&type_url);
@@ -112,7 +114,7 @@ impl Protocol for Sotw {
             };
             let relevant = names.iter().any(|cache_name| {
                 cx.scope
-                    .node_name(cache_name)
+                    .node_name(&type_url, cache_name)
                     .is_some_and(|n| state.wildcard || state.names.contains(n))
             });
             if relevant {
@@ -135,9 +137,9 @@ fn respond(
     let cache = cx.subscriber.cache();
     let names: Vec<String> = if state.wildcard {
         cache
-            .names(type_url, cx.scope.prefix())
+            .names(type_url, cx.scope.prefix(type_url))
             .iter()
-            .filter_map(|n| cx.scope.node_name(n).map(str::to_owned))
+            .filter_map(|n| cx.scope.node_name(type_url, n).map(str::to_owned))
             .collect()
     } else {
         state.names.iter().cloned().collect()
@@ -146,7 +148,7 @@ fn respond(
     let mut sent = HashMap::with_capacity(names.len());
     let mut oldest: Option<Instant> = None;
     for name in names {
-        let Some(versioned) = cache.get(type_url, &cx.scope.cache_name(&name)) else {
+        let Some(versioned) = cache.get(type_url, &cx.scope.cache_name(type_url, &name)) else {
             continue;
         };
         if pushed && state.sent.get(&name) != Some(&versioned.version) {
