@@ -408,3 +408,52 @@ async fn a_stale_sotw_nonce_is_ignored_and_too_many_names_close_the_stream() {
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert!(status.message().contains("resource_names"), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_holds_bounded_memory_and_slows_no_one() {
+    let server = start(Limits::default()).await;
+    let padding = "x".repeat(256 * 1024);
+    let big = |i: u32| Update {
+        put: vec![(
+            "proxy/big".to_owned(),
+            pack(&ClusterLoadAssignment {
+                cluster_name: format!("big#{i}#{padding}"),
+                ..Default::default()
+            }),
+        )],
+        remove: Vec::new(),
+    };
+    server.cache.apply(ENDPOINT, big(0));
+    let slow = delta(&server.url).await;
+    slow.send(subscribe(Some(node("slow", None)), ENDPOINT, &["big"]))
+        .await;
+    let mut fast = delta(&server.url).await;
+    fast.send(subscribe(Some(node("fast", None)), ENDPOINT, &["big"]))
+        .await;
+    let first = fast.next().await;
+    fast.send(ack(ENDPOINT, &first.nonce)).await;
+
+    // 50 changes of 256 KiB each: the reader gets the last one while the other never reads.
+    for i in 1..=50 {
+        server.cache.apply(ENDPOINT, big(i));
+    }
+    loop {
+        let response = fast.next().await;
+        fast.send(ack(ENDPOINT, &response.nonce)).await;
+        let tag = tag_of(response.resources[0].resource.as_ref().unwrap());
+        if tag.starts_with("big#50#") {
+            break;
+        }
+    }
+    // What the server queued for the client that does not read is bounded (the queue of
+    // `Limits::queued_responses` and what HTTP/2 flow control lets through), not one response
+    // per change.
+    let pushes = server.metric("meridian_xds_pushes_total");
+    let fast_at_most = 51;
+    let slow_at_most = Limits::default().queued_responses as u64 + 3;
+    assert!(
+        pushes <= fast_at_most + slow_at_most,
+        "{pushes} responses were pushed"
+    );
+    drop(slow);
+}
