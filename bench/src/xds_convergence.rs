@@ -8,7 +8,10 @@
 //! reaching all N clients, and of a random one, reaching about N × share / M) through the public
 //! API; the time from just before the API call to each affected client's ACK is recorded. It
 //! reports p50/p99/max per change, control-plane CPU per change, and the regional control plane's
-//! memory per connected client; delta next to SotW in the same invocation.
+//! memory per connected client; delta next to SotW in the same invocation. Then, for each
+//! coalescing window (`--coalesce-ms`, a regional control plane restarted with it), bursts of
+//! changes to many services at once: the time until every client has every change, the pushes
+//! and the CPU they cost — whether waiting to batch lowers the total time.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -52,6 +55,19 @@ struct Args {
     /// ADS flavours to measure, in this order: delta, sotw.
     #[arg(long, value_delimiter = ',', default_value = "delta,sotw")]
     apis: Vec<String>,
+    /// Coalescing windows to compare on bursts, in ms, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,2,10")]
+    coalesce_ms: Vec<u64>,
+    /// Changes per burst (to distinct services).
+    #[arg(long, default_value_t = 100)]
+    burst: usize,
+    /// Delta clients connected during bursts.
+    #[arg(long, default_value_t = 1000)]
+    burst_clients: usize,
+    /// Bursts per coalescing window (at most 250 over all windows: each burst uses its own
+    /// ports).
+    #[arg(long, default_value_t = 5)]
+    bursts: u32,
     /// CPU list the control planes are pinned to (empty: no pinning).
     #[arg(long, default_value = "1")]
     control_cpus: String,
@@ -170,13 +186,70 @@ async fn client(
 /// The global and regional control planes with M services registered.
 struct Platform {
     _global: tokio::process::Child,
-    regional: tokio::process::Child,
+    regional: Regional,
     global_pid: u32,
-    regional_pid: u32,
     api: Arc<Api>,
+    _dir: tempfile::TempDir,
+}
+
+/// A regional control plane process.
+struct Regional {
+    _child: tokio::process::Child,
+    pid: u32,
     xds: String,
     admin: String,
-    _dir: tempfile::TempDir,
+}
+
+impl Regional {
+    /// Starts the regional control plane of `fra` with xDS coalescing window `coalesce`, and
+    /// waits until it has synced with the global one.
+    async fn start(args: &Args, api: &Api, coalesce: Duration) -> Result<Regional> {
+        let mut child = pinned(&args.meridian, &args.control_cpus)
+            .args(["control", "--region", "fra", "--xds", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0", "--api", &api.base])
+            .arg(format!("--xds-coalesce={}ms", coalesce.as_millis()))
+            .env("MERIDIAN_TOKEN", &api.token)
+            .env("MERIDIAN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("regional control plane exited")?;
+        let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        let line = loop {
+            let line = lines
+                .next_line()
+                .await?
+                .context("the regional control plane did not print its addresses")?;
+            if line.contains("serving xDS on ") {
+                break line;
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let field = |after: &str| {
+            line.split(after)
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .map(str::to_owned)
+                .with_context(|| format!("no `{after}` in {line}"))
+        };
+        let regional = Regional {
+            _child: child,
+            pid,
+            xds: format!("http://{}", field("serving xDS on ")?),
+            admin: field("admin ")?,
+        };
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = reqwest::get(format!("{}/readyz", regional.admin)).await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(regional);
+            }
+            if Instant::now() > end {
+                bail!("the regional control plane did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 async fn start_platform(args: &Args) -> Result<Platform> {
@@ -210,68 +283,14 @@ async fn start_platform(args: &Args) -> Result<Platform> {
     for task in tasks {
         task.await??;
     }
-    let mut regional = pinned(&args.meridian, &args.control_cpus)
-        .args([
-            "control",
-            "--region",
-            "fra",
-            "--xds",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .args(["--api", &api.base])
-        .env("MERIDIAN_TOKEN", &api.token)
-        .env("MERIDIAN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let regional_pid = regional.id().context("regional control plane exited")?;
-    let mut lines = BufReader::new(regional.stdout.take().context("no stdout")?).lines();
-    let line = loop {
-        let line = lines
-            .next_line()
-            .await?
-            .context("the regional control plane did not print its addresses")?;
-        if line.contains("serving xDS on ") {
-            break line;
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let xds = line
-        .split("serving xDS on ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .context("no xDS address")?
-        .to_owned();
-    let admin = line
-        .split("admin ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .context("no admin address")?
-        .to_owned();
-    let platform = Platform {
+    let regional = Regional::start(args, &api, Duration::ZERO).await?;
+    Ok(Platform {
         _global: global,
         regional,
         global_pid,
-        regional_pid,
         api,
-        xds: format!("http://{xds}"),
-        admin,
         _dir: dir,
-    };
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = reqwest::get(format!("{}/readyz", platform.admin)).await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        if Instant::now() > end {
-            bail!("the regional control plane did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(platform)
+    })
 }
 
 /// Moves service `i`'s endpoint to `port`.
@@ -304,6 +323,70 @@ struct Run {
     rss_kib_per_client: f64,
 }
 
+/// N simulated clients, connected and subscribed.
+struct Clients {
+    events: mpsc::UnboundedReceiver<Event>,
+    /// The services each client subscribed to, by client id.
+    subscriptions: Vec<BTreeSet<usize>>,
+    handles: Vec<tokio::task::JoinHandle<Result<()>>>,
+    connect_seconds: f64,
+}
+
+impl Clients {
+    /// Connects `n` clients to `xds`, each subscribed to `share` random services and service 0,
+    /// and waits until each has its first response.
+    async fn connect(args: &Args, xds: &str, n: usize, flavour: Flavour) -> Result<Clients> {
+        let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+        let mut subscriptions: Vec<BTreeSet<usize>> = Vec::with_capacity(n);
+        let started = Instant::now();
+        let connecting = Arc::new(Semaphore::new(256));
+        let mut handles = Vec::with_capacity(n);
+        for id in 0..n {
+            let mut services: BTreeSet<usize> = BTreeSet::from([0]);
+            while services.len() < args.share + 1 {
+                services.insert(fastrand::usize(1..args.services));
+            }
+            let names = services.iter().map(|i| assignment_name(*i)).collect();
+            subscriptions.push(services);
+            let (url, events) = (xds.to_owned(), events_tx.clone());
+            let permit = connecting.clone().acquire_owned().await?;
+            handles.push(tokio::spawn(client(
+                id, url, names, flavour, events, permit,
+            )));
+        }
+        let mut first = vec![false; n];
+        let mut waiting = n;
+        while waiting > 0 {
+            let (id, _, _) = tokio::time::timeout(Duration::from_secs(120), events.recv())
+                .await
+                .context("clients did not all get their first response")?
+                .context("events ended")?;
+            if !std::mem::replace(&mut first[id], true) {
+                waiting -= 1;
+            }
+        }
+        Ok(Clients {
+            events,
+            subscriptions,
+            handles,
+            connect_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Closes every client and waits until the server has seen them go.
+    async fn close(self, admin: &str) -> Result<()> {
+        for handle in &self.handles {
+            handle.abort();
+        }
+        drop(self.events);
+        let end = Instant::now() + Duration::from_secs(60);
+        while connected(admin).await? > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
 async fn run(
     args: &Args,
     platform: &Platform,
@@ -311,41 +394,14 @@ async fn run(
     flavour: Flavour,
     round: u32,
 ) -> Result<Run> {
-    let rss_before = rss_kib(platform.regional_pid)?;
-    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let mut subscriptions: Vec<BTreeSet<usize>> = Vec::with_capacity(n);
-    let started = Instant::now();
-    let connecting = Arc::new(Semaphore::new(256));
-    let mut handles = Vec::with_capacity(n);
-    for id in 0..n {
-        let mut services: BTreeSet<usize> = BTreeSet::from([0]);
-        while services.len() < args.share + 1 {
-            services.insert(fastrand::usize(1..args.services));
-        }
-        let names = services.iter().map(|i| assignment_name(*i)).collect();
-        subscriptions.push(services);
-        let (url, events) = (platform.xds.clone(), events_tx.clone());
-        let permit = connecting.clone().acquire_owned().await?;
-        handles.push(tokio::spawn(client(
-            id, url, names, flavour, events, permit,
-        )));
-    }
-    // Every client's first response: it is connected and subscribed.
-    let mut first = vec![false; n];
-    let mut waiting = n;
-    while waiting > 0 {
-        let (id, _, _) = tokio::time::timeout(Duration::from_secs(120), events.recv())
-            .await
-            .context("clients did not all get their first response")?
-            .context("events ended")?;
-        if !std::mem::replace(&mut first[id], true) {
-            waiting -= 1;
-        }
-    }
-    let connect_seconds = started.elapsed().as_secs_f64();
+    let rss_before = rss_kib(platform.regional.pid)?;
+    let mut clients = Clients::connect(args, &platform.regional.xds, n, flavour).await?;
+    let connect_seconds = clients.connect_seconds;
+    let subscriptions = clients.subscriptions.clone();
+    let events = &mut clients.events;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_after = rss_kib(platform.regional_pid)?;
-    let cpu_before = cpu_time(platform.regional_pid)? + cpu_time(platform.global_pid)?;
+    let rss_after = rss_kib(platform.regional.pid)?;
+    let cpu_before = cpu_time(platform.regional.pid)? + cpu_time(platform.global_pid)?;
     let mut latencies = Vec::new();
     let mut completions = Vec::new();
     let (mut popular_max, mut random_max, mut affected_random) = (0f64, 0f64, 0usize);
@@ -363,7 +419,7 @@ async fn run(
             .collect();
         while events.try_recv().is_ok() {}
         let port = 30_000 + round * 1000 + change as u32;
-        let cpu_at_start = cpu_time(platform.regional_pid)? + cpu_time(platform.global_pid)?;
+        let cpu_at_start = cpu_time(platform.regional.pid)? + cpu_time(platform.global_pid)?;
         let t0 = Instant::now();
         endpoint(&platform.api, service, port).await?;
         let mut pending = affected.clone();
@@ -382,7 +438,7 @@ async fn run(
         completions.push(slowest);
         // Let the control planes finish with the ACKs before reading their CPU time.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let cpu_now = cpu_time(platform.regional_pid)? + cpu_time(platform.global_pid)?;
+        let cpu_now = cpu_time(platform.regional.pid)? + cpu_time(platform.global_pid)?;
         cpu_by_kind[usize::from(!popular)] += cpu_now - cpu_at_start;
         if popular {
             popular_max = popular_max.max(slowest);
@@ -391,16 +447,8 @@ async fn run(
             affected_random += affected.len();
         }
     }
-    let cpu_after = cpu_time(platform.regional_pid)? + cpu_time(platform.global_pid)?;
-    for handle in &handles {
-        handle.abort();
-    }
-    drop(events);
-    // Wait for the server to see every client gone.
-    let end = Instant::now() + Duration::from_secs(60);
-    while connected(&platform.admin).await? > 0 && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cpu_after = cpu_time(platform.regional.pid)? + cpu_time(platform.global_pid)?;
+    clients.close(&platform.regional.admin).await?;
     Ok(Run {
         flavour,
         clients: n,
@@ -421,13 +469,18 @@ async fn run(
 
 /// Open ADS streams on the regional control plane.
 async fn connected(admin: &str) -> Result<u64> {
+    metric_sum(admin, "meridian_xds_connected_clients").await
+}
+
+/// The sum of a metric's series on an admin port.
+async fn metric_sum(admin: &str, name: &str) -> Result<u64> {
     let text = reqwest::get(format!("{admin}/metrics"))
         .await?
         .text()
         .await?;
     Ok(text
         .lines()
-        .filter(|l| l.starts_with("meridian_xds_connected_clients"))
+        .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64)
 }
@@ -549,8 +602,141 @@ async fn main() -> Result<()> {
             runs.push(run);
         }
     }
-    let mut regional = platform.regional;
-    let _ = regional.kill().await;
     report(&args, &runs);
+    let mut platform = platform;
+    let mut bursts = Vec::new();
+    for (i, window) in args.coalesce_ms.iter().enumerate() {
+        let window = Duration::from_millis(*window);
+        platform.regional = Regional::start(&args, &platform.api, window).await?;
+        let first_burst = i as u32 * args.bursts;
+        bursts.push((window, burst(&args, &platform, first_burst).await?));
+    }
+    report_bursts(&args, &bursts);
     Ok(())
+}
+
+/// What one coalescing window did to bursts of changes.
+struct Burst {
+    /// From the first API call of a burst to the last ACK of its last change, ms; per burst.
+    converged_ms: Vec<f64>,
+    /// Responses the control plane pushed, per burst.
+    pushes: Vec<f64>,
+    /// Control-plane CPU per burst, ms.
+    cpu_ms: Vec<f64>,
+}
+
+/// Bursts of `--burst` changes to distinct services (the popular one among them), all made at
+/// once through the API, with `--burst-clients` delta clients connected.
+/// `first_burst` numbers this window's bursts after the earlier windows' ones, so that every
+/// burst moves its endpoints to ports they never had (a move to the current port is no change).
+async fn burst(args: &Args, platform: &Platform, first_burst: u32) -> Result<Burst> {
+    let mut clients = Clients::connect(
+        args,
+        &platform.regional.xds,
+        args.burst_clients,
+        Flavour::Delta,
+    )
+    .await?;
+    let mut result = Burst {
+        converged_ms: Vec::new(),
+        pushes: Vec::new(),
+        cpu_ms: Vec::new(),
+    };
+    for round in 0..args.bursts {
+        let mut services = BTreeSet::from([0]);
+        while services.len() < args.burst.min(args.services) {
+            services.insert(fastrand::usize(1..args.services));
+        }
+        let mut pending: BTreeSet<(usize, usize)> = BTreeSet::new();
+        for (client, subscribed) in clients.subscriptions.iter().enumerate() {
+            pending.extend(subscribed.intersection(&services).map(|s| (client, *s)));
+        }
+        while clients.events.try_recv().is_ok() {}
+        let pushes_before = pushes(&platform.regional.admin).await?;
+        let cpu_before = cpu_time(platform.regional.pid)? + cpu_time(platform.global_pid)?;
+        let t0 = Instant::now();
+        let writes = Arc::new(Semaphore::new(16));
+        let mut writing = Vec::new();
+        for service in &services {
+            let (api, writes, service) = (platform.api.clone(), writes.clone(), *service);
+            let port = 40_000 + (first_burst + round) * 100 + (service % 100) as u32;
+            writing.push(tokio::spawn(async move {
+                let _permit = writes.acquire().await?;
+                endpoint(&api, service, port).await
+            }));
+        }
+        for write in writing {
+            write.await??;
+        }
+        let mut last = t0;
+        while !pending.is_empty() {
+            let (id, at, changed) =
+                tokio::time::timeout(Duration::from_secs(60), clients.events.recv())
+                    .await
+                    .with_context(|| {
+                        let sample: Vec<_> = pending.iter().take(6).collect();
+                        format!(
+                    "{} changes never reached their clients, e.g. (client, service) {sample:?}",
+                    pending.len()
+                )
+                    })?
+                    .context("events ended")?;
+            for name in changed {
+                if let Some(service) = service_of(&name) {
+                    if pending.remove(&(id, service)) {
+                        last = last.max(at);
+                    }
+                }
+            }
+        }
+        result
+            .converged_ms
+            .push(last.duration_since(t0).as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let cpu = cpu_time(platform.regional.pid)? + cpu_time(platform.global_pid)? - cpu_before;
+        result.cpu_ms.push(cpu.as_secs_f64() * 1e3);
+        result
+            .pushes
+            .push((pushes(&platform.regional.admin).await? - pushes_before) as f64);
+    }
+    clients.close(&platform.regional.admin).await?;
+    Ok(result)
+}
+
+/// The service index in an assignment name.
+fn service_of(name: &str) -> Option<usize> {
+    name.strip_prefix("bench/shop/svc")?
+        .strip_suffix(":http")?
+        .parse()
+        .ok()
+}
+
+/// Responses pushed so far by the regional control plane.
+async fn pushes(admin: &str) -> Result<u64> {
+    metric_sum(admin, "meridian_xds_pushes_total").await
+}
+
+fn report_bursts(args: &Args, bursts: &[(Duration, Burst)]) {
+    println!();
+    println!(
+        "bursts: {} changes to distinct services made at once through the API, {} delta clients, {} bursts per window (medians)",
+        args.burst, args.burst_clients, args.bursts
+    );
+    println!(
+        "{:<12} {:>16} {:>12} {:>12}",
+        "window", "converged ms", "pushes", "CPU ms"
+    );
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        percentile(&mut v, 50.0)
+    };
+    for (window, burst) in bursts {
+        println!(
+            "{:<12} {:>16.1} {:>12.0} {:>12.0}",
+            format!("{} ms", window.as_millis()),
+            median(&burst.converged_ms),
+            median(&burst.pushes),
+            median(&burst.cpu_ms)
+        );
+    }
 }

@@ -25,6 +25,10 @@ pub struct Limits {
     /// Responses queued for a client that reads slowly; beyond this the stream waits, and changes
     /// meanwhile collapse into one response per type.
     pub queued_responses: usize,
+    /// How long a stream waits after a change before it pushes, so that changes close together
+    /// go out in one response. Zero (the default) pushes at once; bench/xds-convergence.sh
+    /// measures whether a window lowers the total time of a burst.
+    pub coalesce: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -35,6 +39,7 @@ impl Default for Limits {
             max_streams_per_connection: 16,
             max_names_per_type: 100_000,
             queued_responses: 4,
+            coalesce: std::time::Duration::ZERO,
         }
     }
 }

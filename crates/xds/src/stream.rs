@@ -93,7 +93,8 @@ pub(crate) fn spawn<P: Protocol>(
                         return;
                     }
                 },
-                None => tokio::select! {
+                None => {
+                    tokio::select! {
                     biased;
                     _ = closing.wait_for(|closing| *closing) => break,
                     message = inbound.message() => {
@@ -108,12 +109,16 @@ pub(crate) fn spawn<P: Protocol>(
                         }
                         continue;
                     }
-                    () = cx.subscriber.changed() => {
-                        let changed = cx.subscriber.take_changed();
-                        protocol.on_changed(changed, &mut cx)
-                    }
+                    () = cx.subscriber.changed() => {}
                     () = tx.closed() => break,
-                },
+                    }
+                    if !cx.limits.coalesce.is_zero() {
+                        // Let more changes collect into this push.
+                        tokio::time::sleep(cx.limits.coalesce).await;
+                    }
+                    let changed = cx.subscriber.take_changed();
+                    protocol.on_changed(changed, &mut cx)
+                }
             };
             for response in responses {
                 if tx.send(Box::new(Ok(response))).await.is_err() {

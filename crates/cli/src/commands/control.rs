@@ -37,6 +37,10 @@ pub struct ControlArgs {
     /// Address for the admin port with /healthz, /readyz and /metrics (region only).
     #[arg(long, default_value = "127.0.0.1:9902")]
     admin: SocketAddr,
+    /// How long an xDS stream waits after a change before pushing, so that close changes go out
+    /// together (region only; 0ms pushes at once).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    xds_coalesce: std::time::Duration,
     /// Where the region's gateway proxies listen: rendered into their `gateway` Listener
     /// (region only; without it gateways get routes and clusters but no listener).
     #[arg(long, value_name = "ADDRESS")]
@@ -93,7 +97,11 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
             tracing::error!(error = %e, "admin server failed");
         }
     });
-    AdsServer::new(cache, metrics, Limits::default())
+    let limits = Limits {
+        coalesce: args.xds_coalesce,
+        ..Limits::default()
+    };
+    AdsServer::new(cache, metrics, limits)
         .serve(xds, shutdown_signal())
         .await
         .context("serving xDS")?;
