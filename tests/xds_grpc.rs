@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use support::{
-    repo_root, spawn_with_lines, strict, wait_for_line, Cli, ControlPlane, Killed, RegionalPlane,
+    repo_root, spawn_with_lines, strict, wait_for_line, Deployed, Killed, RegionalPlane,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -113,36 +113,12 @@ fn prerequisite(present: bool, what: &str) -> bool {
 /// The scenario, with `client` as the proxyless gRPC client.
 fn endpoints_reach_the_client_and_changes_move_its_traffic(client: Command) {
     let dir = tempfile::tempdir().unwrap();
-    let global = ControlPlane::start(&dir.path().join("data"));
-    let token = global.token.clone().unwrap();
-    let cli = Cli {
-        api: global.api.clone(),
-        token: token.clone(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-    let definition = dir.path().join("api.yaml");
-    std::fs::write(&definition, DEFINITION).unwrap();
-    cli.ok(&["deploy", "-f", definition.to_str().unwrap()]);
-    let region = RegionalPlane::start(&global.api, &token, "fra", None);
+    let platform = Deployed::start(dir.path(), DEFINITION);
+    let region = RegionalPlane::start(&platform.global.api, &platform.token, "fra", None);
     let servers = GrpcServers::start(&["a", "b", "c"]);
     let set = |name: &str, health: &str| {
         let port = format!("grpc={}", servers.ports[name]);
-        cli.ok(&[
-            "endpoint",
-            "set",
-            "api",
-            &format!("i-{name}"),
-            "--app",
-            "shop",
-            "--region",
-            "fra",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--health",
-            health,
-        ]);
+        platform.set_endpoint("api", &format!("i-{name}"), &port, health);
     };
     set("a", "healthy");
     set("b", "healthy");
@@ -161,7 +137,9 @@ fn endpoints_reach_the_client_and_changes_move_its_traffic(client: Command) {
     set("c", "healthy");
     set("b", "unhealthy");
     client.converges_to("a,c");
-    cli.ok(&["endpoint", "remove", "api", "i-a", "--app", "shop"]);
+    platform
+        .cli
+        .ok(&["endpoint", "remove", "api", "i-a", "--app", "shop"]);
     client.converges_to("c");
 }
 

@@ -18,9 +18,7 @@ use meridian_control::RegionState;
 use meridian_model::{derive_regional, Definition, Endpoint, EndpointHealth};
 use meridian_xds::{AdsServer, Cache, Limits, Update, XdsMetrics, CLUSTER};
 use prometheus_client::registry::Registry;
-use support::{
-    spawn_with_lines, wait_for_line, Cli, ControlPlane, Killed, RegionalPlane, MERIDIAN,
-};
+use support::{spawn_with_lines, wait_for_line, Deployed, Killed, RegionalPlane, MERIDIAN};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -144,38 +142,18 @@ async fn served_by(gateway: SocketAddr, host: &str, names: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_follows_its_regional_control_plane() {
     let dir = tempfile::tempdir().unwrap();
-    let global = ControlPlane::start(&dir.path().join("data"));
-    let token = global.token.clone().unwrap();
-    let cli = Cli {
-        api: global.api.clone(),
-        token: token.clone(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-    let web = dir.path().join("web.yaml");
-    std::fs::write(&web, WEB).unwrap();
-    cli.ok(&["deploy", "-f", web.to_str().unwrap()]);
+    let platform = Deployed::start(dir.path(), WEB);
     let ports = upstreams(&["one", "two"]).await;
     let set = |name: &str, health: &str| {
-        let port = format!("http={}", ports[name]);
-        cli.ok(&[
-            "endpoint",
-            "set",
-            "web",
-            name,
-            "--app",
-            "shop",
-            "--region",
-            "fra",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--health",
-            health,
-        ]);
+        platform.set_endpoint("web", name, &format!("http={}", ports[name]), health);
     };
     set("one", "healthy");
-    let region = RegionalPlane::start(&global.api, &token, "fra", Some("127.0.0.1:0"));
+    let region = RegionalPlane::start(
+        &platform.global.api,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
     let proxy = ProxyProcess::start(&format!("http://{}", region.xds), &dir.path().join("state"));
     let gateway = proxy.gateway().await;
     served_by(gateway, "shop.example.com", &["one"]).await;
@@ -186,8 +164,7 @@ async fn a_gateway_follows_its_regional_control_plane() {
     served_by(gateway, "shop.example.com", &["two"]).await;
 
     // A route change: the service moves to another domain.
-    std::fs::write(&web, WEB.replace("shop.example.com", "www.example.com")).unwrap();
-    cli.ok(&["deploy", "-f", web.to_str().unwrap()]);
+    platform.deploy(&WEB.replace("shop.example.com", "www.example.com"));
     served_by(gateway, "www.example.com", &["two"]).await;
     let old = reqwest::Client::new()
         .get(format!("http://{gateway}/"))

@@ -571,7 +571,7 @@ fn report(args: &Args, runs: &[Run]) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let platform = start_platform(&args).await?;
+    let mut platform = start_platform(&args).await?;
     println!(
         "control planes pinned to CPUs [{}]; {} services registered; clients in this process",
         args.control_cpus, args.services
@@ -584,6 +584,9 @@ async fn main() -> Result<()> {
                 "sotw" => Flavour::Sotw,
                 other => bail!("--apis: `{other}` is neither delta nor sotw"),
             };
+            // A fresh regional control plane per run: its memory per client is then not
+            // flattered by what an earlier run freed.
+            platform.regional = Regional::start(&args, &platform.api, Duration::ZERO).await?;
             let run = run(
                 &args,
                 &platform,
@@ -603,7 +606,6 @@ async fn main() -> Result<()> {
         }
     }
     report(&args, &runs);
-    let mut platform = platform;
     let mut bursts = Vec::new();
     for (i, window) in args.coalesce_ms.iter().enumerate() {
         let window = Duration::from_millis(*window);

@@ -207,3 +207,67 @@ impl RegionalPlane {
         }
     }
 }
+
+/// A global control plane with region `fra` and one service deployed from a YAML definition.
+pub struct Deployed {
+    /// The control plane.
+    pub global: ControlPlane,
+    /// Its admin token.
+    pub token: String,
+    /// The CLI, as admin.
+    pub cli: Cli,
+    /// The definition's file: rewrite it and [`Deployed::deploy`] to change the service.
+    pub definition: PathBuf,
+}
+
+impl Deployed {
+    /// Starts a control plane with its data in `dir` and deploys `definition` (YAML).
+    pub fn start(dir: &Path, definition: &str) -> Deployed {
+        let global = ControlPlane::start(&dir.join("data"));
+        let token = global
+            .token
+            .clone()
+            .expect("a first start prints the admin token");
+        let cli = Cli {
+            api: global.api.clone(),
+            token: token.clone(),
+        };
+        cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+        let deployed = Deployed {
+            global,
+            token,
+            cli,
+            definition: dir.join("service.yaml"),
+        };
+        deployed.deploy(definition);
+        deployed
+    }
+
+    /// Deploys `definition` (YAML) as the service's new version.
+    pub fn deploy(&self, definition: &str) {
+        std::fs::write(&self.definition, definition).unwrap();
+        self.cli
+            .ok(&["deploy", "-f", self.definition.to_str().unwrap()]);
+    }
+
+    /// Registers endpoint `id` of `service` (app `shop`) in `fra` on 127.0.0.1 with `port`
+    /// (as `NAME=NUMBER`) and `health`.
+    pub fn set_endpoint(&self, service: &str, id: &str, port: &str, health: &str) {
+        self.cli.ok(&[
+            "endpoint",
+            "set",
+            service,
+            id,
+            "--app",
+            "shop",
+            "--region",
+            "fra",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--health",
+            health,
+        ]);
+    }
+}
