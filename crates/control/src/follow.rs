@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{StreamExt, TryStreamExt};
 use meridian_model::{derive_regional, ChangeKind, Deployment, Endpoint, RegionalDeployment};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -16,6 +17,8 @@ use crate::region::{RegionState, ServiceId};
 const FEED_WAIT_MS: u64 = 25_000;
 /// Most changes read per request.
 const FEED_PAGE: u32 = 1000;
+/// Services re-read at once after a page of changes.
+const REFRESH_CONCURRENCY: usize = 8;
 /// Backoff after a failure: doubles from the first value up to the second.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
 
@@ -165,9 +168,13 @@ async fn sync_then_follow(
                 _ => {}
             }
         }
-        for id in touched {
-            refresh(api, state, region, id).await?;
-        }
+        // Re-read the touched services a few at a time: a burst of changes is mostly waiting
+        // on the API.
+        futures_util::stream::iter(touched)
+            .map(|id| refresh(api, state, region, id))
+            .buffer_unordered(REFRESH_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
         revision = page.next_after;
     }
 }
