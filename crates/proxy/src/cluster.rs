@@ -227,10 +227,64 @@ pub struct Cluster {
     /// Fraction of usable endpoints below which health is ignored.
     panic_below: f64,
     max_requests: u32,
-    /// Requests in flight; shared with the cluster's next builds so that a reload does not reset
-    /// the circuit breaker.
-    active: Arc<AtomicU32>,
+    max_pending: u32,
+    /// Requests in flight and waiting; shared with the cluster's next builds so that a reload
+    /// does not reset the circuit breaker.
+    breaker: Arc<Breaker>,
     budget: RetryBudget,
+}
+
+/// The circuit breaker's counts, and the wake-up of requests waiting for a slot.
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Requests admitted and not finished.
+    active: AtomicU32,
+    /// Requests waiting for a slot.
+    pending: AtomicU32,
+    /// Signalled when an admitted request finishes while others wait.
+    freed: tokio::sync::Notify,
+}
+
+impl Breaker {
+    fn try_take(&self, max: u32) -> bool {
+        if self.active.fetch_add(1, Ordering::Relaxed) >= max {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// Why the circuit breaker turned a request away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// `max_requests` are in flight and no request may wait (`max_pending_requests: 0`).
+    Requests,
+    /// `max_requests` are in flight and `max_pending_requests` wait already.
+    Pending,
+    /// The request waited for a slot until its route's timeout.
+    Waited,
+}
+
+impl Overflow {
+    /// The limit's name in metrics (`limit` label) and, prefixed with `overflow_`, in the
+    /// `x-meridian-error` header.
+    pub fn limit(self) -> &'static str {
+        match self {
+            Overflow::Requests => "max_requests",
+            Overflow::Pending => "pending_requests",
+            Overflow::Waited => "pending_timeout",
+        }
+    }
+}
+
+/// Counts a request as waiting until dropped.
+struct Waiting<'b>(&'b Breaker);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Retries allowed on top of a cluster's requests: each request deposits `ratio` of a token (the
@@ -282,7 +336,11 @@ pub struct Admission<'c> {
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        self.cluster.active.fetch_sub(1, Ordering::Relaxed);
+        let breaker = &self.cluster.breaker;
+        breaker.active.fetch_sub(1, Ordering::Relaxed);
+        if breaker.pending.load(Ordering::Relaxed) > 0 {
+            breaker.freed.notify_one();
+        }
     }
 }
 
@@ -403,7 +461,8 @@ impl Cluster {
             outlier: config.outlier_detection.clone(),
             panic_below: f64::from(config.panic_threshold) / 100.0,
             max_requests: config.circuit_breakers.max_requests,
-            active: previous.map_or_else(Default::default, |p| p.active.clone()),
+            max_pending: config.circuit_breakers.max_pending_requests,
+            breaker: previous.map_or_else(Default::default, |p| p.breaker.clone()),
             budget: RetryBudget {
                 ratio_milli: (config.retry_budget.ratio * 1000.0) as i64,
                 balance_milli: previous
@@ -419,15 +478,37 @@ impl Cluster {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Admits a request under the circuit breaker's `max_requests`, or `None` when the cluster is
-    /// full. Each admitted request also pays into the retry budget.
-    pub fn admit(&self) -> Option<Admission<'_>> {
-        if self.active.fetch_add(1, Ordering::Relaxed) >= self.max_requests {
-            self.active.fetch_sub(1, Ordering::Relaxed);
-            return None;
+    /// Admits a request under the circuit breaker's `max_requests`. When the cluster is full the
+    /// request waits for a slot, as one of at most `max_pending_requests`, until `deadline`.
+    /// Each admitted request also pays into the retry budget.
+    pub async fn admit(&self, deadline: tokio::time::Instant) -> Result<Admission<'_>, Overflow> {
+        let breaker = &*self.breaker;
+        if !breaker.try_take(self.max_requests) {
+            if self.max_pending == 0 {
+                return Err(Overflow::Requests);
+            }
+            if breaker.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
+                breaker.pending.fetch_sub(1, Ordering::Relaxed);
+                return Err(Overflow::Pending);
+            }
+            let _waiting = Waiting(breaker);
+            loop {
+                // Registered before the check, so that a slot freed in between still wakes us.
+                let freed = breaker.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if breaker.try_take(self.max_requests) {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                    // Pass on a wake-up this request may have taken.
+                    breaker.freed.notify_one();
+                    return Err(Overflow::Waited);
+                }
+            }
         }
         self.budget.deposit();
-        Some(Admission { cluster: self })
+        Ok(Admission { cluster: self })
     }
 
     /// Whether the retry budget allows one more retry now (and takes it).
@@ -724,21 +805,23 @@ mod tests {
         assert!(c.pick(&none, None).is_none());
     }
 
-    #[test]
-    fn requests_in_flight_count_against_the_rebuilt_cluster() {
-        let yaml = "  - {name: c, circuit_breakers: {max_requests: 2}, endpoints: [{address: \"127.0.0.1:1\"}]}";
+    #[tokio::test]
+    async fn requests_in_flight_count_against_the_rebuilt_cluster() {
+        let yaml = "  - {name: c, circuit_breakers: {max_requests: 2, max_pending_requests: 0}, endpoints: [{address: \"127.0.0.1:1\"}]}";
+        let now = tokio::time::Instant::now;
         let old = cluster(yaml);
-        let held = [old.admit(), old.admit()];
-        assert!(held.iter().all(Option::is_some) && old.admit().is_none());
+        let held = [old.admit(now()).await, old.admit(now()).await];
+        assert!(held.iter().all(Result::is_ok));
+        assert!(matches!(old.admit(now()).await, Err(Overflow::Requests)));
         let text = format!("listeners: [{{name: l, address: \"127.0.0.1:1\"}}]\nclusters:\n{yaml}");
         let config = parse_config(&text).unwrap();
         let rebuilt = Cluster::build(&config.clusters[0], old.client.clone(), Some(&old));
         assert!(
-            rebuilt.admit().is_none(),
+            rebuilt.admit(now()).await.is_err(),
             "a reload reset the circuit breaker"
         );
         drop(held);
-        assert!(rebuilt.admit().is_some());
+        assert!(rebuilt.admit(now()).await.is_ok());
     }
 
     #[test]

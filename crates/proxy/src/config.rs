@@ -393,6 +393,11 @@ pub struct CircuitBreakers {
     /// needs a new connection beyond it answers 503. Defaults to 1024.
     #[serde(default = "default_breaker_limit")]
     pub max_connections: u32,
+    /// Most requests waiting for a slot when `max_requests` are in flight (each waits at most
+    /// its route's timeout); beyond it a request answers 503 at once. 0: none wait. Defaults to
+    /// 1024.
+    #[serde(default = "default_breaker_limit")]
+    pub max_pending_requests: u32,
 }
 
 fn default_breaker_limit() -> u32 {
@@ -404,6 +409,7 @@ impl Default for CircuitBreakers {
         CircuitBreakers {
             max_requests: default_breaker_limit(),
             max_connections: default_breaker_limit(),
+            max_pending_requests: default_breaker_limit(),
         }
     }
 }

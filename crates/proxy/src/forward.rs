@@ -13,7 +13,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::LimitedBody;
-use crate::cluster::{Cluster, Outcome};
+use crate::cluster::{Cluster, Outcome, Overflow};
 use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
 use crate::routing::Route;
@@ -525,6 +525,15 @@ struct ClientRequest<'p> {
     upgrade: Option<HeaderValue>,
 }
 
+/// The `x-meridian-error` value of a circuit-breaker overflow.
+fn overflow_reason(overflow: Overflow) -> &'static str {
+    match overflow {
+        Overflow::Requests => "overflow_max_requests",
+        Overflow::Pending => "overflow_pending_requests",
+        Overflow::Waited => "overflow_pending_timeout",
+    }
+}
+
 async fn forward(
     client: ClientRequest<'_>,
     route: &Route,
@@ -532,12 +541,15 @@ async fn forward(
     metrics: &ProxyMetrics,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let deadline = Instant::now() + route.timeout;
-    let Some(_admitted) = cluster.admit() else {
-        metrics.overflow(&cluster.name, "max_requests");
-        return Err(local_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overflow_max_requests",
-        ));
+    let _admitted = match cluster.admit(deadline.into()).await {
+        Ok(admitted) => admitted,
+        Err(overflow) => {
+            metrics.overflow(&cluster.name, overflow.limit());
+            return Err(local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                overflow_reason(overflow),
+            ));
+        }
     };
     let (parts, body) = client.request.into_parts();
     let mut prepared = Prepared::new(parts, route, client.peer, client.upgrade)

@@ -217,7 +217,7 @@ async fn concurrent_gets(base: &str, count: usize) -> Vec<(u16, Option<String>)>
 async fn a_full_cluster_sheds_load_with_503_and_says_why() {
     let slow = Upstream::start("slow").await;
     let cluster = format!(
-        "  - name: c\n    circuit_breakers: {{max_requests: 2}}\n    endpoints: {}",
+        "  - name: c\n    circuit_breakers: {{max_requests: 2, max_pending_requests: 0}}\n    endpoints: {}",
         endpoints(&[&slow])
     );
     let (proxy, base) = proxy(&cluster, "").await;
@@ -231,6 +231,68 @@ async fn a_full_cluster_sheds_load_with_503_and_says_why() {
         .all(|(_, why)| why.as_deref() == Some("overflow_max_requests")));
     assert!(proxy.metrics_text().contains(
         r#"meridian_proxy_circuit_breaker_overflows_total{cluster="c",limit="max_requests"}"#
+    ));
+}
+
+/// An upstream that holds every request until the gate opens; `arrived` counts requests.
+async fn gated_upstream() -> (SocketAddr, watch::Sender<bool>, watch::Receiver<usize>) {
+    let (gate, opened) = watch::channel(false);
+    let (arrivals, arrived) = watch::channel(0usize);
+    let arrivals = Arc::new(arrivals);
+    let app = axum::Router::new().fallback(move || {
+        let (mut opened, arrivals) = (opened.clone(), arrivals.clone());
+        async move {
+            arrivals.send_modify(|n| *n += 1);
+            let _ = opened.wait_for(|open| *open).await;
+            "done"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, gate, arrived)
+}
+
+#[tokio::test]
+async fn a_full_cluster_queues_up_to_its_pending_limit_and_sheds_the_rest() {
+    let (addr, gate, mut arrived) = gated_upstream().await;
+    let cluster = format!(
+        "  - name: c\n    circuit_breakers: {{max_requests: 1, max_pending_requests: 1}}\n    endpoints: [{{address: \"{addr}\"}}]"
+    );
+    let (proxy, base) = proxy(&cluster, "").await;
+    let get = |base: String| {
+        tokio::spawn(async move {
+            let response = reqwest::get(&base).await.unwrap();
+            let reason = response
+                .headers()
+                .get(ERROR_HEADER)
+                .map(|v| v.to_str().unwrap().to_owned());
+            (response.status().as_u16(), reason)
+        })
+    };
+    // The first request takes the cluster's only slot and waits upstream.
+    let first = get(base.clone());
+    arrived.wait_for(|n| *n == 1).await.unwrap();
+    // Of two more, one waits for the slot and one is turned away at once.
+    let (second, third) = (get(base.clone()), get(base.clone()));
+    let (turned_away, waiting) = match futures_util::future::select(second, third).await {
+        futures_util::future::Either::Left((answer, other))
+        | futures_util::future::Either::Right((answer, other)) => (answer.unwrap(), other),
+    };
+    assert_eq!(
+        turned_away,
+        (503, Some("overflow_pending_requests".to_owned()))
+    );
+    gate.send_replace(true);
+    assert_eq!(first.await.unwrap(), (200, None));
+    assert_eq!(waiting.await.unwrap(), (200, None));
+    assert_eq!(
+        *arrived.borrow(),
+        2,
+        "the waiting request reached the upstream"
+    );
+    assert!(proxy.metrics_text().contains(
+        r#"meridian_proxy_circuit_breaker_overflows_total{cluster="c",limit="pending_requests"} 1"#
     ));
 }
 

@@ -547,6 +547,9 @@ fn translate_cluster(
         if let Some(v) = &thresholds.max_requests {
             breakers.insert("max_requests".into(), v.value.into());
         }
+        if let Some(v) = &thresholds.max_pending_requests {
+            breakers.insert("max_pending_requests".into(), v.value.into());
+        }
         out["circuit_breakers"] = breakers.into();
     }
     if let Some(outlier) = &cluster.outlier_detection {
