@@ -54,6 +54,28 @@ pub struct ListenerConfig {
     /// Terminate TLS on this listener (`http` listeners); ALPN offers `h2` and `http/1.1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Make this a mesh listener (`http` listeners; not with `tls`): mutual TLS with workload
+    /// identities, and authorization of the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshConfig>,
+}
+
+/// A mesh listener: only TLS 1.3 with a client certificate chaining to the trust bundle gets in;
+/// a caller of `org` may call, one of another org only if `allow` names it. The caller's SPIFFE
+/// ID reaches the upstream in `x-meridian-peer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshConfig {
+    /// This proxy's certificate chain (PEM), leaf first.
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// The trust bundle (PEM): the installation's root.
+    pub bundle_file: String,
+    /// The org whose workloads this listener serves; they may call.
+    pub org: String,
+    /// Callers of other orgs that may call, as `org/app/service` with `*` for any segment.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// A listener's certificate and key, as PEM files (read again at every reload).
@@ -705,6 +727,9 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
                         "TLS is terminated on `http` listeners only",
                     );
                 }
+                if listener.mesh.is_some() {
+                    errs.push(format!("{at}.mesh"), "mesh listeners are `http` listeners");
+                }
                 if !listener.virtual_hosts.is_empty() {
                     errs.push(
                         format!("{at}.virtual_hosts"),
@@ -712,7 +737,17 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
                     );
                 }
             }
-            (ListenerProtocol::Http, None) => {}
+            (ListenerProtocol::Http, None) => {
+                if let Some(mesh) = &listener.mesh {
+                    validate_mesh(&mut errs, &format!("{at}.mesh"), mesh);
+                    if listener.tls.is_some() {
+                        errs.push(
+                            format!("{at}.mesh"),
+                            "a listener has `tls` or `mesh`, not both",
+                        );
+                    }
+                }
+            }
         }
     }
     let mut cluster_names = HashSet::new();
@@ -888,6 +923,25 @@ fn validate_route(
     }
     for (h, name) in route.response_headers_remove.iter().enumerate() {
         check_header_name(errs, format!("{at}.response_headers_remove[{h}]"), name);
+    }
+}
+
+fn validate_mesh(errs: &mut ValidationErrors, at: &str, mesh: &MeshConfig) {
+    if let Err(reason) = meridian_model::check_dns_label(&mesh.org) {
+        errs.push(format!("{at}.org"), reason);
+    }
+    for (i, pattern) in mesh.allow.iter().enumerate() {
+        let segments: Vec<&str> = pattern.split('/').collect();
+        let valid = segments.len() == 3
+            && segments
+                .iter()
+                .all(|s| *s == "*" || meridian_model::check_dns_label(s).is_ok());
+        if !valid {
+            errs.push(
+                format!("{at}.allow[{i}]"),
+                format!("`{pattern}` is not org/app/service (DNS labels or `*`)"),
+            );
+        }
     }
 }
 

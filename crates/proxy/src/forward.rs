@@ -19,6 +19,7 @@ use crate::metrics::{ProxyMetrics, UpstreamError};
 use crate::routing::Route;
 use crate::server::ListenerContext;
 use crate::upstream::ConnectionLimitReached;
+use meridian_identity::SpiffeId;
 
 /// The body of a request to an upstream: the client's, streamed under the body limit, or a
 /// buffered copy for replay.
@@ -170,6 +171,8 @@ pub struct Peer {
     ip: HeaderValue,
     /// `http` or `https`: how the client reached the proxy.
     scheme: &'static str,
+    /// The SPIFFE ID of its client certificate (mesh listeners), with its header value.
+    identity: Option<Arc<(SpiffeId, HeaderValue)>>,
 }
 
 impl Peer {
@@ -177,7 +180,26 @@ impl Peer {
     pub fn new(addr: SocketAddr, scheme: &'static str) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, ip, scheme }
+        Peer {
+            addr,
+            ip,
+            scheme,
+            identity: None,
+        }
+    }
+
+    /// The same peer, known by the SPIFFE ID of its certificate.
+    pub fn with_identity(mut self, identity: Option<SpiffeId>) -> Peer {
+        self.identity = identity.and_then(|id| {
+            let header = crate::mesh::header_value(&id)?;
+            Some(Arc::new((id, header)))
+        });
+        self
+    }
+
+    /// The peer's SPIFFE ID and its header value, if it presented a certificate.
+    pub fn identity(&self) -> Option<(&SpiffeId, &HeaderValue)> {
+        self.identity.as_deref().map(|(id, header)| (id, header))
     }
 }
 
@@ -416,6 +438,9 @@ pub async fn handle(
     peer: &Peer,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    if let Some(refused) = crate::mesh::refuse(&mut request, &ctx, peer) {
+        return refused;
+    }
     let table = ctx.table.load_full();
     let host = request_host(&request);
     let Some(route) = table.find(host, request.uri().path(), request.headers()) else {

@@ -15,6 +15,7 @@ mod config;
 mod forward;
 mod health;
 mod idle;
+mod mesh;
 mod metrics;
 mod reload;
 mod routing;
@@ -34,10 +35,11 @@ use tokio_rustls::TlsAcceptor;
 
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, LbPolicy, Limits,
-    ListenerConfig, ListenerProtocol, ProxyConfig, RouteConfig, RouteMatch, TlsConfig,
+    ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig, RouteMatch, TlsConfig,
     UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
+pub use mesh::PEER_HEADER;
 pub use reload::{run, RunError, RunOptions};
 pub use xds::{run_xds, XdsOptions};
 
@@ -92,10 +94,15 @@ fn tls_acceptors(config: &ProxyConfig) -> Result<Vec<Option<Arc<TlsAcceptor>>>, 
     let mut acceptors = Vec::with_capacity(config.listeners.len());
     let mut errors = ValidationErrors::default();
     for (index, listener) in config.listeners.iter().enumerate() {
-        match listener.tls.as_ref().map(tls::acceptor).transpose() {
+        let built = match (&listener.tls, &listener.mesh) {
+            (_, Some(mesh)) => tls::mesh_acceptor(mesh).map(Some).map_err(|e| ("mesh", e)),
+            (Some(tls), None) => tls::acceptor(tls).map(Some).map_err(|e| ("tls", e)),
+            (None, None) => Ok(None),
+        };
+        match built {
             Ok(acceptor) => acceptors.push(acceptor.map(Arc::new)),
-            Err((field, reason)) => {
-                errors.push(format!("listeners[{index}].tls.{field}"), reason);
+            Err((section, (field, reason))) => {
+                errors.push(format!("listeners[{index}].{section}.{field}"), reason);
                 acceptors.push(None);
             }
         }
@@ -205,6 +212,10 @@ impl Proxy {
                 table,
                 relay,
                 tls: acceptor,
+                mesh: listener
+                    .mesh
+                    .as_ref()
+                    .map(|m| Arc::new(mesh::MeshPolicy::new(m))),
             };
             if unchanged(listener) {
                 reused.push((listener.name.clone(), parts));

@@ -116,6 +116,7 @@ pub struct ProxyMetrics {
     latency: Family<RouteLabels, Histogram>,
     connections: Family<ListenerLabels, Gauge>,
     no_route: Family<ListenerLabels, Counter>,
+    mesh_denied: Family<ListenerLabels, Counter>,
     upstream_errors: Family<ErrorLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     health: Family<HealthLabels, Counter>,
@@ -142,6 +143,7 @@ impl Default for ProxyMetrics {
             Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let connections = Family::<ListenerLabels, Gauge>::default();
         let no_route = Family::<ListenerLabels, Counter>::default();
+        let mesh_denied = Family::<ListenerLabels, Counter>::default();
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let health = Family::<HealthLabels, Counter>::default();
@@ -212,6 +214,11 @@ impl Default for ProxyMetrics {
             no_route.clone(),
         );
         registry.register(
+            "mesh_denied",
+            "Mesh calls refused because the caller may not call (403 forbidden_peer)",
+            mesh_denied.clone(),
+        );
+        registry.register(
             "upstream_errors",
             "Requests not forwarded: no endpoint, connect failure or timeout",
             upstream_errors.clone(),
@@ -232,6 +239,7 @@ impl Default for ProxyMetrics {
             latency,
             connections,
             no_route,
+            mesh_denied,
             upstream_errors,
             reloads,
             health,
@@ -285,6 +293,15 @@ impl ProxyMetrics {
     /// The no-route counter of a listener.
     pub fn no_route(&self, listener: &str) -> Counter {
         self.no_route
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of mesh calls `listener` refused.
+    pub fn mesh_denied(&self, listener: &str) -> Counter {
+        self.mesh_denied
             .get_or_create(&ListenerLabels {
                 listener: listener.to_owned(),
             })

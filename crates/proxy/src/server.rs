@@ -20,6 +20,7 @@ use crate::cluster::{Cluster, Outcome};
 use crate::config::Limits;
 use crate::forward;
 use crate::idle::{Activity, Tracked, Watched};
+use crate::mesh::MeshPolicy;
 use crate::metrics::ProxyMetrics;
 use crate::metrics::UpstreamError;
 use crate::routing::RouteTable;
@@ -103,10 +104,14 @@ pub struct ListenerContext {
     pub relay: ArcSwapOption<Cluster>,
     /// The TLS acceptor, when the listener terminates TLS.
     pub tls: ArcSwapOption<TlsAcceptor>,
+    /// The authorization policy, when it is a mesh listener.
+    pub mesh: ArcSwapOption<MeshPolicy>,
     /// Shared state.
     pub shared: Arc<Shared>,
     /// Requests that matched no route.
     pub no_route: Counter,
+    /// Mesh calls denied.
+    pub denied: Counter,
     connections: Gauge,
 }
 
@@ -134,6 +139,8 @@ pub struct Serving {
     pub relay: Option<Arc<Cluster>>,
     /// The TLS acceptor, if the listener terminates TLS.
     pub tls: Option<Arc<TlsAcceptor>>,
+    /// The authorization policy of a mesh listener.
+    pub mesh: Option<Arc<MeshPolicy>>,
 }
 
 impl ListenerContext {
@@ -142,6 +149,7 @@ impl ListenerContext {
         self.table.store(Arc::new(serving.table));
         self.relay.store(serving.relay);
         self.tls.store(serving.tls);
+        self.mesh.store(serving.mesh);
     }
 }
 
@@ -170,7 +178,9 @@ impl Listener {
             table: ArcSwap::from_pointee(serving.table),
             relay: ArcSwapOption::new(serving.relay),
             tls: ArcSwapOption::new(serving.tls),
+            mesh: ArcSwapOption::new(serving.mesh),
             no_route: shared.metrics.no_route(name),
+            denied: shared.metrics.mesh_denied(name),
             connections: shared.metrics.connections(name),
             shared,
         });
@@ -220,7 +230,8 @@ async fn accept_loop(
                             tokio::spawn(serve_tls(stream, peer, acceptor, context.clone()));
                         }
                         None => {
-                            tokio::spawn(serve_connection(stream, peer, "http", context.clone()));
+                            let peer = forward::Peer::new(peer, "http");
+                            tokio::spawn(serve_connection(stream, peer, context.clone()));
                         }
                     },
                 }
@@ -243,7 +254,16 @@ async fn serve_tls(
 ) {
     let timeout = context.shared.limits.load().header_read_timeout.0;
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_connection(tls, peer, "https", context).await,
+        Ok(Ok(tls)) => {
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(meridian_identity::peer_id);
+            let peer = forward::Peer::new(peer, "https").with_identity(identity);
+            serve_connection(tls, peer, context).await
+        }
         Ok(Err(e)) => {
             context.shared.metrics.tls_handshake_failed(&context.name);
             tracing::debug!(listener = %context.name, %peer, error = %e, "TLS handshake failed");
@@ -255,12 +275,8 @@ async fn serve_tls(
     }
 }
 
-async fn serve_connection<S>(
-    stream: S,
-    peer: SocketAddr,
-    scheme: &'static str,
-    context: Arc<ListenerContext>,
-) where
+async fn serve_connection<S>(stream: S, peer: forward::Peer, context: Arc<ListenerContext>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = context.shared.limits.load_full();
@@ -281,7 +297,7 @@ async fn serve_connection<S>(
     let service = {
         let context = context.clone();
         let activity = activity.clone();
-        let peer = forward::Peer::new(peer, scheme);
+        let peer = peer.clone();
         service_fn(move |request| {
             let context = context.clone();
             let peer = peer.clone();
@@ -299,7 +315,7 @@ async fn serve_connection<S>(
     let served = tokio::select! {
         served = connection.as_mut() => Some(served),
         () = activity.idle_for(limits.idle_timeout.0) => {
-            tracing::debug!(listener = %context.name, %peer, "closing an idle connection");
+            tracing::debug!(listener = %context.name, peer = %peer.addr, "closing an idle connection");
             None
         }
         () = context.shared.open.drain_requested() => {
@@ -309,7 +325,7 @@ async fn serve_connection<S>(
         }
     };
     if let Some(Err(e)) = served {
-        tracing::debug!(listener = %context.name, %peer, error = %e, "connection ended with an error");
+        tracing::debug!(listener = %context.name, peer = %peer.addr, error = %e, "connection ended with an error");
     }
     context.connections.dec();
 }

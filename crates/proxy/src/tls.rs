@@ -7,7 +7,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+use crate::config::{MeshConfig, TlsConfig};
 
 /// Builds the acceptor for a listener's `tls` section; the error names the file and the reason.
 pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, (&'static str, String)> {
@@ -44,5 +44,23 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, (&'static str, String)> 
             )
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Builds the acceptor for a listener's `mesh` section: TLS 1.3, a client certificate chaining
+/// to the bundle required; the error names the file and the reason.
+pub fn mesh_acceptor(mesh: &MeshConfig) -> Result<TlsAcceptor, (&'static str, String)> {
+    let read = |field: &'static str, path: &str| {
+        std::fs::read_to_string(path).map_err(|e| (field, format!("cannot read {path}: {e}")))
+    };
+    let chain = read("cert_file", &mesh.cert_file)?;
+    let key = read("key_file", &mesh.key_file)?;
+    let bundle = read("bundle_file", &mesh.bundle_file)?;
+    let local =
+        meridian_identity::certified_key(&chain, &key).map_err(|e| ("cert_file", e.to_string()))?;
+    let bundle =
+        meridian_identity::trust_bundle(&bundle).map_err(|e| ("bundle_file", e.to_string()))?;
+    let config = meridian_identity::server_config(meridian_identity::CertStore::new(local), bundle)
+        .map_err(|e| ("cert_file", e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

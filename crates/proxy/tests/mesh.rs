@@ -1,0 +1,187 @@
+//! Mesh listeners against callers with real certificates from a real CA, on loopback: the
+//! caller's identity reaches the upstream (and cannot be forged), other orgs are refused unless
+//! allowed, and plaintext never gets in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use meridian_identity::{
+    certified_key, client_config, mesh_server_name, request_for, trust_bundle, Authority,
+    CertStore, SpiffeId,
+};
+use meridian_proxy::{Proxy, ERROR_HEADER, PEER_HEADER};
+use tokio_rustls::TlsConnector;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn id(org: &str, app: &str, service: &str) -> SpiffeId {
+    SpiffeId::workload("meridian.test", org, app, service)
+}
+
+struct Pki {
+    root: Authority,
+    fra: Authority,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let root = Authority::create_root("meridian.test", DAY).unwrap();
+        let fra = root.issue_intermediate("fra", DAY).unwrap();
+        Pki {
+            root,
+            fra,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A certificate and key for `id`, as PEM texts.
+    fn issue(&self, id: &SpiffeId) -> (String, String) {
+        let (csr, key) = request_for(id).unwrap();
+        (self.fra.issue(&csr, id, DAY).unwrap().chain_pem, key)
+    }
+
+    /// Files for the proxy: its chain, its key, the bundle.
+    fn files(&self, id: &SpiffeId) -> [PathBuf; 3] {
+        let (chain, key) = self.issue(id);
+        let paths = ["chain.pem", "key.pem", "bundle.pem"].map(|n| self.dir.path().join(n));
+        std::fs::write(&paths[0], chain).unwrap();
+        std::fs::write(&paths[1], key).unwrap();
+        std::fs::write(&paths[2], self.root.certificate_pem()).unwrap();
+        paths
+    }
+}
+
+/// An upstream that answers with the `x-meridian-peer` it received.
+async fn peer_echo() -> SocketAddr {
+    let app = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
+        headers
+            .get(PEER_HEADER)
+            .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned())
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+async fn mesh_proxy(pki: &Pki, me: &SpiffeId, upstream: SocketAddr) -> (Arc<Proxy>, SocketAddr) {
+    let [chain, key, bundle] = pki.files(me);
+    let text = format!(
+        "listeners:
+  - name: mesh
+    address: 127.0.0.1:0
+    mesh: {{cert_file: {}, key_file: {}, bundle_file: {}, org: acme, allow: [initech/*/*]}}
+    virtual_hosts: [{{name: all, domains: ['*'], routes: [{{cluster: c}}]}}]
+clusters:
+  - name: c
+    endpoints: [{{address: '{upstream}'}}]
+",
+        chain.display(),
+        key.display(),
+        bundle.display()
+    );
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(&text).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    (proxy, address)
+}
+
+/// One GET over mutual TLS as `caller` (claiming another identity in the header); the status,
+/// the body and the `x-meridian-error` header.
+async fn call(
+    pki: &Pki,
+    caller: &SpiffeId,
+    server: &SpiffeId,
+    address: SocketAddr,
+) -> (u16, String, Option<String>) {
+    let (chain, key) = pki.issue(caller);
+    let local = CertStore::new(certified_key(&chain, &key).unwrap());
+    let bundle = trust_bundle(pki.root.certificate_pem()).unwrap();
+    let mut config = client_config(local, bundle, server.clone()).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(mesh_server_name(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/")
+        .header("host", "api.shop.internal")
+        .header(
+            PEER_HEADER,
+            "spiffe://meridian.test/org/acme/app/shop/service/admin",
+        )
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let why = response
+        .headers()
+        .get(ERROR_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), why)
+}
+
+#[tokio::test]
+async fn the_callers_identity_reaches_the_upstream_and_cannot_be_forged() {
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let (_proxy, address) = mesh_proxy(&pki, &api, peer_echo().await).await;
+    let web = id("acme", "shop", "web");
+    let (status, body, _) = call(&pki, &web, &api, address).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        web.to_string(),
+        "the header the caller sent was replaced"
+    );
+}
+
+#[tokio::test]
+async fn another_org_is_refused_unless_allowed_and_the_refusal_is_counted() {
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let (proxy, address) = mesh_proxy(&pki, &api, peer_echo().await).await;
+    let (status, _, why) = call(&pki, &id("globex", "shop", "web"), &api, address).await;
+    assert_eq!((status, why.as_deref()), (403, Some("forbidden_peer")));
+    let allowed = id("initech", "billing", "api");
+    let (status, body, _) = call(&pki, &allowed, &api, address).await;
+    assert_eq!((status, body), (200, allowed.to_string()));
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_mesh_denied_total{listener="mesh"} 1"#));
+}
+
+#[tokio::test]
+async fn plaintext_never_reaches_a_mesh_listener() {
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let (_proxy, address) = mesh_proxy(&pki, &api, peer_echo().await).await;
+    let answer = reqwest::get(format!("http://{address}/")).await;
+    assert!(answer.is_err(), "plaintext got an answer: {answer:?}");
+}
+
+#[tokio::test]
+async fn a_mesh_section_with_bad_files_or_patterns_is_rejected_by_field() {
+    let proxy = Proxy::default();
+    let text = "listeners:
+  - name: mesh
+    address: 127.0.0.1:0
+    mesh: {cert_file: /nonexistent/chain.pem, key_file: /nonexistent/key.pem, bundle_file: /nonexistent/b.pem, org: Acme, allow: [acme/web]}
+    virtual_hosts: [{name: all, domains: ['*'], routes: [{cluster: c}]}]
+clusters:
+  - {name: c, endpoints: []}
+";
+    let error = proxy.apply_text(text).await.unwrap_err().to_string();
+    assert!(error.contains("listeners[0].mesh.org"), "{error}");
+    assert!(error.contains("listeners[0].mesh.allow[0]"), "{error}");
+}
