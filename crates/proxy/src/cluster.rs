@@ -760,6 +760,7 @@ mod tests {
         let client = crate::upstream::client(
             UpstreamProtocol::Http1,
             Duration::from_secs(1),
+            None,
             1024,
             Default::default(),
             prometheus_client::metrics::histogram::Histogram::new([1.0]),

@@ -299,8 +299,27 @@ pub struct ClusterConfig {
     /// Active health checking of the endpoints; without it every endpoint counts as healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
+    /// Mutual TLS to the endpoints (a mesh hop): this proxy's identity, and the one the
+    /// endpoints must prove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<UpstreamMeshConfig>,
     /// The endpoints.
     pub endpoints: Vec<EndpointConfig>,
+}
+
+/// Mutual TLS to a cluster's endpoints: TLS 1.3 with this proxy's certificate; an endpoint's
+/// certificate must chain to the bundle and carry the SPIFFE ID `peer`. HTTP/2 is used when the
+/// endpoint offers it (one multiplexed connection serves many requests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamMeshConfig {
+    /// This proxy's certificate chain (PEM), leaf first.
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// The trust bundle (PEM).
+    pub bundle_file: String,
+    /// The SPIFFE ID the endpoints must have.
+    pub peer: String,
 }
 
 /// An active health check, run against every endpoint of a cluster. Exactly one of `http` or
@@ -947,6 +966,11 @@ fn validate_mesh(errs: &mut ValidationErrors, at: &str, mesh: &MeshConfig) {
 
 fn validate_cluster(errs: &mut ValidationErrors, at: &str, cluster: &ClusterConfig) {
     check_name(errs, format!("{at}.name"), &cluster.name);
+    if let Some(mesh) = &cluster.mesh {
+        if let Err(e) = meridian_identity::SpiffeId::parse(&mesh.peer) {
+            errs.push(format!("{at}.mesh.peer"), e.reason);
+        }
+    }
     for (e, endpoint) in cluster.endpoints.iter().enumerate() {
         if endpoint.address.parse::<SocketAddr>().is_err() {
             errs.push(

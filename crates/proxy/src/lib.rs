@@ -74,9 +74,9 @@ struct Active {
     clusters: HashMap<String, Arc<Cluster>>,
     /// By listener name, with the configured address and protocol it was bound for.
     listeners: HashMap<String, (String, ListenerProtocol, Listener)>,
-    /// Upstream clients by cluster, protocol and connect timeout, kept across reloads so that
-    /// pooled connections survive a config swap.
-    clients: HashMap<(String, UpstreamProtocol, Duration), UpstreamClient>,
+    /// Upstream clients by cluster, protocol, connect timeout and mutual-TLS identity, kept
+    /// across reloads so that pooled connections survive a config swap.
+    clients: HashMap<ClientKey, UpstreamClient>,
     /// The running health-check tasks; replaced on every apply.
     checkers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -108,6 +108,28 @@ fn tls_acceptors(config: &ProxyConfig) -> Result<Vec<Option<Arc<TlsAcceptor>>>, 
         }
     }
     errors.into_result().map(|()| acceptors)
+}
+
+/// What makes an upstream client reusable: cluster, protocol, connect timeout, and what
+/// identifies its mutual-TLS config.
+type ClientKey = (String, UpstreamProtocol, Duration, Option<String>);
+
+/// The mutual-TLS client config of each cluster (in order), or every problem with the files.
+fn mesh_connectors(
+    config: &ProxyConfig,
+) -> Result<Vec<Option<tls::MeshConnector>>, ValidationErrors> {
+    let mut connectors = Vec::with_capacity(config.clusters.len());
+    let mut errors = ValidationErrors::default();
+    for (index, cluster) in config.clusters.iter().enumerate() {
+        match cluster.mesh.as_ref().map(tls::mesh_connector).transpose() {
+            Ok(connector) => connectors.push(connector),
+            Err((field, reason)) => {
+                errors.push(format!("clusters[{index}].mesh.{field}"), reason);
+                connectors.push(None);
+            }
+        }
+    }
+    errors.into_result().map(|()| connectors)
 }
 
 /// A running proxy. [`Proxy::apply`] swaps its whole configuration atomically.
@@ -151,16 +173,19 @@ impl Proxy {
         let mut clusters = HashMap::new();
         let mut clients = HashMap::new();
         let mut unchecked = Vec::new();
-        for cluster in &config.clusters {
+        let connectors = mesh_connectors(&config)?;
+        for (cluster, connector) in config.clusters.iter().zip(connectors) {
+            let (tls, fingerprint) = connector.unzip();
             let key = (
                 cluster.name.clone(),
                 cluster.protocol,
                 cluster.connect_timeout.0,
+                fingerprint,
             );
             let limit = cluster.circuit_breakers.max_connections;
             let upstream = active.clients.get(&key).cloned().unwrap_or_else(|| {
                 let (open, connect_time) = self.shared.metrics.upstream(&cluster.name);
-                upstream::client(key.1, key.2, limit, open, connect_time)
+                upstream::client(key.1, key.2, tls, limit, open, connect_time)
             });
             let previous = active.clusters.get(&cluster.name).map(Arc::as_ref);
             let built = Arc::new(Cluster::build(cluster, upstream.client.clone(), previous));

@@ -7,7 +7,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{MeshConfig, TlsConfig};
+use crate::config::{MeshConfig, TlsConfig, UpstreamMeshConfig};
 
 /// Builds the acceptor for a listener's `tls` section; the error names the file and the reason.
 pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, (&'static str, String)> {
@@ -47,20 +47,57 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, (&'static str, String)> 
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Builds the acceptor for a listener's `mesh` section: TLS 1.3, a client certificate chaining
-/// to the bundle required; the error names the file and the reason.
-pub fn mesh_acceptor(mesh: &MeshConfig) -> Result<TlsAcceptor, (&'static str, String)> {
+/// The client config of a cluster's `mesh` section (mutual TLS to its endpoints), and what
+/// identifies its contents (the certificate chain, bundle and peer: a renewed certificate makes
+/// a new client); the error names the field and the reason.
+pub type MeshConnector = (Arc<rustls::ClientConfig>, String);
+
+/// Builds a cluster's [`MeshConnector`].
+pub fn mesh_connector(mesh: &UpstreamMeshConfig) -> Result<MeshConnector, (&'static str, String)> {
+    let (local, bundle, fingerprint) =
+        identity_files(&mesh.cert_file, &mesh.key_file, &mesh.bundle_file)?;
+    let peer = meridian_identity::SpiffeId::parse(&mesh.peer).map_err(|e| ("peer", e.reason))?;
+    let mut config = meridian_identity::client_config(local, bundle, peer)
+        .map_err(|e| ("cert_file", e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(config), format!("{fingerprint}{}", mesh.peer)))
+}
+
+/// What [`identity_files`] reads: this proxy's certificate, the bundle, and their PEM texts.
+type Identity = (
+    Arc<meridian_identity::CertStore>,
+    rustls::RootCertStore,
+    String,
+);
+
+/// This proxy's certificate (from `cert_file` and `key_file`) and the trust bundle.
+fn identity_files(
+    cert_file: &str,
+    key_file: &str,
+    bundle_file: &str,
+) -> Result<Identity, (&'static str, String)> {
     let read = |field: &'static str, path: &str| {
         std::fs::read_to_string(path).map_err(|e| (field, format!("cannot read {path}: {e}")))
     };
-    let chain = read("cert_file", &mesh.cert_file)?;
-    let key = read("key_file", &mesh.key_file)?;
-    let bundle = read("bundle_file", &mesh.bundle_file)?;
+    let chain = read("cert_file", cert_file)?;
+    let key = read("key_file", key_file)?;
+    let bundle = read("bundle_file", bundle_file)?;
     let local =
         meridian_identity::certified_key(&chain, &key).map_err(|e| ("cert_file", e.to_string()))?;
-    let bundle =
+    let roots =
         meridian_identity::trust_bundle(&bundle).map_err(|e| ("bundle_file", e.to_string()))?;
-    let config = meridian_identity::server_config(meridian_identity::CertStore::new(local), bundle)
+    Ok((
+        meridian_identity::CertStore::new(local),
+        roots,
+        format!("{chain}{bundle}"),
+    ))
+}
+
+/// Builds the acceptor for a listener's `mesh` section: TLS 1.3, a client certificate chaining
+/// to the bundle required; the error names the file and the reason.
+pub fn mesh_acceptor(mesh: &MeshConfig) -> Result<TlsAcceptor, (&'static str, String)> {
+    let (local, bundle, _) = identity_files(&mesh.cert_file, &mesh.key_file, &mesh.bundle_file)?;
+    let config = meridian_identity::server_config(local, bundle)
         .map_err(|e| ("cert_file", e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -1,5 +1,6 @@
 //! Connections to upstream endpoints: one pooled client per cluster, whose connector measures
-//! connect time and holds the cluster's `max_connections` limit.
+//! connect time, holds the cluster's `max_connections` limit and, for a mesh cluster, speaks
+//! mutual TLS checking the endpoint's SPIFFE ID (HTTP/2 when the endpoint offers it).
 
 use std::future::Future;
 use std::io;
@@ -52,6 +53,8 @@ impl UpstreamClient {
 #[derive(Clone)]
 pub struct ClusterConnector {
     inner: HttpConnector,
+    /// Mutual TLS to the endpoints (mesh clusters).
+    tls: Option<tokio_rustls::TlsConnector>,
     open: Gauge,
     max: Arc<AtomicI64>,
     connect_seconds: Histogram,
@@ -79,28 +82,112 @@ impl tower::Service<Uri> for ClusterConnector {
         }
         let connecting = self.inner.call(uri);
         let (open, histogram) = (self.open.clone(), self.connect_seconds.clone());
+        let tls = self.tls.clone();
         let started = Instant::now();
         Box::pin(async move {
-            match connecting.await {
-                Ok(stream) => {
+            let connected = async {
+                let tcp = connecting.await?.into_inner();
+                let Some(tls) = tls else {
+                    return Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                        Transport::Plain(tcp),
+                        false,
+                    ));
+                };
+                let stream = tls
+                    .connect(meridian_identity::mesh_server_name(), tcp)
+                    .await?;
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                Ok((Transport::Tls(Box::new(stream)), h2))
+            };
+            match connected.await {
+                Ok((transport, h2)) => {
                     histogram.observe(started.elapsed().as_secs_f64());
                     Ok(CountedStream {
-                        inner: stream,
+                        inner: TokioIo::new(transport),
+                        h2,
                         open,
                     })
                 }
                 Err(e) => {
                     open.dec();
-                    Err(e.into())
+                    Err(e)
                 }
             }
         })
     }
 }
 
+/// A connection to an endpoint: plain TCP, or mutual TLS on a mesh cluster.
+pub enum Transport {
+    /// Cleartext.
+    Plain(TcpStream),
+    /// Mutual TLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
 /// An upstream connection that leaves the cluster's count when dropped.
 pub struct CountedStream {
-    inner: TokioIo<TcpStream>,
+    inner: TokioIo<Transport>,
+    /// Whether TLS negotiated HTTP/2.
+    h2: bool,
     open: Gauge,
 }
 
@@ -112,7 +199,11 @@ impl Drop for CountedStream {
 
 impl Connection for CountedStream {
     fn connected(&self) -> Connected {
-        self.inner.connected()
+        if self.h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
     }
 }
 
@@ -156,11 +247,12 @@ impl hyper::rt::Write for CountedStream {
     }
 }
 
-/// A client for a cluster speaking `protocol`, connecting within `connect_timeout`; `open` and
-/// `connect_seconds` are the cluster's metric handles.
+/// A client for a cluster speaking `protocol`, connecting within `connect_timeout` (and with
+/// mutual TLS when `tls` is given); `open` and `connect_seconds` are the cluster's metric handles.
 pub fn client(
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
     max_connections: u32,
     open: Gauge,
     connect_seconds: Histogram,
@@ -171,6 +263,7 @@ pub fn client(
     let max = Arc::new(AtomicI64::new(i64::from(max_connections)));
     let connector = ClusterConnector {
         inner,
+        tls: tls.map(tokio_rustls::TlsConnector::from),
         open,
         max: max.clone(),
         connect_seconds,

@@ -185,3 +185,75 @@ clusters:
     assert!(error.contains("listeners[0].mesh.org"), "{error}");
     assert!(error.contains("listeners[0].mesh.allow[0]"), "{error}");
 }
+
+/// A proxy whose cluster `c` reaches `target` over mutual TLS as `me`, expecting `peer`; its
+/// plain listener's address.
+async fn outbound_proxy(
+    pki: &Pki,
+    me: &SpiffeId,
+    peer: &SpiffeId,
+    target: SocketAddr,
+) -> (Arc<Proxy>, SocketAddr) {
+    let dir = pki.dir.path().join(format!("outbound-{}", next_number()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (chain, key) = pki.issue(me);
+    let paths = ["chain.pem", "key.pem", "bundle.pem"].map(|n| dir.join(n));
+    std::fs::write(&paths[0], chain).unwrap();
+    std::fs::write(&paths[1], key).unwrap();
+    std::fs::write(&paths[2], pki.root.certificate_pem()).unwrap();
+    let text = format!(
+        "listeners:
+  - name: out
+    address: 127.0.0.1:0
+    virtual_hosts: [{{name: all, domains: ['*'], routes: [{{cluster: c}}]}}]
+clusters:
+  - name: c
+    mesh: {{cert_file: {}, key_file: {}, bundle_file: {}, peer: '{peer}'}}
+    endpoints: [{{address: '{target}'}}]
+",
+        paths[0].display(),
+        paths[1].display(),
+        paths[2].display()
+    );
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(&text).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    (proxy, address)
+}
+
+fn next_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_proxy_to_proxy_hop_carries_the_callers_identity_over_one_pooled_connection() {
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let (inbound, mesh_address) = mesh_proxy(&pki, &api, peer_echo().await).await;
+    let web = id("acme", "shop", "web");
+    let (_outbound, plain) = outbound_proxy(&pki, &web, &api, mesh_address).await;
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let answer = client.get(format!("http://{plain}/")).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.unwrap(), web.to_string());
+    }
+    // Twenty requests, one mutual-TLS connection between the proxies (HTTP/2, pooled).
+    assert!(inbound
+        .metrics_text()
+        .contains(r#"meridian_proxy_active_connections{listener="mesh"} 1"#));
+}
+
+#[tokio::test]
+async fn a_hop_to_an_endpoint_with_another_identity_fails() {
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let (_inbound, mesh_address) = mesh_proxy(&pki, &api, peer_echo().await).await;
+    let web = id("acme", "shop", "web");
+    let expected = id("acme", "shop", "billing");
+    let (_outbound, plain) = outbound_proxy(&pki, &web, &expected, mesh_address).await;
+    let answer = reqwest::get(format!("http://{plain}/")).await.unwrap();
+    assert!(answer.status().is_server_error(), "{}", answer.status());
+}
