@@ -191,21 +191,21 @@ async fn a_sick_endpoint_is_ejected_and_comes_back() {
     }
 }
 
+/// GETs `base` in a task of its own; the answer's status and `x-meridian-error`.
+fn spawn_get(base: String) -> tokio::task::JoinHandle<(u16, Option<String>)> {
+    tokio::spawn(async move {
+        let response = reqwest::get(&base).await.unwrap();
+        let reason = response
+            .headers()
+            .get(ERROR_HEADER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), reason)
+    })
+}
+
 /// Sends `count` requests at once; returns each answer's status and `x-meridian-error`.
 async fn concurrent_gets(base: &str, count: usize) -> Vec<(u16, Option<String>)> {
-    let requests: Vec<_> = (0..count)
-        .map(|_| {
-            let base = base.to_owned();
-            tokio::spawn(async move {
-                let response = reqwest::get(&base).await.unwrap();
-                let reason = response
-                    .headers()
-                    .get(ERROR_HEADER)
-                    .map(|v| v.to_str().unwrap().to_owned());
-                (response.status().as_u16(), reason)
-            })
-        })
-        .collect();
+    let requests: Vec<_> = (0..count).map(|_| spawn_get(base.to_owned())).collect();
     let mut answers = Vec::new();
     for request in requests {
         answers.push(request.await.unwrap());
@@ -260,21 +260,11 @@ async fn a_full_cluster_queues_up_to_its_pending_limit_and_sheds_the_rest() {
         "  - name: c\n    circuit_breakers: {{max_requests: 1, max_pending_requests: 1}}\n    endpoints: [{{address: \"{addr}\"}}]"
     );
     let (proxy, base) = proxy(&cluster, "").await;
-    let get = |base: String| {
-        tokio::spawn(async move {
-            let response = reqwest::get(&base).await.unwrap();
-            let reason = response
-                .headers()
-                .get(ERROR_HEADER)
-                .map(|v| v.to_str().unwrap().to_owned());
-            (response.status().as_u16(), reason)
-        })
-    };
     // The first request takes the cluster's only slot and waits upstream.
-    let first = get(base.clone());
+    let first = spawn_get(base.clone());
     arrived.wait_for(|n| *n == 1).await.unwrap();
     // Of two more, one waits for the slot and one is turned away at once.
-    let (second, third) = (get(base.clone()), get(base.clone()));
+    let (second, third) = (spawn_get(base.clone()), spawn_get(base.clone()));
     let (turned_away, waiting) = match futures_util::future::select(second, third).await {
         futures_util::future::Either::Left((answer, other))
         | futures_util::future::Either::Right((answer, other)) => (answer.unwrap(), other),
