@@ -156,17 +156,44 @@ fn a_restarted_control_plane_keeps_state_and_prints_no_new_token() {
     };
     cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
     cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
+    // The root CA was made at the first start; its key is the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(dir.path().join("ca/ca.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let bundle = get(&first.api, "/v1/trust-bundle", &token);
+    assert!(
+        bundle.contains("200 OK") && bundle.contains("BEGIN CERTIFICATE"),
+        "{bundle}"
+    );
     drop(first);
 
     let second = ControlPlane::start(dir.path());
     assert!(second.token.is_none(), "printed a second admin token");
     let cli = Cli {
         api: second.api.clone(),
-        token,
+        token: token.clone(),
     };
     let services = cli.json(&["get", "services"]);
     assert_eq!(services[0]["name"], "web");
     assert_eq!(services[0]["version"], 1);
+    let again = get(&second.api, "/v1/trust-bundle", &token);
+    let pem = |answer: &str| answer[answer.find("-----BEGIN").unwrap()..].to_owned();
+    assert_eq!(pem(&again), pem(&bundle), "a restart made a new root CA");
+}
+
+/// A raw `GET` on the API; the whole answer (status line, headers, body).
+fn get(api: &str, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let address = api.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 #[test]

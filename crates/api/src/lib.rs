@@ -40,6 +40,8 @@ pub struct ApiState {
     /// The store behind the API.
     pub store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// The installation's trust bundle (PEM), when it has a CA.
+    trust_bundle: Option<Arc<str>>,
 }
 
 /// Who the caller's token belongs to.
@@ -52,12 +54,19 @@ pub struct WhoAmI {
     pub org: Option<String>,
 }
 
-/// Builds the API's router over `store`.
+/// Builds the API's router over `store`, for an installation without a CA.
 pub fn router(store: Arc<dyn Store>) -> Router {
+    router_with_trust_bundle(store, None)
+}
+
+/// Builds the API's router over `store`; `trust_bundle` (PEM) is served at
+/// `GET /v1/trust-bundle`.
+pub fn router_with_trust_bundle(store: Arc<dyn Store>, trust_bundle: Option<String>) -> Router {
     use routes::{endpoints, feed, regions, services, tenancy};
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::default()),
+        trust_bundle: trust_bundle.map(Arc::from),
     };
     let openapi = openapi::document();
     let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";
@@ -73,6 +82,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
             }),
         )
         .route("/v1/whoami", get(whoami))
+        .route("/v1/trust-bundle", get(get_trust_bundle))
         .route(
             "/v1/orgs",
             post(tenancy::create_org).get(tenancy::list_orgs),
@@ -160,6 +170,26 @@ async fn whoami(caller: Caller) -> Json<WhoAmI> {
         admin: caller.is_admin(),
         org: caller.org,
     })
+}
+
+/// The installation's trust bundle: the root CA certificate (PEM) that every mesh certificate
+/// chains to.
+#[utoipa::path(get, path = "/v1/trust-bundle", tag = "auth",
+    responses((status = 200, description = "The root certificate, PEM", body = String,
+               content_type = "application/x-pem-file"), error::ErrorResponses))]
+async fn get_trust_bundle(
+    State(state): State<ApiState>,
+    _caller: Caller,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    match &state.trust_bundle {
+        Some(pem) => Ok((
+            [("content-type", "application/x-pem-file")],
+            pem.to_string(),
+        )),
+        None => Err(ApiError::not_found(
+            "a trust bundle (this installation has no CA)",
+        )),
+    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {

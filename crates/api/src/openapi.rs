@@ -10,7 +10,7 @@ use crate::routes::{endpoints, feed, regions, services, tenancy};
 #[openapi(
     info(title = "Meridian API", description = "The public API of a Meridian installation."),
     paths(
-        crate::whoami,
+        crate::whoami, crate::get_trust_bundle,
         tenancy::create_org, tenancy::list_orgs, tenancy::get_org, tenancy::delete_org,
         tenancy::create_token, tenancy::list_tokens, tenancy::delete_token,
         tenancy::create_app, tenancy::list_apps, tenancy::get_app, tenancy::delete_app,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use clap::Args;
 use meridian_control::{admin_router, follow, GlobalApi, RegionState};
+use meridian_identity::Authority;
 use meridian_store::{SqliteStore, Store};
 use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
 
@@ -27,6 +28,10 @@ pub struct ControlArgs {
     /// Directory for the embedded database (created if missing; global only).
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
+    /// The installation's trust domain: the host part of every SPIFFE ID (global only; fixed at
+    /// the first start, when the root CA is made).
+    #[arg(long, default_value = "meridian.local")]
+    trust_domain: String,
     /// Address for the public API (global only; port 0 picks a free port, the chosen one is
     /// printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
@@ -109,6 +114,28 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     Ok(())
 }
 
+/// How long the installation's root CA is valid.
+const ROOT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
+/// The installation's root CA: loaded from `<data>/ca`, or made there at the first start.
+/// Returns it and whether it was made now.
+fn root_ca(data_dir: &std::path::Path, trust_domain: &str) -> Result<(Authority, bool)> {
+    let valid = !trust_domain.is_empty()
+        && trust_domain
+            .split('.')
+            .all(|label| meridian_model::check_dns_label(label).is_ok());
+    if !valid {
+        anyhow::bail!("--trust-domain: `{trust_domain}` is not DNS labels separated by dots");
+    }
+    let dir = data_dir.join("ca");
+    if let Some(ca) = Authority::load(&dir, trust_domain).context("loading the root CA")? {
+        return Ok((ca, false));
+    }
+    let ca = Authority::create_root(trust_domain, ROOT_VALIDITY).context("making the root CA")?;
+    ca.save(&dir).context("storing the root CA")?;
+    Ok((ca, true))
+}
+
 /// Runs the global control plane.
 async fn run_global(args: ControlArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
@@ -122,6 +149,7 @@ async fn run_global(args: ControlArgs) -> Result<()> {
     let admin_token = meridian_api::bootstrap_admin_token(&*store)
         .await
         .map_err(|e| anyhow::anyhow!("creating the admin token: {e:?}"))?;
+    let (ca, created) = root_ca(&args.data_dir, &args.trust_domain)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is the port in use?)", args.listen))?;
@@ -137,10 +165,20 @@ async fn run_global(args: ControlArgs) -> Result<()> {
         }
         None => println!("admin token: created at first start, not shown again"),
     }
-    axum::serve(listener, meridian_api::router(store))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving the API")?;
+    println!(
+        "root CA for trust domain {} {} in {} (key readable by its owner only)",
+        ca.trust_domain(),
+        if created { "created" } else { "loaded" },
+        args.data_dir.join("ca").display()
+    );
+    let bundle = Some(ca.certificate_pem().to_owned());
+    axum::serve(
+        listener,
+        meridian_api::router_with_trust_bundle(store, bundle),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("serving the API")?;
     tracing::info!("stopped");
     Ok(())
 }
