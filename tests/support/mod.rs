@@ -35,10 +35,10 @@ pub fn spawn_with_lines(command: &mut Command) -> (Child, mpsc::Receiver<String>
     let stdout = child.stdout.take().unwrap();
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
+        // Read to the end even when nobody listens any more: a closed pipe would make the
+        // child's next print fail.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
+            let _ = lines_tx.send(line);
         }
     });
     (child, lines)

@@ -158,6 +158,12 @@ async fn run_global(args: ControlArgs) -> Result<()> {
         "meridian control (global) serving http://{addr} (data in {})",
         args.data_dir.display()
     );
+    println!(
+        "root CA for trust domain {} {} in {} (key readable by its owner only)",
+        ca.trust_domain(),
+        if created { "created" } else { "loaded" },
+        args.data_dir.join("ca").display()
+    );
     match admin_token {
         Some(token) => {
             println!("admin token (shown only at first start, stored hashed): {token}");
@@ -165,12 +171,6 @@ async fn run_global(args: ControlArgs) -> Result<()> {
         }
         None => println!("admin token: created at first start, not shown again"),
     }
-    println!(
-        "root CA for trust domain {} {} in {} (key readable by its owner only)",
-        ca.trust_domain(),
-        if created { "created" } else { "loaded" },
-        args.data_dir.join("ca").display()
-    );
     let bundle = Some(ca.certificate_pem().to_owned());
     axum::serve(
         listener,
