@@ -140,7 +140,7 @@ async fn served_by(gateway: SocketAddr, host: &str, names: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_follows_its_regional_control_plane() {
+async fn a_gateway_follows_its_regional_control_plane_which_outlives_the_global_one() {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), WEB);
     let ports = upstreams(&["one", "two"]).await;
@@ -173,6 +173,12 @@ async fn a_gateway_follows_its_regional_control_plane() {
         .await
         .unwrap();
     assert_eq!(old.status(), 404, "the old domain is gone");
+
+    // Without the global control plane the region goes on: a gateway that starts now gets its
+    // configuration from the regional control plane.
+    drop(platform);
+    let late = ProxyProcess::start(&format!("http://{}", region.xds), &dir.path().join("late"));
+    served_by(late.gateway().await, "www.example.com", &["two"]).await;
 }
 
 /// An xDS server in this process over a region state the test drives.
