@@ -143,9 +143,9 @@ impl Authority {
         validity: Duration,
     ) -> Result<Authority, AuthorityError> {
         let key = KeyPair::generate()?;
-        let name = format!("Meridian {region} intermediate CA ({})", self.trust_domain);
-        let params = ca_params(&name, validity, 0);
-        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        let cert =
+            self.intermediate_params(region, validity)
+                .signed_by(&key, &self.issuer, &self.key)?;
         let cert_pem = cert.pem();
         let issuer = issuer_of(&cert_pem, &key)?;
         Ok(Authority {
@@ -154,6 +154,56 @@ impl Authority {
             key,
             issuer,
             parents_pem: self.chain(),
+            is_root: false,
+        })
+    }
+
+    fn intermediate_params(&self, region: &str, validity: Duration) -> CertificateParams {
+        let name = format!("Meridian {region} intermediate CA ({})", self.trust_domain);
+        ca_params(&name, validity, 0)
+    }
+
+    /// Issues an intermediate CA for `region` to the key of the signing request `csr_pem` (made
+    /// by the region's control plane, whose key stays there); what the request asks for besides
+    /// its key is ignored. Returns the chain to hand back: the intermediate, then its parents
+    /// below the root.
+    pub fn issue_intermediate_for(
+        &self,
+        csr_pem: &str,
+        region: &str,
+        validity: Duration,
+    ) -> Result<String, IssueError> {
+        let mut request =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(IssueError::BadRequest)?;
+        request.params = self.intermediate_params(region, validity);
+        let cert = request
+            .signed_by(&self.issuer, &self.key)
+            .map_err(IssueError::Signing)?;
+        Ok(format!("{}{}", cert.pem(), self.chain()))
+    }
+
+    /// The authority a region's control plane holds: `chain_pem` (its certificate, then its
+    /// parents below the root) as issued by [`Authority::issue_intermediate_for`], and its own
+    /// key.
+    pub fn from_issued(
+        trust_domain: &str,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<Authority, AuthorityError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let end = chain_pem
+            .find("-----END CERTIFICATE-----")
+            .map(|i| i + "-----END CERTIFICATE-----".len())
+            .ok_or(rcgen::Error::CouldNotParseCertificate)?;
+        let cert_pem = format!("{}\n", chain_pem[..end].trim());
+        let parents_pem = chain_pem[end..].trim_start().to_owned();
+        let issuer = issuer_of(&cert_pem, &key)?;
+        Ok(Authority {
+            trust_domain: trust_domain.to_owned(),
+            cert_pem,
+            key,
+            issuer,
+            parents_pem,
             is_root: false,
         })
     }
@@ -291,6 +341,14 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(text.as_bytes())
+}
+
+/// A key pair and a signing request for an intermediate CA (the issuer decides its name and
+/// constraints). Returns (request PEM, private key PEM).
+pub fn ca_request() -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let request = CertificateParams::default().serialize_request(&key)?;
+    Ok((request.pem()?, key.serialize_pem()))
 }
 
 /// A key pair and a signing request for `id`, made where the key will be used: the key never

@@ -11,7 +11,7 @@ mod authority;
 mod spiffe;
 mod verify;
 
-pub use authority::{request_for, Authority, AuthorityError, IssueError, Issued};
+pub use authority::{ca_request, request_for, Authority, AuthorityError, IssueError, Issued};
 pub use spiffe::{BadSpiffeId, SpiffeId, Subject};
 pub use verify::{
     certified_key, client_config, mesh_server_name, peer_id, provider, server_config, trust_bundle,

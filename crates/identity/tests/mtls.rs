@@ -337,3 +337,25 @@ impl ServerCertVerifier for AnyServer {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn a_region_gets_its_intermediate_by_request_and_its_certificates_chain_to_the_root() {
+    let root = Authority::create_root("meridian.test", 365 * DAY).unwrap();
+    let (csr, key) = meridian_identity::ca_request().unwrap();
+    let chain = root.issue_intermediate_for(&csr, "fra", 30 * DAY).unwrap();
+    let fra = Authority::from_issued("meridian.test", &chain, &key).unwrap();
+    assert!(matches!(
+        root.issue_intermediate_for("garbage", "fra", DAY),
+        Err(IssueError::BadRequest(_))
+    ));
+    let installation = Installation { root, fra };
+    let api = id("acme", "api");
+    let (address, _) = server(&installation, &api).await;
+    let web = id("acme", "web");
+    let config = client(
+        &installation,
+        certificate(&installation.fra, &web, DAY),
+        &api,
+    );
+    assert_eq!(call(address, config).await.unwrap(), web.to_string());
+}
