@@ -154,6 +154,16 @@ async fn a_gateway_follows_its_regional_control_plane_which_outlives_the_global_
         "fra",
         Some("127.0.0.1:0"),
     );
+    // The region got its intermediate CA from the global control plane; its key stays here.
+    let key = region.dir.path().join("region-fra/ca/ca.key");
+    let end = Instant::now() + DEADLINE;
+    while !key.exists() {
+        assert!(Instant::now() < end, "the region got no intermediate CA");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
     let proxy = ProxyProcess::start(&format!("http://{}", region.xds), &dir.path().join("state"));
     let gateway = proxy.gateway().await;
     served_by(gateway, "shop.example.com", &["one"]).await;

@@ -195,6 +195,7 @@ struct Platform {
 /// A regional control plane process.
 struct Regional {
     _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
     pid: u32,
     xds: String,
     admin: String,
@@ -204,8 +205,11 @@ impl Regional {
     /// Starts the regional control plane of `fra` with xDS coalescing window `coalesce`, and
     /// waits until it has synced with the global one.
     async fn start(args: &Args, api: &Api, coalesce: Duration) -> Result<Regional> {
+        let dir = tempfile::tempdir()?;
         let mut child = pinned(&args.meridian, &args.control_cpus)
             .args(["control", "--region", "fra", "--xds", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
             .args(["--admin", "127.0.0.1:0", "--api", &api.base])
             .arg(format!("--xds-coalesce={}ms", coalesce.as_millis()))
             .env("MERIDIAN_TOKEN", &api.token)
@@ -234,6 +238,7 @@ impl Regional {
         };
         let regional = Regional {
             _child: child,
+            _dir: dir,
             pid,
             xds: format!("http://{}", field("serving xDS on ")?),
             admin: field("admin ")?,

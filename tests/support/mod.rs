@@ -173,6 +173,8 @@ impl Drop for Killed {
 /// `meridian control --region R` following a global control plane.
 pub struct RegionalPlane {
     _child: Killed,
+    /// Its data directory (its CA).
+    pub dir: tempfile::TempDir,
     /// Its xDS address (`ip:port`).
     pub xds: String,
 }
@@ -181,9 +183,12 @@ impl RegionalPlane {
     /// Starts the control plane of `region`, following the global API at `api`; with
     /// `gateway`, the region's gateway listens there.
     pub fn start(api: &str, token: &str, region: &str, gateway: Option<&str>) -> RegionalPlane {
+        let dir = tempfile::tempdir().unwrap();
         let (child, lines) = spawn_with_lines(
             Command::new(MERIDIAN)
                 .args(["control", "--region", region, "--xds", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(dir.path())
                 .args(["--admin", "127.0.0.1:0", "--api", api])
                 .args(gateway.map(|g| ["--gateway", g]).into_iter().flatten())
                 .env("MERIDIAN_TOKEN", token)
@@ -203,6 +208,7 @@ impl RegionalPlane {
             .to_owned();
         RegionalPlane {
             _child: Killed(child),
+            dir,
             xds,
         }
     }

@@ -19,6 +19,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use meridian_identity::Authority;
 use meridian_store::Store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -40,8 +41,8 @@ pub struct ApiState {
     /// The store behind the API.
     pub store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    /// The installation's trust bundle (PEM), when it has a CA.
-    trust_bundle: Option<Arc<str>>,
+    /// The installation's root CA, when it has one.
+    ca: Option<Arc<Authority>>,
 }
 
 /// Who the caller's token belongs to.
@@ -56,17 +57,17 @@ pub struct WhoAmI {
 
 /// Builds the API's router over `store`, for an installation without a CA.
 pub fn router(store: Arc<dyn Store>) -> Router {
-    router_with_trust_bundle(store, None)
+    router_with_ca(store, None)
 }
 
-/// Builds the API's router over `store`; `trust_bundle` (PEM) is served at
-/// `GET /v1/trust-bundle`.
-pub fn router_with_trust_bundle(store: Arc<dyn Store>, trust_bundle: Option<String>) -> Router {
+/// Builds the API's router over `store`, with the installation's root CA: its certificate is
+/// served at `GET /v1/trust-bundle`, and it issues regions' intermediates.
+pub fn router_with_ca(store: Arc<dyn Store>, ca: Option<Arc<Authority>>) -> Router {
     use routes::{endpoints, feed, regions, services, tenancy};
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::default()),
-        trust_bundle: trust_bundle.map(Arc::from),
+        ca,
     };
     let openapi = openapi::document();
     let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";
@@ -110,6 +111,10 @@ pub fn router_with_trust_bundle(store: Arc<dyn Store>, trust_bundle: Option<Stri
         .route(
             "/v1/regions/{region}",
             put(regions::put).delete(regions::delete),
+        )
+        .route(
+            "/v1/regions/{region}/intermediate",
+            post(regions::intermediate),
         )
         .route(
             "/v1/regions/{region}/deployments",
@@ -181,10 +186,10 @@ async fn get_trust_bundle(
     State(state): State<ApiState>,
     _caller: Caller,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
-    match &state.trust_bundle {
-        Some(pem) => Ok((
+    match &state.ca {
+        Some(ca) => Ok((
             [("content-type", "application/x-pem-file")],
-            pem.to_string(),
+            ca.certificate_pem().to_owned(),
         )),
         None => Err(ApiError::not_found(
             "a trust bundle (this installation has no CA)",

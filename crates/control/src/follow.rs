@@ -95,6 +95,31 @@ impl GlobalApi {
         Ok(Some(response.json().await?))
     }
 
+    /// POSTs `body` as JSON to `path` and decodes the JSON answer.
+    pub(crate) async fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, FollowError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(FollowError::Status {
+                status,
+                path: path.to_owned(),
+                body,
+            });
+        }
+        Ok(response.json().await?)
+    }
+
     async fn must_get<T: DeserializeOwned>(&self, path: &str) -> Result<T, FollowError> {
         self.get(path).await?.ok_or_else(|| FollowError::Status {
             status: reqwest::StatusCode::NOT_FOUND,

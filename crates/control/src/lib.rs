@@ -6,9 +6,11 @@
 //! when it is back. It must not write to the global store: it only reads through the API.
 
 mod admin;
+mod ca;
 mod follow;
 mod region;
 
 pub use admin::admin_router;
-pub use follow::{follow, GlobalApi};
+pub use ca::{regional_ca, RegionalCaError};
+pub use follow::{follow, FollowError, GlobalApi};
 pub use region::RegionState;

@@ -6,8 +6,8 @@ use axum::Json;
 use meridian_model::{
     derive_spec, validate_region, Endpoint, Region, RegionInput, RegionalDeployment,
 };
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ErrorResponses;
 use crate::extract::{ApiPath, JsonBody};
@@ -65,6 +65,51 @@ pub async fn delete(
     caller.require_admin()?;
     state.store.delete_region(&path.region).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// How long a region's intermediate CA is valid.
+const INTERMEDIATE_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// A region's control plane asks for its intermediate CA.
+#[derive(Deserialize, ToSchema)]
+pub struct IntermediateRequest {
+    /// A PKCS#10 certificate signing request (PEM) for the region's own key.
+    pub csr: String,
+}
+
+/// A region's intermediate CA.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct IntermediateIssued {
+    /// The installation's trust domain.
+    pub trust_domain: String,
+    /// The intermediate certificate, then its parents below the root (PEM).
+    pub chain_pem: String,
+}
+
+/// Issues the region's intermediate CA to the key of a signing request (admin only; this is
+/// what the region's control plane asks at its first start).
+#[utoipa::path(post, path = "/v1/regions/{region}/intermediate", tag = "regions",
+    params(RegionPath), request_body = IntermediateRequest,
+    responses((status = 200, description = "The intermediate", body = IntermediateIssued), ErrorResponses))]
+pub async fn intermediate(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<RegionPath>,
+    JsonBody(request): JsonBody<IntermediateRequest>,
+) -> Result<Json<IntermediateIssued>, ApiError> {
+    caller.require_admin()?;
+    require_region(&state, &path.region).await?;
+    let Some(ca) = &state.ca else {
+        return Err(ApiError::not_found("a CA (this installation has none)"));
+    };
+    let chain_pem = ca
+        .issue_intermediate_for(&request.csr, &path.region, INTERMEDIATE_VALIDITY)
+        .map_err(|e| ApiError::bad_request(e.to_string()).with_field("csr"))?;
+    tracing::info!(region = %path.region, "issued the region's intermediate CA");
+    Ok(Json(IntermediateIssued {
+        trust_domain: ca.trust_domain().to_owned(),
+        chain_pem,
+    }))
 }
 
 /// Every endpoint registered in the region (admin only; the region's control plane reads it).

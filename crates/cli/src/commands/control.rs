@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use meridian_control::{admin_router, follow, GlobalApi, RegionState};
+use meridian_control::{admin_router, follow, regional_ca, GlobalApi, RegionState};
 use meridian_identity::Authority;
 use meridian_store::{SqliteStore, Store};
 use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
@@ -25,7 +25,8 @@ pub struct ControlArgs {
     /// `--token`) and serves the region's configuration over xDS.
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
-    /// Directory for the embedded database (created if missing; global only).
+    /// Directory for the embedded database and the root CA (global), or for the region's CA
+    /// (region, in `region-<name>/` below it); created if missing.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
     /// The installation's trust domain: the host part of every SPIFFE ID (global only; fixed at
@@ -94,7 +95,23 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         admin.local_addr()?,
         client.api
     );
-    tokio::spawn(follow(GlobalApi::new(&client.api, &token), state, synced));
+    let global = GlobalApi::new(&client.api, &token);
+    let ca_dir = args.data_dir.join(format!("region-{region}")).join("ca");
+    match regional_ca(&global, &region, &ca_dir).await {
+        Ok((ca, issued)) => println!(
+            "intermediate CA of region {region} {} in {} (trust domain {})",
+            if issued {
+                "issued by the global control plane, stored"
+            } else {
+                "loaded"
+            },
+            ca_dir.display(),
+            ca.trust_domain()
+        ),
+        Err(e) => tracing::warn!(%region, error = %e,
+            "no intermediate CA for the region yet; serving xDS without one"),
+    }
+    tokio::spawn(follow(global, state, synced));
     let admin_server = axum::serve(admin, admin_router(Arc::new(registry), synced_rx))
         .with_graceful_shutdown(shutdown_signal());
     tokio::spawn(async move {
@@ -171,10 +188,9 @@ async fn run_global(args: ControlArgs) -> Result<()> {
         }
         None => println!("admin token: created at first start, not shown again"),
     }
-    let bundle = Some(ca.certificate_pem().to_owned());
     axum::serve(
         listener,
-        meridian_api::router_with_trust_bundle(store, bundle),
+        meridian_api::router_with_ca(store, Some(Arc::new(ca))),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await
