@@ -80,19 +80,10 @@ impl GlobalApi {
             .bearer_auth(&self.token)
             .send()
             .await?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(FollowError::Status {
-                status,
-                path: path.to_owned(),
-                body,
-            });
-        }
-        Ok(Some(response.json().await?))
+        decode(response, path).await.map(Some)
     }
 
     /// POSTs `body` as JSON to `path` and decodes the JSON answer.
@@ -108,16 +99,7 @@ impl GlobalApi {
             .json(body)
             .send()
             .await?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(FollowError::Status {
-                status,
-                path: path.to_owned(),
-                body,
-            });
-        }
-        Ok(response.json().await?)
+        decode(response, path).await
     }
 
     async fn must_get<T: DeserializeOwned>(&self, path: &str) -> Result<T, FollowError> {
@@ -127,6 +109,23 @@ impl GlobalApi {
             body: "not found".to_owned(),
         })
     }
+}
+
+/// The JSON answer of a successful request to `path`, or the error the API gave.
+async fn decode<T: DeserializeOwned>(
+    response: reqwest::Response,
+    path: &str,
+) -> Result<T, FollowError> {
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(FollowError::Status {
+            status,
+            path: path.to_owned(),
+            body,
+        });
+    }
+    Ok(response.json().await?)
 }
 
 /// Keeps `state` in step with the global API until the process ends. `synced` becomes true
