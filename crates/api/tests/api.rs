@@ -171,19 +171,41 @@ async fn requests_need_a_valid_token_but_health_and_openapi_do_not() {
     );
 }
 
+/// A server with regions and two orgs, `first` having applied service `service`.
+struct Tenants {
+    _server: Server,
+    admin: Api,
+    first: Api,
+    second: Api,
+}
+
+async fn two_orgs(dir: &Path, first: &str, second: &str, service: &str) -> Tenants {
+    let server = Server::start(dir).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let first_api = org_token(&admin, first).await;
+    let second_api = org_token(&admin, second).await;
+    let (status, body) = first_api
+        .post("/v1/services", definition(first, service, "v1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    Tenants {
+        _server: server,
+        admin,
+        first: first_api,
+        second: second_api,
+    }
+}
+
 #[tokio::test]
 async fn an_org_token_sees_only_its_org() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
-    let admin = server.as_admin();
-    with_regions(&admin).await;
-    let alpha = org_token(&admin, "alpha").await;
-    let beta = org_token(&admin, "beta").await;
-
-    let (status, body) = alpha
-        .post("/v1/services", definition("alpha", "web", "a"))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let Tenants {
+        _server,
+        admin,
+        first: alpha,
+        second: beta,
+    } = two_orgs(dir.path(), "alpha", "beta", "web").await;
     let web = "/v1/orgs/alpha/apps/shop/services/web";
     assert_eq!(alpha.get(web).await.0, StatusCode::OK);
 
@@ -225,7 +247,7 @@ async fn an_org_token_sees_only_its_org() {
     assert_eq!(alpha.get("/v1/revision").await.0, StatusCode::FORBIDDEN);
     // An org token cannot create its org implicitly elsewhere, and alpha's service is intact.
     let (_, current) = alpha.get(web).await;
-    assert_eq!(current["definition"]["runtime"]["process"]["command"], "a");
+    assert_eq!(current["definition"]["runtime"]["process"]["command"], "v1");
     // The admin sees everything.
     let (_, all) = admin.get("/v1/services").await;
     assert_eq!(all.as_array().unwrap().len(), 1);
@@ -540,15 +562,12 @@ async fn metrics_count_requests_by_route_and_status() {
 #[tokio::test]
 async fn endpoints_are_registered_listed_by_region_and_validated() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
-    let admin = server.as_admin();
-    with_regions(&admin).await;
-    let acme = org_token(&admin, "acme").await;
-    let globex = org_token(&admin, "globex").await;
-    let (status, body) = acme
-        .post("/v1/services", definition("acme", "api", "v1"))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let Tenants {
+        _server,
+        admin,
+        first: acme,
+        second: globex,
+    } = two_orgs(dir.path(), "acme", "globex", "api").await;
     let base = "/v1/orgs/acme/apps/shop/services/api/endpoints";
 
     let (status, body) = acme
