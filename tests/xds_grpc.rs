@@ -125,7 +125,7 @@ fn endpoints_reach_the_client_and_changes_move_its_traffic(client: Command) {
 
     let bootstrap = dir.path().join("bootstrap.json");
     let bootstrap_json = serde_json::json!({
-        "xds_servers": [{"server_uri": region.xds, "channel_creds": [{"type": "insecure"}],
+        "xds_servers": [{"server_uri": region.xds_plaintext, "channel_creds": [{"type": "insecure"}],
                          "server_features": ["xds_v3"]}],
         "node": {"id": "test-client", "locality": {"region": "fra"},
                  "metadata": {"org": "acme", "role": "grpc-client"}},

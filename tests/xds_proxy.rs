@@ -52,7 +52,8 @@ struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    fn start(xds: &str, state_dir: &Path) -> ProxyProcess {
+    /// Starts a proxy following `xds`; with `join_token`, it joins the installation first.
+    fn start(xds: &str, state_dir: &Path, join_token: Option<&str>) -> ProxyProcess {
         let (child, lines) = spawn_with_lines(
             Command::new(MERIDIAN)
                 .args([
@@ -66,6 +67,12 @@ impl ProxyProcess {
                 ])
                 .args(["--admin", "127.0.0.1:0", "--state-dir"])
                 .arg(state_dir)
+                .args(
+                    join_token
+                        .map(|t| ["--join-token", t])
+                        .into_iter()
+                        .flatten(),
+                )
                 .env("MERIDIAN_LOG", "warn"),
         );
         let line = wait_for_line(&lines, DEADLINE, "the proxy's admin address", |l| {
@@ -164,7 +171,15 @@ async fn a_gateway_follows_its_regional_control_plane_which_outlives_the_global_
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let proxy = ProxyProcess::start(&format!("http://{}", region.xds), &dir.path().join("state"));
+    // The gateway joins with a one-time token and talks to its control plane over mTLS.
+    let token = region.join_token("gateway");
+    let state = dir.path().join("state");
+    let proxy = ProxyProcess::start(&region.xds, &state, Some(&token));
+    let key_mode = std::fs::metadata(state.join("identity/key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600, "the proxy's key is its own");
     let gateway = proxy.gateway().await;
     served_by(gateway, "shop.example.com", &["one"]).await;
 
@@ -185,9 +200,10 @@ async fn a_gateway_follows_its_regional_control_plane_which_outlives_the_global_
     assert_eq!(old.status(), 404, "the old domain is gone");
 
     // Without the global control plane the region goes on: a gateway that starts now gets its
-    // configuration from the regional control plane.
     drop(platform);
-    let late = ProxyProcess::start(&format!("http://{}", region.xds), &dir.path().join("late"));
+    // configuration from the regional control plane, which also makes and redeems its token.
+    let token = region.join_token("gateway");
+    let late = ProxyProcess::start(&region.xds, &dir.path().join("late"), Some(&token));
     served_by(late.gateway().await, "www.example.com", &["two"]).await;
 }
 
@@ -300,7 +316,7 @@ async fn nacks_restarts_and_a_missing_control_plane_keep_the_proxy_serving() {
     let ports = upstreams(&["one", "two", "three"]).await;
     let mut plane = TestControlPlane::start().await;
     plane.set_web(&[ports["one"]]);
-    let proxy = ProxyProcess::start(&plane.url(), &state_dir);
+    let proxy = ProxyProcess::start(&plane.url(), &state_dir, None);
     let gateway = proxy.gateway().await;
     served_by(gateway, "shop.example.com", &["one"]).await;
 
@@ -343,6 +359,6 @@ async fn nacks_restarts_and_a_missing_control_plane_keep_the_proxy_serving() {
     // A new proxy that cannot reach its control plane serves the last accepted configuration.
     plane.stop();
     drop(proxy);
-    let restarted = ProxyProcess::start(&plane.url(), &state_dir);
+    let restarted = ProxyProcess::start(&plane.url(), &state_dir, None);
     served_by(restarted.gateway().await, "shop.example.com", &["three"]).await;
 }

@@ -208,6 +208,8 @@ impl Regional {
         let dir = tempfile::tempdir()?;
         let mut child = pinned(&args.meridian, &args.control_cpus)
             .args(["control", "--region", "fra", "--xds", "127.0.0.1:0"])
+            // The simulated clients have no certificates: they use the unauthenticated port.
+            .args(["--xds-plaintext", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--admin", "127.0.0.1:0", "--api", &api.base])
@@ -219,13 +221,16 @@ impl Regional {
             .spawn()?;
         let pid = child.id().context("regional control plane exited")?;
         let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-        let line = loop {
-            let line = lines
+        let mut line = String::new();
+        let plaintext = loop {
+            let next = lines
                 .next_line()
                 .await?
                 .context("the regional control plane did not print its addresses")?;
-            if line.contains("serving xDS on ") {
-                break line;
+            if next.contains("serving xDS on ") {
+                line = next;
+            } else if let Some(rest) = next.split(" proxyless gRPC clients on ").nth(1) {
+                break rest.split(' ').next().unwrap_or_default().to_owned();
             }
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -240,7 +245,7 @@ impl Regional {
             _child: child,
             _dir: dir,
             pid,
-            xds: format!("http://{}", field("serving xDS on ")?),
+            xds: format!("http://{plaintext}"),
             admin: field("admin ")?,
         };
         let end = Instant::now() + Duration::from_secs(60);

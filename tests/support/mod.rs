@@ -175,8 +175,14 @@ pub struct RegionalPlane {
     _child: Killed,
     /// Its data directory (its CA).
     pub dir: tempfile::TempDir,
-    /// Its xDS address (`ip:port`).
+    /// Its xDS and certificate address over mutual TLS (`https://ip:port`).
     pub xds: String,
+    /// Its xDS address without authentication, for proxyless gRPC clients (`ip:port`).
+    pub xds_plaintext: String,
+    /// Its admin address (`http://ip:port`), where join tokens are made.
+    pub admin: String,
+    /// The admin token of the installation.
+    token: String,
 }
 
 impl RegionalPlane {
@@ -187,6 +193,7 @@ impl RegionalPlane {
         let (child, lines) = spawn_with_lines(
             Command::new(MERIDIAN)
                 .args(["control", "--region", region, "--xds", "127.0.0.1:0"])
+                .args(["--xds-plaintext", "127.0.0.1:0"])
                 .arg("--data-dir")
                 .arg(dir.path())
                 .args(["--admin", "127.0.0.1:0", "--api", api])
@@ -200,17 +207,49 @@ impl RegionalPlane {
             "the regional control plane's address",
             |l| l.contains("serving xDS on "),
         );
-        let xds = line
-            .split("serving xDS on ")
+        let field = |after: &str| {
+            line.split(after)
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .unwrap_or_else(|| panic!("no `{after}` in {line}"))
+                .to_owned()
+        };
+        let (xds, admin) = (field("serving xDS on "), field("admin "));
+        let plaintext = wait_for_line(
+            &lines,
+            STARTUP_DEADLINE,
+            "the unauthenticated xDS address",
+            |l| l.contains(" proxyless gRPC clients on "),
+        );
+        let xds_plaintext = plaintext
+            .split(" proxyless gRPC clients on ")
             .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .expect("an xDS address")
+            .and_then(|rest| rest.split(' ').next())
+            .expect("an address")
             .to_owned();
         RegionalPlane {
             _child: Killed(child),
             dir,
             xds,
+            xds_plaintext,
+            admin,
+            token: token.to_owned(),
         }
+    }
+
+    /// A one-time join token for `identity` (e.g. `gateway`), made by `meridian join-token`.
+    pub fn join_token(&self, identity: &str) -> String {
+        let output = Command::new(MERIDIAN)
+            .args(["join-token", identity, "--control", &self.admin])
+            .env("MERIDIAN_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "meridian join-token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
     }
 }
 

@@ -53,8 +53,10 @@ enum Command {
     Control(commands::control::ControlArgs),
     /// Run a whole platform on this machine and deploy an example app.
     Dev(commands::dev::DevArgs),
-    /// Run the data-plane proxy from a config file.
+    /// Run the data-plane proxy from a config file or an xDS control plane.
     Proxy(commands::proxy::ProxyArgs),
+    /// Make a one-time join token for a proxy or agent of a region (admin).
+    JoinToken(commands::join_token::JoinTokenArgs),
     /// Manage regions (admin).
     #[command(subcommand)]
     Region(commands::resources::RegionCommand),
@@ -140,6 +142,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Control(control_args) => control::run(control_args, args).await,
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
+        Command::JoinToken(join_args) => commands::join_token::run(join_args, args).await,
         Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,
         Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,
         Command::Token(cmd) => resources::token(&Client::new(&args)?, format, cmd).await,

@@ -1,18 +1,103 @@
-//! The regional control plane's admin port: `/healthz`, `/readyz` and `/metrics`.
+//! The regional control plane's admin port: `/healthz`, `/readyz` and `/metrics`, and
+//! `POST /v1/join-tokens` for administrators.
 
 use std::sync::Arc;
 
-use axum::http::{header, StatusCode};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::issuer::{Issuer, IssuerError};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+/// Who may make join tokens, and with what.
+#[derive(Clone)]
+pub struct JoinTokenAdmin {
+    /// The issuer that will redeem them.
+    pub issuer: Arc<Issuer>,
+    /// The installation's admin token, which the caller must present as a bearer token.
+    pub admin_token: String,
+}
+
+/// The body of `POST /v1/join-tokens`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenRequest {
+    /// `gateway`, `agent/<node>`, `edge/<location>` or `org/<org>/app/<app>/service/<service>`.
+    identity: String,
+    /// How long the token may be redeemed; default one hour.
+    #[serde(default = "default_ttl")]
+    ttl_seconds: u64,
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+/// The longest a join token lives: a week.
+const MAX_TTL_SECONDS: u64 = 7 * 86_400;
+
+async fn create_join_token(
+    State(admin): State<JoinTokenAdmin>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, IssuerError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same_secret(presented.as_bytes(), admin.admin_token.as_bytes()) {
+        return Err(IssuerError::Unauthenticated(
+            "join tokens are for administrators: send the installation's admin token as              `Authorization: Bearer …` (MERIDIAN_TOKEN)"
+                .to_owned(),
+        ));
+    }
+    let request: JoinTokenRequest = serde_json::from_slice(&body)
+        .map_err(|e| IssuerError::BadRequest(format!("the body: {e}")))?;
+    if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL_SECONDS {
+        return Err(IssuerError::BadRequest(format!(
+            "ttl_seconds: must be between 1 and {MAX_TTL_SECONDS}"
+        )));
+    }
+    let (token, id) = admin
+        .issuer
+        .join_token(&request.identity, Duration::from_secs(request.ttl_seconds))?;
+    Ok(Json(serde_json::json!({
+        "token": token.as_str(),
+        "spiffe_id": id.to_string(),
+        "expires_in_seconds": request.ttl_seconds,
+    })))
+}
+
+/// Compares two secrets in time that depends on their length only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The admin routes: `/readyz` answers 200 once `synced` is true (the first full sync with the
-/// global control plane is done), 503 before; `/metrics` renders `registry`.
-pub fn admin_router(registry: Arc<Registry>, synced: watch::Receiver<bool>) -> Router {
+/// global control plane is done), 503 before; `/metrics` renders `registry`; with `join`,
+/// `POST /v1/join-tokens` makes join tokens for administrators.
+pub fn admin_router(
+    registry: Arc<Registry>,
+    synced: watch::Receiver<bool>,
+    join: Option<JoinTokenAdmin>,
+) -> Router {
+    let join_tokens = match join {
+        Some(admin) => Router::new()
+            .route("/v1/join-tokens", post(create_join_token))
+            .layer(DefaultBodyLimit::max(16 * 1024))
+            .with_state(admin),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(join_tokens)
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",

@@ -8,9 +8,17 @@
 mod admin;
 mod ca;
 mod follow;
+mod issuer;
+mod join_tokens;
 mod region;
+mod tls;
+mod xds_auth;
 
-pub use admin::admin_router;
-pub use ca::{regional_ca, RegionalCaError};
+pub use admin::{admin_router, JoinTokenAdmin};
+pub use ca::{regional_ca, RegionalCa, RegionalCaError};
 pub use follow::{follow, FollowError, GlobalApi};
+pub use issuer::{Issuer, IssuerError};
+pub use join_tokens::{JoinTokens, JoinTokensError};
 pub use region::RegionState;
+pub use tls::{tls_incoming, Peer, PeerStream};
+pub use xds_auth::AuthenticatedAds;

@@ -64,6 +64,11 @@ impl RegionState {
         &self.region
     }
 
+    /// Whether service `id` runs in the region.
+    pub fn runs(&self, id: &ServiceId) -> bool {
+        self.deployments.contains_key(id)
+    }
+
     /// How many services run in the region.
     pub fn services(&self) -> usize {
         self.deployments.len()

@@ -95,7 +95,7 @@ fn now() -> time::OffsetDateTime {
 }
 
 /// Certificates are valid from a little before they are made, for clocks a little behind.
-const BACKDATE: time::Duration = time::Duration::minutes(5);
+pub(crate) const BACKDATE: time::Duration = time::Duration::minutes(5);
 
 fn ca_params(common_name: &str, validity: Duration, path_len: u8) -> CertificateParams {
     let mut params = CertificateParams::default();
@@ -331,7 +331,7 @@ impl Authority {
 }
 
 /// Writes `text` to a new file readable by its owner only.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -343,9 +343,10 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     file.write_all(text.as_bytes())
 }
 
-/// A key pair and a signing request for an intermediate CA (the issuer decides its name and
-/// constraints). Returns (request PEM, private key PEM).
-pub fn ca_request() -> Result<(String, String), rcgen::Error> {
+/// A key pair and a signing request that names nothing: the issuer decides the name (and, for
+/// an intermediate CA, its constraints), e.g. from a join token. Returns (request PEM, private
+/// key PEM).
+pub fn blank_request() -> Result<(String, String), rcgen::Error> {
     let key = KeyPair::generate()?;
     let request = CertificateParams::default().serialize_request(&key)?;
     Ok((request.pem()?, key.serialize_pem()))

@@ -8,12 +8,13 @@
 //! that asks for anything else.
 
 mod authority;
+pub mod enroll;
 mod spiffe;
 mod verify;
 
-pub use authority::{ca_request, request_for, Authority, AuthorityError, IssueError, Issued};
+pub use authority::{blank_request, request_for, Authority, AuthorityError, IssueError, Issued};
 pub use spiffe::{BadSpiffeId, SpiffeId, Subject};
 pub use verify::{
-    certified_key, client_config, mesh_server_name, peer_id, provider, server_config, trust_bundle,
-    CertStore, TlsError,
+    certified_key, client_config, control_client_config, control_server_config, mesh_server_name,
+    peer_id, provider, server_config, trust_bundle, CertStore, TlsError,
 };

@@ -158,8 +158,32 @@ pub fn server_config(
     local: Arc<CertStore>,
     bundle: RootCertStore,
 ) -> Result<ServerConfig, TlsError> {
+    tls13_server(local, bundle, false)
+}
+
+/// A server config for a control plane's port: like [`server_config`], except that a client
+/// may come without a certificate (to join with a join token); a certificate it presents must
+/// still chain to `bundle`. Each request must check whether its caller presented one.
+pub fn control_server_config(
+    local: Arc<CertStore>,
+    bundle: RootCertStore,
+) -> Result<ServerConfig, TlsError> {
+    tls13_server(local, bundle, true)
+}
+
+fn tls13_server(
+    local: Arc<CertStore>,
+    bundle: RootCertStore,
+    anonymous_allowed: bool,
+) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(bundle), provider.clone())
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(bundle), provider.clone());
+    let builder = if anonymous_allowed {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let verifier = builder
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -177,19 +201,82 @@ pub fn client_config(
     bundle: RootCertStore,
     expected: SpiffeId,
 ) -> Result<ClientConfig, TlsError> {
+    tls13_client(Some(local), bundle, Expected::Exactly(expected))
+}
+
+/// A client config for calls to a control plane of the installation (any control plane whose
+/// certificate chains to `bundle` and names a `control/…` ID), presenting the certificate from
+/// `local`, or none (to join).
+pub fn control_client_config(
+    local: Option<Arc<CertStore>>,
+    bundle: RootCertStore,
+) -> Result<ClientConfig, TlsError> {
+    tls13_client(local, bundle, Expected::AnyControlPlane)
+}
+
+fn tls13_client(
+    local: Option<Arc<CertStore>>,
+    bundle: RootCertStore,
+    expected: Expected,
+) -> Result<ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(SpiffeServerVerifier {
         roots: bundle,
         expected,
         provider: provider.clone(),
     });
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(local);
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match local {
+        Some(local) => builder.with_client_cert_resolver(local),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// A client config that accepts any server certificate, for one purpose only: fetching the
+/// trust bundle, which the caller then checks against a fingerprint it got out of band (the
+/// join token). Nothing else may travel over it.
+pub(crate) fn bundle_download_config() -> Result<ClientConfig, TlsError> {
+    tls13_client(
+        None,
+        RootCertStore::empty(),
+        Expected::AnyoneForPinnedDownload,
+    )
+}
+
+/// The server a client expects.
+#[derive(Debug)]
+enum Expected {
+    /// Any server: only for [`bundle_download_config`].
+    AnyoneForPinnedDownload,
+    /// This identity.
+    Exactly(SpiffeId),
+    /// Any control plane (global or regional) of the trust domain.
+    AnyControlPlane,
+}
+
+impl Expected {
+    fn admits(&self, id: &SpiffeId) -> bool {
+        match self {
+            Expected::Exactly(expected) => id == expected,
+            Expected::AnyControlPlane => matches!(id.subject, crate::Subject::Control { .. }),
+            Expected::AnyoneForPinnedDownload => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Exactly(id) => id.fmt(f),
+            Expected::AnyControlPlane => f.write_str("a control plane"),
+            Expected::AnyoneForPinnedDownload => f.write_str("any server"),
+        }
+    }
 }
 
 /// The server name a mesh client sends: servers are told apart by SPIFFE ID, not DNS name.
@@ -203,7 +290,7 @@ pub fn mesh_server_name() -> ServerName<'static> {
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     roots: RootCertStore,
-    expected: SpiffeId,
+    expected: Expected,
     provider: Arc<CryptoProvider>,
 }
 
@@ -216,6 +303,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if matches!(self.expected, Expected::AnyoneForPinnedDownload) {
+            return Ok(ServerCertVerified::assertion());
+        }
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -225,7 +315,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             self.provider.signature_verification_algorithms.all,
         )?;
         match peer_id(end_entity) {
-            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            Some(id) if self.expected.admits(&id) => Ok(ServerCertVerified::assertion()),
             Some(id) => Err(rustls::Error::General(format!(
                 "the server is {id}, not {}",
                 self.expected

@@ -58,12 +58,54 @@ pub trait Handler: Send {
 /// Where and as whom a client connects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// The server, e.g. `http://127.0.0.1:18000`.
+    /// The server, e.g. `http://127.0.0.1:18000`, or `https://…` with `tls`.
     pub url: String,
+    /// TLS for the connection (with the client's certificate for mutual TLS); `None`: cleartext.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The node this client is.
     pub node: Node,
     /// First and longest wait between reconnection attempts.
     pub backoff: (Duration, Duration),
+}
+
+/// Opens TLS connections to the server's host and port with a rustls config (which checks the
+/// server's identity its own way and may present a client certificate).
+#[derive(Clone)]
+struct TlsConnect(Arc<rustls::ClientConfig>);
+
+impl tower::Service<http::Uri> for TlsConnect {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.0.clone());
+        Box::pin(async move {
+            let invalid = |what: &str| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"))
+            };
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid("no host"))?
+                .trim_matches(['[', ']']);
+            let port = uri.port_u16().unwrap_or(443);
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|_| invalid("the host is not a valid server name"))?;
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 /// Largest response accepted, in bytes.
@@ -194,12 +236,18 @@ async fn session<H: Handler>(
     held: &mut Resources,
     interests: &mut Interests,
 ) -> Result<(), SessionError> {
-    let channel = tonic::transport::Endpoint::from_shared(options.url.clone())
+    let endpoint = tonic::transport::Endpoint::from_shared(options.url.clone())
         .map_err(SessionError::Connect)?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+        .tcp_nodelay(true);
+    let channel = match &options.tls {
+        Some(config) => {
+            endpoint
+                .connect_with_connector(TlsConnect(config.clone()))
+                .await?
+        }
+        None => endpoint.connect().await?,
+    };
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let (tx, rx) = mpsc::unbounded_channel();

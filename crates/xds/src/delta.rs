@@ -93,6 +93,9 @@ impl Protocol for Delta {
                 cx.limits.max_names_per_type
             )));
         }
+        // A new wildcard subscription is always answered, even with nothing, so that a client
+        // waiting for its first configuration learns that there is nothing of this type.
+        let answer_even_empty = wildcard && !state.wildcard;
         let mut unsubscribe = Vec::new();
         for name in request.resource_names_unsubscribe {
             if name == "*" {
@@ -118,11 +121,18 @@ impl Protocol for Delta {
             cx.subscriber.unsubscribe_wildcard(&type_url);
         }
         state.wildcard = wildcard;
-        Ok(
-            respond(&type_url, state, candidates, &announce_missing, cx, false)
-                .into_iter()
-                .collect(),
+        Ok(respond(
+            &type_url,
+            state,
+            candidates,
+            &announce_missing,
+            cx,
+            Answer::Requested {
+                even_empty: answer_even_empty,
+            },
         )
+        .into_iter()
+        .collect())
     }
 
     fn on_changed(&mut self, changed: Dirty, cx: &mut Context) -> Vec<DeltaDiscoveryResponse> {
@@ -141,11 +151,23 @@ impl Protocol for Delta {
                 candidates,
                 &BTreeSet::new(),
                 cx,
-                true,
+                Answer::Pushed,
             ));
         }
         responses
     }
+}
+
+/// Why a response is made.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// A change in the cache (counts in the push and convergence latencies).
+    Pushed,
+    /// A request; `even_empty` answers it when there is nothing to send.
+    Requested {
+        /// Whether to answer with an empty response.
+        even_empty: bool,
+    },
 }
 
 /// Handles the ACK or NACK of the response with `nonce`.
@@ -177,17 +199,17 @@ fn acknowledge(
 /// A response with what the client lacks among `candidates` (node names): resources whose
 /// version it does not have, and removals of those it has that are gone or no longer
 /// subscribed. Names in `announce_missing` that do not exist are reported removed even if the
-/// client never had them, so that it stops waiting for them. `None` when there is nothing to say.
-/// `pushed` says whether a change caused the response (only those count in the push and
-/// convergence latencies).
+/// client never had them, so that it stops waiting for them. `None` when there is nothing to say
+/// (unless `answer` asks for a response even then).
 fn respond(
     type_url: &str,
     state: &mut TypeState,
     candidates: BTreeSet<String>,
     announce_missing: &BTreeSet<String>,
     cx: &mut Context,
-    pushed: bool,
+    answer: Answer,
 ) -> Option<DeltaDiscoveryResponse> {
+    let pushed = matches!(answer, Answer::Pushed);
     let cache = cx.subscriber.cache();
     let mut resources = Vec::new();
     let mut removed = Vec::new();
@@ -221,7 +243,8 @@ fn respond(
             }
         }
     }
-    if resources.is_empty() && removed.is_empty() {
+    let even_empty = matches!(answer, Answer::Requested { even_empty: true });
+    if resources.is_empty() && removed.is_empty() && !even_empty {
         return None;
     }
     let nonce = cx.nonce();

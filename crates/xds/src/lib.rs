@@ -23,7 +23,7 @@ mod stream;
 pub use cache::{Cache, Dirty, Subscriber, Update, Versioned};
 pub use client::{run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources};
 pub use metrics::XdsMetrics;
-pub use node::{role_namespace, tenant_namespace, Scope, PROXY_NAMESPACE};
+pub use node::{role_namespace, tenant_namespace, Grant, Scope, PROXY_NAMESPACE};
 pub use server::{AdsServer, Limits};
 pub use service::AdsService;
 

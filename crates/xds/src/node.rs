@@ -17,6 +17,18 @@ pub fn tenant_namespace(org: &str) -> String {
     format!("grpc/{org}/")
 }
 
+/// What a client's certificate grants it: its role and, for a tenant's workloads, its org. The
+/// server's authentication in front of the ADS service puts it in each request's extensions;
+/// when present it decides the node's [`Scope`], and whatever the node declares in its metadata
+/// is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The role: `gateway`, `node-proxy`, `edge`, or `grpc` for a tenant's workloads.
+    pub role: String,
+    /// The org of a tenant's workload.
+    pub org: Option<String>,
+}
+
 /// The part of the cache a node sees. Cache names start with a namespace: a node whose metadata
 /// names an `org` (a proxyless gRPC client of a tenant) sees only `grpc/<org>/…`, under names
 /// relative to it (cache name `grpc/acme/api.shop.internal:8080` is `api.shop.internal:8080` to
@@ -24,8 +36,8 @@ pub fn tenant_namespace(org: &str) -> String {
 /// their role under `proxy/<role>/…`, and the clusters and endpoints under `proxy/…`, the same
 /// way.
 ///
-/// Until workload identities exist, the org is what the node declares; the identity issue ties
-/// it to the node's certificate.
+/// With a [`Grant`] (the client authenticated with a certificate) the role and org are the
+/// grant's; without one (a server that does not authenticate) they are what the node declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     /// The prefix that turns a node's names of clusters and endpoints into cache names.
@@ -39,8 +51,9 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// The scope of `node` (an absent node sees everything, as role `unknown`).
-    pub fn of(node: Option<&Node>) -> Scope {
+    /// The scope of `node` with `grant` (an absent node without a grant sees everything, as
+    /// role `unknown`).
+    pub fn of(node: Option<&Node>, grant: Option<&Grant>) -> Scope {
         let string = |key: &str| {
             let value = node?.metadata.as_ref()?.fields.get(key)?;
             match &value.kind {
@@ -48,8 +61,14 @@ impl Scope {
                 _ => None,
             }
         };
-        let role = string("role").unwrap_or_else(|| "unknown".to_owned());
-        let (shared, listeners) = match string("org") {
+        let (role, org) = match grant {
+            Some(grant) => (grant.role.clone(), grant.org.clone()),
+            None => (
+                string("role").unwrap_or_else(|| "unknown".to_owned()),
+                string("org"),
+            ),
+        };
+        let (shared, listeners) = match org {
             Some(org) => (tenant_namespace(&org), tenant_namespace(&org)),
             None => (PROXY_NAMESPACE.to_owned(), role_namespace(&role)),
         };

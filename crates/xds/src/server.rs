@@ -3,9 +3,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
 
 use crate::cache::Cache;
 use crate::metrics::XdsMetrics;
@@ -86,12 +90,37 @@ impl AdsServer {
     }
 
     /// Serves ADS over gRPC (HTTP/2 cleartext) on `listener` until `shutdown` completes; then
-    /// every open stream ends (clients reconnect elsewhere or later).
+    /// every open stream ends (clients reconnect elsewhere or later). Nodes are scoped by what
+    /// they declare: nothing is authenticated.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        let routes = Routes::new(self.clone().into_service());
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            let conn = conn?;
+            conn.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(conn)
+        });
+        self.serve_routes(routes, incoming, shutdown).await
+    }
+
+    /// Serves `routes` on the connections of `incoming` until `shutdown` completes, with this
+    /// server's limits on streams; then every open ADS stream ends. `routes` holds this server's
+    /// [`AdsService`] (e.g. behind authentication that sets each request's [`crate::Grant`])
+    /// and may hold other HTTP routes (HTTP/1.1 is accepted for them).
+    pub async fn serve_routes<I, IO, IE>(
+        self,
+        routes: Routes,
+        incoming: I,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        I: Stream<Item = Result<IO, IE>>,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let max_streams = self.limits.max_streams_per_connection;
         let closing = self.closing.clone();
         let shutdown = async move {
@@ -100,9 +129,9 @@ impl AdsServer {
         };
         tonic::transport::Server::builder()
             .max_concurrent_streams(max_streams)
-            .tcp_nodelay(true)
-            .add_service(self.into_service())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .accept_http1(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
     }
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use crate::delta::Delta;
+use crate::node::Grant;
 use crate::server::AdsServer;
 use crate::sotw::Sotw;
 use crate::stream::{self, Responses};
@@ -80,7 +81,7 @@ impl StreamingService<DiscoveryRequest> for SotwMethod {
     type Future = Ready<Result<Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        ready(Ok(Response::new(self.0.open::<Sotw>(request.into_inner()))))
+        ready(Ok(Response::new(self.0.open::<Sotw>(request))))
     }
 }
 
@@ -93,9 +94,7 @@ impl StreamingService<DeltaDiscoveryRequest> for DeltaMethod {
     type Future = Ready<Result<Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        ready(Ok(Response::new(
-            self.0.open::<Delta>(request.into_inner()),
-        )))
+        ready(Ok(Response::new(self.0.open::<Delta>(request))))
     }
 }
 
@@ -139,9 +138,14 @@ where
 }
 
 impl AdsServer {
-    /// Opens one stream of flavour `P` over this server's cache.
-    fn open<P: stream::Protocol>(&self, inbound: Streaming<P::Request>) -> Responses<P::Response> {
+    /// Opens one stream of flavour `P` over this server's cache, scoped by the request's
+    /// [`Grant`] if its connection was authenticated.
+    fn open<P: stream::Protocol>(
+        &self,
+        request: Request<Streaming<P::Request>>,
+    ) -> Responses<P::Response> {
+        let grant = request.extensions().get::<Grant>().cloned();
         let (cache, metrics, limits, closing) = self.parts();
-        stream::spawn::<P>(inbound, cache, metrics, limits, closing)
+        stream::spawn::<P>(request.into_inner(), grant, cache, metrics, limits, closing)
     }
 }

@@ -8,7 +8,7 @@ use tonic::{Status, Streaming};
 
 use crate::cache::{Cache, Dirty, Subscriber};
 use crate::metrics::XdsMetrics;
-use crate::node::Scope;
+use crate::node::{Grant, Scope};
 use crate::server::Limits;
 
 /// What a stream's handler works with.
@@ -55,6 +55,7 @@ pub(crate) trait Protocol: Default + Send + 'static {
 /// Serves one stream in a task of its own and returns its responses.
 pub(crate) fn spawn<P: Protocol>(
     mut inbound: Streaming<P::Request>,
+    grant: Option<Grant>,
     cache: &std::sync::Arc<Cache>,
     metrics: XdsMetrics,
     limits: Limits,
@@ -70,7 +71,7 @@ pub(crate) fn spawn<P: Protocol>(
             },
             _ = closing.wait_for(|closing| *closing) => return,
         };
-        let scope = Scope::of(P::node(&first));
+        let scope = Scope::of(P::node(&first), grant.as_ref());
         let _connected = metrics.connected(P::API, &scope.role);
         tracing::debug!(api = P::API, node = %scope.node_id, role = %scope.role, "ADS stream opened");
         let mut cx = Context {

@@ -84,6 +84,8 @@ pub struct IntermediateIssued {
     pub trust_domain: String,
     /// The intermediate certificate, then its parents below the root (PEM).
     pub chain_pem: String,
+    /// The trust bundle: the installation's root certificate (PEM).
+    pub bundle_pem: String,
 }
 
 /// Issues the region's intermediate CA to the key of a signing request (admin only; this is
@@ -109,6 +111,7 @@ pub async fn intermediate(
     Ok(Json(IntermediateIssued {
         trust_domain: ca.trust_domain().to_owned(),
         chain_pem,
+        bundle_pem: ca.certificate_pem().to_owned(),
     }))
 }
 

@@ -7,10 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use meridian_control::{admin_router, follow, regional_ca, GlobalApi, RegionState};
-use meridian_identity::Authority;
+use meridian_control::{
+    admin_router, follow, regional_ca, tls_incoming, AuthenticatedAds, GlobalApi, Issuer,
+    JoinTokenAdmin, JoinTokens, RegionState, RegionalCa,
+};
+use meridian_identity::{control_server_config, trust_bundle, Authority, CertStore};
 use meridian_store::{SqliteStore, Store};
 use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
+use tonic::service::Routes;
 
 use crate::ClientArgs;
 
@@ -37,9 +41,19 @@ pub struct ControlArgs {
     /// printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Address for the xDS (ADS over gRPC) server (region only; port 0 picks a free port).
+    /// Address for the xDS (ADS over gRPC) server and the certificate issuer, both over mutual
+    /// TLS (region only; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:18000")]
     xds: SocketAddr,
+    /// Also serve xDS without authentication here, for proxyless gRPC clients that cannot
+    /// present a certificate (grpc-js-xds); nodes there are scoped by the org they declare, so
+    /// bind it where only trusted workloads reach it (region only; off by default).
+    #[arg(long, value_name = "ADDRESS")]
+    xds_plaintext: Option<SocketAddr>,
+    /// Lifetime of the certificates the region issues; holders renew at two thirds of it
+    /// (region only; from 10s to 30 days).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_lifetime: std::time::Duration,
     /// Address for the admin port with /healthz, /readyz and /metrics (region only).
     #[arg(long, default_value = "127.0.0.1:9902")]
     admin: SocketAddr,
@@ -65,6 +79,13 @@ pub async fn run(args: ControlArgs, client: ClientArgs) -> Result<()> {
 async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> Result<()> {
     meridian_model::check_dns_label(&region)
         .map_err(|reason| anyhow::anyhow!("--region: {reason}"))?;
+    if args.cert_lifetime < MIN_CERT_LIFETIME || args.cert_lifetime > MAX_CERT_LIFETIME {
+        anyhow::bail!(
+            "--cert-lifetime: must be between {} and {}",
+            humantime::format_duration(MIN_CERT_LIFETIME),
+            humantime::format_duration(MAX_CERT_LIFETIME)
+        );
+    }
     let token = client.token.context(
         "the regional control plane needs an admin token for the global API: \
          pass --token or set MERIDIAN_TOKEN",
@@ -78,42 +99,65 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         args.gateway,
     )));
     let (synced, synced_rx) = tokio::sync::watch::channel(false);
-    let xds = tokio::net::TcpListener::bind(args.xds)
-        .await
-        .with_context(|| format!("listening for xDS on {} (is the port in use?)", args.xds))?;
-    let admin = tokio::net::TcpListener::bind(args.admin)
-        .await
-        .with_context(|| {
-            format!(
-                "listening for admin on {} (is the port in use?)",
-                args.admin
-            )
-        })?;
+    let bind = |address: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listening for {what} on {address} (is the port in use?)"))
+    };
+    let xds = bind(args.xds, "xDS").await?;
+    let admin = bind(args.admin, "admin").await?;
+    let plaintext = match args.xds_plaintext {
+        Some(address) => Some(bind(address, "xDS without authentication").await?),
+        None => None,
+    };
+    let global = GlobalApi::new(&client.api, &token);
+    let region_dir = args.data_dir.join(format!("region-{region}"));
+    let ca_dir = region_dir.join("ca");
+    let regional = obtain_regional_ca(&global, &region, &ca_dir).await?;
     println!(
-        "meridian control (region {region}) serving xDS on {}, admin http://{}, following {}",
+        "intermediate CA of region {region} {} in {} (trust domain {})",
+        if regional.issued_now {
+            "issued by the global control plane, stored"
+        } else {
+            "loaded"
+        },
+        ca_dir.display(),
+        regional.ca.trust_domain()
+    );
+    let tokens = JoinTokens::open(&region_dir.join("join-tokens.json"))?;
+    let issuer = Arc::new(Issuer::new(
+        regional.ca,
+        regional.bundle_pem,
+        args.cert_lifetime,
+        tokens,
+        state.clone(),
+        &mut registry,
+    ));
+    let (own, _) = issuer
+        .own_certificate()
+        .map_err(|e| anyhow::anyhow!("making the control plane's certificate: {e}"))?;
+    let own = CertStore::new(own);
+    tokio::spawn(issuer.clone().keep_own_certificate(own.clone()));
+    let tls = control_server_config(own, trust_bundle(issuer.bundle_pem())?)?;
+    println!(
+        "meridian control (region {region}) serving xDS on https://{}, admin http://{}, following {}",
         xds.local_addr()?,
         admin.local_addr()?,
         client.api
     );
-    let global = GlobalApi::new(&client.api, &token);
-    let ca_dir = args.data_dir.join(format!("region-{region}")).join("ca");
-    match regional_ca(&global, &region, &ca_dir).await {
-        Ok((ca, issued)) => println!(
-            "intermediate CA of region {region} {} in {} (trust domain {})",
-            if issued {
-                "issued by the global control plane, stored"
-            } else {
-                "loaded"
-            },
-            ca_dir.display(),
-            ca.trust_domain()
-        ),
-        Err(e) => tracing::warn!(%region, error = %e,
-            "no intermediate CA for the region yet; serving xDS without one"),
-    }
+    println!(
+        "  xDS and certificates need mutual TLS; proxies join with a token (meridian join-token)"
+    );
     tokio::spawn(follow(global, state, synced));
-    let admin_server = axum::serve(admin, admin_router(Arc::new(registry), synced_rx))
-        .with_graceful_shutdown(shutdown_signal());
+    let join_tokens = JoinTokenAdmin {
+        issuer: issuer.clone(),
+        admin_token: token,
+    };
+    let admin_server = axum::serve(
+        admin,
+        admin_router(Arc::new(registry), synced_rx, Some(join_tokens)),
+    )
+    .with_graceful_shutdown(shutdown_signal());
     tokio::spawn(async move {
         if let Err(e) = admin_server.await {
             tracing::error!(error = %e, "admin server failed");
@@ -123,12 +167,66 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         coalesce: args.xds_coalesce,
         ..Limits::default()
     };
-    AdsServer::new(cache, metrics, limits)
-        .serve(xds, shutdown_signal())
-        .await
-        .context("serving xDS")?;
+    let ads = AdsServer::new(cache, metrics, limits);
+    if let Some(plaintext) = plaintext {
+        println!(
+            "  xDS without authentication for proxyless gRPC clients on {} (nodes are scoped by \
+             the org they declare)",
+            plaintext.local_addr()?
+        );
+        let server = ads.clone().serve(plaintext, shutdown_signal());
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the unauthenticated xDS server failed");
+            }
+        });
+    }
+    let authenticated = AuthenticatedAds::new(ads.clone().into_service(), &region);
+    let routes = Routes::new(authenticated)
+        .into_axum_router()
+        .merge(issuer.routes());
+    ads.serve_routes(
+        Routes::from(routes),
+        tls_incoming(xds, Arc::new(tls)),
+        shutdown_signal(),
+    )
+    .await
+    .context("serving xDS")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The shortest and longest certificate lifetimes a region issues.
+const MIN_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
+const MAX_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// The region's CA: loaded, or at the first start requested from the global control plane,
+/// retried until it answers (or until Ctrl-C).
+async fn obtain_regional_ca(
+    global: &GlobalApi,
+    region: &str,
+    ca_dir: &std::path::Path,
+) -> Result<RegionalCa> {
+    let mut wait = std::time::Duration::from_millis(200);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        match regional_ca(global, region, ca_dir).await {
+            Ok(regional) => return Ok(regional),
+            Err(e) => {
+                println!(
+                    "waiting for the global control plane to issue region {region}'s CA: {e} \
+                     (retrying in {})",
+                    humantime::format_duration(wait)
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut shutdown => anyhow::bail!("stopped before the region had a CA"),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 /// How long the installation's root CA is valid.

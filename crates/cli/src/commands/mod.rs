@@ -3,5 +3,6 @@
 pub mod control;
 pub mod dev;
 pub mod endpoints;
+pub mod join_token;
 pub mod proxy;
 pub mod resources;

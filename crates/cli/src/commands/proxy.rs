@@ -13,9 +13,16 @@ pub struct ProxyArgs {
     /// The config file (YAML or JSON; see docs/proxy-config.md). Edits, or SIGHUP, reload it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Follow this xDS control plane (delta ADS over gRPC), e.g. http://127.0.0.1:18000.
+    /// Follow this xDS control plane (delta ADS over gRPC): `https://HOST:PORT` of a regional
+    /// control plane (mutual TLS, with the identity from --join-token), or `http://…` for a
+    /// server without authentication.
     #[arg(long, value_name = "URL")]
     xds: Option<String>,
+    /// The one-time join token that buys this proxy its identity at the first start (xDS over
+    /// https only); later starts use the certificate kept in the state directory, renewed
+    /// before it expires.
+    #[arg(long, env = "MERIDIAN_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
     /// The node id this proxy gives the control plane (xDS only).
     #[arg(long, default_value = "meridian-proxy")]
     node_id: String,
@@ -25,8 +32,9 @@ pub struct ProxyArgs {
     /// The region this proxy runs in (xDS only; sent as the node's locality).
     #[arg(long)]
     region: Option<String>,
-    /// Where the last configuration accepted over xDS is kept; a proxy that starts while its
-    /// control plane is unreachable serves that copy (xDS only).
+    /// Where the last configuration accepted over xDS and the proxy's identity (in `identity/`,
+    /// the key readable by its owner only) are kept; a proxy that starts while its control
+    /// plane is unreachable serves that copy (xDS only).
     #[arg(long, default_value = "./proxy-state")]
     state_dir: PathBuf,
     /// Address of the admin port (/metrics, /config, /listeners, /healthz); port 0 picks one.
@@ -46,8 +54,14 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             meridian_proxy::run(options, shutdown).await?;
         }
         (None, Some(server)) => {
+            let tls = if server.starts_with("https://") {
+                Some(identity(&server, &args.state_dir, args.join_token.as_deref()).await?)
+            } else {
+                None
+            };
             let options = meridian_proxy::XdsOptions {
                 server,
+                tls,
                 node_id: args.node_id,
                 role: args.role,
                 region: args.region,
@@ -59,4 +73,35 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         (None, None) => anyhow::bail!("pass --config FILE or --xds URL"),
     }
     Ok(())
+}
+
+/// The proxy's identity for mutual TLS with its control plane at `server`: kept in
+/// `<state_dir>/identity`, joined with `token` the first time, and renewed in the background.
+async fn identity(
+    server: &str,
+    state_dir: &std::path::Path,
+    token: Option<&str>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use anyhow::Context;
+    use meridian_identity::enroll::{enrolled, keep_renewed, Renewal};
+    let dir = state_dir.join("identity");
+    let (credentials, joined) = enrolled(server, &dir, token)
+        .await
+        .context("getting this proxy's identity")?;
+    println!(
+        "identity {} ({}, valid until {}), key in {}",
+        credentials.id,
+        if joined { "joined now" } else { "stored" },
+        humantime::format_rfc3339_seconds(credentials.not_after),
+        dir.display()
+    );
+    let store = meridian_identity::CertStore::new(credentials.certified_key()?);
+    let tls = meridian_identity::control_client_config(Some(store.clone()), credentials.bundle()?)?;
+    let renewal = Renewal {
+        base: server.to_owned(),
+        dir,
+        store,
+    };
+    tokio::spawn(keep_renewed(renewal, credentials));
+    Ok(std::sync::Arc::new(tls))
 }

@@ -31,6 +31,8 @@ const STATE_FILE: &str = "last-config.json";
 pub struct XdsOptions {
     /// The control plane's xDS address, e.g. `http://127.0.0.1:18000`.
     pub server: String,
+    /// TLS (with this proxy's certificate) for an `https://` server.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// This proxy's node id.
     pub node_id: String,
     /// Its role (`gateway`, `node-proxy`, `edge`), sent as node metadata.
@@ -60,6 +62,7 @@ pub async fn run_xds(
     };
     let client = ClientOptions {
         url: options.server.clone(),
+        tls: options.tls.clone(),
         node,
         backoff: (Duration::from_millis(100), Duration::from_secs(5)),
     };

@@ -1,0 +1,59 @@
+//! `meridian join-token`: asks a region's control plane (its admin port) for a one-time join
+//! token for one identity; a proxy or agent redeems it for its first certificate.
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::ClientArgs;
+
+/// Options of `meridian join-token`.
+#[derive(Args)]
+pub struct JoinTokenArgs {
+    /// The identity the token admits, relative to the region: `gateway`, `agent/<node>`,
+    /// `edge/<location>` or `org/<org>/app/<app>/service/<service>`.
+    identity: String,
+    /// The region's control plane admin address (its `--admin`).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9902")]
+    control: String,
+    /// How long the token may be redeemed (at most a week).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+}
+
+/// Prints a new join token on standard output (and what it is for on standard error).
+pub async fn run(args: JoinTokenArgs, client: ClientArgs) -> Result<()> {
+    let token = client
+        .token
+        .context("join tokens are for administrators: pass --token or set MERIDIAN_TOKEN")?;
+    let url = format!("{}/v1/join-tokens", args.control.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({
+            "identity": args.identity,
+            "ttl_seconds": args.ttl.as_secs().max(1),
+        }))
+        .send()
+        .await
+        .with_context(|| format!("calling {url} (is the region's control plane running?)"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("reading the answer of {url}"))?;
+    if !status.is_success() {
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no reason given");
+        anyhow::bail!("{url} refused ({status}): {message}");
+    }
+    let (Some(token), Some(id)) = (body["token"].as_str(), body["spiffe_id"].as_str()) else {
+        anyhow::bail!("{url} answered without a token");
+    };
+    eprintln!(
+        "join token for {id}, valid {} and once:",
+        humantime::format_duration(args.ttl)
+    );
+    println!("{token}");
+    Ok(())
+}
