@@ -170,6 +170,9 @@ impl Drop for Killed {
     }
 }
 
+/// Where a [`RegionalPlane`] logs, in its data directory.
+const LOG_FILE: &str = "stderr.log";
+
 /// `meridian control --region R` following a global control plane.
 pub struct RegionalPlane {
     _child: Killed,
@@ -199,7 +202,8 @@ impl RegionalPlane {
                 .args(["--admin", "127.0.0.1:0", "--api", api])
                 .args(gateway.map(|g| ["--gateway", g]).into_iter().flatten())
                 .env("MERIDIAN_TOKEN", token)
-                .env("MERIDIAN_LOG", "warn"),
+                .env("MERIDIAN_LOG", "info")
+                .stderr(std::fs::File::create(dir.path().join(LOG_FILE)).unwrap()),
         );
         let line = wait_for_line(
             &lines,
@@ -235,6 +239,11 @@ impl RegionalPlane {
             admin,
             token: token.to_owned(),
         }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(LOG_FILE)).unwrap()
     }
 
     /// A one-time join token for `identity` (e.g. `gateway`), made by `meridian join-token`.

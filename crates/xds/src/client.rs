@@ -68,6 +68,21 @@ pub struct ClientOptions {
     pub backoff: (Duration, Duration),
 }
 
+/// A gRPC channel to the xDS server at `url`: over TLS with `tls` (which checks the server and
+/// may present the client's certificate), or cleartext without.
+pub async fn connect(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    match tls {
+        Some(config) => endpoint.connect_with_connector(TlsConnect(config)).await,
+        None => endpoint.connect().await,
+    }
+}
+
 /// Opens TLS connections to the server's host and port with a rustls config (which checks the
 /// server's identity its own way and may present a client certificate).
 #[derive(Clone)]
@@ -236,18 +251,7 @@ async fn session<H: Handler>(
     held: &mut Resources,
     interests: &mut Interests,
 ) -> Result<(), SessionError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(options.url.clone())
-        .map_err(SessionError::Connect)?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    let channel = match &options.tls {
-        Some(config) => {
-            endpoint
-                .connect_with_connector(TlsConnect(config.clone()))
-                .await?
-        }
-        None => endpoint.connect().await?,
-    };
+    let channel = connect(&options.url, options.tls.clone()).await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let (tx, rx) = mpsc::unbounded_channel();

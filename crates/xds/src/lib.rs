@@ -21,7 +21,9 @@ mod sotw;
 mod stream;
 
 pub use cache::{Cache, Dirty, Subscriber, Update, Versioned};
-pub use client::{run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources};
+pub use client::{
+    connect, run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
+};
 pub use metrics::XdsMetrics;
 pub use node::{role_namespace, tenant_namespace, Grant, Scope, PROXY_NAMESPACE};
 pub use server::{AdsServer, Limits};
