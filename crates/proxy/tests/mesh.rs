@@ -69,6 +69,16 @@ async fn peer_echo() -> SocketAddr {
 }
 
 async fn mesh_proxy(pki: &Pki, me: &SpiffeId, upstream: SocketAddr) -> (Arc<Proxy>, SocketAddr) {
+    let (proxy, address, _) = mesh_proxy_with_text(pki, me, upstream).await;
+    (proxy, address)
+}
+
+/// [`mesh_proxy`], and the config text it applied.
+async fn mesh_proxy_with_text(
+    pki: &Pki,
+    me: &SpiffeId,
+    upstream: SocketAddr,
+) -> (Arc<Proxy>, SocketAddr, String) {
     let [chain, key, bundle] = pki.files(me);
     let text = format!(
         "listeners:
@@ -87,7 +97,7 @@ clusters:
     let proxy = Arc::new(Proxy::default());
     proxy.apply_text(&text).await.unwrap();
     let address = proxy.listeners().await[0].1;
-    (proxy, address)
+    (proxy, address, text)
 }
 
 /// One GET over mutual TLS as `caller` (claiming another identity in the header); the status,
@@ -194,6 +204,17 @@ async fn outbound_proxy(
     peer: &SpiffeId,
     target: SocketAddr,
 ) -> (Arc<Proxy>, SocketAddr) {
+    let (proxy, address, _, _) = outbound_proxy_with_files(pki, me, peer, target).await;
+    (proxy, address)
+}
+
+/// [`outbound_proxy`], the config text it applied, and its identity files (chain, key, bundle).
+async fn outbound_proxy_with_files(
+    pki: &Pki,
+    me: &SpiffeId,
+    peer: &SpiffeId,
+    target: SocketAddr,
+) -> (Arc<Proxy>, SocketAddr, String, [PathBuf; 3]) {
     let dir = pki.dir.path().join(format!("outbound-{}", next_number()));
     std::fs::create_dir_all(&dir).unwrap();
     let (chain, key) = pki.issue(me);
@@ -218,7 +239,7 @@ clusters:
     let proxy = Arc::new(Proxy::default());
     proxy.apply_text(&text).await.unwrap();
     let address = proxy.listeners().await[0].1;
-    (proxy, address)
+    (proxy, address, text, paths)
 }
 
 fn next_number() -> u64 {
@@ -256,4 +277,106 @@ async fn a_hop_to_an_endpoint_with_another_identity_fails() {
     let (_outbound, plain) = outbound_proxy(&pki, &web, &expected, mesh_address).await;
     let answer = reqwest::get(format!("http://{plain}/")).await.unwrap();
     assert!(answer.status().is_server_error(), "{}", answer.status());
+}
+
+/// Writes a new certificate and key for `me` over `files` (chain, key) and re-applies `text`,
+/// as a renewal does; returns the new chain (PEM).
+async fn rotate(pki: &Pki, proxy: &Proxy, me: &SpiffeId, files: &[PathBuf], text: &str) -> String {
+    let (chain, key) = pki.issue(me);
+    std::fs::write(&files[0], &chain).unwrap();
+    std::fs::write(&files[1], key).unwrap();
+    proxy.apply_text(text).await.unwrap();
+    chain
+}
+
+/// The leaf certificate a new mutual-TLS handshake with `address` (expecting `server`) gets.
+async fn served_certificate(pki: &Pki, server: &SpiffeId, address: SocketAddr) -> Vec<u8> {
+    let (chain, key) = pki.issue(&id("acme", "shop", "probe"));
+    let local = CertStore::new(certified_key(&chain, &key).unwrap());
+    let bundle = trust_bundle(pki.root.certificate_pem()).unwrap();
+    let config = client_config(local, bundle, server.clone()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(mesh_server_name(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn leaf_der(chain_pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_steady_load_without_a_failed_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let web = id("acme", "shop", "web");
+    let (inbound, mesh_address, inbound_text) =
+        mesh_proxy_with_text(&pki, &api, peer_echo().await).await;
+    let inbound_files = ["chain.pem", "key.pem"].map(|n| pki.dir.path().join(n));
+    let (outbound, plain, outbound_text, outbound_files) =
+        outbound_proxy_with_files(&pki, &web, &api, mesh_address).await;
+
+    // Steady load: four clients; every answer must be 200 with the caller's identity.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let web = web.to_string();
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                let good = match client.get(format!("http://{plain}/")).send().await {
+                    Ok(answer) if answer.status() == 200 => {
+                        answer.text().await.ok().as_deref() == Some(web.as_str())
+                    }
+                    _ => false,
+                };
+                let counter = if good { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let served_more = |more: u64| {
+        let ok = ok.clone();
+        let at_least = ok.load(Ordering::Relaxed) + more;
+        async move {
+            let end = tokio::time::Instant::now() + Duration::from_secs(20);
+            while ok.load(Ordering::Relaxed) < at_least {
+                assert!(tokio::time::Instant::now() < end, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    served_more(100).await;
+    for _ in 0..3 {
+        let renewed = rotate(&pki, &inbound, &api, &inbound_files, &inbound_text).await;
+        served_more(100).await;
+        assert_eq!(
+            served_certificate(&pki, &api, mesh_address).await,
+            leaf_der(&renewed),
+            "new handshakes get the renewed certificate"
+        );
+        rotate(&pki, &outbound, &web, &outbound_files, &outbound_text).await;
+        served_more(100).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    assert!(ok.load(Ordering::Relaxed) >= 700);
+    assert_eq!(
+        inbound.listeners().await[0].1,
+        mesh_address,
+        "same listener throughout"
+    );
 }
