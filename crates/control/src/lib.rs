@@ -7,18 +7,22 @@
 
 mod admin;
 mod ca;
+mod fleet;
 mod follow;
 mod issuer;
 mod join_tokens;
 mod region;
+mod reports;
 mod tls;
 mod xds_auth;
 
 pub use admin::{admin_router, JoinTokenAdmin};
 pub use ca::{regional_ca, RegionalCa, RegionalCaError};
+pub use fleet::{Fleet, Placement, NODE_TIMEOUT};
 pub use follow::{follow, FollowError, GlobalApi};
 pub use issuer::{Issuer, IssuerError};
 pub use join_tokens::{JoinTokens, JoinTokensError};
-pub use region::RegionState;
+pub use region::{RegionState, ServiceId};
+pub use reports::ReportService;
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use xds_auth::AuthenticatedAds;

@@ -4,10 +4,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use meridian_model::{Endpoint, RegionalDeployment};
 use std::net::SocketAddr;
+use std::time::Instant;
 
-use meridian_xds::{render, role_namespace, Cache, Update, LISTENER, ROUTE};
+use envoy_types::pb::google::protobuf::Any;
+use meridian_model::{Endpoint, RegionalDeployment};
+use meridian_xds::meridian::{Assignment, NodeReport, ASSIGNMENT};
+use meridian_xds::{node_namespace, render, role_namespace, Cache, Update, LISTENER, ROUTE};
+use prost::Message;
+
+use crate::fleet::Fleet;
 
 /// Identifies a service: org, app and name.
 pub type ServiceId = (String, String, String);
@@ -17,6 +23,14 @@ pub struct RegionState {
     region: String,
     cache: Arc<Cache>,
     deployments: BTreeMap<ServiceId, RegionalDeployment>,
+    /// Endpoints registered through the global API, by service.
+    registered: BTreeMap<ServiceId, Vec<Endpoint>>,
+    /// Endpoints of the instances agents run, by service.
+    reported: BTreeMap<ServiceId, Vec<Endpoint>>,
+    /// The region's nodes and where instances are placed.
+    fleet: Fleet,
+    /// Cache names of the assignments rendered.
+    assignments: BTreeSet<String>,
     /// Cache names rendered for each service, by type URL.
     rendered: HashMap<ServiceId, BTreeSet<(&'static str, String)>>,
 }
@@ -40,6 +54,10 @@ impl RegionState {
             region: region.to_owned(),
             cache,
             deployments: BTreeMap::new(),
+            registered: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            fleet: Fleet::default(),
+            assignments: BTreeSet::new(),
             rendered: HashMap::new(),
         };
         state.render_gateway_routes();
@@ -91,29 +109,161 @@ impl RegionState {
         }
         let mut ids: BTreeSet<ServiceId> = self.deployments.keys().cloned().collect();
         ids.extend(new_deployments.keys().cloned());
+        let mut reshaped = false;
         for id in ids {
             let deployment = new_deployments.remove(&id);
             let endpoints = new_endpoints.remove(&id).unwrap_or_default();
-            self.set_service(id, deployment, endpoints);
+            reshaped |= self.update_service(id, deployment, endpoints);
+        }
+        if reshaped {
+            self.render_gateway_routes();
+            self.reconcile_instances();
+        }
+    }
+
+    /// Records an agent's report: its node is live, its instances have these states. Placement
+    /// is redone when the nodes changed or an instance failed; endpoints follow the states.
+    pub fn report(&mut self, report: NodeReport, now: Instant) {
+        if self.fleet.report(report, now) {
+            self.reconcile_instances();
+        } else {
+            self.refresh_reported();
+        }
+    }
+
+    /// Forgets nodes whose agents stopped reporting, and places their instances elsewhere.
+    pub fn expire_nodes(&mut self, now: Instant) {
+        let gone = self.fleet.expire(now);
+        if !gone.is_empty() {
+            tracing::warn!(nodes = ?gone, "nodes stopped reporting; placing their instances elsewhere");
+            self.reconcile_instances();
+        }
+    }
+
+    /// The region's nodes and placements.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Places every service's instances and renders the assignments and endpoints.
+    fn reconcile_instances(&mut self) {
+        let desired = self
+            .deployments
+            .iter()
+            .map(|(id, d)| (id.clone(), d.spec.scale.min))
+            .collect();
+        self.fleet.place(&desired);
+        self.render_assignments();
+        self.refresh_reported();
+    }
+
+    /// Renders one Assignment per placement into its node's namespace, and removes the others.
+    fn render_assignments(&mut self) {
+        let mut put = Vec::new();
+        let mut names = BTreeSet::new();
+        for placement in self.fleet.placements() {
+            let Some(deployment) = self.deployments.get(&placement.service) else {
+                continue;
+            };
+            let (org, app, service) = placement.service.clone();
+            let name = format!(
+                "{}{org}/{app}/{}",
+                node_namespace(&placement.node),
+                placement.instance
+            );
+            let assignment = Assignment {
+                instance: placement.instance,
+                org,
+                app,
+                service,
+                version: deployment.version,
+                spec_json: serde_json::to_vec(&deployment.spec).unwrap_or_default(),
+            };
+            let resource = Any {
+                type_url: ASSIGNMENT.to_owned(),
+                value: assignment.encode_to_vec(),
+            };
+            names.insert(name.clone());
+            put.push((name, resource));
+        }
+        let remove = self.assignments.difference(&names).cloned().collect();
+        self.cache.apply(ASSIGNMENT, Update { put, remove });
+        self.assignments = names;
+    }
+
+    /// Re-renders the services whose reported endpoints changed.
+    fn refresh_reported(&mut self) {
+        let mut fresh = self.fleet.endpoints(&self.region);
+        let mut ids: BTreeSet<ServiceId> = self.reported.keys().cloned().collect();
+        ids.extend(fresh.keys().cloned());
+        for id in ids {
+            let endpoints = fresh.remove(&id).unwrap_or_default();
+            if self.reported.get(&id).map_or(&[][..], Vec::as_slice) == endpoints.as_slice() {
+                continue;
+            }
+            if endpoints.is_empty() {
+                self.reported.remove(&id);
+            } else {
+                self.reported.insert(id.clone(), endpoints);
+            }
+            self.render_service(&id);
         }
     }
 
     /// Sets one service's regional deployment (`None`: it no longer runs here) and its endpoints
-    /// in this region, and re-renders it.
+    /// registered in this region, and re-renders it (and its instances' placement if its spec
+    /// changed).
     pub fn set_service(
         &mut self,
         id: ServiceId,
         deployment: Option<RegionalDeployment>,
         endpoints: Vec<Endpoint>,
     ) {
+        if self.update_service(id, deployment, endpoints) {
+            self.render_gateway_routes();
+            self.reconcile_instances();
+        }
+    }
+
+    /// Stores and renders one service; returns whether its spec changed.
+    fn update_service(
+        &mut self,
+        id: ServiceId,
+        deployment: Option<RegionalDeployment>,
+        endpoints: Vec<Endpoint>,
+    ) -> bool {
         let endpoints: Vec<Endpoint> = endpoints
             .into_iter()
             .filter(|e| e.region == self.region)
             .collect();
-        let rendered = match &deployment {
+        self.registered.insert(id.clone(), endpoints);
+        let spec_changed = self.deployments.get(&id) != deployment.as_ref();
+        match deployment {
             Some(deployment) => {
-                let refs: Vec<&Endpoint> = endpoints.iter().collect();
-                render::service(deployment, &refs)
+                self.deployments.insert(id.clone(), deployment);
+            }
+            None => {
+                self.deployments.remove(&id);
+                self.registered.remove(&id);
+            }
+        }
+        self.render_service(&id);
+        spec_changed
+    }
+
+    /// Renders one service from its deployment and its registered and reported endpoints, and
+    /// removes what it no longer has.
+    fn render_service(&mut self, id: &ServiceId) {
+        let rendered = match self.deployments.get(id) {
+            Some(deployment) => {
+                let endpoints: Vec<&Endpoint> = self
+                    .registered
+                    .get(id)
+                    .into_iter()
+                    .chain(self.reported.get(id))
+                    .flatten()
+                    .collect();
+                render::service(deployment, &endpoints)
             }
             None => render::Rendered::default(),
         };
@@ -127,7 +277,7 @@ impl RegionState {
                 .put
                 .push((name, resource));
         }
-        if let Some(old) = self.rendered.get(&id) {
+        if let Some(old) = self.rendered.get(id) {
             for (type_url, name) in old.difference(&names) {
                 by_type
                     .entry(type_url)
@@ -147,19 +297,10 @@ impl RegionState {
                 self.cache.apply(type_url, update);
             }
         }
-        let spec_changed = self.deployments.get(&id) != deployment.as_ref();
-        match deployment {
-            Some(deployment) => {
-                self.deployments.insert(id.clone(), deployment);
-                self.rendered.insert(id, names);
-            }
-            None => {
-                self.deployments.remove(&id);
-                self.rendered.remove(&id);
-            }
-        }
-        if spec_changed {
-            self.render_gateway_routes();
+        if names.is_empty() {
+            self.rendered.remove(id);
+        } else {
+            self.rendered.insert(id.clone(), names);
         }
     }
 }

@@ -45,14 +45,18 @@ fn grant_for(id: Option<&SpiffeId>, region: &str) -> Result<Grant, Status> {
     let role = |role: &str| Grant {
         role: role.to_owned(),
         org: None,
+        node: None,
     };
     match &id.subject {
         Subject::Gateway { region: r } if r == region => Ok(role("gateway")),
-        Subject::Agent { region: r, .. } if r == region => Ok(role("node-proxy")),
+        Subject::Agent { region: r, node } if r == region => Ok(Grant {
+            node: Some(node.clone()),
+            ..role("node-proxy")
+        }),
         Subject::Edge { .. } => Ok(role("edge")),
         Subject::Workload { org, .. } => Ok(Grant {
-            role: "grpc".to_owned(),
             org: Some(org.clone()),
+            ..role("grpc")
         }),
         _ => Err(Status::permission_denied(format!(
             "{id} may not read the configuration of region {region}"

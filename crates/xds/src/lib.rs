@@ -12,6 +12,7 @@
 mod cache;
 mod client;
 mod delta;
+pub mod meridian;
 mod metrics;
 mod node;
 pub mod render;
@@ -25,7 +26,7 @@ pub use client::{
     connect, run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
 };
 pub use metrics::XdsMetrics;
-pub use node::{role_namespace, tenant_namespace, Grant, Scope, PROXY_NAMESPACE};
+pub use node::{node_namespace, role_namespace, tenant_namespace, Grant, Scope, PROXY_NAMESPACE};
 pub use server::{AdsServer, Limits};
 pub use service::AdsService;
 
@@ -45,6 +46,7 @@ pub(crate) fn type_label(type_url: &str) -> &'static str {
         ROUTE => "route",
         CLUSTER => "cluster",
         ENDPOINT => "endpoint",
+        meridian::ASSIGNMENT => "assignment",
         _ => "other",
     }
 }

@@ -3,6 +3,11 @@
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 
+/// Where Meridian's own type URLs start.
+const MERIDIAN_TYPES: &str = "type.googleapis.com/meridian.";
+/// A prefix no cache name has.
+const NOTHING: &str = "\u{0}none/";
+
 /// The namespace of the resources rendered for Meridian's proxies.
 pub const PROXY_NAMESPACE: &str = "proxy/";
 
@@ -10,6 +15,11 @@ pub const PROXY_NAMESPACE: &str = "proxy/";
 /// (`gateway`, `node-proxy`, `edge`); clusters and endpoints are shared by all roles.
 pub fn role_namespace(role: &str) -> String {
     format!("{PROXY_NAMESPACE}{role}/")
+}
+
+/// The namespace of Meridian's own resources for node `node` (its instance assignments).
+pub fn node_namespace(node: &str) -> String {
+    format!("node/{node}/")
 }
 
 /// The namespace of the resources rendered for `org`'s proxyless gRPC clients.
@@ -27,6 +37,8 @@ pub struct Grant {
     pub role: String,
     /// The org of a tenant's workload.
     pub org: Option<String>,
+    /// The node of an agent: it sees that node's Meridian resources (assignments).
+    pub node: Option<String>,
 }
 
 /// The part of the cache a node sees. Cache names start with a namespace: a node whose metadata
@@ -44,6 +56,8 @@ pub struct Scope {
     shared: String,
     /// The prefix that turns a node's names of listeners and routes into cache names.
     listeners: String,
+    /// The prefix of the node's Meridian resources (`None`: it sees none).
+    own: Option<String>,
     /// The node's role, for metrics and logs (`metadata.role`, or `unknown`).
     pub role: String,
     /// The node's id, for logs.
@@ -61,11 +75,16 @@ impl Scope {
                 _ => None,
             }
         };
-        let (role, org) = match grant {
-            Some(grant) => (grant.role.clone(), grant.org.clone()),
+        let (role, org, own) = match grant {
+            Some(grant) => (
+                grant.role.clone(),
+                grant.org.clone(),
+                grant.node.as_deref().map(node_namespace),
+            ),
             None => (
                 string("role").unwrap_or_else(|| "unknown".to_owned()),
                 string("org"),
+                None,
             ),
         };
         let (shared, listeners) = match org {
@@ -75,6 +94,7 @@ impl Scope {
         Scope {
             shared,
             listeners,
+            own,
             role,
             node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
         }
@@ -84,6 +104,9 @@ impl Scope {
     pub fn prefix(&self, type_url: &str) -> &str {
         if type_url == crate::LISTENER || type_url == crate::ROUTE {
             &self.listeners
+        } else if type_url.starts_with(MERIDIAN_TYPES) {
+            // A node without a node name sees no Meridian resource: no cache name starts so.
+            self.own.as_deref().unwrap_or(NOTHING)
         } else {
             &self.shared
         }

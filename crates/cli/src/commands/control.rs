@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use meridian_control::{
     admin_router, follow, regional_ca, tls_incoming, AuthenticatedAds, GlobalApi, Issuer,
-    JoinTokenAdmin, JoinTokens, RegionState, RegionalCa,
+    JoinTokenAdmin, JoinTokens, RegionState, RegionalCa, ReportService,
 };
 use meridian_identity::{control_server_config, trust_bundle, Authority, CertStore};
 use meridian_store::{SqliteStore, Store};
@@ -148,7 +148,8 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     println!(
         "  xDS and certificates need mutual TLS; proxies join with a token (meridian join-token)"
     );
-    tokio::spawn(follow(global, state, synced));
+    tokio::spawn(follow(global, state.clone(), synced));
+    tokio::spawn(expire_nodes(state.clone()));
     let join_tokens = JoinTokenAdmin {
         issuer: issuer.clone(),
         admin_token: token,
@@ -183,6 +184,7 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     }
     let authenticated = AuthenticatedAds::new(ads.clone().into_service(), &region);
     let routes = Routes::new(authenticated)
+        .add_service(ReportService::new(state))
         .into_axum_router()
         .merge(issuer.routes());
     ads.serve_routes(
@@ -194,6 +196,17 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     .context("serving xDS")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Forgets, every second, the nodes whose agents stopped reporting.
+async fn expire_nodes(state: Arc<Mutex<RegionState>>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Ok(mut state) = state.lock() {
+            state.expire_nodes(std::time::Instant::now());
+        }
+    }
 }
 
 /// The shortest and longest certificate lifetimes a region issues.

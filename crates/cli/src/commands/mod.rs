@@ -1,8 +1,10 @@
 //! One module per group of subcommands.
 
+pub mod agent;
 pub mod control;
 pub mod dev;
 pub mod endpoints;
+pub mod identity;
 pub mod join_token;
 pub mod proxy;
 pub mod resources;

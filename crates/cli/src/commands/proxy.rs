@@ -55,7 +55,11 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         }
         (None, Some(server)) => {
             let tls = if server.starts_with("https://") {
-                Some(identity(&server, &args.state_dir, args.join_token.as_deref()).await?)
+                Some(
+                    super::identity::enroll(&server, &args.state_dir, args.join_token.as_deref())
+                        .await?
+                        .0,
+                )
             } else {
                 None
             };
@@ -73,35 +77,4 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
         (None, None) => anyhow::bail!("pass --config FILE or --xds URL"),
     }
     Ok(())
-}
-
-/// The proxy's identity for mutual TLS with its control plane at `server`: kept in
-/// `<state_dir>/identity`, joined with `token` the first time, and renewed in the background.
-async fn identity(
-    server: &str,
-    state_dir: &std::path::Path,
-    token: Option<&str>,
-) -> Result<std::sync::Arc<rustls::ClientConfig>> {
-    use anyhow::Context;
-    use meridian_identity::enroll::{enrolled, keep_renewed, Renewal};
-    let dir = state_dir.join("identity");
-    let (credentials, joined) = enrolled(server, &dir, token)
-        .await
-        .context("getting this proxy's identity")?;
-    println!(
-        "identity {} ({}, valid until {}), key in {}",
-        credentials.id,
-        if joined { "joined now" } else { "stored" },
-        humantime::format_rfc3339_seconds(credentials.not_after),
-        dir.display()
-    );
-    let store = meridian_identity::CertStore::new(credentials.certified_key()?);
-    let tls = meridian_identity::control_client_config(Some(store.clone()), credentials.bundle()?)?;
-    let renewal = Renewal {
-        base: server.to_owned(),
-        dir,
-        store,
-    };
-    tokio::spawn(keep_renewed(renewal, credentials));
-    Ok(std::sync::Arc::new(tls))
 }

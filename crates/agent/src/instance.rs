@@ -1,0 +1,291 @@
+//! One instance's life: start its process, watch its health, restart it with backoff when it
+//! exits or turns unhealthy, and give up (failed) past its restart limit. Its state is published
+//! for reports.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use meridian_model::ServiceSpec;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::health;
+use crate::logs::{keep, log_dir, MAX_LOG_BYTES};
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Started, not yet healthy.
+    Starting,
+    /// Running and passing its checks (or running, without checks).
+    Healthy,
+    /// Exited or failing its checks; about to be restarted.
+    Unhealthy,
+    /// Past its restart limit: not restarted here any more.
+    Failed,
+    /// Stopped because it is no longer assigned.
+    Stopped,
+}
+
+impl State {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Healthy => "healthy",
+            State::Unhealthy => "unhealthy",
+            State::Failed => "failed",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// An instance's state, restarts and the reason for its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceState {
+    /// Where it is.
+    pub state: State,
+    /// How often it was restarted.
+    pub restarts: u32,
+    /// Why, in a few words.
+    pub detail: String,
+}
+
+/// What an instance is and where it runs.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Its id.
+    pub instance: String,
+    /// Owning org, app and service.
+    pub service: (String, String, String),
+    /// Its spec.
+    pub spec: ServiceSpec,
+    /// Its address.
+    pub address: Ipv4Addr,
+    /// The region and node it runs in.
+    pub region: String,
+    /// The node.
+    pub node: String,
+    /// The agent's state directory (logs and working directories go below it).
+    pub state_dir: PathBuf,
+}
+
+/// How long an instance may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Restart limit when the definition declares no health check.
+const DEFAULT_RESTART_LIMIT: u32 = 5;
+
+/// How a run of the process ended.
+enum Ended {
+    /// The process exited (or could not start).
+    Exited(String),
+    /// It failed its checks too often.
+    Unhealthy(String),
+    /// It is no longer assigned.
+    Stopped,
+}
+
+/// Runs the instance until `stop` becomes true, publishing its state on `states`.
+pub async fn run_instance(
+    launch: Launch,
+    states: watch::Sender<InstanceState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let restart_limit = launch
+        .spec
+        .health_checks
+        .first()
+        .map_or(DEFAULT_RESTART_LIMIT, |c| c.restart_limit);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap_or_default();
+    let mut restarts = 0;
+    let mut backoff = Duration::from_secs(1);
+    let publish = |state: State, restarts: u32, detail: String| {
+        states.send_replace(InstanceState {
+            state,
+            restarts,
+            detail,
+        });
+    };
+    loop {
+        publish(State::Starting, restarts, "started".to_owned());
+        let ended = match spawn(&launch) {
+            Ok(mut child) => {
+                let ended = supervise(&launch, &client, &mut child, &states, &mut stop).await;
+                terminate(&mut child).await;
+                ended
+            }
+            Err(e) => Ended::Exited(format!(
+                "cannot start `{}`: {e}",
+                launch.spec.runtime.process.command
+            )),
+        };
+        let detail = match ended {
+            Ended::Stopped => {
+                publish(State::Stopped, restarts, "no longer assigned".to_owned());
+                return;
+            }
+            Ended::Exited(detail) | Ended::Unhealthy(detail) => detail,
+        };
+        if restarts >= restart_limit {
+            tracing::warn!(instance = %launch.instance, %detail, restarts, "instance failed past its restart limit");
+            publish(
+                State::Failed,
+                restarts,
+                format!("{detail}; gave up after {restarts} restarts"),
+            );
+            let _ = stop.wait_for(|stop| *stop).await;
+            publish(State::Stopped, restarts, "no longer assigned".to_owned());
+            return;
+        }
+        tracing::info!(instance = %launch.instance, %detail, retry_in = ?backoff, "restarting instance");
+        publish(
+            State::Unhealthy,
+            restarts,
+            format!("{detail}; restarting in {}s", backoff.as_secs()),
+        );
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|stop| *stop) => {
+                publish(State::Stopped, restarts, "no longer assigned".to_owned());
+                return;
+            }
+        }
+        restarts += 1;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Starts the process: its own process group, `PORT` and `MERIDIAN_*` set, output to logs.
+fn spawn(launch: &Launch) -> std::io::Result<Child> {
+    let process = &launch.spec.runtime.process;
+    let home = launch.state_dir.join("instances").join(&launch.instance);
+    std::fs::create_dir_all(&home)?;
+    let (org, app, service) = &launch.service;
+    let mut command = Command::new(&process.command);
+    command
+        .args(&process.args)
+        .current_dir(process.working_dir.as_ref().map_or(home, PathBuf::from))
+        .env("MERIDIAN_INSTANCE", &launch.instance)
+        .env("MERIDIAN_ORG", org)
+        .env("MERIDIAN_APP", app)
+        .env("MERIDIAN_SERVICE", service)
+        .env("MERIDIAN_REGION", &launch.region)
+        .env("MERIDIAN_NODE", &launch.node)
+        .env("MERIDIAN_ADDRESS", launch.address.to_string());
+    if let Some(first) = launch.spec.ports.first() {
+        command.env("PORT", first.port.to_string());
+    }
+    for port in &launch.spec.ports {
+        let name = port.name.to_ascii_uppercase().replace('-', "_");
+        command.env(format!("MERIDIAN_PORT_{name}"), port.port.to_string());
+    }
+    command
+        .envs(&process.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let logs = log_dir(&launch.state_dir, &launch.instance);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(keep(stdout, logs.join("stdout.log"), MAX_LOG_BYTES));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(keep(stderr, logs.join("stderr.log"), MAX_LOG_BYTES));
+    }
+    Ok(child)
+}
+
+/// Watches the running process until it exits, fails its checks, or is stopped.
+async fn supervise(
+    launch: &Launch,
+    client: &reqwest::Client,
+    child: &mut Child,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let checks = &launch.spec.health_checks;
+    let set = |state: State, detail: &str| {
+        states.send_modify(|s| {
+            s.state = state;
+            s.detail = detail.to_owned();
+        });
+    };
+    if checks.is_empty() {
+        set(State::Healthy, "running (no health checks declared)");
+    }
+    // The checks run together: the shortest interval, the longest grace period, the first
+    // check's thresholds.
+    let interval = checks
+        .iter()
+        .map(|c| c.interval.0)
+        .min()
+        .unwrap_or(Duration::from_secs(3600));
+    let grace = checks
+        .iter()
+        .map(|c| c.grace_period.0)
+        .max()
+        .unwrap_or_default();
+    let (healthy_after, unhealthy_after) = checks
+        .first()
+        .map_or((1, 1), |c| (c.healthy_threshold, c.unhealthy_threshold));
+    let started = Instant::now();
+    let (mut passes, mut failures) = (0u32, 0u32);
+    let address = IpAddr::V4(launch.address);
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return Ended::Exited(match status {
+                    Ok(status) => format!("exited ({status})"),
+                    Err(e) => format!("lost track of the process: {e}"),
+                });
+            }
+            _ = stop.wait_for(|stop| *stop) => return Ended::Stopped,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let mut all_pass = true;
+        for check in checks {
+            all_pass &= health::check(client, &launch.spec, check, address).await;
+        }
+        if all_pass {
+            passes += 1;
+            failures = 0;
+            if passes >= healthy_after {
+                set(State::Healthy, "passing its health checks");
+            }
+        } else {
+            failures += 1;
+            passes = 0;
+            let in_grace = started.elapsed() < grace;
+            if !in_grace && failures >= unhealthy_after {
+                return Ended::Unhealthy(format!("failed {failures} health checks in a row"));
+            }
+        }
+    }
+}
+
+/// Stops the process group: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+async fn terminate(child: &mut Child) {
+    let Some(pid) = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+    else {
+        return; // Already reaped.
+    };
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        let _ = child.wait().await;
+    }
+}

@@ -1,0 +1,238 @@
+//! The agent's main loop: follows the node's assignments, starts what is new, stops what is no
+//! longer assigned (and restarts what changed version), and reports every instance's state.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use meridian_xds::meridian::{InstanceReport, NodeReport};
+use meridian_xds::{run_delta_client, ClientOptions};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::addresses::AddressPool;
+use crate::assignments::{AssignmentHandler, Desired, Wanted};
+use crate::instance::{run_instance, InstanceState, Launch, State};
+use crate::report::{Reporter, HEARTBEAT};
+
+/// How the agent runs.
+pub struct AgentOptions {
+    /// The region's control plane, `https://host:port`.
+    pub control: String,
+    /// Mutual TLS with the agent's certificate.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The region.
+    pub region: String,
+    /// This node's name (as in the agent's certificate).
+    pub node: String,
+    /// How many instances the node may run.
+    pub capacity: u32,
+    /// Addresses for instances.
+    pub addresses: AddressPool,
+    /// Where logs and instances' working directories go.
+    pub state_dir: PathBuf,
+}
+
+/// A running instance.
+struct Running {
+    instance: String,
+    version: u64,
+    spec: meridian_model::ServiceSpec,
+    address: Ipv4Addr,
+    stop: watch::Sender<bool>,
+    state: watch::Receiver<InstanceState>,
+}
+
+/// Instances by resource name (running, or stopping until their task ends).
+type Instances = Arc<Mutex<BTreeMap<String, Running>>>;
+
+/// Runs the agent until `shutdown` resolves; then stops every instance and returns.
+pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>) {
+    let (desired_tx, mut desired) = watch::channel(Desired::new());
+    let client = ClientOptions {
+        url: options.control.clone(),
+        tls: Some(options.tls.clone()),
+        node: Node {
+            id: format!("agent/{}", options.node),
+            ..Default::default()
+        },
+        backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+    };
+    let follower = tokio::spawn(run_delta_client(
+        client,
+        AssignmentHandler {
+            desired: desired_tx,
+        },
+    ));
+    let instances: Instances = Arc::default();
+    let changed = Arc::new(Notify::new());
+    let reporter = tokio::spawn(report_loop(
+        Reporter::new(&options.control, options.tls.clone()),
+        options.node.clone(),
+        options.capacity,
+        instances.clone(),
+        changed.clone(),
+    ));
+    let mut addresses = options.addresses.clone();
+    let mut tasks: JoinSet<(String, Ipv4Addr)> = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed_set = desired.changed() => {
+                if changed_set.is_err() {
+                    break;
+                }
+                let wanted = desired.borrow_and_update().clone();
+                reconcile(&options, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+            }
+            Some(Ok((name, address))) = tasks.join_next() => {
+                addresses.give_back(address);
+                let mut map = instances.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if map.get(&name).is_some_and(|r| r.address == address && *r.stop.borrow()) {
+                    map.remove(&name);
+                }
+                drop(map);
+                changed.notify_one();
+                // A replacement may be waiting for this one to stop.
+                let wanted = desired.borrow().clone();
+                reconcile(&options, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+            }
+        }
+    }
+    follower.abort();
+    for running in instances
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+    {
+        running.stop.send_replace(true);
+    }
+    while tasks.join_next().await.is_some() {}
+    reporter.abort();
+    tracing::info!("agent stopped; every instance is stopped");
+}
+
+/// Starts what is wanted and not running, stops what runs and is not wanted (or runs another
+/// version); a changed instance starts again once its old process has stopped.
+fn reconcile(
+    options: &AgentOptions,
+    wanted: &Desired,
+    instances: &Instances,
+    addresses: &mut AddressPool,
+    tasks: &mut JoinSet<(String, Ipv4Addr)>,
+    changed: &Arc<Notify>,
+) {
+    let mut map = instances
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (name, running) in map.iter() {
+        let current = wanted
+            .get(name)
+            .is_some_and(|w| w.version == running.version && w.spec == running.spec);
+        if !current && !*running.stop.borrow() {
+            tracing::info!(instance = %name, "stopping instance");
+            running.stop.send_replace(true);
+        }
+    }
+    for (name, want) in wanted {
+        if map.contains_key(name) {
+            continue; // Running, or stopping before it starts again.
+        }
+        let Some(address) = addresses.take() else {
+            tracing::warn!(instance = %want.instance, "no address left for the instance; raise --instance-count");
+            continue;
+        };
+        let running = start(options, want, address, tasks, name, changed);
+        map.insert(name.clone(), running);
+    }
+}
+
+fn start(
+    options: &AgentOptions,
+    want: &Wanted,
+    address: Ipv4Addr,
+    tasks: &mut JoinSet<(String, Ipv4Addr)>,
+    name: &str,
+    changed: &Arc<Notify>,
+) -> Running {
+    tracing::info!(instance = %want.instance, %address, version = want.version, "starting instance");
+    let (stop, stop_rx) = watch::channel(false);
+    let (state_tx, state) = watch::channel(InstanceState {
+        state: State::Starting,
+        restarts: 0,
+        detail: "assigned".to_owned(),
+    });
+    let launch = Launch {
+        instance: want.instance.clone(),
+        service: want.service.clone(),
+        spec: want.spec.clone(),
+        address,
+        region: options.region.clone(),
+        node: options.node.clone(),
+        state_dir: options.state_dir.clone(),
+    };
+    // Each state change wakes the reporter.
+    let mut watched = state.clone();
+    let notify = changed.clone();
+    tokio::spawn(async move {
+        while watched.changed().await.is_ok() {
+            notify.notify_one();
+        }
+    });
+    let name = name.to_owned();
+    tasks.spawn(async move {
+        run_instance(launch, state_tx, stop_rx).await;
+        (name, address)
+    });
+    Running {
+        instance: want.instance.clone(),
+        version: want.version,
+        spec: want.spec.clone(),
+        address,
+        stop,
+        state,
+    }
+}
+
+/// Reports the node and its instances on every change and at least every [`HEARTBEAT`].
+async fn report_loop(
+    mut reporter: Reporter,
+    node: String,
+    capacity: u32,
+    instances: Instances,
+    changed: Arc<Notify>,
+) {
+    loop {
+        let report = NodeReport {
+            node: node.clone(),
+            capacity,
+            instances: instances
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .map(|running| {
+                    let state = running.state.borrow();
+                    InstanceReport {
+                        instance: running.instance.clone(),
+                        state: state.state.as_str().to_owned(),
+                        address: running.address.to_string(),
+                        restarts: state.restarts,
+                        detail: state.detail.clone(),
+                    }
+                })
+                .collect(),
+        };
+        if let Err(e) = reporter.send(report).await {
+            tracing::warn!(error = %e, "reporting to the control plane failed; retrying");
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            () = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `meridian agent`: one per machine; runs the instances its region's control plane assigns to
+//! this node.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use meridian_agent::{run_agent, AddressPool, AgentOptions};
+use meridian_identity::Subject;
+
+/// Options of `meridian agent`.
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The region this node belongs to.
+    #[arg(long)]
+    region: String,
+    /// The region's control plane (`https://HOST:PORT`, its --xds address).
+    #[arg(long, value_name = "URL")]
+    control: String,
+    /// This node's name (a DNS label, unique in the region).
+    #[arg(long)]
+    node: String,
+    /// The one-time join token for `agent/<node>` (first start only; ask an administrator:
+    /// meridian join-token agent/<node>).
+    #[arg(long, env = "MERIDIAN_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// How many instances this node may run.
+    #[arg(long, default_value_t = 16)]
+    capacity: u32,
+    /// The first loopback address given to instances (host mode); each instance gets its own.
+    #[arg(long, default_value = "127.0.100.1")]
+    instance_addresses: Ipv4Addr,
+    /// Where the agent keeps its identity, instances' working directories and logs.
+    #[arg(long, default_value = "./agent-state")]
+    state_dir: PathBuf,
+}
+
+/// Runs the agent until Ctrl-C or SIGTERM, then stops its instances.
+pub async fn run(args: AgentArgs) -> Result<()> {
+    for (flag, value) in [("--region", &args.region), ("--node", &args.node)] {
+        meridian_model::check_dns_label(value)
+            .map_err(|reason| anyhow::anyhow!("{flag}: {reason}"))?;
+    }
+    if !args.control.starts_with("https://") {
+        anyhow::bail!(
+            "--control: `{}` must be https://HOST:PORT (the control plane needs mutual TLS)",
+            args.control
+        );
+    }
+    let addresses = AddressPool::new(args.instance_addresses, args.capacity.max(1))?;
+    let (tls, id) =
+        super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
+    match &id.subject {
+        Subject::Agent { region, node } if *region == args.region && *node == args.node => {}
+        _ => anyhow::bail!(
+            "{} holds the identity {id}, not the agent of node {} in region {}: use another \
+             --state-dir or the matching --node and --region",
+            args.state_dir.display(),
+            args.node,
+            args.region
+        ),
+    }
+    println!(
+        "meridian agent of node {} in region {} following {} (capacity {}); instances run in \
+         host mode, each on its own loopback address from {} (network namespaces are not \
+         implemented yet)",
+        args.node, args.region, args.control, args.capacity, args.instance_addresses
+    );
+    let options = AgentOptions {
+        control: args.control,
+        tls,
+        region: args.region,
+        node: args.node,
+        capacity: args.capacity,
+        addresses,
+        state_dir: args.state_dir,
+    };
+    run_agent(options, super::control::shutdown_signal()).await;
+    Ok(())
+}

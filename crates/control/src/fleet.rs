@@ -1,0 +1,357 @@
+//! The region's nodes and the instances placed on them: nodes are known from their agents'
+//! reports and forgotten when the reports stop; instances are placed across live nodes (spread,
+//! within each node's capacity), stay where they are while they can, and are placed anew when
+//! their node is gone or they failed past their restart limit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use meridian_model::{Endpoint, EndpointHealth};
+use meridian_xds::meridian::{InstanceReport, NodeReport};
+
+use crate::region::ServiceId;
+
+/// A node whose agent has not reported for this long is gone; its instances are placed anew.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One placed instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The service it is an instance of.
+    pub service: ServiceId,
+    /// Its id, unique within the service: `<service>-<n>`.
+    pub instance: String,
+    /// The node that runs it.
+    pub node: String,
+}
+
+#[derive(Debug)]
+struct Node {
+    capacity: u32,
+    last_seen: Instant,
+    /// The node's last report of each instance, by instance id.
+    instances: BTreeMap<String, InstanceReport>,
+}
+
+/// The region's nodes and placements.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    nodes: BTreeMap<String, Node>,
+    /// By (service, instance id).
+    placements: BTreeMap<(ServiceId, String), String>,
+}
+
+impl Fleet {
+    /// Records `report` from node `report.node` at `now`; returns whether the set of live nodes
+    /// or their capacities changed, or an instance failed (placement must be redone).
+    pub fn report(&mut self, report: NodeReport, now: Instant) -> bool {
+        let instances: BTreeMap<String, InstanceReport> = report
+            .instances
+            .into_iter()
+            .map(|i| (i.instance.clone(), i))
+            .collect();
+        let newly_failed = instances.values().any(|i| {
+            i.state == "failed"
+                && self
+                    .nodes
+                    .get(&report.node)
+                    .and_then(|n| n.instances.get(&i.instance))
+                    .is_none_or(|old| old.state != "failed")
+        });
+        let node = Node {
+            capacity: report.capacity,
+            last_seen: now,
+            instances,
+        };
+        let reshaped = match self.nodes.insert(report.node, node) {
+            Some(old) => old.capacity != report.capacity,
+            None => true,
+        };
+        reshaped || newly_failed
+    }
+
+    /// Forgets the nodes not seen since `now - NODE_TIMEOUT`; returns their names.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let gone: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| now.duration_since(n.last_seen) > NODE_TIMEOUT)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.nodes.remove(name);
+        }
+        gone
+    }
+
+    /// How many nodes are live.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Places `desired` instances of each service: keeps placements on live nodes that have not
+    /// failed there, drops the surplus (highest numbers first), and puts the missing ones on
+    /// the live node with the fewest instances of that service, then the fewest instances, that
+    /// has room. Instances that cannot be placed (no room) wait for the next placement.
+    pub fn place(&mut self, desired: &BTreeMap<ServiceId, u32>) {
+        let failed = |fleet: &Fleet, node: &str, instance: &str| {
+            fleet
+                .nodes
+                .get(node)
+                .and_then(|n| n.instances.get(instance))
+                .is_some_and(|i| i.state == "failed")
+        };
+        let kept: Vec<((ServiceId, String), String)> = self
+            .placements
+            .iter()
+            .filter(|((service, instance), node)| {
+                desired.contains_key(service)
+                    && self.nodes.contains_key(*node)
+                    && !failed(self, node, instance)
+            })
+            .map(|(key, node)| (key.clone(), node.clone()))
+            .collect();
+        // Where each failed instance failed, so that its replacement goes elsewhere if it can.
+        let failed_on: BTreeMap<ServiceId, BTreeSet<String>> = self
+            .placements
+            .iter()
+            .filter(|((_, instance), node)| failed(self, node, instance))
+            .fold(BTreeMap::new(), |mut acc, ((service, _), node)| {
+                acc.entry(service.clone())
+                    .or_insert_with(BTreeSet::new)
+                    .insert(node.clone());
+                acc
+            });
+        self.placements = kept.into_iter().collect();
+        for (service, &count) in desired {
+            let mut mine: Vec<(u32, String)> = self
+                .placements
+                .keys()
+                .filter(|(s, _)| s == service)
+                .filter_map(|(_, instance)| Some((number_of(instance)?, instance.clone())))
+                .collect();
+            mine.sort();
+            while mine.len() > count as usize {
+                if let Some((_, instance)) = mine.pop() {
+                    self.placements.remove(&(service.clone(), instance));
+                }
+            }
+            let avoid = failed_on.get(service).cloned().unwrap_or_default();
+            while mine.len() < count as usize {
+                let Some(node) = self.best_node(service, &avoid) else {
+                    break;
+                };
+                let used: BTreeSet<u32> = mine.iter().map(|(n, _)| *n).collect();
+                let number = (0..).find(|n| !used.contains(n)).unwrap_or_default();
+                // A replacement of a failed instance gets a number not in use on any node.
+                let number = (number..)
+                    .find(|n| !self.reported_anywhere(&instance_id(&service.2, *n)))
+                    .unwrap_or(number);
+                let instance = instance_id(&service.2, number);
+                self.placements
+                    .insert((service.clone(), instance.clone()), node);
+                mine.push((number, instance));
+                mine.sort();
+            }
+        }
+    }
+
+    fn reported_anywhere(&self, instance: &str) -> bool {
+        self.nodes.values().any(|n| {
+            n.instances
+                .get(instance)
+                .is_some_and(|i| i.state == "failed")
+        })
+    }
+
+    /// The live node with room for one more instance of `service`: fewest instances of the
+    /// service, then fewest instances, then nodes not in `avoid`, then by name.
+    fn best_node(&self, service: &ServiceId, avoid: &BTreeSet<String>) -> Option<String> {
+        let mut load: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+        for ((s, _), node) in &self.placements {
+            let entry = load.entry(node.as_str()).or_default();
+            entry.1 += 1;
+            if s == service {
+                entry.0 += 1;
+            }
+        }
+        self.nodes
+            .iter()
+            .filter(|(name, node)| load.get(name.as_str()).map_or(0, |l| l.1) < node.capacity)
+            .min_by_key(|(name, _)| {
+                let (same, all) = load.get(name.as_str()).copied().unwrap_or_default();
+                (avoid.contains(*name), same, all, (*name).clone())
+            })
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Every placement.
+    pub fn placements(&self) -> Vec<Placement> {
+        self.placements
+            .iter()
+            .map(|((service, instance), node)| Placement {
+                service: service.clone(),
+                instance: instance.clone(),
+                node: node.clone(),
+            })
+            .collect()
+    }
+
+    /// The endpoints of each service in `region`: its placed instances that their node reports
+    /// with an address, healthy or not.
+    pub fn endpoints(&self, region: &str) -> BTreeMap<ServiceId, Vec<Endpoint>> {
+        let mut endpoints: BTreeMap<ServiceId, Vec<Endpoint>> = BTreeMap::new();
+        for ((service, instance), node) in &self.placements {
+            let Some(report) = self.nodes.get(node).and_then(|n| n.instances.get(instance)) else {
+                continue;
+            };
+            if report.address.is_empty() {
+                continue;
+            }
+            let health = match report.state.as_str() {
+                "healthy" => EndpointHealth::Healthy,
+                _ => EndpointHealth::Unhealthy,
+            };
+            endpoints
+                .entry(service.clone())
+                .or_default()
+                .push(Endpoint {
+                    org: service.0.clone(),
+                    app: service.1.clone(),
+                    service: service.2.clone(),
+                    id: instance.clone(),
+                    region: region.to_owned(),
+                    address: report.address.clone(),
+                    ports: BTreeMap::new(),
+                    health,
+                    updated_at: 0,
+                });
+        }
+        endpoints
+    }
+
+    /// Counts of instances by state, for the region summary: (placed, healthy).
+    pub fn summary(&self, service: &ServiceId) -> (usize, usize) {
+        let mut placed = 0;
+        let mut healthy = 0;
+        for ((s, instance), node) in &self.placements {
+            if s != service {
+                continue;
+            }
+            placed += 1;
+            let state = self
+                .nodes
+                .get(node)
+                .and_then(|n| n.instances.get(instance))
+                .map(|i| i.state.as_str());
+            if state == Some("healthy") {
+                healthy += 1;
+            }
+        }
+        (placed, healthy)
+    }
+}
+
+fn instance_id(service: &str, number: u32) -> String {
+    format!("{service}-{number}")
+}
+
+fn number_of(instance: &str) -> Option<u32> {
+    instance.rsplit_once('-')?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str) -> ServiceId {
+        ("acme".to_owned(), "shop".to_owned(), name.to_owned())
+    }
+
+    fn node(name: &str, capacity: u32, instances: &[(&str, &str)]) -> NodeReport {
+        NodeReport {
+            node: name.to_owned(),
+            capacity,
+            instances: instances
+                .iter()
+                .map(|(instance, state)| InstanceReport {
+                    instance: (*instance).to_owned(),
+                    state: (*state).to_owned(),
+                    address: "127.0.0.1".to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn nodes_of(fleet: &Fleet, name: &str) -> Vec<String> {
+        fleet
+            .placements()
+            .into_iter()
+            .filter(|p| p.service.2 == name)
+            .map(|p| p.node)
+            .collect()
+    }
+
+    #[test]
+    fn instances_spread_over_nodes_and_respect_capacity() {
+        let mut fleet = Fleet::default();
+        let now = Instant::now();
+        fleet.report(node("a", 2, &[]), now);
+        fleet.report(node("b", 2, &[]), now);
+        let mut desired = BTreeMap::from([(service("web"), 2), (service("api"), 2)]);
+        fleet.place(&desired);
+        for name in ["web", "api"] {
+            let mut nodes = nodes_of(&fleet, name);
+            nodes.sort();
+            assert_eq!(nodes, ["a", "b"], "{name}'s instances go to two nodes");
+        }
+        // Four slots for five instances: one waits.
+        desired.insert(service("web"), 3);
+        fleet.place(&desired);
+        assert_eq!(fleet.placements().len(), 4);
+        // Room appears: the waiting instance is placed there, the others stay.
+        let before = fleet.placements();
+        fleet.report(node("c", 4, &[]), now);
+        fleet.place(&desired);
+        assert_eq!(fleet.placements().len(), 5);
+        assert!(nodes_of(&fleet, "web").contains(&"c".to_owned()));
+        for placement in before {
+            assert!(
+                fleet.placements().contains(&placement),
+                "{placement:?} moved"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lost_node_or_a_failed_instance_is_replaced_elsewhere() {
+        let mut fleet = Fleet::default();
+        let start = Instant::now();
+        fleet.report(node("a", 4, &[]), start);
+        fleet.report(node("b", 4, &[]), start);
+        let desired = BTreeMap::from([(service("web"), 1)]);
+        fleet.place(&desired);
+        let first = fleet.placements()[0].clone();
+        let other = if first.node == "a" { "b" } else { "a" };
+
+        // It fails past its restart limit: a new instance goes to the other node.
+        let failed = fleet.report(node(&first.node, 4, &[(&first.instance, "failed")]), start);
+        assert!(failed);
+        fleet.place(&desired);
+        let second = fleet.placements()[0].clone();
+        assert_eq!(second.node, other);
+        assert_ne!(second.instance, first.instance);
+
+        // Its node stops reporting: it is placed on the node that is left.
+        let later = start + NODE_TIMEOUT + Duration::from_secs(1);
+        fleet.report(node(&first.node, 4, &[]), later);
+        assert_eq!(fleet.expire(later), vec![other.to_owned()]);
+        fleet.place(&desired);
+        assert_eq!(nodes_of(&fleet, "web"), vec![first.node.clone()]);
+
+        // Scaling down to zero removes it.
+        fleet.place(&BTreeMap::from([(service("web"), 0)]));
+        assert!(fleet.placements().is_empty());
+    }
+}

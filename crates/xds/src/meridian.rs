@@ -1,0 +1,74 @@
+//! Meridian's own resource types, carried by the same delta-ADS machinery as Envoy's under
+//! `type.googleapis.com/meridian.v1.*` type URLs, and the messages of the report service that
+//! carries instance states upward.
+//!
+//! A resource's service spec travels as JSON (the documented definition format, see
+//! `docs/definition.md`) inside a protobuf field, so that one schema describes it.
+
+/// Type URL of an instance assignment, sent by a regional control plane to the agent of the
+/// node that runs the instance.
+pub const ASSIGNMENT: &str = "type.googleapis.com/meridian.v1.Assignment";
+
+/// The gRPC path of the report method: an agent reports its node and instances.
+pub const REPORT_PATH: &str = "/meridian.v1.Reports/Report";
+
+/// One instance a node must run.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Assignment {
+    /// The instance's id, unique in the region: `<service>-<app>-<org>-<n>`.
+    #[prost(string, tag = "1")]
+    pub instance: String,
+    /// Owning org.
+    #[prost(string, tag = "2")]
+    pub org: String,
+    /// Owning app.
+    #[prost(string, tag = "3")]
+    pub app: String,
+    /// The service.
+    #[prost(string, tag = "4")]
+    pub service: String,
+    /// The deployment version the spec comes from.
+    #[prost(uint64, tag = "5")]
+    pub version: u64,
+    /// The regional service spec, JSON.
+    #[prost(bytes = "vec", tag = "6")]
+    pub spec_json: Vec<u8>,
+}
+
+/// What an agent reports: its node, and the state of each instance it runs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NodeReport {
+    /// The node's name (must match the agent's certificate).
+    #[prost(string, tag = "1")]
+    pub node: String,
+    /// How many instances the node may run.
+    #[prost(uint32, tag = "2")]
+    pub capacity: u32,
+    /// The instances it runs.
+    #[prost(message, repeated, tag = "3")]
+    pub instances: Vec<InstanceReport>,
+}
+
+/// The state of one instance.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InstanceReport {
+    /// The instance's id, as assigned.
+    #[prost(string, tag = "1")]
+    pub instance: String,
+    /// `starting`, `healthy`, `unhealthy`, `failed` (past its restart limit) or `stopped`.
+    #[prost(string, tag = "2")]
+    pub state: String,
+    /// The address it listens on (the agent gives each instance one of its own).
+    #[prost(string, tag = "3")]
+    pub address: String,
+    /// How often it was restarted.
+    #[prost(uint32, tag = "4")]
+    pub restarts: u32,
+    /// A short human-readable reason for the state.
+    #[prost(string, tag = "5")]
+    pub detail: String,
+}
+
+/// The answer to a report.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReportAck {}
