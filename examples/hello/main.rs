@@ -1,0 +1,96 @@
+//! `meridian-hello`: the example service Meridian deploys in `meridian dev`. It answers with the
+//! region, node and instance that served the request, so that routing and failover are visible
+//! with `curl`.
+//!
+//! It listens on `$MERIDIAN_ADDRESS:$PORT` (default 127.0.0.1:8080) and serves:
+//! - `GET /` — `hello from <service> <instance> in <region> (node <node>)`;
+//! - `GET /healthz` — `ok`;
+//! - `GET /call?url=<url>` — fetches `url` (e.g. `http://api.shop.internal:8080/`) and answers
+//!   with what it got: a call to another service by name;
+//! - `POST /exit` — exits with status 1, to watch the agent restart it.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::Query;
+use axum::routing::{get, post};
+use axum::Router;
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let address = format!(
+        "{}:{}",
+        var("MERIDIAN_ADDRESS", "127.0.0.1"),
+        var("PORT", "8080")
+    );
+    let greeting = format!(
+        "hello from {} {} in {} (node {})\n",
+        var("MERIDIAN_SERVICE", "hello"),
+        var("MERIDIAN_INSTANCE", "local"),
+        var("MERIDIAN_REGION", "nowhere"),
+        var("MERIDIAN_NODE", "localhost"),
+    );
+    let app = Router::new()
+        .route("/", get(move || async move { greeting }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/call", get(call))
+        .route("/exit", post(exit));
+    let listener = match address.parse::<SocketAddr>() {
+        Ok(socket) => tokio::net::TcpListener::bind(socket).await,
+        Err(e) => {
+            eprintln!("MERIDIAN_ADDRESS and PORT: `{address}` is not an address: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cannot listen on {address}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!("meridian-hello listening on http://{address}");
+    match axum::serve(listener, app).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("serving: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ends the process with status 1, as a crash would.
+async fn exit() -> &'static str {
+    println!("exiting on request");
+    std::process::exit(1)
+}
+
+/// Fetches `url` (over the node proxy named by `HTTP_PROXY`, if set) and answers with its body.
+async fn call(Query(query): Query<HashMap<String, String>>) -> (axum::http::StatusCode, String) {
+    let Some(url) = query.get("url") else {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "url: missing; call /call?url=http://<service>.<app>.internal:<port>/\n".to_owned(),
+        );
+    };
+    match reqwest::get(url).await {
+        Ok(answer) => {
+            let status = answer.status().as_u16();
+            let body = answer.text().await.unwrap_or_default();
+            (
+                axum::http::StatusCode::OK,
+                format!("{url} answered {status}: {body}"),
+            )
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_GATEWAY,
+            format!("calling {url} failed: {e}\n"),
+        ),
+    }
+}

@@ -1,0 +1,190 @@
+//! Agents run a region's instances: a deployed service comes up on the region's nodes and is
+//! served through the gateway; an instance that exits is restarted; when a node's agent goes
+//! away its instances are placed on the node that is left.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{spawn_with_lines, wait_for_line, Deployed, Killed, RegionalPlane, MERIDIAN};
+
+/// The example service, built with this binary.
+const HELLO: &str = env!("CARGO_BIN_EXE_meridian-hello");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn hello(instances: u32) -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: {instances}, max: {instances}}}
+runtime: {{process: {{command: {HELLO}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [hello.example.com]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+"
+    )
+}
+
+/// `meridian agent` for `node` of fra, handing out addresses from `first_address`.
+fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Killed {
+    let token = region.join_token(&format!("agent/{node}"));
+    let (child, lines) = spawn_with_lines(
+        Command::new(MERIDIAN)
+            .args(["agent", "--region", "fra", "--node", node])
+            .args(["--control", &region.xds, "--join-token", &token])
+            .args(["--instance-addresses", first_address, "--capacity", "4"])
+            .arg("--state-dir")
+            .arg(dir.join(node))
+            .env("MERIDIAN_LOG", "warn"),
+    );
+    wait_for_line(&lines, DEADLINE, "the agent's start", |l| {
+        l.starts_with("meridian agent of node")
+    });
+    Killed(child)
+}
+
+/// The region's gateway, joined with a token; its listener's address.
+async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
+    let token = region.join_token("gateway");
+    let (child, lines) = spawn_with_lines(
+        Command::new(MERIDIAN)
+            .args(["proxy", "--xds", &region.xds, "--join-token", &token])
+            .args(["--region", "fra", "--admin", "127.0.0.1:0", "--state-dir"])
+            .arg(dir.join("gateway"))
+            .env("MERIDIAN_LOG", "warn"),
+    );
+    let admin = wait_for_line(&lines, DEADLINE, "the gateway's admin address", |l| {
+        l.starts_with("meridian proxy admin on ")
+    })
+    .trim_start_matches("meridian proxy admin on ")
+    .to_owned();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let listeners: serde_json::Value = match reqwest::get(format!("{admin}/listeners")).await {
+            Ok(answer) => answer.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if let Some(address) = listeners["gateway"].as_str() {
+            return (Killed(child), address.to_owned());
+        }
+        assert!(Instant::now() < end, "the gateway got no listener");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the instances answering through `gateway` are exactly `wanted` (by the text
+/// after `hello from hello `: `<instance> in fra (node <node>)`).
+async fn serving(
+    gateway: &str,
+    wanted: impl Fn(&BTreeSet<String>) -> bool,
+    what: &str,
+) -> BTreeSet<String> {
+    let client = reqwest::Client::new();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let mut seen = BTreeSet::new();
+        for _ in 0..12 {
+            let answer = client
+                .get(format!("http://{gateway}/"))
+                .header("host", "hello.example.com")
+                .send()
+                .await;
+            if let Ok(answer) = answer {
+                if answer.status() == 200 {
+                    let text = answer.text().await.unwrap_or_default();
+                    if let Some(rest) = text.trim().strip_prefix("hello from hello ") {
+                        seen.insert(rest.to_owned());
+                    }
+                }
+            }
+        }
+        if wanted(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < end,
+            "waited in vain for {what}; serving {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn nodes(seen: &BTreeSet<String>) -> BTreeSet<String> {
+    seen.iter()
+        .filter_map(|s| s.split("(node ").nth(1))
+        .map(|n| n.trim_end_matches(')').to_owned())
+        .collect()
+}
+
+/// Whether some instance's log shows that it exited on request and was started again.
+fn restarted_after_exit(dir: &Path) -> bool {
+    let logs = ["one", "two"].iter().flat_map(|node| {
+        std::fs::read_dir(dir.join(node).join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path().join("stdout.log"))
+    });
+    logs.filter_map(|path| std::fs::read_to_string(path).ok())
+        .any(|log| {
+            log.split_once("exiting on request")
+                .is_some_and(|(_, after)| after.contains("meridian-hello listening"))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_run_the_regions_instances_and_heal_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &hello(2));
+    let region = RegionalPlane::start(
+        &platform.global.api,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let one = agent(&region, "one", "127.0.20.1", dir.path());
+    let _two = agent(&region, "two", "127.0.21.1", dir.path());
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+
+    // Two instances answer through the gateway.
+    let first = serving(&address, |seen| seen.len() == 2, "two instances").await;
+    assert!(first.iter().all(|s| s.contains(" in fra ")), "{first:?}");
+
+    // An instance that exits is restarted by its agent (its log shows both lives), and the
+    // same two instances answer again.
+    let exit = reqwest::Client::new()
+        .post(format!("http://{address}/exit"))
+        .header("host", "hello.example.com")
+        .send()
+        .await;
+    assert!(exit.is_err() || !exit.unwrap().status().is_success());
+    let end = Instant::now() + DEADLINE;
+    while !restarted_after_exit(dir.path()) {
+        assert!(Instant::now() < end, "no instance was restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serving(
+        &address,
+        |seen| *seen == first,
+        "the same two instances after a restart",
+    )
+    .await;
+
+    // A node's agent goes away (and stops its instances): after the node timeout they run on
+    // the node that is left.
+    drop(one);
+    let moved = serving(
+        &address,
+        |seen| seen.len() == 2 && nodes(seen) == BTreeSet::from(["two".to_owned()]),
+        "both instances on node two",
+    )
+    .await;
+    assert_eq!(moved.len(), 2);
+}
