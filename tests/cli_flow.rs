@@ -29,10 +29,11 @@ fn the_readme_flow_works_end_to_end() {
 
     let added = cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
     assert_eq!(row(&added, "fra"), ["fra", "50.1100", "8.6800"]);
+    cli.ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
     for version in 1..=3 {
         let out = cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
         assert!(
-            out.contains(&format!("deployed demo/shop/web version {version} to fra")),
+            out.contains(&format!("deployed demo/shop/web version {version} to fra, iad")),
             "{out}"
         );
     }
@@ -40,15 +41,16 @@ fn the_readme_flow_works_end_to_end() {
     let services = cli.ok(&["get", "services"]);
     assert_eq!(
         &row(&services, "demo")[..5],
-        ["demo", "shop", "web", "3", "fra"]
+        ["demo", "shop", "web", "3", "fra,iad"]
     );
     let history = cli.ok(&["get", "deployments", "web", "--app", "shop"]);
     assert_eq!(history.lines().count(), 4, "{history}");
-    assert_eq!(&row(&history, "3*")[..3], ["3*", "apply", "fra"]);
+    assert_eq!(&row(&history, "3*")[..3], ["3*", "apply", "fra,iad"]);
 
     let status = cli.ok(&["status", "web", "--app", "shop"]);
     assert!(status.starts_with("demo/shop/web  version 3"), "{status}");
-    assert_eq!(row(&status, "fra"), ["fra", "1", "3", "3", "pending"]);
+    assert_eq!(row(&status, "fra"), ["fra", "2", "3", "3", "pending"]);
+    assert_eq!(row(&status, "iad"), ["iad", "2", "3", "3", "pending"]);
 
     let rolled = cli.ok(&["rollback", "web", "--app", "shop", "--to", "1"]);
     assert!(rolled.contains("now version 4"), "{rolled}");
@@ -155,6 +157,7 @@ fn a_restarted_control_plane_keeps_state_and_prints_no_new_token() {
         token: token.clone(),
     };
     cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    cli.ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
     cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
     // The root CA was made at the first start; its key is the owner's only.
     use std::os::unix::fs::PermissionsExt;
@@ -202,7 +205,7 @@ fn dev_starts_a_platform_and_deploys_the_example_app() {
     let out = Command::new(MERIDIAN)
         .args([
             "dev",
-            "--exit-after-deploy",
+            "--exit-when-ready",
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
@@ -218,7 +221,7 @@ fn dev_starts_a_platform_and_deploys_the_example_app() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("deployed demo/shop/web version 1 to fra"),
+        stdout.contains("deployed demo/shop/web version 1 to fra, iad"),
         "{stdout}"
     );
     assert!(

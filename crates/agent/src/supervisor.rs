@@ -40,6 +40,7 @@ pub struct AgentOptions {
 /// A running instance.
 struct Running {
     instance: String,
+    service: (String, String, String),
     version: u64,
     spec: meridian_model::ServiceSpec,
     address: Ipv4Addr,
@@ -191,6 +192,7 @@ fn start(
     });
     Running {
         instance: want.instance.clone(),
+        service: want.service.clone(),
         version: want.version,
         spec: want.spec.clone(),
         address,
@@ -219,6 +221,9 @@ async fn report_loop(
                     let state = running.state.borrow();
                     InstanceReport {
                         instance: running.instance.clone(),
+                        org: running.service.0.clone(),
+                        app: running.service.1.clone(),
+                        service: running.service.2.clone(),
                         state: state.state.as_str().to_owned(),
                         address: running.address.to_string(),
                         restarts: state.restarts,

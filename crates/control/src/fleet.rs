@@ -33,15 +33,38 @@ struct Node {
     instances: BTreeMap<String, InstanceReport>,
 }
 
+/// How long a new control plane waits for agents to report before it places instances: the
+/// instances they already run are adopted where they are, and new ones spread over the nodes
+/// that reported.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
 /// The region's nodes and placements.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Fleet {
     nodes: BTreeMap<String, Node>,
     /// By (service, instance id).
     placements: BTreeMap<(ServiceId, String), String>,
+    /// No placement before this; reported instances are adopted until the first placement.
+    settle_until: Instant,
+    placed_once: bool,
 }
 
 impl Fleet {
+    /// An empty fleet that places nothing before `settle_until`.
+    pub fn new(settle_until: Instant) -> Fleet {
+        Fleet {
+            nodes: BTreeMap::new(),
+            placements: BTreeMap::new(),
+            settle_until,
+            placed_once: false,
+        }
+    }
+
+    /// Whether the first placement is due (the settling time is over and none was made).
+    pub fn first_placement_due(&self, now: Instant) -> bool {
+        !self.placed_once && now >= self.settle_until
+    }
+
     /// Records `report` from node `report.node` at `now`; returns whether the set of live nodes
     /// or their capacities changed, or an instance failed (placement must be redone).
     pub fn report(&mut self, report: NodeReport, now: Instant) -> bool {
@@ -92,8 +115,17 @@ impl Fleet {
     /// Places `desired` instances of each service: keeps placements on live nodes that have not
     /// failed there, drops the surplus (highest numbers first), and puts the missing ones on
     /// the live node with the fewest instances of that service, then the fewest instances, that
-    /// has room. Instances that cannot be placed (no room) wait for the next placement.
-    pub fn place(&mut self, desired: &BTreeMap<ServiceId, u32>) {
+    /// has room. Instances that cannot be placed (no room) wait for the next placement. Before
+    /// the settling time is over nothing is placed; the first placement adopts the instances
+    /// agents already run (after a restart of the control plane).
+    pub fn place(&mut self, desired: &BTreeMap<ServiceId, u32>, now: Instant) {
+        if now < self.settle_until {
+            return;
+        }
+        if !self.placed_once {
+            self.placed_once = true;
+            self.adopt(desired);
+        }
         let failed = |fleet: &Fleet, node: &str, instance: &str| {
             fleet
                 .nodes
@@ -152,6 +184,28 @@ impl Fleet {
                     .insert((service.clone(), instance.clone()), node);
                 mine.push((number, instance));
                 mine.sort();
+            }
+        }
+    }
+
+    /// Places the running instances agents report where they run, for the services in
+    /// `desired` (surplus is trimmed by the placement that follows).
+    fn adopt(&mut self, desired: &BTreeMap<ServiceId, u32>) {
+        for (node_name, node) in &self.nodes {
+            for report in node.instances.values() {
+                if matches!(report.state.as_str(), "failed" | "stopped") {
+                    continue;
+                }
+                let service = (
+                    report.org.clone(),
+                    report.app.clone(),
+                    report.service.clone(),
+                );
+                if desired.contains_key(&service) {
+                    self.placements
+                        .entry((service, report.instance.clone()))
+                        .or_insert_with(|| node_name.clone());
+                }
             }
         }
     }
@@ -295,12 +349,12 @@ mod tests {
 
     #[test]
     fn instances_spread_over_nodes_and_respect_capacity() {
-        let mut fleet = Fleet::default();
+        let mut fleet = Fleet::new(Instant::now());
         let now = Instant::now();
         fleet.report(node("a", 2, &[]), now);
         fleet.report(node("b", 2, &[]), now);
         let mut desired = BTreeMap::from([(service("web"), 2), (service("api"), 2)]);
-        fleet.place(&desired);
+        fleet.place(&desired, now);
         for name in ["web", "api"] {
             let mut nodes = nodes_of(&fleet, name);
             nodes.sort();
@@ -308,12 +362,12 @@ mod tests {
         }
         // Four slots for five instances: one waits.
         desired.insert(service("web"), 3);
-        fleet.place(&desired);
+        fleet.place(&desired, now);
         assert_eq!(fleet.placements().len(), 4);
         // Room appears: the waiting instance is placed there, the others stay.
         let before = fleet.placements();
         fleet.report(node("c", 4, &[]), now);
-        fleet.place(&desired);
+        fleet.place(&desired, now);
         assert_eq!(fleet.placements().len(), 5);
         assert!(nodes_of(&fleet, "web").contains(&"c".to_owned()));
         for placement in before {
@@ -326,19 +380,19 @@ mod tests {
 
     #[test]
     fn a_lost_node_or_a_failed_instance_is_replaced_elsewhere() {
-        let mut fleet = Fleet::default();
+        let mut fleet = Fleet::new(Instant::now());
         let start = Instant::now();
         fleet.report(node("a", 4, &[]), start);
         fleet.report(node("b", 4, &[]), start);
         let desired = BTreeMap::from([(service("web"), 1)]);
-        fleet.place(&desired);
+        fleet.place(&desired, start);
         let first = fleet.placements()[0].clone();
         let other = if first.node == "a" { "b" } else { "a" };
 
         // It fails past its restart limit: a new instance goes to the other node.
         let failed = fleet.report(node(&first.node, 4, &[(&first.instance, "failed")]), start);
         assert!(failed);
-        fleet.place(&desired);
+        fleet.place(&desired, start);
         let second = fleet.placements()[0].clone();
         assert_eq!(second.node, other);
         assert_ne!(second.instance, first.instance);
@@ -347,11 +401,45 @@ mod tests {
         let later = start + NODE_TIMEOUT + Duration::from_secs(1);
         fleet.report(node(&first.node, 4, &[]), later);
         assert_eq!(fleet.expire(later), vec![other.to_owned()]);
-        fleet.place(&desired);
+        fleet.place(&desired, later);
         assert_eq!(nodes_of(&fleet, "web"), vec![first.node.clone()]);
 
         // Scaling down to zero removes it.
-        fleet.place(&BTreeMap::from([(service("web"), 0)]));
+        fleet.place(&BTreeMap::from([(service("web"), 0)]), later);
         assert!(fleet.placements().is_empty());
+    }
+
+    #[test]
+    fn a_new_control_plane_adopts_the_instances_agents_run() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start + SETTLE);
+        let mut report = node("b", 4, &[("web-1", "healthy"), ("gone-0", "healthy")]);
+        for instance in &mut report.instances {
+            instance.org = "acme".to_owned();
+            instance.app = "shop".to_owned();
+            instance.service = instance.instance.split('-').next().unwrap().to_owned();
+        }
+        fleet.report(report, start);
+        fleet.report(node("a", 4, &[]), start);
+        let desired = BTreeMap::from([(service("web"), 2)]);
+        fleet.place(&desired, start);
+        assert!(
+            fleet.placements().is_empty(),
+            "nothing is placed while agents report"
+        );
+        assert!(!fleet.first_placement_due(start));
+        let settled = start + SETTLE;
+        assert!(fleet.first_placement_due(settled));
+        fleet.place(&desired, settled);
+        let placed = fleet.placements();
+        assert_eq!(placed.len(), 2);
+        assert!(placed.contains(&Placement {
+            service: service("web"),
+            instance: "web-1".to_owned(),
+            node: "b".to_owned(),
+        }));
+        assert!(placed
+            .iter()
+            .any(|p| p.instance == "web-0" && p.node == "a"));
     }
 }

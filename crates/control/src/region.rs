@@ -56,7 +56,7 @@ impl RegionState {
             deployments: BTreeMap::new(),
             registered: BTreeMap::new(),
             reported: BTreeMap::new(),
-            fleet: Fleet::default(),
+            fleet: Fleet::new(Instant::now() + crate::fleet::SETTLE),
             assignments: BTreeSet::new(),
             rendered: HashMap::new(),
         };
@@ -131,11 +131,14 @@ impl RegionState {
         }
     }
 
-    /// Forgets nodes whose agents stopped reporting, and places their instances elsewhere.
-    pub fn expire_nodes(&mut self, now: Instant) {
+    /// Called every second: forgets nodes whose agents stopped reporting (and places their
+    /// instances elsewhere), and makes the first placement once agents had time to report.
+    pub fn tick(&mut self, now: Instant) {
         let gone = self.fleet.expire(now);
         if !gone.is_empty() {
             tracing::warn!(nodes = ?gone, "nodes stopped reporting; placing their instances elsewhere");
+            self.reconcile_instances();
+        } else if self.fleet.first_placement_due(now) {
             self.reconcile_instances();
         }
     }
@@ -152,7 +155,7 @@ impl RegionState {
             .iter()
             .map(|(id, d)| (id.clone(), d.spec.scale.min))
             .collect();
-        self.fleet.place(&desired);
+        self.fleet.place(&desired, Instant::now());
         self.render_assignments();
         self.refresh_reported();
     }

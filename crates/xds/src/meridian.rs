@@ -67,6 +67,15 @@ pub struct InstanceReport {
     /// A short human-readable reason for the state.
     #[prost(string, tag = "5")]
     pub detail: String,
+    /// Owning org of its service (so that a restarted control plane can adopt it).
+    #[prost(string, tag = "6")]
+    pub org: String,
+    /// Owning app.
+    #[prost(string, tag = "7")]
+    pub app: String,
+    /// The service.
+    #[prost(string, tag = "8")]
+    pub service: String,
 }
 
 /// The answer to a report.

@@ -149,7 +149,7 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         "  xDS and certificates need mutual TLS; proxies join with a token (meridian join-token)"
     );
     tokio::spawn(follow(global, state.clone(), synced));
-    tokio::spawn(expire_nodes(state.clone()));
+    tokio::spawn(tick_fleet(state.clone()));
     let join_tokens = JoinTokenAdmin {
         issuer: issuer.clone(),
         admin_token: token,
@@ -198,13 +198,13 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     Ok(())
 }
 
-/// Forgets, every second, the nodes whose agents stopped reporting.
-async fn expire_nodes(state: Arc<Mutex<RegionState>>) {
+/// Ticks the region's fleet every second (node expiry, the first placement).
+async fn tick_fleet(state: Arc<Mutex<RegionState>>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
         if let Ok(mut state) = state.lock() {
-            state.expire_nodes(std::time::Instant::now());
+            state.tick(std::time::Instant::now());
         }
     }
 }

@@ -1,19 +1,23 @@
-//! `meridian dev`: a platform on this machine, each component its own process on loopback, with
-//! an example app deployed.
+//! `meridian dev`: a whole platform on this machine, each component its own process on
+//! loopback with its data under one directory: the global control plane, three regions (a
+//! control plane, two nodes' agents and a gateway each), and the example app deployed and
+//! served. A second start with the same `--data-dir` reuses everything.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::client::Client;
 use crate::commands::resources;
 use crate::output::Format;
 use crate::ClientArgs;
+
+mod children;
+
+use children::Children;
 
 /// The example regions, with coordinates.
 const REGIONS: [(&str, f64, f64); 3] = [
@@ -21,6 +25,9 @@ const REGIONS: [(&str, f64, f64); 3] = [
     ("iad", 38.95, -77.45),
     ("sin", 1.35, 103.82),
 ];
+
+/// Nodes (agents) per region.
+const NODES_PER_REGION: usize = 2;
 
 /// The example app's services, deployed in this order.
 const EXAMPLES: [(&str, &str); 2] = [
@@ -34,113 +41,339 @@ const EXAMPLES: [(&str, &str); 2] = [
     ),
 ];
 
+/// The public host name of the example's web service.
+const EXAMPLE_HOST: &str = "shop.example.com";
+
 /// Options of `meridian dev`.
 #[derive(Args)]
 pub struct DevArgs {
-    /// Directory for the platform's state; a new one under the system's temporary directory by
-    /// default.
+    /// Directory for the platform's state (reused by the next start); a new one under the
+    /// system's temporary directory by default.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Address of the public API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Stop everything once the example app is deployed, instead of running until Ctrl-C.
+    /// Port of the first region's gateway; the others follow (fra, iad, sin).
+    #[arg(long, default_value_t = 18080)]
+    gateway_port: u16,
+    /// Stop everything once the example app is served, instead of running until Ctrl-C.
     #[arg(long)]
-    exit_after_deploy: bool,
+    exit_when_ready: bool,
 }
 
-/// Starts the components, deploys the example app, and runs until Ctrl-C.
+/// A region's parts once they run.
+struct Region {
+    name: &'static str,
+    xds: String,
+    gateway: SocketAddr,
+}
+
+/// Starts the platform, deploys the example app, waits until it is served, prints where to
+/// reach it, and runs until Ctrl-C (or until it is ready, with `--exit-when-ready`).
 pub async fn run(args: DevArgs) -> Result<()> {
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => std::env::temp_dir().join(format!("meridian-dev-{}", std::process::id())),
     };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let exe = std::env::current_exe().context("finding the meridian binary")?;
+    let mut children = Children::new(&exe, &data_dir.join("logs"))?;
+    let result = start_and_serve(&args.listen, args.gateway_port, &data_dir, &mut children).await;
+    let ready = match result {
+        Ok(()) => !args.exit_when_ready,
+        Err(e) => {
+            children.stop_all().await;
+            return Err(e);
+        }
+    };
+    if ready {
+        println!("Ctrl-C stops everything.");
+        tokio::select! {
+            () = crate::commands::control::shutdown_signal() => {}
+            name = children.any_exit() => {
+                eprintln!("{name} exited unexpectedly; see its log in {}", data_dir.join("logs").display());
+            }
+        }
+    }
+    children.stop_all().await;
+    Ok(())
+}
+
+async fn start_and_serve(
+    listen: &SocketAddr,
+    gateway_port: u16,
+    data_dir: &Path,
+    children: &mut Children,
+) -> Result<()> {
     println!(
         "starting the global control plane (data in {})",
         data_dir.display()
     );
-    let mut control = Command::new(exe)
-        .args(["control", "--global", "--listen", &args.listen.to_string()])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting `meridian control --global`")?;
-    let (api, token) = read_startup(&mut control).await?;
+    // Its last startup line is about the admin token (shown at the first start only).
+    children
+        .spawn(
+            "control-global",
+            &["control", "--global", "--listen", &listen.to_string()],
+            &[("--data-dir", data_dir.join("global"))],
+            &[],
+            "admin token",
+        )
+        .await?;
+    let output = children.last_output("control-global");
+    let api = output
+        .lines()
+        .find_map(|l| l.strip_prefix("meridian control (global) serving "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("the global control plane printed no address")?
+        .to_owned();
+    let first_start = output.contains("admin token (shown only");
+    let token = admin_token(data_dir, &output)?;
     let client = Client::new(&ClientArgs {
         api: api.clone(),
         token: Some(token.clone()),
         output: Format::Table,
     })?;
-    for (name, lat, lon) in REGIONS {
-        let command = resources::RegionCommand::Add {
-            name: name.to_owned(),
-            lat,
-            lon,
-        };
-        resources::region(&client, Format::Table, command).await?;
+    if first_start {
+        for (name, lat, lon) in REGIONS {
+            let command = resources::RegionCommand::Add {
+                name: name.to_owned(),
+                lat,
+                lon,
+            };
+            resources::region(&client, Format::Table, command).await?;
+        }
+        for (file, text) in EXAMPLES {
+            let definition: serde_json::Value =
+                serde_yaml_ng::from_str(text).with_context(|| format!("parsing {file}"))?;
+            resources::deploy_definition(&client, Format::Table, &definition).await?;
+        }
     }
-    for (file, text) in EXAMPLES {
-        let definition: serde_json::Value =
-            serde_yaml_ng::from_str(text).with_context(|| format!("parsing {file}"))?;
-        resources::deploy_definition(&client, Format::Table, &definition).await?;
+    let mut regions = Vec::new();
+    for (i, (name, _, _)) in REGIONS.iter().enumerate() {
+        let gateway = SocketAddr::from(([127, 0, 0, 1], gateway_port + i as u16));
+        println!("starting region {name}: control plane, {NODES_PER_REGION} agents, gateway on {gateway}");
+        regions.push(start_region(name, i, gateway, &api, &token, data_dir, children).await?);
     }
+    println!("waiting for the example app to be served…");
+    let answers = wait_until_served(&regions).await;
+    print_status(&api, &token, &regions, &answers, data_dir);
+    Ok(())
+}
+
+/// The admin token: printed by the control plane at its first start (and kept in the data
+/// directory for the next, readable by its owner only), or read from there.
+fn admin_token(data_dir: &Path, output: &str) -> Result<String> {
+    let file = data_dir.join("admin-token");
+    if let Some(token) = output.lines().find_map(|l| {
+        l.split_once("stored hashed): ")
+            .map(|(_, t)| t.trim().to_owned())
+    }) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut f| f.write_all(token.as_bytes()))
+            .with_context(|| format!("keeping the admin token in {}", file.display()))?;
+        return Ok(token);
+    }
+    std::fs::read_to_string(&file)
+        .map(|t| t.trim().to_owned())
+        .with_context(|| {
+            format!(
+                "this data directory was used before but holds no {}; pass a new --data-dir",
+                file.display()
+            )
+        })
+}
+
+/// Starts a region's control plane, agents and gateway.
+async fn start_region(
+    name: &'static str,
+    index: usize,
+    gateway: SocketAddr,
+    api: &str,
+    token: &str,
+    data_dir: &Path,
+    children: &mut Children,
+) -> Result<Region> {
+    let control = format!("control-{name}");
+    let line = children
+        .spawn(
+            &control,
+            &["control", "--region", name, "--api", api],
+            &[("--data-dir", data_dir.join("regions"))],
+            &[
+                ("--xds", "127.0.0.1:0".to_owned()),
+                ("--admin", "127.0.0.1:0".to_owned()),
+                ("--gateway", gateway.to_string()),
+                ("--token", token.to_owned()),
+            ],
+            "serving xDS on ",
+        )
+        .await?;
+    let field = |after: &str| {
+        line.split(after)
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .map(str::to_owned)
+            .with_context(|| format!("no `{after}` in `{line}`"))
+    };
+    let (xds, admin) = (field("serving xDS on ")?, field("admin ")?);
+    for n in 1..=NODES_PER_REGION {
+        let node = format!("{name}-{n}");
+        let state = data_dir.join("agents").join(&node);
+        let join =
+            join_token_unless_enrolled(&admin, token, &format!("agent/{node}"), &state).await?;
+        let first_address = format!("127.0.{}.1", 100 + index * NODES_PER_REGION + n);
+        children
+            .spawn(
+                &format!("agent-{node}"),
+                &[
+                    "agent",
+                    "--region",
+                    name,
+                    "--node",
+                    &node,
+                    "--control",
+                    &xds,
+                ],
+                &[("--state-dir", state)],
+                &[
+                    ("--instance-addresses", first_address),
+                    ("--capacity", "8".to_owned()),
+                ]
+                .into_iter()
+                .chain(join.map(|t| ("--join-token", t)))
+                .collect::<Vec<_>>(),
+                "meridian agent of node",
+            )
+            .await?;
+    }
+    let state = data_dir.join("gateways").join(name);
+    let join = join_token_unless_enrolled(&admin, token, "gateway", &state).await?;
+    children
+        .spawn(
+            &format!("gateway-{name}"),
+            &[
+                "proxy", "--xds", &xds, "--role", "gateway", "--region", name,
+            ],
+            &[("--state-dir", state)],
+            &[("--admin", "127.0.0.1:0".to_owned())]
+                .into_iter()
+                .chain(join.map(|t| ("--join-token", t)))
+                .collect::<Vec<_>>(),
+            "meridian proxy admin on ",
+        )
+        .await?;
+    Ok(Region { name, xds, gateway })
+}
+
+/// A join token for `identity` from the region's admin port, unless `state` holds an identity
+/// from an earlier start.
+async fn join_token_unless_enrolled(
+    admin: &str,
+    token: &str,
+    identity: &str,
+    state: &Path,
+) -> Result<Option<String>> {
+    if state.join("identity").join("key.pem").exists() {
+        return Ok(None);
+    }
+    let url = format!("{admin}/v1/join-tokens");
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"identity": identity, "ttl_seconds": 600}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("asking {url} for a join token"))?
+        .json()
+        .await?;
+    answer["token"]
+        .as_str()
+        .map(|t| Some(t.to_owned()))
+        .context("the control plane answered without a token")
+}
+
+/// How long the example app may take to be served.
+const READY_DEADLINE: Duration = Duration::from_secs(90);
+
+/// What each region's gateway answers for the example host once the web service answers in
+/// every region it runs in (or the deadline passes).
+async fn wait_until_served(regions: &[Region]) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let end = Instant::now() + READY_DEADLINE;
+    loop {
+        let mut answers = Vec::new();
+        for region in regions {
+            let answer = client
+                .get(format!("http://{}/", region.gateway))
+                .header("host", EXAMPLE_HOST)
+                .send()
+                .await;
+            answers.push(match answer {
+                Ok(a) if a.status().is_success() => {
+                    a.text().await.unwrap_or_default().trim().to_owned()
+                }
+                Ok(a) => format!("{} (not served in this region yet)", a.status()),
+                Err(e) => format!("no answer: {e}"),
+            });
+        }
+        let web_regions = ["fra", "iad"];
+        let served = regions
+            .iter()
+            .zip(&answers)
+            .filter(|(r, _)| web_regions.contains(&r.name))
+            .all(|(_, a)| a.starts_with("hello from"));
+        if served || Instant::now() > end {
+            return answers;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], data_dir: &Path) {
     println!();
     println!("Meridian dev is up: the global control plane serves {api}");
+    println!();
+    println!(
+        "{:<7} {:<23} {:<26} WEB ({EXAMPLE_HOST}) ANSWERS",
+        "REGION", "GATEWAY", "CONTROL PLANE (xDS)"
+    );
+    for (region, answer) in regions.iter().zip(answers) {
+        println!(
+            "{:<7} {:<23} {:<26} {answer}",
+            region.name,
+            format!("http://{}", region.gateway),
+            region.xds
+        );
+    }
+    let first = regions
+        .first()
+        .map(|r| r.gateway.to_string())
+        .unwrap_or_default();
+    println!();
+    println!("Try:");
+    println!("  curl -H 'host: {EXAMPLE_HOST}' http://{first}/");
     println!("  export MERIDIAN_API={api} MERIDIAN_TOKEN={token}");
     println!("  meridian get services; meridian status web --app shop");
-    if args.exit_after_deploy {
-        return stop(control).await;
-    }
-    println!("Ctrl-C stops everything.");
-    tokio::select! {
-        _ = crate::commands::control::shutdown_signal() => stop(control).await,
-        exit = control.wait() => bail!("the control plane exited unexpectedly ({:?})", exit?),
-    }
-}
-
-/// Reads the control plane's startup lines: its URL and (first start only) its admin token.
-async fn read_startup(control: &mut Child) -> Result<(String, String)> {
-    let stdout = control
-        .stdout
-        .take()
-        .context("control plane has no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut api = None;
-    let read = async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
-                api = rest.split_whitespace().next().map(str::to_owned);
-            } else if line.starts_with("admin token") {
-                let token = line
-                    .split_once("stored hashed): ")
-                    .map(|(_, t)| t.trim().to_owned());
-                return Ok::<_, std::io::Error>(token);
-            }
-        }
-        Ok(None)
-    };
-    let token = tokio::time::timeout(std::time::Duration::from_secs(30), read)
-        .await
-        .context("the control plane did not start within 30 s")??;
-    // Keep draining its stdout so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    match (api, token) {
-        (Some(api), Some(token)) => Ok((api, token)),
-        (None, _) => bail!("the control plane exited before serving; see its log above"),
-        (Some(_), None) => bail!(
-            "the data directory was used before, so no admin token was printed; \
-             pass a new --data-dir"
-        ),
-    }
-}
-
-async fn stop(mut control: Child) -> Result<()> {
-    println!("stopping");
-    control.start_kill().ok();
-    control.wait().await?;
-    Ok(())
+    println!(
+        "Logs of every component: {}",
+        data_dir.join("logs").display()
+    );
+    println!(
+        "Not yet part of dev: edges (public TLS, region failover) and .internal DNS; gateways \
+         forward to instances without mTLS until node proxies run."
+    );
 }
