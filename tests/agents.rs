@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{spawn_with_lines, wait_for_line, Deployed, Killed, RegionalPlane, MERIDIAN};
+use support::{
+    spawn_with_lines, wait_for_line, Deployed, Killed, RegionalPlane, Stopped, MERIDIAN,
+};
 
 /// The example service, built with this binary.
 const HELLO: &str = env!("CARGO_BIN_EXE_meridian-hello");
@@ -32,8 +34,9 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     )
 }
 
-/// `meridian agent` for `node` of fra, handing out addresses from `first_address`.
-fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Killed {
+/// `meridian agent` for `node` of fra, handing out addresses from `first_address`; stopped
+/// (with its instances) on drop.
+fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Stopped {
     let token = region.join_token(&format!("agent/{node}"));
     let (child, lines) = spawn_with_lines(
         Command::new(MERIDIAN)
@@ -47,7 +50,7 @@ fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) ->
     wait_for_line(&lines, DEADLINE, "the agent's start", |l| {
         l.starts_with("meridian agent of node")
     });
-    Killed(child)
+    Stopped(child)
 }
 
 /// The region's gateway, joined with a token; its listener's address.

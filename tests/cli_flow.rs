@@ -33,7 +33,9 @@ fn the_readme_flow_works_end_to_end() {
     for version in 1..=3 {
         let out = cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
         assert!(
-            out.contains(&format!("deployed demo/shop/web version {version} to fra, iad")),
+            out.contains(&format!(
+                "deployed demo/shop/web version {version} to fra, iad"
+            )),
             "{out}"
         );
     }

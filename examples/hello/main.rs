@@ -5,6 +5,8 @@
 //! It listens on `$MERIDIAN_ADDRESS:$PORT` (default 127.0.0.1:8080) and serves:
 //! - `GET /` — `hello from <service> <instance> in <region> (node <node>)`;
 //! - `GET /healthz` — `ok`;
+//! - `GET /whoami` — the caller's identity as the mesh passed it (`x-meridian-peer`), or
+//!   `anonymous`;
 //! - `GET /call?url=<url>` — fetches `url` (e.g. `http://api.shop.internal:8080/`) and answers
 //!   with what it got: a call to another service by name;
 //! - `POST /exit` — exits with status 1, to watch the agent restart it.
@@ -39,6 +41,7 @@ async fn main() -> std::process::ExitCode {
     let app = Router::new()
         .route("/", get(move || async move { greeting }))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/whoami", get(whoami))
         .route("/call", get(call))
         .route("/exit", post(exit));
     let listener = match address.parse::<SocketAddr>() {
@@ -63,6 +66,15 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The caller's identity, as the node proxy passed it.
+async fn whoami(headers: axum::http::HeaderMap) -> String {
+    let peer = headers
+        .get("x-meridian-peer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous");
+    format!("{peer}\n")
 }
 
 /// Ends the process with status 1, as a crash would.

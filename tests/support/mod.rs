@@ -170,6 +170,27 @@ impl Drop for Killed {
     }
 }
 
+/// A child process asked to stop (SIGTERM) on drop, as an operator would, and killed if it
+/// has not stopped within ten seconds: an agent stops its instances then.
+pub struct Stopped(pub Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Where a [`RegionalPlane`] logs, in its data directory.
 const LOG_FILE: &str = "stderr.log";
 

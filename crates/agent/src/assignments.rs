@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use meridian_model::ServiceSpec;
-use meridian_xds::meridian::{Assignment, ASSIGNMENT};
+use meridian_xds::meridian::{Assignment, Service, ASSIGNMENT, SERVICE};
 use meridian_xds::{Handler, Interest, Interests, Resources};
 use prost::Message;
 use tokio::sync::watch;
+
+use crate::node_proxy::{MeshService, ServiceKey};
 
 /// One instance the node must run.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,14 +27,48 @@ pub struct Wanted {
 /// What the node must run, by resource name.
 pub type Desired = BTreeMap<String, Wanted>;
 
-/// Publishes each accepted set of assignments.
+/// The region's services as node proxies need them.
+pub type Services = BTreeMap<ServiceKey, MeshService>;
+
+/// Publishes each accepted set of assignments and of services.
 pub struct AssignmentHandler {
     /// Where the desired set goes.
     pub desired: watch::Sender<Desired>,
+    /// Where the region's services go.
+    pub services: watch::Sender<Services>,
 }
 
 fn interests() -> Interests {
-    Interests::from([(ASSIGNMENT.to_owned(), Interest::Wildcard)])
+    Interests::from([
+        (ASSIGNMENT.to_owned(), Interest::Wildcard),
+        (SERVICE.to_owned(), Interest::Wildcard),
+    ])
+}
+
+/// Decodes every service held, or says which one is bad and why.
+fn decode_services(resources: &Resources) -> Result<Services, String> {
+    let mut services = Services::new();
+    for (name, held) in resources.get(SERVICE).into_iter().flatten() {
+        let service = Service::decode(held.resource.value.as_slice())
+            .map_err(|e| format!("service `{name}`: {e}"))?;
+        let spec: ServiceSpec = serde_json::from_slice(&service.spec_json)
+            .map_err(|e| format!("service `{name}`: spec_json: {e}"))?;
+        let mut instances = Vec::new();
+        for instance in service.instances {
+            if instance.address.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!(
+                    "service `{name}`: instance `{}`: address `{}` is not an IP address",
+                    instance.instance, instance.address
+                ));
+            }
+            instances.push((instance.address, instance.healthy));
+        }
+        services.insert(
+            (service.org, service.app, service.service),
+            MeshService { spec, instances },
+        );
+    }
+    Ok(services)
 }
 
 /// Decodes every assignment held, or says which one is bad and why.
@@ -71,6 +107,9 @@ impl Handler for AssignmentHandler {
         if type_url == ASSIGNMENT {
             let desired = decode(resources)?;
             self.desired.send_replace(desired);
+        } else if type_url == SERVICE {
+            let services = decode_services(resources)?;
+            self.services.send_replace(services);
         }
         Ok(interests())
     }

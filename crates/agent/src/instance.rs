@@ -72,6 +72,47 @@ pub struct Launch {
     pub state_dir: PathBuf,
 }
 
+impl Launch {
+    /// The instance's name on this node, unique across orgs and apps: `<org>.<app>.<instance>`
+    /// (its working directory and its logs are named so).
+    pub fn key(&self) -> String {
+        format!("{}.{}.{}", self.service.0, self.service.1, self.instance)
+    }
+}
+
+/// Stops the instances an earlier agent left running (it was killed before it could stop
+/// them): each recorded in `<state>/instances/<key>/pid`, if that process is still that
+/// instance (its environment names it).
+pub fn stop_leftovers(state_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("instances")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pid_file = entry.path().join(PID_FILE);
+        let Ok(text) = std::fs::read_to_string(&pid_file) else {
+            continue;
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        let Ok(number) = text.trim().parse::<i32>() else {
+            continue;
+        };
+        let key = entry.file_name().to_string_lossy().into_owned();
+        let instance = key.rsplit('.').next().unwrap_or_default();
+        let marker = format!("MERIDIAN_INSTANCE={instance}");
+        let environ = std::fs::read(format!("/proc/{number}/environ")).unwrap_or_default();
+        if !environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            continue;
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(number) {
+            tracing::warn!(instance = %key, pid = number, "stopping an instance left running by an earlier agent");
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// The file that records an instance's process id in its working directory.
+const PID_FILE: &str = "pid";
+
 /// How long an instance may take to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait between restarts.
@@ -165,13 +206,18 @@ pub async fn run_instance(
 /// Starts the process: its own process group, `PORT` and `MERIDIAN_*` set, output to logs.
 fn spawn(launch: &Launch) -> std::io::Result<Child> {
     let process = &launch.spec.runtime.process;
-    let home = launch.state_dir.join("instances").join(&launch.instance);
+    let home = launch.state_dir.join("instances").join(launch.key());
     std::fs::create_dir_all(&home)?;
     let (org, app, service) = &launch.service;
     let mut command = Command::new(&process.command);
     command
         .args(&process.args)
-        .current_dir(process.working_dir.as_ref().map_or(home, PathBuf::from))
+        .current_dir(
+            process
+                .working_dir
+                .as_ref()
+                .map_or(home.clone(), PathBuf::from),
+        )
         .env("MERIDIAN_INSTANCE", &launch.instance)
         .env("MERIDIAN_ORG", org)
         .env("MERIDIAN_APP", app)
@@ -179,6 +225,17 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .env("MERIDIAN_REGION", &launch.region)
         .env("MERIDIAN_NODE", &launch.node)
         .env("MERIDIAN_ADDRESS", launch.address.to_string());
+    // Calls by name go through the node proxy's outbound listener on the instance's address.
+    let proxy = format!(
+        "http://{}:{}",
+        launch.address,
+        crate::node_proxy::OUTBOUND_PORT
+    );
+    command
+        .env("HTTP_PROXY", &proxy)
+        .env("http_proxy", &proxy)
+        .env("NO_PROXY", "localhost,127.0.0.1,::1")
+        .env("no_proxy", "localhost,127.0.0.1,::1");
     if let Some(first) = launch.spec.ports.first() {
         command.env("PORT", first.port.to_string());
     }
@@ -194,7 +251,10 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .process_group(0)
         .kill_on_drop(true);
     let mut child = command.spawn()?;
-    let logs = log_dir(&launch.state_dir, &launch.instance);
+    if let Some(pid) = child.id() {
+        std::fs::write(home.join(PID_FILE), pid.to_string())?;
+    }
+    let logs = log_dir(&launch.state_dir, &launch.key());
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(keep(stdout, logs.join("stdout.log"), MAX_LOG_BYTES));
     }

@@ -2,20 +2,26 @@
 //! its node must run (delta xDS, `meridian.v1.Assignment`), runs each as a process with `PORT`
 //! and `MERIDIAN_*` variables on an address of its own, keeps its output in rotated files,
 //! health-checks it as its definition says, restarts it with backoff and reports it failed past
-//! its restart limit, and reports every instance's state to the control plane.
+//! its restart limit, and reports every instance's state to the control plane. It runs the
+//! node proxy: each instance's inbound mesh listener (mutual TLS with the instance's workload
+//! certificate, authorized by the service's policy) and its outbound listener (`HTTP_PROXY`),
+//! through which it calls other services by name over mutual TLS.
 //!
 //! It must not decide placement (the control plane does) and holds no state that the control
 //! plane cannot send again.
 
 mod addresses;
 mod assignments;
+mod certs;
 mod health;
 mod instance;
 mod logs;
+mod node_proxy;
 mod report;
 mod supervisor;
 
 pub use addresses::AddressPool;
 pub use instance::{InstanceState, State};
 pub use logs::log_dir;
+pub use node_proxy::{mesh_port, MESH_PORT_BASE, OUTBOUND_PORT};
 pub use supervisor::{run_agent, AgentOptions};

@@ -1,7 +1,7 @@
 //! The agent's main loop: follows the node's assignments, starts what is new, stops what is no
 //! longer assigned (and restarts what changed version), and reports every instance's state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -15,8 +15,10 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::addresses::AddressPool;
-use crate::assignments::{AssignmentHandler, Desired, Wanted};
+use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
+use crate::certs::WorkloadCerts;
 use crate::instance::{run_instance, InstanceState, Launch, State};
+use crate::node_proxy::{self, LocalInstance, ServiceKey};
 use crate::report::{Reporter, HEARTBEAT};
 
 /// How the agent runs.
@@ -33,8 +35,12 @@ pub struct AgentOptions {
     pub capacity: u32,
     /// Addresses for instances.
     pub addresses: AddressPool,
-    /// Where logs and instances' working directories go.
+    /// Where logs, workload certificates and instances' working directories go.
     pub state_dir: PathBuf,
+    /// Where the agent's own identity is kept (it asks for workload certificates with it).
+    pub identity_dir: PathBuf,
+    /// The installation's trust domain.
+    pub trust_domain: String,
 }
 
 /// A running instance.
@@ -53,7 +59,9 @@ type Instances = Arc<Mutex<BTreeMap<String, Running>>>;
 
 /// Runs the agent until `shutdown` resolves; then stops every instance and returns.
 pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>) {
+    crate::instance::stop_leftovers(&options.state_dir);
     let (desired_tx, mut desired) = watch::channel(Desired::new());
+    let (services_tx, mut services) = watch::channel(Services::new());
     let client = ClientOptions {
         url: options.control.clone(),
         tls: Some(options.tls.clone()),
@@ -67,6 +75,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         client,
         AssignmentHandler {
             desired: desired_tx,
+            services: services_tx,
         },
     ));
     let instances: Instances = Arc::default();
@@ -80,6 +89,16 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     ));
     let mut addresses = options.addresses.clone();
     let mut tasks: JoinSet<(String, Ipv4Addr)> = JoinSet::new();
+    let mut node_proxy = NodeProxy {
+        proxy: meridian_proxy::Proxy::default(),
+        certs: WorkloadCerts::new(
+            &options.control,
+            options.identity_dir.clone(),
+            options.state_dir.join("certs"),
+        ),
+        applied: String::new(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -91,6 +110,12 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 let wanted = desired.borrow_and_update().clone();
                 reconcile(&options, &wanted, &instances, &mut addresses, &mut tasks, &changed);
             }
+            changed_set = services.changed() => {
+                if changed_set.is_err() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {}
             Some(Ok((name, address))) = tasks.join_next() => {
                 addresses.give_back(address);
                 let mut map = instances.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -104,6 +129,8 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 reconcile(&options, &wanted, &instances, &mut addresses, &mut tasks, &changed);
             }
         }
+        let current = services.borrow().clone();
+        node_proxy.refresh(&options, &instances, &current).await;
     }
     follower.abort();
     for running in instances
@@ -116,6 +143,53 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     while tasks.join_next().await.is_some() {}
     reporter.abort();
     tracing::info!("agent stopped; every instance is stopped");
+}
+
+/// The node proxy and what its configuration needs.
+struct NodeProxy {
+    proxy: meridian_proxy::Proxy,
+    certs: WorkloadCerts,
+    /// The configuration last applied.
+    applied: String,
+}
+
+impl NodeProxy {
+    /// Makes sure the running instances' services have certificates, and applies the node
+    /// proxy's configuration if it (or a certificate) changed.
+    async fn refresh(
+        &mut self,
+        options: &AgentOptions,
+        instances: &Instances,
+        services: &Services,
+    ) {
+        let local: Vec<LocalInstance> = instances
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter(|running| !*running.stop.borrow())
+            .map(|running| LocalInstance {
+                instance: running.instance.clone(),
+                service: running.service.clone(),
+                spec: running.spec.clone(),
+                address: running.address,
+            })
+            .collect();
+        let needed: BTreeSet<ServiceKey> = local.iter().map(|l| l.service.clone()).collect();
+        let renewed = self.certs.ensure(&needed).await;
+        let config =
+            node_proxy::config(&local, services, &self.certs.files(), &options.trust_domain);
+        if config["listeners"].as_array().is_none_or(Vec::is_empty) {
+            return; // Nothing to serve yet (a proxy config needs a listener).
+        }
+        let config = config.to_string();
+        if config == self.applied && !renewed {
+            return;
+        }
+        match self.proxy.apply_text(&config).await {
+            Ok(()) => self.applied = config,
+            Err(e) => tracing::error!(error = %e, "the node proxy refused its configuration"),
+        }
+    }
 }
 
 /// Starts what is wanted and not running, stops what runs and is not wanted (or runs another

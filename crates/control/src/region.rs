@@ -291,6 +291,7 @@ impl RegionState {
         }
         // Clusters and endpoints before the listeners and routes that refer to them.
         for type_url in [
+            meridian_xds::meridian::SERVICE,
             meridian_xds::CLUSTER,
             meridian_xds::ENDPOINT,
             meridian_xds::ROUTE,

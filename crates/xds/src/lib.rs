@@ -47,6 +47,7 @@ pub(crate) fn type_label(type_url: &str) -> &'static str {
         CLUSTER => "cluster",
         ENDPOINT => "endpoint",
         meridian::ASSIGNMENT => "assignment",
+        meridian::SERVICE => "service",
         _ => "other",
     }
 }

@@ -9,6 +9,14 @@
 /// node that runs the instance.
 pub const ASSIGNMENT: &str = "type.googleapis.com/meridian.v1.Assignment";
 
+/// Type URL of a service as the region's agents see it: its spec and its instances in the
+/// region, from which each node builds its node proxy (inbound mesh listeners with the
+/// service's policy, outbound routes by name).
+pub const SERVICE: &str = "type.googleapis.com/meridian.v1.Service";
+
+/// The namespace of [`SERVICE`] resources, shared by every agent of the region.
+pub const MESH_NAMESPACE: &str = "mesh/";
+
 /// The gRPC path of the report method: an agent reports its node and instances.
 pub const REPORT_PATH: &str = "/meridian.v1.Reports/Report";
 
@@ -33,6 +41,43 @@ pub struct Assignment {
     /// The regional service spec, JSON.
     #[prost(bytes = "vec", tag = "6")]
     pub spec_json: Vec<u8>,
+}
+
+/// A service in the region, for node proxies.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Service {
+    /// Owning org.
+    #[prost(string, tag = "1")]
+    pub org: String,
+    /// Owning app.
+    #[prost(string, tag = "2")]
+    pub app: String,
+    /// The service.
+    #[prost(string, tag = "3")]
+    pub service: String,
+    /// The deployment version of its spec.
+    #[prost(uint64, tag = "4")]
+    pub version: u64,
+    /// The regional service spec, JSON (ports, mesh policy).
+    #[prost(bytes = "vec", tag = "5")]
+    pub spec_json: Vec<u8>,
+    /// Its instances in the region.
+    #[prost(message, repeated, tag = "6")]
+    pub instances: Vec<ServiceInstance>,
+}
+
+/// One instance of a [`Service`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServiceInstance {
+    /// Its id.
+    #[prost(string, tag = "1")]
+    pub instance: String,
+    /// Its address (its node proxy's mesh listeners are there too).
+    #[prost(string, tag = "2")]
+    pub address: String,
+    /// Whether it is healthy.
+    #[prost(bool, tag = "3")]
+    pub healthy: bool,
 }
 
 /// What an agent reports: its node, and the state of each instance it runs.

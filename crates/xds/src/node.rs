@@ -105,8 +105,13 @@ impl Scope {
         if type_url == crate::LISTENER || type_url == crate::ROUTE {
             &self.listeners
         } else if type_url.starts_with(MERIDIAN_TYPES) {
-            // A node without a node name sees no Meridian resource: no cache name starts so.
-            self.own.as_deref().unwrap_or(NOTHING)
+            // A node without a node name (not an agent) sees no Meridian resource: no cache
+            // name starts so.
+            match &self.own {
+                Some(_) if type_url == crate::meridian::SERVICE => crate::meridian::MESH_NAMESPACE,
+                Some(own) => own,
+                None => NOTHING,
+            }
         } else {
             &self.shared
         }

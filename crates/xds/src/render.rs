@@ -102,6 +102,7 @@ pub fn service(deployment: &RegionalDeployment, endpoints: &[&Endpoint]) -> Rend
             .resources
             .push((ENDPOINT, cache_name, pack(&assignment)));
     }
+    rendered.resources.push(mesh_service(deployment, endpoints));
     for port in &deployment.spec.ports {
         let name = proxy_cluster_name(deployment, &port.name);
         let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
@@ -360,4 +361,37 @@ fn load_assignment(
         }],
         ..Default::default()
     }
+}
+
+/// The [`meridian::Service`](crate::meridian::Service) resource of a deployment with its
+/// endpoints in the region, for the region's agents (cache name `mesh/<org>/<app>/<service>`).
+pub fn mesh_service(
+    deployment: &RegionalDeployment,
+    endpoints: &[&Endpoint],
+) -> (&'static str, String, Any) {
+    use crate::meridian::{Service, ServiceInstance, MESH_NAMESPACE, SERVICE};
+    let service = Service {
+        org: deployment.org.clone(),
+        app: deployment.app.clone(),
+        service: deployment.service.clone(),
+        version: deployment.version,
+        spec_json: serde_json::to_vec(&deployment.spec).unwrap_or_default(),
+        instances: endpoints
+            .iter()
+            .map(|e| ServiceInstance {
+                instance: e.id.clone(),
+                address: e.address.clone(),
+                healthy: e.health == EndpointHealth::Healthy,
+            })
+            .collect(),
+    };
+    let name = format!(
+        "{MESH_NAMESPACE}{}/{}/{}",
+        deployment.org, deployment.app, deployment.service
+    );
+    let resource = Any {
+        type_url: SERVICE.to_owned(),
+        value: prost::Message::encode_to_vec(&service),
+    };
+    (SERVICE, name, resource)
 }

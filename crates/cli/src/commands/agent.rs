@@ -63,8 +63,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     println!(
         "meridian agent of node {} in region {} following {} (capacity {}); instances run in \
-         host mode, each on its own loopback address from {} (network namespaces are not \
-         implemented yet)",
+         host mode, each on its own loopback address from {} with the node proxy beside it \
+         (network namespaces are not implemented yet)",
         args.node, args.region, args.control, args.capacity, args.instance_addresses
     );
     let options = AgentOptions {
@@ -74,6 +74,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         node: args.node,
         capacity: args.capacity,
         addresses,
+        identity_dir: args.state_dir.join("identity"),
+        trust_domain: id.trust_domain.clone(),
         state_dir: args.state_dir,
     };
     run_agent(options, super::control::shutdown_signal()).await;

@@ -1,0 +1,147 @@
+//! The node proxy's configuration, built by the agent from what the control plane sends over
+//! xDS (its instances' assignments, and every service of the region with its spec, mesh policy
+//! and instances). In host mode each instance has an address of its own, and the node proxy
+//! listens there too:
+//!
+//! - `<address>:15443+i` (the mesh port of the service's i-th port): mutual TLS with the
+//!   instance's workload certificate; the caller is authorized by the service's policy (its org,
+//!   and `mesh.allow` for other orgs) and its identity passed in `x-meridian-peer`; then to the
+//!   instance's i-th port.
+//! - `<address>:15001`: the instance's `HTTP_PROXY`. A request for
+//!   `http://<service>.<app>.internal:<port>/` (a service of the instance's org) goes over mutual
+//!   TLS, as the instance's service, to a healthy instance of that service, whose certificate
+//!   must name it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use meridian_model::ServiceSpec;
+use serde_json::{json, Value};
+
+/// Identifies a service: org, app and name.
+pub type ServiceKey = (String, String, String);
+
+/// The port of the outbound listener on each instance's address.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// The mesh port of a service's first port; the next ports follow.
+pub const MESH_PORT_BASE: u16 = 15443;
+
+/// The mesh port of a service's `index`-th port.
+pub fn mesh_port(index: usize) -> u16 {
+    MESH_PORT_BASE.saturating_add(u16::try_from(index).unwrap_or(u16::MAX))
+}
+
+/// An instance this node runs.
+#[derive(Debug, Clone)]
+pub struct LocalInstance {
+    /// Its id.
+    pub instance: String,
+    /// Its service.
+    pub service: ServiceKey,
+    /// Its spec.
+    pub spec: ServiceSpec,
+    /// Its address.
+    pub address: Ipv4Addr,
+}
+
+/// A service of the region, as the control plane sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshService {
+    /// Its spec.
+    pub spec: ServiceSpec,
+    /// Its instances: (address, healthy).
+    pub instances: Vec<(String, bool)>,
+}
+
+/// A workload certificate's files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// The chain.
+    pub cert: PathBuf,
+    /// The key.
+    pub key: PathBuf,
+    /// The trust bundle.
+    pub bundle: PathBuf,
+}
+
+/// The node proxy's configuration (the proxy's config format, docs/proxy-config.md) for the
+/// `local` instances that have certificates in `certs`, reaching the `services` of the region.
+pub fn config(
+    local: &[LocalInstance],
+    services: &BTreeMap<ServiceKey, MeshService>,
+    certs: &BTreeMap<ServiceKey, CertFiles>,
+    trust_domain: &str,
+) -> Value {
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    let mut routed = std::collections::BTreeSet::new();
+    for instance in local {
+        let Some(files) = certs.get(&instance.service) else {
+            continue;
+        };
+        let (org, _, _) = &instance.service;
+        for (index, port) in instance.spec.ports.iter().enumerate() {
+            let local_cluster = format!("local/{}/{}", instance.instance, port.name);
+            listeners.push(json!({
+                "name": format!("in/{}/{}", instance.instance, port.name),
+                "address": format!("{}:{}", instance.address, mesh_port(index)),
+                "mesh": {
+                    "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
+                    "org": org, "allow": instance.spec.mesh.allow,
+                },
+                "virtual_hosts": [{"name": "local", "domains": ["*"], "routes": [{"cluster": local_cluster}]}],
+            }));
+            clusters.push(json!({
+                "name": local_cluster,
+                "endpoints": [{"address": format!("{}:{}", instance.address, port.port)}],
+            }));
+        }
+        let mut virtual_hosts = Vec::new();
+        for (target, service) in services.iter().filter(|(t, _)| &t.0 == org) {
+            let Some(port) = service.spec.ports.first() else {
+                continue;
+            };
+            let cluster = format!(
+                "via/{}/{}/{}/to/{}/{}:{}",
+                instance.service.0,
+                instance.service.1,
+                instance.service.2,
+                target.1,
+                target.2,
+                port.name
+            );
+            virtual_hosts.push(json!({
+                "name": format!("{}.{}", target.2, target.1),
+                "domains": [format!("{}.{}.internal", target.2, target.1)],
+                "routes": [{"cluster": cluster}],
+            }));
+            if routed.insert(cluster.clone()) {
+                let peer = format!(
+                    "spiffe://{trust_domain}/org/{}/app/{}/service/{}",
+                    target.0, target.1, target.2
+                );
+                let endpoints: Vec<Value> = service
+                    .instances
+                    .iter()
+                    .filter(|(_, healthy)| *healthy)
+                    .map(|(address, _)| json!({"address": format!("{address}:{}", mesh_port(0))}))
+                    .collect();
+                clusters.push(json!({
+                    "name": cluster,
+                    "mesh": {
+                        "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
+                        "peer": peer,
+                    },
+                    "endpoints": endpoints,
+                }));
+            }
+        }
+        listeners.push(json!({
+            "name": format!("out/{}", instance.instance),
+            "address": format!("{}:{OUTBOUND_PORT}", instance.address),
+            "virtual_hosts": virtual_hosts,
+        }));
+    }
+    json!({"listeners": listeners, "clusters": clusters})
+}
