@@ -122,7 +122,8 @@ async fn serving(
 fn nodes(seen: &BTreeSet<String>) -> BTreeSet<String> {
     seen.iter()
         .filter_map(|s| s.split("(node ").nth(1))
-        .map(|n| n.trim_end_matches(')').to_owned())
+        .filter_map(|n| n.split(',').next())
+        .map(str::to_owned)
         .collect()
 }
 
@@ -190,4 +191,164 @@ async fn agents_run_the_regions_instances_and_heal_them() {
     )
     .await;
     assert_eq!(moved.len(), 2);
+}
+
+/// A meridian-hello service definition of `org`/shop/`name` on `port`, with a public domain.
+fn service(org: &str, name: &str, port: u16, allow: &str) -> String {
+    format!(
+        "\
+org: {org}
+app: shop
+name: {name}
+regions: [fra]
+runtime: {{process: {{command: {HELLO}}}}}
+ports: [{{name: http, port: {port}}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{name}.{org}.example.com]
+mesh: {{allow: [{allow}]}}
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+"
+    )
+}
+
+/// What `host` answers through the gateway at `gateway` for `path`.
+async fn through(gateway: &str, host: &str, path: &str) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .get(format!("http://{gateway}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
+/// Waits until `host` answers `path` through the gateway with a body containing `wanted`.
+async fn answers(gateway: &str, host: &str, path: &str, wanted: &str) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = through(gateway, host, path).await;
+        if body.contains(wanted) {
+            return body;
+        }
+        assert!(
+            Instant::now() < end,
+            "{host}{path} never answered `{wanted}`: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy() {
+    use meridian_identity::enroll::{join, request_certificate, JoinToken};
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &service("acme", "api", 9090, "'partner/*/*'"));
+    for (org, name) in [("acme", "web"), ("partner", "client"), ("other", "client")] {
+        let file = dir.path().join(format!("{org}-{name}.yaml"));
+        std::fs::write(&file, service(org, name, 8080, "")).unwrap();
+        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    }
+    let region = RegionalPlane::start(
+        &platform.global.api,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let _one = agent(&region, "one", "127.0.30.1", dir.path());
+    let _two = agent(&region, "two", "127.0.31.1", dir.path());
+    let (_gateway, gateway) = gateway(&region, dir.path()).await;
+    let trust_domain = "meridian.local";
+
+    // A service of the same org calls api by name; api sees the caller's identity.
+    let web = "web.acme.example.com";
+    let seen = answers(
+        &gateway,
+        web,
+        "/call?url=http://api.shop.internal:9090/whoami",
+        "answered 200",
+    )
+    .await;
+    assert!(
+        seen.contains(&format!(
+            "spiffe://{trust_domain}/org/acme/app/shop/service/web"
+        )),
+        "{seen}"
+    );
+
+    // Another org that api's policy allows reaches it by its full name.
+    let partner = "client.partner.example.com";
+    let seen = answers(
+        &gateway,
+        partner,
+        "/call?url=http://api.shop.acme.internal:9090/whoami",
+        "answered 200",
+    )
+    .await;
+    assert!(
+        seen.contains("/org/partner/app/shop/service/client"),
+        "{seen}"
+    );
+
+    // An org the policy does not name does not even see the name.
+    let (_, seen) = through(
+        &gateway,
+        "client.other.example.com",
+        "/call?url=http://api.shop.acme.internal:9090/whoami",
+    )
+    .await;
+    assert!(seen.contains("answered 404"), "{seen}");
+
+    // Going straight to api's mesh port with a genuine certificate of that org is refused by
+    // api's node proxy, which names the reason.
+    let greeting = answers(
+        &gateway,
+        web,
+        "/call?url=http://api.shop.internal:9090/",
+        "hello from api",
+    )
+    .await;
+    let address = greeting
+        .rsplit(", ")
+        .next()
+        .unwrap()
+        .trim()
+        .trim_end_matches(')')
+        .to_owned();
+    let token = JoinToken::parse(&region.join_token("agent/rogue")).unwrap();
+    let rogue = join(&region.xds, &token).await.unwrap();
+    let other = meridian_identity::SpiffeId::workload(trust_domain, "other", "shop", "client");
+    let other = request_certificate(&region.xds, &rogue, Some(&other))
+        .await
+        .unwrap();
+    let api = meridian_identity::SpiffeId::workload(trust_domain, "acme", "shop", "api");
+    let tls = meridian_identity::client_config(
+        meridian_identity::CertStore::new(other.certified_key().unwrap()),
+        other.bundle().unwrap(),
+        api,
+    )
+    .unwrap();
+    let mut tls = tls;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(format!("{address}:15443"))
+        .await
+        .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(meridian_identity::mesh_server_name(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/whoami")
+        .header("host", "api.shop.internal")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let refused = sender.send_request(request).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.headers()["x-meridian-error"].to_str().unwrap(),
+        "forbidden_peer"
+    );
 }

@@ -3,7 +3,7 @@
 //! with `curl`.
 //!
 //! It listens on `$MERIDIAN_ADDRESS:$PORT` (default 127.0.0.1:8080) and serves:
-//! - `GET /` — `hello from <service> <instance> in <region> (node <node>)`;
+//! - `GET /` — `hello from <service> <instance> in <region> (node <node>, <address>)`;
 //! - `GET /healthz` — `ok`;
 //! - `GET /whoami` — the caller's identity as the mesh passed it (`x-meridian-peer`), or
 //!   `anonymous`;
@@ -32,11 +32,12 @@ async fn main() -> std::process::ExitCode {
         var("PORT", "8080")
     );
     let greeting = format!(
-        "hello from {} {} in {} (node {})\n",
+        "hello from {} {} in {} (node {}, {})\n",
         var("MERIDIAN_SERVICE", "hello"),
         var("MERIDIAN_INSTANCE", "local"),
         var("MERIDIAN_REGION", "nowhere"),
         var("MERIDIAN_NODE", "localhost"),
+        var("MERIDIAN_ADDRESS", "127.0.0.1"),
     );
     let app = Router::new()
         .route("/", get(move || async move { greeting }))

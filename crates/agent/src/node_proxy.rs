@@ -8,9 +8,13 @@
 //!   and `mesh.allow` for other orgs) and its identity passed in `x-meridian-peer`; then to the
 //!   instance's i-th port.
 //! - `<address>:15001`: the instance's `HTTP_PROXY`. A request for
-//!   `http://<service>.<app>.internal:<port>/` (a service of the instance's org) goes over mutual
-//!   TLS, as the instance's service, to a healthy instance of that service, whose certificate
-//!   must name it.
+//!   `http://<service>.<app>.internal:<port>/` (a service of the instance's org), or
+//!   `http://<service>.<app>.<org>.internal:<port>/` (a service of another org whose `mesh.allow`
+//!   names the instance's service), goes over mutual TLS, as the instance's service, to a healthy
+//!   instance of that service, whose certificate must name it. Other names are not routed.
+//!
+//! HTTP requests go to the target's first port (the outbound listener routes by name, not by
+//! port).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -98,22 +102,30 @@ pub fn config(
             }));
         }
         let mut virtual_hosts = Vec::new();
-        for (target, service) in services.iter().filter(|(t, _)| &t.0 == org) {
+        for (target, service) in services {
+            let domain = if &target.0 == org {
+                format!("{}.{}.internal", target.2, target.1)
+            } else if allows(&service.spec.mesh.allow, &instance.service) {
+                format!("{}.{}.{}.internal", target.2, target.1, target.0)
+            } else {
+                continue;
+            };
             let Some(port) = service.spec.ports.first() else {
                 continue;
             };
             let cluster = format!(
-                "via/{}/{}/{}/to/{}/{}:{}",
+                "via/{}/{}/{}/to/{}/{}/{}:{}",
                 instance.service.0,
                 instance.service.1,
                 instance.service.2,
+                target.0,
                 target.1,
                 target.2,
                 port.name
             );
             virtual_hosts.push(json!({
-                "name": format!("{}.{}", target.2, target.1),
-                "domains": [format!("{}.{}.internal", target.2, target.1)],
+                "name": domain.clone(),
+                "domains": [domain],
                 "routes": [{"cluster": cluster}],
             }));
             if routed.insert(cluster.clone()) {
@@ -144,4 +156,39 @@ pub fn config(
         }));
     }
     json!({"listeners": listeners, "clusters": clusters})
+}
+
+/// Whether an `allow` pattern (`org/app/service`, `*` for any segment) names `caller`.
+fn allows(patterns: &[String], caller: &ServiceKey) -> bool {
+    patterns.iter().any(|pattern| {
+        let segments: Vec<&str> = pattern.split('/').collect();
+        let wanted = [caller.0.as_str(), caller.1.as_str(), caller.2.as_str()];
+        segments.len() == 3
+            && segments
+                .iter()
+                .zip(wanted)
+                .all(|(pattern, name)| *pattern == "*" || *pattern == name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(org: &str, app: &str, service: &str) -> ServiceKey {
+        (org.to_owned(), app.to_owned(), service.to_owned())
+    }
+
+    #[test]
+    fn allow_patterns_name_callers_by_segment() {
+        let patterns = ["partner/*/*".to_owned(), "initech/billing/api".to_owned()];
+        assert!(allows(&patterns, &key("partner", "x", "y")));
+        assert!(allows(&patterns, &key("initech", "billing", "api")));
+        assert!(!allows(&patterns, &key("initech", "billing", "web")));
+        assert!(!allows(&patterns, &key("other", "x", "y")));
+        assert!(!allows(
+            &["partner/*".to_owned()],
+            &key("partner", "x", "y")
+        ));
+    }
 }
