@@ -223,7 +223,7 @@ impl TestControlPlane {
         let mut registry = Registry::default();
         let metrics = XdsMetrics::new(&mut registry);
         let gateway = Some("127.0.0.1:0".parse().unwrap());
-        let state = Mutex::new(RegionState::new("fra", cache.clone(), gateway));
+        let state = Mutex::new(RegionState::new("fra", cache.clone(), gateway, None));
         let mut plane = TestControlPlane {
             cache,
             state,

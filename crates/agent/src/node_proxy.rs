@@ -26,15 +26,10 @@ use serde_json::{json, Value};
 /// Identifies a service: org, app and name.
 pub type ServiceKey = (String, String, String);
 
+pub use meridian_xds::meridian::{mesh_port, MESH_PORT_BASE};
+
 /// The port of the outbound listener on each instance's address.
 pub const OUTBOUND_PORT: u16 = 15001;
-/// The mesh port of a service's first port; the next ports follow.
-pub const MESH_PORT_BASE: u16 = 15443;
-
-/// The mesh port of a service's `index`-th port.
-pub fn mesh_port(index: usize) -> u16 {
-    MESH_PORT_BASE.saturating_add(u16::try_from(index).unwrap_or(u16::MAX))
-}
 
 /// An instance this node runs.
 #[derive(Debug, Clone)]

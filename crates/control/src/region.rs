@@ -21,6 +21,9 @@ pub type ServiceId = (String, String, String);
 /// What the region runs, and the cache it is rendered into.
 pub struct RegionState {
     region: String,
+    /// The installation's trust domain, when the region's proxies reach agent-run instances
+    /// over mutual TLS.
+    trust_domain: Option<String>,
     cache: Arc<Cache>,
     deployments: BTreeMap<ServiceId, RegionalDeployment>,
     /// Endpoints registered through the global API, by service.
@@ -37,8 +40,14 @@ pub struct RegionState {
 
 impl RegionState {
     /// An empty state for `region`, rendering into `cache`; with `gateway`, the region's
-    /// gateway listens there.
-    pub fn new(region: &str, cache: Arc<Cache>, gateway: Option<SocketAddr>) -> RegionState {
+    /// gateway listens there; with `trust_domain`, proxies reach the instances agents run over
+    /// mutual TLS (endpoints registered through the API stay plaintext).
+    pub fn new(
+        region: &str,
+        cache: Arc<Cache>,
+        gateway: Option<SocketAddr>,
+        trust_domain: Option<&str>,
+    ) -> RegionState {
         let gateway_name = gateway_cache_name();
         if let Some(address) = gateway {
             let listener = (gateway_name.clone(), render::gateway_listener(address));
@@ -52,6 +61,7 @@ impl RegionState {
         }
         let state = RegionState {
             region: region.to_owned(),
+            trust_domain: trust_domain.map(str::to_owned),
             cache,
             deployments: BTreeMap::new(),
             registered: BTreeMap::new(),
@@ -266,7 +276,11 @@ impl RegionState {
                     .chain(self.reported.get(id))
                     .flatten()
                     .collect();
-                render::service(deployment, &endpoints)
+                // Instances run by agents are reached on their mesh ports, unless endpoints
+                // registered through the API (plaintext) share the service.
+                let agent_run = self.registered.get(id).is_none_or(Vec::is_empty);
+                let mesh = self.trust_domain.as_deref().filter(|_| agent_run);
+                render::service(deployment, &endpoints, mesh)
             }
             None => render::Rendered::default(),
         };

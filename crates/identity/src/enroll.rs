@@ -481,6 +481,8 @@ pub struct Renewal {
     pub dir: PathBuf,
     /// Where new handshakes take the certificate from.
     pub store: Arc<CertStore>,
+    /// Told after each renewal is stored (e.g. to reload configurations that read the files).
+    pub renewed: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Renews `credentials` at about two thirds of their lifetime for as long as the task runs:
@@ -501,6 +503,9 @@ pub async fn keep_renewed(renewal: Renewal, mut credentials: Credentials) {
         match renewed.and_then(|r| Ok((r.certified_key()?, r))) {
             Ok((key, renewed)) => {
                 renewal.store.rotate(key);
+                if let Some(renewed) = &renewal.renewed {
+                    renewed.notify_one();
+                }
                 tracing::info!(id = %renewed.id, valid_for = ?renewed.not_after.duration_since(SystemTime::now()).unwrap_or_default(),
                     "certificate renewed; new connections use it");
                 credentials = renewed;

@@ -17,6 +17,20 @@ pub const SERVICE: &str = "type.googleapis.com/meridian.v1.Service";
 /// The namespace of [`SERVICE`] resources, shared by every agent of the region.
 pub const MESH_NAMESPACE: &str = "mesh/";
 
+/// The mesh port of a service's first port on each of its instances' addresses (the node
+/// proxy's inbound listener for it); the service's next ports follow.
+pub const MESH_PORT_BASE: u16 = 15443;
+
+/// The mesh port of a service's `index`-th port.
+pub fn mesh_port(index: usize) -> u16 {
+    MESH_PORT_BASE.saturating_add(u16::try_from(index).unwrap_or(u16::MAX))
+}
+
+/// The name of the secret that stands for a proxy's own certificate in the TLS contexts of
+/// rendered clusters (an SDS secret name in Envoy's terms; Meridian's proxies use the
+/// certificate they enrolled with).
+pub const OWN_CERTIFICATE: &str = "default";
+
 /// The gRPC path of the report method: an agent reports its node and instances.
 pub const REPORT_PATH: &str = "/meridian.v1.Reports/Report";
 

@@ -24,9 +24,10 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TransportSocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality,
-    SocketAddress,
+    SocketAddress, TransportSocket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -82,7 +83,15 @@ pub fn internal_name(deployment: &RegionalDeployment, port: u32) -> String {
 
 /// Renders the resources of one service in its region, with `endpoints` (those of this service
 /// in this region).
-pub fn service(deployment: &RegionalDeployment, endpoints: &[&Endpoint]) -> Rendered {
+///
+/// With `mesh` (the trust domain), the endpoints are instances run by agents and Meridian's
+/// proxies reach them over mutual TLS: on their mesh ports, presenting their own certificate
+/// and expecting the service's SPIFFE ID.
+pub fn service(
+    deployment: &RegionalDeployment,
+    endpoints: &[&Endpoint],
+    mesh: Option<&str>,
+) -> Rendered {
     let mut rendered = Rendered::default();
     for port in &deployment.spec.ports {
         let name = internal_name(deployment, port.port);
@@ -103,15 +112,29 @@ pub fn service(deployment: &RegionalDeployment, endpoints: &[&Endpoint]) -> Rend
             .push((ENDPOINT, cache_name, pack(&assignment)));
     }
     rendered.resources.push(mesh_service(deployment, endpoints));
-    for port in &deployment.spec.ports {
+    for (index, port) in deployment.spec.ports.iter().enumerate() {
         let name = proxy_cluster_name(deployment, &port.name);
         let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
-        let cluster = proxy_cluster(&name, port.protocol == Protocol::Http2);
+        let mut cluster = proxy_cluster(&name, port.protocol == Protocol::Http2);
+        let mut target_port = port.port;
+        if let Some(trust_domain) = mesh {
+            let peer = format!(
+                "spiffe://{trust_domain}/org/{}/app/{}/service/{}",
+                deployment.org, deployment.app, deployment.service
+            );
+            cluster.transport_socket = Some(mesh_transport_socket(&peer));
+            target_port = u32::from(crate::meridian::mesh_port(index));
+        }
         rendered
             .resources
             .push((CLUSTER, cache_name.clone(), pack(&cluster)));
-        let assignment =
-            load_assignment(&name, &deployment.region, &port.name, port.port, endpoints);
+        let assignment = load_assignment(
+            &name,
+            &deployment.region,
+            &port.name,
+            target_port,
+            endpoints,
+        );
         rendered
             .resources
             .push((ENDPOINT, cache_name, pack(&assignment)));
@@ -394,4 +417,48 @@ pub fn mesh_service(
         value: prost::Message::encode_to_vec(&service),
     };
     (SERVICE, name, resource)
+}
+
+/// The name of the TLS transport socket.
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+
+/// Mutual TLS to a cluster's endpoints: the proxy's own certificate
+/// ([`OWN_CERTIFICATE`](crate::meridian::OWN_CERTIFICATE)), and the endpoints' certificates must
+/// carry the URI SAN `peer`.
+pub fn mesh_transport_socket(peer: &str) -> TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+        UpstreamTlsContext,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: crate::meridian::OWN_CERTIFICATE.to_owned(),
+                sds_config: Some(ads()),
+            }],
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: SanType::Uri as i32,
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(peer.to_owned())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: TLS_TRANSPORT_SOCKET.to_owned(),
+        config_type: Some(TransportSocketConfig::TypedConfig(pack(&context))),
+    }
 }

@@ -49,8 +49,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         );
     }
     let addresses = AddressPool::new(args.instance_addresses, args.capacity.max(1))?;
-    let (tls, id) =
+    let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
+    let (tls, id) = (enrolled.tls, enrolled.id);
     match &id.subject {
         Subject::Agent { region, node } if *region == args.region && *node == args.node => {}
         _ => anyhow::bail!(

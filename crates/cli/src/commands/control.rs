@@ -93,11 +93,6 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     let cache = Cache::new();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = XdsMetrics::new(&mut registry);
-    let state = Arc::new(Mutex::new(RegionState::new(
-        &region,
-        cache.clone(),
-        args.gateway,
-    )));
     let (synced, synced_rx) = tokio::sync::watch::channel(false);
     let bind = |address: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(address)
@@ -124,6 +119,12 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         ca_dir.display(),
         regional.ca.trust_domain()
     );
+    let state = Arc::new(Mutex::new(RegionState::new(
+        &region,
+        cache.clone(),
+        args.gateway,
+        Some(regional.ca.trust_domain()),
+    )));
     let tokens = JoinTokens::open(&region_dir.join("join-tokens.json"))?;
     let issuer = Arc::new(Issuer::new(
         regional.ca,

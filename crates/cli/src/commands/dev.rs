@@ -373,7 +373,9 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
         data_dir.join("logs").display()
     );
     println!(
-        "Not yet part of dev: edges (public TLS, region failover) and .internal DNS; gateways \
-         forward to instances without mTLS until node proxies run."
+        "Every hop from the gateways on is mutual TLS; instances call each other by name through \
+         their node proxy (HTTP_PROXY), e.g. curl -H 'host: {EXAMPLE_HOST}' \
+         'http://{first}/call?url=http://api.shop.internal:9090/whoami'"
     );
+    println!("Not yet part of dev: edges (public TLS, region failover) and .internal DNS.");
 }

@@ -9,14 +9,21 @@ use anyhow::{Context, Result};
 use meridian_identity::enroll::{enrolled, keep_renewed, Renewal};
 use meridian_identity::SpiffeId;
 
+/// A component's enrolled identity.
+pub struct Enrolled {
+    /// A client config for the control plane, with the certificate (renewed in place).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Who the certificate says the component is.
+    pub id: SpiffeId,
+    /// Where the certificate, key and bundle files are.
+    pub dir: std::path::PathBuf,
+    /// Told after each renewal.
+    pub renewed: Arc<tokio::sync::Notify>,
+}
+
 /// Enrolls through the control plane at `server` (joining with `token` if nothing valid is
-/// stored) and returns a client config for it (with the certificate, renewed in place) and the
-/// identity.
-pub async fn enroll(
-    server: &str,
-    state_dir: &Path,
-    token: Option<&str>,
-) -> Result<(Arc<rustls::ClientConfig>, SpiffeId)> {
+/// stored) and keeps the certificate renewed in the background.
+pub async fn enroll(server: &str, state_dir: &Path, token: Option<&str>) -> Result<Enrolled> {
     let dir = state_dir.join("identity");
     let (credentials, joined) = enrolled(server, &dir, token)
         .await
@@ -31,11 +38,18 @@ pub async fn enroll(
     let id = credentials.id.clone();
     let store = meridian_identity::CertStore::new(credentials.certified_key()?);
     let tls = meridian_identity::control_client_config(Some(store.clone()), credentials.bundle()?)?;
+    let renewed = Arc::new(tokio::sync::Notify::new());
     let renewal = Renewal {
         base: server.to_owned(),
-        dir,
+        dir: dir.clone(),
         store,
+        renewed: Some(renewed.clone()),
     };
     tokio::spawn(keep_renewed(renewal, credentials));
-    Ok((Arc::new(tls), id))
+    Ok(Enrolled {
+        tls: Arc::new(tls),
+        id,
+        dir,
+        renewed,
+    })
 }

@@ -54,18 +54,28 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             meridian_proxy::run(options, shutdown).await?;
         }
         (None, Some(server)) => {
-            let tls = if server.starts_with("https://") {
-                Some(
+            let enrolled = if server.starts_with("https://") {
+                let enrolled =
                     super::identity::enroll(&server, &args.state_dir, args.join_token.as_deref())
-                        .await?
-                        .0,
-                )
+                        .await?;
+                Some(enrolled)
             } else {
                 None
             };
+            let tls = enrolled.as_ref().map(|e| e.tls.clone());
+            let identity = enrolled.map(|e| {
+                let file = |name: &str| e.dir.join(name).display().to_string();
+                let files = meridian_proxy::Identity {
+                    cert_file: file("cert.pem"),
+                    key_file: file("key.pem"),
+                    bundle_file: file("bundle.pem"),
+                };
+                (files, e.renewed)
+            });
             let options = meridian_proxy::XdsOptions {
                 server,
                 tls,
+                identity,
                 node_id: args.node_id,
                 role: args.role,
                 region: args.region,

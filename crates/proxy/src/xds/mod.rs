@@ -22,6 +22,7 @@ use meridian_xds::{
 use crate::config::ProxyConfig;
 use crate::reload::{serve_admin, serve_until, RunError};
 use crate::Proxy;
+pub use translate::Identity;
 use translate::{assignment_names, route_names, translate, Translated};
 
 /// The name of the disk copy in the state directory.
@@ -33,6 +34,10 @@ pub struct XdsOptions {
     pub server: String,
     /// TLS (with this proxy's certificate) for an `https://` server.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// This proxy's certificate files, for clusters reached over mutual TLS, and what signals
+    /// that they were renewed (the configuration is applied again then, so that new
+    /// connections use the new certificate).
+    pub identity: Option<(Identity, Arc<tokio::sync::Notify>)>,
     /// This proxy's node id.
     pub node_id: String,
     /// Its role (`gateway`, `node-proxy`, `edge`), sent as node metadata.
@@ -59,7 +64,11 @@ pub async fn run_xds(
         proxy: proxy.clone(),
         state_file,
         last,
+        identity: options.identity.as_ref().map(|(files, _)| files.clone()),
     };
+    if let Some((_, renewed)) = &options.identity {
+        tokio::spawn(reapply_on_renewal(proxy.clone(), renewed.clone()));
+    }
     let client = ClientOptions {
         url: options.server.clone(),
         tls: options.tls.clone(),
@@ -97,6 +106,19 @@ fn node(options: &XdsOptions) -> Node {
     }
 }
 
+/// Applies the configuration in force again after each renewal of the proxy's certificate:
+/// new connections use the new certificate, open ones stay.
+async fn reapply_on_renewal(proxy: Arc<Proxy>, renewed: Arc<tokio::sync::Notify>) {
+    loop {
+        renewed.notified().await;
+        if let Some(config) = proxy.config().await {
+            if let Err(e) = proxy.apply(config).await {
+                tracing::error!(error = %e, "the renewed certificate could not be applied");
+            }
+        }
+    }
+}
+
 /// Applies the disk copy, if there is a good one; returns it.
 async fn start_from_disk(proxy: &Proxy, path: &std::path::Path) -> Option<ProxyConfig> {
     let text = match tokio::fs::read_to_string(path).await {
@@ -131,6 +153,7 @@ struct ProxyHandler {
     proxy: Arc<Proxy>,
     state_file: PathBuf,
     last: Option<ProxyConfig>,
+    identity: Option<Identity>,
 }
 
 impl ProxyHandler {
@@ -164,7 +187,7 @@ impl Handler for ProxyHandler {
     }
 
     async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
-        if let Translated::Config(config) = translate(resources)? {
+        if let Translated::Config(config) = translate(resources, self.identity.as_ref())? {
             if self.last.as_ref() != Some(&config) {
                 self.proxy
                     .apply(config.clone())

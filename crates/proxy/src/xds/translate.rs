@@ -82,7 +82,7 @@ pub fn assignment_names(resources: &Resources) -> Result<Vec<String>, String> {
 /// the resource and field). A listener whose routes have not arrived yet is left out until they
 /// do; a route to a cluster that does not exist answers 503 (the cluster is there, without
 /// endpoints).
-pub fn translate(resources: &Resources) -> Result<Translated, String> {
+pub fn translate(resources: &Resources, identity: Option<&Identity>) -> Result<Translated, String> {
     let (Some(listeners), Some(clusters)) = (resources.get(LISTENER), resources.get(CLUSTER))
     else {
         return Ok(Translated::NotReady);
@@ -102,7 +102,10 @@ pub fn translate(resources: &Resources) -> Result<Translated, String> {
     let mut out_clusters = BTreeMap::new();
     for (name, held) in clusters {
         let cluster: Cluster = decode(&held.resource, "Cluster", name)?;
-        out_clusters.insert(name.clone(), translate_cluster(&cluster, name, resources)?);
+        out_clusters.insert(
+            name.clone(),
+            translate_cluster(&cluster, name, resources, identity)?,
+        );
     }
     for name in referenced {
         out_clusters
@@ -480,10 +483,90 @@ fn eds_name(cluster: &Cluster) -> String {
         .unwrap_or_else(|| cluster.name.clone())
 }
 
+/// The proxy's own certificate, key and trust bundle files, for clusters that want mutual TLS.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The certificate chain.
+    pub cert_file: String,
+    /// The key.
+    pub key_file: String,
+    /// The trust bundle.
+    pub bundle_file: String,
+}
+
+/// The `mesh` section of a cluster whose transport socket asks for mutual TLS with this
+/// proxy's own certificate and the endpoints' URI SAN; `None` for a cluster without one.
+fn cluster_mesh(
+    cluster: &Cluster,
+    at: &str,
+    identity: Option<&Identity>,
+) -> Result<Option<Value>, String> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let Some(socket) = &cluster.transport_socket else {
+        return Ok(None);
+    };
+    if socket.name != meridian_xds::render::TLS_TRANSPORT_SOCKET {
+        return Err(format!(
+            "{at}.transport_socket: only {} is supported, not `{}`",
+            meridian_xds::render::TLS_TRANSPORT_SOCKET,
+            socket.name
+        ));
+    }
+    let Some(ConfigType::TypedConfig(config)) = &socket.config_type else {
+        return Err(format!("{at}.transport_socket: typed_config is missing"));
+    };
+    let context: UpstreamTlsContext = decode(config, "UpstreamTlsContext", at)?;
+    let common = context.common_tls_context.unwrap_or_default();
+    let own = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .any(|s| s.name == meridian_xds::meridian::OWN_CERTIFICATE);
+    if !own {
+        return Err(format!(
+            "{at}.transport_socket: the certificate must be the proxy's own (SDS secret `{}`)",
+            meridian_xds::meridian::OWN_CERTIFICATE
+        ));
+    }
+    let peer = match common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(validation)) => validation
+            .match_typed_subject_alt_names
+            .into_iter()
+            .find(|m| m.san_type == SanType::Uri as i32)
+            .and_then(|m| m.matcher)
+            .and_then(|m| match m.match_pattern {
+                Some(MatchPattern::Exact(uri)) => Some(uri),
+                _ => None,
+            }),
+        _ => None,
+    };
+    let Some(peer) = peer else {
+        return Err(format!(
+            "{at}.transport_socket: the validation context must name the endpoints' URI SAN exactly"
+        ));
+    };
+    let Some(identity) = identity else {
+        return Err(format!(
+            "{at}.transport_socket: mutual TLS needs this proxy's identity; run it with an \
+             https:// xDS server and a join token"
+        ));
+    };
+    Ok(Some(json!({
+        "cert_file": identity.cert_file,
+        "key_file": identity.key_file,
+        "bundle_file": identity.bundle_file,
+        "peer": peer,
+    })))
+}
+
 fn translate_cluster(
     cluster: &Cluster,
     name: &str,
     resources: &Resources,
+    identity: Option<&Identity>,
 ) -> Result<Value, String> {
     let at = format!("Cluster `{name}`");
     let lb = match LbPolicy::try_from(cluster.lb_policy) {
@@ -521,6 +604,9 @@ fn translate_cluster(
     });
     if let Some(timeout) = duration(&cluster.connect_timeout) {
         out["connect_timeout"] = timeout.into();
+    }
+    if let Some(mesh) = cluster_mesh(cluster, &at, identity)? {
+        out["mesh"] = mesh;
     }
     if let Some(options) = cluster
         .typed_extension_protocol_options
