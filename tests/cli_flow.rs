@@ -51,8 +51,8 @@ fn the_readme_flow_works_end_to_end() {
 
     let status = cli.ok(&["status", "web", "--app", "shop"]);
     assert!(status.starts_with("demo/shop/web  version 3"), "{status}");
-    assert_eq!(row(&status, "fra"), ["fra", "2", "3", "3", "pending"]);
-    assert_eq!(row(&status, "iad"), ["iad", "2", "3", "3", "pending"]);
+    assert_eq!(row(&status, "fra"), ["fra", "2", "3", "3", "-", "pending"]);
+    assert_eq!(row(&status, "iad"), ["iad", "2", "3", "3", "-", "pending"]);
 
     let rolled = cli.ok(&["rollback", "web", "--app", "shop", "--to", "1"]);
     assert!(rolled.contains("now version 4"), "{rolled}");

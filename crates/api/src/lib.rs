@@ -43,6 +43,8 @@ pub struct ApiState {
     metrics: Arc<Metrics>,
     /// The installation's root CA, when it has one.
     ca: Option<Arc<Authority>>,
+    /// The regions' last reports.
+    pub(crate) reports: routes::reports::Reports,
 }
 
 /// Who the caller's token belongs to.
@@ -63,11 +65,12 @@ pub fn router(store: Arc<dyn Store>) -> Router {
 /// Builds the API's router over `store`, with the installation's root CA: its certificate is
 /// served at `GET /v1/trust-bundle`, and it issues regions' intermediates.
 pub fn router_with_ca(store: Arc<dyn Store>, ca: Option<Arc<Authority>>) -> Router {
-    use routes::{endpoints, feed, regions, services, tenancy};
+    use routes::{endpoints, feed, regions, reports, services, tenancy};
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::default()),
         ca,
+        reports: Default::default(),
     };
     let openapi = openapi::document();
     let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";
@@ -121,6 +124,10 @@ pub fn router_with_ca(store: Arc<dyn Store>, ca: Option<Arc<Authority>>) -> Rout
             get(regions::deployments),
         )
         .route("/v1/regions/{region}/endpoints", get(regions::endpoints))
+        .route(
+            "/v1/regions/{region}/report",
+            get(reports::get).put(reports::put),
+        )
         .route("/v1/services", post(services::apply).get(services::list))
         .route(service_path, get(services::get).delete(services::delete))
         .route(

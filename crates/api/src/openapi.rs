@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{endpoints, feed, regions, services, tenancy};
+use crate::routes::{endpoints, feed, regions, reports, services, tenancy};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +15,7 @@ use crate::routes::{endpoints, feed, regions, services, tenancy};
         tenancy::create_token, tenancy::list_tokens, tenancy::delete_token,
         tenancy::create_app, tenancy::list_apps, tenancy::get_app, tenancy::delete_app,
         regions::put, regions::list, regions::delete, regions::deployments, regions::endpoints,
-        regions::intermediate,
+        regions::intermediate, reports::put, reports::get,
         services::apply, services::list, services::get, services::delete,
         services::deployments, services::deployment, services::rollback, services::status,
         endpoints::put, endpoints::list, endpoints::delete,

@@ -660,3 +660,81 @@ async fn endpoints_are_registered_listed_by_region_and_validated() {
         ]
     );
 }
+
+#[tokio::test]
+async fn region_reports_are_for_admins_validated_and_shown_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let Tenants {
+        _server,
+        admin,
+        first: acme,
+        ..
+    } = two_orgs(dir.path(), "acme", "globex", "api").await;
+    let status_path = "/v1/orgs/acme/apps/shop/services/api/status";
+    let states = |body: &Value| -> Vec<(String, String)> {
+        body["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["region"].as_str().unwrap().to_owned(),
+                    r["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (_, body) = acme.get(status_path).await;
+    assert_eq!(
+        states(&body),
+        [
+            ("fra".into(), "pending".into()),
+            ("iad".into(), "pending".into())
+        ]
+    );
+
+    let report = |healthy: u32| {
+        json!({"nodes": 2, "capacity": 16, "services": [
+            {"org": "acme", "app": "shop", "service": "api", "version": 1, "placed": 1, "healthy": healthy}
+        ]})
+    };
+    // Only admins (region control planes) report.
+    let (status, _) = acme.put("/v1/regions/fra/report", report(1)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Bad reports name the field, and change nothing.
+    let (status, body) = admin
+        .put(
+            "/v1/regions/fra/report",
+            json!({"nodes": 1, "capacity": 1, "services": [
+                {"org": "Acme!", "app": "shop", "service": "api", "version": 1, "placed": 1, "healthy": 2}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["services[0].org", "services[0].healthy"]);
+    let (status, _) = admin.put("/v1/regions/mars/report", report(1)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = admin.put("/v1/regions/fra/report", report(1)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, body) = admin.get("/v1/regions/fra/report").await;
+    assert_eq!(body["report"]["capacity"], 16);
+    let (_, body) = acme.get(status_path).await;
+    assert_eq!(
+        states(&body),
+        [
+            ("fra".into(), "running".into()),
+            ("iad".into(), "pending".into())
+        ]
+    );
+    assert_eq!(body["regions"][0]["healthy"], 1);
+    admin.put("/v1/regions/fra/report", report(0)).await;
+    let (_, body) = acme.get(status_path).await;
+    assert_eq!(states(&body)[0].1, "starting");
+}

@@ -112,6 +112,11 @@ impl Fleet {
         self.nodes.len()
     }
 
+    /// How many instances the live nodes may run together.
+    pub fn capacity(&self) -> u32 {
+        self.nodes.values().map(|n| n.capacity).sum()
+    }
+
     /// Places `desired` instances of each service: keeps placements on live nodes that have not
     /// failed there, drops the surplus (highest numbers first), and puts the missing ones on
     /// the live node with the fewest instances of that service, then the fewest instances, that

@@ -102,6 +102,31 @@ impl GlobalApi {
         decode(response, path).await
     }
 
+    /// PUTs `body` as JSON to `path` (the answer's body is not read).
+    pub(crate) async fn put<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(), FollowError> {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(FollowError::Status {
+                status,
+                path: path.to_owned(),
+                body,
+            });
+        }
+        Ok(())
+    }
+
     async fn must_get<T: DeserializeOwned>(&self, path: &str) -> Result<T, FollowError> {
         self.get(path).await?.ok_or_else(|| FollowError::Status {
             status: reqwest::StatusCode::NOT_FOUND,

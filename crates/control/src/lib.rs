@@ -14,6 +14,7 @@ mod join_tokens;
 mod region;
 mod reports;
 mod tls;
+mod upward;
 mod xds_auth;
 
 pub use admin::{admin_router, JoinTokenAdmin};
@@ -25,4 +26,5 @@ pub use join_tokens::{JoinTokens, JoinTokensError};
 pub use region::{RegionState, ServiceId};
 pub use reports::ReportService;
 pub use tls::{tls_incoming, Peer, PeerStream};
+pub use upward::{report_upward, REPORT_INTERVAL};
 pub use xds_auth::AuthenticatedAds;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use envoy_types::pb::google::protobuf::Any;
-use meridian_model::{Endpoint, RegionalDeployment};
+use meridian_model::{Endpoint, RegionReport, RegionalDeployment, ServiceHealth};
 use meridian_xds::meridian::{Assignment, NodeReport, ASSIGNMENT};
 use meridian_xds::{node_namespace, render, role_namespace, Cache, Update, LISTENER, ROUTE};
 use prost::Message;
@@ -156,6 +156,31 @@ impl RegionState {
     /// The region's nodes and placements.
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
+    }
+
+    /// The region's report for the global control plane: nodes, capacity, and each service's
+    /// placed and healthy instances.
+    pub fn report_upward(&self) -> RegionReport {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        RegionReport {
+            nodes: count(self.fleet.nodes()),
+            capacity: self.fleet.capacity(),
+            services: self
+                .deployments
+                .iter()
+                .map(|(id, deployment)| {
+                    let (placed, healthy) = self.fleet.summary(id);
+                    ServiceHealth {
+                        org: id.0.clone(),
+                        app: id.1.clone(),
+                        service: id.2.clone(),
+                        version: deployment.version,
+                        placed: count(placed),
+                        healthy: count(healthy),
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// Places every service's instances and renders the assignments and endpoints.

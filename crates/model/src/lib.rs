@@ -25,6 +25,10 @@ pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{
     App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Endpoint, EndpointHealth,
-    EndpointInput, Org, Region, RegionInput, ServiceSummary, TokenInfo,
+    EndpointInput, Org, Region, RegionInput, RegionReport, ServiceHealth, ServiceSummary,
+    TokenInfo,
 };
-pub use validate::{validate_definition, validate_endpoint, validate_region, Limits};
+pub use validate::{
+    validate_definition, validate_endpoint, validate_region, validate_region_report, Limits,
+    MAX_REPORTED_SERVICES,
+};

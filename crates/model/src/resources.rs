@@ -28,6 +28,37 @@ pub struct RegionInput {
     pub lon: f64,
 }
 
+/// What a region's control plane reports upward: its nodes and the health of the services it
+/// runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegionReport {
+    /// Nodes whose agents report.
+    pub nodes: u32,
+    /// How many instances those nodes may run together.
+    pub capacity: u32,
+    /// Each service the region runs.
+    pub services: Vec<ServiceHealth>,
+}
+
+/// A service's instances in a region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceHealth {
+    /// Owning org.
+    pub org: String,
+    /// Owning app.
+    pub app: String,
+    /// The service.
+    pub service: String,
+    /// The deployment version the region runs.
+    pub version: u64,
+    /// Instances placed on nodes.
+    pub placed: u32,
+    /// Of those, the healthy ones.
+    pub healthy: u32,
+}
+
 /// How a deployment version came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -75,6 +75,35 @@ pub fn validate_region(name: &str, input: &RegionInput) -> Result<(), Validation
     errs.into_result()
 }
 
+/// Most services one region report may list.
+pub const MAX_REPORTED_SERVICES: usize = 100_000;
+
+/// Checks a region's report: names are DNS labels, no more healthy instances than placed ones,
+/// and at most [`MAX_REPORTED_SERVICES`] services.
+pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    if report.services.len() > MAX_REPORTED_SERVICES {
+        errs.push(
+            "services",
+            format!("at most {MAX_REPORTED_SERVICES} services per report"),
+        );
+        return errs.into_result();
+    }
+    for (i, service) in report.services.iter().enumerate() {
+        label(&mut errs, &format!("services[{i}].org"), &service.org);
+        label(&mut errs, &format!("services[{i}].app"), &service.app);
+        label(
+            &mut errs,
+            &format!("services[{i}].service"),
+            &service.service,
+        );
+        if service.healthy > service.placed {
+            errs.push(format!("services[{i}].healthy"), "must not exceed placed");
+        }
+    }
+    errs.into_result()
+}
+
 /// Checks an endpoint registration for a service whose current definition is `definition`:
 /// the id is a DNS label, the region one of the service's regions, the address an IP address, and
 /// every port override names a declared port with a number in 1–65535.

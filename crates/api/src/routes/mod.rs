@@ -3,5 +3,6 @@
 pub mod endpoints;
 pub mod feed;
 pub mod regions;
+pub mod reports;
 pub mod services;
 pub mod tenancy;

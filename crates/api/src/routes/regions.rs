@@ -22,6 +22,13 @@ pub struct RegionPath {
     region: String,
 }
 
+impl RegionPath {
+    /// The region's name.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
 /// Creates or updates a region (admin only).
 #[utoipa::path(put, path = "/v1/regions/{region}", tag = "regions", params(RegionPath),
     request_body = RegionInput,
@@ -130,7 +137,7 @@ pub async fn endpoints(
     Ok(Json(state.store.endpoints_in_region(&path.region).await?))
 }
 
-async fn require_region(state: &ApiState, name: &str) -> Result<(), ApiError> {
+pub(crate) async fn require_region(state: &ApiState, name: &str) -> Result<(), ApiError> {
     let regions = state.store.list_regions().await?;
     if !regions.iter().any(|r| r.name == name) {
         return Err(ApiError::not_found(format!("region `{name}`")));

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use meridian_model::RegionReport;
 use meridian_model::{validate_definition, Definition, Deployment, ServiceSummary};
 use meridian_store::{MissingOrg, ServiceFilter, ServiceKey};
 use serde::{Deserialize, Serialize};
@@ -102,8 +103,51 @@ pub struct RegionStatus {
     pub max: u32,
     /// The deployment version the region should run.
     pub version: u64,
-    /// `pending` until the region's control plane reports on it.
+    /// Instances placed on the region's nodes, as its control plane last reported.
+    pub placed: Option<u32>,
+    /// Of those, the healthy ones.
+    pub healthy: Option<u32>,
+    /// `running` (enough healthy instances of the version), `degraded` (fewer), `starting`
+    /// (none healthy yet), `updating` (another version reported), `pending` (not reported
+    /// yet), `unknown` (the region has not reported for a while), or `scaled to zero`.
     pub state: String,
+}
+
+/// A region's report older than this says nothing about now.
+const REPORT_STALE_SECONDS: u64 = 30;
+
+/// The state of a service's regional deployment `rd` from its region's last report.
+fn region_status(
+    rd: meridian_model::RegionalDeployment,
+    report: Option<(RegionReport, u64)>,
+) -> RegionStatus {
+    let desired = rd.spec.scale.min;
+    let health = report.as_ref().and_then(|(report, _)| {
+        report
+            .services
+            .iter()
+            .find(|s| s.org == rd.org && s.app == rd.app && s.service == rd.service)
+            .cloned()
+    });
+    let state = match (&report, &health) {
+        (None, _) => "pending",
+        (Some((_, age)), _) if *age > REPORT_STALE_SECONDS => "unknown",
+        _ if desired == 0 => "scaled to zero",
+        (_, None) => "pending",
+        (_, Some(h)) if h.version != rd.version => "updating",
+        (_, Some(h)) if h.healthy >= desired => "running",
+        (_, Some(h)) if h.healthy > 0 => "degraded",
+        (_, Some(_)) => "starting",
+    };
+    RegionStatus {
+        region: rd.region,
+        desired,
+        max: rd.spec.scale.max,
+        version: rd.version,
+        placed: health.as_ref().map(|h| h.placed),
+        healthy: health.as_ref().map(|h| h.healthy),
+        state: state.to_owned(),
+    }
 }
 
 /// Creates or updates a service from its definition. Each apply creates a new deployment version.
@@ -257,12 +301,9 @@ pub async fn status(
     };
     let regions = meridian_model::derive_regional(&current.definition, current.version)
         .into_iter()
-        .map(|rd| RegionStatus {
-            region: rd.region,
-            desired: rd.spec.scale.min,
-            max: rd.spec.scale.max,
-            version: rd.version,
-            state: "pending".to_owned(),
+        .map(|rd| {
+            let report = state.reports.get(&rd.region);
+            region_status(rd, report)
         })
         .collect();
     Ok(Json(ServiceStatus {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use clap::Args;
 use meridian_control::{
-    admin_router, follow, regional_ca, tls_incoming, AuthenticatedAds, GlobalApi, Issuer,
-    JoinTokenAdmin, JoinTokens, RegionState, RegionalCa, ReportService,
+    admin_router, follow, regional_ca, report_upward, tls_incoming, AuthenticatedAds, GlobalApi,
+    Issuer, JoinTokenAdmin, JoinTokens, RegionState, RegionalCa, ReportService,
 };
 use meridian_identity::{control_server_config, trust_bundle, Authority, CertStore};
 use meridian_store::{SqliteStore, Store};
@@ -149,6 +149,7 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     println!(
         "  xDS and certificates need mutual TLS; proxies join with a token (meridian join-token)"
     );
+    tokio::spawn(report_upward(global.clone(), state.clone()));
     tokio::spawn(follow(global, state.clone(), synced));
     tokio::spawn(tick_fleet(state.clone()));
     let join_tokens = JoinTokenAdmin {

@@ -41,6 +41,9 @@ const EXAMPLES: [(&str, &str); 2] = [
     ),
 ];
 
+/// The regions `examples/hello.yaml` deploys the web service to.
+const WEB_REGIONS: [&str; 2] = ["fra", "iad"];
+
 /// The public host name of the example's web service.
 const EXAMPLE_HOST: &str = "shop.example.com";
 
@@ -158,7 +161,13 @@ async fn start_and_serve(
     }
     println!("waiting for the example app to be served…");
     let answers = wait_until_served(&regions).await;
+    wait_until_reported(&client).await;
     print_status(&api, &token, &regions, &answers, data_dir);
+    for service in ["web", "api"] {
+        println!();
+        let scope = resources::AppScope::new("shop", "demo");
+        resources::status(&client, Format::Table, service, &scope).await?;
+    }
     Ok(())
 }
 
@@ -317,6 +326,10 @@ async fn wait_until_served(regions: &[Region]) -> Vec<String> {
     loop {
         let mut answers = Vec::new();
         for region in regions {
+            if !WEB_REGIONS.contains(&region.name) {
+                answers.push("- (web does not run in this region)".to_owned());
+                continue;
+            }
             let answer = client
                 .get(format!("http://{}/", region.gateway))
                 .header("host", EXAMPLE_HOST)
@@ -330,14 +343,33 @@ async fn wait_until_served(regions: &[Region]) -> Vec<String> {
                 Err(e) => format!("no answer: {e}"),
             });
         }
-        let web_regions = ["fra", "iad"];
         let served = regions
             .iter()
             .zip(&answers)
-            .filter(|(r, _)| web_regions.contains(&r.name))
+            .filter(|(r, _)| WEB_REGIONS.contains(&r.name))
             .all(|(_, a)| a.starts_with("hello from"));
         if served || Instant::now() > end {
             return answers;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits (a few seconds at most) until the regions have reported the web service running, so
+/// that the status tables printed next say so.
+async fn wait_until_reported(client: &Client) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        let status: Result<serde_json::Value> = client
+            .get("/v1/orgs/demo/apps/shop/services/web/status")
+            .await;
+        let running = status.is_ok_and(|s| {
+            s["regions"]
+                .as_array()
+                .is_some_and(|r| r.iter().all(|r| r["state"] == "running"))
+        });
+        if running {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -23,6 +23,16 @@ pub struct AppScope {
     org: Option<String>,
 }
 
+impl AppScope {
+    /// The scope of `app` in `org`.
+    pub fn new(app: &str, org: &str) -> AppScope {
+        AppScope {
+            app: app.to_owned(),
+            org: Some(org.to_owned()),
+        }
+    }
+}
+
 /// `meridian region …`
 #[derive(Subcommand)]
 pub enum RegionCommand {
@@ -413,7 +423,7 @@ pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScop
             status.org, status.app, status.name, status.version
         );
     }
-    let headers = ["REGION", "DESIRED", "MAX", "VERSION", "STATE"];
+    let headers = ["REGION", "DESIRED", "MAX", "VERSION", "HEALTHY", "STATE"];
     print(format, &status, &headers, |s| {
         s.regions
             .iter()
@@ -423,6 +433,10 @@ pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScop
                     r.desired.to_string(),
                     r.max.to_string(),
                     r.version.to_string(),
+                    match (r.healthy, r.placed) {
+                        (Some(healthy), Some(placed)) => format!("{healthy}/{placed}"),
+                        _ => "-".to_owned(),
+                    },
                     r.state.clone(),
                 ]
             })

@@ -1,0 +1,43 @@
+//! The region's report to the global control plane: every few seconds, its nodes, capacity and
+//! each service's placed and healthy instances (`PUT /v1/regions/{region}/report`). While the
+//! global control plane is away the region goes on and reports again when it is back.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::follow::GlobalApi;
+use crate::region::RegionState;
+
+/// How often the region reports.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reports `state` to `api` every [`REPORT_INTERVAL`], for as long as the task runs.
+pub async fn report_upward(api: GlobalApi, state: Arc<Mutex<RegionState>>) {
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Some((region, report)) = state
+            .lock()
+            .ok()
+            .map(|s| (s.region().to_owned(), s.report_upward()))
+        else {
+            continue;
+        };
+        match api
+            .put(&format!("/v1/regions/{region}/report"), &report)
+            .await
+        {
+            Ok(()) if failing => {
+                tracing::info!("reporting to the global control plane again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot report to the global control plane; the region goes on");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
