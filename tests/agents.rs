@@ -6,15 +6,12 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{
-    spawn_with_lines, wait_for_line, Deployed, Killed, RegionalPlane, Stopped, MERIDIAN,
-};
+use support::{agent, gateway, Deployed, RegionalPlane};
 
-/// The example service, built with this binary.
-const HELLO: &str = env!("CARGO_BIN_EXE_meridian-hello");
+use support::HELLO;
+
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn hello(instances: u32) -> String {
@@ -32,54 +29,6 @@ domains: [hello.example.com]
 health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
 "
     )
-}
-
-/// `meridian agent` for `node` of fra, handing out addresses from `first_address`; stopped
-/// (with its instances) on drop.
-fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Stopped {
-    let token = region.join_token(&format!("agent/{node}"));
-    let (child, lines) = spawn_with_lines(
-        Command::new(MERIDIAN)
-            .args(["agent", "--region", "fra", "--node", node])
-            .args(["--control", &region.xds, "--join-token", &token])
-            .args(["--instance-addresses", first_address, "--capacity", "4"])
-            .arg("--state-dir")
-            .arg(dir.join(node))
-            .env("MERIDIAN_LOG", "warn"),
-    );
-    wait_for_line(&lines, DEADLINE, "the agent's start", |l| {
-        l.starts_with("meridian agent of node")
-    });
-    Stopped(child)
-}
-
-/// The region's gateway, joined with a token; its listener's address.
-async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
-    let token = region.join_token("gateway");
-    let (child, lines) = spawn_with_lines(
-        Command::new(MERIDIAN)
-            .args(["proxy", "--xds", &region.xds, "--join-token", &token])
-            .args(["--region", "fra", "--admin", "127.0.0.1:0", "--state-dir"])
-            .arg(dir.join("gateway"))
-            .env("MERIDIAN_LOG", "warn"),
-    );
-    let admin = wait_for_line(&lines, DEADLINE, "the gateway's admin address", |l| {
-        l.starts_with("meridian proxy admin on ")
-    })
-    .trim_start_matches("meridian proxy admin on ")
-    .to_owned();
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let listeners: serde_json::Value = match reqwest::get(format!("{admin}/listeners")).await {
-            Ok(answer) => answer.json().await.unwrap_or_default(),
-            Err(_) => serde_json::Value::Null,
-        };
-        if let Some(address) = listeners["gateway"].as_str() {
-            return (Killed(child), address.to_owned());
-        }
-        assert!(Instant::now() < end, "the gateway got no listener");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until the instances answering through `gateway` are exactly `wanted` (by the text

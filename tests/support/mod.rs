@@ -207,6 +207,8 @@ pub struct RegionalPlane {
     pub admin: String,
     /// The admin token of the installation.
     token: String,
+    /// The region.
+    pub region: String,
 }
 
 impl RegionalPlane {
@@ -259,6 +261,7 @@ impl RegionalPlane {
             xds_plaintext,
             admin,
             token: token.to_owned(),
+            region: region.to_owned(),
         }
     }
 
@@ -344,5 +347,65 @@ impl Deployed {
             "--health",
             health,
         ]);
+    }
+}
+
+/// The example service, built with this binary.
+pub const HELLO: &str = env!("CARGO_BIN_EXE_meridian-hello");
+
+/// `meridian agent` for `node` of fra, handing out addresses from `first_address`; stopped
+/// (with its instances) on drop.
+pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Stopped {
+    let token = region.join_token(&format!("agent/{node}"));
+    let (child, lines) = spawn_with_lines(
+        Command::new(MERIDIAN)
+            .args(["agent", "--region", &region.region, "--node", node])
+            .args(["--control", &region.xds, "--join-token", &token])
+            .args(["--instance-addresses", first_address, "--capacity", "4"])
+            .arg("--state-dir")
+            .arg(dir.join(node))
+            .env("MERIDIAN_LOG", "warn"),
+    );
+    wait_for_line(&lines, STARTUP_DEADLINE, "the agent's start", |l| {
+        l.starts_with("meridian agent of node")
+    });
+    Stopped(child)
+}
+
+/// The region's gateway, joined with a token; its listener's address.
+pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
+    let token = region.join_token("gateway");
+    let (child, lines) = spawn_with_lines(
+        Command::new(MERIDIAN)
+            .args(["proxy", "--xds", &region.xds, "--join-token", &token])
+            .args([
+                "--region",
+                &region.region,
+                "--admin",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(dir.join(format!("gateway-{}", region.region)))
+            .env("MERIDIAN_LOG", "warn"),
+    );
+    let admin = wait_for_line(
+        &lines,
+        STARTUP_DEADLINE,
+        "the gateway's admin address",
+        |l| l.starts_with("meridian proxy admin on "),
+    )
+    .trim_start_matches("meridian proxy admin on ")
+    .to_owned();
+    let end = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        let listeners: serde_json::Value = match reqwest::get(format!("{admin}/listeners")).await {
+            Ok(answer) => answer.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if let Some(address) = listeners["gateway"].as_str() {
+            return (Killed(child), address.to_owned());
+        }
+        assert!(Instant::now() < end, "the gateway got no listener");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -55,6 +55,8 @@ enum Command {
     Dev(commands::dev::DevArgs),
     /// Run the data-plane proxy from a config file or an xDS control plane.
     Proxy(commands::proxy::ProxyArgs),
+    /// Run an edge: a public listener routing each host to the nearest healthy region.
+    Edge(commands::edge::EdgeArgs),
     /// Run a node's agent: the instances its region assigns to this machine.
     Agent(commands::agent::AgentArgs),
     /// Make a one-time join token for a proxy or agent of a region (admin).
@@ -145,6 +147,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Agent(agent_args) => commands::agent::run(agent_args).await,
+        Command::Edge(edge_args) => commands::edge::run(edge_args, args).await,
         Command::JoinToken(join_args) => commands::join_token::run(join_args, args).await,
         Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,
         Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,

@@ -24,6 +24,8 @@ pub struct RegionState {
     /// The installation's trust domain, when the region's proxies reach agent-run instances
     /// over mutual TLS.
     trust_domain: Option<String>,
+    /// Where the region's gateway listens.
+    gateway: Option<SocketAddr>,
     cache: Arc<Cache>,
     deployments: BTreeMap<ServiceId, RegionalDeployment>,
     /// Endpoints registered through the global API, by service.
@@ -62,6 +64,7 @@ impl RegionState {
         let state = RegionState {
             region: region.to_owned(),
             trust_domain: trust_domain.map(str::to_owned),
+            gateway,
             cache,
             deployments: BTreeMap::new(),
             registered: BTreeMap::new(),
@@ -163,6 +166,11 @@ impl RegionState {
     pub fn report_upward(&self) -> RegionReport {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         RegionReport {
+            // A port chosen by the system (0) is not an address anyone can reach.
+            gateway: self
+                .gateway
+                .filter(|g| g.port() != 0)
+                .map(|g| g.to_string()),
             nodes: count(self.fleet.nodes()),
             capacity: self.fleet.capacity(),
             services: self

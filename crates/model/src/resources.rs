@@ -37,6 +37,9 @@ pub struct RegionReport {
     pub nodes: u32,
     /// How many instances those nodes may run together.
     pub capacity: u32,
+    /// Where the region's gateway listens (`ip:port`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
     /// Each service the region runs.
     pub services: Vec<ServiceHealth>,
 }

@@ -89,6 +89,11 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
         );
         return errs.into_result();
     }
+    if let Some(gateway) = &report.gateway {
+        if gateway.parse::<std::net::SocketAddr>().is_err() {
+            errs.push("gateway", "must be an address ip:port");
+        }
+    }
     for (i, service) in report.services.iter().enumerate() {
         label(&mut errs, &format!("services[{i}].org"), &service.org);
         label(&mut errs, &format!("services[{i}].app"), &service.app);

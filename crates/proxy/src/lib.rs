@@ -40,7 +40,7 @@ pub use config::{
 };
 pub use forward::ERROR_HEADER;
 pub use mesh::PEER_HEADER;
-pub use reload::{run, RunError, RunOptions};
+pub use reload::{run, serve_admin, serve_until, RunError, RunOptions};
 pub use xds::{run_xds, Identity, XdsOptions};
 
 use crate::cluster::Cluster;

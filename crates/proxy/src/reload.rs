@@ -71,7 +71,7 @@ async fn load(proxy: &Proxy, path: &PathBuf) -> Result<String, RunError> {
 
 /// Serves the admin port of `proxy` on `address` in a task of its own; prints its address and
 /// each listener's bound address on standard output.
-pub(crate) async fn serve_admin(proxy: &Arc<Proxy>, address: SocketAddr) -> Result<(), RunError> {
+pub async fn serve_admin(proxy: &Arc<Proxy>, address: SocketAddr) -> Result<(), RunError> {
     let admin = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| RunError::Admin { address, source })?;
@@ -92,7 +92,7 @@ pub(crate) async fn serve_admin(proxy: &Arc<Proxy>, address: SocketAddr) -> Resu
 }
 
 /// Waits for `shutdown`, then drains `proxy`'s connections.
-pub(crate) async fn serve_until(
+pub async fn serve_until(
     proxy: &Proxy,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {

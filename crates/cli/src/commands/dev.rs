@@ -26,6 +26,9 @@ const REGIONS: [(&str, f64, f64); 3] = [
     ("sin", 1.35, 103.82),
 ];
 
+/// The example edge locations, with coordinates.
+const EDGES: [(&str, f64, f64); 2] = [("par", 48.86, 2.35), ("nyc", 40.71, -74.01)];
+
 /// Nodes (agents) per region.
 const NODES_PER_REGION: usize = 2;
 
@@ -60,6 +63,9 @@ pub struct DevArgs {
     /// Port of the first region's gateway; the others follow (fra, iad, sin).
     #[arg(long, default_value_t = 18080)]
     gateway_port: u16,
+    /// Port of the first edge's public listener; the other follows (par, nyc).
+    #[arg(long, default_value_t = 18090)]
+    edge_port: u16,
     /// Stop everything once the example app is served, instead of running until Ctrl-C.
     #[arg(long)]
     exit_when_ready: bool,
@@ -83,7 +89,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let exe = std::env::current_exe().context("finding the meridian binary")?;
     let mut children = Children::new(&exe, &data_dir.join("logs"))?;
-    let result = start_and_serve(&args.listen, args.gateway_port, &data_dir, &mut children).await;
+    let ports = (args.gateway_port, args.edge_port);
+    let result = start_and_serve(&args.listen, ports, &data_dir, &mut children).await;
     let ready = match result {
         Ok(()) => !args.exit_when_ready,
         Err(e) => {
@@ -106,7 +113,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
 async fn start_and_serve(
     listen: &SocketAddr,
-    gateway_port: u16,
+    (gateway_port, edge_port): (u16, u16),
     data_dir: &Path,
     children: &mut Children,
 ) -> Result<()> {
@@ -159,10 +166,33 @@ async fn start_and_serve(
         println!("starting region {name}: control plane, {NODES_PER_REGION} agents, gateway on {gateway}");
         regions.push(start_region(name, i, gateway, &api, &token, data_dir, children).await?);
     }
+    let mut edges = Vec::new();
+    for (i, (name, lat, lon)) in EDGES.iter().enumerate() {
+        let listen = SocketAddr::from(([127, 0, 0, 1], edge_port + i as u16));
+        println!("starting edge {name} on {listen}");
+        children
+            .spawn(
+                &format!("edge-{name}"),
+                &["edge", "--location", name, "--api", &api],
+                &[],
+                &[
+                    ("--lat", lat.to_string()),
+                    ("--lon", lon.to_string()),
+                    ("--listen", listen.to_string()),
+                    ("--admin", "127.0.0.1:0".to_owned()),
+                    ("--token", token.clone()),
+                ],
+                "serving http://",
+            )
+            .await?;
+        edges.push((*name, listen));
+    }
     println!("waiting for the example app to be served…");
     let answers = wait_until_served(&regions).await;
     wait_until_reported(&client).await;
+    let edge_answers = wait_until_edges_serve(&edges).await;
     print_status(&api, &token, &regions, &answers, data_dir);
+    print_edges(&edges, &edge_answers);
     for service in ["web", "api"] {
         println!();
         let scope = resources::AppScope::new("shop", "demo");
@@ -355,6 +385,51 @@ async fn wait_until_served(regions: &[Region]) -> Vec<String> {
     }
 }
 
+/// What each edge answers for the example host, once every edge answers (or after a while).
+async fn wait_until_edges_serve(edges: &[(&str, SocketAddr)]) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut answers = Vec::new();
+        for (_, address) in edges {
+            let answer = client
+                .get(format!("http://{address}/"))
+                .header("host", EXAMPLE_HOST)
+                .send()
+                .await;
+            answers.push(match answer {
+                Ok(a) if a.status().is_success() => {
+                    a.text().await.unwrap_or_default().trim().to_owned()
+                }
+                Ok(a) => format!("{} (no region serves it yet)", a.status()),
+                Err(e) => format!("no answer: {e}"),
+            });
+        }
+        if answers.iter().all(|a| a.starts_with("hello from")) || Instant::now() > end {
+            return answers;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn print_edges(edges: &[(&str, SocketAddr)], answers: &[String]) {
+    println!();
+    println!(
+        "{:<7} {:<23} WEB ({EXAMPLE_HOST}) THROUGH THE EDGE",
+        "EDGE", "PUBLIC"
+    );
+    for ((name, address), answer) in edges.iter().zip(answers) {
+        println!("{name:<7} {:<23} {answer}", format!("http://{address}"));
+    }
+    if let Some((_, first)) = edges.first() {
+        println!("  curl -H 'host: {EXAMPLE_HOST}' http://{first}/    # the nearest region answers; stop its gateway to see failover");
+    }
+}
+
 /// Waits (a few seconds at most) until the regions have reported the web service running, so
 /// that the status tables printed next say so.
 async fn wait_until_reported(client: &Client) {
@@ -409,5 +484,8 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
          their node proxy (HTTP_PROXY), e.g. curl -H 'host: {EXAMPLE_HOST}' \
          'http://{first}/call?url=http://api.shop.internal:9090/whoami'"
     );
-    println!("Not yet part of dev: edges (public TLS, region failover) and .internal DNS.");
+    println!(
+        "Not yet part of dev: TLS and HTTP/2 on the edges, mTLS from edges to gateways, and \
+         .internal DNS."
+    );
 }

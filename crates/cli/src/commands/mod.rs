@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod control;
 pub mod dev;
+pub mod edge;
 pub mod endpoints;
 pub mod identity;
 pub mod join_token;

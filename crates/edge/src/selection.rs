@@ -1,0 +1,235 @@
+//! Which regions serve a host, in which order: the edge's proxy configuration from the regions,
+//! their reports and their deployments. Pure, so that the choice is tested without a network.
+
+use std::collections::BTreeMap;
+
+use meridian_model::{RegionReport, RegionalDeployment};
+use serde_json::{json, Value};
+
+/// Where the edge is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    /// Its name.
+    pub name: String,
+    /// Latitude in degrees.
+    pub lat: f64,
+    /// Longitude in degrees.
+    pub lon: f64,
+}
+
+/// What the edge knows of one region.
+#[derive(Debug, Clone)]
+pub struct RegionView {
+    /// The region's name.
+    pub name: String,
+    /// Its coordinates.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Its last report, if it is recent.
+    pub report: Option<RegionReport>,
+    /// The services that run there.
+    pub deployments: Vec<RegionalDeployment>,
+}
+
+/// Great-circle distance between two points, in kilometres (haversine, mean Earth radius).
+pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
+    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().asin()
+}
+
+/// The edge's proxy configuration (docs/proxy-config.md) listening on `listen`: one virtual
+/// host per service with public domains and routes, to a cluster of the gateways of the regions
+/// that report healthy instances of it, nearest first (priority 0, then 1, …). Gateways are
+/// health-checked; a failed request is retried on another gateway.
+pub fn edge_config(edge: &Location, listen: &str, regions: &[RegionView]) -> Value {
+    let mut by_distance: Vec<&RegionView> = regions.iter().collect();
+    by_distance.sort_by(|a, b| {
+        let here = (edge.lat, edge.lon);
+        distance_km(here, (a.lat, a.lon)).total_cmp(&distance_km(here, (b.lat, b.lon)))
+    });
+    // Per service: its deployment (for domains and routes) and its gateways, nearest first.
+    let mut services: BTreeMap<(String, String, String), (RegionalDeployment, Vec<String>)> =
+        BTreeMap::new();
+    for region in &by_distance {
+        let Some(report) = &region.report else {
+            continue;
+        };
+        let Some(gateway) = &report.gateway else {
+            continue;
+        };
+        for deployment in &region.deployments {
+            if deployment.spec.domains.is_empty() || deployment.spec.routes.is_empty() {
+                continue;
+            }
+            let healthy = report.services.iter().any(|s| {
+                s.org == deployment.org
+                    && s.app == deployment.app
+                    && s.service == deployment.service
+                    && s.healthy > 0
+            });
+            if !healthy {
+                continue;
+            }
+            let key = (
+                deployment.org.clone(),
+                deployment.app.clone(),
+                deployment.service.clone(),
+            );
+            services
+                .entry(key)
+                .or_insert_with(|| (deployment.clone(), Vec::new()))
+                .1
+                .push(gateway.clone());
+        }
+    }
+    let mut claimed = std::collections::HashSet::new();
+    let mut virtual_hosts = Vec::new();
+    let mut clusters = Vec::new();
+    for ((org, app, service), (deployment, gateways)) in &services {
+        let domains: Vec<&String> = deployment
+            .spec
+            .domains
+            .iter()
+            .filter(|d| claimed.insert((*d).clone()))
+            .collect();
+        if domains.is_empty() {
+            continue;
+        }
+        let cluster = format!("edge/{org}/{app}/{service}");
+        virtual_hosts.push(json!({
+            "name": format!("{org}/{app}/{service}"),
+            "domains": domains,
+            "routes": [{
+                "cluster": cluster,
+                "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
+            }],
+        }));
+        let endpoints: Vec<Value> = gateways
+            .iter()
+            .enumerate()
+            .map(|(rank, address)| json!({"address": address, "priority": rank.min(9)}))
+            .collect();
+        clusters.push(json!({
+            "name": cluster,
+            "lb": "least_request",
+            "panic_threshold": 0,
+            "health_check": {"tcp": {}, "interval": "500ms", "timeout": "250ms", "unhealthy_threshold": 2},
+            "outlier_detection": {"consecutive_gateway_errors": 3, "base_ejection_time": "5s"},
+            "endpoints": endpoints,
+        }));
+    }
+    json!({
+        "listeners": [{"name": "public", "address": listen, "virtual_hosts": virtual_hosts}],
+        "clusters": clusters,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_model::{ServiceHealth, ServiceSpec};
+
+    fn deployment(region: &str) -> RegionalDeployment {
+        let spec: ServiceSpec = serde_json::from_value(json!({
+            "scale": {"min": 1, "max": 1},
+            "runtime": {"process": {"command": "x"}},
+            "ports": [{"name": "http", "port": 8080}],
+            "routes": [{"path_prefix": "/", "port": "http"}],
+            "domains": ["shop.example.com"],
+            "health_checks": [],
+            "mesh": {"allow": []},
+        }))
+        .unwrap();
+        RegionalDeployment {
+            org: "acme".into(),
+            app: "shop".into(),
+            service: "web".into(),
+            region: region.into(),
+            version: 1,
+            spec,
+        }
+    }
+
+    fn region(name: &str, lat: f64, lon: f64, healthy: u32) -> RegionView {
+        RegionView {
+            name: name.into(),
+            lat,
+            lon,
+            report: Some(RegionReport {
+                nodes: 1,
+                capacity: 4,
+                gateway: Some(format!("{name}.gateway:80")),
+                services: vec![ServiceHealth {
+                    org: "acme".into(),
+                    app: "shop".into(),
+                    service: "web".into(),
+                    version: 1,
+                    placed: 1,
+                    healthy,
+                }],
+            }),
+            deployments: vec![deployment(name)],
+        }
+    }
+
+    fn gateways(config: &Value) -> Vec<(String, u64)> {
+        config["clusters"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["address"].as_str().unwrap().to_owned(),
+                    e["priority"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_nearest_region_with_healthy_instances_comes_first() {
+        let paris = Location {
+            name: "par".into(),
+            lat: 48.86,
+            lon: 2.35,
+        };
+        let regions = [
+            region("iad", 38.95, -77.45, 2),
+            region("fra", 50.11, 8.68, 2),
+            region("sin", 1.35, 103.82, 2),
+        ];
+        let config = edge_config(&paris, "127.0.0.1:0", &regions);
+        assert_eq!(
+            gateways(&config),
+            [
+                ("fra.gateway:80".to_owned(), 0),
+                ("iad.gateway:80".to_owned(), 1),
+                ("sin.gateway:80".to_owned(), 2)
+            ]
+        );
+        // A region with no healthy instance of the service is left out.
+        let regions = [
+            region("fra", 50.11, 8.68, 0),
+            region("iad", 38.95, -77.45, 1),
+        ];
+        let config = edge_config(&paris, "127.0.0.1:0", &regions);
+        assert_eq!(gateways(&config), [("iad.gateway:80".to_owned(), 0)]);
+        assert_eq!(
+            config["listeners"][0]["virtual_hosts"][0]["domains"],
+            json!(["shop.example.com"])
+        );
+    }
+
+    #[test]
+    fn distances_are_great_circle_kilometres() {
+        let paris = (48.86, 2.35);
+        let new_york = (40.71, -74.01);
+        let d = distance_km(paris, new_york);
+        assert!((5800.0..5900.0).contains(&d), "{d}");
+        assert!(distance_km(paris, paris).abs() < 1e-9);
+    }
+}

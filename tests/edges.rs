@@ -1,0 +1,103 @@
+//! An edge routes each host to the nearest region with healthy instances and fails over to the
+//! next region by distance when that region's gateway goes away.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{
+    agent, gateway, spawn_with_lines, wait_for_line, Deployed, Killed, RegionalPlane, HELLO,
+    MERIDIAN,
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn web(regions: &str) -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: web
+regions: [{regions}]
+runtime: {{process: {{command: {HELLO}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [shop.example.com]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+"
+    )
+}
+
+/// `meridian edge` at Paris; its public address.
+fn edge(platform: &Deployed) -> (Killed, String) {
+    let (child, lines) = spawn_with_lines(
+        Command::new(MERIDIAN)
+            .args([
+                "edge",
+                "--location",
+                "par",
+                "--lat",
+                "48.86",
+                "--lon",
+                "2.35",
+            ])
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--api", &platform.global.api])
+            .env("MERIDIAN_TOKEN", &platform.token)
+            .env("MERIDIAN_LOG", "warn"),
+    );
+    let line = wait_for_line(&lines, DEADLINE, "the edge's address", |l| {
+        l.contains(" serving http://")
+    });
+    let address = line.rsplit("http://").next().unwrap().to_owned();
+    (Killed(child), address)
+}
+
+/// Waits until the edge answers for the shop with a greeting from `region`.
+async fn served_from(edge: &str, region: &str) {
+    let client = reqwest::Client::new();
+    let end = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    while Instant::now() < end {
+        if let Ok(answer) = client
+            .get(format!("http://{edge}/"))
+            .header("host", "shop.example.com")
+            .send()
+            .await
+        {
+            last = answer.text().await.unwrap_or_default();
+            if last.contains(&format!(" in {region} ")) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the edge never served from {region}; last answer: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &web("fra"));
+    platform
+        .cli
+        .ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
+    platform.deploy(&web("fra, iad"));
+    // Gateways listen where their regions say (the edge reads it in the regions' reports), on
+    // addresses of their own so that no port is chosen twice.
+    let (api, token) = (&platform.global.api, &platform.token);
+    let fra = RegionalPlane::start(api, token, "fra", Some("127.0.42.1:8080"));
+    let iad = RegionalPlane::start(api, token, "iad", Some("127.0.43.1:8080"));
+    let _fra_node = agent(&fra, "fra-1", "127.0.40.1", dir.path());
+    let _iad_node = agent(&iad, "iad-1", "127.0.41.1", dir.path());
+    let (fra_gateway, _) = gateway(&fra, dir.path()).await;
+    let (_iad_gateway, _) = gateway(&iad, dir.path()).await;
+    let (_edge, edge) = edge(&platform);
+
+    // Paris is nearer Frankfurt than Washington.
+    served_from(&edge, "fra").await;
+    // Frankfurt's gateway goes away: the edge serves from Washington.
+    drop(fra_gateway);
+    served_from(&edge, "iad").await;
+}
