@@ -377,7 +377,7 @@ pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
     let token = region.join_token("gateway");
     let (child, lines) = spawn_with_lines(
         Command::new(MERIDIAN)
-            .args(["proxy", "--xds", &region.xds, "--join-token", &token])
+            .args(["gateway", "--control", &region.xds, "--join-token", &token])
             .args([
                 "--region",
                 &region.region,

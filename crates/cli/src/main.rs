@@ -55,6 +55,8 @@ enum Command {
     Dev(commands::dev::DevArgs),
     /// Run the data-plane proxy from a config file or an xDS control plane.
     Proxy(commands::proxy::ProxyArgs),
+    /// Run a region's gateway: its ingress, following its control plane over mutual TLS.
+    Gateway(commands::gateway::GatewayArgs),
     /// Run an edge: a public listener routing each host to the nearest healthy region.
     Edge(commands::edge::EdgeArgs),
     /// Run a node's agent: the instances its region assigns to this machine.
@@ -82,6 +84,8 @@ enum Command {
     /// List resources.
     #[command(subcommand)]
     Get(commands::resources::GetCommand),
+    /// Show the output of a service's instances kept by the agents on this machine.
+    Logs(commands::logs::LogsArgs),
     /// Show a service's state in each of its regions.
     Status {
         /// The service.
@@ -148,6 +152,8 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Agent(agent_args) => commands::agent::run(agent_args).await,
         Command::Edge(edge_args) => commands::edge::run(edge_args, args).await,
+        Command::Gateway(gateway_args) => commands::gateway::run(gateway_args).await,
+        Command::Logs(logs_args) => commands::logs::run(logs_args),
         Command::JoinToken(join_args) => commands::join_token::run(join_args, args).await,
         Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,
         Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,

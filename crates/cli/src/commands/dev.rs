@@ -299,9 +299,7 @@ async fn start_region(
     children
         .spawn(
             &format!("gateway-{name}"),
-            &[
-                "proxy", "--xds", &xds, "--role", "gateway", "--region", name,
-            ],
+            &["gateway", "--region", name, "--control", &xds],
             &[("--state-dir", state)],
             &[("--admin", "127.0.0.1:0".to_owned())]
                 .into_iter()
@@ -476,8 +474,10 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
     println!("  export MERIDIAN_API={api} MERIDIAN_TOKEN={token}");
     println!("  meridian get services; meridian status web --app shop");
     println!(
-        "Logs of every component: {}",
-        data_dir.join("logs").display()
+        "Logs of every component: {}; of the example's instances: meridian logs web --app shop \
+         --dev-dir {}",
+        data_dir.join("logs").display(),
+        data_dir.display()
     );
     println!(
         "Every hop from the gateways on is mutual TLS; instances call each other by name through \

@@ -54,37 +54,71 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             meridian_proxy::run(options, shutdown).await?;
         }
         (None, Some(server)) => {
-            let enrolled = if server.starts_with("https://") {
-                let enrolled =
-                    super::identity::enroll(&server, &args.state_dir, args.join_token.as_deref())
-                        .await?;
-                Some(enrolled)
-            } else {
-                None
-            };
-            let tls = enrolled.as_ref().map(|e| e.tls.clone());
-            let identity = enrolled.map(|e| {
-                let file = |name: &str| e.dir.join(name).display().to_string();
-                let files = meridian_proxy::Identity {
-                    cert_file: file("cert.pem"),
-                    key_file: file("key.pem"),
-                    bundle_file: file("bundle.pem"),
-                };
-                (files, e.renewed)
-            });
-            let options = meridian_proxy::XdsOptions {
+            run_from_xds(XdsArgs {
                 server,
-                tls,
-                identity,
+                join_token: args.join_token,
                 node_id: args.node_id,
                 role: args.role,
                 region: args.region,
                 state_dir: args.state_dir,
                 admin: args.admin,
-            };
-            meridian_proxy::run_xds(options, shutdown).await?;
+            })
+            .await?;
         }
         (None, None) => anyhow::bail!("pass --config FILE or --xds URL"),
     }
+    Ok(())
+}
+
+/// What a proxy following an xDS server needs.
+pub struct XdsArgs {
+    /// The server, `https://…` (mutual TLS) or `http://…`.
+    pub server: String,
+    /// The join token for the first start (https only).
+    pub join_token: Option<String>,
+    /// The node id.
+    pub node_id: String,
+    /// The role.
+    pub role: String,
+    /// The region.
+    pub region: Option<String>,
+    /// Where the identity and the last configuration are kept.
+    pub state_dir: PathBuf,
+    /// The admin port.
+    pub admin: SocketAddr,
+}
+
+/// Runs a proxy from an xDS server until Ctrl-C or SIGTERM: over mutual TLS with its enrolled
+/// identity for an `https://` server.
+pub async fn run_from_xds(args: XdsArgs) -> Result<()> {
+    let enrolled = if args.server.starts_with("https://") {
+        let enrolled =
+            super::identity::enroll(&args.server, &args.state_dir, args.join_token.as_deref())
+                .await?;
+        Some(enrolled)
+    } else {
+        None
+    };
+    let tls = enrolled.as_ref().map(|e| e.tls.clone());
+    let identity = enrolled.map(|e| {
+        let file = |name: &str| e.dir.join(name).display().to_string();
+        let files = meridian_proxy::Identity {
+            cert_file: file("cert.pem"),
+            key_file: file("key.pem"),
+            bundle_file: file("bundle.pem"),
+        };
+        (files, e.renewed)
+    });
+    let options = meridian_proxy::XdsOptions {
+        server: args.server,
+        tls,
+        identity,
+        node_id: args.node_id,
+        role: args.role,
+        region: args.region,
+        state_dir: args.state_dir,
+        admin: args.admin,
+    };
+    meridian_proxy::run_xds(options, super::control::shutdown_signal()).await?;
     Ok(())
 }
