@@ -301,3 +301,81 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
         "forbidden_peer"
     );
 }
+
+/// Whether this run may make network namespaces (root with iproute2); in CI (strict) it must.
+fn namespaces_allowed() -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let ip = std::process::Command::new("ip").arg("-V").output().is_ok();
+    if !(root && ip) {
+        assert!(
+            !support::strict(),
+            "network namespaces need root and iproute2 (MERIDIAN_TEST_STRICT=1)"
+        );
+        eprintln!("skipped: network namespaces need root and iproute2");
+    }
+    root && ip
+}
+
+fn meridian_namespaces() -> Vec<String> {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("mrd-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_network_namespaces_instances_call_each_other_by_name() {
+    if !namespaces_allowed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &service("acme", "api", 9090, ""));
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, service("acme", "web", 8080, "")).unwrap();
+    platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    let region = RegionalPlane::start(
+        &platform.global.api,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let node = support::agent_with(
+        &region,
+        "ns-node",
+        dir.path(),
+        &["--isolation", "netns", "--instance-network", "100.64.60.0"],
+    );
+    let (_gateway, gateway) = gateway(&region, dir.path()).await;
+
+    // Each instance listens in its own namespace, on the instance side of its /31.
+    let web = "web.acme.example.com";
+    let greeting = answers(&gateway, web, "/", "hello from web").await;
+    assert!(greeting.contains(", 100.64.60."), "{greeting}");
+    // From inside its namespace, web calls api by name, over mutual TLS.
+    let seen = answers(
+        &gateway,
+        web,
+        "/call?url=http://api.shop.internal:9090/whoami",
+        "answered 200",
+    )
+    .await;
+    assert!(seen.contains("/org/acme/app/shop/service/web"), "{seen}");
+    assert!(!meridian_namespaces().is_empty());
+
+    // The agent stops: its instances and their namespaces go.
+    drop(node);
+    assert!(
+        meridian_namespaces().is_empty(),
+        "left behind: {:?}",
+        meridian_namespaces()
+    );
+}

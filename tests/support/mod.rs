@@ -356,12 +356,24 @@ pub const HELLO: &str = env!("CARGO_BIN_EXE_meridian-hello");
 /// `meridian agent` for `node` of fra, handing out addresses from `first_address`; stopped
 /// (with its instances) on drop.
 pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Stopped {
+    agent_with(
+        region,
+        node,
+        dir,
+        &["--instance-addresses", first_address, "--isolation", "host"],
+    )
+}
+
+/// `meridian agent` for `node` of the region with `isolation` arguments (addresses and mode);
+/// stopped (with its instances) on drop.
+pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&str]) -> Stopped {
     let token = region.join_token(&format!("agent/{node}"));
     let (child, lines) = spawn_with_lines(
         Command::new(MERIDIAN)
             .args(["agent", "--region", &region.region, "--node", node])
             .args(["--control", &region.xds, "--join-token", &token])
-            .args(["--instance-addresses", first_address, "--capacity", "4"])
+            .args(["--capacity", "4"])
+            .args(isolation)
             .arg("--state-dir")
             .arg(dir.join(node))
             .env("MERIDIAN_LOG", "warn"),

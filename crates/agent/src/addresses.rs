@@ -1,5 +1,7 @@
-//! Addresses for instances in host mode: each instance listens on a loopback address of its
-//! own, so that instances of one service on one node can all use the service's port.
+//! Addresses for instances. In host mode each instance listens on a loopback address of its
+//! own, so that instances of one service on one node can all use the service's port. With
+//! network namespaces each instance gets a /31 of the instance network: the node side (handed
+//! out here) and the instance side (the next address).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -9,6 +11,8 @@ use std::net::Ipv4Addr;
 pub struct AddressPool {
     first: u32,
     size: u32,
+    /// Distance between two addresses handed out (2 for /31 pairs).
+    stride: u32,
     used: BTreeSet<u32>,
 }
 
@@ -36,6 +40,24 @@ impl AddressPool {
         Ok(AddressPool {
             first: start,
             size,
+            stride: 1,
+            used: BTreeSet::new(),
+        })
+    }
+
+    /// The node sides of the /31 pairs of `network` (a /24 in 100.64.0.0/10, given by its first
+    /// address): 126 instances.
+    pub fn pairs(network: Ipv4Addr) -> Result<AddressPool, BadPool> {
+        let [a, b, _, d] = network.octets();
+        if a != 100 || !(64..128).contains(&b) || d != 0 {
+            return Err(BadPool(format!(
+                "{network} is not the start of a /24 in 100.64.0.0/10 (e.g. 100.64.1.0)"
+            )));
+        }
+        Ok(AddressPool {
+            first: u32::from(network) + 2,
+            size: 126,
+            stride: 2,
             used: BTreeSet::new(),
         })
     }
@@ -44,13 +66,13 @@ impl AddressPool {
     pub fn take(&mut self) -> Option<Ipv4Addr> {
         let offset = (0..self.size).find(|o| !self.used.contains(o))?;
         self.used.insert(offset);
-        Some(Ipv4Addr::from(self.first + offset))
+        Some(Ipv4Addr::from(self.first + offset * self.stride))
     }
 
     /// Returns `address` to the pool.
     pub fn give_back(&mut self, address: Ipv4Addr) {
         if let Some(offset) = u32::from(address).checked_sub(self.first) {
-            self.used.remove(&offset);
+            self.used.remove(&(offset / self.stride));
         }
     }
 }
@@ -70,5 +92,11 @@ mod tests {
         assert_eq!(pool.take(), Some(a));
         assert!(AddressPool::new(Ipv4Addr::new(10, 0, 0, 1), 2).is_err());
         assert!(AddressPool::new(Ipv4Addr::new(127, 255, 255, 250), 10).is_err());
+        let mut pairs = AddressPool::pairs(Ipv4Addr::new(100, 64, 1, 0)).unwrap();
+        assert_eq!(pairs.take(), Some(Ipv4Addr::new(100, 64, 1, 2)));
+        assert_eq!(pairs.take(), Some(Ipv4Addr::new(100, 64, 1, 4)));
+        pairs.give_back(Ipv4Addr::new(100, 64, 1, 2));
+        assert_eq!(pairs.take(), Some(Ipv4Addr::new(100, 64, 1, 2)));
+        assert!(AddressPool::pairs(Ipv4Addr::new(10, 0, 0, 0)).is_err());
     }
 }

@@ -51,6 +51,8 @@ pub struct InstanceState {
     pub restarts: u32,
     /// Why, in a few words.
     pub detail: String,
+    /// Whether its network (its namespace, in that mode) is ready for the node proxy.
+    pub network_ready: bool,
 }
 
 /// What an instance is and where it runs.
@@ -62,8 +64,12 @@ pub struct Launch {
     pub service: (String, String, String),
     /// Its spec.
     pub spec: ServiceSpec,
-    /// Its address.
+    /// The node side's address: where its node proxy listens for it.
     pub address: Ipv4Addr,
+    /// Where the instance listens (the same in host mode; the namespace's side otherwise).
+    pub listen: Ipv4Addr,
+    /// Its network namespace, if it has one.
+    pub netns: Option<crate::netns::Netns>,
     /// The region and node it runs in.
     pub region: String,
     /// The node.
@@ -145,20 +151,51 @@ pub async fn run_instance(
         .no_proxy()
         .build()
         .unwrap_or_default();
+    let publish = |state: State, restarts: u32, detail: String| {
+        states.send_modify(|s| {
+            s.state = state;
+            s.restarts = restarts;
+            s.detail = detail;
+        });
+    };
+    if let Some(netns) = &launch.netns {
+        if let Err(e) = netns.create().await {
+            tracing::error!(instance = %launch.instance, error = %e, "cannot make the instance's network namespace");
+            publish(State::Failed, 0, format!("no network namespace: {e}"));
+            let _ = stop.wait_for(|stop| *stop).await;
+            publish(State::Stopped, 0, "no longer assigned".to_owned());
+            return;
+        }
+    }
+    states.send_modify(|s| s.network_ready = true);
+    run_lives(&launch, &client, restart_limit, &states, &mut stop).await;
+    if let Some(netns) = &launch.netns {
+        netns.delete().await;
+    }
+}
+
+/// Starts the instance again and again until it is stopped or fails past `restart_limit`.
+async fn run_lives(
+    launch: &Launch,
+    client: &reqwest::Client,
+    restart_limit: u32,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) {
     let mut restarts = 0;
     let mut backoff = Duration::from_secs(1);
     let publish = |state: State, restarts: u32, detail: String| {
-        states.send_replace(InstanceState {
-            state,
-            restarts,
-            detail,
+        states.send_modify(|s| {
+            s.state = state;
+            s.restarts = restarts;
+            s.detail = detail;
         });
     };
     loop {
         publish(State::Starting, restarts, "started".to_owned());
-        let ended = match spawn(&launch) {
+        let ended = match spawn(launch) {
             Ok(mut child) => {
-                let ended = supervise(&launch, &client, &mut child, &states, &mut stop).await;
+                let ended = supervise(launch, client, &mut child, states, stop).await;
                 terminate(&mut child).await;
                 ended
             }
@@ -209,7 +246,10 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
     let home = launch.state_dir.join("instances").join(launch.key());
     std::fs::create_dir_all(&home)?;
     let (org, app, service) = &launch.service;
-    let mut command = Command::new(&process.command);
+    let mut command = match &launch.netns {
+        Some(netns) => netns.command(&process.command),
+        None => Command::new(&process.command),
+    };
     command
         .args(&process.args)
         .current_dir(
@@ -224,7 +264,7 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .env("MERIDIAN_SERVICE", service)
         .env("MERIDIAN_REGION", &launch.region)
         .env("MERIDIAN_NODE", &launch.node)
-        .env("MERIDIAN_ADDRESS", launch.address.to_string());
+        .env("MERIDIAN_ADDRESS", launch.listen.to_string());
     // Calls by name go through the node proxy's outbound listener on the instance's address.
     let proxy = format!(
         "http://{}:{}",
@@ -299,7 +339,7 @@ async fn supervise(
         .map_or((1, 1), |c| (c.healthy_threshold, c.unhealthy_threshold));
     let started = Instant::now();
     let (mut passes, mut failures) = (0u32, 0u32);
-    let address = IpAddr::V4(launch.address);
+    let address = IpAddr::V4(launch.listen);
     loop {
         tokio::select! {
             status = child.wait() => {

@@ -40,8 +40,10 @@ pub struct LocalInstance {
     pub service: ServiceKey,
     /// Its spec.
     pub spec: ServiceSpec,
-    /// Its address.
+    /// The node side's address: the node proxy's listeners for the instance are there.
     pub address: Ipv4Addr,
+    /// Where the instance listens.
+    pub listen: Ipv4Addr,
 }
 
 /// A service of the region, as the control plane sends it.
@@ -93,7 +95,7 @@ pub fn config(
             }));
             clusters.push(json!({
                 "name": local_cluster,
-                "endpoints": [{"address": format!("{}:{}", instance.address, port.port)}],
+                "endpoints": [{"address": format!("{}:{}", instance.listen, port.port)}],
             }));
         }
         let mut virtual_hosts = Vec::new();

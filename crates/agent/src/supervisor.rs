@@ -18,6 +18,7 @@ use crate::addresses::AddressPool;
 use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
 use crate::instance::{run_instance, InstanceState, Launch, State};
+use crate::netns::{self, Netns};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
 use crate::report::{Reporter, HEARTBEAT};
 
@@ -33,14 +34,25 @@ pub struct AgentOptions {
     pub node: String,
     /// How many instances the node may run.
     pub capacity: u32,
-    /// Addresses for instances.
+    /// Addresses for instances (node sides, with network namespaces).
     pub addresses: AddressPool,
+    /// How instances are kept apart.
+    pub isolation: Isolation,
     /// Where logs, workload certificates and instances' working directories go.
     pub state_dir: PathBuf,
     /// Where the agent's own identity is kept (it asks for workload certificates with it).
     pub identity_dir: PathBuf,
     /// The installation's trust domain.
     pub trust_domain: String,
+}
+
+/// How instances are kept apart on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each instance on a loopback address of its own, in the host's network.
+    Host,
+    /// Each instance in a network namespace of its own (needs root).
+    Netns,
 }
 
 /// A running instance.
@@ -50,6 +62,7 @@ struct Running {
     version: u64,
     spec: meridian_model::ServiceSpec,
     address: Ipv4Addr,
+    listen: Ipv4Addr,
     stop: watch::Sender<bool>,
     state: watch::Receiver<InstanceState>,
 }
@@ -60,6 +73,9 @@ type Instances = Arc<Mutex<BTreeMap<String, Running>>>;
 /// Runs the agent until `shutdown` resolves; then stops every instance and returns.
 pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>) {
     crate::instance::stop_leftovers(&options.state_dir);
+    if options.isolation == Isolation::Netns {
+        netns::delete_leftovers(&netns::tag(&options.region, &options.node)).await;
+    }
     let (desired_tx, mut desired) = watch::channel(Desired::new());
     let (services_tx, mut services) = watch::channel(Services::new());
     let client = ClientOptions {
@@ -166,12 +182,13 @@ impl NodeProxy {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
-            .filter(|running| !*running.stop.borrow())
+            .filter(|running| !*running.stop.borrow() && running.state.borrow().network_ready)
             .map(|running| LocalInstance {
                 instance: running.instance.clone(),
                 service: running.service.clone(),
                 spec: running.spec.clone(),
                 address: running.address,
+                listen: running.listen,
             })
             .collect();
         let needed: BTreeSet<ServiceKey> = local.iter().map(|l| l.service.clone()).collect();
@@ -241,12 +258,22 @@ fn start(
         state: State::Starting,
         restarts: 0,
         detail: "assigned".to_owned(),
+        network_ready: false,
     });
+    let (listen, netns) = match options.isolation {
+        Isolation::Host => (address, None),
+        Isolation::Netns => {
+            let netns = Netns::new(&netns::tag(&options.region, &options.node), address);
+            (netns.inner, Some(netns))
+        }
+    };
     let launch = Launch {
         instance: want.instance.clone(),
         service: want.service.clone(),
         spec: want.spec.clone(),
         address,
+        listen,
+        netns,
         region: options.region.clone(),
         node: options.node.clone(),
         state_dir: options.state_dir.clone(),
@@ -270,6 +297,7 @@ fn start(
         version: want.version,
         spec: want.spec.clone(),
         address,
+        listen,
         stop,
         state,
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use meridian_agent::{run_agent, AddressPool, AgentOptions};
+use meridian_agent::{run_agent, AddressPool, AgentOptions, Isolation};
 use meridian_identity::Subject;
 
 /// Options of `meridian agent`.
@@ -28,9 +28,17 @@ pub struct AgentArgs {
     /// How many instances this node may run.
     #[arg(long, default_value_t = 16)]
     capacity: u32,
-    /// The first loopback address given to instances (host mode); each instance gets its own.
+    /// The first loopback address given to instances in host mode; each instance gets its own.
     #[arg(long, default_value = "127.0.100.1")]
     instance_addresses: Ipv4Addr,
+    /// How instances are kept apart: `netns` (a network namespace each, with a /31 of
+    /// --instance-network; needs root), `host` (loopback addresses), or `auto` (netns when
+    /// running as root with iproute2, else host).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "netns", "host"])]
+    isolation: String,
+    /// The /24 of 100.64.0.0/10 whose /31 pairs instances get with network namespaces.
+    #[arg(long, default_value = "100.64.1.0")]
+    instance_network: Ipv4Addr,
     /// Where the agent keeps its identity, instances' working directories and logs.
     #[arg(long, default_value = "./agent-state")]
     state_dir: PathBuf,
@@ -48,7 +56,19 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             args.control
         );
     }
-    let addresses = AddressPool::new(args.instance_addresses, args.capacity.max(1))?;
+    let isolation = match args.isolation.as_str() {
+        "netns" => Isolation::Netns,
+        "host" => Isolation::Host,
+        _ if meridian_agent::netns_available() => Isolation::Netns,
+        _ => Isolation::Host,
+    };
+    if isolation == Isolation::Netns && !meridian_agent::netns_available() {
+        anyhow::bail!("--isolation netns: needs root and iproute2's `ip`; run as root or use --isolation host");
+    }
+    let addresses = match isolation {
+        Isolation::Netns => AddressPool::pairs(args.instance_network)?,
+        Isolation::Host => AddressPool::new(args.instance_addresses, args.capacity.max(1))?,
+    };
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let (tls, id) = (enrolled.tls, enrolled.id);
@@ -62,11 +82,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             args.region
         ),
     }
+    let mode = match isolation {
+        Isolation::Netns => format!(
+            "each in a network namespace of its own with a /31 of {}/24",
+            args.instance_network
+        ),
+        Isolation::Host => format!(
+            "in host mode, each on a loopback address of its own from {} (network namespaces \
+             need root)",
+            args.instance_addresses
+        ),
+    };
     println!(
-        "meridian agent of node {} in region {} following {} (capacity {}); instances run in \
-         host mode, each on its own loopback address from {} with the node proxy beside it \
-         (network namespaces are not implemented yet)",
-        args.node, args.region, args.control, args.capacity, args.instance_addresses
+        "meridian agent of node {} in region {} following {} (capacity {}); instances run {mode}, \
+         their node proxy beside them",
+        args.node, args.region, args.control, args.capacity
     );
     let options = AgentOptions {
         control: args.control,
@@ -75,6 +105,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         node: args.node,
         capacity: args.capacity,
         addresses,
+        isolation,
         identity_dir: args.state_dir.join("identity"),
         trust_domain: id.trust_domain.clone(),
         state_dir: args.state_dir,

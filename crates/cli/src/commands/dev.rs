@@ -270,6 +270,7 @@ async fn start_region(
         let join =
             join_token_unless_enrolled(&admin, token, &format!("agent/{node}"), &state).await?;
         let first_address = format!("127.0.{}.1", 100 + index * NODES_PER_REGION + n);
+        let network = format!("100.64.{}.0", index * NODES_PER_REGION + n);
         children
             .spawn(
                 &format!("agent-{node}"),
@@ -285,6 +286,7 @@ async fn start_region(
                 &[("--state-dir", state)],
                 &[
                     ("--instance-addresses", first_address),
+                    ("--instance-network", network),
                     ("--capacity", "8".to_owned()),
                 ]
                 .into_iter()

@@ -1,0 +1,149 @@
+//! Network namespaces for instances (when the agent runs as root): each instance gets a
+//! namespace of its own, joined to the node by a veth pair with a /31 from the agent's instance
+//! network (100.64.0.0/10, never the host's networks). The node side of the pair is where the
+//! node proxy listens for the instance; the instance listens on its side. Made with `ip`
+//! (iproute2).
+
+use std::net::Ipv4Addr;
+
+use tokio::process::Command;
+
+/// One instance's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    /// The namespace's name (`mrd-<tag>-<n>`).
+    pub name: String,
+    host_link: String,
+    inner_link: String,
+    /// The node side's address.
+    pub host: Ipv4Addr,
+    /// The instance side's address.
+    pub inner: Ipv4Addr,
+}
+
+/// A short tag that tells this agent's namespaces apart from other agents' on the same machine.
+pub fn tag(region: &str, node: &str) -> String {
+    // FNV-1a: stable across runs and builds.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in region.bytes().chain([b'/']).chain(node.bytes()) {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("{:06x}", hash & 0x00ff_ffff)
+}
+
+impl Netns {
+    /// The namespace of the instance whose node side is `host` (even) and instance side
+    /// `host + 1`, for the agent with `tag`.
+    pub fn new(tag: &str, host: Ipv4Addr) -> Netns {
+        let [_, _, third, last] = host.octets();
+        let id = format!("{third:02x}{last:02x}");
+        Netns {
+            name: format!("mrd-{tag}-{id}"),
+            host_link: format!("mh{tag}{id}"),
+            inner_link: format!("mi{tag}{id}"),
+            host,
+            inner: Ipv4Addr::from(u32::from(host) + 1),
+        }
+    }
+
+    /// Creates the namespace, its veth pair, addresses and default route.
+    pub async fn create(&self) -> std::io::Result<()> {
+        // A namespace left by a killed agent is replaced.
+        self.delete().await;
+        let (ns, host, inner) = (&self.name, &self.host_link, &self.inner_link);
+        let host_address = format!("{}/31", self.host);
+        let inner_address = format!("{}/31", self.inner);
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", ns],
+            &[
+                "link", "add", host, "type", "veth", "peer", "name", inner, "netns", ns,
+            ],
+            &["addr", "add", &host_address, "dev", host],
+            &["link", "set", host, "up"],
+            &["-n", ns, "addr", "add", &inner_address, "dev", inner],
+            &["-n", ns, "link", "set", inner, "up"],
+            &["-n", ns, "link", "set", "lo", "up"],
+            &[
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &self.host.to_string(),
+            ],
+        ];
+        for step in steps {
+            if let Err(e) = ip(step).await {
+                self.delete().await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the namespace (and with it the veth pair).
+    pub async fn delete(&self) {
+        let _ = ip(&["netns", "delete", &self.name]).await;
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+}
+
+/// Runs `ip args`; an error says which step failed and why.
+async fn ip(args: &[&str]) -> std::io::Result<()> {
+    let output = Command::new("ip").args(args).output().await?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )))
+}
+
+/// Deletes the namespaces an earlier agent with `tag` left behind.
+pub async fn delete_leftovers(tag: &str) {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output().await else {
+        return;
+    };
+    let prefix = format!("mrd-{tag}-");
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if name.starts_with(&prefix) {
+            let _ = ip(&["netns", "delete", name]).await;
+        }
+    }
+}
+
+/// Whether this process may make network namespaces (it runs as root and `ip` is there).
+pub fn available() -> bool {
+    rustix::process::geteuid().is_root()
+        && std::process::Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_linux_limits_and_addresses_pair_up() {
+        let tag = tag("fra", "fra-1");
+        assert_eq!(tag.len(), 6);
+        assert_ne!(tag, super::tag("iad", "fra-1"));
+        let ns = Netns::new(&tag, Ipv4Addr::new(100, 64, 1, 2));
+        assert!(ns.host_link.len() <= 15 && ns.inner_link.len() <= 15);
+        assert_eq!(ns.inner, Ipv4Addr::new(100, 64, 1, 3));
+        assert_ne!(ns.name, Netns::new(&tag, Ipv4Addr::new(100, 64, 1, 4)).name);
+    }
+}
