@@ -369,6 +369,26 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
     )
     .await;
     assert!(seen.contains("/org/acme/app/shop/service/web"), "{seen}");
+    // Without the proxy variables too: the node's DNS answers the name inside the namespace.
+    let seen = answers(
+        &gateway,
+        web,
+        "/call?direct=1&url=http://api.shop.internal:9090/whoami",
+        "answered 200",
+    )
+    .await;
+    assert!(seen.contains("/org/acme/app/shop/service/web"), "{seen}");
+    // A name web's org may not reach does not exist for it.
+    let (_, hidden) = through(
+        &gateway,
+        web,
+        "/call?direct=1&url=http://api.shop.other.internal:9090/",
+    )
+    .await;
+    assert!(
+        hidden.contains("calling") && hidden.contains("failed"),
+        "{hidden}"
+    );
     assert!(!meridian_namespaces().is_empty());
 
     // The agent stops: its instances and their namespaces go.

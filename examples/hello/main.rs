@@ -8,7 +8,8 @@
 //! - `GET /whoami` — the caller's identity as the mesh passed it (`x-meridian-peer`), or
 //!   `anonymous`;
 //! - `GET /call?url=<url>` — fetches `url` (e.g. `http://api.shop.internal:8080/`) and answers
-//!   with what it got: a call to another service by name;
+//!   with what it got: a call to another service by name, through `HTTP_PROXY` if set; with
+//!   `&direct=1`, without it (the name is resolved by DNS);
 //! - `POST /exit` — exits with status 1, to watch the agent restart it.
 
 #![forbid(unsafe_code)]
@@ -92,7 +93,18 @@ async fn call(Query(query): Query<HashMap<String, String>>) -> (axum::http::Stat
             "url: missing; call /call?url=http://<service>.<app>.internal:<port>/\n".to_owned(),
         );
     };
-    match reqwest::get(url).await {
+    let client = if query.contains_key("direct") {
+        reqwest::Client::builder().no_proxy().build()
+    } else {
+        reqwest::Client::builder().build()
+    };
+    let Ok(client) = client else {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no HTTP client\n".to_owned(),
+        );
+    };
+    match client.get(url).send().await {
         Ok(answer) => {
             let status = answer.status().as_u16();
             let body = answer.text().await.unwrap_or_default();

@@ -80,12 +80,22 @@ impl Netns {
                 return Err(e);
             }
         }
+        // `ip netns exec` puts this file over /etc/resolv.conf inside the namespace: names are
+        // asked of the node's DNS server on the node side.
+        let dir = etc_dir(&self.name);
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {}\n", self.host),
+        )
+        .await?;
         Ok(())
     }
 
     /// Deletes the namespace (and with it the veth pair).
     pub async fn delete(&self) {
         let _ = ip(&["netns", "delete", &self.name]).await;
+        let _ = tokio::fs::remove_dir_all(etc_dir(&self.name)).await;
     }
 
     /// A command that runs `program` inside the namespace.
@@ -94,6 +104,11 @@ impl Netns {
         command.args(["netns", "exec", &self.name, program]);
         command
     }
+}
+
+/// The files of namespace `name` that `ip netns exec` mounts over /etc.
+fn etc_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(name)
 }
 
 /// Runs `ip args`; an error says which step failed and why.
@@ -119,6 +134,7 @@ pub async fn delete_leftovers(tag: &str) {
         let name = line.split_whitespace().next().unwrap_or_default();
         if name.starts_with(&prefix) {
             let _ = ip(&["netns", "delete", name]).await;
+            let _ = tokio::fs::remove_dir_all(etc_dir(name)).await;
         }
     }
 }

@@ -99,17 +99,12 @@ pub fn config(
             }));
         }
         let mut virtual_hosts = Vec::new();
-        for (target, service) in services {
-            let domain = if &target.0 == org {
-                format!("{}.{}.internal", target.2, target.1)
-            } else if allows(&service.spec.mesh.allow, &instance.service) {
-                format!("{}.{}.{}.internal", target.2, target.1, target.0)
-            } else {
-                continue;
-            };
+        let mut ports = std::collections::BTreeSet::new();
+        for (domain, target, service) in visible(instance, services) {
             let Some(port) = service.spec.ports.first() else {
                 continue;
             };
+            ports.extend(service.spec.ports.iter().map(|p| p.port));
             let cluster = format!(
                 "via/{}/{}/{}/to/{}/{}/{}:{}",
                 instance.service.0,
@@ -151,8 +146,75 @@ pub fn config(
             "address": format!("{}:{OUTBOUND_PORT}", instance.address),
             "virtual_hosts": virtual_hosts,
         }));
+        // In its own namespace the instance reaches names through DNS, which answers the node
+        // side's address: the node proxy listens there on each port of the services it sees.
+        if instance.address != instance.listen {
+            for port in ports
+                .into_iter()
+                .filter(|p| u16::try_from(*p).is_ok_and(|p| p != OUTBOUND_PORT))
+            {
+                listeners.push(json!({
+                    "name": format!("out/{}/{port}", instance.instance),
+                    "address": format!("{}:{port}", instance.address),
+                    "virtual_hosts": virtual_hosts,
+                }));
+            }
+        }
     }
     json!({"listeners": listeners, "clusters": clusters})
+}
+
+/// The services `instance` may reach, with the name it reaches each by: services of its org as
+/// `<service>.<app>.internal`, other orgs' services whose `mesh.allow` names its service as
+/// `<service>.<app>.<org>.internal`.
+pub fn visible<'a>(
+    instance: &'a LocalInstance,
+    services: &'a BTreeMap<ServiceKey, MeshService>,
+) -> impl Iterator<Item = (String, &'a ServiceKey, &'a MeshService)> + 'a {
+    services.iter().filter_map(move |(target, service)| {
+        let domain = if target.0 == instance.service.0 {
+            format!("{}.{}.internal", target.2, target.1)
+        } else if allows(&service.spec.mesh.allow, &instance.service) {
+            format!("{}.{}.{}.internal", target.2, target.1, target.0)
+        } else {
+            return None;
+        };
+        Some((domain, target, service))
+    })
+}
+
+/// The DNS table of each local instance that runs in a namespace (by the instance's address):
+/// the names it may reach, all answered with its node side's address, where its node proxy
+/// listens on their ports.
+pub fn dns_tables(
+    local: &[LocalInstance],
+    services: &BTreeMap<ServiceKey, MeshService>,
+) -> std::collections::HashMap<std::net::IpAddr, std::sync::Arc<meridian_dns::Table>> {
+    local
+        .iter()
+        .filter(|instance| instance.address != instance.listen)
+        .map(|instance| {
+            let table = visible(instance, services)
+                .map(|(domain, _, service)| {
+                    let ports = service
+                        .spec
+                        .ports
+                        .iter()
+                        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.port).ok()?)))
+                        .collect();
+                    let entry = meridian_dns::Entry {
+                        address: instance.address,
+                        ports,
+                    };
+                    (domain, entry)
+                })
+                .collect();
+            (
+                std::net::IpAddr::V4(instance.listen),
+                std::sync::Arc::new(table),
+            )
+        })
+        .collect()
 }
 
 /// Whether an `allow` pattern (`org/app/service`, `*` for any segment) names `caller`.

@@ -113,6 +113,10 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
             options.state_dir.join("certs"),
         ),
         applied: String::new(),
+        dns: Arc::default(),
+        dns_servers: BTreeMap::new(),
+        dns_metrics: Arc::default(),
+        upstream: host_resolver(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -161,12 +165,27 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     tracing::info!("agent stopped; every instance is stopped");
 }
 
-/// The node proxy and what its configuration needs.
+/// The node proxy and what its configuration needs, and the node's DNS servers (one per
+/// instance in a namespace, on its node side).
 struct NodeProxy {
     proxy: meridian_proxy::Proxy,
     certs: WorkloadCerts,
     /// The configuration last applied.
     applied: String,
+    dns: Arc<meridian_dns::Tables>,
+    dns_servers: BTreeMap<Ipv4Addr, tokio::task::JoinHandle<()>>,
+    dns_metrics: Arc<meridian_dns::DnsMetrics>,
+    /// Where names outside `.internal` are forwarded: the host's first resolver.
+    upstream: Option<std::net::SocketAddr>,
+}
+
+/// The first `nameserver` of the host's /etc/resolv.conf.
+fn host_resolver() -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|address| address.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
 }
 
 impl NodeProxy {
@@ -191,6 +210,7 @@ impl NodeProxy {
                 listen: running.listen,
             })
             .collect();
+        self.refresh_dns(&local, services).await;
         let needed: BTreeSet<ServiceKey> = local.iter().map(|l| l.service.clone()).collect();
         let renewed = self.certs.ensure(&needed).await;
         let config =
@@ -205,6 +225,45 @@ impl NodeProxy {
         match self.proxy.apply_text(&config).await {
             Ok(()) => self.applied = config,
             Err(e) => tracing::error!(error = %e, "the node proxy refused its configuration"),
+        }
+    }
+}
+
+impl NodeProxy {
+    /// Gives each instance in a namespace its DNS table and a server on its node side's port
+    /// 53; stops the servers of instances that are gone.
+    async fn refresh_dns(&mut self, local: &[LocalInstance], services: &Services) {
+        self.dns.replace(node_proxy::dns_tables(local, services));
+        let wanted: BTreeSet<Ipv4Addr> = local
+            .iter()
+            .filter(|l| l.address != l.listen)
+            .map(|l| l.address)
+            .collect();
+        self.dns_servers.retain(|address, server| {
+            let keep = wanted.contains(address);
+            if !keep {
+                server.abort();
+            }
+            keep
+        });
+        for address in wanted {
+            if self.dns_servers.contains_key(&address) {
+                continue;
+            }
+            match tokio::net::UdpSocket::bind((address, 53)).await {
+                Ok(socket) => {
+                    let server = meridian_dns::serve_udp(
+                        socket,
+                        self.dns.clone(),
+                        self.upstream,
+                        self.dns_metrics.clone(),
+                    );
+                    self.dns_servers.insert(address, tokio::spawn(server));
+                }
+                Err(e) => {
+                    tracing::warn!(%address, error = %e, "cannot serve DNS for an instance yet")
+                }
+            }
         }
     }
 }

@@ -1,0 +1,210 @@
+//! The UDP server: one datagram in, one out. Queries for `.internal` names are answered from the
+//! caller's table (authoritatively; NXDOMAIN for a name it does not see); others are forwarded.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::net::UdpSocket;
+
+use crate::table::{Table, Tables};
+
+/// The zone this server is authoritative for.
+const ZONE: &str = "internal";
+/// How long answers may be cached: short, names follow placement.
+const TTL: u32 = 5;
+/// How long an upstream may take to answer a forwarded query.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest datagram read or relayed.
+const MAX_DATAGRAM: usize = 4096;
+/// Most forwarded queries in flight; beyond, queries are answered SERVFAIL.
+const MAX_FORWARDS: u64 = 256;
+
+/// Counts of what the server did.
+#[derive(Debug, Default)]
+pub struct DnsMetrics {
+    /// Queries answered from a table.
+    pub answered: AtomicU64,
+    /// Queries answered NXDOMAIN.
+    pub nxdomain: AtomicU64,
+    /// Queries forwarded upstream.
+    pub forwarded: AtomicU64,
+    /// Datagrams that were not valid queries.
+    pub malformed: AtomicU64,
+    forwards_in_flight: AtomicU64,
+}
+
+/// Serves queries on `socket` until the task is dropped, answering from `tables` and forwarding
+/// other names to `upstream` (none: other names are refused).
+pub async fn serve_udp(
+    socket: UdpSocket,
+    tables: Arc<Tables>,
+    upstream: Option<SocketAddr>,
+    metrics: Arc<DnsMetrics>,
+) {
+    let socket = Arc::new(socket);
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (length, from) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::debug!(error = %e, "receiving a query failed");
+                continue;
+            }
+        };
+        let datagram = &buffer[..length];
+        match answer(datagram, from.ip(), &tables, &metrics) {
+            Verdict::Answer(bytes) => {
+                let _ = socket.send_to(&bytes, from).await;
+            }
+            Verdict::Forward => match upstream {
+                Some(upstream)
+                    if metrics.forwards_in_flight.load(Ordering::Relaxed) < MAX_FORWARDS =>
+                {
+                    metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+                    metrics.forwards_in_flight.fetch_add(1, Ordering::Relaxed);
+                    let (socket, query, metrics) =
+                        (socket.clone(), datagram.to_vec(), metrics.clone());
+                    tokio::spawn(async move {
+                        if let Some(reply) = forward(&query, upstream).await {
+                            let _ = socket.send_to(&reply, from).await;
+                        }
+                        metrics.forwards_in_flight.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                _ => {
+                    if let Some(bytes) = error_reply(datagram, ResponseCode::ServFail) {
+                        let _ = socket.send_to(&bytes, from).await;
+                    }
+                }
+            },
+            Verdict::Drop => {}
+        }
+    }
+}
+
+/// What to do with a datagram.
+enum Verdict {
+    Answer(Vec<u8>),
+    Forward,
+    Drop,
+}
+
+fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics) -> Verdict {
+    let Ok(query) = Message::from_vec(datagram) else {
+        metrics.malformed.fetch_add(1, Ordering::Relaxed);
+        return Verdict::Drop;
+    };
+    if query.message_type() != MessageType::Query {
+        return Verdict::Drop;
+    }
+    let reply = |code: ResponseCode, records: Vec<Record>| {
+        let mut message = Message::new();
+        message
+            .set_id(query.id())
+            .set_message_type(MessageType::Response)
+            .set_op_code(query.op_code())
+            .set_recursion_desired(query.recursion_desired())
+            .set_recursion_available(true)
+            .set_authoritative(code == ResponseCode::NoError || code == ResponseCode::NXDomain)
+            .set_response_code(code);
+        for q in query.queries() {
+            message.add_query(q.clone());
+        }
+        message.add_answers(records);
+        message.to_vec().map_or(Verdict::Drop, Verdict::Answer)
+    };
+    if query.op_code() != OpCode::Query || query.queries().len() != 1 {
+        metrics.malformed.fetch_add(1, Ordering::Relaxed);
+        return reply(ResponseCode::FormErr, Vec::new());
+    }
+    let question = &query.queries()[0];
+    let name = question.name().to_lowercase().to_ascii();
+    let name = name.trim_end_matches('.');
+    if name != ZONE && !name.ends_with(".internal") {
+        return Verdict::Forward;
+    }
+    let table = tables.of(caller);
+    match records(
+        table.as_deref(),
+        name,
+        question.name(),
+        question.query_type(),
+    ) {
+        Some(records) => {
+            metrics.answered.fetch_add(1, Ordering::Relaxed);
+            reply(ResponseCode::NoError, records)
+        }
+        None => {
+            metrics.nxdomain.fetch_add(1, Ordering::Relaxed);
+            reply(ResponseCode::NXDomain, Vec::new())
+        }
+    }
+}
+
+/// The records for `name` of `kind` in `table`; `None` when the name does not exist for the
+/// caller (an existing name asked for another type has no records).
+fn records(
+    table: Option<&Table>,
+    name: &str,
+    asked: &Name,
+    kind: RecordType,
+) -> Option<Vec<Record>> {
+    let table = table?;
+    if let Some(entry) = table.get(name) {
+        let records = match kind {
+            RecordType::A => vec![Record::from_rdata(
+                asked.clone(),
+                TTL,
+                RData::A(A(entry.address)),
+            )],
+            _ => Vec::new(),
+        };
+        return Some(records);
+    }
+    // `_<port>._tcp.<name>`
+    let (port_label, rest) = name.split_once('.')?;
+    let service = rest.strip_prefix("_tcp.")?;
+    let entry = table.get(service)?;
+    let port_name = port_label.strip_prefix('_')?;
+    let port = entry.ports.iter().find(|(n, _)| n == port_name)?.1;
+    let target = Name::from_ascii(format!("{service}.")).ok()?;
+    Some(match kind {
+        RecordType::SRV => vec![Record::from_rdata(
+            asked.clone(),
+            TTL,
+            RData::SRV(SRV::new(0, 0, port, target)),
+        )],
+        _ => Vec::new(),
+    })
+}
+
+fn error_reply(datagram: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
+    let query = Message::from_vec(datagram).ok()?;
+    Message::error_msg(query.id(), query.op_code(), code)
+        .to_vec()
+        .ok()
+}
+
+/// Sends `query` to `upstream` and returns its answer, if one comes in time.
+async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await.ok()?;
+    socket.connect(upstream).await.ok()?;
+    socket.send(query).await.ok()?;
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    let length = tokio::time::timeout(FORWARD_TIMEOUT, socket.recv(&mut buffer))
+        .await
+        .ok()?
+        .ok()?;
+    buffer.truncate(length);
+    Some(buffer)
+}
