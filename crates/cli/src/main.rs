@@ -57,6 +57,8 @@ enum Command {
     Proxy(commands::proxy::ProxyArgs),
     /// Run a region's gateway: its ingress, following its control plane over mutual TLS.
     Gateway(commands::gateway::GatewayArgs),
+    /// Serve the .internal DNS server from a table file (agents run it for their instances).
+    Dns(commands::dns::DnsArgs),
     /// Run an edge: a public listener routing each host to the nearest healthy region.
     Edge(commands::edge::EdgeArgs),
     /// Run a node's agent: the instances its region assigns to this machine.
@@ -117,10 +119,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // The proxy on a single CPU runs on the current thread: no cross-thread scheduling on the
+    // The proxy and the DNS server on a single CPU run on the current thread: no cross-thread scheduling on the
     // request path. Everything else (and the proxy on several CPUs) uses the multi-threaded one.
     let single_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
-    let runtime = if single_cpu && matches!(cli.command, Command::Proxy(_)) {
+    let runtime = if single_cpu && matches!(cli.command, Command::Proxy(_) | Command::Dns(_)) {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -152,6 +154,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Agent(agent_args) => commands::agent::run(agent_args).await,
         Command::Edge(edge_args) => commands::edge::run(edge_args, args).await,
+        Command::Dns(dns_args) => commands::dns::run(dns_args).await,
         Command::Gateway(gateway_args) => commands::gateway::run(gateway_args).await,
         Command::Logs(logs_args) => commands::logs::run(logs_args),
         Command::JoinToken(join_args) => commands::join_token::run(join_args, args).await,

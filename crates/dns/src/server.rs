@@ -123,27 +123,82 @@ fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics
         return reply(ResponseCode::FormErr, Vec::new());
     }
     let question = &query.queries()[0];
-    let name = question.name().to_lowercase().to_ascii();
+    let mut name = question.name().to_ascii();
+    name.make_ascii_lowercase();
     let name = name.trim_end_matches('.');
     if name != ZONE && !name.ends_with(".internal") {
         return Verdict::Forward;
     }
     let table = tables.of(caller);
-    match records(
+    let found = records(
         table.as_deref(),
         name,
         question.name(),
         question.query_type(),
-    ) {
-        Some(records) => {
-            metrics.answered.fetch_add(1, Ordering::Relaxed);
-            reply(ResponseCode::NoError, records)
-        }
-        None => {
-            metrics.nxdomain.fetch_add(1, Ordering::Relaxed);
-            reply(ResponseCode::NXDomain, Vec::new())
-        }
+    );
+    let code = if found.is_some() {
+        metrics.answered.fetch_add(1, Ordering::Relaxed);
+        ResponseCode::NoError
+    } else {
+        metrics.nxdomain.fetch_add(1, Ordering::Relaxed);
+        ResponseCode::NXDomain
+    };
+    let records = found.unwrap_or_default();
+    // The common case (one question, no EDNS, at most one A record) is answered by editing the
+    // query in place; anything else is serialized in full.
+    let address = match records.as_slice() {
+        [] => Some(None),
+        [record] => match record.data() {
+            RData::A(a) => Some(Some(a.0)),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(bytes) = address.and_then(|address| edited_reply(datagram, code, address)) {
+        return Verdict::Answer(bytes);
     }
+    reply(code, records)
+}
+
+/// The answer to a plain query (one question, no other records, an uncompressed name) with
+/// `code` and, if given, one A record for the asked name: the query's header and question, with
+/// the response flags set and the record appended (its name a pointer to the question's).
+/// `None` for any other query.
+fn edited_reply(
+    query: &[u8],
+    code: ResponseCode,
+    address: Option<std::net::Ipv4Addr>,
+) -> Option<Vec<u8>> {
+    let counts = query.get(4..12)?;
+    if counts != [0, 1, 0, 0, 0, 0, 0, 0] {
+        return None;
+    }
+    // The end of the question's name, then its type and class.
+    let mut at = 12;
+    loop {
+        let length = usize::from(*query.get(at)?);
+        if length == 0 {
+            break;
+        }
+        if length & 0xc0 != 0 {
+            return None;
+        }
+        at += 1 + length;
+    }
+    let end = at + 1 + 4;
+    let mut reply = Vec::with_capacity(end + 16);
+    reply.extend_from_slice(query.get(..end)?);
+    // QR, the query's opcode and RD, AA; RA and the response code.
+    reply[2] = 0x80 | (query[2] & 0x79) | 0x04;
+    reply[3] = 0x80 | (u16::from(code) & 0x0f) as u8;
+    if let Some(address) = address {
+        reply[7] = 1;
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        reply.extend_from_slice(&TTL.to_be_bytes());
+        reply.extend_from_slice(&[0, 4]);
+        reply.extend_from_slice(&address.octets());
+    }
+    Some(reply)
 }
 
 /// The records for `name` of `kind` in `table`; `None` when the name does not exist for the
