@@ -92,14 +92,8 @@ impl GlobalApi {
         path: &str,
         body: &B,
     ) -> Result<T, FollowError> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await?;
-        decode(response, path).await
+        let response = self.send(reqwest::Method::POST, path, body).await?;
+        Ok(response.json().await?)
     }
 
     /// PUTs `body` as JSON to `path` (the answer's body is not read).
@@ -108,23 +102,24 @@ impl GlobalApi {
         path: &str,
         body: &B,
     ) -> Result<(), FollowError> {
+        self.send(reqwest::Method::PUT, path, body).await.map(drop)
+    }
+
+    /// Sends `body` as JSON to `path`; the response if it succeeded, else the API's error.
+    async fn send<B: serde::Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> Result<reqwest::Response, FollowError> {
         let response = self
             .http
-            .put(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .json(body)
             .send()
             .await?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(FollowError::Status {
-                status,
-                path: path.to_owned(),
-                body,
-            });
-        }
-        Ok(())
+        succeeded(response, path).await
     }
 
     async fn must_get<T: DeserializeOwned>(&self, path: &str) -> Result<T, FollowError> {
@@ -141,6 +136,14 @@ async fn decode<T: DeserializeOwned>(
     response: reqwest::Response,
     path: &str,
 ) -> Result<T, FollowError> {
+    Ok(succeeded(response, path).await?.json().await?)
+}
+
+/// `response` if it succeeded, or the error the API gave for `path`.
+async fn succeeded(
+    response: reqwest::Response,
+    path: &str,
+) -> Result<reqwest::Response, FollowError> {
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
@@ -150,7 +153,7 @@ async fn decode<T: DeserializeOwned>(
             body,
         });
     }
-    Ok(response.json().await?)
+    Ok(response)
 }
 
 /// Keeps `state` in step with the global API until the process ends. `synced` becomes true
