@@ -319,7 +319,10 @@ fn namespaces_allowed() -> bool {
     root && ip
 }
 
+/// The network namespaces of the agent of node `ns-node` in fra (other tests' agents, and
+/// `meridian dev`, may have theirs at the same time).
 fn meridian_namespaces() -> Vec<String> {
+    let prefix = meridian_agent::netns_prefix("fra", "ns-node");
     let output = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -327,7 +330,7 @@ fn meridian_namespaces() -> Vec<String> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("mrd-"))
+        .filter(|n| n.starts_with(&prefix))
         .map(str::to_owned)
         .collect()
 }

@@ -24,6 +24,6 @@ mod supervisor;
 pub use addresses::AddressPool;
 pub use instance::{InstanceState, State};
 pub use logs::log_dir;
-pub use netns::available as netns_available;
+pub use netns::{available as netns_available, prefix as netns_prefix};
 pub use node_proxy::{mesh_port, MESH_PORT_BASE, OUTBOUND_PORT};
 pub use supervisor::{run_agent, AgentOptions, Isolation};

@@ -21,6 +21,11 @@ pub struct Netns {
     pub inner: Ipv4Addr,
 }
 
+/// The start of the names of the namespaces the agent of `node` in `region` makes.
+pub fn prefix(region: &str, node: &str) -> String {
+    format!("mrd-{}-", tag(region, node))
+}
+
 /// A short tag that tells this agent's namespaces apart from other agents' on the same machine.
 pub fn tag(region: &str, node: &str) -> String {
     // FNV-1a: stable across runs and builds.
