@@ -44,6 +44,8 @@ pub struct AgentOptions {
     pub identity_dir: PathBuf,
     /// The installation's trust domain.
     pub trust_domain: String,
+    /// Where the node proxy's admin port listens (/metrics, /config, /listeners, /healthz).
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// How instances are kept apart on the node.
@@ -106,7 +108,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     let mut addresses = options.addresses.clone();
     let mut tasks: JoinSet<(String, Ipv4Addr)> = JoinSet::new();
     let mut node_proxy = NodeProxy {
-        proxy: meridian_proxy::Proxy::default(),
+        proxy: Arc::new(meridian_proxy::Proxy::default()),
         certs: WorkloadCerts::new(
             &options.control,
             options.identity_dir.clone(),
@@ -118,6 +120,11 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         dns_metrics: Arc::default(),
         upstream: host_resolver(),
     };
+    if let Some(admin) = options.admin {
+        if let Err(e) = meridian_proxy::serve_admin(&node_proxy.proxy, admin).await {
+            tracing::error!(error = %e, "the node proxy's admin port could not start");
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
@@ -168,7 +175,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
 /// The node proxy and what its configuration needs, and the node's DNS servers (one per
 /// instance in a namespace, on its node side).
 struct NodeProxy {
-    proxy: meridian_proxy::Proxy,
+    proxy: Arc<meridian_proxy::Proxy>,
     certs: WorkloadCerts,
     /// The configuration last applied.
     applied: String,

@@ -39,6 +39,9 @@ pub struct AgentArgs {
     /// The /24 of 100.64.0.0/10 whose /31 pairs instances get with network namespaces.
     #[arg(long, default_value = "100.64.1.0")]
     instance_network: Ipv4Addr,
+    /// The node proxy's admin port (/metrics, /config, /listeners, /healthz); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    admin: std::net::SocketAddr,
     /// Where the agent keeps its identity, instances' working directories and logs.
     #[arg(long, default_value = "./agent-state")]
     state_dir: PathBuf,
@@ -108,6 +111,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         isolation,
         identity_dir: args.state_dir.join("identity"),
         trust_domain: id.trust_domain.clone(),
+        admin: Some(args.admin),
         state_dir: args.state_dir,
     };
     run_agent(options, super::control::shutdown_signal()).await;
