@@ -402,3 +402,39 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         meridian_namespaces()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_restarted_without_its_global_control_plane_serves_from_its_disk_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &hello(1));
+    let region = RegionalPlane::start(
+        &platform.global.api,
+        &platform.token,
+        "fra",
+        Some("127.0.57.1:8080"),
+    );
+    let _node = agent(&region, "one", "127.0.58.1", dir.path());
+    let (first_gateway, address) = gateway(&region, dir.path()).await;
+    let before = serving(&address, |seen| seen.len() == 1, "one instance").await;
+    drop(first_gateway);
+
+    // The global control plane goes away, then the region's restarts.
+    drop(platform);
+    let region = region.restart();
+    // Ready at once: it serves its disk copy while it cannot reach the global control plane.
+    let ready = reqwest::get(format!("{}/readyz", region.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // A gateway that joins now gets the region's configuration, and the instance that ran on
+    // goes on answering (adopted where it runs).
+    let late = tempfile::tempdir().unwrap();
+    let (_gateway, address) = gateway(&region, late.path()).await;
+    let after = serving(
+        &address,
+        |seen| seen.len() == 1,
+        "the instance after the restart",
+    )
+    .await;
+    assert_eq!(before, after);
+}

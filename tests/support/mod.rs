@@ -209,6 +209,9 @@ pub struct RegionalPlane {
     token: String,
     /// The region.
     pub region: String,
+    /// The global API it follows, and where its gateway listens.
+    api: String,
+    gateway: Option<String>,
 }
 
 impl RegionalPlane {
@@ -216,9 +219,43 @@ impl RegionalPlane {
     /// `gateway`, the region's gateway listens there.
     pub fn start(api: &str, token: &str, region: &str, gateway: Option<&str>) -> RegionalPlane {
         let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, "127.0.0.1:0", api, token, region, gateway)
+    }
+
+    /// Stops the control plane and starts it again with the same data directory and xDS
+    /// address (its proxies and agents reconnect).
+    pub fn restart(self) -> RegionalPlane {
+        let RegionalPlane {
+            _child,
+            dir,
+            xds,
+            token,
+            region,
+            api,
+            gateway,
+            ..
+        } = self;
+        drop(_child);
+        let xds = xds.trim_start_matches("https://").to_owned();
+        Self::start_in(dir, &xds, &api, &token, &region, gateway.as_deref())
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        xds: &str,
+        api: &str,
+        token: &str,
+        region: &str,
+        gateway: Option<&str>,
+    ) -> RegionalPlane {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join(LOG_FILE))
+            .unwrap();
         let (child, lines) = spawn_with_lines(
             Command::new(MERIDIAN)
-                .args(["control", "--region", region, "--xds", "127.0.0.1:0"])
+                .args(["control", "--region", region, "--xds", xds])
                 .args(["--xds-plaintext", "127.0.0.1:0"])
                 .arg("--data-dir")
                 .arg(dir.path())
@@ -226,7 +263,7 @@ impl RegionalPlane {
                 .args(gateway.map(|g| ["--gateway", g]).into_iter().flatten())
                 .env("MERIDIAN_TOKEN", token)
                 .env("MERIDIAN_LOG", "info")
-                .stderr(std::fs::File::create(dir.path().join(LOG_FILE)).unwrap()),
+                .stderr(log),
         );
         let line = wait_for_line(
             &lines,
@@ -262,6 +299,8 @@ impl RegionalPlane {
             admin,
             token: token.to_owned(),
             region: region.to_owned(),
+            api: api.to_owned(),
+            gateway: gateway.map(str::to_owned),
         }
     }
 

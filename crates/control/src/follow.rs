@@ -158,11 +158,16 @@ async fn succeeded(
 
 /// Keeps `state` in step with the global API until the process ends. `synced` becomes true
 /// after the first full sync (the control plane is ready then).
-pub async fn follow(api: GlobalApi, state: Arc<Mutex<RegionState>>, synced: watch::Sender<bool>) {
+pub async fn follow(
+    api: GlobalApi,
+    state: Arc<Mutex<RegionState>>,
+    synced: watch::Sender<bool>,
+    disk_copy: std::path::PathBuf,
+) {
     let region = lock(&state).region().to_owned();
     let mut backoff = BACKOFF.0;
     loop {
-        match sync_then_follow(&api, &state, &region, &synced).await {
+        match sync_then_follow(&api, &state, &region, &synced, &disk_copy).await {
             Ok(()) => backoff = BACKOFF.0,
             Err(e) => {
                 tracing::warn!(%region, error = %e, retry_in = ?backoff,
@@ -185,6 +190,7 @@ async fn sync_then_follow(
     state: &Mutex<RegionState>,
     region: &str,
     synced: &watch::Sender<bool>,
+    disk_copy: &std::path::Path,
 ) -> Result<(), FollowError> {
     let RevisionInfo { mut revision } = api.must_get("/v1/revision").await?;
     let deployments: Vec<RegionalDeployment> = api
@@ -198,6 +204,7 @@ async fn sync_then_follow(
         state.replace_all(deployments, endpoints);
         tracing::info!(%region, revision, services = state.services(), "synced with the global control plane");
     }
+    keep_copy(state, disk_copy).await;
     synced.send_replace(true);
     loop {
         let page: ChangesPage = api
@@ -227,7 +234,18 @@ async fn sync_then_follow(
             .buffer_unordered(REFRESH_CONCURRENCY)
             .try_collect::<()>()
             .await?;
+        if !page.changes.is_empty() {
+            keep_copy(state, disk_copy).await;
+        }
         revision = page.next_after;
+    }
+}
+
+/// Writes the region's disk copy; a failure is logged (the region goes on from memory).
+async fn keep_copy(state: &Mutex<RegionState>, path: &std::path::Path) {
+    let copy = lock(state).disk_copy();
+    if let Err(e) = crate::disk_copy::save(path, &copy).await {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the region's disk copy");
     }
 }
 

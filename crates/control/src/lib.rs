@@ -7,6 +7,7 @@
 
 mod admin;
 mod ca;
+pub mod disk_copy;
 mod fleet;
 mod follow;
 mod issuer;

@@ -156,6 +156,14 @@ impl RegionState {
         }
     }
 
+    /// What the region knows from the global control plane, for its disk copy.
+    pub fn disk_copy(&self) -> crate::disk_copy::DiskCopy {
+        crate::disk_copy::DiskCopy {
+            deployments: self.deployments.values().cloned().collect(),
+            endpoints: self.registered.values().flatten().cloned().collect(),
+        }
+    }
+
     /// The region's nodes and placements.
     pub fn fleet(&self) -> &Fleet {
         &self.fleet

@@ -150,7 +150,21 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         "  xDS and certificates need mutual TLS; proxies join with a token (meridian join-token)"
     );
     tokio::spawn(report_upward(global.clone(), state.clone()));
-    tokio::spawn(follow(global, state.clone(), synced));
+    let disk_copy = region_dir.join("state.json");
+    if let Some(copy) = meridian_control::disk_copy::load(&disk_copy) {
+        let services = copy.deployments.len();
+        state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the region's state is unavailable"))?
+            .replace_all(copy.deployments, copy.endpoints);
+        synced.send_replace(true);
+        println!(
+            "serving the region's last known state ({services} services, from {}) until the \
+             global control plane answers",
+            disk_copy.display()
+        );
+    }
+    tokio::spawn(follow(global, state.clone(), synced, disk_copy));
     tokio::spawn(tick_fleet(state.clone()));
     let join_tokens = JoinTokenAdmin {
         issuer: issuer.clone(),
