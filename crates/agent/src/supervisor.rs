@@ -118,6 +118,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         dns: Arc::default(),
         dns_servers: BTreeMap::new(),
         dns_metrics: Arc::default(),
+        dns_failing: BTreeSet::new(),
         upstream: host_resolver(),
     };
     if let Some(admin) = options.admin {
@@ -182,6 +183,8 @@ struct NodeProxy {
     dns: Arc<meridian_dns::Tables>,
     dns_servers: BTreeMap<Ipv4Addr, tokio::task::JoinHandle<()>>,
     dns_metrics: Arc<meridian_dns::DnsMetrics>,
+    /// Node sides whose DNS socket could not be bound (said once).
+    dns_failing: BTreeSet<Ipv4Addr>,
     /// Where names outside `.internal` are forwarded: the host's first resolver.
     upstream: Option<std::net::SocketAddr>,
 }
@@ -266,10 +269,13 @@ impl NodeProxy {
                         self.dns_metrics.clone(),
                     );
                     self.dns_servers.insert(address, tokio::spawn(server));
+                    self.dns_failing.remove(&address);
                 }
-                Err(e) => {
-                    tracing::warn!(%address, error = %e, "cannot serve DNS for an instance yet")
+                // Said once per address, then retried quietly every second.
+                Err(e) if self.dns_failing.insert(address) => {
+                    tracing::warn!(%address, error = %e, "cannot serve DNS for an instance yet; retrying")
                 }
+                Err(e) => tracing::debug!(%address, error = %e, "still cannot serve DNS"),
             }
         }
     }
