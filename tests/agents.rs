@@ -381,6 +381,21 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
     )
     .await;
     assert!(seen.contains("/org/acme/app/shop/service/web"), "{seen}");
+    // The agent counts its instances and the DNS queries it answered.
+    let metrics = reqwest::get(format!("{}/metrics", node.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meridian_agent_instances{state=\"healthy\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meridian_agent_dns_queries_total{outcome=\"answered\"}"),
+        "{metrics}"
+    );
     // A name web's org may not reach does not exist for it.
     let (_, hidden) = through(
         &gateway,

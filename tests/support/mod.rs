@@ -394,7 +394,7 @@ pub const HELLO: &str = env!("CARGO_BIN_EXE_meridian-hello");
 
 /// `meridian agent` for `node` of fra, handing out addresses from `first_address`; stopped
 /// (with its instances) on drop.
-pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Stopped {
+pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Agent {
     agent_with(
         region,
         node,
@@ -405,7 +405,7 @@ pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path
 
 /// `meridian agent` for `node` of the region with `isolation` arguments (addresses and mode);
 /// stopped (with its instances) on drop.
-pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&str]) -> Stopped {
+pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&str]) -> Agent {
     let token = region.join_token(&format!("agent/{node}"));
     let (child, lines) = spawn_with_lines(
         Command::new(MERIDIAN)
@@ -420,7 +420,22 @@ pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&
     wait_for_line(&lines, STARTUP_DEADLINE, "the agent's start", |l| {
         l.starts_with("meridian agent of node")
     });
-    Stopped(child)
+    let admin = wait_for_line(&lines, STARTUP_DEADLINE, "the agent's admin port", |l| {
+        l.starts_with("meridian proxy admin on ")
+    })
+    .trim_start_matches("meridian proxy admin on ")
+    .to_owned();
+    Agent {
+        _process: Stopped(child),
+        admin,
+    }
+}
+
+/// A running `meridian agent`, stopped (with its instances) on drop.
+pub struct Agent {
+    _process: Stopped,
+    /// Its admin port (`http://ip:port`).
+    pub admin: String,
 }
 
 /// The region's gateway, joined with a token; its listener's address.

@@ -11,6 +11,10 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meridian_xds::meridian::{InstanceReport, NodeReport};
 use meridian_xds::{run_delta_client, ClientOptions};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
@@ -46,6 +50,12 @@ pub struct AgentOptions {
     pub trust_domain: String,
     /// Where the node proxy's admin port listens (/metrics, /config, /listeners, /healthz).
     pub admin: Option<std::net::SocketAddr>,
+}
+
+/// The label of the instances gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
 }
 
 /// How instances are kept apart on the node.
@@ -98,12 +108,21 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     ));
     let instances: Instances = Arc::default();
     let changed = Arc::new(Notify::new());
+    let mut registry = Registry::with_prefix("meridian_agent");
+    let by_state = Family::<StateLabel, Gauge>::default();
+    registry.register(
+        "instances",
+        "Instances on this node, by state",
+        by_state.clone(),
+    );
+    let dns_metrics = Arc::new(meridian_dns::DnsMetrics::new(&mut registry));
     let reporter = tokio::spawn(report_loop(
         Reporter::new(&options.control, options.tls.clone()),
         options.node.clone(),
         options.capacity,
         instances.clone(),
         changed.clone(),
+        by_state,
     ));
     let mut addresses = options.addresses.clone();
     let mut tasks: JoinSet<(String, Ipv4Addr)> = JoinSet::new();
@@ -117,10 +136,18 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         applied: String::new(),
         dns: Arc::default(),
         dns_servers: BTreeMap::new(),
-        dns_metrics: Arc::default(),
+        dns_metrics,
         dns_failing: BTreeSet::new(),
         upstream: host_resolver(),
     };
+    let registry = Arc::new(registry);
+    node_proxy.proxy.add_metrics(Arc::new(move || {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+            tracing::error!(error = %e, "encoding the agent's metrics");
+        }
+        text
+    }));
     if let Some(admin) = options.admin {
         if let Err(e) = meridian_proxy::serve_admin(&node_proxy.proxy, admin).await {
             tracing::error!(error = %e, "the node proxy's admin port could not start");
@@ -382,6 +409,7 @@ async fn report_loop(
     capacity: u32,
     instances: Instances,
     changed: Arc<Notify>,
+    by_state: Family<StateLabel, Gauge>,
 ) {
     loop {
         let report = NodeReport {
@@ -406,6 +434,12 @@ async fn report_loop(
                 })
                 .collect(),
         };
+        for state in ["starting", "healthy", "unhealthy", "failed", "stopped"] {
+            let count = report.instances.iter().filter(|i| i.state == state).count();
+            by_state
+                .get_or_create(&StateLabel { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         if let Err(e) = reporter.send(report).await {
             tracing::warn!(error = %e, "reporting to the control plane failed; retrying");
         }

@@ -9,6 +9,10 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
 
 use crate::table::{Table, Tables};
@@ -24,18 +28,41 @@ const MAX_DATAGRAM: usize = 4096;
 /// Most forwarded queries in flight; beyond, queries are answered SERVFAIL.
 const MAX_FORWARDS: u64 = 256;
 
-/// Counts of what the server did.
+/// Counts of what the server did (`meridian_<component>_dns_queries_total{outcome}` once
+/// registered), and the forwards in flight.
 #[derive(Debug, Default)]
 pub struct DnsMetrics {
-    /// Queries answered from a table.
-    pub answered: AtomicU64,
-    /// Queries answered NXDOMAIN.
-    pub nxdomain: AtomicU64,
-    /// Queries forwarded upstream.
-    pub forwarded: AtomicU64,
-    /// Datagrams that were not valid queries.
-    pub malformed: AtomicU64,
+    queries: Family<Outcome, Counter>,
     forwards_in_flight: AtomicU64,
+}
+
+/// What became of a query.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `answered`, `nxdomain`, `forwarded` or `malformed`.
+    pub outcome: &'static str,
+}
+
+impl DnsMetrics {
+    /// Counters registered in `registry`.
+    pub fn new(registry: &mut Registry) -> DnsMetrics {
+        let metrics = DnsMetrics::default();
+        registry.register(
+            "dns_queries",
+            "DNS queries, by what became of them",
+            metrics.queries.clone(),
+        );
+        metrics
+    }
+
+    /// How many queries had `outcome`.
+    pub fn count(&self, outcome: &'static str) -> u64 {
+        self.queries.get_or_create(&Outcome { outcome }).get()
+    }
+
+    fn add(&self, outcome: &'static str) {
+        self.queries.get_or_create(&Outcome { outcome }).inc();
+    }
 }
 
 /// Serves queries on `socket` until the task is dropped, answering from `tables` and forwarding
@@ -65,7 +92,7 @@ pub async fn serve_udp(
                 Some(upstream)
                     if metrics.forwards_in_flight.load(Ordering::Relaxed) < MAX_FORWARDS =>
                 {
-                    metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+                    metrics.add("forwarded");
                     metrics.forwards_in_flight.fetch_add(1, Ordering::Relaxed);
                     let (socket, query, metrics) =
                         (socket.clone(), datagram.to_vec(), metrics.clone());
@@ -96,7 +123,7 @@ enum Verdict {
 
 fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics) -> Verdict {
     let Ok(query) = Message::from_vec(datagram) else {
-        metrics.malformed.fetch_add(1, Ordering::Relaxed);
+        metrics.add("malformed");
         return Verdict::Drop;
     };
     if query.message_type() != MessageType::Query {
@@ -119,7 +146,7 @@ fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics
         message.to_vec().map_or(Verdict::Drop, Verdict::Answer)
     };
     if query.op_code() != OpCode::Query || query.queries().len() != 1 {
-        metrics.malformed.fetch_add(1, Ordering::Relaxed);
+        metrics.add("malformed");
         return reply(ResponseCode::FormErr, Vec::new());
     }
     let question = &query.queries()[0];
@@ -137,10 +164,10 @@ fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics
         question.query_type(),
     );
     let code = if found.is_some() {
-        metrics.answered.fetch_add(1, Ordering::Relaxed);
+        metrics.add("answered");
         ResponseCode::NoError
     } else {
-        metrics.nxdomain.fetch_add(1, Ordering::Relaxed);
+        metrics.add("nxdomain");
         ResponseCode::NXDomain
     };
     let records = found.unwrap_or_default();

@@ -137,7 +137,12 @@ pub struct Proxy {
     shared: Arc<Shared>,
     active: tokio::sync::Mutex<Active>,
     probes: health::ProbeClient,
+    /// Metrics of the component that embeds the proxy, rendered with the proxy's own.
+    extra_metrics: std::sync::Mutex<Option<MetricsSource>>,
 }
+
+/// Renders a component's metrics in the OpenMetrics text format (ending with `# EOF`).
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for Proxy {
     fn default() -> Self {
@@ -150,6 +155,7 @@ impl Default for Proxy {
             }),
             active: tokio::sync::Mutex::new(Active::default()),
             probes: health::probe_client(),
+            extra_metrics: std::sync::Mutex::new(None),
         }
     }
 }
@@ -396,8 +402,30 @@ impl Proxy {
         self.shared.limits.load_full()
     }
 
-    /// The Prometheus text exposition of the proxy's metrics.
+    /// The Prometheus text exposition of the proxy's metrics, and of the embedding component's
+    /// ([`Proxy::add_metrics`]).
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        let text = self.shared.metrics.render();
+        let extra = self
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match extra {
+            Some(source) => {
+                let own = text.strip_suffix("# EOF\n").unwrap_or(&text);
+                format!("{own}{}", source())
+            }
+            None => text,
+        }
+    }
+
+    /// Has the admin port's `/metrics` also render `source`: the metrics of the component that
+    /// embeds the proxy (an agent's, around its node proxy).
+    pub fn add_metrics(&self, source: MetricsSource) {
+        *self
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
     }
 }
