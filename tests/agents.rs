@@ -304,19 +304,15 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
 
 /// Whether this run may make network namespaces (root with iproute2); in CI (strict) it must.
 fn namespaces_allowed() -> bool {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let ip = std::process::Command::new("ip").arg("-V").output().is_ok();
-    if !(root && ip) {
+    let allowed = meridian_agent::netns_available();
+    if !allowed {
         assert!(
             !support::strict(),
             "network namespaces need root and iproute2 (MERIDIAN_TEST_STRICT=1)"
         );
         eprintln!("skipped: network namespaces need root and iproute2");
     }
-    root && ip
+    allowed
 }
 
 /// The network namespaces of the agent of node `ns-node` in fra (other tests' agents, and

@@ -176,9 +176,12 @@ pub struct Stopped(pub Child);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
+        if let Some(pid) = i32::try_from(self.0.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
             if !matches!(self.0.try_wait(), Ok(None)) {

@@ -347,11 +347,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(90);
 /// What each region's gateway answers for the example host once the web service answers in
 /// every region it runs in (or the deadline passes).
 async fn wait_until_served(regions: &[Region]) -> Vec<String> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default();
+    let client = probe_client();
     let end = Instant::now() + READY_DEADLINE;
     loop {
         let mut answers = Vec::new();
@@ -360,18 +356,7 @@ async fn wait_until_served(regions: &[Region]) -> Vec<String> {
                 answers.push("- (web does not run in this region)".to_owned());
                 continue;
             }
-            let answer = client
-                .get(format!("http://{}/", region.gateway))
-                .header("host", EXAMPLE_HOST)
-                .send()
-                .await;
-            answers.push(match answer {
-                Ok(a) if a.status().is_success() => {
-                    a.text().await.unwrap_or_default().trim().to_owned()
-                }
-                Ok(a) => format!("{} (not served in this region yet)", a.status()),
-                Err(e) => format!("no answer: {e}"),
-            });
+            answers.push(greeting(&client, region.gateway, "not served in this region yet").await);
         }
         let served = regions
             .iter()
@@ -385,29 +370,38 @@ async fn wait_until_served(regions: &[Region]) -> Vec<String> {
     }
 }
 
-/// What each edge answers for the example host, once every edge answers (or after a while).
-async fn wait_until_edges_serve(edges: &[(&str, SocketAddr)]) -> Vec<String> {
-    let client = reqwest::Client::builder()
+/// A client for looking at what the platform serves (never through a proxy of the environment).
+fn probe_client() -> reqwest::Client {
+    reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// What `address` answers for the example host: the greeting, or why there is none (`missing`
+/// says what a non-2xx answer means there).
+async fn greeting(client: &reqwest::Client, address: SocketAddr, missing: &str) -> String {
+    let answer = client
+        .get(format!("http://{address}/"))
+        .header("host", EXAMPLE_HOST)
+        .send()
+        .await;
+    match answer {
+        Ok(a) if a.status().is_success() => a.text().await.unwrap_or_default().trim().to_owned(),
+        Ok(a) => format!("{} ({missing})", a.status()),
+        Err(e) => format!("no answer: {e}"),
+    }
+}
+
+/// What each edge answers for the example host, once every edge answers (or after a while).
+async fn wait_until_edges_serve(edges: &[(&str, SocketAddr)]) -> Vec<String> {
+    let client = probe_client();
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let mut answers = Vec::new();
         for (_, address) in edges {
-            let answer = client
-                .get(format!("http://{address}/"))
-                .header("host", EXAMPLE_HOST)
-                .send()
-                .await;
-            answers.push(match answer {
-                Ok(a) if a.status().is_success() => {
-                    a.text().await.unwrap_or_default().trim().to_owned()
-                }
-                Ok(a) => format!("{} (no region serves it yet)", a.status()),
-                Err(e) => format!("no answer: {e}"),
-            });
+            answers.push(greeting(&client, *address, "no region serves it yet").await);
         }
         if answers.iter().all(|a| a.starts_with("hello from")) || Instant::now() > end {
             return answers;
