@@ -97,7 +97,7 @@ async fn agents_run_the_regions_instances_and_heal_them() {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &hello(2));
     let region = RegionalPlane::start(
-        &platform.global.api,
+        &platform.global,
         &platform.token,
         "fra",
         Some("127.0.0.1:0"),
@@ -198,7 +198,7 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
         platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
     }
     let region = RegionalPlane::start(
-        &platform.global.api,
+        &platform.global,
         &platform.token,
         "fra",
         Some("127.0.0.1:0"),
@@ -342,7 +342,7 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
     std::fs::write(&file, service("acme", "web", 8080, "")).unwrap();
     platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
     let region = RegionalPlane::start(
-        &platform.global.api,
+        &platform.global,
         &platform.token,
         "fra",
         Some("127.0.0.1:0"),
@@ -417,9 +417,9 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_restarted_without_its_global_control_plane_serves_from_its_disk_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let platform = Deployed::start(dir.path(), &hello(1));
+    let mut platform = Deployed::start(dir.path(), &hello(1));
     let region = RegionalPlane::start(
-        &platform.global.api,
+        &platform.global,
         &platform.token,
         "fra",
         Some("127.0.57.1:8080"),
@@ -430,7 +430,7 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
     drop(first_gateway);
 
     // The global control plane goes away, then the region's restarts.
-    drop(platform);
+    platform.global.stop();
     let region = region.restart();
     // Ready at once: it serves its disk copy while it cannot reach the global control plane.
     let ready = reqwest::get(format!("{}/readyz", region.admin))
@@ -448,4 +448,15 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
     )
     .await;
     assert_eq!(before, after);
+
+    // The global control plane comes back: the region resumes its xDS stream, and a new
+    // version of the service reaches it.
+    platform.global.start_again();
+    platform.deploy(&hello(2));
+    serving(
+        &address,
+        |seen| seen.len() == 2 && seen.is_superset(&after),
+        "two instances after the global control plane came back",
+    )
+    .await;
 }

@@ -86,9 +86,9 @@ async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
     platform.deploy(&web("fra, iad"));
     // Gateways listen where their regions say (the edge reads it in the regions' reports), on
     // addresses of their own so that no port is chosen twice.
-    let (api, token) = (&platform.global.api, &platform.token);
-    let fra = RegionalPlane::start(api, token, "fra", Some("127.0.42.1:8080"));
-    let iad = RegionalPlane::start(api, token, "iad", Some("127.0.43.1:8080"));
+    let (global, token) = (&platform.global, &platform.token);
+    let fra = RegionalPlane::start(global, token, "fra", Some("127.0.42.1:8080"));
+    let iad = RegionalPlane::start(global, token, "iad", Some("127.0.43.1:8080"));
     let _fra_node = agent(&fra, "fra-1", "127.0.40.1", dir.path());
     let _iad_node = agent(&iad, "iad-1", "127.0.41.1", dir.path());
     let (fra_gateway, _) = gateway(&fra, dir.path()).await;

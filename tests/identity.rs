@@ -36,7 +36,7 @@ fn installation() -> Installation {
     platform
         .cli
         .ok(&["region", "add", "was", "--lat", "38.9", "--lon", "-77.0"]);
-    let fra = RegionalPlane::start(&platform.global.api, &platform.token, "fra", None);
+    let fra = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
     Installation {
         _dir: dir,
         platform,
@@ -245,16 +245,11 @@ async fn xds_opens_only_to_a_certificate_of_the_region() {
     )
     .await
     .unwrap_err();
-    // The server ends the connection in the handshake: no gRPC status ever comes back, the
-    // client sees its connection fail (or its call cancelled with it).
-    let at_the_handshake = refused.contains("transport error")
-        || refused.starts_with("Cancelled")
-        || refused.starts_with("connect:");
-    assert!(at_the_handshake, "{refused}");
+    assert!(refused_at_the_handshake(&refused), "{refused}");
 
     // Another region's gateway, with a genuine certificate, may not read fra's configuration.
     let was = RegionalPlane::start(
-        &installation.platform.global.api,
+        &installation.platform.global,
         &installation.platform.token,
         "was",
         None,
@@ -269,4 +264,29 @@ async fn xds_opens_only_to_a_certificate_of_the_region() {
     .unwrap_err();
     assert!(refused.starts_with("PermissionDenied"), "{refused}");
     assert!(refused.contains("gateway/was"), "{refused}");
+
+    // The global control plane's xDS is for regional control planes only: fra's gateway is
+    // refused there, and a client without a certificate does not get past the handshake.
+    let global = &installation.platform.global.xds;
+    let own = CertStore::new(gateway.certified_key().unwrap());
+    let refused = first_xds_answer(global, control_client_config(Some(own), bundle()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+    assert!(
+        refused.contains("only regional control planes"),
+        "{refused}"
+    );
+    let refused = first_xds_answer(global, control_client_config(None, bundle()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(refused_at_the_handshake(&refused), "{refused}");
+}
+
+/// Whether an xDS client's error says the server ended the connection in the handshake: no gRPC
+/// status ever comes back, the client sees its connection fail (or its call cancelled with it).
+fn refused_at_the_handshake(error: &str) -> bool {
+    error.contains("transport error")
+        || error.starts_with("Cancelled")
+        || error.starts_with("connect:")
 }

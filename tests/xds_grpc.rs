@@ -114,7 +114,7 @@ fn prerequisite(present: bool, what: &str) -> bool {
 fn endpoints_reach_the_client_and_changes_move_its_traffic(client: Command) {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), DEFINITION);
-    let region = RegionalPlane::start(&platform.global.api, &platform.token, "fra", None);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
     let servers = GrpcServers::start(&["a", "b", "c"]);
     let set = |name: &str, health: &str| {
         let port = format!("grpc={}", servers.ports[name]);

@@ -156,7 +156,7 @@ async fn a_gateway_follows_its_regional_control_plane_which_outlives_the_global_
     };
     set("one", "healthy");
     let region = RegionalPlane::start(
-        &platform.global.api,
+        &platform.global,
         &platform.token,
         "fra",
         Some("127.0.0.1:0"),

@@ -63,6 +63,8 @@ pub struct Api {
     pub base: String,
     /// The admin token.
     pub token: String,
+    /// The xDS URL regional control planes follow.
+    pub xds: String,
 }
 
 impl Api {
@@ -104,6 +106,8 @@ pub async fn start_control(
             "--global",
             "--listen",
             "127.0.0.1:0",
+            "--xds",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir)
@@ -113,10 +117,12 @@ pub async fn start_control(
         .spawn()
         .with_context(|| format!("starting {}", meridian.display()))?;
     let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let (mut base, mut token) = (None, None);
+    let (mut base, mut token, mut xds) = (None, None, None);
     while let Some(line) = lines.next_line().await? {
         if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
             base = rest.split_whitespace().next().map(str::to_owned);
+        } else if let Some(rest) = line.trim().strip_prefix("regional control planes follow ") {
+            xds = rest.split_whitespace().next().map(str::to_owned);
         } else if let Some((_, t)) = line.split_once("stored hashed): ") {
             token = Some(t.trim().to_owned());
             break;
@@ -130,6 +136,7 @@ pub async fn start_control(
         http,
         base: base.context("control plane did not print its address")?,
         token: token.context("control plane did not print an admin token")?,
+        xds: xds.context("control plane did not print its xDS address")?,
     };
     Ok((child, api))
 }

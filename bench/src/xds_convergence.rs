@@ -213,6 +213,7 @@ impl Regional {
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--admin", "127.0.0.1:0", "--api", &api.base])
+            .args(["--global-xds", &api.xds])
             .arg(format!("--xds-coalesce={}ms", coalesce.as_millis()))
             .env("MERIDIAN_TOKEN", &api.token)
             .env("MERIDIAN_LOG", "warn")

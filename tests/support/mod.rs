@@ -18,11 +18,14 @@ pub fn repo_root() -> PathBuf {
 
 /// A `meridian control --global` process; killed on drop.
 pub struct ControlPlane {
-    child: Child,
+    child: Option<Child>,
     /// Base URL of its API.
     pub api: String,
+    /// URL of its xDS, which regional control planes follow (`https://ip:port`).
+    pub xds: String,
     /// The admin token it printed (first start only).
     pub token: Option<String>,
+    data_dir: PathBuf,
 }
 
 /// Spawns `command` with its standard output piped, and returns the child with a channel of its
@@ -69,20 +72,41 @@ pub fn strict() -> bool {
 
 impl ControlPlane {
     pub fn start(data_dir: &Path) -> ControlPlane {
+        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Stops the process (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same data directory, API and xDS addresses.
+    pub fn start_again(&mut self) {
+        self.stop();
+        let api = self.api.trim_start_matches("http://").to_owned();
+        let xds = self.xds.trim_start_matches("https://").to_owned();
+        let again = Self::start_at(&self.data_dir, &api, &xds);
+        self.child = Some(again.take_child());
+    }
+
+    fn take_child(mut self) -> Child {
+        self.child.take().expect("a running process")
+    }
+
+    fn start_at(data_dir: &Path, api: &str, xds: &str) -> ControlPlane {
         let (child, lines) = spawn_with_lines(
             Command::new(MERIDIAN)
-                .args([
-                    "control",
-                    "--global",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data-dir",
-                ])
+                .args(["control", "--global", "--listen", api, "--xds", xds])
+                .arg("--data-dir")
                 .arg(data_dir)
                 .env("MERIDIAN_LOG", "warn"),
         );
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut api = None;
+        let mut xds = None;
         // The serving line comes first, then the admin token line (its secret on a first start).
         let token = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -91,6 +115,8 @@ impl ControlPlane {
                 .expect("control plane printed its address and admin token line in time");
             if let Some(rest) = line.strip_prefix("meridian control (global) serving ") {
                 api = rest.split_whitespace().next().map(str::to_owned);
+            } else if let Some(rest) = line.trim().strip_prefix("regional control planes follow ") {
+                xds = rest.split_whitespace().next().map(str::to_owned);
             } else if line.starts_with("admin token") {
                 break line
                     .split_once("stored hashed): ")
@@ -98,17 +124,18 @@ impl ControlPlane {
             }
         };
         ControlPlane {
-            child,
+            child: Some(child),
             api: api.expect("control plane printed its address"),
+            xds: xds.expect("control plane printed its xDS address"),
             token,
+            data_dir: data_dir.to_owned(),
         }
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -212,17 +239,24 @@ pub struct RegionalPlane {
     token: String,
     /// The region.
     pub region: String,
-    /// The global API it follows, and where its gateway listens.
+    /// The global control plane's API and xDS, and where its gateway listens.
     api: String,
+    global_xds: String,
     gateway: Option<String>,
 }
 
 impl RegionalPlane {
-    /// Starts the control plane of `region`, following the global API at `api`; with
-    /// `gateway`, the region's gateway listens there.
-    pub fn start(api: &str, token: &str, region: &str, gateway: Option<&str>) -> RegionalPlane {
+    /// Starts the control plane of `region`, following `global`; with `gateway`, the region's
+    /// gateway listens there.
+    pub fn start(
+        global: &ControlPlane,
+        token: &str,
+        region: &str,
+        gateway: Option<&str>,
+    ) -> RegionalPlane {
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, "127.0.0.1:0", api, token, region, gateway)
+        let global = (global.api.as_str(), global.xds.as_str());
+        Self::start_in(dir, "127.0.0.1:0", global, token, region, gateway)
     }
 
     /// Stops the control plane and starts it again with the same data directory and xDS
@@ -235,18 +269,20 @@ impl RegionalPlane {
             token,
             region,
             api,
+            global_xds,
             gateway,
             ..
         } = self;
         drop(_child);
         let xds = xds.trim_start_matches("https://").to_owned();
-        Self::start_in(dir, &xds, &api, &token, &region, gateway.as_deref())
+        let global = (api.as_str(), global_xds.as_str());
+        Self::start_in(dir, &xds, global, &token, &region, gateway.as_deref())
     }
 
     fn start_in(
         dir: tempfile::TempDir,
         xds: &str,
-        api: &str,
+        (api, global_xds): (&str, &str),
         token: &str,
         region: &str,
         gateway: Option<&str>,
@@ -263,6 +299,7 @@ impl RegionalPlane {
                 .arg("--data-dir")
                 .arg(dir.path())
                 .args(["--admin", "127.0.0.1:0", "--api", api])
+                .args(["--global-xds", global_xds])
                 .args(gateway.map(|g| ["--gateway", g]).into_iter().flatten())
                 .env("MERIDIAN_TOKEN", token)
                 .env("MERIDIAN_LOG", "info")
@@ -303,6 +340,7 @@ impl RegionalPlane {
             token: token.to_owned(),
             region: region.to_owned(),
             api: api.to_owned(),
+            global_xds: global_xds.to_owned(),
             gateway: gateway.map(str::to_owned),
         }
     }

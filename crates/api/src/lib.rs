@@ -59,16 +59,25 @@ pub struct WhoAmI {
 
 /// Builds the API's router over `store`, for an installation without a CA.
 pub fn router(store: Arc<dyn Store>) -> Router {
-    router_with_ca(store, None)
+    router_with(
+        store,
+        None,
+        prometheus_client::registry::Registry::default(),
+    )
 }
 
-/// Builds the API's router over `store`, with the installation's root CA: its certificate is
-/// served at `GET /v1/trust-bundle`, and it issues regions' intermediates.
-pub fn router_with_ca(store: Arc<dyn Store>, ca: Option<Arc<Authority>>) -> Router {
+/// Builds the API's router over `store`, with the installation's root CA (its certificate is
+/// served at `GET /v1/trust-bundle`, and it issues regions' intermediates) and the process's
+/// other metrics in `registry` (rendered with the API's on `/metrics`).
+pub fn router_with(
+    store: Arc<dyn Store>,
+    ca: Option<Arc<Authority>>,
+    registry: prometheus_client::registry::Registry,
+) -> Router {
     use routes::{endpoints, feed, regions, reports, services, tenancy};
     let state = ApiState {
         store,
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(Metrics::new(registry)),
         ca,
         reports: Default::default(),
     };

@@ -42,24 +42,26 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("meridian_api");
+impl Metrics {
+    /// The API's metrics, registered under `meridian_api_` in `registry`, which may hold other
+    /// metrics of the process (rendered with them on `/metrics`).
+    pub fn new(mut registry: Registry) -> Metrics {
+        let api = registry.sub_registry_with_prefix("meridian_api");
         let requests = Family::<StatusLabels, Counter>::default();
         let latency =
             Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let revision = Gauge::default();
-        registry.register(
+        api.register(
             "requests",
             "API requests by route and status",
             requests.clone(),
         );
-        registry.register(
+        api.register(
             "request_duration_seconds",
             "API request latency by route",
             latency.clone(),
         );
-        registry.register(
+        api.register(
             "store_revision",
             "The store's latest committed revision",
             revision.clone(),

@@ -6,7 +6,7 @@ use std::path::Path;
 use meridian_identity::{blank_request, Authority};
 use serde::{Deserialize, Serialize};
 
-use crate::follow::{FollowError, GlobalApi};
+use crate::global_api::{GlobalApi, GlobalApiError};
 
 /// The file that records the installation's trust domain next to the CA.
 const TRUST_DOMAIN_FILE: &str = "trust-domain";
@@ -18,7 +18,7 @@ const BUNDLE_FILE: &str = "bundle.pem";
 pub enum RegionalCaError {
     /// The global control plane did not issue it.
     #[error("asking the global control plane for the intermediate: {0}")]
-    Request(#[from] FollowError),
+    Request(#[from] GlobalApiError),
     /// Making the request, or reading or storing the CA, failed.
     #[error("the intermediate CA: {0}")]
     Authority(String),

@@ -15,13 +15,14 @@ use meridian_identity::enroll::{
     CertificateIssued, CertificateRequest, JoinRequest, JoinToken, BUNDLE_PATH, CERTIFICATES_PATH,
     JOIN_PATH,
 };
-use meridian_identity::{request_for, Authority, CertStore, SpiffeId, Subject};
+use meridian_identity::{Authority, CertStore, SpiffeId, Subject};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::join_tokens::{JoinTokens, JoinTokensError};
+use crate::own_certificate::{issue_own_certificate, keep_own_certificate};
 use crate::region::RegionState;
 use crate::tls::Peer;
 
@@ -151,40 +152,20 @@ impl Issuer {
 
     /// This control plane's own certificate (`control/<region>`), made here with a key that
     /// stays here.
-    pub fn own_certificate(&self) -> Result<(Arc<rustls::sign::CertifiedKey>, Duration), String> {
+    pub fn own_certificate(&self) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
         let id = SpiffeId {
             trust_domain: self.ca.trust_domain().to_owned(),
             subject: Subject::Control {
                 region: Some(self.region.clone()),
             },
         };
-        let (csr, key) = request_for(&id).map_err(|e| e.to_string())?;
-        let issued = self
-            .ca
-            .issue(&csr, &id, self.lifetime)
-            .map_err(|e| e.to_string())?;
-        let key =
-            meridian_identity::certified_key(&issued.chain_pem, &key).map_err(|e| e.to_string())?;
-        Ok((key, self.lifetime))
+        issue_own_certificate(&self.ca, &id, self.lifetime)
     }
 
     /// Renews this control plane's own certificate in `store` at two thirds of its lifetime,
     /// for as long as the task runs.
     pub async fn keep_own_certificate(self: Arc<Self>, store: Arc<CertStore>) {
-        let mut wait = self.lifetime * 2 / 3;
-        loop {
-            tokio::time::sleep(wait).await;
-            match self.own_certificate() {
-                Ok((key, lifetime)) => {
-                    store.rotate(key);
-                    wait = lifetime * 2 / 3;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "renewing the control plane's certificate failed");
-                    wait = Duration::from_secs(1).max(self.lifetime / 100);
-                }
-            }
-        }
+        keep_own_certificate(store, self.lifetime, || self.own_certificate()).await;
     }
 
     /// Redeems a join token for a certificate of the identity it admits.

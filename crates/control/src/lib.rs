@@ -1,17 +1,22 @@
-//! Meridian's control planes. Today: the regional control plane, which follows the global
-//! control plane's API (regional deployments and endpoints, then its change feed), renders the
-//! region's state into xDS resources and serves them to the region's proxies and gRPC clients.
+//! Meridian's control planes. The global control plane publishes each region's regional
+//! deployments over delta xDS (federation). A regional control plane follows its share over
+//! mutual TLS, keeps a disk copy, places instances on its nodes, issues certificates, renders
+//! the region's state into xDS resources for the region's proxies, agents and gRPC clients, and
+//! reports a summary upward.
 //!
-//! It keeps serving its last state when the global control plane is unreachable, and re-syncs
-//! when it is back. It must not write to the global store: it only reads through the API.
+//! A region keeps serving its last state when the global control plane is unreachable, and
+//! re-syncs when it is back. A regional control plane never writes to the global store: it reads
+//! its share over xDS and reports through the API.
 
 mod admin;
 mod ca;
 pub mod disk_copy;
+mod federation;
 mod fleet;
-mod follow;
+mod global_api;
 mod issuer;
 mod join_tokens;
+mod own_certificate;
 mod region;
 mod reports;
 mod tls;
@@ -20,10 +25,12 @@ mod xds_auth;
 
 pub use admin::{admin_router, JoinTokenAdmin};
 pub use ca::{regional_ca, RegionalCa, RegionalCaError};
+pub use federation::{follow_global, publish_regional_deployments};
 pub use fleet::{Fleet, Placement, NODE_TIMEOUT};
-pub use follow::{follow, FollowError, GlobalApi};
+pub use global_api::{GlobalApi, GlobalApiError};
 pub use issuer::{Issuer, IssuerError};
 pub use join_tokens::{JoinTokens, JoinTokensError};
+pub use own_certificate::{issue_own_certificate, keep_own_certificate};
 pub use region::{RegionState, ServiceId};
 pub use reports::ReportService;
 pub use tls::{tls_incoming, Peer, PeerStream};

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::follow::GlobalApi;
+use crate::global_api::GlobalApi;
 use crate::region::RegionState;
 
 /// How often the region reports.

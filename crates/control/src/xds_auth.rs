@@ -13,19 +13,30 @@ use tonic::Status;
 use crate::tls::Peer;
 
 /// The ADS service, open only to clients with a certificate of this installation that may read
-/// this region's configuration.
+/// what this control plane serves.
 #[derive(Clone)]
 pub struct AuthenticatedAds {
     inner: AdsService,
-    region: String,
+    /// The region served; `None`: the global control plane.
+    region: Option<String>,
 }
 
 impl AuthenticatedAds {
-    /// `inner` behind the check, for `region`.
-    pub fn new(inner: AdsService, region: &str) -> AuthenticatedAds {
+    /// `inner` behind the check, for the control plane of `region`: its proxies, agents and
+    /// edges, and tenants' workloads.
+    pub fn regional(inner: AdsService, region: &str) -> AuthenticatedAds {
         AuthenticatedAds {
             inner,
-            region: region.to_owned(),
+            region: Some(region.to_owned()),
+        }
+    }
+
+    /// `inner` behind the check, for the global control plane: only regional control planes,
+    /// each seeing its own region's share.
+    pub fn global(inner: AdsService) -> AuthenticatedAds {
+        AuthenticatedAds {
+            inner,
+            region: None,
         }
     }
 }
@@ -34,8 +45,8 @@ impl NamedService for AuthenticatedAds {
     const NAME: &'static str = <AdsService as NamedService>::NAME;
 }
 
-/// What `id` may read of `region`'s configuration.
-fn grant_for(id: Option<&SpiffeId>, region: &str) -> Result<Grant, Status> {
+/// What `id` may read of `region`'s configuration (`None`: of the global control plane's).
+fn grant_for(id: Option<&SpiffeId>, region: Option<&str>) -> Result<Grant, Status> {
     let id = id.ok_or_else(|| {
         Status::unauthenticated(
             "xDS needs a client certificate of this installation: join with a join token first \
@@ -46,6 +57,18 @@ fn grant_for(id: Option<&SpiffeId>, region: &str) -> Result<Grant, Status> {
         role: role.to_owned(),
         org: None,
         node: None,
+        region: None,
+    };
+    let Some(region) = region else {
+        return match &id.subject {
+            Subject::Control { region: Some(r) } => Ok(Grant {
+                region: Some(r.clone()),
+                ..role("control")
+            }),
+            _ => Err(Status::permission_denied(format!(
+                "{id} may not follow the global control plane: only regional control planes do"
+            ))),
+        };
     };
     match &id.subject {
         Subject::Gateway { region: r } if r == region => Ok(role("gateway")),
@@ -82,7 +105,7 @@ where
             .extensions()
             .get::<Peer>()
             .and_then(|p| p.id.as_ref());
-        match grant_for(id, &self.region) {
+        match grant_for(id, self.region.as_deref()) {
             Ok(grant) => {
                 request.extensions_mut().insert(grant);
                 self.inner.call(request)

@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 /// One resource as stored: its bytes and the version they were given.
 #[derive(Debug)]
 pub struct Versioned {
-    /// The resource's version: unique across the cache, and new each time its content changes.
+    /// The resource's version: a digest of its content, so that it changes with the content and
+    /// a restarted server gives the same content the same version (a resuming client that holds
+    /// it is not sent it again, and one that holds other content is).
     pub version: String,
     /// The encoded resource.
     pub resource: Any,
@@ -44,7 +46,6 @@ struct Table {
 
 #[derive(Default)]
 struct Inner {
-    next_version: u64,
     types: HashMap<String, Table>,
 }
 
@@ -84,6 +85,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The version of `resource`: the first 64 bits of the SHA-256 of its type and bytes, in hex.
+fn content_version(resource: &Any) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(resource.type_url.as_bytes())
+        .chain_update([0])
+        .chain_update(&resource.value)
+        .finalize();
+    hex::encode(&digest[..8])
+}
+
 impl Cache {
     /// An empty cache.
     pub fn new() -> Arc<Cache> {
@@ -91,8 +103,8 @@ impl Cache {
     }
 
     /// Applies `update` to `type_url`: a put whose content equals the stored one changes
-    /// nothing; every real change gets a new version and wakes the streams subscribed to that
-    /// name. Returns how many resources changed.
+    /// nothing; every real change gets the new content's version and wakes the streams
+    /// subscribed to that name. Returns how many resources changed.
     pub fn apply(&self, type_url: &str, update: Update) -> usize {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
@@ -107,9 +119,8 @@ impl Cache {
             {
                 continue;
             }
-            inner.next_version += 1;
             let versioned = Versioned {
-                version: inner.next_version.to_string(),
+                version: content_version(&resource),
                 resource,
                 changed_at: now,
             };

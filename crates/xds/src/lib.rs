@@ -26,7 +26,10 @@ pub use client::{
     connect, run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
 };
 pub use metrics::XdsMetrics;
-pub use node::{node_namespace, role_namespace, tenant_namespace, Grant, Scope, PROXY_NAMESPACE};
+pub use node::{
+    node_namespace, region_namespace, role_namespace, tenant_namespace, Grant, Scope,
+    PROXY_NAMESPACE,
+};
 pub use server::{AdsServer, Limits};
 pub use service::AdsService;
 

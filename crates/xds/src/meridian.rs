@@ -14,6 +14,10 @@ pub const ASSIGNMENT: &str = "type.googleapis.com/meridian.v1.Assignment";
 /// service's policy, outbound routes by name).
 pub const SERVICE: &str = "type.googleapis.com/meridian.v1.Service";
 
+/// Type URL of a regional deployment, sent by the global control plane to the control plane of
+/// its region (named `<org>/<app>/<service>` there).
+pub const REGIONAL_DEPLOYMENT: &str = "type.googleapis.com/meridian.v1.RegionalDeployment";
+
 /// The namespace of [`SERVICE`] resources, shared by every agent of the region.
 pub const MESH_NAMESPACE: &str = "mesh/";
 
@@ -55,6 +59,18 @@ pub struct Assignment {
     /// The regional service spec, JSON.
     #[prost(bytes = "vec", tag = "6")]
     pub spec_json: Vec<u8>,
+}
+
+/// A service's deployment in one region, with the endpoints registered for it there through
+/// the API.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegionalDeployment {
+    /// The regional deployment (the definition with the region's overrides applied), JSON.
+    #[prost(bytes = "vec", tag = "1")]
+    pub deployment_json: Vec<u8>,
+    /// The endpoints registered in the region, a JSON array.
+    #[prost(bytes = "vec", tag = "2")]
+    pub endpoints_json: Vec<u8>,
 }
 
 /// A service in the region, for node proxies.

@@ -22,6 +22,12 @@ pub fn node_namespace(node: &str) -> String {
     format!("node/{node}/")
 }
 
+/// The namespace of Meridian's own resources for the control plane of `region` (its regional
+/// deployments, served by the global control plane).
+pub fn region_namespace(region: &str) -> String {
+    format!("region/{region}/")
+}
+
 /// The namespace of the resources rendered for `org`'s proxyless gRPC clients.
 pub fn tenant_namespace(org: &str) -> String {
     format!("grpc/{org}/")
@@ -33,12 +39,16 @@ pub fn tenant_namespace(org: &str) -> String {
 /// is ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// The role: `gateway`, `node-proxy`, `edge`, or `grpc` for a tenant's workloads.
+    /// The role: `gateway`, `node-proxy`, `edge`, `grpc` for a tenant's workloads, or
+    /// `control` for a regional control plane.
     pub role: String,
     /// The org of a tenant's workload.
     pub org: Option<String>,
     /// The node of an agent: it sees that node's Meridian resources (assignments).
     pub node: Option<String>,
+    /// The region of a regional control plane: it sees that region's Meridian resources
+    /// (regional deployments).
+    pub region: Option<String>,
 }
 
 /// The part of the cache a node sees. Cache names start with a namespace: a node whose metadata
@@ -58,6 +68,8 @@ pub struct Scope {
     listeners: String,
     /// The prefix of the node's Meridian resources (`None`: it sees none).
     own: Option<String>,
+    /// Whether the node is an agent, which also sees the region's mesh services.
+    agent: bool,
     /// The node's role, for metrics and logs (`metadata.role`, or `unknown`).
     pub role: String,
     /// The node's id, for logs.
@@ -79,7 +91,11 @@ impl Scope {
             Some(grant) => (
                 grant.role.clone(),
                 grant.org.clone(),
-                grant.node.as_deref().map(node_namespace),
+                grant
+                    .node
+                    .as_deref()
+                    .map(node_namespace)
+                    .or_else(|| grant.region.as_deref().map(region_namespace)),
             ),
             None => (
                 string("role").unwrap_or_else(|| "unknown".to_owned()),
@@ -87,6 +103,7 @@ impl Scope {
                 None,
             ),
         };
+        let agent = grant.is_some_and(|g| g.node.is_some());
         let (shared, listeners) = match org {
             Some(org) => (tenant_namespace(&org), tenant_namespace(&org)),
             None => (PROXY_NAMESPACE.to_owned(), role_namespace(&role)),
@@ -95,6 +112,7 @@ impl Scope {
             shared,
             listeners,
             own,
+            agent,
             role,
             node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
         }
@@ -105,10 +123,12 @@ impl Scope {
         if type_url == crate::LISTENER || type_url == crate::ROUTE {
             &self.listeners
         } else if type_url.starts_with(MERIDIAN_TYPES) {
-            // A node without a node name (not an agent) sees no Meridian resource: no cache
-            // name starts so.
+            // A node granted no namespace of its own (neither an agent nor a regional control
+            // plane) sees no Meridian resource: no cache name starts so.
             match &self.own {
-                Some(_) if type_url == crate::meridian::SERVICE => crate::meridian::MESH_NAMESPACE,
+                Some(_) if self.agent && type_url == crate::meridian::SERVICE => {
+                    crate::meridian::MESH_NAMESPACE
+                }
                 Some(own) => own,
                 None => NOTHING,
             }

@@ -1,17 +1,21 @@
 //! `meridian control --global`: the global control plane (public API over the store), and
 //! `meridian control --region R`: a region's control plane (xDS for the region's proxies).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use meridian_control::{
-    admin_router, follow, regional_ca, report_upward, tls_incoming, AuthenticatedAds, GlobalApi,
-    Issuer, JoinTokenAdmin, JoinTokens, RegionState, RegionalCa, ReportService,
+    admin_router, follow_global, issue_own_certificate, keep_own_certificate,
+    publish_regional_deployments, regional_ca, report_upward, tls_incoming, AuthenticatedAds,
+    GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, RegionState, RegionalCa, ReportService,
 };
-use meridian_identity::{control_server_config, trust_bundle, Authority, CertStore};
+use meridian_identity::{
+    control_client_config, control_server_config, server_config, trust_bundle, Authority,
+    CertStore, SpiffeId, Subject,
+};
 use meridian_store::{SqliteStore, Store};
 use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
 use tonic::service::Routes;
@@ -25,8 +29,9 @@ pub struct ControlArgs {
     /// Run the global control plane: the public API, the store and the change feed.
     #[arg(long)]
     global: bool,
-    /// Run the control plane of this region: it follows the global API (`--api`, with an admin
-    /// `--token`) and serves the region's configuration over xDS.
+    /// Run the control plane of this region: it follows the global control plane's xDS
+    /// (`--global-xds`), reports to its API (`--api`, with an admin `--token`) and serves the
+    /// region's configuration over xDS.
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
     /// Directory for the embedded database and the root CA (global), or for the region's CA
@@ -41,10 +46,16 @@ pub struct ControlArgs {
     /// printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Address for the xDS (ADS over gRPC) server and the certificate issuer, both over mutual
-    /// TLS (region only; port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:18000")]
-    xds: SocketAddr,
+    /// Address for the xDS (ADS over gRPC) server over mutual TLS. Region: the region's
+    /// proxies, agents and certificate issuer (default 127.0.0.1:18000). Global: where regional
+    /// control planes follow their regional deployments (default 127.0.0.1:17000). Port 0 picks
+    /// a free port.
+    #[arg(long, value_name = "ADDRESS")]
+    xds: Option<SocketAddr>,
+    /// The global control plane's xDS, which the region follows over mutual TLS with its own
+    /// certificate (region only).
+    #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:17000")]
+    global_xds: String,
     /// Also serve xDS without authentication here, for proxyless gRPC clients that cannot
     /// present a certificate (grpc-js-xds); nodes there are scoped by the org they declare, so
     /// bind it where only trusted workloads reach it (region only; off by default).
@@ -99,13 +110,17 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
             .await
             .with_context(|| format!("listening for {what} on {address} (is the port in use?)"))
     };
-    let xds = bind(args.xds, "xDS").await?;
+    let xds = bind(args.xds.unwrap_or(REGIONAL_XDS), "xDS").await?;
     let admin = bind(args.admin, "admin").await?;
     let plaintext = match args.xds_plaintext {
         Some(address) => Some(bind(address, "xDS without authentication").await?),
         None => None,
     };
     let global = GlobalApi::new(&client.api, &token);
+    let global_xds = args.global_xds.clone();
+    if !global_xds.starts_with("https://") {
+        anyhow::bail!("--global-xds: must be an https:// URL, e.g. https://127.0.0.1:17000");
+    }
     let region_dir = args.data_dir.join(format!("region-{region}"));
     let ca_dir = region_dir.join("ca");
     let regional = obtain_regional_ca(&global, &region, &ca_dir).await?;
@@ -134,17 +149,17 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         state.clone(),
         &mut registry,
     ));
-    let (own, _) = issuer
+    let own = issuer
         .own_certificate()
         .map_err(|e| anyhow::anyhow!("making the control plane's certificate: {e}"))?;
     let own = CertStore::new(own);
     tokio::spawn(issuer.clone().keep_own_certificate(own.clone()));
-    let tls = control_server_config(own, trust_bundle(issuer.bundle_pem())?)?;
+    let tls = control_server_config(own.clone(), trust_bundle(issuer.bundle_pem())?)?;
+    let to_global = control_client_config(Some(own), trust_bundle(issuer.bundle_pem())?)?;
     println!(
-        "meridian control (region {region}) serving xDS on https://{}, admin http://{}, following {}",
+        "meridian control (region {region}) serving xDS on https://{}, admin http://{}, following {global_xds}",
         xds.local_addr()?,
         admin.local_addr()?,
-        client.api
     );
     println!(
         "  xDS and certificates need mutual TLS; proxies join with a token (meridian join-token)"
@@ -164,7 +179,13 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
             disk_copy.display()
         );
     }
-    tokio::spawn(follow(global, state.clone(), synced, disk_copy));
+    tokio::spawn(follow_global(
+        global_xds,
+        Arc::new(to_global),
+        state.clone(),
+        synced,
+        disk_copy,
+    ));
     tokio::spawn(tick_fleet(state.clone()));
     let join_tokens = JoinTokenAdmin {
         issuer: issuer.clone(),
@@ -198,7 +219,7 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
             }
         });
     }
-    let authenticated = AuthenticatedAds::new(ads.clone().into_service(), &region);
+    let authenticated = AuthenticatedAds::regional(ads.clone().into_service(), &region);
     let routes = Routes::new(authenticated)
         .add_service(ReportService::new(state))
         .into_axum_router()
@@ -213,6 +234,13 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The regional control plane's xDS address unless `--xds` says otherwise.
+const REGIONAL_XDS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 18000);
+/// The global control plane's xDS address unless `--xds` says otherwise.
+const GLOBAL_XDS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 17000);
+/// Lifetime of the global control plane's own certificate (renewed at two thirds of it).
+const GLOBAL_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// Ticks the region's fleet every second (node expiry, the first placement).
 async fn tick_fleet(state: Arc<Mutex<RegionState>>) {
@@ -294,13 +322,22 @@ async fn run_global(args: ControlArgs) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("creating the admin token: {e:?}"))?;
     let (ca, created) = root_ca(&args.data_dir, &args.trust_domain)?;
+    let ca = Arc::new(ca);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is the port in use?)", args.listen))?;
+    let xds_address = args.xds.unwrap_or(GLOBAL_XDS);
+    let xds = tokio::net::TcpListener::bind(xds_address)
+        .await
+        .with_context(|| format!("listening for xDS on {xds_address} (is the port in use?)"))?;
     let addr = listener.local_addr()?;
     println!(
         "meridian control (global) serving http://{addr} (data in {})",
         args.data_dir.display()
+    );
+    println!(
+        "  regional control planes follow https://{} (xDS over mutual TLS)",
+        xds.local_addr()?
     );
     println!(
         "root CA for trust domain {} {} in {} (key readable by its owner only)",
@@ -315,9 +352,38 @@ async fn run_global(args: ControlArgs) -> Result<()> {
         }
         None => println!("admin token: created at first start, not shown again"),
     }
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = XdsMetrics::new(&mut registry);
+    let cache = Cache::new();
+    tokio::spawn(publish_regional_deployments(store.clone(), cache.clone()));
+    let own_id = SpiffeId {
+        trust_domain: ca.trust_domain().to_owned(),
+        subject: Subject::Control { region: None },
+    };
+    let own = issue_own_certificate(&ca, &own_id, GLOBAL_CERT_LIFETIME)
+        .map_err(|e| anyhow::anyhow!("making the control plane's certificate: {e}"))?;
+    let own = CertStore::new(own);
+    let renewing = ca.clone();
+    tokio::spawn(keep_own_certificate(
+        own.clone(),
+        GLOBAL_CERT_LIFETIME,
+        move || issue_own_certificate(&renewing, &own_id, GLOBAL_CERT_LIFETIME),
+    ));
+    let tls = server_config(own, trust_bundle(ca.certificate_pem())?)?;
+    let ads = AdsServer::new(cache, metrics, Limits::default());
+    let federation = ads.clone().serve_routes(
+        Routes::new(AuthenticatedAds::global(ads.into_service())),
+        tls_incoming(xds, Arc::new(tls)),
+        shutdown_signal(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = federation.await {
+            tracing::error!(error = %e, "the xDS server for the regions failed");
+        }
+    });
     axum::serve(
         listener,
-        meridian_api::router_with_ca(store, Some(Arc::new(ca))),
+        meridian_api::router_with(store, Some(ca), registry),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await

@@ -127,7 +127,7 @@ async fn start_and_serve(
             "control-global",
             &["control", "--global", "--listen", &listen.to_string()],
             &[("--data-dir", data_dir.join("global"))],
-            &[],
+            &[("--xds", "127.0.0.1:0".to_owned())],
             "admin token",
         )
         .await?;
@@ -137,6 +137,12 @@ async fn start_and_serve(
         .find_map(|l| l.strip_prefix("meridian control (global) serving "))
         .and_then(|rest| rest.split_whitespace().next())
         .context("the global control plane printed no address")?
+        .to_owned();
+    let xds = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("regional control planes follow "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("the global control plane printed no xDS address")?
         .to_owned();
     let first_start = output.contains("admin token (shown only");
     let token = admin_token(data_dir, &output)?;
@@ -164,7 +170,12 @@ async fn start_and_serve(
     for (i, (name, _, _)) in REGIONS.iter().enumerate() {
         let gateway = SocketAddr::from(([127, 0, 0, 1], gateway_port + i as u16));
         println!("starting region {name}: control plane, {NODES_PER_REGION} agents, gateway on {gateway}");
-        regions.push(start_region(name, i, gateway, &api, &token, data_dir, children).await?);
+        let global = Global {
+            api: &api,
+            xds: &xds,
+            token: &token,
+        };
+        regions.push(start_region(name, i, gateway, &global, data_dir, children).await?);
     }
     let mut edges = Vec::new();
     for (i, (name, lat, lon)) in EDGES.iter().enumerate() {
@@ -231,27 +242,38 @@ fn admin_token(data_dir: &Path, output: &str) -> Result<String> {
         })
 }
 
+/// How a region reaches the global control plane.
+struct Global<'a> {
+    /// Its API.
+    api: &'a str,
+    /// Its xDS, which regions follow.
+    xds: &'a str,
+    /// The installation's admin token.
+    token: &'a str,
+}
+
 /// Starts a region's control plane, agents and gateway.
 async fn start_region(
     name: &'static str,
     index: usize,
     gateway: SocketAddr,
-    api: &str,
-    token: &str,
+    global: &Global<'_>,
     data_dir: &Path,
     children: &mut Children,
 ) -> Result<Region> {
+    let token = global.token;
     let control = format!("control-{name}");
     let line = children
         .spawn(
             &control,
-            &["control", "--region", name, "--api", api],
+            &["control", "--region", name, "--api", global.api],
             &[("--data-dir", data_dir.join("regions"))],
             &[
                 ("--xds", "127.0.0.1:0".to_owned()),
                 ("--admin", "127.0.0.1:0".to_owned()),
                 ("--gateway", gateway.to_string()),
                 ("--token", token.to_owned()),
+                ("--global-xds", global.xds.to_owned()),
             ],
             "serving xDS on ",
         )

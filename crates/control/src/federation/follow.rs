@@ -1,0 +1,199 @@
+//! The regional control plane's side: a delta-xDS stream to the global control plane (mutual
+//! TLS, with the region's own `control/<region>` certificate), subscribed to every
+//! [`REGIONAL_DEPLOYMENT`] of the region. The first answer replaces what the region knew (its
+//! disk copy); later ones re-render only the services whose resources changed. Every accepted
+//! update is written to the disk copy. A bad resource rejects the update (NACK, with the reason)
+//! and changes nothing; when the global control plane is away, the region goes on with what it
+//! has and the client reconnects with backoff, resuming with the versions it holds.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+
+use meridian_model::{Endpoint, RegionalDeployment};
+use meridian_xds::meridian::{self, REGIONAL_DEPLOYMENT};
+use meridian_xds::{
+    run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
+};
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::region::{RegionState, ServiceId};
+
+/// First and longest wait between attempts to reach the global control plane.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// Follows the global control plane's xDS at `url` (an `https://` URL; `tls` presents the
+/// region's certificate) into `state` until the process ends. `synced` becomes true after the
+/// first answer (the control plane is ready then); `disk_copy` is rewritten after each accepted
+/// update.
+pub async fn follow_global(
+    url: String,
+    tls: Arc<rustls::ClientConfig>,
+    state: Arc<Mutex<RegionState>>,
+    synced: watch::Sender<bool>,
+    disk_copy: PathBuf,
+) {
+    let region = lock(&state).region().to_owned();
+    let client = ClientOptions {
+        url,
+        tls: Some(tls),
+        node: Node {
+            id: format!("control/{region}"),
+            ..Node::default()
+        },
+        backoff: BACKOFF,
+    };
+    let follower = Follower {
+        region,
+        state,
+        synced,
+        disk_copy,
+        applied: BTreeMap::new(),
+        first: true,
+    };
+    run_delta_client(client, follower).await;
+}
+
+/// What a regional deployment resource carries, decoded.
+struct Decoded {
+    id: ServiceId,
+    deployment: RegionalDeployment,
+    endpoints: Vec<Endpoint>,
+}
+
+struct Follower {
+    region: String,
+    state: Arc<Mutex<RegionState>>,
+    synced: watch::Sender<bool>,
+    disk_copy: PathBuf,
+    /// The version of each resource applied, by name.
+    applied: BTreeMap<String, String>,
+    /// Whether nothing was accepted yet.
+    first: bool,
+}
+
+fn interests() -> Interests {
+    Interests::from([(REGIONAL_DEPLOYMENT.to_owned(), Interest::Wildcard)])
+}
+
+fn lock(state: &Mutex<RegionState>) -> std::sync::MutexGuard<'_, RegionState> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The service a resource name `<org>/<app>/<service>` names.
+fn service_of(name: &str) -> Option<ServiceId> {
+    let mut parts = name.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(org), Some(app), Some(service), None) => {
+            Some((org.to_owned(), app.to_owned(), service.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// Decodes and checks one resource of `region`, or says what is wrong with it.
+fn decode(region: &str, name: &str, held: &Held) -> Result<Decoded, String> {
+    let bad = |reason: String| format!("regional deployment `{name}`: {reason}");
+    let id = service_of(name).ok_or_else(|| bad("the name is not <org>/<app>/<service>".into()))?;
+    let resource = meridian::RegionalDeployment::decode(held.resource.value.as_slice())
+        .map_err(|e| bad(e.to_string()))?;
+    let deployment: RegionalDeployment = serde_json::from_slice(&resource.deployment_json)
+        .map_err(|e| bad(format!("deployment_json: {e}")))?;
+    if deployment.region != region {
+        return Err(bad(format!(
+            "deployment_json.region: `{}`, but this is region {region}",
+            deployment.region
+        )));
+    }
+    if (&deployment.org, &deployment.app, &deployment.service) != (&id.0, &id.1, &id.2) {
+        return Err(bad("deployment_json: names another service".into()));
+    }
+    let endpoints: Vec<Endpoint> = serde_json::from_slice(&resource.endpoints_json)
+        .map_err(|e| bad(format!("endpoints_json: {e}")))?;
+    if let Some(stray) = endpoints
+        .iter()
+        .find(|e| e.region != region || (&e.org, &e.app, &e.service) != (&id.0, &id.1, &id.2))
+    {
+        return Err(bad(format!(
+            "endpoints_json: endpoint `{}` belongs to another service or region",
+            stray.id
+        )));
+    }
+    Ok(Decoded {
+        id,
+        deployment,
+        endpoints,
+    })
+}
+
+impl Follower {
+    /// Applies what `resources` holds: everything at the first update, then only what changed.
+    async fn apply(&mut self, resources: &Resources) -> Result<(), String> {
+        let held = resources.get(REGIONAL_DEPLOYMENT);
+        let held = held.into_iter().flatten();
+        let mut changed = Vec::new();
+        for (name, resource) in held.clone() {
+            if self.first || self.applied.get(name) != Some(&resource.version) {
+                changed.push(decode(&self.region, name, resource)?);
+            }
+        }
+        let now: BTreeMap<String, String> = held
+            .map(|(name, resource)| (name.clone(), resource.version.clone()))
+            .collect();
+        let removed: Vec<ServiceId> = self
+            .applied
+            .keys()
+            .filter(|name| !now.contains_key(*name))
+            .filter_map(|name| service_of(name))
+            .collect();
+        {
+            let mut state = lock(&self.state);
+            if self.first {
+                let (deployments, endpoints): (Vec<_>, Vec<_>) = changed
+                    .into_iter()
+                    .map(|d| (d.deployment, d.endpoints))
+                    .unzip();
+                state.replace_all(deployments, endpoints.into_iter().flatten().collect());
+                tracing::info!(region = %self.region, services = state.services(),
+                    "synced with the global control plane");
+            } else {
+                for decoded in changed {
+                    tracing::debug!(region = %self.region, service = ?decoded.id, "service changed");
+                    state.set_service(decoded.id, Some(decoded.deployment), decoded.endpoints);
+                }
+                for id in removed {
+                    tracing::debug!(region = %self.region, service = ?id, "service left the region");
+                    state.set_service(id, None, Vec::new());
+                }
+            }
+        }
+        self.applied = now;
+        self.first = false;
+        self.synced.send_replace(true);
+        let copy = lock(&self.state).disk_copy();
+        if let Err(e) = crate::disk_copy::save(&self.disk_copy, &copy).await {
+            tracing::warn!(path = %self.disk_copy.display(), error = %e,
+                "cannot write the region's disk copy");
+        }
+        Ok(())
+    }
+}
+
+impl Handler for Follower {
+    fn initial_interests(&self) -> Interests {
+        interests()
+    }
+
+    async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
+        if type_url == REGIONAL_DEPLOYMENT {
+            self.apply(resources).await?;
+        }
+        Ok(interests())
+    }
+}
