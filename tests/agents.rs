@@ -460,3 +460,75 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
     )
     .await;
 }
+
+/// meridian-hello as `name` of acme/shop in `regions` (YAML list), on `port`, with a public
+/// domain.
+fn in_regions(name: &str, regions: &str, port: u16) -> String {
+    service("acme", name, port, "").replace("regions: [fra]", &format!("regions: [{regions}]"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_reaches_other_regions_by_name_nearest_first_or_pinned_to_a_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &in_regions("web", "fra", 8080));
+    for (region, lat, lon) in [("iad", "38.95", "-77.45"), ("sin", "1.35", "103.82")] {
+        platform
+            .cli
+            .ok(&["region", "add", region, "--lat", lat, "--lon", lon]);
+    }
+    let api = dir.path().join("api.yaml");
+    let deploy_api = |regions: &str| {
+        std::fs::write(&api, in_regions("api", regions, 9090)).unwrap();
+        platform.cli.ok(&["deploy", "-f", api.to_str().unwrap()]);
+    };
+    deploy_api("iad, sin");
+    let start =
+        |region, gateway| RegionalPlane::start(&platform.global, &platform.token, region, gateway);
+    let fra = start("fra", Some("127.0.0.1:0"));
+    let (iad, sin) = (start("iad", None), start("sin", None));
+    let _fra_node = agent(&fra, "fra-1", "127.0.70.1", dir.path());
+    let _iad_node = agent(&iad, "iad-1", "127.0.71.1", dir.path());
+    let _sin_node = agent(&sin, "sin-1", "127.0.72.1", dir.path());
+    let (_gateway, gateway) = gateway(&fra, dir.path()).await;
+    let web = "web.acme.example.com";
+
+    // api runs in iad and sin only: web in fra reaches the nearer one by name, over mTLS.
+    let call = |url: &str| format!("/call?url={url}");
+    let seen = answers(
+        &gateway,
+        web,
+        &call("http://api.shop.internal:9090/whoami"),
+        "answered 200",
+    )
+    .await;
+    assert!(seen.contains("/org/acme/app/shop/service/web"), "{seen}");
+    let seen = answers(
+        &gateway,
+        web,
+        &call("http://api.shop.internal:9090/"),
+        "answered 200",
+    )
+    .await;
+    assert!(seen.contains(" in iad "), "{seen}");
+
+    // A name with a region in front reaches that region.
+    answers(
+        &gateway,
+        web,
+        &call("http://sin.api.shop.internal:9090/"),
+        " in sin ",
+    )
+    .await;
+
+    // When api leaves iad, calls by name go to the next region.
+    deploy_api("sin");
+    answers(
+        &gateway,
+        web,
+        &call("http://api.shop.internal:9090/"),
+        " in sin ",
+    )
+    .await;
+    let (_, gone) = through(&gateway, web, &call("http://iad.api.shop.internal:9090/")).await;
+    assert!(!gone.contains(" in iad "), "{gone}");
+}

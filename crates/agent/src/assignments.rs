@@ -9,7 +9,7 @@ use meridian_xds::{Handler, Interest, Interests, Resources};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::node_proxy::{MeshService, ServiceKey};
+use crate::node_proxy::{MeshInstance, MeshService, ServiceKey};
 
 /// One instance the node must run.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +61,18 @@ fn decode_services(resources: &Resources) -> Result<Services, String> {
                     instance.instance, instance.address
                 ));
             }
-            instances.push((instance.address, instance.healthy));
+            if meridian_model::check_dns_label(&instance.region).is_err() {
+                return Err(format!(
+                    "service `{name}`: instance `{}`: region `{}` is not a DNS label",
+                    instance.instance, instance.region
+                ));
+            }
+            instances.push(MeshInstance {
+                address: instance.address,
+                healthy: instance.healthy,
+                region: instance.region,
+                priority: instance.priority,
+            });
         }
         services.insert(
             (service.org, service.app, service.service),

@@ -11,7 +11,10 @@
 //!   `http://<service>.<app>.internal:<port>/` (a service of the instance's org), or
 //!   `http://<service>.<app>.<org>.internal:<port>/` (a service of another org whose `mesh.allow`
 //!   names the instance's service), goes over mutual TLS, as the instance's service, to a healthy
-//!   instance of that service, whose certificate must name it. Other names are not routed.
+//!   instance of that service, whose certificate must name it: in this region while it has
+//!   healthy ones, else in the nearest region that has (the proxy's priority rule). A name with
+//!   a region in front (`<region>.<service>.<app>.internal`) reaches that region's instances
+//!   only. Other names are not routed.
 //!
 //! HTTP requests go to the target's first port (the outbound listener routes by name, not by
 //! port).
@@ -46,13 +49,41 @@ pub struct LocalInstance {
     pub listen: Ipv4Addr,
 }
 
-/// A service of the region, as the control plane sends it.
+/// A service as the control plane sends it: deployed in the region, or reachable in others.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeshService {
     /// Its spec.
     pub spec: ServiceSpec,
-    /// Its instances: (address, healthy).
-    pub instances: Vec<(String, bool)>,
+    /// Its instances, here and in other regions.
+    pub instances: Vec<MeshInstance>,
+}
+
+/// An instance of a [`MeshService`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshInstance {
+    /// Its address (its node proxy's mesh listeners are there).
+    pub address: String,
+    /// Whether it is healthy.
+    pub healthy: bool,
+    /// Its region.
+    pub region: String,
+    /// 0 in this region, then 1, 2, … for other regions by distance.
+    pub priority: u32,
+}
+
+/// The best priority level the proxy's config accepts is 0, the worst this.
+const WORST_PRIORITY: u32 = 9;
+
+/// A name an instance may reach a service by.
+pub struct Reach<'a> {
+    /// The name.
+    pub domain: String,
+    /// The service.
+    pub target: &'a ServiceKey,
+    /// What the control plane sent about it.
+    pub service: &'a MeshService,
+    /// For a region-pinned name, the region.
+    pub region: Option<&'a str>,
 }
 
 /// A workload certificate's files.
@@ -100,20 +131,27 @@ pub fn config(
         }
         let mut virtual_hosts = Vec::new();
         let mut ports = std::collections::BTreeSet::new();
-        for (domain, target, service) in visible(instance, services) {
+        for reach in visible(instance, services) {
+            let Reach {
+                domain,
+                target,
+                service,
+                region,
+            } = reach;
             let Some(port) = service.spec.ports.first() else {
                 continue;
             };
             ports.extend(service.spec.ports.iter().map(|p| p.port));
             let cluster = format!(
-                "via/{}/{}/{}/to/{}/{}/{}:{}",
+                "via/{}/{}/{}/to/{}/{}/{}:{}{}",
                 instance.service.0,
                 instance.service.1,
                 instance.service.2,
                 target.0,
                 target.1,
                 target.2,
-                port.name
+                port.name,
+                region.map(|r| format!("/in/{r}")).unwrap_or_default(),
             );
             virtual_hosts.push(json!({
                 "name": domain.clone(),
@@ -128,8 +166,13 @@ pub fn config(
                 let endpoints: Vec<Value> = service
                     .instances
                     .iter()
-                    .filter(|(_, healthy)| *healthy)
-                    .map(|(address, _)| json!({"address": format!("{address}:{}", mesh_port(0))}))
+                    .filter(|i| i.healthy && region.is_none_or(|r| r == i.region))
+                    .map(|i| {
+                        json!({
+                            "address": format!("{}:{}", i.address, mesh_port(0)),
+                            "priority": i.priority.min(WORST_PRIORITY),
+                        })
+                    })
                     .collect();
                 clusters.push(json!({
                     "name": cluster,
@@ -164,22 +207,46 @@ pub fn config(
     json!({"listeners": listeners, "clusters": clusters})
 }
 
-/// The services `instance` may reach, with the name it reaches each by: services of its org as
+/// The services `instance` may reach, with the names it reaches each by: services of its org as
 /// `<service>.<app>.internal`, other orgs' services whose `mesh.allow` names its service as
-/// `<service>.<app>.<org>.internal`.
+/// `<service>.<app>.<org>.internal`; and each of those with a region in front for each region
+/// where the service has instances.
 pub fn visible<'a>(
     instance: &'a LocalInstance,
     services: &'a BTreeMap<ServiceKey, MeshService>,
-) -> impl Iterator<Item = (String, &'a ServiceKey, &'a MeshService)> + 'a {
-    services.iter().filter_map(move |(target, service)| {
+) -> impl Iterator<Item = Reach<'a>> + 'a {
+    services.iter().flat_map(move |(target, service)| {
         let domain = if target.0 == instance.service.0 {
             format!("{}.{}.internal", target.2, target.1)
         } else if allows(&service.spec.mesh.allow, &instance.service) {
             format!("{}.{}.{}.internal", target.2, target.1, target.0)
         } else {
-            return None;
+            return Vec::new();
         };
-        Some((domain, target, service))
+        let mut regions: Vec<&str> = service
+            .instances
+            .iter()
+            .map(|i| i.region.as_str())
+            .collect();
+        regions.sort_unstable();
+        regions.dedup();
+        let pinned: Vec<Reach> = regions
+            .into_iter()
+            .map(|region| Reach {
+                domain: format!("{region}.{domain}"),
+                target,
+                service,
+                region: Some(region),
+            })
+            .collect();
+        let mut names = vec![Reach {
+            domain,
+            target,
+            service,
+            region: None,
+        }];
+        names.extend(pinned);
+        names
     })
 }
 
@@ -195,19 +262,23 @@ pub fn dns_tables(
         .filter(|instance| instance.address != instance.listen)
         .map(|instance| {
             let table = visible(instance, services)
-                .map(|(domain, _, service)| {
-                    let ports = service
-                        .spec
-                        .ports
-                        .iter()
-                        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.port).ok()?)))
-                        .collect();
-                    let entry = meridian_dns::Entry {
-                        address: instance.address,
-                        ports,
-                    };
-                    (domain, entry)
-                })
+                .map(
+                    |Reach {
+                         domain, service, ..
+                     }| {
+                        let ports = service
+                            .spec
+                            .ports
+                            .iter()
+                            .filter_map(|p| Some((p.name.clone(), u16::try_from(p.port).ok()?)))
+                            .collect();
+                        let entry = meridian_dns::Entry {
+                            address: instance.address,
+                            ports,
+                        };
+                        (domain, entry)
+                    },
+                )
                 .collect();
             (
                 std::net::IpAddr::V4(instance.listen),

@@ -29,6 +29,7 @@ pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::MAX_BODY_BYTES;
 pub use metrics::Metrics;
 pub use routes::feed::{ChangesPage, RevisionInfo};
+pub use routes::reports::Reports;
 pub use routes::services::{RegionStatus, ServiceStatus};
 pub use routes::tenancy::CreatedToken;
 
@@ -44,7 +45,7 @@ pub struct ApiState {
     /// The installation's root CA, when it has one.
     ca: Option<Arc<Authority>>,
     /// The regions' last reports.
-    pub(crate) reports: routes::reports::Reports,
+    pub(crate) reports: Reports,
 }
 
 /// Who the caller's token belongs to.
@@ -63,23 +64,26 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         store,
         None,
         prometheus_client::registry::Registry::default(),
+        Reports::default(),
     )
 }
 
 /// Builds the API's router over `store`, with the installation's root CA (its certificate is
 /// served at `GET /v1/trust-bundle`, and it issues regions' intermediates) and the process's
-/// other metrics in `registry` (rendered with the API's on `/metrics`).
+/// other metrics in `registry` (rendered with the API's on `/metrics`). Region reports are
+/// recorded in `reports`, which the caller may share (e.g. to publish them to the regions).
 pub fn router_with(
     store: Arc<dyn Store>,
     ca: Option<Arc<Authority>>,
     registry: prometheus_client::registry::Registry,
+    reports: Reports,
 ) -> Router {
     use routes::{endpoints, feed, regions, reports, services, tenancy};
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::new(registry)),
         ca,
-        reports: Default::default(),
+        reports,
     };
     let openapi = openapi::document();
     let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";

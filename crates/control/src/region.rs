@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use envoy_types::pb::google::protobuf::Any;
-use meridian_model::{Endpoint, RegionReport, RegionalDeployment, ServiceHealth};
-use meridian_xds::meridian::{Assignment, NodeReport, ASSIGNMENT};
+use meridian_model::{
+    Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth, ServiceSpec,
+};
+use meridian_xds::meridian::{Assignment, NodeReport, ServiceInstance, ASSIGNMENT};
 use meridian_xds::{node_namespace, render, role_namespace, Cache, Update, LISTENER, ROUTE};
 use prost::Message;
 
@@ -38,6 +40,35 @@ pub struct RegionState {
     assignments: BTreeSet<String>,
     /// Cache names rendered for each service, by type URL.
     rendered: HashMap<ServiceId, BTreeSet<(&'static str, String)>>,
+    /// Healthy instances of services in other regions, by priority (1 for the nearest region
+    /// that runs the service, then 2, …).
+    elsewhere: BTreeMap<ServiceId, Vec<ServiceInstance>>,
+    /// Services deployed only in other regions, as the nearest of them runs them.
+    remote: BTreeMap<ServiceId, RegionalDeployment>,
+}
+
+/// Another region as its summary shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteRegion {
+    /// Its latitude, degrees.
+    pub lat: f64,
+    /// Its longitude, degrees.
+    pub lon: f64,
+    /// The services deployed there.
+    pub services: Vec<RemoteService>,
+}
+
+/// A service deployed in another region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteService {
+    /// The service.
+    pub id: ServiceId,
+    /// Its deployment version there.
+    pub version: u64,
+    /// Its spec there.
+    pub spec: ServiceSpec,
+    /// The addresses of its healthy instances there.
+    pub addresses: Vec<String>,
 }
 
 impl RegionState {
@@ -72,6 +103,8 @@ impl RegionState {
             fleet: Fleet::new(Instant::now() + crate::fleet::SETTLE),
             assignments: BTreeSet::new(),
             rendered: HashMap::new(),
+            elsewhere: BTreeMap::new(),
+            remote: BTreeMap::new(),
         };
         state.render_gateway_routes();
         state
@@ -170,7 +203,7 @@ impl RegionState {
     }
 
     /// The region's report for the global control plane: nodes, capacity, and each service's
-    /// placed and healthy instances.
+    /// placed and healthy instances, with the addresses of the healthy ones its agents run.
     pub fn report_upward(&self) -> RegionReport {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         RegionReport {
@@ -193,6 +226,14 @@ impl RegionState {
                         version: deployment.version,
                         placed: count(placed),
                         healthy: count(healthy),
+                        addresses: self
+                            .reported
+                            .get(id)
+                            .into_iter()
+                            .flatten()
+                            .filter(|e| e.health == EndpointHealth::Healthy)
+                            .map(|e| e.address.clone())
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -264,6 +305,70 @@ impl RegionState {
         }
     }
 
+    /// Takes every region's summary, by region name (this region's own gives its coordinates):
+    /// other regions' healthy instances of each service become reachable from this region's
+    /// node proxies, the nearest region first, and services deployed only elsewhere get a
+    /// mesh resource of their own. Re-renders only the services whose view changed.
+    pub fn set_region_summaries(&mut self, regions: &BTreeMap<String, RemoteRegion>) {
+        let here = regions
+            .get(&self.region)
+            .map_or((0.0, 0.0), |r| (r.lat, r.lon));
+        let mut others: Vec<(&String, &RemoteRegion)> = regions
+            .iter()
+            .filter(|(name, _)| **name != self.region)
+            .collect();
+        others.sort_by(|a, b| {
+            let distance = |r: &RemoteRegion| meridian_model::distance_km(here, (r.lat, r.lon));
+            distance(a.1).total_cmp(&distance(b.1))
+        });
+        let mut elsewhere: BTreeMap<ServiceId, Vec<ServiceInstance>> = BTreeMap::new();
+        let mut remote: BTreeMap<ServiceId, RegionalDeployment> = BTreeMap::new();
+        for (name, region) in others {
+            for service in &region.services {
+                let (org, app, id) = service.id.clone();
+                remote
+                    .entry(service.id.clone())
+                    .or_insert_with(|| RegionalDeployment {
+                        org,
+                        app,
+                        service: id,
+                        region: name.clone(),
+                        version: service.version,
+                        spec: service.spec.clone(),
+                    });
+                if service.addresses.is_empty() {
+                    continue;
+                }
+                let instances = elsewhere.entry(service.id.clone()).or_default();
+                let priority = instances
+                    .last()
+                    .map_or(1, |last| last.priority + u32::from(last.region != **name));
+                instances.extend(service.addresses.iter().map(|address| ServiceInstance {
+                    instance: format!("{name}/{address}"),
+                    address: address.clone(),
+                    healthy: true,
+                    region: name.clone(),
+                    priority,
+                }));
+            }
+        }
+        let mut ids: BTreeSet<ServiceId> = self.elsewhere.keys().cloned().collect();
+        ids.extend(self.remote.keys().cloned());
+        ids.extend(elsewhere.keys().cloned());
+        ids.extend(remote.keys().cloned());
+        let changed: Vec<ServiceId> = ids
+            .into_iter()
+            .filter(|id| {
+                self.elsewhere.get(id) != elsewhere.get(id) || self.remote.get(id) != remote.get(id)
+            })
+            .collect();
+        self.elsewhere = elsewhere;
+        self.remote = remote;
+        for id in changed {
+            self.render_service(&id);
+        }
+    }
+
     /// Sets one service's regional deployment (`None`: it no longer runs here) and its endpoints
     /// registered in this region, and re-renders it (and its instances' placement if its spec
     /// changed).
@@ -308,6 +413,7 @@ impl RegionState {
     /// Renders one service from its deployment and its registered and reported endpoints, and
     /// removes what it no longer has.
     fn render_service(&mut self, id: &ServiceId) {
+        let elsewhere = self.elsewhere.get(id).map_or(&[][..], Vec::as_slice);
         let rendered = match self.deployments.get(id) {
             Some(deployment) => {
                 let endpoints: Vec<&Endpoint> = self
@@ -321,9 +427,14 @@ impl RegionState {
                 // registered through the API (plaintext) share the service.
                 let agent_run = self.registered.get(id).is_none_or(Vec::is_empty);
                 let mesh = self.trust_domain.as_deref().filter(|_| agent_run);
-                render::service(deployment, &endpoints, mesh)
+                render::service(deployment, &endpoints, mesh, elsewhere)
             }
-            None => render::Rendered::default(),
+            None => match self.remote.get(id) {
+                Some(deployment) => render::Rendered {
+                    resources: vec![render::mesh_service(deployment, elsewhere.to_vec())],
+                },
+                None => render::Rendered::default(),
+            },
         };
         let mut by_type: BTreeMap<&'static str, Update> = BTreeMap::new();
         let mut names = BTreeSet::new();

@@ -11,4 +11,4 @@ mod follow;
 mod selection;
 
 pub use follow::{run_edge, EdgeOptions};
-pub use selection::{distance_km, edge_config, Location, RegionView};
+pub use selection::{edge_config, Location, RegionView};

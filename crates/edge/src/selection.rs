@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use meridian_model::{RegionReport, RegionalDeployment};
+use meridian_model::{distance_km, RegionReport, RegionalDeployment};
 use serde_json::{json, Value};
 
 /// Where the edge is.
@@ -30,15 +30,6 @@ pub struct RegionView {
     pub report: Option<RegionReport>,
     /// The services that run there.
     pub deployments: Vec<RegionalDeployment>,
-}
-
-/// Great-circle distance between two points, in kilometres (haversine, mean Earth radius).
-pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
-    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
-    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
-        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
-    2.0 * 6371.0 * h.sqrt().asin()
 }
 
 /// The edge's proxy configuration (docs/proxy-config.md) listening on `listen`: one virtual
@@ -170,6 +161,7 @@ mod tests {
                     version: 1,
                     placed: 1,
                     healthy,
+                    addresses: Vec::new(),
                 }],
             }),
             deployments: vec![deployment(name)],
@@ -222,14 +214,5 @@ mod tests {
             config["listeners"][0]["virtual_hosts"][0]["domains"],
             json!(["shop.example.com"])
         );
-    }
-
-    #[test]
-    fn distances_are_great_circle_kilometres() {
-        let paris = (48.86, 2.35);
-        let new_york = (40.71, -74.01);
-        let d = distance_km(paris, new_york);
-        assert!((5800.0..5900.0).contains(&d), "{d}");
-        assert!(distance_km(paris, paris).abs() < 1e-9);
     }
 }

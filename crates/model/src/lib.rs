@@ -9,6 +9,7 @@ mod definition;
 mod derive;
 mod duration;
 mod error;
+mod geo;
 mod names;
 mod parse;
 mod resources;
@@ -21,6 +22,7 @@ pub use definition::{
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};
 pub use duration::HumanDuration;
 pub use error::{FieldError, ValidationErrors};
+pub use geo::distance_km;
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{

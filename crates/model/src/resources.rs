@@ -60,6 +60,10 @@ pub struct ServiceHealth {
     pub placed: u32,
     /// Of those, the healthy ones.
     pub healthy: u32,
+    /// The addresses of the healthy instances (their node proxies' mesh listeners are there),
+    /// through which other regions' services reach this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// How a deployment version came to be.

@@ -105,6 +105,20 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
         if service.healthy > service.placed {
             errs.push(format!("services[{i}].healthy"), "must not exceed placed");
         }
+        if service.addresses.len() > service.healthy as usize {
+            errs.push(
+                format!("services[{i}].addresses"),
+                "at most one per healthy instance",
+            );
+        }
+        for (j, address) in service.addresses.iter().enumerate() {
+            if address.parse::<std::net::IpAddr>().is_err() {
+                errs.push(
+                    format!("services[{i}].addresses[{j}]"),
+                    "must be an IP address",
+                );
+            }
+        }
     }
     errs.into_result()
 }

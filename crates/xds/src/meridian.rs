@@ -18,6 +18,14 @@ pub const SERVICE: &str = "type.googleapis.com/meridian.v1.Service";
 /// its region (named `<org>/<app>/<service>` there).
 pub const REGIONAL_DEPLOYMENT: &str = "type.googleapis.com/meridian.v1.RegionalDeployment";
 
+/// Type URL of a region's summary, sent by the global control plane to every regional control
+/// plane (named after the region there): where the region is, and the healthy instances of each
+/// service it runs, through which other regions' services reach them.
+pub const REGION_SUMMARY: &str = "type.googleapis.com/meridian.v1.RegionSummary";
+
+/// The namespace of [`REGION_SUMMARY`] resources, shared by every regional control plane.
+pub const REGIONS_NAMESPACE: &str = "regions/";
+
 /// The namespace of [`SERVICE`] resources, shared by every agent of the region.
 pub const MESH_NAMESPACE: &str = "mesh/";
 
@@ -73,6 +81,44 @@ pub struct RegionalDeployment {
     pub endpoints_json: Vec<u8>,
 }
 
+/// A region as every regional control plane sees it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegionSummary {
+    /// The region's latitude, degrees.
+    #[prost(double, tag = "1")]
+    pub lat: f64,
+    /// The region's longitude, degrees.
+    #[prost(double, tag = "2")]
+    pub lon: f64,
+    /// The services deployed there.
+    #[prost(message, repeated, tag = "3")]
+    pub services: Vec<RegionService>,
+}
+
+/// A service deployed in a region, as a [`RegionSummary`] lists it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegionService {
+    /// Owning org.
+    #[prost(string, tag = "1")]
+    pub org: String,
+    /// Owning app.
+    #[prost(string, tag = "2")]
+    pub app: String,
+    /// The service.
+    #[prost(string, tag = "3")]
+    pub service: String,
+    /// The deployment version of its spec.
+    #[prost(uint64, tag = "4")]
+    pub version: u64,
+    /// Its spec in that region, JSON (ports, mesh policy).
+    #[prost(bytes = "vec", tag = "5")]
+    pub spec_json: Vec<u8>,
+    /// The addresses of its healthy instances there, as the region last reported them (its
+    /// node proxies' mesh listeners are there).
+    #[prost(string, repeated, tag = "6")]
+    pub addresses: Vec<String>,
+}
+
 /// A service in the region, for node proxies.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Service {
@@ -108,6 +154,13 @@ pub struct ServiceInstance {
     /// Whether it is healthy.
     #[prost(bool, tag = "3")]
     pub healthy: bool,
+    /// Its region.
+    #[prost(string, tag = "4")]
+    pub region: String,
+    /// How near it is: 0 in the node's region, then 1, 2, … for other regions by distance.
+    /// Calls go to the nearest priority with healthy instances.
+    #[prost(uint32, tag = "5")]
+    pub priority: u32,
 }
 
 /// What an agent reports: its node, and the state of each instance it runs.

@@ -129,6 +129,9 @@ impl Scope {
                 Some(_) if self.agent && type_url == crate::meridian::SERVICE => {
                     crate::meridian::MESH_NAMESPACE
                 }
+                Some(_) if !self.agent && type_url == crate::meridian::REGION_SUMMARY => {
+                    crate::meridian::REGIONS_NAMESPACE
+                }
                 Some(own) => own,
                 None => NOTHING,
             }

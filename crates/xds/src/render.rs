@@ -59,6 +59,7 @@ use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
 use meridian_model::{Endpoint, EndpointHealth, Protocol, RegionalDeployment};
 use std::net::SocketAddr;
 
+use crate::meridian::ServiceInstance;
 use crate::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 /// Packs a message into an `Any` under its type URL.
@@ -82,7 +83,8 @@ pub fn internal_name(deployment: &RegionalDeployment, port: u32) -> String {
 }
 
 /// Renders the resources of one service in its region, with `endpoints` (those of this service
-/// in this region).
+/// in this region), and `elsewhere` (its healthy instances in other regions, for the region's
+/// node proxies).
 ///
 /// With `mesh` (the trust domain), the endpoints are instances run by agents and Meridian's
 /// proxies reach them over mutual TLS: on their mesh ports, presenting their own certificate
@@ -91,6 +93,7 @@ pub fn service(
     deployment: &RegionalDeployment,
     endpoints: &[&Endpoint],
     mesh: Option<&str>,
+    elsewhere: &[ServiceInstance],
 ) -> Rendered {
     let mut rendered = Rendered::default();
     for port in &deployment.spec.ports {
@@ -111,7 +114,18 @@ pub fn service(
             .resources
             .push((ENDPOINT, cache_name, pack(&assignment)));
     }
-    rendered.resources.push(mesh_service(deployment, endpoints));
+    let mut instances: Vec<ServiceInstance> = endpoints
+        .iter()
+        .map(|e| ServiceInstance {
+            instance: e.id.clone(),
+            address: e.address.clone(),
+            healthy: e.health == EndpointHealth::Healthy,
+            region: e.region.clone(),
+            priority: 0,
+        })
+        .collect();
+    instances.extend_from_slice(elsewhere);
+    rendered.resources.push(mesh_service(deployment, instances));
     for (index, port) in deployment.spec.ports.iter().enumerate() {
         let name = proxy_cluster_name(deployment, &port.name);
         let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
@@ -387,26 +401,19 @@ fn load_assignment(
 }
 
 /// The [`meridian::Service`](crate::meridian::Service) resource of a deployment with its
-/// endpoints in the region, for the region's agents (cache name `mesh/<org>/<app>/<service>`).
+/// instances, for the region's agents (cache name `mesh/<org>/<app>/<service>`).
 pub fn mesh_service(
     deployment: &RegionalDeployment,
-    endpoints: &[&Endpoint],
+    instances: Vec<ServiceInstance>,
 ) -> (&'static str, String, Any) {
-    use crate::meridian::{Service, ServiceInstance, MESH_NAMESPACE, SERVICE};
+    use crate::meridian::{Service, MESH_NAMESPACE, SERVICE};
     let service = Service {
         org: deployment.org.clone(),
         app: deployment.app.clone(),
         service: deployment.service.clone(),
         version: deployment.version,
         spec_json: serde_json::to_vec(&deployment.spec).unwrap_or_default(),
-        instances: endpoints
-            .iter()
-            .map(|e| ServiceInstance {
-                instance: e.id.clone(),
-                address: e.address.clone(),
-                healthy: e.health == EndpointHealth::Healthy,
-            })
-            .collect(),
+        instances,
     };
     let name = format!(
         "{MESH_NAMESPACE}{}/{}/{}",

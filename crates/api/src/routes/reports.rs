@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,27 +18,54 @@ use crate::extract::{ApiPath, JsonBody};
 use crate::routes::regions::{require_region, RegionPath};
 use crate::{ApiError, ApiState, Caller};
 
-/// The last report of each region, with when it came.
-#[derive(Clone, Default)]
-pub struct Reports(Arc<RwLock<HashMap<String, (RegionReport, Instant)>>>);
+/// The last report of each region, with when it came. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Reports(Arc<ReportsInner>);
+
+struct ReportsInner {
+    by_region: RwLock<HashMap<String, (RegionReport, Instant)>>,
+    /// Bumped whenever a region reports something new.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        Reports(Arc::new(ReportsInner {
+            by_region: RwLock::default(),
+            changes: tokio::sync::watch::channel(0).0,
+        }))
+    }
+}
 
 impl Reports {
-    /// The last report of `region` and its age in seconds.
-    pub fn get(&self, region: &str) -> Option<(RegionReport, u64)> {
+    /// The last report of `region` and its age.
+    pub fn get(&self, region: &str) -> Option<(RegionReport, Duration)> {
         let reports = self
             .0
+            .by_region
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         reports
             .get(region)
-            .map(|(report, at)| (report.clone(), at.elapsed().as_secs()))
+            .map(|(report, at)| (report.clone(), at.elapsed()))
+    }
+
+    /// A receiver that sees a change whenever a region reports something new (a report equal
+    /// to the region's last one only refreshes its age).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.changes.subscribe()
     }
 
     fn put(&self, region: String, report: RegionReport) {
-        self.0
+        let old = self
+            .0
+            .by_region
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(region, (report, Instant::now()));
+            .insert(region, (report.clone(), Instant::now()));
+        if old.is_none_or(|(old, _)| old != report) {
+            self.0.changes.send_modify(|n| *n += 1);
+        }
     }
 }
 
@@ -79,9 +106,9 @@ pub async fn get(
     caller.require_admin()?;
     require_region(&state, path.region()).await?;
     match state.reports.get(path.region()) {
-        Some((report, age_seconds)) => Ok(Json(RegionReportAge {
+        Some((report, age)) => Ok(Json(RegionReportAge {
             report,
-            age_seconds,
+            age_seconds: age.as_secs(),
         })),
         None => Err(ApiError::not_found(format!(
             "a report of region `{}` (its control plane has not reported since this one started)",

@@ -303,7 +303,7 @@ pub async fn status(
         .into_iter()
         .map(|rd| {
             let report = state.reports.get(&rd.region);
-            region_status(rd, report)
+            region_status(rd, report.map(|(report, age)| (report, age.as_secs())))
         })
         .collect();
     Ok(Json(ServiceStatus {

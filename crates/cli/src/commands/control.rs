@@ -11,6 +11,7 @@ use meridian_control::{
     admin_router, follow_global, issue_own_certificate, keep_own_certificate,
     publish_regional_deployments, regional_ca, report_upward, tls_incoming, AuthenticatedAds,
     GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, RegionState, RegionalCa, ReportService,
+    ReportSource,
 };
 use meridian_identity::{
     control_client_config, control_server_config, server_config, trust_bundle, Authority,
@@ -355,7 +356,19 @@ async fn run_global(args: ControlArgs) -> Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = XdsMetrics::new(&mut registry);
     let cache = Cache::new();
-    tokio::spawn(publish_regional_deployments(store.clone(), cache.clone()));
+    let reports = meridian_api::Reports::default();
+    let source = ReportSource {
+        latest: Box::new({
+            let reports = reports.clone();
+            move |region| reports.get(region)
+        }),
+        changed: reports.subscribe(),
+    };
+    tokio::spawn(publish_regional_deployments(
+        store.clone(),
+        cache.clone(),
+        source,
+    ));
     let own_id = SpiffeId {
         trust_domain: ca.trust_domain().to_owned(),
         subject: Subject::Control { region: None },
@@ -383,7 +396,7 @@ async fn run_global(args: ControlArgs) -> Result<()> {
     });
     axum::serve(
         listener,
-        meridian_api::router_with(store, Some(ca), registry),
+        meridian_api::router_with(store, Some(ca), registry, reports),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await

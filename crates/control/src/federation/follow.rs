@@ -1,7 +1,9 @@
 //! The regional control plane's side: a delta-xDS stream to the global control plane (mutual
 //! TLS, with the region's own `control/<region>` certificate), subscribed to every
-//! [`REGIONAL_DEPLOYMENT`] of the region. The first answer replaces what the region knew (its
-//! disk copy); later ones re-render only the services whose resources changed. Every accepted
+//! [`REGIONAL_DEPLOYMENT`] of the region and to every region's [`REGION_SUMMARY`]. The first
+//! answer of regional deployments replaces what the region knew (its disk copy); later ones
+//! re-render only the services whose resources changed. Summaries give the other regions'
+//! healthy instances, which the region's node proxies reach when the region has none. Every accepted
 //! update is written to the disk copy. A bad resource rejects the update (NACK, with the reason)
 //! and changes nothing; when the global control plane is away, the region goes on with what it
 //! has and the client reconnects with backoff, resuming with the versions it holds.
@@ -14,14 +16,14 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 
 use meridian_model::{Endpoint, RegionalDeployment};
-use meridian_xds::meridian::{self, REGIONAL_DEPLOYMENT};
+use meridian_xds::meridian::{self, REGIONAL_DEPLOYMENT, REGION_SUMMARY};
 use meridian_xds::{
     run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
 };
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::region::{RegionState, ServiceId};
+use crate::region::{RegionState, RemoteRegion, RemoteService, ServiceId};
 
 /// First and longest wait between attempts to reach the global control plane.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
@@ -77,7 +79,10 @@ struct Follower {
 }
 
 fn interests() -> Interests {
-    Interests::from([(REGIONAL_DEPLOYMENT.to_owned(), Interest::Wildcard)])
+    Interests::from([
+        (REGIONAL_DEPLOYMENT.to_owned(), Interest::Wildcard),
+        (REGION_SUMMARY.to_owned(), Interest::Wildcard),
+    ])
 }
 
 fn lock(state: &Mutex<RegionState>) -> std::sync::MutexGuard<'_, RegionState> {
@@ -130,6 +135,46 @@ fn decode(region: &str, name: &str, held: &Held) -> Result<Decoded, String> {
         deployment,
         endpoints,
     })
+}
+
+/// Decodes and checks every region summary held, or says which one is bad and why.
+fn decode_summaries(resources: &Resources) -> Result<BTreeMap<String, RemoteRegion>, String> {
+    let mut regions = BTreeMap::new();
+    for (name, held) in resources.get(REGION_SUMMARY).into_iter().flatten() {
+        let bad = |reason: String| format!("region summary `{name}`: {reason}");
+        meridian_model::check_dns_label(name).map_err(|e| bad(format!("name: {e}")))?;
+        let summary = meridian::RegionSummary::decode(held.resource.value.as_slice())
+            .map_err(|e| bad(e.to_string()))?;
+        let mut services = Vec::with_capacity(summary.services.len());
+        for (i, service) in summary.services.into_iter().enumerate() {
+            let spec = serde_json::from_slice(&service.spec_json)
+                .map_err(|e| bad(format!("services[{i}].spec_json: {e}")))?;
+            if let Some(address) = service
+                .addresses
+                .iter()
+                .find(|a| a.parse::<std::net::IpAddr>().is_err())
+            {
+                return Err(bad(format!(
+                    "services[{i}].addresses: `{address}` is not an IP address"
+                )));
+            }
+            services.push(RemoteService {
+                id: (service.org, service.app, service.service),
+                version: service.version,
+                spec,
+                addresses: service.addresses,
+            });
+        }
+        regions.insert(
+            name.clone(),
+            RemoteRegion {
+                lat: summary.lat,
+                lon: summary.lon,
+                services,
+            },
+        );
+    }
+    Ok(regions)
 }
 
 impl Follower {
@@ -193,6 +238,9 @@ impl Handler for Follower {
     async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
         if type_url == REGIONAL_DEPLOYMENT {
             self.apply(resources).await?;
+        } else if type_url == REGION_SUMMARY {
+            let regions = decode_summaries(resources)?;
+            lock(&self.state).set_region_summaries(&regions);
         }
         Ok(interests())
     }

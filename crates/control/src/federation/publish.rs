@@ -1,19 +1,28 @@
-//! The global control plane's side: every service's regional deployments, with the endpoints
-//! registered for them in that region, as [`REGIONAL_DEPLOYMENT`] resources named
-//! `region/<region>/<org>/<app>/<service>` in an xDS cache, kept in step with the store's change
-//! feed. A change re-reads only the service it names, and the cache wakes only the streams of
-//! the regions whose resources changed.
+//! The global control plane's side. Two kinds of resources go into an xDS cache:
+//!
+//! - every service's regional deployments, with the endpoints registered for them in that
+//!   region, as [`REGIONAL_DEPLOYMENT`] resources named `region/<region>/<org>/<app>/<service>`,
+//!   kept in step with the store's change feed (a change re-reads only the service it names);
+//! - every region's [`REGION_SUMMARY`] (`regions/<region>`): its coordinates and, for each
+//!   service deployed there, its spec and the addresses of the healthy instances the region last
+//!   reported (a report older than [`REPORT_STALE`] counts as none), so that every region can
+//!   reach the others' instances.
+//!
+//! The cache wakes only the streams whose resources changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::google::protobuf::Any;
-use meridian_model::{derive_regional, ChangeKind, Endpoint};
+use meridian_model::{derive_regional, ChangeKind, Endpoint, RegionReport, RegionalDeployment};
 use meridian_store::{wait_for_changes, ServiceFilter, ServiceKey, Store, StoreError};
-use meridian_xds::meridian::{RegionalDeployment, REGIONAL_DEPLOYMENT};
+use meridian_xds::meridian::{
+    RegionService, RegionSummary, REGIONAL_DEPLOYMENT, REGIONS_NAMESPACE, REGION_SUMMARY,
+};
 use meridian_xds::{region_namespace, Cache, Update};
 use prost::Message;
+use tokio::sync::watch;
 
 /// Most changes read at once.
 const FEED_PAGE: u32 = 1024;
@@ -21,18 +30,45 @@ const FEED_PAGE: u32 = 1024;
 const FEED_WAIT: Duration = Duration::from_secs(60);
 /// Backoff after a store failure: doubles from the first value up to the second.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
+/// A region's report older than this no longer vouches for its instances.
+pub const REPORT_STALE: Duration = Duration::from_secs(10);
+/// How often summaries are rendered again without news (so that stale reports drop out).
+const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
 
-/// Regions whose resources name each service, as published.
-type Published = BTreeMap<String, BTreeSet<String>>;
+/// The last report of a region, and its age.
+pub type LatestReport = dyn Fn(&str) -> Option<(RegionReport, Duration)> + Send + Sync;
 
-/// Publishes the regional deployments of every service in `store` into `cache`, then follows
-/// the change feed, until the process ends. A store failure is logged and retried with backoff,
-/// then everything is published again (unchanged resources keep their versions).
-pub async fn publish_regional_deployments(store: Arc<dyn Store>, cache: Arc<Cache>) {
-    let mut published = Published::new();
+/// Where region summaries get the regions' reports: the last report of a region and its age,
+/// and a receiver that changes when a region reports something new.
+pub struct ReportSource {
+    /// The last report of a region, and its age.
+    pub latest: Box<LatestReport>,
+    /// Changes when a region reports something new.
+    pub changed: watch::Receiver<u64>,
+}
+
+/// What has been published.
+#[derive(Default)]
+struct Published {
+    /// Each region's regional deployments, by service (`org/app/service`).
+    deployed: BTreeMap<String, BTreeMap<String, RegionalDeployment>>,
+    /// Each region's coordinates.
+    regions: BTreeMap<String, (f64, f64)>,
+}
+
+/// Publishes the regional deployments of every service in `store` and every region's summary
+/// into `cache`, then follows the change feed and `reports`, until the process ends. A store
+/// failure is logged and retried with backoff, then everything is published again (unchanged
+/// resources keep their versions).
+pub async fn publish_regional_deployments(
+    store: Arc<dyn Store>,
+    cache: Arc<Cache>,
+    mut reports: ReportSource,
+) {
+    let mut published = Published::default();
     let mut backoff = BACKOFF.0;
     loop {
-        match publish_then_follow(&*store, &cache, &mut published).await {
+        match publish_then_follow(&*store, &cache, &mut reports, &mut published).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff,
@@ -44,15 +80,21 @@ pub async fn publish_regional_deployments(store: Arc<dyn Store>, cache: Arc<Cach
     }
 }
 
-/// Publishes every service, then each service a change names; returns when the store closes.
+/// Publishes everything, then what each change touches; returns when the store closes.
 async fn publish_then_follow(
     store: &dyn Store,
     cache: &Cache,
+    reports: &mut ReportSource,
     published: &mut Published,
 ) -> Result<(), StoreError> {
     let mut revision = store.revision().await?;
+    read_regions(store, published).await?;
     let services = store.list_services(&ServiceFilter::default()).await?;
-    let mut stale: BTreeSet<String> = published.keys().cloned().collect();
+    let mut stale: BTreeSet<String> = published
+        .deployed
+        .values()
+        .flat_map(|services| services.keys().cloned())
+        .collect();
     for summary in &services {
         let key = ServiceKey {
             org: summary.org.clone(),
@@ -63,36 +105,60 @@ async fn publish_then_follow(
         publish_service(store, cache, published, &key).await?;
     }
     for gone in stale {
-        if let Some(regions) = published.remove(&gone) {
-            cache.apply(REGIONAL_DEPLOYMENT, removal(&gone, regions));
-        }
+        cache.apply(REGIONAL_DEPLOYMENT, withdraw(published, &gone));
     }
+    publish_summaries(cache, published, &reports.latest);
     tracing::info!(
         revision,
         services = services.len(),
         "regional deployments published for the regions"
     );
     loop {
-        let changes = match wait_for_changes(store, revision, FEED_PAGE, FEED_WAIT).await {
+        let changes = tokio::select! {
+            changes = wait_for_changes(store, revision, FEED_PAGE, FEED_WAIT) => changes,
+            _ = reports.changed.changed() => Ok(Vec::new()),
+            () = tokio::time::sleep(SUMMARY_REFRESH) => Ok(Vec::new()),
+        };
+        let changes = match changes {
             Err(StoreError::Closed) => return Ok(()),
             changes => changes?,
         };
         let mut touched = BTreeSet::new();
+        let mut regions_changed = false;
         for change in &changes {
-            if matches!(change.kind, ChangeKind::Service | ChangeKind::Endpoint) {
-                let mut parts = change.key.splitn(4, '/');
-                if let (Some(org), Some(app), Some(name)) =
-                    (parts.next(), parts.next(), parts.next())
-                {
-                    touched.insert((org.to_owned(), app.to_owned(), name.to_owned()));
+            match change.kind {
+                ChangeKind::Service | ChangeKind::Endpoint => {
+                    let mut parts = change.key.splitn(4, '/');
+                    if let (Some(org), Some(app), Some(name)) =
+                        (parts.next(), parts.next(), parts.next())
+                    {
+                        touched.insert((org.to_owned(), app.to_owned(), name.to_owned()));
+                    }
                 }
+                ChangeKind::Region => regions_changed = true,
+                _ => {}
             }
             revision = change.revision;
+        }
+        if regions_changed {
+            read_regions(store, published).await?;
         }
         for (org, app, name) in touched {
             publish_service(store, cache, published, &ServiceKey { org, app, name }).await?;
         }
+        publish_summaries(cache, published, &reports.latest);
     }
+}
+
+/// Reads every region's coordinates.
+async fn read_regions(store: &dyn Store, published: &mut Published) -> Result<(), StoreError> {
+    published.regions = store
+        .list_regions()
+        .await?
+        .into_iter()
+        .map(|r| (r.name, (r.lat, r.lon)))
+        .collect();
+    Ok(())
 }
 
 /// The cache name of `service`'s resource for `region`.
@@ -100,15 +166,15 @@ fn resource_name(region: &str, service: &str) -> String {
     format!("{}{service}", region_namespace(region))
 }
 
-/// Removes `service`'s resources for `regions`.
-fn removal(service: &str, regions: BTreeSet<String>) -> Update {
-    Update {
-        put: Vec::new(),
-        remove: regions
-            .iter()
-            .map(|region| resource_name(region, service))
-            .collect(),
+/// Forgets `service` in every region and returns the removal of its resources.
+fn withdraw(published: &mut Published, service: &str) -> Update {
+    let mut update = Update::default();
+    for (region, services) in &mut published.deployed {
+        if services.remove(service).is_some() {
+            update.remove.push(resource_name(region, service));
+        }
     }
+    update
 }
 
 /// Re-reads one service and its endpoints and publishes its regional deployments; regions it
@@ -129,33 +195,85 @@ async fn publish_service(
     } else {
         store.list_endpoints(key).await?
     };
-    let mut update = Update::default();
-    let mut regions = BTreeSet::new();
+    let mut update = withdraw(published, &name);
     for deployment in regional {
         let here: Vec<&Endpoint> = endpoints
             .iter()
             .filter(|e| e.region == deployment.region)
             .collect();
-        let resource = RegionalDeployment {
+        let resource = meridian_xds::meridian::RegionalDeployment {
             deployment_json: to_json(&deployment),
             endpoints_json: to_json(&here),
         };
+        let cache_name = resource_name(&deployment.region, &name);
+        update.remove.retain(|removed| *removed != cache_name);
         update.put.push((
-            resource_name(&deployment.region, &name),
+            cache_name,
             Any {
                 type_url: REGIONAL_DEPLOYMENT.to_owned(),
                 value: resource.encode_to_vec(),
             },
         ));
-        regions.insert(deployment.region);
-    }
-    let before = published.remove(&name).unwrap_or_default();
-    update.remove = removal(&name, before.difference(&regions).cloned().collect()).remove;
-    if !regions.is_empty() {
-        published.insert(name, regions);
+        published
+            .deployed
+            .entry(deployment.region.clone())
+            .or_default()
+            .insert(name.clone(), deployment);
     }
     cache.apply(REGIONAL_DEPLOYMENT, update);
     Ok(())
+}
+
+/// Renders every region's summary from what is deployed there and its last fresh report;
+/// regions that are gone lose theirs.
+fn publish_summaries(
+    cache: &Cache,
+    published: &Published,
+    latest: &LatestReport,
+) {
+    let mut update = Update::default();
+    for (region, &(lat, lon)) in &published.regions {
+        let report = latest(region)
+            .filter(|(_, age)| *age <= REPORT_STALE)
+            .map(|(report, _)| report);
+        let services = published
+            .deployed
+            .get(region)
+            .into_iter()
+            .flatten()
+            .map(|(_, deployment)| RegionService {
+                org: deployment.org.clone(),
+                app: deployment.app.clone(),
+                service: deployment.service.clone(),
+                version: deployment.version,
+                spec_json: to_json(&deployment.spec),
+                addresses: report
+                    .iter()
+                    .flat_map(|r| &r.services)
+                    .find(|s| {
+                        (&s.org, &s.app, &s.service)
+                            == (&deployment.org, &deployment.app, &deployment.service)
+                    })
+                    .map(|s| s.addresses.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let summary = RegionSummary { lat, lon, services };
+        update.put.push((
+            format!("{REGIONS_NAMESPACE}{region}"),
+            Any {
+                type_url: REGION_SUMMARY.to_owned(),
+                value: summary.encode_to_vec(),
+            },
+        ));
+    }
+    let current: BTreeSet<&str> = update.put.iter().map(|(name, _)| name.as_str()).collect();
+    update.remove = cache
+        .names(REGION_SUMMARY, REGIONS_NAMESPACE)
+        .into_iter()
+        .filter(|name| !current.contains(name.as_str()))
+        .collect();
+    cache.apply(REGION_SUMMARY, update);
 }
 
 /// `value` as JSON (model types always serialize).
