@@ -4,8 +4,8 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::{agent, gateway, Deployed, RegionalPlane};
@@ -531,4 +531,155 @@ async fn a_service_reaches_other_regions_by_name_nearest_first_or_pinned_to_a_re
     .await;
     let (_, gone) = through(&gateway, web, &call("http://iad.api.shop.internal:9090/")).await;
     assert!(!gone.contains(" in iad "), "{gone}");
+}
+
+/// Requests through a gateway in a loop until stopped, counting answers and failures.
+struct Load {
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Starts sending `GET /` for `host` through `gateway`, one request at a time.
+    fn start(gateway: &str, host: &str) -> Load {
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (url, host) = (format!("http://{gateway}/"), host.to_owned());
+        let task = tokio::spawn({
+            let (answered, failures) = (answered.clone(), failures.clone());
+            async move {
+                let client = reqwest::Client::new();
+                while !*stopped.borrow_and_update() {
+                    let answer = client.get(&url).header("host", &host).send().await;
+                    match answer {
+                        Ok(answer) if answer.status() == 200 => {}
+                        Ok(answer) => {
+                            let status = answer.status();
+                            let body = answer.text().await.unwrap_or_default();
+                            failures.lock().unwrap().push(format!("{status}: {body}"));
+                        }
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        Load {
+            answered,
+            failures,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until `more` further requests were answered.
+    async fn goes_on_for(&self, more: u64) {
+        let count = || self.answered.load(std::sync::atomic::Ordering::Relaxed);
+        let (from, end) = (count(), Instant::now() + DEADLINE);
+        while count() < from + more {
+            assert!(
+                Instant::now() < end,
+                "the load stalled at {} requests",
+                count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The failures so far.
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap().clone()
+    }
+
+    /// Stops the load; returns how many requests were answered.
+    async fn stop(self) -> u64 {
+        self.stop.send_replace(true);
+        self.task.await.unwrap();
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The pid files of the instances run by the agents of `nodes` with their state under `dir`.
+fn instance_pids(dir: &Path, nodes: &[&str]) -> BTreeMap<PathBuf, i32> {
+    nodes
+        .iter()
+        .flat_map(|node| {
+            std::fs::read_dir(dir.join(node).join("instances"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path().join("pid"))
+        })
+        .filter_map(|file| {
+            let pid = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
+            Some((file, pid))
+        })
+        .collect()
+}
+
+/// Kills one instance (SIGKILL) and waits until its agent has started it again and it answers
+/// through `gateway` with the other one.
+async fn kill_an_instance_and_see_it_restarted(dir: &Path, nodes: &[&str], gateway: &str) {
+    let before = instance_pids(dir, nodes);
+    let (file, pid) = before.iter().next().expect("a running instance");
+    let process = rustix::process::Pid::from_raw(*pid).unwrap();
+    rustix::process::kill_process(process, rustix::process::Signal::KILL).unwrap();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let now = instance_pids(dir, nodes);
+        if now.get(file).is_some_and(|new| new != pid) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the killed instance was not restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serving(gateway, |seen| seen.len() == 2, "both instances again").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_a_killed_instance_is_restarted_without_a_failed_request_even_without_control_planes(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut platform = Deployed::start(dir.path(), &hello(2));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let nodes = ["one", "two"];
+    let _one = agent(&region, nodes[0], "127.0.80.1", dir.path());
+    let _two = agent(&region, nodes[1], "127.0.81.1", dir.path());
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    serving(&address, |seen| seen.len() == 2, "two instances").await;
+    let load = Load::start(&address, "hello.example.com");
+    load.goes_on_for(50).await;
+
+    // An instance killed under load is restarted; the gateway retries what it could not
+    // deliver, so no request fails.
+    kill_an_instance_and_see_it_restarted(dir.path(), &nodes, &address).await;
+    load.goes_on_for(50).await;
+    assert_eq!(load.failures(), Vec::<String>::new());
+
+    // Without the global control plane, the same.
+    platform.global.stop();
+    kill_an_instance_and_see_it_restarted(dir.path(), &nodes, &address).await;
+    load.goes_on_for(50).await;
+    assert_eq!(load.failures(), Vec::<String>::new());
+
+    // Without the region's control plane too: the gateway and the agents keep their last
+    // configuration, and agents still heal their instances.
+    drop(region);
+    load.goes_on_for(200).await;
+    kill_an_instance_and_see_it_restarted(dir.path(), &nodes, &address).await;
+    load.goes_on_for(50).await;
+    let failures = load.failures();
+    let answered = load.stop().await;
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
 }

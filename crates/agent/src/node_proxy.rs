@@ -153,10 +153,15 @@ pub fn config(
                 port.name,
                 region.map(|r| format!("/in/{r}")).unwrap_or_default(),
             );
+            // An instance that just went away is retried elsewhere (idempotent requests only,
+            // within the proxy's retry budget).
             virtual_hosts.push(json!({
                 "name": domain.clone(),
                 "domains": [domain],
-                "routes": [{"cluster": cluster}],
+                "routes": [{
+                    "cluster": cluster,
+                    "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
+                }],
             }));
             if routed.insert(cluster.clone()) {
                 let peer = format!(

@@ -38,7 +38,7 @@ use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
@@ -214,7 +214,14 @@ pub fn gateway_routes<'a>(deployments: impl IntoIterator<Item = &'a RegionalDepl
             domains,
             routes: routes
                 .into_iter()
-                .map(|r| prefix_route(&r.path_prefix, proxy_cluster_name(deployment, &r.port)))
+                .map(|r| {
+                    let mut route =
+                        prefix_route(&r.path_prefix, proxy_cluster_name(deployment, &r.port));
+                    if let Some(Action::Route(action)) = &mut route.action {
+                        action.retry_policy = Some(gateway_retries());
+                    }
+                    route
+                })
                 .collect(),
             ..Default::default()
         });
@@ -224,6 +231,22 @@ pub fn gateway_routes<'a>(deployments: impl IntoIterator<Item = &'a RegionalDepl
         virtual_hosts,
         ..Default::default()
     })
+}
+
+/// How many times a gateway retries a request whose instance could not be reached or failed as a
+/// gateway (an instance that just went away): the proxy retries only idempotent requests, and
+/// within its retry budget.
+const GATEWAY_RETRIES: u32 = 2;
+
+/// The gateway's retry policy: connect failures and gateway errors, to another instance.
+fn gateway_retries() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: "connect-failure,gateway-error".to_owned(),
+        num_retries: Some(UInt32Value {
+            value: GATEWAY_RETRIES,
+        }),
+        ..Default::default()
+    }
 }
 
 fn prefix_route(prefix: &str, cluster: String) -> Route {

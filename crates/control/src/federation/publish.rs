@@ -226,11 +226,7 @@ async fn publish_service(
 
 /// Renders every region's summary from what is deployed there and its last fresh report;
 /// regions that are gone lose theirs.
-fn publish_summaries(
-    cache: &Cache,
-    published: &Published,
-    latest: &LatestReport,
-) {
+fn publish_summaries(cache: &Cache, published: &Published, latest: &LatestReport) {
     let mut update = Update::default();
     for (region, &(lat, lon)) in &published.regions {
         let report = latest(region)
