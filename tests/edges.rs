@@ -1,5 +1,6 @@
 //! An edge routes each host to the nearest region with healthy instances and fails over to the
-//! next region by distance when that region's gateway goes away.
+//! next region by distance when that region's gateway goes away, or its instances do (requests
+//! that reach its gateway first are retried in the next region).
 
 mod support;
 
@@ -7,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{
-    agent, gateway, spawn_with_lines, wait_for_line, Deployed, Killed, RegionalPlane, HELLO,
+    agent, gateway, spawn_with_lines, wait_for_line, Agent, Deployed, Killed, RegionalPlane, HELLO,
     MERIDIAN,
 };
 
@@ -76,8 +77,20 @@ async fn served_from(edge: &str, region: &str) {
     panic!("the edge never served from {region}; last answer: {last}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
+/// Web in fra and iad, each region with one node and a gateway, and an edge at Paris.
+struct TwoRegions {
+    _platform: Deployed,
+    _regions: (RegionalPlane, RegionalPlane),
+    fra_node: Agent,
+    _iad_node: Agent,
+    fra_gateway: Killed,
+    _iad_gateway: Killed,
+    _edge: Killed,
+    edge: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn two_regions() -> TwoRegions {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &web("fra"));
     platform
@@ -89,15 +102,84 @@ async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
     let (global, token) = (&platform.global, &platform.token);
     let fra = RegionalPlane::start(global, token, "fra", Some("127.0.42.1:8080"));
     let iad = RegionalPlane::start(global, token, "iad", Some("127.0.43.1:8080"));
-    let _fra_node = agent(&fra, "fra-1", "127.0.40.1", dir.path());
-    let _iad_node = agent(&iad, "iad-1", "127.0.41.1", dir.path());
+    let fra_node = agent(&fra, "fra-1", "127.0.40.1", dir.path());
+    let iad_node = agent(&iad, "iad-1", "127.0.41.1", dir.path());
     let (fra_gateway, _) = gateway(&fra, dir.path()).await;
-    let (_iad_gateway, _) = gateway(&iad, dir.path()).await;
-    let (_edge, edge) = edge(&platform);
+    let (iad_gateway, _) = gateway(&iad, dir.path()).await;
+    let (edge_process, edge) = edge(&platform);
+    TwoRegions {
+        _platform: platform,
+        _regions: (fra, iad),
+        fra_node,
+        _iad_node: iad_node,
+        fra_gateway,
+        _iad_gateway: iad_gateway,
+        _edge: edge_process,
+        edge,
+        _dir: dir,
+    }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
+    let regions = two_regions().await;
     // Paris is nearer Frankfurt than Washington.
-    served_from(&edge, "fra").await;
+    served_from(&regions.edge, "fra").await;
     // Frankfurt's gateway goes away: the edge serves from Washington.
-    drop(fra_gateway);
-    served_from(&edge, "iad").await;
+    drop(regions.fra_gateway);
+    served_from(&regions.edge, "iad").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region() {
+    let regions = two_regions().await;
+    served_from(&regions.edge, "fra").await;
+    // Frankfurt's only node stops its instances; its gateway stays. Requests go on, one at a
+    // time, and the edge moves to Washington.
+    let client = reqwest::Client::new();
+    let stopped = Instant::now();
+    drop(regions.fra_node);
+    let (mut failed, mut answered) = (Vec::new(), 0);
+    let end = Instant::now() + DEADLINE;
+    let moved = loop {
+        let answer = client
+            .get(format!("http://{}/", regions.edge))
+            .header("host", "shop.example.com")
+            .send()
+            .await;
+        answered += 1;
+        match answer {
+            Ok(answer) if answer.status() == 200 => {
+                let body = answer.text().await.unwrap_or_default();
+                if body.contains(" in iad ") {
+                    break stopped.elapsed();
+                }
+            }
+            Ok(answer) => failed.push(answer.status().to_string()),
+            Err(e) => failed.push(e.to_string()),
+        }
+        assert!(
+            Instant::now() < end,
+            "the edge never served from iad: {failed:?}"
+        );
+    };
+    println!(
+        "served from iad {} ms after fra's instances stopped; {} of {answered} requests failed \
+         meanwhile: {failed:?}",
+        moved.as_millis(),
+        failed.len()
+    );
+    // Requests that reach Frankfurt's gateway first are retried in Washington: none fails,
+    // then or after.
+    for _ in 0..50 {
+        let answer = client
+            .get(format!("http://{}/", regions.edge))
+            .header("host", "shop.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert!(answer.text().await.unwrap().contains(" in iad "));
+    }
+    assert_eq!(failed, Vec::<String>::new());
 }

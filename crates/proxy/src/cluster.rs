@@ -701,8 +701,16 @@ impl Cluster {
 
     /// Power of two choices in the chosen level: by peak-EWMA cost, or by outstanding requests.
     fn level_pick(&self, by_latency: bool, rules: &PickRules) -> Option<usize> {
-        let level = self.choose_level(rules)?;
-        let a = self.sample(level, rules)?;
+        let chosen = self.choose_level(rules)?;
+        let (level, a) = match self.sample(chosen, rules) {
+            Some(a) => (chosen, a),
+            // A retry whose level has no usable endpoint but the one it avoids goes to the next
+            // level that has one.
+            None => self
+                .levels
+                .iter()
+                .find_map(|level| self.sample(level, rules).map(|a| (level, a)))?,
+        };
         let b = self.sample(level, rules)?;
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
         let a_better = if by_latency {
@@ -714,7 +722,15 @@ impl Cluster {
     }
 
     fn round_robin(&self, rules: &PickRules) -> Option<usize> {
-        let level = self.choose_level(rules)?;
+        let chosen = self.choose_level(rules)?;
+        // A retry whose level has no usable endpoint but the one it avoids goes to the next
+        // level that has one.
+        self.next_in_turn(chosen, rules)
+            .or_else(|| self.levels.iter().find_map(|l| self.next_in_turn(l, rules)))
+    }
+
+    /// The next eligible member of `level` in its weighted round-robin schedule.
+    fn next_in_turn(&self, level: &Level, rules: &PickRules) -> Option<usize> {
         for _ in 0..level.schedule.len() {
             let turn = level.next.fetch_add(1, Ordering::Relaxed) % level.schedule.len();
             let index = level.members[level.schedule[turn]];
@@ -804,6 +820,20 @@ mod tests {
         assert!(picks(&c, 50, &none).iter().all(|p| *p == 9));
         c.endpoints()[4].set_healthy(false);
         assert!(c.pick(&none, None).is_none());
+    }
+
+    #[test]
+    fn a_retry_avoiding_its_levels_only_endpoint_goes_to_the_next_level() {
+        for lb in ["least_request", "round_robin", "p2c_ewma"] {
+            let c = cluster(&format!(
+                "  - name: c\n    lb: {lb}\n    endpoints:\n      - {{address: \"127.0.0.1:1\"}}\n      - {{address: \"127.0.0.1:9\", priority: 1}}"
+            ));
+            let none = HeaderMap::new();
+            assert!(picks(&c, 50, &none).iter().all(|p| *p == 1), "{lb}");
+            let first: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let retry = c.pick(&none, Some(first)).unwrap().endpoint().addr.port();
+            assert_eq!(retry, 9, "{lb}");
+        }
     }
 
     #[tokio::test]
