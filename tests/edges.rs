@@ -30,8 +30,9 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     )
 }
 
-/// `meridian edge` at Paris; its public address.
-fn edge(platform: &Deployed) -> (Killed, String) {
+/// `meridian edge` at Paris, joined at `region`; its public address.
+fn edge(platform: &Deployed, region: &RegionalPlane, dir: &std::path::Path) -> (Killed, String) {
+    let token = region.join_token("edge/par");
     let (child, lines) = spawn_with_lines(
         Command::new(MERIDIAN)
             .args([
@@ -44,8 +45,10 @@ fn edge(platform: &Deployed) -> (Killed, String) {
                 "2.35",
             ])
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(["--api", &platform.global.api])
-            .env("MERIDIAN_TOKEN", &platform.token)
+            .args(["--control", &region.xds, "--join-token", &token])
+            .args(["--global-xds", &platform.global.xds])
+            .arg("--state-dir")
+            .arg(dir.join("edge-par"))
             .env("MERIDIAN_LOG", "warn"),
     );
     let line = wait_for_line(&lines, DEADLINE, "the edge's address", |l| {
@@ -106,7 +109,7 @@ async fn two_regions() -> TwoRegions {
     let iad_node = agent(&iad, "iad-1", "127.0.41.1", dir.path());
     let (fra_gateway, _) = gateway(&fra, dir.path()).await;
     let (iad_gateway, _) = gateway(&iad, dir.path()).await;
-    let (edge_process, edge) = edge(&platform);
+    let (edge_process, edge) = edge(&platform, &fra, dir.path());
     TwoRegions {
         _platform: platform,
         _regions: (fra, iad),

@@ -153,7 +153,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Agent(agent_args) => commands::agent::run(agent_args).await,
-        Command::Edge(edge_args) => commands::edge::run(edge_args, args).await,
+        Command::Edge(edge_args) => commands::edge::run(edge_args).await,
         Command::Dns(dns_args) => commands::dns::run(dns_args).await,
         Command::Gateway(gateway_args) => commands::gateway::run(gateway_args).await,
         Command::Logs(logs_args) => commands::logs::run(logs_args),

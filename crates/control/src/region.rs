@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use tokio::sync::Notify;
+
 use envoy_types::pb::google::protobuf::Any;
 use meridian_model::{
     Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth, ServiceSpec,
@@ -45,6 +47,8 @@ pub struct RegionState {
     elsewhere: BTreeMap<ServiceId, Vec<ServiceInstance>>,
     /// Services deployed only in other regions, as the nearest of them runs them.
     remote: BTreeMap<ServiceId, RegionalDeployment>,
+    /// Told whenever the region's report upward may have changed.
+    report_due: Arc<Notify>,
 }
 
 /// Another region as its summary shows it.
@@ -105,6 +109,7 @@ impl RegionState {
             rendered: HashMap::new(),
             elsewhere: BTreeMap::new(),
             remote: BTreeMap::new(),
+            report_due: Arc::new(Notify::new()),
         };
         state.render_gateway_routes();
         state
@@ -175,6 +180,13 @@ impl RegionState {
         } else {
             self.refresh_reported();
         }
+        self.report_due.notify_one();
+    }
+
+    /// What is told whenever the region's report upward may have changed (an agent reported,
+    /// a service or a node changed), so that news goes up at once.
+    pub fn report_due(&self) -> Arc<Notify> {
+        self.report_due.clone()
     }
 
     /// Called every second: forgets nodes whose agents stopped reporting (and places their
@@ -187,6 +199,7 @@ impl RegionState {
         } else if self.fleet.first_placement_due(now) {
             self.reconcile_instances();
         }
+        self.report_due.notify_one();
     }
 
     /// What the region knows from the global control plane, for its disk copy.
@@ -391,6 +404,7 @@ impl RegionState {
         deployment: Option<RegionalDeployment>,
         endpoints: Vec<Endpoint>,
     ) -> bool {
+        self.report_due.notify_one();
         let endpoints: Vec<Endpoint> = endpoints
             .into_iter()
             .filter(|e| e.region == self.region)

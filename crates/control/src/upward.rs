@@ -1,6 +1,7 @@
-//! The region's report to the global control plane: every few seconds, its nodes, capacity and
-//! each service's placed and healthy instances (`PUT /v1/regions/{region}/report`). While the
-//! global control plane is away the region goes on and reports again when it is back.
+//! The region's report to the global control plane (`PUT /v1/regions/{region}/report`): its
+//! nodes, capacity and each service's placed and healthy instances, sent as soon as it changes
+//! and every few seconds anyway. While the global control plane is away the region goes on and
+//! reports again when it is back.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,12 +12,20 @@ use crate::region::RegionState;
 /// How often the region reports.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reports `state` to `api` every [`REPORT_INTERVAL`], for as long as the task runs.
+/// Reports `state` to `api` when it changes and at least every [`REPORT_INTERVAL`], for as long
+/// as the task runs.
 pub async fn report_upward(api: GlobalApi, state: Arc<Mutex<RegionState>>) {
+    let Some(due) = state.lock().ok().map(|s| s.report_due()) else {
+        return;
+    };
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     let mut failing = false;
+    let mut sent = None;
     loop {
-        tick.tick().await;
+        let heartbeat = tokio::select! {
+            _ = tick.tick() => true,
+            () = due.notified() => false,
+        };
         let Some((region, report)) = state
             .lock()
             .ok()
@@ -24,6 +33,9 @@ pub async fn report_upward(api: GlobalApi, state: Arc<Mutex<RegionState>>) {
         else {
             continue;
         };
+        if !heartbeat && sent.as_ref() == Some(&report) {
+            continue;
+        }
         match api
             .put(&format!("/v1/regions/{region}/report"), &report)
             .await
@@ -31,8 +43,9 @@ pub async fn report_upward(api: GlobalApi, state: Arc<Mutex<RegionState>>) {
             Ok(()) if failing => {
                 tracing::info!("reporting to the global control plane again");
                 failing = false;
+                sent = Some(report);
             }
-            Ok(()) => {}
+            Ok(()) => sent = Some(report),
             Err(e) if !failing => {
                 tracing::warn!(error = %e, "cannot report to the global control plane; the region goes on");
                 failing = true;

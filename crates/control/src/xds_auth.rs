@@ -65,8 +65,10 @@ fn grant_for(id: Option<&SpiffeId>, region: Option<&str>) -> Result<Grant, Statu
                 region: Some(r.clone()),
                 ..role("control")
             }),
+            Subject::Edge { .. } => Ok(role("edge")),
             _ => Err(Status::permission_denied(format!(
-                "{id} may not follow the global control plane: only regional control planes do"
+                "{id} may not follow the global control plane: only regional control planes and \
+                 edges do"
             ))),
         };
     };

@@ -1,150 +1,152 @@
-//! The edge's loop: every second it reads the regions, their reports and their deployments
-//! from the global control plane's API, and applies the configuration they give when it
-//! changed. While the API cannot be read, the last configuration goes on serving.
+//! The edge's follower: a delta-xDS stream to the global control plane (mutual TLS, with the
+//! edge's own certificate), subscribed to every region's `meridian.v1.RegionSummary` (where it
+//! is, its gateway, what it runs and how healthy it is). Each update that changes the edge's
+//! configuration is applied at once; a summary that does not decode is rejected (NACK) and the
+//! last configuration goes on serving, as it does while the global control plane is away.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_model::{Region, RegionalDeployment};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use meridian_model::{RegionReport, RegionalDeployment, ServiceHealth};
 use meridian_proxy::Proxy;
-use serde::Deserialize;
+use meridian_xds::meridian::{RegionSummary, REGION_SUMMARY};
+use meridian_xds::{run_delta_client, ClientOptions, Handler, Interest, Interests, Resources};
+use prost::Message;
 
 use crate::selection::{edge_config, Location, RegionView};
 
-/// How often the edge reads the API.
-const POLL: Duration = Duration::from_secs(1);
-/// A region whose last report is older than this is not routed to.
-const REPORT_STALE_SECONDS: u64 = 10;
+/// First and longest wait between attempts to reach the global control plane.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 
-/// Where the edge is, where it listens, and the API it follows.
+/// Where the edge is, where it listens, and the control plane it follows.
 #[derive(Debug, Clone)]
 pub struct EdgeOptions {
     /// Its location.
     pub location: Location,
     /// Its public listener's address.
     pub listen: String,
-    /// The global control plane's API.
-    pub api: String,
-    /// A token that may read regions and their reports (an admin token today).
-    pub token: String,
+    /// The global control plane's xDS (`https://…`).
+    pub global_xds: String,
+    /// TLS with the edge's certificate, for the global control plane.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
-/// Why reading the API failed.
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    #[error("{0}")]
-    Http(#[from] reqwest::Error),
-    #[error("{path} answered {status}")]
-    Status {
-        path: String,
-        status: reqwest::StatusCode,
-    },
-}
-
-#[derive(Deserialize)]
-struct ReportAge {
-    report: meridian_model::RegionReport,
-    age_seconds: u64,
-}
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    /// GETs `path`; `None` on 404.
-    async fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-    ) -> Result<Option<T>, ReadError> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        match response.status() {
-            reqwest::StatusCode::NOT_FOUND => Ok(None),
-            status if status.is_success() => Ok(Some(response.json().await?)),
-            status => Err(ReadError::Status {
-                path: path.to_owned(),
-                status,
-            }),
-        }
-    }
-
-    async fn regions(&self) -> Result<Vec<RegionView>, ReadError> {
-        let regions: Vec<Region> = self.get("/v1/regions").await?.unwrap_or_default();
-        let mut views = Vec::new();
-        for region in regions {
-            let report: Option<ReportAge> = self
-                .get(&format!("/v1/regions/{}/report", region.name))
-                .await?;
-            let deployments: Vec<RegionalDeployment> = self
-                .get(&format!("/v1/regions/{}/deployments", region.name))
-                .await?
-                .unwrap_or_default();
-            views.push(RegionView {
-                name: region.name,
-                lat: region.lat,
-                lon: region.lon,
-                report: report
-                    .filter(|r| r.age_seconds <= REPORT_STALE_SECONDS)
-                    .map(|r| r.report),
-                deployments,
-            });
-        }
-        Ok(views)
-    }
-}
-
-/// Follows the API and keeps `proxy` configured, for as long as the task runs. Returns after
-/// the first configuration is applied through `ready` (once).
+/// Follows the global control plane and keeps `proxy` configured, for as long as the task runs.
+/// Says so through `ready` (once) when the first configuration is applied.
 pub async fn run_edge(
     options: EdgeOptions,
     proxy: Arc<Proxy>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
-    let api = Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default(),
-        base: options.api.trim_end_matches('/').to_owned(),
-        token: options.token.clone(),
+    let client = ClientOptions {
+        url: options.global_xds.clone(),
+        tls: Some(options.tls.clone()),
+        node: Node {
+            id: format!("edge-{}", options.location.name),
+            ..Node::default()
+        },
+        backoff: BACKOFF,
     };
-    let mut ready = Some(ready);
-    let mut applied = String::new();
-    let mut failing = false;
-    loop {
-        match api.regions().await {
-            Ok(regions) => {
-                if failing {
-                    tracing::info!("reading the global control plane again");
-                    failing = false;
-                }
-                let config = edge_config(&options.location, &options.listen, &regions).to_string();
-                if config != applied {
-                    match proxy.apply_text(&config).await {
-                        Ok(()) => {
-                            tracing::info!(location = %options.location.name, "edge configuration applied");
-                            applied = config;
-                            if let Some(ready) = ready.take() {
-                                let _ = ready.send(());
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "the edge configuration was refused"),
-                    }
-                }
-            }
-            Err(e) if !failing => {
-                tracing::warn!(error = %e, "cannot read the global control plane; serving the last configuration");
-                failing = true;
-            }
-            Err(_) => {}
+    let follower = Follower {
+        options,
+        proxy,
+        ready: Some(ready),
+        applied: String::new(),
+    };
+    run_delta_client(client, follower).await;
+}
+
+struct Follower {
+    options: EdgeOptions,
+    proxy: Arc<Proxy>,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The configuration applied last, as JSON text.
+    applied: String,
+}
+
+fn interests() -> Interests {
+    Interests::from([(REGION_SUMMARY.to_owned(), Interest::Wildcard)])
+}
+
+/// What the summaries held say of each region, or which summary is bad and why.
+fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
+    let mut views = Vec::new();
+    for (name, held) in resources.get(REGION_SUMMARY).into_iter().flatten() {
+        let bad = |reason: String| format!("region summary `{name}`: {reason}");
+        meridian_model::check_dns_label(name).map_err(|e| bad(format!("name: {e}")))?;
+        let summary =
+            RegionSummary::decode(held.resource.value.as_slice()).map_err(|e| bad(e.to_string()))?;
+        if !summary.gateway.is_empty() && summary.gateway.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(bad(format!(
+                "gateway: `{}` is not an address ip:port",
+                summary.gateway
+            )));
         }
-        tokio::time::sleep(POLL).await;
+        let mut deployments = Vec::new();
+        let mut health = Vec::new();
+        for (i, service) in summary.services.into_iter().enumerate() {
+            let spec = serde_json::from_slice(&service.spec_json)
+                .map_err(|e| bad(format!("services[{i}].spec_json: {e}")))?;
+            health.push(ServiceHealth {
+                org: service.org.clone(),
+                app: service.app.clone(),
+                service: service.service.clone(),
+                version: service.version,
+                placed: service.healthy,
+                healthy: service.healthy,
+                addresses: Vec::new(),
+            });
+            deployments.push(RegionalDeployment {
+                org: service.org,
+                app: service.app,
+                service: service.service,
+                region: name.clone(),
+                version: service.version,
+                spec,
+            });
+        }
+        let report = summary.reported.then(|| RegionReport {
+            nodes: 0,
+            capacity: 0,
+            gateway: Some(summary.gateway).filter(|g| !g.is_empty()),
+            services: health,
+        });
+        views.push(RegionView {
+            name: name.clone(),
+            lat: summary.lat,
+            lon: summary.lon,
+            report,
+            deployments,
+        });
+    }
+    Ok(views)
+}
+
+impl Handler for Follower {
+    fn initial_interests(&self) -> Interests {
+        interests()
+    }
+
+    async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
+        if type_url != REGION_SUMMARY {
+            return Ok(interests());
+        }
+        let regions = region_views(resources)?;
+        let options = &self.options;
+        let config = edge_config(&options.location, &options.listen, &regions).to_string();
+        if config != self.applied {
+            self.proxy
+                .apply_text(&config)
+                .await
+                .map_err(|e| format!("the edge configuration was refused: {e}"))?;
+            tracing::info!(location = %options.location.name, "edge configuration applied");
+            self.applied = config;
+        }
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
+        Ok(interests())
     }
 }

@@ -19,11 +19,13 @@ pub const SERVICE: &str = "type.googleapis.com/meridian.v1.Service";
 pub const REGIONAL_DEPLOYMENT: &str = "type.googleapis.com/meridian.v1.RegionalDeployment";
 
 /// Type URL of a region's summary, sent by the global control plane to every regional control
-/// plane (named after the region there): where the region is, and the healthy instances of each
-/// service it runs, through which other regions' services reach them.
+/// plane and every edge (named after the region there): where the region is, its gateway, and
+/// the healthy instances of each service it runs, through which other regions' services and the
+/// edges reach them.
 pub const REGION_SUMMARY: &str = "type.googleapis.com/meridian.v1.RegionSummary";
 
-/// The namespace of [`REGION_SUMMARY`] resources, shared by every regional control plane.
+/// The namespace of [`REGION_SUMMARY`] resources, shared by every regional control plane and
+/// edge.
 pub const REGIONS_NAMESPACE: &str = "regions/";
 
 /// The namespace of [`SERVICE`] resources, shared by every agent of the region.
@@ -93,6 +95,12 @@ pub struct RegionSummary {
     /// The services deployed there.
     #[prost(message, repeated, tag = "3")]
     pub services: Vec<RegionService>,
+    /// Whether the region reported lately (if not, nothing of it is known to be healthy).
+    #[prost(bool, tag = "4")]
+    pub reported: bool,
+    /// Where its gateway listens (`ip:port`), empty if it has none.
+    #[prost(string, tag = "5")]
+    pub gateway: String,
 }
 
 /// A service deployed in a region, as a [`RegionSummary`] lists it.
@@ -117,6 +125,9 @@ pub struct RegionService {
     /// node proxies' mesh listeners are there).
     #[prost(string, repeated, tag = "6")]
     pub addresses: Vec<String>,
+    /// How many of its instances there are healthy (agent-run or registered).
+    #[prost(uint32, tag = "7")]
+    pub healthy: u32,
 }
 
 /// A service in the region, for node proxies.

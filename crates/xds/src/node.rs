@@ -70,6 +70,8 @@ pub struct Scope {
     own: Option<String>,
     /// Whether the node is an agent, which also sees the region's mesh services.
     agent: bool,
+    /// Whether the node sees every region's summary (a regional control plane or an edge).
+    summaries: bool,
     /// The node's role, for metrics and logs (`metadata.role`, or `unknown`).
     pub role: String,
     /// The node's id, for logs.
@@ -104,6 +106,7 @@ impl Scope {
             ),
         };
         let agent = grant.is_some_and(|g| g.node.is_some());
+        let summaries = grant.is_some_and(|g| g.region.is_some() || g.role == "edge");
         let (shared, listeners) = match org {
             Some(org) => (tenant_namespace(&org), tenant_namespace(&org)),
             None => (PROXY_NAMESPACE.to_owned(), role_namespace(&role)),
@@ -113,6 +116,7 @@ impl Scope {
             listeners,
             own,
             agent,
+            summaries,
             role,
             node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
         }
@@ -123,14 +127,18 @@ impl Scope {
         if type_url == crate::LISTENER || type_url == crate::ROUTE {
             &self.listeners
         } else if type_url.starts_with(MERIDIAN_TYPES) {
-            // A node granted no namespace of its own (neither an agent nor a regional control
-            // plane) sees no Meridian resource: no cache name starts so.
+            // A node granted nothing of these (not an agent, a regional control plane or an
+            // edge) sees no Meridian resource: no cache name starts so.
+            if type_url == crate::meridian::REGION_SUMMARY {
+                return if self.summaries {
+                    crate::meridian::REGIONS_NAMESPACE
+                } else {
+                    NOTHING
+                };
+            }
             match &self.own {
                 Some(_) if self.agent && type_url == crate::meridian::SERVICE => {
                     crate::meridian::MESH_NAMESPACE
-                }
-                Some(_) if !self.agent && type_url == crate::meridian::REGION_SUMMARY => {
-                    crate::meridian::REGIONS_NAMESPACE
                 }
                 Some(own) => own,
                 None => NOTHING,

@@ -75,6 +75,8 @@ pub struct DevArgs {
 struct Region {
     name: &'static str,
     xds: String,
+    /// Its admin port, where join tokens are made.
+    admin: String,
     gateway: SocketAddr,
 }
 
@@ -181,18 +183,27 @@ async fn start_and_serve(
     for (i, (name, lat, lon)) in EDGES.iter().enumerate() {
         let listen = SocketAddr::from(([127, 0, 0, 1], edge_port + i as u16));
         println!("starting edge {name} on {listen}");
+        // Edges join at the first region's control plane and follow the global one.
+        let home = &regions[0];
+        let state = data_dir.join("edges").join(name);
+        let join =
+            join_token_unless_enrolled(&home.admin, &token, &format!("edge/{name}"), &state)
+                .await?;
         children
             .spawn(
                 &format!("edge-{name}"),
-                &["edge", "--location", name, "--api", &api],
-                &[],
+                &["edge", "--location", name, "--control", &home.xds],
+                &[("--state-dir", state)],
                 &[
                     ("--lat", lat.to_string()),
                     ("--lon", lon.to_string()),
                     ("--listen", listen.to_string()),
                     ("--admin", "127.0.0.1:0".to_owned()),
-                    ("--token", token.clone()),
-                ],
+                    ("--global-xds", xds.clone()),
+                ]
+                .into_iter()
+                .chain(join.map(|t| ("--join-token", t)))
+                .collect::<Vec<_>>(),
                 "serving http://",
             )
             .await?;
@@ -332,7 +343,12 @@ async fn start_region(
             "meridian proxy admin on ",
         )
         .await?;
-    Ok(Region { name, xds, gateway })
+    Ok(Region {
+        name,
+        xds,
+        admin,
+        gateway,
+    })
 }
 
 /// A join token for `identity` from the region's admin port, unless `state` holds an identity

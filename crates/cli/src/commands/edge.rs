@@ -1,14 +1,16 @@
 //! `meridian edge --location L`: a public listener that routes each host to the nearest region
-//! with healthy instances, failing over to the next region by distance.
+//! with healthy instances, failing over to the next region by distance. It joins at a region's
+//! control plane with a one-time token (as `edge/<location>`) and follows the regions'
+//! summaries on the global control plane's xDS.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use meridian_edge::{run_edge, EdgeOptions, Location};
 
-use crate::ClientArgs;
 
 /// Options of `meridian edge`.
 #[derive(Args)]
@@ -28,18 +30,37 @@ pub struct EdgeArgs {
     /// The admin port (/metrics, /config, /listeners, /healthz); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:9903")]
     admin: SocketAddr,
+    /// A region's control plane (`https://HOST:PORT`, its --xds address), where the edge joins
+    /// and renews its certificate.
+    #[arg(long, value_name = "URL")]
+    control: String,
+    /// The global control plane's xDS, which the edge follows.
+    #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:17000")]
+    global_xds: String,
+    /// The one-time join token for `edge/<location>` (first start only; ask an administrator:
+    /// meridian join-token edge/<location>).
+    #[arg(long, env = "MERIDIAN_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Where the edge keeps its identity.
+    #[arg(long, default_value = "./edge-state")]
+    state_dir: PathBuf,
 }
 
 /// Runs the edge until Ctrl-C or SIGTERM.
-pub async fn run(args: EdgeArgs, client: ClientArgs) -> Result<()> {
+pub async fn run(args: EdgeArgs) -> Result<()> {
     meridian_model::check_dns_label(&args.location)
         .map_err(|reason| anyhow::anyhow!("--location: {reason}"))?;
     if !(-90.0..=90.0).contains(&args.lat) || !(-180.0..=180.0).contains(&args.lon) {
         anyhow::bail!("--lat and --lon: must be a latitude (-90..90) and a longitude (-180..180)");
     }
-    let token = client.token.context(
-        "the edge reads regions and their reports: pass an admin --token or set MERIDIAN_TOKEN",
-    )?;
+    for (flag, url) in [("--control", &args.control), ("--global-xds", &args.global_xds)] {
+        if !url.starts_with("https://") {
+            anyhow::bail!("{flag}: `{url}` must be https://HOST:PORT (control planes need mutual TLS)");
+        }
+    }
+    let enrolled =
+        super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref())
+            .await?;
     let proxy = Arc::new(meridian_proxy::Proxy::default());
     let options = EdgeOptions {
         location: Location {
@@ -48,14 +69,14 @@ pub async fn run(args: EdgeArgs, client: ClientArgs) -> Result<()> {
             lon: args.lon,
         },
         listen: args.listen.to_string(),
-        api: client.api.clone(),
-        token,
+        global_xds: args.global_xds.clone(),
+        tls: enrolled.tls,
     };
     let (ready, first) = tokio::sync::oneshot::channel();
     let follower = tokio::spawn(run_edge(options, proxy.clone(), ready));
     println!(
         "meridian edge {} following {}; waiting for its first configuration",
-        args.location, client.api
+        args.location, args.global_xds
     );
     tokio::select! {
         _ = first => {}

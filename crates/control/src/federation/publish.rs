@@ -232,29 +232,45 @@ fn publish_summaries(cache: &Cache, published: &Published, latest: &LatestReport
         let report = latest(region)
             .filter(|(_, age)| *age <= REPORT_STALE)
             .map(|(report, _)| report);
+        let health = |deployment: &RegionalDeployment| {
+            report
+                .iter()
+                .flat_map(|r| &r.services)
+                .find(|s| {
+                    (&s.org, &s.app, &s.service)
+                        == (&deployment.org, &deployment.app, &deployment.service)
+                })
+                .map(|s| (s.healthy, s.addresses.clone()))
+                .unwrap_or_default()
+        };
         let services = published
             .deployed
             .get(region)
             .into_iter()
             .flatten()
-            .map(|(_, deployment)| RegionService {
-                org: deployment.org.clone(),
-                app: deployment.app.clone(),
-                service: deployment.service.clone(),
-                version: deployment.version,
-                spec_json: to_json(&deployment.spec),
-                addresses: report
-                    .iter()
-                    .flat_map(|r| &r.services)
-                    .find(|s| {
-                        (&s.org, &s.app, &s.service)
-                            == (&deployment.org, &deployment.app, &deployment.service)
-                    })
-                    .map(|s| s.addresses.clone())
-                    .unwrap_or_default(),
+            .map(|(_, deployment)| {
+                let (healthy, addresses) = health(deployment);
+                RegionService {
+                    org: deployment.org.clone(),
+                    app: deployment.app.clone(),
+                    service: deployment.service.clone(),
+                    version: deployment.version,
+                    spec_json: to_json(&deployment.spec),
+                    addresses,
+                    healthy,
+                }
             })
             .collect();
-        let summary = RegionSummary { lat, lon, services };
+        let summary = RegionSummary {
+            lat,
+            lon,
+            services,
+            reported: report.is_some(),
+            gateway: report
+                .as_ref()
+                .and_then(|r| r.gateway.clone())
+                .unwrap_or_default(),
+        };
         update.put.push((
             format!("{REGIONS_NAMESPACE}{region}"),
             Any {
