@@ -75,10 +75,9 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
     for (name, held) in resources.get(REGION_SUMMARY).into_iter().flatten() {
         let bad = |reason: String| format!("region summary `{name}`: {reason}");
         meridian_model::check_dns_label(name).map_err(|e| bad(format!("name: {e}")))?;
-        let summary =
-            RegionSummary::decode(held.resource.value.as_slice()).map_err(|e| bad(e.to_string()))?;
-        if !summary.gateway.is_empty() && summary.gateway.parse::<std::net::SocketAddr>().is_err()
-        {
+        let summary = RegionSummary::decode(held.resource.value.as_slice())
+            .map_err(|e| bad(e.to_string()))?;
+        if !summary.gateway.is_empty() && summary.gateway.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad(format!(
                 "gateway: `{}` is not an address ip:port",
                 summary.gateway

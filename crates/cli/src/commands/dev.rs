@@ -186,9 +186,8 @@ async fn start_and_serve(
         // Edges join at the first region's control plane and follow the global one.
         let home = &regions[0];
         let state = data_dir.join("edges").join(name);
-        let join =
-            join_token_unless_enrolled(&home.admin, &token, &format!("edge/{name}"), &state)
-                .await?;
+        let join = join_token_unless_enrolled(&home.admin, &token, &format!("edge/{name}"), &state)
+            .await?;
         children
             .spawn(
                 &format!("edge-{name}"),

@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use meridian_edge::{run_edge, EdgeOptions, Location};
 
-
 /// Options of `meridian edge`.
 #[derive(Args)]
 pub struct EdgeArgs {
@@ -53,14 +52,18 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
     if !(-90.0..=90.0).contains(&args.lat) || !(-180.0..=180.0).contains(&args.lon) {
         anyhow::bail!("--lat and --lon: must be a latitude (-90..90) and a longitude (-180..180)");
     }
-    for (flag, url) in [("--control", &args.control), ("--global-xds", &args.global_xds)] {
+    for (flag, url) in [
+        ("--control", &args.control),
+        ("--global-xds", &args.global_xds),
+    ] {
         if !url.starts_with("https://") {
-            anyhow::bail!("{flag}: `{url}` must be https://HOST:PORT (control planes need mutual TLS)");
+            anyhow::bail!(
+                "{flag}: `{url}` must be https://HOST:PORT (control planes need mutual TLS)"
+            );
         }
     }
     let enrolled =
-        super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref())
-            .await?;
+        super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let proxy = Arc::new(meridian_proxy::Proxy::default());
     let options = EdgeOptions {
         location: Location {
