@@ -256,8 +256,8 @@ fn proxy_admins(logs: &Path) -> Result<BTreeMap<String, String>> {
         let text = std::fs::read_to_string(&path)?;
         if let Some(address) = text
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("meridian proxy admin on "))
-            .last()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("meridian proxy admin on "))
         {
             admins.insert(name, address.trim().to_owned());
         }
