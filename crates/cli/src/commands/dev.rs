@@ -518,7 +518,6 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
          'http://{first}/call?url=http://api.shop.internal:9090/whoami'"
     );
     println!(
-        "Not yet part of dev: TLS and HTTP/2 on the edges, mTLS from edges to gateways, and \
-         .internal DNS."
+        "Not yet part of dev: TLS and HTTP/2 on the edges, and mTLS from edges to gateways."
     );
 }
