@@ -202,26 +202,26 @@ fn get(api: &str, path: &str, token: &str) -> String {
 }
 
 #[test]
-fn dev_starts_a_platform_and_deploys_the_example_app() {
+fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(MERIDIAN)
-        .args([
-            "dev",
-            "--exit-when-ready",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("dev"))
-        .env("MERIDIAN_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let data = dir.path().join("dev");
+    let (mut dev, lines) = support::spawn_with_lines(
+        Command::new(MERIDIAN)
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("MERIDIAN_LOG", "warn"),
     );
+    let mut stdout = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !stdout.contains("Meridian dev is up") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).unwrap_or_else(|_| {
+            let _ = dev.kill();
+            panic!("meridian dev was not up in time:\n{stdout}")
+        });
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
     assert!(
         stdout.contains("deployed demo/shop/web version 1 to fra, iad"),
         "{stdout}"
@@ -230,5 +230,61 @@ fn dev_starts_a_platform_and_deploys_the_example_app() {
         stdout.contains("deployed demo/shop/api version 1 to fra, iad, sin"),
         "{stdout}"
     );
-    assert!(stdout.contains("Meridian dev is up"), "{stdout}");
+
+    // Ctrl-C stops every child, and the agents take their instances' namespaces with them.
+    let pid = rustix::process::Pid::from_raw(i32::try_from(dev.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = loop {
+        if let Some(status) = dev.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meridian dev did not stop on Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let data_text = data.display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&data_text))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "processes left running");
+    let namespaces = Command::new("ip").args(["netns", "list"]).output();
+    if let Ok(namespaces) = namespaces {
+        let namespaces = String::from_utf8_lossy(&namespaces.stdout).into_owned();
+        for region in ["fra", "iad", "sin"] {
+            for node in 1..=2 {
+                let prefix = meridian_agent::netns_prefix(region, &format!("{region}-{node}"));
+                assert!(!namespaces.contains(&prefix), "{namespaces}");
+            }
+        }
+    }
+
+    // A second start reuses the data directory: no new admin token, nothing deployed again,
+    // and the example is served again.
+    let again = Command::new(MERIDIAN)
+        .args([
+            "dev",
+            "--exit-when-ready",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("MERIDIAN_LOG", "warn")
+        .output()
+        .unwrap();
+    let second = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{second}\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(!second.contains("deployed demo/shop"), "{second}");
+    assert!(second.contains("Meridian dev is up"), "{second}");
 }

@@ -89,28 +89,59 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // Listen for Ctrl-C and SIGTERM before the first child starts: a stop asked for at any
+    // moment stops the children in order.
+    let mut stop = Stop::listen()?;
     let exe = std::env::current_exe().context("finding the meridian binary")?;
     let mut children = Children::new(&exe, &data_dir.join("logs"))?;
     let ports = (args.gateway_port, args.edge_port);
-    let result = start_and_serve(&args.listen, ports, &data_dir, &mut children).await;
-    let ready = match result {
-        Ok(()) => !args.exit_when_ready,
-        Err(e) => {
+    let started = tokio::select! {
+        result = start_and_serve(&args.listen, ports, &data_dir, &mut children) => Some(result),
+        () = stop.requested() => None,
+    };
+    match started {
+        Some(Ok(())) if !args.exit_when_ready => {
+            println!("Ctrl-C stops everything.");
+            tokio::select! {
+                () = stop.requested() => {}
+                name = children.any_exit() => {
+                    eprintln!("{name} exited unexpectedly; see its log in {}", data_dir.join("logs").display());
+                }
+            }
+        }
+        Some(Ok(())) | None => {}
+        Some(Err(e)) => {
             children.stop_all().await;
             return Err(e);
-        }
-    };
-    if ready {
-        println!("Ctrl-C stops everything.");
-        tokio::select! {
-            () = crate::commands::control::shutdown_signal() => {}
-            name = children.any_exit() => {
-                eprintln!("{name} exited unexpectedly; see its log in {}", data_dir.join("logs").display());
-            }
         }
     }
     children.stop_all().await;
     Ok(())
+}
+
+/// Ctrl-C and SIGTERM, listened for from its creation on (one that comes before anyone waits is
+/// kept for the next wait).
+struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn listen() -> Result<Stop> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stop {
+            interrupt: signal(SignalKind::interrupt()).context("listening for Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Resolves at the next Ctrl-C or SIGTERM.
+    async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 async fn start_and_serve(
@@ -517,7 +548,5 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
          their node proxy (HTTP_PROXY), e.g. curl -H 'host: {EXAMPLE_HOST}' \
          'http://{first}/call?url=http://api.shop.internal:9090/whoami'"
     );
-    println!(
-        "Not yet part of dev: TLS and HTTP/2 on the edges, and mTLS from edges to gateways."
-    );
+    println!("Not yet part of dev: TLS and HTTP/2 on the edges, and mTLS from edges to gateways.");
 }
