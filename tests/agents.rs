@@ -494,41 +494,21 @@ async fn a_service_reaches_other_regions_by_name_nearest_first_or_pinned_to_a_re
 
     // api runs in iad and sin only: web in fra reaches the nearer one by name, over mTLS.
     let call = |url: &str| format!("/call?url={url}");
-    let seen = answers(
-        &gateway,
-        web,
-        &call("http://api.shop.internal:9090/whoami"),
-        "answered 200",
-    )
-    .await;
+    let web_calls = |url: &'static str, wanted: &'static str| {
+        let (gateway, path) = (gateway.clone(), call(url));
+        async move { answers(&gateway, web, &path, wanted).await }
+    };
+    let seen = web_calls("http://api.shop.internal:9090/whoami", "answered 200").await;
     assert!(seen.contains("/org/acme/app/shop/service/web"), "{seen}");
-    let seen = answers(
-        &gateway,
-        web,
-        &call("http://api.shop.internal:9090/"),
-        "answered 200",
-    )
-    .await;
+    let seen = web_calls("http://api.shop.internal:9090/", "answered 200").await;
     assert!(seen.contains(" in iad "), "{seen}");
 
     // A name with a region in front reaches that region.
-    answers(
-        &gateway,
-        web,
-        &call("http://sin.api.shop.internal:9090/"),
-        " in sin ",
-    )
-    .await;
+    web_calls("http://sin.api.shop.internal:9090/", " in sin ").await;
 
     // When api leaves iad, calls by name go to the next region.
     deploy_api("sin");
-    answers(
-        &gateway,
-        web,
-        &call("http://api.shop.internal:9090/"),
-        " in sin ",
-    )
-    .await;
+    web_calls("http://api.shop.internal:9090/", " in sin ").await;
     let (_, gone) = through(&gateway, web, &call("http://iad.api.shop.internal:9090/")).await;
     assert!(!gone.contains(" in iad "), "{gone}");
 }
