@@ -429,6 +429,12 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
     let before = serving(&address, |seen| seen.len() == 1, "one instance").await;
     drop(first_gateway);
 
+    // The disk copy holds the regions' summaries too (how to reach other regions).
+    let copy = region.dir.path().join("region-fra").join("state.json");
+    let copy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(copy).unwrap()).unwrap();
+    assert!(copy["regions"]["fra"]["lat"].is_number(), "{copy}");
+
     // The global control plane goes away, then the region's restarts.
     platform.global.stop();
     let region = region.restart();

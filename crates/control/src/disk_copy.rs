@@ -1,6 +1,7 @@
-//! The region's disk copy: its regional deployments and registered endpoints, written after
-//! every sync and change from the global control plane, and read at start, so that a regional
-//! control plane restarted while the global one is away still serves its region.
+//! The region's disk copy: its regional deployments and registered endpoints, and the regions'
+//! summaries, written after every sync and change from the global control plane, and read at
+//! start, so that a regional control plane restarted while the global one is away still serves
+//! its region and reaches the others.
 
 use std::path::Path;
 
@@ -14,6 +15,9 @@ pub struct DiskCopy {
     pub deployments: Vec<RegionalDeployment>,
     /// The endpoints registered through the API in the region.
     pub endpoints: Vec<Endpoint>,
+    /// Every region's last summary (other regions' healthy instances), by name.
+    #[serde(default)]
+    pub regions: std::collections::BTreeMap<String, crate::region::RemoteRegion>,
 }
 
 /// Writes `copy` to `path` (a new file renamed over the old one, so a crash leaves one whole).

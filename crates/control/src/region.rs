@@ -47,12 +47,14 @@ pub struct RegionState {
     elsewhere: BTreeMap<ServiceId, Vec<ServiceInstance>>,
     /// Services deployed only in other regions, as the nearest of them runs them.
     remote: BTreeMap<ServiceId, RegionalDeployment>,
+    /// Every region's last summary, by name.
+    summaries: BTreeMap<String, RemoteRegion>,
     /// Told whenever the region's report upward may have changed.
     report_due: Arc<Notify>,
 }
 
 /// Another region as its summary shows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RemoteRegion {
     /// Its latitude, degrees.
     pub lat: f64,
@@ -63,7 +65,7 @@ pub struct RemoteRegion {
 }
 
 /// A service deployed in another region.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RemoteService {
     /// The service.
     pub id: ServiceId,
@@ -109,6 +111,7 @@ impl RegionState {
             rendered: HashMap::new(),
             elsewhere: BTreeMap::new(),
             remote: BTreeMap::new(),
+            summaries: BTreeMap::new(),
             report_due: Arc::new(Notify::new()),
         };
         state.render_gateway_routes();
@@ -207,6 +210,7 @@ impl RegionState {
         crate::disk_copy::DiskCopy {
             deployments: self.deployments.values().cloned().collect(),
             endpoints: self.registered.values().flatten().cloned().collect(),
+            regions: self.summaries.clone(),
         }
     }
 
@@ -377,6 +381,7 @@ impl RegionState {
             .collect();
         self.elsewhere = elsewhere;
         self.remote = remote;
+        self.summaries = regions.clone();
         for id in changed {
             self.render_service(&id);
         }

@@ -169,10 +169,12 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     let disk_copy = region_dir.join("state.json");
     if let Some(copy) = meridian_control::disk_copy::load(&disk_copy) {
         let services = copy.deployments.len();
-        state
+        let mut state = state
             .lock()
-            .map_err(|_| anyhow::anyhow!("the region's state is unavailable"))?
-            .replace_all(copy.deployments, copy.endpoints);
+            .map_err(|_| anyhow::anyhow!("the region's state is unavailable"))?;
+        state.replace_all(copy.deployments, copy.endpoints);
+        state.set_region_summaries(&copy.regions);
+        drop(state);
         synced.send_replace(true);
         println!(
             "serving the region's last known state ({services} services, from {}) until the \

@@ -221,12 +221,17 @@ impl Follower {
         self.applied = now;
         self.first = false;
         self.synced.send_replace(true);
+        self.keep_copy().await;
+        Ok(())
+    }
+
+    /// Writes the region's disk copy; a failure is logged (the region goes on from memory).
+    async fn keep_copy(&self) {
         let copy = lock(&self.state).disk_copy();
         if let Err(e) = crate::disk_copy::save(&self.disk_copy, &copy).await {
             tracing::warn!(path = %self.disk_copy.display(), error = %e,
                 "cannot write the region's disk copy");
         }
-        Ok(())
     }
 }
 
@@ -241,6 +246,7 @@ impl Handler for Follower {
         } else if type_url == REGION_SUMMARY {
             let regions = decode_summaries(resources)?;
             lock(&self.state).set_region_summaries(&regions);
+            self.keep_copy().await;
         }
         Ok(interests())
     }
