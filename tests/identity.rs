@@ -281,6 +281,20 @@ async fn xds_opens_only_to_a_certificate_of_the_region() {
         .await
         .unwrap_err();
     assert!(refused_at_the_handshake(&refused), "{refused}");
+
+    // Nor may fra's gateway report for fra there: only fra's control plane may.
+    use meridian_xds::meridian::{ReportAck, UpwardReport, REGION_REPORT_PATH};
+    let own = CertStore::new(gateway.certified_key().unwrap());
+    let tls = std::sync::Arc::new(control_client_config(Some(own), bundle()).unwrap());
+    let mut client = meridian_xds::UnaryClient::new(global, tls);
+    let report = UpwardReport {
+        region: "fra".to_owned(),
+        report_json: br#"{"nodes": 9, "capacity": 9, "services": []}"#.to_vec(),
+    };
+    let refused: Result<ReportAck, String> = client.call(REGION_REPORT_PATH, report).await;
+    let refused = refused.unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+    assert!(refused.contains("gateway/fra"), "{refused}");
 }
 
 /// Whether an xDS client's error says the server ended the connection in the handshake: no gRPC

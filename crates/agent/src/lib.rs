@@ -18,7 +18,6 @@ mod instance;
 mod logs;
 mod netns;
 mod node_proxy;
-mod report;
 mod supervisor;
 
 pub use addresses::AddressPool;

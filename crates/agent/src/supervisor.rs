@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use meridian_xds::meridian::{InstanceReport, NodeReport};
-use meridian_xds::{run_delta_client, ClientOptions};
+use meridian_xds::meridian::{InstanceReport, NodeReport, ReportAck, REPORT_PATH};
+use meridian_xds::{run_delta_client, ClientOptions, UnaryClient};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,7 +24,10 @@ use crate::certs::WorkloadCerts;
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
-use crate::report::{Reporter, HEARTBEAT};
+
+/// Longest time between two reports to the control plane (a node that stops reporting is
+/// presumed gone); a state change is reported at once.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// How the agent runs.
 pub struct AgentOptions {
@@ -117,7 +120,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     );
     let dns_metrics = Arc::new(meridian_dns::DnsMetrics::new(&mut registry));
     let reporter = tokio::spawn(report_loop(
-        Reporter::new(&options.control, options.tls.clone()),
+        UnaryClient::new(&options.control, options.tls.clone()),
         options.node.clone(),
         options.capacity,
         instances.clone(),
@@ -404,7 +407,7 @@ fn start(
 
 /// Reports the node and its instances on every change and at least every [`HEARTBEAT`].
 async fn report_loop(
-    mut reporter: Reporter,
+    mut reporter: UnaryClient,
     node: String,
     capacity: u32,
     instances: Instances,
@@ -440,7 +443,8 @@ async fn report_loop(
                 .get_or_create(&StateLabel { state })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
-        if let Err(e) = reporter.send(report).await {
+        let sent: Result<ReportAck, String> = reporter.call(REPORT_PATH, report).await;
+        if let Err(e) = sent {
             tracing::warn!(error = %e, "reporting to the control plane failed; retrying");
         }
         tokio::select! {

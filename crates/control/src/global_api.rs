@@ -1,6 +1,5 @@
 //! A client of the global control plane's public API with the installation's admin token: the
-//! regional control plane asks it for the region's CA at its first start and reports the
-//! region's summary to it.
+//! regional control plane asks it for the region's CA at its first start.
 
 use std::time::Duration;
 
@@ -54,15 +53,6 @@ impl GlobalApi {
     ) -> Result<T, GlobalApiError> {
         let response = self.send(reqwest::Method::POST, path, body).await?;
         Ok(response.json().await?)
-    }
-
-    /// PUTs `body` as JSON to `path` (the answer's body is not read).
-    pub(crate) async fn put<B: serde::Serialize>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<(), GlobalApiError> {
-        self.send(reqwest::Method::PUT, path, body).await.map(drop)
     }
 
     /// Sends `body` as JSON to `path`; the response if it succeeded, else the API's error.

@@ -32,7 +32,7 @@ pub use issuer::{Issuer, IssuerError};
 pub use join_tokens::{JoinTokens, JoinTokensError};
 pub use own_certificate::{issue_own_certificate, keep_own_certificate};
 pub use region::{RegionState, RemoteRegion, RemoteService, ServiceId};
-pub use reports::ReportService;
+pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use upward::{report_upward, REPORT_INTERVAL};
 pub use xds_auth::AuthenticatedAds;

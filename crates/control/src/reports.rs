@@ -1,6 +1,8 @@
-//! The report service (`meridian.v1.Reports`): agents report their node and the states of their
-//! instances here, over the control plane's mutual-TLS port. A report is accepted only from the
-//! agent of that node in this region (by its certificate).
+//! The report service (`meridian.v1.Reports`), over a control plane's mutual-TLS port: agents
+//! report their node and the states of their instances to their region's control plane (accepted
+//! only from the agent of that node in this region, by its certificate), and regional control
+//! planes report their region to the global one (accepted only from that region's control
+//! plane).
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -9,7 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use meridian_identity::Subject;
-use meridian_xds::meridian::{NodeReport, ReportAck, REPORT_PATH};
+use meridian_model::{validate_region_report, RegionReport};
+use meridian_xds::meridian::{
+    NodeReport, ReportAck, UpwardReport, REGION_REPORT_PATH, REPORT_PATH,
+};
 use tonic::codegen::{http, Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
@@ -23,34 +28,110 @@ const MAX_INSTANCES_PER_REPORT: usize = 10_000;
 /// Largest report accepted, in bytes.
 const MAX_REPORT_BYTES: usize = 4 << 20;
 
-/// The report service over a region's state.
-#[derive(Clone)]
-pub struct ReportService {
-    state: Arc<Mutex<RegionState>>,
+/// A report method: where it is, what it takes, and what it does with it.
+pub trait ReportMethod: Clone + Send + Sync + 'static {
+    /// The report.
+    type Report: prost::Message + Default + Send + Sync + 'static;
+    /// The gRPC path of the method.
+    const PATH: &'static str;
+    /// Checks that `peer` may send `report`, and records it.
+    fn record(&self, peer: Option<Peer>, report: Self::Report) -> Result<(), Status>;
 }
 
-impl ReportService {
-    /// The service, recording reports into `state`.
-    pub fn new(state: Arc<Mutex<RegionState>>) -> ReportService {
-        ReportService { state }
+/// The report service (`meridian.v1.Reports`) with one method.
+#[derive(Clone)]
+pub struct ReportService<M> {
+    method: M,
+}
+
+impl ReportService<NodeReports> {
+    /// The service of a regional control plane: agents report their nodes into `state`.
+    pub fn new(state: Arc<Mutex<RegionState>>) -> ReportService<NodeReports> {
+        ReportService {
+            method: NodeReports(state),
+        }
     }
 }
 
-impl NamedService for ReportService {
+impl<M: ReportMethod> ReportService<M> {
+    /// The service with `method`.
+    pub fn with(method: M) -> ReportService<M> {
+        ReportService { method }
+    }
+}
+
+impl<M> NamedService for ReportService<M> {
     const NAME: &'static str = "meridian.v1.Reports";
 }
 
-/// The `Report` method.
-struct ReportMethod(Arc<Mutex<RegionState>>);
+/// Agents' reports of their nodes, into a region's state.
+#[derive(Clone)]
+pub struct NodeReports(Arc<Mutex<RegionState>>);
 
-impl UnaryService<NodeReport> for ReportMethod {
+impl ReportMethod for NodeReports {
+    type Report = NodeReport;
+    const PATH: &'static str = REPORT_PATH;
+
+    fn record(&self, peer: Option<Peer>, report: NodeReport) -> Result<(), Status> {
+        record(&self.0, peer, report)
+    }
+}
+
+/// Regional control planes' reports of their regions, handed to a recorder (the global control
+/// plane's memory of the regions).
+#[derive(Clone)]
+pub struct RegionReports(Arc<dyn Fn(String, RegionReport) + Send + Sync>);
+
+impl RegionReports {
+    /// Reports that go to `record` (region, report) once checked.
+    pub fn new(record: impl Fn(String, RegionReport) + Send + Sync + 'static) -> RegionReports {
+        RegionReports(Arc::new(record))
+    }
+}
+
+impl ReportMethod for RegionReports {
+    type Report = UpwardReport;
+    const PATH: &'static str = REGION_REPORT_PATH;
+
+    fn record(&self, peer: Option<Peer>, upward: UpwardReport) -> Result<(), Status> {
+        let id = peer.and_then(|p| p.id).ok_or_else(|| {
+            Status::unauthenticated("region reports need a regional control plane's certificate")
+        })?;
+        match &id.subject {
+            Subject::Control {
+                region: Some(region),
+            } if *region == upward.region => {}
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "{id} may not report for region `{}`",
+                    upward.region
+                )))
+            }
+        }
+        let report: RegionReport = serde_json::from_slice(&upward.report_json)
+            .map_err(|e| Status::invalid_argument(format!("report_json: {e}")))?;
+        validate_region_report(&report)
+            .map_err(|errors| Status::invalid_argument(format!("report_json: {errors}")))?;
+        (self.0)(upward.region, report);
+        Ok(())
+    }
+}
+
+/// One call of a method.
+struct Call<M>(M);
+
+impl<M: ReportMethod> UnaryService<M::Report> for Call<M> {
     type Response = ReportAck;
     type Future = Ready<Result<Response<ReportAck>, Status>>;
 
-    fn call(&mut self, request: Request<NodeReport>) -> Self::Future {
+    fn call(&mut self, request: Request<M::Report>) -> Self::Future {
         let peer = request.extensions().get::<Peer>().cloned();
         let report = request.into_inner();
-        ready(record(&self.0, peer, report).map(|()| Response::new(ReportAck {})))
+        ready(
+            self.0
+                .record(peer, report)
+                .map(|()| Response::new(ReportAck {})),
+        )
     }
 }
 
@@ -85,8 +166,9 @@ fn record(
     }
 }
 
-impl<B> tower::Service<http::Request<B>> for ReportService
+impl<M, B> tower::Service<http::Request<B>> for ReportService<M>
 where
+    M: ReportMethod,
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
@@ -99,15 +181,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let state = self.state.clone();
-        if request.uri().path() != REPORT_PATH {
+        let method = self.method.clone();
+        if request.uri().path() != M::PATH {
             let status = Status::unimplemented(format!("{} is not a method", request.uri().path()));
             return Box::pin(async move { Ok(status.into_http()) });
         }
         Box::pin(async move {
-            let mut grpc = Grpc::new(ProstCodec::<ReportAck, NodeReport>::default())
+            let mut grpc = Grpc::new(ProstCodec::<ReportAck, M::Report>::default())
                 .apply_max_message_size_config(Some(MAX_REPORT_BYTES), Some(MAX_REPORT_BYTES));
-            Ok(grpc.unary(ReportMethod(state), request).await)
+            Ok(grpc.unary(Call(method), request).await)
         })
     }
 }

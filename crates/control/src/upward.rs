@@ -1,20 +1,23 @@
-//! The region's report to the global control plane (`PUT /v1/regions/{region}/report`): its
-//! nodes, capacity and each service's placed and healthy instances, sent as soon as it changes
-//! and every few seconds anyway. While the global control plane is away the region goes on and
-//! reports again when it is back.
+//! The region's report to the global control plane (`meridian.v1.Reports/RegionReport` on its
+//! xDS port, over mutual TLS with the region's own certificate): its nodes, capacity and each
+//! service's placed and healthy instances, sent as soon as it changes and every few seconds
+//! anyway. While the global control plane is away the region goes on and reports again when it
+//! is back.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::global_api::GlobalApi;
+use meridian_xds::meridian::{ReportAck, UpwardReport, REGION_REPORT_PATH};
+use meridian_xds::UnaryClient;
+
 use crate::region::RegionState;
 
 /// How often the region reports.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reports `state` to `api` when it changes and at least every [`REPORT_INTERVAL`], for as long
-/// as the task runs.
-pub async fn report_upward(api: GlobalApi, state: Arc<Mutex<RegionState>>) {
+/// Reports `state` through `global` when it changes and at least every [`REPORT_INTERVAL`], for
+/// as long as the task runs.
+pub async fn report_upward(mut global: UnaryClient, state: Arc<Mutex<RegionState>>) {
     let Some(due) = state.lock().ok().map(|s| s.report_due()) else {
         return;
     };
@@ -36,10 +39,12 @@ pub async fn report_upward(api: GlobalApi, state: Arc<Mutex<RegionState>>) {
         if !heartbeat && sent.as_ref() == Some(&report) {
             continue;
         }
-        match api
-            .put(&format!("/v1/regions/{region}/report"), &report)
-            .await
-        {
+        let upward = UpwardReport {
+            region,
+            report_json: serde_json::to_vec(&report).unwrap_or_default(),
+        };
+        let answer: Result<ReportAck, String> = global.call(REGION_REPORT_PATH, upward).await;
+        match answer.map(drop) {
             Ok(()) if failing => {
                 tracing::info!("reporting to the global control plane again");
                 failing = false;

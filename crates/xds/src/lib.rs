@@ -20,6 +20,7 @@ mod server;
 mod service;
 mod sotw;
 mod stream;
+mod unary;
 
 pub use cache::{Cache, Dirty, Subscriber, Update, Versioned};
 pub use client::{
@@ -32,6 +33,7 @@ pub use node::{
 };
 pub use server::{AdsServer, Limits};
 pub use service::AdsService;
+pub use unary::UnaryClient;
 
 /// Type URL of a Listener.
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";

@@ -48,6 +48,21 @@ pub const OWN_CERTIFICATE: &str = "default";
 /// The gRPC path of the report method: an agent reports its node and instances.
 pub const REPORT_PATH: &str = "/meridian.v1.Reports/Report";
 
+/// The gRPC path of the region report method: a regional control plane reports its region to
+/// the global control plane.
+pub const REGION_REPORT_PATH: &str = "/meridian.v1.Reports/RegionReport";
+
+/// What a regional control plane reports upward.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UpwardReport {
+    /// The region (must match the reporter's certificate).
+    #[prost(string, tag = "1")]
+    pub region: String,
+    /// The region's report (nodes, capacity, gateway, services' health), JSON.
+    #[prost(bytes = "vec", tag = "2")]
+    pub report_json: Vec<u8>,
+}
+
 /// One instance a node must run.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Assignment {

@@ -56,7 +56,8 @@ impl Reports {
         self.0.changes.subscribe()
     }
 
-    fn put(&self, region: String, report: RegionReport) {
+    /// Records `region`'s report (already validated) as its last one.
+    pub fn record(&self, region: String, report: RegionReport) {
         let old = self
             .0
             .by_region
@@ -91,7 +92,7 @@ pub async fn put(
     caller.require_admin()?;
     validate_region_report(&report)?;
     require_region(&state, path.region()).await?;
-    state.reports.put(path.region().to_owned(), report);
+    state.reports.record(path.region().to_owned(), report);
     Ok(StatusCode::NO_CONTENT)
 }
 

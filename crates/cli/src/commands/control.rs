@@ -10,15 +10,15 @@ use clap::Args;
 use meridian_control::{
     admin_router, follow_global, issue_own_certificate, keep_own_certificate,
     publish_regional_deployments, regional_ca, report_upward, tls_incoming, AuthenticatedAds,
-    GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, RegionState, RegionalCa, ReportService,
-    ReportSource,
+    GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, RegionReports, RegionState, RegionalCa,
+    ReportService, ReportSource,
 };
 use meridian_identity::{
     control_client_config, control_server_config, server_config, trust_bundle, Authority,
     CertStore, SpiffeId, Subject,
 };
 use meridian_store::{SqliteStore, Store};
-use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
+use meridian_xds::{AdsServer, Cache, Limits, UnaryClient, XdsMetrics};
 use tonic::service::Routes;
 
 use crate::ClientArgs;
@@ -165,7 +165,8 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     println!(
         "  xDS and certificates need mutual TLS; proxies join with a token (meridian join-token)"
     );
-    tokio::spawn(report_upward(global.clone(), state.clone()));
+    let upward = UnaryClient::new(&global_xds, Arc::new(to_global.clone()));
+    tokio::spawn(report_upward(upward, state.clone()));
     let disk_copy = region_dir.join("state.json");
     if let Some(copy) = meridian_control::disk_copy::load(&disk_copy) {
         let services = copy.deployments.len();
@@ -386,8 +387,11 @@ async fn run_global(args: ControlArgs) -> Result<()> {
     ));
     let tls = server_config(own, trust_bundle(ca.certificate_pem())?)?;
     let ads = AdsServer::new(cache, metrics, Limits::default());
+    let recorder = reports.clone();
+    let region_reports = RegionReports::new(move |region, report| recorder.record(region, report));
     let federation = ads.clone().serve_routes(
-        Routes::new(AuthenticatedAds::global(ads.into_service())),
+        Routes::new(AuthenticatedAds::global(ads.into_service()))
+            .add_service(ReportService::with(region_reports)),
         tls_incoming(xds, Arc::new(tls)),
         shutdown_signal(),
     );
