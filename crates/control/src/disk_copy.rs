@@ -17,7 +17,7 @@ pub struct DiskCopy {
     pub endpoints: Vec<Endpoint>,
     /// Every region's last summary (other regions' healthy instances), by name.
     #[serde(default)]
-    pub regions: std::collections::BTreeMap<String, crate::region::RemoteRegion>,
+    pub regions: std::collections::BTreeMap<String, crate::elsewhere::RemoteRegion>,
 }
 
 /// Writes `copy` to `path` (a new file renamed over the old one, so a crash leaves one whole).

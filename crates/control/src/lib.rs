@@ -11,6 +11,7 @@
 mod admin;
 mod ca;
 pub mod disk_copy;
+mod elsewhere;
 mod federation;
 mod fleet;
 mod global_api;
@@ -25,13 +26,14 @@ mod xds_auth;
 
 pub use admin::{admin_router, JoinTokenAdmin};
 pub use ca::{regional_ca, RegionalCa, RegionalCaError};
+pub use elsewhere::{RemoteRegion, RemoteService};
 pub use federation::{follow_global, publish_regional_deployments, ReportSource};
 pub use fleet::{Fleet, Placement, NODE_TIMEOUT};
 pub use global_api::{GlobalApi, GlobalApiError};
 pub use issuer::{Issuer, IssuerError};
 pub use join_tokens::{JoinTokens, JoinTokensError};
 pub use own_certificate::{issue_own_certificate, keep_own_certificate};
-pub use region::{RegionState, RemoteRegion, RemoteService, ServiceId};
+pub use region::{RegionState, ServiceId};
 pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use upward::{report_upward, REPORT_INTERVAL};

@@ -10,13 +10,12 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use envoy_types::pb::google::protobuf::Any;
-use meridian_model::{
-    Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth, ServiceSpec,
-};
+use meridian_model::{Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth};
 use meridian_xds::meridian::{Assignment, NodeReport, ServiceInstance, ASSIGNMENT};
 use meridian_xds::{node_namespace, render, role_namespace, Cache, Update, LISTENER, ROUTE};
 use prost::Message;
 
+use crate::elsewhere::{Elsewhere, RemoteRegion};
 use crate::fleet::Fleet;
 
 /// Identifies a service: org, app and name.
@@ -51,30 +50,6 @@ pub struct RegionState {
     summaries: BTreeMap<String, RemoteRegion>,
     /// Told whenever the region's report upward may have changed.
     report_due: Arc<Notify>,
-}
-
-/// Another region as its summary shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RemoteRegion {
-    /// Its latitude, degrees.
-    pub lat: f64,
-    /// Its longitude, degrees.
-    pub lon: f64,
-    /// The services deployed there.
-    pub services: Vec<RemoteService>,
-}
-
-/// A service deployed in another region.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RemoteService {
-    /// The service.
-    pub id: ServiceId,
-    /// Its deployment version there.
-    pub version: u64,
-    /// Its spec there.
-    pub spec: ServiceSpec,
-    /// The addresses of its healthy instances there.
-    pub addresses: Vec<String>,
 }
 
 impl RegionState {
@@ -327,48 +302,10 @@ impl RegionState {
     /// node proxies, the nearest region first, and services deployed only elsewhere get a
     /// mesh resource of their own. Re-renders only the services whose view changed.
     pub fn set_region_summaries(&mut self, regions: &BTreeMap<String, RemoteRegion>) {
-        let here = regions
-            .get(&self.region)
-            .map_or((0.0, 0.0), |r| (r.lat, r.lon));
-        let mut others: Vec<(&String, &RemoteRegion)> = regions
-            .iter()
-            .filter(|(name, _)| **name != self.region)
-            .collect();
-        others.sort_by(|a, b| {
-            let distance = |r: &RemoteRegion| meridian_model::distance_km(here, (r.lat, r.lon));
-            distance(a.1).total_cmp(&distance(b.1))
-        });
-        let mut elsewhere: BTreeMap<ServiceId, Vec<ServiceInstance>> = BTreeMap::new();
-        let mut remote: BTreeMap<ServiceId, RegionalDeployment> = BTreeMap::new();
-        for (name, region) in others {
-            for service in &region.services {
-                let (org, app, id) = service.id.clone();
-                remote
-                    .entry(service.id.clone())
-                    .or_insert_with(|| RegionalDeployment {
-                        org,
-                        app,
-                        service: id,
-                        region: name.clone(),
-                        version: service.version,
-                        spec: service.spec.clone(),
-                    });
-                if service.addresses.is_empty() {
-                    continue;
-                }
-                let instances = elsewhere.entry(service.id.clone()).or_default();
-                let priority = instances
-                    .last()
-                    .map_or(1, |last| last.priority + u32::from(last.region != **name));
-                instances.extend(service.addresses.iter().map(|address| ServiceInstance {
-                    instance: format!("{name}/{address}"),
-                    address: address.clone(),
-                    healthy: true,
-                    region: name.clone(),
-                    priority,
-                }));
-            }
-        }
+        let Elsewhere {
+            instances: elsewhere,
+            deployments: remote,
+        } = crate::elsewhere::elsewhere(&self.region, regions);
         let mut ids: BTreeSet<ServiceId> = self.elsewhere.keys().cloned().collect();
         ids.extend(self.remote.keys().cloned());
         ids.extend(elsewhere.keys().cloned());

@@ -23,7 +23,8 @@ use meridian_xds::{
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::region::{RegionState, RemoteRegion, RemoteService, ServiceId};
+use crate::elsewhere::{RemoteRegion, RemoteService};
+use crate::region::{RegionState, ServiceId};
 
 /// First and longest wait between attempts to reach the global control plane.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
