@@ -201,14 +201,13 @@ fn get(api: &str, path: &str, token: &str) -> String {
     answer
 }
 
-#[test]
-fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dev");
+/// Starts `meridian dev` with its data in `data`, waits until it is up; returns it and what it
+/// printed.
+fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
     let (mut dev, lines) = support::spawn_with_lines(
         Command::new(MERIDIAN)
             .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
+            .arg(data)
             .env("MERIDIAN_LOG", "warn"),
     );
     let mut stdout = String::new();
@@ -222,6 +221,64 @@ fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
         stdout.push_str(&line);
         stdout.push('\n');
     }
+    (dev, stdout)
+}
+
+/// What dev with its data in `data` left behind: processes whose command line names it, and
+/// its agents' network namespaces.
+fn left_behind(data: &std::path::Path) -> Vec<String> {
+    let data_text = data.display().to_string();
+    let mut left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&data_text))
+        .collect();
+    if let Ok(namespaces) = Command::new("ip").args(["netns", "list"]).output() {
+        let namespaces = String::from_utf8_lossy(&namespaces.stdout).into_owned();
+        for region in ["fra", "iad", "sin"] {
+            for node in 1..=2 {
+                let prefix = meridian_agent::netns_prefix(region, &format!("{region}-{node}"));
+                left.extend(
+                    namespaces
+                        .lines()
+                        .filter(|l| l.starts_with(&prefix))
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    left
+}
+
+/// Waits until `dev` has exited (its status) and nothing it started is left.
+fn gone(dev: &mut std::process::Child, data: &std::path::Path) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = dev.try_wait().unwrap() {
+            let left = left_behind(data);
+            if left.is_empty() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left running: {left:?}"
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meridian dev did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let (mut dev, stdout) = start_dev(&data);
     assert!(
         stdout.contains("deployed demo/shop/web version 1 to fra, iad"),
         "{stdout}"
@@ -232,59 +289,19 @@ fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
     );
 
     // Ctrl-C stops every child, and the agents take their instances' namespaces with them.
-    let pid = rustix::process::Pid::from_raw(i32::try_from(dev.id()).unwrap()).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let status = loop {
-        if let Some(status) = dev.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "meridian dev did not stop on Ctrl-C"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let pid = |dev: &std::process::Child| {
+        rustix::process::Pid::from_raw(i32::try_from(dev.id()).unwrap()).unwrap()
     };
+    rustix::process::kill_process(pid(&dev), rustix::process::Signal::INT).unwrap();
+    let status = gone(&mut dev, &data);
     assert!(status.success(), "{status}");
-    let data_text = data.display().to_string();
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&data_text))
-        .collect();
-    assert_eq!(left, Vec::<String>::new(), "processes left running");
-    let namespaces = Command::new("ip").args(["netns", "list"]).output();
-    if let Ok(namespaces) = namespaces {
-        let namespaces = String::from_utf8_lossy(&namespaces.stdout).into_owned();
-        for region in ["fra", "iad", "sin"] {
-            for node in 1..=2 {
-                let prefix = meridian_agent::netns_prefix(region, &format!("{region}-{node}"));
-                assert!(!namespaces.contains(&prefix), "{namespaces}");
-            }
-        }
-    }
 
     // A second start reuses the data directory: no new admin token, nothing deployed again,
     // and the example is served again.
-    let again = Command::new(MERIDIAN)
-        .args([
-            "dev",
-            "--exit-when-ready",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("MERIDIAN_LOG", "warn")
-        .output()
-        .unwrap();
-    let second = String::from_utf8_lossy(&again.stdout);
-    assert!(
-        again.status.success(),
-        "{second}\n{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    let (mut dev, second) = start_dev(&data);
     assert!(!second.contains("deployed demo/shop"), "{second}");
-    assert!(second.contains("Meridian dev is up"), "{second}");
+
+    // Killed outright, dev cannot stop its children: they notice it is gone and stop.
+    rustix::process::kill_process(pid(&dev), rustix::process::Signal::KILL).unwrap();
+    gone(&mut dev, &data);
 }

@@ -148,6 +148,9 @@ fn main() -> ExitCode {
 async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
     use commands::{control, dev, resources};
     let format = args.output;
+    if std::env::var_os(dev::children::EXIT_WITH_PARENT).is_some() {
+        tokio::spawn(dev::children::exit_with_parent());
+    }
     match command {
         Command::Control(control_args) => control::run(control_args, args).await,
         Command::Dev(dev_args) => dev::run(dev_args).await,

@@ -15,7 +15,7 @@ use crate::commands::resources;
 use crate::output::Format;
 use crate::ClientArgs;
 
-mod children;
+pub mod children;
 
 use children::Children;
 

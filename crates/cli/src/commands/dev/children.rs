@@ -68,6 +68,7 @@ impl Children {
         paths.extend(std::env::split_paths(&path));
         command
             .env("PATH", std::env::join_paths(paths)?)
+            .env(EXIT_WITH_PARENT, "1")
             .env(
                 "MERIDIAN_LOG",
                 std::env::var("MERIDIAN_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -155,6 +156,30 @@ impl Children {
                 );
                 let _ = child.kill().await;
             }
+        }
+    }
+}
+
+/// Set in the environment of dev's children: each stops (as on SIGTERM) when dev is gone, even
+/// if dev could not stop it (it was killed).
+pub const EXIT_WITH_PARENT: &str = "MERIDIAN_EXIT_WITH_PARENT";
+
+/// How often a child of dev looks whether dev is still there.
+const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Sends this process SIGTERM once its parent is gone (it was given another parent), so that
+/// it stops the way it stops on SIGTERM. Runs for as long as the process.
+pub async fn exit_with_parent() {
+    let parent = rustix::process::getppid();
+    loop {
+        tokio::time::sleep(PARENT_CHECK).await;
+        if rustix::process::getppid() != parent {
+            tracing::warn!("meridian dev is gone; stopping");
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::TERM,
+            );
+            return;
         }
     }
 }
