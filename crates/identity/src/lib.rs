@@ -15,6 +15,7 @@ mod verify;
 pub use authority::{blank_request, request_for, Authority, AuthorityError, IssueError, Issued};
 pub use spiffe::{BadSpiffeId, SpiffeId, Subject};
 pub use verify::{
-    certified_key, client_config, control_client_config, control_server_config, mesh_server_name,
-    peer_id, provider, server_config, trust_bundle, CertStore, TlsError,
+    certified_key, client_config, control_client_config, control_server_config,
+    gateway_client_config, mesh_server_name, peer_id, provider, server_config, trust_bundle,
+    CertStore, TlsError,
 };

@@ -204,6 +204,15 @@ pub fn client_config(
     tls13_client(Some(local), bundle, Expected::Exactly(expected))
 }
 
+/// A client config for a hop to a region's gateway (an edge's): like [`client_config`], except
+/// that the gateway of any region of the installation is accepted.
+pub fn gateway_client_config(
+    local: Arc<CertStore>,
+    bundle: RootCertStore,
+) -> Result<ClientConfig, TlsError> {
+    tls13_client(Some(local), bundle, Expected::AnyGateway)
+}
+
 /// A client config for calls to a control plane of the installation (any control plane whose
 /// certificate chains to `bundle` and names a `control/…` ID), presenting the certificate from
 /// `local`, or none (to join).
@@ -257,6 +266,8 @@ enum Expected {
     Exactly(SpiffeId),
     /// Any control plane (global or regional) of the trust domain.
     AnyControlPlane,
+    /// Any region's gateway of the trust domain.
+    AnyGateway,
 }
 
 impl Expected {
@@ -264,6 +275,7 @@ impl Expected {
         match self {
             Expected::Exactly(expected) => id == expected,
             Expected::AnyControlPlane => matches!(id.subject, crate::Subject::Control { .. }),
+            Expected::AnyGateway => matches!(id.subject, crate::Subject::Gateway { .. }),
             Expected::AnyoneForPinnedDownload => true,
         }
     }
@@ -274,6 +286,7 @@ impl std::fmt::Display for Expected {
         match self {
             Expected::Exactly(id) => id.fmt(f),
             Expected::AnyControlPlane => f.write_str("a control plane"),
+            Expected::AnyGateway => f.write_str("a gateway"),
             Expected::AnyoneForPinnedDownload => f.write_str("any server"),
         }
     }

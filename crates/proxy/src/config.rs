@@ -71,8 +71,10 @@ pub struct MeshConfig {
     pub key_file: String,
     /// The trust bundle (PEM): the installation's root.
     pub bundle_file: String,
-    /// The org whose workloads this listener serves; they may call.
-    pub org: String,
+    /// The org whose workloads this listener serves; they may call. Absent: a gateway's
+    /// listener, which only edges may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
     /// Callers of other orgs that may call, as `org/app/service` with `*` for any segment.
     #[serde(default)]
     pub allow: Vec<String>,
@@ -318,7 +320,8 @@ pub struct UpstreamMeshConfig {
     pub key_file: String,
     /// The trust bundle (PEM).
     pub bundle_file: String,
-    /// The SPIFFE ID the endpoints must have.
+    /// The SPIFFE ID the endpoints must have, or `spiffe://<trust domain>/gateway/*` for any
+    /// region's gateway (an edge's clusters).
     pub peer: String,
 }
 
@@ -946,7 +949,7 @@ fn validate_route(
 }
 
 fn validate_mesh(errs: &mut ValidationErrors, at: &str, mesh: &MeshConfig) {
-    if let Err(reason) = meridian_model::check_dns_label(&mesh.org) {
+    if let Some(Err(reason)) = mesh.org.as_deref().map(meridian_model::check_dns_label) {
         errs.push(format!("{at}.org"), reason);
     }
     for (i, pattern) in mesh.allow.iter().enumerate() {
@@ -967,8 +970,8 @@ fn validate_mesh(errs: &mut ValidationErrors, at: &str, mesh: &MeshConfig) {
 fn validate_cluster(errs: &mut ValidationErrors, at: &str, cluster: &ClusterConfig) {
     check_name(errs, format!("{at}.name"), &cluster.name);
     if let Some(mesh) = &cluster.mesh {
-        if let Err(e) = meridian_identity::SpiffeId::parse(&mesh.peer) {
-            errs.push(format!("{at}.mesh.peer"), e.reason);
+        if let Err(reason) = crate::tls::mesh_peer(&mesh.peer) {
+            errs.push(format!("{at}.mesh.peer"), reason);
         }
     }
     for (e, endpoint) in cluster.endpoints.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! Mesh listeners: who is calling (the SPIFFE ID of the client certificate) and whether they
-//! may. A caller of the listener's org may call; one of another org only if an `allow` pattern
-//! names it; Meridian's gateways and edges may call (they carry outside traffic in). The caller's
-//! ID reaches the upstream in [`PEER_HEADER`], which is never taken from a client.
+//! may. On a workload's listener (one with an org) a caller of that org may call; one of another
+//! org only if an `allow` pattern names it; Meridian's gateways and edges may call (they carry
+//! outside traffic in). On a gateway's listener (no org) only edges may call. The caller's ID
+//! reaches the upstream in [`PEER_HEADER`], which is never taken from a client.
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -17,7 +18,8 @@ pub const PEER_HEADER: &str = "x-meridian-peer";
 /// A mesh listener's authorization policy.
 #[derive(Debug)]
 pub struct MeshPolicy {
-    org: String,
+    /// The org of the workload served; `None` for a gateway.
+    org: Option<String>,
     /// Allowed callers of other orgs: `[org, app, service]`, `*` for any.
     allow: Vec<[String; 3]>,
 }
@@ -41,9 +43,12 @@ impl MeshPolicy {
 
     /// Whether `caller` may call this listener.
     pub fn allows(&self, caller: &SpiffeId) -> bool {
+        let Some(own_org) = &self.org else {
+            return matches!(caller.subject, Subject::Edge { .. });
+        };
         match &caller.subject {
             Subject::Workload { org, app, service } => {
-                *org == self.org
+                org == own_org
                     || self.allow.iter().any(|pattern| {
                         [org, app, service]
                             .iter()
@@ -76,7 +81,7 @@ pub fn refuse(
         caller => {
             ctx.denied.inc();
             let caller = caller.map_or_else(|| "unknown".to_owned(), |(id, _)| id.to_string());
-            tracing::warn!(target: "audit", listener = %ctx.name, %caller, callee_org = %policy.org,
+            tracing::warn!(target: "audit", listener = %ctx.name, %caller, callee_org = policy.org.as_deref().unwrap_or("(gateway)"),
                 path = %request.uri().path(), client = %peer.addr, "mesh call denied");
             Some(local_response(StatusCode::FORBIDDEN, "forbidden_peer"))
         }
@@ -86,4 +91,43 @@ pub fn refuse(
 /// The header value naming `id`.
 pub fn header_value(id: &SpiffeId) -> Option<HeaderValue> {
     HeaderValue::from_str(&id.to_string()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(org: Option<&str>) -> MeshPolicy {
+        MeshPolicy::new(&MeshConfig {
+            cert_file: String::new(),
+            key_file: String::new(),
+            bundle_file: String::new(),
+            org: org.map(str::to_owned),
+            allow: vec!["partner/*/*".to_owned()],
+        })
+    }
+
+    fn id(path: &str) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://meridian.local/{path}")).unwrap()
+    }
+
+    #[test]
+    fn a_workloads_listener_admits_its_org_allowed_orgs_gateways_and_edges() {
+        let acme = policy(Some("acme"));
+        assert!(acme.allows(&id("org/acme/app/shop/service/web")));
+        assert!(acme.allows(&id("org/partner/app/x/service/y")));
+        assert!(!acme.allows(&id("org/other/app/shop/service/web")));
+        assert!(acme.allows(&id("gateway/fra")));
+        assert!(acme.allows(&id("edge/par")));
+        assert!(!acme.allows(&id("agent/fra/node-1")));
+    }
+
+    #[test]
+    fn a_gateways_listener_admits_edges_only() {
+        let gateway = policy(None);
+        assert!(gateway.allows(&id("edge/par")));
+        assert!(!gateway.allows(&id("gateway/iad")));
+        assert!(!gateway.allows(&id("org/acme/app/shop/service/web")));
+        assert!(!gateway.allows(&id("control/fra")));
+    }
 }

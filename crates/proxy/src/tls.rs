@@ -52,13 +52,37 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, (&'static str, String)> 
 /// a new client); the error names the field and the reason.
 pub type MeshConnector = (Arc<rustls::ClientConfig>, String);
 
+/// Whom a mesh cluster's endpoints must be.
+pub enum MeshPeer {
+    /// This identity.
+    Exactly(meridian_identity::SpiffeId),
+    /// Any region's gateway (`spiffe://<trust domain>/gateway/*`), for an edge.
+    AnyGateway,
+}
+
+/// The peer a cluster's `mesh.peer` names: a SPIFFE ID, or `spiffe://<trust domain>/gateway/*`;
+/// the error says why not.
+pub fn mesh_peer(peer: &str) -> Result<MeshPeer, String> {
+    if let Some(gateways) = peer.strip_suffix("/gateway/*") {
+        // The trust domain must be one a SPIFFE ID may have.
+        meridian_identity::SpiffeId::parse(&format!("{gateways}/gateway/any"))
+            .map_err(|e| e.reason)?;
+        return Ok(MeshPeer::AnyGateway);
+    }
+    meridian_identity::SpiffeId::parse(peer)
+        .map(MeshPeer::Exactly)
+        .map_err(|e| e.reason)
+}
+
 /// Builds a cluster's [`MeshConnector`].
 pub fn mesh_connector(mesh: &UpstreamMeshConfig) -> Result<MeshConnector, (&'static str, String)> {
     let (local, bundle, fingerprint) =
         identity_files(&mesh.cert_file, &mesh.key_file, &mesh.bundle_file)?;
-    let peer = meridian_identity::SpiffeId::parse(&mesh.peer).map_err(|e| ("peer", e.reason))?;
-    let mut config = meridian_identity::client_config(local, bundle, peer)
-        .map_err(|e| ("cert_file", e.to_string()))?;
+    let config = match mesh_peer(&mesh.peer).map_err(|reason| ("peer", reason))? {
+        MeshPeer::Exactly(peer) => meridian_identity::client_config(local, bundle, peer),
+        MeshPeer::AnyGateway => meridian_identity::gateway_client_config(local, bundle),
+    };
+    let mut config = config.map_err(|e| ("cert_file", e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(config), format!("{fingerprint}{}", mesh.peer)))
 }
@@ -100,4 +124,23 @@ pub fn mesh_acceptor(mesh: &MeshConfig) -> Result<TlsAcceptor, (&'static str, St
     let config = meridian_identity::server_config(local, bundle)
         .map_err(|e| ("cert_file", e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mesh_peer, MeshPeer};
+
+    #[test]
+    fn a_mesh_peer_is_one_identity_or_any_gateway() {
+        assert!(matches!(
+            mesh_peer("spiffe://meridian.local/org/acme/app/shop/service/api"),
+            Ok(MeshPeer::Exactly(_))
+        ));
+        assert!(matches!(
+            mesh_peer("spiffe://meridian.local/gateway/*"),
+            Ok(MeshPeer::AnyGateway)
+        ));
+        assert!(mesh_peer("spiffe://meridian.local/org/*").is_err());
+        assert!(mesh_peer("spiffe://bad domain/gateway/*").is_err());
+    }
 }
