@@ -128,6 +128,14 @@ async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
     let regions = two_regions().await;
     // Paris is nearer Frankfurt than Washington.
     served_from(&regions.edge, "fra").await;
+    // The edge reaches Frankfurt's gateway over mutual TLS: its listener for edges takes no
+    // plain HTTP.
+    let plain = reqwest::Client::new()
+        .get("http://127.0.42.1:8080/")
+        .header("host", "shop.example.com")
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
     // Frankfurt's gateway goes away: the edge serves from Washington.
     drop(regions.fra_gateway);
     served_from(&regions.edge, "iad").await;

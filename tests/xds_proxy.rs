@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::google::protobuf::Any;
-use meridian_control::RegionState;
+use meridian_control::{GatewayListeners, RegionState};
 use meridian_model::{derive_regional, Definition, Endpoint, EndpointHealth};
 use meridian_xds::{AdsServer, Cache, Limits, Update, XdsMetrics, CLUSTER};
 use prometheus_client::registry::Registry;
@@ -86,7 +86,7 @@ impl ProxyProcess {
         }
     }
 
-    /// The bound address of the `gateway` listener, once the proxy has one.
+    /// The bound address of the `gateway-plaintext` listener, once the proxy has one.
     async fn gateway(&self) -> SocketAddr {
         let end = Instant::now() + DEADLINE;
         loop {
@@ -97,7 +97,7 @@ impl ProxyProcess {
                     .json()
                     .await
                     .unwrap();
-            if let Some(address) = listeners.get("gateway") {
+            if let Some(address) = listeners.get("gateway-plaintext") {
                 return address.parse().unwrap();
             }
             assert!(Instant::now() < end, "the proxy got no gateway listener");
@@ -222,7 +222,10 @@ impl TestControlPlane {
         let cache = Cache::new();
         let mut registry = Registry::default();
         let metrics = XdsMetrics::new(&mut registry);
-        let gateway = Some("127.0.0.1:0".parse().unwrap());
+        let gateway = GatewayListeners {
+            mesh: None,
+            plaintext: Some("127.0.0.1:0".parse().unwrap()),
+        };
         let state = Mutex::new(RegionState::new("fra", cache.clone(), gateway, None));
         let mut plane = TestControlPlane {
             cache,

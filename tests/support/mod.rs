@@ -300,7 +300,14 @@ impl RegionalPlane {
                 .arg(dir.path())
                 .args(["--admin", "127.0.0.1:0", "--api", api])
                 .args(["--global-xds", global_xds])
-                .args(gateway.map(|g| ["--gateway", g]).into_iter().flatten())
+                // The gateway listens for edges (mutual TLS) at `gateway`, and in plain HTTP
+                // for the tests on a port of its own.
+                .args(
+                    gateway
+                        .map(|g| ["--gateway", g, "--gateway-plaintext", "127.0.0.1:0"])
+                        .into_iter()
+                        .flatten(),
+                )
                 .env("MERIDIAN_TOKEN", token)
                 .env("MERIDIAN_LOG", "info")
                 .stderr(log),
@@ -479,7 +486,7 @@ pub struct Agent {
     pub admin: String,
 }
 
-/// The region's gateway, joined with a token; its listener's address.
+/// The region's gateway, joined with a token; the address of its plain-HTTP listener.
 pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
     let token = region.join_token("gateway");
     let (child, lines) = spawn_with_lines(
@@ -509,7 +516,7 @@ pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
             Ok(answer) => answer.json().await.unwrap_or_default(),
             Err(_) => serde_json::Value::Null,
         };
-        if let Some(address) = listeners["gateway"].as_str() {
+        if let Some(address) = listeners["gateway-plaintext"].as_str() {
             return (Killed(child), address.to_owned());
         }
         assert!(Instant::now() < end, "the gateway got no listener");

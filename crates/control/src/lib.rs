@@ -33,7 +33,7 @@ pub use global_api::{GlobalApi, GlobalApiError};
 pub use issuer::{Issuer, IssuerError};
 pub use join_tokens::{JoinTokens, JoinTokensError};
 pub use own_certificate::{issue_own_certificate, keep_own_certificate};
-pub use region::{RegionState, ServiceId};
+pub use region::{GatewayListeners, RegionState, ServiceId};
 pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use upward::{report_upward, REPORT_INTERVAL};

@@ -28,7 +28,7 @@ pub struct RegionState {
     /// over mutual TLS.
     trust_domain: Option<String>,
     /// Where the region's gateway listens.
-    gateway: Option<SocketAddr>,
+    gateway: GatewayListeners,
     cache: Arc<Cache>,
     deployments: BTreeMap<ServiceId, RegionalDeployment>,
     /// Endpoints registered through the global API, by service.
@@ -52,27 +52,50 @@ pub struct RegionState {
     report_due: Arc<Notify>,
 }
 
+/// Where a region's gateway listens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatewayListeners {
+    /// For edges, over mutual TLS (only edges may call); reported upward, edges reach the
+    /// region there.
+    pub mesh: Option<SocketAddr>,
+    /// Plain HTTP, for operators and tests; never reported.
+    pub plaintext: Option<SocketAddr>,
+}
+
+/// The name of the gateway's plain-HTTP listener.
+const GATEWAY_PLAINTEXT: &str = "gateway-plaintext";
+
 impl RegionState {
-    /// An empty state for `region`, rendering into `cache`; with `gateway`, the region's
-    /// gateway listens there; with `trust_domain`, proxies reach the instances agents run over
-    /// mutual TLS (endpoints registered through the API stay plaintext).
+    /// An empty state for `region`, rendering into `cache`; the region's gateway listens where
+    /// `gateway` says; with `trust_domain`, proxies reach the instances agents run over mutual
+    /// TLS (endpoints registered through the API stay plaintext), and the gateway's edge
+    /// listener is mutual TLS.
     pub fn new(
         region: &str,
         cache: Arc<Cache>,
-        gateway: Option<SocketAddr>,
+        gateway: GatewayListeners,
         trust_domain: Option<&str>,
     ) -> RegionState {
-        let gateway_name = gateway_cache_name();
-        if let Some(address) = gateway {
-            let listener = (gateway_name.clone(), render::gateway_listener(address));
-            cache.apply(
-                LISTENER,
-                Update {
-                    put: vec![listener],
-                    remove: Vec::new(),
-                },
-            );
+        let mut put = Vec::new();
+        if let Some(address) = gateway.mesh {
+            let mesh = trust_domain.is_some();
+            let listener = render::gateway_listener(render::GATEWAY, address, mesh);
+            put.push((gateway_cache_name(), listener));
         }
+        if let Some(address) = gateway.plaintext {
+            let listener = render::gateway_listener(GATEWAY_PLAINTEXT, address, false);
+            put.push((
+                format!("{}{GATEWAY_PLAINTEXT}", role_namespace("gateway")),
+                listener,
+            ));
+        }
+        cache.apply(
+            LISTENER,
+            Update {
+                put,
+                remove: Vec::new(),
+            },
+        );
         let state = RegionState {
             region: region.to_owned(),
             trust_domain: trust_domain.map(str::to_owned),
@@ -202,6 +225,7 @@ impl RegionState {
             // A port chosen by the system (0) is not an address anyone can reach.
             gateway: self
                 .gateway
+                .mesh
                 .filter(|g| g.port() != 0)
                 .map(|g| g.to_string()),
             nodes: count(self.fleet.nodes()),

@@ -30,6 +30,12 @@ pub struct EdgeOptions {
     pub global_xds: String,
     /// TLS with the edge's certificate, for the global control plane.
     pub tls: Arc<rustls::ClientConfig>,
+    /// The edge's certificate files and trust domain, for mutual TLS to the gateways.
+    pub identity: meridian_proxy::Identity,
+    /// The installation's trust domain.
+    pub trust_domain: String,
+    /// Told when the edge's certificate was renewed.
+    pub renewed: Arc<tokio::sync::Notify>,
 }
 
 /// Follows the global control plane and keeps `proxy` configured, for as long as the task runs.
@@ -48,8 +54,19 @@ pub async fn run_edge(
         },
         backoff: BACKOFF,
     };
+    tokio::spawn(meridian_proxy::reapply_on_renewal(
+        proxy.clone(),
+        options.renewed.clone(),
+    ));
+    let mesh = serde_json::json!({
+        "cert_file": options.identity.cert_file,
+        "key_file": options.identity.key_file,
+        "bundle_file": options.identity.bundle_file,
+        "peer": format!("spiffe://{}/gateway/*", options.trust_domain),
+    });
     let follower = Follower {
         options,
+        mesh,
         proxy,
         ready: Some(ready),
         applied: String::new(),
@@ -59,6 +76,8 @@ pub async fn run_edge(
 
 struct Follower {
     options: EdgeOptions,
+    /// The `mesh` section of the clusters to the gateways.
+    mesh: serde_json::Value,
     proxy: Arc<Proxy>,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     /// The configuration applied last, as JSON text.
@@ -134,7 +153,13 @@ impl Handler for Follower {
         }
         let regions = region_views(resources)?;
         let options = &self.options;
-        let config = edge_config(&options.location, &options.listen, &regions).to_string();
+        let config = edge_config(
+            &options.location,
+            &options.listen,
+            &regions,
+            Some(&self.mesh),
+        )
+        .to_string();
         if config != self.applied {
             self.proxy
                 .apply_text(&config)

@@ -35,8 +35,14 @@ pub struct RegionView {
 /// The edge's proxy configuration (docs/proxy-config.md) listening on `listen`: one virtual
 /// host per service with public domains and routes, to a cluster of the gateways of the regions
 /// that report healthy instances of it, nearest first (priority 0, then 1, …). Gateways are
-/// health-checked; a failed request is retried on another gateway.
-pub fn edge_config(edge: &Location, listen: &str, regions: &[RegionView]) -> Value {
+/// health-checked; a failed request is retried on another gateway. With `mesh` (a cluster's
+/// `mesh` section), gateways are reached over mutual TLS.
+pub fn edge_config(
+    edge: &Location,
+    listen: &str,
+    regions: &[RegionView],
+    mesh: Option<&Value>,
+) -> Value {
     let mut by_distance: Vec<&RegionView> = regions.iter().collect();
     by_distance.sort_by(|a, b| {
         let here = (edge.lat, edge.lon);
@@ -104,14 +110,18 @@ pub fn edge_config(edge: &Location, listen: &str, regions: &[RegionView]) -> Val
             .enumerate()
             .map(|(rank, address)| json!({"address": address, "priority": rank.min(9)}))
             .collect();
-        clusters.push(json!({
+        let mut cluster = json!({
             "name": cluster,
             "lb": "least_request",
             "panic_threshold": 0,
             "health_check": {"tcp": {}, "interval": "500ms", "timeout": "250ms", "unhealthy_threshold": 2},
             "outlier_detection": {"consecutive_gateway_errors": 3, "base_ejection_time": "5s"},
             "endpoints": endpoints,
-        }));
+        });
+        if let Some(mesh) = mesh {
+            cluster["mesh"] = mesh.clone();
+        }
+        clusters.push(cluster);
     }
     json!({
         "listeners": [{"name": "public", "address": listen, "virtual_hosts": virtual_hosts}],
@@ -194,7 +204,7 @@ mod tests {
             region("fra", 50.11, 8.68, 2),
             region("sin", 1.35, 103.82, 2),
         ];
-        let config = edge_config(&paris, "127.0.0.1:0", &regions);
+        let config = edge_config(&paris, "127.0.0.1:0", &regions, None);
         assert_eq!(
             gateways(&config),
             [
@@ -208,7 +218,7 @@ mod tests {
             region("fra", 50.11, 8.68, 0),
             region("iad", 38.95, -77.45, 1),
         ];
-        let config = edge_config(&paris, "127.0.0.1:0", &regions);
+        let config = edge_config(&paris, "127.0.0.1:0", &regions, None);
         assert_eq!(gateways(&config), [("iad.gateway:80".to_owned(), 0)]);
         assert_eq!(
             config["listeners"][0]["virtual_hosts"][0]["domains"],

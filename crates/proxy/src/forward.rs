@@ -51,18 +51,15 @@ pub fn local_response(status: StatusCode, reason: &'static str) -> Response<Prox
     response
 }
 
-/// The request's host without port: the URI's authority (HTTP/2) or the Host header (HTTP/1.1).
+/// The request's host without port: the Host header, else the URI's authority (HTTP/2 without
+/// Host). A proxy forwarding over HTTP/2 (a mesh hop) names the upstream endpoint in
+/// `:authority`, which its connection pool needs, and keeps the client's Host; so Host wins.
 fn request_host(request: &Request<Incoming>) -> &str {
     let raw = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
     strip_port(raw)
 }

@@ -167,11 +167,12 @@ pub fn proxy_cluster_name(deployment: &RegionalDeployment, port_name: &str) -> S
 /// The name of the gateway's Listener and RouteConfiguration.
 pub const GATEWAY: &str = "gateway";
 
-/// The gateway's Listener: HTTP (HTTP/1.1 and h2c) on `address`, routes from RDS `gateway`.
-pub fn gateway_listener(address: SocketAddr) -> Any {
+/// A gateway's Listener `name`: HTTP on `address` (HTTP/1.1 and h2c; with `mesh`, mutual TLS
+/// with the proxy's own certificate, for edges), routes from RDS `gateway`.
+pub fn gateway_listener(name: &str, address: SocketAddr, mesh: bool) -> Any {
     let manager = http_connection_manager(GATEWAY);
     pack(&Listener {
-        name: GATEWAY.to_owned(),
+        name: name.to_owned(),
         address: Some(socket_address(
             &address.ip().to_string(),
             u32::from(address.port()),
@@ -181,10 +182,37 @@ pub fn gateway_listener(address: SocketAddr) -> Any {
                 name: "envoy.filters.network.http_connection_manager".to_owned(),
                 config_type: Some(FilterConfig::TypedConfig(pack(&manager))),
             }],
+            transport_socket: mesh.then(gateway_transport_socket),
             ..Default::default()
         }],
         ..Default::default()
     })
+}
+
+/// Mutual TLS on a gateway's listener: the proxy's own certificate
+/// ([`OWN_CERTIFICATE`](crate::meridian::OWN_CERTIFICATE)), a client certificate required;
+/// Meridian's proxies admit only edges there.
+fn gateway_transport_socket() -> TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    };
+    let context = DownstreamTlsContext {
+        require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue {
+            value: true,
+        }),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: crate::meridian::OWN_CERTIFICATE.to_owned(),
+                sds_config: Some(ads()),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: TLS_TRANSPORT_SOCKET.to_owned(),
+        config_type: Some(TransportSocketConfig::TypedConfig(pack(&context))),
+    }
 }
 
 /// The gateway's RouteConfiguration: one virtual host per service with public domains and

@@ -10,8 +10,8 @@ use clap::Args;
 use meridian_control::{
     admin_router, follow_global, issue_own_certificate, keep_own_certificate,
     publish_regional_deployments, regional_ca, report_upward, tls_incoming, AuthenticatedAds,
-    GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, RegionReports, RegionState, RegionalCa,
-    ReportService, ReportSource,
+    GatewayListeners, GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, RegionReports, RegionState,
+    RegionalCa, ReportService, ReportSource,
 };
 use meridian_identity::{
     control_client_config, control_server_config, server_config, trust_bundle, Authority,
@@ -73,10 +73,14 @@ pub struct ControlArgs {
     /// together (region only; 0ms pushes at once).
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     xds_coalesce: std::time::Duration,
-    /// Where the region's gateway proxies listen: rendered into their `gateway` Listener
-    /// (region only; without it gateways get routes and clusters but no listener).
+    /// Where the region's gateway proxies listen for edges, over mutual TLS (only edges may
+    /// call); reported to the global control plane, edges reach the region there (region only).
     #[arg(long, value_name = "ADDRESS")]
     gateway: Option<SocketAddr>,
+    /// Where the region's gateway proxies also listen in plain HTTP, for operators and tests;
+    /// never reported (region only).
+    #[arg(long, value_name = "ADDRESS")]
+    gateway_plaintext: Option<SocketAddr>,
 }
 
 /// Runs the chosen control plane until Ctrl-C or SIGTERM.
@@ -138,7 +142,10 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     let state = Arc::new(Mutex::new(RegionState::new(
         &region,
         cache.clone(),
-        args.gateway,
+        GatewayListeners {
+            mesh: args.gateway,
+            plaintext: args.gateway_plaintext,
+        },
         Some(regional.ca.trust_domain()),
     )));
     let tokens = JoinTokens::open(&region_dir.join("join-tokens.json"))?;

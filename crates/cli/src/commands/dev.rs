@@ -60,7 +60,8 @@ pub struct DevArgs {
     /// Address of the public API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Port of the first region's gateway; the others follow (fra, iad, sin).
+    /// Port of the first region's gateway in plain HTTP; the others follow (fra, iad, sin).
+    /// Their listeners for the edges (mutual TLS) are 100 ports up.
     #[arg(long, default_value_t = 18080)]
     gateway_port: u16,
     /// Port of the first edge's public listener; the other follows (par, nyc).
@@ -293,6 +294,9 @@ struct Global<'a> {
     token: &'a str,
 }
 
+/// How far above a gateway's plain-HTTP port its listener for edges (mutual TLS) is.
+const EDGE_LISTENER_OFFSET: u16 = 100;
+
 /// Starts a region's control plane, agents and gateway.
 async fn start_region(
     name: &'static str,
@@ -312,7 +316,12 @@ async fn start_region(
             &[
                 ("--xds", "127.0.0.1:0".to_owned()),
                 ("--admin", "127.0.0.1:0".to_owned()),
-                ("--gateway", gateway.to_string()),
+                ("--gateway-plaintext", gateway.to_string()),
+                (
+                    "--gateway",
+                    SocketAddr::new(gateway.ip(), gateway.port() + EDGE_LISTENER_OFFSET)
+                        .to_string(),
+                ),
                 ("--token", token.to_owned()),
                 ("--global-xds", global.xds.to_owned()),
             ],
@@ -544,9 +553,12 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
         data_dir.display()
     );
     println!(
-        "Every hop from the gateways on is mutual TLS; instances call each other by name through \
+        "Every hop from the edges on is mutual TLS; instances call each other by name through \
          their node proxy (HTTP_PROXY), e.g. curl -H 'host: {EXAMPLE_HOST}' \
          'http://{first}/call?url=http://api.shop.internal:9090/whoami'"
     );
-    println!("Not yet part of dev: TLS and HTTP/2 on the edges, and mTLS from edges to gateways.");
+    println!(
+        "Edges reach the gateways over mutual TLS (the gateways' plain-HTTP ports above are for \
+         you). Not yet part of dev: TLS and HTTP/2 on the edges."
+    );
 }

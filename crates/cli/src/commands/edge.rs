@@ -73,7 +73,10 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
         },
         listen: args.listen.to_string(),
         global_xds: args.global_xds.clone(),
-        tls: enrolled.tls,
+        tls: enrolled.tls.clone(),
+        identity: enrolled.files(),
+        trust_domain: enrolled.id.trust_domain.clone(),
+        renewed: enrolled.renewed,
     };
     let (ready, first) = tokio::sync::oneshot::channel();
     let follower = tokio::spawn(run_edge(options, proxy.clone(), ready));

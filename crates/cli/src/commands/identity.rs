@@ -21,6 +21,18 @@ pub struct Enrolled {
     pub renewed: Arc<tokio::sync::Notify>,
 }
 
+impl Enrolled {
+    /// The certificate, key and bundle files, as a proxy's configuration names them.
+    pub fn files(&self) -> meridian_proxy::Identity {
+        let file = |name: &str| self.dir.join(name).display().to_string();
+        meridian_proxy::Identity {
+            cert_file: file("cert.pem"),
+            key_file: file("key.pem"),
+            bundle_file: file("bundle.pem"),
+        }
+    }
+}
+
 /// Enrolls through the control plane at `server` (joining with `token` if nothing valid is
 /// stored) and keeps the certificate renewed in the background.
 pub async fn enroll(server: &str, state_dir: &Path, token: Option<&str>) -> Result<Enrolled> {

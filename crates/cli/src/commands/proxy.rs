@@ -100,15 +100,7 @@ pub async fn run_from_xds(args: XdsArgs) -> Result<()> {
         None
     };
     let tls = enrolled.as_ref().map(|e| e.tls.clone());
-    let identity = enrolled.map(|e| {
-        let file = |name: &str| e.dir.join(name).display().to_string();
-        let files = meridian_proxy::Identity {
-            cert_file: file("cert.pem"),
-            key_file: file("key.pem"),
-            bundle_file: file("bundle.pem"),
-        };
-        (files, e.renewed)
-    });
+    let identity = enrolled.map(|e| (e.files(), e.renewed));
     let options = meridian_proxy::XdsOptions {
         server: args.server,
         tls,

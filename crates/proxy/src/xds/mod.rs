@@ -108,7 +108,9 @@ fn node(options: &XdsOptions) -> Node {
 
 /// Applies the configuration in force again after each renewal of the proxy's certificate:
 /// new connections use the new certificate, open ones stay.
-async fn reapply_on_renewal(proxy: Arc<Proxy>, renewed: Arc<tokio::sync::Notify>) {
+/// Applies `proxy`'s configuration again each time `renewed` is told (its certificate files were
+/// renewed: new connections use the new certificate), for as long as the task runs.
+pub async fn reapply_on_renewal(proxy: Arc<Proxy>, renewed: Arc<tokio::sync::Notify>) {
     loop {
         renewed.notified().await;
         if let Some(config) = proxy.config().await {

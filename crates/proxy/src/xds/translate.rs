@@ -91,7 +91,9 @@ pub fn translate(resources: &Resources, identity: Option<&Identity>) -> Result<T
     let mut referenced = Vec::new();
     for (name, held) in listeners {
         let listener: Listener = decode(&held.resource, "Listener", name)?;
-        if let Some(value) = translate_listener(&listener, name, resources, &mut referenced)? {
+        if let Some(value) =
+            translate_listener(&listener, name, resources, &mut referenced, identity)?
+        {
             out_listeners.push(value);
         }
     }
@@ -212,11 +214,6 @@ fn network_filter(listener: &Listener, name: &str) -> Result<Option<Network>, St
             "{at}.filter_chains: exactly one filter chain is supported"
         ));
     };
-    if chain.transport_socket.is_some() {
-        return Err(format!(
-            "{at}.filter_chains[0].transport_socket: TLS over xDS is not supported yet"
-        ));
-    }
     let [filter] = chain.filters.as_slice() else {
         return Err(format!(
             "{at}.filter_chains[0].filters: exactly one network filter is supported"
@@ -243,15 +240,79 @@ fn network_filter(listener: &Listener, name: &str) -> Result<Option<Network>, St
     ))
 }
 
+/// The `mesh` section of a listener whose filter chain has a TLS transport socket: a gateway's
+/// listener for edges (a client certificate required, the proxy's own certificate), which only
+/// edges may call.
+fn listener_mesh(
+    listener: &Listener,
+    at: &str,
+    identity: Option<&Identity>,
+) -> Result<Option<Value>, String> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    let Some(socket) = listener
+        .filter_chains
+        .first()
+        .and_then(|c| c.transport_socket.as_ref())
+    else {
+        return Ok(None);
+    };
+    let at = format!("{at}.filter_chains[0].transport_socket");
+    if socket.name != meridian_xds::render::TLS_TRANSPORT_SOCKET {
+        return Err(format!(
+            "{at}: only {} is supported, not `{}`",
+            meridian_xds::render::TLS_TRANSPORT_SOCKET,
+            socket.name
+        ));
+    }
+    let Some(ConfigType::TypedConfig(config)) = &socket.config_type else {
+        return Err(format!("{at}: typed_config is missing"));
+    };
+    let context: DownstreamTlsContext = decode(config, "DownstreamTlsContext", &at)?;
+    if !context.require_client_certificate.is_some_and(|r| r.value) {
+        return Err(format!(
+            "{at}: require_client_certificate must be true (mutual TLS only)"
+        ));
+    }
+    let own = context.common_tls_context.is_some_and(|common| {
+        common
+            .tls_certificate_sds_secret_configs
+            .iter()
+            .any(|s| s.name == meridian_xds::meridian::OWN_CERTIFICATE)
+    });
+    if !own {
+        return Err(format!(
+            "{at}: the certificate must be the proxy's own (SDS secret `{}`)",
+            meridian_xds::meridian::OWN_CERTIFICATE
+        ));
+    }
+    let Some(identity) = identity else {
+        return Err(format!(
+            "{at}: mutual TLS needs this proxy's identity; run it with an https:// xDS server \
+             and a join token"
+        ));
+    };
+    Ok(Some(json!({
+        "cert_file": identity.cert_file,
+        "key_file": identity.key_file,
+        "bundle_file": identity.bundle_file,
+    })))
+}
+
 fn translate_listener(
     listener: &Listener,
     name: &str,
     resources: &Resources,
     referenced: &mut Vec<String>,
+    identity: Option<&Identity>,
 ) -> Result<Option<Value>, String> {
     let at = format!("Listener `{name}`");
     let address = socket_address(&listener.address, &format!("{at}.address"))?;
+    let mesh = listener_mesh(listener, &at, identity)?;
     match network_filter(listener, name)? {
+        Some(Network::Tcp(_)) if mesh.is_some() => {
+            Err(format!("{at}: mutual TLS is for HTTP listeners only"))
+        }
         Some(Network::Tcp(tcp)) => {
             let Some(TcpClusterSpecifier::Cluster(cluster)) = tcp.cluster_specifier else {
                 return Err(format!("{at}: tcp_proxy needs a cluster"));
@@ -291,9 +352,11 @@ fn translate_listener(
                 }
             };
             let virtual_hosts = translate_routes(&routes, referenced)?;
-            Ok(Some(
-                json!({"name": name, "address": address, "virtual_hosts": virtual_hosts}),
-            ))
+            let mut out = json!({"name": name, "address": address, "virtual_hosts": virtual_hosts});
+            if let Some(mesh) = mesh {
+                out["mesh"] = mesh;
+            }
+            Ok(Some(out))
         }
         None => Ok(None),
     }
