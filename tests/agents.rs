@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -302,17 +303,34 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
     );
 }
 
-/// Whether this run may make network namespaces (root with iproute2); in CI (strict) it must.
+/// Whether this run may make network namespaces (root with iproute2 and nftables); in CI
+/// (strict) it must.
 fn namespaces_allowed() -> bool {
     let allowed = meridian_agent::netns_available();
     if !allowed {
         assert!(
             !support::strict(),
-            "network namespaces need root and iproute2 (MERIDIAN_TEST_STRICT=1)"
+            "network namespaces need root, iproute2 and nftables (MERIDIAN_TEST_STRICT=1)"
         );
-        eprintln!("skipped: network namespaces need root and iproute2");
+        eprintln!("skipped: network namespaces need root, iproute2 and nftables");
     }
     allowed
+}
+
+/// The address `name` resolves to inside one of the namespaces of the agent of `ns-node` (each
+/// instance's DNS answers only the names its org may reach).
+fn resolved_in_some_namespace(name: &str) -> Ipv4Addr {
+    meridian_namespaces()
+        .iter()
+        .find_map(|ns| {
+            let output = std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "getent", "ahostsv4", name])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout);
+            text.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no namespace resolves {name}"))
 }
 
 /// The network namespaces of the agent of node `ns-node` in fra (other tests' agents, and
@@ -338,9 +356,11 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
     }
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &service("acme", "api", 9090, ""));
-    let file = dir.path().join("web.yaml");
-    std::fs::write(&file, service("acme", "web", 8080, "")).unwrap();
-    platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    for (org, name, port) in [("acme", "web", 8080), ("other", "secret", 9090)] {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, service(org, name, port, "")).unwrap();
+        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    }
     let region = RegionalPlane::start(
         &platform.global,
         &platform.token,
@@ -377,6 +397,61 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
     )
     .await;
     assert!(seen.contains("/org/acme/app/shop/service/web"), "{seen}");
+    // A name web's org may not reach does not exist for it.
+    let (_, hidden) = through(
+        &gateway,
+        web,
+        "/call?direct=1&url=http://secret.shop.other.internal:9090/",
+    )
+    .await;
+    assert!(
+        hidden.contains("calling") && hidden.contains("failed"),
+        "{hidden}"
+    );
+
+    // Each service has a virtual IP, which the instance's DNS answers for its name and which
+    // reaches the service like the name.
+    let api_vip = resolved_in_some_namespace("api.shop.internal");
+    let secret_vip = resolved_in_some_namespace("secret.shop.internal");
+    for vip in [api_vip, secret_vip] {
+        let [a, b, _, _] = vip.octets();
+        assert!(
+            a == 100 && b & 0xf0 == 112,
+            "{vip} is not in 100.112.0.0/12"
+        );
+    }
+    assert_ne!(api_vip, secret_vip);
+    let seen = answers(
+        &gateway,
+        web,
+        &format!("/call?direct=1&url=http://{api_vip}:9090/whoami"),
+        "answered 200",
+    )
+    .await;
+    assert!(seen.contains("/org/acme/app/shop/service/web"), "{seen}");
+    // Another org's service is not reached by its virtual IP, nor at its instance's address,
+    // nor through its instance's listeners on the node.
+    let (_, by_vip) = through(
+        &gateway,
+        web,
+        &format!("/call?direct=1&url=http://{secret_vip}:9090/"),
+    )
+    .await;
+    assert!(by_vip.contains("answered 404"), "{by_vip}");
+    let greeting = answers(
+        &gateway,
+        "secret.other.example.com",
+        "/",
+        "hello from secret",
+    )
+    .await;
+    let address: Ipv4Addr = greeting
+        .trim()
+        .rsplit(", ")
+        .next()
+        .and_then(|a| a.strip_suffix(')'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {greeting}"));
     // The agent counts its instances and the DNS queries it answered.
     let metrics = reqwest::get(format!("{}/metrics", node.admin))
         .await
@@ -385,24 +460,27 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("meridian_agent_instances{state=\"healthy\"} 2"),
+        metrics.contains("meridian_agent_instances{state=\"healthy\"} 3"),
         "{metrics}"
     );
     assert!(
         metrics.contains("meridian_agent_dns_queries_total{outcome=\"answered\"}"),
         "{metrics}"
     );
-    // A name web's org may not reach does not exist for it.
-    let (_, hidden) = through(
-        &gateway,
-        web,
-        "/call?direct=1&url=http://api.shop.other.internal:9090/",
-    )
-    .await;
-    assert!(
-        hidden.contains("calling") && hidden.contains("failed"),
-        "{hidden}"
-    );
+    let node_side = Ipv4Addr::from(u32::from(address) - 1);
+    // (The call fails, or hangs until web gives up: either way the gateway answers an error.)
+    for target in [address, node_side] {
+        let (status, body) = through(
+            &gateway,
+            web,
+            &format!("/call?direct=1&url=http://{target}:9090/"),
+        )
+        .await;
+        assert!(
+            status >= 500 && !body.contains("answered"),
+            "{target}: {body}"
+        );
+    }
     assert!(!meridian_namespaces().is_empty());
 
     // The agent stops: its instances and their namespaces go.

@@ -85,7 +85,8 @@ async fn exit() -> &'static str {
     std::process::exit(1)
 }
 
-/// Fetches `url` (over the node proxy named by `HTTP_PROXY`, if set) and answers with its body.
+/// Fetches `url` (over the node proxy named by `HTTP_PROXY`, if set) and answers with its body;
+/// a call that takes over 5 s fails.
 async fn call(Query(query): Query<HashMap<String, String>>) -> (axum::http::StatusCode, String) {
     let Some(url) = query.get("url") else {
         return (
@@ -93,10 +94,11 @@ async fn call(Query(query): Query<HashMap<String, String>>) -> (axum::http::Stat
             "url: missing; call /call?url=http://<service>.<app>.internal:<port>/\n".to_owned(),
         );
     };
+    let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
     let client = if query.contains_key("direct") {
-        reqwest::Client::builder().no_proxy().build()
+        builder.no_proxy().build()
     } else {
-        reqwest::Client::builder().build()
+        builder.build()
     };
     let Ok(client) = client else {
         return (

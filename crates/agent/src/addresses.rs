@@ -45,13 +45,15 @@ impl AddressPool {
         })
     }
 
-    /// The node sides of the /31 pairs of `network` (a /24 in 100.64.0.0/10, given by its first
-    /// address): 126 instances.
+    /// The node sides of the /31 pairs of `network` (a /24 from 100.64.0.0 to 100.111.255.0,
+    /// given by its first address; service virtual IPs take the rest of 100.64.0.0/10): 126
+    /// instances.
     pub fn pairs(network: Ipv4Addr) -> Result<AddressPool, BadPool> {
         let [a, b, _, d] = network.octets();
-        if a != 100 || !(64..128).contains(&b) || d != 0 {
+        if a != 100 || !(64..112).contains(&b) || d != 0 {
             return Err(BadPool(format!(
-                "{network} is not the start of a /24 in 100.64.0.0/10 (e.g. 100.64.1.0)"
+                "{network} is not the start of a /24 from 100.64.0.0 to 100.111.255.0 (e.g. \
+                 100.64.1.0; 100.112.0.0/12 holds service virtual IPs)"
             )));
         }
         Ok(AddressPool {
@@ -98,5 +100,6 @@ mod tests {
         pairs.give_back(Ipv4Addr::new(100, 64, 1, 2));
         assert_eq!(pairs.take(), Some(Ipv4Addr::new(100, 64, 1, 2)));
         assert!(AddressPool::pairs(Ipv4Addr::new(10, 0, 0, 0)).is_err());
+        assert!(AddressPool::pairs(Ipv4Addr::new(100, 112, 0, 0)).is_err());
     }
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use meridian_model::ServiceSpec;
-use meridian_xds::meridian::{Assignment, Service, ASSIGNMENT, SERVICE};
+use meridian_xds::meridian::{
+    Assignment, Service, ASSIGNMENT, SERVICE, VIP_NETWORK, VIP_PREFIX_LEN,
+};
 use meridian_xds::{Handler, Interest, Interests, Resources};
 use prost::Message;
 use tokio::sync::watch;
@@ -74,12 +76,34 @@ fn decode_services(resources: &Resources) -> Result<Services, String> {
                 priority: instance.priority,
             });
         }
+        let vip = match service.vip.as_str() {
+            "" => None,
+            text => Some(parse_vip(text).map_err(|e| format!("service `{name}`: vip: {e}"))?),
+        };
         services.insert(
             (service.org, service.app, service.service),
-            MeshService { spec, instances },
+            MeshService {
+                spec,
+                instances,
+                vip,
+            },
         );
     }
     Ok(services)
+}
+
+/// A service's virtual IP: an IPv4 address in [`VIP_NETWORK`].
+fn parse_vip(text: &str) -> Result<std::net::Ipv4Addr, String> {
+    let vip: std::net::Ipv4Addr = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an IPv4 address"))?;
+    let mask = u32::MAX << (32 - VIP_PREFIX_LEN);
+    if u32::from(vip) & mask != u32::from(VIP_NETWORK) {
+        return Err(format!(
+            "{vip} is not in the virtual IP network {VIP_NETWORK}/{VIP_PREFIX_LEN}"
+        ));
+    }
+    Ok(vip)
 }
 
 /// Decodes every assignment held, or says which one is bad and why.

@@ -3,9 +3,17 @@
 //! network (100.64.0.0/10, never the host's networks). The node side of the pair is where the
 //! node proxy listens for the instance; the instance listens on its side. Made with `ip`
 //! (iproute2).
+//!
+//! Inside the namespace, nftables rules (made with `nft`) send every connection to a service
+//! virtual IP ([`VIP_NETWORK`]) to the node side, port unchanged, where the node proxy listens
+//! on the ports of the services the instance may reach; and only the node side may open
+//! connections to the instance, so that no other instance reaches it by its address, even on a
+//! node that forwards packets.
 
 use std::net::Ipv4Addr;
 
+use meridian_xds::meridian::{VIP_NETWORK, VIP_PREFIX_LEN};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 /// One instance's namespace.
@@ -85,6 +93,10 @@ impl Netns {
                 return Err(e);
             }
         }
+        if let Err(e) = self.filter().await {
+            self.delete().await;
+            return Err(e);
+        }
         // `ip netns exec` puts this file over /etc/resolv.conf inside the namespace: names are
         // asked of the node's DNS server on the node side.
         let dir = etc_dir(&self.name);
@@ -95,6 +107,47 @@ impl Netns {
         )
         .await?;
         Ok(())
+    }
+
+    /// Loads the namespace's nftables rules: virtual IPs to the node side, and only the node
+    /// side (or the instance itself) may connect to the instance.
+    async fn filter(&self) -> std::io::Result<()> {
+        let rules = format!(
+            "table inet meridian {{
+  chain vips {{
+    type nat hook output priority -100; policy accept;
+    ip daddr {VIP_NETWORK}/{VIP_PREFIX_LEN} dnat ip to {host}
+  }}
+  chain inbound {{
+    type filter hook input priority 0; policy accept;
+    iifname \"lo\" accept
+    ct state established,related accept
+    ip saddr {host} accept
+    meta l4proto tcp reject with tcp reset
+    drop
+  }}
+}}
+",
+            host = self.host
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = nft.stdin.take() {
+            stdin.write_all(rules.as_bytes()).await?;
+        }
+        let output = nft.wait_with_output().await?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(std::io::Error::other(format!(
+            "nft in namespace {}: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
     }
 
     /// Deletes the namespace (and with it the veth pair).
@@ -144,13 +197,16 @@ pub async fn delete_leftovers(tag: &str) {
     }
 }
 
-/// Whether this process may make network namespaces (it runs as root and `ip` is there).
+/// Whether this process may make network namespaces: it runs as root, and iproute2's `ip` and
+/// nftables' `nft` are there.
 pub fn available() -> bool {
-    rustix::process::geteuid().is_root()
-        && std::process::Command::new("ip")
-            .arg("-V")
+    let runs = |program: &str, arg: &str| {
+        std::process::Command::new(program)
+            .arg(arg)
             .output()
             .is_ok_and(|o| o.status.success())
+    };
+    rustix::process::geteuid().is_root() && runs("ip", "-V") && runs("nft", "--version")
 }
 
 #[cfg(test)]

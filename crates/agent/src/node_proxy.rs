@@ -14,10 +14,16 @@
 //!   instance of that service, whose certificate must name it: in this region while it has
 //!   healthy ones, else in the nearest region that has (the proxy's priority rule). A name with
 //!   a region in front (`<region>.<service>.<app>.internal`) reaches that region's instances
-//!   only. Other names are not routed.
+//!   only. Each service's virtual IP (given by the region) is routed like its name. Other
+//!   names are not routed. The request goes to the target's first port.
 //!
-//! HTTP requests go to the target's first port (the outbound listener routes by name, not by
-//! port).
+//! An instance in a network namespace has its own listeners on its node side, which take
+//! connections from the instance only: `<address>:15001` as above, and `<address>:<port>` for
+//! each port of the services it may reach, where a name or virtual IP is routed to that port of
+//! the service. The node's DNS answers the instance's names with the service's virtual IP
+//! (pinned names with the node side), and the namespace's rules send virtual IPs to the node
+//! side, so that `http://api.shop.internal:9090/` and `http://<its virtual IP>:9090/` both work
+//! unmodified.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -56,6 +62,8 @@ pub struct MeshService {
     pub spec: ServiceSpec,
     /// Its instances, here and in other regions.
     pub instances: Vec<MeshInstance>,
+    /// Its virtual IP in the region, if it has one.
+    pub vip: Option<Ipv4Addr>,
 }
 
 /// An instance of a [`MeshService`].
@@ -106,8 +114,7 @@ pub fn config(
     trust_domain: &str,
 ) -> Value {
     let mut listeners = Vec::new();
-    let mut clusters = Vec::new();
-    let mut routed = std::collections::BTreeSet::new();
+    let mut clusters = BTreeMap::new();
     for instance in local {
         let Some(files) = certs.get(&instance.service) else {
             continue;
@@ -124,92 +131,148 @@ pub fn config(
                 },
                 "virtual_hosts": [{"name": "local", "domains": ["*"], "routes": [{"cluster": local_cluster}]}],
             }));
-            clusters.push(json!({
-                "name": local_cluster,
-                "endpoints": [{"address": format!("{}:{}", instance.listen, port.port)}],
+            clusters.insert(
+                local_cluster.clone(),
+                json!({
+                    "name": local_cluster,
+                    "endpoints": [{"address": format!("{}:{}", instance.listen, port.port)}],
+                }),
+            );
+        }
+        let reaches: Vec<Reach> = visible(instance, services).collect();
+        let mut outbound = Outbound {
+            instance,
+            files,
+            trust_domain,
+            clusters: &mut clusters,
+        };
+        // The `HTTP_PROXY` listener routes by name to each service's first port.
+        let virtual_hosts: Vec<Value> = reaches
+            .iter()
+            .filter(|r| !r.service.spec.ports.is_empty())
+            .map(|r| outbound.route(r, 0))
+            .collect();
+        let in_namespace = instance.address != instance.listen;
+        // In a namespace, only the instance itself may call through its listeners.
+        let sources: Vec<String> = if in_namespace {
+            vec![instance.listen.to_string()]
+        } else {
+            Vec::new()
+        };
+        listeners.push(json!({
+            "name": format!("out/{}", instance.instance),
+            "address": format!("{}:{OUTBOUND_PORT}", instance.address),
+            "sources": sources,
+            "virtual_hosts": virtual_hosts,
+        }));
+        if !in_namespace {
+            continue;
+        }
+        // In its own namespace the instance reaches names and virtual IPs at its node side
+        // (DNS answers it; the namespace's rules send virtual IPs there, port unchanged): the
+        // node proxy listens there on each port of the services it sees, and routes a name on
+        // a port to that port of the service.
+        let mut by_port: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+        for reach in &reaches {
+            for (index, port) in reach.service.spec.ports.iter().enumerate() {
+                match u16::try_from(port.port) {
+                    Ok(number) if number != OUTBOUND_PORT => by_port
+                        .entry(number)
+                        .or_default()
+                        .push(outbound.route(reach, index)),
+                    _ => {}
+                }
+            }
+        }
+        for (port, virtual_hosts) in by_port {
+            listeners.push(json!({
+                "name": format!("out/{}/{port}", instance.instance),
+                "address": format!("{}:{port}", instance.address),
+                "sources": sources,
+                "virtual_hosts": virtual_hosts,
             }));
         }
-        let mut virtual_hosts = Vec::new();
-        let mut ports = std::collections::BTreeSet::new();
-        for reach in visible(instance, services) {
-            let Reach {
-                domain,
-                target,
-                service,
-                region,
-            } = reach;
-            let Some(port) = service.spec.ports.first() else {
-                continue;
-            };
-            ports.extend(service.spec.ports.iter().map(|p| p.port));
-            let cluster = format!(
-                "via/{}/{}/{}/to/{}/{}/{}:{}{}",
-                instance.service.0,
-                instance.service.1,
-                instance.service.2,
-                target.0,
-                target.1,
-                target.2,
-                port.name,
-                region.map(|r| format!("/in/{r}")).unwrap_or_default(),
+    }
+    let clusters: Vec<Value> = clusters.into_values().collect();
+    json!({"listeners": listeners, "clusters": clusters})
+}
+
+/// Builds one local instance's outbound routes, and the clusters they need.
+struct Outbound<'a> {
+    instance: &'a LocalInstance,
+    files: &'a CertFiles,
+    trust_domain: &'a str,
+    clusters: &'a mut BTreeMap<String, Value>,
+}
+
+impl Outbound<'_> {
+    /// The virtual host for `reach` on the target's `index`-th port (its name, and its virtual
+    /// IP for a name not pinned to a region); adds its cluster: over mutual TLS, as the
+    /// instance's service, to the target's healthy instances, whose certificates must name it.
+    fn route(&mut self, reach: &Reach, index: usize) -> Value {
+        let Reach {
+            domain,
+            target,
+            service,
+            region,
+        } = reach;
+        let port_name = service
+            .spec
+            .ports
+            .get(index)
+            .map_or("", |port| port.name.as_str());
+        let (org, app, name) = &self.instance.service;
+        let cluster = format!(
+            "via/{org}/{app}/{name}/to/{}/{}/{}:{port_name}{}",
+            target.0,
+            target.1,
+            target.2,
+            region.map(|r| format!("/in/{r}")).unwrap_or_default(),
+        );
+        if !self.clusters.contains_key(&cluster) {
+            let peer = format!(
+                "spiffe://{}/org/{}/app/{}/service/{}",
+                self.trust_domain, target.0, target.1, target.2
             );
-            // An instance that just went away is retried elsewhere (idempotent requests only,
-            // within the proxy's retry budget).
-            virtual_hosts.push(json!({
-                "name": domain.clone(),
-                "domains": [domain],
-                "routes": [{
-                    "cluster": cluster,
-                    "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
-                }],
-            }));
-            if routed.insert(cluster.clone()) {
-                let peer = format!(
-                    "spiffe://{trust_domain}/org/{}/app/{}/service/{}",
-                    target.0, target.1, target.2
-                );
-                let endpoints: Vec<Value> = service
-                    .instances
-                    .iter()
-                    .filter(|i| i.healthy && region.is_none_or(|r| r == i.region))
-                    .map(|i| {
-                        json!({
-                            "address": format!("{}:{}", i.address, mesh_port(0)),
-                            "priority": i.priority.min(WORST_PRIORITY),
-                        })
+            let endpoints: Vec<Value> = service
+                .instances
+                .iter()
+                .filter(|i| i.healthy && region.is_none_or(|r| r == i.region))
+                .map(|i| {
+                    json!({
+                        "address": format!("{}:{}", i.address, mesh_port(index)),
+                        "priority": i.priority.min(WORST_PRIORITY),
                     })
-                    .collect();
-                clusters.push(json!({
+                })
+                .collect();
+            let files = self.files;
+            self.clusters.insert(
+                cluster.clone(),
+                json!({
                     "name": cluster,
                     "mesh": {
                         "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
                         "peer": peer,
                     },
                     "endpoints": endpoints,
-                }));
-            }
+                }),
+            );
         }
-        listeners.push(json!({
-            "name": format!("out/{}", instance.instance),
-            "address": format!("{}:{OUTBOUND_PORT}", instance.address),
-            "virtual_hosts": virtual_hosts,
-        }));
-        // In its own namespace the instance reaches names through DNS, which answers the node
-        // side's address: the node proxy listens there on each port of the services it sees.
-        if instance.address != instance.listen {
-            for port in ports
-                .into_iter()
-                .filter(|p| u16::try_from(*p).is_ok_and(|p| p != OUTBOUND_PORT))
-            {
-                listeners.push(json!({
-                    "name": format!("out/{}/{port}", instance.instance),
-                    "address": format!("{}:{port}", instance.address),
-                    "virtual_hosts": virtual_hosts,
-                }));
-            }
+        let mut domains = vec![domain.clone()];
+        if let (None, Some(vip)) = (region, service.vip) {
+            domains.push(vip.to_string());
         }
+        // An instance that just went away is retried elsewhere (idempotent requests only,
+        // within the proxy's retry budget).
+        json!({
+            "name": domain,
+            "domains": domains,
+            "routes": [{
+                "cluster": cluster,
+                "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
+            }],
+        })
     }
-    json!({"listeners": listeners, "clusters": clusters})
 }
 
 /// The services `instance` may reach, with the names it reaches each by: services of its org as
@@ -256,8 +319,9 @@ pub fn visible<'a>(
 }
 
 /// The DNS table of each local instance that runs in a namespace (by the instance's address):
-/// the names it may reach, all answered with its node side's address, where its node proxy
-/// listens on their ports.
+/// the names it may reach, answered with the service's virtual IP (a region-pinned name, or a
+/// service without one, with the node side's address), which its node proxy serves on their
+/// ports.
 pub fn dns_tables(
     local: &[LocalInstance],
     services: &BTreeMap<ServiceKey, MeshService>,
@@ -269,7 +333,10 @@ pub fn dns_tables(
             let table = visible(instance, services)
                 .map(
                     |Reach {
-                         domain, service, ..
+                         domain,
+                         service,
+                         region,
+                         ..
                      }| {
                         let ports = service
                             .spec
@@ -277,10 +344,11 @@ pub fn dns_tables(
                             .iter()
                             .filter_map(|p| Some((p.name.clone(), u16::try_from(p.port).ok()?)))
                             .collect();
-                        let entry = meridian_dns::Entry {
-                            address: instance.address,
-                            ports,
+                        let address = match (region, service.vip) {
+                            (None, Some(vip)) => vip,
+                            _ => instance.address,
                         };
+                        let entry = meridian_dns::Entry { address, ports };
                         (domain, entry)
                     },
                 )

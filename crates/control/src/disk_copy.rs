@@ -1,5 +1,5 @@
-//! The region's disk copy: its regional deployments and registered endpoints, and the regions'
-//! summaries, written after every sync and change from the global control plane, and read at
+//! The region's disk copy: its regional deployments and registered endpoints, the regions'
+//! summaries and the services' virtual IPs, written after every sync and change from the global control plane, and read at
 //! start, so that a regional control plane restarted while the global one is away still serves
 //! its region and reaches the others.
 
@@ -18,6 +18,9 @@ pub struct DiskCopy {
     /// Every region's last summary (other regions' healthy instances), by name.
     #[serde(default)]
     pub regions: std::collections::BTreeMap<String, crate::elsewhere::RemoteRegion>,
+    /// Each service's virtual IP, so that names keep their addresses across restarts.
+    #[serde(default)]
+    pub vips: Vec<crate::vips::SavedVip>,
 }
 
 /// Writes `copy` to `path` (a new file renamed over the old one, so a crash leaves one whole).

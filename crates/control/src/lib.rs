@@ -22,6 +22,7 @@ mod region;
 mod reports;
 mod tls;
 mod upward;
+mod vips;
 mod xds_auth;
 
 pub use admin::{admin_router, JoinTokenAdmin};
@@ -37,4 +38,5 @@ pub use region::{GatewayListeners, RegionState, ServiceId};
 pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use upward::{report_upward, REPORT_INTERVAL};
+pub use vips::SavedVip;
 pub use xds_auth::AuthenticatedAds;

@@ -17,6 +17,7 @@ use prost::Message;
 
 use crate::elsewhere::{Elsewhere, RemoteRegion};
 use crate::fleet::Fleet;
+use crate::vips::{SavedVip, Vips};
 
 /// Identifies a service: org, app and name.
 pub type ServiceId = (String, String, String);
@@ -50,6 +51,8 @@ pub struct RegionState {
     summaries: BTreeMap<String, RemoteRegion>,
     /// Told whenever the region's report upward may have changed.
     report_due: Arc<Notify>,
+    /// Each service's virtual IP.
+    vips: Vips,
 }
 
 /// Where a region's gateway listens.
@@ -111,6 +114,7 @@ impl RegionState {
             remote: BTreeMap::new(),
             summaries: BTreeMap::new(),
             report_due: Arc::new(Notify::new()),
+            vips: Vips::default(),
         };
         state.render_gateway_routes();
         state
@@ -209,7 +213,13 @@ impl RegionState {
             deployments: self.deployments.values().cloned().collect(),
             endpoints: self.registered.values().flatten().cloned().collect(),
             regions: self.summaries.clone(),
+            vips: self.vips.saved(),
         }
+    }
+
+    /// Takes back the services' virtual IPs from a disk copy; call before anything else.
+    pub fn restore_vips(&mut self, saved: Vec<SavedVip>) {
+        self.vips.restore(saved);
     }
 
     /// The region's nodes and placements.
@@ -407,11 +417,16 @@ impl RegionState {
                 // registered through the API (plaintext) share the service.
                 let agent_run = self.registered.get(id).is_none_or(Vec::is_empty);
                 let mesh = self.trust_domain.as_deref().filter(|_| agent_run);
-                render::service(deployment, &endpoints, mesh, elsewhere)
+                let vip = self.vips.of(id);
+                render::service(deployment, &endpoints, mesh, elsewhere, vip)
             }
             None => match self.remote.get(id) {
                 Some(deployment) => render::Rendered {
-                    resources: vec![render::mesh_service(deployment, elsewhere.to_vec())],
+                    resources: vec![render::mesh_service(
+                        deployment,
+                        elsewhere.to_vec(),
+                        self.vips.of(id),
+                    )],
                 },
                 None => render::Rendered::default(),
             },
@@ -449,6 +464,7 @@ impl RegionState {
         }
         if names.is_empty() {
             self.rendered.remove(id);
+            self.vips.release(id);
         } else {
             self.rendered.insert(id.clone(), names);
         }

@@ -58,6 +58,11 @@ pub struct ListenerConfig {
     /// identities, and authorization of the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshConfig>,
+    /// Only connections from these IP addresses are served; others are closed at once and
+    /// counted (a node proxy's listeners for one instance take that instance's calls only).
+    /// Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
 }
 
 /// A mesh listener: only TLS 1.3 with a client certificate chaining to the trust bundle gets in;
@@ -726,6 +731,14 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
                 format!("{address} is used by another listener"),
             ),
             Ok(_) => {}
+        }
+        for (s, source) in listener.sources.iter().enumerate() {
+            if source.parse::<std::net::IpAddr>().is_err() {
+                errs.push(
+                    format!("{at}.sources[{s}]"),
+                    format!("`{source}` is not an IP address"),
+                );
+            }
         }
         validate_virtual_hosts(&mut errs, &at, &listener.virtual_hosts, &clusters);
         match (listener.protocol, &listener.cluster) {

@@ -247,6 +247,11 @@ impl Proxy {
                     .mesh
                     .as_ref()
                     .map(|m| Arc::new(mesh::MeshPolicy::new(m))),
+                sources: listener
+                    .sources
+                    .iter()
+                    .filter_map(|s| s.parse().ok())
+                    .collect(),
             };
             if unchanged(listener) {
                 reused.push((listener.name.clone(), parts));

@@ -117,6 +117,7 @@ pub struct ProxyMetrics {
     connections: Family<ListenerLabels, Gauge>,
     no_route: Family<ListenerLabels, Counter>,
     mesh_denied: Family<ListenerLabels, Counter>,
+    refused_connections: Family<ListenerLabels, Counter>,
     upstream_errors: Family<ErrorLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     health: Family<HealthLabels, Counter>,
@@ -144,6 +145,7 @@ impl Default for ProxyMetrics {
         let connections = Family::<ListenerLabels, Gauge>::default();
         let no_route = Family::<ListenerLabels, Counter>::default();
         let mesh_denied = Family::<ListenerLabels, Counter>::default();
+        let refused_connections = Family::<ListenerLabels, Counter>::default();
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let health = Family::<HealthLabels, Counter>::default();
@@ -219,6 +221,11 @@ impl Default for ProxyMetrics {
             mesh_denied.clone(),
         );
         registry.register(
+            "refused_connections",
+            "Connections closed at once because the listener does not serve their source address",
+            refused_connections.clone(),
+        );
+        registry.register(
             "upstream_errors",
             "Requests not forwarded: no endpoint, connect failure or timeout",
             upstream_errors.clone(),
@@ -240,6 +247,7 @@ impl Default for ProxyMetrics {
             connections,
             no_route,
             mesh_denied,
+            refused_connections,
             upstream_errors,
             reloads,
             health,
@@ -293,6 +301,15 @@ impl ProxyMetrics {
     /// The no-route counter of a listener.
     pub fn no_route(&self, listener: &str) -> Counter {
         self.no_route
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of connections `listener` closed because of their source address.
+    pub fn refused_connections(&self, listener: &str) -> Counter {
+        self.refused_connections
             .get_or_create(&ListenerLabels {
                 listener: listener.to_owned(),
             })

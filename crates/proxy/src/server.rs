@@ -2,7 +2,7 @@
 //! of the current configuration.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,12 +106,16 @@ pub struct ListenerContext {
     pub tls: ArcSwapOption<TlsAcceptor>,
     /// The authorization policy, when it is a mesh listener.
     pub mesh: ArcSwapOption<MeshPolicy>,
+    /// The only addresses connections are served from (empty: any).
+    pub sources: ArcSwap<Vec<IpAddr>>,
     /// Shared state.
     pub shared: Arc<Shared>,
     /// Requests that matched no route.
     pub no_route: Counter,
     /// Mesh calls denied.
     pub denied: Counter,
+    /// Connections closed because of their source address.
+    refused: Counter,
     connections: Gauge,
 }
 
@@ -141,6 +145,8 @@ pub struct Serving {
     pub tls: Option<Arc<TlsAcceptor>>,
     /// The authorization policy of a mesh listener.
     pub mesh: Option<Arc<MeshPolicy>>,
+    /// The only addresses connections are served from (empty: any).
+    pub sources: Vec<IpAddr>,
 }
 
 impl ListenerContext {
@@ -150,6 +156,7 @@ impl ListenerContext {
         self.relay.store(serving.relay);
         self.tls.store(serving.tls);
         self.mesh.store(serving.mesh);
+        self.sources.store(Arc::new(serving.sources));
     }
 }
 
@@ -179,6 +186,8 @@ impl Listener {
             relay: ArcSwapOption::new(serving.relay),
             tls: ArcSwapOption::new(serving.tls),
             mesh: ArcSwapOption::new(serving.mesh),
+            sources: ArcSwap::from_pointee(serving.sources),
+            refused: shared.metrics.refused_connections(name),
             no_route: shared.metrics.no_route(name),
             denied: shared.metrics.mesh_denied(name),
             connections: shared.metrics.connections(name),
@@ -220,6 +229,12 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let sources = context.sources.load();
+                if !sources.is_empty() && !sources.contains(&peer.ip()) {
+                    tracing::debug!(listener = %context.name, %peer, "connection from a source this listener does not serve");
+                    context.refused.inc();
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 match context.relay.load_full() {
                     Some(cluster) => {

@@ -31,6 +31,15 @@ pub const REGIONS_NAMESPACE: &str = "regions/";
 /// The namespace of [`SERVICE`] resources, shared by every agent of the region.
 pub const MESH_NAMESPACE: &str = "mesh/";
 
+/// The network service virtual IPs come from (100.112.0.0/12, part of the shared address
+/// space 100.64.0.0/10 that instance networks use below 100.112.0.0): a region gives each
+/// service its node proxies may reach one address, which the node's DNS answers for the
+/// service's names, and which instances in network namespaces reach through their node proxy.
+pub const VIP_NETWORK: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 112, 0, 0);
+
+/// The prefix length of [`VIP_NETWORK`].
+pub const VIP_PREFIX_LEN: u8 = 12;
+
 /// The mesh port of a service's first port on each of its instances' addresses (the node
 /// proxy's inbound listener for it); the service's next ports follow.
 pub const MESH_PORT_BASE: u16 = 15443;
@@ -166,6 +175,9 @@ pub struct Service {
     /// Its instances in the region.
     #[prost(message, repeated, tag = "6")]
     pub instances: Vec<ServiceInstance>,
+    /// Its virtual IP in the region (in [`VIP_NETWORK`]), empty if it has none.
+    #[prost(string, tag = "7")]
+    pub vip: String,
 }
 
 /// One instance of a [`Service`].

@@ -83,8 +83,8 @@ pub fn internal_name(deployment: &RegionalDeployment, port: u32) -> String {
 }
 
 /// Renders the resources of one service in its region, with `endpoints` (those of this service
-/// in this region), and `elsewhere` (its healthy instances in other regions, for the region's
-/// node proxies).
+/// in this region), `elsewhere` (its healthy instances in other regions, for the region's
+/// node proxies) and `vip` (its virtual IP in the region, for the node proxies and DNS).
 ///
 /// With `mesh` (the trust domain), the endpoints are instances run by agents and Meridian's
 /// proxies reach them over mutual TLS: on their mesh ports, presenting their own certificate
@@ -94,6 +94,7 @@ pub fn service(
     endpoints: &[&Endpoint],
     mesh: Option<&str>,
     elsewhere: &[ServiceInstance],
+    vip: std::net::Ipv4Addr,
 ) -> Rendered {
     let mut rendered = Rendered::default();
     for port in &deployment.spec.ports {
@@ -125,7 +126,9 @@ pub fn service(
         })
         .collect();
     instances.extend_from_slice(elsewhere);
-    rendered.resources.push(mesh_service(deployment, instances));
+    rendered
+        .resources
+        .push(mesh_service(deployment, instances, vip));
     for (index, port) in deployment.spec.ports.iter().enumerate() {
         let name = proxy_cluster_name(deployment, &port.name);
         let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
@@ -452,10 +455,11 @@ fn load_assignment(
 }
 
 /// The [`meridian::Service`](crate::meridian::Service) resource of a deployment with its
-/// instances, for the region's agents (cache name `mesh/<org>/<app>/<service>`).
+/// instances and virtual IP, for the region's agents (cache name `mesh/<org>/<app>/<service>`).
 pub fn mesh_service(
     deployment: &RegionalDeployment,
     instances: Vec<ServiceInstance>,
+    vip: std::net::Ipv4Addr,
 ) -> (&'static str, String, Any) {
     use crate::meridian::{Service, MESH_NAMESPACE, SERVICE};
     let service = Service {
@@ -465,6 +469,7 @@ pub fn mesh_service(
         version: deployment.version,
         spec_json: serde_json::to_vec(&deployment.spec).unwrap_or_default(),
         instances,
+        vip: vip.to_string(),
     };
     let name = format!(
         "{MESH_NAMESPACE}{}/{}/{}",

@@ -32,8 +32,8 @@ pub struct AgentArgs {
     #[arg(long, default_value = "127.0.100.1")]
     instance_addresses: Ipv4Addr,
     /// How instances are kept apart: `netns` (a network namespace each, with a /31 of
-    /// --instance-network; needs root), `host` (loopback addresses), or `auto` (netns when
-    /// running as root with iproute2, else host).
+    /// --instance-network; needs root, iproute2 and nftables), `host` (loopback addresses), or
+    /// `auto` (netns when those are there, else host).
     #[arg(long, default_value = "auto", value_parser = ["auto", "netns", "host"])]
     isolation: String,
     /// The /24 of 100.64.0.0/10 whose /31 pairs instances get with network namespaces.
@@ -66,7 +66,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         _ => Isolation::Host,
     };
     if isolation == Isolation::Netns && !meridian_agent::netns_available() {
-        anyhow::bail!("--isolation netns: needs root and iproute2's `ip`; run as root or use --isolation host");
+        anyhow::bail!("--isolation netns: needs root, iproute2's `ip` and nftables' `nft`; run as root with both installed (apt-get install iproute2 nftables) or use --isolation host");
     }
     let addresses = match isolation {
         Isolation::Netns => AddressPool::pairs(args.instance_network)?,
@@ -92,7 +92,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         ),
         Isolation::Host => format!(
             "in host mode, each on a loopback address of its own from {} (network namespaces \
-             need root)",
+             need root, iproute2 and nftables)",
             args.instance_addresses
         ),
     };

@@ -180,6 +180,7 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         let mut state = state
             .lock()
             .map_err(|_| anyhow::anyhow!("the region's state is unavailable"))?;
+        state.restore_vips(copy.vips);
         state.replace_all(copy.deployments, copy.endpoints);
         state.set_region_summaries(&copy.regions);
         drop(state);
