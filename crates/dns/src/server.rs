@@ -30,10 +30,30 @@ const MAX_FORWARDS: u64 = 256;
 
 /// Counts of what the server did (`meridian_<component>_dns_queries_total{outcome}` once
 /// registered), and the forwards in flight.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DnsMetrics {
     queries: Family<Outcome, Counter>,
+    /// The counters of each outcome, looked up once.
+    answered: Counter,
+    nxdomain: Counter,
+    forwarded: Counter,
+    malformed: Counter,
     forwards_in_flight: AtomicU64,
+}
+
+impl Default for DnsMetrics {
+    fn default() -> DnsMetrics {
+        let queries = Family::<Outcome, Counter>::default();
+        let counter = |outcome| queries.get_or_create(&Outcome { outcome }).clone();
+        DnsMetrics {
+            answered: counter("answered"),
+            nxdomain: counter("nxdomain"),
+            forwarded: counter("forwarded"),
+            malformed: counter("malformed"),
+            queries,
+            forwards_in_flight: AtomicU64::new(0),
+        }
+    }
 }
 
 /// What became of a query.
@@ -59,10 +79,6 @@ impl DnsMetrics {
     pub fn count(&self, outcome: &'static str) -> u64 {
         self.queries.get_or_create(&Outcome { outcome }).get()
     }
-
-    fn add(&self, outcome: &'static str) {
-        self.queries.get_or_create(&Outcome { outcome }).inc();
-    }
 }
 
 /// Serves queries on `socket` until the task is dropped, answering from `tables` and forwarding
@@ -75,6 +91,7 @@ pub async fn serve_udp(
 ) {
     let socket = Arc::new(socket);
     let mut buffer = vec![0u8; MAX_DATAGRAM];
+    let mut name = String::with_capacity(256);
     loop {
         let (length, from) = match socket.recv_from(&mut buffer).await {
             Ok(received) => received,
@@ -84,7 +101,9 @@ pub async fn serve_udp(
             }
         };
         let datagram = &buffer[..length];
-        match answer(datagram, from.ip(), &tables, &metrics) {
+        let verdict = plain_answer(datagram, from.ip(), &tables, &metrics, &mut name)
+            .unwrap_or_else(|| answer(datagram, from.ip(), &tables, &metrics));
+        match verdict {
             Verdict::Answer(bytes) => {
                 let _ = socket.send_to(&bytes, from).await;
             }
@@ -92,7 +111,7 @@ pub async fn serve_udp(
                 Some(upstream)
                     if metrics.forwards_in_flight.load(Ordering::Relaxed) < MAX_FORWARDS =>
                 {
-                    metrics.add("forwarded");
+                    metrics.forwarded.inc();
                     metrics.forwards_in_flight.fetch_add(1, Ordering::Relaxed);
                     let (socket, query, metrics) =
                         (socket.clone(), datagram.to_vec(), metrics.clone());
@@ -121,9 +140,70 @@ enum Verdict {
     Drop,
 }
 
+/// The verdict on a plain query (one question of class IN, no other records, an uncompressed
+/// name of printable labels) for a name other than an SRV owner, read straight from the
+/// datagram: the hot path, with no message parsed or built. `None` for anything else, which
+/// [`answer`] handles in full. `name` is scratch space.
+fn plain_answer(
+    datagram: &[u8],
+    caller: IpAddr,
+    tables: &Tables,
+    metrics: &DnsMetrics,
+    name: &mut String,
+) -> Option<Verdict> {
+    let header = datagram.get(..12)?;
+    // A query (QR 0) with opcode QUERY, and counts 1, 0, 0, 0.
+    if header[2] & 0xf8 != 0 || header[4..12] != [0, 1, 0, 0, 0, 0, 0, 0] {
+        return None;
+    }
+    name.clear();
+    let mut at = 12;
+    loop {
+        let length = usize::from(*datagram.get(at)?);
+        if length == 0 {
+            break;
+        }
+        let label = datagram.get(at + 1..at + 1 + length)?;
+        if length & 0xc0 != 0 || !label.iter().all(|b| b.is_ascii_graphic() && *b != b'.') {
+            return None;
+        }
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+        at += 1 + length;
+    }
+    let question = datagram.get(at + 1..at + 5)?;
+    let (kind, class) = (
+        u16::from_be_bytes([question[0], question[1]]),
+        u16::from_be_bytes([question[2], question[3]]),
+    );
+    if class != 1 || datagram.len() != at + 5 {
+        return None;
+    }
+    if name != ZONE && !name.ends_with(".internal") {
+        return Some(Verdict::Forward);
+    }
+    if name.starts_with('_') || kind == u16::from(RecordType::SRV) {
+        return None;
+    }
+    let (code, address) = match tables.address(caller, name) {
+        Some(address) => {
+            metrics.answered.inc();
+            let a = kind == u16::from(RecordType::A);
+            (ResponseCode::NoError, a.then_some(address))
+        }
+        None => {
+            metrics.nxdomain.inc();
+            (ResponseCode::NXDomain, None)
+        }
+    };
+    edited_reply(datagram, code, address).map(Verdict::Answer)
+}
+
 fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics) -> Verdict {
     let Ok(query) = Message::from_vec(datagram) else {
-        metrics.add("malformed");
+        metrics.malformed.inc();
         return Verdict::Drop;
     };
     if query.message_type() != MessageType::Query {
@@ -146,7 +226,7 @@ fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics
         message.to_vec().map_or(Verdict::Drop, Verdict::Answer)
     };
     if query.op_code() != OpCode::Query || query.queries().len() != 1 {
-        metrics.add("malformed");
+        metrics.malformed.inc();
         return reply(ResponseCode::FormErr, Vec::new());
     }
     let question = &query.queries()[0];
@@ -164,10 +244,10 @@ fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics
         question.query_type(),
     );
     let code = if found.is_some() {
-        metrics.add("answered");
+        metrics.answered.inc();
         ResponseCode::NoError
     } else {
-        metrics.add("nxdomain");
+        metrics.nxdomain.inc();
         ResponseCode::NXDomain
     };
     let records = found.unwrap_or_default();
@@ -289,4 +369,72 @@ async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
         .ok()?;
     buffer.truncate(length);
     Some(buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Entry;
+    use hickory_proto::op::Query;
+    use std::collections::HashMap;
+
+    fn query(name: &str, kind: RecordType) -> Vec<u8> {
+        let mut message = Message::new();
+        message
+            .set_id(7)
+            .set_recursion_desired(true)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        message.to_vec().unwrap()
+    }
+
+    #[test]
+    fn the_plain_path_answers_as_the_full_one_does() {
+        let caller: IpAddr = [100, 64, 1, 3].into();
+        let tables = Tables::default();
+        let entry = Entry {
+            address: [100, 112, 0, 9].into(),
+            ports: vec![("http".to_owned(), 9090)],
+        };
+        let table: Table = HashMap::from([("api.shop.internal".to_owned(), entry)]);
+        tables.replace(HashMap::from([(caller, Arc::new(table))]));
+        let metrics = DnsMetrics::default();
+        let mut scratch = String::new();
+        for (name, kind) in [
+            ("api.shop.internal.", RecordType::A),
+            ("API.Shop.Internal.", RecordType::A),
+            ("api.shop.internal.", RecordType::AAAA),
+            ("web.shop.internal.", RecordType::A),
+            ("internal.", RecordType::A),
+        ] {
+            let datagram = query(name, kind);
+            let Some(Verdict::Answer(plain)) =
+                plain_answer(&datagram, caller, &tables, &metrics, &mut scratch)
+            else {
+                panic!("{name} {kind}: not answered on the plain path");
+            };
+            let Verdict::Answer(full) = answer(&datagram, caller, &tables, &metrics) else {
+                panic!("{name} {kind}: not answered");
+            };
+            assert_eq!(
+                Message::from_vec(&plain).unwrap(),
+                Message::from_vec(&full).unwrap(),
+                "{name} {kind}"
+            );
+        }
+        assert_eq!(metrics.count("answered"), 6);
+        assert_eq!(metrics.count("nxdomain"), 4);
+        // Other names are forwarded; SRV and odd queries take the full path.
+        let forward = query("example.com.", RecordType::A);
+        assert!(matches!(
+            plain_answer(&forward, caller, &tables, &metrics, &mut scratch),
+            Some(Verdict::Forward)
+        ));
+        for datagram in [
+            query("_http._tcp.api.shop.internal.", RecordType::SRV),
+            query("api.shop.internal.", RecordType::SRV),
+            vec![0; 11],
+        ] {
+            assert!(plain_answer(&datagram, caller, &tables, &metrics, &mut scratch).is_none());
+        }
+    }
 }

@@ -33,4 +33,14 @@ impl Tables {
     pub fn of(&self, caller: IpAddr) -> Option<Arc<Table>> {
         self.0.load().get(&caller).cloned()
     }
+
+    /// The address `name` has for `caller`, if the caller sees that name (without taking a
+    /// reference to the table: the hot path of plain `A` queries).
+    pub fn address(&self, caller: IpAddr, name: &str) -> Option<Ipv4Addr> {
+        self.0
+            .load()
+            .get(&caller)?
+            .get(name)
+            .map(|entry| entry.address)
+    }
 }
