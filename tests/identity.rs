@@ -164,14 +164,14 @@ async fn the_region_issues_only_what_the_caller_may_have() {
 
     // Join tokens name a valid identity, or none is made.
     let output = std::process::Command::new(support::MERIDIAN)
-        .args(["join-token", "control/fra", "--control", &fra.admin])
+        .args(["join-token", "node/fra", "--control", &fra.admin])
         .env("MERIDIAN_TOKEN", &installation.platform.token)
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("identity: `control/fra` must be gateway"),
+        stderr.contains("identity: `node/fra` must be gateway"),
         "{stderr}"
     );
     let output = std::process::Command::new(support::MERIDIAN)
@@ -303,4 +303,73 @@ fn refused_at_the_handshake(error: &str) -> bool {
     error.contains("transport error")
         || error.starts_with("Cancelled")
         || error.starts_with("connect:")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_gets_its_ca_with_a_one_time_token_and_keeps_no_admin_token() {
+    let installation = installation();
+    let (api, admin) = (
+        installation.platform.global.api.as_str(),
+        installation.platform.token.as_str(),
+    );
+    let intermediate = |token: String, region: &'static str| async move {
+        let (csr, _key) = meridian_identity::blank_request().unwrap();
+        let answer = reqwest::Client::new()
+            .post(format!("{api}/v1/regions/{region}/intermediate"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "csr": csr }))
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    };
+
+    // A token for was buys was's intermediate once.
+    let token = support::region_join_token(api, admin, "was");
+    let (status, body) = intermediate(token.clone(), "was").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("BEGIN CERTIFICATE") && !body.contains("PRIVATE KEY"));
+    let (status, body) = intermediate(token, "was").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("spent"), "{body}");
+    // A token for was does not buy fra's, and is spent by trying.
+    let token = support::region_join_token(api, admin, "was");
+    let (status, body) = intermediate(token.clone(), "fra").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("control/was"), "{body}");
+    assert_eq!(intermediate(token, "was").await.0, 401);
+    // Only an admin makes them.
+    let created = installation
+        .platform
+        .cli
+        .ok(&["token", "create", "--org", "acme"]);
+    let org_token = created
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown only now): "))
+        .unwrap_or_else(|| panic!("no secret in {created}"))
+        .trim()
+        .to_owned();
+    let refused = reqwest::Client::new()
+        .post(format!("{api}/v1/regions/was/join-tokens"))
+        .bearer_auth(&org_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    // The region was started with such a token and no admin token; it makes join tokens for
+    // whoever the global control plane says holds the admin token, and nobody else.
+    let fra = &installation.fra;
+    assert!(!fra.log().contains(admin));
+    let gateway = fra.join_token("gateway");
+    assert!(JoinToken::parse(&gateway).is_ok());
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/join-tokens", fra.admin))
+        .bearer_auth(&org_token)
+        .json(&serde_json::json!({"identity": "gateway"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
 }

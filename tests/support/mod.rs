@@ -292,9 +292,14 @@ impl RegionalPlane {
             .append(true)
             .open(dir.path().join(LOG_FILE))
             .unwrap();
+        // At its first start the region gets its CA with a one-time token; it is given no
+        // admin token.
+        let ca = dir.path().join(format!("region-{region}/ca/trust-domain"));
+        let join = (!ca.exists()).then(|| region_join_token(api, token, region));
         let (child, lines) = spawn_with_lines(
             Command::new(MERIDIAN)
                 .args(["control", "--region", region, "--xds", xds])
+                .args(join.iter().flat_map(|t| ["--join-token", t.as_str()]))
                 .args(["--xds-plaintext", "127.0.0.1:0"])
                 .arg("--data-dir")
                 .arg(dir.path())
@@ -308,7 +313,7 @@ impl RegionalPlane {
                         .into_iter()
                         .flatten(),
                 )
-                .env("MERIDIAN_TOKEN", token)
+                .env_remove("MERIDIAN_TOKEN")
                 .env("MERIDIAN_LOG", "info")
                 .stderr(log),
         );
@@ -371,6 +376,23 @@ impl RegionalPlane {
         );
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
     }
+}
+
+/// A one-time token with which the control plane of `region` gets its CA, made by
+/// `meridian join-token control/<region>` against the global API at `api` with the admin
+/// `token`.
+pub fn region_join_token(api: &str, token: &str, region: &str) -> String {
+    let output = Command::new(MERIDIAN)
+        .args(["join-token", &format!("control/{region}"), "--api", api])
+        .env("MERIDIAN_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "meridian join-token control/{region} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// A global control plane with region `fra` and one service deployed from a YAML definition.

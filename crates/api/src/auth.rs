@@ -5,6 +5,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use meridian_store::{NewToken, Store};
 use sha2::{Digest, Sha256};
 
@@ -86,27 +87,36 @@ pub async fn bootstrap_admin_token(store: &dyn Store) -> Result<Option<String>, 
     Ok(Some(minted.secret))
 }
 
-impl FromRequestParts<ApiState> for Caller {
-    type Rejection = ApiError;
+/// The bearer token of a request.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
-        })?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
+impl Caller {
+    /// The caller whose API token is `secret`.
+    pub(crate) async fn of(secret: &str, state: &ApiState) -> Result<Caller, ApiError> {
         let token = state
             .store
             .find_token(&hash_secret(secret))
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
         Ok(Caller { org: token.org })
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        Caller::of(bearer(&parts.headers)?, state).await
     }
 }

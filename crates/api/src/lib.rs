@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use meridian_identity::Authority;
+use meridian_identity::{Authority, JoinTokens};
 use meridian_store::Store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -44,6 +44,8 @@ pub struct ApiState {
     metrics: Arc<Metrics>,
     /// The installation's root CA, when it has one.
     ca: Option<Arc<Authority>>,
+    /// The join tokens regional control planes redeem for their intermediate CA (with a CA).
+    region_tokens: Option<Arc<JoinTokens>>,
     /// The regions' last reports.
     pub(crate) reports: Reports,
 }
@@ -68,21 +70,35 @@ pub fn router(store: Arc<dyn Store>) -> Router {
     )
 }
 
-/// Builds the API's router over `store`, with the installation's root CA (its certificate is
-/// served at `GET /v1/trust-bundle`, and it issues regions' intermediates) and the process's
-/// other metrics in `registry` (rendered with the API's on `/metrics`). Region reports are
-/// recorded in `reports`, which the caller may share (e.g. to publish them to the regions).
+/// The installation's root of trust, as the API uses it.
+pub struct RootTrust {
+    /// The root CA: its certificate is served at `GET /v1/trust-bundle`, and it issues regions'
+    /// intermediates.
+    pub ca: Arc<Authority>,
+    /// The one-time tokens with which regional control planes get their intermediate
+    /// (`POST /v1/regions/{region}/join-tokens` makes them).
+    pub region_tokens: Arc<JoinTokens>,
+}
+
+/// Builds the API's router over `store`, with the installation's root of trust and the
+/// process's other metrics in `registry` (rendered with the API's on `/metrics`). Region reports
+/// are recorded in `reports`, which the caller may share (e.g. to publish them to the regions).
 pub fn router_with(
     store: Arc<dyn Store>,
-    ca: Option<Arc<Authority>>,
+    trust: Option<RootTrust>,
     registry: prometheus_client::registry::Registry,
     reports: Reports,
 ) -> Router {
     use routes::{endpoints, feed, regions, reports, services, tenancy};
+    let (ca, region_tokens) = match trust {
+        Some(RootTrust { ca, region_tokens }) => (Some(ca), Some(region_tokens)),
+        None => (None, None),
+    };
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::new(registry)),
         ca,
+        region_tokens,
         reports,
     };
     let openapi = openapi::document();
@@ -131,6 +147,10 @@ pub fn router_with(
         .route(
             "/v1/regions/{region}/intermediate",
             post(regions::intermediate),
+        )
+        .route(
+            "/v1/regions/{region}/join-tokens",
+            post(regions::create_join_token),
         )
         .route(
             "/v1/regions/{region}/deployments",

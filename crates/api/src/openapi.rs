@@ -15,7 +15,7 @@ use crate::routes::{endpoints, feed, regions, reports, services, tenancy};
         tenancy::create_token, tenancy::list_tokens, tenancy::delete_token,
         tenancy::create_app, tenancy::list_apps, tenancy::get_app, tenancy::delete_app,
         regions::put, regions::list, regions::delete, regions::deployments, regions::endpoints,
-        regions::intermediate, reports::put, reports::get,
+        regions::intermediate, regions::create_join_token, reports::put, reports::get,
         services::apply, services::list, services::get, services::delete,
         services::deployments, services::deployment, services::rollback, services::status,
         endpoints::put, endpoints::list, endpoints::delete,

@@ -12,7 +12,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::global_api::{GlobalApi, GlobalApiError};
 use crate::issuer::{Issuer, IssuerError};
+use crate::known_admins::KnownAdmins;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -21,8 +23,11 @@ use tokio::sync::watch;
 pub struct JoinTokenAdmin {
     /// The issuer that will redeem them.
     pub issuer: Arc<Issuer>,
-    /// The installation's admin token, which the caller must present as a bearer token.
-    pub admin_token: String,
+    /// The global control plane's API, which says whether the caller's bearer token is the
+    /// installation's admin token (the region keeps no admin token of its own).
+    pub global_api: String,
+    /// The tokens it confirmed, for while it is away.
+    pub known_admins: Arc<KnownAdmins>,
 }
 
 /// The body of `POST /v1/join-tokens`.
@@ -52,12 +57,35 @@ async fn create_join_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
         .unwrap_or_default();
-    if !same_secret(presented.as_bytes(), admin.admin_token.as_bytes()) {
-        return Err(IssuerError::Unauthenticated(
-            "join tokens are for administrators: send the installation's admin token as              `Authorization: Bearer …` (MERIDIAN_TOKEN)"
-                .to_owned(),
-        ));
+    let refused = "join tokens are for administrators: send the installation's admin token as \
+                   `Authorization: Bearer …` (MERIDIAN_TOKEN)";
+    if presented.is_empty() {
+        return Err(IssuerError::Unauthenticated(refused.to_owned()));
+    }
+    match GlobalApi::new(&admin.global_api, presented)
+        .is_admin()
+        .await
+    {
+        Ok(true) => admin.known_admins.set(presented, true),
+        Ok(false) => {
+            admin.known_admins.set(presented, false);
+            return Err(IssuerError::Forbidden(refused.to_owned()));
+        }
+        Err(GlobalApiError::Status { status, .. }) if status.is_client_error() => {
+            admin.known_admins.set(presented, false);
+            return Err(IssuerError::Unauthenticated(refused.to_owned()));
+        }
+        Err(e) if admin.known_admins.contains(presented) => {
+            tracing::info!(error = %e, "the global control plane is away; the token is one it confirmed as the admin token");
+        }
+        Err(e) => {
+            return Err(IssuerError::Unavailable(format!(
+                "cannot check the token with the global control plane, which says whether it is \
+                 the admin token: {e}; try again when it is back"
+            )))
+        }
     }
     let request: JoinTokenRequest = serde_json::from_slice(&body)
         .map_err(|e| IssuerError::BadRequest(format!("the body: {e}")))?;
@@ -74,11 +102,6 @@ async fn create_join_token(
         "spiffe_id": id.to_string(),
         "expires_in_seconds": request.ttl_seconds,
     })))
-}
-
-/// Compares two secrets in time that depends on their length only.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The admin routes: `/readyz` answers 200 once `synced` is true (the first full sync with the

@@ -1,8 +1,10 @@
 //! The region's intermediate CA: requested from the global control plane at the first start
-//! (the key is made here and never leaves), kept in the region's data directory, loaded later.
+//! with a one-time join token (the key is made here and never leaves; the installation's root
+//! must match the token's fingerprint), kept in the region's data directory, loaded later.
 
 use std::path::Path;
 
+use meridian_identity::enroll::{bundle_fingerprint, JoinToken};
 use meridian_identity::{blank_request, Authority};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,23 @@ pub enum RegionalCaError {
     /// Making the request, or reading or storing the CA, failed.
     #[error("the intermediate CA: {0}")]
     Authority(String),
+    /// The region cannot get its CA as configured (no credential, or a root that does not
+    /// match the join token); asking again will not help.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl RegionalCaError {
+    /// Whether asking again may succeed (the global control plane is away or failing).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegionalCaError::Request(GlobalApiError::Status { status, .. }) => {
+                !status.is_client_error()
+            }
+            RegionalCaError::Request(GlobalApiError::Unreachable(_)) => true,
+            RegionalCaError::Authority(_) | RegionalCaError::Refused(_) => false,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -47,11 +66,13 @@ pub struct RegionalCa {
 }
 
 /// The region's intermediate CA from `dir`, or, at the first start, issued by the global control
-/// plane and stored there, with the installation's trust bundle.
+/// plane to `api`'s credential and stored there, with the installation's trust bundle; with
+/// `pin` (the join token used), the bundle must be the root the token names.
 pub async fn regional_ca(
     api: &GlobalApi,
     region: &str,
     dir: &Path,
+    pin: Option<&JoinToken>,
 ) -> Result<RegionalCa, RegionalCaError> {
     let failed = |e: &dyn std::fmt::Display| RegionalCaError::Authority(e.to_string());
     let stored = (
@@ -67,6 +88,12 @@ pub async fn regional_ca(
             });
         }
     }
+    if !api.has_token() {
+        return Err(RegionalCaError::Refused(format!(
+            "region {region} has no CA yet: pass --join-token with a token made by \
+             `meridian join-token control/{region}` (global API, admin token)"
+        )));
+    }
     let (csr, key) = blank_request().map_err(|e| failed(&e))?;
     let issued: IntermediateIssued = api
         .post(
@@ -74,6 +101,16 @@ pub async fn regional_ca(
             &IntermediateRequest { csr: &csr },
         )
         .await?;
+    if let Some(pin) = pin {
+        let fingerprint = bundle_fingerprint(&issued.bundle_pem).map_err(|e| failed(&e))?;
+        if fingerprint != pin.fingerprint() {
+            return Err(RegionalCaError::Refused(format!(
+                "the global control plane's root ({fingerprint}) is not the one the join token \
+                 names ({}): is --api the right installation?",
+                pin.fingerprint()
+            )));
+        }
+    }
     let ca = Authority::from_issued(&issued.trust_domain, &issued.chain_pem, &key)
         .map_err(|e| failed(&e))?;
     ca.save(dir).map_err(|e| failed(&e))?;

@@ -1,5 +1,6 @@
-//! A client of the global control plane's public API with the installation's admin token: the
-//! regional control plane asks it for the region's CA at its first start.
+//! A client of the global control plane's public API: the regional control plane asks it for the
+//! region's CA at its first start (with its join token), and whether a token an operator
+//! presents is the installation's admin token.
 
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ pub enum GlobalApiError {
     },
 }
 
-/// A client of the global control plane's API, with an admin token.
+/// A client of the global control plane's API, with a bearer token.
 #[derive(Clone)]
 pub struct GlobalApi {
     http: reqwest::Client,
@@ -43,6 +44,28 @@ impl GlobalApi {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }
+    }
+
+    /// Whether it has a token at all.
+    pub fn has_token(&self) -> bool {
+        !self.token.is_empty()
+    }
+
+    /// Whether its token is the installation's admin token (`GET /v1/whoami`).
+    pub async fn is_admin(&self) -> Result<bool, GlobalApiError> {
+        #[derive(serde::Deserialize)]
+        struct WhoAmI {
+            admin: bool,
+        }
+        let path = "/v1/whoami";
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let whoami: WhoAmI = succeeded(response, path).await?.json().await?;
+        Ok(whoami.admin)
     }
 
     /// POSTs `body` as JSON to `path` and decodes the JSON answer.

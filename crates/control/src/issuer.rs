@@ -21,10 +21,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::join_tokens::{JoinTokens, JoinTokensError};
 use crate::own_certificate::{issue_own_certificate, keep_own_certificate};
 use crate::region::RegionState;
 use crate::tls::Peer;
+use meridian_identity::{JoinTokens, JoinTokensError};
 
 /// Largest request body accepted (a signing request is about 1 KiB).
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -44,6 +44,9 @@ pub enum IssuerError {
     /// Something failed here.
     #[error("{0}")]
     Internal(String),
+    /// Something this depends on is away; the request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<JoinTokensError> for IssuerError {
@@ -59,6 +62,7 @@ impl IntoResponse for IssuerError {
             IssuerError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             IssuerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             IssuerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            IssuerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
         (status, Json(body)).into_response()
@@ -70,7 +74,8 @@ impl IntoResponse for IssuerError {
 struct Outcome {
     /// `join` or `certificate`.
     via: &'static str,
-    /// `issued`, or why not: `bad_request`, `unauthenticated`, `forbidden`, `internal`.
+    /// `issued`, or why not: `bad_request`, `unauthenticated`, `forbidden`, `internal`,
+    /// `unavailable`.
     outcome: &'static str,
 }
 
@@ -139,7 +144,8 @@ impl Issuer {
             _ => {
                 return Err(IssuerError::BadRequest(format!(
                     "identity: `{identity}` must be gateway, agent/<node>, edge/<location> or \
-                     org/<org>/app/<app>/service/<service>"
+                     org/<org>/app/<app>/service/<service> (a region's control plane joins \
+                     with a token from the global API: `meridian join-token control/<region>`)"
                 )))
             }
         };
@@ -273,6 +279,7 @@ impl Issuer {
             Err(IssuerError::Unauthenticated(_)) => "unauthenticated",
             Err(IssuerError::Forbidden(_)) => "forbidden",
             Err(IssuerError::Internal(_)) => "internal",
+            Err(IssuerError::Unavailable(_)) => "unavailable",
         };
         self.requests.get_or_create(&Outcome { via, outcome }).inc();
     }

@@ -9,10 +9,12 @@
 
 mod authority;
 pub mod enroll;
+mod join_tokens;
 mod spiffe;
 mod verify;
 
 pub use authority::{blank_request, request_for, Authority, AuthorityError, IssueError, Issued};
+pub use join_tokens::{JoinTokens, JoinTokensError};
 pub use spiffe::{BadSpiffeId, SpiffeId, Subject};
 pub use verify::{
     certified_key, client_config, control_client_config, control_server_config,

@@ -1,7 +1,7 @@
 //! Regions (admin) and the regional deployments a region's control plane fetches.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use meridian_model::{
     derive_spec, validate_region, Endpoint, Region, RegionInput, RegionalDeployment,
@@ -9,9 +9,12 @@ use meridian_model::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::bearer;
 use crate::error::ErrorResponses;
 use crate::extract::{ApiPath, JsonBody};
 use crate::{ApiError, ApiState, Caller};
+use meridian_identity::enroll::JoinToken;
+use meridian_identity::{SpiffeId, Subject};
 
 /// Path of one region.
 #[derive(Deserialize, IntoParams)]
@@ -95,18 +98,23 @@ pub struct IntermediateIssued {
     pub bundle_pem: String,
 }
 
-/// Issues the region's intermediate CA to the key of a signing request (admin only; this is
-/// what the region's control plane asks at its first start).
+/// Issues the region's intermediate CA to the key of a signing request: what the region's
+/// control plane asks at its first start, with a join token made for it
+/// (`POST /v1/regions/{region}/join-tokens`, spent by this request) or an admin token.
 #[utoipa::path(post, path = "/v1/regions/{region}/intermediate", tag = "regions",
     params(RegionPath), request_body = IntermediateRequest,
     responses((status = 200, description = "The intermediate", body = IntermediateIssued), ErrorResponses))]
 pub async fn intermediate(
     State(state): State<ApiState>,
-    caller: Caller,
+    headers: HeaderMap,
     ApiPath(path): ApiPath<RegionPath>,
     JsonBody(request): JsonBody<IntermediateRequest>,
 ) -> Result<Json<IntermediateIssued>, ApiError> {
-    caller.require_admin()?;
+    let secret = bearer(&headers)?;
+    match JoinToken::parse(secret) {
+        Ok(token) => redeem_region_token(&state, &token, &path.region)?,
+        Err(_) => Caller::of(secret, &state).await?.require_admin()?,
+    }
     require_region(&state, &path.region).await?;
     let Some(ca) = &state.ca else {
         return Err(ApiError::not_found("a CA (this installation has none)"));
@@ -119,6 +127,99 @@ pub async fn intermediate(
         trust_domain: ca.trust_domain().to_owned(),
         chain_pem,
         bundle_pem: ca.certificate_pem().to_owned(),
+    }))
+}
+
+/// Spends `token`, which must admit the control plane of `region`.
+fn redeem_region_token(state: &ApiState, token: &JoinToken, region: &str) -> Result<(), ApiError> {
+    let Some(tokens) = &state.region_tokens else {
+        return Err(ApiError::unauthorized(
+            "this installation has no CA, so no region join tokens",
+        ));
+    };
+    let admitted = tokens
+        .redeem(token)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "unknown, spent or expired join token: make another with \
+                 `meridian join-token control/<region>`",
+            )
+        })?;
+    match &admitted.subject {
+        Subject::Control { region: Some(r) } if r == region => Ok(()),
+        _ => Err(ApiError::forbidden(format!(
+            "the join token admits {admitted}, not the control plane of region `{region}`; it is \
+             spent"
+        ))),
+    }
+}
+
+/// How long a region join token may be redeemed.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionJoinTokenRequest {
+    /// Seconds; default one hour, at most a week.
+    #[serde(default = "default_join_ttl")]
+    pub ttl_seconds: u64,
+}
+
+fn default_join_ttl() -> u64 {
+    3600
+}
+
+/// The longest a region join token lives: a week.
+const MAX_JOIN_TTL_SECONDS: u64 = 7 * 86_400;
+
+/// A region join token, shown once.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RegionJoinToken {
+    /// The token (`mrdjoin_<root fingerprint>_<secret>`); only its digest is kept.
+    pub token: String,
+    /// The identity it admits: the region's control plane.
+    pub spiffe_id: String,
+    /// How long it may be redeemed.
+    pub expires_in_seconds: u64,
+}
+
+/// Makes a one-time token with which the region's control plane gets its intermediate CA at
+/// its first start (`meridian control --region R --join-token T`), so that it needs no admin
+/// token (admin only).
+#[utoipa::path(post, path = "/v1/regions/{region}/join-tokens", tag = "regions",
+    params(RegionPath), request_body = RegionJoinTokenRequest,
+    responses((status = 200, description = "The token, shown once", body = RegionJoinToken), ErrorResponses))]
+pub async fn create_join_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<RegionPath>,
+    JsonBody(request): JsonBody<RegionJoinTokenRequest>,
+) -> Result<Json<RegionJoinToken>, ApiError> {
+    caller.require_admin()?;
+    require_region(&state, &path.region).await?;
+    if request.ttl_seconds == 0 || request.ttl_seconds > MAX_JOIN_TTL_SECONDS {
+        return Err(
+            ApiError::bad_request(format!("must be between 1 and {MAX_JOIN_TTL_SECONDS}"))
+                .with_field("ttl_seconds"),
+        );
+    }
+    let (Some(ca), Some(tokens)) = (&state.ca, &state.region_tokens) else {
+        return Err(ApiError::not_found("a CA (this installation has none)"));
+    };
+    let id = SpiffeId {
+        trust_domain: ca.trust_domain().to_owned(),
+        subject: Subject::Control {
+            region: Some(path.region.clone()),
+        },
+    };
+    let ttl = std::time::Duration::from_secs(request.ttl_seconds);
+    let token = tokens
+        .create(&id, ttl, ca.certificate_pem())
+        .map_err(ApiError::internal)?;
+    tracing::info!(region = %path.region, "made a join token for the region's control plane");
+    Ok(Json(RegionJoinToken {
+        token: token.as_str().to_owned(),
+        spiffe_id: id.to_string(),
+        expires_in_seconds: request.ttl_seconds,
     }))
 }
 

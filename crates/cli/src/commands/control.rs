@@ -10,9 +10,10 @@ use clap::Args;
 use meridian_control::{
     admin_router, follow_global, issue_own_certificate, keep_own_certificate,
     publish_regional_deployments, regional_ca, report_upward, tls_incoming, AuthenticatedAds,
-    GatewayListeners, GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, RegionReports, RegionState,
-    RegionalCa, ReportService, ReportSource,
+    GatewayListeners, GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, KnownAdmins, RegionReports,
+    RegionState, RegionalCa, ReportService, ReportSource,
 };
+use meridian_identity::enroll::JoinToken;
 use meridian_identity::{
     control_client_config, control_server_config, server_config, trust_bundle, Authority,
     CertStore, SpiffeId, Subject,
@@ -31,8 +32,8 @@ pub struct ControlArgs {
     #[arg(long)]
     global: bool,
     /// Run the control plane of this region: it follows the global control plane's xDS
-    /// (`--global-xds`), reports to its API (`--api`, with an admin `--token`) and serves the
-    /// region's configuration over xDS.
+    /// (`--global-xds`) and serves the region's configuration over xDS. At its first start it
+    /// gets its CA from the global API (`--api`) with `--join-token`.
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
     /// Directory for the embedded database and the root CA (global), or for the region's CA
@@ -81,6 +82,12 @@ pub struct ControlArgs {
     /// never reported (region only).
     #[arg(long, value_name = "ADDRESS")]
     gateway_plaintext: Option<SocketAddr>,
+    /// A one-time token for the region's first start, made with
+    /// `meridian join-token control/<region>` against the global API: the region gets its
+    /// intermediate CA with it, and checks the installation's root against it (region only;
+    /// not needed once the CA is in the data directory).
+    #[arg(long, value_name = "TOKEN", env = "MERIDIAN_JOIN_TOKEN")]
+    join_token: Option<String>,
 }
 
 /// Runs the chosen control plane until Ctrl-C or SIGTERM.
@@ -102,10 +109,12 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
             humantime::format_duration(MAX_CERT_LIFETIME)
         );
     }
-    let token = client.token.context(
-        "the regional control plane needs an admin token for the global API: \
-         pass --token or set MERIDIAN_TOKEN",
-    )?;
+    let join_token = args
+        .join_token
+        .as_deref()
+        .map(JoinToken::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--join-token: {e}"))?;
     let cache = Cache::new();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = XdsMetrics::new(&mut registry);
@@ -121,14 +130,20 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         Some(address) => Some(bind(address, "xDS without authentication").await?),
         None => None,
     };
-    let global = GlobalApi::new(&client.api, &token);
+    // Without a join token, an admin token (--token) also gets the region its CA.
+    let credential = match (&join_token, &client.token) {
+        (Some(join), _) => join.as_str(),
+        (None, Some(admin)) => admin.as_str(),
+        (None, None) => "",
+    };
+    let global = GlobalApi::new(&client.api, credential);
     let global_xds = args.global_xds.clone();
     if !global_xds.starts_with("https://") {
         anyhow::bail!("--global-xds: must be an https:// URL, e.g. https://127.0.0.1:17000");
     }
     let region_dir = args.data_dir.join(format!("region-{region}"));
     let ca_dir = region_dir.join("ca");
-    let regional = obtain_regional_ca(&global, &region, &ca_dir).await?;
+    let regional = obtain_regional_ca(&global, &region, &ca_dir, join_token.as_ref()).await?;
     println!(
         "intermediate CA of region {region} {} in {} (trust domain {})",
         if regional.issued_now {
@@ -201,7 +216,8 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     tokio::spawn(tick_fleet(state.clone()));
     let join_tokens = JoinTokenAdmin {
         issuer: issuer.clone(),
-        admin_token: token,
+        global_api: client.api.clone(),
+        known_admins: Arc::new(KnownAdmins::open(&region_dir.join("known-admins.json"))),
     };
     let admin_server = axum::serve(
         admin,
@@ -275,13 +291,15 @@ async fn obtain_regional_ca(
     global: &GlobalApi,
     region: &str,
     ca_dir: &std::path::Path,
+    join_token: Option<&JoinToken>,
 ) -> Result<RegionalCa> {
     let mut wait = std::time::Duration::from_millis(200);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        match regional_ca(global, region, ca_dir).await {
+        match regional_ca(global, region, ca_dir, join_token).await {
             Ok(regional) => return Ok(regional),
+            Err(e) if !e.is_transient() => anyhow::bail!("region {region}'s CA: {e}"),
             Err(e) => {
                 println!(
                     "waiting for the global control plane to issue region {region}'s CA: {e} \
@@ -408,9 +426,13 @@ async fn run_global(args: ControlArgs) -> Result<()> {
             tracing::error!(error = %e, "the xDS server for the regions failed");
         }
     });
+    let region_tokens = Arc::new(JoinTokens::open(
+        &args.data_dir.join("region-join-tokens.json"),
+    )?);
+    let trust = meridian_api::RootTrust { ca, region_tokens };
     axum::serve(
         listener,
-        meridian_api::router_with(store, Some(ca), registry, reports),
+        meridian_api::router_with(store, Some(trust), registry, reports),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await

@@ -308,23 +308,34 @@ async fn start_region(
 ) -> Result<Region> {
     let token = global.token;
     let control = format!("control-{name}");
+    // The region gets its CA with a one-time token at its first start; it keeps no admin token.
+    let ca_dir = data_dir
+        .join("regions")
+        .join(format!("region-{name}"))
+        .join("ca");
+    let join = if ca_dir.join("trust-domain").exists() {
+        None
+    } else {
+        let url = format!("{}/v1/regions/{name}/join-tokens", global.api);
+        Some(join_token_from(&url, token, serde_json::json!({"ttl_seconds": 600})).await?)
+    };
+    let mut options = vec![
+        ("--xds", "127.0.0.1:0".to_owned()),
+        ("--admin", "127.0.0.1:0".to_owned()),
+        ("--gateway-plaintext", gateway.to_string()),
+        (
+            "--gateway",
+            SocketAddr::new(gateway.ip(), gateway.port() + EDGE_LISTENER_OFFSET).to_string(),
+        ),
+        ("--global-xds", global.xds.to_owned()),
+    ];
+    options.extend(join.map(|t| ("--join-token", t)));
     let line = children
         .spawn(
             &control,
             &["control", "--region", name, "--api", global.api],
             &[("--data-dir", data_dir.join("regions"))],
-            &[
-                ("--xds", "127.0.0.1:0".to_owned()),
-                ("--admin", "127.0.0.1:0".to_owned()),
-                ("--gateway-plaintext", gateway.to_string()),
-                (
-                    "--gateway",
-                    SocketAddr::new(gateway.ip(), gateway.port() + EDGE_LISTENER_OFFSET)
-                        .to_string(),
-                ),
-                ("--token", token.to_owned()),
-                ("--global-xds", global.xds.to_owned()),
-            ],
+            &options,
             "serving xDS on ",
         )
         .await?;
@@ -402,10 +413,17 @@ async fn join_token_unless_enrolled(
         return Ok(None);
     }
     let url = format!("{admin}/v1/join-tokens");
+    let body = serde_json::json!({"identity": identity, "ttl_seconds": 600});
+    join_token_from(&url, token, body).await.map(Some)
+}
+
+/// A join token made at `url` (a region's admin port, or the global API for a region's control
+/// plane) with the admin `token`.
+async fn join_token_from(url: &str, token: &str, body: serde_json::Value) -> Result<String> {
     let answer: serde_json::Value = reqwest::Client::new()
-        .post(&url)
+        .post(url)
         .bearer_auth(token)
-        .json(&serde_json::json!({"identity": identity, "ttl_seconds": 600}))
+        .json(&body)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
@@ -414,8 +432,8 @@ async fn join_token_unless_enrolled(
         .await?;
     answer["token"]
         .as_str()
-        .map(|t| Some(t.to_owned()))
-        .context("the control plane answered without a token")
+        .map(str::to_owned)
+        .with_context(|| format!("{url} answered without a token"))
 }
 
 /// How long the example app may take to be served.

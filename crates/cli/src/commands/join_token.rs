@@ -1,5 +1,6 @@
 //! `meridian join-token`: asks a region's control plane (its admin port) for a one-time join
-//! token for one identity; a proxy or agent redeems it for its first certificate.
+//! token for one identity, which a proxy or agent redeems for its first certificate; or, for
+//! `control/<region>`, the global API for the token a region's control plane gets its CA with.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -10,7 +11,8 @@ use crate::ClientArgs;
 #[derive(Args)]
 pub struct JoinTokenArgs {
     /// The identity the token admits, relative to the region: `gateway`, `agent/<node>`,
-    /// `edge/<location>` or `org/<org>/app/<app>/service/<service>`.
+    /// `edge/<location>` or `org/<org>/app/<app>/service/<service>`; or `control/<region>`, a
+    /// region's control plane (made by the global API, `--api`).
     identity: String,
     /// The region's control plane admin address (its `--admin`).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9902")]
@@ -25,17 +27,29 @@ pub async fn run(args: JoinTokenArgs, client: ClientArgs) -> Result<()> {
     let token = client
         .token
         .context("join tokens are for administrators: pass --token or set MERIDIAN_TOKEN")?;
-    let url = format!("{}/v1/join-tokens", args.control.trim_end_matches('/'));
+    let ttl_seconds = args.ttl.as_secs().max(1);
+    let (url, body, what) = match args.identity.strip_prefix("control/") {
+        Some(region) => (
+            format!(
+                "{}/v1/regions/{region}/join-tokens",
+                client.api.trim_end_matches('/')
+            ),
+            serde_json::json!({"ttl_seconds": ttl_seconds}),
+            "the global control plane",
+        ),
+        None => (
+            format!("{}/v1/join-tokens", args.control.trim_end_matches('/')),
+            serde_json::json!({"identity": args.identity, "ttl_seconds": ttl_seconds}),
+            "the region's control plane",
+        ),
+    };
     let response = reqwest::Client::new()
         .post(&url)
         .bearer_auth(token)
-        .json(&serde_json::json!({
-            "identity": args.identity,
-            "ttl_seconds": args.ttl.as_secs().max(1),
-        }))
+        .json(&body)
         .send()
         .await
-        .with_context(|| format!("calling {url} (is the region's control plane running?)"))?;
+        .with_context(|| format!("calling {url} (is {what} running?)"))?;
     let status = response.status();
     let body: serde_json::Value = response
         .json()

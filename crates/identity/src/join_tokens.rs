@@ -1,14 +1,15 @@
-//! One-time join tokens of a region: made by an administrator for one identity, stored only as
-//! a digest with their identity and expiry (in a file of the region's data directory), and
-//! redeemed at most once.
+//! One-time join tokens: made by an administrator for one identity, stored only as a digest with
+//! their identity and expiry (in a file of the issuer's data directory), and redeemed at most
+//! once. A region's control plane keeps those of its agents, gateways, edges and workloads; the
+//! global control plane keeps those of regional control planes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use meridian_identity::enroll::JoinToken;
-use meridian_identity::SpiffeId;
+use crate::enroll::JoinToken;
+use crate::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 /// A token's record: who it admits and until when (seconds since the Unix epoch).
@@ -39,7 +40,7 @@ pub enum JoinTokensError {
     },
     /// A token could not be made.
     #[error("making a token: {0}")]
-    Token(#[from] meridian_identity::TlsError),
+    Token(#[from] crate::TlsError),
 }
 
 /// The region's outstanding join tokens, by digest.
