@@ -364,35 +364,31 @@ impl RegionalPlane {
 
     /// A one-time join token for `identity` (e.g. `gateway`), made by `meridian join-token`.
     pub fn join_token(&self, identity: &str) -> String {
-        let output = Command::new(MERIDIAN)
-            .args(["join-token", identity, "--control", &self.admin])
-            .env("MERIDIAN_TOKEN", &self.token)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "meridian join-token failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        join_token(&[identity, "--control", &self.admin], &self.token)
     }
+}
+
+/// What `meridian join-token <args>` prints with the admin `token`.
+fn join_token(args: &[&str], token: &str) -> String {
+    let output = Command::new(MERIDIAN)
+        .arg("join-token")
+        .args(args)
+        .env("MERIDIAN_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "meridian join-token {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// A one-time token with which the control plane of `region` gets its CA, made by
 /// `meridian join-token control/<region>` against the global API at `api` with the admin
 /// `token`.
 pub fn region_join_token(api: &str, token: &str, region: &str) -> String {
-    let output = Command::new(MERIDIAN)
-        .args(["join-token", &format!("control/{region}"), "--api", api])
-        .env("MERIDIAN_TOKEN", token)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "meridian join-token control/{region} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    join_token(&[&format!("control/{region}"), "--api", api], token)
 }
 
 /// A global control plane with region `fra` and one service deployed from a YAML definition.
