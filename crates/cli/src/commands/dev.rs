@@ -575,6 +575,14 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
          their node proxy (HTTP_PROXY), e.g. curl -H 'host: {EXAMPLE_HOST}' \
          'http://{first}/call?url=http://api.shop.internal:9090/whoami'"
     );
+    if meridian_agent::netns_available() {
+        println!(
+            "Instances run in network namespaces: without the proxy variables, the node's DNS \
+             answers api.shop.internal with the service's virtual IP (100.112.0.0/12), e.g. \
+             curl -H 'host: {EXAMPLE_HOST}' \
+             'http://{first}/call?direct=1&url=http://api.shop.internal:9090/whoami'"
+        );
+    }
     println!(
         "Edges reach the gateways over mutual TLS (the gateways' plain-HTTP ports above are for \
          you). Not yet part of dev: TLS and HTTP/2 on the edges."
