@@ -93,7 +93,9 @@ struct TwoRegions {
     _dir: tempfile::TempDir,
 }
 
-async fn two_regions() -> TwoRegions {
+/// Two regions whose gateways and nodes listen on 127.0.`subnet`.1 to 127.0.`subnet + 3`.1:
+/// each test gives its own `subnet`, since tests run at the same time.
+async fn two_regions(subnet: u8) -> TwoRegions {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &web("fra"));
     platform
@@ -103,10 +105,12 @@ async fn two_regions() -> TwoRegions {
     // Gateways listen where their regions say (the edge reads it in the regions' reports), on
     // addresses of their own so that no port is chosen twice.
     let (global, token) = (&platform.global, &platform.token);
-    let fra = RegionalPlane::start(global, token, "fra", Some("127.0.42.1:8080"));
-    let iad = RegionalPlane::start(global, token, "iad", Some("127.0.43.1:8080"));
-    let fra_node = agent(&fra, "fra-1", "127.0.40.1", dir.path());
-    let iad_node = agent(&iad, "iad-1", "127.0.41.1", dir.path());
+    let address = |offset: u8| format!("127.0.{}.1", subnet + offset);
+    let (fra_gateway, iad_gateway) = (address(2) + ":8080", address(3) + ":8080");
+    let fra = RegionalPlane::start(global, token, "fra", Some(fra_gateway.as_str()));
+    let iad = RegionalPlane::start(global, token, "iad", Some(iad_gateway.as_str()));
+    let fra_node = agent(&fra, "fra-1", &address(0), dir.path());
+    let iad_node = agent(&iad, "iad-1", &address(1), dir.path());
     let (fra_gateway, _) = gateway(&fra, dir.path()).await;
     let (iad_gateway, _) = gateway(&iad, dir.path()).await;
     let (edge_process, edge) = edge(&platform, &fra, dir.path());
@@ -125,7 +129,7 @@ async fn two_regions() -> TwoRegions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
-    let regions = two_regions().await;
+    let regions = two_regions(40).await;
     // Paris is nearer Frankfurt than Washington.
     served_from(&regions.edge, "fra").await;
     // The edge reaches Frankfurt's gateway over mutual TLS: its listener for edges takes no
@@ -143,7 +147,7 @@ async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region() {
-    let regions = two_regions().await;
+    let regions = two_regions(44).await;
     served_from(&regions.edge, "fra").await;
     // Frankfurt's only node stops its instances; its gateway stays. Requests go on, one at a
     // time, and the edge moves to Washington.
