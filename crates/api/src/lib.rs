@@ -42,10 +42,8 @@ pub struct ApiState {
     /// The store behind the API.
     pub store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    /// The installation's root CA, when it has one.
-    ca: Option<Arc<Authority>>,
-    /// The join tokens regional control planes redeem for their intermediate CA (with a CA).
-    region_tokens: Option<Arc<JoinTokens>>,
+    /// The installation's root of trust, when it has one.
+    trust: Option<RootTrust>,
     /// The regions' last reports.
     pub(crate) reports: Reports,
 }
@@ -71,6 +69,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
 }
 
 /// The installation's root of trust, as the API uses it.
+#[derive(Clone)]
 pub struct RootTrust {
     /// The root CA: its certificate is served at `GET /v1/trust-bundle`, and it issues regions'
     /// intermediates.
@@ -90,15 +89,10 @@ pub fn router_with(
     reports: Reports,
 ) -> Router {
     use routes::{endpoints, feed, regions, reports, services, tenancy};
-    let (ca, region_tokens) = match trust {
-        Some(RootTrust { ca, region_tokens }) => (Some(ca), Some(region_tokens)),
-        None => (None, None),
-    };
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::new(registry)),
-        ca,
-        region_tokens,
+        trust,
         reports,
     };
     let openapi = openapi::document();
@@ -226,14 +220,19 @@ async fn get_trust_bundle(
     State(state): State<ApiState>,
     _caller: Caller,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
-    match &state.ca {
-        Some(ca) => Ok((
-            [("content-type", "application/x-pem-file")],
-            ca.certificate_pem().to_owned(),
-        )),
-        None => Err(ApiError::not_found(
-            "a trust bundle (this installation has no CA)",
-        )),
+    let trust = state.trust()?;
+    Ok((
+        [("content-type", "application/x-pem-file")],
+        trust.ca.certificate_pem().to_owned(),
+    ))
+}
+
+impl ApiState {
+    /// The installation's root of trust, or 404 if it has no CA.
+    pub(crate) fn trust(&self) -> Result<&RootTrust, ApiError> {
+        self.trust
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found("a CA (this installation has none)"))
     }
 }
 

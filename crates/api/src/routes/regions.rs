@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::bearer;
 use crate::error::ErrorResponses;
 use crate::extract::{ApiPath, JsonBody};
-use crate::{ApiError, ApiState, Caller};
+use crate::{ApiError, ApiState, Caller, RootTrust};
 use meridian_identity::enroll::JoinToken;
 use meridian_identity::{SpiffeId, Subject};
 
@@ -116,9 +116,7 @@ pub async fn intermediate(
         Err(_) => Caller::of(secret, &state).await?.require_admin()?,
     }
     require_region(&state, &path.region).await?;
-    let Some(ca) = &state.ca else {
-        return Err(ApiError::not_found("a CA (this installation has none)"));
-    };
+    let ca = &state.trust()?.ca;
     let chain_pem = ca
         .issue_intermediate_for(&request.csr, &path.region, INTERMEDIATE_VALIDITY)
         .map_err(|e| ApiError::bad_request(e.to_string()).with_field("csr"))?;
@@ -132,12 +130,9 @@ pub async fn intermediate(
 
 /// Spends `token`, which must admit the control plane of `region`.
 fn redeem_region_token(state: &ApiState, token: &JoinToken, region: &str) -> Result<(), ApiError> {
-    let Some(tokens) = &state.region_tokens else {
-        return Err(ApiError::unauthorized(
-            "this installation has no CA, so no region join tokens",
-        ));
-    };
-    let admitted = tokens
+    let admitted = state
+        .trust()?
+        .region_tokens
         .redeem(token)
         .map_err(ApiError::internal)?
         .ok_or_else(|| {
@@ -202,9 +197,10 @@ pub async fn create_join_token(
                 .with_field("ttl_seconds"),
         );
     }
-    let (Some(ca), Some(tokens)) = (&state.ca, &state.region_tokens) else {
-        return Err(ApiError::not_found("a CA (this installation has none)"));
-    };
+    let RootTrust {
+        ca,
+        region_tokens: tokens,
+    } = state.trust()?;
     let id = SpiffeId {
         trust_domain: ca.trust_domain().to_owned(),
         subject: Subject::Control {
