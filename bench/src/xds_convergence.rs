@@ -368,10 +368,19 @@ impl Clients {
         let mut first = vec![false; n];
         let mut waiting = n;
         while waiting > 0 {
-            let (id, _, _) = tokio::time::timeout(Duration::from_secs(120), events.recv())
-                .await
-                .context("clients did not all get their first response")?
-                .context("events ended")?;
+            let Ok(event) = tokio::time::timeout(Duration::from_secs(120), events.recv()).await
+            else {
+                let ended = handles.iter().filter(|h| h.is_finished()).count();
+                let first_end = match handles.iter_mut().find(|h| h.is_finished()) {
+                    Some(handle) => match handle.await? {
+                        Err(error) => format!("{error:#}"),
+                        Ok(()) => "the stream ended".to_owned(),
+                    },
+                    None => "none ended".to_owned(),
+                };
+                bail!("{waiting} clients did not get their first response ({ended} ended; the first: {first_end})");
+            };
+            let (id, _, _) = event.context("events ended")?;
             if !std::mem::replace(&mut first[id], true) {
                 waiting -= 1;
             }
