@@ -20,6 +20,7 @@ mod metrics;
 mod reload;
 mod routing;
 mod server;
+mod splice;
 mod tls;
 mod upstream;
 mod xds;

@@ -376,7 +376,7 @@ async fn relay_connection(
             Ok(Ok(mut upstream)) => {
                 let _ = upstream.set_nodelay(true);
                 lease.observe(Outcome::Success);
-                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                match crate::splice::relay(&mut client, &mut upstream).await {
                     Ok((sent, received)) => metrics.relayed(&context.name, sent, received),
                     Err(e) => tracing::debug!(listener = %context.name, error = %e,
                         "relayed connection ended with an error"),

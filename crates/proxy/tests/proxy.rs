@@ -609,6 +609,61 @@ async fn tcp_listeners_relay_bytes_and_skip_dead_endpoints() {
     );
 }
 
+#[tokio::test]
+async fn tcp_listeners_relay_a_large_stream_both_ways_intact() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = echo.accept().await.unwrap();
+        let (mut reader, mut writer) = stream.split();
+        tokio::io::copy(&mut reader, &mut writer).await.unwrap();
+        writer.shutdown().await.unwrap();
+    });
+    let text = format!(
+        "listeners:\n  - {{name: db, address: \"127.0.0.1:0\", protocol: tcp, cluster: db}}\nclusters:\n  - name: db\n    endpoints: [{{address: \"{echo_addr}\"}}]\n"
+    );
+    let (proxy, base) = start(&text).await;
+    // 24 MiB that differ from byte to byte, so that a lost or repeated chunk shows.
+    let sent: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            writer.write_all(&sent).await.unwrap();
+            writer.shutdown().await.unwrap();
+        })
+    };
+    let mut echoed = Vec::with_capacity(sent.len());
+    tokio::time::timeout(Duration::from_secs(60), reader.read_to_end(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    writing.await.unwrap();
+    assert_eq!(echoed.len(), sent.len());
+    assert!(
+        echoed == sent,
+        "the echoed stream differs from the one sent"
+    );
+    let relayed = format!(
+        r#"meridian_proxy_tcp_relayed_bytes_total{{listener="db",direction="downstream"}} {}"#,
+        sent.len()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.metrics_text().contains(&relayed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            proxy.metrics_text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Connects over TLS to `base` for `shop.example.com`, offering `alpn`; returns the stream and the
 /// protocol the proxy chose.
 async fn tls_connect(

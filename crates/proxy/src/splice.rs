@@ -1,0 +1,75 @@
+//! Relaying a TCP connection without copying its bytes through the proxy: on Linux each
+//! direction moves data socket → pipe → socket inside the kernel with `splice(2)`, the way
+//! HAProxy relays TCP. Elsewhere it falls back to copying through buffers.
+
+use tokio::net::TcpStream;
+
+/// Bytes one direction moves per `splice` call at most: the size asked for its pipe.
+#[cfg(target_os = "linux")]
+const PIPE_BYTES: usize = 256 << 10;
+
+/// Relays bytes both ways between `a` and `b` until both directions have ended; a direction ends
+/// at end of stream, which is passed on as a write shutdown of the other socket. Returns the
+/// bytes moved from `a` to `b` and from `b` to `a`. An error in either direction ends both.
+/// On Linux each direction holds a pipe (two file descriptors) while the relay lasts.
+pub async fn relay(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        let (a, b) = (&*a, &*b);
+        tokio::try_join!(linux::one_way(a, b), linux::one_way(b, a))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        const BUFFER_BYTES: usize = 64 << 10;
+        tokio::io::copy_bidirectional_with_sizes(a, b, BUFFER_BYTES, BUFFER_BYTES).await
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::io;
+
+    use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::PIPE_BYTES;
+
+    /// Moves bytes from `from` to `to` until `from` ends, then shuts down writing on `to`.
+    pub(super) async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+        let (pipe_out, pipe_in) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        // A larger pipe moves more per call; the default (64 KiB) is kept if the system refuses.
+        let capacity = fcntl_setpipe_size(&pipe_in, PIPE_BYTES).unwrap_or(64 << 10);
+        let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+        let mut moved = 0u64;
+        loop {
+            // The pipe is empty here, so `WouldBlock` can only mean that `from` has nothing to
+            // read, which is what `try_io` takes it for.
+            from.readable().await?;
+            let filled = match from.try_io(Interest::READABLE, || {
+                Ok(splice(from, None, &pipe_in, None, capacity, flags)?)
+            }) {
+                Ok(0) => break,
+                Ok(filled) => filled,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            let mut in_pipe = filled;
+            while in_pipe > 0 {
+                // The pipe holds bytes here, so `WouldBlock` means that `to` is full.
+                to.writable().await?;
+                match to.try_io(Interest::WRITABLE, || {
+                    Ok(splice(&pipe_out, None, to, None, in_pipe, flags)?)
+                }) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(sent) => in_pipe -= sent,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            moved += filled as u64;
+        }
+        rustix::net::shutdown(to, rustix::net::Shutdown::Write)?;
+        Ok(moved)
+    }
+}
