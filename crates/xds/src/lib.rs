@@ -31,7 +31,7 @@ pub use node::{
     node_namespace, region_namespace, role_namespace, tenant_namespace, Grant, Scope,
     PROXY_NAMESPACE,
 };
-pub use server::{AdsServer, Limits};
+pub use server::{listen, AdsServer, Limits};
 pub use service::AdsService;
 pub use unary::UnaryClient;
 

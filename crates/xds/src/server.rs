@@ -15,6 +15,25 @@ use crate::cache::Cache;
 use crate::metrics::XdsMetrics;
 use crate::service::AdsService;
 
+/// Connections the kernel queues for an xDS listener before it accepts them (capped by
+/// `net.core.somaxconn`). Every proxy of a region reconnects at once when its control plane
+/// restarts; with tokio's default of 1,024, a thousand clients connecting while the server was
+/// busy overflowed the queue and some were reset (bench/xds-convergence.sh).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener for xDS on `address`, with room queued for a region's worth of
+/// proxies connecting at once.
+pub fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Explicit limits on what one client may cost the server.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

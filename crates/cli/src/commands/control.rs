@@ -119,15 +119,14 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = XdsMetrics::new(&mut registry);
     let (synced, synced_rx) = tokio::sync::watch::channel(false);
-    let bind = |address: SocketAddr, what: &'static str| async move {
-        tokio::net::TcpListener::bind(address)
-            .await
+    let bind = |address: SocketAddr, what: &'static str| {
+        meridian_xds::listen(address)
             .with_context(|| format!("listening for {what} on {address} (is the port in use?)"))
     };
-    let xds = bind(args.xds.unwrap_or(REGIONAL_XDS), "xDS").await?;
-    let admin = bind(args.admin, "admin").await?;
+    let xds = bind(args.xds.unwrap_or(REGIONAL_XDS), "xDS")?;
+    let admin = bind(args.admin, "admin")?;
     let plaintext = match args.xds_plaintext {
-        Some(address) => Some(bind(address, "xDS without authentication").await?),
+        Some(address) => Some(bind(address, "xDS without authentication")?),
         None => None,
     };
     // Without a join token, an admin token (--token) also gets the region its CA.
@@ -357,8 +356,7 @@ async fn run_global(args: ControlArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {} (is the port in use?)", args.listen))?;
     let xds_address = args.xds.unwrap_or(GLOBAL_XDS);
-    let xds = tokio::net::TcpListener::bind(xds_address)
-        .await
+    let xds = meridian_xds::listen(xds_address)
         .with_context(|| format!("listening for xDS on {xds_address} (is the port in use?)"))?;
     let addr = listener.local_addr()?;
     println!(
