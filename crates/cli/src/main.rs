@@ -4,10 +4,11 @@
 //! by `MERIDIAN_API` with the token in `MERIDIAN_TOKEN`. This crate only wires things together:
 //! the logic lives in the library crates.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod client;
 mod commands;
+mod malloc;
 mod output;
 
 use std::path::PathBuf;
@@ -111,6 +112,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

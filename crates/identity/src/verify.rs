@@ -37,9 +37,16 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The crypto provider every Meridian TLS config uses.
+/// The crypto provider every Meridian TLS config uses: *ring*'s, preferring AES-128-GCM among the
+/// TLS 1.3 suites (as BoringSSL, and so Envoy, does). It encrypts a bulk hop with 10 AES rounds
+/// instead of AES-256's 14, and a mesh hop re-keys with every handshake and rotation anyway.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A stable sort: the other suites keep their order.
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// The SPIFFE ID in a certificate's URI SAN, if it has exactly one valid one.

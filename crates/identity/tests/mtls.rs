@@ -119,6 +119,19 @@ async fn a_workload_with_a_certificate_from_the_installation_gets_in_and_is_know
 }
 
 #[tokio::test]
+async fn mesh_connections_negotiate_tls13_with_aes_128_gcm() {
+    let installation = installation();
+    let api = id("acme", "api");
+    let (address, _) = server(&installation, &api).await;
+    let web = certificate(&installation.fra, &id("acme", "web"), DAY);
+    let connector = TlsConnector::from(Arc::new(client(&installation, web, &api)));
+    let stream = TcpStream::connect(address).await.unwrap();
+    let tls = connector.connect(mesh_server_name(), stream).await.unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+}
+
+#[tokio::test]
 async fn callers_without_a_good_certificate_are_refused_at_the_handshake() {
     let installation = installation();
     let api = id("acme", "api");
