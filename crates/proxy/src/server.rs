@@ -306,8 +306,7 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_frame_size(crate::upstream::H2_MAX_FRAME)
-        .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
-        .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW)
+        .adaptive_window(crate::upstream::H2_ADAPTIVE_WINDOW)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     context.connections.inc();
     let _open = context.shared.open_connection();
