@@ -95,6 +95,15 @@ async fn call(
     }
 }
 
+/// A TLS connection to `address` through `connector` (the handshake must succeed).
+async fn handshake(
+    connector: &TlsConnector,
+    address: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let stream = TcpStream::connect(address).await.unwrap();
+    connector.connect(mesh_server_name(), stream).await.unwrap()
+}
+
 fn client(
     installation: &Installation,
     me: Arc<CertStore>,
@@ -125,8 +134,7 @@ async fn mesh_connections_negotiate_tls13_with_aes_128_gcm() {
     let (address, _) = server(&installation, &api).await;
     let web = certificate(&installation.fra, &id("acme", "web"), DAY);
     let connector = TlsConnector::from(Arc::new(client(&installation, web, &api)));
-    let stream = TcpStream::connect(address).await.unwrap();
-    let tls = connector.connect(mesh_server_name(), stream).await.unwrap();
+    let tls = handshake(&connector, address).await;
     let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
     assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
 }
@@ -219,26 +227,14 @@ async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_stay()
     let (address, store) = server(&installation, &api).await;
     let me = certificate(&installation.fra, &id("acme", "web"), DAY);
     let connector = TlsConnector::from(Arc::new(client(&installation, me, &api)));
-    let open = connector
-        .connect(
-            mesh_server_name(),
-            TcpStream::connect(address).await.unwrap(),
-        )
-        .await
-        .unwrap();
+    let open = handshake(&connector, address).await;
     let before = open.get_ref().1.peer_certificates().unwrap()[0].clone();
 
     let (csr, key) = request_for(&api).unwrap();
     let renewed = installation.fra.issue(&csr, &api, DAY).unwrap();
     store.rotate(certified_key(&renewed.chain_pem, &key).unwrap());
 
-    let fresh = connector
-        .connect(
-            mesh_server_name(),
-            TcpStream::connect(address).await.unwrap(),
-        )
-        .await
-        .unwrap();
+    let fresh = handshake(&connector, address).await;
     let after = fresh.get_ref().1.peer_certificates().unwrap()[0].clone();
     assert_ne!(
         before, after,
