@@ -38,8 +38,8 @@ pub enum TlsError {
 }
 
 /// The crypto provider every Meridian TLS config uses: *ring*'s, preferring AES-128-GCM among the
-/// TLS 1.3 suites (as BoringSSL, and so Envoy, does). It encrypts a bulk hop with 10 AES rounds
-/// instead of AES-256's 14, and a mesh hop re-keys with every handshake and rotation anyway.
+/// TLS 1.3 suites (as BoringSSL, and so Envoy, does; it is the suite TLS 1.3 requires of every
+/// implementation). It encrypts a bulk hop with 10 AES rounds instead of AES-256's 14.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     // A stable sort: the other suites keep their order.
