@@ -4,9 +4,12 @@
 
 use tokio::net::TcpStream;
 
-/// Bytes one direction moves per `splice` call at most: the size asked for its pipe.
+/// The size a direction's pipe grows to once the direction has filled it: a bulk transfer then
+/// moves up to this much per `splice` call. Pipes start at the system's default size (64 KiB),
+/// so short-lived connections hold no more than that, and unprivileged users, whose pipes count
+/// against `fs.pipe-user-pages-soft`, spend the larger size only on connections that move a lot.
 #[cfg(target_os = "linux")]
-const PIPE_BYTES: usize = 256 << 10;
+const BULK_PIPE_BYTES: usize = 1 << 20;
 
 /// Relays bytes both ways between `a` and `b` until both directions have ended; a direction ends
 /// at end of stream, which is passed on as a write shutdown of the other socket. Returns the
@@ -29,17 +32,19 @@ pub async fn relay(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u64
 mod linux {
     use std::io;
 
-    use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
+    use rustix::pipe::{
+        fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags,
+    };
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::PIPE_BYTES;
+    use super::BULK_PIPE_BYTES;
 
     /// Moves bytes from `from` to `to` until `from` ends, then shuts down writing on `to`.
     pub(super) async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
         let (pipe_out, pipe_in) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-        // A larger pipe moves more per call; the default (64 KiB) is kept if the system refuses.
-        let capacity = fcntl_setpipe_size(&pipe_in, PIPE_BYTES).unwrap_or(64 << 10);
+        let mut capacity = fcntl_getpipe_size(&pipe_in)?;
+        let mut may_grow = capacity < BULK_PIPE_BYTES;
         let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
         let mut moved = 0u64;
         loop {
@@ -68,6 +73,13 @@ mod linux {
                 }
             }
             moved += filled as u64;
+            // A pipe filled to half or more (its slots hold a page fragment each, so it can be
+            // full below its byte size) means `from` had more: grow it, empty now, for the bulk
+            // transfer, once. If the system refuses, the pipe keeps its size.
+            if may_grow && filled >= capacity / 2 {
+                may_grow = false;
+                capacity = fcntl_setpipe_size(&pipe_in, BULK_PIPE_BYTES).unwrap_or(capacity);
+            }
         }
         rustix::net::shutdown(to, rustix::net::Shutdown::Write)?;
         Ok(moved)
