@@ -269,7 +269,12 @@ async fn serve_tls(
 ) {
     let timeout = context.shared.limits.load().header_read_timeout.0;
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => {
+        Ok(Ok(mut tls)) => {
+            if context.mesh.load().is_some() {
+                tls.get_mut()
+                    .1
+                    .set_buffer_limit(Some(crate::tls::MESH_SEND_BUFFER));
+            }
             let identity = tls
                 .get_ref()
                 .1

@@ -104,9 +104,13 @@ impl tower::Service<Uri> for ClusterConnector {
                     ));
                 };
                 let buffered = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
-                let stream = tls
+                let mut stream = tls
                     .connect(meridian_identity::mesh_server_name(), buffered)
                     .await?;
+                stream
+                    .get_mut()
+                    .1
+                    .set_buffer_limit(Some(crate::tls::MESH_SEND_BUFFER));
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 Ok((Transport::Tls(Box::new(stream)), h2))
             };
