@@ -79,6 +79,33 @@ fn strip_port(host: &str) -> &str {
 /// `te: trailers` survives: gRPC needs it end to end. With `upgrade` (a protocol switch being
 /// forwarded), `Upgrade: <upgrade>` and `Connection: upgrade` are set again.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    // Most messages carry none of them: one pass over the names costs less than a lookup each.
+    if headers.keys().any(is_hop_by_hop) {
+        remove_hop_by_hop(headers);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The headers that are hop-by-hop whatever `Connection` names, and `te`.
+const HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::TRAILER,
+    &header::TE,
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
+/// The work of [`strip_hop_by_hop`] once a message has a hop-by-hop header.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -89,14 +116,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::TRAILER,
-    ] {
+    for name in HOP_BY_HOP.into_iter().filter(|name| *name != header::TE) {
         headers.remove(name);
     }
     if headers
@@ -104,10 +124,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
         .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
-    }
-    if let Some(protocol) = upgrade {
-        headers.insert(header::UPGRADE, protocol);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
