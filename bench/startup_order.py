@@ -21,7 +21,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+
+from proxy import wait_port  # bench/proxy.py, beside this script
 
 HEADER = """\
 # Functions `meridian proxy` runs at start and on its first requests, for the linker's
@@ -34,17 +35,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_port(port, deadline=120.0):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on port {port} after {deadline:.0f}s")
 
 
 def profile(meridian, hello, callgrind_out):
@@ -74,7 +64,8 @@ clusters:
     try:
         wait_port(upstream)
         for port in (http1, h2c, admin):
-            wait_port(port)
+            # Under valgrind the proxy takes seconds to start.
+            wait_port(port, deadline=120.0)
         for _ in range(3):
             subprocess.run(["curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{http1}/"],
                            check=True)
@@ -91,8 +82,8 @@ clusters:
 
 
 def functions_run(callgrind_out, binary_name):
-    """Mangled names of the functions of `binary_name` that ran, in the order callgrind lists
-    them. Callgrind numbers names and objects on first use (`fn=(7) name`, then `fn=(7)`) and
+    """Mangled names of the functions of `binary_name` that ran, sorted (so that the list
+    changes only where the code did). Callgrind numbers names and objects on first use (`fn=(7) name`, then `fn=(7)`) and
     marks recursion depth with a `'N` suffix."""
     objects, names, current, seen = {}, {}, None, {}
     definition = re.compile(r"^(c?ob|c?fn)=\((\d+)\)(?: (.*))?$")
@@ -109,7 +100,7 @@ def functions_run(callgrind_out, binary_name):
                 current = objects[number]
             elif kind == "fn" and os.path.basename(current or "") == binary_name:
                 seen.setdefault(re.sub(r"'\d+$", "", names[number]), None)
-    return list(seen)
+    return sorted(seen)
 
 
 def code_symbols(binary):
