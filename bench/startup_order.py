@@ -9,8 +9,10 @@ about 7 MiB of it resident. Laid out together they fit in about 2 MiB (bench/pro
 How: runs `meridian proxy` under callgrind (valgrind) in front of meridian-hello, makes HTTP/1.1,
 h2c and admin requests, and lists every function of the binary that ran, by mangled name. Names
 carry a hash that stays the same across source edits but changes with the compiler or a
-dependency's version: stale names are skipped by the linker, and the layout degrades to the
-default until this script is run again. Run it through bench/startup-order.sh.
+dependency's version; the `.llvm.N` suffix of about one name in seven (local functions LLVM
+made visible across its units) changes with the code around it. The linker skips stale names,
+and those functions fall back to the default layout until this script is run again. Run it
+through bench/startup-order.sh.
 """
 
 import argparse
