@@ -86,9 +86,9 @@ clusters:
 
 def functions_run(callgrind_out, binary_name):
     """Mangled names of the functions of `binary_name` that ran, sorted (so that the list
-    changes only where the code did). Callgrind numbers names and objects on first use (`fn=(7) name`, then `fn=(7)`) and
-    marks recursion depth with a `'N` suffix."""
-    objects, names, current, seen = {}, {}, None, {}
+    changes only where the code did). Callgrind numbers names and objects on first use
+    (`fn=(7) name`, then `fn=(7)`) and marks recursion depth with a `'N` suffix."""
+    objects, names, current, seen = {}, {}, None, set()
     definition = re.compile(r"^(c?ob|c?fn)=\((\d+)\)(?: (.*))?$")
     with open(callgrind_out) as f:
         for line in f:
@@ -102,7 +102,7 @@ def functions_run(callgrind_out, binary_name):
             if kind == "ob":
                 current = objects[number]
             elif kind == "fn" and os.path.basename(current or "") == binary_name:
-                seen.setdefault(re.sub(r"'\d+$", "", names[number]), None)
+                seen.add(re.sub(r"'\d+$", "", names[number]))
     return sorted(seen)
 
 
