@@ -89,19 +89,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     }
 }
 
-/// The headers that are hop-by-hop whatever `Connection` names, and `te`.
-const HOP_BY_HOP: [&HeaderName; 7] = [
+/// The headers that are hop-by-hop whatever `Connection` names (`te` aside: see above).
+const HOP_BY_HOP: [&HeaderName; 6] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
     &header::TRAILER,
-    &header::TE,
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name)
+    name == header::TE || HOP_BY_HOP.contains(&name)
 }
 
 /// The work of [`strip_hop_by_hop`] once a message has a hop-by-hop header.
@@ -116,7 +115,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP.into_iter().filter(|name| *name != header::TE) {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if headers
