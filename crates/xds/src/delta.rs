@@ -11,7 +11,7 @@ use tonic::Status;
 
 use crate::cache::Dirty;
 use crate::stream::{Context, Protocol};
-use crate::wildcard_by_default;
+use crate::{served, wildcard_by_default};
 
 /// Responses whose ACK a stream still tracks per type; older ones count as lost.
 const TRACKED_NONCES: usize = 16;
@@ -52,6 +52,14 @@ impl Protocol for Delta {
         cx: &mut Context,
     ) -> Result<Vec<DeltaDiscoveryResponse>, Status> {
         let type_url = request.type_url;
+        if !served(&type_url) {
+            return unserved(
+                type_url,
+                request.response_nonce,
+                request.resource_names_subscribe,
+                cx,
+            );
+        }
         let state = self.types.entry(type_url.clone()).or_default();
         if !request.response_nonce.is_empty() {
             acknowledge(
@@ -158,6 +166,34 @@ impl Protocol for Delta {
     }
 }
 
+/// The answer to a request for a type the server does not serve: the first request of a
+/// subscription gets every name it asked for back as removed (so the client stops waiting for
+/// them); ACKs of that answer get nothing. No state is kept.
+fn unserved(
+    type_url: String,
+    nonce: String,
+    names: Vec<String>,
+    cx: &mut Context,
+) -> Result<Vec<DeltaDiscoveryResponse>, Status> {
+    if !nonce.is_empty() {
+        return Ok(Vec::new());
+    }
+    if names.len() > cx.limits.max_names_per_type {
+        return Err(Status::resource_exhausted(format!(
+            "resource_names_subscribe: {} names for {type_url}; at most {} are allowed",
+            names.len(),
+            cx.limits.max_names_per_type
+        )));
+    }
+    tracing::debug!(node = %cx.scope.node_id, %type_url, "request for a type this server does not serve");
+    Ok(vec![DeltaDiscoveryResponse {
+        removed_resources: names.into_iter().filter(|n| n != "*").collect(),
+        type_url,
+        nonce: cx.nonce(),
+        ..Default::default()
+    }])
+}
+
 /// Why a response is made.
 #[derive(Clone, Copy)]
 enum Answer {
@@ -181,11 +217,13 @@ fn acknowledge(
     let Some(position) = state.unacked.iter().position(|(n, _)| n == nonce) else {
         return;
     };
-    let (_, oldest) = state
+    // Acknowledging a response acknowledges the ones before it too: the earliest change any of
+    // them carried is the one this ACK completes last.
+    let oldest = state
         .unacked
         .drain(..=position)
-        .next_back()
-        .unwrap_or_default();
+        .filter_map(|(_, oldest)| oldest)
+        .min();
     match error {
         Some(error) => {
             cx.metrics.nacked(Delta::API, type_url);

@@ -53,8 +53,17 @@ pub(crate) fn type_label(type_url: &str) -> &'static str {
         ENDPOINT => "endpoint",
         meridian::ASSIGNMENT => "assignment",
         meridian::SERVICE => "service",
+        meridian::REGIONAL_DEPLOYMENT => "regional_deployment",
+        meridian::REGION_SUMMARY => "region_summary",
         _ => "other",
     }
+}
+
+/// Whether the server keeps subscriptions for `type_url`: the four standard types and
+/// Meridian's own. A request for any other type gets an empty answer and leaves no state
+/// behind, so a client cannot grow the server's memory by inventing type URLs.
+pub(crate) fn served(type_url: &str) -> bool {
+    type_label(type_url) != "other"
 }
 
 /// Whether a request for `type_url` with no names means "everything" (Listener and Cluster: the

@@ -9,7 +9,7 @@ use tonic::Status;
 
 use crate::cache::Dirty;
 use crate::stream::{Context, Protocol};
-use crate::wildcard_by_default;
+use crate::{served, wildcard_by_default};
 
 /// One type's state on a state-of-the-world stream.
 #[derive(Default)]
@@ -57,6 +57,19 @@ impl Protocol for Sotw {
                 request.resource_names.len(),
                 cx.limits.max_names_per_type
             )));
+        }
+        if !served(&type_url) {
+            // An empty answer to the first request, nothing to its ACKs, and no state kept.
+            if !request.response_nonce.is_empty() {
+                return Ok(Vec::new());
+            }
+            tracing::debug!(node = %cx.scope.node_id, %type_url, "request for a type this server does not serve");
+            return Ok(vec![DiscoveryResponse {
+                version_info: "0".to_owned(),
+                type_url,
+                nonce: cx.nonce(),
+                ..Default::default()
+            }]);
         }
         let state = self.types.entry(type_url.clone()).or_default();
         if !request.response_nonce.is_empty() {

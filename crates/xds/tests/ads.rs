@@ -45,12 +45,17 @@ async fn start(limits: Limits) -> Server {
 
 impl Server {
     fn metric(&self, prefix: &str) -> u64 {
+        self.metric_value(prefix) as u64
+    }
+
+    /// The sum of the samples whose line starts with `prefix`.
+    fn metric_value(&self, prefix: &str) -> f64 {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
         text.lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+            .sum()
     }
 }
 
@@ -263,6 +268,64 @@ async fn a_nack_is_counted_and_the_next_change_still_arrives() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn an_ack_of_a_later_response_completes_the_earlier_changes_too() {
+    let server = start(Limits::default()).await;
+    put(&server.cache, ENDPOINT, &[("proxy/a", 1)]);
+    let mut stream = delta(&server.url).await;
+    stream
+        .send(subscribe(Some(node("n1", None)), ENDPOINT, &["a"]))
+        .await;
+    let first = stream.next().await;
+    stream.send(ack(ENDPOINT, &first.nonce)).await;
+    // Two changes; the client acknowledges only the second response, as a client that
+    // applies the newest configuration may.
+    put(&server.cache, ENDPOINT, &[("proxy/a", 2)]);
+    let _second = stream.next().await;
+    let gap = Duration::from_millis(300);
+    tokio::time::sleep(gap).await;
+    put(&server.cache, ENDPOINT, &[("proxy/a", 3)]);
+    let third = stream.next().await;
+    stream.send(ack(ENDPOINT, &third.nonce)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.metric("meridian_xds_convergence_seconds_count") != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ACK was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let converged = server.metric_value("meridian_xds_convergence_seconds_sum");
+    assert!(
+        converged >= gap.as_secs_f64(),
+        "the ACK completes the first change, made {gap:?} before the second: {converged} s"
+    );
+}
+
+#[tokio::test]
+async fn delta_answers_unknown_types_with_removals_and_keeps_serving_known_ones() {
+    const UNKNOWN: &str = "type.googleapis.com/example.Unknown";
+    let server = start(Limits::default()).await;
+    put(&server.cache, ENDPOINT, &[("proxy/a", 1)]);
+    let mut stream = delta(&server.url).await;
+    stream
+        .send(subscribe(Some(node("n1", None)), UNKNOWN, &["x", "y"]))
+        .await;
+    let response = stream.next().await;
+    assert_eq!(response.type_url, UNKNOWN);
+    assert!(response.resources.is_empty());
+    assert_eq!(response.removed_resources, ["x", "y"]);
+    // The ACK of that answer gets none; the next subscription on the stream is served.
+    stream.send(ack(UNKNOWN, &response.nonce)).await;
+    stream.send(subscribe(None, ENDPOINT, &["a"])).await;
+    let response = stream.next().await;
+    assert_eq!(response.type_url, ENDPOINT);
+    assert_eq!(
+        tag_of(response.resources[0].resource.as_ref().unwrap()),
+        "proxy/a#1"
+    );
 }
 
 #[tokio::test]
