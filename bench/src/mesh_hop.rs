@@ -284,7 +284,8 @@ async fn download(port: u16) -> Result<f64> {
     Ok(bytes * 8.0 / started.elapsed().as_secs_f64() / 1e9)
 }
 
-/// Handshakes per second against the mesh listener, with or without session resumption.
+/// Handshakes per second against the mesh listener, with or without session resumption (an
+/// error if a handshake after the first did not resume when it should have).
 async fn handshakes(args: &Args, setup: &Setup, resumed: bool) -> Result<f64> {
     let who = id("outbound");
     let (csr, key) = request_for(&who)?;
@@ -297,9 +298,13 @@ async fn handshakes(args: &Args, setup: &Setup, resumed: bool) -> Result<f64> {
     }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let started = Instant::now();
+    let mut full = 0;
     for _ in 0..args.handshakes {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", INBOUND)).await?;
         let mut tls = connector.connect(mesh_server_name(), tcp).await?;
+        if tls.get_ref().1.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+            full += 1;
+        }
         // A resumable session ticket arrives after the handshake; read until it has.
         use tokio::io::AsyncWriteExt;
         tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -307,6 +312,12 @@ async fn handshakes(args: &Args, setup: &Setup, resumed: bool) -> Result<f64> {
         let mut sink = Vec::new();
         use tokio::io::AsyncReadExt;
         let _ = tls.read_to_end(&mut sink).await;
+    }
+    if resumed && full > 1 {
+        bail!(
+            "{full} of {} handshakes meant to resume were full ones",
+            args.handshakes
+        );
     }
     Ok(f64::from(args.handshakes) / started.elapsed().as_secs_f64())
 }

@@ -78,6 +78,8 @@ struct Active {
     /// Upstream clients by cluster, protocol, connect timeout and mutual-TLS identity, kept
     /// across reloads so that pooled connections survive a config swap.
     clients: HashMap<ClientKey, UpstreamClient>,
+    /// The listeners' TLS acceptors, kept across reloads while their files are unchanged.
+    acceptors: tls::Acceptors,
     /// The running health-check tasks; replaced on every apply.
     checkers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -90,18 +92,25 @@ impl Drop for Active {
     }
 }
 
-/// The TLS acceptor of each listener (in order), or every problem with the files.
-fn tls_acceptors(config: &ProxyConfig) -> Result<Vec<Option<Arc<TlsAcceptor>>>, ValidationErrors> {
+/// The TLS acceptor of each listener (in order), reusing those in `built` whose files are
+/// unchanged, with what identifies each; or every problem with the files.
+#[allow(clippy::type_complexity)]
+fn tls_acceptors(
+    config: &ProxyConfig,
+    built: &tls::Acceptors,
+) -> Result<Vec<Option<(String, Arc<TlsAcceptor>)>>, ValidationErrors> {
     let mut acceptors = Vec::with_capacity(config.listeners.len());
     let mut errors = ValidationErrors::default();
     for (index, listener) in config.listeners.iter().enumerate() {
-        let built = match (&listener.tls, &listener.mesh) {
-            (_, Some(mesh)) => tls::mesh_acceptor(mesh).map(Some).map_err(|e| ("mesh", e)),
-            (Some(tls), None) => tls::acceptor(tls).map(Some).map_err(|e| ("tls", e)),
+        let acceptor = match (&listener.tls, &listener.mesh) {
+            (_, Some(mesh)) => tls::mesh_acceptor(mesh, built)
+                .map(Some)
+                .map_err(|e| ("mesh", e)),
+            (Some(tls), None) => tls::acceptor(tls, built).map(Some).map_err(|e| ("tls", e)),
             (None, None) => Ok(None),
         };
-        match built {
-            Ok(acceptor) => acceptors.push(acceptor.map(Arc::new)),
+        match acceptor {
+            Ok(acceptor) => acceptors.push(acceptor),
             Err((section, (field, reason))) => {
                 errors.push(format!("listeners[{index}].{section}.{field}"), reason);
                 acceptors.push(None);
@@ -173,8 +182,9 @@ impl Proxy {
 
     async fn try_apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
         config::validate(&config)?;
-        let acceptors = tls_acceptors(&config)?;
         let mut active = self.active.lock().await;
+        let acceptors = tls_acceptors(&config, &active.acceptors)?;
+        let mut built_acceptors = tls::Acceptors::new();
         // Nothing shared with the running configuration (endpoints, pools) may change before the
         // last fallible step (binding): what to change is collected and done at the commit.
         let mut clusters = HashMap::new();
@@ -236,6 +246,10 @@ impl Proxy {
         let mut handovers = Vec::new();
         let listeners = config.listeners.iter().zip(tables).zip(acceptors);
         for (index, ((listener, table), acceptor)) in listeners.enumerate() {
+            let acceptor = acceptor.map(|(fingerprint, acceptor)| {
+                built_acceptors.insert(fingerprint, acceptor.clone());
+                acceptor
+            });
             let relay = listener
                 .cluster
                 .as_ref()
@@ -293,6 +307,7 @@ impl Proxy {
             fresh.insert(listener.name.clone(), entry);
         }
         // Commit: from here on nothing fails.
+        active.acceptors = built_acceptors;
         active.clients = clients
             .into_iter()
             .map(|(key, (upstream, limit))| {

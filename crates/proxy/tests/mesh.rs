@@ -380,3 +380,58 @@ async fn certificates_rotate_under_steady_load_without_a_failed_request() {
         "same listener throughout"
     );
 }
+
+/// One request over a new mutual-TLS connection made with `config`; how its handshake went.
+async fn handshake_kind(
+    config: &Arc<rustls::ClientConfig>,
+    address: SocketAddr,
+) -> rustls::HandshakeKind {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let tls = TlsConnector::from(config.clone())
+        .connect(mesh_server_name(), tcp)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    // The response brings the session tickets the next connection resumes with.
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/")
+        .header("host", "api.shop.internal")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    kind
+}
+
+#[tokio::test]
+async fn sessions_resume_across_config_changes_but_not_across_a_new_certificate() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let pki = Pki::new();
+    let me = id("acme", "shop", "api");
+    let upstream = peer_echo().await;
+    let (proxy, address, text) = mesh_proxy_with_text(&pki, &me, upstream).await;
+    let (chain, key) = pki.issue(&id("acme", "shop", "web"));
+    let local = CertStore::new(certified_key(&chain, &key).unwrap());
+    let bundle = trust_bundle(pki.root.certificate_pem()).unwrap();
+    let mut config = client_config(local, bundle, me.clone()).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
+    assert_eq!(handshake_kind(&config, address).await, Full);
+    assert_eq!(handshake_kind(&config, address).await, Resumed);
+
+    // Another policy, same files: the listener keeps its session cache.
+    let changed = text.replace("allow: [initech/*/*]", "allow: [initech/*/*, globex/*/*]");
+    assert_ne!(changed, text);
+    proxy.apply_text(&changed).await.unwrap();
+    assert_eq!(handshake_kind(&config, address).await, Resumed);
+
+    // A renewed certificate: no session outlives the certificate it was made with.
+    let files = ["chain.pem", "key.pem"].map(|n| pki.dir.path().join(n));
+    rotate(&pki, &proxy, &me, &files, &changed).await;
+    assert_eq!(handshake_kind(&config, address).await, Full);
+}
