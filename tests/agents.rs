@@ -301,6 +301,20 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
         refused.headers()["x-meridian-error"].to_str().unwrap(),
         "forbidden_peer"
     );
+    // The refusing node proxy writes an audit line with both identities.
+    let caller = format!("caller=spiffe://{trust_domain}/org/other/app/shop/service/client");
+    let callee = format!("callee=spiffe://{trust_domain}/org/acme/app/shop/service/api");
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = _one.log() + &_two.log();
+        let audit = logs.lines().find(|l| l.contains("mesh call denied"));
+        if let Some(line) = audit {
+            assert!(line.contains(&caller) && line.contains(&callee), "{line}");
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "no audit line in {logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether this run may make network namespaces (root with iproute2 and nftables); in CI

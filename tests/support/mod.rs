@@ -473,8 +473,11 @@ pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path
 /// stopped (with its instances) on drop.
 pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&str]) -> Agent {
     let token = region.join_token(&format!("agent/{node}"));
+    let log = dir.join(format!("{node}-{LOG_FILE}"));
+    let log_file = std::fs::File::create(&log).unwrap();
     let (child, lines) = spawn_with_lines(
         Command::new(MERIDIAN)
+            .stderr(log_file)
             .args(["agent", "--region", &region.region, "--node", node])
             .args(["--control", &region.xds, "--join-token", &token])
             .args(["--capacity", "4"])
@@ -494,6 +497,7 @@ pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&
     Agent {
         _process: Stopped(child),
         admin,
+        log,
     }
 }
 
@@ -502,6 +506,14 @@ pub struct Agent {
     _process: Stopped,
     /// Its admin port (`http://ip:port`).
     pub admin: String,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 /// The region's gateway, joined with a token; the address of its plain-HTTP listener.

@@ -120,6 +120,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // The proxy and the DNS server on a single CPU run on the current thread: no cross-thread scheduling on the
     // request path. Everything else (and the proxy on several CPUs) uses the multi-threaded one.

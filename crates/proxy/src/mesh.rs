@@ -22,6 +22,8 @@ pub struct MeshPolicy {
     org: Option<String>,
     /// Allowed callers of other orgs: `[org, app, service]`, `*` for any.
     allow: Vec<[String; 3]>,
+    /// The listener's own SPIFFE ID (from its certificate), for the audit log.
+    callee: String,
 }
 
 impl MeshPolicy {
@@ -38,6 +40,8 @@ impl MeshPolicy {
         MeshPolicy {
             org: mesh.org.clone(),
             allow,
+            callee: own_id(&mesh.cert_file)
+                .map_or_else(|| "unknown".to_owned(), |id| id.to_string()),
         }
     }
 
@@ -81,11 +85,21 @@ pub fn refuse(
         caller => {
             ctx.denied.inc();
             let caller = caller.map_or_else(|| "unknown".to_owned(), |(id, _)| id.to_string());
-            tracing::warn!(target: "audit", listener = %ctx.name, %caller, callee_org = policy.org.as_deref().unwrap_or("(gateway)"),
+            tracing::warn!(target: "audit", listener = %ctx.name, %caller, callee = %policy.callee,
                 path = %request.uri().path(), client = %peer.addr, "mesh call denied");
             Some(local_response(StatusCode::FORBIDDEN, "forbidden_peer"))
         }
     }
+}
+
+/// The SPIFFE ID of the leaf certificate in `cert_file`, if it can be read.
+fn own_id(cert_file: &str) -> Option<SpiffeId> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(cert_file).ok()?;
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()?
+        .ok()?;
+    meridian_identity::peer_id(&leaf)
 }
 
 /// The header value naming `id`.
