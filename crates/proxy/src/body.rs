@@ -3,10 +3,10 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// The error a [`LimitedBody`] yields once the body is over its limit.
@@ -21,6 +21,9 @@ pub struct BodyState {
     over_limit: AtomicBool,
     failed: AtomicBool,
     finished: AtomicBool,
+    /// The copy kept for replay ([`LimitedBody::keep_copy`]); `None` when none is kept, or once
+    /// the body outgrew it.
+    copy: Mutex<Option<BytesMut>>,
 }
 
 impl BodyState {
@@ -38,6 +41,16 @@ impl BodyState {
     pub fn finished(&self) -> bool {
         self.finished.load(Ordering::Relaxed)
     }
+
+    /// The whole body, once it has been read to its end within the copy's size (taken: it is
+    /// returned once).
+    pub fn take_copy(&self) -> Option<Bytes> {
+        if !self.finished() {
+            return None;
+        }
+        let mut copy = self.copy.lock().unwrap_or_else(PoisonError::into_inner);
+        copy.take().map(BytesMut::freeze)
+    }
 }
 
 /// A request body that fails once more than its limit has been read, and records how it ended.
@@ -45,6 +58,8 @@ pub struct LimitedBody {
     inner: Incoming,
     left: u64,
     state: Arc<BodyState>,
+    /// Most bytes the copy for replay may hold, while one is kept.
+    keep: Option<usize>,
 }
 
 impl LimitedBody {
@@ -58,6 +73,41 @@ impl LimitedBody {
             inner,
             left: limit,
             state: Arc::new(state),
+            keep: None,
+        }
+    }
+
+    /// The body, keeping a copy of what streams through (up to `cap` bytes) so that a request
+    /// whose body had to stream can still be replayed once the client has sent all of it. A
+    /// body larger than `cap`, or with trailers, drops its copy.
+    pub fn keep_copy(mut self, cap: usize) -> LimitedBody {
+        *self
+            .state
+            .copy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(BytesMut::new());
+        self.keep = Some(cap);
+        self
+    }
+
+    /// Adds `frame` to the copy, or drops the copy if it cannot hold the frame.
+    fn copy(&mut self, frame: &Frame<Bytes>) {
+        let Some(cap) = self.keep else {
+            return;
+        };
+        let mut copy = self
+            .state
+            .copy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (copy.as_mut(), frame.data_ref()) {
+            (Some(bytes), Some(data)) if bytes.len() + data.len() <= cap => {
+                bytes.extend_from_slice(data);
+            }
+            _ => {
+                *copy = None;
+                self.keep = None;
+            }
         }
     }
 
@@ -95,6 +145,7 @@ impl Body for LimitedBody {
             }
             self.left -= length;
         }
+        self.copy(&frame);
         if self.inner.is_end_stream() {
             self.state.finished.store(true, Ordering::Relaxed);
         }

@@ -7,7 +7,7 @@
 //! together cover less than 100%, the shares are scaled up to 100%.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,6 +239,8 @@ pub struct Cluster {
 struct Breaker {
     /// Requests admitted and not finished.
     active: AtomicU32,
+    /// Of those, the ones that have made a retry.
+    retrying: AtomicU32,
     /// Requests waiting for a slot.
     pending: AtomicU32,
     /// Signalled when an admitted request finishes while others wait.
@@ -287,15 +289,12 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Retries allowed on top of a cluster's requests: each request deposits `ratio` of a token (the
-/// balance is capped at ten seconds' worth), each retry takes one; besides, `min_per_second`
-/// retries a second are always allowed.
+/// Retries allowed on top of a cluster's requests: while at most `ratio` of the requests in
+/// flight are retrying, another may; besides, `min_per_second` retries a second are always
+/// allowed (so that a cluster with little traffic can still retry).
 #[derive(Debug)]
 struct RetryBudget {
-    /// Deposit per request, in thousandths of a token.
-    ratio_milli: i64,
-    /// Balance, in thousandths of a token; carried over by reloads.
-    balance_milli: Arc<AtomicI64>,
+    ratio: f64,
     min_per_second: u32,
     /// The second `floor_used` counts for.
     floor_second: AtomicU64,
@@ -303,41 +302,32 @@ struct RetryBudget {
 }
 
 impl RetryBudget {
-    fn deposit(&self) {
-        let cap = self.ratio_milli.saturating_mul(10_000).max(10_000);
-        let before = self
-            .balance_milli
-            .fetch_add(self.ratio_milli, Ordering::Relaxed);
-        if before + self.ratio_milli > cap {
-            self.balance_milli
-                .fetch_sub(self.ratio_milli, Ordering::Relaxed);
+    /// Whether one more request may retry while `retrying` others do, of `active` in flight.
+    fn allows(&self, now_second: u64, active: u32, retrying: u32) -> bool {
+        if f64::from(retrying + 1) <= self.ratio * f64::from(active) {
+            return true;
         }
-    }
-
-    fn withdraw(&self, now_second: u64) -> bool {
         if self.floor_second.swap(now_second, Ordering::Relaxed) != now_second {
             self.floor_used.store(0, Ordering::Relaxed);
         }
-        if self.floor_used.fetch_add(1, Ordering::Relaxed) < self.min_per_second {
-            return true;
-        }
-        if self.balance_milli.fetch_sub(1000, Ordering::Relaxed) >= 1000 {
-            return true;
-        }
-        self.balance_milli.fetch_add(1000, Ordering::Relaxed);
-        false
+        self.floor_used.fetch_add(1, Ordering::Relaxed) < self.min_per_second
     }
 }
 
 /// A request admitted by the circuit breaker; frees its slot when dropped.
 pub struct Admission<'c> {
     cluster: &'c Cluster,
+    /// Whether the request has made a retry (and counts in the breaker's `retrying`).
+    retrying: bool,
 }
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         let breaker = &self.cluster.breaker;
         breaker.active.fetch_sub(1, Ordering::Relaxed);
+        if self.retrying {
+            breaker.retrying.fetch_sub(1, Ordering::Relaxed);
+        }
         if breaker.pending.load(Ordering::Relaxed) > 0 {
             breaker.freed.notify_one();
         }
@@ -464,9 +454,7 @@ impl Cluster {
             max_pending: config.circuit_breakers.max_pending_requests,
             breaker: previous.map_or_else(Default::default, |p| p.breaker.clone()),
             budget: RetryBudget {
-                ratio_milli: (config.retry_budget.ratio * 1000.0) as i64,
-                balance_milli: previous
-                    .map_or_else(Default::default, |p| p.budget.balance_milli.clone()),
+                ratio: config.retry_budget.ratio,
                 min_per_second: config.retry_budget.min_per_second,
                 floor_second: AtomicU64::new(0),
                 floor_used: AtomicU32::new(0),
@@ -480,7 +468,6 @@ impl Cluster {
 
     /// Admits a request under the circuit breaker's `max_requests`. When the cluster is full the
     /// request waits for a slot, as one of at most `max_pending_requests`, until `deadline`.
-    /// Each admitted request also pays into the retry budget.
     pub async fn admit(&self, deadline: tokio::time::Instant) -> Result<Admission<'_>, Overflow> {
         let breaker = &*self.breaker;
         if !breaker.try_take(self.max_requests) {
@@ -507,13 +494,32 @@ impl Cluster {
                 }
             }
         }
-        self.budget.deposit();
-        Ok(Admission { cluster: self })
+        Ok(Admission {
+            cluster: self,
+            retrying: false,
+        })
     }
 
-    /// Whether the retry budget allows one more retry now (and takes it).
-    pub fn allow_retry(&self) -> bool {
-        self.budget.withdraw(self.epoch.elapsed().as_secs())
+    /// Whether the retry budget allows `admitted` one more retry now (counting it as retrying
+    /// from then on).
+    pub fn allow_retry(&self, admitted: &mut Admission<'_>) -> bool {
+        let breaker = &*self.breaker;
+        let others = breaker
+            .retrying
+            .load(Ordering::Relaxed)
+            .saturating_sub(u32::from(admitted.retrying));
+        let active = breaker.active.load(Ordering::Relaxed);
+        if !self
+            .budget
+            .allows(self.epoch.elapsed().as_secs(), active, others)
+        {
+            return false;
+        }
+        if !admitted.retrying {
+            admitted.retrying = true;
+            breaker.retrying.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Outlier detection: counts consecutive errors of `endpoint` and ejects it when a threshold
@@ -908,5 +914,26 @@ mod tests {
         let ports = picks(&c, 200, &none);
         let busy = ports.iter().filter(|p| **p == 1).count();
         assert!(busy < 80, "the busy endpoint got {busy} of 200");
+    }
+
+    #[test]
+    fn the_retry_budget_follows_live_requests_with_a_floor_per_second() {
+        let budget = RetryBudget {
+            ratio: 0.2,
+            min_per_second: 2,
+            floor_second: AtomicU64::new(0),
+            floor_used: AtomicU32::new(0),
+        };
+        // Of 10 requests in flight, 2 may be retrying at once.
+        assert!(budget.allows(1, 10, 0));
+        assert!(budget.allows(1, 10, 1));
+        // More draw on the floor: 2 a second.
+        assert!(budget.allows(1, 10, 2));
+        assert!(budget.allows(1, 10, 2));
+        assert!(!budget.allows(1, 10, 2));
+        // More live requests make room again; a new second brings a new floor.
+        assert!(budget.allows(1, 20, 3));
+        assert!(!budget.allows(1, 10, 5));
+        assert!(budget.allows(2, 10, 5));
     }
 }

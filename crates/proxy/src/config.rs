@@ -153,19 +153,19 @@ fn default_route_timeout() -> HumanDuration {
 pub enum RetryOn {
     /// The connection to the endpoint failed (any method: nothing was sent).
     ConnectFailure,
-    /// Any 5xx answer (idempotent methods only).
+    /// Any 5xx answer.
     #[serde(rename = "5xx")]
     ServerError,
-    /// 502, 503, 504 or a per-try timeout (idempotent methods only).
+    /// 502, 503, 504, a per-try timeout, or a failure after connecting.
     GatewayError,
     /// gRPC status cancelled, deadline-exceeded, resource-exhausted or unavailable in a
-    /// trailers-only answer (idempotent methods only).
+    /// trailers-only answer.
     RetriableGrpc,
 }
 
-/// A route's retry policy. A request is retried only if its body was buffered whole (at most
-/// `buffer_limit` bytes) and the cluster's retry budget allows; each retry goes to another
-/// endpoint where there is one.
+/// A route's retry policy. A request (of any method) is retried only if the proxy holds its
+/// whole body (at most `buffer_limit` bytes) and the cluster's retry budget allows; each retry
+/// goes to another endpoint where there is one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {
     /// Retries after the first attempt, 1–5; defaults to 2.
@@ -463,12 +463,11 @@ impl Default for CircuitBreakers {
     }
 }
 
-/// Retries allowed: each request adds `ratio` of a retry to the cluster's balance (which holds at
-/// most `max(10000 × ratio, 10)` retries), and `min_per_second` retries a second are always
-/// allowed.
+/// Retries allowed: a request may retry while at most `ratio` of the cluster's requests in
+/// flight are retrying; besides, `min_per_second` retries a second are always allowed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetryBudgetConfig {
-    /// Retries per request, 0–1; defaults to 0.2.
+    /// Fraction of the requests in flight that may be retrying at once, 0–1; defaults to 0.2.
     #[serde(default = "default_retry_ratio")]
     pub ratio: f64,
     /// Retries always allowed per second; defaults to 10.

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::LimitedBody;
+use crate::body::{BodyState, LimitedBody};
 use crate::cluster::{Cluster, Outcome, Overflow};
 use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
@@ -326,7 +326,11 @@ impl Prepared {
 /// A request body ready for attempts: kept whole for replay, or streamed once.
 enum Body {
     Replayable(Bytes),
-    Streamed(Option<LimitedBody>),
+    /// Streamed to the first attempt; `copied` if a copy is kept that may make it replayable.
+    Streamed {
+        body: Option<LimitedBody>,
+        copied: bool,
+    },
 }
 
 impl Body {
@@ -334,12 +338,29 @@ impl Body {
     fn next(&mut self) -> Option<UpstreamBody> {
         match self {
             Body::Replayable(bytes) => Some(Either::Right(Full::new(bytes.clone()))),
-            Body::Streamed(incoming) => incoming.take().map(Either::Left),
+            Body::Streamed { body, .. } => body.take().map(Either::Left),
         }
     }
 
     fn replayable(&self) -> bool {
         matches!(self, Body::Replayable(_))
+    }
+
+    /// Whether another attempt may follow this one (the body is whole, or a copy is kept).
+    fn may_replay(&self) -> bool {
+        matches!(
+            self,
+            Body::Replayable(_) | Body::Streamed { copied: true, .. }
+        )
+    }
+
+    /// After an attempt: a streamed body whose copy holds all of it becomes replayable.
+    fn recover(&mut self, state: &BodyState) {
+        if let Body::Streamed { copied: true, .. } = self {
+            if let Some(bytes) = state.take_copy() {
+                *self = Body::Replayable(bytes);
+            }
+        }
     }
 }
 
@@ -350,8 +371,10 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Keeps `body` whole if it is at most `keep` bytes by its Content-Length (or empty); else leaves
-/// it to stream, which rules out retries.
+/// Keeps `body` whole if it is at most `keep` bytes by its Content-Length (or empty). A body of
+/// unknown length (chunked, or HTTP/2 without Content-Length, as gRPC sends) streams while a copy
+/// of up to `keep` bytes is kept, so that it can be replayed if it turns out that small; a longer
+/// one streams, which rules out retries.
 async fn buffer(
     body: LimitedBody,
     headers: &HeaderMap,
@@ -364,7 +387,14 @@ async fn buffer(
         Some(length) if length <= keep as u64 => {
             Ok(Body::Replayable(body.collect().await?.to_bytes()))
         }
-        _ => Ok(Body::Streamed(Some(body))),
+        Some(_) => Ok(Body::Streamed {
+            body: Some(body),
+            copied: false,
+        }),
+        None => Ok(Body::Streamed {
+            body: Some(body.keep_copy(keep)),
+            copied: true,
+        }),
     }
 }
 
@@ -393,13 +423,6 @@ fn too_large() -> Response<ProxyBody> {
     local_response(StatusCode::PAYLOAD_TOO_LARGE, "request_body_too_large")
 }
 
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 /// gRPC codes worth another try: cancelled, deadline-exceeded, resource-exhausted, unavailable.
 fn retriable_grpc(headers: &HeaderMap) -> bool {
     matches!(
@@ -423,21 +446,18 @@ impl Attempt {
         }
     }
 
-    /// Whether `policy` retries this attempt of a request with `method`.
-    fn retriable(&self, policy: &RetryPolicy, method: &Method) -> bool {
+    /// Whether `policy` retries this attempt (of a request whose body can be replayed: any
+    /// method, as the body is held whole).
+    fn retriable(&self, policy: &RetryPolicy) -> bool {
         let on = |condition| policy.on.contains(&condition);
-        let idempotent = idempotent(method);
         match self {
             Attempt::Failed { connect: true } => on(RetryOn::ConnectFailure),
-            Attempt::Failed { connect: false } | Attempt::TimedOut => {
-                idempotent && on(RetryOn::GatewayError)
-            }
+            Attempt::Failed { connect: false } | Attempt::TimedOut => on(RetryOn::GatewayError),
             Attempt::Answered(response) => {
                 let status = response.status().as_u16();
-                idempotent
-                    && ((on(RetryOn::ServerError) && status >= 500)
-                        || (on(RetryOn::GatewayError) && (502..=504).contains(&status))
-                        || (on(RetryOn::RetriableGrpc) && retriable_grpc(response.headers())))
+                (on(RetryOn::ServerError) && status >= 500)
+                    || (on(RetryOn::GatewayError) && (502..=504).contains(&status))
+                    || (on(RetryOn::RetriableGrpc) && retriable_grpc(response.headers()))
             }
         }
     }
@@ -578,7 +598,7 @@ async fn forward(
     metrics: &ProxyMetrics,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let deadline = Instant::now() + route.timeout;
-    let _admitted = match cluster.admit(deadline.into()).await {
+    let mut admitted = match cluster.admit(deadline.into()).await {
         Ok(admitted) => admitted,
         Err(overflow) => {
             metrics.overflow(&cluster.name, overflow.limit());
@@ -607,7 +627,10 @@ async fn forward(
                     local_response(StatusCode::BAD_REQUEST, "request_body_failed")
                 }
             })?,
-        None => Body::Streamed(Some(body)),
+        None => Body::Streamed {
+            body: Some(body),
+            copied: false,
+        },
     };
     let mut avoid = None;
     let mut retries = 0;
@@ -624,7 +647,7 @@ async fn forward(
             return Err(local_response(StatusCode::BAD_GATEWAY, "upstream_failed"));
         };
         // A body sent once means a single attempt: its headers can move instead of being copied.
-        let headers = if body.replayable() {
+        let headers = if body.may_replay() {
             prepared.headers.clone()
         } else {
             std::mem::take(&mut prepared.headers)
@@ -685,13 +708,13 @@ async fn forward(
         if lease.finish(outcome) {
             metrics.ejection(&cluster.name);
         }
+        body.recover(&body_state);
         let policy = route.retries.as_ref();
         let wants_retry = body.replayable()
-            && policy
-                .is_some_and(|p| retries < p.attempts && attempt.retriable(p, &prepared.method))
+            && policy.is_some_and(|p| retries < p.attempts && attempt.retriable(p))
             && Instant::now() < deadline;
         if wants_retry {
-            if cluster.allow_retry() {
+            if cluster.allow_retry(&mut admitted) {
                 retries += 1;
                 avoid = Some(endpoint);
                 metrics.retry(&cluster.name);

@@ -85,3 +85,78 @@ fn tokio_stream_from(
         Some((accepted, listener))
     })
 }
+
+/// A health service whose first `failures` checks answer UNAVAILABLE; it counts every check.
+struct Flaky {
+    failures: u32,
+    calls: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Flaky {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        let call = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if call < self.failures {
+            return Err(tonic::Status::unavailable("warming up"));
+        }
+        // The request arrives whole on every attempt.
+        assert_eq!(request.into_inner().service, "shop");
+        Ok(tonic::Response::new(
+            tonic_health::pb::HealthCheckResponse {
+                status: ServingStatus::Serving as i32,
+            },
+        ))
+    }
+
+    type WatchStream =
+        futures_util::stream::Empty<Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("watch"))
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_call_answered_unavailable_is_retried_with_its_body() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let service = tonic_health::pb::health_server::HealthServer::new(Flaky {
+        failures: 1,
+        calls: calls.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream_from(listener))
+            .await
+            .unwrap();
+    });
+    let config = format!(
+        "listeners:\n  - name: grpc\n    address: 127.0.0.1:0\n    virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: health, retries: {{on: [retriable_grpc], attempts: 2, backoff: 1ms}}}}]}}]\nclusters:\n  - name: health\n    protocol: http2\n    endpoints: [{{address: \"{upstream}\"}}]\n"
+    );
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(&config).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "shop".into(),
+        })
+        .await
+        .expect("the retry succeeds");
+    assert_eq!(answer.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+}

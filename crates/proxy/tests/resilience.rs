@@ -309,3 +309,37 @@ async fn a_cluster_at_its_connection_limit_sheds_load_with_503() {
         "{metrics}"
     );
 }
+
+/// The sum of the samples of `name` for cluster `c` in the proxy's metrics.
+fn cluster_metric(proxy: &Proxy, name: &str) -> u64 {
+    let prefix = format!("{name}{{cluster=\"c\"}} ");
+    proxy
+        .metrics_text()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_retry_budget_decides_whether_a_sick_cluster_is_retried() {
+    let sick = Upstream::start("sick").await;
+    sick.sick.store(true, Ordering::SeqCst);
+    let retries = "            retries: {on: [5xx], attempts: 1, backoff: 1ms}";
+    for (ratio, retried) in [(1.0, true), (0.0, false)] {
+        let cluster = format!(
+            "  - name: c\n    retry_budget: {{ratio: {ratio}, min_per_second: 0}}\n    endpoints: {}",
+            endpoints(&[&sick])
+        );
+        let (proxy, base) = proxy(&cluster, retries).await;
+        for _ in 0..5 {
+            assert_eq!(reqwest::get(&base).await.unwrap().status(), 503);
+        }
+        let (made, refused) = (
+            cluster_metric(&proxy, "meridian_proxy_retries_total"),
+            cluster_metric(&proxy, "meridian_proxy_retry_budget_exhausted_total"),
+        );
+        // One request in flight at a time: a ratio of 1 lets each retry, 0 none.
+        let expected = if retried { (5, 0) } else { (0, 5) };
+        assert_eq!((made, refused), expected, "ratio {ratio}");
+    }
+}
