@@ -262,8 +262,8 @@ impl Outbound<'_> {
         if let (None, Some(vip)) = (region, service.vip) {
             domains.push(vip.to_string());
         }
-        // An instance that just went away is retried elsewhere (idempotent requests only,
-        // within the proxy's retry budget).
+        // An instance that just went away is retried elsewhere (requests whose body the proxy
+        // holds, within its retry budget), as Envoy's gateway-error policy does.
         json!({
             "name": domain,
             "domains": domains,

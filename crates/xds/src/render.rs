@@ -265,7 +265,7 @@ pub fn gateway_routes<'a>(deployments: impl IntoIterator<Item = &'a RegionalDepl
 }
 
 /// How many times a gateway retries a request whose instance could not be reached or failed as a
-/// gateway (an instance that just went away): the proxy retries only idempotent requests, and
+/// gateway (an instance that just went away): the proxy retries requests whose body it holds,
 /// within its retry budget.
 const GATEWAY_RETRIES: u32 = 2;
 
