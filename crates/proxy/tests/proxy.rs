@@ -882,3 +882,68 @@ async fn clients_that_abandon_their_bodies_do_not_get_endpoints_ejected() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn sticky_sessions_stay_sticky_while_endpoints_are_added() {
+    let mut addresses = Vec::new();
+    for name in ["s1", "s2", "s3", "s4"] {
+        addresses.push(upstream(name).await);
+    }
+    let text = |count: usize| {
+        let endpoints: Vec<String> = addresses[..count]
+            .iter()
+            .map(|a| format!("{{address: \"{a}\"}}"))
+            .collect();
+        let endpoints = endpoints.join(", ");
+        format!(
+            "listeners:
+  - name: l
+    address: 127.0.0.1:0
+    virtual_hosts: [{{name: all, domains: ['*'], routes: [{{match: {{prefix: /h}}, cluster: by_header}}, {{cluster: by_cookie}}]}}]
+clusters:
+  - name: by_header
+    lb: ring_hash
+    hash_on: {{header: x-user}}
+    endpoints: [{endpoints}]
+  - name: by_cookie
+    lb: ring_hash
+    hash_on: {{cookie: session}}
+    endpoints: [{endpoints}]
+"
+        )
+    };
+    let (proxy, base) = start(&text(3)).await;
+    let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
+    // Where each user's requests go, by header and by cookie (asked twice: it must not vary).
+    let placement = |base: String, users: Vec<String>| async move {
+        let mut placed = Vec::new();
+        for user in &users {
+            let cookie = format!("theme=dark; session={user}");
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (_, _, by_header) = get(&base, "/h", "any", &[("x-user", user)]).await;
+                let (_, _, by_cookie) = get(&base, "/", "any", &[("cookie", &cookie)]).await;
+                seen.push((by_header["upstream"].clone(), by_cookie["upstream"].clone()));
+            }
+            assert_eq!(seen[0], seen[1], "{user} moved between two requests");
+            placed.push(seen.swap_remove(0));
+        }
+        placed
+    };
+    let before = placement(base.clone(), users.clone()).await;
+    let used: std::collections::HashSet<_> = before.iter().map(|(h, _)| h.clone()).collect();
+    assert!(used.len() >= 2, "30 users all hashed to {used:?}");
+
+    proxy.apply_text(&text(4)).await.unwrap();
+    let after = placement(base, users).await;
+    let mut stayed = 0;
+    for ((header_before, cookie_before), (header_after, cookie_after)) in before.iter().zip(&after)
+    {
+        // A key either keeps its endpoint or moves to the new one: nobody else is reshuffled.
+        for (was, is) in [(header_before, header_after), (cookie_before, cookie_after)] {
+            assert!(was == is || is == "s4", "moved from {was} to {is}");
+            stayed += usize::from(was == is);
+        }
+    }
+    assert!(stayed >= 30, "only {stayed} of 60 placements stayed");
+}
