@@ -1,5 +1,5 @@
 //! End to end: `meridian proxy --config FILE` as a process; editing the file swaps the config,
-//! a broken edit changes nothing.
+//! a broken edit changes nothing, SIGHUP applies the file again.
 
 mod support;
 
@@ -45,7 +45,7 @@ fn fetch(url: &str) -> String {
 }
 
 #[test]
-fn editing_the_config_file_swaps_the_config_and_a_broken_edit_does_not() {
+fn editing_the_config_file_swaps_the_config_a_broken_edit_does_not_and_sighup_reloads() {
     let (blue, green) = (upstream("blue"), upstream("green"));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("proxy.yaml");
@@ -111,6 +111,40 @@ fn editing_the_config_file_swaps_the_config_and_a_broken_edit_does_not() {
         live["clusters"][0]["endpoints"][0]["address"],
         green.to_string()
     );
+
+    // SIGHUP applies the file again even when its text is unchanged (e.g. to pick up renewed
+    // certificate files).
+    let applied = || {
+        fetch(&format!("{admin}/metrics"))
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("meridian_proxy_config_reloads_total{result=\"applied\"} ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    std::fs::write(&file, config(green)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Applied so far: the first file, the green edit, and now the repair.
+    while applied() != 3 {
+        assert!(Instant::now() < deadline, "the repaired file was not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = applied();
+    let hangup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while applied() != before + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the config"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
