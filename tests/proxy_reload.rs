@@ -128,7 +128,10 @@ fn editing_the_config_file_swaps_the_config_a_broken_edit_does_not_and_sighup_re
     let deadline = Instant::now() + Duration::from_secs(20);
     // Applied so far: the first file, the green edit, and now the repair.
     while applied() != 3 {
-        assert!(Instant::now() < deadline, "the repaired file was not applied");
+        assert!(
+            Instant::now() < deadline,
+            "the repaired file was not applied"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let before = applied();

@@ -406,6 +406,14 @@ clusters:
     }
     primary_ok.store(true, std::sync::atomic::Ordering::SeqCst);
     until_served_by(&base, "primary").await;
+    for _ in 0..20 {
+        let response = reqwest::get(format!("{base}/")).await.unwrap();
+        assert_eq!(
+            response.headers()["x-upstream"],
+            "primary",
+            "not all traffic came back"
+        );
+    }
     let metrics = proxy.metrics_text();
     assert!(
         metrics

@@ -18,6 +18,11 @@ struct Upstream {
 
 impl Upstream {
     async fn start(name: &'static str) -> Upstream {
+        Upstream::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An upstream on `address` (port 0: any free port).
+    async fn start_at(name: &'static str, address: SocketAddr) -> Upstream {
         let sick = Arc::new(AtomicBool::new(false));
         let app = {
             let sick = sick.clone();
@@ -39,7 +44,7 @@ impl Upstream {
                 }
             })
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (kill, killed) = watch::channel(false);
         tokio::spawn(async move {
@@ -341,5 +346,55 @@ async fn the_retry_budget_decides_whether_a_sick_cluster_is_retried() {
         // One request in flight at a time: a ratio of 1 lets each retry, 0 none.
         let expected = if retried { (5, 0) } else { (0, 5) };
         assert_eq!((made, refused), expected, "ratio {ratio}");
+    }
+}
+
+/// Which upstream served a GET of `base` (`None`: the proxy answered itself).
+async fn served_by(base: &str) -> Option<String> {
+    let response = reqwest::get(base).await.unwrap();
+    response
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// Polls until `base` is served by `want`, or fails after a deadline.
+async fn until_served_by(base: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while served_by(base).await.as_deref() != Some(want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served by {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn tcp_health_checks_follow_whether_the_endpoint_accepts_connections() {
+    let primary = Upstream::start("primary").await;
+    let backup = Upstream::start("backup").await;
+    let cluster = format!(
+        "  - name: c\n    health_check: {{tcp: {{}}, interval: 50ms, timeout: 40ms, unhealthy_threshold: 2}}\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\", priority: 1}}]",
+        primary.addr, backup.addr
+    );
+    let (proxy, base) = proxy(&cluster, "").await;
+    until_served_by(&base, "primary").await;
+    primary.kill();
+    until_served_by(&base, "backup").await;
+    for _ in 0..20 {
+        assert_eq!(served_by(&base).await.as_deref(), Some("backup"));
+    }
+    // Listening again on the same address brings the traffic back.
+    let _revived = Upstream::start_at("primary", primary.addr).await;
+    until_served_by(&base, "primary").await;
+    for _ in 0..20 {
+        assert_eq!(served_by(&base).await.as_deref(), Some("primary"));
+    }
+    let metrics = proxy.metrics_text();
+    for to in ["unhealthy", "healthy"] {
+        let line =
+            format!("meridian_proxy_health_transitions_total{{cluster=\"c\",to=\"{to}\"}} 1");
+        assert!(metrics.contains(&line), "{metrics}");
     }
 }
