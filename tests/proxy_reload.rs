@@ -76,6 +76,7 @@ fn editing_the_config_file_swaps_the_config_a_broken_edit_does_not_and_sighup_re
         }
     }
     let (admin, web) = (admin.unwrap(), web.unwrap());
+    assert_eq!(fetch(&format!("{admin}/healthz")), "ok\n");
     assert_eq!(fetch(&web), "blue");
     // The access log: one JSON line per request on standard output.
     let logged: serde_json::Value = loop {

@@ -523,6 +523,37 @@ async fn slow_clients_are_cut_off() {
 }
 
 #[tokio::test]
+async fn a_request_head_trickled_past_the_header_timeout_is_cut_off() {
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    // The idle timeout is far off: only the header timeout can close this connection in time.
+    let text = format!(
+        "{}limits: {{header_read_timeout: 300ms, idle_timeout: 60s}}\n",
+        config(a, b)
+    );
+    let (_proxy, base) = start(&text).await;
+    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        writer.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await?;
+        loop {
+            // A header line every 100 ms: the connection is never idle, the head never ends.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            writer.write_all(b"x-pad: 1\r\n").await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    });
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut sink))
+        .await
+        .is_ok();
+    trickle.abort();
+    assert!(closed, "a trickled request head kept the connection open");
+}
+
+#[tokio::test]
 async fn websockets_are_tunnelled() {
     use axum::extract::ws::{Message, WebSocketUpgrade};
     use futures_util::{SinkExt, StreamExt};
