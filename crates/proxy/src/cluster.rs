@@ -705,6 +705,24 @@ impl Cluster {
             .find(|i| self.eligible(*i, rules))
     }
 
+    /// An eligible member of `level` other than `first`, weighted at random (`first` when it is
+    /// the only one). Two draws of the same endpoint would hand it the request whatever its load:
+    /// with two endpoints, a quarter of all requests would go to the worse one.
+    fn sample_other(&self, level: &Level, rules: &PickRules, first: usize) -> usize {
+        for _ in 0..4 {
+            match self.sample(level, rules) {
+                Some(other) if other != first => return other,
+                _ => {}
+            }
+        }
+        level
+            .members
+            .iter()
+            .copied()
+            .find(|i| *i != first && self.eligible(*i, rules))
+            .unwrap_or(first)
+    }
+
     /// Power of two choices in the chosen level: by peak-EWMA cost, or by outstanding requests.
     fn level_pick(&self, by_latency: bool, rules: &PickRules) -> Option<usize> {
         let chosen = self.choose_level(rules)?;
@@ -717,7 +735,7 @@ impl Cluster {
                 .iter()
                 .find_map(|level| self.sample(level, rules).map(|a| (level, a)))?,
         };
-        let b = self.sample(level, rules)?;
+        let b = self.sample_other(level, rules, a);
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
         let a_better = if by_latency {
             ea.cost() <= eb.cost()

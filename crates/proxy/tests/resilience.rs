@@ -398,3 +398,39 @@ async fn tcp_health_checks_follow_whether_the_endpoint_accepts_connections() {
         assert!(metrics.contains(&line), "{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_per_try_timeout_moves_a_slow_attempt_to_another_endpoint() {
+    let slow = Upstream::start("slow").await;
+    let fast = Upstream::start("fast").await;
+    let cluster = format!(
+        "  - name: c\n    lb: round_robin\n    endpoints: {}",
+        endpoints(&[&slow, &fast])
+    );
+    let retries = "            retries: {on: [gateway_error], attempts: 1, per_try_timeout: 100ms, backoff: 1ms}";
+    let (proxy, base) = proxy(&cluster, retries).await;
+    // Round robin sends every other first attempt to the slow endpoint (300 ms).
+    for _ in 0..6 {
+        assert_eq!(served_by(&base).await.as_deref(), Some("fast"));
+    }
+    assert!(cluster_metric(&proxy, "meridian_proxy_retries_total") >= 2);
+}
+
+#[tokio::test]
+async fn the_default_balancer_prefers_the_faster_endpoint() {
+    let slow = Upstream::start("slow").await;
+    let fast = Upstream::start("fast").await;
+    let cluster = format!("  - name: c\n    endpoints: {}", endpoints(&[&slow, &fast]));
+    let (_proxy, base) = proxy(&cluster, "").await;
+    let mut to_slow = 0;
+    for _ in 0..30 {
+        if served_by(&base).await.as_deref() == Some("slow") {
+            to_slow += 1;
+        }
+    }
+    // Peak-EWMA: once the slow endpoint's latency is known, the fast one wins every choice.
+    assert!(
+        to_slow <= 3,
+        "{to_slow} of 30 requests went to the slow endpoint"
+    );
+}
