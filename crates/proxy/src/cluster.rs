@@ -954,4 +954,29 @@ mod tests {
         assert!(!budget.allows(1, 10, 5));
         assert!(budget.allows(2, 10, 5));
     }
+
+    #[test]
+    fn ejections_grow_up_to_the_maximum_and_respect_the_percentage() {
+        let c = cluster(
+            "  - name: c\n    outlier_detection: {consecutive_gateway_errors: 1, base_ejection_time: 10s, max_ejection_time: 35s, max_ejection_percent: 50}\n    endpoints: [{address: \"127.0.0.1:1\"}, {address: \"127.0.0.1:2\"}, {address: \"127.0.0.1:3\"}, {address: \"127.0.0.1:4\"}]",
+        );
+        let o = c.outlier.clone().unwrap();
+        let second = 1_000_000_000u64;
+        let eject = |index: usize, at: u64| {
+            c.detect_outlier(&c.endpoints[index], Outcome::GatewayError, &o, at * second)
+        };
+        let until =
+            |index: usize| c.endpoints[index].ejected_until_ns.load(Ordering::Relaxed) / second;
+        // Two of four may be out at once (50%); a third stays in.
+        assert!(eject(0, 0) && eject(1, 0));
+        assert!(!eject(2, 0));
+        assert_eq!((until(0), until(1), until(2)), (10, 10, 0));
+        // Each ejection of the same endpoint lasts one base time longer, up to the maximum.
+        assert!(eject(0, 11));
+        assert_eq!(until(0), 11 + 20);
+        assert!(eject(0, 32));
+        assert_eq!(until(0), 32 + 30);
+        assert!(eject(0, 63));
+        assert_eq!(until(0), 63 + 35);
+    }
 }
