@@ -105,6 +105,9 @@ pub(crate) fn spawn<P: Protocol>(
                             Err(status) => {
                                 tracing::debug!(api = P::API, node = %cx.scope.node_id,
                                     error = %status.message(), "ADS stream broke off");
+                                // A request that could not be read (too large, malformed) ends
+                                // the stream with the reason, if the client still listens.
+                                let _ = tx.try_send(Box::new(Err(status)));
                                 break;
                             }
                         }

@@ -261,6 +261,7 @@ async fn a_nack_is_counted_and_the_next_change_still_arrives() {
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.metric("meridian_xds_nacks_total") != 1
         || server.metric("meridian_xds_convergence_seconds_count") != 1
+        || server.metric("meridian_xds_push_seconds_count") != 1
     {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -519,4 +520,77 @@ async fn a_client_that_never_reads_holds_bounded_memory_and_slows_no_one() {
         "{pushes} responses were pushed"
     );
     drop(slow);
+}
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_ends_the_stream_with_the_reason() {
+    let server = start(Limits {
+        max_request_bytes: 1024,
+        ..Limits::default()
+    })
+    .await;
+    put(&server.cache, ENDPOINT, &[("proxy/a", 1)]);
+    let mut stream = delta(&server.url).await;
+    stream
+        .send(subscribe(Some(node("n1", None)), ENDPOINT, &["a"]))
+        .await;
+    stream.next().await;
+    let long = "x".repeat(2048);
+    stream.send(subscribe(None, ENDPOINT, &[&long])).await;
+    let status = tokio::time::timeout(WAIT, stream.rx.message())
+        .await
+        .expect("an answer in time")
+        .expect_err("the stream ends with an error");
+    assert!(
+        status.message().contains("too large"),
+        "{:?}: {}",
+        status.code(),
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn streams_beyond_the_limit_per_connection_wait_for_a_free_one() {
+    let server = start(Limits {
+        max_streams_per_connection: 2,
+        ..Limits::default()
+    })
+    .await;
+    put(&server.cache, ENDPOINT, &[("proxy/a", 1)]);
+    // One client, one HTTP/2 connection, three streams.
+    let client = AggregatedDiscoveryServiceClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let open = |mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>| async move {
+        let (tx, requests) = mpsc::channel(16);
+        tx.send(subscribe(Some(node("n1", None)), ENDPOINT, &["a"]))
+            .await
+            .unwrap();
+        let rx = client
+            .delta_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx, rx }
+    };
+    let mut first = open(client.clone()).await;
+    let mut second = open(client.clone()).await;
+    first.next().await;
+    second.next().await;
+    let third = tokio::spawn(open(client.clone()));
+    // The third stream is not opened while two are.
+    let waited = tokio::time::timeout(Duration::from_millis(500), async {
+        while !third.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "a third stream opened beside two");
+    drop(first);
+    let mut third = tokio::time::timeout(WAIT, third)
+        .await
+        .expect("the third stream opens once the first is gone")
+        .unwrap();
+    let response = third.next().await;
+    assert_eq!(response.resources.len(), 1);
 }
