@@ -373,3 +373,57 @@ async fn a_region_gets_its_ca_with_a_one_time_token_and_keeps_no_admin_token() {
         .unwrap();
     assert_eq!(refused.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_themselves_at_two_thirds_of_a_short_lifetime() {
+    use meridian_identity::enroll::{keep_renewed, Renewal};
+    use rustls::client::ResolvesClientCert;
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), WEB);
+    let fra = RegionalPlane::start_with(
+        &platform.global,
+        &platform.token,
+        "fra",
+        None,
+        &["--cert-lifetime", "12s"],
+    );
+    let credentials = joined(&fra, "agent/n1").await;
+    let lifetime = credentials
+        .not_after
+        .duration_since(credentials.issued_at)
+        .unwrap();
+    assert!(lifetime <= Duration::from_secs(13), "{lifetime:?}");
+    let state = tempfile::tempdir().unwrap();
+    credentials.save(state.path()).unwrap();
+    let (first_chain, issued_at) = (credentials.chain_pem.clone(), credentials.issued_at);
+    let id = credentials.id.clone();
+    let store = CertStore::new(credentials.certified_key().unwrap());
+    let renewed = Arc::new(tokio::sync::Notify::new());
+    let renewal = Renewal {
+        base: fra.xds.clone(),
+        dir: state.path().to_owned(),
+        store: store.clone(),
+        renewed: Some(renewed.clone()),
+    };
+    let task = tokio::spawn(keep_renewed(renewal, credentials));
+    tokio::time::timeout(Duration::from_secs(30), renewed.notified())
+        .await
+        .expect("the certificate was renewed before it expired");
+    assert!(
+        std::time::SystemTime::now() >= issued_at + lifetime / 2,
+        "renewed long before two thirds of its lifetime"
+    );
+    // The renewed certificate is on disk, for the same identity, and new handshakes use it.
+    let chain = std::fs::read_to_string(state.path().join("cert.pem")).unwrap();
+    assert_ne!(chain, first_chain);
+    let leaf = rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(meridian_identity::peer_id(&leaf), Some(id));
+    let current = store.resolve(&[], &[]).unwrap();
+    assert_eq!(current.cert[0], leaf);
+    task.abort();
+    assert!(!fra.log().contains("PRIVATE KEY"), "a key in the region's log");
+}

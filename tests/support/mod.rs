@@ -243,6 +243,8 @@ pub struct RegionalPlane {
     api: String,
     global_xds: String,
     gateway: Option<String>,
+    /// More arguments it was started with.
+    extra: Vec<String>,
 }
 
 impl RegionalPlane {
@@ -254,9 +256,21 @@ impl RegionalPlane {
         region: &str,
         gateway: Option<&str>,
     ) -> RegionalPlane {
+        Self::start_with(global, token, region, gateway, &[])
+    }
+
+    /// [`RegionalPlane::start`] with more arguments (e.g. `--cert-lifetime`).
+    pub fn start_with(
+        global: &ControlPlane,
+        token: &str,
+        region: &str,
+        gateway: Option<&str>,
+        extra: &[&str],
+    ) -> RegionalPlane {
         let dir = tempfile::tempdir().unwrap();
         let global = (global.api.as_str(), global.xds.as_str());
-        Self::start_in(dir, "127.0.0.1:0", global, token, region, gateway)
+        let extra = extra.iter().map(|a| a.to_string()).collect();
+        Self::start_in(dir, "127.0.0.1:0", global, token, region, gateway, extra)
     }
 
     /// Stops the control plane and starts it again with the same data directory and xDS
@@ -271,12 +285,21 @@ impl RegionalPlane {
             api,
             global_xds,
             gateway,
+            extra,
             ..
         } = self;
         drop(_child);
         let xds = xds.trim_start_matches("https://").to_owned();
         let global = (api.as_str(), global_xds.as_str());
-        Self::start_in(dir, &xds, global, &token, &region, gateway.as_deref())
+        Self::start_in(
+            dir,
+            &xds,
+            global,
+            &token,
+            &region,
+            gateway.as_deref(),
+            extra,
+        )
     }
 
     fn start_in(
@@ -286,6 +309,7 @@ impl RegionalPlane {
         token: &str,
         region: &str,
         gateway: Option<&str>,
+        extra: Vec<String>,
     ) -> RegionalPlane {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -313,6 +337,7 @@ impl RegionalPlane {
                         .into_iter()
                         .flatten(),
                 )
+                .args(&extra)
                 .env_remove("MERIDIAN_TOKEN")
                 .env("MERIDIAN_LOG", "info")
                 .stderr(log),
@@ -354,6 +379,7 @@ impl RegionalPlane {
             api: api.to_owned(),
             global_xds: global_xds.to_owned(),
             gateway: gateway.map(str::to_owned),
+            extra,
         }
     }
 
