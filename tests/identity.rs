@@ -425,5 +425,8 @@ async fn certificates_renew_themselves_at_two_thirds_of_a_short_lifetime() {
     let current = store.resolve(&[], &[]).unwrap();
     assert_eq!(current.cert[0], leaf);
     task.abort();
-    assert!(!fra.log().contains("PRIVATE KEY"), "a key in the region's log");
+    assert!(
+        !fra.log().contains("PRIVATE KEY"),
+        "a key in the region's log"
+    );
 }

@@ -27,6 +27,7 @@ name: api
 regions: [fra]
 runtime: {process: {command: /bin/true}}
 ports: [{name: grpc, port: 8080, protocol: http2}]
+mesh: {allow: [partner/*/*]}
 ";
 
 /// gRPC servers answering their name, one port each.
@@ -110,8 +111,8 @@ fn prerequisite(present: bool, what: &str) -> bool {
     present
 }
 
-/// The scenario, with `client` as the proxyless gRPC client.
-fn endpoints_reach_the_client_and_changes_move_its_traffic(client: Command) {
+/// The scenario, with `client` as a proxyless gRPC client of `org`.
+fn endpoints_reach_the_client_and_changes_move_its_traffic(client: Command, org: &str) {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), DEFINITION);
     let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
@@ -128,7 +129,7 @@ fn endpoints_reach_the_client_and_changes_move_its_traffic(client: Command) {
         "xds_servers": [{"server_uri": region.xds_plaintext, "channel_creds": [{"type": "insecure"}],
                          "server_features": ["xds_v3"]}],
         "node": {"id": "test-client", "locality": {"region": "fra"},
-                 "metadata": {"org": "acme", "role": "grpc-client"}},
+                 "metadata": {"org": org, "role": "grpc-client"}},
     });
     std::fs::write(&bootstrap, bootstrap_json.to_string()).unwrap();
     let mut client = XdsClient::start(client, &bootstrap);
@@ -153,7 +154,20 @@ fn python_grpcio_follows_endpoint_changes() {
     client
         .arg(repo_root().join("tests/xds/grpc_client.py"))
         .arg("xds:///api.shop.internal:8080");
-    endpoints_reach_the_client_and_changes_move_its_traffic(client);
+    endpoints_reach_the_client_and_changes_move_its_traffic(client, "acme");
+}
+
+#[test]
+fn python_grpcio_of_an_org_that_mesh_allow_names_reaches_the_service_by_its_full_name() {
+    let present = have(Command::new("python3").args(["-c", "import grpc"]));
+    if !prerequisite(present, "python3 with grpcio (pip install grpcio)") {
+        return;
+    }
+    let mut client = Command::new("python3");
+    client
+        .arg(repo_root().join("tests/xds/grpc_client.py"))
+        .arg("xds:///api.shop.acme.internal:8080");
+    endpoints_reach_the_client_and_changes_move_its_traffic(client, "partner");
 }
 
 #[test]
@@ -170,5 +184,5 @@ fn node_grpc_js_xds_follows_endpoint_changes() {
     client
         .arg(repo_root().join("tests/xds/node/client.js"))
         .arg("xds:///api.shop.internal:8080");
-    endpoints_reach_the_client_and_changes_move_its_traffic(client);
+    endpoints_reach_the_client_and_changes_move_its_traffic(client, "acme");
 }

@@ -77,9 +77,49 @@ pub struct Rendered {
     pub resources: Vec<(&'static str, String, Any)>,
 }
 
-/// The name a service's port has for clients of its org: `<service>.<app>.internal:<port>`.
-pub fn internal_name(deployment: &RegionalDeployment, port: u32) -> String {
-    format!("{}.{}.internal:{port}", deployment.service, deployment.app)
+/// A name a proxyless gRPC client reaches a service's port by: `host:port`, and the host alone.
+struct Host<'a> {
+    name: String,
+    host: &'a str,
+}
+
+impl<'a> Host<'a> {
+    fn new(host: &'a str, port: u32) -> Host<'a> {
+        Host {
+            name: format!("{host}:{port}"),
+            host,
+        }
+    }
+}
+
+impl Rendered {
+    /// The Listener, RouteConfiguration, Cluster and ClusterLoadAssignment by which `org`'s
+    /// proxyless gRPC clients reach a service's port as `host`.
+    fn grpc(&mut self, org: &str, host: &Host<'_>, assignment: &ClusterLoadAssignment) {
+        let name = &host.name;
+        let cache_name = format!("{}{name}", crate::tenant_namespace(org));
+        self.resources
+            .push((LISTENER, cache_name.clone(), pack(&listener(name))));
+        self.resources
+            .push((ROUTE, cache_name.clone(), pack(&route(name, host.host))));
+        self.resources
+            .push((CLUSTER, cache_name.clone(), pack(&cluster(name))));
+        self.resources
+            .push((ENDPOINT, cache_name, pack(assignment)));
+    }
+}
+
+/// The other orgs a deployment's `mesh.allow` names (patterns with `*` for the org name none:
+/// the orgs of a region are not enumerated for them).
+fn allowed_orgs(deployment: &RegionalDeployment) -> std::collections::BTreeSet<&str> {
+    deployment
+        .spec
+        .mesh
+        .allow
+        .iter()
+        .filter_map(|pattern| pattern.split('/').next())
+        .filter(|org| *org != "*" && *org != deployment.org)
+        .collect()
 }
 
 /// Renders the resources of one service in its region, with `endpoints` (those of this service
@@ -97,23 +137,26 @@ pub fn service(
     vip: std::net::Ipv4Addr,
 ) -> Rendered {
     let mut rendered = Rendered::default();
+    let own_host = format!("{}.{}.internal", deployment.service, deployment.app);
+    let full_host = format!(
+        "{}.{}.{}.internal",
+        deployment.service, deployment.app, deployment.org
+    );
+    let other_orgs = allowed_orgs(deployment);
     for port in &deployment.spec.ports {
-        let name = internal_name(deployment, port.port);
-        let cache_name = format!("{}{name}", crate::tenant_namespace(&deployment.org));
-        rendered
-            .resources
-            .push((LISTENER, cache_name.clone(), pack(&listener(&name))));
-        rendered
-            .resources
-            .push((ROUTE, cache_name.clone(), pack(&route(&name, deployment))));
-        rendered
-            .resources
-            .push((CLUSTER, cache_name.clone(), pack(&cluster(&name))));
-        let assignment =
-            load_assignment(&name, &deployment.region, &port.name, port.port, endpoints);
-        rendered
-            .resources
-            .push((ENDPOINT, cache_name, pack(&assignment)));
+        let assignment = |name: &str| {
+            load_assignment(name, &deployment.region, &port.name, port.port, endpoints)
+        };
+        let own = Host::new(&own_host, port.port);
+        rendered.grpc(&deployment.org, &own, &assignment(&own.name));
+        // Proxyless gRPC clients of an org that `mesh.allow` names reach the service by its
+        // full name, as instances behind node proxies do. They declare no app or service, so
+        // what they see is decided per org.
+        let full = Host::new(&full_host, port.port);
+        let full_assignment = assignment(&full.name);
+        for org in &other_orgs {
+            rendered.grpc(org, &full, &full_assignment);
+        }
     }
     let mut instances: Vec<ServiceInstance> = endpoints
         .iter()
@@ -373,13 +416,12 @@ fn listener(name: &str) -> Listener {
     }
 }
 
-fn route(name: &str, deployment: &RegionalDeployment) -> RouteConfiguration {
-    let host = format!("{}.{}.internal", deployment.service, deployment.app);
+fn route(name: &str, host: &str) -> RouteConfiguration {
     RouteConfiguration {
         name: name.to_owned(),
         virtual_hosts: vec![VirtualHost {
             name: name.to_owned(),
-            domains: vec![name.to_owned(), host],
+            domains: vec![name.to_owned(), host.to_owned()],
             routes: vec![prefix_route("", name.to_owned())],
             ..Default::default()
         }],
@@ -523,5 +565,53 @@ pub fn mesh_transport_socket(peer: &str) -> TransportSocket {
     TransportSocket {
         name: TLS_TRANSPORT_SOCKET.to_owned(),
         config_type: Some(TransportSocketConfig::TypedConfig(pack(&context))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn orgs_that_mesh_allow_names_see_the_service_by_its_full_name() {
+        let definition = meridian_model::parse_definition_json(
+            br#"{"org": "acme", "app": "shop", "name": "api", "regions": ["fra"],
+                "runtime": {"process": {"command": "/bin/true"}},
+                "ports": [{"name": "grpc", "port": 9090, "protocol": "http2"}],
+                "mesh": {"allow": ["partner/*/*", "*/billing/*", "acme/x/y"]}}"#,
+        )
+        .unwrap();
+        let deployment = &meridian_model::derive_regional(&definition, 1)[0];
+        let rendered = service(deployment, &[], None, &[], std::net::Ipv4Addr::LOCALHOST);
+        let grpc: Vec<(&str, &str)> = rendered
+            .resources
+            .iter()
+            .filter(|(_, name, _)| name.starts_with("grpc/"))
+            .map(|(type_url, name, _)| (*type_url, name.as_str()))
+            .collect();
+        let expected = |org: &str, name: &str| {
+            let name = format!("grpc/{org}/{name}");
+            [LISTENER, ROUTE, CLUSTER, ENDPOINT].map(|t| (t, name.clone()))
+        };
+        let mut wanted: Vec<(&str, String)> = expected("acme", "api.shop.internal:9090")
+            .into_iter()
+            .chain(expected("partner", "api.shop.acme.internal:9090"))
+            .collect();
+        wanted.sort();
+        let mut got: Vec<(&str, String)> = grpc.iter().map(|(t, n)| (*t, n.to_string())).collect();
+        got.sort();
+        // `*` as the org names no org in particular; the service's own org is not "another".
+        assert_eq!(got, wanted);
+        let route = rendered
+            .resources
+            .iter()
+            .find(|(t, n, _)| *t == ROUTE && n == "grpc/partner/api.shop.acme.internal:9090")
+            .map(|(_, _, any)| RouteConfiguration::decode(any.value.as_slice()).unwrap())
+            .unwrap();
+        assert_eq!(
+            route.virtual_hosts[0].domains,
+            ["api.shop.acme.internal:9090", "api.shop.acme.internal"]
+        );
     }
 }
