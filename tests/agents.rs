@@ -310,6 +310,7 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
         let audit = logs.lines().find(|l| l.contains("mesh call denied"));
         if let Some(line) = audit {
             assert!(line.contains(&caller) && line.contains(&callee), "{line}");
+            assert!(!logs.contains("PRIVATE KEY"), "a key in an agent's log");
             break;
         }
         assert!(std::time::Instant::now() < end, "no audit line in {logs}");
