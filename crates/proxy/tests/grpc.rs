@@ -160,3 +160,89 @@ async fn a_grpc_call_answered_unavailable_is_retried_with_its_body() {
     assert_eq!(answer.into_inner().status(), ServingStatus::Serving);
     assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+#[tokio::test]
+async fn a_bidirectional_stream_flows_both_ways_through_a_route_with_retries() {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use meridian_xds::{render::pack, AdsServer, Cache, Limits, Update, XdsMetrics, ENDPOINT};
+    // A real bidirectional gRPC service: xDS, whose responses follow changes while the
+    // request stream stays open.
+    let cache = Cache::new();
+    let metrics = XdsMetrics::new(&mut prometheus_client::registry::Registry::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = AdsServer::new(cache.clone(), metrics, Limits::default());
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    let put = |tag: &str| {
+        let resource = pack(&ClusterLoadAssignment {
+            cluster_name: tag.to_owned(),
+            ..Default::default()
+        });
+        cache.apply(
+            ENDPOINT,
+            Update {
+                put: vec![("proxy/a".to_owned(), resource)],
+                remove: Vec::new(),
+            },
+        );
+    };
+    put("first");
+    let config = format!(
+        "listeners:\n  - name: grpc\n    address: 127.0.0.1:0\n    virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: xds, retries: {{on: [retriable_grpc]}}}}]}}]\nclusters:\n  - name: xds\n    protocol: http2\n    endpoints: [{{address: \"{upstream}\"}}]\n"
+    );
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(&config).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let (requests, stream) = tokio::sync::mpsc::channel(4);
+    requests
+        .send(DeltaDiscoveryRequest {
+            type_url: ENDPOINT.to_owned(),
+            resource_names_subscribe: vec!["a".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut responses = client
+        .delta_aggregated_resources(futures_util::stream::unfold(stream, |mut stream| async {
+            stream.recv().await.map(|request| (request, stream))
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let tag =
+        |response: &envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse| {
+            use prost::Message;
+            let any = response.resources[0].resource.as_ref().unwrap();
+            ClusterLoadAssignment::decode(any.value.as_slice())
+                .unwrap()
+                .cluster_name
+        };
+    let first = next_message(&mut responses).await;
+    assert_eq!(tag(&first), "first");
+    // The client's ACK goes up the open request stream; a change comes down the response stream.
+    requests
+        .send(DeltaDiscoveryRequest {
+            type_url: ENDPOINT.to_owned(),
+            response_nonce: first.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    put("second");
+    let second = next_message(&mut responses).await;
+    assert_eq!(tag(&second), "second");
+}
+
+/// The next message of `responses`, within a deadline.
+async fn next_message<T>(responses: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("a message in time")
+        .unwrap()
+        .expect("the stream is open")
+}
