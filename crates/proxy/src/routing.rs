@@ -297,7 +297,12 @@ mod tests {
             "listeners: [{{name: l, address: \"127.0.0.1:1\", virtual_hosts: [{}]}}]\nclusters: [{{name: c, endpoints: [{{address: \"127.0.0.1:2\"}}]}}]\n",
             vhosts.join(", ")
         );
-        let config: ProxyConfig = parse_config(&text).expect("generated config is valid");
+        table_of(&text)
+    }
+
+    /// The route table of the first listener of config `text`.
+    fn table_of(text: &str) -> RouteTable {
+        let config: ProxyConfig = parse_config(text).expect("generated config is valid");
         RouteTable::build(
             "l",
             &config.listeners[0].virtual_hosts,
@@ -344,7 +349,72 @@ mod tests {
         ]
     }
 
+    /// A route's path condition: none, a prefix, or an exact path.
+    fn path_rule() -> impl Strategy<Value = Option<(bool, String)>> {
+        proptest::option::of((any::<bool>(), "/[a-b]{0,2}"))
+    }
+
     proptest! {
+        #[test]
+        fn path_and_header_conditions_pick_the_first_route_that_holds(
+            routes in proptest::collection::vec(
+                (path_rule(), proptest::option::of(("x-[a-b]", proptest::option::of("[a-b]")))),
+                1..5,
+            ),
+            path in "/[a-b]{0,3}",
+            sent in proptest::collection::vec(("x-[a-b]", "[a-b]"), 0..3),
+        ) {
+            let yaml: Vec<String> = routes
+                .iter()
+                .enumerate()
+                .map(|(i, (rule, header))| {
+                    let mut conditions = Vec::new();
+                    match rule {
+                        Some((true, p)) => conditions.push(format!("path: \"{p}\"")),
+                        Some((false, p)) => conditions.push(format!("prefix: \"{p}\"")),
+                        None => {}
+                    }
+                    match header {
+                        Some((name, Some(value))) => conditions
+                            .push(format!("headers: [{{name: {name}, exact: \"{value}\"}}]")),
+                        Some((name, None)) => conditions.push(format!("headers: [{{name: {name}}}]")),
+                        None => {}
+                    }
+                    format!("{{name: r{i}, match: {{{}}}, cluster: c}}", conditions.join(", "))
+                })
+                .collect();
+            let text = format!(
+                "listeners: [{{name: l, address: \"127.0.0.1:1\", virtual_hosts: [{{name: v, domains: [\"*\"], routes: [{}]}}]}}]\nclusters: [{{name: c, endpoints: [{{address: \"127.0.0.1:2\"}}]}}]\n",
+                yaml.join(", ")
+            );
+            let table = table_of(&text);
+            let mut headers = HeaderMap::new();
+            for (name, value) in &sent {
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            // The reference: the first route whose path rule and header condition both hold
+            // (a header's first value counts).
+            let first_value = |name: &str| sent.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            let expected = routes.iter().position(|(rule, header)| {
+                let path_ok = match rule {
+                    Some((true, p)) => path == *p,
+                    Some((false, p)) => path.starts_with(p.as_str()),
+                    None => true,
+                };
+                let header_ok = match header {
+                    Some((name, Some(value))) => first_value(name) == Some(value),
+                    Some((name, None)) => first_value(name).is_some(),
+                    None => true,
+                };
+                path_ok && header_ok
+            });
+            let found = table.find("any", &path, &headers).map(|r| r.name.clone());
+            prop_assert_eq!(found, expected.map(|i| format!("r{i}")));
+        }
+
         #[test]
         fn host_and_path_matching_follow_the_documented_order(
             domains in proptest::collection::vec(proptest::collection::vec(domain(), 1..3), 1..4),
