@@ -385,7 +385,7 @@ listeners:
     virtual_hosts: [{{name: all, domains: ["*"], routes: [{{cluster: c}}]}}]
 clusters:
   - name: c
-    health_check: {{http: {{path: /health}}, interval: 50ms, timeout: 40ms, unhealthy_threshold: 2}}
+    health_check: {{http: {{path: /health}}, interval: 200ms, timeout: 200ms, unhealthy_threshold: 2}}
     endpoints: [{{address: "{primary}"}}, {{address: "{backup}", priority: 1}}]
 "#
     );

@@ -375,7 +375,7 @@ async fn tcp_health_checks_follow_whether_the_endpoint_accepts_connections() {
     let primary = Upstream::start("primary").await;
     let backup = Upstream::start("backup").await;
     let cluster = format!(
-        "  - name: c\n    health_check: {{tcp: {{}}, interval: 50ms, timeout: 40ms, unhealthy_threshold: 2}}\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\", priority: 1}}]",
+        "  - name: c\n    health_check: {{tcp: {{}}, interval: 200ms, timeout: 200ms, unhealthy_threshold: 2}}\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\", priority: 1}}]",
         primary.addr, backup.addr
     );
     let (proxy, base) = proxy(&cluster, "").await;
@@ -407,7 +407,7 @@ async fn a_per_try_timeout_moves_a_slow_attempt_to_another_endpoint() {
         "  - name: c\n    lb: round_robin\n    endpoints: {}",
         endpoints(&[&slow, &fast])
     );
-    let retries = "            retries: {on: [gateway_error], attempts: 1, per_try_timeout: 100ms, backoff: 1ms}";
+    let retries = "            retries: {on: [gateway_error], attempts: 1, per_try_timeout: 250ms, backoff: 1ms}";
     let (proxy, base) = proxy(&cluster, retries).await;
     // Round robin sends every other first attempt to the slow endpoint (300 ms).
     for _ in 0..6 {
