@@ -16,27 +16,9 @@ async fn grpc_unary_and_streaming_calls_pass_through() {
     reporter
         .set_service_status("shop", tonic_health::ServingStatus::Serving)
         .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream_from(listener))
-            .await
-            .unwrap();
-    });
-    let config = format!(
-        "listeners:\n  - name: grpc\n    address: 127.0.0.1:0\n    virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: health}}]}}]\nclusters:\n  - name: health\n    protocol: http2\n    endpoints: [{{address: \"{upstream}\"}}]\n"
-    );
-    let proxy = Arc::new(Proxy::default());
-    proxy.apply_text(&config).await.unwrap();
-    let address = proxy.listeners().await[0].1;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
+    let upstream = grpc_upstream(tonic::service::Routes::new(service)).await;
+    let (_proxy, address) = proxy_to(upstream, "").await;
+    let mut client = HealthClient::new(channel(address).await);
 
     let unary = client
         .check(HealthCheckRequest {
@@ -131,27 +113,10 @@ async fn a_grpc_call_answered_unavailable_is_retried_with_its_body() {
         failures: 1,
         calls: calls.clone(),
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream_from(listener))
-            .await
-            .unwrap();
-    });
-    let config = format!(
-        "listeners:\n  - name: grpc\n    address: 127.0.0.1:0\n    virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: health, retries: {{on: [retriable_grpc], attempts: 2, backoff: 1ms}}}}]}}]\nclusters:\n  - name: health\n    protocol: http2\n    endpoints: [{{address: \"{upstream}\"}}]\n"
-    );
-    let proxy = Arc::new(Proxy::default());
-    proxy.apply_text(&config).await.unwrap();
-    let address = proxy.listeners().await[0].1;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let answer = HealthClient::new(channel)
+    let upstream = grpc_upstream(tonic::service::Routes::new(service)).await;
+    let retries = ", retries: {on: [retriable_grpc], attempts: 2, backoff: 1ms}";
+    let (_proxy, address) = proxy_to(upstream, retries).await;
+    let answer = HealthClient::new(channel(address).await)
         .check(HealthCheckRequest {
             service: "shop".into(),
         })
@@ -189,15 +154,8 @@ async fn a_bidirectional_stream_flows_both_ways_through_a_route_with_retries() {
         );
     };
     put("first");
-    let config = format!(
-        "listeners:\n  - name: grpc\n    address: 127.0.0.1:0\n    virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: xds, retries: {{on: [retriable_grpc]}}}}]}}]\nclusters:\n  - name: xds\n    protocol: http2\n    endpoints: [{{address: \"{upstream}\"}}]\n"
-    );
-    let proxy = Arc::new(Proxy::default());
-    proxy.apply_text(&config).await.unwrap();
-    let address = proxy.listeners().await[0].1;
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{address}"))
-        .await
-        .unwrap();
+    let (_proxy, address) = proxy_to(upstream, ", retries: {on: [retriable_grpc]}").await;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel(address).await);
     let (requests, stream) = tokio::sync::mpsc::channel(4);
     requests
         .send(DeltaDiscoveryRequest {
@@ -245,4 +203,42 @@ async fn next_message<T>(responses: &mut tonic::Streaming<T>) -> T {
         .expect("a message in time")
         .unwrap()
         .expect("the stream is open")
+}
+
+/// Serves `routes` with tonic on a loopback port of its own; its address.
+async fn grpc_upstream(routes: tonic::service::Routes) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream_from(listener))
+            .await
+            .unwrap();
+    });
+    upstream
+}
+
+/// A proxy whose one route (with `route_extra` fields, e.g. `, retries: {…}`) goes to
+/// `upstream` over HTTP/2; the proxy and its listener's address.
+async fn proxy_to(
+    upstream: std::net::SocketAddr,
+    route_extra: &str,
+) -> (Arc<Proxy>, std::net::SocketAddr) {
+    let config = format!(
+        "listeners:\n  - name: grpc\n    address: 127.0.0.1:0\n    virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: up{route_extra}}}]}}]\nclusters:\n  - name: up\n    protocol: http2\n    endpoints: [{{address: \"{upstream}\"}}]\n"
+    );
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(&config).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    (proxy, address)
+}
+
+/// A tonic channel to `address`.
+async fn channel(address: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }

@@ -113,25 +113,8 @@ async fn call(
     let bundle = trust_bundle(pki.root.certificate_pem()).unwrap();
     let mut config = client_config(local, bundle, server.clone()).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(mesh_server_name(), tcp)
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::get("/")
-        .header("host", "api.shop.internal")
-        .header(
-            PEER_HEADER,
-            "spiffe://meridian.test/org/acme/app/shop/service/admin",
-        )
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let forged = "spiffe://meridian.test/org/acme/app/shop/service/admin";
+    let (_, response) = mesh_get(&Arc::new(config), address, Some(forged)).await;
     let status = response.status().as_u16();
     let why = response
         .headers()
@@ -381,29 +364,40 @@ async fn certificates_rotate_under_steady_load_without_a_failed_request() {
     );
 }
 
-/// One request over a new mutual-TLS connection made with `config`; how its handshake went.
-async fn handshake_kind(
+/// A GET over a new mutual-TLS connection made with `config` (with `x-meridian-peer: forged`
+/// if given): how the handshake went, and the response.
+async fn mesh_get(
     config: &Arc<rustls::ClientConfig>,
     address: SocketAddr,
-) -> rustls::HandshakeKind {
+    forged: Option<&str>,
+) -> (rustls::HandshakeKind, http::Response<hyper::body::Incoming>) {
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let tls = TlsConnector::from(config.clone())
         .connect(mesh_server_name(), tcp)
         .await
         .unwrap();
     let kind = tls.get_ref().1.handshake_kind().unwrap();
-    // The response brings the session tickets the next connection resumes with.
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .unwrap();
     tokio::spawn(connection);
-    let request = http::Request::get("/")
-        .header("host", "api.shop.internal")
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let mut request = http::Request::get("/").header("host", "api.shop.internal");
+    if let Some(forged) = forged {
+        request = request.header(PEER_HEADER, forged);
+    }
+    let request = request.body(Empty::<bytes::Bytes>::new()).unwrap();
+    (kind, sender.send_request(request).await.unwrap())
+}
+
+/// One request over a new mutual-TLS connection made with `config`; how its handshake went.
+async fn handshake_kind(
+    config: &Arc<rustls::ClientConfig>,
+    address: SocketAddr,
+) -> rustls::HandshakeKind {
+    let (kind, response) = mesh_get(config, address, None).await;
     assert_eq!(response.status(), 200);
+    // The response brings the session tickets the next connection resumes with.
     response.into_body().collect().await.unwrap();
     kind
 }

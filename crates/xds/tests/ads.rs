@@ -111,6 +111,15 @@ impl<Req, Resp> Stream<Req, Resp> {
         self.tx.send(request).await.unwrap();
     }
 
+    /// The status the stream ends with.
+    async fn error(&mut self) -> tonic::Status {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Err(status)) => status,
+            Ok(Ok(_)) => panic!("the stream goes on instead of ending with an error"),
+            Err(_) => panic!("no answer in time"),
+        }
+    }
+
     async fn next(&mut self) -> Resp {
         tokio::time::timeout(WAIT, self.rx.message())
             .await
@@ -465,10 +474,7 @@ async fn a_stale_sotw_nonce_is_ignored_and_too_many_names_close_the_stream() {
             ..Default::default()
         })
         .await;
-    let status = tokio::time::timeout(WAIT, stream.rx.message())
-        .await
-        .expect("an answer in time")
-        .expect_err("the stream ends with an error");
+    let status = stream.error().await;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert!(status.message().contains("resource_names"), "{status:?}");
 }
@@ -537,10 +543,7 @@ async fn a_request_over_the_size_limit_ends_the_stream_with_the_reason() {
     stream.next().await;
     let long = "x".repeat(2048);
     stream.send(subscribe(None, ENDPOINT, &[&long])).await;
-    let status = tokio::time::timeout(WAIT, stream.rx.message())
-        .await
-        .expect("an answer in time")
-        .expect_err("the stream ends with an error");
+    let status = stream.error().await;
     assert!(
         status.message().contains("too large"),
         "{:?}: {}",
