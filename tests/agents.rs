@@ -523,10 +523,20 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
     drop(first_gateway);
 
     // The disk copy holds the regions' summaries too (how to reach other regions).
-    let copy = region.dir.path().join("region-fra").join("state.json");
-    let copy: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(copy).unwrap()).unwrap();
-    assert!(copy["regions"]["fra"]["lat"].is_number(), "{copy}");
+    // (It is written at most twice a second, so it may lag the last update briefly.)
+    let path = region.dir.path().join("region-fra").join("state.json");
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let copy: serde_json::Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        if copy["regions"]["fra"]["lat"].is_number() {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "no summary in the disk copy: {copy}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The global control plane goes away, then the region's restarts.
     platform.global.stop();

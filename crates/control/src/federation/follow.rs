@@ -28,11 +28,15 @@ use crate::region::{RegionState, ServiceId};
 
 /// First and longest wait between attempts to reach the global control plane.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+/// Shortest time between two writes of the disk copy. The copy holds the whole region, so
+/// writing it for every update would make each change cost the region's size; updates that
+/// come closer together are written together.
+const COPY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Follows the global control plane's xDS at `url` (an `https://` URL; `tls` presents the
 /// region's certificate) into `state` until the process ends. `synced` becomes true after the
-/// first answer (the control plane is ready then); `disk_copy` is rewritten after each accepted
-/// update.
+/// first answer (the control plane is ready then); `disk_copy` is rewritten after accepted
+/// updates (at once after a quiet spell, then at most every [`COPY_INTERVAL`]).
 pub async fn follow_global(
     url: String,
     tls: Arc<rustls::ClientConfig>,
@@ -50,15 +54,30 @@ pub async fn follow_global(
         },
         backoff: BACKOFF,
     };
+    let copy_due = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(keep_copies(state.clone(), disk_copy, copy_due.clone()));
     let follower = Follower {
         region,
         state,
         synced,
-        disk_copy,
+        copy_due,
         applied: BTreeMap::new(),
         first: true,
     };
     run_delta_client(client, follower).await;
+}
+
+/// Writes the region's disk copy each time `due` is told, at most every [`COPY_INTERVAL`]; a
+/// failure is logged (the region goes on from memory).
+async fn keep_copies(state: Arc<Mutex<RegionState>>, path: PathBuf, due: Arc<tokio::sync::Notify>) {
+    loop {
+        due.notified().await;
+        let copy = lock(&state).disk_copy();
+        if let Err(e) = crate::disk_copy::save(&path, &copy).await {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the region's disk copy");
+        }
+        tokio::time::sleep(COPY_INTERVAL).await;
+    }
 }
 
 /// What a regional deployment resource carries, decoded.
@@ -72,7 +91,8 @@ struct Follower {
     region: String,
     state: Arc<Mutex<RegionState>>,
     synced: watch::Sender<bool>,
-    disk_copy: PathBuf,
+    /// Told when the disk copy should be written again.
+    copy_due: Arc<tokio::sync::Notify>,
     /// The version of each resource applied, by name.
     applied: BTreeMap<String, String>,
     /// Whether nothing was accepted yet.
@@ -222,17 +242,13 @@ impl Follower {
         self.applied = now;
         self.first = false;
         self.synced.send_replace(true);
-        self.keep_copy().await;
+        self.keep_copy();
         Ok(())
     }
 
-    /// Writes the region's disk copy; a failure is logged (the region goes on from memory).
-    async fn keep_copy(&self) {
-        let copy = lock(&self.state).disk_copy();
-        if let Err(e) = crate::disk_copy::save(&self.disk_copy, &copy).await {
-            tracing::warn!(path = %self.disk_copy.display(), error = %e,
-                "cannot write the region's disk copy");
-        }
+    /// Has the region's disk copy written again.
+    fn keep_copy(&self) {
+        self.copy_due.notify_one();
     }
 }
 
@@ -247,7 +263,7 @@ impl Handler for Follower {
         } else if type_url == REGION_SUMMARY {
             let regions = decode_summaries(resources)?;
             lock(&self.state).set_region_summaries(&regions);
-            self.keep_copy().await;
+            self.keep_copy();
         }
         Ok(interests())
     }

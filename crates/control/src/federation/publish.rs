@@ -10,7 +10,7 @@
 //!
 //! The cache wakes only the streams whose resources changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,11 +47,17 @@ pub struct ReportSource {
     pub changed: watch::Receiver<u64>,
 }
 
+/// A published regional deployment, with its spec as JSON (made once, for every summary).
+struct PublishedDeployment {
+    deployment: RegionalDeployment,
+    spec_json: Vec<u8>,
+}
+
 /// What has been published.
 #[derive(Default)]
 struct Published {
     /// Each region's regional deployments, by service (`org/app/service`).
-    deployed: BTreeMap<String, BTreeMap<String, RegionalDeployment>>,
+    deployed: BTreeMap<String, BTreeMap<String, PublishedDeployment>>,
     /// Each region's coordinates.
     regions: BTreeMap<String, (f64, f64)>,
 }
@@ -114,10 +120,12 @@ async fn publish_then_follow(
         "regional deployments published for the regions"
     );
     loop {
-        let changes = tokio::select! {
-            changes = wait_for_changes(store, revision, FEED_PAGE, FEED_WAIT) => changes,
-            _ = reports.changed.changed() => Ok(Vec::new()),
-            () = tokio::time::sleep(SUMMARY_REFRESH) => Ok(Vec::new()),
+        // A report or the refresh period renders every summary; a change in the store only
+        // those of the regions it touches, so its cost does not grow with the other services.
+        let (changes, all_summaries) = tokio::select! {
+            changes = wait_for_changes(store, revision, FEED_PAGE, FEED_WAIT) => (changes, false),
+            _ = reports.changed.changed() => (Ok(Vec::new()), true),
+            () = tokio::time::sleep(SUMMARY_REFRESH) => (Ok(Vec::new()), true),
         };
         let changes = match changes {
             Err(StoreError::Closed) => return Ok(()),
@@ -143,10 +151,16 @@ async fn publish_then_follow(
         if regions_changed {
             read_regions(store, published).await?;
         }
+        let mut dirty = BTreeSet::new();
         for (org, app, name) in touched {
-            publish_service(store, cache, published, &ServiceKey { org, app, name }).await?;
+            let key = ServiceKey { org, app, name };
+            dirty.extend(publish_service(store, cache, published, &key).await?);
         }
-        publish_summaries(cache, published, &reports.latest);
+        if all_summaries || regions_changed {
+            publish_summaries(cache, published, &reports.latest);
+        } else if !dirty.is_empty() {
+            publish_region_summaries(cache, published, &reports.latest, &dirty);
+        }
     }
 }
 
@@ -178,13 +192,14 @@ fn withdraw(published: &mut Published, service: &str) -> Update {
 }
 
 /// Re-reads one service and its endpoints and publishes its regional deployments; regions it
-/// no longer runs in lose theirs.
+/// no longer runs in lose theirs. Returns the regions whose summaries this changes: those
+/// where the service's deployment came, went or changed version.
 async fn publish_service(
     store: &dyn Store,
     cache: &Cache,
     published: &mut Published,
     key: &ServiceKey,
-) -> Result<(), StoreError> {
+) -> Result<BTreeSet<String>, StoreError> {
     let name = key.to_string();
     let regional = match store.get_service(key).await? {
         Some(current) => derive_regional(&current.definition, current.version),
@@ -195,6 +210,16 @@ async fn publish_service(
     } else {
         store.list_endpoints(key).await?
     };
+    // The summaries show each deployment's version and spec, not its endpoints: only regions
+    // that gain, lose or change a deployment need theirs again.
+    let before: BTreeMap<String, u64> = published
+        .deployed
+        .iter()
+        .filter_map(|(region, services)| {
+            Some((region.clone(), services.get(&name)?.deployment.version))
+        })
+        .collect();
+    let mut regions: BTreeSet<String> = before.keys().cloned().collect();
     let mut update = withdraw(published, &name);
     for deployment in regional {
         let here: Vec<&Endpoint> = endpoints
@@ -214,70 +239,36 @@ async fn publish_service(
                 value: resource.encode_to_vec(),
             },
         ));
+        if before.get(&deployment.region) == Some(&deployment.version) {
+            regions.remove(&deployment.region);
+        } else {
+            regions.insert(deployment.region.clone());
+        }
+        let spec_json = to_json(&deployment.spec);
         published
             .deployed
             .entry(deployment.region.clone())
             .or_default()
-            .insert(name.clone(), deployment);
+            .insert(
+                name.clone(),
+                PublishedDeployment {
+                    deployment,
+                    spec_json,
+                },
+            );
     }
     cache.apply(REGIONAL_DEPLOYMENT, update);
-    Ok(())
+    Ok(regions)
 }
 
 /// Renders every region's summary from what is deployed there and its last fresh report;
 /// regions that are gone lose theirs.
 fn publish_summaries(cache: &Cache, published: &Published, latest: &LatestReport) {
     let mut update = Update::default();
-    for (region, &(lat, lon)) in &published.regions {
-        let report = latest(region)
-            .filter(|(_, age)| *age <= REPORT_STALE)
-            .map(|(report, _)| report);
-        let health = |deployment: &RegionalDeployment| {
-            report
-                .iter()
-                .flat_map(|r| &r.services)
-                .find(|s| {
-                    (&s.org, &s.app, &s.service)
-                        == (&deployment.org, &deployment.app, &deployment.service)
-                })
-                .map(|s| (s.healthy, s.addresses.clone()))
-                .unwrap_or_default()
-        };
-        let services = published
-            .deployed
-            .get(region)
-            .into_iter()
-            .flatten()
-            .map(|(_, deployment)| {
-                let (healthy, addresses) = health(deployment);
-                RegionService {
-                    org: deployment.org.clone(),
-                    app: deployment.app.clone(),
-                    service: deployment.service.clone(),
-                    version: deployment.version,
-                    spec_json: to_json(&deployment.spec),
-                    addresses,
-                    healthy,
-                }
-            })
-            .collect();
-        let summary = RegionSummary {
-            lat,
-            lon,
-            services,
-            reported: report.is_some(),
-            gateway: report
-                .as_ref()
-                .and_then(|r| r.gateway.clone())
-                .unwrap_or_default(),
-        };
-        update.put.push((
-            format!("{REGIONS_NAMESPACE}{region}"),
-            Any {
-                type_url: REGION_SUMMARY.to_owned(),
-                value: summary.encode_to_vec(),
-            },
-        ));
+    for (region, &coordinates) in &published.regions {
+        update
+            .put
+            .push(region_summary(published, region, coordinates, latest));
     }
     let current: BTreeSet<&str> = update.put.iter().map(|(name, _)| name.as_str()).collect();
     update.remove = cache
@@ -286,6 +277,94 @@ fn publish_summaries(cache: &Cache, published: &Published, latest: &LatestReport
         .filter(|name| !current.contains(name.as_str()))
         .collect();
     cache.apply(REGION_SUMMARY, update);
+}
+
+/// Renders the summaries of `regions` only (those a change in the store touched).
+fn publish_region_summaries(
+    cache: &Cache,
+    published: &Published,
+    latest: &LatestReport,
+    regions: &BTreeSet<String>,
+) {
+    let put = regions
+        .iter()
+        .filter_map(|region| {
+            let coordinates = *published.regions.get(region)?;
+            Some(region_summary(published, region, coordinates, latest))
+        })
+        .collect();
+    cache.apply(
+        REGION_SUMMARY,
+        Update {
+            put,
+            remove: Vec::new(),
+        },
+    );
+}
+
+/// One region's summary as a cache entry: its coordinates and, for each service deployed
+/// there, its spec and what the region's last fresh report says of it.
+fn region_summary(
+    published: &Published,
+    region: &str,
+    (lat, lon): (f64, f64),
+    latest: &LatestReport,
+) -> (String, Any) {
+    let report = latest(region)
+        .filter(|(_, age)| *age <= REPORT_STALE)
+        .map(|(report, _)| report);
+    let reported: HashMap<(&str, &str, &str), (u32, &Vec<String>)> = report
+        .iter()
+        .flat_map(|r| &r.services)
+        .map(|s| {
+            let key = (s.org.as_str(), s.app.as_str(), s.service.as_str());
+            (key, (s.healthy, &s.addresses))
+        })
+        .collect();
+    let services = published
+        .deployed
+        .get(region)
+        .into_iter()
+        .flatten()
+        .map(|(_, published)| {
+            let deployment = &published.deployment;
+            let key = (
+                deployment.org.as_str(),
+                deployment.app.as_str(),
+                deployment.service.as_str(),
+            );
+            let (healthy, addresses) = reported
+                .get(&key)
+                .map(|(healthy, addresses)| (*healthy, (*addresses).clone()))
+                .unwrap_or_default();
+            RegionService {
+                org: deployment.org.clone(),
+                app: deployment.app.clone(),
+                service: deployment.service.clone(),
+                version: deployment.version,
+                spec_json: published.spec_json.clone(),
+                addresses,
+                healthy,
+            }
+        })
+        .collect();
+    let summary = RegionSummary {
+        lat,
+        lon,
+        services,
+        reported: report.is_some(),
+        gateway: report
+            .as_ref()
+            .and_then(|r| r.gateway.clone())
+            .unwrap_or_default(),
+    };
+    (
+        format!("{REGIONS_NAMESPACE}{region}"),
+        Any {
+            type_url: REGION_SUMMARY.to_owned(),
+            value: summary.encode_to_vec(),
+        },
+    )
 }
 
 /// `value` as JSON (model types always serialize).
