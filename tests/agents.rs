@@ -534,7 +534,10 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
         if copy["regions"]["fra"]["lat"].is_number() {
             break;
         }
-        assert!(std::time::Instant::now() < end, "no summary in the disk copy: {copy}");
+        assert!(
+            std::time::Instant::now() < end,
+            "no summary in the disk copy: {copy}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
