@@ -136,8 +136,9 @@ fn editing_the_config_file_swaps_the_config_a_broken_edit_does_not_and_sighup_re
         std::thread::sleep(Duration::from_millis(50));
     }
     let before = applied();
-    let hangup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+    // The shell's own `kill`: no procps needed on a minimal machine.
+    let hangup = Command::new("sh")
+        .args(["-c", &format!("kill -HUP {}", child.id())])
         .status()
         .unwrap();
     assert!(hangup.success());
