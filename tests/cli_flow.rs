@@ -201,23 +201,48 @@ fn get(api: &str, path: &str, token: &str) -> String {
     answer
 }
 
-/// Starts `meridian dev` with its data in `data`, waits until it is up; returns it and what it
-/// printed.
-fn start_dev(data: &std::path::Path) -> (std::process::Child, String) {
-    let (mut dev, lines) = support::spawn_with_lines(
+/// A running `meridian dev`, killed if the test ends without stopping it (a failed assertion):
+/// its children notice and stop, so a failure leaves no platform behind for the next test.
+struct Dev(std::process::Child);
+
+impl std::ops::Deref for Dev {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Dev {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `meridian dev` with its data in `data`, waits until it is up and has printed its
+/// status; returns it and what it printed.
+fn start_dev(data: &std::path::Path) -> (Dev, String) {
+    let (dev, lines) = support::spawn_with_lines(
         Command::new(MERIDIAN)
             .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env("MERIDIAN_LOG", "warn"),
     );
+    let dev = Dev(dev);
     let mut stdout = String::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !stdout.contains("Meridian dev is up") {
+    while !stdout.contains("Ctrl-C stops everything") {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = lines.recv_timeout(left).unwrap_or_else(|_| {
-            let _ = dev.kill();
-            panic!("meridian dev was not up in time:\n{stdout}")
-        });
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("meridian dev was not up in time:\n{stdout}"));
         stdout.push_str(&line);
         stdout.push('\n');
     }
@@ -285,6 +310,17 @@ fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
     );
     assert!(
         stdout.contains("deployed demo/shop/api version 1 to fra, iad, sin"),
+        "{stdout}"
+    );
+    // By the time dev says it is up, every region runs the api the printed example calls.
+    let api_regions: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("demo/shop/api"))
+        .skip(2)
+        .take(3)
+        .collect();
+    assert!(
+        api_regions.len() == 3 && api_regions.iter().all(|l| l.contains("running")),
         "{stdout}"
     );
 

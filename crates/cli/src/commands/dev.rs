@@ -246,7 +246,7 @@ async fn start_and_serve(
     let edge_answers = wait_until_edges_serve(&edges).await;
     print_status(&api, &token, &regions, &answers, data_dir);
     print_edges(&edges, &edge_answers);
-    for service in ["web", "api"] {
+    for service in EXAMPLE_SERVICES {
         println!();
         let scope = resources::AppScope::new("shop", "demo");
         resources::status(&client, Format::Table, service, &scope).await?;
@@ -519,19 +519,27 @@ fn print_edges(edges: &[(&str, SocketAddr)], answers: &[String]) {
     }
 }
 
-/// Waits (a few seconds at most) until the regions have reported the web service running, so
-/// that the status tables printed next say so.
+/// The example's services, in the order their status is printed.
+const EXAMPLE_SERVICES: [&str; 2] = ["web", "api"];
+
+/// Waits (30 s at most) until the regions have reported every example service running, so that
+/// the status tables printed next say so and the suggested calls to `api` find it healthy.
 async fn wait_until_reported(client: &Client) {
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + Duration::from_secs(30);
     while Instant::now() < end {
-        let status: Result<serde_json::Value> = client
-            .get("/v1/orgs/demo/apps/shop/services/web/status")
-            .await;
-        let running = status.is_ok_and(|s| {
-            s["regions"]
-                .as_array()
-                .is_some_and(|r| r.iter().all(|r| r["state"] == "running"))
-        });
+        let mut running = true;
+        for service in EXAMPLE_SERVICES {
+            let status: Result<serde_json::Value> = client
+                .get(&format!(
+                    "/v1/orgs/demo/apps/shop/services/{service}/status"
+                ))
+                .await;
+            running &= status.is_ok_and(|s| {
+                s["regions"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|r| r["state"] == "running"))
+            });
+        }
         if running {
             return;
         }
