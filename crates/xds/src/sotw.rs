@@ -1,13 +1,14 @@
 //! State-of-the-world ADS: every response for a type carries the whole subscribed set.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tonic::Status;
 
-use crate::cache::Dirty;
+use crate::cache::{Dirty, Versioned};
 use crate::stream::{Context, Protocol};
 use crate::{served, wildcard_by_default};
 
@@ -24,8 +25,9 @@ struct TypeState {
     version: u64,
     /// Nonce of the last response; requests carrying another nonce are stale.
     nonce: Option<String>,
-    /// Resource versions in the last response, by node name.
-    sent: HashMap<String, String>,
+    /// The resources in the last response, by node name: a push looks up only the names that
+    /// changed and sends the others as they were.
+    sent: HashMap<String, Arc<Versioned>>,
     /// The oldest change sent and not yet acknowledged.
     unacked_since: Option<Instant>,
 }
@@ -116,7 +118,7 @@ impl Protocol for Sotw {
         state.started = true;
         state.names = names;
         state.wildcard = wildcard;
-        Ok(vec![respond(&type_url, state, cx, false)])
+        Ok(vec![respond(&type_url, state, cx, None)])
     }
 
     fn on_changed(&mut self, changed: Dirty, cx: &mut Context) -> Vec<DiscoveryResponse> {
@@ -131,46 +133,68 @@ impl Protocol for Sotw {
                     .is_some_and(|n| state.wildcard || state.names.contains(n))
             });
             if relevant {
-                responses.push(respond(&type_url, state, cx, true));
+                responses.push(respond(&type_url, state, cx, Some(&names)));
             }
         }
         responses
     }
 }
 
-/// The whole subscribed set of `type_url`, as a new response. `pushed` says whether a change
-/// caused it (only those count in the push and convergence latencies; a new subscription's first
-/// answer does not).
+/// The whole subscribed set of `type_url`, as a new response. `changed` holds the cache names
+/// whose change caused it: only those are looked up again, and only such responses count in the
+/// push and convergence latencies. Without it (a new subscription's answer) every name is looked
+/// up.
 fn respond(
     type_url: &str,
     state: &mut TypeState,
     cx: &mut Context,
-    pushed: bool,
+    changed: Option<&BTreeSet<String>>,
 ) -> DiscoveryResponse {
     let cache = cx.subscriber.cache();
-    let names: Vec<String> = if state.wildcard {
-        cache
+    let everything: Vec<String>;
+    let names: Vec<&String> = if state.wildcard {
+        everything = cache
             .names(type_url, cx.scope.prefix(type_url))
             .iter()
             .filter_map(|n| cx.scope.node_name(type_url, n).map(str::to_owned))
-            .collect()
+            .collect();
+        everything.iter().collect()
     } else {
-        state.names.iter().cloned().collect()
+        state.names.iter().collect()
     };
+    let sent = &mut state.sent;
+    let fresh: Option<BTreeSet<&str>> = changed.map(|changed| {
+        changed
+            .iter()
+            .filter_map(|n| cx.scope.node_name(type_url, n))
+            .collect()
+    });
+    if fresh.is_none() {
+        // The subscription changed: forget what is no longer asked for.
+        let wanted: BTreeSet<&str> = names.iter().map(|n| n.as_str()).collect();
+        sent.retain(|name, _| wanted.contains(name.as_str()));
+    }
     let mut resources = Vec::with_capacity(names.len());
-    let mut sent = HashMap::with_capacity(names.len());
     let mut oldest: Option<Instant> = None;
     for name in names {
-        let Some(versioned) = cache.get(type_url, &cx.scope.cache_name(type_url, &name)) else {
-            continue;
+        let unchanged = fresh.as_ref().is_some_and(|f| !f.contains(name.as_str()));
+        let versioned = match sent.get(name) {
+            Some(last) if unchanged => last.clone(),
+            last => {
+                let current = cache.get(type_url, &cx.scope.cache_name(type_url, name));
+                let Some(current) = current else {
+                    sent.remove(name);
+                    continue;
+                };
+                if fresh.is_some() && last.is_none_or(|l| l.version != current.version) {
+                    oldest = Some(oldest.map_or(current.changed_at, |o| o.min(current.changed_at)));
+                }
+                sent.insert(name.clone(), current.clone());
+                current
+            }
         };
-        if pushed && state.sent.get(&name) != Some(&versioned.version) {
-            oldest = Some(oldest.map_or(versioned.changed_at, |o| o.min(versioned.changed_at)));
-        }
         resources.push(versioned.resource.clone());
-        sent.insert(name, versioned.version.clone());
     }
-    state.sent = sent;
     state.version += 1;
     if let Some(at) = oldest {
         state.unacked_since = Some(state.unacked_since.map_or(at, |o| o.min(at)));

@@ -440,6 +440,51 @@ async fn sotw_wildcard_sees_only_the_nodes_org_and_answers_unknown_types_empty()
 }
 
 #[tokio::test]
+async fn a_sotw_push_carries_the_changed_resources_new_and_the_others_as_they_were() {
+    let server = start(Limits::default()).await;
+    put(&server.cache, ENDPOINT, &[("proxy/a", 1), ("proxy/b", 1)]);
+    let mut stream = sotw(&server.url).await;
+    let request = |names: &[&str], nonce: &str| DiscoveryRequest {
+        node: Some(node("n1", None)),
+        type_url: ENDPOINT.to_owned(),
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        response_nonce: nonce.to_owned(),
+        ..Default::default()
+    };
+    let tags = |response: &DiscoveryResponse| {
+        let mut tags: Vec<String> = response.resources.iter().map(tag_of).collect();
+        tags.sort();
+        tags
+    };
+    // `c` does not exist yet: the answer holds what does.
+    stream.send(request(&["a", "b", "c"], "")).await;
+    assert_eq!(tags(&stream.next().await), ["proxy/a#1", "proxy/b#1"]);
+
+    put(&server.cache, ENDPOINT, &[("proxy/a", 2)]);
+    assert_eq!(tags(&stream.next().await), ["proxy/a#2", "proxy/b#1"]);
+    server.cache.apply(
+        ENDPOINT,
+        Update {
+            put: Vec::new(),
+            remove: vec!["proxy/b".to_owned()],
+        },
+    );
+    assert_eq!(tags(&stream.next().await), ["proxy/a#2"]);
+    put(&server.cache, ENDPOINT, &[("proxy/c", 1)]);
+    assert_eq!(tags(&stream.next().await), ["proxy/a#2", "proxy/c#1"]);
+    put(&server.cache, ENDPOINT, &[("proxy/b", 3)]);
+    let last = stream.next().await;
+    assert_eq!(tags(&last), ["proxy/a#2", "proxy/b#3", "proxy/c#1"]);
+
+    // Dropping a name leaves it out; a later change to it is not sent, one to another name is.
+    stream.send(request(&["b", "c"], &last.nonce)).await;
+    assert_eq!(tags(&stream.next().await), ["proxy/b#3", "proxy/c#1"]);
+    put(&server.cache, ENDPOINT, &[("proxy/a", 3)]);
+    put(&server.cache, ENDPOINT, &[("proxy/c", 2)]);
+    assert_eq!(tags(&stream.next().await), ["proxy/b#3", "proxy/c#2"]);
+}
+
+#[tokio::test]
 async fn a_stale_sotw_nonce_is_ignored_and_too_many_names_close_the_stream() {
     let server = start(Limits {
         max_names_per_type: 3,
