@@ -169,8 +169,8 @@ fn respond(
             .filter_map(|n| cx.scope.node_name(type_url, n))
             .collect()
     });
-    if fresh.is_none() {
-        // The subscription changed: forget what is no longer asked for.
+    if fresh.is_none() || state.wildcard {
+        // The subscription changed, or a wildcard's set did: forget what is no longer there.
         let wanted: BTreeSet<&str> = names.iter().map(|n| n.as_str()).collect();
         sent.retain(|name, _| wanted.contains(name.as_str()));
     }
