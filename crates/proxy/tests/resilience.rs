@@ -370,6 +370,14 @@ async fn until_served_by(base: &str, want: &str) {
     }
 }
 
+/// Polls until `base` is served by `want`, then checks that the next 20 requests are too.
+async fn settles_on(base: &str, want: &str) {
+    until_served_by(base, want).await;
+    for _ in 0..20 {
+        assert_eq!(served_by(base).await.as_deref(), Some(want));
+    }
+}
+
 #[tokio::test]
 async fn tcp_health_checks_follow_whether_the_endpoint_accepts_connections() {
     let primary = Upstream::start("primary").await;
@@ -381,16 +389,10 @@ async fn tcp_health_checks_follow_whether_the_endpoint_accepts_connections() {
     let (proxy, base) = proxy(&cluster, "").await;
     until_served_by(&base, "primary").await;
     primary.kill();
-    until_served_by(&base, "backup").await;
-    for _ in 0..20 {
-        assert_eq!(served_by(&base).await.as_deref(), Some("backup"));
-    }
+    settles_on(&base, "backup").await;
     // Listening again on the same address brings the traffic back.
     let _revived = Upstream::start_at("primary", primary.addr).await;
-    until_served_by(&base, "primary").await;
-    for _ in 0..20 {
-        assert_eq!(served_by(&base).await.as_deref(), Some("primary"));
-    }
+    settles_on(&base, "primary").await;
     let metrics = proxy.metrics_text();
     for to in ["unhealthy", "healthy"] {
         let line =
