@@ -299,6 +299,25 @@ fn gone(dev: &mut std::process::Child, data: &std::path::Path) -> std::process::
     }
 }
 
+/// What the example host answers at `address` (the body of a 200, or the status line).
+fn greeting_at(address: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return "no connection".to_owned();
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = write!(
+        stream,
+        "GET / HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.trim().to_owned(),
+        _ => answer.lines().next().unwrap_or_default().to_owned(),
+    }
+}
+
 #[test]
 fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -340,4 +359,38 @@ fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
     // Killed outright, dev cannot stop its children: they notice it is gone and stop.
     rustix::process::kill_process(pid(&dev), rustix::process::Signal::KILL).unwrap();
     gone(&mut dev, &data);
+}
+
+#[test]
+fn the_example_answers_with_the_greeting_its_definition_sets() {
+    let definition: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(support::repo_root().join("examples/hello.yaml")).unwrap(),
+    )
+    .unwrap();
+    let set = definition["runtime"]["process"]["env"]["GREETING"]
+        .as_str()
+        .unwrap_or_else(|| panic!("examples/hello.yaml sets no GREETING: {definition}"));
+    for greeting in [set, "bonjour"] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (hello, lines) = support::spawn_with_lines(
+            Command::new(support::HELLO)
+                .env("PORT", port.to_string())
+                .env("MERIDIAN_ADDRESS", "127.0.0.1")
+                .env("MERIDIAN_SERVICE", "web")
+                .env("GREETING", greeting),
+        );
+        let _hello = support::Killed(hello);
+        support::wait_for_line(&lines, std::time::Duration::from_secs(20), "hello", |l| {
+            l.contains("listening")
+        });
+        let answer = greeting_at(&format!("127.0.0.1:{port}"));
+        assert!(
+            answer.starts_with(&format!("{greeting} from web ")),
+            "{answer}"
+        );
+    }
 }

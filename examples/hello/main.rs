@@ -3,7 +3,9 @@
 //! with `curl`.
 //!
 //! It listens on `$MERIDIAN_ADDRESS:$PORT` (default 127.0.0.1:8080) and serves:
-//! - `GET /` — `hello from <service> <instance> in <region> (node <node>, <address>)`;
+//! - `GET /` — `<greeting> from <service> <instance> in <region> (node <node>, <address>)`,
+//!   where the greeting is `$GREETING` (`hello` if unset: the definition in
+//!   `examples/hello.yaml` sets it, so that a first edit and deploy shows);
 //! - `GET /healthz` — `ok`;
 //! - `GET /whoami` — the caller's identity as the mesh passed it (`x-meridian-peer`), or
 //!   `anonymous`;
@@ -33,7 +35,8 @@ async fn main() -> std::process::ExitCode {
         var("PORT", "8080")
     );
     let greeting = format!(
-        "hello from {} {} in {} (node {}, {})\n",
+        "{} from {} {} in {} (node {}, {})\n",
+        var("GREETING", "hello"),
         var("MERIDIAN_SERVICE", "hello"),
         var("MERIDIAN_INSTANCE", "local"),
         var("MERIDIAN_REGION", "nowhere"),

@@ -446,18 +446,16 @@ async fn wait_until_served(regions: &[Region]) -> Vec<String> {
     let end = Instant::now() + READY_DEADLINE;
     loop {
         let mut answers = Vec::new();
+        let mut served = true;
         for region in regions {
             if !WEB_REGIONS.contains(&region.name) {
                 answers.push("- (web does not run in this region)".to_owned());
                 continue;
             }
-            answers.push(greeting(&client, region.gateway, "not served in this region yet").await);
+            let answer = greeting(&client, region.gateway, "not served in this region yet").await;
+            served &= answer.is_ok();
+            answers.push(answer.unwrap_or_else(|why| why));
         }
-        let served = regions
-            .iter()
-            .zip(&answers)
-            .filter(|(r, _)| WEB_REGIONS.contains(&r.name))
-            .all(|(_, a)| a.starts_with("hello from"));
         if served || Instant::now() > end {
             return answers;
         }
@@ -474,18 +472,24 @@ fn probe_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// What `address` answers for the example host: the greeting, or why there is none (`missing`
-/// says what a non-2xx answer means there).
-async fn greeting(client: &reqwest::Client, address: SocketAddr, missing: &str) -> String {
+/// What `address` answers for the example host: the greeting (whatever the example's
+/// `GREETING` is), or why there is none (`missing` says what a non-2xx answer means there).
+async fn greeting(
+    client: &reqwest::Client,
+    address: SocketAddr,
+    missing: &str,
+) -> Result<String, String> {
     let answer = client
         .get(format!("http://{address}/"))
         .header("host", EXAMPLE_HOST)
         .send()
         .await;
     match answer {
-        Ok(a) if a.status().is_success() => a.text().await.unwrap_or_default().trim().to_owned(),
-        Ok(a) => format!("{} ({missing})", a.status()),
-        Err(e) => format!("no answer: {e}"),
+        Ok(a) if a.status().is_success() => {
+            Ok(a.text().await.unwrap_or_default().trim().to_owned())
+        }
+        Ok(a) => Err(format!("{} ({missing})", a.status())),
+        Err(e) => Err(format!("no answer: {e}")),
     }
 }
 
@@ -498,8 +502,11 @@ async fn wait_until_edges_serve(edges: &[(&str, SocketAddr)]) -> Vec<String> {
         for (_, address) in edges {
             answers.push(greeting(&client, *address, "no region serves it yet").await);
         }
-        if answers.iter().all(|a| a.starts_with("hello from")) || Instant::now() > end {
-            return answers;
+        if answers.iter().all(Result::is_ok) || Instant::now() > end {
+            return answers
+                .into_iter()
+                .map(|a| a.unwrap_or_else(|why| why))
+                .collect();
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
