@@ -227,8 +227,8 @@ impl Drop for Dev {
 }
 
 /// Starts `meridian dev` with its data in `data`, waits until it is up and has printed its
-/// status; returns it and what it printed.
-fn start_dev(data: &std::path::Path) -> (Dev, String) {
+/// status; returns it, what it printed, and what it prints from then on.
+fn start_dev(data: &std::path::Path) -> (Dev, String, std::sync::mpsc::Receiver<String>) {
     let (dev, lines) = support::spawn_with_lines(
         Command::new(MERIDIAN)
             .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -246,7 +246,98 @@ fn start_dev(data: &std::path::Path) -> (Dev, String) {
         stdout.push_str(&line);
         stdout.push('\n');
     }
-    (dev, stdout)
+    (dev, stdout, lines)
+}
+
+/// The process whose command line holds `data` and `part` (e.g. `control --region fra`).
+fn pid_of(data: &std::path::Path, part: &str) -> rustix::process::Pid {
+    let data_text = data.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|p| {
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let pid = p.file_name().to_str()?.parse().ok()?;
+            (cmdline.contains(&data_text) && cmdline.contains(part))
+                .then(|| rustix::process::Pid::from_raw(pid))
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no process of {part}"))
+}
+
+/// What dev printed after `prefix` on the line that starts with it.
+fn printed<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{stdout}"))
+}
+
+/// Kills fra's regional control plane outright while dev runs: dev says so, starts it again on
+/// the same ports and data, and a change deployed then reaches fra's gateway through it.
+fn kill_and_follow_control_fra(
+    data: &std::path::Path,
+    dev: &mut std::process::Child,
+    stdout: &str,
+    lines: &std::sync::mpsc::Receiver<String>,
+) {
+    let killed = pid_of(data, "control --region fra");
+    rustix::process::kill_process(killed, rustix::process::Signal::KILL).unwrap();
+    let deadline = std::time::Duration::from_secs(60);
+    support::wait_for_line(lines, deadline, "dev to see it exit", |l| {
+        l.starts_with("control-fra exited (signal: 9")
+            && l.ends_with("starting it again in 1s (attempt 1)")
+    });
+    support::wait_for_line(lines, deadline, "control-fra again", |l| {
+        l == "control-fra is running again"
+    });
+    assert!(dev.try_wait().unwrap().is_none(), "dev stopped");
+    assert_ne!(pid_of(data, "control --region fra"), killed);
+
+    let exports = printed(stdout, "export MERIDIAN_API=");
+    let (api, token) = exports.split_once(" MERIDIAN_TOKEN=").unwrap();
+    let cli = Cli {
+        api: api.to_owned(),
+        token: token.to_owned(),
+    };
+    let edited = data.join("hello.yaml");
+    let hello = std::fs::read_to_string(support::repo_root().join("examples/hello.yaml")).unwrap();
+    std::fs::write(
+        &edited,
+        hello.replace("GREETING: hello", "GREETING: welcome back"),
+    )
+    .unwrap();
+    cli.ok(&["deploy", "-f", edited.to_str().unwrap()]);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut last = String::new();
+    while !last.starts_with("welcome back from web") {
+        assert!(
+            std::time::Instant::now() < end,
+            "fra's gateway still answers {last:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        last = greeting_at("127.0.0.1:18080");
+    }
+}
+
+/// What the example host answers at `address` (the body of a 200, or the status line).
+fn greeting_at(address: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return "no connection".to_owned();
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = write!(
+        stream,
+        "GET / HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.trim().to_owned(),
+        _ => answer.lines().next().unwrap_or_default().to_owned(),
+    }
 }
 
 /// What dev with its data in `data` left behind: processes whose command line names it, and
@@ -299,30 +390,11 @@ fn gone(dev: &mut std::process::Child, data: &std::path::Path) -> std::process::
     }
 }
 
-/// What the example host answers at `address` (the body of a 200, or the status line).
-fn greeting_at(address: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return "no connection".to_owned();
-    };
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-    let _ = write!(
-        stream,
-        "GET / HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n"
-    );
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    match answer.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.trim().to_owned(),
-        _ => answer.lines().next().unwrap_or_default().to_owned(),
-    }
-}
-
 #[test]
 fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let (mut dev, stdout) = start_dev(&data);
+    let (mut dev, stdout, _) = start_dev(&data);
     assert!(
         stdout.contains("deployed demo/shop/web version 1 to fra, iad"),
         "{stdout}"
@@ -353,12 +425,51 @@ fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
 
     // A second start reuses the data directory: no new admin token, nothing deployed again,
     // and the example is served again.
-    let (mut dev, second) = start_dev(&data);
+    let (mut dev, second, lines) = start_dev(&data);
     assert!(!second.contains("deployed demo/shop"), "{second}");
+
+    kill_and_follow_control_fra(&data, &mut dev, &second, &lines);
 
     // Killed outright, dev cannot stop its children: they notice it is gone and stop.
     rustix::process::kill_process(pid(&dev), rustix::process::Signal::KILL).unwrap();
     gone(&mut dev, &data);
+}
+
+#[test]
+fn dev_names_a_port_it_cannot_listen_on_at_once() {
+    // Ports of gateways (three, and three 100 up) that are free, and an edge port that is not.
+    let gateways = (30_000..40_000)
+        .step_by(7)
+        .find(|base| {
+            let ports = [0, 1, 2, 100, 101, 102].map(|d| base + d);
+            ports
+                .iter()
+                .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        })
+        .unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let mut dev = Dev(Command::new(MERIDIAN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--gateway-port", &gateways.to_string()])
+        .args(["--edge-port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap());
+    let mut err = String::new();
+    std::io::Read::read_to_string(dev.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!dev.wait().unwrap().success());
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} for edge par (--edge-port)"
+        )) && err.contains("in use"),
+        "{err}"
+    );
+    assert!(left_behind(&data).is_empty());
 }
 
 #[test]

@@ -16,6 +16,8 @@ use crate::output::Format;
 use crate::ClientArgs;
 
 pub mod children;
+mod component;
+mod ports;
 
 use children::Children;
 
@@ -93,22 +95,18 @@ pub async fn run(args: DevArgs) -> Result<()> {
     // Listen for Ctrl-C and SIGTERM before the first child starts: a stop asked for at any
     // moment stops the children in order.
     let mut stop = Stop::listen()?;
+    let ports = (args.gateway_port, args.edge_port);
+    ports::check_free(&ports::used(args.listen, ports))?;
     let exe = std::env::current_exe().context("finding the meridian binary")?;
     let mut children = Children::new(&exe, &data_dir.join("logs"))?;
-    let ports = (args.gateway_port, args.edge_port);
     let started = tokio::select! {
         result = start_and_serve(&args.listen, ports, &data_dir, &mut children) => Some(result),
         () = stop.requested() => None,
     };
     match started {
         Some(Ok(())) if !args.exit_when_ready => {
-            println!("Ctrl-C stops everything.");
-            tokio::select! {
-                () = stop.requested() => {}
-                name = children.any_exit() => {
-                    eprintln!("{name} exited unexpectedly; see its log in {}", data_dir.join("logs").display());
-                }
-            }
+            println!("Ctrl-C stops everything; a component that exits is started again.");
+            stop.requested().await;
         }
         Some(Ok(())) | None => {}
         Some(Err(e)) => {
@@ -156,16 +154,20 @@ async fn start_and_serve(
         data_dir.display()
     );
     // Its last startup line is about the admin token (shown at the first start only).
+    let control_global = "control-global";
     children
         .spawn(
-            "control-global",
-            &["control", "--global", "--listen", &listen.to_string()],
+            control_global,
+            &["control", "--global"],
             &[("--data-dir", data_dir.join("global"))],
-            &[("--xds", "127.0.0.1:0".to_owned())],
+            &[
+                ("--listen", listen.to_string()),
+                ("--xds", "127.0.0.1:0".to_owned()),
+            ],
             "admin token",
         )
         .await?;
-    let output = children.last_output("control-global");
+    let output = children.last_output(control_global);
     let api = output
         .lines()
         .find_map(|l| l.strip_prefix("meridian control (global) serving "))
@@ -178,6 +180,9 @@ async fn start_and_serve(
         .and_then(|rest| rest.split_whitespace().next())
         .context("the global control plane printed no xDS address")?
         .to_owned();
+    // Started again, it listens where the others reach it.
+    children.keep(control_global, "--listen", socket_address(&api));
+    children.keep(control_global, "--xds", socket_address(&xds));
     let first_start = output.contains("admin token (shown only");
     let token = admin_token(data_dir, &output)?;
     let client = Client::new(&ClientArgs {
@@ -347,6 +352,9 @@ async fn start_region(
             .with_context(|| format!("no `{after}` in `{line}`"))
     };
     let (xds, admin) = (field("serving xDS on ")?, field("admin ")?);
+    // Started again, it listens where its agents and gateway reach it.
+    children.keep(&control, "--xds", socket_address(&xds));
+    children.keep(&control, "--admin", socket_address(&admin));
     for n in 1..=NODES_PER_REGION {
         let node = format!("{name}-{n}");
         let state = data_dir.join("agents").join(&node);
@@ -399,6 +407,11 @@ async fn start_region(
         admin,
         gateway,
     })
+}
+
+/// The `host:port` of a printed URL (`https://127.0.0.1:17000` → `127.0.0.1:17000`).
+fn socket_address(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, rest)| rest)
 }
 
 /// A join token for `identity` from the region's admin port, unless `state` holds an identity

@@ -1,28 +1,48 @@
-//! The dev supervisor's children: each component a process of the same binary, its output in
-//! `<data>/logs/<name>.log`, started in order (each waits for the line that says it serves)
-//! and stopped in reverse order with SIGTERM, so that agents stop their instances.
+//! The dev supervisor's children: each component a process of the same binary (see
+//! [`component`](super::component)), started in order (each waits for the line that says it
+//! serves), started again when it exits (after a delay that doubles with each exit in a row, up
+//! to a cap, with the same options, ports and data), and stopped in reverse order with SIGTERM,
+//! so that agents stop their instances.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use anyhow::{Context, Result};
+use tokio::process::Child;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-/// How long a component may take to say it serves.
-const START_DEADLINE: Duration = Duration::from_secs(60);
-/// How long a component may take to stop after SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(15);
+use super::component::{self, Component};
+
+/// The delay before a component that exited is started again, the first time in a row.
+const FIRST_DELAY: Duration = Duration::from_secs(1);
+/// The longest delay before a component is started again.
+const MAX_DELAY: Duration = Duration::from_secs(30);
+/// A component that ran this long before it exited starts again after [`FIRST_DELAY`].
+const STABLE: Duration = Duration::from_secs(60);
 
 /// The running components, in start order.
 pub struct Children {
     exe: PathBuf,
     logs: PathBuf,
-    running: Vec<(String, Child)>,
-    /// What each printed up to the line it was waited for.
+    running: Vec<Supervised>,
+    /// What each printed up to the line it was waited for, at its first start.
     outputs: HashMap<String, String>,
+    /// Set once everything stops: no component starts again.
+    stopping: Arc<AtomicBool>,
+}
+
+/// A component and the task that keeps it running.
+struct Supervised {
+    name: String,
+    /// How it starts again (shared with its task).
+    component: Arc<Mutex<Component>>,
+    /// Tells its task to stop it.
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
 }
 
 impl Children {
@@ -34,11 +54,13 @@ impl Children {
             logs: logs.to_owned(),
             running: Vec::new(),
             outputs: HashMap::new(),
+            stopping: Arc::default(),
         })
     }
 
     /// Starts `name`: `args`, then each `(flag, path)` and `(flag, value)`; returns the first
-    /// line of its standard output that contains `ready`.
+    /// line of its standard output that contains `ready`. From then on it is started again
+    /// whenever it exits, until [`Children::stop_all`].
     pub async fn spawn(
         &mut self,
         name: &str,
@@ -47,117 +69,127 @@ impl Children {
         options: &[(&str, String)],
         ready: &str,
     ) -> Result<String> {
-        let log_path = self.logs.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let mut command = Command::new(&self.exe);
-        command.args(args);
+        let mut component = Component::new(name, args, ready);
         for (flag, path) in paths {
-            command.arg(flag).arg(path);
+            component.set(flag, path);
         }
         for (flag, value) in options {
-            command.arg(flag).arg(value);
+            component.set(flag, value);
         }
-        // Instances find meridian-hello next to meridian.
-        let dir = self.exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut paths = vec![dir];
-        paths.extend(std::env::split_paths(&path));
-        command
-            .env("PATH", std::env::join_paths(paths)?)
-            .env(EXIT_WITH_PARENT, "1")
-            .env(
-                "MERIDIAN_LOG",
-                std::env::var("MERIDIAN_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log.try_clone()?))
-            .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {name} ({})", self.exe.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        self.running.push((name.to_owned(), child));
-        let mut lines = BufReader::new(stdout).lines();
-        let mut log = tokio::fs::File::from_std(log);
-        let mut output = String::new();
-        let wait = async {
-            while let Some(line) = lines.next_line().await? {
-                log.write_all(format!("{line}\n").as_bytes()).await?;
-                output.push_str(&line);
-                output.push('\n');
-                if line.contains(ready) {
-                    return Ok::<_, std::io::Error>(Some(line));
-                }
-            }
-            Ok(None)
+        let started = component::start(&self.exe, &self.logs, &component).await?;
+        self.outputs.insert(name.to_owned(), started.output);
+        let component = Arc::new(Mutex::new(component.again()));
+        let (stop, stopped) = oneshot::channel();
+        let restarts = Restarts {
+            exe: self.exe.clone(),
+            logs: self.logs.clone(),
+            component: component.clone(),
+            stopping: self.stopping.clone(),
         };
-        let line = match tokio::time::timeout(START_DEADLINE, wait).await {
-            Ok(Ok(Some(line))) => line,
-            Ok(Ok(None)) | Ok(Err(_)) => {
-                bail!("{name} exited before it was up; see {}", log_path.display())
-            }
-            Err(_) => bail!(
-                "{name} did not start within {}s; see {}",
-                START_DEADLINE.as_secs(),
-                log_path.display()
-            ),
-        };
-        self.outputs.insert(name.to_owned(), output);
-        // Keep draining its output into the log, so that it never blocks on a full pipe.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if log.write_all(format!("{line}\n").as_bytes()).await.is_err() {
-                    break;
-                }
-            }
+        let task = tokio::spawn(restarts.supervise(started.child, stopped));
+        self.running.push(Supervised {
+            name: name.to_owned(),
+            component,
+            stop,
+            task,
         });
-        Ok(line)
+        Ok(started.line)
     }
 
-    /// What `name` printed up to its ready line.
+    /// Starts `name` with `flag` set to `value` whenever it starts again: e.g. the address it
+    /// chose on a port 0 at its first start, which the others now use.
+    pub fn keep(&self, name: &str, flag: &str, value: &str) {
+        if let Some(s) = self.running.iter().find(|s| s.name == name) {
+            s.component
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set(flag, value);
+        }
+    }
+
+    /// What `name` printed up to its ready line at its first start.
     pub fn last_output(&self, name: &str) -> String {
         self.outputs.get(name).cloned().unwrap_or_default()
     }
 
-    /// Waits until a child exits; returns its name.
-    pub async fn any_exit(&mut self) -> String {
+    /// Stops every child, the last started first: SIGTERM, then SIGKILL after a grace period.
+    /// None starts again from then on.
+    pub async fn stop_all(&mut self) {
+        println!("stopping");
+        self.stopping.store(true, Ordering::SeqCst);
+        while let Some(supervised) = self.running.pop() {
+            let _ = supervised.stop.send(());
+            let _ = supervised.task.await;
+        }
+    }
+}
+
+/// What a component's task needs to start it again.
+struct Restarts {
+    exe: PathBuf,
+    logs: PathBuf,
+    component: Arc<Mutex<Component>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Restarts {
+    /// Keeps the component of `child` (which said it serves) running: when it exits, says so
+    /// and starts it again after [`delay`]; stops it when `stop` fires.
+    async fn supervise(self, mut child: Child, mut stop: oneshot::Receiver<()>) {
+        let name = self.component().name;
+        let mut exits_in_a_row = 0;
         loop {
-            for (name, child) in &mut self.running {
-                if !matches!(child.try_wait(), Ok(None)) {
-                    return name.clone();
-                }
+            let since = Instant::now();
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = &mut stop => return component::stop(&name, child).await,
+            };
+            if since.elapsed() >= STABLE {
+                exits_in_a_row = 0;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut why = match status {
+                Ok(status) => format!("exited ({status})"),
+                Err(e) => format!("cannot be waited for ({e})"),
+            };
+            child = loop {
+                exits_in_a_row += 1;
+                let delay = delay(exits_in_a_row);
+                println!(
+                    "{name} {why}; starting it again in {} (attempt {exits_in_a_row})",
+                    humantime::format_duration(delay)
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = &mut stop => return,
+                }
+                if self.stopping.load(Ordering::SeqCst) {
+                    let _ = stop.await;
+                    return;
+                }
+                match component::start(&self.exe, &self.logs, &self.component()).await {
+                    Ok(started) => {
+                        println!("{name} is running again");
+                        break started.child;
+                    }
+                    Err(e) => why = format!("did not start again: {e:#}"),
+                }
+            };
         }
     }
 
-    /// Stops every child, the last started first: SIGTERM, then SIGKILL after a grace period.
-    pub async fn stop_all(&mut self) {
-        println!("stopping");
-        while let Some((name, mut child)) = self.running.pop() {
-            if let Some(pid) = child
-                .id()
-                .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-            {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-            if tokio::time::timeout(STOP_GRACE, child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!(
-                    "{name} did not stop within {}s; killing it",
-                    STOP_GRACE.as_secs()
-                );
-                let _ = child.kill().await;
-            }
-        }
+    fn component(&self) -> Component {
+        self.component
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
+}
+
+/// The delay before a component starts again after `exits_in_a_row` exits: [`FIRST_DELAY`],
+/// doubled with each exit after the first, at most [`MAX_DELAY`].
+fn delay(exits_in_a_row: u32) -> Duration {
+    let doublings = exits_in_a_row.saturating_sub(1).min(16);
+    FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
 }
 
 /// Set in the environment of dev's children: each stops (as on SIGTERM) when dev is gone, even
@@ -181,5 +213,89 @@ pub async fn exit_with_parent() {
             );
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Children run by `sh`, with their logs in `dir`.
+    fn shells(dir: &Path) -> Children {
+        Children::new(Path::new("/bin/sh"), &dir.join("logs")).unwrap()
+    }
+
+    /// Polls `done` every 20 ms for 20 s at most.
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < end, "waited in vain for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_component_that_exits_starts_again_with_what_it_keeps_and_stops_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let starts = dir.path().join("starts");
+        // Each start notes its options and pid; the first exits once up, the second stays.
+        let script = format!(
+            "echo \"$$ $*\" >> {0}; echo up; \
+             [ $(wc -l < {0}) -ge 2 ] || exit 3; exec sleep 600",
+            starts.display()
+        );
+        let mut children = shells(dir.path());
+        let options = [
+            ("--join-token", "once".to_owned()),
+            ("--port", "0".to_owned()),
+        ];
+        let line = children
+            .spawn("part", &["-c", &script, "sh"], &[], &options, "up")
+            .await
+            .unwrap();
+        assert_eq!(line, "up");
+        children.keep("part", "--port", "4242");
+        let read = || std::fs::read_to_string(&starts).unwrap_or_default();
+        eventually("a second start", || read().lines().count() == 2).await;
+        let text = read();
+        let lines: Vec<(&str, &str)> = text.lines().map(|l| l.split_once(' ').unwrap()).collect();
+        assert_eq!(lines[0].1, "--join-token once --port 0");
+        // The join token was spent by the first start; the port is the one it kept.
+        assert_eq!(lines[1].1, "--port 4242");
+        let second = format!("/proc/{}", lines[1].0);
+        eventually("the second start to be up", || {
+            std::fs::read_to_string(Path::new(&second).join("cmdline"))
+                .is_ok_and(|c| c.starts_with("sleep"))
+        })
+        .await;
+        children.stop_all().await;
+        assert!(!Path::new(&second).exists(), "still running after stop_all");
+        assert_eq!(read().lines().count(), 2, "started again after stop_all");
+    }
+
+    #[tokio::test]
+    async fn a_component_that_exits_before_it_is_up_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "echo 'cannot listen on 127.0.0.1:7070: Address in use' >&2; exit 7";
+        let err = shells(dir.path())
+            .spawn("part", &["-c", script], &[], &[], "up")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("part exited before it was up (exit status: 7)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("cannot listen on 127.0.0.1:7070: Address in use"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_delay_doubles_up_to_its_cap() {
+        let delays: Vec<u64> = (1..=8).map(|n| delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(delay(u32::MAX), MAX_DELAY);
     }
 }
