@@ -51,8 +51,14 @@ fn the_readme_flow_works_end_to_end() {
 
     let status = cli.ok(&["status", "web", "--app", "shop"]);
     assert!(status.starts_with("demo/shop/web  version 3"), "{status}");
-    assert_eq!(row(&status, "fra"), ["fra", "2", "3", "3", "-", "pending"]);
-    assert_eq!(row(&status, "iad"), ["iad", "2", "3", "3", "-", "pending"]);
+    assert_eq!(
+        row(&status, "fra"),
+        ["fra", "2", "3", "3", "-", "pending", "never"]
+    );
+    assert_eq!(
+        row(&status, "iad"),
+        ["iad", "2", "3", "3", "-", "pending", "never"]
+    );
 
     let rolled = cli.ok(&["rollback", "web", "--app", "shop", "--to", "1"]);
     assert!(rolled.contains("now version 4"), "{rolled}");
@@ -188,17 +194,63 @@ fn a_restarted_control_plane_keeps_state_and_prints_no_new_token() {
 
 /// A raw `GET` on the API; the whole answer (status line, headers, body).
 fn get(api: &str, path: &str, token: &str) -> String {
+    request(api, &format!("GET {path}"), token, "")
+}
+
+/// A raw request (`method_path`, e.g. `PUT /v1/...`) on the API with a JSON `body`; the whole
+/// answer (status line, headers, body).
+fn request(api: &str, method_path: &str, token: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let address = api.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+        "{method_path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     answer
+}
+
+#[test]
+fn status_says_how_old_a_region_s_report_is_and_stops_counting_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlPlane::start(dir.path());
+    let token = control.token.clone().unwrap();
+    let cli = Cli {
+        api: control.api.clone(),
+        token: token.clone(),
+    };
+    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    cli.ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
+    cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
+    // fra's control plane reports its two instances healthy, once; then it is gone.
+    let report = r#"{"nodes": 2, "capacity": 16, "services": [{"org": "demo", "app": "shop",
+        "service": "web", "version": 1, "placed": 2, "healthy": 2}]}"#;
+    let answer = request(&control.api, "PUT /v1/regions/fra/report", &token, report);
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let status = cli.ok(&["status", "web", "--app", "shop"]);
+    let fra = row(&status, "fra");
+    assert_eq!(fra[4..6], ["2/2", "running"], "{status}");
+    assert!(fra[6].ends_with("s") && fra[7] == "ago", "{status}");
+
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let status = loop {
+        let status = cli.ok(&["status", "web", "--app", "shop"]);
+        if row(&status, "fra")[5] != "running" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < end, "still running: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let fra = row(&status, "fra");
+    assert_eq!(fra[4..6], ["-", "unknown"], "{status}");
+    let age: u64 = fra[6].trim_end_matches('s').parse().unwrap();
+    assert!((11..40).contains(&age), "{status}");
+    assert_eq!(row(&status, "iad")[4..], ["-", "pending", "never"]);
 }
 
 /// A running `meridian dev`, killed if the test ends without stopping it (a failed assertion):

@@ -734,6 +734,8 @@ async fn region_reports_are_for_admins_validated_and_shown_in_status() {
         ]
     );
     assert_eq!(body["regions"][0]["healthy"], 1);
+    assert_eq!(body["regions"][0]["report_age_seconds"], 0);
+    assert_eq!(body["regions"][1]["report_age_seconds"], Value::Null);
     admin.put("/v1/regions/fra/report", report(0)).await;
     let (_, body) = acme.get(status_path).await;
     assert_eq!(states(&body)[0].1, "starting");

@@ -103,18 +103,23 @@ pub struct RegionStatus {
     pub max: u32,
     /// The deployment version the region should run.
     pub version: u64,
-    /// Instances placed on the region's nodes, as its control plane last reported.
+    /// Instances placed on the region's nodes, as its control plane last reported; none if it
+    /// has not reported, or not for 10 s (nobody vouches for them now).
     pub placed: Option<u32>,
     /// Of those, the healthy ones.
     pub healthy: Option<u32>,
+    /// How long ago the region last reported, in seconds; none if it has not reported since
+    /// this control plane started.
+    pub report_age_seconds: Option<u64>,
     /// `running` (enough healthy instances of the version), `degraded` (fewer), `starting`
     /// (none healthy yet), `updating` (another version reported), `pending` (not reported
-    /// yet), `unknown` (the region has not reported for a while), or `scaled to zero`.
+    /// yet), `unknown` (the region has not reported for 10 s), or `scaled to zero`.
     pub state: String,
 }
 
-/// A region's report older than this says nothing about now.
-const REPORT_STALE_SECONDS: u64 = 30;
+/// A region's report older than this says nothing about now: regions report every 2 s, so
+/// this is five reports missed (the same age past which the regions' summaries leave it out).
+const REPORT_STALE_SECONDS: u64 = 10;
 
 /// The state of a service's regional deployment `rd` from its region's last report.
 fn region_status(
@@ -122,7 +127,9 @@ fn region_status(
     report: Option<(RegionReport, u64)>,
 ) -> RegionStatus {
     let desired = rd.spec.scale.min;
-    let health = report.as_ref().and_then(|(report, _)| {
+    let age = report.as_ref().map(|(_, age)| *age);
+    let stale = age.is_some_and(|age| age > REPORT_STALE_SECONDS);
+    let health = report.as_ref().filter(|_| !stale).and_then(|(report, _)| {
         report
             .services
             .iter()
@@ -131,7 +138,7 @@ fn region_status(
     });
     let state = match (&report, &health) {
         (None, _) => "pending",
-        (Some((_, age)), _) if *age > REPORT_STALE_SECONDS => "unknown",
+        _ if stale => "unknown",
         _ if desired == 0 => "scaled to zero",
         (_, None) => "pending",
         (_, Some(h)) if h.version != rd.version => "updating",
@@ -146,6 +153,7 @@ fn region_status(
         version: rd.version,
         placed: health.as_ref().map(|h| h.placed),
         healthy: health.as_ref().map(|h| h.healthy),
+        report_age_seconds: age,
         state: state.to_owned(),
     }
 }
@@ -313,4 +321,50 @@ pub async fn status(
         version: current.version,
         regions,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// acme/shop/web in fra, two instances wanted.
+    fn web_in_fra() -> meridian_model::RegionalDeployment {
+        let definition = meridian_model::parse_definition_json(
+            br#"{"org":"acme","app":"shop","name":"web","regions":["fra"],
+                "scale":{"min":2,"max":3},"runtime":{"process":{"command":"x"}}}"#,
+        )
+        .unwrap();
+        meridian_model::derive_regional(&definition, 1).remove(0)
+    }
+
+    /// A report of fra with every instance of web placed and healthy.
+    fn all_healthy() -> RegionReport {
+        serde_json::from_value(serde_json::json!({"nodes": 2, "capacity": 16, "services": [
+            {"org": "acme", "app": "shop", "service": "web", "version": 1, "placed": 2, "healthy": 2}
+        ]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_fresh_report_counts_its_instances_and_says_how_old_it_is() {
+        let status = region_status(web_in_fra(), Some((all_healthy(), 3)));
+        assert_eq!(status.state, "running");
+        assert_eq!((status.placed, status.healthy), (Some(2), Some(2)));
+        assert_eq!(status.report_age_seconds, Some(3));
+    }
+
+    #[test]
+    fn a_region_that_stopped_reporting_is_unknown_with_the_age_of_its_report_and_no_count() {
+        let status = region_status(web_in_fra(), Some((all_healthy(), 11)));
+        assert_eq!(status.state, "unknown");
+        assert_eq!((status.placed, status.healthy), (None, None));
+        assert_eq!(status.report_age_seconds, Some(11));
+    }
+
+    #[test]
+    fn a_region_that_never_reported_is_pending() {
+        let status = region_status(web_in_fra(), None);
+        assert_eq!(status.state, "pending");
+        assert_eq!(status.report_age_seconds, None);
+    }
 }

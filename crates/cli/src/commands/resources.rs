@@ -423,25 +423,40 @@ pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScop
             status.org, status.app, status.name, status.version
         );
     }
-    let headers = ["REGION", "DESIRED", "MAX", "VERSION", "HEALTHY", "STATE"];
-    print(format, &status, &headers, |s| {
-        s.regions
-            .iter()
-            .map(|r| {
-                vec![
-                    r.region.clone(),
-                    r.desired.to_string(),
-                    r.max.to_string(),
-                    r.version.to_string(),
-                    match (r.healthy, r.placed) {
-                        (Some(healthy), Some(placed)) => format!("{healthy}/{placed}"),
-                        _ => "-".to_owned(),
-                    },
-                    r.state.clone(),
-                ]
-            })
-            .collect()
-    })
+    let headers = [
+        "REGION",
+        "DESIRED",
+        "MAX",
+        "VERSION",
+        "HEALTHY",
+        "STATE",
+        "LAST REPORT",
+    ];
+    print(format, &status, &headers, status_table)
+}
+
+/// One row per region: what its last report says (no count once it is too old to vouch for
+/// any instance) and how old that report is.
+fn status_table(status: &ServiceStatus) -> Vec<Vec<String>> {
+    status
+        .regions
+        .iter()
+        .map(|r| {
+            vec![
+                r.region.clone(),
+                r.desired.to_string(),
+                r.max.to_string(),
+                r.version.to_string(),
+                match (r.healthy, r.placed) {
+                    (Some(healthy), Some(placed)) => format!("{healthy}/{placed}"),
+                    _ => "-".to_owned(),
+                },
+                r.state.clone(),
+                r.report_age_seconds
+                    .map_or_else(|| "never".to_owned(), |age| format!("{age}s ago")),
+            ]
+        })
+        .collect()
 }
 
 /// Runs `meridian rollback SERVICE --app APP --to N`.
@@ -490,4 +505,29 @@ pub async fn delete(api: &Client, cmd: DeleteCommand) -> Result<()> {
     api.delete(&path).await?;
     println!("deleted {what}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_says_how_old_each_region_s_report_is_and_counts_only_fresh_ones() {
+        let status: ServiceStatus = serde_json::from_value(json!({
+            "org": "demo", "app": "shop", "name": "web", "version": 1, "regions": [
+                {"region": "fra", "desired": 2, "max": 3, "version": 1, "placed": 2,
+                 "healthy": 2, "report_age_seconds": 1, "state": "running"},
+                {"region": "iad", "desired": 2, "max": 3, "version": 1, "placed": null,
+                 "healthy": null, "report_age_seconds": 25, "state": "unknown"},
+                {"region": "sin", "desired": 2, "max": 3, "version": 1, "placed": null,
+                 "healthy": null, "report_age_seconds": null, "state": "pending"}
+            ]
+        }))
+        .unwrap();
+        let rows = status_table(&status);
+        let cells = |i: usize| rows[i][4..].join(" ");
+        assert_eq!(cells(0), "2/2 running 1s ago");
+        assert_eq!(cells(1), "- unknown 25s ago");
+        assert_eq!(cells(2), "- pending never");
+    }
 }
