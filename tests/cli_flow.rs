@@ -122,6 +122,43 @@ fn bad_input_and_missing_setup_get_errors_that_say_what_to_do() {
 }
 
 #[test]
+fn deploy_refuses_an_over_deep_file_and_names_the_line_of_a_mistyped_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = ControlPlane::start(dir.path());
+    let cli = Cli {
+        api: control.api.clone(),
+        token: control.token.clone().unwrap(),
+    };
+    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    let file = dir.path().join("web.yaml");
+    let head =
+        "org: demo\napp: shop\nname: web\nregions: [fra]\nruntime: {process: {command: x}}\n";
+    // 100,000 levels deep: the YAML parser would take minutes.
+    let n = 100_000;
+    std::fs::write(
+        &file,
+        format!("{head}env: {}1{}\n", "{a: ".repeat(n), "}".repeat(n)),
+    )
+    .unwrap();
+    let err = cli.fails(&["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains("web.yaml: line 6 column 262: collections nest deeper than 64 levels"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        format!("{head}ports:\n  - name: http\n    port: eighty\n"),
+    )
+    .unwrap();
+    let err = cli.fails(&["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains("web.yaml: ports[0].port: invalid type: string \"eighty\", expected u32 at line 8 column 11"),
+        "{err}"
+    );
+    assert_eq!(cli.json(&["get", "services"]), serde_json::json!([]));
+}
+
+#[test]
 fn every_subcommand_has_help() {
     let cli = Cli {
         api: String::new(),

@@ -8,8 +8,10 @@
 
 mod client;
 mod commands;
+mod definition;
 mod malloc;
 mod output;
+mod yaml_depth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -200,8 +200,7 @@ async fn start_and_serve(
             resources::region(&client, Format::Table, command).await?;
         }
         for (file, text) in EXAMPLES {
-            let definition: serde_json::Value =
-                serde_yaml_ng::from_str(text).with_context(|| format!("parsing {file}"))?;
+            let definition = crate::definition::parse(file, text)?;
             resources::deploy_definition(&client, Format::Table, &definition).await?;
         }
     }

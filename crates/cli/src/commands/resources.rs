@@ -10,6 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::client::Client;
+use crate::definition;
 use crate::output::{print, timestamp, Format};
 
 /// Which app (and org) a service belongs to.
@@ -258,16 +259,15 @@ pub async fn token(api: &Client, format: Format, cmd: TokenCommand) -> Result<()
     }
 }
 
-/// Reads a definition file (YAML or JSON; `-` for standard input) into JSON.
+/// Reads a definition file (YAML or JSON; `-` for standard input) into JSON (see
+/// [`definition::parse`]).
 fn read_definition(file: &Path) -> Result<serde_json::Value> {
     let text = if file == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading standard input")?
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
     };
-    // JSON is YAML, so one parser reads both; the API validates the content.
-    serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("{} is neither valid YAML nor JSON", file.display()))
+    definition::parse(&file.display().to_string(), &text)
 }
 
 /// Runs `meridian deploy -f FILE`.
