@@ -75,12 +75,7 @@ fn the_readme_flow_works_end_to_end() {
 #[test]
 fn bad_input_and_missing_setup_get_errors_that_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let control = ControlPlane::start(dir.path());
-    let cli = Cli {
-        api: control.api.clone(),
-        token: control.token.clone().unwrap(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    let (control, cli) = with_fra(dir.path());
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
@@ -124,12 +119,7 @@ fn bad_input_and_missing_setup_get_errors_that_say_what_to_do() {
 #[test]
 fn deploy_refuses_an_over_deep_file_and_names_the_line_of_a_mistyped_value() {
     let dir = tempfile::tempdir().unwrap();
-    let control = ControlPlane::start(dir.path());
-    let cli = Cli {
-        api: control.api.clone(),
-        token: control.token.clone().unwrap(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    let (_control, cli) = with_fra(dir.path());
     let file = dir.path().join("web.yaml");
     let head =
         "org: demo\napp: shop\nname: web\nregions: [fra]\nruntime: {process: {command: x}}\n";
@@ -192,18 +182,31 @@ fn every_subcommand_has_help() {
     }
 }
 
+/// A control plane with its data in `dir` and region fra; and the CLI with its admin token.
+fn with_fra(dir: &std::path::Path) -> (ControlPlane, Cli) {
+    let control = ControlPlane::start(dir);
+    let cli = Cli {
+        api: control.api.clone(),
+        token: control.token.clone().unwrap(),
+    };
+    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+    (control, cli)
+}
+
+/// A control plane with its data in `dir`, regions fra and iad, and examples/hello.yaml
+/// deployed; and the CLI with its admin token.
+fn with_web_deployed(dir: &std::path::Path) -> (ControlPlane, Cli) {
+    let (control, cli) = with_fra(dir);
+    cli.ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
+    cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
+    (control, cli)
+}
+
 #[test]
 fn a_restarted_control_plane_keeps_state_and_prints_no_new_token() {
     let dir = tempfile::tempdir().unwrap();
-    let first = ControlPlane::start(dir.path());
-    let token = first.token.clone().unwrap();
-    let cli = Cli {
-        api: first.api.clone(),
-        token: token.clone(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-    cli.ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
-    cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
+    let (first, cli) = with_web_deployed(dir.path());
+    let token = cli.token.clone();
     // The root CA was made at the first start; its key is the owner's only.
     use std::os::unix::fs::PermissionsExt;
     let key = std::fs::metadata(dir.path().join("ca/ca.key")).unwrap();
@@ -255,15 +258,8 @@ fn request(api: &str, method_path: &str, token: &str, body: &str) -> String {
 #[test]
 fn status_says_how_old_a_region_s_report_is_and_stops_counting_when_it_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let control = ControlPlane::start(dir.path());
-    let token = control.token.clone().unwrap();
-    let cli = Cli {
-        api: control.api.clone(),
-        token: token.clone(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-    cli.ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
-    cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
+    let (control, cli) = with_web_deployed(dir.path());
+    let token = cli.token.clone();
     // fra's control plane reports its two instances healthy, once; then it is gone.
     let report = r#"{"nodes": 2, "capacity": 16, "services": [{"org": "demo", "app": "shop",
         "service": "web", "version": 1, "placed": 2, "healthy": 2}]}"#;
