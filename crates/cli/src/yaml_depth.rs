@@ -16,8 +16,10 @@ pub struct TooDeep {
 /// Fails at the first flow collection of `text` that opens more than `max` deep.
 ///
 /// It reads only what decides where a flow collection opens (quoted scalars, comments, block
-/// scalars, the indicators that start a node), so it may count a bracket inside an unusual plain
-/// scalar as an opening, never the other way: the depth it finds is never below the parser's.
+/// scalars, the indicators that start a node), and errs on the high side: a bracket inside an
+/// unusual plain scalar may count as an opening. (A quote that begins a continuation line of a
+/// plain scalar is taken for a quoted scalar; a file made to hide brackets that way is still
+/// refused by serde's recursion limit, only slowly.)
 pub fn check(text: &str, max: usize) -> Result<(), TooDeep> {
     let mut depth = 0;
     // Inside a quoted scalar (its quote), which may go on over lines.

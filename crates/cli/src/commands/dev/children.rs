@@ -15,7 +15,7 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::component::{self, Component};
+use super::component::{self, Component, Started};
 
 /// The delay before a component that exited is started again, the first time in a row.
 const FIRST_DELAY: Duration = Duration::from_secs(1);
@@ -29,6 +29,9 @@ pub struct Children {
     exe: PathBuf,
     logs: PathBuf,
     running: Vec<Supervised>,
+    /// The component being started (its first start), in a task of its own so that a stop
+    /// asked for meanwhile (which drops [`Children::spawn`]) still stops it with SIGTERM.
+    starting: Option<(String, JoinHandle<Result<Started>>)>,
     /// What each printed up to the line it was waited for, at its first start.
     outputs: HashMap<String, String>,
     /// Set once everything stops: no component starts again.
@@ -53,6 +56,7 @@ impl Children {
             exe: exe.to_owned(),
             logs: logs.to_owned(),
             running: Vec::new(),
+            starting: None,
             outputs: HashMap::new(),
             stopping: Arc::default(),
         })
@@ -76,7 +80,12 @@ impl Children {
         for (flag, value) in options {
             component.set(flag, value);
         }
-        let started = component::start(&self.exe, &self.logs, &component).await?;
+        let (exe, logs, first) = (self.exe.clone(), self.logs.clone(), component.clone());
+        let task = tokio::spawn(async move { component::start(&exe, &logs, &first).await });
+        let (_, task) = self.starting.insert((name.to_owned(), task));
+        let started = task.await;
+        self.starting = None;
+        let started = started.context("starting a component")??;
         self.outputs.insert(name.to_owned(), started.output);
         let component = Arc::new(Mutex::new(component.again()));
         let (stop, stopped) = oneshot::channel();
@@ -117,6 +126,11 @@ impl Children {
     pub async fn stop_all(&mut self) {
         println!("stopping");
         self.stopping.store(true, Ordering::SeqCst);
+        if let Some((name, task)) = self.starting.take() {
+            if let Ok(Ok(started)) = task.await {
+                component::stop(&name, started.child).await;
+            }
+        }
         while let Some(supervised) = self.running.pop() {
             let _ = supervised.stop.send(());
             let _ = supervised.task.await;
@@ -271,6 +285,27 @@ mod tests {
         children.stop_all().await;
         assert!(!Path::new(&second).exists(), "still running after stop_all");
         assert_eq!(read().lines().count(), 2, "started again after stop_all");
+    }
+
+    #[tokio::test]
+    async fn a_stop_while_a_component_starts_stops_it_with_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let (began, termed) = (dir.path().join("began"), dir.path().join("termed"));
+        // Up after 2 s; notes a SIGTERM.
+        let script = format!(
+            "trap 'touch {}; exit 0' TERM; touch {}; sleep 2 & wait; echo up; sleep 600 & wait",
+            termed.display(),
+            began.display()
+        );
+        let mut children = shells(dir.path());
+        let args = ["-c", &script];
+        // The stop comes (and drops the start) while it starts.
+        tokio::select! {
+            _ = children.spawn("part", &args, &[], &[], "up") => panic!("up too soon"),
+            () = eventually("the start", || began.exists()) => {}
+        }
+        children.stop_all().await;
+        assert!(termed.exists(), "not stopped with SIGTERM");
     }
 
     #[tokio::test]
