@@ -132,7 +132,7 @@ fn deploy_refuses_an_over_deep_file_and_names_the_line_of_a_mistyped_value() {
     .unwrap();
     let err = cli.fails(&["deploy", "-f", file.to_str().unwrap()]);
     assert!(
-        err.contains("web.yaml: line 6 column 262: collections nest deeper than 64 levels"),
+        err.contains("web.yaml: line 6 column 258: collections nest deeper than 64 levels"),
         "{err}"
     );
     std::fs::write(

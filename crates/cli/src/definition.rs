@@ -1,6 +1,6 @@
 //! Reading a service definition file (YAML, or JSON, which is YAML) into the JSON the API takes,
 //! with the file's own lines in every error: nesting past [`MAX_DEPTH`] is refused before the
-//! YAML parser runs, and a value of the wrong type is named with its field path and its line
+//! YAML parser runs (see [`yaml_depth`]), and a value of the wrong type is named with its field path and its line
 //! and column in the file (the API would name a position in the JSON made of it). Everything
 //! else (unknown fields, names, references) is the API's to judge.
 
@@ -8,8 +8,7 @@ use anyhow::{anyhow, Result};
 
 use crate::yaml_depth;
 
-/// How deep a definition's flow collections (`[…]`, `{…}`) may nest; a definition needs a
-/// handful of levels.
+/// How deep a definition's collections may nest; a definition needs a handful of levels.
 pub const MAX_DEPTH: usize = 64;
 
 /// Parses `text`, the definition in `file` (its name in errors), into JSON.
@@ -64,9 +63,30 @@ mod tests {
         let err = parse("deep.yaml", &deep).unwrap_err().to_string();
         assert_eq!(
             err,
-            "deep.yaml: line 6 column 70: collections nest deeper than 64 levels, the most a \
+            "deep.yaml: line 6 column 69: collections nest deeper than 64 levels, the most a \
              definition may have"
         );
+    }
+
+    #[test]
+    fn too_deep_in_block_style_is_refused_alike() {
+        let deep = format!("{GOOD}env:\n{}x\n", "- ".repeat(100_000));
+        let err = parse("deep.yaml", &deep).unwrap_err().to_string();
+        assert!(
+            err.starts_with("deep.yaml: line 7 column 129: collections nest deeper than 64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_examples_are_read() {
+        for (file, text) in [
+            ("hello.yaml", include_str!("../../../examples/hello.yaml")),
+            ("api.yaml", include_str!("../../../examples/api.yaml")),
+        ] {
+            let value = parse(file, text).unwrap();
+            assert_eq!(value["app"], "shop", "{file}");
+        }
     }
 
     #[test]
