@@ -1,7 +1,8 @@
 //! `meridian dev`: a whole platform on this machine, each component its own process on
 //! loopback with its data under one directory: the global control plane, three regions (a
 //! control plane, two nodes' agents and a gateway each), and the example app deployed and
-//! served. A second start with the same `--data-dir` reuses everything.
+//! served. A second start with the same `--data-dir` reuses everything. A component that exits
+//! is started again ([`children`]); only Ctrl-C or SIGTERM stops the platform.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
