@@ -198,3 +198,35 @@ async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region(
     }
     assert_eq!(failed, Vec::<String>::new());
 }
+
+/// An edge whose public port someone else holds says so and exits, before it joins anything
+/// (the proxy binds that port only when the first configuration arrives, where the failure
+/// would only show as a refused configuration).
+#[test]
+fn an_edge_whose_public_port_is_held_names_it_and_exits() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = held.local_addr().unwrap().to_string();
+    let output = Command::new(MERIDIAN)
+        .args([
+            "edge",
+            "--location",
+            "par",
+            "--lat",
+            "48.86",
+            "--lon",
+            "2.35",
+        ])
+        .args(["--listen", &address, "--admin", "127.0.0.1:0"])
+        .args(["--control", "https://127.0.0.1:9", "--join-token", "unused"])
+        .args(["--global-xds", "https://127.0.0.1:9"])
+        .arg("--state-dir")
+        .arg(tempfile::tempdir().unwrap().path().join("edge-par"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the edge ran: {stderr}");
+    assert!(
+        stderr.contains(&format!("--listen: cannot listen on {address}")),
+        "{stderr}"
+    );
+}

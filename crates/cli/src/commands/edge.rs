@@ -62,6 +62,13 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
             );
         }
     }
+    // The proxy binds the public port when the first configuration arrives, where a port that
+    // someone else holds would only show as a refused configuration: say so now, and exit.
+    drop(
+        tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("--listen: cannot listen on {}", args.listen))?,
+    );
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let proxy = Arc::new(meridian_proxy::Proxy::default());
