@@ -141,7 +141,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         dns_servers: BTreeMap::new(),
         dns_metrics,
         dns_failing: BTreeSet::new(),
-        upstream: host_resolver(),
+        upstream: Arc::new(meridian_dns::Upstream::new(host_resolver())),
     };
     let registry = Arc::new(registry);
     node_proxy.proxy.add_metrics(Arc::new(move || {
@@ -215,8 +215,9 @@ struct NodeProxy {
     dns_metrics: Arc<meridian_dns::DnsMetrics>,
     /// Node sides whose DNS socket could not be bound (said once).
     dns_failing: BTreeSet<Ipv4Addr>,
-    /// Where names outside `.internal` are forwarded: the host's first resolver.
-    upstream: Option<std::net::SocketAddr>,
+    /// Where names outside the platform's are forwarded: the host's first resolver (shared by
+    /// every instance's server, so that one that does not answer fails them all fast).
+    upstream: Arc<meridian_dns::Upstream>,
 }
 
 /// The first `nameserver` of the host's /etc/resolv.conf.
@@ -295,7 +296,7 @@ impl NodeProxy {
                     let server = meridian_dns::serve_udp(
                         socket,
                         self.dns.clone(),
-                        self.upstream,
+                        self.upstream.clone(),
                         self.dns_metrics.clone(),
                     );
                     self.dns_servers.insert(address, tokio::spawn(server));
