@@ -143,6 +143,102 @@ async fn agents_run_the_regions_instances_and_heal_them() {
     assert_eq!(moved.len(), 2);
 }
 
+/// The environment of an instance of the agent with `state`, from the process id that
+/// `<state>/instances/<key>/pid` records, once it runs (`None` until then).
+fn instance_environment(state: &Path) -> Option<BTreeMap<String, String>> {
+    let instance = std::fs::read_dir(state.join("instances"))
+        .ok()?
+        .next()?
+        .ok()?;
+    let pid = std::fs::read_to_string(instance.path().join("pid")).ok()?;
+    let environ = std::fs::read(format!("/proc/{}/environ", pid.trim())).ok()?;
+    let variables: BTreeMap<String, String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| {
+            String::from_utf8_lossy(v)
+                .split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    variables
+        .contains_key("MERIDIAN_INSTANCE")
+        .then_some(variables)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_get_their_definitions_environment_and_nothing_of_the_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = hello(1).replace(
+        &format!("runtime: {{process: {{command: {HELLO}}}}}"),
+        "runtime: {process: {command: meridian-hello, env: {GREETING: hi, FEATURE: on}}}",
+    );
+    let platform = Deployed::start(dir.path(), &definition);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    // The agent runs from a shell that exported the admin token and another secret, and finds
+    // meridian-hello through its own PATH.
+    let programs = Path::new(HELLO)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("{programs}:{}", std::env::var("PATH").unwrap_or_default());
+    let _agent = support::agent_with_env(
+        &region,
+        "one",
+        dir.path(),
+        &["--instance-addresses", "127.0.22.1", "--isolation", "host"],
+        &[
+            ("MERIDIAN_TOKEN", &platform.token),
+            ("DATABASE_PASSWORD", "hunter2"),
+            ("PATH", &path),
+        ],
+    );
+    let end = Instant::now() + DEADLINE;
+    let environment = loop {
+        if let Some(environment) = instance_environment(&dir.path().join("one")) {
+            break environment;
+        }
+        assert!(Instant::now() < end, "the instance did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names: BTreeSet<&str> = environment.keys().map(String::as_str).collect();
+    let expected = BTreeSet::from([
+        "PATH",
+        "HOME",
+        "PORT",
+        "MERIDIAN_INSTANCE",
+        "MERIDIAN_ORG",
+        "MERIDIAN_APP",
+        "MERIDIAN_SERVICE",
+        "MERIDIAN_REGION",
+        "MERIDIAN_NODE",
+        "MERIDIAN_ADDRESS",
+        "MERIDIAN_PORT_HTTP",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "GREETING",
+        "FEATURE",
+    ]);
+    assert_eq!(names, expected, "{environment:?}");
+    assert_eq!(
+        environment["PATH"],
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    assert_eq!(environment["GREETING"], "hi");
+    assert!(environment["MERIDIAN_INSTANCE"].starts_with("hello-"));
+    assert_eq!(environment["MERIDIAN_ORG"], "acme");
+    assert_eq!(environment["PORT"], "8080");
+    assert!(
+        environment
+            .values()
+            .all(|v| !v.contains(&platform.token) && v != "hunter2"),
+        "{environment:?}"
+    );
+}
+
 /// A meridian-hello service definition of `org`/shop/`name` on `port`, with a public domain.
 fn service(org: &str, name: &str, port: u16, allow: &str) -> String {
     format!(
