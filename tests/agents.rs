@@ -428,10 +428,10 @@ fn namespaces_allowed() -> bool {
     allowed
 }
 
-/// The address `name` resolves to inside one of the namespaces of the agent of `ns-node` (each
+/// The address `name` resolves to inside one of the namespaces of the agent with `state` (each
 /// instance's DNS answers only the names its org may reach).
-fn resolved_in_some_namespace(name: &str) -> Ipv4Addr {
-    meridian_namespaces()
+fn resolved_in_some_namespace(state: &Path, name: &str) -> Ipv4Addr {
+    meridian_namespaces(state)
         .iter()
         .find_map(|ns| {
             let output = std::process::Command::new("ip")
@@ -444,10 +444,10 @@ fn resolved_in_some_namespace(name: &str) -> Ipv4Addr {
         .unwrap_or_else(|| panic!("no namespace resolves {name}"))
 }
 
-/// The network namespaces of the agent of node `ns-node` in fra (other tests' agents, and
-/// `meridian dev`, may have theirs at the same time).
-fn meridian_namespaces() -> Vec<String> {
-    let prefix = meridian_agent::netns_prefix("fra", "ns-node");
+/// The network namespaces of the agent with `state` (other tests' agents, and `meridian dev`,
+/// may have theirs at the same time).
+fn meridian_namespaces(state: &Path) -> Vec<String> {
+    let prefix = meridian_agent::netns_prefix(state);
     let output = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -484,6 +484,7 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         dir.path(),
         &["--isolation", "netns", "--instance-network", "100.64.60.0"],
     );
+    let state = dir.path().join("ns-node");
     let (_gateway, gateway) = gateway(&region, dir.path()).await;
 
     // Each instance listens in its own namespace, on the instance side of its /31.
@@ -522,8 +523,8 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
 
     // Each service has a virtual IP, which the instance's DNS answers for its name and which
     // reaches the service like the name.
-    let api_vip = resolved_in_some_namespace("api.shop.internal");
-    let secret_vip = resolved_in_some_namespace("secret.shop.internal");
+    let api_vip = resolved_in_some_namespace(&state, "api.shop.internal");
+    let secret_vip = resolved_in_some_namespace(&state, "secret.shop.internal");
     for vip in [api_vip, secret_vip] {
         let [a, b, _, _] = vip.octets();
         assert!(
@@ -592,15 +593,73 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
             "{target}: {body}"
         );
     }
-    assert!(!meridian_namespaces().is_empty());
+    assert!(!meridian_namespaces(&state).is_empty());
 
     // The agent stops: its instances and their namespaces go.
     drop(node);
     assert!(
-        meridian_namespaces().is_empty(),
+        meridian_namespaces(&state).is_empty(),
         "left behind: {:?}",
-        meridian_namespaces()
+        meridian_namespaces(&state)
     );
+}
+
+/// One installation with one region (fra), a node `ns-node` whose instances run in network
+/// namespaces of `network`, and a gateway: its platform, agent and gateway (kept running) and
+/// the gateway's address.
+async fn installation_with_namespaces(
+    dir: &Path,
+    network: &str,
+) -> (
+    Deployed,
+    RegionalPlane,
+    support::Agent,
+    support::Killed,
+    String,
+) {
+    let platform = Deployed::start(dir, &service("acme", "web", 8080, ""));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let node = support::agent_with(
+        &region,
+        "ns-node",
+        dir,
+        &["--isolation", "netns", "--instance-network", network],
+    );
+    let (gateway, address) = gateway(&region, dir).await;
+    (platform, region, node, gateway, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_another_installation_leaves_this_ones_namespaces_and_traffic_alone() {
+    if !namespaces_allowed() {
+        return;
+    }
+    // Two installations on one host, with the same region and node names.
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let web = "web.acme.example.com";
+    let (_platform, _region, _node, _gateway, gateway) =
+        installation_with_namespaces(first.path(), "100.64.63.0").await;
+    let greeting = answers(&gateway, web, "/", "hello from web").await;
+    let state = first.path().join("ns-node");
+    let namespaces = meridian_namespaces(&state);
+    assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+
+    // The second one's agent starts (cleaning up what its predecessors left) and serves.
+    let (_platform2, _region2, _node2, _gateway2, gateway2) =
+        installation_with_namespaces(second.path(), "100.64.64.0").await;
+    answers(&gateway2, web, "/", "hello from web").await;
+    let others = meridian_namespaces(&second.path().join("ns-node"));
+    assert_eq!(others.len(), 1, "{others:?}");
+    assert_ne!(others, namespaces);
+
+    // The first one's namespace is still there, and its instance still answers.
+    assert_eq!(meridian_namespaces(&state), namespaces);
+    assert_eq!(through(&gateway, web, "/").await, (200, greeting));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
