@@ -409,6 +409,9 @@ fn failure_reply(datagram: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::table::Entry;
