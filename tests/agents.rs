@@ -533,6 +533,26 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         );
     }
     assert_ne!(api_vip, secret_vip);
+    // Reverse lookups of the platform's addresses are answered by the node's DNS: a virtual IP
+    // gives its service's name, an instance's address does not exist (never asked upstream).
+    let reverse = |address: Ipv4Addr| {
+        meridian_namespaces(&state)
+            .iter()
+            .map(|ns| {
+                let output = std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "getent", "hosts", &address.to_string()])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            })
+            .collect::<Vec<_>>()
+            .concat()
+    };
+    assert!(
+        reverse(api_vip).contains(" api.shop.internal"),
+        "{}",
+        reverse(api_vip)
+    );
     let seen = answers(
         &gateway,
         web,
@@ -580,6 +600,7 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         "{metrics}"
     );
     let node_side = Ipv4Addr::from(u32::from(address) - 1);
+    assert_eq!(reverse(address), "");
     // (The call fails, or hangs until web gives up: either way the gateway answers an error.)
     for target in [address, node_side] {
         let (status, body) = through(
