@@ -257,6 +257,16 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     )
 }
 
+/// Deploys meridian-hello as each of `services` (org, name, port) on `platform`, each from a
+/// file of its own in `dir`.
+fn deploy_services(platform: &Deployed, dir: &Path, services: &[(&str, &str, u16)]) {
+    for (org, name, port) in services {
+        let file = dir.join(format!("{org}-{name}.yaml"));
+        std::fs::write(&file, service(org, name, *port, "")).unwrap();
+        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    }
+}
+
 /// What `host` answers through the gateway at `gateway` for `path`.
 async fn through(gateway: &str, host: &str, path: &str) -> (u16, String) {
     let answer = reqwest::Client::new()
@@ -289,11 +299,12 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
     use meridian_identity::enroll::{join, request_certificate, JoinToken};
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &service("acme", "api", 9090, "'partner/*/*'"));
-    for (org, name) in [("acme", "web"), ("partner", "client"), ("other", "client")] {
-        let file = dir.path().join(format!("{org}-{name}.yaml"));
-        std::fs::write(&file, service(org, name, 8080, "")).unwrap();
-        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
-    }
+    let clients = [
+        ("acme", "web", 8080),
+        ("partner", "client", 8080),
+        ("other", "client", 8080),
+    ];
+    deploy_services(&platform, dir.path(), &clients);
     let region = RegionalPlane::start(
         &platform.global,
         &platform.token,
@@ -466,26 +477,20 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let platform = Deployed::start(dir.path(), &service("acme", "api", 9090, ""));
-    for (org, name, port) in [("acme", "web", 8080), ("other", "secret", 9090)] {
-        let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, service(org, name, port, "")).unwrap();
-        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
-    }
-    let region = RegionalPlane::start(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.0.1:0"),
-    );
-    let node = support::agent_with(
-        &region,
-        "ns-node",
-        dir.path(),
-        &["--isolation", "netns", "--instance-network", "100.64.60.0"],
-    );
+    let services = [
+        ("acme", "api", 9090),
+        ("acme", "web", 8080),
+        ("other", "secret", 9090),
+    ];
+    // (Every part is kept until the end; the agent is stopped before.)
+    let Installation {
+        _platform,
+        _region,
+        node,
+        _gateway,
+        gateway,
+    } = installation_with_namespaces(dir.path(), "100.64.60.0", &services).await;
     let state = dir.path().join("ns-node");
-    let (_gateway, gateway) = gateway(&region, dir.path()).await;
 
     // Each instance listens in its own namespace, on the instance side of its /31.
     let web = "web.acme.example.com";
@@ -625,20 +630,27 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
     );
 }
 
-/// One installation with one region (fra), a node `ns-node` whose instances run in network
-/// namespaces of `network`, and a gateway: its platform, agent and gateway (kept running) and
-/// the gateway's address.
+/// One installation on the host, kept running: a region (fra) with a gateway, and a node
+/// `ns-node` whose instances run in network namespaces.
+struct Installation {
+    _platform: Deployed,
+    _region: RegionalPlane,
+    node: support::Agent,
+    _gateway: support::Killed,
+    /// The gateway's plain-HTTP address.
+    gateway: String,
+}
+
+/// An [`Installation`] in `dir` running meridian-hello as each of `services` (org, name, port),
+/// its instances in namespaces of `network`.
 async fn installation_with_namespaces(
     dir: &Path,
     network: &str,
-) -> (
-    Deployed,
-    RegionalPlane,
-    support::Agent,
-    support::Killed,
-    String,
-) {
-    let platform = Deployed::start(dir, &service("acme", "web", 8080, ""));
+    services: &[(&str, &str, u16)],
+) -> Installation {
+    let ((org, name, port), others) = services.split_first().expect("a service");
+    let platform = Deployed::start(dir, &service(org, name, *port, ""));
+    deploy_services(&platform, dir, others);
     let region = RegionalPlane::start(
         &platform.global,
         &platform.token,
@@ -652,7 +664,13 @@ async fn installation_with_namespaces(
         &["--isolation", "netns", "--instance-network", network],
     );
     let (gateway, address) = gateway(&region, dir).await;
-    (platform, region, node, gateway, address)
+    Installation {
+        _platform: platform,
+        _region: region,
+        node,
+        _gateway: gateway,
+        gateway: address,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,24 +681,24 @@ async fn an_agent_of_another_installation_leaves_this_ones_namespaces_and_traffi
     // Two installations on one host, with the same region and node names.
     let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let web = "web.acme.example.com";
-    let (_platform, _region, _node, _gateway, gateway) =
-        installation_with_namespaces(first.path(), "100.64.63.0").await;
-    let greeting = answers(&gateway, web, "/", "hello from web").await;
+    let web_service = [("acme", "web", 8080)];
+    let first_one = installation_with_namespaces(first.path(), "100.64.63.0", &web_service).await;
+    let gateway = &first_one.gateway;
+    let greeting = answers(gateway, web, "/", "hello from web").await;
     let state = first.path().join("ns-node");
     let namespaces = meridian_namespaces(&state);
     assert_eq!(namespaces.len(), 1, "{namespaces:?}");
 
     // The second one's agent starts (cleaning up what its predecessors left) and serves.
-    let (_platform2, _region2, _node2, _gateway2, gateway2) =
-        installation_with_namespaces(second.path(), "100.64.64.0").await;
-    answers(&gateway2, web, "/", "hello from web").await;
+    let second_one = installation_with_namespaces(second.path(), "100.64.64.0", &web_service).await;
+    answers(&second_one.gateway, web, "/", "hello from web").await;
     let others = meridian_namespaces(&second.path().join("ns-node"));
     assert_eq!(others.len(), 1, "{others:?}");
     assert_ne!(others, namespaces);
 
     // The first one's namespace is still there, and its instance still answers.
     assert_eq!(meridian_namespaces(&state), namespaces);
-    assert_eq!(through(&gateway, web, "/").await, (200, greeting));
+    assert_eq!(through(gateway, web, "/").await, (200, greeting));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
