@@ -245,8 +245,9 @@ async fn run_lives(
 const INSTANCE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where `command` is: as written if it names a path, else the first executable of that name in
-/// the agent's `PATH` (the node's programs; the instance's own `PATH` is [`INSTANCE_PATH`]), else
-/// as written (starting it then fails with "not found").
+/// the agent's `PATH` (the node's programs; the instance's own `PATH` is [`INSTANCE_PATH`]) made
+/// absolute (the instance starts in another directory), else as written (starting it then fails
+/// with "not found").
 fn program(command: &str) -> PathBuf {
     if command.contains('/') {
         return PathBuf::from(command);
@@ -260,7 +261,10 @@ fn program(command: &str) -> PathBuf {
                 .map(|dir| dir.join(command))
                 .find(executable)
         })
-        .unwrap_or_else(|| PathBuf::from(command))
+        .map_or_else(
+            || PathBuf::from(command),
+            |found| std::path::absolute(&found).unwrap_or(found),
+        )
 }
 
 /// Starts the process: its own process group, output to logs, and a clean environment (nothing
@@ -416,5 +420,21 @@ async fn terminate(child: &mut Child) {
     {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         let _ = child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_found_in_the_agents_path_and_paths_are_kept() {
+        let shell = program("sh");
+        assert!(shell.is_absolute() && shell.ends_with("sh"), "{shell:?}");
+        assert_eq!(program("./run.sh"), PathBuf::from("./run.sh"));
+        assert_eq!(
+            program("no-such-program-here"),
+            PathBuf::from("no-such-program-here")
+        );
     }
 }
