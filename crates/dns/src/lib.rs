@@ -16,4 +16,4 @@ mod upstream;
 pub use reverse::PLATFORM_NETWORK;
 pub use server::{serve_udp, DnsMetrics};
 pub use table::{Entry, Table, Tables};
-pub use upstream::{Upstream, FAILURE_MEMORY, FORWARD_TIMEOUT};
+pub use upstream::Upstream;
