@@ -199,10 +199,10 @@ fn plain_answer(
     if class != 1 || datagram.len() != at + 5 {
         return None;
     }
-    if name.ends_with(".in-addr.arpa") {
-        return None; // Perhaps the platform's own: the full path tells.
-    }
     if name != ZONE && !name.ends_with(".internal") {
+        if name.ends_with(".in-addr.arpa") {
+            return None; // Perhaps the platform's own: the full path tells.
+        }
         return Some(Verdict::Forward);
     }
     if name.starts_with('_') || kind == u16::from(RecordType::SRV) {
