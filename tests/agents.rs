@@ -143,6 +143,102 @@ async fn agents_run_the_regions_instances_and_heal_them() {
     assert_eq!(moved.len(), 2);
 }
 
+/// The environment of an instance of the agent with `state`, from the process id that
+/// `<state>/instances/<key>/pid` records, once it runs (`None` until then).
+fn instance_environment(state: &Path) -> Option<BTreeMap<String, String>> {
+    let instance = std::fs::read_dir(state.join("instances"))
+        .ok()?
+        .next()?
+        .ok()?;
+    let pid = std::fs::read_to_string(instance.path().join("pid")).ok()?;
+    let environ = std::fs::read(format!("/proc/{}/environ", pid.trim())).ok()?;
+    let variables: BTreeMap<String, String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| {
+            String::from_utf8_lossy(v)
+                .split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    variables
+        .contains_key("MERIDIAN_INSTANCE")
+        .then_some(variables)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_get_their_definitions_environment_and_nothing_of_the_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = hello(1).replace(
+        &format!("runtime: {{process: {{command: {HELLO}}}}}"),
+        "runtime: {process: {command: meridian-hello, env: {GREETING: hi, FEATURE: on}}}",
+    );
+    let platform = Deployed::start(dir.path(), &definition);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    // The agent runs from a shell that exported the admin token and another secret, and finds
+    // meridian-hello through its own PATH.
+    let programs = Path::new(HELLO)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("{programs}:{}", std::env::var("PATH").unwrap_or_default());
+    let _agent = support::agent_with_env(
+        &region,
+        "one",
+        dir.path(),
+        &["--instance-addresses", "127.0.22.1", "--isolation", "host"],
+        &[
+            ("MERIDIAN_TOKEN", &platform.token),
+            ("DATABASE_PASSWORD", "hunter2"),
+            ("PATH", &path),
+        ],
+    );
+    let end = Instant::now() + DEADLINE;
+    let environment = loop {
+        if let Some(environment) = instance_environment(&dir.path().join("one")) {
+            break environment;
+        }
+        assert!(Instant::now() < end, "the instance did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names: BTreeSet<&str> = environment.keys().map(String::as_str).collect();
+    let expected = BTreeSet::from([
+        "PATH",
+        "HOME",
+        "PORT",
+        "MERIDIAN_INSTANCE",
+        "MERIDIAN_ORG",
+        "MERIDIAN_APP",
+        "MERIDIAN_SERVICE",
+        "MERIDIAN_REGION",
+        "MERIDIAN_NODE",
+        "MERIDIAN_ADDRESS",
+        "MERIDIAN_PORT_HTTP",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "GREETING",
+        "FEATURE",
+    ]);
+    assert_eq!(names, expected, "{environment:?}");
+    assert_eq!(
+        environment["PATH"],
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    assert_eq!(environment["GREETING"], "hi");
+    assert!(environment["MERIDIAN_INSTANCE"].starts_with("hello-"));
+    assert_eq!(environment["MERIDIAN_ORG"], "acme");
+    assert_eq!(environment["PORT"], "8080");
+    assert!(
+        environment
+            .values()
+            .all(|v| !v.contains(&platform.token) && v != "hunter2"),
+        "{environment:?}"
+    );
+}
+
 /// A meridian-hello service definition of `org`/shop/`name` on `port`, with a public domain.
 fn service(org: &str, name: &str, port: u16, allow: &str) -> String {
     format!(
@@ -159,6 +255,16 @@ mesh: {{allow: [{allow}]}}
 health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
 "
     )
+}
+
+/// Deploys meridian-hello as each of `services` (org, name, port) on `platform`, each from a
+/// file of its own in `dir`.
+fn deploy_services(platform: &Deployed, dir: &Path, services: &[(&str, &str, u16)]) {
+    for (org, name, port) in services {
+        let file = dir.join(format!("{org}-{name}.yaml"));
+        std::fs::write(&file, service(org, name, *port, "")).unwrap();
+        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    }
 }
 
 /// What `host` answers through the gateway at `gateway` for `path`.
@@ -193,11 +299,12 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
     use meridian_identity::enroll::{join, request_certificate, JoinToken};
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &service("acme", "api", 9090, "'partner/*/*'"));
-    for (org, name) in [("acme", "web"), ("partner", "client"), ("other", "client")] {
-        let file = dir.path().join(format!("{org}-{name}.yaml"));
-        std::fs::write(&file, service(org, name, 8080, "")).unwrap();
-        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
-    }
+    let clients = [
+        ("acme", "web", 8080),
+        ("partner", "client", 8080),
+        ("other", "client", 8080),
+    ];
+    deploy_services(&platform, dir.path(), &clients);
     let region = RegionalPlane::start(
         &platform.global,
         &platform.token,
@@ -332,10 +439,10 @@ fn namespaces_allowed() -> bool {
     allowed
 }
 
-/// The address `name` resolves to inside one of the namespaces of the agent of `ns-node` (each
+/// The address `name` resolves to inside one of the namespaces of the agent with `state` (each
 /// instance's DNS answers only the names its org may reach).
-fn resolved_in_some_namespace(name: &str) -> Ipv4Addr {
-    meridian_namespaces()
+fn resolved_in_some_namespace(state: &Path, name: &str) -> Ipv4Addr {
+    meridian_namespaces(state)
         .iter()
         .find_map(|ns| {
             let output = std::process::Command::new("ip")
@@ -348,10 +455,10 @@ fn resolved_in_some_namespace(name: &str) -> Ipv4Addr {
         .unwrap_or_else(|| panic!("no namespace resolves {name}"))
 }
 
-/// The network namespaces of the agent of node `ns-node` in fra (other tests' agents, and
-/// `meridian dev`, may have theirs at the same time).
-fn meridian_namespaces() -> Vec<String> {
-    let prefix = meridian_agent::netns_prefix("fra", "ns-node");
+/// The network namespaces of the agent with `state` (other tests' agents, and `meridian dev`,
+/// may have theirs at the same time).
+fn meridian_namespaces(state: &Path) -> Vec<String> {
+    let prefix = meridian_agent::netns_prefix(state);
     let output = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -370,25 +477,20 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let platform = Deployed::start(dir.path(), &service("acme", "api", 9090, ""));
-    for (org, name, port) in [("acme", "web", 8080), ("other", "secret", 9090)] {
-        let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, service(org, name, port, "")).unwrap();
-        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
-    }
-    let region = RegionalPlane::start(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.0.1:0"),
-    );
-    let node = support::agent_with(
-        &region,
-        "ns-node",
-        dir.path(),
-        &["--isolation", "netns", "--instance-network", "100.64.60.0"],
-    );
-    let (_gateway, gateway) = gateway(&region, dir.path()).await;
+    let services = [
+        ("acme", "api", 9090),
+        ("acme", "web", 8080),
+        ("other", "secret", 9090),
+    ];
+    // (Every part is kept until the end; the agent is stopped before.)
+    let Installation {
+        _platform,
+        _region,
+        node,
+        _gateway,
+        gateway,
+    } = installation_with_namespaces(dir.path(), "100.64.60.0", &services).await;
+    let state = dir.path().join("ns-node");
 
     // Each instance listens in its own namespace, on the instance side of its /31.
     let web = "web.acme.example.com";
@@ -426,8 +528,8 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
 
     // Each service has a virtual IP, which the instance's DNS answers for its name and which
     // reaches the service like the name.
-    let api_vip = resolved_in_some_namespace("api.shop.internal");
-    let secret_vip = resolved_in_some_namespace("secret.shop.internal");
+    let api_vip = resolved_in_some_namespace(&state, "api.shop.internal");
+    let secret_vip = resolved_in_some_namespace(&state, "secret.shop.internal");
     for vip in [api_vip, secret_vip] {
         let [a, b, _, _] = vip.octets();
         assert!(
@@ -436,6 +538,26 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         );
     }
     assert_ne!(api_vip, secret_vip);
+    // Reverse lookups of the platform's addresses are answered by the node's DNS: a virtual IP
+    // gives its service's name, an instance's address does not exist (never asked upstream).
+    let reverse = |address: Ipv4Addr| {
+        meridian_namespaces(&state)
+            .iter()
+            .map(|ns| {
+                let output = std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "getent", "hosts", &address.to_string()])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            })
+            .collect::<Vec<_>>()
+            .concat()
+    };
+    assert!(
+        reverse(api_vip).contains(" api.shop.internal"),
+        "{}",
+        reverse(api_vip)
+    );
     let seen = answers(
         &gateway,
         web,
@@ -483,6 +605,7 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         "{metrics}"
     );
     let node_side = Ipv4Addr::from(u32::from(address) - 1);
+    assert_eq!(reverse(address), "");
     // (The call fails, or hangs until web gives up: either way the gateway answers an error.)
     for target in [address, node_side] {
         let (status, body) = through(
@@ -496,15 +619,86 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
             "{target}: {body}"
         );
     }
-    assert!(!meridian_namespaces().is_empty());
+    assert!(!meridian_namespaces(&state).is_empty());
 
     // The agent stops: its instances and their namespaces go.
     drop(node);
     assert!(
-        meridian_namespaces().is_empty(),
+        meridian_namespaces(&state).is_empty(),
         "left behind: {:?}",
-        meridian_namespaces()
+        meridian_namespaces(&state)
     );
+}
+
+/// One installation on the host, kept running: a region (fra) with a gateway, and a node
+/// `ns-node` whose instances run in network namespaces.
+struct Installation {
+    _platform: Deployed,
+    _region: RegionalPlane,
+    node: support::Agent,
+    _gateway: support::Killed,
+    /// The gateway's plain-HTTP address.
+    gateway: String,
+}
+
+/// An [`Installation`] in `dir` running meridian-hello as each of `services` (org, name, port),
+/// its instances in namespaces of `network`.
+async fn installation_with_namespaces(
+    dir: &Path,
+    network: &str,
+    services: &[(&str, &str, u16)],
+) -> Installation {
+    let ((org, name, port), others) = services.split_first().expect("a service");
+    let platform = Deployed::start(dir, &service(org, name, *port, ""));
+    deploy_services(&platform, dir, others);
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let node = support::agent_with(
+        &region,
+        "ns-node",
+        dir,
+        &["--isolation", "netns", "--instance-network", network],
+    );
+    let (gateway, address) = gateway(&region, dir).await;
+    Installation {
+        _platform: platform,
+        _region: region,
+        node,
+        _gateway: gateway,
+        gateway: address,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_another_installation_leaves_this_ones_namespaces_and_traffic_alone() {
+    if !namespaces_allowed() {
+        return;
+    }
+    // Two installations on one host, with the same region and node names.
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let web = "web.acme.example.com";
+    let web_service = [("acme", "web", 8080)];
+    let first_one = installation_with_namespaces(first.path(), "100.64.63.0", &web_service).await;
+    let gateway = &first_one.gateway;
+    let greeting = answers(gateway, web, "/", "hello from web").await;
+    let state = first.path().join("ns-node");
+    let namespaces = meridian_namespaces(&state);
+    assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+
+    // The second one's agent starts (cleaning up what its predecessors left) and serves.
+    let second_one = installation_with_namespaces(second.path(), "100.64.64.0", &web_service).await;
+    answers(&second_one.gateway, web, "/", "hello from web").await;
+    let others = meridian_namespaces(&second.path().join("ns-node"));
+    assert_eq!(others.len(), 1, "{others:?}");
+    assert_ne!(others, namespaces);
+
+    // The first one's namespace is still there, and its instance still answers.
+    assert_eq!(meridian_namespaces(&state), namespaces);
+    assert_eq!(through(gateway, web, "/").await, (200, greeting));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -440,7 +440,8 @@ fn left_behind(data: &std::path::Path) -> Vec<String> {
         let namespaces = String::from_utf8_lossy(&namespaces.stdout).into_owned();
         for region in ["fra", "iad", "sin"] {
             for node in 1..=2 {
-                let prefix = meridian_agent::netns_prefix(region, &format!("{region}-{node}"));
+                let state = data.join("agents").join(format!("{region}-{node}"));
+                let prefix = meridian_agent::netns_prefix(&state);
                 left.extend(
                     namespaces
                         .lines()

@@ -498,6 +498,17 @@ pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path
 /// `meridian agent` for `node` of the region with `isolation` arguments (addresses and mode);
 /// stopped (with its instances) on drop.
 pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&str]) -> Agent {
+    agent_with_env(region, node, dir, isolation, &[])
+}
+
+/// [`agent_with`], started with `env` added to the test's environment.
+pub fn agent_with_env(
+    region: &RegionalPlane,
+    node: &str,
+    dir: &Path,
+    isolation: &[&str],
+    env: &[(&str, &str)],
+) -> Agent {
     let token = region.join_token(&format!("agent/{node}"));
     let log = dir.join(format!("{node}-{LOG_FILE}"));
     let log_file = std::fs::File::create(&log).unwrap();
@@ -510,6 +521,7 @@ pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&
             .args(isolation)
             .arg("--state-dir")
             .arg(dir.join(node))
+            .envs(env.iter().copied())
             .env("MERIDIAN_LOG", "warn"),
     );
     wait_for_line(&lines, STARTUP_DEADLINE, "the agent's start", |l| {

@@ -3,6 +3,7 @@
 //! for reports.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -240,15 +241,44 @@ async fn run_lives(
     }
 }
 
-/// Starts the process: its own process group, `PORT` and `MERIDIAN_*` set, output to logs.
+/// The `PATH` of every instance: the usual system directories, never the agent's own `PATH`.
+const INSTANCE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where `command` is: as written if it names a path, else the first executable of that name in
+/// the agent's `PATH` (the node's programs; the instance's own `PATH` is [`INSTANCE_PATH`]) made
+/// absolute (the instance starts in another directory), else as written (starting it then fails
+/// with "not found").
+fn program(command: &str) -> PathBuf {
+    if command.contains('/') {
+        return PathBuf::from(command);
+    }
+    let executable = |path: &PathBuf| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(command))
+                .find(executable)
+        })
+        .map_or_else(
+            || PathBuf::from(command),
+            |found| std::path::absolute(&found).unwrap_or(found),
+        )
+}
+
+/// Starts the process: its own process group, output to logs, and a clean environment (nothing
+/// of the agent's): `PATH`, `HOME`, `PORT`, `MERIDIAN_*` and the proxy variables, then the
+/// definition's `env`.
 fn spawn(launch: &Launch) -> std::io::Result<Child> {
     let process = &launch.spec.runtime.process;
     let home = launch.state_dir.join("instances").join(launch.key());
     std::fs::create_dir_all(&home)?;
     let (org, app, service) = &launch.service;
+    let program = program(&process.command);
     let mut command = match &launch.netns {
-        Some(netns) => netns.command(&process.command),
-        None => Command::new(&process.command),
+        Some(netns) => netns.command(program.as_os_str()),
+        None => Command::new(&program),
     };
     command
         .args(&process.args)
@@ -258,6 +288,9 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
                 .as_ref()
                 .map_or(home.clone(), PathBuf::from),
         )
+        .env_clear()
+        .env("PATH", INSTANCE_PATH)
+        .env("HOME", &home)
         .env("MERIDIAN_INSTANCE", &launch.instance)
         .env("MERIDIAN_ORG", org)
         .env("MERIDIAN_APP", app)
@@ -387,5 +420,21 @@ async fn terminate(child: &mut Child) {
     {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         let _ = child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_found_in_the_agents_path_and_paths_are_kept() {
+        let shell = program("sh");
+        assert!(shell.is_absolute() && shell.ends_with("sh"), "{shell:?}");
+        assert_eq!(program("./run.sh"), PathBuf::from("./run.sh"));
+        assert_eq!(
+            program("no-such-program-here"),
+            PathBuf::from("no-such-program-here")
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! Meridian's agent: one per machine. It follows its region's control plane for the instances
-//! its node must run (delta xDS, `meridian.v1.Assignment`), runs each as a process with `PORT`
-//! and `MERIDIAN_*` variables on an address of its own, keeps its output in rotated files,
-//! health-checks it as its definition says, restarts it with backoff and reports it failed past
-//! its restart limit, and reports every instance's state to the control plane. It runs the
+//! its node must run (delta xDS, `meridian.v1.Assignment`), runs each as a process with a clean
+//! environment (its definition's, `PORT` and `MERIDIAN_*` variables, never the agent's own) on
+//! an address of its own, keeps its output in rotated files, health-checks it as its definition
+//! says, restarts it with backoff and reports it failed past its restart limit, and reports every instance's state to the control plane. It runs the
 //! node proxy: each instance's inbound mesh listener (mutual TLS with the instance's workload
 //! certificate, authorized by the service's policy) and its outbound listener (`HTTP_PROXY`),
 //! through which it calls other services by name over mutual TLS.

@@ -4,6 +4,12 @@
 //! node proxy listens for the instance; the instance listens on its side. Made with `ip`
 //! (iproute2).
 //!
+//! Every name the agent makes on the host — namespaces, veth links, `/etc/netns` directories —
+//! carries a tag hashed from the agent's state directory, which is one node of one installation:
+//! agents of other installations on the same host (another `meridian dev`, a test suite) have
+//! other tags, and an agent cleans up only what carries its own. The nftables table lives inside
+//! each namespace, so it needs no tag.
+//!
 //! Inside the namespace, nftables rules (made with `nft`) send every connection to a service
 //! virtual IP ([`VIP_NETWORK`]) to the node side, port unchanged, where the node proxy listens
 //! on the ports of the services the instance may reach; and only the node side may open
@@ -11,6 +17,8 @@
 //! node that forwards packets.
 
 use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use meridian_xds::meridian::{VIP_NETWORK, VIP_PREFIX_LEN};
 use tokio::io::AsyncWriteExt;
@@ -19,7 +27,7 @@ use tokio::process::Command;
 /// One instance's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
-    /// The namespace's name (`mrd-<tag>-<n>`).
+    /// The namespace's name (`mrd-<tag>-<id>`).
     pub name: String,
     host_link: String,
     inner_link: String,
@@ -29,20 +37,24 @@ pub struct Netns {
     pub inner: Ipv4Addr,
 }
 
-/// The start of the names of the namespaces the agent of `node` in `region` makes.
-pub fn prefix(region: &str, node: &str) -> String {
-    format!("mrd-{}-", tag(region, node))
+/// The start of the names of the namespaces that the agent with `state_dir` makes.
+pub fn prefix(state_dir: &Path) -> String {
+    format!("mrd-{}-", tag(state_dir))
 }
 
-/// A short tag that tells this agent's namespaces apart from other agents' on the same machine.
-pub fn tag(region: &str, node: &str) -> String {
+/// A short tag (8 hex digits) that tells the names this agent makes on the host apart from other
+/// agents', of this installation or another: a hash of its state directory (made absolute),
+/// which holds one node's identity in one installation. The same across restarts, so that an
+/// agent finds what a killed predecessor left.
+pub fn tag(state_dir: &Path) -> String {
+    let absolute = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     // FNV-1a: stable across runs and builds.
     let mut hash: u32 = 0x811c_9dc5;
-    for byte in region.bytes().chain([b'/']).chain(node.bytes()) {
-        hash ^= u32::from(byte);
+    for byte in absolute.as_os_str().as_bytes() {
+        hash ^= u32::from(*byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    format!("{:06x}", hash & 0x00ff_ffff)
+    format!("{hash:08x}")
 }
 
 impl Netns {
@@ -60,10 +72,12 @@ impl Netns {
         }
     }
 
-    /// Creates the namespace, its veth pair, addresses and default route.
+    /// Creates the namespace, its veth pair, addresses and default route; fails if the pair's
+    /// addresses are already on the host (another agent's).
     pub async fn create(&self) -> std::io::Result<()> {
         // A namespace left by a killed agent is replaced.
         self.delete().await;
+        self.check_free().await?;
         let (ns, host, inner) = (&self.name, &self.host_link, &self.inner_link);
         let host_address = format!("{}/31", self.host);
         let inner_address = format!("{}/31", self.inner);
@@ -107,6 +121,33 @@ impl Netns {
         )
         .await?;
         Ok(())
+    }
+
+    /// Fails if an address of the pair is on the host: another agent (of another installation,
+    /// or given the same `--instance-network`) uses it, and taking it too would send that
+    /// agent's traffic astray.
+    async fn check_free(&self) -> std::io::Result<()> {
+        let pair = format!("{}/31", self.host);
+        let output = Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "to", &pair])
+            .output()
+            .await?;
+        if !output.status.success() {
+            return Err(std::io::Error::other(format!(
+                "ip addr show to {pair}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let holder = String::from_utf8_lossy(&output.stdout);
+        match holder.split_whitespace().nth(1) {
+            None => Ok(()),
+            Some(link) => Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "{pair} is already in use on this host (on {link}): another agent has the                      same --instance-network; give each agent on a host its own"
+                ),
+            )),
+        }
     }
 
     /// Loads the namespace's nftables rules: virtual IPs to the node side, and only the node
@@ -157,9 +198,9 @@ impl Netns {
     }
 
     /// A command that runs `program` inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: &std::ffi::OsStr) -> Command {
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name, program]);
+        command.args(["netns", "exec", &self.name]).arg(program);
         command
     }
 }
@@ -215,12 +256,68 @@ mod tests {
 
     #[test]
     fn names_fit_linux_limits_and_addresses_pair_up() {
-        let tag = tag("fra", "fra-1");
-        assert_eq!(tag.len(), 6);
-        assert_ne!(tag, super::tag("iad", "fra-1"));
+        let tag = tag(Path::new("/var/lib/meridian/agent"));
+        assert_eq!(tag.len(), 8);
+        assert_ne!(tag, super::tag(Path::new("/tmp/dev/agents/fra-1")));
         let ns = Netns::new(&tag, Ipv4Addr::new(100, 64, 1, 2));
         assert!(ns.host_link.len() <= 15 && ns.inner_link.len() <= 15);
         assert_eq!(ns.inner, Ipv4Addr::new(100, 64, 1, 3));
         assert_ne!(ns.name, Netns::new(&tag, Ipv4Addr::new(100, 64, 1, 4)).name);
+    }
+
+    #[test]
+    fn the_node_dns_owns_the_reverse_names_of_every_instance_network_and_virtual_ip() {
+        let (network, prefix) = meridian_dns::PLATFORM_NETWORK;
+        let inside = |first: Ipv4Addr, length: u8| {
+            let shift = 32 - u32::from(prefix);
+            length >= prefix && u32::from(first) >> shift == u32::from(network) >> shift
+        };
+        assert!(inside(VIP_NETWORK, VIP_PREFIX_LEN));
+        // The first and last /24 that --instance-network accepts.
+        for first in [
+            Ipv4Addr::new(100, 64, 0, 0),
+            Ipv4Addr::new(100, 111, 255, 0),
+        ] {
+            assert!(crate::AddressPool::pairs(first).is_ok());
+            assert!(inside(first, 24));
+        }
+    }
+
+    /// Whether namespace `name` exists.
+    fn exists(name: &str) -> bool {
+        std::path::Path::new("/run/netns").join(name).exists()
+    }
+
+    #[tokio::test]
+    async fn an_agent_takes_neither_the_namespaces_nor_the_addresses_of_another() {
+        if !available() {
+            assert_ne!(
+                std::env::var("MERIDIAN_TEST_STRICT").as_deref(),
+                Ok("1"),
+                "network namespaces need root, iproute2 and nftables"
+            );
+            return;
+        }
+        // (What an earlier, failed run of this test left goes first.)
+        for tag in ["7e570001", "7e570002"] {
+            delete_leftovers(tag).await;
+        }
+        let pair = Ipv4Addr::new(100, 111, 250, 2);
+        let ours = Netns::new("7e570001", pair);
+        ours.create().await.unwrap();
+        // Another agent given the same instance network cannot take the pair.
+        let theirs = Netns::new("7e570002", pair);
+        let refused = theirs.create().await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse, "{refused}");
+        assert!(
+            refused.to_string().contains("--instance-network"),
+            "{refused}"
+        );
+        assert!(!exists(&theirs.name));
+        // Its clean-up leaves ours alone; ours takes ours.
+        delete_leftovers("7e570002").await;
+        assert!(exists(&ours.name));
+        delete_leftovers("7e570001").await;
+        assert!(!exists(&ours.name));
     }
 }

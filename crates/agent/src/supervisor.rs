@@ -88,8 +88,9 @@ type Instances = Arc<Mutex<BTreeMap<String, Running>>>;
 /// Runs the agent until `shutdown` resolves; then stops every instance and returns.
 pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>) {
     crate::instance::stop_leftovers(&options.state_dir);
+    let netns_tag = netns::tag(&options.state_dir);
     if options.isolation == Isolation::Netns {
-        netns::delete_leftovers(&netns::tag(&options.region, &options.node)).await;
+        netns::delete_leftovers(&netns_tag).await;
     }
     let (desired_tx, mut desired) = watch::channel(Desired::new());
     let (services_tx, mut services) = watch::channel(Services::new());
@@ -141,7 +142,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         dns_servers: BTreeMap::new(),
         dns_metrics,
         dns_failing: BTreeSet::new(),
-        upstream: host_resolver(),
+        upstream: Arc::new(meridian_dns::Upstream::new(host_resolver())),
     };
     let registry = Arc::new(registry);
     node_proxy.proxy.add_metrics(Arc::new(move || {
@@ -166,7 +167,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                     break;
                 }
                 let wanted = desired.borrow_and_update().clone();
-                reconcile(&options, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                reconcile(&options, &netns_tag, &wanted, &instances, &mut addresses, &mut tasks, &changed);
             }
             changed_set = services.changed() => {
                 if changed_set.is_err() {
@@ -184,7 +185,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 changed.notify_one();
                 // A replacement may be waiting for this one to stop.
                 let wanted = desired.borrow().clone();
-                reconcile(&options, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                reconcile(&options, &netns_tag, &wanted, &instances, &mut addresses, &mut tasks, &changed);
             }
         }
         let current = services.borrow().clone();
@@ -215,8 +216,9 @@ struct NodeProxy {
     dns_metrics: Arc<meridian_dns::DnsMetrics>,
     /// Node sides whose DNS socket could not be bound (said once).
     dns_failing: BTreeSet<Ipv4Addr>,
-    /// Where names outside `.internal` are forwarded: the host's first resolver.
-    upstream: Option<std::net::SocketAddr>,
+    /// Where names outside the platform's are forwarded: the host's first resolver (shared by
+    /// every instance's server, so that one that does not answer fails them all fast).
+    upstream: Arc<meridian_dns::Upstream>,
 }
 
 /// The first `nameserver` of the host's /etc/resolv.conf.
@@ -295,7 +297,7 @@ impl NodeProxy {
                     let server = meridian_dns::serve_udp(
                         socket,
                         self.dns.clone(),
-                        self.upstream,
+                        self.upstream.clone(),
                         self.dns_metrics.clone(),
                     );
                     self.dns_servers.insert(address, tokio::spawn(server));
@@ -315,6 +317,7 @@ impl NodeProxy {
 /// version); a changed instance starts again once its old process has stopped.
 fn reconcile(
     options: &AgentOptions,
+    netns_tag: &str,
     wanted: &Desired,
     instances: &Instances,
     addresses: &mut AddressPool,
@@ -341,13 +344,15 @@ fn reconcile(
             tracing::warn!(instance = %want.instance, "no address left for the instance; raise --instance-count");
             continue;
         };
-        let running = start(options, want, address, tasks, name, changed);
+        let running = start(options, netns_tag, want, address, tasks, name, changed);
         map.insert(name.clone(), running);
     }
 }
 
+/// Starts instance `name` on `address` (its namespace tagged `netns_tag` in that mode).
 fn start(
     options: &AgentOptions,
+    netns_tag: &str,
     want: &Wanted,
     address: Ipv4Addr,
     tasks: &mut JoinSet<(String, Ipv4Addr)>,
@@ -365,7 +370,7 @@ fn start(
     let (listen, netns) = match options.isolation {
         Isolation::Host => (address, None),
         Isolation::Netns => {
-            let netns = Netns::new(&netns::tag(&options.region, &options.node), address);
+            let netns = Netns::new(netns_tag, address);
             (netns.inner, Some(netns))
         }
     };

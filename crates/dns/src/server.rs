@@ -1,13 +1,14 @@
 //! The UDP server: one datagram in, one out. Queries for `.internal` names are answered from the
-//! caller's table (authoritatively; NXDOMAIN for a name it does not see); others are forwarded.
+//! caller's table (authoritatively; NXDOMAIN for a name it does not see), and so are reverse
+//! lookups of the platform's network; others are forwarded, and fail fast (SERVFAIL) when there
+//! is no upstream or it does not answer.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::rdata::{A, PTR, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,15 +16,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
 
+use crate::reverse::{self, Reverse};
 use crate::table::{Table, Tables};
+use crate::upstream::{Admission, Upstream};
 
 /// The zone this server is authoritative for.
 const ZONE: &str = "internal";
 /// How long answers may be cached: short, names follow placement.
 const TTL: u32 = 5;
-/// How long an upstream may take to answer a forwarded query.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest datagram read or relayed.
+/// Largest datagram read.
 const MAX_DATAGRAM: usize = 4096;
 /// Most forwarded queries in flight; beyond, queries are answered SERVFAIL.
 const MAX_FORWARDS: u64 = 256;
@@ -37,6 +38,7 @@ pub struct DnsMetrics {
     answered: Counter,
     nxdomain: Counter,
     forwarded: Counter,
+    failed: Counter,
     malformed: Counter,
     forwards_in_flight: AtomicU64,
 }
@@ -49,6 +51,7 @@ impl Default for DnsMetrics {
             answered: counter("answered"),
             nxdomain: counter("nxdomain"),
             forwarded: counter("forwarded"),
+            failed: counter("failed"),
             malformed: counter("malformed"),
             queries,
             forwards_in_flight: AtomicU64::new(0),
@@ -59,7 +62,8 @@ impl Default for DnsMetrics {
 /// What became of a query.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
-    /// `answered`, `nxdomain`, `forwarded` or `malformed`.
+    /// `answered`, `nxdomain`, `forwarded`, `failed` (SERVFAIL: no upstream, or it did not
+    /// answer or failed recently) or `malformed`.
     pub outcome: &'static str,
 }
 
@@ -82,11 +86,11 @@ impl DnsMetrics {
 }
 
 /// Serves queries on `socket` until the task is dropped, answering from `tables` and forwarding
-/// other names to `upstream` (none: other names are refused).
+/// other names to `upstream`.
 pub async fn serve_udp(
     socket: UdpSocket,
     tables: Arc<Tables>,
-    upstream: Option<SocketAddr>,
+    upstream: Arc<Upstream>,
     metrics: Arc<DnsMetrics>,
 ) {
     let socket = Arc::new(socket);
@@ -103,33 +107,47 @@ pub async fn serve_udp(
         let datagram = &buffer[..length];
         let verdict = plain_answer(datagram, from.ip(), &tables, &metrics, &mut name)
             .unwrap_or_else(|| answer(datagram, from.ip(), &tables, &metrics));
-        match verdict {
+        let admission = match verdict {
             Verdict::Answer(bytes) => {
                 let _ = socket.send_to(&bytes, from).await;
+                continue;
             }
-            Verdict::Forward => match upstream {
-                Some(upstream)
-                    if metrics.forwards_in_flight.load(Ordering::Relaxed) < MAX_FORWARDS =>
-                {
-                    metrics.forwarded.inc();
-                    metrics.forwards_in_flight.fetch_add(1, Ordering::Relaxed);
-                    let (socket, query, metrics) =
-                        (socket.clone(), datagram.to_vec(), metrics.clone());
-                    tokio::spawn(async move {
-                        if let Some(reply) = forward(&query, upstream).await {
-                            let _ = socket.send_to(&reply, from).await;
-                        }
-                        metrics.forwards_in_flight.fetch_sub(1, Ordering::Relaxed);
-                    });
+            Verdict::Drop => continue,
+            Verdict::Forward
+                if metrics.forwards_in_flight.load(Ordering::Relaxed) >= MAX_FORWARDS =>
+            {
+                Admission::Fail
+            }
+            Verdict::Forward => upstream.admit(),
+        };
+        let Admission::Send(address) = admission else {
+            metrics.failed.inc();
+            if let Some(bytes) = failure_reply(datagram) {
+                let _ = socket.send_to(&bytes, from).await;
+            }
+            continue;
+        };
+        metrics.forwarded.inc();
+        metrics.forwards_in_flight.fetch_add(1, Ordering::Relaxed);
+        let (socket, query, metrics, upstream) = (
+            socket.clone(),
+            datagram.to_vec(),
+            metrics.clone(),
+            upstream.clone(),
+        );
+        tokio::spawn(async move {
+            let reply = match upstream.ask(&query, address).await {
+                Some(reply) => Some(reply),
+                None => {
+                    metrics.failed.inc();
+                    failure_reply(&query)
                 }
-                _ => {
-                    if let Some(bytes) = error_reply(datagram, ResponseCode::ServFail) {
-                        let _ = socket.send_to(&bytes, from).await;
-                    }
-                }
-            },
-            Verdict::Drop => {}
-        }
+            };
+            if let Some(reply) = reply {
+                let _ = socket.send_to(&reply, from).await;
+            }
+            metrics.forwards_in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 
@@ -182,6 +200,9 @@ fn plain_answer(
         return None;
     }
     if name != ZONE && !name.ends_with(".internal") {
+        if name.ends_with(".in-addr.arpa") {
+            return None; // Perhaps the platform's own: the full path tells.
+        }
         return Some(Verdict::Forward);
     }
     if name.starts_with('_') || kind == u16::from(RecordType::SRV) {
@@ -209,40 +230,22 @@ fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics
     if query.message_type() != MessageType::Query {
         return Verdict::Drop;
     }
-    let reply = |code: ResponseCode, records: Vec<Record>| {
-        let mut message = Message::new();
-        message
-            .set_id(query.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(query.op_code())
-            .set_recursion_desired(query.recursion_desired())
-            .set_recursion_available(true)
-            .set_authoritative(code == ResponseCode::NoError || code == ResponseCode::NXDomain)
-            .set_response_code(code);
-        for q in query.queries() {
-            message.add_query(q.clone());
-        }
-        message.add_answers(records);
-        message.to_vec().map_or(Verdict::Drop, Verdict::Answer)
-    };
     if query.op_code() != OpCode::Query || query.queries().len() != 1 {
         metrics.malformed.inc();
-        return reply(ResponseCode::FormErr, Vec::new());
+        return full_reply(&query, ResponseCode::FormErr, Vec::new());
     }
     let question = &query.queries()[0];
     let mut name = question.name().to_ascii();
     name.make_ascii_lowercase();
     let name = name.trim_end_matches('.');
-    if name != ZONE && !name.ends_with(".internal") {
-        return Verdict::Forward;
-    }
-    let table = tables.of(caller);
-    let found = records(
-        table.as_deref(),
-        name,
-        question.name(),
-        question.query_type(),
-    );
+    let (asked, kind) = (question.name(), question.query_type());
+    let found = match reverse::platform_name(name) {
+        Some(reverse) => reverse_records(tables.of(caller).as_deref(), reverse, asked, kind),
+        None if name == ZONE || name.ends_with(".internal") => {
+            records(tables.of(caller).as_deref(), name, asked, kind)
+        }
+        None => return Verdict::Forward,
+    };
     let code = if found.is_some() {
         metrics.answered.inc();
         ResponseCode::NoError
@@ -264,13 +267,37 @@ fn answer(datagram: &[u8], caller: IpAddr, tables: &Tables, metrics: &DnsMetrics
     if let Some(bytes) = address.and_then(|address| edited_reply(datagram, code, address)) {
         return Verdict::Answer(bytes);
     }
-    reply(code, records)
+    full_reply(&query, code, records)
+}
+
+/// The answer to `query` with `code` and `records`, serialized in full (authoritative for
+/// NOERROR and NXDOMAIN).
+fn full_reply(query: &Message, code: ResponseCode, records: Vec<Record>) -> Verdict {
+    let mut message = Message::new();
+    message
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_authoritative(authoritative(code))
+        .set_response_code(code);
+    for q in query.queries() {
+        message.add_query(q.clone());
+    }
+    message.add_answers(records);
+    message.to_vec().map_or(Verdict::Drop, Verdict::Answer)
+}
+
+/// Whether an answer with `code` is given as the zone's authority (the others are failures).
+fn authoritative(code: ResponseCode) -> bool {
+    code == ResponseCode::NoError || code == ResponseCode::NXDomain
 }
 
 /// The answer to a plain query (one question, no other records, an uncompressed name) with
 /// `code` and, if given, one A record for the asked name: the query's header and question, with
-/// the response flags set and the record appended (its name a pointer to the question's).
-/// `None` for any other query.
+/// the response flags set (AA as [`authoritative`] says) and the record appended (its name a
+/// pointer to the question's). `None` for any other query.
 fn edited_reply(
     query: &[u8],
     code: ResponseCode,
@@ -296,7 +323,7 @@ fn edited_reply(
     let mut reply = Vec::with_capacity(end + 16);
     reply.extend_from_slice(query.get(..end)?);
     // QR, the query's opcode and RD, AA; RA and the response code.
-    reply[2] = 0x80 | (query[2] & 0x79) | 0x04;
+    reply[2] = 0x80 | (query[2] & 0x79) | if authoritative(code) { 0x04 } else { 0 };
     reply[3] = 0x80 | (u16::from(code) & 0x0f) as u8;
     if let Some(address) = address {
         reply[7] = 1;
@@ -345,31 +372,44 @@ fn records(
     })
 }
 
-fn error_reply(datagram: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
-    let query = Message::from_vec(datagram).ok()?;
-    Message::error_msg(query.id(), query.op_code(), code)
-        .to_vec()
-        .ok()
+/// The records for the reverse name `reverse` of `kind` in `table`: a `PTR` to the name the
+/// caller's table gives the address; `None` when the name does not exist for the caller.
+fn reverse_records(
+    table: Option<&Table>,
+    reverse: Reverse,
+    asked: &Name,
+    kind: RecordType,
+) -> Option<Vec<Record>> {
+    let address = match reverse {
+        Reverse::Address(address) => address,
+        Reverse::Above => return Some(Vec::new()),
+        Reverse::Nothing => return None,
+    };
+    let target = Name::from_ascii(format!("{}.", reverse::name_of(table?, address)?)).ok()?;
+    Some(match kind {
+        RecordType::PTR => vec![Record::from_rdata(
+            asked.clone(),
+            TTL,
+            RData::PTR(PTR(target)),
+        )],
+        _ => Vec::new(),
+    })
 }
 
-/// Sends `query` to `upstream` and returns its answer, if one comes in time.
-async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
-    let bind: SocketAddr = if upstream.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let socket = UdpSocket::bind(bind).await.ok()?;
-    socket.connect(upstream).await.ok()?;
-    socket.send(query).await.ok()?;
-    let mut buffer = vec![0u8; MAX_DATAGRAM];
-    let length = tokio::time::timeout(FORWARD_TIMEOUT, socket.recv(&mut buffer))
-        .await
-        .ok()?
-        .ok()?;
-    buffer.truncate(length);
-    Some(buffer)
+/// The SERVFAIL answer to a query that could not be forwarded, with the query's question (stub
+/// resolvers ignore an answer without it, and wait).
+fn failure_reply(datagram: &[u8]) -> Option<Vec<u8>> {
+    edited_reply(datagram, ResponseCode::ServFail, None).or_else(|| {
+        let query = Message::from_vec(datagram).ok()?;
+        match full_reply(&query, ResponseCode::ServFail, Vec::new()) {
+            Verdict::Answer(bytes) => Some(bytes),
+            _ => None,
+        }
+    })
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -1,14 +1,16 @@
 //! The DNS server on loopback sockets: per-caller answers, NXDOMAIN for names a caller does not
-//! see, SRV for named ports, forwarding of other names, and garbage ignored.
+//! see, SRV for named ports, reverse lookups of the platform's network answered here, forwarding
+//! of other names (failing fast without an upstream that answers), and garbage ignored.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use meridian_dns::{serve_udp, DnsMetrics, Entry, Table, Tables};
+use meridian_dns::{serve_udp, DnsMetrics, Entry, Table, Tables, Upstream};
 use tokio::net::UdpSocket;
 
 async fn ask(server: SocketAddr, from: Ipv4Addr, name: &str, kind: RecordType) -> Message {
@@ -78,7 +80,7 @@ async fn callers_see_their_names_others_get_nxdomain_and_the_rest_is_forwarded()
     tokio::spawn(serve_udp(
         socket,
         tables,
-        Some(upstream().await),
+        Arc::new(Upstream::new(Some(upstream().await))),
         metrics.clone(),
     ));
 
@@ -125,4 +127,152 @@ async fn callers_see_their_names_others_get_nxdomain_and_the_rest_is_forwarded()
     assert_eq!(again.response_code(), ResponseCode::NoError);
     assert_eq!(metrics.count("malformed"), 1);
     assert_eq!(metrics.count("forwarded"), 1);
+}
+
+/// An upstream resolver that never answers, and how many queries it got.
+async fn silent_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 4096];
+        while socket.recv_from(&mut buffer).await.is_ok() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (address, received)
+}
+
+/// A server on loopback answering `caller` from `table`, forwarding to `upstream`.
+async fn serving(
+    caller: Ipv4Addr,
+    table: &[(&str, Ipv4Addr)],
+    upstream: Option<SocketAddr>,
+) -> (SocketAddr, Arc<DnsMetrics>) {
+    let table: Table = table
+        .iter()
+        .map(|(name, address)| {
+            let entry = Entry {
+                address: *address,
+                ports: Vec::new(),
+            };
+            ((*name).to_owned(), entry)
+        })
+        .collect();
+    let tables = Arc::new(Tables::default());
+    tables.replace(HashMap::from([(IpAddr::V4(caller), Arc::new(table))]));
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    let metrics = Arc::new(DnsMetrics::default());
+    let upstream = Arc::new(Upstream::new(upstream));
+    tokio::spawn(serve_udp(socket, tables, upstream, metrics.clone()));
+    (address, metrics)
+}
+
+/// The name of the one PTR record of `answer`.
+fn pointer(answer: &Message) -> String {
+    match answer.answers() {
+        [record] => match record.data() {
+            RData::PTR(name) => name.to_ascii(),
+            other => panic!("not a PTR: {other:?}"),
+        },
+        other => panic!("not one record: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reverse_lookups_of_the_platforms_addresses_are_answered_here_never_forwarded() {
+    let caller = Ipv4Addr::new(127, 0, 0, 1);
+    let stranger = Ipv4Addr::new(127, 0, 0, 2);
+    let vip = Ipv4Addr::new(100, 112, 0, 9);
+    let node_side = Ipv4Addr::new(100, 64, 1, 2);
+    let (upstream, received) = silent_upstream().await;
+    let (server, metrics) = serving(
+        caller,
+        &[
+            ("fra.api.shop.internal", node_side),
+            ("api.shop.internal", vip),
+            ("api.shop.acme.internal", vip),
+        ],
+        Some(upstream),
+    )
+    .await;
+
+    // A service's virtual IP: its shortest name.
+    let service = ask(server, caller, "9.0.112.100.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(service.response_code(), ResponseCode::NoError);
+    assert!(service.authoritative());
+    assert_eq!(pointer(&service), "api.shop.internal.");
+    // A node side that a pinned name resolves to.
+    let pinned = ask(server, caller, "2.1.64.100.IN-ADDR.ARPA.", RecordType::PTR).await;
+    assert_eq!(pointer(&pinned), "fra.api.shop.internal.");
+    // An instance's own address, which no name gives: it does not exist, authoritatively.
+    let instance = ask(server, caller, "3.1.64.100.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(instance.response_code(), ResponseCode::NXDomain);
+    assert!(instance.authoritative());
+    // A caller that does not see the service does not learn its name.
+    let hidden = ask(
+        server,
+        stranger,
+        "9.0.112.100.in-addr.arpa.",
+        RecordType::PTR,
+    )
+    .await;
+    assert_eq!(hidden.response_code(), ResponseCode::NXDomain);
+    assert!(hidden.answers().is_empty());
+    // The zone above the addresses exists, without records.
+    let above = ask(server, caller, "1.64.100.in-addr.arpa.", RecordType::PTR).await;
+    assert_eq!(above.response_code(), ResponseCode::NoError);
+    assert!(above.answers().is_empty());
+    // None of these went upstream.
+    assert_eq!(received.load(Ordering::SeqCst), 0);
+    assert_eq!(metrics.count("forwarded"), 0);
+}
+
+#[tokio::test]
+async fn without_an_upstream_other_names_fail_at_once_with_their_question() {
+    let caller = Ipv4Addr::new(127, 0, 0, 1);
+    let (server, metrics) = serving(caller, &[], None).await;
+    for (name, kind) in [
+        ("example.com.", RecordType::A),
+        ("1.0.0.127.in-addr.arpa.", RecordType::PTR),
+    ] {
+        let answer = ask(server, caller, name, kind).await;
+        assert_eq!(answer.response_code(), ResponseCode::ServFail, "{name}");
+        assert!(!answer.authoritative(), "{name}");
+        // The question comes back: stub resolvers (glibc) drop an answer without it and wait.
+        let asked: Vec<_> = answer
+            .queries()
+            .iter()
+            .map(|q| q.name().to_ascii())
+            .collect();
+        assert_eq!(asked, [name], "{name}");
+    }
+    assert_eq!(metrics.count("failed"), 2);
+    assert_eq!(metrics.count("forwarded"), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_gives_servfail_and_is_not_waited_on_again() {
+    let caller = Ipv4Addr::new(127, 0, 0, 1);
+    let (upstream, received) = silent_upstream().await;
+    let (server, metrics) = serving(caller, &[], Some(upstream)).await;
+    let first = ask(server, caller, "example.com.", RecordType::A).await;
+    assert_eq!(first.response_code(), ResponseCode::ServFail);
+    assert_eq!(first.queries()[0].name().to_ascii(), "example.com.");
+    // The failure is remembered: the next name fails without going upstream.
+    let second = ask(server, caller, "example.org.", RecordType::A).await;
+    assert_eq!(second.response_code(), ResponseCode::ServFail);
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+    assert_eq!(metrics.count("forwarded"), 1);
+    assert_eq!(metrics.count("failed"), 2);
+
+    // An upstream whose port is closed fails as soon as the host says so.
+    let closed = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let closed_address = closed.local_addr().unwrap();
+    drop(closed);
+    let (server, _) = serving(caller, &[], Some(closed_address)).await;
+    let refused = ask(server, caller, "example.com.", RecordType::A).await;
+    assert_eq!(refused.response_code(), ResponseCode::ServFail);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use meridian_dns::{serve_udp, DnsMetrics, Entry, Table, Tables};
+use meridian_dns::{serve_udp, DnsMetrics, Entry, Table, Tables, Upstream};
 use serde::Deserialize;
 
 /// Options of `meridian dns`.
@@ -78,7 +78,7 @@ pub async fn run(args: DnsArgs) -> Result<()> {
     let server = serve_udp(
         socket,
         shared,
-        args.upstream,
+        Arc::new(Upstream::new(args.upstream)),
         Arc::new(DnsMetrics::default()),
     );
     tokio::select! {
