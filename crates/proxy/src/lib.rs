@@ -37,7 +37,7 @@ use tokio_rustls::TlsAcceptor;
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, LbPolicy, Limits,
     ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig, RouteMatch, TlsConfig,
-    UpstreamProtocol, VirtualHost, WeightedCluster,
+    TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
 pub use mesh::PEER_HEADER;
@@ -267,6 +267,8 @@ impl Proxy {
                     .iter()
                     .filter_map(|s| s.parse().ok())
                     .collect(),
+                max_connections: listener.max_connections,
+                trust: listener.trust_forwarded,
             };
             if unchanged(listener) {
                 reused.push((listener.name.clone(), parts));
