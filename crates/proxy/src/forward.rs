@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{BodyState, LimitedBody};
+use crate::body::{BodyState, LimitedBody, ResponseBody};
 use crate::cluster::{Cluster, Outcome, Overflow};
 use crate::config::{RetryOn, RetryPolicy, TrustForwarded, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
@@ -26,7 +26,7 @@ use meridian_identity::SpiffeId;
 pub type UpstreamBody = Either<LimitedBody, Full<Bytes>>;
 
 /// The body of a response the proxy sends: the upstream's, or one the proxy made.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
 /// The header that says why the proxy itself answered.
 pub const ERROR_HEADER: &str = "x-meridian-error";
@@ -48,6 +48,17 @@ pub fn local_response(status: StatusCode, reason: &'static str) -> Response<Prox
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     headers.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    response
+}
+
+/// `response`, asking an HTTP/1 client to close the connection after it (HTTP/2 streams end on
+/// their own).
+fn closing(mut response: Response<ProxyBody>, version: Version) -> Response<ProxyBody> {
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -502,6 +513,13 @@ pub async fn handle(
     peer: &Peer,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    if let Some(reason) = crate::framing::refusal(&request) {
+        // Where this request ends is in doubt: nothing more is read from the connection.
+        return closing(
+            local_response(StatusCode::BAD_REQUEST, reason),
+            request.version(),
+        );
+    }
     if let Some(refused) = crate::mesh::refuse(&mut request, &ctx, peer) {
         return refused;
     }
@@ -530,6 +548,7 @@ pub async fn handle(
         TrustForwarded::All => true,
     };
     let client = ClientRequest {
+        version: request.version(),
         request,
         peer,
         body_limit,
@@ -542,12 +561,19 @@ pub async fn handle(
         Ok(mut response) => {
             // Only the proxy says why it answered itself.
             response.headers_mut().remove(ERROR_HEADER);
+            // A chunked body's length is where its chunks end, whatever a Content-Length beside
+            // it says (RFC 9112 §6.3); the length of the body sent on is the HTTP layer's to set.
+            if response.headers().contains_key(header::TRANSFER_ENCODING) {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             if let (true, Some(client_side)) = (switched, client_side) {
                 let open = ctx.shared.open_connection();
                 tunnel(client_side, hyper::upgrade::on(&mut response), open);
             }
-            response.map(Either::Left)
+            let cluster = target.cluster.clone();
+            let metrics = ctx.shared.metrics.clone();
+            response.map(|body| Either::Left(ResponseBody::new(body, cluster, metrics)))
         }
         Err(answer) => answer,
     };
@@ -621,6 +647,8 @@ struct ClientRequest<'p> {
     body_limit: Option<u64>,
     /// Whether the client's forwarding headers are kept.
     trusted: bool,
+    /// The client's HTTP version.
+    version: Version,
     /// The protocol the client asks to switch to, if any.
     upgrade: Option<HeaderValue>,
     /// Time the client has to send a body the proxy reads whole.
@@ -671,12 +699,9 @@ async fn forward(
         }
         Err(_elapsed) => {
             client.body_timeouts.inc();
-            let mut answer = local_response(StatusCode::REQUEST_TIMEOUT, "request_body_timeout");
             // The rest of the body may still be on its way: the connection cannot be reused.
-            answer
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Err(answer);
+            let answer = local_response(StatusCode::REQUEST_TIMEOUT, "request_body_timeout");
+            return Err(closing(answer, client.version));
         }
     };
     let deadline = Instant::now() + route.timeout;

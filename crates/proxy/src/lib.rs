@@ -13,6 +13,7 @@ mod body;
 mod cluster;
 mod config;
 mod forward;
+mod framing;
 mod health;
 mod idle;
 mod mesh;

@@ -120,6 +120,7 @@ pub struct ProxyMetrics {
     refused_connections: Family<ListenerLabels, Counter>,
     overloaded_connections: Family<ListenerLabels, Counter>,
     body_timeouts: Family<ListenerLabels, Counter>,
+    body_errors: Family<ClusterLabels, Counter>,
     upstream_errors: Family<ErrorLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     health: Family<HealthLabels, Counter>,
@@ -153,6 +154,12 @@ impl Default for ProxyMetrics {
             "overloaded_connections",
             "Connections closed at once because the listener had max_connections open",
             overloaded_connections.clone(),
+        );
+        let body_errors = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "upstream_body_errors",
+            "Upstream response bodies that broke off (reset, or shorter than their length), by cluster",
+            body_errors.clone(),
         );
         let body_timeouts = Family::<ListenerLabels, Counter>::default();
         registry.register(
@@ -264,6 +271,7 @@ impl Default for ProxyMetrics {
             refused_connections,
             overloaded_connections,
             body_timeouts,
+            body_errors,
             upstream_errors,
             reloads,
             health,
@@ -348,6 +356,13 @@ impl ProxyMetrics {
                 listener: listener.to_owned(),
             })
             .clone()
+    }
+
+    /// Counts an upstream response body of `cluster` that broke off.
+    pub fn upstream_body_error(&self, cluster: &str) {
+        self.body_errors
+            .get_or_create(&cluster_labels(cluster))
+            .inc();
     }
 
     /// The counter of mesh calls `listener` refused.
