@@ -62,17 +62,10 @@ fn closing(mut response: Response<ProxyBody>, version: Version) -> Response<Prox
     response
 }
 
-/// The request's host without port: the Host header, else the URI's authority (HTTP/2 without
-/// Host). A proxy forwarding over HTTP/2 (a mesh hop) names the upstream endpoint in
-/// `:authority`, which its connection pool needs, and keeps the client's Host; so Host wins.
+/// The request's host without port: that of the authority the RFCs name
+/// ([`crate::framing::authority`]).
 fn request_host(request: &Request<Incoming>) -> &str {
-    let raw = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    strip_port(raw)
+    strip_port(crate::framing::authority(request))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -275,6 +268,8 @@ fn forwarding_headers(
 /// sends.
 struct Prepared {
     method: Method,
+    /// The authority the client asked for (none: HTTP/1.0 without Host).
+    authority: Option<Authority>,
     path_and_query: PathAndQuery,
     headers: HeaderMap,
 }
@@ -303,12 +298,17 @@ impl Prepared {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         strip_hop_by_hop(&mut headers, upgrade);
-        // HTTP/2 names the host in the URI; HTTP/1.1 upstreams need it as Host.
-        if !headers.contains_key(header::HOST) {
-            if let Some(value) = uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
+        // The authority routed on is the one forwarded: an absolute-form target's or HTTP/2's
+        // `:authority` replaces Host (RFC 9112 §3.2.2); HTTP/1.1 upstreams read it in Host.
+        let authority = match uri.authority() {
+            Some(authority) => Some(authority.clone()),
+            None => headers
+                .get(header::HOST)
+                .filter(|h| !h.is_empty())
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
+        };
+        if let Some(authority) = uri.authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
                 headers.insert(header::HOST, value);
             }
         }
@@ -322,12 +322,13 @@ impl Prepared {
         }
         Ok(Prepared {
             method,
+            authority,
             path_and_query,
             headers,
         })
     }
 
-    /// The request of one attempt to `authority`.
+    /// The request of one attempt, with `authority` in its URI.
     fn request(
         &self,
         headers: HeaderMap,
@@ -739,7 +740,9 @@ async fn forward(
             .request(
                 headers,
                 attempt_body,
-                &lease.endpoint().authority,
+                cluster
+                    .client
+                    .uri_authority(lease.endpoint(), prepared.authority.as_ref()),
                 cluster.protocol,
             )
             .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
@@ -749,7 +752,8 @@ async fn forward(
             .as_ref()
             .and_then(|p| p.per_try_timeout)
             .map_or(left, |t| t.0.min(left));
-        let attempt = match tokio::time::timeout(per_try, cluster.client.request(upstream)).await {
+        let sent = cluster.client.request(lease.endpoint(), upstream);
+        let attempt = match tokio::time::timeout(per_try, sent).await {
             Ok(Ok(response)) => Attempt::Answered(response),
             Ok(Err(e)) => {
                 if body_state.over_limit() {

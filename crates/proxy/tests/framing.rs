@@ -46,9 +46,14 @@ async fn raw_upstream(answer: &'static [u8]) -> (SocketAddr, Heads) {
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
 
-/// A proxy routing `shop.example.com` to `shop` and anything else to `other`, both clusters
-/// of `protocol` to `endpoint`.
+/// A proxy routing `shop.example.com` to cluster `shop` and anything else to `other`, both of
+/// `protocol` to `endpoint`.
 async fn proxy(endpoint: SocketAddr, protocol: &str) -> (Arc<Proxy>, SocketAddr) {
+    proxy_to(endpoint, endpoint, protocol).await
+}
+
+/// [`proxy`], with cluster `shop` at `shop` and `other` at `other`.
+async fn proxy_to(shop: SocketAddr, other: SocketAddr, protocol: &str) -> (Arc<Proxy>, SocketAddr) {
     let text = format!(
         "listeners:
   - name: l
@@ -57,8 +62,8 @@ async fn proxy(endpoint: SocketAddr, protocol: &str) -> (Arc<Proxy>, SocketAddr)
       - {{name: shop, domains: [shop.example.com], routes: [{{cluster: shop}}]}}
       - {{name: other, domains: ['*'], routes: [{{cluster: other}}]}}
 clusters:
-  - {{name: shop, protocol: {protocol}, endpoints: [{{address: '{endpoint}'}}]}}
-  - {{name: other, protocol: {protocol}, endpoints: [{{address: '{endpoint}'}}]}}
+  - {{name: shop, protocol: {protocol}, endpoints: [{{address: '{shop}'}}]}}
+  - {{name: other, protocol: {protocol}, endpoints: [{{address: '{other}'}}]}}
 "
     );
     let proxy = Arc::new(Proxy::default());
@@ -85,6 +90,30 @@ fn assert_refused(answer: &str, reason: &str) {
     );
 }
 
+/// An HTTP/2 GET of `uri` (with prior knowledge) with a `host` header for each of `hosts`.
+async fn h2_get(
+    address: SocketAddr,
+    uri: &str,
+    hosts: &[&str],
+) -> http::Response<hyper::body::Incoming> {
+    let stream = TcpStream::connect(address).await.unwrap();
+    let (mut client, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .uri(uri)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    for host in hosts {
+        request.headers_mut().append("host", host.parse().unwrap());
+    }
+    client.send_request(request).await.unwrap()
+}
+
 #[tokio::test]
 async fn two_host_headers_are_refused_over_http1_and_http2() {
     let (upstream, heads) = raw_upstream(OK).await;
@@ -96,22 +125,7 @@ async fn two_host_headers_are_refused_over_http1_and_http2() {
     .await;
     assert_refused(&answer, "duplicate_host");
 
-    let stream = TcpStream::connect(address).await.unwrap();
-    let (mut client, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let mut request = http::Request::builder()
-        .uri("/")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let headers = request.headers_mut();
-    headers.append("host", "shop.example.com".parse().unwrap());
-    headers.append("host", "admin.example.com".parse().unwrap());
-    let response = client.send_request(request).await.unwrap();
+    let response = h2_get(address, "/", &["shop.example.com", "admin.example.com"]).await;
     assert_eq!(response.status(), 400);
     assert_eq!(response.headers()[ERROR_HEADER], "duplicate_host");
     assert!(heads.lock().unwrap().is_empty(), "forwarded upstream");
@@ -212,4 +226,101 @@ async fn a_response_shorter_than_its_content_length_is_broken_off_and_counted() 
         "{}",
         proxy.metrics_text()
     );
+}
+
+#[tokio::test]
+async fn the_target_authority_wins_over_host_and_is_forwarded() {
+    let (shop, shop_heads) = raw_upstream(OK).await;
+    let (other, other_heads) = raw_upstream(OK).await;
+    let (_proxy, address) = proxy_to(shop, other, "http1").await;
+    // HTTP/1.1 absolute form: the target's authority, not Host (RFC 9112 §3.2.2).
+    let answer = raw(
+        address,
+        b"GET http://shop.example.com/cart HTTP/1.1\r\nhost: other.example.org\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // HTTP/2: :authority, not host (RFC 9113 §8.3.1).
+    let response = h2_get(
+        address,
+        "http://shop.example.com/cart",
+        &["other.example.org"],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(other_heads.lock().unwrap().is_empty(), "routed by Host");
+    let heads = shop_heads.lock().unwrap();
+    assert_eq!(heads.len(), 2);
+    for head in heads.iter() {
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("get /cart http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: shop.example.com\r\n"), "{head}");
+        assert!(!head.contains("other.example.org"), "{head}");
+    }
+}
+
+/// The `:authority` and `host` headers of each request an upstream received.
+type Authorities = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+
+/// An HTTP/2 (prior knowledge) upstream that records the `:authority` and `host` headers of
+/// each request.
+async fn h2_upstream() -> (SocketAddr, Authorities) {
+    let seen = Authorities::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let record = record.clone();
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let authority = request
+                        .uri()
+                        .authority()
+                        .map_or("", |a| a.as_str())
+                        .to_owned();
+                    let hosts = request
+                        .headers()
+                        .get_all("host")
+                        .iter()
+                        .map(|h| h.to_str().unwrap().to_owned())
+                        .collect();
+                    record.lock().unwrap().push((authority, hosts));
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from("ok")),
+                        ))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn http2_clusters_get_the_clients_authority() {
+    let (upstream, seen) = h2_upstream().await;
+    let (_proxy, address) = proxy(upstream, "http2").await;
+    for host in ["shop.example.com", "other.example.org:8080"] {
+        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let answer = raw(address, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let seen = seen.lock().unwrap();
+    for ((authority, hosts), want) in seen
+        .iter()
+        .zip(["shop.example.com", "other.example.org:8080"])
+    {
+        assert_eq!(authority, want);
+        assert!(
+            hosts.iter().all(|h| h == want),
+            "host {hosts:?} beside :authority {authority}"
+        );
+    }
+    assert_eq!(seen.len(), 2);
 }
