@@ -618,9 +618,38 @@ pub fn parse_config(text: &str) -> Result<ProxyConfig, ValidationErrors> {
         errors.push("config", format!("not valid YAML or JSON: {e}"));
         errors
     })?;
-    let config: ProxyConfig = meridian_model::parse_json(value.to_string().as_bytes())?;
+    if !value.is_object() {
+        let mut errors = ValidationErrors::default();
+        errors.push(
+            "config",
+            "must be a mapping (listeners, clusters, limits, access_log)",
+        );
+        return Err(errors);
+    }
+    let config: ProxyConfig =
+        meridian_model::parse_json(value.to_string().as_bytes()).map_err(name_document_errors)?;
     validate(&config)?;
     Ok(config)
+}
+
+/// The JSON parser reports problems of the document as a whole at `body`, and a top-level key
+/// that is empty (YAML `? : x`) at an empty path: a missing top-level field is named instead,
+/// anything else is about the `config`.
+fn name_document_errors(mut errors: ValidationErrors) -> ValidationErrors {
+    for error in &mut errors.errors {
+        if error.field.is_empty() {
+            error.field = "config".to_owned();
+            error.message = "unknown field with an empty name".to_owned();
+        } else if error.field == "body" {
+            let missing = error
+                .message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(field, _)| field);
+            error.field = missing.unwrap_or("config").to_owned();
+        }
+    }
+    errors
 }
 
 /// Longest name of a listener, virtual host or cluster.
@@ -1211,6 +1240,16 @@ clusters:
             ],
             "{err}"
         );
+    }
+
+    #[test]
+    fn problems_of_the_whole_document_name_a_field() {
+        let err = parse_config("clusters: []").unwrap_err();
+        assert_eq!(err.errors[0].field, "listeners", "{err}");
+        let err = parse_config("[1, 2]").unwrap_err();
+        assert_eq!(err.errors[0].field, "config", "{err}");
+        let err = parse_config("listeners: []\n? \n").unwrap_err();
+        assert_eq!(err.errors[0].field, "config", "{err}");
     }
 
     #[test]
