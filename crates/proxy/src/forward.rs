@@ -268,7 +268,8 @@ fn forwarding_headers(
 /// sends.
 struct Prepared {
     method: Method,
-    /// The authority the client asked for (none: HTTP/1.0 without Host).
+    /// The authority the client asked for, where the upstream's URI names it (none: HTTP/1.0
+    /// without Host, or an upstream that reads it in Host).
     authority: Option<Authority>,
     path_and_query: PathAndQuery,
     headers: HeaderMap,
@@ -276,13 +277,14 @@ struct Prepared {
 
 impl Prepared {
     /// Rewrites path and headers per `route`, keeping the client's forwarding headers if it is
-    /// `trusted`.
+    /// `trusted`, and the authority asked for if the upstream `sends_authority`.
     fn new(
         parts: http::request::Parts,
         route: &Route,
         peer: &Peer,
         upgrade: Option<HeaderValue>,
         trusted: bool,
+        sends_authority: bool,
     ) -> Result<Prepared, http::Error> {
         let http::request::Parts {
             method,
@@ -301,6 +303,7 @@ impl Prepared {
         // The authority routed on is the one forwarded: an absolute-form target's or HTTP/2's
         // `:authority` replaces Host (RFC 9112 §3.2.2); HTTP/1.1 upstreams read it in Host.
         let authority = match uri.authority() {
+            _ if !sends_authority => None,
             Some(authority) => Some(authority.clone()),
             None => headers
                 .get(header::HOST)
@@ -674,8 +677,15 @@ async fn forward(
     metrics: &ProxyMetrics,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let (parts, body) = client.request.into_parts();
-    let mut prepared = Prepared::new(parts, route, client.peer, client.upgrade, client.trusted)
-        .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
+    let mut prepared = Prepared::new(
+        parts,
+        route,
+        client.peer,
+        client.upgrade,
+        client.trusted,
+        cluster.client.sends_authority(),
+    )
+    .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
     let body_limit = client.body_limit.unwrap_or(u64::MAX);
     if content_length(&prepared.headers).is_some_and(|length| length > body_limit) {
         return Err(too_large());

@@ -80,6 +80,12 @@ struct EndpointPools {
 }
 
 impl HttpClient {
+    /// Whether requests carry the client's authority in their URI (see
+    /// [`HttpClient::uri_authority`]).
+    pub fn sends_authority(&self) -> bool {
+        matches!(self.0, Pools::PerEndpoint(_))
+    }
+
     /// The authority the URI of a request to `endpoint` names: the `client`'s where it is
     /// sent on (per-endpoint pools), else the endpoint's (the pool's key; the client's
     /// authority travels in Host).

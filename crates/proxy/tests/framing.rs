@@ -2,6 +2,8 @@
 //! authority the RFCs name is the one routed on and forwarded, and responses are framed as the
 //! upstream meant them, or visibly broken off.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,13 +99,6 @@ async fn h2_get(
     hosts: &[&str],
 ) -> http::Response<hyper::body::Incoming> {
     let stream = TcpStream::connect(address).await.unwrap();
-    let (mut client, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
     let mut request = http::Request::builder()
         .uri(uri)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -111,7 +106,7 @@ async fn h2_get(
     for host in hosts {
         request.headers_mut().append("host", host.parse().unwrap());
     }
-    client.send_request(request).await.unwrap()
+    common::h2_send(stream, request).await
 }
 
 #[tokio::test]
