@@ -125,6 +125,8 @@ pub fn config(
             listeners.push(json!({
                 "name": format!("in/{}/{}", instance.instance, port.name),
                 "address": format!("{}:{}", instance.address, mesh_port(index)),
+                // Callers are the platform's proxies (mutual TLS): their x-forwarded-* hold.
+                "trust_forwarded": "mesh",
                 "mesh": {
                     "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
                     "org": org, "allow": instance.spec.mesh.allow,
@@ -162,6 +164,8 @@ pub fn config(
         listeners.push(json!({
             "name": format!("out/{}", instance.instance),
             "address": format!("{}:{OUTBOUND_PORT}", instance.address),
+            // The instance's own x-forwarded-* are not believed: the chain starts at it.
+            "trust_forwarded": "none",
             "sources": sources,
             "virtual_hosts": virtual_hosts,
         }));
@@ -188,6 +192,7 @@ pub fn config(
             listeners.push(json!({
                 "name": format!("out/{}/{port}", instance.instance),
                 "address": format!("{}:{port}", instance.address),
+                "trust_forwarded": "none",
                 "sources": sources,
                 "virtual_hosts": virtual_hosts,
             }));
@@ -263,7 +268,8 @@ impl Outbound<'_> {
             domains.push(vip.to_string());
         }
         // An instance that just went away is retried elsewhere (requests whose body the proxy
-        // holds, within its retry budget), as Envoy's gateway-error policy does.
+        // holds, within its retry budget): any method when it refused the connection,
+        // idempotent ones when it failed after (the proxy's default).
         json!({
             "name": domain,
             "domains": domains,

@@ -124,7 +124,9 @@ pub fn edge_config(
         clusters.push(cluster);
     }
     json!({
-        "listeners": [{"name": "public", "address": listen, "virtual_hosts": virtual_hosts}],
+        // The internet's x-forwarded-* are not believed: the chain starts at the socket peer.
+        "listeners": [{"name": "public", "address": listen, "trust_forwarded": "none",
+                       "virtual_hosts": virtual_hosts}],
         "clusters": clusters,
     })
 }
@@ -224,5 +226,6 @@ mod tests {
             config["listeners"][0]["virtual_hosts"][0]["domains"],
             json!(["shop.example.com"])
         );
+        assert_eq!(config["listeners"][0]["trust_forwarded"], "none");
     }
 }

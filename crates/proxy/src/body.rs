@@ -1,5 +1,6 @@
 //! The client's request body, counted against the configured limit as it streams, and watched so
-//! that a failure of the client's own making is not blamed on the upstream.
+//! that a failure of the client's own making is not blamed on the upstream; and the upstream's
+//! response body, whose failures are counted.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +9,9 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::cluster::Cluster;
+use crate::metrics::ProxyMetrics;
 
 /// The error a [`LimitedBody`] yields once the body is over its limit.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +154,51 @@ impl Body for LimitedBody {
             self.state.finished.store(true, Ordering::Relaxed);
         }
         Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream's response body. Reading it can fail (the connection reset, or closed before
+/// the body reached its length); the failure goes on to the client, whose response is broken
+/// off, and is counted in `meridian_proxy_upstream_body_errors_total`.
+pub struct ResponseBody {
+    inner: Incoming,
+    cluster: Arc<Cluster>,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl ResponseBody {
+    /// `inner`, from an endpoint of `cluster`.
+    pub fn new(inner: Incoming, cluster: Arc<Cluster>, metrics: Arc<ProxyMetrics>) -> Self {
+        ResponseBody {
+            inner,
+            cluster,
+            metrics,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &frame {
+            tracing::debug!(cluster = %self.cluster.name, error = %e, "upstream response body failed");
+            self.metrics.upstream_body_error(&self.cluster.name);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

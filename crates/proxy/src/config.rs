@@ -63,6 +63,33 @@ pub struct ListenerConfig {
     /// Empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
+    /// Most client connections open at once (TLS handshakes and relayed connections
+    /// included); one accepted beyond it is closed at once and counted. Defaults to 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Whose `x-forwarded-for` and `x-forwarded-host` are kept; defaults to `mesh`.
+    #[serde(default)]
+    pub trust_forwarded: TrustForwarded,
+}
+
+fn default_max_connections() -> u32 {
+    10_000
+}
+
+/// Which clients' `x-forwarded-for` and `x-forwarded-host` a listener keeps (appending the
+/// client to the first). From the others they are replaced: `x-forwarded-for` starts at the
+/// client's address, `x-forwarded-host` is the request's authority.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustForwarded {
+    /// Nobody's (a listener that faces the internet).
+    None,
+    /// Those of clients that proved a mesh identity: the platform's own proxies, on mesh
+    /// listeners. On other listeners the same as `none`.
+    #[default]
+    Mesh,
+    /// Everybody's (a listener behind a load balancer that sets them).
+    All,
 }
 
 /// A mesh listener: only TLS 1.3 with a client certificate chaining to the trust bundle gets in;
@@ -184,6 +211,10 @@ pub struct RetryPolicy {
     /// up to ten times this. Defaults to `25ms`.
     #[serde(default = "default_retry_backoff")]
     pub backoff: HumanDuration,
+    /// Also retry methods that are not idempotent (`POST`, `PATCH`, …) on conditions other than
+    /// `connect_failure`, where the upstream may have acted on the request; defaults to false.
+    #[serde(default)]
+    pub non_idempotent: bool,
 }
 
 fn default_retry_backoff() -> HumanDuration {
@@ -535,6 +566,14 @@ pub struct Limits {
     /// Largest request body, in bytes; larger answers 413. Unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body_bytes: Option<u64>,
+    /// Time a client has to send a request body that the proxy reads whole before forwarding
+    /// (and before the request takes a circuit-breaker slot); defaults to `10s`.
+    #[serde(default = "default_request_body_timeout")]
+    pub request_body_timeout: HumanDuration,
+}
+
+fn default_request_body_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 fn default_max_header_bytes() -> usize {
@@ -566,6 +605,7 @@ impl Default for Limits {
             idle_timeout: default_idle_timeout(),
             drain_timeout: default_drain_timeout(),
             max_request_body_bytes: None,
+            request_body_timeout: default_request_body_timeout(),
         }
     }
 }
@@ -578,9 +618,38 @@ pub fn parse_config(text: &str) -> Result<ProxyConfig, ValidationErrors> {
         errors.push("config", format!("not valid YAML or JSON: {e}"));
         errors
     })?;
-    let config: ProxyConfig = meridian_model::parse_json(value.to_string().as_bytes())?;
+    if !value.is_object() {
+        let mut errors = ValidationErrors::default();
+        errors.push(
+            "config",
+            "must be a mapping (listeners, clusters, limits, access_log)",
+        );
+        return Err(errors);
+    }
+    let config: ProxyConfig =
+        meridian_model::parse_json(value.to_string().as_bytes()).map_err(name_document_errors)?;
     validate(&config)?;
     Ok(config)
+}
+
+/// The JSON parser reports problems of the document as a whole at `body`, and a top-level key
+/// that is empty (YAML `? : x`) at an empty path: a missing top-level field is named instead,
+/// anything else is about the `config`.
+fn name_document_errors(mut errors: ValidationErrors) -> ValidationErrors {
+    for error in &mut errors.errors {
+        if error.field.is_empty() {
+            error.field = "config".to_owned();
+            error.message = "unknown field with an empty name".to_owned();
+        } else if error.field == "body" {
+            let missing = error
+                .message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(field, _)| field);
+            error.field = missing.unwrap_or("config").to_owned();
+        }
+    }
+    errors
 }
 
 /// Longest name of a listener, virtual host or cluster.
@@ -661,6 +730,10 @@ fn durations(config: &ProxyConfig) -> Vec<(String, Duration)> {
             "limits.drain_timeout".to_owned(),
             config.limits.drain_timeout.0,
         ),
+        (
+            "limits.request_body_timeout".to_owned(),
+            config.limits.request_body_timeout.0,
+        ),
     ];
     for (l, listener) in config.listeners.iter().enumerate() {
         for (v, vhost) in listener.virtual_hosts.iter().enumerate() {
@@ -730,6 +803,12 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
                 format!("{address} is used by another listener"),
             ),
             Ok(_) => {}
+        }
+        if !(1..=1_000_000).contains(&listener.max_connections) {
+            errs.push(
+                format!("{at}.max_connections"),
+                "must be between 1 and 1000000",
+            );
         }
         for (s, source) in listener.sources.iter().enumerate() {
             if source.parse::<std::net::IpAddr>().is_err() {
@@ -806,6 +885,9 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
     }
     if limits.header_read_timeout.0.is_zero() {
         errs.push("limits.header_read_timeout", "must be more than zero");
+    }
+    if limits.request_body_timeout.0.is_zero() {
+        errs.push("limits.request_body_timeout", "must be more than zero");
     }
     if !(1..=10_000).contains(&limits.max_concurrent_streams) {
         errs.push(
@@ -1158,6 +1240,16 @@ clusters:
             ],
             "{err}"
         );
+    }
+
+    #[test]
+    fn problems_of_the_whole_document_name_a_field() {
+        let err = parse_config("clusters: []").unwrap_err();
+        assert_eq!(err.errors[0].field, "listeners", "{err}");
+        let err = parse_config("[1, 2]").unwrap_err();
+        assert_eq!(err.errors[0].field, "config", "{err}");
+        let err = parse_config("listeners: []\n? \n").unwrap_err();
+        assert_eq!(err.errors[0].field, "config", "{err}");
     }
 
     #[test]

@@ -12,9 +12,9 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{BodyState, LimitedBody};
+use crate::body::{BodyState, LimitedBody, ResponseBody};
 use crate::cluster::{Cluster, Outcome, Overflow};
-use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
+use crate::config::{RetryOn, RetryPolicy, TrustForwarded, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
 use crate::routing::Route;
 use crate::server::ListenerContext;
@@ -26,7 +26,7 @@ use meridian_identity::SpiffeId;
 pub type UpstreamBody = Either<LimitedBody, Full<Bytes>>;
 
 /// The body of a response the proxy sends: the upstream's, or one the proxy made.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
 /// The header that says why the proxy itself answered.
 pub const ERROR_HEADER: &str = "x-meridian-error";
@@ -51,17 +51,21 @@ pub fn local_response(status: StatusCode, reason: &'static str) -> Response<Prox
     response
 }
 
-/// The request's host without port: the Host header, else the URI's authority (HTTP/2 without
-/// Host). A proxy forwarding over HTTP/2 (a mesh hop) names the upstream endpoint in
-/// `:authority`, which its connection pool needs, and keeps the client's Host; so Host wins.
+/// `response`, asking an HTTP/1 client to close the connection after it (HTTP/2 streams end on
+/// their own).
+fn closing(mut response: Response<ProxyBody>, version: Version) -> Response<ProxyBody> {
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The request's host without port: that of the authority the RFCs name
+/// ([`crate::framing::authority`]).
 fn request_host(request: &Request<Incoming>) -> &str {
-    let raw = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    strip_port(raw)
+    strip_port(crate::framing::authority(request))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -215,23 +219,41 @@ impl Peer {
     }
 }
 
-/// Sets the forwarding headers: appends the client to `x-forwarded-for`, sets
-/// `x-forwarded-proto`, and `x-forwarded-host` and `x-request-id` when absent.
+/// Sets the forwarding headers: `x-forwarded-proto`; `x-request-id` when absent; and, from a
+/// `trusted` client, appends it to `x-forwarded-for` and sets `x-forwarded-host` when absent,
+/// while from another client both are replaced (its address; the request's `host`).
 fn forwarding_headers(
     headers: &mut HeaderMap,
     peer: &Peer,
     host: Option<HeaderValue>,
-    scheme: &'static str,
+    trusted: bool,
 ) {
-    let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-    let forwarded_for = match earlier {
-        Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", peer.addr.ip())).ok(),
+    if !trusted {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    // Several lines of the header are one list (RFC 9110 §5.3): keep them all, in order.
+    let mut earlier = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    let forwarded_for = match earlier.peek() {
+        Some(_) => {
+            let mut list: Vec<&str> = earlier.collect();
+            let client = peer.addr.ip().to_string();
+            list.push(&client);
+            HeaderValue::from_str(&list.join(", ")).ok()
+        }
         None => Some(peer.ip.clone()),
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(peer.scheme),
+    );
     if !headers.contains_key(&X_FORWARDED_HOST) {
         if let Some(value) = host {
             headers.insert(X_FORWARDED_HOST.clone(), value);
@@ -246,17 +268,23 @@ fn forwarding_headers(
 /// sends.
 struct Prepared {
     method: Method,
+    /// The authority the client asked for, where the upstream's URI names it (none: HTTP/1.0
+    /// without Host, or an upstream that reads it in Host).
+    authority: Option<Authority>,
     path_and_query: PathAndQuery,
     headers: HeaderMap,
 }
 
 impl Prepared {
-    /// Rewrites path and headers per `route`.
+    /// Rewrites path and headers per `route`, keeping the client's forwarding headers if it is
+    /// `trusted`, and the authority asked for if the upstream `sends_authority`.
     fn new(
         parts: http::request::Parts,
         route: &Route,
         peer: &Peer,
         upgrade: Option<HeaderValue>,
+        trusted: bool,
+        sends_authority: bool,
     ) -> Result<Prepared, http::Error> {
         let http::request::Parts {
             method,
@@ -272,17 +300,23 @@ impl Prepared {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         strip_hop_by_hop(&mut headers, upgrade);
-        // HTTP/2 names the host in the URI; HTTP/1.1 upstreams need it as Host.
-        if !headers.contains_key(header::HOST) {
-            if let Some(value) = uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
+        // The authority routed on is the one forwarded: an absolute-form target's or HTTP/2's
+        // `:authority` replaces Host (RFC 9112 §3.2.2); HTTP/1.1 upstreams read it in Host.
+        let authority = match uri.authority() {
+            _ if !sends_authority => None,
+            Some(authority) => Some(authority.clone()),
+            None => headers
+                .get(header::HOST)
+                .filter(|h| !h.is_empty())
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
+        };
+        if let Some(authority) = uri.authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
                 headers.insert(header::HOST, value);
             }
         }
         let host = headers.get(header::HOST).cloned();
-        forwarding_headers(&mut headers, peer, host, peer.scheme);
+        forwarding_headers(&mut headers, peer, host, trusted);
         for name in &route.request_remove {
             headers.remove(name);
         }
@@ -291,12 +325,13 @@ impl Prepared {
         }
         Ok(Prepared {
             method,
+            authority,
             path_and_query,
             headers,
         })
     }
 
-    /// The request of one attempt to `authority`.
+    /// The request of one attempt, with `authority` in its URI.
     fn request(
         &self,
         headers: HeaderMap,
@@ -371,14 +406,19 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Keeps `body` whole if it is at most `keep` bytes by its Content-Length (or empty). A body of
-/// unknown length (chunked, or HTTP/2 without Content-Length, as gRPC sends) streams while a copy
-/// of up to `keep` bytes is kept, so that it can be replayed if it turns out that small; a longer
-/// one streams, which rules out retries.
+/// Largest request body read whole before forwarding on a route without retries (with them:
+/// their `buffer_limit`).
+const BUFFERED_BODY: usize = 64 * 1024;
+
+/// Reads `body` whole if it is at most `keep` bytes by its Content-Length (or empty). A body of
+/// unknown length (chunked, or HTTP/2 without Content-Length, as gRPC sends) streams; with
+/// `copy`, a copy of up to `keep` bytes is kept, so that it can be replayed if it turns out that
+/// small. A longer one streams, which rules out retries.
 async fn buffer(
     body: LimitedBody,
     headers: &HeaderMap,
     keep: usize,
+    copy: bool,
 ) -> Result<Body, Box<dyn std::error::Error + Send + Sync>> {
     if body.is_end_stream() {
         return Ok(Body::Replayable(Bytes::new()));
@@ -387,13 +427,13 @@ async fn buffer(
         Some(length) if length <= keep as u64 => {
             Ok(Body::Replayable(body.collect().await?.to_bytes()))
         }
-        Some(_) => Ok(Body::Streamed {
-            body: Some(body),
-            copied: false,
-        }),
-        None => Ok(Body::Streamed {
+        None if copy => Ok(Body::Streamed {
             body: Some(body.keep_copy(keep)),
             copied: true,
+        }),
+        _ => Ok(Body::Streamed {
+            body: Some(body),
+            copied: false,
         }),
     }
 }
@@ -446,13 +486,20 @@ impl Attempt {
         }
     }
 
-    /// Whether `policy` retries this attempt (of a request whose body can be replayed: any
-    /// method, as the body is held whole).
-    fn retriable(&self, policy: &RetryPolicy) -> bool {
+    /// Whether `policy` retries this attempt of a `method` request whose body can be replayed.
+    /// A connection that could not be made carried nothing, so any method may retry it; after
+    /// that the upstream may have acted on the request, so only idempotent methods retry
+    /// (RFC 9110 §9.2.2), unless the policy opts in for the others.
+    fn retriable(&self, policy: &RetryPolicy, method: &Method) -> bool {
         let on = |condition| policy.on.contains(&condition);
+        if let Attempt::Failed { connect: true } = self {
+            return on(RetryOn::ConnectFailure);
+        }
+        if !(policy.non_idempotent || method.is_idempotent()) {
+            return false;
+        }
         match self {
-            Attempt::Failed { connect: true } => on(RetryOn::ConnectFailure),
-            Attempt::Failed { connect: false } | Attempt::TimedOut => on(RetryOn::GatewayError),
+            Attempt::Failed { .. } | Attempt::TimedOut => on(RetryOn::GatewayError),
             Attempt::Answered(response) => {
                 let status = response.status().as_u16();
                 (on(RetryOn::ServerError) && status >= 500)
@@ -470,6 +517,13 @@ pub async fn handle(
     peer: &Peer,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    if let Some(reason) = crate::framing::refusal(&request) {
+        // Where this request ends is in doubt: nothing more is read from the connection.
+        return closing(
+            local_response(StatusCode::BAD_REQUEST, reason),
+            request.version(),
+        );
+    }
     if let Some(refused) = crate::mesh::refuse(&mut request, &ctx, peer) {
         return refused;
     }
@@ -483,7 +537,8 @@ pub async fn handle(
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_cluster");
     };
     let metrics = &ctx.shared.metrics;
-    let body_limit = ctx.shared.limits.load().max_request_body_bytes;
+    let limits = ctx.shared.limits.load();
+    let body_limit = limits.max_request_body_bytes;
     let logged = ctx
         .shared
         .access_log
@@ -491,22 +546,38 @@ pub async fn handle(
         .then(|| (request.method().clone(), request.uri().clone()));
     let upgrade = requested_upgrade(&request);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let trusted = match **ctx.trust.load() {
+        TrustForwarded::None => false,
+        TrustForwarded::Mesh => peer.identity().is_some(),
+        TrustForwarded::All => true,
+    };
     let client = ClientRequest {
+        version: request.version(),
         request,
         peer,
         body_limit,
         upgrade,
+        trusted,
+        body_timeout: limits.request_body_timeout.0,
+        body_timeouts: &ctx.body_timeouts,
     };
     let mut response = match forward(client, route, &target.cluster, metrics).await {
         Ok(mut response) => {
             // Only the proxy says why it answered itself.
             response.headers_mut().remove(ERROR_HEADER);
+            // A chunked body's length is where its chunks end, whatever a Content-Length beside
+            // it says (RFC 9112 §6.3); the length of the body sent on is the HTTP layer's to set.
+            if response.headers().contains_key(header::TRANSFER_ENCODING) {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             if let (true, Some(client_side)) = (switched, client_side) {
                 let open = ctx.shared.open_connection();
                 tunnel(client_side, hyper::upgrade::on(&mut response), open);
             }
-            response.map(Either::Left)
+            let cluster = target.cluster.clone();
+            let metrics = ctx.shared.metrics.clone();
+            response.map(|body| Either::Left(ResponseBody::new(body, cluster, metrics)))
         }
         Err(answer) => answer,
     };
@@ -578,8 +649,16 @@ struct ClientRequest<'p> {
     peer: &'p Peer,
     /// Largest body allowed, in bytes.
     body_limit: Option<u64>,
+    /// Whether the client's forwarding headers are kept.
+    trusted: bool,
+    /// The client's HTTP version.
+    version: Version,
     /// The protocol the client asks to switch to, if any.
     upgrade: Option<HeaderValue>,
+    /// Time the client has to send a body the proxy reads whole.
+    body_timeout: std::time::Duration,
+    /// Counts the requests whose body did not arrive in that time.
+    body_timeouts: &'p prometheus_client::metrics::counter::Counter,
 }
 
 /// The `x-meridian-error` value of a circuit-breaker overflow.
@@ -597,6 +676,45 @@ async fn forward(
     cluster: &Cluster,
     metrics: &ProxyMetrics,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    let (parts, body) = client.request.into_parts();
+    let mut prepared = Prepared::new(
+        parts,
+        route,
+        client.peer,
+        client.upgrade,
+        client.trusted,
+        cluster.client.sends_authority(),
+    )
+    .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
+    let body_limit = client.body_limit.unwrap_or(u64::MAX);
+    if content_length(&prepared.headers).is_some_and(|length| length > body_limit) {
+        return Err(too_large());
+    }
+    let body = LimitedBody::new(body, body_limit);
+    let body_state = body.state();
+    // A body small enough to hold is read before the request takes a slot of the cluster, and
+    // within the body timeout: a client that sends it slowly holds nothing that others need.
+    let keep = route
+        .retries
+        .as_ref()
+        .map_or(BUFFERED_BODY, |p| p.buffer_limit);
+    let buffered = buffer(body, &prepared.headers, keep, route.retries.is_some());
+    let mut body = match tokio::time::timeout(client.body_timeout, buffered).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) if body_state.over_limit() => return Err(too_large()),
+        Ok(Err(_)) => {
+            return Err(local_response(
+                StatusCode::BAD_REQUEST,
+                "request_body_failed",
+            ))
+        }
+        Err(_elapsed) => {
+            client.body_timeouts.inc();
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            let answer = local_response(StatusCode::REQUEST_TIMEOUT, "request_body_timeout");
+            return Err(closing(answer, client.version));
+        }
+    };
     let deadline = Instant::now() + route.timeout;
     let mut admitted = match cluster.admit(deadline.into()).await {
         Ok(admitted) => admitted,
@@ -607,30 +725,6 @@ async fn forward(
                 overflow_reason(overflow),
             ));
         }
-    };
-    let (parts, body) = client.request.into_parts();
-    let mut prepared = Prepared::new(parts, route, client.peer, client.upgrade)
-        .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
-    let body_limit = client.body_limit.unwrap_or(u64::MAX);
-    if content_length(&prepared.headers).is_some_and(|length| length > body_limit) {
-        return Err(too_large());
-    }
-    let body = LimitedBody::new(body, body_limit);
-    let body_state = body.state();
-    let mut body = match &route.retries {
-        Some(policy) => buffer(body, &prepared.headers, policy.buffer_limit)
-            .await
-            .map_err(|_| {
-                if body_state.over_limit() {
-                    too_large()
-                } else {
-                    local_response(StatusCode::BAD_REQUEST, "request_body_failed")
-                }
-            })?,
-        None => Body::Streamed {
-            body: Some(body),
-            copied: false,
-        },
     };
     let mut avoid = None;
     let mut retries = 0;
@@ -656,7 +750,9 @@ async fn forward(
             .request(
                 headers,
                 attempt_body,
-                &lease.endpoint().authority,
+                cluster
+                    .client
+                    .uri_authority(lease.endpoint(), prepared.authority.as_ref()),
                 cluster.protocol,
             )
             .map_err(|_| local_response(StatusCode::BAD_REQUEST, "bad_request_target"))?;
@@ -666,7 +762,8 @@ async fn forward(
             .as_ref()
             .and_then(|p| p.per_try_timeout)
             .map_or(left, |t| t.0.min(left));
-        let attempt = match tokio::time::timeout(per_try, cluster.client.request(upstream)).await {
+        let sent = cluster.client.request(lease.endpoint(), upstream);
+        let attempt = match tokio::time::timeout(per_try, sent).await {
             Ok(Ok(response)) => Attempt::Answered(response),
             Ok(Err(e)) => {
                 if body_state.over_limit() {
@@ -711,7 +808,8 @@ async fn forward(
         body.recover(&body_state);
         let policy = route.retries.as_ref();
         let wants_retry = body.replayable()
-            && policy.is_some_and(|p| retries < p.attempts && attempt.retriable(p))
+            && policy
+                .is_some_and(|p| retries < p.attempts && attempt.retriable(p, &prepared.method))
             && Instant::now() < deadline;
         if wants_retry {
             if cluster.allow_retry(&mut admitted) {

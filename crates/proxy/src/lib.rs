@@ -13,6 +13,7 @@ mod body;
 mod cluster;
 mod config;
 mod forward;
+mod framing;
 mod health;
 mod idle;
 mod mesh;
@@ -37,7 +38,7 @@ use tokio_rustls::TlsAcceptor;
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, LbPolicy, Limits,
     ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig, RouteMatch, TlsConfig,
-    UpstreamProtocol, VirtualHost, WeightedCluster,
+    TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
 pub use mesh::PEER_HEADER;
@@ -267,6 +268,8 @@ impl Proxy {
                     .iter()
                     .filter_map(|s| s.parse().ok())
                     .collect(),
+                max_connections: listener.max_connections,
+                trust: listener.trust_forwarded,
             };
             if unchanged(listener) {
                 reused.push((listener.name.clone(), parts));

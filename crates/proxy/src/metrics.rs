@@ -118,6 +118,9 @@ pub struct ProxyMetrics {
     no_route: Family<ListenerLabels, Counter>,
     mesh_denied: Family<ListenerLabels, Counter>,
     refused_connections: Family<ListenerLabels, Counter>,
+    overloaded_connections: Family<ListenerLabels, Counter>,
+    body_timeouts: Family<ListenerLabels, Counter>,
+    body_errors: Family<ClusterLabels, Counter>,
     upstream_errors: Family<ErrorLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     health: Family<HealthLabels, Counter>,
@@ -146,6 +149,24 @@ impl Default for ProxyMetrics {
         let no_route = Family::<ListenerLabels, Counter>::default();
         let mesh_denied = Family::<ListenerLabels, Counter>::default();
         let refused_connections = Family::<ListenerLabels, Counter>::default();
+        let overloaded_connections = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "overloaded_connections",
+            "Connections closed at once because the listener had max_connections open",
+            overloaded_connections.clone(),
+        );
+        let body_errors = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "upstream_body_errors",
+            "Upstream response bodies that broke off (reset, or shorter than their length), by cluster",
+            body_errors.clone(),
+        );
+        let body_timeouts = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "request_body_timeouts",
+            "Requests answered 408 because the client did not send its body within request_body_timeout",
+            body_timeouts.clone(),
+        );
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         let health = Family::<HealthLabels, Counter>::default();
@@ -248,6 +269,9 @@ impl Default for ProxyMetrics {
             no_route,
             mesh_denied,
             refused_connections,
+            overloaded_connections,
+            body_timeouts,
+            body_errors,
             upstream_errors,
             reloads,
             health,
@@ -314,6 +338,31 @@ impl ProxyMetrics {
                 listener: listener.to_owned(),
             })
             .clone()
+    }
+
+    /// The counter of connections `listener` closed because it had `max_connections` open.
+    pub fn overloaded_connections(&self, listener: &str) -> Counter {
+        self.overloaded_connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of requests `listener` answered 408 for a body sent too slowly.
+    pub fn request_body_timeouts(&self, listener: &str) -> Counter {
+        self.body_timeouts
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Counts an upstream response body of `cluster` that broke off.
+    pub fn upstream_body_error(&self, cluster: &str) {
+        self.body_errors
+            .get_or_create(&cluster_labels(cluster))
+            .inc();
     }
 
     /// The counter of mesh calls `listener` refused.

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cluster::{Cluster, Outcome};
-use crate::config::Limits;
+use crate::config::{Limits, TrustForwarded};
 use crate::forward;
 use crate::idle::{Activity, Tracked, Watched};
 use crate::mesh::MeshPolicy;
@@ -114,9 +115,18 @@ pub struct ListenerContext {
     pub no_route: Counter,
     /// Mesh calls denied.
     pub denied: Counter,
+    /// Whose forwarding headers are kept.
+    pub trust: ArcSwap<TrustForwarded>,
+    /// Requests answered 408 because the client did not send its body in time.
+    pub body_timeouts: Counter,
     /// Connections closed because of their source address.
     refused: Counter,
     connections: Gauge,
+    /// Most connections open at once, and how many are (from accept to close).
+    max_connections: AtomicUsize,
+    open: AtomicUsize,
+    /// Connections closed at once because `max_connections` were open.
+    overloaded: Counter,
 }
 
 /// A bound listener. Dropping it stops accepting; open connections carry on.
@@ -147,6 +157,10 @@ pub struct Serving {
     pub mesh: Option<Arc<MeshPolicy>>,
     /// The only addresses connections are served from (empty: any).
     pub sources: Vec<IpAddr>,
+    /// Most connections open at once.
+    pub max_connections: u32,
+    /// Whose forwarding headers are kept.
+    pub trust: TrustForwarded,
 }
 
 impl ListenerContext {
@@ -157,6 +171,36 @@ impl ListenerContext {
         self.tls.store(serving.tls);
         self.mesh.store(serving.mesh);
         self.sources.store(Arc::new(serving.sources));
+        self.trust.store(Arc::new(serving.trust));
+        self.max_connections
+            .store(serving.max_connections as usize, Ordering::Relaxed);
+    }
+
+    /// A slot for a newly accepted connection, held until it closes; `None` when
+    /// `max_connections` are open.
+    fn connection_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            });
+        match taken {
+            Ok(_) => Some(ConnectionSlot(self.clone())),
+            Err(_) => {
+                self.overloaded.inc();
+                None
+            }
+        }
+    }
+}
+
+/// One of a listener's `max_connections`, given back when dropped.
+struct ConnectionSlot(Arc<ListenerContext>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -187,6 +231,11 @@ impl Listener {
             tls: ArcSwapOption::new(serving.tls),
             mesh: ArcSwapOption::new(serving.mesh),
             sources: ArcSwap::from_pointee(serving.sources),
+            trust: ArcSwap::from_pointee(serving.trust),
+            body_timeouts: shared.metrics.request_body_timeouts(name),
+            max_connections: AtomicUsize::new(serving.max_connections as usize),
+            open: AtomicUsize::new(0),
+            overloaded: shared.metrics.overloaded_connections(name),
             refused: shared.metrics.refused_connections(name),
             no_route: shared.metrics.no_route(name),
             denied: shared.metrics.mesh_denied(name),
@@ -235,21 +284,25 @@ async fn accept_loop(
                     context.refused.inc();
                     continue;
                 }
+                let Some(slot) = context.connection_slot() else {
+                    tracing::debug!(listener = %context.name, %peer, "closing a connection beyond max_connections");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                match context.relay.load_full() {
-                    Some(cluster) => {
-                        tokio::spawn(relay_connection(stream, cluster, context.clone()));
+                let context = context.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    match context.relay.load_full() {
+                        Some(cluster) => relay_connection(stream, cluster, context).await,
+                        None => match context.tls.load_full() {
+                            Some(acceptor) => serve_tls(stream, peer, acceptor, context).await,
+                            None => {
+                                let peer = forward::Peer::new(peer, "http");
+                                serve_connection(stream, peer, context).await
+                            }
+                        },
                     }
-                    None => match context.tls.load_full() {
-                        Some(acceptor) => {
-                            tokio::spawn(serve_tls(stream, peer, acceptor, context.clone()));
-                        }
-                        None => {
-                            let peer = forward::Peer::new(peer, "http");
-                            tokio::spawn(serve_connection(stream, peer, context.clone()));
-                        }
-                    },
-                }
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

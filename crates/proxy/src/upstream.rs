@@ -2,22 +2,26 @@
 //! connect time, holds the cluster's `max_connections` limit and, for a mesh cluster, speaks
 //! mutual TLS checking the endpoint's SPIFFE ID (HTTP/2 when the endpoint offers it).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Uri;
+use http::uri::Authority;
+use http::{Request, Uri};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpStream;
 
+use crate::cluster::Endpoint;
 use crate::config::UpstreamProtocol;
 use crate::forward::UpstreamBody;
 
@@ -36,8 +40,106 @@ pub const H2_MAX_FRAME: u32 = 256 * 1024;
 /// hop in `bench/mesh-hop.sh` than fixed 4 / 8 MiB windows).
 pub const H2_ADAPTIVE_WINDOW: bool = true;
 
-/// A pooled client for one cluster's endpoints.
-pub type HttpClient = Client<ClusterConnector, UpstreamBody>;
+/// A pool of connections (hyper's), keyed by the request URI's scheme and authority.
+type Pool = Client<ClusterConnector, UpstreamBody>;
+
+/// The pooled connections to one cluster's endpoints. A request's URI names the authority the
+/// client asked for; [`HttpClient::request`] sends it to the endpoint given. Connections that
+/// may speak HTTP/2 (`protocol: http2`, or a mesh hop that negotiates it) carry that authority
+/// in `:authority` (RFC 9113 §8.3.1), so each endpoint has a pool of its own, made when it is
+/// first used and dropped once unused for longer than idle connections live. HTTP/1.1
+/// connections name it in `Host` only: one pool, keyed by endpoint, serves them all.
+#[derive(Clone)]
+pub struct HttpClient(Pools);
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per_endpoint = matches!(self.0, Pools::PerEndpoint(_));
+        f.debug_struct("HttpClient")
+            .field("per_endpoint", &per_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum Pools {
+    /// One pool for all endpoints (HTTP/1.1).
+    Shared(Arc<Pool>),
+    /// A pool per endpoint (connections that may speak HTTP/2).
+    PerEndpoint(Arc<EndpointPools>),
+}
+
+/// Pools by endpoint, read without a lock; the lock is taken only to add one.
+struct EndpointPools {
+    builder: hyper_util::client::legacy::Builder,
+    connector: ClusterConnector,
+    pools: arc_swap::ArcSwap<HashMap<SocketAddr, (Pool, Arc<AtomicU64>)>>,
+    adding: std::sync::Mutex<()>,
+    /// What `last_used` counts from.
+    epoch: Instant,
+}
+
+impl HttpClient {
+    /// Whether requests carry the client's authority in their URI (see
+    /// [`HttpClient::uri_authority`]).
+    pub fn sends_authority(&self) -> bool {
+        matches!(self.0, Pools::PerEndpoint(_))
+    }
+
+    /// The authority the URI of a request to `endpoint` names: the `client`'s where it is
+    /// sent on (per-endpoint pools), else the endpoint's (the pool's key; the client's
+    /// authority travels in Host).
+    pub fn uri_authority<'a>(
+        &self,
+        endpoint: &'a Endpoint,
+        client: Option<&'a Authority>,
+    ) -> &'a Authority {
+        match (&self.0, client) {
+            (Pools::PerEndpoint(_), Some(client)) => client,
+            _ => &endpoint.authority,
+        }
+    }
+
+    /// Sends `request`, whose URI names [`HttpClient::uri_authority`], to `endpoint`.
+    pub fn request(&self, endpoint: &Endpoint, request: Request<UpstreamBody>) -> ResponseFuture {
+        match &self.0 {
+            Pools::PerEndpoint(pools) => pools.pool(endpoint.addr).request(request),
+            Pools::Shared(shared) => shared.request(request),
+        }
+    }
+}
+
+impl EndpointPools {
+    /// The pool of `endpoint`, made if it has none.
+    fn pool(&self, endpoint: SocketAddr) -> Pool {
+        let now = self.epoch.elapsed().as_secs();
+        if let Some((pool, last_used)) = self.pools.load().get(&endpoint) {
+            last_used.store(now, Ordering::Relaxed);
+            return pool.clone();
+        }
+        let _adding = self
+            .adding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.pools.load();
+        if let Some((pool, _)) = current.get(&endpoint) {
+            return pool.clone();
+        }
+        // Pools unused for longer than a connection stays idle hold no connection: they go.
+        let stale = now.saturating_sub(IDLE_TIMEOUT.as_secs());
+        let mut pools: HashMap<_, _> = current
+            .iter()
+            .filter(|(_, (_, last_used))| last_used.load(Ordering::Relaxed) >= stale)
+            .map(|(addr, entry)| (*addr, entry.clone()))
+            .collect();
+        let mut connector = self.connector.clone();
+        connector.target = Some(endpoint);
+        let pool = self.builder.build(connector);
+        pools.insert(endpoint, (pool.clone(), Arc::new(AtomicU64::new(now))));
+        self.pools.store(Arc::new(pools));
+        pool
+    }
+}
 
 /// The error a connection attempt fails with when the cluster is at `max_connections`.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +170,8 @@ pub struct ClusterConnector {
     open: Gauge,
     max: Arc<AtomicI64>,
     connect_seconds: Histogram,
+    /// The endpoint every connection goes to, whatever the request names (per-endpoint pools).
+    target: Option<SocketAddr>,
 }
 
 type Connecting = Pin<
@@ -90,6 +194,10 @@ impl tower::Service<Uri> for ClusterConnector {
             self.open.dec();
             return Box::pin(std::future::ready(Err(ConnectionLimitReached.into())));
         }
+        let uri = match self.target {
+            Some(target) => Uri::try_from(format!("http://{target}")).unwrap_or(uri),
+            None => uri,
+        };
         let connecting = self.inner.call(uri);
         let (open, histogram) = (self.open.clone(), self.connect_seconds.clone());
         let tls = self.tls.clone();
@@ -286,7 +394,9 @@ pub fn client(
         open,
         max: max.clone(),
         connect_seconds,
+        target: None,
     };
+    let may_speak_h2 = protocol == UpstreamProtocol::Http2 || connector.tls.is_some();
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
@@ -295,8 +405,19 @@ pub fn client(
         .http2_only(protocol == UpstreamProtocol::Http2)
         .http2_max_frame_size(H2_MAX_FRAME)
         .http2_adaptive_window(H2_ADAPTIVE_WINDOW);
+    let pools = if may_speak_h2 {
+        Pools::PerEndpoint(Arc::new(EndpointPools {
+            builder,
+            connector,
+            pools: Default::default(),
+            adding: Default::default(),
+            epoch: Instant::now(),
+        }))
+    } else {
+        Pools::Shared(Arc::new(builder.build(connector)))
+    };
     UpstreamClient {
-        client: builder.build(connector),
+        client: HttpClient(pools),
         max,
     }
 }

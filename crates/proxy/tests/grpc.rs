@@ -114,7 +114,8 @@ async fn a_grpc_call_answered_unavailable_is_retried_with_its_body() {
         calls: calls.clone(),
     });
     let upstream = grpc_upstream(tonic::service::Routes::new(service)).await;
-    let retries = ", retries: {on: [retriable_grpc], attempts: 2, backoff: 1ms}";
+    let retries =
+        ", retries: {on: [retriable_grpc], attempts: 2, backoff: 1ms, non_idempotent: true}";
     let (_proxy, address) = proxy_to(upstream, retries).await;
     let answer = HealthClient::new(channel(address).await)
         .check(HealthCheckRequest {

@@ -262,6 +262,53 @@ async fn a_hop_to_an_endpoint_with_another_identity_fails() {
     assert!(answer.status().is_server_error(), "{}", answer.status());
 }
 
+/// An upstream that answers with the `x-forwarded-for` and `x-forwarded-host` it received.
+async fn forwarded_echo() -> SocketAddr {
+    let app = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map_or("", |v| v.to_str().unwrap())
+                .to_owned()
+        };
+        format!(
+            "{} | {}",
+            header("x-forwarded-for"),
+            header("x-forwarded-host")
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+#[tokio::test]
+async fn a_mesh_hop_keeps_the_forwarding_headers_its_proxy_peer_set() {
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    // As a gateway or a node proxy's inbound listener: a mesh listener, default trust.
+    let (_inbound, mesh_address) = mesh_proxy(&pki, &api, forwarded_echo().await).await;
+    let web = id("acme", "shop", "web");
+    // As an edge: a plain listener, whose clients are not believed.
+    let (_outbound, plain) = outbound_proxy(&pki, &web, &api, mesh_address).await;
+    let answer = reqwest::Client::new()
+        .get(format!("http://{plain}/"))
+        .header("host", "shop.example.com")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "bank.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // The outbound hop started the chain at its client; the mesh hop appended the outbound
+    // proxy and kept its x-forwarded-host.
+    assert_eq!(
+        answer.text().await.unwrap(),
+        "127.0.0.1, 127.0.0.1 | shop.example.com"
+    );
+}
+
 /// Writes a new certificate and key for `me` over `files` (chain, key) and re-applies `text`,
 /// as a renewal does; returns the new chain (PEM).
 async fn rotate(pki: &Pki, proxy: &Proxy, me: &SpiffeId, files: &[PathBuf], text: &str) -> String {

@@ -1,5 +1,7 @@
 //! The proxy between real clients and real upstream servers on loopback.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -237,18 +239,11 @@ async fn h2_get<S>(stream: S, uri: &str) -> http::Response<hyper::body::Incoming
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut client, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
     let request = http::Request::builder()
         .uri(uri)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    client.send_request(request).await.unwrap()
+    common::h2_send(stream, request).await
 }
 
 #[tokio::test]
