@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use meridian_model::{distance_km, RegionReport, RegionalDeployment};
+use meridian_model::{contested_domains, distance_km, RegionReport, RegionalDeployment};
 use serde_json::{json, Value};
 
 /// Where the edge is.
@@ -36,7 +36,8 @@ pub struct RegionView {
 /// host per service with public domains and routes, to a cluster of the gateways of the regions
 /// that report healthy instances of it, nearest first (priority 0, then 1, …). Gateways are
 /// health-checked; a failed request is retried on another gateway. With `mesh` (a cluster's
-/// `mesh` section), gateways are reached over mutual TLS.
+/// `mesh` section), gateways are reached over mutual TLS. A domain that overlaps one of another
+/// service in any region's deployments is served by neither (docs/definition.md, "Domains").
 pub fn edge_config(
     edge: &Location,
     listen: &str,
@@ -83,7 +84,14 @@ pub fn edge_config(
                 .push(gateway.clone());
         }
     }
-    let mut claimed = std::collections::HashSet::new();
+    // A domain two services claim (regions' copies disagreeing for a moment) goes to neither,
+    // whichever is healthy: never to another service than its owner.
+    let contested = contested_domains(
+        regions
+            .iter()
+            .flat_map(|region| &region.deployments)
+            .map(|d| ((&d.org, &d.app, &d.service), d.spec.domains.as_slice())),
+    );
     let mut virtual_hosts = Vec::new();
     let mut clusters = Vec::new();
     for ((org, app, service), (deployment, gateways)) in &services {
@@ -91,7 +99,7 @@ pub fn edge_config(
             .spec
             .domains
             .iter()
-            .filter(|d| claimed.insert((*d).clone()))
+            .filter(|d| !contested.contains(*d))
             .collect();
         if domains.is_empty() {
             continue;
@@ -135,20 +143,25 @@ mod tests {
     use meridian_model::{ServiceHealth, ServiceSpec};
 
     fn deployment(region: &str) -> RegionalDeployment {
+        serving(region, ("acme", "web"), &["shop.example.com"])
+    }
+
+    /// Service `web` of app `shop` of `org` in `region`, with public `domains`.
+    fn serving(region: &str, (org, service): (&str, &str), domains: &[&str]) -> RegionalDeployment {
         let spec: ServiceSpec = serde_json::from_value(json!({
             "scale": {"min": 1, "max": 1},
             "runtime": {"process": {"command": "x"}},
             "ports": [{"name": "http", "port": 8080}],
             "routes": [{"path_prefix": "/", "port": "http"}],
-            "domains": ["shop.example.com"],
+            "domains": domains,
             "health_checks": [],
             "mesh": {"allow": []},
         }))
         .unwrap();
         RegionalDeployment {
-            org: "acme".into(),
+            org: org.into(),
             app: "shop".into(),
-            service: "web".into(),
+            service: service.into(),
             region: region.into(),
             version: 1,
             spec,
@@ -223,6 +236,70 @@ mod tests {
         assert_eq!(
             config["listeners"][0]["virtual_hosts"][0]["domains"],
             json!(["shop.example.com"])
+        );
+    }
+
+    /// The service each host is routed to: (domain, virtual host name).
+    fn hosts(config: &Value) -> Vec<(String, String)> {
+        let mut hosts: Vec<(String, String)> = config["listeners"][0]["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|v| {
+                let name = v["name"].as_str().unwrap().to_owned();
+                v["domains"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |d| (d.as_str().unwrap().to_owned(), name.clone()))
+            })
+            .collect();
+        hosts.sort();
+        hosts
+    }
+
+    #[test]
+    fn a_domain_claimed_by_two_services_is_never_sent_to_the_other() {
+        let paris = Location {
+            name: "par".into(),
+            lat: 48.86,
+            lon: 2.35,
+        };
+        let healthy = |org: &str| ServiceHealth {
+            org: org.into(),
+            app: "shop".into(),
+            service: "web".into(),
+            version: 1,
+            placed: 1,
+            healthy: 1,
+            addresses: Vec::new(),
+        };
+        // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
+        // Washington the web of an org whose name sorts first (the order that used to decide)
+        // claiming one of them, a wildcard over another, and a name of its own.
+        let mut fra = region("fra", 50.11, 8.68, 1);
+        fra.deployments = vec![serving(
+            "fra",
+            ("acme", "web"),
+            &["shop.example.com", "img.example.org", "acme.example.net"],
+        )];
+        let mut iad = region("iad", 38.95, -77.45, 1);
+        iad.deployments = vec![serving(
+            "iad",
+            ("aaa", "web"),
+            &["shop.example.com", "*.example.org", "aaa.example.net"],
+        )];
+        if let Some(report) = &mut iad.report {
+            report.services = vec![healthy("aaa")];
+        }
+        let config = edge_config(&paris, "127.0.0.1:0", &[fra, iad], None);
+        // The contested names and the wildcard go to nobody; each keeps its own.
+        assert_eq!(
+            hosts(&config),
+            [
+                ("aaa.example.net".to_owned(), "aaa/shop/web".to_owned()),
+                ("acme.example.net".to_owned(), "acme/shop/web".to_owned()),
+            ]
         );
     }
 }

@@ -49,16 +49,17 @@ pub fn domains_overlap(a: &str, b: &str) -> bool {
 /// serves none of them never sends one service's domain to another, whatever the input; the
 /// store never accepts such claims, so this only matters when copies of the data disagree for a
 /// moment. Work is linear in the number of domains (times their depth).
-pub fn contested_domains<'a, K: Eq + std::hash::Hash + 'a>(
-    claims: impl IntoIterator<Item = (&'a K, &'a [String])>,
+pub fn contested_domains<'a, K: PartialEq>(
+    claims: impl IntoIterator<Item = (K, &'a [String])>,
 ) -> HashSet<String> {
-    let claims: Vec<(&K, &[String])> = claims.into_iter().collect();
-    let mut holders: HashMap<&str, Vec<&K>> = HashMap::new();
-    for (key, domains) in &claims {
+    let claims: Vec<(K, &[String])> = claims.into_iter().collect();
+    // Per domain, the claims (by index) that list it, one per distinct key.
+    let mut holders: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (index, (key, domains)) in claims.iter().enumerate() {
         for domain in domains.iter() {
-            let keys = holders.entry(domain.as_str()).or_default();
-            if !keys.contains(key) {
-                keys.push(key);
+            let listed = holders.entry(domain.as_str()).or_default();
+            if !listed.iter().any(|i| claims[*i].0 == *key) {
+                listed.push(index);
             }
         }
     }
@@ -71,7 +72,7 @@ pub fn contested_domains<'a, K: Eq + std::hash::Hash + 'a>(
                 .filter(|name| {
                     holders
                         .get(name)
-                        .is_some_and(|keys| keys.iter().any(|k| k != key))
+                        .is_some_and(|listed| listed.iter().any(|i| claims[*i].0 != *key))
                 });
             for rival in rivals {
                 contested.insert(rival.to_owned());
