@@ -883,6 +883,16 @@ async fn a_public_domain_belongs_to_one_service_across_orgs() {
         .post("/v1/services", serving("evil", "web", &["*.example.com"]))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The OpenAPI document says so.
+    let doc: Value = reqwest::get(format!("{}/openapi.json", _server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conflict = &doc["paths"]["/v1/services"]["post"]["responses"]["409"]["description"];
+    assert!(conflict.as_str().unwrap().contains("domain_taken"), "{conflict}");
 }
 
 #[tokio::test]
