@@ -746,6 +746,12 @@ fn serving(org: &str, name: &str, domains: &[&str]) -> Value {
     body
 }
 
+/// Applies `body` and expects it accepted.
+async fn accepted(api: &Api, body: Value) {
+    let (status, answer) = api.post("/v1/services", body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
 /// Applies `body` and expects 409 `domain_taken` on `field`, with a message naming `domain`
 /// and never `hidden`; returns the message.
 async fn refused(api: &Api, body: Value, field: &str, domain: &str, hidden: &str) -> String {
@@ -769,8 +775,7 @@ async fn a_public_domain_belongs_to_one_service_across_orgs() {
         second: evil,
     } = two_orgs(dir.path(), "acme", "evil", "other").await;
     let owner = serving("acme", "web", &["shop.example.com", "*.cdn.example.com"]);
-    let (status, body) = acme.post("/v1/services", owner.clone()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    accepted(&acme, owner.clone()).await;
     let before = admin.revision().await;
 
     // Another org: the same name, a wildcard over it, a name under the owner's wildcard, and a
@@ -841,32 +846,21 @@ async fn a_public_domain_belongs_to_one_service_across_orgs() {
     assert_eq!(current["definition"]["domains"], owner["domains"]);
 
     // The owner re-applies with its own domains; a neighbour name is free for others.
-    let (status, body) = acme.post("/v1/services", owner.clone()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = evil
-        .post(
-            "/v1/services",
-            serving("evil", "web", &["cdn.example.com", "shop.example.org"]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    accepted(&acme, owner.clone()).await;
+    accepted(
+        &evil,
+        serving("evil", "web", &["cdn.example.com", "shop.example.org"]),
+    )
+    .await;
 
     // A domain the owner drops is free; a rollback to the version that had it is refused
     // once another service took it.
-    let (status, body) = acme
-        .post(
-            "/v1/services",
-            serving("acme", "web", &["*.cdn.example.com"]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = evil
-        .post(
-            "/v1/services",
-            serving("evil", "web", &["cdn.example.com", "shop.example.com"]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    accepted(&acme, serving("acme", "web", &["*.cdn.example.com"])).await;
+    accepted(
+        &evil,
+        serving("evil", "web", &["cdn.example.com", "shop.example.com"]),
+    )
+    .await;
     let (status, body) = acme
         .post(
             "/v1/orgs/acme/apps/shop/services/web/rollback",
@@ -879,10 +873,7 @@ async fn a_public_domain_belongs_to_one_service_across_orgs() {
     // Deleting a service releases its domains.
     let (status, _) = acme.delete("/v1/orgs/acme/apps/shop/services/web").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = evil
-        .post("/v1/services", serving("evil", "web", &["*.example.com"]))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    accepted(&evil, serving("evil", "web", &["*.example.com"])).await;
 
     // The OpenAPI document says so.
     let doc: Value = reqwest::get(format!("{}/openapi.json", _server.base))
@@ -892,7 +883,10 @@ async fn a_public_domain_belongs_to_one_service_across_orgs() {
         .await
         .unwrap();
     let conflict = &doc["paths"]["/v1/services"]["post"]["responses"]["409"]["description"];
-    assert!(conflict.as_str().unwrap().contains("domain_taken"), "{conflict}");
+    assert!(
+        conflict.as_str().unwrap().contains("domain_taken"),
+        "{conflict}"
+    );
 }
 
 #[tokio::test]
