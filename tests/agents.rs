@@ -425,6 +425,52 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
     }
 }
 
+/// The address in a greeting: `hello from … (node <node>, <address>)`.
+fn greeted_from(greeting: &str) -> String {
+    let address = greeting.rsplit(", ").next().unwrap_or_default();
+    address.trim().trim_end_matches(')').to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_orgs_with_a_service_of_the_same_name_on_one_node_are_both_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &service("acme", "web", 8080, ""));
+    platform.deploy(&service("other", "web", 8080, ""));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let node = agent(&region, "one", "127.0.60.1", dir.path());
+    let (_gateway, gateway) = gateway(&region, dir.path()).await;
+    // Each org's web answers on its own domain from an instance of its own, and calls its own
+    // org's web by name through the node proxy (both instances are `web-0` of app `shop`).
+    let mut addresses = BTreeSet::new();
+    for org in ["acme", "other"] {
+        let host = format!("web.{org}.example.com");
+        let greeting = answers(&gateway, &host, "/", "hello from web").await;
+        addresses.insert(greeted_from(&greeting));
+        let seen = answers(
+            &gateway,
+            &host,
+            "/call?url=http://web.shop.internal:8080/whoami",
+            "answered 200",
+        )
+        .await;
+        assert!(
+            seen.contains(&format!("/org/{org}/app/shop/service/web")),
+            "{seen}"
+        );
+    }
+    assert_eq!(addresses.len(), 2, "both orgs answered from {addresses:?}");
+    assert!(
+        !node.log().contains("refused its configuration"),
+        "{}",
+        node.log()
+    );
+}
+
 /// Whether this run may make network namespaces (root with iproute2 and nftables); in CI
 /// (strict) it must.
 fn namespaces_allowed() -> bool {

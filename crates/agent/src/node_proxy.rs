@@ -55,6 +55,18 @@ pub struct LocalInstance {
     pub listen: Ipv4Addr,
 }
 
+impl LocalInstance {
+    /// The instance's name on the node, unique across orgs and apps: `<org>/<app>/<instance>`
+    /// (an instance id, `<service>-<n>`, is unique only within its service). Every listener and
+    /// cluster the node proxy has for the instance is named from it, so that two orgs' services
+    /// of the same name never give two listeners one name (the proxy would refuse the whole
+    /// configuration, for every tenant of the node).
+    pub fn name(&self) -> String {
+        let (org, app, _) = &self.service;
+        format!("{org}/{app}/{}", self.instance)
+    }
+}
+
 /// A service as the control plane sends it: deployed in the region, or reachable in others.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeshService {
@@ -120,10 +132,11 @@ pub fn config(
             continue;
         };
         let (org, _, _) = &instance.service;
+        let name = instance.name();
         for (index, port) in instance.spec.ports.iter().enumerate() {
-            let local_cluster = format!("local/{}/{}", instance.instance, port.name);
+            let local_cluster = format!("local/{name}/{}", port.name);
             listeners.push(json!({
-                "name": format!("in/{}/{}", instance.instance, port.name),
+                "name": format!("in/{name}/{}", port.name),
                 "address": format!("{}:{}", instance.address, mesh_port(index)),
                 // Callers are the platform's proxies (mutual TLS): their x-forwarded-* hold.
                 "trust_forwarded": "mesh",
@@ -162,7 +175,7 @@ pub fn config(
             Vec::new()
         };
         listeners.push(json!({
-            "name": format!("out/{}", instance.instance),
+            "name": format!("out/{name}"),
             "address": format!("{}:{OUTBOUND_PORT}", instance.address),
             // The instance's own x-forwarded-* are not believed: the chain starts at it.
             "trust_forwarded": "none",
@@ -190,7 +203,7 @@ pub fn config(
         }
         for (port, virtual_hosts) in by_port {
             listeners.push(json!({
-                "name": format!("out/{}/{port}", instance.instance),
+                "name": format!("out/{name}/{port}"),
                 "address": format!("{}:{port}", instance.address),
                 "trust_forwarded": "none",
                 "sources": sources,
@@ -386,6 +399,67 @@ mod tests {
 
     fn key(org: &str, app: &str, service: &str) -> ServiceKey {
         (org.to_owned(), app.to_owned(), service.to_owned())
+    }
+
+    #[test]
+    fn two_orgs_services_of_one_name_on_one_node_get_a_configuration_the_proxy_takes() {
+        let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
+            "scale": {"min": 1, "max": 1},
+            "runtime": {"process": {"command": "x"}},
+            "ports": [{"name": "http", "port": 8080}],
+            "routes": [], "domains": [], "health_checks": [], "mesh": {"allow": []},
+        }))
+        .unwrap();
+        let orgs = ["acme", "other"];
+        let local: Vec<LocalInstance> = orgs
+            .iter()
+            .zip([2, 3])
+            .map(|(org, last)| LocalInstance {
+                instance: "web-0".to_owned(),
+                service: key(org, "shop", "web"),
+                spec: spec.clone(),
+                address: Ipv4Addr::new(127, 0, 0, last),
+                listen: Ipv4Addr::new(127, 0, 0, last),
+            })
+            .collect();
+        let services = orgs
+            .iter()
+            .map(|org| {
+                let service = MeshService {
+                    spec: spec.clone(),
+                    instances: Vec::new(),
+                    vip: None,
+                };
+                (key(org, "shop", "web"), service)
+            })
+            .collect();
+        let files = CertFiles {
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+            bundle: "bundle.pem".into(),
+        };
+        let certs = orgs
+            .iter()
+            .map(|org| (key(org, "shop", "web"), files.clone()))
+            .collect();
+        let config = config(&local, &services, &certs, "meridian.local");
+        let parsed = meridian_proxy::parse_config(&config.to_string());
+        assert!(parsed.is_ok(), "{parsed:?}");
+        let names: Vec<&str> = config["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "in/acme/shop/web-0/http",
+                "out/acme/shop/web-0",
+                "in/other/shop/web-0/http",
+                "out/other/shop/web-0"
+            ]
+        );
     }
 
     #[test]

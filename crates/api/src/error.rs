@@ -17,7 +17,8 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// A stable, machine-readable code, e.g. `invalid`, `not_found`, `unauthorized`.
+    /// A stable, machine-readable code, e.g. `invalid`, `not_found`, `unauthorized`,
+    /// `domain_taken`.
     pub code: &'static str,
     /// A sentence for the person who sent the request.
     pub message: String,
@@ -132,6 +133,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
+            StoreError::DomainTaken { index, reason } => {
+                ApiError::new(StatusCode::CONFLICT, "domain_taken", reason)
+                    .with_field(format!("domains[{index}]"))
+            }
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -171,7 +176,8 @@ pub enum ErrorResponses {
     /// No such resource, or not visible to this token.
     #[response(status = 404)]
     NotFound(ErrorBody),
-    /// The resource exists already, or is still in use.
+    /// The resource exists already, or is still in use; or (`domain_taken`, applying or rolling
+    /// back a service) a public domain in `field` is served by another service.
     #[response(status = 409)]
     Conflict(ErrorBody),
     /// The body is larger than the limit.

@@ -740,3 +740,189 @@ async fn region_reports_are_for_admins_validated_and_shown_in_status() {
     let (_, body) = acme.get(status_path).await;
     assert_eq!(states(&body)[0].1, "starting");
 }
+
+/// `definition` with public `domains`.
+fn serving(org: &str, name: &str, domains: &[&str]) -> Value {
+    let mut body = definition(org, name, "v1");
+    body["domains"] = json!(domains);
+    body
+}
+
+/// Applies `body` and expects it accepted.
+async fn accepted(api: &Api, body: Value) {
+    let (status, answer) = api.post("/v1/services", body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+/// Applies `body` and expects 409 `domain_taken` on `field`, with a message naming `domain`
+/// and never `hidden`; returns the message.
+async fn refused(api: &Api, body: Value, field: &str, domain: &str, hidden: &str) -> String {
+    let (status, error) = api.post("/v1/services", body).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "domain_taken", "{error}");
+    assert_eq!(error["error"]["field"], field, "{error}");
+    let message = error["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains(&format!("`{domain}`")), "{message}");
+    assert!(!message.contains(hidden), "{message} names {hidden}");
+    message
+}
+
+#[tokio::test]
+async fn a_public_domain_belongs_to_one_service_across_orgs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Tenants {
+        _server,
+        admin,
+        first: acme,
+        second: evil,
+    } = two_orgs(dir.path(), "acme", "evil", "other").await;
+    let owner = serving("acme", "web", &["shop.example.com", "*.cdn.example.com"]);
+    accepted(&acme, owner.clone()).await;
+    let before = admin.revision().await;
+
+    // Another org: the same name, a wildcard over it, a name under the owner's wildcard, and a
+    // wider wildcard over that one. Each is refused on its field, naming neither org nor app.
+    let attempts = [
+        (
+            vec!["mine.example.org", "shop.example.com"],
+            "domains[1]",
+            "shop.example.com",
+        ),
+        (vec!["*.example.com"], "domains[0]", "*.example.com"),
+        (
+            vec!["img.cdn.example.com"],
+            "domains[0]",
+            "img.cdn.example.com",
+        ),
+        (
+            vec!["*.a.cdn.example.com"],
+            "domains[0]",
+            "*.a.cdn.example.com",
+        ),
+    ];
+    for (domains, field, domain) in attempts {
+        let message = refused(
+            &evil,
+            serving("evil", "web", &domains),
+            field,
+            domain,
+            "acme",
+        )
+        .await;
+        assert!(message.contains("another org"), "{message}");
+        assert!(!message.contains("shop/web"), "{message}");
+    }
+    // The admin applying into another org is refused alike; so is another service of the
+    // owner's own org, which is told which one holds it.
+    refused(
+        &admin,
+        serving("evil", "web", &["shop.example.com"]),
+        "domains[0]",
+        "shop.example.com",
+        "acme",
+    )
+    .await;
+    let message = refused(
+        &acme,
+        serving("acme", "api", &["x.cdn.example.com"]),
+        "domains[0]",
+        "x.cdn.example.com",
+        "evil",
+    )
+    .await;
+    assert!(
+        message.contains("`shop/web`") && message.contains("`*.cdn.example.com`"),
+        "{message}"
+    );
+
+    // Nothing changed: no revision, no service, the owner's version and domains as they were.
+    assert_eq!(
+        admin.revision().await,
+        before,
+        "a refused claim wrote something"
+    );
+    let (status, _) = evil.get("/v1/orgs/evil/apps/shop/services/web").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, current) = acme.get("/v1/orgs/acme/apps/shop/services/web").await;
+    assert_eq!(current["version"], 1);
+    assert_eq!(current["definition"]["domains"], owner["domains"]);
+
+    // The owner re-applies with its own domains; a neighbour name is free for others.
+    accepted(&acme, owner.clone()).await;
+    accepted(
+        &evil,
+        serving("evil", "web", &["cdn.example.com", "shop.example.org"]),
+    )
+    .await;
+
+    // A domain the owner drops is free; a rollback to the version that had it is refused
+    // once another service took it.
+    accepted(&acme, serving("acme", "web", &["*.cdn.example.com"])).await;
+    accepted(
+        &evil,
+        serving("evil", "web", &["cdn.example.com", "shop.example.com"]),
+    )
+    .await;
+    let (status, body) = acme
+        .post(
+            "/v1/orgs/acme/apps/shop/services/web/rollback",
+            json!({"to": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["field"], "domains[0]");
+
+    // Deleting a service releases its domains.
+    let (status, _) = acme.delete("/v1/orgs/acme/apps/shop/services/web").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    accepted(&evil, serving("evil", "web", &["*.example.com"])).await;
+
+    // The OpenAPI document says so.
+    let doc: Value = reqwest::get(format!("{}/openapi.json", _server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conflict = &doc["paths"]["/v1/services"]["post"]["responses"]["409"]["description"];
+    assert!(
+        conflict.as_str().unwrap().contains("domain_taken"),
+        "{conflict}"
+    );
+}
+
+#[tokio::test]
+async fn of_concurrent_claims_of_one_domain_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let claims = (0..8).map(|n| {
+        let admin = admin.clone();
+        // Half claim the name, half a wildcard over it.
+        let domain = if n % 2 == 0 {
+            "shop.example.com"
+        } else {
+            "*.example.com"
+        };
+        tokio::spawn(async move {
+            let org = format!("org{n}");
+            admin
+                .post("/v1/services", serving(&org, "web", &[domain]))
+                .await
+                .0
+        })
+    });
+    let mut statuses = Vec::new();
+    for claim in claims.collect::<Vec<_>>() {
+        statuses.push(claim.await.unwrap());
+    }
+    let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let lost = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((won, lost), (1, 7), "{statuses:?}");
+    let (_, services) = admin.get("/v1/services").await;
+    assert_eq!(services.as_array().unwrap().len(), 1, "{services}");
+}

@@ -26,6 +26,8 @@ struct ErrorBody {
 struct ErrorDetail {
     message: String,
     #[serde(default)]
+    field: Option<String>,
+    #[serde(default)]
     details: Vec<meridian_model::FieldError>,
 }
 
@@ -111,6 +113,14 @@ impl Client {
                     lines.join("\n")
                 )
             }
+            Ok(ErrorBody {
+                error:
+                    ErrorDetail {
+                        field: Some(field),
+                        message,
+                        ..
+                    },
+            }) if !message.starts_with(&field) => bail!("{status}: {field}: {message}"),
             Ok(body) => bail!("{status}: {}", body.error.message),
             Err(_) => bail!("{status}: {}", String::from_utf8_lossy(&bytes)),
         }

@@ -29,8 +29,9 @@ pub struct Placement {
 struct Node {
     capacity: u32,
     last_seen: Instant,
-    /// The node's last report of each instance, by instance id.
-    instances: BTreeMap<String, InstanceReport>,
+    /// The node's last report of each instance, by service and instance id (an id is unique
+    /// only within its service: two orgs' `web-0` may run on one node).
+    instances: BTreeMap<(ServiceId, String), InstanceReport>,
 }
 
 /// How long a new control plane waits for agents to report before it places instances: the
@@ -68,17 +69,20 @@ impl Fleet {
     /// Records `report` from node `report.node` at `now`; returns whether the set of live nodes
     /// or their capacities changed, or an instance failed (placement must be redone).
     pub fn report(&mut self, report: NodeReport, now: Instant) -> bool {
-        let instances: BTreeMap<String, InstanceReport> = report
+        let instances: BTreeMap<(ServiceId, String), InstanceReport> = report
             .instances
             .into_iter()
-            .map(|i| (i.instance.clone(), i))
+            .map(|i| {
+                let service = (i.org.clone(), i.app.clone(), i.service.clone());
+                ((service, i.instance.clone()), i)
+            })
             .collect();
-        let newly_failed = instances.values().any(|i| {
+        let newly_failed = instances.iter().any(|(key, i)| {
             i.state == "failed"
                 && self
                     .nodes
                     .get(&report.node)
-                    .and_then(|n| n.instances.get(&i.instance))
+                    .and_then(|n| n.instances.get(key))
                     .is_none_or(|old| old.state != "failed")
         });
         let node = Node {
@@ -131,20 +135,20 @@ impl Fleet {
             self.placed_once = true;
             self.adopt(desired);
         }
-        let failed = |fleet: &Fleet, node: &str, instance: &str| {
+        let failed = |fleet: &Fleet, node: &str, key: &(ServiceId, String)| {
             fleet
                 .nodes
                 .get(node)
-                .and_then(|n| n.instances.get(instance))
+                .and_then(|n| n.instances.get(key))
                 .is_some_and(|i| i.state == "failed")
         };
         let kept: Vec<((ServiceId, String), String)> = self
             .placements
             .iter()
-            .filter(|((service, instance), node)| {
-                desired.contains_key(service)
+            .filter(|(key, node)| {
+                desired.contains_key(&key.0)
                     && self.nodes.contains_key(*node)
-                    && !failed(self, node, instance)
+                    && !failed(self, node, key)
             })
             .map(|(key, node)| (key.clone(), node.clone()))
             .collect();
@@ -152,7 +156,7 @@ impl Fleet {
         let failed_on: BTreeMap<ServiceId, BTreeSet<String>> = self
             .placements
             .iter()
-            .filter(|((_, instance), node)| failed(self, node, instance))
+            .filter(|(key, node)| failed(self, node, key))
             .fold(BTreeMap::new(), |mut acc, ((service, _), node)| {
                 acc.entry(service.clone())
                     .or_insert_with(BTreeSet::new)
@@ -182,7 +186,7 @@ impl Fleet {
                 let number = (0..).find(|n| !used.contains(n)).unwrap_or_default();
                 // A replacement of a failed instance gets a number not in use on any node.
                 let number = (number..)
-                    .find(|n| !self.reported_anywhere(&instance_id(&service.2, *n)))
+                    .find(|n| !self.failed_anywhere(service, &instance_id(&service.2, *n)))
                     .unwrap_or(number);
                 let instance = instance_id(&service.2, number);
                 self.placements
@@ -197,30 +201,25 @@ impl Fleet {
     /// `desired` (surplus is trimmed by the placement that follows).
     fn adopt(&mut self, desired: &BTreeMap<ServiceId, u32>) {
         for (node_name, node) in &self.nodes {
-            for report in node.instances.values() {
+            for (key, report) in &node.instances {
                 if matches!(report.state.as_str(), "failed" | "stopped") {
                     continue;
                 }
-                let service = (
-                    report.org.clone(),
-                    report.app.clone(),
-                    report.service.clone(),
-                );
-                if desired.contains_key(&service) {
+                if desired.contains_key(&key.0) {
                     self.placements
-                        .entry((service, report.instance.clone()))
+                        .entry(key.clone())
                         .or_insert_with(|| node_name.clone());
                 }
             }
         }
     }
 
-    fn reported_anywhere(&self, instance: &str) -> bool {
-        self.nodes.values().any(|n| {
-            n.instances
-                .get(instance)
-                .is_some_and(|i| i.state == "failed")
-        })
+    /// Whether instance `instance` of `service` failed on some node.
+    fn failed_anywhere(&self, service: &ServiceId, instance: &str) -> bool {
+        let key = (service.clone(), instance.to_owned());
+        self.nodes
+            .values()
+            .any(|n| n.instances.get(&key).is_some_and(|i| i.state == "failed"))
     }
 
     /// The live node with room for one more instance of `service`: fewest instances of the
@@ -260,8 +259,9 @@ impl Fleet {
     /// with an address, healthy or not.
     pub fn endpoints(&self, region: &str) -> BTreeMap<ServiceId, Vec<Endpoint>> {
         let mut endpoints: BTreeMap<ServiceId, Vec<Endpoint>> = BTreeMap::new();
-        for ((service, instance), node) in &self.placements {
-            let Some(report) = self.nodes.get(node).and_then(|n| n.instances.get(instance)) else {
+        for (key, node) in &self.placements {
+            let (service, instance) = key;
+            let Some(report) = self.nodes.get(node).and_then(|n| n.instances.get(key)) else {
                 continue;
             };
             if report.address.is_empty() {
@@ -293,15 +293,15 @@ impl Fleet {
     pub fn summary(&self, service: &ServiceId) -> (usize, usize) {
         let mut placed = 0;
         let mut healthy = 0;
-        for ((s, instance), node) in &self.placements {
-            if s != service {
+        for (key, node) in &self.placements {
+            if key.0 != *service {
                 continue;
             }
             placed += 1;
             let state = self
                 .nodes
                 .get(node)
-                .and_then(|n| n.instances.get(instance))
+                .and_then(|n| n.instances.get(key))
                 .map(|i| i.state.as_str());
             if state == Some("healthy") {
                 healthy += 1;
@@ -335,6 +335,9 @@ mod tests {
                 .iter()
                 .map(|(instance, state)| InstanceReport {
                     instance: (*instance).to_owned(),
+                    org: "acme".to_owned(),
+                    app: "shop".to_owned(),
+                    service: instance.rsplit_once('-').map_or("", |(s, _)| s).to_owned(),
                     state: (*state).to_owned(),
                     address: "127.0.0.1".to_owned(),
                     ..Default::default()
@@ -350,6 +353,52 @@ mod tests {
             .filter(|p| p.service.2 == name)
             .map(|p| p.node)
             .collect()
+    }
+
+    #[test]
+    fn instances_of_the_same_id_in_two_orgs_keep_their_own_reports() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        fleet.report(node("a", 4, &[]), start);
+        let (acme, other) = (
+            service("web"),
+            ("other".to_owned(), "shop".to_owned(), "web".to_owned()),
+        );
+        fleet.place(
+            &BTreeMap::from([(acme.clone(), 1), (other.clone(), 1)]),
+            start,
+        );
+        let ids: Vec<String> = fleet.placements().into_iter().map(|p| p.instance).collect();
+        assert_eq!(ids, ["web-0", "web-0"]);
+        let report = |org: &str, address: &str, state: &str| InstanceReport {
+            instance: "web-0".to_owned(),
+            org: org.to_owned(),
+            app: "shop".to_owned(),
+            service: "web".to_owned(),
+            state: state.to_owned(),
+            address: address.to_owned(),
+            ..Default::default()
+        };
+        let reported = NodeReport {
+            node: "a".to_owned(),
+            capacity: 4,
+            instances: vec![
+                report("acme", "127.0.0.2", "healthy"),
+                report("other", "127.0.0.3", "starting"),
+            ],
+        };
+        fleet.report(reported, start);
+        let endpoints = fleet.endpoints("fra");
+        let of = |id: &ServiceId| {
+            let e = &endpoints[id][0];
+            (e.address.as_str(), e.health)
+        };
+        assert_eq!(of(&acme), ("127.0.0.2", EndpointHealth::Healthy));
+        assert_eq!(of(&other), ("127.0.0.3", EndpointHealth::Unhealthy));
+        assert_eq!(
+            (fleet.summary(&acme), fleet.summary(&other)),
+            ((1, 1), (1, 0))
+        );
     }
 
     #[test]

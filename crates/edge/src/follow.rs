@@ -14,7 +14,7 @@ use meridian_xds::meridian::{RegionSummary, REGION_SUMMARY};
 use meridian_xds::{run_delta_client, ClientOptions, Handler, Interest, Interests, Resources};
 use prost::Message;
 
-use crate::selection::{edge_config, Location, RegionView};
+use crate::selection::{edge_config, incumbents, Incumbents, Location, RegionView};
 
 /// First and longest wait between attempts to reach the global control plane.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
@@ -70,6 +70,7 @@ pub async fn run_edge(
         proxy,
         ready: Some(ready),
         applied: String::new(),
+        incumbents: Incumbents::new(),
     };
     run_delta_client(client, follower).await;
 }
@@ -82,6 +83,8 @@ struct Follower {
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     /// The configuration applied last, as JSON text.
     applied: String,
+    /// Who serves each domain in that configuration.
+    incumbents: Incumbents,
 }
 
 fn interests() -> Interests {
@@ -158,15 +161,17 @@ impl Handler for Follower {
             &options.listen,
             &regions,
             Some(&self.mesh),
-        )
-        .to_string();
-        if config != self.applied {
+            &self.incumbents,
+        );
+        let text = config.to_string();
+        if text != self.applied {
             self.proxy
-                .apply_text(&config)
+                .apply_text(&text)
                 .await
                 .map_err(|e| format!("the edge configuration was refused: {e}"))?;
             tracing::info!(location = %options.location.name, "edge configuration applied");
-            self.applied = config;
+            self.applied = text;
+            self.incumbents = incumbents(&config);
         }
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());

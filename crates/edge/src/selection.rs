@@ -1,9 +1,9 @@
 //! Which regions serve a host, in which order: the edge's proxy configuration from the regions,
 //! their reports and their deployments. Pure, so that the choice is tested without a network.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use meridian_model::{distance_km, RegionReport, RegionalDeployment};
+use meridian_model::{contested_domains, distance_km, RegionReport, RegionalDeployment};
 use serde_json::{json, Value};
 
 /// Where the edge is.
@@ -32,16 +32,43 @@ pub struct RegionView {
     pub deployments: Vec<RegionalDeployment>,
 }
 
+/// Who serves each domain in an edge configuration: domain → virtual host name
+/// (`<org>/<app>/<service>`).
+pub type Incumbents = HashMap<String, String>;
+
+/// The domains `config` (made by [`edge_config`]) serves, and by which service.
+pub fn incumbents(config: &Value) -> Incumbents {
+    let hosts = config["listeners"][0]["virtual_hosts"].as_array();
+    hosts
+        .into_iter()
+        .flatten()
+        .filter_map(|host| Some((host["name"].as_str()?, host["domains"].as_array()?)))
+        .flat_map(|(name, domains)| {
+            domains
+                .iter()
+                .filter_map(Value::as_str)
+                .map(move |domain| (domain.to_owned(), name.to_owned()))
+        })
+        .collect()
+}
+
 /// The edge's proxy configuration (docs/proxy-config.md) listening on `listen`: one virtual
 /// host per service with public domains and routes, to a cluster of the gateways of the regions
 /// that report healthy instances of it, nearest first (priority 0, then 1, …). Gateways are
 /// health-checked; a failed request is retried on another gateway. With `mesh` (a cluster's
 /// `mesh` section), gateways are reached over mutual TLS.
+///
+/// A domain that overlaps one of another service in any region's deployments (the regions'
+/// copies disagree for a moment: the store never accepts such claims) stays with the service
+/// that `incumbents` (see [`incumbents`]) says served it, if that one still claims it, and is
+/// served by none of them otherwise: never handed to another service than its owner
+/// (docs/definition.md, "Domains").
 pub fn edge_config(
     edge: &Location,
     listen: &str,
     regions: &[RegionView],
     mesh: Option<&Value>,
+    incumbents: &Incumbents,
 ) -> Value {
     let mut by_distance: Vec<&RegionView> = regions.iter().collect();
     by_distance.sort_by(|a, b| {
@@ -83,22 +110,28 @@ pub fn edge_config(
                 .push(gateway.clone());
         }
     }
-    let mut claimed = std::collections::HashSet::new();
+    let contested = contested_domains(
+        regions
+            .iter()
+            .flat_map(|region| &region.deployments)
+            .map(|d| ((&d.org, &d.app, &d.service), d.spec.domains.as_slice())),
+    );
     let mut virtual_hosts = Vec::new();
     let mut clusters = Vec::new();
     for ((org, app, service), (deployment, gateways)) in &services {
+        let name = format!("{org}/{app}/{service}");
         let domains: Vec<&String> = deployment
             .spec
             .domains
             .iter()
-            .filter(|d| claimed.insert((*d).clone()))
+            .filter(|d| !contested.contains(*d) || incumbents.get(*d) == Some(&name))
             .collect();
         if domains.is_empty() {
             continue;
         }
         let cluster = format!("edge/{org}/{app}/{service}");
         virtual_hosts.push(json!({
-            "name": format!("{org}/{app}/{service}"),
+            "name": name,
             "domains": domains,
             "routes": [{
                 "cluster": cluster,
@@ -137,20 +170,25 @@ mod tests {
     use meridian_model::{ServiceHealth, ServiceSpec};
 
     fn deployment(region: &str) -> RegionalDeployment {
+        serving(region, ("acme", "web"), &["shop.example.com"])
+    }
+
+    /// Service `web` of app `shop` of `org` in `region`, with public `domains`.
+    fn serving(region: &str, (org, service): (&str, &str), domains: &[&str]) -> RegionalDeployment {
         let spec: ServiceSpec = serde_json::from_value(json!({
             "scale": {"min": 1, "max": 1},
             "runtime": {"process": {"command": "x"}},
             "ports": [{"name": "http", "port": 8080}],
             "routes": [{"path_prefix": "/", "port": "http"}],
-            "domains": ["shop.example.com"],
+            "domains": domains,
             "health_checks": [],
             "mesh": {"allow": []},
         }))
         .unwrap();
         RegionalDeployment {
-            org: "acme".into(),
+            org: org.into(),
             app: "shop".into(),
-            service: "web".into(),
+            service: service.into(),
             region: region.into(),
             version: 1,
             spec,
@@ -206,7 +244,7 @@ mod tests {
             region("fra", 50.11, 8.68, 2),
             region("sin", 1.35, 103.82, 2),
         ];
-        let config = edge_config(&paris, "127.0.0.1:0", &regions, None);
+        let config = edge_config(&paris, "127.0.0.1:0", &regions, None, &Incumbents::new());
         assert_eq!(
             gateways(&config),
             [
@@ -220,12 +258,98 @@ mod tests {
             region("fra", 50.11, 8.68, 0),
             region("iad", 38.95, -77.45, 1),
         ];
-        let config = edge_config(&paris, "127.0.0.1:0", &regions, None);
+        let config = edge_config(&paris, "127.0.0.1:0", &regions, None, &Incumbents::new());
         assert_eq!(gateways(&config), [("iad.gateway:80".to_owned(), 0)]);
         assert_eq!(
             config["listeners"][0]["virtual_hosts"][0]["domains"],
             json!(["shop.example.com"])
         );
         assert_eq!(config["listeners"][0]["trust_forwarded"], "none");
+    }
+
+    /// The service each host is routed to: (domain, virtual host name).
+    fn hosts(config: &Value) -> Vec<(String, String)> {
+        let mut hosts: Vec<(String, String)> = config["listeners"][0]["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|v| {
+                let name = v["name"].as_str().unwrap().to_owned();
+                v["domains"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |d| (d.as_str().unwrap().to_owned(), name.clone()))
+            })
+            .collect();
+        hosts.sort();
+        hosts
+    }
+
+    #[test]
+    fn a_contested_domain_stays_with_the_service_that_served_it_and_never_goes_to_another() {
+        let paris = Location {
+            name: "par".into(),
+            lat: 48.86,
+            lon: 2.35,
+        };
+        let healthy = |org: &str| ServiceHealth {
+            org: org.into(),
+            app: "shop".into(),
+            service: "web".into(),
+            version: 1,
+            placed: 1,
+            healthy: 1,
+            addresses: Vec::new(),
+        };
+        // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
+        // Washington the web of an org whose name sorts first (the order that used to decide)
+        // claiming one of them, a wildcard over another, and a name of its own.
+        let mut fra = region("fra", 50.11, 8.68, 1);
+        fra.deployments = vec![serving(
+            "fra",
+            ("acme", "web"),
+            &["shop.example.com", "img.example.org", "acme.example.net"],
+        )];
+        let mut iad = region("iad", 38.95, -77.45, 1);
+        iad.deployments = vec![serving(
+            "iad",
+            ("aaa", "web"),
+            &["shop.example.com", "*.example.org", "aaa.example.net"],
+        )];
+        if let Some(report) = &mut iad.report {
+            report.services = vec![healthy("aaa")];
+        }
+        let owned = |domain: &str, by: &str| (domain.to_owned(), by.to_owned());
+        let regions = [fra, iad];
+        // On its own, Frankfurt gives acme all its domains.
+        let before = edge_config(
+            &paris,
+            "127.0.0.1:0",
+            &regions[..1],
+            None,
+            &Incumbents::new(),
+        );
+        let acme = [
+            owned("acme.example.net", "acme/shop/web"),
+            owned("img.example.org", "acme/shop/web"),
+            owned("shop.example.com", "acme/shop/web"),
+        ];
+        assert_eq!(hosts(&before), acme);
+        // Then Washington's copy arrives: acme keeps what it served, the other org gets only
+        // its own name (not the wildcard over acme's).
+        let config = edge_config(&paris, "127.0.0.1:0", &regions, None, &incumbents(&before));
+        let mut expected = acme.to_vec();
+        expected.insert(0, owned("aaa.example.net", "aaa/shop/web"));
+        assert_eq!(hosts(&config), expected);
+        // An edge that served neither (just started) gives the contested names to nobody.
+        let config = edge_config(&paris, "127.0.0.1:0", &regions, None, &Incumbents::new());
+        assert_eq!(
+            hosts(&config),
+            [
+                owned("aaa.example.net", "aaa/shop/web"),
+                owned("acme.example.net", "acme/shop/web")
+            ]
+        );
     }
 }

@@ -50,10 +50,12 @@ impl std::fmt::Debug for JoinToken {
     }
 }
 
-/// Why a string is not a join token.
+/// Why a string is not a join token: which part is wrong, and the form it must have.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("not a join token: it must look like {TOKEN_PREFIX}_<32 hex digits>_<64 hex digits>, as `meridian join-token` prints it")]
-pub struct BadJoinToken;
+#[error("not a join token: {reason}; it must look like {TOKEN_PREFIX}_<32 hex digits>_<64 hex digits>, as `meridian join-token` prints it")]
+pub struct BadJoinToken {
+    reason: &'static str,
+}
 
 impl JoinToken {
     /// A new random token for the installation whose root certificate is `bundle_pem`.
@@ -69,20 +71,31 @@ impl JoinToken {
         })
     }
 
-    /// Parses a token as printed by [`JoinToken::as_str`].
+    /// Parses a token as printed by [`JoinToken::as_str`] (surrounding whitespace ignored, hex
+    /// digits in either case); anything else is refused with the part that is wrong. Never
+    /// panics, whatever the input.
     pub fn parse(text: &str) -> Result<JoinToken, BadJoinToken> {
+        let bad = |reason| Err(BadJoinToken { reason });
         let hex_of =
             |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-        match text.trim().split('_').collect::<Vec<_>>().as_slice() {
-            [TOKEN_PREFIX, fingerprint, secret]
-                if hex_of(fingerprint, FINGERPRINT_HEX) && hex_of(secret, SECRET_HEX) =>
-            {
-                Ok(JoinToken {
-                    text: text.trim().to_ascii_lowercase(),
-                })
-            }
-            _ => Err(BadJoinToken),
+        let text = text.trim();
+        let mut parts = text.split('_');
+        if parts.next() != Some(TOKEN_PREFIX) {
+            return bad("it does not start with `mrdjoin_`");
         }
+        let (Some(fingerprint), Some(secret), None) = (parts.next(), parts.next(), parts.next())
+        else {
+            return bad("it does not have three parts separated by `_`");
+        };
+        if !hex_of(fingerprint, FINGERPRINT_HEX) {
+            return bad("the second part (the installation's fingerprint) is not 32 hex digits");
+        }
+        if !hex_of(secret, SECRET_HEX) {
+            return bad("the third part (the secret) is not 64 hex digits");
+        }
+        Ok(JoinToken {
+            text: text.to_ascii_lowercase(),
+        })
     }
 
     /// The token as the operator passes it.

@@ -7,6 +7,7 @@
 
 mod definition;
 mod derive;
+mod domains;
 mod duration;
 mod error;
 mod geo;
@@ -20,6 +21,7 @@ pub use definition::{
     RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec, TcpCheck,
 };
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};
+pub use domains::{check_domain, contested_domains, covering_wildcards, domains_overlap};
 pub use duration::HumanDuration;
 pub use error::{FieldError, ValidationErrors};
 pub use geo::distance_km;

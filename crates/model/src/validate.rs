@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::names::{check_dns_label, check_host_name, check_url_path};
+use crate::names::{check_dns_label, check_url_path};
 use crate::{Definition, EndpointInput, HealthCheck, Port, Process, RegionInput, ValidationErrors};
 
 /// Explicit size limits on a definition.
@@ -370,7 +370,7 @@ fn validate_domains(errs: &mut ValidationErrors, domains: &[String]) {
     }
     let mut seen = HashSet::new();
     for (i, domain) in domains.iter().enumerate() {
-        if let Err(reason) = check_host_name(domain) {
+        if let Err(reason) = crate::check_domain(domain) {
             errs.push(format!("domains[{i}]"), reason);
         } else if !seen.insert(domain.as_str()) {
             errs.push(

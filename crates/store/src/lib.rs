@@ -5,7 +5,8 @@
 //! [`Change`] to the feed; [`Watch`] yields the feed in order from any revision. Callers see only
 //! the trait: nothing backend-specific (SQL, SQLite types) may leak into it, so that the
 //! PostgreSQL backend can slot in later. Validation is the caller's job; the store enforces only
-//! identity and referential rules (exists, already exists, still in use).
+//! identity and referential rules (exists, already exists, still in use) and that a public
+//! domain belongs to one service across all orgs.
 
 mod sqlite;
 mod watch;
@@ -92,6 +93,16 @@ pub enum StoreError {
     /// The operation would break a reference (e.g. deleting a region still in use).
     #[error("{0}")]
     Conflict(String),
+    /// A public domain is served by another service: `index` is its place in the definition's
+    /// `domains`, `reason` says which domain and through which claim, naming the holder only
+    /// when it is of the same org.
+    #[error("domains[{index}]: {reason}")]
+    DomainTaken {
+        /// The domain's index in `domains`.
+        index: usize,
+        /// Which domain is taken, and how.
+        reason: String,
+    },
     /// The backend failed (I/O, database).
     #[error("storage failure: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -152,7 +163,10 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_app(&self, org: &str, name: &str) -> Result<()>;
 
     /// Creates or updates a service: always a new deployment version, current from now on. The
-    /// app is created if missing; the org as `missing_org` says.
+    /// app is created if missing; the org as `missing_org` says. Fails with
+    /// [`StoreError::DomainTaken`] if another service holds one of its domains or a claim that
+    /// overlaps it (equal, or a wildcard covering one or the other); the service's own claims
+    /// follow its domains, and deleting it releases them.
     async fn apply_service(
         &self,
         definition: &Definition,
@@ -168,7 +182,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_deployments(&self, key: &ServiceKey) -> Result<Vec<Deployment>>;
     /// One version of a service.
     async fn get_deployment(&self, key: &ServiceKey, version: u64) -> Result<Option<Deployment>>;
-    /// Creates a new version equal to version `to`, current from now on.
+    /// Creates a new version equal to version `to`, current from now on; its domains are claimed
+    /// as by [`Store::apply_service`].
     async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment>;
     /// The current deployments of every service that runs in `region`, ordered by key.
     async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>>;

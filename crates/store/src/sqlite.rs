@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::watch;
 
+mod domains;
 mod endpoints;
 
 use crate::{MissingOrg, NewToken, Result, ServiceFilter, ServiceKey, Store, StoreError};
@@ -292,6 +293,7 @@ async fn write_version(
     rolled_back_from: Option<u64>,
 ) -> Result<Deployment> {
     let key = ServiceKey::of(definition);
+    domains::check(conn, &key, &definition.domains).await?;
     let version = current_version(conn, &key).await?.map_or(1, |v| v + 1);
     let revision = record(
         conn,
@@ -350,6 +352,7 @@ async fn write_version(
             .execute(&mut *conn)
             .await?;
     }
+    domains::claim(conn, &key, &definition.domains, revision).await?;
     Ok(Deployment {
         version,
         revision,

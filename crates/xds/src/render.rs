@@ -262,17 +262,26 @@ fn gateway_transport_socket() -> TransportSocket {
 }
 
 /// The gateway's RouteConfiguration: one virtual host per service with public domains and
-/// routes, each path prefix (longest first) to the cluster of its port. A domain claimed by an
-/// earlier service (in `deployments` order) is not given to a later one.
-pub fn gateway_routes<'a>(deployments: impl IntoIterator<Item = &'a RegionalDeployment>) -> Any {
-    let mut claimed = std::collections::HashSet::new();
+/// routes, each path prefix (longest first) to the cluster of its port. A domain that overlaps
+/// one of another service (equal, or under its wildcard) is given to neither, whatever the
+/// order of `deployments`: the store never accepts such claims, and a copy of the data that
+/// disagrees for a moment must not send one org's domain to another org's service.
+pub fn gateway_routes<'a>(
+    deployments: impl IntoIterator<Item = &'a RegionalDeployment> + Clone,
+) -> Any {
+    let contested = meridian_model::contested_domains(
+        deployments
+            .clone()
+            .into_iter()
+            .map(|d| ((&d.org, &d.app, &d.service), d.spec.domains.as_slice())),
+    );
     let mut virtual_hosts = Vec::new();
     for deployment in deployments {
         let spec = &deployment.spec;
         let domains: Vec<String> = spec
             .domains
             .iter()
-            .filter(|d| claimed.insert(d.to_string()))
+            .filter(|d| !contested.contains(*d))
             .cloned()
             .collect();
         if domains.is_empty() || spec.routes.is_empty() {
@@ -613,5 +622,41 @@ mod tests {
             route.virtual_hosts[0].domains,
             ["api.shop.acme.internal:9090", "api.shop.acme.internal"]
         );
+    }
+
+    #[test]
+    fn the_gateway_gives_a_domain_two_services_claim_to_neither() {
+        let web = |org: &str, domains: &str| {
+            let definition = meridian_model::parse_definition_json(
+                format!(
+                    r#"{{"org": "{org}", "app": "shop", "name": "web", "regions": ["fra"],
+                    "runtime": {{"process": {{"command": "/bin/true"}}}},
+                    "ports": [{{"name": "http", "port": 8080}}],
+                    "routes": [{{"port": "http"}}], "domains": {domains}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            meridian_model::derive_regional(&definition, 1).remove(0)
+        };
+        let owner = web("acme", r#"["shop.example.com", "acme.example.net"]"#);
+        let intruder = web("aaa", r#"["*.example.com", "aaa.example.net"]"#);
+        for order in [[&owner, &intruder], [&intruder, &owner]] {
+            let routes = gateway_routes(order);
+            let routes = RouteConfiguration::decode(routes.value.as_slice()).unwrap();
+            let mut hosts: Vec<(String, String)> = routes
+                .virtual_hosts
+                .iter()
+                .flat_map(|v| v.domains.iter().map(|d| (d.clone(), v.name.clone())))
+                .collect();
+            hosts.sort();
+            assert_eq!(
+                hosts,
+                [
+                    ("aaa.example.net".to_owned(), "aaa/shop/web".to_owned()),
+                    ("acme.example.net".to_owned(), "acme/shop/web".to_owned()),
+                ]
+            );
+        }
     }
 }

@@ -161,7 +161,9 @@ fn region_status(
 /// Creates or updates a service from its definition. Each apply creates a new deployment version.
 ///
 /// An admin token may apply into any org (creating it if missing); an org token only into its
-/// own. The app is created if missing.
+/// own. The app is created if missing. A public domain belongs to one service across all orgs:
+/// if another service serves one of `domains` (or a wildcard overlapping it), the answer is 409
+/// `domain_taken` with the field (`domains[i]`) and nothing changes.
 #[utoipa::path(post, path = "/v1/services", tag = "services",
     request_body = Definition,
     responses((status = 200, description = "The new current deployment", body = Deployment), ErrorResponses))]
@@ -278,7 +280,8 @@ pub async fn deployment(
     }
 }
 
-/// Makes a new current version equal to an earlier one.
+/// Makes a new current version equal to an earlier one (409 `domain_taken` if another service
+/// has since claimed one of its domains).
 #[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/services/{service}/rollback",
     tag = "services", params(ServicePath), request_body = RollbackRequest,
     responses((status = 200, description = "The new current deployment", body = Deployment), ErrorResponses))]
