@@ -314,6 +314,38 @@ pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
 }
 
+impl ClusterConfig {
+    /// Whether `other` is this cluster with at most its endpoints changed.
+    pub fn same_but_endpoints(&self, other: &ClusterConfig) -> bool {
+        // Destructured in full, so that a new setting cannot be forgotten here.
+        let ClusterConfig {
+            name,
+            lb,
+            hash_on,
+            protocol,
+            connect_timeout,
+            outlier_detection,
+            panic_threshold,
+            circuit_breakers,
+            retry_budget,
+            health_check,
+            mesh,
+            endpoints: _,
+        } = self;
+        *name == other.name
+            && *lb == other.lb
+            && *hash_on == other.hash_on
+            && *protocol == other.protocol
+            && *connect_timeout == other.connect_timeout
+            && *outlier_detection == other.outlier_detection
+            && *panic_threshold == other.panic_threshold
+            && *circuit_breakers == other.circuit_breakers
+            && *retry_budget == other.retry_budget
+            && *health_check == other.health_check
+            && *mesh == other.mesh
+    }
+}
+
 /// Mutual TLS to a cluster's endpoints: TLS 1.3 with this proxy's certificate; an endpoint's
 /// certificate must chain to the bundle and carry the SPIFFE ID `peer`. HTTP/2 is used when the
 /// endpoint offers it (one multiplexed connection serves many requests).
@@ -677,34 +709,53 @@ fn durations(config: &ProxyConfig) -> Vec<(String, Duration)> {
         }
     }
     for (c, cluster) in config.clusters.iter().enumerate() {
-        let at = format!("clusters[{c}]");
-        all.push((format!("{at}.connect_timeout"), cluster.connect_timeout.0));
-        if let Some(check) = &cluster.health_check {
-            all.push((format!("{at}.health_check.interval"), check.interval.0));
-            all.push((format!("{at}.health_check.timeout"), check.timeout.0));
-        }
-        if let Some(o) = &cluster.outlier_detection {
-            all.push((
-                format!("{at}.outlier_detection.base_ejection_time"),
-                o.base_ejection_time.0,
-            ));
-            all.push((
-                format!("{at}.outlier_detection.max_ejection_time"),
-                o.max_ejection_time.0,
-            ));
-        }
+        cluster_durations(&mut all, &format!("clusters[{c}]"), cluster);
     }
     all
+}
+
+/// Every duration setting of `cluster`, with its field path under `at`, added to `all`.
+fn cluster_durations(all: &mut Vec<(String, Duration)>, at: &str, cluster: &ClusterConfig) {
+    all.push((format!("{at}.connect_timeout"), cluster.connect_timeout.0));
+    if let Some(check) = &cluster.health_check {
+        all.push((format!("{at}.health_check.interval"), check.interval.0));
+        all.push((format!("{at}.health_check.timeout"), check.timeout.0));
+    }
+    if let Some(o) = &cluster.outlier_detection {
+        all.push((
+            format!("{at}.outlier_detection.base_ejection_time"),
+            o.base_ejection_time.0,
+        ));
+        all.push((
+            format!("{at}.outlier_detection.max_ejection_time"),
+            o.max_ejection_time.0,
+        ));
+    }
+}
+
+fn check_longest(errs: &mut ValidationErrors, durations: Vec<(String, Duration)>) {
+    for (field, duration) in durations {
+        if duration > LONGEST {
+            errs.push(field, "must be at most 24h");
+        }
+    }
+}
+
+/// Checks one cluster on its own, with its fields under `at` (`clusters[3]`): every rule of
+/// [`validate`] that concerns the cluster alone (not whether its name is unique).
+pub fn validate_cluster_alone(at: &str, cluster: &ClusterConfig) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    let mut all = Vec::new();
+    cluster_durations(&mut all, at, cluster);
+    check_longest(&mut errs, all);
+    validate_cluster(&mut errs, at, cluster);
+    errs.into_result()
 }
 
 /// Checks every rule that parsing alone does not.
 pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
     let mut errs = ValidationErrors::default();
-    for (field, duration) in durations(config) {
-        if duration > LONGEST {
-            errs.push(field, "must be at most 24h");
-        }
-    }
+    check_longest(&mut errs, durations(config));
     let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
     if config.listeners.is_empty() {
         errs.push("listeners", "must declare at least one listener");
