@@ -143,6 +143,25 @@ pub struct RouteConfig {
     pub response_headers_remove: Vec<String>,
 }
 
+impl Default for RouteConfig {
+    /// A route with every default, matching any path, to no cluster yet.
+    fn default() -> Self {
+        RouteConfig {
+            name: None,
+            matcher: RouteMatch::default(),
+            cluster: None,
+            weighted_clusters: None,
+            prefix_rewrite: None,
+            timeout: default_route_timeout(),
+            retries: None,
+            request_headers_add: BTreeMap::new(),
+            request_headers_remove: Vec::new(),
+            response_headers_add: BTreeMap::new(),
+            response_headers_remove: Vec::new(),
+        }
+    }
+}
+
 fn default_route_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(15))
 }
@@ -184,6 +203,19 @@ pub struct RetryPolicy {
     /// up to ten times this. Defaults to `25ms`.
     #[serde(default = "default_retry_backoff")]
     pub backoff: HumanDuration,
+}
+
+impl Default for RetryPolicy {
+    /// The documented defaults.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: default_retry_attempts(),
+            on: default_retry_on(),
+            per_try_timeout: None,
+            buffer_limit: default_buffer_limit(),
+            backoff: default_retry_backoff(),
+        }
+    }
 }
 
 fn default_retry_backoff() -> HumanDuration {
@@ -315,6 +347,24 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// A cluster named `name` with every default and no endpoints.
+    pub fn empty(name: &str) -> ClusterConfig {
+        ClusterConfig {
+            name: name.to_owned(),
+            lb: LbPolicy::default(),
+            hash_on: None,
+            protocol: UpstreamProtocol::default(),
+            connect_timeout: default_connect_timeout(),
+            outlier_detection: None,
+            panic_threshold: default_panic_threshold(),
+            circuit_breakers: CircuitBreakers::default(),
+            retry_budget: RetryBudgetConfig::default(),
+            health_check: None,
+            mesh: None,
+            endpoints: Vec::new(),
+        }
+    }
+
     /// Whether `other` is this cluster with at most its endpoints changed.
     pub fn same_but_endpoints(&self, other: &ClusterConfig) -> bool {
         // Destructured in full, so that a new setting cannot be forgotten here.
@@ -386,6 +436,20 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
 }
 
+impl Default for HealthCheckConfig {
+    /// A TCP check with the documented defaults.
+    fn default() -> Self {
+        HealthCheckConfig {
+            http: None,
+            tcp: Some(TcpHealthCheck {}),
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+            healthy_threshold: default_healthy_threshold(),
+            unhealthy_threshold: default_unhealthy_threshold(),
+        }
+    }
+}
+
 /// The HTTP variant of a health check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpHealthCheck {
@@ -442,6 +506,19 @@ pub struct OutlierDetection {
     /// Most endpoints ejected at once, in percent (one is always allowed); defaults to 50.
     #[serde(default = "default_max_ejection_percent")]
     pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    /// The documented defaults.
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: default_consecutive_5xx(),
+            consecutive_gateway_errors: default_consecutive_gateway(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_time: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
 }
 
 fn default_consecutive_5xx() -> u32 {
