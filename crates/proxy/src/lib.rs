@@ -42,6 +42,7 @@ pub use config::{
 pub use forward::ERROR_HEADER;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_until, RunError, RunOptions};
+pub use xds::fixture as xds_fixture;
 pub use xds::{reapply_on_renewal, run_xds, Identity, XdsHandler, XdsOptions, DISK_COPY_EVERY};
 
 use crate::cluster::Cluster;

@@ -4,6 +4,7 @@
 //! [`DISK_COPY_EVERY`], and at shutdown), and a proxy that starts while its control plane is
 //! away serves that copy until the control plane answers.
 
+pub mod fixture;
 mod state;
 mod translate;
 
@@ -342,5 +343,70 @@ async fn write_copy(proxy: &Proxy, path: &std::path::Path) {
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e,
             "cannot keep a copy of the configuration on disk");
+    }
+}
+
+#[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use meridian_xds::{Changes, Handler, Held, CLUSTER, ENDPOINT};
+
+    use super::fixture;
+    use super::XdsHandler;
+    use crate::Proxy;
+
+    #[tokio::test]
+    async fn one_endpoint_change_translates_and_touches_one_cluster() {
+        let proxy = Arc::new(Proxy::default());
+        let mut handler = XdsHandler::new(proxy.clone(), None);
+        let mut resources = fixture::resources(50, "127.0.0.1:0".parse().unwrap());
+        handler.accept(&resources, CLUSTER).await.unwrap();
+        let before = proxy.active.lock().await.clusters.clone();
+        assert_eq!(before.len(), 50);
+
+        let name = fixture::service(7);
+        let staged = handler
+            .translation
+            .stage(&resources, ENDPOINT, std::slice::from_ref(&name), None)
+            .unwrap();
+        assert_eq!(
+            staged.cluster_names(),
+            [name.as_str()],
+            "one cluster re-translated"
+        );
+
+        let moved = Held {
+            version: "2".to_owned(),
+            resource: Arc::new(fixture::assignment(7, &[4242])),
+        };
+        resources
+            .get_mut(ENDPOINT)
+            .unwrap()
+            .insert(name.clone(), moved);
+        let changes = Changes {
+            type_url: ENDPOINT,
+            names: std::slice::from_ref(&name),
+        };
+        let interests = handler.accept_changes(&resources, &changes).await.unwrap();
+        assert!(interests.is_none(), "the subscriptions did not change");
+
+        let active = proxy.active.lock().await;
+        for (cluster, built) in &before {
+            let now = &active.clusters[cluster];
+            assert!(Arc::ptr_eq(built, now), "cluster {cluster} was rebuilt");
+            let ports: Vec<u16> = now.endpoints().iter().map(|e| e.addr.port()).collect();
+            if *cluster == name {
+                assert_eq!(ports, [4242]);
+            } else {
+                assert_ne!(ports, [4242]);
+            }
+        }
+        let config = active.config.as_ref().unwrap();
+        let in_force = &config.clusters[active.cluster_at[&name]];
+        assert_eq!(in_force.endpoints[0].address, "127.0.0.1:4242");
     }
 }

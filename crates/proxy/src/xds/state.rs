@@ -28,6 +28,15 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// The clusters translated (in tests: to see how much an update touched).
+    #[cfg(test)]
+    pub fn cluster_names(&self) -> Vec<&str> {
+        self.clusters
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
     /// Both `self` and `other` (which must not overlap).
     pub fn and(mut self, other: Staged) -> Staged {
         self.listeners.extend(other.listeners);

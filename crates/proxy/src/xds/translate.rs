@@ -150,10 +150,11 @@ pub fn listener(
                 }
             };
             // Warming: a listener whose routes have not arrived starts once they do.
+            let routes_name = rds.clone().unwrap_or_else(|| format!("{name} (inline)"));
             let config = route_config
                 .map(|routes| -> Result<ListenerConfig, String> {
                     Ok(ListenerConfig {
-                        virtual_hosts: virtual_hosts(&routes, &mut clusters)?,
+                        virtual_hosts: virtual_hosts(&routes, &routes_name, &mut clusters)?,
                         mesh,
                         ..base
                     })
@@ -209,7 +210,8 @@ pub fn cluster(
     let mut config = ClusterConfig::empty(name);
     config.lb = lb;
     if let Some(assignment) = &assignment {
-        config.endpoints = endpoints(assignment)?;
+        let source = source.as_deref().unwrap_or(name);
+        config.endpoints = endpoints(assignment, source)?;
     }
     if let Some(timeout) = duration(&cluster.connect_timeout) {
         config.connect_timeout = timeout;
@@ -488,18 +490,17 @@ fn listener_mesh(
     }))
 }
 
+/// The virtual hosts of RouteConfiguration `name`.
 fn virtual_hosts(
     config: &RouteConfiguration,
+    name: &str,
     referenced: &mut Vec<String>,
 ) -> Result<Vec<VirtualHost>, String> {
     let mut hosts = Vec::with_capacity(config.virtual_hosts.len());
     for (v, host) in config.virtual_hosts.iter().enumerate() {
         let mut routes = Vec::with_capacity(host.routes.len());
         for (r, route) in host.routes.iter().enumerate() {
-            let at = format!(
-                "RouteConfiguration `{}`: virtual_hosts[{v}].routes[{r}]",
-                config.name
-            );
+            let at = format!("RouteConfiguration `{name}`: virtual_hosts[{v}].routes[{r}]");
             routes.push(translate_route(route, &at, referenced)?);
         }
         hosts.push(VirtualHost {
@@ -752,8 +753,12 @@ fn cluster_mesh(
     }))
 }
 
-/// The usable endpoints of an assignment: healthy or of unknown health (or degraded).
-fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, String> {
+/// The usable endpoints of ClusterLoadAssignment `name`: healthy or of unknown health (or
+/// degraded).
+fn endpoints(
+    assignment: &ClusterLoadAssignment,
+    name: &str,
+) -> Result<Vec<EndpointConfig>, String> {
     let mut out = Vec::new();
     for (l, locality) in assignment.endpoints.iter().enumerate() {
         for (e, endpoint) in locality.lb_endpoints.iter().enumerate() {
@@ -764,10 +769,7 @@ fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, 
             if !usable {
                 continue;
             }
-            let at = format!(
-                "ClusterLoadAssignment `{}`: endpoints[{l}].lb_endpoints[{e}]",
-                assignment.cluster_name
-            );
+            let at = format!("ClusterLoadAssignment `{name}`: endpoints[{l}].lb_endpoints[{e}]");
             let Some(HostIdentifier::Endpoint(host)) = &endpoint.host_identifier else {
                 return Err(format!("{at}: needs an endpoint"));
             };
