@@ -377,18 +377,7 @@ async fn until_served_by(base: &str, want: &str) {
 async fn health_checks_move_traffic_to_the_next_priority_and_back() {
     let (primary, primary_ok) = switchable_upstream("primary").await;
     let (backup, _) = switchable_upstream("backup").await;
-    let text = format!(
-        r#"
-listeners:
-  - name: l
-    address: 127.0.0.1:0
-    virtual_hosts: [{{name: all, domains: ["*"], routes: [{{cluster: c}}]}}]
-clusters:
-  - name: c
-    health_check: {{http: {{path: /health}}, interval: 200ms, timeout: 200ms, unhealthy_threshold: 2}}
-    endpoints: [{{address: "{primary}"}}, {{address: "{backup}", priority: 1}}]
-"#
-    );
+    let text = failover(primary, backup, "interval: 200ms, timeout: 200ms", 1, "");
     let (proxy, base) = start(&text).await;
     for _ in 0..20 {
         let response = reqwest::get(format!("{base}/")).await.unwrap();
@@ -426,14 +415,16 @@ clusters:
     );
 }
 
-/// The health-checked configuration of `a_failing_endpoint_is_ejected_while_updates_arrive`,
-/// with the primary's weight and the other cluster's endpoints depending on `turn`.
-fn churned(primary: SocketAddr, backup: SocketAddr, turn: u32) -> String {
-    let extra = if turn.is_multiple_of(2) {
-        String::new()
-    } else {
-        format!(", {{address: \"127.0.0.1:{}\"}}", 20_000 + turn % 1000)
-    };
+/// Cluster `c` behind listener `l`: `primary` (of `weight`) at priority 0, `backup` at 1, checked
+/// on `/health` with `timing` (interval and timeout) and an unhealthy threshold of 2; then the
+/// clusters in `more` (YAML list items).
+fn failover(
+    primary: SocketAddr,
+    backup: SocketAddr,
+    timing: &str,
+    weight: u32,
+    more: &str,
+) -> String {
     format!(
         r#"
 listeners:
@@ -442,14 +433,25 @@ listeners:
     virtual_hosts: [{{name: all, domains: ["*"], routes: [{{cluster: c}}]}}]
 clusters:
   - name: c
-    health_check: {{http: {{path: /health}}, interval: 300ms, timeout: 250ms, unhealthy_threshold: 2}}
+    health_check: {{http: {{path: /health}}, {timing}, unhealthy_threshold: 2}}
     endpoints: [{{address: "{primary}", weight: {weight}}}, {{address: "{backup}", priority: 1}}]
-  - name: other
-    health_check: {{tcp: {{}}, interval: 300ms, timeout: 250ms}}
-    endpoints: [{{address: "{backup}"}}{extra}]
-"#,
-        weight = 1 + turn % 2,
+{more}"#
     )
+}
+
+/// The configuration of `a_failing_endpoint_is_ejected_while_updates_arrive`, with the
+/// primary's weight and the other cluster's endpoints depending on `turn`.
+fn churned(primary: SocketAddr, backup: SocketAddr, turn: u32) -> String {
+    let extra = if turn.is_multiple_of(2) {
+        String::new()
+    } else {
+        format!(", {{address: \"127.0.0.1:{}\"}}", 20_000 + turn % 1000)
+    };
+    let other = format!(
+        "  - name: other\n    health_check: {{tcp: {{}}, interval: 300ms, timeout: 250ms}}\n    endpoints: [{{address: \"{backup}\"}}{extra}]\n"
+    );
+    let timing = "interval: 300ms, timeout: 250ms";
+    failover(primary, backup, timing, 1 + turn % 2, &other)
 }
 
 #[tokio::test]

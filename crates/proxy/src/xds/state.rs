@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meridian_xds::{Interest, Interests, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
-use super::translate::{self, Identity, TranslatedCluster, TranslatedListener};
+use envoy_types::pb::google::protobuf::Any;
+
+use super::translate::{self, ByName, Identity, TranslatedCluster, TranslatedListener};
 use crate::config::{ClusterConfig, ProxyConfig};
 
 /// The translated resources, with who uses which RouteConfiguration and ClusterLoadAssignment.
@@ -90,34 +92,14 @@ impl Translation {
                 _ => {}
             }
         }
-        let mut staged = Staged::default();
-        let held_listeners = resources.get(LISTENER);
-        for name in listeners {
-            let translated = match held_listeners.and_then(|l| l.get(name)) {
-                Some(held) => Some(translate::listener(
-                    &held.resource,
-                    name,
-                    resources.get(ROUTE),
-                    identity,
-                )?),
-                None => None,
-            };
-            staged.listeners.push((name.to_owned(), translated));
-        }
-        let held_clusters = resources.get(CLUSTER);
-        for name in clusters {
-            let translated = match held_clusters.and_then(|c| c.get(name)) {
-                Some(held) => Some(translate::cluster(
-                    &held.resource,
-                    name,
-                    resources.get(ENDPOINT),
-                    identity,
-                )?),
-                None => None,
-            };
-            staged.clusters.push((name.to_owned(), translated));
-        }
-        Ok(staged)
+        Ok(Staged {
+            listeners: each(listeners, resources.get(LISTENER), |any, name| {
+                translate::listener(any, name, resources.get(ROUTE), identity)
+            })?,
+            clusters: each(clusters, resources.get(CLUSTER), |any, name| {
+                translate::cluster(any, name, resources.get(ENDPOINT), identity)
+            })?,
+        })
     }
 
     /// Makes `staged` current. Returns what undoes it, what to apply, and whether the
@@ -147,10 +129,7 @@ impl Translation {
         };
         for (name, new) in staged.listeners {
             let new_routes = new.as_ref().and_then(|l| l.routes.clone());
-            let old = match new {
-                Some(listener) => self.listeners.insert(name.clone(), listener),
-                None => self.listeners.remove(&name),
-            };
+            let old = put(&mut self.listeners, &name, new);
             let old_routes = old.as_ref().and_then(|l| l.routes.clone());
             swapped.interests_changed |=
                 relink(&mut self.route_users, &name, old_routes, new_routes);
@@ -163,10 +142,7 @@ impl Translation {
                 // A cluster that comes or goes changes what routes resolve to.
                 _ => swapped.whole = true,
             }
-            let old = match new {
-                Some(cluster) => self.clusters.insert(name.clone(), cluster),
-                None => self.clusters.remove(&name),
-            };
+            let old = put(&mut self.clusters, &name, new);
             let old_source = old.as_ref().and_then(|c| c.assignment.clone());
             swapped.interests_changed |=
                 relink(&mut self.assignment_users, &name, old_source, new_source);
@@ -237,6 +213,32 @@ impl Translation {
         .into_iter()
         .collect()
     }
+}
+
+/// Puts `new` under `name` (`None`: removes it); returns what was there.
+fn put<T>(map: &mut BTreeMap<String, T>, name: &str, new: Option<T>) -> Option<T> {
+    match new {
+        Some(value) => map.insert(name.to_owned(), value),
+        None => map.remove(name),
+    }
+}
+
+/// Each of `names` translated from `held` (`None`: no longer held).
+fn each<T>(
+    names: BTreeSet<&str>,
+    held: Option<&ByName>,
+    translate: impl Fn(&Any, &str) -> Result<T, String>,
+) -> Result<Vec<(String, Option<T>)>, String> {
+    names
+        .into_iter()
+        .map(|name| {
+            let translated = held
+                .and_then(|h| h.get(name))
+                .map(|h| translate(&h.resource, name))
+                .transpose()?;
+            Ok((name.to_owned(), translated))
+        })
+        .collect()
 }
 
 fn users<'a>(

@@ -131,17 +131,9 @@ pub fn listener(
             let (route_config, rds) = match manager.route_specifier {
                 Some(RouteSpecifier::RouteConfig(config)) => (Some(config), None),
                 Some(RouteSpecifier::Rds(rds)) => {
-                    let held = routes.and_then(|r| r.get(&rds.route_config_name));
-                    let config = held
-                        .map(|held| {
-                            decode::<RouteConfiguration>(
-                                &held.resource,
-                                "RouteConfiguration",
-                                &rds.route_config_name,
-                            )
-                        })
-                        .transpose()?;
-                    (config, Some(rds.route_config_name))
+                    let name = rds.route_config_name;
+                    let config = decode_held(routes, &name, "RouteConfiguration")?;
+                    (config, Some(name))
                 }
                 _ => {
                     return Err(format!(
@@ -191,12 +183,7 @@ pub fn cluster(
     };
     let (assignment, source) = if is_eds(&cluster) {
         let eds = eds_name(&cluster);
-        let held = assignments.and_then(|a| a.get(&eds));
-        let assignment = held
-            .map(|held| {
-                decode::<ClusterLoadAssignment>(&held.resource, "ClusterLoadAssignment", &eds)
-            })
-            .transpose()?;
+        let assignment = decode_held(assignments, &eds, "ClusterLoadAssignment")?;
         (assignment, Some(eds))
     } else if cluster.cluster_discovery_type
         == Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
@@ -341,6 +328,17 @@ pub fn name_indices(field: &str, list: &str, kind: &str, names: &[&str]) -> Stri
         Some(name) => format!("{kind} `{name}`: {}", rest.trim_start_matches('.')),
         None => field.to_owned(),
     }
+}
+
+/// Resource `name` of `held`, decoded, if it is held.
+fn decode_held<M: Message + Name + Default>(
+    held: Option<&ByName>,
+    name: &str,
+    kind: &str,
+) -> Result<Option<M>, String> {
+    held.and_then(|h| h.get(name))
+        .map(|h| decode(&h.resource, kind, name))
+        .transpose()
 }
 
 fn decode<M: Message + Name + Default>(any: &Any, kind: &str, name: &str) -> Result<M, String> {
