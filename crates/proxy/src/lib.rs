@@ -407,7 +407,8 @@ impl Proxy {
     /// whole), with work proportional to those clusters: their endpoints are replaced (endpoints
     /// that stay keep their state, see [`Proxy::apply`]); nothing else is touched. Returns
     /// `Ok(false)`, changing nothing, when a cluster is not in force or differs in more than its
-    /// endpoints: apply the whole configuration then.
+    /// endpoints: apply the whole configuration then. Invalid clusters are refused with their
+    /// fields named by position in `clusters` (`clusters[i].endpoints[0].weight`).
     pub async fn apply_endpoints(&self, clusters: &[ClusterConfig]) -> Result<bool, ApplyError> {
         let result = self.try_apply_endpoints(clusters).await;
         if !matches!(result, Ok(false)) {
@@ -423,14 +424,14 @@ impl Proxy {
         };
         let mut errors = ValidationErrors::default();
         let mut changes = Vec::with_capacity(clusters.len());
-        for cluster in clusters {
+        for (i, cluster) in clusters.iter().enumerate() {
             let Some(&at) = active.cluster_at.get(&cluster.name) else {
                 return Ok(false);
             };
             if !config.clusters[at].same_but_endpoints(cluster) {
                 return Ok(false);
             }
-            if let Err(e) = config::validate_cluster_alone(&format!("clusters[{at}]"), cluster) {
+            if let Err(e) = config::validate_cluster_alone(&format!("clusters[{i}]"), cluster) {
                 errors.errors.extend(e.errors);
             }
             changes.push(at);

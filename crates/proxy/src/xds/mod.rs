@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use meridian_model::ValidationErrors;
 use meridian_xds::{
     run_delta_client, Changes, ClientOptions, Handler, Interest, Interests, Resources, CLUSTER,
     LISTENER,
@@ -212,6 +213,10 @@ impl XdsHandler {
             Apply::Clusters(clusters) => match self.proxy.apply_endpoints(&clusters).await {
                 Ok(true) => Ok(true),
                 Ok(false) => self.apply_whole(self.translation.config()).await,
+                Err(ApplyError::Invalid(errors)) => {
+                    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+                    Err(named(&errors, &[], &names))
+                }
                 Err(e) => Err(e.to_string()),
             },
             Apply::Whole(config) => self.apply_whole(config).await,
@@ -248,20 +253,25 @@ impl XdsHandler {
             Err(ApplyError::Invalid(errors)) => {
                 let listeners: Vec<&str> = listeners.iter().map(String::as_str).collect();
                 let clusters: Vec<&str> = clusters.iter().map(String::as_str).collect();
-                let messages: Vec<String> = errors
-                    .errors
-                    .iter()
-                    .map(|e| {
-                        let field = name_indices(&e.field, "listeners", "Listener", &listeners);
-                        let field = name_indices(&field, "clusters", "Cluster", &clusters);
-                        format!("{field}: {}", e.message)
-                    })
-                    .collect();
-                Err(messages.join("; "))
+                Err(named(&errors, &listeners, &clusters))
             }
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// Validation errors with `listeners[i]` and `clusters[i]` turned into the resources' names.
+fn named(errors: &ValidationErrors, listeners: &[&str], clusters: &[&str]) -> String {
+    let messages: Vec<String> = errors
+        .errors
+        .iter()
+        .map(|e| {
+            let field = name_indices(&e.field, "listeners", "Listener", listeners);
+            let field = name_indices(&field, "clusters", "Cluster", clusters);
+            format!("{field}: {}", e.message)
+        })
+        .collect();
+    messages.join("; ")
 }
 
 impl Handler for XdsHandler {
@@ -353,11 +363,33 @@ mod fuzz;
 mod tests {
     use std::sync::Arc;
 
-    use meridian_xds::{Changes, Handler, Held, CLUSTER, ENDPOINT};
+    use envoy_types::pb::google::protobuf::Any;
+    use meridian_xds::{Changes, Handler, Held, Interests, Resources, CLUSTER, ENDPOINT};
 
     use super::fixture;
     use super::XdsHandler;
     use crate::Proxy;
+
+    /// Replaces ClusterLoadAssignment `name` with `assignment` and has the handler take it.
+    async fn change(
+        handler: &mut XdsHandler,
+        resources: &mut Resources,
+        name: &str,
+        assignment: Any,
+    ) -> Result<Option<Interests>, String> {
+        let held = Held {
+            version: "2".to_owned(),
+            resource: Arc::new(assignment),
+        };
+        let names = [name.to_owned()];
+        let endpoints = resources.get_mut(ENDPOINT).unwrap();
+        endpoints.insert(name.to_owned(), held);
+        let changes = Changes {
+            type_url: ENDPOINT,
+            names: &names,
+        };
+        handler.accept_changes(resources, &changes).await
+    }
 
     #[tokio::test]
     async fn one_endpoint_change_translates_and_touches_one_cluster() {
@@ -379,19 +411,9 @@ mod tests {
             "one cluster re-translated"
         );
 
-        let moved = Held {
-            version: "2".to_owned(),
-            resource: Arc::new(fixture::assignment(7, &[4242])),
-        };
-        resources
-            .get_mut(ENDPOINT)
-            .unwrap()
-            .insert(name.clone(), moved);
-        let changes = Changes {
-            type_url: ENDPOINT,
-            names: std::slice::from_ref(&name),
-        };
-        let interests = handler.accept_changes(&resources, &changes).await.unwrap();
+        let moved = fixture::assignment(7, &[4242]);
+        let interests = change(&mut handler, &mut resources, &name, moved).await;
+        let interests = interests.unwrap();
         assert!(interests.is_none(), "the subscriptions did not change");
 
         let active = proxy.active.lock().await;
@@ -408,5 +430,41 @@ mod tests {
         let config = active.config.as_ref().unwrap();
         let in_force = &config.clusters[active.cluster_at[&name]];
         assert_eq!(in_force.endpoints[0].address, "127.0.0.1:4242");
+    }
+
+    #[tokio::test]
+    async fn a_bad_endpoint_is_refused_by_name_and_changes_nothing() {
+        use envoy_types::pb::envoy::config::core::v3::address::Address;
+        use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use prost::Message;
+
+        let proxy = Arc::new(Proxy::default());
+        let mut handler = XdsHandler::new(proxy.clone(), None);
+        let mut resources = fixture::resources(5, "127.0.0.1:0".parse().unwrap());
+        handler.accept(&resources, CLUSTER).await.unwrap();
+        let before = proxy.config().await.unwrap();
+
+        let name = fixture::service(3);
+        let any = fixture::assignment(3, &[4242]);
+        let mut assignment = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+        let lb = &mut assignment.endpoints[0].lb_endpoints[0];
+        let Some(HostIdentifier::Endpoint(endpoint)) = &mut lb.host_identifier else {
+            unreachable!()
+        };
+        let Some(Address::SocketAddress(socket)) = &mut endpoint.address.as_mut().unwrap().address
+        else {
+            unreachable!()
+        };
+        socket.address = "nowhere".to_owned();
+        let bad = meridian_xds::render::pack(&assignment);
+        let refused = change(&mut handler, &mut resources, &name, bad)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.contains("Cluster `s3`: endpoints[0].address"),
+            "{refused}"
+        );
+        assert_eq!(proxy.config().await.unwrap(), before);
     }
 }

@@ -1,7 +1,7 @@
 //! From xDS resources straight to the proxy's configuration types, one resource at a time: a
 //! Listener (with its RouteConfiguration) becomes a [`ListenerConfig`], a Cluster (with its
-//! ClusterLoadAssignment) a [`ClusterConfig`], checked by the same rules as a file
-//! (`config::validate`), so that an xDS update has a file reload's guarantees.
+//! ClusterLoadAssignment) a [`ClusterConfig`], which the proxy then checks, once, by the same
+//! rules as a file (`config::validate`), so that an xDS update has a file reload's guarantees.
 //!
 //! Supported: Listeners with an address and one network filter — an HttpConnectionManager
 //! (routes inline or by RDS, router filter) or a TcpProxy; RouteConfigurations (domains; prefix,
@@ -45,10 +45,10 @@ use meridian_xds::Held;
 use prost::{Message, Name};
 
 use crate::config::{
-    validate_cluster_alone, ClusterConfig, EndpointConfig, HeaderMatch, HealthCheckConfig,
-    HttpHealthCheck, LbPolicy, ListenerConfig, ListenerProtocol, MeshConfig, OutlierDetection,
-    RetryOn, RetryPolicy, RouteConfig, RouteMatch, TcpHealthCheck, UpstreamMeshConfig,
-    UpstreamProtocol, VirtualHost, WeightedCluster,
+    ClusterConfig, EndpointConfig, HeaderMatch, HealthCheckConfig, HttpHealthCheck, LbPolicy,
+    ListenerConfig, ListenerProtocol, MeshConfig, OutlierDetection, RetryOn, RetryPolicy,
+    RouteConfig, RouteMatch, TcpHealthCheck, UpstreamMeshConfig, UpstreamProtocol, VirtualHost,
+    WeightedCluster,
 };
 
 /// Held resources of one type, by name.
@@ -68,7 +68,7 @@ pub struct TranslatedListener {
 /// A translated Cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranslatedCluster {
-    /// The cluster, validated on its own.
+    /// The cluster (not validated yet).
     pub config: ClusterConfig,
     /// The ClusterLoadAssignment it takes its endpoints from (EDS).
     pub assignment: Option<String>,
@@ -162,8 +162,8 @@ pub fn listener(
     }
 }
 
-/// Translates Cluster `name` (held as `any`), taking EDS endpoints from `assignments`, and
-/// validates it; or says what is wrong, naming the resource and the field.
+/// Translates Cluster `name` (held as `any`), taking EDS endpoints from `assignments`; or says
+/// what is wrong, naming the resource and the field. The proxy validates what it applies.
 pub fn cluster(
     any: &Any,
     name: &str,
@@ -262,14 +262,6 @@ pub fn cluster(
     if let Some(check) = cluster.health_checks.first() {
         config.health_check = Some(health_check(check, &at)?);
     }
-    validate_cluster_alone(&at, &config).map_err(|errors| {
-        let messages: Vec<String> = errors
-            .errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect();
-        messages.join("; ")
-    })?;
     Ok(TranslatedCluster {
         config,
         assignment: source,
