@@ -387,3 +387,82 @@ async fn session<H: Handler>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+
+    use super::*;
+
+    const TYPE: &str = "type.googleapis.com/test.Thing";
+
+    fn body(value: u8) -> Any {
+        Any {
+            type_url: TYPE.to_owned(),
+            value: vec![value],
+        }
+    }
+
+    fn resource(name: &str, value: u8) -> Resource {
+        Resource {
+            name: name.to_owned(),
+            version: value.to_string(),
+            resource: Some(body(value)),
+            ..Default::default()
+        }
+    }
+
+    fn contents(held: &Resources) -> Vec<(String, String, u8)> {
+        held.get(TYPE)
+            .into_iter()
+            .flatten()
+            .map(|(n, h)| (n.clone(), h.version.clone(), h.resource.value[0]))
+            .collect()
+    }
+
+    #[test]
+    fn a_response_applies_in_place_and_undoes_exactly() {
+        let mut held = Resources::new();
+        let mut first = DeltaDiscoveryResponse {
+            type_url: TYPE.to_owned(),
+            resources: vec![resource("a", 1), resource("b", 1)],
+            ..Default::default()
+        };
+        apply_delta(&mut held, &mut first).unwrap();
+        let before = contents(&held);
+        let mut second = DeltaDiscoveryResponse {
+            type_url: TYPE.to_owned(),
+            resources: vec![resource("a", 2), resource("c", 2)],
+            removed_resources: vec!["b".to_owned()],
+            ..Default::default()
+        };
+        let applied = apply_delta(&mut held, &mut second).unwrap();
+        assert_eq!(applied.names, ["a", "c", "b"]);
+        assert_eq!(
+            contents(&held),
+            [("a".into(), "2".into(), 2), ("c".into(), "2".into(), 2)]
+        );
+        applied.undo(&mut held);
+        assert_eq!(contents(&held), before);
+
+        // A malformed response changes nothing; a first response of a type undoes to nothing.
+        let mut bad = DeltaDiscoveryResponse {
+            type_url: TYPE.to_owned(),
+            resources: vec![resource("a", 3), Resource::default()],
+            ..Default::default()
+        };
+        assert!(apply_delta(&mut held, &mut bad).is_err());
+        assert_eq!(contents(&held), before);
+        let mut other = Resources::new();
+        let mut once = DeltaDiscoveryResponse {
+            type_url: TYPE.to_owned(),
+            resources: vec![resource("a", 1)],
+            ..Default::default()
+        };
+        apply_delta(&mut other, &mut once).unwrap().undo(&mut other);
+        assert!(
+            other.is_empty(),
+            "the type is not held until a response is accepted"
+        );
+    }
+}
