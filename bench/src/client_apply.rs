@@ -105,7 +105,13 @@ pub async fn report(counts: &[usize]) -> Result<()> {
     println!("client side: one endpoint change applied by a proxy with N clusters (in process)");
     println!(
         "{:>7} {:>14} {:>14} {:>12} {:>16} {:>14} {:>8}",
-        "N", "change µs p50", "change µs p99", "change CPU", "full apply µs", "full CPU µs", "ratio"
+        "N",
+        "change µs p50",
+        "change µs p99",
+        "change CPU",
+        "full apply µs",
+        "full CPU µs",
+        "ratio"
     );
     for n in counts {
         let (one, full) = measure(*n, 500, 5).await?;
