@@ -359,8 +359,19 @@ async fn nacks_restarts_and_a_missing_control_plane_keep_the_proxy_serving() {
     plane.serve().await;
     served_by(gateway, "shop.example.com", &["three"]).await;
 
-    // A new proxy that cannot reach its control plane serves the last accepted configuration.
+    // A new proxy that cannot reach its control plane serves the last accepted configuration,
+    // once the disk copy (written at most every 500 ms) has it.
     plane.stop();
+    let copy = state_dir.join("last-config.json");
+    let three = format!("127.0.0.1:{}", ports["three"]);
+    let end = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&copy).is_ok_and(|text| text.contains(&three)) {
+        assert!(
+            Instant::now() < end,
+            "the disk copy never got the last change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(proxy);
     let restarted = ProxyProcess::start(&plane.url(), &state_dir, None);
     served_by(restarted.gateway().await, "shop.example.com", &["three"]).await;

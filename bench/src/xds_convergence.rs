@@ -12,6 +12,12 @@
 //! coalescing window (`--coalesce-ms`, a regional control plane restarted with it), bursts of
 //! changes to many services at once: the time until every client has every change, the pushes
 //! and the CPU they cost — whether waiting to batch lowers the total time.
+//!
+//! First, the client side (`--client-clusters`, `--client-only` for it alone): the wall and CPU
+//! time for a proxy to apply one endpoint change with 1,000 and 10,000 clusters, next to a full
+//! apply of the same configuration.
+
+mod client_apply;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -68,6 +74,12 @@ struct Args {
     /// ports).
     #[arg(long, default_value_t = 5)]
     bursts: u32,
+    /// Cluster counts for the client-side figure (one endpoint change applied by a proxy).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    client_clusters: Vec<usize>,
+    /// Measure the client side only (no control planes).
+    #[arg(long)]
+    client_only: bool,
     /// CPU list the control planes are pinned to (empty: no pinning).
     #[arg(long, default_value = "1")]
     control_cpus: String,
@@ -592,6 +604,10 @@ fn report(args: &Args, runs: &[Run]) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    client_apply::report(&args.client_clusters).await?;
+    if args.client_only {
+        return Ok(());
+    }
     let mut platform = start_platform(&args).await?;
     println!(
         "control planes pinned to CPUs [{}]; {} services registered; clients in this process",

@@ -6,15 +6,19 @@
 //! its endpoints are healthy and spills the rest to the next level as more fail. If the levels
 //! together cover less than 100%, the shares are scaled up to 100%.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::uri::Authority;
 use http::HeaderMap;
 
-use crate::config::{ClusterConfig, HashOn, LbPolicy, OutlierDetection, UpstreamProtocol};
+use crate::config::{
+    ClusterConfig, EndpointConfig, HashOn, LbPolicy, OutlierDetection, UpstreamProtocol,
+};
 use crate::upstream::HttpClient;
 
 /// How much headroom a priority level is assumed to have (Envoy's overprovisioning factor).
@@ -33,8 +37,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `ip:port`, ready for request URIs.
     pub authority: Authority,
-    weight: u32,
     healthy: AtomicBool,
+    /// Consecutive active health-check results that disagree with `healthy` (see `health`).
+    check_streak: AtomicU32,
     in_flight: AtomicU32,
     /// Peak-EWMA latency in nanoseconds (f64 bits).
     ewma_ns: AtomicU64,
@@ -49,12 +54,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, weight: u32) -> Option<Endpoint> {
+    fn new(addr: SocketAddr) -> Option<Endpoint> {
         Some(Endpoint {
             addr,
             authority: Authority::try_from(addr.to_string()).ok()?,
-            weight,
             healthy: AtomicBool::new(true),
+            check_streak: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
             ewma_ns: AtomicU64::new(INITIAL_LATENCY_NS.to_bits()),
             stamp_ns: AtomicU64::new(0),
@@ -83,6 +88,40 @@ impl Endpoint {
     /// Marks the endpoint healthy or not (health checks and outlier detection call this).
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Records one active health-check result; after `threshold` results in a row that disagree
+    /// with its health (`unhealthy` failures, or `healthy` successes), the endpoint changes
+    /// state. Returns the new state when it changed. One checker per endpoint calls this.
+    pub fn record_check(
+        &self,
+        ok: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<bool> {
+        let healthy = self.is_healthy();
+        if ok == healthy {
+            self.check_streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.check_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if healthy {
+            unhealthy_threshold
+        } else {
+            healthy_threshold
+        };
+        if streak < needed {
+            return None;
+        }
+        self.check_streak.store(0, Ordering::Relaxed);
+        self.set_healthy(ok);
+        Some(ok)
+    }
+
+    /// Forgets active health checking: healthy, no streak (its cluster is no longer checked).
+    pub fn reset_health(&self) {
+        self.check_streak.store(0, Ordering::Relaxed);
+        self.set_healthy(true);
     }
 }
 
@@ -115,6 +154,8 @@ impl Outcome {
 /// with [`Lease::finish`].
 pub struct Lease<'c> {
     cluster: &'c Cluster,
+    /// The endpoints the pick chose among (the cluster's may have changed since).
+    members: Arc<Members>,
     index: usize,
     started: Instant,
 }
@@ -122,7 +163,7 @@ pub struct Lease<'c> {
 impl Lease<'_> {
     /// The chosen endpoint.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.cluster.endpoints[self.index]
+        &self.members.endpoints[self.index]
     }
 
     /// Records the outcome and ends the lease; see [`Lease::observe`].
@@ -155,7 +196,11 @@ impl Lease<'_> {
             e.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
         }
         match &self.cluster.outlier {
-            Some(outlier) => self.cluster.detect_outlier(e, outcome, outlier, now_ns),
+            Some(outlier) => {
+                let members = &self.members.endpoints;
+                self.cluster
+                    .detect_outlier(members, e, outcome, outlier, now_ns)
+            }
             None => false,
         }
     }
@@ -167,21 +212,79 @@ impl Drop for Lease<'_> {
     }
 }
 
+/// Interleaved weighted round robin over a level, without a schedule of `sum(weights)` entries:
+/// a cycle is `max weight` rounds, and round `r` visits the members whose weight exceeds `r`.
+/// The rounds come in a low-discrepancy order (by the fractional part of `r` × the golden
+/// ratio), so that heavy members' turns are spread over the cycle rather than bunched at its
+/// end. Memory is O(members + max weight), whatever the weights (at most 1000 each).
+#[derive(Debug)]
+struct Turns {
+    /// Positions in the level's `members`, heaviest first (configuration order among equals):
+    /// round `r` visits the first (members heavier than `r`) of these.
+    by_weight: Vec<usize>,
+    /// The rounds in the order they come, each with the visits up to its end (cumulative); the
+    /// last end is the cycle's length.
+    rounds: Vec<(u32, u64)>,
+}
+
+impl Turns {
+    fn new(weights: &[u32]) -> Option<Turns> {
+        let mut by_weight: Vec<usize> = (0..weights.len()).collect();
+        by_weight.sort_by_key(|i| std::cmp::Reverse(weights[*i]));
+        let heaviest = weights.iter().copied().max()?;
+        // Members heavier than r, for each round r: counted from the heaviest down.
+        let mut heavier = vec![0u64; heaviest as usize];
+        for w in weights {
+            if let Some(count) = heavier.get_mut((*w as usize).saturating_sub(1)) {
+                *count += 1;
+            }
+        }
+        let mut above = 0;
+        for count in heavier.iter_mut().rev() {
+            above += *count;
+            *count = above;
+        }
+        let spread = |r: u32| (f64::from(r) * 0.618_033_988_749_895).fract();
+        let mut order: Vec<u32> = (0..heaviest).collect();
+        order.sort_by(|a, b| spread(*a).total_cmp(&spread(*b)));
+        let mut end = 0;
+        let rounds = order
+            .into_iter()
+            .map(|r| {
+                end += heavier[r as usize];
+                (r, end)
+            })
+            .collect();
+        Some(Turns { by_weight, rounds })
+    }
+
+    /// The member position whose turn `ticket` is.
+    fn turn(&self, ticket: u64) -> usize {
+        let cycle = self.rounds.last().map_or(1, |(_, end)| *end).max(1);
+        let t = ticket % cycle;
+        let at = self.rounds.partition_point(|(_, end)| *end <= t);
+        let start = at
+            .checked_sub(1)
+            .map_or(0, |previous| self.rounds[previous].1);
+        self.by_weight[(t - start) as usize]
+    }
+}
+
 /// The endpoints of one priority level.
 #[derive(Debug)]
 struct Level {
-    /// Indices into `Cluster::endpoints`.
+    /// Indices into `Members::endpoints`.
     members: Vec<usize>,
     /// Cumulative weights of `members`, for weighted sampling.
     cumulative: Vec<u32>,
-    /// Smooth weighted round-robin order of `members` indices.
-    schedule: Vec<usize>,
-    next: AtomicUsize,
+    /// Round-robin turns (round-robin clusters only).
+    turns: Option<Turns>,
+    next: AtomicU64,
 }
 
 impl Level {
-    fn new(members: Vec<usize>, endpoints: &[Arc<Endpoint>]) -> Level {
-        let weights: Vec<u32> = members.iter().map(|i| endpoints[*i].weight).collect();
+    fn new(members: Vec<usize>, weights: &[u32], round_robin: bool) -> Level {
+        let weights: Vec<u32> = members.iter().map(|i| weights[*i]).collect();
         let cumulative = weights
             .iter()
             .scan(0u32, |sum, w| {
@@ -190,10 +293,10 @@ impl Level {
             })
             .collect();
         Level {
-            schedule: smooth_schedule(&weights),
+            turns: round_robin.then(|| Turns::new(&weights)).flatten(),
             members,
             cumulative,
-            next: AtomicUsize::new(0),
+            next: AtomicU64::new(0),
         }
     }
 }
@@ -203,7 +306,82 @@ enum Balancer {
     P2cEwma,
     LeastRequest,
     RoundRobin,
-    RingHash { on: HashOn, ring: Vec<(u64, usize)> },
+    RingHash { on: HashOn },
+}
+
+/// A cluster's endpoints and what is derived from them (levels, ring); replaced as a whole when
+/// the endpoints change, so that a request sees one consistent set.
+#[derive(Debug)]
+pub struct Members {
+    endpoints: Vec<Arc<Endpoint>>,
+    levels: Vec<Level>,
+    /// Every endpoint as one level, for panic mode.
+    everyone: Level,
+    /// The hash ring (`ring_hash` clusters; empty otherwise).
+    ring: Vec<(u64, usize)>,
+}
+
+impl Members {
+    /// Builds the members from validated endpoints. An endpoint whose address is in `previous`
+    /// is that same endpoint (its health, streaks, outlier state and load signals carry on,
+    /// whatever its new weight or priority); the look-up is by hash, O(n) in all.
+    fn build(
+        configs: &[EndpointConfig],
+        balancer: &Balancer,
+        previous: Option<&Members>,
+    ) -> Members {
+        let known: HashMap<SocketAddr, &Arc<Endpoint>> = previous
+            .map(|p| p.endpoints.iter().map(|e| (e.addr, e)).collect())
+            .unwrap_or_default();
+        let mut endpoints = Vec::with_capacity(configs.len());
+        let mut weights = Vec::with_capacity(configs.len());
+        let mut priority_of = Vec::with_capacity(configs.len());
+        for config in configs {
+            let Ok(addr) = config.address.parse::<SocketAddr>() else {
+                continue;
+            };
+            let endpoint = match known.get(&addr) {
+                Some(old) => Arc::clone(old),
+                None => match Endpoint::new(addr) {
+                    Some(new) => Arc::new(new),
+                    None => continue,
+                },
+            };
+            endpoints.push(endpoint);
+            weights.push(config.weight);
+            priority_of.push(config.priority);
+        }
+        let round_robin = matches!(balancer, Balancer::RoundRobin);
+        let mut priorities = priority_of.clone();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let levels = priorities
+            .iter()
+            .map(|p| {
+                let members = (0..endpoints.len())
+                    .filter(|i| priority_of[*i] == *p)
+                    .collect();
+                Level::new(members, &weights, round_robin)
+            })
+            .collect();
+        let everyone = Level::new((0..endpoints.len()).collect(), &weights, round_robin);
+        let mut ring = Vec::new();
+        if let Balancer::RingHash { .. } = balancer {
+            for (i, (e, weight)) in endpoints.iter().zip(&weights).enumerate() {
+                let addr = e.addr.to_string();
+                for point in 0..weight * RING_POINTS_PER_WEIGHT {
+                    ring.push((ring_hash(&[addr.as_bytes(), &point.to_le_bytes()]), i));
+                }
+            }
+            ring.sort_unstable();
+        }
+        Members {
+            endpoints,
+            levels,
+            everyone,
+            ring,
+        }
+    }
 }
 
 /// A cluster ready to serve: its endpoints, levels and balancer.
@@ -217,10 +395,8 @@ pub struct Cluster {
     pub client: HttpClient,
     /// Time to establish a connection to an endpoint.
     pub connect_timeout: Duration,
-    endpoints: Vec<Arc<Endpoint>>,
-    levels: Vec<Level>,
-    /// Every endpoint as one level, for panic mode.
-    everyone: Level,
+    /// The endpoints in force; swapped whole by [`Cluster::set_endpoints`].
+    members: ArcSwap<Members>,
     balancer: Balancer,
     epoch: Instant,
     outlier: Option<OutlierDetection>,
@@ -360,92 +536,31 @@ fn ring_hash(parts: &[&[u8]]) -> u64 {
     hash ^ (hash >> 33)
 }
 
-/// Smooth weighted round robin (as nginx): an order in which each member appears `weight` times,
-/// spread out.
-fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
-    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut order = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, w) in weights.iter().enumerate() {
-            current[i] += i64::from(*w);
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        order.push(best);
-    }
-    order
-}
-
 impl Cluster {
     /// Builds a cluster from validated configuration, sending through `client`. Endpoints listed
-    /// in `previous` with the same address and weight keep their health and load signals.
+    /// in `previous` at the same address are the same endpoints (see [`Members`]); its circuit
+    /// breaker and clock carry on too.
     pub fn build(
         config: &ClusterConfig,
         client: HttpClient,
         previous: Option<&Cluster>,
     ) -> Cluster {
-        // Each endpoint with its priority, so that the two stay paired whatever is skipped.
-        let (priority_of, endpoints): (Vec<u32>, Vec<Arc<Endpoint>>) = config
-            .endpoints
-            .iter()
-            .filter_map(|e| {
-                let addr: SocketAddr = e.address.parse().ok()?;
-                let reused = previous.and_then(|p| {
-                    p.endpoints
-                        .iter()
-                        .find(|old| old.addr == addr && old.weight == e.weight)
-                });
-                let endpoint = match reused {
-                    Some(old) => old.clone(),
-                    None => Arc::new(Endpoint::new(addr, e.weight)?),
-                };
-                Some((e.priority, endpoint))
-            })
-            .unzip();
-        let mut priorities = priority_of.clone();
-        priorities.sort_unstable();
-        priorities.dedup();
-        let levels = priorities
-            .iter()
-            .map(|p| {
-                let members = (0..endpoints.len())
-                    .filter(|i| priority_of[*i] == *p)
-                    .collect();
-                Level::new(members, &endpoints)
-            })
-            .collect();
-        let everyone = Level::new((0..endpoints.len()).collect(), &endpoints);
         let balancer = match config.lb {
             LbPolicy::P2cEwma => Balancer::P2cEwma,
             LbPolicy::LeastRequest => Balancer::LeastRequest,
             LbPolicy::RoundRobin => Balancer::RoundRobin,
-            LbPolicy::RingHash => {
-                let mut ring = Vec::new();
-                for (i, e) in endpoints.iter().enumerate() {
-                    let addr = e.addr.to_string();
-                    for point in 0..e.weight * RING_POINTS_PER_WEIGHT {
-                        ring.push((ring_hash(&[addr.as_bytes(), &point.to_le_bytes()]), i));
-                    }
-                }
-                ring.sort_unstable();
-                Balancer::RingHash {
-                    on: config.hash_on.clone().unwrap_or_default(),
-                    ring,
-                }
-            }
+            LbPolicy::RingHash => Balancer::RingHash {
+                on: config.hash_on.clone().unwrap_or_default(),
+            },
         };
+        let old = previous.map(|p| p.members.load_full());
+        let members = Members::build(&config.endpoints, &balancer, old.as_deref());
         Cluster {
             name: config.name.clone(),
             protocol: config.protocol,
             client,
             connect_timeout: config.connect_timeout.0,
-            endpoints,
-            levels,
-            everyone,
+            members: ArcSwap::from_pointee(members),
             balancer,
             epoch: previous.map_or_else(Instant::now, |p| p.epoch),
             outlier: config.outlier_detection.clone(),
@@ -460,6 +575,15 @@ impl Cluster {
                 floor_used: AtomicU32::new(0),
             },
         }
+    }
+
+    /// Replaces the endpoints with validated `endpoints` (the rest of the cluster unchanged):
+    /// O(endpoints), and endpoints that stay keep their state. Requests already under way finish
+    /// with the endpoints they picked from.
+    pub fn set_endpoints(&self, endpoints: &[EndpointConfig]) {
+        let old = self.members.load();
+        let members = Members::build(endpoints, &self.balancer, Some(&old));
+        self.members.store(Arc::new(members));
     }
 
     fn now_ns(&self) -> u64 {
@@ -526,6 +650,7 @@ impl Cluster {
     /// is reached, unless too many endpoints are ejected already. Returns whether it ejected.
     fn detect_outlier(
         &self,
+        members: &[Arc<Endpoint>],
         endpoint: &Endpoint,
         outcome: Outcome,
         o: &OutlierDetection,
@@ -560,12 +685,11 @@ impl Cluster {
         if endpoint.ejected_until_ns.load(Ordering::Relaxed) > now_ns {
             return false;
         }
-        let ejected = self
-            .endpoints
+        let ejected = members
             .iter()
             .filter(|e| e.ejected_until_ns.load(Ordering::Relaxed) > now_ns)
             .count();
-        let allowed = (self.endpoints.len() * o.max_ejection_percent as usize) / 100;
+        let allowed = (members.len() * o.max_ejection_percent as usize) / 100;
         if ejected > 0 && ejected + 1 > allowed {
             return false;
         }
@@ -586,39 +710,50 @@ impl Cluster {
     }
 
     /// Every endpoint, in configuration order.
-    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
-        &self.endpoints
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.members.load().endpoints.clone()
     }
 
     /// Picks an endpoint for a request with `headers`, avoiding the endpoint at `avoid` (a retry's
     /// previous one) where another is usable; `None` when no endpoint is usable.
     pub fn pick(&self, headers: &HeaderMap, avoid: Option<SocketAddr>) -> Option<Lease<'_>> {
         let now_ns = self.now_ns();
-        let panic = self.availability(now_ns) < self.panic_below;
-        let avoid = avoid.and_then(|addr| self.endpoints.iter().position(|e| e.addr == addr));
+        let members = self.members.load_full();
+        let panic = members.availability(now_ns) < self.panic_below;
+        let avoid = avoid.and_then(|addr| members.endpoints.iter().position(|e| e.addr == addr));
         let mut rules = PickRules {
             now_ns,
             panic,
             avoid,
         };
-        let index = self.pick_index(headers, &rules).or_else(|| {
-            rules.avoid = None;
-            self.pick_index(headers, &rules)
-        })?;
-        self.endpoints[index]
+        let index = members
+            .pick_index(&self.balancer, headers, &rules)
+            .or_else(|| {
+                rules.avoid = None;
+                members.pick_index(&self.balancer, headers, &rules)
+            })?;
+        members.endpoints[index]
             .in_flight
             .fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             cluster: self,
+            members,
             index,
             started: Instant::now(),
         })
     }
+}
 
-    fn pick_index(&self, headers: &HeaderMap, rules: &PickRules) -> Option<usize> {
-        match &self.balancer {
-            Balancer::RingHash { on, ring } => match hash_key(on, headers) {
-                Some(key) => self.ring_pick(ring, ring_hash(&[key]), rules),
+impl Members {
+    fn pick_index(
+        &self,
+        balancer: &Balancer,
+        headers: &HeaderMap,
+        rules: &PickRules,
+    ) -> Option<usize> {
+        match balancer {
+            Balancer::RingHash { on } => match hash_key(on, headers) {
+                Some(key) => self.ring_pick(ring_hash(&[key]), rules),
                 None => self.level_pick(false, rules),
             },
             Balancer::RoundRobin => self.round_robin(rules),
@@ -753,19 +888,27 @@ impl Cluster {
             .or_else(|| self.levels.iter().find_map(|l| self.next_in_turn(l, rules)))
     }
 
-    /// The next eligible member of `level` in its weighted round-robin schedule.
+    /// The next eligible member of `level` in its weighted round-robin turns; after a few
+    /// ineligible turns, the next eligible member in order (so that unhealthy heavy members
+    /// cost a bounded number of steps).
     fn next_in_turn(&self, level: &Level, rules: &PickRules) -> Option<usize> {
-        for _ in 0..level.schedule.len() {
-            let turn = level.next.fetch_add(1, Ordering::Relaxed) % level.schedule.len();
-            let index = level.members[level.schedule[turn]];
+        let turns = level.turns.as_ref()?;
+        let mut position = 0;
+        for _ in 0..level.members.len().min(8) {
+            position = turns.turn(level.next.fetch_add(1, Ordering::Relaxed));
+            let index = level.members[position];
             if self.eligible(index, rules) {
                 return Some(index);
             }
         }
-        None
+        let count = level.members.len();
+        (1..count)
+            .map(|step| level.members[(position + step) % count])
+            .find(|i| self.eligible(*i, rules))
     }
 
-    fn ring_pick(&self, ring: &[(u64, usize)], hash: u64, rules: &PickRules) -> Option<usize> {
+    fn ring_pick(&self, hash: u64, rules: &PickRules) -> Option<usize> {
+        let ring = &self.ring;
         let start = ring.partition_point(|(point, _)| *point < hash);
         (0..ring.len())
             .map(|step| ring[(start + step) % ring.len()].1)
@@ -821,6 +964,80 @@ mod tests {
             "  - {name: c, lb: round_robin, endpoints: [{address: \"127.0.0.1:1\", weight: 2}, {address: \"127.0.0.1:2\"}]}",
         );
         assert_eq!(picks(&c, 6, &HeaderMap::new()), [1, 2, 1, 1, 2, 1]);
+    }
+
+    #[test]
+    fn round_robin_turns_stay_small_and_follow_weights_exactly() {
+        // 1,000 endpoints of weights 1..=1000: a schedule would hold 500,500 entries.
+        let weights: Vec<u32> = (1..=1000).collect();
+        let turns = Turns::new(&weights).unwrap();
+        assert_eq!(turns.by_weight.len(), 1000);
+        assert_eq!(turns.rounds.len(), 1000);
+        let cycle = turns.rounds.last().unwrap().1;
+        assert_eq!(cycle, 500_500);
+        let mut visits = vec![0u32; weights.len()];
+        for ticket in 0..cycle {
+            visits[turns.turn(ticket)] += 1;
+        }
+        assert_eq!(
+            visits, weights,
+            "one cycle visits each member `weight` times"
+        );
+        // Spread out: over each tenth of the cycle, the heaviest member gets about a tenth of
+        // its turns.
+        let tenth = cycle / 10;
+        for part in 0..10 {
+            let window = part * tenth..(part + 1) * tenth;
+            let heaviest = window.filter(|t| turns.turn(*t) == 999).count();
+            assert!(
+                (80..=120).contains(&heaviest),
+                "{heaviest} of 100 in tenth {part}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_round_robin_clusters_have_turns() {
+        let rr = cluster(
+            "  - {name: c, lb: round_robin, endpoints: [{address: \"127.0.0.1:1\", weight: 1000}]}",
+        );
+        let p2c = cluster("  - {name: c, endpoints: [{address: \"127.0.0.1:1\", weight: 1000}]}");
+        assert!(rr.members.load().everyone.turns.is_some());
+        assert!(p2c.members.load().levels[0].turns.is_none());
+        assert!(p2c.members.load().everyone.turns.is_none());
+    }
+
+    #[test]
+    fn endpoints_that_stay_keep_their_identity_and_state() {
+        let c = cluster(
+            "  - {name: c, lb: round_robin, endpoints: [{address: \"127.0.0.1:1\"}, {address: \"127.0.0.1:2\"}]}",
+        );
+        let before = c.endpoints();
+        before[0].set_healthy(false);
+        let endpoint = |address: &str, weight: u32, priority: u32| EndpointConfig {
+            address: address.to_owned(),
+            weight,
+            priority,
+        };
+        // A new weight and priority for the first, the second gone, a third new.
+        c.set_endpoints(&[endpoint("127.0.0.1:1", 7, 1), endpoint("127.0.0.1:3", 1, 0)]);
+        let after = c.endpoints();
+        assert!(Arc::ptr_eq(&before[0], &after[0]));
+        assert!(
+            !after[0].is_healthy(),
+            "the health of an endpoint that stayed was reset"
+        );
+        assert_eq!(after[1].addr.port(), 3);
+        assert!(after[1].is_healthy(), "a new endpoint starts healthy");
+        // 10,000 endpoints re-applied: the same ones, found by hash.
+        let many: Vec<EndpointConfig> = (0..10_000)
+            .map(|i| endpoint(&format!("10.{}.{}.1:80", i / 256, i % 256), 1, 0))
+            .collect();
+        c.set_endpoints(&many);
+        let first = c.endpoints();
+        c.set_endpoints(&many);
+        let second = c.endpoints();
+        assert!(first.iter().zip(&second).all(|(a, b)| Arc::ptr_eq(a, b)));
     }
 
     #[test]
@@ -962,11 +1179,13 @@ mod tests {
         );
         let o = c.outlier.clone().unwrap();
         let second = 1_000_000_000u64;
+        let endpoints = c.endpoints();
         let eject = |index: usize, at: u64| {
-            c.detect_outlier(&c.endpoints[index], Outcome::GatewayError, &o, at * second)
+            let e = &endpoints[index];
+            c.detect_outlier(&endpoints, e, Outcome::GatewayError, &o, at * second)
         };
         let until =
-            |index: usize| c.endpoints[index].ejected_until_ns.load(Ordering::Relaxed) / second;
+            |index: usize| endpoints[index].ejected_until_ns.load(Ordering::Relaxed) / second;
         // Two of four may be out at once (50%); a third stays in.
         assert!(eject(0, 0) && eject(1, 0));
         assert!(!eject(2, 0));

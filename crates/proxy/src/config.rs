@@ -170,6 +170,25 @@ pub struct RouteConfig {
     pub response_headers_remove: Vec<String>,
 }
 
+impl Default for RouteConfig {
+    /// A route with every default, matching any path, to no cluster yet.
+    fn default() -> Self {
+        RouteConfig {
+            name: None,
+            matcher: RouteMatch::default(),
+            cluster: None,
+            weighted_clusters: None,
+            prefix_rewrite: None,
+            timeout: default_route_timeout(),
+            retries: None,
+            request_headers_add: BTreeMap::new(),
+            request_headers_remove: Vec::new(),
+            response_headers_add: BTreeMap::new(),
+            response_headers_remove: Vec::new(),
+        }
+    }
+}
+
 fn default_route_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(15))
 }
@@ -215,6 +234,19 @@ pub struct RetryPolicy {
     /// `connect_failure`, where the upstream may have acted on the request; defaults to false.
     #[serde(default)]
     pub non_idempotent: bool,
+}
+
+impl Default for RetryPolicy {
+    /// The documented defaults.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: default_retry_attempts(),
+            on: default_retry_on(),
+            per_try_timeout: None,
+            buffer_limit: default_buffer_limit(),
+            backoff: default_retry_backoff(),
+        }
+    }
 }
 
 fn default_retry_backoff() -> HumanDuration {
@@ -345,6 +377,56 @@ pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
 }
 
+impl ClusterConfig {
+    /// A cluster named `name` with every default and no endpoints.
+    pub fn empty(name: &str) -> ClusterConfig {
+        ClusterConfig {
+            name: name.to_owned(),
+            lb: LbPolicy::default(),
+            hash_on: None,
+            protocol: UpstreamProtocol::default(),
+            connect_timeout: default_connect_timeout(),
+            outlier_detection: None,
+            panic_threshold: default_panic_threshold(),
+            circuit_breakers: CircuitBreakers::default(),
+            retry_budget: RetryBudgetConfig::default(),
+            health_check: None,
+            mesh: None,
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// Whether `other` is this cluster with at most its endpoints changed.
+    pub fn same_but_endpoints(&self, other: &ClusterConfig) -> bool {
+        // Destructured in full, so that a new setting cannot be forgotten here.
+        let ClusterConfig {
+            name,
+            lb,
+            hash_on,
+            protocol,
+            connect_timeout,
+            outlier_detection,
+            panic_threshold,
+            circuit_breakers,
+            retry_budget,
+            health_check,
+            mesh,
+            endpoints: _,
+        } = self;
+        *name == other.name
+            && *lb == other.lb
+            && *hash_on == other.hash_on
+            && *protocol == other.protocol
+            && *connect_timeout == other.connect_timeout
+            && *outlier_detection == other.outlier_detection
+            && *panic_threshold == other.panic_threshold
+            && *circuit_breakers == other.circuit_breakers
+            && *retry_budget == other.retry_budget
+            && *health_check == other.health_check
+            && *mesh == other.mesh
+    }
+}
+
 /// Mutual TLS to a cluster's endpoints: TLS 1.3 with this proxy's certificate; an endpoint's
 /// certificate must chain to the bundle and carry the SPIFFE ID `peer`. HTTP/2 is used when the
 /// endpoint offers it (one multiplexed connection serves many requests).
@@ -383,6 +465,20 @@ pub struct HealthCheckConfig {
     /// Consecutive failures that make a healthy endpoint unhealthy; defaults to 3.
     #[serde(default = "default_unhealthy_threshold")]
     pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    /// A TCP check with the documented defaults.
+    fn default() -> Self {
+        HealthCheckConfig {
+            http: None,
+            tcp: Some(TcpHealthCheck {}),
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+            healthy_threshold: default_healthy_threshold(),
+            unhealthy_threshold: default_unhealthy_threshold(),
+        }
+    }
 }
 
 /// The HTTP variant of a health check.
@@ -441,6 +537,19 @@ pub struct OutlierDetection {
     /// Most endpoints ejected at once, in percent (one is always allowed); defaults to 50.
     #[serde(default = "default_max_ejection_percent")]
     pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    /// The documented defaults.
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: default_consecutive_5xx(),
+            consecutive_gateway_errors: default_consecutive_gateway(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_time: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
 }
 
 fn default_consecutive_5xx() -> u32 {
@@ -750,34 +859,53 @@ fn durations(config: &ProxyConfig) -> Vec<(String, Duration)> {
         }
     }
     for (c, cluster) in config.clusters.iter().enumerate() {
-        let at = format!("clusters[{c}]");
-        all.push((format!("{at}.connect_timeout"), cluster.connect_timeout.0));
-        if let Some(check) = &cluster.health_check {
-            all.push((format!("{at}.health_check.interval"), check.interval.0));
-            all.push((format!("{at}.health_check.timeout"), check.timeout.0));
-        }
-        if let Some(o) = &cluster.outlier_detection {
-            all.push((
-                format!("{at}.outlier_detection.base_ejection_time"),
-                o.base_ejection_time.0,
-            ));
-            all.push((
-                format!("{at}.outlier_detection.max_ejection_time"),
-                o.max_ejection_time.0,
-            ));
-        }
+        cluster_durations(&mut all, &format!("clusters[{c}]"), cluster);
     }
     all
+}
+
+/// Every duration setting of `cluster`, with its field path under `at`, added to `all`.
+fn cluster_durations(all: &mut Vec<(String, Duration)>, at: &str, cluster: &ClusterConfig) {
+    all.push((format!("{at}.connect_timeout"), cluster.connect_timeout.0));
+    if let Some(check) = &cluster.health_check {
+        all.push((format!("{at}.health_check.interval"), check.interval.0));
+        all.push((format!("{at}.health_check.timeout"), check.timeout.0));
+    }
+    if let Some(o) = &cluster.outlier_detection {
+        all.push((
+            format!("{at}.outlier_detection.base_ejection_time"),
+            o.base_ejection_time.0,
+        ));
+        all.push((
+            format!("{at}.outlier_detection.max_ejection_time"),
+            o.max_ejection_time.0,
+        ));
+    }
+}
+
+fn check_longest(errs: &mut ValidationErrors, durations: Vec<(String, Duration)>) {
+    for (field, duration) in durations {
+        if duration > LONGEST {
+            errs.push(field, "must be at most 24h");
+        }
+    }
+}
+
+/// Checks one cluster on its own, with its fields under `at` (`clusters[3]`): every rule of
+/// [`validate`] that concerns the cluster alone (not whether its name is unique).
+pub fn validate_cluster_alone(at: &str, cluster: &ClusterConfig) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    let mut all = Vec::new();
+    cluster_durations(&mut all, at, cluster);
+    check_longest(&mut errs, all);
+    validate_cluster(&mut errs, at, cluster);
+    errs.into_result()
 }
 
 /// Checks every rule that parsing alone does not.
 pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
     let mut errs = ValidationErrors::default();
-    for (field, duration) in durations(config) {
-        if duration > LONGEST {
-            errs.push(field, "must be at most 24h");
-        }
-    }
+    check_longest(&mut errs, durations(config));
     let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
     if config.listeners.is_empty() {
         errs.push("listeners", "must declare at least one listener");

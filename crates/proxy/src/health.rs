@@ -1,29 +1,57 @@
-//! Active health checking: one task per checked cluster probes every endpoint on an interval and
-//! flips its health after the configured run of successes or failures.
+//! Active health checking. Health belongs to the endpoint ([`Endpoint`]: its state and its run
+//! of results): configuration applies do not reset it. Each endpoint of a checked cluster has a
+//! probe task of its own, which runs for as long as the endpoint stays in the cluster and the
+//! cluster's check is unchanged, whatever else an apply changes; an endpoint that leaves has its
+//! task stopped, one that arrives gets one.
+//!
+//! An endpoint's first probe comes at a random point of its first interval (a new cluster's
+//! endpoints are not all probed at once), then one every interval. At most
+//! [`MAX_PROBES_IN_FLIGHT`] probes are in flight per proxy; the others wait for a slot (their
+//! timeout counts from when they start).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
 use http_body_util::Empty;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::cluster::{Cluster, Endpoint};
+use crate::cluster::Endpoint;
 use crate::config::HealthCheckConfig;
 use crate::metrics::ProxyMetrics;
 
+/// Most health-check probes in flight at once, per proxy.
+pub const MAX_PROBES_IN_FLIGHT: usize = 64;
+
 /// The client health checks send their requests with (no pooling: each probe is a fresh
 /// connection, as a new client would make).
-pub type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// A client for HTTP probes.
-pub fn probe_client() -> ProbeClient {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(HttpConnector::new())
+/// What the probe tasks of one proxy share: the HTTP client, the bound on probes in flight, and
+/// the metrics.
+#[derive(Clone)]
+pub struct Prober {
+    client: ProbeClient,
+    slots: Arc<Semaphore>,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl Prober {
+    /// A prober that counts health transitions in `metrics`.
+    pub fn new(metrics: Arc<ProxyMetrics>) -> Prober {
+        Prober {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(HttpConnector::new()),
+            slots: Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT)),
+            metrics,
+        }
+    }
 }
 
 async fn probe(client: &ProbeClient, check: &HealthCheckConfig, endpoint: &Endpoint) -> bool {
@@ -47,43 +75,90 @@ async fn probe(client: &ProbeClient, check: &HealthCheckConfig, endpoint: &Endpo
         .unwrap_or(false)
 }
 
-/// Starts checking `cluster`'s endpoints; the task ends when the handle is aborted.
-pub fn spawn(
-    cluster: Arc<Cluster>,
-    check: HealthCheckConfig,
-    client: ProbeClient,
-    metrics: Arc<ProxyMetrics>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let endpoints = cluster.endpoints().to_vec();
-        // Consecutive results in the current direction, per endpoint.
-        let mut streaks = vec![0u32; endpoints.len()];
-        let mut tick = tokio::time::interval(check.interval.0);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let probes = endpoints.iter().map(|e| probe(&client, &check, e));
-            let results = join_all(probes).await;
-            for ((endpoint, streak), ok) in endpoints.iter().zip(&mut streaks).zip(results) {
-                let healthy = endpoint.is_healthy();
-                if ok == healthy {
-                    *streak = 0;
-                    continue;
-                }
-                *streak += 1;
-                let needed = if healthy {
-                    check.unhealthy_threshold
-                } else {
-                    check.healthy_threshold
-                };
-                if *streak >= needed {
-                    *streak = 0;
-                    endpoint.set_healthy(ok);
-                    metrics.health_transition(&cluster.name, ok);
-                    tracing::info!(cluster = %cluster.name, endpoint = %endpoint.addr,
-                        healthy = ok, "endpoint health changed");
-                }
-            }
+/// A running probe task; stopped when dropped.
+struct Task {
+    endpoint: Arc<Endpoint>,
+    handle: JoinHandle<()>,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// The probe tasks of one checked cluster, one per endpoint. Dropping it stops them all.
+pub struct ClusterChecks {
+    cluster: Arc<str>,
+    check: Arc<HealthCheckConfig>,
+    tasks: HashMap<SocketAddr, Task>,
+}
+
+impl ClusterChecks {
+    /// Checks for `cluster` with `check`, probing no endpoint yet (see [`ClusterChecks::follow`]).
+    pub fn new(cluster: &str, check: HealthCheckConfig) -> ClusterChecks {
+        ClusterChecks {
+            cluster: cluster.into(),
+            check: Arc::new(check),
+            tasks: HashMap::new(),
         }
-    })
+    }
+
+    /// The check these tasks run.
+    pub fn check(&self) -> &HealthCheckConfig {
+        &self.check
+    }
+
+    /// Probes exactly `endpoints` from now on: endpoints already probed keep their task (and
+    /// their place in the schedule), new ones get a task, and the tasks of endpoints no longer
+    /// listed stop. O(endpoints).
+    pub fn follow(&mut self, endpoints: &[Arc<Endpoint>], prober: &Prober) {
+        let mut tasks = HashMap::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let task = match self.tasks.remove(&endpoint.addr) {
+                Some(task) if Arc::ptr_eq(&task.endpoint, endpoint) => task,
+                _ => Task {
+                    endpoint: endpoint.clone(),
+                    handle: tokio::spawn(run(
+                        endpoint.clone(),
+                        self.check.clone(),
+                        self.cluster.clone(),
+                        prober.clone(),
+                    )),
+                },
+            };
+            tasks.insert(endpoint.addr, task);
+        }
+        // What is left in `self.tasks` belongs to endpoints that left: dropping stops them.
+        self.tasks = tasks;
+    }
+}
+
+/// Probes `endpoint` every interval (the first time at a random point of the first one) and
+/// records each result on it.
+async fn run(
+    endpoint: Arc<Endpoint>,
+    check: Arc<HealthCheckConfig>,
+    cluster: Arc<str>,
+    prober: Prober,
+) {
+    let interval = check.interval.0;
+    let first = tokio::time::Instant::now() + interval.mul_f64(fastrand::f64());
+    let mut tick = tokio::time::interval_at(first, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ok = {
+            let Ok(_slot) = prober.slots.acquire().await else {
+                return;
+            };
+            probe(&prober.client, &check, &endpoint).await
+        };
+        let changed = endpoint.record_check(ok, check.healthy_threshold, check.unhealthy_threshold);
+        if let Some(healthy) = changed {
+            prober.metrics.health_transition(&cluster, healthy);
+            tracing::info!(%cluster, endpoint = %endpoint.addr, healthy,
+                "endpoint health changed");
+        }
+    }
 }

@@ -43,7 +43,8 @@ pub use config::{
 pub use forward::ERROR_HEADER;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_until, RunError, RunOptions};
-pub use xds::{reapply_on_renewal, run_xds, Identity, XdsOptions};
+pub use xds::fixture as xds_fixture;
+pub use xds::{reapply_on_renewal, run_xds, Identity, XdsHandler, XdsOptions, DISK_COPY_EVERY};
 
 use crate::cluster::Cluster;
 use crate::metrics::ProxyMetrics;
@@ -81,16 +82,11 @@ struct Active {
     clients: HashMap<ClientKey, UpstreamClient>,
     /// The listeners' TLS acceptors, kept across reloads while their files are unchanged.
     acceptors: tls::Acceptors,
-    /// The running health-check tasks; replaced on every apply.
-    checkers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        for checker in &self.checkers {
-            checker.abort();
-        }
-    }
+    /// The health checks of each checked cluster; an apply keeps those whose check is
+    /// unchanged (they follow the cluster's endpoints).
+    checks: HashMap<String, health::ClusterChecks>,
+    /// Where each cluster is in `config.clusters`.
+    cluster_at: HashMap<String, usize>,
 }
 
 /// The TLS acceptor of each listener (in order), reusing those in `built` whose files are
@@ -147,7 +143,7 @@ fn mesh_connectors(
 pub struct Proxy {
     shared: Arc<Shared>,
     active: tokio::sync::Mutex<Active>,
-    probes: health::ProbeClient,
+    prober: health::Prober,
     /// Metrics of the component that embeds the proxy, rendered with the proxy's own.
     extra_metrics: std::sync::Mutex<Option<MetricsSource>>,
 }
@@ -157,15 +153,16 @@ pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl Default for Proxy {
     fn default() -> Self {
+        let metrics = Arc::new(ProxyMetrics::default());
         Proxy {
             shared: Arc::new(Shared {
-                metrics: Arc::new(ProxyMetrics::default()),
+                metrics: metrics.clone(),
                 limits: ArcSwap::from_pointee(Limits::default()),
                 access_log: std::sync::atomic::AtomicBool::new(false),
                 open: Default::default(),
             }),
             active: tokio::sync::Mutex::new(Active::default()),
-            probes: health::probe_client(),
+            prober: health::Prober::new(metrics),
             extra_metrics: std::sync::Mutex::new(None),
         }
     }
@@ -191,6 +188,8 @@ impl Proxy {
         let mut clusters = HashMap::new();
         let mut clients = HashMap::new();
         let mut unchecked = Vec::new();
+        // Clusters kept as they are but for their endpoints, which change at the commit.
+        let mut new_endpoints = Vec::new();
         let connectors = mesh_connectors(&config)?;
         for (cluster, connector) in config.clusters.iter().zip(connectors) {
             let (tls, fingerprint) = connector.unzip();
@@ -205,8 +204,27 @@ impl Proxy {
                 let (open, connect_time) = self.shared.metrics.upstream(&cluster.name);
                 upstream::client(key.1, key.2, tls, limit, open, connect_time)
             });
-            let previous = active.clusters.get(&cluster.name).map(Arc::as_ref);
-            let built = Arc::new(Cluster::build(cluster, upstream.client.clone(), previous));
+            let previous = active.clusters.get(&cluster.name);
+            let in_force = active
+                .cluster_at
+                .get(&cluster.name)
+                .zip(active.config.as_ref())
+                .and_then(|(at, config)| config.clusters.get(*at));
+            let kept = match (previous, in_force) {
+                (Some(previous), Some(old))
+                    if active.clients.contains_key(&key) && old.same_but_endpoints(cluster) =>
+                {
+                    if old.endpoints != cluster.endpoints {
+                        new_endpoints.push((previous.clone(), cluster));
+                    }
+                    Some(previous.clone())
+                }
+                _ => None,
+            };
+            let built = kept.unwrap_or_else(|| {
+                let previous = previous.map(Arc::as_ref);
+                Arc::new(Cluster::build(cluster, upstream.client.clone(), previous))
+            });
             if cluster.health_check.is_none() {
                 unchecked.push(built.clone());
             }
@@ -318,9 +336,12 @@ impl Proxy {
                 (key, upstream)
             })
             .collect();
+        for (cluster, config) in new_endpoints {
+            cluster.set_endpoints(&config.endpoints);
+        }
         for cluster in unchecked {
             // Unchecked endpoints are healthy, whatever an earlier check had said.
-            cluster.endpoints().iter().for_each(|e| e.set_healthy(true));
+            cluster.endpoints().iter().for_each(|e| e.reset_health());
         }
         self.shared.limits.store(Arc::new(config.limits.clone()));
         self.shared
@@ -354,23 +375,28 @@ impl Proxy {
         // Whatever is left in `kept` is no longer configured: dropping it stops its accept loop.
         drop(kept);
         active.listeners = fresh;
-        for checker in active.checkers.drain(..) {
-            checker.abort();
+        let mut checks = std::mem::take(&mut active.checks);
+        for cluster in &config.clusters {
+            let (Some(check), Some(built)) = (&cluster.health_check, clusters.get(&cluster.name))
+            else {
+                continue;
+            };
+            let mut entry = match checks.remove(&cluster.name) {
+                Some(entry) if entry.check() == check => entry,
+                _ => health::ClusterChecks::new(&cluster.name, check.clone()),
+            };
+            entry.follow(&built.endpoints(), &self.prober);
+            active.checks.insert(cluster.name.clone(), entry);
         }
-        active.checkers = config
+        // The checks of clusters that are gone or no longer checked stop here.
+        drop(checks);
+        active.clusters = clusters;
+        active.cluster_at = config
             .clusters
             .iter()
-            .filter_map(|c| Some((c.health_check.clone()?, clusters.get(&c.name)?.clone())))
-            .map(|(check, cluster)| {
-                health::spawn(
-                    cluster,
-                    check,
-                    self.probes.clone(),
-                    self.shared.metrics.clone(),
-                )
-            })
+            .enumerate()
+            .map(|(at, c)| (c.name.clone(), at))
             .collect();
-        active.clusters = clusters;
         active.config = Some(config);
         tracing::info!(
             listeners = active.listeners.len(),
@@ -378,6 +404,58 @@ impl Proxy {
             "configuration applied"
         );
         Ok(())
+    }
+
+    /// Applies new versions of clusters in force that differ in their endpoints alone (each given
+    /// whole), with work proportional to those clusters: their endpoints are replaced (endpoints
+    /// that stay keep their state, see [`Proxy::apply`]); nothing else is touched. Returns
+    /// `Ok(false)`, changing nothing, when a cluster is not in force or differs in more than its
+    /// endpoints: apply the whole configuration then. Invalid clusters are refused with their
+    /// fields named by position in `clusters` (`clusters[i].endpoints[0].weight`).
+    pub async fn apply_endpoints(&self, clusters: &[ClusterConfig]) -> Result<bool, ApplyError> {
+        let result = self.try_apply_endpoints(clusters).await;
+        if !matches!(result, Ok(false)) {
+            self.shared.metrics.reload(result.is_ok());
+        }
+        result
+    }
+
+    async fn try_apply_endpoints(&self, clusters: &[ClusterConfig]) -> Result<bool, ApplyError> {
+        let mut active = self.active.lock().await;
+        let Some(config) = active.config.as_ref() else {
+            return Ok(false);
+        };
+        let mut errors = ValidationErrors::default();
+        let mut changes = Vec::with_capacity(clusters.len());
+        for (i, cluster) in clusters.iter().enumerate() {
+            let Some(&at) = active.cluster_at.get(&cluster.name) else {
+                return Ok(false);
+            };
+            if !config.clusters[at].same_but_endpoints(cluster) {
+                return Ok(false);
+            }
+            if let Err(e) = config::validate_cluster_alone(&format!("clusters[{i}]"), cluster) {
+                errors.errors.extend(e.errors);
+            }
+            changes.push(at);
+        }
+        errors.into_result()?;
+        // Commit: from here on nothing fails.
+        let active = &mut *active;
+        for (cluster, at) in clusters.iter().zip(changes) {
+            let Some(built) = active.clusters.get(&cluster.name) else {
+                continue;
+            };
+            built.set_endpoints(&cluster.endpoints);
+            if let Some(checks) = active.checks.get_mut(&cluster.name) {
+                checks.follow(&built.endpoints(), &self.prober);
+            }
+            if let Some(config) = active.config.as_mut() {
+                config.clusters[at] = cluster.clone();
+            }
+        }
+        tracing::debug!(clusters = clusters.len(), "endpoints applied");
+        Ok(true)
     }
 
     /// Parses `text` (YAML or JSON) and applies it; see [`Proxy::apply`].
@@ -414,9 +492,7 @@ impl Proxy {
         {
             let mut active = self.active.lock().await;
             active.listeners.clear();
-            for checker in active.checkers.drain(..) {
-                checker.abort();
-            }
+            active.checks.clear();
         }
         self.shared.open.drain(timeout).await
     }

@@ -372,18 +372,7 @@ async fn until_served_by(base: &str, want: &str) {
 async fn health_checks_move_traffic_to_the_next_priority_and_back() {
     let (primary, primary_ok) = switchable_upstream("primary").await;
     let (backup, _) = switchable_upstream("backup").await;
-    let text = format!(
-        r#"
-listeners:
-  - name: l
-    address: 127.0.0.1:0
-    virtual_hosts: [{{name: all, domains: ["*"], routes: [{{cluster: c}}]}}]
-clusters:
-  - name: c
-    health_check: {{http: {{path: /health}}, interval: 200ms, timeout: 200ms, unhealthy_threshold: 2}}
-    endpoints: [{{address: "{primary}"}}, {{address: "{backup}", priority: 1}}]
-"#
-    );
+    let text = failover(primary, backup, "interval: 200ms, timeout: 200ms", 1, "");
     let (proxy, base) = start(&text).await;
     for _ in 0..20 {
         let response = reqwest::get(format!("{base}/")).await.unwrap();
@@ -417,6 +406,95 @@ clusters:
     );
     assert!(
         metrics.contains(r#"meridian_proxy_health_transitions_total{cluster="c",to="healthy"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// Cluster `c` behind listener `l`: `primary` (of `weight`) at priority 0, `backup` at 1, checked
+/// on `/health` with `timing` (interval and timeout) and an unhealthy threshold of 2; then the
+/// clusters in `more` (YAML list items).
+fn failover(
+    primary: SocketAddr,
+    backup: SocketAddr,
+    timing: &str,
+    weight: u32,
+    more: &str,
+) -> String {
+    format!(
+        r#"
+listeners:
+  - name: l
+    address: 127.0.0.1:0
+    virtual_hosts: [{{name: all, domains: ["*"], routes: [{{cluster: c}}]}}]
+clusters:
+  - name: c
+    health_check: {{http: {{path: /health}}, {timing}, unhealthy_threshold: 2}}
+    endpoints: [{{address: "{primary}", weight: {weight}}}, {{address: "{backup}", priority: 1}}]
+{more}"#
+    )
+}
+
+/// The configuration of `a_failing_endpoint_is_ejected_while_updates_arrive`, with the
+/// primary's weight and the other cluster's endpoints depending on `turn`.
+fn churned(primary: SocketAddr, backup: SocketAddr, turn: u32) -> String {
+    let extra = if turn.is_multiple_of(2) {
+        String::new()
+    } else {
+        format!(", {{address: \"127.0.0.1:{}\"}}", 20_000 + turn % 1000)
+    };
+    let other = format!(
+        "  - name: other\n    health_check: {{tcp: {{}}, interval: 300ms, timeout: 250ms}}\n    endpoints: [{{address: \"{backup}\"}}{extra}]\n"
+    );
+    let timing = "interval: 300ms, timeout: 250ms";
+    failover(primary, backup, timing, 1 + turn % 2, &other)
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_while_updates_arrive_every_100ms() {
+    let (primary, primary_ok) = switchable_upstream("primary").await;
+    let (backup, _) = switchable_upstream("backup").await;
+    let (proxy, base) = start(&churned(primary, backup, 0)).await;
+    until_served_by(&base, "primary").await;
+    // Configuration updates every 100 ms: the checked cluster's endpoints change weight, the
+    // other cluster's come and go.
+    let churn = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            for turn in 1.. {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                proxy
+                    .apply_text(&churned(primary, backup, turn))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    primary_ok.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Within its thresholds: a first probe within one interval, two failures one interval
+    // apart, plus room for a loaded machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(3 * 300 + 3000);
+    loop {
+        let response = reqwest::get(format!("{base}/")).await.unwrap();
+        if response.headers()["x-upstream"] == "backup" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failing endpoint was not ejected while updates arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It stays out across further updates: its health belongs to it, not to one apply.
+    for _ in 0..30 {
+        let response = reqwest::get(format!("{base}/")).await.unwrap();
+        assert_eq!(response.headers()["x-upstream"], "backup", "back too early");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    churn.abort();
+    let metrics = proxy.metrics_text();
+    assert!(
+        metrics
+            .contains(r#"meridian_proxy_health_transitions_total{cluster="c",to="unhealthy"} 1"#),
         "{metrics}"
     );
 }

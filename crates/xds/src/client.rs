@@ -53,6 +53,104 @@ pub trait Handler: Send {
         resources: &Resources,
         type_url: &str,
     ) -> impl Future<Output = Result<Interests, String>> + Send;
+
+    /// [`Handler::accept`], told which resources the response changed, so that a handler can
+    /// work in proportion to the change; `Ok(None)` keeps the interests as they are. By
+    /// default, calls `accept`.
+    fn accept_changes(
+        &mut self,
+        resources: &Resources,
+        changes: &Changes<'_>,
+    ) -> impl Future<Output = Result<Option<Interests>, String>> + Send {
+        let accepted = self.accept(resources, changes.type_url);
+        async move { accepted.await.map(Some) }
+    }
+}
+
+/// What one response changed.
+#[derive(Debug, Clone, Copy)]
+pub struct Changes<'a> {
+    /// The type of the resources.
+    pub type_url: &'a str,
+    /// The names of those it added, updated or removed.
+    pub names: &'a [String],
+}
+
+/// A response applied to the held resources in place, and what undoes it.
+#[derive(Debug)]
+pub struct Applied {
+    type_url: String,
+    /// The names added, updated or removed.
+    pub names: Vec<String>,
+    /// What each name held before (`None`: nothing).
+    before: Vec<Option<Held>>,
+    /// Whether the type had not been held at all.
+    new_type: bool,
+}
+
+impl Applied {
+    /// Puts `held` back as it was before the response.
+    pub fn undo(self, held: &mut Resources) {
+        if self.new_type {
+            held.remove(&self.type_url);
+            return;
+        }
+        let Some(resources) = held.get_mut(&self.type_url) else {
+            return;
+        };
+        // In reverse, so that a name listed twice ends as it first was.
+        for (name, before) in self.names.into_iter().zip(self.before).rev() {
+            match before {
+                Some(old) => resources.insert(name, old),
+                None => resources.remove(&name),
+            };
+        }
+    }
+}
+
+/// Applies a delta response to `held` in place (its resources are moved out of `response`),
+/// with work proportional to the response; or says why it cannot be, changing nothing.
+pub fn apply_delta(
+    held: &mut Resources,
+    response: &mut DeltaDiscoveryResponse,
+) -> Result<Applied, String> {
+    for resource in &response.resources {
+        let Some(body) = &resource.resource else {
+            return Err(format!("resource `{}` has no body", resource.name));
+        };
+        if body.type_url != response.type_url {
+            return Err(format!(
+                "resource `{}` is a {}, not a {}",
+                resource.name, body.type_url, response.type_url
+            ));
+        }
+    }
+    let new_type = !held.contains_key(&response.type_url);
+    let resources = held.entry(response.type_url.clone()).or_default();
+    let count = response.resources.len() + response.removed_resources.len();
+    let mut names = Vec::with_capacity(count);
+    let mut before = Vec::with_capacity(count);
+    for resource in std::mem::take(&mut response.resources) {
+        let Some(body) = resource.resource else {
+            continue;
+        };
+        let fresh = Held {
+            version: resource.version,
+            resource: Arc::new(body),
+        };
+        before.push(resources.insert(resource.name.clone(), fresh));
+        names.push(resource.name);
+    }
+    for name in std::mem::take(&mut response.removed_resources) {
+        before.push(resources.remove(&name));
+        names.push(name);
+    }
+    Ok(Applied {
+        type_url: response.type_url.clone(),
+        names,
+        before,
+        new_type,
+    })
 }
 
 /// Where and as whom a client connects.
@@ -217,34 +315,6 @@ fn changes(old: &Interests, new: &Interests, held: &mut Resources) -> Vec<DeltaD
     requests
 }
 
-/// Applies a response to a copy of `held`.
-fn candidate(held: &Resources, response: &DeltaDiscoveryResponse) -> Result<Resources, String> {
-    let mut candidate = held.clone();
-    let resources = candidate.entry(response.type_url.clone()).or_default();
-    for resource in &response.resources {
-        let Some(body) = &resource.resource else {
-            return Err(format!("resource `{}` has no body", resource.name));
-        };
-        if body.type_url != response.type_url {
-            return Err(format!(
-                "resource `{}` is a {}, not a {}",
-                resource.name, body.type_url, response.type_url
-            ));
-        }
-        resources.insert(
-            resource.name.clone(),
-            Held {
-                version: resource.version.clone(),
-                resource: Arc::new(body.clone()),
-            },
-        );
-    }
-    for name in &response.removed_resources {
-        resources.remove(name);
-    }
-    Ok(candidate)
-}
-
 async fn session<H: Handler>(
     options: &ClientOptions,
     handler: &mut H,
@@ -270,14 +340,23 @@ async fn session<H: Handler>(
     tracing::info!(server = %options.url, resumed = held.values().map(|r| r.len()).sum::<usize>(),
         "xDS stream open");
     loop {
-        let Some(response) = responses.message().await? else {
+        let Some(mut response) = responses.message().await? else {
             return Err(SessionError::Closed);
         };
-        let verdict = match candidate(held, &response) {
-            Ok(candidate) => match handler.accept(&candidate, &response.type_url).await {
-                Ok(new_interests) => Ok((candidate, new_interests)),
-                Err(reason) => Err(reason),
-            },
+        let verdict = match apply_delta(held, &mut response) {
+            Ok(applied) => {
+                let changes = Changes {
+                    type_url: &response.type_url,
+                    names: &applied.names,
+                };
+                match handler.accept_changes(held, &changes).await {
+                    Ok(new_interests) => Ok(new_interests),
+                    Err(reason) => {
+                        applied.undo(held);
+                        Err(reason)
+                    }
+                }
+            }
             Err(reason) => Err(reason),
         };
         let mut ack = DeltaDiscoveryRequest {
@@ -286,13 +365,14 @@ async fn session<H: Handler>(
             ..Default::default()
         };
         match verdict {
-            Ok((candidate, new_interests)) => {
-                *held = candidate;
+            Ok(new_interests) => {
                 let _ = tx.send(ack);
-                for request in changes(interests, &new_interests, held) {
-                    let _ = tx.send(request);
+                if let Some(new_interests) = new_interests {
+                    for request in changes(interests, &new_interests, held) {
+                        let _ = tx.send(request);
+                    }
+                    *interests = new_interests;
                 }
-                *interests = new_interests;
             }
             Err(reason) => {
                 tracing::warn!(type_url = %response.type_url, nonce = %response.nonce, %reason,
@@ -305,5 +385,84 @@ async fn session<H: Handler>(
                 let _ = tx.send(ack);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+
+    use super::*;
+
+    const TYPE: &str = "type.googleapis.com/test.Thing";
+
+    fn body(value: u8) -> Any {
+        Any {
+            type_url: TYPE.to_owned(),
+            value: vec![value],
+        }
+    }
+
+    fn resource(name: &str, value: u8) -> Resource {
+        Resource {
+            name: name.to_owned(),
+            version: value.to_string(),
+            resource: Some(body(value)),
+            ..Default::default()
+        }
+    }
+
+    fn contents(held: &Resources) -> Vec<(String, String, u8)> {
+        held.get(TYPE)
+            .into_iter()
+            .flatten()
+            .map(|(n, h)| (n.clone(), h.version.clone(), h.resource.value[0]))
+            .collect()
+    }
+
+    #[test]
+    fn a_response_applies_in_place_and_undoes_exactly() {
+        let mut held = Resources::new();
+        let mut first = DeltaDiscoveryResponse {
+            type_url: TYPE.to_owned(),
+            resources: vec![resource("a", 1), resource("b", 1)],
+            ..Default::default()
+        };
+        apply_delta(&mut held, &mut first).unwrap();
+        let before = contents(&held);
+        let mut second = DeltaDiscoveryResponse {
+            type_url: TYPE.to_owned(),
+            resources: vec![resource("a", 2), resource("c", 2)],
+            removed_resources: vec!["b".to_owned()],
+            ..Default::default()
+        };
+        let applied = apply_delta(&mut held, &mut second).unwrap();
+        assert_eq!(applied.names, ["a", "c", "b"]);
+        assert_eq!(
+            contents(&held),
+            [("a".into(), "2".into(), 2), ("c".into(), "2".into(), 2)]
+        );
+        applied.undo(&mut held);
+        assert_eq!(contents(&held), before);
+
+        // A malformed response changes nothing; a first response of a type undoes to nothing.
+        let mut bad = DeltaDiscoveryResponse {
+            type_url: TYPE.to_owned(),
+            resources: vec![resource("a", 3), Resource::default()],
+            ..Default::default()
+        };
+        assert!(apply_delta(&mut held, &mut bad).is_err());
+        assert_eq!(contents(&held), before);
+        let mut other = Resources::new();
+        let mut once = DeltaDiscoveryResponse {
+            type_url: TYPE.to_owned(),
+            resources: vec![resource("a", 1)],
+            ..Default::default()
+        };
+        apply_delta(&mut other, &mut once).unwrap().undo(&mut other);
+        assert!(
+            other.is_empty(),
+            "the type is not held until a response is accepted"
+        );
     }
 }

@@ -24,7 +24,8 @@ mod unary;
 
 pub use cache::{Cache, Dirty, Subscriber, Update, Versioned};
 pub use client::{
-    connect, run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
+    apply_delta, connect, run_delta_client, Applied, Changes, ClientOptions, Handler, Held,
+    Interest, Interests, Resources,
 };
 pub use metrics::XdsMetrics;
 pub use node::{

@@ -1,8 +1,11 @@
 //! Running from an xDS control plane (`meridian proxy --xds URL`): a delta-ADS client whose
-//! accepted updates become whole configurations, applied like a file reload. The last accepted
-//! configuration is written to disk, and a proxy that starts while its control plane is away
-//! serves that copy until the control plane answers.
+//! accepted updates are translated resource by resource and applied with work proportional to
+//! the change ([`XdsHandler`]). The configuration in force is copied to disk (at most every
+//! [`DISK_COPY_EVERY`], and at shutdown), and a proxy that starts while its control plane is
+//! away serves that copy until the control plane answers.
 
+pub mod fixture;
+mod state;
 mod translate;
 
 use std::collections::BTreeSet;
@@ -14,19 +17,25 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use meridian_model::ValidationErrors;
 use meridian_xds::{
-    run_delta_client, ClientOptions, Handler, Interest, Interests, Resources, CLUSTER, ENDPOINT,
-    LISTENER, ROUTE,
+    run_delta_client, Changes, ClientOptions, Handler, Interest, Interests, Resources, CLUSTER,
+    LISTENER,
 };
+use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::reload::{serve_admin, serve_until, RunError};
-use crate::Proxy;
+use crate::{ApplyError, Proxy};
+use state::{Apply, Staged, Translation};
+use translate::name_indices;
 pub use translate::Identity;
-use translate::{assignment_names, route_names, translate, Translated};
 
 /// The name of the disk copy in the state directory.
 const STATE_FILE: &str = "last-config.json";
+
+/// The disk copy is written at most this often (and once more at shutdown).
+pub const DISK_COPY_EVERY: Duration = Duration::from_millis(500);
 
 /// Options of [`run_xds`].
 pub struct XdsOptions {
@@ -57,15 +66,16 @@ pub async fn run_xds(
 ) -> Result<(), RunError> {
     let proxy = Arc::new(Proxy::default());
     let state_file = options.state_dir.join(STATE_FILE);
-    let last = start_from_disk(&proxy, &state_file).await;
+    start_from_disk(&proxy, &state_file).await;
     serve_admin(&proxy, options.admin).await?;
     let node = node(&options);
-    let handler = ProxyHandler {
-        proxy: proxy.clone(),
-        state_file,
-        last,
-        identity: options.identity.as_ref().map(|(files, _)| files.clone()),
-    };
+    let identity = options.identity.as_ref().map(|(files, _)| files.clone());
+    let handler = XdsHandler::new(proxy.clone(), identity);
+    let disk = tokio::spawn(keep_on_disk(
+        proxy.clone(),
+        state_file.clone(),
+        handler.applied(),
+    ));
     if let Some((_, renewed)) = &options.identity {
         tokio::spawn(reapply_on_renewal(proxy.clone(), renewed.clone()));
     }
@@ -82,6 +92,9 @@ pub async fn run_xds(
     let client = tokio::spawn(run_delta_client(client, handler));
     let result = serve_until(&proxy, shutdown).await;
     client.abort();
+    disk.abort();
+    // The final state, whatever the last periodic write saw.
+    write_copy(&proxy, &state_file).await;
     result
 }
 
@@ -121,64 +134,147 @@ pub async fn reapply_on_renewal(proxy: Arc<Proxy>, renewed: Arc<tokio::sync::Not
     }
 }
 
-/// Applies the disk copy, if there is a good one; returns it.
-async fn start_from_disk(proxy: &Proxy, path: &std::path::Path) -> Option<ProxyConfig> {
+/// Applies the disk copy, if there is a good one.
+async fn start_from_disk(proxy: &Proxy, path: &std::path::Path) {
     let text = match tokio::fs::read_to_string(path).await {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot read the last xDS configuration");
-            return None;
+            return;
         }
     };
     let config = match crate::parse_config(&text) {
         Ok(config) => config,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring a bad copy of the last xDS configuration");
-            return None;
+            return;
         }
     };
-    match proxy.apply(config.clone()).await {
-        Ok(()) => {
-            println!("serving the last configuration accepted over xDS ({}) until the control plane answers", path.display());
-            Some(config)
-        }
+    match proxy.apply(config).await {
+        Ok(()) => println!(
+            "serving the last configuration accepted over xDS ({}) until the control plane answers",
+            path.display()
+        ),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot apply the last xDS configuration");
-            None
+            tracing::warn!(path = %path.display(), error = %e, "cannot apply the last xDS configuration")
         }
     }
 }
 
-/// Turns accepted xDS state into applied configurations.
-struct ProxyHandler {
+/// Turns accepted xDS updates into applied configurations, with work that follows the change:
+/// only the resources an update touches are translated again, and a change of clusters already
+/// in force that leaves their settings alone (new endpoints: the common case) is applied to
+/// those clusters alone.
+pub struct XdsHandler {
     proxy: Arc<Proxy>,
-    state_file: PathBuf,
-    last: Option<ProxyConfig>,
     identity: Option<Identity>,
+    translation: Translation,
+    /// Whether a whole configuration from xDS has been applied yet.
+    served: bool,
+    /// Counts applied changes (the disk copy follows it).
+    applied: watch::Sender<u64>,
 }
 
-impl ProxyHandler {
-    /// Writes the disk copy (a whole file, renamed into place).
-    async fn persist(&self, config: &ProxyConfig) {
-        let result = async {
-            if let Some(dir) = self.state_file.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
-            let text = serde_json::to_string_pretty(config).map_err(std::io::Error::other)?;
-            let partial = self.state_file.with_extension("json.partial");
-            tokio::fs::write(&partial, text).await?;
-            tokio::fs::rename(&partial, &self.state_file).await
+impl XdsHandler {
+    /// A handler that applies to `proxy`, with `identity` for clusters over mutual TLS.
+    pub fn new(proxy: Arc<Proxy>, identity: Option<Identity>) -> XdsHandler {
+        XdsHandler {
+            proxy,
+            identity,
+            translation: Translation::default(),
+            served: false,
+            applied: watch::Sender::new(0),
         }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(path = %self.state_file.display(), error = %e,
-                "cannot keep a copy of the configuration on disk");
+    }
+
+    /// Changes each time the handler applied a change to the proxy.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Commits `staged` and applies what it changes; undoes it if the proxy refuses.
+    async fn apply(
+        &mut self,
+        resources: &Resources,
+        staged: Staged,
+    ) -> Result<Option<Interests>, String> {
+        let (undo, apply, interests_changed) = self.translation.commit(staged, resources);
+        let apply = match apply {
+            Apply::Nothing | Apply::Clusters(_)
+                if !self.served && self.translation.ready(resources) =>
+            {
+                Apply::Whole(self.translation.config())
+            }
+            apply => apply,
+        };
+        let applied = match apply {
+            Apply::Nothing => Ok(false),
+            Apply::Clusters(clusters) => match self.proxy.apply_endpoints(&clusters).await {
+                Ok(true) => Ok(true),
+                Ok(false) => self.apply_whole(self.translation.config()).await,
+                Err(ApplyError::Invalid(errors)) => {
+                    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+                    Err(named(&errors, &[], &names))
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Apply::Whole(config) => self.apply_whole(config).await,
+        };
+        match applied {
+            Ok(changed) => {
+                if changed {
+                    self.applied.send_modify(|count| *count += 1);
+                }
+                Ok(interests_changed.then(|| self.translation.interests()))
+            }
+            Err(reason) => {
+                self.translation.undo(undo);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Applies a whole configuration; a refusal names the resources, not indices.
+    async fn apply_whole(&mut self, config: ProxyConfig) -> Result<bool, String> {
+        let listeners: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        let clusters: Vec<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
+        let counts = (config.listeners.len(), config.clusters.len());
+        match self.proxy.apply(config).await {
+            Ok(()) => {
+                self.served = true;
+                tracing::info!(
+                    listeners = counts.0,
+                    clusters = counts.1,
+                    "applied a whole configuration from xDS"
+                );
+                Ok(true)
+            }
+            Err(ApplyError::Invalid(errors)) => {
+                let listeners: Vec<&str> = listeners.iter().map(String::as_str).collect();
+                let clusters: Vec<&str> = clusters.iter().map(String::as_str).collect();
+                Err(named(&errors, &listeners, &clusters))
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 }
 
-impl Handler for ProxyHandler {
+/// Validation errors with `listeners[i]` and `clusters[i]` turned into the resources' names.
+fn named(errors: &ValidationErrors, listeners: &[&str], clusters: &[&str]) -> String {
+    let messages: Vec<String> = errors
+        .errors
+        .iter()
+        .map(|e| {
+            let field = name_indices(&e.field, "listeners", "Listener", listeners);
+            let field = name_indices(&field, "clusters", "Cluster", clusters);
+            format!("{field}: {}", e.message)
+        })
+        .collect();
+    messages.join("; ")
+}
+
+impl Handler for XdsHandler {
     fn initial_interests(&self) -> Interests {
         [
             (LISTENER.to_owned(), Interest::Wildcard),
@@ -188,24 +284,187 @@ impl Handler for ProxyHandler {
         .collect()
     }
 
-    async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
-        if let Translated::Config(config) = translate(resources, self.identity.as_ref())? {
-            if self.last.as_ref() != Some(&config) {
-                self.proxy
-                    .apply(config.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(%type_url, listeners = config.listeners.len(),
-                    clusters = config.clusters.len(), "applied a configuration from xDS");
-                self.persist(&config).await;
-                self.last = Some(config);
+    /// Translates every Listener and Cluster again (for callers that do not say what changed).
+    async fn accept(
+        &mut self,
+        resources: &Resources,
+        _type_url: &str,
+    ) -> Result<Interests, String> {
+        let mut staged = Staged::default();
+        for type_url in [LISTENER, CLUSTER] {
+            let mut names: BTreeSet<String> = self.translation.names(type_url).collect();
+            names.extend(
+                resources
+                    .get(type_url)
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, _)| n.clone()),
+            );
+            let names: Vec<String> = names.into_iter().collect();
+            let more =
+                self.translation
+                    .stage(resources, type_url, &names, self.identity.as_ref())?;
+            staged = staged.and(more);
+        }
+        self.apply(resources, staged).await?;
+        Ok(self.translation.interests())
+    }
+
+    async fn accept_changes(
+        &mut self,
+        resources: &Resources,
+        changes: &Changes<'_>,
+    ) -> Result<Option<Interests>, String> {
+        let staged = self.translation.stage(
+            resources,
+            changes.type_url,
+            changes.names,
+            self.identity.as_ref(),
+        )?;
+        self.apply(resources, staged).await
+    }
+}
+
+/// Keeps the disk copy of the configuration in force: written after a change that `applied`
+/// signals, at most once every [`DISK_COPY_EVERY`] (changes in between are written together).
+async fn keep_on_disk(proxy: Arc<Proxy>, path: PathBuf, mut applied: watch::Receiver<u64>) {
+    while applied.changed().await.is_ok() {
+        applied.borrow_and_update();
+        write_copy(&proxy, &path).await;
+        tokio::time::sleep(DISK_COPY_EVERY).await;
+    }
+}
+
+/// Writes the disk copy of `proxy`'s configuration (a whole file, renamed into place).
+async fn write_copy(proxy: &Proxy, path: &std::path::Path) {
+    let Some(config) = proxy.config().await else {
+        return;
+    };
+    let result = async {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let text = serde_json::to_string_pretty(&config).map_err(std::io::Error::other)?;
+        let partial = path.with_extension("json.partial");
+        tokio::fs::write(&partial, text).await?;
+        tokio::fs::rename(&partial, path).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e,
+            "cannot keep a copy of the configuration on disk");
+    }
+}
+
+#[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::google::protobuf::Any;
+    use meridian_xds::{Changes, Handler, Held, Interests, Resources, CLUSTER, ENDPOINT};
+
+    use super::fixture;
+    use super::XdsHandler;
+    use crate::Proxy;
+
+    /// Replaces ClusterLoadAssignment `name` with `assignment` and has the handler take it.
+    async fn change(
+        handler: &mut XdsHandler,
+        resources: &mut Resources,
+        name: &str,
+        assignment: Any,
+    ) -> Result<Option<Interests>, String> {
+        let held = Held {
+            version: "2".to_owned(),
+            resource: Arc::new(assignment),
+        };
+        let names = [name.to_owned()];
+        let endpoints = resources.get_mut(ENDPOINT).unwrap();
+        endpoints.insert(name.to_owned(), held);
+        let changes = Changes {
+            type_url: ENDPOINT,
+            names: &names,
+        };
+        handler.accept_changes(resources, &changes).await
+    }
+
+    #[tokio::test]
+    async fn one_endpoint_change_translates_and_touches_one_cluster() {
+        let proxy = Arc::new(Proxy::default());
+        let mut handler = XdsHandler::new(proxy.clone(), None);
+        let mut resources = fixture::resources(50, "127.0.0.1:0".parse().unwrap());
+        handler.accept(&resources, CLUSTER).await.unwrap();
+        let before = proxy.active.lock().await.clusters.clone();
+        assert_eq!(before.len(), 50);
+
+        let name = fixture::service(7);
+        let staged = handler
+            .translation
+            .stage(&resources, ENDPOINT, std::slice::from_ref(&name), None)
+            .unwrap();
+        assert_eq!(
+            staged.cluster_names(),
+            [name.as_str()],
+            "one cluster re-translated"
+        );
+
+        let moved = fixture::assignment(7, &[4242]);
+        let interests = change(&mut handler, &mut resources, &name, moved).await;
+        let interests = interests.unwrap();
+        assert!(interests.is_none(), "the subscriptions did not change");
+
+        let active = proxy.active.lock().await;
+        for (cluster, built) in &before {
+            let now = &active.clusters[cluster];
+            assert!(Arc::ptr_eq(built, now), "cluster {cluster} was rebuilt");
+            let ports: Vec<u16> = now.endpoints().iter().map(|e| e.addr.port()).collect();
+            if *cluster == name {
+                assert_eq!(ports, [4242]);
+            } else {
+                assert_ne!(ports, [4242]);
             }
         }
-        let routes: BTreeSet<String> = route_names(resources)?.into_iter().collect();
-        let assignments: BTreeSet<String> = assignment_names(resources)?.into_iter().collect();
-        let mut interests = self.initial_interests();
-        interests.insert(ROUTE.to_owned(), Interest::Names(routes));
-        interests.insert(ENDPOINT.to_owned(), Interest::Names(assignments));
-        Ok(interests)
+        let config = active.config.as_ref().unwrap();
+        let in_force = &config.clusters[active.cluster_at[&name]];
+        assert_eq!(in_force.endpoints[0].address, "127.0.0.1:4242");
+    }
+
+    #[tokio::test]
+    async fn a_bad_endpoint_is_refused_by_name_and_changes_nothing() {
+        use envoy_types::pb::envoy::config::core::v3::address::Address;
+        use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use prost::Message;
+
+        let proxy = Arc::new(Proxy::default());
+        let mut handler = XdsHandler::new(proxy.clone(), None);
+        let mut resources = fixture::resources(5, "127.0.0.1:0".parse().unwrap());
+        handler.accept(&resources, CLUSTER).await.unwrap();
+        let before = proxy.config().await.unwrap();
+
+        let name = fixture::service(3);
+        let any = fixture::assignment(3, &[4242]);
+        let mut assignment = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+        let lb = &mut assignment.endpoints[0].lb_endpoints[0];
+        let Some(HostIdentifier::Endpoint(endpoint)) = &mut lb.host_identifier else {
+            unreachable!()
+        };
+        let Some(Address::SocketAddress(socket)) = &mut endpoint.address.as_mut().unwrap().address
+        else {
+            unreachable!()
+        };
+        socket.address = "nowhere".to_owned();
+        let bad = meridian_xds::render::pack(&assignment);
+        let refused = change(&mut handler, &mut resources, &name, bad)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.contains("Cluster `s3`: endpoints[0].address"),
+            "{refused}"
+        );
+        assert_eq!(proxy.config().await.unwrap(), before);
     }
 }

@@ -1,5 +1,7 @@
-//! From xDS resources to the proxy's [`ProxyConfig`]: the same config a file gives, checked by the
-//! same validation, so that an xDS update has exactly a file reload's guarantees.
+//! From xDS resources straight to the proxy's configuration types, one resource at a time: a
+//! Listener (with its RouteConfiguration) becomes a [`ListenerConfig`], a Cluster (with its
+//! ClusterLoadAssignment) a [`ClusterConfig`], which the proxy then checks, once, by the same
+//! rules as a file (`config::validate`), so that an xDS update has a file reload's guarantees.
 //!
 //! Supported: Listeners with an address and one network filter — an HttpConnectionManager
 //! (routes inline or by RDS, router filter) or a TcpProxy; RouteConfigurations (domains; prefix,
@@ -8,11 +10,11 @@
 //! connect timeout, circuit breakers, outlier detection, panic threshold, one HTTP or TCP health
 //! check, HTTP/2 upstreams); ClusterLoadAssignments (priorities, weights; endpoints that are
 //! unhealthy, draining or timed out are left out). Anything else that changes behaviour is
-//! rejected with the resource and the field named.
+//! rejected with the resource and the field named. No input panics.
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as PbLbPolicy};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker;
@@ -37,113 +39,277 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::google::protobuf::{Any, Duration};
-use meridian_xds::{render::HTTP_PROTOCOL_OPTIONS, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use meridian_model::HumanDuration;
+use meridian_xds::render::HTTP_PROTOCOL_OPTIONS;
+use meridian_xds::Held;
 use prost::{Message, Name};
-use serde_json::{json, Map, Value};
 
-use crate::config::{parse_config, ProxyConfig};
+use crate::config::{
+    ClusterConfig, EndpointConfig, HeaderMatch, HealthCheckConfig, HttpHealthCheck, LbPolicy,
+    ListenerConfig, ListenerProtocol, MeshConfig, OutlierDetection, RetryOn, RetryPolicy,
+    RouteConfig, RouteMatch, TcpHealthCheck, UpstreamMeshConfig, UpstreamProtocol, VirtualHost,
+    WeightedCluster,
+};
 
-/// The outcome of a translation.
-pub enum Translated {
-    /// Listeners and clusters have not both arrived yet, or no listener is complete: nothing to
-    /// apply.
-    NotReady,
-    /// A whole configuration.
-    Config(ProxyConfig),
+/// Held resources of one type, by name.
+pub type ByName = BTreeMap<String, Held>;
+
+/// A translated Listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranslatedListener {
+    /// The listener; `None` while the RouteConfiguration it names has not arrived.
+    pub config: Option<ListenerConfig>,
+    /// The RouteConfiguration it takes its routes from (RDS).
+    pub routes: Option<String>,
+    /// The clusters its routes send to.
+    pub clusters: Vec<String>,
 }
 
-/// Route configurations the listeners in `resources` name (what to subscribe to).
-pub fn route_names(resources: &Resources) -> Result<Vec<String>, String> {
-    let mut names = Vec::new();
-    for (name, held) in resources.get(LISTENER).into_iter().flatten() {
-        let listener: Listener = decode(&held.resource, "Listener", name)?;
-        if let Some(Network::Http(manager)) = network_filter(&listener, name)? {
-            if let Some(RouteSpecifier::Rds(rds)) = manager.route_specifier {
-                names.push(rds.route_config_name);
+/// A translated Cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranslatedCluster {
+    /// The cluster (not validated yet).
+    pub config: ClusterConfig,
+    /// The ClusterLoadAssignment it takes its endpoints from (EDS).
+    pub assignment: Option<String>,
+}
+
+/// Translates Listener `name` (held as `any`), taking RDS routes from `routes`; or says what is
+/// wrong, naming the resource and the field.
+pub fn listener(
+    any: &Any,
+    name: &str,
+    routes: Option<&ByName>,
+    identity: Option<&Identity>,
+) -> Result<TranslatedListener, String> {
+    let listener: Listener = decode(any, "Listener", name)?;
+    let at = format!("Listener `{name}`");
+    let address = socket_address(&listener.address, &format!("{at}.address"))?;
+    let mesh = listener_mesh(&listener, &at, identity)?;
+    let mut clusters = Vec::new();
+    let base = ListenerConfig {
+        name: name.to_owned(),
+        address,
+        protocol: ListenerProtocol::Http,
+        virtual_hosts: Vec::new(),
+        cluster: None,
+        tls: None,
+        mesh: None,
+        sources: Vec::new(),
+    };
+    match network_filter(&listener, name)? {
+        Some(Network::Tcp(_)) if mesh.is_some() => {
+            Err(format!("{at}: mutual TLS is for HTTP listeners only"))
+        }
+        Some(Network::Tcp(tcp)) => {
+            let Some(TcpClusterSpecifier::Cluster(cluster)) = tcp.cluster_specifier else {
+                return Err(format!("{at}: tcp_proxy needs a cluster"));
+            };
+            clusters.push(cluster.clone());
+            let config = ListenerConfig {
+                protocol: ListenerProtocol::Tcp,
+                cluster: Some(cluster),
+                ..base
+            };
+            Ok(TranslatedListener {
+                config: Some(config),
+                routes: None,
+                clusters,
+            })
+        }
+        Some(Network::Http(manager)) => {
+            for (i, filter) in manager.http_filters.iter().enumerate() {
+                let router =
+                    filter.name == "envoy.filters.http.router" || filter.name.ends_with(".router");
+                if !router && !filter.is_optional {
+                    return Err(format!(
+                        "{at}: http_filters[{i}] `{}` is not supported (only the router)",
+                        filter.name
+                    ));
+                }
+            }
+            let (route_config, rds) = match manager.route_specifier {
+                Some(RouteSpecifier::RouteConfig(config)) => (Some(config), None),
+                Some(RouteSpecifier::Rds(rds)) => {
+                    let name = rds.route_config_name;
+                    let config = decode_held(routes, &name, "RouteConfiguration")?;
+                    (config, Some(name))
+                }
+                _ => {
+                    return Err(format!(
+                        "{at}: the http_connection_manager needs rds or route_config"
+                    ))
+                }
+            };
+            // Warming: a listener whose routes have not arrived starts once they do.
+            let routes_name = rds.clone().unwrap_or_else(|| format!("{name} (inline)"));
+            let config = route_config
+                .map(|routes| -> Result<ListenerConfig, String> {
+                    Ok(ListenerConfig {
+                        virtual_hosts: virtual_hosts(&routes, &routes_name, &mut clusters)?,
+                        mesh,
+                        ..base
+                    })
+                })
+                .transpose()?;
+            Ok(TranslatedListener {
+                config,
+                routes: rds,
+                clusters,
+            })
+        }
+        None => Err(format!("{at}.filter_chains: a network filter is required")),
+    }
+}
+
+/// Translates Cluster `name` (held as `any`), taking EDS endpoints from `assignments`; or says
+/// what is wrong, naming the resource and the field. The proxy validates what it applies.
+pub fn cluster(
+    any: &Any,
+    name: &str,
+    assignments: Option<&ByName>,
+    identity: Option<&Identity>,
+) -> Result<TranslatedCluster, String> {
+    let cluster: Cluster = decode(any, "Cluster", name)?;
+    let at = format!("Cluster `{name}`");
+    let lb = match PbLbPolicy::try_from(cluster.lb_policy) {
+        Ok(PbLbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(PbLbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        _ => {
+            return Err(format!(
+                "{at}.lb_policy: only ROUND_ROBIN and LEAST_REQUEST are supported"
+            ))
+        }
+    };
+    let (assignment, source) = if is_eds(&cluster) {
+        let eds = eds_name(&cluster);
+        let assignment = decode_held(assignments, &eds, "ClusterLoadAssignment")?;
+        (assignment, Some(eds))
+    } else if cluster.cluster_discovery_type
+        == Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
+    {
+        (cluster.load_assignment.clone(), None)
+    } else {
+        return Err(format!(
+            "{at}.type: only EDS and STATIC clusters are supported"
+        ));
+    };
+    let mut config = ClusterConfig::empty(name);
+    config.lb = lb;
+    if let Some(assignment) = &assignment {
+        let source = source.as_deref().unwrap_or(name);
+        config.endpoints = endpoints(assignment, source)?;
+    }
+    if let Some(timeout) = duration(&cluster.connect_timeout) {
+        config.connect_timeout = timeout;
+    }
+    config.mesh = cluster_mesh(&cluster, &at, identity)?;
+    if let Some(options) = cluster
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+    {
+        let options: HttpProtocolOptions = decode(options, "Cluster", name)?;
+        if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
+            options.upstream_protocol_options
+        {
+            if let Some(ProtocolConfig::Http2ProtocolOptions(_)) = explicit.protocol_config {
+                config.protocol = UpstreamProtocol::Http2;
             }
         }
     }
-    Ok(names)
-}
-
-/// Load assignments the EDS clusters in `resources` name (what to subscribe to).
-pub fn assignment_names(resources: &Resources) -> Result<Vec<String>, String> {
-    let mut names = Vec::new();
-    for (name, held) in resources.get(CLUSTER).into_iter().flatten() {
-        let cluster: Cluster = decode(&held.resource, "Cluster", name)?;
-        if is_eds(&cluster) {
-            names.push(eds_name(&cluster));
+    if let Some(thresholds) = cluster
+        .circuit_breakers
+        .as_ref()
+        .and_then(|b| b.thresholds.first())
+    {
+        let breakers = &mut config.circuit_breakers;
+        if let Some(v) = &thresholds.max_connections {
+            breakers.max_connections = v.value;
+        }
+        if let Some(v) = &thresholds.max_requests {
+            breakers.max_requests = v.value;
+        }
+        if let Some(v) = &thresholds.max_pending_requests {
+            breakers.max_pending_requests = v.value;
         }
     }
-    Ok(names)
+    if let Some(outlier) = &cluster.outlier_detection {
+        let mut detection = OutlierDetection::default();
+        if let Some(v) = &outlier.consecutive_5xx {
+            detection.consecutive_5xx = v.value;
+        }
+        if let Some(v) = &outlier.consecutive_gateway_failure {
+            detection.consecutive_gateway_errors = v.value;
+        }
+        if let Some(v) = duration(&outlier.base_ejection_time) {
+            detection.base_ejection_time = v;
+        }
+        if let Some(v) = duration(&outlier.max_ejection_time) {
+            detection.max_ejection_time = v;
+        }
+        if let Some(v) = &outlier.max_ejection_percent {
+            detection.max_ejection_percent = v.value;
+        }
+        config.outlier_detection = Some(detection);
+    }
+    if let Some(percent) = cluster
+        .common_lb_config
+        .as_ref()
+        .and_then(|c| c.healthy_panic_threshold.as_ref())
+    {
+        config.panic_threshold = percent.value.round().clamp(0.0, 100.0) as u32;
+    }
+    if let Some(check) = cluster.health_checks.first() {
+        config.health_check = Some(health_check(check, &at)?);
+    }
+    Ok(TranslatedCluster {
+        config,
+        assignment: source,
+    })
 }
 
-/// Translates everything in `resources` into one configuration, or says what is wrong (naming
-/// the resource and field). A listener whose routes have not arrived yet is left out until they
-/// do; a route to a cluster that does not exist answers 503 (the cluster is there, without
-/// endpoints).
-pub fn translate(resources: &Resources, identity: Option<&Identity>) -> Result<Translated, String> {
-    let (Some(listeners), Some(clusters)) = (resources.get(LISTENER), resources.get(CLUSTER))
-    else {
-        return Ok(Translated::NotReady);
-    };
-    let mut out_listeners = Vec::new();
-    let mut referenced = Vec::new();
-    for (name, held) in listeners {
-        let listener: Listener = decode(&held.resource, "Listener", name)?;
-        if let Some(value) =
-            translate_listener(&listener, name, resources, &mut referenced, identity)?
-        {
-            out_listeners.push(value);
+fn health_check(
+    check: &envoy_types::pb::envoy::config::core::v3::HealthCheck,
+    at: &str,
+) -> Result<HealthCheckConfig, String> {
+    let mut health = HealthCheckConfig::default();
+    match &check.health_checker {
+        Some(HealthChecker::HttpHealthCheck(http)) => {
+            let path = if http.path.is_empty() {
+                "/"
+            } else {
+                &http.path
+            };
+            health.http = Some(HttpHealthCheck {
+                path: path.to_owned(),
+            });
+            health.tcp = None;
+        }
+        Some(HealthChecker::TcpHealthCheck(_)) => health.tcp = Some(TcpHealthCheck {}),
+        _ => {
+            return Err(format!(
+                "{at}.health_checks[0]: only HTTP and TCP checks are supported"
+            ))
         }
     }
-    if out_listeners.is_empty() {
-        // Nothing to serve yet (no listener, or all still waiting for their routes).
-        return Ok(Translated::NotReady);
+    if let Some(v) = duration(&check.interval) {
+        health.interval = v;
     }
-    let mut out_clusters = BTreeMap::new();
-    for (name, held) in clusters {
-        let cluster: Cluster = decode(&held.resource, "Cluster", name)?;
-        out_clusters.insert(
-            name.clone(),
-            translate_cluster(&cluster, name, resources, identity)?,
-        );
+    if let Some(v) = duration(&check.timeout) {
+        health.timeout = v;
     }
-    for name in referenced {
-        out_clusters
-            .entry(name.clone())
-            .or_insert_with(|| json!({"name": name, "endpoints": []}));
+    if let Some(v) = &check.healthy_threshold {
+        health.healthy_threshold = v.value;
     }
-    let names: Vec<String> = out_clusters.keys().cloned().collect();
-    let config = json!({
-        "listeners": out_listeners,
-        "clusters": out_clusters.into_values().collect::<Vec<_>>(),
-    });
-    let listener_names: Vec<String> = config["listeners"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|l| l["name"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    parse_config(&config.to_string())
-        .map(Translated::Config)
-        .map_err(|errors| {
-            let messages: Vec<String> = errors
-                .errors
-                .iter()
-                .map(|e| {
-                    let field = name_indices(&e.field, "listeners", "Listener", &listener_names);
-                    let field = name_indices(&field, "clusters", "Cluster", &names);
-                    format!("{field}: {}", e.message)
-                })
-                .collect();
-            messages.join("; ")
-        })
+    if let Some(v) = &check.unhealthy_threshold {
+        health.unhealthy_threshold = v.value;
+    }
+    Ok(health)
 }
 
 /// Rewrites `listeners[2].address` as ``Listener `gw`: address`` so that a NACK names the
 /// resource, not an index into a config the server never saw.
-fn name_indices(field: &str, list: &str, kind: &str, names: &[String]) -> String {
+pub fn name_indices(field: &str, list: &str, kind: &str, names: &[&str]) -> String {
     let Some(rest) = field.strip_prefix(&format!("{list}[")) else {
         return field.to_owned();
     };
@@ -154,6 +320,17 @@ fn name_indices(field: &str, list: &str, kind: &str, names: &[String]) -> String
         Some(name) => format!("{kind} `{name}`: {}", rest.trim_start_matches('.')),
         None => field.to_owned(),
     }
+}
+
+/// Resource `name` of `held`, decoded, if it is held.
+fn decode_held<M: Message + Name + Default>(
+    held: Option<&ByName>,
+    name: &str,
+    kind: &str,
+) -> Result<Option<M>, String> {
+    held.and_then(|h| h.get(name))
+        .map(|h| decode(&h.resource, kind, name))
+        .transpose()
 }
 
 fn decode<M: Message + Name + Default>(any: &Any, kind: &str, name: &str) -> Result<M, String> {
@@ -167,13 +344,15 @@ fn decode<M: Message + Name + Default>(any: &Any, kind: &str, name: &str) -> Res
     M::decode(any.value.as_slice()).map_err(|e| format!("{kind} `{name}`: cannot decode: {e}"))
 }
 
-fn duration(value: &Option<Duration>) -> Option<String> {
+/// A protobuf duration in whole milliseconds (negative ones as zero, which validation refuses
+/// where zero is not allowed).
+fn duration(value: &Option<Duration>) -> Option<HumanDuration> {
     value.as_ref().map(|d| {
         let ms = d
             .seconds
             .saturating_mul(1000)
             .saturating_add(i64::from(d.nanos) / 1_000_000);
-        format!("{}ms", ms.max(0))
+        HumanDuration(std::time::Duration::from_millis(ms.max(0) as u64))
     })
 }
 
@@ -247,7 +426,7 @@ fn listener_mesh(
     listener: &Listener,
     at: &str,
     identity: Option<&Identity>,
-) -> Result<Option<Value>, String> {
+) -> Result<Option<MeshConfig>, String> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
     let Some(socket) = listener
@@ -292,156 +471,140 @@ fn listener_mesh(
              and a join token"
         ));
     };
-    Ok(Some(json!({
-        "cert_file": identity.cert_file,
-        "key_file": identity.key_file,
-        "bundle_file": identity.bundle_file,
-    })))
+    Ok(Some(MeshConfig {
+        cert_file: identity.cert_file.clone(),
+        key_file: identity.key_file.clone(),
+        bundle_file: identity.bundle_file.clone(),
+        org: None,
+        allow: Vec::new(),
+    }))
 }
 
-fn translate_listener(
-    listener: &Listener,
-    name: &str,
-    resources: &Resources,
-    referenced: &mut Vec<String>,
-    identity: Option<&Identity>,
-) -> Result<Option<Value>, String> {
-    let at = format!("Listener `{name}`");
-    let address = socket_address(&listener.address, &format!("{at}.address"))?;
-    let mesh = listener_mesh(listener, &at, identity)?;
-    match network_filter(listener, name)? {
-        Some(Network::Tcp(_)) if mesh.is_some() => {
-            Err(format!("{at}: mutual TLS is for HTTP listeners only"))
-        }
-        Some(Network::Tcp(tcp)) => {
-            let Some(TcpClusterSpecifier::Cluster(cluster)) = tcp.cluster_specifier else {
-                return Err(format!("{at}: tcp_proxy needs a cluster"));
-            };
-            referenced.push(cluster.clone());
-            Ok(Some(
-                json!({"name": name, "address": address, "protocol": "tcp", "cluster": cluster}),
-            ))
-        }
-        Some(Network::Http(manager)) => {
-            for (i, filter) in manager.http_filters.iter().enumerate() {
-                let router =
-                    filter.name == "envoy.filters.http.router" || filter.name.ends_with(".router");
-                if !router && !filter.is_optional {
-                    return Err(format!(
-                        "{at}: http_filters[{i}] `{}` is not supported (only the router)",
-                        filter.name
-                    ));
-                }
-            }
-            let routes = match manager.route_specifier {
-                Some(RouteSpecifier::RouteConfig(config)) => config,
-                Some(RouteSpecifier::Rds(rds)) => {
-                    let Some(held) = resources
-                        .get(ROUTE)
-                        .and_then(|r| r.get(&rds.route_config_name))
-                    else {
-                        // Warming: the listener starts once its routes arrive.
-                        return Ok(None);
-                    };
-                    decode(&held.resource, "RouteConfiguration", &rds.route_config_name)?
-                }
-                _ => {
-                    return Err(format!(
-                        "{at}: the http_connection_manager needs rds or route_config"
-                    ))
-                }
-            };
-            let virtual_hosts = translate_routes(&routes, referenced)?;
-            let mut out = json!({"name": name, "address": address, "virtual_hosts": virtual_hosts});
-            if let Some(mesh) = mesh {
-                out["mesh"] = mesh;
-            }
-            Ok(Some(out))
-        }
-        None => Ok(None),
-    }
-}
-
-fn translate_routes(
+/// The virtual hosts of RouteConfiguration `name`.
+fn virtual_hosts(
     config: &RouteConfiguration,
+    name: &str,
     referenced: &mut Vec<String>,
-) -> Result<Vec<Value>, String> {
-    let mut hosts = Vec::new();
+) -> Result<Vec<VirtualHost>, String> {
+    let mut hosts = Vec::with_capacity(config.virtual_hosts.len());
     for (v, host) in config.virtual_hosts.iter().enumerate() {
-        let mut routes = Vec::new();
+        let mut routes = Vec::with_capacity(host.routes.len());
         for (r, route) in host.routes.iter().enumerate() {
-            let at = format!(
-                "RouteConfiguration `{}`: virtual_hosts[{v}].routes[{r}]",
-                config.name
-            );
+            let at = format!("RouteConfiguration `{name}`: virtual_hosts[{v}].routes[{r}]");
             routes.push(translate_route(route, &at, referenced)?);
         }
-        hosts.push(json!({"name": host.name, "domains": host.domains, "routes": routes}));
+        hosts.push(VirtualHost {
+            name: host.name.clone(),
+            domains: host.domains.clone(),
+            routes,
+        });
     }
     Ok(hosts)
 }
 
-fn headers_to_add(options: &[HeaderValueOption]) -> Map<String, Value> {
+fn headers_to_add(options: &[HeaderValueOption]) -> BTreeMap<String, String> {
     options
         .iter()
         .filter_map(|o| o.header.as_ref())
-        .map(|h| (h.key.clone(), Value::String(h.value.clone())))
+        .map(|h| (h.key.clone(), h.value.clone()))
         .collect()
 }
 
-fn translate_route(route: &Route, at: &str, referenced: &mut Vec<String>) -> Result<Value, String> {
-    let mut out = Map::new();
-    if !route.name.is_empty() {
-        out.insert("name".into(), route.name.clone().into());
+fn route_match(route: &Route, at: &str) -> Result<RouteMatch, String> {
+    let mut matcher = RouteMatch::default();
+    let Some(m) = &route.r#match else {
+        return Ok(matcher);
+    };
+    match &m.path_specifier {
+        Some(PathSpecifier::Prefix(prefix)) if !prefix.is_empty() => {
+            matcher.prefix = Some(prefix.clone());
+        }
+        Some(PathSpecifier::Prefix(_)) | None => {}
+        Some(PathSpecifier::Path(path)) => matcher.path = Some(path.clone()),
+        Some(_) => {
+            return Err(format!(
+                "{at}.match: only prefix and path matches are supported"
+            ))
+        }
     }
-    let mut matcher = Map::new();
-    if let Some(m) = &route.r#match {
-        match &m.path_specifier {
-            Some(PathSpecifier::Prefix(prefix)) if !prefix.is_empty() => {
-                matcher.insert("prefix".into(), prefix.clone().into());
-            }
-            Some(PathSpecifier::Prefix(_)) | None => {}
-            Some(PathSpecifier::Path(path)) => {
-                matcher.insert("path".into(), path.clone().into());
-            }
+    for (h, header) in m.headers.iter().enumerate() {
+        if header.invert_match {
+            return Err(format!(
+                "{at}.match.headers[{h}].invert_match: is not supported"
+            ));
+        }
+        let exact = match &header.header_match_specifier {
+            Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(value)),
+                ignore_case: false,
+            })) => Some(value.clone()),
+            // The deprecated spelling of the same match, still sent by older servers.
+            #[allow(deprecated)]
+            Some(HeaderMatchSpecifier::ExactMatch(value)) => Some(value.clone()),
+            Some(HeaderMatchSpecifier::PresentMatch(true)) | None => None,
             Some(_) => {
                 return Err(format!(
-                    "{at}.match: only prefix and path matches are supported"
+                    "{at}.match.headers[{h}]: only exact and present matches are supported"
                 ))
             }
-        }
-        let mut headers = Vec::new();
-        for (h, header) in m.headers.iter().enumerate() {
-            if header.invert_match {
-                return Err(format!(
-                    "{at}.match.headers[{h}].invert_match: is not supported"
-                ));
-            }
-            match &header.header_match_specifier {
-                Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
-                    match_pattern: Some(MatchPattern::Exact(value)),
-                    ignore_case: false,
-                })) => headers.push(json!({"name": header.name, "exact": value})),
-                // The deprecated spelling of the same match, still sent by older servers.
-                #[allow(deprecated)]
-                Some(HeaderMatchSpecifier::ExactMatch(value)) => {
-                    headers.push(json!({"name": header.name, "exact": value}))
-                }
-                Some(HeaderMatchSpecifier::PresentMatch(true)) | None => {
-                    headers.push(json!({"name": header.name}))
-                }
-                Some(_) => {
-                    return Err(format!(
-                        "{at}.match.headers[{h}]: only exact and present matches are supported"
-                    ))
-                }
-            }
-        }
-        if !headers.is_empty() {
-            matcher.insert("headers".into(), headers.into());
-        }
+        };
+        matcher.headers.push(HeaderMatch {
+            name: header.name.clone(),
+            exact,
+        });
     }
-    out.insert("match".into(), matcher.into());
+    Ok(matcher)
+}
+
+fn retry_policy(
+    retry: &envoy_types::pb::envoy::config::route::v3::RetryPolicy,
+    at: &str,
+) -> Result<RetryPolicy, String> {
+    let mut on = Vec::new();
+    for condition in retry
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        on.push(match condition {
+            "connect-failure" => RetryOn::ConnectFailure,
+            "5xx" => RetryOn::ServerError,
+            "gateway-error" => RetryOn::GatewayError,
+            "retriable-status-codes"
+            | "unavailable"
+            | "cancelled"
+            | "deadline-exceeded"
+            | "resource-exhausted" => RetryOn::RetriableGrpc,
+            other => {
+                return Err(format!(
+                    "{at}.route.retry_policy.retry_on: `{other}` is not supported"
+                ))
+            }
+        });
+    }
+    on.dedup();
+    let mut policy = RetryPolicy {
+        on,
+        ..RetryPolicy::default()
+    };
+    if let Some(n) = &retry.num_retries {
+        policy.attempts = n.value;
+    }
+    policy.per_try_timeout = duration(&retry.per_try_timeout);
+    Ok(policy)
+}
+
+fn translate_route(
+    route: &Route,
+    at: &str,
+    referenced: &mut Vec<String>,
+) -> Result<RouteConfig, String> {
+    let mut out = RouteConfig {
+        name: (!route.name.is_empty()).then(|| route.name.clone()),
+        matcher: route_match(route, at)?,
+        ..RouteConfig::default()
+    };
     let Some(Action::Route(action)) = &route.action else {
         return Err(format!(
             "{at}: only route actions are supported (no redirect or direct_response)"
@@ -450,87 +613,43 @@ fn translate_route(route: &Route, at: &str, referenced: &mut Vec<String>) -> Res
     match &action.cluster_specifier {
         Some(ClusterSpecifier::Cluster(cluster)) => {
             referenced.push(cluster.clone());
-            out.insert("cluster".into(), cluster.clone().into());
+            out.cluster = Some(cluster.clone());
         }
         Some(ClusterSpecifier::WeightedClusters(weighted)) => {
-            let clusters: Vec<Value> = weighted
+            let clusters = weighted
                 .clusters
                 .iter()
                 .map(|c| {
                     referenced.push(c.name.clone());
-                    json!({"name": c.name, "weight": c.weight.as_ref().map_or(1, |w| w.value)})
+                    WeightedCluster {
+                        name: c.name.clone(),
+                        weight: c.weight.as_ref().map_or(1, |w| w.value),
+                    }
                 })
                 .collect();
-            out.insert("weighted_clusters".into(), clusters.into());
+            out.weighted_clusters = Some(clusters);
         }
         _ => return Err(format!("{at}.route: needs cluster or weighted_clusters")),
     }
     if !action.prefix_rewrite.is_empty() {
-        out.insert(
-            "prefix_rewrite".into(),
-            action.prefix_rewrite.clone().into(),
-        );
+        out.prefix_rewrite = Some(action.prefix_rewrite.clone());
     }
     if let Some(timeout) = duration(&action.timeout) {
         // Envoy's 0 means no timeout; the proxy's longest is a day.
-        let timeout = if timeout == "0ms" {
-            "24h".to_owned()
+        out.timeout = if timeout.0.is_zero() {
+            HumanDuration(std::time::Duration::from_secs(24 * 3600))
         } else {
             timeout
         };
-        out.insert("timeout".into(), timeout.into());
     }
     if let Some(retry) = &action.retry_policy {
-        let mut on = Vec::new();
-        for condition in retry
-            .retry_on
-            .split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-        {
-            on.push(match condition {
-                "connect-failure" => "connect_failure",
-                "5xx" => "5xx",
-                "gateway-error" => "gateway_error",
-                "retriable-status-codes"
-                | "unavailable"
-                | "cancelled"
-                | "deadline-exceeded"
-                | "resource-exhausted" => "retriable_grpc",
-                other => {
-                    return Err(format!(
-                        "{at}.route.retry_policy.retry_on: `{other}` is not supported"
-                    ))
-                }
-            });
-        }
-        on.dedup();
-        let mut policy = json!({"on": on});
-        if let Some(n) = &retry.num_retries {
-            policy["attempts"] = n.value.into();
-        }
-        if let Some(per_try) = duration(&retry.per_try_timeout) {
-            policy["per_try_timeout"] = per_try.into();
-        }
-        out.insert("retries".into(), policy);
+        out.retries = Some(retry_policy(retry, at)?);
     }
-    out.insert(
-        "request_headers_add".into(),
-        headers_to_add(&route.request_headers_to_add).into(),
-    );
-    out.insert(
-        "request_headers_remove".into(),
-        route.request_headers_to_remove.clone().into(),
-    );
-    out.insert(
-        "response_headers_add".into(),
-        headers_to_add(&route.response_headers_to_add).into(),
-    );
-    out.insert(
-        "response_headers_remove".into(),
-        route.response_headers_to_remove.clone().into(),
-    );
-    Ok(out.into())
+    out.request_headers_add = headers_to_add(&route.request_headers_to_add);
+    out.request_headers_remove = route.request_headers_to_remove.clone();
+    out.response_headers_add = headers_to_add(&route.response_headers_to_add);
+    out.response_headers_remove = route.response_headers_to_remove.clone();
+    Ok(out)
 }
 
 fn is_eds(cluster: &Cluster) -> bool {
@@ -563,12 +682,11 @@ fn cluster_mesh(
     cluster: &Cluster,
     at: &str,
     identity: Option<&Identity>,
-) -> Result<Option<Value>, String> {
+) -> Result<Option<UpstreamMeshConfig>, String> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
-    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
     let Some(socket) = &cluster.transport_socket else {
         return Ok(None);
     };
@@ -617,153 +735,20 @@ fn cluster_mesh(
              https:// xDS server and a join token"
         ));
     };
-    Ok(Some(json!({
-        "cert_file": identity.cert_file,
-        "key_file": identity.key_file,
-        "bundle_file": identity.bundle_file,
-        "peer": peer,
-    })))
+    Ok(Some(UpstreamMeshConfig {
+        cert_file: identity.cert_file.clone(),
+        key_file: identity.key_file.clone(),
+        bundle_file: identity.bundle_file.clone(),
+        peer,
+    }))
 }
 
-fn translate_cluster(
-    cluster: &Cluster,
+/// The usable endpoints of ClusterLoadAssignment `name`: healthy or of unknown health (or
+/// degraded).
+fn endpoints(
+    assignment: &ClusterLoadAssignment,
     name: &str,
-    resources: &Resources,
-    identity: Option<&Identity>,
-) -> Result<Value, String> {
-    let at = format!("Cluster `{name}`");
-    let lb = match LbPolicy::try_from(cluster.lb_policy) {
-        Ok(LbPolicy::RoundRobin) => "round_robin",
-        Ok(LbPolicy::LeastRequest) => "least_request",
-        _ => {
-            return Err(format!(
-                "{at}.lb_policy: only ROUND_ROBIN and LEAST_REQUEST are supported"
-            ))
-        }
-    };
-    let assignment = if is_eds(cluster) {
-        let eds = eds_name(cluster);
-        match resources.get(ENDPOINT).and_then(|e| e.get(&eds)) {
-            Some(held) => Some(decode::<ClusterLoadAssignment>(
-                &held.resource,
-                "ClusterLoadAssignment",
-                &eds,
-            )?),
-            None => None,
-        }
-    } else if cluster.cluster_discovery_type
-        == Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
-    {
-        cluster.load_assignment.clone()
-    } else {
-        return Err(format!(
-            "{at}.type: only EDS and STATIC clusters are supported"
-        ));
-    };
-    let mut out = json!({
-        "name": name,
-        "lb": lb,
-        "endpoints": assignment.as_ref().map(endpoints).transpose()?.unwrap_or_default(),
-    });
-    if let Some(timeout) = duration(&cluster.connect_timeout) {
-        out["connect_timeout"] = timeout.into();
-    }
-    if let Some(mesh) = cluster_mesh(cluster, &at, identity)? {
-        out["mesh"] = mesh;
-    }
-    if let Some(options) = cluster
-        .typed_extension_protocol_options
-        .get(HTTP_PROTOCOL_OPTIONS)
-    {
-        let options: HttpProtocolOptions = decode(options, "Cluster", name)?;
-        if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
-            options.upstream_protocol_options
-        {
-            if let Some(ProtocolConfig::Http2ProtocolOptions(_)) = explicit.protocol_config {
-                out["protocol"] = "http2".into();
-            }
-        }
-    }
-    if let Some(thresholds) = cluster
-        .circuit_breakers
-        .as_ref()
-        .and_then(|b| b.thresholds.first())
-    {
-        let mut breakers = Map::new();
-        if let Some(v) = &thresholds.max_connections {
-            breakers.insert("max_connections".into(), v.value.into());
-        }
-        if let Some(v) = &thresholds.max_requests {
-            breakers.insert("max_requests".into(), v.value.into());
-        }
-        if let Some(v) = &thresholds.max_pending_requests {
-            breakers.insert("max_pending_requests".into(), v.value.into());
-        }
-        out["circuit_breakers"] = breakers.into();
-    }
-    if let Some(outlier) = &cluster.outlier_detection {
-        let mut detection = Map::new();
-        if let Some(v) = &outlier.consecutive_5xx {
-            detection.insert("consecutive_5xx".into(), v.value.into());
-        }
-        if let Some(v) = &outlier.consecutive_gateway_failure {
-            detection.insert("consecutive_gateway_errors".into(), v.value.into());
-        }
-        if let Some(v) = duration(&outlier.base_ejection_time) {
-            detection.insert("base_ejection_time".into(), v.into());
-        }
-        if let Some(v) = duration(&outlier.max_ejection_time) {
-            detection.insert("max_ejection_time".into(), v.into());
-        }
-        if let Some(v) = &outlier.max_ejection_percent {
-            detection.insert("max_ejection_percent".into(), v.value.into());
-        }
-        out["outlier_detection"] = detection.into();
-    }
-    if let Some(percent) = cluster
-        .common_lb_config
-        .as_ref()
-        .and_then(|c| c.healthy_panic_threshold.as_ref())
-    {
-        out["panic_threshold"] = (percent.value.round().clamp(0.0, 100.0) as u32).into();
-    }
-    if let Some(check) = cluster.health_checks.first() {
-        let mut health = Map::new();
-        match &check.health_checker {
-            Some(HealthChecker::HttpHealthCheck(http)) => {
-                health.insert(
-                    "http".into(),
-                    json!({"path": if http.path.is_empty() { "/" } else { &http.path }}),
-                );
-            }
-            Some(HealthChecker::TcpHealthCheck(_)) => {
-                health.insert("tcp".into(), json!({}));
-            }
-            _ => {
-                return Err(format!(
-                    "{at}.health_checks[0]: only HTTP and TCP checks are supported"
-                ))
-            }
-        }
-        if let Some(v) = duration(&check.interval) {
-            health.insert("interval".into(), v.into());
-        }
-        if let Some(v) = duration(&check.timeout) {
-            health.insert("timeout".into(), v.into());
-        }
-        if let Some(v) = &check.healthy_threshold {
-            health.insert("healthy_threshold".into(), v.value.into());
-        }
-        if let Some(v) = &check.unhealthy_threshold {
-            health.insert("unhealthy_threshold".into(), v.value.into());
-        }
-        out["health_check"] = health.into();
-    }
-    Ok(out)
-}
-
-/// The usable endpoints of an assignment: healthy or of unknown health (or degraded).
-fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<Value>, String> {
+) -> Result<Vec<EndpointConfig>, String> {
     let mut out = Vec::new();
     for (l, locality) in assignment.endpoints.iter().enumerate() {
         for (e, endpoint) in locality.lb_endpoints.iter().enumerate() {
@@ -774,10 +759,7 @@ fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<Value>, String> {
             if !usable {
                 continue;
             }
-            let at = format!(
-                "ClusterLoadAssignment `{}`: endpoints[{l}].lb_endpoints[{e}]",
-                assignment.cluster_name
-            );
+            let at = format!("ClusterLoadAssignment `{name}`: endpoints[{l}].lb_endpoints[{e}]");
             let Some(HostIdentifier::Endpoint(host)) = &endpoint.host_identifier else {
                 return Err(format!("{at}: needs an endpoint"));
             };
@@ -786,7 +768,11 @@ fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<Value>, String> {
                 .load_balancing_weight
                 .as_ref()
                 .map_or(1, |w| w.value);
-            out.push(json!({"address": address, "weight": weight, "priority": locality.priority}));
+            out.push(EndpointConfig {
+                address,
+                weight,
+                priority: locality.priority,
+            });
         }
     }
     Ok(out)
