@@ -72,7 +72,8 @@ pub struct ListenerConfig {
     pub trust_forwarded: TrustForwarded,
 }
 
-fn default_max_connections() -> u32 {
+/// The default of [`ListenerConfig::max_connections`].
+pub(crate) fn default_max_connections() -> u32 {
     10_000
 }
 
@@ -245,6 +246,7 @@ impl Default for RetryPolicy {
             per_try_timeout: None,
             buffer_limit: default_buffer_limit(),
             backoff: default_retry_backoff(),
+            non_idempotent: false,
         }
     }
 }

@@ -45,10 +45,10 @@ use meridian_xds::Held;
 use prost::{Message, Name};
 
 use crate::config::{
-    ClusterConfig, EndpointConfig, HeaderMatch, HealthCheckConfig, HttpHealthCheck, LbPolicy,
-    ListenerConfig, ListenerProtocol, MeshConfig, OutlierDetection, RetryOn, RetryPolicy,
-    RouteConfig, RouteMatch, TcpHealthCheck, UpstreamMeshConfig, UpstreamProtocol, VirtualHost,
-    WeightedCluster,
+    default_max_connections, ClusterConfig, EndpointConfig, HeaderMatch, HealthCheckConfig,
+    HttpHealthCheck, LbPolicy, ListenerConfig, ListenerProtocol, MeshConfig, OutlierDetection,
+    RetryOn, RetryPolicy, RouteConfig, RouteMatch, TcpHealthCheck, TrustForwarded,
+    UpstreamMeshConfig, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 
 /// Held resources of one type, by name.
@@ -96,6 +96,8 @@ pub fn listener(
         tls: None,
         mesh: None,
         sources: Vec::new(),
+        max_connections: default_max_connections(),
+        trust_forwarded: TrustForwarded::default(),
     };
     match network_filter(&listener, name)? {
         Some(Network::Tcp(_)) if mesh.is_some() => {
