@@ -35,7 +35,7 @@ pub use issuer::{Issuer, IssuerError};
 pub use known_admins::KnownAdmins;
 pub use meridian_identity::{JoinTokens, JoinTokensError};
 pub use own_certificate::{issue_own_certificate, keep_own_certificate};
-pub use region::{GatewayListeners, RegionState, ServiceId};
+pub use region::{GatewayListeners, Region, ServiceId};
 pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use upward::{report_upward, REPORT_INTERVAL};

@@ -3,15 +3,15 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use meridian_control::{
     admin_router, follow_global, issue_own_certificate, keep_own_certificate,
     publish_regional_deployments, regional_ca, report_upward, tls_incoming, AuthenticatedAds,
-    GatewayListeners, GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, KnownAdmins, RegionReports,
-    RegionState, RegionalCa, ReportService, ReportSource,
+    GatewayListeners, GlobalApi, Issuer, JoinTokenAdmin, JoinTokens, KnownAdmins, Region,
+    RegionReports, RegionalCa, ReportService, ReportSource,
 };
 use meridian_identity::enroll::JoinToken;
 use meridian_identity::{
@@ -153,7 +153,7 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
         ca_dir.display(),
         regional.ca.trust_domain()
     );
-    let state = Arc::new(Mutex::new(RegionState::new(
+    let state = Arc::new(Region::new(
         &region,
         cache.clone(),
         GatewayListeners {
@@ -161,7 +161,8 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
             plaintext: args.gateway_plaintext,
         },
         Some(regional.ca.trust_domain()),
-    )));
+        &mut registry,
+    ));
     let tokens = JoinTokens::open(&region_dir.join("join-tokens.json"))?;
     let issuer = Arc::new(Issuer::new(
         regional.ca,
@@ -191,13 +192,7 @@ async fn run_regional(args: ControlArgs, client: ClientArgs, region: String) -> 
     let disk_copy = region_dir.join("state.json");
     if let Some(copy) = meridian_control::disk_copy::load(&disk_copy) {
         let services = copy.deployments.len();
-        let mut state = state
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the region's state is unavailable"))?;
-        state.restore_vips(copy.vips);
-        state.replace_all(copy.deployments, copy.endpoints);
-        state.set_region_summaries(&copy.regions);
-        drop(state);
+        state.restore(copy);
         synced.send_replace(true);
         println!(
             "serving the region's last known state ({services} services, from {}) until the \
@@ -270,13 +265,11 @@ const GLOBAL_XDS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LO
 const GLOBAL_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// Ticks the region's fleet every second (node expiry, the first placement).
-async fn tick_fleet(state: Arc<Mutex<RegionState>>) {
+async fn tick_fleet(state: Arc<Region>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if let Ok(mut state) = state.lock() {
-            state.tick(std::time::Instant::now());
-        }
+        state.tick(std::time::Instant::now());
     }
 }
 
