@@ -34,15 +34,16 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 const COPY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Follows the global control plane's xDS at `url` (an `https://` URL; `tls` presents the
-/// region's certificate) into `state` until the process ends. `synced` becomes true after the
-/// first answer (the control plane is ready then); `disk_copy` is rewritten after accepted
-/// updates (at once after a quiet spell, then at most every [`COPY_INTERVAL`]).
+/// region's certificate) into `state` for as long as the task runs. `synced` becomes true after
+/// the first answer (the control plane is ready then); `copy_due` is told after accepted
+/// updates, for [`keep_disk_copy`]. Started again, it takes the first answer as a whole again
+/// (re-rendering only what differs from what the region has).
 pub async fn follow_global(
     url: String,
     tls: Arc<rustls::ClientConfig>,
     state: Arc<Region>,
     synced: watch::Sender<bool>,
-    disk_copy: PathBuf,
+    copy_due: Arc<tokio::sync::Notify>,
 ) {
     let region = state.name().to_owned();
     let client = ClientOptions {
@@ -54,8 +55,6 @@ pub async fn follow_global(
         },
         backoff: BACKOFF,
     };
-    let copy_due = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(keep_copies(state.clone(), disk_copy, copy_due.clone()));
     let follower = Follower {
         region,
         state,
@@ -67,9 +66,10 @@ pub async fn follow_global(
     run_delta_client(client, follower).await;
 }
 
-/// Writes the region's disk copy each time `due` is told, at most every [`COPY_INTERVAL`]; a
-/// failure is logged (the region goes on from memory).
-async fn keep_copies(state: Arc<Region>, path: PathBuf, due: Arc<tokio::sync::Notify>) {
+/// Writes the region's disk copy to `path` each time `due` is told (at once after a quiet
+/// spell, then at most every 500 ms); a failure is logged (the region goes on from
+/// memory).
+pub async fn keep_disk_copy(state: Arc<Region>, path: PathBuf, due: Arc<tokio::sync::Notify>) {
     loop {
         due.notified().await;
         let copy = state.disk_copy();
