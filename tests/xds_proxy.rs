@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::google::protobuf::Any;
-use meridian_control::{GatewayListeners, RegionState};
+use meridian_control::{GatewayListeners, Region};
 use meridian_model::{derive_regional, Definition, Endpoint, EndpointHealth};
 use meridian_xds::{AdsServer, Cache, Limits, Update, XdsMetrics, CLUSTER};
 use prometheus_client::registry::Registry;
@@ -210,7 +210,7 @@ async fn a_gateway_follows_its_regional_control_plane_which_outlives_the_global_
 /// An xDS server in this process over a region state the test drives.
 struct TestControlPlane {
     cache: Arc<Cache>,
-    state: Mutex<RegionState>,
+    state: Region,
     registry: Registry,
     metrics: XdsMetrics,
     address: SocketAddr,
@@ -226,7 +226,7 @@ impl TestControlPlane {
             mesh: None,
             plaintext: Some("127.0.0.1:0".parse().unwrap()),
         };
-        let state = Mutex::new(RegionState::new("fra", cache.clone(), gateway, None));
+        let state = Region::new("fra", cache.clone(), gateway, None, &mut registry);
         let mut plane = TestControlPlane {
             cache,
             state,
@@ -282,10 +282,7 @@ impl TestControlPlane {
             })
             .collect();
         let id = ("acme".to_owned(), "shop".to_owned(), "web".to_owned());
-        self.state
-            .lock()
-            .unwrap()
-            .set_service(id, Some(deployment), endpoints);
+        self.state.set_service(id, Some(deployment), endpoints);
     }
 
     /// The sum of a metric's series.

@@ -25,13 +25,27 @@ pub struct Placement {
     pub node: String,
 }
 
+/// An instance: its service and its id within the service.
+pub type InstanceKey = (ServiceId, String);
+
 #[derive(Debug)]
 struct Node {
     capacity: u32,
     last_seen: Instant,
-    /// The node's last report of each instance, by service and instance id (an id is unique
-    /// only within its service: two orgs' `web-0` may run on one node).
-    instances: BTreeMap<(ServiceId, String), InstanceReport>,
+    /// The node's last report of each instance, by service and instance id (instance ids are
+    /// unique within a service only: two orgs may both run a `web-0`).
+    instances: BTreeMap<InstanceKey, InstanceReport>,
+}
+
+/// What one agent's report changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// The set of live nodes or their capacities changed, or an instance failed: placement
+    /// must be redone.
+    pub reshaped: bool,
+    /// The services whose instances on the node were reported differently than before (new,
+    /// gone, or with another state or address): only their endpoints may have changed.
+    pub services: BTreeSet<ServiceId>,
 }
 
 /// How long a new control plane waits for agents to report before it places instances: the
@@ -66,35 +80,39 @@ impl Fleet {
         !self.placed_once && now >= self.settle_until
     }
 
-    /// Records `report` from node `report.node` at `now`; returns whether the set of live nodes
-    /// or their capacities changed, or an instance failed (placement must be redone).
-    pub fn report(&mut self, report: NodeReport, now: Instant) -> bool {
-        let instances: BTreeMap<(ServiceId, String), InstanceReport> = report
+    /// Records `report` from node `report.node` at `now` and says what it changed. The work is
+    /// proportional to the report, whatever the size of the fleet.
+    pub fn report(&mut self, report: NodeReport, now: Instant) -> Reported {
+        let instances: BTreeMap<InstanceKey, InstanceReport> = report
             .instances
             .into_iter()
-            .map(|i| {
-                let service = (i.org.clone(), i.app.clone(), i.service.clone());
-                ((service, i.instance.clone()), i)
-            })
+            .map(|i| (instance_key(&i), i))
             .collect();
-        let newly_failed = instances.iter().any(|(key, i)| {
-            i.state == "failed"
-                && self
-                    .nodes
-                    .get(&report.node)
-                    .and_then(|n| n.instances.get(key))
-                    .is_none_or(|old| old.state != "failed")
-        });
+        let before = self.nodes.get(&report.node);
+        let mut reported = Reported {
+            reshaped: before.is_none_or(|b| b.capacity != report.capacity),
+            services: BTreeSet::new(),
+        };
+        let empty = BTreeMap::new();
+        let old = before.map_or(&empty, |b| &b.instances);
+        for (key, instance) in &instances {
+            let previous = old.get(key);
+            if previous != Some(instance) {
+                reported.services.insert(key.0.clone());
+            }
+            reported.reshaped |=
+                instance.state == "failed" && previous.is_none_or(|p| p.state != "failed");
+        }
+        for key in old.keys().filter(|key| !instances.contains_key(*key)) {
+            reported.services.insert(key.0.clone());
+        }
         let node = Node {
             capacity: report.capacity,
             last_seen: now,
             instances,
         };
-        let reshaped = match self.nodes.insert(report.node, node) {
-            Some(old) => old.capacity != report.capacity,
-            None => true,
-        };
-        reshaped || newly_failed
+        self.nodes.insert(report.node, node);
+        reported
     }
 
     /// Forgets the nodes not seen since `now - NODE_TIMEOUT`; returns their names.
@@ -124,34 +142,30 @@ impl Fleet {
     /// Places `desired` instances of each service: keeps placements on live nodes that have not
     /// failed there, drops the surplus (highest numbers first), and puts the missing ones on
     /// the live node with the fewest instances of that service, then the fewest instances, that
-    /// has room. Instances that cannot be placed (no room) wait for the next placement. Before
-    /// the settling time is over nothing is placed; the first placement adopts the instances
-    /// agents already run (after a restart of the control plane).
-    pub fn place(&mut self, desired: &BTreeMap<ServiceId, u32>, now: Instant) {
-        if now < self.settle_until {
-            return;
+    /// has room. Instances that cannot be placed (no room) wait for the next placement. Nothing
+    /// is placed before the settling time is over (or a placement was made); the first
+    /// placement adopts the instances agents already run (after a restart of the control
+    /// plane). Returns the instances whose placement changed (placed, moved or removed).
+    pub fn place(
+        &mut self,
+        desired: &BTreeMap<ServiceId, u32>,
+        now: Instant,
+    ) -> BTreeSet<InstanceKey> {
+        let mut changed = BTreeSet::new();
+        if !self.placed_once && now < self.settle_until {
+            return changed;
         }
         if !self.placed_once {
             self.placed_once = true;
-            self.adopt(desired);
+            changed = self.adopt(desired);
         }
-        let failed = |fleet: &Fleet, node: &str, key: &(ServiceId, String)| {
+        let failed = |fleet: &Fleet, node: &str, key: &InstanceKey| {
             fleet
                 .nodes
                 .get(node)
                 .and_then(|n| n.instances.get(key))
                 .is_some_and(|i| i.state == "failed")
         };
-        let kept: Vec<((ServiceId, String), String)> = self
-            .placements
-            .iter()
-            .filter(|(key, node)| {
-                desired.contains_key(&key.0)
-                    && self.nodes.contains_key(*node)
-                    && !failed(self, node, key)
-            })
-            .map(|(key, node)| (key.clone(), node.clone()))
-            .collect();
         // Where each failed instance failed, so that its replacement goes elsewhere if it can.
         let failed_on: BTreeMap<ServiceId, BTreeSet<String>> = self
             .placements
@@ -163,18 +177,31 @@ impl Fleet {
                     .insert(node.clone());
                 acc
             });
-        self.placements = kept.into_iter().collect();
+        let dropped: Vec<InstanceKey> = self
+            .placements
+            .iter()
+            .filter(|(key, node)| {
+                !desired.contains_key(&key.0)
+                    || !self.nodes.contains_key(*node)
+                    || failed(self, node, key)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in dropped {
+            self.placements.remove(&key);
+            changed.insert(key);
+        }
         for (service, &count) in desired {
             let mut mine: Vec<(u32, String)> = self
-                .placements
-                .keys()
-                .filter(|(s, _)| s == service)
-                .filter_map(|(_, instance)| Some((number_of(instance)?, instance.clone())))
+                .placed(service)
+                .filter_map(|((_, instance), _)| Some((number_of(instance)?, instance.clone())))
                 .collect();
             mine.sort();
             while mine.len() > count as usize {
                 if let Some((_, instance)) = mine.pop() {
-                    self.placements.remove(&(service.clone(), instance));
+                    let key = (service.clone(), instance);
+                    self.placements.remove(&key);
+                    changed.insert(key);
                 }
             }
             let avoid = failed_on.get(service).cloned().unwrap_or_default();
@@ -186,40 +213,55 @@ impl Fleet {
                 let number = (0..).find(|n| !used.contains(n)).unwrap_or_default();
                 // A replacement of a failed instance gets a number not in use on any node.
                 let number = (number..)
-                    .find(|n| !self.failed_anywhere(service, &instance_id(&service.2, *n)))
+                    .find(|n| {
+                        !self.reported_anywhere(&(service.clone(), instance_id(&service.2, *n)))
+                    })
                     .unwrap_or(number);
                 let instance = instance_id(&service.2, number);
-                self.placements
-                    .insert((service.clone(), instance.clone()), node);
+                let key = (service.clone(), instance.clone());
+                self.placements.insert(key.clone(), node);
+                changed.insert(key);
                 mine.push((number, instance));
                 mine.sort();
             }
         }
+        changed
+    }
+
+    /// The placements of `service`, found without looking at the others.
+    fn placed<'a>(
+        &'a self,
+        service: &'a ServiceId,
+    ) -> impl Iterator<Item = (&'a InstanceKey, &'a String)> + 'a {
+        self.placements
+            .range((service.clone(), String::new())..)
+            .take_while(move |((s, _), _)| s == service)
     }
 
     /// Places the running instances agents report where they run, for the services in
-    /// `desired` (surplus is trimmed by the placement that follows).
-    fn adopt(&mut self, desired: &BTreeMap<ServiceId, u32>) {
+    /// `desired` (surplus is trimmed by the placement that follows); returns them.
+    fn adopt(&mut self, desired: &BTreeMap<ServiceId, u32>) -> BTreeSet<InstanceKey> {
+        let mut adopted = BTreeSet::new();
         for (node_name, node) in &self.nodes {
             for (key, report) in &node.instances {
-                if matches!(report.state.as_str(), "failed" | "stopped") {
+                if matches!(report.state.as_str(), "failed" | "stopped")
+                    || !desired.contains_key(&key.0)
+                {
                     continue;
                 }
-                if desired.contains_key(&key.0) {
-                    self.placements
-                        .entry(key.clone())
-                        .or_insert_with(|| node_name.clone());
+                if !self.placements.contains_key(key) {
+                    self.placements.insert(key.clone(), node_name.clone());
+                    adopted.insert(key.clone());
                 }
             }
         }
+        adopted
     }
 
-    /// Whether instance `instance` of `service` failed on some node.
-    fn failed_anywhere(&self, service: &ServiceId, instance: &str) -> bool {
-        let key = (service.clone(), instance.to_owned());
+    fn reported_anywhere(&self, key: &InstanceKey) -> bool {
         self.nodes
             .values()
-            .any(|n| n.instances.get(&key).is_some_and(|i| i.state == "failed"))
+            .any(|n| n.instances.get(key).is_some_and(|i| i.state == "failed"))
     }
 
     /// The live node with room for one more instance of `service`: fewest instances of the
@@ -255,60 +297,75 @@ impl Fleet {
             .collect()
     }
 
-    /// The endpoints of each service in `region`: its placed instances that their node reports
-    /// with an address, healthy or not.
-    pub fn endpoints(&self, region: &str) -> BTreeMap<ServiceId, Vec<Endpoint>> {
-        let mut endpoints: BTreeMap<ServiceId, Vec<Endpoint>> = BTreeMap::new();
-        for (key, node) in &self.placements {
-            let (service, instance) = key;
-            let Some(report) = self.nodes.get(node).and_then(|n| n.instances.get(key)) else {
-                continue;
-            };
-            if report.address.is_empty() {
-                continue;
-            }
-            let health = match report.state.as_str() {
-                "healthy" => EndpointHealth::Healthy,
-                _ => EndpointHealth::Unhealthy,
-            };
-            endpoints
-                .entry(service.clone())
-                .or_default()
-                .push(Endpoint {
+    /// The node instance `key` is placed on, if it is placed.
+    pub fn node_of(&self, key: &InstanceKey) -> Option<&str> {
+        self.placements.get(key).map(String::as_str)
+    }
+
+    /// The instances of `service` that are placed, and each one's node.
+    pub fn placements_of<'a>(
+        &'a self,
+        service: &'a ServiceId,
+    ) -> impl Iterator<Item = (&'a InstanceKey, &'a str)> + 'a {
+        self.placed(service).map(|(key, node)| (key, node.as_str()))
+    }
+
+    /// The last report of each placed instance of `service`, with its id.
+    fn reports_of<'a>(
+        &'a self,
+        service: &'a ServiceId,
+    ) -> impl Iterator<Item = (&'a str, Option<&'a InstanceReport>)> + 'a {
+        self.placed(service).map(|(key, node)| {
+            let report = self.nodes.get(node).and_then(|n| n.instances.get(key));
+            (key.1.as_str(), report)
+        })
+    }
+
+    /// The endpoints of `service` in `region`: its placed instances that their node reports
+    /// with an address, healthy or not. Looks at that service's instances only.
+    pub fn endpoints(&self, service: &ServiceId, region: &str) -> Vec<Endpoint> {
+        self.reports_of(service)
+            .filter_map(|(instance, report)| {
+                let report = report.filter(|r| !r.address.is_empty())?;
+                let health = match report.state.as_str() {
+                    "healthy" => EndpointHealth::Healthy,
+                    _ => EndpointHealth::Unhealthy,
+                };
+                Some(Endpoint {
                     org: service.0.clone(),
                     app: service.1.clone(),
                     service: service.2.clone(),
-                    id: instance.clone(),
+                    id: instance.to_owned(),
                     region: region.to_owned(),
                     address: report.address.clone(),
                     ports: BTreeMap::new(),
                     health,
                     updated_at: 0,
-                });
-        }
-        endpoints
+                })
+            })
+            .collect()
     }
 
     /// Counts of instances by state, for the region summary: (placed, healthy).
     pub fn summary(&self, service: &ServiceId) -> (usize, usize) {
-        let mut placed = 0;
-        let mut healthy = 0;
-        for (key, node) in &self.placements {
-            if key.0 != *service {
-                continue;
-            }
-            placed += 1;
-            let state = self
-                .nodes
-                .get(node)
-                .and_then(|n| n.instances.get(key))
-                .map(|i| i.state.as_str());
-            if state == Some("healthy") {
-                healthy += 1;
-            }
-        }
-        (placed, healthy)
+        self.reports_of(service)
+            .fold((0, 0), |(placed, healthy), (_, report)| {
+                let up = report.is_some_and(|r| r.state == "healthy");
+                (placed + 1, healthy + usize::from(up))
+            })
     }
+}
+
+/// The key of a reported instance.
+fn instance_key(report: &InstanceReport) -> InstanceKey {
+    (
+        (
+            report.org.clone(),
+            report.app.clone(),
+            report.service.clone(),
+        ),
+        report.instance.clone(),
+    )
 }
 
 fn instance_id(service: &str, number: u32) -> String {
@@ -335,11 +392,11 @@ mod tests {
                 .iter()
                 .map(|(instance, state)| InstanceReport {
                     instance: (*instance).to_owned(),
-                    org: "acme".to_owned(),
-                    app: "shop".to_owned(),
-                    service: instance.rsplit_once('-').map_or("", |(s, _)| s).to_owned(),
                     state: (*state).to_owned(),
                     address: "127.0.0.1".to_owned(),
+                    org: "acme".to_owned(),
+                    app: "shop".to_owned(),
+                    service: instance.split('-').next().unwrap().to_owned(),
                     ..Default::default()
                 })
                 .collect(),
@@ -353,52 +410,6 @@ mod tests {
             .filter(|p| p.service.2 == name)
             .map(|p| p.node)
             .collect()
-    }
-
-    #[test]
-    fn instances_of_the_same_id_in_two_orgs_keep_their_own_reports() {
-        let start = Instant::now();
-        let mut fleet = Fleet::new(start);
-        fleet.report(node("a", 4, &[]), start);
-        let (acme, other) = (
-            service("web"),
-            ("other".to_owned(), "shop".to_owned(), "web".to_owned()),
-        );
-        fleet.place(
-            &BTreeMap::from([(acme.clone(), 1), (other.clone(), 1)]),
-            start,
-        );
-        let ids: Vec<String> = fleet.placements().into_iter().map(|p| p.instance).collect();
-        assert_eq!(ids, ["web-0", "web-0"]);
-        let report = |org: &str, address: &str, state: &str| InstanceReport {
-            instance: "web-0".to_owned(),
-            org: org.to_owned(),
-            app: "shop".to_owned(),
-            service: "web".to_owned(),
-            state: state.to_owned(),
-            address: address.to_owned(),
-            ..Default::default()
-        };
-        let reported = NodeReport {
-            node: "a".to_owned(),
-            capacity: 4,
-            instances: vec![
-                report("acme", "127.0.0.2", "healthy"),
-                report("other", "127.0.0.3", "starting"),
-            ],
-        };
-        fleet.report(reported, start);
-        let endpoints = fleet.endpoints("fra");
-        let of = |id: &ServiceId| {
-            let e = &endpoints[id][0];
-            (e.address.as_str(), e.health)
-        };
-        assert_eq!(of(&acme), ("127.0.0.2", EndpointHealth::Healthy));
-        assert_eq!(of(&other), ("127.0.0.3", EndpointHealth::Unhealthy));
-        assert_eq!(
-            (fleet.summary(&acme), fleet.summary(&other)),
-            ((1, 1), (1, 0))
-        );
     }
 
     #[test]
@@ -445,7 +456,7 @@ mod tests {
 
         // It fails past its restart limit: a new instance goes to the other node.
         let failed = fleet.report(node(&first.node, 4, &[(&first.instance, "failed")]), start);
-        assert!(failed);
+        assert!(failed.reshaped);
         fleet.place(&desired, start);
         let second = fleet.placements()[0].clone();
         assert_eq!(second.node, other);
@@ -467,13 +478,10 @@ mod tests {
     fn a_new_control_plane_adopts_the_instances_agents_run() {
         let start = Instant::now();
         let mut fleet = Fleet::new(start + SETTLE);
-        let mut report = node("b", 4, &[("web-1", "healthy"), ("gone-0", "healthy")]);
-        for instance in &mut report.instances {
-            instance.org = "acme".to_owned();
-            instance.app = "shop".to_owned();
-            instance.service = instance.instance.split('-').next().unwrap().to_owned();
-        }
-        fleet.report(report, start);
+        fleet.report(
+            node("b", 4, &[("web-1", "healthy"), ("gone-0", "healthy")]),
+            start,
+        );
         fleet.report(node("a", 4, &[]), start);
         let desired = BTreeMap::from([(service("web"), 2)]);
         fleet.place(&desired, start);
@@ -495,5 +503,44 @@ mod tests {
         assert!(placed
             .iter()
             .any(|p| p.instance == "web-0" && p.node == "a"));
+    }
+
+    #[test]
+    fn a_report_names_only_the_services_whose_instances_changed() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        let first = fleet.report(
+            node("a", 4, &[("web-0", "healthy"), ("api-0", "healthy")]),
+            start,
+        );
+        assert!(first.reshaped, "a new node");
+        let again = fleet.report(
+            node("a", 4, &[("web-0", "healthy"), ("api-0", "healthy")]),
+            start,
+        );
+        assert_eq!(again, Reported::default(), "nothing changed");
+        let one = fleet.report(
+            node("a", 4, &[("web-0", "unhealthy"), ("api-0", "healthy")]),
+            start,
+        );
+        assert_eq!(one.services, BTreeSet::from([service("web")]));
+        assert!(!one.reshaped);
+        let gone = fleet.report(node("a", 4, &[("web-0", "unhealthy")]), start);
+        assert_eq!(gone.services, BTreeSet::from([service("api")]));
+    }
+
+    #[test]
+    fn two_orgs_may_run_instances_of_the_same_name_on_one_node() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        let mut report = node("a", 4, &[("web-0", "healthy"), ("web-0", "unhealthy")]);
+        report.instances[1].org = "other".to_owned();
+        fleet.report(report, start);
+        let other = ("other".to_owned(), "shop".to_owned(), "web".to_owned());
+        let desired = BTreeMap::from([(service("web"), 1), (other.clone(), 1)]);
+        fleet.place(&desired, start);
+        let health = |id: &ServiceId| fleet.endpoints(id, "fra")[0].health;
+        assert_eq!(health(&service("web")), EndpointHealth::Healthy);
+        assert_eq!(health(&other), EndpointHealth::Unhealthy);
     }
 }

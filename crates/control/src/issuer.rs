@@ -3,7 +3,7 @@
 //! workloads of its region), and decides who may have which identity. Keys never come here:
 //! only signing requests, and no answer ever holds a key.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -22,7 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::own_certificate::{issue_own_certificate, keep_own_certificate};
-use crate::region::RegionState;
+use crate::region::Region;
 use crate::tls::Peer;
 use meridian_identity::{JoinTokens, JoinTokensError};
 
@@ -86,7 +86,7 @@ pub struct Issuer {
     region: String,
     lifetime: Duration,
     tokens: JoinTokens,
-    state: Arc<Mutex<RegionState>>,
+    state: Arc<Region>,
     requests: Family<Outcome, Counter>,
 }
 
@@ -99,7 +99,7 @@ impl Issuer {
         bundle_pem: String,
         lifetime: Duration,
         tokens: JoinTokens,
-        state: Arc<Mutex<RegionState>>,
+        state: Arc<Region>,
         registry: &mut Registry,
     ) -> Issuer {
         let requests = Family::default();
@@ -108,10 +108,7 @@ impl Issuer {
             "Join and certificate requests, by outcome",
             requests.clone(),
         );
-        let region = state
-            .lock()
-            .map(|s| s.region().to_owned())
-            .unwrap_or_default();
+        let region = state.name().to_owned();
         Issuer {
             ca,
             bundle_pem,
@@ -242,9 +239,7 @@ impl Issuer {
             (Subject::Agent { .. }, Subject::Workload { org, app, service }) => {
                 let runs = self
                     .state
-                    .lock()
-                    .map(|s| s.runs(&(org.clone(), app.clone(), service.clone())))
-                    .unwrap_or(false);
+                    .runs(&(org.clone(), app.clone(), service.clone()));
                 if runs {
                     Ok(())
                 } else {

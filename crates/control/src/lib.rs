@@ -7,6 +7,11 @@
 //! A region keeps serving its last state when the global control plane is unreachable, and
 //! re-syncs when it is back. A regional control plane never writes to the global store: it reads
 //! its share over xDS and reports through the API.
+//!
+//! Both planes are assembled here ([`run_regional`], [`run_global`]), their tasks supervised:
+//! restarted when that loses nothing, or stopping the plane with an error when not. The crate
+//! does not parse command lines or print; the caller gives options and a [`Say`] for what an
+//! operator should read.
 
 mod admin;
 mod ca;
@@ -18,8 +23,10 @@ mod global_api;
 mod issuer;
 mod known_admins;
 mod own_certificate;
+mod plane;
 mod region;
 mod reports;
+mod supervise;
 mod tls;
 mod upward;
 mod vips;
@@ -28,15 +35,17 @@ mod xds_auth;
 pub use admin::{admin_router, JoinTokenAdmin};
 pub use ca::{regional_ca, RegionalCa, RegionalCaError};
 pub use elsewhere::{RemoteRegion, RemoteService};
-pub use federation::{follow_global, publish_regional_deployments, ReportSource};
+pub use federation::{follow_global, keep_disk_copy, publish_regional_deployments, ReportSource};
 pub use fleet::{Fleet, Placement, NODE_TIMEOUT};
 pub use global_api::{GlobalApi, GlobalApiError};
 pub use issuer::{Issuer, IssuerError};
 pub use known_admins::KnownAdmins;
 pub use meridian_identity::{JoinTokens, JoinTokensError};
 pub use own_certificate::{issue_own_certificate, keep_own_certificate};
-pub use region::{GatewayListeners, RegionState, ServiceId};
+pub use plane::{run_global, run_regional, GlobalOptions, RegionalOptions, RunError, Say};
+pub use region::{GatewayListeners, Region, ServiceId};
 pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
+pub use supervise::TaskEnded;
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use upward::{report_upward, REPORT_INTERVAL};
 pub use vips::SavedVip;

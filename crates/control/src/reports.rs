@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 
-use crate::region::RegionState;
+use crate::region::Region;
 use crate::tls::Peer;
 
 /// Most instances one report may list.
@@ -45,10 +45,10 @@ pub struct ReportService<M> {
 }
 
 impl ReportService<NodeReports> {
-    /// The service of a regional control plane: agents report their nodes into `state`.
-    pub fn new(state: Arc<Mutex<RegionState>>) -> ReportService<NodeReports> {
+    /// The service of a regional control plane: agents report their nodes into `region`.
+    pub fn new(region: Arc<Region>) -> ReportService<NodeReports> {
         ReportService {
-            method: NodeReports(state),
+            method: NodeReports(region),
         }
     }
 }
@@ -66,7 +66,7 @@ impl<M> NamedService for ReportService<M> {
 
 /// Agents' reports of their nodes, into a region's state.
 #[derive(Clone)]
-pub struct NodeReports(Arc<Mutex<RegionState>>);
+pub struct NodeReports(Arc<Region>);
 
 impl ReportMethod for NodeReports {
     type Report = NodeReport;
@@ -136,11 +136,7 @@ impl<M: ReportMethod> UnaryService<M::Report> for Call<M> {
 }
 
 /// Checks that `peer` is the agent of the reported node in this region, and records the report.
-fn record(
-    state: &Mutex<RegionState>,
-    peer: Option<Peer>,
-    report: NodeReport,
-) -> Result<(), Status> {
+fn record(region: &Region, peer: Option<Peer>, report: NodeReport) -> Result<(), Status> {
     let id = peer.and_then(|p| p.id).ok_or_else(|| {
         Status::unauthenticated("reports need an agent's client certificate: join first")
     })?;
@@ -150,18 +146,18 @@ fn record(
             report.instances.len()
         )));
     }
-    let mut state = state
-        .lock()
-        .map_err(|_| Status::internal("the region's state is unavailable"))?;
     match &id.subject {
-        Subject::Agent { region, node } if *region == state.region() && *node == report.node => {
-            state.report(report, Instant::now());
+        Subject::Agent {
+            region: theirs,
+            node,
+        } if theirs == region.name() && *node == report.node => {
+            region.report(report, Instant::now());
             Ok(())
         }
         _ => Err(Status::permission_denied(format!(
             "{id} may not report for node `{}` of region {}",
             report.node,
-            state.region()
+            region.name()
         ))),
     }
 }

@@ -4,23 +4,21 @@
 //! anyway. While the global control plane is away the region goes on and reports again when it
 //! is back.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_xds::meridian::{ReportAck, UpwardReport, REGION_REPORT_PATH};
 use meridian_xds::UnaryClient;
 
-use crate::region::RegionState;
+use crate::region::Region;
 
 /// How often the region reports.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reports `state` through `global` when it changes and at least every [`REPORT_INTERVAL`], for
-/// as long as the task runs.
-pub async fn report_upward(mut global: UnaryClient, state: Arc<Mutex<RegionState>>) {
-    let Some(due) = state.lock().ok().map(|s| s.report_due()) else {
-        return;
-    };
+/// Reports `region` through `global` when it changes and at least every [`REPORT_INTERVAL`],
+/// for as long as the task runs.
+pub async fn report_upward(mut global: UnaryClient, region: Arc<Region>) {
+    let due = region.report_due();
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     let mut failing = false;
     let mut sent = None;
@@ -29,19 +27,20 @@ pub async fn report_upward(mut global: UnaryClient, state: Arc<Mutex<RegionState
             _ = tick.tick() => true,
             () = due.notified() => false,
         };
-        let Some((region, report)) = state
-            .lock()
-            .ok()
-            .map(|s| (s.region().to_owned(), s.report_upward()))
-        else {
-            continue;
-        };
+        let report = region.report_upward();
         if !heartbeat && sent.as_ref() == Some(&report) {
             continue;
         }
+        let report_json = match serde_json::to_vec(&report) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the region's report; not sent");
+                continue;
+            }
+        };
         let upward = UpwardReport {
-            region,
-            report_json: serde_json::to_vec(&report).unwrap_or_default(),
+            region: region.name().to_owned(),
+            report_json,
         };
         let answer: Result<ReportAck, String> = global.call(REGION_REPORT_PATH, upward).await;
         match answer.map(drop) {

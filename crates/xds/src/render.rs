@@ -122,7 +122,8 @@ fn allowed_orgs(deployment: &RegionalDeployment) -> std::collections::BTreeSet<&
         .collect()
 }
 
-/// Renders the resources of one service in its region, with `endpoints` (those of this service
+/// Renders the resources of one service in its region, with `spec_json` (its spec, encoded by
+/// the caller, who decides what a failure to encode means), `endpoints` (those of this service
 /// in this region), `elsewhere` (its healthy instances in other regions, for the region's
 /// node proxies) and `vip` (its virtual IP in the region, for the node proxies and DNS).
 ///
@@ -131,6 +132,7 @@ fn allowed_orgs(deployment: &RegionalDeployment) -> std::collections::BTreeSet<&
 /// and expecting the service's SPIFFE ID.
 pub fn service(
     deployment: &RegionalDeployment,
+    spec_json: &[u8],
     endpoints: &[&Endpoint],
     mesh: Option<&str>,
     elsewhere: &[ServiceInstance],
@@ -171,7 +173,7 @@ pub fn service(
     instances.extend_from_slice(elsewhere);
     rendered
         .resources
-        .push(mesh_service(deployment, instances, vip));
+        .push(mesh_service(deployment, spec_json.to_vec(), instances, vip));
     for (index, port) in deployment.spec.ports.iter().enumerate() {
         let name = proxy_cluster_name(deployment, &port.name);
         let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
@@ -505,10 +507,12 @@ fn load_assignment(
     }
 }
 
-/// The [`meridian::Service`](crate::meridian::Service) resource of a deployment with its
-/// instances and virtual IP, for the region's agents (cache name `mesh/<org>/<app>/<service>`).
+/// The [`meridian::Service`](crate::meridian::Service) resource of a deployment with its spec
+/// (`spec_json`, encoded by the caller), instances and virtual IP, for the region's agents
+/// (cache name `mesh/<org>/<app>/<service>`).
 pub fn mesh_service(
     deployment: &RegionalDeployment,
+    spec_json: Vec<u8>,
     instances: Vec<ServiceInstance>,
     vip: std::net::Ipv4Addr,
 ) -> (&'static str, String, Any) {
@@ -518,7 +522,7 @@ pub fn mesh_service(
         app: deployment.app.clone(),
         service: deployment.service.clone(),
         version: deployment.version,
-        spec_json: serde_json::to_vec(&deployment.spec).unwrap_or_default(),
+        spec_json,
         instances,
         vip: vip.to_string(),
     };
@@ -592,7 +596,8 @@ mod tests {
         )
         .unwrap();
         let deployment = &meridian_model::derive_regional(&definition, 1)[0];
-        let rendered = service(deployment, &[], None, &[], std::net::Ipv4Addr::LOCALHOST);
+        let loopback = std::net::Ipv4Addr::LOCALHOST;
+        let rendered = service(deployment, b"{}", &[], None, &[], loopback);
         let grpc: Vec<(&str, &str)> = rendered
             .resources
             .iter()

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -24,7 +24,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::elsewhere::{RemoteRegion, RemoteService};
-use crate::region::{RegionState, ServiceId};
+use crate::region::{Region, ServiceId};
 
 /// First and longest wait between attempts to reach the global control plane.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
@@ -34,17 +34,18 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 const COPY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Follows the global control plane's xDS at `url` (an `https://` URL; `tls` presents the
-/// region's certificate) into `state` until the process ends. `synced` becomes true after the
-/// first answer (the control plane is ready then); `disk_copy` is rewritten after accepted
-/// updates (at once after a quiet spell, then at most every [`COPY_INTERVAL`]).
+/// region's certificate) into `state` for as long as the task runs. `synced` becomes true after
+/// the first answer (the control plane is ready then); `copy_due` is told after accepted
+/// updates, for [`keep_disk_copy`]. Started again, it takes the first answer as a whole again
+/// (re-rendering only what differs from what the region has).
 pub async fn follow_global(
     url: String,
     tls: Arc<rustls::ClientConfig>,
-    state: Arc<Mutex<RegionState>>,
+    state: Arc<Region>,
     synced: watch::Sender<bool>,
-    disk_copy: PathBuf,
+    copy_due: Arc<tokio::sync::Notify>,
 ) {
-    let region = lock(&state).region().to_owned();
+    let region = state.name().to_owned();
     let client = ClientOptions {
         url,
         tls: Some(tls),
@@ -54,8 +55,6 @@ pub async fn follow_global(
         },
         backoff: BACKOFF,
     };
-    let copy_due = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(keep_copies(state.clone(), disk_copy, copy_due.clone()));
     let follower = Follower {
         region,
         state,
@@ -67,12 +66,13 @@ pub async fn follow_global(
     run_delta_client(client, follower).await;
 }
 
-/// Writes the region's disk copy each time `due` is told, at most every [`COPY_INTERVAL`]; a
-/// failure is logged (the region goes on from memory).
-async fn keep_copies(state: Arc<Mutex<RegionState>>, path: PathBuf, due: Arc<tokio::sync::Notify>) {
+/// Writes the region's disk copy to `path` each time `due` is told (at once after a quiet
+/// spell, then at most every 500 ms); a failure is logged (the region goes on from
+/// memory).
+pub async fn keep_disk_copy(state: Arc<Region>, path: PathBuf, due: Arc<tokio::sync::Notify>) {
     loop {
         due.notified().await;
-        let copy = lock(&state).disk_copy();
+        let copy = state.disk_copy();
         if let Err(e) = crate::disk_copy::save(&path, &copy).await {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the region's disk copy");
         }
@@ -89,7 +89,7 @@ struct Decoded {
 
 struct Follower {
     region: String,
-    state: Arc<Mutex<RegionState>>,
+    state: Arc<Region>,
     synced: watch::Sender<bool>,
     /// Told when the disk copy should be written again.
     copy_due: Arc<tokio::sync::Notify>,
@@ -104,12 +104,6 @@ fn interests() -> Interests {
         (REGIONAL_DEPLOYMENT.to_owned(), Interest::Wildcard),
         (REGION_SUMMARY.to_owned(), Interest::Wildcard),
     ])
-}
-
-fn lock(state: &Mutex<RegionState>) -> std::sync::MutexGuard<'_, RegionState> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The service a resource name `<org>/<app>/<service>` names.
@@ -218,25 +212,23 @@ impl Follower {
             .filter(|name| !now.contains_key(*name))
             .filter_map(|name| service_of(name))
             .collect();
-        {
-            let mut state = lock(&self.state);
-            if self.first {
-                let (deployments, endpoints): (Vec<_>, Vec<_>) = changed
-                    .into_iter()
-                    .map(|d| (d.deployment, d.endpoints))
-                    .unzip();
-                state.replace_all(deployments, endpoints.into_iter().flatten().collect());
-                tracing::info!(region = %self.region, services = state.services(),
-                    "synced with the global control plane");
-            } else {
-                for decoded in changed {
-                    tracing::debug!(region = %self.region, service = ?decoded.id, "service changed");
-                    state.set_service(decoded.id, Some(decoded.deployment), decoded.endpoints);
-                }
-                for id in removed {
-                    tracing::debug!(region = %self.region, service = ?id, "service left the region");
-                    state.set_service(id, None, Vec::new());
-                }
+        let state = &self.state;
+        if self.first {
+            let (deployments, endpoints): (Vec<_>, Vec<_>) = changed
+                .into_iter()
+                .map(|d| (d.deployment, d.endpoints))
+                .unzip();
+            state.replace_all(deployments, endpoints.into_iter().flatten().collect());
+            tracing::info!(region = %self.region, services = state.services(),
+                "synced with the global control plane");
+        } else {
+            for decoded in changed {
+                tracing::debug!(region = %self.region, service = ?decoded.id, "service changed");
+                state.set_service(decoded.id, Some(decoded.deployment), decoded.endpoints);
+            }
+            for id in removed {
+                tracing::debug!(region = %self.region, service = ?id, "service left the region");
+                state.set_service(id, None, Vec::new());
             }
         }
         self.applied = now;
@@ -262,7 +254,7 @@ impl Handler for Follower {
             self.apply(resources).await?;
         } else if type_url == REGION_SUMMARY {
             let regions = decode_summaries(resources)?;
-            lock(&self.state).set_region_summaries(&regions);
+            self.state.set_region_summaries(&regions);
             self.keep_copy();
         }
         Ok(interests())

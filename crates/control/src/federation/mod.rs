@@ -6,5 +6,5 @@
 mod follow;
 mod publish;
 
-pub use follow::follow_global;
+pub use follow::{follow_global, keep_disk_copy};
 pub use publish::{publish_regional_deployments, ReportSource};

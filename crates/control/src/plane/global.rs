@@ -1,0 +1,196 @@
+//! The global control plane, assembled: the public API over the store (SQLite in the data
+//! directory), the installation's root CA, and the xDS server from which regional control
+//! planes follow their regional deployments and to which they report.
+//!
+//! Supervision, task by task:
+//! - restarted (each rebuilds what it needs from the store and the reports): publishing the
+//!   regional deployments and region summaries, renewing the plane's own certificate;
+//! - essential (each owns a bound socket): the API server and the xDS server for the regions.
+//!   When one ends the plane stops and [`run_global`] returns the error.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_identity::{server_config, trust_bundle, Authority, CertStore, SpiffeId, Subject};
+use meridian_store::{SqliteStore, Store};
+use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
+use prometheus_client::registry::Registry;
+use tonic::service::Routes;
+
+use super::{bind, local, RunError, Say};
+use crate::supervise::Supervisor;
+use crate::{
+    issue_own_certificate, keep_own_certificate, publish_regional_deployments, tls_incoming,
+    AuthenticatedAds, JoinTokens, RegionReports, ReportService, ReportSource,
+};
+
+/// Lifetime of the global control plane's own certificate (renewed at two thirds of it).
+const OWN_CERT_LIFETIME: Duration = Duration::from_secs(86_400);
+/// How long the installation's root CA is valid.
+const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// What the global control plane needs; each field is the `meridian control --global` option
+/// of the same name.
+pub struct GlobalOptions {
+    /// Holds the database and the root CA; created if missing.
+    pub data_dir: PathBuf,
+    /// The installation's trust domain (fixed when the root CA is made, at the first start).
+    pub trust_domain: String,
+    /// Where the public API listens.
+    pub listen: SocketAddr,
+    /// Where regional control planes follow their regional deployments (xDS, mutual TLS).
+    pub xds: SocketAddr,
+    /// Where the plane says what it does.
+    pub say: Say,
+}
+
+/// Runs the global control plane until `shutdown` resolves (`Ok`) or an essential task ends
+/// (the error). Fails at once when an option is wrong, the store or the CA cannot be opened or a
+/// port cannot be bound.
+pub async fn run_global(
+    options: GlobalOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let GlobalOptions {
+        data_dir,
+        trust_domain,
+        listen,
+        xds,
+        say,
+    } = options;
+    std::fs::create_dir_all(&data_dir).map_err(|e| {
+        RunError::start(
+            format!("creating the data directory {}", data_dir.display()),
+            e,
+        )
+    })?;
+    let db = data_dir.join("meridian.db");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db)
+            .await
+            .map_err(|e| RunError::start(format!("opening the store at {}", db.display()), e))?,
+    );
+    let admin_token = meridian_api::bootstrap_admin_token(&*store)
+        .await
+        .map_err(|e| RunError::start("creating the admin token", format!("{e:?}")))?;
+    let (ca, created) = root_ca(&data_dir, &trust_domain)?;
+    let ca = Arc::new(ca);
+    let listener = bind(listen, "the API")?;
+    let xds = bind(xds, "xDS")?;
+    let addr = local(&listener)?;
+    say(&format!(
+        "meridian control (global) serving http://{addr} (data in {})",
+        data_dir.display()
+    ));
+    say(&format!(
+        "  regional control planes follow https://{} (xDS over mutual TLS)",
+        local(&xds)?
+    ));
+    say(&format!(
+        "root CA for trust domain {} {} in {} (key readable by its owner only)",
+        ca.trust_domain(),
+        if created { "created" } else { "loaded" },
+        data_dir.join("ca").display()
+    ));
+    match admin_token {
+        Some(token) => {
+            say(&format!(
+                "admin token (shown only at first start, stored hashed): {token}"
+            ));
+            say(&format!(
+                "  export MERIDIAN_API=http://{addr} MERIDIAN_TOKEN={token}"
+            ));
+        }
+        None => say("admin token: created at first start, not shown again"),
+    }
+
+    let mut registry = Registry::default();
+    let metrics = XdsMetrics::new(&mut registry);
+    let mut supervisor = Supervisor::new(&mut registry);
+    let cache = Cache::new();
+    let reports = meridian_api::Reports::default();
+    supervisor.restarting("publish regional deployments", {
+        let (store, cache, reports) = (store.clone(), cache.clone(), reports.clone());
+        move || {
+            let latest = reports.clone();
+            let source = ReportSource {
+                latest: Box::new(move |region| latest.get(region)),
+                changed: reports.subscribe(),
+            };
+            publish_regional_deployments(store.clone(), cache.clone(), source)
+        }
+    });
+    let own_id = SpiffeId {
+        trust_domain: ca.trust_domain().to_owned(),
+        subject: Subject::Control { region: None },
+    };
+    let own = issue_own_certificate(&ca, &own_id, OWN_CERT_LIFETIME)
+        .map_err(|e| RunError::start("making the control plane's certificate", e))?;
+    let own = CertStore::new(own);
+    supervisor.restarting("own certificate", {
+        let (ca, own) = (ca.clone(), own.clone());
+        move || {
+            let (ca, id) = (ca.clone(), own_id.clone());
+            keep_own_certificate(own.clone(), OWN_CERT_LIFETIME, move || {
+                issue_own_certificate(&ca, &id, OWN_CERT_LIFETIME)
+            })
+        }
+    });
+    let bundle =
+        trust_bundle(ca.certificate_pem()).map_err(|e| RunError::start("the trust bundle", e))?;
+    let tls = server_config(own, bundle).map_err(|e| RunError::start("the xDS server's TLS", e))?;
+    let stop = supervisor.stop();
+    let ads = AdsServer::new(cache, metrics, Limits::default());
+    let recorder = reports.clone();
+    let region_reports = RegionReports::new(move |region, report| recorder.record(region, report));
+    let federation = ads.clone().serve_routes(
+        Routes::new(AuthenticatedAds::global(ads.into_service()))
+            .add_service(ReportService::with(region_reports)),
+        tls_incoming(xds, Arc::new(tls)),
+        stop.clone().wait(),
+    );
+    supervisor.essential("the xDS server for the regions", federation);
+    let region_tokens = JoinTokens::open(&data_dir.join("region-join-tokens.json"))
+        .map_err(|e| RunError::start("the regions' join tokens", e))?;
+    let trust = meridian_api::RootTrust {
+        ca,
+        region_tokens: Arc::new(region_tokens),
+    };
+    // The API last: its /metrics shows every metric registered above.
+    let router = meridian_api::router_with(store, Some(trust), registry, reports);
+    let api = axum::serve(listener, router).with_graceful_shutdown(stop.wait());
+    supervisor.essential("the API server", api.into_future());
+
+    supervisor.run(shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The installation's root CA: loaded from `<data>/ca`, or made there at the first start.
+/// Returns it and whether it was made now.
+fn root_ca(data_dir: &Path, trust_domain: &str) -> Result<(Authority, bool), RunError> {
+    let valid = !trust_domain.is_empty()
+        && trust_domain
+            .split('.')
+            .all(|label| meridian_model::check_dns_label(label).is_ok());
+    if !valid {
+        return Err(RunError::Option {
+            option: "--trust-domain",
+            reason: format!("`{trust_domain}` is not DNS labels separated by dots"),
+        });
+    }
+    let dir = data_dir.join("ca");
+    if let Some(ca) = Authority::load(&dir, trust_domain)
+        .map_err(|e| RunError::start("loading the root CA", e))?
+    {
+        return Ok((ca, false));
+    }
+    let ca = Authority::create_root(trust_domain, ROOT_VALIDITY)
+        .map_err(|e| RunError::start("making the root CA", e))?;
+    ca.save(&dir)
+        .map_err(|e| RunError::start("storing the root CA", e))?;
+    Ok((ca, true))
+}

@@ -1,0 +1,187 @@
+//! A region's services, endpoints, nodes and placements ([`state`]), kept rendered in the xDS
+//! cache ([`publish`]). Reports, issuance and federation share the state's lock only to change
+//! or read the model; a change marks what it touched, and the touched resources are rendered
+//! and published after the lock is released: an agent's report that changes one instance
+//! re-renders that instance's service, a placement change re-encodes the assignments of the
+//! instances that moved.
+
+mod publish;
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use meridian_model::{Endpoint, RegionReport, RegionalDeployment};
+use meridian_xds::meridian::NodeReport;
+use meridian_xds::Cache;
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+
+use crate::disk_copy::DiskCopy;
+use crate::elsewhere::RemoteRegion;
+use publish::{EncodeSpec, Publisher};
+use state::RegionState;
+
+/// Identifies a service: org, app and name.
+pub type ServiceId = (String, String, String);
+
+/// Where a region's gateway listens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatewayListeners {
+    /// For edges, over mutual TLS (only edges may call); reported upward, edges reach the
+    /// region there.
+    pub mesh: Option<SocketAddr>,
+    /// Plain HTTP, for operators and tests; never reported.
+    pub plaintext: Option<SocketAddr>,
+}
+
+/// What a region runs, rendered into its xDS cache. Shared by the tasks of a regional control
+/// plane behind an [`Arc`]; every method takes `&self`.
+pub struct Region {
+    name: String,
+    state: Mutex<RegionState>,
+    publisher: Publisher,
+}
+
+impl Region {
+    /// An empty region `region`, rendering into `cache` and counting its renders in
+    /// `registry`; the region's gateway listens where `gateway` says; with `trust_domain`,
+    /// proxies reach the instances agents run over mutual TLS (endpoints registered through the
+    /// API stay plaintext), and the gateway's edge listener is mutual TLS.
+    pub fn new(
+        region: &str,
+        cache: Arc<Cache>,
+        gateway: GatewayListeners,
+        trust_domain: Option<&str>,
+        registry: &mut Registry,
+    ) -> Region {
+        let encode_spec: EncodeSpec = serde_json::to_vec;
+        Region::with_encoder(region, cache, gateway, trust_domain, registry, encode_spec)
+    }
+
+    fn with_encoder(
+        region: &str,
+        cache: Arc<Cache>,
+        gateway: GatewayListeners,
+        trust_domain: Option<&str>,
+        registry: &mut Registry,
+        encode_spec: EncodeSpec,
+    ) -> Region {
+        let mesh = trust_domain.is_some();
+        let publisher = Publisher::new(cache, gateway, mesh, registry, encode_spec);
+        let region = Region {
+            name: region.to_owned(),
+            state: Mutex::new(RegionState::new(region, gateway, trust_domain)),
+            publisher,
+        };
+        // The gateway's routes, empty.
+        region.change(|_| ());
+        region
+    }
+
+    /// Changes the model with `change`, then renders and publishes what it touched outside the
+    /// state's lock.
+    fn change<T>(&self, change: impl FnOnce(&mut RegionState) -> T) -> T {
+        let (out, work) = {
+            let mut state = self.lock();
+            let out = change(&mut state);
+            let work = state.take_work();
+            self.publisher.take_off(work.sequence);
+            (out, work)
+        };
+        self.publisher.publish(work);
+        out
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RegionState> {
+        // The model's maps stay usable after a panic elsewhere; the region keeps serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether service `id` runs in the region.
+    pub fn runs(&self, id: &ServiceId) -> bool {
+        self.lock().runs(id)
+    }
+
+    /// How many services run in the region.
+    pub fn services(&self) -> usize {
+        self.lock().services()
+    }
+
+    /// Replaces every service: services not in `deployments` are removed; only the services
+    /// whose deployment or registered endpoints differ are rendered again.
+    pub fn replace_all(&self, deployments: Vec<RegionalDeployment>, endpoints: Vec<Endpoint>) {
+        self.change(|state| state.replace_all(deployments, endpoints));
+    }
+
+    /// Sets one service's regional deployment (`None`: it no longer runs here) and its
+    /// endpoints registered in this region, and renders it again (and its instances'
+    /// placement if its deployment changed).
+    pub fn set_service(
+        &self,
+        id: ServiceId,
+        deployment: Option<RegionalDeployment>,
+        endpoints: Vec<Endpoint>,
+    ) {
+        self.change(|state| state.set_service(id, deployment, endpoints));
+    }
+
+    /// Records an agent's report (checked by the caller): its node is live, its instances have
+    /// these states. Only the services whose instances it shows differently are rendered
+    /// again; placement is redone when the nodes changed or an instance failed.
+    pub fn report(&self, report: NodeReport, now: Instant) {
+        self.change(|state| state.report(report, now));
+    }
+
+    /// Called every second: forgets nodes whose agents stopped reporting (and places their
+    /// instances elsewhere), and makes the first placement once agents had time to report.
+    pub fn tick(&self, now: Instant) {
+        self.change(|state| state.tick(now));
+    }
+
+    /// Takes every region's summary, by region name (this region's own gives its coordinates):
+    /// other regions' healthy instances become reachable from this region's node proxies, and
+    /// services deployed only elsewhere get a mesh resource. Renders only the services whose
+    /// view changed.
+    pub fn set_region_summaries(&self, regions: &BTreeMap<String, RemoteRegion>) {
+        self.change(|state| state.set_region_summaries(regions));
+    }
+
+    /// Takes back what a disk copy holds (virtual IPs first, then services and summaries).
+    pub fn restore(&self, copy: DiskCopy) {
+        self.change(|state| {
+            state.restore_vips(copy.vips);
+            state.replace_all(copy.deployments, copy.endpoints);
+            state.set_region_summaries(&copy.regions);
+        });
+    }
+
+    /// What the region knows from the global control plane, for its disk copy.
+    pub fn disk_copy(&self) -> DiskCopy {
+        self.lock().disk_copy()
+    }
+
+    /// The region's report for the global control plane: nodes, capacity, and each service's
+    /// placed and healthy instances, with the addresses of the healthy ones its agents run.
+    pub fn report_upward(&self) -> RegionReport {
+        self.lock().report_upward()
+    }
+
+    /// What is told whenever the region's report upward may have changed (an agent reported,
+    /// a service or a node changed), so that news goes up at once.
+    pub fn report_due(&self) -> Arc<Notify> {
+        self.lock().report_due()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,452 @@
+//! What a region runs, as a model: its services, their endpoints, its nodes and placements,
+//! other regions' summaries and the services' virtual IPs. Every change marks what it touched;
+//! [`RegionState::take_work`] then hands out the inputs of exactly those resources, so that they
+//! are rendered outside the state's lock and a change costs what it touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use meridian_model::{Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth};
+use meridian_xds::meridian::{NodeReport, ServiceInstance};
+
+use super::{GatewayListeners, ServiceId};
+use crate::elsewhere::{Elsewhere, RemoteRegion};
+use crate::fleet::{Fleet, InstanceKey};
+use crate::vips::{SavedVip, Vips};
+
+/// The region's model.
+pub(super) struct RegionState {
+    region: String,
+    /// The installation's trust domain, when the region's proxies reach agent-run instances
+    /// over mutual TLS.
+    trust_domain: Option<String>,
+    /// Where the region's gateway listens.
+    gateway: GatewayListeners,
+    deployments: BTreeMap<ServiceId, Arc<RegionalDeployment>>,
+    /// Endpoints registered through the global API, by service.
+    registered: BTreeMap<ServiceId, Vec<Endpoint>>,
+    /// Endpoints of the instances agents run, by service.
+    reported: BTreeMap<ServiceId, Vec<Endpoint>>,
+    /// The region's nodes and where instances are placed.
+    pub(super) fleet: Fleet,
+    /// Healthy instances of services in other regions, by priority (1 for the nearest region
+    /// that runs the service, then 2, …).
+    elsewhere: BTreeMap<ServiceId, Vec<ServiceInstance>>,
+    /// Services deployed only in other regions, as the nearest of them runs them.
+    remote: BTreeMap<ServiceId, RegionalDeployment>,
+    /// Every region's last summary, by name.
+    summaries: BTreeMap<String, RemoteRegion>,
+    /// Told whenever the region's report upward may have changed.
+    report_due: Arc<Notify>,
+    /// Each service's virtual IP.
+    vips: Vips,
+    /// What changed since the last [`RegionState::take_work`].
+    dirty: Dirty,
+    /// The sequence number of the last work handed out.
+    sequence: u64,
+}
+
+/// What changed and must be rendered again.
+#[derive(Default)]
+struct Dirty {
+    services: BTreeSet<ServiceId>,
+    assignments: BTreeSet<InstanceKey>,
+    gateway_routes: bool,
+}
+
+/// The inputs of the resources a change touched, taken under the state's lock and rendered
+/// after it. Works are numbered in the order of the changes they follow; a resource is
+/// published only from a work newer than the one it was last published from.
+pub(super) struct Work {
+    /// Orders works: a higher number saw a later state.
+    pub sequence: u64,
+    /// Services to render again.
+    pub services: Vec<ServiceWork>,
+    /// Instances whose assignment changed: `None` when no longer placed.
+    pub assignments: Vec<(InstanceKey, Option<AssignmentWork>)>,
+    /// Every deployment, when the gateway's routes must be rendered again.
+    pub gateway_routes: Option<Vec<Arc<RegionalDeployment>>>,
+}
+
+/// One service's inputs.
+pub(super) struct ServiceWork {
+    /// The service.
+    pub id: ServiceId,
+    /// How it is rendered.
+    pub shape: Shape,
+}
+
+/// How a service is rendered.
+pub(super) enum Shape {
+    /// It runs in the region.
+    Local {
+        /// Its deployment here.
+        deployment: Arc<RegionalDeployment>,
+        /// Its registered and reported endpoints.
+        endpoints: Vec<Endpoint>,
+        /// The trust domain, when its instances are reached over mutual TLS.
+        mesh: Option<String>,
+        /// Its healthy instances elsewhere.
+        elsewhere: Vec<ServiceInstance>,
+        /// Its virtual IP.
+        vip: Ipv4Addr,
+    },
+    /// It runs only in other regions.
+    Remote {
+        /// As the nearest of them runs it.
+        deployment: Box<RegionalDeployment>,
+        /// Its healthy instances there.
+        elsewhere: Vec<ServiceInstance>,
+        /// Its virtual IP.
+        vip: Ipv4Addr,
+    },
+    /// The region no longer knows it: its resources are removed.
+    Gone,
+}
+
+/// One placed instance's assignment inputs.
+pub(super) struct AssignmentWork {
+    /// The node that runs it.
+    pub node: String,
+    /// Its service's deployment.
+    pub deployment: Arc<RegionalDeployment>,
+}
+
+impl RegionState {
+    /// An empty state for `region`; see [`super::Region::new`].
+    pub fn new(region: &str, gateway: GatewayListeners, trust_domain: Option<&str>) -> RegionState {
+        RegionState {
+            region: region.to_owned(),
+            trust_domain: trust_domain.map(str::to_owned),
+            gateway,
+            deployments: BTreeMap::new(),
+            registered: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            fleet: Fleet::new(Instant::now() + crate::fleet::SETTLE),
+            elsewhere: BTreeMap::new(),
+            remote: BTreeMap::new(),
+            summaries: BTreeMap::new(),
+            report_due: Arc::new(Notify::new()),
+            vips: Vips::default(),
+            dirty: Dirty {
+                gateway_routes: true,
+                ..Dirty::default()
+            },
+            sequence: 0,
+        }
+    }
+
+    /// Whether service `id` runs in the region.
+    pub fn runs(&self, id: &ServiceId) -> bool {
+        self.deployments.contains_key(id)
+    }
+
+    /// How many services run in the region.
+    pub fn services(&self) -> usize {
+        self.deployments.len()
+    }
+
+    /// Replaces everything: services not in `deployments` are removed. Only the services whose
+    /// deployment or registered endpoints differ are rendered again.
+    pub fn replace_all(&mut self, deployments: Vec<RegionalDeployment>, endpoints: Vec<Endpoint>) {
+        let mut new_deployments = BTreeMap::new();
+        for deployment in deployments {
+            new_deployments.insert(id_of(&deployment), deployment);
+        }
+        let mut new_endpoints: BTreeMap<ServiceId, Vec<Endpoint>> = BTreeMap::new();
+        for endpoint in endpoints {
+            let id = (
+                endpoint.org.clone(),
+                endpoint.app.clone(),
+                endpoint.service.clone(),
+            );
+            new_endpoints.entry(id).or_default().push(endpoint);
+        }
+        let mut ids: BTreeSet<ServiceId> = self.deployments.keys().cloned().collect();
+        ids.extend(new_deployments.keys().cloned());
+        let mut reshaped = false;
+        for id in ids {
+            let deployment = new_deployments.remove(&id);
+            let endpoints = new_endpoints.remove(&id).unwrap_or_default();
+            reshaped |= self.update_service(id, deployment, endpoints);
+        }
+        if reshaped {
+            self.reconcile_instances(Instant::now());
+        }
+    }
+
+    /// Records an agent's report: its node is live, its instances have these states. Placement
+    /// is redone when the nodes changed or an instance failed; otherwise only the services whose
+    /// instances the report shows differently are looked at again.
+    pub fn report(&mut self, report: NodeReport, now: Instant) {
+        let reported = self.fleet.report(report, now);
+        if reported.reshaped {
+            self.reconcile_instances(now);
+        }
+        self.refresh_reported(reported.services);
+        self.report_due.notify_one();
+    }
+
+    /// What is told whenever the region's report upward may have changed (an agent reported,
+    /// a service or a node changed), so that news goes up at once.
+    pub fn report_due(&self) -> Arc<Notify> {
+        self.report_due.clone()
+    }
+
+    /// Called every second: forgets nodes whose agents stopped reporting (and places their
+    /// instances elsewhere), and makes the first placement once agents had time to report.
+    pub fn tick(&mut self, now: Instant) {
+        let gone = self.fleet.expire(now);
+        if !gone.is_empty() {
+            tracing::warn!(nodes = ?gone, "nodes stopped reporting; placing their instances elsewhere");
+            self.reconcile_instances(now);
+        } else if self.fleet.first_placement_due(now) {
+            self.reconcile_instances(now);
+        }
+        self.report_due.notify_one();
+    }
+
+    /// What the region knows from the global control plane, for its disk copy.
+    pub fn disk_copy(&self) -> crate::disk_copy::DiskCopy {
+        crate::disk_copy::DiskCopy {
+            deployments: self.deployments.values().map(|d| (**d).clone()).collect(),
+            endpoints: self.registered.values().flatten().cloned().collect(),
+            regions: self.summaries.clone(),
+            vips: self.vips.saved(),
+        }
+    }
+
+    /// Takes back the services' virtual IPs from a disk copy; call before anything else.
+    pub fn restore_vips(&mut self, saved: Vec<SavedVip>) {
+        self.vips.restore(saved);
+    }
+
+    /// The region's report for the global control plane: nodes, capacity, and each service's
+    /// placed and healthy instances, with the addresses of the healthy ones its agents run.
+    pub fn report_upward(&self) -> RegionReport {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        RegionReport {
+            // A port chosen by the system (0) is not an address anyone can reach.
+            gateway: self
+                .gateway
+                .mesh
+                .filter(|g| g.port() != 0)
+                .map(|g| g.to_string()),
+            nodes: count(self.fleet.nodes()),
+            capacity: self.fleet.capacity(),
+            services: self
+                .deployments
+                .iter()
+                .map(|(id, deployment)| {
+                    let (placed, healthy) = self.fleet.summary(id);
+                    ServiceHealth {
+                        org: id.0.clone(),
+                        app: id.1.clone(),
+                        service: id.2.clone(),
+                        version: deployment.version,
+                        placed: count(placed),
+                        healthy: count(healthy),
+                        addresses: self
+                            .reported
+                            .get(id)
+                            .into_iter()
+                            .flatten()
+                            .filter(|e| e.health == EndpointHealth::Healthy)
+                            .map(|e| e.address.clone())
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Places every service's instances; the instances whose placement changed get their
+    /// assignments and their services' endpoints looked at again.
+    fn reconcile_instances(&mut self, now: Instant) {
+        let desired = self
+            .deployments
+            .iter()
+            .map(|(id, d)| (id.clone(), d.spec.scale.min))
+            .collect();
+        let moved = self.fleet.place(&desired, now);
+        let services = moved.iter().map(|(service, _)| service.clone()).collect();
+        self.dirty.assignments.extend(moved);
+        self.refresh_reported(services);
+    }
+
+    /// Looks again at the endpoints of `services` and marks those whose endpoints changed.
+    fn refresh_reported(&mut self, services: BTreeSet<ServiceId>) {
+        for id in services {
+            let endpoints = self.fleet.endpoints(&id, &self.region);
+            if self.reported.get(&id).map_or(&[][..], Vec::as_slice) == endpoints.as_slice() {
+                continue;
+            }
+            if endpoints.is_empty() {
+                self.reported.remove(&id);
+            } else {
+                self.reported.insert(id.clone(), endpoints);
+            }
+            self.dirty.services.insert(id);
+        }
+    }
+
+    /// Takes every region's summary, by region name (this region's own gives its coordinates):
+    /// other regions' healthy instances of each service become reachable from this region's
+    /// node proxies, the nearest region first, and services deployed only elsewhere get a
+    /// mesh resource of their own. Marks only the services whose view changed.
+    pub fn set_region_summaries(&mut self, regions: &BTreeMap<String, RemoteRegion>) {
+        let Elsewhere {
+            instances: elsewhere,
+            deployments: remote,
+        } = crate::elsewhere::elsewhere(&self.region, regions);
+        let mut ids: BTreeSet<ServiceId> = self.elsewhere.keys().cloned().collect();
+        ids.extend(self.remote.keys().cloned());
+        ids.extend(elsewhere.keys().cloned());
+        ids.extend(remote.keys().cloned());
+        let changed = ids.into_iter().filter(|id| {
+            self.elsewhere.get(id) != elsewhere.get(id) || self.remote.get(id) != remote.get(id)
+        });
+        self.dirty.services.extend(changed.collect::<Vec<_>>());
+        self.elsewhere = elsewhere;
+        self.remote = remote;
+        self.summaries = regions.clone();
+    }
+
+    /// Sets one service's regional deployment (`None`: it no longer runs here) and its endpoints
+    /// registered in this region (and places its instances again if its spec changed).
+    pub fn set_service(
+        &mut self,
+        id: ServiceId,
+        deployment: Option<RegionalDeployment>,
+        endpoints: Vec<Endpoint>,
+    ) {
+        if self.update_service(id, deployment, endpoints) {
+            self.reconcile_instances(Instant::now());
+        }
+    }
+
+    /// Stores one service and marks what changed; returns whether its deployment changed.
+    fn update_service(
+        &mut self,
+        id: ServiceId,
+        deployment: Option<RegionalDeployment>,
+        endpoints: Vec<Endpoint>,
+    ) -> bool {
+        let endpoints: Vec<Endpoint> = endpoints
+            .into_iter()
+            .filter(|e| e.region == self.region && deployment.is_some())
+            .collect();
+        let spec_changed = self.deployments.get(&id).map(|d| &**d) != deployment.as_ref();
+        let endpoints_changed =
+            self.registered.get(&id).map_or(&[][..], Vec::as_slice) != endpoints.as_slice();
+        if !spec_changed && !endpoints_changed {
+            return false;
+        }
+        self.report_due.notify_one();
+        self.dirty.services.insert(id.clone());
+        if endpoints.is_empty() {
+            self.registered.remove(&id);
+        } else {
+            self.registered.insert(id.clone(), endpoints);
+        }
+        if spec_changed {
+            match deployment {
+                Some(deployment) => {
+                    self.deployments.insert(id.clone(), Arc::new(deployment));
+                }
+                None => {
+                    self.deployments.remove(&id);
+                }
+            }
+            // Its assignments carry the deployment.
+            let placed = self.fleet.placements_of(&id).map(|(key, _)| key.clone());
+            self.dirty.assignments.extend(placed.collect::<Vec<_>>());
+            self.dirty.gateway_routes = true;
+        }
+        spec_changed
+    }
+
+    /// The inputs of everything marked since the last call, numbered after the last work.
+    pub fn take_work(&mut self) -> Work {
+        let dirty = std::mem::take(&mut self.dirty);
+        self.sequence += 1;
+        let services = dirty
+            .services
+            .into_iter()
+            .map(|id| {
+                let shape = self.shape(&id);
+                if matches!(shape, Shape::Gone) {
+                    self.vips.release(&id);
+                }
+                ServiceWork { id, shape }
+            })
+            .collect();
+        let assignments = dirty
+            .assignments
+            .into_iter()
+            .map(|key| {
+                let node = self.fleet.node_of(&key);
+                let work = node
+                    .zip(self.deployments.get(&key.0))
+                    .map(|(node, d)| AssignmentWork {
+                        node: node.to_owned(),
+                        deployment: d.clone(),
+                    });
+                (key, work)
+            })
+            .collect();
+        let gateway_routes = dirty
+            .gateway_routes
+            .then(|| self.deployments.values().cloned().collect());
+        Work {
+            sequence: self.sequence,
+            services,
+            assignments,
+            gateway_routes,
+        }
+    }
+
+    /// How service `id` is rendered now.
+    fn shape(&mut self, id: &ServiceId) -> Shape {
+        let elsewhere = self.elsewhere.get(id).cloned().unwrap_or_default();
+        if let Some(deployment) = self.deployments.get(id) {
+            let registered = self.registered.get(id);
+            let endpoints = registered
+                .into_iter()
+                .chain(self.reported.get(id))
+                .flatten()
+                .cloned()
+                .collect();
+            // Instances run by agents are reached on their mesh ports, unless endpoints
+            // registered through the API (plaintext) share the service.
+            let agent_run = registered.is_none_or(Vec::is_empty);
+            return Shape::Local {
+                deployment: deployment.clone(),
+                endpoints,
+                mesh: self.trust_domain.clone().filter(|_| agent_run),
+                elsewhere,
+                vip: self.vips.of(id),
+            };
+        }
+        match self.remote.get(id) {
+            Some(deployment) => Shape::Remote {
+                deployment: Box::new(deployment.clone()),
+                elsewhere,
+                vip: self.vips.of(id),
+            },
+            None => Shape::Gone,
+        }
+    }
+}
+
+fn id_of(deployment: &RegionalDeployment) -> ServiceId {
+    (
+        deployment.org.clone(),
+        deployment.app.clone(),
+        deployment.service.clone(),
+    )
+}

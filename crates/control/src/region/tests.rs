@@ -1,0 +1,311 @@
+//! The region renders what a change touched, and nothing else; a render that fails keeps the
+//! previous resources; overlapping renders never publish an older view over a newer one.
+
+use std::time::{Duration, Instant};
+
+use meridian_model::{derive_regional, Definition, ServiceSpec};
+use meridian_xds::meridian::{Assignment, InstanceReport, Service, ASSIGNMENT, SERVICE};
+use meridian_xds::{ENDPOINT, PROXY_NAMESPACE};
+use prost::Message;
+
+use super::publish::lock;
+use super::*;
+
+const NODES: [&str; 2] = ["a", "b"];
+const SERVICES: usize = 40;
+
+fn deployment(name: &str, min: u32, domain: &str) -> RegionalDeployment {
+    let definition: Definition = serde_json::from_value(serde_json::json!({
+        "org": "acme", "app": "shop", "name": name, "regions": ["fra"],
+        "scale": {"min": min, "max": 4},
+        "runtime": {"process": {"command": "/bin/true"}},
+        "ports": [{"name": "http", "port": 8080}],
+        "routes": [{"path_prefix": "/", "port": "http"}],
+        "domains": [domain],
+    }))
+    .unwrap();
+    derive_regional(&definition, u64::from(min)).remove(0)
+}
+
+fn id(name: &str) -> ServiceId {
+    ("acme".to_owned(), "shop".to_owned(), name.to_owned())
+}
+
+fn name(i: usize) -> String {
+    format!("svc{i}")
+}
+
+/// A region running `SERVICES` services with one instance each, placed over two nodes whose
+/// instances all report healthy.
+struct Fixture {
+    region: Region,
+    cache: Arc<Cache>,
+    start: Instant,
+}
+
+impl Fixture {
+    fn new(encode_spec: EncodeSpec) -> Fixture {
+        let cache = Cache::new();
+        let mut registry = Registry::default();
+        let region = Region::with_encoder(
+            "fra",
+            cache.clone(),
+            GatewayListeners::default(),
+            Some("meridian.test"),
+            &mut registry,
+            encode_spec,
+        );
+        let deployments = (0..SERVICES)
+            .map(|i| deployment(&name(i), 1, &format!("{}.example.com", name(i))))
+            .collect();
+        region.replace_all(deployments, Vec::new());
+        let fixture = Fixture {
+            region,
+            cache,
+            start: Instant::now(),
+        };
+        for node in NODES {
+            fixture.report(node, fixture.start, |_| "healthy");
+        }
+        fixture.region.tick(fixture.start + crate::fleet::SETTLE);
+        for node in NODES {
+            fixture.report(node, fixture.start, |_| "healthy");
+        }
+        fixture
+    }
+
+    /// Node `node` reports at `at` the instances placed on it, in the state `state` gives.
+    fn report(&self, node: &str, at: Instant, state: impl Fn(&str) -> &'static str) {
+        let instances = self
+            .region
+            .lock()
+            .fleet
+            .placements()
+            .into_iter()
+            .filter(|p| p.node == node)
+            .map(|p| InstanceReport {
+                state: state(&p.instance).to_owned(),
+                address: format!("10.0.0.{}", p.instance.len()),
+                org: p.service.0,
+                app: p.service.1,
+                service: p.service.2,
+                instance: p.instance,
+                ..Default::default()
+            })
+            .collect();
+        let report = NodeReport {
+            node: node.to_owned(),
+            capacity: 100,
+            instances,
+        };
+        self.region.report(report, at);
+    }
+
+    fn renders(&self) -> u64 {
+        self.region.publisher.metrics.service_renders.get()
+    }
+
+    fn encodes(&self) -> u64 {
+        self.region.publisher.metrics.assignment_encodes.get()
+    }
+
+    fn failures(&self) -> u64 {
+        self.region.publisher.metrics.failures.get()
+    }
+
+    /// Every resource of `type_url` and its version.
+    fn versions(&self, type_url: &str) -> BTreeMap<String, String> {
+        self.cache
+            .names(type_url, "")
+            .into_iter()
+            .filter_map(|name| {
+                let version = self.cache.get(type_url, &name)?.version.clone();
+                Some((name, version))
+            })
+            .collect()
+    }
+
+    /// The instances of service `name` and the nodes they are on.
+    fn placed(&self, name: &str) -> Vec<(String, String)> {
+        let state = self.region.lock();
+        let id = id(name);
+        let placed = state.fleet.placements_of(&id);
+        placed
+            .map(|((_, instance), node)| (instance.clone(), node.to_owned()))
+            .collect()
+    }
+}
+
+/// The names whose version differs between two snapshots (or that only one has).
+fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+    let mut names: Vec<String> = before
+        .iter()
+        .filter(|(name, version)| after.get(*name) != Some(version))
+        .map(|(name, _)| name.clone())
+        .collect();
+    names.extend(after.keys().filter(|n| !before.contains_key(*n)).cloned());
+    names
+}
+
+#[test]
+fn a_report_that_changes_one_instance_renders_its_service_only() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    assert_eq!(fixture.versions(ASSIGNMENT).len(), SERVICES);
+    let endpoints = fixture.versions(ENDPOINT);
+    let (renders, encodes) = (fixture.renders(), fixture.encodes());
+
+    // The same report again changes nothing.
+    fixture.report("a", fixture.start, |_| "healthy");
+    assert_eq!(fixture.renders(), renders);
+
+    // One instance of svc3 becomes unhealthy: svc3 alone is rendered again.
+    let (instance, node) = fixture.placed("svc3").remove(0);
+    fixture.report(&node, fixture.start, |i| {
+        if i == instance {
+            "unhealthy"
+        } else {
+            "healthy"
+        }
+    });
+    assert_eq!(fixture.renders(), renders + 1, "one service rendered");
+    assert_eq!(fixture.encodes(), encodes, "no assignment encoded");
+    let changed = changed(&endpoints, &fixture.versions(ENDPOINT));
+    assert!(changed.contains(&format!("{PROXY_NAMESPACE}acme/shop/svc3:http")));
+    assert!(
+        changed.iter().all(|name| name.contains("/svc3")),
+        "{changed:?}"
+    );
+}
+
+#[test]
+fn a_lost_node_re_encodes_the_assignments_of_its_instances_only() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let assignments = fixture.versions(ASSIGNMENT);
+    let on_b = (0..SERVICES)
+        .filter(|i| fixture.placed(&name(*i))[0].1 == "b")
+        .count();
+    assert!(
+        on_b > 0 && on_b < SERVICES,
+        "instances spread over both nodes"
+    );
+    let encodes = fixture.encodes();
+
+    // Node b stops reporting; a goes on.
+    let later = fixture.start + crate::fleet::NODE_TIMEOUT + Duration::from_secs(1);
+    fixture.report("a", later, |_| "healthy");
+    fixture.region.tick(later);
+
+    assert_eq!(fixture.encodes(), encodes + on_b as u64);
+    let now = fixture.versions(ASSIGNMENT);
+    assert_eq!(now.len(), SERVICES);
+    assert!(now.keys().all(|name| name.starts_with("node/a/")));
+    let kept = assignments.iter().filter(|(n, v)| now.get(*n) == Some(v));
+    assert_eq!(
+        kept.count(),
+        SERVICES - on_b,
+        "node a's assignments untouched"
+    );
+}
+
+/// Fails to encode the specs that claim `unencodable.example`, as a broken serialiser would.
+fn failing(spec: &ServiceSpec) -> serde_json::Result<Vec<u8>> {
+    if spec.domains.iter().any(|d| d == "unencodable.example") {
+        return Err(<serde_json::Error as serde::ser::Error>::custom("broken"));
+    }
+    serde_json::to_vec(spec)
+}
+
+#[test]
+fn a_spec_that_cannot_be_encoded_keeps_the_previous_resources() {
+    let fixture = Fixture::new(failing);
+    let services = fixture.versions(SERVICE);
+    let assignments = fixture.versions(ASSIGNMENT);
+
+    // svc1 gets a new deployment (two instances) whose spec cannot be encoded.
+    let broken = deployment("svc1", 2, "unencodable.example");
+    fixture
+        .region
+        .set_service(id("svc1"), Some(broken), Vec::new());
+
+    assert_eq!(fixture.failures(), 1, "one failure, counted once");
+    assert_eq!(
+        fixture.versions(SERVICE),
+        services,
+        "no service resource changed"
+    );
+    assert_eq!(
+        fixture.versions(ASSIGNMENT),
+        assignments,
+        "no assignment changed"
+    );
+    let name = format!("{}acme/shop/svc1", meridian_xds::meridian::MESH_NAMESPACE);
+    let held = fixture.cache.get(SERVICE, &name).unwrap();
+    let service = Service::decode(held.resource.value.as_slice()).unwrap();
+    let spec: ServiceSpec = serde_json::from_slice(&service.spec_json).unwrap();
+    assert_eq!(
+        spec.domains,
+        ["svc1.example.com"],
+        "the previous spec, whole"
+    );
+    let assignment = fixture
+        .cache
+        .names(ASSIGNMENT, "")
+        .into_iter()
+        .find(|n| n.ends_with("/svc1-0"));
+    let held = fixture.cache.get(ASSIGNMENT, &assignment.unwrap()).unwrap();
+    let assignment = Assignment::decode(held.resource.value.as_slice()).unwrap();
+    assert_eq!(assignment.version, 1);
+    assert!(!assignment.spec_json.is_empty());
+
+    // A deployment that can be encoded goes out.
+    let fixed = deployment("svc1", 3, "svc1.example.com");
+    fixture
+        .region
+        .set_service(id("svc1"), Some(fixed), Vec::new());
+    assert_eq!(fixture.failures(), 1);
+    assert_eq!(fixture.versions(ASSIGNMENT).len(), SERVICES + 2);
+}
+
+#[test]
+fn an_older_render_never_overwrites_a_newer_one() {
+    let cache = Cache::new();
+    let publisher = Publisher::new(
+        cache.clone(),
+        GatewayListeners::default(),
+        false,
+        &mut Registry::default(),
+        serde_json::to_vec,
+    );
+    let mut state = RegionState::new("fra", GatewayListeners::default(), None);
+    let name = format!("{}acme/shop/web", meridian_xds::meridian::MESH_NAMESPACE);
+    let version = |cache: &Cache| {
+        let held = cache.get(SERVICE, &name)?;
+        Some(
+            Service::decode(held.resource.value.as_slice())
+                .unwrap()
+                .version,
+        )
+    };
+    let take = |state: &mut RegionState, deployment: Option<RegionalDeployment>| {
+        state.set_service(id("web"), deployment, Vec::new());
+        let work = state.take_work();
+        publisher.take_off(work.sequence);
+        work
+    };
+
+    // Version 1 then 2 are taken; 2 is published first.
+    let first = take(&mut state, Some(deployment("web", 1, "a.example")));
+    let second = take(&mut state, Some(deployment("web", 2, "a.example")));
+    publisher.publish(second);
+    publisher.publish(first);
+    assert_eq!(version(&cache), Some(2));
+
+    // The service is removed, and a render of it taken before lands after the removal.
+    let third = take(&mut state, Some(deployment("web", 3, "a.example")));
+    let gone = take(&mut state, None);
+    publisher.publish(gone);
+    assert_eq!(version(&cache), None);
+    publisher.publish(third);
+    assert_eq!(version(&cache), None, "the removed service stays removed");
+    assert!(lock(&publisher.published).in_flight.is_empty());
+}
