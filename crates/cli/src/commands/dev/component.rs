@@ -4,6 +4,7 @@
 //! lines of the component's log, where its errors are.
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -81,9 +82,15 @@ pub struct Started {
 
 /// Starts `component` as `exe` with its log in `logs` (and dev's environment but for
 /// [`WITHHELD`]), and waits until it says it serves (its output keeps going to its log after
-/// that). A component that exits first, or does not say it
-/// serves in time, is an error that gives its exit status and the end of its log.
-pub async fn start(exe: &Path, logs: &Path, component: &Component) -> Result<Started> {
+/// that). A component that exits first, or does not say it serves in time, is an error that
+/// gives its exit status and the end of its log. When `cancel` completes first, the component
+/// is stopped (SIGTERM, see [`stop`]) and the answer is `None`.
+pub async fn start(
+    exe: &Path,
+    logs: &Path,
+    component: &Component,
+    cancel: impl Future,
+) -> Result<Option<Started>> {
     let name = &component.name;
     let log_path = logs.join(format!("{name}.log"));
     let log = std::fs::OpenOptions::new()
@@ -133,7 +140,15 @@ pub async fn start(exe: &Path, logs: &Path, component: &Component) -> Result<Sta
         }
         Ok(None)
     };
-    let line = match tokio::time::timeout(START_DEADLINE, wait).await {
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(START_DEADLINE, wait) => Some(waited),
+        _ = cancel => None,
+    };
+    let Some(waited) = waited else {
+        stop(name, child).await;
+        return Ok(None);
+    };
+    let line = match waited {
         Ok(Ok(Some(line))) => line,
         Ok(Ok(None)) | Ok(Err(_)) => {
             let status = child
@@ -164,11 +179,11 @@ pub async fn start(exe: &Path, logs: &Path, component: &Component) -> Result<Sta
             }
         }
     });
-    Ok(Started {
+    Ok(Some(Started {
         child,
         output,
         line,
-    })
+    }))
 }
 
 /// Stops `child` (component `name`): SIGTERM, then SIGKILL after a grace period.
@@ -217,6 +232,8 @@ async fn tail(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::future::pending;
+
     use super::*;
 
     #[tokio::test]
@@ -229,9 +246,15 @@ mod tests {
             "echo \"[$MERIDIAN_TOKEN|$MERIDIAN_JOIN_TOKEN|$MERIDIAN_EXIT_WITH_PARENT] up\"; \
                       exec sleep 600";
         let component = Component::new("part", &["-c", script], "] up");
-        let started = start(Path::new("/bin/sh"), dir.path(), &component)
-            .await
-            .unwrap();
+        let started = start(
+            Path::new("/bin/sh"),
+            dir.path(),
+            &component,
+            pending::<()>(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         // Dev's own variables reach it, the tokens do not.
         assert_eq!(started.line, "[||1] up");
         stop("part", started.child).await;
