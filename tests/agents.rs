@@ -165,15 +165,25 @@ fn instance_environment(state: &Path) -> Option<BTreeMap<String, String>> {
         .then_some(variables)
 }
 
+/// A platform with region fra, where one instance of the hello service runs with `runtime`
+/// (instead of meridian-hello) once an agent joins.
+fn one_instance_of(dir: &Path, runtime: &str) -> (Deployed, RegionalPlane) {
+    let definition = hello(1).replace(
+        &format!("runtime: {{process: {{command: {HELLO}}}}}"),
+        &format!("runtime: {runtime}"),
+    );
+    let platform = Deployed::start(dir, &definition);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    (platform, region)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_get_their_definitions_environment_and_nothing_of_the_agents() {
     let dir = tempfile::tempdir().unwrap();
-    let definition = hello(1).replace(
-        &format!("runtime: {{process: {{command: {HELLO}}}}}"),
-        "runtime: {process: {command: meridian-hello, env: {GREETING: hi, FEATURE: on}}}",
+    let (platform, region) = one_instance_of(
+        dir.path(),
+        "{process: {command: meridian-hello, env: {GREETING: hi, FEATURE: on}}}",
     );
-    let platform = Deployed::start(dir.path(), &definition);
-    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
     // The agent runs from a shell that exported the admin token and another secret, and finds
     // meridian-hello through its own PATH.
     let programs = Path::new(HELLO)
@@ -244,12 +254,10 @@ async fn an_instance_cannot_read_its_agents_environment() {
     let dir = tempfile::tempdir().unwrap();
     // The instance, run as the agent's user, tries to read its parent's (the agent's)
     // environment, and says how that went.
-    let definition = hello(1).replace(
-        &format!("runtime: {{process: {{command: {HELLO}}}}}"),
-        "runtime: {process: {command: sh, args: [-c, 'cat /proc/$PPID/environ >environ; echo $? >read; exec sleep 600']}}",
+    let (platform, region) = one_instance_of(
+        dir.path(),
+        "{process: {command: sh, args: [-c, 'cat /proc/$PPID/environ >environ; echo $? >read; exec sleep 600']}}",
     );
-    let platform = Deployed::start(dir.path(), &definition);
-    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
     // Not as root, whom nothing keeps from reading any process's memory: as nobody, with a
     // state directory of its own.
     let state = dir.path().join("one");
