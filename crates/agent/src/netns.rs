@@ -289,6 +289,21 @@ mod tests {
         std::path::Path::new("/run/netns").join(name).exists()
     }
 
+    /// Deletes namespaces by name when dropped: what a failed run made goes too.
+    struct Deleted(Vec<String>);
+
+    impl Drop for Deleted {
+        fn drop(&mut self) {
+            for name in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "delete", name])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                let _ = std::fs::remove_dir_all(etc_dir(name));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_agent_takes_neither_the_namespaces_nor_the_addresses_of_another() {
         if !available() {
@@ -306,10 +321,10 @@ mod tests {
         let third = 200 + u8::try_from(pid % 50).unwrap();
         let last = 2 + 2 * u8::try_from(pid / 50 % 126).unwrap();
         let pair = Ipv4Addr::new(100, 111, third, last);
-        let ours = Netns::new(&our_tag, pair);
+        let (ours, theirs) = (Netns::new(&our_tag, pair), Netns::new(&their_tag, pair));
+        let _deleted = Deleted(vec![ours.name.clone(), theirs.name.clone()]);
         ours.create().await.unwrap();
         // Another agent given the same instance network cannot take the pair.
-        let theirs = Netns::new(&their_tag, pair);
         let refused = theirs.create().await.unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse, "{refused}");
         assert!(
