@@ -165,15 +165,25 @@ fn instance_environment(state: &Path) -> Option<BTreeMap<String, String>> {
         .then_some(variables)
 }
 
+/// A platform with region fra, where one instance of the hello service runs with `runtime`
+/// (instead of meridian-hello) once an agent joins.
+fn one_instance_of(dir: &Path, runtime: &str) -> (Deployed, RegionalPlane) {
+    let definition = hello(1).replace(
+        &format!("runtime: {{process: {{command: {HELLO}}}}}"),
+        &format!("runtime: {runtime}"),
+    );
+    let platform = Deployed::start(dir, &definition);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    (platform, region)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_get_their_definitions_environment_and_nothing_of_the_agents() {
     let dir = tempfile::tempdir().unwrap();
-    let definition = hello(1).replace(
-        &format!("runtime: {{process: {{command: {HELLO}}}}}"),
-        "runtime: {process: {command: meridian-hello, env: {GREETING: hi, FEATURE: on}}}",
+    let (platform, region) = one_instance_of(
+        dir.path(),
+        "{process: {command: meridian-hello, env: {GREETING: hi, FEATURE: on}}}",
     );
-    let platform = Deployed::start(dir.path(), &definition);
-    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
     // The agent runs from a shell that exported the admin token and another secret, and finds
     // meridian-hello through its own PATH.
     let programs = Path::new(HELLO)
@@ -237,6 +247,66 @@ async fn instances_get_their_definitions_environment_and_nothing_of_the_agents()
             .all(|v| !v.contains(&platform.token) && v != "hunter2"),
         "{environment:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cannot_read_its_agents_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    // The instance, run as the agent's user, tries to read its parent's (the agent's)
+    // environment, and says how that went.
+    let (platform, region) = one_instance_of(
+        dir.path(),
+        "{process: {command: sh, args: [-c, 'cat /proc/$PPID/environ >environ; echo $? >read; exec sleep 600']}}",
+    );
+    // Not as root, whom nothing keeps from reading any process's memory: as nobody, with a
+    // state directory of its own.
+    let state = dir.path().join("one");
+    std::fs::create_dir(&state).unwrap();
+    let nobody = 65534;
+    let root = rustix::process::getuid().is_root();
+    if root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&state, Some(nobody), Some(nobody)).unwrap();
+    }
+    let _agent = support::agent_with_command(
+        &region,
+        "one",
+        dir.path(),
+        &["--instance-addresses", "127.0.23.1", "--isolation", "host"],
+        |command| {
+            command.env("MERIDIAN_TOKEN", &platform.token);
+            if root {
+                use std::os::unix::process::CommandExt;
+                command.uid(nobody).gid(nobody);
+            }
+        },
+    );
+    let end = Instant::now() + DEADLINE;
+    let (status, read) = loop {
+        let home = std::fs::read_dir(state.join("instances"))
+            .ok()
+            .and_then(|mut instances| instances.next())
+            .and_then(Result::ok)
+            .map(|instance| instance.path());
+        let status = home
+            .as_ref()
+            .and_then(|home| std::fs::read_to_string(home.join("read")).ok())
+            .filter(|status| status.ends_with('\n'));
+        if let (Some(status), Some(home)) = (status, home) {
+            break (status, std::fs::read(home.join("environ")).unwrap());
+        }
+        assert!(Instant::now() < end, "the instance did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(
+        status.trim(),
+        "0",
+        "the instance read the agent's environment"
+    );
+    let read = String::from_utf8_lossy(&read);
+    assert!(!read.contains(&platform.token), "{read}");
+    assert!(!read.contains("MERIDIAN_TOKEN"), "{read}");
 }
 
 /// A meridian-hello service definition of `org`/shop/`name` on `port`, with a public domain.

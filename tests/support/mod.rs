@@ -509,21 +509,34 @@ pub fn agent_with_env(
     isolation: &[&str],
     env: &[(&str, &str)],
 ) -> Agent {
+    agent_with_command(region, node, dir, isolation, |command| {
+        command.envs(env.iter().copied());
+    })
+}
+
+/// [`agent_with`], its command changed by `adjust` (environment, user) before it starts.
+pub fn agent_with_command(
+    region: &RegionalPlane,
+    node: &str,
+    dir: &Path,
+    isolation: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> Agent {
     let token = region.join_token(&format!("agent/{node}"));
     let log = dir.join(format!("{node}-{LOG_FILE}"));
     let log_file = std::fs::File::create(&log).unwrap();
-    let (child, lines) = spawn_with_lines(
-        Command::new(MERIDIAN)
-            .stderr(log_file)
-            .args(["agent", "--region", &region.region, "--node", node])
-            .args(["--control", &region.xds, "--join-token", &token])
-            .args(["--capacity", "4"])
-            .args(isolation)
-            .arg("--state-dir")
-            .arg(dir.join(node))
-            .envs(env.iter().copied())
-            .env("MERIDIAN_LOG", "warn"),
-    );
+    let mut command = Command::new(MERIDIAN);
+    command
+        .stderr(log_file)
+        .args(["agent", "--region", &region.region, "--node", node])
+        .args(["--control", &region.xds, "--join-token", &token])
+        .args(["--capacity", "4"])
+        .args(isolation)
+        .arg("--state-dir")
+        .arg(dir.join(node))
+        .env("MERIDIAN_LOG", "warn");
+    adjust(&mut command);
+    let (child, lines) = spawn_with_lines(&mut command);
     wait_for_line(&lines, STARTUP_DEADLINE, "the agent's start", |l| {
         l.starts_with("meridian agent of node")
     });

@@ -89,9 +89,12 @@ impl Launch {
 
 /// Stops the instances an earlier agent left running (it was killed before it could stop
 /// them): each recorded in `<state>/instances/<key>/pid`, if that process is still that
-/// instance (its environment names it).
+/// instance: its environment names its org, app and id, and its `HOME` is that directory, in
+/// this state directory (so this installation and node). A process id since reused by another
+/// process — another org's `web-0`, another installation's instance — is left alone.
 pub fn stop_leftovers(state_dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(state_dir.join("instances")) else {
+    let instances = state_dir.join("instances");
+    let Ok(entries) = std::fs::read_dir(&instances) else {
         return;
     };
     for entry in entries.flatten() {
@@ -104,10 +107,14 @@ pub fn stop_leftovers(state_dir: &std::path::Path) {
             continue;
         };
         let key = entry.file_name().to_string_lossy().into_owned();
-        let instance = key.rsplit('.').next().unwrap_or_default();
-        let marker = format!("MERIDIAN_INSTANCE={instance}");
+        let Some(markers) = markers(&instances, &key) else {
+            continue;
+        };
         let environ = std::fs::read(format!("/proc/{number}/environ")).unwrap_or_default();
-        if !environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+        let is_it = markers
+            .iter()
+            .all(|marker| environ.split(|b| *b == 0).any(|v| v == marker.as_slice()));
+        if !is_it {
             continue;
         }
         if let Some(pid) = rustix::process::Pid::from_raw(number) {
@@ -115,6 +122,22 @@ pub fn stop_leftovers(state_dir: &std::path::Path) {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
     }
+}
+
+/// The variables that the instance of `key` (`<org>.<app>.<id>`, see [`Launch::key`]) in
+/// `instances` was started with and that name it: its org, app, id and home; `None` for a key
+/// that is not one.
+fn markers(instances: &std::path::Path, key: &str) -> Option<[Vec<u8>; 4]> {
+    let mut parts = key.splitn(3, '.');
+    let (org, app, instance) = (parts.next()?, parts.next()?, parts.next()?);
+    let mut home = b"HOME=".to_vec();
+    home.extend_from_slice(instances.join(key).as_os_str().as_encoded_bytes());
+    Some([
+        format!("MERIDIAN_ORG={org}").into_bytes(),
+        format!("MERIDIAN_APP={app}").into_bytes(),
+        format!("MERIDIAN_INSTANCE={instance}").into_bytes(),
+        home,
+    ])
 }
 
 /// The file that records an instance's process id in its working directory.
@@ -425,7 +448,67 @@ async fn terminate(child: &mut Child) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// A process in a group of its own, with the environment an agent gives instance
+    /// `org`/`app`/`id` under `state_dir`, recorded as the instance of `recorded` in
+    /// `recorder`'s state directory.
+    fn leftover(
+        state_dir: &Path,
+        (org, app, id): (&str, &str, &str),
+        recorder: &Path,
+        recorded: &str,
+    ) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let key = format!("{org}.{app}.{id}");
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .env_clear()
+            .env("MERIDIAN_ORG", org)
+            .env("MERIDIAN_APP", app)
+            .env("MERIDIAN_INSTANCE", id)
+            .env("HOME", state_dir.join("instances").join(key))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let dir = recorder.join("instances").join(recorded);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(PID_FILE), child.id().to_string()).unwrap();
+        child
+    }
+
+    #[test]
+    fn only_this_installations_own_leftover_instances_are_stopped() {
+        let (state, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (state, other) = (state.path(), other.path());
+        let mut ours = leftover(state, ("acme", "shop", "web-0"), state, "acme.shop.web-0");
+        // Process ids since reused: by another org's web-0, by another installation's
+        // instance of the same org, app and id.
+        let mut other_org = leftover(
+            other,
+            ("globex", "shop", "web-0"),
+            state,
+            "initech.shop.web-0",
+        );
+        let mut other_installation =
+            leftover(other, ("acme", "shop", "web-1"), state, "acme.shop.web-1");
+        stop_leftovers(state);
+        let end = Instant::now() + Duration::from_secs(20);
+        while ours.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < end, "our leftover still runs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for theirs in [&mut other_org, &mut other_installation] {
+            assert!(
+                theirs.try_wait().unwrap().is_none(),
+                "another's instance was stopped"
+            );
+            theirs.kill().unwrap();
+            theirs.wait().unwrap();
+        }
+    }
 
     #[test]
     fn commands_are_found_in_the_agents_path_and_paths_are_kept() {

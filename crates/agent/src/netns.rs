@@ -144,7 +144,8 @@ impl Netns {
             Some(link) => Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 format!(
-                    "{pair} is already in use on this host (on {link}): another agent has the                      same --instance-network; give each agent on a host its own"
+                    "{pair} is already in use on this host (on {link}): another agent has the \
+                     same --instance-network; give each agent on a host its own"
                 ),
             )),
         }
@@ -288,6 +289,21 @@ mod tests {
         std::path::Path::new("/run/netns").join(name).exists()
     }
 
+    /// Deletes namespaces by name when dropped: what a failed run made goes too.
+    struct Deleted(Vec<String>);
+
+    impl Drop for Deleted {
+        fn drop(&mut self) {
+            for name in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "delete", name])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                let _ = std::fs::remove_dir_all(etc_dir(name));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_agent_takes_neither_the_namespaces_nor_the_addresses_of_another() {
         if !available() {
@@ -298,26 +314,30 @@ mod tests {
             );
             return;
         }
-        // (What an earlier, failed run of this test left goes first.)
-        for tag in ["7e570001", "7e570002"] {
-            delete_leftovers(tag).await;
-        }
-        let pair = Ipv4Addr::new(100, 111, 250, 2);
-        let ours = Netns::new("7e570001", pair);
+        // Tags and pair of this run only, so that concurrent runs leave each other alone.
+        let (ours_dir, theirs_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (our_tag, their_tag) = (tag(ours_dir.path()), tag(theirs_dir.path()));
+        let pid = std::process::id();
+        let third = 200 + u8::try_from(pid % 50).unwrap();
+        let last = 2 + 2 * u8::try_from(pid / 50 % 126).unwrap();
+        let pair = Ipv4Addr::new(100, 111, third, last);
+        let (ours, theirs) = (Netns::new(&our_tag, pair), Netns::new(&their_tag, pair));
+        let _deleted = Deleted(vec![ours.name.clone(), theirs.name.clone()]);
         ours.create().await.unwrap();
         // Another agent given the same instance network cannot take the pair.
-        let theirs = Netns::new("7e570002", pair);
         let refused = theirs.create().await.unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse, "{refused}");
         assert!(
-            refused.to_string().contains("--instance-network"),
+            refused
+                .to_string()
+                .contains("another agent has the same --instance-network; give"),
             "{refused}"
         );
         assert!(!exists(&theirs.name));
         // Its clean-up leaves ours alone; ours takes ours.
-        delete_leftovers("7e570002").await;
+        delete_leftovers(&their_tag).await;
         assert!(exists(&ours.name));
-        delete_leftovers("7e570001").await;
+        delete_leftovers(&our_tag).await;
         assert!(!exists(&ours.name));
     }
 }

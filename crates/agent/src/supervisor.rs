@@ -82,11 +82,24 @@ struct Running {
     state: watch::Receiver<InstanceState>,
 }
 
+/// Makes the process non-dumpable: `/proc/<pid>/environ`, `mem`, … are then readable only with
+/// `CAP_SYS_PTRACE`, not by other processes of its user (an instance could otherwise read the
+/// token the agent was started with). Children get their own flag back when they exec.
+fn hide_from_instances() {
+    use rustix::process::{set_dumpable_behavior, DumpableBehavior};
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::error!(error = %e, "could not make the agent non-dumpable: instances of its user can read its environment");
+    }
+}
+
 /// Instances by resource name (running, or stopping until their task ends).
 type Instances = Arc<Mutex<BTreeMap<String, Running>>>;
 
-/// Runs the agent until `shutdown` resolves; then stops every instance and returns.
+/// Runs the agent until `shutdown` resolves; then stops every instance and returns. The process
+/// is first made non-dumpable, so that instances, which run as its user, cannot read its
+/// environment or memory through `/proc` (and it leaves no core dump).
 pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>) {
+    hide_from_instances();
     crate::instance::stop_leftovers(&options.state_dir);
     let netns_tag = netns::tag(&options.state_dir);
     if options.isolation == Isolation::Netns {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use meridian_dns::{serve_udp, DnsMetrics, Entry, Table, Tables, Upstream};
+use meridian_dns::{serve_udp, DnsMetrics, Entry, Table, Tables, Upstream, TIMEOUTS_TO_FAIL};
 use tokio::net::UdpSocket;
 
 async fn ask(server: SocketAddr, from: Ipv4Addr, name: &str, kind: RecordType) -> Message {
@@ -37,11 +37,22 @@ async fn ask(server: SocketAddr, from: Ipv4Addr, name: &str, kind: RecordType) -
 
 /// A fake upstream resolver that answers every query with 192.0.2.1.
 async fn upstream() -> SocketAddr {
+    upstream_dropping(0).await.0
+}
+
+/// A fake upstream resolver that drops the first `drops` datagrams it gets and answers every
+/// later query with 192.0.2.1, and how many datagrams it got.
+async fn upstream_dropping(drops: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let address = socket.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
     tokio::spawn(async move {
         let mut buffer = vec![0u8; 4096];
         while let Ok((n, from)) = socket.recv_from(&mut buffer).await {
+            if count.fetch_add(1, Ordering::SeqCst) < drops {
+                continue;
+            }
             let query = Message::from_vec(&buffer[..n]).unwrap();
             let mut reply = query.clone();
             reply.set_message_type(MessageType::Response);
@@ -57,7 +68,7 @@ async fn upstream() -> SocketAddr {
                 .unwrap();
         }
     });
-    address
+    (address, received)
 }
 
 #[tokio::test]
@@ -253,26 +264,79 @@ async fn without_an_upstream_other_names_fail_at_once_with_their_question() {
     assert_eq!(metrics.count("forwarded"), 0);
 }
 
+/// The one A record of `answer`.
+fn address(answer: &Message) -> Ipv4Addr {
+    match answer.answers() {
+        [record] => match record.data() {
+            RData::A(a) => a.0,
+            other => panic!("not an A: {other:?}"),
+        },
+        other => panic!("not one record: {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn an_upstream_that_does_not_answer_gives_servfail_and_is_not_waited_on_again() {
+async fn a_lost_datagram_or_a_late_answer_fails_no_other_query() {
+    let caller = Ipv4Addr::new(127, 0, 0, 1);
+    // The query's first datagram is lost: it is sent again and answered.
+    let (upstream, _) = upstream_dropping(1).await;
+    let (server, _) = serving(caller, &[], Some(upstream)).await;
+    let resent = ask(server, caller, "example.com.", RecordType::A).await;
+    assert_eq!(resent.response_code(), ResponseCode::NoError);
+    assert_eq!(address(&resent), Ipv4Addr::new(192, 0, 2, 1));
+
+    // Both datagrams of a query are lost: it fails, and the next one is still forwarded.
+    let (upstream, received) = upstream_dropping(2).await;
+    let (server, metrics) = serving(caller, &[], Some(upstream)).await;
+    let late = ask(server, caller, "slow.example.com.", RecordType::A).await;
+    assert_eq!(late.response_code(), ResponseCode::ServFail);
+    let next = ask(server, caller, "example.org.", RecordType::A).await;
+    assert_eq!(next.response_code(), ResponseCode::NoError);
+    assert_eq!(address(&next), Ipv4Addr::new(192, 0, 2, 1));
+    assert_eq!(received.load(Ordering::SeqCst), 3);
+    assert_eq!(metrics.count("forwarded"), 2);
+    assert_eq!(metrics.count("failed"), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_answering_gives_servfail_and_is_not_waited_on_again() {
     let caller = Ipv4Addr::new(127, 0, 0, 1);
     let (upstream, received) = silent_upstream().await;
     let (server, metrics) = serving(caller, &[], Some(upstream)).await;
-    let first = ask(server, caller, "example.com.", RecordType::A).await;
-    assert_eq!(first.response_code(), ResponseCode::ServFail);
-    assert_eq!(first.queries()[0].name().to_ascii(), "example.com.");
-    // The failure is remembered: the next name fails without going upstream.
-    let second = ask(server, caller, "example.org.", RecordType::A).await;
-    assert_eq!(second.response_code(), ResponseCode::ServFail);
-    assert_eq!(received.load(Ordering::SeqCst), 1);
-    assert_eq!(metrics.count("forwarded"), 1);
-    assert_eq!(metrics.count("failed"), 2);
+    let names: Vec<String> = (0..TIMEOUTS_TO_FAIL)
+        .map(|n| format!("{n}.example.com."))
+        .collect();
+    // At once, as callers of a node would.
+    let asking: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let name = name.clone();
+            tokio::spawn(async move { ask(server, caller, &name, RecordType::A).await })
+        })
+        .collect();
+    for (asked, name) in asking.into_iter().zip(&names) {
+        let answer = asked.await.unwrap();
+        assert_eq!(answer.response_code(), ResponseCode::ServFail);
+        assert_eq!(answer.queries()[0].name().to_ascii(), *name);
+    }
+    // So many timeouts in a row are remembered: the next name fails without going upstream.
+    let sent = received.load(Ordering::SeqCst);
+    let next = ask(server, caller, "example.org.", RecordType::A).await;
+    assert_eq!(next.response_code(), ResponseCode::ServFail);
+    assert_eq!(received.load(Ordering::SeqCst), sent);
+    let timeouts = u64::from(TIMEOUTS_TO_FAIL);
+    assert_eq!(metrics.count("forwarded"), timeouts);
+    assert_eq!(metrics.count("failed"), timeouts + 1);
 
-    // An upstream whose port is closed fails as soon as the host says so.
+    // An upstream whose port is closed fails as soon as the host says so, and is remembered.
     let closed = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let closed_address = closed.local_addr().unwrap();
     drop(closed);
-    let (server, _) = serving(caller, &[], Some(closed_address)).await;
+    let (server, metrics) = serving(caller, &[], Some(closed_address)).await;
     let refused = ask(server, caller, "example.com.", RecordType::A).await;
     assert_eq!(refused.response_code(), ResponseCode::ServFail);
+    let next = ask(server, caller, "example.org.", RecordType::A).await;
+    assert_eq!(next.response_code(), ResponseCode::ServFail);
+    assert_eq!(metrics.count("forwarded"), 1);
+    assert_eq!(metrics.count("failed"), 2);
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -30,13 +30,17 @@ pub struct Children {
     logs: PathBuf,
     running: Vec<Supervised>,
     /// The component being started (its first start), in a task of its own so that a stop
-    /// asked for meanwhile (which drops [`Children::spawn`]) still stops it with SIGTERM.
-    starting: Option<(String, JoinHandle<Result<Started>>)>,
+    /// asked for meanwhile (which drops [`Children::spawn`]) still stops it with SIGTERM, at
+    /// once: the sender cancels the start.
+    starting: Option<(oneshot::Sender<()>, JoinHandle<StartResult>)>,
     /// What each printed up to the line it was waited for, at its first start.
     outputs: HashMap<String, String>,
     /// Set once everything stops: no component starts again.
     stopping: Arc<AtomicBool>,
 }
+
+/// What a start gives: the started component, or `None` when it was cancelled.
+type StartResult = Result<Option<Started>>;
 
 /// A component and the task that keeps it running.
 struct Supervised {
@@ -81,11 +85,15 @@ impl Children {
             component.set(flag, value);
         }
         let (exe, logs, first) = (self.exe.clone(), self.logs.clone(), component.clone());
-        let task = tokio::spawn(async move { component::start(&exe, &logs, &first).await });
-        let (_, task) = self.starting.insert((name.to_owned(), task));
+        let (cancel, cancelled) = oneshot::channel::<()>();
+        let task =
+            tokio::spawn(async move { component::start(&exe, &logs, &first, cancelled).await });
+        let (_, task) = self.starting.insert((cancel, task));
         let started = task.await;
         self.starting = None;
-        let started = started.context("starting a component")??;
+        let Some(started) = started.context("starting a component")?? else {
+            bail!("{name} was stopped while it started");
+        };
         self.outputs.insert(name.to_owned(), started.output);
         let component = Arc::new(Mutex::new(component.again()));
         let (stop, stopped) = oneshot::channel();
@@ -126,10 +134,9 @@ impl Children {
     pub async fn stop_all(&mut self) {
         println!("stopping");
         self.stopping.store(true, Ordering::SeqCst);
-        if let Some((name, task)) = self.starting.take() {
-            if let Ok(Ok(started)) = task.await {
-                component::stop(&name, started.child).await;
-            }
+        if let Some((cancel, task)) = self.starting.take() {
+            let _ = cancel.send(());
+            let _ = task.await;
         }
         while let Some(supervised) = self.running.pop() {
             let _ = supervised.stop.send(());
@@ -180,11 +187,14 @@ impl Restarts {
                     let _ = stop.await;
                     return;
                 }
-                match component::start(&self.exe, &self.logs, &self.component()).await {
-                    Ok(started) => {
+                // A stop that comes while it starts stops it with SIGTERM, at once.
+                let again = self.component();
+                match component::start(&self.exe, &self.logs, &again, &mut stop).await {
+                    Ok(Some(started)) => {
                         println!("{name} is running again");
                         break started.child;
                     }
+                    Ok(None) => return,
                     Err(e) => why = format!("did not start again: {e:#}"),
                 }
             };
@@ -287,25 +297,61 @@ mod tests {
         assert_eq!(read().lines().count(), 2, "started again after stop_all");
     }
 
+    /// A script in `dir` that notes each start in `began` (its pid) and a SIGTERM in `termed`.
+    /// Its first `quick` starts are up (print `up`) at once, and exit then; later ones are up
+    /// only once the file `go` exists, which the tests do not create: they stay starting.
+    fn slow_starter(dir: &Path, quick: usize) -> String {
+        format!(
+            "trap 'touch termed; exit 0' TERM; echo $$ >> began; \
+             if [ $(wc -l < began) -gt {quick} ]; then \
+               while [ ! -e go ]; do sleep 0.05 & wait; done; \
+             fi; \
+             echo up; exit 3",
+        )
+        .replace("began", &dir.join("began").display().to_string())
+        .replace("termed", &dir.join("termed").display().to_string())
+        .replace(" go ", &format!(" {} ", dir.join("go").display()))
+    }
+
+    /// Stops `children`, failing if that waits for a start to give up (60 s).
+    async fn stop_promptly(children: &mut Children) {
+        tokio::time::timeout(Duration::from_secs(20), children.stop_all())
+            .await
+            .expect("stop_all waited for the start to give up");
+    }
+
     #[tokio::test]
     async fn a_stop_while_a_component_starts_stops_it_with_sigterm() {
         let dir = tempfile::tempdir().unwrap();
         let (began, termed) = (dir.path().join("began"), dir.path().join("termed"));
-        // Up after 2 s; notes a SIGTERM.
-        let script = format!(
-            "trap 'touch {}; exit 0' TERM; touch {}; sleep 2 & wait; echo up; sleep 600 & wait",
-            termed.display(),
-            began.display()
-        );
+        let script = slow_starter(dir.path(), 0);
+        let args = ["-c", script.as_str()];
         let mut children = shells(dir.path());
-        let args = ["-c", &script];
         // The stop comes (and drops the start) while it starts.
         tokio::select! {
-            _ = children.spawn("part", &args, &[], &[], "up") => panic!("up too soon"),
+            _ = children.spawn("part", &args, &[], &[], "up") => panic!("up without go"),
             () = eventually("the start", || began.exists()) => {}
         }
-        children.stop_all().await;
+        stop_promptly(&mut children).await;
         assert!(termed.exists(), "not stopped with SIGTERM");
+    }
+
+    #[tokio::test]
+    async fn a_stop_while_a_component_starts_again_stops_it_at_once_with_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let (began, termed) = (dir.path().join("began"), dir.path().join("termed"));
+        let script = slow_starter(dir.path(), 1);
+        let mut children = shells(dir.path());
+        children
+            .spawn("part", &["-c", &script], &[], &[], "up")
+            .await
+            .unwrap();
+        let read = || std::fs::read_to_string(&began).unwrap_or_default();
+        // It exited once up, and starts again (after a second), waiting for `go`.
+        eventually("a second start", || read().lines().count() == 2).await;
+        stop_promptly(&mut children).await;
+        assert!(termed.exists(), "not stopped with SIGTERM");
+        assert_eq!(read().lines().count(), 2, "started again after stop_all");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! lines of the component's log, where its errors are.
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,6 +25,12 @@ const TAIL_LINES: usize = 3;
 /// The option that gives a component its one-time join token: the first start spends it and
 /// keeps the identity it got in the component's state, which later starts use.
 const JOIN_TOKEN: &str = "--join-token";
+
+/// Variables of dev's environment that no component gets: the admin token a shell may have
+/// exported for the CLI, and a join token, which dev hands each component as an option. An
+/// agent runs instances as its own user, and nothing a component's user can read should hold
+/// them.
+const WITHHELD: [&str; 2] = ["MERIDIAN_TOKEN", "MERIDIAN_JOIN_TOKEN"];
 
 /// How to start one component.
 #[derive(Clone)]
@@ -73,10 +80,17 @@ pub struct Started {
     pub line: String,
 }
 
-/// Starts `component` as `exe` with its log in `logs`, and waits until it says it serves (its
-/// output keeps going to its log after that). A component that exits first, or does not say it
-/// serves in time, is an error that gives its exit status and the end of its log.
-pub async fn start(exe: &Path, logs: &Path, component: &Component) -> Result<Started> {
+/// Starts `component` as `exe` with its log in `logs` (and dev's environment but for
+/// [`WITHHELD`]), and waits until it says it serves (its output keeps going to its log after
+/// that). A component that exits first, or does not say it serves in time, is an error that
+/// gives its exit status and the end of its log. When `cancel` completes first, the component
+/// is stopped (SIGTERM, see [`stop`]) and the answer is `None`.
+pub async fn start(
+    exe: &Path,
+    logs: &Path,
+    component: &Component,
+    cancel: impl Future,
+) -> Result<Option<Started>> {
     let name = &component.name;
     let log_path = logs.join(format!("{name}.log"));
     let log = std::fs::OpenOptions::new()
@@ -86,6 +100,9 @@ pub async fn start(exe: &Path, logs: &Path, component: &Component) -> Result<Sta
         .with_context(|| format!("opening {}", log_path.display()))?;
     let mut command = Command::new(exe);
     command.args(&component.args);
+    for variable in WITHHELD {
+        command.env_remove(variable);
+    }
     for (flag, value) in &component.options {
         command.arg(flag).arg(value);
     }
@@ -123,7 +140,15 @@ pub async fn start(exe: &Path, logs: &Path, component: &Component) -> Result<Sta
         }
         Ok(None)
     };
-    let line = match tokio::time::timeout(START_DEADLINE, wait).await {
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(START_DEADLINE, wait) => Some(waited),
+        _ = cancel => None,
+    };
+    let Some(waited) = waited else {
+        stop(name, child).await;
+        return Ok(None);
+    };
+    let line = match waited {
         Ok(Ok(Some(line))) => line,
         Ok(Ok(None)) | Ok(Err(_)) => {
             let status = child
@@ -154,11 +179,11 @@ pub async fn start(exe: &Path, logs: &Path, component: &Component) -> Result<Sta
             }
         }
     });
-    Ok(Started {
+    Ok(Some(Started {
         child,
         output,
         line,
-    })
+    }))
 }
 
 /// Stops `child` (component `name`): SIGTERM, then SIGKILL after a grace period.
@@ -203,4 +228,35 @@ async fn tail(path: &Path) -> String {
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::pending;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn components_get_neither_the_admin_nor_a_join_token_of_devs_environment() {
+        // Safe enough: nextest runs each test in a process of its own.
+        std::env::set_var("MERIDIAN_TOKEN", "admin-secret");
+        std::env::set_var("MERIDIAN_JOIN_TOKEN", "join-secret");
+        let dir = tempfile::tempdir().unwrap();
+        let script =
+            "echo \"[$MERIDIAN_TOKEN|$MERIDIAN_JOIN_TOKEN|$MERIDIAN_EXIT_WITH_PARENT] up\"; \
+                      exec sleep 600";
+        let component = Component::new("part", &["-c", script], "] up");
+        let started = start(
+            Path::new("/bin/sh"),
+            dir.path(),
+            &component,
+            pending::<()>(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        // Dev's own variables reach it, the tokens do not.
+        assert_eq!(started.line, "[||1] up");
+        stop("part", started.child).await;
+    }
 }
