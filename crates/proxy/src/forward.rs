@@ -10,6 +10,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
+use hyper::body::Frame;
 use hyper::body::Incoming;
 
 use crate::body::{BodyState, LimitedBody, ResponseBody};
@@ -410,32 +411,52 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// their `buffer_limit`).
 const BUFFERED_BODY: usize = 64 * 1024;
 
-/// Reads `body` whole if it is at most `keep` bytes by its Content-Length (or empty). A body of
-/// unknown length (chunked, or HTTP/2 without Content-Length, as gRPC sends) streams; with
-/// `copy`, a copy of up to `keep` bytes is kept, so that it can be replayed if it turns out that
-/// small. A longer one streams, which rules out retries.
+/// Reads `body` whole if it is at most `keep` bytes, or its first `keep` bytes otherwise. A body
+/// of unknown length over HTTP/2 (as gRPC streams send) streams at once instead, since its
+/// client may wait for the answer before sending more; with `copy`, a copy of up to `keep` bytes
+/// is kept, so that it can be replayed if it turns out that small. A longer body streams, which
+/// rules out retries.
 async fn buffer(
-    body: LimitedBody,
+    mut body: LimitedBody,
     headers: &HeaderMap,
+    version: Version,
     keep: usize,
     copy: bool,
 ) -> Result<Body, Box<dyn std::error::Error + Send + Sync>> {
     if body.is_end_stream() {
         return Ok(Body::Replayable(Bytes::new()));
     }
-    match content_length(headers) {
-        Some(length) if length <= keep as u64 => {
-            Ok(Body::Replayable(body.collect().await?.to_bytes()))
-        }
-        None if copy => Ok(Body::Streamed {
-            body: Some(body.keep_copy(keep)),
-            copied: true,
-        }),
-        _ => Ok(Body::Streamed {
-            body: Some(body),
-            copied: false,
-        }),
+    let length = content_length(headers);
+    if length.is_some_and(|length| length <= keep as u64) {
+        return Ok(Body::Replayable(body.collect().await?.to_bytes()));
     }
+    if length.is_none() && version >= Version::HTTP_2 {
+        return Ok(Body::Streamed {
+            body: Some(if copy { body.keep_copy(keep) } else { body }),
+            copied: copy,
+        });
+    }
+    let mut read = std::collections::VecDeque::new();
+    let mut size = 0;
+    while size <= keep && !body.is_end_stream() {
+        let Some(frame) = body.read_frame().await else {
+            break;
+        };
+        let frame = frame?;
+        size += frame.data_ref().map_or(0, Bytes::len);
+        read.push_back(frame);
+    }
+    if size > keep || !body.state().finished() || !read.iter().all(Frame::is_data) {
+        return Ok(Body::Streamed {
+            body: Some(body.unread(read)),
+            copied: false,
+        });
+    }
+    let mut whole = bytes::BytesMut::with_capacity(size);
+    for data in read.iter().filter_map(Frame::data_ref) {
+        whole.extend_from_slice(data);
+    }
+    Ok(Body::Replayable(whole.freeze()))
 }
 
 /// The pause before retry number `retry` (1, 2, …): exponential from `base`, capped at ten times
@@ -457,6 +478,17 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         cause = e.source();
     }
     false
+}
+
+/// The answer to a client that did not send its body in time (counted). The rest of the body
+/// may still be on its way: the connection cannot be reused.
+fn body_timed_out(
+    timeouts: &prometheus_client::metrics::counter::Counter,
+    version: Version,
+) -> Response<ProxyBody> {
+    timeouts.inc();
+    let answer = local_response(StatusCode::REQUEST_TIMEOUT, "request_body_timeout");
+    closing(answer, version)
 }
 
 fn too_large() -> Response<ProxyBody> {
@@ -690,30 +722,36 @@ async fn forward(
     if content_length(&prepared.headers).is_some_and(|length| length > body_limit) {
         return Err(too_large());
     }
-    let body = LimitedBody::new(body, body_limit);
+    // Until the upstream answers, the client may pause its body for at most the body timeout.
+    let body = LimitedBody::new(body, body_limit).idle_timeout(client.body_timeout);
     let body_state = body.state();
-    // A body small enough to hold is read before the request takes a slot of the cluster, and
-    // within the body timeout: a client that sends it slowly holds nothing that others need.
+    // The body (or its first `keep` bytes) is read before the request takes a slot of the
+    // cluster, and within the body timeout: a client that sends it slowly holds nothing that
+    // others need.
     let keep = route
         .retries
         .as_ref()
         .map_or(BUFFERED_BODY, |p| p.buffer_limit);
-    let buffered = buffer(body, &prepared.headers, keep, route.retries.is_some());
+    let buffered = buffer(
+        body,
+        &prepared.headers,
+        client.version,
+        keep,
+        route.retries.is_some(),
+    );
     let mut body = match tokio::time::timeout(client.body_timeout, buffered).await {
         Ok(Ok(body)) => body,
         Ok(Err(_)) if body_state.over_limit() => return Err(too_large()),
+        Ok(Err(_)) if body_state.timed_out() => {
+            return Err(body_timed_out(client.body_timeouts, client.version))
+        }
         Ok(Err(_)) => {
             return Err(local_response(
                 StatusCode::BAD_REQUEST,
                 "request_body_failed",
             ))
         }
-        Err(_elapsed) => {
-            client.body_timeouts.inc();
-            // The rest of the body may still be on its way: the connection cannot be reused.
-            let answer = local_response(StatusCode::REQUEST_TIMEOUT, "request_body_timeout");
-            return Err(closing(answer, client.version));
-        }
+        Err(_elapsed) => return Err(body_timed_out(client.body_timeouts, client.version)),
     };
     let deadline = Instant::now() + route.timeout;
     let mut admitted = match cluster.admit(deadline.into()).await {
@@ -764,10 +802,17 @@ async fn forward(
             .map_or(left, |t| t.0.min(left));
         let sent = cluster.client.request(lease.endpoint(), upstream);
         let attempt = match tokio::time::timeout(per_try, sent).await {
-            Ok(Ok(response)) => Attempt::Answered(response),
+            Ok(Ok(response)) => {
+                body_state.answered();
+                Attempt::Answered(response)
+            }
             Ok(Err(e)) => {
                 if body_state.over_limit() {
                     return Err(too_large());
+                }
+                if body_state.timed_out() {
+                    lease.finish(Outcome::Inconclusive);
+                    return Err(body_timed_out(client.body_timeouts, client.version));
                 }
                 if body_state.failed() {
                     // The client's body broke off: not the endpoint's fault.

@@ -99,8 +99,10 @@ async fn read_all(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-#[tokio::test]
-async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
+/// A client sends `head` and the start of a body, then nothing more: the proxy takes no slot of
+/// the cluster (`max_requests: 1`) for it, serves another client meanwhile, and cuts it off
+/// with 408 once `request_body_timeout` has passed.
+async fn trickling_holds_no_cluster_slot(head: &[u8]) {
     let (upstream, count) = counting_upstream().await;
     let (proxy, address) = proxy(
         &[upstream],
@@ -111,9 +113,7 @@ async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
     )
     .await;
     let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
-    slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nab")
-        .await
-        .unwrap();
+    slow.write_all(head).await.unwrap();
     // Its head arrived whole: once the connection is served, the proxy is reading its body.
     until(|| {
         proxy
@@ -146,6 +146,66 @@ async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
     assert!(proxy
         .metrics_text()
         .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 1"#));
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
+    trickling_holds_no_cluster_slot(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nab")
+        .await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_a_large_body_holds_no_cluster_slot_and_is_cut_off() {
+    trickling_holds_no_cluster_slot(
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 70000\r\n\r\nab",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_a_chunked_body_holds_no_cluster_slot_and_is_cut_off() {
+    trickling_holds_no_cluster_slot(
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_stalls_is_cut_off_and_frees_its_slot() {
+    let (upstream, count) = counting_upstream().await;
+    let (proxy, address) = proxy(
+        &[upstream],
+        "",
+        "",
+        "    circuit_breakers: {max_requests: 1, max_pending_requests: 0}",
+        "limits: {request_body_timeout: 500ms}\n",
+    )
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    // More than the proxy reads before forwarding, then nothing: it streams, then stalls.
+    slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n")
+        .await
+        .unwrap();
+    slow.write_all(&[b'a'; 100_000]).await.unwrap();
+    until(|| count.load(Ordering::SeqCst) == 1).await;
+    let answer = read_all(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 1"#));
+    let other = reqwest::Client::new()
+        .post(format!("http://{address}/"))
+        .body("whole")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        200,
+        "{:?}",
+        other.headers().get(ERROR_HEADER)
+    );
 }
 
 #[tokio::test]
