@@ -265,6 +265,21 @@ fn forwarding_headers(
     }
 }
 
+/// `authority` as sent to upstreams that read it in the URI, whose connections are pooled by
+/// it: the host in lower case, without port (routing ignores both, and the client's own
+/// authority is in `x-forwarded-host`), so that clients choosing case and port open no more
+/// upstream connections. `None` if it has no host.
+fn pool_authority(authority: &Authority) -> Option<Authority> {
+    let host = authority.host();
+    if host.is_empty() {
+        return None;
+    }
+    if authority.port().is_none() && !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(authority.clone());
+    }
+    Authority::try_from(host.to_ascii_lowercase()).ok()
+}
+
 /// The client's request, rewritten for upstreams except for the endpoint: what each attempt
 /// sends.
 struct Prepared {
@@ -305,19 +320,24 @@ impl Prepared {
         // `:authority` replaces Host (RFC 9112 §3.2.2); HTTP/1.1 upstreams read it in Host.
         let authority = match uri.authority() {
             _ if !sends_authority => None,
-            Some(authority) => Some(authority.clone()),
+            Some(authority) => pool_authority(authority),
             None => headers
                 .get(header::HOST)
-                .filter(|h| !h.is_empty())
-                .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .and_then(|authority| pool_authority(&authority)),
         };
         if let Some(authority) = uri.authority() {
             if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
                 headers.insert(header::HOST, value);
             }
         }
-        let host = headers.get(header::HOST).cloned();
+        let host = headers.get(header::HOST).filter(|h| !h.is_empty()).cloned();
         forwarding_headers(&mut headers, peer, host, trusted);
+        if sends_authority {
+            // The authority travels in the URI (`:authority`, or the Host hyper writes from it
+            // on HTTP/1.1): a Host beside it could only disagree (RFC 9113 §8.3.1).
+            headers.remove(header::HOST);
+        }
         for name in &route.request_remove {
             headers.remove(name);
         }
