@@ -589,8 +589,11 @@ pub async fn handle(
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_cluster");
     };
     let metrics = &ctx.shared.metrics;
-    let limits = ctx.shared.limits.load();
-    let body_limit = limits.max_request_body_bytes;
+    // Copied out at once: a guard of the limits is not held for the whole round trip.
+    let (body_limit, body_timeout) = {
+        let limits = ctx.shared.limits.load();
+        (limits.max_request_body_bytes, limits.request_body_timeout.0)
+    };
     let logged = ctx
         .shared
         .access_log
@@ -598,7 +601,7 @@ pub async fn handle(
         .then(|| (request.method().clone(), request.uri().clone()));
     let upgrade = requested_upgrade(&request);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-    let trusted = match **ctx.trust.load() {
+    let trusted = match ctx.trust.load() {
         TrustForwarded::None => false,
         TrustForwarded::Mesh => peer.identity().is_some(),
         TrustForwarded::All => true,
@@ -610,7 +613,7 @@ pub async fn handle(
         body_limit,
         upgrade,
         trusted,
-        body_timeout: limits.request_body_timeout.0,
+        body_timeout,
         body_timeouts: &ctx.body_timeouts,
     };
     let mut response = match forward(client, route, &target.cluster, metrics).await {
