@@ -220,6 +220,29 @@ impl Peer {
     }
 }
 
+/// The list in `earlier` (several lines of a header are one list, RFC 9110 §5.3: all are kept,
+/// in order) with `client` appended, made in one allocation; `client` alone if it is empty.
+fn appended(
+    earlier: http::header::GetAll<'_, HeaderValue>,
+    client: &HeaderValue,
+) -> Option<HeaderValue> {
+    const SEPARATOR: &[u8] = b", ";
+    let (lines, length) = earlier
+        .iter()
+        .fold((0, 0), |(n, length), v| (n + 1, length + v.len()));
+    if lines == 0 {
+        return Some(client.clone());
+    }
+    let mut list = bytes::BytesMut::with_capacity(length + lines * SEPARATOR.len() + client.len());
+    for value in earlier.iter().chain(std::iter::once(client)) {
+        if !list.is_empty() {
+            list.extend_from_slice(SEPARATOR);
+        }
+        list.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_maybe_shared(list.freeze()).ok()
+}
+
 /// Sets the forwarding headers: `x-forwarded-proto`; `x-request-id` when absent; and, from a
 /// `trusted` client, appends it to `x-forwarded-for` and sets `x-forwarded-host` when absent,
 /// while from another client both are replaced (its address; the request's `host`).
@@ -233,21 +256,7 @@ fn forwarding_headers(
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_HOST);
     }
-    // Several lines of the header are one list (RFC 9110 §5.3): keep them all, in order.
-    let mut earlier = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .peekable();
-    let forwarded_for = match earlier.peek() {
-        Some(_) => {
-            let mut list: Vec<&str> = earlier.collect();
-            let client = peer.addr.ip().to_string();
-            list.push(&client);
-            HeaderValue::from_str(&list.join(", ")).ok()
-        }
-        None => Some(peer.ip.clone()),
-    };
+    let forwarded_for = appended(headers.get_all(&X_FORWARDED_FOR), &peer.ip);
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -926,6 +935,29 @@ mod tests {
         assert!(
             (0..50).any(|_| backoff(base, 4) > base * 2),
             "never above the early ceiling"
+        );
+    }
+
+    #[test]
+    fn the_client_is_appended_to_every_line_of_the_list() {
+        let client = HeaderValue::from_static("10.0.0.9");
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            appended(headers.get_all(&X_FORWARDED_FOR), &client),
+            Some(client.clone())
+        );
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        assert_eq!(
+            appended(headers.get_all(&X_FORWARDED_FOR), &client).unwrap(),
+            "1.1.1.1, 10.0.0.9"
+        );
+        headers.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        assert_eq!(
+            appended(headers.get_all(&X_FORWARDED_FOR), &client).unwrap(),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
         );
     }
 

@@ -379,3 +379,24 @@ async fn many_hosts_of_a_wildcard_open_a_bounded_number_of_http2_connections() {
         .enumerate()
         .all(|(i, (authority, _))| authority == &format!("t{i}.example.org")));
 }
+
+#[tokio::test]
+async fn an_empty_host_is_not_sent_beside_the_endpoints_authority() {
+    let (upstream, seen) = h2_upstream().await;
+    let (_proxy, address) = proxy(upstream, "http2").await;
+    // An empty Host is what a client sends for a target without authority (RFC 9112 §3.2).
+    let answer = raw(
+        address,
+        b"GET / HTTP/1.1\r\nhost: \r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let (authority, hosts) = &seen[0];
+    assert_eq!(authority, &upstream.to_string());
+    assert!(
+        hosts.is_empty(),
+        "host {hosts:?} beside :authority {authority}"
+    );
+}
