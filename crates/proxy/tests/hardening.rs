@@ -99,10 +99,9 @@ async fn read_all(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// A client sends `head` and the start of a body, then nothing more: the proxy takes no slot of
-/// the cluster (`max_requests: 1`) for it, serves another client meanwhile, and cuts it off
-/// with 408 once `request_body_timeout` has passed.
-async fn trickling_holds_no_cluster_slot(head: &[u8]) {
+/// A proxy to a [`counting_upstream`] whose cluster has one request slot (`max_requests: 1`,
+/// none pending), with `request_body_timeout: 500ms`; its address, and the upstream's count.
+async fn one_slot_proxy() -> (Arc<Proxy>, SocketAddr, Arc<AtomicUsize>) {
     let (upstream, count) = counting_upstream().await;
     let (proxy, address) = proxy(
         &[upstream],
@@ -112,6 +111,31 @@ async fn trickling_holds_no_cluster_slot(head: &[u8]) {
         "limits: {request_body_timeout: 500ms}\n",
     )
     .await;
+    (proxy, address, count)
+}
+
+/// Asserts that a POST with a small body to the proxy at `address` is answered 200 (`when`: the
+/// circumstance, for the failure message).
+async fn assert_served(address: SocketAddr, when: &str) {
+    let other = reqwest::Client::new()
+        .post(format!("http://{address}/"))
+        .body("whole")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        200,
+        "refused {when}: {:?}",
+        other.headers().get(ERROR_HEADER)
+    );
+}
+
+/// A client sends `head` and the start of a body, then nothing more: the proxy takes no slot of
+/// the cluster (`max_requests: 1`) for it, serves another client meanwhile, and cuts it off
+/// with 408 once `request_body_timeout` has passed.
+async fn trickling_holds_no_cluster_slot(head: &[u8]) {
+    let (proxy, address, count) = one_slot_proxy().await;
     let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
     slow.write_all(head).await.unwrap();
     // Its head arrived whole: once the connection is served, the proxy is reading its body.
@@ -122,18 +146,7 @@ async fn trickling_holds_no_cluster_slot(head: &[u8]) {
     })
     .await;
     let started = std::time::Instant::now();
-    let other = reqwest::Client::new()
-        .post(format!("http://{address}/"))
-        .body("whole")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        other.status(),
-        200,
-        "refused while a slow body was being read: {:?}",
-        other.headers().get(ERROR_HEADER)
-    );
+    assert_served(address, "while a slow body was being read").await;
     let answer = read_all(&mut slow).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_body_timeout"), "{answer}");
@@ -172,15 +185,7 @@ async fn a_client_trickling_a_chunked_body_holds_no_cluster_slot_and_is_cut_off(
 
 #[tokio::test]
 async fn a_streamed_body_that_stalls_is_cut_off_and_frees_its_slot() {
-    let (upstream, count) = counting_upstream().await;
-    let (proxy, address) = proxy(
-        &[upstream],
-        "",
-        "",
-        "    circuit_breakers: {max_requests: 1, max_pending_requests: 0}",
-        "limits: {request_body_timeout: 500ms}\n",
-    )
-    .await;
+    let (proxy, address, count) = one_slot_proxy().await;
     let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
     // More than the proxy reads before forwarding, then nothing: it streams, then stalls.
     slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n")
@@ -194,18 +199,7 @@ async fn a_streamed_body_that_stalls_is_cut_off_and_frees_its_slot() {
     assert!(proxy
         .metrics_text()
         .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 1"#));
-    let other = reqwest::Client::new()
-        .post(format!("http://{address}/"))
-        .body("whole")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        other.status(),
-        200,
-        "{:?}",
-        other.headers().get(ERROR_HEADER)
-    );
+    assert_served(address, "after a stalled body was cut off").await;
 }
 
 #[tokio::test]
