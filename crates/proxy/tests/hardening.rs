@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::IntoResponse;
+use http_body_util::BodyExt;
 use meridian_proxy::{Proxy, ERROR_HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -342,4 +343,91 @@ async fn forwarding_headers_of_untrusted_clients_are_replaced() {
             "bank.example.com".to_owned()
         )
     );
+}
+
+/// An HTTP/2 (prior knowledge) POST to `address` whose body is the frames sent on the channel
+/// returned, ending when it is dropped.
+async fn h2_streaming_post(
+    address: SocketAddr,
+) -> (
+    tokio::sync::mpsc::Sender<bytes::Bytes>,
+    impl std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
+) {
+    use http_body_util::StreamBody;
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(data)),
+            rx,
+        ))
+    }));
+    let request = http::Request::post(format!("http://{address}/"))
+        .body(StreamBody::new(frames))
+        .unwrap();
+    (tx, sender.send_request(request))
+}
+
+#[tokio::test]
+async fn an_http2_body_of_unknown_length_that_stalls_before_the_answer_is_cut_off() {
+    let (proxy, address, count) = one_slot_proxy().await;
+    let (tx, response) = h2_streaming_post(address).await;
+    tx.send(bytes::Bytes::from_static(b"ab")).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert_eq!(response.headers()[ERROR_HEADER], "request_body_timeout");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "it streamed upstream");
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 1"#));
+    drop(tx);
+    assert_served(address, "after a stalled stream was cut off").await;
+}
+
+#[tokio::test]
+async fn a_body_may_pause_longer_than_the_body_timeout_once_the_upstream_answered() {
+    // An upstream that answers at once and echoes the body as it arrives.
+    let app = axum::Router::new()
+        .fallback(|request: Request| async move { axum::body::Body::new(request.into_body()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (proxy, address) = proxy(
+        &[upstream],
+        "",
+        "",
+        "",
+        "limits: {request_body_timeout: 200ms}\n",
+    )
+    .await;
+    let (tx, response) = h2_streaming_post(address).await;
+    tx.send(bytes::Bytes::from_static(b"first ")).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first ");
+    // The pause under test, longer than request_body_timeout (not a wait for anything).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tx.send(bytes::Bytes::from_static(b"second")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 0"#));
 }
