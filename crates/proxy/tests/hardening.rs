@@ -2,6 +2,8 @@
 //! open connections without bound, have requests that may have been acted on replayed, or forge
 //! the forwarding headers.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -345,46 +347,37 @@ async fn forwarding_headers_of_untrusted_clients_are_replaced() {
     );
 }
 
-/// An HTTP/2 (prior knowledge) POST to `address` whose body is the frames sent on the channel
-/// returned, ending when it is dropped.
+/// An HTTP/2 (prior knowledge) POST to `address` whose body is `first`, then what is sent on
+/// `rest`, ending when it is dropped; its response (within 5 s).
 async fn h2_streaming_post(
     address: SocketAddr,
-) -> (
-    tokio::sync::mpsc::Sender<bytes::Bytes>,
-    impl std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
-) {
-    use http_body_util::StreamBody;
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-    let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        let data = rx.recv().await?;
-        Some((
-            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(data)),
-            rx,
-        ))
-    }));
+    first: &'static [u8],
+    rest: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> http::Response<hyper::body::Incoming> {
+    let frames =
+        futures_util::stream::unfold((Some(first), rest), |(first, mut rest)| async move {
+            let data = match first {
+                Some(first) => bytes::Bytes::from_static(first),
+                None => rest.recv().await?,
+            };
+            let frame = Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(data));
+            Some((frame, (None, rest)))
+        });
     let request = http::Request::post(format!("http://{address}/"))
-        .body(StreamBody::new(frames))
+        .body(http_body_util::StreamBody::new(Box::pin(frames)))
         .unwrap();
-    (tx, sender.send_request(request))
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let sent = common::h2_send(stream, request);
+    tokio::time::timeout(Duration::from_secs(5), sent)
+        .await
+        .expect("no answer")
 }
 
 #[tokio::test]
 async fn an_http2_body_of_unknown_length_that_stalls_before_the_answer_is_cut_off() {
     let (proxy, address, count) = one_slot_proxy().await;
-    let (tx, response) = h2_streaming_post(address).await;
-    tx.send(bytes::Bytes::from_static(b"ab")).await.unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), response)
-        .await
-        .expect("no answer")
-        .unwrap();
+    let (tx, rest) = tokio::sync::mpsc::channel(1);
+    let response = h2_streaming_post(address, b"ab", rest).await;
     assert_eq!(response.status(), 408);
     assert_eq!(response.headers()[ERROR_HEADER], "request_body_timeout");
     assert_eq!(count.load(Ordering::SeqCst), 1, "it streamed upstream");
@@ -411,12 +404,8 @@ async fn a_body_may_pause_longer_than_the_body_timeout_once_the_upstream_answere
         "limits: {request_body_timeout: 200ms}\n",
     )
     .await;
-    let (tx, response) = h2_streaming_post(address).await;
-    tx.send(bytes::Bytes::from_static(b"first ")).await.unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), response)
-        .await
-        .expect("no answer")
-        .unwrap();
+    let (tx, rest) = tokio::sync::mpsc::channel(1);
+    let response = h2_streaming_post(address, b"first ", rest).await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
