@@ -88,8 +88,18 @@ pub struct LimitedBody {
     keep: Option<usize>,
     /// Frames already read (and counted) that go out before the rest.
     pending: VecDeque<Frame<Bytes>>,
-    /// Longest pause allowed between frames until the upstream answers, with its timer.
-    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// Longest pause allowed between frames until the upstream answers.
+    idle: Option<Idle>,
+}
+
+/// The idle timer of a body: instead of being reset on every frame (a timer-wheel update per
+/// frame), it runs a whole `timeout` and, when it fires, starts again if a frame arrived
+/// meanwhile. A pause of more than `timeout` is thus caught within twice it.
+struct Idle {
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// A frame arrived since the timer was last started.
+    progressed: bool,
 }
 
 impl LimitedBody {
@@ -112,8 +122,11 @@ impl LimitedBody {
     /// The body, failing with [`IdleTimeout`] once the client sends no frame for `timeout`
     /// while the upstream has not answered ([`BodyState::answered`]).
     pub fn idle_timeout(mut self, timeout: Duration) -> LimitedBody {
-        let timer = Box::pin(tokio::time::sleep(timeout));
-        self.idle = Some((timeout, timer));
+        self.idle = Some(Idle {
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            progressed: false,
+        });
         self
     }
 
@@ -131,14 +144,24 @@ impl LimitedBody {
     /// Polls the idle timer after the client had nothing to send: `true` once it ran out before
     /// the upstream answered (after that answer the timer is dropped).
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((_, timer)) = self.idle.as_mut() else {
+        let Some(idle) = self.idle.as_mut() else {
             return false;
         };
-        if timer.as_mut().poll(cx).is_pending() {
+        if idle.timer.as_mut().poll(cx).is_pending() {
             return false;
         }
         if self.state.answered.load(Ordering::Relaxed) {
             self.idle = None;
+            return false;
+        }
+        if idle.progressed {
+            idle.progressed = false;
+            let deadline = tokio::time::Instant::now() + idle.timeout;
+            idle.timer.as_mut().reset(deadline);
+            // Polled once so that the timer wakes this task again.
+            if idle.timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
             return false;
         }
         self.state.timed_out.store(true, Ordering::Relaxed);
@@ -220,8 +243,8 @@ impl Body for LimitedBody {
             self.left -= length;
         }
         self.copy(&frame);
-        if let Some((timeout, timer)) = self.idle.as_mut() {
-            timer.as_mut().reset(tokio::time::Instant::now() + *timeout);
+        if let Some(idle) = self.idle.as_mut() {
+            idle.progressed = true;
         }
         if self.inner.is_end_stream() {
             self.state.finished.store(true, Ordering::Relaxed);

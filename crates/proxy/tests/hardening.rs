@@ -420,3 +420,24 @@ async fn a_body_may_pause_longer_than_the_body_timeout_once_the_upstream_answere
         .metrics_text()
         .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 0"#));
 }
+
+#[tokio::test]
+async fn a_streamed_body_that_keeps_coming_outlasts_the_body_timeout() {
+    let (_proxy, address, count) = one_slot_proxy().await;
+    let mut steady = tokio::net::TcpStream::connect(address).await.unwrap();
+    steady
+        .write_all(
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100010\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    steady.write_all(&[b'a'; 100_000]).await.unwrap();
+    until(|| count.load(Ordering::SeqCst) == 1).await;
+    // Ten parts 100 ms apart: 1 s in all, twice request_body_timeout, never a pause of 500 ms.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        steady.write_all(b"b").await.unwrap();
+    }
+    let answer = read_all(&mut steady).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
