@@ -2,10 +2,13 @@
 //! that a failure of the client's own making is not blamed on the upstream; and the upstream's
 //! response body, whose failures are counted.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -18,6 +21,12 @@ use crate::metrics::ProxyMetrics;
 #[error("the request body is larger than the limit")]
 pub struct OverLimit;
 
+/// The error a [`LimitedBody`] yields when the client sent no part of it within its idle
+/// timeout before the upstream answered.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no part of the request body within the idle timeout")]
+pub struct IdleTimeout;
+
 /// What became of a request body while it streamed (the upstream client reports body errors
 /// without their cause, so the body keeps its own record).
 #[derive(Debug, Default)]
@@ -25,6 +34,8 @@ pub struct BodyState {
     over_limit: AtomicBool,
     failed: AtomicBool,
     finished: AtomicBool,
+    timed_out: AtomicBool,
+    answered: AtomicBool,
     /// The copy kept for replay ([`LimitedBody::keep_copy`]); `None` when none is kept, or once
     /// the body outgrew it.
     copy: Mutex<Option<BytesMut>>,
@@ -39,6 +50,17 @@ impl BodyState {
     /// Reading the body from the client failed (it went away, or sent garbage).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The client sent no part of the body within the idle timeout ([`IdleTimeout`]).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// The upstream's response head has arrived: from now on the body may pause for as long as
+    /// the client and the upstream like (the request no longer holds a cluster slot).
+    pub fn answered(&self) {
+        self.answered.store(true, Ordering::Relaxed);
     }
 
     /// The whole body has been read from the client.
@@ -64,6 +86,20 @@ pub struct LimitedBody {
     state: Arc<BodyState>,
     /// Most bytes the copy for replay may hold, while one is kept.
     keep: Option<usize>,
+    /// Frames already read (and counted) that go out before the rest.
+    pending: VecDeque<Frame<Bytes>>,
+    /// Longest pause allowed between frames until the upstream answers.
+    idle: Option<Idle>,
+}
+
+/// The idle timer of a body: instead of being reset on every frame (a timer-wheel update per
+/// frame), it runs a whole `timeout` and, when it fires, starts again if a frame arrived
+/// meanwhile. A pause of more than `timeout` is thus caught within twice it.
+struct Idle {
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// A frame arrived since the timer was last started.
+    progressed: bool,
 }
 
 impl LimitedBody {
@@ -78,7 +114,58 @@ impl LimitedBody {
             left: limit,
             state: Arc::new(state),
             keep: None,
+            pending: VecDeque::new(),
+            idle: None,
         }
+    }
+
+    /// The body, failing with [`IdleTimeout`] once the client sends no frame for `timeout`
+    /// while the upstream has not answered ([`BodyState::answered`]).
+    pub fn idle_timeout(mut self, timeout: Duration) -> LimitedBody {
+        self.idle = Some(Idle {
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            progressed: false,
+        });
+        self
+    }
+
+    /// Reads the next frame, to be sent before the rest by [`LimitedBody::unread`].
+    pub async fn read_frame(&mut self) -> Option<Result<Frame<Bytes>, <Self as Body>::Error>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await
+    }
+
+    /// The body with `frames` (read from it earlier) sent again first.
+    pub fn unread(mut self, frames: VecDeque<Frame<Bytes>>) -> LimitedBody {
+        self.pending = frames;
+        self
+    }
+
+    /// Polls the idle timer after the client had nothing to send: `true` once it ran out before
+    /// the upstream answered (after that answer the timer is dropped).
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = self.idle.as_mut() else {
+            return false;
+        };
+        if idle.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if self.state.answered.load(Ordering::Relaxed) {
+            self.idle = None;
+            return false;
+        }
+        if idle.progressed {
+            idle.progressed = false;
+            let deadline = tokio::time::Instant::now() + idle.timeout;
+            idle.timer.as_mut().reset(deadline);
+            // Polled once so that the timer wakes this task again.
+            if idle.timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+            return false;
+        }
+        self.state.timed_out.store(true, Ordering::Relaxed);
+        true
     }
 
     /// The body, keeping a copy of what streams through (up to `cap` bytes) so that a request
@@ -129,7 +216,13 @@ impl Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending if self.idle_expired(cx) => {
+                return Poll::Ready(Some(Err(IdleTimeout.into())))
+            }
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
                 self.state.finished.store(true, Ordering::Relaxed);
@@ -150,6 +243,9 @@ impl Body for LimitedBody {
             self.left -= length;
         }
         self.copy(&frame);
+        if let Some(idle) = self.idle.as_mut() {
+            idle.progressed = true;
+        }
         if self.inner.is_end_stream() {
             self.state.finished.store(true, Ordering::Relaxed);
         }
@@ -157,11 +253,23 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let unread: u64 = self
+            .pending
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let rest = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + unread);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + unread);
+        }
+        hint
     }
 }
 

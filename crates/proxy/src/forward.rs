@@ -10,6 +10,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
+use hyper::body::Frame;
 use hyper::body::Incoming;
 
 use crate::body::{BodyState, LimitedBody, ResponseBody};
@@ -219,6 +220,29 @@ impl Peer {
     }
 }
 
+/// The list in `earlier` (several lines of a header are one list, RFC 9110 §5.3: all are kept,
+/// in order) with `client` appended, made in one allocation; `client` alone if it is empty.
+fn appended(
+    earlier: http::header::GetAll<'_, HeaderValue>,
+    client: &HeaderValue,
+) -> Option<HeaderValue> {
+    const SEPARATOR: &[u8] = b", ";
+    let (lines, length) = earlier
+        .iter()
+        .fold((0, 0), |(n, length), v| (n + 1, length + v.len()));
+    if lines == 0 {
+        return Some(client.clone());
+    }
+    let mut list = bytes::BytesMut::with_capacity(length + lines * SEPARATOR.len() + client.len());
+    for value in earlier.iter().chain(std::iter::once(client)) {
+        if !list.is_empty() {
+            list.extend_from_slice(SEPARATOR);
+        }
+        list.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_maybe_shared(list.freeze()).ok()
+}
+
 /// Sets the forwarding headers: `x-forwarded-proto`; `x-request-id` when absent; and, from a
 /// `trusted` client, appends it to `x-forwarded-for` and sets `x-forwarded-host` when absent,
 /// while from another client both are replaced (its address; the request's `host`).
@@ -232,21 +256,7 @@ fn forwarding_headers(
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_HOST);
     }
-    // Several lines of the header are one list (RFC 9110 §5.3): keep them all, in order.
-    let mut earlier = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .peekable();
-    let forwarded_for = match earlier.peek() {
-        Some(_) => {
-            let mut list: Vec<&str> = earlier.collect();
-            let client = peer.addr.ip().to_string();
-            list.push(&client);
-            HeaderValue::from_str(&list.join(", ")).ok()
-        }
-        None => Some(peer.ip.clone()),
-    };
+    let forwarded_for = appended(headers.get_all(&X_FORWARDED_FOR), &peer.ip);
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -262,6 +272,21 @@ fn forwarding_headers(
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
+}
+
+/// `authority` as sent to upstreams that read it in the URI, whose connections are pooled by
+/// it: the host in lower case, without port (routing ignores both, and the client's own
+/// authority is in `x-forwarded-host`), so that clients choosing case and port open no more
+/// upstream connections. `None` if it has no host.
+fn pool_authority(authority: &Authority) -> Option<Authority> {
+    let host = authority.host();
+    if host.is_empty() {
+        return None;
+    }
+    if authority.port().is_none() && !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(authority.clone());
+    }
+    Authority::try_from(host.to_ascii_lowercase()).ok()
 }
 
 /// The client's request, rewritten for upstreams except for the endpoint: what each attempt
@@ -304,19 +329,24 @@ impl Prepared {
         // `:authority` replaces Host (RFC 9112 §3.2.2); HTTP/1.1 upstreams read it in Host.
         let authority = match uri.authority() {
             _ if !sends_authority => None,
-            Some(authority) => Some(authority.clone()),
+            Some(authority) => pool_authority(authority),
             None => headers
                 .get(header::HOST)
-                .filter(|h| !h.is_empty())
-                .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .and_then(|authority| pool_authority(&authority)),
         };
         if let Some(authority) = uri.authority() {
             if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
                 headers.insert(header::HOST, value);
             }
         }
-        let host = headers.get(header::HOST).cloned();
+        let host = headers.get(header::HOST).filter(|h| !h.is_empty()).cloned();
         forwarding_headers(&mut headers, peer, host, trusted);
+        if sends_authority {
+            // The authority travels in the URI (`:authority`, or the Host hyper writes from it
+            // on HTTP/1.1): a Host beside it could only disagree (RFC 9113 §8.3.1).
+            headers.remove(header::HOST);
+        }
         for name in &route.request_remove {
             headers.remove(name);
         }
@@ -410,32 +440,52 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// their `buffer_limit`).
 const BUFFERED_BODY: usize = 64 * 1024;
 
-/// Reads `body` whole if it is at most `keep` bytes by its Content-Length (or empty). A body of
-/// unknown length (chunked, or HTTP/2 without Content-Length, as gRPC sends) streams; with
-/// `copy`, a copy of up to `keep` bytes is kept, so that it can be replayed if it turns out that
-/// small. A longer one streams, which rules out retries.
+/// Reads `body` whole if it is at most `keep` bytes, or its first `keep` bytes otherwise. A body
+/// of unknown length over HTTP/2 (as gRPC streams send) streams at once instead, since its
+/// client may wait for the answer before sending more; with `copy`, a copy of up to `keep` bytes
+/// is kept, so that it can be replayed if it turns out that small. A longer body streams, which
+/// rules out retries.
 async fn buffer(
-    body: LimitedBody,
+    mut body: LimitedBody,
     headers: &HeaderMap,
+    version: Version,
     keep: usize,
     copy: bool,
 ) -> Result<Body, Box<dyn std::error::Error + Send + Sync>> {
     if body.is_end_stream() {
         return Ok(Body::Replayable(Bytes::new()));
     }
-    match content_length(headers) {
-        Some(length) if length <= keep as u64 => {
-            Ok(Body::Replayable(body.collect().await?.to_bytes()))
-        }
-        None if copy => Ok(Body::Streamed {
-            body: Some(body.keep_copy(keep)),
-            copied: true,
-        }),
-        _ => Ok(Body::Streamed {
-            body: Some(body),
-            copied: false,
-        }),
+    let length = content_length(headers);
+    if length.is_some_and(|length| length <= keep as u64) {
+        return Ok(Body::Replayable(body.collect().await?.to_bytes()));
     }
+    if length.is_none() && version >= Version::HTTP_2 {
+        return Ok(Body::Streamed {
+            body: Some(if copy { body.keep_copy(keep) } else { body }),
+            copied: copy,
+        });
+    }
+    let mut read = std::collections::VecDeque::new();
+    let mut size = 0;
+    while size <= keep && !body.is_end_stream() {
+        let Some(frame) = body.read_frame().await else {
+            break;
+        };
+        let frame = frame?;
+        size += frame.data_ref().map_or(0, Bytes::len);
+        read.push_back(frame);
+    }
+    if size > keep || !body.state().finished() || !read.iter().all(Frame::is_data) {
+        return Ok(Body::Streamed {
+            body: Some(body.unread(read)),
+            copied: false,
+        });
+    }
+    let mut whole = bytes::BytesMut::with_capacity(size);
+    for data in read.iter().filter_map(Frame::data_ref) {
+        whole.extend_from_slice(data);
+    }
+    Ok(Body::Replayable(whole.freeze()))
 }
 
 /// The pause before retry number `retry` (1, 2, …): exponential from `base`, capped at ten times
@@ -457,6 +507,17 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         cause = e.source();
     }
     false
+}
+
+/// The answer to a client that did not send its body in time (counted). The rest of the body
+/// may still be on its way: the connection cannot be reused.
+fn body_timed_out(
+    timeouts: &prometheus_client::metrics::counter::Counter,
+    version: Version,
+) -> Response<ProxyBody> {
+    timeouts.inc();
+    let answer = local_response(StatusCode::REQUEST_TIMEOUT, "request_body_timeout");
+    closing(answer, version)
 }
 
 fn too_large() -> Response<ProxyBody> {
@@ -537,8 +598,11 @@ pub async fn handle(
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_cluster");
     };
     let metrics = &ctx.shared.metrics;
-    let limits = ctx.shared.limits.load();
-    let body_limit = limits.max_request_body_bytes;
+    // Copied out at once: a guard of the limits is not held for the whole round trip.
+    let (body_limit, body_timeout) = {
+        let limits = ctx.shared.limits.load();
+        (limits.max_request_body_bytes, limits.request_body_timeout.0)
+    };
     let logged = ctx
         .shared
         .access_log
@@ -546,7 +610,7 @@ pub async fn handle(
         .then(|| (request.method().clone(), request.uri().clone()));
     let upgrade = requested_upgrade(&request);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-    let trusted = match **ctx.trust.load() {
+    let trusted = match ctx.trust.load() {
         TrustForwarded::None => false,
         TrustForwarded::Mesh => peer.identity().is_some(),
         TrustForwarded::All => true,
@@ -558,7 +622,7 @@ pub async fn handle(
         body_limit,
         upgrade,
         trusted,
-        body_timeout: limits.request_body_timeout.0,
+        body_timeout,
         body_timeouts: &ctx.body_timeouts,
     };
     let mut response = match forward(client, route, &target.cluster, metrics).await {
@@ -690,30 +754,36 @@ async fn forward(
     if content_length(&prepared.headers).is_some_and(|length| length > body_limit) {
         return Err(too_large());
     }
-    let body = LimitedBody::new(body, body_limit);
+    // Until the upstream answers, the client may pause its body for at most the body timeout.
+    let body = LimitedBody::new(body, body_limit).idle_timeout(client.body_timeout);
     let body_state = body.state();
-    // A body small enough to hold is read before the request takes a slot of the cluster, and
-    // within the body timeout: a client that sends it slowly holds nothing that others need.
+    // The body (or its first `keep` bytes) is read before the request takes a slot of the
+    // cluster, and within the body timeout: a client that sends it slowly holds nothing that
+    // others need.
     let keep = route
         .retries
         .as_ref()
         .map_or(BUFFERED_BODY, |p| p.buffer_limit);
-    let buffered = buffer(body, &prepared.headers, keep, route.retries.is_some());
+    let buffered = buffer(
+        body,
+        &prepared.headers,
+        client.version,
+        keep,
+        route.retries.is_some(),
+    );
     let mut body = match tokio::time::timeout(client.body_timeout, buffered).await {
         Ok(Ok(body)) => body,
         Ok(Err(_)) if body_state.over_limit() => return Err(too_large()),
+        Ok(Err(_)) if body_state.timed_out() => {
+            return Err(body_timed_out(client.body_timeouts, client.version))
+        }
         Ok(Err(_)) => {
             return Err(local_response(
                 StatusCode::BAD_REQUEST,
                 "request_body_failed",
             ))
         }
-        Err(_elapsed) => {
-            client.body_timeouts.inc();
-            // The rest of the body may still be on its way: the connection cannot be reused.
-            let answer = local_response(StatusCode::REQUEST_TIMEOUT, "request_body_timeout");
-            return Err(closing(answer, client.version));
-        }
+        Err(_elapsed) => return Err(body_timed_out(client.body_timeouts, client.version)),
     };
     let deadline = Instant::now() + route.timeout;
     let mut admitted = match cluster.admit(deadline.into()).await {
@@ -764,10 +834,17 @@ async fn forward(
             .map_or(left, |t| t.0.min(left));
         let sent = cluster.client.request(lease.endpoint(), upstream);
         let attempt = match tokio::time::timeout(per_try, sent).await {
-            Ok(Ok(response)) => Attempt::Answered(response),
+            Ok(Ok(response)) => {
+                body_state.answered();
+                Attempt::Answered(response)
+            }
             Ok(Err(e)) => {
                 if body_state.over_limit() {
                     return Err(too_large());
+                }
+                if body_state.timed_out() {
+                    lease.finish(Outcome::Inconclusive);
+                    return Err(body_timed_out(client.body_timeouts, client.version));
                 }
                 if body_state.failed() {
                     // The client's body broke off: not the endpoint's fault.
@@ -858,6 +935,29 @@ mod tests {
         assert!(
             (0..50).any(|_| backoff(base, 4) > base * 2),
             "never above the early ceiling"
+        );
+    }
+
+    #[test]
+    fn the_client_is_appended_to_every_line_of_the_list() {
+        let client = HeaderValue::from_static("10.0.0.9");
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            appended(headers.get_all(&X_FORWARDED_FOR), &client),
+            Some(client.clone())
+        );
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        assert_eq!(
+            appended(headers.get_all(&X_FORWARDED_FOR), &client).unwrap(),
+            "1.1.1.1, 10.0.0.9"
+        );
+        headers.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        assert_eq!(
+            appended(headers.get_all(&X_FORWARDED_FOR), &client).unwrap(),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
         );
     }
 

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,7 +116,7 @@ pub struct ListenerContext {
     /// Mesh calls denied.
     pub denied: Counter,
     /// Whose forwarding headers are kept.
-    pub trust: ArcSwap<TrustForwarded>,
+    pub trust: SharedTrust,
     /// Requests answered 408 because the client did not send its body in time.
     pub body_timeouts: Counter,
     /// Connections closed because of their source address.
@@ -127,6 +127,31 @@ pub struct ListenerContext {
     open: AtomicUsize,
     /// Connections closed at once because `max_connections` were open.
     overloaded: Counter,
+}
+
+/// A listener's [`TrustForwarded`], read by every request and swapped on reload without a
+/// reference count to take.
+pub struct SharedTrust(AtomicU8);
+
+impl SharedTrust {
+    /// Holding `trust`.
+    pub fn new(trust: TrustForwarded) -> SharedTrust {
+        SharedTrust(AtomicU8::new(trust as u8))
+    }
+
+    /// The current setting.
+    pub fn load(&self) -> TrustForwarded {
+        match self.0.load(Ordering::Relaxed) {
+            x if x == TrustForwarded::None as u8 => TrustForwarded::None,
+            x if x == TrustForwarded::All as u8 => TrustForwarded::All,
+            _ => TrustForwarded::Mesh,
+        }
+    }
+
+    /// Replaces the setting.
+    pub fn store(&self, trust: TrustForwarded) {
+        self.0.store(trust as u8, Ordering::Relaxed);
+    }
 }
 
 /// A bound listener. Dropping it stops accepting; open connections carry on.
@@ -171,7 +196,7 @@ impl ListenerContext {
         self.tls.store(serving.tls);
         self.mesh.store(serving.mesh);
         self.sources.store(Arc::new(serving.sources));
-        self.trust.store(Arc::new(serving.trust));
+        self.trust.store(serving.trust);
         self.max_connections
             .store(serving.max_connections as usize, Ordering::Relaxed);
     }
@@ -231,7 +256,7 @@ impl Listener {
             tls: ArcSwapOption::new(serving.tls),
             mesh: ArcSwapOption::new(serving.mesh),
             sources: ArcSwap::from_pointee(serving.sources),
-            trust: ArcSwap::from_pointee(serving.trust),
+            trust: SharedTrust::new(serving.trust),
             body_timeouts: shared.metrics.request_body_timeouts(name),
             max_connections: AtomicUsize::new(serving.max_connections as usize),
             open: AtomicUsize::new(0),
@@ -450,4 +475,23 @@ async fn relay_connection(
         }
     }
     context.connections.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_trust_holds_each_setting() {
+        let shared = SharedTrust::new(TrustForwarded::None);
+        assert_eq!(shared.load(), TrustForwarded::None);
+        for trust in [
+            TrustForwarded::All,
+            TrustForwarded::Mesh,
+            TrustForwarded::None,
+        ] {
+            shared.store(trust);
+            assert_eq!(shared.load(), trust);
+        }
+    }
 }

@@ -46,9 +46,10 @@ type Pool = Client<ClusterConnector, UpstreamBody>;
 /// The pooled connections to one cluster's endpoints. A request's URI names the authority the
 /// client asked for; [`HttpClient::request`] sends it to the endpoint given. Connections that
 /// may speak HTTP/2 (`protocol: http2`, or a mesh hop that negotiates it) carry that authority
-/// in `:authority` (RFC 9113 §8.3.1), so each endpoint has a pool of its own, made when it is
-/// first used and dropped once unused for longer than idle connections live. HTTP/1.1
-/// connections name it in `Host` only: one pool, keyed by endpoint, serves them all.
+/// in `:authority` (RFC 9113 §8.3.1), and hyper's pool keys connections by it: each endpoint
+/// has a pool per authority (normalised by the request path: lower case, no port), at most
+/// [`AUTHORITIES_PER_ENDPOINT`] of them, made when first used. HTTP/1.1 connections name it in
+/// `Host` only: one pool, keyed by endpoint, serves them all.
 #[derive(Clone)]
 pub struct HttpClient(Pools);
 
@@ -61,19 +62,32 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
+/// Most authorities an endpoint has a pool (so at least one HTTP/2 connection) for: a request
+/// for one more replaces the pool least recently used, whose connections close once their
+/// requests are done. Many hosts of one wildcard domain thus open no more connections than
+/// this per endpoint.
+const AUTHORITIES_PER_ENDPOINT: usize = 16;
+
 #[derive(Clone)]
 enum Pools {
     /// One pool for all endpoints (HTTP/1.1).
     Shared(Arc<Pool>),
-    /// A pool per endpoint (connections that may speak HTTP/2).
+    /// Pools per endpoint and authority (connections that may speak HTTP/2).
     PerEndpoint(Arc<EndpointPools>),
 }
 
-/// Pools by endpoint, read without a lock; the lock is taken only to add one.
+/// A pool of one endpoint for one authority, with when it was last used (seconds since
+/// [`EndpointPools::epoch`]).
+struct AuthorityPool {
+    pool: Pool,
+    last_used: AtomicU64,
+}
+
+/// Pools by endpoint and authority, read without a lock; the lock is taken only to add one.
 struct EndpointPools {
     builder: hyper_util::client::legacy::Builder,
     connector: ClusterConnector,
-    pools: arc_swap::ArcSwap<HashMap<SocketAddr, (Pool, Arc<AtomicU64>)>>,
+    pools: arc_swap::ArcSwap<HashMap<SocketAddr, HashMap<Authority, Arc<AuthorityPool>>>>,
     adding: std::sync::Mutex<()>,
     /// What `last_used` counts from.
     epoch: Instant,
@@ -103,41 +117,80 @@ impl HttpClient {
     /// Sends `request`, whose URI names [`HttpClient::uri_authority`], to `endpoint`.
     pub fn request(&self, endpoint: &Endpoint, request: Request<UpstreamBody>) -> ResponseFuture {
         match &self.0 {
-            Pools::PerEndpoint(pools) => pools.pool(endpoint.addr).request(request),
+            Pools::PerEndpoint(pools) => {
+                let authority = request.uri().authority().unwrap_or(&endpoint.authority);
+                pools.request(endpoint.addr, authority.clone(), request)
+            }
             Pools::Shared(shared) => shared.request(request),
         }
     }
 }
 
 impl EndpointPools {
-    /// The pool of `endpoint`, made if it has none.
-    fn pool(&self, endpoint: SocketAddr) -> Pool {
+    /// Sends `request` through the pool of `endpoint` for `authority`, made if it has none.
+    fn request(
+        &self,
+        endpoint: SocketAddr,
+        authority: Authority,
+        request: Request<UpstreamBody>,
+    ) -> ResponseFuture {
         let now = self.epoch.elapsed().as_secs();
-        if let Some((pool, last_used)) = self.pools.load().get(&endpoint) {
-            last_used.store(now, Ordering::Relaxed);
-            return pool.clone();
+        let pools = self.pools.load();
+        if let Some(found) = pools.get(&endpoint).and_then(|p| p.get(&authority)) {
+            // Most requests fall in a second already recorded: no shared write for them.
+            if found.last_used.load(Ordering::Relaxed) != now {
+                found.last_used.store(now, Ordering::Relaxed);
+            }
+            return found.pool.request(request);
         }
+        drop(pools);
+        self.add(endpoint, authority, now).pool.request(request)
+    }
+
+    /// The pool of `endpoint` for `authority`, made if it has none (replacing the least
+    /// recently used one of the endpoint when it has [`AUTHORITIES_PER_ENDPOINT`]).
+    fn add(&self, endpoint: SocketAddr, authority: Authority, now: u64) -> Arc<AuthorityPool> {
         let _adding = self
             .adding
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.pools.load();
-        if let Some((pool, _)) = current.get(&endpoint) {
-            return pool.clone();
+        if let Some(found) = current.get(&endpoint).and_then(|p| p.get(&authority)) {
+            return found.clone();
         }
         // Pools unused for longer than a connection stays idle hold no connection: they go.
         let stale = now.saturating_sub(IDLE_TIMEOUT.as_secs());
-        let mut pools: HashMap<_, _> = current
+        let mut pools: HashMap<_, HashMap<_, _>> = current
             .iter()
-            .filter(|(_, (_, last_used))| last_used.load(Ordering::Relaxed) >= stale)
-            .map(|(addr, entry)| (*addr, entry.clone()))
+            .map(|(addr, by_authority)| {
+                let fresh = by_authority
+                    .iter()
+                    .filter(|(_, p)| p.last_used.load(Ordering::Relaxed) >= stale)
+                    .map(|(authority, p)| (authority.clone(), p.clone()))
+                    .collect();
+                (*addr, fresh)
+            })
+            .filter(|(_, by_authority): &(_, HashMap<_, _>)| !by_authority.is_empty())
             .collect();
+        let by_authority = pools.entry(endpoint).or_default();
+        if by_authority.len() >= AUTHORITIES_PER_ENDPOINT {
+            let oldest = by_authority
+                .iter()
+                .min_by_key(|(_, p)| p.last_used.load(Ordering::Relaxed))
+                .map(|(authority, _)| authority.clone());
+            if let Some(oldest) = oldest {
+                by_authority.remove(&oldest);
+            }
+        }
         let mut connector = self.connector.clone();
         connector.target = Some(endpoint);
-        let pool = self.builder.build(connector);
-        pools.insert(endpoint, (pool.clone(), Arc::new(AtomicU64::new(now))));
+        let added = Arc::new(AuthorityPool {
+            pool: self.builder.build(connector),
+            last_used: AtomicU64::new(now),
+        });
+        by_authority.insert(authority, added.clone());
         self.pools.store(Arc::new(pools));
-        pool
+        added
     }
 }
 

@@ -307,10 +307,8 @@ async fn http2_clusters_get_the_clients_authority() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     let seen = seen.lock().unwrap();
-    for ((authority, hosts), want) in seen
-        .iter()
-        .zip(["shop.example.com", "other.example.org:8080"])
-    {
+    // Routing ignores the port, and so does the authority sent on (it pools connections).
+    for ((authority, hosts), want) in seen.iter().zip(["shop.example.com", "other.example.org"]) {
         assert_eq!(authority, want);
         assert!(
             hosts.iter().all(|h| h == want),
@@ -318,4 +316,87 @@ async fn http2_clusters_get_the_clients_authority() {
         );
     }
     assert_eq!(seen.len(), 2);
+}
+
+/// The number of open connections from `proxy` to cluster `cluster`.
+fn upstream_connections(proxy: &Proxy, cluster: &str) -> Option<u64> {
+    let text = proxy.metrics_text();
+    let prefix = format!("meridian_proxy_upstream_connections{{cluster=\"{cluster}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn clients_choosing_port_and_case_of_host_share_one_http2_connection() {
+    let (upstream, seen) = h2_upstream().await;
+    let (proxy, address) = proxy(upstream, "http2").await;
+    for i in 0..20 {
+        let host = if i % 2 == 0 {
+            format!("Shop.Example.COM:{}", i + 1)
+        } else {
+            format!("shop.example.com:{}", i + 1)
+        };
+        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let answer = raw(address, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(upstream_connections(&proxy, "shop"), Some(1));
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 20);
+    assert!(
+        seen.iter()
+            .all(|(authority, _)| authority == "shop.example.com"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn many_hosts_of_a_wildcard_open_a_bounded_number_of_http2_connections() {
+    let (upstream, seen) = h2_upstream().await;
+    let (proxy, address) = proxy(upstream, "http2").await;
+    for i in 0..40 {
+        let request =
+            format!("GET / HTTP/1.1\r\nhost: t{i}.example.org\r\nconnection: close\r\n\r\n");
+        let answer = raw(address, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // The bound docs/proxy-config.md gives: 16 authorities per endpoint.
+    let bound = 16;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upstream_connections(&proxy, "other").is_none_or(|open| open > bound) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?} connections open",
+            upstream_connections(&proxy, "other")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Each request still carried its own authority.
+    let seen = seen.lock().unwrap();
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, (authority, _))| authority == &format!("t{i}.example.org")));
+}
+
+#[tokio::test]
+async fn an_empty_host_is_not_sent_beside_the_endpoints_authority() {
+    let (upstream, seen) = h2_upstream().await;
+    let (_proxy, address) = proxy(upstream, "http2").await;
+    // An empty Host is what a client sends for a target without authority (RFC 9112 §3.2).
+    let answer = raw(
+        address,
+        b"GET / HTTP/1.1\r\nhost: \r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let (authority, hosts) = &seen[0];
+    assert_eq!(authority, &upstream.to_string());
+    assert!(
+        hosts.is_empty(),
+        "host {hosts:?} beside :authority {authority}"
+    );
 }

@@ -2,6 +2,8 @@
 //! open connections without bound, have requests that may have been acted on replayed, or forge
 //! the forwarding headers.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::IntoResponse;
+use http_body_util::BodyExt;
 use meridian_proxy::{Proxy, ERROR_HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -99,8 +102,9 @@ async fn read_all(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-#[tokio::test]
-async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
+/// A proxy to a [`counting_upstream`] whose cluster has one request slot (`max_requests: 1`,
+/// none pending), with `request_body_timeout: 500ms`; its address, and the upstream's count.
+async fn one_slot_proxy() -> (Arc<Proxy>, SocketAddr, Arc<AtomicUsize>) {
     let (upstream, count) = counting_upstream().await;
     let (proxy, address) = proxy(
         &[upstream],
@@ -110,18 +114,12 @@ async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
         "limits: {request_body_timeout: 500ms}\n",
     )
     .await;
-    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
-    slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nab")
-        .await
-        .unwrap();
-    // Its head arrived whole: once the connection is served, the proxy is reading its body.
-    until(|| {
-        proxy
-            .metrics_text()
-            .contains(r#"meridian_proxy_active_connections{listener="l"} 1"#)
-    })
-    .await;
-    let started = std::time::Instant::now();
+    (proxy, address, count)
+}
+
+/// Asserts that a POST with a small body to the proxy at `address` is answered 200 (`when`: the
+/// circumstance, for the failure message).
+async fn assert_served(address: SocketAddr, when: &str) {
     let other = reqwest::Client::new()
         .post(format!("http://{address}/"))
         .body("whole")
@@ -131,9 +129,27 @@ async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
     assert_eq!(
         other.status(),
         200,
-        "refused while a slow body was being read: {:?}",
+        "refused {when}: {:?}",
         other.headers().get(ERROR_HEADER)
     );
+}
+
+/// A client sends `head` and the start of a body, then nothing more: the proxy takes no slot of
+/// the cluster (`max_requests: 1`) for it, serves another client meanwhile, and cuts it off
+/// with 408 once `request_body_timeout` has passed.
+async fn trickling_holds_no_cluster_slot(head: &[u8]) {
+    let (proxy, address, count) = one_slot_proxy().await;
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    slow.write_all(head).await.unwrap();
+    // Its head arrived whole: once the connection is served, the proxy is reading its body.
+    until(|| {
+        proxy
+            .metrics_text()
+            .contains(r#"meridian_proxy_active_connections{listener="l"} 1"#)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert_served(address, "while a slow body was being read").await;
     let answer = read_all(&mut slow).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_body_timeout"), "{answer}");
@@ -146,6 +162,47 @@ async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
     assert!(proxy
         .metrics_text()
         .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 1"#));
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_body_holds_no_cluster_slot_and_is_cut_off() {
+    trickling_holds_no_cluster_slot(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nab")
+        .await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_a_large_body_holds_no_cluster_slot_and_is_cut_off() {
+    trickling_holds_no_cluster_slot(
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 70000\r\n\r\nab",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_a_chunked_body_holds_no_cluster_slot_and_is_cut_off() {
+    trickling_holds_no_cluster_slot(
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_stalls_is_cut_off_and_frees_its_slot() {
+    let (proxy, address, count) = one_slot_proxy().await;
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    // More than the proxy reads before forwarding, then nothing: it streams, then stalls.
+    slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n")
+        .await
+        .unwrap();
+    slow.write_all(&[b'a'; 100_000]).await.unwrap();
+    until(|| count.load(Ordering::SeqCst) == 1).await;
+    let answer = read_all(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_body_timeout"), "{answer}");
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 1"#));
+    assert_served(address, "after a stalled body was cut off").await;
 }
 
 #[tokio::test]
@@ -288,4 +345,99 @@ async fn forwarding_headers_of_untrusted_clients_are_replaced() {
             "bank.example.com".to_owned()
         )
     );
+}
+
+/// An HTTP/2 (prior knowledge) POST to `address` whose body is `first`, then what is sent on
+/// `rest`, ending when it is dropped; its response (within 5 s).
+async fn h2_streaming_post(
+    address: SocketAddr,
+    first: &'static [u8],
+    rest: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> http::Response<hyper::body::Incoming> {
+    let frames =
+        futures_util::stream::unfold((Some(first), rest), |(first, mut rest)| async move {
+            let data = match first {
+                Some(first) => bytes::Bytes::from_static(first),
+                None => rest.recv().await?,
+            };
+            let frame = Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(data));
+            Some((frame, (None, rest)))
+        });
+    let request = http::Request::post(format!("http://{address}/"))
+        .body(http_body_util::StreamBody::new(Box::pin(frames)))
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let sent = common::h2_send(stream, request);
+    tokio::time::timeout(Duration::from_secs(5), sent)
+        .await
+        .expect("no answer")
+}
+
+#[tokio::test]
+async fn an_http2_body_of_unknown_length_that_stalls_before_the_answer_is_cut_off() {
+    let (proxy, address, count) = one_slot_proxy().await;
+    let (tx, rest) = tokio::sync::mpsc::channel(1);
+    let response = h2_streaming_post(address, b"ab", rest).await;
+    assert_eq!(response.status(), 408);
+    assert_eq!(response.headers()[ERROR_HEADER], "request_body_timeout");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "it streamed upstream");
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 1"#));
+    drop(tx);
+    assert_served(address, "after a stalled stream was cut off").await;
+}
+
+#[tokio::test]
+async fn a_body_may_pause_longer_than_the_body_timeout_once_the_upstream_answered() {
+    // An upstream that answers at once and echoes the body as it arrives.
+    let app = axum::Router::new()
+        .fallback(|request: Request| async move { axum::body::Body::new(request.into_body()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (proxy, address) = proxy(
+        &[upstream],
+        "",
+        "",
+        "",
+        "limits: {request_body_timeout: 200ms}\n",
+    )
+    .await;
+    let (tx, rest) = tokio::sync::mpsc::channel(1);
+    let response = h2_streaming_post(address, b"first ", rest).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first ");
+    // The pause under test, longer than request_body_timeout (not a wait for anything).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tx.send(bytes::Bytes::from_static(b"second")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_request_body_timeouts_total{listener="l"} 0"#));
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_keeps_coming_outlasts_the_body_timeout() {
+    let (_proxy, address, count) = one_slot_proxy().await;
+    let mut steady = tokio::net::TcpStream::connect(address).await.unwrap();
+    steady
+        .write_all(
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100010\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    steady.write_all(&[b'a'; 100_000]).await.unwrap();
+    until(|| count.load(Ordering::SeqCst) == 1).await;
+    // Ten parts 100 ms apart: 1 s in all, twice request_body_timeout, never a pause of 500 ms.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        steady.write_all(b"b").await.unwrap();
+    }
+    let answer = read_all(&mut steady).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
