@@ -30,21 +30,28 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     )
 }
 
+/// The command of `meridian edge` at Paris with its public listener at `listen`.
+fn paris_edge(listen: &str) -> Command {
+    let mut command = Command::new(MERIDIAN);
+    command
+        .args([
+            "edge",
+            "--location",
+            "par",
+            "--lat",
+            "48.86",
+            "--lon",
+            "2.35",
+        ])
+        .args(["--listen", listen, "--admin", "127.0.0.1:0"]);
+    command
+}
+
 /// `meridian edge` at Paris, joined at `region`; its public address.
 fn edge(platform: &Deployed, region: &RegionalPlane, dir: &std::path::Path) -> (Killed, String) {
     let token = region.join_token("edge/par");
     let (child, lines) = spawn_with_lines(
-        Command::new(MERIDIAN)
-            .args([
-                "edge",
-                "--location",
-                "par",
-                "--lat",
-                "48.86",
-                "--lon",
-                "2.35",
-            ])
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        paris_edge("127.0.0.1:0")
             .args(["--control", &region.xds, "--join-token", &token])
             .args(["--global-xds", &platform.global.xds])
             .arg("--state-dir")
@@ -220,17 +227,7 @@ async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region(
 fn an_edge_whose_public_port_is_held_names_it_and_exits() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = held.local_addr().unwrap().to_string();
-    let output = Command::new(MERIDIAN)
-        .args([
-            "edge",
-            "--location",
-            "par",
-            "--lat",
-            "48.86",
-            "--lon",
-            "2.35",
-        ])
-        .args(["--listen", &address, "--admin", "127.0.0.1:0"])
+    let output = paris_edge(&address)
         .args(["--control", "https://127.0.0.1:9", "--join-token", "unused"])
         .args(["--global-xds", "https://127.0.0.1:9"])
         .arg("--state-dir")

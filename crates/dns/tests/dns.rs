@@ -41,7 +41,7 @@ async fn upstream() -> SocketAddr {
 }
 
 /// A fake upstream resolver that drops the first `drops` datagrams it gets and answers every
-/// later query with 192.0.2.1, and how many datagrams it got.
+/// later query with 192.0.2.1, and how many datagrams it got (`usize::MAX`: it never answers).
 async fn upstream_dropping(drops: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let address = socket.local_addr().unwrap();
@@ -140,21 +140,6 @@ async fn callers_see_their_names_others_get_nxdomain_and_the_rest_is_forwarded()
     assert_eq!(metrics.count("forwarded"), 1);
 }
 
-/// An upstream resolver that never answers, and how many queries it got.
-async fn silent_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let address = socket.local_addr().unwrap();
-    let received = Arc::new(AtomicUsize::new(0));
-    let count = received.clone();
-    tokio::spawn(async move {
-        let mut buffer = vec![0u8; 4096];
-        while socket.recv_from(&mut buffer).await.is_ok() {
-            count.fetch_add(1, Ordering::SeqCst);
-        }
-    });
-    (address, received)
-}
-
 /// A server on loopback answering `caller` from `table`, forwarding to `upstream`.
 async fn serving(
     caller: Ipv4Addr,
@@ -198,7 +183,7 @@ async fn reverse_lookups_of_the_platforms_addresses_are_answered_here_never_forw
     let stranger = Ipv4Addr::new(127, 0, 0, 2);
     let vip = Ipv4Addr::new(100, 112, 0, 9);
     let node_side = Ipv4Addr::new(100, 64, 1, 2);
-    let (upstream, received) = silent_upstream().await;
+    let (upstream, received) = upstream_dropping(usize::MAX).await;
     let (server, metrics) = serving(
         caller,
         &[
@@ -301,7 +286,7 @@ async fn a_lost_datagram_or_a_late_answer_fails_no_other_query() {
 #[tokio::test]
 async fn an_upstream_that_stops_answering_gives_servfail_and_is_not_waited_on_again() {
     let caller = Ipv4Addr::new(127, 0, 0, 1);
-    let (upstream, received) = silent_upstream().await;
+    let (upstream, received) = upstream_dropping(usize::MAX).await;
     let (server, metrics) = serving(caller, &[], Some(upstream)).await;
     let names: Vec<String> = (0..TIMEOUTS_TO_FAIL)
         .map(|n| format!("{n}.example.com."))
