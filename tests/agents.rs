@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::{agent, gateway, Deployed, RegionalPlane};
 
-use support::HELLO;
+use support::{HELLO, MERIDIAN};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -264,16 +264,22 @@ async fn an_instance_cannot_read_its_agents_environment() {
     std::fs::create_dir(&state).unwrap();
     let nobody = 65534;
     let root = rustix::process::getuid().is_root();
+    // Nobody may not reach the test's own binary (CI builds under /root, which is 0700): it
+    // runs a copy in the test's directory.
+    let mut program = std::path::PathBuf::from(MERIDIAN);
     if root {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::chown(&state, Some(nobody), Some(nobody)).unwrap();
+        program = dir.path().join("meridian");
+        std::fs::copy(MERIDIAN, &program).unwrap();
     }
     let _agent = support::agent_with_command(
         &region,
         "one",
         dir.path(),
         &["--instance-addresses", "127.0.23.1", "--isolation", "host"],
+        &program,
         |command| {
             command.env("MERIDIAN_TOKEN", &platform.token);
             if root {

@@ -509,9 +509,16 @@ pub fn agent_with_env(
     isolation: &[&str],
     env: &[(&str, &str)],
 ) -> Agent {
-    agent_with_command(region, node, dir, isolation, |command| {
-        command.envs(env.iter().copied());
-    })
+    agent_with_command(
+        region,
+        node,
+        dir,
+        isolation,
+        Path::new(MERIDIAN),
+        |command| {
+            command.envs(env.iter().copied());
+        },
+    )
 }
 
 /// [`agent_with`], its command changed by `adjust` (environment, user) before it starts.
@@ -520,12 +527,13 @@ pub fn agent_with_command(
     node: &str,
     dir: &Path,
     isolation: &[&str],
+    program: &Path,
     adjust: impl FnOnce(&mut Command),
 ) -> Agent {
     let token = region.join_token(&format!("agent/{node}"));
     let log = dir.join(format!("{node}-{LOG_FILE}"));
     let log_file = std::fs::File::create(&log).unwrap();
-    let mut command = Command::new(MERIDIAN);
+    let mut command = Command::new(program);
     command
         .stderr(log_file)
         .args(["agent", "--region", &region.region, "--node", node])
