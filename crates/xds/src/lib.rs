@@ -56,6 +56,8 @@ pub(crate) fn type_label(type_url: &str) -> &'static str {
         meridian::SERVICE => "service",
         meridian::REGIONAL_DEPLOYMENT => "regional_deployment",
         meridian::REGION_SUMMARY => "region_summary",
+        meridian::ACME_CHALLENGE => "acme_challenge",
+        meridian::SECRET => "secret",
         _ => "other",
     }
 }

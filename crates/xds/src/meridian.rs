@@ -28,6 +28,28 @@ pub const REGION_SUMMARY: &str = "type.googleapis.com/meridian.v1.RegionSummary"
 /// edge.
 pub const REGIONS_NAMESPACE: &str = "regions/";
 
+/// Type URL of an ACME challenge the edges must answer while the global control plane orders a
+/// certificate, named `challenge/<token>` in [`EDGE_NAMESPACE`]: HTTP-01 answers
+/// `GET /.well-known/acme-challenge/<token>` with the key authorization; TLS-ALPN-01 answers a
+/// handshake offering ALPN `acme-tls/1` for the domain with a certificate carrying the
+/// `acmeIdentifier` extension (SHA-256 of the key authorization, RFC 8737).
+pub const ACME_CHALLENGE: &str = "type.googleapis.com/meridian.v1.AcmeChallenge";
+/// Type URL of the secrets the global control plane sends its edges (Envoy's `Secret`):
+/// `certificate/<domain>` (a `tls_certificate` with the PEM chain and key inline) for each
+/// domain with a valid certificate (a wildcard domain keeps its `*.`), and
+/// [`SESSION_TICKET_KEYS`] (`session_ticket_keys`, 80-byte keys, newest first: the first
+/// encrypts new tickets, all decrypt).
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// The name prefix of a domain's certificate among [`SECRET`]s.
+pub const CERTIFICATE_PREFIX: &str = "certificate/";
+/// The name prefix of an [`ACME_CHALLENGE`].
+pub const CHALLENGE_PREFIX: &str = "challenge/";
+/// The name of the [`SECRET`] holding the TLS session ticket keys every edge shares, so that a
+/// client resumes its session on whichever edge it reaches.
+pub const SESSION_TICKET_KEYS: &str = "session-ticket-keys";
+/// The namespace of what only edges see ([`SECRET`] and [`ACME_CHALLENGE`] resources): private
+/// keys go to no other node.
+pub const EDGE_NAMESPACE: &str = "edge/";
 /// The namespace of [`SERVICE`] resources, shared by every agent of the region.
 pub const MESH_NAMESPACE: &str = "mesh/";
 
@@ -60,6 +82,23 @@ pub const REPORT_PATH: &str = "/meridian.v1.Reports/Report";
 /// The gRPC path of the region report method: a regional control plane reports its region to
 /// the global control plane.
 pub const REGION_REPORT_PATH: &str = "/meridian.v1.Reports/RegionReport";
+
+/// An ACME challenge for the edges ([`ACME_CHALLENGE`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AcmeChallenge {
+    /// The domain being validated (no wildcard).
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    /// `http-01` or `tls-alpn-01`.
+    #[prost(string, tag = "2")]
+    pub kind: String,
+    /// The challenge's token (the last path segment of an HTTP-01 request).
+    #[prost(string, tag = "3")]
+    pub token: String,
+    /// The key authorization (`<token>.<account key thumbprint>`).
+    #[prost(string, tag = "4")]
+    pub key_authorization: String,
+}
 
 /// What a regional control plane reports upward.
 #[derive(Clone, PartialEq, prost::Message)]

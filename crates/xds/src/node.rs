@@ -72,6 +72,9 @@ pub struct Scope {
     agent: bool,
     /// Whether the node sees every region's summary (a regional control plane or an edge).
     summaries: bool,
+    /// Whether the node is an edge (granted so by its certificate), the only one that sees
+    /// certificates, their keys and ACME challenges.
+    edge: bool,
     /// The node's role, for metrics and logs (`metadata.role`, or `unknown`).
     pub role: String,
     /// The node's id, for logs.
@@ -106,7 +109,8 @@ impl Scope {
             ),
         };
         let agent = grant.is_some_and(|g| g.node.is_some());
-        let summaries = grant.is_some_and(|g| g.region.is_some() || g.role == "edge");
+        let edge = grant.is_some_and(|g| g.role == "edge");
+        let summaries = edge || grant.is_some_and(|g| g.region.is_some());
         let (shared, listeners) = match org {
             Some(org) => (tenant_namespace(&org), tenant_namespace(&org)),
             None => (PROXY_NAMESPACE.to_owned(), role_namespace(&role)),
@@ -117,6 +121,7 @@ impl Scope {
             own,
             agent,
             summaries,
+            edge,
             role,
             node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
         }
@@ -124,6 +129,13 @@ impl Scope {
 
     /// The prefix of every cache name of `type_url` the node may see.
     pub fn prefix(&self, type_url: &str) -> &str {
+        if type_url == crate::meridian::SECRET || type_url == crate::meridian::ACME_CHALLENGE {
+            return if self.edge {
+                crate::meridian::EDGE_NAMESPACE
+            } else {
+                NOTHING
+            };
+        }
         if type_url == crate::LISTENER || type_url == crate::ROUTE {
             &self.listeners
         } else if type_url.starts_with(MERIDIAN_TYPES) {
@@ -156,5 +168,44 @@ impl Scope {
     /// The name the node uses for a cache name of `type_url`, if the node may see it.
     pub fn node_name<'a>(&self, type_url: &str, cache_name: &'a str) -> Option<&'a str> {
         cache_name.strip_prefix(self.prefix(type_url))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meridian::{ACME_CHALLENGE, EDGE_NAMESPACE, SECRET};
+
+    fn granted(role: &str, region: Option<&str>) -> Scope {
+        let grant = Grant {
+            role: role.to_owned(),
+            org: None,
+            node: None,
+            region: region.map(str::to_owned),
+        };
+        Scope::of(None, Some(&grant))
+    }
+
+    #[test]
+    fn only_edges_see_certificates_and_challenges() {
+        let edge = granted("edge", None);
+        for type_url in [SECRET, ACME_CHALLENGE] {
+            assert_eq!(edge.prefix(type_url), EDGE_NAMESPACE);
+            assert_eq!(
+                edge.node_name(type_url, "edge/certificate/shop.example.com"),
+                Some("certificate/shop.example.com")
+            );
+            for other in [granted("control", Some("fra")), granted("gateway", None)] {
+                assert_eq!(
+                    other.node_name(type_url, "edge/certificate/a.example"),
+                    None
+                );
+            }
+            let declared = Scope::of(None, None);
+            assert_eq!(
+                declared.node_name(type_url, "edge/certificate/a.example"),
+                None
+            );
+        }
     }
 }
