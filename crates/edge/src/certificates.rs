@@ -132,11 +132,11 @@ pub fn certified_key(domain: &str, tls: &TlsCertificate) -> Result<Arc<Certified
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// A self-signed certificate for `names`, as a `TlsCertificate` with inline PEM.
-    pub(crate) fn tls_certificate(names: &[&str]) -> TlsCertificate {
+    fn tls_certificate(names: &[&str]) -> TlsCertificate {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(names)

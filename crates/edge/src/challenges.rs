@@ -119,11 +119,11 @@ pub fn alpn_certificate(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// The body of an `AcmeChallenge`.
-    pub(crate) fn encoded(domain: &str, kind: &str, token: &str, thumbprint: &str) -> Vec<u8> {
+    fn encoded(domain: &str, kind: &str, token: &str, thumbprint: &str) -> Vec<u8> {
         AcmeChallenge {
             domain: domain.into(),
             kind: kind.into(),
@@ -133,18 +133,14 @@ pub(crate) mod tests {
         .encode_to_vec()
     }
 
-    /// The value of the acmeIdentifier extension (id-pe-acmeIdentifier, 1.3.6.1.5.5.7.1.31) of
-    /// `der`, with whether it is critical.
-    pub(crate) fn acme_identifier(der: &[u8]) -> Option<(bool, Vec<u8>)> {
-        use x509_parser::prelude::{FromDer, X509Certificate};
-        let (_, cert) = X509Certificate::from_der(der).ok()?;
-        let extension = cert
-            .extensions()
-            .iter()
-            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")?;
-        // An OCTET STRING of 32 bytes: tag, length, digest.
-        let value = extension.value.strip_prefix(&[0x04, 0x20])?;
-        Some((extension.critical, value.to_vec()))
+    /// Whether `der` holds the critical acmeIdentifier extension (id-pe-acmeIdentifier,
+    /// 1.3.6.1.5.5.7.1.31) with `digest`: its DER encoding, OID, critical, OCTET STRING
+    /// wrapping an OCTET STRING of 32 bytes.
+    fn has_acme_identifier(der: &[u8], digest: &[u8]) -> bool {
+        let mut extension = vec![0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f];
+        extension.extend_from_slice(&[0x01, 0x01, 0xff, 0x04, 0x22, 0x04, 0x20]);
+        extension.extend_from_slice(digest);
+        der.windows(extension.len()).any(|w| w == extension)
     }
 
     #[test]
@@ -162,42 +158,31 @@ pub(crate) mod tests {
             panic!("not a TLS-ALPN-01 challenge");
         };
         assert_eq!(domain, "shop.example.com");
-        let (critical, value) = acme_identifier(certificate.cert[0].as_ref()).unwrap();
-        assert!(critical);
         let digest = ring::digest::digest(&ring::digest::SHA256, b"tok.thumb");
-        assert_eq!(value, digest.as_ref());
+        let der = certificate.cert[0].as_ref();
+        assert!(has_acme_identifier(der, digest.as_ref()));
+        let other = ring::digest::digest(&ring::digest::SHA256, b"tok.other");
+        assert!(!has_acme_identifier(der, other.as_ref()));
     }
 
     #[test]
     fn a_bad_challenge_is_refused_naming_the_field() {
+        // Name, domain, kind, token, thumbprint; the field the error names.
+        #[rustfmt::skip]
         let bad = [
-            (
-                "challenge/other",
-                encoded("a.example", "http-01", "tok", "t"),
-                "token:",
-            ),
-            (
-                "challenge/tok",
-                encoded("a.example", "dns-01", "tok", "t"),
-                "kind:",
-            ),
-            (
-                "challenge/tok",
-                encoded("*.example", "http-01", "tok", "t"),
-                "domain `*.example`",
-            ),
-            (
-                "challenge/t/k",
-                encoded("a.example", "http-01", "t/k", "t"),
-                "token `t/k`",
-            ),
-            (
-                "challenge/tok",
-                encoded("a.example", "http-01", "tok", ""),
-                "key_authorization",
-            ),
-            ("challenge/tok", b"\xff\xff".to_vec(), "does not decode"),
+            ["challenge/other", "a.example", "http-01", "tok", "t", "token:"],
+            ["challenge/tok", "a.example", "dns-01", "tok", "t", "kind:"],
+            ["challenge/tok", "*.example", "http-01", "tok", "t", "domain `*.example`"],
+            ["challenge/t/k", "a.example", "http-01", "t/k", "t", "token `t/k`"],
+            ["challenge/tok", "a.example", "http-01", "tok", "", "key_authorization"],
         ];
+        let undecodable = ("challenge/tok", b"\xff\xff".to_vec(), "does not decode");
+        let bad = bad
+            .map(|[name, domain, kind, token, thumbprint, field]| {
+                (name, encoded(domain, kind, token, thumbprint), field)
+            })
+            .into_iter()
+            .chain([undecodable]);
         for (name, body, field) in bad {
             let error = challenge(name, &body).unwrap_err();
             assert!(error.contains(field), "{name}: {error}");

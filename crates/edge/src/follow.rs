@@ -272,8 +272,12 @@ impl Handler for Follower {
             SECRET => {
                 let domains_changed = self.tls.apply_secrets(resources, changes.names)?;
                 if domains_changed && resources.contains_key(REGION_SUMMARY) {
-                    // Redirects follow the domains the edge holds certificates for.
-                    self.configure(resources).await?;
+                    // Redirects follow the domains the edge holds certificates for. The
+                    // secrets are good and in use whatever happens to the configuration: a
+                    // refusal is logged, not a reason to reject them.
+                    if let Err(e) = self.configure(resources).await {
+                        tracing::warn!(error = %e, "the edge configuration was not updated");
+                    }
                 }
             }
             ACME_CHALLENGE => self.tls.apply_challenges(resources, changes.names)?,
