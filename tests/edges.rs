@@ -270,17 +270,22 @@ async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region(
 fn an_edge_whose_public_port_is_held_names_it_and_exits() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = held.local_addr().unwrap().to_string();
-    let output = paris_edge(&address)
-        .args(["--control", "https://127.0.0.1:9", "--join-token", "unused"])
-        .args(["--global-xds", "https://127.0.0.1:9"])
-        .arg("--state-dir")
-        .arg(tempfile::tempdir().unwrap().path().join("edge-par"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "the edge ran: {stderr}");
-    assert!(
-        stderr.contains(&format!("--listen: cannot listen on {address}")),
-        "{stderr}"
-    );
+    let plain = paris_edge(&address);
+    let mut https = paris_edge("127.0.0.1:0");
+    https.args(["--listen-https", &address]);
+    for (flag, mut command) in [("--listen", plain), ("--listen-https", https)] {
+        let output = command
+            .args(["--control", "https://127.0.0.1:9", "--join-token", "unused"])
+            .args(["--global-xds", "https://127.0.0.1:9"])
+            .arg("--state-dir")
+            .arg(tempfile::tempdir().unwrap().path().join("edge-par"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "the edge ran: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag}: cannot listen on {address}")),
+            "{stderr}"
+        );
+    }
 }

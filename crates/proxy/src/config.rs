@@ -1433,6 +1433,52 @@ clusters:
         );
     }
 
+    /// The fields `parse_config` names for `VALID` with `listener` added to its listener and
+    /// `route` in place of its last route's target.
+    fn refused(listener: &str, route: &str) -> Vec<String> {
+        let text = VALID
+            .replace(
+                "    address: 127.0.0.1:8080",
+                &format!("    address: 127.0.0.1:8080\n{listener}"),
+            )
+            .replace("- cluster: web", route);
+        let err = parse_config(&text).unwrap_err();
+        err.errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn tls_takes_files_or_a_source_and_a_redirect_route_nothing_else() {
+        let at = "listeners[0]";
+        let route = "listeners[0].virtual_hosts[0].routes[1]";
+        let both = "    tls: {source: edge, cert_file: a.pem, key_file: b.pem}";
+        assert_eq!(
+            refused(both, "- cluster: web"),
+            [format!("{at}.tls.source")]
+        );
+        assert_eq!(
+            refused("    tls: {}", "- cluster: web"),
+            [format!("{at}.tls.cert_file")]
+        );
+        let half = "    tls: {cert_file: a.pem}";
+        assert_eq!(
+            refused(half, "- cluster: web"),
+            [format!("{at}.tls.key_file")]
+        );
+        let mixed = "- {cluster: web, https_redirect: {}}";
+        assert_eq!(refused("", mixed), [format!("{route}.https_redirect")]);
+        let port = "- https_redirect: {port: 0}";
+        assert_eq!(refused("", port), [format!("{route}.https_redirect.port")]);
+        let text = VALID
+            .replace("- cluster: web", "- https_redirect: {}")
+            .replace(
+                "    address: 127.0.0.1:8080",
+                "    address: 127.0.0.1:8080\n    tls: {source: edge}",
+            );
+        let config = parse_config(&text).unwrap();
+        let redirect = config.listeners[0].virtual_hosts[0].routes[1].https_redirect;
+        assert_eq!(redirect, Some(HttpsRedirect { port: 443 }));
+    }
+
     #[test]
     fn problems_of_the_whole_document_name_a_field() {
         let err = parse_config("clusters: []").unwrap_err();
