@@ -20,7 +20,10 @@ use meridian_proxy::Proxy;
 use meridian_xds::meridian::{
     AcmeChallenge, RegionService, RegionSummary, ACME_CHALLENGE, REGION_SUMMARY, SECRET,
 };
-use meridian_xds::{Changes, Handler, Held, Resources};
+use meridian_xds::{
+    AdsServer, AdsService, Cache, Changes, ClientOptions, Handler, Held, Resources, Update,
+    XdsMetrics,
+};
 use prost::Message;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,6 +119,69 @@ async fn gateway(pki: &Pki, echo: SocketAddr) -> (Proxy, SocketAddr) {
     (proxy, address)
 }
 
+/// An ADS server over `cache` (cleartext) that grants every client the role `edge`, as the
+/// global control plane's certificate check does for an edge's certificate; its address and
+/// the text of its metrics.
+async fn ads_for_edges(cache: Arc<Cache>) -> (SocketAddr, impl Fn() -> String) {
+    /// The ADS service, with every request granted the role `edge`.
+    #[derive(Clone)]
+    struct AsEdge(AdsService);
+
+    impl tonic::server::NamedService for AsEdge {
+        const NAME: &'static str = <AdsService as tonic::server::NamedService>::NAME;
+    }
+
+    impl<B> tower::Service<http::Request<B>> for AsEdge
+    where
+        AdsService: tower::Service<http::Request<B>>,
+    {
+        type Response = <AdsService as tower::Service<http::Request<B>>>::Response;
+        type Error = <AdsService as tower::Service<http::Request<B>>>::Error;
+        type Future = <AdsService as tower::Service<http::Request<B>>>::Future;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+            request.extensions_mut().insert(meridian_xds::Grant {
+                role: "edge".into(),
+                org: None,
+                node: None,
+                region: None,
+            });
+            self.0.call(request)
+        }
+    }
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = XdsMetrics::new(&mut registry);
+    let server = AdsServer::new(cache, metrics, Default::default());
+    let routes = tonic::service::Routes::new(AsEdge(server.clone().into_service()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(server.serve_routes(routes, incoming, std::future::pending()));
+    let metrics = move || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    };
+    (address, metrics)
+}
+
+/// Waits up to 10 s for `condition`.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, condition: impl Fn() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An edge at Paris with plain and HTTPS listeners, and the follower that configures it.
 struct Edge {
     proxy: Arc<Proxy>,
@@ -203,6 +269,17 @@ impl Edge {
 
     /// Region `fra` (its gateway at `gateway`) runs the shop, whose `https` settings are given.
     async fn serve_shop(&mut self, gateway: SocketAddr, https: serde_json::Value) {
+        let body = shop_summary(gateway, https);
+        self.deliver(REGION_SUMMARY, vec![("fra", Some(body))])
+            .await
+            .unwrap();
+    }
+}
+
+/// The summary of region `fra` (its gateway at `gateway`), which runs the shop with the
+/// `https` settings given.
+fn shop_summary(gateway: SocketAddr, https: serde_json::Value) -> Vec<u8> {
+    {
         let spec = serde_json::json!({
             "scale": {"min": 1, "max": 1},
             "runtime": {"process": {"command": "x"}},
@@ -228,10 +305,7 @@ impl Edge {
                 ..Default::default()
             }],
         };
-        let body = summary.encode_to_vec();
-        self.deliver(REGION_SUMMARY, vec![("fra", Some(body))])
-            .await
-            .unwrap();
+        summary.encode_to_vec()
     }
 }
 
@@ -718,4 +792,98 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_following_xds_serves_the_certificates_published_for_edges() {
+    let pki = Pki::new();
+    let (_gateway, gateway_address) = gateway(&pki, echo().await).await;
+    let cache = Cache::new();
+    let any = |type_url: &str, value: Vec<u8>| Any {
+        type_url: type_url.to_owned(),
+        value,
+    };
+    let summary = shop_summary(gateway_address, serde_json::json!({}));
+    let put = |type_url: &str, name: &str, value: Vec<u8>| {
+        let update = Update {
+            put: vec![(name.to_owned(), any(type_url, value))],
+            remove: Vec::new(),
+        };
+        cache.apply(type_url, update);
+    };
+    put(REGION_SUMMARY, "regions/fra", summary);
+    let shop = pki.certificate(&[SHOP]);
+    put(
+        SECRET,
+        "edge/certificate/shop.example.com",
+        certificate_secret(&shop),
+    );
+    put(
+        ACME_CHALLENGE,
+        "edge/challenge/tok",
+        challenge(SHOP, "http-01", "tok"),
+    );
+    let (ads, metrics) = ads_for_edges(cache.clone()).await;
+    let Edge {
+        proxy, follower, ..
+    } = Edge::new(&pki);
+    let client = ClientOptions {
+        url: format!("http://{ads}"),
+        tls: None,
+        node: Default::default(),
+        backoff: (Duration::from_millis(50), Duration::from_millis(200)),
+    };
+    let following = tokio::spawn(meridian_xds::run_delta_client(client, follower));
+    let bound = |name: &'static str| {
+        let proxy = proxy.clone();
+        async move {
+            let listeners = proxy.listeners().await;
+            listeners
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, a)| a)
+        }
+    };
+    eventually("the edge is configured", || async {
+        bound("https").await.is_some()
+    })
+    .await;
+    let (https, plain) = (
+        bound("https").await.unwrap(),
+        bound("public").await.unwrap(),
+    );
+    // The certificate published under edge/ reaches the edge under its own name; so does the
+    // challenge.
+    let h2 = client_config(&pki, &[b"h2"]);
+    eventually("the shop's certificate is served", || async {
+        connect(&h2, https, SHOP).await.is_ok()
+    })
+    .await;
+    let challenge_url = format!("http://{plain}/.well-known/acme-challenge/tok");
+    let answer = reqwest::get(&challenge_url).await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "tok.thumbprint");
+    // A bad certificate is NACKed; the good one goes on serving.
+    let other = pki.certificate(&[SHOP]);
+    let mismatched = certificate_secret(&(shop.0.clone(), other.1));
+    put(SECRET, "edge/certificate/img.example.com", mismatched);
+    let nacked = r#"meridian_xds_nacks_total{api="delta",type_url="secret"} 1"#;
+    eventually("the bad secret is NACKed", || async {
+        metrics().contains(nacked)
+    })
+    .await;
+    assert!(connect(&h2, https, SHOP).await.is_ok());
+    // A renewal reaches the next handshake.
+    let renewed = pki.certificate(&[SHOP]);
+    put(
+        SECRET,
+        "edge/certificate/shop.example.com",
+        certificate_secret(&renewed),
+    );
+    eventually("the renewed certificate is served", || async {
+        let fresh = client_config(&pki, &[b"h2"]);
+        let tls = connect(&fresh, https, SHOP).await;
+        tls.is_ok_and(|tls| leaf(&tls) == leaf_of(&renewed.0))
+    })
+    .await;
+    following.abort();
 }
