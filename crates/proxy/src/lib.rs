@@ -539,6 +539,14 @@ impl Proxy {
         Ok(())
     }
 
+    /// The certificate source registered as `name`, if any: for listeners of other protocols
+    /// (QUIC) to build their configuration from it ([`TlsSource::server_config`]).
+    pub fn tls_source(&self, name: &str) -> Option<TlsSource> {
+        lock(&self.tls_sources)
+            .get(name)
+            .map(|(source, _)| source.clone())
+    }
+
     /// Has every plain-HTTP listener answer ACME HTTP-01 challenges from `answers`
     /// ([`HTTP01_PATH`]), before routing. Once per proxy: `false` (changing nothing) if answers
     /// were set already.

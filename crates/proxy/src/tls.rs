@@ -266,7 +266,37 @@ pub fn mesh_acceptor(
 
 #[cfg(test)]
 mod tests {
-    use super::{mesh_peer, MeshPeer};
+    use super::{mesh_peer, MeshPeer, TlsSource};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_source_makes_tcp_and_quic_configurations_alike() {
+        use rustls_pki_types::pem::PemObject;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+            .unwrap();
+        let provider = meridian_identity::provider();
+        let certified =
+            rustls::sign::CertifiedKey::from_der(vec![cert.der().clone()], der, &provider).unwrap();
+        let proxy = crate::Proxy::default();
+        assert!(proxy.tls_source("edge").is_none());
+        proxy
+            .add_tls_source("edge", TlsSource::single(Arc::new(certified)))
+            .unwrap();
+        let source = proxy.tls_source("edge").unwrap();
+        let quic = source
+            .server_config(&[&rustls::version::TLS13], &[b"h3"])
+            .unwrap();
+        assert_eq!(quic.alpn_protocols, [b"h3".to_vec()]);
+        let tcp = source
+            .server_config(rustls::DEFAULT_VERSIONS, &[b"h2"])
+            .unwrap();
+        assert!(Arc::ptr_eq(&quic.cert_resolver, &tcp.cert_resolver));
+    }
 
     #[test]
     fn a_mesh_peer_is_one_identity_or_any_gateway() {
