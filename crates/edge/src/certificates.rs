@@ -154,7 +154,7 @@ mod tests {
         }
     }
 
-    /// The name the certificate `key` was made for.
+    /// The certificate a handshake for `sni` is shown.
     fn served(certificates: &Certificates, sni: &str) -> Option<Arc<CertifiedKey>> {
         certificates.domains.load().find(sni).cloned()
     }

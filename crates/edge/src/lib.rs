@@ -16,10 +16,8 @@ mod selection;
 mod tickets;
 mod tls;
 
-pub use certificates::Certificates;
-pub use challenges::alpn_certificate;
 pub use follow::{run_edge, EdgeOptions, Follower};
 pub use selection::{
     edge_config, HttpsListener, Listeners, Location, RegionView, CERTIFICATE_SOURCE,
 };
-pub use tickets::{SharedTickets, KEY_LEN};
+
