@@ -20,4 +20,3 @@ pub use follow::{run_edge, EdgeOptions, Follower};
 pub use selection::{
     edge_config, HttpsListener, Listeners, Location, RegionView, CERTIFICATE_SOURCE,
 };
-
