@@ -139,6 +139,7 @@ async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
     let regions = two_regions(40).await;
     // Paris is nearer Frankfurt than Washington.
     served_from(&regions.edge, "fra").await;
+    the_clients_address_reaches_the_instance(&regions.edge).await;
     // Another org cannot take the shop's domain: its deploy is refused on the field, naming
     // the domain but not the org that holds it, and the edge goes on serving the shop.
     let intruder = regions._dir.path().join("intruder.yaml");
@@ -164,6 +165,48 @@ async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
     // Frankfurt's gateway goes away: the edge serves from Washington.
     drop(regions.fra_gateway);
     served_from(&regions.edge, "iad").await;
+}
+
+/// A client at 127.0.0.77 that claims other forwarding headers: the instance behind the edge,
+/// gateway and node proxy sees the edge's, which start at the client's address and protocol.
+async fn the_clients_address_reaches_the_instance(edge: &str) {
+    let client = reqwest::Client::builder()
+        .local_address("127.0.0.77".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let seen = client
+        .get(format!("http://{edge}/forwarded"))
+        .header("host", "shop.example.com")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "bank.example.com")
+        .header("forwarded", "for=6.6.6.6;proto=https")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        let prefix = format!("{name}: ");
+        let line = seen.lines().find(|l| l.starts_with(&prefix));
+        line.unwrap_or_else(|| panic!("no {name}: {seen}"))[prefix.len()..].to_owned()
+    };
+    // Then each hop's address: the edge's (for the gateway), the gateway's (for the node).
+    assert!(
+        header("x-forwarded-for").starts_with("127.0.0.77, "),
+        "{seen}"
+    );
+    assert_eq!(header("x-forwarded-proto"), "http", "{seen}");
+    assert_eq!(header("x-forwarded-host"), "shop.example.com", "{seen}");
+    assert!(
+        header("forwarded").starts_with("for=127.0.0.77;proto=http;host=\"shop.example.com\", "),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("6.6.6.6") && !seen.contains("bank"),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,17 +270,22 @@ async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region(
 fn an_edge_whose_public_port_is_held_names_it_and_exits() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = held.local_addr().unwrap().to_string();
-    let output = paris_edge(&address)
-        .args(["--control", "https://127.0.0.1:9", "--join-token", "unused"])
-        .args(["--global-xds", "https://127.0.0.1:9"])
-        .arg("--state-dir")
-        .arg(tempfile::tempdir().unwrap().path().join("edge-par"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "the edge ran: {stderr}");
-    assert!(
-        stderr.contains(&format!("--listen: cannot listen on {address}")),
-        "{stderr}"
-    );
+    let plain = paris_edge(&address);
+    let mut https = paris_edge("127.0.0.1:0");
+    https.args(["--listen-https", &address]);
+    for (flag, mut command) in [("--listen", plain), ("--listen-https", https)] {
+        let output = command
+            .args(["--control", "https://127.0.0.1:9", "--join-token", "unused"])
+            .args(["--global-xds", "https://127.0.0.1:9"])
+            .arg("--state-dir")
+            .arg(tempfile::tempdir().unwrap().path().join("edge-par"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "the edge ran: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag}: cannot listen on {address}")),
+            "{stderr}"
+        );
+    }
 }

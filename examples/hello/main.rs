@@ -9,6 +9,8 @@
 //! - `GET /healthz` — `ok`;
 //! - `GET /whoami` — the caller's identity as the mesh passed it (`x-meridian-peer`), or
 //!   `anonymous`;
+//! - `GET /forwarded` — the forwarding headers it received, one `name: value` line each
+//!   (`forwarded`, `x-forwarded-for`, `x-forwarded-host`, `x-forwarded-proto`);
 //! - `GET /call?url=<url>` — fetches `url` (e.g. `http://api.shop.internal:8080/`) and answers
 //!   with what it got: a call to another service by name, through `HTTP_PROXY` if set; with
 //!   `&direct=1`, without it (the name is resolved by DNS);
@@ -47,6 +49,7 @@ async fn main() -> std::process::ExitCode {
         .route("/", get(move || async move { greeting }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/whoami", get(whoami))
+        .route("/forwarded", get(forwarded))
         .route("/call", get(call))
         .route("/exit", post(exit));
     let listener = match address.parse::<SocketAddr>() {
@@ -80,6 +83,22 @@ async fn whoami(headers: axum::http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("anonymous");
     format!("{peer}\n")
+}
+
+/// The forwarding headers as they reached the instance, one `name: value` line each.
+async fn forwarded(headers: axum::http::HeaderMap) -> String {
+    [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ]
+    .iter()
+    .map(|name| {
+        let value = headers.get(*name).and_then(|v| v.to_str().ok());
+        format!("{name}: {}\n", value.unwrap_or(""))
+    })
+    .collect()
 }
 
 /// Ends the process with status 1, as a crash would.

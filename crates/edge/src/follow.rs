@@ -1,8 +1,11 @@
 //! The edge's follower: a delta-xDS stream to the global control plane (mutual TLS, with the
 //! edge's own certificate), subscribed to every region's `meridian.v1.RegionSummary` (where it
-//! is, its gateway, what it runs and how healthy it is). Each update that changes the edge's
-//! configuration is applied at once; a summary that does not decode is rejected (NACK) and the
-//! last configuration goes on serving, as it does while the global control plane is away.
+//! is, its gateway, what it runs and how healthy it is), and to the edge's `Secret`s
+//! (certificates, session ticket keys) and ACME challenges. Each update that changes the edge's
+//! configuration is applied at once; certificates, keys and challenges are swapped in place,
+//! without a configuration apply. A resource that does not decode or fit is rejected (NACK,
+//! naming it and the reason) and what was held goes on serving, as it does while the global
+//! control plane is away.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +13,16 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meridian_model::{RegionReport, RegionalDeployment, ServiceHealth};
 use meridian_proxy::Proxy;
-use meridian_xds::meridian::{RegionSummary, REGION_SUMMARY};
-use meridian_xds::{run_delta_client, ClientOptions, Handler, Interest, Interests, Resources};
+use meridian_xds::meridian::{RegionSummary, ACME_CHALLENGE, REGION_SUMMARY, SECRET};
+use meridian_xds::{
+    run_delta_client, Changes, ClientOptions, Handler, Interest, Interests, Resources,
+};
 use prost::Message;
 
-use crate::selection::{edge_config, incumbents, Incumbents, Location, RegionView};
+use crate::selection::{
+    edge_config, incumbents, HttpsListener, Incumbents, Listeners, Location, RegionView,
+};
+use crate::tls::EdgeTls;
 
 /// First and longest wait between attempts to reach the global control plane.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
@@ -26,6 +34,8 @@ pub struct EdgeOptions {
     pub location: Location,
     /// Its public listener's address.
     pub listen: String,
+    /// Its HTTPS listener's address, if it serves HTTPS.
+    pub listen_https: Option<String>,
     /// The global control plane's xDS (`https://…`).
     pub global_xds: String,
     /// TLS with the edge's certificate, for the global control plane.
@@ -44,7 +54,7 @@ pub async fn run_edge(
     options: EdgeOptions,
     proxy: Arc<Proxy>,
     ready: tokio::sync::oneshot::Sender<()>,
-) {
+) -> Result<(), rustls::Error> {
     let client = ClientOptions {
         url: options.global_xds.clone(),
         tls: Some(options.tls.clone()),
@@ -58,24 +68,15 @@ pub async fn run_edge(
         proxy.clone(),
         options.renewed.clone(),
     ));
-    let mesh = serde_json::json!({
-        "cert_file": options.identity.cert_file,
-        "key_file": options.identity.key_file,
-        "bundle_file": options.identity.bundle_file,
-        "peer": format!("spiffe://{}/gateway/*", options.trust_domain),
-    });
-    let follower = Follower {
-        options,
-        mesh,
-        proxy,
-        ready: Some(ready),
-        applied: String::new(),
-        incumbents: Incumbents::new(),
-    };
+    let follower = Follower::new(options, proxy, ready)?;
     run_delta_client(client, follower).await;
+    Ok(())
 }
 
-struct Follower {
+/// The edge's xDS handler: renders and applies its configuration from the region summaries,
+/// and keeps its certificates, ticket keys and challenges. Public so that it can be driven
+/// without a control plane (tests).
+pub struct Follower {
     options: EdgeOptions,
     /// The `mesh` section of the clusters to the gateways.
     mesh: serde_json::Value,
@@ -85,10 +86,105 @@ struct Follower {
     applied: String,
     /// Who serves each domain in that configuration.
     incumbents: Incumbents,
+    /// Certificates, session tickets and challenges, registered on the proxy.
+    tls: EdgeTls,
+    /// The HTTPS listener's bound port, once bound (where redirects send clients).
+    https_port: Option<u16>,
+}
+
+impl Follower {
+    /// A follower configuring `proxy` (on which it registers its certificate source and
+    /// HTTP-01 answers), telling `ready` when the first configuration is applied.
+    pub fn new(
+        options: EdgeOptions,
+        proxy: Arc<Proxy>,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<Follower, rustls::Error> {
+        let mesh = serde_json::json!({
+            "cert_file": options.identity.cert_file,
+            "key_file": options.identity.key_file,
+            "bundle_file": options.identity.bundle_file,
+            "peer": format!("spiffe://{}/gateway/*", options.trust_domain),
+        });
+        let tls = EdgeTls::register(&proxy)?;
+        let https_port = options
+            .listen_https
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+            .filter(|port| *port != 0);
+        Ok(Follower {
+            options,
+            mesh,
+            proxy,
+            ready: Some(ready),
+            applied: String::new(),
+            incumbents: Incumbents::new(),
+            tls,
+            https_port,
+        })
+    }
+
+    /// The edge's configuration for `regions`.
+    fn render(&self, regions: &[RegionView]) -> serde_json::Value {
+        let options = &self.options;
+        let certified = |domain: &str| self.tls.certified(domain);
+        let https = options
+            .listen_https
+            .as_deref()
+            .map(|address| HttpsListener {
+                address,
+                port: self.https_port.unwrap_or(443),
+                certified: &certified,
+            });
+        let listeners = Listeners {
+            http: &options.listen,
+            https,
+        };
+        edge_config(
+            &options.location,
+            &listeners,
+            regions,
+            Some(&self.mesh),
+            &self.incumbents,
+        )
+    }
+
+    /// Renders the configuration from the summaries in `resources` and applies it if it
+    /// changed; once more if that bound the HTTPS listener on a port redirects did not know.
+    async fn configure(&mut self, resources: &Resources) -> Result<(), String> {
+        let regions = region_views(resources)?;
+        for _ in 0..2 {
+            let config = self.render(&regions);
+            let text = config.to_string();
+            if text == self.applied {
+                return Ok(());
+            }
+            self.proxy
+                .apply_text(&text)
+                .await
+                .map_err(|e| format!("the edge configuration was refused: {e}"))?;
+            tracing::info!(location = %self.options.location.name, "edge configuration applied");
+            self.applied = text;
+            self.incumbents = incumbents(&config);
+            if self.https_port.is_some() || self.options.listen_https.is_none() {
+                return Ok(());
+            }
+            let bound = self.proxy.listeners().await;
+            self.https_port = bound
+                .iter()
+                .find(|(name, _)| name == "https")
+                .map(|(_, address)| address.port());
+        }
+        Ok(())
+    }
 }
 
 fn interests() -> Interests {
-    Interests::from([(REGION_SUMMARY.to_owned(), Interest::Wildcard)])
+    [REGION_SUMMARY, SECRET, ACME_CHALLENGE]
+        .into_iter()
+        .map(|type_url| (type_url.to_owned(), Interest::Wildcard))
+        .collect()
 }
 
 /// What the summaries held say of each region, or which summary is bad and why.
@@ -151,31 +247,47 @@ impl Handler for Follower {
     }
 
     async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
-        if type_url != REGION_SUMMARY {
-            return Ok(interests());
+        // Everything held of the type, as if it had all changed.
+        let names: Vec<String> = resources
+            .get(type_url)
+            .into_iter()
+            .flat_map(|held| held.keys().cloned())
+            .collect();
+        let changes = Changes {
+            type_url,
+            names: &names,
+        };
+        self.accept_changes(resources, &changes)
+            .await
+            .map(|_| interests())
+    }
+
+    async fn accept_changes(
+        &mut self,
+        resources: &Resources,
+        changes: &Changes<'_>,
+    ) -> Result<Option<Interests>, String> {
+        match changes.type_url {
+            REGION_SUMMARY => self.configure(resources).await?,
+            SECRET => {
+                let domains_changed = self.tls.apply_secrets(resources, changes.names)?;
+                if domains_changed && resources.contains_key(REGION_SUMMARY) {
+                    // Redirects follow the domains the edge holds certificates for. The
+                    // secrets are good and in use whatever happens to the configuration: a
+                    // refusal is logged, not a reason to reject them.
+                    if let Err(e) = self.configure(resources).await {
+                        tracing::warn!(error = %e, "the edge configuration was not updated");
+                    }
+                }
+            }
+            ACME_CHALLENGE => self.tls.apply_challenges(resources, changes.names)?,
+            _ => {}
         }
-        let regions = region_views(resources)?;
-        let options = &self.options;
-        let config = edge_config(
-            &options.location,
-            &options.listen,
-            &regions,
-            Some(&self.mesh),
-            &self.incumbents,
-        );
-        let text = config.to_string();
-        if text != self.applied {
-            self.proxy
-                .apply_text(&text)
-                .await
-                .map_err(|e| format!("the edge configuration was refused: {e}"))?;
-            tracing::info!(location = %options.location.name, "edge configuration applied");
-            self.applied = text;
-            self.incumbents = incumbents(&config);
+        if resources.contains_key(REGION_SUMMARY) {
+            if let Some(ready) = self.ready.take() {
+                let _ = ready.send(());
+            }
         }
-        if let Some(ready) = self.ready.take() {
-            let _ = ready.send(());
-        }
-        Ok(interests())
+        Ok(None)
     }
 }

@@ -1,14 +1,22 @@
 //! Meridian's edge: a public listener that routes each host name to the gateway of the nearest
 //! region where the service has healthy instances, failing over to the next region by distance.
-//! Today it listens in plain HTTP and follows every region's summary on the global control
-//! plane's xDS (mutual TLS with its own certificate); ACME certificates, HTTP/2 to clients,
-//! caching and the anycast announcement come later and only add to it.
+//! It listens in plain HTTP and, given an address, in HTTPS (HTTP/1.1 and HTTP/2) with the
+//! certificates the global control plane sends it as xDS secrets, picked by SNI, answers the
+//! ACME challenges that plane holds, and shares session ticket keys with the other edges; it
+//! follows every region's summary on the global control plane's xDS (mutual TLS with its own
+//! certificate). Caching and the anycast announcement come later and only add to it.
 //!
 //! It must not keep state the global control plane cannot give again: it rebuilds its
 //! configuration from what it reads, and keeps serving its last one while it cannot read.
 
+mod certificates;
+mod challenges;
 mod follow;
 mod selection;
+mod tickets;
+mod tls;
 
-pub use follow::{run_edge, EdgeOptions};
-pub use selection::{edge_config, Location, RegionView};
+pub use follow::{run_edge, EdgeOptions, Follower};
+pub use selection::{
+    edge_config, HttpsListener, Listeners, Location, RegionView, CERTIFICATE_SOURCE,
+};

@@ -32,15 +32,38 @@ pub struct RegionView {
     pub deployments: Vec<RegionalDeployment>,
 }
 
+/// The edge's public listeners.
+pub struct Listeners<'a> {
+    /// The plain-HTTP listener's address.
+    pub http: &'a str,
+    /// The HTTPS listener, if any.
+    pub https: Option<HttpsListener<'a>>,
+}
+
+/// The HTTPS listener: where, and which domains it holds certificates for.
+pub struct HttpsListener<'a> {
+    /// Its address.
+    pub address: &'a str,
+    /// The port plain-HTTP requests are redirected to.
+    pub port: u16,
+    /// Whether the edge holds a certificate for a domain (a wildcard one level up counts).
+    pub certified: &'a dyn Fn(&str) -> bool,
+}
+
+/// The name of the certificate source of the HTTPS listener (`tls: {source}`).
+pub const CERTIFICATE_SOURCE: &str = "edge";
+
 /// Who serves each domain in an edge configuration: domain → virtual host name
 /// (`<org>/<app>/<service>`).
 pub type Incumbents = HashMap<String, String>;
 
 /// The domains `config` (made by [`edge_config`]) serves, and by which service.
 pub fn incumbents(config: &Value) -> Incumbents {
-    let hosts = config["listeners"][0]["virtual_hosts"].as_array();
-    hosts
+    let listeners = config["listeners"].as_array();
+    listeners
         .into_iter()
+        .flatten()
+        .filter_map(|listener| listener["virtual_hosts"].as_array())
         .flatten()
         .filter_map(|host| Some((host["name"].as_str()?, host["domains"].as_array()?)))
         .flat_map(|(name, domains)| {
@@ -52,8 +75,8 @@ pub fn incumbents(config: &Value) -> Incumbents {
         .collect()
 }
 
-/// The edge's proxy configuration (docs/proxy-config.md) listening on `listen`: one virtual
-/// host per service with public domains and routes, to a cluster of the gateways of the regions
+/// The edge's proxy configuration (docs/proxy-config.md) on `listeners`: one virtual host per
+/// service with public domains and routes, to a cluster of the gateways of the regions
 /// that report healthy instances of it, nearest first (priority 0, then 1, …). Gateways are
 /// health-checked; a failed request is retried on another gateway. With `mesh` (a cluster's
 /// `mesh` section), gateways are reached over mutual TLS.
@@ -63,9 +86,13 @@ pub fn incumbents(config: &Value) -> Incumbents {
 /// that `incumbents` (see [`incumbents`]) says served it, if that one still claims it, and is
 /// served by none of them otherwise: never handed to another service than its owner
 /// (docs/definition.md, "Domains").
+///
+/// With an HTTPS listener, it serves the same hosts (with the service's HSTS header, if set),
+/// and the plain listener answers a domain the edge holds a certificate for with a redirect to
+/// HTTPS, unless the service turned `https.redirect` off.
 pub fn edge_config(
     edge: &Location,
-    listen: &str,
+    listeners: &Listeners<'_>,
     regions: &[RegionView],
     mesh: Option<&Value>,
     incumbents: &Incumbents,
@@ -117,6 +144,7 @@ pub fn edge_config(
             .map(|d| ((&d.org, &d.app, &d.service), d.spec.domains.as_slice())),
     );
     let mut virtual_hosts = Vec::new();
+    let mut secure_hosts = Vec::new();
     let mut clusters = Vec::new();
     for ((org, app, service), (deployment, gateways)) in &services {
         let name = format!("{org}/{app}/{service}");
@@ -130,14 +158,33 @@ pub fn edge_config(
             continue;
         }
         let cluster = format!("edge/{org}/{app}/{service}");
-        virtual_hosts.push(json!({
-            "name": name,
-            "domains": domains,
-            "routes": [{
-                "cluster": cluster,
-                "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
-            }],
-        }));
+        let route = json!({
+            "cluster": cluster,
+            "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
+        });
+        let mut plain = domains.clone();
+        if let Some(https) = &listeners.https {
+            let mut secure_route = route.clone();
+            if let Some(hsts) = &deployment.spec.https.hsts {
+                secure_route["response_headers_add"] =
+                    json!({"strict-transport-security": hsts.header_value()});
+            }
+            secure_hosts.push(json!({"name": name, "domains": domains, "routes": [secure_route]}));
+            if deployment.spec.https.redirect {
+                let (redirected, rest) = domains.iter().partition(|d| (https.certified)(d));
+                plain = rest;
+                if !redirected.is_empty() {
+                    virtual_hosts.push(json!({
+                        "name": name,
+                        "domains": redirected,
+                        "routes": [{"https_redirect": {"port": https.port}}],
+                    }));
+                }
+            }
+        }
+        if !plain.is_empty() {
+            virtual_hosts.push(json!({"name": name, "domains": plain, "routes": [route]}));
+        }
         let endpoints: Vec<Value> = gateways
             .iter()
             .enumerate()
@@ -156,18 +203,26 @@ pub fn edge_config(
         }
         clusters.push(cluster);
     }
-    json!({
-        // The internet's x-forwarded-* are not believed: the chain starts at the socket peer.
-        "listeners": [{"name": "public", "address": listen, "trust_forwarded": "none",
-                       "virtual_hosts": virtual_hosts}],
-        "clusters": clusters,
-    })
+    // The internet's x-forwarded-* are not believed: the chain starts at the socket peer.
+    let mut public = vec![json!({"name": "public", "address": listeners.http,
+        "trust_forwarded": "none", "virtual_hosts": virtual_hosts})];
+    if let Some(https) = &listeners.https {
+        public.push(json!({"name": "https", "address": https.address,
+            "tls": {"source": CERTIFICATE_SOURCE}, "trust_forwarded": "none",
+            "virtual_hosts": secure_hosts}));
+    }
+    json!({"listeners": public, "clusters": clusters})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use meridian_model::{ServiceHealth, ServiceSpec};
+
+    const PLAIN: Listeners<'static> = Listeners {
+        http: "127.0.0.1:0",
+        https: None,
+    };
 
     fn deployment(region: &str) -> RegionalDeployment {
         serving(region, ("acme", "web"), &["shop.example.com"])
@@ -244,7 +299,7 @@ mod tests {
             region("fra", 50.11, 8.68, 2),
             region("sin", 1.35, 103.82, 2),
         ];
-        let config = edge_config(&paris, "127.0.0.1:0", &regions, None, &Incumbents::new());
+        let config = edge_config(&paris, &PLAIN, &regions, None, &Incumbents::new());
         assert_eq!(
             gateways(&config),
             [
@@ -258,7 +313,7 @@ mod tests {
             region("fra", 50.11, 8.68, 0),
             region("iad", 38.95, -77.45, 1),
         ];
-        let config = edge_config(&paris, "127.0.0.1:0", &regions, None, &Incumbents::new());
+        let config = edge_config(&paris, &PLAIN, &regions, None, &Incumbents::new());
         assert_eq!(gateways(&config), [("iad.gateway:80".to_owned(), 0)]);
         assert_eq!(
             config["listeners"][0]["virtual_hosts"][0]["domains"],
@@ -323,13 +378,7 @@ mod tests {
         let owned = |domain: &str, by: &str| (domain.to_owned(), by.to_owned());
         let regions = [fra, iad];
         // On its own, Frankfurt gives acme all its domains.
-        let before = edge_config(
-            &paris,
-            "127.0.0.1:0",
-            &regions[..1],
-            None,
-            &Incumbents::new(),
-        );
+        let before = edge_config(&paris, &PLAIN, &regions[..1], None, &Incumbents::new());
         let acme = [
             owned("acme.example.net", "acme/shop/web"),
             owned("img.example.org", "acme/shop/web"),
@@ -338,12 +387,12 @@ mod tests {
         assert_eq!(hosts(&before), acme);
         // Then Washington's copy arrives: acme keeps what it served, the other org gets only
         // its own name (not the wildcard over acme's).
-        let config = edge_config(&paris, "127.0.0.1:0", &regions, None, &incumbents(&before));
+        let config = edge_config(&paris, &PLAIN, &regions, None, &incumbents(&before));
         let mut expected = acme.to_vec();
         expected.insert(0, owned("aaa.example.net", "aaa/shop/web"));
         assert_eq!(hosts(&config), expected);
         // An edge that served neither (just started) gives the contested names to nobody.
-        let config = edge_config(&paris, "127.0.0.1:0", &regions, None, &Incumbents::new());
+        let config = edge_config(&paris, &PLAIN, &regions, None, &Incumbents::new());
         assert_eq!(
             hosts(&config),
             [

@@ -55,6 +55,9 @@ pub struct Definition {
     /// Who outside the org may call this service over the mesh.
     #[serde(default)]
     pub mesh: Mesh,
+    /// How the edges serve the service's domains over HTTPS.
+    #[serde(default, skip_serializing_if = "Https::is_default")]
+    pub https: Https,
     /// Per-region overrides, keyed by a region listed in `regions`.
     #[serde(default)]
     pub overrides: BTreeMap<String, RegionOverride>,
@@ -240,6 +243,72 @@ pub struct Mesh {
     pub allow: Vec<String>,
 }
 
+/// How the edges serve a service's domains over HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Https {
+    /// Answer plain-HTTP requests for a domain with `308` to the same URL over HTTPS, once the
+    /// edge holds a certificate for it; defaults to true.
+    #[serde(default = "default_true")]
+    pub redirect: bool,
+    /// Send `Strict-Transport-Security` on HTTPS responses; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Hsts>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Https {
+    fn default() -> Self {
+        Https {
+            redirect: true,
+            hsts: None,
+        }
+    }
+}
+
+impl Https {
+    /// Whether every field has its default (then it is left out of documents).
+    pub fn is_default(&self) -> bool {
+        *self == Https::default()
+    }
+}
+
+/// HTTP Strict Transport Security (RFC 6797): browsers use only HTTPS for the domain for
+/// `max_age`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    /// How long browsers remember it (`1y`, `180d`); at most two years.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub max_age: crate::HumanDuration,
+    /// Also every subdomain; defaults to false.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Ask to be on browsers' preload lists (needs `include_subdomains` and a `max_age` of at
+    /// least a year); defaults to false.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The `Strict-Transport-Security` header value.
+    pub fn header_value(&self) -> String {
+        let mut value = format!("max-age={}", self.max_age.0.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        value
+    }
+}
+
 /// What one region changes relative to the base definition.
 ///
 /// Maps merge by key (the override wins); lists and scalars replace.
@@ -320,4 +389,7 @@ pub struct ServiceSpec {
     pub health_checks: Vec<HealthCheck>,
     /// Mesh access policy.
     pub mesh: Mesh,
+    /// HTTPS at the edges.
+    #[serde(default, skip_serializing_if = "Https::is_default")]
+    pub https: Https,
 }

@@ -59,6 +59,7 @@ pub fn derive_spec(
         domains: definition.domains.clone(),
         health_checks: definition.health_checks.clone(),
         mesh: definition.mesh.clone(),
+        https: definition.https.clone(),
     };
     if let Some(o) = region_override {
         apply_override(&mut spec, o);

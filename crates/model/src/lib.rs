@@ -17,8 +17,9 @@ mod resources;
 mod validate;
 
 pub use definition::{
-    Definition, HealthCheck, HttpCheck, Mesh, Port, Process, ProcessOverride, Protocol,
-    RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec, TcpCheck,
+    Definition, HealthCheck, Hsts, HttpCheck, Https, Mesh, Port, Process, ProcessOverride,
+    Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec,
+    TcpCheck,
 };
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};
 pub use domains::{check_domain, contested_domains, covering_wildcards, domains_overlap};

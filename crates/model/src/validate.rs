@@ -56,6 +56,7 @@ pub fn validate_definition(
     let port_names: HashSet<&str> = d.ports.iter().map(|p| p.name.as_str()).collect();
     validate_routes(&mut errs, d, &port_names);
     validate_domains(&mut errs, &d.domains);
+    validate_https(&mut errs, &d.https);
     validate_checks(&mut errs, "health_checks", &d.health_checks, &port_names);
     validate_mesh(&mut errs, &d.mesh.allow);
     validate_overrides(&mut errs, d, &port_names);
@@ -361,6 +362,31 @@ fn validate_routes(errs: &mut ValidationErrors, d: &Definition, ports: &HashSet<
     }
     if !d.domains.is_empty() && d.routes.is_empty() {
         errs.push("routes", "domains are listed but no route exposes a port");
+    }
+}
+
+fn validate_https(errs: &mut ValidationErrors, https: &crate::Https) {
+    // A year as `1y` reads (365.25 days), and as preload lists count it (365 days).
+    const YEAR: u64 = 31_557_600;
+    const PRELOAD: u64 = 31_536_000;
+    let Some(hsts) = &https.hsts else {
+        return;
+    };
+    let max_age = hsts.max_age.0.as_secs();
+    if max_age > 2 * YEAR {
+        errs.push("https.hsts.max_age", "must be at most two years (2y)");
+    }
+    if hsts.preload && !hsts.include_subdomains {
+        errs.push(
+            "https.hsts.preload",
+            "needs include_subdomains: true (preload lists require it)",
+        );
+    }
+    if hsts.preload && max_age < PRELOAD {
+        errs.push(
+            "https.hsts.preload",
+            "needs a max_age of at least a year (preload lists require it)",
+        );
     }
 }
 

@@ -112,6 +112,7 @@ fn definition() -> impl Strategy<Value = Definition> {
                     domains: vec!["shop.example.com".into()],
                     health_checks,
                     mesh: Mesh::default(),
+                    https: Default::default(),
                     overrides,
                 }
             },

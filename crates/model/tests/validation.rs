@@ -164,3 +164,29 @@ fn limits_are_explicit() {
     let err = errors(def);
     assert_eq!(fields(&err), ["scale.max", "runtime.process.args"], "{err}");
 }
+
+#[test]
+fn https_settings_are_checked_and_default_to_redirecting() {
+    let def = parse(valid());
+    assert!(def.https.redirect);
+    assert_eq!(def.https.hsts, None);
+    let mut def = valid();
+    def["https"] = serde_json::json!({"redirect": false,
+        "hsts": {"max_age": "1y", "include_subdomains": true, "preload": true}});
+    let parsed = parse(def.clone());
+    validate_definition(&parsed, &known).unwrap();
+    assert_eq!(
+        parsed.https.hsts.unwrap().header_value(),
+        "max-age=31557600; includeSubDomains; preload"
+    );
+    def["https"]["hsts"] = serde_json::json!({"max_age": "3y", "preload": true});
+    let err = errors(def.clone());
+    assert_eq!(
+        fields(&err),
+        ["https.hsts.max_age", "https.hsts.preload"],
+        "{err}"
+    );
+    def["https"]["hsts"] = serde_json::json!({"max_age": "30d", "include_subdomains": true,
+        "preload": true});
+    assert_eq!(fields(&errors(def)), ["https.hsts.preload"]);
+}

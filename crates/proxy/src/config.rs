@@ -113,13 +113,20 @@ pub struct MeshConfig {
     pub allow: Vec<String>,
 }
 
-/// A listener's certificate and key, as PEM files (read again at every reload).
+/// A listener's certificates: a certificate and key as PEM files (read again at every reload),
+/// or a certificate source the embedding component registered on the proxy
+/// ([`crate::Proxy::add_tls_source`]), which picks a certificate per handshake (by SNI).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsConfig {
-    /// The certificate chain, leaf first.
-    pub cert_file: String,
+    /// The certificate chain, leaf first; with `key_file`, not with `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// The name of a registered certificate source; not with the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A set of routes for some host names.
@@ -148,6 +155,10 @@ pub struct RouteConfig {
     /// Clusters to split traffic across by weight (canary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weighted_clusters: Option<Vec<WeightedCluster>>,
+    /// Answers every request with a redirect to HTTPS instead of forwarding it (or use
+    /// `cluster` or `weighted_clusters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<HttpsRedirect>,
     /// Replaces the matched prefix (or exact path) of the path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_rewrite: Option<String>,
@@ -179,6 +190,7 @@ impl Default for RouteConfig {
             matcher: RouteMatch::default(),
             cluster: None,
             weighted_clusters: None,
+            https_redirect: None,
             prefix_rewrite: None,
             timeout: default_route_timeout(),
             retries: None,
@@ -188,6 +200,20 @@ impl Default for RouteConfig {
             response_headers_remove: Vec::new(),
         }
     }
+}
+
+/// A route that sends clients to HTTPS: `308 Permanent Redirect` to
+/// `https://<host>[:port]<path>?<query>` (the request's host without its port; the port only
+/// when it is not 443).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpsRedirect {
+    /// The HTTPS port clients are sent to; defaults to 443.
+    #[serde(default = "default_https_port")]
+    pub port: u16,
+}
+
+fn default_https_port() -> u16 {
+    443
 }
 
 fn default_route_timeout() -> HumanDuration {
@@ -981,6 +1007,9 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
                 }
             }
             (ListenerProtocol::Http, None) => {
+                if let Some(tls) = &listener.tls {
+                    validate_tls(&mut errs, &format!("{at}.tls"), tls);
+                }
                 if let Some(mesh) = &listener.mesh {
                     validate_mesh(&mut errs, &format!("{at}.mesh"), mesh);
                     if listener.tls.is_some() {
@@ -1059,6 +1088,26 @@ fn validate_virtual_hosts(
     }
 }
 
+fn validate_tls(errs: &mut ValidationErrors, at: &str, tls: &TlsConfig) {
+    match (&tls.source, &tls.cert_file, &tls.key_file) {
+        (Some(source), None, None) => {
+            if source.is_empty() {
+                errs.push(format!("{at}.source"), "must name a certificate source");
+            }
+        }
+        (Some(_), _, _) => errs.push(
+            format!("{at}.source"),
+            "give `source` or `cert_file` with `key_file`, not both",
+        ),
+        (None, Some(_), Some(_)) => {}
+        (None, None, _) => errs.push(
+            format!("{at}.cert_file"),
+            "give `cert_file` with `key_file`, or `source`",
+        ),
+        (None, Some(_), None) => errs.push(format!("{at}.key_file"), "goes with `cert_file`"),
+    }
+}
+
 fn validate_route(
     errs: &mut ValidationErrors,
     at: &str,
@@ -1087,6 +1136,18 @@ fn validate_route(
         }
     }
     match (&route.cluster, &route.weighted_clusters) {
+        (None, None) if route.https_redirect.is_some() => {
+            if route.https_redirect.is_some_and(|r| r.port == 0) {
+                errs.push(
+                    format!("{at}.https_redirect.port"),
+                    "must be a port, 1-65535",
+                );
+            }
+        }
+        _ if route.https_redirect.is_some() => errs.push(
+            format!("{at}.https_redirect"),
+            "a redirecting route has no `cluster` or `weighted_clusters`",
+        ),
         (Some(cluster), None) => {
             if !clusters.contains(cluster.as_str()) {
                 errs.push(
@@ -1119,7 +1180,7 @@ fn validate_route(
         }
         _ => errs.push(
             at.to_owned(),
-            "give exactly one of `cluster` or `weighted_clusters`",
+            "give exactly one of `cluster`, `weighted_clusters` or `https_redirect`",
         ),
     }
     if let Some(retries) = &route.retries {
@@ -1370,6 +1431,52 @@ clusters:
             ],
             "{err}"
         );
+    }
+
+    /// The fields `parse_config` names for `VALID` with `listener` added to its listener and
+    /// `route` in place of its last route's target.
+    fn refused(listener: &str, route: &str) -> Vec<String> {
+        let text = VALID
+            .replace(
+                "    address: 127.0.0.1:8080",
+                &format!("    address: 127.0.0.1:8080\n{listener}"),
+            )
+            .replace("- cluster: web", route);
+        let err = parse_config(&text).unwrap_err();
+        err.errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn tls_takes_files_or_a_source_and_a_redirect_route_nothing_else() {
+        let at = "listeners[0]";
+        let route = "listeners[0].virtual_hosts[0].routes[1]";
+        let both = "    tls: {source: edge, cert_file: a.pem, key_file: b.pem}";
+        assert_eq!(
+            refused(both, "- cluster: web"),
+            [format!("{at}.tls.source")]
+        );
+        assert_eq!(
+            refused("    tls: {}", "- cluster: web"),
+            [format!("{at}.tls.cert_file")]
+        );
+        let half = "    tls: {cert_file: a.pem}";
+        assert_eq!(
+            refused(half, "- cluster: web"),
+            [format!("{at}.tls.key_file")]
+        );
+        let mixed = "- {cluster: web, https_redirect: {}}";
+        assert_eq!(refused("", mixed), [format!("{route}.https_redirect")]);
+        let port = "- https_redirect: {port: 0}";
+        assert_eq!(refused("", port), [format!("{route}.https_redirect.port")]);
+        let text = VALID
+            .replace("- cluster: web", "- https_redirect: {}")
+            .replace(
+                "    address: 127.0.0.1:8080",
+                "    address: 127.0.0.1:8080\n    tls: {source: edge}",
+            );
+        let config = parse_config(&text).unwrap();
+        let redirect = config.listeners[0].virtual_hosts[0].routes[1].https_redirect;
+        assert_eq!(redirect, Some(HttpsRedirect { port: 443 }));
     }
 
     #[test]

@@ -52,6 +52,24 @@ pub fn local_response(status: StatusCode, reason: &'static str) -> Response<Prox
     response
 }
 
+/// `308 Permanent Redirect` to the same host (without its port), path and query over HTTPS on
+/// `port` (named unless it is 443); `400 bad_request_target` if no URL can be made of them.
+fn to_https(host: &str, port: u16, uri: &Uri) -> Response<ProxyBody> {
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let Ok(location) = HeaderValue::try_from(location) else {
+        return local_response(StatusCode::BAD_REQUEST, "bad_request_target");
+    };
+    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+}
+
 /// `response`, asking an HTTP/1 client to close the connection after it (HTTP/2 streams end on
 /// their own).
 fn closing(mut response: Response<ProxyBody>, version: Version) -> Response<ProxyBody> {
@@ -186,8 +204,10 @@ pub struct Peer {
     /// The client's address.
     pub addr: SocketAddr,
     ip: HeaderValue,
+    /// This hop's `Forwarded` element but for the host: `for=<ip>;proto=<scheme>`.
+    forwarded: HeaderValue,
     /// `http` or `https`: how the client reached the proxy.
-    scheme: &'static str,
+    pub(crate) scheme: &'static str,
     /// The SPIFFE ID of its client certificate (mesh listeners), with its header value.
     identity: Option<Arc<(SpiffeId, HeaderValue)>>,
 }
@@ -197,9 +217,17 @@ impl Peer {
     pub fn new(addr: SocketAddr, scheme: &'static str) -> Peer {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
+        // RFC 7239 §6: an IPv6 address is bracketed, and then quoted (`:` is no token char).
+        let node = match addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let forwarded = HeaderValue::from_str(&format!("for={node};proto={scheme}"))
+            .unwrap_or(HeaderValue::from_static("for=unknown"));
         Peer {
             addr,
             ip,
+            forwarded,
             scheme,
             identity: None,
         }
@@ -243,9 +271,24 @@ fn appended(
     HeaderValue::from_maybe_shared(list.freeze()).ok()
 }
 
-/// Sets the forwarding headers: `x-forwarded-proto`; `x-request-id` when absent; and, from a
-/// `trusted` client, appends it to `x-forwarded-for` and sets `x-forwarded-host` when absent,
-/// while from another client both are replaced (its address; the request's `host`).
+/// This hop's `Forwarded` element (RFC 7239): the peer's `for=` and `proto=`, and `host=` the
+/// request's authority (quoted: it may hold a `:`; [`crate::framing`] let no `"` or `\\` in).
+fn forwarded_element(peer: &Peer, host: Option<&HeaderValue>) -> HeaderValue {
+    let Some(host) = host else {
+        return peer.forwarded.clone();
+    };
+    let mut element = bytes::BytesMut::with_capacity(peer.forwarded.len() + host.len() + 8);
+    element.extend_from_slice(peer.forwarded.as_bytes());
+    element.extend_from_slice(b";host=\"");
+    element.extend_from_slice(host.as_bytes());
+    element.extend_from_slice(b"\"");
+    HeaderValue::from_maybe_shared(element.freeze()).unwrap_or_else(|_| peer.forwarded.clone())
+}
+
+/// Sets the forwarding headers: `x-request-id` when absent; and, from a `trusted` client,
+/// appends it to `x-forwarded-for` and this hop's element to `Forwarded`, and sets
+/// `x-forwarded-host` and `x-forwarded-proto` when absent, while from another client all four
+/// are replaced (its address; this hop's element; the request's `host`; this listener's scheme).
 fn forwarding_headers(
     headers: &mut HeaderMap,
     peer: &Peer,
@@ -255,15 +298,23 @@ fn forwarding_headers(
     if !trusted {
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_HOST);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(header::FORWARDED);
     }
     let forwarded_for = appended(headers.get_all(&X_FORWARDED_FOR), &peer.ip);
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(peer.scheme),
-    );
+    let element = forwarded_element(peer, host.as_ref());
+    if let Some(value) = appended(headers.get_all(header::FORWARDED), &element) {
+        headers.insert(header::FORWARDED, value);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(peer.scheme),
+        );
+    }
     if !headers.contains_key(&X_FORWARDED_HOST) {
         if let Some(value) = host {
             headers.insert(X_FORWARDED_HOST.clone(), value);
@@ -588,12 +639,20 @@ pub async fn handle(
     if let Some(refused) = crate::mesh::refuse(&mut request, &ctx, peer) {
         return refused;
     }
+    if peer.scheme == "http" {
+        if let Some(answer) = crate::acme::answer(&request, &ctx.shared.http01) {
+            return answer;
+        }
+    }
     let table = ctx.table.load_full();
     let host = request_host(&request);
     let Some(route) = table.find(host, request.uri().path(), request.headers()) else {
         ctx.no_route.inc();
         return local_response(StatusCode::NOT_FOUND, "no_route");
     };
+    if let Some(port) = route.https_redirect {
+        return to_https(host, port, request.uri());
+    }
     let Some(target) = route.target() else {
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_cluster");
     };

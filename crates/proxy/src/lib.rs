@@ -8,6 +8,7 @@
 //! path must not allocate or lock what it need not: route tables are swapped with `arc-swap`, and
 //! metric handles are made when a config is compiled. Nothing a client sends may panic it.
 
+mod acme;
 mod admin;
 mod body;
 mod cluster;
@@ -35,14 +36,16 @@ use arc_swap::ArcSwap;
 use meridian_model::ValidationErrors;
 use tokio_rustls::TlsAcceptor;
 
+pub use acme::{Http01Answers, HTTP01_PATH};
 pub use config::{
-    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, LbPolicy, Limits,
-    ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig, RouteMatch, TlsConfig,
-    TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
+    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, HttpsRedirect,
+    LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig,
+    RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_until, RunError, RunOptions};
+pub use tls::{TlsSource, ACME_TLS_ALPN};
 pub use xds::fixture as xds_fixture;
 pub use xds::{reapply_on_renewal, run_xds, Identity, XdsHandler, XdsOptions, DISK_COPY_EVERY};
 
@@ -95,6 +98,7 @@ struct Active {
 fn tls_acceptors(
     config: &ProxyConfig,
     built: &tls::Acceptors,
+    sources: &tls::Sources,
 ) -> Result<Vec<Option<(String, Arc<TlsAcceptor>)>>, ValidationErrors> {
     let mut acceptors = Vec::with_capacity(config.listeners.len());
     let mut errors = ValidationErrors::default();
@@ -103,7 +107,9 @@ fn tls_acceptors(
             (_, Some(mesh)) => tls::mesh_acceptor(mesh, built)
                 .map(Some)
                 .map_err(|e| ("mesh", e)),
-            (Some(tls), None) => tls::acceptor(tls, built).map(Some).map_err(|e| ("tls", e)),
+            (Some(tls), None) => tls::acceptor(tls, built, sources)
+                .map(Some)
+                .map_err(|e| ("tls", e)),
             (None, None) => Ok(None),
         };
         match acceptor {
@@ -146,6 +152,8 @@ pub struct Proxy {
     prober: health::Prober,
     /// Metrics of the component that embeds the proxy, rendered with the proxy's own.
     extra_metrics: std::sync::Mutex<Option<MetricsSource>>,
+    /// Certificate sources listeners may name, with their acceptors.
+    tls_sources: std::sync::Mutex<tls::Sources>,
 }
 
 /// Renders a component's metrics in the OpenMetrics text format (ending with `# EOF`).
@@ -160,10 +168,12 @@ impl Default for Proxy {
                 limits: ArcSwap::from_pointee(Limits::default()),
                 access_log: std::sync::atomic::AtomicBool::new(false),
                 open: Default::default(),
+                http01: std::sync::OnceLock::new(),
             }),
             active: tokio::sync::Mutex::new(Active::default()),
             prober: health::Prober::new(metrics),
             extra_metrics: std::sync::Mutex::new(None),
+            tls_sources: std::sync::Mutex::new(tls::Sources::new()),
         }
     }
 }
@@ -181,7 +191,10 @@ impl Proxy {
     async fn try_apply(&self, config: ProxyConfig) -> Result<(), ApplyError> {
         config::validate(&config)?;
         let mut active = self.active.lock().await;
-        let acceptors = tls_acceptors(&config, &active.acceptors)?;
+        let acceptors = {
+            let sources = lock(&self.tls_sources);
+            tls_acceptors(&config, &active.acceptors, &sources)?
+        };
         let mut built_acceptors = tls::Acceptors::new();
         // Nothing shared with the running configuration (endpoints, pools) may change before the
         // last fallible step (binding): what to change is collected and done at the commit.
@@ -506,11 +519,7 @@ impl Proxy {
     /// ([`Proxy::add_metrics`]).
     pub fn metrics_text(&self) -> String {
         let text = self.shared.metrics.render();
-        let extra = self
-            .extra_metrics
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let extra = lock(&self.extra_metrics).clone();
         match extra {
             Some(source) => {
                 let own = text.strip_suffix("# EOF\n").unwrap_or(&text);
@@ -520,12 +529,41 @@ impl Proxy {
         }
     }
 
+    /// Registers the certificate source `name`, which listeners name in `tls: {source: NAME}`
+    /// (docs/proxy-config.md); applies from the next configuration applied. Its acceptor offers
+    /// TLS 1.2 and 1.3 and ALPN `h2`, `http/1.1` and [`ACME_TLS_ALPN`]. Fails only if rustls
+    /// refuses the source's configuration.
+    pub fn add_tls_source(&self, name: &str, source: TlsSource) -> Result<(), rustls::Error> {
+        let acceptor = source.acceptor(true)?;
+        lock(&self.tls_sources).insert(name.to_owned(), (source, acceptor));
+        Ok(())
+    }
+
+    /// The certificate source registered as `name`, if any: for listeners of other protocols
+    /// (QUIC) to build their configuration from it ([`TlsSource::server_config`]).
+    pub fn tls_source(&self, name: &str) -> Option<TlsSource> {
+        lock(&self.tls_sources)
+            .get(name)
+            .map(|(source, _)| source.clone())
+    }
+
+    /// Has every plain-HTTP listener answer ACME HTTP-01 challenges from `answers`
+    /// ([`HTTP01_PATH`]), before routing. Once per proxy: `false` (changing nothing) if answers
+    /// were set already.
+    pub fn set_http01_answers(&self, answers: Arc<dyn Http01Answers>) -> bool {
+        self.shared.http01.set(answers).is_ok()
+    }
+
     /// Has the admin port's `/metrics` also render `source`: the metrics of the component that
     /// embeds the proxy (an agent's, around its node proxy).
     pub fn add_metrics(&self, source: MetricsSource) {
-        *self
-            .extra_metrics
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
+        *lock(&self.extra_metrics) = Some(source);
     }
+}
+
+/// The value behind `mutex`, also if a holder panicked (what it guards stays consistent).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

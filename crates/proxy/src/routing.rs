@@ -37,6 +37,8 @@ pub struct Route {
     path: PathMatch,
     headers: Vec<(HeaderName, Option<HeaderValue>)>,
     targets: Vec<Target>,
+    /// Answer with a redirect to HTTPS on this port instead of forwarding.
+    pub https_redirect: Option<u16>,
     /// Replacement for the matched part of the path.
     pub prefix_rewrite: Option<String>,
     /// Time for the upstream to answer with headers, retries included.
@@ -255,6 +257,7 @@ fn compile_route(
         name,
         path,
         targets,
+        https_redirect: route.https_redirect.map(|r| r.port),
         prefix_rewrite: route.prefix_rewrite.clone(),
         timeout: route.timeout.0,
         retries: route.retries.clone(),

@@ -36,6 +36,8 @@ pub struct Shared {
     pub access_log: std::sync::atomic::AtomicBool,
     /// Open client connections, for draining.
     pub open: OpenConnections,
+    /// The ACME HTTP-01 challenges plain-HTTP listeners answer, if the proxy was given any.
+    pub http01: std::sync::OnceLock<Arc<dyn crate::acme::Http01Answers>>,
 }
 
 /// Client connections open on all listeners, and the signal that asks them to wind down.
@@ -348,6 +350,11 @@ async fn serve_tls(
     let timeout = context.shared.limits.load().header_read_timeout.0;
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(mut tls)) => {
+            if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                // An ACME validation (RFC 8737): the handshake was the answer; no HTTP follows.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                return;
+            }
             if context.mesh.load().is_some() {
                 tls.get_mut()
                     .1

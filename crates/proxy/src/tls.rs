@@ -1,8 +1,11 @@
-//! TLS on listeners: certificates from PEM files, ALPN offering HTTP/2 and HTTP/1.1.
+//! TLS on listeners: certificates from PEM files or from a source the embedding component
+//! registers ([`TlsSource`]), ALPN offering HTTP/2 and HTTP/1.1.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustls::server::{ProducesTickets, ResolvesServerCert};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -17,16 +20,106 @@ use crate::config::{MeshConfig, TlsConfig, UpstreamMeshConfig};
 /// certificates and bundle it was verified with.
 pub type Acceptors = HashMap<String, Arc<TlsAcceptor>>;
 
-/// The acceptor for a listener's `tls` section: the one in `built` for the same certificate
-/// file contents, or a new one; the error names the file and the reason.
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation (RFC 8737). Listeners with a certificate
+/// source offer it last; a handshake that negotiates it is closed once complete, without HTTP:
+/// the source's resolver alone decides what such a handshake is shown.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Certificates a listener's `tls: {source: NAME}` takes from the component that embeds the
+/// proxy instead of from files: it picks each handshake's certificate (by SNI, say) and may
+/// encrypt session tickets with keys of its own. Register it with
+/// [`crate::Proxy::add_tls_source`]; a certificate it changes is used from the next handshake,
+/// without a config apply.
+#[derive(Clone)]
+pub struct TlsSource {
+    /// Picks the certificate of each handshake; `None` refuses the handshake with an alert.
+    pub certificates: Arc<dyn ResolvesServerCert>,
+    /// Encrypts and decrypts session tickets; `None`: rustls' default (sessions resume on this
+    /// process only, from its in-memory cache).
+    pub tickets: Option<Arc<dyn ProducesTickets>>,
+}
+
+impl std::fmt::Debug for TlsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSource").finish_non_exhaustive()
+    }
+}
+
+/// ALPN of TCP listeners that terminate TLS: HTTP/2, then HTTP/1.1.
+const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+impl TlsSource {
+    /// A source that always shows `key`: a listener's certificate files.
+    pub fn single(key: Arc<CertifiedKey>) -> TlsSource {
+        TlsSource {
+            certificates: Arc::new(SingleCertAndKey::from(key)),
+            tickets: None,
+        }
+    }
+
+    /// The rustls server configuration of every listener built on this source: no client
+    /// authentication, `versions` (TCP listeners: TLS 1.2 and 1.3; QUIC: TLS 1.3 only) and
+    /// `alpn` in order of preference. The one place such configurations are made, so that a
+    /// TCP and a QUIC listener on one source show the same certificates and share tickets.
+    pub fn server_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> Result<ServerConfig, rustls::Error> {
+        let mut config = ServerConfig::builder_with_provider(meridian_identity::provider())
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.certificates.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        if let Some(tickets) = &self.tickets {
+            config.ticketer = tickets.clone();
+        }
+        Ok(config)
+    }
+
+    /// The acceptor of a TCP listener on this source: TLS 1.2 and 1.3, ALPN `h2`, `http/1.1`,
+    /// and with `acme` also [`ACME_TLS_ALPN`].
+    pub fn acceptor(&self, acme: bool) -> Result<Arc<TlsAcceptor>, rustls::Error> {
+        let acme_alpn = [ACME_TLS_ALPN];
+        let alpn: Vec<&[u8]> = HTTP_ALPN
+            .iter()
+            .chain(acme_alpn.iter().filter(|_| acme))
+            .copied()
+            .collect();
+        let config = self.server_config(rustls::DEFAULT_VERSIONS, &alpn)?;
+        Ok(Arc::new(TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+/// The certificate sources registered on a proxy, by name, with the acceptor of each.
+pub type Sources = HashMap<String, (TlsSource, Arc<TlsAcceptor>)>;
+
+/// The acceptor for a listener's `tls` section: that of its registered `source`; or, for files,
+/// the one in `built` for the same certificate file contents, or a new one. The error names the
+/// field and the reason.
 pub fn acceptor(
     tls: &TlsConfig,
     built: &Acceptors,
+    sources: &Sources,
 ) -> Result<(String, Arc<TlsAcceptor>), (&'static str, String)> {
-    let chain = std::fs::read(&tls.cert_file)
-        .map_err(|e| ("cert_file", format!("cannot read {}: {e}", tls.cert_file)))?;
-    let key = std::fs::read(&tls.key_file)
-        .map_err(|e| ("key_file", format!("cannot read {}: {e}", tls.key_file)))?;
+    let (cert_file, key_file) = match (&tls.source, &tls.cert_file, &tls.key_file) {
+        (Some(name), _, _) => {
+            let (_, acceptor) = sources.get(name).ok_or_else(|| {
+                (
+                    "source",
+                    format!("no certificate source `{name}` is registered"),
+                )
+            })?;
+            return Ok((format!("source:{name}"), acceptor.clone()));
+        }
+        (None, Some(cert_file), Some(key_file)) => (cert_file, key_file),
+        // Validation rules this out.
+        _ => return Err(("cert_file", "give cert_file and key_file".to_owned())),
+    };
+    let chain = std::fs::read(cert_file)
+        .map_err(|e| ("cert_file", format!("cannot read {cert_file}: {e}")))?;
+    let key = std::fs::read(key_file)
+        .map_err(|e| ("key_file", format!("cannot read {key_file}: {e}")))?;
     // The key is not part of the identity: another key for the same certificate cannot work.
     let fingerprint = format!("tls:{}", String::from_utf8_lossy(&chain));
     if let Some(acceptor) = built.get(&fingerprint) {
@@ -37,35 +130,28 @@ pub fn acceptor(
         .map_err(|e| {
             (
                 "cert_file",
-                format!("cannot read certificates from {}: {e}", tls.cert_file),
+                format!("cannot read certificates from {cert_file}: {e}"),
             )
         })?;
     if certs.is_empty() {
-        return Err((
-            "cert_file",
-            format!("{} holds no certificate", tls.cert_file),
-        ));
+        return Err(("cert_file", format!("{cert_file} holds no certificate")));
     }
     let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
         (
             "key_file",
-            format!("cannot read a private key from {}: {e}", tls.key_file),
+            format!("cannot read a private key from {key_file}: {e}"),
         )
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ("cert_file", e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            (
-                "key_file",
-                format!("the key does not fit the certificate: {e}"),
-            )
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((fingerprint, Arc::new(TlsAcceptor::from(Arc::new(config)))))
+    let key = CertifiedKey::from_der(certs, key, &meridian_identity::provider()).map_err(|e| {
+        (
+            "key_file",
+            format!("the key does not fit the certificate: {e}"),
+        )
+    })?;
+    let acceptor = TlsSource::single(Arc::new(key))
+        .acceptor(false)
+        .map_err(|e| ("cert_file", e.to_string()))?;
+    Ok((fingerprint, acceptor))
 }
 
 /// The client config of a cluster's `mesh` section (mutual TLS to its endpoints), and what
@@ -180,7 +266,37 @@ pub fn mesh_acceptor(
 
 #[cfg(test)]
 mod tests {
-    use super::{mesh_peer, MeshPeer};
+    use super::{mesh_peer, MeshPeer, TlsSource};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_source_makes_tcp_and_quic_configurations_alike() {
+        use rustls_pki_types::pem::PemObject;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+            .unwrap();
+        let provider = meridian_identity::provider();
+        let certified =
+            rustls::sign::CertifiedKey::from_der(vec![cert.der().clone()], der, &provider).unwrap();
+        let proxy = crate::Proxy::default();
+        assert!(proxy.tls_source("edge").is_none());
+        proxy
+            .add_tls_source("edge", TlsSource::single(Arc::new(certified)))
+            .unwrap();
+        let source = proxy.tls_source("edge").unwrap();
+        let quic = source
+            .server_config(&[&rustls::version::TLS13], &[b"h3"])
+            .unwrap();
+        assert_eq!(quic.alpn_protocols, [b"h3".to_vec()]);
+        let tcp = source
+            .server_config(rustls::DEFAULT_VERSIONS, &[b"h2"])
+            .unwrap();
+        assert!(Arc::ptr_eq(&quic.cert_resolver, &tcp.cert_resolver));
+    }
 
     #[test]
     fn a_mesh_peer_is_one_identity_or_any_gateway() {

@@ -304,46 +304,55 @@ async fn a_post_whose_connection_was_refused_is_retried() {
     assert_eq!(count.load(Ordering::SeqCst), 4);
 }
 
-/// The `x-forwarded-for` and `x-forwarded-host` the upstream got for a request that claims
-/// both, sent to the proxy at `address`.
-async fn forwarded_as_seen(address: SocketAddr) -> (String, String) {
+/// The `x-forwarded-for`, `x-forwarded-host`, `x-forwarded-proto` and `forwarded` the upstream
+/// got for a request that claims all four, sent to the proxy at `address`.
+async fn forwarded_as_seen(address: SocketAddr) -> [String; 4] {
     let seen: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{address}/"))
         .header("host", "shop.example.com")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-host", "bank.example.com")
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=6.6.6.6;proto=https")
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let field = |name: &str| seen[name].as_str().unwrap_or("").to_owned();
-    (field("x-forwarded-for"), field("x-forwarded-host"))
+    [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+    ]
+    .map(|name| seen[name].as_str().unwrap_or("").to_owned())
 }
 
 #[tokio::test]
 async fn forwarding_headers_of_untrusted_clients_are_replaced() {
     let (upstream, _) = counting_upstream().await;
+    let replaced = [
+        "127.0.0.1",
+        "shop.example.com",
+        "http",
+        "for=127.0.0.1;proto=http;host=\"shop.example.com\"",
+    ];
     // An edge's listener: the default trusts only mesh peers, and a plain client is none.
     let (_proxy, edge) = proxy(&[upstream], "", "", "", "").await;
-    assert_eq!(
-        forwarded_as_seen(edge).await,
-        ("127.0.0.1".to_owned(), "shop.example.com".to_owned())
-    );
+    assert_eq!(forwarded_as_seen(edge).await, replaced);
     let (_proxy, edge) = proxy(&[upstream], "    trust_forwarded: none", "", "", "").await;
-    assert_eq!(
-        forwarded_as_seen(edge).await,
-        ("127.0.0.1".to_owned(), "shop.example.com".to_owned())
-    );
-    // A hop behind a trusted proxy keeps what that proxy said and appends it.
+    assert_eq!(forwarded_as_seen(edge).await, replaced);
+    // A hop behind a trusted proxy keeps what that proxy said and appends itself.
     let (_proxy, hop) = proxy(&[upstream], "    trust_forwarded: all", "", "", "").await;
     assert_eq!(
         forwarded_as_seen(hop).await,
-        (
-            "6.6.6.6, 127.0.0.1".to_owned(),
-            "bank.example.com".to_owned()
-        )
+        [
+            "6.6.6.6, 127.0.0.1",
+            "bank.example.com",
+            "https",
+            "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=\"shop.example.com\""
+        ]
     );
 }
 

@@ -876,6 +876,14 @@ async fn tls_listeners_negotiate_http2_and_http1_by_alpn() {
         config(a, b).replacen("    virtual_hosts:", &tls.replace("key.pem", "nope.pem"), 1);
     let err = proxy.apply_text(&broken).await.unwrap_err().to_string();
     assert!(err.contains("listeners[0].tls.key_file"), "{err}");
+    // So is a certificate source nobody registered.
+    let sourced = "    tls: {source: edge}\n    virtual_hosts:";
+    let unknown = config(a, b).replacen("    virtual_hosts:", sourced, 1);
+    let err = proxy.apply_text(&unknown).await.unwrap_err().to_string();
+    assert!(
+        err.contains("listeners[0].tls.source: no certificate source `edge` is registered"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -23,9 +23,13 @@ pub struct EdgeArgs {
     /// The location's longitude in degrees.
     #[arg(long, allow_hyphen_values = true)]
     lon: f64,
-    /// The public listener (plain HTTP for now; port 0 picks a free one, printed).
+    /// The public plain-HTTP listener (port 0 picks a free one, printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
+    /// The public HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1), with the certificates
+    /// the global control plane sends; none when absent.
+    #[arg(long, value_name = "ADDR")]
+    listen_https: Option<SocketAddr>,
     /// The admin port (/metrics, /config, /listeners, /healthz); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:9903")]
     admin: SocketAddr,
@@ -64,11 +68,17 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
     }
     // The proxy binds the public port when the first configuration arrives, where a port that
     // someone else holds would only show as a refused configuration: say so now, and exit.
-    drop(
-        tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("--listen: cannot listen on {}", args.listen))?,
-    );
+    for (flag, address) in [
+        ("--listen", Some(args.listen)),
+        ("--listen-https", args.listen_https),
+    ] {
+        let Some(address) = address else { continue };
+        drop(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("{flag}: cannot listen on {address}"))?,
+        );
+    }
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let proxy = Arc::new(meridian_proxy::Proxy::default());
@@ -79,6 +89,7 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
             lon: args.lon,
         },
         listen: args.listen.to_string(),
+        listen_https: args.listen_https.map(|a| a.to_string()),
         global_xds: args.global_xds.clone(),
         tls: enrolled.tls.clone(),
         identity: enrolled.files(),
@@ -86,27 +97,37 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
         renewed: enrolled.renewed,
     };
     let (ready, first) = tokio::sync::oneshot::channel();
-    let follower = tokio::spawn(run_edge(options, proxy.clone(), ready));
+    let mut follower = tokio::spawn(run_edge(options, proxy.clone(), ready));
     println!(
         "meridian edge {} following {}; waiting for its first configuration",
         args.location, args.global_xds
     );
     tokio::select! {
         _ = first => {}
+        ended = &mut follower => {
+            return match ended {
+                Ok(Err(e)) => Err(anyhow::anyhow!("the edge's TLS could not be set up: {e}")),
+                _ => Err(anyhow::anyhow!("the edge stopped following the global control plane")),
+            };
+        }
         () = super::control::shutdown_signal() => {
             follower.abort();
             return Ok(());
         }
     }
-    let public = proxy
-        .listeners()
-        .await
-        .into_iter()
-        .find(|(name, _)| name == "public")
-        .map(|(_, address)| address)
-        .context("the edge has no public listener")?;
+    let listeners = proxy.listeners().await;
+    let bound = |wanted: &str| {
+        listeners
+            .iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, address)| *address)
+    };
+    let public = bound("public").context("the edge has no public listener")?;
     meridian_proxy::serve_admin(&proxy, args.admin).await?;
     println!("meridian edge {} serving http://{public}", args.location);
+    if let Some(https) = bound("https") {
+        println!("meridian edge {} serving https://{https}", args.location);
+    }
     let result = meridian_proxy::serve_until(&proxy, super::control::shutdown_signal()).await;
     follower.abort();
     Ok(result?)
