@@ -14,6 +14,7 @@ mod cluster;
 mod config;
 mod forward;
 mod framing;
+mod handshakes;
 mod health;
 mod idle;
 mod mesh;
@@ -22,6 +23,7 @@ mod reload;
 mod routing;
 mod server;
 mod splice;
+mod switch;
 mod tls;
 mod upstream;
 mod xds;
@@ -36,9 +38,9 @@ use meridian_model::ValidationErrors;
 use tokio_rustls::TlsAcceptor;
 
 pub use config::{
-    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, LbPolicy, Limits,
-    ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig, RouteMatch, TlsConfig,
-    TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
+    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
+    LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig,
+    RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
 pub use mesh::PEER_HEADER;
