@@ -575,6 +575,41 @@ impl Agent {
     }
 }
 
+/// The command of `meridian edge` at Paris with its public listener at `listen`.
+pub fn paris_edge(listen: &str) -> Command {
+    let mut command = Command::new(MERIDIAN);
+    command
+        .args([
+            "edge",
+            "--location",
+            "par",
+            "--lat",
+            "48.86",
+            "--lon",
+            "2.35",
+        ])
+        .args(["--listen", listen, "--admin", "127.0.0.1:0"]);
+    command
+}
+
+/// `meridian edge` at Paris, joined at `region`; its public address.
+pub fn edge(platform: &Deployed, region: &RegionalPlane, dir: &Path) -> (Killed, String) {
+    let token = region.join_token("edge/par");
+    let (child, lines) = spawn_with_lines(
+        paris_edge("127.0.0.1:0")
+            .args(["--control", &region.xds, "--join-token", &token])
+            .args(["--global-xds", &platform.global.xds])
+            .arg("--state-dir")
+            .arg(dir.join("edge-par"))
+            .env("MERIDIAN_LOG", "warn"),
+    );
+    let line = wait_for_line(&lines, STARTUP_DEADLINE, "the edge's address", |l| {
+        l.contains(" serving http://")
+    });
+    let address = line.rsplit("http://").next().unwrap().to_owned();
+    (Killed(child), address)
+}
+
 /// The region's gateway, joined with a token; the address of its plain-HTTP listener.
 pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
     let token = region.join_token("gateway");
