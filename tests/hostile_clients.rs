@@ -768,3 +768,420 @@ async fn a_tls_handshake_flood_from_one_address_leaves_room_for_others() {
         292.0
     );
 }
+
+/// What the proxy must do with a frame sequence that breaks RFC 9113 or RFC 7541.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// A connection error: GOAWAY with this code.
+    Connection(u32),
+    /// A stream error on stream 1 (RST_STREAM with this code); a connection error with the same
+    /// code is allowed too (RFC 9113 §5.4.1).
+    Stream(u32),
+    /// Ignored: the connection goes on serving.
+    Ignored,
+}
+
+const PROTOCOL_ERROR: u32 = 0x1;
+const FLOW_CONTROL_ERROR: u32 = 0x3;
+const STREAM_CLOSED: u32 = 0x5;
+const FRAME_SIZE_ERROR: u32 = 0x6;
+const COMPRESSION_ERROR: u32 = 0x9;
+
+/// The h2spec-style error cases: what is sent after the preface and SETTINGS exchange, and what
+/// the proxy must answer.
+fn conformance_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
+    use frames::{frame, literal, request, END_HEADERS, END_STREAM};
+    const DATA: u8 = 0x0;
+    const PRIORITY: u8 = 0x2;
+    const PADDED: u8 = 0x8;
+    let get = |extra: &[u8]| [request("GET", "/"), extra.to_vec()].concat();
+    let headers = |block: &[u8]| frame(frames::HEADERS, END_HEADERS | END_STREAM, 1, block);
+    let open = frame(frames::HEADERS, END_HEADERS, 1, &request("POST", "/"));
+    let closed = headers(&request("GET", "/"));
+    let authority = literal(1, "", b"localhost");
+    let path = literal(4, "", b"/");
+    vec![
+        // RFC 9113 §6: frames on the wrong stream, of the wrong size.
+        (
+            "DATA on stream 0",
+            frame(DATA, 0, 0, b"x"),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "HEADERS on stream 0",
+            frame(frames::HEADERS, END_HEADERS, 0, &get(&[])),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "SETTINGS on stream 1",
+            frame(frames::SETTINGS, 0, 1, &[]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "SETTINGS of 5 bytes",
+            frame(frames::SETTINGS, 0, 0, &[0, 4, 0, 0, 1]),
+            Expect::Connection(FRAME_SIZE_ERROR),
+        ),
+        (
+            "SETTINGS ACK with a payload",
+            frame(frames::SETTINGS, frames::ACK, 0, &[0, 4, 0, 0, 1, 0]),
+            Expect::Connection(FRAME_SIZE_ERROR),
+        ),
+        (
+            "PING of 7 bytes",
+            frame(frames::PING, 0, 0, &[0; 7]),
+            Expect::Connection(FRAME_SIZE_ERROR),
+        ),
+        (
+            "PING on stream 1",
+            frame(frames::PING, 0, 1, &[0; 8]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "GOAWAY on stream 1",
+            frame(frames::GOAWAY, 0, 1, &[0; 8]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "WINDOW_UPDATE of 0 on the connection",
+            frame(frames::WINDOW_UPDATE, 0, 0, &[0; 4]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "WINDOW_UPDATE of 3 bytes",
+            frame(frames::WINDOW_UPDATE, 0, 0, &[0, 0, 1]),
+            Expect::Connection(FRAME_SIZE_ERROR),
+        ),
+        (
+            "WINDOW_UPDATE of 0 on a stream",
+            [open.clone(), frame(frames::WINDOW_UPDATE, 0, 1, &[0; 4])].concat(),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "RST_STREAM on stream 0",
+            frame(frames::RST_STREAM, 0, 0, &[0; 4]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "RST_STREAM of 3 bytes",
+            [open.clone(), frame(frames::RST_STREAM, 0, 1, &[0; 3])].concat(),
+            Expect::Connection(FRAME_SIZE_ERROR),
+        ),
+        (
+            "PRIORITY of 4 bytes",
+            frame(PRIORITY, 0, 1, &[0; 4]),
+            Expect::Stream(FRAME_SIZE_ERROR),
+        ),
+        (
+            "PRIORITY on stream 0",
+            frame(PRIORITY, 0, 0, &[0; 5]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "a frame over SETTINGS_MAX_FRAME_SIZE",
+            [open.clone(), frame(DATA, 0, 1, &vec![0; 300 * 1024])].concat(),
+            Expect::Connection(FRAME_SIZE_ERROR),
+        ),
+        // RFC 9113 §5.1: stream states and identifiers.
+        (
+            "DATA on an idle stream",
+            frame(DATA, 0, 1, b"x"),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "RST_STREAM on an idle stream",
+            frame(frames::RST_STREAM, 0, 1, &[0, 0, 0, 8]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "WINDOW_UPDATE on an idle stream",
+            frame(frames::WINDOW_UPDATE, 0, 1, &[0, 0, 0, 1]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "HEADERS on an even stream",
+            frame(frames::HEADERS, END_HEADERS | END_STREAM, 2, &get(&[])),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "a stream identifier going down",
+            [
+                frame(frames::HEADERS, END_HEADERS | END_STREAM, 5, &get(&[])),
+                headers(&get(&[])),
+            ]
+            .concat(),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "DATA on a half-closed (remote) stream",
+            [closed.clone(), frame(DATA, 0, 1, b"x")].concat(),
+            Expect::Stream(STREAM_CLOSED),
+        ),
+        (
+            "HEADERS on a half-closed (remote) stream",
+            [closed.clone(), headers(&get(&[]))].concat(),
+            Expect::Stream(STREAM_CLOSED),
+        ),
+        (
+            "CONTINUATION without HEADERS",
+            frame(frames::CONTINUATION, END_HEADERS, 1, &get(&[])),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "a frame between HEADERS and CONTINUATION",
+            [
+                frame(frames::HEADERS, 0, 1, &get(&[])),
+                frame(frames::PING, 0, 0, &[0; 8]),
+            ]
+            .concat(),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "HEADERS whose padding is longer than the frame",
+            frame(
+                frames::HEADERS,
+                END_HEADERS | END_STREAM | PADDED,
+                1,
+                &[[200].as_slice(), &get(&[])].concat(),
+            ),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        // RFC 9113 §6.5.2: settings out of range.
+        (
+            "SETTINGS_ENABLE_PUSH of 2",
+            frames::settings(&[(0x2, 2)]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1",
+            frames::settings(&[(frames::INITIAL_WINDOW_SIZE, 1 << 31)]),
+            Expect::Connection(FLOW_CONTROL_ERROR),
+        ),
+        (
+            "SETTINGS_MAX_FRAME_SIZE under 16384",
+            frames::settings(&[(0x5, 16_383)]),
+            Expect::Connection(PROTOCOL_ERROR),
+        ),
+        (
+            "an unknown setting",
+            frames::settings(&[(0xff, 1)]),
+            Expect::Ignored,
+        ),
+        (
+            "an unknown frame type",
+            frame(0xfe, 0xff, 0, b"whatever"),
+            Expect::Ignored,
+        ),
+        // RFC 9113 §8.2, §8.3: malformed requests.
+        (
+            "an upper-case header name",
+            headers(&get(&literal(0, "X-Upper", b"1"))),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "a connection-specific header",
+            headers(&get(&literal(0, "connection", b"keep-alive"))),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "TE other than trailers",
+            headers(&get(&literal(0, "te", b"gzip"))),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "a pseudo-header after a regular header",
+            headers(
+                &[
+                    [0x82, 0x86].as_slice(),
+                    &literal(0, "x-a", b"1"),
+                    &path,
+                    &authority,
+                ]
+                .concat(),
+            ),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "an unknown pseudo-header",
+            headers(&get(&literal(0, ":foo", b"x"))),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "a response pseudo-header",
+            headers(&get(&[0x88])),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "no :path",
+            headers(&[[0x82, 0x86].as_slice(), &authority].concat()),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "no :method",
+            headers(&[[0x86].as_slice(), &path, &authority].concat()),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "two :path",
+            headers(&get(&path)),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "an empty :path",
+            headers(&[[0x82, 0x86].as_slice(), &literal(4, "", b""), &authority].concat()),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "a body longer than its content-length",
+            [
+                frame(
+                    frames::HEADERS,
+                    END_HEADERS,
+                    1,
+                    &[request("POST", "/"), literal(28, "", b"1")].concat(),
+                ),
+                frame(DATA, END_STREAM, 1, b"ab"),
+            ]
+            .concat(),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        (
+            "a body shorter than its content-length",
+            [
+                frame(
+                    frames::HEADERS,
+                    END_HEADERS,
+                    1,
+                    &[request("POST", "/"), literal(28, "", b"3")].concat(),
+                ),
+                frame(DATA, END_STREAM, 1, b"ab"),
+            ]
+            .concat(),
+            Expect::Stream(PROTOCOL_ERROR),
+        ),
+        // RFC 7541: header blocks that cannot be decoded.
+        (
+            "HPACK index 0",
+            headers(&[0x80]),
+            Expect::Connection(COMPRESSION_ERROR),
+        ),
+        (
+            "HPACK index beyond the tables",
+            headers(&[0xbf]),
+            Expect::Connection(COMPRESSION_ERROR),
+        ),
+        (
+            "HPACK table size over SETTINGS_HEADER_TABLE_SIZE",
+            headers(&[[0x3f, 0xe1, 0x3f].as_slice(), &get(&[])].concat()),
+            Expect::Connection(COMPRESSION_ERROR),
+        ),
+        (
+            "HPACK string longer than the block",
+            headers(&[[0x82, 0x86, 0x04, 0x7f, 0x10].as_slice(), b"/"].concat()),
+            Expect::Connection(COMPRESSION_ERROR),
+        ),
+    ]
+}
+
+/// The cases where h2 (0.4, hyper's HTTP/2) answers a connection error of `PROTOCOL_ERROR`
+/// instead of the code RFC 9113 and RFC 7541 name (FRAME_SIZE_ERROR for frames of a wrong
+/// size, COMPRESSION_ERROR for undecodable header blocks, FLOW_CONTROL_ERROR for a window
+/// setting over 2^31-1, STREAM_CLOSED for frames on a half-closed stream). The connection
+/// still ends at once; only the code differs. Run by the ignored test below.
+const H2_CODE_GAPS: [&str; 13] = [
+    "SETTINGS of 5 bytes",
+    "SETTINGS ACK with a payload",
+    "PING of 7 bytes",
+    "WINDOW_UPDATE of 3 bytes",
+    "RST_STREAM of 3 bytes",
+    "PRIORITY of 4 bytes",
+    "DATA on a half-closed (remote) stream",
+    "HEADERS on a half-closed (remote) stream",
+    "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1",
+    "HPACK index 0",
+    "HPACK index beyond the tables",
+    "HPACK table size over SETTINGS_HEADER_TABLE_SIZE",
+    "HPACK string longer than the block",
+];
+
+/// Runs each of the conformance cases `selected` picks on a connection of its own to `edge`;
+/// a line for each case not answered as expected.
+async fn conformance_failures(edge: &Edge, selected: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (case, bytes, expect) in conformance_cases() {
+        if !selected(case) {
+            continue;
+        }
+        let conn = RawH2::connect(edge.public, &[], false).await;
+        conn.send(&bytes).await;
+        if let Expect::Ignored = expect {
+            // Then a request on a new stream is answered.
+            conn.send(&frames::frame(
+                frames::HEADERS,
+                frames::END_HEADERS | frames::END_STREAM,
+                101,
+                &frames::request("GET", "/"),
+            ))
+            .await;
+        }
+        let received = &conn.received;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let outcome = loop {
+            let goaway = *received.goaway.lock().unwrap();
+            let reset = received
+                .resets
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(stream, _)| *stream == 1)
+                .map(|(_, code)| *code);
+            let answered = received.responses.load(Ordering::SeqCst) > 0;
+            let met = match expect {
+                Expect::Connection(code) => goaway == Some(code),
+                Expect::Stream(code) => reset == Some(code) || goaway == Some(code),
+                Expect::Ignored => answered && goaway.is_none(),
+            };
+            let answered_otherwise = goaway.is_some() || reset.is_some() || answered;
+            if met || answered_otherwise || Instant::now() > deadline {
+                break (met, goaway, reset, answered);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if !outcome.0 {
+            failures.push(format!(
+                "{case}: expected {expect:?}, got GOAWAY {:?}, RST_STREAM {:?}, answered {}",
+                outcome.1, outcome.2, outcome.3
+            ));
+        }
+    }
+    failures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_are_answered_as_rfc_9113_and_7541_say() {
+    let mut edge = Edge::start(LIMITS);
+    let mut failures = conformance_failures(&edge, |case| !H2_CODE_GAPS.contains(&case)).await;
+    // A preface that is not HTTP/2's is no HTTP/2 connection: nothing is served on it.
+    let mut stream = TcpStream::connect(edge.public).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    if !(answer.is_empty() || answer.starts_with("HTTP/1.1 400")) {
+        failures.push(format!("a bad preface: answered {answer}"));
+    }
+    edge.assert_up();
+    edge.assert_served("after the protocol errors").await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "h2 0.4 answers PROTOCOL_ERROR where the RFCs name another code: see H2_CODE_GAPS"]
+async fn protocol_errors_get_the_error_code_the_rfcs_name() {
+    let edge = Edge::start(LIMITS);
+    let failures = conformance_failures(&edge, |case| H2_CODE_GAPS.contains(&case)).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
