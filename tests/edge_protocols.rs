@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
-use support::{agent, edge, gateway, Agent, Deployed, Killed, RegionalPlane, HELLO};
+use support::{agent, edge, gateway, h2_client, Agent, Deployed, Killed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -88,13 +88,7 @@ fn grpc_message(payload: &str) -> Bytes {
 /// bytes received and the trailers.
 async fn grpc_chat(edge: &str, method: &str, messages: &[&str]) -> (Bytes, http::HeaderMap) {
     let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
-    let (mut client, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut client = h2_client(stream).await;
     let (sender, outgoing) = tokio::sync::mpsc::channel::<Bytes>(1);
     let frames = tokio_stream::wrappers::ReceiverStream::new(outgoing)
         .map(|data| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(data)));

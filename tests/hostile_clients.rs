@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{spawn_with_lines, wait_for_line, Killed, MERIDIAN};
+use support::{h2_client, serve_on_thread, spawn_with_lines, wait_for_line, Killed, MERIDIAN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,33 +25,21 @@ const RSS_GROWTH_BOUND_KIB: u64 = 48 * 1024;
 /// An upstream on a thread of its own: `/big` answers 16 MiB, anything else `ok` after reading
 /// the request's body.
 fn upstream() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let big = bytes::Bytes::from(vec![b'x'; 16 << 20]);
-            let app = axum::Router::new()
-                .route(
-                    "/big",
-                    axum::routing::get(move || {
-                        let big = big.clone();
-                        async move { big }
-                    }),
-                )
-                .fallback(|body: bytes::Bytes| async move {
-                    drop(body);
-                    "ok"
-                });
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    addr
+    serve_on_thread(|| {
+        let big = bytes::Bytes::from(vec![b'x'; 16 << 20]);
+        axum::Router::new()
+            .route(
+                "/big",
+                axum::routing::get(move || {
+                    let big = big.clone();
+                    async move { big }
+                }),
+            )
+            .fallback(|body: bytes::Bytes| async move {
+                drop(body);
+                "ok"
+            })
+    })
 }
 
 /// A `meridian proxy` process with a plain listener `public` and a TLS listener `secure` to
@@ -206,13 +194,7 @@ async fn h2_get<S>(stream: S, path: &str) -> u16
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut client, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut client = h2_client(stream).await;
     let request = http::Request::get(format!("http://localhost{path}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();

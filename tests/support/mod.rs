@@ -575,6 +575,46 @@ impl Agent {
     }
 }
 
+/// Serves `app` on a loopback port, on a thread (and runtime) of its own, so that it answers
+/// whatever the test's runtime is doing; its address. `app` is made on that thread.
+pub fn serve_on_thread<F>(app: F) -> std::net::SocketAddr
+where
+    F: FnOnce() -> axum::Router + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app()).await.unwrap();
+        });
+    });
+    addr
+}
+
+/// An HTTP/2 client (prior knowledge) on `stream`, its connection driven by a task.
+pub async fn h2_client<S, B>(stream: S) -> hyper::client::conn::http2::SendRequest<B>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (client, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// The command of `meridian edge` at Paris with its public listener at `listen`.
 pub fn paris_edge(listen: &str) -> Command {
     let mut command = Command::new(MERIDIAN);
