@@ -1,7 +1,8 @@
 //! gRPC and WebSocket end to end: client → edge → gateway → node proxy → instance, the mesh hops
 //! in mutual TLS and HTTP/2, the instance meridian-hello with its gRPC port and WebSocket:
-//! streaming both ways, trailers and status intact, WebSocket over HTTP/1.1 (over the mesh's
-//! HTTP/2 hops as extended CONNECTs). The edge's plain listener is used.
+//! streaming both ways, trailers and status intact, WebSocket over HTTP/1.1 and over HTTP/2
+//! (RFC 8441; either way it crosses the mesh's HTTP/2 hops as extended CONNECTs). The edge's
+//! plain listener is used.
 
 mod support;
 
@@ -155,10 +156,14 @@ async fn grpc_and_websockets_cross_edge_gateway_and_node_proxy() {
     let (_, trailers) = grpc_chat(&platform.edge, "/meridian.hello.Echo/Missing", &[]).await;
     assert_eq!(trailers["grpc-status"], "12");
 
-    // WebSocket over HTTP/1.1, relayed both ways.
-    let stream = tokio::net::TcpStream::connect(&platform.edge)
-        .await
-        .unwrap();
+    // WebSocket over HTTP/1.1 and over HTTP/2 (RFC 8441), relayed both ways.
+    websocket_echoes(http1_websocket(&platform.edge).await).await;
+    websocket_echoes(http2_websocket(&platform.edge).await).await;
+}
+
+/// A WebSocket to the shop's `/ws` through the edge over HTTP/1.1 (`Upgrade`).
+async fn http1_websocket(edge: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
     let request = http::Request::get("ws://shop.example.com/ws")
         .header("host", "shop.example.com")
         .header("connection", "upgrade")
@@ -170,10 +175,46 @@ async fn grpc_and_websockets_cross_edge_gateway_and_node_proxy() {
         )
         .body(())
         .unwrap();
-    let (mut socket, response) = tokio_tungstenite::client_async(request, stream)
+    let (socket, response) = tokio_tungstenite::client_async(request, stream)
         .await
         .unwrap();
     assert_eq!(response.status(), 101);
+    socket
+}
+
+/// A WebSocket to the shop's `/ws` through the edge over HTTP/2: an extended CONNECT with
+/// `:protocol websocket`, answered 200, then WebSocket frames on the stream.
+async fn http2_websocket(
+    edge: &str,
+) -> tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>> {
+    let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let mut client = h2_client(stream).await;
+    let mut request = http::Request::connect("http://shop.example.com/ws")
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = tokio::time::timeout(Duration::from_secs(10), client.send_request(request))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let stream = hyper::upgrade::on(&mut response).await.unwrap();
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(stream),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await
+}
+
+/// Sends two text messages on `socket`, checking that each is echoed, and closes it.
+async fn websocket_echoes<S>(mut socket: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     for word in ["hello", "again"] {
         socket
             .send(tokio_tungstenite::tungstenite::Message::text(word))
