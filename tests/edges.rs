@@ -4,13 +4,9 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{
-    agent, gateway, spawn_with_lines, wait_for_line, Agent, Deployed, Killed, RegionalPlane, HELLO,
-    MERIDIAN,
-};
+use support::{agent, edge, gateway, paris_edge, Agent, Deployed, Killed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -28,41 +24,6 @@ domains: [shop.example.com]
 health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
 "
     )
-}
-
-/// The command of `meridian edge` at Paris with its public listener at `listen`.
-fn paris_edge(listen: &str) -> Command {
-    let mut command = Command::new(MERIDIAN);
-    command
-        .args([
-            "edge",
-            "--location",
-            "par",
-            "--lat",
-            "48.86",
-            "--lon",
-            "2.35",
-        ])
-        .args(["--listen", listen, "--admin", "127.0.0.1:0"]);
-    command
-}
-
-/// `meridian edge` at Paris, joined at `region`; its public address.
-fn edge(platform: &Deployed, region: &RegionalPlane, dir: &std::path::Path) -> (Killed, String) {
-    let token = region.join_token("edge/par");
-    let (child, lines) = spawn_with_lines(
-        paris_edge("127.0.0.1:0")
-            .args(["--control", &region.xds, "--join-token", &token])
-            .args(["--global-xds", &platform.global.xds])
-            .arg("--state-dir")
-            .arg(dir.join("edge-par"))
-            .env("MERIDIAN_LOG", "warn"),
-    );
-    let line = wait_for_line(&lines, DEADLINE, "the edge's address", |l| {
-        l.contains(" serving http://")
-    });
-    let address = line.rsplit("http://").next().unwrap().to_owned();
-    (Killed(child), address)
 }
 
 /// Waits until the edge answers for the shop with a greeting from `region`.

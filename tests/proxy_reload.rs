@@ -13,21 +13,7 @@ use support::MERIDIAN;
 
 /// An upstream answering its name, on a thread of its own.
 fn upstream(name: &'static str) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let app = axum::Router::new().fallback(move || async move { name });
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    addr
+    support::serve_on_thread(move || axum::Router::new().fallback(move || async move { name }))
 }
 
 fn config(upstream: SocketAddr) -> String {

@@ -14,9 +14,16 @@
 //! - `GET /call?url=<url>` — fetches `url` (e.g. `http://api.shop.internal:8080/`) and answers
 //!   with what it got: a call to another service by name, through `HTTP_PROXY` if set; with
 //!   `&direct=1`, without it (the name is resolved by DNS);
-//! - `POST /exit` — exits with status 1, to watch the agent restart it.
+//! - `POST /exit` — exits with status 1, to watch the agent restart it;
+//! - `GET /ws` — a WebSocket answering each text message `m` with `echo: m`.
+//!
+//! With a port named `grpc` (`$MERIDIAN_PORT_GRPC`), it serves there, over HTTP/2 cleartext,
+//! the bidirectional gRPC stream `/meridian.hello.Echo/Chat`, which answers each message with
+//! itself (see `grpc.rs`).
 
 #![forbid(unsafe_code)]
+
+mod grpc;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,7 +58,8 @@ async fn main() -> std::process::ExitCode {
         .route("/whoami", get(whoami))
         .route("/forwarded", get(forwarded))
         .route("/call", get(call))
-        .route("/exit", post(exit));
+        .route("/exit", post(exit))
+        .route("/ws", get(echo));
     let listener = match address.parse::<SocketAddr>() {
         Ok(socket) => tokio::net::TcpListener::bind(socket).await,
         Err(e) => {
@@ -67,6 +75,19 @@ async fn main() -> std::process::ExitCode {
         }
     };
     println!("meridian-hello listening on http://{address}");
+    if let Ok(port) = std::env::var("MERIDIAN_PORT_GRPC") {
+        let address = format!("{}:{port}", var("MERIDIAN_ADDRESS", "127.0.0.1"));
+        match tokio::net::TcpListener::bind(&address).await {
+            Ok(listener) => {
+                println!("meridian-hello serving gRPC on http://{address}");
+                tokio::spawn(grpc::serve(listener));
+            }
+            Err(e) => {
+                eprintln!("cannot listen on {address} (port grpc): {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     match axum::serve(listener, app).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -99,6 +120,21 @@ async fn forwarded(headers: axum::http::HeaderMap) -> String {
         format!("{name}: {}\n", value.unwrap_or(""))
     })
     .collect()
+}
+
+/// A WebSocket answering each text message `m` with `echo: m`.
+async fn echo(ws: axum::extract::WebSocketUpgrade) -> axum::response::Response {
+    use axum::extract::ws::Message;
+    ws.on_upgrade(|mut socket| async move {
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Text(text) = message {
+                let reply = format!("echo: {}", text.as_str());
+                if socket.send(Message::Text(reply.into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
 }
 
 /// Ends the process with status 1, as a crash would.

@@ -575,6 +575,81 @@ impl Agent {
     }
 }
 
+/// Serves `app` on a loopback port, on a thread (and runtime) of its own, so that it answers
+/// whatever the test's runtime is doing; its address. `app` is made on that thread.
+pub fn serve_on_thread<F>(app: F) -> std::net::SocketAddr
+where
+    F: FnOnce() -> axum::Router + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app()).await.unwrap();
+        });
+    });
+    addr
+}
+
+/// An HTTP/2 client (prior knowledge) on `stream`, its connection driven by a task.
+pub async fn h2_client<S, B>(stream: S) -> hyper::client::conn::http2::SendRequest<B>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (client, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The command of `meridian edge` at Paris with its public listener at `listen`.
+pub fn paris_edge(listen: &str) -> Command {
+    let mut command = Command::new(MERIDIAN);
+    command
+        .args([
+            "edge",
+            "--location",
+            "par",
+            "--lat",
+            "48.86",
+            "--lon",
+            "2.35",
+        ])
+        .args(["--listen", listen, "--admin", "127.0.0.1:0"]);
+    command
+}
+
+/// `meridian edge` at Paris, joined at `region`; its public address.
+pub fn edge(platform: &Deployed, region: &RegionalPlane, dir: &Path) -> (Killed, String) {
+    let token = region.join_token("edge/par");
+    let (child, lines) = spawn_with_lines(
+        paris_edge("127.0.0.1:0")
+            .args(["--control", &region.xds, "--join-token", &token])
+            .args(["--global-xds", &platform.global.xds])
+            .arg("--state-dir")
+            .arg(dir.join("edge-par"))
+            .env("MERIDIAN_LOG", "warn"),
+    );
+    let line = wait_for_line(&lines, STARTUP_DEADLINE, "the edge's address", |l| {
+        l.contains(" serving http://")
+    });
+    let address = line.rsplit("http://").next().unwrap().to_owned();
+    (Killed(child), address)
+}
+
 /// The region's gateway, joined with a token; the address of its plain-HTTP listener.
 pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
     let token = region.join_token("gateway");

@@ -150,6 +150,8 @@ pub fn config(
                 local_cluster.clone(),
                 json!({
                     "name": local_cluster,
+                    // gRPC and HTTP/2 ports are spoken to in HTTP/2 (prior knowledge).
+                    "protocol": if port.protocol.is_http2() { "http2" } else { "http1" },
                     "endpoints": [{"address": format!("{}:{}", instance.listen, port.port)}],
                 }),
             );

@@ -141,6 +141,13 @@ pub struct Port {
     pub protocol: Protocol,
 }
 
+impl Protocol {
+    /// Whether the port speaks HTTP/2 (cleartext, prior knowledge): `http2` and `grpc`.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
 fn default_protocol() -> Protocol {
     Protocol::Http
 }

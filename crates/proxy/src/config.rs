@@ -707,6 +707,96 @@ pub struct Limits {
     /// (and before the request takes a circuit-breaker slot); defaults to `10s`.
     #[serde(default = "default_request_body_timeout")]
     pub request_body_timeout: HumanDuration,
+    /// A connection with a response waiting for its client to take data, and no response of
+    /// it making progress, for this long is closed (a client that never opens its HTTP/2
+    /// window, or never reads); defaults to `60s`.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: HumanDuration,
+    /// Time a client has to complete a TLS handshake; defaults to `10s`.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout: HumanDuration,
+    /// Most TLS handshakes in progress at once from one client IP address, per listener;
+    /// a connection beyond it is closed at once and counted. Defaults to 64.
+    #[serde(default = "default_tls_handshakes_per_ip")]
+    pub max_tls_handshakes_per_ip: u32,
+    /// HTTP/2 settings of client connections.
+    #[serde(default)]
+    pub http2: Http2Limits,
+}
+
+/// How HTTP/2 client connections are bounded (besides `max_concurrent_streams` and
+/// `max_header_bytes`): the settings of hyper's (h2's) server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Http2Limits {
+    /// Streams the client opened and reset before they were served, at most this many pending
+    /// per connection (rapid reset, CVE-2023-44487); beyond it the connection ends with
+    /// GOAWAY. Defaults to 20.
+    #[serde(default = "default_pending_accept_reset_streams")]
+    pub max_pending_accept_reset_streams: u32,
+    /// Streams the proxy reset because of the client's errors, at most this many per
+    /// connection; beyond it the connection ends with GOAWAY. Defaults to 1024.
+    #[serde(default = "default_local_error_reset_streams")]
+    pub max_local_error_reset_streams: u32,
+    /// Most response bytes buffered per stream waiting for the client's window; defaults to
+    /// 409600.
+    #[serde(default = "default_max_send_buffer_bytes")]
+    pub max_send_buffer_bytes: u32,
+    /// Send a PING this often and close the connection if it is not answered within
+    /// `keep_alive_timeout`; off when absent (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_interval: Option<HumanDuration>,
+    /// How long a PING may go unanswered; defaults to `20s`.
+    #[serde(default = "default_keep_alive_timeout")]
+    pub keep_alive_timeout: HumanDuration,
+    /// The receive window of each stream, in bytes; absent (the default): adaptive, from 64 KiB
+    /// up to the measured bandwidth-delay product.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_stream_window_bytes: Option<u32>,
+    /// The receive window of each connection, in bytes; absent (the default): adaptive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_connection_window_bytes: Option<u32>,
+}
+
+fn default_send_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+fn default_tls_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+fn default_tls_handshakes_per_ip() -> u32 {
+    64
+}
+
+fn default_pending_accept_reset_streams() -> u32 {
+    20
+}
+
+fn default_local_error_reset_streams() -> u32 {
+    1024
+}
+
+fn default_max_send_buffer_bytes() -> u32 {
+    400 * 1024
+}
+
+fn default_keep_alive_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_pending_accept_reset_streams: default_pending_accept_reset_streams(),
+            max_local_error_reset_streams: default_local_error_reset_streams(),
+            max_send_buffer_bytes: default_max_send_buffer_bytes(),
+            keep_alive_interval: None,
+            keep_alive_timeout: default_keep_alive_timeout(),
+            initial_stream_window_bytes: None,
+            initial_connection_window_bytes: None,
+        }
+    }
 }
 
 fn default_request_body_timeout() -> HumanDuration {
@@ -743,6 +833,10 @@ impl Default for Limits {
             drain_timeout: default_drain_timeout(),
             max_request_body_bytes: None,
             request_body_timeout: default_request_body_timeout(),
+            send_timeout: default_send_timeout(),
+            tls_handshake_timeout: default_tls_handshake_timeout(),
+            max_tls_handshakes_per_ip: default_tls_handshakes_per_ip(),
+            http2: Http2Limits::default(),
         }
     }
 }
@@ -871,7 +965,22 @@ fn durations(config: &ProxyConfig) -> Vec<(String, Duration)> {
             "limits.request_body_timeout".to_owned(),
             config.limits.request_body_timeout.0,
         ),
+        (
+            "limits.send_timeout".to_owned(),
+            config.limits.send_timeout.0,
+        ),
+        (
+            "limits.tls_handshake_timeout".to_owned(),
+            config.limits.tls_handshake_timeout.0,
+        ),
+        (
+            "limits.http2.keep_alive_timeout".to_owned(),
+            config.limits.http2.keep_alive_timeout.0,
+        ),
     ];
+    if let Some(interval) = config.limits.http2.keep_alive_interval {
+        all.push(("limits.http2.keep_alive_interval".to_owned(), interval.0));
+    }
     for (l, listener) in config.listeners.iter().enumerate() {
         for (v, vhost) in listener.virtual_hosts.iter().enumerate() {
             for (r, route) in vhost.routes.iter().enumerate() {
@@ -1054,7 +1163,70 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
             "must be between 1 and 10000",
         );
     }
+    for (field, timeout) in [
+        ("limits.send_timeout", limits.send_timeout),
+        ("limits.tls_handshake_timeout", limits.tls_handshake_timeout),
+        (
+            "limits.http2.keep_alive_timeout",
+            limits.http2.keep_alive_timeout,
+        ),
+    ] {
+        if timeout.0 < Duration::from_millis(10) {
+            errs.push(field, "must be at least 10ms");
+        }
+    }
+    if !(1..=100_000).contains(&limits.max_tls_handshakes_per_ip) {
+        errs.push(
+            "limits.max_tls_handshakes_per_ip",
+            "must be between 1 and 100000",
+        );
+    }
+    validate_http2(&mut errs, &limits.http2);
     errs.into_result()
+}
+
+/// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+fn validate_http2(errs: &mut ValidationErrors, http2: &Http2Limits) {
+    if http2.max_pending_accept_reset_streams > 100_000 {
+        errs.push(
+            "limits.http2.max_pending_accept_reset_streams",
+            "must be at most 100000",
+        );
+    }
+    if http2.max_local_error_reset_streams > 100_000 {
+        errs.push(
+            "limits.http2.max_local_error_reset_streams",
+            "must be at most 100000",
+        );
+    }
+    if !(16 * 1024..=16 * 1024 * 1024).contains(&http2.max_send_buffer_bytes) {
+        errs.push(
+            "limits.http2.max_send_buffer_bytes",
+            "must be between 16384 and 16777216",
+        );
+    }
+    if http2
+        .keep_alive_interval
+        .is_some_and(|i| i.0 < Duration::from_millis(10))
+    {
+        errs.push("limits.http2.keep_alive_interval", "must be at least 10ms");
+    }
+    for (field, window) in [
+        (
+            "limits.http2.initial_stream_window_bytes",
+            http2.initial_stream_window_bytes,
+        ),
+        (
+            "limits.http2.initial_connection_window_bytes",
+            http2.initial_connection_window_bytes,
+        ),
+    ] {
+        if window.is_some_and(|w| !(65_535..=MAX_WINDOW).contains(&w)) {
+            errs.push(field, "must be between 65535 and 2147483647");
+        }
+    }
 }
 
 fn validate_virtual_hosts(
@@ -1487,6 +1659,28 @@ clusters:
         assert_eq!(err.errors[0].field, "config", "{err}");
         let err = parse_config("listeners: []\n? \n").unwrap_err();
         assert_eq!(err.errors[0].field, "config", "{err}");
+    }
+
+    #[test]
+    fn bad_client_limits_name_their_field() {
+        let text = format!(
+            "{VALID}limits: {{send_timeout: 0s, max_tls_handshakes_per_ip: 0, http2: \
+             {{max_send_buffer_bytes: 10, initial_stream_window_bytes: 100, keep_alive_interval: 25h}}}}\n"
+        );
+        let err = parse_config(&text).unwrap_err();
+        let mut fields: Vec<&str> = err.errors.iter().map(|e| e.field.as_str()).collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "limits.http2.initial_stream_window_bytes",
+                "limits.http2.keep_alive_interval",
+                "limits.http2.max_send_buffer_bytes",
+                "limits.max_tls_handshakes_per_ip",
+                "limits.send_timeout",
+            ],
+            "{err}"
+        );
     }
 
     #[test]

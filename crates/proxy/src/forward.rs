@@ -19,6 +19,7 @@ use crate::config::{RetryOn, RetryPolicy, TrustForwarded, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
 use crate::routing::Route;
 use crate::server::ListenerContext;
+use crate::switch::{tunnel, Switch};
 use crate::upstream::ConnectionLimitReached;
 use meridian_identity::SpiffeId;
 
@@ -99,16 +100,12 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the Connection header names.
-/// `te: trailers` survives: gRPC needs it end to end. With `upgrade` (a protocol switch being
-/// forwarded), `Upgrade: <upgrade>` and `Connection: upgrade` are set again.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+/// `te: trailers` survives: gRPC needs it end to end. A protocol switch being forwarded sets
+/// its own again ([`Switch`]).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names costs less than a lookup each.
     if headers.keys().any(is_hop_by_hop) {
         remove_hop_by_hop(headers);
-    }
-    if let Some(protocol) = upgrade {
-        headers.insert(header::UPGRADE, protocol);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -147,44 +144,6 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     {
         headers.remove(header::TE);
     }
-}
-
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with `Upgrade`).
-fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
-    if request.version() != Version::HTTP_11 {
-        return None;
-    }
-    let asks = request
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| request.headers().get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// Joins the client's and the upstream's upgraded connections and copies bytes both ways until
-/// either side closes.
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    open: crate::server::OpenGuard,
-) {
-    tokio::spawn(async move {
-        let _open = open;
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let mut client = hyper_util::rt::TokioIo::new(client);
-                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, "upgraded connection ended with an error");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "protocol switch failed"),
-        }
-    });
 }
 
 /// A random 128-bit request id in hex.
@@ -344,6 +303,8 @@ fn pool_authority(authority: &Authority) -> Option<Authority> {
 /// sends.
 struct Prepared {
     method: Method,
+    /// The `:protocol` of an extended CONNECT (RFC 8441) to the upstream.
+    protocol: Option<hyper::ext::Protocol>,
     /// The authority the client asked for, where the upstream's URI names it (none: HTTP/1.0
     /// without Host, or an upstream that reads it in Host).
     authority: Option<Authority>,
@@ -358,7 +319,7 @@ impl Prepared {
         parts: http::request::Parts,
         route: &Route,
         peer: &Peer,
-        upgrade: Option<HeaderValue>,
+        switch: Option<&Switch>,
         trusted: bool,
         sends_authority: bool,
     ) -> Result<Prepared, http::Error> {
@@ -375,7 +336,12 @@ impl Prepared {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
-        strip_hop_by_hop(&mut headers, upgrade);
+        strip_hop_by_hop(&mut headers);
+        // Connections that may speak HTTP/2 are those that carry the authority in the URI.
+        let (method, protocol) = match switch {
+            Some(switch) => switch.upstream(method, &mut headers, sends_authority),
+            None => (method, None),
+        };
         // The authority routed on is the one forwarded: an absolute-form target's or HTTP/2's
         // `:authority` replaces Host (RFC 9112 §3.2.2); HTTP/1.1 upstreams read it in Host.
         let authority = match uri.authority() {
@@ -406,6 +372,7 @@ impl Prepared {
         }
         Ok(Prepared {
             method,
+            protocol,
             authority,
             path_and_query,
             headers,
@@ -435,6 +402,9 @@ impl Prepared {
             })
             .body(body)?;
         *request.headers_mut() = headers;
+        if let Some(protocol) = &self.protocol {
+            request.extensions_mut().insert(protocol.clone());
+        }
         Ok(request)
     }
 }
@@ -667,8 +637,8 @@ pub async fn handle(
         .access_log
         .load(std::sync::atomic::Ordering::Relaxed)
         .then(|| (request.method().clone(), request.uri().clone()));
-    let upgrade = requested_upgrade(&request);
-    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let switch = Switch::requested(&request);
+    let client_side = switch.is_some().then(|| hyper::upgrade::on(&mut request));
     let trusted = match ctx.trust.load() {
         TrustForwarded::None => false,
         TrustForwarded::Mesh => peer.identity().is_some(),
@@ -679,11 +649,12 @@ pub async fn handle(
         request,
         peer,
         body_limit,
-        upgrade,
+        switch: switch.as_ref(),
         trusted,
         body_timeout,
         body_timeouts: &ctx.body_timeouts,
     };
+    let mut switched = None;
     let mut response = match forward(client, route, &target.cluster, metrics).await {
         Ok(mut response) => {
             // Only the proxy says why it answered itself.
@@ -693,8 +664,11 @@ pub async fn handle(
             if response.headers().contains_key(header::TRANSFER_ENCODING) {
                 response.headers_mut().remove(header::CONTENT_LENGTH);
             }
-            let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if let (true, Some(client_side)) = (switched, client_side) {
+            let upstream_h2 = target.cluster.client.sends_authority();
+            switched = switch
+                .as_ref()
+                .filter(|s| s.agreed(response.status(), upstream_h2));
+            if let (Some(_), Some(client_side)) = (switched, client_side) {
                 let open = ctx.shared.open_connection();
                 tunnel(client_side, hyper::upgrade::on(&mut response), open);
             }
@@ -704,14 +678,14 @@ pub async fn handle(
         }
         Err(answer) => answer,
     };
-    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     if !headers.contains_key(ERROR_HEADER) {
-        let switched_to = switched
-            .then(|| headers.get(header::UPGRADE).cloned())
-            .flatten();
-        strip_hop_by_hop(headers, switched_to);
+        strip_hop_by_hop(headers);
+        if let Some(switch) = switched {
+            *response.status_mut() = switch.answer(response.headers_mut());
+        }
     }
+    let headers = response.headers_mut();
     for name in &route.response_remove {
         headers.remove(name);
     }
@@ -777,7 +751,7 @@ struct ClientRequest<'p> {
     /// The client's HTTP version.
     version: Version,
     /// The protocol the client asks to switch to, if any.
-    upgrade: Option<HeaderValue>,
+    switch: Option<&'p Switch>,
     /// Time the client has to send a body the proxy reads whole.
     body_timeout: std::time::Duration,
     /// Counts the requests whose body did not arrive in that time.
@@ -804,7 +778,7 @@ async fn forward(
         parts,
         route,
         client.peer,
-        client.upgrade,
+        client.switch,
         client.trusted,
         cluster.client.sends_authority(),
     )
@@ -1036,7 +1010,7 @@ mod tests {
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert(header::TE, "trailers".parse().unwrap());
         headers.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut headers, None);
+        strip_hop_by_hop(&mut headers);
         let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["te", "x-kept"]);

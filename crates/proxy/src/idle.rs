@@ -1,5 +1,6 @@
-//! Closing idle client connections: a connection with no request in flight and no bytes moving
-//! for the idle timeout is dropped.
+//! Closing idle and stalled client connections: a connection with no request in flight and no
+//! bytes moving for the idle timeout is dropped, and so is one whose responses wait for the
+//! client to take their data for the send timeout.
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +17,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Activity {
     moves: AtomicU64,
     in_flight: AtomicUsize,
+    /// Polls of response bodies: the HTTP layer asks for more when the client takes data.
+    polls: AtomicU64,
+    /// Response bodies waiting to be asked for a frame: new ones, and those that handed one to
+    /// the HTTP layer and were not asked for more since.
+    waiting: AtomicUsize,
 }
 
 impl Activity {
@@ -32,6 +38,25 @@ impl Activity {
             tokio::time::sleep(timeout).await;
             let now = self.moves.load(Ordering::Relaxed);
             if now == seen && self.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            seen = now;
+        }
+    }
+
+    /// Resolves once a response has waited a whole `timeout` for the client to take its data
+    /// (its body was not asked for a first frame, or for another after handing one over) while
+    /// no response body of the connection was asked for a frame: the client reads nothing (a
+    /// zero HTTP/2 window, a full TCP window). Noticed within twice `timeout`.
+    pub async fn stalled_for(&self, timeout: Duration) {
+        let mut seen = (self.polls.load(Ordering::Relaxed), false);
+        loop {
+            tokio::time::sleep(timeout).await;
+            let now = (
+                self.polls.load(Ordering::Relaxed),
+                self.waiting.load(Ordering::Relaxed) > 0,
+            );
+            if now.1 && seen.1 && now.0 == seen.0 {
                 return;
             }
             seen = now;
@@ -114,19 +139,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 /// A response body that keeps its request counted as in flight until it has been sent or
-/// dropped.
+/// dropped, and says whether it waits for the client to take data (see
+/// [`Activity::stalled_for`]).
 pub struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// Not asked for a frame yet, or handed one over and not asked for another since.
+    waiting: bool,
 }
 
 impl<B> Tracked<B> {
     /// `inner`, holding `in_flight`.
     pub fn new(inner: B, in_flight: InFlight) -> Self {
-        Tracked {
+        let mut tracked = Tracked {
             inner,
-            _in_flight: in_flight,
+            in_flight,
+            waiting: false,
+        };
+        tracked.set_waiting(true);
+        tracked
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting == waiting {
+            return;
         }
+        self.waiting = waiting;
+        let count = &self.in_flight.0.waiting;
+        if waiting {
+            count.fetch_add(1, Ordering::Relaxed);
+        } else {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.set_waiting(false);
     }
 }
 
@@ -138,7 +188,10 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        self.in_flight.0.polls.fetch_add(1, Ordering::Relaxed);
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.set_waiting(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

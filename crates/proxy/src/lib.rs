@@ -15,6 +15,7 @@ mod cluster;
 mod config;
 mod forward;
 mod framing;
+mod handshakes;
 mod health;
 mod idle;
 mod mesh;
@@ -23,6 +24,7 @@ mod reload;
 mod routing;
 mod server;
 mod splice;
+mod switch;
 mod tls;
 mod upstream;
 mod xds;
@@ -38,7 +40,8 @@ use tokio_rustls::TlsAcceptor;
 
 pub use acme::{Http01Answers, HTTP01_PATH};
 pub use config::{
-    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, HttpsRedirect,
+    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
+    HttpsRedirect,
     LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig,
     RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
 };

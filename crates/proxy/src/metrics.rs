@@ -119,6 +119,8 @@ pub struct ProxyMetrics {
     mesh_denied: Family<ListenerLabels, Counter>,
     refused_connections: Family<ListenerLabels, Counter>,
     overloaded_connections: Family<ListenerLabels, Counter>,
+    handshakes_refused: Family<ListenerLabels, Counter>,
+    send_timeouts: Family<ListenerLabels, Counter>,
     body_timeouts: Family<ListenerLabels, Counter>,
     body_errors: Family<ClusterLabels, Counter>,
     upstream_errors: Family<ErrorLabels, Counter>,
@@ -154,6 +156,18 @@ impl Default for ProxyMetrics {
             "overloaded_connections",
             "Connections closed at once because the listener had max_connections open",
             overloaded_connections.clone(),
+        );
+        let handshakes_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes_refused",
+            "TLS connections closed at once because their client address had max_tls_handshakes_per_ip handshakes in progress",
+            handshakes_refused.clone(),
+        );
+        let send_timeouts = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "send_timeouts",
+            "Client connections closed because a response waited send_timeout for the client to take data",
+            send_timeouts.clone(),
         );
         let body_errors = Family::<ClusterLabels, Counter>::default();
         registry.register(
@@ -270,6 +284,8 @@ impl Default for ProxyMetrics {
             mesh_denied,
             refused_connections,
             overloaded_connections,
+            handshakes_refused,
+            send_timeouts,
             body_timeouts,
             body_errors,
             upstream_errors,
@@ -334,6 +350,26 @@ impl ProxyMetrics {
     /// The counter of connections `listener` closed because of their source address.
     pub fn refused_connections(&self, listener: &str) -> Counter {
         self.refused_connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of TLS connections `listener` closed because their client address had
+    /// `max_tls_handshakes_per_ip` handshakes in progress.
+    pub fn tls_handshakes_refused(&self, listener: &str) -> Counter {
+        self.handshakes_refused
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of connections `listener` closed because a response waited `send_timeout`
+    /// for its client.
+    pub fn send_timeouts(&self, listener: &str) -> Counter {
+        self.send_timeouts
             .get_or_create(&ListenerLabels {
                 listener: listener.to_owned(),
             })

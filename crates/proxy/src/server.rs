@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::cluster::{Cluster, Outcome};
 use crate::config::{Limits, TrustForwarded};
 use crate::forward;
+use crate::handshakes::HandshakeSlots;
 use crate::idle::{Activity, Tracked, Watched};
 use crate::mesh::MeshPolicy;
 use crate::metrics::ProxyMetrics;
@@ -129,6 +130,12 @@ pub struct ListenerContext {
     open: AtomicUsize,
     /// Connections closed at once because `max_connections` were open.
     overloaded: Counter,
+    /// TLS handshakes in progress by client address.
+    handshakes: Arc<HandshakeSlots>,
+    /// TLS connections closed at once because their address had its handshakes in progress.
+    handshakes_refused: Counter,
+    /// Connections closed because a response waited `send_timeout` for the client.
+    send_timeouts: Counter,
 }
 
 /// A listener's [`TrustForwarded`], read by every request and swapped on reload without a
@@ -263,6 +270,9 @@ impl Listener {
             max_connections: AtomicUsize::new(serving.max_connections as usize),
             open: AtomicUsize::new(0),
             overloaded: shared.metrics.overloaded_connections(name),
+            handshakes: Arc::default(),
+            handshakes_refused: shared.metrics.tls_handshakes_refused(name),
+            send_timeouts: shared.metrics.send_timeouts(name),
             refused: shared.metrics.refused_connections(name),
             no_route: shared.metrics.no_route(name),
             denied: shared.metrics.mesh_denied(name),
@@ -340,15 +350,29 @@ async fn accept_loop(
     }
 }
 
-/// Completes the TLS handshake (within the header read timeout), then serves HTTP on it.
+/// Completes the TLS handshake (within `tls_handshake_timeout`, as one of the client address's
+/// `max_tls_handshakes_per_ip`), then serves HTTP on it.
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: Arc<TlsAcceptor>,
     context: Arc<ListenerContext>,
 ) {
-    let timeout = context.shared.limits.load().header_read_timeout.0;
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    let (timeout, per_ip) = {
+        let limits = context.shared.limits.load();
+        (
+            limits.tls_handshake_timeout.0,
+            limits.max_tls_handshakes_per_ip,
+        )
+    };
+    let Some(slot) = context.handshakes.take(peer.ip(), per_ip) else {
+        context.handshakes_refused.inc();
+        tracing::debug!(listener = %context.name, %peer, "closing a connection beyond max_tls_handshakes_per_ip");
+        return;
+    };
+    let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+    drop(slot);
+    match handshake {
         Ok(Ok(mut tls)) => {
             if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
                 // An ACME validation (RFC 8737): the handshake was the answer; no HTTP follows.
@@ -385,19 +409,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = context.shared.limits.load_full();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_frame_size(crate::upstream::H2_MAX_FRAME)
-        .adaptive_window(crate::upstream::H2_ADAPTIVE_WINDOW)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = connection_builder(&limits);
     context.connections.inc();
     let _open = context.shared.open_connection();
     let activity = Arc::new(Activity::default());
@@ -425,6 +437,11 @@ where
             tracing::debug!(listener = %context.name, peer = %peer.addr, "closing an idle connection");
             None
         }
+        () = activity.stalled_for(limits.send_timeout.0) => {
+            context.send_timeouts.inc();
+            tracing::debug!(listener = %context.name, peer = %peer.addr, "closing a connection whose client takes no data");
+            None
+        }
         () = context.shared.open.drain_requested() => {
             // Finish what is in flight (HTTP/2: GOAWAY; HTTP/1.1: close after the response).
             connection.as_mut().graceful_shutdown();
@@ -435,6 +452,42 @@ where
         tracing::debug!(listener = %context.name, peer = %peer.addr, error = %e, "connection ended with an error");
     }
     context.connections.dec();
+}
+
+/// The HTTP/1.1 and HTTP/2 server of a client connection, bounded by `limits`.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(limits.max_header_bytes);
+    let http2 = &limits.http2;
+    let mut h2 = builder.http2();
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_frame_size(crate::upstream::H2_MAX_FRAME)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(http2.max_pending_accept_reset_streams as usize)
+        .max_local_error_reset_streams(http2.max_local_error_reset_streams as usize)
+        .max_send_buf_size(http2.max_send_buffer_bytes as usize)
+        .keep_alive_interval(http2.keep_alive_interval.map(|i| i.0))
+        .keep_alive_timeout(http2.keep_alive_timeout.0)
+        // WebSocket over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
+    match (
+        http2.initial_stream_window_bytes,
+        http2.initial_connection_window_bytes,
+    ) {
+        (None, None) => {
+            h2.adaptive_window(crate::upstream::H2_ADAPTIVE_WINDOW);
+        }
+        (stream, connection) => {
+            h2.initial_stream_window_size(stream)
+                .initial_connection_window_size(connection);
+        }
+    }
+    builder
 }
 
 /// Relays one TCP connection to an endpoint of `cluster`, trying up to three endpoints to

@@ -400,3 +400,77 @@ async fn an_empty_host_is_not_sent_beside_the_endpoints_authority() {
         "host {hosts:?} beside :authority {authority}"
     );
 }
+
+#[tokio::test]
+async fn requests_whose_length_is_in_doubt_are_refused_and_never_forwarded() {
+    let (upstream, heads) = raw_upstream(OK).await;
+    let (_proxy, address) = proxy(upstream, "http1").await;
+    // Each is a request another party could frame differently (RFC 9112 §6.3, §5.2, §7.1).
+    let smuggling: [(&str, &[u8]); 7] = [
+        (
+            "two different Content-Lengths",
+            b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+        ),
+        (
+            "a Content-Length list",
+            b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ncontent-length: 5, 6\r\n\r\nhello!",
+        ),
+        (
+            "a chunk size that is not hex",
+            b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "a chunk size that overflows",
+            b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ntransfer-encoding: chunked\r\n\r\n1ffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "a line folded onto the next (obs-fold)",
+            b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ncontent-length: 5\r\nx-note: a\r\n transfer-encoding: chunked\r\n\r\nhello",
+        ),
+        (
+            "whitespace before a colon",
+            b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ncontent-length : 5\r\n\r\nhello",
+        ),
+        (
+            "a transfer coding the proxy does not decode",
+            b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ntransfer-encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ];
+    for (what, request) in smuggling {
+        let answer = raw(address, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+    }
+    assert!(
+        heads.lock().unwrap().is_empty(),
+        "forwarded: {:?}",
+        heads.lock().unwrap()
+    );
+    // The proxy serves the next client.
+    let answer = raw(
+        address,
+        b"GET / HTTP/1.1\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_request_framed_by_chunked_and_content_length_is_forwarded_chunked_and_ends_its_connection(
+) {
+    let (upstream, heads) = raw_upstream(OK).await;
+    let (_proxy, address) = proxy(upstream, "http1").await;
+    // Read by Content-Length, the body would end after "5\r\nh" and "ello…" would start a
+    // second request; read as chunked (RFC 9112 §6.3), a request pipelined after it would.
+    let answer = raw(
+        address,
+        b"POST / HTTP/1.1\r\nhost: shop.example.com\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: shop.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let head = heads[0].to_ascii_lowercase();
+    assert!(!head.contains("content-length: 4"), "{head}");
+    assert!(!head.contains("smuggled"), "{head}");
+}

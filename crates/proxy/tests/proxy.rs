@@ -627,48 +627,6 @@ async fn a_request_head_trickled_past_the_header_timeout_is_cut_off() {
 }
 
 #[tokio::test]
-async fn websockets_are_tunnelled() {
-    use axum::extract::ws::{Message, WebSocketUpgrade};
-    use futures_util::{SinkExt, StreamExt};
-    let app = axum::Router::new().route(
-        "/echo",
-        axum::routing::get(|ws: WebSocketUpgrade| async {
-            ws.on_upgrade(|mut socket| async move {
-                while let Some(Ok(message)) = socket.recv().await {
-                    if let Message::Text(text) = message {
-                        let reply = format!("echo: {}", text.as_str());
-                        if socket.send(Message::Text(reply.into())).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            })
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let b = upstream("b").await;
-    let (_proxy, base) = start(&config(ws_upstream, b).replace(
-        "routes:\n          - cluster: b",
-        "routes:\n          - cluster: a",
-    ))
-    .await;
-    let url = format!("{}/echo", base.replace("http://", "ws://"));
-    let (mut socket, response) = tokio_tungstenite::connect_async(url).await.unwrap();
-    assert_eq!(response.status(), 101);
-    for word in ["hello", "again"] {
-        socket
-            .send(tokio_tungstenite::tungstenite::Message::text(word))
-            .await
-            .unwrap();
-        let reply = socket.next().await.unwrap().unwrap();
-        assert_eq!(reply.into_text().unwrap().as_str(), format!("echo: {word}"));
-    }
-    socket.close(None).await.unwrap();
-}
-
-#[tokio::test]
 async fn tcp_listeners_relay_bytes_and_skip_dead_endpoints() {
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo_addr = echo.local_addr().unwrap();

@@ -56,7 +56,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
-use meridian_model::{Endpoint, EndpointHealth, Protocol, RegionalDeployment};
+use meridian_model::{Endpoint, EndpointHealth, RegionalDeployment};
 use std::net::SocketAddr;
 
 use crate::meridian::ServiceInstance;
@@ -177,7 +177,7 @@ pub fn service(
     for (index, port) in deployment.spec.ports.iter().enumerate() {
         let name = proxy_cluster_name(deployment, &port.name);
         let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
-        let mut cluster = proxy_cluster(&name, port.protocol == Protocol::Http2);
+        let mut cluster = proxy_cluster(&name, port.protocol.is_http2());
         let mut target_port = port.port;
         if let Some(trust_domain) = mesh {
             let peer = format!(

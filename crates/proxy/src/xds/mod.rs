@@ -204,7 +204,7 @@ impl XdsHandler {
             Apply::Nothing | Apply::Clusters(_)
                 if !self.served && self.translation.ready(resources) =>
             {
-                Apply::Whole(self.translation.config())
+                Apply::Whole(Box::new(self.translation.config()))
             }
             apply => apply,
         };
@@ -219,7 +219,7 @@ impl XdsHandler {
                 }
                 Err(e) => Err(e.to_string()),
             },
-            Apply::Whole(config) => self.apply_whole(config).await,
+            Apply::Whole(config) => self.apply_whole(*config).await,
         };
         match applied {
             Ok(changed) => {

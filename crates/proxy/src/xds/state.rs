@@ -63,8 +63,8 @@ pub enum Apply {
     Nothing,
     /// These clusters, already in force, have new versions (perhaps only new endpoints).
     Clusters(Vec<ClusterConfig>),
-    /// The whole configuration.
-    Whole(ProxyConfig),
+    /// The whole configuration (boxed: it is much larger than the other variants).
+    Whole(Box<ProxyConfig>),
 }
 
 impl Translation {
@@ -108,7 +108,7 @@ impl Translation {
         let swapped = self.swap(staged);
         let apply = match (self.ready(resources), swapped.whole) {
             (false, _) => Apply::Nothing,
-            (true, true) => Apply::Whole(self.config()),
+            (true, true) => Apply::Whole(Box::new(self.config())),
             (true, false) if swapped.clusters.is_empty() => Apply::Nothing,
             (true, false) => Apply::Clusters(swapped.clusters),
         };
