@@ -1,0 +1,482 @@
+//! HTTP/3 (QUIC, RFC 9114) on TLS listeners: a UDP endpoint at the listener's address and port,
+//! whose request streams become `http::Request`s for the same request path as HTTP/1.1 and
+//! HTTP/2 ([`forward::handle`]), and whose answers are written back as HTTP/3 frames. It only
+//! adapts: routing, limits on bodies, metrics and the access log are the request path's.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use h3::error::Code;
+use h3::server::{RequestResolver, RequestStream};
+use http::{HeaderMap, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::body::ClientBody;
+use crate::config::Limits;
+use crate::forward::{self, ProxyBody};
+use crate::idle::{Activity, InFlight};
+use crate::server::{ConnectionSlot, ListenerContext};
+
+/// The ALPN protocol of HTTP/3.
+const ALPN: &[u8] = b"h3";
+
+/// Flow-control windows of a client connection (bytes a client may send ahead of the proxy's
+/// reading): per request stream, and for the whole connection, so that a client's unread
+/// uploads cost at most the latter.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 8 << 20;
+
+/// Unidirectional streams a client may have open: HTTP/3 needs three (control, QPACK encoder
+/// and decoder); the rest leaves room for extension streams, which are read and dropped.
+const UNI_STREAMS: u32 = 16;
+
+/// Why a QUIC server configuration cannot be made from a listener's TLS configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve HTTP/3 with this TLS configuration: {0}")]
+pub struct QuicConfigError(String);
+
+/// The QUIC server configuration of a listener whose TCP side uses `tls`: the same certificate
+/// source (certificate, resolver, session storage and tickets are shared), ALPN `h3` alone,
+/// TLS 1.3 (all QUIC has), no 0-RTT (a replayed early request could act twice), and the
+/// client limits of `limits` (streams per connection, idle timeout).
+///
+/// This is the one place where HTTP/3 gets its certificates: whatever `rustls::ServerConfig`
+/// the TCP listener is given (files, or an in-process SNI resolver) is the one to pass here.
+pub fn server_config(
+    tls: &rustls::ServerConfig,
+    limits: &Limits,
+) -> Result<quinn::ServerConfig, QuicConfigError> {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| QuicConfigError(e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(limits.max_concurrent_streams.into())
+        .max_concurrent_uni_streams(UNI_STREAMS.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(limits.idle_timeout.0)
+                .map_err(|e| QuicConfigError(format!("limits.idle_timeout: {e}")))?,
+        ));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// The `Alt-Svc` value that advertises HTTP/3 on `port` for a day (RFC 7838).
+pub fn alt_svc(port: u16) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
+        .unwrap_or(http::HeaderValue::from_static("clear"))
+}
+
+/// A bound UDP endpoint, serving nothing until started, and the signal on which its
+/// connections wind down (GOAWAY): kept across reloads with the listener that owns it.
+pub struct QuicSocket {
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+}
+
+impl QuicSocket {
+    /// Binds UDP at `address`, the bound address of the listener's TCP socket.
+    pub fn bind(address: SocketAddr) -> std::io::Result<QuicSocket> {
+        let socket = std::net::UdpSocket::bind(address)?;
+        socket.set_nonblocking(true)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(QuicSocket {
+            endpoint,
+            stop: watch::Sender::new(false),
+        })
+    }
+}
+
+impl Drop for QuicSocket {
+    /// New connections are refused; open ones are asked to finish their requests and close
+    /// (GOAWAY), after which the UDP port is free.
+    fn drop(&mut self) {
+        self.endpoint.set_server_config(None);
+        self.stop.send_replace(true);
+    }
+}
+
+/// The HTTP/3 side of a listener: accepts QUIC connections until dropped (its socket with it,
+/// unless handed over).
+pub struct QuicListener {
+    socket: Option<QuicSocket>,
+    accept: JoinHandle<()>,
+}
+
+impl QuicListener {
+    /// Serves HTTP/3 on `socket` with `config`, for the listener of `context`.
+    pub fn start(
+        socket: QuicSocket,
+        config: quinn::ServerConfig,
+        context: Arc<ListenerContext>,
+    ) -> QuicListener {
+        socket.endpoint.set_server_config(Some(config));
+        let accept = tokio::spawn(accept_loop(
+            socket.endpoint.clone(),
+            context,
+            socket.stop.subscribe(),
+        ));
+        QuicListener {
+            socket: Some(socket),
+            accept,
+        }
+    }
+
+    /// New connections get `config` (certificates, limits); open ones carry on.
+    pub fn reconfigure(&self, config: quinn::ServerConfig) {
+        if let Some(socket) = &self.socket {
+            socket.endpoint.set_server_config(Some(config));
+        }
+    }
+
+    /// Stops accepting and hands the socket over to the listener that takes this one's
+    /// address; open connections carry on.
+    pub fn into_socket(mut self) -> Option<QuicSocket> {
+        self.accept.abort();
+        self.socket.take()
+    }
+}
+
+impl Drop for QuicListener {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Accepts QUIC connections: those from sources the listener does not serve are ignored, those
+/// beyond `max_connections` refused (both counted, as on TCP).
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    context: Arc<ListenerContext>,
+    stop: watch::Receiver<bool>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let peer = incoming.remote_address();
+        if !context.serves(peer.ip()) {
+            tracing::debug!(listener = %context.name, %peer, "QUIC connection from a source this listener does not serve");
+            incoming.ignore();
+            continue;
+        }
+        let Some(slot) = context.connection_slot() else {
+            tracing::debug!(listener = %context.name, %peer, "refusing a QUIC connection beyond max_connections");
+            incoming.refuse();
+            continue;
+        };
+        tokio::spawn(serve_connection(
+            incoming,
+            slot,
+            context.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+/// Completes the handshake (within the header read timeout), then serves HTTP/3 on it.
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    slot: ConnectionSlot,
+    context: Arc<ListenerContext>,
+    stop: watch::Receiver<bool>,
+) {
+    let peer = incoming.remote_address();
+    let limits = context.shared.limits.load_full();
+    let handshake = async { incoming.accept()?.await };
+    let connection = match tokio::time::timeout(limits.header_read_timeout.0, handshake).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
+            context.shared.metrics.tls_handshake_failed(&context.name);
+            tracing::debug!(listener = %context.name, %peer, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_elapsed) => {
+            context.shared.metrics.tls_handshake_failed(&context.name);
+            tracing::debug!(listener = %context.name, %peer, "QUIC handshake timed out");
+            return;
+        }
+    };
+    context.connections.inc();
+    let _open = context.shared.open_connection();
+    serve_requests(connection, peer, &context, &limits, stop).await;
+    context.connections.dec();
+    drop(slot);
+}
+
+/// Takes the connection's requests until the client closes it, it is idle for the idle
+/// timeout, or the proxy drains or drops the listener: then GOAWAY, and the connection closes
+/// once what is in flight has been answered.
+async fn serve_requests(
+    connection: quinn::Connection,
+    peer: SocketAddr,
+    context: &Arc<ListenerContext>,
+    limits: &Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let quic = connection.clone();
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(limits.max_header_bytes as u64);
+    let built = builder.build::<_, Bytes>(h3_quinn::Connection::new(connection));
+    let built = tokio::time::timeout(limits.header_read_timeout.0, built).await;
+    let Ok(Ok(mut h3)) = built else {
+        tracing::debug!(listener = %context.name, %peer, "HTTP/3 connection setup failed");
+        return;
+    };
+    let activity = Arc::new(Activity::default());
+    let client = forward::Peer::new(peer, "https");
+    let mut draining = false;
+    loop {
+        // After GOAWAY: a few round trips after the last answer, so that its last packets are
+        // acknowledged before the connection closes.
+        let linger = (quic.rtt() * 4).max(Duration::from_millis(50));
+        let idle = if draining {
+            linger
+        } else {
+            limits.idle_timeout.0
+        };
+        let wind_down = async {
+            let removed = async { stop.wait_for(|stop| *stop).await.is_ok() };
+            tokio::select! {
+                () = context.shared.open.drain_requested() => {}
+                true = removed => {}
+            }
+        };
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let request = serve_request(
+                        resolver,
+                        context.clone(),
+                        client.clone(),
+                        activity.request(),
+                        limits.header_read_timeout.0,
+                    );
+                    tokio::spawn(request);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(listener = %context.name, %peer, error = %e, "HTTP/3 connection ended");
+                    break;
+                }
+            },
+            () = activity.idle_for(idle) => {
+                if !draining {
+                    tracing::debug!(listener = %context.name, %peer, "closing an idle HTTP/3 connection");
+                }
+                break;
+            }
+            () = wind_down, if !draining => {
+                draining = true;
+                if let Err(e) = h3.shutdown(1).await {
+                    tracing::debug!(listener = %context.name, %peer, error = %e, "GOAWAY failed");
+                    break;
+                }
+            }
+        }
+    }
+    // Dropping the HTTP/3 connection closes it (H3_NO_ERROR).
+}
+
+/// Reads one request's head (within the header read timeout), passes the request through the
+/// request path and writes the answer.
+async fn serve_request(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    context: Arc<ListenerContext>,
+    peer: forward::Peer,
+    _in_flight: InFlight,
+    header_timeout: Duration,
+) {
+    let (request, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request())
+        .await
+    {
+        Ok(Ok(resolved)) => resolved,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %context.name, peer = %peer.addr, error = %e, "HTTP/3 request refused");
+            return;
+        }
+        Err(_elapsed) => return,
+    };
+    let (mut send, receive) = stream.split();
+    let body = RequestBody::new(receive, request.headers()).await;
+    let request = request.map(|()| ClientBody::Http3(body));
+    let response = forward::handle(request, context.clone(), &peer).await;
+    if let Err(e) = respond(&mut send, response).await {
+        tracing::debug!(listener = %context.name, peer = %peer.addr, error = %e, "HTTP/3 response not sent");
+    }
+}
+
+/// The sending half of a request stream.
+type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// Writes `response`: head, body and trailers. A body that breaks off resets the stream, so
+/// that it is never taken for complete.
+async fn respond(
+    send: &mut SendStream,
+    response: Response<ProxyBody>,
+) -> Result<(), h3::error::StreamError> {
+    let (parts, mut body) = response.into_parts();
+    send.send_response(Response::from_parts(parts, ())).await?;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            send.stop_stream(Code::H3_INTERNAL_ERROR);
+            return Ok(());
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => send.send_data(data).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await?;
+                }
+            }
+        }
+    }
+    send.finish().await
+}
+
+/// The error of a request body whose DATA frames add up to another length than its
+/// `Content-Length` (a malformed request, RFC 9114 §4.1.2).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body does not have the length its content-length says")]
+pub struct LengthMismatch;
+
+/// Where reading a request body is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// The body of an HTTP/3 request: its DATA frames, then its trailers, checked against its
+/// `Content-Length`.
+pub struct RequestBody {
+    stream: RequestStream<h3_quinn::RecvStream, Bytes>,
+    phase: Phase,
+    /// Bytes the `Content-Length` still announces.
+    expected: Option<u64>,
+    /// A frame read ahead by [`RequestBody::new`].
+    read_ahead: Option<Result<Frame<Bytes>, crate::body::BoxError>>,
+}
+
+impl RequestBody {
+    /// The body of the request with `headers`, read from `stream`. Whether it ends with the
+    /// head (as a request without body does) is found out at once, without waiting: such a
+    /// request is then forwarded without a body instead of streaming an empty one.
+    pub async fn new(
+        stream: RequestStream<h3_quinn::RecvStream, Bytes>,
+        headers: &HeaderMap,
+    ) -> RequestBody {
+        let expected = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let mut body = RequestBody {
+            stream,
+            phase: Phase::Data,
+            expected,
+            read_ahead: None,
+        };
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(Some(frame)) = body.poll_stream(cx) {
+                body.read_ahead = Some(frame);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        body
+    }
+
+    /// The next frame from the stream.
+    fn poll_stream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+        if self.phase == Phase::Data {
+            match ready!(self.stream.poll_recv_data(cx)) {
+                Ok(Some(mut data)) => {
+                    let data = data.copy_to_bytes(data.remaining());
+                    if let Some(left) = self.expected.as_mut() {
+                        match left.checked_sub(data.len() as u64) {
+                            Some(rest) => *left = rest,
+                            None => return self.fail(LengthMismatch.into()),
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) if self.expected.is_some_and(|left| left > 0) => {
+                    return self.fail(LengthMismatch.into())
+                }
+                Ok(None) => self.phase = Phase::Trailers,
+                Err(e) => return self.fail(e.into()),
+            }
+        }
+        if self.phase == Phase::Trailers {
+            let trailers = ready!(self.stream.poll_recv_trailers(cx));
+            self.phase = Phase::Done;
+            return Poll::Ready(match trailers {
+                Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            });
+        }
+        Poll::Ready(None)
+    }
+
+    /// Ends the body with `error`, telling the client to stop sending it.
+    fn fail(
+        &mut self,
+        error: crate::body::BoxError,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+        self.phase = Phase::Done;
+        self.stream.stop_sending(Code::H3_MESSAGE_ERROR);
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(frame) = self.read_ahead.take() {
+            return Poll::Ready(Some(frame));
+        }
+        self.poll_stream(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read_ahead.is_none() && self.phase == Phase::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let read_ahead = self
+            .read_ahead
+            .as_ref()
+            .and_then(|frame| frame.as_ref().ok())
+            .and_then(Frame::data_ref)
+            .map_or(0, |data| data.len() as u64);
+        match self.expected {
+            Some(left) => SizeHint::with_exact(left + read_ahead),
+            None => SizeHint::default(),
+        }
+    }
+}
