@@ -86,8 +86,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ClientBody {
     /// HTTP/1.1 or HTTP/2.
     Hyper(Incoming),
-    /// HTTP/3.
-    Http3(crate::http3::RequestBody),
+    /// HTTP/3: boxed, since an HTTP/3 stream is several times larger than hyper's body, which
+    /// would otherwise make every request's body as large.
+    Http3(Box<crate::http3::RequestBody>),
 }
 
 impl Body for ClientBody {
@@ -100,7 +101,7 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ClientBody::Http3(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Http3(body) => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
 

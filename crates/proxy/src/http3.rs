@@ -313,7 +313,7 @@ async fn serve_request(
     };
     let (mut send, receive) = stream.split();
     let body = RequestBody::new(receive, request.headers()).await;
-    let request = request.map(|()| ClientBody::Http3(body));
+    let request = request.map(|()| ClientBody::Http3(Box::new(body)));
     let response = forward::handle(request, context.clone(), &peer).await;
     if let Err(e) = respond(&mut send, response).await {
         tracing::debug!(listener = %context.name, peer = %peer.addr, error = %e, "HTTP/3 response not sent");

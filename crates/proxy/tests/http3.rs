@@ -1,6 +1,8 @@
 //! HTTP/3 on TLS listeners: real QUIC clients (quinn + h3) through the proxy to a loopback
 //! upstream, the `Alt-Svc` that advertises it, reloads, stream limits and garbage datagrams.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,15 +118,8 @@ struct Certificate {
 }
 
 fn certificate() -> Certificate {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert, cert_file, key_file) = common::certificate_files(dir.path());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone()).unwrap();
     Certificate {
@@ -235,6 +230,15 @@ struct Answer {
     headers: http::HeaderMap,
     body: Bytes,
     trailers: Option<http::HeaderMap>,
+}
+
+impl Client {
+    /// Whether the connection closes within ten seconds.
+    async fn closes(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), &mut self.closed)
+            .await
+            .is_ok()
+    }
 }
 
 impl Answer {
@@ -402,8 +406,7 @@ async fn http3_applies_the_client_limits() {
     assert_eq!(answer.status, 413);
 
     // An idle connection is closed.
-    let closed = tokio::time::timeout(Duration::from_secs(10), &mut client.closed).await;
-    assert!(closed.is_ok(), "the idle connection stayed open");
+    assert!(client.closes().await, "the idle connection stayed open");
 }
 
 #[tokio::test]
@@ -441,17 +444,10 @@ async fn tcp_get(address: SocketAddr, roots: &rustls::RootCertStore) -> Option<S
         .connect(name, tcp)
         .await
         .unwrap();
-    let (mut client, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
     let request = http::Request::get("https://shop.example.com/")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
-    let response = client.send_request(request).await.unwrap();
+    let response = common::h2_send(stream, request).await;
     assert_eq!(response.status(), 200);
     response
         .headers()
@@ -498,8 +494,7 @@ async fn a_reload_keeps_open_quic_connections_and_removing_the_listener_stops_it
     // Removed: its connections are told to go away and close; new ones are not served.
     let other = config(&cert, "127.0.0.1:0", false, upstream, "three", "");
     proxy.apply_text(&other).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(10), &mut client.closed).await;
-    assert!(closed.is_ok(), "the connection stayed open");
+    assert!(client.closes().await, "the connection stayed open");
     assert!(refused(address, &cert.roots).await);
 }
 
@@ -522,8 +517,7 @@ async fn draining_finishes_http3_requests_in_flight_then_closes() {
     held.open.send_replace(true);
     assert_eq!(in_flight.await.unwrap(), 200);
     assert_eq!(drained.await.unwrap(), 0, "a connection outlived the drain");
-    let closed = tokio::time::timeout(Duration::from_secs(10), &mut client.closed).await;
-    assert!(closed.is_ok(), "the connection stayed open");
+    assert!(client.closes().await, "the connection stayed open");
 }
 
 #[tokio::test]
