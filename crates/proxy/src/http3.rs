@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -36,6 +37,11 @@ const CONNECTION_WINDOW: u32 = 8 << 20;
 /// Unidirectional streams a client may have open: HTTP/3 needs three (control, QPACK encoder
 /// and decoder); the rest leaves room for extension streams, which are read and dropped.
 const UNI_STREAMS: u32 = 16;
+
+/// Handshakes in progress on a listener above which a client must first prove that it receives
+/// at its address (a QUIC Retry, one more round trip), so that a flood of Initial packets from
+/// forged addresses cannot hold the listener's connection slots until they time out.
+pub const HANDSHAKES_BEFORE_RETRY: usize = 64;
 
 /// Why a QUIC server configuration cannot be made from a listener's TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -160,18 +166,44 @@ impl Drop for QuicListener {
     }
 }
 
+/// A handshake in progress, counted until dropped.
+struct Handshake(Arc<AtomicUsize>);
+
+impl Handshake {
+    fn start(count: &Arc<AtomicUsize>) -> Handshake {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshake(count.clone())
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts QUIC connections: those from sources the listener does not serve are ignored, those
-/// beyond `max_connections` refused (both counted, as on TCP).
+/// beyond `max_connections` refused (both counted, as on TCP); above
+/// [`HANDSHAKES_BEFORE_RETRY`] handshakes in progress, unvalidated addresses get a Retry.
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     context: Arc<ListenerContext>,
     stop: watch::Receiver<bool>,
 ) {
+    let handshakes = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
         let peer = incoming.remote_address();
         if !context.serves(peer.ip()) {
             tracing::debug!(listener = %context.name, %peer, "QUIC connection from a source this listener does not serve");
             incoming.ignore();
+            continue;
+        }
+        if handshakes.load(Ordering::Relaxed) >= HANDSHAKES_BEFORE_RETRY
+            && !incoming.remote_address_validated()
+        {
+            if let Err(refused) = incoming.retry() {
+                refused.into_incoming().ignore();
+            }
             continue;
         }
         let Some(slot) = context.connection_slot() else {
@@ -181,7 +213,7 @@ async fn accept_loop(
         };
         tokio::spawn(serve_connection(
             incoming,
-            slot,
+            (slot, Handshake::start(&handshakes)),
             context.clone(),
             stop.clone(),
         ));
@@ -191,14 +223,16 @@ async fn accept_loop(
 /// Completes the handshake (within the header read timeout), then serves HTTP/3 on it.
 async fn serve_connection(
     incoming: quinn::Incoming,
-    slot: ConnectionSlot,
+    (slot, handshake): (ConnectionSlot, Handshake),
     context: Arc<ListenerContext>,
     stop: watch::Receiver<bool>,
 ) {
     let peer = incoming.remote_address();
     let limits = context.shared.limits.load_full();
-    let handshake = async { incoming.accept()?.await };
-    let connection = match tokio::time::timeout(limits.header_read_timeout.0, handshake).await {
+    let handshaken = async { incoming.accept()?.await };
+    let handshaken = tokio::time::timeout(limits.header_read_timeout.0, handshaken).await;
+    drop(handshake);
+    let connection = match handshaken {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => {
             context.shared.metrics.tls_handshake_failed(&context.name);

@@ -15,7 +15,7 @@ mod config;
 mod forward;
 mod framing;
 mod health;
-pub mod http3;
+mod http3;
 mod idle;
 mod mesh;
 mod metrics;
@@ -42,6 +42,7 @@ pub use config::{
     TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
+pub use http3::HANDSHAKES_BEFORE_RETRY;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_until, RunError, RunOptions};
 pub use xds::fixture as xds_fixture;

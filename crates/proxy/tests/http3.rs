@@ -190,11 +190,8 @@ async fn refused(address: SocketAddr, roots: &rustls::RootCertStore) -> bool {
         .is_err()
 }
 
-async fn connect_within(
-    address: SocketAddr,
-    roots: &rustls::RootCertStore,
-    timeout: Duration,
-) -> Result<Client, String> {
+/// A QUIC client endpoint on loopback that trusts `roots` and offers `h3`.
+fn quic_client(roots: &rustls::RootCertStore) -> quinn::Endpoint {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -205,6 +202,15 @@ async fn connect_within(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+async fn connect_within(
+    address: SocketAddr,
+    roots: &rustls::RootCertStore,
+    timeout: Duration,
+) -> Result<Client, String> {
+    let endpoint = quic_client(roots);
     let connecting = endpoint.connect(address, "shop.example.com").unwrap();
     let connection = tokio::time::timeout(timeout, connecting)
         .await
@@ -429,8 +435,11 @@ async fn tcp_answers_advertise_http3_while_it_is_served() {
     );
 }
 
-/// The `Alt-Svc` of an HTTP/2 answer over TLS from `address`.
-async fn tcp_get(address: SocketAddr, roots: &rustls::RootCertStore) -> Option<String> {
+/// A TLS connection to `address` for `shop.example.com` that negotiated HTTP/2.
+async fn h2_over_tls(
+    address: SocketAddr,
+    roots: &rustls::RootCertStore,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -444,6 +453,13 @@ async fn tcp_get(address: SocketAddr, roots: &rustls::RootCertStore) -> Option<S
         .connect(name, tcp)
         .await
         .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream
+}
+
+/// The `Alt-Svc` of an HTTP/2 answer over TLS from `address`.
+async fn tcp_get(address: SocketAddr, roots: &rustls::RootCertStore) -> Option<String> {
+    let stream = h2_over_tls(address, roots).await;
     let request = http::Request::get("https://shop.example.com/")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
@@ -608,4 +624,113 @@ async fn quic_connections_count_against_max_connections() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Requests per second of `tasks` loops of `request` for `run`, each loop with its own copy of
+/// `client`; every answer must be 200.
+async fn rate<C, F>(client: C, tasks: usize, run: Duration, request: fn(C) -> F) -> f64
+where
+    C: Clone + Send + 'static,
+    F: std::future::Future<Output = u16> + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + run;
+    let loops: Vec<_> = (0..tasks)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while tokio::time::Instant::now() < deadline {
+                    assert_eq!(request(client.clone()).await, 200);
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for counted in loops {
+        done += counted.await.unwrap();
+    }
+    done as f64 / run.as_secs_f64()
+}
+
+/// A rough figure, not a benchmark (bench/ owns those): GET requests per second over HTTP/3
+/// and over HTTP/2 (TLS) through the same proxy listener to the same upstream, one client
+/// connection with 32 requests in flight each, client and proxy in this process. Run with
+/// `cargo nextest run --release -p meridian-proxy --test http3 --run-ignored only --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints a rough figure; run on demand"]
+async fn rough_requests_per_second_over_http3_and_http2() {
+    const TASKS: usize = 32;
+    const RUN: Duration = Duration::from_secs(5);
+    let (upstream, _) = upstream().await;
+    let cert = certificate();
+    let (_proxy, address) = start(&config(&cert, "127.0.0.1:0", true, upstream, "one", "")).await;
+
+    let client = connect(address, &cert.roots).await.unwrap();
+    let http3 = rate(
+        client.requests.clone(),
+        TASKS,
+        RUN,
+        |mut requests| async move { get(&mut requests, "/").await.status },
+    )
+    .await;
+
+    let stream = h2_over_tls(address, &cert.roots).await;
+    let (h2, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let http2 = rate(h2, TASKS, RUN, |mut h2| async move {
+        let request = http::Request::get("https://shop.example.com/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = h2.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    })
+    .await;
+    println!(
+        "rough, in-process, {TASKS} in flight on one connection: HTTP/3 {http3:.0} req/s, \
+         HTTP/2 {http2:.0} req/s, ratio {:.2}",
+        http3 / http2
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_handshakes_from_forged_addresses_does_not_lock_clients_out() {
+    let (upstream, _) = upstream().await;
+    let cert = certificate();
+    let stalled = meridian_proxy::HANDSHAKES_BEFORE_RETRY + 16;
+    let text = config(&cert, "127.0.0.1:0", true, upstream, "one", "").replace(
+        r#""trust_forwarded""#,
+        &format!(r#""max_connections": {stalled}, "trust_forwarded""#),
+    );
+    let (_proxy, address) = start(&text).await;
+
+    // Real Initial packets, captured from clients that connect to a socket that never answers,
+    // then sent to the proxy from an address that never answers either: each is a handshake
+    // that stalls, as one from a forged address does.
+    let blackhole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let forger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = quic_client(&cert.roots);
+    let target = blackhole.local_addr().unwrap();
+    let mut initials = std::collections::HashSet::new();
+    let mut connecting = Vec::new();
+    let mut datagram = vec![0u8; 65536];
+    while initials.len() < stalled {
+        connecting.push(endpoint.connect(target, "shop.example.com").unwrap());
+        let (length, _) = blackhole.recv_from(&mut datagram).await.unwrap();
+        initials.insert(datagram[..length].to_vec());
+    }
+    for initial in &initials {
+        forger.send_to(initial, address).await.unwrap();
+    }
+
+    let mut client = connect(address, &cert.roots).await.unwrap();
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
 }
