@@ -252,9 +252,10 @@ async fn serve_connection(
     drop(slot);
 }
 
-/// Takes the connection's requests until the client closes it, it is idle for the idle
+/// Takes the connection's requests until the client closes it, or it is idle for the idle
 /// timeout, or the proxy drains or drops the listener: then GOAWAY, and the connection closes
-/// once what is in flight has been answered.
+/// once what is in flight has been answered (so that a request crossing the GOAWAY is known to
+/// the client as not processed).
 async fn serve_requests(
     connection: quinn::Connection,
     peer: SocketAddr,
@@ -290,7 +291,7 @@ async fn serve_requests(
                 true = removed => {}
             }
         };
-        tokio::select! {
+        let goaway = tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     let request = serve_request(
@@ -301,6 +302,7 @@ async fn serve_requests(
                         limits.header_read_timeout.0,
                     );
                     tokio::spawn(request);
+                    false
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -309,17 +311,19 @@ async fn serve_requests(
                 }
             },
             () = activity.idle_for(idle) => {
-                if !draining {
-                    tracing::debug!(listener = %context.name, %peer, "closing an idle HTTP/3 connection");
-                }
-                break;
-            }
-            () = wind_down, if !draining => {
-                draining = true;
-                if let Err(e) = h3.shutdown(1).await {
-                    tracing::debug!(listener = %context.name, %peer, error = %e, "GOAWAY failed");
+                if draining {
                     break;
                 }
+                tracing::debug!(listener = %context.name, %peer, "closing an idle HTTP/3 connection");
+                true
+            }
+            () = wind_down, if !draining => true,
+        };
+        if goaway {
+            draining = true;
+            if let Err(e) = h3.shutdown(1).await {
+                tracing::debug!(listener = %context.name, %peer, error = %e, "GOAWAY failed");
+                break;
             }
         }
     }
