@@ -79,9 +79,50 @@ impl BodyState {
     }
 }
 
+/// The error of a body from a client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client's request body: from hyper (HTTP/1.1, HTTP/2) or from an HTTP/3 request stream.
+pub enum ClientBody {
+    /// HTTP/1.1 or HTTP/2.
+    Hyper(Incoming),
+    /// HTTP/3: boxed, since an HTTP/3 stream is several times larger than hyper's body, which
+    /// would otherwise make every request's body as large.
+    Http3(Box<crate::http3::RequestBody>),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::Http3(body) => Pin::new(body.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Http3(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Http3(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A request body that fails once more than its limit has been read, and records how it ended.
 pub struct LimitedBody {
-    inner: Incoming,
+    inner: ClientBody,
     left: u64,
     state: Arc<BodyState>,
     /// Most bytes the copy for replay may hold, while one is kept.
@@ -104,7 +145,7 @@ struct Idle {
 
 impl LimitedBody {
     /// `inner`, limited to `limit` bytes.
-    pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
+    pub fn new(inner: ClientBody, limit: u64) -> LimitedBody {
         let state = BodyState::default();
         state
             .finished
@@ -210,7 +251,7 @@ impl LimitedBody {
 
 impl Body for LimitedBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -230,7 +271,7 @@ impl Body for LimitedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.state.failed.store(true, Ordering::Relaxed);
-                return Poll::Ready(Some(Err(e.into())));
+                return Poll::Ready(Some(Err(e)));
             }
             Poll::Ready(Some(Ok(frame))) => frame,
         };

@@ -51,7 +51,8 @@ pub struct ListenerConfig {
     /// The cluster connections are relayed to (`tcp` listeners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
-    /// Terminate TLS on this listener (`http` listeners); ALPN offers `h2` and `http/1.1`.
+    /// Terminate TLS on this listener (`http` listeners); ALPN offers `h2` and `http/1.1`, and
+    /// with `http3` the listener also serves HTTP/3 over UDP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     /// Make this a mesh listener (`http` listeners; not with `tls`): mutual TLS with workload
@@ -127,6 +128,10 @@ pub struct TlsConfig {
     /// The name of a registered certificate source; not with the files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Also serve HTTP/3 (QUIC) on UDP at the same address and port, with the same
+    /// certificates, and advertise it in `Alt-Svc` on the TCP answers; defaults to false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http3: bool,
 }
 
 /// A set of routes for some host names.
@@ -690,7 +695,8 @@ pub struct Limits {
     /// Time a client has to send a complete request head; defaults to `10s`.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: HumanDuration,
-    /// Most concurrent HTTP/2 streams per client connection; defaults to 256.
+    /// Most concurrent HTTP/2 streams, and HTTP/3 request streams, per client connection;
+    /// defaults to 256.
     #[serde(default = "default_max_streams")]
     pub max_concurrent_streams: u32,
     /// A client connection with no request in flight and no bytes moving for this long is

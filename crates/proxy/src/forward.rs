@@ -13,7 +13,7 @@ use hyper::body::Body as _;
 use hyper::body::Frame;
 use hyper::body::Incoming;
 
-use crate::body::{BodyState, LimitedBody, ResponseBody};
+use crate::body::{BodyState, ClientBody, LimitedBody, ResponseBody};
 use crate::cluster::{Cluster, Outcome, Overflow};
 use crate::config::{RetryOn, RetryPolicy, TrustForwarded, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
@@ -84,7 +84,7 @@ fn closing(mut response: Response<ProxyBody>, version: Version) -> Response<Prox
 
 /// The request's host without port: that of the authority the RFCs name
 /// ([`crate::framing::authority`]).
-fn request_host(request: &Request<Incoming>) -> &str {
+fn request_host<B>(request: &Request<B>) -> &str {
     strip_port(crate::framing::authority(request))
 }
 
@@ -592,13 +592,14 @@ impl Attempt {
     }
 }
 
-/// Serves one request: the whole proxy path for one listener.
+/// Serves one request, of any HTTP version: the whole proxy path for one listener.
 pub async fn handle(
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     ctx: Arc<ListenerContext>,
     peer: &Peer,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    ctx.count_request(request.version());
     if let Some(reason) = crate::framing::refusal(&request) {
         // Where this request ends is in doubt: nothing more is read from the connection.
         return closing(
@@ -742,7 +743,7 @@ fn log_access(
 /// answer.
 /// A client's request with what forwarding needs to know about it.
 struct ClientRequest<'p> {
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     peer: &'p Peer,
     /// Largest body allowed, in bytes.
     body_limit: Option<u64>,

@@ -25,8 +25,10 @@ pub struct Activity {
 }
 
 impl Activity {
-    /// Marks a request in flight until the guard is dropped.
+    /// Marks a request in flight until the guard is dropped; its start and end count as
+    /// activity.
     pub fn request(self: &Arc<Self>) -> InFlight {
+        self.moves.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -69,6 +71,7 @@ pub struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.moves.fetch_add(1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

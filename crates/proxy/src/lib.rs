@@ -17,6 +17,7 @@ mod forward;
 mod framing;
 mod handshakes;
 mod health;
+mod http3;
 mod idle;
 mod mesh;
 mod metrics;
@@ -46,6 +47,7 @@ pub use config::{
     RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
+pub use http3::HANDSHAKES_BEFORE_RETRY;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_until, RunError, RunOptions};
 pub use tls::{TlsSource, ACME_TLS_ALPN};
@@ -124,6 +126,15 @@ fn tls_acceptors(
         }
     }
     errors.into_result().map(|()| acceptors)
+}
+
+/// Binds the UDP side (HTTP/3) of listener `index` at `address`, before anything changes.
+fn bind_udp(index: usize, address: SocketAddr) -> Result<http3::QuicSocket, ApplyError> {
+    http3::QuicSocket::bind(address).map_err(|source| ApplyError::Bind {
+        index,
+        address,
+        source,
+    })
 }
 
 /// What makes an upstream client reusable: cluster, protocol, connect timeout, and what
@@ -285,6 +296,16 @@ impl Proxy {
                 built_acceptors.insert(fingerprint, acceptor.clone());
                 acceptor
             });
+            let quic = match (&listener.tls, &acceptor) {
+                (Some(tls), Some(acceptor)) if tls.http3 => Some(
+                    http3::server_config(acceptor.config(), &config.limits).map_err(|e| {
+                        let mut errors = ValidationErrors::default();
+                        errors.push(format!("listeners[{index}].tls.http3"), e.to_string());
+                        ApplyError::Invalid(errors)
+                    })?,
+                ),
+                _ => None,
+            };
             let relay = listener
                 .cluster
                 .as_ref()
@@ -304,9 +325,17 @@ impl Proxy {
                     .collect(),
                 max_connections: listener.max_connections,
                 trust: listener.trust_forwarded,
+                quic,
             };
             if unchanged(listener) {
-                reused.push((listener.name.clone(), parts));
+                // A kept listener that starts serving HTTP/3 binds its UDP side now.
+                let udp = match active.listeners.get(&listener.name) {
+                    Some((_, _, kept)) if parts.quic.is_some() && !kept.serves_http3() => {
+                        Some(bind_udp(index, kept.bound)?)
+                    }
+                    _ => None,
+                };
+                reused.push((listener.name.clone(), parts, udp));
                 continue;
             }
             let address: SocketAddr = listener.address.parse().map_err(|_| {
@@ -328,8 +357,15 @@ impl Proxy {
                 })
                 .map(|(name, _)| name.clone());
             if let Some(owner) = owner {
+                // The UDP side is taken over too; one the old listener lacks is bound now.
+                let udp = match active.listeners.get(&owner) {
+                    Some((_, _, old)) if parts.quic.is_some() && !old.serves_http3() => {
+                        Some(bind_udp(index, address)?)
+                    }
+                    _ => None,
+                };
                 taken.insert(owner.clone());
-                handovers.push((listener, parts, owner));
+                handovers.push((listener, parts, owner, udp));
                 continue;
             }
             let shared = self.shared.clone();
@@ -364,19 +400,21 @@ impl Proxy {
             .access_log
             .store(config.access_log, std::sync::atomic::Ordering::Relaxed);
         let mut kept = std::mem::take(&mut active.listeners);
-        for (name, serving) in reused {
-            if let Some(entry) = kept.remove(&name) {
-                entry.2.context.update(serving);
+        for (name, serving, udp) in reused {
+            if let Some(mut entry) = kept.remove(&name) {
+                entry.2.update(serving, udp);
                 fresh.insert(name, entry);
             }
         }
-        for (listener, serving, owner) in handovers {
+        for (listener, serving, owner, udp) in handovers {
             let Some((_, _, old)) = kept.remove(&owner) else {
                 continue;
             };
             let shared = self.shared.clone();
             let started = match old.into_socket().await {
-                Some(socket) => Listener::start(&listener.name, socket, serving, shared),
+                Some((tcp, old_udp)) => {
+                    Listener::start(&listener.name, tcp, udp.or(old_udp), serving, shared)
+                }
                 None => Err(std::io::Error::other("the previous accept loop had ended")),
             };
             match started {

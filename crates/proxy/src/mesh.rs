@@ -5,7 +5,6 @@
 //! reaches the upstream in [`PEER_HEADER`], which is never taken from a client.
 
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use meridian_identity::{SpiffeId, Subject};
 
 use crate::config::MeshConfig;
@@ -70,8 +69,8 @@ impl MeshPolicy {
 /// dropped; on a mesh listener an authorized caller's ID is set in its place, and anyone else is
 /// answered 403 `forbidden_peer` (counted and written to the audit log): that answer is
 /// returned.
-pub fn refuse(
-    request: &mut Request<Incoming>,
+pub fn refuse<B>(
+    request: &mut Request<B>,
     ctx: &ListenerContext,
     peer: &Peer,
 ) -> Option<Response<ProxyBody>> {

@@ -31,6 +31,15 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    listener: String,
+    protocol: &'static str,
+}
+
+/// The `protocol` label of client requests, by HTTP version.
+pub const CLIENT_PROTOCOLS: [&str; 3] = ["http1", "http2", "http3"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     cluster: String,
     kind: &'static str,
@@ -115,6 +124,7 @@ pub struct ProxyMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     connections: Family<ListenerLabels, Gauge>,
+    client_requests: Family<ProtocolLabels, Counter>,
     no_route: Family<ListenerLabels, Counter>,
     mesh_denied: Family<ListenerLabels, Counter>,
     refused_connections: Family<ListenerLabels, Counter>,
@@ -148,6 +158,12 @@ impl Default for ProxyMetrics {
         let latency =
             Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let connections = Family::<ListenerLabels, Gauge>::default();
+        let client_requests = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "client_requests",
+            "Requests received from clients, by listener and HTTP version (http1, http2, http3)",
+            client_requests.clone(),
+        );
         let no_route = Family::<ListenerLabels, Counter>::default();
         let mesh_denied = Family::<ListenerLabels, Counter>::default();
         let refused_connections = Family::<ListenerLabels, Counter>::default();
@@ -280,6 +296,7 @@ impl Default for ProxyMetrics {
             requests,
             latency,
             connections,
+            client_requests,
             no_route,
             mesh_denied,
             refused_connections,
@@ -336,6 +353,18 @@ impl ProxyMetrics {
                 listener: listener.to_owned(),
             })
             .clone()
+    }
+
+    /// The request counters of a listener, one per protocol of [`CLIENT_PROTOCOLS`].
+    pub fn client_requests(&self, listener: &str) -> [Counter; 3] {
+        CLIENT_PROTOCOLS.map(|protocol| {
+            self.client_requests
+                .get_or_create(&ProtocolLabels {
+                    listener: listener.to_owned(),
+                    protocol,
+                })
+                .clone()
+        })
     }
 
     /// The no-route counter of a listener.

@@ -1,5 +1,5 @@
 //! Listeners: accept loops and per-connection HTTP/1.1 + HTTP/2 (h2c) serving, with the limits
-//! of the current configuration.
+//! of the current configuration; a TLS listener's HTTP/3 side is [`crate::http3`]'s.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -17,10 +18,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::ClientBody;
 use crate::cluster::{Cluster, Outcome};
 use crate::config::{Limits, TrustForwarded};
 use crate::forward;
 use crate::handshakes::HandshakeSlots;
+use crate::http3::{QuicListener, QuicSocket};
 use crate::idle::{Activity, Tracked, Watched};
 use crate::mesh::MeshPolicy;
 use crate::metrics::ProxyMetrics;
@@ -81,7 +84,7 @@ impl OpenConnections {
     }
 
     /// Resolves once draining has begun.
-    async fn drain_requested(&self) {
+    pub(crate) async fn drain_requested(&self) {
         let mut draining = self.draining.subscribe();
         let _ = draining.wait_for(|d| *d).await;
     }
@@ -124,7 +127,12 @@ pub struct ListenerContext {
     pub body_timeouts: Counter,
     /// Connections closed because of their source address.
     refused: Counter,
-    connections: Gauge,
+    /// Open client connections.
+    pub(crate) connections: Gauge,
+    /// Requests received, by protocol ([`crate::metrics::CLIENT_PROTOCOLS`]).
+    requests: [Counter; 3],
+    /// The `Alt-Svc` header of TCP answers, while the listener serves HTTP/3.
+    alt_svc: ArcSwapOption<HeaderValue>,
     /// Most connections open at once, and how many are (from accept to close).
     max_connections: AtomicUsize,
     open: AtomicUsize,
@@ -171,6 +179,8 @@ pub struct Listener {
     pub bound: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     accept: JoinHandle<TcpListener>,
+    /// The HTTP/3 side, while the listener serves it.
+    quic: Option<QuicListener>,
 }
 
 impl Drop for Listener {
@@ -195,6 +205,9 @@ pub struct Serving {
     pub max_connections: u32,
     /// Whose forwarding headers are kept.
     pub trust: TrustForwarded,
+    /// The QUIC configuration, when the listener also serves HTTP/3 (taken by the
+    /// [`Listener`], not the context).
+    pub quic: Option<quinn::ServerConfig>,
 }
 
 impl ListenerContext {
@@ -210,9 +223,29 @@ impl ListenerContext {
             .store(serving.max_connections as usize, Ordering::Relaxed);
     }
 
+    /// Whether connections from `ip` are served (`sources`).
+    pub(crate) fn serves(&self, ip: IpAddr) -> bool {
+        let sources = self.sources.load();
+        let served = sources.is_empty() || sources.contains(&ip);
+        if !served {
+            self.refused.inc();
+        }
+        served
+    }
+
+    /// Counts a request of HTTP `version`.
+    pub(crate) fn count_request(&self, version: http::Version) {
+        let protocol = match version {
+            http::Version::HTTP_2 => 1,
+            http::Version::HTTP_3 => 2,
+            _ => 0,
+        };
+        self.requests[protocol].inc();
+    }
+
     /// A slot for a newly accepted connection, held until it closes; `None` when
     /// `max_connections` are open.
-    fn connection_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+    pub(crate) fn connection_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
         let max = self.max_connections.load(Ordering::Relaxed);
         let taken = self
             .open
@@ -230,7 +263,7 @@ impl ListenerContext {
 }
 
 /// One of a listener's `max_connections`, given back when dropped.
-struct ConnectionSlot(Arc<ListenerContext>);
+pub(crate) struct ConnectionSlot(Arc<ListenerContext>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
@@ -239,7 +272,8 @@ impl Drop for ConnectionSlot {
 }
 
 impl Listener {
-    /// Binds `address` and starts accepting.
+    /// Binds `address` (and, for HTTP/3, UDP at the same address and port) and starts
+    /// accepting.
     pub async fn bind(
         name: &str,
         address: SocketAddr,
@@ -247,17 +281,24 @@ impl Listener {
         shared: Arc<Shared>,
     ) -> std::io::Result<Listener> {
         let socket = TcpListener::bind(address).await?;
-        Listener::start(name, socket, serving, shared)
+        let udp = match serving.quic {
+            Some(_) => Some(QuicSocket::bind(socket.local_addr()?)?),
+            None => None,
+        };
+        Listener::start(name, socket, udp, serving, shared)
     }
 
-    /// Starts accepting on an already bound `socket`.
+    /// Starts accepting on an already bound `socket`, and HTTP/3 on `udp` if `serving` has a
+    /// QUIC configuration.
     pub fn start(
         name: &str,
         socket: TcpListener,
-        serving: Serving,
+        udp: Option<QuicSocket>,
+        mut serving: Serving,
         shared: Arc<Shared>,
     ) -> std::io::Result<Listener> {
         let bound = socket.local_addr()?;
+        let quic = serving.quic.take();
         let context = Arc::new(ListenerContext {
             name: name.to_owned(),
             table: ArcSwap::from_pointee(serving.table),
@@ -275,6 +316,8 @@ impl Listener {
             send_timeouts: shared.metrics.send_timeouts(name),
             refused: shared.metrics.refused_connections(name),
             no_route: shared.metrics.no_route(name),
+            requests: shared.metrics.client_requests(name),
+            alt_svc: ArcSwapOption::empty(),
             denied: shared.metrics.mesh_denied(name),
             connections: shared.metrics.connections(name),
             shared,
@@ -282,22 +325,58 @@ impl Listener {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let accept = tokio::spawn(accept_loop(socket, context.clone(), stopped));
         tracing::info!(listener = name, address = %bound, "listening");
-        Ok(Listener {
+        let mut listener = Listener {
             context,
             bound,
             stop: Some(stop),
             accept,
-        })
+            quic: None,
+        };
+        listener.serve_http3(quic, udp);
+        Ok(listener)
     }
 }
 
 impl Listener {
-    /// Stops accepting and hands back the bound socket, so that a listener of the next config can
-    /// take over its address without a gap. `None` if the accept loop had ended.
-    pub async fn into_socket(mut self) -> Option<TcpListener> {
+    /// Stops accepting and hands back the bound sockets (TCP, and UDP if it serves HTTP/3), so
+    /// that a listener of the next config can take over its address without a gap. `None` if
+    /// the accept loop had ended.
+    pub async fn into_socket(mut self) -> Option<(TcpListener, Option<QuicSocket>)> {
+        let udp = self.quic.take().and_then(QuicListener::into_socket);
         let stop = self.stop.take()?;
         let _ = stop.send(());
-        (&mut self.accept).await.ok()
+        let tcp = (&mut self.accept).await.ok()?;
+        Some((tcp, udp))
+    }
+
+    /// Whether it serves HTTP/3.
+    pub fn serves_http3(&self) -> bool {
+        self.quic.is_some()
+    }
+
+    /// Serves new connections and requests the new way: HTTP/3 with `serving`'s QUIC
+    /// configuration (on the UDP socket it has, or else on `udp`), or no longer.
+    pub fn update(&mut self, mut serving: Serving, udp: Option<QuicSocket>) {
+        let quic = serving.quic.take();
+        self.context.update(serving);
+        self.serve_http3(quic, udp);
+    }
+
+    /// Serves HTTP/3 with `config` (on the UDP socket it has, or else on `udp`), or stops
+    /// serving it; `Alt-Svc` follows.
+    fn serve_http3(&mut self, config: Option<quinn::ServerConfig>, udp: Option<QuicSocket>) {
+        match (config, &self.quic) {
+            (Some(config), Some(quic)) => quic.reconfigure(config),
+            (Some(config), None) => {
+                self.quic = udp.map(|udp| QuicListener::start(udp, config, self.context.clone()));
+            }
+            (None, _) => self.quic = None,
+        }
+        let alt_svc = self
+            .quic
+            .as_ref()
+            .map(|_| Arc::new(crate::http3::alt_svc(self.bound.port())));
+        self.context.alt_svc.store(alt_svc);
     }
 }
 
@@ -315,10 +394,8 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let sources = context.sources.load();
-                if !sources.is_empty() && !sources.contains(&peer.ip()) {
+                if !context.serves(peer.ip()) {
                     tracing::debug!(listener = %context.name, %peer, "connection from a source this listener does not serve");
-                    context.refused.inc();
                     continue;
                 }
                 let Some(slot) = context.connection_slot() else {
@@ -422,7 +499,13 @@ where
             let peer = peer.clone();
             let in_flight = activity.request();
             async move {
-                let response = forward::handle(request, context, &peer).await;
+                let request = request.map(ClientBody::Hyper);
+                let mut response = forward::handle(request, context.clone(), &peer).await;
+                if let Some(alt_svc) = context.alt_svc.load().as_deref() {
+                    response
+                        .headers_mut()
+                        .insert(http::header::ALT_SVC, alt_svc.clone());
+                }
                 // In flight until the body has been sent: a quiet stream is not an idle connection.
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }

@@ -771,15 +771,8 @@ async fn tls_connect(
 #[tokio::test]
 async fn tls_listeners_negotiate_http2_and_http1_by_alpn() {
     let (a, b) = (upstream("a").await, upstream("b").await);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert, cert_file, key_file) = common::certificate_files(dir.path());
     let tls = format!(
         "    tls: {{cert_file: \"{}\", key_file: \"{}\"}}\n    virtual_hosts:",
         cert_file.display(),

@@ -20,3 +20,20 @@ where
     tokio::spawn(connection);
     client.send_request(request).await.unwrap()
 }
+
+/// A self-signed certificate for `shop.example.com`, written with its key to `cert.pem` and
+/// `key.pem` in `dir`; the certificate and the two paths.
+#[allow(dead_code)] // Not every test binary has TLS listeners.
+pub fn certificate_files(
+    dir: &std::path::Path,
+) -> (rcgen::Certificate, std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert, cert_file, key_file)
+}
