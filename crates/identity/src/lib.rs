@@ -10,11 +10,13 @@
 mod authority;
 pub mod enroll;
 mod join_tokens;
+mod seal;
 mod spiffe;
 mod verify;
 
 pub use authority::{blank_request, request_for, Authority, AuthorityError, IssueError, Issued};
 pub use join_tokens::{JoinTokens, JoinTokensError};
+pub use seal::{random, SealError, SealingKey, SECRETS_KEY_LEN};
 pub use spiffe::{BadSpiffeId, SpiffeId, Subject};
 pub use verify::{
     certified_key, client_config, control_client_config, control_server_config,
