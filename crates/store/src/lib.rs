@@ -136,14 +136,19 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     /// A public domain is served by another service: `index` is its place in the definition's
-    /// `domains`, `reason` says which domain and through which claim, naming the holder only
-    /// when it is of the same org.
-    #[error("domains[{index}]: {reason}")]
+    /// `domains`, `held` the claim that overlaps it (the domain itself or a wildcard) and
+    /// `holder` the service holding it. Whom to name the holder to is the caller's decision;
+    /// the message names nobody.
+    #[error("domains[{index}]: `{domain}` is already served by another service")]
     DomainTaken {
         /// The domain's index in `domains`.
         index: usize,
-        /// Which domain is taken, and how.
-        reason: String,
+        /// The domain asked for.
+        domain: String,
+        /// The claim that overlaps it.
+        held: String,
+        /// The service that holds `held`.
+        holder: ServiceKey,
     },
     /// The backend failed (I/O, database).
     #[error("storage failure: {0}")]
