@@ -86,6 +86,11 @@ enum Command {
     /// Register, list and remove a service's endpoints (where its instances listen).
     #[command(subcommand)]
     Endpoint(commands::endpoints::EndpointCommand),
+    /// List the public domains of your services and the state of their certificates.
+    Domains(commands::domains::DomainsArgs),
+    /// Upload a certificate for a public domain.
+    #[command(subcommand)]
+    Cert(commands::domains::CertCommand),
     /// List resources.
     #[command(subcommand)]
     Get(commands::resources::GetCommand),
@@ -174,6 +179,10 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Endpoint(cmd) => {
             commands::endpoints::endpoint(&Client::new(&args)?, format, cmd).await
         }
+        Command::Domains(domains_args) => {
+            commands::domains::domains(&Client::new(&args)?, format, domains_args).await
+        }
+        Command::Cert(cmd) => commands::domains::cert(&Client::new(&args)?, format, cmd).await,
         Command::Get(cmd) => resources::get(&Client::new(&args)?, format, cmd).await,
         Command::Status { service, scope } => {
             resources::status(&Client::new(&args)?, format, &service, &scope).await
