@@ -6,7 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::edge_feed::{assert_serves, follow_as_edge};
+use support::edge_feed::{answer_http01, assert_serves, follow_as_edge};
+use support::pebble::Pebble;
 use support::{Cli, ControlPlane, MERIDIAN};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -168,4 +169,134 @@ fn a_missing_or_short_secrets_key_is_a_clear_error() {
         short.contains("16 bytes") && short.contains("exactly 32"),
         "{short}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acme_against_pebble_goes_from_pending_to_valid_with_the_edges_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut pebble) = Pebble::start(dir.path()).await else {
+        return;
+    };
+    let data = dir.path().join("data");
+    let key = dir.path().join("secrets.key");
+    let (global, cli) = platform(
+        &data,
+        &[
+            "--secrets-key",
+            key.to_str().unwrap(),
+            "--create-secrets-key",
+            "--acme-directory",
+            &pebble.directory,
+            "--acme-ca-root",
+            pebble.https_root.to_str().unwrap(),
+            "--acme-email",
+            "ops@example.test",
+        ],
+    );
+    let edge = follow_as_edge(&data, &global.xds);
+    edge.wait_for(DEADLINE, "the session ticket keys", |held| {
+        held.secrets.get("session-ticket-keys").map(|_| ())
+    })
+    .await;
+    let listener = pebble.http01.take().unwrap();
+    let _answering = answer_http01(listener, edge.held.clone());
+
+    let started = Instant::now();
+    deploy(
+        &cli,
+        dir.path(),
+        &shop("shop.example.test, '*.wild.example.test'"),
+    );
+    // The API shows the domain pending, then valid.
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = cli.json(&["domains"]);
+        let shop = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["domain"] == "shop.example.test")
+            .cloned()
+            .unwrap();
+        let state = shop["state"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if state == "valid" {
+            assert_eq!(shop["source"], "acme", "{shop}");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "never valid: {shop}\n{}",
+            std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, ["pending", "valid"]);
+    let (chain, key_pem) = edge.certificate("shop.example.test", DEADLINE).await;
+    let took = started.elapsed();
+    eprintln!("domain added -> certificate at the edge (ACME, pebble): {took:?}");
+    assert_serves(
+        &chain,
+        &key_pem,
+        "shop.example.test",
+        &pebble.issuing_root().await,
+    );
+
+    // The challenges are gone; the wildcard waits for an upload, saying so.
+    edge.wait_for(DEADLINE, "the challenges withdrawn", |held| {
+        held.challenges.is_empty().then_some(())
+    })
+    .await;
+    let listed = cli.json(&["domains"]);
+    let wild = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "*.wild.example.test")
+        .unwrap();
+    assert_eq!(wild["state"], "pending", "{wild}");
+    assert!(
+        wild["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("meridian cert add"),
+        "{wild}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", global.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meridian_control_acme_orders_total{result=\"issued\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meridian_control_certificates{state=\"valid\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_dns_answer_points_a_queries_at_loopback() {
+    // id 0x1234, RD, one question: a.test A IN.
+    let query = [
+        0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
+    ];
+    let answer = support::pebble::dns_answer(&query).unwrap();
+    assert_eq!(&answer[..4], &[0x12, 0x34, 0x81, 0x80]);
+    assert_eq!(answer[7], 1, "one answer");
+    assert_eq!(&answer[answer.len() - 4..], &[127, 0, 0, 1]);
+    let mut aaaa = query;
+    aaaa[21] = 28;
+    assert_eq!(
+        support::pebble::dns_answer(&aaaa).unwrap()[7],
+        0,
+        "no AAAA record"
+    );
+    assert!(support::pebble::dns_answer(&query[..15]).is_none());
 }

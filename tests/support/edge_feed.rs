@@ -178,3 +178,53 @@ pub fn assert_serves(chain: &str, key: &str, name: &str, roots_pem: &str) {
         .keys_match()
         .expect("the key is the certificate's");
 }
+
+/// Answers HTTP-01 on `listener` as an edge does: `GET /.well-known/acme-challenge/<token>`
+/// with the key authorization of the `http-01` challenge the edge holds, 404 otherwise.
+pub fn answer_http01(
+    listener: tokio::net::TcpListener,
+    held: Arc<Mutex<Held>>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let held = held.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&request);
+                let path = request.split_whitespace().nth(1).unwrap_or_default();
+                let token = path
+                    .strip_prefix("/.well-known/acme-challenge/")
+                    .unwrap_or_default();
+                let body = held
+                    .lock()
+                    .unwrap()
+                    .challenges
+                    .get(&format!("challenge/{token}"))
+                    .filter(|c| c.kind == "http-01")
+                    .map(|c| c.key_authorization.clone());
+                let answer = match body {
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_owned()
+                    }
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    })
+}
