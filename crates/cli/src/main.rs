@@ -53,7 +53,7 @@ pub struct ClientArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run a control plane.
-    Control(commands::control::ControlArgs),
+    Control(Box<commands::control::ControlArgs>),
     /// Run a whole platform on this machine and deploy an example app.
     Dev(commands::dev::DevArgs),
     /// Run the data-plane proxy from a config file or an xDS control plane.
@@ -163,7 +163,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         tokio::spawn(dev::children::exit_with_parent());
     }
     match command {
-        Command::Control(control_args) => control::run(control_args, args).await,
+        Command::Control(control_args) => control::run(*control_args, args).await,
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Agent(agent_args) => commands::agent::run(agent_args).await,

@@ -148,7 +148,7 @@ pub enum StoreError {
         /// The claim that overlaps it.
         held: String,
         /// The service that holds `held`.
-        holder: ServiceKey,
+        holder: Box<ServiceKey>,
     },
     /// The backend failed (I/O, database).
     #[error("storage failure: {0}")]

@@ -89,9 +89,9 @@ pub struct ControlArgs {
 #[command(next_help_heading = "Certificates of public domains (global only)")]
 struct CertificateArgs {
     /// File with the 32-byte key that seals private keys, ACME account keys and session ticket
-    /// keys in the store. It must exist and be exactly 32 bytes (e.g. `head -c 32 /dev/urandom
-    /// > FILE; chmod 600 FILE`) unless --create-secrets-key. Without it the plane manages no
-    /// certificates and refuses uploads.
+    /// keys in the store. It must exist and be exactly 32 bytes (make one with
+    /// `head -c 32 /dev/urandom > FILE; chmod 600 FILE`) unless --create-secrets-key. Without
+    /// it the plane manages no certificates and refuses uploads.
     #[arg(long, value_name = "FILE")]
     secrets_key: Option<PathBuf>,
     /// Create the --secrets-key file (32 random bytes, mode 0600) if it does not exist.

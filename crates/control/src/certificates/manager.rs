@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use meridian_identity::SealingKey;
 use meridian_model::{CertificateSource, CertificateState, ChangeKind};
@@ -24,6 +24,7 @@ use super::acme::{Acme, AcmeOptions};
 use super::metrics::CertificateMetrics;
 use super::publish::{put_certificate, put_ticket_keys, remove_certificate};
 use super::records::{self, key_label, serving};
+use super::schedule::{Clock, Schedule};
 use super::{tickets, IssuerConfig};
 
 /// Most orders running at once.
@@ -41,35 +42,6 @@ const WILDCARD_NEEDS_UPLOAD: &str = "a wildcard needs a DNS-01 challenge, which 
 /// Why nothing is ordered at all.
 const NO_ISSUER: &str = "this control plane has no issuer (--local-ca or --acme-directory): \
      upload a certificate for it (`meridian cert add`)";
-
-/// Wall-clock seconds that follow tokio's clock, so that paused time in tests moves them too.
-#[derive(Clone, Copy)]
-struct Clock {
-    epoch: i64,
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        Clock {
-            epoch,
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    fn now(&self) -> i64 {
-        self.epoch
-            .saturating_add(i64::try_from(self.start.elapsed().as_secs()).unwrap_or(i64::MAX))
-    }
-
-    fn instant_at(&self, at: i64) -> tokio::time::Instant {
-        let after = u64::try_from(at.saturating_sub(self.epoch)).unwrap_or(0);
-        self.start + Duration::from_secs(after)
-    }
-}
 
 /// What issues certificates, shared by the order tasks.
 #[derive(Clone)]
@@ -98,7 +70,6 @@ impl Issuer {
 struct Known {
     service: ServiceKey,
     record: Option<CertificateRecord>,
-    due: Option<i64>,
     published: bool,
 }
 
@@ -121,7 +92,7 @@ pub(crate) struct Manager {
     clock: Clock,
     known: HashMap<String, Known>,
     by_service: HashMap<ServiceKey, BTreeSet<String>>,
-    due: BTreeSet<(i64, String)>,
+    schedule: Schedule,
     expiring: BTreeSet<(i64, String)>,
     in_flight: HashSet<String>,
     orders: JoinSet<(String, bool)>,
@@ -146,16 +117,17 @@ impl Manager {
                 account: Arc::new(OnceCell::new()),
             },
         };
+        let clock = Clock::new();
         Manager {
             store,
             cache,
             key,
             issuer,
             metrics,
-            clock: Clock::new(),
+            clock,
             known: HashMap::new(),
             by_service: HashMap::new(),
-            due: BTreeSet::new(),
+            schedule: Schedule::new(clock),
             expiring: BTreeSet::new(),
             in_flight: HashSet::new(),
             orders: JoinSet::new(),
@@ -171,8 +143,7 @@ impl Manager {
         self.load_all().await?;
         self.rotate_tickets_if_due().await;
         loop {
-            let next_due = self.due.first().map(|(at, _)| *at).unwrap_or(i64::MAX);
-            let wake = next_due.min(self.tickets_due);
+            let wake = self.schedule.next().min(self.tickets_due);
             tokio::select! {
                 changes = wait_for_changes(&*self.store, revision, FEED_PAGE, FEED_WAIT) => {
                     let changes = match changes {
@@ -195,7 +166,7 @@ impl Manager {
                         Err(e) => tracing::error!(error = %e, "a certificate order panicked"),
                     }
                 }
-                () = tokio::time::sleep_until(self.clock.instant_at(wake)) => {
+                () = self.schedule.sleep_until(wake) => {
                     self.start_due().await;
                     self.rotate_tickets_if_due().await;
                 }
@@ -289,9 +260,6 @@ impl Manager {
         let previous = self.known.remove(&domain);
         if let Some(previous) = &previous {
             self.metrics.leave(previous.state());
-            if let Some(due) = previous.due {
-                self.due.remove(&(due, domain.clone()));
-            }
             if let Some(end) = previous.record.as_ref().and_then(|r| r.not_after) {
                 self.expiring.remove(&(end, domain.clone()));
             }
@@ -312,9 +280,7 @@ impl Manager {
             }
         }
         let due = self.plan(&domain, certificate.as_ref(), now).await;
-        if let Some(at) = due {
-            self.due.insert((at, domain.clone()));
-        }
+        self.schedule.set(&domain, due);
         self.by_service
             .entry(service.clone())
             .or_default()
@@ -322,7 +288,6 @@ impl Manager {
         let known = Known {
             service,
             record: certificate,
-            due,
             published,
         };
         self.metrics.enter(known.state());
@@ -386,9 +351,7 @@ impl Manager {
             return;
         };
         self.metrics.leave(known.state());
-        if let Some(due) = known.due {
-            self.due.remove(&(due, domain.to_owned()));
-        }
+        self.schedule.set(domain, None);
         if let Some(end) = known.record.as_ref().and_then(|r| r.not_after) {
             self.expiring.remove(&(end, domain.to_owned()));
         }
@@ -404,15 +367,10 @@ impl Manager {
     /// certificate that nothing renews.
     async fn start_due(&mut self) {
         let now = self.clock.now();
-        while let Some((at, domain)) = self.due.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.due.remove(&(at, domain.clone()));
-            let Some(known) = self.known.get_mut(&domain) else {
+        for domain in self.schedule.take_due() {
+            let Some(known) = self.known.get(&domain) else {
                 continue;
             };
-            known.due = None;
             if self.in_flight.contains(&domain) {
                 continue;
             }
@@ -493,12 +451,9 @@ impl Manager {
         if written {
             return;
         }
-        if let Some(known) = self.known.get_mut(&domain) {
+        if self.known.contains_key(&domain) {
             let at = self.clock.now().saturating_add(60);
-            if let Some(old) = known.due.replace(at) {
-                self.due.remove(&(old, domain.clone()));
-            }
-            self.due.insert((at, domain));
+            self.schedule.set(&domain, Some(at));
         }
     }
 

@@ -5,7 +5,8 @@
 //! sealed in the store with the secrets key. Also the edges' shared session ticket keys.
 //!
 //! One module per job: [`manager`] follows the store and decides what is due, [`local`] and
-//! [`acme`] issue, [`records`] says what the store is told, [`renew`] when to try again,
+//! [`acme`] issue, [`records`] says what the store is told, [`renew`] when to try again and
+//! [`schedule`] keeps those times,
 //! [`publish`] renders the edges' resources, [`tickets`] keeps the session ticket keys.
 
 mod acme;
@@ -15,6 +16,7 @@ mod metrics;
 mod publish;
 mod records;
 mod renew;
+mod schedule;
 mod tickets;
 
 use std::path::PathBuf;

@@ -192,7 +192,11 @@ mod tests {
         upload.source = CertificateSource::Upload;
         let gone = expired(&upload, 1_000);
         assert_eq!(gone.state, CertificateState::Failed);
-        assert!(gone.last_error.as_deref().unwrap().contains("meridian cert add"));
+        assert!(gone
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("meridian cert add"));
         assert!(!serving(&gone, 999));
     }
 }

@@ -15,9 +15,8 @@ pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
     not_before.saturating_add(lifetime / 3 * 2)
 }
 
-/// When to renew within a CA's suggested window `[start, end]` (RFC 9773 §4.2): its start,
-/// never after `fallback` (our own schedule) when the window is later than the certificate
-/// would want, and never in the past beyond `now`.
+/// When to renew within a CA's suggested window `[start, end]` (RFC 9773 §4.2): at its start,
+/// or now when the window has begun or passed.
 pub fn renew_in_window(start: i64, end: i64, now: i64) -> i64 {
     if end <= now {
         now

@@ -40,7 +40,7 @@ pub(super) async fn check(
                 index,
                 domain: domain.clone(),
                 held,
-                holder: ServiceKey { org, app, name },
+                holder: Box::new(ServiceKey { org, app, name }),
             });
         }
     }
