@@ -134,6 +134,97 @@ async fn the_local_ca_issues_every_domain_and_edges_get_it_until_the_service_goe
     assert!(cli.json(&["domains"]).as_array().unwrap().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_is_served_as_is_and_a_later_issuer_takes_the_domains_that_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = dir.path().join("secrets.key");
+    let secrets = [
+        "--secrets-key",
+        key.to_str().unwrap(),
+        "--create-secrets-key",
+    ];
+    let (mut global, cli) = platform(&data, &secrets);
+    deploy(
+        &cli,
+        dir.path(),
+        &shop("shop.example.test, www.example.test"),
+    );
+    let listed = cli.json(&["domains"]);
+    for domain in listed.as_array().unwrap() {
+        assert_eq!(domain["state"], "pending", "{listed}");
+    }
+    let edge = follow_as_edge(&data, &global.xds);
+    let waiting = edge
+        .wait_for(DEADLINE, "a reason to wait", |_| {
+            let listed = cli.json(&["domains"]);
+            let error = listed[1]["last_error"].as_str()?.to_owned();
+            Some(error)
+        })
+        .await;
+    assert!(
+        waiting.contains("no issuer") && waiting.contains("meridian cert add"),
+        "{waiting}"
+    );
+
+    // An upload is checked, stored and served as it is.
+    let cert_key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.test".to_owned()])
+        .unwrap()
+        .self_signed(&cert_key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("shop.pem"), dir.path().join("shop.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, cert_key.serialize_pem()).unwrap();
+    let said = cli.ok(&[
+        "cert",
+        "add",
+        "shop.example.test",
+        "--cert",
+        cert_file.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(said.contains("expires"), "{said}");
+    let (chain, served_key) = edge.certificate("shop.example.test", DEADLINE).await;
+    assert_eq!(
+        (chain.as_str(), served_key.as_str()),
+        (cert.pem().as_str(), cert_key.serialize_pem().as_str())
+    );
+    let refused = cli.fails(&[
+        "cert",
+        "add",
+        "www.example.test",
+        "--cert",
+        cert_file.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(
+        refused.contains("do not cover `www.example.test`"),
+        "{refused}"
+    );
+    drop(edge);
+
+    // Started again with the local CA, the plane issues the domain that waited and leaves the
+    // upload alone.
+    global.stop();
+    let global = ControlPlane::start_with(&data, &[&secrets[..2], &["--local-ca"]].concat());
+    let cli = Cli {
+        api: global.api.clone(),
+        token: cli.token.clone(),
+    };
+    let edge = follow_as_edge(&data, &global.xds);
+    let (www, www_key) = edge.certificate("www.example.test", DEADLINE).await;
+    let roots = std::fs::read_to_string(data.join("public-ca/ca.pem")).unwrap();
+    assert_serves(&www, &www_key, "www.example.test", &roots);
+    let (chain, _) = edge.certificate("shop.example.test", DEADLINE).await;
+    assert_eq!(chain, cert.pem());
+    let listed = cli.json(&["domains"]);
+    assert_eq!(listed[0]["source"], "upload", "{listed}");
+    assert_eq!(listed[1]["source"], "local", "{listed}");
+}
+
 #[test]
 fn a_missing_or_short_secrets_key_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -265,12 +356,7 @@ async fn acme_against_pebble_goes_from_pending_to_valid_with_the_edges_answering
             .contains("meridian cert add"),
         "{wild}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", global.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics(&global.api).await;
     assert!(
         metrics.contains("meridian_control_acme_orders_total{result=\"issued\"} 1"),
         "{metrics}"

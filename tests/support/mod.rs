@@ -70,6 +70,16 @@ pub fn wait_for_line(
     }
 }
 
+/// The Prometheus text a component serves at `base` (`http://ip:port`) `/metrics`.
+pub async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Whether tests must fail rather than skip when a prerequisite is missing (as in CI).
 pub fn strict() -> bool {
     std::env::var("MERIDIAN_TEST_STRICT").as_deref() == Ok("1")

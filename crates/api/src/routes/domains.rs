@@ -50,16 +50,14 @@ pub struct DomainStatus {
 impl From<DomainClaim> for DomainStatus {
     fn from(claim: DomainClaim) -> Self {
         let certificate = claim.certificate;
-        let field = |f: fn(&CertificateRecord) -> Option<_>| certificate.as_ref().and_then(f);
+        let c = certificate.as_ref();
         DomainStatus {
-            state: certificate
-                .as_ref()
-                .map_or(CertificateState::Pending, |c| c.state),
-            source: certificate.as_ref().map(|c| c.source),
-            issuer: certificate.as_ref().and_then(|c| c.issuer.clone()),
-            not_after: field(|c| c.not_after),
-            next_attempt: field(|c| c.next_attempt),
-            last_error: certificate.as_ref().and_then(|c| c.last_error.clone()),
+            state: c.map_or(CertificateState::Pending, |c| c.state),
+            source: c.map(|c| c.source),
+            issuer: c.and_then(|c| c.issuer.clone()),
+            not_after: c.and_then(|c| c.not_after),
+            next_attempt: c.and_then(|c| c.next_attempt),
+            last_error: c.and_then(|c| c.last_error.clone()),
             domain: claim.domain,
             org: claim.service.org,
             app: claim.service.app,
@@ -87,10 +85,8 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<DomainQuery>,
 ) -> Result<Json<Vec<DomainStatus>>, ApiError> {
-    let org = match (&caller.org, query.org) {
-        (Some(own), Some(asked)) if *own != asked => return Ok(Json(Vec::new())),
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked,
+    let Some(org) = caller.listing_org(query.org) else {
+        return Ok(Json(Vec::new()));
     };
     let filter = ServiceFilter {
         org,

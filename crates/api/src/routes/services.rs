@@ -204,10 +204,8 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<ServiceQuery>,
 ) -> Result<Json<Vec<ServiceSummary>>, ApiError> {
-    let org = match (&caller.org, query.org) {
-        (Some(own), Some(asked)) if *own != asked => return Ok(Json(Vec::new())),
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked,
+    let Some(org) = caller.listing_org(query.org) else {
+        return Ok(Json(Vec::new()));
     };
     let filter = ServiceFilter {
         org,

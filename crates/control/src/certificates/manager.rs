@@ -324,7 +324,7 @@ impl Manager {
         let expiry = record.filter(|r| serving(r, now)).and_then(|r| r.not_after);
         let issuable = self.issuer.can_issue(domain);
         match (record, issuable) {
-            (Some(r), _) if r.source == CertificateSource::Upload => expiry,
+            (Some(r), _) if uploaded(r) => expiry,
             (Some(r), Ok(_)) => {
                 let next = r.next_attempt.unwrap_or(now);
                 Some(expiry.map_or(next, |end| next.min(end)))
@@ -375,9 +375,7 @@ impl Manager {
                 continue;
             }
             let record = known.record.clone();
-            let renewable = record
-                .as_ref()
-                .is_none_or(|r| r.source != CertificateSource::Upload);
+            let renewable = !record.as_ref().is_some_and(uploaded);
             match (self.issuer.can_issue(&domain), renewable) {
                 (Ok(source), true) => self.start_order(domain, source, record),
                 _ => {
@@ -505,6 +503,12 @@ impl Manager {
             .map_or(0, |(end, _)| end.saturating_sub(self.clock.now()));
         self.metrics.set_expiry(left);
     }
+}
+
+/// Whether `record` is an uploaded certificate (not one waiting for an upload): the control
+/// plane never renews it.
+fn uploaded(record: &CertificateRecord) -> bool {
+    record.source == CertificateSource::Upload && record.state != CertificateState::Pending
 }
 
 /// Issues `domain` a certificate with `issuer`.
