@@ -179,6 +179,7 @@ impl Manager {
     /// (and every challenge of an order a previous loop abandoned), and plans what is due.
     async fn load_all(&mut self) -> Result<(), StoreError> {
         let claims = self.store.list_domains(&ServiceFilter::default()).await?;
+        self.metrics.reset();
         let stale_challenges = self.cache.names(
             ACME_CHALLENGE,
             &format!("{EDGE_NAMESPACE}{CHALLENGE_PREFIX}"),

@@ -47,6 +47,11 @@ impl CertificateMetrics {
         metrics
     }
 
+    /// Forgets every domain's state (a loop that starts over counts them again).
+    pub fn reset(&self) {
+        self.states.clear();
+    }
+
     /// One more domain in `state`.
     pub fn enter(&self, state: &'static str) {
         self.states.get_or_create(&StateLabel { state }).inc();
