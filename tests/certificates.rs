@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::edge_feed::{answer_http01, assert_serves, follow_as_edge};
+use support::edge_feed::{answer_http01, answer_tls_alpn01, assert_serves, follow_as_edge};
 use support::pebble::Pebble;
 use support::{Cli, ControlPlane, MERIDIAN};
 
@@ -263,7 +263,18 @@ fn a_missing_or_short_secrets_key_is_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn acme_against_pebble_goes_from_pending_to_valid_with_the_edges_answering() {
+async fn acme_against_pebble_goes_from_pending_to_valid_with_the_edges_answering_http_01() {
+    order_from_pebble("http-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acme_against_pebble_goes_from_pending_to_valid_with_the_edges_answering_tls_alpn_01() {
+    order_from_pebble("tls-alpn-01").await;
+}
+
+/// A control plane ordering from pebble with `challenge`, the test answering both challenges
+/// as an edge: the domain goes pending, then valid, and its certificate reaches the edge.
+async fn order_from_pebble(challenge: &str) {
     let dir = tempfile::tempdir().unwrap();
     let Some(mut pebble) = Pebble::start(dir.path()).await else {
         return;
@@ -282,6 +293,8 @@ async fn acme_against_pebble_goes_from_pending_to_valid_with_the_edges_answering
             pebble.https_root.to_str().unwrap(),
             "--acme-email",
             "ops@example.test",
+            "--acme-challenge",
+            challenge,
         ],
     );
     let edge = follow_as_edge(&data, &global.xds);
@@ -289,8 +302,8 @@ async fn acme_against_pebble_goes_from_pending_to_valid_with_the_edges_answering
         held.secrets.get("session-ticket-keys").map(|_| ())
     })
     .await;
-    let listener = pebble.http01.take().unwrap();
-    let _answering = answer_http01(listener, edge.held.clone());
+    let _http01 = answer_http01(pebble.http01.take().unwrap(), edge.held.clone());
+    let _tls_alpn01 = answer_tls_alpn01(pebble.tls_alpn01.take().unwrap(), edge.held.clone());
 
     let started = Instant::now();
     deploy(
@@ -328,7 +341,7 @@ async fn acme_against_pebble_goes_from_pending_to_valid_with_the_edges_answering
     assert_eq!(seen, ["pending", "valid"]);
     let (chain, key_pem) = edge.certificate("shop.example.test", DEADLINE).await;
     let took = started.elapsed();
-    eprintln!("domain added -> certificate at the edge (ACME, pebble): {took:?}");
+    eprintln!("domain added -> certificate at the edge (ACME {challenge}, pebble): {took:?}");
     assert_serves(
         &chain,
         &key_pem,

@@ -19,7 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// What the test edge holds: secrets and challenges, by the names edges see.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Held {
     /// `certificate/<domain>` and `session-ticket-keys`.
     pub secrets: BTreeMap<String, Secret>,
@@ -225,6 +225,61 @@ pub fn answer_http01(
                 };
                 let _ = stream.write_all(answer.as_bytes()).await;
             });
+        }
+    })
+}
+
+/// Picks, for a TLS-ALPN-01 handshake (ALPN `acme-tls/1`), a certificate for the SNI name
+/// carrying the `acmeIdentifier` extension of the `tls-alpn-01` challenge the edge holds for it
+/// (RFC 8737).
+#[derive(Debug)]
+struct AlpnChallenges(Arc<Mutex<Held>>);
+
+impl rustls::server::ResolvesServerCert for AlpnChallenges {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        use sha2::Digest;
+        let domain = hello.server_name()?.to_owned();
+        let key_authorization = self
+            .0
+            .lock()
+            .unwrap()
+            .challenges
+            .values()
+            .find(|c| c.kind == "tls-alpn-01" && c.domain == domain)?
+            .key_authorization
+            .clone();
+        let digest = sha2::Sha256::digest(key_authorization.as_bytes());
+        let key = rcgen::KeyPair::generate().ok()?;
+        let mut params = rcgen::CertificateParams::new(vec![domain]).ok()?;
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
+        let cert = params.self_signed(&key).ok()?;
+        meridian_identity::certified_key(&cert.pem(), &key.serialize_pem()).ok()
+    }
+}
+
+/// Answers TLS-ALPN-01 on `listener` as an edge does, from the challenges the edge holds.
+pub fn answer_tls_alpn01(
+    listener: tokio::net::TcpListener,
+    held: Arc<Mutex<Held>>,
+) -> tokio::task::JoinHandle<()> {
+    let mut config = rustls::ServerConfig::builder_with_provider(meridian_identity::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(AlpnChallenges(held)));
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            // The validation ends with the handshake.
+            tokio::spawn(async move { drop(acceptor.accept(stream).await) });
         }
     })
 }

@@ -22,6 +22,8 @@ pub struct Pebble {
     pub management: String,
     /// Where HTTP-01 validation connects (on 127.0.0.1), for the test's edge to take.
     pub http01: Option<tokio::net::TcpListener>,
+    /// Where TLS-ALPN-01 validation connects (on 127.0.0.1), for the test's edge to take.
+    pub tls_alpn01: Option<tokio::net::TcpListener>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released).
@@ -111,6 +113,9 @@ impl Pebble {
         let http01 = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .unwrap();
+        let tls_alpn01 = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
         let (https_root, cert, key) = https_certificate(dir);
         let (listen, management) = (free_port(), free_port());
         let config = serde_json::json!({"pebble": {
@@ -118,7 +123,7 @@ impl Pebble {
             "managementListenAddress": format!("127.0.0.1:{management}"),
             "certificate": cert, "privateKey": key,
             "httpPort": http01.local_addr().unwrap().port(),
-            "tlsPort": free_port(),
+            "tlsPort": tls_alpn01.local_addr().unwrap().port(),
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
@@ -148,6 +153,7 @@ impl Pebble {
             https_root,
             management: format!("https://127.0.0.1:{management}"),
             http01: Some(http01),
+            tls_alpn01: Some(tls_alpn01),
         })
     }
 
