@@ -433,6 +433,12 @@ impl Manager {
                     records::failed(&domain, source, previous.as_ref(), &error, now)
                 }
             };
+            // A certificate uploaded while the order ran wins over it.
+            if let Ok(Some(claim)) = store.get_domain(&domain).await {
+                if claim.certificate.as_ref().is_some_and(uploaded) {
+                    return (domain, true);
+                }
+            }
             match store.put_certificate(&row).await {
                 Ok(()) => (domain, true),
                 Err(StoreError::NotFound(_)) => (domain, true),
