@@ -225,6 +225,65 @@ async fn an_upload_is_served_as_is_and_a_later_issuer_takes_the_domains_that_wai
     assert_eq!(listed[1]["source"], "local", "{listed}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_sealed_with_another_secrets_key_is_not_served_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (first, second) = (dir.path().join("first.key"), dir.path().join("second.key"));
+    let with = |key: &std::path::Path| {
+        let key = key.to_str().unwrap().to_owned();
+        vec![
+            "--secrets-key".to_owned(),
+            key,
+            "--create-secrets-key".to_owned(),
+            "--local-ca".to_owned(),
+        ]
+    };
+    let args = with(&first);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut global, cli) = platform(&data, &args);
+    deploy(&cli, dir.path(), &shop("shop.example.test"));
+    let edge = follow_as_edge(&data, &global.xds);
+    edge.certificate("shop.example.test", DEADLINE).await;
+    drop(edge);
+    global.stop();
+
+    let args = with(&second);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let global = ControlPlane::start_with(&data, &args);
+    let cli = Cli {
+        api: global.api.clone(),
+        token: cli.token.clone(),
+    };
+    let edge = follow_as_edge(&data, &global.xds);
+    // The plane runs on: new session ticket keys, no certificate for the domain, and why.
+    edge.wait_for(DEADLINE, "new session ticket keys", |held| {
+        held.secrets.get("session-ticket-keys").map(|_| ())
+    })
+    .await;
+    let error = edge
+        .wait_for(DEADLINE, "the reason", |_| {
+            let listed = cli.json(&["domains"]);
+            Some(listed[0]["last_error"].as_str()?.to_owned())
+        })
+        .await;
+    assert!(
+        error.contains("certificate/shop.example.test") && error.contains("--secrets-key"),
+        "{error}"
+    );
+    assert!(!edge
+        .held
+        .lock()
+        .unwrap()
+        .secrets
+        .contains_key("certificate/shop.example.test"));
+    assert!(reqwest::get(format!("{}/healthz", global.api))
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+}
+
 #[test]
 fn a_missing_or_short_secrets_key_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -267,7 +267,13 @@ impl Manager {
         }
         let was_published = previous.is_some_and(|p| p.published);
         let published = match certificate.as_ref().filter(|r| serving(r, now)) {
-            Some(record) => self.publish(record),
+            Some(record) => match self.publish(record) {
+                Ok(()) => true,
+                Err(reason) => {
+                    self.show_unservable(record, reason).await;
+                    false
+                }
+            },
             None => {
                 if was_published {
                     remove_certificate(&self.cache, &domain);
@@ -295,22 +301,41 @@ impl Manager {
         self.known.insert(domain, known);
     }
 
-    /// Publishes `record` (valid); false when its key does not open (logged, naming the domain).
-    fn publish(&self, record: &CertificateRecord) -> bool {
+    /// Publishes `record` (valid); the reason when its key does not open (logged, naming the
+    /// domain), and nothing is served.
+    fn publish(&self, record: &CertificateRecord) -> Result<(), String> {
         let (Some(chain), Some(sealed)) = (&record.chain_pem, &record.sealed_key) else {
-            return false;
+            return Ok(());
         };
         match self.key.open(&key_label(&record.domain), sealed) {
             Ok(key_pem) => {
                 put_certificate(&self.cache, &record.domain, chain, &key_pem);
-                true
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(domain = %record.domain, error = %e,
                     "the certificate's private key cannot be opened; it is not served");
                 remove_certificate(&self.cache, &record.domain);
-                false
+                Err(format!(
+                    "{e}: not served; start the control plane with the --secrets-key it was \
+                     sealed with, or upload a new certificate"
+                ))
             }
+        }
+    }
+
+    /// Shows why `record`'s certificate is not served (once: the row written comes back
+    /// through the change feed with the same reason).
+    async fn show_unservable(&self, record: &CertificateRecord, reason: String) {
+        if record.last_error.as_ref() == Some(&reason) {
+            return;
+        }
+        let row = CertificateRecord {
+            last_error: Some(reason),
+            ..record.clone()
+        };
+        if let Err(e) = self.store.put_certificate(&row).await {
+            tracing::warn!(domain = %record.domain, error = %e, "could not record why it is not served");
         }
     }
 
@@ -469,9 +494,16 @@ impl Manager {
             return;
         }
         let result = async {
-            let (keys, rotated_at) = tickets::load(&*self.store, &self.key)
-                .await?
-                .unwrap_or_default();
+            let stored = match tickets::load(&*self.store, &self.key).await {
+                // Keys sealed with another secrets key are replaced: losing them costs only
+                // the resumption of sessions made with them.
+                Err(tickets::TicketKeysError::Seal(e)) => {
+                    tracing::warn!(error = %e, "session ticket keys replaced");
+                    None
+                }
+                stored => stored?,
+            };
+            let (keys, rotated_at) = stored.unwrap_or_default();
             if rotated_at > 0 && now < tickets::next_rotation(rotated_at) {
                 return Ok((keys, rotated_at));
             }
