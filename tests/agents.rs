@@ -712,12 +712,7 @@ async fn in_network_namespaces_instances_call_each_other_by_name() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {greeting}"));
     // The agent counts its instances and the DNS queries it answered.
-    let metrics = reqwest::get(format!("{}/metrics", node.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics(&node.admin).await;
     assert!(
         metrics.contains("meridian_agent_instances{state=\"healthy\"} 3"),
         "{metrics}"

@@ -101,8 +101,8 @@ async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
     // Paris is nearer Frankfurt than Washington.
     served_from(&regions.edge, "fra").await;
     the_clients_address_reaches_the_instance(&regions.edge).await;
-    // Another org cannot take the shop's domain: its deploy is refused on the field, naming
-    // the domain but not the org that holds it, and the edge goes on serving the shop.
+    // Another org cannot take the shop's domain: its deploy (by the admin, who is told which
+    // service holds it) is refused on the field, and the edge goes on serving the shop.
     let intruder = regions._dir.path().join("intruder.yaml");
     std::fs::write(&intruder, web("iad").replace("org: acme", "org: evil")).unwrap();
     let refused = regions
@@ -113,7 +113,7 @@ async fn an_edge_serves_from_the_nearest_region_and_fails_over_to_the_next() {
         refused.contains("409") && refused.contains("domains[0]: `shop.example.com`"),
         "{refused}"
     );
-    assert!(!refused.contains("acme"), "{refused}");
+    assert!(refused.contains("`acme/shop/web`"), "{refused}");
     served_from(&regions.edge, "fra").await;
     // The edge reaches Frankfurt's gateway over mutual TLS: its listener for edges takes no
     // plain HTTP.

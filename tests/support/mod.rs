@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod edge_feed;
+pub mod pebble;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -26,6 +29,8 @@ pub struct ControlPlane {
     /// The admin token it printed (first start only).
     pub token: Option<String>,
     data_dir: PathBuf,
+    /// More arguments it was started with.
+    extra: Vec<String>,
 }
 
 /// Spawns `command` with its standard output piped, and returns the child with a channel of its
@@ -65,6 +70,16 @@ pub fn wait_for_line(
     }
 }
 
+/// The Prometheus text a component serves at `base` (`http://ip:port`) `/metrics`.
+pub async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Whether tests must fail rather than skip when a prerequisite is missing (as in CI).
 pub fn strict() -> bool {
     std::env::var("MERIDIAN_TEST_STRICT").as_deref() == Ok("1")
@@ -72,7 +87,12 @@ pub fn strict() -> bool {
 
 impl ControlPlane {
     pub fn start(data_dir: &Path) -> ControlPlane {
-        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0")
+        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", &[])
+    }
+
+    /// [`ControlPlane::start`] with more arguments (e.g. `--local-ca`).
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> ControlPlane {
+        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
     }
 
     /// Stops the process (SIGKILL).
@@ -88,7 +108,8 @@ impl ControlPlane {
         self.stop();
         let api = self.api.trim_start_matches("http://").to_owned();
         let xds = self.xds.trim_start_matches("https://").to_owned();
-        let again = Self::start_at(&self.data_dir, &api, &xds);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let again = Self::start_at(&self.data_dir, &api, &xds, &extra);
         self.child = Some(again.take_child());
     }
 
@@ -96,12 +117,13 @@ impl ControlPlane {
         self.child.take().expect("a running process")
     }
 
-    fn start_at(data_dir: &Path, api: &str, xds: &str) -> ControlPlane {
+    fn start_at(data_dir: &Path, api: &str, xds: &str, extra: &[&str]) -> ControlPlane {
         let (child, lines) = spawn_with_lines(
             Command::new(MERIDIAN)
                 .args(["control", "--global", "--listen", api, "--xds", xds])
                 .arg("--data-dir")
                 .arg(data_dir)
+                .args(extra)
                 .env("MERIDIAN_LOG", "warn"),
         );
         let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -129,6 +151,7 @@ impl ControlPlane {
             xds: xds.expect("control plane printed its xDS address"),
             token,
             data_dir: data_dir.to_owned(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         }
     }
 }

@@ -35,6 +35,17 @@ impl Caller {
         }
     }
 
+    /// The org a listing is narrowed to when `asked` for: an org token's own (`None` when it
+    /// asked for another org: it sees nothing), or whatever an admin asked for (`Some(None)`:
+    /// every org).
+    pub(crate) fn listing_org(&self, asked: Option<String>) -> Option<Option<String>> {
+        match (&self.org, asked) {
+            (Some(own), Some(asked)) if *own != asked => None,
+            (Some(own), _) => Some(Some(own.clone())),
+            (None, asked) => Some(asked),
+        }
+    }
+
     /// Fails with 404 (as if it did not exist) unless the caller may see `org`.
     pub fn require_org(&self, org: &str) -> Result<(), ApiError> {
         match &self.org {

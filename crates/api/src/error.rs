@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use meridian_model::{FieldError, ValidationErrors};
 use meridian_store::StoreError;
 use serde::Serialize;
+
+use crate::Caller;
 use utoipa::ToSchema;
 
 /// The body of every error response.
@@ -111,6 +113,41 @@ impl ApiError {
         )
     }
 
+    /// 409 `domain_taken` for `err` (a [`StoreError::DomainTaken`]; anything else converts as
+    /// usual), naming the holder as `caller` may see it: the admin is told which service of
+    /// which org holds the domain, an org its own service, and nobody another org's.
+    pub fn domain_taken(caller: &Caller, err: StoreError) -> Self {
+        let StoreError::DomainTaken {
+            index,
+            domain,
+            held,
+            holder,
+        } = err
+        else {
+            return err.into();
+        };
+        let by = match &caller.org {
+            None => format!("service `{holder}`"),
+            Some(org) if *org == holder.org => {
+                format!("service `{}/{}` of this org", holder.app, holder.name)
+            }
+            Some(_) => "a service of another org".to_owned(),
+        };
+        let through = if held == domain {
+            String::new()
+        } else {
+            format!(" (as `{held}`)")
+        };
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "domain_taken",
+            format!(
+                "`{domain}` is already served by {by}{through}; a domain belongs to one service"
+            ),
+        )
+        .with_field(format!("domains[{index}]"))
+    }
+
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -133,10 +170,12 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
-            StoreError::DomainTaken { index, reason } => {
-                ApiError::new(StatusCode::CONFLICT, "domain_taken", reason)
-                    .with_field(format!("domains[{index}]"))
-            }
+            taken @ StoreError::DomainTaken { .. } => ApiError::domain_taken(
+                &Caller {
+                    org: Some(String::new()),
+                },
+                taken,
+            ),
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

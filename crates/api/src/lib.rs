@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use meridian_identity::{Authority, JoinTokens};
+use meridian_identity::{Authority, JoinTokens, SealingKey};
 use meridian_store::Store;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -28,6 +28,7 @@ pub use auth::{bootstrap_admin_token, hash_secret, Caller};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::MAX_BODY_BYTES;
 pub use metrics::Metrics;
+pub use routes::domains::DomainStatus;
 pub use routes::feed::{ChangesPage, RevisionInfo};
 pub use routes::reports::Reports;
 pub use routes::services::{RegionStatus, ServiceStatus};
@@ -46,6 +47,8 @@ pub struct ApiState {
     trust: Option<RootTrust>,
     /// The regions' last reports.
     pub(crate) reports: Reports,
+    /// The key that seals uploaded private keys; `None` when the plane manages no certificates.
+    pub(crate) secrets: Option<Arc<SealingKey>>,
 }
 
 /// Who the caller's token belongs to.
@@ -65,6 +68,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         None,
         prometheus_client::registry::Registry::default(),
         Reports::default(),
+        None,
     )
 }
 
@@ -82,18 +86,21 @@ pub struct RootTrust {
 /// Builds the API's router over `store`, with the installation's root of trust and the
 /// process's other metrics in `registry` (rendered with the API's on `/metrics`). Region reports
 /// are recorded in `reports`, which the caller may share (e.g. to publish them to the regions).
+/// Uploaded certificates' keys are sealed with `secrets`; without it uploads are refused.
 pub fn router_with(
     store: Arc<dyn Store>,
     trust: Option<RootTrust>,
     registry: prometheus_client::registry::Registry,
     reports: Reports,
+    secrets: Option<Arc<SealingKey>>,
 ) -> Router {
-    use routes::{endpoints, feed, regions, reports, services, tenancy};
+    use routes::{domains, endpoints, feed, regions, reports, services, tenancy};
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::new(registry)),
         trust,
         reports,
+        secrets,
     };
     let openapi = openapi::document();
     let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";
@@ -175,6 +182,8 @@ pub fn router_with(
             &format!("{service_path}/endpoints/{{endpoint}}"),
             put(endpoints::put).delete(endpoints::delete),
         )
+        .route("/v1/domains", get(domains::list))
+        .route("/v1/domains/{domain}/certificate", put(domains::upload))
         .route("/v1/revision", get(feed::revision))
         .route("/v1/changes", get(feed::changes))
         .fallback(not_found)

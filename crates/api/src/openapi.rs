@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{endpoints, feed, regions, reports, services, tenancy};
+use crate::routes::{domains, endpoints, feed, regions, reports, services, tenancy};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use crate::routes::{endpoints, feed, regions, reports, services, tenancy};
         services::apply, services::list, services::get, services::delete,
         services::deployments, services::deployment, services::rollback, services::status,
         endpoints::put, endpoints::list, endpoints::delete,
+        domains::list, domains::upload,
         feed::revision, feed::changes,
     ),
     components(schemas(crate::ErrorBody, crate::ErrorDetail, meridian_model::FieldError)),

@@ -23,7 +23,15 @@ impl Server {
         let admin = meridian_api::bootstrap_admin_token(&*store).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let router = meridian_api::router(store);
+        // Uploaded keys are sealed with a fixed test key.
+        let secrets = Arc::new(meridian_identity::SealingKey::from_bytes(&[9; 32]));
+        let router = meridian_api::router_with(
+            store,
+            None,
+            Default::default(),
+            Default::default(),
+            Some(secrets),
+        );
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
@@ -812,16 +820,17 @@ async fn a_public_domain_belongs_to_one_service_across_orgs() {
         assert!(message.contains("another org"), "{message}");
         assert!(!message.contains("shop/web"), "{message}");
     }
-    // The admin applying into another org is refused alike; so is another service of the
-    // owner's own org, which is told which one holds it.
-    refused(
+    // The admin applying into another org is refused too, and told which service of which
+    // org holds the domain; another service of the owner's own org is told which one holds it.
+    let message = refused(
         &admin,
         serving("evil", "web", &["shop.example.com"]),
         "domains[0]",
         "shop.example.com",
-        "acme",
+        "evil/",
     )
     .await;
+    assert!(message.contains("`acme/shop/web`"), "{message}");
     let message = refused(
         &acme,
         serving("acme", "api", &["x.cdn.example.com"]),
@@ -925,4 +934,154 @@ async fn of_concurrent_claims_of_one_domain_exactly_one_wins() {
     assert_eq!((won, lost), (1, 7), "{statuses:?}");
     let (_, services) = admin.get("/v1/services").await;
     assert_eq!(services.as_array().unwrap().len(), 1, "{services}");
+}
+
+/// A self-signed certificate for `names`, valid from `from` to `to` (seconds from now), and its
+/// key, PEM.
+fn certificate(names: &[&str], from: i64, to: i64) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::seconds(from);
+    params.not_after = now + time::Duration::seconds(to);
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+fn upload(chain: &str, key: &str) -> Value {
+    json!({"certificate": chain, "private_key": key})
+}
+
+#[tokio::test]
+async fn domains_show_their_certificates_and_an_upload_is_checked_before_it_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let Tenants {
+        _server,
+        admin,
+        first: acme,
+        second: evil,
+    } = two_orgs(dir.path(), "acme", "evil", "other").await;
+    accepted(
+        &acme,
+        serving("acme", "web", &["shop.example.com", "*.cdn.example.com"]),
+    )
+    .await;
+
+    let (status, listed) = acme.get("/v1/domains").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domain"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["*.cdn.example.com", "shop.example.com"]);
+    assert_eq!(listed[1]["state"], "pending");
+    assert_eq!(listed[1]["service"], "web");
+    let (_, theirs) = evil.get("/v1/domains").await;
+    assert_eq!(theirs, json!([]));
+    let (_, all) = admin.get("/v1/domains?app=shop").await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+
+    let (chain, key) = certificate(&["shop.example.com"], -60, 86_400);
+    let (_, other_key) = certificate(&["shop.example.com"], -60, 86_400);
+    let (old_chain, old_key) = certificate(&["shop.example.com"], -86_400, -60);
+    let (www_chain, www_key) = certificate(&["www.example.com"], -60, 86_400);
+    let before = admin.revision().await;
+    let path = "/v1/domains/shop.example.com/certificate";
+    let refusals = [
+        (
+            &evil,
+            path,
+            upload(&chain, &key),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (
+            &acme,
+            "/v1/domains/other.example.com/certificate",
+            upload(&chain, &key),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (
+            &acme,
+            "/v1/domains/bad..example/certificate",
+            upload(&chain, &key),
+            StatusCode::BAD_REQUEST,
+            Some("domain"),
+        ),
+        (
+            &acme,
+            path,
+            upload(&chain, &other_key),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("private_key"),
+        ),
+        (
+            &acme,
+            path,
+            upload(&old_chain, &old_key),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("certificate"),
+        ),
+        (
+            &acme,
+            path,
+            upload(&www_chain, &www_key),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("certificate"),
+        ),
+        (
+            &acme,
+            path,
+            upload("not pem", &key),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("certificate"),
+        ),
+    ];
+    for (api, path, body, status, field) in refusals {
+        let (got, error) = api.put(path, body).await;
+        assert_eq!(got, status, "{path}: {error}");
+        if let Some(field) = field {
+            assert_eq!(error["error"]["field"], field, "{error}");
+        }
+    }
+    let (_, error) = acme.put(path, upload(&old_chain, &old_key)).await;
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{error}"
+    );
+    assert_eq!(
+        admin.revision().await,
+        before,
+        "a refused upload wrote something"
+    );
+
+    let (status, stored) = acme.put(path, upload(&chain, &key)).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["state"], "valid");
+    assert_eq!(stored["source"], "upload");
+    assert!(stored["not_after"].as_i64().unwrap() > 0);
+    assert!(stored.get("private_key").is_none());
+    let (wild_chain, wild_key) = certificate(&["*.cdn.example.com"], -60, 86_400);
+    let (status, stored) = acme
+        .put(
+            "/v1/domains/*.cdn.example.com/certificate",
+            upload(&wild_chain, &wild_key),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    let (_, listed) = acme.get("/v1/domains").await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "valid"),
+        "{listed}"
+    );
 }

@@ -53,7 +53,7 @@ pub struct ClientArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run a control plane.
-    Control(commands::control::ControlArgs),
+    Control(Box<commands::control::ControlArgs>),
     /// Run a whole platform on this machine and deploy an example app.
     Dev(commands::dev::DevArgs),
     /// Run the data-plane proxy from a config file or an xDS control plane.
@@ -86,6 +86,11 @@ enum Command {
     /// Register, list and remove a service's endpoints (where its instances listen).
     #[command(subcommand)]
     Endpoint(commands::endpoints::EndpointCommand),
+    /// List the public domains of your services and the state of their certificates.
+    Domains(commands::domains::DomainsArgs),
+    /// Upload a certificate for a public domain.
+    #[command(subcommand)]
+    Cert(commands::domains::CertCommand),
     /// List resources.
     #[command(subcommand)]
     Get(commands::resources::GetCommand),
@@ -158,7 +163,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         tokio::spawn(dev::children::exit_with_parent());
     }
     match command {
-        Command::Control(control_args) => control::run(control_args, args).await,
+        Command::Control(control_args) => control::run(*control_args, args).await,
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Agent(agent_args) => commands::agent::run(agent_args).await,
@@ -174,6 +179,10 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Endpoint(cmd) => {
             commands::endpoints::endpoint(&Client::new(&args)?, format, cmd).await
         }
+        Command::Domains(domains_args) => {
+            commands::domains::domains(&Client::new(&args)?, format, domains_args).await
+        }
+        Command::Cert(cmd) => commands::domains::cert(&Client::new(&args)?, format, cmd).await,
         Command::Get(cmd) => resources::get(&Client::new(&args)?, format, cmd).await,
         Command::Status { service, scope } => {
             resources::status(&Client::new(&args)?, format, &service, &scope).await

@@ -15,6 +15,7 @@
 
 mod admin;
 mod ca;
+mod certificates;
 pub mod disk_copy;
 mod elsewhere;
 mod federation;
@@ -34,6 +35,7 @@ mod xds_auth;
 
 pub use admin::{admin_router, JoinTokenAdmin};
 pub use ca::{regional_ca, RegionalCa, RegionalCaError};
+pub use certificates::{AcmeOptions, CertificateOptions, ChallengeKind, LocalCa};
 pub use elsewhere::{RemoteRegion, RemoteService};
 pub use federation::{follow_global, keep_disk_copy, publish_regional_deployments, ReportSource};
 pub use fleet::{Fleet, Placement, NODE_TIMEOUT};

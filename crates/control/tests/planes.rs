@@ -104,6 +104,7 @@ async fn a_region_run_in_process_follows_the_deployments_of_a_global_plane() {
     let data_dir = dir.path().join("global");
     let mut global = Running::start(|say, shutdown| {
         let options = GlobalOptions {
+            certificates: Default::default(),
             data_dir,
             trust_domain: "meridian.test".to_owned(),
             listen: ANY.parse().unwrap(),
@@ -187,6 +188,7 @@ async fn a_port_in_use_fails_the_start_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (say, _lines) = listener();
     let options = GlobalOptions {
+        certificates: Default::default(),
         data_dir: dir.path().to_owned(),
         trust_domain: "meridian.test".to_owned(),
         listen: address,

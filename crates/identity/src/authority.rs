@@ -136,6 +136,54 @@ impl Authority {
         })
     }
 
+    /// Creates a CA for public names (the local CA of `--local-ca`, separate from the mesh's
+    /// root), valid for `validity`: it signs server certificates only
+    /// ([`Authority::issue_server`]).
+    pub fn create_public(validity: Duration) -> Result<Authority, AuthorityError> {
+        let key = KeyPair::generate()?;
+        let params = ca_params("Meridian local CA for public names", validity, 0);
+        let cert = params.self_signed(&key)?;
+        Ok(Authority {
+            trust_domain: String::new(),
+            cert_pem: cert.pem(),
+            key,
+            issuer: cert,
+            parents_pem: String::new(),
+            is_root: true,
+        })
+    }
+
+    /// Issues a TLS server certificate for the DNS name `domain` (a wildcard too), valid for
+    /// `lifetime`, to a fresh ECDSA P-256 key. Returns the chain (without the root) and the
+    /// key, PEM.
+    pub fn issue_server(
+        &self,
+        domain: &str,
+        lifetime: Duration,
+    ) -> Result<(Issued, String), IssueError> {
+        let key = KeyPair::generate().map_err(IssueError::Signing)?;
+        let mut params =
+            CertificateParams::new(vec![domain.to_owned()]).map_err(IssueError::Signing)?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, domain);
+        params.distinguished_name = name;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = now() - BACKDATE;
+        params.not_after = now() + lifetime;
+        params.use_authority_key_identifier_extension = true;
+        let not_after = params.not_after;
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(IssueError::Signing)?;
+        let issued = Issued {
+            chain_pem: format!("{}{}", cert.pem(), self.chain()),
+            not_after,
+        };
+        Ok((issued, key.serialize_pem()))
+    }
+
     /// Issues an intermediate CA for `region` (it can issue end-entity certificates only).
     pub fn issue_intermediate(
         &self,

@@ -10,11 +10,15 @@
 mod authority;
 pub mod enroll;
 mod join_tokens;
+mod public_cert;
+mod seal;
 mod spiffe;
 mod verify;
 
 pub use authority::{blank_request, request_for, Authority, AuthorityError, IssueError, Issued};
 pub use join_tokens::{JoinTokens, JoinTokensError};
+pub use public_cert::{chain_facts, check_upload, name_covers, ChainFacts, UploadError};
+pub use seal::{random, SealError, SealingKey, SECRETS_KEY_LEN};
 pub use spiffe::{BadSpiffeId, SpiffeId, Subject};
 pub use verify::{
     certified_key, client_config, control_client_config, control_server_config,

@@ -5,6 +5,7 @@
 //! no randomness, no async. Everything here is a function of its inputs, which is what lets the
 //! property tests state the derivation's laws.
 
+mod certificates;
 mod definition;
 mod derive;
 mod domains;
@@ -16,6 +17,7 @@ mod parse;
 mod resources;
 mod validate;
 
+pub use certificates::{CertificateSource, CertificateState};
 pub use definition::{
     Definition, HealthCheck, Hsts, HttpCheck, Https, Mesh, Port, Process, ProcessOverride,
     Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec,

@@ -131,6 +131,14 @@ pub enum ChangeKind {
     Service,
     /// An endpoint of a service (key: `org/app/service/endpoint`).
     Endpoint,
+    /// A public domain's certificate (key: the domain).
+    Certificate,
+    /// An ACME account (key: the directory URL).
+    #[serde(rename = "acme_account")]
+    AcmeAccount,
+    /// The edges' TLS session ticket keys (key: `session-ticket-keys`).
+    #[serde(rename = "ticket_keys")]
+    TicketKeys,
 }
 
 /// Whether a change created/updated or removed its resource.

@@ -13,8 +13,8 @@ mod watch;
 
 use async_trait::async_trait;
 use meridian_model::{
-    App, Change, Definition, Deployment, Endpoint, EndpointInput, Org, Region, ServiceSummary,
-    TokenInfo,
+    App, CertificateSource, CertificateState, Change, Definition, Deployment, Endpoint,
+    EndpointInput, Org, Region, ServiceSummary, TokenInfo,
 };
 
 pub use sqlite::SqliteStore;
@@ -72,6 +72,48 @@ pub struct NewToken {
     pub hash: String,
 }
 
+/// A public domain's certificate as stored: its private key only sealed (the store never sees
+/// it in clear). Times are seconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// The domain (a host name, or a wildcard `*.example.com`); it must be claimed by a service.
+    pub domain: String,
+    /// Where the certificate comes from.
+    pub source: CertificateSource,
+    /// Its state.
+    pub state: CertificateState,
+    /// The issuer's name (the certificate's issuer common name or organisation), once there is
+    /// a certificate.
+    pub issuer: Option<String>,
+    /// Start of the certificate's validity.
+    pub not_before: Option<i64>,
+    /// End of the certificate's validity.
+    pub not_after: Option<i64>,
+    /// The chain, PEM, leaf first.
+    pub chain_pem: Option<String>,
+    /// The private key (PEM), sealed by the caller.
+    pub sealed_key: Option<Vec<u8>>,
+    /// Why the last attempt failed, or why none can be made.
+    pub last_error: Option<String>,
+    /// When the next attempt (issuance, renewal, retry) is due; `None` when none is planned.
+    pub next_attempt: Option<i64>,
+    /// Failed attempts in a row (for backoff).
+    pub attempts: u32,
+    /// Time of the last write (set by the store).
+    pub updated_at: i64,
+}
+
+/// A claimed public domain, with its certificate if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainClaim {
+    /// The domain.
+    pub domain: String,
+    /// The service that claims it.
+    pub service: ServiceKey,
+    /// Its certificate row, if any.
+    pub certificate: Option<CertificateRecord>,
+}
+
 /// Whether applying a service may create its org when it does not exist yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissingOrg {
@@ -94,14 +136,19 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     /// A public domain is served by another service: `index` is its place in the definition's
-    /// `domains`, `reason` says which domain and through which claim, naming the holder only
-    /// when it is of the same org.
-    #[error("domains[{index}]: {reason}")]
+    /// `domains`, `held` the claim that overlaps it (the domain itself or a wildcard) and
+    /// `holder` the service holding it. Whom to name the holder to is the caller's decision;
+    /// the message names nobody.
+    #[error("domains[{index}]: `{domain}` is already served by another service")]
     DomainTaken {
         /// The domain's index in `domains`.
         index: usize,
-        /// Which domain is taken, and how.
-        reason: String,
+        /// The domain asked for.
+        domain: String,
+        /// The claim that overlaps it.
+        held: String,
+        /// The service that holds `held`.
+        holder: Box<ServiceKey>,
     },
     /// The backend failed (I/O, database).
     #[error("storage failure: {0}")]
@@ -201,4 +248,22 @@ pub trait Store: Send + Sync + 'static {
     async fn endpoints_in_region(&self, region: &str) -> Result<Vec<Endpoint>>;
     /// Removes an endpoint.
     async fn delete_endpoint(&self, key: &ServiceKey, id: &str) -> Result<()>;
+
+    /// Claimed domains matching `filter` (by their service), ordered by domain, each with its
+    /// certificate.
+    async fn list_domains(&self, filter: &ServiceFilter) -> Result<Vec<DomainClaim>>;
+    /// One claimed domain (exactly this name, no wildcard matching), with its certificate.
+    async fn get_domain(&self, domain: &str) -> Result<Option<DomainClaim>>;
+    /// Creates or replaces the certificate of a claimed domain ([`StoreError::NotFound`] when
+    /// the domain is not claimed: the row lives as long as the claim). `updated_at` is set by
+    /// the store.
+    async fn put_certificate(&self, certificate: &CertificateRecord) -> Result<()>;
+    /// The sealed credentials of the ACME account at `directory`, if one was stored.
+    async fn get_acme_account(&self, directory: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores the sealed credentials of the ACME account at `directory`, replacing any.
+    async fn put_acme_account(&self, directory: &str, sealed: &[u8]) -> Result<()>;
+    /// The sealed TLS session ticket keys and when they were last rotated, if stored.
+    async fn get_ticket_keys(&self) -> Result<Option<(Vec<u8>, i64)>>;
+    /// Stores the sealed TLS session ticket keys, rotated at `rotated_at`.
+    async fn put_ticket_keys(&self, sealed: &[u8], rotated_at: i64) -> Result<()>;
 }

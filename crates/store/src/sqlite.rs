@@ -17,10 +17,14 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::watch;
 
+mod certificates;
 mod domains;
 mod endpoints;
 
-use crate::{MissingOrg, NewToken, Result, ServiceFilter, ServiceKey, Store, StoreError};
+use crate::{
+    CertificateRecord, DomainClaim, MissingOrg, NewToken, Result, ServiceFilter, ServiceKey, Store,
+    StoreError,
+};
 
 /// Most read connections open at once.
 const READERS: u32 = 4;
@@ -119,7 +123,7 @@ async fn checkpoint_in_background(pool: SqlitePool, mut latest: watch::Receiver<
     pool.close().await;
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -147,6 +151,9 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::App => "app",
         ChangeKind::Service => "service",
         ChangeKind::Endpoint => "endpoint",
+        ChangeKind::Certificate => "certificate",
+        ChangeKind::AcmeAccount => "acme_account",
+        ChangeKind::TicketKeys => "ticket_keys",
     }
 }
 
@@ -158,6 +165,9 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "app" => ChangeKind::App,
         "service" => ChangeKind::Service,
         "endpoint" => ChangeKind::Endpoint,
+        "certificate" => ChangeKind::Certificate,
+        "acme_account" => ChangeKind::AcmeAccount,
+        "ticket_keys" => ChangeKind::TicketKeys,
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unknown change kind `{other}`"
@@ -167,7 +177,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
 }
 
 /// Appends the change of the write in progress and returns its revision.
-async fn record(
+pub(super) async fn record(
     conn: &mut SqliteConnection,
     kind: ChangeKind,
     key: &str,
@@ -834,6 +844,82 @@ impl Store for SqliteStore {
     async fn delete_endpoint(&self, key: &ServiceKey, id: &str) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         let revision = endpoints::delete(&mut tx, key, id).await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn list_domains(&self, filter: &ServiceFilter) -> Result<Vec<DomainClaim>> {
+        certificates::list_domains(&self.reader, filter).await
+    }
+
+    async fn get_domain(&self, domain: &str) -> Result<Option<DomainClaim>> {
+        certificates::get_domain(&self.reader, domain).await
+    }
+
+    async fn put_certificate(&self, certificate: &CertificateRecord) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let revision = certificates::put(&mut tx, certificate).await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn get_acme_account(&self, directory: &str) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT sealed_credentials FROM acme_accounts WHERE directory = ?")
+                .bind(directory)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn put_acme_account(&self, directory: &str, sealed: &[u8]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let revision = record(
+            &mut tx,
+            ChangeKind::AcmeAccount,
+            directory,
+            ChangeOp::Put,
+            None,
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO acme_accounts (directory, sealed_credentials, created_at) \
+             VALUES (?, ?, ?) ON CONFLICT (directory) DO UPDATE SET \
+             sealed_credentials = excluded.sealed_credentials, created_at = excluded.created_at",
+        )
+        .bind(directory)
+        .bind(sealed)
+        .bind(now_secs())
+        .execute(&mut *tx)
+        .await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn get_ticket_keys(&self) -> Result<Option<(Vec<u8>, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT sealed_keys, rotated_at FROM ticket_keys WHERE id = 1")
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn put_ticket_keys(&self, sealed: &[u8], rotated_at: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let revision = record(
+            &mut tx,
+            ChangeKind::TicketKeys,
+            "session-ticket-keys",
+            ChangeOp::Put,
+            None,
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO ticket_keys (id, sealed_keys, rotated_at) VALUES (1, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET \
+             sealed_keys = excluded.sealed_keys, rotated_at = excluded.rotated_at",
+        )
+        .bind(sealed)
+        .bind(rotated_at)
+        .execute(&mut *tx)
+        .await?;
         self.commit(tx, revision).await
     }
 }

@@ -246,3 +246,119 @@ async fn a_reopened_store_keeps_its_state_and_revision() {
     store.create_org("other").await.unwrap();
     assert_eq!(store.revision().await.unwrap(), 4);
 }
+
+fn certificate(domain: &str) -> meridian_store::CertificateRecord {
+    meridian_store::CertificateRecord {
+        domain: domain.into(),
+        source: meridian_model::CertificateSource::Local,
+        state: meridian_model::CertificateState::Valid,
+        issuer: Some("test CA".into()),
+        not_before: Some(1),
+        not_after: Some(2),
+        chain_pem: Some("chain".into()),
+        sealed_key: Some(vec![1, 2, 3]),
+        last_error: None,
+        next_attempt: Some(3),
+        attempts: 0,
+        updated_at: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_lives_as_long_as_its_domain_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    with_regions(&store).await;
+    let mut web = definition("web", &["fra"], "web");
+    web.domains = vec!["shop.example.com".into(), "*.shop.example.com".into()];
+    store.apply_service(&web, MissingOrg::Create).await.unwrap();
+
+    let unclaimed = store
+        .put_certificate(&certificate("other.example.com"))
+        .await;
+    assert!(
+        matches!(unclaimed, Err(StoreError::NotFound(_))),
+        "{unclaimed:?}"
+    );
+    let before = store.revision().await.unwrap();
+    store
+        .put_certificate(&certificate("shop.example.com"))
+        .await
+        .unwrap();
+    store
+        .put_certificate(&certificate("*.shop.example.com"))
+        .await
+        .unwrap();
+    assert_eq!(store.revision().await.unwrap(), before + 2);
+    let change = &store.changes_after(before, 1).await.unwrap()[0];
+    assert_eq!(
+        (change.kind, change.key.as_str()),
+        (ChangeKind::Certificate, "shop.example.com")
+    );
+
+    let claim = store.get_domain("shop.example.com").await.unwrap().unwrap();
+    assert_eq!(claim.service, key("web"));
+    let stored = claim.certificate.unwrap();
+    assert_eq!(stored.sealed_key.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert!(stored.updated_at > 0);
+
+    // Dropping a domain releases its certificate; deleting the service releases the rest.
+    web.domains = vec!["*.shop.example.com".into()];
+    store.apply_service(&web, MissingOrg::Create).await.unwrap();
+    assert!(store
+        .get_domain("shop.example.com")
+        .await
+        .unwrap()
+        .is_none());
+    let listed = store.list_domains(&ServiceFilter::default()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].certificate.is_some());
+    web.domains = vec!["shop.example.com".into(), "*.shop.example.com".into()];
+    store.apply_service(&web, MissingOrg::Create).await.unwrap();
+    let again = store.get_domain("shop.example.com").await.unwrap().unwrap();
+    assert_eq!(
+        again.certificate, None,
+        "a released domain's certificate is gone"
+    );
+    store.delete_service(&key("web")).await.unwrap();
+    assert!(store
+        .list_domains(&ServiceFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn acme_accounts_and_ticket_keys_are_kept_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    assert_eq!(
+        store.get_acme_account("https://ca/dir").await.unwrap(),
+        None
+    );
+    store
+        .put_acme_account("https://ca/dir", b"one")
+        .await
+        .unwrap();
+    store
+        .put_acme_account("https://ca/dir", b"two")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_acme_account("https://ca/dir").await.unwrap(),
+        Some(b"two".to_vec())
+    );
+    assert_eq!(store.get_ticket_keys().await.unwrap(), None);
+    store.put_ticket_keys(b"keys", 7).await.unwrap();
+    store.put_ticket_keys(b"newer", 8).await.unwrap();
+    assert_eq!(
+        store.get_ticket_keys().await.unwrap(),
+        Some((b"newer".to_vec(), 8))
+    );
+    drop(store);
+    let reopened = open(&dir).await;
+    assert_eq!(
+        reopened.get_ticket_keys().await.unwrap(),
+        Some((b"newer".to_vec(), 8))
+    );
+}

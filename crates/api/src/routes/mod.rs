@@ -1,5 +1,6 @@
 //! The API's handlers, one module per resource family.
 
+pub mod domains;
 pub mod endpoints;
 pub mod feed;
 pub mod regions;

@@ -163,7 +163,8 @@ fn region_status(
 /// An admin token may apply into any org (creating it if missing); an org token only into its
 /// own. The app is created if missing. A public domain belongs to one service across all orgs:
 /// if another service serves one of `domains` (or a wildcard overlapping it), the answer is 409
-/// `domain_taken` with the field (`domains[i]`) and nothing changes.
+/// `domain_taken` with the field (`domains[i]`) and nothing changes; the message names the
+/// holder to an admin (and an org its own service), never another org's service to an org.
 #[utoipa::path(post, path = "/v1/services", tag = "services",
     request_body = Definition,
     responses((status = 200, description = "The new current deployment", body = Deployment), ErrorResponses))]
@@ -181,7 +182,11 @@ pub async fn apply(
     } else {
         MissingOrg::Reject
     };
-    let deployment = state.store.apply_service(&definition, missing_org).await?;
+    let deployment = state
+        .store
+        .apply_service(&definition, missing_org)
+        .await
+        .map_err(|e| ApiError::domain_taken(&caller, e))?;
     tracing::info!(
         service = %ServiceKey::of(&definition),
         version = deployment.version,
@@ -199,10 +204,8 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<ServiceQuery>,
 ) -> Result<Json<Vec<ServiceSummary>>, ApiError> {
-    let org = match (&caller.org, query.org) {
-        (Some(own), Some(asked)) if *own != asked => return Ok(Json(Vec::new())),
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked,
+    let Some(org) = caller.listing_org(query.org) else {
+        return Ok(Json(Vec::new()));
     };
     let filter = ServiceFilter {
         org,
@@ -292,7 +295,11 @@ pub async fn rollback(
     JsonBody(request): JsonBody<RollbackRequest>,
 ) -> Result<Json<Deployment>, ApiError> {
     let key = path.authorize(&caller)?;
-    let deployment = state.store.rollback(&key, request.to).await?;
+    let deployment = state
+        .store
+        .rollback(&key, request.to)
+        .await
+        .map_err(|e| ApiError::domain_taken(&caller, e))?;
     tracing::info!(service = %key, to = request.to, version = deployment.version, "rolled back");
     Ok(Json(deployment))
 }

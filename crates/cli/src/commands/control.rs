@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 use meridian_control::{
-    run_global, run_regional, GatewayListeners, GlobalOptions, RegionalOptions, Say,
+    run_global, run_regional, AcmeOptions, CertificateOptions, ChallengeKind, GatewayListeners,
+    GlobalOptions, RegionalOptions, Say,
 };
 
 use crate::ClientArgs;
@@ -78,6 +79,64 @@ pub struct ControlArgs {
     /// not needed once the CA is in the data directory).
     #[arg(long, value_name = "TOKEN", env = "MERIDIAN_JOIN_TOKEN")]
     join_token: Option<String>,
+    #[command(flatten)]
+    certificates: CertificateArgs,
+}
+
+/// Certificates of public domains (global only; docs/edge.md, "How a domain gets its
+/// certificate").
+#[derive(Args)]
+#[command(next_help_heading = "Certificates of public domains (global only)")]
+struct CertificateArgs {
+    /// File with the 32-byte key that seals private keys, ACME account keys and session ticket
+    /// keys in the store. It must exist and be exactly 32 bytes (make one with
+    /// `head -c 32 /dev/urandom > FILE; chmod 600 FILE`) unless --create-secrets-key. Without
+    /// it the plane manages no certificates and refuses uploads.
+    #[arg(long, value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
+    /// Create the --secrets-key file (32 random bytes, mode 0600) if it does not exist.
+    #[arg(long, requires = "secrets_key")]
+    create_secrets_key: bool,
+    /// Issue every claimed domain (wildcards too) a 90-day certificate from a local CA for
+    /// public names, made once in `<data-dir>/public-ca/` (clients trust its `ca.pem`; the path
+    /// is printed at start). For development and tests.
+    #[arg(long, requires = "secrets_key", conflicts_with = "acme_directory")]
+    local_ca: bool,
+    /// Order certificates from this ACME (RFC 8555) directory, e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory. The edges answer the challenges.
+    #[arg(long, value_name = "URL", requires = "secrets_key")]
+    acme_directory: Option<String>,
+    /// PEM root certificate the ACME server's HTTPS chains to, for a private CA such as pebble
+    /// (default: the system's web roots).
+    #[arg(long, value_name = "FILE", requires = "acme_directory")]
+    acme_ca_root: Option<PathBuf>,
+    /// Contact e-mail for the ACME account.
+    #[arg(long, value_name = "EMAIL", requires = "acme_directory")]
+    acme_email: Option<String>,
+    /// The challenge the CA is asked to validate (the edges answer both).
+    #[arg(long, value_name = "KIND", default_value = "http-01", value_parser = ["http-01", "tls-alpn-01"])]
+    acme_challenge: String,
+}
+
+impl CertificateArgs {
+    fn options(self) -> CertificateOptions {
+        let challenge = if self.acme_challenge == "tls-alpn-01" {
+            ChallengeKind::TlsAlpn01
+        } else {
+            ChallengeKind::Http01
+        };
+        CertificateOptions {
+            secrets_key: self.secrets_key,
+            create_secrets_key: self.create_secrets_key,
+            local_ca: self.local_ca,
+            acme: self.acme_directory.map(|directory| AcmeOptions {
+                directory,
+                ca_root: self.acme_ca_root,
+                email: self.acme_email,
+                challenge,
+            }),
+        }
+    }
 }
 
 /// Runs the chosen control plane until Ctrl-C or SIGTERM; an error when it cannot start or one
@@ -112,6 +171,7 @@ pub async fn run(args: ControlArgs, client: ClientArgs) -> Result<()> {
                 trust_domain: args.trust_domain,
                 listen: args.listen,
                 xds: args.xds.unwrap_or(GLOBAL_XDS),
+                certificates: args.certificates.options(),
                 say,
             };
             run_global(options, shutdown_signal()).await?;

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod control;
 pub mod dev;
 pub mod dns;
+pub mod domains;
 pub mod edge;
 pub mod endpoints;
 pub mod gateway;

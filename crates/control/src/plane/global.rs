@@ -4,7 +4,8 @@
 //!
 //! Supervision, task by task:
 //! - restarted (each rebuilds what it needs from the store and the reports): publishing the
-//!   regional deployments and region summaries, renewing the plane's own certificate;
+//!   regional deployments and region summaries, renewing the plane's own certificate, the
+//!   public domains' certificates (orders, renewals, publishing to edges, session ticket keys);
 //! - essential (each owns a bound socket): the API server and the xDS server for the regions.
 //!   When one ends the plane stops and [`run_global`] returns the error.
 
@@ -14,13 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_identity::{server_config, trust_bundle, Authority, CertStore, SpiffeId, Subject};
+use meridian_identity::{
+    server_config, trust_bundle, Authority, CertStore, SealingKey, SpiffeId, Subject,
+};
 use meridian_store::{SqliteStore, Store};
 use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
 use prometheus_client::registry::Registry;
 use tonic::service::Routes;
 
 use super::{bind, local, RunError, Say};
+use crate::certificates::{CertificateMetrics, CertificateOptions, IssuerConfig, LocalCa, Manager};
 use crate::supervise::Supervisor;
 use crate::{
     issue_own_certificate, keep_own_certificate, publish_regional_deployments, tls_incoming,
@@ -43,6 +47,8 @@ pub struct GlobalOptions {
     pub listen: SocketAddr,
     /// Where regional control planes follow their regional deployments (xDS, mutual TLS).
     pub xds: SocketAddr,
+    /// Certificates of public domains: the secrets key and the issuer.
+    pub certificates: CertificateOptions,
     /// Where the plane says what it does.
     pub say: Say,
 }
@@ -59,6 +65,7 @@ pub async fn run_global(
         trust_domain,
         listen,
         xds,
+        certificates,
         say,
     } = options;
     std::fs::create_dir_all(&data_dir).map_err(|e| {
@@ -77,6 +84,7 @@ pub async fn run_global(
         .await
         .map_err(|e| RunError::start("creating the admin token", format!("{e:?}")))?;
     let (ca, created) = root_ca(&data_dir, &trust_domain)?;
+    let (secrets, issuer) = certificate_setup(&data_dir, &certificates, &say)?;
     let ca = Arc::new(ca);
     let listener = bind(listen, "the API")?;
     let xds = bind(xds, "xDS")?;
@@ -142,6 +150,24 @@ pub async fn run_global(
     let bundle =
         trust_bundle(ca.certificate_pem()).map_err(|e| RunError::start("the trust bundle", e))?;
     let tls = server_config(own, bundle).map_err(|e| RunError::start("the xDS server's TLS", e))?;
+    if let Some(key) = &secrets {
+        let certificate_metrics = CertificateMetrics::new(&mut registry);
+        let (store, cache, key) = (store.clone(), cache.clone(), key.clone());
+        supervisor.restarting("certificates", move || {
+            let manager = Manager::new(
+                store.clone(),
+                cache.clone(),
+                key.clone(),
+                issuer.clone(),
+                certificate_metrics.clone(),
+            );
+            async move {
+                if let Err(e) = manager.run().await {
+                    tracing::warn!(error = %e, "certificates: reading the store failed");
+                }
+            }
+        });
+    }
     let stop = supervisor.stop();
     let ads = AdsServer::new(cache, metrics, Limits::default());
     let recorder = reports.clone();
@@ -160,7 +186,7 @@ pub async fn run_global(
         region_tokens: Arc::new(region_tokens),
     };
     // The API last: its /metrics shows every metric registered above.
-    let router = meridian_api::router_with(store, Some(trust), registry, reports);
+    let router = meridian_api::router_with(store, Some(trust), registry, reports, secrets);
     let api = axum::serve(listener, router).with_graceful_shutdown(stop.wait());
     supervisor.essential("the API server", api.into_future());
 
@@ -193,4 +219,72 @@ fn root_ca(data_dir: &Path, trust_domain: &str) -> Result<(Authority, bool), Run
     ca.save(&dir)
         .map_err(|e| RunError::start("storing the root CA", e))?;
     Ok((ca, true))
+}
+
+/// The secrets key and the issuer `options` ask for: no key, no certificates (and an issuer
+/// without a key is an error); `--local-ca` and `--acme-directory` exclude each other.
+fn certificate_setup(
+    data_dir: &Path,
+    options: &CertificateOptions,
+    say: &Say,
+) -> Result<(Option<Arc<SealingKey>>, IssuerConfig), RunError> {
+    let Some(path) = &options.secrets_key else {
+        if options.local_ca || options.acme.is_some() {
+            return Err(RunError::Option {
+                option: "--secrets-key",
+                reason: "--local-ca and --acme-directory need a secrets key file to seal \
+                         private keys in the store"
+                    .to_owned(),
+            });
+        }
+        say("certificates: off (no --secrets-key); edges get no certificates from this plane");
+        return Ok((None, IssuerConfig::None));
+    };
+    let option_error = |reason: String| RunError::Option {
+        option: "--secrets-key",
+        reason,
+    };
+    let key = if options.create_secrets_key {
+        let (key, created) =
+            SealingKey::load_or_create(path).map_err(|e| option_error(e.to_string()))?;
+        if created {
+            say(&format!(
+                "secrets key created in {} (keep it: the store's private keys open only with it)",
+                path.display()
+            ));
+        }
+        key
+    } else {
+        SealingKey::load(path).map_err(|e| option_error(e.to_string()))?
+    };
+    let issuer = match (&options.acme, options.local_ca) {
+        (Some(_), true) => {
+            return Err(RunError::Option {
+                option: "--local-ca",
+                reason: "choose one issuer: --local-ca or --acme-directory".to_owned(),
+            })
+        }
+        (Some(acme), false) => {
+            say(&format!(
+                "certificates: ordered from {} (ACME, {:?} challenges answered by the edges)",
+                acme.directory, acme.challenge
+            ));
+            IssuerConfig::Acme(acme.clone())
+        }
+        (None, true) => {
+            let (ca, created) = LocalCa::open(data_dir)
+                .map_err(|e| RunError::start("the local CA for public names", e))?;
+            say(&format!(
+                "certificates: issued by the local CA for public names ({}); clients trust {}",
+                if created { "created" } else { "loaded" },
+                ca.certificate_file().display()
+            ));
+            IssuerConfig::Local(Arc::new(ca))
+        }
+        (None, false) => {
+            say("certificates: uploads only (no --local-ca or --acme-directory)");
+            IssuerConfig::None
+        }
+    };
+    Ok((Some(Arc::new(key)), issuer))
 }

@@ -35,31 +35,16 @@ pub(super) async fn check(
         .bind(below)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some((held, org, app, service)) = holder {
+        if let Some((held, org, app, name)) = holder {
             return Err(StoreError::DomainTaken {
                 index,
-                reason: taken(key, domain, &held, (&org, &app, &service)),
+                domain: domain.clone(),
+                held,
+                holder: Box::new(ServiceKey { org, app, name }),
             });
         }
     }
     Ok(())
-}
-
-/// Why `domain` cannot be claimed by `key`: who holds `held` (another org's service is not
-/// named), and through which claim when it is not `domain` itself.
-fn taken(key: &ServiceKey, domain: &str, held: &str, holder: (&str, &str, &str)) -> String {
-    let (org, app, service) = holder;
-    let by = if org == key.org {
-        format!("service `{app}/{service}` of this org")
-    } else {
-        "a service of another org".to_owned()
-    };
-    let through = if held == domain {
-        String::new()
-    } else {
-        format!(" (as `{held}`)")
-    };
-    format!("`{domain}` is already served by {by}{through}; a domain belongs to one service")
 }
 
 /// Makes `domains` the claims of `key` (whose row exists): drops the others it held, adds the
