@@ -206,9 +206,10 @@ pub fn edge_config(
     // The internet's x-forwarded-* are not believed: the chain starts at the socket peer.
     let mut public = vec![json!({"name": "public", "address": listeners.http,
         "trust_forwarded": "none", "virtual_hosts": virtual_hosts})];
+    // HTTPS over TCP and, on the same port number over UDP, HTTP/3 (advertised in Alt-Svc).
     if let Some(https) = &listeners.https {
         public.push(json!({"name": "https", "address": https.address,
-            "tls": {"source": CERTIFICATE_SOURCE}, "trust_forwarded": "none",
+            "tls": {"source": CERTIFICATE_SOURCE, "http3": true}, "trust_forwarded": "none",
             "virtual_hosts": secure_hosts}));
     }
     json!({"listeners": public, "clusters": clusters})
