@@ -500,6 +500,7 @@ fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
         api_regions.len() == 3 && api_regions.iter().all(|l| l.contains("running")),
         "{stdout}"
     );
+    the_printed_curl_line_works(&stdout);
 
     // Ctrl-C stops every child, and the agents take their instances' namespaces with them.
     let pid = |dev: &std::process::Child| {
@@ -519,6 +520,39 @@ fn dev_starts_a_platform_stops_it_on_ctrl_c_and_starts_again_from_its_data() {
     // Killed outright, dev cannot stop its children: they notice it is gone and stop.
     rustix::process::kill_process(pid(&dev), rustix::process::Signal::KILL).unwrap();
     gone(&mut dev, &data);
+}
+
+/// The edges serve the example over HTTPS with dev's local CA, as the `curl --cacert …
+/// --resolve …` line dev prints says, over HTTP/2, advertising HTTP/3.
+fn the_printed_curl_line_works(stdout: &str) {
+    let curl = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("curl --cacert"))
+        .unwrap_or_else(|| panic!("no curl line for HTTPS:\n{stdout}"));
+    let words: Vec<&str> = curl.split_whitespace().collect();
+    let (ca, resolve, url) = (words[2], words[4], words[5]);
+    let (host, rest) = resolve.split_once(':').unwrap();
+    let (port, ip) = rest.split_once(':').unwrap();
+    let edge = std::net::SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap());
+    let root = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve(host, edge)
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = runtime.block_on(client.get(url).send()).unwrap();
+    assert_eq!(answer.status(), 200, "{curl}");
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2, "{curl}");
+    let alt_svc = answer.headers()["alt-svc"].to_str().unwrap().to_owned();
+    assert_eq!(alt_svc, format!("h3=\":{port}\"; ma=86400"));
+    let body = runtime.block_on(answer.text()).unwrap();
+    assert!(!body.trim().is_empty(), "{curl}");
 }
 
 #[test]

@@ -42,9 +42,9 @@ use tokio_rustls::TlsAcceptor;
 pub use acme::{Http01Answers, HTTP01_PATH};
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
-    HttpsRedirect,
-    LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig, RouteConfig,
-    RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost, WeightedCluster,
+    HttpsRedirect, LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig,
+    RouteConfig, RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost,
+    WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
 pub use http3::HANDSHAKES_BEFORE_RETRY;

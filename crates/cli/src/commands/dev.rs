@@ -67,9 +67,20 @@ pub struct DevArgs {
     /// Their listeners for the edges (mutual TLS) are 100 ports up.
     #[arg(long, default_value_t = 18080)]
     gateway_port: u16,
-    /// Port of the first edge's public listener; the other follows (par, nyc).
+    /// Port of the first edge's public listener in plain HTTP; the other follows (par, nyc).
     #[arg(long, default_value_t = 18090)]
     edge_port: u16,
+    /// Port of the first edge's HTTPS listener (HTTP/1.1 and HTTP/2 over TCP, HTTP/3 over UDP
+    /// on the same port number); the other follows.
+    #[arg(long, default_value_t = 18443)]
+    edge_https_port: u16,
+    /// Order the example's certificates from this ACME directory (e.g. a local pebble) instead
+    /// of the local CA dev makes.
+    #[arg(long, value_name = "URL")]
+    acme_directory: Option<String>,
+    /// The PEM root of the ACME server's own HTTPS certificate (for a private ACME CA).
+    #[arg(long, value_name = "FILE", requires = "acme_directory")]
+    acme_ca_root: Option<PathBuf>,
     /// Stop everything once the example app is served, instead of running until Ctrl-C.
     #[arg(long)]
     exit_when_ready: bool,
@@ -96,12 +107,23 @@ pub async fn run(args: DevArgs) -> Result<()> {
     // Listen for Ctrl-C and SIGTERM before the first child starts: a stop asked for at any
     // moment stops the children in order.
     let mut stop = Stop::listen()?;
-    let ports = (args.gateway_port, args.edge_port);
-    ports::check_free(&ports::used(args.listen, ports))?;
+    let ports = Ports {
+        gateway: args.gateway_port,
+        edge: args.edge_port,
+        edge_https: args.edge_https_port,
+    };
+    ports::check_free(&ports::used(args.listen, &ports))?;
+    let issuer = match args.acme_directory {
+        Some(directory) => Issuer::Acme {
+            directory,
+            ca_root: args.acme_ca_root,
+        },
+        None => Issuer::LocalCa,
+    };
     let exe = std::env::current_exe().context("finding the meridian binary")?;
     let mut children = Children::new(&exe, &data_dir.join("logs"))?;
     let started = tokio::select! {
-        result = start_and_serve(&args.listen, ports, &data_dir, &mut children) => Some(result),
+        result = start_and_serve(&args.listen, &ports, &issuer, &data_dir, &mut children) => Some(result),
         () = stop.requested() => None,
     };
     match started {
@@ -117,6 +139,51 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     children.stop_all().await;
     Ok(())
+}
+
+/// The fixed ports dev's gateways and edges listen on (the first region's or edge's; the others
+/// follow).
+pub struct Ports {
+    /// The gateways' plain-HTTP ports.
+    pub gateway: u16,
+    /// The edges' plain-HTTP ports.
+    pub edge: u16,
+    /// The edges' HTTPS ports (TCP, and UDP for HTTP/3).
+    pub edge_https: u16,
+}
+
+/// Where the example's certificates come from.
+enum Issuer {
+    /// A local CA the global control plane makes in its data directory.
+    LocalCa,
+    /// An ACME CA.
+    Acme {
+        directory: String,
+        ca_root: Option<PathBuf>,
+    },
+}
+
+impl Issuer {
+    /// The global control plane's flags for it (besides its secrets key).
+    fn flags(
+        &self,
+    ) -> (
+        Vec<&'static str>,
+        Vec<(&'static str, PathBuf)>,
+        Vec<(&'static str, String)>,
+    ) {
+        match self {
+            Issuer::LocalCa => (vec!["--local-ca"], Vec::new(), Vec::new()),
+            Issuer::Acme { directory, ca_root } => (
+                Vec::new(),
+                ca_root
+                    .iter()
+                    .map(|r| ("--acme-ca-root", r.clone()))
+                    .collect(),
+                vec![("--acme-directory", directory.clone())],
+            ),
+        }
+    }
 }
 
 /// Ctrl-C and SIGTERM, listened for from its creation on (one that comes before anyone waits is
@@ -146,7 +213,8 @@ impl Stop {
 
 async fn start_and_serve(
     listen: &SocketAddr,
-    (gateway_port, edge_port): (u16, u16),
+    ports: &Ports,
+    issuer: &Issuer,
     data_dir: &Path,
     children: &mut Children,
 ) -> Result<()> {
@@ -155,16 +223,25 @@ async fn start_and_serve(
         data_dir.display()
     );
     // Its last startup line is about the admin token (shown at the first start only).
+    // It keeps the edges' certificate keys sealed with a key made at the first start.
     let control_global = "control-global";
+    let global_dir = data_dir.join("global");
+    let (issuer_args, issuer_paths, issuer_options) = issuer.flags();
+    let args = ["control", "--global", "--create-secrets-key"];
+    let paths = [
+        ("--data-dir", global_dir.clone()),
+        ("--secrets-key", global_dir.join("secrets.key")),
+    ];
+    let options = [
+        ("--listen", listen.to_string()),
+        ("--xds", "127.0.0.1:0".to_owned()),
+    ];
     children
         .spawn(
             control_global,
-            &["control", "--global"],
-            &[("--data-dir", data_dir.join("global"))],
-            &[
-                ("--listen", listen.to_string()),
-                ("--xds", "127.0.0.1:0".to_owned()),
-            ],
+            &[&args[..], &issuer_args].concat(),
+            &[&paths[..], &issuer_paths].concat(),
+            &[&options[..], &issuer_options].concat(),
             "admin token",
         )
         .await?;
@@ -207,7 +284,7 @@ async fn start_and_serve(
     }
     let mut regions = Vec::new();
     for (i, (name, _, _)) in REGIONS.iter().enumerate() {
-        let gateway = SocketAddr::from(([127, 0, 0, 1], gateway_port + i as u16));
+        let gateway = SocketAddr::from(([127, 0, 0, 1], ports.gateway + i as u16));
         println!("starting region {name}: control plane, {NODES_PER_REGION} agents, gateway on {gateway}");
         let global = Global {
             api: &api,
@@ -218,8 +295,9 @@ async fn start_and_serve(
     }
     let mut edges = Vec::new();
     for (i, (name, lat, lon)) in EDGES.iter().enumerate() {
-        let listen = SocketAddr::from(([127, 0, 0, 1], edge_port + i as u16));
-        println!("starting edge {name} on {listen}");
+        let listen = SocketAddr::from(([127, 0, 0, 1], ports.edge + i as u16));
+        let https = SocketAddr::from(([127, 0, 0, 1], ports.edge_https + i as u16));
+        println!("starting edge {name} on http://{listen} and https://{https}");
         // Edges join at the first region's control plane and follow the global one.
         let home = &regions[0];
         let state = data_dir.join("edges").join(name);
@@ -234,6 +312,7 @@ async fn start_and_serve(
                     ("--lat", lat.to_string()),
                     ("--lon", lon.to_string()),
                     ("--listen", listen.to_string()),
+                    ("--listen-https", https.to_string()),
                     ("--admin", "127.0.0.1:0".to_owned()),
                     ("--global-xds", xds.clone()),
                 ]
@@ -243,14 +322,22 @@ async fn start_and_serve(
                 "serving http://",
             )
             .await?;
-        edges.push((*name, listen));
+        edges.push(Edge {
+            name,
+            http: listen,
+            https,
+        });
     }
+    let trust = match issuer {
+        Issuer::LocalCa => Some(global_dir.join("public-ca").join("ca.pem")),
+        Issuer::Acme { .. } => None,
+    };
     println!("waiting for the example app to be served…");
     let answers = wait_until_served(&regions).await;
     wait_until_reported(&client).await;
-    let edge_answers = wait_until_edges_serve(&edges).await;
+    let edge_answers = wait_until_edges_serve(&edges, trust.as_deref()).await;
     print_status(&api, &token, &regions, &answers, data_dir);
-    print_edges(&edges, &edge_answers);
+    print_edges(&edges, &edge_answers, trust.as_deref());
     for service in EXAMPLE_SERVICES {
         println!();
         let scope = resources::AppScope::new("shop", "demo");
@@ -485,35 +572,104 @@ fn probe_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// What `address` answers for the example host: the greeting (whatever the example's
-/// `GREETING` is), or why there is none (`missing` says what a non-2xx answer means there).
+/// What `address` answers for the example host over plain HTTP: the greeting (whatever the
+/// example's `GREETING` is), or why there is none (`missing` says what a non-2xx answer means
+/// there).
 async fn greeting(
     client: &reqwest::Client,
     address: SocketAddr,
     missing: &str,
 ) -> Result<String, String> {
-    let answer = client
+    let request = client
         .get(format!("http://{address}/"))
-        .header("host", EXAMPLE_HOST)
-        .send()
-        .await;
-    match answer {
+        .header("host", EXAMPLE_HOST);
+    answer_of(request, missing, false).await
+}
+
+/// The greeting a request gets (with the HTTP version it came in, if `versioned`), or why
+/// there is none.
+async fn answer_of(
+    request: reqwest::RequestBuilder,
+    missing: &str,
+    versioned: bool,
+) -> Result<String, String> {
+    match request.send().await {
         Ok(a) if a.status().is_success() => {
-            Ok(a.text().await.unwrap_or_default().trim().to_owned())
+            let version = a.version();
+            let text = a.text().await.unwrap_or_default();
+            match versioned {
+                true => Ok(format!("{} ({version:?})", text.trim())),
+                false => Ok(text.trim().to_owned()),
+            }
         }
         Ok(a) => Err(format!("{} ({missing})", a.status())),
         Err(e) => Err(format!("no answer: {e}")),
     }
 }
 
+/// An edge of dev, and its listeners.
+struct Edge {
+    name: &'static str,
+    /// Plain HTTP (ACME HTTP-01 answers, and redirects to HTTPS).
+    http: SocketAddr,
+    /// HTTPS over TCP, and HTTP/3 over UDP on the same port number.
+    https: SocketAddr,
+}
+
+/// A client that reaches the example host at `edge` over HTTPS (HTTP/2 where the edge offers
+/// it), trusting `ca` (dev's local CA).
+fn https_client(edge: SocketAddr, ca: &Path) -> Result<reqwest::Client, String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+    let root = reqwest::Certificate::from_pem(&pem)
+        .map_err(|e| format!("{} holds no certificate: {e}", ca.display()))?;
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve(EXAMPLE_HOST, edge)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// What `edge` answers for the example host: over HTTPS with dev's local CA (`ca`), or, with an
+/// ACME CA whose root dev does not know, over plain HTTP (where a redirect to HTTPS says the
+/// certificate arrived).
+async fn edge_answer(
+    plain: &reqwest::Client,
+    edge: &Edge,
+    ca: Option<&Path>,
+) -> Result<String, String> {
+    const MISSING: &str = "no region serves it, or no certificate yet";
+    match ca {
+        Some(ca) => {
+            let client = https_client(edge.https, ca)?;
+            let url = format!("https://{EXAMPLE_HOST}:{}/", edge.https.port());
+            answer_of(client.get(url), MISSING, true).await
+        }
+        None => {
+            let request = plain
+                .get(format!("http://{}/", edge.http))
+                .header("host", EXAMPLE_HOST);
+            match request.send().await {
+                Ok(a) if a.status() == reqwest::StatusCode::PERMANENT_REDIRECT => {
+                    Ok("certificate served (plain HTTP redirects to HTTPS)".to_owned())
+                }
+                Ok(a) => Err(format!("{} ({MISSING})", a.status())),
+                Err(e) => Err(format!("no answer: {e}")),
+            }
+        }
+    }
+}
+
 /// What each edge answers for the example host, once every edge answers (or after a while).
-async fn wait_until_edges_serve(edges: &[(&str, SocketAddr)]) -> Vec<String> {
-    let client = probe_client();
+async fn wait_until_edges_serve(edges: &[Edge], ca: Option<&Path>) -> Vec<String> {
+    let plain = probe_client();
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let mut answers = Vec::new();
-        for (_, address) in edges {
-            answers.push(greeting(&client, *address, "no region serves it yet").await);
+        for edge in edges {
+            answers.push(edge_answer(&plain, edge, ca).await);
         }
         if answers.iter().all(Result::is_ok) || Instant::now() > end {
             return answers
@@ -525,18 +681,39 @@ async fn wait_until_edges_serve(edges: &[(&str, SocketAddr)]) -> Vec<String> {
     }
 }
 
-fn print_edges(edges: &[(&str, SocketAddr)], answers: &[String]) {
+fn print_edges(edges: &[Edge], answers: &[String], ca: Option<&Path>) {
     println!();
     println!(
-        "{:<7} {:<23} WEB ({EXAMPLE_HOST}) THROUGH THE EDGE",
+        "{:<7} {:<48} WEB ({EXAMPLE_HOST}) THROUGH THE EDGE",
         "EDGE", "PUBLIC"
     );
-    for ((name, address), answer) in edges.iter().zip(answers) {
-        println!("{name:<7} {:<23} {answer}", format!("http://{address}"));
+    for (edge, answer) in edges.iter().zip(answers) {
+        let public = format!("https://{} http://{}", edge.https, edge.http);
+        println!("{:<7} {public:<48} {answer}", edge.name);
     }
-    if let Some((_, first)) = edges.first() {
-        println!("  curl -H 'host: {EXAMPLE_HOST}' http://{first}/    # the nearest region answers; stop its gateway to see failover");
+    let Some(first) = edges.first() else {
+        return;
+    };
+    let port = first.https.port();
+    match ca {
+        Some(ca) => println!(
+            "  curl --cacert {} --resolve {EXAMPLE_HOST}:{port}:{} https://{EXAMPLE_HOST}:{port}/    \
+             # HTTP/2; the nearest region answers; stop its gateway to see failover",
+            ca.display(),
+            first.https.ip()
+        ),
+        None => println!(
+            "  curl --resolve {EXAMPLE_HOST}:{port}:{} https://{EXAMPLE_HOST}:{port}/    \
+             # with your ACME CA's root (--cacert)",
+            first.https.ip()
+        ),
     }
+    println!(
+        "  HTTP/3 answers on the same port over UDP (advertised in Alt-Svc): curl --http3 with \
+         a curl built for it. Plain HTTP (http://{}) redirects to HTTPS; certificates: \
+         meridian domains --app shop",
+        first.http
+    );
 }
 
 /// The example's services, in the order their status is printed.
@@ -613,6 +790,6 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
     }
     println!(
         "Edges reach the gateways over mutual TLS (the gateways' plain-HTTP ports above are for \
-         you). Not yet part of dev: TLS and HTTP/2 on the edges."
+         you)."
     );
 }

@@ -7,22 +7,19 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Result};
 
-use super::{EDGES, EDGE_LISTENER_OFFSET, REGIONS};
+use super::{Ports, EDGES, EDGE_LISTENER_OFFSET, REGIONS};
 
 /// Every fixed address dev listens on, with what listens there: the API at `listen` (unless its
 /// port is 0), the gateways from `gateway_port` (and their listeners for edges above them), the
-/// edges from `edge_port`.
-pub fn used(
-    listen: SocketAddr,
-    (gateway_port, edge_port): (u16, u16),
-) -> Vec<(SocketAddr, String)> {
+/// edges from `edge` (plain HTTP) and `edge_https`.
+pub fn used(listen: SocketAddr, ports: &Ports) -> Vec<(SocketAddr, String)> {
     let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let mut used = Vec::new();
     if listen.port() != 0 {
         used.push((listen, "the public API (--listen)".to_owned()));
     }
     for (i, (region, _, _)) in REGIONS.iter().enumerate() {
-        let port = gateway_port.saturating_add(i as u16);
+        let port = ports.gateway.saturating_add(i as u16);
         used.push((at(port), format!("gateway {region} (--gateway-port)")));
         used.push((
             at(port.saturating_add(EDGE_LISTENER_OFFSET)),
@@ -32,8 +29,13 @@ pub fn used(
         ));
     }
     for (i, (edge, _, _)) in EDGES.iter().enumerate() {
-        let port = edge_port.saturating_add(i as u16);
+        let port = ports.edge.saturating_add(i as u16);
         used.push((at(port), format!("edge {edge} (--edge-port)")));
+        let https = ports.edge_https.saturating_add(i as u16);
+        used.push((
+            at(https),
+            format!("edge {edge}'s HTTPS (--edge-https-port)"),
+        ));
     }
     used
 }
@@ -45,7 +47,7 @@ pub fn check_free(used: &[(SocketAddr, String)]) -> Result<()> {
         if let Err(e) = listen(*address) {
             bail!(
                 "cannot listen on {address} for {what}: {e}; stop what holds it, or choose \
-                 other ports with --listen, --gateway-port and --edge-port"
+                 other ports with --listen, --gateway-port, --edge-port and --edge-https-port"
             );
         }
     }
@@ -93,15 +95,17 @@ mod tests {
     #[test]
     fn every_fixed_port_is_looked_at() {
         let listen: SocketAddr = "127.0.0.1:7070".parse().unwrap();
-        let ports: Vec<u16> = used(listen, (18080, 18090))
-            .iter()
-            .map(|(a, _)| a.port())
-            .collect();
+        let fixed = Ports {
+            gateway: 18080,
+            edge: 18090,
+            edge_https: 18443,
+        };
+        let ports: Vec<u16> = used(listen, &fixed).iter().map(|(a, _)| a.port()).collect();
         assert_eq!(
             ports,
-            [7070, 18080, 18180, 18081, 18181, 18082, 18182, 18090, 18091]
+            [7070, 18080, 18180, 18081, 18181, 18082, 18182, 18090, 18443, 18091, 18444]
         );
         let any = "127.0.0.1:0".parse().unwrap();
-        assert_eq!(used(any, (18080, 18090)).len(), 8);
+        assert_eq!(used(any, &fixed).len(), 10);
     }
 }
