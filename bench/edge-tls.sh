@@ -10,6 +10,9 @@ if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null || ! command
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx nghttp2-client openssl
 fi
-cargo build --release --bin meridian --bin tls-client
+# Two builds, as each package alone unifies its dependencies' features (one build of both would
+# build them again the other way).
+cargo build --release -p meridian-cli
+cargo build --release -p meridian-bench --bin tls-client
 target="${CARGO_TARGET_DIR:-target}/release"
 exec python3 bench/edge_tls.py --meridian "$target/meridian" --client "$target/tls-client" "$@"

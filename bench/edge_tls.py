@@ -38,7 +38,8 @@ import sys
 import tempfile
 import time
 
-from proxy import children, cpu_seconds, rss_kib, start, stop, wait_port
+from proxy import (children, cpu_seconds, haproxy_config, interleaved, launch_reference, rss_kib,
+                   start, stop, upstream_config, wait_port, write_configs)
 
 UPSTREAM_PORT = 19380
 PORTS = {"meridian": 19381, "nginx": 19382, "haproxy": 19383}
@@ -64,13 +65,7 @@ def certificate(tmp):
 
 def configs(tmp, cert, key, combined):
     up = f"127.0.0.1:{UPSTREAM_PORT}"
-    files = {}
-    files["upstream"] = f"""
-worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log /dev/null crit;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen {up} reuseport; location / {{ return 200 'ok'; }} }} }}
-"""
+    files = {"upstream": upstream_config(tmp, up)}
     files["nginx"] = f"""
 worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log /dev/null crit;
 events {{ worker_connections 8192; }}
@@ -82,22 +77,9 @@ http {{ access_log off; keepalive_requests 1000000;
     location / {{ proxy_pass http://up; proxy_http_version 1.1;
       proxy_set_header Connection ""; }} }} }}
 """
-    files["haproxy"] = f"""
-global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{PORTS['haproxy']} ssl crt {combined} alpn h2,http/1.1 ssl-min-ver TLSv1.3 prefer-client-ciphers
-  default_backend be
-backend be
-  server s1 {up} maxconn 1024
-"""
+    files["haproxy"] = haproxy_config(
+        [f"127.0.0.1:{PORTS['haproxy']} ssl crt {combined} alpn h2,http/1.1 ssl-min-ver TLSv1.3 "
+         "prefer-client-ciphers"], up)
     files["meridian"] = f"""listeners:
   - name: edge
     address: 127.0.0.1:{PORTS['meridian']}
@@ -107,13 +89,7 @@ clusters:
   - name: up
     endpoints: [{{address: "{up}"}}]
 """
-    paths = {}
-    for name, text in files.items():
-        path = os.path.join(tmp, f"{name}.conf")
-        with open(path, "w") as f:
-            f.write(text)
-        paths[name] = path
-    return paths
+    return write_configs(tmp, files)
 
 
 def meridian_command(meridian, config):
@@ -127,11 +103,7 @@ def launch(target, paths, meridian):
     if target == "meridian":
         return start(meridian_command(meridian, paths["meridian"]), SERVER_CPU,
                      env={**os.environ, "MERIDIAN_LOG": "error"})
-    if target == "haproxy":
-        return start(["haproxy", "-db", "-f", paths["haproxy"]], SERVER_CPU)
-    if target == "nginx":
-        return start(["nginx", "-c", paths["nginx"]], SERVER_CPU)
-    raise ValueError(target)
+    return launch_reference(target, paths[target], SERVER_CPU)
 
 
 def client(args, port, *command, **kw):
@@ -251,21 +223,12 @@ def main():
           f"(nginx return 200) on CPU {CLIENT_CPU}; ECDSA P-256, TLS 1.3; {args.seconds}s per run, "
           f"{args.concurrency} handshakes in flight, {IDLE_CONNECTIONS} idle h2 connections; "
           f"{args.rounds} rounds + warm-up", flush=True)
-    results = {t: [] for t in targets}
-    suites = set()
     try:
         wait_port(UPSTREAM_PORT)
-        for r in range(args.rounds + 1):
-            order = targets[r % len(targets):] + targets[:r % len(targets)]
-            for target in order:
-                row = measure(target, paths, args)
-                suites.add(f"{target}: {row['full_suite']}")
-                if r > 0:
-                    results[target].append(row)
-            print(f"round {r}{' (warm-up, discarded)' if r == 0 else ''}: order {' '.join(order)}",
-                  flush=True)
+        results = interleaved(targets, args.rounds, lambda target: measure(target, paths, args))
     finally:
         stop(upstream)
+    suites = {f"{t}: {row['full_suite']}" for t, rows in results.items() for row in rows}
     report(results, targets, suites, http3_slot(repo))
 
 
