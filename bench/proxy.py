@@ -90,12 +90,7 @@ def stop(proc):
 def configs(tmp, meridian_http2):
     up = f"127.0.0.1:{UPSTREAM_PORT}"
     files = {}
-    files["upstream"] = f"""
-worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log /dev/null crit;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen {up} reuseport; location / {{ return 200 'ok'; }} }} }}
-"""
+    files["upstream"] = upstream_config(tmp, up)
     files["nginx"] = f"""
 worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log /dev/null crit;
 events {{ worker_connections 8192; }}
@@ -105,23 +100,8 @@ http {{ access_log off; keepalive_requests 1000000;
     location / {{ proxy_pass http://up; proxy_http_version 1.1;
       proxy_set_header Connection ""; }} }} }}
 """
-    files["haproxy"] = f"""
-global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{PORTS['haproxy']}
-  bind 127.0.0.1:{PORTS['haproxy'] + 100} proto h2
-  default_backend be
-backend be
-  server s1 {up} maxconn 1024
-"""
+    files["haproxy"] = haproxy_config(
+        [f"127.0.0.1:{PORTS['haproxy']}", f"127.0.0.1:{PORTS['haproxy'] + 100} proto h2"], up)
     listeners = [("web", PORTS["meridian"])]
     if meridian_http2:
         listeners.append(("web2", PORTS["meridian"] + 100))
@@ -135,6 +115,43 @@ backend be
   - name: up
     endpoints: [{{address: "{up}"}}]
 """
+    return write_configs(tmp, files)
+
+
+def upstream_config(tmp, up):
+    """nginx config of the upstream every proxy benchmark forwards to: `return 200 'ok'` at
+    `up`, one worker, keep-alive."""
+    return f"""
+worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log /dev/null crit;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen {up} reuseport; location / {{ return 200 'ok'; }} }} }}
+"""
+
+
+def haproxy_config(binds, up):
+    """HAProxy config: one thread, its frontend bound by each of `binds` (`ADDR [options]`),
+    forwarding to `up` with keep-alive and connection reuse (up to 1024 connections)."""
+    bind_lines = "".join(f"  bind {bind}\n" for bind in binds)
+    return f"""
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+{bind_lines}  default_backend be
+backend be
+  server s1 {up} maxconn 1024
+"""
+
+
+def write_configs(tmp, files):
+    """Writes each config text of `files` (by name) to `tmp/<name>.conf`; their paths by name."""
     paths = {}
     for name, text in files.items():
         path = os.path.join(tmp, f"{name}.conf")
@@ -144,16 +161,21 @@ backend be
     return paths
 
 
+def launch_reference(target, path, cpu):
+    """Starts HAProxy or nginx (`target`) with the config at `path`, pinned to `cpu`."""
+    if target == "haproxy":
+        return start(["haproxy", "-db", "-f", path], cpu)
+    if target == "nginx":
+        return start(["nginx", "-c", path], cpu)
+    raise ValueError(target)
+
+
 def launch(target, paths, meridian):
     if target == "meridian":
         return start([meridian, "proxy", "--config", paths["meridian"],
                       "--admin", f"127.0.0.1:{ADMIN_PORT}"], 1,
                      env={**os.environ, "MERIDIAN_LOG": "error"})
-    if target == "haproxy":
-        return start(["haproxy", "-db", "-f", paths["haproxy"]], 1)
-    if target == "nginx":
-        return start(["nginx", "-c", paths["nginx"]], 1)
-    raise ValueError(target)
+    return launch_reference(target, paths[target], 1)
 
 
 def wrk(port, connections, seconds, lua):
@@ -217,6 +239,21 @@ def measure(target, paths, meridian, args, lua):
     return row
 
 
+def interleaved(targets, rounds, measure_one):
+    """`measure_one(target)` for every target, in rotating order (A B C, B C A, ...), over a
+    warm-up round (discarded) and `rounds` rounds; the rows of the measured rounds by target."""
+    results = {t: [] for t in targets}
+    for r in range(rounds + 1):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        for target in order:
+            row = measure_one(target)
+            if r > 0:
+                results[target].append(row)
+        print(f"round {r}{' (warm-up, discarded)' if r == 0 else ''}: order {' '.join(order)}",
+              flush=True)
+    return results
+
+
 def main():
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -237,16 +274,9 @@ def main():
     wait_port(UPSTREAM_PORT)
     print(f"proxies on CPU 1 (one worker each); wrk, h2load and the upstream on CPU 0; "
           f"{args.connections} connections, {args.seconds}s per run, {args.rounds} rounds + warm-up")
-    results = {t: [] for t in targets}
     try:
-        for r in range(args.rounds + 1):
-            order = targets[r % len(targets):] + targets[:r % len(targets)]
-            for target in order:
-                row = measure(target, paths, args.meridian, args, lua)
-                if r > 0:
-                    results[target].append(row)
-            print(f"round {r}{' (warm-up, discarded)' if r == 0 else ''}: order {' '.join(order)}",
-                  flush=True)
+        results = interleaved(targets, args.rounds,
+                              lambda target: measure(target, paths, args.meridian, args, lua))
     finally:
         stop(upstream)
 
