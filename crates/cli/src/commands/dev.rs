@@ -163,15 +163,16 @@ enum Issuer {
     },
 }
 
+/// Command-line flags of a component: switches, paths, and other values.
+type Flags = (
+    Vec<&'static str>,
+    Vec<(&'static str, PathBuf)>,
+    Vec<(&'static str, String)>,
+);
+
 impl Issuer {
     /// The global control plane's flags for it (besides its secrets key).
-    fn flags(
-        &self,
-    ) -> (
-        Vec<&'static str>,
-        Vec<(&'static str, PathBuf)>,
-        Vec<(&'static str, String)>,
-    ) {
+    fn flags(&self) -> Flags {
         match self {
             Issuer::LocalCa => (vec!["--local-ca"], Vec::new(), Vec::new()),
             Issuer::Acme { directory, ca_root } => (
