@@ -22,8 +22,9 @@ over the run, master and workers summed):
   session cache, nginx and HAProxy from stateless tickets).
 - h2 req/s and CPU µs/request: h2load over TLS (ALPN h2), 10 connections x 10 streams, small
   `GET /` proxied to the upstream over HTTP/1.1 keep-alive.
-- HTTP/3: measured only once an `http3` listener option exists (docs/proxy-config.md) and the
-  client can speak it; otherwise the row says so.
+- HTTP/3 req/s and CPU µs/request (Meridian only: Debian's nginx and HAProxy here have no
+  QUIC): tls-client's `h3` mode, 10 QUIC connections x 10 requests in flight, the same `GET /`
+  through the same listener (`http3: true`), shown beside Meridian's own HTTP/2 figures.
 - RSS per idle h2 connection: a fresh server process, its VmRSS idle, then 1,000 TLS connections
   with ALPN h2 whose preface and SETTINGS have been exchanged (both acknowledged), held idle:
   (VmRSS with them - VmRSS idle) / 1000, in KiB (the kB of /proc). Target: <= 20.
@@ -83,7 +84,7 @@ http {{ access_log off; keepalive_requests 1000000;
     files["meridian"] = f"""listeners:
   - name: edge
     address: 127.0.0.1:{PORTS['meridian']}
-    tls: {{cert_file: {cert}, key_file: {key}}}
+    tls: {{cert_file: {cert}, key_file: {key}, http3: true}}
     virtual_hosts: [{{name: all, domains: ["*"], routes: [{{cluster: up}}]}}]
 clusters:
   - name: up
@@ -181,19 +182,25 @@ def measure(target, paths, args):
                 row[("resumed_" if resume else "full_") + key] = value
         for key, value in h2load(args, port, pids).items():
             row["h2_" + key] = value
+        if target == "meridian":
+            for key, value in http3_load(args, port, pids).items():
+                row["h3_" + key] = value
     finally:
         stop(proc)
     return row
 
 
-def http3_slot(repo):
-    """The HTTP/3 row: Meridian has no HTTP/3 listener until docs/proxy-config.md documents an
-    `http3` option; then this benchmark needs an HTTP/3 client (quinn + h3 in tls_client.rs,
-    h2load here is built without QUIC) and a row per server that has HTTP/3."""
-    with open(os.path.join(repo, "docs", "proxy-config.md")) as f:
-        if "http3" not in f.read():
-            return "not measured (no HTTP/3 listener yet)"
-    return "not measured (an http3 listener exists; this script has no HTTP/3 client yet)"
+def http3_load(args, port, pids):
+    """tls-client's HTTP/3 load (10 QUIC connections x 10 requests in flight): req/s and server
+    CPU per request."""
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+    out = subprocess.run(client(args, port, "h3", "--seconds", str(args.seconds)),
+                         capture_output=True, text=True, check=True).stdout
+    cpu1 = sum(cpu_seconds(p) for p in pids)
+    m = dict(re.findall(r"(\w+)=(\S+)", out.split("RESULT", 1)[1]))
+    done = int(m["requests"])
+    return {"req_s": done / float(m["seconds"]), "cpu_us": (cpu1 - cpu0) * 1e6 / max(done, 1),
+            "errors": int(m["errors"])}
 
 
 def main():
@@ -208,7 +215,6 @@ def main():
     parser.add_argument("--seconds", type=int, default=5, help="per handshake and h2load run")
     parser.add_argument("--concurrency", type=int, default=32, help="handshakes in flight")
     args = parser.parse_args()
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for port in [UPSTREAM_PORT, *PORTS.values(), ADMIN_PORT]:
         try:
             wait_port(port, deadline=0.1)
@@ -229,10 +235,10 @@ def main():
     finally:
         stop(upstream)
     suites = {f"{t}: {row['full_suite']}" for t, rows in results.items() for row in rows}
-    report(results, targets, suites, http3_slot(repo))
+    report(results, targets, suites)
 
 
-def report(results, targets, suites, http3):
+def report(results, targets, suites):
     def med(target, key):
         values = [row[key] for row in results[target]]
         return statistics.median(values), min(values), max(values)
@@ -280,7 +286,13 @@ def report(results, targets, suites, http3):
                 goal = f"{'>=' if more_is_better else '<='} {target:.1f}x: {'met' if met else 'NOT met'}"
                 verdicts.append(f"{label}: {goal}")
         print(f"{label:<40}" + "".join(cells) + f"{ratio:>16}  {goal}")
-    print(f"{'HTTP/3 req/s':<40}{http3:>78}")
+    for label, key, h2_key, fmt in [("HTTP/3 req/s (QUIC, 10x10 streams)", "h3_req_s", "h2_req_s", "{:.0f}"),
+                                    ("h3: server CPU µs/request", "h3_cpu_us", "h2_cpu_us", "{:.1f}"),
+                                    ("h3: failed requests", "h3_errors", None, "{:.0f}")]:
+        m, lo, hi = med("meridian", key)
+        cell = f"{fmt.format(m) + ' [' + fmt.format(lo) + '-' + fmt.format(hi) + ']':>26}"
+        beside = f"{m / med('meridian', h2_key)[0]:.2f}x own h2" if h2_key else ""
+        print(f"{label:<40}{cell}{'(no HTTP/3 here)':>26}{'(no HTTP/3 here)':>26}{beside:>16}")
     per_conn = med("meridian", "per_conn")[0]
     goal = f"<= 20 KiB: {'met' if per_conn <= 20 else 'NOT met'} ({per_conn:.1f})"
     print()

@@ -11,10 +11,13 @@
 //!   (both sides' SETTINGS acknowledged), prints `READY n`, keeps the connections open and idle
 //!   until a line (or end of file) on standard input, then prints `OPEN n`: how many the server
 //!   had not closed meanwhile.
+//! - `h3`: HTTP/3 GET requests for a fixed time (see `http3_load`).
 //!
 //! The client checks the server's handshake signature but not its certificate chain: every
 //! server under test gets the same self-signed certificate, and verifying the chain would only
 //! spend this client's CPU, which bounds the rates.
+
+mod http3_load;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +69,18 @@ enum Mode {
         /// first).
         #[arg(long)]
         resume: bool,
+    },
+    /// HTTP/3 requests per second.
+    H3 {
+        /// QUIC connections.
+        #[arg(long, default_value_t = 10)]
+        connections: usize,
+        /// Requests in flight on each connection.
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
     },
     /// Idle HTTP/2 connections held open.
     IdleH2 {
@@ -339,5 +354,19 @@ async fn main() -> Result<()> {
             connections,
             concurrency,
         } => idle_h2(&args.target, connections, concurrency).await,
+        Mode::H3 {
+            connections,
+            streams,
+            seconds,
+        } => {
+            let load = http3_load::Load {
+                server: args.target.server,
+                sni: args.target.sni.clone(),
+                connections,
+                streams,
+                seconds,
+            };
+            http3_load::run(load, client_config(&[b"h3"], false)?).await
+        }
     }
 }
