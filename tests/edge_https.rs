@@ -3,7 +3,8 @@
 //! distinct loopback addresses with the same port numbers, which pebble reaches (its DNS
 //! answers the domains with the edges' addresses in turn) to validate the challenges. Once the
 //! domain is valid, each edge serves it over HTTPS (HTTP/2 by ALPN) and HTTP/3, advertises
-//! HTTP/3 in `Alt-Svc`, and redirects plain HTTP to HTTPS.
+//! HTTP/3 in `Alt-Svc`, redirects plain HTTP to HTTPS and tells the instance the client's
+//! address and `https`; a TLS session made with one edge resumes on the other.
 
 mod support;
 
@@ -12,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
+use rustls::HandshakeKind;
 use support::pebble::{Pebble, Validation};
 use support::{
-    agent, edge_at, gateway, tls_client, tls_connect, Deployed, Edge, RegionalPlane, AMSTERDAM,
-    HELLO, PARIS,
+    agent, edge_at, gateway, tls_client, tls_client_of, tls_connect, tls_connect_with, Deployed,
+    Edge, RegionalPlane, AMSTERDAM, HELLO, PARIS,
 };
 
 const DOMAIN: &str = "shop.example.test";
@@ -143,6 +145,12 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     let (seen, row) = platform.cli.wait_valid(DOMAIN, pebble_log).await;
     assert_eq!(seen, ["pending", "valid"]);
     assert_eq!(row["source"], "acme", "{row}");
+    assert!(row["issuer"].as_str().unwrap().contains("Pebble"), "{row}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    assert!(
+        row["not_after"].as_u64().unwrap() > now.unwrap().as_secs(),
+        "{row}"
+    );
     platform.cli.wait_valid(OTHER, pebble_log).await;
     let valid = added.elapsed();
     for edge in &edges {
@@ -158,35 +166,115 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     );
 
     for edge in &edges {
-        // The port of the URL, the address of the edge.
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(roots.as_bytes()).unwrap())
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve(DOMAIN, *edge)
-            .build()
-            .unwrap();
-        let answer = instance_answer(&client, &format!("https://{DOMAIN}:{https_port}/")).await;
-        assert_eq!(answer.version(), http::Version::HTTP_2, "{answer:?}");
-        assert_eq!(
-            answer.headers()["alt-svc"].to_str().unwrap(),
-            format!("h3=\":{https_port}\"; ma=86400")
-        );
-        assert!(answer.text().await.unwrap().contains(" in fra "));
+        serves_https_http2_and_http3(*edge, http_port, &roots).await;
+    }
+    sessions_resume_across(&edges, &roots).await;
+}
 
-        let plain = client
-            .get(format!("http://{DOMAIN}:{http_port}/where?x=1"))
-            .send()
+/// What the instance saw of the forwarding headers, in its answer to `/forwarded`: the value
+/// of `name`.
+fn forwarded<'a>(seen: &'a str, name: &str) -> &'a str {
+    let prefix = format!("{name}: ");
+    let line = seen.lines().find(|l| l.starts_with(&prefix));
+    &line.unwrap_or_else(|| panic!("no {name}: {seen}"))[prefix.len()..]
+}
+
+/// The edge whose HTTPS listener is `https` (plain HTTP on its IP at `http_port`) serves the
+/// domain over TLS with HTTP/2 (ALPN), advertising HTTP/3, which answers too; it redirects
+/// plain HTTP; the instance sees the client's address and `https`.
+async fn serves_https_http2_and_http3(https: SocketAddr, http_port: u16, roots: &str) {
+    let port = https.port();
+    // The port of the URL, the address of the edge; the client at 127.0.0.77.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(roots.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(DOMAIN, https)
+        .local_address("127.0.0.77".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let answer = instance_answer(&client, &format!("https://{DOMAIN}:{port}/")).await;
+    assert_eq!(answer.version(), http::Version::HTTP_2, "{answer:?}");
+    assert_eq!(
+        answer.headers()["alt-svc"].to_str().unwrap(),
+        format!("h3=\":{port}\"; ma=86400")
+    );
+    assert!(answer.text().await.unwrap().contains(" in fra "));
+    let seen = instance_answer(&client, &format!("https://{DOMAIN}:{port}/forwarded"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        forwarded(&seen, "x-forwarded-for").starts_with("127.0.0.77, "),
+        "{seen}"
+    );
+    assert_eq!(forwarded(&seen, "x-forwarded-proto"), "https", "{seen}");
+    let host = format!("{DOMAIN}:{port}");
+    assert_eq!(forwarded(&seen, "x-forwarded-host"), host, "{seen}");
+    let element = format!("for=127.0.0.77;proto=https;host=\"{host}\", ");
+    assert!(
+        forwarded(&seen, "forwarded").starts_with(&element),
+        "{seen}"
+    );
+
+    let plain = client
+        .get(format!("http://{DOMAIN}:{http_port}/where?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 308, "{plain:?}");
+    assert_eq!(
+        plain.headers()["location"],
+        format!("https://{DOMAIN}:{port}/where?x=1").as_str()
+    );
+
+    let (status, body) = http3_get(https, "/", roots).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(" in fra "), "{body}");
+    let (_, seen) = http3_get(https, "/forwarded", roots).await;
+    assert!(
+        forwarded(&seen, "x-forwarded-for").starts_with("127.0.0.78, "),
+        "{seen}"
+    );
+    assert_eq!(forwarded(&seen, "x-forwarded-proto"), "https", "{seen}");
+}
+
+/// A TLS session (1.3, and 1.2) made with the first of `edges` resumes on every other: the
+/// edges seal their tickets with the same keys (from the global control plane).
+async fn sessions_resume_across(edges: &[SocketAddr], roots: &str) {
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = Arc::new(tls_client_of(&[version], roots, &[b"http/1.1"]));
+        session_resumes_across(config, edges).await;
+    }
+}
+
+/// A session made with `config` at the first of `edges` resumes on every other.
+async fn session_resumes_across(config: Arc<rustls::ClientConfig>, edges: &[SocketAddr]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = tls_connect_with(config.clone(), &edges[0].to_string(), DOMAIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Full)
+    );
+    // The tickets come after the handshake: read an answer.
+    let request = format!("GET / HTTP/1.1\r\nhost: {DOMAIN}\r\nconnection: close\r\n\r\n");
+    first.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    first.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    for edge in &edges[1..] {
+        let resumed = tls_connect_with(config.clone(), &edge.to_string(), DOMAIN)
             .await
             .unwrap();
-        assert_eq!(plain.status(), 308, "{plain:?}");
         assert_eq!(
-            plain.headers()["location"],
-            format!("https://{DOMAIN}:{https_port}/where?x=1").as_str()
+            resumed.get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "the session made with {} did not resume on {edge} ({:?})",
+            edges[0],
+            resumed.get_ref().1.protocol_version()
         );
-
-        let (status, body) = http3_get(*edge, &roots).await;
-        assert_eq!(status, 200, "{body}");
-        assert!(body.contains(" in fra "), "{body}");
     }
 }
 
@@ -217,12 +305,12 @@ async fn instance_answer(client: &reqwest::Client, url: &str) -> reqwest::Respon
     }
 }
 
-/// A GET of `/` for the domain over HTTP/3 (quinn and h3) at `address`, trusting `roots`:
-/// the status and the body.
-async fn http3_get(address: SocketAddr, roots: &str) -> (u16, String) {
+/// A GET of `path` for the domain over HTTP/3 (quinn and h3) at `address` from 127.0.0.78,
+/// trusting `roots`: the status and the body.
+async fn http3_get(address: SocketAddr, path: &str, roots: &str) -> (u16, String) {
     let tls = tls_client(roots, &[b"h3"]);
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.78:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let connecting = endpoint.connect(address, DOMAIN).unwrap();
     let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
@@ -233,7 +321,7 @@ async fn http3_get(address: SocketAddr, roots: &str) -> (u16, String) {
         .await
         .unwrap();
     let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-    let request = http::Request::get(format!("https://{DOMAIN}/"))
+    let request = http::Request::get(format!("https://{DOMAIN}{path}"))
         .body(())
         .unwrap();
     let mut stream = requests.send_request(request).await.unwrap();

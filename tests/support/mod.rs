@@ -800,9 +800,18 @@ pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
 
 /// A TLS client configuration trusting the roots in `roots_pem`, offering `alpn`.
 pub fn tls_client(roots_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    tls_client_of(rustls::DEFAULT_VERSIONS, roots_pem, alpn)
+}
+
+/// [`tls_client`] speaking only `versions` of TLS.
+pub fn tls_client_of(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    roots_pem: &str,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
     let roots = meridian_identity::trust_bundle(roots_pem).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(meridian_identity::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -818,9 +827,20 @@ pub async fn tls_connect(
     roots_pem: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client(roots_pem, alpn)));
+    let config = std::sync::Arc::new(tls_client(roots_pem, alpn));
+    tls_connect_with(config, address, name).await
+}
+
+/// A TLS connection to `address` (`ip:port`) for `name` with `config` (whose session cache
+/// resumes sessions it made before); the error if the handshake fails.
+pub async fn tls_connect_with(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    address: &str,
+    name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let stream = tokio::net::TcpStream::connect(address).await?;
     let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
-    connector.connect(name, stream).await
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
 }
