@@ -13,18 +13,7 @@ use support::{Cli, ControlPlane, MERIDIAN};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn shop(domains: &str) -> String {
-    format!(
-        "\
-org: acme
-app: shop
-name: web
-regions: [fra]
-runtime: {{process: {{command: /bin/true}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{domains}]
-"
-    )
+    support::shop_web("/bin/true", domains, "")
 }
 
 /// A control plane started with `extra`, region `fra`, and the admin CLI.
@@ -339,23 +328,9 @@ async fn order_from_pebble(challenge: &str) {
         return;
     };
     let data = dir.path().join("data");
-    let key = dir.path().join("secrets.key");
-    let (global, cli) = platform(
-        &data,
-        &[
-            "--secrets-key",
-            key.to_str().unwrap(),
-            "--create-secrets-key",
-            "--acme-directory",
-            &pebble.directory,
-            "--acme-ca-root",
-            pebble.https_root.to_str().unwrap(),
-            "--acme-email",
-            "ops@example.test",
-            "--acme-challenge",
-            challenge,
-        ],
-    );
+    let args = pebble.control_args(&dir.path().join("secrets.key"), challenge);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (global, cli) = platform(&data, &args);
     let edge = follow_as_edge(&data, &global.xds);
     edge.wait_for(DEADLINE, "the session ticket keys", |held| {
         held.secrets.get("session-ticket-keys").map(|_| ())

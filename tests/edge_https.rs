@@ -16,8 +16,8 @@ use bytes::Buf;
 use rustls::HandshakeKind;
 use support::pebble::{Pebble, Validation};
 use support::{
-    agent, edge_at, gateway, tls_client, tls_client_of, tls_connect, tls_connect_with, Deployed,
-    Edge, RegionalPlane, AMSTERDAM, HELLO, PARIS,
+    agent, edge_at, gateway, shop_web, tls_client, tls_client_of, tls_connect, tls_connect_with,
+    Deployed, Edge, RegionalPlane, AMSTERDAM, HELLO, PARIS,
 };
 
 const DOMAIN: &str = "shop.example.test";
@@ -25,20 +25,11 @@ const DOMAIN: &str = "shop.example.test";
 const OTHER: &str = "www.example.test";
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The shop, meridian-hello, claiming `domains`.
 fn shop(domains: &str) -> String {
-    format!(
-        "\
-org: acme
-app: shop
-name: web
-regions: [fra]
-runtime: {{process: {{command: {HELLO}}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{domains}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
-"
-    )
+    let health = "health_checks: [{http: {port: http, path: /healthz}, interval: 200ms, \
+                  timeout: 200ms, grace_period: 5s}]\n";
+    shop_web(HELLO, domains, health)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,24 +81,9 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     let Some(pebble) = Pebble::start_validating(dir.path(), validation).await else {
         return;
     };
-    let key = dir.path().join("secrets.key");
-    let platform = Deployed::start_with(
-        dir.path(),
-        &shop(""),
-        &[
-            "--secrets-key",
-            key.to_str().unwrap(),
-            "--create-secrets-key",
-            "--acme-directory",
-            &pebble.directory,
-            "--acme-ca-root",
-            pebble.https_root.to_str().unwrap(),
-            "--acme-email",
-            "ops@example.test",
-            "--acme-challenge",
-            challenge,
-        ],
-    );
+    let args = pebble.control_args(&dir.path().join("secrets.key"), challenge);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let platform = Deployed::start_with(dir.path(), &shop(""), &args);
     let gateway_address = format!("127.0.{}.1:8080", subnet + 1);
     let region = RegionalPlane::start(
         &platform.global,

@@ -543,6 +543,23 @@ impl Deployed {
 /// The example service, built with this binary.
 pub const HELLO: &str = env!("CARGO_BIN_EXE_meridian-hello");
 
+/// Service `acme/shop/web` in fra, running `command`, serving port `http` (8080) at `/` and
+/// claiming `domains` (YAML flow items), with `more` YAML lines after.
+pub fn shop_web(command: &str, domains: &str, more: &str) -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: web
+regions: [fra]
+runtime: {{process: {{command: {command}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{domains}]
+{more}"
+    )
+}
+
 /// `meridian agent` for `node` of fra, handing out addresses from `first_address`; stopped
 /// (with its instances) on drop.
 pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path) -> Agent {

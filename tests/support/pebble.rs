@@ -200,6 +200,25 @@ impl Pebble {
         })
     }
 
+    /// The arguments of `meridian control --global` that order from this pebble with
+    /// `challenge`, the secrets key in `secrets_key` (made if missing).
+    pub fn control_args(&self, secrets_key: &Path, challenge: &str) -> Vec<String> {
+        let args = [
+            "--secrets-key",
+            secrets_key.to_str().unwrap(),
+            "--create-secrets-key",
+            "--acme-directory",
+            &self.directory,
+            "--acme-ca-root",
+            self.https_root.to_str().unwrap(),
+            "--acme-email",
+            "ops@example.test",
+            "--acme-challenge",
+            challenge,
+        ];
+        args.map(str::to_owned).to_vec()
+    }
+
     /// The root of the certificates pebble issues (PEM), from its management API.
     pub async fn issuing_root(&self) -> String {
         let root = std::fs::read(&self.https_root).unwrap();
