@@ -226,16 +226,19 @@ async fn grpc_and_websockets_cross_edge_gateway_and_node_proxy_in_plain_http_and
 /// gRPC (both ways streaming, trailers, an error status) and WebSockets over HTTP/1.1 and
 /// HTTP/2 through the edge `way`.
 async fn grpc_and_websockets_cross(way: &Way) {
-    let (mut echoed, trailers) =
-        grpc_chat(way, "/meridian.hello.Echo/Chat", &["ping 1", "ping 22"]).await;
-    for word in ["ping 1", "ping 22"] {
+    // The last message is larger than every hop's flow-control windows.
+    let large = "x".repeat(3 << 20);
+    let messages = ["ping 1", "ping 22", &large];
+    let (mut echoed, trailers) = grpc_chat(way, "/meridian.hello.Echo/Chat", &messages).await;
+    for word in messages {
         assert_eq!(echoed.get_u8(), 0);
         let length = echoed.get_u32() as usize;
         assert_eq!(echoed.split_to(length), word.as_bytes());
     }
     assert!(echoed.is_empty());
     assert_eq!(trailers["grpc-status"], "0");
-    assert_eq!(trailers["echoed-bytes"], "23");
+    let sent = 2 * 5 + 13 + 5 + large.len();
+    assert_eq!(trailers["echoed-bytes"], sent.to_string().as_str());
     // An error status arrives in the trailers too.
     let (_, trailers) = grpc_chat(way, "/meridian.hello.Echo/Missing", &[]).await;
     assert_eq!(trailers["grpc-status"], "12");
