@@ -4,7 +4,8 @@
 //! answers the domains with the edges' addresses in turn) to validate the challenges. Once the
 //! domain is valid, each edge serves it over HTTPS (HTTP/2 by ALPN) and HTTP/3, advertises
 //! HTTP/3 in `Alt-Svc`, redirects plain HTTP to HTTPS and tells the instance the client's
-//! address and `https`; a TLS session made with one edge resumes on the other.
+//! address and `https`; a TLS session made with one edge resumes on the other. A domain the
+//! service drops is withdrawn from every edge, and HSTS, once asked for, is sent over HTTPS.
 
 mod support;
 
@@ -25,11 +26,11 @@ const DOMAIN: &str = "shop.example.test";
 const OTHER: &str = "www.example.test";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The shop, meridian-hello, claiming `domains`.
-fn shop(domains: &str) -> String {
+/// The shop, meridian-hello, claiming `domains`, with `more` YAML lines.
+fn shop(domains: &str, more: &str) -> String {
     let health = "health_checks: [{http: {port: http, path: /healthz}, interval: 200ms, \
                   timeout: 200ms, grace_period: 5s}]\n";
-    shop_web(HELLO, domains, health)
+    shop_web(HELLO, domains, &format!("{health}{more}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +84,7 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     };
     let args = pebble.control_args(&dir.path().join("secrets.key"), challenge);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let platform = Deployed::start_with(dir.path(), &shop(""), &args);
+    let platform = Deployed::start_with(dir.path(), &shop("", ""), &args);
     let gateway_address = format!("127.0.{}.1:8080", subnet + 1);
     let region = RegionalPlane::start(
         &platform.global,
@@ -116,7 +117,7 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     // each challenge three times (its perspectives), each resolving the name anew, and its DNS
     // answers with the edges in turn: both edges answer.
     let added = Instant::now();
-    platform.deploy(&shop(&format!("{DOMAIN}, {OTHER}")));
+    platform.deploy(&shop(&format!("{DOMAIN}, {OTHER}"), ""));
     let pebble_log = || std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
     let (seen, row) = platform.cli.wait_valid(DOMAIN, pebble_log).await;
     assert_eq!(seen, ["pending", "valid"]);
@@ -131,7 +132,7 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     let valid = added.elapsed();
     for edge in &edges {
         for domain in [DOMAIN, OTHER] {
-            serves_the_certificate(*edge, domain, &roots).await;
+            wait_serving(*edge, domain, &roots, true).await;
         }
     }
     let served = added.elapsed();
@@ -145,6 +146,42 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
         serves_https_http2_and_http3(*edge, http_port, &roots).await;
     }
     sessions_resume_across(&edges, &roots).await;
+
+    // The service drops a domain and asks for HSTS.
+    platform.deploy(&shop(DOMAIN, "https: {hsts: {max_age: 1d}}\n"));
+    for edge in &edges {
+        withdraws_the_dropped_domain_and_sends_hsts(*edge, http_port, &roots).await;
+    }
+}
+
+/// Once the service dropped `OTHER` and asked for HSTS, the edge whose HTTPS listener is
+/// `https` (plain HTTP on its IP at `http_port`) withdraws `OTHER`'s certificate (TLS for it
+/// is refused, its plain HTTP is not routed) and sends HSTS over HTTPS only.
+async fn withdraws_the_dropped_domain_and_sends_hsts(
+    https: SocketAddr,
+    http_port: u16,
+    roots: &str,
+) {
+    let port = https.port();
+    wait_serving(https, OTHER, roots, false).await;
+    let client = client_of(https, roots);
+    let other = client.get(format!("http://{OTHER}:{http_port}/")).send();
+    assert_eq!(other.await.unwrap().status(), 404);
+    let end = Instant::now() + DEADLINE;
+    let url = format!("https://{DOMAIN}:{port}/");
+    loop {
+        let answer = instance_answer(&client, &url).await;
+        let hsts = answer.headers().get("strict-transport-security");
+        if hsts.is_some_and(|v| v == "max-age=86400") {
+            break;
+        }
+        assert!(Instant::now() < end, "no HSTS from {https}: {hsts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let plain = client.get(format!("http://{DOMAIN}:{http_port}/")).send();
+    let plain = plain.await.unwrap();
+    assert_eq!(plain.status(), 308);
+    assert!(!plain.headers().contains_key("strict-transport-security"));
 }
 
 /// What the instance saw of the forwarding headers, in its answer to `/forwarded`: the value
@@ -160,14 +197,7 @@ fn forwarded<'a>(seen: &'a str, name: &str) -> &'a str {
 /// plain HTTP; the instance sees the client's address and `https`.
 async fn serves_https_http2_and_http3(https: SocketAddr, http_port: u16, roots: &str) {
     let port = https.port();
-    // The port of the URL, the address of the edge; the client at 127.0.0.77.
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(roots.as_bytes()).unwrap())
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve(DOMAIN, https)
-        .local_address("127.0.0.77".parse::<std::net::IpAddr>().unwrap())
-        .build()
-        .unwrap();
+    let client = client_of(https, roots);
     let answer = instance_answer(&client, &format!("https://{DOMAIN}:{port}/")).await;
     assert_eq!(answer.version(), http::Version::HTTP_2, "{answer:?}");
     assert_eq!(
@@ -255,17 +285,34 @@ async fn session_resumes_across(config: Arc<rustls::ClientConfig>, edges: &[Sock
 }
 
 /// Waits until the edge at `https` completes a TLS handshake for `domain` that verifies
-/// against `roots`.
-async fn serves_the_certificate(https: SocketAddr, domain: &str, roots: &str) {
+/// against `roots` (if `serving`), or refuses it (if not).
+async fn wait_serving(https: SocketAddr, domain: &str, roots: &str, serving: bool) {
     let end = Instant::now() + DEADLINE;
     loop {
         let handshake = tls_connect(&https.to_string(), domain, roots, &[b"h2"]).await;
-        match handshake {
-            Ok(_) => return,
-            Err(e) => assert!(Instant::now() < end, "{https} never served {domain}: {e}"),
+        if handshake.is_ok() == serving {
+            return;
         }
+        assert!(
+            Instant::now() < end,
+            "{https} never went serving {domain}: {serving}; {:?}",
+            handshake.err()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A client of the edge whose HTTPS listener is `https` (for every URL's host and port: the
+/// edge's address, the URL's port), at 127.0.0.77, trusting `roots`, following no redirect.
+fn client_of(https: SocketAddr, roots: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(roots.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(DOMAIN, https)
+        .resolve(OTHER, https)
+        .local_address("127.0.0.77".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
 }
 
 /// The first answer 200 to a GET of `url`, once the instance answers through the edge.
