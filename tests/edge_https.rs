@@ -4,8 +4,9 @@
 //! answers the domains with the edges' addresses in turn) to validate the challenges. Once the
 //! domain is valid, each edge serves it over HTTPS (HTTP/2 by ALPN) and HTTP/3, advertises
 //! HTTP/3 in `Alt-Svc`, redirects plain HTTP to HTTPS and tells the instance the client's
-//! address and `https`; a TLS session made with one edge resumes on the other. A domain the
-//! service drops is withdrawn from every edge, and HSTS, once asked for, is sent over HTTPS.
+//! address and `https`; a TLS session made with one edge resumes on the other. While the
+//! global control plane is away the edges serve on; after it is back, a domain the service
+//! drops is withdrawn from every edge, and HSTS, once asked for, is sent over HTTPS.
 
 mod support;
 
@@ -84,7 +85,7 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     };
     let args = pebble.control_args(&dir.path().join("secrets.key"), challenge);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let platform = Deployed::start_with(dir.path(), &shop("", ""), &args);
+    let mut platform = Deployed::start_with(dir.path(), &shop("", ""), &args);
     let gateway_address = format!("127.0.{}.1:8080", subnet + 1);
     let region = RegionalPlane::start(
         &platform.global,
@@ -146,6 +147,18 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
         serves_https_http2_and_http3(*edge, http_port, &roots).await;
     }
     sessions_resume_across(&edges, &roots).await;
+
+    // The global control plane goes away: the edges serve what they hold. Back, it shows the
+    // same certificate, valid.
+    platform.global.stop();
+    for edge in &edges {
+        let url = format!("https://{DOMAIN}:{https_port}/");
+        instance_answer(&client_of(*edge, &roots), &url).await;
+        assert_eq!(http3_get(*edge, "/", &roots).await.0, 200);
+    }
+    platform.global.start_again();
+    let (_, again) = platform.cli.wait_valid(DOMAIN, pebble_log).await;
+    assert_eq!(again["not_after"], row["not_after"], "{again}");
 
     // The service drops a domain and asks for HSTS.
     platform.deploy(&shop(DOMAIN, "https: {hsts: {max_age: 1d}}\n"));
