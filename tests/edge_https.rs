@@ -18,8 +18,8 @@ use bytes::Buf;
 use rustls::HandshakeKind;
 use support::pebble::{Pebble, Validation};
 use support::{
-    agent, edge_at, gateway, shop_web, tls_client, tls_client_of, tls_connect, tls_connect_with,
-    Deployed, Edge, RegionalPlane, AMSTERDAM, HELLO, PARIS,
+    agent_with_env, edge_at, gateway, shop_web, tls_client, tls_client_of, tls_connect,
+    tls_connect_with, Deployed, Edge, RegionalPlane, AMSTERDAM, HELLO, LONDON, PARIS,
 };
 
 const DOMAIN: &str = "shop.example.test";
@@ -93,7 +93,11 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
         "fra",
         Some(&gateway_address),
     );
-    let _node = agent(&region, "fra-1", &format!("127.0.{subnet}.1"), dir.path());
+    // The agent says when it stops an instance.
+    let addresses = format!("127.0.{subnet}.1");
+    let isolation = ["--instance-addresses", &addresses, "--isolation", "host"];
+    let info = [("MERIDIAN_LOG", "info")];
+    let node = agent_with_env(&region, "fra-1", dir.path(), &isolation, &info);
     let _gateway = gateway(&region, dir.path()).await;
     let _edges: Vec<Edge> = [PARIS, AMSTERDAM]
         .iter()
@@ -148,6 +152,33 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     }
     sessions_resume_across(&edges, &roots).await;
 
+    // An edge that starts now serves the domain over HTTPS, and redirects, from the start.
+    let late_ip = Ipv4Addr::new(127, 0, subnet + 2, 4);
+    let late = edge_at(
+        &platform,
+        &region,
+        dir.path(),
+        &LONDON,
+        &format!("{late_ip}:0"),
+        Some(&format!("{late_ip}:0")),
+    );
+    let late_https: SocketAddr = late.https.as_deref().unwrap().parse().unwrap();
+    let handshake = tls_connect(&late_https.to_string(), DOMAIN, &roots, &[b"h2"]).await;
+    assert!(handshake.is_ok(), "{handshake:?}");
+    let plain = client_of(late_https, &roots)
+        .get(format!(
+            "http://{DOMAIN}:{}/",
+            late.http.rsplit(':').next().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 308, "{plain:?}");
+    // Both listeners were asked for port 0: the redirect names the port bound.
+    let location = format!("https://{DOMAIN}:{}/", late_https.port());
+    assert_eq!(plain.headers()["location"], location.as_str());
+    drop(late);
+
     // The global control plane goes away: the edges serve what they hold. Back, it shows the
     // same certificate, valid.
     platform.global.stop();
@@ -161,10 +192,31 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
     assert_eq!(again["not_after"], row["not_after"], "{again}");
 
     // The service drops a domain and asks for HSTS.
-    platform.deploy(&shop(DOMAIN, "https: {hsts: {max_age: 1d}}\n"));
+    let hsts = "https: {hsts: {max_age: 1d}}\n";
+    platform.deploy(&shop(DOMAIN, hsts));
     for edge in &edges {
         withdraws_the_dropped_domain_and_sends_hsts(*edge, http_port, &roots).await;
     }
+
+    // A deploy that changes what the instance sees restarts it, once it reaches the node; the
+    // deploys before changed only what the edges read (domains, HSTS) and left it running.
+    let greeting = "overrides: {fra: {env: {GREETING: howdy}}}\n";
+    platform.deploy(&shop(DOMAIN, &format!("{hsts}{greeting}")));
+    let client = client_of(edges[0], &roots);
+    let url = format!("https://{DOMAIN}:{https_port}/");
+    let end = Instant::now() + DEADLINE;
+    while !instance_answer(&client, &url)
+        .await
+        .text()
+        .await
+        .unwrap()
+        .starts_with("howdy ")
+    {
+        assert!(Instant::now() < end, "the new greeting never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stops = node.log().matches("stopping instance").count();
+    assert_eq!(stops, 1, "{}", node.log());
 }
 
 /// Once the service dropped `OTHER` and asked for HSTS, the edge whose HTTPS listener is

@@ -715,6 +715,12 @@ pub const AMSTERDAM: EdgeLocation = EdgeLocation {
     lon: "4.90",
 };
 
+pub const LONDON: EdgeLocation = EdgeLocation {
+    name: "lon",
+    lat: "51.51",
+    lon: "-0.13",
+};
+
 /// The command of `meridian edge` at `location` with its public listener at `listen`.
 fn edge_command(location: &EdgeLocation, listen: &str) -> Command {
     let mut command = Command::new(MERIDIAN);
