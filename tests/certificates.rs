@@ -13,18 +13,7 @@ use support::{Cli, ControlPlane, MERIDIAN};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn shop(domains: &str) -> String {
-    format!(
-        "\
-org: acme
-app: shop
-name: web
-regions: [fra]
-runtime: {{process: {{command: /bin/true}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{domains}]
-"
-    )
+    support::shop_web("/bin/true", domains, "")
 }
 
 /// A control plane started with `extra`, region `fra`, and the admin CLI.
@@ -339,23 +328,9 @@ async fn order_from_pebble(challenge: &str) {
         return;
     };
     let data = dir.path().join("data");
-    let key = dir.path().join("secrets.key");
-    let (global, cli) = platform(
-        &data,
-        &[
-            "--secrets-key",
-            key.to_str().unwrap(),
-            "--create-secrets-key",
-            "--acme-directory",
-            &pebble.directory,
-            "--acme-ca-root",
-            pebble.https_root.to_str().unwrap(),
-            "--acme-email",
-            "ops@example.test",
-            "--acme-challenge",
-            challenge,
-        ],
-    );
+    let args = pebble.control_args(&dir.path().join("secrets.key"), challenge);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (global, cli) = platform(&data, &args);
     let edge = follow_as_edge(&data, &global.xds);
     edge.wait_for(DEADLINE, "the session ticket keys", |held| {
         held.secrets.get("session-ticket-keys").map(|_| ())
@@ -371,32 +346,9 @@ async fn order_from_pebble(challenge: &str) {
         &shop("shop.example.test, '*.wild.example.test'"),
     );
     // The API shows the domain pending, then valid.
-    let mut seen = Vec::new();
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let listed = cli.json(&["domains"]);
-        let shop = listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["domain"] == "shop.example.test")
-            .cloned()
-            .unwrap();
-        let state = shop["state"].as_str().unwrap().to_owned();
-        if seen.last() != Some(&state) {
-            seen.push(state.clone());
-        }
-        if state == "valid" {
-            assert_eq!(shop["source"], "acme", "{shop}");
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "never valid: {shop}\n{}",
-            std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let pebble_log = || std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
+    let (seen, shop) = cli.wait_valid("shop.example.test", pebble_log).await;
+    assert_eq!(shop["source"], "acme", "{shop}");
     assert_eq!(seen, ["pending", "valid"]);
     let (chain, key_pem) = edge.certificate("shop.example.test", DEADLINE).await;
     let took = started.elapsed();
@@ -440,21 +392,22 @@ async fn order_from_pebble(challenge: &str) {
 }
 
 #[test]
-fn the_dns_answer_points_a_queries_at_loopback() {
+fn the_dns_answer_points_a_queries_at_the_given_address() {
     // id 0x1234, RD, one question: a.test A IN.
     let query = [
         0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1,
     ];
-    let answer = support::pebble::dns_answer(&query).unwrap();
+    let edge = || std::net::Ipv4Addr::new(127, 0, 92, 3);
+    let answer = support::pebble::dns_answer(&query, edge).unwrap();
     assert_eq!(&answer[..4], &[0x12, 0x34, 0x81, 0x80]);
     assert_eq!(answer[7], 1, "one answer");
-    assert_eq!(&answer[answer.len() - 4..], &[127, 0, 0, 1]);
+    assert_eq!(&answer[answer.len() - 4..], &[127, 0, 92, 3]);
     let mut aaaa = query;
     aaaa[21] = 28;
     assert_eq!(
-        support::pebble::dns_answer(&aaaa).unwrap()[7],
+        support::pebble::dns_answer(&aaaa, || unreachable!("an AAAA query")).unwrap()[7],
         0,
         "no AAAA record"
     );
-    assert!(support::pebble::dns_answer(&query[..15]).is_none());
+    assert!(support::pebble::dns_answer(&query[..15], edge).is_none());
 }

@@ -1,8 +1,9 @@
 //! gRPC and WebSocket end to end: client → edge → gateway → node proxy → instance, the mesh hops
 //! in mutual TLS and HTTP/2, the instance meridian-hello with its gRPC port and WebSocket:
 //! streaming both ways, trailers and status intact, WebSocket over HTTP/1.1 and over HTTP/2
-//! (RFC 8441; either way it crosses the mesh's HTTP/2 hops as extended CONNECTs). The edge's
-//! plain listener is used.
+//! (RFC 8441; either way it crosses the mesh's HTTP/2 hops as extended CONNECTs). Each case
+//! runs through the edge's plain listener and through its HTTPS one (TLS, the protocol chosen
+//! by ALPN), with a certificate from the global control plane's local CA.
 
 mod support;
 
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
-use support::{agent, edge, gateway, h2_client, Agent, Deployed, Killed, RegionalPlane, HELLO};
+use support::{
+    agent, edge_at, gateway, h2_client, tls_connect, Agent, Deployed, Edge, Killed, RegionalPlane,
+    HELLO, PARIS,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -26,54 +30,130 @@ runtime: {{process: {{command: {HELLO}}}}}
 ports: [{{name: http, port: 8080}}, {{name: grpc, port: 9090, protocol: grpc}}]
 routes: [{{path_prefix: /meridian.hello.Echo/, port: grpc}}, {{path_prefix: /, port: http}}]
 domains: [shop.example.com]
+https: {{redirect: false}}
 health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
 "
     )
 }
 
-/// The shop in fra (node on 127.0.48.1, gateway on 127.0.49.1), and an edge at Paris.
+/// The shop in fra (node on 127.0.48.1, gateway on 127.0.49.1), and an edge at Paris with a
+/// plain and an HTTPS listener (the shop keeps plain HTTP: `redirect: false`).
 struct Platform {
     _platform: Deployed,
     _region: RegionalPlane,
     _node: Agent,
     _gateway: Killed,
-    _edge: Killed,
-    edge: String,
+    _edge: Edge,
+    plain: Way,
+    tls: Way,
     _dir: tempfile::TempDir,
+}
+
+/// How a client reaches the edge: its plain listener, or its HTTPS one trusting `roots` (PEM).
+enum Way {
+    Plain(String),
+    Tls { address: String, roots: String },
+}
+
+/// A connection to the edge, whichever way.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+impl Way {
+    /// A connection to the edge for the shop; over TLS, one that negotiated `alpn`.
+    async fn open(&self, alpn: &[u8]) -> std::io::Result<Box<dyn Io>> {
+        Ok(match self {
+            Way::Plain(address) => Box::new(tokio::net::TcpStream::connect(address).await?),
+            Way::Tls { address, roots } => {
+                let stream = tls_connect(address, "shop.example.com", roots, &[alpn]).await?;
+                assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+                Box::new(stream)
+            }
+        })
+    }
+
+    /// The URL scheme of the way (`http` or `https`), or of WebSockets (`ws` or `wss`).
+    fn scheme(&self, websocket: bool) -> &'static str {
+        match (self, websocket) {
+            (Way::Plain(_), false) => "http",
+            (Way::Plain(_), true) => "ws",
+            (Way::Tls { .. }, false) => "https",
+            (Way::Tls { .. }, true) => "wss",
+        }
+    }
 }
 
 async fn platform() -> Platform {
     let dir = tempfile::tempdir().unwrap();
-    let platform = Deployed::start(dir.path(), &shop());
+    let key = dir.path().join("secrets.key");
+    let local_ca = [
+        "--secrets-key",
+        key.to_str().unwrap(),
+        "--create-secrets-key",
+        "--local-ca",
+    ];
+    let platform = Deployed::start_with(dir.path(), &shop(), &local_ca);
     let (global, token) = (&platform.global, &platform.token);
     let region = RegionalPlane::start(global, token, "fra", Some("127.0.49.1:8080"));
     let node = agent(&region, "fra-1", "127.0.48.1", dir.path());
     let (gateway, _) = gateway(&region, dir.path()).await;
-    let (edge_process, edge) = edge(&platform, &region, dir.path());
-    // Served once the instance is healthy and every hop has its configuration.
-    let client = reqwest::Client::new();
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let answer = client
-            .get(format!("http://{edge}/"))
-            .header("host", "shop.example.com")
-            .send()
-            .await;
-        if answer.is_ok_and(|a| a.status() == 200) {
-            break;
+    let edge = edge_at(
+        &platform,
+        &region,
+        dir.path(),
+        &PARIS,
+        "127.0.0.1:0",
+        Some("127.0.0.1:0"),
+    );
+    let roots = std::fs::read_to_string(dir.path().join("data/public-ca/ca.pem")).unwrap();
+    let https = edge.https.clone().unwrap();
+    let plain = Way::Plain(edge.http.clone());
+    let tls = Way::Tls {
+        address: https,
+        roots,
+    };
+    // Served both ways once the instance is healthy, every hop has its configuration and the
+    // edge its certificate.
+    for way in [&plain, &tls] {
+        let end = Instant::now() + DEADLINE;
+        while !answers(way).await {
+            assert!(Instant::now() < end, "the edge never served the shop");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < end, "the edge never served the shop");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Platform {
         _platform: platform,
         _region: region,
         _node: node,
         _gateway: gateway,
-        _edge: edge_process,
-        edge,
+        _edge: edge,
+        plain,
+        tls,
         _dir: dir,
     }
+}
+
+/// Whether a GET of `/` through the edge `way` (HTTP/1.1) is answered 200.
+async fn answers(way: &Way) -> bool {
+    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(2), way.open(b"http/1.1")).await
+    else {
+        return false;
+    };
+    let Ok((mut client, connection)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return false;
+    };
+    tokio::spawn(connection);
+    let request = http::Request::get("/")
+        .header("host", "shop.example.com")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    client
+        .send_request(request)
+        .await
+        .is_ok_and(|answer| answer.status() == 200)
 }
 
 /// A gRPC message (RFC-less but fixed: a 0 flag, a 4-byte length, the bytes).
@@ -84,16 +164,17 @@ fn grpc_message(payload: &str) -> Bytes {
     Bytes::from(message)
 }
 
-/// Calls the bidirectional stream `method` at the edge over HTTP/2 (prior knowledge): sends
+/// Calls the bidirectional stream `method` at the edge over HTTP/2 (prior knowledge in plain
+/// HTTP, ALPN `h2` over TLS): sends
 /// `messages` one at a time, each after the echo of the one before has come back; returns the
 /// bytes received and the trailers.
-async fn grpc_chat(edge: &str, method: &str, messages: &[&str]) -> (Bytes, http::HeaderMap) {
-    let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
-    let mut client = h2_client(stream).await;
+async fn grpc_chat(way: &Way, method: &str, messages: &[&str]) -> (Bytes, http::HeaderMap) {
+    let mut client = h2_client(way.open(b"h2").await.unwrap()).await;
     let (sender, outgoing) = tokio::sync::mpsc::channel::<Bytes>(1);
     let frames = tokio_stream::wrappers::ReceiverStream::new(outgoing)
         .map(|data| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(data)));
-    let request = http::Request::post(format!("http://shop.example.com{method}"))
+    let scheme = way.scheme(false);
+    let request = http::Request::post(format!("{scheme}://shop.example.com{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(http_body_util::StreamBody::new(frames))
@@ -135,36 +216,44 @@ async fn grpc_chat(edge: &str, method: &str, messages: &[&str]) -> (Bytes, http:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_and_websockets_cross_edge_gateway_and_node_proxy() {
+async fn grpc_and_websockets_cross_edge_gateway_and_node_proxy_in_plain_http_and_over_tls() {
     let platform = platform().await;
+    for way in [&platform.plain, &platform.tls] {
+        grpc_and_websockets_cross(way).await;
+    }
+}
 
-    let (mut echoed, trailers) = grpc_chat(
-        &platform.edge,
-        "/meridian.hello.Echo/Chat",
-        &["ping 1", "ping 22"],
-    )
-    .await;
-    for word in ["ping 1", "ping 22"] {
+/// gRPC (both ways streaming, trailers, an error status) and WebSockets over HTTP/1.1 and
+/// HTTP/2 through the edge `way`.
+async fn grpc_and_websockets_cross(way: &Way) {
+    // The last message is larger than every hop's flow-control windows.
+    let large = "x".repeat(3 << 20);
+    let messages = ["ping 1", "ping 22", &large];
+    let (mut echoed, trailers) = grpc_chat(way, "/meridian.hello.Echo/Chat", &messages).await;
+    for word in messages {
         assert_eq!(echoed.get_u8(), 0);
         let length = echoed.get_u32() as usize;
         assert_eq!(echoed.split_to(length), word.as_bytes());
     }
     assert!(echoed.is_empty());
     assert_eq!(trailers["grpc-status"], "0");
-    assert_eq!(trailers["echoed-bytes"], "23");
+    let sent = 2 * 5 + 13 + 5 + large.len();
+    assert_eq!(trailers["echoed-bytes"], sent.to_string().as_str());
     // An error status arrives in the trailers too.
-    let (_, trailers) = grpc_chat(&platform.edge, "/meridian.hello.Echo/Missing", &[]).await;
+    let (_, trailers) = grpc_chat(way, "/meridian.hello.Echo/Missing", &[]).await;
     assert_eq!(trailers["grpc-status"], "12");
 
     // WebSocket over HTTP/1.1 and over HTTP/2 (RFC 8441), relayed both ways.
-    websocket_echoes(http1_websocket(&platform.edge).await).await;
-    websocket_echoes(http2_websocket(&platform.edge).await).await;
+    websocket_echoes(http1_websocket(way).await).await;
+    websocket_echoes(http2_websocket(way).await).await;
 }
 
-/// A WebSocket to the shop's `/ws` through the edge over HTTP/1.1 (`Upgrade`).
-async fn http1_websocket(edge: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
-    let request = http::Request::get("ws://shop.example.com/ws")
+/// A WebSocket to the shop's `/ws` through the edge over HTTP/1.1 (`Upgrade`; ALPN
+/// `http/1.1` over TLS).
+async fn http1_websocket(way: &Way) -> tokio_tungstenite::WebSocketStream<Box<dyn Io>> {
+    let stream = way.open(b"http/1.1").await.unwrap();
+    let scheme = way.scheme(true);
+    let request = http::Request::get(format!("{scheme}://shop.example.com/ws"))
         .header("host", "shop.example.com")
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
@@ -182,14 +271,15 @@ async fn http1_websocket(edge: &str) -> tokio_tungstenite::WebSocketStream<tokio
     socket
 }
 
-/// A WebSocket to the shop's `/ws` through the edge over HTTP/2: an extended CONNECT with
-/// `:protocol websocket`, answered 200, then WebSocket frames on the stream.
+/// A WebSocket to the shop's `/ws` through the edge over HTTP/2 (ALPN `h2` over TLS): an
+/// extended CONNECT with `:protocol websocket`, answered 200, then WebSocket frames on the
+/// stream.
 async fn http2_websocket(
-    edge: &str,
+    way: &Way,
 ) -> tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>> {
-    let stream = tokio::net::TcpStream::connect(edge).await.unwrap();
-    let mut client = h2_client(stream).await;
-    let mut request = http::Request::connect("http://shop.example.com/ws")
+    let mut client = h2_client(way.open(b"h2").await.unwrap()).await;
+    let scheme = way.scheme(false);
+    let mut request = http::Request::connect(format!("{scheme}://shop.example.com/ws"))
         .header("sec-websocket-version", "13")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();

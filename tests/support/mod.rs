@@ -208,6 +208,37 @@ impl Cli {
         all.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&all)).expect("-o json prints JSON")
     }
+
+    /// Polls `meridian domains` until `domain` is `valid`, for at most a minute (else panics
+    /// with what `context` says, e.g. the CA's log); the states it showed, in order, and its
+    /// last row.
+    pub async fn wait_valid(
+        &self,
+        domain: &str,
+        context: impl Fn() -> String,
+    ) -> (Vec<String>, serde_json::Value) {
+        let mut seen: Vec<String> = Vec::new();
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed = self.json(&["domains"]);
+            let row = listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["domain"] == domain)
+                .cloned()
+                .unwrap_or_else(|| panic!("{domain} is not listed: {listed}"));
+            let state = row["state"].as_str().unwrap().to_owned();
+            if seen.last() != Some(&state) {
+                seen.push(state.clone());
+            }
+            if state == "valid" {
+                return (seen, row);
+            }
+            assert!(Instant::now() < end, "never valid: {row}\n{}", context());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// A child process killed on drop.
@@ -455,7 +486,12 @@ pub struct Deployed {
 impl Deployed {
     /// Starts a control plane with its data in `dir` and deploys `definition` (YAML).
     pub fn start(dir: &Path, definition: &str) -> Deployed {
-        let global = ControlPlane::start(&dir.join("data"));
+        Self::start_with(dir, definition, &[])
+    }
+
+    /// [`Deployed::start`], the control plane started with more arguments (e.g. `--local-ca`).
+    pub fn start_with(dir: &Path, definition: &str, extra: &[&str]) -> Deployed {
+        let global = ControlPlane::start_with(&dir.join("data"), extra);
         let token = global
             .token
             .clone()
@@ -506,6 +542,23 @@ impl Deployed {
 
 /// The example service, built with this binary.
 pub const HELLO: &str = env!("CARGO_BIN_EXE_meridian-hello");
+
+/// Service `acme/shop/web` in fra, running `command`, serving port `http` (8080) at `/` and
+/// claiming `domains` (YAML flow items), with `more` YAML lines after.
+pub fn shop_web(command: &str, domains: &str, more: &str) -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: web
+regions: [fra]
+runtime: {{process: {{command: {command}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{domains}]
+{more}"
+    )
+}
 
 /// `meridian agent` for `node` of fra, handing out addresses from `first_address`; stopped
 /// (with its instances) on drop.
@@ -640,37 +693,94 @@ where
 
 /// The command of `meridian edge` at Paris with its public listener at `listen`.
 pub fn paris_edge(listen: &str) -> Command {
+    edge_command(&PARIS, listen)
+}
+
+/// Where an edge is: its location's name, latitude and longitude.
+pub struct EdgeLocation {
+    pub name: &'static str,
+    pub lat: &'static str,
+    pub lon: &'static str,
+}
+
+pub const PARIS: EdgeLocation = EdgeLocation {
+    name: "par",
+    lat: "48.86",
+    lon: "2.35",
+};
+
+pub const AMSTERDAM: EdgeLocation = EdgeLocation {
+    name: "ams",
+    lat: "52.37",
+    lon: "4.90",
+};
+
+pub const LONDON: EdgeLocation = EdgeLocation {
+    name: "lon",
+    lat: "51.51",
+    lon: "-0.13",
+};
+
+/// The command of `meridian edge` at `location` with its public listener at `listen`.
+fn edge_command(location: &EdgeLocation, listen: &str) -> Command {
     let mut command = Command::new(MERIDIAN);
     command
-        .args([
-            "edge",
-            "--location",
-            "par",
-            "--lat",
-            "48.86",
-            "--lon",
-            "2.35",
-        ])
+        .args(["edge", "--location", location.name])
+        .args(["--lat", location.lat, "--lon", location.lon])
         .args(["--listen", listen, "--admin", "127.0.0.1:0"]);
     command
 }
 
 /// `meridian edge` at Paris, joined at `region`; its public address.
 pub fn edge(platform: &Deployed, region: &RegionalPlane, dir: &Path) -> (Killed, String) {
-    let token = region.join_token("edge/par");
+    let edge = edge_at(platform, region, dir, &PARIS, "127.0.0.1:0", None);
+    (edge.process, edge.http)
+}
+
+/// A running `meridian edge`; killed on drop.
+pub struct Edge {
+    pub process: Killed,
+    /// Its plain-HTTP listener's address (`ip:port`).
+    pub http: String,
+    /// Its HTTPS listener's address (`ip:port`), if it has one.
+    pub https: Option<String>,
+}
+
+/// `meridian edge` at `location`, joined at `region`, its plain listener at `listen` and its
+/// HTTPS one at `listen_https`; once it serves (its first configuration applied).
+pub fn edge_at(
+    platform: &Deployed,
+    region: &RegionalPlane,
+    dir: &Path,
+    location: &EdgeLocation,
+    listen: &str,
+    listen_https: Option<&str>,
+) -> Edge {
+    let token = region.join_token(&format!("edge/{}", location.name));
     let (child, lines) = spawn_with_lines(
-        paris_edge("127.0.0.1:0")
+        edge_command(location, listen)
+            .args(listen_https.iter().flat_map(|a| ["--listen-https", a]))
             .args(["--control", &region.xds, "--join-token", &token])
             .args(["--global-xds", &platform.global.xds])
             .arg("--state-dir")
-            .arg(dir.join("edge-par"))
+            .arg(dir.join(format!("edge-{}", location.name)))
             .env("MERIDIAN_LOG", "warn"),
     );
     let line = wait_for_line(&lines, STARTUP_DEADLINE, "the edge's address", |l| {
         l.contains(" serving http://")
     });
-    let address = line.rsplit("http://").next().unwrap().to_owned();
-    (Killed(child), address)
+    let http = line.rsplit("http://").next().unwrap().to_owned();
+    let https = listen_https.map(|_| {
+        let line = wait_for_line(&lines, STARTUP_DEADLINE, "the edge's HTTPS address", |l| {
+            l.contains(" serving https://")
+        });
+        line.rsplit("https://").next().unwrap().to_owned()
+    });
+    Edge {
+        process: Killed(child),
+        http,
+        https,
+    }
 }
 
 /// The region's gateway, joined with a token; the address of its plain-HTTP listener.
@@ -709,4 +819,51 @@ pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
         assert!(Instant::now() < end, "the gateway got no listener");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A TLS client configuration trusting the roots in `roots_pem`, offering `alpn`.
+pub fn tls_client(roots_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    tls_client_of(rustls::DEFAULT_VERSIONS, roots_pem, alpn)
+}
+
+/// [`tls_client`] speaking only `versions` of TLS.
+pub fn tls_client_of(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    roots_pem: &str,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    let roots = meridian_identity::trust_bundle(roots_pem).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(meridian_identity::provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// A TLS connection to `address` (`ip:port`) for `name`, trusting the roots in `roots_pem`
+/// and offering `alpn`; the error if the handshake fails.
+pub async fn tls_connect(
+    address: &str,
+    name: &str,
+    roots_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = std::sync::Arc::new(tls_client(roots_pem, alpn));
+    tls_connect_with(config, address, name).await
+}
+
+/// A TLS connection to `address` (`ip:port`) for `name` with `config` (whose session cache
+/// resumes sessions it made before); the error if the handshake fails.
+pub async fn tls_connect_with(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    address: &str,
+    name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
 }

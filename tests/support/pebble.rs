@@ -1,11 +1,12 @@
 //! pebble, the ACME test CA, on loopback: its own HTTPS certificate made here (its CA is the
 //! `--acme-ca-root` of the control plane), a DNS server of the test's that answers every A query
-//! with 127.0.0.1 (pebble never resolves names off the machine), and free ports for its
-//! directory, management API and challenge validation.
+//! with a loopback address (127.0.0.1, or the test's edges' in turn: pebble never resolves names
+//! off the machine), and free ports for its directory, management API and challenge validation.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{strict, Killed};
@@ -60,21 +61,33 @@ fn https_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
-/// Answers every A query with 127.0.0.1, and every other query with no record.
-async fn loopback_dns(socket: tokio::net::UdpSocket) {
+/// Where pebble validates challenges: the addresses its DNS answers A queries with (one per
+/// query, in turn) and the ports of HTTP-01 and TLS-ALPN-01.
+pub struct Validation {
+    pub addresses: Vec<Ipv4Addr>,
+    pub http_port: u16,
+    pub tls_port: u16,
+}
+
+/// Answers each A query with the next of `addresses` (in turn), and every other query with
+/// no record.
+async fn loopback_dns(socket: tokio::net::UdpSocket, addresses: Vec<Ipv4Addr>) {
     let mut buf = [0u8; 512];
+    let turn = AtomicUsize::new(0);
     loop {
         let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
             return;
         };
-        if let Some(answer) = dns_answer(&buf[..len]) {
+        let next = || addresses[turn.fetch_add(1, Ordering::Relaxed) % addresses.len()];
+        if let Some(answer) = dns_answer(&buf[..len], next) {
             let _ = socket.send_to(&answer, peer).await;
         }
     }
 }
 
-/// The answer to one DNS query (one question), or `None` if it is not one.
-pub fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+/// The answer to one DNS query (one question), or `None` if it is not one; an A query is
+/// answered with the address `address` gives (called for A queries only).
+pub fn dns_answer(query: &[u8], address: impl FnOnce() -> Ipv4Addr) -> Option<Vec<u8>> {
     let mut at = 12;
     while *query.get(at)? != 0 {
         at += usize::from(query[at]) + 1;
@@ -87,43 +100,73 @@ pub fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
     answer.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
     answer.extend_from_slice(&query[12..question_end]);
     if is_a {
-        // Name: a pointer to the question's; type A, class IN, TTL 60, 4 bytes: 127.0.0.1.
-        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+        // Name: a pointer to the question's; type A, class IN, TTL 0 (each query asks again),
+        // 4 bytes: the address.
+        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+        answer.extend_from_slice(&address().octets());
     }
     Some(answer)
 }
 
 impl Pebble {
-    /// Starts pebble with its state in `dir`; `None` (a skip) when pebble is not installed,
-    /// unless MERIDIAN_TEST_STRICT=1.
-    pub async fn start(dir: &Path) -> Option<Pebble> {
+    /// Whether pebble is installed; if not, says it skips, or fails under
+    /// MERIDIAN_TEST_STRICT=1.
+    pub fn installed() -> bool {
         if Command::new("pebble").arg("-h").output().is_err() {
             assert!(
                 !strict(),
                 "pebble is not installed (apt-get install pebble)"
             );
             eprintln!("skipped: pebble is not installed");
+            return false;
+        }
+        true
+    }
+
+    /// Starts pebble with its state in `dir`, validating on 127.0.0.1 at listeners it hands
+    /// the test ([`Pebble::http01`], [`Pebble::tls_alpn01`]); `None` (a skip) when pebble is
+    /// not installed, unless MERIDIAN_TEST_STRICT=1.
+    pub async fn start(dir: &Path) -> Option<Pebble> {
+        if !Self::installed() {
             return None;
         }
-        let dns = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap();
-        let dns_addr: SocketAddr = dns.local_addr().unwrap();
-        let dns = tokio::spawn(loopback_dns(dns));
         let http01 = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .unwrap();
         let tls_alpn01 = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .unwrap();
+        let validation = Validation {
+            addresses: vec![Ipv4Addr::LOCALHOST],
+            http_port: http01.local_addr().unwrap().port(),
+            tls_port: tls_alpn01.local_addr().unwrap().port(),
+        };
+        let mut pebble = Self::start_validating(dir, validation).await?;
+        pebble.http01 = Some(http01);
+        pebble.tls_alpn01 = Some(tls_alpn01);
+        Some(pebble)
+    }
+
+    /// Starts pebble with its state in `dir`, validating where `validation` says (the test's
+    /// real edges); `None` (a skip) when pebble is not installed, unless
+    /// MERIDIAN_TEST_STRICT=1.
+    pub async fn start_validating(dir: &Path, validation: Validation) -> Option<Pebble> {
+        if !Self::installed() {
+            return None;
+        }
+        let dns = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let dns_addr: SocketAddr = dns.local_addr().unwrap();
+        let dns = tokio::spawn(loopback_dns(dns, validation.addresses));
         let (https_root, cert, key) = https_certificate(dir);
         let (listen, management) = (free_port(), free_port());
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{management}"),
             "certificate": cert, "privateKey": key,
-            "httpPort": http01.local_addr().unwrap().port(),
-            "tlsPort": tls_alpn01.local_addr().unwrap().port(),
+            "httpPort": validation.http_port,
+            "tlsPort": validation.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
@@ -152,9 +195,28 @@ impl Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             https_root,
             management: format!("https://127.0.0.1:{management}"),
-            http01: Some(http01),
-            tls_alpn01: Some(tls_alpn01),
+            http01: None,
+            tls_alpn01: None,
         })
+    }
+
+    /// The arguments of `meridian control --global` that order from this pebble with
+    /// `challenge`, the secrets key in `secrets_key` (made if missing).
+    pub fn control_args(&self, secrets_key: &Path, challenge: &str) -> Vec<String> {
+        let args = [
+            "--secrets-key",
+            secrets_key.to_str().unwrap(),
+            "--create-secrets-key",
+            "--acme-directory",
+            &self.directory,
+            "--acme-ca-root",
+            self.https_root.to_str().unwrap(),
+            "--acme-email",
+            "ops@example.test",
+            "--acme-challenge",
+            challenge,
+        ];
+        args.map(str::to_owned).to_vec()
     }
 
     /// The root of the certificates pebble issues (PEM), from its management API.
