@@ -404,19 +404,20 @@ async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 let context = context.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    match context.relay.load_full() {
-                        Some(cluster) => relay_connection(stream, cluster, context).await,
-                        None => match context.tls.load_full() {
-                            Some(acceptor) => serve_tls(stream, peer, acceptor, context).await,
-                            None => {
-                                let peer = forward::Peer::new(peer, "http");
-                                serve_connection(stream, peer, context).await
-                            }
-                        },
+                // A task per kind of connection, each as large as its own future only: an idle
+                // HTTP/2 client does not carry a relay's or a handshake's state.
+                match (context.relay.load_full(), context.tls.load_full()) {
+                    (Some(cluster), _) => {
+                        tokio::spawn(relay_connection(stream, cluster, context, slot));
                     }
-                });
+                    (None, Some(acceptor)) => {
+                        tokio::spawn(serve_tls(stream, peer, acceptor, context, slot));
+                    }
+                    (None, None) => {
+                        let peer = forward::Peer::new(peer, "http");
+                        tokio::spawn(serve_connection(stream, peer, context, slot));
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -427,14 +428,38 @@ async fn accept_loop(
     }
 }
 
-/// Completes the TLS handshake (within `tls_handshake_timeout`, as one of the client address's
-/// `max_tls_handshakes_per_ip`), then serves HTTP on it.
+/// Completes the TLS handshake, then serves HTTP on it. The handshake's state lives on the
+/// heap until the handshake ends, so that the task serving an established connection is as
+/// small as the HTTP serving needs (hyper's connection is on the heap too).
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: Arc<TlsAcceptor>,
     context: Arc<ListenerContext>,
+    slot: ConnectionSlot,
 ) {
+    let Some(tls) = Box::pin(tls_handshake(stream, peer, acceptor, &context)).await else {
+        return;
+    };
+    let peer = forward::Peer::new(peer, "https").with_identity(tls.1);
+    serve_connection(tls.0, peer, context, slot).await
+}
+
+/// A TLS connection that is to serve HTTP, with the SPIFFE ID of its client certificate.
+type Established = (
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Option<meridian_identity::SpiffeId>,
+);
+
+/// Completes the TLS handshake (within `tls_handshake_timeout`, as one of the client address's
+/// `max_tls_handshakes_per_ip`); `None` when it failed or was an ACME validation (the
+/// connection is then closed).
+async fn tls_handshake(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Arc<TlsAcceptor>,
+    context: &ListenerContext,
+) -> Option<Established> {
     let (timeout, per_ip) = {
         let limits = context.shared.limits.load();
         (
@@ -445,7 +470,7 @@ async fn serve_tls(
     let Some(slot) = context.handshakes.take(peer.ip(), per_ip) else {
         context.handshakes_refused.inc();
         tracing::debug!(listener = %context.name, %peer, "closing a connection beyond max_tls_handshakes_per_ip");
-        return;
+        return None;
     };
     let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
     drop(slot);
@@ -454,7 +479,7 @@ async fn serve_tls(
             if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
                 // An ACME validation (RFC 8737): the handshake was the answer; no HTTP follows.
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-                return;
+                return None;
             }
             if context.mesh.load().is_some() {
                 tls.get_mut()
@@ -467,33 +492,40 @@ async fn serve_tls(
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(meridian_identity::peer_id);
-            let peer = forward::Peer::new(peer, "https").with_identity(identity);
-            serve_connection(tls, peer, context).await
+            Some((tls, identity))
         }
         Ok(Err(e)) => {
             context.shared.metrics.tls_handshake_failed(&context.name);
             tracing::debug!(listener = %context.name, %peer, error = %e, "TLS handshake failed");
+            None
         }
         Err(_elapsed) => {
             context.shared.metrics.tls_handshake_failed(&context.name);
             tracing::debug!(listener = %context.name, %peer, "TLS handshake timed out");
+            None
         }
     }
 }
 
-async fn serve_connection<S>(stream: S, peer: forward::Peer, context: Arc<ListenerContext>)
+/// Serves HTTP/1.1 and HTTP/2 on `stream` until the client closes it, it idles or stalls, or
+/// the proxy drains; `slot` is held until then. The connection is built before the returned
+/// future and lives on the heap, so that the future, and the task awaiting it, hold neither a
+/// second copy of `stream` nor HTTP/1.1 state beside HTTP/2 state for as long as it lasts.
+fn serve_connection<S>(
+    stream: S,
+    peer: forward::Peer,
+    context: Arc<ListenerContext>,
+    slot: ConnectionSlot,
+) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = context.shared.limits.load_full();
-    let builder = connection_builder(&limits);
-    context.connections.inc();
-    let _open = context.shared.open_connection();
     let activity = Arc::new(Activity::default());
+    let address = peer.addr;
     let service = {
         let context = context.clone();
         let activity = activity.clone();
-        let peer = peer.clone();
         service_fn(move |request| {
             let context = context.clone();
             let peer = peer.clone();
@@ -512,29 +544,37 @@ where
         })
     };
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => Some(served),
-        () = activity.idle_for(limits.idle_timeout.0) => {
-            tracing::debug!(listener = %context.name, peer = %peer.addr, "closing an idle connection");
-            None
+    let mut connection = Box::pin(
+        connection_builder(&limits)
+            .serve_connection_with_upgrades(io, service)
+            .into_owned(),
+    );
+    async move {
+        let _slot = slot;
+        context.connections.inc();
+        let _open = context.shared.open_connection();
+        let served = tokio::select! {
+            served = connection.as_mut() => Some(served),
+            () = activity.idle_for(limits.idle_timeout.0) => {
+                tracing::debug!(listener = %context.name, peer = %address, "closing an idle connection");
+                None
+            }
+            () = activity.stalled_for(limits.send_timeout.0) => {
+                context.send_timeouts.inc();
+                tracing::debug!(listener = %context.name, peer = %address, "closing a connection whose client takes no data");
+                None
+            }
+            () = context.shared.open.drain_requested() => {
+                // Finish what is in flight (HTTP/2: GOAWAY; HTTP/1.1: close after the response).
+                connection.as_mut().graceful_shutdown();
+                Some(connection.await)
+            }
+        };
+        if let Some(Err(e)) = served {
+            tracing::debug!(listener = %context.name, peer = %address, error = %e, "connection ended with an error");
         }
-        () = activity.stalled_for(limits.send_timeout.0) => {
-            context.send_timeouts.inc();
-            tracing::debug!(listener = %context.name, peer = %peer.addr, "closing a connection whose client takes no data");
-            None
-        }
-        () = context.shared.open.drain_requested() => {
-            // Finish what is in flight (HTTP/2: GOAWAY; HTTP/1.1: close after the response).
-            connection.as_mut().graceful_shutdown();
-            Some(connection.await)
-        }
-    };
-    if let Some(Err(e)) = served {
-        tracing::debug!(listener = %context.name, peer = %peer.addr, error = %e, "connection ended with an error");
+        context.connections.dec();
     }
-    context.connections.dec();
 }
 
 /// The HTTP/1.1 and HTTP/2 server of a client connection, bounded by `limits`.
@@ -579,6 +619,7 @@ async fn relay_connection(
     mut client: tokio::net::TcpStream,
     cluster: Arc<Cluster>,
     context: Arc<ListenerContext>,
+    _slot: ConnectionSlot,
 ) {
     const CONNECT_TRIES: usize = 3;
     context.connections.inc();
