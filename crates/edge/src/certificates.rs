@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate;
+use meridian_identity::TlsError;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 
 /// Certificates by name: exact domains, and wildcards by the name they are one level above
 /// (`*.example.com` under `example.com`).
@@ -88,10 +88,12 @@ impl ResolvesServerCert for Certificates {
 }
 
 /// The PEM text of a secret's data source (inline bytes or string).
-fn inline(source: Option<&DataSource>, field: &str) -> Result<Vec<u8>, String> {
+fn inline<'a>(source: Option<&'a DataSource>, field: &str) -> Result<&'a str, String> {
     match source.and_then(|s| s.specifier.as_ref()) {
-        Some(Specifier::InlineBytes(bytes)) => Ok(bytes.clone()),
-        Some(Specifier::InlineString(text)) => Ok(text.clone().into_bytes()),
+        Some(Specifier::InlineBytes(bytes)) => {
+            std::str::from_utf8(bytes).map_err(|e| format!("{field}: not PEM text: {e}"))
+        }
+        Some(Specifier::InlineString(text)) => Ok(text),
         Some(_) => Err(format!(
             "{field}: only inline_bytes or inline_string are read"
         )),
@@ -105,15 +107,20 @@ pub fn certified_key(domain: &str, tls: &TlsCertificate) -> Result<Arc<Certified
     meridian_model::check_domain(domain).map_err(|e| format!("domain `{domain}`: {e}"))?;
     let chain = inline(tls.certificate_chain.as_ref(), "certificate_chain")?;
     let key = inline(tls.private_key.as_ref(), "private_key")?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate_chain: not PEM certificates: {e}"))?;
-    if chain.is_empty() {
-        return Err("certificate_chain: holds no certificate".to_owned());
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key)
-        .map_err(|e| format!("private_key: not a PEM private key: {e}"))?;
-    let key = CertifiedKey::from_der(chain, key, &meridian_identity::provider())
+    let key = meridian_identity::certified_key(chain, key).map_err(|e| match e {
+        TlsError::Pem {
+            what: "private key",
+            reason,
+        } => format!("private_key: not a PEM private key: {reason}"),
+        TlsError::Pem { reason, .. } if reason == "no certificate" => {
+            "certificate_chain: holds no certificate".to_owned()
+        }
+        TlsError::Pem { reason, .. } => {
+            format!("certificate_chain: not PEM certificates: {reason}")
+        }
+        TlsError::Rustls(e) => format!("private_key: {e}"),
+    })?;
+    key.keys_match()
         .map_err(|e| format!("private_key: does not belong to the certificate: {e}"))?;
     // A wildcard is checked with a name it covers.
     let probe = match domain.strip_prefix("*.") {
@@ -128,7 +135,7 @@ pub fn certified_key(domain: &str, tls: &TlsCertificate) -> Result<Arc<Certified
     let name = ServerName::try_from(probe).map_err(|e| format!("domain `{domain}`: {e}"))?;
     rustls::client::verify_server_name(&parsed, &name)
         .map_err(|e| format!("certificate_chain: not a certificate for `{domain}`: {e}"))?;
-    Ok(Arc::new(key))
+    Ok(key)
 }
 
 #[cfg(test)]
