@@ -75,6 +75,22 @@ pub struct AdsServer {
     limits: Limits,
     /// Becomes true when the server shuts down: open streams end then.
     closing: Arc<watch::Sender<bool>>,
+    /// When set, streams are answered only once it is true (see [`AdsServer::answering_when`]).
+    ready: Option<watch::Receiver<bool>>,
+}
+
+/// What a new stream needs from its server.
+pub(crate) struct StreamParts<'a> {
+    /// The cache it serves.
+    pub cache: &'a Arc<Cache>,
+    /// Shared metrics.
+    pub metrics: XdsMetrics,
+    /// Limits on what a client may ask.
+    pub limits: Limits,
+    /// Becomes true when the server shuts down.
+    pub closing: watch::Receiver<bool>,
+    /// When set, the stream answers nothing until it is true.
+    pub ready: Option<watch::Receiver<bool>>,
 }
 
 impl AdsServer {
@@ -85,7 +101,18 @@ impl AdsServer {
             metrics,
             limits,
             closing: Arc::new(watch::Sender::new(false)),
+            ready: None,
         }
+    }
+
+    /// This server, answering no stream until `ready` is true: streams are accepted and their
+    /// requests read, and they are answered once it is. For a cache that whoever feeds it loads
+    /// at start: before the first load is in, a client resuming with what it holds would be told
+    /// that what the cache lacks is gone (delta), or be sent less than everything (state of
+    /// the world). If `ready`'s sender goes away before it is true, waiting streams end.
+    pub fn answering_when(mut self, ready: watch::Receiver<bool>) -> AdsServer {
+        self.ready = Some(ready);
+        self
     }
 
     /// The tonic service, with the message size limits applied.
@@ -98,14 +125,16 @@ impl AdsServer {
         self.limits
     }
 
-    /// What a new stream needs: the cache, metrics, limits and the shutdown signal.
-    pub(crate) fn parts(&self) -> (&Arc<Cache>, XdsMetrics, Limits, watch::Receiver<bool>) {
-        (
-            &self.cache,
-            self.metrics.clone(),
-            self.limits,
-            self.closing.subscribe(),
-        )
+    /// What a new stream needs: the cache, metrics, limits, the shutdown signal and the
+    /// readiness it waits for.
+    pub(crate) fn parts(&self) -> StreamParts<'_> {
+        StreamParts {
+            cache: &self.cache,
+            metrics: self.metrics.clone(),
+            limits: self.limits,
+            closing: self.closing.subscribe(),
+            ready: self.ready.clone(),
+        }
     }
 
     /// Serves ADS over gRPC (HTTP/2 cleartext) on `listener` until `shutdown` completes; then

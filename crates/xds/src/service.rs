@@ -145,7 +145,6 @@ impl AdsServer {
         request: Request<Streaming<P::Request>>,
     ) -> Responses<P::Response> {
         let grant = request.extensions().get::<Grant>().cloned();
-        let (cache, metrics, limits, closing) = self.parts();
-        stream::spawn::<P>(request.into_inner(), grant, cache, metrics, limits, closing)
+        stream::spawn::<P>(request.into_inner(), grant, self.parts())
     }
 }

@@ -3,13 +3,13 @@
 //! (changes meanwhile collapse into its set of changed names).
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use crate::cache::{Cache, Dirty, Subscriber};
+use crate::cache::{Dirty, Subscriber};
 use crate::metrics::XdsMetrics;
 use crate::node::{Grant, Scope};
-use crate::server::Limits;
+use crate::server::{Limits, StreamParts};
 
 /// What a stream's handler works with.
 pub(crate) struct Context {
@@ -52,15 +52,20 @@ pub(crate) trait Protocol: Default + Send + 'static {
     fn on_changed(&mut self, changed: Dirty, cx: &mut Context) -> Vec<Self::Response>;
 }
 
-/// Serves one stream in a task of its own and returns its responses.
+/// Serves one stream in a task of its own and returns its responses. Nothing is answered
+/// before `parts.ready` (if set) is true.
 pub(crate) fn spawn<P: Protocol>(
     mut inbound: Streaming<P::Request>,
     grant: Option<Grant>,
-    cache: &std::sync::Arc<Cache>,
-    metrics: XdsMetrics,
-    limits: Limits,
-    mut closing: watch::Receiver<bool>,
+    parts: StreamParts<'_>,
 ) -> Responses<P::Response> {
+    let StreamParts {
+        cache,
+        metrics,
+        limits,
+        mut closing,
+        ready,
+    } = parts;
     let (tx, rx) = mpsc::channel(limits.queued_responses);
     let subscriber = cache.subscriber();
     tokio::spawn(async move {
@@ -74,6 +79,13 @@ pub(crate) fn spawn<P: Protocol>(
         let scope = Scope::of(P::node(&first), grant.as_ref());
         let _connected = metrics.connected(P::API, &scope.role);
         tracing::debug!(api = P::API, node = %scope.node_id, role = %scope.role, "ADS stream opened");
+        if let Some(mut ready) = ready {
+            tokio::select! {
+                ready = ready.wait_for(|ready| *ready) => if ready.is_err() { return },
+                _ = closing.wait_for(|closing| *closing) => return,
+                () = tx.closed() => return,
+            }
+        }
         let mut cx = Context {
             subscriber,
             scope,

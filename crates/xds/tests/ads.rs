@@ -29,12 +29,17 @@ struct Server {
 }
 
 async fn start(limits: Limits) -> Server {
+    start_with(|server| server, limits).await
+}
+
+/// [`start`], the server changed by `adjust` before it serves.
+async fn start_with(adjust: impl FnOnce(AdsServer) -> AdsServer, limits: Limits) -> Server {
     let cache = Cache::new();
     let mut registry = Registry::default();
     let metrics = XdsMetrics::new(&mut registry);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = AdsServer::new(cache.clone(), metrics, limits);
+    let server = adjust(AdsServer::new(cache.clone(), metrics, limits));
     tokio::spawn(server.serve(listener, std::future::pending()));
     Server {
         cache,
@@ -381,6 +386,41 @@ async fn a_resumed_delta_stream_gets_only_what_it_lacks() {
         ["changed"],
         "an unchanged resource is not sent again"
     );
+    assert_eq!(response.removed_resources, ["gone"]);
+}
+
+#[tokio::test]
+async fn a_server_answering_when_ready_answers_a_resumed_stream_from_its_first_load() {
+    let (ready, gate) = tokio::sync::watch::channel(false);
+    let server = start_with(|server| server.answering_when(gate), Limits::default()).await;
+    // A client resumes with what it held before the server started, while the server's cache
+    // is still empty: the server has read its request (it counts it connected)…
+    let mut resumed = delta(&server.url).await;
+    let mut request = subscribe(Some(node("n1", None)), ENDPOINT, &["*"]);
+    request.initial_resource_versions = [("kept", "old"), ("gone", "old")]
+        .into_iter()
+        .map(|(name, version)| (name.to_owned(), version.to_owned()))
+        .collect();
+    resumed.send(request).await;
+    let end = tokio::time::Instant::now() + WAIT;
+    while server.metric("meridian_xds_connected_clients{") == 0 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // …and answers once the first load is in: what the client lacks, and as removed only what
+    // the load does not hold.
+    put(
+        &server.cache,
+        ENDPOINT,
+        &[("proxy/kept", 1), ("proxy/new", 1)],
+    );
+    ready.send_replace(true);
+    let response = resumed.next().await;
+    let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["kept", "new"]);
     assert_eq!(response.removed_resources, ["gone"]);
 }
 
