@@ -77,23 +77,12 @@ impl Handler for Keeper {
 /// Follows the global control plane at `xds` (`https://…`) as edge `test`, with a certificate
 /// from the root CA in `data_dir/ca` (trust domain `meridian.local`).
 pub fn follow_as_edge(data_dir: &Path, xds: &str) -> EdgeFeed {
-    let ca = Authority::load(&data_dir.join("ca"), "meridian.local")
-        .unwrap()
-        .expect("the control plane made its root CA");
-    let id = SpiffeId {
-        trust_domain: "meridian.local".into(),
-        subject: Subject::Edge {
-            location: "test".into(),
-        },
+    let subject = Subject::Edge {
+        location: "test".into(),
     };
-    let (csr, key) = meridian_identity::request_for(&id).unwrap();
-    let issued = ca.issue(&csr, &id, Duration::from_secs(3600)).unwrap();
-    let own = CertStore::new(meridian_identity::certified_key(&issued.chain_pem, &key).unwrap());
-    let bundle = meridian_identity::trust_bundle(ca.certificate_pem()).unwrap();
-    let tls = meridian_identity::control_client_config(Some(own), bundle).unwrap();
     let options = ClientOptions {
         url: xds.to_owned(),
-        tls: Some(Arc::new(tls)),
+        tls: Some(client_tls(data_dir, subject)),
         node: Node {
             id: "edge-test".into(),
             ..Node::default()
@@ -103,6 +92,23 @@ pub fn follow_as_edge(data_dir: &Path, xds: &str) -> EdgeFeed {
     let held = Arc::new(Mutex::new(Held::default()));
     let task = tokio::spawn(run_delta_client(options, Keeper(held.clone())));
     EdgeFeed { held, task }
+}
+
+/// TLS for a client of the global control plane whose data is in `data_dir`, presenting a
+/// certificate for `subject` issued by its root CA (trust domain `meridian.local`).
+pub fn client_tls(data_dir: &Path, subject: Subject) -> Arc<rustls::ClientConfig> {
+    let ca = Authority::load(&data_dir.join("ca"), "meridian.local")
+        .unwrap()
+        .expect("the control plane made its root CA");
+    let id = SpiffeId {
+        trust_domain: "meridian.local".into(),
+        subject,
+    };
+    let (csr, key) = meridian_identity::request_for(&id).unwrap();
+    let issued = ca.issue(&csr, &id, Duration::from_secs(3600)).unwrap();
+    let own = CertStore::new(meridian_identity::certified_key(&issued.chain_pem, &key).unwrap());
+    let bundle = meridian_identity::trust_bundle(ca.certificate_pem()).unwrap();
+    Arc::new(meridian_identity::control_client_config(Some(own), bundle).unwrap())
 }
 
 impl EdgeFeed {

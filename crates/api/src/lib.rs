@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod metrics;
 mod openapi;
+mod readiness;
 mod routes;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use auth::{bootstrap_admin_token, hash_secret, Caller};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::MAX_BODY_BYTES;
 pub use metrics::Metrics;
+pub use readiness::Readiness;
 pub use routes::domains::DomainStatus;
 pub use routes::feed::{ChangesPage, RevisionInfo};
 pub use routes::reports::Reports;
@@ -49,6 +51,8 @@ pub struct ApiState {
     pub(crate) reports: Reports,
     /// The key that seals uploaded private keys; `None` when the plane manages no certificates.
     pub(crate) secrets: Option<Arc<SealingKey>>,
+    /// What the plane waits for before `/readyz` says it is ready (beyond its store).
+    readiness: Readiness,
 }
 
 /// Who the caller's token belongs to.
@@ -69,6 +73,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         prometheus_client::registry::Registry::default(),
         Reports::default(),
         None,
+        Readiness::default(),
     )
 }
 
@@ -87,12 +92,14 @@ pub struct RootTrust {
 /// process's other metrics in `registry` (rendered with the API's on `/metrics`). Region reports
 /// are recorded in `reports`, which the caller may share (e.g. to publish them to the regions).
 /// Uploaded certificates' keys are sealed with `secrets`; without it uploads are refused.
+/// `/readyz` answers 503, naming what is waited for, until `readiness` is ready.
 pub fn router_with(
     store: Arc<dyn Store>,
     trust: Option<RootTrust>,
     registry: prometheus_client::registry::Registry,
     reports: Reports,
     secrets: Option<Arc<SealingKey>>,
+    readiness: Readiness,
 ) -> Router {
     use routes::{domains, endpoints, feed, regions, reports, services, tenancy};
     let state = ApiState {
@@ -101,6 +108,7 @@ pub fn router_with(
         trust,
         reports,
         secrets,
+        readiness,
     };
     let openapi = openapi::document();
     let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";
@@ -204,10 +212,17 @@ pub fn openapi_json() -> String {
     openapi::document()
 }
 
-async fn readyz(State(state): State<ApiState>) -> Result<&'static str, ApiError> {
-    // Ready when the store answers a real read.
+async fn readyz(State(state): State<ApiState>) -> Result<(StatusCode, String), ApiError> {
+    // Ready when the store answers a real read and the plane waits for nothing else.
     state.store.list_regions().await?;
-    Ok("ready\n")
+    let waiting = state.readiness.waiting();
+    if waiting.is_empty() {
+        return Ok((StatusCode::OK, "ready\n".to_owned()));
+    }
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: waiting for {}\n", waiting.join(", ")),
+    ))
 }
 
 /// Who the token belongs to.

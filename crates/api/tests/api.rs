@@ -31,6 +31,7 @@ impl Server {
             Default::default(),
             Default::default(),
             Some(secrets),
+            Default::default(),
         );
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();

@@ -37,7 +37,10 @@ pub use admin::{admin_router, JoinTokenAdmin};
 pub use ca::{regional_ca, RegionalCa, RegionalCaError};
 pub use certificates::{AcmeOptions, CertificateOptions, ChallengeKind, LocalCa};
 pub use elsewhere::{RemoteRegion, RemoteService};
-pub use federation::{follow_global, keep_disk_copy, publish_regional_deployments, ReportSource};
+pub use federation::{
+    follow_global, keep_disk_copy, publish_regional_deployments, FirstLoad, ReportSource,
+    PUBLISHED, REPORTED,
+};
 pub use fleet::{Fleet, Placement, NODE_TIMEOUT};
 pub use global_api::{GlobalApi, GlobalApiError};
 pub use issuer::{Issuer, IssuerError};

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_api::Readiness;
 use meridian_identity::SealingKey;
 use meridian_model::{CertificateSource, CertificateState, ChangeKind};
 use meridian_store::{
@@ -27,6 +28,9 @@ use super::records::{self, key_label, serving};
 use super::schedule::{Clock, Schedule};
 use super::{tickets, IssuerConfig};
 
+/// The readiness part [`Manager::run`] does once every valid certificate and the session
+/// ticket keys are in the cache.
+pub const CERTIFICATES_PUBLISHED: &str = "the certificates published";
 /// Most orders running at once.
 pub const CONCURRENT_ORDERS: usize = 8;
 /// Longest an order may take before it counts as failed.
@@ -136,12 +140,14 @@ impl Manager {
         }
     }
 
-    /// Loads everything and publishes it, then follows the store until it closes (`Ok`) or
-    /// fails (the error; the supervisor starts a new loop, which loads everything again).
-    pub(crate) async fn run(mut self) -> Result<(), StoreError> {
+    /// Loads everything and publishes it (then does [`CERTIFICATES_PUBLISHED`] in
+    /// `readiness`), then follows the store until it closes (`Ok`) or fails (the error; the
+    /// supervisor starts a new loop, which loads everything again).
+    pub(crate) async fn run(mut self, readiness: &Readiness) -> Result<(), StoreError> {
         let mut revision = self.store.revision().await?;
         self.load_all().await?;
         self.rotate_tickets_if_due().await;
+        readiness.done(CERTIFICATES_PUBLISHED);
         loop {
             let wake = self.schedule.next().min(self.tickets_due);
             tokio::select! {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use acme::{AcmeOptions, ChallengeKind};
 pub use local::LocalCa;
-pub(crate) use manager::Manager;
+pub(crate) use manager::{Manager, CERTIFICATES_PUBLISHED};
 pub use metrics::CertificateMetrics;
 
 /// A certificate just issued: the chain (leaf first) and its private key, PEM, and the renewal

@@ -9,12 +9,19 @@
 //!   reach the others' instances.
 //!
 //! The cache wakes only the streams whose resources changed.
+//!
+//! It tells the plane's [`Readiness`] when the first load is in the cache ([`PUBLISHED`]), and
+//! when every region's summary carries a report this process received ([`REPORTED`]), or the
+//! time given to regions to report has passed: a restarted plane does not know the reports
+//! its predecessor had, and until the regions report again it would publish them as not
+//! reporting.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::google::protobuf::Any;
+use meridian_api::Readiness;
 use meridian_model::{derive_regional, ChangeKind, Endpoint, RegionReport, RegionalDeployment};
 use meridian_store::{wait_for_changes, ServiceFilter, ServiceKey, Store, StoreError};
 use meridian_xds::meridian::{
@@ -35,6 +42,13 @@ pub const REPORT_STALE: Duration = Duration::from_secs(10);
 /// How often summaries are rendered again without news (so that stale reports drop out).
 const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
 
+/// The readiness part [`publish_regional_deployments`] does once every service's regional
+/// deployments and every region's summary are in the cache.
+pub const PUBLISHED: &str = "the regional deployments published";
+/// The readiness part [`publish_regional_deployments`] does once every region has reported
+/// (or the time given to them has passed) and the summaries say so.
+pub const REPORTED: &str = "a report from every region";
+
 /// The last report of a region, and its age.
 pub type LatestReport = dyn Fn(&str) -> Option<(RegionReport, Duration)> + Send + Sync;
 
@@ -45,6 +59,16 @@ pub struct ReportSource {
     pub latest: Box<LatestReport>,
     /// Changes when a region reports something new.
     pub changed: watch::Receiver<u64>,
+}
+
+/// What the publisher tells the plane's readiness: [`PUBLISHED`], then [`REPORTED`] once
+/// every region has reported or at `reports_by`, whichever comes first.
+#[derive(Clone)]
+pub struct FirstLoad {
+    /// The plane's readiness.
+    pub readiness: Readiness,
+    /// When regions that have not reported yet are published as not reporting.
+    pub reports_by: tokio::time::Instant,
 }
 
 /// A published regional deployment, with its spec as JSON (made once, for every summary).
@@ -63,18 +87,19 @@ struct Published {
 }
 
 /// Publishes the regional deployments of every service in `store` and every region's summary
-/// into `cache`, then follows the change feed and `reports`, until the process ends. A store
-/// failure is logged and retried with backoff, then everything is published again (unchanged
-/// resources keep their versions).
+/// into `cache`, then follows the change feed and `reports`, until the process ends; tells
+/// `first` as it goes. A store failure is logged and retried with backoff, then everything is
+/// published again (unchanged resources keep their versions).
 pub async fn publish_regional_deployments(
     store: Arc<dyn Store>,
     cache: Arc<Cache>,
     mut reports: ReportSource,
+    first: FirstLoad,
 ) {
     let mut published = Published::default();
     let mut backoff = BACKOFF.0;
     loop {
-        match publish_then_follow(&*store, &cache, &mut reports, &mut published).await {
+        match publish_then_follow(&*store, &cache, &mut reports, &mut published, &first).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff,
@@ -92,6 +117,7 @@ async fn publish_then_follow(
     cache: &Cache,
     reports: &mut ReportSource,
     published: &mut Published,
+    first: &FirstLoad,
 ) -> Result<(), StoreError> {
     let mut revision = store.revision().await?;
     read_regions(store, published).await?;
@@ -119,6 +145,9 @@ async fn publish_then_follow(
         services = services.len(),
         "regional deployments published for the regions"
     );
+    first.readiness.done(PUBLISHED);
+    let mut waiting_for_reports = first.readiness.waiting().contains(&REPORTED)
+        && !tell_reported(first, published, &reports.latest);
     loop {
         // A report or the refresh period renders every summary; a change in the store only
         // those of the regions it touches, so its cost does not grow with the other services.
@@ -126,6 +155,9 @@ async fn publish_then_follow(
             changes = wait_for_changes(store, revision, FEED_PAGE, FEED_WAIT) => (changes, false),
             _ = reports.changed.changed() => (Ok(Vec::new()), true),
             () = tokio::time::sleep(SUMMARY_REFRESH) => (Ok(Vec::new()), true),
+            () = tokio::time::sleep_until(first.reports_by), if waiting_for_reports => {
+                (Ok(Vec::new()), true)
+            }
         };
         let changes = match changes {
             Err(StoreError::Closed) => return Ok(()),
@@ -158,10 +190,33 @@ async fn publish_then_follow(
         }
         if all_summaries || regions_changed {
             publish_summaries(cache, published, &reports.latest);
+            if waiting_for_reports {
+                waiting_for_reports = !tell_reported(first, published, &reports.latest);
+            }
         } else if !dirty.is_empty() {
             publish_region_summaries(cache, published, &reports.latest, &dirty);
         }
     }
+}
+
+/// Does [`REPORTED`] if every region has a report (the summaries just published carry them)
+/// or the time for them has passed; returns whether it did.
+fn tell_reported(first: &FirstLoad, published: &Published, latest: &LatestReport) -> bool {
+    let silent: Vec<&str> = published
+        .regions
+        .keys()
+        .map(String::as_str)
+        .filter(|region| latest(region).is_none())
+        .collect();
+    if !silent.is_empty() && tokio::time::Instant::now() < first.reports_by {
+        return false;
+    }
+    if !silent.is_empty() {
+        tracing::warn!(regions = ?silent, "regions that have not reported since this plane \
+            started are published as not reporting");
+    }
+    first.readiness.done(REPORTED);
+    true
 }
 
 /// Reads every region's coordinates.
@@ -370,4 +425,117 @@ fn region_summary(
 /// `value` as JSON (model types always serialize).
 fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use meridian_model::Region;
+    use meridian_store::SqliteStore;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A store with regions `regions`, in `dir`.
+    async fn store_with(dir: &std::path::Path, regions: &[&str]) -> Arc<dyn Store> {
+        let store = SqliteStore::open(&dir.join("meridian.db")).await.unwrap();
+        for name in regions {
+            let region = Region {
+                name: (*name).to_owned(),
+                lat: 50.0,
+                lon: 8.0,
+            };
+            store.put_region(&region).await.unwrap();
+        }
+        Arc::new(store)
+    }
+
+    /// Publishes `store` with `reports` (regions' last reports) into a new cache, telling a
+    /// new readiness, with `reports_by` from now.
+    fn publish(
+        store: Arc<dyn Store>,
+        reports: &meridian_api::Reports,
+        reports_by: Duration,
+    ) -> (Arc<Cache>, Readiness, tokio::task::JoinHandle<()>) {
+        let cache = Cache::new();
+        let readiness = Readiness::waiting_for([PUBLISHED, REPORTED]);
+        let latest = reports.clone();
+        let source = ReportSource {
+            latest: Box::new(move |region| latest.get(region)),
+            changed: reports.subscribe(),
+        };
+        let first = FirstLoad {
+            readiness: readiness.clone(),
+            reports_by: Instant::now() + reports_by,
+        };
+        let task = tokio::spawn(publish_regional_deployments(
+            store,
+            cache.clone(),
+            source,
+            first,
+        ));
+        (cache, readiness, task)
+    }
+
+    /// Waits until `readiness` no longer waits for `part`.
+    async fn done(readiness: &Readiness, part: &str) {
+        let end = Instant::now() + DEADLINE;
+        while readiness.waiting().contains(&part) {
+            assert!(Instant::now() < end, "{part} never done");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether the cache's summary of `region` says it reported.
+    fn reported(cache: &Cache, region: &str) -> bool {
+        let held = cache
+            .get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}{region}"))
+            .expect("a summary");
+        RegionSummary::decode(held.resource.value.as_slice())
+            .unwrap()
+            .reported
+    }
+
+    fn report() -> RegionReport {
+        RegionReport {
+            nodes: 1,
+            capacity: 4,
+            gateway: None,
+            services: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_plane_is_ready_once_every_region_has_reported_and_its_summary_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), &["fra", "iad"]).await;
+        let reports = meridian_api::Reports::default();
+        let (cache, readiness, task) = publish(store, &reports, Duration::from_secs(3600));
+        done(&readiness, PUBLISHED).await;
+        assert_eq!(readiness.waiting(), [REPORTED]);
+        reports.record("fra".to_owned(), report());
+        reports.record("iad".to_owned(), report());
+        done(&readiness, REPORTED).await;
+        assert!(reported(&cache, "fra") && reported(&cache, "iad"));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_region_that_does_not_report_in_time_is_published_as_not_reporting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), &["fra", "iad"]).await;
+        let reports = meridian_api::Reports::default();
+        reports.record("fra".to_owned(), report());
+        let started = Instant::now();
+        let (cache, readiness, task) = publish(store, &reports, Duration::from_millis(200));
+        done(&readiness, REPORTED).await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(*readiness.ready().borrow());
+        assert!(reported(&cache, "fra"));
+        assert!(!reported(&cache, "iad"));
+        task.abort();
+    }
 }

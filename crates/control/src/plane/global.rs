@@ -8,6 +8,13 @@
 //!   public domains' certificates (orders, renewals, publishing to edges, session ticket keys);
 //! - essential (each owns a bound socket): the API server and the xDS server for the regions.
 //!   When one ends the plane stops and [`run_global`] returns the error.
+//!
+//! The xDS server answers regions and edges only once the plane is ready: the store's regional
+//! deployments, region summaries and certificates are in its cache, and every region has
+//! reported (or [`FIRST_REPORTS`] has passed). Until then they keep what they hold; answered
+//! earlier, a region or edge resuming after a restart of this plane would be told that what the
+//! cache does not hold yet is gone (and stop instances, drop certificates, or route nowhere).
+//! `/readyz` says what the plane still waits for.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -15,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_api::Readiness;
 use meridian_identity::{
     server_config, trust_bundle, Authority, CertStore, SealingKey, SpiffeId, Subject,
 };
@@ -24,17 +32,24 @@ use prometheus_client::registry::Registry;
 use tonic::service::Routes;
 
 use super::{bind, local, RunError, Say};
-use crate::certificates::{CertificateMetrics, CertificateOptions, IssuerConfig, LocalCa, Manager};
+use crate::certificates::{
+    CertificateMetrics, CertificateOptions, IssuerConfig, LocalCa, Manager, CERTIFICATES_PUBLISHED,
+};
 use crate::supervise::Supervisor;
 use crate::{
     issue_own_certificate, keep_own_certificate, publish_regional_deployments, tls_incoming,
-    AuthenticatedAds, JoinTokens, RegionReports, ReportService, ReportSource,
+    AuthenticatedAds, FirstLoad, JoinTokens, RegionReports, ReportService, ReportSource, PUBLISHED,
+    REPORTED, REPORT_INTERVAL,
 };
 
 /// Lifetime of the global control plane's own certificate (renewed at two thirds of it).
 const OWN_CERT_LIFETIME: Duration = Duration::from_secs(86_400);
 /// How long the installation's root CA is valid.
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// How long, from its start, the plane waits for every region's first report before it
+/// publishes those that have not reported as not reporting: two report intervals, so that a
+/// region whose report was due just as the plane came back has reported again.
+const FIRST_REPORTS: Duration = REPORT_INTERVAL.saturating_mul(2);
 
 /// What the global control plane needs; each field is the `meridian control --global` option
 /// of the same name.
@@ -120,6 +135,13 @@ pub async fn run_global(
     let mut supervisor = Supervisor::new(&mut registry);
     let cache = Cache::new();
     let reports = meridian_api::Reports::default();
+    let certificates_part = secrets.as_ref().map(|_| CERTIFICATES_PUBLISHED);
+    let readiness =
+        Readiness::waiting_for([PUBLISHED, REPORTED].into_iter().chain(certificates_part));
+    let first = FirstLoad {
+        readiness: readiness.clone(),
+        reports_by: tokio::time::Instant::now() + FIRST_REPORTS,
+    };
     supervisor.restarting("publish regional deployments", {
         let (store, cache, reports) = (store.clone(), cache.clone(), reports.clone());
         move || {
@@ -128,7 +150,7 @@ pub async fn run_global(
                 latest: Box::new(move |region| latest.get(region)),
                 changed: reports.subscribe(),
             };
-            publish_regional_deployments(store.clone(), cache.clone(), source)
+            publish_regional_deployments(store.clone(), cache.clone(), source, first.clone())
         }
     });
     let own_id = SpiffeId {
@@ -153,6 +175,7 @@ pub async fn run_global(
     if let Some(key) = &secrets {
         let certificate_metrics = CertificateMetrics::new(&mut registry);
         let (store, cache, key) = (store.clone(), cache.clone(), key.clone());
+        let readiness = readiness.clone();
         supervisor.restarting("certificates", move || {
             let manager = Manager::new(
                 store.clone(),
@@ -161,15 +184,16 @@ pub async fn run_global(
                 issuer.clone(),
                 certificate_metrics.clone(),
             );
+            let readiness = readiness.clone();
             async move {
-                if let Err(e) = manager.run().await {
+                if let Err(e) = manager.run(&readiness).await {
                     tracing::warn!(error = %e, "certificates: reading the store failed");
                 }
             }
         });
     }
     let stop = supervisor.stop();
-    let ads = AdsServer::new(cache, metrics, Limits::default());
+    let ads = AdsServer::new(cache, metrics, Limits::default()).answering_when(readiness.ready());
     let recorder = reports.clone();
     let region_reports = RegionReports::new(move |region, report| recorder.record(region, report));
     let federation = ads.clone().serve_routes(
@@ -186,7 +210,8 @@ pub async fn run_global(
         region_tokens: Arc::new(region_tokens),
     };
     // The API last: its /metrics shows every metric registered above.
-    let router = meridian_api::router_with(store, Some(trust), registry, reports, secrets);
+    let router =
+        meridian_api::router_with(store, Some(trust), registry, reports, secrets, readiness);
     let api = axum::serve(listener, router).with_graceful_shutdown(stop.wait());
     supervisor.essential("the API server", api.into_future());
 
