@@ -33,7 +33,9 @@ const TAIL: Duration = Duration::from_millis(500);
 
 /// What a follower of the global control plane holds after one accepted response.
 struct Seen {
+    /// When the response was accepted.
     at: Instant,
+    /// Of which type it was.
     type_url: String,
     /// How many services are deployed in fra (followers as the region).
     deployed: usize,
@@ -125,7 +127,8 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// The value of the series `name{labels}` in the Prometheus text at `base`/metrics (0 if absent).
+/// The value of `series` (`name{labels}`) in the Prometheus text at `base`/metrics (0 if
+/// absent).
 async fn metric(base: &str, series: &str) -> f64 {
     support::metrics(base)
         .await
