@@ -273,6 +273,19 @@ async fn a_restarted_global_plane_changes_nothing_the_regions_and_edges_serve() 
     let restarted = Instant::now();
     platform.global.start_again();
     let api = platform.global.api.clone();
+    let up = Instant::now();
+    eventually("the restarted plane ready", async || {
+        client
+            .get(format!("{api}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|answer| answer.status() == 200)
+    })
+    .await;
+    eprintln!(
+        "the restarted global control plane was ready (xDS answering) {} ms after it started",
+        up.elapsed().as_millis()
+    );
     // The region reports to the restarted plane; the region, the edge and both followers are
     // answered by it (only edges follow secrets, only regions their deployments).
     eventually("the region's report to the restarted plane", async || {

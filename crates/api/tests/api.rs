@@ -16,6 +16,11 @@ struct Server {
 
 impl Server {
     async fn start(dir: &Path) -> Server {
+        Self::start_with(dir, meridian_api::Readiness::default()).await
+    }
+
+    /// [`Server::start`], ready only as `readiness` says.
+    async fn start_with(dir: &Path, readiness: meridian_api::Readiness) -> Server {
         let store = meridian_store::SqliteStore::open(&dir.join("meridian.db"))
             .await
             .unwrap();
@@ -31,7 +36,7 @@ impl Server {
             Default::default(),
             Default::default(),
             Some(secrets),
-            Default::default(),
+            readiness,
         );
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
@@ -145,6 +150,29 @@ async fn org_token(admin: &Api, org: &str) -> Api {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     admin.with_token(body["secret"].as_str().unwrap())
+}
+
+#[tokio::test]
+async fn readyz_names_what_the_plane_still_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let readiness = meridian_api::Readiness::waiting_for(["the store loaded", "the reports"]);
+    let server = Server::start_with(dir.path(), readiness.clone()).await;
+    let readyz = || async {
+        let answer = reqwest::get(format!("{}/readyz", server.base))
+            .await
+            .unwrap();
+        (answer.status(), answer.text().await.unwrap())
+    };
+    readiness.done("the store loaded");
+    assert_eq!(
+        readyz().await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the reports\n".to_owned()
+        )
+    );
+    readiness.done("the reports");
+    assert_eq!(readyz().await, (StatusCode::OK, "ready\n".to_owned()));
 }
 
 #[tokio::test]
