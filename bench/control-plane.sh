@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin meridian --bin meridian-bench
-exec taskset -c 0 target/release/meridian-bench --meridian target/release/meridian --control-cpus 1 "$@"
+target="${CARGO_TARGET_DIR:-target}"
+exec taskset -c 0 "$target"/release/meridian-bench --meridian "$target"/release/meridian --control-cpus 1 "$@"

@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin meridian --bin meridian-hello --bin dev-latency
-exec target/release/dev-latency --meridian target/release/meridian "$@"
+target="${CARGO_TARGET_DIR:-target}"
+exec "$target"/release/dev-latency --meridian "$target"/release/meridian "$@"

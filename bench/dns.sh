@@ -7,4 +7,5 @@ if ! command -v dnsperf >/dev/null || ! command -v unbound >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf unbound
 fi
 cargo build --release --bin meridian
-exec python3 bench/dns.py --meridian target/release/meridian "$@"
+target="${CARGO_TARGET_DIR:-target}"
+exec python3 bench/dns.py --meridian "$target"/release/meridian "$@"

@@ -7,4 +7,5 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v 
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk curl
 fi
 cargo build --release --bin meridian --bin mesh-hop
-exec target/release/mesh-hop --meridian target/release/meridian "$@"
+target="${CARGO_TARGET_DIR:-target}"
+exec "$target"/release/mesh-hop --meridian "$target"/release/meridian "$@"

@@ -8,4 +8,5 @@ if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null || ! command
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx wrk nghttp2-client
 fi
 cargo build --release --bin meridian
-exec python3 bench/proxy.py --meridian target/release/meridian "$@"
+target="${CARGO_TARGET_DIR:-target}"
+exec python3 bench/proxy.py --meridian "$target"/release/meridian "$@"

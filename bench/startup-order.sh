@@ -9,5 +9,6 @@ if ! command -v valgrind >/dev/null || ! command -v curl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind curl
 fi
 cargo build --release --bin meridian --bin meridian-hello
-exec python3 bench/startup_order.py --meridian target/release/meridian \
-  --hello target/release/meridian-hello --output crates/cli/startup-order.txt
+target="${CARGO_TARGET_DIR:-target}"
+exec python3 bench/startup_order.py --meridian "$target"/release/meridian \
+  --hello "$target"/release/meridian-hello --output crates/cli/startup-order.txt

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 cargo build --release --bin meridian --bin xds-convergence
 # 10,000 clients need as many sockets in each process.
 ulimit -n "$(ulimit -Hn)"
-exec taskset -c 0 target/release/xds-convergence --meridian target/release/meridian --control-cpus 1 "$@"
+target="${CARGO_TARGET_DIR:-target}"
+exec taskset -c 0 "$target"/release/xds-convergence --meridian "$target"/release/meridian --control-cpus 1 "$@"
