@@ -139,6 +139,7 @@ async fn publish_then_follow(
     for gone in stale {
         cache.apply(REGIONAL_DEPLOYMENT, withdraw(published, &gone));
     }
+    withdraw_leftovers(cache, published);
     publish_summaries(cache, published, &reports.latest);
     tracing::info!(
         revision,
@@ -233,6 +234,31 @@ async fn read_regions(store: &dyn Store, published: &mut Published) -> Result<()
 /// The cache name of `service`'s resource for `region`.
 fn resource_name(region: &str, service: &str) -> String {
     format!("{}{service}", region_namespace(region))
+}
+
+/// Removes from `cache` every regional deployment that `published` does not hold: when this
+/// task was started again (its record empty), those an earlier run published for services
+/// deleted since.
+fn withdraw_leftovers(cache: &Cache, published: &Published) {
+    let current: BTreeSet<String> = published
+        .deployed
+        .iter()
+        .flat_map(|(region, services)| services.keys().map(|s| resource_name(region, s)))
+        .collect();
+    let remove: Vec<String> = cache
+        .names(REGIONAL_DEPLOYMENT, "")
+        .into_iter()
+        .filter(|name| !current.contains(name))
+        .collect();
+    if !remove.is_empty() {
+        cache.apply(
+            REGIONAL_DEPLOYMENT,
+            Update {
+                put: Vec::new(),
+                remove,
+            },
+        );
+    }
 }
 
 /// Forgets `service` in every region and returns the removal of its resources.
@@ -460,7 +486,16 @@ mod tests {
         reports: &meridian_api::Reports,
         reports_by: Duration,
     ) -> (Arc<Cache>, Readiness, tokio::task::JoinHandle<()>) {
-        let cache = Cache::new();
+        publish_into(Cache::new(), store, reports, reports_by)
+    }
+
+    /// [`publish`] into `cache`, which may hold what an earlier run published.
+    fn publish_into(
+        cache: Arc<Cache>,
+        store: Arc<dyn Store>,
+        reports: &meridian_api::Reports,
+        reports_by: Duration,
+    ) -> (Arc<Cache>, Readiness, tokio::task::JoinHandle<()>) {
         let readiness = Readiness::waiting_for([PUBLISHED, REPORTED]);
         let latest = reports.clone();
         let source = ReportSource {
@@ -536,6 +571,36 @@ mod tests {
         assert!(*readiness.ready().borrow());
         assert!(reported(&cache, "fra"));
         assert!(!reported(&cache, "iad"));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_publisher_started_again_withdraws_what_an_earlier_run_published_and_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), &["fra"]).await;
+        let reports = meridian_api::Reports::default();
+        reports.record("fra".to_owned(), report());
+        // What a run before (this task, before the supervisor started it again) left in the
+        // cache: a service deleted since.
+        let cache = Cache::new();
+        let left = resource_name("fra", "acme/shop/deleted");
+        cache.apply(
+            REGIONAL_DEPLOYMENT,
+            Update {
+                put: vec![(
+                    left.clone(),
+                    Any {
+                        type_url: REGIONAL_DEPLOYMENT.to_owned(),
+                        value: Vec::new(),
+                    },
+                )],
+                remove: Vec::new(),
+            },
+        );
+        let (cache, readiness, task) =
+            publish_into(cache, store, &reports, Duration::from_secs(3600));
+        done(&readiness, PUBLISHED).await;
+        assert!(cache.get(REGIONAL_DEPLOYMENT, &left).is_none());
         task.abort();
     }
 }
