@@ -16,17 +16,20 @@ use meridian_proxy::Proxy;
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// What the upstream has seen of `/hold` requests: how many are waiting at once, the most
-/// that ever were, and the gate that lets them all answer.
+/// What the upstream has seen: of `/hold` requests, how many are waiting at once, the most
+/// that ever were, and the gate that lets them all answer; of `/echo` requests, how many heads
+/// arrived and how many body bytes so far (all requests together).
 #[derive(Default)]
 struct Held {
     now: AtomicUsize,
     most: AtomicUsize,
     open: tokio::sync::watch::Sender<bool>,
+    echo_heads: AtomicUsize,
+    echo_bytes: AtomicUsize,
 }
 
-/// An upstream speaking HTTP/1.1 and h2c. `/echo` answers the request body, with what framed it
-/// in `x-seen-*` headers; `/stream` answers in two parts with trailers (which reach HTTP/2
+/// An upstream speaking HTTP/1.1 and h2c. `/echo` (at any depth) answers the request body, with
+/// what framed it and its trailers in `x-seen-*` headers, as it reads it; `/stream` answers in two parts with trailers (which reach HTTP/2
 /// clusters); `/hold` waits for the gate; anything else answers the request's headers, one per
 /// line, in its body.
 async fn upstream() -> (SocketAddr, Arc<Held>) {
@@ -61,7 +64,8 @@ async fn answer(
     let (parts, body) = request.into_parts();
     let response = http::Response::builder().header("x-upstream", "yes");
     match parts.uri.path() {
-        "/echo" => {
+        path if path.ends_with("/echo") => {
+            held.echo_heads.fetch_add(1, Ordering::SeqCst);
             let seen = |name: &str| {
                 parts
                     .headers
@@ -69,11 +73,26 @@ async fn answer(
                     .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned())
             };
             let (length, coding) = (seen("content-length"), seen("transfer-encoding"));
-            let body = body.collect().await.unwrap().to_bytes();
+            let (mut body, mut received, mut trailers) = (body, Vec::new(), String::from("none"));
+            while let Some(frame) = body.frame().await {
+                let frame = frame.unwrap();
+                if let Some(data) = frame.data_ref() {
+                    received.extend_from_slice(data);
+                    held.echo_bytes.fetch_add(data.len(), Ordering::SeqCst);
+                }
+                if let Some(fields) = frame.trailers_ref() {
+                    trailers = fields
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                }
+            }
             response
                 .header("x-seen-content-length", length)
                 .header("x-seen-transfer-encoding", coding)
-                .body(Full::new(body).boxed())
+                .header("x-seen-trailers", trailers)
+                .body(Full::new(Bytes::from(received)).boxed())
                 .unwrap()
         }
         "/stream" => {
@@ -131,7 +150,7 @@ fn certificate() -> Certificate {
 }
 
 /// A configuration with one TLS listener (HTTP/3 on if `http3`) on `address`, routing to
-/// `upstream` over HTTP/1.1, and `/stream` over HTTP/2; `response_header` is added to answers
+/// `upstream` over HTTP/1.1, and `/stream` and `/h2/…` over HTTP/2; `response_header` is added to answers
 /// and `limits` is the `limits` section.
 fn config(
     cert: &Certificate,
@@ -148,6 +167,7 @@ fn config(
     "tls": {{"cert_file": "{}", "key_file": "{}", "http3": {http3}}},
     "virtual_hosts": [{{"name": "shop", "domains": ["shop.example.com"], "routes": [
       {{"match": {{"path": "/stream"}}, "cluster": "h2"}},
+      {{"match": {{"prefix": "/h2/"}}, "cluster": "h2"}},
       {{"cluster": "h1", "response_headers_add": {{"x-route": "{response_header}"}}}}
     ]}}]
   }}],
@@ -268,17 +288,35 @@ async fn send(
     headers: &[(&str, &str)],
     parts: &[&[u8]],
 ) -> Result<Answer, h3::error::StreamError> {
+    let mut stream = open(requests, method, path, headers).await?;
+    for part in parts {
+        stream.send_data(Bytes::copy_from_slice(part)).await?;
+    }
+    stream.finish().await?;
+    answer_of(stream).await
+}
+
+/// A client's request stream.
+type RequestStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Sends the head of `method path` with `headers`; the stream, for the body.
+async fn open(
+    requests: &mut SendRequest,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<RequestStream, h3::error::StreamError> {
     let mut request = http::Request::builder()
         .method(method)
         .uri(format!("https://shop.example.com{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut stream = requests.send_request(request.body(()).unwrap()).await?;
-    for part in parts {
-        stream.send_data(Bytes::copy_from_slice(part)).await?;
-    }
-    stream.finish().await?;
+    requests.send_request(request.body(()).unwrap()).await
+}
+
+/// Reads the whole answer on `stream`.
+async fn answer_of(mut stream: RequestStream) -> Result<Answer, h3::error::StreamError> {
     let response = stream.recv_response().await?;
     let mut body = Vec::new();
     while let Some(mut chunk) = stream.recv_data().await? {
@@ -413,6 +451,158 @@ async fn http3_applies_the_client_limits() {
 
     // An idle connection is closed.
     assert!(client.closes().await, "the idle connection stayed open");
+}
+
+/// The HTTP/3 requests `proxy` has counted so far.
+fn http3_requests(proxy: &Proxy) -> usize {
+    let counted = r#"meridian_proxy_client_requests_total{listener="public",protocol="http3"} "#;
+    proxy
+        .metrics_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(counted))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// What the upstream saw of an echoed request: its `Content-Length`, `Transfer-Encoding`,
+/// trailers and body.
+fn seen(answer: &Answer) -> (u16, &str, &str, &str, &[u8]) {
+    (
+        answer.status,
+        answer.header("x-seen-content-length"),
+        answer.header("x-seen-transfer-encoding"),
+        answer.header("x-seen-trailers"),
+        &answer.body,
+    )
+}
+
+#[tokio::test]
+async fn http3_request_bodies_reach_the_upstream_however_their_frames_arrive() {
+    let (upstream, held) = upstream().await;
+    let cert = certificate();
+    let (proxy, address) = start(&config(&cert, "127.0.0.1:0", true, upstream, "one", "")).await;
+    let mut client = connect(address, &cert.roots).await.unwrap();
+    let bytes = || held.echo_bytes.load(Ordering::SeqCst);
+    let big = vec![b'x'; 100_000];
+
+    // Of unknown length: the head reaches the upstream before any of the body is sent, then
+    // the body in DATA frames, each sent once the upstream has the one before, and the end of
+    // the stream after that.
+    let mut stream = open(&mut client.requests, "POST", "/echo", &[])
+        .await
+        .unwrap();
+    eventually("the head reaches the upstream", || {
+        held.echo_heads.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    stream.send_data(Bytes::from("first ")).await.unwrap();
+    eventually("the first part reaches the upstream", || bytes() == 6).await;
+    stream.send_data(Bytes::from(big.clone())).await.unwrap();
+    eventually("the second part reaches the upstream", || {
+        bytes() == 6 + big.len()
+    })
+    .await;
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        seen(&answer),
+        (
+            200,
+            "none",
+            "chunked",
+            "none",
+            &[b"first ", &big[..]].concat()[..]
+        )
+    );
+
+    // With a length, small enough to be read whole first: the body comes after the proxy
+    // has taken the head, in two DATA frames.
+    let before = http3_requests(&proxy);
+    let length = [("content-length", "11")];
+    let mut stream = open(&mut client.requests, "POST", "/echo", &length)
+        .await
+        .unwrap();
+    eventually("the proxy takes the head", || {
+        http3_requests(&proxy) == before + 1
+    })
+    .await;
+    stream.send_data(Bytes::from("hello ")).await.unwrap();
+    stream.send_data(Bytes::from("world")).await.unwrap();
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        seen(&answer),
+        (200, "11", "none", "none", &b"hello world"[..])
+    );
+
+    // With a length too large to be read whole first: the upstream gets all of it before the
+    // stream ends.
+    let at = bytes();
+    let length = big.len().to_string();
+    let headers = [("content-length", length.as_str())];
+    let mut stream = open(&mut client.requests, "PUT", "/echo", &headers)
+        .await
+        .unwrap();
+    for part in big.chunks(30_000) {
+        stream
+            .send_data(Bytes::copy_from_slice(part))
+            .await
+            .unwrap();
+    }
+    eventually("the body reaches the upstream", || {
+        bytes() == at + big.len()
+    })
+    .await;
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        seen(&answer),
+        (200, length.as_str(), "none", "none", &big[..])
+    );
+
+    // A GET whose stream ends after the proxy has taken its head has no body.
+    let before = http3_requests(&proxy);
+    let mut stream = open(&mut client.requests, "GET", "/echo", &[])
+        .await
+        .unwrap();
+    eventually("the proxy takes the head", || {
+        http3_requests(&proxy) == before + 1
+    })
+    .await;
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(seen(&answer), (200, "none", "none", "none", &b""[..]));
+
+    // Empty DATA frames (which a client may send) end nothing.
+    let mut stream = open(&mut client.requests, "POST", "/echo", &[])
+        .await
+        .unwrap();
+    for part in ["", "after an empty frame", "", " and another", ""] {
+        stream.send_data(Bytes::from(part)).await.unwrap();
+    }
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    let body = b"after an empty frame and another";
+    assert_eq!(seen(&answer), (200, "none", "chunked", "none", &body[..]));
+
+    // Trailers after a body of unknown length reach an HTTP/2 upstream.
+    let mut stream = open(&mut client.requests, "POST", "/h2/echo", &[])
+        .await
+        .unwrap();
+    stream
+        .send_data(Bytes::from("with trailers"))
+        .await
+        .unwrap();
+    let trailers = [("x-checksum", "42")]
+        .into_iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+        .collect();
+    stream.send_trailers(trailers).await.unwrap();
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        seen(&answer),
+        (200, "none", "none", "x-checksum: 42", &b"with trailers"[..])
+    );
 }
 
 #[tokio::test]
