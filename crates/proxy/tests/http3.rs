@@ -18,7 +18,8 @@ type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// What the upstream has seen: of `/hold` requests, how many are waiting at once, the most
 /// that ever were, and the gate that lets them all answer; of `/echo` requests, how many heads
-/// arrived and how many body bytes so far (all requests together).
+/// arrived, how many body bytes so far (all requests together), and each body once it ended
+/// (`None` if it broke off).
 #[derive(Default)]
 struct Held {
     now: AtomicUsize,
@@ -26,6 +27,7 @@ struct Held {
     open: tokio::sync::watch::Sender<bool>,
     echo_heads: AtomicUsize,
     echo_bytes: AtomicUsize,
+    echoed: std::sync::Mutex<Vec<Option<Bytes>>>,
 }
 
 /// An upstream speaking HTTP/1.1 and h2c. `/echo` (at any depth) answers the request body, with
@@ -75,7 +77,10 @@ async fn answer(
             let (length, coding) = (seen("content-length"), seen("transfer-encoding"));
             let (mut body, mut received, mut trailers) = (body, Vec::new(), String::from("none"));
             while let Some(frame) = body.frame().await {
-                let frame = frame.unwrap();
+                let Ok(frame) = frame else {
+                    held.echoed.lock().unwrap().push(None);
+                    return response.status(500).body(Full::default().boxed()).unwrap();
+                };
                 if let Some(data) = frame.data_ref() {
                     received.extend_from_slice(data);
                     held.echo_bytes.fetch_add(data.len(), Ordering::SeqCst);
@@ -88,11 +93,13 @@ async fn answer(
                         .join(", ");
                 }
             }
+            let received = Bytes::from(received);
+            held.echoed.lock().unwrap().push(Some(received.clone()));
             response
                 .header("x-seen-content-length", length)
                 .header("x-seen-transfer-encoding", coding)
                 .header("x-seen-trailers", trailers)
-                .body(Full::new(Bytes::from(received)).boxed())
+                .body(Full::new(received).boxed())
                 .unwrap()
         }
         "/stream" => {
@@ -603,6 +610,108 @@ async fn http3_request_bodies_reach_the_upstream_however_their_frames_arrive() {
         seen(&answer),
         (200, "none", "none", "x-checksum: 42", &b"with trailers"[..])
     );
+}
+
+/// An HTTP/3 frame of type `kind` carrying `payload` (shorter than 16 KiB).
+fn h3_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(payload.len()).unwrap() | 0x4000;
+    [&[kind][..], &length.to_be_bytes(), payload].concat()
+}
+
+/// The HEADERS frame of a POST to `path` at shop.example.com, encoded with QPACK's static
+/// table and literals only.
+fn post_head(path: &str) -> Vec<u8> {
+    let authority = b"shop.example.com";
+    let fields = [
+        &[0, 0, 0xd4, 0xd7, 0x50, authority.len() as u8][..],
+        authority,
+        &[0x51, path.len() as u8],
+        path.as_bytes(),
+    ]
+    .concat();
+    h3_frame(0x1, &fields)
+}
+
+/// Writes `bytes` on `stream` and waits until they have left: whatever is written next goes
+/// in a later packet.
+async fn write_alone(quic: &quinn::Connection, stream: &mut quinn::SendStream, bytes: &[u8]) {
+    let sent = quic.stats().frame_tx.stream;
+    stream.write_all(bytes).await.unwrap();
+    eventually("the bytes leave", || quic.stats().frame_tx.stream > sent).await;
+}
+
+#[tokio::test]
+async fn http3_request_frames_may_be_cut_anywhere_and_may_be_empty() {
+    let (upstream, held) = upstream().await;
+    let cert = certificate();
+    let (_proxy, address) = start(&config(&cert, "127.0.0.1:0", true, upstream, "one", "")).await;
+    let mut client = connect(address, &cert.roots).await.unwrap();
+    let quic = client.quic.clone();
+    let last_echoed = || held.echoed.lock().unwrap().last().cloned();
+
+    // A request stream written by hand: its head, then DATA frames whose headers and payloads
+    // arrive apart, a header cut in two, empty frames, and the end on its own.
+    let (mut send, mut receive) = quic.open_bi().await.unwrap();
+    write_alone(&quic, &mut send, &post_head("/echo")).await;
+    eventually("the head reaches the upstream", || {
+        held.echo_heads.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let data = h3_frame(0x0, b"0123456789");
+    let (header, payload) = data.split_at(3);
+    let cut = h3_frame(0x0, b"abc");
+    let pieces: [&[u8]; 7] = [
+        &h3_frame(0x0, b""),
+        header,
+        &payload[..5],
+        &payload[5..],
+        &[0x00, 0x00],
+        &cut[..2],
+        &cut[2..],
+    ];
+    for piece in pieces {
+        write_alone(&quic, &mut send, piece).await;
+    }
+    eventually("the body reaches the upstream", || {
+        held.echo_bytes.load(Ordering::SeqCst) == 13
+    })
+    .await;
+    send.finish().unwrap();
+    eventually("the body ends", || last_echoed().is_some()).await;
+    assert_eq!(last_echoed(), Some(Some(Bytes::from("0123456789abc"))));
+    receive.read_to_end(1 << 16).await.unwrap();
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_request_stream_that_ends_inside_a_frame_is_malformed() {
+    let (upstream, held) = upstream().await;
+    let cert = certificate();
+    let (_proxy, address) = start(&config(&cert, "127.0.0.1:0", true, upstream, "one", "")).await;
+    let mut client = connect(address, &cert.roots).await.unwrap();
+    let quic = client.quic.clone();
+
+    // The body streams to the upstream, until the stream ends 87 bytes short of its frame.
+    let (mut send, mut receive) = quic.open_bi().await.unwrap();
+    write_alone(&quic, &mut send, &post_head("/echo")).await;
+    let truncated = h3_frame(0x0, &[b'x'; 100]);
+    write_alone(&quic, &mut send, &truncated[..13]).await;
+    eventually("the upstream has the part sent", || {
+        held.echo_bytes.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    send.finish().unwrap();
+
+    // Never taken for whole: the upstream's body breaks off, and the client is told why (the
+    // answer's DATA is plain text).
+    let answer = receive.read_to_end(1 << 16).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("400 request_body_failed"), "{answer}");
+    eventually("the upstream's body breaks off", || {
+        held.echoed.lock().unwrap().as_slice() == [None]
+    })
+    .await;
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
 }
 
 #[tokio::test]

@@ -281,3 +281,79 @@ where
         self.0.close(code, reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame of type `kind` with `payload`, its header in minimal encoding.
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(kind < 64 && payload.len() < 64);
+        [&[kind, payload.len() as u8][..], payload].concat()
+    }
+
+    /// What passes on of `stream` received in chunks ending at `cuts`, and whether the stream
+    /// may end after it.
+    fn pass(stream: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
+        let mut frames = Frames::default();
+        let mut passed = Vec::new();
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([stream.len()]) {
+            frames.rest = Bytes::copy_from_slice(&stream[start..end]);
+            start = end;
+            loop {
+                match frames.next() {
+                    Some(part) => passed.extend_from_slice(&part),
+                    None if frames.rest.is_empty() => break,
+                    None => {}
+                }
+            }
+        }
+        (passed, frames.between_frames())
+    }
+
+    #[test]
+    fn empty_data_frames_are_left_out_wherever_the_chunks_end() {
+        let headers = frame(0x1, b"head");
+        let grease = frame(0x21, b"");
+        let (data, empty) = (frame(0x0, b"body"), frame(0x0, b""));
+        // An empty DATA frame in non-minimal encodings as well.
+        let long_empty = vec![0x40, 0x00, 0x80, 0x00, 0x00, 0x00];
+        let trailers = frame(0x1, b"tail");
+        let stream = [
+            &headers[..],
+            &empty,
+            &data,
+            &long_empty,
+            &grease,
+            &empty,
+            &data,
+            &trailers,
+            &empty,
+        ]
+        .concat();
+        let expected = [&headers[..], &data, &grease, &data, &trailers].concat();
+        for cut in 0..=stream.len() {
+            assert_eq!(
+                pass(&stream, &[cut]),
+                (expected.clone(), true),
+                "cut at {cut}"
+            );
+            for second in cut..=stream.len() {
+                assert_eq!(pass(&stream, &[cut, second]).0, expected);
+            }
+        }
+        // Byte by byte.
+        let cuts: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(pass(&stream, &cuts), (expected, true));
+    }
+
+    #[test]
+    fn a_stream_may_end_only_between_frames() {
+        let stream = [frame(0x1, b"head"), frame(0x0, b"body")].concat();
+        for end in 0..=stream.len() {
+            let (_, may_end) = pass(&stream[..end], &[]);
+            assert_eq!(may_end, [0, 6, stream.len()].contains(&end), "end at {end}");
+        }
+    }
+}
