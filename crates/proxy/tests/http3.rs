@@ -612,6 +612,65 @@ async fn http3_request_bodies_reach_the_upstream_however_their_frames_arrive() {
     );
 }
 
+#[tokio::test]
+async fn http3_request_bodies_are_held_to_the_body_limits_as_they_stream() {
+    let (upstream, held) = upstream().await;
+    let cert = certificate();
+    let limits = r#""max_request_body_bytes": 1000, "request_body_timeout": "300ms""#;
+    let text = config(&cert, "127.0.0.1:0", true, upstream, "one", limits);
+    let (proxy, address) = start(&text).await;
+    let mut client = connect(address, &cert.roots).await.unwrap();
+    let broken = |count: usize| {
+        let echoed = held.echoed.lock().unwrap();
+        echoed.len() == count && echoed.iter().all(Option::is_none)
+    };
+
+    // A body of unknown length streams to the upstream until it goes over the limit: 413, and
+    // the upstream's body breaks off instead of ending.
+    let mut stream = open(&mut client.requests, "POST", "/echo", &[])
+        .await
+        .unwrap();
+    stream
+        .send_data(Bytes::from(vec![b'x'; 600]))
+        .await
+        .unwrap();
+    eventually("the first part reaches the upstream", || {
+        held.echo_bytes.load(Ordering::SeqCst) == 600
+    })
+    .await;
+    stream
+        .send_data(Bytes::from(vec![b'x'; 600]))
+        .await
+        .unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        (answer.status, answer.header("x-meridian-error")),
+        (413, "request_body_too_large")
+    );
+    eventually("the upstream's body breaks off", || broken(1)).await;
+
+    // A body that pauses for longer than the body timeout before the upstream answers: 408,
+    // whether it streams (unknown length) or is read whole first (a small length).
+    for headers in [&[][..], &[("content-length", "10")]] {
+        let mut stream = open(&mut client.requests, "POST", "/echo", headers)
+            .await
+            .unwrap();
+        stream.send_data(Bytes::from("first")).await.unwrap();
+        let answer = answer_of(stream).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.header("x-meridian-error")),
+            (408, "request_body_timeout")
+        );
+    }
+    eventually("the upstream's body breaks off", || broken(2)).await;
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_request_body_timeouts_total{listener="public"} 2"#));
+
+    // The connection goes on.
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
+}
+
 /// An HTTP/3 frame of type `kind` carrying `payload` (shorter than 16 KiB).
 fn h3_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let length = u16::try_from(payload.len()).unwrap() | 0x4000;
@@ -711,6 +770,22 @@ async fn a_request_stream_that_ends_inside_a_frame_is_malformed() {
         held.echoed.lock().unwrap().as_slice() == [None]
     })
     .await;
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
+
+    // So is a body longer than its length, found out while the client is still sending.
+    let length = [("content-length", "2")];
+    let mut stream = open(&mut client.requests, "POST", "/echo", &length)
+        .await
+        .unwrap();
+    stream
+        .send_data(Bytes::from("more than two"))
+        .await
+        .unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        (answer.status, answer.header("x-meridian-error")),
+        (400, "request_body_failed")
+    );
     assert_eq!(get(&mut client.requests, "/").await.status, 200);
 }
 

@@ -10,6 +10,11 @@
 //!   h3 for a complete body, and reading on panics. It is a malformed request: the stream
 //!   fails instead.
 //!
+//!
+//! And one way in which h3-quinn 0.0.10 panics: asked to stop a stream (STOP_SENDING) while a
+//! read of it is under way, as the proxy does when a body turns out longer than its length.
+//! Such a stream is stopped when it is dropped instead (with code 0, quinn's way).
+//!
 //! Only client-initiated bidirectional (request) streams are followed; control and QPACK
 //! streams, and what is sent, go to h3-quinn as they are.
 
@@ -47,6 +52,8 @@ impl Connection {
 pub struct Checked<S> {
     inner: S,
     frames: Frames,
+    /// A read of `inner` is under way (its last poll was pending).
+    reading: bool,
 }
 
 /// A checked request stream, both ways.
@@ -152,6 +159,7 @@ impl<S> Checked<S> {
         Checked {
             inner,
             frames: Frames::default(),
+            reading: false,
         }
     }
 }
@@ -170,7 +178,9 @@ impl<S: quic::RecvStream<Buf = Bytes>> quic::RecvStream for Checked<S> {
             if !self.frames.rest.is_empty() {
                 continue;
             }
-            match ready!(self.inner.poll_data(cx)) {
+            let read = self.inner.poll_data(cx);
+            self.reading = read.is_pending();
+            match ready!(read) {
                 Ok(Some(chunk)) => self.frames.rest = chunk,
                 Ok(None) if self.frames.between_frames() => return Poll::Ready(Ok(None)),
                 Ok(None) => {
@@ -182,7 +192,9 @@ impl<S: quic::RecvStream<Buf = Bytes>> quic::RecvStream for Checked<S> {
     }
 
     fn stop_sending(&mut self, error_code: u64) {
-        self.inner.stop_sending(error_code);
+        if !self.reading {
+            self.inner.stop_sending(error_code);
+        }
     }
 
     fn recv_id(&self) -> StreamId {
@@ -221,6 +233,7 @@ impl<B: Buf> quic::BidiStream<B> for BidiStream<B> {
         let recv = Checked {
             inner: recv,
             frames: self.frames,
+            reading: self.reading,
         };
         (send, recv)
     }
