@@ -460,6 +460,29 @@ async fn http3_applies_the_client_limits() {
     assert!(client.closes().await, "the idle connection stayed open");
 }
 
+/// A proxy serving HTTP/3 with the `limits` section, in front of its own upstream, and a
+/// client connected to it.
+struct Served {
+    proxy: Arc<Proxy>,
+    held: Arc<Held>,
+    client: Client,
+    _cert: Certificate,
+}
+
+async fn served(limits: &str) -> Served {
+    let (upstream, held) = upstream().await;
+    let cert = certificate();
+    let text = config(&cert, "127.0.0.1:0", true, upstream, "one", limits);
+    let (proxy, address) = start(&text).await;
+    let client = connect(address, &cert.roots).await.unwrap();
+    Served {
+        proxy,
+        held,
+        client,
+        _cert: cert,
+    }
+}
+
 /// The HTTP/3 requests `proxy` has counted so far.
 fn http3_requests(proxy: &Proxy) -> usize {
     let counted = r#"meridian_proxy_client_requests_total{listener="public",protocol="http3"} "#;
@@ -484,10 +507,8 @@ fn seen(answer: &Answer) -> (u16, &str, &str, &str, &[u8]) {
 
 #[tokio::test]
 async fn http3_request_bodies_reach_the_upstream_however_their_frames_arrive() {
-    let (upstream, held) = upstream().await;
-    let cert = certificate();
-    let (proxy, address) = start(&config(&cert, "127.0.0.1:0", true, upstream, "one", "")).await;
-    let mut client = connect(address, &cert.roots).await.unwrap();
+    let mut served = served("").await;
+    let (proxy, held, client) = (&served.proxy, &served.held, &mut served.client);
     let bytes = || held.echo_bytes.load(Ordering::SeqCst);
     let big = vec![b'x'; 100_000];
 
@@ -614,12 +635,9 @@ async fn http3_request_bodies_reach_the_upstream_however_their_frames_arrive() {
 
 #[tokio::test]
 async fn http3_request_bodies_are_held_to_the_body_limits_as_they_stream() {
-    let (upstream, held) = upstream().await;
-    let cert = certificate();
     let limits = r#""max_request_body_bytes": 1000, "request_body_timeout": "300ms""#;
-    let text = config(&cert, "127.0.0.1:0", true, upstream, "one", limits);
-    let (proxy, address) = start(&text).await;
-    let mut client = connect(address, &cert.roots).await.unwrap();
+    let mut served = served(limits).await;
+    let (proxy, held, client) = (&served.proxy, &served.held, &mut served.client);
     let broken = |count: usize| {
         let echoed = held.echoed.lock().unwrap();
         echoed.len() == count && echoed.iter().all(Option::is_none)
@@ -701,10 +719,8 @@ async fn write_alone(quic: &quinn::Connection, stream: &mut quinn::SendStream, b
 
 #[tokio::test]
 async fn http3_request_frames_may_be_cut_anywhere_and_may_be_empty() {
-    let (upstream, held) = upstream().await;
-    let cert = certificate();
-    let (_proxy, address) = start(&config(&cert, "127.0.0.1:0", true, upstream, "one", "")).await;
-    let mut client = connect(address, &cert.roots).await.unwrap();
+    let mut served = served("").await;
+    let (held, client) = (&served.held, &mut served.client);
     let quic = client.quic.clone();
     let last_echoed = || held.echoed.lock().unwrap().last().cloned();
 
@@ -744,10 +760,8 @@ async fn http3_request_frames_may_be_cut_anywhere_and_may_be_empty() {
 
 #[tokio::test]
 async fn a_request_stream_that_ends_inside_a_frame_is_malformed() {
-    let (upstream, held) = upstream().await;
-    let cert = certificate();
-    let (_proxy, address) = start(&config(&cert, "127.0.0.1:0", true, upstream, "one", "")).await;
-    let mut client = connect(address, &cert.roots).await.unwrap();
+    let mut served = served("").await;
+    let (held, client) = (&served.held, &mut served.client);
     let quic = client.quic.clone();
 
     // The body streams to the upstream, until the stream ends 87 bytes short of its frame.
