@@ -544,13 +544,13 @@ async fn http3_request_bodies_reach_the_upstream_however_their_frames_arrive() {
 
     // With a length, small enough to be read whole first: the body comes after the proxy
     // has taken the head, in two DATA frames.
-    let before = http3_requests(&proxy);
+    let before = http3_requests(proxy);
     let length = [("content-length", "11")];
     let mut stream = open(&mut client.requests, "POST", "/echo", &length)
         .await
         .unwrap();
     eventually("the proxy takes the head", || {
-        http3_requests(&proxy) == before + 1
+        http3_requests(proxy) == before + 1
     })
     .await;
     stream.send_data(Bytes::from("hello ")).await.unwrap();
@@ -588,12 +588,12 @@ async fn http3_request_bodies_reach_the_upstream_however_their_frames_arrive() {
     );
 
     // A GET whose stream ends after the proxy has taken its head has no body.
-    let before = http3_requests(&proxy);
+    let before = http3_requests(proxy);
     let mut stream = open(&mut client.requests, "GET", "/echo", &[])
         .await
         .unwrap();
     eventually("the proxy takes the head", || {
-        http3_requests(&proxy) == before + 1
+        http3_requests(proxy) == before + 1
     })
     .await;
     stream.finish().await.unwrap();
