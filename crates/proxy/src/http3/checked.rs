@@ -10,7 +10,6 @@
 //!   h3 for a complete body, and reading on panics. It is a malformed request: the stream
 //!   fails instead.
 //!
-//!
 //! And one way in which h3-quinn 0.0.10 panics: asked to stop a stream (STOP_SENDING) while a
 //! read of it is under way, as the proxy does when a body turns out longer than its length.
 //! Such a stream is stopped when it is dropped instead (with code 0, quinn's way).

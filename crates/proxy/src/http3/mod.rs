@@ -2,7 +2,8 @@
 //! whose request streams become `http::Request`s for the same request path as HTTP/1.1 and
 //! HTTP/2 ([`crate::forward::handle`]), and whose answers are written back as HTTP/3 frames. It
 //! only adapts: routing, limits on bodies, metrics and the access log are the request path's.
-//! This module owns the UDP socket and the connections; [`stream`] serves one request each.
+//! This module owns the UDP socket and the connections; [`stream`] serves one request each;
+//! [`checked`] follows the frames of request streams where h3 loses track of them.
 
 mod checked;
 mod stream;
