@@ -31,9 +31,9 @@ struct Held {
 }
 
 /// An upstream speaking HTTP/1.1 and h2c. `/echo` (at any depth) answers the request body, with
-/// what framed it and its trailers in `x-seen-*` headers, as it reads it; `/stream` answers in two parts with trailers (which reach HTTP/2
-/// clusters); `/hold` waits for the gate; anything else answers the request's headers, one per
-/// line, in its body.
+/// what framed it and its trailers in `x-seen-*` headers, recording it in [`Held`] as it reads
+/// it; `/stream` answers in two parts with trailers (which reach HTTP/2 clusters); `/hold` waits
+/// for the gate; anything else answers the request's headers, one per line, in its body.
 async fn upstream() -> (SocketAddr, Arc<Held>) {
     let held = Arc::new(Held::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -157,8 +157,8 @@ fn certificate() -> Certificate {
 }
 
 /// A configuration with one TLS listener (HTTP/3 on if `http3`) on `address`, routing to
-/// `upstream` over HTTP/1.1, and `/stream` and `/h2/…` over HTTP/2; `response_header` is added to answers
-/// and `limits` is the `limits` section.
+/// `upstream` over HTTP/1.1, and `/stream` and `/h2/…` over HTTP/2; `response_header` is added
+/// to answers and `limits` is the `limits` section.
 fn config(
     cert: &Certificate,
     address: &str,
