@@ -16,19 +16,24 @@ use meridian_proxy::Proxy;
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// What the upstream has seen of `/hold` requests: how many are waiting at once, the most
-/// that ever were, and the gate that lets them all answer.
+/// What the upstream has seen: of `/hold` requests, how many are waiting at once, the most
+/// that ever were, and the gate that lets them all answer; of `/echo` requests, how many heads
+/// arrived, how many body bytes so far (all requests together), and each body once it ended
+/// (`None` if it broke off).
 #[derive(Default)]
 struct Held {
     now: AtomicUsize,
     most: AtomicUsize,
     open: tokio::sync::watch::Sender<bool>,
+    echo_heads: AtomicUsize,
+    echo_bytes: AtomicUsize,
+    echoed: std::sync::Mutex<Vec<Option<Bytes>>>,
 }
 
-/// An upstream speaking HTTP/1.1 and h2c. `/echo` answers the request body, with what framed it
-/// in `x-seen-*` headers; `/stream` answers in two parts with trailers (which reach HTTP/2
-/// clusters); `/hold` waits for the gate; anything else answers the request's headers, one per
-/// line, in its body.
+/// An upstream speaking HTTP/1.1 and h2c. `/echo` (at any depth) answers the request body, with
+/// what framed it and its trailers in `x-seen-*` headers, recording it in [`Held`] as it reads
+/// it; `/stream` answers in two parts with trailers (which reach HTTP/2 clusters); `/hold` waits
+/// for the gate; anything else answers the request's headers, one per line, in its body.
 async fn upstream() -> (SocketAddr, Arc<Held>) {
     let held = Arc::new(Held::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -61,7 +66,8 @@ async fn answer(
     let (parts, body) = request.into_parts();
     let response = http::Response::builder().header("x-upstream", "yes");
     match parts.uri.path() {
-        "/echo" => {
+        path if path.ends_with("/echo") => {
+            held.echo_heads.fetch_add(1, Ordering::SeqCst);
             let seen = |name: &str| {
                 parts
                     .headers
@@ -69,11 +75,31 @@ async fn answer(
                     .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned())
             };
             let (length, coding) = (seen("content-length"), seen("transfer-encoding"));
-            let body = body.collect().await.unwrap().to_bytes();
+            let (mut body, mut received, mut trailers) = (body, Vec::new(), String::from("none"));
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    held.echoed.lock().unwrap().push(None);
+                    return response.status(500).body(Full::default().boxed()).unwrap();
+                };
+                if let Some(data) = frame.data_ref() {
+                    received.extend_from_slice(data);
+                    held.echo_bytes.fetch_add(data.len(), Ordering::SeqCst);
+                }
+                if let Some(fields) = frame.trailers_ref() {
+                    trailers = fields
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                }
+            }
+            let received = Bytes::from(received);
+            held.echoed.lock().unwrap().push(Some(received.clone()));
             response
                 .header("x-seen-content-length", length)
                 .header("x-seen-transfer-encoding", coding)
-                .body(Full::new(body).boxed())
+                .header("x-seen-trailers", trailers)
+                .body(Full::new(received).boxed())
                 .unwrap()
         }
         "/stream" => {
@@ -131,8 +157,8 @@ fn certificate() -> Certificate {
 }
 
 /// A configuration with one TLS listener (HTTP/3 on if `http3`) on `address`, routing to
-/// `upstream` over HTTP/1.1, and `/stream` over HTTP/2; `response_header` is added to answers
-/// and `limits` is the `limits` section.
+/// `upstream` over HTTP/1.1, and `/stream` and `/h2/…` over HTTP/2; `response_header` is added
+/// to answers and `limits` is the `limits` section.
 fn config(
     cert: &Certificate,
     address: &str,
@@ -148,6 +174,7 @@ fn config(
     "tls": {{"cert_file": "{}", "key_file": "{}", "http3": {http3}}},
     "virtual_hosts": [{{"name": "shop", "domains": ["shop.example.com"], "routes": [
       {{"match": {{"path": "/stream"}}, "cluster": "h2"}},
+      {{"match": {{"prefix": "/h2/"}}, "cluster": "h2"}},
       {{"cluster": "h1", "response_headers_add": {{"x-route": "{response_header}"}}}}
     ]}}]
   }}],
@@ -268,17 +295,35 @@ async fn send(
     headers: &[(&str, &str)],
     parts: &[&[u8]],
 ) -> Result<Answer, h3::error::StreamError> {
+    let mut stream = open(requests, method, path, headers).await?;
+    for part in parts {
+        stream.send_data(Bytes::copy_from_slice(part)).await?;
+    }
+    stream.finish().await?;
+    answer_of(stream).await
+}
+
+/// A client's request stream.
+type RequestStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Sends the head of `method path` with `headers`; the stream, for the body.
+async fn open(
+    requests: &mut SendRequest,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<RequestStream, h3::error::StreamError> {
     let mut request = http::Request::builder()
         .method(method)
         .uri(format!("https://shop.example.com{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut stream = requests.send_request(request.body(()).unwrap()).await?;
-    for part in parts {
-        stream.send_data(Bytes::copy_from_slice(part)).await?;
-    }
-    stream.finish().await?;
+    requests.send_request(request.body(()).unwrap()).await
+}
+
+/// Reads the whole answer on `stream`.
+async fn answer_of(mut stream: RequestStream) -> Result<Answer, h3::error::StreamError> {
     let response = stream.recv_response().await?;
     let mut body = Vec::new();
     while let Some(mut chunk) = stream.recv_data().await? {
@@ -413,6 +458,349 @@ async fn http3_applies_the_client_limits() {
 
     // An idle connection is closed.
     assert!(client.closes().await, "the idle connection stayed open");
+}
+
+/// A proxy serving HTTP/3 with the `limits` section, in front of its own upstream, and a
+/// client connected to it.
+struct Served {
+    proxy: Arc<Proxy>,
+    held: Arc<Held>,
+    client: Client,
+    _cert: Certificate,
+}
+
+async fn served(limits: &str) -> Served {
+    let (upstream, held) = upstream().await;
+    let cert = certificate();
+    let text = config(&cert, "127.0.0.1:0", true, upstream, "one", limits);
+    let (proxy, address) = start(&text).await;
+    let client = connect(address, &cert.roots).await.unwrap();
+    Served {
+        proxy,
+        held,
+        client,
+        _cert: cert,
+    }
+}
+
+/// The HTTP/3 requests `proxy` has counted so far.
+fn http3_requests(proxy: &Proxy) -> usize {
+    let counted = r#"meridian_proxy_client_requests_total{listener="public",protocol="http3"} "#;
+    proxy
+        .metrics_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(counted))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// What the upstream saw of an echoed request: its `Content-Length`, `Transfer-Encoding`,
+/// trailers and body.
+fn seen(answer: &Answer) -> (u16, &str, &str, &str, &[u8]) {
+    (
+        answer.status,
+        answer.header("x-seen-content-length"),
+        answer.header("x-seen-transfer-encoding"),
+        answer.header("x-seen-trailers"),
+        &answer.body,
+    )
+}
+
+#[tokio::test]
+async fn http3_request_bodies_reach_the_upstream_however_their_frames_arrive() {
+    let mut served = served("").await;
+    let (proxy, held, client) = (&served.proxy, &served.held, &mut served.client);
+    let bytes = || held.echo_bytes.load(Ordering::SeqCst);
+    let big = vec![b'x'; 100_000];
+
+    // Of unknown length: the head reaches the upstream before any of the body is sent, then
+    // the body in DATA frames, each sent once the upstream has the one before, and the end of
+    // the stream after that.
+    let mut stream = open(&mut client.requests, "POST", "/echo", &[])
+        .await
+        .unwrap();
+    eventually("the head reaches the upstream", || {
+        held.echo_heads.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    stream.send_data(Bytes::from("first ")).await.unwrap();
+    eventually("the first part reaches the upstream", || bytes() == 6).await;
+    stream.send_data(Bytes::from(big.clone())).await.unwrap();
+    eventually("the second part reaches the upstream", || {
+        bytes() == 6 + big.len()
+    })
+    .await;
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        seen(&answer),
+        (
+            200,
+            "none",
+            "chunked",
+            "none",
+            &[b"first ", &big[..]].concat()[..]
+        )
+    );
+
+    // With a length, small enough to be read whole first: the body comes after the proxy
+    // has taken the head, in two DATA frames.
+    let before = http3_requests(proxy);
+    let length = [("content-length", "11")];
+    let mut stream = open(&mut client.requests, "POST", "/echo", &length)
+        .await
+        .unwrap();
+    eventually("the proxy takes the head", || {
+        http3_requests(proxy) == before + 1
+    })
+    .await;
+    stream.send_data(Bytes::from("hello ")).await.unwrap();
+    stream.send_data(Bytes::from("world")).await.unwrap();
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        seen(&answer),
+        (200, "11", "none", "none", &b"hello world"[..])
+    );
+
+    // With a length too large to be read whole first: the upstream gets all of it before the
+    // stream ends.
+    let at = bytes();
+    let length = big.len().to_string();
+    let headers = [("content-length", length.as_str())];
+    let mut stream = open(&mut client.requests, "PUT", "/echo", &headers)
+        .await
+        .unwrap();
+    for part in big.chunks(30_000) {
+        stream
+            .send_data(Bytes::copy_from_slice(part))
+            .await
+            .unwrap();
+    }
+    eventually("the body reaches the upstream", || {
+        bytes() == at + big.len()
+    })
+    .await;
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        seen(&answer),
+        (200, length.as_str(), "none", "none", &big[..])
+    );
+
+    // A GET whose stream ends after the proxy has taken its head has no body.
+    let before = http3_requests(proxy);
+    let mut stream = open(&mut client.requests, "GET", "/echo", &[])
+        .await
+        .unwrap();
+    eventually("the proxy takes the head", || {
+        http3_requests(proxy) == before + 1
+    })
+    .await;
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(seen(&answer), (200, "none", "none", "none", &b""[..]));
+
+    // Empty DATA frames (which a client may send) end nothing.
+    let mut stream = open(&mut client.requests, "POST", "/echo", &[])
+        .await
+        .unwrap();
+    for part in ["", "after an empty frame", "", " and another", ""] {
+        stream.send_data(Bytes::from(part)).await.unwrap();
+    }
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    let body = b"after an empty frame and another";
+    assert_eq!(seen(&answer), (200, "none", "chunked", "none", &body[..]));
+
+    // Trailers after a body of unknown length reach an HTTP/2 upstream.
+    let mut stream = open(&mut client.requests, "POST", "/h2/echo", &[])
+        .await
+        .unwrap();
+    stream
+        .send_data(Bytes::from("with trailers"))
+        .await
+        .unwrap();
+    let trailers = [("x-checksum", "42")]
+        .into_iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+        .collect();
+    stream.send_trailers(trailers).await.unwrap();
+    stream.finish().await.unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        seen(&answer),
+        (200, "none", "none", "x-checksum: 42", &b"with trailers"[..])
+    );
+}
+
+#[tokio::test]
+async fn http3_request_bodies_are_held_to_the_body_limits_as_they_stream() {
+    let limits = r#""max_request_body_bytes": 1000, "request_body_timeout": "300ms""#;
+    let mut served = served(limits).await;
+    let (proxy, held, client) = (&served.proxy, &served.held, &mut served.client);
+    let broken = |count: usize| {
+        let echoed = held.echoed.lock().unwrap();
+        echoed.len() == count && echoed.iter().all(Option::is_none)
+    };
+
+    // A body of unknown length streams to the upstream until it goes over the limit: 413, and
+    // the upstream's body breaks off instead of ending.
+    let mut stream = open(&mut client.requests, "POST", "/echo", &[])
+        .await
+        .unwrap();
+    stream
+        .send_data(Bytes::from(vec![b'x'; 600]))
+        .await
+        .unwrap();
+    eventually("the first part reaches the upstream", || {
+        held.echo_bytes.load(Ordering::SeqCst) == 600
+    })
+    .await;
+    stream
+        .send_data(Bytes::from(vec![b'x'; 600]))
+        .await
+        .unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        (answer.status, answer.header("x-meridian-error")),
+        (413, "request_body_too_large")
+    );
+    eventually("the upstream's body breaks off", || broken(1)).await;
+
+    // A body that pauses for longer than the body timeout before the upstream answers: 408,
+    // whether it streams (unknown length) or is read whole first (a small length).
+    for headers in [&[][..], &[("content-length", "10")]] {
+        let mut stream = open(&mut client.requests, "POST", "/echo", headers)
+            .await
+            .unwrap();
+        stream.send_data(Bytes::from("first")).await.unwrap();
+        let answer = answer_of(stream).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.header("x-meridian-error")),
+            (408, "request_body_timeout")
+        );
+    }
+    eventually("the upstream's body breaks off", || broken(2)).await;
+    assert!(proxy
+        .metrics_text()
+        .contains(r#"meridian_proxy_request_body_timeouts_total{listener="public"} 2"#));
+
+    // The connection goes on.
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
+}
+
+/// An HTTP/3 frame of type `kind` carrying `payload` (shorter than 16 KiB).
+fn h3_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(payload.len()).unwrap() | 0x4000;
+    [&[kind][..], &length.to_be_bytes(), payload].concat()
+}
+
+/// The HEADERS frame of a POST to `path` at shop.example.com, encoded with QPACK's static
+/// table and literals only.
+fn post_head(path: &str) -> Vec<u8> {
+    let authority = b"shop.example.com";
+    let fields = [
+        &[0, 0, 0xd4, 0xd7, 0x50, authority.len() as u8][..],
+        authority,
+        &[0x51, path.len() as u8],
+        path.as_bytes(),
+    ]
+    .concat();
+    h3_frame(0x1, &fields)
+}
+
+/// Writes `bytes` on `stream` and waits until they have left: whatever is written next goes
+/// in a later packet.
+async fn write_alone(quic: &quinn::Connection, stream: &mut quinn::SendStream, bytes: &[u8]) {
+    let sent = quic.stats().frame_tx.stream;
+    stream.write_all(bytes).await.unwrap();
+    eventually("the bytes leave", || quic.stats().frame_tx.stream > sent).await;
+}
+
+#[tokio::test]
+async fn http3_request_frames_may_be_cut_anywhere_and_may_be_empty() {
+    let mut served = served("").await;
+    let (held, client) = (&served.held, &mut served.client);
+    let quic = client.quic.clone();
+    let last_echoed = || held.echoed.lock().unwrap().last().cloned();
+
+    // A request stream written by hand: its head, then DATA frames whose headers and payloads
+    // arrive apart, a header cut in two, empty frames, and the end on its own.
+    let (mut send, mut receive) = quic.open_bi().await.unwrap();
+    write_alone(&quic, &mut send, &post_head("/echo")).await;
+    eventually("the head reaches the upstream", || {
+        held.echo_heads.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let data = h3_frame(0x0, b"0123456789");
+    let (header, payload) = data.split_at(3);
+    let cut = h3_frame(0x0, b"abc");
+    let pieces: [&[u8]; 7] = [
+        &h3_frame(0x0, b""),
+        header,
+        &payload[..5],
+        &payload[5..],
+        &[0x00, 0x00],
+        &cut[..2],
+        &cut[2..],
+    ];
+    for piece in pieces {
+        write_alone(&quic, &mut send, piece).await;
+    }
+    eventually("the body reaches the upstream", || {
+        held.echo_bytes.load(Ordering::SeqCst) == 13
+    })
+    .await;
+    send.finish().unwrap();
+    eventually("the body ends", || last_echoed().is_some()).await;
+    assert_eq!(last_echoed(), Some(Some(Bytes::from("0123456789abc"))));
+    receive.read_to_end(1 << 16).await.unwrap();
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_request_stream_that_ends_inside_a_frame_is_malformed() {
+    let mut served = served("").await;
+    let (held, client) = (&served.held, &mut served.client);
+    let quic = client.quic.clone();
+
+    // The body streams to the upstream, until the stream ends 87 bytes short of its frame.
+    let (mut send, mut receive) = quic.open_bi().await.unwrap();
+    write_alone(&quic, &mut send, &post_head("/echo")).await;
+    let truncated = h3_frame(0x0, &[b'x'; 100]);
+    write_alone(&quic, &mut send, &truncated[..13]).await;
+    eventually("the upstream has the part sent", || {
+        held.echo_bytes.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    send.finish().unwrap();
+
+    // Never taken for whole: the upstream's body breaks off, and the client is told why (the
+    // answer's DATA is plain text).
+    let answer = receive.read_to_end(1 << 16).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("400 request_body_failed"), "{answer}");
+    eventually("the upstream's body breaks off", || {
+        held.echoed.lock().unwrap().as_slice() == [None]
+    })
+    .await;
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
+
+    // So is a body longer than its length, found out while the client is still sending.
+    let length = [("content-length", "2")];
+    let mut stream = open(&mut client.requests, "POST", "/echo", &length)
+        .await
+        .unwrap();
+    stream
+        .send_data(Bytes::from("more than two"))
+        .await
+        .unwrap();
+    let answer = answer_of(stream).await.unwrap();
+    assert_eq!(
+        (answer.status, answer.header("x-meridian-error")),
+        (400, "request_body_failed")
+    );
+    assert_eq!(get(&mut client.requests, "/").await.status, 200);
 }
 
 #[tokio::test]

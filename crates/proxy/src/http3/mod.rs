@@ -2,8 +2,10 @@
 //! whose request streams become `http::Request`s for the same request path as HTTP/1.1 and
 //! HTTP/2 ([`crate::forward::handle`]), and whose answers are written back as HTTP/3 frames. It
 //! only adapts: routing, limits on bodies, metrics and the access log are the request path's.
-//! This module owns the UDP socket and the connections; [`stream`] serves one request each.
+//! This module owns the UDP socket and the connections; [`stream`] serves one request each;
+//! [`checked`] follows the frames of request streams where h3 loses track of them.
 
+mod checked;
 mod stream;
 
 use std::net::SocketAddr;
@@ -263,7 +265,7 @@ async fn serve_requests(
     let quic = connection.clone();
     let mut builder = h3::server::builder();
     builder.max_field_section_size(limits.max_header_bytes as u64);
-    let built = builder.build::<_, Bytes>(h3_quinn::Connection::new(connection));
+    let built = builder.build::<_, Bytes>(checked::Connection::new(connection));
     let built = tokio::time::timeout(limits.header_read_timeout.0, built).await;
     let Ok(Ok(mut h3)) = built else {
         tracing::debug!(listener = %context.name, %peer, "HTTP/3 connection setup failed");

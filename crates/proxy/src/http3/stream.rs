@@ -13,6 +13,7 @@ use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::checked;
 use crate::body::{BoxError, ClientBody};
 use crate::forward::{self, ProxyBody};
 use crate::idle::InFlight;
@@ -21,7 +22,7 @@ use crate::server::ListenerContext;
 /// Reads one request's head (within the header read timeout), passes the request through the
 /// request path and writes the answer.
 pub async fn serve_request(
-    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    resolver: RequestResolver<checked::Connection, Bytes>,
     context: Arc<ListenerContext>,
     peer: forward::Peer,
     _in_flight: InFlight,
@@ -92,7 +93,7 @@ enum Phase {
 /// The body of an HTTP/3 request: its DATA frames, then its trailers, checked against its
 /// `Content-Length`.
 pub struct RequestBody {
-    stream: RequestStream<h3_quinn::RecvStream, Bytes>,
+    stream: RequestStream<checked::Checked<h3_quinn::RecvStream>, Bytes>,
     phase: Phase,
     /// Bytes the `Content-Length` still announces.
     expected: Option<u64>,
@@ -105,7 +106,7 @@ impl RequestBody {
     /// head (as a request without body does) is found out at once, without waiting: such a
     /// request is then forwarded without a body instead of streaming an empty one.
     pub async fn new(
-        stream: RequestStream<h3_quinn::RecvStream, Bytes>,
+        stream: RequestStream<checked::Checked<h3_quinn::RecvStream>, Bytes>,
         headers: &HeaderMap,
     ) -> RequestBody {
         let expected = headers
