@@ -110,13 +110,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The headers that are hop-by-hop whatever `Connection` names (`te` aside: see above).
-const HOP_BY_HOP: [&HeaderName; 6] = [
+/// `Trailer` is not one (RFC 9110 §6.6.2): it is end to end, and HTTP/1.1 sends only the
+/// trailer fields it declares.
+const HOP_BY_HOP: [&HeaderName; 5] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
-    &header::TRAILER,
 ];
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
