@@ -585,7 +585,7 @@ fn dev_names_a_port_it_cannot_listen_on_at_once() {
     assert!(!dev.wait().unwrap().success());
     assert!(
         err.contains(&format!(
-            "cannot listen on 127.0.0.1:{port} for edge par (--edge-port)"
+            "cannot listen on TCP 127.0.0.1:{port} for edge par (--edge-port)"
         )) && err.contains("in use"),
         "{err}"
     );
