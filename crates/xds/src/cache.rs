@@ -5,13 +5,13 @@
 //! [`crate::Scope`]. The cache lock is a plain mutex, held only for map operations, never
 //! across an `.await`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use envoy_types::pb::google::protobuf::Any;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// One resource as stored: its bytes and the version they were given.
 #[derive(Debug)]
@@ -24,6 +24,53 @@ pub struct Versioned {
     pub resource: Any,
     /// When this version entered the cache (start of the push and convergence clocks).
     pub changed_at: Instant,
+    /// Who still has to acknowledge this version, when it was put with
+    /// [`Cache::apply_tracked`].
+    pub(crate) delivery: Option<Arc<Awaited>>,
+}
+
+/// The acknowledgements a [`Delivery`] waits for: (stream, cache name) pairs.
+#[derive(Debug)]
+pub(crate) struct Awaited {
+    pending: watch::Sender<HashSet<(u64, String)>>,
+}
+
+impl Awaited {
+    /// Stream `id` acknowledged a response carrying `name` at this version.
+    fn acknowledged(&self, id: u64, name: &str) {
+        self.pending
+            .send_if_modified(|pending| pending.remove(&(id, name.to_owned())));
+    }
+
+    /// Stream `id` is gone: it will acknowledge nothing more.
+    fn gone(&self, id: u64) {
+        self.pending.send_if_modified(|pending| {
+            let before = pending.len();
+            pending.retain(|(stream, _)| *stream != id);
+            pending.len() != before
+        });
+    }
+}
+
+/// The acknowledgements of the resources one [`Cache::apply_tracked`] put: every stream
+/// subscribed to one of them at that moment owes an ACK of a response carrying its new version,
+/// until it acknowledges or goes away. Streams that subscribe later owe nothing. A NACK or a
+/// newer version put before the push leaves the ACK owed: wait with a timeout.
+#[derive(Debug, Clone)]
+pub struct Delivery(Arc<Awaited>);
+
+impl Delivery {
+    /// How many (stream, resource) acknowledgements are still owed.
+    pub fn pending(&self) -> usize {
+        self.0.pending.borrow().len()
+    }
+
+    /// Completes once every acknowledgement owed has come (at once when none is owed).
+    pub async fn acknowledged(&self) {
+        let mut pending = self.0.pending.subscribe();
+        // The sender lives in `self`: waiting cannot fail.
+        let _ = pending.wait_for(HashSet::is_empty).await;
+    }
 }
 
 /// A change to one type: resources to add or replace, and names to remove.
@@ -59,11 +106,13 @@ pub struct Cache {
 /// What a stream has been told changed since it last looked: names by type URL.
 pub type Dirty = HashMap<String, BTreeSet<String>>;
 
-/// A stream's mailbox: names that changed, and a wake-up.
+/// A stream's mailbox: names that changed, and a wake-up; and the deliveries it owes an ACK
+/// (released when it goes away).
 #[derive(Default)]
 struct Watcher {
     dirty: Mutex<Dirty>,
     notify: Notify,
+    owes: Mutex<Vec<Weak<Awaited>>>,
 }
 
 impl Watcher {
@@ -106,6 +155,20 @@ impl Cache {
     /// nothing; every real change gets the new content's version and wakes the streams
     /// subscribed to that name. Returns how many resources changed.
     pub fn apply(&self, type_url: &str, update: Update) -> usize {
+        self.apply_with(type_url, update, None)
+    }
+
+    /// [`Cache::apply`], and the acknowledgements of what it put: every stream then subscribed
+    /// to a resource it changed owes an ACK of that resource's new version.
+    pub fn apply_tracked(&self, type_url: &str, update: Update) -> Delivery {
+        let awaited = Arc::new(Awaited {
+            pending: watch::Sender::new(HashSet::new()),
+        });
+        self.apply_with(type_url, update, Some(&awaited));
+        Delivery(awaited)
+    }
+
+    fn apply_with(&self, type_url: &str, update: Update, awaited: Option<&Arc<Awaited>>) -> usize {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
@@ -123,8 +186,12 @@ impl Cache {
                 version: content_version(&resource),
                 resource,
                 changed_at: now,
+                delivery: awaited.cloned(),
             };
             table.resources.insert(name.clone(), Arc::new(versioned));
+            if let Some(awaited) = awaited {
+                owe(table, &name, awaited);
+            }
             changed.push(name);
         }
         for name in update.remove {
@@ -267,6 +334,32 @@ impl Subscriber {
     pub fn cache(&self) -> &Cache {
         &self.cache
     }
+
+    /// This stream's client acknowledged a response carrying `name` (a cache name) at the
+    /// version `delivery` awaits.
+    pub(crate) fn acknowledged(&self, delivery: &Awaited, name: &str) {
+        delivery.acknowledged(self.id, name);
+    }
+}
+
+/// Records that every stream subscribed to `name` owes `awaited` an ACK of it.
+fn owe(table: &Table, name: &str, awaited: &Arc<Awaited>) {
+    let by_name = table.by_name.get(name).into_iter().flatten();
+    let by_prefix = table
+        .wildcard
+        .iter()
+        .filter(|(_, (prefix, _))| name.starts_with(prefix.as_str()))
+        .map(|(id, (_, watcher))| (id, watcher));
+    for (id, watcher) in by_name.chain(by_prefix) {
+        let added = awaited
+            .pending
+            .send_if_modified(|pending| pending.insert((*id, name.to_owned())));
+        if added {
+            let mut owes = lock(&watcher.owes);
+            owes.retain(|owed| owed.strong_count() > 0);
+            owes.push(Arc::downgrade(awaited));
+        }
+    }
 }
 
 fn remove_watcher(table: &mut Table, name: &str, id: u64) {
@@ -280,6 +373,11 @@ fn remove_watcher(table: &mut Table, name: &str, id: u64) {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
+        for owed in std::mem::take(&mut *lock(&self.watcher.owes)) {
+            if let Some(awaited) = owed.upgrade() {
+                awaited.gone(self.id);
+            }
+        }
         let mut inner = lock(&self.cache.inner);
         for (type_url, names) in &self.names {
             if let Some(table) = inner.types.get_mut(type_url) {

@@ -1,6 +1,7 @@
 //! Delta (incremental) ADS: responses carry only what changed, per resource version.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -9,7 +10,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tonic::Status;
 
-use crate::cache::Dirty;
+use crate::cache::{Awaited, Dirty};
 use crate::stream::{Context, Protocol};
 use crate::{served, wildcard_by_default};
 
@@ -27,8 +28,17 @@ struct TypeState {
     wildcard: bool,
     /// The version the client has of each resource (sent by us or declared at resume).
     known: HashMap<String, String>,
-    /// Responses not yet acknowledged: nonce and the oldest change they carry.
-    unacked: VecDeque<(String, Option<Instant>)>,
+    /// Responses not yet acknowledged.
+    unacked: VecDeque<Unacked>,
+}
+
+/// A response not yet acknowledged.
+struct Unacked {
+    nonce: String,
+    /// The oldest change it carries (pushes only).
+    oldest: Option<Instant>,
+    /// The resources it carries whose ACK someone awaits, by cache name (usually none).
+    awaited: Vec<(Arc<Awaited>, String)>,
 }
 
 /// The delta flavour.
@@ -214,16 +224,22 @@ fn acknowledge(
     error: Option<envoy_types::pb::google::rpc::Status>,
     cx: &Context,
 ) {
-    let Some(position) = state.unacked.iter().position(|(n, _)| n == nonce) else {
+    let Some(position) = state.unacked.iter().position(|u| u.nonce == nonce) else {
         return;
     };
     // Acknowledging a response acknowledges the ones before it too: the earliest change any of
     // them carried is the one this ACK completes last.
-    let oldest = state
-        .unacked
-        .drain(..=position)
-        .filter_map(|(_, oldest)| oldest)
-        .min();
+    let mut oldest: Option<Instant> = None;
+    for unacked in state.unacked.drain(..=position) {
+        if let Some(at) = unacked.oldest {
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        }
+        if error.is_none() {
+            for (awaited, name) in &unacked.awaited {
+                cx.subscriber.acknowledged(awaited, name);
+            }
+        }
+    }
     match error {
         Some(error) => {
             cx.metrics.nacked(Delta::API, type_url);
@@ -252,15 +268,22 @@ fn respond(
     let mut resources = Vec::new();
     let mut removed = Vec::new();
     let mut oldest: Option<Instant> = None;
+    let mut awaited = Vec::new();
     for name in candidates {
         let wanted = state.wildcard || state.names.contains(&name);
         let current = wanted
-            .then(|| cache.get(type_url, &cx.scope.cache_name(type_url, &name)))
+            .then(|| {
+                let cache_name = cx.scope.cache_name(type_url, &name);
+                Some((cache.get(type_url, &cache_name)?, cache_name))
+            })
             .flatten();
         match current {
-            Some(versioned) => {
+            Some((versioned, cache_name)) => {
                 if state.known.get(&name) == Some(&versioned.version) {
                     continue;
+                }
+                if let Some(delivery) = &versioned.delivery {
+                    awaited.push((delivery.clone(), cache_name));
                 }
                 if pushed {
                     let at = versioned.changed_at;
@@ -289,7 +312,11 @@ fn respond(
     if state.unacked.len() == TRACKED_NONCES {
         state.unacked.pop_front();
     }
-    state.unacked.push_back((nonce.clone(), oldest));
+    state.unacked.push_back(Unacked {
+        nonce: nonce.clone(),
+        oldest,
+        awaited,
+    });
     cx.metrics
         .pushed(Delta::API, type_url, resources.len(), oldest);
     Some(DeltaDiscoveryResponse {

@@ -22,7 +22,7 @@ mod sotw;
 mod stream;
 mod unary;
 
-pub use cache::{Cache, Dirty, Subscriber, Update, Versioned};
+pub use cache::{Cache, Delivery, Dirty, Subscriber, Update, Versioned};
 pub use client::{
     apply_delta, connect, run_delta_client, Applied, Changes, ClientOptions, Handler, Held,
     Interest, Interests, Resources,

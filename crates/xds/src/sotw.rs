@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tonic::Status;
 
-use crate::cache::{Dirty, Versioned};
+use crate::cache::{Awaited, Dirty, Versioned};
 use crate::stream::{Context, Protocol};
 use crate::{served, wildcard_by_default};
 
@@ -30,6 +30,9 @@ struct TypeState {
     sent: HashMap<String, Arc<Versioned>>,
     /// The oldest change sent and not yet acknowledged.
     unacked_since: Option<Instant>,
+    /// Resources sent whose ACK someone awaits, by cache name (usually none): the ACK of the
+    /// last response, which carries them all, acknowledges them.
+    awaited: Vec<(Arc<Awaited>, String)>,
 }
 
 /// The state-of-the-world flavour.
@@ -86,7 +89,12 @@ impl Protocol for Sotw {
                         rejected_version = state.version, kept_version = %request.version_info,
                         error = %error.message, "client rejected a configuration (NACK)");
                 }
-                None => cx.metrics.acked(state.unacked_since.take()),
+                None => {
+                    cx.metrics.acked(state.unacked_since.take());
+                    for (awaited, name) in state.awaited.drain(..) {
+                        cx.subscriber.acknowledged(&awaited, &name);
+                    }
+                }
             }
         }
         let wildcard = request.resource_names.iter().any(|n| n == "*")
@@ -181,11 +189,14 @@ fn respond(
         let versioned = match sent.get(name) {
             Some(last) if unchanged => last.clone(),
             last => {
-                let current = cache.get(type_url, &cx.scope.cache_name(type_url, name));
-                let Some(current) = current else {
+                let cache_name = cx.scope.cache_name(type_url, name);
+                let Some(current) = cache.get(type_url, &cache_name) else {
                     sent.remove(name);
                     continue;
                 };
+                if let Some(delivery) = &current.delivery {
+                    state.awaited.push((delivery.clone(), cache_name));
+                }
                 if fresh.is_some() && last.is_none_or(|l| l.version != current.version) {
                     oldest = Some(oldest.map_or(current.changed_at, |o| o.min(current.changed_at)));
                 }

@@ -682,3 +682,113 @@ async fn streams_beyond_the_limit_per_connection_wait_for_a_free_one() {
     let response = third.next().await;
     assert_eq!(response.resources.len(), 1);
 }
+
+/// Waits until `delivery` owes `count` acknowledgements.
+async fn owed(delivery: &meridian_xds::Delivery, count: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while delivery.pending() != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} acknowledgements owed, not {count}",
+            delivery.pending()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_tracked_put_completes_once_every_subscriber_then_acked_it_or_went_away() {
+    let server = start(Limits::default()).await;
+    put(&server.cache, ENDPOINT, &[("proxy/a", 1), ("proxy/b", 1)]);
+    // Owing: a wildcard delta stream, a delta stream of `a`, a SotW stream of `a`. Not owing:
+    // a stream of `b` only.
+    let mut wildcard = delta(&server.url).await;
+    let mut named = delta(&server.url).await;
+    let mut other = delta(&server.url).await;
+    let mut sotw_stream = sotw(&server.url).await;
+    wildcard
+        .send(subscribe(Some(node("n1", None)), ENDPOINT, &["*"]))
+        .await;
+    named
+        .send(subscribe(Some(node("n2", None)), ENDPOINT, &["a"]))
+        .await;
+    other
+        .send(subscribe(Some(node("n3", None)), ENDPOINT, &["b"]))
+        .await;
+    let sotw_request = |nonce: &str| DiscoveryRequest {
+        node: Some(node("n4", None)),
+        type_url: ENDPOINT.to_owned(),
+        resource_names: vec!["a".to_owned()],
+        response_nonce: nonce.to_owned(),
+        ..Default::default()
+    };
+    sotw_stream.send(sotw_request("")).await;
+    for stream in [&mut wildcard, &mut named, &mut other] {
+        let first = stream.next().await;
+        stream.send(ack(ENDPOINT, &first.nonce)).await;
+    }
+    let first = sotw_stream.next().await;
+    sotw_stream.send(sotw_request(&first.nonce)).await;
+
+    let delivery = server.cache.apply_tracked(
+        ENDPOINT,
+        Update {
+            put: vec![("proxy/a".to_owned(), assignment("proxy/a", 2))],
+            remove: Vec::new(),
+        },
+    );
+    assert_eq!(delivery.pending(), 3);
+    let done = tokio::spawn({
+        let delivery = delivery.clone();
+        async move { delivery.acknowledged().await }
+    });
+    // A NACK is no acknowledgement.
+    let pushed = named.next().await;
+    let mut nack = ack(ENDPOINT, &pushed.nonce);
+    nack.error_detail = Some(RpcStatus {
+        code: 3,
+        message: "no".into(),
+        details: Vec::new(),
+    });
+    named.send(nack).await;
+    let pushed = wildcard.next().await;
+    assert_eq!(
+        tag_of(pushed.resources[0].resource.as_ref().unwrap()),
+        "proxy/a#2"
+    );
+    wildcard.send(ack(ENDPOINT, &pushed.nonce)).await;
+    owed(&delivery, 2).await;
+    let pushed = sotw_stream.next().await;
+    sotw_stream.send(sotw_request(&pushed.nonce)).await;
+    owed(&delivery, 1).await;
+    assert!(!done.is_finished(), "the named stream still owes its ACK");
+    // The stream that rejected it goes away: nothing more is owed.
+    drop(named);
+    tokio::time::timeout(WAIT, done)
+        .await
+        .expect("complete once the last owing stream is gone")
+        .unwrap();
+    assert_eq!(delivery.pending(), 0);
+
+    // A put nobody subscribes to, or that changes nothing, owes nothing.
+    let nobody = server.cache.apply_tracked(
+        CLUSTER,
+        Update {
+            put: vec![("proxy/z".to_owned(), assignment("proxy/z", 1))],
+            remove: Vec::new(),
+        },
+    );
+    let unchanged = server.cache.apply_tracked(
+        ENDPOINT,
+        Update {
+            put: vec![("proxy/b".to_owned(), assignment("proxy/b", 1))],
+            remove: Vec::new(),
+        },
+    );
+    for delivery in [nobody, unchanged] {
+        assert_eq!(delivery.pending(), 0);
+        tokio::time::timeout(WAIT, delivery.acknowledged())
+            .await
+            .unwrap();
+    }
+}
