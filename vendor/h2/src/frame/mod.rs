@@ -141,6 +141,9 @@ pub enum Error {
     /// An invalid setting value was provided
     InvalidSettingValue,
 
+    /// SETTINGS_INITIAL_WINDOW_SIZE above the maximum window size, 2^31-1.
+    InvalidInitialWindowSize,
+
     /// An invalid window update value
     InvalidWindowUpdateValue,
 
@@ -171,4 +174,28 @@ pub enum Error {
 
     /// Failed to perform HPACK decoding
     Hpack(hpack::DecoderError),
+}
+
+impl Error {
+    /// The error code of the connection error that receiving such a frame is:
+    /// `FRAME_SIZE_ERROR` for a payload of the wrong length (RFC 9113 §4.2, §6.5, §6.7,
+    /// §6.8, §6.9), `FLOW_CONTROL_ERROR` for an initial window size over 2^31-1 (RFC 9113
+    /// §6.5.2), `COMPRESSION_ERROR` for a field block that cannot be decoded (RFC 9113 §4.3,
+    /// RFC 7541 §2.3.3, §4.2, §5.2), `PROTOCOL_ERROR` otherwise.
+    pub(crate) fn reason(&self) -> Reason {
+        use hpack::DecoderError::{InvalidPseudoheader, InvalidStatusCode, InvalidUtf8};
+
+        match self {
+            Error::BadFrameSize
+            | Error::InvalidPayloadLength
+            | Error::InvalidPayloadAckSettings => Reason::FRAME_SIZE_ERROR,
+            Error::InvalidInitialWindowSize => Reason::FLOW_CONTROL_ERROR,
+            // The block decoded, but a field in it is not valid HTTP.
+            Error::Hpack(InvalidUtf8 | InvalidStatusCode | InvalidPseudoheader) => {
+                Reason::PROTOCOL_ERROR
+            }
+            Error::Hpack(_) => Reason::COMPRESSION_ERROR,
+            _ => Reason::PROTOCOL_ERROR,
+        }
+    }
 }

@@ -661,8 +661,13 @@ impl Recv {
         let is_ignoring_frame = stream.state.is_local_error();
 
         if !is_ignoring_frame && !stream.state.is_recv_streaming() {
-            // TODO: There are cases where this can be a stream error of
-            // STREAM_CLOSED instead...
+            if let Err(e) = stream.state.ensure_recv_not_ended(stream.id) {
+                tracing::debug!("DATA after END_STREAM; stream={:?}; err={:?}", stream.id, e);
+                // The frame still counts against the connection window
+                // (RFC 9113 §6.9); a stream error gives it back.
+                self.consume_connection_window(sz)?;
+                return Err(e);
+            }
 
             // Receiving a DATA frame when not expecting one is a protocol
             // error.

@@ -429,6 +429,19 @@ impl State {
         )
     }
 
+    /// DATA or HEADERS from the peer is an error once it ended the stream with
+    /// END_STREAM (RFC 9113 §5.1): a stream error of type `STREAM_CLOSED` while
+    /// half-closed (remote), a connection error of that type once closed.
+    pub fn ensure_recv_not_ended(&self, id: StreamId) -> Result<(), Error> {
+        match self.inner {
+            HalfClosedRemote(..) => Err(Error::library_reset(id, Reason::STREAM_CLOSED)),
+            Closed(Cause::EndStream | Cause::ErrorAfterEndStream(_)) => {
+                Err(Error::library_go_away(Reason::STREAM_CLOSED))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.inner, Closed(_))
     }

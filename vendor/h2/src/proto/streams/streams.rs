@@ -582,6 +582,9 @@ impl Inner {
                     },
                     Err(RecvHeaderBlockError::State(err)) => Err(err),
                 }
+            } else if let Err(e) = stream.state.ensure_recv_not_ended(stream.id) {
+                tracing::debug!("HEADERS after END_STREAM; stream={:?}; err={:?}", stream.id, e);
+                Err(e)
             } else {
                 if !frame.is_end_stream() {
                     // Receiving trailers that don't set EOS is a "malformed"
