@@ -751,6 +751,57 @@ async fn a_tls_handshake_flood_from_one_address_leaves_room_for_others() {
     );
 }
 
+/// Issue #19: an idle TLS HTTP/2 connection costs the proxy at most 20 KiB. h2 (as patched in
+/// vendor/h2) gives back its read, write and HPACK buffers (28 KiB) once a connection has no
+/// stream and nothing to read or write; without that the proxy grows by about 25 KiB a
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_h2_connection_costs_at_most_20_kib() {
+    const CONNECTIONS: u64 = 300;
+    const BOUND_KIB: f64 = 20.0;
+    let edge = Edge::start(LIMITS);
+    let connector = tls_client(edge.certificate.clone());
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let connect = || async {
+        let stream = TcpStream::connect(edge.secure).await.unwrap();
+        let tls = connector.connect(name.clone(), stream).await.unwrap();
+        h2_client::<_, http_body_util::Empty<bytes::Bytes>>(tls).await
+    };
+    let get = |mut client: hyper::client::conn::http2::SendRequest<_>| async move {
+        let request = http::Request::get("https://localhost/")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+        client
+    };
+    // What the first TLS connection and request set up once is not counted.
+    drop(get(connect().await).await);
+    let before = edge.rss_kib();
+    // Each connection is served one request, then held idle.
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        held.push(get(connect().await).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let per_connection = loop {
+        let per_connection = edge.rss_kib().saturating_sub(before) as f64 / CONNECTIONS as f64;
+        if per_connection <= BOUND_KIB || Instant::now() > deadline {
+            break per_connection;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("{CONNECTIONS} idle TLS h2 connections: {per_connection:.1} KiB each");
+    assert!(
+        per_connection <= BOUND_KIB,
+        "an idle TLS h2 connection costs {per_connection:.1} KiB"
+    );
+    drop(held);
+}
+
 /// What the proxy must do with a frame sequence that breaks RFC 9113 or RFC 7541.
 #[derive(Debug, Clone, Copy)]
 enum Expect {

@@ -21,11 +21,19 @@ use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
+/// The read buffer is allocated this large when there is something to read
+/// (tokio-util's default).
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 #[derive(Debug)]
 pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
 
     decoder: FrameDecoder,
+
+    /// The read buffer is to be allocated before the next read: the codec
+    /// starts without one, and an idle connection gives it back.
+    read_buffer_released: bool,
 }
 
 #[derive(Debug)]
@@ -61,7 +69,12 @@ enum Continuable {
 impl<T> FramedRead<T> {
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
-        FramedRead { inner, decoder }
+        let read_buffer_released = inner.read_buffer().capacity() == 0;
+        FramedRead {
+            inner,
+            decoder,
+            read_buffer_released,
+        }
     }
 
     pub fn get_ref(&self) -> &T {
@@ -100,6 +113,16 @@ impl<T> FramedRead<T> {
     #[inline]
     pub fn set_header_table_size(&mut self, val: usize) {
         self.decoder.set_header_table_size(val);
+    }
+
+    /// Gives back the memory of the read buffer if it holds no bytes, and of
+    /// the HPACK decoder's buffer.
+    pub fn release_idle_buffers(&mut self) {
+        if self.inner.read_buffer().is_empty() {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+            self.read_buffer_released = true;
+        }
+        self.decoder.hpack.release_buffer();
     }
 }
 
@@ -432,6 +455,12 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
+            if self.read_buffer_released {
+                // `with_capacity`, not `reserve`: its capacity is also the
+                // size of the buffers allocated once this one is used up.
+                *self.inner.read_buffer_mut() = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
+                self.read_buffer_released = false;
+            }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),

@@ -16,7 +16,7 @@ use futures_sink::Sink;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::length_delimited;
+use tokio_util::codec::{self, length_delimited};
 
 use std::io;
 
@@ -42,12 +42,16 @@ where
         let framed_write = FramedWrite::new(io);
 
         // Delimit the frames
-        let delimited = length_delimited::Builder::new()
+        let codec = length_delimited::Builder::new()
             .big_endian()
             .length_field_length(3)
             .length_adjustment(9)
             .num_skip(0) // Don't skip the header
-            .new_read(framed_write);
+            .new_codec();
+
+        // No read buffer until there is something to read: see
+        // `FramedRead::release_idle_buffers`.
+        let delimited = codec::FramedRead::with_capacity(framed_write, codec, 0);
 
         let mut inner = FramedRead::new(delimited);
 
@@ -114,6 +118,15 @@ impl<T, B> Codec<T, B> {
     /// Get a mutable reference to the inner stream.
     pub fn get_mut(&mut self) -> &mut T {
         self.inner.get_mut().get_mut()
+    }
+
+    /// Gives back the memory of the read, write and HPACK decoding buffers
+    /// where they hold nothing: an idle connection need not keep them. They
+    /// are allocated again, as large as before, when there is something to
+    /// read, to write or to decode.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
+        self.framed_write().release_idle_buffer();
     }
 
     /// Takes the data payload value that was fully written to the socket

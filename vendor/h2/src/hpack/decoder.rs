@@ -12,6 +12,10 @@ use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::str::Utf8Error;
 
+/// The buffer that Huffman-coded strings are decoded into is allocated this
+/// large; the strings are split off it, each new allocation as large again.
+const BUFFER_CAPACITY: usize = 4096;
+
 /// Decodes headers using HPACK
 #[derive(Debug)]
 pub struct Decoder {
@@ -19,6 +23,8 @@ pub struct Decoder {
     max_size_update: Option<usize>,
     last_max_update: usize,
     table: Table,
+    /// Where Huffman-coded strings are decoded into: allocated by the first
+    /// one, given back by `release_buffer`.
     buffer: BytesMut,
 }
 
@@ -158,8 +164,15 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::new(),
         }
+    }
+
+    /// Gives back the memory of the buffer that Huffman-coded strings are
+    /// decoded into (strings decoded before keep theirs); the next one
+    /// allocates it again.
+    pub fn release_buffer(&mut self) {
+        self.buffer = BytesMut::new();
     }
 
     /// Queues a potential size update
@@ -215,7 +228,7 @@ impl Decoder {
                     let entry = self.decode_literal(src, true)?;
 
                     // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -333,6 +346,11 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            if self.buffer.capacity() == 0 {
+                // `with_capacity`, not `reserve`: its capacity is the size of
+                // the buffers allocated once this one is used up.
+                self.buffer = BytesMut::with_capacity(BUFFER_CAPACITY);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {

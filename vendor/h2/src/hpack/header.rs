@@ -61,6 +61,28 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
+    /// A copy whose values own their bytes. Kept in an HPACK table, it then
+    /// does not keep alive the buffer it was decoded from or parsed in (a
+    /// connection's whole read buffer, for a few bytes).
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Field { name, value } => {
+                // Valid already, so `from_bytes` (which copies) cannot fail.
+                let mut copy =
+                    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                copy.set_sensitive(value.is_sensitive());
+                Header::Field {
+                    name: name.clone(),
+                    value: copy,
+                }
+            }
+            Header::Authority(v) => Header::Authority(v.detached()),
+            Header::Scheme(v) => Header::Scheme(v.detached()),
+            Header::Path(v) => Header::Path(v.detached()),
+            other => other.clone(),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
@@ -270,6 +292,11 @@ impl BytesStr {
 
     pub(crate) fn from(value: &str) -> Self {
         BytesStr(Bytes::copy_from_slice(value.as_bytes()))
+    }
+
+    /// A copy that owns its bytes.
+    fn detached(&self) -> Self {
+        BytesStr(Bytes::copy_from_slice(&self.0))
     }
 
     #[doc(hidden)]

@@ -339,7 +339,7 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            header: header.detached(),
             next: None,
         });
     }

@@ -324,12 +324,18 @@ where
                             // This will also handle flushing `self.codec`
                             ready!(self.inner.streams.poll_complete(cx, &mut self.codec))?;
 
-                            if (self.inner.error.is_some()
-                                || self.inner.go_away.should_close_on_idle())
-                                && !self.inner.streams.has_streams()
-                            {
-                                self.inner.as_dyn().go_away_now(Reason::NO_ERROR);
-                                continue;
+                            if !self.inner.streams.has_streams() {
+                                if self.inner.error.is_some()
+                                    || self.inner.go_away.should_close_on_idle()
+                                {
+                                    self.inner.as_dyn().go_away_now(Reason::NO_ERROR);
+                                    continue;
+                                }
+
+                                // Everything is flushed, nothing more to read,
+                                // no stream: the connection is idle, and need
+                                // not hold buffers until it is busy again.
+                                self.codec.release_idle_buffers();
                             }
 
                             return Poll::Pending;
