@@ -336,6 +336,7 @@ where
                                 // no stream: the connection is idle, and need
                                 // not hold buffers until it is busy again.
                                 self.codec.release_idle_buffers();
+                                self.inner.streams.release_idle_memory();
                             }
 
                             return Poll::Pending;

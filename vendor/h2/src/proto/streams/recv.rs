@@ -1065,6 +1065,12 @@ impl Recv {
         }
     }
 
+    /// Gives back the memory of the buffer of received events if it holds
+    /// none.
+    pub fn release_buffer_if_empty(&mut self) {
+        self.buffer.release_if_empty();
+    }
+
     pub fn clear_queues(
         &mut self,
         clear_pending_accept: bool,

@@ -1152,6 +1152,16 @@ where
         me.counts.has_streams() || me.refs > 1
     }
 
+    /// Gives back the memory of the stream store and of the buffers of frames
+    /// received and to send, where they hold nothing: an idle connection need
+    /// not keep them.
+    pub fn release_idle_memory(&self) {
+        let mut me = self.inner.lock().unwrap();
+        me.store.release_if_empty();
+        me.actions.recv.release_buffer_if_empty();
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+    }
+
     #[cfg(feature = "unstable")]
     pub fn num_wired_streams(&self) -> usize {
         let me = self.inner.lock().unwrap();
