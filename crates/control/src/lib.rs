@@ -27,6 +27,7 @@ mod own_certificate;
 mod plane;
 mod region;
 mod reports;
+mod rollout;
 mod supervise;
 mod tls;
 mod upward;
@@ -41,7 +42,7 @@ pub use federation::{
     follow_global, keep_disk_copy, publish_regional_deployments, FirstLoad, ReportSource,
     PUBLISHED, REPORTED,
 };
-pub use fleet::{Fleet, Placement, NODE_TIMEOUT};
+pub use fleet::{Desired, Fleet, Moves, Placement, NODE_TIMEOUT};
 pub use global_api::{GlobalApi, GlobalApiError};
 pub use issuer::{Issuer, IssuerError};
 pub use known_admins::KnownAdmins;

@@ -131,7 +131,7 @@ impl Fixture {
         let id = id(name);
         let placed = state.fleet.placements_of(&id);
         placed
-            .map(|((_, instance), node)| (instance.clone(), node.to_owned()))
+            .filter_map(|key| Some((key.1.clone(), state.fleet.node_of(key)?.0.to_owned())))
             .collect()
     }
 }
