@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use support::load::Load;
 use support::{agent, gateway, Deployed, RegionalPlane};
 
 use support::{HELLO, MERIDIAN};
@@ -934,75 +935,6 @@ async fn a_service_reaches_other_regions_by_name_nearest_first_or_pinned_to_a_re
     web_calls("http://api.shop.internal:9090/", " in sin ").await;
     let (_, gone) = through(&gateway, web, &call("http://iad.api.shop.internal:9090/")).await;
     assert!(!gone.contains(" in iad "), "{gone}");
-}
-
-/// Requests through a gateway in a loop until stopped, counting answers and failures.
-struct Load {
-    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    /// Starts sending `GET /` for `host` through `gateway`, one request at a time.
-    fn start(gateway: &str, host: &str) -> Load {
-        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let (url, host) = (format!("http://{gateway}/"), host.to_owned());
-        let task = tokio::spawn({
-            let (answered, failures) = (answered.clone(), failures.clone());
-            async move {
-                let client = reqwest::Client::new();
-                while !*stopped.borrow_and_update() {
-                    let answer = client.get(&url).header("host", &host).send().await;
-                    match answer {
-                        Ok(answer) if answer.status() == 200 => {}
-                        Ok(answer) => {
-                            let status = answer.status();
-                            let body = answer.text().await.unwrap_or_default();
-                            failures.lock().unwrap().push(format!("{status}: {body}"));
-                        }
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
-                    }
-                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        });
-        Load {
-            answered,
-            failures,
-            stop,
-            task,
-        }
-    }
-
-    /// Waits until `more` further requests were answered.
-    async fn goes_on_for(&self, more: u64) {
-        let count = || self.answered.load(std::sync::atomic::Ordering::Relaxed);
-        let (from, end) = (count(), Instant::now() + DEADLINE);
-        while count() < from + more {
-            assert!(
-                Instant::now() < end,
-                "the load stalled at {} requests",
-                count()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The failures so far.
-    fn failures(&self) -> Vec<String> {
-        self.failures.lock().unwrap().clone()
-    }
-
-    /// Stops the load; returns how many requests were answered.
-    async fn stop(self) -> u64 {
-        self.stop.send_replace(true);
-        self.task.await.unwrap();
-        self.answered.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 /// The pid files of the instances run by the agents of `nodes` with their state under `dir`.
