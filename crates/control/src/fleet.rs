@@ -97,6 +97,9 @@ pub struct Fleet {
     nodes: BTreeMap<String, Node>,
     /// By (service, instance id).
     placements: BTreeMap<(ServiceId, String), Placed>,
+    /// The draining instances by the end of their delay (an entry whose instance is no longer
+    /// placed, or no longer with that delay, is stale and skipped).
+    draining: BTreeSet<(Instant, InstanceKey)>,
     /// No placement before this; reported instances are adopted until the first placement.
     settle_until: Instant,
     placed_once: bool,
@@ -108,6 +111,7 @@ impl Fleet {
         Fleet {
             nodes: BTreeMap::new(),
             placements: BTreeMap::new(),
+            draining: BTreeSet::new(),
             settle_until,
             placed_once: false,
         }
@@ -277,8 +281,11 @@ impl Fleet {
             .collect();
         let Step { start, drain } = crate::rollout::step(want.bounds, &members);
         for instance in drain {
-            if let Some(placed) = self.placements.get_mut(&(service.clone(), instance)) {
-                placed.draining = Some(now + want.drain_delay);
+            let key = (service.clone(), instance);
+            if let Some(placed) = self.placements.get_mut(&key) {
+                let until = now + want.drain_delay;
+                placed.draining = Some(until);
+                self.draining.insert((until, key));
                 moves.drained.insert(service.clone());
             }
         }
@@ -331,17 +338,39 @@ impl Fleet {
     }
 
     /// The earliest time a draining instance's delay is over, if any instance drains.
-    pub fn next_drained(&self) -> Option<Instant> {
-        self.placements.values().filter_map(|p| p.draining).min()
+    pub fn next_drained(&mut self) -> Option<Instant> {
+        self.forget_stale_drains();
+        self.draining.first().map(|(until, _)| *until)
     }
 
-    /// The services with a draining instance whose delay is over at `now`.
-    pub fn drained_by(&self, now: Instant) -> BTreeSet<ServiceId> {
-        self.placements
+    /// The services with a draining instance whose delay is over at `now`; looks at those
+    /// instances only.
+    pub fn drained_by(&mut self, now: Instant) -> BTreeSet<ServiceId> {
+        self.forget_stale_drains();
+        self.draining
             .iter()
-            .filter(|(_, p)| p.draining.is_some_and(|until| until <= now))
-            .map(|((service, _), _)| service.clone())
+            .take_while(|(until, _)| *until <= now)
+            .filter(|(until, key)| self.drains_until(key, *until))
+            .map(|(_, (service, _))| service.clone())
             .collect()
+    }
+
+    /// Whether instance `key` is placed and draining until `until`.
+    fn drains_until(&self, key: &InstanceKey, until: Instant) -> bool {
+        self.placements
+            .get(key)
+            .is_some_and(|p| p.draining == Some(until))
+    }
+
+    /// Forgets the first drains whose instances were removed meanwhile (their services placed
+    /// after the delay, or their nodes gone).
+    fn forget_stale_drains(&mut self) {
+        while let Some((until, key)) = self.draining.first() {
+            if self.drains_until(key, *until) {
+                break;
+            }
+            self.draining.pop_first();
+        }
     }
 
     fn report_of(&self, key: &InstanceKey, node: &str) -> Option<&InstanceReport> {
