@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use meridian_model::{derive_regional, Definition, ServiceSpec};
+use meridian_model::{derive_regional, Definition, EndpointHealth, ServiceSpec};
 use meridian_xds::meridian::{Assignment, InstanceReport, Service, ASSIGNMENT, SERVICE};
 use meridian_xds::{ENDPOINT, PROXY_NAMESPACE};
 use prost::Message;
@@ -308,4 +308,80 @@ fn an_older_render_never_overwrites_a_newer_one() {
     publisher.publish(third);
     assert_eq!(version(&cache), None, "the removed service stays removed");
     assert!(lock(&publisher.published).in_flight.is_empty());
+}
+
+/// The version in the assignment of instance `instance`, if it is assigned.
+fn assigned_version(fixture: &Fixture, instance: &str) -> Option<u64> {
+    let name = fixture
+        .cache
+        .names(ASSIGNMENT, "")
+        .into_iter()
+        .find(|n| n.ends_with(&format!("/{instance}")))?;
+    let held = fixture.cache.get(ASSIGNMENT, &name)?;
+    Some(
+        Assignment::decode(held.resource.value.as_slice())
+            .ok()?
+            .version,
+    )
+}
+
+/// svc0 as `deployment` makes it, with `command`, at `version`.
+fn svc0(command: &str, version: u64) -> RegionalDeployment {
+    let mut deployment = deployment("svc0", 1, "svc0.example.com");
+    deployment.spec.runtime.process.command = command.to_owned();
+    deployment.version = version;
+    deployment
+}
+
+#[test]
+fn a_rollout_keeps_the_old_instance_on_its_spec_until_it_drained() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    let in_service = || -> Vec<String> {
+        let state = fixture.region.lock();
+        let endpoints = state.fleet.endpoints(&svc, "fra");
+        let healthy = endpoints
+            .into_iter()
+            .filter(|e| e.health == EndpointHealth::Healthy);
+        healthy.map(|e| e.id).collect()
+    };
+    assert_eq!(in_service(), ["svc0-0"]);
+
+    // The same spec as a new version: the instance takes it, nothing else moves.
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/true", 2)), Vec::new());
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(2));
+    assert_eq!(assigned_version(&fixture, "svc0-1"), None);
+
+    // Another command: a new instance beside the old one, which keeps its version's spec.
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 3)), Vec::new());
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(2));
+    assert_eq!(assigned_version(&fixture, "svc0-1"), Some(3));
+    let later = fixture.start + Duration::from_millis(100);
+    for node in NODES {
+        fixture.report(node, later, |i| {
+            if i == "svc0-1" {
+                "starting"
+            } else {
+                "healthy"
+            }
+        });
+    }
+    assert_eq!(in_service(), ["svc0-0"]);
+
+    // The new one is ready: the old one leaves the endpoints at once, its assignment after
+    // the drain delay.
+    for node in NODES {
+        fixture.report(node, later, |_| "healthy");
+    }
+    assert_eq!(in_service(), ["svc0-1"]);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(2));
+    let due = later + Duration::from_secs(1);
+    assert_eq!(fixture.region.drain(later), Some(due));
+    assert_eq!(fixture.region.drain(due), None);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), None);
+    assert_eq!(assigned_version(&fixture, "svc0-1"), Some(3));
 }
