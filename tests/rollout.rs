@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::load::{Lane, Load};
+use support::load::{serving, Lane, Load};
 use support::{agent_with_env, edge, gateway, Agent, Deployed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -57,28 +57,21 @@ fn greeted_by(answers: &[String], greeting: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Waits until the instances answering `GET /` through `gateway` with `greeting` are `wanted`.
-async fn serving(gateway: &str, greeting: &str, wanted: &BTreeSet<String>) {
-    let client = reqwest::Client::new();
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let mut answers = Vec::new();
-        for _ in 0..12 {
-            let answer = client
-                .get(format!("http://{gateway}/"))
-                .header("host", HOST)
-                .send()
-                .await;
-            if let Ok(answer) = answer.and_then(|a| a.error_for_status()) {
-                answers.push(answer.text().await.unwrap_or_default());
-            }
-        }
-        if greeted_by(&answers, greeting) == *wanted {
-            return;
-        }
-        assert!(Instant::now() < end, "serving {answers:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits until the instances answering through `gateway` with `greeting` are `wanted`.
+async fn serving_exactly(gateway: &str, greeting: &str, wanted: &BTreeSet<String>) {
+    let ids = |seen: &BTreeSet<String>| -> BTreeSet<String> {
+        seen.iter()
+            .filter_map(|s| s.split(' ').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    serving(
+        gateway,
+        greeting,
+        |seen| ids(seen) == *wanted,
+        "the instances",
+    )
+    .await;
 }
 
 /// fra's row of `meridian status hello --app shop`.
@@ -112,8 +105,8 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
         })
         .collect();
     let first: BTreeSet<String> = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
-    serving(&address, "hello", &first).await;
-    serving(&edge_address, "hello", &first).await;
+    serving_exactly(&address, "hello", &first).await;
+    serving_exactly(&edge_address, "hello", &first).await;
     let load = Load::start_lanes(&address, HOST, &lanes);
     let through_edge = Load::start_lanes(&edge_address, HOST, &lanes);
     load.goes_on_for(100).await;
@@ -193,6 +186,6 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     // One more instance: it starts beside the two, which run on.
     platform.deploy(&hello(3, "howdy"));
     let three = BTreeSet::from(["hello-0", "hello-2", "hello-3"].map(str::to_owned));
-    serving(&address, "howdy", &three).await;
+    serving_exactly(&address, "howdy", &three).await;
     assert_eq!(stops(&agents), 2);
 }

@@ -1,11 +1,12 @@
 //! A steady, bounded load through a gateway or an edge: a few loops, each one request at a
 //! time, counting answers and failures.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long [`Load::goes_on_for`] waits for the load to move on.
+/// How long [`Load::goes_on_for`] and [`serving`] wait.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// How one loop sends its requests.
@@ -120,5 +121,45 @@ impl Load {
             task.await.unwrap();
         }
         self.answered.load(Ordering::Relaxed)
+    }
+}
+
+/// Waits until the instances of `hello` (app `shop`, host `hello.example.com`) answering
+/// `GET /` through `gateway` with `greeting` satisfy `wanted`, by the text after
+/// `<greeting> from hello `: `<instance> in <region> (node <node>, <address>)`; returns them.
+pub async fn serving(
+    gateway: &str,
+    greeting: &str,
+    wanted: impl Fn(&BTreeSet<String>) -> bool,
+    what: &str,
+) -> BTreeSet<String> {
+    let client = reqwest::Client::new();
+    let prefix = format!("{greeting} from hello ");
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let mut seen = BTreeSet::new();
+        for _ in 0..12 {
+            let answer = client
+                .get(format!("http://{gateway}/"))
+                .header("host", "hello.example.com")
+                .send()
+                .await;
+            if let Ok(answer) = answer {
+                if answer.status() == 200 {
+                    let text = answer.text().await.unwrap_or_default();
+                    if let Some(rest) = text.trim().strip_prefix(&prefix) {
+                        seen.insert(rest.to_owned());
+                    }
+                }
+            }
+        }
+        if wanted(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < end,
+            "waited in vain for {what}; serving {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
