@@ -76,6 +76,8 @@ pub enum Isolation {
 struct Running {
     instance: String,
     service: (String, String, String),
+    /// The deployment version of `spec`.
+    version: u64,
     spec: ServiceSpec,
     address: Ipv4Addr,
     listen: Ipv4Addr,
@@ -348,6 +350,7 @@ fn reconcile(
             // Changes the instance never sees: it runs on, with the new spec.
             Some(want) if running.spec.runs_like(&want.spec) => {
                 running.spec = want.spec.clone();
+                running.version = want.version;
             }
             _ if !*running.stop.borrow() => {
                 tracing::info!(instance = %name, "stopping instance");
@@ -421,6 +424,7 @@ fn start(
     Running {
         instance: want.instance.clone(),
         service: want.service.clone(),
+        version: want.version,
         spec: want.spec.clone(),
         address,
         listen,
@@ -457,6 +461,7 @@ async fn report_loop(
                         address: running.address.to_string(),
                         restarts: state.restarts,
                         detail: state.detail.clone(),
+                        version: running.version,
                     }
                 })
                 .collect(),

@@ -184,16 +184,22 @@ impl Fleet {
     /// Places the instances of every service in `desired` (see [`Fleet::place_service`]) and
     /// removes those of services no longer desired. Nothing is placed before the settling time
     /// is over (or a placement was made); the first placement adopts the instances agents
-    /// already run (after a restart of the control plane), as the desired version. Returns what
-    /// changed.
-    pub fn place(&mut self, desired: &BTreeMap<ServiceId, Desired>, now: Instant) -> Moves {
+    /// already run (after a restart of the control plane), as the version they say they run
+    /// when `known` says the region knows that earlier version of their service, else as the
+    /// desired one. Returns what changed.
+    pub fn place(
+        &mut self,
+        desired: &BTreeMap<ServiceId, Desired>,
+        known: impl Fn(&ServiceId, u64) -> bool,
+        now: Instant,
+    ) -> Moves {
         let mut moves = Moves::default();
         if !self.placed_once && now < self.settle_until {
             return moves;
         }
         if !self.placed_once {
             self.placed_once = true;
-            moves.assignments = self.adopt(desired);
+            moves.assignments = self.adopt(desired, known);
         }
         let gone: Vec<InstanceKey> = self
             .placements
@@ -388,8 +394,13 @@ impl Fleet {
     }
 
     /// Places the running instances agents report where they run, for the services in
-    /// `desired` (surplus is trimmed by the placement that follows); returns them.
-    fn adopt(&mut self, desired: &BTreeMap<ServiceId, Desired>) -> BTreeSet<InstanceKey> {
+    /// `desired` (surplus is trimmed by the placement that follows), as the version they say
+    /// they run if `known`, else the desired one; returns them.
+    fn adopt(
+        &mut self,
+        desired: &BTreeMap<ServiceId, Desired>,
+        known: impl Fn(&ServiceId, u64) -> bool,
+    ) -> BTreeSet<InstanceKey> {
         let mut adopted = BTreeSet::new();
         for (node_name, node) in &self.nodes {
             for (key, report) in &node.instances {
@@ -400,9 +411,15 @@ impl Fleet {
                     continue;
                 }
                 if !self.placements.contains_key(key) {
+                    // The version it says it runs (a rollout goes on), else the desired one.
+                    let version = if known(&key.0, report.version) {
+                        report.version
+                    } else {
+                        want.version
+                    };
                     let placed = Placed {
                         node: node_name.clone(),
-                        version: want.version,
+                        version,
                         draining: None,
                     };
                     self.placements.insert(key.clone(), placed);
@@ -552,6 +569,11 @@ mod tests {
         ("acme".to_owned(), "shop".to_owned(), name.to_owned())
     }
 
+    /// Knows no earlier version.
+    fn unknown(_: &ServiceId, _: u64) -> bool {
+        false
+    }
+
     /// `scale` instances of version 1, one more while rolling, drained at once.
     fn want(scale: u32) -> Desired {
         version(1, scale)
@@ -604,7 +626,7 @@ mod tests {
         fleet.report(node("a", 2, &[]), now);
         fleet.report(node("b", 2, &[]), now);
         let mut desired = BTreeMap::from([(service("web"), want(2)), (service("api"), want(2))]);
-        fleet.place(&desired, now);
+        fleet.place(&desired, unknown, now);
         for name in ["web", "api"] {
             let mut nodes = nodes_of(&fleet, name);
             nodes.sort();
@@ -612,12 +634,12 @@ mod tests {
         }
         // Four slots for five instances: one waits.
         desired.insert(service("web"), want(3));
-        fleet.place(&desired, now);
+        fleet.place(&desired, unknown, now);
         assert_eq!(fleet.placements().len(), 4);
         // Room appears: the waiting instance is placed there, the others stay.
         let before = fleet.placements();
         fleet.report(node("c", 4, &[]), now);
-        fleet.place(&desired, now);
+        fleet.place(&desired, unknown, now);
         assert_eq!(fleet.placements().len(), 5);
         assert!(nodes_of(&fleet, "web").contains(&"c".to_owned()));
         for placement in before {
@@ -635,14 +657,14 @@ mod tests {
         fleet.report(node("a", 4, &[]), start);
         fleet.report(node("b", 4, &[]), start);
         let desired = BTreeMap::from([(service("web"), want(1))]);
-        fleet.place(&desired, start);
+        fleet.place(&desired, unknown, start);
         let first = fleet.placements()[0].clone();
         let other = if first.node == "a" { "b" } else { "a" };
 
         // It fails past its restart limit: a new instance goes to the other node.
         let failed = fleet.report(node(&first.node, 4, &[(&first.instance, "failed")]), start);
         assert!(failed.reshaped);
-        fleet.place(&desired, start);
+        fleet.place(&desired, unknown, start);
         let second = fleet.placements()[0].clone();
         assert_eq!(second.node, other);
         assert_ne!(second.instance, first.instance);
@@ -651,15 +673,15 @@ mod tests {
         let later = start + NODE_TIMEOUT + Duration::from_secs(1);
         fleet.report(node(&first.node, 4, &[]), later);
         assert_eq!(fleet.expire(later), vec![other.to_owned()]);
-        fleet.place(&desired, later);
+        fleet.place(&desired, unknown, later);
         assert_eq!(nodes_of(&fleet, "web"), vec![first.node.clone()]);
 
         // Scaling down to zero drains it, then removes it.
         let none = BTreeMap::from([(service("web"), want(0))]);
-        fleet.place(&none, later);
+        fleet.place(&none, unknown, later);
         assert!(fleet.placements()[0].draining);
         assert_eq!(nodes_of(&fleet, "web"), Vec::<String>::new());
-        fleet.place(&none, later);
+        fleet.place(&none, unknown, later);
         assert!(fleet.placements().is_empty());
     }
 
@@ -673,7 +695,7 @@ mod tests {
         );
         fleet.report(node("a", 4, &[]), start);
         let desired = BTreeMap::from([(service("web"), want(2))]);
-        fleet.place(&desired, start);
+        fleet.place(&desired, unknown, start);
         assert!(
             fleet.placements().is_empty(),
             "nothing is placed while agents report"
@@ -681,7 +703,7 @@ mod tests {
         assert!(!fleet.first_placement_due(start));
         let settled = start + SETTLE;
         assert!(fleet.first_placement_due(settled));
-        fleet.place(&desired, settled);
+        fleet.place(&desired, unknown, settled);
         let placed = fleet.placements();
         assert_eq!(placed.len(), 2);
         assert!(placed.contains(&Placement {
@@ -729,7 +751,7 @@ mod tests {
         fleet.report(report, start);
         let other = ("other".to_owned(), "shop".to_owned(), "web".to_owned());
         let desired = BTreeMap::from([(service("web"), want(1)), (other.clone(), want(1))]);
-        fleet.place(&desired, start);
+        fleet.place(&desired, unknown, start);
         let health = |id: &ServiceId| fleet.endpoints(id, "fra")[0].health;
         assert_eq!(health(&service("web")), EndpointHealth::Healthy);
         assert_eq!(health(&other), EndpointHealth::Unhealthy);
@@ -769,14 +791,14 @@ mod tests {
         let mut fleet = Fleet::new(start);
         fleet.report(node("a", 8, &[]), start);
         let web = || service("web");
-        fleet.place(&BTreeMap::from([(web(), version(1, 2))]), start);
+        fleet.place(&BTreeMap::from([(web(), version(1, 2))]), unknown, start);
         report_a(&mut fleet, &["web-0", "web-1"], start);
 
         // Version 2: one new instance, under a number not in use; the old ones serve on.
         let mut two = version(2, 2);
         two.drain_delay = Duration::from_secs(1);
         let desired = BTreeMap::from([(web(), two)]);
-        let moves = fleet.place(&desired, start);
+        let moves = fleet.place(&desired, unknown, start);
         let started = (web(), "web-2".to_owned());
         assert_eq!(moves.assignments, BTreeSet::from([started]));
         assert!(moves.drained.is_empty());

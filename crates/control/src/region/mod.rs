@@ -168,10 +168,12 @@ impl Region {
         self.change(|state| state.set_region_summaries(regions));
     }
 
-    /// Takes back what a disk copy holds (virtual IPs first, then services and summaries).
+    /// Takes back what a disk copy holds (virtual IPs first, then the earlier deployments
+    /// rollouts replace, then services and summaries).
     pub fn restore(&self, copy: DiskCopy) {
         self.change(|state| {
             state.restore_vips(copy.vips);
+            state.restore_older(copy.older);
             state.replace_all(copy.deployments, copy.endpoints);
             state.set_region_summaries(&copy.regions);
         });

@@ -245,6 +245,20 @@ impl RegionState {
             endpoints: self.registered.values().flatten().cloned().collect(),
             regions: self.summaries.clone(),
             vips: self.vips.saved(),
+            older: self
+                .older
+                .values()
+                .flat_map(|versions| versions.values().map(|d| (**d).clone()))
+                .collect(),
+        }
+    }
+
+    /// Takes back the earlier deployments rollouts replace, from a disk copy; call before the
+    /// services.
+    pub fn restore_older(&mut self, older: Vec<RegionalDeployment>) {
+        for deployment in older {
+            let versions = self.older.entry(id_of(&deployment)).or_default();
+            versions.insert(deployment.version, Arc::new(deployment));
         }
     }
 
@@ -317,7 +331,10 @@ impl RegionState {
             .iter()
             .map(|(id, d)| (id.clone(), desired(d)))
             .collect();
-        let moves = self.fleet.place(&desired, now);
+        let older = &self.older;
+        let known =
+            |id: &ServiceId, version: u64| older.get(id).is_some_and(|o| o.contains_key(&version));
+        let moves = self.fleet.place(&desired, known, now);
         self.moved(moves);
     }
 

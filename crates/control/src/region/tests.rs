@@ -10,6 +10,7 @@ use prost::Message;
 
 use super::publish::lock;
 use super::*;
+use crate::fleet::Placement;
 
 const NODES: [&str; 2] = ["a", "b"];
 const SERVICES: usize = 40;
@@ -312,12 +313,16 @@ fn an_older_render_never_overwrites_a_newer_one() {
 
 /// The version in the assignment of instance `instance`, if it is assigned.
 fn assigned_version(fixture: &Fixture, instance: &str) -> Option<u64> {
-    let name = fixture
-        .cache
+    assigned_in(&fixture.cache, instance)
+}
+
+/// The version in the assignment of instance `instance` in `cache`, if it is assigned.
+fn assigned_in(cache: &Cache, instance: &str) -> Option<u64> {
+    let name = cache
         .names(ASSIGNMENT, "")
         .into_iter()
         .find(|n| n.ends_with(&format!("/{instance}")))?;
-    let held = fixture.cache.get(ASSIGNMENT, &name)?;
+    let held = cache.get(ASSIGNMENT, &name)?;
     Some(
         Assignment::decode(held.resource.value.as_slice())
             .ok()?
@@ -384,4 +389,75 @@ fn a_rollout_keeps_the_old_instance_on_its_spec_until_it_drained() {
     assert_eq!(fixture.region.drain(due), None);
     assert_eq!(assigned_version(&fixture, "svc0-0"), None);
     assert_eq!(assigned_version(&fixture, "svc0-1"), Some(3));
+}
+
+#[test]
+fn a_restarted_region_goes_on_with_the_rollout_it_finds() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 3)), Vec::new());
+    let placed: Vec<Placement> = fixture.region.lock().fleet.placements();
+    let copy = fixture.region.disk_copy();
+    assert_eq!(copy.older.len(), 1, "version 1 of svc0, which svc0-0 runs");
+
+    // A new control plane restores the copy; the agents report what they run.
+    let cache = Cache::new();
+    let region = Region::new(
+        "fra",
+        cache.clone(),
+        GatewayListeners::default(),
+        Some("meridian.test"),
+        &mut Registry::default(),
+    );
+    region.restore(copy);
+    let start = Instant::now();
+    let report = |node: &str, ready: bool| {
+        let instances = placed
+            .iter()
+            .filter(|p| p.node == node && p.service == svc)
+            .map(|p| InstanceReport {
+                state: if p.version == 1 || ready {
+                    "healthy"
+                } else {
+                    "starting"
+                }
+                .to_owned(),
+                address: format!("10.0.0.{}", p.instance.len()),
+                org: p.service.0.clone(),
+                app: p.service.1.clone(),
+                service: p.service.2.clone(),
+                instance: p.instance.clone(),
+                version: p.version,
+                ..Default::default()
+            })
+            .collect();
+        NodeReport {
+            node: node.to_owned(),
+            capacity: 100,
+            instances,
+        }
+    };
+    for node in NODES {
+        region.report(report(node, false), start);
+    }
+    region.tick(start + crate::fleet::SETTLE);
+
+    // Each instance keeps the version it runs; the old one serves until the new one is ready.
+    assert_eq!(assigned_in(&cache, "svc0-0"), Some(1));
+    assert_eq!(assigned_in(&cache, "svc0-1"), Some(3));
+    let serving = || {
+        let state = region.lock();
+        let endpoints = state.fleet.endpoints(&svc, "fra");
+        let healthy = endpoints
+            .into_iter()
+            .filter(|e| e.health == EndpointHealth::Healthy);
+        healthy.map(|e| e.id).collect::<Vec<_>>()
+    };
+    assert_eq!(serving(), ["svc0-0"]);
+    for node in NODES {
+        region.report(report(node, true), start + crate::fleet::SETTLE);
+    }
+    assert_eq!(serving(), ["svc0-1"]);
 }
