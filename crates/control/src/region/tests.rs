@@ -330,6 +330,15 @@ fn assigned_in(cache: &Cache, instance: &str) -> Option<u64> {
     )
 }
 
+/// The instances of `svc` the region's endpoints list as healthy.
+fn healthy_instances(region: &Region, svc: &ServiceId) -> Vec<String> {
+    let endpoints = region.lock().fleet.endpoints(svc, "fra");
+    let healthy = endpoints
+        .into_iter()
+        .filter(|e| e.health == EndpointHealth::Healthy);
+    healthy.map(|e| e.id).collect()
+}
+
 /// svc0 as `deployment` makes it, with `command`, at `version`.
 fn svc0(command: &str, version: u64) -> RegionalDeployment {
     let mut deployment = deployment("svc0", 1, "svc0.example.com");
@@ -342,14 +351,7 @@ fn svc0(command: &str, version: u64) -> RegionalDeployment {
 fn a_rollout_keeps_the_old_instance_on_its_spec_until_it_drained() {
     let fixture = Fixture::new(serde_json::to_vec);
     let svc = id("svc0");
-    let in_service = || -> Vec<String> {
-        let state = fixture.region.lock();
-        let endpoints = state.fleet.endpoints(&svc, "fra");
-        let healthy = endpoints
-            .into_iter()
-            .filter(|e| e.health == EndpointHealth::Healthy);
-        healthy.map(|e| e.id).collect()
-    };
+    let in_service = || healthy_instances(&fixture.region, &svc);
     assert_eq!(in_service(), ["svc0-0"]);
 
     // The same spec as a new version: the instance takes it, nothing else moves.
@@ -447,14 +449,7 @@ fn a_restarted_region_goes_on_with_the_rollout_it_finds() {
     // Each instance keeps the version it runs; the old one serves until the new one is ready.
     assert_eq!(assigned_in(&cache, "svc0-0"), Some(1));
     assert_eq!(assigned_in(&cache, "svc0-1"), Some(3));
-    let serving = || {
-        let state = region.lock();
-        let endpoints = state.fleet.endpoints(&svc, "fra");
-        let healthy = endpoints
-            .into_iter()
-            .filter(|e| e.health == EndpointHealth::Healthy);
-        healthy.map(|e| e.id).collect::<Vec<_>>()
-    };
+    let serving = || healthy_instances(&region, &svc);
     assert_eq!(serving(), ["svc0-0"]);
     for node in NODES {
         region.report(report(node, true), start + crate::fleet::SETTLE);
