@@ -51,6 +51,7 @@ pub use own_certificate::{issue_own_certificate, keep_own_certificate};
 pub use plane::{run_global, run_regional, GlobalOptions, RegionalOptions, RunError, Say};
 pub use region::{GatewayListeners, Region, ServiceId};
 pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
+pub use rollout::Bounds;
 pub use supervise::TaskEnded;
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use upward::{report_upward, REPORT_INTERVAL};

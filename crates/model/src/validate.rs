@@ -66,6 +66,34 @@ pub fn validate_definition(
     errs.into_result()
 }
 
+/// Checks a reported service's counts by version: each consistent and not empty, and together
+/// no more than the service's (which bounds how many there are).
+fn validate_versions(errs: &mut ValidationErrors, i: usize, service: &crate::ServiceHealth) {
+    let (mut placed, mut healthy) = (0u64, 0u64);
+    for (j, version) in service.versions.iter().enumerate() {
+        if version.placed == 0 {
+            errs.push(
+                format!("services[{i}].versions[{j}].placed"),
+                "must be at least 1 (a version no instance runs is not listed)",
+            );
+        }
+        if version.healthy > version.placed {
+            errs.push(
+                format!("services[{i}].versions[{j}].healthy"),
+                "must not exceed placed",
+            );
+        }
+        placed += u64::from(version.placed);
+        healthy += u64::from(version.healthy);
+    }
+    if placed > u64::from(service.placed) || healthy > u64::from(service.healthy) {
+        errs.push(
+            format!("services[{i}].versions"),
+            "count more instances than the service's placed and healthy",
+        );
+    }
+}
+
 /// Validates the body of a region create/update.
 pub fn validate_region(name: &str, input: &RegionInput) -> Result<(), ValidationErrors> {
     let mut errs = ValidationErrors::default();
@@ -115,6 +143,7 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
                 "at most one per healthy instance",
             );
         }
+        validate_versions(&mut errs, i, service);
         for (j, address) in service.addresses.iter().enumerate() {
             if address.parse::<std::net::IpAddr>().is_err() {
                 errs.push(

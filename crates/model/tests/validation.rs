@@ -232,3 +232,28 @@ fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
     let err = parse_definition_json(def.to_string().as_bytes()).unwrap_err();
     assert_eq!(fields(&err), ["deploy.strategy"], "{err}");
 }
+
+#[test]
+fn a_region_reports_a_rollouts_versions_with_consistent_counts() {
+    let report = |versions: serde_json::Value| -> meridian_model::RegionReport {
+        serde_json::from_value(serde_json::json!({"nodes": 1, "capacity": 4, "services": [
+            {"org": "acme", "app": "shop", "service": "web", "version": 2,
+             "placed": 3, "healthy": 2, "versions": versions}]}))
+        .unwrap()
+    };
+    let good = serde_json::json!([{"version": 1, "placed": 2, "healthy": 2},
+        {"version": 2, "placed": 1, "healthy": 0}]);
+    meridian_model::validate_region_report(&report(good)).unwrap();
+    let bad = serde_json::json!([{"version": 1, "placed": 0, "healthy": 0},
+        {"version": 2, "placed": 1, "healthy": 2},
+        {"version": 3, "placed": 3, "healthy": 1}]);
+    let err = meridian_model::validate_region_report(&report(bad)).unwrap_err();
+    assert_eq!(
+        fields(&err),
+        [
+            "services[0].versions[0].placed",
+            "services[0].versions[1].healthy",
+            "services[0].versions"
+        ]
+    );
+}
