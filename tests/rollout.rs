@@ -89,11 +89,11 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
         &platform.global,
         &platform.token,
         "fra",
-        Some("127.0.112.1:8080"),
+        Some("127.0.132.1:8080"),
     );
     let agents = [
-        logging_agent(&region, "one", "127.0.110.1", dir.path()),
-        logging_agent(&region, "two", "127.0.111.1", dir.path()),
+        logging_agent(&region, "one", "127.0.130.1", dir.path()),
+        logging_agent(&region, "two", "127.0.131.1", dir.path()),
     ];
     let (_gateway, address) = gateway(&region, dir.path()).await;
     let (_edge, edge_address) = edge(&platform, &region, dir.path());
