@@ -81,6 +81,15 @@ pub struct Moves {
     pub drained: BTreeSet<ServiceId>,
 }
 
+impl Moves {
+    /// Fills `services` from the assignments changed and the instances drained.
+    fn finish(mut self) -> Moves {
+        self.services = self.assignments.iter().map(|(s, _)| s.clone()).collect();
+        self.services.extend(self.drained.iter().cloned());
+        self
+    }
+}
+
 /// Where an instance is placed and what it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Placed {
@@ -214,9 +223,7 @@ impl Fleet {
         for (service, want) in desired {
             self.place_service(service, want, now, &mut moves);
         }
-        moves.services = moves.assignments.iter().map(|(s, _)| s.clone()).collect();
-        moves.services.extend(moves.drained.iter().cloned());
-        moves
+        moves.finish()
     }
 
     /// Places the instances of `services` only (each as `desired` says), after their agents
@@ -237,9 +244,7 @@ impl Fleet {
                 self.place_service(service, want, now, &mut moves);
             }
         }
-        moves.services = moves.assignments.iter().map(|(s, _)| s.clone()).collect();
-        moves.services.extend(moves.drained.iter().cloned());
-        moves
+        moves.finish()
     }
 
     /// One service: instances on nodes that are gone or that failed there are removed (a
