@@ -1,7 +1,8 @@
 //! Deploys roll out safely: under a steady load through the region's gateway and through an
-//! edge (GET and POST, on connections kept alive and on new ones), re-applying the same definition stops nothing, and
-//! a definition that changes what the instances run rolls them over to the new version beside
-//! the old ones, without a failed request, the old ones stopped only once new ones are ready.
+//! edge (GET and POST, on connections kept alive and on new ones), re-applying the same
+//! definition stops nothing, and a definition that changes what the instances run rolls them
+//! over to the new version beside the old ones, without a failed request, the old ones stopped
+//! only once new ones are ready; scaling up and down stops only the surplus, drained first.
 
 mod support;
 
@@ -183,9 +184,24 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     );
     assert_eq!(stops(&agents), 2);
 
-    // One more instance: it starts beside the two, which run on.
+    // Under load again: one more instance starts beside the two, which run on; then down to
+    // one, the other two drain first.
+    let load = Load::start_lanes(&address, HOST, &lanes);
     platform.deploy(&hello(3, "howdy"));
     let three = BTreeSet::from(["hello-0", "hello-2", "hello-3"].map(str::to_owned));
     serving_exactly(&address, "howdy", &three).await;
     assert_eq!(stops(&agents), 2);
+    platform.deploy(&hello(1, "howdy"));
+    let end = Instant::now() + DEADLINE;
+    while stops(&agents) < 4 {
+        assert!(Instant::now() < end, "the surplus never stopped");
+        load.goes_on_for(10).await;
+    }
+    load.take_answers();
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "howdy").len(), 1);
+    let failures = load.failures();
+    let answered = load.stop().await;
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
+    assert_eq!(stops(&agents), 4);
 }
