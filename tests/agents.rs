@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use support::load::{serving, Load};
 use support::{agent, gateway, Deployed, RegionalPlane};
 
 use support::{HELLO, MERIDIAN};
@@ -30,43 +31,6 @@ domains: [hello.example.com]
 health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
 "
     )
-}
-
-/// Waits until the instances answering through `gateway` are exactly `wanted` (by the text
-/// after `hello from hello `: `<instance> in fra (node <node>)`).
-async fn serving(
-    gateway: &str,
-    wanted: impl Fn(&BTreeSet<String>) -> bool,
-    what: &str,
-) -> BTreeSet<String> {
-    let client = reqwest::Client::new();
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let mut seen = BTreeSet::new();
-        for _ in 0..12 {
-            let answer = client
-                .get(format!("http://{gateway}/"))
-                .header("host", "hello.example.com")
-                .send()
-                .await;
-            if let Ok(answer) = answer {
-                if answer.status() == 200 {
-                    let text = answer.text().await.unwrap_or_default();
-                    if let Some(rest) = text.trim().strip_prefix("hello from hello ") {
-                        seen.insert(rest.to_owned());
-                    }
-                }
-            }
-        }
-        if wanted(&seen) {
-            return seen;
-        }
-        assert!(
-            Instant::now() < end,
-            "waited in vain for {what}; serving {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn nodes(seen: &BTreeSet<String>) -> BTreeSet<String> {
@@ -108,7 +72,7 @@ async fn agents_run_the_regions_instances_and_heal_them() {
     let (_gateway, address) = gateway(&region, dir.path()).await;
 
     // Two instances answer through the gateway.
-    let first = serving(&address, |seen| seen.len() == 2, "two instances").await;
+    let first = serving(&address, "hello", |seen| seen.len() == 2, "two instances").await;
     assert!(first.iter().all(|s| s.contains(" in fra ")), "{first:?}");
 
     // An instance that exits is restarted by its agent (its log shows both lives), and the
@@ -126,6 +90,7 @@ async fn agents_run_the_regions_instances_and_heal_them() {
     }
     serving(
         &address,
+        "hello",
         |seen| *seen == first,
         "the same two instances after a restart",
     )
@@ -136,6 +101,7 @@ async fn agents_run_the_regions_instances_and_heal_them() {
     drop(one);
     let moved = serving(
         &address,
+        "hello",
         |seen| seen.len() == 2 && nodes(seen) == BTreeSet::from(["two".to_owned()]),
         "both instances on node two",
     )
@@ -830,7 +796,7 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
     );
     let _node = agent(&region, "one", "127.0.58.1", dir.path());
     let (first_gateway, address) = gateway(&region, dir.path()).await;
-    let before = serving(&address, |seen| seen.len() == 1, "one instance").await;
+    let before = serving(&address, "hello", |seen| seen.len() == 1, "one instance").await;
     drop(first_gateway);
 
     // The disk copy holds the regions' summaries too (how to reach other regions).
@@ -866,6 +832,7 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
     let (_gateway, address) = gateway(&region, late.path()).await;
     let after = serving(
         &address,
+        "hello",
         |seen| seen.len() == 1,
         "the instance after the restart",
     )
@@ -878,6 +845,7 @@ async fn a_region_restarted_without_its_global_control_plane_serves_from_its_dis
     platform.deploy(&hello(2));
     serving(
         &address,
+        "hello",
         |seen| seen.len() == 2 && seen.is_superset(&after),
         "two instances after the global control plane came back",
     )
@@ -936,75 +904,6 @@ async fn a_service_reaches_other_regions_by_name_nearest_first_or_pinned_to_a_re
     assert!(!gone.contains(" in iad "), "{gone}");
 }
 
-/// Requests through a gateway in a loop until stopped, counting answers and failures.
-struct Load {
-    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    /// Starts sending `GET /` for `host` through `gateway`, one request at a time.
-    fn start(gateway: &str, host: &str) -> Load {
-        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let (url, host) = (format!("http://{gateway}/"), host.to_owned());
-        let task = tokio::spawn({
-            let (answered, failures) = (answered.clone(), failures.clone());
-            async move {
-                let client = reqwest::Client::new();
-                while !*stopped.borrow_and_update() {
-                    let answer = client.get(&url).header("host", &host).send().await;
-                    match answer {
-                        Ok(answer) if answer.status() == 200 => {}
-                        Ok(answer) => {
-                            let status = answer.status();
-                            let body = answer.text().await.unwrap_or_default();
-                            failures.lock().unwrap().push(format!("{status}: {body}"));
-                        }
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
-                    }
-                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        });
-        Load {
-            answered,
-            failures,
-            stop,
-            task,
-        }
-    }
-
-    /// Waits until `more` further requests were answered.
-    async fn goes_on_for(&self, more: u64) {
-        let count = || self.answered.load(std::sync::atomic::Ordering::Relaxed);
-        let (from, end) = (count(), Instant::now() + DEADLINE);
-        while count() < from + more {
-            assert!(
-                Instant::now() < end,
-                "the load stalled at {} requests",
-                count()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The failures so far.
-    fn failures(&self) -> Vec<String> {
-        self.failures.lock().unwrap().clone()
-    }
-
-    /// Stops the load; returns how many requests were answered.
-    async fn stop(self) -> u64 {
-        self.stop.send_replace(true);
-        self.task.await.unwrap();
-        self.answered.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
 /// The pid files of the instances run by the agents of `nodes` with their state under `dir`.
 fn instance_pids(dir: &Path, nodes: &[&str]) -> BTreeMap<PathBuf, i32> {
     nodes
@@ -1042,7 +941,13 @@ async fn kill_an_instance_and_see_it_restarted(dir: &Path, nodes: &[&str], gatew
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    serving(gateway, |seen| seen.len() == 2, "both instances again").await;
+    serving(
+        gateway,
+        "hello",
+        |seen| seen.len() == 2,
+        "both instances again",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1060,7 +965,7 @@ async fn under_load_a_killed_instance_is_restarted_without_a_failed_request_even
     let _one = agent(&region, nodes[0], "127.0.80.1", dir.path());
     let _two = agent(&region, nodes[1], "127.0.81.1", dir.path());
     let (_gateway, address) = gateway(&region, dir.path()).await;
-    serving(&address, |seen| seen.len() == 2, "two instances").await;
+    serving(&address, "hello", |seen| seen.len() == 2, "two instances").await;
     let load = Load::start(&address, "hello.example.com");
     load.goes_on_for(50).await;
 

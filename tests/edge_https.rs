@@ -206,9 +206,10 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
         withdraws_the_dropped_domain_and_sends_hsts(*edge, http_port, &roots).await;
     }
 
-    // A deploy that changes what the instance sees restarts it, once it reaches the node; the
-    // deploy before changed only what the edges read (a domain dropped, HSTS) and, like the
-    // global control plane's restart, left it running.
+    // A deploy that changes what the instance sees replaces it: a new instance starts, and
+    // the old one stops once the new one serves; the deploy before changed only what the
+    // edges read (a domain dropped, HSTS) and, like the global control plane's restart, left
+    // it running.
     let greeting = "overrides: {fra: {env: {GREETING: howdy}}}\n";
     platform.deploy(&shop(DOMAIN, &format!("{hsts}{greeting}")));
     let client = client_of(edges[0], &roots);
@@ -224,8 +225,12 @@ async fn edges_serve_https(challenge: &str, subnet: u8) {
         assert!(Instant::now() < end, "the new greeting never came");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let stops = node.log().matches("stopping instance").count();
-    assert_eq!(stops, 1, "{}", node.log());
+    let stops = || node.log().matches("stopping instance").count();
+    while stops() < 1 {
+        assert!(Instant::now() < end, "the old instance never stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stops(), 1, "{}", node.log());
 }
 
 /// Once the service dropped `OTHER` and asked for HSTS, the edge whose HTTPS listener is

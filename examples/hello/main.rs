@@ -5,7 +5,8 @@
 //! It listens on `$MERIDIAN_ADDRESS:$PORT` (default 127.0.0.1:8080) and serves:
 //! - `GET /` — `<greeting> from <service> <instance> in <region> (node <node>, <address>)`,
 //!   where the greeting is `$GREETING` (`hello` if unset: the definition in
-//!   `examples/hello.yaml` sets it, so that a first edit and deploy shows);
+//!   `examples/hello.yaml` sets it, so that a first edit and deploy shows); `POST /` reads
+//!   the body and answers the same;
 //! - `GET /healthz` — `ok`;
 //! - `GET /whoami` — the caller's identity as the mesh passed it (`x-meridian-peer`), or
 //!   `anonymous`;
@@ -52,8 +53,13 @@ async fn main() -> std::process::ExitCode {
         var("MERIDIAN_NODE", "localhost"),
         var("MERIDIAN_ADDRESS", "127.0.0.1"),
     );
+    let posted = greeting.clone();
     let app = Router::new()
-        .route("/", get(move || async move { greeting }))
+        .route(
+            "/",
+            get(move || async move { greeting })
+                .post(move |_body: axum::body::Bytes| async move { posted }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/whoami", get(whoami))
         .route("/forwarded", get(forwarded))

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod edge_feed;
+pub mod load;
 pub mod pebble;
 
 use std::io::{BufRead, BufReader};

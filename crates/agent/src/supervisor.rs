@@ -76,6 +76,8 @@ pub enum Isolation {
 struct Running {
     instance: String,
     service: (String, String, String),
+    /// The deployment version of `spec`.
+    version: u64,
     spec: ServiceSpec,
     address: Ipv4Addr,
     listen: Ipv4Addr,
@@ -328,8 +330,8 @@ impl NodeProxy {
 }
 
 /// Starts what is wanted and not running, stops what runs and is not wanted (or runs with a spec
-/// that differs in what the instance sees, see [`runs_the_same`]); a changed instance starts
-/// again once its old process has stopped.
+/// that differs in what the instance sees, see [`ServiceSpec::runs_like`]); a changed instance
+/// starts again once its old process has stopped.
 fn reconcile(
     options: &AgentOptions,
     netns_tag: &str,
@@ -345,9 +347,10 @@ fn reconcile(
     for (name, running) in map.iter_mut() {
         match wanted.get(name) {
             Some(want) if want.spec == running.spec => {}
-            // Edge-only changes: the instance runs on, with the new spec.
-            Some(want) if runs_the_same(&running.spec, &want.spec) => {
+            // Changes the instance never sees: it runs on, with the new spec.
+            Some(want) if running.spec.runs_like(&want.spec) => {
                 running.spec = want.spec.clone();
+                running.version = want.version;
             }
             _ if !*running.stop.borrow() => {
                 tracing::info!(instance = %name, "stopping instance");
@@ -367,33 +370,6 @@ fn reconcile(
         let running = start(options, netns_tag, want, address, tasks, name, changed);
         map.insert(name.clone(), running);
     }
-}
-
-/// Whether an instance running with `running` runs the same as one started with `wanted`:
-/// the two differ at most in what only the edges read (`domains`, `https`), which the instance
-/// never sees. A deploy that changes only those (a new domain, HSTS) keeps it running instead
-/// of stopping the service's instances while the edges route to them.
-fn runs_the_same(running: &ServiceSpec, wanted: &ServiceSpec) -> bool {
-    // Every field is named: a new one is compared unless it is added to the edges' here.
-    let ServiceSpec {
-        scale,
-        runtime,
-        ports,
-        routes,
-        domains: _,
-        health_checks,
-        mesh,
-        https: _,
-    } = running;
-    (scale, runtime, ports, routes, health_checks, mesh)
-        == (
-            &wanted.scale,
-            &wanted.runtime,
-            &wanted.ports,
-            &wanted.routes,
-            &wanted.health_checks,
-            &wanted.mesh,
-        )
 }
 
 /// Starts instance `name` on `address` (its namespace tagged `netns_tag` in that mode).
@@ -448,6 +424,7 @@ fn start(
     Running {
         instance: want.instance.clone(),
         service: want.service.clone(),
+        version: want.version,
         spec: want.spec.clone(),
         address,
         listen,
@@ -484,6 +461,7 @@ async fn report_loop(
                         address: running.address.to_string(),
                         restarts: state.restarts,
                         detail: state.detail.clone(),
+                        version: running.version,
                     }
                 })
                 .collect(),
@@ -501,45 +479,6 @@ async fn report_loop(
         tokio::select! {
             () = changed.notified() => {}
             () = tokio::time::sleep(HEARTBEAT) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(changes: serde_json::Value) -> ServiceSpec {
-        let mut spec = serde_json::json!({
-            "scale": {"min": 1, "max": 1},
-            "runtime": {"process": {"command": "hello"}},
-            "ports": [{"name": "http", "port": 8080}],
-            "routes": [{"path_prefix": "/", "port": "http"}],
-            "domains": ["shop.example.com"],
-            "health_checks": [],
-            "mesh": {},
-        });
-        for (field, value) in changes.as_object().unwrap() {
-            spec[field] = value.clone();
-        }
-        serde_json::from_value(spec).unwrap()
-    }
-
-    #[test]
-    fn only_what_the_edges_read_may_change_under_a_running_instance() {
-        let running = spec(serde_json::json!({}));
-        let edges_only = spec(serde_json::json!({
-            "domains": ["www.example.com"],
-            "https": {"redirect": false, "hsts": {"max_age": "1d"}},
-        }));
-        assert!(runs_the_same(&running, &edges_only));
-        for seen in [
-            serde_json::json!({"runtime": {"process": {"command": "other"}}}),
-            serde_json::json!({"ports": [{"name": "http", "port": 8081}]}),
-            serde_json::json!({"scale": {"min": 1, "max": 2}}),
-            serde_json::json!({"mesh": {"allow": ["acme/*/*"]}}),
-        ] {
-            assert!(!runs_the_same(&running, &spec(seen.clone())), "{seen}");
         }
     }
 }

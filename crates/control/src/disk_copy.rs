@@ -21,6 +21,10 @@ pub struct DiskCopy {
     /// Each service's virtual IP, so that names keep their addresses across restarts.
     #[serde(default)]
     pub vips: Vec<crate::vips::SavedVip>,
+    /// Earlier deployments some instances still run (rollouts under way), so that a restarted
+    /// control plane keeps them on their spec and goes on with the rollouts.
+    #[serde(default)]
+    pub older: Vec<RegionalDeployment>,
 }
 
 /// Writes `copy` to `path` (a new file renamed over the old one, so a crash leaves one whole).

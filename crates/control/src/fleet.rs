@@ -10,6 +10,7 @@ use meridian_model::{Endpoint, EndpointHealth};
 use meridian_xds::meridian::{InstanceReport, NodeReport};
 
 use crate::region::ServiceId;
+use crate::rollout::{Bounds, Member, Step};
 
 /// A node whose agent has not reported for this long is gone; its instances are placed anew.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +24,10 @@ pub struct Placement {
     pub instance: String,
     /// The node that runs it.
     pub node: String,
+    /// The deployment version it runs.
+    pub version: u64,
+    /// Whether it is leaving service (out of the endpoints, stopped soon).
+    pub draining: bool,
 }
 
 /// An instance: its service and its id within the service.
@@ -53,12 +58,57 @@ pub struct Reported {
 /// that reported.
 pub const SETTLE: Duration = Duration::from_secs(2);
 
+/// What a region wants of one service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desired {
+    /// The version new instances run.
+    pub version: u64,
+    /// How many, and how far a rollout may go above and below that.
+    pub bounds: Bounds,
+    /// How long an instance leaving service keeps running after it left the endpoints.
+    pub drain_delay: Duration,
+}
+
+/// What a placement changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Moves {
+    /// Instances placed, moved or removed: their assignments change.
+    pub assignments: BTreeSet<InstanceKey>,
+    /// Services whose instances in service changed (placed, removed, or draining): their
+    /// endpoints may have changed.
+    pub services: BTreeSet<ServiceId>,
+    /// Services with an instance that started draining (also in `services`).
+    pub drained: BTreeSet<ServiceId>,
+}
+
+impl Moves {
+    /// Fills `services` from the assignments changed and the instances drained.
+    fn finish(mut self) -> Moves {
+        self.services = self.assignments.iter().map(|(s, _)| s.clone()).collect();
+        self.services.extend(self.drained.iter().cloned());
+        self
+    }
+}
+
+/// Where an instance is placed and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placed {
+    node: String,
+    /// The deployment version it runs.
+    version: u64,
+    /// Set once it leaves service: it is out of the endpoints, and removed at that time.
+    draining: Option<Instant>,
+}
+
 /// The region's nodes and placements.
 #[derive(Debug)]
 pub struct Fleet {
     nodes: BTreeMap<String, Node>,
     /// By (service, instance id).
-    placements: BTreeMap<(ServiceId, String), String>,
+    placements: BTreeMap<(ServiceId, String), Placed>,
+    /// The draining instances by the end of their delay (an entry whose instance is no longer
+    /// placed, or no longer with that delay, is stale and skipped).
+    draining: BTreeSet<(Instant, InstanceKey)>,
     /// No placement before this; reported instances are adopted until the first placement.
     settle_until: Instant,
     placed_once: bool,
@@ -70,6 +120,7 @@ impl Fleet {
         Fleet {
             nodes: BTreeMap::new(),
             placements: BTreeMap::new(),
+            draining: BTreeSet::new(),
             settle_until,
             placed_once: false,
         }
@@ -139,118 +190,244 @@ impl Fleet {
         self.nodes.values().map(|n| n.capacity).sum()
     }
 
-    /// Places `desired` instances of each service: keeps placements on live nodes that have not
-    /// failed there, drops the surplus (highest numbers first), and puts the missing ones on
-    /// the live node with the fewest instances of that service, then the fewest instances, that
-    /// has room. Instances that cannot be placed (no room) wait for the next placement. Nothing
-    /// is placed before the settling time is over (or a placement was made); the first
-    /// placement adopts the instances agents already run (after a restart of the control
-    /// plane). Returns the instances whose placement changed (placed, moved or removed).
+    /// Places the instances of every service in `desired` (see [`Fleet::place_service`]) and
+    /// removes those of services no longer desired. Nothing is placed before the settling time
+    /// is over (or a placement was made); the first placement adopts the instances agents
+    /// already run (after a restart of the control plane), as the version they say they run
+    /// when `known` says the region knows that earlier version of their service, else as the
+    /// desired one. Returns what changed.
     pub fn place(
         &mut self,
-        desired: &BTreeMap<ServiceId, u32>,
+        desired: &BTreeMap<ServiceId, Desired>,
+        known: impl Fn(&ServiceId, u64) -> bool,
         now: Instant,
-    ) -> BTreeSet<InstanceKey> {
-        let mut changed = BTreeSet::new();
+    ) -> Moves {
+        let mut moves = Moves::default();
         if !self.placed_once && now < self.settle_until {
-            return changed;
+            return moves;
         }
         if !self.placed_once {
             self.placed_once = true;
-            changed = self.adopt(desired);
+            moves.assignments = self.adopt(desired, known);
         }
-        let failed = |fleet: &Fleet, node: &str, key: &InstanceKey| {
-            fleet
-                .nodes
-                .get(node)
-                .and_then(|n| n.instances.get(key))
-                .is_some_and(|i| i.state == "failed")
-        };
-        // Where each failed instance failed, so that its replacement goes elsewhere if it can.
-        let failed_on: BTreeMap<ServiceId, BTreeSet<String>> = self
+        let gone: Vec<InstanceKey> = self
             .placements
-            .iter()
-            .filter(|(key, node)| failed(self, node, key))
-            .fold(BTreeMap::new(), |mut acc, ((service, _), node)| {
-                acc.entry(service.clone())
-                    .or_insert_with(BTreeSet::new)
-                    .insert(node.clone());
-                acc
-            });
-        let dropped: Vec<InstanceKey> = self
-            .placements
-            .iter()
-            .filter(|(key, node)| {
-                !desired.contains_key(&key.0)
-                    || !self.nodes.contains_key(*node)
-                    || failed(self, node, key)
-            })
-            .map(|(key, _)| key.clone())
+            .keys()
+            .filter(|key| !desired.contains_key(&key.0))
+            .cloned()
             .collect();
-        for key in dropped {
+        for key in gone {
             self.placements.remove(&key);
-            changed.insert(key);
+            moves.assignments.insert(key);
         }
-        for (service, &count) in desired {
-            let mut mine: Vec<(u32, String)> = self
+        for (service, want) in desired {
+            self.place_service(service, want, now, &mut moves);
+        }
+        moves.finish()
+    }
+
+    /// Places the instances of `services` only (each as `desired` says), after their agents
+    /// reported: a rollout moves on as its new instances get ready. Nothing before the first
+    /// placement.
+    pub fn place_some(
+        &mut self,
+        desired: &BTreeMap<ServiceId, Desired>,
+        services: &BTreeSet<ServiceId>,
+        now: Instant,
+    ) -> Moves {
+        let mut moves = Moves::default();
+        if !self.placed_once {
+            return moves;
+        }
+        for service in services {
+            if let Some(want) = desired.get(service) {
+                self.place_service(service, want, now, &mut moves);
+            }
+        }
+        moves.finish()
+    }
+
+    /// One service: instances on nodes that are gone or that failed there are removed (a
+    /// replacement goes to another node if it can); drained instances whose delay is over are
+    /// removed; then a rolling step ([`crate::rollout::step`]) says which instances in service
+    /// start draining and how many new ones of the desired version are placed, on the live
+    /// node with the fewest instances of the service, then the fewest instances, that has room
+    /// (instances that find no room wait for the next placement). New instances get numbers
+    /// not in use, so that they start beside the old ones.
+    fn place_service(
+        &mut self,
+        service: &ServiceId,
+        want: &Desired,
+        now: Instant,
+        moves: &mut Moves,
+    ) {
+        let mut avoid = BTreeSet::new();
+        let mut removed = Vec::new();
+        for (key, placed) in self.placed(service) {
+            let report = self.report_of(key, &placed.node);
+            let failed = report.is_some_and(|r| r.state == "failed");
+            if failed {
+                avoid.insert(placed.node.clone());
+            }
+            let drained = placed.draining.is_some_and(|until| until <= now);
+            if failed || drained || !self.nodes.contains_key(&placed.node) {
+                removed.push(key.clone());
+            }
+        }
+        for key in removed {
+            self.placements.remove(&key);
+            moves.assignments.insert(key);
+        }
+
+        let members: Vec<Member<'_>> = self
+            .placed(service)
+            .filter(|(_, placed)| placed.draining.is_none())
+            .map(|(key, placed)| Member {
+                id: &key.1,
+                current: placed.version == want.version,
+                ready: self
+                    .report_of(key, &placed.node)
+                    .is_some_and(|r| r.state == "healthy"),
+            })
+            .collect();
+        let Step { start, drain } = crate::rollout::step(want.bounds, &members);
+        for instance in drain {
+            let key = (service.clone(), instance);
+            if let Some(placed) = self.placements.get_mut(&key) {
+                let until = now + want.drain_delay;
+                placed.draining = Some(until);
+                self.draining.insert((until, key));
+                moves.drained.insert(service.clone());
+            }
+        }
+        for _ in 0..start {
+            let Some(node) = self.best_node(service, &avoid) else {
+                break;
+            };
+            let used: BTreeSet<u32> = self
                 .placed(service)
-                .filter_map(|((_, instance), _)| Some((number_of(instance)?, instance.clone())))
+                .filter_map(|((_, instance), _)| number_of(instance))
                 .collect();
-            mine.sort();
-            while mine.len() > count as usize {
-                if let Some((_, instance)) = mine.pop() {
-                    let key = (service.clone(), instance);
-                    self.placements.remove(&key);
-                    changed.insert(key);
-                }
+            // Not in use here, nor by a failed instance any node still reports.
+            let number = (0..)
+                .find(|n| {
+                    !used.contains(n)
+                        && !self.reported_anywhere(&(service.clone(), instance_id(&service.2, *n)))
+                })
+                .unwrap_or_default();
+            let key = (service.clone(), instance_id(&service.2, number));
+            let placed = Placed {
+                node,
+                version: want.version,
+                draining: None,
+            };
+            self.placements.insert(key.clone(), placed);
+            moves.assignments.insert(key);
+        }
+    }
+
+    /// Instances of `service` placed with version `from` are now of version `to` (a new
+    /// version that runs the same: they run on); returns them.
+    pub fn relabel(&mut self, service: &ServiceId, from: u64, to: u64) -> Vec<InstanceKey> {
+        let mut relabeled = Vec::new();
+        let start = (service.clone(), String::new());
+        for (key, placed) in self.placements.range_mut(start..) {
+            if key.0 != *service {
+                break;
             }
-            let avoid = failed_on.get(service).cloned().unwrap_or_default();
-            while mine.len() < count as usize {
-                let Some(node) = self.best_node(service, &avoid) else {
-                    break;
-                };
-                let used: BTreeSet<u32> = mine.iter().map(|(n, _)| *n).collect();
-                let number = (0..).find(|n| !used.contains(n)).unwrap_or_default();
-                // A replacement of a failed instance gets a number not in use on any node.
-                let number = (number..)
-                    .find(|n| {
-                        !self.reported_anywhere(&(service.clone(), instance_id(&service.2, *n)))
-                    })
-                    .unwrap_or(number);
-                let instance = instance_id(&service.2, number);
-                let key = (service.clone(), instance.clone());
-                self.placements.insert(key.clone(), node);
-                changed.insert(key);
-                mine.push((number, instance));
-                mine.sort();
+            if placed.version == from {
+                placed.version = to;
+                relabeled.push(key.clone());
             }
         }
-        changed
+        relabeled
+    }
+
+    /// The versions the placed instances of `service` run.
+    pub fn versions_of(&self, service: &ServiceId) -> BTreeSet<u64> {
+        self.placed(service).map(|(_, p)| p.version).collect()
+    }
+
+    /// The earliest time a draining instance's delay is over, if any instance drains.
+    pub fn next_drained(&mut self) -> Option<Instant> {
+        self.forget_stale_drains();
+        self.draining.first().map(|(until, _)| *until)
+    }
+
+    /// The services with a draining instance whose delay is over at `now`; looks at those
+    /// instances only.
+    pub fn drained_by(&mut self, now: Instant) -> BTreeSet<ServiceId> {
+        self.forget_stale_drains();
+        self.draining
+            .iter()
+            .take_while(|(until, _)| *until <= now)
+            .filter(|(until, key)| self.drains_until(key, *until))
+            .map(|(_, (service, _))| service.clone())
+            .collect()
+    }
+
+    /// Whether instance `key` is placed and draining until `until`.
+    fn drains_until(&self, key: &InstanceKey, until: Instant) -> bool {
+        self.placements
+            .get(key)
+            .is_some_and(|p| p.draining == Some(until))
+    }
+
+    /// Forgets the first drains whose instances were removed meanwhile (their services placed
+    /// after the delay, or their nodes gone).
+    fn forget_stale_drains(&mut self) {
+        while let Some((until, key)) = self.draining.first() {
+            if self.drains_until(key, *until) {
+                break;
+            }
+            self.draining.pop_first();
+        }
+    }
+
+    fn report_of(&self, key: &InstanceKey, node: &str) -> Option<&InstanceReport> {
+        self.nodes.get(node).and_then(|n| n.instances.get(key))
     }
 
     /// The placements of `service`, found without looking at the others.
     fn placed<'a>(
         &'a self,
         service: &'a ServiceId,
-    ) -> impl Iterator<Item = (&'a InstanceKey, &'a String)> + 'a {
+    ) -> impl Iterator<Item = (&'a InstanceKey, &'a Placed)> + 'a {
         self.placements
             .range((service.clone(), String::new())..)
             .take_while(move |((s, _), _)| s == service)
     }
 
     /// Places the running instances agents report where they run, for the services in
-    /// `desired` (surplus is trimmed by the placement that follows); returns them.
-    fn adopt(&mut self, desired: &BTreeMap<ServiceId, u32>) -> BTreeSet<InstanceKey> {
+    /// `desired` (surplus is trimmed by the placement that follows), as the version they say
+    /// they run if `known`, else the desired one; returns them.
+    fn adopt(
+        &mut self,
+        desired: &BTreeMap<ServiceId, Desired>,
+        known: impl Fn(&ServiceId, u64) -> bool,
+    ) -> BTreeSet<InstanceKey> {
         let mut adopted = BTreeSet::new();
         for (node_name, node) in &self.nodes {
             for (key, report) in &node.instances {
-                if matches!(report.state.as_str(), "failed" | "stopped")
-                    || !desired.contains_key(&key.0)
-                {
+                let Some(want) = desired.get(&key.0) else {
+                    continue;
+                };
+                if matches!(report.state.as_str(), "failed" | "stopped") {
                     continue;
                 }
                 if !self.placements.contains_key(key) {
-                    self.placements.insert(key.clone(), node_name.clone());
+                    // The version it says it runs (a rollout goes on), else the desired one.
+                    let version = if known(&key.0, report.version) {
+                        report.version
+                    } else {
+                        want.version
+                    };
+                    let placed = Placed {
+                        node: node_name.clone(),
+                        version,
+                        draining: None,
+                    };
+                    self.placements.insert(key.clone(), placed);
                     adopted.insert(key.clone());
                 }
             }
@@ -268,8 +445,8 @@ impl Fleet {
     /// service, then fewest instances, then nodes not in `avoid`, then by name.
     fn best_node(&self, service: &ServiceId, avoid: &BTreeSet<String>) -> Option<String> {
         let mut load: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
-        for ((s, _), node) in &self.placements {
-            let entry = load.entry(node.as_str()).or_default();
+        for ((s, _), placed) in &self.placements {
+            let entry = load.entry(placed.node.as_str()).or_default();
             entry.1 += 1;
             if s == service {
                 entry.0 += 1;
@@ -289,43 +466,51 @@ impl Fleet {
     pub fn placements(&self) -> Vec<Placement> {
         self.placements
             .iter()
-            .map(|((service, instance), node)| Placement {
+            .map(|((service, instance), placed)| Placement {
                 service: service.clone(),
                 instance: instance.clone(),
-                node: node.clone(),
+                node: placed.node.clone(),
+                version: placed.version,
+                draining: placed.draining.is_some(),
             })
             .collect()
     }
 
-    /// The node instance `key` is placed on, if it is placed.
-    pub fn node_of(&self, key: &InstanceKey) -> Option<&str> {
-        self.placements.get(key).map(String::as_str)
+    /// The node instance `key` is placed on and the version it runs, if it is placed.
+    pub fn node_of(&self, key: &InstanceKey) -> Option<(&str, u64)> {
+        self.placements
+            .get(key)
+            .map(|placed| (placed.node.as_str(), placed.version))
     }
 
-    /// The instances of `service` that are placed, and each one's node.
+    /// The instances of `service` that are placed.
     pub fn placements_of<'a>(
         &'a self,
         service: &'a ServiceId,
-    ) -> impl Iterator<Item = (&'a InstanceKey, &'a str)> + 'a {
-        self.placed(service).map(|(key, node)| (key, node.as_str()))
+    ) -> impl Iterator<Item = &'a InstanceKey> + 'a {
+        self.placed(service).map(|(key, _)| key)
     }
 
-    /// The last report of each placed instance of `service`, with its id.
+    /// Each placed instance of `service` in service (not draining): its id, version and last
+    /// report.
     fn reports_of<'a>(
         &'a self,
         service: &'a ServiceId,
-    ) -> impl Iterator<Item = (&'a str, Option<&'a InstanceReport>)> + 'a {
-        self.placed(service).map(|(key, node)| {
-            let report = self.nodes.get(node).and_then(|n| n.instances.get(key));
-            (key.1.as_str(), report)
-        })
+    ) -> impl Iterator<Item = (&'a str, u64, Option<&'a InstanceReport>)> + 'a {
+        self.placed(service)
+            .filter(|(_, placed)| placed.draining.is_none())
+            .map(|(key, placed)| {
+                let report = self.report_of(key, &placed.node);
+                (key.1.as_str(), placed.version, report)
+            })
     }
 
-    /// The endpoints of `service` in `region`: its placed instances that their node reports
-    /// with an address, healthy or not. Looks at that service's instances only.
+    /// The endpoints of `service` in `region`: its placed instances in service (draining ones
+    /// have left) that their node reports with an address, healthy or not. Looks at that
+    /// service's instances only.
     pub fn endpoints(&self, service: &ServiceId, region: &str) -> Vec<Endpoint> {
         self.reports_of(service)
-            .filter_map(|(instance, report)| {
+            .filter_map(|(instance, _, report)| {
                 let report = report.filter(|r| !r.address.is_empty())?;
                 let health = match report.state.as_str() {
                     "healthy" => EndpointHealth::Healthy,
@@ -346,13 +531,17 @@ impl Fleet {
             .collect()
     }
 
-    /// Counts of instances by state, for the region summary: (placed, healthy).
-    pub fn summary(&self, service: &ServiceId) -> (usize, usize) {
-        self.reports_of(service)
-            .fold((0, 0), |(placed, healthy), (_, report)| {
-                let up = report.is_some_and(|r| r.state == "healthy");
-                (placed + 1, healthy + usize::from(up))
-            })
+    /// Counts of the instances of `service` in service, for the region summary: (placed,
+    /// healthy) by the version they run.
+    pub fn summary(&self, service: &ServiceId) -> BTreeMap<u64, (usize, usize)> {
+        let mut counts: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        for (_, version, report) in self.reports_of(service) {
+            let up = report.is_some_and(|r| r.state == "healthy");
+            let (placed, healthy) = counts.entry(version).or_default();
+            *placed += 1;
+            *healthy += usize::from(up);
+        }
+        counts
     }
 }
 
@@ -372,7 +561,8 @@ fn instance_id(service: &str, number: u32) -> String {
     format!("{service}-{number}")
 }
 
-fn number_of(instance: &str) -> Option<u32> {
+/// The number in an instance id `<service>-<n>`.
+pub(crate) fn number_of(instance: &str) -> Option<u32> {
     instance.rsplit_once('-')?.1.parse().ok()
 }
 
@@ -382,6 +572,28 @@ mod tests {
 
     fn service(name: &str) -> ServiceId {
         ("acme".to_owned(), "shop".to_owned(), name.to_owned())
+    }
+
+    /// Knows no earlier version.
+    fn unknown(_: &ServiceId, _: u64) -> bool {
+        false
+    }
+
+    /// `scale` instances of version 1, one more while rolling, drained at once.
+    fn want(scale: u32) -> Desired {
+        version(1, scale)
+    }
+
+    fn version(version: u64, scale: u32) -> Desired {
+        Desired {
+            version,
+            bounds: Bounds {
+                scale,
+                surge: 1,
+                unavailable: 0,
+            },
+            drain_delay: Duration::ZERO,
+        }
     }
 
     fn node(name: &str, capacity: u32, instances: &[(&str, &str)]) -> NodeReport {
@@ -407,7 +619,7 @@ mod tests {
         fleet
             .placements()
             .into_iter()
-            .filter(|p| p.service.2 == name)
+            .filter(|p| p.service.2 == name && !p.draining)
             .map(|p| p.node)
             .collect()
     }
@@ -418,21 +630,21 @@ mod tests {
         let now = Instant::now();
         fleet.report(node("a", 2, &[]), now);
         fleet.report(node("b", 2, &[]), now);
-        let mut desired = BTreeMap::from([(service("web"), 2), (service("api"), 2)]);
-        fleet.place(&desired, now);
+        let mut desired = BTreeMap::from([(service("web"), want(2)), (service("api"), want(2))]);
+        fleet.place(&desired, unknown, now);
         for name in ["web", "api"] {
             let mut nodes = nodes_of(&fleet, name);
             nodes.sort();
             assert_eq!(nodes, ["a", "b"], "{name}'s instances go to two nodes");
         }
         // Four slots for five instances: one waits.
-        desired.insert(service("web"), 3);
-        fleet.place(&desired, now);
+        desired.insert(service("web"), want(3));
+        fleet.place(&desired, unknown, now);
         assert_eq!(fleet.placements().len(), 4);
         // Room appears: the waiting instance is placed there, the others stay.
         let before = fleet.placements();
         fleet.report(node("c", 4, &[]), now);
-        fleet.place(&desired, now);
+        fleet.place(&desired, unknown, now);
         assert_eq!(fleet.placements().len(), 5);
         assert!(nodes_of(&fleet, "web").contains(&"c".to_owned()));
         for placement in before {
@@ -449,15 +661,15 @@ mod tests {
         let start = Instant::now();
         fleet.report(node("a", 4, &[]), start);
         fleet.report(node("b", 4, &[]), start);
-        let desired = BTreeMap::from([(service("web"), 1)]);
-        fleet.place(&desired, start);
+        let desired = BTreeMap::from([(service("web"), want(1))]);
+        fleet.place(&desired, unknown, start);
         let first = fleet.placements()[0].clone();
         let other = if first.node == "a" { "b" } else { "a" };
 
         // It fails past its restart limit: a new instance goes to the other node.
         let failed = fleet.report(node(&first.node, 4, &[(&first.instance, "failed")]), start);
         assert!(failed.reshaped);
-        fleet.place(&desired, start);
+        fleet.place(&desired, unknown, start);
         let second = fleet.placements()[0].clone();
         assert_eq!(second.node, other);
         assert_ne!(second.instance, first.instance);
@@ -466,11 +678,15 @@ mod tests {
         let later = start + NODE_TIMEOUT + Duration::from_secs(1);
         fleet.report(node(&first.node, 4, &[]), later);
         assert_eq!(fleet.expire(later), vec![other.to_owned()]);
-        fleet.place(&desired, later);
+        fleet.place(&desired, unknown, later);
         assert_eq!(nodes_of(&fleet, "web"), vec![first.node.clone()]);
 
-        // Scaling down to zero removes it.
-        fleet.place(&BTreeMap::from([(service("web"), 0)]), later);
+        // Scaling down to zero drains it, then removes it.
+        let none = BTreeMap::from([(service("web"), want(0))]);
+        fleet.place(&none, unknown, later);
+        assert!(fleet.placements()[0].draining);
+        assert_eq!(nodes_of(&fleet, "web"), Vec::<String>::new());
+        fleet.place(&none, unknown, later);
         assert!(fleet.placements().is_empty());
     }
 
@@ -483,8 +699,8 @@ mod tests {
             start,
         );
         fleet.report(node("a", 4, &[]), start);
-        let desired = BTreeMap::from([(service("web"), 2)]);
-        fleet.place(&desired, start);
+        let desired = BTreeMap::from([(service("web"), want(2))]);
+        fleet.place(&desired, unknown, start);
         assert!(
             fleet.placements().is_empty(),
             "nothing is placed while agents report"
@@ -492,13 +708,15 @@ mod tests {
         assert!(!fleet.first_placement_due(start));
         let settled = start + SETTLE;
         assert!(fleet.first_placement_due(settled));
-        fleet.place(&desired, settled);
+        fleet.place(&desired, unknown, settled);
         let placed = fleet.placements();
         assert_eq!(placed.len(), 2);
         assert!(placed.contains(&Placement {
             service: service("web"),
             instance: "web-1".to_owned(),
             node: "b".to_owned(),
+            version: 1,
+            draining: false,
         }));
         assert!(placed
             .iter()
@@ -537,10 +755,103 @@ mod tests {
         report.instances[1].org = "other".to_owned();
         fleet.report(report, start);
         let other = ("other".to_owned(), "shop".to_owned(), "web".to_owned());
-        let desired = BTreeMap::from([(service("web"), 1), (other.clone(), 1)]);
-        fleet.place(&desired, start);
+        let desired = BTreeMap::from([(service("web"), want(1)), (other.clone(), want(1))]);
+        fleet.place(&desired, unknown, start);
         let health = |id: &ServiceId| fleet.endpoints(id, "fra")[0].health;
         assert_eq!(health(&service("web")), EndpointHealth::Healthy);
         assert_eq!(health(&other), EndpointHealth::Unhealthy);
+    }
+
+    /// The instances of `web` in service, by id, with their versions.
+    fn serving(fleet: &Fleet) -> Vec<(String, u64)> {
+        fleet
+            .placements()
+            .into_iter()
+            .filter(|p| !p.draining)
+            .map(|p| (p.instance, p.version))
+            .collect()
+    }
+
+    /// Node `a` reports every placed instance of `web`, those of `ready` healthy.
+    fn report_a(fleet: &mut Fleet, ready: &[&str], now: Instant) {
+        let placed: Vec<(String, &str)> = fleet
+            .placements()
+            .into_iter()
+            .map(|p| {
+                let state = if ready.contains(&p.instance.as_str()) {
+                    "healthy"
+                } else {
+                    "starting"
+                };
+                (p.instance, state)
+            })
+            .collect();
+        let placed: Vec<(&str, &str)> = placed.iter().map(|(i, s)| (i.as_str(), *s)).collect();
+        fleet.report(node("a", 8, &placed), now);
+    }
+
+    #[test]
+    fn a_new_version_starts_beside_the_old_one_which_drains_once_the_new_one_is_ready() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        fleet.report(node("a", 8, &[]), start);
+        let web = || service("web");
+        fleet.place(&BTreeMap::from([(web(), version(1, 2))]), unknown, start);
+        report_a(&mut fleet, &["web-0", "web-1"], start);
+
+        // Version 2: one new instance, under a number not in use; the old ones serve on.
+        let mut two = version(2, 2);
+        two.drain_delay = Duration::from_secs(1);
+        let desired = BTreeMap::from([(web(), two)]);
+        let moves = fleet.place(&desired, unknown, start);
+        let started = (web(), "web-2".to_owned());
+        assert_eq!(moves.assignments, BTreeSet::from([started]));
+        assert!(moves.drained.is_empty());
+        let all = |list: &[(&str, u64)]| -> Vec<(String, u64)> {
+            list.iter().map(|(i, v)| ((*i).to_owned(), *v)).collect()
+        };
+        assert_eq!(
+            serving(&fleet),
+            all(&[("web-0", 1), ("web-1", 1), ("web-2", 2)])
+        );
+        // Starting, it changes nothing; ready, an old one drains and the next new one starts.
+        report_a(&mut fleet, &["web-0", "web-1"], start);
+        let only_web = BTreeSet::from([web()]);
+        assert_eq!(
+            fleet.place_some(&desired, &only_web, start),
+            Moves::default()
+        );
+        report_a(&mut fleet, &["web-0", "web-1", "web-2"], start);
+        let moves = fleet.place_some(&desired, &only_web, start);
+        assert_eq!(moves.drained, only_web);
+        assert_eq!(
+            serving(&fleet),
+            all(&[("web-0", 1), ("web-2", 2), ("web-3", 2)])
+        );
+        // web-1 left the endpoints; web-3 is not reported yet.
+        let endpoints = fleet.endpoints(&web(), "fra");
+        let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["web-0", "web-2"]);
+        // The drained one keeps its assignment until its delay is over.
+        let due = fleet.next_drained().unwrap();
+        assert_eq!(due, start + Duration::from_secs(1));
+        assert!(fleet.drained_by(start).is_empty());
+        assert_eq!(fleet.drained_by(due), only_web);
+        let moves = fleet.place_some(&desired, &only_web, due);
+        assert_eq!(
+            moves.assignments,
+            BTreeSet::from([(web(), "web-1".to_owned())])
+        );
+        assert_eq!(fleet.placements().len(), 3);
+
+        // The second new one gets ready: the last old one drains; then it is gone.
+        report_a(&mut fleet, &["web-0", "web-2", "web-3"], due);
+        fleet.place_some(&desired, &only_web, due);
+        assert_eq!(serving(&fleet), all(&[("web-2", 2), ("web-3", 2)]));
+        let end = fleet.next_drained().unwrap();
+        fleet.place_some(&desired, &only_web, end);
+        assert_eq!(fleet.versions_of(&web()), BTreeSet::from([2]));
+        assert_eq!(fleet.placements().len(), 2);
+        assert_eq!(fleet.summary(&web()), BTreeMap::from([(2, (2, 2))]));
     }
 }

@@ -27,6 +27,7 @@ mod own_certificate;
 mod plane;
 mod region;
 mod reports;
+mod rollout;
 mod supervise;
 mod tls;
 mod upward;
@@ -41,7 +42,7 @@ pub use federation::{
     follow_global, keep_disk_copy, publish_regional_deployments, FirstLoad, ReportSource,
     PUBLISHED, REPORTED,
 };
-pub use fleet::{Fleet, Placement, NODE_TIMEOUT};
+pub use fleet::{Desired, Fleet, Moves, Placement, NODE_TIMEOUT};
 pub use global_api::{GlobalApi, GlobalApiError};
 pub use issuer::{Issuer, IssuerError};
 pub use known_admins::KnownAdmins;
@@ -50,6 +51,7 @@ pub use own_certificate::{issue_own_certificate, keep_own_certificate};
 pub use plane::{run_global, run_regional, GlobalOptions, RegionalOptions, RunError, Say};
 pub use region::{GatewayListeners, Region, ServiceId};
 pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
+pub use rollout::Bounds;
 pub use supervise::TaskEnded;
 pub use tls::{tls_incoming, Peer, PeerStream};
 pub use upward::{report_upward, REPORT_INTERVAL};

@@ -214,6 +214,7 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
                 placed: service.healthy,
                 healthy: service.healthy,
                 addresses: Vec::new(),
+                versions: Vec::new(),
             });
             deployments.push(RegionalDeployment {
                 org: service.org,

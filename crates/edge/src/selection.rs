@@ -268,6 +268,7 @@ mod tests {
                     placed: 1,
                     healthy,
                     addresses: Vec::new(),
+                    versions: Vec::new(),
                 }],
             }),
             deployments: vec![deployment(name)],
@@ -357,6 +358,7 @@ mod tests {
             placed: 1,
             healthy: 1,
             addresses: Vec::new(),
+            versions: Vec::new(),
         };
         // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
         // Washington the web of an org whose name sorts first (the order that used to decide)

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::deploy::Deploy;
 use crate::duration::HumanDuration;
 
 /// A service definition: what a user applies with `meridian deploy`.
@@ -58,6 +59,9 @@ pub struct Definition {
     /// How the edges serve the service's domains over HTTPS.
     #[serde(default, skip_serializing_if = "Https::is_default")]
     pub https: Https,
+    /// How a new version replaces the running one.
+    #[serde(default, skip_serializing_if = "Deploy::is_default")]
+    pub deploy: Deploy,
     /// Per-region overrides, keyed by a region listed in `regions`.
     #[serde(default)]
     pub overrides: BTreeMap<String, RegionOverride>,
@@ -399,4 +403,77 @@ pub struct ServiceSpec {
     /// HTTPS at the edges.
     #[serde(default, skip_serializing_if = "Https::is_default")]
     pub https: Https,
+    /// How a new version replaces the running one.
+    #[serde(default, skip_serializing_if = "Deploy::is_default")]
+    pub deploy: Deploy,
+}
+
+impl ServiceSpec {
+    /// Whether an instance started with `self` runs the same as one started with `other`: the
+    /// two differ at most in what the instance never sees — what only the edges read
+    /// (`domains`, `https`) and what only the control planes read (`scale`, `deploy`). A deploy
+    /// that changes only those keeps the running instances, with the new spec.
+    pub fn runs_like(&self, other: &ServiceSpec) -> bool {
+        // Every field is named: a new one is compared unless it is added to the unseen here.
+        let ServiceSpec {
+            scale: _,
+            runtime,
+            ports,
+            routes,
+            domains: _,
+            health_checks,
+            mesh,
+            https: _,
+            deploy: _,
+        } = self;
+        (runtime, ports, routes, health_checks, mesh)
+            == (
+                &other.runtime,
+                &other.ports,
+                &other.routes,
+                &other.health_checks,
+                &other.mesh,
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(changes: serde_json::Value) -> ServiceSpec {
+        let mut spec = serde_json::json!({
+            "scale": {"min": 1, "max": 1},
+            "runtime": {"process": {"command": "hello"}},
+            "ports": [{"name": "http", "port": 8080}],
+            "routes": [{"path_prefix": "/", "port": "http"}],
+            "domains": ["shop.example.com"],
+            "health_checks": [],
+            "mesh": {},
+        });
+        for (field, value) in changes.as_object().unwrap() {
+            spec[field] = value.clone();
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    #[test]
+    fn only_what_the_instance_never_sees_may_change_under_a_running_instance() {
+        let running = spec(serde_json::json!({}));
+        let unseen = spec(serde_json::json!({
+            "domains": ["www.example.com"],
+            "https": {"redirect": false, "hsts": {"max_age": "1d"}},
+            "scale": {"min": 3, "max": 5},
+            "deploy": {"max_surge": 2, "drain_delay": "3s"},
+        }));
+        assert!(running.runs_like(&unseen));
+        for seen in [
+            serde_json::json!({"runtime": {"process": {"command": "other"}}}),
+            serde_json::json!({"runtime": {"process": {"command": "hello", "env": {"A": "b"}}}}),
+            serde_json::json!({"ports": [{"name": "http", "port": 8081}]}),
+            serde_json::json!({"mesh": {"allow": ["acme/*/*"]}}),
+        ] {
+            assert!(!running.runs_like(&spec(seen.clone())), "{seen}");
+        }
+    }
 }

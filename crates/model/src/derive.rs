@@ -60,6 +60,7 @@ pub fn derive_spec(
         health_checks: definition.health_checks.clone(),
         mesh: definition.mesh.clone(),
         https: definition.https.clone(),
+        deploy: definition.deploy.clone(),
     };
     if let Some(o) = region_override {
         apply_override(&mut spec, o);

@@ -7,6 +7,7 @@
 
 mod certificates;
 mod definition;
+mod deploy;
 mod derive;
 mod domains;
 mod duration;
@@ -23,6 +24,7 @@ pub use definition::{
     Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec,
     TcpCheck,
 };
+pub use deploy::{Amount, Deploy, Strategy};
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};
 pub use domains::{check_domain, contested_domains, covering_wildcards, domains_overlap};
 pub use duration::HumanDuration;
@@ -33,7 +35,7 @@ pub use parse::{parse_definition_json, parse_json};
 pub use resources::{
     App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Endpoint, EndpointHealth,
     EndpointInput, Org, Region, RegionInput, RegionReport, ServiceHealth, ServiceSummary,
-    TokenInfo,
+    TokenInfo, VersionHealth,
 };
 pub use validate::{
     validate_definition, validate_endpoint, validate_region, validate_region_report, Limits,

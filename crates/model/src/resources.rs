@@ -64,6 +64,22 @@ pub struct ServiceHealth {
     /// through which other regions' services reach this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    /// During a rollout, the instances in service by the version they run (the new one and
+    /// those it replaces); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionHealth>,
+}
+
+/// A service's instances in service in a region that run one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionHealth {
+    /// The deployment version.
+    pub version: u64,
+    /// Instances placed with it, in service.
+    pub placed: u32,
+    /// Of those, the healthy ones.
+    pub healthy: u32,
 }
 
 /// How a deployment version came to be.

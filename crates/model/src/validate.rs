@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::names::{check_dns_label, check_url_path};
-use crate::{Definition, EndpointInput, HealthCheck, Port, Process, RegionInput, ValidationErrors};
+use crate::{
+    Amount, Definition, EndpointInput, HealthCheck, Port, Process, RegionInput, ValidationErrors,
+};
 
 /// Explicit size limits on a definition.
 #[derive(Debug, Clone, Copy)]
@@ -57,10 +59,39 @@ pub fn validate_definition(
     validate_routes(&mut errs, d, &port_names);
     validate_domains(&mut errs, &d.domains);
     validate_https(&mut errs, &d.https);
+    validate_deploy(&mut errs, &d.deploy);
     validate_checks(&mut errs, "health_checks", &d.health_checks, &port_names);
     validate_mesh(&mut errs, &d.mesh.allow);
     validate_overrides(&mut errs, d, &port_names);
     errs.into_result()
+}
+
+/// Checks a reported service's counts by version: each consistent and not empty, and together
+/// no more than the service's (which bounds how many there are).
+fn validate_versions(errs: &mut ValidationErrors, i: usize, service: &crate::ServiceHealth) {
+    let (mut placed, mut healthy) = (0u64, 0u64);
+    for (j, version) in service.versions.iter().enumerate() {
+        if version.placed == 0 {
+            errs.push(
+                format!("services[{i}].versions[{j}].placed"),
+                "must be at least 1 (a version no instance runs is not listed)",
+            );
+        }
+        if version.healthy > version.placed {
+            errs.push(
+                format!("services[{i}].versions[{j}].healthy"),
+                "must not exceed placed",
+            );
+        }
+        placed += u64::from(version.placed);
+        healthy += u64::from(version.healthy);
+    }
+    if placed > u64::from(service.placed) || healthy > u64::from(service.healthy) {
+        errs.push(
+            format!("services[{i}].versions"),
+            "count more instances than the service's placed and healthy",
+        );
+    }
 }
 
 /// Validates the body of a region create/update.
@@ -112,6 +143,7 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
                 "at most one per healthy instance",
             );
         }
+        validate_versions(&mut errs, i, service);
         for (j, address) in service.addresses.iter().enumerate() {
             if address.parse::<std::net::IpAddr>().is_err() {
                 errs.push(
@@ -387,6 +419,40 @@ fn validate_https(errs: &mut ValidationErrors, https: &crate::Https) {
             "https.hsts.preload",
             "needs a max_age of at least a year (preload lists require it)",
         );
+    }
+}
+
+fn validate_deploy(errs: &mut ValidationErrors, deploy: &crate::Deploy) {
+    let amounts = [
+        ("deploy.max_surge", &deploy.max_surge),
+        ("deploy.max_unavailable", &deploy.max_unavailable),
+    ];
+    for (field, amount) in amounts {
+        match amount {
+            Amount::Count(n) if *n > Limits::SCALE_MAX => {
+                errs.push(field, format!("must be at most {}", Limits::SCALE_MAX));
+            }
+            Amount::Percent(text) if amount.percent().is_none() => {
+                errs.push(
+                    field,
+                    format!("`{text}` is neither a count nor a percentage from 0% to 100%"),
+                );
+            }
+            _ => {}
+        }
+    }
+    let zero = |amount: &Amount| match amount {
+        Amount::Count(n) => *n == 0,
+        Amount::Percent(_) => amount.percent() == Some(0),
+    };
+    if zero(&deploy.max_surge) && zero(&deploy.max_unavailable) {
+        errs.push(
+            "deploy.max_surge",
+            "max_surge and max_unavailable cannot both be 0: the rollout could not move",
+        );
+    }
+    if deploy.drain_delay.0 > std::time::Duration::from_secs(60) {
+        errs.push("deploy.drain_delay", "must be at most 1m");
     }
 }
 

@@ -113,6 +113,7 @@ fn definition() -> impl Strategy<Value = Definition> {
                     health_checks,
                     mesh: Mesh::default(),
                     https: Default::default(),
+                    deploy: Default::default(),
                     overrides,
                 }
             },

@@ -190,3 +190,70 @@ fn https_settings_are_checked_and_default_to_redirecting() {
         "preload": true});
     assert_eq!(fields(&errors(def)), ["https.hsts.preload"]);
 }
+
+#[test]
+fn deploy_defaults_to_a_rolling_deploy_that_keeps_every_instance_ready() {
+    let def = parse(valid());
+    assert_eq!(def.deploy, meridian_model::Deploy::default());
+    assert_eq!(def.deploy.strategy, meridian_model::Strategy::Rolling);
+    assert_eq!(def.deploy.bounds(4), (1, 0));
+    assert_eq!(def.deploy.drain_delay.to_string(), "1s");
+    let mut given = valid();
+    given["deploy"] = serde_json::json!({"strategy": "rolling", "max_surge": "50%",
+        "max_unavailable": 1, "drain_delay": "500ms"});
+    let def = parse(given);
+    validate_definition(&def, &known).unwrap();
+    assert_eq!(def.deploy.bounds(3), (2, 1));
+}
+
+#[test]
+fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"max_surge": "150%", "max_unavailable": "a few",
+        "drain_delay": "2m"});
+    let err = errors(def);
+    assert_eq!(
+        fields(&err),
+        [
+            "deploy.max_surge",
+            "deploy.max_unavailable",
+            "deploy.drain_delay"
+        ],
+        "{err}"
+    );
+    assert!(err.errors[0].message.contains("`150%`"), "{err}");
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"max_surge": 0, "max_unavailable": "0%"});
+    let err = errors(def);
+    assert_eq!(fields(&err), ["deploy.max_surge"]);
+    assert!(err.errors[0].message.contains("both be 0"), "{err}");
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"strategy": "big_bang"});
+    let err = parse_definition_json(def.to_string().as_bytes()).unwrap_err();
+    assert_eq!(fields(&err), ["deploy.strategy"], "{err}");
+}
+
+#[test]
+fn a_region_reports_a_rollouts_versions_with_consistent_counts() {
+    let report = |versions: serde_json::Value| -> meridian_model::RegionReport {
+        serde_json::from_value(serde_json::json!({"nodes": 1, "capacity": 4, "services": [
+            {"org": "acme", "app": "shop", "service": "web", "version": 2,
+             "placed": 3, "healthy": 2, "versions": versions}]}))
+        .unwrap()
+    };
+    let good = serde_json::json!([{"version": 1, "placed": 2, "healthy": 2},
+        {"version": 2, "placed": 1, "healthy": 0}]);
+    meridian_model::validate_region_report(&report(good)).unwrap();
+    let bad = serde_json::json!([{"version": 1, "placed": 0, "healthy": 0},
+        {"version": 2, "placed": 1, "healthy": 2},
+        {"version": 3, "placed": 3, "healthy": 1}]);
+    let err = meridian_model::validate_region_report(&report(bad)).unwrap_err();
+    assert_eq!(
+        fields(&err),
+        [
+            "services[0].versions[0].placed",
+            "services[0].versions[1].healthy",
+            "services[0].versions"
+        ]
+    );
+}

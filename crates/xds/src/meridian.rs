@@ -281,6 +281,10 @@ pub struct InstanceReport {
     /// The service.
     #[prost(string, tag = "8")]
     pub service: String,
+    /// The deployment version of the spec it runs (0: not said, by an older agent), so that a
+    /// restarted control plane adopts it as that version.
+    #[prost(uint64, tag = "9")]
+    pub version: u64,
 }
 
 /// The answer to a report.

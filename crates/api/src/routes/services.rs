@@ -112,9 +112,13 @@ pub struct RegionStatus {
     /// this control plane started.
     pub report_age_seconds: Option<u64>,
     /// `running` (enough healthy instances of the version), `degraded` (fewer), `starting`
-    /// (none healthy yet), `updating` (another version reported), `pending` (not reported
-    /// yet), `unknown` (the region has not reported for 10 s), or `scaled to zero`.
+    /// (none healthy yet), `updating` (another version reported), `rolling out` (instances of
+    /// the version and of earlier ones in service), `pending` (not reported yet), `unknown`
+    /// (the region has not reported for 10 s), or `scaled to zero`.
     pub state: String,
+    /// During a rollout, the instances in service by the version they run; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<meridian_model::VersionHealth>,
 }
 
 /// A region's report older than this says nothing about now: regions report every 2 s, so
@@ -142,6 +146,7 @@ fn region_status(
         _ if desired == 0 => "scaled to zero",
         (_, None) => "pending",
         (_, Some(h)) if h.version != rd.version => "updating",
+        (_, Some(h)) if h.versions.len() > 1 => "rolling out",
         (_, Some(h)) if h.healthy >= desired => "running",
         (_, Some(h)) if h.healthy > 0 => "degraded",
         (_, Some(_)) => "starting",
@@ -155,6 +160,7 @@ fn region_status(
         healthy: health.as_ref().map(|h| h.healthy),
         report_age_seconds: age,
         state: state.to_owned(),
+        versions: health.map(|h| h.versions).unwrap_or_default(),
     }
 }
 
@@ -353,6 +359,26 @@ mod tests {
             {"org": "acme", "app": "shop", "service": "web", "version": 1, "placed": 2, "healthy": 2}
         ]}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_rollout_shows_each_versions_instances() {
+        let report = serde_json::from_value(serde_json::json!({"nodes": 2, "capacity": 16,
+            "services": [{"org": "acme", "app": "shop", "service": "web", "version": 1,
+                "placed": 3, "healthy": 3, "versions": [
+                    {"version": 0, "placed": 2, "healthy": 2},
+                    {"version": 1, "placed": 1, "healthy": 1}]}]}))
+        .unwrap();
+        let status = region_status(web_in_fra(), Some((report, 1)));
+        assert_eq!(status.state, "rolling out");
+        let versions: Vec<(u64, u32)> = status
+            .versions
+            .iter()
+            .map(|v| (v.version, v.healthy))
+            .collect();
+        assert_eq!(versions, [(0, 2), (1, 1)]);
+        let steady = region_status(web_in_fra(), Some((all_healthy(), 1)));
+        assert!(steady.versions.is_empty());
     }
 
     #[test]

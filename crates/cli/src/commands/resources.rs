@@ -446,7 +446,7 @@ fn status_table(status: &ServiceStatus) -> Vec<Vec<String>> {
                 r.region.clone(),
                 r.desired.to_string(),
                 r.max.to_string(),
-                r.version.to_string(),
+                versions(r),
                 match (r.healthy, r.placed) {
                     (Some(healthy), Some(placed)) => format!("{healthy}/{placed}"),
                     _ => "-".to_owned(),
@@ -457,6 +457,21 @@ fn status_table(status: &ServiceStatus) -> Vec<Vec<String>> {
             ]
         })
         .collect()
+}
+
+/// The version a region runs; during a rollout, each version in service with its healthy and
+/// placed instances (`2 (1/2), 1 (2/2)`), the newest first.
+fn versions(region: &meridian_api::RegionStatus) -> String {
+    if region.versions.is_empty() {
+        return region.version.to_string();
+    }
+    let each: Vec<String> = region
+        .versions
+        .iter()
+        .rev()
+        .map(|v| format!("{} ({}/{})", v.version, v.healthy, v.placed))
+        .collect();
+    each.join(", ")
 }
 
 /// Runs `meridian rollback SERVICE --app APP --to N`.
@@ -529,5 +544,21 @@ mod tests {
         assert_eq!(cells(0), "2/2 running 1s ago");
         assert_eq!(cells(1), "- unknown 25s ago");
         assert_eq!(cells(2), "- pending never");
+    }
+
+    #[test]
+    fn status_shows_each_version_in_service_during_a_rollout() {
+        let status: ServiceStatus = serde_json::from_value(json!({
+            "org": "demo", "app": "shop", "name": "web", "version": 2, "regions": [
+                {"region": "fra", "desired": 2, "max": 3, "version": 2, "placed": 3,
+                 "healthy": 2, "report_age_seconds": 1, "state": "rolling out", "versions": [
+                    {"version": 1, "placed": 2, "healthy": 2},
+                    {"version": 2, "placed": 1, "healthy": 0}]}
+            ]
+        }))
+        .unwrap();
+        let rows = status_table(&status);
+        assert_eq!(rows[0][3], "2 (0/1), 1 (2/2)");
+        assert_eq!(rows[0][5], "rolling out");
     }
 }

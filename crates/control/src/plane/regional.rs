@@ -255,12 +255,25 @@ pub async fn run_regional(
     Ok(())
 }
 
-/// Ticks the region's fleet every [`TICK`] (node expiry, the first placement).
+/// Ticks the region's fleet every [`TICK`] (node expiry, the first placement), and removes
+/// drained instances as soon as their delay is over.
 async fn tick_fleet(state: Arc<Region>) {
     let mut tick = tokio::time::interval(TICK);
+    let drain_started = state.drain_started();
+    let mut next_drained = None;
     loop {
-        tick.tick().await;
-        state.tick(Instant::now());
+        let drained = async {
+            match next_drained {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => state.tick(Instant::now()),
+            () = drain_started.notified() => {}
+            () = drained => {}
+        }
+        next_drained = state.drain(Instant::now());
     }
 }
 

@@ -148,6 +148,18 @@ impl Region {
         self.change(|state| state.tick(now));
     }
 
+    /// Removes the drained instances whose delay is over at `now` (their agents then stop
+    /// them) and moves their rollouts on; returns when the next drained instance is due.
+    pub fn drain(&self, now: Instant) -> Option<Instant> {
+        self.change(|state| state.drain(now))
+    }
+
+    /// What is told whenever an instance starts draining (leaves the endpoints), so that
+    /// [`Region::drain`] is called again when its delay is over.
+    pub fn drain_started(&self) -> Arc<Notify> {
+        self.lock().drain_started()
+    }
+
     /// Takes every region's summary, by region name (this region's own gives its coordinates):
     /// other regions' healthy instances become reachable from this region's node proxies, and
     /// services deployed only elsewhere get a mesh resource. Renders only the services whose
@@ -156,10 +168,12 @@ impl Region {
         self.change(|state| state.set_region_summaries(regions));
     }
 
-    /// Takes back what a disk copy holds (virtual IPs first, then services and summaries).
+    /// Takes back what a disk copy holds (virtual IPs first, then the earlier deployments
+    /// rollouts replace, then services and summaries).
     pub fn restore(&self, copy: DiskCopy) {
         self.change(|state| {
             state.restore_vips(copy.vips);
+            state.restore_older(copy.older);
             state.replace_all(copy.deployments, copy.endpoints);
             state.set_region_summaries(&copy.regions);
         });

@@ -10,12 +10,15 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use meridian_model::{Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth};
+use meridian_model::{
+    Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth, VersionHealth,
+};
 use meridian_xds::meridian::{NodeReport, ServiceInstance};
 
 use super::{GatewayListeners, ServiceId};
 use crate::elsewhere::{Elsewhere, RemoteRegion};
-use crate::fleet::{Fleet, InstanceKey};
+use crate::fleet::{Desired, Fleet, InstanceKey, Moves};
+use crate::rollout::Bounds;
 use crate::vips::{SavedVip, Vips};
 
 /// The region's model.
@@ -27,6 +30,9 @@ pub(super) struct RegionState {
     /// Where the region's gateway listens.
     gateway: GatewayListeners,
     deployments: BTreeMap<ServiceId, Arc<RegionalDeployment>>,
+    /// Earlier deployments whose instances are still placed (a rollout replaces them), by
+    /// service and version: their assignments carry the spec they run.
+    older: BTreeMap<ServiceId, BTreeMap<u64, Arc<RegionalDeployment>>>,
     /// Endpoints registered through the global API, by service.
     registered: BTreeMap<ServiceId, Vec<Endpoint>>,
     /// Endpoints of the instances agents run, by service.
@@ -42,6 +48,8 @@ pub(super) struct RegionState {
     summaries: BTreeMap<String, RemoteRegion>,
     /// Told whenever the region's report upward may have changed.
     report_due: Arc<Notify>,
+    /// Told whenever an instance starts draining: its delay ends before the next tick.
+    drain_started: Arc<Notify>,
     /// Each service's virtual IP.
     vips: Vips,
     /// What changed since the last [`RegionState::take_work`].
@@ -124,6 +132,7 @@ impl RegionState {
             trust_domain: trust_domain.map(str::to_owned),
             gateway,
             deployments: BTreeMap::new(),
+            older: BTreeMap::new(),
             registered: BTreeMap::new(),
             reported: BTreeMap::new(),
             fleet: Fleet::new(Instant::now() + crate::fleet::SETTLE),
@@ -131,6 +140,7 @@ impl RegionState {
             remote: BTreeMap::new(),
             summaries: BTreeMap::new(),
             report_due: Arc::new(Notify::new()),
+            drain_started: Arc::new(Notify::new()),
             vips: Vips::default(),
             dirty: Dirty {
                 gateway_routes: true,
@@ -186,6 +196,9 @@ impl RegionState {
         let reported = self.fleet.report(report, now);
         if reported.reshaped {
             self.reconcile_instances(now);
+        } else {
+            // A rollout moves on as its instances get ready.
+            self.place_some(&reported.services, now);
         }
         self.refresh_reported(reported.services);
         self.report_due.notify_one();
@@ -210,6 +223,21 @@ impl RegionState {
         self.report_due.notify_one();
     }
 
+    /// Removes the drained instances whose delay is over at `now` (their agents stop them),
+    /// and moves their services' rollouts on; returns when the next drained instance is due.
+    pub fn drain(&mut self, now: Instant) -> Option<Instant> {
+        let due = self.fleet.drained_by(now);
+        if !due.is_empty() {
+            self.place_some(&due, now);
+        }
+        self.fleet.next_drained()
+    }
+
+    /// What is told whenever an instance starts draining.
+    pub fn drain_started(&self) -> Arc<Notify> {
+        self.drain_started.clone()
+    }
+
     /// What the region knows from the global control plane, for its disk copy.
     pub fn disk_copy(&self) -> crate::disk_copy::DiskCopy {
         crate::disk_copy::DiskCopy {
@@ -217,6 +245,20 @@ impl RegionState {
             endpoints: self.registered.values().flatten().cloned().collect(),
             regions: self.summaries.clone(),
             vips: self.vips.saved(),
+            older: self
+                .older
+                .values()
+                .flat_map(|versions| versions.values().map(|d| (**d).clone()))
+                .collect(),
+        }
+    }
+
+    /// Takes back the earlier deployments rollouts replace, from a disk copy; call before the
+    /// services.
+    pub fn restore_older(&mut self, older: Vec<RegionalDeployment>) {
+        for deployment in older {
+            let versions = self.older.entry(id_of(&deployment)).or_default();
+            versions.insert(deployment.version, Arc::new(deployment));
         }
     }
 
@@ -242,7 +284,23 @@ impl RegionState {
                 .deployments
                 .iter()
                 .map(|(id, deployment)| {
-                    let (placed, healthy) = self.fleet.summary(id);
+                    let by_version = self.fleet.summary(id);
+                    let (placed, healthy) = by_version
+                        .values()
+                        .fold((0, 0), |(p, h), (placed, healthy)| {
+                            (p + placed, h + healthy)
+                        });
+                    // Only a rollout's report lists its versions.
+                    let rolling = by_version.keys().any(|v| *v != deployment.version);
+                    let versions = by_version
+                        .iter()
+                        .filter(|_| rolling)
+                        .map(|(version, (placed, healthy))| VersionHealth {
+                            version: *version,
+                            placed: count(*placed),
+                            healthy: count(*healthy),
+                        })
+                        .collect();
                     ServiceHealth {
                         org: id.0.clone(),
                         app: id.1.clone(),
@@ -250,6 +308,7 @@ impl RegionState {
                         version: deployment.version,
                         placed: count(placed),
                         healthy: count(healthy),
+                        versions,
                         addresses: self
                             .reported
                             .get(id)
@@ -270,12 +329,41 @@ impl RegionState {
         let desired = self
             .deployments
             .iter()
-            .map(|(id, d)| (id.clone(), d.spec.scale.min))
+            .map(|(id, d)| (id.clone(), desired(d)))
             .collect();
-        let moved = self.fleet.place(&desired, now);
-        let services = moved.iter().map(|(service, _)| service.clone()).collect();
-        self.dirty.assignments.extend(moved);
-        self.refresh_reported(services);
+        let older = &self.older;
+        let known =
+            |id: &ServiceId, version: u64| older.get(id).is_some_and(|o| o.contains_key(&version));
+        let moves = self.fleet.place(&desired, known, now);
+        self.moved(moves);
+    }
+
+    /// Places the instances of `services` only: the work is theirs, whatever the region's size.
+    fn place_some(&mut self, services: &BTreeSet<ServiceId>, now: Instant) {
+        let desired = services
+            .iter()
+            .filter_map(|id| Some((id.clone(), desired(self.deployments.get(id)?))))
+            .collect();
+        let moves = self.fleet.place_some(&desired, services, now);
+        self.moved(moves);
+    }
+
+    /// Marks what a placement changed, and forgets the earlier deployments no instance runs.
+    fn moved(&mut self, moves: Moves) {
+        for id in &moves.services {
+            if let Some(older) = self.older.get_mut(id) {
+                let placed = self.fleet.versions_of(id);
+                older.retain(|version, _| placed.contains(version));
+                if older.is_empty() {
+                    self.older.remove(id);
+                }
+            }
+        }
+        if !moves.drained.is_empty() {
+            self.drain_started.notify_one();
+        }
+        self.dirty.assignments.extend(moves.assignments);
+        self.refresh_reported(moves.services);
     }
 
     /// Looks again at the endpoints of `services` and marks those whose endpoints changed.
@@ -354,20 +442,54 @@ impl RegionState {
             self.registered.insert(id.clone(), endpoints);
         }
         if spec_changed {
-            match deployment {
-                Some(deployment) => {
-                    self.deployments.insert(id.clone(), Arc::new(deployment));
-                }
+            let before = match deployment {
+                Some(deployment) => self.deployments.insert(id.clone(), Arc::new(deployment)),
                 None => {
-                    self.deployments.remove(&id);
+                    self.older.remove(&id);
+                    self.deployments.remove(&id)
                 }
-            }
-            // Its assignments carry the deployment.
-            let placed = self.fleet.placements_of(&id).map(|(key, _)| key.clone());
-            self.dirty.assignments.extend(placed.collect::<Vec<_>>());
+            };
+            self.take_over(&id, before);
             self.dirty.gateway_routes = true;
         }
         spec_changed
+    }
+
+    /// Service `id`'s new deployment takes over from `before`: instances of a version that
+    /// runs the same as the new one run on as the new version (their assignments carry it);
+    /// `before` is kept, for the instances that run it until a rollout replaces them.
+    fn take_over(&mut self, id: &ServiceId, before: Option<Arc<RegionalDeployment>>) {
+        let Some(now) = self.deployments.get(id).cloned() else {
+            // Gone: its assignments are removed by the placement that follows.
+            return;
+        };
+        let older = self.older.entry(id.clone()).or_default();
+        if let Some(before) = before.filter(|b| b.version != now.version) {
+            older.insert(before.version, before);
+        }
+        let mut changed: Vec<InstanceKey> = Vec::new();
+        older.retain(|version, deployment| {
+            if !deployment.spec.runs_like(&now.spec) {
+                return true;
+            }
+            changed.extend(self.fleet.relabel(id, *version, now.version));
+            false
+        });
+        if older.is_empty() {
+            self.older.remove(id);
+        }
+        // Instances of the same version (restored, or adopted) take its spec too.
+        changed.extend(
+            self.fleet
+                .placements_of(id)
+                .filter(|key| {
+                    self.fleet
+                        .node_of(key)
+                        .is_some_and(|(_, v)| v == now.version)
+                })
+                .cloned(),
+        );
+        self.dirty.assignments.extend(changed);
     }
 
     /// The inputs of everything marked since the last call, numbered after the last work.
@@ -389,13 +511,19 @@ impl RegionState {
             .assignments
             .into_iter()
             .map(|key| {
-                let node = self.fleet.node_of(&key);
-                let work = node
-                    .zip(self.deployments.get(&key.0))
-                    .map(|(node, d)| AssignmentWork {
+                let work = self.fleet.node_of(&key).and_then(|(node, version)| {
+                    let current = self.deployments.get(&key.0)?;
+                    // An older version's instances keep the spec they run.
+                    let deployment = self
+                        .older
+                        .get(&key.0)
+                        .and_then(|older| older.get(&version))
+                        .unwrap_or(current);
+                    Some(AssignmentWork {
                         node: node.to_owned(),
-                        deployment: d.clone(),
-                    });
+                        deployment: deployment.clone(),
+                    })
+                });
                 (key, work)
             })
             .collect();
@@ -440,6 +568,22 @@ impl RegionState {
             },
             None => Shape::Gone,
         }
+    }
+}
+
+/// What the region wants of a service's instances under `deployment`.
+fn desired(deployment: &RegionalDeployment) -> Desired {
+    let spec = &deployment.spec;
+    let scale = spec.scale.min;
+    let (surge, unavailable) = spec.deploy.bounds(scale);
+    Desired {
+        version: deployment.version,
+        bounds: Bounds {
+            scale,
+            surge,
+            unavailable,
+        },
+        drain_delay: spec.deploy.drain_delay.0,
     }
 }
 

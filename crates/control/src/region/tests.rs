@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use meridian_model::{derive_regional, Definition, ServiceSpec};
+use meridian_model::{derive_regional, Definition, EndpointHealth, ServiceSpec};
 use meridian_xds::meridian::{Assignment, InstanceReport, Service, ASSIGNMENT, SERVICE};
 use meridian_xds::{ENDPOINT, PROXY_NAMESPACE};
 use prost::Message;
 
 use super::publish::lock;
 use super::*;
+use crate::fleet::Placement;
 
 const NODES: [&str; 2] = ["a", "b"];
 const SERVICES: usize = 40;
@@ -131,7 +132,7 @@ impl Fixture {
         let id = id(name);
         let placed = state.fleet.placements_of(&id);
         placed
-            .map(|((_, instance), node)| (instance.clone(), node.to_owned()))
+            .filter_map(|key| Some((key.1.clone(), state.fleet.node_of(key)?.0.to_owned())))
             .collect()
     }
 }
@@ -308,4 +309,150 @@ fn an_older_render_never_overwrites_a_newer_one() {
     publisher.publish(third);
     assert_eq!(version(&cache), None, "the removed service stays removed");
     assert!(lock(&publisher.published).in_flight.is_empty());
+}
+
+/// The version in the assignment of instance `instance`, if it is assigned.
+fn assigned_version(fixture: &Fixture, instance: &str) -> Option<u64> {
+    assigned_in(&fixture.cache, instance)
+}
+
+/// The version in the assignment of instance `instance` in `cache`, if it is assigned.
+fn assigned_in(cache: &Cache, instance: &str) -> Option<u64> {
+    let name = cache
+        .names(ASSIGNMENT, "")
+        .into_iter()
+        .find(|n| n.ends_with(&format!("/{instance}")))?;
+    let held = cache.get(ASSIGNMENT, &name)?;
+    Some(
+        Assignment::decode(held.resource.value.as_slice())
+            .ok()?
+            .version,
+    )
+}
+
+/// The instances of `svc` the region's endpoints list as healthy.
+fn healthy_instances(region: &Region, svc: &ServiceId) -> Vec<String> {
+    let endpoints = region.lock().fleet.endpoints(svc, "fra");
+    let healthy = endpoints
+        .into_iter()
+        .filter(|e| e.health == EndpointHealth::Healthy);
+    healthy.map(|e| e.id).collect()
+}
+
+/// svc0 as `deployment` makes it, with `command`, at `version`.
+fn svc0(command: &str, version: u64) -> RegionalDeployment {
+    let mut deployment = deployment("svc0", 1, "svc0.example.com");
+    deployment.spec.runtime.process.command = command.to_owned();
+    deployment.version = version;
+    deployment
+}
+
+#[test]
+fn a_rollout_keeps_the_old_instance_on_its_spec_until_it_drained() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    let in_service = || healthy_instances(&fixture.region, &svc);
+    assert_eq!(in_service(), ["svc0-0"]);
+
+    // The same spec as a new version: the instance takes it, nothing else moves.
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/true", 2)), Vec::new());
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(2));
+    assert_eq!(assigned_version(&fixture, "svc0-1"), None);
+
+    // Another command: a new instance beside the old one, which keeps its version's spec.
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 3)), Vec::new());
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(2));
+    assert_eq!(assigned_version(&fixture, "svc0-1"), Some(3));
+    let later = fixture.start + Duration::from_millis(100);
+    for node in NODES {
+        fixture.report(node, later, |i| {
+            if i == "svc0-1" {
+                "starting"
+            } else {
+                "healthy"
+            }
+        });
+    }
+    assert_eq!(in_service(), ["svc0-0"]);
+
+    // The new one is ready: the old one leaves the endpoints at once, its assignment after
+    // the drain delay.
+    for node in NODES {
+        fixture.report(node, later, |_| "healthy");
+    }
+    assert_eq!(in_service(), ["svc0-1"]);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(2));
+    let due = later + Duration::from_secs(1);
+    assert_eq!(fixture.region.drain(later), Some(due));
+    assert_eq!(fixture.region.drain(due), None);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), None);
+    assert_eq!(assigned_version(&fixture, "svc0-1"), Some(3));
+}
+
+#[test]
+fn a_restarted_region_goes_on_with_the_rollout_it_finds() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 3)), Vec::new());
+    let placed: Vec<Placement> = fixture.region.lock().fleet.placements();
+    let copy = fixture.region.disk_copy();
+    assert_eq!(copy.older.len(), 1, "version 1 of svc0, which svc0-0 runs");
+
+    // A new control plane restores the copy; the agents report what they run.
+    let cache = Cache::new();
+    let region = Region::new(
+        "fra",
+        cache.clone(),
+        GatewayListeners::default(),
+        Some("meridian.test"),
+        &mut Registry::default(),
+    );
+    region.restore(copy);
+    let start = Instant::now();
+    let report = |node: &str, ready: bool| {
+        let instances = placed
+            .iter()
+            .filter(|p| p.node == node && p.service == svc)
+            .map(|p| InstanceReport {
+                state: if p.version == 1 || ready {
+                    "healthy"
+                } else {
+                    "starting"
+                }
+                .to_owned(),
+                address: format!("10.0.0.{}", p.instance.len()),
+                org: p.service.0.clone(),
+                app: p.service.1.clone(),
+                service: p.service.2.clone(),
+                instance: p.instance.clone(),
+                version: p.version,
+                ..Default::default()
+            })
+            .collect();
+        NodeReport {
+            node: node.to_owned(),
+            capacity: 100,
+            instances,
+        }
+    };
+    for node in NODES {
+        region.report(report(node, false), start);
+    }
+    region.tick(start + crate::fleet::SETTLE);
+
+    // Each instance keeps the version it runs; the old one serves until the new one is ready.
+    assert_eq!(assigned_in(&cache, "svc0-0"), Some(1));
+    assert_eq!(assigned_in(&cache, "svc0-1"), Some(3));
+    let serving = || healthy_instances(&region, &svc);
+    assert_eq!(serving(), ["svc0-0"]);
+    for node in NODES {
+        region.report(report(node, true), start + crate::fleet::SETTLE);
+    }
+    assert_eq!(serving(), ["svc0-1"]);
 }

@@ -1,0 +1,207 @@
+//! Deploys roll out safely: under a steady load through the region's gateway and through an
+//! edge (GET and POST, on connections kept alive and on new ones), re-applying the same
+//! definition stops nothing, and a definition that changes what the instances run rolls them
+//! over to the new version beside the old ones, without a failed request, the old ones stopped
+//! only once new ones are ready; scaling up and down stops only the surplus, drained first.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::load::{serving, Lane, Load};
+use support::{agent_with_env, edge, gateway, Agent, Deployed, RegionalPlane, HELLO};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const HOST: &str = "hello.example.com";
+
+/// `scale` instances of `hello` in fra, greeting with `greeting`, health-checked every 200 ms.
+fn hello(scale: u32, greeting: &str) -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: {scale}, max: 3}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: {greeting}}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+"
+    )
+}
+
+/// An agent for `node` that logs its instances' starts and stops.
+fn logging_agent(region: &RegionalPlane, node: &str, addresses: &str, dir: &Path) -> Agent {
+    let isolation = ["--instance-addresses", addresses, "--isolation", "host"];
+    agent_with_env(region, node, dir, &isolation, &[("MERIDIAN_LOG", "info")])
+}
+
+/// How many instances the agents stopped so far.
+fn stops(agents: &[Agent]) -> usize {
+    agents
+        .iter()
+        .map(|a| a.log().matches("stopping instance").count())
+        .sum()
+}
+
+/// The instances (`hello-<n>`) in `answers` that greeted with `greeting`.
+fn greeted_by(answers: &[String], greeting: &str) -> BTreeSet<String> {
+    answers
+        .iter()
+        .filter_map(|a| a.strip_prefix(&format!("{greeting} from hello ")))
+        .filter_map(|rest| rest.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the instances answering through `gateway` with `greeting` are `wanted`.
+async fn serving_exactly(gateway: &str, greeting: &str, wanted: &BTreeSet<String>) {
+    let ids = |seen: &BTreeSet<String>| -> BTreeSet<String> {
+        seen.iter()
+            .filter_map(|s| s.split(' ').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    serving(
+        gateway,
+        greeting,
+        |seen| ids(seen) == *wanted,
+        "the instances",
+    )
+    .await;
+}
+
+/// fra's row of `meridian status hello --app shop`.
+fn fra_status(platform: &Deployed) -> serde_json::Value {
+    let status = platform.cli.json(&["status", "hello", "--app", "shop"]);
+    status["regions"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_stops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &hello(2, "hello"));
+    // The gateway listens for edges where the region says (the edge reads it in its report).
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.132.1:8080"),
+    );
+    let agents = [
+        logging_agent(&region, "one", "127.0.130.1", dir.path()),
+        logging_agent(&region, "two", "127.0.131.1", dir.path()),
+    ];
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    let (_edge, edge_address) = edge(&platform, &region, dir.path());
+    let lanes: Vec<Lane> = [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .map(|(post, fresh_connections)| Lane {
+            post,
+            fresh_connections,
+        })
+        .collect();
+    let first: BTreeSet<String> = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+    serving_exactly(&address, "hello", &first).await;
+    serving_exactly(&edge_address, "hello", &first).await;
+    let load = Load::start_lanes(&address, HOST, &lanes);
+    let through_edge = Load::start_lanes(&edge_address, HOST, &lanes);
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
+
+    // The same definition again: a new version, which the region takes without stopping or
+    // starting anything.
+    platform.deploy(&hello(2, "hello"));
+    let end = Instant::now() + DEADLINE;
+    while fra_status(&platform)["version"] != 2 {
+        assert!(Instant::now() < end, "version 2 never reached fra");
+        load.goes_on_for(10).await;
+    }
+    load.goes_on_for(200).await;
+    through_edge.goes_on_for(200).await;
+    assert_eq!(stops(&agents), 0, "{}", agents[0].log());
+    assert_eq!(through_edge.failures(), Vec::<String>::new());
+    assert_eq!(load.failures(), Vec::<String>::new());
+    assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
+
+    // A new greeting: new instances start beside the old ones, which leave once new ones are
+    // ready; the status shows both versions meanwhile, never fewer than two healthy.
+    let deployed = Instant::now();
+    platform.deploy(&hello(2, "howdy"));
+    let mut states = BTreeSet::new();
+    let mut fewest_healthy = u64::MAX;
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let status = fra_status(&platform);
+        if status["version"] == 3 {
+            states.insert(status["state"].as_str().unwrap_or_default().to_owned());
+            if let Some(healthy) = status["healthy"].as_u64() {
+                fewest_healthy = fewest_healthy.min(healthy);
+            }
+        }
+        if stops(&agents) == 2 && status["state"] == "running" {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the rollout did not end: {status}\n{}",
+            agents[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rolled = deployed.elapsed();
+    load.take_answers();
+    load.goes_on_for(100).await;
+    let answers = load.take_answers();
+    let failures = load.failures();
+    let answered = load.stop().await;
+    let edge_failures = through_edge.failures();
+    let edge_answered = through_edge.stop().await;
+    eprintln!(
+        "rolling deploy of 2 instances: {rolled:?} from the deploy to the old instances \
+         stopped; failed requests: {} of {answered} through the gateway, {} of {edge_answered} \
+         through an edge",
+        failures.len(),
+        edge_failures.len()
+    );
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
+    assert_eq!(
+        edge_failures,
+        Vec::<String>::new(),
+        "of {edge_answered} requests"
+    );
+    let new: BTreeSet<String> = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
+    assert_eq!(greeted_by(&answers, "howdy"), new);
+    assert!(greeted_by(&answers, "hello").is_empty());
+    assert!(states.contains("rolling out"), "{states:?}");
+    assert!(
+        fewest_healthy >= 2,
+        "{fewest_healthy} healthy at some point"
+    );
+    assert_eq!(stops(&agents), 2);
+
+    // Under load again: one more instance starts beside the two, which run on; then down to
+    // one, the other two drain first.
+    let load = Load::start_lanes(&address, HOST, &lanes);
+    platform.deploy(&hello(3, "howdy"));
+    let three = BTreeSet::from(["hello-0", "hello-2", "hello-3"].map(str::to_owned));
+    serving_exactly(&address, "howdy", &three).await;
+    assert_eq!(stops(&agents), 2);
+    platform.deploy(&hello(1, "howdy"));
+    let end = Instant::now() + DEADLINE;
+    while stops(&agents) < 4 {
+        assert!(Instant::now() < end, "the surplus never stopped");
+        load.goes_on_for(10).await;
+    }
+    load.take_answers();
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "howdy").len(), 1);
+    let failures = load.failures();
+    let answered = load.stop().await;
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
+    assert_eq!(stops(&agents), 4);
+}
