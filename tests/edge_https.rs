@@ -244,9 +244,21 @@ async fn withdraws_the_dropped_domain_and_sends_hsts(
     let port = https.port();
     wait_serving(https, OTHER, roots, false).await;
     let client = client_of(https, roots);
-    let other = client.get(format!("http://{OTHER}:{http_port}/")).send();
-    assert_eq!(other.await.unwrap().status(), 404);
+    // The certificate and the routes are separate xDS resources: the route to `OTHER` (its
+    // redirect to HTTPS) may go a moment after the certificate.
     let end = Instant::now() + DEADLINE;
+    loop {
+        let other = client.get(format!("http://{OTHER}:{http_port}/")).send();
+        let status = other.await.unwrap().status();
+        if status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{OTHER} still answers {status} over HTTP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let url = format!("https://{DOMAIN}:{port}/");
     loop {
         let answer = instance_answer(&client, &url).await;
