@@ -30,8 +30,14 @@ fn the_readme_flow_works_end_to_end() {
     let added = cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
     assert_eq!(row(&added, "fra"), ["fra", "50.1100", "8.6800"]);
     cli.ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
+    // Each greeting is a new version; the same definition again changes nothing.
+    let example =
+        std::fs::read_to_string(support::repo_root().join("examples/hello.yaml")).unwrap();
+    let file = dir.path().join("web.yaml");
     for version in 1..=3 {
-        let out = cli.ok(&["deploy", "-f", "examples/hello.yaml"]);
+        let greeting = format!("GREETING: hello-{version}");
+        std::fs::write(&file, example.replace("GREETING: hello", &greeting)).unwrap();
+        let out = cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
         assert!(
             out.contains(&format!(
                 "deployed demo/shop/web version {version} to fra, iad"
@@ -39,6 +45,11 @@ fn the_readme_flow_works_end_to_end() {
             "{out}"
         );
     }
+    let again = cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        again.contains("demo/shop/web unchanged: version 3 already has this definition"),
+        "{again}"
+    );
 
     let services = cli.ok(&["get", "services"]);
     assert_eq!(

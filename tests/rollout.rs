@@ -113,9 +113,11 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     load.goes_on_for(100).await;
     assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
 
-    // The same definition again: a new version, which the region takes without stopping or
-    // starting anything.
+    // The same definition again changes nothing; one that changes only how deploys go is a
+    // new version, which the region takes without stopping or starting anything.
     platform.deploy(&hello(2, "hello"));
+    assert_eq!(platform.cli.json(&["get", "services"])[0]["version"], 1);
+    platform.deploy(&format!("{}deploy: {{drain_delay: 2s}}\n", hello(2, "hello")));
     let end = Instant::now() + DEADLINE;
     while fra_status(&platform)["version"] != 2 {
         assert!(Instant::now() < end, "version 2 never reached fra");

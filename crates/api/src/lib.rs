@@ -33,7 +33,7 @@ pub use readiness::Readiness;
 pub use routes::domains::DomainStatus;
 pub use routes::feed::{ChangesPage, RevisionInfo};
 pub use routes::reports::Reports;
-pub use routes::services::{RegionStatus, ServiceStatus};
+pub use routes::services::{RegionStatus, ServiceStatus, APPLY_HEADER};
 pub use routes::tenancy::CreatedToken;
 
 /// Most requests the API serves at once; more wait for a slot.

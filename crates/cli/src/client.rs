@@ -1,6 +1,7 @@
 //! A small client of the public API: JSON in and out, bearer token, errors a person can act on.
 
 use anyhow::{anyhow, bail, Context, Result};
+use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -60,6 +61,16 @@ impl Client {
         self.call(method, path, Some(body)).await
     }
 
+    /// `method path` with a JSON body, decoding the JSON answer and keeping its headers.
+    pub async fn send_keeping_headers<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(T, HeaderMap)> {
+        self.call_keeping_headers(method, path, Some(body)).await
+    }
+
     /// `DELETE path`, expecting no body.
     pub async fn delete(&self, path: &str) -> Result<()> {
         self.call::<serde::de::IgnoredAny>(Method::DELETE, path, None)
@@ -73,6 +84,15 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<T> {
+        Ok(self.call_keeping_headers(method, path, body).await?.0)
+    }
+
+    async fn call_keeping_headers<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(T, HeaderMap)> {
         let Some(token) = &self.token else {
             bail!(
                 "no API token: set MERIDIAN_TOKEN (the control plane prints an admin token at \
@@ -92,13 +112,17 @@ impl Client {
             )
         })?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await.context("reading the API's answer")?;
         if status.is_success() {
-            if status == StatusCode::NO_CONTENT {
-                return serde_json::from_slice(b"null").context("empty answer");
-            }
-            return serde_json::from_slice(&bytes)
-                .with_context(|| format!("the API's answer to {path} is not what was expected"));
+            let body = if status == StatusCode::NO_CONTENT {
+                serde_json::from_slice(b"null").context("empty answer")?
+            } else {
+                serde_json::from_slice(&bytes).with_context(|| {
+                    format!("the API's answer to {path} is not what was expected")
+                })?
+            };
+            return Ok((body, headers));
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) if body.error.details.len() > 1 => {

@@ -20,6 +20,15 @@ use meridian_model::{
 pub use sqlite::SqliteStore;
 pub use watch::{wait_for_changes, Watch};
 
+/// What [`Store::apply_service`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The service's current deployment after the apply.
+    pub deployment: Deployment,
+    /// Whether the apply made it (false: the definition equalled the current version's).
+    pub changed: bool,
+}
+
 /// Identifies a service: org, app and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
@@ -209,7 +218,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an app with no services.
     async fn delete_app(&self, org: &str, name: &str) -> Result<()>;
 
-    /// Creates or updates a service: always a new deployment version, current from now on. The
+    /// Creates or updates a service: a new deployment version, current from now on, unless
+    /// `definition` equals the current version's (then nothing is written, no change is fed,
+    /// and the current version comes back with `changed: false`). The
     /// app is created if missing; the org as `missing_org` says. Fails with
     /// [`StoreError::DomainTaken`] if another service holds one of its domains or a claim that
     /// overlaps it (equal, or a wildcard covering one or the other); the service's own claims
@@ -218,7 +229,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         definition: &Definition,
         missing_org: MissingOrg,
-    ) -> Result<Deployment>;
+    ) -> Result<Applied>;
     /// Services matching `filter`, ordered by org, app, name.
     async fn list_services(&self, filter: &ServiceFilter) -> Result<Vec<ServiceSummary>>;
     /// The current deployment of a service.

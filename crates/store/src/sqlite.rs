@@ -22,8 +22,8 @@ mod domains;
 mod endpoints;
 
 use crate::{
-    CertificateRecord, DomainClaim, MissingOrg, NewToken, Result, ServiceFilter, ServiceKey, Store,
-    StoreError,
+    Applied, CertificateRecord, DomainClaim, MissingOrg, NewToken, Result, ServiceFilter,
+    ServiceKey, Store, StoreError,
 };
 
 /// Most read connections open at once.
@@ -280,6 +280,25 @@ async fn exists(conn: &mut SqliteConnection, sql: &str, binds: &[&str]) -> Resul
         query = query.bind(*value);
     }
     Ok(query.fetch_optional(conn).await?.is_some())
+}
+
+/// The current deployment of `key`, read through `conn` (a pool or a transaction).
+async fn current_deployment<'c>(
+    conn: impl sqlx::Executor<'c, Database = Sqlite>,
+    key: &ServiceKey,
+) -> Result<Option<Deployment>> {
+    let row = sqlx::query(&format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM services s JOIN deployments d \
+         ON d.org = s.org AND d.app = s.app AND d.service = s.name \
+         AND d.version = s.current_version \
+         WHERE s.org = ? AND s.app = ? AND s.name = ?"
+    ))
+    .bind(&key.org)
+    .bind(&key.app)
+    .bind(&key.name)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(deployment_from_row).transpose()
 }
 
 async fn current_version(conn: &mut SqliteConnection, key: &ServiceKey) -> Result<Option<u64>> {
@@ -632,9 +651,17 @@ impl Store for SqliteStore {
         &self,
         definition: &Definition,
         missing_org: MissingOrg,
-    ) -> Result<Deployment> {
+    ) -> Result<Applied> {
         let (org, app) = (definition.org.as_str(), definition.app.as_str());
         let mut tx = self.writer.begin().await?;
+        if let Some(current) = current_deployment(&mut *tx, &ServiceKey::of(definition)).await? {
+            if current.definition == *definition {
+                return Ok(Applied {
+                    deployment: current,
+                    changed: false,
+                });
+            }
+        }
         if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
             if missing_org == MissingOrg::Reject {
                 return Err(StoreError::NotFound(format!("org `{org}`")));
@@ -653,7 +680,10 @@ impl Store for SqliteStore {
             .await?;
         let deployment = write_version(&mut tx, definition, DeploymentOrigin::Apply, None).await?;
         self.commit(tx, deployment.revision).await?;
-        Ok(deployment)
+        Ok(Applied {
+            deployment,
+            changed: true,
+        })
     }
 
     async fn list_services(&self, filter: &ServiceFilter) -> Result<Vec<ServiceSummary>> {
@@ -694,18 +724,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_service(&self, key: &ServiceKey) -> Result<Option<Deployment>> {
-        let row = sqlx::query(&format!(
-            "SELECT {DEPLOYMENT_COLUMNS} FROM services s JOIN deployments d \
-             ON d.org = s.org AND d.app = s.app AND d.service = s.name \
-             AND d.version = s.current_version \
-             WHERE s.org = ? AND s.app = ? AND s.name = ?"
-        ))
-        .bind(&key.org)
-        .bind(&key.app)
-        .bind(&key.name)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.as_ref().map(deployment_from_row).transpose()
+        current_deployment(&self.reader, key).await
     }
 
     async fn delete_service(&self, key: &ServiceKey) -> Result<()> {

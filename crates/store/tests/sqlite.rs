@@ -84,6 +84,33 @@ async fn every_write_bumps_the_revision_by_one_and_failures_by_none() {
 }
 
 #[tokio::test]
+async fn an_apply_that_changes_nothing_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    with_regions(&store).await;
+    let first = store
+        .apply_service(&definition("web", &["fra"], "v1"), MissingOrg::Create)
+        .await
+        .unwrap();
+    assert!(first.changed);
+    let revision = store.revision().await.unwrap();
+    let again = store
+        .apply_service(&definition("web", &["fra"], "v1"), MissingOrg::Create)
+        .await
+        .unwrap();
+    assert!(!again.changed);
+    assert_eq!(again.deployment, first.deployment);
+    assert_eq!(store.revision().await.unwrap(), revision);
+    assert_eq!(store.list_deployments(&key("web")).await.unwrap().len(), 1);
+    // Any difference is a new version.
+    let changed = store
+        .apply_service(&definition("web", &["fra"], "v2"), MissingOrg::Create)
+        .await
+        .unwrap();
+    assert_eq!((changed.changed, changed.deployment.version), (true, 2));
+}
+
+#[tokio::test]
 async fn applies_create_versions_and_rollback_copies_an_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use meridian_model::RegionReport;
 use meridian_model::{validate_definition, Definition, Deployment, ServiceSummary};
-use meridian_store::{MissingOrg, ServiceFilter, ServiceKey};
+use meridian_store::{Applied, MissingOrg, ServiceFilter, ServiceKey};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -164,7 +164,13 @@ fn region_status(
     }
 }
 
-/// Creates or updates a service from its definition. Each apply creates a new deployment version.
+/// The header of an apply's answer that says whether it made a new version: `created` or
+/// `unchanged`.
+pub const APPLY_HEADER: &str = "meridian-apply";
+
+/// Creates or updates a service from its definition. An apply creates a new deployment version,
+/// unless the definition equals the current version's: then nothing changes, and the current
+/// version comes back. The answer's [`APPLY_HEADER`] says which (`created` or `unchanged`).
 ///
 /// An admin token may apply into any org (creating it if missing); an org token only into its
 /// own. The app is created if missing. A public domain belongs to one service across all orgs:
@@ -173,12 +179,14 @@ fn region_status(
 /// holder to an admin (and an org its own service), never another org's service to an org.
 #[utoipa::path(post, path = "/v1/services", tag = "services",
     request_body = Definition,
-    responses((status = 200, description = "The new current deployment", body = Deployment), ErrorResponses))]
+    responses((status = 200, description = "The current deployment: the new version, or the unchanged current one", body = Deployment,
+        headers(("meridian-apply" = String, description = "`created` when the apply made a new version, `unchanged` when the definition equalled the current version's"))),
+        ErrorResponses))]
 pub async fn apply(
     State(state): State<ApiState>,
     caller: Caller,
     JsonBody(definition): JsonBody<Definition>,
-) -> Result<Json<Deployment>, ApiError> {
+) -> Result<([(&'static str, &'static str); 1], Json<Deployment>), ApiError> {
     caller.require_org(&definition.org)?;
     let regions = state.store.list_regions().await?;
     let exists = |name: &str| regions.iter().any(|r| r.name == name);
@@ -188,7 +196,10 @@ pub async fn apply(
     } else {
         MissingOrg::Reject
     };
-    let deployment = state
+    let Applied {
+        deployment,
+        changed,
+    } = state
         .store
         .apply_service(&definition, missing_org)
         .await
@@ -197,9 +208,11 @@ pub async fn apply(
         service = %ServiceKey::of(&definition),
         version = deployment.version,
         revision = deployment.revision,
+        changed,
         "applied service"
     );
-    Ok(Json(deployment))
+    let outcome = if changed { "created" } else { "unchanged" };
+    Ok(([(APPLY_HEADER, outcome)], Json(deployment)))
 }
 
 /// Lists services visible to the caller, optionally filtered.

@@ -275,26 +275,36 @@ pub async fn deploy(api: &Client, format: Format, file: &Path) -> Result<()> {
     deploy_definition(api, format, &read_definition(file)?).await
 }
 
-/// Applies a definition (as JSON) and prints the new version.
+/// Applies a definition (as JSON) and prints the new version, or that nothing changed.
 pub async fn deploy_definition(
     api: &Client,
     format: Format,
     definition: &serde_json::Value,
 ) -> Result<()> {
-    let deployment: Deployment = api.send(Method::POST, "/v1/services", definition).await?;
+    let (deployment, headers): (Deployment, _) = api
+        .send_keeping_headers(Method::POST, "/v1/services", definition)
+        .await?;
+    let unchanged = headers
+        .get(meridian_api::APPLY_HEADER)
+        .is_some_and(|outcome| outcome == "unchanged");
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&deployment)?),
         Format::Table => {
             let d = &deployment.definition;
-            println!(
-                "deployed {}/{}/{} version {} to {} (revision {})",
-                d.org,
-                d.app,
-                d.name,
-                deployment.version,
-                d.regions.join(", "),
-                deployment.revision
-            );
+            let service = format!("{}/{}/{}", d.org, d.app, d.name);
+            if unchanged {
+                println!(
+                    "{service} unchanged: version {} already has this definition",
+                    deployment.version
+                );
+            } else {
+                println!(
+                    "deployed {service} version {} to {} (revision {})",
+                    deployment.version,
+                    d.regions.join(", "),
+                    deployment.revision
+                );
+            }
         }
     }
     Ok(())
