@@ -117,7 +117,10 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     // new version, which the region takes without stopping or starting anything.
     platform.deploy(&hello(2, "hello"));
     assert_eq!(platform.cli.json(&["get", "services"])[0]["version"], 1);
-    platform.deploy(&format!("{}deploy: {{drain_delay: 2s}}\n", hello(2, "hello")));
+    platform.deploy(&format!(
+        "{}deploy: {{drain_delay: 2s}}\n",
+        hello(2, "hello")
+    ));
     let end = Instant::now() + DEADLINE;
     while fra_status(&platform)["version"] != 2 {
         assert!(Instant::now() < end, "version 2 never reached fra");

@@ -338,6 +338,11 @@ pub struct RegionOverride {
     /// Replaces the whole list of health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_checks: Option<Vec<HealthCheck>>,
+    /// Any `deploy` fields but `waves`, merged into `deploy` by key (see
+    /// [`DeployOverride`](crate::DeployOverride)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub deploy: Option<crate::DeployOverride>,
 }
 
 /// A partial [`Scale`].

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
+use crate::ValidationErrors;
 
 /// How a new version replaces the running one in each region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,12 @@ pub struct Deploy {
     /// sending it requests, before it is stopped; defaults to `1s`, at most `1m`.
     #[serde(default = "Deploy::default_drain_delay")]
     pub drain_delay: HumanDuration,
+    /// The regions in the order they take a new version: each wave starts only once every
+    /// region of the one before runs the new version to the full. Regions named in no wave
+    /// form a last wave; no waves (the default) means every region at once. Not overridable
+    /// per region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Vec<String>>,
 }
 
 impl Default for Deploy {
@@ -34,6 +41,7 @@ impl Default for Deploy {
             max_surge: Amount::quarter(),
             max_unavailable: Amount::none(),
             drain_delay: Deploy::default_drain_delay(),
+            waves: Vec::new(),
         }
     }
 }
@@ -48,6 +56,27 @@ impl Deploy {
         *self == Deploy::default()
     }
 
+    /// The wave of each of `regions` (0 first), as [`Deploy::waves`] orders them: a region
+    /// named in no wave is in the wave after the last one named.
+    pub fn wave_of(&self, region: &str) -> usize {
+        self.waves
+            .iter()
+            .position(|wave| wave.iter().any(|r| r == region))
+            .unwrap_or(self.waves.len())
+    }
+
+    /// This deploy with `o` merged in. Errors (an unknown field, a value of the wrong type)
+    /// name the field relative to `deploy` (`max_surge`, `analysis.window`).
+    pub fn with_override(&self, o: &DeployOverride) -> Result<Deploy, ValidationErrors> {
+        let mut merged = serde_json::to_value(self).map_err(|e| {
+            let mut errors = ValidationErrors::default();
+            errors.push("deploy", e.to_string());
+            errors
+        })?;
+        merge(&mut merged, &o.0);
+        crate::parse_json(merged.to_string().as_bytes())
+    }
+
     /// The bounds of a rolling deploy to `scale` instances: (surge, unavailable) as counts.
     /// Percentages of `scale` round up for the surge, down for unavailability; when both come
     /// to 0 the surge is 1, so that a rollout can always move.
@@ -58,6 +87,38 @@ impl Deploy {
             (1, 0)
         } else {
             (surge, unavailable)
+        }
+    }
+}
+
+/// A partial [`Deploy`], as a region's override writes it: objects merge into the definition's
+/// `deploy` by key (recursively), everything else replaces. Kept as written, so that it stays
+/// in step with every field `deploy` has; [`Deploy::with_override`] reads the merged result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeployOverride(pub serde_json::Map<String, serde_json::Value>);
+
+impl DeployOverride {
+    /// Whether the override names `field`.
+    pub fn names(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+}
+
+/// Merges `from` into `into` when it is an object: objects by key, recursively; anything else
+/// replaces.
+fn merge(into: &mut serde_json::Value, from: &serde_json::Map<String, serde_json::Value>) {
+    let serde_json::Value::Object(target) = into else {
+        return;
+    };
+    for (key, value) in from {
+        match (target.get_mut(key), value) {
+            (Some(existing @ serde_json::Value::Object(_)), serde_json::Value::Object(fields)) => {
+                merge(existing, fields);
+            }
+            _ => {
+                target.insert(key.clone(), value.clone());
+            }
         }
     }
 }
@@ -156,6 +217,42 @@ mod tests {
             assert_eq!(Amount::Percent(bad.to_owned()).percent(), None, "{bad}");
         }
         assert_eq!(Amount::Percent("100%".to_owned()).percent(), Some(100));
+    }
+
+    #[test]
+    fn regions_named_in_no_wave_go_last() {
+        let deploy = Deploy {
+            waves: vec![
+                vec!["fra".to_owned()],
+                vec!["iad".to_owned(), "sin".to_owned()],
+            ],
+            ..Deploy::default()
+        };
+        let waves: Vec<usize> = ["fra", "iad", "sin", "syd"]
+            .iter()
+            .map(|r| deploy.wave_of(r))
+            .collect();
+        assert_eq!(waves, [0, 1, 1, 2]);
+        assert_eq!(Deploy::default().wave_of("fra"), 0);
+    }
+
+    #[test]
+    fn an_override_replaces_the_fields_it_names_and_keeps_the_others() {
+        let base = Deploy {
+            max_surge: Amount::Count(3),
+            ..Deploy::default()
+        };
+        let o: DeployOverride =
+            serde_json::from_str(r#"{"max_unavailable": "50%", "drain_delay": "3s"}"#).unwrap();
+        let merged = base.with_override(&o).unwrap();
+        assert_eq!(merged.max_surge, Amount::Count(3));
+        assert_eq!(merged.max_unavailable, Amount::Percent("50%".to_owned()));
+        assert_eq!(merged.drain_delay.0, std::time::Duration::from_secs(3));
+        let bad: DeployOverride =
+            serde_json::from_str(r#"{"max_surje": 1, "drain_delay": 5}"#).unwrap();
+        let errors = base.with_override(&bad).unwrap_err();
+        let fields: Vec<&str> = errors.errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"drain_delay"), "{errors}");
     }
 
     #[test]

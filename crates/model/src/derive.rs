@@ -2,7 +2,8 @@
 //!
 //! Override semantics: maps merge by key with the override winning (`scale`, `runtime`,
 //! `runtime.process`, `runtime.process.env`, `env`); lists and scalars replace (`args`,
-//! `health_checks`, `command`, `working_dir`, `scale.min`, `scale.max`). The region-level `env`
+//! `health_checks`, `command`, `working_dir`, `scale.min`, `scale.max`); `deploy` merges by
+//! key like a map (see [`crate::DeployOverride`]). The region-level `env`
 //! merges after `runtime.process.env`, so it wins where both name a key.
 
 use serde::{Deserialize, Serialize};
@@ -97,5 +98,13 @@ fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
     }
     if let Some(checks) = &o.health_checks {
         spec.health_checks.clone_from(checks);
+    }
+    // Validation made sure that the merge reads; an override that does not is ignored.
+    if let Some(deploy) = o
+        .deploy
+        .as_ref()
+        .and_then(|d| spec.deploy.with_override(d).ok())
+    {
+        spec.deploy = deploy;
     }
 }

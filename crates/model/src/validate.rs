@@ -59,7 +59,8 @@ pub fn validate_definition(
     validate_routes(&mut errs, d, &port_names);
     validate_domains(&mut errs, &d.domains);
     validate_https(&mut errs, &d.https);
-    validate_deploy(&mut errs, &d.deploy);
+    validate_deploy(&mut errs, "deploy", &d.deploy);
+    validate_waves(&mut errs, d);
     validate_checks(&mut errs, "health_checks", &d.health_checks, &port_names);
     validate_mesh(&mut errs, &d.mesh.allow);
     validate_overrides(&mut errs, d, &port_names);
@@ -422,12 +423,14 @@ fn validate_https(errs: &mut ValidationErrors, https: &crate::Https) {
     }
 }
 
-fn validate_deploy(errs: &mut ValidationErrors, deploy: &crate::Deploy) {
+/// Checks `deploy`, naming its fields under `at` (`deploy`, `overrides.fra.deploy`).
+fn validate_deploy(errs: &mut ValidationErrors, at: &str, deploy: &crate::Deploy) {
     let amounts = [
-        ("deploy.max_surge", &deploy.max_surge),
-        ("deploy.max_unavailable", &deploy.max_unavailable),
+        ("max_surge", &deploy.max_surge),
+        ("max_unavailable", &deploy.max_unavailable),
     ];
     for (field, amount) in amounts {
+        let field = format!("{at}.{field}");
         match amount {
             Amount::Count(n) if *n > Limits::SCALE_MAX => {
                 errs.push(field, format!("must be at most {}", Limits::SCALE_MAX));
@@ -447,12 +450,76 @@ fn validate_deploy(errs: &mut ValidationErrors, deploy: &crate::Deploy) {
     };
     if zero(&deploy.max_surge) && zero(&deploy.max_unavailable) {
         errs.push(
-            "deploy.max_surge",
+            format!("{at}.max_surge"),
             "max_surge and max_unavailable cannot both be 0: the rollout could not move",
         );
     }
     if deploy.drain_delay.0 > std::time::Duration::from_secs(60) {
-        errs.push("deploy.drain_delay", "must be at most 1m");
+        errs.push(format!("{at}.drain_delay"), "must be at most 1m");
+    }
+}
+
+/// Checks `deploy.waves`: regions listed in `regions`, each in one wave, no empty wave.
+fn validate_waves(errs: &mut ValidationErrors, d: &Definition) {
+    let mut seen = HashSet::new();
+    for (i, wave) in d.deploy.waves.iter().enumerate() {
+        let at = format!("deploy.waves[{i}]");
+        if wave.is_empty() {
+            errs.push(at.clone(), "a wave needs at least one region");
+        }
+        for (j, region) in wave.iter().enumerate() {
+            if !d.regions.contains(region) {
+                errs.push(
+                    format!("{at}[{j}]"),
+                    format!("region `{region}` is not listed in `regions`"),
+                );
+            } else if !seen.insert(region.as_str()) {
+                errs.push(
+                    format!("{at}[{j}]"),
+                    format!("region `{region}` is already in an earlier wave"),
+                );
+            }
+        }
+    }
+}
+
+/// Checks a region's `deploy` override: it must read merged into the definition's `deploy`,
+/// must not set `waves`, and the merged result must pass the same rules (errors are reported
+/// for the fields the override names, the others being the definition's own).
+fn validate_deploy_override(
+    errs: &mut ValidationErrors,
+    at: &str,
+    base: &crate::Deploy,
+    o: &crate::DeployOverride,
+) {
+    if o.names("waves") {
+        errs.push(
+            format!("{at}.waves"),
+            "waves order the regions of the whole service: set them in `deploy.waves`",
+        );
+        return;
+    }
+    match base.with_override(o) {
+        Err(read) => {
+            for e in read.errors {
+                errs.push(format!("{at}.{}", e.field), e.message);
+            }
+        }
+        Ok(merged) => {
+            let mut found = ValidationErrors::default();
+            validate_deploy(&mut found, at, &merged);
+            for e in found.errors {
+                let field = e.field.strip_prefix(at).unwrap_or(&e.field);
+                let named = field
+                    .trim_start_matches('.')
+                    .split(['.', '['])
+                    .next()
+                    .is_some_and(|name| o.names(name));
+                if named {
+                    errs.push(e.field, e.message);
+                }
+            }
+        }
     }
 }
 
@@ -617,6 +684,9 @@ fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashS
         }
         if let Some(checks) = &o.health_checks {
             validate_checks(errs, &format!("{prefix}.health_checks"), checks, ports);
+        }
+        if let Some(deploy) = &o.deploy {
+            validate_deploy_override(errs, &format!("{prefix}.deploy"), &d.deploy, deploy);
         }
     }
 }

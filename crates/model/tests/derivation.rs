@@ -60,6 +60,7 @@ fn region_override() -> impl Strategy<Value = RegionOverride> {
             env,
             runtime,
             health_checks,
+            deploy: None,
         },
     )
 }

@@ -234,6 +234,64 @@ fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
 }
 
 #[test]
+fn a_region_may_override_deploy_by_field_but_not_the_waves() {
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"max_surge": 2, "waves": [["fra"], ["iad"]]});
+    def["overrides"]["iad"]["deploy"] = serde_json::json!({"drain_delay": "5s"});
+    let def = parse(def);
+    validate_definition(&def, &known).unwrap();
+    let regional = meridian_model::derive_regional(&def, 1);
+    let (fra, iad) = (&regional[0].spec.deploy, &regional[1].spec.deploy);
+    assert_eq!(fra.drain_delay.to_string(), "1s");
+    assert_eq!(iad.drain_delay.to_string(), "5s");
+    assert_eq!(iad.max_surge, fra.max_surge);
+
+    let mut bad = valid();
+    bad["overrides"]["iad"]["deploy"] = serde_json::json!({"max_surje": 1,
+        "drain_delay": 5, "max_unavailable": "a few", "waves": [["iad"]]});
+    let err = errors(bad);
+    assert_eq!(fields(&err), ["overrides.iad.deploy.waves"], "{err}");
+    let mut bad = valid();
+    bad["overrides"]["iad"]["deploy"] = serde_json::json!({"max_surje": 1, "drain_delay": "2s"});
+    let err = errors(bad);
+    assert_eq!(fields(&err), ["overrides.iad.deploy.max_surje"], "{err}");
+    let mut bad = valid();
+    bad["overrides"]["iad"]["deploy"] = serde_json::json!({"drain_delay": 5});
+    let err = errors(bad);
+    assert_eq!(fields(&err), ["overrides.iad.deploy.drain_delay"], "{err}");
+    let mut bad = valid();
+    bad["overrides"]["iad"]["deploy"] = serde_json::json!({"drain_delay": "2m",
+        "max_unavailable": "a few"});
+    let err = errors(bad);
+    assert_eq!(
+        fields(&err),
+        [
+            "overrides.iad.deploy.max_unavailable",
+            "overrides.iad.deploy.drain_delay"
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn waves_name_listed_regions_once() {
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"waves": [["fra", "sin"], [], ["fra"]]});
+    let err = errors(def);
+    assert_eq!(
+        fields(&err),
+        [
+            "deploy.waves[0][1]",
+            "deploy.waves[1]",
+            "deploy.waves[2][0]"
+        ],
+        "{err}"
+    );
+    assert!(err.errors[0].message.contains("not listed"), "{err}");
+    assert!(err.errors[2].message.contains("earlier wave"), "{err}");
+}
+
+#[test]
 fn a_region_reports_a_rollouts_versions_with_consistent_counts() {
     let report = |versions: serde_json::Value| -> meridian_model::RegionReport {
         serde_json::from_value(serde_json::json!({"nodes": 1, "capacity": 4, "services": [
