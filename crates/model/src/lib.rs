@@ -17,6 +17,7 @@ mod names;
 mod parse;
 mod resources;
 mod validate;
+pub mod waves;
 
 pub use certificates::{CertificateSource, CertificateState};
 pub use definition::{

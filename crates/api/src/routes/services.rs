@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use meridian_model::waves::{self, Standing};
 use meridian_model::RegionReport;
 use meridian_model::{validate_definition, Definition, Deployment, ServiceSummary};
 use meridian_store::{Applied, MissingOrg, ServiceFilter, ServiceKey};
@@ -113,8 +114,9 @@ pub struct RegionStatus {
     pub report_age_seconds: Option<u64>,
     /// `running` (enough healthy instances of the version), `degraded` (fewer), `starting`
     /// (none healthy yet), `updating` (another version reported), `rolling out` (instances of
-    /// the version and of earlier ones in service), `pending` (not reported yet), `unknown`
-    /// (the region has not reported for 10 s), or `scaled to zero`.
+    /// the version and of earlier ones in service), `waiting for wave N` (the version waits
+    /// for the regions of the waves before N: `deploy.waves`), `pending` (not reported yet),
+    /// `unknown` (the region has not reported for 10 s), or `scaled to zero`.
     pub state: String,
     /// During a rollout, the instances in service by the version they run; empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -125,10 +127,12 @@ pub struct RegionStatus {
 /// this is five reports missed (the same age past which the regions' summaries leave it out).
 const REPORT_STALE_SECONDS: u64 = 10;
 
-/// The state of a service's regional deployment `rd` from its region's last report.
+/// The state of a service's regional deployment `rd` from its region's last report; `waiting`
+/// is the region's wave (0 first) when that wave has not started.
 fn region_status(
     rd: meridian_model::RegionalDeployment,
     report: Option<(RegionReport, u64)>,
+    waiting: Option<usize>,
 ) -> RegionStatus {
     let desired = rd.spec.scale.min;
     let age = report.as_ref().map(|(_, age)| *age);
@@ -140,7 +144,9 @@ fn region_status(
             .find(|s| s.org == rd.org && s.app == rd.app && s.service == rd.service)
             .cloned()
     });
+    let waiting = waiting.map(|wave| format!("waiting for wave {}", wave + 1));
     let state = match (&report, &health) {
+        _ if waiting.is_some() => waiting.as_deref().unwrap_or_default(),
         (None, _) => "pending",
         _ if stale => "unknown",
         _ if desired == 0 => "scaled to zero",
@@ -336,11 +342,32 @@ pub async fn status(
     let Some(current) = state.store.get_service(&key).await? else {
         return Err(ApiError::not_found(format!("service `{key}`")));
     };
-    let regions = meridian_model::derive_regional(&current.definition, current.version)
-        .into_iter()
+    let regional = meridian_model::derive_regional(&current.definition, current.version);
+    let reports: Vec<Option<(RegionReport, u64)>> = regional
+        .iter()
         .map(|rd| {
             let report = state.reports.get(&rd.region);
-            region_status(rd, report.map(|(report, age)| (report, age.as_secs())))
+            report.map(|(report, age)| (report, age.as_secs()))
+        })
+        .collect();
+    let standings: Vec<Standing> = regional
+        .iter()
+        .zip(&reports)
+        .map(|(rd, report)| {
+            let fresh = report
+                .as_ref()
+                .filter(|(_, age)| *age <= REPORT_STALE_SECONDS);
+            let health = fresh.and_then(|(report, _)| waves::service_in(report, rd));
+            waves::standing(rd, health, false)
+        })
+        .collect();
+    let released = waves::released(&standings);
+    let regions = regional
+        .into_iter()
+        .zip(reports)
+        .zip(standings.iter().zip(released))
+        .map(|((rd, report), (standing, released))| {
+            region_status(rd, report, (!released).then_some(standing.wave))
         })
         .collect();
     Ok(Json(ServiceStatus {
@@ -382,7 +409,7 @@ mod tests {
                     {"version": 0, "placed": 2, "healthy": 2},
                     {"version": 1, "placed": 1, "healthy": 1}]}]}))
         .unwrap();
-        let status = region_status(web_in_fra(), Some((report, 1)));
+        let status = region_status(web_in_fra(), Some((report, 1)), None);
         assert_eq!(status.state, "rolling out");
         let versions: Vec<(u64, u32)> = status
             .versions
@@ -390,13 +417,13 @@ mod tests {
             .map(|v| (v.version, v.healthy))
             .collect();
         assert_eq!(versions, [(0, 2), (1, 1)]);
-        let steady = region_status(web_in_fra(), Some((all_healthy(), 1)));
+        let steady = region_status(web_in_fra(), Some((all_healthy(), 1)), None);
         assert!(steady.versions.is_empty());
     }
 
     #[test]
     fn a_fresh_report_counts_its_instances_and_says_how_old_it_is() {
-        let status = region_status(web_in_fra(), Some((all_healthy(), 3)));
+        let status = region_status(web_in_fra(), Some((all_healthy(), 3)), None);
         assert_eq!(status.state, "running");
         assert_eq!((status.placed, status.healthy), (Some(2), Some(2)));
         assert_eq!(status.report_age_seconds, Some(3));
@@ -404,15 +431,24 @@ mod tests {
 
     #[test]
     fn a_region_that_stopped_reporting_is_unknown_with_the_age_of_its_report_and_no_count() {
-        let status = region_status(web_in_fra(), Some((all_healthy(), 11)));
+        let status = region_status(web_in_fra(), Some((all_healthy(), 11)), None);
         assert_eq!(status.state, "unknown");
         assert_eq!((status.placed, status.healthy), (None, None));
         assert_eq!(status.report_age_seconds, Some(11));
     }
 
     #[test]
+    fn a_region_whose_wave_has_not_started_says_so() {
+        let status = region_status(web_in_fra(), Some((all_healthy(), 1)), Some(1));
+        assert_eq!(status.state, "waiting for wave 2");
+        assert_eq!(status.healthy, Some(2));
+        let status = region_status(web_in_fra(), None, Some(0));
+        assert_eq!(status.state, "waiting for wave 1");
+    }
+
+    #[test]
     fn a_region_that_never_reported_is_pending() {
-        let status = region_status(web_in_fra(), None);
+        let status = region_status(web_in_fra(), None, None);
         assert_eq!(status.state, "pending");
         assert_eq!(status.report_age_seconds, None);
     }

@@ -22,7 +22,10 @@ use std::time::Duration;
 
 use envoy_types::pb::google::protobuf::Any;
 use meridian_api::Readiness;
-use meridian_model::{derive_regional, ChangeKind, Endpoint, RegionReport, RegionalDeployment};
+use meridian_model::waves::{self, Standing};
+use meridian_model::{
+    derive_regional, ChangeKind, Deployment, Endpoint, RegionReport, RegionalDeployment,
+};
 use meridian_store::{wait_for_changes, ServiceFilter, ServiceKey, Store, StoreError};
 use meridian_xds::meridian::{
     RegionService, RegionSummary, REGIONAL_DEPLOYMENT, REGIONS_NAMESPACE, REGION_SUMMARY,
@@ -84,6 +87,9 @@ struct Published {
     deployed: BTreeMap<String, BTreeMap<String, PublishedDeployment>>,
     /// Each region's coordinates.
     regions: BTreeMap<String, (f64, f64)>,
+    /// Services whose current version some regions do not take yet (their wave has not
+    /// started), by name: published again whenever a region reports.
+    held: BTreeMap<String, ServiceKey>,
 }
 
 /// Publishes the regional deployments of every service in `store` and every region's summary
@@ -134,7 +140,7 @@ async fn publish_then_follow(
             name: summary.name.clone(),
         };
         stale.remove(&key.to_string());
-        publish_service(store, cache, published, &key).await?;
+        publish_service(store, cache, published, &key, &reports.latest).await?;
     }
     for gone in stale {
         cache.apply(REGIONAL_DEPLOYMENT, withdraw(published, &gone));
@@ -185,9 +191,16 @@ async fn publish_then_follow(
             read_regions(store, published).await?;
         }
         let mut dirty = BTreeSet::new();
-        for (org, app, name) in touched {
-            let key = ServiceKey { org, app, name };
-            dirty.extend(publish_service(store, cache, published, &key).await?);
+        let mut keys: Vec<ServiceKey> = touched
+            .into_iter()
+            .map(|(org, app, name)| ServiceKey { org, app, name })
+            .collect();
+        if all_summaries {
+            // What regions report may start the next wave of a service.
+            keys.extend(published.held.values().cloned());
+        }
+        for key in keys {
+            dirty.extend(publish_service(store, cache, published, &key, &reports.latest).await?);
         }
         if all_summaries || regions_changed {
             publish_summaries(cache, published, &reports.latest);
@@ -280,11 +293,15 @@ async fn publish_service(
     cache: &Cache,
     published: &mut Published,
     key: &ServiceKey,
+    latest: &LatestReport,
 ) -> Result<BTreeSet<String>, StoreError> {
     let name = key.to_string();
     let regional = match store.get_service(key).await? {
-        Some(current) => derive_regional(&current.definition, current.version),
-        None => Vec::new(),
+        Some(current) => in_waves(store, published, key, &current, latest).await?,
+        None => {
+            published.held.remove(&name);
+            Vec::new()
+        }
     };
     let endpoints = if regional.is_empty() {
         Vec::new()
@@ -340,6 +357,83 @@ async fn publish_service(
     }
     cache.apply(REGIONAL_DEPLOYMENT, update);
     Ok(regions)
+}
+
+/// The regional deployments of `current` to publish, in its waves: the regions whose wave has
+/// started take the current version; the others keep the version they had (what was
+/// published to them, or else what they report running, or else the version before the
+/// current one), or get nothing when they had none. Notes in `published` whether some region
+/// is held back.
+async fn in_waves(
+    store: &dyn Store,
+    published: &mut Published,
+    key: &ServiceKey,
+    current: &Deployment,
+    latest: &LatestReport,
+) -> Result<Vec<RegionalDeployment>, StoreError> {
+    let name = key.to_string();
+    let regional = derive_regional(&current.definition, current.version);
+    if current.definition.deploy.waves.is_empty() {
+        published.held.remove(&name);
+        return Ok(regional);
+    }
+    let reports: Vec<Option<RegionReport>> = regional
+        .iter()
+        .map(|rd| {
+            latest(&rd.region)
+                .filter(|(_, age)| *age <= REPORT_STALE)
+                .map(|(report, _)| report)
+        })
+        .collect();
+    let had = |region: &str| {
+        published
+            .deployed
+            .get(region)
+            .and_then(|services| services.get(&name))
+            .map(|p| &p.deployment)
+    };
+    let standings: Vec<Standing> = regional
+        .iter()
+        .zip(&reports)
+        .map(|(rd, report)| {
+            let health = report.as_ref().and_then(|r| waves::service_in(r, rd));
+            let taken = had(&rd.region).is_some_and(|d| d.version == current.version);
+            waves::standing(rd, health, taken)
+        })
+        .collect();
+    let released = waves::released(&standings);
+    let mut out = Vec::with_capacity(regional.len());
+    let mut held = false;
+    for ((rd, report), released) in regional.into_iter().zip(&reports).zip(released) {
+        if released {
+            out.push(rd);
+            continue;
+        }
+        held = true;
+        if let Some(before) = had(&rd.region) {
+            out.push(before.clone());
+            continue;
+        }
+        let running = report
+            .as_ref()
+            .and_then(|r| waves::service_in(r, &rd))
+            .map(|h| h.version);
+        let version = running.unwrap_or(current.version.saturating_sub(1));
+        if let Some(earlier) = store.get_deployment(key, version).await? {
+            out.extend(
+                derive_regional(&earlier.definition, earlier.version)
+                    .into_iter()
+                    .filter(|e| e.region == rd.region),
+            );
+        }
+    }
+    if held {
+        tracing::debug!(service = %name, "regions in later waves wait for the earlier ones");
+        published.held.insert(name, key.clone());
+    } else {
+        published.held.remove(&name);
+    }
+    Ok(out)
 }
 
 /// Renders every region's summary from what is deployed there and its last fresh report;
