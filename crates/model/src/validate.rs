@@ -94,6 +94,34 @@ fn validate_versions(errs: &mut ValidationErrors, i: usize, service: &crate::Ser
     }
 }
 
+/// Checks a reported service's rollout: of the service's version, from another one, within
+/// its steps, with weights that add up to 100, and with a failure exactly when a gate failed.
+fn validate_rollout(errs: &mut ValidationErrors, i: usize, service: &crate::ServiceHealth) {
+    let Some(rollout) = &service.rollout else {
+        return;
+    };
+    let field = |name: &str| format!("services[{i}].rollout.{name}");
+    if rollout.version != service.version {
+        errs.push(field("version"), "must be the service's version");
+    }
+    if rollout.previous == rollout.version {
+        errs.push(field("previous"), "must differ from version");
+    }
+    if rollout.steps == 0 || rollout.step >= rollout.steps {
+        errs.push(field("step"), "must be below steps, which is at least 1");
+    }
+    let total: u64 = rollout.weights.iter().map(|w| u64::from(w.weight)).sum();
+    if !rollout.weights.is_empty() && total != 100 {
+        errs.push(field("weights"), "must add up to 100");
+    }
+    if rollout.failure.is_some() != rollout.phase.failed() {
+        errs.push(
+            field("failure"),
+            "must be set exactly when the phase is failed or rolled_back",
+        );
+    }
+}
+
 /// Validates the body of a region create/update.
 pub fn validate_region(name: &str, input: &RegionInput) -> Result<(), ValidationErrors> {
     let mut errs = ValidationErrors::default();
@@ -144,6 +172,7 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
             );
         }
         validate_versions(&mut errs, i, service);
+        validate_rollout(&mut errs, i, service);
         for (j, address) in service.addresses.iter().enumerate() {
             if address.parse::<std::net::IpAddr>().is_err() {
                 errs.push(

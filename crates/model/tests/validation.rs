@@ -257,3 +257,32 @@ fn a_region_reports_a_rollouts_versions_with_consistent_counts() {
         ]
     );
 }
+
+#[test]
+fn a_region_reports_a_rollout_of_its_version_with_a_reason_when_it_failed() {
+    let report = |rollout: serde_json::Value| -> meridian_model::RegionReport {
+        serde_json::from_value(serde_json::json!({"nodes": 1, "capacity": 4, "services": [
+            {"org": "acme", "app": "shop", "service": "web", "version": 2,
+             "placed": 1, "healthy": 1, "rollout": rollout}]}))
+        .unwrap()
+    };
+    let failure = serde_json::json!({"gate": "health_checks", "instance": "web-2",
+        "observed": 1, "limit": 0, "reason": "web-2 failed 3 health checks in a row"});
+    let good = serde_json::json!({"version": 2, "previous": 1, "strategy": "rolling",
+        "phase": "rolled_back", "started_at": 1, "updated_at": 2, "failure": failure});
+    meridian_model::validate_region_report(&report(good)).unwrap();
+    let bad = serde_json::json!({"version": 3, "previous": 3, "strategy": "rolling",
+        "phase": "succeeded", "step": 1, "steps": 1, "started_at": 1, "updated_at": 2,
+        "weights": [{"version": 3, "weight": 50}], "failure": failure});
+    let err = meridian_model::validate_region_report(&report(bad)).unwrap_err();
+    assert_eq!(
+        fields(&err),
+        [
+            "services[0].rollout.version",
+            "services[0].rollout.previous",
+            "services[0].rollout.step",
+            "services[0].rollout.weights",
+            "services[0].rollout.failure"
+        ]
+    );
+}

@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use meridian_model::RegionReport;
 use meridian_model::{validate_definition, Definition, Deployment, ServiceSummary};
+use meridian_model::{RegionReport, RolloutPhase};
 use meridian_store::{MissingOrg, ServiceFilter, ServiceKey};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -113,12 +113,18 @@ pub struct RegionStatus {
     pub report_age_seconds: Option<u64>,
     /// `running` (enough healthy instances of the version), `degraded` (fewer), `starting`
     /// (none healthy yet), `updating` (another version reported), `rolling out` (instances of
-    /// the version and of earlier ones in service), `pending` (not reported yet), `unknown`
-    /// (the region has not reported for 10 s), or `scaled to zero`.
+    /// the version and of earlier ones in service), `rolling back` (a gate failed; the region
+    /// returns to the previous version), `rolled back` (it runs the previous version again),
+    /// `pending` (not reported yet), `unknown` (the region has not reported for 10 s), or
+    /// `scaled to zero`.
     pub state: String,
     /// During a rollout, the instances in service by the version they run; empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<meridian_model::VersionHealth>,
+    /// The region's last rollout of this version: phase, step, weights, and the failed gate
+    /// with its figures; none when the region has not rolled this version out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<meridian_model::RolloutStatus>,
 }
 
 /// A region's report older than this says nothing about now: regions report every 2 s, so
@@ -146,6 +152,8 @@ fn region_status(
         _ if desired == 0 => "scaled to zero",
         (_, None) => "pending",
         (_, Some(h)) if h.version != rd.version => "updating",
+        (_, Some(h)) if phase(h) == Some(RolloutPhase::Failed) => "rolling back",
+        (_, Some(h)) if phase(h) == Some(RolloutPhase::RolledBack) => "rolled back",
         (_, Some(h)) if h.versions.len() > 1 => "rolling out",
         (_, Some(h)) if h.healthy >= desired => "running",
         (_, Some(h)) if h.healthy > 0 => "degraded",
@@ -160,8 +168,19 @@ fn region_status(
         healthy: health.as_ref().map(|h| h.healthy),
         report_age_seconds: age,
         state: state.to_owned(),
-        versions: health.map(|h| h.versions).unwrap_or_default(),
+        versions: health
+            .as_ref()
+            .map(|h| h.versions.clone())
+            .unwrap_or_default(),
+        rollout: health
+            .and_then(|h| h.rollout)
+            .filter(|r| r.version == rd.version),
     }
+}
+
+/// The phase of the rollout a region reports for a service, if any.
+fn phase(health: &meridian_model::ServiceHealth) -> Option<RolloutPhase> {
+    health.rollout.as_ref().map(|r| r.phase)
 }
 
 /// Creates or updates a service from its definition. Each apply creates a new deployment version.

@@ -309,6 +309,7 @@ impl RegionState {
                         placed: count(placed),
                         healthy: count(healthy),
                         versions,
+                        rollout: None,
                         addresses: self
                             .reported
                             .get(id)
