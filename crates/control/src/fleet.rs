@@ -493,7 +493,7 @@ impl Fleet {
 
     /// Each placed instance of `service` in service (not draining): its id, version and last
     /// report.
-    fn reports_of<'a>(
+    pub fn reports_of<'a>(
         &'a self,
         service: &'a ServiceId,
     ) -> impl Iterator<Item = (&'a str, u64, Option<&'a InstanceReport>)> + 'a {

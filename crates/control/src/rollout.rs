@@ -4,6 +4,12 @@
 //! when enough others are ready, so that at most `scale + surge` instances are in service and at
 //! least `scale - unavailable` of them ready. With no old instance left, the same step keeps
 //! the service at its scale (starts the missing, lets the surplus go).
+//!
+//! [`gates`] says when a new version fails; [`progress`] keeps each service's rollout, which
+//! returns the region to the previous version when a gate fails.
+
+pub mod gates;
+pub mod progress;
 
 /// One instance in service (instances already draining are not members).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

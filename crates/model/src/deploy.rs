@@ -25,6 +25,11 @@ pub struct Deploy {
     /// sending it requests, before it is stopped; defaults to `1s`, at most `1m`.
     #[serde(default = "Deploy::default_drain_delay")]
     pub drain_delay: HumanDuration,
+    /// How long the new version may take to have `scale.min` instances ready in a region
+    /// before the rollout fails and the region returns to the previous version; defaults to
+    /// `5m`, from `1s` to `1h`.
+    #[serde(default = "Deploy::default_progress_deadline")]
+    pub progress_deadline: HumanDuration,
 }
 
 impl Default for Deploy {
@@ -34,6 +39,7 @@ impl Default for Deploy {
             max_surge: Amount::quarter(),
             max_unavailable: Amount::none(),
             drain_delay: Deploy::default_drain_delay(),
+            progress_deadline: Deploy::default_progress_deadline(),
         }
     }
 }
@@ -41,6 +47,10 @@ impl Default for Deploy {
 impl Deploy {
     fn default_drain_delay() -> HumanDuration {
         HumanDuration(std::time::Duration::from_secs(1))
+    }
+
+    fn default_progress_deadline() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(300))
     }
 
     /// Whether every field has its default (then it is left out of documents).

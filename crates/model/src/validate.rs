@@ -483,6 +483,12 @@ fn validate_deploy(errs: &mut ValidationErrors, deploy: &crate::Deploy) {
     if deploy.drain_delay.0 > std::time::Duration::from_secs(60) {
         errs.push("deploy.drain_delay", "must be at most 1m");
     }
+    let deadline = deploy.progress_deadline.0;
+    if deadline < std::time::Duration::from_secs(1)
+        || deadline > std::time::Duration::from_secs(3600)
+    {
+        errs.push("deploy.progress_deadline", "must be from 1s to 1h");
+    }
 }
 
 fn validate_domains(errs: &mut ValidationErrors, domains: &[String]) {

@@ -210,14 +210,15 @@ fn deploy_defaults_to_a_rolling_deploy_that_keeps_every_instance_ready() {
 fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
     let mut def = valid();
     def["deploy"] = serde_json::json!({"max_surge": "150%", "max_unavailable": "a few",
-        "drain_delay": "2m"});
+        "drain_delay": "2m", "progress_deadline": "2h"});
     let err = errors(def);
     assert_eq!(
         fields(&err),
         [
             "deploy.max_surge",
             "deploy.max_unavailable",
-            "deploy.drain_delay"
+            "deploy.drain_delay",
+            "deploy.progress_deadline"
         ],
         "{err}"
     );
