@@ -318,16 +318,24 @@ fn assigned_version(fixture: &Fixture, instance: &str) -> Option<u64> {
 
 /// The version in the assignment of instance `instance` in `cache`, if it is assigned.
 fn assigned_in(cache: &Cache, instance: &str) -> Option<u64> {
+    Some(assignment_in(cache, instance)?.version)
+}
+
+/// The assignment of instance `instance` in `cache`, if it is assigned.
+fn assignment_in(cache: &Cache, instance: &str) -> Option<Assignment> {
     let name = cache
         .names(ASSIGNMENT, "")
         .into_iter()
         .find(|n| n.ends_with(&format!("/{instance}")))?;
     let held = cache.get(ASSIGNMENT, &name)?;
-    Some(
-        Assignment::decode(held.resource.value.as_slice())
-            .ok()?
-            .version,
-    )
+    Assignment::decode(held.resource.value.as_slice()).ok()
+}
+
+/// The command in the assignment of instance `instance`, if it is assigned.
+fn assigned_command(fixture: &Fixture, instance: &str) -> Option<String> {
+    let assignment = assignment_in(&fixture.cache, instance)?;
+    let spec: ServiceSpec = serde_json::from_slice(&assignment.spec_json).ok()?;
+    Some(spec.runtime.process.command)
 }
 
 /// The instances of `svc` the region's endpoints list as healthy.
@@ -594,13 +602,22 @@ fn a_rollback_starts_the_previous_version_again_when_its_instances_were_gone() {
         "the old one is gone"
     );
 
-    // The new one crashes: an instance of version 1 starts again, with version 1's spec.
+    for node in NODES {
+        fixture.report(node, due, |_| "starting");
+    }
+
+    // The new one crashes: an instance of version 1 starts again, with version 1's spec
+    // (rendered in the same work as the service's endpoints, with the current spec).
     report_crashed(&fixture, due, &["svc0-1"]);
     assert_eq!(
         rollout_of(&fixture.region).unwrap().phase,
         RolloutPhase::Failed
     );
     assert_eq!(assigned_version(&fixture, "svc0-0"), Some(1));
+    assert_eq!(
+        assigned_command(&fixture, "svc0-0").as_deref(),
+        Some("/bin/true")
+    );
     report_crashed(&fixture, due, &[]);
     assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-0"]);
     assert_eq!(
