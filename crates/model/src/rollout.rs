@@ -99,6 +99,10 @@ pub struct GateFailure {
     pub limit: u64,
     /// What a person reads: the gate, the instance, the figures and the agent's words.
     pub reason: String,
+    /// When the gate failed, in Unix milliseconds (the rollout's `updated_at` then moves on
+    /// when it is rolled back).
+    #[serde(default)]
+    pub at: u64,
 }
 
 /// A rollout's gates. Each names the unit of its figures.

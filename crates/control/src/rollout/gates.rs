@@ -21,7 +21,8 @@ pub struct Observed<'a> {
 }
 
 /// The first instance that failed its health checks or crashed: one that ended (its agent
-/// restarts it, or gave up) or was restarted. The agent's words tell the two apart.
+/// restarts it, or gave up) or was restarted. The agent's words tell the two apart. The
+/// failure's time is left to the caller.
 pub fn health(instances: &[Observed<'_>]) -> Option<GateFailure> {
     let instance = instances
         .iter()
@@ -44,10 +45,12 @@ pub fn health(instances: &[Observed<'_>]) -> Option<GateFailure> {
             "{} {what} ({} restarts; agent: {})",
             instance.id, instance.restarts, instance.detail
         ),
+        at: 0,
     })
 }
 
-/// Fails when `waited` reached `deadline` with fewer than `wanted` instances ready.
+/// Fails when `waited` reached `deadline` with fewer than `wanted` instances ready; the
+/// failure's time is left to the caller.
 pub fn progress(
     waited: Duration,
     deadline: Duration,
@@ -68,6 +71,7 @@ pub fn progress(
             waited.as_secs_f64(),
             deadline.as_secs_f64()
         ),
+        at: 0,
     })
 }
 

@@ -214,7 +214,8 @@ impl Rollouts {
     }
 }
 
-fn fail(id: &ServiceId, r: &mut RolloutStatus, failure: GateFailure, now_ms: u64) {
+fn fail(id: &ServiceId, r: &mut RolloutStatus, mut failure: GateFailure, now_ms: u64) {
+    failure.at = now_ms;
     tracing::warn!(service = ?id, version = r.version, previous = r.previous, gate = ?failure.gate, reason = %failure.reason, "rollout failed; returning to the previous version");
     r.phase = RolloutPhase::Failed;
     r.updated_at = now_ms;
@@ -307,6 +308,6 @@ mod tests {
         assert!(restored.gate(&web(), PLAN, &[], 1, 61_000));
         let failure = restored.get(&web()).unwrap().failure.clone().unwrap();
         assert_eq!(failure.gate, meridian_model::Gate::ProgressDeadline);
-        assert_eq!(failure.observed, 60_000);
+        assert_eq!((failure.observed, failure.at), (60_000, 61_000));
     }
 }
