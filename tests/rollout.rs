@@ -374,3 +374,73 @@ async fn a_version_that_fails_its_health_checks_or_crashes_is_rolled_back_withou
         "of {edge_answered} requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let blue_green = "deploy: {strategy: blue_green, keep_previous: 3s}\n";
+    let definition = |greeting| hello_running(2, HELLO, greeting, "/healthz", blue_green);
+    let rig = Rig::start(dir.path(), 150, &definition("hello")).await;
+    let load = Load::start_lanes(&rig.gateway, HOST, &lanes());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &lanes());
+    load.goes_on_for(50).await;
+
+    // The whole new set starts beside the old one, which serves until all of it is ready.
+    rig.platform.deploy(&definition("howdy"));
+    let mut full_set_beside = false;
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        let status = fra_status(&rig.platform);
+        let placed = |version: u64| {
+            let versions = status["versions"].as_array().cloned().unwrap_or_default();
+            let of = versions.iter().find(|v| v["version"] == version);
+            of.map_or(0, |v| v["placed"].as_u64().unwrap())
+        };
+        full_set_beside |= placed(1) == 2 && placed(2) == 2;
+        if status["rollout"]["phase"] == "succeeded" {
+            break status;
+        }
+        assert!(Instant::now() < end, "the switch never came: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["rollout"]["strategy"], "blue_green", "{status}");
+    assert!(
+        full_set_beside,
+        "the new set never stood beside the old one"
+    );
+    // Switched: the old set is out of service but kept running for keep_previous.
+    assert_eq!(stops(&rig.agents), 0);
+    let switched = Instant::now();
+    let new = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
+    serving_exactly(&rig.gateway, "howdy", &new).await;
+    while stops(&rig.agents) < 2 {
+        assert!(
+            switched.elapsed() < DEADLINE,
+            "the old set was never stopped"
+        );
+        load.goes_on_for(5).await;
+    }
+    let kept = switched.elapsed();
+    eprintln!("blue-green: the old set stopped {kept:?} after the switch was seen");
+    assert!(kept >= Duration::from_secs(2), "kept only {kept:?}");
+    load.take_answers();
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
+
+    let failures = load.failures();
+    let answered = load.stop().await;
+    let edge_failures = through_edge.failures();
+    let edge_answered = through_edge.stop().await;
+    eprintln!(
+        "blue-green switch: failed requests: {} of {answered} through the gateway, {} of \
+         {edge_answered} through an edge",
+        failures.len(),
+        edge_failures.len()
+    );
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
+    assert_eq!(
+        edge_failures,
+        Vec::<String>::new(),
+        "of {edge_answered} requests"
+    );
+}

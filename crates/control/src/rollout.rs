@@ -5,11 +5,15 @@
 //! least `scale - unavailable` of them ready. With no old instance left, the same step keeps
 //! the service at its scale (starts the missing, lets the surplus go).
 //!
-//! [`gates`] says when a new version fails; [`progress`] keeps each service's rollout, which
-//! returns the region to the previous version when a gate fails.
+//! [`blue_green`] is the step of the other strategy ([`step_for`] picks); [`gates`] says when
+//! a new version fails; [`progress`] keeps each service's rollout, which returns the region to
+//! the previous version when a gate fails.
 
+pub mod blue_green;
 pub mod gates;
 pub mod progress;
+
+use meridian_model::Strategy;
 
 /// One instance in service (instances already draining are not members).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +46,15 @@ pub struct Bounds {
     pub unavailable: u32,
 }
 
-/// The next step for `members` within `bounds`. Old instances that are not ready leave first,
+/// The next step for `members` within `bounds` under `strategy`.
+pub fn step_for(strategy: Strategy, bounds: Bounds, members: &[Member<'_>]) -> Step {
+    match strategy {
+        Strategy::Rolling => step(bounds, members),
+        Strategy::BlueGreen => blue_green::step(bounds, members),
+    }
+}
+
+/// The next rolling step for `members` within `bounds`. Old instances that are not ready leave first,
 /// then ready old ones as far as the ready count allows; current instances beyond the scale
 /// leave (the ones not ready first, then the highest numbers); new instances start up to the
 /// scale as far as the surge allows.

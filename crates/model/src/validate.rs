@@ -489,6 +489,13 @@ fn validate_deploy(errs: &mut ValidationErrors, deploy: &crate::Deploy) {
     {
         errs.push("deploy.progress_deadline", "must be from 1s to 1h");
     }
+    if let Some(keep) = &deploy.keep_previous {
+        if deploy.strategy != crate::Strategy::BlueGreen {
+            errs.push("deploy.keep_previous", "only with strategy blue_green");
+        } else if keep.0 > std::time::Duration::from_secs(3600) {
+            errs.push("deploy.keep_previous", "must be at most 1h");
+        }
+    }
 }
 
 fn validate_domains(errs: &mut ValidationErrors, domains: &[String]) {

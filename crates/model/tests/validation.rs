@@ -229,6 +229,22 @@ fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
     assert_eq!(fields(&err), ["deploy.max_surge"]);
     assert!(err.errors[0].message.contains("both be 0"), "{err}");
     let mut def = valid();
+    def["deploy"] = serde_json::json!({"keep_previous": "1m"});
+    let err = errors(def);
+    assert_eq!(fields(&err), ["deploy.keep_previous"]);
+    assert!(err.errors[0].message.contains("blue_green"), "{err}");
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"strategy": "blue_green", "keep_previous": "2h"});
+    assert_eq!(fields(&errors(def)), ["deploy.keep_previous"]);
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"strategy": "blue_green", "keep_previous": "30s"});
+    let def = parse(def);
+    validate_definition(&def, &known).unwrap();
+    assert_eq!(
+        def.deploy.keep_previous(),
+        std::time::Duration::from_secs(30)
+    );
+    let mut def = valid();
     def["deploy"] = serde_json::json!({"strategy": "big_bang"});
     let err = parse_definition_json(def.to_string().as_bytes()).unwrap_err();
     assert_eq!(fields(&err), ["deploy.strategy"], "{err}");

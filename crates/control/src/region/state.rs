@@ -650,6 +650,8 @@ fn desired(deployment: &RegionalDeployment, version: u64) -> Desired {
             unavailable,
         },
         drain_delay: spec.deploy.drain_delay.0,
+        strategy: spec.deploy.strategy,
+        keep_previous: spec.deploy.keep_previous(),
     }
 }
 
