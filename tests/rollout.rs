@@ -209,23 +209,10 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     load.take_answers();
     load.goes_on_for(100).await;
     let answers = load.take_answers();
-    let failures = load.failures();
-    let answered = load.stop().await;
-    let edge_failures = through_edge.failures();
-    let edge_answered = through_edge.stop().await;
-    eprintln!(
-        "rolling deploy of 2 instances: {rolled:?} from the deploy to the old instances \
-         stopped; failed requests: {} of {answered} through the gateway, {} of {edge_answered} \
-         through an edge",
-        failures.len(),
-        edge_failures.len()
+    let what = format!(
+        "rolling deploy of 2 instances: {rolled:?} from the deploy to the old instances stopped"
     );
-    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
-    assert_eq!(
-        edge_failures,
-        Vec::<String>::new(),
-        "of {edge_answered} requests"
-    );
+    no_failed_request(&what, load, through_edge).await;
     let new: BTreeSet<String> = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
     assert_eq!(greeted_by(&answers, "howdy"), new);
     assert!(greeted_by(&answers, "hello").is_empty());
@@ -256,6 +243,27 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let answered = load.stop().await;
     assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
     assert_eq!(stops(agents), 4);
+}
+
+/// Stops both loads and checks that neither had a failed request, printing the counts after
+/// `what`.
+async fn no_failed_request(what: &str, load: Load, through_edge: Load) {
+    let failures = load.failures();
+    let answered = load.stop().await;
+    let edge_failures = through_edge.failures();
+    let edge_answered = through_edge.stop().await;
+    eprintln!(
+        "{what}: failed requests: {} of {answered} through the gateway, {} of \
+         {edge_answered} through an edge",
+        failures.len(),
+        edge_failures.len()
+    );
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
+    assert_eq!(
+        edge_failures,
+        Vec::<String>::new(),
+        "of {edge_answered} requests"
+    );
 }
 
 /// Waits, under `loads`, until fra's rollout of `version` is rolled back; returns its status
@@ -357,22 +365,7 @@ async fn a_version_that_fails_its_health_checks_or_crashes_is_rolled_back_withou
         load.goes_on_for(5).await;
     }
 
-    let failures = load.failures();
-    let answered = load.stop().await;
-    let edge_failures = through_edge.failures();
-    let edge_answered = through_edge.stop().await;
-    eprintln!(
-        "two rollbacks: failed requests: {} of {answered} through the gateway, {} of \
-         {edge_answered} through an edge",
-        failures.len(),
-        edge_failures.len()
-    );
-    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
-    assert_eq!(
-        edge_failures,
-        Vec::<String>::new(),
-        "of {edge_answered} requests"
-    );
+    no_failed_request("two rollbacks", load, through_edge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,20 +420,5 @@ async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request
     load.goes_on_for(100).await;
     assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
 
-    let failures = load.failures();
-    let answered = load.stop().await;
-    let edge_failures = through_edge.failures();
-    let edge_answered = through_edge.stop().await;
-    eprintln!(
-        "blue-green switch: failed requests: {} of {answered} through the gateway, {} of \
-         {edge_answered} through an edge",
-        failures.len(),
-        edge_failures.len()
-    );
-    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
-    assert_eq!(
-        edge_failures,
-        Vec::<String>::new(),
-        "of {edge_answered} requests"
-    );
+    no_failed_request("blue-green switch", load, through_edge).await;
 }

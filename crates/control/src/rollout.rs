@@ -103,7 +103,8 @@ fn number(id: &str) -> u32 {
 mod tests {
     use super::*;
 
-    const TWO: Bounds = Bounds {
+    /// Two instances, one more while rolling.
+    pub(super) const TWO: Bounds = Bounds {
         scale: 2,
         surge: 1,
         unavailable: 0,
@@ -114,6 +115,15 @@ mod tests {
     }
 
     fn step_of(bounds: Bounds, members: &[(&str, bool, bool)]) -> (u32, Vec<String>) {
+        step_with(step, bounds, members)
+    }
+
+    /// What `step` does for `members` given as (id, current, ready), within `bounds`.
+    pub(super) fn step_with(
+        step: fn(Bounds, &[Member<'_>]) -> Step,
+        bounds: Bounds,
+        members: &[(&str, bool, bool)],
+    ) -> (u32, Vec<String>) {
         let members: Vec<Member<'_>> = members
             .iter()
             .map(|&(id, current, ready)| member(id, current, ready))

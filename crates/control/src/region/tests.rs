@@ -77,6 +77,15 @@ impl Fixture {
 
     /// Node `node` reports at `at` the instances placed on it, in the state `state` gives.
     fn report(&self, node: &str, at: Instant, state: impl Fn(&str) -> &'static str) {
+        self.report_with(node, at, |p| InstanceReport {
+            state: state(&p.instance).to_owned(),
+            ..Default::default()
+        });
+    }
+
+    /// Node `node` reports at `at` the instances placed on it, as `report` says (the
+    /// instance's id, service, version and address are filled in).
+    fn report_with(&self, node: &str, at: Instant, report: impl Fn(&Placement) -> InstanceReport) {
         let instances = self
             .region
             .lock()
@@ -84,14 +93,13 @@ impl Fixture {
             .placements()
             .into_iter()
             .filter(|p| p.node == node)
-            .map(|p| InstanceReport {
-                state: state(&p.instance).to_owned(),
-                address: format!("10.0.0.{}", p.instance.len()),
-                org: p.service.0,
-                app: p.service.1,
-                service: p.service.2,
-                instance: p.instance,
-                ..Default::default()
+            .map(|p| {
+                let mut instance = report(&p);
+                instance.address = format!("10.0.0.{}", p.instance.len());
+                instance.version = p.version;
+                (instance.org, instance.app, instance.service) = p.service;
+                instance.instance = p.instance;
+                instance
             })
             .collect();
         let report = NodeReport {
@@ -469,39 +477,19 @@ fn a_restarted_region_goes_on_with_the_rollout_it_finds() {
 /// exited.
 fn report_crashed(fixture: &Fixture, at: Instant, crashed: &[&str]) {
     for node in NODES {
-        let instances = fixture
-            .region
-            .lock()
-            .fleet
-            .placements()
-            .into_iter()
-            .filter(|p| p.node == node && !p.draining)
-            .map(|p| {
-                let down = crashed.contains(&p.instance.as_str());
-                InstanceReport {
-                    state: if down { "unhealthy" } else { "healthy" }.to_owned(),
-                    detail: if down {
-                        "exited (exit status: 1); restarting in 1s"
-                    } else {
-                        ""
-                    }
-                    .to_owned(),
-                    address: format!("10.0.0.{}", p.instance.len()),
-                    org: p.service.0,
-                    app: p.service.1,
-                    service: p.service.2,
-                    instance: p.instance,
-                    version: p.version,
-                    ..Default::default()
+        fixture.report_with(node, at, |p| {
+            let down = crashed.contains(&p.instance.as_str());
+            InstanceReport {
+                state: if down { "unhealthy" } else { "healthy" }.to_owned(),
+                detail: if down {
+                    "exited (exit status: 1); restarting in 1s"
+                } else {
+                    ""
                 }
-            })
-            .collect();
-        let report = NodeReport {
-            node: node.to_owned(),
-            capacity: 100,
-            instances,
-        };
-        fixture.region.report(report, at);
+                .to_owned(),
+                ..Default::default()
+            }
+        });
     }
 }
 

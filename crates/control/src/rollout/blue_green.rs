@@ -31,22 +31,10 @@ pub fn step(bounds: Bounds, members: &[Member<'_>]) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TWO: Bounds = Bounds {
-        scale: 2,
-        surge: 1,
-        unavailable: 0,
-    };
-
-    fn members<'a>(list: &[(&'a str, bool, bool)]) -> Vec<Member<'a>> {
-        list.iter()
-            .map(|&(id, current, ready)| Member { id, current, ready })
-            .collect()
-    }
+    use crate::rollout::tests::TWO;
 
     fn step_of(list: &[(&str, bool, bool)]) -> (u32, Vec<String>) {
-        let Step { start, drain } = step(TWO, &members(list));
-        (start, drain)
+        crate::rollout::tests::step_with(step, TWO, list)
     }
 
     #[test]
