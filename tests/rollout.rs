@@ -3,8 +3,9 @@
 //! definition stops nothing, and a definition that changes what the instances run rolls them
 //! over to the new version beside the old ones, without a failed request, the old ones stopped
 //! only once new ones are ready; scaling up and down stops only the surplus, drained first. A
-//! new version that fails its health checks, or crashes, is rolled back by the region on its
-//! own, without a failed request, and `meridian status` says why.
+//! new version that fails its health checks, crashes, or is not ready by its deadline, is
+//! rolled back by the region on its own, without a failed request, and `meridian status` says
+//! why. A blue-green deploy switches to a full new set at once.
 
 mod support;
 
@@ -298,8 +299,8 @@ fn rollback_time(status: &serde_json::Value) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_that_fails_its_health_checks_or_crashes_is_rolled_back_without_a_failed_request()
-{
+async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_back_without_a_failed_request(
+) {
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::start(dir.path(), 140, &hello(2, "hello")).await;
     let first = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
@@ -365,7 +366,24 @@ async fn a_version_that_fails_its_health_checks_or_crashes_is_rolled_back_withou
         load.goes_on_for(5).await;
     }
 
-    no_failed_request("two rollbacks", load, through_edge).await;
+    // A version that never gets ready (its checks fail, but within a long grace period): the
+    // deadline fails it.
+    let slow = "deploy: {progress_deadline: 2s}\n";
+    let never_ready = hello_running(2, HELLO, "hello", "/missing", slow)
+        .replace("grace_period: 1s", "grace_period: 1h");
+    rig.platform.deploy(&never_ready);
+    let status = rolled_back(&rig, 4, &[&load, &through_edge]).await;
+    let failure = &status["rollout"]["failure"];
+    assert_eq!(failure["gate"], "progress_deadline", "{status}");
+    assert!(failure["observed"].as_u64().unwrap() >= 2000, "{status}");
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("0 of 2 instances ready"),
+        "{status}"
+    );
+    no_failed_request("three rollbacks", load, through_edge).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,14 +146,20 @@ fn region_status(
             .find(|s| s.org == rd.org && s.app == rd.app && s.service == rd.service)
             .cloned()
     });
+    // The rollout of this version, if the region reports one.
+    let rollout = health
+        .as_ref()
+        .and_then(|h| h.rollout.clone())
+        .filter(|r| r.version == rd.version);
+    let phase = rollout.as_ref().map(|r| r.phase);
     let state = match (&report, &health) {
         (None, _) => "pending",
         _ if stale => "unknown",
         _ if desired == 0 => "scaled to zero",
         (_, None) => "pending",
         (_, Some(h)) if h.version != rd.version => "updating",
-        (_, Some(h)) if phase(h) == Some(RolloutPhase::Failed) => "rolling back",
-        (_, Some(h)) if phase(h) == Some(RolloutPhase::RolledBack) => "rolled back",
+        _ if phase == Some(RolloutPhase::Failed) => "rolling back",
+        _ if phase == Some(RolloutPhase::RolledBack) => "rolled back",
         (_, Some(h)) if h.versions.len() > 1 => "rolling out",
         (_, Some(h)) if h.healthy >= desired => "running",
         (_, Some(h)) if h.healthy > 0 => "degraded",
@@ -168,19 +174,9 @@ fn region_status(
         healthy: health.as_ref().map(|h| h.healthy),
         report_age_seconds: age,
         state: state.to_owned(),
-        versions: health
-            .as_ref()
-            .map(|h| h.versions.clone())
-            .unwrap_or_default(),
-        rollout: health
-            .and_then(|h| h.rollout)
-            .filter(|r| r.version == rd.version),
+        versions: health.map(|h| h.versions).unwrap_or_default(),
+        rollout,
     }
-}
-
-/// The phase of the rollout a region reports for a service, if any.
-fn phase(health: &meridian_model::ServiceHealth) -> Option<RolloutPhase> {
-    health.rollout.as_ref().map(|r| r.phase)
 }
 
 /// Creates or updates a service from its definition. Each apply creates a new deployment version.
@@ -378,6 +374,28 @@ mod tests {
             {"org": "acme", "app": "shop", "service": "web", "version": 1, "placed": 2, "healthy": 2}
         ]}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_failed_rollout_shows_rolling_back_then_rolled_back_with_its_reason() {
+        let report = |phase: &str, version: u64| -> RegionReport {
+            serde_json::from_value(serde_json::json!({"nodes": 2, "capacity": 16,
+                "services": [{"org": "acme", "app": "shop", "service": "web", "version": 1,
+                    "placed": 2, "healthy": 2, "rollout": {"version": version, "previous": 0,
+                    "strategy": "rolling", "phase": phase, "started_at": 1, "updated_at": 2,
+                    "failure": {"gate": "crash_loop", "instance": "web-2", "observed": 1,
+                        "limit": 0, "reason": "web-2 crashed"}}}]}))
+            .unwrap()
+        };
+        let status = region_status(web_in_fra(), Some((report("failed", 1), 1)));
+        assert_eq!(status.state, "rolling back");
+        let status = region_status(web_in_fra(), Some((report("rolled_back", 1), 1)));
+        assert_eq!(status.state, "rolled back");
+        let failure = status.rollout.unwrap().failure.unwrap();
+        assert_eq!(failure.reason, "web-2 crashed");
+        // A rollout of another version says nothing of this one.
+        let other = region_status(web_in_fra(), Some((report("rolled_back", 7), 1)));
+        assert_eq!((other.state.as_str(), other.rollout), ("running", None));
     }
 
     #[test]
