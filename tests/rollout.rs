@@ -2,7 +2,10 @@
 //! edge (GET and POST, on connections kept alive and on new ones), re-applying the same
 //! definition stops nothing, and a definition that changes what the instances run rolls them
 //! over to the new version beside the old ones, without a failed request, the old ones stopped
-//! only once new ones are ready; scaling up and down stops only the surplus, drained first.
+//! only once new ones are ready; scaling up and down stops only the surplus, drained first. A
+//! new version that fails its health checks, crashes, or is not ready by its deadline, is
+//! rolled back by the region on its own, without a failed request, and `meridian status` says
+//! why. A blue-green deploy switches to a full new set at once.
 
 mod support;
 
@@ -18,6 +21,19 @@ const HOST: &str = "hello.example.com";
 
 /// `scale` instances of `hello` in fra, greeting with `greeting`, health-checked every 200 ms.
 fn hello(scale: u32, greeting: &str) -> String {
+    hello_running(scale, HELLO, greeting, "/healthz", "")
+}
+
+/// `scale` instances of `hello` in fra running `command`, greeting with `greeting`,
+/// health-checked on `health_path` every 200 ms (failures count after 1 s), with `more` YAML
+/// lines after.
+fn hello_running(
+    scale: u32,
+    command: &str,
+    greeting: &str,
+    health_path: &str,
+    more: &str,
+) -> String {
     format!(
         "\
 org: acme
@@ -25,13 +41,70 @@ app: shop
 name: hello
 regions: [fra]
 scale: {{min: {scale}, max: 3}}
-runtime: {{process: {{command: {HELLO}, env: {{GREETING: {greeting}}}}}}}
+runtime: {{process: {{command: {command}, env: {{GREETING: {greeting}}}}}}}
 ports: [{{name: http, port: 8080}}]
 routes: [{{path_prefix: /, port: http}}]
 domains: [{HOST}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
-"
+health_checks: [{{http: {{port: http, path: {health_path}}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+{more}"
     )
+}
+
+/// `hello` deployed in fra, with two agents, a gateway and an edge, on the loopback addresses
+/// `first` to `first + 2` (`127.0.N.1`, a third octet no other test uses).
+struct Rig {
+    platform: Deployed,
+    agents: [Agent; 2],
+    /// The gateway's plain HTTP address.
+    gateway: String,
+    /// The edge's plain HTTP address.
+    edge: String,
+    _processes: Vec<support::Killed>,
+    _region: RegionalPlane,
+}
+
+/// Every way the load sends requests: GET and POST, on kept-alive and on new connections.
+fn lanes() -> Vec<Lane> {
+    [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .map(|(post, fresh_connections)| Lane {
+            post,
+            fresh_connections,
+        })
+        .collect()
+}
+
+impl Rig {
+    /// Deploys `definition` and waits until instances `hello-0` and `hello-1` answer, through
+    /// the gateway and through the edge, greeting with `hello`.
+    async fn start(dir: &Path, first: u8, definition: &str) -> Rig {
+        let address = |n: u8| format!("127.0.{}.1", first + n);
+        let platform = Deployed::start(dir, definition);
+        // The gateway listens for edges where the region says (the edge reads it in its report).
+        let region = RegionalPlane::start(
+            &platform.global,
+            &platform.token,
+            "fra",
+            Some(&format!("{}:8080", address(2))),
+        );
+        let agents = [
+            logging_agent(&region, "one", &address(0), dir),
+            logging_agent(&region, "two", &address(1), dir),
+        ];
+        let (gateway_process, gateway) = gateway(&region, dir).await;
+        let (edge_process, edge) = edge(&platform, &region, dir);
+        let first = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+        serving_exactly(&gateway, "hello", &first).await;
+        serving_exactly(&edge, "hello", &first).await;
+        Rig {
+            platform,
+            agents,
+            gateway,
+            edge,
+            _processes: vec![gateway_process, edge_process],
+            _region: region,
+        }
+    }
 }
 
 /// An agent for `node` that logs its instances' starts and stops.
@@ -84,30 +157,10 @@ fn fra_status(platform: &Deployed) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_stops_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let platform = Deployed::start(dir.path(), &hello(2, "hello"));
-    // The gateway listens for edges where the region says (the edge reads it in its report).
-    let region = RegionalPlane::start(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.132.1:8080"),
-    );
-    let agents = [
-        logging_agent(&region, "one", "127.0.130.1", dir.path()),
-        logging_agent(&region, "two", "127.0.131.1", dir.path()),
-    ];
-    let (_gateway, address) = gateway(&region, dir.path()).await;
-    let (_edge, edge_address) = edge(&platform, &region, dir.path());
-    let lanes: Vec<Lane> = [(false, false), (false, true), (true, false), (true, true)]
-        .into_iter()
-        .map(|(post, fresh_connections)| Lane {
-            post,
-            fresh_connections,
-        })
-        .collect();
+    let rig = Rig::start(dir.path(), 130, &hello(2, "hello")).await;
+    let (platform, agents) = (&rig.platform, &rig.agents);
+    let (address, edge_address, lanes) = (&rig.gateway, &rig.edge, lanes());
     let first: BTreeSet<String> = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
-    serving_exactly(&address, "hello", &first).await;
-    serving_exactly(&edge_address, "hello", &first).await;
     let load = Load::start_lanes(&address, HOST, &lanes);
     let through_edge = Load::start_lanes(&edge_address, HOST, &lanes);
     load.goes_on_for(100).await;
@@ -128,7 +181,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     }
     load.goes_on_for(200).await;
     through_edge.goes_on_for(200).await;
-    assert_eq!(stops(&agents), 0, "{}", agents[0].log());
+    assert_eq!(stops(agents), 0, "{}", agents[0].log());
     assert_eq!(through_edge.failures(), Vec::<String>::new());
     assert_eq!(load.failures(), Vec::<String>::new());
     assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
@@ -148,7 +201,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
                 fewest_healthy = fewest_healthy.min(healthy);
             }
         }
-        if stops(&agents) == 2 && status["state"] == "running" {
+        if stops(agents) == 2 && status["state"] == "running" {
             break;
         }
         assert!(
@@ -162,23 +215,10 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     load.take_answers();
     load.goes_on_for(100).await;
     let answers = load.take_answers();
-    let failures = load.failures();
-    let answered = load.stop().await;
-    let edge_failures = through_edge.failures();
-    let edge_answered = through_edge.stop().await;
-    eprintln!(
-        "rolling deploy of 2 instances: {rolled:?} from the deploy to the old instances \
-         stopped; failed requests: {} of {answered} through the gateway, {} of {edge_answered} \
-         through an edge",
-        failures.len(),
-        edge_failures.len()
+    let what = format!(
+        "rolling deploy of 2 instances: {rolled:?} from the deploy to the old instances stopped"
     );
-    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
-    assert_eq!(
-        edge_failures,
-        Vec::<String>::new(),
-        "of {edge_answered} requests"
-    );
+    no_failed_request(&what, load, through_edge).await;
     let new: BTreeSet<String> = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
     assert_eq!(greeted_by(&answers, "howdy"), new);
     assert!(greeted_by(&answers, "hello").is_empty());
@@ -187,7 +227,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
         fewest_healthy >= 2,
         "{fewest_healthy} healthy at some point"
     );
-    assert_eq!(stops(&agents), 2);
+    assert_eq!(stops(agents), 2);
 
     // Under load again: one more instance starts beside the two, which run on; then down to
     // one, the other two drain first.
@@ -195,10 +235,10 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     platform.deploy(&hello(3, "howdy"));
     let three = BTreeSet::from(["hello-0", "hello-2", "hello-3"].map(str::to_owned));
     serving_exactly(&address, "howdy", &three).await;
-    assert_eq!(stops(&agents), 2);
+    assert_eq!(stops(agents), 2);
     platform.deploy(&hello(1, "howdy"));
     let end = Instant::now() + DEADLINE;
-    while stops(&agents) < 4 {
+    while stops(agents) < 4 {
         assert!(Instant::now() < end, "the surplus never stopped");
         load.goes_on_for(10).await;
     }
@@ -208,5 +248,200 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let failures = load.failures();
     let answered = load.stop().await;
     assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
-    assert_eq!(stops(&agents), 4);
+    assert_eq!(stops(agents), 4);
+}
+
+/// Stops both loads and checks that neither had a failed request, printing the counts after
+/// `what`.
+async fn no_failed_request(what: &str, load: Load, through_edge: Load) {
+    let failures = load.failures();
+    let answered = load.stop().await;
+    let edge_failures = through_edge.failures();
+    let edge_answered = through_edge.stop().await;
+    eprintln!(
+        "{what}: failed requests: {} of {answered} through the gateway, {} of \
+         {edge_answered} through an edge",
+        failures.len(),
+        edge_failures.len()
+    );
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
+    assert_eq!(
+        edge_failures,
+        Vec::<String>::new(),
+        "of {edge_answered} requests"
+    );
+}
+
+/// Waits, under `loads`, until fra's rollout of `version` is rolled back; returns its status
+/// row, having checked that it was seen `rolling back` or already `rolled back`.
+async fn rolled_back(rig: &Rig, version: u64, loads: &[&Load]) -> serde_json::Value {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let status = fra_status(&rig.platform);
+        if status["version"] == version && status["state"] == "rolled back" {
+            assert_eq!(status["rollout"]["phase"], "rolled_back", "{status}");
+            return status;
+        }
+        assert!(
+            Instant::now() < end,
+            "no rollback of {version}: {status}\n{}\n{}",
+            rig.agents[0].log(),
+            rig.agents[1].log()
+        );
+        for load in loads {
+            load.goes_on_for(5).await;
+        }
+    }
+}
+
+/// How long fra took from the gate's failure to the previous version alone in service, by
+/// the times its rollout gives.
+fn rollback_time(status: &serde_json::Value) -> Duration {
+    let rollout = &status["rollout"];
+    let failed = rollout["failure"]["at"].as_u64().unwrap();
+    let back = rollout["updated_at"].as_u64().unwrap();
+    Duration::from_millis(back - failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_back_without_a_failed_request(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::start(dir.path(), 140, &hello(2, "hello")).await;
+    let first = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+    let load = Load::start_lanes(&rig.gateway, HOST, &lanes());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &lanes());
+    load.goes_on_for(50).await;
+
+    // A version whose health checks fail: its instance starts beside the old ones, fails its
+    // checks once they count, and the region rolls it back on its own.
+    rig.platform
+        .deploy(&hello_running(2, HELLO, "howdy", "/missing", ""));
+    let status = rolled_back(&rig, 2, &[&load, &through_edge]).await;
+    let failure = &status["rollout"]["failure"];
+    assert_eq!(failure["gate"], "health_checks", "{status}");
+    assert_eq!(failure["instance"], "hello-2", "{status}");
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .contains("health checks in a row"),
+        "{status}"
+    );
+    eprintln!(
+        "failed health checks: rolled back {:?} after the gate failed",
+        rollback_time(&status)
+    );
+    load.take_answers();
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
+
+    // A version that crashes, rolled out without surge: an old instance leaves first, the new
+    // one crashes, and the region starts an instance of the previous version again; the other
+    // old one serves meanwhile.
+    let no_surge = "deploy: {max_surge: 0, max_unavailable: 1}\n";
+    rig.platform.deploy(&hello_running(
+        2,
+        "/bin/false",
+        "hello",
+        "/healthz",
+        no_surge,
+    ));
+    let status = rolled_back(&rig, 3, &[&load, &through_edge]).await;
+    let failure = &status["rollout"]["failure"];
+    assert_eq!(failure["gate"], "crash_loop", "{status}");
+    assert!(
+        failure["reason"].as_str().unwrap().contains("exited"),
+        "{status}"
+    );
+    // It started from version 1, which the region ran again.
+    assert_eq!(status["rollout"]["previous"], 1, "{status}");
+    eprintln!(
+        "crash loop: rolled back {:?} after the gate failed",
+        rollback_time(&status)
+    );
+    load.take_answers();
+    load.goes_on_for(100).await;
+    let back = greeted_by(&load.take_answers(), "hello");
+    assert_eq!(back.len(), 2, "{back:?}");
+    // Stopped in the end: the two new instances and the old one that left first.
+    let end = Instant::now() + DEADLINE;
+    while stops(&rig.agents) < 3 {
+        assert!(Instant::now() < end, "{}", rig.agents[0].log());
+        load.goes_on_for(5).await;
+    }
+
+    // A version that never gets ready (its checks fail, but within a long grace period): the
+    // deadline fails it.
+    let slow = "deploy: {progress_deadline: 2s}\n";
+    let never_ready = hello_running(2, HELLO, "hello", "/missing", slow)
+        .replace("grace_period: 1s", "grace_period: 1h");
+    rig.platform.deploy(&never_ready);
+    let status = rolled_back(&rig, 4, &[&load, &through_edge]).await;
+    let failure = &status["rollout"]["failure"];
+    assert_eq!(failure["gate"], "progress_deadline", "{status}");
+    assert!(failure["observed"].as_u64().unwrap() >= 2000, "{status}");
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("0 of 2 instances ready"),
+        "{status}"
+    );
+    no_failed_request("three rollbacks", load, through_edge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let blue_green = "deploy: {strategy: blue_green, keep_previous: 3s}\n";
+    let definition = |greeting| hello_running(2, HELLO, greeting, "/healthz", blue_green);
+    let rig = Rig::start(dir.path(), 150, &definition("hello")).await;
+    let load = Load::start_lanes(&rig.gateway, HOST, &lanes());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &lanes());
+    load.goes_on_for(50).await;
+
+    // The whole new set starts beside the old one, which serves until all of it is ready.
+    rig.platform.deploy(&definition("howdy"));
+    let mut full_set_beside = false;
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        let status = fra_status(&rig.platform);
+        let placed = |version: u64| {
+            let versions = status["versions"].as_array().cloned().unwrap_or_default();
+            let of = versions.iter().find(|v| v["version"] == version);
+            of.map_or(0, |v| v["placed"].as_u64().unwrap())
+        };
+        full_set_beside |= placed(1) == 2 && placed(2) == 2;
+        if status["rollout"]["phase"] == "succeeded" {
+            break status;
+        }
+        assert!(Instant::now() < end, "the switch never came: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["rollout"]["strategy"], "blue_green", "{status}");
+    assert!(
+        full_set_beside,
+        "the new set never stood beside the old one"
+    );
+    // Switched: the old set is out of service but kept running for keep_previous.
+    assert_eq!(stops(&rig.agents), 0);
+    let switched = Instant::now();
+    let new = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
+    serving_exactly(&rig.gateway, "howdy", &new).await;
+    while stops(&rig.agents) < 2 {
+        assert!(
+            switched.elapsed() < DEADLINE,
+            "the old set was never stopped"
+        );
+        load.goes_on_for(5).await;
+    }
+    let kept = switched.elapsed();
+    eprintln!("blue-green: the old set stopped {kept:?} after the switch was seen");
+    assert!(kept >= Duration::from_secs(2), "kept only {kept:?}");
+    load.take_answers();
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
+
+    no_failed_request("blue-green switch", load, through_edge).await;
 }

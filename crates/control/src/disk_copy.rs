@@ -25,6 +25,10 @@ pub struct DiskCopy {
     /// control plane keeps them on their spec and goes on with the rollouts.
     #[serde(default)]
     pub older: Vec<RegionalDeployment>,
+    /// Each service's last rollout (its phase, start and failed gate), so that a restarted
+    /// control plane goes on with it, or stays on the version a failed one returned to.
+    #[serde(default)]
+    pub rollouts: Vec<crate::rollout::progress::SavedRollout>,
 }
 
 /// Writes `copy` to `path` (a new file renamed over the old one, so a crash leaves one whole).

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use meridian_model::{Endpoint, EndpointHealth};
 use meridian_xds::meridian::{InstanceReport, NodeReport};
 
+use meridian_model::Strategy;
+
 use crate::region::ServiceId;
 use crate::rollout::{Bounds, Member, Step};
 
@@ -67,6 +69,11 @@ pub struct Desired {
     pub bounds: Bounds,
     /// How long an instance leaving service keeps running after it left the endpoints.
     pub drain_delay: Duration,
+    /// How the instances of another version are replaced.
+    pub strategy: Strategy,
+    /// How long an instance of another version keeps running after it left service, if
+    /// longer than `drain_delay` (a blue-green deploy keeps the previous set a while).
+    pub keep_previous: Duration,
 }
 
 /// What a placement changed.
@@ -290,11 +297,14 @@ impl Fleet {
                     .is_some_and(|r| r.state == "healthy"),
             })
             .collect();
-        let Step { start, drain } = crate::rollout::step(want.bounds, &members);
+        let Step { start, drain } = crate::rollout::step_for(want.strategy, want.bounds, &members);
         for instance in drain {
             let key = (service.clone(), instance);
             if let Some(placed) = self.placements.get_mut(&key) {
-                let until = now + want.drain_delay;
+                let mut until = now + want.drain_delay;
+                if placed.version != want.version {
+                    until = until.max(now + want.keep_previous);
+                }
                 placed.draining = Some(until);
                 self.draining.insert((until, key));
                 moves.drained.insert(service.clone());
@@ -493,7 +503,7 @@ impl Fleet {
 
     /// Each placed instance of `service` in service (not draining): its id, version and last
     /// report.
-    fn reports_of<'a>(
+    pub fn reports_of<'a>(
         &'a self,
         service: &'a ServiceId,
     ) -> impl Iterator<Item = (&'a str, u64, Option<&'a InstanceReport>)> + 'a {
@@ -593,6 +603,8 @@ mod tests {
                 unavailable: 0,
             },
             drain_delay: Duration::ZERO,
+            strategy: Strategy::Rolling,
+            keep_previous: Duration::ZERO,
         }
     }
 

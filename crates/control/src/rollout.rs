@@ -4,6 +4,16 @@
 //! when enough others are ready, so that at most `scale + surge` instances are in service and at
 //! least `scale - unavailable` of them ready. With no old instance left, the same step keeps
 //! the service at its scale (starts the missing, lets the surplus go).
+//!
+//! [`blue_green`] is the step of the other strategy ([`step_for`] picks); [`gates`] says when
+//! a new version fails; [`progress`] keeps each service's rollout, which returns the region to
+//! the previous version when a gate fails.
+
+pub mod blue_green;
+pub mod gates;
+pub mod progress;
+
+use meridian_model::Strategy;
 
 /// One instance in service (instances already draining are not members).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +46,15 @@ pub struct Bounds {
     pub unavailable: u32,
 }
 
-/// The next step for `members` within `bounds`. Old instances that are not ready leave first,
+/// The next step for `members` within `bounds` under `strategy`.
+pub fn step_for(strategy: Strategy, bounds: Bounds, members: &[Member<'_>]) -> Step {
+    match strategy {
+        Strategy::Rolling => step(bounds, members),
+        Strategy::BlueGreen => blue_green::step(bounds, members),
+    }
+}
+
+/// The next rolling step for `members` within `bounds`. Old instances that are not ready leave first,
 /// then ready old ones as far as the ready count allows; current instances beyond the scale
 /// leave (the ones not ready first, then the highest numbers); new instances start up to the
 /// scale as far as the surge allows.
@@ -85,7 +103,8 @@ fn number(id: &str) -> u32 {
 mod tests {
     use super::*;
 
-    const TWO: Bounds = Bounds {
+    /// Two instances, one more while rolling.
+    pub(super) const TWO: Bounds = Bounds {
         scale: 2,
         surge: 1,
         unavailable: 0,
@@ -96,6 +115,15 @@ mod tests {
     }
 
     fn step_of(bounds: Bounds, members: &[(&str, bool, bool)]) -> (u32, Vec<String>) {
+        step_with(step, bounds, members)
+    }
+
+    /// What `step` does for `members` given as (id, current, ready), within `bounds`.
+    pub(super) fn step_with(
+        step: fn(Bounds, &[Member<'_>]) -> Step,
+        bounds: Bounds,
+        members: &[(&str, bool, bool)],
+    ) -> (u32, Vec<String>) {
         let members: Vec<Member<'_>> = members
             .iter()
             .map(|&(id, current, ready)| member(id, current, ready))

@@ -215,6 +215,7 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
                 healthy: service.healthy,
                 addresses: Vec::new(),
                 versions: Vec::new(),
+                rollout: None,
             });
             deployments.push(RegionalDeployment {
                 org: service.org,

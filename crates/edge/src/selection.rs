@@ -269,6 +269,7 @@ mod tests {
                     healthy,
                     addresses: Vec::new(),
                     versions: Vec::new(),
+                    rollout: None,
                 }],
             }),
             deployments: vec![deployment(name)],
@@ -359,6 +360,7 @@ mod tests {
             healthy: 1,
             addresses: Vec::new(),
             versions: Vec::new(),
+            rollout: None,
         };
         // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
         // Washington the web of an org whose name sorts first (the order that used to decide)

@@ -26,6 +26,15 @@ pub struct Deploy {
     /// sending it requests, before it is stopped; defaults to `1s`, at most `1m`.
     #[serde(default = "Deploy::default_drain_delay")]
     pub drain_delay: HumanDuration,
+    /// How long the new version may take to have `scale.min` instances ready in a region
+    /// before the rollout fails and the region returns to the previous version; defaults to
+    /// `5m`, from `1s` to `1h`.
+    #[serde(default = "Deploy::default_progress_deadline")]
+    pub progress_deadline: HumanDuration,
+    /// With `blue_green`: how long the previous set keeps running after the switch, out of
+    /// service; defaults to `1m`, at most `1h`. Only with `blue_green`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_previous: Option<HumanDuration>,
     /// The regions in the order they take a new version: each wave starts only once every
     /// region of the one before runs the new version to the full. Regions named in no wave
     /// form a last wave; no waves (the default) means every region at once. Not overridable
@@ -41,6 +50,8 @@ impl Default for Deploy {
             max_surge: Amount::quarter(),
             max_unavailable: Amount::none(),
             drain_delay: Deploy::default_drain_delay(),
+            progress_deadline: Deploy::default_progress_deadline(),
+            keep_previous: None,
             waves: Vec::new(),
         }
     }
@@ -49,6 +60,21 @@ impl Default for Deploy {
 impl Deploy {
     fn default_drain_delay() -> HumanDuration {
         HumanDuration(std::time::Duration::from_secs(1))
+    }
+
+    fn default_progress_deadline() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(300))
+    }
+
+    /// How long the previous version's instances keep running after they left service: with
+    /// `blue_green`, `keep_previous` (default 1 minute); else nothing beyond `drain_delay`.
+    pub fn keep_previous(&self) -> std::time::Duration {
+        match self.strategy {
+            Strategy::BlueGreen => self
+                .keep_previous
+                .map_or(std::time::Duration::from_secs(60), |k| k.0),
+            Strategy::Rolling => std::time::Duration::ZERO,
+        }
     }
 
     /// Whether every field has its default (then it is left out of documents).
@@ -131,6 +157,10 @@ pub enum Strategy {
     /// New instances start beside the old ones; an old one leaves only once a new one is ready.
     #[default]
     Rolling,
+    /// A full set of new instances starts beside the old one, which keeps every request until
+    /// all of them are ready; then the old set leaves service at once, and keeps running for
+    /// `keep_previous`.
+    BlueGreen,
 }
 
 /// A number of instances: a count (`2`) or a percentage of the scale (`"25%"`).

@@ -16,6 +16,7 @@ mod geo;
 mod names;
 mod parse;
 mod resources;
+mod rollout;
 mod validate;
 pub mod waves;
 
@@ -38,6 +39,7 @@ pub use resources::{
     EndpointInput, Org, Region, RegionInput, RegionReport, ServiceHealth, ServiceSummary,
     TokenInfo, VersionHealth,
 };
+pub use rollout::{Gate, GateFailure, RolloutPhase, RolloutStatus, VersionWeight};
 pub use validate::{
     validate_definition, validate_endpoint, validate_region, validate_region_report, Limits,
     MAX_REPORTED_SERVICES,

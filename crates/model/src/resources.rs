@@ -68,6 +68,10 @@ pub struct ServiceHealth {
     /// those it replaces); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<VersionHealth>,
+    /// The service's last rollout in the region (under way, or how the last one ended);
+    /// none when the region has not rolled out a version of it since it took it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::RolloutStatus>,
 }
 
 /// A service's instances in service in a region that run one version.

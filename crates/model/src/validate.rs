@@ -95,6 +95,34 @@ fn validate_versions(errs: &mut ValidationErrors, i: usize, service: &crate::Ser
     }
 }
 
+/// Checks a reported service's rollout: of the service's version, from another one, within
+/// its steps, with weights that add up to 100, and with a failure exactly when a gate failed.
+fn validate_rollout(errs: &mut ValidationErrors, i: usize, service: &crate::ServiceHealth) {
+    let Some(rollout) = &service.rollout else {
+        return;
+    };
+    let field = |name: &str| format!("services[{i}].rollout.{name}");
+    if rollout.version != service.version {
+        errs.push(field("version"), "must be the service's version");
+    }
+    if rollout.previous == rollout.version {
+        errs.push(field("previous"), "must differ from version");
+    }
+    if rollout.steps == 0 || rollout.step >= rollout.steps {
+        errs.push(field("step"), "must be below steps, which is at least 1");
+    }
+    let total: u64 = rollout.weights.iter().map(|w| u64::from(w.weight)).sum();
+    if !rollout.weights.is_empty() && total != 100 {
+        errs.push(field("weights"), "must add up to 100");
+    }
+    if rollout.failure.is_some() != rollout.phase.failed() {
+        errs.push(
+            field("failure"),
+            "must be set exactly when the phase is failed or rolled_back",
+        );
+    }
+}
+
 /// Validates the body of a region create/update.
 pub fn validate_region(name: &str, input: &RegionInput) -> Result<(), ValidationErrors> {
     let mut errs = ValidationErrors::default();
@@ -145,6 +173,7 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
             );
         }
         validate_versions(&mut errs, i, service);
+        validate_rollout(&mut errs, i, service);
         for (j, address) in service.addresses.iter().enumerate() {
             if address.parse::<std::net::IpAddr>().is_err() {
                 errs.push(
@@ -456,6 +485,22 @@ fn validate_deploy(errs: &mut ValidationErrors, at: &str, deploy: &crate::Deploy
     }
     if deploy.drain_delay.0 > std::time::Duration::from_secs(60) {
         errs.push(format!("{at}.drain_delay"), "must be at most 1m");
+    }
+    let deadline = deploy.progress_deadline.0;
+    if deadline < std::time::Duration::from_secs(1)
+        || deadline > std::time::Duration::from_secs(3600)
+    {
+        errs.push(format!("{at}.progress_deadline"), "must be from 1s to 1h");
+    }
+    if let Some(keep) = &deploy.keep_previous {
+        if deploy.strategy != crate::Strategy::BlueGreen {
+            errs.push(
+                format!("{at}.keep_previous"),
+                "only with strategy blue_green",
+            );
+        } else if keep.0 > std::time::Duration::from_secs(3600) {
+            errs.push(format!("{at}.keep_previous"), "must be at most 1h");
+        }
     }
 }
 

@@ -55,9 +55,17 @@ pub fn service_in<'a>(
 }
 
 /// Whether a region's report of a service says it runs `version` to the full: no instance of
-/// another version in service, and at least `scale_min` healthy.
+/// another version in service, at least `scale_min` healthy, and its rollout did not fail (a
+/// region that rolled back runs the previous version's instances).
 pub fn complete(health: &ServiceHealth, version: u64, scale_min: u32) -> bool {
-    health.version == version && health.versions.is_empty() && health.healthy >= scale_min
+    let failed = health
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.version == version && r.phase.failed());
+    health.version == version
+        && health.versions.is_empty()
+        && health.healthy >= scale_min
+        && !failed
 }
 
 #[cfg(test)]
@@ -124,5 +132,14 @@ mod tests {
             healthy: 1,
         }];
         assert!(!complete(&rolling, 3, 2));
+        let mut rolled_back = health.clone();
+        rolled_back.rollout = Some(
+            serde_json::from_value(serde_json::json!({
+                "version": 3, "previous": 2, "strategy": "rolling", "phase": "rolled_back",
+                "started_at": 1, "updated_at": 2,
+            }))
+            .unwrap(),
+        );
+        assert!(!complete(&rolled_back, 3, 2));
     }
 }

@@ -210,14 +210,15 @@ fn deploy_defaults_to_a_rolling_deploy_that_keeps_every_instance_ready() {
 fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
     let mut def = valid();
     def["deploy"] = serde_json::json!({"max_surge": "150%", "max_unavailable": "a few",
-        "drain_delay": "2m"});
+        "drain_delay": "2m", "progress_deadline": "2h"});
     let err = errors(def);
     assert_eq!(
         fields(&err),
         [
             "deploy.max_surge",
             "deploy.max_unavailable",
-            "deploy.drain_delay"
+            "deploy.drain_delay",
+            "deploy.progress_deadline"
         ],
         "{err}"
     );
@@ -227,6 +228,22 @@ fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
     let err = errors(def);
     assert_eq!(fields(&err), ["deploy.max_surge"]);
     assert!(err.errors[0].message.contains("both be 0"), "{err}");
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"keep_previous": "1m"});
+    let err = errors(def);
+    assert_eq!(fields(&err), ["deploy.keep_previous"]);
+    assert!(err.errors[0].message.contains("blue_green"), "{err}");
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"strategy": "blue_green", "keep_previous": "2h"});
+    assert_eq!(fields(&errors(def)), ["deploy.keep_previous"]);
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"strategy": "blue_green", "keep_previous": "30s"});
+    let def = parse(def);
+    validate_definition(&def, &known).unwrap();
+    assert_eq!(
+        def.deploy.keep_previous(),
+        std::time::Duration::from_secs(30)
+    );
     let mut def = valid();
     def["deploy"] = serde_json::json!({"strategy": "big_bang"});
     let err = parse_definition_json(def.to_string().as_bytes()).unwrap_err();
@@ -312,6 +329,35 @@ fn a_region_reports_a_rollouts_versions_with_consistent_counts() {
             "services[0].versions[0].placed",
             "services[0].versions[1].healthy",
             "services[0].versions"
+        ]
+    );
+}
+
+#[test]
+fn a_region_reports_a_rollout_of_its_version_with_a_reason_when_it_failed() {
+    let report = |rollout: serde_json::Value| -> meridian_model::RegionReport {
+        serde_json::from_value(serde_json::json!({"nodes": 1, "capacity": 4, "services": [
+            {"org": "acme", "app": "shop", "service": "web", "version": 2,
+             "placed": 1, "healthy": 1, "rollout": rollout}]}))
+        .unwrap()
+    };
+    let failure = serde_json::json!({"gate": "health_checks", "instance": "web-2",
+        "observed": 1, "limit": 0, "reason": "web-2 failed 3 health checks in a row"});
+    let good = serde_json::json!({"version": 2, "previous": 1, "strategy": "rolling",
+        "phase": "rolled_back", "started_at": 1, "updated_at": 2, "failure": failure});
+    meridian_model::validate_region_report(&report(good)).unwrap();
+    let bad = serde_json::json!({"version": 3, "previous": 3, "strategy": "rolling",
+        "phase": "succeeded", "step": 1, "steps": 1, "started_at": 1, "updated_at": 2,
+        "weights": [{"version": 3, "weight": 50}], "failure": failure});
+    let err = meridian_model::validate_region_report(&report(bad)).unwrap_err();
+    assert_eq!(
+        fields(&err),
+        [
+            "services[0].rollout.version",
+            "services[0].rollout.previous",
+            "services[0].rollout.step",
+            "services[0].rollout.weights",
+            "services[0].rollout.failure"
         ]
     );
 }

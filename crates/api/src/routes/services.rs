@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use meridian_model::waves::{self, Standing};
-use meridian_model::RegionReport;
 use meridian_model::{validate_definition, Definition, Deployment, ServiceSummary};
+use meridian_model::{RegionReport, RolloutPhase};
 use meridian_store::{Applied, MissingOrg, ServiceFilter, ServiceKey};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -114,13 +114,19 @@ pub struct RegionStatus {
     pub report_age_seconds: Option<u64>,
     /// `running` (enough healthy instances of the version), `degraded` (fewer), `starting`
     /// (none healthy yet), `updating` (another version reported), `rolling out` (instances of
-    /// the version and of earlier ones in service), `waiting for wave N` (the version waits
-    /// for the regions of the waves before N: `deploy.waves`), `pending` (not reported yet),
-    /// `unknown` (the region has not reported for 10 s), or `scaled to zero`.
+    /// the version and of earlier ones in service), `rolling back` (a gate failed; the region
+    /// returns to the previous version), `rolled back` (it runs the previous version again),
+    /// `waiting for wave N` (the version waits for the regions of the waves before N:
+    /// `deploy.waves`), `pending` (not reported yet), `unknown` (the region has not reported
+    /// for 10 s), or `scaled to zero`.
     pub state: String,
     /// During a rollout, the instances in service by the version they run; empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<meridian_model::VersionHealth>,
+    /// The region's last rollout of this version: phase, step, weights, and the failed gate
+    /// with its figures; none when the region has not rolled this version out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<meridian_model::RolloutStatus>,
 }
 
 /// A region's report older than this says nothing about now: regions report every 2 s, so
@@ -145,6 +151,12 @@ fn region_status(
             .cloned()
     });
     let waiting = waiting.map(|wave| format!("waiting for wave {}", wave + 1));
+    // The rollout of this version, if the region reports one.
+    let rollout = health
+        .as_ref()
+        .and_then(|h| h.rollout.clone())
+        .filter(|r| r.version == rd.version);
+    let phase = rollout.as_ref().map(|r| r.phase);
     let state = match (&report, &health) {
         _ if waiting.is_some() => waiting.as_deref().unwrap_or_default(),
         (None, _) => "pending",
@@ -152,6 +164,8 @@ fn region_status(
         _ if desired == 0 => "scaled to zero",
         (_, None) => "pending",
         (_, Some(h)) if h.version != rd.version => "updating",
+        _ if phase == Some(RolloutPhase::Failed) => "rolling back",
+        _ if phase == Some(RolloutPhase::RolledBack) => "rolled back",
         (_, Some(h)) if h.versions.len() > 1 => "rolling out",
         (_, Some(h)) if h.healthy >= desired => "running",
         (_, Some(h)) if h.healthy > 0 => "degraded",
@@ -167,6 +181,7 @@ fn region_status(
         report_age_seconds: age,
         state: state.to_owned(),
         versions: health.map(|h| h.versions).unwrap_or_default(),
+        rollout,
     }
 }
 
@@ -399,6 +414,28 @@ mod tests {
             {"org": "acme", "app": "shop", "service": "web", "version": 1, "placed": 2, "healthy": 2}
         ]}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_failed_rollout_shows_rolling_back_then_rolled_back_with_its_reason() {
+        let report = |phase: &str, version: u64| -> RegionReport {
+            serde_json::from_value(serde_json::json!({"nodes": 2, "capacity": 16,
+                "services": [{"org": "acme", "app": "shop", "service": "web", "version": 1,
+                    "placed": 2, "healthy": 2, "rollout": {"version": version, "previous": 0,
+                    "strategy": "rolling", "phase": phase, "started_at": 1, "updated_at": 2,
+                    "failure": {"gate": "crash_loop", "instance": "web-2", "observed": 1,
+                        "limit": 0, "reason": "web-2 crashed"}}}]}))
+            .unwrap()
+        };
+        let status = region_status(web_in_fra(), Some((report("failed", 1), 1)), None);
+        assert_eq!(status.state, "rolling back");
+        let status = region_status(web_in_fra(), Some((report("rolled_back", 1), 1)), None);
+        assert_eq!(status.state, "rolled back");
+        let failure = status.rollout.unwrap().failure.unwrap();
+        assert_eq!(failure.reason, "web-2 crashed");
+        // A rollout of another version says nothing of this one.
+        let other = region_status(web_in_fra(), Some((report("rolled_back", 7), 1)), None);
+        assert_eq!((other.state.as_str(), other.rollout), ("running", None));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use meridian_identity::enroll::JoinToken;
 use meridian_identity::{control_client_config, control_server_config, trust_bundle, CertStore};
 use meridian_xds::{AdsServer, Cache, Limits, UnaryClient, XdsMetrics};
 use prometheus_client::registry::Registry;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tonic::service::Routes;
 
 use super::{bind, local, RunError, Say};
@@ -197,7 +197,7 @@ pub async fn run_regional(
         let (url, tls, state) = (options.global_xds.clone(), to_global.clone(), state.clone());
         move || report_upward(UnaryClient::new(&url, tls.clone()), state.clone())
     });
-    let copy_due = Arc::new(Notify::new());
+    let copy_due = state.copy_due();
     supervisor.restarting("disk copy", {
         let (state, due) = (state.clone(), copy_due.clone());
         move || keep_disk_copy(state.clone(), disk_copy.clone(), due.clone())

@@ -169,11 +169,12 @@ impl Region {
     }
 
     /// Takes back what a disk copy holds (virtual IPs first, then the earlier deployments
-    /// rollouts replace, then services and summaries).
+    /// rollouts replace and the rollouts, then services and summaries).
     pub fn restore(&self, copy: DiskCopy) {
         self.change(|state| {
             state.restore_vips(copy.vips);
             state.restore_older(copy.older);
+            state.restore_rollouts(copy.rollouts);
             state.replace_all(copy.deployments, copy.endpoints);
             state.set_region_summaries(&copy.regions);
         });
@@ -194,6 +195,12 @@ impl Region {
     /// a service or a node changed), so that news goes up at once.
     pub fn report_due(&self) -> Arc<Notify> {
         self.lock().report_due()
+    }
+
+    /// What is told whenever something the disk copy keeps changed in the region itself (a
+    /// rollout started, failed or ended), so that the copy is written again.
+    pub fn copy_due(&self) -> Arc<Notify> {
+        self.lock().copy_due()
     }
 }
 

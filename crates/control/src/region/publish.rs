@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use envoy_types::pb::google::protobuf::Any;
-use meridian_model::{Endpoint, ServiceSpec};
+use meridian_model::{Endpoint, RegionalDeployment, ServiceSpec};
 use meridian_xds::meridian::{Assignment, ASSIGNMENT};
 use meridian_xds::{node_namespace, render, role_namespace, Cache, Update, LISTENER, ROUTE};
 use prometheus_client::metrics::counter::Counter;
@@ -275,11 +275,12 @@ impl Publisher {
     /// Renders `work`, without any lock: a service whose spec cannot be encoded is left out,
     /// with its assignments.
     fn render(&self, work: Work) -> Rendered {
-        let mut specs: HashMap<ServiceId, Option<Vec<u8>>> = HashMap::new();
-        let mut spec_of = |id: &ServiceId, spec: &ServiceSpec| {
+        // Encoded once per service and version: an older version's instances keep its spec.
+        let mut specs: HashMap<(ServiceId, u64), Option<Vec<u8>>> = HashMap::new();
+        let mut spec_of = |id: &ServiceId, deployment: &RegionalDeployment| {
             specs
-                .entry(id.clone())
-                .or_insert_with(|| self.encode(id, spec))
+                .entry((id.clone(), deployment.version))
+                .or_insert_with(|| self.encode(id, &deployment.spec))
                 .clone()
         };
         let mut rendered = Rendered::default();
@@ -291,7 +292,7 @@ impl Publisher {
                     mesh,
                     elsewhere,
                     vip,
-                } => spec_of(&id, &deployment.spec).map(|spec| {
+                } => spec_of(&id, &deployment).map(|spec| {
                     let endpoints: Vec<&Endpoint> = endpoints.iter().collect();
                     render::service(
                         &deployment,
@@ -306,7 +307,7 @@ impl Publisher {
                     deployment,
                     elsewhere,
                     vip,
-                } => spec_of(&id, &deployment.spec).map(|spec| render::Rendered {
+                } => spec_of(&id, &deployment).map(|spec| render::Rendered {
                     resources: vec![render::mesh_service(&deployment, spec, elsewhere, vip)],
                 }),
                 Shape::Gone => Some(render::Rendered::default()),
@@ -319,7 +320,7 @@ impl Publisher {
         for (key, assignment) in work.assignments {
             let encoded = match assignment {
                 Some(AssignmentWork { node, deployment }) => {
-                    let Some(spec_json) = spec_of(&key.0, &deployment.spec) else {
+                    let Some(spec_json) = spec_of(&key.0, &deployment) else {
                         continue;
                     };
                     self.metrics.assignment_encodes.inc();

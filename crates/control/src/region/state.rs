@@ -18,8 +18,11 @@ use meridian_xds::meridian::{NodeReport, ServiceInstance};
 use super::{GatewayListeners, ServiceId};
 use crate::elsewhere::{Elsewhere, RemoteRegion};
 use crate::fleet::{Desired, Fleet, InstanceKey, Moves};
+use crate::rollout::progress::{Rollouts, SavedRollout};
 use crate::rollout::Bounds;
 use crate::vips::{SavedVip, Vips};
+
+mod rollouts;
 
 /// The region's model.
 pub(super) struct RegionState {
@@ -52,6 +55,10 @@ pub(super) struct RegionState {
     drain_started: Arc<Notify>,
     /// Each service's virtual IP.
     vips: Vips,
+    /// Each service's last rollout.
+    rollouts: Rollouts,
+    /// Told whenever something the disk copy keeps changed here (a rollout).
+    copy_due: Arc<Notify>,
     /// What changed since the last [`RegionState::take_work`].
     dirty: Dirty,
     /// The sequence number of the last work handed out.
@@ -142,6 +149,8 @@ impl RegionState {
             report_due: Arc::new(Notify::new()),
             drain_started: Arc::new(Notify::new()),
             vips: Vips::default(),
+            rollouts: Rollouts::default(),
+            copy_due: Arc::new(Notify::new()),
             dirty: Dirty {
                 gateway_routes: true,
                 ..Dirty::default()
@@ -194,12 +203,15 @@ impl RegionState {
     /// instances the report shows differently are looked at again.
     pub fn report(&mut self, report: NodeReport, now: Instant) {
         let reported = self.fleet.report(report, now);
+        // A gate that fails turns the rollout back before anything else moves.
+        self.gate_rollouts(&reported.services);
         if reported.reshaped {
             self.reconcile_instances(now);
         } else {
             // A rollout moves on as its instances get ready.
             self.place_some(&reported.services, now);
         }
+        self.settle_rollouts(&reported.services);
         self.refresh_reported(reported.services);
         self.report_due.notify_one();
     }
@@ -220,6 +232,10 @@ impl RegionState {
         } else if self.fleet.first_placement_due(now) {
             self.reconcile_instances(now);
         }
+        let late = self.gate_deadlines();
+        if !late.is_empty() {
+            self.place_some(&late, now);
+        }
         self.report_due.notify_one();
     }
 
@@ -238,7 +254,13 @@ impl RegionState {
         self.drain_started.clone()
     }
 
-    /// What the region knows from the global control plane, for its disk copy.
+    /// What is told whenever something the disk copy keeps changed in the region itself.
+    pub fn copy_due(&self) -> Arc<Notify> {
+        self.copy_due.clone()
+    }
+
+    /// What the region knows from the global control plane, and its rollouts, for its disk
+    /// copy.
     pub fn disk_copy(&self) -> crate::disk_copy::DiskCopy {
         crate::disk_copy::DiskCopy {
             deployments: self.deployments.values().map(|d| (**d).clone()).collect(),
@@ -250,7 +272,13 @@ impl RegionState {
                 .values()
                 .flat_map(|versions| versions.values().map(|d| (**d).clone()))
                 .collect(),
+            rollouts: self.rollouts.saved(),
         }
+    }
+
+    /// Takes back the services' rollouts from a disk copy; call before the services.
+    pub fn restore_rollouts(&mut self, saved: Vec<SavedRollout>) {
+        self.rollouts.restore(saved);
     }
 
     /// Takes back the earlier deployments rollouts replace, from a disk copy; call before the
@@ -290,8 +318,10 @@ impl RegionState {
                         .fold((0, 0), |(p, h), (placed, healthy)| {
                             (p + placed, h + healthy)
                         });
-                    // Only a rollout's report lists its versions.
-                    let rolling = by_version.keys().any(|v| *v != deployment.version);
+                    // Only a rollout's report lists its versions (a rollback runs the
+                    // previous one).
+                    let target = self.rollouts.target(id, deployment.version);
+                    let rolling = by_version.keys().any(|v| *v != target);
                     let versions = by_version
                         .iter()
                         .filter(|_| rolling)
@@ -309,6 +339,11 @@ impl RegionState {
                         placed: count(placed),
                         healthy: count(healthy),
                         versions,
+                        rollout: self
+                            .rollouts
+                            .get(id)
+                            .filter(|r| r.version == deployment.version)
+                            .cloned(),
                         addresses: self
                             .reported
                             .get(id)
@@ -329,7 +364,7 @@ impl RegionState {
         let desired = self
             .deployments
             .iter()
-            .map(|(id, d)| (id.clone(), desired(d)))
+            .map(|(id, d)| (id.clone(), self.desired(id, d)))
             .collect();
         let older = &self.older;
         let known =
@@ -342,7 +377,7 @@ impl RegionState {
     fn place_some(&mut self, services: &BTreeSet<ServiceId>, now: Instant) {
         let desired = services
             .iter()
-            .filter_map(|id| Some((id.clone(), desired(self.deployments.get(id)?))))
+            .filter_map(|id| Some((id.clone(), self.desired(id, self.deployments.get(id)?))))
             .collect();
         let moves = self.fleet.place_some(&desired, services, now);
         self.moved(moves);
@@ -352,7 +387,9 @@ impl RegionState {
     fn moved(&mut self, moves: Moves) {
         for id in &moves.services {
             if let Some(older) = self.older.get_mut(id) {
-                let placed = self.fleet.versions_of(id);
+                // And the one a rollout may return to.
+                let mut placed = self.fleet.versions_of(id);
+                placed.extend(self.rollouts.keeps(id));
                 older.retain(|version, _| placed.contains(version));
                 if older.is_empty() {
                     self.older.remove(id);
@@ -363,6 +400,7 @@ impl RegionState {
             self.drain_started.notify_one();
         }
         self.dirty.assignments.extend(moves.assignments);
+        self.settle_rollouts(&moves.services);
         self.refresh_reported(moves.services);
     }
 
@@ -446,6 +484,7 @@ impl RegionState {
                 Some(deployment) => self.deployments.insert(id.clone(), Arc::new(deployment)),
                 None => {
                     self.older.remove(&id);
+                    self.rollouts.remove(&id);
                     self.deployments.remove(&id)
                 }
             };
@@ -464,7 +503,13 @@ impl RegionState {
             return;
         };
         let older = self.older.entry(id.clone()).or_default();
-        if let Some(before) = before.filter(|b| b.version != now.version) {
+        let before = before.filter(|b| b.version != now.version);
+        // What the region serves steadily: a rollout goes from there.
+        let stable = before.as_ref().map(|b| {
+            self.rollouts
+                .stable(id, b.version, |v| older.contains_key(&v))
+        });
+        if let Some(before) = before {
             older.insert(before.version, before);
         }
         let mut changed: Vec<InstanceKey> = Vec::new();
@@ -473,8 +518,21 @@ impl RegionState {
                 return true;
             }
             changed.extend(self.fleet.relabel(id, *version, now.version));
+            self.rollouts.relabel(id, *version, now.version);
             false
         });
+        // A rollout under way of what now runs goes on; otherwise a version that changes
+        // what instances run rolls out from the stable one.
+        let going_on = self
+            .rollouts
+            .get(id)
+            .is_some_and(|r| r.version == now.version && !r.phase.failed());
+        if let Some(stable) = stable.filter(|s| older.contains_key(s) && !going_on) {
+            let strategy = now.spec.deploy.strategy;
+            self.rollouts
+                .start(id, stable, now.version, strategy, rollouts::unix_ms());
+            self.copy_due.notify_one();
+        }
         if older.is_empty() {
             self.older.remove(id);
         }
@@ -571,19 +629,29 @@ impl RegionState {
     }
 }
 
-/// What the region wants of a service's instances under `deployment`.
-fn desired(deployment: &RegionalDeployment) -> Desired {
+impl RegionState {
+    /// What the region wants of service `id`'s instances under `deployment`: its version's,
+    /// or the previous version's when its rollout failed.
+    pub(super) fn desired(&self, id: &ServiceId, deployment: &RegionalDeployment) -> Desired {
+        desired(deployment, self.rollouts.target(id, deployment.version))
+    }
+}
+
+/// What the region wants of a service's instances under `deployment`, running `version`.
+fn desired(deployment: &RegionalDeployment, version: u64) -> Desired {
     let spec = &deployment.spec;
     let scale = spec.scale.min;
     let (surge, unavailable) = spec.deploy.bounds(scale);
     Desired {
-        version: deployment.version,
+        version,
         bounds: Bounds {
             scale,
             surge,
             unavailable,
         },
         drain_delay: spec.deploy.drain_delay.0,
+        strategy: spec.deploy.strategy,
+        keep_previous: spec.deploy.keep_previous(),
     }
 }
 

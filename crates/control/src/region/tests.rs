@@ -77,6 +77,15 @@ impl Fixture {
 
     /// Node `node` reports at `at` the instances placed on it, in the state `state` gives.
     fn report(&self, node: &str, at: Instant, state: impl Fn(&str) -> &'static str) {
+        self.report_with(node, at, |p| InstanceReport {
+            state: state(&p.instance).to_owned(),
+            ..Default::default()
+        });
+    }
+
+    /// Node `node` reports at `at` the instances placed on it, as `report` says (the
+    /// instance's id, service, version and address are filled in).
+    fn report_with(&self, node: &str, at: Instant, report: impl Fn(&Placement) -> InstanceReport) {
         let instances = self
             .region
             .lock()
@@ -84,14 +93,13 @@ impl Fixture {
             .placements()
             .into_iter()
             .filter(|p| p.node == node)
-            .map(|p| InstanceReport {
-                state: state(&p.instance).to_owned(),
-                address: format!("10.0.0.{}", p.instance.len()),
-                org: p.service.0,
-                app: p.service.1,
-                service: p.service.2,
-                instance: p.instance,
-                ..Default::default()
+            .map(|p| {
+                let mut instance = report(&p);
+                instance.address = format!("10.0.0.{}", p.instance.len());
+                instance.version = p.version;
+                (instance.org, instance.app, instance.service) = p.service;
+                instance.instance = p.instance;
+                instance
             })
             .collect();
         let report = NodeReport {
@@ -318,16 +326,24 @@ fn assigned_version(fixture: &Fixture, instance: &str) -> Option<u64> {
 
 /// The version in the assignment of instance `instance` in `cache`, if it is assigned.
 fn assigned_in(cache: &Cache, instance: &str) -> Option<u64> {
+    Some(assignment_in(cache, instance)?.version)
+}
+
+/// The assignment of instance `instance` in `cache`, if it is assigned.
+fn assignment_in(cache: &Cache, instance: &str) -> Option<Assignment> {
     let name = cache
         .names(ASSIGNMENT, "")
         .into_iter()
         .find(|n| n.ends_with(&format!("/{instance}")))?;
     let held = cache.get(ASSIGNMENT, &name)?;
-    Some(
-        Assignment::decode(held.resource.value.as_slice())
-            .ok()?
-            .version,
-    )
+    Assignment::decode(held.resource.value.as_slice()).ok()
+}
+
+/// The command in the assignment of instance `instance`, if it is assigned.
+fn assigned_command(fixture: &Fixture, instance: &str) -> Option<String> {
+    let assignment = assignment_in(&fixture.cache, instance)?;
+    let spec: ServiceSpec = serde_json::from_slice(&assignment.spec_json).ok()?;
+    Some(spec.runtime.process.command)
 }
 
 /// The instances of `svc` the region's endpoints list as healthy.
@@ -455,4 +471,161 @@ fn a_restarted_region_goes_on_with_the_rollout_it_finds() {
         region.report(report(node, true), start + crate::fleet::SETTLE);
     }
     assert_eq!(serving(), ["svc0-1"]);
+}
+
+/// Every node reports its instances healthy, but those `crashed` names: unhealthy, having
+/// exited.
+fn report_crashed(fixture: &Fixture, at: Instant, crashed: &[&str]) {
+    for node in NODES {
+        fixture.report_with(node, at, |p| {
+            let down = crashed.contains(&p.instance.as_str());
+            InstanceReport {
+                state: if down { "unhealthy" } else { "healthy" }.to_owned(),
+                detail: if down {
+                    "exited (exit status: 1); restarting in 1s"
+                } else {
+                    ""
+                }
+                .to_owned(),
+                ..Default::default()
+            }
+        });
+    }
+}
+
+/// svc0's rollout as the region reports it upward.
+fn rollout_of(region: &Region) -> Option<meridian_model::RolloutStatus> {
+    let report = region.report_upward();
+    let svc0 = report.services.into_iter().find(|s| s.service == "svc0")?;
+    svc0.rollout
+}
+
+#[test]
+fn a_new_version_that_crashes_is_rolled_back_and_the_region_says_why() {
+    use meridian_model::{Gate, RolloutPhase};
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 2)), Vec::new());
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_eq!((rollout.version, rollout.previous), (2, 1));
+    assert_eq!(rollout.phase, RolloutPhase::Progressing);
+    assert_eq!(assigned_version(&fixture, "svc0-1"), Some(2));
+
+    // The new instance crashes: the rollout fails at once, the new one drains, the old one
+    // serves on.
+    let later = fixture.start + Duration::from_millis(100);
+    report_crashed(&fixture, later, &["svc0-1"]);
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_eq!(rollout.phase, RolloutPhase::RolledBack, "{rollout:?}");
+    let failure = rollout.failure.unwrap();
+    assert_eq!(failure.gate, Gate::CrashLoop);
+    assert_eq!(failure.instance.as_deref(), Some("svc0-1"));
+    assert!(
+        failure.reason.contains("exited (exit status: 1)"),
+        "{}",
+        failure.reason
+    );
+    assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-0"]);
+    let report = fixture.region.report_upward();
+    let health = report
+        .services
+        .iter()
+        .find(|s| s.service == "svc0")
+        .unwrap();
+    assert!(
+        health.versions.is_empty(),
+        "back on one version: {health:?}"
+    );
+    meridian_model::validate_region_report(&report).unwrap();
+    let due = fixture.region.drain(later).unwrap();
+    fixture.region.drain(due);
+    assert_eq!(assigned_version(&fixture, "svc0-1"), None);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(1));
+
+    // A restarted region stays on the previous version and keeps the reason.
+    let region = Region::new(
+        "fra",
+        Cache::new(),
+        GatewayListeners::default(),
+        Some("meridian.test"),
+        &mut Registry::default(),
+    );
+    region.restore(fixture.region.disk_copy());
+    assert_eq!(rollout_of(&region).unwrap().phase, RolloutPhase::RolledBack);
+    assert_eq!(
+        region.lock().desired(&svc, &svc0("/bin/false", 2)).version,
+        1
+    );
+
+    // The same version applied again (a retry) rolls out anew.
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 3)), Vec::new());
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_eq!((rollout.version, rollout.previous), (3, 1));
+    assert_eq!(rollout.phase, RolloutPhase::Progressing);
+}
+
+#[test]
+fn a_rollback_starts_the_previous_version_again_when_its_instances_were_gone() {
+    use meridian_model::{Amount, RolloutPhase};
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    // No surge: the old instance leaves before the new one starts.
+    let mut next = svc0("/bin/false", 2);
+    next.spec.deploy.max_surge = Amount::Count(0);
+    next.spec.deploy.max_unavailable = Amount::Count(1);
+    fixture
+        .region
+        .set_service(svc.clone(), Some(next), Vec::new());
+    assert_eq!(assigned_version(&fixture, "svc0-1"), Some(2));
+    let later = fixture.start + Duration::from_millis(100);
+    let due = fixture.region.drain(later).unwrap();
+    fixture.region.drain(due);
+    assert_eq!(
+        assigned_version(&fixture, "svc0-0"),
+        None,
+        "the old one is gone"
+    );
+
+    for node in NODES {
+        fixture.report(node, due, |_| "starting");
+    }
+
+    // The new one crashes: an instance of version 1 starts again, with version 1's spec
+    // (rendered in the same work as the service's endpoints, with the current spec).
+    report_crashed(&fixture, due, &["svc0-1"]);
+    assert_eq!(
+        rollout_of(&fixture.region).unwrap().phase,
+        RolloutPhase::Failed
+    );
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(1));
+    assert_eq!(
+        assigned_command(&fixture, "svc0-0").as_deref(),
+        Some("/bin/true")
+    );
+    report_crashed(&fixture, due, &[]);
+    assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-0"]);
+    assert_eq!(
+        rollout_of(&fixture.region).unwrap().phase,
+        RolloutPhase::RolledBack
+    );
+}
+
+#[test]
+fn a_version_that_passes_its_gates_succeeds() {
+    use meridian_model::RolloutPhase;
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 2)), Vec::new());
+    let later = fixture.start + Duration::from_millis(100);
+    report_crashed(&fixture, later, &[]);
+    assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-1"]);
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_eq!(rollout.phase, RolloutPhase::Succeeded);
+    assert_eq!(rollout.failure, None);
 }

@@ -1,0 +1,103 @@
+//! The region's side of its services' rollouts: gates looked at as agents report and every
+//! tick, rollouts ended as the instances in service say, and each change told to the report
+//! upward and to the disk copy.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::region::ServiceId;
+use crate::rollout::gates::Observed;
+use crate::rollout::progress::Plan;
+
+use super::RegionState;
+
+impl RegionState {
+    /// Looks at the gates of the rollouts of `services` (whose instances were reported);
+    /// returns the services whose rollout failed now (they run the previous version again).
+    pub(super) fn gate_rollouts<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a ServiceId>,
+    ) -> BTreeSet<ServiceId> {
+        let now_ms = unix_ms();
+        let mut failed = BTreeSet::new();
+        for id in services {
+            let Some(plan) = self.plan(id) else {
+                continue;
+            };
+            let mut ready = 0;
+            let observed: Vec<Observed<'_>> = self
+                .fleet
+                .reports_of(id)
+                .filter(|(_, version, _)| *version == plan.version)
+                .filter_map(|(instance, _, report)| {
+                    let report = report?;
+                    ready += u32::from(report.state == "healthy");
+                    Some(Observed {
+                        id: instance,
+                        state: &report.state,
+                        restarts: report.restarts,
+                        detail: &report.detail,
+                    })
+                })
+                .collect();
+            if self.rollouts.gate(id, plan, &observed, ready, now_ms) {
+                failed.insert(id.clone());
+            }
+        }
+        if !failed.is_empty() {
+            self.rollouts_changed(&failed);
+        }
+        failed
+    }
+
+    /// Looks at the deadlines of the rollouts under way (every tick); returns the services
+    /// whose rollout failed now.
+    pub(super) fn gate_deadlines(&mut self) -> BTreeSet<ServiceId> {
+        let progressing: Vec<ServiceId> = self.rollouts.progressing().cloned().collect();
+        self.gate_rollouts(&progressing)
+    }
+
+    /// Ends the rollouts of `services` whose instances in service say they are over.
+    pub(super) fn settle_rollouts(&mut self, services: &BTreeSet<ServiceId>) {
+        let now_ms = unix_ms();
+        let mut ended = BTreeSet::new();
+        for id in services {
+            let Some(plan) = self.plan(id) else {
+                continue;
+            };
+            let in_service = self.fleet.summary(id);
+            if self.rollouts.settle(id, plan, &in_service, now_ms) {
+                ended.insert(id.clone());
+            }
+        }
+        if !ended.is_empty() {
+            self.rollouts_changed(&ended);
+        }
+    }
+
+    /// What the rollout of service `id` goes by, if it runs here and has a rollout.
+    fn plan(&self, id: &ServiceId) -> Option<Plan> {
+        self.rollouts.get(id)?;
+        let deployment = self.deployments.get(id)?;
+        Some(Plan {
+            version: deployment.version,
+            scale: deployment.spec.scale.min,
+            deadline: deployment.spec.deploy.progress_deadline.0,
+        })
+    }
+
+    /// The rollouts of `services` changed: the report upward and the disk copy say so.
+    fn rollouts_changed(&mut self, services: &BTreeSet<ServiceId>) {
+        tracing::debug!(?services, "rollouts changed");
+        self.report_due.notify_one();
+        self.copy_due.notify_one();
+    }
+}
+
+/// Now, in Unix milliseconds (rollouts' times survive a restart of the control plane).
+pub(super) fn unix_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,313 @@
+//! Each service's rollout in a region, as a record the region keeps, reports upward and saves
+//! in its disk copy: started when a version that changes what instances run takes over,
+//! failed when a gate fails (the region then runs the previous version again), succeeded or
+//! rolled back when the instances in service say so.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meridian_model::{GateFailure, RolloutPhase, RolloutStatus, Strategy};
+use serde::{Deserialize, Serialize};
+
+use super::gates::{self, Observed};
+use crate::region::ServiceId;
+
+/// The services' rollouts, by service.
+#[derive(Debug, Default)]
+pub struct Rollouts {
+    by_service: BTreeMap<ServiceId, RolloutStatus>,
+}
+
+/// One service's rollout, as the disk copy keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedRollout {
+    /// Owning org.
+    pub org: String,
+    /// Owning app.
+    pub app: String,
+    /// The service.
+    pub service: String,
+    /// Its rollout.
+    pub status: RolloutStatus,
+}
+
+/// What the rollout of one version needs to know of its deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// The version rolled out.
+    pub version: u64,
+    /// Instances wanted.
+    pub scale: u32,
+    /// How long it may take to have `scale` ready.
+    pub deadline: Duration,
+}
+
+impl Rollouts {
+    /// Service `id`'s rollout, if it had one.
+    pub fn get(&self, id: &ServiceId) -> Option<&RolloutStatus> {
+        self.by_service.get(id)
+    }
+
+    /// The version whose instances service `id` runs while its deployment is `version`: the
+    /// previous one once a gate failed.
+    pub fn target(&self, id: &ServiceId, version: u64) -> u64 {
+        match self.by_service.get(id) {
+            Some(r) if r.version == version && r.phase.failed() => r.previous,
+            _ => version,
+        }
+    }
+
+    /// The version the region serves steadily for service `id` when `before` is replaced: the
+    /// one a failed rollout returned to, or the one an unfinished rollout started from (if
+    /// `placed` says instances still run it); else `before`.
+    pub fn stable(&self, id: &ServiceId, before: u64, placed: impl Fn(u64) -> bool) -> u64 {
+        match self.by_service.get(id) {
+            Some(r) if r.version == before && r.phase != RolloutPhase::Succeeded => {
+                if placed(r.previous) {
+                    r.previous
+                } else {
+                    before
+                }
+            }
+            _ => before,
+        }
+    }
+
+    /// The earlier version service `id`'s rollout may return to, kept while it has not
+    /// succeeded.
+    pub fn keeps(&self, id: &ServiceId) -> Option<u64> {
+        self.by_service
+            .get(id)
+            .filter(|r| r.phase != RolloutPhase::Succeeded)
+            .map(|r| r.previous)
+    }
+
+    /// Starts rolling service `id` out from `previous` to `version` with `strategy`.
+    pub fn start(
+        &mut self,
+        id: &ServiceId,
+        previous: u64,
+        version: u64,
+        strategy: Strategy,
+        now_ms: u64,
+    ) {
+        tracing::info!(service = ?id, previous, version, "rollout started");
+        let status = RolloutStatus {
+            version,
+            previous,
+            strategy,
+            phase: RolloutPhase::Progressing,
+            step: 0,
+            steps: 1,
+            weights: Vec::new(),
+            started_at: now_ms,
+            updated_at: now_ms,
+            failure: None,
+        };
+        self.by_service.insert(id.clone(), status);
+    }
+
+    /// Service `id`'s version `from` is now `to` (a new version that runs the same): its
+    /// rollout goes on under the new number.
+    pub fn relabel(&mut self, id: &ServiceId, from: u64, to: u64) {
+        if let Some(r) = self.by_service.get_mut(id).filter(|r| r.version == from) {
+            r.version = to;
+        }
+    }
+
+    /// Forgets service `id`'s rollout.
+    pub fn remove(&mut self, id: &ServiceId) {
+        self.by_service.remove(id);
+    }
+
+    /// Looks at the instances in service of the version service `id` rolls out (`plan`):
+    /// fails the rollout if one failed its health checks or crashed, or if `ready` of them are
+    /// fewer than wanted past the deadline. Returns whether it failed now.
+    pub fn gate(
+        &mut self,
+        id: &ServiceId,
+        plan: Plan,
+        instances: &[Observed<'_>],
+        ready: u32,
+        now_ms: u64,
+    ) -> bool {
+        let Some(r) = self.by_service.get_mut(id) else {
+            return false;
+        };
+        if r.version != plan.version || r.phase != RolloutPhase::Progressing {
+            return false;
+        }
+        let waited = Duration::from_millis(now_ms.saturating_sub(r.started_at));
+        let failure = gates::health(instances)
+            .or_else(|| gates::progress(waited, plan.deadline, ready, plan.scale));
+        let Some(failure) = failure else {
+            return false;
+        };
+        fail(id, r, failure, now_ms);
+        true
+    }
+
+    /// Ends service `id`'s rollout when the instances in service (`in_service`: placed and
+    /// healthy by version) say so: succeeded when only the new version is, with `scale` ready;
+    /// rolled back when none of the new version is and the previous one has `scale` ready.
+    /// Returns whether the phase changed.
+    pub fn settle(
+        &mut self,
+        id: &ServiceId,
+        plan: Plan,
+        in_service: &BTreeMap<u64, (usize, usize)>,
+        now_ms: u64,
+    ) -> bool {
+        let Some(r) = self
+            .by_service
+            .get_mut(id)
+            .filter(|r| r.version == plan.version)
+        else {
+            return false;
+        };
+        let ready = |version: u64| in_service.get(&version).map_or(0, |(_, healthy)| *healthy);
+        let scale = plan.scale as usize;
+        let only_new = in_service.keys().all(|v| *v == r.version);
+        let phase = match r.phase {
+            RolloutPhase::Progressing if only_new && ready(r.version) >= scale => {
+                RolloutPhase::Succeeded
+            }
+            RolloutPhase::Failed
+                if !in_service.contains_key(&r.version) && ready(r.previous) >= scale =>
+            {
+                RolloutPhase::RolledBack
+            }
+            _ => return false,
+        };
+        tracing::info!(service = ?id, version = r.version, ?phase, "rollout ended");
+        r.phase = phase;
+        r.updated_at = now_ms;
+        true
+    }
+
+    /// The services with a rollout under way (progressing), for the deadline.
+    pub fn progressing(&self) -> impl Iterator<Item = &ServiceId> + '_ {
+        self.by_service
+            .iter()
+            .filter(|(_, r)| r.phase == RolloutPhase::Progressing)
+            .map(|(id, _)| id)
+    }
+
+    /// Every rollout, for the disk copy.
+    pub fn saved(&self) -> Vec<SavedRollout> {
+        self.by_service
+            .iter()
+            .map(|((org, app, service), status)| SavedRollout {
+                org: org.clone(),
+                app: app.clone(),
+                service: service.clone(),
+                status: status.clone(),
+            })
+            .collect()
+    }
+
+    /// Takes back the rollouts of a disk copy.
+    pub fn restore(&mut self, saved: Vec<SavedRollout>) {
+        for s in saved {
+            self.by_service.insert((s.org, s.app, s.service), s.status);
+        }
+    }
+}
+
+fn fail(id: &ServiceId, r: &mut RolloutStatus, mut failure: GateFailure, now_ms: u64) {
+    failure.at = now_ms;
+    tracing::warn!(service = ?id, version = r.version, previous = r.previous, gate = ?failure.gate, reason = %failure.reason, "rollout failed; returning to the previous version");
+    r.phase = RolloutPhase::Failed;
+    r.updated_at = now_ms;
+    r.failure = Some(failure);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web() -> ServiceId {
+        ("acme".to_owned(), "shop".to_owned(), "web".to_owned())
+    }
+
+    const PLAN: Plan = Plan {
+        version: 2,
+        scale: 2,
+        deadline: Duration::from_secs(60),
+    };
+
+    fn started() -> Rollouts {
+        let mut rollouts = Rollouts::default();
+        rollouts.start(&web(), 1, 2, Strategy::Rolling, 1_000);
+        rollouts
+    }
+
+    #[test]
+    fn a_rollout_succeeds_once_only_the_new_version_serves_at_scale() {
+        let mut rollouts = started();
+        assert_eq!(rollouts.target(&web(), 2), 2);
+        assert_eq!(rollouts.keeps(&web()), Some(1));
+        let both = BTreeMap::from([(1, (1, 1)), (2, (2, 2))]);
+        assert!(!rollouts.settle(&web(), PLAN, &both, 2_000));
+        let starting = BTreeMap::from([(2, (2, 1))]);
+        assert!(!rollouts.settle(&web(), PLAN, &starting, 2_000));
+        let done = BTreeMap::from([(2, (2, 2))]);
+        assert!(rollouts.settle(&web(), PLAN, &done, 3_000));
+        let status = rollouts.get(&web()).unwrap();
+        assert_eq!(
+            (status.phase, status.updated_at),
+            (RolloutPhase::Succeeded, 3_000)
+        );
+        assert_eq!(rollouts.keeps(&web()), None);
+        // A later deploy starts from the version that succeeded.
+        assert_eq!(rollouts.stable(&web(), 2, |_| true), 2);
+    }
+
+    #[test]
+    fn a_failed_gate_returns_to_the_previous_version_until_no_new_instance_serves() {
+        let mut rollouts = started();
+        let crashed = [Observed {
+            id: "web-2",
+            state: "unhealthy",
+            restarts: 0,
+            detail: "exited (exit status: 1)",
+        }];
+        assert!(rollouts.gate(&web(), PLAN, &crashed, 0, 1_500));
+        assert!(!rollouts.gate(&web(), PLAN, &crashed, 0, 1_600), "once");
+        assert_eq!(rollouts.target(&web(), 2), 1);
+        // Another version of the same service is not concerned.
+        assert_eq!(rollouts.target(&web(), 3), 3);
+        let status = rollouts.get(&web()).unwrap();
+        assert_eq!(status.phase, RolloutPhase::Failed);
+        assert_eq!(
+            status.failure.as_ref().unwrap().gate,
+            meridian_model::Gate::CrashLoop
+        );
+        let draining = BTreeMap::from([(1, (2, 2)), (2, (1, 0))]);
+        assert!(!rollouts.settle(&web(), PLAN, &draining, 2_000));
+        let starting = BTreeMap::from([(1, (2, 1))]);
+        assert!(!rollouts.settle(&web(), PLAN, &starting, 2_000));
+        let back = BTreeMap::from([(1, (2, 2))]);
+        assert!(rollouts.settle(&web(), PLAN, &back, 2_000));
+        assert_eq!(
+            rollouts.get(&web()).unwrap().phase,
+            RolloutPhase::RolledBack
+        );
+        assert_eq!(rollouts.target(&web(), 2), 1);
+        // The next deploy starts from the version it returned to, if instances run it.
+        assert_eq!(rollouts.stable(&web(), 2, |_| true), 1);
+        assert_eq!(rollouts.stable(&web(), 2, |_| false), 2);
+    }
+
+    #[test]
+    fn the_deadline_counts_from_the_start_and_survives_a_restart() {
+        let mut rollouts = started();
+        assert!(!rollouts.gate(&web(), PLAN, &[], 1, 60_999));
+        let mut restored = Rollouts::default();
+        restored.restore(rollouts.saved());
+        assert!(restored.gate(&web(), PLAN, &[], 1, 61_000));
+        let failure = restored.get(&web()).unwrap().failure.clone().unwrap();
+        assert_eq!(failure.gate, meridian_model::Gate::ProgressDeadline);
+        assert_eq!((failure.observed, failure.at), (60_000, 61_000));
+    }
+}

@@ -1,0 +1,150 @@
+//! A service's rollout in one region, as the region's control plane reports it upward: which
+//! version replaces which, how far it went, and why it failed when a gate failed.
+//!
+//! The region decides the phases; the global control plane (waves, history, the CLI) reads
+//! them. Times are Unix milliseconds, as the region's clock saw them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::deploy::Strategy;
+
+/// A service's rollout in a region: the last one, kept after it ended (succeeded or rolled
+/// back) until the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutStatus {
+    /// The version rolled out (the regional deployment's version).
+    pub version: u64,
+    /// The version it replaces, to which the region returns when a gate fails.
+    pub previous: u64,
+    /// The deploy strategy.
+    pub strategy: Strategy,
+    /// Where it is.
+    pub phase: RolloutPhase,
+    /// The step under way, from 0 (a canary's step; 0 for the other strategies).
+    #[serde(default)]
+    pub step: u32,
+    /// How many steps there are (a canary's; 1 for the other strategies).
+    #[serde(default = "one")]
+    pub steps: u32,
+    /// The share of requests each version gets, when the proxies split them by weight
+    /// (a canary); empty when requests follow the instances in service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<VersionWeight>,
+    /// When it started, in Unix milliseconds.
+    pub started_at: u64,
+    /// When its phase last changed, in Unix milliseconds.
+    pub updated_at: u64,
+    /// The gate that failed and its figures (with `failed` and `rolled_back`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<GateFailure>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    /// New instances start and take over as the gates pass.
+    Progressing,
+    /// Held where it is until resumed.
+    Paused,
+    /// Only the new version is in service, as many ready instances as wanted.
+    Succeeded,
+    /// A gate failed: the region is returning to the previous version (its instances start
+    /// again as needed, the new ones drain).
+    Failed,
+    /// Back on the previous version: no instance of the new one is in service.
+    RolledBack,
+}
+
+impl RolloutPhase {
+    /// Whether the rollout is over (succeeded or rolled back).
+    pub fn ended(self) -> bool {
+        matches!(self, RolloutPhase::Succeeded | RolloutPhase::RolledBack)
+    }
+
+    /// Whether a gate failed (the region runs, or returns to, the previous version).
+    pub fn failed(self) -> bool {
+        matches!(self, RolloutPhase::Failed | RolloutPhase::RolledBack)
+    }
+}
+
+/// The share of requests one version gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionWeight {
+    /// The deployment version.
+    pub version: u64,
+    /// Its share, in percent (the shares add up to 100).
+    pub weight: u32,
+}
+
+/// The gate a rollout failed, and the figures it failed on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GateFailure {
+    /// The gate.
+    pub gate: Gate,
+    /// The new version's instance that failed it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The figure measured, in the gate's unit (see [`Gate`]).
+    pub observed: u64,
+    /// The limit it crossed, in the same unit.
+    pub limit: u64,
+    /// What a person reads: the gate, the instance, the figures and the agent's words.
+    pub reason: String,
+    /// When the gate failed, in Unix milliseconds (the rollout's `updated_at` then moves on
+    /// when it is rolled back).
+    #[serde(default)]
+    pub at: u64,
+}
+
+/// A rollout's gates. Each names the unit of its figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Gate {
+    /// An instance of the new version failed its health checks (figures: restarts, and the
+    /// restarts allowed, 0).
+    HealthChecks,
+    /// An instance of the new version exited or could not start (figures: restarts, and the
+    /// restarts allowed, 0).
+    CrashLoop,
+    /// The new version was not ready in time (figures: milliseconds waited, and
+    /// `deploy.progress_deadline` in milliseconds).
+    ProgressDeadline,
+    /// The new version's share of successful requests over the analysis window was too low
+    /// (figures: basis points, 10000 = 100 %).
+    SuccessRate,
+    /// The new version's p99 latency over the analysis window was too high (figures:
+    /// milliseconds).
+    Latency,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rolled_back_rollout_reads_and_writes_its_reason() {
+        let text = r#"{"version": 3, "previous": 2, "strategy": "rolling",
+            "phase": "rolled_back", "started_at": 1, "updated_at": 2,
+            "failure": {"gate": "crash_loop", "instance": "web-2", "observed": 1, "limit": 0,
+                        "reason": "web-2 exited"}}"#;
+        let status: RolloutStatus = serde_json::from_str(text).unwrap();
+        assert_eq!(status.phase, RolloutPhase::RolledBack);
+        assert_eq!((status.step, status.steps), (0, 1));
+        assert!(status.phase.ended() && status.phase.failed());
+        let failure = status.failure.as_ref().unwrap();
+        assert_eq!(failure.gate, Gate::CrashLoop);
+        let again: RolloutStatus =
+            serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_eq!(again, status);
+    }
+}
