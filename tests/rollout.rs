@@ -272,19 +272,41 @@ async fn no_failed_request(what: &str, load: Load, through_edge: Load) {
     );
 }
 
-/// Waits, under `loads`, until fra's rollout of `version` is rolled back; returns its status
-/// row, having checked that it was seen `rolling back` or already `rolled back`.
+/// Waits, under `loads`, until fra's rollout of `version` is rolled back and the global control
+/// plane made the version before it current again (as `version + 1`); returns fra's record of
+/// the rollout (`{"region", "rollout"}`) from the rollout history.
 async fn rolled_back(rig: &Rig, version: u64, loads: &[&Load]) -> serde_json::Value {
     let end = Instant::now() + DEADLINE;
     loop {
-        let status = fra_status(&rig.platform);
-        if status["version"] == version && status["state"] == "rolled back" {
-            assert_eq!(status["rollout"]["phase"], "rolled_back", "{status}");
-            return status;
+        let history = rig
+            .platform
+            .cli
+            .json(&["rollout", "history", "hello", "--app", "shop"]);
+        let record = history.as_array().and_then(|records| {
+            records
+                .iter()
+                .find(|r| r["region"] == "fra" && r["rollout"]["version"] == version)
+                .cloned()
+        });
+        let current = rig.platform.cli.json(&["get", "services"])[0]["version"].clone();
+        if let Some(record) = record.filter(|r| r["rollout"]["phase"] == "rolled_back") {
+            if current == version + 1 {
+                let rollback =
+                    rig.platform
+                        .cli
+                        .json(&["get", "deployments", "hello", "--app", "shop"]);
+                let last = &rollback[version as usize];
+                assert_eq!(last["origin"], "rollback", "{rollback}");
+                assert_eq!(
+                    last["rolled_back_from"], record["rollout"]["previous"],
+                    "{rollback}"
+                );
+                return record;
+            }
         }
         assert!(
             Instant::now() < end,
-            "no rollback of {version}: {status}\n{}\n{}",
+            "no rollback of {version} (current version {current}): {history}\n{}\n{}",
             rig.agents[0].log(),
             rig.agents[1].log()
         );
@@ -347,15 +369,16 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
         "/healthz",
         no_surge,
     ));
-    let status = rolled_back(&rig, 3, &[&load, &through_edge]).await;
+    // Version 3 is the rollback of 2 (version 1 again): this one is version 4.
+    let status = rolled_back(&rig, 4, &[&load, &through_edge]).await;
     let failure = &status["rollout"]["failure"];
     assert_eq!(failure["gate"], "crash_loop", "{status}");
     assert!(
         failure["reason"].as_str().unwrap().contains("exited"),
         "{status}"
     );
-    // It started from version 1, which the region ran again.
-    assert_eq!(status["rollout"]["previous"], 1, "{status}");
+    // It started from version 3 (version 1 again), which the region ran again.
+    assert_eq!(status["rollout"]["previous"], 3, "{status}");
     eprintln!(
         "crash loop: rolled back {:?} after the gate failed",
         rollback_time(&status)
@@ -377,7 +400,7 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
     let never_ready = hello_running(2, HELLO, "hello", "/missing", slow)
         .replace("grace_period: 1s", "grace_period: 1h");
     rig.platform.deploy(&never_ready);
-    let status = rolled_back(&rig, 4, &[&load, &through_edge]).await;
+    let status = rolled_back(&rig, 6, &[&load, &through_edge]).await;
     let failure = &status["rollout"]["failure"];
     assert_eq!(failure["gate"], "progress_deadline", "{status}");
     assert!(failure["observed"].as_u64().unwrap() >= 2000, "{status}");

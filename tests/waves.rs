@@ -1,6 +1,6 @@
 //! Regions in waves (`deploy.waves`): a later wave takes a new version only once every region
-//! of the earlier ones runs it to the full; while one never gets there, the later regions keep
-//! serving the version they had.
+//! of the earlier ones runs it to the full; when one fails it instead, the later regions never
+//! see it, and the version before it becomes current again everywhere.
 
 mod support;
 
@@ -101,8 +101,8 @@ async fn a_later_wave_starts_only_once_the_earlier_one_runs_the_version_to_the_f
         )
     };
     let (fra, iad) = (start("fra"), start("iad"));
-    let _fra_node = agent(&fra, "fra-1", "127.0.150.1", dir.path());
-    let _iad_node = agent(&iad, "iad-1", "127.0.151.1", dir.path());
+    let _fra_node = agent(&fra, "fra-1", "127.0.176.1", dir.path());
+    let _iad_node = agent(&iad, "iad-1", "127.0.177.1", dir.path());
     let (_fra_gateway, fra_gateway) = gateway(&fra, dir.path()).await;
     let (_iad_gateway, iad_gateway) = gateway(&iad, dir.path()).await;
     serving(
@@ -127,46 +127,62 @@ async fn a_later_wave_starts_only_once_the_earlier_one_runs_the_version_to_the_f
     )
     .await;
 
-    // Version 3 never gets healthy in fra: iad waits, and keeps serving version 2.
+    // Version 3 never gets healthy in fra: iad waits and keeps serving version 2, until fra
+    // rolls 3 back and the global control plane makes version 2 current again (as 4).
     platform.deploy(&hello("fra, iad", "two", "/no-such-path"));
-    status_until(&platform, "fra", "version 3's instance placed", |s| {
-        s["versions"]
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let greetings = greetings_in(&iad_gateway, "iad").await;
+        assert!(greetings.iter().all(|g| g == "one"), "{greetings:?}");
+        let history = platform
+            .cli
+            .json(&["rollout", "history", "hello", "--app", "shop"]);
+        let rollouts_of_3: Vec<&serde_json::Value> = history
             .as_array()
-            .is_some_and(|versions| versions.iter().any(|v| v["version"] == 3))
-    })
-    .await;
-    // Several reports of fra's failing version later, iad still waits.
-    let mut reports_seen = 0;
-    let mut last_age = None;
-    while reports_seen < 3 {
-        let age = status_until(&platform, "fra", "a report", |s| {
-            s["report_age_seconds"].is_u64()
-        })
-        .await["report_age_seconds"]
-            .as_u64();
-        if last_age.is_some_and(|last| age < Some(last)) {
-            reports_seen += 1;
+            .into_iter()
+            .flatten()
+            .filter(|r| r["rollout"]["version"] == 3)
+            .collect();
+        assert!(
+            rollouts_of_3.iter().all(|r| r["region"] == "fra"),
+            "{history}"
+        );
+        let current = platform.cli.json(&["get", "services"])[0]["version"].clone();
+        if current == 4 {
+            assert_eq!(rollouts_of_3.len(), 1, "{history}");
+            assert_eq!(
+                rollouts_of_3[0]["rollout"]["phase"], "rolled_back",
+                "{history}"
+            );
+            break;
         }
-        last_age = age;
+        let iad = status_of(&platform, "iad");
+        if iad["version"] == 3 {
+            assert_eq!(iad["state"], "waiting for wave 2", "{iad}");
+        }
+        assert!(
+            Instant::now() < end,
+            "version 3 was never rolled back: {history}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let waiting = status_of(&platform, "iad");
-    assert_eq!(waiting["state"], "waiting for wave 2", "{waiting}");
-    let greetings = greetings_in(&iad_gateway, "iad").await;
-    assert!(!greetings.is_empty(), "iad answered nothing");
-    assert!(greetings.iter().all(|g| g == "one"), "{greetings:?}");
+    let deployments = platform
+        .cli
+        .json(&["get", "deployments", "hello", "--app", "shop"]);
+    assert_eq!(deployments[3]["origin"], "rollback", "{deployments}");
+    assert_eq!(deployments[3]["rolled_back_from"], 2, "{deployments}");
 
-    // Version 4 is healthy: fra runs it to the full, then iad takes it.
+    // Version 5 is healthy: fra runs it to the full, then iad takes it.
     platform.deploy(&hello("fra, iad", "three", "/healthz"));
-    status_until(&platform, "iad", "version 4 running", |s| {
-        s["version"] == 4 && s["state"] == "running"
+    status_until(&platform, "iad", "version 5 running", |s| {
+        s["version"] == 5 && s["state"] == "running"
     })
     .await;
     serving(
         &iad_gateway,
         "three",
         |seen| seen.iter().any(|s| s.contains(" in iad ")),
-        "version 4 in iad",
+        "version 5 in iad",
     )
     .await;
     let fra_status = status_of(&platform, "fra");

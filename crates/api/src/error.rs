@@ -52,6 +52,12 @@ impl ApiError {
         }
     }
 
+    /// 409 `conflict`: the request does not fit the resource's state (`message` says why and
+    /// what to do).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
     /// Names the field the error is about.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.detail.field = Some(field.into());
@@ -167,9 +173,7 @@ impl From<StoreError> for ApiError {
                 "already_exists",
                 format!("{what} already exists"),
             ),
-            StoreError::Conflict(message) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", message)
-            }
+            StoreError::Conflict(message) => ApiError::conflict(message),
             taken @ StoreError::DomainTaken { .. } => ApiError::domain_taken(
                 &Caller {
                     org: Some(String::new()),

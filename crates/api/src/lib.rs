@@ -101,7 +101,7 @@ pub fn router_with(
     secrets: Option<Arc<SealingKey>>,
     readiness: Readiness,
 ) -> Router {
-    use routes::{domains, endpoints, feed, regions, reports, services, tenancy};
+    use routes::{domains, endpoints, feed, regions, reports, rollouts, services, tenancy};
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::new(registry)),
@@ -185,6 +185,11 @@ pub fn router_with(
             post(services::rollback),
         )
         .route(&format!("{service_path}/status"), get(services::status))
+        .route(&format!("{service_path}/rollouts"), get(rollouts::history))
+        .route(
+            &format!("{service_path}/rollout/abort"),
+            post(rollouts::abort),
+        )
         .route(&format!("{service_path}/endpoints"), get(endpoints::list))
         .route(
             &format!("{service_path}/endpoints/{{endpoint}}"),

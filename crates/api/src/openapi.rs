@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{domains, endpoints, feed, regions, reports, services, tenancy};
+use crate::routes::{domains, endpoints, feed, regions, reports, rollouts, services, tenancy};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use crate::routes::{domains, endpoints, feed, regions, reports, services, tenanc
         regions::intermediate, regions::create_join_token, reports::put, reports::get,
         services::apply, services::list, services::get, services::delete,
         services::deployments, services::deployment, services::rollback, services::status,
+        rollouts::history, rollouts::abort,
         endpoints::put, endpoints::list, endpoints::delete,
         domains::list, domains::upload,
         feed::revision, feed::changes,

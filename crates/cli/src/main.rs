@@ -113,6 +113,9 @@ enum Command {
         #[arg(long)]
         to: u64,
     },
+    /// Follow, list and abort a service's rollouts.
+    #[command(subcommand)]
+    Rollout(commands::rollout::RolloutCommand),
     /// Delete a resource.
     #[command(subcommand)]
     Delete(commands::resources::DeleteCommand),
@@ -189,6 +192,9 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         }
         Command::Rollback { service, scope, to } => {
             resources::rollback(&Client::new(&args)?, format, &service, &scope, to).await
+        }
+        Command::Rollout(cmd) => {
+            commands::rollout::rollout(&Client::new(&args)?, format, cmd).await
         }
         Command::Delete(cmd) => resources::delete(&Client::new(&args)?, cmd).await,
     }

@@ -28,6 +28,7 @@ mod plane;
 mod region;
 mod reports;
 mod rollout;
+mod rollout_history;
 mod supervise;
 mod tls;
 mod upward;

@@ -159,6 +159,8 @@ pub enum ChangeKind {
     /// The edges' TLS session ticket keys (key: `session-ticket-keys`).
     #[serde(rename = "ticket_keys")]
     TicketKeys,
+    /// A region's rollout of a service's version (key: `org/app/service/region`).
+    Rollout,
 }
 
 /// Whether a change created/updated or removed its resource.

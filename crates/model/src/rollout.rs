@@ -44,6 +44,17 @@ fn one() -> u32 {
     1
 }
 
+/// One region's rollout of one version of a service, as the global control plane recorded it
+/// from the region's reports: an entry of the service's rollout history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutRecord {
+    /// The region.
+    pub region: String,
+    /// The rollout as the region last reported it.
+    pub rollout: RolloutStatus,
+}
+
 /// Where a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

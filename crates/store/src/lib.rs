@@ -14,7 +14,7 @@ mod watch;
 use async_trait::async_trait;
 use meridian_model::{
     App, CertificateSource, CertificateState, Change, Definition, Deployment, Endpoint,
-    EndpointInput, Org, Region, ServiceSummary, TokenInfo,
+    EndpointInput, Org, Region, RolloutRecord, RolloutStatus, ServiceSummary, TokenInfo,
 };
 
 pub use sqlite::SqliteStore;
@@ -243,6 +243,17 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a new version equal to version `to`, current from now on; its domains are claimed
     /// as by [`Store::apply_service`].
     async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment>;
+    /// Records `region`'s rollout of a version of a service, replacing what was recorded for
+    /// that region and version (a [`RolloutRecord`] of the history); returns false and writes nothing when it equals what is recorded. Fails with
+    /// [`StoreError::NotFound`] when the service does not exist.
+    async fn record_rollout(
+        &self,
+        key: &ServiceKey,
+        region: &str,
+        rollout: &RolloutStatus,
+    ) -> Result<bool>;
+    /// The rollouts of a service, newest version first, then by region.
+    async fn list_rollouts(&self, key: &ServiceKey) -> Result<Vec<RolloutRecord>>;
     /// The current deployments of every service that runs in `region`, ordered by key.
     async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>>;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use meridian_model::{
     App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Endpoint,
-    EndpointInput, Org, Region, ServiceSummary, TokenInfo,
+    EndpointInput, Org, Region, RolloutRecord, RolloutStatus, ServiceSummary, TokenInfo,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 mod certificates;
 mod domains;
 mod endpoints;
+mod rollouts;
 
 use crate::{
     Applied, CertificateRecord, DomainClaim, MissingOrg, NewToken, Result, ServiceFilter,
@@ -154,6 +155,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::Certificate => "certificate",
         ChangeKind::AcmeAccount => "acme_account",
         ChangeKind::TicketKeys => "ticket_keys",
+        ChangeKind::Rollout => "rollout",
     }
 }
 
@@ -168,6 +170,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "certificate" => ChangeKind::Certificate,
         "acme_account" => ChangeKind::AcmeAccount,
         "ticket_keys" => ChangeKind::TicketKeys,
+        "rollout" => ChangeKind::Rollout,
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unknown change kind `{other}`"
@@ -808,6 +811,26 @@ impl Store for SqliteStore {
         .await?;
         self.commit(tx, deployment.revision).await?;
         Ok(deployment)
+    }
+
+    async fn record_rollout(
+        &self,
+        key: &ServiceKey,
+        region: &str,
+        rollout: &RolloutStatus,
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        match rollouts::put(&mut tx, key, region, rollout).await? {
+            Some(revision) => {
+                self.commit(tx, revision).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn list_rollouts(&self, key: &ServiceKey) -> Result<Vec<RolloutRecord>> {
+        rollouts::list(&self.reader, key).await
     }
 
     async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>> {

@@ -111,6 +111,81 @@ async fn an_apply_that_changes_nothing_writes_nothing() {
 }
 
 #[tokio::test]
+async fn rollouts_are_recorded_per_region_and_version_and_go_with_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    with_regions(&store).await;
+    let rollout = |version: u64, phase: &str| -> meridian_model::RolloutStatus {
+        serde_json::from_value(serde_json::json!({
+            "version": version, "previous": version - 1, "strategy": "rolling",
+            "phase": phase, "started_at": 1, "updated_at": 2,
+        }))
+        .unwrap()
+    };
+    assert!(matches!(
+        store
+            .record_rollout(&key("web"), "fra", &rollout(2, "progressing"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    for command in ["v1", "v2"] {
+        store
+            .apply_service(
+                &definition("web", &["fra", "iad"], command),
+                MissingOrg::Create,
+            )
+            .await
+            .unwrap();
+    }
+    let web = key("web");
+    assert!(store
+        .record_rollout(&web, "fra", &rollout(2, "progressing"))
+        .await
+        .unwrap());
+    let revision = store.revision().await.unwrap();
+    assert!(!store
+        .record_rollout(&web, "fra", &rollout(2, "progressing"))
+        .await
+        .unwrap());
+    assert_eq!(store.revision().await.unwrap(), revision);
+    assert!(store
+        .record_rollout(&web, "fra", &rollout(2, "succeeded"))
+        .await
+        .unwrap());
+    assert!(store
+        .record_rollout(&web, "iad", &rollout(2, "rolled_back"))
+        .await
+        .unwrap());
+    assert!(store
+        .record_rollout(&web, "fra", &rollout(1, "succeeded"))
+        .await
+        .unwrap());
+    let history = store.list_rollouts(&web).await.unwrap();
+    let rows: Vec<(u64, &str, meridian_model::RolloutPhase)> = history
+        .iter()
+        .map(|r| (r.rollout.version, r.region.as_str(), r.rollout.phase))
+        .collect();
+    use meridian_model::RolloutPhase::*;
+    assert_eq!(
+        rows,
+        [
+            (2, "fra", Succeeded),
+            (2, "iad", RolledBack),
+            (1, "fra", Succeeded)
+        ]
+    );
+    let feed = store.changes_after(revision, 10).await.unwrap();
+    assert_eq!(feed[0].kind, ChangeKind::Rollout);
+    assert_eq!(feed[0].key, "acme/shop/web/fra");
+    store.delete_service(&web).await.unwrap();
+    store
+        .apply_service(&definition("web", &["fra"], "v1"), MissingOrg::Create)
+        .await
+        .unwrap();
+    assert_eq!(store.list_rollouts(&web).await.unwrap(), Vec::new());
+}
+
+#[tokio::test]
 async fn applies_create_versions_and_rollback_copies_an_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;

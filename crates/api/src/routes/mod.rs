@@ -5,5 +5,6 @@ pub mod endpoints;
 pub mod feed;
 pub mod regions;
 pub mod reports;
+pub mod rollouts;
 pub mod services;
 pub mod tenancy;

@@ -13,3 +13,4 @@ pub mod join_token;
 pub mod logs;
 pub mod proxy;
 pub mod resources;
+pub mod rollout;

@@ -7,4 +7,6 @@ mod follow;
 mod publish;
 
 pub use follow::{follow_global, keep_disk_copy};
-pub use publish::{publish_regional_deployments, FirstLoad, ReportSource, PUBLISHED, REPORTED};
+pub use publish::{
+    publish_regional_deployments, FirstLoad, LatestReport, ReportSource, PUBLISHED, REPORTED,
+};

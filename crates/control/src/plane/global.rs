@@ -153,6 +153,17 @@ pub async fn run_global(
             publish_regional_deployments(store.clone(), cache.clone(), source, first.clone())
         }
     });
+    supervisor.restarting("record rollouts", {
+        let (store, reports) = (store.clone(), reports.clone());
+        move || {
+            let latest = reports.clone();
+            crate::rollout_history::record_rollouts(
+                store.clone(),
+                Box::new(move |region| latest.get(region)),
+                reports.subscribe(),
+            )
+        }
+    });
     let own_id = SpiffeId {
         trust_domain: ca.trust_domain().to_owned(),
         subject: Subject::Control { region: None },

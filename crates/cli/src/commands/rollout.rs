@@ -1,0 +1,158 @@
+//! `meridian rollout …`: a service's rollouts, region by region: the one under way, the
+//! history, and aborting it.
+
+use anyhow::Result;
+use clap::Subcommand;
+use meridian_api::ServiceStatus;
+use meridian_model::{Deployment, RolloutRecord, RolloutStatus};
+use reqwest::Method;
+
+use crate::client::Client;
+use crate::commands::resources::{service_path, AppScope};
+use crate::output::{print, Format};
+
+/// What `meridian rollout` does.
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Show the rollout of the current version in each region: strategy, phase, step, weights,
+    /// and the failed gate with its figures.
+    Status {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: AppScope,
+    },
+    /// List past rollouts, newest version first, with their outcome and reason.
+    History {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: AppScope,
+    },
+    /// Abort the rollout under way: the version it replaces becomes current again (a new
+    /// version), and every region returns to it by draining the new instances.
+    Abort {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: AppScope,
+    },
+}
+
+/// Runs `meridian rollout …`.
+pub async fn rollout(api: &Client, format: Format, cmd: RolloutCommand) -> Result<()> {
+    match cmd {
+        RolloutCommand::Status { service, scope } => {
+            let path = service_path(api, &service, &scope).await?;
+            let status: ServiceStatus = api.get(&format!("{path}/status")).await?;
+            if format == Format::Table {
+                println!(
+                    "{}/{}/{}  version {}",
+                    status.org, status.app, status.name, status.version
+                );
+            }
+            let headers = [
+                "REGION", "STATE", "STRATEGY", "PHASE", "STEP", "WEIGHTS", "REASON",
+            ];
+            print(format, &status, &headers, |status| {
+                status
+                    .regions
+                    .iter()
+                    .map(|r| {
+                        let mut row = vec![r.region.clone(), r.state.clone()];
+                        row.extend(rollout_cells(r.rollout.as_ref()));
+                        row
+                    })
+                    .collect()
+            })
+        }
+        RolloutCommand::History { service, scope } => {
+            let path = service_path(api, &service, &scope).await?;
+            let history: Vec<RolloutRecord> = api.get(&format!("{path}/rollouts")).await?;
+            let headers = [
+                "VERSION", "REGION", "FROM", "STRATEGY", "OUTCOME", "TOOK", "REASON",
+            ];
+            print(format, &history, &headers, |history| {
+                history.iter().map(history_row).collect()
+            })
+        }
+        RolloutCommand::Abort { service, scope } => {
+            let path = service_path(api, &service, &scope).await?;
+            let deployment: Deployment = api
+                .send(
+                    Method::POST,
+                    &format!("{path}/rollout/abort"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&deployment)?),
+                Format::Table => println!(
+                    "aborted: {service} goes back to version {} as version {} (revision {})",
+                    deployment.rolled_back_from.unwrap_or_default(),
+                    deployment.version,
+                    deployment.revision
+                ),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Strategy, phase, step, weights and reason of a region's rollout (`-` when there is none).
+fn rollout_cells(rollout: Option<&RolloutStatus>) -> Vec<String> {
+    let Some(r) = rollout else {
+        return vec!["-".to_owned(); 5];
+    };
+    let weights = if r.weights.is_empty() {
+        "-".to_owned()
+    } else {
+        r.weights
+            .iter()
+            .map(|w| format!("v{} {}%", w.version, w.weight))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    vec![
+        enum_name(&r.strategy),
+        enum_name(&r.phase),
+        format!("{}/{}", r.step + 1, r.steps),
+        weights,
+        reason(r),
+    ]
+}
+
+/// One row of the history.
+fn history_row(record: &RolloutRecord) -> Vec<String> {
+    let r = &record.rollout;
+    let took = r.updated_at.saturating_sub(r.started_at);
+    vec![
+        r.version.to_string(),
+        record.region.clone(),
+        r.previous.to_string(),
+        enum_name(&r.strategy),
+        enum_name(&r.phase),
+        if r.phase.ended() {
+            format!("{:.1}s", took as f64 / 1000.0)
+        } else {
+            "-".to_owned()
+        },
+        reason(r),
+    ]
+}
+
+/// The failed gate's words, or `-`.
+fn reason(rollout: &RolloutStatus) -> String {
+    rollout
+        .failure
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |f| f.reason.clone())
+}
+
+/// A unit enum's name as the API writes it (`rolled_back`, `blue_green`).
+fn enum_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
