@@ -187,4 +187,46 @@ async fn a_later_wave_starts_only_once_the_earlier_one_runs_the_version_to_the_f
     .await;
     let fra_status = status_of(&platform, "fra");
     assert_eq!(fra_status["state"], "running", "{fra_status}");
+
+    // Version 6 takes its time to get ready: aborted while fra rolls it out, version 5 is
+    // current again (as 7), and iad never saw 6.
+    let slow =
+        hello("fra, iad", "four", "/no-such-path").replace("grace_period: 5s", "grace_period: 1h");
+    platform.deploy(&slow);
+    status_until(&platform, "fra", "version 6 rolling out", |s| {
+        s["rollout"]["version"] == 6 && s["rollout"]["phase"] == "progressing"
+    })
+    .await;
+    let status = platform
+        .cli
+        .ok(&["rollout", "status", "hello", "--app", "shop"]);
+    assert!(status.contains("progressing"), "{status}");
+    let aborted = platform
+        .cli
+        .ok(&["rollout", "abort", "hello", "--app", "shop"]);
+    assert!(
+        aborted.contains("aborted: hello goes back to version 5 as version 7"),
+        "{aborted}"
+    );
+    status_until(&platform, "fra", "version 7 running", |s| {
+        s["version"] == 7 && s["state"] == "running"
+    })
+    .await;
+    let greetings = greetings_in(&fra_gateway, "fra").await;
+    assert!(greetings.iter().all(|g| g == "three"), "{greetings:?}");
+    let nothing = platform
+        .cli
+        .fails(&["rollout", "abort", "hello", "--app", "shop"]);
+    assert!(nothing.contains("nothing to abort"), "{nothing}");
+    let history = platform
+        .cli
+        .json(&["rollout", "history", "hello", "--app", "shop"]);
+    assert!(
+        !history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rollout"]["version"] == 6 && r["region"] == "iad"),
+        "{history}"
+    );
 }
