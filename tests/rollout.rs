@@ -468,3 +468,60 @@ async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request
 
     no_failed_request("blue-green switch", load, through_edge).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_splits_requests_by_weight_then_goes_to_100_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let canary =
+        "deploy: {strategy: canary, steps: [{weight: 50, pause: 3s}], keep_previous: 1s}\n";
+    let definition = |greeting| hello_running(2, HELLO, greeting, "/healthz", canary);
+    let rig = Rig::start(dir.path(), 160, &definition("hello")).await;
+    let load = Load::start_lanes(&rig.gateway, HOST, &lanes());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &lanes());
+    load.goes_on_for(50).await;
+
+    // The new set starts beside the old one; once it is ready, the proxies send it half of
+    // the requests for the step's pause.
+    rig.platform.deploy(&definition("howdy"));
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let status = fra_status(&rig.platform);
+        let weights = &status["rollout"]["weights"];
+        if weights
+            == &serde_json::json!([{"version": 1, "weight": 50}, {"version": 2, "weight": 50}])
+        {
+            assert_eq!(status["rollout"]["step"], 0, "{status}");
+            break;
+        }
+        assert!(Instant::now() < end, "the canary never split: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    load.take_answers();
+    load.goes_on_for(40).await;
+    let answers = load.take_answers();
+    let (old, new) = (greeted_by(&answers, "hello"), greeted_by(&answers, "howdy"));
+    eprintln!(
+        "canary at 50 %: {} of {} answers from the new version",
+        answers.iter().filter(|a| a.starts_with("howdy")).count(),
+        answers.len()
+    );
+    assert!(!old.is_empty() && !new.is_empty(), "{answers:?}");
+
+    // Then 100 %: the old set leaves, and the rollout succeeded.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let status = fra_status(&rig.platform);
+        if status["rollout"]["phase"] == "succeeded" {
+            assert_eq!(status["rollout"]["strategy"], "canary", "{status}");
+            break;
+        }
+        assert!(Instant::now() < end, "the canary never ended: {status}");
+        load.goes_on_for(5).await;
+    }
+    let new = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
+    serving_exactly(&rig.gateway, "howdy", &new).await;
+    load.take_answers();
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
+    no_failed_request("canary to 100 %", load, through_edge).await;
+}

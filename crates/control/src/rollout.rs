@@ -46,11 +46,14 @@ pub struct Bounds {
     pub unavailable: u32,
 }
 
-/// The next step for `members` within `bounds` under `strategy`.
+/// The next step for `members` within `bounds` under `strategy`. `Canary` holds the new set
+/// beside the old one; a canary at its last step (or returning to the previous version) steps
+/// as `BlueGreen`.
 pub fn step_for(strategy: Strategy, bounds: Bounds, members: &[Member<'_>]) -> Step {
     match strategy {
         Strategy::Rolling => step(bounds, members),
         Strategy::BlueGreen => blue_green::step(bounds, members),
+        Strategy::Canary => blue_green::hold(bounds, members),
     }
 }
 

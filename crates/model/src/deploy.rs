@@ -41,6 +41,27 @@ pub struct Deploy {
     /// per region.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waves: Vec<Vec<String>>,
+    /// With `canary`: the share of requests the new version gets, step by step (a last step
+    /// of 100 is implied). Only with `canary`, which needs at least one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<CanaryStep>,
+}
+
+/// One step of a canary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CanaryStep {
+    /// The new version's share of requests, in percent (1 to 100, more than the step before).
+    pub weight: u32,
+    /// How long the step lasts once the new version is ready; defaults to `0s`, at most `1h`.
+    #[serde(default = "CanaryStep::no_pause")]
+    pub pause: HumanDuration,
+}
+
+impl CanaryStep {
+    fn no_pause() -> HumanDuration {
+        HumanDuration(std::time::Duration::ZERO)
+    }
 }
 
 impl Default for Deploy {
@@ -53,6 +74,7 @@ impl Default for Deploy {
             progress_deadline: Deploy::default_progress_deadline(),
             keep_previous: None,
             waves: Vec::new(),
+            steps: Vec::new(),
         }
     }
 }
@@ -67,14 +89,28 @@ impl Deploy {
     }
 
     /// How long the previous version's instances keep running after they left service: with
-    /// `blue_green`, `keep_previous` (default 1 minute); else nothing beyond `drain_delay`.
+    /// `blue_green` or `canary`, `keep_previous` (default 1 minute); else nothing beyond
+    /// `drain_delay`.
     pub fn keep_previous(&self) -> std::time::Duration {
         match self.strategy {
-            Strategy::BlueGreen => self
+            Strategy::BlueGreen | Strategy::Canary => self
                 .keep_previous
                 .map_or(std::time::Duration::from_secs(60), |k| k.0),
             Strategy::Rolling => std::time::Duration::ZERO,
         }
+    }
+
+    /// The canary's weights step by step, ending with 100 (empty for the other strategies).
+    pub fn canary_weights(&self) -> Vec<(u32, std::time::Duration)> {
+        if self.strategy != Strategy::Canary {
+            return Vec::new();
+        }
+        let mut weights: Vec<(u32, std::time::Duration)> =
+            self.steps.iter().map(|s| (s.weight, s.pause.0)).collect();
+        if weights.last().is_none_or(|(w, _)| *w < 100) {
+            weights.push((100, std::time::Duration::ZERO));
+        }
+        weights
     }
 
     /// Whether every field has its default (then it is left out of documents).
@@ -161,6 +197,10 @@ pub enum Strategy {
     /// all of them are ready; then the old set leaves service at once, and keeps running for
     /// `keep_previous`.
     BlueGreen,
+    /// A full set of new instances starts beside the old one; once it is ready, the proxies
+    /// send it the share of requests of each of `steps` in turn, then all of them, as
+    /// blue-green.
+    Canary,
 }
 
 /// A number of instances: a count (`2`) or a percentage of the scale (`"25%"`).

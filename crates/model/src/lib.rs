@@ -26,7 +26,7 @@ pub use definition::{
     Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec,
     TcpCheck,
 };
-pub use deploy::{Amount, Deploy, DeployOverride, Strategy};
+pub use deploy::{Amount, CanaryStep, Deploy, DeployOverride, Strategy};
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};
 pub use domains::{check_domain, contested_domains, covering_wildcards, domains_overlap};
 pub use duration::HumanDuration;

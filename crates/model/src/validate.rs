@@ -492,11 +492,31 @@ fn validate_deploy(errs: &mut ValidationErrors, at: &str, deploy: &crate::Deploy
     {
         errs.push(format!("{at}.progress_deadline"), "must be from 1s to 1h");
     }
+    let canary = deploy.strategy == crate::Strategy::Canary;
+    if !canary && !deploy.steps.is_empty() {
+        errs.push(format!("{at}.steps"), "only with strategy canary");
+    }
+    if canary && deploy.steps.is_empty() {
+        errs.push(format!("{at}.steps"), "a canary needs at least one step");
+    }
+    let mut before = 0;
+    for (i, step) in deploy.steps.iter().enumerate() {
+        if step.weight <= before || step.weight > 100 {
+            errs.push(
+                format!("{at}.steps[{i}].weight"),
+                "must be from 1 to 100, more than the step before",
+            );
+        }
+        before = step.weight;
+        if step.pause.0 > std::time::Duration::from_secs(3600) {
+            errs.push(format!("{at}.steps[{i}].pause"), "must be at most 1h");
+        }
+    }
     if let Some(keep) = &deploy.keep_previous {
-        if deploy.strategy != crate::Strategy::BlueGreen {
+        if deploy.strategy == crate::Strategy::Rolling {
             errs.push(
                 format!("{at}.keep_previous"),
-                "only with strategy blue_green",
+                "only with strategy blue_green or canary",
             );
         } else if keep.0 > std::time::Duration::from_secs(3600) {
             errs.push(format!("{at}.keep_previous"), "must be at most 1h");

@@ -245,6 +245,37 @@ fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
         std::time::Duration::from_secs(30)
     );
     let mut def = valid();
+    def["deploy"] = serde_json::json!({"strategy": "canary"});
+    assert_eq!(fields(&errors(def)), ["deploy.steps"]);
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"steps": [{"weight": 5}]});
+    assert_eq!(fields(&errors(def)), ["deploy.steps"]);
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"strategy": "canary",
+        "steps": [{"weight": 25}, {"weight": 5, "pause": "2h"}, {"weight": 101}]});
+    assert_eq!(
+        fields(&errors(def)),
+        [
+            "deploy.steps[1].weight",
+            "deploy.steps[1].pause",
+            "deploy.steps[2].weight"
+        ]
+    );
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"strategy": "canary",
+        "steps": [{"weight": 5, "pause": "1m"}, {"weight": 50}]});
+    let def = parse(def);
+    validate_definition(&def, &known).unwrap();
+    let minute = std::time::Duration::from_secs(60);
+    assert_eq!(
+        def.deploy.canary_weights(),
+        [
+            (5, minute),
+            (50, std::time::Duration::ZERO),
+            (100, std::time::Duration::ZERO)
+        ]
+    );
+    let mut def = valid();
     def["deploy"] = serde_json::json!({"strategy": "big_bang"});
     let err = parse_definition_json(def.to_string().as_bytes()).unwrap_err();
     assert_eq!(fields(&err), ["deploy.strategy"], "{err}");

@@ -37,8 +37,9 @@ use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
-    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
@@ -174,8 +175,37 @@ pub fn service(
     rendered
         .resources
         .push(mesh_service(deployment, spec_json.to_vec(), instances, vip));
+    proxy_clusters(&mut rendered, deployment, "", endpoints, mesh);
+    rendered
+}
+
+/// The suffix of the clusters of a canary's new set: `<org>/<app>/<service>:<port>/canary`.
+pub const CANARY_SUFFIX: &str = "/canary";
+
+/// The clusters of a canary's new set, for Meridian's proxies: one per port, named as the
+/// service's with [`CANARY_SUFFIX`], with `endpoints` (those of the new set), reached as
+/// [`service`] says for `mesh`.
+pub fn canary_clusters(
+    deployment: &RegionalDeployment,
+    endpoints: &[&Endpoint],
+    mesh: Option<&str>,
+) -> Rendered {
+    let mut rendered = Rendered::default();
+    proxy_clusters(&mut rendered, deployment, CANARY_SUFFIX, endpoints, mesh);
+    rendered
+}
+
+/// One cluster and its load assignment per port of `deployment`, for Meridian's proxies,
+/// named as [`proxy_cluster_name`] says followed by `suffix`.
+fn proxy_clusters(
+    rendered: &mut Rendered,
+    deployment: &RegionalDeployment,
+    suffix: &str,
+    endpoints: &[&Endpoint],
+    mesh: Option<&str>,
+) {
     for (index, port) in deployment.spec.ports.iter().enumerate() {
-        let name = proxy_cluster_name(deployment, &port.name);
+        let name = format!("{}{suffix}", proxy_cluster_name(deployment, &port.name));
         let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
         let mut cluster = proxy_cluster(&name, port.protocol.is_http2());
         let mut target_port = port.port;
@@ -201,7 +231,6 @@ pub fn service(
             .resources
             .push((ENDPOINT, cache_name, pack(&assignment)));
     }
-    rendered
 }
 
 /// The name of a service port's cluster for Meridian's proxies: `<org>/<app>/<service>:<port>`.
@@ -271,14 +300,25 @@ fn gateway_transport_socket() -> TransportSocket {
 pub fn gateway_routes<'a>(
     deployments: impl IntoIterator<Item = &'a RegionalDeployment> + Clone,
 ) -> Any {
+    let unsplit: Vec<(&RegionalDeployment, Option<u32>)> =
+        deployments.into_iter().map(|d| (d, None)).collect();
+    gateway_routes_split(unsplit.iter().copied())
+}
+
+/// [`gateway_routes`], each deployment with the share of requests (1 to 99) its canary's new
+/// set gets, if the proxies split them: its routes then go to the service's clusters and to
+/// those of the new set ([`canary_clusters`]) by weight.
+pub fn gateway_routes_split<'a>(
+    deployments: impl IntoIterator<Item = (&'a RegionalDeployment, Option<u32>)> + Clone,
+) -> Any {
     let contested = meridian_model::contested_domains(
         deployments
             .clone()
             .into_iter()
-            .map(|d| ((&d.org, &d.app, &d.service), d.spec.domains.as_slice())),
+            .map(|(d, _)| ((&d.org, &d.app, &d.service), d.spec.domains.as_slice())),
     );
     let mut virtual_hosts = Vec::new();
-    for deployment in deployments {
+    for (deployment, canary) in deployments {
         let spec = &deployment.spec;
         let domains: Vec<String> = spec
             .domains
@@ -300,10 +340,13 @@ pub fn gateway_routes<'a>(
             routes: routes
                 .into_iter()
                 .map(|r| {
-                    let mut route =
-                        prefix_route(&r.path_prefix, proxy_cluster_name(deployment, &r.port));
+                    let cluster = proxy_cluster_name(deployment, &r.port);
+                    let mut route = prefix_route(&r.path_prefix, cluster.clone());
                     if let Some(Action::Route(action)) = &mut route.action {
                         action.retry_policy = Some(gateway_retries());
+                        if let Some(weight) = canary {
+                            action.cluster_specifier = Some(split(cluster, weight));
+                        }
                     }
                     route
                 })
@@ -332,6 +375,20 @@ fn gateway_retries() -> RetryPolicy {
         }),
         ..Default::default()
     }
+}
+
+/// `cluster` with `100 - weight` of the requests, its canary's with `weight`.
+fn split(cluster: String, weight: u32) -> ClusterSpecifier {
+    let canary = format!("{cluster}{CANARY_SUFFIX}");
+    let share = |name: String, value: u32| ClusterWeight {
+        name,
+        weight: Some(UInt32Value { value }),
+        ..Default::default()
+    };
+    ClusterSpecifier::WeightedClusters(WeightedCluster {
+        clusters: vec![share(cluster, 100 - weight.min(100)), share(canary, weight)],
+        ..Default::default()
+    })
 }
 
 fn prefix_route(prefix: &str, cluster: String) -> Route {
@@ -629,21 +686,52 @@ mod tests {
         );
     }
 
+    /// acme/shop/web in fra as `org` claiming `domains` (a JSON list), one port `http`.
+    fn web(org: &str, domains: &str) -> RegionalDeployment {
+        let definition = meridian_model::parse_definition_json(
+            format!(
+                r#"{{"org": "{org}", "app": "shop", "name": "web", "regions": ["fra"],
+                "runtime": {{"process": {{"command": "/bin/true"}}}},
+                "ports": [{{"name": "http", "port": 8080}}],
+                "routes": [{{"port": "http"}}], "domains": {domains}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        meridian_model::derive_regional(&definition, 1).remove(0)
+    }
+
+    #[test]
+    fn a_canarys_routes_split_requests_between_the_service_and_its_new_set() {
+        let acme = web("acme", r#"["shop.example.com"]"#);
+        let routes = gateway_routes_split([(&acme, Some(20))]);
+        let routes = RouteConfiguration::decode(routes.value.as_slice()).unwrap();
+        let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+            panic!("{routes:?}");
+        };
+        let Some(ClusterSpecifier::WeightedClusters(split)) = &action.cluster_specifier else {
+            panic!("{action:?}");
+        };
+        let shares: Vec<(&str, u32)> = split
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.weight.as_ref().unwrap().value))
+            .collect();
+        let canary = "acme/shop/web:http/canary";
+        assert_eq!(shares, [("acme/shop/web:http", 80), (canary, 20)]);
+        assert!(action.retry_policy.is_some());
+        let clusters = canary_clusters(&acme, &[], None);
+        let names: Vec<&str> = clusters
+            .resources
+            .iter()
+            .map(|(_, n, _)| n.as_str())
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(canary)), "{names:?}");
+        assert_eq!(names.len(), 2, "a cluster and its endpoints");
+    }
+
     #[test]
     fn the_gateway_gives_a_domain_two_services_claim_to_neither() {
-        let web = |org: &str, domains: &str| {
-            let definition = meridian_model::parse_definition_json(
-                format!(
-                    r#"{{"org": "{org}", "app": "shop", "name": "web", "regions": ["fra"],
-                    "runtime": {{"process": {{"command": "/bin/true"}}}},
-                    "ports": [{{"name": "http", "port": 8080}}],
-                    "routes": [{{"port": "http"}}], "domains": {domains}}}"#
-                )
-                .as_bytes(),
-            )
-            .unwrap();
-            meridian_model::derive_regional(&definition, 1).remove(0)
-        };
         let owner = web("acme", r#"["shop.example.com", "acme.example.net"]"#);
         let intruder = web("aaa", r#"["*.example.com", "aaa.example.net"]"#);
         for order in [[&owner, &intruder], [&intruder, &owner]] {

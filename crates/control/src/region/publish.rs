@@ -289,19 +289,27 @@ impl Publisher {
                 Shape::Local {
                     deployment,
                     endpoints,
+                    canary,
                     mesh,
                     elsewhere,
                     vip,
                 } => spec_of(&id, &deployment).map(|spec| {
                     let endpoints: Vec<&Endpoint> = endpoints.iter().collect();
-                    render::service(
+                    let mut rendered = render::service(
                         &deployment,
                         &spec,
                         &endpoints,
                         mesh.as_deref(),
                         &elsewhere,
                         vip,
-                    )
+                    );
+                    if let Some(canary) = canary {
+                        let canary: Vec<&Endpoint> = canary.iter().collect();
+                        let clusters =
+                            render::canary_clusters(&deployment, &canary, mesh.as_deref());
+                        rendered.resources.extend(clusters.resources);
+                    }
+                    rendered
                 }),
                 Shape::Remote {
                     deployment,
@@ -344,9 +352,9 @@ impl Publisher {
             };
             rendered.assignments.push((key, encoded));
         }
-        rendered.gateway_routes = work
-            .gateway_routes
-            .map(|deployments| render::gateway_routes(deployments.iter().map(|d| &**d)));
+        rendered.gateway_routes = work.gateway_routes.map(|deployments| {
+            render::gateway_routes_split(deployments.iter().map(|(d, split)| (&**d, *split)))
+        });
         rendered
     }
 

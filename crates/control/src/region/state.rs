@@ -11,7 +11,8 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use meridian_model::{
-    Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth, VersionHealth,
+    Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth, Strategy,
+    VersionHealth,
 };
 use meridian_xds::meridian::{NodeReport, ServiceInstance};
 
@@ -83,8 +84,9 @@ pub(super) struct Work {
     pub services: Vec<ServiceWork>,
     /// Instances whose assignment changed: `None` when no longer placed.
     pub assignments: Vec<(InstanceKey, Option<AssignmentWork>)>,
-    /// Every deployment, when the gateway's routes must be rendered again.
-    pub gateway_routes: Option<Vec<Arc<RegionalDeployment>>>,
+    /// Every deployment, with the share of requests its canary gets if it is at a canary
+    /// step, when the gateway's routes must be rendered again.
+    pub gateway_routes: Option<Vec<(Arc<RegionalDeployment>, Option<u32>)>>,
 }
 
 /// One service's inputs.
@@ -101,8 +103,10 @@ pub(super) enum Shape {
     Local {
         /// Its deployment here.
         deployment: Arc<RegionalDeployment>,
-        /// Its registered and reported endpoints.
+        /// Its registered and reported endpoints (but a canary's).
         endpoints: Vec<Endpoint>,
+        /// During a canary, the new version's endpoints, served from a cluster of their own.
+        canary: Option<Vec<Endpoint>>,
         /// The trust domain, when its instances are reached over mutual TLS.
         mesh: Option<String>,
         /// Its healthy instances elsewhere.
@@ -211,6 +215,7 @@ impl RegionState {
             // A rollout moves on as its instances get ready.
             self.place_some(&reported.services, now);
         }
+        self.advance_canaries(&reported.services, now);
         self.settle_rollouts(&reported.services);
         self.refresh_reported(reported.services);
         self.report_due.notify_one();
@@ -236,6 +241,8 @@ impl RegionState {
         if !late.is_empty() {
             self.place_some(&late, now);
         }
+        let canaries: BTreeSet<ServiceId> = self.rollouts.progressing().cloned().collect();
+        self.advance_canaries(&canaries, now);
         self.report_due.notify_one();
     }
 
@@ -528,9 +535,12 @@ impl RegionState {
             .get(id)
             .is_some_and(|r| r.version == now.version && !r.phase.failed());
         if let Some(stable) = stable.filter(|s| older.contains_key(s) && !going_on) {
-            let strategy = now.spec.deploy.strategy;
+            let deploy = &now.spec.deploy;
+            let versions = (stable, now.version);
+            let canary = deploy.canary_weights();
+            let now_ms = rollouts::unix_ms();
             self.rollouts
-                .start(id, stable, now.version, strategy, rollouts::unix_ms());
+                .start(id, versions, deploy.strategy, &canary, now_ms);
             self.copy_due.notify_one();
         }
         if older.is_empty() {
@@ -585,9 +595,12 @@ impl RegionState {
                 (key, work)
             })
             .collect();
-        let gateway_routes = dirty
-            .gateway_routes
-            .then(|| self.deployments.values().cloned().collect());
+        let gateway_routes = dirty.gateway_routes.then(|| {
+            let split = |(id, d): (&ServiceId, &Arc<RegionalDeployment>)| {
+                (d.clone(), self.canary_split(id, d.version))
+            };
+            self.deployments.iter().map(split).collect()
+        });
         Work {
             sequence: self.sequence,
             services,
@@ -601,18 +614,39 @@ impl RegionState {
         let elsewhere = self.elsewhere.get(id).cloned().unwrap_or_default();
         if let Some(deployment) = self.deployments.get(id) {
             let registered = self.registered.get(id);
-            let endpoints = registered
+            let mut endpoints: Vec<Endpoint> = registered
                 .into_iter()
                 .chain(self.reported.get(id))
                 .flatten()
                 .cloned()
                 .collect();
+            // A canary's new set has a cluster of its own; while the proxies split requests,
+            // the service's cluster has the previous version's instances only.
+            let canary = self
+                .rollouts
+                .canary_set(id, deployment.version)
+                .map(|version| {
+                    let new: BTreeSet<&str> = self
+                        .fleet
+                        .reports_of(id)
+                        .filter(|(_, v, _)| *v == version)
+                        .map(|(instance, _, _)| instance)
+                        .collect();
+                    let is_new = |e: &Endpoint| new.contains(e.id.as_str());
+                    let canary: Vec<Endpoint> =
+                        endpoints.iter().filter(|e| is_new(e)).cloned().collect();
+                    if self.rollouts.canary_weight(id, version).is_some() {
+                        endpoints.retain(|e| !is_new(e));
+                    }
+                    canary
+                });
             // Instances run by agents are reached on their mesh ports, unless endpoints
             // registered through the API (plaintext) share the service.
             let agent_run = registered.is_none_or(Vec::is_empty);
             return Shape::Local {
                 deployment: deployment.clone(),
                 endpoints,
+                canary,
                 mesh: self.trust_domain.clone().filter(|_| agent_run),
                 elsewhere,
                 vip: self.vips.of(id),
@@ -630,10 +664,21 @@ impl RegionState {
 }
 
 impl RegionState {
+    /// The share of requests service `id`'s canary of `version` gets, while the proxies
+    /// split them.
+    fn canary_split(&self, id: &ServiceId, version: u64) -> Option<u32> {
+        self.rollouts.canary_weight(id, version)
+    }
+
     /// What the region wants of service `id`'s instances under `deployment`: its version's,
     /// or the previous version's when its rollout failed.
     pub(super) fn desired(&self, id: &ServiceId, deployment: &RegionalDeployment) -> Desired {
-        desired(deployment, self.rollouts.target(id, deployment.version))
+        let mut want = desired(deployment, self.rollouts.target(id, deployment.version));
+        // A canary switches as blue-green at its last step, or to return.
+        if want.strategy == Strategy::Canary && !self.rollouts.holds(id, deployment.version) {
+            want.strategy = Strategy::BlueGreen;
+        }
+        want
     }
 }
 

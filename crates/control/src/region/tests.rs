@@ -629,3 +629,80 @@ fn a_version_that_passes_its_gates_succeeds() {
     assert_eq!(rollout.phase, RolloutPhase::Succeeded);
     assert_eq!(rollout.failure, None);
 }
+
+/// The clusters the gateway's route for svc0 goes to, with their weights (100 for a single
+/// cluster).
+fn gateway_split(fixture: &Fixture) -> Vec<(String, u32)> {
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    let name = format!("{}gateway", meridian_xds::role_namespace("gateway"));
+    let held = fixture.cache.get(meridian_xds::ROUTE, &name).unwrap();
+    let routes = RouteConfiguration::decode(held.resource.value.as_slice()).unwrap();
+    let host = routes
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "acme/shop/svc0")
+        .unwrap();
+    let Some(Action::Route(action)) = &host.routes[0].action else {
+        panic!("{host:?}");
+    };
+    match &action.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(cluster)) => vec![(cluster.clone(), 100)],
+        Some(ClusterSpecifier::WeightedClusters(split)) => split
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_canary_splits_the_gateways_requests_once_ready_and_stops_at_once_when_a_gate_fails() {
+    use meridian_model::{CanaryStep, HumanDuration, RolloutPhase, Strategy};
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    let mut next = svc0("/bin/false", 2);
+    next.spec.deploy.strategy = Strategy::Canary;
+    next.spec.deploy.steps = vec![CanaryStep {
+        weight: 30,
+        pause: HumanDuration(Duration::from_secs(3600)),
+    }];
+    fixture
+        .region
+        .set_service(svc.clone(), Some(next), Vec::new());
+    let whole = || vec![("acme/shop/svc0:http".to_owned(), 100)];
+    assert_eq!(
+        gateway_split(&fixture),
+        whole(),
+        "not before the new set is ready"
+    );
+
+    // Ready: 30 % to the new set's cluster, which the service's no longer lists.
+    let later = fixture.start + Duration::from_millis(100);
+    report_crashed(&fixture, later, &[]);
+    assert_eq!(
+        gateway_split(&fixture),
+        [
+            ("acme/shop/svc0:http".to_owned(), 70),
+            ("acme/shop/svc0:http/canary".to_owned(), 30)
+        ]
+    );
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_eq!((rollout.step, rollout.weights.len()), (0, 2));
+    assert_eq!(
+        healthy_instances(&fixture.region, &svc),
+        ["svc0-0", "svc0-1"]
+    );
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(1), "held beside");
+
+    // The new instance crashes: the split ends in the same change, the new set leaves.
+    report_crashed(&fixture, later, &["svc0-1"]);
+    assert_eq!(gateway_split(&fixture), whole());
+    assert_eq!(
+        rollout_of(&fixture.region).unwrap().phase,
+        RolloutPhase::RolledBack
+    );
+    assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-0"]);
+}

@@ -1,18 +1,28 @@
 //! One step of a blue-green deploy in a region, as a pure function: a full set of the new
 //! version starts beside the old one, which keeps all the traffic until every new instance is
 //! ready; then every old instance leaves service at once. With no old instance left (or to
-//! return to the previous version while the old set still serves), it is a rolling step.
+//! return to the previous version while the old set still serves), it is a rolling step. A
+//! canary holds the two sets side by side ([`hold`]) until its last step.
 
 use super::{Bounds, Member, Step};
 
 /// The next step for `members` within `bounds` (only `scale` counts: the new set is a full
 /// one, whatever the surge).
 pub fn step(bounds: Bounds, members: &[Member<'_>]) -> Step {
+    full_set(bounds, members, true)
+}
+
+/// As [`step`], but the old set stays in service beside the new one, ready or not.
+pub fn hold(bounds: Bounds, members: &[Member<'_>]) -> Step {
+    full_set(bounds, members, false)
+}
+
+fn full_set(bounds: Bounds, members: &[Member<'_>], switch: bool) -> Step {
     let scale = bounds.scale as usize;
     let current = members.iter().filter(|m| m.current);
     let ready = current.clone().filter(|m| m.ready).count();
     let old = members.iter().filter(|m| !m.current);
-    if old.clone().next().is_none() || ready >= scale {
+    if old.clone().next().is_none() || (switch && ready >= scale) {
         // Steady, or the new set is ready: the switch (a rolling step with every old
         // instance free to leave, since enough are ready without them).
         let all = Bounds {
@@ -61,6 +71,20 @@ mod tests {
         );
         let done = [("web-2", true, true), ("web-3", true, true)];
         assert_eq!(step_of(&done), (0, vec![]));
+    }
+
+    #[test]
+    fn a_canary_holds_both_sets() {
+        let both = [
+            ("web-0", false, true),
+            ("web-1", false, true),
+            ("web-2", true, true),
+            ("web-3", true, true),
+        ];
+        assert_eq!(
+            crate::rollout::tests::step_with(hold, TWO, &both),
+            (0, vec![])
+        );
     }
 
     #[test]

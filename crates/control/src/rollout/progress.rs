@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meridian_model::{GateFailure, RolloutPhase, RolloutStatus, Strategy};
+use meridian_model::{GateFailure, RolloutPhase, RolloutStatus, Strategy, VersionWeight};
 use serde::{Deserialize, Serialize};
 
 use super::gates::{self, Observed};
@@ -82,13 +82,14 @@ impl Rollouts {
             .map(|r| r.previous)
     }
 
-    /// Starts rolling service `id` out from `previous` to `version` with `strategy`.
+    /// Starts rolling service `id` out from `previous` to `version` with `strategy`; a
+    /// canary goes through the weights of `canary` (see `Deploy::canary_weights`).
     pub fn start(
         &mut self,
         id: &ServiceId,
-        previous: u64,
-        version: u64,
+        (previous, version): (u64, u64),
         strategy: Strategy,
+        canary: &[(u32, Duration)],
         now_ms: u64,
     ) {
         tracing::info!(service = ?id, previous, version, "rollout started");
@@ -98,13 +99,88 @@ impl Rollouts {
             strategy,
             phase: RolloutPhase::Progressing,
             step: 0,
-            steps: 1,
+            steps: u32::try_from(canary.len()).unwrap_or(u32::MAX).max(1),
             weights: Vec::new(),
             started_at: now_ms,
             updated_at: now_ms,
             failure: None,
         };
         self.by_service.insert(id.clone(), status);
+    }
+
+    /// The new version's share of requests while service `id` is at a canary step of
+    /// `version` below 100 %.
+    pub fn canary_weight(&self, id: &ServiceId, version: u64) -> Option<u32> {
+        let r = self.by_service.get(id)?;
+        if r.version != version || r.phase != RolloutPhase::Progressing {
+            return None;
+        }
+        let weight = r.weights.iter().find(|w| w.version == version)?.weight;
+        (weight < 100).then_some(weight)
+    }
+
+    /// The version whose instances service `id` serves from a cluster of their own: a
+    /// canary's new one, until it succeeded or is rolled back.
+    pub fn canary_set(&self, id: &ServiceId, version: u64) -> Option<u64> {
+        let r = self.by_service.get(id)?;
+        let open = matches!(r.phase, RolloutPhase::Progressing | RolloutPhase::Failed);
+        (r.version == version && r.strategy == Strategy::Canary && open).then_some(version)
+    }
+
+    /// Whether service `id`'s canary of `version` holds the new set beside the old one
+    /// (progressing, short of 100 %).
+    pub fn holds(&self, id: &ServiceId, version: u64) -> bool {
+        self.by_service.get(id).is_some_and(|r| {
+            let all = r
+                .weights
+                .iter()
+                .any(|w| w.version == version && w.weight == 100);
+            r.version == version
+                && r.strategy == Strategy::Canary
+                && r.phase == RolloutPhase::Progressing
+                && !all
+        })
+    }
+
+    /// Moves service `id`'s canary of `plan.version` on once its new set has `ready`
+    /// instances of `plan.scale`: to its first step of `canary` (the proxies then split the
+    /// requests), then to the next each time the step's pause is over. Returns whether it
+    /// moved.
+    pub fn advance(
+        &mut self,
+        id: &ServiceId,
+        plan: Plan,
+        canary: &[(u32, Duration)],
+        ready: u32,
+        now_ms: u64,
+    ) -> bool {
+        let Some(r) = self.by_service.get_mut(id) else {
+            return false;
+        };
+        if r.version != plan.version || r.phase != RolloutPhase::Progressing || ready < plan.scale {
+            return false;
+        }
+        if r.weights.is_empty() {
+            let Some((first, _)) = canary.first() else {
+                return false;
+            };
+            r.updated_at = now_ms;
+            set_weight(r, *first);
+            tracing::info!(service = ?id, version = r.version, weight = first, "canary ready");
+            return true;
+        }
+        let step = r.step as usize;
+        let (Some((_, pause)), Some((next, _))) = (canary.get(step), canary.get(step + 1)) else {
+            return false;
+        };
+        if Duration::from_millis(now_ms.saturating_sub(r.updated_at)) < *pause {
+            return false;
+        }
+        r.step += 1;
+        r.updated_at = now_ms;
+        set_weight(r, *next);
+        tracing::info!(service = ?id, version = r.version, weight = next, "canary step");
+        true
     }
 
     /// Service `id`'s version `from` is now `to` (a new version that runs the same): its
@@ -181,6 +257,7 @@ impl Rollouts {
         };
         tracing::info!(service = ?id, version = r.version, ?phase, "rollout ended");
         r.phase = phase;
+        r.weights.clear();
         r.updated_at = now_ms;
         true
     }
@@ -214,10 +291,28 @@ impl Rollouts {
     }
 }
 
+/// The new version gets `weight` percent of the requests, the previous one the rest.
+fn set_weight(r: &mut RolloutStatus, weight: u32) {
+    r.weights = vec![VersionWeight {
+        version: r.version,
+        weight,
+    }];
+    if weight < 100 {
+        r.weights.insert(
+            0,
+            VersionWeight {
+                version: r.previous,
+                weight: 100 - weight,
+            },
+        );
+    }
+}
+
 fn fail(id: &ServiceId, r: &mut RolloutStatus, mut failure: GateFailure, now_ms: u64) {
     failure.at = now_ms;
     tracing::warn!(service = ?id, version = r.version, previous = r.previous, gate = ?failure.gate, reason = %failure.reason, "rollout failed; returning to the previous version");
     r.phase = RolloutPhase::Failed;
+    r.weights.clear();
     r.updated_at = now_ms;
     r.failure = Some(failure);
 }
@@ -238,7 +333,7 @@ mod tests {
 
     fn started() -> Rollouts {
         let mut rollouts = Rollouts::default();
-        rollouts.start(&web(), 1, 2, Strategy::Rolling, 1_000);
+        rollouts.start(&web(), (1, 2), Strategy::Rolling, &[], 1_000);
         rollouts
     }
 
@@ -297,6 +392,47 @@ mod tests {
         // The next deploy starts from the version it returned to, if instances run it.
         assert_eq!(rollouts.stable(&web(), 2, |_| true), 1);
         assert_eq!(rollouts.stable(&web(), 2, |_| false), 2);
+    }
+
+    #[test]
+    fn a_canary_moves_step_by_step_once_its_set_is_ready_and_its_pause_is_over() {
+        let mut rollouts = Rollouts::default();
+        let second = Duration::from_secs(1);
+        let steps = [(5, second), (50, Duration::ZERO), (100, Duration::ZERO)];
+        rollouts.start(&web(), (1, 2), Strategy::Canary, &steps, 0);
+        assert_eq!(rollouts.get(&web()).unwrap().steps, 3);
+        assert_eq!(
+            rollouts.canary_weight(&web(), 2),
+            None,
+            "no split before it is ready"
+        );
+        assert!(rollouts.holds(&web(), 2));
+        assert!(!rollouts.advance(&web(), PLAN, &steps, 1, 500), "not ready");
+        assert!(rollouts.advance(&web(), PLAN, &steps, 2, 1_000));
+        assert_eq!(rollouts.canary_weight(&web(), 2), Some(5));
+        assert!(rollouts.holds(&web(), 2));
+        assert!(!rollouts.advance(&web(), PLAN, &steps, 2, 1_500), "paused");
+        assert!(rollouts.advance(&web(), PLAN, &steps, 2, 2_000));
+        assert_eq!(rollouts.canary_weight(&web(), 2), Some(50));
+        assert!(rollouts.advance(&web(), PLAN, &steps, 2, 2_000));
+        let status = rollouts.get(&web()).unwrap();
+        assert_eq!(status.step, 2);
+        assert_eq!(
+            status.weights,
+            [VersionWeight {
+                version: 2,
+                weight: 100
+            }]
+        );
+        assert!(!rollouts.holds(&web(), 2), "the last step switches");
+        assert!(
+            !rollouts.advance(&web(), PLAN, &steps, 2, 9_000),
+            "no step after"
+        );
+        assert_eq!(rollouts.canary_set(&web(), 2), Some(2));
+        let done = BTreeMap::from([(2, (2, 2))]);
+        assert!(rollouts.settle(&web(), PLAN, &done, 9_000));
+        assert_eq!(rollouts.canary_set(&web(), 2), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! upward and to the disk copy.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::region::ServiceId;
 use crate::rollout::gates::Observed;
@@ -57,6 +57,33 @@ impl RegionState {
         self.gate_rollouts(&progressing)
     }
 
+    /// Moves the canaries of `services` on (see `Rollouts::advance`): the proxies' split
+    /// changes, and at the last step the old set leaves.
+    pub(super) fn advance_canaries(&mut self, services: &BTreeSet<ServiceId>, now: Instant) {
+        let now_ms = unix_ms();
+        let mut moved = BTreeSet::new();
+        for id in services {
+            let (Some(plan), Some(deployment)) = (self.plan(id), self.deployments.get(id)) else {
+                continue;
+            };
+            let canary = deployment.spec.deploy.canary_weights();
+            let ready = self
+                .fleet
+                .summary(id)
+                .get(&plan.version)
+                .map_or(0, |(_, h)| *h);
+            let ready = u32::try_from(ready).unwrap_or(u32::MAX);
+            if self.rollouts.advance(id, plan, &canary, ready, now_ms) {
+                moved.insert(id.clone());
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        self.rollouts_changed(&moved);
+        self.place_some(&moved, now);
+    }
+
     /// Ends the rollouts of `services` whose instances in service say they are over.
     pub(super) fn settle_rollouts(&mut self, services: &BTreeSet<ServiceId>) {
         let now_ms = unix_ms();
@@ -87,8 +114,12 @@ impl RegionState {
     }
 
     /// The rollouts of `services` changed: the report upward and the disk copy say so.
+    /// A canary's split and clusters follow its phase: the services and the gateway's
+    /// routes are rendered again.
     fn rollouts_changed(&mut self, services: &BTreeSet<ServiceId>) {
         tracing::debug!(?services, "rollouts changed");
+        self.dirty.services.extend(services.iter().cloned());
+        self.dirty.gateway_routes = true;
         self.report_due.notify_one();
         self.copy_due.notify_one();
     }
