@@ -65,7 +65,8 @@ pub struct Desired {
     pub version: u64,
     /// How many, and how far a rollout may go above and below that.
     pub bounds: Bounds,
-    /// How long an instance leaving service keeps running after it left the endpoints.
+    /// How long at most an instance leaving service keeps its assignment after it left the
+    /// endpoints (sooner once the proxies acknowledged that: [`Fleet::acknowledged`]).
     pub drain_delay: Duration,
 }
 
@@ -77,15 +78,16 @@ pub struct Moves {
     /// Services whose instances in service changed (placed, removed, or draining): their
     /// endpoints may have changed.
     pub services: BTreeSet<ServiceId>,
-    /// Services with an instance that started draining (also in `services`).
-    pub drained: BTreeSet<ServiceId>,
+    /// Instances that started draining (their services are in `services`).
+    pub drained: BTreeSet<InstanceKey>,
 }
 
 impl Moves {
     /// Fills `services` from the assignments changed and the instances drained.
     fn finish(mut self) -> Moves {
         self.services = self.assignments.iter().map(|(s, _)| s.clone()).collect();
-        self.services.extend(self.drained.iter().cloned());
+        self.services
+            .extend(self.drained.iter().map(|(service, _)| service.clone()));
         self
     }
 }
@@ -296,8 +298,8 @@ impl Fleet {
             if let Some(placed) = self.placements.get_mut(&key) {
                 let until = now + want.drain_delay;
                 placed.draining = Some(until);
-                self.draining.insert((until, key));
-                moves.drained.insert(service.clone());
+                self.draining.insert((until, key.clone()));
+                moves.drained.insert(key);
             }
         }
         for _ in 0..start {
@@ -364,6 +366,18 @@ impl Fleet {
             .filter(|(until, key)| self.drains_until(key, *until))
             .map(|(_, (service, _))| service.clone())
             .collect()
+    }
+
+    /// Draining instance `key` may go at `until` if that is sooner than its bound (the
+    /// proxies acknowledged that it left the endpoints).
+    pub fn acknowledged(&mut self, key: &InstanceKey, until: Instant) {
+        let Some(placed) = self.placements.get_mut(key) else {
+            return;
+        };
+        if placed.draining.is_some_and(|bound| until < bound) {
+            placed.draining = Some(until);
+            self.draining.insert((until, key.clone()));
+        }
     }
 
     /// Whether instance `key` is placed and draining until `until`.
@@ -823,7 +837,8 @@ mod tests {
         );
         report_a(&mut fleet, &["web-0", "web-1", "web-2"], start);
         let moves = fleet.place_some(&desired, &only_web, start);
-        assert_eq!(moves.drained, only_web);
+        let web_1 = (web(), "web-1".to_owned());
+        assert_eq!(moves.drained, BTreeSet::from([web_1.clone()]));
         assert_eq!(
             serving(&fleet),
             all(&[("web-0", 1), ("web-2", 2), ("web-3", 2)])

@@ -255,12 +255,14 @@ pub async fn run_regional(
     Ok(())
 }
 
-/// Ticks the region's fleet every [`TICK`] (node expiry, the first placement), and removes
-/// drained instances as soon as their delay is over.
+/// Ticks the region's fleet every [`TICK`] (node expiry, the first placement), waits for the
+/// proxies' acknowledgements of each instance that starts draining, and removes drained
+/// instances as soon as their delay is over.
 async fn tick_fleet(state: Arc<Region>) {
     let mut tick = tokio::time::interval(TICK);
     let drain_started = state.drain_started();
     let mut next_drained = None;
+    let mut waits = tokio::task::JoinSet::new();
     loop {
         let drained = async {
             match next_drained {
@@ -272,6 +274,11 @@ async fn tick_fleet(state: Arc<Region>) {
             _ = tick.tick() => state.tick(Instant::now()),
             () = drain_started.notified() => {}
             () = drained => {}
+            Some(_) = waits.join_next(), if !waits.is_empty() => {}
+        }
+        for wait in state.take_ack_waits() {
+            let state = state.clone();
+            waits.spawn(async move { state.wait_for_acks(&wait).await });
         }
         next_drained = state.drain(Instant::now());
     }

@@ -5,6 +5,7 @@
 //! re-renders that instance's service, a placement change re-encodes the assignments of the
 //! instances that moved.
 
+mod drain;
 mod publish;
 mod state;
 
@@ -21,6 +22,8 @@ use tokio::sync::Notify;
 
 use crate::disk_copy::DiskCopy;
 use crate::elsewhere::RemoteRegion;
+use drain::DrainMetrics;
+pub use drain::{AckWait, ACK_WAIT};
 use publish::{EncodeSpec, Publisher};
 use state::RegionState;
 
@@ -43,6 +46,7 @@ pub struct Region {
     name: String,
     state: Mutex<RegionState>,
     publisher: Publisher,
+    drain_metrics: DrainMetrics,
 }
 
 impl Region {
@@ -75,6 +79,7 @@ impl Region {
             name: region.to_owned(),
             state: Mutex::new(RegionState::new(region, gateway, trust_domain)),
             publisher,
+            drain_metrics: DrainMetrics::new(registry),
         };
         // The gateway's routes, empty.
         region.change(|_| ());
@@ -155,9 +160,40 @@ impl Region {
     }
 
     /// What is told whenever an instance starts draining (leaves the endpoints), so that
-    /// [`Region::drain`] is called again when its delay is over.
+    /// [`Region::take_ack_waits`] and [`Region::drain`] are called again.
     pub fn drain_started(&self) -> Arc<Notify> {
         self.lock().drain_started()
+    }
+
+    /// The instances that started draining since the last call: run
+    /// [`Region::wait_for_acks`] for each.
+    pub fn take_ack_waits(&self) -> Vec<AckWait> {
+        let waits = self.lock().take_ack_waits();
+        waits
+            .into_iter()
+            .map(|(instance, since)| AckWait { instance, since })
+            .collect()
+    }
+
+    /// Waits until the region's proxies acknowledged that `wait`'s instance left its
+    /// service's endpoints, at most [`ACK_WAIT`] (counted when it gets there), then lets
+    /// [`Region::drain`] remove its assignment after its drain delay. Returns whether every
+    /// acknowledgement came.
+    pub async fn wait_for_acks(&self, wait: &AckWait) -> bool {
+        let started = tokio::time::Instant::now();
+        let service = &wait.instance.0;
+        let waited = drain::acknowledged(&self.publisher, service, wait.since);
+        let acknowledged = tokio::time::timeout(ACK_WAIT, waited).await.is_ok();
+        self.drain_metrics
+            .waits
+            .observe(started.elapsed().as_secs_f64());
+        if !acknowledged {
+            self.drain_metrics.timeouts.inc();
+            tracing::warn!(instance = ?wait.instance, wait = ?ACK_WAIT,
+                "some proxies did not acknowledge that a draining instance left the endpoints");
+        }
+        self.change(|state| state.drain_acknowledged(&wait.instance, Instant::now()));
+        acknowledged
     }
 
     /// Takes every region's summary, by region name (this region's own gives its coordinates):

@@ -50,6 +50,9 @@ pub(super) struct RegionState {
     report_due: Arc<Notify>,
     /// Told whenever an instance starts draining: its delay ends before the next tick.
     drain_started: Arc<Notify>,
+    /// Instances that started draining, with the work that takes them out of the endpoints,
+    /// until [`RegionState::take_ack_waits`].
+    ack_waits: Vec<(InstanceKey, u64)>,
     /// Each service's virtual IP.
     vips: Vips,
     /// What changed since the last [`RegionState::take_work`].
@@ -141,6 +144,7 @@ impl RegionState {
             summaries: BTreeMap::new(),
             report_due: Arc::new(Notify::new()),
             drain_started: Arc::new(Notify::new()),
+            ack_waits: Vec::new(),
             vips: Vips::default(),
             dirty: Dirty {
                 gateway_routes: true,
@@ -236,6 +240,22 @@ impl RegionState {
     /// What is told whenever an instance starts draining.
     pub fn drain_started(&self) -> Arc<Notify> {
         self.drain_started.clone()
+    }
+
+    /// The instances that started draining since the last call, each with the work that
+    /// takes it out of its service's endpoints.
+    pub fn take_ack_waits(&mut self) -> Vec<(InstanceKey, u64)> {
+        std::mem::take(&mut self.ack_waits)
+    }
+
+    /// The proxies acknowledged at `now` that draining instance `key` left the endpoints (or
+    /// the wait for them ended): its assignment goes after its service's drain delay.
+    pub fn drain_acknowledged(&mut self, key: &InstanceKey, now: Instant) {
+        let delay = self
+            .deployments
+            .get(&key.0)
+            .map_or(std::time::Duration::ZERO, |d| d.spec.deploy.drain_delay.0);
+        self.fleet.acknowledged(key, now + delay);
     }
 
     /// What the region knows from the global control plane, for its disk copy.
@@ -360,6 +380,12 @@ impl RegionState {
             }
         }
         if !moves.drained.is_empty() {
+            // Rendered again even if its endpoints look the same, so that the drain waits
+            // for what the proxies hold after the work that follows.
+            for key in &moves.drained {
+                self.dirty.services.insert(key.0.clone());
+                self.ack_waits.push((key.clone(), self.sequence + 1));
+            }
             self.drain_started.notify_one();
         }
         self.dirty.assignments.extend(moves.assignments);
@@ -583,7 +609,7 @@ fn desired(deployment: &RegionalDeployment) -> Desired {
             surge,
             unavailable,
         },
-        drain_delay: spec.deploy.drain_delay.0,
+        drain_delay: super::drain::ACK_WAIT + spec.deploy.drain_delay.0,
     }
 }
 
