@@ -3,6 +3,7 @@
 //! definition stops nothing, and a definition that changes what the instances run rolls them
 //! over to the new version beside the old ones, without a failed request, the old ones stopped
 //! only once new ones are ready; scaling up and down stops only the surplus, drained first.
+//! A drained instance's WebSocket stays open until the definition's `deploy.drain_timeout`.
 
 mod support;
 
@@ -18,6 +19,11 @@ const HOST: &str = "hello.example.com";
 
 /// `scale` instances of `hello` in fra, greeting with `greeting`, health-checked every 200 ms.
 fn hello(scale: u32, greeting: &str) -> String {
+    hello_deployed(scale, greeting, "{}")
+}
+
+/// [`hello`] with `deploy` as its `deploy`.
+fn hello_deployed(scale: u32, greeting: &str, deploy: &str) -> String {
     format!(
         "\
 org: acme
@@ -30,6 +36,7 @@ ports: [{{name: http, port: 8080}}]
 routes: [{{path_prefix: /, port: http}}]
 domains: [{HOST}]
 health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+deploy: {deploy}
 "
     )
 }
@@ -204,4 +211,120 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let answered = load.stop().await;
     assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
     assert_eq!(stops(&agents), 4);
+}
+
+/// How long a drained instance's WebSockets may stay open in [`drained_hello`].
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One `hello` greeting with `greeting`, whose drained instances keep their WebSockets for
+/// [`DRAIN_TIMEOUT`].
+fn drained_hello(greeting: &str) -> String {
+    hello_deployed(1, greeting, "{drain_timeout: 3s, stop_timeout: 5s}")
+}
+
+/// A WebSocket to hello's `/ws` through `gateway` (HTTP/1.1 `Upgrade`).
+async fn websocket(gateway: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let request = http::Request::get(format!("ws://{HOST}/ws"))
+        .header("host", HOST)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    let (socket, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+/// Whether `socket` still echoes `word`.
+async fn echoes(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    word: &str,
+) -> bool {
+    use futures_util::{SinkExt, StreamExt};
+    let message = tokio_tungstenite::tungstenite::Message::text(word);
+    if socket.send(message).await.is_err() {
+        return false;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+        Ok(Some(Ok(reply))) => reply
+            .into_text()
+            .is_ok_and(|text| text.as_str() == format!("echo: {word}")),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_without_a_failed_request(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &drained_hello("hello"));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.133.2:8080"),
+    );
+    let agents = [logging_agent(&region, "one", "127.0.133.1", dir.path())];
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    let first = BTreeSet::from(["hello-0".to_owned()]);
+    serving_exactly(&address, "hello", &first).await;
+    let mut socket = websocket(&address).await;
+    assert!(echoes(&mut socket, "before").await);
+    let lanes: Vec<Lane> = [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .map(|(post, fresh_connections)| Lane {
+            post,
+            fresh_connections,
+        })
+        .collect();
+    let load = Load::start_lanes(&address, HOST, &lanes);
+    load.goes_on_for(50).await;
+
+    // A new version: hello-0 drains once hello-1 is ready and the gateway acknowledged that
+    // hello-0 left the endpoints; its WebSocket stays open until the drain timeout.
+    platform.deploy(&drained_hello("howdy"));
+    let end = Instant::now() + DEADLINE;
+    while !agents[0].log().contains("draining instance") {
+        assert!(Instant::now() < end, "hello-0 never drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let draining = Instant::now();
+    assert_eq!(stops(&agents), 0, "stopped only once drained");
+    let mut words = 0;
+    while echoes(&mut socket, &format!("word {words}")).await {
+        words += 1;
+        assert!(Instant::now() < end, "the WebSocket was never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open_for = draining.elapsed();
+    // The log line is seen a little after the drain began (polled every 10 ms).
+    assert!(
+        open_for + Duration::from_millis(250) >= DRAIN_TIMEOUT,
+        "closed {open_for:?} after the drain began, before its timeout"
+    );
+    while stops(&agents) < 1 {
+        assert!(Instant::now() < end, "hello-0 was never stopped");
+        load.goes_on_for(10).await;
+    }
+    load.take_answers();
+    load.goes_on_for(100).await;
+    let answers = load.take_answers();
+    let failures = load.failures();
+    let answered = load.stop().await;
+    eprintln!(
+        "drain: the WebSocket echoed {words} times and closed {open_for:?} after the drain \
+         began (drain_timeout {DRAIN_TIMEOUT:?}); failed requests: {} of {answered}",
+        failures.len()
+    );
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
+    assert_eq!(greeted_by(&answers, "howdy").len(), 1);
+    assert!(greeted_by(&answers, "hello").is_empty());
 }

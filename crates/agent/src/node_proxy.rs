@@ -53,6 +53,9 @@ pub struct LocalInstance {
     pub address: Ipv4Addr,
     /// Where the instance listens.
     pub listen: Ipv4Addr,
+    /// Whether it takes connections from other proxies: not while it drains (its inbound
+    /// listeners are removed, and drained: see `crate::drain`; it still reaches others).
+    pub serving: bool,
 }
 
 impl LocalInstance {
@@ -62,9 +65,14 @@ impl LocalInstance {
     /// of the same name never give two listeners one name (the proxy would refuse the whole
     /// configuration, for every tenant of the node).
     pub fn name(&self) -> String {
-        let (org, app, _) = &self.service;
-        format!("{org}/{app}/{}", self.instance)
+        instance_name(&self.service, &self.instance)
     }
+}
+
+/// The name on the node of instance `instance` of `service`: see [`LocalInstance::name`].
+pub fn instance_name(service: &ServiceKey, instance: &str) -> String {
+    let (org, app, _) = service;
+    format!("{org}/{app}/{instance}")
 }
 
 /// A service as the control plane sends it: deployed in the region, or reachable in others.
@@ -135,6 +143,18 @@ pub fn config(
         let name = instance.name();
         for (index, port) in instance.spec.ports.iter().enumerate() {
             let local_cluster = format!("local/{name}/{}", port.name);
+            clusters.insert(
+                local_cluster.clone(),
+                json!({
+                    "name": local_cluster,
+                    // gRPC and HTTP/2 ports are spoken to in HTTP/2 (prior knowledge).
+                    "protocol": if port.protocol.is_http2() { "http2" } else { "http1" },
+                    "endpoints": [{"address": format!("{}:{}", instance.listen, port.port)}],
+                }),
+            );
+            if !instance.serving {
+                continue;
+            }
             listeners.push(json!({
                 "name": format!("in/{name}/{}", port.name),
                 "address": format!("{}:{}", instance.address, mesh_port(index)),
@@ -146,15 +166,6 @@ pub fn config(
                 },
                 "virtual_hosts": [{"name": "local", "domains": ["*"], "routes": [{"cluster": local_cluster}]}],
             }));
-            clusters.insert(
-                local_cluster.clone(),
-                json!({
-                    "name": local_cluster,
-                    // gRPC and HTTP/2 ports are spoken to in HTTP/2 (prior knowledge).
-                    "protocol": if port.protocol.is_http2() { "http2" } else { "http1" },
-                    "endpoints": [{"address": format!("{}:{}", instance.listen, port.port)}],
-                }),
-            );
         }
         let reaches: Vec<Reach> = visible(instance, services).collect();
         let mut outbound = Outbound {
@@ -422,6 +433,7 @@ mod tests {
                 spec: spec.clone(),
                 address: Ipv4Addr::new(127, 0, 0, last),
                 listen: Ipv4Addr::new(127, 0, 0, last),
+                serving: true,
             })
             .collect();
         let services = orgs

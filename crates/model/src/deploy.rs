@@ -21,10 +21,21 @@ pub struct Deploy {
     /// `scale.min` rounded down); defaults to 0.
     #[serde(default = "Amount::none")]
     pub max_unavailable: Amount,
-    /// How long an instance leaving service stays running after the proxies were told to stop
-    /// sending it requests, before it is stopped; defaults to `1s`, at most `1m`.
+    /// How long an instance leaving service stays running after the region's proxies
+    /// acknowledged that they no longer send it requests, before it is stopped; defaults to
+    /// `1s`, at most `1m`.
     #[serde(default = "Deploy::default_drain_delay")]
     pub drain_delay: HumanDuration,
+    /// How long the connections to an instance leaving service may stay open once it lost its
+    /// assignment (requests in flight finish at once, idle connections close, HTTP/2 gets
+    /// GOAWAY; WebSockets and other upgraded or TCP connections get this long), before they are
+    /// closed and the instance gets SIGTERM; defaults to `30s`, at most [`Deploy::MAX_DRAIN`].
+    #[serde(default = "Deploy::default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
+    /// How long an instance may take to exit after SIGTERM before it gets SIGKILL; defaults to
+    /// `10s`, at most [`Deploy::MAX_STOP`].
+    #[serde(default = "Deploy::default_stop_timeout")]
+    pub stop_timeout: HumanDuration,
 }
 
 impl Default for Deploy {
@@ -34,13 +45,28 @@ impl Default for Deploy {
             max_surge: Amount::quarter(),
             max_unavailable: Amount::none(),
             drain_delay: Deploy::default_drain_delay(),
+            drain_timeout: Deploy::default_drain_timeout(),
+            stop_timeout: Deploy::default_stop_timeout(),
         }
     }
 }
 
 impl Deploy {
+    /// The longest `drain_timeout`.
+    pub const MAX_DRAIN: std::time::Duration = std::time::Duration::from_secs(3600);
+    /// The longest `stop_timeout`.
+    pub const MAX_STOP: std::time::Duration = std::time::Duration::from_secs(600);
+
     fn default_drain_delay() -> HumanDuration {
         HumanDuration(std::time::Duration::from_secs(1))
+    }
+
+    fn default_drain_timeout() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(30))
+    }
+
+    fn default_stop_timeout() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(10))
     }
 
     /// Whether every field has its default (then it is left out of documents).

@@ -454,6 +454,12 @@ fn validate_deploy(errs: &mut ValidationErrors, deploy: &crate::Deploy) {
     if deploy.drain_delay.0 > std::time::Duration::from_secs(60) {
         errs.push("deploy.drain_delay", "must be at most 1m");
     }
+    if deploy.drain_timeout.0 > crate::Deploy::MAX_DRAIN {
+        errs.push("deploy.drain_timeout", "must be at most 1h");
+    }
+    if deploy.stop_timeout.0 > crate::Deploy::MAX_STOP {
+        errs.push("deploy.stop_timeout", "must be at most 10m");
+    }
 }
 
 fn validate_domains(errs: &mut ValidationErrors, domains: &[String]) {
