@@ -328,3 +328,88 @@ async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_witho
     assert_eq!(greeted_by(&answers, "howdy").len(), 1);
     assert!(greeted_by(&answers, "hello").is_empty());
 }
+
+/// The agents' log lines that say `what` (`starting instance`, `stopping instance`).
+fn said(agent: &Agent, what: &str) -> usize {
+    agent.log().matches(what).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_moves_its_instances_away_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &hello(2, "hello"));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.134.3:8080"),
+    );
+    let agents = [
+        logging_agent(&region, "one", "127.0.134.1", dir.path()),
+        logging_agent(&region, "two", "127.0.135.1", dir.path()),
+    ];
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    let first = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+    serving_exactly(&address, "hello", &first).await;
+    assert_eq!(
+        said(&agents[0], "starting instance"),
+        1,
+        "one instance a node"
+    );
+    let lanes: Vec<Lane> = [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .map(|(post, fresh_connections)| Lane {
+            post,
+            fresh_connections,
+        })
+        .collect();
+    let load = Load::start_lanes(&address, HOST, &lanes);
+    load.goes_on_for(50).await;
+
+    let control = region.admin.as_str();
+    let unknown = platform
+        .cli
+        .fails(&["node", "drain", "three", "--control", control]);
+    assert!(unknown.contains("no node `three`"), "{unknown}");
+    let drained = platform
+        .cli
+        .ok(&["node", "drain", "one", "--control", control]);
+    assert!(drained.contains("node one drains"), "{drained}");
+
+    // A replacement starts on two; then one's instance drains and stops.
+    let end = Instant::now() + DEADLINE;
+    while said(&agents[0], "stopping instance") < 1 {
+        assert!(Instant::now() < end, "one's instance never stopped");
+        load.goes_on_for(10).await;
+    }
+    assert_eq!(said(&agents[1], "starting instance"), 2);
+    assert_eq!(
+        said(&agents[0], "starting instance"),
+        1,
+        "nothing new on one"
+    );
+    load.take_answers();
+    load.goes_on_for(100).await;
+    let answers = load.take_answers();
+    let failures = load.failures();
+    let answered = load.stop().await;
+    eprintln!(
+        "node drain: failed requests: {} of {answered}",
+        failures.len()
+    );
+    assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
+    assert_eq!(greeted_by(&answers, "hello").len(), 2);
+    let list = platform.cli.ok(&["node", "list", "--control", control]);
+    assert!(list.contains("one\tdrained\t0\t"), "{list}");
+    assert!(list.contains("two\tready\t2\t"), "{list}");
+
+    let undrained = platform
+        .cli
+        .ok(&["node", "undrain", "one", "--control", control]);
+    assert!(
+        undrained.contains("takes new instances again"),
+        "{undrained}"
+    );
+    let list = platform.cli.ok(&["node", "list", "--control", control]);
+    assert!(list.contains("one\tready\t0\t"), "{list}");
+}

@@ -25,6 +25,9 @@ pub struct DiskCopy {
     /// control plane keeps them on their spec and goes on with the rollouts.
     #[serde(default)]
     pub older: Vec<RegionalDeployment>,
+    /// The nodes being drained (`meridian node drain`), so that they stay drained.
+    #[serde(default)]
+    pub drained_nodes: Vec<String>,
 }
 
 /// Writes `copy` to `path` (a new file renamed over the old one, so a crash leaves one whole).

@@ -431,7 +431,9 @@ impl Proxy {
             }
         }
         // Whatever is left in `kept` is no longer configured: dropping it stops its accept loop,
-        // and its connections wind down.
+        // and its connections wind down. Those retired earlier whose connections all closed
+        // need no drain any more.
+        active.retired.retain(|_, retirement| retirement.open() > 0);
         for (name, (_, _, listener)) in kept {
             let retirement = listener.context.retirement.clone();
             retirement.retire();

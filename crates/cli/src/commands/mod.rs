@@ -11,5 +11,7 @@ pub mod gateway;
 pub mod identity;
 pub mod join_token;
 pub mod logs;
+pub mod node;
 pub mod proxy;
+pub mod region_admin;
 pub mod resources;

@@ -204,6 +204,7 @@ pub async fn run_regional(
     });
     supervisor.restarting("follow global", {
         let (url, state) = (options.global_xds.clone(), state.clone());
+        let copy_due = copy_due.clone();
         move || {
             let (tls, state) = (to_global.clone(), state.clone());
             follow_global(url.clone(), tls, state, synced.clone(), copy_due.clone())
@@ -236,7 +237,7 @@ pub async fn run_regional(
     }
     let authenticated = AuthenticatedAds::regional(ads.clone().into_service(), &region);
     let routes = Routes::new(authenticated)
-        .add_service(ReportService::new(state))
+        .add_service(ReportService::new(state.clone()))
         .into_axum_router()
         .merge(issuer.routes());
     let server = ads.serve_routes(
@@ -246,7 +247,13 @@ pub async fn run_regional(
     );
     supervisor.essential("the xDS server", server);
     // The admin server last: /metrics shows every metric registered above.
-    let router = admin_router(Arc::new(registry), synced_rx, Some(join_tokens));
+    let nodes = crate::nodes_admin::NodeAdmin {
+        admin: join_tokens.clone(),
+        region: state.clone(),
+        copy_due: copy_due.clone(),
+    };
+    let router = admin_router(Arc::new(registry), synced_rx, Some(join_tokens))
+        .merge(crate::nodes_admin::node_router(nodes));
     let admin_server = axum::serve(admin, router).with_graceful_shutdown(stop.wait());
     supervisor.essential("the admin server", admin_server.into_future());
 

@@ -30,6 +30,26 @@ use state::RegionState;
 /// Identifies a service: org, app and name.
 pub type ServiceId = (String, String, String);
 
+/// A node the region does not know (no agent of that name reports).
+#[derive(Debug, thiserror::Error)]
+#[error("no node `{0}` reports to this region")]
+pub struct UnknownNode(pub String);
+
+/// One node as the region sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStatus {
+    /// Its name.
+    pub name: String,
+    /// Whether its agent reports.
+    pub live: bool,
+    /// Whether it is drained (`meridian node drain`).
+    pub drained: bool,
+    /// How many instances it may run.
+    pub capacity: u32,
+    /// How many instances are placed there (draining ones included).
+    pub instances: usize,
+}
+
 /// Where a region's gateway listens.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GatewayListeners {
@@ -210,9 +230,61 @@ impl Region {
         self.change(|state| {
             state.restore_vips(copy.vips);
             state.restore_older(copy.older);
+            for node in &copy.drained_nodes {
+                state.drain_node(node, true);
+            }
             state.replace_all(copy.deployments, copy.endpoints);
             state.set_region_summaries(&copy.regions);
         });
+    }
+
+    /// Drains node `node` (`true`): it takes no new placements, and each of its instances is
+    /// replaced on another node (when one has room) and then drained, as in a rollout; or ends
+    /// that (`false`). Draining a node the region does not know is an error; returns whether
+    /// anything changed.
+    pub fn drain_node(&self, node: &str, drained: bool) -> Result<bool, UnknownNode> {
+        self.change(|state| {
+            let known = state
+                .fleet
+                .node_list()
+                .iter()
+                .any(|(name, _, _)| *name == node);
+            if drained && !known {
+                return Err(UnknownNode(node.to_owned()));
+            }
+            Ok(state.drain_node(node, drained))
+        })
+    }
+
+    /// The region's live nodes, by name, and the drained ones it no longer hears from.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let state = self.lock();
+        let drained = state.fleet.cordoned();
+        let mut nodes: Vec<NodeStatus> = state
+            .fleet
+            .node_list()
+            .into_iter()
+            .map(|(name, capacity, instances)| NodeStatus {
+                name: name.to_owned(),
+                live: true,
+                drained: drained.contains(name),
+                capacity,
+                instances,
+            })
+            .collect();
+        for name in drained {
+            if !nodes.iter().any(|n| n.name == *name) {
+                nodes.push(NodeStatus {
+                    name: name.clone(),
+                    live: false,
+                    drained: true,
+                    capacity: 0,
+                    instances: 0,
+                });
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
     }
 
     /// What the region knows from the global control plane, for its disk copy.

@@ -270,7 +270,19 @@ impl RegionState {
                 .values()
                 .flat_map(|versions| versions.values().map(|d| (**d).clone()))
                 .collect(),
+            drained_nodes: self.fleet.cordoned().iter().cloned().collect(),
         }
+    }
+
+    /// Drains node `node` (`true`) or ends that (see [`Fleet::cordon`]), and places every
+    /// service's instances again; returns whether that changed anything.
+    pub fn drain_node(&mut self, node: &str, drained: bool) -> bool {
+        let changed = self.fleet.cordon(node, drained);
+        if changed {
+            self.reconcile_instances(Instant::now());
+            self.report_due.notify_one();
+        }
+        changed
     }
 
     /// Takes back the earlier deployments rollouts replace, from a disk copy; call before the
