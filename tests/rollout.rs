@@ -41,6 +41,11 @@ deploy: {deploy}
     )
 }
 
+/// fra's control plane, its gateway listening for edges at `gateway`.
+fn fra(platform: &Deployed, gateway: &str) -> RegionalPlane {
+    RegionalPlane::start(&platform.global, &platform.token, "fra", Some(gateway))
+}
+
 /// An agent for `node` that logs its instances' starts and stops.
 fn logging_agent(region: &RegionalPlane, node: &str, addresses: &str, dir: &Path) -> Agent {
     let isolation = ["--instance-addresses", addresses, "--isolation", "host"];
@@ -49,10 +54,12 @@ fn logging_agent(region: &RegionalPlane, node: &str, addresses: &str, dir: &Path
 
 /// How many instances the agents stopped so far.
 fn stops(agents: &[Agent]) -> usize {
-    agents
-        .iter()
-        .map(|a| a.log().matches("stopping instance").count())
-        .sum()
+    agents.iter().map(|a| said(a, "stopping instance")).sum()
+}
+
+/// The agent's log lines that say `what` (`starting instance`, `stopping instance`).
+fn said(agent: &Agent, what: &str) -> usize {
+    agent.log().matches(what).count()
 }
 
 /// The instances (`hello-<n>`) in `answers` that greeted with `greeting`.
@@ -93,25 +100,14 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &hello(2, "hello"));
     // The gateway listens for edges where the region says (the edge reads it in its report).
-    let region = RegionalPlane::start(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.132.1:8080"),
-    );
+    let region = fra(&platform, "127.0.132.1:8080");
     let agents = [
         logging_agent(&region, "one", "127.0.130.1", dir.path()),
         logging_agent(&region, "two", "127.0.131.1", dir.path()),
     ];
     let (_gateway, address) = gateway(&region, dir.path()).await;
     let (_edge, edge_address) = edge(&platform, &region, dir.path());
-    let lanes: Vec<Lane> = [(false, false), (false, true), (true, false), (true, true)]
-        .into_iter()
-        .map(|(post, fresh_connections)| Lane {
-            post,
-            fresh_connections,
-        })
-        .collect();
+    let lanes = Lane::every();
     let first: BTreeSet<String> = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
     serving_exactly(&address, "hello", &first).await;
     serving_exactly(&edge_address, "hello", &first).await;
@@ -225,17 +221,7 @@ fn drained_hello(greeting: &str) -> String {
 /// A WebSocket to hello's `/ws` through `gateway` (HTTP/1.1 `Upgrade`).
 async fn websocket(gateway: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
-    let request = http::Request::get(format!("ws://{HOST}/ws"))
-        .header("host", HOST)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
+    let request = support::websocket_request(&format!("ws://{HOST}/ws"), HOST);
     let (socket, response) = tokio_tungstenite::client_async(request, stream)
         .await
         .unwrap();
@@ -266,25 +252,14 @@ async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_witho
 ) {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &drained_hello("hello"));
-    let region = RegionalPlane::start(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.133.2:8080"),
-    );
+    let region = fra(&platform, "127.0.137.1:8080");
     let agents = [logging_agent(&region, "one", "127.0.133.1", dir.path())];
     let (_gateway, address) = gateway(&region, dir.path()).await;
     let first = BTreeSet::from(["hello-0".to_owned()]);
     serving_exactly(&address, "hello", &first).await;
     let mut socket = websocket(&address).await;
     assert!(echoes(&mut socket, "before").await);
-    let lanes: Vec<Lane> = [(false, false), (false, true), (true, false), (true, true)]
-        .into_iter()
-        .map(|(post, fresh_connections)| Lane {
-            post,
-            fresh_connections,
-        })
-        .collect();
+    let lanes = Lane::every();
     let load = Load::start_lanes(&address, HOST, &lanes);
     load.goes_on_for(50).await;
 
@@ -325,25 +300,18 @@ async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_witho
         failures.len()
     );
     assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
-    assert_eq!(greeted_by(&answers, "howdy").len(), 1);
+    assert_eq!(
+        greeted_by(&answers, "howdy"),
+        BTreeSet::from(["hello-1".to_owned()])
+    );
     assert!(greeted_by(&answers, "hello").is_empty());
-}
-
-/// The agents' log lines that say `what` (`starting instance`, `stopping instance`).
-fn said(agent: &Agent, what: &str) -> usize {
-    agent.log().matches(what).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_moves_its_instances_away_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &hello(2, "hello"));
-    let region = RegionalPlane::start(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.134.3:8080"),
-    );
+    let region = fra(&platform, "127.0.138.1:8080");
     let agents = [
         logging_agent(&region, "one", "127.0.134.1", dir.path()),
         logging_agent(&region, "two", "127.0.135.1", dir.path()),
@@ -356,13 +324,7 @@ async fn a_drained_node_moves_its_instances_away_without_a_failed_request() {
         1,
         "one instance a node"
     );
-    let lanes: Vec<Lane> = [(false, false), (false, true), (true, false), (true, true)]
-        .into_iter()
-        .map(|(post, fresh_connections)| Lane {
-            post,
-            fresh_connections,
-        })
-        .collect();
+    let lanes = Lane::every();
     let load = Load::start_lanes(&address, HOST, &lanes);
     load.goes_on_for(50).await;
 
@@ -412,4 +374,123 @@ async fn a_drained_node_moves_its_instances_away_without_a_failed_request() {
     );
     let list = platform.cli.ok(&["node", "list", "--control", control]);
     assert!(list.contains("one\tready\t0\t"), "{list}");
+}
+
+/// A proxyless gRPC client of org acme on the region's plaintext xDS port that subscribes to
+/// hello's endpoints, acknowledges the first answer and then never acknowledges anything: the
+/// requests it sends (kept open) and the answers it gets.
+async fn stuck_client(
+    region: &RegionalPlane,
+) -> (
+    tokio::sync::mpsc::Sender<envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest>,
+    tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
+) {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let url = format!("http://{}", region.xds_plaintext);
+    let mut client = AggregatedDiscoveryServiceClient::connect(url)
+        .await
+        .unwrap();
+    let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+    let mut answers = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let metadata = Struct {
+        fields: [("org", text("acme")), ("role", text("grpc-client"))]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    };
+    let request = |version: &str, nonce: &str| DiscoveryRequest {
+        node: Some(Node {
+            id: "stuck".to_owned(),
+            metadata: Some(metadata.clone()),
+            ..Default::default()
+        }),
+        type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".to_owned(),
+        resource_names: vec!["hello.shop.internal:8080".to_owned()],
+        version_info: version.to_owned(),
+        response_nonce: nonce.to_owned(),
+        ..Default::default()
+    };
+    requests.send(request("", "")).await.unwrap();
+    let first = tokio::time::timeout(DEADLINE, answers.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.resources.len(), 1, "hello's endpoints");
+    requests
+        .send(request(&first.version_info, &first.nonce))
+        .await
+        .unwrap();
+    (requests, answers)
+}
+
+/// fra's control plane's count of drains whose wait for acknowledgements timed out.
+async fn ack_timeouts(region: &RegionalPlane) -> String {
+    let metrics = reqwest::get(format!("{}/metrics", region.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("meridian_control_drain_ack_timeouts_total"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_acknowledges_delays_a_drain_to_its_bound_which_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &hello(1, "hello"));
+    let region = fra(&platform, "127.0.139.1:8080");
+    let agents = [logging_agent(&region, "one", "127.0.136.1", dir.path())];
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+    let (_requests, mut answers) = stuck_client(&region).await;
+    assert_eq!(
+        ack_timeouts(&region).await,
+        "meridian_control_drain_ack_timeouts_total 0"
+    );
+
+    platform.deploy(&hello(1, "howdy"));
+    // The client is sent hello's endpoints without hello-0 (after hello-1's arrival), and
+    // does not acknowledge them.
+    let end = Instant::now() + DEADLINE;
+    let mut left = None;
+    while left.is_none() {
+        let answer = tokio::time::timeout_at(end.into(), answers.message())
+            .await
+            .expect("hello-0 never left the endpoints")
+            .unwrap()
+            .unwrap();
+        let bytes = &answer.resources[0].value;
+        // hello-0 listens on 127.0.136.1, hello-1 on the next address.
+        if !bytes.windows(11).any(|w| w == b"127.0.136.1") {
+            left = Some(Instant::now());
+        }
+    }
+    let left = left.unwrap();
+    while !agents[0].log().contains("draining instance") {
+        assert!(Instant::now() < end, "hello-0 never drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waited = left.elapsed();
+    eprintln!("drain: hello-0 lost its assignment {waited:?} after it left the endpoints");
+    // At most 5 s for the acknowledgement, then the 1 s drain delay.
+    assert!(waited >= Duration::from_secs(5), "{waited:?}");
+    assert_eq!(
+        ack_timeouts(&region).await,
+        "meridian_control_drain_ack_timeouts_total 1"
+    );
 }

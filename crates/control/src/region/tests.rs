@@ -10,7 +10,7 @@ use prost::Message;
 
 use super::publish::lock;
 use super::*;
-use crate::fleet::Placement;
+use crate::fleet::{InstanceKey, Placement};
 
 const NODES: [&str; 2] = ["a", "b"];
 const SERVICES: usize = 40;
@@ -451,10 +451,18 @@ fn a_restarted_region_goes_on_with_the_rollout_it_finds() {
     assert_eq!(assigned_in(&cache, "svc0-1"), Some(3));
     let serving = || healthy_instances(&region, &svc);
     assert_eq!(serving(), ["svc0-0"]);
+    assert!(region.take_ack_waits().is_empty());
     for node in NODES {
         region.report(report(node, true), start + crate::fleet::SETTLE);
     }
     assert_eq!(serving(), ["svc0-1"]);
+    // The old one drains as it would have: its removal waits for the proxies again.
+    let waits: Vec<InstanceKey> = region
+        .take_ack_waits()
+        .into_iter()
+        .map(|w| w.instance)
+        .collect();
+    assert_eq!(waits, [(svc.clone(), "svc0-0".to_owned())]);
 }
 
 /// Rolls svc0 over to another command: the old instance svc0-0 starts draining. Returns its
