@@ -52,6 +52,14 @@ fn logging_agent(region: &RegionalPlane, node: &str, addresses: &str, dir: &Path
     agent_with_env(region, node, dir, &isolation, &[("MERIDIAN_LOG", "info")])
 }
 
+/// Logging agents for nodes `one` and `two`, their instances from `addresses`.
+fn one_and_two(region: &RegionalPlane, addresses: [&str; 2], dir: &Path) -> [Agent; 2] {
+    [
+        logging_agent(region, "one", addresses[0], dir),
+        logging_agent(region, "two", addresses[1], dir),
+    ]
+}
+
 /// How many instances the agents stopped so far.
 fn stops(agents: &[Agent]) -> usize {
     agents.iter().map(|a| said(a, "stopping instance")).sum()
@@ -101,10 +109,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let platform = Deployed::start(dir.path(), &hello(2, "hello"));
     // The gateway listens for edges where the region says (the edge reads it in its report).
     let region = fra(&platform, "127.0.132.1:8080");
-    let agents = [
-        logging_agent(&region, "one", "127.0.130.1", dir.path()),
-        logging_agent(&region, "two", "127.0.131.1", dir.path()),
-    ];
+    let agents = one_and_two(&region, ["127.0.130.1", "127.0.131.1"], dir.path());
     let (_gateway, address) = gateway(&region, dir.path()).await;
     let (_edge, edge_address) = edge(&platform, &region, dir.path());
     let lanes = Lane::every();
@@ -312,10 +317,7 @@ async fn a_drained_node_moves_its_instances_away_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &hello(2, "hello"));
     let region = fra(&platform, "127.0.138.1:8080");
-    let agents = [
-        logging_agent(&region, "one", "127.0.134.1", dir.path()),
-        logging_agent(&region, "two", "127.0.135.1", dir.path()),
-    ];
+    let agents = one_and_two(&region, ["127.0.134.1", "127.0.135.1"], dir.path());
     let (_gateway, address) = gateway(&region, dir.path()).await;
     let first = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
     serving_exactly(&address, "hello", &first).await;

@@ -416,6 +416,44 @@ mod tests {
 
     #[test]
     fn two_orgs_services_of_one_name_on_one_node_get_a_configuration_the_proxy_takes() {
+        let config = two_orgs_config(true);
+        let names = listener_names(&config);
+        assert_eq!(
+            names,
+            [
+                "in/acme/shop/web-0/http",
+                "out/acme/shop/web-0",
+                "in/other/shop/web-0/http",
+                "out/other/shop/web-0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_draining_instance_takes_no_connections_and_still_reaches_others() {
+        let config = two_orgs_config(false);
+        assert_eq!(
+            listener_names(&config),
+            ["out/acme/shop/web-0", "out/other/shop/web-0"]
+        );
+        // Its local cluster stays, for the connections its removed listeners still serve.
+        let clusters = config["clusters"].as_array().unwrap();
+        assert!(clusters
+            .iter()
+            .any(|c| c["name"] == "local/acme/shop/web-0/http"));
+    }
+
+    fn listener_names(config: &Value) -> Vec<&str> {
+        config["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect()
+    }
+
+    /// The configuration of `web-0` of two orgs on one node, each `serving` or draining.
+    fn two_orgs_config(serving: bool) -> Value {
         let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
             "scale": {"min": 1, "max": 1},
             "runtime": {"process": {"command": "x"}},
@@ -433,7 +471,7 @@ mod tests {
                 spec: spec.clone(),
                 address: Ipv4Addr::new(127, 0, 0, last),
                 listen: Ipv4Addr::new(127, 0, 0, last),
-                serving: true,
+                serving,
             })
             .collect();
         let services = orgs
@@ -459,21 +497,7 @@ mod tests {
         let config = config(&local, &services, &certs, "meridian.local");
         let parsed = meridian_proxy::parse_config(&config.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
-        let names: Vec<&str> = config["listeners"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "in/acme/shop/web-0/http",
-                "out/acme/shop/web-0",
-                "in/other/shop/web-0/http",
-                "out/other/shop/web-0"
-            ]
-        );
+        config
     }
 
     #[test]
