@@ -253,17 +253,8 @@ async fn grpc_and_websockets_cross(way: &Way) {
 async fn http1_websocket(way: &Way) -> tokio_tungstenite::WebSocketStream<Box<dyn Io>> {
     let stream = way.open(b"http/1.1").await.unwrap();
     let scheme = way.scheme(true);
-    let request = http::Request::get(format!("{scheme}://shop.example.com/ws"))
-        .header("host", "shop.example.com")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .body(())
-        .unwrap();
+    let url = format!("{scheme}://shop.example.com/ws");
+    let request = support::websocket_request(&url, "shop.example.com");
     let (socket, response) = tokio_tungstenite::client_async(request, stream)
         .await
         .unwrap();

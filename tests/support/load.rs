@@ -18,6 +18,19 @@ pub struct Lane {
     pub fresh_connections: bool,
 }
 
+impl Lane {
+    /// One lane of each kind: `GET` and `POST`, on a connection kept alive and on new ones.
+    pub fn every() -> Vec<Lane> {
+        [(false, false), (false, true), (true, false), (true, true)]
+            .into_iter()
+            .map(|(post, fresh_connections)| Lane {
+                post,
+                fresh_connections,
+            })
+            .collect()
+    }
+}
+
 /// Requests for one host through a gateway, in loops until stopped.
 pub struct Load {
     answered: Arc<AtomicU64>,

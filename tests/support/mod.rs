@@ -868,3 +868,18 @@ pub async fn tls_connect_with(
         .connect(name, stream)
         .await
 }
+
+/// An HTTP/1.1 WebSocket handshake request for `url`, with `host` as its Host.
+pub fn websocket_request(url: &str, host: &str) -> http::Request<()> {
+    http::Request::get(url)
+        .header("host", host)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap()
+}

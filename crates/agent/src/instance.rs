@@ -143,8 +143,6 @@ fn markers(instances: &std::path::Path, key: &str) -> Option<[Vec<u8>; 4]> {
 /// The file that records an instance's process id in its working directory.
 const PID_FILE: &str = "pid";
 
-/// How long an instance may take to stop after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait between restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Restart limit when the definition declares no health check.
@@ -220,7 +218,7 @@ async fn run_lives(
         let ended = match spawn(launch) {
             Ok(mut child) => {
                 let ended = supervise(launch, client, &mut child, states, stop).await;
-                terminate(&mut child).await;
+                terminate(&mut child, launch.spec.deploy.stop_timeout.0).await;
                 ended
             }
             Err(e) => Ended::Exited(format!(
@@ -428,8 +426,9 @@ async fn supervise(
     }
 }
 
-/// Stops the process group: SIGTERM, then SIGKILL after [`STOP_GRACE`].
-async fn terminate(child: &mut Child) {
+/// Stops the process group: SIGTERM, then SIGKILL after `grace` (the definition's
+/// `deploy.stop_timeout`).
+async fn terminate(child: &mut Child, grace: Duration) {
     let Some(pid) = child
         .id()
         .and_then(|id| rustix::process::Pid::from_raw(id as i32))
@@ -437,10 +436,7 @@ async fn terminate(child: &mut Child) {
         return; // Already reaped.
     };
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
-    if tokio::time::timeout(STOP_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         let _ = child.wait().await;
     }

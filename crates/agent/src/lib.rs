@@ -13,6 +13,7 @@
 mod addresses;
 mod assignments;
 mod certs;
+mod drain;
 mod health;
 mod instance;
 mod logs;

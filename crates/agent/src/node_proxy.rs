@@ -53,6 +53,9 @@ pub struct LocalInstance {
     pub address: Ipv4Addr,
     /// Where the instance listens.
     pub listen: Ipv4Addr,
+    /// Whether it takes connections from other proxies: not while it drains (its inbound
+    /// listeners are removed, and drained: see `crate::drain`; it still reaches others).
+    pub serving: bool,
 }
 
 impl LocalInstance {
@@ -62,9 +65,14 @@ impl LocalInstance {
     /// of the same name never give two listeners one name (the proxy would refuse the whole
     /// configuration, for every tenant of the node).
     pub fn name(&self) -> String {
-        let (org, app, _) = &self.service;
-        format!("{org}/{app}/{}", self.instance)
+        instance_name(&self.service, &self.instance)
     }
+}
+
+/// The name on the node of instance `instance` of `service`: see [`LocalInstance::name`].
+pub fn instance_name(service: &ServiceKey, instance: &str) -> String {
+    let (org, app, _) = service;
+    format!("{org}/{app}/{instance}")
 }
 
 /// A service as the control plane sends it: deployed in the region, or reachable in others.
@@ -135,6 +143,18 @@ pub fn config(
         let name = instance.name();
         for (index, port) in instance.spec.ports.iter().enumerate() {
             let local_cluster = format!("local/{name}/{}", port.name);
+            clusters.insert(
+                local_cluster.clone(),
+                json!({
+                    "name": local_cluster,
+                    // gRPC and HTTP/2 ports are spoken to in HTTP/2 (prior knowledge).
+                    "protocol": if port.protocol.is_http2() { "http2" } else { "http1" },
+                    "endpoints": [{"address": format!("{}:{}", instance.listen, port.port)}],
+                }),
+            );
+            if !instance.serving {
+                continue;
+            }
             listeners.push(json!({
                 "name": format!("in/{name}/{}", port.name),
                 "address": format!("{}:{}", instance.address, mesh_port(index)),
@@ -146,15 +166,6 @@ pub fn config(
                 },
                 "virtual_hosts": [{"name": "local", "domains": ["*"], "routes": [{"cluster": local_cluster}]}],
             }));
-            clusters.insert(
-                local_cluster.clone(),
-                json!({
-                    "name": local_cluster,
-                    // gRPC and HTTP/2 ports are spoken to in HTTP/2 (prior knowledge).
-                    "protocol": if port.protocol.is_http2() { "http2" } else { "http1" },
-                    "endpoints": [{"address": format!("{}:{}", instance.listen, port.port)}],
-                }),
-            );
         }
         let reaches: Vec<Reach> = visible(instance, services).collect();
         let mut outbound = Outbound {
@@ -405,6 +416,44 @@ mod tests {
 
     #[test]
     fn two_orgs_services_of_one_name_on_one_node_get_a_configuration_the_proxy_takes() {
+        let config = two_orgs_config(true);
+        let names = listener_names(&config);
+        assert_eq!(
+            names,
+            [
+                "in/acme/shop/web-0/http",
+                "out/acme/shop/web-0",
+                "in/other/shop/web-0/http",
+                "out/other/shop/web-0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_draining_instance_takes_no_connections_and_still_reaches_others() {
+        let config = two_orgs_config(false);
+        assert_eq!(
+            listener_names(&config),
+            ["out/acme/shop/web-0", "out/other/shop/web-0"]
+        );
+        // Its local cluster stays, for the connections its removed listeners still serve.
+        let clusters = config["clusters"].as_array().unwrap();
+        assert!(clusters
+            .iter()
+            .any(|c| c["name"] == "local/acme/shop/web-0/http"));
+    }
+
+    fn listener_names(config: &Value) -> Vec<&str> {
+        config["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect()
+    }
+
+    /// The configuration of `web-0` of two orgs on one node, each `serving` or draining.
+    fn two_orgs_config(serving: bool) -> Value {
         let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
             "scale": {"min": 1, "max": 1},
             "runtime": {"process": {"command": "x"}},
@@ -422,6 +471,7 @@ mod tests {
                 spec: spec.clone(),
                 address: Ipv4Addr::new(127, 0, 0, last),
                 listen: Ipv4Addr::new(127, 0, 0, last),
+                serving,
             })
             .collect();
         let services = orgs
@@ -447,21 +497,7 @@ mod tests {
         let config = config(&local, &services, &certs, "meridian.local");
         let parsed = meridian_proxy::parse_config(&config.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
-        let names: Vec<&str> = config["listeners"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "in/acme/shop/web-0/http",
-                "out/acme/shop/web-0",
-                "in/other/shop/web-0/http",
-                "out/other/shop/web-0"
-            ]
-        );
+        config
     }
 
     #[test]

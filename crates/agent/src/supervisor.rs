@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::addresses::AddressPool;
 use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
+use crate::drain::Leaving;
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
@@ -83,6 +84,8 @@ struct Running {
     listen: Ipv4Addr,
     stop: watch::Sender<bool>,
     state: watch::Receiver<InstanceState>,
+    /// Where it is in leaving service.
+    leaving: Leaving,
 }
 
 /// Makes the process non-dumpable: `/proc/<pid>/environ`, `mem`, … are then readable only with
@@ -146,6 +149,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     ));
     let mut addresses = options.addresses.clone();
     let mut tasks: JoinSet<(String, Ipv4Addr)> = JoinSet::new();
+    let mut drains: JoinSet<String> = JoinSet::new();
     let mut node_proxy = NodeProxy {
         proxy: Arc::new(meridian_proxy::Proxy::default()),
         certs: WorkloadCerts::new(
@@ -191,6 +195,13 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 }
             }
             _ = tick.tick() => {}
+            Some(Ok(name)) = drains.join_next() => {
+                let map = instances.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(running) = map.get(&name).filter(|r| r.leaving == Leaving::Draining) {
+                    tracing::info!(instance = %name, "stopping instance");
+                    running.stop.send_replace(true);
+                }
+            }
             Some(Ok((name, address))) = tasks.join_next() => {
                 addresses.give_back(address);
                 let mut map = instances.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -206,6 +217,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         }
         let current = services.borrow().clone();
         node_proxy.refresh(&options, &instances, &current).await;
+        start_drains(&node_proxy.proxy, &instances, &mut drains);
     }
     follower.abort();
     for running in instances
@@ -266,6 +278,7 @@ impl NodeProxy {
                 spec: running.spec.clone(),
                 address: running.address,
                 listen: running.listen,
+                serving: running.leaving == Leaving::No,
             })
             .collect();
         self.refresh_dns(&local, services).await;
@@ -352,9 +365,9 @@ fn reconcile(
                 running.spec = want.spec.clone();
                 running.version = want.version;
             }
-            _ if !*running.stop.borrow() => {
-                tracing::info!(instance = %name, "stopping instance");
-                running.stop.send_replace(true);
+            _ if !*running.stop.borrow() && running.leaving == Leaving::No => {
+                tracing::info!(instance = %name, "draining instance");
+                running.leaving = Leaving::Due;
             }
             _ => {}
         }
@@ -369,6 +382,32 @@ fn reconcile(
         };
         let running = start(options, netns_tag, want, address, tasks, name, changed);
         map.insert(name.clone(), running);
+    }
+}
+
+/// Starts draining the instances whose inbound listeners the node proxy no longer has (the
+/// configuration just applied); each is stopped when its drain ends.
+fn start_drains(
+    proxy: &Arc<meridian_proxy::Proxy>,
+    instances: &Instances,
+    drains: &mut JoinSet<String>,
+) {
+    let mut map = instances
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (name, running) in map.iter_mut() {
+        if running.leaving != Leaving::Due {
+            continue;
+        }
+        running.leaving = Leaving::Draining;
+        let proxy = proxy.clone();
+        let listeners = node_proxy::instance_name(&running.service, &running.instance);
+        let timeout = running.spec.deploy.drain_timeout.0;
+        let name = name.clone();
+        drains.spawn(async move {
+            crate::drain::drain(proxy, &listeners, timeout).await;
+            name
+        });
     }
 }
 
@@ -430,6 +469,7 @@ fn start(
         listen,
         stop,
         state,
+        leaving: Leaving::No,
     }
 }
 

@@ -68,6 +68,9 @@ enum Command {
     Agent(commands::agent::AgentArgs),
     /// Make a one-time join token for a proxy or agent of a region (admin).
     JoinToken(commands::join_token::JoinTokenArgs),
+    /// List a region's nodes, or drain one: move its instances elsewhere (admin).
+    #[command(subcommand)]
+    Node(commands::node::NodeCommand),
     /// Manage regions (admin).
     #[command(subcommand)]
     Region(commands::resources::RegionCommand),
@@ -175,6 +178,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Gateway(gateway_args) => commands::gateway::run(gateway_args).await,
         Command::Logs(logs_args) => commands::logs::run(logs_args),
         Command::JoinToken(join_args) => commands::join_token::run(join_args, args).await,
+        Command::Node(cmd) => commands::node::run(cmd, args).await,
         Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,
         Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,
         Command::Token(cmd) => resources::token(&Client::new(&args)?, format, cmd).await,

@@ -53,14 +53,39 @@ async fn create_join_token(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, IssuerError> {
+    let refused = "join tokens are for administrators: send the installation's admin token as \
+                   `Authorization: Bearer …` (MERIDIAN_TOKEN)";
+    require_admin(&admin, &headers, refused).await?;
+    let request: JoinTokenRequest = serde_json::from_slice(&body)
+        .map_err(|e| IssuerError::BadRequest(format!("the body: {e}")))?;
+    if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL_SECONDS {
+        return Err(IssuerError::BadRequest(format!(
+            "ttl_seconds: must be between 1 and {MAX_TTL_SECONDS}"
+        )));
+    }
+    let (token, id) = admin
+        .issuer
+        .join_token(&request.identity, Duration::from_secs(request.ttl_seconds))?;
+    Ok(Json(serde_json::json!({
+        "token": token.as_str(),
+        "spiffe_id": id.to_string(),
+        "expires_in_seconds": request.ttl_seconds,
+    })))
+}
+
+/// Checks that `headers` carry the installation's admin token (the global control plane says
+/// so, or said so while it is away); `refused` says why not.
+pub(crate) async fn require_admin(
+    admin: &JoinTokenAdmin,
+    headers: &HeaderMap,
+    refused: &str,
+) -> Result<(), IssuerError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or_default();
-    let refused = "join tokens are for administrators: send the installation's admin token as \
-                   `Authorization: Bearer …` (MERIDIAN_TOKEN)";
     if presented.is_empty() {
         return Err(IssuerError::Unauthenticated(refused.to_owned()));
     }
@@ -87,21 +112,7 @@ async fn create_join_token(
             )))
         }
     }
-    let request: JoinTokenRequest = serde_json::from_slice(&body)
-        .map_err(|e| IssuerError::BadRequest(format!("the body: {e}")))?;
-    if request.ttl_seconds == 0 || request.ttl_seconds > MAX_TTL_SECONDS {
-        return Err(IssuerError::BadRequest(format!(
-            "ttl_seconds: must be between 1 and {MAX_TTL_SECONDS}"
-        )));
-    }
-    let (token, id) = admin
-        .issuer
-        .join_token(&request.identity, Duration::from_secs(request.ttl_seconds))?;
-    Ok(Json(serde_json::json!({
-        "token": token.as_str(),
-        "spiffe_id": id.to_string(),
-        "expires_in_seconds": request.ttl_seconds,
-    })))
+    Ok(())
 }
 
 /// The admin routes: `/readyz` answers 200 once `synced` is true (the first full sync with the

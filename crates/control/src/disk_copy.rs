@@ -29,6 +29,9 @@ pub struct DiskCopy {
     /// control plane goes on with it, or stays on the version a failed one returned to.
     #[serde(default)]
     pub rollouts: Vec<crate::rollout::progress::SavedRollout>,
+    /// The nodes being drained (`meridian node drain`), so that they stay drained.
+    #[serde(default)]
+    pub drained_nodes: Vec<String>,
 }
 
 /// Writes `copy` to `path` (a new file renamed over the old one, so a crash leaves one whole).

@@ -67,7 +67,8 @@ pub struct Desired {
     pub version: u64,
     /// How many, and how far a rollout may go above and below that.
     pub bounds: Bounds,
-    /// How long an instance leaving service keeps running after it left the endpoints.
+    /// How long at most an instance leaving service keeps its assignment after it left the
+    /// endpoints (sooner once the proxies acknowledged that: [`Fleet::acknowledged`]).
     pub drain_delay: Duration,
     /// How the instances of another version are replaced.
     pub strategy: Strategy,
@@ -84,15 +85,16 @@ pub struct Moves {
     /// Services whose instances in service changed (placed, removed, or draining): their
     /// endpoints may have changed.
     pub services: BTreeSet<ServiceId>,
-    /// Services with an instance that started draining (also in `services`).
-    pub drained: BTreeSet<ServiceId>,
+    /// Instances that started draining (their services are in `services`).
+    pub drained: BTreeSet<InstanceKey>,
 }
 
 impl Moves {
     /// Fills `services` from the assignments changed and the instances drained.
     fn finish(mut self) -> Moves {
         self.services = self.assignments.iter().map(|(s, _)| s.clone()).collect();
-        self.services.extend(self.drained.iter().cloned());
+        self.services
+            .extend(self.drained.iter().map(|(service, _)| service.clone()));
         self
     }
 }
@@ -116,6 +118,9 @@ pub struct Fleet {
     /// The draining instances by the end of their delay (an entry whose instance is no longer
     /// placed, or no longer with that delay, is stale and skipped).
     draining: BTreeSet<(Instant, InstanceKey)>,
+    /// Nodes being drained (`meridian node drain`): no new placements; their instances are
+    /// replaced elsewhere as a rollout replaces an old version's.
+    cordoned: BTreeSet<String>,
     /// No placement before this; reported instances are adopted until the first placement.
     settle_until: Instant,
     placed_once: bool,
@@ -128,6 +133,7 @@ impl Fleet {
             nodes: BTreeMap::new(),
             placements: BTreeMap::new(),
             draining: BTreeSet::new(),
+            cordoned: BTreeSet::new(),
             settle_until,
             placed_once: false,
         }
@@ -190,6 +196,33 @@ impl Fleet {
     /// How many nodes are live.
     pub fn nodes(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Drains node `node` (`true`: it takes no new placements, and its instances are replaced
+    /// elsewhere, each leaving once its replacement is ready) or ends that; returns whether
+    /// that changed anything. Placement must be redone.
+    pub fn cordon(&mut self, node: &str, cordoned: bool) -> bool {
+        if cordoned {
+            self.cordoned.insert(node.to_owned())
+        } else {
+            self.cordoned.remove(node)
+        }
+    }
+
+    /// The nodes being drained.
+    pub fn cordoned(&self) -> &BTreeSet<String> {
+        &self.cordoned
+    }
+
+    /// Every live node: its name, capacity and how many instances are placed there.
+    pub fn node_list(&self) -> Vec<(&str, u32, usize)> {
+        self.nodes
+            .iter()
+            .map(|(name, node)| {
+                let placed = self.placements.values().filter(|p| p.node == *name).count();
+                (name.as_str(), node.capacity, placed)
+            })
+            .collect()
     }
 
     /// How many instances the live nodes may run together.
@@ -291,7 +324,7 @@ impl Fleet {
             .filter(|(_, placed)| placed.draining.is_none())
             .map(|(key, placed)| Member {
                 id: &key.1,
-                current: placed.version == want.version,
+                current: placed.version == want.version && !self.cordoned.contains(&placed.node),
                 ready: self
                     .report_of(key, &placed.node)
                     .is_some_and(|r| r.state == "healthy"),
@@ -306,8 +339,8 @@ impl Fleet {
                     until = until.max(now + want.keep_previous);
                 }
                 placed.draining = Some(until);
-                self.draining.insert((until, key));
-                moves.drained.insert(service.clone());
+                self.draining.insert((until, key.clone()));
+                moves.drained.insert(key);
             }
         }
         for _ in 0..start {
@@ -374,6 +407,18 @@ impl Fleet {
             .filter(|(until, key)| self.drains_until(key, *until))
             .map(|(_, (service, _))| service.clone())
             .collect()
+    }
+
+    /// Draining instance `key` may go at `until` if that is sooner than its bound (the
+    /// proxies acknowledged that it left the endpoints).
+    pub fn acknowledged(&mut self, key: &InstanceKey, until: Instant) {
+        let Some(placed) = self.placements.get_mut(key) else {
+            return;
+        };
+        if placed.draining.is_some_and(|bound| until < bound) {
+            placed.draining = Some(until);
+            self.draining.insert((until, key.clone()));
+        }
     }
 
     /// Whether instance `key` is placed and draining until `until`.
@@ -464,6 +509,7 @@ impl Fleet {
         }
         self.nodes
             .iter()
+            .filter(|(name, _)| !self.cordoned.contains(*name))
             .filter(|(name, node)| load.get(name.as_str()).map_or(0, |l| l.1) < node.capacity)
             .min_by_key(|(name, _)| {
                 let (same, all) = load.get(name.as_str()).copied().unwrap_or_default();
@@ -835,7 +881,8 @@ mod tests {
         );
         report_a(&mut fleet, &["web-0", "web-1", "web-2"], start);
         let moves = fleet.place_some(&desired, &only_web, start);
-        assert_eq!(moves.drained, only_web);
+        let web_1 = (web(), "web-1".to_owned());
+        assert_eq!(moves.drained, BTreeSet::from([web_1.clone()]));
         assert_eq!(
             serving(&fleet),
             all(&[("web-0", 1), ("web-2", 2), ("web-3", 2)])
@@ -865,5 +912,52 @@ mod tests {
         assert_eq!(fleet.versions_of(&web()), BTreeSet::from([2]));
         assert_eq!(fleet.placements().len(), 2);
         assert_eq!(fleet.summary(&web()), BTreeMap::from([(2, (2, 2))]));
+    }
+
+    #[test]
+    fn a_drained_node_gets_no_placement_and_its_instances_move_once_replaced() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        fleet.report(node("a", 4, &[]), start);
+        let web = || service("web");
+        let desired = BTreeMap::from([(web(), version(1, 1))]);
+        fleet.place(&desired, unknown, start);
+        let ready = |fleet: &mut Fleet, a: &[(&str, &str)], b: &[(&str, &str)]| {
+            fleet.report(node("a", 4, a), start);
+            fleet.report(node("b", 4, b), start);
+        };
+        // Node a drains while it is the only node: nothing can move, web-0 serves on.
+        assert!(fleet.cordon("a", true));
+        assert!(!fleet.cordon("a", true), "already draining");
+        ready(&mut fleet, &[("web-0", "healthy")], &[]);
+        fleet.nodes.remove("b");
+        fleet.place(&desired, unknown, start);
+        assert_eq!(serving(&fleet), [("web-0".to_owned(), 1)]);
+        // Node b comes: the replacement goes there first; web-0 drains once it is ready.
+        ready(&mut fleet, &[("web-0", "healthy")], &[]);
+        fleet.place(&desired, unknown, start);
+        assert_eq!(nodes_of(&fleet, "web"), ["a", "b"]);
+        ready(
+            &mut fleet,
+            &[("web-0", "healthy")],
+            &[("web-1", "starting")],
+        );
+        let only_web = BTreeSet::from([web()]);
+        assert!(fleet
+            .place_some(&desired, &only_web, start)
+            .drained
+            .is_empty());
+        ready(&mut fleet, &[("web-0", "healthy")], &[("web-1", "healthy")]);
+        let moves = fleet.place_some(&desired, &only_web, start);
+        assert_eq!(moves.drained, BTreeSet::from([(web(), "web-0".to_owned())]));
+        assert_eq!(nodes_of(&fleet, "web"), ["b"]);
+        assert_eq!(fleet.node_list(), [("a", 4, 1), ("b", 4, 1)]);
+        // Undrained, it takes placements again.
+        assert!(fleet.cordon("a", false));
+        let two = BTreeMap::from([(web(), version(1, 2))]);
+        fleet.place(&two, unknown, start + Duration::from_secs(1));
+        let mut nodes = nodes_of(&fleet, "web");
+        nodes.sort();
+        assert_eq!(nodes, ["a", "b"]);
     }
 }

@@ -22,10 +22,21 @@ pub struct Deploy {
     /// `scale.min` rounded down); defaults to 0.
     #[serde(default = "Amount::none")]
     pub max_unavailable: Amount,
-    /// How long an instance leaving service stays running after the proxies were told to stop
-    /// sending it requests, before it is stopped; defaults to `1s`, at most `1m`.
+    /// How long an instance leaving service stays running after the region's proxies
+    /// acknowledged that they no longer send it requests, before it is stopped; defaults to
+    /// `1s`, at most `1m`.
     #[serde(default = "Deploy::default_drain_delay")]
     pub drain_delay: HumanDuration,
+    /// How long the connections to an instance leaving service may stay open once it lost its
+    /// assignment (requests in flight finish at once, idle connections close, HTTP/2 gets
+    /// GOAWAY; WebSockets and other upgraded or TCP connections get this long), before they are
+    /// closed and the instance gets SIGTERM; defaults to `30s`, at most [`Deploy::MAX_DRAIN`].
+    #[serde(default = "Deploy::default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
+    /// How long an instance may take to exit after SIGTERM before it gets SIGKILL; defaults to
+    /// `10s`, at most [`Deploy::MAX_STOP`].
+    #[serde(default = "Deploy::default_stop_timeout")]
+    pub stop_timeout: HumanDuration,
     /// How long the new version may take to have `scale.min` instances ready in a region
     /// before the rollout fails and the region returns to the previous version; defaults to
     /// `5m`, from `1s` to `1h`.
@@ -71,6 +82,8 @@ impl Default for Deploy {
             max_surge: Amount::quarter(),
             max_unavailable: Amount::none(),
             drain_delay: Deploy::default_drain_delay(),
+            drain_timeout: Deploy::default_drain_timeout(),
+            stop_timeout: Deploy::default_stop_timeout(),
             progress_deadline: Deploy::default_progress_deadline(),
             keep_previous: None,
             waves: Vec::new(),
@@ -80,8 +93,21 @@ impl Default for Deploy {
 }
 
 impl Deploy {
+    /// The longest `drain_timeout`.
+    pub const MAX_DRAIN: std::time::Duration = std::time::Duration::from_secs(3600);
+    /// The longest `stop_timeout`.
+    pub const MAX_STOP: std::time::Duration = std::time::Duration::from_secs(600);
+
     fn default_drain_delay() -> HumanDuration {
         HumanDuration(std::time::Duration::from_secs(1))
+    }
+
+    fn default_drain_timeout() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(30))
+    }
+
+    fn default_stop_timeout() -> HumanDuration {
+        HumanDuration(std::time::Duration::from_secs(10))
     }
 
     fn default_progress_deadline() -> HumanDuration {

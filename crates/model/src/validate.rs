@@ -486,6 +486,12 @@ fn validate_deploy(errs: &mut ValidationErrors, at: &str, deploy: &crate::Deploy
     if deploy.drain_delay.0 > std::time::Duration::from_secs(60) {
         errs.push(format!("{at}.drain_delay"), "must be at most 1m");
     }
+    if deploy.drain_timeout.0 > crate::Deploy::MAX_DRAIN {
+        errs.push(format!("{at}.drain_timeout"), "must be at most 1h");
+    }
+    if deploy.stop_timeout.0 > crate::Deploy::MAX_STOP {
+        errs.push(format!("{at}.stop_timeout"), "must be at most 10m");
+    }
     let deadline = deploy.progress_deadline.0;
     if deadline < std::time::Duration::from_secs(1)
         || deadline > std::time::Duration::from_secs(3600)

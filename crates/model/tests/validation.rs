@@ -198,12 +198,33 @@ fn deploy_defaults_to_a_rolling_deploy_that_keeps_every_instance_ready() {
     assert_eq!(def.deploy.strategy, meridian_model::Strategy::Rolling);
     assert_eq!(def.deploy.bounds(4), (1, 0));
     assert_eq!(def.deploy.drain_delay.to_string(), "1s");
+    assert_eq!(def.deploy.drain_timeout.to_string(), "30s");
+    assert_eq!(def.deploy.stop_timeout.to_string(), "10s");
     let mut given = valid();
     given["deploy"] = serde_json::json!({"strategy": "rolling", "max_surge": "50%",
-        "max_unavailable": 1, "drain_delay": "500ms"});
+        "max_unavailable": 1, "drain_delay": "500ms", "drain_timeout": "1h",
+        "stop_timeout": "0s"});
     let def = parse(given);
     validate_definition(&def, &known).unwrap();
     assert_eq!(def.deploy.bounds(3), (2, 1));
+    assert_eq!(
+        def.deploy.drain_timeout.0,
+        std::time::Duration::from_secs(3600)
+    );
+}
+
+#[test]
+fn drain_and_stop_timeouts_are_bounded() {
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"drain_timeout": "61m", "stop_timeout": "11m"});
+    let err = errors(def);
+    assert_eq!(
+        fields(&err),
+        ["deploy.drain_timeout", "deploy.stop_timeout"],
+        "{err}"
+    );
+    assert!(err.errors[0].message.contains("at most 1h"), "{err}");
+    assert!(err.errors[1].message.contains("at most 10m"), "{err}");
 }
 
 #[test]

@@ -672,7 +672,12 @@ pub async fn handle(
                 .filter(|s| s.agreed(response.status(), upstream_h2));
             if let (Some(_), Some(client_side)) = (switched, client_side) {
                 let open = ctx.shared.open_connection();
-                tunnel(client_side, hyper::upgrade::on(&mut response), open);
+                let retiring = ctx.retirement.connection();
+                tunnel(
+                    client_side,
+                    hyper::upgrade::on(&mut response),
+                    (open, retiring),
+                );
             }
             let cluster = target.cluster.clone();
             let metrics = ctx.shared.metrics.clone();

@@ -22,6 +22,7 @@ mod idle;
 mod mesh;
 mod metrics;
 mod reload;
+mod retire;
 mod routing;
 mod server;
 mod splice;
@@ -95,6 +96,9 @@ struct Active {
     checks: HashMap<String, health::ClusterChecks>,
     /// Where each cluster is in `config.clusters`.
     cluster_at: HashMap<String, usize>,
+    /// Listeners removed by a reload whose drain nobody asked for yet, by name
+    /// ([`Proxy::drain_listeners`]).
+    retired: HashMap<String, Arc<retire::Retirement>>,
 }
 
 /// The TLS acceptor of each listener (in order), reusing those in `built` whose files are
@@ -426,8 +430,15 @@ impl Proxy {
                     "could not take over the socket; the listener is not serving"),
             }
         }
-        // Whatever is left in `kept` is no longer configured: dropping it stops its accept loop.
-        drop(kept);
+        // Whatever is left in `kept` is no longer configured: dropping it stops its accept loop,
+        // and its connections wind down. Those retired earlier whose connections all closed
+        // need no drain any more.
+        active.retired.retain(|_, retirement| retirement.open() > 0);
+        for (name, (_, _, listener)) in kept {
+            let retirement = listener.context.retirement.clone();
+            retirement.retire();
+            active.retired.insert(name, retirement);
+        }
         active.listeners = fresh;
         let mut checks = std::mem::take(&mut active.checks);
         for cluster in &config.clusters {
@@ -538,6 +549,34 @@ impl Proxy {
             .collect();
         listeners.sort();
         listeners
+    }
+
+    /// Drains the listeners a reload removed whose names start with `prefix`: their
+    /// connections finished the requests in flight and closed when they were removed
+    /// (HTTP/1.1 idle connections at once, HTTP/2 with GOAWAY); this waits until the others
+    /// (upgraded, relayed) have closed too, at most `timeout`, then closes those left. Returns
+    /// how many were left. The listeners are forgotten.
+    pub async fn drain_listeners(&self, prefix: &str, timeout: Duration) -> usize {
+        let retirements: Vec<Arc<retire::Retirement>> = {
+            let mut active = self.active.lock().await;
+            let names: Vec<String> = active
+                .retired
+                .keys()
+                .filter(|name| name.starts_with(prefix))
+                .cloned()
+                .collect();
+            names
+                .iter()
+                .filter_map(|name| active.retired.remove(name))
+                .collect()
+        };
+        let mut left = 0;
+        let deadline = tokio::time::Instant::now() + timeout;
+        for retirement in retirements {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            left += retirement.drained(remaining).await;
+        }
+        left
     }
 
     /// Stops accepting connections, asks open ones to finish their requests in flight and close,

@@ -144,6 +144,8 @@ pub struct ListenerContext {
     handshakes_refused: Counter,
     /// Connections closed because a response waited `send_timeout` for the client.
     send_timeouts: Counter,
+    /// Its connections, wound down once a reload removes it.
+    pub retirement: Arc<crate::retire::Retirement>,
 }
 
 /// A listener's [`TrustForwarded`], read by every request and swapped on reload without a
@@ -320,6 +322,7 @@ impl Listener {
             alt_svc: ArcSwapOption::empty(),
             denied: shared.metrics.mesh_denied(name),
             connections: shared.metrics.connections(name),
+            retirement: Arc::default(),
             shared,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -553,6 +556,7 @@ where
         let _slot = slot;
         context.connections.inc();
         let _open = context.shared.open_connection();
+        let _retiring = context.retirement.connection();
         let served = tokio::select! {
             served = connection.as_mut() => Some(served),
             () = activity.idle_for(limits.idle_timeout.0) => {
@@ -568,6 +572,14 @@ where
                 // Finish what is in flight (HTTP/2: GOAWAY; HTTP/1.1: close after the response).
                 connection.as_mut().graceful_shutdown();
                 Some(connection.await)
+            }
+            () = context.retirement.retired() => {
+                // The same, until the listener's drain is over.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    served = connection.as_mut() => Some(served),
+                    () = context.retirement.closing() => None,
+                }
             }
         };
         if let Some(Err(e)) = served {
@@ -624,6 +636,7 @@ async fn relay_connection(
     const CONNECT_TRIES: usize = 3;
     context.connections.inc();
     let _open = context.shared.open_connection();
+    let retiring = context.retirement.connection();
     let metrics = &context.shared.metrics;
     let no_headers = http::HeaderMap::new();
     let mut avoid = None;
@@ -642,7 +655,11 @@ async fn relay_connection(
             Ok(Ok(mut upstream)) => {
                 let _ = upstream.set_nodelay(true);
                 lease.observe(Outcome::Success);
-                match crate::splice::relay(&mut client, &mut upstream).await {
+                let relayed = tokio::select! {
+                    relayed = crate::splice::relay(&mut client, &mut upstream) => relayed,
+                    () = retiring.closing() => break,
+                };
+                match relayed {
                     Ok((sent, received)) => metrics.relayed(&context.name, sent, received),
                     Err(e) => tracing::debug!(listener = %context.name, error = %e,
                         "relayed connection ended with an error"),

@@ -114,7 +114,7 @@ fn websocket_key() -> HeaderValue {
 pub fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    open: crate::server::OpenGuard,
+    (open, retiring): (crate::server::OpenGuard, crate::retire::Retiring),
 ) {
     tokio::spawn(async move {
         let _open = open;
@@ -122,7 +122,12 @@ pub fn tunnel(
             Ok((client, upstream)) => {
                 let mut client = hyper_util::rt::TokioIo::new(client);
                 let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                let copied = tokio::select! {
+                    copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => copied,
+                    // Its listener was removed and its drain is over: both sides are closed.
+                    () = retiring.closing() => Ok((0, 0)),
+                };
+                if let Err(e) = copied {
                     tracing::debug!(error = %e, "switched connection ended with an error");
                 }
             }

@@ -71,6 +71,22 @@ impl Delivery {
         // The sender lives in `self`: waiting cannot fail.
         let _ = pending.wait_for(HashSet::is_empty).await;
     }
+
+    /// Completes once every acknowledgement owed of resource `name` (a cache name) has come,
+    /// whatever the other resources put with it still wait for.
+    pub async fn acknowledged_name(&self, name: &str) {
+        let mut pending = self.0.pending.subscribe();
+        let _ = pending
+            .wait_for(|pending| !pending.iter().any(|(_, owed)| owed == name))
+            .await;
+    }
+}
+
+impl Versioned {
+    /// The acknowledgements of this version, when it was put with [`Cache::apply_tracked`].
+    pub fn delivery(&self) -> Option<Delivery> {
+        self.delivery.clone().map(Delivery)
+    }
 }
 
 /// A change to one type: resources to add or replace, and names to remove.

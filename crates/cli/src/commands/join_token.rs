@@ -43,24 +43,11 @@ pub async fn run(args: JoinTokenArgs, client: ClientArgs) -> Result<()> {
             "the region's control plane",
         ),
     };
-    let response = reqwest::Client::new()
+    let request = reqwest::Client::new()
         .post(&url)
         .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("calling {url} (is {what} running?)"))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .with_context(|| format!("reading the answer of {url}"))?;
-    if !status.is_success() {
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or("no reason given");
-        anyhow::bail!("{url} refused ({status}): {message}");
-    }
+        .json(&body);
+    let body = crate::commands::region_admin::call(request, &url, what).await?;
     let (Some(token), Some(id)) = (body["token"].as_str(), body["spiffe_id"].as_str()) else {
         anyhow::bail!("{url} answered without a token");
     };

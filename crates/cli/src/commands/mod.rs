@@ -11,6 +11,8 @@ pub mod gateway;
 pub mod identity;
 pub mod join_token;
 pub mod logs;
+pub mod node;
 pub mod proxy;
+pub mod region_admin;
 pub mod resources;
 pub mod rollout;

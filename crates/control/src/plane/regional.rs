@@ -204,6 +204,7 @@ pub async fn run_regional(
     });
     supervisor.restarting("follow global", {
         let (url, state) = (options.global_xds.clone(), state.clone());
+        let copy_due = copy_due.clone();
         move || {
             let (tls, state) = (to_global.clone(), state.clone());
             follow_global(url.clone(), tls, state, synced.clone(), copy_due.clone())
@@ -236,7 +237,7 @@ pub async fn run_regional(
     }
     let authenticated = AuthenticatedAds::regional(ads.clone().into_service(), &region);
     let routes = Routes::new(authenticated)
-        .add_service(ReportService::new(state))
+        .add_service(ReportService::new(state.clone()))
         .into_axum_router()
         .merge(issuer.routes());
     let server = ads.serve_routes(
@@ -246,7 +247,13 @@ pub async fn run_regional(
     );
     supervisor.essential("the xDS server", server);
     // The admin server last: /metrics shows every metric registered above.
-    let router = admin_router(Arc::new(registry), synced_rx, Some(join_tokens));
+    let nodes = crate::nodes_admin::NodeAdmin {
+        admin: join_tokens.clone(),
+        region: state.clone(),
+        copy_due: copy_due.clone(),
+    };
+    let router = admin_router(Arc::new(registry), synced_rx, Some(join_tokens))
+        .merge(crate::nodes_admin::node_router(nodes));
     let admin_server = axum::serve(admin, router).with_graceful_shutdown(stop.wait());
     supervisor.essential("the admin server", admin_server.into_future());
 
@@ -255,12 +262,14 @@ pub async fn run_regional(
     Ok(())
 }
 
-/// Ticks the region's fleet every [`TICK`] (node expiry, the first placement), and removes
-/// drained instances as soon as their delay is over.
+/// Ticks the region's fleet every [`TICK`] (node expiry, the first placement), waits for the
+/// proxies' acknowledgements of each instance that starts draining, and removes drained
+/// instances as soon as their delay is over.
 async fn tick_fleet(state: Arc<Region>) {
     let mut tick = tokio::time::interval(TICK);
     let drain_started = state.drain_started();
     let mut next_drained = None;
+    let mut waits = tokio::task::JoinSet::new();
     loop {
         let drained = async {
             match next_drained {
@@ -272,6 +281,11 @@ async fn tick_fleet(state: Arc<Region>) {
             _ = tick.tick() => state.tick(Instant::now()),
             () = drain_started.notified() => {}
             () = drained => {}
+            Some(_) = waits.join_next(), if !waits.is_empty() => {}
+        }
+        for wait in state.take_ack_waits() {
+            let state = state.clone();
+            waits.spawn(async move { state.wait_for_acks(&wait).await });
         }
         next_drained = state.drain(Instant::now());
     }

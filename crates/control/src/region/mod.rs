@@ -5,6 +5,7 @@
 //! re-renders that instance's service, a placement change re-encodes the assignments of the
 //! instances that moved.
 
+mod drain;
 mod publish;
 mod state;
 
@@ -21,11 +22,33 @@ use tokio::sync::Notify;
 
 use crate::disk_copy::DiskCopy;
 use crate::elsewhere::RemoteRegion;
+use drain::DrainMetrics;
+pub use drain::{AckWait, ACK_WAIT};
 use publish::{EncodeSpec, Publisher};
 use state::RegionState;
 
 /// Identifies a service: org, app and name.
 pub type ServiceId = (String, String, String);
+
+/// A node the region does not know (no agent of that name reports).
+#[derive(Debug, thiserror::Error)]
+#[error("no node `{0}` reports to this region")]
+pub struct UnknownNode(pub String);
+
+/// One node as the region sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStatus {
+    /// Its name.
+    pub name: String,
+    /// Whether its agent reports.
+    pub live: bool,
+    /// Whether it is drained (`meridian node drain`).
+    pub drained: bool,
+    /// How many instances it may run.
+    pub capacity: u32,
+    /// How many instances are placed there (draining ones included).
+    pub instances: usize,
+}
 
 /// Where a region's gateway listens.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,6 +66,7 @@ pub struct Region {
     name: String,
     state: Mutex<RegionState>,
     publisher: Publisher,
+    drain_metrics: DrainMetrics,
 }
 
 impl Region {
@@ -75,6 +99,7 @@ impl Region {
             name: region.to_owned(),
             state: Mutex::new(RegionState::new(region, gateway, trust_domain)),
             publisher,
+            drain_metrics: DrainMetrics::new(registry),
         };
         // The gateway's routes, empty.
         region.change(|_| ());
@@ -155,9 +180,40 @@ impl Region {
     }
 
     /// What is told whenever an instance starts draining (leaves the endpoints), so that
-    /// [`Region::drain`] is called again when its delay is over.
+    /// [`Region::take_ack_waits`] and [`Region::drain`] are called again.
     pub fn drain_started(&self) -> Arc<Notify> {
         self.lock().drain_started()
+    }
+
+    /// The instances that started draining since the last call: run
+    /// [`Region::wait_for_acks`] for each.
+    pub fn take_ack_waits(&self) -> Vec<AckWait> {
+        let waits = self.lock().take_ack_waits();
+        waits
+            .into_iter()
+            .map(|(instance, since)| AckWait { instance, since })
+            .collect()
+    }
+
+    /// Waits until the region's proxies acknowledged that `wait`'s instance left its
+    /// service's endpoints, at most [`ACK_WAIT`] (counted when it gets there), then lets
+    /// [`Region::drain`] remove its assignment after its drain delay. Returns whether every
+    /// acknowledgement came.
+    pub async fn wait_for_acks(&self, wait: &AckWait) -> bool {
+        let started = tokio::time::Instant::now();
+        let service = &wait.instance.0;
+        let waited = drain::acknowledged(&self.publisher, service, wait.since);
+        let acknowledged = tokio::time::timeout(ACK_WAIT, waited).await.is_ok();
+        self.drain_metrics
+            .waits
+            .observe(started.elapsed().as_secs_f64());
+        if !acknowledged {
+            self.drain_metrics.timeouts.inc();
+            tracing::warn!(instance = ?wait.instance, wait = ?ACK_WAIT,
+                "some proxies did not acknowledge that a draining instance left the endpoints");
+        }
+        self.change(|state| state.drain_acknowledged(&wait.instance, Instant::now()));
+        acknowledged
     }
 
     /// Takes every region's summary, by region name (this region's own gives its coordinates):
@@ -175,9 +231,61 @@ impl Region {
             state.restore_vips(copy.vips);
             state.restore_older(copy.older);
             state.restore_rollouts(copy.rollouts);
+            for node in &copy.drained_nodes {
+                state.drain_node(node, true);
+            }
             state.replace_all(copy.deployments, copy.endpoints);
             state.set_region_summaries(&copy.regions);
         });
+    }
+
+    /// Drains node `node` (`true`): it takes no new placements, and each of its instances is
+    /// replaced on another node (when one has room) and then drained, as in a rollout; or ends
+    /// that (`false`). Draining a node the region does not know is an error; returns whether
+    /// anything changed.
+    pub fn drain_node(&self, node: &str, drained: bool) -> Result<bool, UnknownNode> {
+        self.change(|state| {
+            let known = state
+                .fleet
+                .node_list()
+                .iter()
+                .any(|(name, _, _)| *name == node);
+            if drained && !known {
+                return Err(UnknownNode(node.to_owned()));
+            }
+            Ok(state.drain_node(node, drained))
+        })
+    }
+
+    /// The region's live nodes, by name, and the drained ones it no longer hears from.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let state = self.lock();
+        let drained = state.fleet.cordoned();
+        let mut nodes: Vec<NodeStatus> = state
+            .fleet
+            .node_list()
+            .into_iter()
+            .map(|(name, capacity, instances)| NodeStatus {
+                name: name.to_owned(),
+                live: true,
+                drained: drained.contains(name),
+                capacity,
+                instances,
+            })
+            .collect();
+        for name in drained {
+            if !nodes.iter().any(|n| n.name == *name) {
+                nodes.push(NodeStatus {
+                    name: name.clone(),
+                    live: false,
+                    drained: true,
+                    capacity: 0,
+                    instances: 0,
+                });
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
     }
 
     /// What the region knows from the global control plane, for its disk copy.

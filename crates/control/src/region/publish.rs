@@ -14,6 +14,7 @@ use meridian_xds::{node_namespace, render, role_namespace, Cache, Update, LISTEN
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use prost::Message;
+use tokio::sync::watch;
 
 use super::state::{AssignmentWork, ServiceWork, Shape, Work};
 use super::{GatewayListeners, ServiceId};
@@ -62,7 +63,7 @@ impl RenderMetrics {
 }
 
 /// A service's resources: (type URL, cache name).
-type Names = BTreeSet<(&'static str, String)>;
+pub(super) type Names = BTreeSet<(&'static str, String)>;
 
 /// What was last published, and from which work.
 #[derive(Default)]
@@ -137,6 +138,8 @@ pub(super) struct Publisher {
     pub(super) published: Mutex<Published>,
     pub metrics: RenderMetrics,
     encode_spec: EncodeSpec,
+    /// Counts the works published.
+    landed: watch::Sender<u64>,
 }
 
 /// A rendered work, ready to publish.
@@ -181,6 +184,7 @@ impl Publisher {
             published: Mutex::new(Published::default()),
             metrics: RenderMetrics::new(registry),
             encode_spec,
+            landed: watch::Sender::new(0),
         }
     }
 
@@ -246,7 +250,8 @@ impl Publisher {
             LISTENER,
         ] {
             if let Some(update) = by_type.remove(type_url) {
-                self.cache.apply(type_url, update);
+                // Tracked: a drain waits until the proxies acknowledged its endpoints' removal.
+                self.cache.apply_tracked(type_url, update);
             }
         }
         let mut assignments = Update::default();
@@ -270,6 +275,32 @@ impl Publisher {
         if !assignments.put.is_empty() || !assignments.remove.is_empty() {
             self.cache.apply(ASSIGNMENT, assignments);
         }
+        self.landed.send_modify(|count| *count += 1);
+    }
+
+    /// The resources of service `id` that list its endpoints (type URL, cache name), once
+    /// published from work `since` or a later one (`None` before).
+    pub fn endpoint_resources(&self, id: &ServiceId, since: u64) -> Option<Names> {
+        let published = lock(&self.published);
+        let (sequence, names) = published.services.get(id)?;
+        let listing = [meridian_xds::ENDPOINT, meridian_xds::meridian::SERVICE];
+        (*sequence >= since).then(|| {
+            names
+                .iter()
+                .filter(|(type_url, _)| listing.contains(type_url))
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Changes whenever a work was published.
+    pub fn landed(&self) -> watch::Receiver<u64> {
+        self.landed.subscribe()
+    }
+
+    /// The cache it publishes into.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
     }
 
     /// Renders `work`, without any lock: a service whose spec cannot be encoded is left out,

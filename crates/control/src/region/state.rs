@@ -54,6 +54,9 @@ pub(super) struct RegionState {
     report_due: Arc<Notify>,
     /// Told whenever an instance starts draining: its delay ends before the next tick.
     drain_started: Arc<Notify>,
+    /// Instances that started draining, with the work that takes them out of the endpoints,
+    /// until [`RegionState::take_ack_waits`].
+    ack_waits: Vec<(InstanceKey, u64)>,
     /// Each service's virtual IP.
     vips: Vips,
     /// Each service's last rollout.
@@ -152,6 +155,7 @@ impl RegionState {
             summaries: BTreeMap::new(),
             report_due: Arc::new(Notify::new()),
             drain_started: Arc::new(Notify::new()),
+            ack_waits: Vec::new(),
             vips: Vips::default(),
             rollouts: Rollouts::default(),
             copy_due: Arc::new(Notify::new()),
@@ -266,6 +270,22 @@ impl RegionState {
         self.copy_due.clone()
     }
 
+    /// The instances that started draining since the last call, each with the work that
+    /// takes it out of its service's endpoints.
+    pub fn take_ack_waits(&mut self) -> Vec<(InstanceKey, u64)> {
+        std::mem::take(&mut self.ack_waits)
+    }
+
+    /// The proxies acknowledged at `now` that draining instance `key` left the endpoints (or
+    /// the wait for them ended): its assignment goes after its service's drain delay.
+    pub fn drain_acknowledged(&mut self, key: &InstanceKey, now: Instant) {
+        let delay = self
+            .deployments
+            .get(&key.0)
+            .map_or(std::time::Duration::ZERO, |d| d.spec.deploy.drain_delay.0);
+        self.fleet.acknowledged(key, now + delay);
+    }
+
     /// What the region knows from the global control plane, and its rollouts, for its disk
     /// copy.
     pub fn disk_copy(&self) -> crate::disk_copy::DiskCopy {
@@ -280,12 +300,24 @@ impl RegionState {
                 .flat_map(|versions| versions.values().map(|d| (**d).clone()))
                 .collect(),
             rollouts: self.rollouts.saved(),
+            drained_nodes: self.fleet.cordoned().iter().cloned().collect(),
         }
     }
 
     /// Takes back the services' rollouts from a disk copy; call before the services.
     pub fn restore_rollouts(&mut self, saved: Vec<SavedRollout>) {
         self.rollouts.restore(saved);
+    }
+
+    /// Drains node `node` (`true`) or ends that (see [`Fleet::cordon`]), and places every
+    /// service's instances again; returns whether that changed anything.
+    pub fn drain_node(&mut self, node: &str, drained: bool) -> bool {
+        let changed = self.fleet.cordon(node, drained);
+        if changed {
+            self.reconcile_instances(Instant::now());
+            self.report_due.notify_one();
+        }
+        changed
     }
 
     /// Takes back the earlier deployments rollouts replace, from a disk copy; call before the
@@ -404,6 +436,12 @@ impl RegionState {
             }
         }
         if !moves.drained.is_empty() {
+            // Rendered again even if its endpoints look the same, so that the drain waits
+            // for what the proxies hold after the work that follows.
+            for key in &moves.drained {
+                self.dirty.services.insert(key.0.clone());
+                self.ack_waits.push((key.clone(), self.sequence + 1));
+            }
             self.drain_started.notify_one();
         }
         self.dirty.assignments.extend(moves.assignments);
@@ -694,7 +732,7 @@ fn desired(deployment: &RegionalDeployment, version: u64) -> Desired {
             surge,
             unavailable,
         },
-        drain_delay: spec.deploy.drain_delay.0,
+        drain_delay: super::drain::ACK_WAIT + spec.deploy.drain_delay.0,
         strategy: spec.deploy.strategy,
         keep_previous: spec.deploy.keep_previous(),
     }

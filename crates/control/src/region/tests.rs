@@ -10,7 +10,7 @@ use prost::Message;
 
 use super::publish::lock;
 use super::*;
-use crate::fleet::Placement;
+use crate::fleet::{InstanceKey, Placement};
 
 const NODES: [&str; 2] = ["a", "b"];
 const SERVICES: usize = 40;
@@ -396,13 +396,13 @@ fn a_rollout_keeps_the_old_instance_on_its_spec_until_it_drained() {
     assert_eq!(in_service(), ["svc0-0"]);
 
     // The new one is ready: the old one leaves the endpoints at once, its assignment after
-    // the drain delay.
+    // the proxies' acknowledgements (or their bound) and the drain delay.
     for node in NODES {
         fixture.report(node, later, |_| "healthy");
     }
     assert_eq!(in_service(), ["svc0-1"]);
     assert_eq!(assigned_version(&fixture, "svc0-0"), Some(2));
-    let due = later + Duration::from_secs(1);
+    let due = later + ACK_WAIT + Duration::from_secs(1);
     assert_eq!(fixture.region.drain(later), Some(due));
     assert_eq!(fixture.region.drain(due), None);
     assert_eq!(assigned_version(&fixture, "svc0-0"), None);
@@ -467,10 +467,97 @@ fn a_restarted_region_goes_on_with_the_rollout_it_finds() {
     assert_eq!(assigned_in(&cache, "svc0-1"), Some(3));
     let serving = || healthy_instances(&region, &svc);
     assert_eq!(serving(), ["svc0-0"]);
+    assert!(region.take_ack_waits().is_empty());
     for node in NODES {
         region.report(report(node, true), start + crate::fleet::SETTLE);
     }
     assert_eq!(serving(), ["svc0-1"]);
+    // The old one drains as it would have: its removal waits for the proxies again.
+    let waits: Vec<InstanceKey> = region
+        .take_ack_waits()
+        .into_iter()
+        .map(|w| w.instance)
+        .collect();
+    assert_eq!(waits, [(svc.clone(), "svc0-0".to_owned())]);
+}
+
+/// Rolls svc0 over to another command: the old instance svc0-0 starts draining. Returns its
+/// wait for the proxies' acknowledgements and when it started.
+fn drain_svc0(fixture: &Fixture) -> (AckWait, Instant) {
+    let svc = id("svc0");
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 2)), Vec::new());
+    let now = Instant::now();
+    for node in NODES {
+        fixture.report(node, now, |_| "healthy");
+    }
+    assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-1"]);
+    let mut waits = fixture.region.take_ack_waits();
+    assert_eq!(waits.len(), 1);
+    let wait = waits.remove(0);
+    assert_eq!(wait.instance, (svc, "svc0-0".to_owned()));
+    (wait, now)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_waits_for_the_proxies_that_had_the_endpoints_and_then_its_delay() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    // A proxy subscribed to every service's instances, which has not acknowledged anything
+    // yet.
+    let mut proxy = fixture.cache.subscriber();
+    proxy.subscribe_wildcard(SERVICE, "");
+    let (wait, started) = drain_svc0(&fixture);
+    let waiting = fixture.region.wait_for_acks(&wait);
+    tokio::pin!(waiting);
+    let second = tokio::time::timeout(Duration::from_secs(1), &mut waiting).await;
+    assert!(second.is_err(), "the proxy has not acknowledged");
+    let bound = started + ACK_WAIT + Duration::from_secs(1);
+    assert_eq!(fixture.region.drain(started), Some(bound));
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(1));
+
+    // The proxy goes away (as one that acknowledged, it owes nothing more).
+    drop(proxy);
+    assert!(waiting.await, "acknowledged");
+    assert_eq!(fixture.region.drain_metrics.timeouts.get(), 0);
+    let due = fixture.region.drain(Instant::now()).unwrap();
+    assert!(
+        due < bound,
+        "the drain delay now counts from the acknowledgement"
+    );
+    assert_eq!(fixture.region.drain(due), None);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), None);
+    assert_eq!(assigned_version(&fixture, "svc0-1"), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proxy_that_never_acknowledges_delays_a_drain_only_to_its_bound_which_is_counted() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let mut proxy = fixture.cache.subscriber();
+    proxy.subscribe_wildcard(SERVICE, "");
+    let (wait, started) = drain_svc0(&fixture);
+    let waited = tokio::time::Instant::now();
+    assert!(!fixture.region.wait_for_acks(&wait).await);
+    assert_eq!(waited.elapsed(), ACK_WAIT);
+    assert_eq!(fixture.region.drain_metrics.timeouts.get(), 1);
+    // Removed at its bound, not later.
+    let bound = started + ACK_WAIT + Duration::from_secs(1);
+    assert!(fixture
+        .region
+        .drain(started)
+        .is_some_and(|due| due <= bound));
+    assert_eq!(fixture.region.drain(bound), None);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), None);
+    drop(proxy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_nobody_subscribed_to_waits_for_nothing() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let (wait, _) = drain_svc0(&fixture);
+    let waited = tokio::time::Instant::now();
+    assert!(fixture.region.wait_for_acks(&wait).await);
+    assert_eq!(waited.elapsed(), Duration::ZERO);
 }
 
 /// Every node reports its instances healthy, but those `crashed` names: unhealthy, having
