@@ -107,6 +107,9 @@ struct Placed {
     version: u64,
     /// Set once it leaves service: it is out of the endpoints, and removed at that time.
     draining: Option<Instant>,
+    /// Not removed before this, whatever the proxies acknowledge (a blue-green or canary
+    /// deploy keeps the previous set running a while).
+    kept_until: Option<Instant>,
 }
 
 /// The region's nodes and placements.
@@ -336,7 +339,9 @@ impl Fleet {
             if let Some(placed) = self.placements.get_mut(&key) {
                 let mut until = now + want.drain_delay;
                 if placed.version != want.version {
-                    until = until.max(now + want.keep_previous);
+                    let kept = now + want.keep_previous;
+                    until = until.max(kept);
+                    placed.kept_until = Some(kept);
                 }
                 placed.draining = Some(until);
                 self.draining.insert((until, key.clone()));
@@ -363,6 +368,7 @@ impl Fleet {
                 node,
                 version: want.version,
                 draining: None,
+                kept_until: None,
             };
             self.placements.insert(key.clone(), placed);
             moves.assignments.insert(key);
@@ -410,11 +416,12 @@ impl Fleet {
     }
 
     /// Draining instance `key` may go at `until` if that is sooner than its bound (the
-    /// proxies acknowledged that it left the endpoints).
+    /// proxies acknowledged that it left the endpoints), but not before it is kept until.
     pub fn acknowledged(&mut self, key: &InstanceKey, until: Instant) {
         let Some(placed) = self.placements.get_mut(key) else {
             return;
         };
+        let until = placed.kept_until.map_or(until, |kept| until.max(kept));
         if placed.draining.is_some_and(|bound| until < bound) {
             placed.draining = Some(until);
             self.draining.insert((until, key.clone()));
@@ -481,6 +488,7 @@ impl Fleet {
                         node: node_name.clone(),
                         version,
                         draining: None,
+                kept_until: None,
                     };
                     self.placements.insert(key.clone(), placed);
                     adopted.insert(key.clone());
