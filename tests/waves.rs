@@ -35,6 +35,18 @@ health_checks: [{{http: {{port: http, path: {health}}}, interval: 200ms, timeout
     )
 }
 
+/// `meridian deploy --wait` of `definition` on a thread of its own: its output once the
+/// rollout ended.
+fn follow(platform: &Deployed, definition: &str) -> std::thread::JoinHandle<std::process::Output> {
+    std::fs::write(&platform.definition, definition).unwrap();
+    let file = platform.definition.to_str().unwrap().to_owned();
+    let cli = support::Cli {
+        api: platform.cli.api.clone(),
+        token: platform.cli.token.clone(),
+    };
+    std::thread::spawn(move || cli.run(&["deploy", "-f", &file, "--wait"]))
+}
+
 /// A region's row of `meridian status hello --app shop`.
 fn status_of(platform: &Deployed, region: &str) -> serde_json::Value {
     let status = platform.cli.json(&["status", "hello", "--app", "shop"]);
@@ -129,7 +141,8 @@ async fn a_later_wave_starts_only_once_the_earlier_one_runs_the_version_to_the_f
 
     // Version 3 never gets healthy in fra: iad waits and keeps serving version 2, until fra
     // rolls 3 back and the global control plane makes version 2 current again (as 4).
-    platform.deploy(&hello("fra, iad", "two", "/no-such-path"));
+    // `deploy --wait` follows it, and fails with the reason.
+    let following = follow(&platform, &hello("fra, iad", "two", "/no-such-path"));
     let end = Instant::now() + DEADLINE;
     loop {
         let greetings = greetings_in(&iad_gateway, "iad").await;
@@ -166,6 +179,20 @@ async fn a_later_wave_starts_only_once_the_earlier_one_runs_the_version_to_the_f
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let followed = following.join().unwrap();
+    let said = String::from_utf8_lossy(&followed.stdout);
+    let error = String::from_utf8_lossy(&followed.stderr);
+    assert!(!followed.status.success(), "{said}{error}");
+    assert!(
+        said.contains("following the rollout of version 3"),
+        "{said}"
+    );
+    assert!(said.contains("waiting for wave 2"), "{said}");
+    assert!(
+        error.contains("the rollout of version 3 failed in fra: hello-")
+            || error.contains("version 3 is no longer current"),
+        "{error}"
+    );
     let deployments = platform
         .cli
         .json(&["get", "deployments", "hello", "--app", "shop"]);
@@ -173,7 +200,16 @@ async fn a_later_wave_starts_only_once_the_earlier_one_runs_the_version_to_the_f
     assert_eq!(deployments[3]["rolled_back_from"], 2, "{deployments}");
 
     // Version 5 is healthy: fra runs it to the full, then iad takes it.
-    platform.deploy(&hello("fra, iad", "three", "/healthz"));
+    let followed = follow(&platform, &hello("fra, iad", "three", "/healthz"))
+        .join()
+        .unwrap();
+    let said = String::from_utf8_lossy(&followed.stdout);
+    assert!(
+        followed.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    assert!(said.contains("version 5 runs in every region"), "{said}");
     status_until(&platform, "iad", "version 5 running", |s| {
         s["version"] == 5 && s["state"] == "running"
     })

@@ -80,11 +80,20 @@ enum Command {
     /// Manage an org's API tokens.
     #[command(subcommand)]
     Token(commands::resources::TokenCommand),
-    /// Create or update a service from a definition file (YAML or JSON); prints the new version.
+    /// Create or update a service from a definition file (YAML or JSON); prints the new version
+    /// and, at a terminal, follows its rollout region by region until it ends.
     Deploy {
         /// The definition file; `-` reads standard input.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Return once the version is applied, without following its rollout (the default
+        /// when standard output is not a terminal).
+        #[arg(long, conflicts_with = "wait")]
+        detach: bool,
+        /// Follow the rollout until it ends even when standard output is not a terminal;
+        /// exits non-zero when it failed or was rolled back.
+        #[arg(long)]
+        wait: bool,
     },
     /// Register, list and remove a service's endpoints (where its instances listen).
     #[command(subcommand)]
@@ -182,7 +191,11 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,
         Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,
         Command::Token(cmd) => resources::token(&Client::new(&args)?, format, cmd).await,
-        Command::Deploy { file } => resources::deploy(&Client::new(&args)?, format, &file).await,
+        Command::Deploy { file, detach, wait } => {
+            let at_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let follow = wait || (at_terminal && !detach);
+            resources::deploy(&Client::new(&args)?, format, &file, follow).await
+        }
         Command::Endpoint(cmd) => {
             commands::endpoints::endpoint(&Client::new(&args)?, format, cmd).await
         }

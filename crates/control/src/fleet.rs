@@ -488,7 +488,7 @@ impl Fleet {
                         node: node_name.clone(),
                         version,
                         draining: None,
-                kept_until: None,
+                        kept_until: None,
                     };
                     self.placements.insert(key.clone(), placed);
                     adopted.insert(key.clone());

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod domains;
 pub mod edge;
 pub mod endpoints;
+pub mod follow;
 pub mod gateway;
 pub mod identity;
 pub mod join_token;

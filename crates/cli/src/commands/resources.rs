@@ -270,17 +270,27 @@ fn read_definition(file: &Path) -> Result<serde_json::Value> {
     definition::parse(&file.display().to_string(), &text)
 }
 
-/// Runs `meridian deploy -f FILE`.
-pub async fn deploy(api: &Client, format: Format, file: &Path) -> Result<()> {
-    deploy_definition(api, format, &read_definition(file)?).await
+/// Runs `meridian deploy -f FILE`; with `follow`, follows the new version's rollout until it
+/// ends (an error when it failed).
+pub async fn deploy(api: &Client, format: Format, file: &Path, follow: bool) -> Result<()> {
+    let applied = deploy_definition(api, format, &read_definition(file)?).await?;
+    match applied {
+        Some(deployment) if follow => {
+            let d = &deployment.definition;
+            let path = format!("/v1/orgs/{}/apps/{}/services/{}", d.org, d.app, d.name);
+            crate::commands::follow::follow(api, &path, deployment.version).await
+        }
+        _ => Ok(()),
+    }
 }
 
-/// Applies a definition (as JSON) and prints the new version, or that nothing changed.
+/// Applies a definition (as JSON) and prints the new version, or that nothing changed; returns
+/// the new version's deployment (none when nothing changed).
 pub async fn deploy_definition(
     api: &Client,
     format: Format,
     definition: &serde_json::Value,
-) -> Result<()> {
+) -> Result<Option<Deployment>> {
     let (deployment, headers): (Deployment, _) = api
         .send_keeping_headers(Method::POST, "/v1/services", definition)
         .await?;
@@ -307,7 +317,7 @@ pub async fn deploy_definition(
             }
         }
     }
-    Ok(())
+    Ok((!unchanged).then_some(deployment))
 }
 
 /// Finds the org of `service` in `scope.app` when `--org` was not given.

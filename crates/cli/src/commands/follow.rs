@@ -1,0 +1,109 @@
+//! Following a rollout from the command line: `meridian deploy` prints each region's progress
+//! as it changes until the new version runs everywhere, or it was rolled back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use meridian_api::{RegionStatus, ServiceStatus};
+use meridian_model::RolloutPhase;
+
+use crate::client::Client;
+
+/// How often the status is read again.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Where one region stands with the version followed.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Still on its way (or waiting for its wave).
+    Going,
+    /// Runs the version to the full.
+    Done,
+    /// Its rollout of the version failed: the reason.
+    Failed(String),
+}
+
+/// What `region` says of `version`.
+fn outcome(region: &RegionStatus, version: u64) -> Outcome {
+    let rollout = region.rollout.as_ref().filter(|r| r.version == version);
+    if let Some(r) = rollout.filter(|r| r.phase.failed()) {
+        let reason = r
+            .failure
+            .as_ref()
+            .map_or("a gate failed", |f| f.reason.as_str());
+        return Outcome::Failed(reason.to_owned());
+    }
+    let succeeded = rollout.is_none_or(|r| r.phase == RolloutPhase::Succeeded);
+    if region.version == version && region.state == "running" && succeeded {
+        Outcome::Done
+    } else {
+        Outcome::Going
+    }
+}
+
+/// One line saying where `region` is.
+fn line(region: &RegionStatus) -> String {
+    let healthy = match (region.healthy, region.placed) {
+        (Some(healthy), Some(placed)) => format!("{healthy}/{placed} healthy"),
+        _ => "no report".to_owned(),
+    };
+    let mut text = format!("  {:<8} {:<20} {healthy}", region.region, region.state);
+    if let Some(r) = &region.rollout {
+        if r.steps > 1 {
+            text.push_str(&format!(", step {}/{}", r.step + 1, r.steps));
+        }
+        for w in &r.weights {
+            text.push_str(&format!(", v{} {}%", w.version, w.weight));
+        }
+        if let Some(f) = &r.failure {
+            text.push_str(&format!(": {}", f.reason));
+        }
+    }
+    text
+}
+
+/// Follows the rollout of `version` of the service at `path` until every region runs it (Ok)
+/// or one rolled it back, or another version became current (an error saying so).
+pub async fn follow(api: &Client, path: &str, version: u64) -> Result<()> {
+    println!(
+        "following the rollout of version {version} (Ctrl-C stops following; the rollout goes on)"
+    );
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let status: ServiceStatus = api.get(&format!("{path}/status")).await?;
+        for region in &status.regions {
+            let now = line(region);
+            if shown.get(&region.region) != Some(&now) {
+                println!("{now}");
+                shown.insert(region.region.clone(), now);
+            }
+        }
+        if let Some((region, reason)) =
+            status
+                .regions
+                .iter()
+                .find_map(|r| match outcome(r, version) {
+                    Outcome::Failed(reason) => Some((r.region.clone(), reason)),
+                    _ => None,
+                })
+        {
+            bail!("the rollout of version {version} failed in {region}: {reason}; the regions return to the previous version");
+        }
+        if status.version != version {
+            bail!(
+                "version {version} is no longer current (now version {}): it was rolled back, aborted or replaced",
+                status.version
+            );
+        }
+        if status
+            .regions
+            .iter()
+            .all(|r| outcome(r, version) == Outcome::Done)
+        {
+            println!("version {version} runs in every region");
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
