@@ -161,8 +161,8 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let (platform, agents) = (&rig.platform, &rig.agents);
     let (address, edge_address, lanes) = (&rig.gateway, &rig.edge, lanes());
     let first: BTreeSet<String> = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
-    let load = Load::start_lanes(&address, HOST, &lanes);
-    let through_edge = Load::start_lanes(&edge_address, HOST, &lanes);
+    let load = Load::start_lanes(address, HOST, &lanes);
+    let through_edge = Load::start_lanes(edge_address, HOST, &lanes);
     load.goes_on_for(100).await;
     assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
 
@@ -175,7 +175,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
         hello(2, "hello")
     ));
     let end = Instant::now() + DEADLINE;
-    while fra_status(&platform)["version"] != 2 {
+    while fra_status(platform)["version"] != 2 {
         assert!(Instant::now() < end, "version 2 never reached fra");
         load.goes_on_for(10).await;
     }
@@ -194,7 +194,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let mut fewest_healthy = u64::MAX;
     let end = Instant::now() + DEADLINE;
     loop {
-        let status = fra_status(&platform);
+        let status = fra_status(platform);
         if status["version"] == 3 {
             states.insert(status["state"].as_str().unwrap_or_default().to_owned());
             if let Some(healthy) = status["healthy"].as_u64() {
@@ -231,10 +231,10 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
 
     // Under load again: one more instance starts beside the two, which run on; then down to
     // one, the other two drain first.
-    let load = Load::start_lanes(&address, HOST, &lanes);
+    let load = Load::start_lanes(address, HOST, &lanes);
     platform.deploy(&hello(3, "howdy"));
     let three = BTreeSet::from(["hello-0", "hello-2", "hello-3"].map(str::to_owned));
-    serving_exactly(&address, "howdy", &three).await;
+    serving_exactly(address, "howdy", &three).await;
     assert_eq!(stops(agents), 2);
     platform.deploy(&hello(1, "howdy"));
     let end = Instant::now() + DEADLINE;
