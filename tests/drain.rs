@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::load::{serving, Lane, Load};
-use support::{agent_with_env, gateway, Agent, Deployed, RegionalPlane, HELLO};
+use support::load::{greeted_by, serving_exactly, Lane, Load};
+use support::{gateway, logging_agent, said, stops, Agent, Deployed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const HOST: &str = "hello.example.com";
@@ -45,55 +45,12 @@ fn fra(platform: &Deployed, gateway: &str) -> RegionalPlane {
     RegionalPlane::start(&platform.global, &platform.token, "fra", Some(gateway))
 }
 
-/// An agent for `node` that logs its instances' starts and stops.
-fn logging_agent(region: &RegionalPlane, node: &str, addresses: &str, dir: &Path) -> Agent {
-    let isolation = ["--instance-addresses", addresses, "--isolation", "host"];
-    agent_with_env(region, node, dir, &isolation, &[("MERIDIAN_LOG", "info")])
-}
-
 /// Logging agents for nodes `one` and `two`, their instances from `addresses`.
 fn one_and_two(region: &RegionalPlane, addresses: [&str; 2], dir: &Path) -> [Agent; 2] {
     [
         logging_agent(region, "one", addresses[0], dir),
         logging_agent(region, "two", addresses[1], dir),
     ]
-}
-
-/// How many instances the agents stopped so far.
-fn stops(agents: &[Agent]) -> usize {
-    agents.iter().map(|a| said(a, "stopping instance")).sum()
-}
-
-/// The agent's log lines that say `what` (`starting instance`, `stopping instance`).
-fn said(agent: &Agent, what: &str) -> usize {
-    agent.log().matches(what).count()
-}
-
-/// The instances (`hello-<n>`) in `answers` that greeted with `greeting`.
-fn greeted_by(answers: &[String], greeting: &str) -> BTreeSet<String> {
-    answers
-        .iter()
-        .filter_map(|a| a.strip_prefix(&format!("{greeting} from hello ")))
-        .filter_map(|rest| rest.split(' ').next())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits until the instances answering through `gateway` with `greeting` are `wanted`.
-async fn serving_exactly(gateway: &str, greeting: &str, wanted: &BTreeSet<String>) {
-    let ids = |seen: &BTreeSet<String>| -> BTreeSet<String> {
-        seen.iter()
-            .filter_map(|s| s.split(' ').next())
-            .map(str::to_owned)
-            .collect()
-    };
-    serving(
-        gateway,
-        greeting,
-        |seen| ids(seen) == *wanted,
-        "the instances",
-    )
-    .await;
 }
 
 /// How long a drained instance's WebSockets may stay open in [`drained_hello`].

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::load::{serving, Lane, Load};
-use support::{agent_with_env, edge, gateway, Agent, Deployed, RegionalPlane, HELLO};
+use support::load::{greeted_by, serving_exactly, Lane, Load};
+use support::{edge, gateway, logging_agent, stops, Agent, Deployed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const HOST: &str = "hello.example.com";
@@ -105,47 +105,6 @@ impl Rig {
             _region: region,
         }
     }
-}
-
-/// An agent for `node` that logs its instances' starts and stops.
-fn logging_agent(region: &RegionalPlane, node: &str, addresses: &str, dir: &Path) -> Agent {
-    let isolation = ["--instance-addresses", addresses, "--isolation", "host"];
-    agent_with_env(region, node, dir, &isolation, &[("MERIDIAN_LOG", "info")])
-}
-
-/// How many instances the agents stopped so far.
-fn stops(agents: &[Agent]) -> usize {
-    agents
-        .iter()
-        .map(|a| a.log().matches("stopping instance").count())
-        .sum()
-}
-
-/// The instances (`hello-<n>`) in `answers` that greeted with `greeting`.
-fn greeted_by(answers: &[String], greeting: &str) -> BTreeSet<String> {
-    answers
-        .iter()
-        .filter_map(|a| a.strip_prefix(&format!("{greeting} from hello ")))
-        .filter_map(|rest| rest.split(' ').next())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits until the instances answering through `gateway` with `greeting` are `wanted`.
-async fn serving_exactly(gateway: &str, greeting: &str, wanted: &BTreeSet<String>) {
-    let ids = |seen: &BTreeSet<String>| -> BTreeSet<String> {
-        seen.iter()
-            .filter_map(|s| s.split(' ').next())
-            .map(str::to_owned)
-            .collect()
-    };
-    serving(
-        gateway,
-        greeting,
-        |seen| ids(seen) == *wanted,
-        "the instances",
-    )
-    .await;
 }
 
 /// fra's row of `meridian status hello --app shop`.

@@ -176,3 +176,30 @@ pub async fn serving(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The instances (`hello-<n>`) in `answers` that greeted with `greeting`.
+pub fn greeted_by(answers: &[String], greeting: &str) -> BTreeSet<String> {
+    answers
+        .iter()
+        .filter_map(|a| a.strip_prefix(&format!("{greeting} from hello ")))
+        .filter_map(|rest| rest.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the instances answering through `gateway` with `greeting` are `wanted`.
+pub async fn serving_exactly(gateway: &str, greeting: &str, wanted: &BTreeSet<String>) {
+    let ids = |seen: &BTreeSet<String>| -> BTreeSet<String> {
+        seen.iter()
+            .filter_map(|s| s.split(' ').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    serving(
+        gateway,
+        greeting,
+        |seen| ids(seen) == *wanted,
+        "the instances",
+    )
+    .await;
+}

@@ -572,6 +572,23 @@ pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path
     )
 }
 
+/// [`agent`] logging at `info`: its log says `starting instance`, `draining instance` and
+/// `stopping instance`.
+pub fn logging_agent(region: &RegionalPlane, node: &str, addresses: &str, dir: &Path) -> Agent {
+    let isolation = ["--instance-addresses", addresses, "--isolation", "host"];
+    agent_with_env(region, node, dir, &isolation, &[("MERIDIAN_LOG", "info")])
+}
+
+/// How many instances `agents` stopped so far (from their logs).
+pub fn stops(agents: &[Agent]) -> usize {
+    agents.iter().map(|a| said(a, "stopping instance")).sum()
+}
+
+/// The agent's log lines that say `what` (`starting instance`, `stopping instance`).
+pub fn said(agent: &Agent, what: &str) -> usize {
+    agent.log().matches(what).count()
+}
+
 /// `meridian agent` for `node` of the region with `isolation` arguments (addresses and mode);
 /// stopped (with its instances) on drop.
 pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&str]) -> Agent {
