@@ -923,6 +923,29 @@ mod tests {
     }
 
     #[test]
+    fn an_early_acknowledgement_keeps_the_previous_set_for_keep_previous() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        fleet.report(node("a", 8, &[]), start);
+        let web = || service("web");
+        fleet.place(&BTreeMap::from([(web(), version(1, 1))]), unknown, start);
+        report_a(&mut fleet, &["web-0"], start);
+        let mut two = version(2, 1);
+        two.drain_delay = Duration::from_secs(6);
+        two.keep_previous = Duration::from_secs(3);
+        let desired = BTreeMap::from([(web(), two)]);
+        fleet.place(&desired, unknown, start);
+        report_a(&mut fleet, &["web-0", "web-1"], start);
+        let only_web = BTreeSet::from([web()]);
+        let moves = fleet.place_some(&desired, &only_web, start);
+        let web_0 = (web(), "web-0".to_owned());
+        assert_eq!(moves.drained, BTreeSet::from([web_0.clone()]));
+        // The proxies acknowledge at once: the drain ends at keep_previous, not before.
+        fleet.acknowledged(&web_0, start + Duration::from_secs(1));
+        assert_eq!(fleet.next_drained(), Some(start + Duration::from_secs(3)));
+    }
+
+    #[test]
     fn a_drained_node_gets_no_placement_and_its_instances_move_once_replaced() {
         let start = Instant::now();
         let mut fleet = Fleet::new(start);
