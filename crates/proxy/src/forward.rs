@@ -11,12 +11,12 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Frame;
-use hyper::body::Incoming;
 
 use crate::body::{BodyState, ClientBody, LimitedBody, ResponseBody};
 use crate::cluster::{Cluster, Outcome, Overflow};
 use crate::config::{RetryOn, RetryPolicy, TrustForwarded, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
+use crate::pool::ConnectionBody;
 use crate::routing::Route;
 use crate::server::ListenerContext;
 use crate::switch::{tunnel, Switch};
@@ -380,23 +380,25 @@ impl Prepared {
         })
     }
 
-    /// The request of one attempt, with `authority` in its URI.
+    /// The request of one attempt, with `authority` in its URI (origin form without one).
     fn request(
         &self,
         headers: HeaderMap,
         body: UpstreamBody,
-        authority: &Authority,
+        authority: Option<&Authority>,
         protocol: UpstreamProtocol,
     ) -> Result<Request<UpstreamBody>, http::Error> {
+        let uri = match authority {
+            Some(authority) => Uri::builder()
+                .scheme("http")
+                .authority(authority.clone())
+                .path_and_query(self.path_and_query.clone())
+                .build()?,
+            None => Uri::from(self.path_and_query.clone()),
+        };
         let mut request = Request::builder()
             .method(self.method.clone())
-            .uri(
-                Uri::builder()
-                    .scheme("http")
-                    .authority(authority.clone())
-                    .path_and_query(self.path_and_query.clone())
-                    .build()?,
-            )
+            .uri(uri)
             .version(match protocol {
                 UpstreamProtocol::Http1 => Version::HTTP_11,
                 UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -555,8 +557,10 @@ fn retriable_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// What one attempt came to.
+// One per request, on its stack: boxing the response would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Answered(Response<Incoming>),
+    Answered(Response<ConnectionBody>),
     Failed { connect: bool },
     TimedOut,
 }
@@ -774,7 +778,7 @@ async fn forward(
     route: &Route,
     cluster: &Cluster,
     metrics: &ProxyMetrics,
-) -> Result<Response<Incoming>, Response<ProxyBody>> {
+) -> Result<Response<ConnectionBody>, Response<ProxyBody>> {
     let (parts, body) = client.request.into_parts();
     let mut prepared = Prepared::new(
         parts,
