@@ -255,30 +255,37 @@ fn forwarding_headers(
     host: Option<HeaderValue>,
     trusted: bool,
 ) {
-    if !trusted {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(header::FORWARDED);
-    }
-    let forwarded_for = appended(headers.get_all(&X_FORWARDED_FOR), &peer.ip);
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
     let element = forwarded_element(peer, host.as_ref());
-    if let Some(value) = appended(headers.get_all(header::FORWARDED), &element) {
-        headers.insert(header::FORWARDED, value);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if trusted {
+        if let Some(value) = appended(headers.get_all(&X_FORWARDED_FOR), &peer.ip) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+        if let Some(value) = appended(headers.get_all(header::FORWARDED), &element) {
+            headers.insert(header::FORWARDED, value);
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(peer.scheme),
+            );
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(value) = host {
+                headers.insert(X_FORWARDED_HOST.clone(), value);
+            }
+        }
+    } else {
+        // One look-up per header: an insert replaces every line the client sent.
+        headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
+        headers.insert(header::FORWARDED, element);
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(peer.scheme),
         );
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(value) = host {
-            headers.insert(X_FORWARDED_HOST.clone(), value);
-        }
+        match host {
+            Some(value) => headers.insert(X_FORWARDED_HOST.clone(), value),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
