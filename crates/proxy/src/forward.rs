@@ -856,8 +856,9 @@ async fn forward(
         let Some(attempt_body) = body.next() else {
             return Err(local_response(StatusCode::BAD_GATEWAY, "upstream_failed"));
         };
-        // A body sent once means a single attempt: its headers can move instead of being copied.
-        let headers = if body.may_replay() {
+        // A single attempt (a route without retries, or a body sent once): its headers can move
+        // instead of being copied.
+        let headers = if route.retries.is_some() && body.may_replay() {
             prepared.headers.clone()
         } else {
             std::mem::take(&mut prepared.headers)
