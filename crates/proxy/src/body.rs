@@ -15,6 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::cluster::Cluster;
 use crate::metrics::ProxyMetrics;
+use crate::pool::ConnectionBody;
 
 /// The error a [`LimitedBody`] yields once the body is over its limit.
 #[derive(Debug, thiserror::Error)]
@@ -318,14 +319,14 @@ impl Body for LimitedBody {
 /// the body reached its length); the failure goes on to the client, whose response is broken
 /// off, and is counted in `meridian_proxy_upstream_body_errors_total`.
 pub struct ResponseBody {
-    inner: Incoming,
+    inner: ConnectionBody,
     cluster: Arc<Cluster>,
     metrics: Arc<ProxyMetrics>,
 }
 
 impl ResponseBody {
     /// `inner`, from an endpoint of `cluster`.
-    pub fn new(inner: Incoming, cluster: Arc<Cluster>, metrics: Arc<ProxyMetrics>) -> Self {
+    pub fn new(inner: ConnectionBody, cluster: Arc<Cluster>, metrics: Arc<ProxyMetrics>) -> Self {
         ResponseBody {
             inner,
             cluster,

@@ -6,7 +6,7 @@
 //! its endpoints are healthy and spills the rest to the next level as more fail. If the levels
 //! together cover less than 100%, the shares are scaled up to 100%.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use http::HeaderMap;
 use crate::config::{
     ClusterConfig, EndpointConfig, HashOn, LbPolicy, OutlierDetection, UpstreamProtocol,
 };
+use crate::pool::IdleConnections;
 use crate::upstream::HttpClient;
 
 /// How much headroom a priority level is assumed to have (Envoy's overprovisioning factor).
@@ -51,10 +52,12 @@ pub struct Endpoint {
     ejections: AtomicU32,
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
+    /// Its idle HTTP/1.1 connections (see [`crate::pool`]); they close when it is dropped.
+    pub idle: Arc<IdleConnections>,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Option<Endpoint> {
+    pub(crate) fn new(addr: SocketAddr) -> Option<Endpoint> {
         Some(Endpoint {
             addr,
             authority: Authority::try_from(addr.to_string()).ok()?,
@@ -67,6 +70,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
             consecutive_gateway: AtomicU32::new(0),
+            idle: Arc::default(),
         })
     }
 
@@ -579,11 +583,15 @@ impl Cluster {
 
     /// Replaces the endpoints with validated `endpoints` (the rest of the cluster unchanged):
     /// O(endpoints), and endpoints that stay keep their state. Requests already under way finish
-    /// with the endpoints they picked from.
+    /// with the endpoints they picked from; the idle connections to endpoints that leave close.
     pub fn set_endpoints(&self, endpoints: &[EndpointConfig]) {
         let old = self.members.load();
         let members = Members::build(endpoints, &self.balancer, Some(&old));
+        let staying: HashSet<SocketAddr> = members.endpoints.iter().map(|e| e.addr).collect();
         self.members.store(Arc::new(members));
+        for gone in old.endpoints.iter().filter(|e| !staying.contains(&e.addr)) {
+            self.client.close_idle(gone);
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -940,15 +948,7 @@ mod tests {
     fn cluster(yaml: &str) -> Cluster {
         let text = format!("listeners: [{{name: l, address: \"127.0.0.1:1\"}}]\nclusters:\n{yaml}");
         let config: ProxyConfig = parse_config(&text).unwrap();
-        let client = crate::upstream::client(
-            UpstreamProtocol::Http1,
-            Duration::from_secs(1),
-            None,
-            1024,
-            Default::default(),
-            prometheus_client::metrics::histogram::Histogram::new([1.0]),
-        )
-        .client;
+        let client = crate::upstream::test_client();
         Cluster::build(&config.clusters[0], client, None)
     }
 

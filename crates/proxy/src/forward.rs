@@ -11,12 +11,12 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Frame;
-use hyper::body::Incoming;
 
 use crate::body::{BodyState, ClientBody, LimitedBody, ResponseBody};
 use crate::cluster::{Cluster, Outcome, Overflow};
 use crate::config::{RetryOn, RetryPolicy, TrustForwarded, UpstreamProtocol};
 use crate::metrics::{ProxyMetrics, UpstreamError};
+use crate::pool::ConnectionBody;
 use crate::routing::Route;
 use crate::server::ListenerContext;
 use crate::switch::{tunnel, Switch};
@@ -255,30 +255,37 @@ fn forwarding_headers(
     host: Option<HeaderValue>,
     trusted: bool,
 ) {
-    if !trusted {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(header::FORWARDED);
-    }
-    let forwarded_for = appended(headers.get_all(&X_FORWARDED_FOR), &peer.ip);
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
     let element = forwarded_element(peer, host.as_ref());
-    if let Some(value) = appended(headers.get_all(header::FORWARDED), &element) {
-        headers.insert(header::FORWARDED, value);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if trusted {
+        if let Some(value) = appended(headers.get_all(&X_FORWARDED_FOR), &peer.ip) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+        if let Some(value) = appended(headers.get_all(header::FORWARDED), &element) {
+            headers.insert(header::FORWARDED, value);
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(peer.scheme),
+            );
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(value) = host {
+                headers.insert(X_FORWARDED_HOST.clone(), value);
+            }
+        }
+    } else {
+        // One look-up per header: an insert replaces every line the client sent.
+        headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
+        headers.insert(header::FORWARDED, element);
         headers.insert(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(peer.scheme),
         );
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(value) = host {
-            headers.insert(X_FORWARDED_HOST.clone(), value);
-        }
+        match host {
+            Some(value) => headers.insert(X_FORWARDED_HOST.clone(), value),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
@@ -380,23 +387,25 @@ impl Prepared {
         })
     }
 
-    /// The request of one attempt, with `authority` in its URI.
+    /// The request of one attempt, with `authority` in its URI (origin form without one).
     fn request(
         &self,
         headers: HeaderMap,
         body: UpstreamBody,
-        authority: &Authority,
+        authority: Option<&Authority>,
         protocol: UpstreamProtocol,
     ) -> Result<Request<UpstreamBody>, http::Error> {
+        let uri = match authority {
+            Some(authority) => Uri::builder()
+                .scheme("http")
+                .authority(authority.clone())
+                .path_and_query(self.path_and_query.clone())
+                .build()?,
+            None => Uri::from(self.path_and_query.clone()),
+        };
         let mut request = Request::builder()
             .method(self.method.clone())
-            .uri(
-                Uri::builder()
-                    .scheme("http")
-                    .authority(authority.clone())
-                    .path_and_query(self.path_and_query.clone())
-                    .build()?,
-            )
+            .uri(uri)
             .version(match protocol {
                 UpstreamProtocol::Http1 => Version::HTTP_11,
                 UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -555,8 +564,10 @@ fn retriable_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// What one attempt came to.
+// One per request, on its stack: boxing the response would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Answered(Response<Incoming>),
+    Answered(Response<ConnectionBody>),
     Failed { connect: bool },
     TimedOut,
 }
@@ -779,7 +790,7 @@ async fn forward(
     route: &Route,
     cluster: &Cluster,
     metrics: &ProxyMetrics,
-) -> Result<Response<Incoming>, Response<ProxyBody>> {
+) -> Result<Response<ConnectionBody>, Response<ProxyBody>> {
     let (parts, body) = client.request.into_parts();
     let mut prepared = Prepared::new(
         parts,
@@ -850,8 +861,9 @@ async fn forward(
         let Some(attempt_body) = body.next() else {
             return Err(local_response(StatusCode::BAD_GATEWAY, "upstream_failed"));
         };
-        // A body sent once means a single attempt: its headers can move instead of being copied.
-        let headers = if body.may_replay() {
+        // A single attempt (a route without retries, or a body sent once): its headers can move
+        // instead of being copied.
+        let headers = if route.retries.is_some() && body.may_replay() {
             prepared.headers.clone()
         } else {
             std::mem::take(&mut prepared.headers)

@@ -21,6 +21,7 @@ mod http3;
 mod idle;
 mod mesh;
 mod metrics;
+mod pool;
 mod reload;
 mod retire;
 mod routing;

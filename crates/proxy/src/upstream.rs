@@ -1,6 +1,7 @@
-//! Connections to upstream endpoints: one pooled client per cluster, whose connector measures
-//! connect time, holds the cluster's `max_connections` limit and, for a mesh cluster, speaks
-//! mutual TLS checking the endpoint's SPIFFE ID (HTTP/2 when the endpoint offers it).
+//! Connections to upstream endpoints: per cluster, the proxy's own pool of HTTP/1.1 connections
+//! ([`crate::pool`]), or hyper's pools for connections that may speak HTTP/2; a connector that
+//! measures connect time, holds the cluster's `max_connections` limit and, for a mesh cluster,
+//! speaks mutual TLS checking the endpoint's SPIFFE ID (HTTP/2 when the endpoint offers it).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,22 +14,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use http::{Request, Uri};
+use http::{Request, Response, Uri};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpStream;
+use tower::Service as _;
 
 use crate::cluster::Endpoint;
 use crate::config::UpstreamProtocol;
 use crate::forward::UpstreamBody;
-
-/// Idle upstream connections are closed after this long.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Most idle connections kept per upstream endpoint.
-const IDLE_PER_ENDPOINT: usize = 1024;
+use crate::pool::{ConnectionBody, Http1Connection, IDLE_PER_ENDPOINT, IDLE_TIMEOUT};
 
 /// The largest HTTP/2 frame a peer may send (both ends): a bulk transfer moves in fewer frames
 /// and writes than with the 16 KiB default.
@@ -43,13 +41,39 @@ pub const H2_ADAPTIVE_WINDOW: bool = true;
 /// A pool of connections (hyper's), keyed by the request URI's scheme and authority.
 type Pool = Client<ClusterConnector, UpstreamBody>;
 
-/// The pooled connections to one cluster's endpoints. A request's URI names the authority the
-/// client asked for; [`HttpClient::request`] sends it to the endpoint given. Connections that
-/// may speak HTTP/2 (`protocol: http2`, or a mesh hop that negotiates it) carry that authority
-/// in `:authority` (RFC 9113 §8.3.1), and hyper's pool keys connections by it: each endpoint
-/// has a pool per authority (normalised by the request path: lower case, no port), at most
-/// [`AUTHORITIES_PER_ENDPOINT`] of them, made when first used. HTTP/1.1 connections name it in
-/// `Host` only: one pool, keyed by endpoint, serves them all.
+/// Why a request to an endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection to the endpoint could be opened (the cause says why, e.g.
+    /// [`ConnectionLimitReached`]).
+    #[error("connecting to the endpoint failed")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The request or its response failed on the connection.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    /// A request through hyper's pools failed.
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// Whether no connection could be made (so nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Connect(_) => true,
+            SendError::Http(_) => false,
+            SendError::Pooled(e) => e.is_connect(),
+        }
+    }
+}
+
+/// The connections to one cluster's endpoints. Connections that may speak HTTP/2
+/// (`protocol: http2`, or a mesh hop that negotiates it) carry the authority the client asked
+/// for in `:authority` (RFC 9113 §8.3.1), and hyper's pool keys connections by it: each
+/// endpoint has a pool per authority (normalised by the request path: lower case, no port), at
+/// most [`AUTHORITIES_PER_ENDPOINT`] of them, made when first used. HTTP/1.1 connections name
+/// it in `Host` only: each endpoint keeps its idle ones ([`Endpoint::idle`]), whatever the
+/// authority.
 #[derive(Clone)]
 pub struct HttpClient(Pools);
 
@@ -70,8 +94,8 @@ const AUTHORITIES_PER_ENDPOINT: usize = 16;
 
 #[derive(Clone)]
 enum Pools {
-    /// One pool for all endpoints (HTTP/1.1).
-    Shared(Arc<Pool>),
+    /// The proxy's own HTTP/1.1 connections, kept per endpoint; this opens them.
+    Http1(ClusterConnector),
     /// Pools per endpoint and authority (connections that may speak HTTP/2).
     PerEndpoint(Arc<EndpointPools>),
 }
@@ -101,27 +125,50 @@ impl HttpClient {
     }
 
     /// The authority the URI of a request to `endpoint` names: the `client`'s where it is
-    /// sent on (per-endpoint pools), else the endpoint's (the pool's key; the client's
-    /// authority travels in Host).
+    /// sent on (per-endpoint pools), the endpoint's where the client did not name one; `None`
+    /// for HTTP/1.1 connections, whose requests are in origin form (the client's authority
+    /// travels in Host).
     pub fn uri_authority<'a>(
         &self,
         endpoint: &'a Endpoint,
         client: Option<&'a Authority>,
-    ) -> &'a Authority {
-        match (&self.0, client) {
-            (Pools::PerEndpoint(_), Some(client)) => client,
-            _ => &endpoint.authority,
+    ) -> Option<&'a Authority> {
+        match &self.0 {
+            Pools::Http1(_) => None,
+            Pools::PerEndpoint(_) => Some(client.unwrap_or(&endpoint.authority)),
         }
     }
 
     /// Sends `request`, whose URI names [`HttpClient::uri_authority`], to `endpoint`.
-    pub fn request(&self, endpoint: &Endpoint, request: Request<UpstreamBody>) -> ResponseFuture {
+    pub async fn request(
+        &self,
+        endpoint: &Endpoint,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<ConnectionBody>, SendError> {
         match &self.0 {
             Pools::PerEndpoint(pools) => {
                 let authority = request.uri().authority().unwrap_or(&endpoint.authority);
-                pools.request(endpoint.addr, authority.clone(), request)
+                let response = pools
+                    .request(endpoint.addr, authority.clone(), request)
+                    .await?;
+                Ok(response.map(ConnectionBody::detached))
             }
-            Pools::Shared(shared) => shared.request(request),
+            Pools::Http1(connector) => {
+                crate::pool::ensure_host(&mut request, &endpoint.authority);
+                let connect = || connector.connect_http1(endpoint);
+                // Boxed: the request's future (and the task of an HTTP/2 stream, moved when
+                // spawned) stays small, whatever the size of a connection's state.
+                Box::pin(crate::pool::send(&endpoint.idle, connect, request)).await
+            }
+        }
+    }
+
+    /// Closes the idle connections to `endpoint` (for one leaving the cluster: its connections
+    /// in use close when their requests are done, as the endpoint is dropped then).
+    pub fn close_idle(&self, endpoint: &Endpoint) {
+        endpoint.idle.close_all();
+        if let Pools::PerEndpoint(pools) = &self.0 {
+            pools.remove(endpoint.addr);
         }
     }
 }
@@ -133,7 +180,7 @@ impl EndpointPools {
         endpoint: SocketAddr,
         authority: Authority,
         request: Request<UpstreamBody>,
-    ) -> ResponseFuture {
+    ) -> hyper_util::client::legacy::ResponseFuture {
         let now = self.epoch.elapsed().as_secs();
         let pools = self.pools.load();
         if let Some(found) = pools.get(&endpoint).and_then(|p| p.get(&authority)) {
@@ -145,6 +192,20 @@ impl EndpointPools {
         }
         drop(pools);
         self.add(endpoint, authority, now).pool.request(request)
+    }
+
+    /// Drops the pools of `endpoint`: their idle connections close, those in use once done.
+    fn remove(&self, endpoint: SocketAddr) {
+        let _adding = self
+            .adding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.pools.load();
+        if current.contains_key(&endpoint) {
+            let mut pools = HashMap::clone(&current);
+            pools.remove(&endpoint);
+            self.pools.store(Arc::new(pools));
+        }
     }
 
     /// The pool of `endpoint` for `authority`, made if it has none (replacing the least
@@ -198,6 +259,20 @@ impl EndpointPools {
 #[derive(Debug, thiserror::Error)]
 #[error("the cluster has reached its max_connections limit")]
 pub struct ConnectionLimitReached;
+
+impl ClusterConnector {
+    /// Opens an HTTP/1.1 connection to `endpoint`.
+    async fn connect_http1(&self, endpoint: &Endpoint) -> Result<Http1Connection, SendError> {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError::Connect(e.into()))?;
+        let stream = self.clone().call(uri).await.map_err(SendError::Connect)?;
+        Ok(Http1Connection::new(stream).await?)
+    }
+}
 
 /// A cluster's client with the handle to its connection limit.
 #[derive(Clone)]
@@ -450,6 +525,12 @@ pub fn client(
         target: None,
     };
     let may_speak_h2 = protocol == UpstreamProtocol::Http2 || connector.tls.is_some();
+    if !may_speak_h2 {
+        return UpstreamClient {
+            client: HttpClient(Pools::Http1(connector)),
+            max,
+        };
+    }
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
@@ -458,19 +539,29 @@ pub fn client(
         .http2_only(protocol == UpstreamProtocol::Http2)
         .http2_max_frame_size(H2_MAX_FRAME)
         .http2_adaptive_window(H2_ADAPTIVE_WINDOW);
-    let pools = if may_speak_h2 {
-        Pools::PerEndpoint(Arc::new(EndpointPools {
-            builder,
-            connector,
-            pools: Default::default(),
-            adding: Default::default(),
-            epoch: Instant::now(),
-        }))
-    } else {
-        Pools::Shared(Arc::new(builder.build(connector)))
-    };
+    let pools = Pools::PerEndpoint(Arc::new(EndpointPools {
+        builder,
+        connector,
+        pools: Default::default(),
+        adding: Default::default(),
+        epoch: Instant::now(),
+    }));
     UpstreamClient {
         client: HttpClient(pools),
         max,
     }
+}
+
+/// A plain HTTP/1.1 client with a 1 s connect timeout and room for 1024 connections (tests).
+#[cfg(test)]
+pub(crate) fn test_client() -> HttpClient {
+    client(
+        UpstreamProtocol::Http1,
+        Duration::from_secs(1),
+        None,
+        1024,
+        Gauge::default(),
+        Histogram::new([1.0]),
+    )
+    .client
 }
