@@ -11,10 +11,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::load::{greeted_by, serving_exactly, Lane, Load};
-use support::{gateway, logging_agent, said, stops, Agent, Deployed, RegionalPlane, HELLO};
+use support::{
+    gateway, hello_in_fra, logging_agent, said, stops, Agent, Deployed, RegionalPlane, HELLO,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-const HOST: &str = "hello.example.com";
+const HOST: &str = support::HELLO_HOST;
 
 /// `scale` instances of `hello` in fra, greeting with `greeting`, health-checked every 200 ms.
 fn hello(scale: u32, greeting: &str) -> String {
@@ -23,20 +25,12 @@ fn hello(scale: u32, greeting: &str) -> String {
 
 /// [`hello`] with `deploy` as its `deploy`.
 fn hello_deployed(scale: u32, greeting: &str, deploy: &str) -> String {
-    format!(
-        "\
-org: acme
-app: shop
-name: hello
-regions: [fra]
-scale: {{min: {scale}, max: 3}}
-runtime: {{process: {{command: {HELLO}, env: {{GREETING: {greeting}}}}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{HOST}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
-deploy: {deploy}
-"
+    hello_in_fra(
+        scale,
+        HELLO,
+        greeting,
+        "/healthz",
+        &format!("deploy: {deploy}\n"),
     )
 }
 

@@ -14,40 +14,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::load::{greeted_by, serving_exactly, Lane, Load};
-use support::{edge, gateway, logging_agent, stops, Agent, Deployed, RegionalPlane, HELLO};
+use support::{
+    edge, gateway, hello_in_fra, logging_agent, stops, Agent, Deployed, RegionalPlane, HELLO,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-const HOST: &str = "hello.example.com";
+const HOST: &str = support::HELLO_HOST;
 
 /// `scale` instances of `hello` in fra, greeting with `greeting`, health-checked every 200 ms.
 fn hello(scale: u32, greeting: &str) -> String {
-    hello_running(scale, HELLO, greeting, "/healthz", "")
-}
-
-/// `scale` instances of `hello` in fra running `command`, greeting with `greeting`,
-/// health-checked on `health_path` every 200 ms (failures count after 1 s), with `more` YAML
-/// lines after.
-fn hello_running(
-    scale: u32,
-    command: &str,
-    greeting: &str,
-    health_path: &str,
-    more: &str,
-) -> String {
-    format!(
-        "\
-org: acme
-app: shop
-name: hello
-regions: [fra]
-scale: {{min: {scale}, max: 3}}
-runtime: {{process: {{command: {command}, env: {{GREETING: {greeting}}}}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{HOST}]
-health_checks: [{{http: {{port: http, path: {health_path}}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
-{more}"
-    )
+    hello_in_fra(scale, HELLO, greeting, "/healthz", "")
 }
 
 /// `hello` deployed in fra, with two agents, a gateway and an edge, on the loopback addresses
@@ -61,17 +37,6 @@ struct Rig {
     edge: String,
     _processes: Vec<support::Killed>,
     _region: RegionalPlane,
-}
-
-/// Every way the load sends requests: GET and POST, on kept-alive and on new connections.
-fn lanes() -> Vec<Lane> {
-    [(false, false), (false, true), (true, false), (true, true)]
-        .into_iter()
-        .map(|(post, fresh_connections)| Lane {
-            post,
-            fresh_connections,
-        })
-        .collect()
 }
 
 impl Rig {
@@ -118,7 +83,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::start(dir.path(), 130, &hello(2, "hello")).await;
     let (platform, agents) = (&rig.platform, &rig.agents);
-    let (address, edge_address, lanes) = (&rig.gateway, &rig.edge, lanes());
+    let (address, edge_address, lanes) = (&rig.gateway, &rig.edge, Lane::every());
     let first: BTreeSet<String> = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
     let load = Load::start_lanes(address, HOST, &lanes);
     let through_edge = Load::start_lanes(edge_address, HOST, &lanes);
@@ -290,14 +255,14 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::start(dir.path(), 140, &hello(2, "hello")).await;
     let first = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
-    let load = Load::start_lanes(&rig.gateway, HOST, &lanes());
-    let through_edge = Load::start_lanes(&rig.edge, HOST, &lanes());
+    let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
     load.goes_on_for(50).await;
 
     // A version whose health checks fail: its instance starts beside the old ones, fails its
     // checks once they count, and the region rolls it back on its own.
     rig.platform
-        .deploy(&hello_running(2, HELLO, "howdy", "/missing", ""));
+        .deploy(&hello_in_fra(2, HELLO, "howdy", "/missing", ""));
     let status = rolled_back(&rig, 2, &[&load, &through_edge]).await;
     let failure = &status["rollout"]["failure"];
     assert_eq!(failure["gate"], "health_checks", "{status}");
@@ -321,7 +286,7 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
     // one crashes, and the region starts an instance of the previous version again; the other
     // old one serves meanwhile.
     let no_surge = "deploy: {max_surge: 0, max_unavailable: 1}\n";
-    rig.platform.deploy(&hello_running(
+    rig.platform.deploy(&hello_in_fra(
         2,
         "/bin/false",
         "hello",
@@ -356,7 +321,7 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
     // A version that never gets ready (its checks fail, but within a long grace period): the
     // deadline fails it.
     let slow = "deploy: {progress_deadline: 2s}\n";
-    let never_ready = hello_running(2, HELLO, "hello", "/missing", slow)
+    let never_ready = hello_in_fra(2, HELLO, "hello", "/missing", slow)
         .replace("grace_period: 1s", "grace_period: 1h");
     rig.platform.deploy(&never_ready);
     let status = rolled_back(&rig, 6, &[&load, &through_edge]).await;
@@ -377,10 +342,10 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
 async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
     let blue_green = "deploy: {strategy: blue_green, keep_previous: 3s}\n";
-    let definition = |greeting| hello_running(2, HELLO, greeting, "/healthz", blue_green);
+    let definition = |greeting| hello_in_fra(2, HELLO, greeting, "/healthz", blue_green);
     let rig = Rig::start(dir.path(), 150, &definition("hello")).await;
-    let load = Load::start_lanes(&rig.gateway, HOST, &lanes());
-    let through_edge = Load::start_lanes(&rig.edge, HOST, &lanes());
+    let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
     load.goes_on_for(50).await;
 
     // The whole new set starts beside the old one, which serves until all of it is ready.
@@ -433,10 +398,10 @@ async fn a_canary_splits_requests_by_weight_then_goes_to_100_without_a_failed_re
     let dir = tempfile::tempdir().unwrap();
     let canary =
         "deploy: {strategy: canary, steps: [{weight: 50, pause: 3s}], keep_previous: 1s}\n";
-    let definition = |greeting| hello_running(2, HELLO, greeting, "/healthz", canary);
+    let definition = |greeting| hello_in_fra(2, HELLO, greeting, "/healthz", canary);
     let rig = Rig::start(dir.path(), 160, &definition("hello")).await;
-    let load = Load::start_lanes(&rig.gateway, HOST, &lanes());
-    let through_edge = Load::start_lanes(&rig.edge, HOST, &lanes());
+    let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
     load.goes_on_for(50).await;
 
     // The new set starts beside the old one; once it is ready, the proxies send it half of

@@ -572,6 +572,35 @@ pub fn agent(region: &RegionalPlane, node: &str, first_address: &str, dir: &Path
     )
 }
 
+/// The public domain of [`hello_in_fra`].
+pub const HELLO_HOST: &str = "hello.example.com";
+
+/// `scale` instances of acme/shop/hello in fra running `command` (meridian-hello: [`HELLO`]),
+/// greeting with `greeting`, at [`HELLO_HOST`], health-checked on `health_path` every 200 ms
+/// (failures count after 1 s), with `more` YAML lines after.
+pub fn hello_in_fra(
+    scale: u32,
+    command: &str,
+    greeting: &str,
+    health_path: &str,
+    more: &str,
+) -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: {scale}, max: 3}}
+runtime: {{process: {{command: {command}, env: {{GREETING: {greeting}}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: {health_path}}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+{more}"
+    )
+}
+
 /// [`agent`] logging at `info`: its log says `starting instance`, `draining instance` and
 /// `stopping instance`.
 pub fn logging_agent(region: &RegionalPlane, node: &str, addresses: &str, dir: &Path) -> Agent {

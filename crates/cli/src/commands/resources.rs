@@ -433,8 +433,13 @@ pub async fn get(api: &Client, format: Format, cmd: GetCommand) -> Result<()> {
     }
 }
 
-/// Runs `meridian status SERVICE --app APP`.
-pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScope) -> Result<()> {
+/// A service's status, its heading (`org/app/service  version N`) printed first for a table.
+pub(crate) async fn read_status(
+    api: &Client,
+    format: Format,
+    service: &str,
+    scope: &AppScope,
+) -> Result<ServiceStatus> {
     let path = service_path(api, service, scope).await?;
     let status: ServiceStatus = api.get(&format!("{path}/status")).await?;
     if format == Format::Table {
@@ -443,6 +448,12 @@ pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScop
             status.org, status.app, status.name, status.version
         );
     }
+    Ok(status)
+}
+
+/// Runs `meridian status SERVICE --app APP`.
+pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScope) -> Result<()> {
+    let status = read_status(api, format, service, scope).await?;
     let headers = [
         "REGION",
         "DESIRED",

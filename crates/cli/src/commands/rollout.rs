@@ -3,12 +3,11 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use meridian_api::ServiceStatus;
 use meridian_model::{Deployment, RolloutRecord, RolloutStatus};
 use reqwest::Method;
 
 use crate::client::Client;
-use crate::commands::resources::{service_path, AppScope};
+use crate::commands::resources::{read_status, service_path, AppScope};
 use crate::output::{print, Format};
 
 /// What `meridian rollout` does.
@@ -43,14 +42,7 @@ pub enum RolloutCommand {
 pub async fn rollout(api: &Client, format: Format, cmd: RolloutCommand) -> Result<()> {
     match cmd {
         RolloutCommand::Status { service, scope } => {
-            let path = service_path(api, &service, &scope).await?;
-            let status: ServiceStatus = api.get(&format!("{path}/status")).await?;
-            if format == Format::Table {
-                println!(
-                    "{}/{}/{}  version {}",
-                    status.org, status.app, status.name, status.version
-                );
-            }
+            let status = read_status(api, format, &service, &scope).await?;
             let headers = [
                 "REGION", "STATE", "STRATEGY", "PHASE", "STEP", "WEIGHTS", "REASON",
             ];
