@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use meridian_bench::dev_topology::{start_dev, stop_dev, DevPorts};
 use meridian_bench::percentile;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Measures the dev topology's reaction times.
 #[derive(Parser)]
@@ -58,19 +58,14 @@ async fn main() -> Result<()> {
         )
     })?;
     let dir = tempfile::tempdir()?;
-    let (mut dev, api, token) = start_dev(&args.meridian, dir.path()).await?;
+    let ports = DevPorts {
+        api: API,
+        gateway: GATEWAY_PORT,
+        edge: EDGE_PORT,
+    };
+    let (dev, api, token) = start_dev(&args.meridian, dir.path(), &ports).await?;
     let measured = measure(&args, &hello, dir.path(), &api, &token).await;
-    // SIGTERM, so that dev stops its children (and their network namespaces) in order.
-    if let Some(pid) = dev
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-    }
-    tokio::time::timeout(DEADLINE, dev.wait())
-        .await
-        .context("meridian dev did not stop")??;
+    stop_dev(dev).await?;
     measured
 }
 
@@ -127,38 +122,6 @@ async fn measure(args: &Args, hello: &Path, dir: &Path, api: &str, token: &str) 
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// Starts `meridian dev` with its data in `dir`; returns it, the API and the admin token once
-/// it is ready.
-async fn start_dev(meridian: &Path, dir: &Path) -> Result<(tokio::process::Child, String, String)> {
-    let mut child = tokio::process::Command::new(meridian)
-        .arg("dev")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--listen", API])
-        .args(["--gateway-port", &GATEWAY_PORT.to_string()])
-        .args(["--edge-port", &EDGE_PORT.to_string()])
-        .env("MERIDIAN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {} dev", meridian.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-    let found = tokio::time::timeout(DEADLINE * 2, async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.trim().strip_prefix("export MERIDIAN_API=") {
-                if let Some((api, token)) = rest.split_once(" MERIDIAN_TOKEN=") {
-                    return Ok((api.to_owned(), token.trim().to_owned()));
-                }
-            }
-        }
-        bail!("meridian dev ended before it was ready")
-    })
-    .await
-    .context("meridian dev was not ready in time")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, found.0, found.1))
 }
 
 /// A free port on loopback.

@@ -1,6 +1,8 @@
 //! Shared by Meridian's benchmarks: process control, CPU and memory readings, percentiles, and
 //! an admin client of the public API.
 
+pub mod dev_topology;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Rolling deploys and rollbacks on the dev topology, under load (see src/rollout.rs): a rolling
+# deploy of 3 instances in each of 3 regions against a fresh service applied at the same time,
+# failed requests, and gate failure -> previous version alone in service. Needs root for the
+# instances' network namespaces (as meridian dev does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bin meridian --bin meridian-hello --bin rollout-bench
+target="${CARGO_TARGET_DIR:-target}"
+exec "$target"/release/rollout-bench --meridian "$target"/release/meridian "$@"
