@@ -717,6 +717,11 @@ impl Cluster {
         true
     }
 
+    /// Whether the cluster has any endpoint (healthy or not).
+    pub fn has_endpoints(&self) -> bool {
+        !self.members.load().endpoints.is_empty()
+    }
+
     /// Every endpoint, in configuration order.
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
         self.members.load().endpoints.clone()

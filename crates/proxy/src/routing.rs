@@ -74,7 +74,9 @@ impl Route {
     }
 
     /// Picks the target for one request, by weight (`None` only if the route has no target,
-    /// which validation rules out).
+    /// which validation rules out). A cluster of a split that has no endpoint yet (a new
+    /// cluster whose endpoints come in an update of their own, as a canary's does) leaves its
+    /// share to the first of the split that has some, as Envoy keeps a warming cluster out.
     pub fn target(&self) -> Option<&Target> {
         if self.targets.len() == 1 {
             return self.targets.first();
@@ -82,7 +84,14 @@ impl Route {
         let total = self.targets.last()?.cumulative;
         let roll = fastrand::u32(0..total.max(1));
         let slot = self.targets.partition_point(|t| t.cumulative <= roll);
-        self.targets.get(slot).or(self.targets.last())
+        let chosen = self.targets.get(slot).or(self.targets.last())?;
+        if chosen.cluster.has_endpoints() {
+            return Some(chosen);
+        }
+        self.targets
+            .iter()
+            .find(|t| t.cluster.has_endpoints())
+            .or(Some(chosen))
     }
 
     /// The upstream path for `path_and_query` after this route's rewrite.
@@ -312,6 +321,30 @@ mod tests {
             &|_| None,
             &|_, _, _, _| crate::metrics::ProxyMetrics::default().route("l", "v", "r", "c"),
         )
+    }
+
+    #[test]
+    fn a_split_leaves_the_share_of_a_cluster_without_endpoints_to_one_with_some() {
+        let text = "listeners: [{name: l, address: \"127.0.0.1:1\", virtual_hosts: [{name: v, \
+            domains: [\"*\"], routes: [{match: {prefix: /}, weighted_clusters: [{name: new, \
+            weight: 99}, {name: old, weight: 1}]}]}]}]\nclusters: [{name: new, endpoints: []}, \
+            {name: old, endpoints: [{address: \"127.0.0.1:2\"}]}]\n";
+        let config: ProxyConfig = parse_config(text).expect("valid");
+        let clusters: Vec<Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| Arc::new(Cluster::build(c, crate::upstream::test_client(), None)))
+            .collect();
+        let table = RouteTable::build(
+            "l",
+            &config.listeners[0].virtual_hosts,
+            &|name| clusters.iter().find(|c| c.name == name).cloned(),
+            &|_, _, _, _| crate::metrics::ProxyMetrics::default().route("l", "v", "r", "c"),
+        );
+        let route = table.find("any", "/", &HeaderMap::new()).expect("a route");
+        for _ in 0..50 {
+            assert_eq!(route.target().expect("a target").cluster.name, "old");
+        }
     }
 
     /// The reference: which virtual host serves `host`.
