@@ -144,8 +144,11 @@ async fn until_everywhere(
         if everywhere(&status, version) {
             return Ok(from.elapsed());
         }
-        if from.elapsed() > DEADLINE {
-            bail!("version {version} of {service} never ran everywhere: {status}");
+        let current = status["version"].as_u64().unwrap_or_default();
+        if from.elapsed() > DEADLINE || current > version {
+            let rollouts = format!("/v1/orgs/bench/apps/rollout/services/{service}/rollouts");
+            let history = api.call(reqwest::Method::GET, &rollouts, None).await?;
+            bail!("version {version} of {service} never ran everywhere: {status}\nrollouts: {history}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -208,7 +211,7 @@ fn start_load(
 }
 
 async fn measure(args: &Args, api: &Api, hello: &str) -> Result<()> {
-    let rolling = json!({"max_surge": "100%", "drain_delay": "0s"});
+    let rolling = json!({"max_surge": "100%"});
     let mut version = apply(api, &definition("web", HOST, hello, "v0", rolling.clone())).await?;
     until_everywhere(api, "web", version, Instant::now()).await?;
 
@@ -283,7 +286,7 @@ async fn measure(args: &Args, api: &Api, hello: &str) -> Result<()> {
         HOST,
         "/bin/false",
         "crash",
-        json!({"max_surge": 0, "max_unavailable": 1, "drain_delay": "0s"}),
+        json!({"max_surge": 0, "max_unavailable": 1}),
     );
     let failed_version = apply(api, &crashing).await?;
     let path = "/v1/orgs/bench/apps/rollout/services/web/rollouts";
