@@ -24,6 +24,10 @@ use meridian_xds::meridian::{VIP_NETWORK, VIP_PREFIX_LEN};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+/// How often, and how long apart, a leftover link of ours is looked for after deleting it.
+const LEFTOVER_POLLS: u32 = 40;
+const LEFTOVER_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// One instance's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
@@ -77,7 +81,7 @@ impl Netns {
     pub async fn create(&self) -> std::io::Result<()> {
         // A namespace left by a killed agent is replaced.
         self.delete().await;
-        self.check_free().await?;
+        self.claim_pair().await?;
         let (ns, host, inner) = (&self.name, &self.host_link, &self.inner_link);
         let host_address = format!("{}/31", self.host);
         let inner_address = format!("{}/31", self.inner);
@@ -123,10 +127,42 @@ impl Netns {
         Ok(())
     }
 
-    /// Fails if an address of the pair is on the host: another agent (of another installation,
-    /// or given the same `--instance-network`) uses it, and taking it too would send that
-    /// agent's traffic astray.
-    async fn check_free(&self) -> std::io::Result<()> {
+    /// Makes sure the pair's addresses are free. A host link of ours still holding them — the
+    /// veth pair of an earlier instance at this address, which the kernel tears down a moment
+    /// after `ip netns delete` returned — is deleted (and waited for, a bounded while). Fails if
+    /// another link holds them: another agent (of another installation, or given the same
+    /// `--instance-network`) uses them, and taking them too would send its traffic astray.
+    async fn claim_pair(&self) -> std::io::Result<()> {
+        let mut holder = self.holder().await?;
+        if holder.as_deref() == Some(self.host_link.as_str()) {
+            let _ = ip(&["link", "delete", &self.host_link]).await;
+            for _ in 0..LEFTOVER_POLLS {
+                holder = self.holder().await?;
+                if holder.as_deref() != Some(self.host_link.as_str()) {
+                    break;
+                }
+                tokio::time::sleep(LEFTOVER_POLL).await;
+            }
+        }
+        let pair = format!("{}/31", self.host);
+        match holder {
+            None => Ok(()),
+            Some(link) if link == self.host_link => Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{pair} is still on {link}, left by an earlier instance, which did not go"),
+            )),
+            Some(link) => Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "{pair} is already in use on this host (on {link}): another agent has the \
+                     same --instance-network; give each agent on a host its own"
+                ),
+            )),
+        }
+    }
+
+    /// The link that holds an address of the pair on the host, if one does.
+    async fn holder(&self) -> std::io::Result<Option<String>> {
         let pair = format!("{}/31", self.host);
         let output = Command::new("ip")
             .args(["-o", "-4", "addr", "show", "to", &pair])
@@ -138,17 +174,11 @@ impl Netns {
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
         }
-        let holder = String::from_utf8_lossy(&output.stdout);
-        match holder.split_whitespace().nth(1) {
-            None => Ok(()),
-            Some(link) => Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!(
-                    "{pair} is already in use on this host (on {link}): another agent has the \
-                     same --instance-network; give each agent on a host its own"
-                ),
-            )),
-        }
+        let listed = String::from_utf8_lossy(&output.stdout);
+        Ok(listed
+            .split_whitespace()
+            .nth(1)
+            .map(|link| link.split('@').next().unwrap_or(link).to_owned()))
     }
 
     /// Loads the namespace's nftables rules: virtual IPs to the node side, and only the node
@@ -334,6 +364,36 @@ mod tests {
             "{refused}"
         );
         assert!(!exists(&theirs.name));
+        // A link of ours left holding the pair (an earlier instance's veth the kernel has not
+        // torn down yet; here a stand-in, once the real one is gone) does not stop ours: it is
+        // deleted.
+        ours.delete().await;
+        let link = ours.host_link.as_str();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ip(&["link", "show", link]).await.is_ok() {
+            assert!(std::time::Instant::now() < end, "{link} never went");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let address = format!("{pair}/31");
+        let peer = format!("{link}p");
+        ip(&[
+            "link",
+            "add",
+            link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer.as_str(),
+        ])
+        .await
+        .unwrap();
+        ip(&["addr", "add", address.as_str(), "dev", link])
+            .await
+            .unwrap();
+        assert_eq!(ours.holder().await.unwrap().as_deref(), Some(link));
+        ours.create().await.unwrap();
+        assert!(exists(&ours.name));
         // Its clean-up leaves ours alone; ours takes ours.
         delete_leftovers(&their_tag).await;
         assert!(exists(&ours.name));
