@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
-use meridian_bench::dev_topology::{start_dev, stop_dev, DevPorts};
+use meridian_bench::dev_topology::{hello_beside, start_dev, stop_dev, DevPorts};
 use meridian_bench::percentile;
 use serde_json::{json, Value};
 
@@ -49,14 +49,8 @@ const HEALTH_TARGET: Duration = Duration::from_millis(200);
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let hello = args.meridian.with_file_name("meridian-hello");
     // Absolute: agents start instances in directories of their own.
-    let hello = std::fs::canonicalize(&hello).with_context(|| {
-        format!(
-            "{} is missing: build it with cargo build --release",
-            hello.display()
-        )
-    })?;
+    let hello = hello_beside(&args.meridian)?;
     let dir = tempfile::tempdir()?;
     let ports = DevPorts {
         api: API,

@@ -22,6 +22,18 @@ pub struct DevPorts {
     pub edge: u16,
 }
 
+/// The `meridian-hello` next to `meridian`, as an absolute path (agents start instances in
+/// directories of their own).
+pub fn hello_beside(meridian: &Path) -> Result<std::path::PathBuf> {
+    let hello = meridian.with_file_name("meridian-hello");
+    std::fs::canonicalize(&hello).with_context(|| {
+        format!(
+            "{} is missing: build it with cargo build --release",
+            hello.display()
+        )
+    })
+}
+
 /// Starts `meridian dev` with its data in `dir`; returns it, the API and the admin token once
 /// it is ready.
 pub async fn start_dev(

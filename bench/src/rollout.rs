@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use meridian_bench::dev_topology::{start_dev, stop_dev, DevPorts};
-use meridian_bench::percentile;
+use meridian_bench::dev_topology::{hello_beside, start_dev, stop_dev, DevPorts};
+use meridian_bench::{percentile, Api};
 use serde_json::{json, Value};
 
 /// Measures rolling deploys and rollbacks on the dev topology.
@@ -51,13 +51,7 @@ const ROLLBACK_TARGET: Duration = Duration::from_secs(2);
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let hello = args.meridian.with_file_name("meridian-hello");
-    let hello = std::fs::canonicalize(&hello).with_context(|| {
-        format!(
-            "{} is missing: build it with cargo build --release",
-            hello.display()
-        )
-    })?;
+    let hello = hello_beside(&args.meridian)?;
     let dir = tempfile::tempdir()?;
     let (dev, api, token) = start_dev(&args.meridian, dir.path(), &PORTS).await?;
     let api = Api {
@@ -66,41 +60,11 @@ async fn main() -> Result<()> {
             .build()?,
         base: api,
         token,
+        xds: String::new(),
     };
     let measured = measure(&args, &api, &hello.display().to_string()).await;
     stop_dev(dev).await?;
     measured
-}
-
-/// The public API, as admin.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let answer = request.send().await?;
-        let status = answer.status();
-        let text = answer.text().await?;
-        if !status.is_success() {
-            bail!("{path}: {status}: {text}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
 }
 
 /// meridian-hello as bench/rollout/`name` in the three regions, 3 instances each, greeting
@@ -141,14 +105,14 @@ async fn until_everywhere(
 ) -> Result<Duration> {
     let path = format!("/v1/orgs/bench/apps/rollout/services/{service}/status");
     loop {
-        let status = api.call(reqwest::Method::GET, &path, None).await?;
+        let status = api.send(reqwest::Method::GET, &path, None).await?;
         if everywhere(&status, version) {
             return Ok(from.elapsed());
         }
         let current = status["version"].as_u64().unwrap_or_default();
         if from.elapsed() > DEADLINE || current > version {
             let rollouts = format!("/v1/orgs/bench/apps/rollout/services/{service}/rollouts");
-            let history = api.call(reqwest::Method::GET, &rollouts, None).await?;
+            let history = api.send(reqwest::Method::GET, &rollouts, None).await?;
             bail!("version {version} of {service} never ran everywhere: {status}\nrollouts: {history}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -158,7 +122,7 @@ async fn until_everywhere(
 /// Applies `definition`; its version.
 async fn apply(api: &Api, definition: &Value) -> Result<u64> {
     let deployment = api
-        .call(reqwest::Method::POST, "/v1/services", Some(definition))
+        .send(reqwest::Method::POST, "/v1/services", Some(definition))
         .await?;
     deployment["version"]
         .as_u64()
@@ -254,7 +218,7 @@ async fn measure(args: &Args, api: &Api, hello: &str) -> Result<()> {
             until_everywhere(api, "web", version, started),
             until_everywhere(api, &fresh_name, fresh_version, started),
         )?;
-        api.call(
+        api.send(
             reqwest::Method::DELETE,
             &format!("/v1/orgs/bench/apps/rollout/services/{fresh_name}"),
             None,
@@ -297,8 +261,8 @@ async fn measure(args: &Args, api: &Api, hello: &str) -> Result<()> {
     // that rolled back themselves carry the figure.
     let status_path = "/v1/orgs/bench/apps/rollout/services/web/status";
     let records = loop {
-        let history = api.call(reqwest::Method::GET, path, None).await?;
-        let current = api.call(reqwest::Method::GET, status_path, None).await?["version"]
+        let history = api.send(reqwest::Method::GET, path, None).await?;
+        let current = api.send(reqwest::Method::GET, status_path, None).await?["version"]
             .as_u64()
             .unwrap_or_default();
         let records: Vec<Value> = history
