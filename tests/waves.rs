@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::load::serving;
+use support::load::{dozen_answers, serving};
 use support::{agent, gateway, Deployed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -79,22 +79,13 @@ async fn status_until(
 
 /// The greetings the instances of `region` answer with through its gateway.
 async fn greetings_in(gateway: &str, region: &str) -> Vec<String> {
-    let client = reqwest::Client::new();
-    let mut greetings = Vec::new();
-    for _ in 0..12 {
-        let answer = client
-            .get(format!("http://{gateway}/"))
-            .header("host", "hello.example.com")
-            .send()
-            .await;
-        if let Ok(answer) = answer {
-            let text = answer.text().await.unwrap_or_default();
-            if text.contains(&format!(" in {region} ")) {
-                greetings.extend(text.split(' ').next().map(str::to_owned));
-            }
-        }
-    }
-    greetings
+    let answers = dozen_answers(&reqwest::Client::new(), gateway).await;
+    answers
+        .iter()
+        .filter(|text| text.contains(&format!(" in {region} ")))
+        .filter_map(|text| text.split(' ').next())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

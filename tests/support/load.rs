@@ -137,6 +137,23 @@ impl Load {
     }
 }
 
+/// The texts of the `200` answers to a dozen `GET /` of `hello` (host `hello.example.com`)
+/// through `gateway`.
+pub async fn dozen_answers(client: &reqwest::Client, gateway: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    for _ in 0..12 {
+        let answer = client
+            .get(format!("http://{gateway}/"))
+            .header("host", "hello.example.com")
+            .send()
+            .await;
+        if let Ok(answer) = answer.and_then(|a| a.error_for_status()) {
+            texts.push(answer.text().await.unwrap_or_default());
+        }
+    }
+    texts
+}
+
 /// Waits until the instances of `hello` (app `shop`, host `hello.example.com`) answering
 /// `GET /` through `gateway` with `greeting` satisfy `wanted`, by the text after
 /// `<greeting> from hello `: `<instance> in <region> (node <node>, <address>)`; returns them.
@@ -150,22 +167,12 @@ pub async fn serving(
     let prefix = format!("{greeting} from hello ");
     let end = Instant::now() + DEADLINE;
     loop {
-        let mut seen = BTreeSet::new();
-        for _ in 0..12 {
-            let answer = client
-                .get(format!("http://{gateway}/"))
-                .header("host", "hello.example.com")
-                .send()
-                .await;
-            if let Ok(answer) = answer {
-                if answer.status() == 200 {
-                    let text = answer.text().await.unwrap_or_default();
-                    if let Some(rest) = text.trim().strip_prefix(&prefix) {
-                        seen.insert(rest.to_owned());
-                    }
-                }
-            }
-        }
+        let seen: BTreeSet<String> = dozen_answers(&client, gateway)
+            .await
+            .iter()
+            .filter_map(|text| text.trim().strip_prefix(&prefix))
+            .map(str::to_owned)
+            .collect();
         if wanted(&seen) {
             return seen;
         }
