@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::load::{serving, Load};
-use support::{agent, gateway, Deployed, RegionalPlane};
+use support::{agent, gateway, logging_agent, said, Deployed, RegionalPlane};
 
 use support::{HELLO, MERIDIAN};
 
@@ -107,6 +107,52 @@ async fn agents_run_the_regions_instances_and_heal_them() {
     )
     .await;
     assert_eq!(moved.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_in_service_only_once_its_node_proxy_listens_for_it() {
+    // Something else holds the instance's mesh port on the node: its node proxy cannot listen
+    // there, though the instance itself starts and passes its health checks.
+    let mesh = std::net::TcpListener::bind("127.0.44.1:15443").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &hello(1));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let node = logging_agent(&region, "one", "127.0.44.1", dir.path());
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    let end = Instant::now() + DEADLINE;
+    let direct = reqwest::Client::new();
+    while said(&node, "the node proxy refused its configuration") == 0
+        || !direct
+            .get("http://127.0.44.1:8080/healthz")
+            .send()
+            .await
+            .is_ok_and(|a| a.status().is_success())
+    {
+        assert!(
+            Instant::now() < end,
+            "the instance never ran: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Over several of its health checks (every 200 ms), the region never counts it healthy
+    // and the gateway never sends it a request (it has no instance to send one to).
+    let watched = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < watched {
+        let status = platform.cli.json(&["status", "hello", "--app", "shop"]);
+        assert_eq!(status["regions"][0]["healthy"], 0, "{status}");
+        let (code, body) = through(&address, "hello.example.com", "/").await;
+        assert_eq!(code, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once the port is free, the node proxy listens and the instance is served.
+    drop(mesh);
+    answers(&address, "hello.example.com", "/", "hello from hello").await;
 }
 
 /// The environment of an instance of the agent with `state`, from the process id that

@@ -86,6 +86,26 @@ struct Running {
     state: watch::Receiver<InstanceState>,
     /// Where it is in leaving service.
     leaving: Leaving,
+    /// Whether the node proxy listens for it (its inbound listeners are in the configuration
+    /// the proxy applied). Until then it is reported `starting` even when its health checks
+    /// pass: the region would otherwise send it traffic that the node refuses.
+    proxied: bool,
+}
+
+impl Running {
+    /// Its state as reported upward: `healthy` only once the node proxy listens for it.
+    fn reported_state(&self, state: &InstanceState) -> (&'static str, String) {
+        if state.state == State::Healthy && !self.proxied {
+            return (
+                State::Starting.as_str(),
+                format!(
+                    "{} (waiting for the node proxy to listen for it)",
+                    state.detail
+                ),
+            );
+        }
+        (state.state.as_str(), state.detail.clone())
+    }
 }
 
 /// Makes the process non-dumpable: `/proc/<pid>/environ`, `mem`, … are then readable only with
@@ -216,7 +236,9 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
             }
         }
         let current = services.borrow().clone();
-        node_proxy.refresh(&options, &instances, &current).await;
+        node_proxy
+            .refresh(&options, &instances, &current, &changed)
+            .await;
         start_drains(&node_proxy.proxy, &instances, &mut drains);
     }
     follower.abort();
@@ -260,12 +282,14 @@ fn host_resolver() -> Option<std::net::SocketAddr> {
 
 impl NodeProxy {
     /// Makes sure the running instances' services have certificates, and applies the node
-    /// proxy's configuration if it (or a certificate) changed.
+    /// proxy's configuration if it (or a certificate) changed; then marks the instances it
+    /// listens for as proxied (waking the reporter when one became so).
     async fn refresh(
         &mut self,
         options: &AgentOptions,
         instances: &Instances,
         services: &Services,
+        changed: &Notify,
     ) {
         let local: Vec<LocalInstance> = instances
             .lock()
@@ -290,13 +314,40 @@ impl NodeProxy {
             return; // Nothing to serve yet (a proxy config needs a listener).
         }
         let config = config.to_string();
-        if config == self.applied && !renewed {
-            return;
+        if config != self.applied || renewed {
+            match self.proxy.apply_text(&config).await {
+                Ok(()) => self.applied = config,
+                Err(e) => {
+                    tracing::error!(error = %e, "the node proxy refused its configuration");
+                    return;
+                }
+            }
         }
-        match self.proxy.apply_text(&config).await {
-            Ok(()) => self.applied = config,
-            Err(e) => tracing::error!(error = %e, "the node proxy refused its configuration"),
+        let files = self.certs.files();
+        let listened: Vec<&str> = local
+            .iter()
+            .filter(|l| l.serving && files.contains_key(&l.service))
+            .map(|l| l.instance.as_str())
+            .collect();
+        mark_proxied(instances, &listened, changed);
+    }
+}
+
+/// Marks the `listened` instances as proxied; wakes the reporter when one became so.
+fn mark_proxied(instances: &Instances, listened: &[&str], changed: &Notify) {
+    let mut map = instances
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut became = false;
+    for running in map.values_mut() {
+        if !running.proxied && listened.contains(&running.instance.as_str()) {
+            running.proxied = true;
+            became = true;
         }
+    }
+    drop(map);
+    if became {
+        changed.notify_one();
     }
 }
 
@@ -470,6 +521,7 @@ fn start(
         stop,
         state,
         leaving: Leaving::No,
+        proxied: false,
     }
 }
 
@@ -492,15 +544,16 @@ async fn report_loop(
                 .values()
                 .map(|running| {
                     let state = running.state.borrow();
+                    let (reported, detail) = running.reported_state(&state);
                     InstanceReport {
                         instance: running.instance.clone(),
                         org: running.service.0.clone(),
                         app: running.service.1.clone(),
                         service: running.service.2.clone(),
-                        state: state.state.as_str().to_owned(),
+                        state: reported.to_owned(),
                         address: running.address.to_string(),
                         restarts: state.restarts,
-                        detail: state.detail.clone(),
+                        detail,
                         version: running.version,
                     }
                 })
