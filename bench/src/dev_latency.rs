@@ -40,6 +40,7 @@ struct Args {
 const API: &str = "127.0.0.1:27070";
 const GATEWAY_PORT: u16 = 28080;
 const EDGE_PORT: u16 = 28090;
+const EDGE_HTTPS_PORT: u16 = 28443;
 /// How long any one wait may take.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The targets of issue #6.
@@ -56,6 +57,7 @@ async fn main() -> Result<()> {
         api: API,
         gateway: GATEWAY_PORT,
         edge: EDGE_PORT,
+        edge_https: EDGE_HTTPS_PORT,
     };
     let (dev, api, token) = start_dev(&args.meridian, dir.path(), &ports).await?;
     let measured = measure(&args, &hello, dir.path(), &api, &token).await;

@@ -20,6 +20,8 @@ pub struct DevPorts {
     pub gateway: u16,
     /// The first edge's plain HTTP port.
     pub edge: u16,
+    /// The first edge's HTTPS port (TCP and UDP).
+    pub edge_https: u16,
 }
 
 /// The `meridian-hello` next to `meridian`, as an absolute path (agents start instances in
@@ -48,7 +50,11 @@ pub async fn start_dev(
         .args(["--listen", ports.api])
         .args(["--gateway-port", &ports.gateway.to_string()])
         .args(["--edge-port", &ports.edge.to_string()])
-        .env("MERIDIAN_LOG", "warn")
+        .args(["--edge-https-port", &ports.edge_https.to_string()])
+        .env(
+            "MERIDIAN_LOG",
+            std::env::var("MERIDIAN_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -33,12 +33,17 @@ struct Args {
     /// Measured rollouts.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Keep the dev topology's data directory (its components' logs are in logs/) and print
+    /// where it is.
+    #[arg(long)]
+    keep_data: bool,
 }
 
 const PORTS: DevPorts = DevPorts {
     api: "127.0.0.1:37070",
     gateway: 38080,
     edge: 38090,
+    edge_https: 38443,
 };
 const REGIONS: [&str; 3] = ["fra", "iad", "sin"];
 const HOST: &str = "rollout.example.com";
@@ -64,6 +69,9 @@ async fn main() -> Result<()> {
     };
     let measured = measure(&args, &api, &hello.display().to_string()).await;
     stop_dev(dev).await?;
+    if args.keep_data {
+        println!("the dev topology's data and logs: {}", dir.keep().display());
+    }
     measured
 }
 
@@ -77,6 +85,9 @@ fn definition(name: &str, host: &str, command: &str, greeting: &str, deploy: Val
         "ports": [{"name": "http", "port": 8080}],
         "routes": [{"path_prefix": "/", "port": "http"}],
         "domains": [host],
+        // The load goes through the edge in plain HTTP (the bench's client speaks no TLS):
+        // served, not redirected to HTTPS once the dev CA's certificate arrives.
+        "https": {"redirect": false},
         "health_checks": [{"http": {"port": "http", "path": "/healthz"}, "interval": "200ms",
             "timeout": "200ms", "grace_period": "5s"}],
         "deploy": deploy,
@@ -134,6 +145,30 @@ async fn apply(api: &Api, definition: &Value) -> Result<u64> {
 struct Counts {
     sent: AtomicU64,
     failed: AtomicU64,
+    /// The first failures, to print: when (since the load started), where, and what.
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+/// How many failures [`Counts`] keeps to print.
+const FAILURES_KEPT: usize = 20;
+
+impl Counts {
+    /// Counts a failed request; keeps its description among the first ones.
+    fn fail(&self, description: impl FnOnce() -> String) {
+        if self.failed.fetch_add(1, Ordering::Relaxed) < FAILURES_KEPT as u64 {
+            if let Ok(mut failures) = self.failures.lock() {
+                failures.push(description());
+            }
+        }
+    }
+
+    /// The failures kept since the last call.
+    fn take_failures(&self) -> Vec<String> {
+        self.failures
+            .lock()
+            .map(|mut failures| std::mem::take(&mut *failures))
+            .unwrap_or_default()
+    }
 }
 
 /// Loops sending requests to `targets` (GET and POST, kept-alive and new connections) until
@@ -144,11 +179,14 @@ fn start_load(
     counts: &Arc<Counts>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut loops = Vec::new();
+    let started = Instant::now();
     for target in targets {
         for (post, fresh) in [(false, false), (false, true), (true, false), (true, true)] {
             let (target, stop, counts) = (target.clone(), stop.clone(), counts.clone());
             loops.push(tokio::spawn(async move {
-                let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+                let mut builder = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .redirect(reqwest::redirect::Policy::none());
                 if fresh {
                     builder = builder.pool_max_idle_per_host(0);
                 }
@@ -159,15 +197,31 @@ fn start_load(
                     } else {
                         client.get(&target)
                     };
-                    let ok = request
-                        .header("host", HOST)
-                        .send()
-                        .await
-                        .is_ok_and(|a| a.status() == 200);
+                    let answer = request.header("host", HOST).send().await;
                     counts.sent.fetch_add(1, Ordering::Relaxed);
-                    if !ok {
-                        counts.failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let failure = match answer {
+                        Ok(answer) if answer.status() == 200 => continue,
+                        Ok(answer) => {
+                            let status = answer.status();
+                            let location = answer
+                                .headers()
+                                .get("location")
+                                .map(|l| format!(" (location {l:?})"))
+                                .unwrap_or_default();
+                            let body = answer.text().await.unwrap_or_default();
+                            format!("{status}{location} {body}")
+                        }
+                        Err(e) => format!("{e:?}"),
+                    };
+                    counts.fail(|| {
+                        let method = if post { "POST" } else { "GET" };
+                        let connection = if fresh { "new" } else { "kept-alive" };
+                        format!(
+                            "{:>7.3} s  {method} {target} ({connection} connection): {}",
+                            started.elapsed().as_secs_f64(),
+                            failure.trim()
+                        )
+                    });
                 }
             }));
         }
@@ -234,6 +288,9 @@ async fn measure(args: &Args, api: &Api, hello: &str) -> Result<()> {
             counts.sent.load(Ordering::Relaxed) - sent,
             counts.failed.load(Ordering::Relaxed) - failed,
         );
+        for failure in counts.take_failures() {
+            println!("         failed at {failure}");
+        }
     }
     let median = percentile(&mut overheads, 50.0);
     println!(
@@ -285,6 +342,9 @@ async fn measure(args: &Args, api: &Api, hello: &str) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     for task in loops {
         task.await?;
+    }
+    for failure in counts.take_failures() {
+        println!("  failed at {failure}");
     }
     println!("gate failure -> previous version alone in service (a crashing version, an old instance to start again)");
     let mut times = Vec::new();
