@@ -75,6 +75,9 @@ pub struct Desired {
     /// How long an instance of another version keeps running after it left service, if
     /// longer than `drain_delay` (a blue-green deploy keeps the previous set a while).
     pub keep_previous: Duration,
+    /// Whether its rollout is paused: no instance leaves service, none starts but to make
+    /// up the scale.
+    pub paused: bool,
 }
 
 /// What a placement changed.
@@ -333,7 +336,11 @@ impl Fleet {
                     .is_some_and(|r| r.state == "healthy"),
             })
             .collect();
-        let Step { start, drain } = crate::rollout::step_for(want.strategy, want.bounds, &members);
+        let Step { start, drain } = if want.paused {
+            crate::rollout::paused(want.bounds, &members)
+        } else {
+            crate::rollout::step_for(want.strategy, want.bounds, &members)
+        };
         for instance in drain {
             let key = (service.clone(), instance);
             if let Some(placed) = self.placements.get_mut(&key) {
@@ -659,6 +666,7 @@ mod tests {
             drain_delay: Duration::ZERO,
             strategy: Strategy::Rolling,
             keep_previous: Duration::ZERO,
+            paused: false,
         }
     }
 
@@ -943,6 +951,28 @@ mod tests {
         // The proxies acknowledge at once: the drain ends at keep_previous, not before.
         fleet.acknowledged(&web_0, start + Duration::from_secs(1));
         assert_eq!(fleet.next_drained(), Some(start + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_paused_rollout_replaces_nothing_but_makes_up_the_scale() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        fleet.report(node("a", 8, &[]), start);
+        let web = || service("web");
+        let only_web = BTreeSet::from([web()]);
+        fleet.place(&BTreeMap::from([(web(), version(1, 2))]), unknown, start);
+        report_a(&mut fleet, &["web-0", "web-1"], start);
+        let mut paused = version(2, 2);
+        paused.paused = true;
+        let desired = BTreeMap::from([(web(), paused)]);
+        assert_eq!(
+            fleet.place_some(&desired, &only_web, start),
+            Moves::default(),
+            "nothing starts, nothing drains"
+        );
+        let resumed = BTreeMap::from([(web(), version(2, 2))]);
+        let moves = fleet.place_some(&resumed, &only_web, start);
+        assert_eq!(moves.assignments.len(), 1, "one new instance starts");
     }
 
     #[test]

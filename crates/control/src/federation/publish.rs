@@ -25,6 +25,7 @@ use meridian_api::Readiness;
 use meridian_model::waves::{self, Standing};
 use meridian_model::{
     derive_regional, ChangeKind, Deployment, Endpoint, RegionReport, RegionalDeployment,
+    RolloutMode,
 };
 use meridian_store::{wait_for_changes, ServiceFilter, ServiceKey, Store, StoreError};
 use meridian_xds::meridian::{
@@ -174,7 +175,7 @@ async fn publish_then_follow(
         let mut regions_changed = false;
         for change in &changes {
             match change.kind {
-                ChangeKind::Service | ChangeKind::Endpoint => {
+                ChangeKind::Service | ChangeKind::Endpoint | ChangeKind::RolloutControl => {
                     let mut parts = change.key.splitn(4, '/');
                     if let (Some(org), Some(app), Some(name)) =
                         (parts.next(), parts.next(), parts.next())
@@ -296,13 +297,21 @@ async fn publish_service(
     latest: &LatestReport,
 ) -> Result<BTreeSet<String>, StoreError> {
     let name = key.to_string();
-    let regional = match store.get_service(key).await? {
-        Some(current) => in_waves(store, published, key, &current, latest).await?,
+    let (regional, control) = match store.get_service(key).await? {
+        Some(current) => {
+            let control = store.get_rollout_control(key).await?;
+            let paused =
+                control.filter(|c| c.version == current.version && c.mode == RolloutMode::Paused);
+            let regional =
+                in_waves(store, published, key, &current, latest, paused.is_some()).await?;
+            (regional, control)
+        }
         None => {
             published.held.remove(&name);
-            Vec::new()
+            (Vec::new(), None)
         }
     };
+    let control_json = control.map(|c| to_json(&c)).unwrap_or_default();
     let endpoints = if regional.is_empty() {
         Vec::new()
     } else {
@@ -327,6 +336,7 @@ async fn publish_service(
         let resource = meridian_xds::meridian::RegionalDeployment {
             deployment_json: to_json(&deployment),
             endpoints_json: to_json(&here),
+            control_json: control_json.clone(),
         };
         let cache_name = resource_name(&deployment.region, &name);
         update.remove.retain(|removed| *removed != cache_name);
@@ -363,13 +373,14 @@ async fn publish_service(
 /// started take the current version; the others keep the version they had (what was
 /// published to them, or else what they report running, or else the version before the
 /// current one), or get nothing when they had none. Notes in `published` whether some region
-/// is held back.
+/// is held back. A `paused` rollout releases no further wave.
 async fn in_waves(
     store: &dyn Store,
     published: &mut Published,
     key: &ServiceKey,
     current: &Deployment,
     latest: &LatestReport,
+    paused: bool,
 ) -> Result<Vec<RegionalDeployment>, StoreError> {
     let name = key.to_string();
     let regional = derive_regional(&current.definition, current.version);
@@ -401,7 +412,13 @@ async fn in_waves(
             waves::standing(rd, health, taken)
         })
         .collect();
-    let released = waves::released(&standings);
+    let mut released = waves::released(&standings);
+    if paused {
+        // Only the regions that took the version before the pause keep it.
+        for (released, standing) in released.iter_mut().zip(&standings) {
+            *released &= standing.started;
+        }
+    }
     let mut out = Vec::with_capacity(regional.len());
     let mut held = false;
     for ((rd, report), released) in regional.into_iter().zip(&reports).zip(released) {

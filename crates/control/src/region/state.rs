@@ -712,6 +712,7 @@ impl RegionState {
     /// or the previous version's when its rollout failed.
     pub(super) fn desired(&self, id: &ServiceId, deployment: &RegionalDeployment) -> Desired {
         let mut want = desired(deployment, self.rollouts.target(id, deployment.version));
+        want.paused = self.rollouts.paused(id, deployment.version);
         // A canary switches as blue-green at its last step, or to return.
         if want.strategy == Strategy::Canary && !self.rollouts.holds(id, deployment.version) {
             want.strategy = Strategy::BlueGreen;
@@ -735,6 +736,7 @@ fn desired(deployment: &RegionalDeployment, version: u64) -> Desired {
         drain_delay: super::drain::ACK_WAIT + spec.deploy.drain_delay.0,
         strategy: spec.deploy.strategy,
         keep_previous: spec.deploy.keep_previous(),
+        paused: false,
     }
 }
 
