@@ -568,3 +568,62 @@ async fn a_paused_canary_holds_its_weight_until_resumed_and_a_promoted_one_ends_
     assert!(greeted_by(&answers, "howdy").is_empty(), "{answers:?}");
     no_failed_request("paused, resumed and promoted canaries", load, through_edge).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_aborted_while_the_previous_set_is_kept_switches_back_to_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let blue_green = "deploy: {strategy: blue_green, keep_previous: 1h}\n";
+    let definition = |greeting| hello_in_fra(2, HELLO, greeting, "/healthz", blue_green);
+    let rig = Rig::start(dir.path(), 203, &definition("hello")).await;
+    let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
+    load.goes_on_for(50).await;
+
+    rig.platform.deploy(&definition("howdy"));
+    fra_until(&rig, &load, "the switch", |s| {
+        s["rollout"]["phase"] == "succeeded"
+    })
+    .await;
+    let new = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
+    serving_exactly(&rig.gateway, "howdy", &new).await;
+    let starts = || -> usize {
+        rig.agents
+            .iter()
+            .map(|a| support::said(a, "starting instance"))
+            .sum()
+    };
+    let started = starts();
+    assert_eq!(started, 4, "two of each version");
+
+    // Aborted while version 1's set is kept: version 3 (= 1) takes it back, nothing starts.
+    let aborted = Instant::now();
+    rollout_cli(&rig, "abort");
+    let answered = aborted.elapsed();
+    let old = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+    let client = reqwest::Client::new();
+    loop {
+        let answers = support::load::dozen_answers(&client, &rig.gateway).await;
+        let all_old = answers.len() == 12 && greeted_by(&answers, "hello") == old;
+        if all_old && greeted_by(&answers, "howdy").is_empty() {
+            break;
+        }
+        assert!(aborted.elapsed() < DEADLINE, "never back: {answers:?}");
+        load.goes_on_for(1).await;
+    }
+    eprintln!(
+        "blue-green abort: every answer from the kept set {:?} after the abort (the command \
+         returned after {answered:?})",
+        aborted.elapsed()
+    );
+    let status = fra_until(&rig, &load, "the return's end", |s| {
+        s["version"] == 3 && s["rollout"]["phase"] == "succeeded"
+    })
+    .await;
+    assert_eq!(status["rollout"]["previous"], 2, "{status}");
+    serving_exactly(&rig.edge, "hello", &old).await;
+    load.take_answers();
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "hello"), old);
+    assert_eq!(starts(), started, "no instance started");
+    no_failed_request("blue-green abort to the kept set", load, through_edge).await;
+}

@@ -1,10 +1,14 @@
 //! Rollouts: a service's rollout history, as the regions reported it, and what a person does
 //! to the rollout under way: abort, pause, resume, promote.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use meridian_model::{Deployment, RolloutControl, RolloutMode, RolloutRecord, RolloutStatus};
+use meridian_model::{
+    Deployment, RolloutControl, RolloutMode, RolloutPhase, RolloutRecord, RolloutStatus,
+};
 use meridian_store::ServiceKey;
 
 use crate::error::ErrorResponses;
@@ -31,7 +35,9 @@ pub async fn history(
 
 /// Aborts the rollout of the current version: the version it replaces becomes current again
 /// (a new version, `origin: rollback`), to which every region returns by the draining path
-/// 409 when no region reports a rollout of the current version under way.
+/// (at once where the previous set is still kept, `keep_previous`). 409 when no region reports
+/// a rollout of the current version under way, nor one that ended so recently that the
+/// previous set is still kept.
 #[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/services/{service}/rollout/abort",
     tag = "services", params(ServicePath),
     responses((status = 200, description = "The new current deployment", body = Deployment), ErrorResponses))]
@@ -42,7 +48,12 @@ pub async fn abort(
 ) -> Result<Json<Deployment>, ApiError> {
     let key = path.authorize(&caller)?;
     let current = current(&state, &key).await?;
-    let Some(rollout) = rollout_of(&state, &key, &current, |r| !r.phase.ended()) else {
+    let kept = current.definition.deploy.keep_previous();
+    let now = unix_ms();
+    let abortable = |r: &RolloutStatus| {
+        !r.phase.ended() || (r.phase == RolloutPhase::Succeeded && !previous_gone(r, kept, now))
+    };
+    let Some(rollout) = rollout_of(&state, &key, &current, abortable) else {
         return Err(ApiError::conflict(format!(
             "no region reports a rollout of version {} under way: nothing to abort \
              (`meridian rollback` makes any earlier version current)",
@@ -179,4 +190,19 @@ fn rollout_of(
             .rollout
             .filter(|r| r.version == current.version && wanted(r))
     })
+}
+
+/// Whether the previous set of rollout `r`, kept for `kept` after it ended, is gone by
+/// `now_ms` (as the region's clock said when it ended).
+fn previous_gone(r: &RolloutStatus, kept: Duration, now_ms: u64) -> bool {
+    let kept_ms = u64::try_from(kept.as_millis()).unwrap_or(u64::MAX);
+    now_ms >= r.updated_at.saturating_add(kept_ms)
+}
+
+/// Now, in Unix milliseconds.
+fn unix_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }

@@ -28,8 +28,10 @@ pub enum RolloutCommand {
         #[command(flatten)]
         scope: AppScope,
     },
-    /// Abort the rollout under way: the version it replaces becomes current again (a new
-    /// version), and every region returns to it by draining the new instances.
+    /// Abort the rollout under way (or a blue-green or canary one that ended while the previous
+    /// set is kept): the version it replaces becomes current again (a new version), and every
+    /// region returns to it by draining the new instances, at once where the previous set is
+    /// still kept.
     Abort {
         /// The service.
         service: String,

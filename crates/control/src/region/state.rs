@@ -566,6 +566,9 @@ impl RegionState {
             self.rollouts.relabel(id, *version, now.version);
             false
         });
+        // Instances already run the new version (a return to a set still kept): it takes
+        // over at once, without canary steps.
+        let returning = !changed.is_empty();
         // A rollout under way of what now runs goes on; otherwise a version that changes
         // what instances run rolls out from the stable one.
         let going_on = self
@@ -575,10 +578,12 @@ impl RegionState {
         if let Some(stable) = stable.filter(|s| older.contains_key(s) && !going_on) {
             let deploy = &now.spec.deploy;
             let versions = (stable, now.version);
-            let canary = deploy.canary_weights();
+            let (strategy, canary) = match deploy.strategy {
+                Strategy::Canary if returning => (Strategy::BlueGreen, Vec::new()),
+                strategy => (strategy, deploy.canary_weights()),
+            };
             let now_ms = rollouts::unix_ms();
-            self.rollouts
-                .start(id, versions, deploy.strategy, &canary, now_ms);
+            self.rollouts.start(id, versions, strategy, &canary, now_ms);
             self.copy_due.notify_one();
         }
         if older.is_empty() {
