@@ -27,9 +27,7 @@ pub async fn history(
     ApiPath(path): ApiPath<ServicePath>,
 ) -> Result<Json<Vec<RolloutRecord>>, ApiError> {
     let key = path.authorize(&caller)?;
-    if state.store.get_service(&key).await?.is_none() {
-        return Err(ApiError::not_found(format!("service `{key}`")));
-    }
+    current(&state, &key).await?;
     Ok(Json(state.store.list_rollouts(&key).await?))
 }
 

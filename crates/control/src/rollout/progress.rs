@@ -425,6 +425,14 @@ mod tests {
         deadline: Duration::from_secs(60),
     };
 
+    /// The new version's instance, crashed.
+    const CRASHED: Observed<'static> = Observed {
+        id: "web-2",
+        state: "unhealthy",
+        restarts: 0,
+        detail: "exited (exit status: 1)",
+    };
+
     fn started() -> Rollouts {
         let mut rollouts = Rollouts::default();
         rollouts.start(&web(), (1, 2), Strategy::Rolling, &[], 1_000);
@@ -455,12 +463,7 @@ mod tests {
     #[test]
     fn a_failed_gate_returns_to_the_previous_version_until_no_new_instance_serves() {
         let mut rollouts = started();
-        let crashed = [Observed {
-            id: "web-2",
-            state: "unhealthy",
-            restarts: 0,
-            detail: "exited (exit status: 1)",
-        }];
+        let crashed = [CRASHED];
         assert!(rollouts.gate(&web(), PLAN, &crashed, 0, 1_500));
         assert!(!rollouts.gate(&web(), PLAN, &crashed, 0, 1_600), "once");
         assert_eq!(rollouts.target(&web(), 2), 1);
@@ -488,6 +491,21 @@ mod tests {
         assert_eq!(rollouts.stable(&web(), 2, |_| false), 2);
     }
 
+    /// Asserts that web's canary of version 2 is at `step`, its last: every request to the
+    /// new version, whose set no longer holds beside the old one.
+    fn at_the_last_step(rollouts: &Rollouts, step: u32) {
+        let status = rollouts.get(&web()).unwrap();
+        assert_eq!(status.step, step);
+        assert_eq!(
+            status.weights,
+            [VersionWeight {
+                version: 2,
+                weight: 100
+            }]
+        );
+        assert!(!rollouts.holds(&web(), 2), "the last step switches");
+    }
+
     #[test]
     fn a_canary_moves_step_by_step_once_its_set_is_ready_and_its_pause_is_over() {
         let mut rollouts = Rollouts::default();
@@ -509,16 +527,7 @@ mod tests {
         assert!(rollouts.advance(&web(), PLAN, &steps, 2, 2_000));
         assert_eq!(rollouts.canary_weight(&web(), 2), Some(50));
         assert!(rollouts.advance(&web(), PLAN, &steps, 2, 2_000));
-        let status = rollouts.get(&web()).unwrap();
-        assert_eq!(status.step, 2);
-        assert_eq!(
-            status.weights,
-            [VersionWeight {
-                version: 2,
-                weight: 100
-            }]
-        );
-        assert!(!rollouts.holds(&web(), 2), "the last step switches");
+        at_the_last_step(&rollouts, 2);
         assert!(
             !rollouts.advance(&web(), PLAN, &steps, 2, 9_000),
             "no step after"
@@ -568,12 +577,7 @@ mod tests {
         // The gates keep watching while paused.
         let mut rollouts = started();
         rollouts.set_control(&web(), Some(pause(2)), 1_000);
-        let crashed = [Observed {
-            id: "web-2",
-            state: "unhealthy",
-            restarts: 0,
-            detail: "exited (exit status: 1)",
-        }];
+        let crashed = [CRASHED];
         assert!(rollouts.gate(&web(), PLAN, &crashed, 0, 1_500));
         assert_eq!(rollouts.target(&web(), 2), 1);
         assert!(!rollouts.paused(&web(), 2));
@@ -603,16 +607,7 @@ mod tests {
         assert!(status.promoted && status.phase == RolloutPhase::Progressing);
         assert!(!rollouts.advance(&web(), PLAN, &steps, 1, 200), "not ready");
         assert!(rollouts.advance(&web(), PLAN, &steps, 2, 300));
-        let status = rollouts.get(&web()).unwrap();
-        assert_eq!(status.step, 2);
-        assert_eq!(
-            status.weights,
-            [VersionWeight {
-                version: 2,
-                weight: 100
-            }]
-        );
-        assert!(!rollouts.holds(&web(), 2));
+        at_the_last_step(&rollouts, 2);
         assert!(!rollouts.advance(&web(), PLAN, &steps, 2, 400), "once");
     }
 
