@@ -449,3 +449,181 @@ async fn a_canary_splits_requests_by_weight_then_goes_to_100_without_a_failed_re
     assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
     no_failed_request("canary to 100 %", load, through_edge).await;
 }
+
+/// `meridian rollout <action> hello --app shop`, which must succeed.
+fn rollout_cli(rig: &Rig, action: &str) -> String {
+    rig.platform
+        .cli
+        .ok(&["rollout", action, "hello", "--app", "shop"])
+}
+
+/// `meridian rollout <action> hello --app shop`, which must be refused; its words.
+fn rollout_refused(rig: &Rig, action: &str) -> String {
+    rig.platform
+        .cli
+        .fails(&["rollout", action, "hello", "--app", "shop"])
+}
+
+/// Waits, under `load`, until fra's status satisfies `done`; returns it.
+async fn fra_until(
+    rig: &Rig,
+    load: &Load,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let status = fra_status(&rig.platform);
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < end, "waited in vain for {what}: {status}");
+        load.goes_on_for(5).await;
+    }
+}
+
+/// Whether `status`'s rollout gives `version` `weight` percent.
+fn weighs(status: &serde_json::Value, version: u64, weight: u64) -> bool {
+    let weights = status["rollout"]["weights"].as_array().cloned();
+    weights
+        .unwrap_or_default()
+        .iter()
+        .any(|w| w["version"] == version && w["weight"] == weight)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_canary_holds_its_weight_until_resumed_and_a_promoted_one_ends_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let canary = |steps: &str| {
+        format!("deploy: {{strategy: canary, steps: [{steps}], keep_previous: 1s}}\n")
+    };
+    let definition =
+        |greeting: &str, steps: &str| hello_in_fra(2, HELLO, greeting, "/healthz", &canary(steps));
+    let half = "{weight: 50, pause: 2s}";
+    let rig = Rig::start(dir.path(), 200, &definition("hello", half)).await;
+    let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
+    load.goes_on_for(50).await;
+    let refused = rollout_refused(&rig, "pause");
+    assert!(refused.contains("nothing to pause"), "{refused}");
+
+    // Paused at its first step: it stays at 50 % well past the step's 2 s pause.
+    rig.platform.deploy(&definition("howdy", half));
+    fra_until(&rig, &load, "the 50 % step", |s| weighs(s, 2, 50)).await;
+    rollout_cli(&rig, "pause");
+    let status = fra_until(&rig, &load, "the pause", |s| s["state"] == "paused").await;
+    assert_eq!(status["rollout"]["phase"], "paused", "{status}");
+    let refused = rollout_refused(&rig, "pause");
+    assert!(refused.contains("paused already"), "{refused}");
+    let paused = Instant::now();
+    while paused.elapsed() < Duration::from_secs(5) {
+        let status = fra_status(&rig.platform);
+        assert_eq!(status["rollout"]["phase"], "paused", "{status}");
+        assert!(weighs(&status, 2, 50), "{status}");
+        load.goes_on_for(10).await;
+    }
+    load.take_answers();
+    load.goes_on_for(40).await;
+    let answers = load.take_answers();
+    let (old, new) = (greeted_by(&answers, "hello"), greeted_by(&answers, "howdy"));
+    assert!(!old.is_empty() && !new.is_empty(), "{answers:?}");
+    eprintln!(
+        "paused canary at 50 % for {:?} past its 2 s pause",
+        paused.elapsed()
+    );
+
+    // Resumed: it goes on to 100 % and succeeds.
+    rollout_cli(&rig, "resume");
+    let refused = rollout_refused(&rig, "resume");
+    assert!(refused.contains("not paused"), "{refused}");
+    let status = fra_until(&rig, &load, "the end of the canary", |s| {
+        s["rollout"]["phase"] == "succeeded"
+    })
+    .await;
+    assert_eq!(status["rollout"]["version"], 2, "{status}");
+    let howdy = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
+    serving_exactly(&rig.gateway, "howdy", &howdy).await;
+
+    // A canary with hour-long pauses, promoted at its first step: it ends at once.
+    let long = "{weight: 10, pause: 1h}, {weight: 50, pause: 1h}";
+    rig.platform.deploy(&definition("hi", long));
+    fra_until(&rig, &load, "the 10 % step", |s| weighs(s, 3, 10)).await;
+    let promoted = Instant::now();
+    rollout_cli(&rig, "promote");
+    let status = fra_until(&rig, &load, "the promoted canary's end", |s| {
+        s["rollout"]["phase"] == "succeeded" && s["rollout"]["version"] == 3
+    })
+    .await;
+    assert_eq!(status["rollout"]["promoted"], true, "{status}");
+    eprintln!(
+        "promoted canary: succeeded {:?} after the promotion",
+        promoted.elapsed()
+    );
+    let refused = rollout_refused(&rig, "promote");
+    assert!(refused.contains("nothing to promote"), "{refused}");
+    load.take_answers();
+    load.goes_on_for(100).await;
+    let answers = load.take_answers();
+    assert_eq!(greeted_by(&answers, "hi").len(), 2, "{answers:?}");
+    assert!(greeted_by(&answers, "howdy").is_empty(), "{answers:?}");
+    no_failed_request("paused, resumed and promoted canaries", load, through_edge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_aborted_while_the_previous_set_is_kept_switches_back_to_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let blue_green = "deploy: {strategy: blue_green, keep_previous: 1h}\n";
+    let definition = |greeting| hello_in_fra(2, HELLO, greeting, "/healthz", blue_green);
+    let rig = Rig::start(dir.path(), 203, &definition("hello")).await;
+    let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
+    load.goes_on_for(50).await;
+
+    rig.platform.deploy(&definition("howdy"));
+    fra_until(&rig, &load, "the switch", |s| {
+        s["rollout"]["phase"] == "succeeded"
+    })
+    .await;
+    let new = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
+    serving_exactly(&rig.gateway, "howdy", &new).await;
+    let starts = || -> usize {
+        rig.agents
+            .iter()
+            .map(|a| support::said(a, "starting instance"))
+            .sum()
+    };
+    let started = starts();
+    assert_eq!(started, 4, "two of each version");
+
+    // Aborted while version 1's set is kept: version 3 (= 1) takes it back, nothing starts.
+    let aborted = Instant::now();
+    rollout_cli(&rig, "abort");
+    let answered = aborted.elapsed();
+    let old = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+    let client = reqwest::Client::new();
+    loop {
+        let answers = support::load::dozen_answers(&client, &rig.gateway).await;
+        let all_old = answers.len() == 12 && greeted_by(&answers, "hello") == old;
+        if all_old && greeted_by(&answers, "howdy").is_empty() {
+            break;
+        }
+        assert!(aborted.elapsed() < DEADLINE, "never back: {answers:?}");
+        load.goes_on_for(1).await;
+    }
+    eprintln!(
+        "blue-green abort: every answer from the kept set {:?} after the abort (the command \
+         returned after {answered:?})",
+        aborted.elapsed()
+    );
+    let status = fra_until(&rig, &load, "the return's end", |s| {
+        s["version"] == 3 && s["rollout"]["phase"] == "succeeded"
+    })
+    .await;
+    assert_eq!(status["rollout"]["previous"], 2, "{status}");
+    serving_exactly(&rig.edge, "hello", &old).await;
+    load.take_answers();
+    load.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "hello"), old);
+    assert_eq!(starts(), started, "no instance started");
+    no_failed_request("blue-green abort to the kept set", load, through_edge).await;
+}

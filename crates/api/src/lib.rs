@@ -190,6 +190,18 @@ pub fn router_with(
             &format!("{service_path}/rollout/abort"),
             post(rollouts::abort),
         )
+        .route(
+            &format!("{service_path}/rollout/pause"),
+            post(rollouts::pause),
+        )
+        .route(
+            &format!("{service_path}/rollout/resume"),
+            post(rollouts::resume),
+        )
+        .route(
+            &format!("{service_path}/rollout/promote"),
+            post(rollouts::promote),
+        )
         .route(&format!("{service_path}/endpoints"), get(endpoints::list))
         .route(
             &format!("{service_path}/endpoints/{{endpoint}}"),

@@ -125,7 +125,7 @@ enum Command {
         #[arg(long)]
         to: u64,
     },
-    /// Follow, list and abort a service's rollouts.
+    /// Follow, list, pause, resume, promote and abort a service's rollouts.
     #[command(subcommand)]
     Rollout(commands::rollout::RolloutCommand),
     /// Delete a resource.

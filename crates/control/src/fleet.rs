@@ -75,6 +75,9 @@ pub struct Desired {
     /// How long an instance of another version keeps running after it left service, if
     /// longer than `drain_delay` (a blue-green deploy keeps the previous set a while).
     pub keep_previous: Duration,
+    /// Whether its rollout is paused: no instance leaves service, none starts but to make
+    /// up the scale.
+    pub paused: bool,
 }
 
 /// What a placement changed.
@@ -321,6 +324,7 @@ impl Fleet {
             self.placements.remove(&key);
             moves.assignments.insert(key);
         }
+        self.reinstate_kept(service, want.version, now, moves);
 
         let members: Vec<Member<'_>> = self
             .placed(service)
@@ -333,7 +337,11 @@ impl Fleet {
                     .is_some_and(|r| r.state == "healthy"),
             })
             .collect();
-        let Step { start, drain } = crate::rollout::step_for(want.strategy, want.bounds, &members);
+        let Step { start, drain } = if want.paused {
+            crate::rollout::paused(want.bounds, &members)
+        } else {
+            crate::rollout::step_for(want.strategy, want.bounds, &members)
+        };
         for instance in drain {
             let key = (service.clone(), instance);
             if let Some(placed) = self.placements.get_mut(&key) {
@@ -372,6 +380,32 @@ impl Fleet {
             };
             self.placements.insert(key.clone(), placed);
             moves.assignments.insert(key);
+        }
+    }
+
+    /// A return to `version` while its set is still kept (it left service in a blue-green or
+    /// canary switch, `keep_previous`): those instances serve again at once, instead of new
+    /// ones starting.
+    fn reinstate_kept(
+        &mut self,
+        service: &ServiceId,
+        version: u64,
+        now: Instant,
+        moves: &mut Moves,
+    ) {
+        let kept: Vec<InstanceKey> = self
+            .placed(service)
+            .filter(|(_, p)| p.version == version && p.draining.is_some())
+            .filter(|(_, p)| p.kept_until.is_some_and(|kept| kept > now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in kept {
+            if let Some(placed) = self.placements.get_mut(&key) {
+                tracing::info!(instance = ?key, version, "a kept instance serves again");
+                placed.draining = None;
+                placed.kept_until = None;
+                moves.services.insert(key.0.clone());
+            }
         }
     }
 
@@ -659,6 +693,7 @@ mod tests {
             drain_delay: Duration::ZERO,
             strategy: Strategy::Rolling,
             keep_previous: Duration::ZERO,
+            paused: false,
         }
     }
 
@@ -943,6 +978,73 @@ mod tests {
         // The proxies acknowledge at once: the drain ends at keep_previous, not before.
         fleet.acknowledged(&web_0, start + Duration::from_secs(1));
         assert_eq!(fleet.next_drained(), Some(start + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_return_to_the_kept_set_serves_it_again_without_starting_an_instance() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        fleet.report(node("a", 8, &[]), start);
+        let web = || service("web");
+        let only_web = BTreeSet::from([web()]);
+        let blue_green = |v: u64| Desired {
+            strategy: Strategy::BlueGreen,
+            keep_previous: Duration::from_secs(60),
+            ..version(v, 2)
+        };
+        fleet.place(&BTreeMap::from([(web(), blue_green(1))]), unknown, start);
+        report_a(&mut fleet, &["web-0", "web-1"], start);
+        let two = BTreeMap::from([(web(), blue_green(2))]);
+        fleet.place_some(&two, &only_web, start);
+        report_a(&mut fleet, &["web-0", "web-1", "web-2", "web-3"], start);
+        let moves = fleet.place_some(&two, &only_web, start);
+        assert_eq!(moves.drained.len(), 2, "the switch");
+        assert_eq!(nodes_of(&fleet, "web").len(), 2);
+        // Back to version 1 while its set is kept: it serves again, version 2 leaves, and
+        // nothing starts.
+        let later = start + Duration::from_secs(5);
+        let one = BTreeMap::from([(web(), blue_green(1))]);
+        let moves = fleet.place_some(&one, &only_web, later);
+        let ids = |keys: &BTreeSet<InstanceKey>| -> Vec<String> {
+            keys.iter().map(|k| k.1.clone()).collect()
+        };
+        assert_eq!(ids(&moves.drained), ["web-2", "web-3"]);
+        assert!(
+            ids(&moves.assignments).is_empty(),
+            "no instance placed: {moves:?}"
+        );
+        let endpoints = fleet.endpoints(&web(), "fra");
+        let serving: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(serving, ["web-0", "web-1"]);
+        // Once the kept set is gone, a return places new instances (under the numbers the
+        // removed ones had: new assignments).
+        let gone = later + Duration::from_secs(120);
+        report_a(&mut fleet, &["web-0", "web-1", "web-2", "web-3"], gone);
+        let moves = fleet.place_some(&two, &only_web, gone);
+        assert_eq!(ids(&moves.assignments), ["web-2", "web-3"]);
+        assert_eq!(fleet.versions_of(&web()), BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn a_paused_rollout_replaces_nothing_but_makes_up_the_scale() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        fleet.report(node("a", 8, &[]), start);
+        let web = || service("web");
+        let only_web = BTreeSet::from([web()]);
+        fleet.place(&BTreeMap::from([(web(), version(1, 2))]), unknown, start);
+        report_a(&mut fleet, &["web-0", "web-1"], start);
+        let mut paused = version(2, 2);
+        paused.paused = true;
+        let desired = BTreeMap::from([(web(), paused)]);
+        assert_eq!(
+            fleet.place_some(&desired, &only_web, start),
+            Moves::default(),
+            "nothing starts, nothing drains"
+        );
+        let resumed = BTreeMap::from([(web(), version(2, 2))]);
+        let moves = fleet.place_some(&resumed, &only_web, start);
+        assert_eq!(moves.assignments.len(), 1, "one new instance starts");
     }
 
     #[test]

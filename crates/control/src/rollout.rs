@@ -57,6 +57,16 @@ pub fn step_for(strategy: Strategy, bounds: Bounds, members: &[Member<'_>]) -> S
     }
 }
 
+/// The step of a paused rollout: no instance leaves service, and new ones start only to make
+/// up `bounds.scale` instances in service (one lost with its node).
+pub fn paused(bounds: Bounds, members: &[Member<'_>]) -> Step {
+    let missing = (bounds.scale as usize).saturating_sub(members.len());
+    Step {
+        start: u32::try_from(missing).unwrap_or(u32::MAX),
+        drain: Vec::new(),
+    }
+}
+
 /// The next rolling step for `members` within `bounds`. Old instances that are not ready leave first,
 /// then ready old ones as far as the ready count allows; current instances beyond the scale
 /// leave (the ones not ready first, then the highest numbers); new instances start up to the

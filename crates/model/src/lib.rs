@@ -39,7 +39,10 @@ pub use resources::{
     EndpointInput, Org, Region, RegionInput, RegionReport, ServiceHealth, ServiceSummary,
     TokenInfo, VersionHealth,
 };
-pub use rollout::{Gate, GateFailure, RolloutPhase, RolloutRecord, RolloutStatus, VersionWeight};
+pub use rollout::{
+    Gate, GateFailure, RolloutControl, RolloutMode, RolloutPhase, RolloutRecord, RolloutStatus,
+    VersionWeight,
+};
 pub use validate::{
     validate_definition, validate_endpoint, validate_region, validate_region_report, Limits,
     MAX_REPORTED_SERVICES,

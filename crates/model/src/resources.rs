@@ -161,6 +161,9 @@ pub enum ChangeKind {
     TicketKeys,
     /// A region's rollout of a service's version (key: `org/app/service/region`).
     Rollout,
+    /// A pause or promotion of a service's rollout (key: `org/app/service`).
+    #[serde(rename = "rollout_control")]
+    RolloutControl,
 }
 
 /// Whether a change created/updated or removed its resource.

@@ -38,6 +38,18 @@ pub struct RolloutStatus {
     /// The gate that failed and its figures (with `failed` and `rolled_back`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<GateFailure>,
+    /// How long it was held by pauses that ended, in milliseconds (not counted against
+    /// `deploy.progress_deadline`; a pause under way counts from `updated_at`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub paused_ms: u64,
+    /// Whether it was promoted (`meridian rollout promote`): the canary's remaining steps
+    /// and pauses were skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promoted: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn one() -> u32 {
@@ -79,10 +91,40 @@ impl RolloutPhase {
         matches!(self, RolloutPhase::Succeeded | RolloutPhase::RolledBack)
     }
 
+    /// Whether it is under way: progressing, or paused (its gates keep watching).
+    pub fn under_way(self) -> bool {
+        matches!(self, RolloutPhase::Progressing | RolloutPhase::Paused)
+    }
+
     /// Whether a gate failed (the region runs, or returns to, the previous version).
     pub fn failed(self) -> bool {
         matches!(self, RolloutPhase::Failed | RolloutPhase::RolledBack)
     }
+}
+
+/// What a person asked of the rollout of one version of a service (`meridian rollout pause`,
+/// `promote`): the global control plane keeps it and carries it to every region with the
+/// service's regional deployment; it concerns that version only, and `resume` removes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutControl {
+    /// The version whose rollout it concerns.
+    pub version: u64,
+    /// What is asked.
+    pub mode: RolloutMode,
+}
+
+/// What a [`RolloutControl`] asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutMode {
+    /// Hold the rollout where it is: no instance replaced, no canary step taken, no wave
+    /// released; the gates keep watching.
+    Paused,
+    /// Skip the remaining canary steps and pauses: the new version takes every request as
+    /// soon as its set is ready.
+    Promoted,
 }
 
 /// The share of requests one version gets.

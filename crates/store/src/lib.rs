@@ -14,7 +14,8 @@ mod watch;
 use async_trait::async_trait;
 use meridian_model::{
     App, CertificateSource, CertificateState, Change, Definition, Deployment, Endpoint,
-    EndpointInput, Org, Region, RolloutRecord, RolloutStatus, ServiceSummary, TokenInfo,
+    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, ServiceSummary,
+    TokenInfo,
 };
 
 pub use sqlite::SqliteStore;
@@ -254,6 +255,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// The rollouts of a service, newest version first, then by region.
     async fn list_rollouts(&self, key: &ServiceKey) -> Result<Vec<RolloutRecord>>;
+    /// Sets (`Some`) or removes (`None`) the pause or promotion of a service's rollout;
+    /// returns false and writes nothing when that is already so. Fails with
+    /// [`StoreError::NotFound`] when the service does not exist.
+    async fn set_rollout_control(
+        &self,
+        key: &ServiceKey,
+        control: Option<RolloutControl>,
+    ) -> Result<bool>;
+    /// The pause or promotion of a service's rollout, if one was asked.
+    async fn get_rollout_control(&self, key: &ServiceKey) -> Result<Option<RolloutControl>>;
     /// The current deployments of every service that runs in `region`, ordered by key.
     async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>>;
 

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use meridian_model::{
     App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Endpoint,
-    EndpointInput, Org, Region, RolloutRecord, RolloutStatus, ServiceSummary, TokenInfo,
+    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, ServiceSummary,
+    TokenInfo,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -156,6 +157,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::AcmeAccount => "acme_account",
         ChangeKind::TicketKeys => "ticket_keys",
         ChangeKind::Rollout => "rollout",
+        ChangeKind::RolloutControl => "rollout_control",
     }
 }
 
@@ -171,6 +173,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "acme_account" => ChangeKind::AcmeAccount,
         "ticket_keys" => ChangeKind::TicketKeys,
         "rollout" => ChangeKind::Rollout,
+        "rollout_control" => ChangeKind::RolloutControl,
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unknown change kind `{other}`"
@@ -831,6 +834,25 @@ impl Store for SqliteStore {
 
     async fn list_rollouts(&self, key: &ServiceKey) -> Result<Vec<RolloutRecord>> {
         rollouts::list(&self.reader, key).await
+    }
+
+    async fn set_rollout_control(
+        &self,
+        key: &ServiceKey,
+        control: Option<RolloutControl>,
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        match rollouts::put_control(&mut tx, key, control).await? {
+            Some(revision) => {
+                self.commit(tx, revision).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn get_rollout_control(&self, key: &ServiceKey) -> Result<Option<RolloutControl>> {
+        rollouts::get_control(&mut *self.reader.acquire().await?, key).await
     }
 
     async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>> {

@@ -111,6 +111,66 @@ async fn an_apply_that_changes_nothing_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_rollout_control_is_kept_per_service_fed_as_a_change_and_goes_with_the_service() {
+    use meridian_model::{RolloutControl, RolloutMode};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    with_regions(&store).await;
+    let web = key("web");
+    let paused = RolloutControl {
+        version: 1,
+        mode: RolloutMode::Paused,
+    };
+    assert!(matches!(
+        store.set_rollout_control(&web, Some(paused)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .apply_service(&definition("web", &["fra"], "v1"), MissingOrg::Create)
+        .await
+        .unwrap();
+    assert_eq!(store.get_rollout_control(&web).await.unwrap(), None);
+    let revision = store.revision().await.unwrap();
+    assert!(store.set_rollout_control(&web, Some(paused)).await.unwrap());
+    assert!(!store.set_rollout_control(&web, Some(paused)).await.unwrap());
+    assert_eq!(store.get_rollout_control(&web).await.unwrap(), Some(paused));
+    let promoted = RolloutControl {
+        mode: RolloutMode::Promoted,
+        ..paused
+    };
+    assert!(store
+        .set_rollout_control(&web, Some(promoted))
+        .await
+        .unwrap());
+    assert!(store.set_rollout_control(&web, None).await.unwrap());
+    assert!(!store.set_rollout_control(&web, None).await.unwrap());
+    let feed = store.changes_after(revision, 10).await.unwrap();
+    let kinds: Vec<(ChangeKind, &str, ChangeOp)> = feed
+        .iter()
+        .map(|c| (c.kind, c.key.as_str(), c.op))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (ChangeKind::RolloutControl, "acme/shop/web", ChangeOp::Put),
+            (ChangeKind::RolloutControl, "acme/shop/web", ChangeOp::Put),
+            (
+                ChangeKind::RolloutControl,
+                "acme/shop/web",
+                ChangeOp::Delete
+            ),
+        ]
+    );
+    store.set_rollout_control(&web, Some(paused)).await.unwrap();
+    store.delete_service(&web).await.unwrap();
+    store
+        .apply_service(&definition("web", &["fra"], "v1"), MissingOrg::Create)
+        .await
+        .unwrap();
+    assert_eq!(store.get_rollout_control(&web).await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn rollouts_are_recorded_per_region_and_version_and_go_with_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;

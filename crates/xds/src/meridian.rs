@@ -144,6 +144,10 @@ pub struct RegionalDeployment {
     /// The endpoints registered in the region, a JSON array.
     #[prost(bytes = "vec", tag = "2")]
     pub endpoints_json: Vec<u8>,
+    /// The pause or promotion of the service's rollout (`meridian_model::RolloutControl`),
+    /// JSON; empty when none was asked.
+    #[prost(bytes = "vec", tag = "3")]
+    pub control_json: Vec<u8>,
 }
 
 /// A region as every regional control plane sees it.

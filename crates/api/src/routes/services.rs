@@ -166,6 +166,7 @@ fn region_status(
         (_, Some(h)) if h.version != rd.version => "updating",
         _ if phase == Some(RolloutPhase::Failed) => "rolling back",
         _ if phase == Some(RolloutPhase::RolledBack) => "rolled back",
+        _ if phase == Some(RolloutPhase::Paused) => "paused",
         (_, Some(h)) if h.versions.len() > 1 => "rolling out",
         (_, Some(h)) if h.healthy >= desired => "running",
         (_, Some(h)) if h.healthy > 0 => "degraded",

@@ -56,6 +56,9 @@ fn line(region: &RegionStatus) -> String {
         for w in &r.weights {
             text.push_str(&format!(", v{} {}%", w.version, w.weight));
         }
+        if r.promoted && !r.phase.ended() {
+            text.push_str(", promoted");
+        }
         if let Some(f) = &r.failure {
             text.push_str(&format!(": {}", f.reason));
         }

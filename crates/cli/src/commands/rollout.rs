@@ -1,9 +1,9 @@
 //! `meridian rollout …`: a service's rollouts, region by region: the one under way, the
-//! history, and aborting it.
+//! history, and pausing, resuming, promoting or aborting it.
 
 use anyhow::Result;
 use clap::Subcommand;
-use meridian_model::{Deployment, RolloutRecord, RolloutStatus};
+use meridian_model::{Deployment, RolloutControl, RolloutRecord, RolloutStatus};
 use reqwest::Method;
 
 use crate::client::Client;
@@ -28,9 +28,35 @@ pub enum RolloutCommand {
         #[command(flatten)]
         scope: AppScope,
     },
-    /// Abort the rollout under way: the version it replaces becomes current again (a new
-    /// version), and every region returns to it by draining the new instances.
+    /// Abort the rollout under way (or a blue-green or canary one that ended while the previous
+    /// set is kept): the version it replaces becomes current again (a new version), and every
+    /// region returns to it by draining the new instances, at once where the previous set is
+    /// still kept.
     Abort {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: AppScope,
+    },
+    /// Pause the rollout under way in every region: no instance replaced, no canary step
+    /// taken, no further wave started; the gates keep watching (a failing version still rolls
+    /// back) and the progress deadline stops.
+    Pause {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: AppScope,
+    },
+    /// Resume a paused rollout where it was held.
+    Resume {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        scope: AppScope,
+    },
+    /// Promote the rollout under way: a canary skips its remaining steps and pauses, and the
+    /// new version takes every request as soon as its instances are ready.
+    Promote {
         /// The service.
         service: String,
         #[command(flatten)]
@@ -88,7 +114,47 @@ pub async fn rollout(api: &Client, format: Format, cmd: RolloutCommand) -> Resul
             }
             Ok(())
         }
+        RolloutCommand::Pause { service, scope } => {
+            control(api, format, &service, &scope, "pause", "paused").await
+        }
+        RolloutCommand::Resume { service, scope } => {
+            control(api, format, &service, &scope, "resume", "resumed").await
+        }
+        RolloutCommand::Promote { service, scope } => {
+            control(api, format, &service, &scope, "promote", "promoted").await
+        }
     }
+}
+
+/// `POST …/rollout/<action>`, then says `done`.
+async fn control(
+    api: &Client,
+    format: Format,
+    service: &str,
+    scope: &AppScope,
+    action: &str,
+    done: &str,
+) -> Result<()> {
+    let path = service_path(api, service, scope).await?;
+    let answer: Option<RolloutControl> = api
+        .send(
+            Method::POST,
+            &format!("{path}/rollout/{action}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    match (format, answer) {
+        (Format::Json, Some(control)) => println!("{}", serde_json::to_string_pretty(&control)?),
+        (Format::Json, None) => println!("{{}}"),
+        (Format::Table, Some(control)) => {
+            println!(
+                "{done}: the rollout of {service} version {}",
+                control.version
+            )
+        }
+        (Format::Table, None) => println!("{done}: the rollout of {service}"),
+    }
+    Ok(())
 }
 
 /// Strategy, phase, step, weights and reason of a region's rollout (`-` when there is none).

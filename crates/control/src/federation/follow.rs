@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 
-use meridian_model::{Endpoint, RegionalDeployment};
+use meridian_model::{Endpoint, RegionalDeployment, RolloutControl};
 use meridian_xds::meridian::{self, REGIONAL_DEPLOYMENT, REGION_SUMMARY};
 use meridian_xds::{
     run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
@@ -85,6 +85,7 @@ struct Decoded {
     id: ServiceId,
     deployment: RegionalDeployment,
     endpoints: Vec<Endpoint>,
+    control: Option<RolloutControl>,
 }
 
 struct Follower {
@@ -145,10 +146,18 @@ fn decode(region: &str, name: &str, held: &Held) -> Result<Decoded, String> {
             stray.id
         )));
     }
+    let control = if resource.control_json.is_empty() {
+        None
+    } else {
+        let control = serde_json::from_slice(&resource.control_json)
+            .map_err(|e| bad(format!("control_json: {e}")))?;
+        Some(control)
+    };
     Ok(Decoded {
         id,
         deployment,
         endpoints,
+        control,
     })
 }
 
@@ -214,17 +223,26 @@ impl Follower {
             .collect();
         let state = &self.state;
         if self.first {
+            let controls: Vec<_> = changed.iter().map(|d| (d.id.clone(), d.control)).collect();
             let (deployments, endpoints): (Vec<_>, Vec<_>) = changed
                 .into_iter()
                 .map(|d| (d.deployment, d.endpoints))
                 .unzip();
             state.replace_all(deployments, endpoints.into_iter().flatten().collect());
+            for (id, control) in controls {
+                state.set_rollout_control(&id, control);
+            }
             tracing::info!(region = %self.region, services = state.services(),
                 "synced with the global control plane");
         } else {
             for decoded in changed {
                 tracing::debug!(region = %self.region, service = ?decoded.id, "service changed");
-                state.set_service(decoded.id, Some(decoded.deployment), decoded.endpoints);
+                state.set_service(
+                    decoded.id.clone(),
+                    Some(decoded.deployment),
+                    decoded.endpoints,
+                );
+                state.set_rollout_control(&decoded.id, decoded.control);
             }
             for id in removed {
                 tracing::debug!(region = %self.region, service = ?id, "service left the region");

@@ -25,6 +25,7 @@ use meridian_api::Readiness;
 use meridian_model::waves::{self, Standing};
 use meridian_model::{
     derive_regional, ChangeKind, Deployment, Endpoint, RegionReport, RegionalDeployment,
+    RolloutMode,
 };
 use meridian_store::{wait_for_changes, ServiceFilter, ServiceKey, Store, StoreError};
 use meridian_xds::meridian::{
@@ -174,7 +175,7 @@ async fn publish_then_follow(
         let mut regions_changed = false;
         for change in &changes {
             match change.kind {
-                ChangeKind::Service | ChangeKind::Endpoint => {
+                ChangeKind::Service | ChangeKind::Endpoint | ChangeKind::RolloutControl => {
                     let mut parts = change.key.splitn(4, '/');
                     if let (Some(org), Some(app), Some(name)) =
                         (parts.next(), parts.next(), parts.next())
@@ -296,13 +297,21 @@ async fn publish_service(
     latest: &LatestReport,
 ) -> Result<BTreeSet<String>, StoreError> {
     let name = key.to_string();
-    let regional = match store.get_service(key).await? {
-        Some(current) => in_waves(store, published, key, &current, latest).await?,
+    let (regional, control) = match store.get_service(key).await? {
+        Some(current) => {
+            let control = store.get_rollout_control(key).await?;
+            let paused =
+                control.filter(|c| c.version == current.version && c.mode == RolloutMode::Paused);
+            let regional =
+                in_waves(store, published, key, &current, latest, paused.is_some()).await?;
+            (regional, control)
+        }
         None => {
             published.held.remove(&name);
-            Vec::new()
+            (Vec::new(), None)
         }
     };
+    let control_json = control.map(|c| to_json(&c)).unwrap_or_default();
     let endpoints = if regional.is_empty() {
         Vec::new()
     } else {
@@ -327,6 +336,7 @@ async fn publish_service(
         let resource = meridian_xds::meridian::RegionalDeployment {
             deployment_json: to_json(&deployment),
             endpoints_json: to_json(&here),
+            control_json: control_json.clone(),
         };
         let cache_name = resource_name(&deployment.region, &name);
         update.remove.retain(|removed| *removed != cache_name);
@@ -363,13 +373,14 @@ async fn publish_service(
 /// started take the current version; the others keep the version they had (what was
 /// published to them, or else what they report running, or else the version before the
 /// current one), or get nothing when they had none. Notes in `published` whether some region
-/// is held back.
+/// is held back. A `paused` rollout releases no further wave.
 async fn in_waves(
     store: &dyn Store,
     published: &mut Published,
     key: &ServiceKey,
     current: &Deployment,
     latest: &LatestReport,
+    paused: bool,
 ) -> Result<Vec<RegionalDeployment>, StoreError> {
     let name = key.to_string();
     let regional = derive_regional(&current.definition, current.version);
@@ -401,7 +412,13 @@ async fn in_waves(
             waves::standing(rd, health, taken)
         })
         .collect();
-    let released = waves::released(&standings);
+    let mut released = waves::released(&standings);
+    if paused {
+        // Only the regions that took the version before the pause keep it.
+        for (released, standing) in released.iter_mut().zip(&standings) {
+            *released &= standing.started;
+        }
+    }
     let mut out = Vec::with_capacity(regional.len());
     let mut held = false;
     for ((rd, report), released) in regional.into_iter().zip(&reports).zip(released) {
@@ -695,6 +712,109 @@ mod tests {
             publish_into(cache, store, &reports, Duration::from_secs(3600));
         done(&readiness, PUBLISHED).await;
         assert!(cache.get(REGIONAL_DEPLOYMENT, &left).is_none());
+        task.abort();
+    }
+
+    /// The version and control published to `region` for acme/shop/web, once there is one.
+    async fn published_to(cache: &Cache, region: &str) -> (u64, Vec<u8>) {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(held) =
+                cache.get(REGIONAL_DEPLOYMENT, &resource_name(region, "acme/shop/web"))
+            {
+                let resource = meridian_xds::meridian::RegionalDeployment::decode(
+                    held.resource.value.as_slice(),
+                )
+                .unwrap();
+                let deployment: RegionalDeployment =
+                    serde_json::from_slice(&resource.deployment_json).unwrap();
+                return (deployment.version, resource.control_json);
+            }
+            assert!(Instant::now() < end, "nothing published to {region}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until `region` has version `version` of acme/shop/web, with `control` as JSON.
+    async fn until_published(cache: &Cache, region: &str, version: u64, control: &[u8]) {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let published = published_to(cache, region).await;
+            if published == (version, control.to_vec()) {
+                return;
+            }
+            assert!(Instant::now() < end, "{region} has {published:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_paused_rollout_releases_no_further_wave_and_every_region_gets_the_control() {
+        use meridian_model::{Definition, RolloutControl, RolloutMode, ServiceHealth};
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), &["fra", "iad"]).await;
+        // Version 1 everywhere at once; version 2 in waves.
+        let definition = |command: &str| -> Definition {
+            let waves = if command == "/bin/one" {
+                serde_json::json!([])
+            } else {
+                serde_json::json!([["fra"], ["iad"]])
+            };
+            serde_json::from_value(serde_json::json!({
+                "org": "acme", "app": "shop", "name": "web", "regions": ["fra", "iad"],
+                "scale": {"min": 1, "max": 1},
+                "runtime": {"process": {"command": command}},
+                "deploy": {"waves": waves},
+            }))
+            .unwrap()
+        };
+        let apply = |command: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .apply_service(&definition(command), meridian_store::MissingOrg::Create)
+                    .await
+                    .unwrap()
+            }
+        };
+        apply("/bin/one").await;
+        let reports = meridian_api::Reports::default();
+        let (cache, readiness, task) = publish(store.clone(), &reports, Duration::from_secs(3600));
+        done(&readiness, PUBLISHED).await;
+        until_published(&cache, "iad", 1, b"").await;
+
+        // Version 2 is paused (as soon as fra took it), and fra runs it to the full.
+        let web = ServiceKey {
+            org: "acme".to_owned(),
+            app: "shop".to_owned(),
+            name: "web".to_owned(),
+        };
+        let paused = RolloutControl {
+            version: 2,
+            mode: RolloutMode::Paused,
+        };
+        store.set_rollout_control(&web, Some(paused)).await.unwrap();
+        let mut fra = report();
+        fra.services.push(ServiceHealth {
+            org: "acme".to_owned(),
+            app: "shop".to_owned(),
+            service: "web".to_owned(),
+            version: 2,
+            placed: 1,
+            healthy: 1,
+            addresses: Vec::new(),
+            versions: Vec::new(),
+            rollout: None,
+        });
+        reports.record("fra".to_owned(), fra);
+        apply("/bin/two").await;
+        let control = to_json(&paused);
+        until_published(&cache, "fra", 2, &control).await;
+        assert_eq!(published_to(&cache, "iad").await, (1, control), "held back");
+
+        // Resumed: the next wave starts.
+        store.set_rollout_control(&web, None).await.unwrap();
+        until_published(&cache, "iad", 2, b"").await;
         task.abort();
     }
 }

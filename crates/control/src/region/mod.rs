@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use meridian_model::{Endpoint, RegionReport, RegionalDeployment};
+use meridian_model::{Endpoint, RegionReport, RegionalDeployment, RolloutControl};
 use meridian_xds::meridian::NodeReport;
 use meridian_xds::Cache;
 use prometheus_client::registry::Registry;
@@ -214,6 +214,12 @@ impl Region {
         }
         self.change(|state| state.drain_acknowledged(&wait.instance, Instant::now()));
         acknowledged
+    }
+
+    /// Takes what a person asked of service `id`'s rollout (pause, promote; `None`: nothing
+    /// or resumed), as the global control plane says.
+    pub fn set_rollout_control(&self, id: &ServiceId, control: Option<RolloutControl>) {
+        self.change(|state| state.set_control(id, control));
     }
 
     /// Takes every region's summary, by region name (this region's own gives its coordinates):

@@ -566,6 +566,9 @@ impl RegionState {
             self.rollouts.relabel(id, *version, now.version);
             false
         });
+        // Instances already run the new version (a return to a set still kept): it takes
+        // over at once, without canary steps.
+        let returning = !changed.is_empty();
         // A rollout under way of what now runs goes on; otherwise a version that changes
         // what instances run rolls out from the stable one.
         let going_on = self
@@ -575,10 +578,12 @@ impl RegionState {
         if let Some(stable) = stable.filter(|s| older.contains_key(s) && !going_on) {
             let deploy = &now.spec.deploy;
             let versions = (stable, now.version);
-            let canary = deploy.canary_weights();
+            let (strategy, canary) = match deploy.strategy {
+                Strategy::Canary if returning => (Strategy::BlueGreen, Vec::new()),
+                strategy => (strategy, deploy.canary_weights()),
+            };
             let now_ms = rollouts::unix_ms();
-            self.rollouts
-                .start(id, versions, deploy.strategy, &canary, now_ms);
+            self.rollouts.start(id, versions, strategy, &canary, now_ms);
             self.copy_due.notify_one();
         }
         if older.is_empty() {
@@ -712,6 +717,7 @@ impl RegionState {
     /// or the previous version's when its rollout failed.
     pub(super) fn desired(&self, id: &ServiceId, deployment: &RegionalDeployment) -> Desired {
         let mut want = desired(deployment, self.rollouts.target(id, deployment.version));
+        want.paused = self.rollouts.paused(id, deployment.version);
         // A canary switches as blue-green at its last step, or to return.
         if want.strategy == Strategy::Canary && !self.rollouts.holds(id, deployment.version) {
             want.strategy = Strategy::BlueGreen;
@@ -735,6 +741,7 @@ fn desired(deployment: &RegionalDeployment, version: u64) -> Desired {
         drain_delay: super::drain::ACK_WAIT + spec.deploy.drain_delay.0,
         strategy: spec.deploy.strategy,
         keep_previous: spec.deploy.keep_previous(),
+        paused: false,
     }
 }
 

@@ -587,6 +587,19 @@ fn rollout_of(region: &Region) -> Option<meridian_model::RolloutStatus> {
     svc0.rollout
 }
 
+/// A new region (as a restarted regional control plane) that restored `fixture`'s disk copy.
+fn restarted(fixture: &Fixture) -> Region {
+    let region = Region::new(
+        "fra",
+        Cache::new(),
+        GatewayListeners::default(),
+        Some("meridian.test"),
+        &mut Registry::default(),
+    );
+    region.restore(fixture.region.disk_copy());
+    region
+}
+
 #[test]
 fn a_new_version_that_crashes_is_rolled_back_and_the_region_says_why() {
     use meridian_model::{Gate, RolloutPhase};
@@ -632,14 +645,7 @@ fn a_new_version_that_crashes_is_rolled_back_and_the_region_says_why() {
     assert_eq!(assigned_version(&fixture, "svc0-0"), Some(1));
 
     // A restarted region stays on the previous version and keeps the reason.
-    let region = Region::new(
-        "fra",
-        Cache::new(),
-        GatewayListeners::default(),
-        Some("meridian.test"),
-        &mut Registry::default(),
-    );
-    region.restore(fixture.region.disk_copy());
+    let region = restarted(&fixture);
     assert_eq!(rollout_of(&region).unwrap().phase, RolloutPhase::RolledBack);
     assert_eq!(
         region.lock().desired(&svc, &svc0("/bin/false", 2)).version,
@@ -792,4 +798,92 @@ fn a_canary_splits_the_gateways_requests_once_ready_and_stops_at_once_when_a_gat
         RolloutPhase::RolledBack
     );
     assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-0"]);
+}
+
+#[test]
+fn a_promoted_canary_s_kept_set_takes_a_return_back_at_once_without_canary_steps() {
+    use meridian_model::{CanaryStep, HumanDuration, RolloutPhase, Strategy};
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    let canary = |command: &str, version: u64| {
+        let mut deployment = svc0(command, version);
+        let deploy = &mut deployment.spec.deploy;
+        deploy.strategy = Strategy::Canary;
+        deploy.keep_previous = Some(HumanDuration(Duration::from_secs(3600)));
+        deploy.steps = vec![CanaryStep {
+            weight: 30,
+            pause: HumanDuration(Duration::ZERO),
+        }];
+        deployment
+    };
+    fixture
+        .region
+        .set_service(svc.clone(), Some(canary("/bin/false", 2)), Vec::new());
+    let later = fixture.start + Duration::from_millis(100);
+    report_crashed(&fixture, later, &[]);
+    assert_eq!(
+        rollout_of(&fixture.region).unwrap().weights.len(),
+        2,
+        "30 %"
+    );
+    // Promoted: the split ends and the old set leaves service, kept for an hour.
+    let promote = meridian_model::RolloutControl {
+        version: 2,
+        mode: meridian_model::RolloutMode::Promoted,
+    };
+    fixture.region.set_rollout_control(&svc, Some(promote));
+    assert_eq!(
+        rollout_of(&fixture.region).unwrap().phase,
+        RolloutPhase::Succeeded
+    );
+    assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-1"]);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(1), "kept");
+
+    // Version 3 runs as version 1 did: its kept instance serves again at once, in one
+    // switch (no canary step), and nothing starts.
+    fixture
+        .region
+        .set_service(svc.clone(), Some(canary("/bin/true", 3)), Vec::new());
+    assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-0"]);
+    assert_eq!(assigned_version(&fixture, "svc0-0"), Some(3));
+    assert_eq!(assigned_version(&fixture, "svc0-2"), None);
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_eq!(
+        (rollout.strategy, rollout.previous),
+        (Strategy::BlueGreen, 2)
+    );
+    assert_eq!(
+        gateway_split(&fixture),
+        [("acme/shop/svc0:http".to_owned(), 100)]
+    );
+}
+
+#[test]
+fn a_paused_rollout_stays_paused_in_a_restarted_region_until_resumed() {
+    use meridian_model::{RolloutControl, RolloutMode, RolloutPhase};
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    fixture
+        .region
+        .set_service(svc.clone(), Some(svc0("/bin/false", 3)), Vec::new());
+    let paused = RolloutControl {
+        version: 3,
+        mode: RolloutMode::Paused,
+    };
+    fixture.region.set_rollout_control(&svc, Some(paused));
+    assert_eq!(
+        rollout_of(&fixture.region).unwrap().phase,
+        RolloutPhase::Paused
+    );
+
+    let region = restarted(&fixture);
+    assert_eq!(rollout_of(&region).unwrap().phase, RolloutPhase::Paused);
+    // The global control plane says the same again: nothing changes; then it resumes.
+    region.set_rollout_control(&svc, Some(paused));
+    assert_eq!(rollout_of(&region).unwrap().phase, RolloutPhase::Paused);
+    region.set_rollout_control(&svc, None);
+    assert_eq!(
+        rollout_of(&region).unwrap().phase,
+        RolloutPhase::Progressing
+    );
 }

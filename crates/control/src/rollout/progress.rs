@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meridian_model::{GateFailure, RolloutPhase, RolloutStatus, Strategy, VersionWeight};
+use meridian_model::{
+    GateFailure, RolloutControl, RolloutMode, RolloutPhase, RolloutStatus, Strategy, VersionWeight,
+};
 use serde::{Deserialize, Serialize};
 
 use super::gates::{self, Observed};
@@ -16,6 +18,9 @@ use crate::region::ServiceId;
 #[derive(Debug, Default)]
 pub struct Rollouts {
     by_service: BTreeMap<ServiceId, RolloutStatus>,
+    /// What a person asked of the services' rollouts (pause, promote), as the global control
+    /// plane last said.
+    controls: BTreeMap<ServiceId, RolloutControl>,
 }
 
 /// One service's rollout, as the disk copy keeps it.
@@ -104,15 +109,18 @@ impl Rollouts {
             started_at: now_ms,
             updated_at: now_ms,
             failure: None,
+            paused_ms: 0,
+            promoted: false,
         };
         self.by_service.insert(id.clone(), status);
+        self.follow_control(id, now_ms);
     }
 
     /// The new version's share of requests while service `id` is at a canary step of
     /// `version` below 100 %.
     pub fn canary_weight(&self, id: &ServiceId, version: u64) -> Option<u32> {
         let r = self.by_service.get(id)?;
-        if r.version != version || r.phase != RolloutPhase::Progressing {
+        if r.version != version || !r.phase.under_way() {
             return None;
         }
         let weight = r.weights.iter().find(|w| w.version == version)?.weight;
@@ -123,7 +131,7 @@ impl Rollouts {
     /// canary's new one, until it succeeded or is rolled back.
     pub fn canary_set(&self, id: &ServiceId, version: u64) -> Option<u64> {
         let r = self.by_service.get(id)?;
-        let open = matches!(r.phase, RolloutPhase::Progressing | RolloutPhase::Failed);
+        let open = r.phase.under_way() || r.phase == RolloutPhase::Failed;
         (r.version == version && r.strategy == Strategy::Canary && open).then_some(version)
     }
 
@@ -135,10 +143,7 @@ impl Rollouts {
                 .weights
                 .iter()
                 .any(|w| w.version == version && w.weight == 100);
-            r.version == version
-                && r.strategy == Strategy::Canary
-                && r.phase == RolloutPhase::Progressing
-                && !all
+            r.version == version && r.strategy == Strategy::Canary && r.phase.under_way() && !all
         })
     }
 
@@ -159,6 +164,9 @@ impl Rollouts {
         };
         if r.version != plan.version || r.phase != RolloutPhase::Progressing || ready < plan.scale {
             return false;
+        }
+        if r.promoted {
+            return promote(id, r, canary, now_ms);
         }
         if r.weights.is_empty() {
             let Some((first, _)) = canary.first() else {
@@ -210,12 +218,21 @@ impl Rollouts {
         let Some(r) = self.by_service.get_mut(id) else {
             return false;
         };
-        if r.version != plan.version || r.phase != RolloutPhase::Progressing {
+        if r.version != plan.version || !r.phase.under_way() {
             return false;
         }
-        let waited = Duration::from_millis(now_ms.saturating_sub(r.started_at));
-        let failure = gates::health(instances)
-            .or_else(|| gates::progress(waited, plan.deadline, ready, plan.scale));
+        // The deadline does not run while paused.
+        let waited = now_ms
+            .saturating_sub(r.started_at)
+            .saturating_sub(r.paused_ms);
+        let waited = Duration::from_millis(waited);
+        let progress = || {
+            let counts = r.phase == RolloutPhase::Progressing;
+            counts
+                .then(|| gates::progress(waited, plan.deadline, ready, plan.scale))
+                .flatten()
+        };
+        let failure = gates::health(instances).or_else(progress);
         let Some(failure) = failure else {
             return false;
         };
@@ -245,7 +262,9 @@ impl Rollouts {
         let scale = plan.scale as usize;
         let only_new = in_service.keys().all(|v| *v == r.version);
         let phase = match r.phase {
-            RolloutPhase::Progressing if only_new && ready(r.version) >= scale => {
+            RolloutPhase::Progressing | RolloutPhase::Paused
+                if only_new && ready(r.version) >= scale =>
+            {
                 RolloutPhase::Succeeded
             }
             RolloutPhase::Failed
@@ -291,6 +310,81 @@ impl Rollouts {
     }
 }
 
+impl Rollouts {
+    /// Takes what a person asked of service `id`'s rollout, as the global control plane
+    /// says (`None`: nothing, or resumed), and applies it to the rollout of that version: a
+    /// pause holds it (phase `paused`; the deadline stops, a canary's step pause counts again
+    /// from the resume), a promotion skips a canary's remaining steps. Returns whether the
+    /// rollout changed.
+    pub fn set_control(
+        &mut self,
+        id: &ServiceId,
+        control: Option<RolloutControl>,
+        now_ms: u64,
+    ) -> bool {
+        match control {
+            Some(control) => self.controls.insert(id.clone(), control),
+            None => self.controls.remove(id),
+        };
+        self.follow_control(id, now_ms)
+    }
+
+    /// Whether service `id`'s rollout of `version` is paused: its instances stay as they are.
+    pub fn paused(&self, id: &ServiceId, version: u64) -> bool {
+        self.by_service
+            .get(id)
+            .is_some_and(|r| r.version == version && r.phase == RolloutPhase::Paused)
+    }
+
+    /// Puts service `id`'s rollout in the phase its control asks; returns whether it changed.
+    fn follow_control(&mut self, id: &ServiceId, now_ms: u64) -> bool {
+        let Some(r) = self.by_service.get_mut(id) else {
+            return false;
+        };
+        let mode = self
+            .controls
+            .get(id)
+            .filter(|c| c.version == r.version)
+            .map(|c| c.mode);
+        let before = (r.phase, r.promoted);
+        if mode == Some(RolloutMode::Promoted) && r.phase.under_way() {
+            r.promoted = true;
+        }
+        match (r.phase, mode) {
+            (RolloutPhase::Progressing, Some(RolloutMode::Paused)) => {
+                tracing::info!(service = ?id, version = r.version, "rollout paused");
+                r.phase = RolloutPhase::Paused;
+                r.updated_at = now_ms;
+            }
+            (RolloutPhase::Paused, mode) if mode != Some(RolloutMode::Paused) => {
+                tracing::info!(service = ?id, version = r.version, "rollout resumed");
+                r.paused_ms += now_ms.saturating_sub(r.updated_at);
+                r.phase = RolloutPhase::Progressing;
+                r.updated_at = now_ms;
+            }
+            _ => {}
+        }
+        before != (r.phase, r.promoted)
+    }
+}
+
+/// Moves a promoted canary to its last step (every request to the new version) at once;
+/// returns whether it moved.
+fn promote(id: &ServiceId, r: &mut RolloutStatus, canary: &[(u32, Duration)], now_ms: u64) -> bool {
+    let all = r
+        .weights
+        .iter()
+        .any(|w| w.version == r.version && w.weight == 100);
+    if all {
+        return false;
+    }
+    r.step = u32::try_from(canary.len().saturating_sub(1)).unwrap_or(u32::MAX);
+    r.updated_at = now_ms;
+    set_weight(r, 100);
+    tracing::info!(service = ?id, version = r.version, "canary promoted");
+    true
+}
+
 /// The new version gets `weight` percent of the requests, the previous one the rest.
 fn set_weight(r: &mut RolloutStatus, weight: u32) {
     r.weights = vec![VersionWeight {
@@ -331,6 +425,14 @@ mod tests {
         deadline: Duration::from_secs(60),
     };
 
+    /// The new version's instance, crashed.
+    const CRASHED: Observed<'static> = Observed {
+        id: "web-2",
+        state: "unhealthy",
+        restarts: 0,
+        detail: "exited (exit status: 1)",
+    };
+
     fn started() -> Rollouts {
         let mut rollouts = Rollouts::default();
         rollouts.start(&web(), (1, 2), Strategy::Rolling, &[], 1_000);
@@ -361,12 +463,7 @@ mod tests {
     #[test]
     fn a_failed_gate_returns_to_the_previous_version_until_no_new_instance_serves() {
         let mut rollouts = started();
-        let crashed = [Observed {
-            id: "web-2",
-            state: "unhealthy",
-            restarts: 0,
-            detail: "exited (exit status: 1)",
-        }];
+        let crashed = [CRASHED];
         assert!(rollouts.gate(&web(), PLAN, &crashed, 0, 1_500));
         assert!(!rollouts.gate(&web(), PLAN, &crashed, 0, 1_600), "once");
         assert_eq!(rollouts.target(&web(), 2), 1);
@@ -394,6 +491,21 @@ mod tests {
         assert_eq!(rollouts.stable(&web(), 2, |_| false), 2);
     }
 
+    /// Asserts that web's canary of version 2 is at `step`, its last: every request to the
+    /// new version, whose set no longer holds beside the old one.
+    fn at_the_last_step(rollouts: &Rollouts, step: u32) {
+        let status = rollouts.get(&web()).unwrap();
+        assert_eq!(status.step, step);
+        assert_eq!(
+            status.weights,
+            [VersionWeight {
+                version: 2,
+                weight: 100
+            }]
+        );
+        assert!(!rollouts.holds(&web(), 2), "the last step switches");
+    }
+
     #[test]
     fn a_canary_moves_step_by_step_once_its_set_is_ready_and_its_pause_is_over() {
         let mut rollouts = Rollouts::default();
@@ -415,16 +527,7 @@ mod tests {
         assert!(rollouts.advance(&web(), PLAN, &steps, 2, 2_000));
         assert_eq!(rollouts.canary_weight(&web(), 2), Some(50));
         assert!(rollouts.advance(&web(), PLAN, &steps, 2, 2_000));
-        let status = rollouts.get(&web()).unwrap();
-        assert_eq!(status.step, 2);
-        assert_eq!(
-            status.weights,
-            [VersionWeight {
-                version: 2,
-                weight: 100
-            }]
-        );
-        assert!(!rollouts.holds(&web(), 2), "the last step switches");
+        at_the_last_step(&rollouts, 2);
         assert!(
             !rollouts.advance(&web(), PLAN, &steps, 2, 9_000),
             "no step after"
@@ -433,6 +536,79 @@ mod tests {
         let done = BTreeMap::from([(2, (2, 2))]);
         assert!(rollouts.settle(&web(), PLAN, &done, 9_000));
         assert_eq!(rollouts.canary_set(&web(), 2), None);
+    }
+
+    #[test]
+    fn a_paused_canary_holds_its_step_keeps_its_gates_and_stops_its_deadline() {
+        let mut rollouts = Rollouts::default();
+        let steps = [(5, Duration::from_secs(1)), (100, Duration::ZERO)];
+        rollouts.start(&web(), (1, 2), Strategy::Canary, &steps, 0);
+        assert!(rollouts.advance(&web(), PLAN, &steps, 2, 1_000));
+        let pause = |version| RolloutControl {
+            version,
+            mode: RolloutMode::Paused,
+        };
+        // A pause of another version does not concern this rollout.
+        assert!(!rollouts.set_control(&web(), Some(pause(3)), 1_500));
+        assert!(rollouts.set_control(&web(), Some(pause(2)), 1_500));
+        assert!(rollouts.paused(&web(), 2));
+        assert_eq!(rollouts.get(&web()).unwrap().phase, RolloutPhase::Paused);
+        assert!(!rollouts.set_control(&web(), Some(pause(2)), 1_600), "once");
+        // Held at 5 % past the step's pause, and past the deadline.
+        assert!(!rollouts.advance(&web(), PLAN, &steps, 2, 9_000));
+        assert_eq!(rollouts.canary_weight(&web(), 2), Some(5));
+        assert!(rollouts.holds(&web(), 2));
+        assert_eq!(rollouts.progressing().count(), 0);
+        assert!(!rollouts.gate(&web(), PLAN, &[], 1, 120_000), "no deadline");
+        // Resumed: the step's pause counts from the resume, the deadline without the pause.
+        assert!(rollouts.set_control(&web(), None, 120_000));
+        let status = rollouts.get(&web()).unwrap();
+        assert_eq!(
+            (status.phase, status.paused_ms),
+            (RolloutPhase::Progressing, 118_500)
+        );
+        assert!(!rollouts.advance(&web(), PLAN, &steps, 2, 120_500));
+        assert!(
+            !rollouts.gate(&web(), PLAN, &[], 1, 120_500),
+            "60 s not spent"
+        );
+        assert!(rollouts.gate(&web(), PLAN, &[], 1, 178_500), "60 s spent");
+
+        // The gates keep watching while paused.
+        let mut rollouts = started();
+        rollouts.set_control(&web(), Some(pause(2)), 1_000);
+        let crashed = [CRASHED];
+        assert!(rollouts.gate(&web(), PLAN, &crashed, 0, 1_500));
+        assert_eq!(rollouts.target(&web(), 2), 1);
+        assert!(!rollouts.paused(&web(), 2));
+    }
+
+    #[test]
+    fn a_promoted_canary_goes_to_its_last_step_once_its_set_is_ready() {
+        let mut rollouts = Rollouts::default();
+        let hour = Duration::from_secs(3600);
+        let steps = [(5, hour), (50, hour), (100, Duration::ZERO)];
+        rollouts.start(&web(), (1, 2), Strategy::Canary, &steps, 0);
+        let promote = RolloutControl {
+            version: 2,
+            mode: RolloutMode::Promoted,
+        };
+        // Promoting a paused canary resumes it.
+        rollouts.set_control(
+            &web(),
+            Some(RolloutControl {
+                mode: RolloutMode::Paused,
+                ..promote
+            }),
+            0,
+        );
+        assert!(rollouts.set_control(&web(), Some(promote), 100));
+        let status = rollouts.get(&web()).unwrap();
+        assert!(status.promoted && status.phase == RolloutPhase::Progressing);
+        assert!(!rollouts.advance(&web(), PLAN, &steps, 1, 200), "not ready");
+        assert!(rollouts.advance(&web(), PLAN, &steps, 2, 300));
+        at_the_last_step(&rollouts, 2);
+        assert!(!rollouts.advance(&web(), PLAN, &steps, 2, 400), "once");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Rollout rows: the SQL behind the store's rollout history.
 
-use meridian_model::{ChangeKind, ChangeOp, RolloutRecord, RolloutStatus};
+use meridian_model::{ChangeKind, ChangeOp, RolloutControl, RolloutRecord, RolloutStatus};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::{current_version, now_secs, record, to_i64};
@@ -81,4 +81,77 @@ pub(super) async fn list(pool: &SqlitePool, key: &ServiceKey) -> Result<Vec<Roll
             })
         })
         .collect()
+}
+
+/// Sets or removes the control of `key`'s rollout; returns the revision of the change, or
+/// `None` when nothing changes.
+pub(super) async fn put_control(
+    conn: &mut SqliteConnection,
+    key: &ServiceKey,
+    control: Option<RolloutControl>,
+) -> Result<Option<u64>> {
+    if current_version(conn, key).await?.is_none() {
+        return Err(StoreError::NotFound(format!("service `{key}`")));
+    }
+    if get_control(conn, key).await? == control {
+        return Ok(None);
+    }
+    let op = if control.is_some() {
+        ChangeOp::Put
+    } else {
+        ChangeOp::Delete
+    };
+    let version = control.map(|c| c.version);
+    let revision = record(
+        conn,
+        ChangeKind::RolloutControl,
+        &key.to_string(),
+        op,
+        version,
+    )
+    .await?;
+    match control {
+        Some(control) => {
+            let text = serde_json::to_string(&control)
+                .map_err(|e| StoreError::Corrupt(format!("rollout control: {e}")))?;
+            sqlx::query(
+                "INSERT INTO rollout_controls (org, app, service, control) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (org, app, service) DO UPDATE SET control = excluded.control",
+            )
+            .bind(&key.org)
+            .bind(&key.app)
+            .bind(&key.name)
+            .bind(text)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM rollout_controls WHERE org = ? AND app = ? AND service = ?")
+                .bind(&key.org)
+                .bind(&key.app)
+                .bind(&key.name)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(Some(revision))
+}
+
+/// The control of `key`'s rollout, if any.
+pub(super) async fn get_control(
+    conn: &mut SqliteConnection,
+    key: &ServiceKey,
+) -> Result<Option<RolloutControl>> {
+    let text: Option<String> = sqlx::query_scalar(
+        "SELECT control FROM rollout_controls WHERE org = ? AND app = ? AND service = ?",
+    )
+    .bind(&key.org)
+    .bind(&key.app)
+    .bind(&key.name)
+    .fetch_optional(conn)
+    .await?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("rollout control: {e}")))
+    })
+    .transpose()
 }

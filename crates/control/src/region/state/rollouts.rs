@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use meridian_model::RolloutControl;
+
 use crate::region::ServiceId;
 use crate::rollout::gates::Observed;
 use crate::rollout::progress::Plan;
@@ -82,6 +84,24 @@ impl RegionState {
         }
         self.rollouts_changed(&moved);
         self.place_some(&moved, now);
+    }
+
+    /// Takes what a person asked of service `id`'s rollout (pause, promote; `None`: nothing
+    /// or resumed), as the global control plane says; a rollout that changed holds or moves
+    /// on at once.
+    pub(in crate::region) fn set_control(
+        &mut self,
+        id: &ServiceId,
+        control: Option<RolloutControl>,
+    ) {
+        if !self.rollouts.set_control(id, control, unix_ms()) {
+            return;
+        }
+        let now = Instant::now();
+        let services = BTreeSet::from([id.clone()]);
+        self.rollouts_changed(&services);
+        self.place_some(&services, now);
+        self.advance_canaries(&services, now);
     }
 
     /// Ends the rollouts of `services` whose instances in service say they are over.
