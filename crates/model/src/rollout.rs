@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::AnalysisFigures;
 use crate::deploy::Strategy;
 
 /// A service's rollout in a region: the last one, kept after it ended (succeeded or rolled
@@ -38,6 +39,10 @@ pub struct RolloutStatus {
     /// The gate that failed and its figures (with `failed` and `rolled_back`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<GateFailure>,
+    /// The last figures of the metric gates (`deploy.analysis`): each version's requests,
+    /// success rate and p99 over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisFigures>,
 }
 
 fn one() -> u32 {

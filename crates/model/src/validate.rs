@@ -518,6 +518,9 @@ fn validate_deploy(errs: &mut ValidationErrors, at: &str, deploy: &crate::Deploy
             errs.push(format!("{at}.steps[{i}].pause"), "must be at most 1h");
         }
     }
+    if let Some(analysis) = &deploy.analysis {
+        analysis.validate(errs, &format!("{at}.analysis"));
+    }
     if let Some(keep) = &deploy.keep_previous {
         if deploy.strategy == crate::Strategy::Rolling {
             errs.push(

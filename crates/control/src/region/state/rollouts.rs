@@ -66,6 +66,9 @@ impl RegionState {
             let (Some(plan), Some(deployment)) = (self.plan(id), self.deployments.get(id)) else {
                 continue;
             };
+            if self.analysis_holds(id) {
+                continue;
+            }
             let canary = deployment.spec.deploy.canary_weights();
             let ready = self
                 .fleet
@@ -92,6 +95,9 @@ impl RegionState {
             let Some(plan) = self.plan(id) else {
                 continue;
             };
+            if self.analysis_holds(id) {
+                continue;
+            }
             let in_service = self.fleet.summary(id);
             if self.rollouts.settle(id, plan, &in_service, now_ms) {
                 ended.insert(id.clone());
@@ -103,7 +109,7 @@ impl RegionState {
     }
 
     /// What the rollout of service `id` goes by, if it runs here and has a rollout.
-    fn plan(&self, id: &ServiceId) -> Option<Plan> {
+    pub(super) fn plan(&self, id: &ServiceId) -> Option<Plan> {
         self.rollouts.get(id)?;
         let deployment = self.deployments.get(id)?;
         Some(Plan {
@@ -116,7 +122,7 @@ impl RegionState {
     /// The rollouts of `services` changed: the report upward and the disk copy say so.
     /// A canary's split and clusters follow its phase: the services and the gateway's
     /// routes are rendered again.
-    fn rollouts_changed(&mut self, services: &BTreeSet<ServiceId>) {
+    pub(super) fn rollouts_changed(&mut self, services: &BTreeSet<ServiceId>) {
         tracing::debug!(?services, "rollouts changed");
         self.dirty.services.extend(services.iter().cloned());
         self.dirty.gateway_routes = true;
