@@ -392,6 +392,11 @@ impl Fleet {
         relabeled
     }
 
+    /// The version instance `key` is placed as (a version relabelled included), if placed.
+    pub fn placed_version(&self, key: &InstanceKey) -> Option<u64> {
+        self.placements.get(key).map(|placed| placed.version)
+    }
+
     /// The versions the placed instances of `service` run.
     pub fn versions_of(&self, service: &ServiceId) -> BTreeSet<u64> {
         self.placed(service).map(|(_, p)| p.version).collect()

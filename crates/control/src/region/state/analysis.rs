@@ -49,12 +49,15 @@ impl RegionState {
             if self.analysis_of(&id).is_none() {
                 continue;
             }
+            // As placed: a version that runs like the one before takes its instances over.
+            let key = (id, instance.instance.clone());
+            let version = self.fleet.placed_version(&key).unwrap_or(instance.version);
             let traffic = instance.traffic.clone().unwrap_or_default();
-            let entry = self.analysed.entry(id.clone()).or_default();
+            let entry = self.analysed.entry(key.0.clone()).or_default();
             entry
                 .samples
-                .record(&instance.instance, instance.version, now_ms, traffic);
-            sampled.insert(id);
+                .record(&instance.instance, version, now_ms, traffic);
+            sampled.insert(key.0);
         }
         sampled
     }
