@@ -518,8 +518,12 @@ async fn a_canary_answering_errors_or_slowly_is_rolled_back_by_its_metric_gates(
     assert_eq!(slow_failures.len(), failed.len(), "{slow_failures:?}");
 
     // A good version passes each step once a full window of it was within bounds, and its
-    // figures show both versions.
-    rig.platform.deploy(&definition("hola"));
+    // figures show both versions. (Its p99 bound is loose: on a loaded test machine the p99 of
+    // a few dozen requests, their slowest, may reach 300 ms.)
+    let loose = ANALYSED.replace("p99: {max: 280ms}", "p99: {max: 5s}");
+    assert_ne!(loose, ANALYSED);
+    rig.platform
+        .deploy(&hello_in_fra(2, HELLO, "hola", "/healthz", &loose));
     let end = Instant::now() + DEADLINE;
     let mut both_measured = false;
     loop {
@@ -545,6 +549,15 @@ async fn a_canary_answering_errors_or_slowly_is_rolled_back_by_its_metric_gates(
         load.goes_on_for(5).await;
     }
     assert!(both_measured, "the figures never showed both versions");
+    let table = rig
+        .platform
+        .cli
+        .ok(&["rollout", "status", "hello", "--app", "shop"]);
+    assert!(table.contains("GATES"), "{table}");
+    assert!(
+        table.contains("v6 ") && table.contains(" req ") && table.contains("p99"),
+        "{table}"
+    );
     let failures = [load.failures(), through_edge.failures()].concat();
     assert_eq!(failures.len(), failed.len(), "{failures:?}");
     load.stop().await;
