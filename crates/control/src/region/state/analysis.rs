@@ -14,7 +14,8 @@ use super::RegionState;
 use crate::region::ServiceId;
 use crate::rollout::analysis::{judge, Samples, Verdict};
 
-/// How often the figures shown in a rollout's status move on while nothing else changes.
+/// How often the figures shown in a rollout's status move on while their verdict stays the
+/// same.
 const SHOW_EVERY_MS: u64 = 2_000;
 
 /// The figures of one service under analysis.
@@ -23,6 +24,8 @@ pub(super) struct Analysed {
     samples: Samples,
     /// When the rollout's status last got its figures.
     shown_at: u64,
+    /// Whether the figures it got passed.
+    shown_passing: bool,
 }
 
 /// A rollout's window, judged.
@@ -78,6 +81,7 @@ impl RegionState {
                 continue;
             };
             let waited = now_ms.saturating_sub(status.updated_at);
+            let passing = judged.verdict == Verdict::Pass;
             let failure = match judged.verdict {
                 Verdict::Fail(failure) => Some(failure),
                 Verdict::Pending if waited >= millis(plan.deadline) => {
@@ -86,8 +90,10 @@ impl RegionState {
                 _ => None,
             };
             let entry = self.analysed.entry(id.clone()).or_default();
-            if failure.is_some() || now_ms >= entry.shown_at + SHOW_EVERY_MS {
+            let due = now_ms >= entry.shown_at + SHOW_EVERY_MS || passing != entry.shown_passing;
+            if failure.is_some() || due {
                 entry.shown_at = now_ms;
+                entry.shown_passing = passing;
                 self.rollouts.set_analysis(id, judged.figures);
                 shown = true;
             }
