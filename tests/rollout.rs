@@ -627,3 +627,117 @@ async fn a_blue_green_aborted_while_the_previous_set_is_kept_switches_back_to_it
     assert_eq!(starts(), started, "no instance started");
     no_failed_request("blue-green abort to the kept set", load, through_edge).await;
 }
+
+/// A canary with metric gates over 2 s windows: the new version's share of errors and its
+/// p99 must stay within bounds.
+const ANALYSED: &str =
+    "deploy: {strategy: canary, steps: [{weight: 20, pause: 5s}], keep_previous: 1s, \
+    analysis: {window: 2s, min_requests: 10, success_rate: {min: 99%}, p99: {max: 280ms}}}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_answering_errors_or_slowly_is_rolled_back_by_its_metric_gates() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = |greeting: &str| hello_in_fra(2, HELLO, greeting, "/healthz", ANALYSED);
+    let rig = Rig::start(dir.path(), 190, &definition("hello")).await;
+    let first = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+    let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
+    let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
+    load.goes_on_for(50).await;
+
+    // A version answering 5 % of its requests 500: the canary's share of requests reaches it,
+    // and its success rate over the window fails the gate.
+    rig.platform
+        .deploy(&definition(r#"howdy, HELLO_ERROR_PERCENT: "5""#));
+    let status = rolled_back(&rig, 2, &[&load, &through_edge]).await;
+    let failure = &status["rollout"]["failure"];
+    assert_eq!(failure["gate"], "success_rate", "{status}");
+    assert_eq!(failure["limit"], 9_900, "{status}");
+    assert!(failure["observed"].as_u64().unwrap() < 9_900, "{status}");
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(reason.starts_with("version 2: "), "{reason}");
+    assert!(reason.contains("success_rate.min 99.00%"), "{reason}");
+    // Every failed request was one the canary's share sent to the new version, and none
+    // failed once the previous version was back.
+    let failed = [load.failures(), through_edge.failures()].concat();
+    eprintln!(
+        "5 % errors: rolled back {:?} after the gate failed, {} failed requests ({reason})",
+        rollback_time(&status),
+        failed.len()
+    );
+    assert!(!failed.is_empty(), "no request reached the canary");
+    for failure in &failed {
+        assert!(
+            failure.starts_with("500") && failure.contains("error: howdy from hello hello-"),
+            "{failure}"
+        );
+    }
+    load.take_answers();
+    load.goes_on_for(200).await;
+    through_edge.goes_on_for(100).await;
+    assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
+    let after = [load.failures(), through_edge.failures()].concat();
+    assert_eq!(after.len(), failed.len(), "{after:?}");
+
+    // A version adding 300 ms to each answer: its p99 fails the gate, and no request fails.
+    rig.platform
+        .deploy(&definition(r#"howdy, HELLO_DELAY_MS: "300""#));
+    let status = rolled_back(&rig, 4, &[&load, &through_edge]).await;
+    let failure = &status["rollout"]["failure"];
+    assert_eq!(failure["gate"], "latency", "{status}");
+    assert_eq!(failure["limit"], 280, "{status}");
+    assert!(failure["observed"].as_u64().unwrap() >= 300, "{status}");
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(reason.contains("p99.max 280ms"), "{reason}");
+    eprintln!(
+        "+300 ms: rolled back {:?} after the gate failed ({reason})",
+        rollback_time(&status)
+    );
+    let slow_failures = [load.failures(), through_edge.failures()].concat();
+    assert_eq!(slow_failures.len(), failed.len(), "{slow_failures:?}");
+
+    // A good version passes each step once a full window of it was within bounds, and its
+    // figures show both versions. (Its p99 bound is loose: on a loaded test machine the p99 of
+    // a few dozen requests, their slowest, may reach 300 ms.)
+    let loose = ANALYSED.replace("p99: {max: 280ms}", "p99: {max: 5s}");
+    assert_ne!(loose, ANALYSED);
+    rig.platform
+        .deploy(&hello_in_fra(2, HELLO, "hola", "/healthz", &loose));
+    let end = Instant::now() + DEADLINE;
+    let mut both_measured = false;
+    loop {
+        let status = fra_status(&rig.platform);
+        let rollout = &status["rollout"];
+        if rollout["version"] == 6 {
+            let versions = rollout["analysis"]["versions"].as_array().cloned();
+            both_measured |= versions.is_some_and(|v| {
+                v.len() == 2
+                    && v[0]["version"] == 6
+                    && v[0]["requests"].as_u64() > Some(0)
+                    && v[1]["version"] == 5
+                    && v[1]["requests"].as_u64() > Some(0)
+            });
+            if rollout["phase"] == "succeeded" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "the good canary never ended: {status}"
+        );
+        load.goes_on_for(5).await;
+    }
+    assert!(both_measured, "the figures never showed both versions");
+    let table = rig
+        .platform
+        .cli
+        .ok(&["rollout", "status", "hello", "--app", "shop"]);
+    assert!(table.contains("GATES"), "{table}");
+    assert!(
+        table.contains("v6 ") && table.contains(" req ") && table.contains("p99"),
+        "{table}"
+    );
+    let failures = [load.failures(), through_edge.failures()].concat();
+    assert_eq!(failures.len(), failed.len(), "{failures:?}");
+    load.stop().await;
+    through_edge.stop().await;
+}

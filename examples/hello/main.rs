@@ -18,6 +18,12 @@
 //! - `POST /exit` — exits with status 1, to watch the agent restart it;
 //! - `GET /ws` — a WebSocket answering each text message `m` with `echo: m`.
 //!
+//! Two knobs make a bad version, to watch a rollout's metric gates roll it back (requests to
+//! `/` only; health checks stay fine):
+//! - `HELLO_ERROR_PERCENT=N` (0–100): N of every 100 requests, spread evenly and
+//!   deterministically by a counter, are answered `500` with `error: <the line above>`;
+//! - `HELLO_DELAY_MS=N`: every request waits N milliseconds before its answer.
+//!
 //! With a port named `grpc` (`$MERIDIAN_PORT_GRPC`), it serves there, over HTTP/2 cleartext,
 //! the bidirectional gRPC stream `/meridian.hello.Echo/Chat`, which answers each message with
 //! itself (see `grpc.rs`).
@@ -53,12 +59,13 @@ async fn main() -> std::process::ExitCode {
         var("MERIDIAN_NODE", "localhost"),
         var("MERIDIAN_ADDRESS", "127.0.0.1"),
     );
-    let posted = greeting.clone();
+    let answer = Answer::from_env(greeting);
+    let posted = answer.clone();
     let app = Router::new()
         .route(
             "/",
-            get(move || async move { greeting })
-                .post(move |_body: axum::body::Bytes| async move { posted }),
+            get(move || async move { answer.next().await })
+                .post(move |_body: axum::body::Bytes| async move { posted.next().await }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/whoami", get(whoami))
@@ -100,6 +107,43 @@ async fn main() -> std::process::ExitCode {
             eprintln!("serving: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The answer to `/`: the greeting, delayed and sometimes an error as the knobs say.
+#[derive(Clone)]
+struct Answer {
+    greeting: String,
+    error_percent: u64,
+    delay: std::time::Duration,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Answer {
+    fn from_env(greeting: String) -> Answer {
+        let number = |name: &str| var(name, "0").trim().parse::<u64>().unwrap_or(0);
+        Answer {
+            greeting,
+            error_percent: number("HELLO_ERROR_PERCENT").min(100),
+            delay: std::time::Duration::from_millis(number("HELLO_DELAY_MS")),
+            served: Default::default(),
+        }
+    }
+
+    async fn next(&self) -> (axum::http::StatusCode, String) {
+        let n = self
+            .served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        // The n-th request fails when the count of failures due by it goes up.
+        let failures = |n: u64| n * self.error_percent / 100;
+        if failures(n + 1) > failures(n) {
+            let error = format!("error: {}", self.greeting);
+            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, error);
+        }
+        (axum::http::StatusCode::OK, self.greeting.clone())
     }
 }
 

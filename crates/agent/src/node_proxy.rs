@@ -6,7 +6,9 @@
 //! - `<address>:15443+i` (the mesh port of the service's i-th port): mutual TLS with the
 //!   instance's workload certificate; the caller is authorized by the service's policy (its org,
 //!   and `mesh.allow` for other orgs) and its identity passed in `x-meridian-peer`; then to the
-//!   instance's i-th port.
+//!   instance's i-th port. The proxy counts these requests per instance (answered, failed,
+//!   latency: `meridian_proxy_instance_*` with labels service, version, instance), and the
+//!   agent reports the figures for the region's metric gates.
 //! - `<address>:15001`: the instance's `HTTP_PROXY`. A request for
 //!   `http://<service>.<app>.internal:<port>/` (a service of the instance's org), or
 //!   `http://<service>.<app>.<org>.internal:<port>/` (a service of another org whose `mesh.allow`
@@ -47,6 +49,8 @@ pub struct LocalInstance {
     pub instance: String,
     /// Its service.
     pub service: ServiceKey,
+    /// The deployment version it runs.
+    pub version: u64,
     /// Its spec.
     pub spec: ServiceSpec,
     /// The node side's address: the node proxy's listeners for the instance are there.
@@ -165,6 +169,11 @@ pub fn config(
                     "org": org, "allow": instance.spec.mesh.allow,
                 },
                 "virtual_hosts": [{"name": "local", "domains": ["*"], "routes": [{"cluster": local_cluster}]}],
+                // Its requests are counted for the instance (the agent reports the figures).
+                "instance": {
+                    "name": name, "id": instance.instance, "version": instance.version,
+                    "service": format!("{org}/{}/{}", instance.service.1, instance.service.2),
+                },
             }));
         }
         let reaches: Vec<Reach> = visible(instance, services).collect();
@@ -468,6 +477,7 @@ mod tests {
             .map(|(org, last)| LocalInstance {
                 instance: "web-0".to_owned(),
                 service: key(org, "shop", "web"),
+                version: 1,
                 spec: spec.clone(),
                 address: Ipv4Addr::new(127, 0, 0, last),
                 listen: Ipv4Addr::new(127, 0, 0, last),

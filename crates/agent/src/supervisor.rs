@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meridian_model::ServiceSpec;
-use meridian_xds::meridian::{InstanceReport, NodeReport, ReportAck, REPORT_PATH};
+use meridian_xds::meridian::{InstanceReport, NodeReport, ReportAck, Traffic, REPORT_PATH};
 use meridian_xds::{run_delta_client, ClientOptions, UnaryClient};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +31,10 @@ use crate::node_proxy::{self, LocalInstance, ServiceKey};
 /// Longest time between two reports to the control plane (a node that stops reporting is
 /// presumed gone); a state change is reported at once.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How often the agent looks whether requests were answered for its instances since its last
+/// report, and reports if so.
+const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
 
 /// How the agent runs.
 pub struct AgentOptions {
@@ -159,11 +163,15 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         by_state.clone(),
     );
     let dns_metrics = Arc::new(meridian_dns::DnsMetrics::new(&mut registry));
+    let proxy = Arc::new(meridian_proxy::Proxy::default());
     let reporter = tokio::spawn(report_loop(
         UnaryClient::new(&options.control, options.tls.clone()),
-        options.node.clone(),
-        options.capacity,
-        instances.clone(),
+        Reported {
+            node: options.node.clone(),
+            capacity: options.capacity,
+            instances: instances.clone(),
+            proxy: proxy.clone(),
+        },
         changed.clone(),
         by_state,
     ));
@@ -171,7 +179,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     let mut tasks: JoinSet<(String, Ipv4Addr)> = JoinSet::new();
     let mut drains: JoinSet<String> = JoinSet::new();
     let mut node_proxy = NodeProxy {
-        proxy: Arc::new(meridian_proxy::Proxy::default()),
+        proxy,
         certs: WorkloadCerts::new(
             &options.control,
             options.identity_dir.clone(),
@@ -299,6 +307,7 @@ impl NodeProxy {
             .map(|running| LocalInstance {
                 instance: running.instance.clone(),
                 service: running.service.clone(),
+                version: running.version,
                 spec: running.spec.clone(),
                 address: running.address,
                 listen: running.listen,
@@ -525,22 +534,22 @@ fn start(
     }
 }
 
-/// Reports the node and its instances on every change and at least every [`HEARTBEAT`].
-async fn report_loop(
-    mut reporter: UnaryClient,
+/// What the agent reports: its node, and its instances with the figures of the requests its
+/// node proxy answered for them.
+struct Reported {
     node: String,
     capacity: u32,
     instances: Instances,
-    changed: Arc<Notify>,
-    by_state: Family<StateLabel, Gauge>,
-) {
-    loop {
-        let report = NodeReport {
-            node: node.clone(),
-            capacity,
+    proxy: Arc<meridian_proxy::Proxy>,
+}
+
+impl Reported {
+    fn report(&self) -> NodeReport {
+        let instances = lock_instances(&self.instances);
+        NodeReport {
+            node: self.node.clone(),
+            capacity: self.capacity,
             instances: instances
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .values()
                 .map(|running| {
                     let state = running.state.borrow();
@@ -555,10 +564,51 @@ async fn report_loop(
                         restarts: state.restarts,
                         detail,
                         version: running.version,
+                        traffic: self.traffic(running),
                     }
                 })
                 .collect(),
-        };
+        }
+    }
+
+    fn traffic(&self, running: &Running) -> Option<Traffic> {
+        let name = node_proxy::instance_name(&running.service, &running.instance);
+        self.proxy.instance_traffic(&name)
+    }
+
+    /// The requests answered for all the instances so far: a report is due when it moved.
+    fn requests(&self) -> u64 {
+        lock_instances(&self.instances)
+            .values()
+            .filter_map(|running| self.traffic(running))
+            .map(|t| t.requests)
+            .sum()
+    }
+}
+
+fn lock_instances(instances: &Instances) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+    instances
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reports the node and its instances on every change, at least every [`HEARTBEAT`], and
+/// every [`TRAFFIC_EVERY`] while requests are answered for them (the region's metric gates
+/// judge the figures over windows of seconds).
+async fn report_loop(
+    mut reporter: UnaryClient,
+    reported: Reported,
+    changed: Arc<Notify>,
+    by_state: Family<StateLabel, Gauge>,
+) {
+    loop {
+        let report = reported.report();
+        let requests: u64 = report
+            .instances
+            .iter()
+            .filter_map(|i| i.traffic.as_ref())
+            .map(|t| t.requests)
+            .sum();
         for state in ["starting", "healthy", "unhealthy", "failed", "stopped"] {
             let count = report.instances.iter().filter(|i| i.state == state).count();
             by_state
@@ -569,9 +619,16 @@ async fn report_loop(
         if let Err(e) = sent {
             tracing::warn!(error = %e, "reporting to the control plane failed; retrying");
         }
-        tokio::select! {
-            () = changed.notified() => {}
-            () = tokio::time::sleep(HEARTBEAT) => {}
+        let heartbeat = tokio::time::sleep(HEARTBEAT);
+        tokio::pin!(heartbeat);
+        let mut traffic = tokio::time::interval(TRAFFIC_EVERY);
+        traffic.tick().await;
+        loop {
+            tokio::select! {
+                () = changed.notified() => break,
+                () = &mut heartbeat => break,
+                _ = traffic.tick() => if reported.requests() != requests { break },
+            }
         }
     }
 }

@@ -62,3 +62,19 @@ pub fn document() -> String {
     forbid_additional_properties(&mut doc);
     doc.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rollouts_carry_their_metric_gates_and_figures() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let analysis = &schemas["RolloutStatus"]["properties"]["analysis"];
+        assert!(!analysis.is_null(), "{}", schemas["RolloutStatus"]);
+        let figures = &schemas["VersionFigures"]["properties"];
+        for field in ["requests", "failures", "success_rate", "p99_ms"] {
+            assert!(!figures[field].is_null(), "{field}: {figures}");
+        }
+        assert!(!schemas["Deploy"]["properties"]["analysis"].is_null());
+    }
+}

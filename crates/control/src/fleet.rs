@@ -167,7 +167,7 @@ impl Fleet {
         let old = before.map_or(&empty, |b| &b.instances);
         for (key, instance) in &instances {
             let previous = old.get(key);
-            if previous != Some(instance) {
+            if previous.is_none_or(|p| changed(p, instance)) {
                 reported.services.insert(key.0.clone());
             }
             reported.reshaped |=
@@ -426,6 +426,11 @@ impl Fleet {
         relabeled
     }
 
+    /// The version instance `key` is placed as (a version relabelled included), if placed.
+    pub fn placed_version(&self, key: &InstanceKey) -> Option<u64> {
+        self.placements.get(key).map(|placed| placed.version)
+    }
+
     /// The versions the placed instances of `service` run.
     pub fn versions_of(&self, service: &ServiceId) -> BTreeSet<u64> {
         self.placed(service).map(|(_, p)| p.version).collect()
@@ -662,6 +667,33 @@ fn instance_id(service: &str, number: u32) -> String {
 /// The number in an instance id `<service>-<n>`.
 pub(crate) fn number_of(instance: &str) -> Option<u32> {
     instance.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Whether an instance's report says more than `before` did, request figures aside (they
+/// move with every request; the metric gates read them, see `RegionState::sample_traffic`).
+fn changed(before: &InstanceReport, now: &InstanceReport) -> bool {
+    let InstanceReport {
+        instance,
+        state,
+        address,
+        restarts,
+        detail,
+        org,
+        app,
+        service,
+        version,
+        traffic: _,
+    } = now;
+    (instance, state, address, restarts, detail)
+        != (
+            &before.instance,
+            &before.state,
+            &before.address,
+            &before.restarts,
+            &before.detail,
+        )
+        || (org, app, service, version)
+            != (&before.org, &before.app, &before.service, &before.version)
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 //! the service at its scale (starts the missing, lets the surplus go).
 //!
 //! [`blue_green`] is the step of the other strategy ([`step_for`] picks); [`gates`] says when
-//! a new version fails; [`progress`] keeps each service's rollout, which returns the region to
+//! a new version fails, [`analysis`] when its requests fail the metric gates; [`progress`] keeps each service's rollout, which returns the region to
 //! the previous version when a gate fails.
 
+pub mod analysis;
 pub mod blue_green;
 pub mod gates;
 pub mod progress;

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::Analysis;
 use crate::duration::HumanDuration;
 use crate::ValidationErrors;
 
@@ -56,6 +57,11 @@ pub struct Deploy {
     /// of 100 is implied). Only with `canary`, which needs at least one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<CanaryStep>,
+    /// The metric gates: each step (and each wave) passes only once the new version's
+    /// success rate and p99 latency over a window are within these bounds. None: the health
+    /// gates alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
 }
 
 /// One step of a canary.
@@ -88,6 +94,7 @@ impl Default for Deploy {
             keep_previous: None,
             waves: Vec::new(),
             steps: Vec::new(),
+            analysis: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! no randomness, no async. Everything here is a function of its inputs, which is what lets the
 //! property tests state the derivation's laws.
 
+pub mod analysis;
 mod certificates;
 mod definition;
 mod deploy;
@@ -20,6 +21,7 @@ mod rollout;
 mod validate;
 pub mod waves;
 
+pub use analysis::{Analysis, AnalysisFigures, VersionFigures};
 pub use certificates::{CertificateSource, CertificateState};
 pub use definition::{
     Definition, HealthCheck, Hsts, HttpCheck, Https, Mesh, Port, Process, ProcessOverride,

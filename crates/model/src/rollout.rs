@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::AnalysisFigures;
 use crate::deploy::Strategy;
 
 /// A service's rollout in a region: the last one, kept after it ended (succeeded or rolled
@@ -46,6 +47,10 @@ pub struct RolloutStatus {
     /// and pauses were skipped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promoted: bool,
+    /// The last figures of the metric gates (`deploy.analysis`): each version's requests,
+    /// success rate and p99 over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisFigures>,
 }
 
 fn is_zero(n: &u64) -> bool {

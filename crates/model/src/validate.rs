@@ -518,6 +518,9 @@ fn validate_deploy(errs: &mut ValidationErrors, at: &str, deploy: &crate::Deploy
             errs.push(format!("{at}.steps[{i}].pause"), "must be at most 1h");
         }
     }
+    if let Some(analysis) = &deploy.analysis {
+        analysis.validate(errs, &format!("{at}.analysis"));
+    }
     if let Some(keep) = &deploy.keep_previous {
         if deploy.strategy == crate::Strategy::Rolling {
             errs.push(
@@ -581,17 +584,28 @@ fn validate_deploy_override(
             validate_deploy(&mut found, at, &merged);
             for e in found.errors {
                 let field = e.field.strip_prefix(at).unwrap_or(&e.field);
-                let named = field
-                    .trim_start_matches('.')
-                    .split(['.', '['])
-                    .next()
-                    .is_some_and(|name| o.names(name));
-                if named {
+                if writes(&o.0, field.trim_start_matches('.')) {
                     errs.push(e.field, e.message);
                 }
             }
         }
     }
+}
+
+/// Whether an override (`written`) writes the field at `path` (`max_surge`,
+/// `analysis.success_rate.min`, `steps[1].pause`): it names each object on the way, and the
+/// field or a value that replaces one of those objects whole.
+fn writes(written: &serde_json::Map<String, serde_json::Value>, path: &str) -> bool {
+    let mut object = written;
+    for segment in path.split('.') {
+        let name = segment.split('[').next().unwrap_or(segment);
+        match object.get(name) {
+            None => return false,
+            Some(serde_json::Value::Object(inner)) => object = inner,
+            Some(_) => return true,
+        }
+    }
+    true
 }
 
 fn validate_domains(errs: &mut ValidationErrors, domains: &[String]) {

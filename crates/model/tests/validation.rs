@@ -303,6 +303,45 @@ fn deploy_bounds_are_counts_or_percentages_and_let_the_rollout_move() {
 }
 
 #[test]
+fn metric_gates_are_checked_and_a_region_overrides_them_by_key() {
+    let mut def = valid();
+    def["deploy"] = serde_json::json!({"analysis": {"window": "10s",
+        "success_rate": {"min": "99.5%"}, "p99": {"max": "500ms", "max_increase": "50%"}}});
+    def["overrides"]["iad"]["deploy"] = serde_json::json!({"analysis": {"window": "1m"}});
+    let def = parse(def);
+    validate_definition(&def, &known).unwrap();
+    let regional = meridian_model::derive_regional(&def, 1);
+    let (fra, iad) = (&regional[0].spec.deploy, &regional[1].spec.deploy);
+    let (fra, iad) = (
+        fra.analysis.as_ref().unwrap(),
+        iad.analysis.as_ref().unwrap(),
+    );
+    assert_eq!(
+        (fra.window.to_string(), iad.window.to_string()),
+        ("10s".to_owned(), "1m".to_owned())
+    );
+    assert_eq!((iad.min_success(), iad.min_requests), (Some(9_950), 20));
+    assert_eq!(iad.max_p99(), Some(std::time::Duration::from_millis(500)));
+
+    let mut bad = valid();
+    bad["deploy"] = serde_json::json!({"analysis": {"success_rate": {"min": "101%"}}});
+    bad["overrides"]["iad"]["deploy"] = serde_json::json!({"analysis": {"window": "2h"}});
+    let err = errors(bad);
+    assert_eq!(
+        fields(&err),
+        [
+            "deploy.analysis.success_rate.min",
+            "overrides.iad.deploy.analysis.window"
+        ],
+        "{err}"
+    );
+    let mut bad = valid();
+    bad["deploy"] = serde_json::json!({"analysis": {"p99": {"maximum": "1s"}}});
+    let err = parse_definition_json(bad.to_string().as_bytes()).unwrap_err();
+    assert_eq!(fields(&err), ["deploy.analysis.p99.maximum"], "{err}");
+}
+
+#[test]
 fn a_region_may_override_deploy_by_field_but_not_the_waves() {
     let mut def = valid();
     def["deploy"] = serde_json::json!({"max_surge": 2, "waves": [["fra"], ["iad"]]});

@@ -71,6 +71,25 @@ pub struct ListenerConfig {
     /// Whose `x-forwarded-for` and `x-forwarded-host` are kept; defaults to `mesh`.
     #[serde(default)]
     pub trust_forwarded: TrustForwarded,
+    /// The instance this listener serves (a node proxy's inbound listener): its requests are
+    /// counted per instance (answered, failed, latency) and exposed with its labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceConfig>,
+}
+
+/// The instance a listener serves: the listeners naming the same instance count together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Its name on the node, unique there (`<org>/<app>/<instance>` on a node proxy): the key
+    /// its figures are read by.
+    pub name: String,
+    /// Its service (label `service`), `<org>/<app>/<service>` on a node proxy.
+    pub service: String,
+    /// The version it runs (label `version`).
+    pub version: u64,
+    /// Its id (label `instance`).
+    pub id: String,
 }
 
 /// The default of [`ListenerConfig::max_connections`].

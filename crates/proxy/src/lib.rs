@@ -19,6 +19,7 @@ mod handshakes;
 mod health;
 mod http3;
 mod idle;
+mod instance_stats;
 mod mesh;
 mod metrics;
 mod pool;
@@ -44,8 +45,8 @@ use tokio_rustls::TlsAcceptor;
 pub use acme::{Http01Answers, HTTP01_PATH};
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
-    HttpsRedirect, LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig, ProxyConfig,
-    RouteConfig, RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost,
+    HttpsRedirect, InstanceConfig, LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig,
+    ProxyConfig, RouteConfig, RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost,
     WeightedCluster,
 };
 pub use forward::ERROR_HEADER;
@@ -267,12 +268,15 @@ impl Proxy {
             .listeners
             .iter()
             .map(|l| {
+                let instances = self.shared.metrics.instances();
+                let instance = l.instance.as_ref().map(|i| instances.get(i));
                 RouteTable::build(
                     &l.name,
                     &l.virtual_hosts,
                     &|name| clusters.get(name).cloned(),
                     &|listener, vhost, route, cluster| {
-                        self.shared.metrics.route(listener, vhost, route, cluster)
+                        let metrics = self.shared.metrics.route(listener, vhost, route, cluster);
+                        metrics.with_instance(instance.clone())
                     },
                 )
             })
@@ -463,6 +467,15 @@ impl Proxy {
             .enumerate()
             .map(|(at, c)| (c.name.clone(), at))
             .collect();
+        let served: HashSet<&str> = config
+            .listeners
+            .iter()
+            .filter_map(|l| Some(l.instance.as_ref()?.name.as_str()))
+            .collect();
+        self.shared
+            .metrics
+            .instances()
+            .retain(|name| served.contains(name));
         active.config = Some(config);
         tracing::info!(
             listeners = active.listeners.len(),
@@ -633,6 +646,12 @@ impl Proxy {
     /// were set already.
     pub fn set_http01_answers(&self, answers: Arc<dyn Http01Answers>) -> bool {
         self.shared.http01.set(answers).is_ok()
+    }
+
+    /// The figures of the requests answered for instance `name` (`instance.name` of the
+    /// listeners serving it) since a listener first served it, while one does.
+    pub fn instance_traffic(&self, name: &str) -> Option<meridian_xds::meridian::Traffic> {
+        self.shared.metrics.instances().traffic(name)
     }
 
     /// Has the admin port's `/metrics` also render `source`: the metrics of the component that

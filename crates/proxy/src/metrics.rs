@@ -1,12 +1,16 @@
 //! The proxy's Prometheus metrics. Per-route handles are made when a config is compiled, so the
 //! request path only increments counters it already holds.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::instance_stats::{InstanceStats, InstanceStatsSet};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -86,6 +90,8 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct RouteMetrics {
     by_class: [Counter; 5],
     latency: Histogram,
+    /// The figures of the instance the listener serves, if it serves one.
+    instance: Option<Arc<InstanceStats>>,
 }
 
 impl RouteMetrics {
@@ -94,6 +100,15 @@ impl RouteMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.latency.observe(seconds);
+        if let Some(instance) = &self.instance {
+            // Float to integer casts saturate.
+            instance.record(status, (seconds * 1e6) as u64);
+        }
+    }
+
+    /// These handles, also counting in `instance`'s figures.
+    pub fn with_instance(self, instance: Option<Arc<InstanceStats>>) -> RouteMetrics {
+        RouteMetrics { instance, ..self }
     }
 }
 
@@ -144,6 +159,7 @@ pub struct ProxyMetrics {
     tls_failures: Family<ListenerLabels, Counter>,
     upstream_connections: Family<ClusterLabels, Gauge>,
     connect_time: Family<ClusterLabels, Histogram>,
+    instances: InstanceStatsSet,
 }
 
 fn latency_histogram() -> Histogram {
@@ -291,6 +307,8 @@ impl Default for ProxyMetrics {
             "Endpoints that became healthy or unhealthy, by cluster",
             health.clone(),
         );
+        let instances = InstanceStatsSet::default();
+        registry.register_collector(Box::new(instances.clone()));
         ProxyMetrics {
             registry,
             requests,
@@ -316,6 +334,7 @@ impl Default for ProxyMetrics {
             tls_failures,
             upstream_connections,
             connect_time,
+            instances,
         }
     }
 }
@@ -343,7 +362,13 @@ impl ProxyMetrics {
         RouteMetrics {
             by_class,
             latency: self.latency.get_or_create(&labels).clone(),
+            instance: None,
         }
+    }
+
+    /// The figures of the instances listeners serve (`instance` in their configuration).
+    pub fn instances(&self) -> &InstanceStatsSet {
+        &self.instances
     }
 
     /// The open-connections gauge of a listener.

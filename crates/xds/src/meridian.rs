@@ -289,6 +289,34 @@ pub struct InstanceReport {
     /// restarted control plane adopts it as that version.
     #[prost(uint64, tag = "9")]
     pub version: u64,
+    /// The requests its node proxy answered for it since its inbound listeners were first
+    /// configured (none from an older agent, or before any).
+    #[prost(message, optional, tag = "10")]
+    pub traffic: Option<Traffic>,
+}
+
+/// The bounds of the latency buckets of [`Traffic`], in milliseconds, ascending; a last
+/// bucket holds what is slower than the last bound. Agents and control planes share them.
+pub const LATENCY_BOUNDS_MS: [u64; 19] = [
+    1, 2, 5, 10, 20, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000,
+];
+
+/// Cumulative figures of the requests a node proxy answered for one instance (every port):
+/// each only grows while the instance runs on the node.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Traffic {
+    /// Requests answered.
+    #[prost(uint64, tag = "1")]
+    pub requests: u64,
+    /// Of which failed: answered 5xx by the instance, or by the proxy when the instance could
+    /// not be reached or did not answer in time.
+    #[prost(uint64, tag = "2")]
+    pub failures: u64,
+    /// Requests by time from request head to response head: one count per bucket of
+    /// [`LATENCY_BOUNDS_MS`] (a request of exactly a bound counts in its bucket), then one for
+    /// the slower ones.
+    #[prost(uint64, repeated, tag = "3")]
+    pub latency_buckets: Vec<u64>,
 }
 
 /// The answer to a report.

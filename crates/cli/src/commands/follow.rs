@@ -61,6 +61,9 @@ fn line(region: &RegionStatus) -> String {
         }
         if let Some(f) = &r.failure {
             text.push_str(&format!(": {}", f.reason));
+        } else if let Some(analysis) = &r.analysis {
+            let figures = super::rollout::figures(analysis);
+            text.push_str(&format!(", gates {figures}"));
         }
     }
     text

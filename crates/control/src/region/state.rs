@@ -23,6 +23,7 @@ use crate::rollout::progress::{Rollouts, SavedRollout};
 use crate::rollout::Bounds;
 use crate::vips::{SavedVip, Vips};
 
+mod analysis;
 mod rollouts;
 
 /// The region's model.
@@ -61,6 +62,8 @@ pub(super) struct RegionState {
     vips: Vips,
     /// Each service's last rollout.
     rollouts: Rollouts,
+    /// The request figures of the services whose rollout is under analysis.
+    analysed: BTreeMap<ServiceId, analysis::Analysed>,
     /// Told whenever something the disk copy keeps changed here (a rollout).
     copy_due: Arc<Notify>,
     /// What changed since the last [`RegionState::take_work`].
@@ -158,6 +161,7 @@ impl RegionState {
             ack_waits: Vec::new(),
             vips: Vips::default(),
             rollouts: Rollouts::default(),
+            analysed: BTreeMap::new(),
             copy_due: Arc::new(Notify::new()),
             dirty: Dirty {
                 gateway_routes: true,
@@ -210,17 +214,20 @@ impl RegionState {
     /// is redone when the nodes changed or an instance failed; otherwise only the services whose
     /// instances the report shows differently are looked at again.
     pub fn report(&mut self, report: NodeReport, now: Instant) {
+        let sampled = self.sample_traffic(&report);
         let reported = self.fleet.report(report, now);
         // A gate that fails turns the rollout back before anything else moves.
         self.gate_rollouts(&reported.services);
+        let failed = self.gate_analysis(&sampled);
         if reported.reshaped {
             self.reconcile_instances(now);
         } else {
             // A rollout moves on as its instances get ready.
-            self.place_some(&reported.services, now);
+            self.place_some(&reported.services.union(&failed).cloned().collect(), now);
         }
-        self.advance_canaries(&reported.services, now);
-        self.settle_rollouts(&reported.services);
+        let moving: BTreeSet<ServiceId> = reported.services.union(&sampled).cloned().collect();
+        self.advance_canaries(&moving, now);
+        self.settle_rollouts(&moving);
         self.refresh_reported(reported.services);
         self.report_due.notify_one();
     }
@@ -247,6 +254,7 @@ impl RegionState {
         }
         let canaries: BTreeSet<ServiceId> = self.rollouts.progressing().cloned().collect();
         self.advance_canaries(&canaries, now);
+        self.prune_analysed();
         self.report_due.notify_one();
     }
 

@@ -887,3 +887,122 @@ fn a_paused_rollout_stays_paused_in_a_restarted_region_until_resumed() {
         RolloutPhase::Progressing
     );
 }
+
+/// Every node reports its instances healthy, the new version's (`version`) having answered
+/// `requests` of which `failures` failed, all within 1 ms.
+fn report_traffic(fixture: &Fixture, version: u64, requests: u64, failures: u64) {
+    let bounds = meridian_xds::meridian::LATENCY_BOUNDS_MS.len();
+    for node in NODES {
+        fixture.report_with(node, Instant::now(), |p| {
+            let mut latency_buckets = vec![0; bounds + 1];
+            let (requests, failures) = if p.version == version {
+                (requests, failures)
+            } else {
+                (0, 0)
+            };
+            latency_buckets[0] = requests;
+            InstanceReport {
+                state: "healthy".to_owned(),
+                traffic: Some(meridian_xds::meridian::Traffic {
+                    requests,
+                    failures,
+                    latency_buckets,
+                }),
+                ..Default::default()
+            }
+        });
+    }
+}
+
+#[test]
+fn a_rolling_deploy_under_analysis_ends_only_after_a_full_window_within_bounds() {
+    use meridian_model::{Gate, RolloutPhase};
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    let analysed = |version: u64, command: &str| {
+        let mut next = svc0(command, version);
+        next.spec.deploy.analysis = Some(
+            serde_json::from_str(
+                r#"{"window": "1s", "min_requests": 5, "success_rate": {"min": "99%"}}"#,
+            )
+            .unwrap(),
+        );
+        next
+    };
+    fixture
+        .region
+        .set_service(svc.clone(), Some(analysed(2, "/bin/false")), Vec::new());
+    // The new instance is ready and alone in service, but has answered nothing: held.
+    report_traffic(&fixture, 2, 0, 0);
+    assert_eq!(healthy_instances(&fixture.region, &svc), ["svc0-1"]);
+    let phase = || rollout_of(&fixture.region).unwrap().phase;
+    assert_eq!(phase(), RolloutPhase::Progressing);
+    // It answers: still held until a full window of requests passed, then it succeeds.
+    let first = Instant::now();
+    let mut requests = 0;
+    while phase() == RolloutPhase::Progressing {
+        assert!(first.elapsed() < Duration::from_secs(10), "never ended");
+        requests += 10;
+        report_traffic(&fixture, 2, requests, 0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        first.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        first.elapsed()
+    );
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_eq!(rollout.phase, RolloutPhase::Succeeded);
+    let figures = rollout.analysis.unwrap();
+    assert_eq!(figures.versions[0].version, 2);
+    assert!(figures.versions[0].requests >= 5, "{figures:?}");
+
+    // A version failing 2 of 10 requests fails the gate at the report that says so.
+    fixture
+        .region
+        .set_service(svc.clone(), Some(analysed(3, "/bin/true")), Vec::new());
+    report_traffic(&fixture, 3, 0, 0);
+    report_traffic(&fixture, 3, 10, 2);
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert!(rollout.phase.failed(), "{rollout:?}");
+    let failure = rollout.failure.unwrap();
+    assert_eq!(
+        (failure.gate, failure.observed, failure.limit),
+        (Gate::SuccessRate, 8_000, 9_900)
+    );
+}
+
+#[test]
+fn a_promoted_rollout_is_not_held_for_its_analysis_window() {
+    use meridian_model::{
+        CanaryStep, HumanDuration, RolloutControl, RolloutMode, RolloutPhase, Strategy,
+    };
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    let mut next = svc0("/bin/false", 2);
+    let deploy = &mut next.spec.deploy;
+    deploy.strategy = Strategy::Canary;
+    deploy.steps = vec![CanaryStep {
+        weight: 30,
+        pause: HumanDuration(Duration::ZERO),
+    }];
+    deploy.analysis = Some(
+        serde_json::from_str(
+            r#"{"window": "1h", "min_requests": 5, "success_rate": {"min": "99%"}}"#,
+        )
+        .unwrap(),
+    );
+    fixture
+        .region
+        .set_service(svc.clone(), Some(next), Vec::new());
+    report_traffic(&fixture, 2, 10, 0);
+    let phase = || rollout_of(&fixture.region).unwrap().phase;
+    assert_eq!(phase(), RolloutPhase::Progressing, "held for its window");
+    let promote = RolloutControl {
+        version: 2,
+        mode: RolloutMode::Promoted,
+    };
+    fixture.region.set_rollout_control(&svc, Some(promote));
+    report_traffic(&fixture, 2, 20, 0);
+    assert_eq!(phase(), RolloutPhase::Succeeded);
+}

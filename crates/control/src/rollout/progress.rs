@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meridian_model::{
-    GateFailure, RolloutControl, RolloutMode, RolloutPhase, RolloutStatus, Strategy, VersionWeight,
+    AnalysisFigures, GateFailure, RolloutControl, RolloutMode, RolloutPhase, RolloutStatus,
+    Strategy, VersionWeight,
 };
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +112,7 @@ impl Rollouts {
             failure: None,
             paused_ms: 0,
             promoted: false,
+            analysis: None,
         };
         self.by_service.insert(id.clone(), status);
         self.follow_control(id, now_ms);
@@ -279,6 +281,37 @@ impl Rollouts {
         r.weights.clear();
         r.updated_at = now_ms;
         true
+    }
+
+    /// Fails service `id`'s rollout of `version`, if it is progressing, on `failure` (a
+    /// metric gate). Returns whether it failed now.
+    pub fn fail_gate(
+        &mut self,
+        id: &ServiceId,
+        version: u64,
+        failure: GateFailure,
+        now_ms: u64,
+    ) -> bool {
+        match self.by_service.get_mut(id) {
+            Some(r) if r.version == version && r.phase == RolloutPhase::Progressing => {
+                fail(id, r, failure, now_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records the last figures of the metric gates of service `id`'s rollout of
+    /// `figures`' first version, if it is progressing.
+    pub fn set_analysis(&mut self, id: &ServiceId, figures: AnalysisFigures) {
+        let version = figures.versions.first().map(|f| f.version);
+        if let Some(r) = self
+            .by_service
+            .get_mut(id)
+            .filter(|r| Some(r.version) == version && r.phase == RolloutPhase::Progressing)
+        {
+            r.analysis = Some(figures);
+        }
     }
 
     /// The services with a rollout under way (progressing), for the deadline.

@@ -98,6 +98,7 @@ pub fn listener(
         sources: Vec::new(),
         max_connections: default_max_connections(),
         trust_forwarded: TrustForwarded::default(),
+        instance: None,
     };
     match network_filter(&listener, name)? {
         Some(Network::Tcp(_)) if mesh.is_some() => {

@@ -68,6 +68,9 @@ impl RegionState {
             let (Some(plan), Some(deployment)) = (self.plan(id), self.deployments.get(id)) else {
                 continue;
             };
+            if self.analysis_holds(id) {
+                continue;
+            }
             let canary = deployment.spec.deploy.canary_weights();
             let ready = self
                 .fleet
@@ -112,6 +115,9 @@ impl RegionState {
             let Some(plan) = self.plan(id) else {
                 continue;
             };
+            if self.analysis_holds(id) {
+                continue;
+            }
             let in_service = self.fleet.summary(id);
             if self.rollouts.settle(id, plan, &in_service, now_ms) {
                 ended.insert(id.clone());
@@ -123,7 +129,7 @@ impl RegionState {
     }
 
     /// What the rollout of service `id` goes by, if it runs here and has a rollout.
-    fn plan(&self, id: &ServiceId) -> Option<Plan> {
+    pub(super) fn plan(&self, id: &ServiceId) -> Option<Plan> {
         self.rollouts.get(id)?;
         let deployment = self.deployments.get(id)?;
         Some(Plan {
@@ -136,7 +142,7 @@ impl RegionState {
     /// The rollouts of `services` changed: the report upward and the disk copy say so.
     /// A canary's split and clusters follow its phase: the services and the gateway's
     /// routes are rendered again.
-    fn rollouts_changed(&mut self, services: &BTreeSet<ServiceId>) {
+    pub(super) fn rollouts_changed(&mut self, services: &BTreeSet<ServiceId>) {
         tracing::debug!(?services, "rollouts changed");
         self.dirty.services.extend(services.iter().cloned());
         self.dirty.gateway_routes = true;
