@@ -225,6 +225,19 @@ async fn rolled_back(rig: &Rig, version: u64, loads: &[&Load]) -> serde_json::Va
                     last["rolled_back_from"], record["rollout"]["previous"],
                     "{rollback}"
                 );
+                // Its events end with the rollback, and say why.
+                let events = record["events"].as_array().cloned().unwrap_or_default();
+                let back = events.last().cloned().unwrap_or_default();
+                assert_eq!(back["phase"], "rolled_back", "{record}");
+                assert!(
+                    back["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                    "{record}"
+                );
+                let table = rig
+                    .platform
+                    .cli
+                    .ok(&["rollout", "history", "hello", "--app", "shop", "--events"]);
+                assert!(table.contains("rolled_back"), "{table}");
                 return record;
             }
         }

@@ -42,8 +42,8 @@ pub use resources::{
     TokenInfo, VersionHealth,
 };
 pub use rollout::{
-    Gate, GateFailure, RolloutControl, RolloutMode, RolloutPhase, RolloutRecord, RolloutStatus,
-    VersionWeight,
+    Gate, GateFailure, RolloutControl, RolloutEvent, RolloutMode, RolloutPhase, RolloutRecord,
+    RolloutStatus, VersionWeight,
 };
 pub use validate::{
     validate_definition, validate_endpoint, validate_region, validate_region_report, Limits,

@@ -70,6 +70,61 @@ pub struct RolloutRecord {
     pub region: String,
     /// The rollout as the region last reported it.
     pub rollout: RolloutStatus,
+    /// What happened to it, oldest first, as the region's reports said it: each change of
+    /// phase, step or split (at most [`RolloutEvent::KEPT`]; a region reports on change and at
+    /// least every few seconds, so steps shorter than that may be seen together).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<RolloutEvent>,
+}
+
+/// A change in a region's rollout: its phase, step or split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutEvent {
+    /// When, in Unix milliseconds, by the region's clock (the rollout's `updated_at`).
+    pub at: u64,
+    /// The phase it entered or was in.
+    pub phase: RolloutPhase,
+    /// The step under way.
+    pub step: u32,
+    /// The split of requests then (a canary's), empty when requests follow the instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<VersionWeight>,
+    /// For a failed gate, its words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl RolloutEvent {
+    /// How many events a record keeps (the first ones and the last ones, when there are more).
+    pub const KEPT: usize = 64;
+
+    /// The event that `now` is after `before` (the rollout as last recorded), if its phase,
+    /// step or split changed (or it is new).
+    pub fn between(before: Option<&RolloutStatus>, now: &RolloutStatus) -> Option<RolloutEvent> {
+        let same = before
+            .is_some_and(|b| (b.phase, b.step, &b.weights) == (now.phase, now.step, &now.weights));
+        (!same).then(|| RolloutEvent {
+            at: now.updated_at,
+            phase: now.phase,
+            step: now.step,
+            weights: now.weights.clone(),
+            reason: now
+                .failure
+                .as_ref()
+                .filter(|_| now.phase.failed())
+                .map(|f| f.reason.clone()),
+        })
+    }
+
+    /// Appends `event` to `events`, keeping the first half of [`RolloutEvent::KEPT`] and the
+    /// latest ones.
+    pub fn append(events: &mut Vec<RolloutEvent>, event: RolloutEvent) {
+        if events.len() >= Self::KEPT {
+            events.remove(Self::KEPT / 2);
+        }
+        events.push(event);
+    }
 }
 
 /// Where a rollout is.
@@ -188,6 +243,56 @@ pub enum Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_changes_of_phase_step_or_split_and_their_number_is_bounded() {
+        let text = r#"{"version": 3, "previous": 2, "strategy": "canary",
+            "phase": "progressing", "started_at": 1, "updated_at": 2}"#;
+        let first: RolloutStatus = serde_json::from_str(text).unwrap();
+        let event = RolloutEvent::between(None, &first).unwrap();
+        assert_eq!(
+            (event.phase, event.step, event.at),
+            (RolloutPhase::Progressing, 0, 2)
+        );
+        let mut later = first.clone();
+        later.updated_at = 5;
+        assert_eq!(
+            RolloutEvent::between(Some(&first), &later),
+            None,
+            "only the time moved"
+        );
+        later.weights = vec![VersionWeight {
+            version: 3,
+            weight: 5,
+        }];
+        assert!(
+            RolloutEvent::between(Some(&first), &later).is_some(),
+            "the split moved"
+        );
+        let mut failed = later.clone();
+        failed.phase = RolloutPhase::Failed;
+        failed.failure = Some(GateFailure {
+            gate: Gate::SuccessRate,
+            instance: None,
+            observed: 9_000,
+            limit: 9_900,
+            reason: "90 % of requests succeeded".to_owned(),
+            at: 6,
+        });
+        let event = RolloutEvent::between(Some(&later), &failed).unwrap();
+        assert_eq!(event.reason.as_deref(), Some("90 % of requests succeeded"));
+
+        let mut events = Vec::new();
+        for at in 0..200 {
+            let mut event = event.clone();
+            event.at = at;
+            RolloutEvent::append(&mut events, event);
+        }
+        assert_eq!(events.len(), RolloutEvent::KEPT);
+        assert_eq!(events[0].at, 0, "the first ones stay");
+        assert_eq!(events[RolloutEvent::KEPT / 2 - 1].at, 31);
+        assert_eq!(events.last().unwrap().at, 199, "the last ones are kept");
+    }
 
     #[test]
     fn a_rolled_back_rollout_reads_and_writes_its_reason() {

@@ -171,7 +171,7 @@ async fn a_rollout_control_is_kept_per_service_fed_as_a_change_and_goes_with_the
 }
 
 #[tokio::test]
-async fn rollouts_are_recorded_per_region_and_version_and_go_with_the_service() {
+async fn rollouts_are_recorded_per_region_and_version_with_their_events_and_go_with_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     with_regions(&store).await;
@@ -234,6 +234,10 @@ async fn rollouts_are_recorded_per_region_and_version_and_go_with_the_service() 
             (1, "fra", Succeeded)
         ]
     );
+    // fra's rollout of version 2: what happened to it, in order.
+    let events: Vec<meridian_model::RolloutPhase> =
+        history[0].events.iter().map(|e| e.phase).collect();
+    assert_eq!(events, [Progressing, Succeeded]);
     let feed = store.changes_after(revision, 10).await.unwrap();
     assert_eq!(feed[0].kind, ChangeKind::Rollout);
     assert_eq!(feed[0].key, "acme/shop/web/fra");

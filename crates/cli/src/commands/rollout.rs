@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use meridian_model::{AnalysisFigures, Deployment, RolloutControl, RolloutRecord, RolloutStatus};
+use meridian_model::{
+    AnalysisFigures, Deployment, RolloutControl, RolloutRecord, RolloutStatus, VersionWeight,
+};
 use reqwest::Method;
 
 use crate::client::Client;
@@ -26,6 +28,10 @@ pub enum RolloutCommand {
     History {
         /// The service.
         service: String,
+        /// One line per event of each rollout (each change of phase, step or split, with the
+        /// seconds since the rollout started) instead of one per rollout.
+        #[arg(long)]
+        events: bool,
         #[command(flatten)]
         scope: AppScope,
     },
@@ -85,9 +91,21 @@ pub async fn rollout(api: &Client, format: Format, cmd: RolloutCommand) -> Resul
                     .collect()
             })
         }
-        RolloutCommand::History { service, scope } => {
+        RolloutCommand::History {
+            service,
+            events,
+            scope,
+        } => {
             let path = service_path(api, &service, &scope).await?;
             let history: Vec<RolloutRecord> = api.get(&format!("{path}/rollouts")).await?;
+            if events {
+                let headers = [
+                    "VERSION", "REGION", "AFTER", "PHASE", "STEP", "WEIGHTS", "REASON",
+                ];
+                return print(format, &history, &headers, |history| {
+                    history.iter().flat_map(event_rows).collect()
+                });
+            }
             let headers = [
                 "VERSION", "REGION", "FROM", "STRATEGY", "OUTCOME", "TOOK", "REASON",
             ];
@@ -164,15 +182,7 @@ fn rollout_cells(rollout: Option<&RolloutStatus>) -> Vec<String> {
     let Some(r) = rollout else {
         return vec!["-".to_owned(); 6];
     };
-    let weights = if r.weights.is_empty() {
-        "-".to_owned()
-    } else {
-        r.weights
-            .iter()
-            .map(|w| format!("v{} {}%", w.version, w.weight))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let weights = split(&r.weights);
     vec![
         enum_name(&r.strategy),
         enum_name(&r.phase),
@@ -206,6 +216,38 @@ pub(crate) fn figures(analysis: &AnalysisFigures) -> String {
         versions.join(", "),
         analysis.window_ms as f64 / 1000.0
     )
+}
+
+/// The share of each version (`v2 5%, v1 95%`), or `-`.
+fn split(weights: &[VersionWeight]) -> String {
+    if weights.is_empty() {
+        return "-".to_owned();
+    }
+    weights
+        .iter()
+        .map(|w| format!("v{} {}%", w.version, w.weight))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The rows of a rollout's events.
+fn event_rows(record: &RolloutRecord) -> Vec<Vec<String>> {
+    let r = &record.rollout;
+    record
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                r.version.to_string(),
+                record.region.clone(),
+                format!("{:.1}s", e.at.saturating_sub(r.started_at) as f64 / 1000.0),
+                enum_name(&e.phase),
+                format!("{}/{}", e.step + 1, r.steps),
+                split(&e.weights),
+                e.reason.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect()
 }
 
 /// One row of the history.

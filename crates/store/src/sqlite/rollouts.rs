@@ -1,6 +1,8 @@
 //! Rollout rows: the SQL behind the store's rollout history.
 
-use meridian_model::{ChangeKind, ChangeOp, RolloutControl, RolloutRecord, RolloutStatus};
+use meridian_model::{
+    ChangeKind, ChangeOp, RolloutControl, RolloutEvent, RolloutRecord, RolloutStatus,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::{current_version, now_secs, record, to_i64};
@@ -20,8 +22,8 @@ pub(super) async fn put(
     let text = serde_json::to_string(rollout)
         .map_err(|e| StoreError::Corrupt(format!("rollout does not serialize: {e}")))?;
     let version = to_i64(rollout.version)?;
-    let recorded: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM rollouts \
+    let recorded: Option<(String, String)> = sqlx::query_as(
+        "SELECT status, events FROM rollouts \
          WHERE org = ? AND app = ? AND service = ? AND version = ? AND region = ?",
     )
     .bind(&key.org)
@@ -31,9 +33,16 @@ pub(super) async fn put(
     .bind(region)
     .fetch_optional(&mut *conn)
     .await?;
-    if recorded.as_deref() == Some(text.as_str()) {
-        return Ok(None);
+    let (before, mut events) = match &recorded {
+        Some((status, _)) if *status == text => return Ok(None),
+        Some((status, events)) => (Some(parse_status(status)?), parse_events(events)?),
+        None => (None, Vec::new()),
+    };
+    if let Some(event) = RolloutEvent::between(before.as_ref(), rollout) {
+        RolloutEvent::append(&mut events, event);
     }
+    let events = serde_json::to_string(&events)
+        .map_err(|e| StoreError::Corrupt(format!("rollout events do not serialize: {e}")))?;
     let revision = record(
         conn,
         ChangeKind::Rollout,
@@ -43,10 +52,10 @@ pub(super) async fn put(
     )
     .await?;
     sqlx::query(
-        "INSERT INTO rollouts (org, app, service, version, region, status, recorded_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) \
+        "INSERT INTO rollouts (org, app, service, version, region, status, events, recorded_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (org, app, service, version, region) DO UPDATE SET \
-         status = excluded.status, recorded_at = excluded.recorded_at",
+         status = excluded.status, events = excluded.events, recorded_at = excluded.recorded_at",
     )
     .bind(&key.org)
     .bind(&key.app)
@@ -54,6 +63,7 @@ pub(super) async fn put(
     .bind(version)
     .bind(region)
     .bind(text)
+    .bind(events)
     .bind(now_secs())
     .execute(&mut *conn)
     .await?;
@@ -63,7 +73,7 @@ pub(super) async fn put(
 /// The rollouts of `key`, newest version first, then by region.
 pub(super) async fn list(pool: &SqlitePool, key: &ServiceKey) -> Result<Vec<RolloutRecord>> {
     let rows = sqlx::query(
-        "SELECT region, status FROM rollouts WHERE org = ? AND app = ? AND service = ? \
+        "SELECT region, status, events FROM rollouts WHERE org = ? AND app = ? AND service = ? \
          ORDER BY version DESC, region",
     )
     .bind(&key.org)
@@ -74,13 +84,22 @@ pub(super) async fn list(pool: &SqlitePool, key: &ServiceKey) -> Result<Vec<Roll
     rows.iter()
         .map(|row| {
             let status: String = row.try_get("status")?;
+            let events: String = row.try_get("events")?;
             Ok(RolloutRecord {
                 region: row.try_get("region")?,
-                rollout: serde_json::from_str(&status)
-                    .map_err(|e| StoreError::Corrupt(format!("rollout status: {e}")))?,
+                rollout: parse_status(&status)?,
+                events: parse_events(&events)?,
             })
         })
         .collect()
+}
+
+fn parse_status(text: &str) -> Result<RolloutStatus> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("rollout status: {e}")))
+}
+
+fn parse_events(text: &str) -> Result<Vec<RolloutEvent>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("rollout events: {e}")))
 }
 
 /// Sets or removes the control of `key`'s rollout; returns the revision of the change, or
