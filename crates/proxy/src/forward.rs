@@ -106,30 +106,19 @@ fn strip_port(host: &str) -> &str {
 /// `te: trailers` survives: gRPC needs it end to end. A protocol switch being forwarded sets
 /// its own again ([`Switch`]).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names costs less than a lookup each.
-    if headers.keys().any(is_hop_by_hop) {
-        remove_hop_by_hop(headers);
+    // Most messages carry none of them, or `Connection` alone: one pass over the names says
+    // which to remove, where a removal each would look every one up.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut te = false;
+    for name in headers.keys() {
+        if name == header::TE {
+            te = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
+        }
     }
-}
-
-/// The headers that are hop-by-hop whatever `Connection` names (`te` aside: see above).
-/// `Trailer` is not one (RFC 9110 §6.6.2): it is end to end, and HTTP/1.1 sends only the
-/// trailer fields it declares.
-const HOP_BY_HOP: [&HeaderName; 5] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::TE || HOP_BY_HOP.contains(&name)
-}
-
-/// The work of [`strip_hop_by_hop`] once a message has a hop-by-hop header.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if names_other_headers(headers) {
+    // `Connection` (first in HOP_BY_HOP) may name others.
+    if present[0] && names_other_headers(headers) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -141,16 +130,28 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(*name);
     }
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    if te
+        && headers
+            .get(header::TE)
+            .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
     }
 }
+
+/// The headers that are hop-by-hop whatever `Connection` names (`te` aside: see above), the
+/// first `Connection` itself. `Trailer` is not one (RFC 9110 §6.6.2): it is end to end, and
+/// HTTP/1.1 sends only the trailer fields it declares.
+const HOP_BY_HOP: [&HeaderName; 5] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
 
 /// Whether `Connection` may name a header to remove: anything but the `keep-alive` and `close`
 /// options most messages carry, which name no header other than one removed anyway.
