@@ -863,7 +863,14 @@ async fn forward(
     } else {
         // Boxed: only requests with a body pay for the room reading it takes.
         let timeouts = (client.body_timeout, client.body_timeouts);
-        Box::pin(read_body(body, &prepared.headers, route, client.version, timeouts)).await?
+        Box::pin(read_body(
+            body,
+            &prepared.headers,
+            route,
+            client.version,
+            timeouts,
+        ))
+        .await?
     };
     let deadline = Instant::now() + route.timeout;
     let mut admitted = match cluster.admit(deadline.into()).await {
