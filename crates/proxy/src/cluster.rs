@@ -857,6 +857,10 @@ impl Members {
     /// the only one). Two draws of the same endpoint would hand it the request whatever its load:
     /// with two endpoints, a quarter of all requests would go to the worse one.
     fn sample_other(&self, level: &Level, rules: &PickRules, first: usize) -> usize {
+        if level.members.len() < 2 {
+            // No other to draw (a cluster of one endpoint, as many are).
+            return first;
+        }
         for _ in 0..4 {
             match self.sample(level, rules) {
                 Some(other) if other != first => return other,

@@ -11,6 +11,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body as _;
 use hyper::body::Frame;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::body::{BodyState, ClientBody, LimitedBody, ResponseBody};
 use crate::cluster::{Cluster, Outcome, Overflow};
@@ -32,6 +33,8 @@ pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
 /// The header that says why the proxy itself answered.
 pub const ERROR_HEADER: &str = "x-meridian-error";
+/// [`ERROR_HEADER`] as a header name, so that each response does not parse it again.
+static PROXY_ERROR: HeaderName = HeaderName::from_static(ERROR_HEADER);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -103,15 +106,45 @@ fn strip_port(host: &str) -> &str {
 /// `te: trailers` survives: gRPC needs it end to end. A protocol switch being forwarded sets
 /// its own again ([`Switch`]).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names costs less than a lookup each.
-    if headers.keys().any(is_hop_by_hop) {
-        remove_hop_by_hop(headers);
+    // Most messages carry none of them, or `Connection` alone: one pass over the names says
+    // which to remove, where a removal each would look every one up.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut te = false;
+    for name in headers.keys() {
+        if name == header::TE {
+            te = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
+        }
+    }
+    // `Connection` (first in HOP_BY_HOP) may name others.
+    if present[0] && names_other_headers(headers) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, there)| *there) {
+        headers.remove(*name);
+    }
+    if te
+        && headers
+            .get(header::TE)
+            .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
     }
 }
 
-/// The headers that are hop-by-hop whatever `Connection` names (`te` aside: see above).
-/// `Trailer` is not one (RFC 9110 §6.6.2): it is end to end, and HTTP/1.1 sends only the
-/// trailer fields it declares.
+/// The headers that are hop-by-hop whatever `Connection` names (`te` aside: see above), the
+/// first `Connection` itself. `Trailer` is not one (RFC 9110 §6.6.2): it is end to end, and
+/// HTTP/1.1 sends only the trailer fields it declares.
 const HOP_BY_HOP: [&HeaderName; 5] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
@@ -120,31 +153,15 @@ const HOP_BY_HOP: [&HeaderName; 5] = [
     &header::UPGRADE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::TE || HOP_BY_HOP.contains(&name)
-}
-
-/// The work of [`strip_hop_by_hop`] once a message has a hop-by-hop header.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
-    }
+/// Whether `Connection` may name a header to remove: anything but the `keep-alive` and `close`
+/// options most messages carry, which name no header other than one removed anyway.
+fn names_other_headers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value.as_bytes().split(|b| *b == b',').any(|option| {
+            let option = option.trim_ascii();
+            !(option.eq_ignore_ascii_case(b"keep-alive") || option.eq_ignore_ascii_case(b"close"))
+        })
+    })
 }
 
 /// A random 128-bit request id in hex.
@@ -403,14 +420,14 @@ impl Prepared {
                 .build()?,
             None => Uri::from(self.path_and_query.clone()),
         };
-        let mut request = Request::builder()
-            .method(self.method.clone())
-            .uri(uri)
-            .version(match protocol {
-                UpstreamProtocol::Http1 => Version::HTTP_11,
-                UpstreamProtocol::Http2 => Version::HTTP_2,
-            })
-            .body(body)?;
+        // Set part by part: a builder would move the request through each of its steps.
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = match protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
         *request.headers_mut() = headers;
         if let Some(protocol) = &self.protocol {
             request.extensions_mut().insert(protocol.clone());
@@ -517,6 +534,36 @@ async fn buffer(
         whole.extend_from_slice(data);
     }
     Ok(Body::Replayable(whole.freeze()))
+}
+
+/// Reads the client's `body` (or its first bytes, see [`buffer`]) before the request takes a
+/// slot of the cluster, within the body timeout: a client that sends it slowly holds nothing
+/// that others need. Until the upstream answers, the client may pause its body for at most the
+/// body timeout. `Err` is the proxy's answer.
+async fn read_body(
+    body: LimitedBody,
+    headers: &HeaderMap,
+    route: &Route,
+    version: Version,
+    (timeout, timeouts): (std::time::Duration, &Counter),
+) -> Result<Body, Response<ProxyBody>> {
+    let body = body.idle_timeout(timeout);
+    let body_state = body.state();
+    let keep = route
+        .retries
+        .as_ref()
+        .map_or(BUFFERED_BODY, |p| p.buffer_limit);
+    let buffered = buffer(body, headers, version, keep, route.retries.is_some());
+    match tokio::time::timeout(timeout, buffered).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) if body_state.over_limit() => Err(too_large()),
+        Ok(Err(_)) if body_state.timed_out() => Err(body_timed_out(timeouts, version)),
+        Ok(Err(_)) => Err(local_response(
+            StatusCode::BAD_REQUEST,
+            "request_body_failed",
+        )),
+        Err(_elapsed) => Err(body_timed_out(timeouts, version)),
+    }
 }
 
 /// The pause before retry number `retry` (1, 2, …): exponential from `base`, capped at ten times
@@ -668,10 +715,13 @@ pub async fn handle(
         body_timeouts: &ctx.body_timeouts,
     };
     let mut switched = None;
-    let mut response = match forward(client, route, &target.cluster, metrics).await {
+    // Boxed: forward's future is large, and the task of an HTTP/2 stream (which holds this
+    // one) is moved when spawned; a box is one allocation where each move copied all of it.
+    let forwarded = Box::pin(forward(client, route, &target.cluster, metrics)).await;
+    let mut response = match forwarded {
         Ok(mut response) => {
             // Only the proxy says why it answered itself.
-            response.headers_mut().remove(ERROR_HEADER);
+            response.headers_mut().remove(&PROXY_ERROR);
             // A chunked body's length is where its chunks end, whatever a Content-Length beside
             // it says (RFC 9112 §6.3); the length of the body sent on is the HTTP layer's to set.
             if response.headers().contains_key(header::TRANSFER_ENCODING) {
@@ -697,7 +747,7 @@ pub async fn handle(
         Err(answer) => answer,
     };
     let headers = response.headers_mut();
-    if !headers.contains_key(ERROR_HEADER) {
+    if !headers.contains_key(&PROXY_ERROR) {
         strip_hop_by_hop(headers);
         if let Some(switch) = switched {
             *response.status_mut() = switch.answer(response.headers_mut());
@@ -805,36 +855,22 @@ async fn forward(
     if content_length(&prepared.headers).is_some_and(|length| length > body_limit) {
         return Err(too_large());
     }
-    // Until the upstream answers, the client may pause its body for at most the body timeout.
-    let body = LimitedBody::new(body, body_limit).idle_timeout(client.body_timeout);
+    let body = LimitedBody::new(body, body_limit);
     let body_state = body.state();
-    // The body (or its first `keep` bytes) is read before the request takes a slot of the
-    // cluster, and within the body timeout: a client that sends it slowly holds nothing that
-    // others need.
-    let keep = route
-        .retries
-        .as_ref()
-        .map_or(BUFFERED_BODY, |p| p.buffer_limit);
-    let buffered = buffer(
-        body,
-        &prepared.headers,
-        client.version,
-        keep,
-        route.retries.is_some(),
-    );
-    let mut body = match tokio::time::timeout(client.body_timeout, buffered).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) if body_state.over_limit() => return Err(too_large()),
-        Ok(Err(_)) if body_state.timed_out() => {
-            return Err(body_timed_out(client.body_timeouts, client.version))
-        }
-        Ok(Err(_)) => {
-            return Err(local_response(
-                StatusCode::BAD_REQUEST,
-                "request_body_failed",
-            ))
-        }
-        Err(_elapsed) => return Err(body_timed_out(client.body_timeouts, client.version)),
+    let mut body = if body.is_end_stream() {
+        // No body (most requests): nothing to read, and no timer to set for it.
+        Body::Replayable(Bytes::new())
+    } else {
+        // Boxed: only requests with a body pay for the room reading it takes.
+        let timeouts = (client.body_timeout, client.body_timeouts);
+        Box::pin(read_body(
+            body,
+            &prepared.headers,
+            route,
+            client.version,
+            timeouts,
+        ))
+        .await?
     };
     let deadline = Instant::now() + route.timeout;
     let mut admitted = match cluster.admit(deadline.into()).await {
@@ -1033,5 +1069,23 @@ mod tests {
         let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["te", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_options_name_headers_only_when_they_are_not_keep_alive_or_close() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "Keep-Alive".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        assert!(!names_other_headers(&headers));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-kept"]);
+        for named in ["close, x-secret", "x-secret, Keep-Alive"] {
+            headers.insert(header::CONNECTION, named.parse().unwrap());
+            headers.insert("x-secret", "1".parse().unwrap());
+            assert!(names_other_headers(&headers), "{named}");
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-kept"], "{named}");
+        }
     }
 }

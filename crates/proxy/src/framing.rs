@@ -23,10 +23,11 @@ pub fn refusal<B>(request: &Request<B>) -> Option<&'static str> {
         Some(host) if !host.is_empty() && !valid(host.as_bytes()) => return Some("invalid_host"),
         _ => {}
     }
+    // A target's authority has been parsed already: only what parsing allows is left to check.
     if request
         .uri()
         .authority()
-        .is_some_and(|a| !valid(a.as_str().as_bytes()))
+        .is_some_and(|a| a.as_str().contains('@') || !host_and_port(a.as_str()))
     {
         return Some("invalid_host");
     }
@@ -53,7 +54,11 @@ fn valid(bytes: &[u8]) -> bool {
     let Ok(authority) = Authority::try_from(bytes) else {
         return false;
     };
-    let text = authority.as_str();
+    host_and_port(authority.as_str())
+}
+
+/// Whether an authority's `text` is a host and an optional port of digits.
+fn host_and_port(text: &str) -> bool {
     let host_end = match text.strip_prefix('[') {
         Some(v6) => v6.find(']').map_or(text.len(), |end| end + 2),
         None => text.find(':').unwrap_or(text.len()),

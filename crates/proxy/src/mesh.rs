@@ -13,6 +13,8 @@ use crate::server::ListenerContext;
 
 /// The header that names the caller's SPIFFE ID to the upstream.
 pub const PEER_HEADER: &str = "x-meridian-peer";
+/// [`PEER_HEADER`] as a header name, so that each request does not parse it again.
+static PEER: http::HeaderName = http::HeaderName::from_static(PEER_HEADER);
 
 /// A mesh listener's authorization policy.
 #[derive(Debug)]
@@ -74,11 +76,11 @@ pub fn refuse<B>(
     ctx: &ListenerContext,
     peer: &Peer,
 ) -> Option<Response<ProxyBody>> {
-    request.headers_mut().remove(PEER_HEADER);
+    request.headers_mut().remove(&PEER);
     let policy = ctx.mesh.load_full()?;
     match peer.identity() {
         Some((id, header)) if policy.allows(id) => {
-            request.headers_mut().insert(PEER_HEADER, header.clone());
+            request.headers_mut().insert(PEER.clone(), header.clone());
             None
         }
         caller => {

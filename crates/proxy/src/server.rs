@@ -526,6 +526,8 @@ where
     let limits = context.shared.limits.load_full();
     let activity = Arc::new(Activity::default());
     let address = peer.addr;
+    // Shared by the connection's requests: one reference count to take per request.
+    let peer = Arc::new(peer);
     let service = {
         let context = context.clone();
         let activity = activity.clone();
@@ -533,7 +535,9 @@ where
             let context = context.clone();
             let peer = peer.clone();
             let in_flight = activity.request();
-            async move {
+            // Boxed: hyper spawns a task per HTTP/2 stream around this future, moving it several
+            // times on the way; a box moves as a pointer.
+            Box::pin(async move {
                 let request = request.map(ClientBody::Hyper);
                 let mut response = forward::handle(request, context.clone(), &peer).await;
                 if let Some(alt_svc) = context.alt_svc.load().as_deref() {
@@ -543,7 +547,7 @@ where
                 }
                 // In flight until the body has been sent: a quiet stream is not an idle connection.
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-            }
+            })
         })
     };
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
