@@ -42,13 +42,48 @@ fn outcome(region: &RegionStatus, version: u64) -> Outcome {
     }
 }
 
-/// One line saying where `region` is.
-fn line(region: &RegionStatus) -> String {
+/// How wide a progress bar is, in characters between its brackets.
+const BAR: u32 = 10;
+
+/// A progress bar of `done` out of `of` (`[######----]`).
+fn bar(done: u32, of: u32) -> String {
+    let filled = if of == 0 {
+        BAR
+    } else {
+        (done.min(of) * BAR) / of
+    };
+    let filled = filled as usize;
+    format!(
+        "[{}{}]",
+        "#".repeat(filled),
+        "-".repeat(BAR as usize - filled)
+    )
+}
+
+/// How many instances of `version` are ready in `region`.
+fn ready(region: &RegionStatus, version: u64) -> u32 {
+    match region.versions.iter().find(|v| v.version == version) {
+        Some(v) => v.healthy,
+        None if region.version == version => region.healthy.unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// One line saying where `region` is with `version`: a progress bar of its ready instances,
+/// then the step, the split, and the gates' figures or the failed gate's words.
+fn line(region: &RegionStatus, version: u64) -> String {
     let healthy = match (region.healthy, region.placed) {
-        (Some(healthy), Some(placed)) => format!("{healthy}/{placed} healthy"),
+        (Some(healthy), Some(placed)) => format!("{healthy}/{placed} healthy in service"),
         _ => "no report".to_owned(),
     };
-    let mut text = format!("  {:<8} {:<20} {healthy}", region.region, region.state);
+    let ready = ready(region, version);
+    let mut text = format!(
+        "  {:<8} {:<20} {} v{version} {ready}/{} ready, {healthy}",
+        region.region,
+        region.state,
+        bar(ready, region.desired),
+        region.desired
+    );
     if let Some(r) = &region.rollout {
         if r.steps > 1 {
             text.push_str(&format!(", step {}/{}", r.step + 1, r.steps));
@@ -79,7 +114,7 @@ pub async fn follow(api: &Client, path: &str, version: u64) -> Result<()> {
     loop {
         let status: ServiceStatus = api.get(&format!("{path}/status")).await?;
         for region in &status.regions {
-            let now = line(region);
+            let now = line(region, version);
             if shown.get(&region.region) != Some(&now) {
                 println!("{now}");
                 shown.insert(region.region.clone(), now);
@@ -111,5 +146,29 @@ pub async fn follow(api: &Client, path: &str, version: u64) -> Result<()> {
             return Ok(());
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_s_line_shows_the_new_version_s_progress() {
+        let region: RegionStatus = serde_json::from_value(serde_json::json!({
+            "region": "fra", "desired": 3, "max": 3, "version": 2, "placed": 5, "healthy": 5,
+            "state": "rolling out",
+            "versions": [{"version": 2, "placed": 2, "healthy": 2},
+                         {"version": 1, "placed": 3, "healthy": 3}],
+        }))
+        .unwrap();
+        let text = line(&region, 2);
+        assert!(
+            text.contains("[######----] v2 2/3 ready, 5/5 healthy in service"),
+            "{text}"
+        );
+        assert_eq!(bar(0, 3), "[----------]");
+        assert_eq!(bar(4, 3), "[##########]");
+        assert_eq!(bar(0, 0), "[##########]");
     }
 }
