@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::load::{greeted_by, serving_exactly, Lane, Load};
+use support::websocket::{closed_at_drain_deadline, Held};
 use support::{
     gateway, hello_in_fra, logging_agent, said, stops, Agent, Deployed, RegionalPlane, HELLO,
 };
@@ -56,35 +57,6 @@ fn drained_hello(greeting: &str) -> String {
     hello_deployed(1, greeting, "{drain_timeout: 3s, stop_timeout: 5s}")
 }
 
-/// A WebSocket to hello's `/ws` through `gateway` (HTTP/1.1 `Upgrade`).
-async fn websocket(gateway: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
-    let request = support::websocket_request(&format!("ws://{HOST}/ws"), HOST);
-    let (socket, response) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 101);
-    socket
-}
-
-/// Whether `socket` still echoes `word`.
-async fn echoes(
-    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    word: &str,
-) -> bool {
-    use futures_util::{SinkExt, StreamExt};
-    let message = tokio_tungstenite::tungstenite::Message::text(word);
-    if socket.send(message).await.is_err() {
-        return false;
-    }
-    match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-        Ok(Some(Ok(reply))) => reply
-            .into_text()
-            .is_ok_and(|text| text.as_str() == format!("echo: {word}")),
-        _ => false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_without_a_failed_request(
 ) {
@@ -95,8 +67,7 @@ async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_witho
     let (_gateway, address) = gateway(&region, dir.path()).await;
     let first = BTreeSet::from(["hello-0".to_owned()]);
     serving_exactly(&address, "hello", &first).await;
-    let mut socket = websocket(&address).await;
-    assert!(echoes(&mut socket, "before").await);
+    let socket = Held::open(&address, HOST).await;
     let lanes = Lane::every();
     let load = Load::start_lanes(&address, HOST, &lanes);
     load.goes_on_for(50).await;
@@ -109,20 +80,14 @@ async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_witho
         assert!(Instant::now() < end, "hello-0 never drained");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let draining = Instant::now();
     assert_eq!(stops(&agents), 0, "stopped only once drained");
-    let mut words = 0;
-    while echoes(&mut socket, &format!("word {words}")).await {
-        words += 1;
-        assert!(Instant::now() < end, "the WebSocket was never closed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let open_for = draining.elapsed();
-    // The log line is seen a little after the drain began (polled every 10 ms).
     assert!(
-        open_for + Duration::from_millis(250) >= DRAIN_TIMEOUT,
-        "closed {open_for:?} after the drain began, before its timeout"
+        socket.echoes(),
+        "the WebSocket closed as hello-0 began draining"
     );
+    let ended = socket.ended().await;
+    let (_, open_for) =
+        closed_at_drain_deadline(&ended, &agents, &["hello-0"], DRAIN_TIMEOUT).await;
     while stops(&agents) < 1 {
         assert!(Instant::now() < end, "hello-0 was never stopped");
         load.goes_on_for(10).await;
@@ -133,8 +98,9 @@ async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_witho
     let failures = load.failures();
     let answered = load.stop().await;
     eprintln!(
-        "drain: the WebSocket echoed {words} times and closed {open_for:?} after the drain \
-         began (drain_timeout {DRAIN_TIMEOUT:?}); failed requests: {} of {answered}",
+        "drain: the WebSocket echoed {} times and closed {open_for:?} after the drain began \
+         (drain_timeout {DRAIN_TIMEOUT:?}); failed requests: {} of {answered}",
+        ended.words,
         failures.len()
     );
     assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");

@@ -5,7 +5,9 @@
 //! only once new ones are ready; scaling up and down stops only the surplus, drained first. A
 //! new version that fails its health checks, crashes, or is not ready by its deadline, is
 //! rolled back by the region on its own, without a failed request, and `meridian status` says
-//! why. A blue-green deploy switches to a full new set at once.
+//! why. A blue-green deploy switches to a full new set at once. A WebSocket held through the
+//! edge across a rolling deploy, a blue-green switch or a canary to 100 % echoes until its
+//! instance's drain closes it at the drain deadline.
 
 mod support;
 
@@ -14,6 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::load::{greeted_by, serving_exactly, Lane, Load};
+use support::websocket::{closed_at_drain_deadline, Held};
 use support::{
     edge, gateway, hello_in_fra, logging_agent, stops, Agent, Deployed, RegionalPlane, HELLO,
 };
@@ -21,9 +24,21 @@ use support::{
 const DEADLINE: Duration = Duration::from_secs(60);
 const HOST: &str = support::HELLO_HOST;
 
-/// `scale` instances of `hello` in fra, greeting with `greeting`, health-checked every 200 ms.
+/// How long the WebSockets of an instance leaving service stay open in [`hello`] and the
+/// blue-green and canary definitions.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `deploy.drain_timeout: DRAIN_TIMEOUT` and `more` (further `deploy` fields, each followed by a
+/// comma), as a definition's `deploy` line.
+fn deploy(more: &str) -> String {
+    let timeout = humantime::format_duration(DRAIN_TIMEOUT);
+    format!("deploy: {{{more} drain_timeout: {timeout}}}\n")
+}
+
+/// `scale` instances of `hello` in fra, greeting with `greeting`, health-checked every 200 ms,
+/// their WebSockets closed [`DRAIN_TIMEOUT`] after they begin draining.
 fn hello(scale: u32, greeting: &str) -> String {
-    hello_in_fra(scale, HELLO, greeting, "/healthz", "")
+    hello_in_fra(scale, HELLO, greeting, "/healthz", &deploy(""))
 }
 
 /// `hello` deployed in fra, with two agents, a gateway and an edge, on the loopback addresses
@@ -87,6 +102,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     let first: BTreeSet<String> = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
     let load = Load::start_lanes(address, HOST, &lanes);
     let through_edge = Load::start_lanes(edge_address, HOST, &lanes);
+    let socket = Held::open(edge_address, HOST).await;
     load.goes_on_for(100).await;
     assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
 
@@ -94,10 +110,8 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     // new version, which the region takes without stopping or starting anything.
     platform.deploy(&hello(2, "hello"));
     assert_eq!(platform.cli.json(&["get", "services"])[0]["version"], 1);
-    platform.deploy(&format!(
-        "{}deploy: {{drain_delay: 2s}}\n",
-        hello(2, "hello")
-    ));
+    let slower_drain = deploy("drain_delay: 2s,");
+    platform.deploy(&hello_in_fra(2, HELLO, "hello", "/healthz", &slower_drain));
     let end = Instant::now() + DEADLINE;
     while fra_status(platform)["version"] != 2 {
         assert!(Instant::now() < end, "version 2 never reached fra");
@@ -106,6 +120,10 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     load.goes_on_for(200).await;
     through_edge.goes_on_for(200).await;
     assert_eq!(stops(agents), 0, "{}", agents[0].log());
+    assert!(
+        socket.echoes(),
+        "the WebSocket closed on a change of how deploys go"
+    );
     assert_eq!(through_edge.failures(), Vec::<String>::new());
     assert_eq!(load.failures(), Vec::<String>::new());
     assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
@@ -136,6 +154,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rolled = deployed.elapsed();
+    closed_by_drain(&rig, socket, "rolling deploy").await;
     load.take_answers();
     load.goes_on_for(100).await;
     let answers = load.take_answers();
@@ -193,6 +212,21 @@ async fn no_failed_request(what: &str, load: Load, through_edge: Load) {
         edge_failures,
         Vec::<String>::new(),
         "of {edge_answered} requests"
+    );
+}
+
+/// Waits until `socket`, held through the edge since the first set (`hello-0` and `hello-1`)
+/// served, is closed, and checks that its instance's drain closed it at its deadline, every
+/// echo answered before; prints the figures after `what`.
+async fn closed_by_drain(rig: &Rig, socket: Held, what: &str) {
+    let ended = socket.ended().await;
+    let first = ["hello-0", "hello-1"];
+    let (instance, open_for) =
+        closed_at_drain_deadline(&ended, &rig.agents, &first, DRAIN_TIMEOUT).await;
+    eprintln!(
+        "{what}: the WebSocket through the edge echoed {} times and closed {open_for:?} after \
+         {instance} began draining (drain_timeout {DRAIN_TIMEOUT:?})",
+        ended.words
     );
 }
 
@@ -354,11 +388,12 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
-    let blue_green = "deploy: {strategy: blue_green, keep_previous: 3s}\n";
-    let definition = |greeting| hello_in_fra(2, HELLO, greeting, "/healthz", blue_green);
+    let blue_green = deploy("strategy: blue_green, keep_previous: 3s,");
+    let definition = |greeting| hello_in_fra(2, HELLO, greeting, "/healthz", &blue_green);
     let rig = Rig::start(dir.path(), 150, &definition("hello")).await;
     let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
     let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
+    let socket = Held::open(&rig.edge, HOST).await;
     load.goes_on_for(50).await;
 
     // The whole new set starts beside the old one, which serves until all of it is ready.
@@ -384,8 +419,10 @@ async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request
         full_set_beside,
         "the new set never stood beside the old one"
     );
-    // Switched: the old set is out of service but kept running for keep_previous.
+    // Switched: the old set is out of service but kept running for keep_previous (and its
+    // WebSocket open).
     assert_eq!(stops(&rig.agents), 0);
+    assert!(socket.echoes(), "the WebSocket closed at the switch");
     let switched = Instant::now();
     let new = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
     serving_exactly(&rig.gateway, "howdy", &new).await;
@@ -399,6 +436,7 @@ async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request
     let kept = switched.elapsed();
     eprintln!("blue-green: the old set stopped {kept:?} after the switch was seen");
     assert!(kept >= Duration::from_secs(2), "kept only {kept:?}");
+    closed_by_drain(&rig, socket, "blue-green switch").await;
     load.take_answers();
     load.goes_on_for(100).await;
     assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
@@ -409,12 +447,12 @@ async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_splits_requests_by_weight_then_goes_to_100_without_a_failed_request() {
     let dir = tempfile::tempdir().unwrap();
-    let canary =
-        "deploy: {strategy: canary, steps: [{weight: 50, pause: 3s}], keep_previous: 1s}\n";
-    let definition = |greeting| hello_in_fra(2, HELLO, greeting, "/healthz", canary);
+    let canary = deploy("strategy: canary, steps: [{weight: 50, pause: 3s}], keep_previous: 1s,");
+    let definition = |greeting| hello_in_fra(2, HELLO, greeting, "/healthz", &canary);
     let rig = Rig::start(dir.path(), 160, &definition("hello")).await;
     let load = Load::start_lanes(&rig.gateway, HOST, &Lane::every());
     let through_edge = Load::start_lanes(&rig.edge, HOST, &Lane::every());
+    let socket = Held::open(&rig.edge, HOST).await;
     load.goes_on_for(50).await;
 
     // The new set starts beside the old one; once it is ready, the proxies send it half of
@@ -443,6 +481,7 @@ async fn a_canary_splits_requests_by_weight_then_goes_to_100_without_a_failed_re
         answers.len()
     );
     assert!(!old.is_empty() && !new.is_empty(), "{answers:?}");
+    assert!(socket.echoes(), "the WebSocket closed at the split");
 
     // Then 100 %: the old set leaves, and the rollout succeeded.
     let end = Instant::now() + DEADLINE;
@@ -460,6 +499,7 @@ async fn a_canary_splits_requests_by_weight_then_goes_to_100_without_a_failed_re
     load.take_answers();
     load.goes_on_for(100).await;
     assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
+    closed_by_drain(&rig, socket, "canary to 100 %").await;
     no_failed_request("canary to 100 %", load, through_edge).await;
 }
 

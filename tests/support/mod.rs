@@ -6,6 +6,7 @@
 pub mod edge_feed;
 pub mod load;
 pub mod pebble;
+pub mod websocket;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
