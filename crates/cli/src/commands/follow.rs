@@ -47,12 +47,7 @@ const BAR: u32 = 10;
 
 /// A progress bar of `done` out of `of` (`[######----]`).
 fn bar(done: u32, of: u32) -> String {
-    let filled = if of == 0 {
-        BAR
-    } else {
-        (done.min(of) * BAR) / of
-    };
-    let filled = filled as usize;
+    let filled = (done.min(of) * BAR).checked_div(of).unwrap_or(BAR) as usize;
     format!(
         "[{}{}]",
         "#".repeat(filled),
