@@ -66,7 +66,7 @@ pub fn document() -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn rollouts_carry_their_metric_gates_and_figures() {
+    fn rollouts_carry_their_metric_gates_figures_and_events() {
         let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
         let schemas = &doc["components"]["schemas"];
         let analysis = &schemas["RolloutStatus"]["properties"]["analysis"];
@@ -76,5 +76,10 @@ mod tests {
             assert!(!figures[field].is_null(), "{field}: {figures}");
         }
         assert!(!schemas["Deploy"]["properties"]["analysis"].is_null());
+        assert!(!schemas["RolloutRecord"]["properties"]["events"].is_null());
+        let event = &schemas["RolloutEvent"]["properties"];
+        for field in ["at", "phase", "step", "weights", "reason"] {
+            assert!(!event[field].is_null(), "{field}: {event}");
+        }
     }
 }
