@@ -43,8 +43,9 @@ pub struct Deploy {
     /// `5m`, from `1s` to `1h`.
     #[serde(default = "Deploy::default_progress_deadline")]
     pub progress_deadline: HumanDuration,
-    /// With `blue_green`: how long the previous set keeps running after the switch, out of
-    /// service; defaults to `1m`, at most `1h`. Only with `blue_green`.
+    /// With `blue_green` or `canary`: how long the previous set keeps running after the
+    /// switch, out of service, for an instant return to it; defaults to `1m`, at most `1h`.
+    /// Only with those strategies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_previous: Option<HumanDuration>,
     /// The regions in the order they take a new version: each wave starts only once every
