@@ -82,6 +82,17 @@ async fn two_regions(subnet: u8) -> TwoRegions {
     let (fra_gateway, _) = gateway(&fra, dir.path()).await;
     let (iad_gateway, _) = gateway(&iad, dir.path()).await;
     let (edge_process, edge) = edge(&platform, &fra, dir.path());
+    // Both regions report their instance healthy: either can serve when the other fails.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let status = platform.cli.json(&["status", "web", "--app", "shop"]);
+        let regions = status["regions"].as_array().cloned().unwrap_or_default();
+        if regions.len() == 2 && regions.iter().all(|r| r["healthy"].as_u64() >= Some(1)) {
+            break;
+        }
+        assert!(Instant::now() < end, "not both regions healthy: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     TwoRegions {
         _platform: platform,
         _regions: (fra, iad),
