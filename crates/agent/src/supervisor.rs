@@ -317,8 +317,8 @@ impl NodeProxy {
         self.refresh_dns(&local, services).await;
         let needed: BTreeSet<ServiceKey> = local.iter().map(|l| l.service.clone()).collect();
         let renewed = self.certs.ensure(&needed).await;
-        let config =
-            node_proxy::config(&local, services, &self.certs.files(), &options.trust_domain);
+        let files = self.certs.files();
+        let config = node_proxy::config(&local, services, &files, &options.trust_domain);
         if config["listeners"].as_array().is_none_or(Vec::is_empty) {
             return; // Nothing to serve yet (a proxy config needs a listener).
         }
@@ -332,7 +332,6 @@ impl NodeProxy {
                 }
             }
         }
-        let files = self.certs.files();
         let listened: Vec<&str> = local
             .iter()
             .filter(|l| l.serving && files.contains_key(&l.service))
