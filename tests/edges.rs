@@ -53,7 +53,7 @@ struct TwoRegions {
     _platform: Deployed,
     _regions: (RegionalPlane, RegionalPlane),
     fra_node: Agent,
-    _iad_node: Agent,
+    iad_node: Agent,
     fra_gateway: Killed,
     _iad_gateway: Killed,
     _edge: Killed,
@@ -97,7 +97,7 @@ async fn two_regions(subnet: u8) -> TwoRegions {
         _platform: platform,
         _regions: (fra, iad),
         fra_node,
-        _iad_node: iad_node,
+        iad_node,
         fra_gateway,
         _iad_gateway: iad_gateway,
         _edge: edge_process,
@@ -233,6 +233,40 @@ async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region(
         assert!(answer.text().await.unwrap().contains(" in iad "));
     }
     assert_eq!(failed, Vec::<String>::new());
+
+    // Washington's instances stop too: the service exists but no region can serve it, which
+    // the edge says with a 503, not with the 404 of a domain it does not know. Once the status
+    // shows no healthy instance anywhere, the edge keeps answering 503 (its configuration,
+    // which follows the same reports, keeps the domain with no region to send it to).
+    drop(regions.iad_node);
+    let end = Instant::now() + DEADLINE;
+    let mut in_a_row = 0;
+    while in_a_row < 40 {
+        let answer = client
+            .get(format!("http://{}/", regions.edge))
+            .header("host", "shop.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(answer.status(), 404, "{:?}", answer.headers());
+        let status = regions
+            ._platform
+            .cli
+            .json(&["status", "web", "--app", "shop"]);
+        let healthy_nowhere = status["regions"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r["healthy"] == 0));
+        in_a_row = if healthy_nowhere && answer.status() == 503 {
+            in_a_row + 1
+        } else {
+            0
+        };
+        assert!(
+            Instant::now() < end,
+            "the edge never answered 503: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// An edge whose public port someone else holds says so and exits, before it joins anything

@@ -102,27 +102,18 @@ pub fn edge_config(
         let here = (edge.lat, edge.lon);
         distance_km(here, (a.lat, a.lon)).total_cmp(&distance_km(here, (b.lat, b.lon)))
     });
-    // Per service: its deployment (for domains and routes) and its gateways, nearest first.
+    // Per service: its deployment (for domains and routes) and the gateways of the regions
+    // where it has healthy instances, nearest first. A service healthy nowhere keeps its
+    // domains with no gateway: the edge answers 503 (it exists, it cannot answer now), not 404.
     let mut services: BTreeMap<(String, String, String), (RegionalDeployment, Vec<String>)> =
         BTreeMap::new();
     for region in &by_distance {
-        let Some(report) = &region.report else {
-            continue;
-        };
-        let Some(gateway) = &report.gateway else {
-            continue;
-        };
+        let gateway = region
+            .report
+            .as_ref()
+            .and_then(|report| Some((report, report.gateway.as_ref()?)));
         for deployment in &region.deployments {
             if deployment.spec.domains.is_empty() || deployment.spec.routes.is_empty() {
-                continue;
-            }
-            let healthy = report.services.iter().any(|s| {
-                s.org == deployment.org
-                    && s.app == deployment.app
-                    && s.service == deployment.service
-                    && s.healthy > 0
-            });
-            if !healthy {
                 continue;
             }
             let key = (
@@ -130,11 +121,25 @@ pub fn edge_config(
                 deployment.app.clone(),
                 deployment.service.clone(),
             );
-            services
+            let (served, gateways) = services
                 .entry(key)
-                .or_insert_with(|| (deployment.clone(), Vec::new()))
-                .1
-                .push(gateway.clone());
+                .or_insert_with(|| (deployment.clone(), Vec::new()));
+            let Some((report, gateway)) = gateway else {
+                continue;
+            };
+            let healthy = report.services.iter().any(|s| {
+                s.org == deployment.org
+                    && s.app == deployment.app
+                    && s.service == deployment.service
+                    && s.healthy > 0
+            });
+            if healthy {
+                if gateways.is_empty() {
+                    // Domains and routes come from the nearest region that can serve them.
+                    *served = deployment.clone();
+                }
+                gateways.push(gateway.clone());
+            }
         }
     }
     let contested = contested_domains(
@@ -323,6 +328,17 @@ mod tests {
             json!(["shop.example.com"])
         );
         assert_eq!(config["listeners"][0]["trust_forwarded"], "none");
+        // Healthy nowhere: the domain stays routed, to no gateway (the proxy answers 503).
+        let regions = [
+            region("fra", 50.11, 8.68, 0),
+            region("iad", 38.95, -77.45, 0),
+        ];
+        let config = edge_config(&paris, &PLAIN, &regions, None, &Incumbents::new());
+        assert_eq!(gateways(&config), []);
+        assert_eq!(
+            config["listeners"][0]["virtual_hosts"][0]["domains"],
+            json!(["shop.example.com"])
+        );
     }
 
     /// The service each host is routed to: (domain, virtual host name).
