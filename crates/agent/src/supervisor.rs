@@ -185,6 +185,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
             options.identity_dir.clone(),
             options.state_dir.join("certs"),
         ),
+        renewed: false,
         applied: String::new(),
         dns: Arc::default(),
         dns_servers: BTreeMap::new(),
@@ -223,6 +224,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 }
             }
             _ = tick.tick() => {}
+            kept = node_proxy.certs.issued() => node_proxy.renewed |= kept,
             Some(Ok(name)) = drains.join_next() => {
                 let map = instances.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(running) = map.get(&name).filter(|r| r.leaving == Leaving::Draining) {
@@ -267,6 +269,9 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
 struct NodeProxy {
     proxy: Arc<meridian_proxy::Proxy>,
     certs: WorkloadCerts,
+    /// Whether a certificate was issued since the configuration was last applied (its files
+    /// changed even where the configuration's text did not).
+    renewed: bool,
     /// The configuration last applied.
     applied: String,
     dns: Arc<meridian_dns::Tables>,
@@ -289,8 +294,9 @@ fn host_resolver() -> Option<std::net::SocketAddr> {
 }
 
 impl NodeProxy {
-    /// Makes sure the running instances' services have certificates, and applies the node
-    /// proxy's configuration if it (or a certificate) changed; then marks the instances it
+    /// Asks for the certificates the running instances' services lack (without waiting for
+    /// them: the loop applies them as they come), and applies the node proxy's configuration
+    /// if it (or a certificate) changed; then marks the instances it
     /// listens for as proxied (waking the reporter when one became so).
     async fn refresh(
         &mut self,
@@ -316,7 +322,8 @@ impl NodeProxy {
             .collect();
         self.refresh_dns(&local, services).await;
         let needed: BTreeSet<ServiceKey> = local.iter().map(|l| l.service.clone()).collect();
-        let renewed = self.certs.ensure(&needed).await;
+        self.certs.request_due(&needed);
+        let renewed = std::mem::take(&mut self.renewed);
         let files = self.certs.files();
         let config = node_proxy::config(&local, services, &files, &options.trust_domain);
         if config["listeners"].as_array().is_none_or(Vec::is_empty) {
