@@ -188,16 +188,18 @@ async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region(
     // Frankfurt's only node stops its instances; its gateway stays. Requests go on, one at a
     // time, and the edge moves to Washington.
     let client = reqwest::Client::new();
+    let ask = || {
+        client
+            .get(format!("http://{}/", regions.edge))
+            .header("host", "shop.example.com")
+            .send()
+    };
     let stopped = Instant::now();
     drop(regions.fra_node);
     let (mut failed, mut answered) = (Vec::new(), 0);
     let end = Instant::now() + DEADLINE;
     let moved = loop {
-        let answer = client
-            .get(format!("http://{}/", regions.edge))
-            .header("host", "shop.example.com")
-            .send()
-            .await;
+        let answer = ask().await;
         answered += 1;
         match answer {
             Ok(answer) if answer.status() == 200 => {
@@ -223,12 +225,7 @@ async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region(
     // Requests that reach Frankfurt's gateway first are retried in Washington: none fails,
     // then or after.
     for _ in 0..50 {
-        let answer = client
-            .get(format!("http://{}/", regions.edge))
-            .header("host", "shop.example.com")
-            .send()
-            .await
-            .unwrap();
+        let answer = ask().await.unwrap();
         assert_eq!(answer.status(), 200);
         assert!(answer.text().await.unwrap().contains(" in iad "));
     }
@@ -242,12 +239,7 @@ async fn when_a_regions_instances_all_stop_the_edge_serves_from_the_next_region(
     let end = Instant::now() + DEADLINE;
     let mut in_a_row = 0;
     while in_a_row < 40 {
-        let answer = client
-            .get(format!("http://{}/", regions.edge))
-            .header("host", "shop.example.com")
-            .send()
-            .await
-            .unwrap();
+        let answer = ask().await.unwrap();
         assert_ne!(answer.status(), 404, "{:?}", answer.headers());
         let status = regions
             ._platform
