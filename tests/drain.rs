@@ -92,9 +92,7 @@ async fn a_drained_instances_websocket_is_closed_only_at_its_drain_timeout_witho
         assert!(Instant::now() < end, "hello-0 was never stopped");
         load.goes_on_for(10).await;
     }
-    load.take_answers();
-    load.goes_on_for(100).await;
-    let answers = load.take_answers();
+    let answers = load.answers_of_next(100).await;
     let failures = load.failures();
     let answered = load.stop().await;
     eprintln!(
@@ -151,9 +149,7 @@ async fn a_drained_node_moves_its_instances_away_without_a_failed_request() {
         1,
         "nothing new on one"
     );
-    load.take_answers();
-    load.goes_on_for(100).await;
-    let answers = load.take_answers();
+    let answers = load.answers_of_next(100).await;
     let failures = load.failures();
     let answered = load.stop().await;
     eprintln!(

@@ -155,9 +155,7 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
     }
     let rolled = deployed.elapsed();
     closed_by_drain(&rig, socket, "rolling deploy").await;
-    load.take_answers();
-    load.goes_on_for(100).await;
-    let answers = load.take_answers();
+    let answers = load.answers_of_next(100).await;
     let what = format!(
         "rolling deploy of 2 instances: {rolled:?} from the deploy to the old instances stopped"
     );
@@ -185,9 +183,10 @@ async fn a_deploy_rolls_instances_over_without_a_failed_request_and_a_same_one_s
         assert!(Instant::now() < end, "the surplus never stopped");
         load.goes_on_for(10).await;
     }
-    load.take_answers();
-    load.goes_on_for(100).await;
-    assert_eq!(greeted_by(&load.take_answers(), "howdy").len(), 1);
+    assert_eq!(
+        greeted_by(&load.answers_of_next(100).await, "howdy").len(),
+        1
+    );
     let failures = load.failures();
     let answered = load.stop().await;
     assert_eq!(failures, Vec::<String>::new(), "of {answered} requests");
@@ -325,9 +324,7 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
         "failed health checks: rolled back {:?} after the gate failed",
         rollback_time(&status)
     );
-    load.take_answers();
-    load.goes_on_for(100).await;
-    assert_eq!(greeted_by(&load.take_answers(), "hello"), first);
+    assert_eq!(greeted_by(&load.answers_of_next(100).await, "hello"), first);
 
     // A version that crashes, rolled out without surge: an old instance leaves first, the new
     // one crashes, and the region starts an instance of the previous version again; the other
@@ -354,9 +351,7 @@ async fn a_version_that_fails_its_health_checks_crashes_or_is_late_is_rolled_bac
         "crash loop: rolled back {:?} after the gate failed",
         rollback_time(&status)
     );
-    load.take_answers();
-    load.goes_on_for(100).await;
-    let back = greeted_by(&load.take_answers(), "hello");
+    let back = greeted_by(&load.answers_of_next(100).await, "hello");
     assert_eq!(back.len(), 2, "{back:?}");
     // Stopped in the end: the two new instances and the old one that left first.
     let end = Instant::now() + DEADLINE;
@@ -437,9 +432,7 @@ async fn a_blue_green_deploy_switches_to_a_full_new_set_without_a_failed_request
     eprintln!("blue-green: the old set stopped {kept:?} after the switch was seen");
     assert!(kept >= Duration::from_secs(2), "kept only {kept:?}");
     closed_by_drain(&rig, socket, "blue-green switch").await;
-    load.take_answers();
-    load.goes_on_for(100).await;
-    assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
+    assert_eq!(greeted_by(&load.answers_of_next(100).await, "howdy"), new);
 
     no_failed_request("blue-green switch", load, through_edge).await;
 }
@@ -471,9 +464,7 @@ async fn a_canary_splits_requests_by_weight_then_goes_to_100_without_a_failed_re
         assert!(Instant::now() < end, "the canary never split: {status}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    load.take_answers();
-    load.goes_on_for(40).await;
-    let answers = load.take_answers();
+    let answers = load.answers_of_next(40).await;
     let (old, new) = (greeted_by(&answers, "hello"), greeted_by(&answers, "howdy"));
     eprintln!(
         "canary at 50 %: {} of {} answers from the new version",
@@ -496,9 +487,7 @@ async fn a_canary_splits_requests_by_weight_then_goes_to_100_without_a_failed_re
     }
     let new = BTreeSet::from(["hello-2".to_owned(), "hello-3".to_owned()]);
     serving_exactly(&rig.gateway, "howdy", &new).await;
-    load.take_answers();
-    load.goes_on_for(100).await;
-    assert_eq!(greeted_by(&load.take_answers(), "howdy"), new);
+    assert_eq!(greeted_by(&load.answers_of_next(100).await, "howdy"), new);
     closed_by_drain(&rig, socket, "canary to 100 %").await;
     no_failed_request("canary to 100 %", load, through_edge).await;
 }
@@ -575,9 +564,7 @@ async fn a_paused_canary_holds_its_weight_until_resumed_and_a_promoted_one_ends_
         assert!(weighs(&status, 2, 50), "{status}");
         load.goes_on_for(10).await;
     }
-    load.take_answers();
-    load.goes_on_for(40).await;
-    let answers = load.take_answers();
+    let answers = load.answers_of_next(40).await;
     let (old, new) = (greeted_by(&answers, "hello"), greeted_by(&answers, "howdy"));
     assert!(!old.is_empty() && !new.is_empty(), "{answers:?}");
     eprintln!(
@@ -614,9 +601,7 @@ async fn a_paused_canary_holds_its_weight_until_resumed_and_a_promoted_one_ends_
     );
     let refused = rollout_refused(&rig, "promote");
     assert!(refused.contains("nothing to promote"), "{refused}");
-    load.take_answers();
-    load.goes_on_for(100).await;
-    let answers = load.take_answers();
+    let answers = load.answers_of_next(100).await;
     assert_eq!(greeted_by(&answers, "hi").len(), 2, "{answers:?}");
     assert!(greeted_by(&answers, "howdy").is_empty(), "{answers:?}");
     no_failed_request("paused, resumed and promoted canaries", load, through_edge).await;
@@ -674,9 +659,7 @@ async fn a_blue_green_aborted_while_the_previous_set_is_kept_switches_back_to_it
     .await;
     assert_eq!(status["rollout"]["previous"], 2, "{status}");
     serving_exactly(&rig.edge, "hello", &old).await;
-    load.take_answers();
-    load.goes_on_for(100).await;
-    assert_eq!(greeted_by(&load.take_answers(), "hello"), old);
+    assert_eq!(greeted_by(&load.answers_of_next(100).await, "hello"), old);
     assert_eq!(starts(), started, "no instance started");
     no_failed_request("blue-green abort to the kept set", load, through_edge).await;
 }

@@ -127,6 +127,14 @@ impl Load {
         std::mem::take(&mut *self.answers.lock().unwrap())
     }
 
+    /// The bodies of the successful answers among the next `count` requests answered (those
+    /// before are forgotten).
+    pub async fn answers_of_next(&self, count: u64) -> Vec<String> {
+        self.take_answers();
+        self.goes_on_for(count).await;
+        self.take_answers()
+    }
+
     /// Stops the load; returns how many requests were answered.
     pub async fn stop(self) -> u64 {
         self.stop.send_replace(true);
