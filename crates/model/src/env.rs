@@ -120,6 +120,12 @@ pub fn check_secret_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The label a secret's sealed value is bound to (see the identity crate's sealing): a value
+/// copied onto another secret's row does not open there.
+pub fn seal_label(org: &str, app: &str, name: &str) -> String {
+    format!("secret/{org}/{app}/{name}")
+}
+
 /// Every reference to a secret in `definition` (`runtime.process.env` and each override's
 /// `env` and `runtime.process.env`), as (field, secret name), in the order of the fields:
 /// e.g. `("runtime.process.env.DB_PASSWORD", "DB_PASSWORD")`.
