@@ -180,6 +180,17 @@ impl From<StoreError> for ApiError {
                 },
                 taken,
             ),
+            StoreError::SecretMissing { field, secret, app } => {
+                let mut errors = ValidationErrors::default();
+                errors.push(
+                    field,
+                    format!(
+                        "secret `{secret}` does not exist in app `{app}` \
+                         (set it first with `meridian secret set`)"
+                    ),
+                );
+                ApiError::invalid(errors)
+            }
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

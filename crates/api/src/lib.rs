@@ -49,7 +49,8 @@ pub struct ApiState {
     trust: Option<RootTrust>,
     /// The regions' last reports.
     pub(crate) reports: Reports,
-    /// The key that seals uploaded private keys; `None` when the plane manages no certificates.
+    /// The key that seals uploaded private keys and secrets; `None` when the plane runs
+    /// without one (then neither is accepted).
     pub(crate) secrets: Option<Arc<SealingKey>>,
     /// What the plane waits for before `/readyz` says it is ready (beyond its store).
     readiness: Readiness,
@@ -91,7 +92,8 @@ pub struct RootTrust {
 /// Builds the API's router over `store`, with the installation's root of trust and the
 /// process's other metrics in `registry` (rendered with the API's on `/metrics`). Region reports
 /// are recorded in `reports`, which the caller may share (e.g. to publish them to the regions).
-/// Uploaded certificates' keys are sealed with `secrets`; without it uploads are refused.
+/// Uploaded certificates' keys and apps' secrets are sealed with `secrets`; without it both
+/// are refused.
 /// `/readyz` answers 503, naming what is waited for, until `readiness` is ready.
 pub fn router_with(
     store: Arc<dyn Store>,
@@ -101,7 +103,9 @@ pub fn router_with(
     secrets: Option<Arc<SealingKey>>,
     readiness: Readiness,
 ) -> Router {
-    use routes::{domains, endpoints, feed, regions, reports, rollouts, services, tenancy};
+    use routes::{
+        domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy,
+    };
     let state = ApiState {
         store,
         metrics: Arc::new(Metrics::new(registry)),
@@ -147,6 +151,11 @@ pub fn router_with(
             put(tenancy::create_app)
                 .get(tenancy::get_app)
                 .delete(tenancy::delete_app),
+        )
+        .route("/v1/orgs/{org}/apps/{app}/secrets", get(secrets::list))
+        .route(
+            "/v1/orgs/{org}/apps/{app}/secrets/{name}",
+            put(secrets::put).delete(secrets::delete),
         )
         .route("/v1/regions", get(regions::list))
         .route(

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{domains, endpoints, feed, regions, reports, rollouts, services, tenancy};
+use crate::routes::{
+    domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +16,7 @@ use crate::routes::{domains, endpoints, feed, regions, reports, rollouts, servic
         tenancy::create_org, tenancy::list_orgs, tenancy::get_org, tenancy::delete_org,
         tenancy::create_token, tenancy::list_tokens, tenancy::delete_token,
         tenancy::create_app, tenancy::list_apps, tenancy::get_app, tenancy::delete_app,
+        secrets::put, secrets::list, secrets::delete,
         regions::put, regions::list, regions::delete, regions::deployments, regions::endpoints,
         regions::intermediate, regions::create_join_token, reports::put, reports::get,
         services::apply, services::list, services::get, services::delete,

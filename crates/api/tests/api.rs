@@ -1114,3 +1114,87 @@ async fn domains_show_their_certificates_and_an_upload_is_checked_before_it_is_s
         "{listed}"
     );
 }
+
+#[tokio::test]
+async fn secrets_are_set_listed_without_values_referenced_and_kept_while_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let acme = org_token(&admin, "acme").await;
+    let other = org_token(&admin, "other").await;
+    let secret = "/v1/orgs/acme/apps/shop/secrets/DB_PASSWORD";
+    let value = "hunter2-do-not-show";
+
+    // A deploy naming a secret that does not exist is refused, naming the field; nothing stored.
+    let mut using = definition("acme", "web", "hello");
+    using["runtime"]["process"]["env"]["DB_PASSWORD"] = json!({"secret": "DB_PASSWORD"});
+    let before = admin.revision().await;
+    let (status, body) = acme.post("/v1/services", using.clone()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "runtime.process.env.DB_PASSWORD");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secret `DB_PASSWORD` does not exist"),
+        "{body}"
+    );
+    assert_eq!(admin.revision().await, before);
+
+    // Bad names and values are refused naming the field.
+    let (status, body) = acme
+        .put(
+            "/v1/orgs/acme/apps/shop/secrets/1BAD",
+            json!({"value": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "name");
+    let huge = "x".repeat(64 * 1024 + 1);
+    let (status, body) = acme.put(secret, json!({"value": huge})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "value");
+    let (status, body) = acme.put(secret, json!({"valeu": "x"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(admin.revision().await, before);
+
+    // Set, set again with the same value (no new version), change.
+    let (status, body) = acme.put(secret, json!({"value": value})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["name"].clone(), body["version"].clone()),
+        (json!("DB_PASSWORD"), json!(1))
+    );
+    let (_, body) = acme.put(secret, json!({"value": value})).await;
+    assert_eq!(body["version"], 1, "{body}");
+    let (_, body) = acme.put(secret, json!({"value": "changed"})).await;
+    assert_eq!(body["version"], 2, "{body}");
+    let (status, list) = acme.get("/v1/orgs/acme/apps/shop/secrets").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["version"], 2);
+    assert!(!list.to_string().contains("changed"), "{list}");
+
+    // Another org sees nothing of them.
+    let (status, _) = other.get("/v1/orgs/acme/apps/shop/secrets").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = other.put(secret, json!({"value": "x"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Now the deploy goes through; the secret is then in use.
+    let (status, body) = acme.post("/v1/services", using).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = acme.delete(secret).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("web"),
+        "{body}"
+    );
+    let (status, _) = acme.delete("/v1/orgs/acme/apps/shop/services/web").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = acme.delete(secret).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _) = acme.delete(secret).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

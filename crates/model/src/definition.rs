@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::deploy::Deploy;
 use crate::duration::HumanDuration;
+use crate::env::EnvValue;
 
 /// A service definition: what a user applies with `meridian deploy`.
 ///
@@ -108,9 +109,10 @@ pub struct Process {
     /// Arguments passed to the command.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Environment variables set for the process.
+    /// Environment variables set for the process: each a string or `{secret: NAME}`, a secret
+    /// of the service's app resolved by the agent at start.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
     /// Working directory; defaults to the instance's own directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
@@ -331,7 +333,7 @@ pub struct RegionOverride {
     pub scale: Option<ScaleOverride>,
     /// Merged into `runtime.process.env` (after `runtime`'s own env).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<BTreeMap<String, String>>,
+    pub env: Option<BTreeMap<String, EnvValue>>,
     /// Replaces the named process fields; its `env` merges by key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeOverride>,
@@ -380,7 +382,7 @@ pub struct ProcessOverride {
     pub args: Option<Vec<String>>,
     /// Merged into the environment by key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<BTreeMap<String, String>>,
+    pub env: Option<BTreeMap<String, EnvValue>>,
     /// Replaces the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
@@ -411,13 +413,28 @@ pub struct ServiceSpec {
     /// How a new version replaces the running one.
     #[serde(default, skip_serializing_if = "Deploy::is_default")]
     pub deploy: Deploy,
+    /// The version of each secret the environment references, by name: set by the global
+    /// control plane when it sends the spec to a region (empty in a derivation), so that a
+    /// changed secret changes what the instances run, and they are replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, u64>,
 }
 
 impl ServiceSpec {
+    /// The names of the secrets the environment references.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.runtime
+            .process
+            .env
+            .values()
+            .filter_map(EnvValue::secret)
+    }
+
     /// Whether an instance started with `self` runs the same as one started with `other`: the
     /// two differ at most in what the instance never sees — what only the edges read
     /// (`domains`, `https`) and what only the control planes read (`scale`, `deploy`). A deploy
-    /// that changes only those keeps the running instances, with the new spec.
+    /// that changes only those keeps the running instances, with the new spec; a new version of
+    /// a secret they use (`secrets`) replaces them.
     pub fn runs_like(&self, other: &ServiceSpec) -> bool {
         // Every field is named: a new one is compared unless it is added to the unseen here.
         let ServiceSpec {
@@ -430,14 +447,16 @@ impl ServiceSpec {
             mesh,
             https: _,
             deploy: _,
+            secrets,
         } = self;
-        (runtime, ports, routes, health_checks, mesh)
+        (runtime, ports, routes, health_checks, mesh, secrets)
             == (
                 &other.runtime,
                 &other.ports,
                 &other.routes,
                 &other.health_checks,
                 &other.mesh,
+                &other.secrets,
             )
     }
 }
@@ -477,6 +496,7 @@ mod tests {
             serde_json::json!({"runtime": {"process": {"command": "hello", "env": {"A": "b"}}}}),
             serde_json::json!({"ports": [{"name": "http", "port": 8081}]}),
             serde_json::json!({"mesh": {"allow": ["acme/*/*"]}}),
+            serde_json::json!({"secrets": {"DB_PASSWORD": 2}}),
         ] {
             assert!(!running.runs_like(&spec(seen.clone())), "{seen}");
         }

@@ -6,6 +6,8 @@
 //! key like a map (see [`crate::DeployOverride`]). The region-level `env`
 //! merges after `runtime.process.env`, so it wins where both name a key.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Definition, RegionOverride, ServiceSpec};
@@ -62,6 +64,7 @@ pub fn derive_spec(
         mesh: definition.mesh.clone(),
         https: definition.https.clone(),
         deploy: definition.deploy.clone(),
+        secrets: BTreeMap::new(),
     };
     if let Some(o) = region_override {
         apply_override(&mut spec, o);

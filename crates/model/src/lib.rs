@@ -12,6 +12,7 @@ mod deploy;
 mod derive;
 mod domains;
 mod duration;
+pub mod env;
 mod error;
 mod geo;
 mod names;
@@ -32,13 +33,14 @@ pub use deploy::{Amount, CanaryStep, Deploy, DeployOverride, Strategy};
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};
 pub use domains::{check_domain, contested_domains, covering_wildcards, domains_overlap};
 pub use duration::HumanDuration;
+pub use env::{check_secret_name, EnvValue, SecretRef};
 pub use error::{FieldError, ValidationErrors};
 pub use geo::distance_km;
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{
     App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Endpoint, EndpointHealth,
-    EndpointInput, Org, Region, RegionInput, RegionReport, ServiceHealth, ServiceSummary,
+    EndpointInput, Org, Region, RegionInput, RegionReport, SecretInfo, ServiceHealth, ServiceSummary,
     TokenInfo, VersionHealth,
 };
 pub use rollout::{

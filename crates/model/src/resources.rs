@@ -164,6 +164,21 @@ pub enum ChangeKind {
     /// A pause or promotion of a service's rollout (key: `org/app/service`).
     #[serde(rename = "rollout_control")]
     RolloutControl,
+    /// A secret of an app (key: `org/app/NAME`); the change carries the secret's new version,
+    /// never its value.
+    Secret,
+}
+
+/// A secret as listed: its name and version, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SecretInfo {
+    /// The secret's name (an environment variable name).
+    pub name: String,
+    /// Its version: 1 when created, one more at each change of its value.
+    pub version: u64,
+    /// Time of its last change, seconds since the Unix epoch.
+    pub updated_at: i64,
 }
 
 /// Whether a change created/updated or removed its resource.
@@ -189,7 +204,7 @@ pub struct Change {
     pub key: String,
     /// Put or delete.
     pub op: ChangeOp,
-    /// For a service put, the new current version.
+    /// For a service put, the new current version; for a secret put, the secret's new version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
     /// Commit time, microseconds since the Unix epoch.

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::names::{check_dns_label, check_url_path};
 use crate::{
-    Amount, Definition, EndpointInput, HealthCheck, Port, Process, RegionInput, ValidationErrors,
+    check_secret_name, Amount, Definition, EndpointInput, EnvValue, HealthCheck, Port, Process,
+    RegionInput, ValidationErrors,
 };
 
 /// Explicit size limits on a definition.
@@ -341,7 +342,7 @@ fn validate_working_dir(errs: &mut ValidationErrors, prefix: &str, dir: &str) {
     }
 }
 
-fn validate_env(errs: &mut ValidationErrors, prefix: &str, env: &BTreeMap<String, String>) {
+fn validate_env(errs: &mut ValidationErrors, prefix: &str, env: &BTreeMap<String, EnvValue>) {
     if too_many(errs, prefix, env.len(), Limits::ENV_VARS) {
         return;
     }
@@ -358,7 +359,14 @@ fn validate_env(errs: &mut ValidationErrors, prefix: &str, env: &BTreeMap<String
                 "is not an environment variable name (letters, digits and _, not starting with a digit)",
             );
         }
-        string_value(errs, &field, value);
+        match value {
+            EnvValue::Plain(value) => string_value(errs, &field, value),
+            EnvValue::Secret(reference) => {
+                if let Err(reason) = check_secret_name(&reference.secret) {
+                    errs.push(format!("{field}.secret"), reason);
+                }
+            }
+        }
     }
 }
 

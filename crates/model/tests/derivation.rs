@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use meridian_model::{
-    derive_regional, derive_spec, Definition, HealthCheck, HumanDuration, Mesh, Port, Process,
-    ProcessOverride, Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale,
-    ScaleOverride, TcpCheck,
+    derive_regional, derive_spec, Definition, EnvValue, HealthCheck, HumanDuration, Mesh, Port,
+    Process, ProcessOverride, Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale,
+    ScaleOverride, SecretRef, TcpCheck,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -13,8 +13,12 @@ use proptest::prelude::*;
 
 const REGIONS: [&str; 4] = ["fra", "iad", "sin", "syd"];
 
-fn env() -> impl Strategy<Value = BTreeMap<String, String>> {
-    btree_map("[A-E]", "[a-z]{0,4}", 0..4)
+fn env() -> impl Strategy<Value = BTreeMap<String, EnvValue>> {
+    let value = prop_oneof![
+        "[a-z]{0,4}".prop_map(EnvValue::Plain),
+        "[A-C]".prop_map(|secret| EnvValue::Secret(SecretRef { secret })),
+    ];
+    btree_map("[A-E]", value, 0..4)
 }
 
 fn checks() -> impl Strategy<Value = Vec<HealthCheck>> {
@@ -163,7 +167,7 @@ proptest! {
         prop_assert_eq!(&got.args, p.args.as_ref().unwrap_or(&was.args));
         prop_assert_eq!(&spec.health_checks, o.health_checks.as_ref().unwrap_or(&base.health_checks));
         // Maps merge by key: region env wins over runtime env, which wins over the base.
-        let named: BTreeMap<&String, &String> = p.env.iter().flatten()
+        let named: BTreeMap<&String, &EnvValue> = p.env.iter().flatten()
             .chain(o.env.iter().flatten())
             .collect();
         for (key, value) in &got.env {

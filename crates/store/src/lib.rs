@@ -14,8 +14,8 @@ mod watch;
 use async_trait::async_trait;
 use meridian_model::{
     App, CertificateSource, CertificateState, Change, Definition, Deployment, Endpoint,
-    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, ServiceSummary,
-    TokenInfo,
+    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
+    ServiceSummary, TokenInfo,
 };
 
 pub use sqlite::SqliteStore;
@@ -163,6 +163,17 @@ pub enum StoreError {
     /// The backend failed (I/O, database).
     #[error("storage failure: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A definition references a secret its app does not have: `field` is the first
+    /// environment variable that does (e.g. `runtime.process.env.DB_PASSWORD`).
+    #[error("{field}: secret `{secret}` does not exist in app `{app}` (set it first with `meridian secret set`)")]
+    SecretMissing {
+        /// The field that references it.
+        field: String,
+        /// The secret's name.
+        secret: String,
+        /// The app, `org/app`.
+        app: String,
+    },
     /// The store was shut down while a watcher waited.
     #[error("the store was closed")]
     Closed,
@@ -299,4 +310,27 @@ pub trait Store: Send + Sync + 'static {
     async fn get_ticket_keys(&self) -> Result<Option<(Vec<u8>, i64)>>;
     /// Stores the sealed TLS session ticket keys, rotated at `rotated_at`.
     async fn put_ticket_keys(&self, sealed: &[u8], rotated_at: i64) -> Result<()>;
+
+    /// Creates or replaces secret `name` of `org/app` with `sealed` (sealed by the caller; the
+    /// store never sees a value in clear), one version more than before (1 when new). The app
+    /// is created if missing; the org must exist ([`StoreError::NotFound`]).
+    async fn put_secret(
+        &self,
+        org: &str,
+        app: &str,
+        name: &str,
+        sealed: &[u8],
+    ) -> Result<SecretInfo>;
+    /// The secrets of `org/app`, by name: names and versions only.
+    async fn list_secrets(&self, org: &str, app: &str) -> Result<Vec<SecretInfo>>;
+    /// Secret `name` of `org/app` with its sealed value, if it exists.
+    async fn get_secret(
+        &self,
+        org: &str,
+        app: &str,
+        name: &str,
+    ) -> Result<Option<(SecretInfo, Vec<u8>)>>;
+    /// Deletes secret `name` of `org/app`; [`StoreError::Conflict`] naming the services whose
+    /// current version references it.
+    async fn delete_secret(&self, org: &str, app: &str, name: &str) -> Result<()>;
 }

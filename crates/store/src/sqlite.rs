@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use meridian_model::{
     App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Endpoint,
-    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, ServiceSummary,
-    TokenInfo,
+    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
+    ServiceSummary, TokenInfo,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -22,6 +22,7 @@ mod certificates;
 mod domains;
 mod endpoints;
 mod rollouts;
+mod secrets;
 
 use crate::{
     Applied, CertificateRecord, DomainClaim, MissingOrg, NewToken, Result, ServiceFilter,
@@ -158,6 +159,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::TicketKeys => "ticket_keys",
         ChangeKind::Rollout => "rollout",
         ChangeKind::RolloutControl => "rollout_control",
+        ChangeKind::Secret => "secret",
     }
 }
 
@@ -174,6 +176,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "ticket_keys" => ChangeKind::TicketKeys,
         "rollout" => ChangeKind::Rollout,
         "rollout_control" => ChangeKind::RolloutControl,
+        "secret" => ChangeKind::Secret,
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unknown change kind `{other}`"
@@ -329,6 +332,7 @@ async fn write_version(
 ) -> Result<Deployment> {
     let key = ServiceKey::of(definition);
     domains::check(conn, &key, &definition.domains).await?;
+    secrets::check_references(conn, definition).await?;
     let version = current_version(conn, &key).await?.map_or(1, |v| v + 1);
     let revision = record(
         conn,
@@ -984,6 +988,38 @@ impl Store for SqliteStore {
         .bind(rotated_at)
         .execute(&mut *tx)
         .await?;
+        self.commit(tx, revision).await
+    }
+
+    async fn put_secret(
+        &self,
+        org: &str,
+        app: &str,
+        name: &str,
+        sealed: &[u8],
+    ) -> Result<SecretInfo> {
+        let mut tx = self.writer.begin().await?;
+        let (info, revision) = secrets::put(&mut tx, org, app, name, sealed).await?;
+        self.commit(tx, revision).await?;
+        Ok(info)
+    }
+
+    async fn list_secrets(&self, org: &str, app: &str) -> Result<Vec<SecretInfo>> {
+        secrets::list(&self.reader, org, app).await
+    }
+
+    async fn get_secret(
+        &self,
+        org: &str,
+        app: &str,
+        name: &str,
+    ) -> Result<Option<(SecretInfo, Vec<u8>)>> {
+        secrets::get(&self.reader, org, app, name).await
+    }
+
+    async fn delete_secret(&self, org: &str, app: &str, name: &str) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let revision = secrets::delete(&mut tx, org, app, name).await?;
         self.commit(tx, revision).await
     }
 }

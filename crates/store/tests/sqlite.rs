@@ -528,3 +528,73 @@ async fn acme_accounts_and_ticket_keys_are_kept_and_replaced() {
         Some((b"newer".to_vec(), 8))
     );
 }
+
+#[tokio::test]
+async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    with_regions(&store).await;
+    assert!(matches!(
+        store.put_secret("acme", "shop", "DB", b"sealed-1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.create_org("acme").await.unwrap();
+    let mut using = definition("web", &["fra"], "hello");
+    using.runtime.process.env.insert(
+        "DB_PASSWORD".into(),
+        serde_json::from_str(r#"{"secret":"DB"}"#).unwrap(),
+    );
+    let before = store.revision().await.unwrap();
+    match store.apply_service(&using, MissingOrg::Reject).await {
+        Err(StoreError::SecretMissing { field, secret, .. }) => {
+            assert_eq!(
+                (field.as_str(), secret.as_str()),
+                ("runtime.process.env.DB_PASSWORD", "DB")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.revision().await.unwrap(), before, "nothing stored");
+
+    let first = store
+        .put_secret("acme", "shop", "DB", b"sealed-1")
+        .await
+        .unwrap();
+    assert_eq!(first.version, 1);
+    let second = store
+        .put_secret("acme", "shop", "DB", b"sealed-2")
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    let changes = store.changes_after(before, 10).await.unwrap();
+    let last = changes.last().unwrap();
+    assert_eq!(
+        (last.kind, last.key.as_str(), last.version),
+        (ChangeKind::Secret, "acme/shop/DB", Some(2))
+    );
+    let (info, sealed) = store
+        .get_secret("acme", "shop", "DB")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((info.version, sealed.as_slice()), (2, &b"sealed-2"[..]));
+    let listed = store.list_secrets("acme", "shop").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), listed[0].version), ("DB", 2));
+
+    store
+        .apply_service(&using, MissingOrg::Reject)
+        .await
+        .unwrap();
+    match store.delete_secret("acme", "shop", "DB").await {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("web"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    store.delete_service(&key("web")).await.unwrap();
+    store.delete_secret("acme", "shop", "DB").await.unwrap();
+    assert!(store.list_secrets("acme", "shop").await.unwrap().is_empty());
+    assert!(matches!(
+        store.delete_secret("acme", "shop", "DB").await,
+        Err(StoreError::NotFound(_))
+    ));
+}

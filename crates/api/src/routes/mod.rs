@@ -6,5 +6,6 @@ pub mod feed;
 pub mod regions;
 pub mod reports;
 pub mod rollouts;
+pub mod secrets;
 pub mod services;
 pub mod tenancy;

@@ -1,0 +1,152 @@
+//! An app's secrets: set (create or change), list (names and versions, never values), delete.
+//! Values are sealed with the control plane's secrets key before they reach the store, and no
+//! read of the API ever returns one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use meridian_model::env::{seal_label, SECRET_VALUE_MAX};
+use meridian_model::{check_dns_label, check_secret_name, SecretInfo, ValidationErrors};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ErrorResponses;
+use crate::extract::{ApiPath, JsonBody};
+use crate::{ApiError, ApiState, Caller};
+
+/// Path of an app's secrets.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SecretsPath {
+    /// The org.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    org: String,
+    /// The app.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    app: String,
+}
+
+/// Path of one secret.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SecretPath {
+    /// The org.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    org: String,
+    /// The app.
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    app: String,
+    /// The secret: letters, digits and `_`, not starting with a digit, at most 128 characters.
+    #[param(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+    name: String,
+}
+
+/// The value of a secret to set.
+#[derive(Deserialize, ToSchema)]
+pub struct SecretValue {
+    /// The value: UTF-8 text without NUL characters, at most 65536 bytes. Never shown again.
+    value: String,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
+    let mut errors = ValidationErrors::default();
+    errors.push(field, reason);
+    ApiError::invalid(errors)
+}
+
+fn check_app(org: &str, app: &str) -> Result<(), ApiError> {
+    check_dns_label(org).map_err(|reason| invalid("org", reason))?;
+    check_dns_label(app).map_err(|reason| invalid("app", reason))
+}
+
+/// Sets a secret of an app (creating the app when missing): its version grows by one when the
+/// value changes, and the instances of the services that use it are replaced with the new
+/// value. Setting the value it already has changes nothing.
+#[utoipa::path(put, path = "/v1/orgs/{org}/apps/{app}/secrets/{name}", tag = "secrets",
+    params(SecretPath), request_body = SecretValue,
+    responses((status = 200, description = "The secret's name and version (never its value)",
+        body = SecretInfo), ErrorResponses))]
+pub async fn put(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<SecretPath>,
+    JsonBody(body): JsonBody<SecretValue>,
+) -> Result<Json<SecretInfo>, ApiError> {
+    caller.require_org(&path.org)?;
+    check_app(&path.org, &path.app)?;
+    check_secret_name(&path.name).map_err(|reason| invalid("name", reason))?;
+    if body.value.len() > SECRET_VALUE_MAX {
+        return Err(invalid(
+            "value",
+            format!(
+                "is {} bytes long; at most {SECRET_VALUE_MAX} are allowed",
+                body.value.len()
+            ),
+        ));
+    }
+    if body.value.contains('\0') {
+        return Err(invalid(
+            "value",
+            "contains a NUL character, which an environment variable cannot hold",
+        ));
+    }
+    let Some(key) = &state.secrets else {
+        return Err(ApiError::not_found(
+            "secrets (this control plane runs without --secrets-key)",
+        ));
+    };
+    let label = seal_label(&path.org, &path.app, &path.name);
+    let store = &state.store;
+    if let Some((info, sealed)) = store.get_secret(&path.org, &path.app, &path.name).await? {
+        // A value that opens no more (another key) is simply replaced.
+        if key
+            .open(&label, &sealed)
+            .is_ok_and(|v| v == body.value.as_bytes())
+        {
+            return Ok(Json(info));
+        }
+    }
+    let sealed = key
+        .seal(&label, body.value.as_bytes())
+        .map_err(ApiError::internal)?;
+    let info = store
+        .put_secret(&path.org, &path.app, &path.name, &sealed)
+        .await?;
+    tracing::info!(org = %path.org, app = %path.app, secret = %path.name,
+        version = info.version, "secret set");
+    Ok(Json(info))
+}
+
+/// The secrets of an app: names and versions, never values.
+#[utoipa::path(get, path = "/v1/orgs/{org}/apps/{app}/secrets", tag = "secrets",
+    params(SecretsPath),
+    responses((status = 200, description = "The app's secrets, by name", body = [SecretInfo]),
+        ErrorResponses))]
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<SecretsPath>,
+) -> Result<Json<Vec<SecretInfo>>, ApiError> {
+    caller.require_org(&path.org)?;
+    check_app(&path.org, &path.app)?;
+    Ok(Json(state.store.list_secrets(&path.org, &path.app).await?))
+}
+
+/// Deletes a secret no service of the app uses (409 naming the services that do).
+#[utoipa::path(delete, path = "/v1/orgs/{org}/apps/{app}/secrets/{name}", tag = "secrets",
+    params(SecretPath), responses((status = 204, description = "Deleted"), ErrorResponses))]
+pub async fn delete(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(path): ApiPath<SecretPath>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_org(&path.org)?;
+    check_app(&path.org, &path.app)?;
+    check_secret_name(&path.name).map_err(|reason| invalid("name", reason))?;
+    state
+        .store
+        .delete_secret(&path.org, &path.app, &path.name)
+        .await?;
+    tracing::info!(org = %path.org, app = %path.app, secret = %path.name, "secret deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
