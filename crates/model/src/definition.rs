@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::deploy::Deploy;
 use crate::duration::HumanDuration;
 use crate::env::EnvValue;
+use crate::Resources;
 
 /// A service definition: what a user applies with `meridian deploy`.
 ///
@@ -42,6 +43,9 @@ pub struct Definition {
     pub scale: Scale,
     /// How an instance is started.
     pub runtime: Runtime,
+    /// The CPU and memory each instance may use; not limited when absent.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
     /// The ports an instance listens on.
     #[serde(default)]
     pub ports: Vec<Port>,
@@ -340,6 +344,9 @@ pub struct RegionOverride {
     /// Replaces the whole list of health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_checks: Option<Vec<HealthCheck>>,
+    /// Replaces the `resources` fields it sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
     /// Any `deploy` fields but `waves`, merged into `deploy` by key (see
     /// [`DeployOverride`](crate::DeployOverride)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,6 +404,9 @@ pub struct ServiceSpec {
     pub scale: Scale,
     /// How an instance is started.
     pub runtime: Runtime,
+    /// The CPU and memory each instance may use.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
     /// The ports an instance listens on.
     pub ports: Vec<Port>,
     /// Public routes.
@@ -440,6 +450,7 @@ impl ServiceSpec {
         let ServiceSpec {
             scale: _,
             runtime,
+            resources,
             ports,
             routes,
             domains: _,
@@ -449,9 +460,10 @@ impl ServiceSpec {
             deploy: _,
             secrets,
         } = self;
-        (runtime, ports, routes, health_checks, mesh, secrets)
+        (runtime, resources, ports, routes, health_checks, mesh, secrets)
             == (
                 &other.runtime,
+                &other.resources,
                 &other.ports,
                 &other.routes,
                 &other.health_checks,
@@ -497,6 +509,7 @@ mod tests {
             serde_json::json!({"ports": [{"name": "http", "port": 8081}]}),
             serde_json::json!({"mesh": {"allow": ["acme/*/*"]}}),
             serde_json::json!({"secrets": {"DB_PASSWORD": 2}}),
+            serde_json::json!({"resources": {"memory": "64Mi"}}),
         ] {
             assert!(!running.runs_like(&spec(seen.clone())), "{seen}");
         }

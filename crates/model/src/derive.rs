@@ -2,7 +2,8 @@
 //!
 //! Override semantics: maps merge by key with the override winning (`scale`, `runtime`,
 //! `runtime.process`, `runtime.process.env`, `env`); lists and scalars replace (`args`,
-//! `health_checks`, `command`, `working_dir`, `scale.min`, `scale.max`); `deploy` merges by
+//! `health_checks`, `command`, `working_dir`, `scale.min`, `scale.max`, and each field of
+//! `resources`); `deploy` merges by
 //! key like a map (see [`crate::DeployOverride`]). The region-level `env`
 //! merges after `runtime.process.env`, so it wins where both name a key.
 
@@ -57,6 +58,7 @@ pub fn derive_spec(
     let mut spec = ServiceSpec {
         scale: definition.scale,
         runtime: definition.runtime.clone(),
+        resources: definition.resources,
         ports: definition.ports.clone(),
         routes: definition.routes.clone(),
         domains: definition.domains.clone(),
@@ -101,6 +103,9 @@ fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
     }
     if let Some(checks) = &o.health_checks {
         spec.health_checks.clone_from(checks);
+    }
+    if let Some(resources) = &o.resources {
+        spec.resources = spec.resources.with_override(resources);
     }
     // Validation made sure that the merge reads; an override that does not is ignored.
     if let Some(deploy) = o

@@ -7,6 +7,7 @@
 
 pub mod analysis;
 mod certificates;
+mod compute;
 mod definition;
 mod deploy;
 mod derive;
@@ -24,6 +25,7 @@ pub mod waves;
 
 pub use analysis::{Analysis, AnalysisFigures, VersionFigures};
 pub use certificates::{CertificateSource, CertificateState};
+pub use compute::{Cpu, Memory, Resources};
 pub use definition::{
     Definition, HealthCheck, Hsts, HttpCheck, Https, Mesh, Port, Process, ProcessOverride,
     Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec,

@@ -65,6 +65,7 @@ fn region_override() -> impl Strategy<Value = RegionOverride> {
             runtime,
             health_checks,
             deploy: None,
+            resources: None,
         },
     )
 }
@@ -105,6 +106,7 @@ fn definition() -> impl Strategy<Value = Definition> {
                             working_dir: None,
                         },
                     },
+                    resources: Default::default(),
                     ports: vec![Port {
                         name: "http".into(),
                         port: 8080,

@@ -452,3 +452,58 @@ fn a_region_reports_a_rollout_of_its_version_with_a_reason_when_it_failed() {
         ]
     );
 }
+
+#[test]
+fn resources_are_read_per_field_named_in_errors_and_replaced_per_region() {
+    let mut json = valid();
+    json["resources"] = serde_json::json!({"cpu": 0.5, "memory": "256Mi"});
+    json["overrides"]["iad"]["resources"] = serde_json::json!({"memory": "1Gi"});
+    let def = parse(json.clone());
+    validate_definition(&def, &known).unwrap();
+    let regional = meridian_model::derive_regional(&def, 1);
+    let limits = |i: usize| {
+        let r = regional[i].spec.resources;
+        (r.cpu.map(|c| c.millis()), r.memory.map(|m| m.bytes()))
+    };
+    assert_eq!(limits(0), (Some(500), Some(256 << 20)), "fra: the base");
+    assert_eq!(
+        limits(1),
+        (Some(500), Some(1 << 30)),
+        "iad: memory replaced"
+    );
+    // Written back as read, and absent when not set (existing definitions are unchanged).
+    let written = serde_json::to_value(&def).unwrap();
+    assert_eq!(written["resources"], json["resources"]);
+    assert!(serde_json::to_value(parse(valid()))
+        .unwrap()
+        .get("resources")
+        .is_none());
+
+    for (field, value, says) in [
+        (
+            "resources.memory",
+            serde_json::json!({"memory": "256MB"}),
+            "unknown unit",
+        ),
+        (
+            "resources.cpu",
+            serde_json::json!({"cpu": 2000}),
+            "between 0.01 and 1024",
+        ),
+        (
+            "resources.cpu",
+            serde_json::json!({"cpu": "lots"}),
+            "not a number of cores",
+        ),
+    ] {
+        let mut json = valid();
+        json["resources"] = value;
+        let err = parse_definition_json(json.to_string().as_bytes()).unwrap_err();
+        assert_eq!(fields(&err), [field], "{err}");
+        assert!(err.errors[0].message.contains(says), "{err}");
+    }
+    let mut json = valid();
+    json["overrides"]["iad"]["resources"] = serde_json::json!({"memory": "1Ki"});
+    let err = parse_definition_json(json.to_string().as_bytes()).unwrap_err();
+    assert_eq!(fields(&err), ["overrides.iad.resources.memory"], "{err}");
+}
