@@ -221,10 +221,7 @@ async fn run_lives(
                 terminate(&mut child, launch.spec.deploy.stop_timeout.0).await;
                 ended
             }
-            Err(e) => Ended::Exited(format!(
-                "cannot start `{}`: {e}",
-                launch.spec.runtime.process.command
-            )),
+            Err(e) => Ended::Exited(format!("cannot start: {e}")),
         };
         let detail = match ended {
             Ended::Stopped => {
@@ -292,11 +289,15 @@ fn program(command: &str) -> PathBuf {
 /// of the agent's): `PATH`, `HOME`, `PORT`, `MERIDIAN_*` and the proxy variables, then the
 /// definition's `env`.
 fn spawn(launch: &Launch) -> std::io::Result<Child> {
-    let process = &launch.spec.runtime.process;
+    let Some(process) = &launch.spec.runtime.process else {
+        return Err(std::io::Error::other("the spec runs no process"));
+    };
     let home = launch.state_dir.join("instances").join(launch.key());
     std::fs::create_dir_all(&home)?;
     let (org, app, service) = &launch.service;
     let program = program(&process.command);
+    let error_names_it =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("`{}`: {e}", process.command));
     let mut command = match &launch.netns {
         Some(netns) => netns.command(program.as_os_str()),
         None => Command::new(&program),
@@ -344,7 +345,7 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn()?;
+    let mut child = command.spawn().map_err(error_names_it)?;
     if let Some(pid) = child.id() {
         std::fs::write(home.join(PID_FILE), pid.to_string())?;
     }

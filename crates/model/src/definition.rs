@@ -96,12 +96,77 @@ impl Default for Scale {
     }
 }
 
-/// How an instance runs. Today the only runtime is a local process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How an instance runs: a local process or an OCI image. Exactly one of the two is set
+/// (checked by [`crate::validate_definition`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Runtime {
     /// A process started by the agent.
-    pub process: Process,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// A container the agent runs from an OCI image with runc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+}
+
+impl Runtime {
+    /// A process runtime.
+    pub fn process(process: Process) -> Runtime {
+        Runtime {
+            process: Some(process),
+            image: None,
+        }
+    }
+
+    /// The environment of whichever runtime is set (`None` when neither is).
+    pub fn env_mut(&mut self) -> Option<&mut BTreeMap<String, EnvValue>> {
+        match (&mut self.process, &mut self.image) {
+            (Some(p), _) => Some(&mut p.env),
+            (None, Some(i)) => Some(&mut i.env),
+            (None, None) => None,
+        }
+    }
+
+    /// The environment of whichever runtime is set (empty when neither is).
+    pub fn env(&self) -> &BTreeMap<String, EnvValue> {
+        static EMPTY: BTreeMap<String, EnvValue> = BTreeMap::new();
+        match (&self.process, &self.image) {
+            (Some(p), _) => &p.env,
+            (None, Some(i)) => &i.env,
+            (None, None) => &EMPTY,
+        }
+    }
+}
+
+/// A container run from an OCI image. The image's configuration (entrypoint, command,
+/// environment, working directory, user) gives the defaults that the fields here override.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Image {
+    /// `[REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST]`; the tag defaults to `latest`. The global
+    /// control plane pins a tag to its digest when the definition is applied
+    /// (`REPOSITORY:TAG@sha256:…`), so that every instance of a version runs the same bytes.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Replaces the image's entrypoint (and then its command too, unless `args` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's command (the entrypoint's arguments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Environment variables, merged by key over the image's: each a string or `{secret:
+    /// NAME}`, a secret of the service's app resolved by the agent at start.
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvValue>,
+    /// Replaces the image's working directory; an absolute path inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Replaces the image's user: `UID[:GID]` (numeric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Mount the root filesystem read-only (`/tmp` stays writable); defaults to false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_fs: bool,
 }
 
 /// A process the agent starts for each instance.
@@ -335,10 +400,11 @@ pub struct RegionOverride {
     /// Replaces `scale.min` and/or `scale.max`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<ScaleOverride>,
-    /// Merged into `runtime.process.env` (after `runtime`'s own env).
+    /// Merged into the runtime's env (`runtime.process.env` or `runtime.image.env`), after the
+    /// override's own `runtime` env.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, EnvValue>>,
-    /// Replaces the named process fields; its `env` merges by key.
+    /// Replaces the named process or image fields; their `env` merges by key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeOverride>,
     /// Replaces the whole list of health checks.
@@ -375,6 +441,36 @@ pub struct RuntimeOverride {
     /// Changes to the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessOverride>,
+    /// Changes to the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageOverride>,
+}
+
+/// A partial [`Image`]: `env` merges by key, every other field named replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImageOverride {
+    /// Replaces the image reference.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Replaces the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Merged into the environment by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, EnvValue>>,
+    /// Replaces the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Replaces the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Replaces `read_only_root_fs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_root_fs: Option<bool>,
 }
 
 /// A partial [`Process`].
@@ -433,11 +529,7 @@ pub struct ServiceSpec {
 impl ServiceSpec {
     /// The names of the secrets the environment references.
     pub fn secret_names(&self) -> impl Iterator<Item = &str> {
-        self.runtime
-            .process
-            .env
-            .values()
-            .filter_map(EnvValue::secret)
+        self.runtime.env().values().filter_map(EnvValue::secret)
     }
 
     /// Whether an instance started with `self` runs the same as one started with `other`: the

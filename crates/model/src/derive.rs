@@ -1,17 +1,20 @@
 //! Regional derivation: a definition becomes one [`RegionalDeployment`] per listed region.
 //!
 //! Override semantics: maps merge by key with the override winning (`scale`, `runtime`,
-//! `runtime.process`, `runtime.process.env`, `env`); lists and scalars replace (`args`,
-//! `health_checks`, `command`, `working_dir`, `scale.min`, `scale.max`, and each field of
-//! `resources`); `deploy` merges by
-//! key like a map (see [`crate::DeployOverride`]). The region-level `env`
-//! merges after `runtime.process.env`, so it wins where both name a key.
+//! `runtime.process`, `runtime.image`, their `env`, and `env`); lists and scalars replace
+//! (`args`, `health_checks`, `command`, `working_dir`, `ref`, `user`, `read_only_root_fs`,
+//! `scale.min`, `scale.max`, and each field of `resources`); `deploy` merges by key like a map
+//! (see [`crate::DeployOverride`]). The region-level `env` merges after the runtime's `env`, so
+//! it wins where both name a key.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Definition, RegionOverride, ServiceSpec};
+use crate::env::EnvValue;
+use crate::{
+    Definition, Image, ImageOverride, Process, ProcessOverride, RegionOverride, ServiceSpec,
+};
 
 /// A service's definition as one region runs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,27 +82,16 @@ fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
         spec.scale.min = scale.min.unwrap_or(spec.scale.min);
         spec.scale.max = scale.max.unwrap_or(spec.scale.max);
     }
-    let process = &mut spec.runtime.process;
-    if let Some(p) = o.runtime.as_ref().and_then(|r| r.process.as_ref()) {
-        if let Some(command) = &p.command {
-            process.command.clone_from(command);
+    if let Some(r) = &o.runtime {
+        if let (Some(process), Some(p)) = (&mut spec.runtime.process, &r.process) {
+            apply_process_override(process, p);
         }
-        if let Some(args) = &p.args {
-            process.args.clone_from(args);
-        }
-        if let Some(dir) = &p.working_dir {
-            process.working_dir = Some(dir.clone());
-        }
-        if let Some(env) = &p.env {
-            process
-                .env
-                .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let (Some(image), Some(i)) = (&mut spec.runtime.image, &r.image) {
+            apply_image_override(image, i);
         }
     }
-    if let Some(env) = &o.env {
-        process
-            .env
-            .extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let (Some(env), Some(named)) = (spec.runtime.env_mut(), &o.env) {
+        merge_env(env, named);
     }
     if let Some(checks) = &o.health_checks {
         spec.health_checks.clone_from(checks);
@@ -114,5 +106,48 @@ fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
         .and_then(|d| spec.deploy.with_override(d).ok())
     {
         spec.deploy = deploy;
+    }
+}
+
+fn merge_env(env: &mut BTreeMap<String, EnvValue>, named: &BTreeMap<String, EnvValue>) {
+    env.extend(named.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+fn apply_process_override(process: &mut Process, p: &ProcessOverride) {
+    if let Some(command) = &p.command {
+        process.command.clone_from(command);
+    }
+    if let Some(args) = &p.args {
+        process.args.clone_from(args);
+    }
+    if let Some(dir) = &p.working_dir {
+        process.working_dir = Some(dir.clone());
+    }
+    if let Some(env) = &p.env {
+        merge_env(&mut process.env, env);
+    }
+}
+
+fn apply_image_override(image: &mut Image, i: &ImageOverride) {
+    if let Some(reference) = &i.reference {
+        image.reference.clone_from(reference);
+    }
+    if let Some(command) = &i.command {
+        image.command = Some(command.clone());
+    }
+    if let Some(args) = &i.args {
+        image.args = Some(args.clone());
+    }
+    if let Some(dir) = &i.working_dir {
+        image.working_dir = Some(dir.clone());
+    }
+    if let Some(user) = &i.user {
+        image.user = Some(user.clone());
+    }
+    if let Some(read_only) = i.read_only_root_fs {
+        image.read_only_root_fs = read_only;
+    }
+    if let Some(env) = &i.env {
+        merge_env(&mut image.env, env);
     }
 }

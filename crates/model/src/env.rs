@@ -142,24 +142,34 @@ pub fn secret_references(definition: &Definition) -> Vec<(String, &str)> {
         }
     }
     let mut found = Vec::new();
-    add(
-        &mut found,
-        "runtime.process.env",
-        &definition.runtime.process.env,
-    );
+    if let Some(process) = &definition.runtime.process {
+        add(&mut found, "runtime.process.env", &process.env);
+    }
+    if let Some(image) = &definition.runtime.image {
+        add(&mut found, "runtime.image.env", &image.env);
+    }
     for (region, o) in &definition.overrides {
         if let Some(env) = &o.env {
             add(&mut found, &format!("overrides.{region}.env"), env);
         }
-        if let Some(env) = o
-            .runtime
-            .as_ref()
+        let runtime = o.runtime.as_ref();
+        if let Some(env) = runtime
             .and_then(|r| r.process.as_ref())
             .and_then(|p| p.env.as_ref())
         {
             add(
                 &mut found,
                 &format!("overrides.{region}.runtime.process.env"),
+                env,
+            );
+        }
+        if let Some(env) = runtime
+            .and_then(|r| r.image.as_ref())
+            .and_then(|i| i.env.as_ref())
+        {
+            add(
+                &mut found,
+                &format!("overrides.{region}.runtime.image.env"),
                 env,
             );
         }

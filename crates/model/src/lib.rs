@@ -16,6 +16,7 @@ mod duration;
 pub mod env;
 mod error;
 mod geo;
+mod image_ref;
 mod names;
 mod parse;
 mod resources;
@@ -27,9 +28,9 @@ pub use analysis::{Analysis, AnalysisFigures, VersionFigures};
 pub use certificates::{CertificateSource, CertificateState};
 pub use compute::{Cpu, Memory, Resources};
 pub use definition::{
-    Definition, HealthCheck, Hsts, HttpCheck, Https, Mesh, Port, Process, ProcessOverride,
-    Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale, ScaleOverride, ServiceSpec,
-    TcpCheck,
+    Definition, HealthCheck, Hsts, HttpCheck, Https, Image, ImageOverride, Mesh, Port, Process,
+    ProcessOverride, Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale,
+    ScaleOverride, ServiceSpec, TcpCheck,
 };
 pub use deploy::{Amount, CanaryStep, Deploy, DeployOverride, Strategy};
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};
@@ -38,6 +39,7 @@ pub use duration::HumanDuration;
 pub use env::{check_secret_name, EnvValue, SecretRef};
 pub use error::{FieldError, ValidationErrors};
 pub use geo::distance_km;
+pub use image_ref::{check_digest, ImageRef, DEFAULT_REGISTRY};
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{

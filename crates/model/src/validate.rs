@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::names::{check_dns_label, check_url_path};
 use crate::{
-    check_secret_name, Amount, Definition, EndpointInput, EnvValue, HealthCheck, Port, Process,
-    RegionInput, ValidationErrors,
+    check_secret_name, Amount, Definition, EndpointInput, EnvValue, HealthCheck, Image, Port,
+    Process, RegionInput, Runtime, ValidationErrors,
 };
 
 /// Explicit size limits on a definition.
@@ -54,7 +54,7 @@ pub fn validate_definition(
 
     validate_regions(&mut errs, &d.regions, region_exists);
     validate_scale(&mut errs, "scale", d.scale.min, d.scale.max, [true, true]);
-    validate_process(&mut errs, "runtime.process", &d.runtime.process);
+    validate_runtime(&mut errs, &d.runtime);
     validate_ports(&mut errs, &d.ports);
     let port_names: HashSet<&str> = d.ports.iter().map(|p| p.name.as_str()).collect();
     validate_routes(&mut errs, d, &port_names);
@@ -309,20 +309,94 @@ fn validate_scale(errs: &mut ValidationErrors, prefix: &str, min: u32, max: u32,
     }
 }
 
+fn validate_runtime(errs: &mut ValidationErrors, runtime: &Runtime) {
+    match (&runtime.process, &runtime.image) {
+        (Some(p), None) => validate_process(errs, "runtime.process", p),
+        (None, Some(i)) => validate_image(errs, "runtime.image", i),
+        _ => errs.push("runtime", "exactly one of `process` or `image` must be set"),
+    }
+}
+
+fn validate_image(errs: &mut ValidationErrors, prefix: &str, i: &Image) {
+    validate_image_ref(errs, prefix, &i.reference);
+    validate_image_fields(
+        errs,
+        prefix,
+        i.command.as_deref(),
+        i.args.as_deref(),
+        &i.env,
+        i.working_dir.as_deref(),
+        i.user.as_deref(),
+    );
+}
+
+fn validate_image_ref(errs: &mut ValidationErrors, prefix: &str, reference: &str) {
+    if let Err(reason) = crate::ImageRef::parse(reference) {
+        errs.push(format!("{prefix}.ref"), reason);
+    }
+}
+
+/// Checks the fields an image and its override share; `None` is a field not given.
+fn validate_image_fields(
+    errs: &mut ValidationErrors,
+    prefix: &str,
+    command: Option<&[String]>,
+    args: Option<&[String]>,
+    env: &BTreeMap<String, EnvValue>,
+    working_dir: Option<&str>,
+    user: Option<&str>,
+) {
+    if let Some(command) = command {
+        if command.first().is_none_or(|c| c.trim().is_empty()) {
+            errs.push(
+                format!("{prefix}.command"),
+                "must name an executable first (omit it for the image's entrypoint)",
+            );
+        }
+        validate_args(errs, format!("{prefix}.command"), command);
+    }
+    if let Some(args) = args {
+        validate_args(errs, format!("{prefix}.args"), args);
+    }
+    validate_env(errs, &format!("{prefix}.env"), env);
+    if let Some(dir) = working_dir {
+        if !dir.starts_with('/') {
+            errs.push(
+                format!("{prefix}.working_dir"),
+                "must be an absolute path inside the container",
+            );
+        }
+        validate_working_dir(errs, prefix, dir);
+    }
+    if let Some(user) = user {
+        let numeric = |s: &str| !s.is_empty() && s.len() <= 10 && s.parse::<u32>().is_ok();
+        let valid = match user.split_once(':') {
+            Some((uid, gid)) => numeric(uid) && numeric(gid),
+            None => numeric(user),
+        };
+        if !valid {
+            errs.push(
+                format!("{prefix}.user"),
+                format!("`{user}` is not UID or UID:GID (numbers)"),
+            );
+        }
+    }
+}
+
 fn validate_process(errs: &mut ValidationErrors, prefix: &str, p: &Process) {
     if p.command.trim().is_empty() {
         errs.push(format!("{prefix}.command"), "must not be empty");
     }
     string_value(errs, &format!("{prefix}.command"), &p.command);
-    validate_args(errs, prefix, &p.args);
+    validate_args(errs, format!("{prefix}.args"), &p.args);
     validate_env(errs, &format!("{prefix}.env"), &p.env);
     if let Some(dir) = &p.working_dir {
         validate_working_dir(errs, prefix, dir);
     }
 }
 
-fn validate_args(errs: &mut ValidationErrors, prefix: &str, args: &[String]) {
-    let field = format!("{prefix}.args");
+/// Checks the list of strings at `field` (arguments, or an image's command).
+fn validate_args(errs: &mut ValidationErrors, field: String, args: &[String]) {
     if !too_many(errs, &field, args.len(), Limits::ARGS) {
         for (i, arg) in args.iter().enumerate() {
             string_value(errs, &format!("{field}[{i}]"), arg);
@@ -746,26 +820,11 @@ fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashS
         if let Some(env) = &o.env {
             validate_env(errs, &format!("{prefix}.env"), env);
         }
-        if let Some(p) = o.runtime.as_ref().and_then(|r| r.process.as_ref()) {
-            let at = format!("{prefix}.runtime.process");
-            if let Some(command) = &p.command {
-                if command.trim().is_empty() {
-                    errs.push(format!("{at}.command"), "must not be empty");
-                }
-                string_value(errs, &format!("{at}.command"), command);
-            }
-            if let Some(args) = &p.args {
-                validate_args(errs, &at, args);
-            }
-            if let Some(env) = &p.env {
-                validate_env(errs, &format!("{at}.env"), env);
-            }
-            if let Some(dir) = &p.working_dir {
-                validate_working_dir(errs, &at, dir);
-            }
+        if let Some(runtime) = &o.runtime {
+            validate_runtime_override(errs, &prefix, &d.runtime, runtime);
         }
         let merged = crate::derive_spec(d, Some(o));
-        let env_len = merged.runtime.process.env.len();
+        let env_len = merged.runtime.env().len();
         if env_len > Limits::ENV_VARS {
             errs.push(
                 format!("{prefix}.env"),
@@ -781,5 +840,52 @@ fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashS
         if let Some(deploy) = &o.deploy {
             validate_deploy_override(errs, &format!("{prefix}.deploy"), &d.deploy, deploy);
         }
+    }
+}
+
+fn validate_runtime_override(
+    errs: &mut ValidationErrors,
+    prefix: &str,
+    base: &Runtime,
+    o: &crate::RuntimeOverride,
+) {
+    if let Some(p) = &o.process {
+        let at = format!("{prefix}.runtime.process");
+        if base.process.is_none() {
+            errs.push(at.clone(), "the service runs an image, not a process");
+        }
+        if let Some(command) = &p.command {
+            if command.trim().is_empty() {
+                errs.push(format!("{at}.command"), "must not be empty");
+            }
+            string_value(errs, &format!("{at}.command"), command);
+        }
+        if let Some(args) = &p.args {
+            validate_args(errs, format!("{at}.args"), args);
+        }
+        if let Some(env) = &p.env {
+            validate_env(errs, &format!("{at}.env"), env);
+        }
+        if let Some(dir) = &p.working_dir {
+            validate_working_dir(errs, &at, dir);
+        }
+    }
+    if let Some(i) = &o.image {
+        let at = format!("{prefix}.runtime.image");
+        if base.image.is_none() {
+            errs.push(at.clone(), "the service runs a process, not an image");
+        }
+        if let Some(reference) = &i.reference {
+            validate_image_ref(errs, &at, reference);
+        }
+        validate_image_fields(
+            errs,
+            &at,
+            i.command.as_deref(),
+            i.args.as_deref(),
+            i.env.as_ref().unwrap_or(&BTreeMap::new()),
+            i.working_dir.as_deref(),
+            i.user.as_deref(),
+        );
     }
 }

@@ -56,6 +56,7 @@ fn region_override() -> impl Strategy<Value = RegionOverride> {
                 env,
                 working_dir,
             }),
+            image: None,
         })
     });
     (scale, option::of(env()), process, option::of(checks())).prop_map(
@@ -98,14 +99,12 @@ fn definition() -> impl Strategy<Value = Definition> {
                     name: "web".into(),
                     regions,
                     scale: Scale { min, max },
-                    runtime: Runtime {
-                        process: Process {
-                            command,
-                            args,
-                            env,
-                            working_dir: None,
-                        },
-                    },
+                    runtime: Runtime::process(Process {
+                        command,
+                        args,
+                        env,
+                        working_dir: None,
+                    }),
                     resources: Default::default(),
                     ports: vec![Port {
                         name: "http".into(),
@@ -162,7 +161,7 @@ proptest! {
         prop_assert_eq!(spec.scale.min, s.min.unwrap_or(base.scale.min));
         prop_assert_eq!(spec.scale.max, s.max.unwrap_or(base.scale.max));
         let p = o.runtime.clone().and_then(|r| r.process).unwrap_or_default();
-        let (got, was) = (&spec.runtime.process, &base.runtime.process);
+        let (got, was) = (spec.runtime.process.as_ref().unwrap(), base.runtime.process.as_ref().unwrap());
         prop_assert_eq!(&got.command, p.command.as_ref().unwrap_or(&was.command));
         prop_assert_eq!(&got.working_dir, &p.working_dir.clone().or(was.working_dir.clone()));
         // Lists replace when named.

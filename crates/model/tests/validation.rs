@@ -507,3 +507,109 @@ fn resources_are_read_per_field_named_in_errors_and_replaced_per_region() {
     let err = parse_definition_json(json.to_string().as_bytes()).unwrap_err();
     assert_eq!(fields(&err), ["overrides.iad.resources.memory"], "{err}");
 }
+
+fn with_image(image: serde_json::Value) -> serde_json::Value {
+    let mut def = valid();
+    def["runtime"] = serde_json::json!({"image": image});
+    def["overrides"] = serde_json::json!({});
+    def
+}
+
+#[test]
+fn an_image_runtime_is_valid_and_keeps_its_wire_form() {
+    let json = with_image(serde_json::json!({
+        "ref": "127.0.0.1:5000/shop/web:v1", "command": ["/hello"], "args": ["-v"],
+        "env": {"MODE": "prod"}, "working_dir": "/srv", "user": "1000:1000",
+        "read_only_root_fs": true
+    }));
+    let def = parse(json.clone());
+    validate_definition(&def, &known).unwrap();
+    assert_eq!(
+        serde_json::to_value(&def).unwrap()["runtime"],
+        json["runtime"]
+    );
+    // A process definition reads and writes as before: no `image` key appears.
+    let process = parse(valid());
+    assert_eq!(
+        serde_json::to_value(&process).unwrap()["runtime"],
+        valid()["runtime"]
+    );
+}
+
+#[test]
+fn exactly_one_runtime_is_set() {
+    let mut both = valid();
+    both["runtime"]["image"] = serde_json::json!({"ref": "hello"});
+    let mut neither = valid();
+    neither["runtime"] = serde_json::json!({});
+    for def in [both, neither] {
+        let err = errors(def);
+        assert_eq!(fields(&err), ["runtime"], "{err}");
+        assert!(err
+            .to_string()
+            .contains("exactly one of `process` or `image`"));
+    }
+}
+
+#[test]
+fn image_fields_are_checked() {
+    let err = errors(with_image(serde_json::json!({
+        "ref": "Shop/Web:v1", "command": [], "env": {"1BAD": "x"},
+        "working_dir": "srv", "user": "nobody"
+    })));
+    assert_eq!(
+        fields(&err),
+        [
+            "runtime.image.ref",
+            "runtime.image.command",
+            "runtime.image.env.1BAD",
+            "runtime.image.working_dir",
+            "runtime.image.user",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn an_image_override_must_match_the_base_runtime() {
+    let mut def = with_image(serde_json::json!({"ref": "hello:v1"}));
+    def["overrides"] = serde_json::json!({
+        "fra": {"runtime": {"image": {"ref": "hello:"}}},
+        "iad": {"runtime": {"process": {"command": "x"}}}
+    });
+    let err = errors(def);
+    assert_eq!(
+        fields(&err),
+        [
+            "overrides.fra.runtime.image.ref",
+            "overrides.iad.runtime.process"
+        ],
+        "{err}"
+    );
+    let mut def = valid();
+    def["overrides"] = serde_json::json!({"fra": {"runtime": {"image": {"user": "1"}}}});
+    assert_eq!(fields(&errors(def)), ["overrides.fra.runtime.image"]);
+}
+
+#[test]
+fn an_image_override_replaces_fields_and_merges_env() {
+    let mut json = with_image(serde_json::json!({
+        "ref": "hello:v1", "args": ["a"], "env": {"A": "1", "B": "2"}, "user": "1000"
+    }));
+    json["overrides"] = serde_json::json!({"iad": {
+        "env": {"C": "3"},
+        "runtime": {"image": {"ref": "hello:v2", "env": {"B": "x"}, "read_only_root_fs": true}}
+    }});
+    let def = parse(json);
+    validate_definition(&def, &known).unwrap();
+    let derived = meridian_model::derive_regional(&def, 1);
+    let image = derived[1].spec.runtime.image.as_ref().unwrap();
+    assert_eq!(image.reference, "hello:v2");
+    assert_eq!(image.args.as_deref(), Some(&["a".to_owned()][..]));
+    assert_eq!(image.user.as_deref(), Some("1000"));
+    assert!(image.read_only_root_fs);
+    let plain = |v: &str| meridian_model::EnvValue::Plain(v.to_owned());
+    let env: Vec<_> = image.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    assert_eq!(env, [("A", plain("1")), ("B", plain("x")), ("C", plain("3"))]);
+    assert_eq!(derived[0].spec.runtime, def.runtime);
+}

@@ -270,11 +270,22 @@ async fn applies_create_versions_and_rollback_copies_an_old_one() {
     assert_eq!(rolled.version, 4);
     assert_eq!(rolled.origin, DeploymentOrigin::Rollback);
     assert_eq!(rolled.rolled_back_from, Some(1));
-    assert_eq!(rolled.definition.runtime.process.command, "v1");
+    assert_eq!(
+        rolled.definition.runtime.process.as_ref().unwrap().command,
+        "v1"
+    );
     let history = store.list_deployments(&key("web")).await.unwrap();
     let commands: Vec<&str> = history
         .iter()
-        .map(|d| d.definition.runtime.process.command.as_str())
+        .map(|d| {
+            d.definition
+                .runtime
+                .process
+                .as_ref()
+                .unwrap()
+                .command
+                .as_str()
+        })
         .collect();
     assert_eq!(commands, ["v1", "v2", "v3", "v1"]);
     let current = store.get_service(&key("web")).await.unwrap().unwrap();

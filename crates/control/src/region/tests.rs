@@ -343,7 +343,7 @@ fn assignment_in(cache: &Cache, instance: &str) -> Option<Assignment> {
 fn assigned_command(fixture: &Fixture, instance: &str) -> Option<String> {
     let assignment = assignment_in(&fixture.cache, instance)?;
     let spec: ServiceSpec = serde_json::from_slice(&assignment.spec_json).ok()?;
-    Some(spec.runtime.process.command)
+    spec.runtime.process.map(|p| p.command)
 }
 
 /// The instances of `svc` the region's endpoints list as healthy.
@@ -358,7 +358,9 @@ fn healthy_instances(region: &Region, svc: &ServiceId) -> Vec<String> {
 /// svc0 as `deployment` makes it, with `command`, at `version`.
 fn svc0(command: &str, version: u64) -> RegionalDeployment {
     let mut deployment = deployment("svc0", 1, "svc0.example.com");
-    deployment.spec.runtime.process.command = command.to_owned();
+    if let Some(process) = deployment.spec.runtime.process.as_mut() {
+        process.command = command.to_owned();
+    }
     deployment.version = version;
     deployment
 }
