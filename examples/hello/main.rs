@@ -16,6 +16,9 @@
 //!   with what it got: a call to another service by name, through `HTTP_PROXY` if set; with
 //!   `&direct=1`, without it (the name is resolved by DNS);
 //! - `POST /exit` — exits with status 1, to watch the agent restart it;
+//! - `GET /env/<NAME>` — the value of environment variable `NAME`, only if `NAME` is listed
+//!   in `$HELLO_SHOW_ENV` (names separated by commas; none by default), else `404`: to see
+//!   what an instance's environment holds, e.g. a secret's value (`{secret: NAME}` in `env`);
 //! - `GET /ws` — a WebSocket answering each text message `m` with `echo: m`.
 //!
 //! Two knobs make a bad version, to watch a rollout's metric gates roll it back (requests to
@@ -72,6 +75,7 @@ async fn main() -> std::process::ExitCode {
         .route("/forwarded", get(forwarded))
         .route("/call", get(call))
         .route("/exit", post(exit))
+        .route("/env/{name}", get(show_env))
         .route("/ws", get(echo));
     let listener = match address.parse::<SocketAddr>() {
         Ok(socket) => tokio::net::TcpListener::bind(socket).await,
@@ -185,6 +189,26 @@ async fn echo(ws: axum::extract::WebSocketUpgrade) -> axum::response::Response {
             }
         }
     })
+}
+
+/// The value of environment variable `name` if `$HELLO_SHOW_ENV` lists it, else 404.
+async fn show_env(
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, String) {
+    let shown = var("HELLO_SHOW_ENV", "");
+    if !shown.split(',').any(|listed| listed.trim() == name) {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            format!("{name}: not listed in HELLO_SHOW_ENV\n"),
+        );
+    }
+    match std::env::var(&name) {
+        Ok(value) => (axum::http::StatusCode::OK, value),
+        Err(_) => (
+            axum::http::StatusCode::NOT_FOUND,
+            format!("{name}: not set\n"),
+        ),
+    }
 }
 
 /// Ends the process with status 1, as a crash would.

@@ -12,6 +12,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::node_proxy::{MeshInstance, MeshService, ServiceKey};
+use crate::secrets::SecretValues;
 
 /// One instance the node must run.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,8 @@ pub struct Wanted {
     pub version: u64,
     /// Its spec.
     pub spec: ServiceSpec,
+    /// The values of the secrets its spec's environment references.
+    pub secrets: SecretValues,
 }
 
 /// What the node must run, by resource name.
@@ -127,6 +130,7 @@ fn decode(resources: &Resources) -> Result<Desired, String> {
                 service: (assignment.org, assignment.app, assignment.service),
                 version: assignment.version,
                 spec,
+                secrets: SecretValues::from(assignment.secrets),
             },
         );
     }

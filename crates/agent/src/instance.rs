@@ -65,6 +65,8 @@ pub struct Launch {
     pub service: (String, String, String),
     /// Its spec.
     pub spec: ServiceSpec,
+    /// The values of the secrets its spec's environment references.
+    pub secrets: crate::secrets::SecretValues,
     /// The node side's address: where its node proxy listens for it.
     pub address: Ipv4Addr,
     /// Where the instance listens (the same in host mode; the namespace's side otherwise).
@@ -287,11 +289,15 @@ fn program(command: &str) -> PathBuf {
 
 /// Starts the process: its own process group, output to logs, and a clean environment (nothing
 /// of the agent's): `PATH`, `HOME`, `PORT`, `MERIDIAN_*` and the proxy variables, then the
-/// definition's `env`.
+/// definition's `env` (with its secrets' values).
 fn spawn(launch: &Launch) -> std::io::Result<Child> {
     let Some(process) = &launch.spec.runtime.process else {
         return Err(std::io::Error::other("the spec runs no process"));
     };
+    let env = launch
+        .secrets
+        .resolve(&process.env)
+        .map_err(std::io::Error::other)?;
     let home = launch.state_dir.join("instances").join(launch.key());
     std::fs::create_dir_all(&home)?;
     let (org, app, service) = &launch.service;
@@ -339,7 +345,7 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         command.env(format!("MERIDIAN_PORT_{name}"), port.port.to_string());
     }
     command
-        .envs(&process.env)
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,6 +1,7 @@
 //! Meridian's agent: one per machine. It follows its region's control plane for the instances
 //! its node must run (delta xDS, `meridian.v1.Assignment`), runs each as a process with a clean
-//! environment (its definition's, `PORT` and `MERIDIAN_*` variables, never the agent's own) on
+//! environment (its definition's, with `{secret: NAME}` values resolved from those its
+//! assignment delivered, `PORT` and `MERIDIAN_*` variables, never the agent's own) on
 //! an address of its own, keeps its output in rotated files, health-checks it as its definition
 //! says, restarts it with backoff and reports it failed past its restart limit, and reports every instance's state to the control plane. It runs the
 //! node proxy: each instance's inbound mesh listener (mutual TLS with the instance's workload
@@ -19,6 +20,7 @@ mod instance;
 mod logs;
 mod netns;
 mod node_proxy;
+mod secrets;
 mod supervisor;
 
 pub use addresses::AddressPool;

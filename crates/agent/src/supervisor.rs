@@ -84,6 +84,8 @@ struct Running {
     /// The deployment version of `spec`.
     version: u64,
     spec: ServiceSpec,
+    /// The secret values it was started with.
+    secrets: crate::secrets::SecretValues,
     address: Ipv4Addr,
     listen: Ipv4Addr,
     stop: watch::Sender<bool>,
@@ -425,9 +427,9 @@ fn reconcile(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     for (name, running) in map.iter_mut() {
         match wanted.get(name) {
-            Some(want) if want.spec == running.spec => {}
+            Some(want) if want.spec == running.spec && want.secrets == running.secrets => {}
             // Changes the instance never sees: it runs on, with the new spec.
-            Some(want) if running.spec.runs_like(&want.spec) => {
+            Some(want) if running.spec.runs_like(&want.spec) && want.secrets == running.secrets => {
                 running.spec = want.spec.clone();
                 running.version = want.version;
             }
@@ -506,6 +508,7 @@ fn start(
         instance: want.instance.clone(),
         service: want.service.clone(),
         spec: want.spec.clone(),
+        secrets: want.secrets.clone(),
         address,
         listen,
         netns,
@@ -531,6 +534,7 @@ fn start(
         service: want.service.clone(),
         version: want.version,
         spec: want.spec.clone(),
+        secrets: want.secrets.clone(),
         address,
         listen,
         stop,

@@ -552,16 +552,23 @@ impl ServiceSpec {
             deploy: _,
             secrets,
         } = self;
-        (runtime, resources, ports, routes, health_checks, mesh, secrets)
-            == (
-                &other.runtime,
-                &other.resources,
-                &other.ports,
-                &other.routes,
-                &other.health_checks,
-                &other.mesh,
-                &other.secrets,
-            )
+        (
+            runtime,
+            resources,
+            ports,
+            routes,
+            health_checks,
+            mesh,
+            secrets,
+        ) == (
+            &other.runtime,
+            &other.resources,
+            &other.ports,
+            &other.routes,
+            &other.health_checks,
+            &other.mesh,
+            &other.secrets,
+        )
     }
 }
 

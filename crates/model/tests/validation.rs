@@ -609,7 +609,14 @@ fn an_image_override_replaces_fields_and_merges_env() {
     assert_eq!(image.user.as_deref(), Some("1000"));
     assert!(image.read_only_root_fs);
     let plain = |v: &str| meridian_model::EnvValue::Plain(v.to_owned());
-    let env: Vec<_> = image.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    assert_eq!(env, [("A", plain("1")), ("B", plain("x")), ("C", plain("3"))]);
+    let env: Vec<_> = image
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    assert_eq!(
+        env,
+        [("A", plain("1")), ("B", plain("x")), ("C", plain("3"))]
+    );
     assert_eq!(derived[0].spec.runtime, def.runtime);
 }

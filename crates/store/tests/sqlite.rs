@@ -551,7 +551,7 @@ async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in
     ));
     store.create_org("acme").await.unwrap();
     let mut using = definition("web", &["fra"], "hello");
-    using.runtime.process.env.insert(
+    using.runtime.env_mut().unwrap().insert(
         "DB_PASSWORD".into(),
         serde_json::from_str(r#"{"secret":"DB"}"#).unwrap(),
     );

@@ -132,6 +132,36 @@ pub struct Assignment {
     /// The regional service spec, JSON.
     #[prost(bytes = "vec", tag = "6")]
     pub spec_json: Vec<u8>,
+    /// The values of the secrets the spec's environment references (the agent resolves them
+    /// into the instance's environment at start).
+    #[prost(message, repeated, tag = "7")]
+    pub secrets: Vec<SecretValue>,
+}
+
+/// The value of one secret of an app, as the global control plane sends it to the regions
+/// whose services reference it, and a region to the agents that run their instances (over
+/// the same mutual-TLS streams). Its `Debug` shows the name and version, never the value.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct SecretValue {
+    /// The secret's name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Its version (as in the spec's `secrets`).
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    /// Its value.
+    #[prost(string, tag = "3")]
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A service's deployment in one region, with the endpoints registered for it there through
@@ -148,6 +178,10 @@ pub struct RegionalDeployment {
     /// JSON; empty when none was asked.
     #[prost(bytes = "vec", tag = "3")]
     pub control_json: Vec<u8>,
+    /// The values of the secrets the deployment's environment references, at the versions
+    /// its spec's `secrets` names. The region keeps them in memory only.
+    #[prost(message, repeated, tag = "4")]
+    pub secrets: Vec<SecretValue>,
 }
 
 /// A region as every regional control plane sees it.

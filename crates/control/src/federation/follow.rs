@@ -86,6 +86,7 @@ struct Decoded {
     deployment: RegionalDeployment,
     endpoints: Vec<Endpoint>,
     control: Option<RolloutControl>,
+    secrets: Vec<meridian::SecretValue>,
 }
 
 struct Follower {
@@ -153,11 +154,22 @@ fn decode(region: &str, name: &str, held: &Held) -> Result<Decoded, String> {
             .map_err(|e| bad(format!("control_json: {e}")))?;
         Some(control)
     };
+    let secrets = resource.secrets;
+    if let Some(stray) = secrets
+        .iter()
+        .find(|s| deployment.spec.secrets.get(&s.name) != Some(&s.version))
+    {
+        return Err(bad(format!(
+            "secrets: `{}` version {} is not one the spec references",
+            stray.name, stray.version
+        )));
+    }
     Ok(Decoded {
         id,
         deployment,
         endpoints,
         control,
+        secrets,
     })
 }
 
@@ -224,6 +236,12 @@ impl Follower {
         let state = &self.state;
         if self.first {
             let controls: Vec<_> = changed.iter().map(|d| (d.id.clone(), d.control)).collect();
+            let secrets = changed
+                .iter_mut()
+                .map(|d| (d.id.clone(), std::mem::take(&mut d.secrets)))
+                .collect();
+            // Values first: a spec that names a new version finds its value.
+            state.replace_secrets(secrets);
             let (deployments, endpoints): (Vec<_>, Vec<_>) = changed
                 .into_iter()
                 .map(|d| (d.deployment, d.endpoints))
@@ -237,6 +255,7 @@ impl Follower {
         } else {
             for decoded in changed {
                 tracing::debug!(region = %self.region, service = ?decoded.id, "service changed");
+                state.set_secrets(&decoded.id, decoded.secrets);
                 state.set_service(
                     decoded.id.clone(),
                     Some(decoded.deployment),
@@ -246,6 +265,7 @@ impl Follower {
             }
             for id in removed {
                 tracing::debug!(region = %self.region, service = ?id, "service left the region");
+                state.set_secrets(&id, Vec::new());
                 state.set_service(id, None, Vec::new());
             }
         }

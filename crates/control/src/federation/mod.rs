@@ -5,6 +5,7 @@
 
 mod follow;
 mod publish;
+mod secrets;
 
 pub use follow::{follow_global, keep_disk_copy};
 pub use publish::{

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use envoy_types::pb::google::protobuf::Any;
 use meridian_api::Readiness;
+use meridian_identity::SealingKey;
 use meridian_model::waves::{self, Standing};
 use meridian_model::{
     derive_regional, ChangeKind, Deployment, Endpoint, RegionReport, RegionalDeployment,
@@ -34,6 +35,8 @@ use meridian_xds::meridian::{
 use meridian_xds::{region_namespace, Cache, Update};
 use prost::Message;
 use tokio::sync::watch;
+
+use super::secrets;
 
 /// Most changes read at once.
 const FEED_PAGE: u32 = 1024;
@@ -102,11 +105,16 @@ pub async fn publish_regional_deployments(
     cache: Arc<Cache>,
     mut reports: ReportSource,
     first: FirstLoad,
+    secrets: Option<Arc<SealingKey>>,
 ) {
     let mut published = Published::default();
     let mut backoff = BACKOFF.0;
+    let sources = Sources {
+        store: &*store,
+        secrets: secrets.as_deref(),
+    };
     loop {
-        match publish_then_follow(&*store, &cache, &mut reports, &mut published, &first).await {
+        match publish_then_follow(sources, &cache, &mut reports, &mut published, &first).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff,
@@ -118,14 +126,22 @@ pub async fn publish_regional_deployments(
     }
 }
 
+/// Where published resources come from: the store, and the key that opens its secrets.
+#[derive(Clone, Copy)]
+struct Sources<'a> {
+    store: &'a dyn Store,
+    secrets: Option<&'a SealingKey>,
+}
+
 /// Publishes everything, then what each change touches; returns when the store closes.
 async fn publish_then_follow(
-    store: &dyn Store,
+    sources: Sources<'_>,
     cache: &Cache,
     reports: &mut ReportSource,
     published: &mut Published,
     first: &FirstLoad,
 ) -> Result<(), StoreError> {
+    let store = sources.store;
     let mut revision = store.revision().await?;
     read_regions(store, published).await?;
     let services = store.list_services(&ServiceFilter::default()).await?;
@@ -141,7 +157,7 @@ async fn publish_then_follow(
             name: summary.name.clone(),
         };
         stale.remove(&key.to_string());
-        publish_service(store, cache, published, &key, &reports.latest).await?;
+        publish_service(sources, cache, published, &key, &reports.latest).await?;
     }
     for gone in stale {
         cache.apply(REGIONAL_DEPLOYMENT, withdraw(published, &gone));
@@ -172,6 +188,7 @@ async fn publish_then_follow(
             changes => changes?,
         };
         let mut touched = BTreeSet::new();
+        let mut apps = BTreeSet::new();
         let mut regions_changed = false;
         for change in &changes {
             match change.kind {
@@ -184,12 +201,29 @@ async fn publish_then_follow(
                     }
                 }
                 ChangeKind::Region => regions_changed = true,
+                // A secret's new version rolls the services of its app that use it.
+                ChangeKind::Secret => {
+                    let mut parts = change.key.splitn(3, '/');
+                    if let (Some(org), Some(app)) = (parts.next(), parts.next()) {
+                        apps.insert((org.to_owned(), app.to_owned()));
+                    }
+                }
                 _ => {}
             }
             revision = change.revision;
         }
         if regions_changed {
             read_regions(store, published).await?;
+        }
+        for (org, app) in apps {
+            let filter = ServiceFilter {
+                org: Some(org),
+                app: Some(app),
+                name: None,
+            };
+            for s in store.list_services(&filter).await? {
+                touched.insert((s.org, s.app, s.name));
+            }
         }
         let mut dirty = BTreeSet::new();
         let mut keys: Vec<ServiceKey> = touched
@@ -201,7 +235,7 @@ async fn publish_then_follow(
             keys.extend(published.held.values().cloned());
         }
         for key in keys {
-            dirty.extend(publish_service(store, cache, published, &key, &reports.latest).await?);
+            dirty.extend(publish_service(sources, cache, published, &key, &reports.latest).await?);
         }
         if all_summaries || regions_changed {
             publish_summaries(cache, published, &reports.latest);
@@ -290,14 +324,15 @@ fn withdraw(published: &mut Published, service: &str) -> Update {
 /// no longer runs in lose theirs. Returns the regions whose summaries this changes: those
 /// where the service's deployment came, went or changed version.
 async fn publish_service(
-    store: &dyn Store,
+    sources: Sources<'_>,
     cache: &Cache,
     published: &mut Published,
     key: &ServiceKey,
     latest: &LatestReport,
 ) -> Result<BTreeSet<String>, StoreError> {
+    let store = sources.store;
     let name = key.to_string();
-    let (regional, control) = match store.get_service(key).await? {
+    let (mut regional, control) = match store.get_service(key).await? {
         Some(current) => {
             let control = store.get_rollout_control(key).await?;
             let paused =
@@ -327,8 +362,9 @@ async fn publish_service(
         })
         .collect();
     let mut regions: BTreeSet<String> = before.keys().cloned().collect();
+    let secrets = secrets::resolve(store, sources.secrets, key, &mut regional).await?;
     let mut update = withdraw(published, &name);
-    for deployment in regional {
+    for (deployment, secrets) in regional.into_iter().zip(secrets) {
         let here: Vec<&Endpoint> = endpoints
             .iter()
             .filter(|e| e.region == deployment.region)
@@ -337,6 +373,7 @@ async fn publish_service(
             deployment_json: to_json(&deployment),
             endpoints_json: to_json(&here),
             control_json: control_json.clone(),
+            secrets,
         };
         let cache_name = resource_name(&deployment.region, &name);
         update.remove.retain(|removed| *removed != cache_name);
@@ -622,6 +659,7 @@ mod tests {
             cache.clone(),
             source,
             first,
+            None,
         ));
         (cache, readiness, task)
     }

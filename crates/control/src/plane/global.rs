@@ -144,13 +144,20 @@ pub async fn run_global(
     };
     supervisor.restarting("publish regional deployments", {
         let (store, cache, reports) = (store.clone(), cache.clone(), reports.clone());
+        let secrets = secrets.clone();
         move || {
             let latest = reports.clone();
             let source = ReportSource {
                 latest: Box::new(move |region| latest.get(region)),
                 changed: reports.subscribe(),
             };
-            publish_regional_deployments(store.clone(), cache.clone(), source, first.clone())
+            publish_regional_deployments(
+                store.clone(),
+                cache.clone(),
+                source,
+                first.clone(),
+                secrets.clone(),
+            )
         }
     });
     supervisor.restarting("record rollouts", {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use meridian_model::{Endpoint, RegionReport, RegionalDeployment, RolloutControl};
-use meridian_xds::meridian::NodeReport;
+use meridian_xds::meridian::{NodeReport, SecretValue};
 use meridian_xds::Cache;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
@@ -146,6 +146,17 @@ impl Region {
     /// whose deployment or registered endpoints differ are rendered again.
     pub fn replace_all(&self, deployments: Vec<RegionalDeployment>, endpoints: Vec<Endpoint>) {
         self.change(|state| state.replace_all(deployments, endpoints));
+    }
+
+    /// Sets the values of the secrets service `id` references, kept in memory only (none:
+    /// forgets them); the assignments of its instances carry them to their agents.
+    pub fn set_secrets(&self, id: &ServiceId, values: Vec<SecretValue>) {
+        self.change(|state| state.set_secrets(id, values));
+    }
+
+    /// Replaces the secret values of every service (see [`Region::set_secrets`]).
+    pub fn replace_secrets(&self, all: BTreeMap<ServiceId, Vec<SecretValue>>) {
+        self.change(|state| state.replace_secrets(all));
     }
 
     /// Sets one service's regional deployment (`None`: it no longer runs here) and its

@@ -358,7 +358,11 @@ impl Publisher {
         }
         for (key, assignment) in work.assignments {
             let encoded = match assignment {
-                Some(AssignmentWork { node, deployment }) => {
+                Some(AssignmentWork {
+                    node,
+                    deployment,
+                    secrets,
+                }) => {
                     let Some(spec_json) = spec_of(&key.0, &deployment) else {
                         continue;
                     };
@@ -372,6 +376,7 @@ impl Publisher {
                         service,
                         version: deployment.version,
                         spec_json,
+                        secrets,
                     };
                     let resource = Any {
                         type_url: ASSIGNMENT.to_owned(),

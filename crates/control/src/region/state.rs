@@ -14,7 +14,7 @@ use meridian_model::{
     Endpoint, EndpointHealth, RegionReport, RegionalDeployment, ServiceHealth, Strategy,
     VersionHealth,
 };
-use meridian_xds::meridian::{NodeReport, ServiceInstance};
+use meridian_xds::meridian::{NodeReport, SecretValue, ServiceInstance};
 
 use super::{GatewayListeners, ServiceId};
 use crate::elsewhere::{Elsewhere, RemoteRegion};
@@ -66,6 +66,10 @@ pub(super) struct RegionState {
     analysed: BTreeMap<ServiceId, analysis::Analysed>,
     /// Told whenever something the disk copy keeps changed here (a rollout).
     copy_due: Arc<Notify>,
+    /// The values of the secrets each service's environment references, as the global
+    /// control plane last sent them: in memory only (never in the disk copy), handed to the
+    /// agents with the assignments of the service's instances.
+    secrets: BTreeMap<ServiceId, Vec<SecretValue>>,
     /// What changed since the last [`RegionState::take_work`].
     dirty: Dirty,
     /// The sequence number of the last work handed out.
@@ -139,6 +143,8 @@ pub(super) struct AssignmentWork {
     pub node: String,
     /// Its service's deployment.
     pub deployment: Arc<RegionalDeployment>,
+    /// The values of the secrets its spec references (those the region has).
+    pub secrets: Vec<SecretValue>,
 }
 
 impl RegionState {
@@ -163,6 +169,7 @@ impl RegionState {
             rollouts: Rollouts::default(),
             analysed: BTreeMap::new(),
             copy_due: Arc::new(Notify::new()),
+            secrets: BTreeMap::new(),
             dirty: Dirty {
                 gateway_routes: true,
                 ..Dirty::default()
@@ -495,6 +502,31 @@ impl RegionState {
         self.summaries = regions.clone();
     }
 
+    /// Sets the values of the secrets service `id` references (none: forgets them); when they
+    /// differ from those held, the assignments of its instances are encoded again.
+    pub fn set_secrets(&mut self, id: &ServiceId, values: Vec<SecretValue>) {
+        if self.secrets.get(id).map_or(&[][..], Vec::as_slice) == values.as_slice() {
+            return;
+        }
+        if values.is_empty() {
+            self.secrets.remove(id);
+        } else {
+            self.secrets.insert(id.clone(), values);
+        }
+        let placed: Vec<InstanceKey> = self.fleet.placements_of(id).cloned().collect();
+        self.dirty.assignments.extend(placed);
+    }
+
+    /// Replaces the secret values of every service (see [`RegionState::set_secrets`]).
+    pub fn replace_secrets(&mut self, mut all: BTreeMap<ServiceId, Vec<SecretValue>>) {
+        let mut ids: BTreeSet<ServiceId> = self.secrets.keys().cloned().collect();
+        ids.extend(all.keys().cloned());
+        for id in ids {
+            let values = all.remove(&id).unwrap_or_default();
+            self.set_secrets(&id, values);
+        }
+    }
+
     /// Sets one service's regional deployment (`None`: it no longer runs here) and its endpoints
     /// registered in this region (and places its instances again if its spec changed).
     pub fn set_service(
@@ -638,9 +670,19 @@ impl RegionState {
                         .get(&key.0)
                         .and_then(|older| older.get(&version))
                         .unwrap_or(current);
+                    let wanted: BTreeSet<&str> = deployment.spec.secret_names().collect();
+                    let secrets = self
+                        .secrets
+                        .get(&key.0)
+                        .into_iter()
+                        .flatten()
+                        .filter(|s| wanted.contains(s.name.as_str()))
+                        .cloned()
+                        .collect();
                     Some(AssignmentWork {
                         node: node.to_owned(),
                         deployment: deployment.clone(),
+                        secrets,
                     })
                 });
                 (key, work)
