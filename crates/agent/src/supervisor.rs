@@ -422,9 +422,7 @@ fn reconcile(
         match wanted.get(name) {
             Some(want) if want.spec == running.spec && want.secrets == running.secrets => {}
             // Changes the instance never sees: it runs on, with the new spec.
-            Some(want)
-                if running.spec.runs_like(&want.spec) && want.secrets == running.secrets =>
-            {
+            Some(want) if running.spec.runs_like(&want.spec) && want.secrets == running.secrets => {
                 running.spec = want.spec.clone();
                 running.version = want.version;
             }

@@ -40,8 +40,8 @@ pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{
     App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Endpoint, EndpointHealth,
-    EndpointInput, Org, Region, RegionInput, RegionReport, SecretInfo, ServiceHealth, ServiceSummary,
-    TokenInfo, VersionHealth,
+    EndpointInput, Org, Region, RegionInput, RegionReport, SecretInfo, ServiceHealth,
+    ServiceSummary, TokenInfo, VersionHealth,
 };
 pub use rollout::{
     Gate, GateFailure, RolloutControl, RolloutEvent, RolloutMode, RolloutPhase, RolloutRecord,
