@@ -33,6 +33,8 @@ pub struct ControlPlane {
     data_dir: PathBuf,
     /// More arguments it was started with.
     extra: Vec<String>,
+    /// Where it logs (at `debug`), if not to the test's standard error (at `warn`).
+    log: Option<PathBuf>,
 }
 
 /// Spawns `command` with its standard output piped, and returns the child with a channel of its
@@ -89,12 +91,19 @@ pub fn strict() -> bool {
 
 impl ControlPlane {
     pub fn start(data_dir: &Path) -> ControlPlane {
-        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", &[])
+        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", &[], None)
     }
 
     /// [`ControlPlane::start`] with more arguments (e.g. `--local-ca`).
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ControlPlane {
-        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, None)
+    }
+
+    /// [`ControlPlane::start_with`], logging at `debug` to the file `log` (appended to).
+    pub fn start_logging(data_dir: &Path, extra: &[&str], log: &Path) -> ControlPlane {
+        let mut plane = Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, Some(log));
+        plane.log = Some(log.to_owned());
+        plane
     }
 
     /// Stops the process (SIGKILL).
@@ -111,7 +120,7 @@ impl ControlPlane {
         let api = self.api.trim_start_matches("http://").to_owned();
         let xds = self.xds.trim_start_matches("https://").to_owned();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let again = Self::start_at(&self.data_dir, &api, &xds, &extra);
+        let again = Self::start_at(&self.data_dir, &api, &xds, &extra, self.log.as_deref());
         self.child = Some(again.take_child());
     }
 
@@ -119,15 +128,29 @@ impl ControlPlane {
         self.child.take().expect("a running process")
     }
 
-    fn start_at(data_dir: &Path, api: &str, xds: &str, extra: &[&str]) -> ControlPlane {
-        let (child, lines) = spawn_with_lines(
-            Command::new(MERIDIAN)
-                .args(["control", "--global", "--listen", api, "--xds", xds])
-                .arg("--data-dir")
-                .arg(data_dir)
-                .args(extra)
-                .env("MERIDIAN_LOG", "warn"),
-        );
+    fn start_at(
+        data_dir: &Path,
+        api: &str,
+        xds: &str,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> ControlPlane {
+        let mut command = Command::new(MERIDIAN);
+        command
+            .args(["control", "--global", "--listen", api, "--xds", xds])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("MERIDIAN_LOG", "warn");
+        if let Some(log) = log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
+            command.env("MERIDIAN_LOG", "debug").stderr(file);
+        }
+        let (child, lines) = spawn_with_lines(&mut command);
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut api = None;
         let mut xds = None;
@@ -154,6 +177,7 @@ impl ControlPlane {
             token,
             data_dir: data_dir.to_owned(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            log: None,
         }
     }
 }

@@ -95,6 +95,9 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Set, list and delete an app's secrets (referenced in env as `{secret: NAME}`).
+    #[command(subcommand)]
+    Secret(commands::secrets::SecretCommand),
     /// Register, list and remove a service's endpoints (where its instances listen).
     #[command(subcommand)]
     Endpoint(commands::endpoints::EndpointCommand),
@@ -196,6 +199,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
             let follow = wait || (at_terminal && !detach);
             resources::deploy(&Client::new(&args)?, format, &file, follow).await
         }
+        Command::Secret(cmd) => commands::secrets::secret(&Client::new(&args)?, format, cmd).await,
         Command::Endpoint(cmd) => {
             commands::endpoints::endpoint(&Client::new(&args)?, format, cmd).await
         }

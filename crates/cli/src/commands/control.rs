@@ -88,10 +88,10 @@ pub struct ControlArgs {
 #[derive(Args)]
 #[command(next_help_heading = "Certificates of public domains (global only)")]
 struct CertificateArgs {
-    /// File with the 32-byte key that seals private keys, ACME account keys and session ticket
-    /// keys in the store. It must exist and be exactly 32 bytes (make one with
-    /// `head -c 32 /dev/urandom > FILE; chmod 600 FILE`) unless --create-secrets-key. Without
-    /// it the plane manages no certificates and refuses uploads.
+    /// File with the 32-byte key that seals private keys, ACME account keys, session ticket
+    /// keys and apps' secrets in the store. It must exist and be exactly 32 bytes (make one
+    /// with `head -c 32 /dev/urandom > FILE; chmod 600 FILE`) unless --create-secrets-key.
+    /// Without it the plane manages no certificates and refuses uploads and secrets.
     #[arg(long, value_name = "FILE")]
     secrets_key: Option<PathBuf>,
     /// Create the --secrets-key file (32 random bytes, mode 0600) if it does not exist.

@@ -17,3 +17,4 @@ pub mod proxy;
 pub mod region_admin;
 pub mod resources;
 pub mod rollout;
+pub mod secrets;

@@ -32,6 +32,13 @@ impl AppScope {
             org: Some(org.to_owned()),
         }
     }
+
+    /// The API path of the app, `/v1/orgs/{org}/apps/{app}`: the org is --org, or the
+    /// token's.
+    pub async fn app_path(&self, api: &Client) -> Result<String> {
+        let org = default_org(api, self.org.clone()).await?;
+        Ok(format!("/v1/orgs/{org}/apps/{}", self.app))
+    }
 }
 
 /// `meridian region …`
