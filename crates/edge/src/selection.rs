@@ -270,6 +270,7 @@ mod tests {
                     addresses: Vec::new(),
                     versions: Vec::new(),
                     rollout: None,
+                    problems: Vec::new(),
                 }],
             }),
             deployments: vec![deployment(name)],
@@ -361,6 +362,7 @@ mod tests {
             addresses: Vec::new(),
             versions: Vec::new(),
             rollout: None,
+            problems: Vec::new(),
         };
         // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
         // Washington the web of an org whose name sorts first (the order that used to decide)
