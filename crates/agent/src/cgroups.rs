@@ -165,6 +165,14 @@ impl Cgroups {
         Some(cgroups)
     }
 
+    /// Whether this process may use cgroups ([`Cgroups::detect`] would find them), without
+    /// making any.
+    pub fn available() -> bool {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        rustix::process::geteuid().is_root()
+            && Cgroups::from_mounts(&mountinfo, "", "probe").is_some()
+    }
+
     /// The cgroups `mountinfo` (of `/proc/self/mountinfo`) and `own` (the agent's
     /// `/proc/self/cgroup`) say: v1 when the memory controller is mounted as v1, else v2.
     fn from_mounts(mountinfo: &str, own: &str, tag: &str) -> Option<Cgroups> {

@@ -1232,7 +1232,10 @@ mod tests {
         assert_eq!(nodes_of(&fleet, "web"), ["a", "a"], "two of 1 cpu on 2 cpu");
         assert_eq!(
             fleet.unplaced(&service("web")),
-            Some(&(1, "no node has 1 cpu free (the most: 0 on node a)".to_owned()))
+            Some(&(
+                1,
+                "no node has 1 cpu free (the most: 0 on node a)".to_owned()
+            ))
         );
         // Another node offers room: the third goes there, and nothing is left unplaced.
         let reshaped = fleet.report(offering("b", 1500), start);
