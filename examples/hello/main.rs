@@ -27,6 +27,10 @@
 //!   deterministically by a counter, are answered `500` with `error: <the line above>`;
 //! - `HELLO_DELAY_MS=N`: every request waits N milliseconds before its answer.
 //!
+//! One knob uses memory, to watch a memory limit (`resources.memory`) at work:
+//! - `HELLO_ALLOCATE_MIB=N`: once listening, it allocates N MiB, touches every page, and keeps
+//!   them.
+//!
 //! With a port named `grpc` (`$MERIDIAN_PORT_GRPC`), it serves there, over HTTP/2 cleartext,
 //! the bidirectional gRPC stream `/meridian.hello.Echo/Chat`, which answers each message with
 //! itself (see `grpc.rs`).
@@ -92,6 +96,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     println!("meridian-hello listening on http://{address}");
+    let held = allocate(var("HELLO_ALLOCATE_MIB", "0").trim().parse().unwrap_or(0));
     if let Ok(port) = std::env::var("MERIDIAN_PORT_GRPC") {
         let address = format!("{}:{port}", var("MERIDIAN_ADDRESS", "127.0.0.1"));
         match tokio::net::TcpListener::bind(&address).await {
@@ -105,13 +110,23 @@ async fn main() -> std::process::ExitCode {
             }
         }
     }
-    match axum::serve(listener, app).await {
+    let served = axum::serve(listener, app).await;
+    drop(held);
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("serving: {e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `mib` MiB, every page written (so that it is resident), in 1 MiB blocks.
+fn allocate(mib: usize) -> Vec<Vec<u8>> {
+    if mib > 0 {
+        println!("allocating {mib} MiB");
+    }
+    (0..mib).map(|_| vec![1u8; 1 << 20]).collect()
 }
 
 /// The answer to `/`: the greeting, delayed and sometimes an error as the knobs say.

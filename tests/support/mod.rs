@@ -686,11 +686,13 @@ pub fn agent_with_command(
         .stderr(log_file)
         .args(["agent", "--region", &region.region, "--node", node])
         .args(["--control", &region.xds, "--join-token", &token])
-        .args(["--capacity", "4"])
         .args(isolation)
         .arg("--state-dir")
         .arg(dir.join(node))
         .env("MERIDIAN_LOG", "warn");
+    if !isolation.contains(&"--capacity") {
+        command.args(["--capacity", "4"]);
+    }
     adjust(&mut command);
     let (child, lines) = spawn_with_lines(&mut command);
     wait_for_line(&lines, STARTUP_DEADLINE, "the agent's start", |l| {

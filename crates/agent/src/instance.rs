@@ -12,6 +12,7 @@ use meridian_model::ServiceSpec;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::cgroups::{Cgroup, Cgroups, Limits};
 use crate::health;
 use crate::logs::{keep, log_dir, MAX_LOG_BYTES};
 
@@ -79,14 +80,22 @@ pub struct Launch {
     pub node: String,
     /// The agent's state directory (logs and working directories go below it).
     pub state_dir: PathBuf,
+    /// The node's cgroups, if the agent may use them: each run gets its own, with the spec's
+    /// `resources`.
+    pub cgroups: Option<Cgroups>,
 }
 
 impl Launch {
     /// The instance's name on this node, unique across orgs and apps: `<org>.<app>.<instance>`
     /// (its working directory and its logs are named so).
     pub fn key(&self) -> String {
-        format!("{}.{}.{}", self.service.0, self.service.1, self.instance)
+        key(&self.service, &self.instance)
     }
+}
+
+/// The name on this node of `instance` of `service`: `<org>.<app>.<instance>`.
+pub fn key(service: &(String, String, String), instance: &str) -> String {
+    format!("{}.{}.{}", service.0, service.1, instance)
 }
 
 /// Stops the instances an earlier agent left running (it was killed before it could stop
@@ -217,14 +226,7 @@ async fn run_lives(
     };
     loop {
         publish(State::Starting, restarts, "started".to_owned());
-        let ended = match spawn(launch) {
-            Ok(mut child) => {
-                let ended = supervise(launch, client, &mut child, states, stop).await;
-                terminate(&mut child, launch.spec.deploy.stop_timeout.0).await;
-                ended
-            }
-            Err(e) => Ended::Exited(format!("cannot start: {e}")),
-        };
+        let ended = run_once(launch, client, states, stop).await;
         let detail = match ended {
             Ended::Stopped => {
                 publish(State::Stopped, restarts, "no longer assigned".to_owned());
@@ -261,6 +263,57 @@ async fn run_lives(
     }
 }
 
+/// One run of the instance in a cgroup of its own (when the node has cgroups), removed when
+/// the run ends; a run the kernel killed for going over its memory limit ended `oom_killed`.
+async fn run_once(
+    launch: &Launch,
+    client: &reqwest::Client,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let cgroup = match cgroup_of(launch) {
+        Ok(cgroup) => cgroup,
+        Err(e) => return Ended::Exited(format!("cannot apply its resources: {e}")),
+    };
+    let ended = match spawn(launch, cgroup.as_ref()) {
+        Ok(mut child) => {
+            let ended = supervise(launch, client, &mut child, states, stop).await;
+            terminate(&mut child, launch.spec.deploy.stop_timeout.0).await;
+            ended
+        }
+        Err(e) => Ended::Exited(format!("cannot start: {e}")),
+    };
+    let Some(cgroup) = cgroup else {
+        return ended;
+    };
+    let oom_killed = cgroup.oom_kills() > 0;
+    cgroup.remove().await;
+    match (ended, launch.spec.resources.memory) {
+        (Ended::Exited(detail) | Ended::Unhealthy(detail), Some(limit)) if oom_killed => {
+            Ended::Exited(format!(
+                "oom_killed: used more than its memory limit of {limit} ({detail})"
+            ))
+        }
+        (ended, _) => ended,
+    }
+}
+
+/// The cgroup of the instance's next run, with its spec's limits; none when the node has no
+/// cgroups, or they fail and the spec asks for no resources (then it runs as before).
+fn cgroup_of(launch: &Launch) -> std::io::Result<Option<Cgroup>> {
+    let Some(cgroups) = &launch.cgroups else {
+        return Ok(None);
+    };
+    match cgroups.create(&launch.key(), &Limits::of(&launch.spec.resources)) {
+        Ok(cgroup) => Ok(Some(cgroup)),
+        Err(e) if launch.spec.resources.is_empty() => {
+            tracing::warn!(instance = %launch.instance, error = %e, "cannot make the instance's cgroup; it runs without");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The `PATH` of every instance: the usual system directories, never the agent's own `PATH`.
 const INSTANCE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -289,8 +342,9 @@ fn program(command: &str) -> PathBuf {
 
 /// Starts the process: its own process group, output to logs, and a clean environment (nothing
 /// of the agent's): `PATH`, `HOME`, `PORT`, `MERIDIAN_*` and the proxy variables, then the
-/// definition's `env` (with its secrets' values).
-fn spawn(launch: &Launch) -> std::io::Result<Child> {
+/// definition's `env` (with its secrets' values); in `cgroup` from before it executes its
+/// program.
+fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> std::io::Result<Child> {
     let Some(process) = &launch.spec.runtime.process else {
         return Err(std::io::Error::other("the spec runs no process"));
     };
@@ -351,6 +405,9 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(cgroup) = cgroup {
+        crate::cgroups::join_before_exec(&mut command, cgroup);
+    }
     let mut child = command.spawn().map_err(error_names_it)?;
     if let Some(pid) = child.id() {
         std::fs::write(home.join(PID_FILE), pid.to_string())?;

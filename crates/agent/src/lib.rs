@@ -14,6 +14,7 @@
 mod addresses;
 mod assignments;
 mod certs;
+pub mod cgroups;
 mod drain;
 mod health;
 mod instance;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::addresses::AddressPool;
 use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
+use crate::cgroups::Cgroups;
 use crate::drain::Leaving;
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
@@ -48,6 +50,9 @@ pub struct AgentOptions {
     pub node: String,
     /// How many instances the node may run.
     pub capacity: u32,
+    /// The CPU and memory the node offers its instances (placement counts their `resources`
+    /// against them); a field not set is not counted.
+    pub offers: meridian_model::Resources,
     /// Addresses for instances (node sides, with network namespaces).
     pub addresses: AddressPool,
     /// How instances are kept apart.
@@ -66,6 +71,74 @@ pub struct AgentOptions {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
+}
+
+/// The labels of an instance's usage figures.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct InstanceLabel {
+    org: String,
+    app: String,
+    service: String,
+    instance: String,
+}
+
+/// Each instance's CPU time and memory, read from its cgroup at each report.
+struct UsageMetrics {
+    cpu: Family<InstanceLabel, Gauge<f64, AtomicU64>>,
+    memory: Family<InstanceLabel, Gauge>,
+    /// The instances last set (the others' figures are removed).
+    shown: BTreeSet<InstanceLabel>,
+}
+
+impl UsageMetrics {
+    fn new(registry: &mut Registry) -> UsageMetrics {
+        let usage = UsageMetrics {
+            cpu: Family::default(),
+            memory: Family::default(),
+            shown: BTreeSet::new(),
+        };
+        registry.register(
+            "instance_cpu_usage_seconds",
+            "CPU time used by the current run of each instance, from its cgroup",
+            usage.cpu.clone(),
+        );
+        registry.register(
+            "instance_memory_usage_bytes",
+            "Memory in use by each instance, from its cgroup",
+            usage.memory.clone(),
+        );
+        usage
+    }
+
+    /// Reads the usage of `instances` (labels and names on the node) from `cgroups`, off the
+    /// async threads, and shows it; forgets the instances gone.
+    async fn update(
+        mut self,
+        cgroups: Cgroups,
+        instances: Vec<(InstanceLabel, String)>,
+    ) -> UsageMetrics {
+        let read = tokio::task::spawn_blocking(move || {
+            instances
+                .into_iter()
+                .filter_map(|(label, key)| Some((label, cgroups.of(&key)?.usage())))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let now: BTreeSet<InstanceLabel> = read.iter().map(|(label, _)| label.clone()).collect();
+        for gone in self.shown.difference(&now) {
+            self.cpu.remove(gone);
+            self.memory.remove(gone);
+        }
+        for (label, usage) in read {
+            self.cpu.get_or_create(&label).set(usage.cpu_seconds);
+            self.memory
+                .get_or_create(&label)
+                .set(i64::try_from(usage.memory_bytes).unwrap_or(i64::MAX));
+        }
+        self.shown = now;
+        self
+    }
 }
 
 /// How instances are kept apart on the node.
@@ -137,6 +210,16 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     if options.isolation == Isolation::Netns {
         netns::delete_leftovers(&netns_tag).await;
     }
+    let cgroups = Cgroups::detect(&netns_tag);
+    match &cgroups {
+        Some(cgroups) => {
+            tracing::info!(version = cgroups.version(), "instances run in cgroups of their own");
+            cgroups.remove_leftovers();
+        }
+        None => tracing::warn!(
+            "no cgroups this agent may use (it needs root and a memory controller): instances' resources are not enforced"
+        ),
+    }
     let (desired_tx, mut desired) = watch::channel(Desired::new());
     let (services_tx, mut services) = watch::channel(Services::new());
     let client = ClientOptions {
@@ -165,17 +248,21 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         by_state.clone(),
     );
     let dns_metrics = Arc::new(meridian_dns::DnsMetrics::new(&mut registry));
+    let usage = UsageMetrics::new(&mut registry);
     let proxy = Arc::new(meridian_proxy::Proxy::default());
     let reporter = tokio::spawn(report_loop(
         UnaryClient::new(&options.control, options.tls.clone()),
         Reported {
             node: options.node.clone(),
             capacity: options.capacity,
+            offers: options.offers,
             instances: instances.clone(),
             proxy: proxy.clone(),
+            cgroups: cgroups.clone(),
         },
         changed.clone(),
         by_state,
+        usage,
     ));
     let mut addresses = options.addresses.clone();
     let mut tasks: JoinSet<(String, Ipv4Addr)> = JoinSet::new();
@@ -208,6 +295,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
             tracing::error!(error = %e, "the node proxy's admin port could not start");
         }
     }
+    let node = NodeSetup { netns_tag, cgroups };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
@@ -218,7 +306,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                     break;
                 }
                 let wanted = desired.borrow_and_update().clone();
-                reconcile(&options, &netns_tag, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                reconcile(&options, &node, &wanted, &instances, &mut addresses, &mut tasks, &changed);
             }
             changed_set = services.changed() => {
                 if changed_set.is_err() {
@@ -244,7 +332,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 changed.notify_one();
                 // A replacement may be waiting for this one to stop.
                 let wanted = desired.borrow().clone();
-                reconcile(&options, &netns_tag, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                reconcile(&options, &node, &wanted, &instances, &mut addresses, &mut tasks, &changed);
             }
         }
         let current = services.borrow().clone();
@@ -415,7 +503,7 @@ impl NodeProxy {
 /// starts again once its old process has stopped.
 fn reconcile(
     options: &AgentOptions,
-    netns_tag: &str,
+    node: &NodeSetup,
     wanted: &Desired,
     instances: &Instances,
     addresses: &mut AddressPool,
@@ -448,7 +536,7 @@ fn reconcile(
             tracing::warn!(instance = %want.instance, "no address left for the instance; raise --instance-count");
             continue;
         };
-        let running = start(options, netns_tag, want, address, tasks, name, changed);
+        let running = start(options, node, want, address, tasks, name, changed);
         map.insert(name.clone(), running);
     }
 }
@@ -479,10 +567,18 @@ fn start_drains(
     }
 }
 
-/// Starts instance `name` on `address` (its namespace tagged `netns_tag` in that mode).
+/// What the agent found on its node at start: the tag of its network namespaces and its
+/// cgroups, if it may use them.
+struct NodeSetup {
+    netns_tag: String,
+    cgroups: Option<Cgroups>,
+}
+
+/// Starts instance `name` on `address` (in its namespace in that mode, in cgroups if the node
+/// has them).
 fn start(
     options: &AgentOptions,
-    netns_tag: &str,
+    node: &NodeSetup,
     want: &Wanted,
     address: Ipv4Addr,
     tasks: &mut JoinSet<(String, Ipv4Addr)>,
@@ -500,7 +596,7 @@ fn start(
     let (listen, netns) = match options.isolation {
         Isolation::Host => (address, None),
         Isolation::Netns => {
-            let netns = Netns::new(netns_tag, address);
+            let netns = Netns::new(&node.netns_tag, address);
             (netns.inner, Some(netns))
         }
     };
@@ -515,6 +611,7 @@ fn start(
         region: options.region.clone(),
         node: options.node.clone(),
         state_dir: options.state_dir.clone(),
+        cgroups: node.cgroups.clone(),
     };
     // Each state change wakes the reporter.
     let mut watched = state.clone();
@@ -549,8 +646,10 @@ fn start(
 struct Reported {
     node: String,
     capacity: u32,
+    offers: meridian_model::Resources,
     instances: Instances,
     proxy: Arc<meridian_proxy::Proxy>,
+    cgroups: Option<Cgroups>,
 }
 
 impl Reported {
@@ -559,6 +658,8 @@ impl Reported {
         NodeReport {
             node: self.node.clone(),
             capacity: self.capacity,
+            cpu_millis: self.offers.cpu.map_or(0, |cpu| u64::from(cpu.millis())),
+            memory_bytes: self.offers.memory.map_or(0, meridian_model::Memory::bytes),
             instances: instances
                 .values()
                 .map(|running| {
@@ -579,6 +680,26 @@ impl Reported {
                 })
                 .collect(),
         }
+    }
+
+    /// Each running instance's labels and its name on the node (its cgroup's).
+    fn keys(&self) -> Vec<(InstanceLabel, String)> {
+        lock_instances(&self.instances)
+            .values()
+            .filter(|running| !*running.stop.borrow())
+            .map(|running| {
+                let label = InstanceLabel {
+                    org: running.service.0.clone(),
+                    app: running.service.1.clone(),
+                    service: running.service.2.clone(),
+                    instance: running.instance.clone(),
+                };
+                (
+                    label,
+                    crate::instance::key(&running.service, &running.instance),
+                )
+            })
+            .collect()
     }
 
     fn traffic(&self, running: &Running) -> Option<Traffic> {
@@ -610,8 +731,12 @@ async fn report_loop(
     reported: Reported,
     changed: Arc<Notify>,
     by_state: Family<StateLabel, Gauge>,
+    mut usage: UsageMetrics,
 ) {
     loop {
+        if let Some(cgroups) = &reported.cgroups {
+            usage = usage.update(cgroups.clone(), reported.keys()).await;
+        }
         let report = reported.report();
         let requests: u64 = report
             .instances

@@ -13,6 +13,7 @@ use meridian_model::Strategy;
 
 use crate::region::ServiceId;
 use crate::rollout::{Bounds, Member, Step};
+use crate::room::{self, Amounts};
 
 /// A node whose agent has not reported for this long is gone; its instances are placed anew.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +39,8 @@ pub type InstanceKey = (ServiceId, String);
 #[derive(Debug)]
 struct Node {
     capacity: u32,
+    /// The CPU and memory it offers its instances (0: not said, not counted).
+    offer: Amounts,
     last_seen: Instant,
     /// The node's last report of each instance, by service and instance id (instance ids are
     /// unique within a service only: two orgs may both run a `web-0`).
@@ -78,6 +81,8 @@ pub struct Desired {
     /// Whether its rollout is paused: no instance leaves service, none starts but to make
     /// up the scale.
     pub paused: bool,
+    /// What each new instance asks of its node (its definition's `resources`).
+    pub asks: Amounts,
 }
 
 /// What a placement changed.
@@ -113,6 +118,8 @@ struct Placed {
     /// Not removed before this, whatever the proxies acknowledge (a blue-green or canary
     /// deploy keeps the previous set running a while).
     kept_until: Option<Instant>,
+    /// What it asks of its node (its version's `resources` when it was placed).
+    asks: Amounts,
 }
 
 /// The region's nodes and placements.
@@ -130,6 +137,8 @@ pub struct Fleet {
     /// No placement before this; reported instances are adopted until the first placement.
     settle_until: Instant,
     placed_once: bool,
+    /// The services with instances that fit on no node: how many, and why.
+    unplaced: BTreeMap<ServiceId, (u32, String)>,
 }
 
 impl Fleet {
@@ -142,6 +151,7 @@ impl Fleet {
             cordoned: BTreeSet::new(),
             settle_until,
             placed_once: false,
+            unplaced: BTreeMap::new(),
         }
     }
 
@@ -153,6 +163,10 @@ impl Fleet {
     /// Records `report` from node `report.node` at `now` and says what it changed. The work is
     /// proportional to the report, whatever the size of the fleet.
     pub fn report(&mut self, report: NodeReport, now: Instant) -> Reported {
+        let offer = Amounts {
+            cpu_millis: report.cpu_millis,
+            memory_bytes: report.memory_bytes,
+        };
         let instances: BTreeMap<InstanceKey, InstanceReport> = report
             .instances
             .into_iter()
@@ -160,7 +174,7 @@ impl Fleet {
             .collect();
         let before = self.nodes.get(&report.node);
         let mut reported = Reported {
-            reshaped: before.is_none_or(|b| b.capacity != report.capacity),
+            reshaped: before.is_none_or(|b| b.capacity != report.capacity || b.offer != offer),
             services: BTreeSet::new(),
         };
         let empty = BTreeMap::new();
@@ -178,6 +192,7 @@ impl Fleet {
         }
         let node = Node {
             capacity: report.capacity,
+            offer,
             last_seen: now,
             instances,
         };
@@ -356,10 +371,16 @@ impl Fleet {
                 moves.drained.insert(key);
             }
         }
+        let mut placed = 0;
         for _ in 0..start {
-            let Some(node) = self.best_node(service, &avoid) else {
-                break;
+            let Some(node) = self.best_node(service, want.asks, &avoid) else {
+                let reason = self.no_room(want.asks);
+                let left = u32::try_from(start - placed).unwrap_or(u32::MAX);
+                tracing::debug!(?service, left, %reason, "instances not placed");
+                self.unplaced.insert(service.clone(), (left, reason));
+                return;
             };
+            placed += 1;
             let used: BTreeSet<u32> = self
                 .placed(service)
                 .filter_map(|((_, instance), _)| number_of(instance))
@@ -377,10 +398,49 @@ impl Fleet {
                 version: want.version,
                 draining: None,
                 kept_until: None,
+                asks: want.asks,
             };
             self.placements.insert(key.clone(), placed);
             moves.assignments.insert(key);
         }
+        self.unplaced.remove(service);
+    }
+
+    /// How many instances of `service` fit on no node at its last placement, and why.
+    pub fn unplaced(&self, service: &ServiceId) -> Option<&(u32, String)> {
+        self.unplaced.get(service)
+    }
+
+    /// Why no live node takes one more instance asking `asks`.
+    fn no_room(&self, asks: Amounts) -> String {
+        let (load, used) = self.load(None);
+        let open: Vec<(&str, &Node)> = self
+            .nodes
+            .iter()
+            .filter(|(name, _)| !self.cordoned.contains(*name))
+            .map(|(name, node)| (name.as_str(), node))
+            .collect();
+        if self.nodes.is_empty() {
+            return "no node reports to the region".to_owned();
+        }
+        if open.is_empty() {
+            return "every node is drained".to_owned();
+        }
+        let with_room: Vec<(&str, Amounts, Amounts)> = open
+            .iter()
+            .filter(|(name, node)| load.get(name).map_or(0, |l| l.1) < node.capacity)
+            .map(|(name, node)| {
+                (
+                    *name,
+                    node.offer,
+                    used.get(name).copied().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if with_room.is_empty() {
+            return "every node runs as many instances as its capacity allows".to_owned();
+        }
+        room::no_room(&with_room, asks)
     }
 
     /// A return to `version` while its set is still kept (it left service in a blue-green or
@@ -528,6 +588,7 @@ impl Fleet {
                         version,
                         draining: None,
                         kept_until: None,
+                        asks: want.asks,
                     };
                     self.placements.insert(key.clone(), placed);
                     adopted.insert(key.clone());
@@ -543,21 +604,43 @@ impl Fleet {
             .any(|n| n.instances.get(key).is_some_and(|i| i.state == "failed"))
     }
 
-    /// The live node with room for one more instance of `service`: fewest instances of the
-    /// service, then fewest instances, then nodes not in `avoid`, then by name.
-    fn best_node(&self, service: &ServiceId, avoid: &BTreeSet<String>) -> Option<String> {
+    /// Each node's instances (of `service`, and all) and what they ask of it.
+    fn load(
+        &self,
+        service: Option<&ServiceId>,
+    ) -> (BTreeMap<&str, (u32, u32)>, BTreeMap<&str, Amounts>) {
         let mut load: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+        let mut used: BTreeMap<&str, Amounts> = BTreeMap::new();
         for ((s, _), placed) in &self.placements {
             let entry = load.entry(placed.node.as_str()).or_default();
             entry.1 += 1;
-            if s == service {
+            if Some(s) == service {
                 entry.0 += 1;
             }
+            let asked = used.entry(placed.node.as_str()).or_default();
+            *asked = asked.plus(placed.asks);
         }
+        (load, used)
+    }
+
+    /// The live node with room for one more instance of `service` asking `asks` (by count,
+    /// CPU and memory): fewest instances of the service, then fewest instances, then nodes not
+    /// in `avoid`, then by name.
+    fn best_node(
+        &self,
+        service: &ServiceId,
+        asks: Amounts,
+        avoid: &BTreeSet<String>,
+    ) -> Option<String> {
+        let (load, used) = self.load(Some(service));
         self.nodes
             .iter()
             .filter(|(name, _)| !self.cordoned.contains(*name))
             .filter(|(name, node)| load.get(name.as_str()).map_or(0, |l| l.1) < node.capacity)
+            .filter(|(name, node)| {
+                let used = used.get(name.as_str()).copied().unwrap_or_default();
+                room::fits(node.offer, used, asks)
+            })
             .min_by_key(|(name, _)| {
                 let (same, all) = load.get(name.as_str()).copied().unwrap_or_default();
                 (avoid.contains(*name), same, all, (*name).clone())
@@ -726,6 +809,7 @@ mod tests {
             strategy: Strategy::Rolling,
             keep_previous: Duration::ZERO,
             paused: false,
+            asks: Amounts::default(),
         }
     }
 
@@ -733,6 +817,8 @@ mod tests {
         NodeReport {
             node: name.to_owned(),
             capacity,
+            cpu_millis: 0,
+            memory_bytes: 0,
             instances: instances
                 .iter()
                 .map(|(instance, state)| InstanceReport {
@@ -1124,5 +1210,43 @@ mod tests {
         let mut nodes = nodes_of(&fleet, "web");
         nodes.sort();
         assert_eq!(nodes, ["a", "b"]);
+    }
+
+    #[test]
+    fn placement_counts_resources_against_what_nodes_offer_and_says_why_one_fits_nowhere() {
+        let start = Instant::now();
+        let mut fleet = Fleet::new(start);
+        let offering = |name: &str, cpu_millis: u64| NodeReport {
+            cpu_millis,
+            memory_bytes: 1 << 30,
+            ..node(name, 8, &[])
+        };
+        fleet.report(offering("a", 2000), start);
+        let mut web = want(3);
+        web.asks = Amounts {
+            cpu_millis: 1000,
+            memory_bytes: 256 << 20,
+        };
+        let desired = BTreeMap::from([(service("web"), web)]);
+        fleet.place(&desired, unknown, start);
+        assert_eq!(nodes_of(&fleet, "web"), ["a", "a"], "two of 1 cpu on 2 cpu");
+        assert_eq!(
+            fleet.unplaced(&service("web")),
+            Some(&(
+                1,
+                "no node has 1 cpu free (the most: 0 on node a)".to_owned()
+            ))
+        );
+        // Another node offers room: the third goes there, and nothing is left unplaced.
+        let reshaped = fleet.report(offering("b", 1500), start);
+        assert!(reshaped.reshaped);
+        fleet.place(&desired, unknown, start);
+        assert_eq!(nodes_of(&fleet, "web"), ["a", "a", "b"]);
+        assert_eq!(fleet.unplaced(&service("web")), None);
+        // An agent that says nothing counts nothing.
+        let mut fleet = Fleet::new(start);
+        fleet.report(node("c", 8, &[]), start);
+        fleet.place(&desired, unknown, start);
+        assert_eq!(nodes_of(&fleet, "web").len(), 3);
     }
 }

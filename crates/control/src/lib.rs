@@ -30,6 +30,7 @@ mod region;
 mod reports;
 mod rollout;
 mod rollout_history;
+mod room;
 mod supervise;
 mod tls;
 mod upward;

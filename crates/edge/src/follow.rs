@@ -216,6 +216,7 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
                 addresses: Vec::new(),
                 versions: Vec::new(),
                 rollout: None,
+                problems: Vec::new(),
             });
             deployments.push(RegionalDeployment {
                 org: service.org,

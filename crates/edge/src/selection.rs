@@ -275,6 +275,7 @@ mod tests {
                     addresses: Vec::new(),
                     versions: Vec::new(),
                     rollout: None,
+                    problems: Vec::new(),
                 }],
             }),
             deployments: vec![deployment(name)],
@@ -377,6 +378,7 @@ mod tests {
             addresses: Vec::new(),
             versions: Vec::new(),
             rollout: None,
+            problems: Vec::new(),
         };
         // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
         // Washington the web of an org whose name sorts first (the order that used to decide)

@@ -72,6 +72,19 @@ pub struct ServiceHealth {
     /// none when the region has not rolled out a version of it since it took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::RolloutStatus>,
+    /// What keeps instances from running as wanted, in words: instances that fit on no node
+    /// and why (`1 instance not placed: no node has 2 cpu free …`), instances unhealthy or
+    /// failed and why (`web-0 unhealthy: oom_killed: …`); at most [`ServiceHealth::PROBLEMS`],
+    /// each at most [`ServiceHealth::PROBLEM_LEN`] bytes; empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+impl ServiceHealth {
+    /// Most problems reported per service.
+    pub const PROBLEMS: usize = 8;
+    /// Longest problem reported, in bytes.
+    pub const PROBLEM_LEN: usize = 512;
 }
 
 /// A service's instances in service in a region that run one version.

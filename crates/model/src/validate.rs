@@ -173,6 +173,21 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
                 "at most one per healthy instance",
             );
         }
+        if service.problems.len() > crate::ServiceHealth::PROBLEMS
+            || service
+                .problems
+                .iter()
+                .any(|p| p.len() > crate::ServiceHealth::PROBLEM_LEN)
+        {
+            errs.push(
+                format!("services[{i}].problems"),
+                format!(
+                    "at most {} problems of at most {} bytes each",
+                    crate::ServiceHealth::PROBLEMS,
+                    crate::ServiceHealth::PROBLEM_LEN
+                ),
+            );
+        }
         validate_versions(&mut errs, i, service);
         validate_rollout(&mut errs, i, service);
         for (j, address) in service.addresses.iter().enumerate() {

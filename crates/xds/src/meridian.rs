@@ -290,6 +290,13 @@ pub struct NodeReport {
     /// The instances it runs.
     #[prost(message, repeated, tag = "3")]
     pub instances: Vec<InstanceReport>,
+    /// The CPU it offers its instances, in thousandths of a core (0: not said, by an older
+    /// agent: not counted).
+    #[prost(uint64, tag = "4")]
+    pub cpu_millis: u64,
+    /// The memory it offers its instances, in bytes (0: not said: not counted).
+    #[prost(uint64, tag = "5")]
+    pub memory_bytes: u64,
 }
 
 /// The state of one instance.

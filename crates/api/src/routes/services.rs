@@ -127,6 +127,11 @@ pub struct RegionStatus {
     /// with its figures; none when the region has not rolled this version out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<meridian_model::RolloutStatus>,
+    /// What keeps instances from running as wanted, as the region reports it: instances that
+    /// fit on no node and why, instances unhealthy or failed and why (`oom_killed` with the
+    /// memory limit); empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// A region's report older than this says nothing about now: regions report every 2 s, so
@@ -181,7 +186,11 @@ fn region_status(
         healthy: health.as_ref().map(|h| h.healthy),
         report_age_seconds: age,
         state: state.to_owned(),
-        versions: health.map(|h| h.versions).unwrap_or_default(),
+        versions: health
+            .as_ref()
+            .map(|h| h.versions.clone())
+            .unwrap_or_default(),
+        problems: health.map(|h| h.problems).unwrap_or_default(),
         rollout,
     }
 }

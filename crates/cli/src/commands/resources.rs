@@ -470,7 +470,24 @@ pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScop
         "STATE",
         "LAST REPORT",
     ];
-    print(format, &status, &headers, status_table)
+    print(format, &status, &headers, status_table)?;
+    if format == Format::Table {
+        print!("{}", problems(&status));
+    }
+    Ok(())
+}
+
+/// Each region's problems, one line each under the table (`fra: web-0 unhealthy: …`).
+fn problems(status: &ServiceStatus) -> String {
+    status
+        .regions
+        .iter()
+        .flat_map(|r| {
+            r.problems
+                .iter()
+                .map(move |p| format!("{}: {p}\n", r.region))
+        })
+        .collect()
 }
 
 /// One row per region: what its last report says (no count once it is too old to vouch for

@@ -843,6 +843,7 @@ mod tests {
             addresses: Vec::new(),
             versions: Vec::new(),
             rollout: None,
+            problems: Vec::new(),
         });
         reports.record("fra".to_owned(), fra);
         apply("/bin/two").await;

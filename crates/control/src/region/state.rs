@@ -406,10 +406,45 @@ impl RegionState {
                             .filter(|e| e.health == EndpointHealth::Healthy)
                             .map(|e| e.address.clone())
                             .collect(),
+                        problems: self.problems(id),
                     }
                 })
                 .collect(),
         }
+    }
+
+    /// What keeps `id`'s instances from running as wanted, in words: those that fit on no
+    /// node and why, then those unhealthy or failed with their agents' reasons; bounded as
+    /// reports are ([`ServiceHealth::PROBLEMS`]).
+    fn problems(&self, id: &ServiceId) -> Vec<String> {
+        let unplaced = self.fleet.unplaced(id).map(|(count, reason)| {
+            let plural = if *count == 1 { "" } else { "s" };
+            format!("{count} instance{plural} not placed: {reason}")
+        });
+        let unwell = self
+            .fleet
+            .reports_of(id)
+            .filter_map(|(instance, _, report)| {
+                let report =
+                    report.filter(|r| matches!(r.state.as_str(), "unhealthy" | "failed"))?;
+                Some(format!("{instance} {}: {}", report.state, report.detail))
+            });
+        unplaced
+            .into_iter()
+            .chain(unwell)
+            .take(ServiceHealth::PROBLEMS)
+            .map(|mut problem| {
+                if problem.len() > ServiceHealth::PROBLEM_LEN {
+                    let mut end = ServiceHealth::PROBLEM_LEN - 3;
+                    while !problem.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    problem.truncate(end);
+                    problem.push_str("...");
+                }
+                problem
+            })
+            .collect()
     }
 
     /// Places every service's instances; the instances whose placement changed get their
@@ -792,6 +827,7 @@ fn desired(deployment: &RegionalDeployment, version: u64) -> Desired {
         strategy: spec.deploy.strategy,
         keep_previous: spec.deploy.keep_previous(),
         paused: false,
+        asks: crate::room::Amounts::asked(&spec.resources),
     }
 }
 

@@ -106,6 +106,7 @@ impl Fixture {
             node: node.to_owned(),
             capacity: 100,
             instances,
+            ..Default::default()
         };
         self.region.report(report, at);
     }
@@ -457,6 +458,7 @@ fn a_restarted_region_goes_on_with_the_rollout_it_finds() {
             node: node.to_owned(),
             capacity: 100,
             instances,
+            ..Default::default()
         }
     };
     for node in NODES {

@@ -1,0 +1,253 @@
+//! Resources: an instance runs in a cgroup with its definition's limits — one that allocates
+//! past its memory limit is killed, shown `oom_killed` with the limit by `meridian status`, and
+//! restarted; its CPU quota is in its cgroup's files — and placement counts instances'
+//! resources against what agents offer, saying in `meridian status` why one fits nowhere.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::{agent, agent_with, strict, Deployed, RegionalPlane, HELLO};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// acme/shop/hello in fra: `scale` instances of meridian-hello with `resources` and `env`
+/// (YAML flow maps), health-checked on /healthz.
+fn hello(scale: u32, resources: &str, env: &str) -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: {scale}, max: {scale}}}
+runtime: {{process: {{command: {HELLO}, env: {env}}}}}
+resources: {resources}
+ports: [{{name: http, port: 8080}}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s, restart_limit: 20}}]
+"
+    )
+}
+
+/// Whether this test may use cgroups (root, and a memory controller); a skip says so, and
+/// fails under MERIDIAN_TEST_STRICT=1.
+fn cgroups_or_skip() -> bool {
+    if meridian_agent::cgroups::Cgroups::available() {
+        return true;
+    }
+    assert!(
+        !strict(),
+        "cgroups need root and a memory controller (MERIDIAN_TEST_STRICT=1)"
+    );
+    eprintln!("skipped: cgroups need root and a memory controller");
+    false
+}
+
+/// `meridian status hello` as JSON: fra's row.
+fn fra_status(platform: &Deployed) -> serde_json::Value {
+    let status = platform.cli.json(&["status", "hello", "--app", "shop"]);
+    status["regions"][0].clone()
+}
+
+/// Polls fra's status until `done` holds of it (else panics with the last one).
+async fn status_until(
+    platform: &Deployed,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let fra = fra_status(platform);
+        if done(&fra) {
+            return fra;
+        }
+        assert!(Instant::now() < end, "never {what}: {fra}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn problems(fra: &serde_json::Value) -> Vec<String> {
+    fra["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The stdout of instance `hello-0` of node `node` (state under `dir`).
+fn instance_log(dir: &Path, node: &str) -> String {
+    let log = dir.join(node).join("logs/acme.shop.hello-0/stdout.log");
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// The cgroup directory of `pid` for v1 controller `controller`, or its v2 directory.
+fn cgroup_dir(pid: &str, controller: &str) -> PathBuf {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = own.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == controller).then(|| {
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(&path[1..])
+        })
+    });
+    v1.unwrap_or_else(|| {
+        let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        Path::new("/sys/fs/cgroup").join(&path[1..])
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_over_its_memory_limit_is_killed_reported_and_restarted() {
+    if !cgroups_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Allocating 96 MiB under a 48 MiB limit.
+    let definition = hello(1, "{memory: 48Mi}", "{HELLO_ALLOCATE_MIB: \"96\"}");
+    let platform = Deployed::start(dir.path(), &definition);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    let _agent = agent(&region, "one", "127.0.230.1", dir.path());
+
+    let fra = status_until(&platform, "oom_killed", |fra| {
+        problems(fra).iter().any(|p| p.contains("oom_killed"))
+    })
+    .await;
+    let problem = problems(&fra)
+        .into_iter()
+        .find(|p| p.contains("oom_killed"))
+        .unwrap();
+    assert!(
+        problem
+            .starts_with("hello-0 unhealthy: oom_killed: used more than its memory limit of 48Mi"),
+        "{problem}"
+    );
+    assert!(problem.contains("restarting in"), "{problem}");
+    // It was started again: its log shows a second run allocating.
+    let end = Instant::now() + DEADLINE;
+    while instance_log(dir.path(), "one")
+        .matches("allocating 96 MiB")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < end, "not restarted: {fra}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Without the allocation, the same limit lets it run: healthy, and no problem reported.
+    platform.deploy(&hello(1, "{memory: 48Mi}", "{}"));
+    status_until(&platform, "running without problems", |fra| {
+        fra["state"] == "running" && problems(fra).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_s_limits_are_in_its_cgroup_which_goes_with_it() {
+    if !cgroups_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let definition = hello(1, "{cpu: 0.25, memory: 64Mi}", "{}");
+    let platform = Deployed::start(dir.path(), &definition);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    let agent = agent(&region, "one", "127.0.231.1", dir.path());
+    status_until(&platform, "running", |fra| fra["state"] == "running").await;
+
+    let pid_file = dir.path().join("one/instances/acme.shop.hello-0/pid");
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    let pid = pid.trim();
+    let read = |controller: &str, file: &str| {
+        let path = cgroup_dir(pid, controller).join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    };
+    let cpu = cgroup_dir(pid, "cpu");
+    if cpu.join("cpu.cfs_quota_us").exists() {
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
+    } else {
+        assert_eq!(read("cpu", "cpu.max"), "25000 100000");
+        assert_eq!(read("memory", "memory.max"), "67108864");
+    }
+    assert_eq!(read("pids", "pids.max"), "4096");
+    let memory = cgroup_dir(pid, "memory");
+    assert!(
+        memory.to_string_lossy().ends_with("/acme.shop.hello-0"),
+        "{}",
+        memory.display()
+    );
+
+    // Its usage, read from its cgroup, is on the agent's metrics.
+    let labels = r#"{org="acme",app="shop",service="hello",instance="hello-0"}"#;
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let metrics = support::metrics(&agent.admin).await;
+        let memory = metrics.lines().find_map(|l| {
+            l.strip_prefix(&format!(
+                "meridian_agent_instance_memory_usage_bytes{labels} "
+            ))
+        });
+        let cpu = metrics.lines().find_map(|l| {
+            l.strip_prefix(&format!(
+                "meridian_agent_instance_cpu_usage_seconds{labels} "
+            ))
+        });
+        let memory: u64 = memory.map_or(0, |m| m.parse().unwrap());
+        let cpu: f64 = cpu.map_or(0.0, |c| c.parse().unwrap());
+        if memory > 0 && cpu > 0.0 {
+            assert!(memory <= 64 << 20, "{memory}");
+            break;
+        }
+        assert!(Instant::now() < end, "no usage: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The service goes: its instance stops and its cgroup is removed.
+    platform
+        .cli
+        .ok(&["delete", "service", "hello", "--app", "shop"]);
+    let end = Instant::now() + DEADLINE;
+    while cpu.exists() || memory.exists() {
+        assert!(Instant::now() < end, "the cgroup is still there: {cpu:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_places_no_more_than_a_node_offers_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three instances of half a core on a node that offers one core.
+    let definition = hello(3, "{cpu: 0.5}", "{}");
+    let platform = Deployed::start(dir.path(), &definition);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    let isolation = [
+        "--instance-addresses",
+        "127.0.232.1",
+        "--isolation",
+        "host",
+        "--capacity",
+        "cpu=1,memory=4Gi,instances=8",
+    ];
+    let _agent = agent_with(&region, "one", dir.path(), &isolation);
+    let fra = status_until(&platform, "two placed and one refused", |fra| {
+        fra["placed"] == 2 && fra["healthy"] == 2 && !problems(fra).is_empty()
+    })
+    .await;
+    assert_eq!(
+        problems(&fra),
+        ["1 instance not placed: no node has 0.5 cpu free (the most: 0 on node one)"]
+    );
+    // The table says it too.
+    let table = platform.cli.ok(&["status", "hello", "--app", "shop"]);
+    assert!(
+        table.contains("fra: 1 instance not placed: no node has 0.5 cpu free"),
+        "{table}"
+    );
+}
