@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use meridian_model::ServiceSpec;
+use meridian_model::{Protocol, ServiceSpec};
 use serde_json::{json, Value};
 
 /// Identifies a service: org, app and name.
@@ -41,6 +41,10 @@ pub use meridian_xds::meridian::{mesh_port, MESH_PORT_BASE};
 
 /// The port of the outbound listener on each instance's address.
 pub const OUTBOUND_PORT: u16 = 15001;
+
+/// Most connections open at once on each `tcp` listener of the node proxy: an instance's
+/// connections to one TCP service, and a TCP port's callers.
+pub const TCP_MAX_CONNECTIONS: u32 = 1024;
 
 /// An instance this node runs.
 #[derive(Debug, Clone)]
@@ -159,15 +163,28 @@ pub fn config(
             if !instance.serving {
                 continue;
             }
+            let inbound = format!("in/{name}/{}", port.name);
+            let address = format!("{}:{}", instance.address, mesh_port(index));
+            let mesh = json!({
+                "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
+                "org": org, "allow": instance.spec.mesh.allow,
+            });
+            if port.protocol == Protocol::Tcp {
+                // The mesh port names the instance's port: an admitted caller's connection is
+                // relayed to it as it is.
+                listeners.push(json!({
+                    "name": inbound, "address": address, "protocol": "tcp",
+                    "mesh": mesh, "cluster": local_cluster,
+                    "max_connections": TCP_MAX_CONNECTIONS,
+                }));
+                continue;
+            }
             listeners.push(json!({
-                "name": format!("in/{name}/{}", port.name),
-                "address": format!("{}:{}", instance.address, mesh_port(index)),
+                "name": inbound,
+                "address": address,
                 // Callers are the platform's proxies (mutual TLS): their x-forwarded-* hold.
                 "trust_forwarded": "mesh",
-                "mesh": {
-                    "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
-                    "org": org, "allow": instance.spec.mesh.allow,
-                },
+                "mesh": mesh,
                 "virtual_hosts": [{"name": "local", "domains": ["*"], "routes": [{"cluster": local_cluster}]}],
                 // Its requests are counted for the instance (the agent reports the figures).
                 "instance": {
@@ -183,11 +200,14 @@ pub fn config(
             trust_domain,
             clusters: &mut clusters,
         };
-        // The `HTTP_PROXY` listener routes by name to each service's first port.
+        // The `HTTP_PROXY` listener routes by name to each service's first HTTP port.
         let virtual_hosts: Vec<Value> = reaches
             .iter()
-            .filter(|r| !r.service.spec.ports.is_empty())
-            .map(|r| outbound.route(r, 0))
+            .filter_map(|r| {
+                let ports = &r.service.spec.ports;
+                let first = ports.iter().position(|p| p.protocol != Protocol::Tcp)?;
+                Some(outbound.route(r, first))
+            })
             .collect();
         let in_namespace = instance.address != instance.listen;
         // In a namespace, only the instance itself may call through its listeners.
@@ -210,27 +230,45 @@ pub fn config(
         // In its own namespace the instance reaches names and virtual IPs at its node side
         // (DNS answers it; the namespace's rules send virtual IPs there, port unchanged): the
         // node proxy listens there on each port of the services it sees, and routes a name on
-        // a port to that port of the service.
-        let mut by_port: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+        // a port to that port of the service. A TCP connection names no service, only a port:
+        // a port number that one service alone has, as a `tcp` port, among those the instance
+        // sees relays to that service; one shared with another service carries HTTP only.
+        let mut by_port: BTreeMap<u16, PortUse> = BTreeMap::new();
         for reach in &reaches {
             for (index, port) in reach.service.spec.ports.iter().enumerate() {
-                match u16::try_from(port.port) {
-                    Ok(number) if number != OUTBOUND_PORT => by_port
-                        .entry(number)
-                        .or_default()
-                        .push(outbound.route(reach, index)),
-                    _ => {}
+                let Ok(number) = u16::try_from(port.port) else {
+                    continue;
+                };
+                if number == OUTBOUND_PORT {
+                    continue;
+                }
+                let used = by_port.entry(number).or_default();
+                used.services.insert(reach.target);
+                if port.protocol != Protocol::Tcp {
+                    used.virtual_hosts.push(outbound.route(reach, index));
+                } else if reach.region.is_none() {
+                    used.tcp = Some(outbound.cluster(reach, index));
                 }
             }
         }
-        for (port, virtual_hosts) in by_port {
-            listeners.push(json!({
-                "name": format!("out/{name}/{port}"),
-                "address": format!("{}:{port}", instance.address),
-                "trust_forwarded": "none",
-                "sources": sources,
-                "virtual_hosts": virtual_hosts,
-            }));
+        for (port, used) in by_port {
+            let listener = format!("out/{name}/{port}");
+            let address = format!("{}:{port}", instance.address);
+            match used.tcp {
+                Some(cluster) if used.services.len() == 1 => listeners.push(json!({
+                    "name": listener, "address": address, "protocol": "tcp",
+                    "sources": sources, "cluster": cluster,
+                    "max_connections": TCP_MAX_CONNECTIONS,
+                })),
+                _ if used.virtual_hosts.is_empty() => {}
+                _ => listeners.push(json!({
+                    "name": listener,
+                    "address": address,
+                    "trust_forwarded": "none",
+                    "sources": sources,
+                    "virtual_hosts": used.virtual_hosts,
+                })),
+            }
         }
     }
     let clusters: Vec<Value> = clusters.into_values().collect();
@@ -250,11 +288,39 @@ impl Outbound<'_> {
     /// IP for a name not pinned to a region); adds its cluster: over mutual TLS, as the
     /// instance's service, to the target's healthy instances, whose certificates must name it.
     fn route(&mut self, reach: &Reach, index: usize) -> Value {
+        let cluster = self.cluster(reach, index);
         let Reach {
             domain,
+            service,
+            region,
+            ..
+        } = reach;
+        let mut domains = vec![domain.clone()];
+        if let (None, Some(vip)) = (region, service.vip) {
+            domains.push(vip.to_string());
+        }
+        // An instance that just went away is retried elsewhere (requests whose body the proxy
+        // holds, within its retry budget): any method when it refused the connection,
+        // idempotent ones when it failed after (the proxy's default).
+        json!({
+            "name": domain,
+            "domains": domains,
+            "routes": [{
+                "cluster": cluster,
+                "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
+            }],
+        })
+    }
+
+    /// The name of the cluster of `reach`'s `index`-th port, added if new: over mutual TLS, as
+    /// the instance's service, to the target's healthy instances (those of the pinned region
+    /// only, for a pinned name), whose certificates must name it.
+    fn cluster(&mut self, reach: &Reach, index: usize) -> String {
+        let Reach {
             target,
             service,
             region,
+            ..
         } = reach;
         let port_name = service
             .spec
@@ -298,22 +364,19 @@ impl Outbound<'_> {
                 }),
             );
         }
-        let mut domains = vec![domain.clone()];
-        if let (None, Some(vip)) = (region, service.vip) {
-            domains.push(vip.to_string());
-        }
-        // An instance that just went away is retried elsewhere (requests whose body the proxy
-        // holds, within its retry budget): any method when it refused the connection,
-        // idempotent ones when it failed after (the proxy's default).
-        json!({
-            "name": domain,
-            "domains": domains,
-            "routes": [{
-                "cluster": cluster,
-                "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
-            }],
-        })
+        cluster
     }
+}
+
+/// What the services an instance sees do with one port number.
+#[derive(Default)]
+struct PortUse<'a> {
+    /// The services that have a port of that number.
+    services: std::collections::BTreeSet<&'a ServiceKey>,
+    /// The names routed on it (HTTP ports).
+    virtual_hosts: Vec<Value>,
+    /// The cluster of a `tcp` port of that number.
+    tcp: Option<String>,
 }
 
 /// The services `instance` may reach, with the names it reaches each by: services of its org as
