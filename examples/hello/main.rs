@@ -20,8 +20,9 @@
 //! - `GET /tcp?addr=<host:port>&bytes=N` — opens a TCP connection to `addr` (e.g.
 //!   `echo.shop.internal:7000`), sends N bytes (default 1000) of a pattern that differs from
 //!   byte to byte, half-closes it (shuts down its sending side) and reads until the other end
-//!   closes, then answers `tcp <addr>: sent N, received M, intact` (or `differ at byte K`): a
-//!   TCP echo, like the `echo` port's, sends back exactly what it got.
+//!   closes, then answers `tcp <addr> (<address connected to>): sent N, received M, intact` (or
+//!   `differ at byte K`, or `short`): a TCP echo, like the `echo` port's, sends back exactly
+//!   what it got.
 //!
 //! Two knobs make a bad version, to watch a rollout's metric gates roll it back (requests to
 //! `/` only; health checks stay fine):
@@ -294,6 +295,7 @@ async fn tcp_call(
     };
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
+        let peer = stream.peer_addr()?;
         let (mut reader, mut writer) = stream.into_split();
         let sending = async move {
             let sent: Vec<u8> = (0..bytes).map(pattern).collect();
@@ -302,10 +304,10 @@ async fn tcp_call(
         };
         let mut received = Vec::with_capacity(bytes);
         tokio::try_join!(sending, reader.read_to_end(&mut received))?;
-        Ok::<_, std::io::Error>(received)
+        Ok::<_, std::io::Error>((peer, received))
     };
     match tokio::time::timeout(std::time::Duration::from_secs(20), exchange).await {
-        Ok(Ok(received)) => {
+        Ok(Ok((peer, received))) => {
             let differ = (0..received.len()).find(|&i| received[i] != pattern(i));
             let verdict = match (differ, received.len() == bytes) {
                 (Some(i), _) => format!("differ at byte {i}"),
@@ -313,7 +315,8 @@ async fn tcp_call(
                 (None, false) => "short".to_owned(),
             };
             let received = received.len();
-            let answer = format!("tcp {addr}: sent {bytes}, received {received}, {verdict}\n");
+            let answer =
+                format!("tcp {addr} ({peer}): sent {bytes}, received {received}, {verdict}\n");
             (axum::http::StatusCode::OK, answer)
         }
         Ok(Err(e)) => (
