@@ -573,6 +573,144 @@ mod tests {
         config
     }
 
+    /// A spec with `ports` (name, number, protocol).
+    fn spec_with(ports: &[(&str, u16, &str)]) -> ServiceSpec {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol}))
+            .collect();
+        serde_json::from_value(json!({
+            "scale": {"min": 1, "max": 1},
+            "runtime": {"process": {"command": "x"}},
+            "ports": ports,
+            "routes": [], "domains": [], "health_checks": [], "mesh": {"allow": []},
+        }))
+        .unwrap()
+    }
+
+    /// The configuration of web-0 of acme/shop, in a namespace, seeing acme/shop's `services`
+    /// (each with a healthy instance at 127.0.0.9).
+    fn web_seeing(services: &[(&str, ServiceSpec)]) -> Value {
+        let web = key("acme", "shop", "web");
+        let local = [LocalInstance {
+            instance: "web-0".to_owned(),
+            service: web.clone(),
+            version: 1,
+            spec: spec_with(&[("db", 5432, "tcp"), ("http", 8080, "http")]),
+            address: Ipv4Addr::new(100, 64, 0, 2),
+            listen: Ipv4Addr::new(100, 64, 0, 3),
+            serving: true,
+        }];
+        let instances = vec![MeshInstance {
+            address: "127.0.0.9".to_owned(),
+            healthy: true,
+            region: "fra".to_owned(),
+            priority: 0,
+        }];
+        let services = services
+            .iter()
+            .map(|(name, spec)| {
+                let service = MeshService {
+                    spec: spec.clone(),
+                    instances: instances.clone(),
+                    vip: Some(Ipv4Addr::new(100, 112, 0, 7)),
+                };
+                (key("acme", "shop", name), service)
+            })
+            .collect();
+        let files = CertFiles {
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+            bundle: "bundle.pem".into(),
+        };
+        let certs = [(web, files)].into_iter().collect();
+        let config = config(&local, &services, &certs, "meridian.local");
+        let parsed = meridian_proxy::parse_config(&config.to_string());
+        assert!(parsed.is_ok(), "{parsed:?}");
+        config
+    }
+
+    fn listener<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
+        config["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+    }
+
+    #[test]
+    fn a_tcp_port_is_a_mesh_tcp_listener_and_a_tcp_service_has_an_outbound_tcp_listener() {
+        let db = spec_with(&[("pg", 5432, "tcp"), ("admin", 9000, "http")]);
+        let config = web_seeing(&[("db", db)]);
+        // Inbound: the tcp port's mesh port relays to the instance's port, after admitting
+        // the caller by the service's policy.
+        let inbound = listener(&config, "in/acme/shop/web-0/db").unwrap();
+        assert_eq!(inbound["protocol"], "tcp");
+        assert_eq!(inbound["address"], "100.64.0.2:15443");
+        assert_eq!(inbound["cluster"], "local/acme/shop/web-0/db");
+        assert_eq!(inbound["mesh"]["org"], "acme");
+        assert_eq!(inbound["max_connections"], TCP_MAX_CONNECTIONS);
+        // Outbound: the tcp service's port relays over mutual TLS to its instances' mesh port
+        // of that port, expecting its identity.
+        let outbound = listener(&config, "out/acme/shop/web-0/5432").unwrap();
+        assert_eq!(outbound["protocol"], "tcp");
+        assert_eq!(outbound["sources"], json!(["100.64.0.3"]));
+        let cluster_name = outbound["cluster"].as_str().unwrap();
+        let cluster = config["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == cluster_name)
+            .unwrap();
+        assert_eq!(
+            cluster["mesh"]["peer"],
+            "spiffe://meridian.local/org/acme/app/shop/service/db"
+        );
+        assert_eq!(cluster["endpoints"][0]["address"], "127.0.0.9:15443");
+        // The HTTP port stays HTTP; `HTTP_PROXY` routes the name to the first HTTP port.
+        assert!(
+            listener(&config, "out/acme/shop/web-0/9000").unwrap()["virtual_hosts"][0]["routes"][0]
+                ["cluster"]
+                .as_str()
+                .unwrap()
+                .ends_with("/db:admin")
+        );
+        let proxy = listener(&config, "out/acme/shop/web-0").unwrap();
+        let routed: Vec<&str> = proxy["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["routes"][0]["cluster"].as_str().unwrap())
+            .collect();
+        assert!(
+            routed
+                .iter()
+                .all(|c| !c.ends_with(":pg") && !c.ends_with(":db")),
+            "{routed:?}"
+        );
+    }
+
+    #[test]
+    fn a_tcp_port_number_another_service_seen_also_has_carries_http_only() {
+        let db = spec_with(&[("pg", 5432, "tcp")]);
+        let other = spec_with(&[("pg", 5432, "tcp")]);
+        let config = web_seeing(&[("db", db.clone()), ("replica", other)]);
+        // A connection to 5432 does not say which of the two it is for: neither is relayed.
+        assert!(listener(&config, "out/acme/shop/web-0/5432").is_none());
+        let web = spec_with(&[("http", 5432, "http")]);
+        let config = web_seeing(&[("db", db), ("api", web)]);
+        let shared = listener(&config, "out/acme/shop/web-0/5432").unwrap();
+        assert_ne!(shared["protocol"], "tcp");
+        // api's names (nearest, and pinned to fra) are routed; db's port is not.
+        let names: Vec<&str> = shared["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["api.shop.internal", "fra.api.shop.internal"]);
+    }
+
     #[test]
     fn allow_patterns_name_callers_by_segment() {
         let patterns = ["partner/*/*".to_owned(), "initech/billing/api".to_owned()];

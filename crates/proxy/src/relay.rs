@@ -160,3 +160,41 @@ where
     let mut a = Watched::new(a, activity.clone());
     tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUFFER_BYTES, BUFFER_BYTES).await
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Two ends of one loopback TCP connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        (near.unwrap(), far.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_spliced_relay_passes_each_end_of_stream_on_and_counts_the_bytes() {
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let activity = Arc::new(Activity::default());
+        let relay =
+            tokio::spawn(
+                async move { carry(Client::Plain(a), Upstream::Plain(b), &activity).await },
+            );
+        // The client half-closes; the server still answers, after reading it all.
+        client.write_all(b"question").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut asked = Vec::new();
+        server.read_to_end(&mut asked).await.unwrap();
+        assert_eq!(asked, b"question");
+        server.write_all(b"answer").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut answered = Vec::new();
+        client.read_to_end(&mut answered).await.unwrap();
+        assert_eq!(answered, b"answer");
+        assert_eq!(relay.await.unwrap().unwrap(), (8, 6));
+    }
+}
