@@ -6,7 +6,8 @@
 //! - `<address>:15443+i` (the mesh port of the service's i-th port): mutual TLS with the
 //!   instance's workload certificate; the caller is authorized by the service's policy (its org,
 //!   and `mesh.allow` for other orgs) and its identity passed in `x-meridian-peer`; then to the
-//!   instance's i-th port. The proxy counts these requests per instance (answered, failed,
+//!   instance's i-th port (a `tcp` port: the connection is relayed as it is, a caller refused is
+//!   closed). The proxy counts these requests per instance (answered, failed,
 //!   latency: `meridian_proxy_instance_*` with labels service, version, instance), and the
 //!   agent reports the figures for the region's metric gates.
 //! - `<address>:15001`: the instance's `HTTP_PROXY`. A request for
@@ -17,7 +18,7 @@
 //!   healthy ones, else in the nearest region that has (the proxy's priority rule). A name with
 //!   a region in front (`<region>.<service>.<app>.internal`) reaches that region's instances
 //!   only. Each service's virtual IP (given by the region) is routed like its name. Other
-//!   names are not routed. The request goes to the target's first port.
+//!   names are not routed. The request goes to the target's first port that is not `tcp`.
 //!
 //! An instance in a network namespace has its own listeners on its node side, which take
 //! connections from the instance only: `<address>:15001` as above, and `<address>:<port>` for
@@ -25,7 +26,9 @@
 //! the service. The node's DNS answers the instance's names with the service's virtual IP
 //! (pinned names with the node side), and the namespace's rules send virtual IPs to the node
 //! side, so that `http://api.shop.internal:9090/` and `http://<its virtual IP>:9090/` both work
-//! unmodified.
+//! unmodified. A `tcp` port of a service is relayed there, over mutual TLS to that port's mesh
+//! port on a healthy instance, when no other service the instance sees has its number (a TCP
+//! connection says only its port).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

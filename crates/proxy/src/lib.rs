@@ -1,4 +1,4 @@
-//! Meridian's data plane: a proxy for HTTP/1.1, HTTP/2 (h2c) and, later, TCP, whose whole
+//! Meridian's data plane: a proxy for HTTP/1.1, HTTP/2 (h2c) and TCP, whose whole
 //! configuration (listeners, routes, clusters) can be swapped at run time without dropping
 //! requests or connections.
 //!
