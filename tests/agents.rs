@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::load::{serving, Load};
-use support::{agent, gateway, logging_agent, said, Deployed, RegionalPlane};
+use support::{agent, gateway, logging_agent, namespaces_allowed, said, Deployed, RegionalPlane};
 
 use support::{HELLO, MERIDIAN};
 
@@ -557,20 +557,6 @@ async fn two_orgs_with_a_service_of_the_same_name_on_one_node_are_both_served() 
         "{}",
         node.log()
     );
-}
-
-/// Whether this run may make network namespaces (root with iproute2 and nftables); in CI
-/// (strict) it must.
-fn namespaces_allowed() -> bool {
-    let allowed = meridian_agent::netns_available();
-    if !allowed {
-        assert!(
-            !support::strict(),
-            "network namespaces need root, iproute2 and nftables (MERIDIAN_TEST_STRICT=1)"
-        );
-        eprintln!("skipped: network namespaces need root, iproute2 and nftables");
-    }
-    allowed
 }
 
 /// The address `name` resolves to inside one of the namespaces of the agent with `state` (each

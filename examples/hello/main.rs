@@ -19,7 +19,13 @@
 //! - `GET /env/<NAME>` — the value of environment variable `NAME`, only if `NAME` is listed
 //!   in `$HELLO_SHOW_ENV` (names separated by commas; none by default), else `404`: to see
 //!   what an instance's environment holds, e.g. a secret's value (`{secret: NAME}` in `env`);
-//! - `GET /ws` — a WebSocket answering each text message `m` with `echo: m`.
+//! - `GET /ws` — a WebSocket answering each text message `m` with `echo: m`;
+//! - `GET /tcp?addr=<host:port>&bytes=N` — opens a TCP connection to `addr` (e.g.
+//!   `echo.shop.internal:7000`), sends N bytes (default 1000) of a pattern that differs from
+//!   byte to byte, half-closes it (shuts down its sending side) and reads until the other end
+//!   closes, then answers `tcp <addr> (<address connected to>): sent N, received M, intact` (or
+//!   `differ at byte K`, or `short`): a TCP echo, like the `echo` port's, sends back exactly
+//!   what it got.
 //!
 //! Two knobs make a bad version, to watch a rollout's metric gates roll it back (requests to
 //! `/` only; health checks stay fine):
@@ -33,7 +39,9 @@
 //!
 //! With a port named `grpc` (`$MERIDIAN_PORT_GRPC`), it serves there, over HTTP/2 cleartext,
 //! the bidirectional gRPC stream `/meridian.hello.Echo/Chat`, which answers each message with
-//! itself (see `grpc.rs`).
+//! itself (see `grpc.rs`). With a port named `echo` (`$MERIDIAN_PORT_ECHO`, declare it
+//! `protocol: tcp`), it serves there a TCP echo: each connection gets back every byte it sends,
+//! and once it has half-closed (shut down its sending side), the echo closes its own.
 
 #![forbid(unsafe_code)]
 
@@ -80,7 +88,8 @@ async fn main() -> std::process::ExitCode {
         .route("/call", get(call))
         .route("/exit", post(exit))
         .route("/env/{name}", get(show_env))
-        .route("/ws", get(echo));
+        .route("/ws", get(echo))
+        .route("/tcp", get(tcp_call));
     let listener = match address.parse::<SocketAddr>() {
         Ok(socket) => tokio::net::TcpListener::bind(socket).await,
         Err(e) => {
@@ -97,18 +106,15 @@ async fn main() -> std::process::ExitCode {
     };
     println!("meridian-hello listening on http://{address}");
     let held = allocate(var("HELLO_ALLOCATE_MIB", "0").trim().parse().unwrap_or(0));
-    if let Ok(port) = std::env::var("MERIDIAN_PORT_GRPC") {
-        let address = format!("{}:{port}", var("MERIDIAN_ADDRESS", "127.0.0.1"));
-        match tokio::net::TcpListener::bind(&address).await {
-            Ok(listener) => {
-                println!("meridian-hello serving gRPC on http://{address}");
-                tokio::spawn(grpc::serve(listener));
-            }
-            Err(e) => {
-                eprintln!("cannot listen on {address} (port grpc): {e}");
-                return std::process::ExitCode::FAILURE;
-            }
-        }
+    match extra_port("GRPC").await {
+        Ok(Some(listener)) => drop(tokio::spawn(grpc::serve(listener))),
+        Ok(None) => {}
+        Err(code) => return code,
+    }
+    match extra_port("ECHO").await {
+        Ok(Some(listener)) => drop(tokio::spawn(tcp_echo(listener))),
+        Ok(None) => {}
+        Err(code) => return code,
     }
     let served = axum::serve(listener, app).await;
     drop(held);
@@ -265,6 +271,100 @@ async fn call(Query(query): Query<HashMap<String, String>>) -> (axum::http::Stat
         Err(e) => (
             axum::http::StatusCode::BAD_GATEWAY,
             format!("calling {url} failed: {e}\n"),
+        ),
+    }
+}
+
+/// The listener of the port named `name` (`$MERIDIAN_PORT_<name>`), if the service has one.
+async fn extra_port(name: &str) -> Result<Option<tokio::net::TcpListener>, std::process::ExitCode> {
+    let Ok(port) = std::env::var(format!("MERIDIAN_PORT_{name}")) else {
+        return Ok(None);
+    };
+    let address = format!("{}:{port}", var("MERIDIAN_ADDRESS", "127.0.0.1"));
+    match tokio::net::TcpListener::bind(&address).await {
+        Ok(listener) => {
+            println!("meridian-hello serving port {name} on {address}");
+            Ok(Some(listener))
+        }
+        Err(e) => {
+            eprintln!("cannot listen on {address} (port {name}): {e}");
+            Err(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+/// A TCP echo: every byte a connection sends comes back; its end of stream ends the echo's.
+async fn tcp_echo(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.split();
+            if tokio::io::copy(&mut reader, &mut writer).await.is_ok() {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
+            }
+        });
+    }
+}
+
+/// The `i`-th byte `/tcp` sends: a pattern that differs from byte to byte, so that a lost or
+/// repeated chunk shows.
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+/// Sends `bytes` bytes to `addr` over TCP, half-closes, reads until the other end closes, and
+/// answers whether what came back is what was sent; a call that takes over 20 s fails.
+async fn tcp_call(
+    Query(query): Query<HashMap<String, String>>,
+) -> (axum::http::StatusCode, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(addr) = query.get("addr") else {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "addr: missing; call /tcp?addr=<service>.<app>.internal:<port>&bytes=N\n".to_owned(),
+        );
+    };
+    let Ok(bytes) = query.get("bytes").map_or(Ok(1000), |b| b.parse::<usize>()) else {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "bytes: not a number\n".to_owned(),
+        );
+    };
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr.as_str()).await?;
+        let peer = stream.peer_addr()?;
+        let (mut reader, mut writer) = stream.into_split();
+        let sending = async move {
+            let sent: Vec<u8> = (0..bytes).map(pattern).collect();
+            writer.write_all(&sent).await?;
+            writer.shutdown().await
+        };
+        let mut received = Vec::with_capacity(bytes);
+        tokio::try_join!(sending, reader.read_to_end(&mut received))?;
+        Ok::<_, std::io::Error>((peer, received))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(20), exchange).await {
+        Ok(Ok((peer, received))) => {
+            let differ = (0..received.len()).find(|&i| received[i] != pattern(i));
+            let verdict = match (differ, received.len() == bytes) {
+                (Some(i), _) => format!("differ at byte {i}"),
+                (None, true) => "intact".to_owned(),
+                (None, false) => "short".to_owned(),
+            };
+            let received = received.len();
+            let answer =
+                format!("tcp {addr} ({peer}): sent {bytes}, received {received}, {verdict}\n");
+            (axum::http::StatusCode::OK, answer)
+        }
+        Ok(Err(e)) => (
+            axum::http::StatusCode::BAD_GATEWAY,
+            format!("tcp {addr} failed: {e}\n"),
+        ),
+        Err(_) => (
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            format!("tcp {addr} timed out\n"),
         ),
     }
 }

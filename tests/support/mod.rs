@@ -643,6 +643,20 @@ pub fn said(agent: &Agent, what: &str) -> usize {
     agent.log().matches(what).count()
 }
 
+/// Whether this run may make network namespaces (root with iproute2 and nftables); in CI
+/// (strict) it must.
+pub fn namespaces_allowed() -> bool {
+    let allowed = meridian_agent::netns_available();
+    if !allowed {
+        assert!(
+            !strict(),
+            "network namespaces need root, iproute2 and nftables (MERIDIAN_TEST_STRICT=1)"
+        );
+        eprintln!("skipped: network namespaces need root, iproute2 and nftables");
+    }
+    allowed
+}
+
 /// `meridian agent` for `node` of the region with `isolation` arguments (addresses and mode);
 /// stopped (with its instances) on drop.
 pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&str]) -> Agent {

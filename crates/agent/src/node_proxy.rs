@@ -6,7 +6,8 @@
 //! - `<address>:15443+i` (the mesh port of the service's i-th port): mutual TLS with the
 //!   instance's workload certificate; the caller is authorized by the service's policy (its org,
 //!   and `mesh.allow` for other orgs) and its identity passed in `x-meridian-peer`; then to the
-//!   instance's i-th port. The proxy counts these requests per instance (answered, failed,
+//!   instance's i-th port (a `tcp` port: the connection is relayed as it is, a caller refused is
+//!   closed). The proxy counts these requests per instance (answered, failed,
 //!   latency: `meridian_proxy_instance_*` with labels service, version, instance), and the
 //!   agent reports the figures for the region's metric gates.
 //! - `<address>:15001`: the instance's `HTTP_PROXY`. A request for
@@ -17,7 +18,7 @@
 //!   healthy ones, else in the nearest region that has (the proxy's priority rule). A name with
 //!   a region in front (`<region>.<service>.<app>.internal`) reaches that region's instances
 //!   only. Each service's virtual IP (given by the region) is routed like its name. Other
-//!   names are not routed. The request goes to the target's first port.
+//!   names are not routed. The request goes to the target's first port that is not `tcp`.
 //!
 //! An instance in a network namespace has its own listeners on its node side, which take
 //! connections from the instance only: `<address>:15001` as above, and `<address>:<port>` for
@@ -25,13 +26,15 @@
 //! the service. The node's DNS answers the instance's names with the service's virtual IP
 //! (pinned names with the node side), and the namespace's rules send virtual IPs to the node
 //! side, so that `http://api.shop.internal:9090/` and `http://<its virtual IP>:9090/` both work
-//! unmodified.
+//! unmodified. A `tcp` port of a service is relayed there, over mutual TLS to that port's mesh
+//! port on a healthy instance, when no other service the instance sees has its number (a TCP
+//! connection says only its port).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use meridian_model::ServiceSpec;
+use meridian_model::{Protocol, ServiceSpec};
 use serde_json::{json, Value};
 
 /// Identifies a service: org, app and name.
@@ -41,6 +44,10 @@ pub use meridian_xds::meridian::{mesh_port, MESH_PORT_BASE};
 
 /// The port of the outbound listener on each instance's address.
 pub const OUTBOUND_PORT: u16 = 15001;
+
+/// Most connections open at once on each `tcp` listener of the node proxy: an instance's
+/// connections to one TCP service, and a TCP port's callers.
+pub const TCP_MAX_CONNECTIONS: u32 = 1024;
 
 /// An instance this node runs.
 #[derive(Debug, Clone)]
@@ -159,15 +166,28 @@ pub fn config(
             if !instance.serving {
                 continue;
             }
+            let inbound = format!("in/{name}/{}", port.name);
+            let address = format!("{}:{}", instance.address, mesh_port(index));
+            let mesh = json!({
+                "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
+                "org": org, "allow": instance.spec.mesh.allow,
+            });
+            if port.protocol == Protocol::Tcp {
+                // The mesh port names the instance's port: an admitted caller's connection is
+                // relayed to it as it is.
+                listeners.push(json!({
+                    "name": inbound, "address": address, "protocol": "tcp",
+                    "mesh": mesh, "cluster": local_cluster,
+                    "max_connections": TCP_MAX_CONNECTIONS,
+                }));
+                continue;
+            }
             listeners.push(json!({
-                "name": format!("in/{name}/{}", port.name),
-                "address": format!("{}:{}", instance.address, mesh_port(index)),
+                "name": inbound,
+                "address": address,
                 // Callers are the platform's proxies (mutual TLS): their x-forwarded-* hold.
                 "trust_forwarded": "mesh",
-                "mesh": {
-                    "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
-                    "org": org, "allow": instance.spec.mesh.allow,
-                },
+                "mesh": mesh,
                 "virtual_hosts": [{"name": "local", "domains": ["*"], "routes": [{"cluster": local_cluster}]}],
                 // Its requests are counted for the instance (the agent reports the figures).
                 "instance": {
@@ -183,11 +203,14 @@ pub fn config(
             trust_domain,
             clusters: &mut clusters,
         };
-        // The `HTTP_PROXY` listener routes by name to each service's first port.
+        // The `HTTP_PROXY` listener routes by name to each service's first HTTP port.
         let virtual_hosts: Vec<Value> = reaches
             .iter()
-            .filter(|r| !r.service.spec.ports.is_empty())
-            .map(|r| outbound.route(r, 0))
+            .filter_map(|r| {
+                let ports = &r.service.spec.ports;
+                let first = ports.iter().position(|p| p.protocol != Protocol::Tcp)?;
+                Some(outbound.route(r, first))
+            })
             .collect();
         let in_namespace = instance.address != instance.listen;
         // In a namespace, only the instance itself may call through its listeners.
@@ -210,27 +233,45 @@ pub fn config(
         // In its own namespace the instance reaches names and virtual IPs at its node side
         // (DNS answers it; the namespace's rules send virtual IPs there, port unchanged): the
         // node proxy listens there on each port of the services it sees, and routes a name on
-        // a port to that port of the service.
-        let mut by_port: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+        // a port to that port of the service. A TCP connection names no service, only a port:
+        // a port number that one service alone has, as a `tcp` port, among those the instance
+        // sees relays to that service; one shared with another service carries HTTP only.
+        let mut by_port: BTreeMap<u16, PortUse> = BTreeMap::new();
         for reach in &reaches {
             for (index, port) in reach.service.spec.ports.iter().enumerate() {
-                match u16::try_from(port.port) {
-                    Ok(number) if number != OUTBOUND_PORT => by_port
-                        .entry(number)
-                        .or_default()
-                        .push(outbound.route(reach, index)),
-                    _ => {}
+                let Ok(number) = u16::try_from(port.port) else {
+                    continue;
+                };
+                if number == OUTBOUND_PORT {
+                    continue;
+                }
+                let used = by_port.entry(number).or_default();
+                used.services.insert(reach.target);
+                if port.protocol != Protocol::Tcp {
+                    used.virtual_hosts.push(outbound.route(reach, index));
+                } else if reach.region.is_none() {
+                    used.tcp = Some(outbound.cluster(reach, index));
                 }
             }
         }
-        for (port, virtual_hosts) in by_port {
-            listeners.push(json!({
-                "name": format!("out/{name}/{port}"),
-                "address": format!("{}:{port}", instance.address),
-                "trust_forwarded": "none",
-                "sources": sources,
-                "virtual_hosts": virtual_hosts,
-            }));
+        for (port, used) in by_port {
+            let listener = format!("out/{name}/{port}");
+            let address = format!("{}:{port}", instance.address);
+            match used.tcp {
+                Some(cluster) if used.services.len() == 1 => listeners.push(json!({
+                    "name": listener, "address": address, "protocol": "tcp",
+                    "sources": sources, "cluster": cluster,
+                    "max_connections": TCP_MAX_CONNECTIONS,
+                })),
+                _ if used.virtual_hosts.is_empty() => {}
+                _ => listeners.push(json!({
+                    "name": listener,
+                    "address": address,
+                    "trust_forwarded": "none",
+                    "sources": sources,
+                    "virtual_hosts": used.virtual_hosts,
+                })),
+            }
         }
     }
     let clusters: Vec<Value> = clusters.into_values().collect();
@@ -250,11 +291,39 @@ impl Outbound<'_> {
     /// IP for a name not pinned to a region); adds its cluster: over mutual TLS, as the
     /// instance's service, to the target's healthy instances, whose certificates must name it.
     fn route(&mut self, reach: &Reach, index: usize) -> Value {
+        let cluster = self.cluster(reach, index);
         let Reach {
             domain,
+            service,
+            region,
+            ..
+        } = reach;
+        let mut domains = vec![domain.clone()];
+        if let (None, Some(vip)) = (region, service.vip) {
+            domains.push(vip.to_string());
+        }
+        // An instance that just went away is retried elsewhere (requests whose body the proxy
+        // holds, within its retry budget): any method when it refused the connection,
+        // idempotent ones when it failed after (the proxy's default).
+        json!({
+            "name": domain,
+            "domains": domains,
+            "routes": [{
+                "cluster": cluster,
+                "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
+            }],
+        })
+    }
+
+    /// The name of the cluster of `reach`'s `index`-th port, added if new: over mutual TLS, as
+    /// the instance's service, to the target's healthy instances (those of the pinned region
+    /// only, for a pinned name), whose certificates must name it.
+    fn cluster(&mut self, reach: &Reach, index: usize) -> String {
+        let Reach {
             target,
             service,
             region,
+            ..
         } = reach;
         let port_name = service
             .spec
@@ -298,22 +367,19 @@ impl Outbound<'_> {
                 }),
             );
         }
-        let mut domains = vec![domain.clone()];
-        if let (None, Some(vip)) = (region, service.vip) {
-            domains.push(vip.to_string());
-        }
-        // An instance that just went away is retried elsewhere (requests whose body the proxy
-        // holds, within its retry budget): any method when it refused the connection,
-        // idempotent ones when it failed after (the proxy's default).
-        json!({
-            "name": domain,
-            "domains": domains,
-            "routes": [{
-                "cluster": cluster,
-                "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
-            }],
-        })
+        cluster
     }
+}
+
+/// What the services an instance sees do with one port number.
+#[derive(Default)]
+struct PortUse<'a> {
+    /// The services that have a port of that number.
+    services: std::collections::BTreeSet<&'a ServiceKey>,
+    /// The names routed on it (HTTP ports).
+    virtual_hosts: Vec<Value>,
+    /// The cluster of a `tcp` port of that number.
+    tcp: Option<String>,
 }
 
 /// The services `instance` may reach, with the names it reaches each by: services of its org as
@@ -508,6 +574,144 @@ mod tests {
         let parsed = meridian_proxy::parse_config(&config.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
         config
+    }
+
+    /// A spec with `ports` (name, number, protocol).
+    fn spec_with(ports: &[(&str, u16, &str)]) -> ServiceSpec {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol}))
+            .collect();
+        serde_json::from_value(json!({
+            "scale": {"min": 1, "max": 1},
+            "runtime": {"process": {"command": "x"}},
+            "ports": ports,
+            "routes": [], "domains": [], "health_checks": [], "mesh": {"allow": []},
+        }))
+        .unwrap()
+    }
+
+    /// The configuration of web-0 of acme/shop, in a namespace, seeing acme/shop's `services`
+    /// (each with a healthy instance at 127.0.0.9).
+    fn web_seeing(services: &[(&str, ServiceSpec)]) -> Value {
+        let web = key("acme", "shop", "web");
+        let local = [LocalInstance {
+            instance: "web-0".to_owned(),
+            service: web.clone(),
+            version: 1,
+            spec: spec_with(&[("db", 5432, "tcp"), ("http", 8080, "http")]),
+            address: Ipv4Addr::new(100, 64, 0, 2),
+            listen: Ipv4Addr::new(100, 64, 0, 3),
+            serving: true,
+        }];
+        let instances = vec![MeshInstance {
+            address: "127.0.0.9".to_owned(),
+            healthy: true,
+            region: "fra".to_owned(),
+            priority: 0,
+        }];
+        let services = services
+            .iter()
+            .map(|(name, spec)| {
+                let service = MeshService {
+                    spec: spec.clone(),
+                    instances: instances.clone(),
+                    vip: Some(Ipv4Addr::new(100, 112, 0, 7)),
+                };
+                (key("acme", "shop", name), service)
+            })
+            .collect();
+        let files = CertFiles {
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+            bundle: "bundle.pem".into(),
+        };
+        let certs = [(web, files)].into_iter().collect();
+        let config = config(&local, &services, &certs, "meridian.local");
+        let parsed = meridian_proxy::parse_config(&config.to_string());
+        assert!(parsed.is_ok(), "{parsed:?}");
+        config
+    }
+
+    fn listener<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
+        config["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+    }
+
+    #[test]
+    fn a_tcp_port_is_a_mesh_tcp_listener_and_a_tcp_service_has_an_outbound_tcp_listener() {
+        let db = spec_with(&[("pg", 5432, "tcp"), ("admin", 9000, "http")]);
+        let config = web_seeing(&[("db", db)]);
+        // Inbound: the tcp port's mesh port relays to the instance's port, after admitting
+        // the caller by the service's policy.
+        let inbound = listener(&config, "in/acme/shop/web-0/db").unwrap();
+        assert_eq!(inbound["protocol"], "tcp");
+        assert_eq!(inbound["address"], "100.64.0.2:15443");
+        assert_eq!(inbound["cluster"], "local/acme/shop/web-0/db");
+        assert_eq!(inbound["mesh"]["org"], "acme");
+        assert_eq!(inbound["max_connections"], TCP_MAX_CONNECTIONS);
+        // Outbound: the tcp service's port relays over mutual TLS to its instances' mesh port
+        // of that port, expecting its identity.
+        let outbound = listener(&config, "out/acme/shop/web-0/5432").unwrap();
+        assert_eq!(outbound["protocol"], "tcp");
+        assert_eq!(outbound["sources"], json!(["100.64.0.3"]));
+        let cluster_name = outbound["cluster"].as_str().unwrap();
+        let cluster = config["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == cluster_name)
+            .unwrap();
+        assert_eq!(
+            cluster["mesh"]["peer"],
+            "spiffe://meridian.local/org/acme/app/shop/service/db"
+        );
+        assert_eq!(cluster["endpoints"][0]["address"], "127.0.0.9:15443");
+        // The HTTP port stays HTTP; `HTTP_PROXY` routes the name to the first HTTP port.
+        assert!(
+            listener(&config, "out/acme/shop/web-0/9000").unwrap()["virtual_hosts"][0]["routes"][0]
+                ["cluster"]
+                .as_str()
+                .unwrap()
+                .ends_with("/db:admin")
+        );
+        let proxy = listener(&config, "out/acme/shop/web-0").unwrap();
+        let routed: Vec<&str> = proxy["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["routes"][0]["cluster"].as_str().unwrap())
+            .collect();
+        assert!(
+            routed
+                .iter()
+                .all(|c| !c.ends_with(":pg") && !c.ends_with(":db")),
+            "{routed:?}"
+        );
+    }
+
+    #[test]
+    fn a_tcp_port_number_another_service_seen_also_has_carries_http_only() {
+        let db = spec_with(&[("pg", 5432, "tcp")]);
+        let other = spec_with(&[("pg", 5432, "tcp")]);
+        let config = web_seeing(&[("db", db.clone()), ("replica", other)]);
+        // A connection to 5432 does not say which of the two it is for: neither is relayed.
+        assert!(listener(&config, "out/acme/shop/web-0/5432").is_none());
+        let web = spec_with(&[("http", 5432, "http")]);
+        let config = web_seeing(&[("db", db), ("api", web)]);
+        let shared = listener(&config, "out/acme/shop/web-0/5432").unwrap();
+        assert_ne!(shared["protocol"], "tcp");
+        // api's names (nearest, and pinned to fra) are routed; db's port is not.
+        let names: Vec<&str> = shared["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["api.shop.internal", "fra.api.shop.internal"]);
     }
 
     #[test]

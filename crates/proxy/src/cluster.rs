@@ -399,6 +399,9 @@ pub struct Cluster {
     pub client: HttpClient,
     /// Time to establish a connection to an endpoint.
     pub connect_timeout: Duration,
+    /// Mutual TLS to the endpoints (a mesh cluster), for `tcp` listeners' relays; HTTP
+    /// requests go through `client`, which has its own.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The endpoints in force; swapped whole by [`Cluster::set_endpoints`].
     members: ArcSwap<Members>,
     balancer: Balancer,
@@ -541,6 +544,12 @@ fn ring_hash(parts: &[&[u8]]) -> u64 {
 }
 
 impl Cluster {
+    /// The cluster with mutual TLS to its endpoints by `tls` (for `tcp` listeners' relays).
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ClientConfig>>) -> Cluster {
+        self.tls = tls;
+        self
+    }
+
     /// Builds a cluster from validated configuration, sending through `client`. Endpoints listed
     /// in `previous` at the same address are the same endpoints (see [`Members`]); its circuit
     /// breaker and clock carry on too.
@@ -564,6 +573,7 @@ impl Cluster {
             protocol: config.protocol,
             client,
             connect_timeout: config.connect_timeout.0,
+            tls: None,
             members: ArcSwap::from_pointee(members),
             balancer,
             epoch: previous.map_or_else(Instant::now, |p| p.epoch),

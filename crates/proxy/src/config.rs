@@ -55,8 +55,9 @@ pub struct ListenerConfig {
     /// with `http3` the listener also serves HTTP/3 over UDP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
-    /// Make this a mesh listener (`http` listeners; not with `tls`): mutual TLS with workload
-    /// identities, and authorization of the caller.
+    /// Make this a mesh listener (not with `tls`): mutual TLS with workload identities, and
+    /// authorization of the caller; on a `tcp` listener a caller refused is closed before any
+    /// byte is relayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshConfig>,
     /// Only connections from these IP addresses are served; others are closed at once and
@@ -744,9 +745,17 @@ pub struct Limits {
     /// a connection beyond it is closed at once and counted. Defaults to 64.
     #[serde(default = "default_tls_handshakes_per_ip")]
     pub max_tls_handshakes_per_ip: u32,
+    /// A `tcp` listener's relayed connection that moves no byte either way for this long is
+    /// closed (both sides); defaults to `1h`, Envoy's `tcp_proxy` default.
+    #[serde(default = "default_tcp_idle_timeout")]
+    pub tcp_idle_timeout: HumanDuration,
     /// HTTP/2 settings of client connections.
     #[serde(default)]
     pub http2: Http2Limits,
+}
+
+fn default_tcp_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
 }
 
 /// How HTTP/2 client connections are bounded (besides `max_concurrent_streams` and
@@ -861,6 +870,7 @@ impl Default for Limits {
             send_timeout: default_send_timeout(),
             tls_handshake_timeout: default_tls_handshake_timeout(),
             max_tls_handshakes_per_ip: default_tls_handshakes_per_ip(),
+            tcp_idle_timeout: default_tcp_idle_timeout(),
             http2: Http2Limits::default(),
         }
     }
@@ -1130,8 +1140,8 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
                         "TLS is terminated on `http` listeners only",
                     );
                 }
-                if listener.mesh.is_some() {
-                    errs.push(format!("{at}.mesh"), "mesh listeners are `http` listeners");
+                if let Some(mesh) = &listener.mesh {
+                    validate_mesh(&mut errs, &format!("{at}.mesh"), mesh);
                 }
                 if !listener.virtual_hosts.is_empty() {
                     errs.push(
@@ -1175,6 +1185,9 @@ pub fn validate(config: &ProxyConfig) -> Result<(), ValidationErrors> {
     }
     if limits.idle_timeout.0 < Duration::from_millis(10) {
         errs.push("limits.idle_timeout", "must be at least 10ms");
+    }
+    if limits.tcp_idle_timeout.0 < Duration::from_millis(10) {
+        errs.push("limits.tcp_idle_timeout", "must be at least 10ms");
     }
     if limits.header_read_timeout.0.is_zero() {
         errs.push("limits.header_read_timeout", "must be more than zero");

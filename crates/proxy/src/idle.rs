@@ -33,6 +33,11 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// Counts bytes moved by something that is not a [`Watched`] stream (a spliced relay).
+    pub fn moved(&self) {
+        self.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Resolves once the connection has been idle for a whole `timeout`.
     pub async fn idle_for(&self, timeout: Duration) {
         let mut seen = self.moves.load(Ordering::Relaxed);

@@ -1,4 +1,4 @@
-//! Meridian's data plane: a proxy for HTTP/1.1, HTTP/2 (h2c) and, later, TCP, whose whole
+//! Meridian's data plane: a proxy for HTTP/1.1, HTTP/2 (h2c) and TCP, whose whole
 //! configuration (listeners, routes, clusters) can be swapped at run time without dropping
 //! requests or connections.
 //!
@@ -23,6 +23,7 @@ mod instance_stats;
 mod mesh;
 mod metrics;
 mod pool;
+mod relay;
 mod reload;
 mod retire;
 mod routing;
@@ -235,7 +236,7 @@ impl Proxy {
             let limit = cluster.circuit_breakers.max_connections;
             let upstream = active.clients.get(&key).cloned().unwrap_or_else(|| {
                 let (open, connect_time) = self.shared.metrics.upstream(&cluster.name);
-                upstream::client(key.1, key.2, tls, limit, open, connect_time)
+                upstream::client(key.1, key.2, tls.clone(), limit, open, connect_time)
             });
             let previous = active.clusters.get(&cluster.name);
             let in_force = active
@@ -256,7 +257,8 @@ impl Proxy {
             };
             let built = kept.unwrap_or_else(|| {
                 let previous = previous.map(Arc::as_ref);
-                Arc::new(Cluster::build(cluster, upstream.client.clone(), previous))
+                let built = Cluster::build(cluster, upstream.client.clone(), previous);
+                Arc::new(built.with_tls(tls))
             });
             if cluster.health_check.is_none() {
                 unchecked.push(built.clone());

@@ -78,19 +78,36 @@ pub fn refuse<B>(
 ) -> Option<Response<ProxyBody>> {
     request.headers_mut().remove(&PEER);
     let policy = ctx.mesh.load_full()?;
-    match peer.identity() {
-        Some((id, header)) if policy.allows(id) => {
+    let identity = peer.identity();
+    let caller = identity.map(|(id, _)| id);
+    match identity {
+        Some((_, header)) if admits(&policy, ctx, caller, peer.addr, request.uri().path()) => {
             request.headers_mut().insert(PEER.clone(), header.clone());
             None
         }
-        caller => {
-            ctx.denied.inc();
-            let caller = caller.map_or_else(|| "unknown".to_owned(), |(id, _)| id.to_string());
-            tracing::warn!(target: "audit", listener = %ctx.name, %caller, callee = %policy.callee,
-                path = %request.uri().path(), client = %peer.addr, "mesh call denied");
-            Some(local_response(StatusCode::FORBIDDEN, "forbidden_peer"))
-        }
+        _ => Some(local_response(StatusCode::FORBIDDEN, "forbidden_peer")),
     }
+}
+
+/// Whether `caller` (the SPIFFE ID of `client`'s certificate, if it has one) may call the
+/// listener of `ctx` under `policy`; a caller refused is counted in
+/// `meridian_proxy_mesh_denied_total` and written to the audit log with `what` it asked for (a
+/// request's path, or `tcp` for a relayed connection).
+pub fn admits(
+    policy: &MeshPolicy,
+    ctx: &ListenerContext,
+    caller: Option<&SpiffeId>,
+    client: std::net::SocketAddr,
+    what: &str,
+) -> bool {
+    if caller.is_some_and(|id| policy.allows(id)) {
+        return true;
+    }
+    ctx.denied.inc();
+    let caller = caller.map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    tracing::warn!(target: "audit", listener = %ctx.name, %caller, callee = %policy.callee,
+        path = %what, %client, "mesh call denied");
+    false
 }
 
 /// The SPIFFE ID of the leaf certificate in `cert_file`, if it can be read.

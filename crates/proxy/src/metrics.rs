@@ -142,6 +142,7 @@ pub struct ProxyMetrics {
     client_requests: Family<ProtocolLabels, Counter>,
     no_route: Family<ListenerLabels, Counter>,
     mesh_denied: Family<ListenerLabels, Counter>,
+    tcp_connections: Family<ListenerLabels, Counter>,
     refused_connections: Family<ListenerLabels, Counter>,
     overloaded_connections: Family<ListenerLabels, Counter>,
     handshakes_refused: Family<ListenerLabels, Counter>,
@@ -182,6 +183,12 @@ impl Default for ProxyMetrics {
         );
         let no_route = Family::<ListenerLabels, Counter>::default();
         let mesh_denied = Family::<ListenerLabels, Counter>::default();
+        let tcp_connections = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "tcp_connections",
+            "Connections tcp listeners relayed to an endpoint, by listener",
+            tcp_connections.clone(),
+        );
         let refused_connections = Family::<ListenerLabels, Counter>::default();
         let overloaded_connections = Family::<ListenerLabels, Counter>::default();
         registry.register(
@@ -284,7 +291,7 @@ impl Default for ProxyMetrics {
         );
         registry.register(
             "mesh_denied",
-            "Mesh calls refused because the caller may not call (403 forbidden_peer)",
+            "Mesh calls refused because the caller may not call (403 forbidden_peer; tcp: connection closed)",
             mesh_denied.clone(),
         );
         registry.register(
@@ -317,6 +324,7 @@ impl Default for ProxyMetrics {
             client_requests,
             no_route,
             mesh_denied,
+            tcp_connections,
             refused_connections,
             overloaded_connections,
             handshakes_refused,
@@ -453,6 +461,15 @@ impl ProxyMetrics {
         self.body_errors
             .get_or_create(&cluster_labels(cluster))
             .inc();
+    }
+
+    /// The counter of connections `listener` relayed to an endpoint (`tcp` listeners).
+    pub fn tcp_connections(&self, listener: &str) -> Counter {
+        self.tcp_connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .clone()
     }
 
     /// The counter of mesh calls `listener` refused.

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::ClientBody;
-use crate::cluster::{Cluster, Outcome};
+use crate::cluster::Cluster;
 use crate::config::{Limits, TrustForwarded};
 use crate::forward;
 use crate::handshakes::HandshakeSlots;
@@ -27,7 +27,7 @@ use crate::http3::{QuicListener, QuicSocket};
 use crate::idle::{Activity, Tracked, Watched};
 use crate::mesh::MeshPolicy;
 use crate::metrics::ProxyMetrics;
-use crate::metrics::UpstreamError;
+use crate::relay;
 use crate::routing::RouteTable;
 
 /// What every listener shares: metrics and the client limits of the current config.
@@ -121,6 +121,8 @@ pub struct ListenerContext {
     pub no_route: Counter,
     /// Mesh calls denied.
     pub denied: Counter,
+    /// Connections relayed to an endpoint (`tcp` listeners).
+    pub(crate) relayed_connections: Counter,
     /// Whose forwarding headers are kept.
     pub trust: SharedTrust,
     /// Requests answered 408 because the client did not send its body in time.
@@ -321,6 +323,7 @@ impl Listener {
             requests: shared.metrics.client_requests(name),
             alt_svc: ArcSwapOption::empty(),
             denied: shared.metrics.mesh_denied(name),
+            relayed_connections: shared.metrics.tcp_connections(name),
             connections: shared.metrics.connections(name),
             retirement: Arc::default(),
             shared,
@@ -410,8 +413,14 @@ async fn accept_loop(
                 // A task per kind of connection, each as large as its own future only: an idle
                 // HTTP/2 client does not carry a relay's or a handshake's state.
                 match (context.relay.load_full(), context.tls.load_full()) {
-                    (Some(cluster), _) => {
-                        tokio::spawn(relay_connection(stream, cluster, context, slot));
+                    (Some(cluster), None) => {
+                        let client = relay::Client::Plain(stream);
+                        tokio::spawn(relay::connection(client, cluster, context, slot));
+                    }
+                    (Some(cluster), Some(acceptor)) => {
+                        tokio::spawn(relay::mesh_connection(
+                            stream, peer, acceptor, cluster, context, slot,
+                        ));
                     }
                     (None, Some(acceptor)) => {
                         tokio::spawn(serve_tls(stream, peer, acceptor, context, slot));
@@ -449,7 +458,7 @@ async fn serve_tls(
 }
 
 /// A TLS connection that is to serve HTTP, with the SPIFFE ID of its client certificate.
-type Established = (
+pub(crate) type Established = (
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     Option<meridian_identity::SpiffeId>,
 );
@@ -457,7 +466,7 @@ type Established = (
 /// Completes the TLS handshake (within `tls_handshake_timeout`, as one of the client address's
 /// `max_tls_handshakes_per_ip`); `None` when it failed or was an ACME validation (the
 /// connection is then closed).
-async fn tls_handshake(
+pub(crate) async fn tls_handshake(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: Arc<TlsAcceptor>,
@@ -627,59 +636,6 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         }
     }
     builder
-}
-
-/// Relays one TCP connection to an endpoint of `cluster`, trying up to three endpoints to
-/// connect; bytes flow both ways until either side closes.
-async fn relay_connection(
-    mut client: tokio::net::TcpStream,
-    cluster: Arc<Cluster>,
-    context: Arc<ListenerContext>,
-    _slot: ConnectionSlot,
-) {
-    const CONNECT_TRIES: usize = 3;
-    context.connections.inc();
-    let _open = context.shared.open_connection();
-    let retiring = context.retirement.connection();
-    let metrics = &context.shared.metrics;
-    let no_headers = http::HeaderMap::new();
-    let mut avoid = None;
-    for _ in 0..CONNECT_TRIES {
-        let Some(lease) = cluster.pick(&no_headers, avoid) else {
-            metrics.upstream_error(&cluster.name, UpstreamError::NoEndpoint);
-            break;
-        };
-        let address = lease.endpoint().addr;
-        let connected = tokio::time::timeout(
-            cluster.connect_timeout,
-            tokio::net::TcpStream::connect(address),
-        )
-        .await;
-        match connected {
-            Ok(Ok(mut upstream)) => {
-                let _ = upstream.set_nodelay(true);
-                lease.observe(Outcome::Success);
-                let relayed = tokio::select! {
-                    relayed = crate::splice::relay(&mut client, &mut upstream) => relayed,
-                    () = retiring.closing() => break,
-                };
-                match relayed {
-                    Ok((sent, received)) => metrics.relayed(&context.name, sent, received),
-                    Err(e) => tracing::debug!(listener = %context.name, error = %e,
-                        "relayed connection ended with an error"),
-                }
-                break;
-            }
-            _ => {
-                metrics.upstream_error(&cluster.name, UpstreamError::Connect);
-                if lease.finish(Outcome::GatewayError) {
-                    metrics.ejection(&cluster.name);
-                }
-                avoid = Some(address);
-            }
-        }
-    }
-    context.connections.dec();
 }
 
 #[cfg(test)]

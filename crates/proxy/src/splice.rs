@@ -4,6 +4,8 @@
 
 use tokio::net::TcpStream;
 
+use crate::idle::Activity;
+
 /// The size a direction's pipe grows to once the direction has filled it: a bulk transfer then
 /// moves up to this much per `splice` call. Pipes start at the system's default size (64 KiB),
 /// so short-lived connections hold no more than that, and unprivileged users, whose pipes count
@@ -14,19 +16,30 @@ const BULK_PIPE_BYTES: usize = 1 << 20;
 /// Relays bytes both ways between `a` and `b` until both directions have ended; a direction ends
 /// at end of stream, which is passed on as a write shutdown of the other socket. Returns the
 /// bytes moved from `a` to `b` and from `b` to `a`. An error in either direction ends both.
-/// On Linux each direction holds a pipe (two file descriptors) while the relay lasts.
-pub async fn relay(a: &mut TcpStream, b: &mut TcpStream) -> std::io::Result<(u64, u64)> {
+/// On Linux each direction holds a pipe (two file descriptors) while the relay lasts. Each move
+/// counts as activity of `activity`.
+pub async fn relay(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    activity: &std::sync::Arc<Activity>,
+) -> std::io::Result<(u64, u64)> {
     #[cfg(target_os = "linux")]
     {
         let (a, b) = (&*a, &*b);
-        tokio::try_join!(linux::one_way(a, b), linux::one_way(b, a))
+        tokio::try_join!(
+            linux::one_way(a, b, activity),
+            linux::one_way(b, a, activity)
+        )
     }
     #[cfg(not(target_os = "linux"))]
     {
-        const BUFFER_BYTES: usize = 64 << 10;
-        tokio::io::copy_bidirectional_with_sizes(a, b, BUFFER_BYTES, BUFFER_BYTES).await
+        let mut a = crate::idle::Watched::new(a, activity.clone());
+        tokio::io::copy_bidirectional_with_sizes(&mut a, b, BUFFER_BYTES, BUFFER_BYTES).await
     }
 }
+
+/// The buffer of each direction where bytes are copied (TLS on a side, or not Linux).
+pub const BUFFER_BYTES: usize = 64 << 10;
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -38,10 +51,14 @@ mod linux {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::BULK_PIPE_BYTES;
+    use super::{Activity, BULK_PIPE_BYTES};
 
     /// Moves bytes from `from` to `to` until `from` ends, then shuts down writing on `to`.
-    pub(super) async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    pub(super) async fn one_way(
+        from: &TcpStream,
+        to: &TcpStream,
+        activity: &Activity,
+    ) -> io::Result<u64> {
         let (pipe_out, pipe_in) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
         let mut capacity = fcntl_getpipe_size(&pipe_in)?;
         let mut may_grow = capacity < BULK_PIPE_BYTES;
@@ -73,6 +90,7 @@ mod linux {
                 }
             }
             moved += filled as u64;
+            activity.moved();
             // A pipe filled to half or more (its slots hold a page fragment each, so it can be
             // full below its byte size) means `from` had more: grow it, empty now, for the bulk
             // transfer, once. If the system refuses, the pipe keeps its size.

@@ -1,6 +1,7 @@
 //! Mesh listeners against callers with real certificates from a real CA, on loopback: the
 //! caller's identity reaches the upstream (and cannot be forged), other orgs are refused unless
-//! allowed, and plaintext never gets in.
+//! allowed, and plaintext never gets in; `tcp` listeners carry connections over a mesh hop
+//! (one proxy's mesh cluster to another's mesh `tcp` listener) under the same rules.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,8 +47,15 @@ impl Pki {
 
     /// Files for the proxy: its chain, its key, the bundle.
     fn files(&self, id: &SpiffeId) -> [PathBuf; 3] {
+        self.files_in(id, "")
+    }
+
+    /// [`Pki::files`] in the subdirectory `sub`, so that two proxies' files can be side by side.
+    fn files_in(&self, id: &SpiffeId, sub: &str) -> [PathBuf; 3] {
         let (chain, key) = self.issue(id);
-        let paths = ["chain.pem", "key.pem", "bundle.pem"].map(|n| self.dir.path().join(n));
+        let dir = self.dir.path().join(sub);
+        std::fs::create_dir_all(&dir).unwrap();
+        let paths = ["chain.pem", "key.pem", "bundle.pem"].map(|n| dir.join(n));
         std::fs::write(&paths[0], chain).unwrap();
         std::fs::write(&paths[1], key).unwrap();
         std::fs::write(&paths[2], self.root.certificate_pem()).unwrap();
@@ -475,4 +483,249 @@ async fn sessions_resume_across_config_changes_but_not_across_a_new_certificate(
     let files = ["chain.pem", "key.pem"].map(|n| pki.dir.path().join(n));
     rotate(&pki, &proxy, &me, &files, &changed).await;
     assert_eq!(handshake_kind(&config, address).await, Full);
+}
+
+/// A TCP mesh hop, as two node proxies make it: `outbound` relays its plain `tcp` listener over
+/// mutual TLS, as `caller`, to a mesh cluster whose endpoint must be `callee`; `inbound`, as
+/// `callee` of org acme (allowing initech), admits the caller and relays to `upstream`.
+struct TcpHop {
+    inbound: Arc<Proxy>,
+    outbound: Arc<Proxy>,
+    /// `inbound`'s mesh listener.
+    mesh: SocketAddr,
+    /// `outbound`'s plain listener.
+    entry: SocketAddr,
+}
+
+impl TcpHop {
+    async fn start(
+        pki: &Pki,
+        caller: &SpiffeId,
+        callee: &SpiffeId,
+        upstream: SocketAddr,
+        limits: &str,
+    ) -> TcpHop {
+        let api = id("acme", "shop", "api");
+        let [chain, key, bundle] = pki.files_in(&api, "in").map(|p| p.display().to_string());
+        let inbound = Arc::new(Proxy::default());
+        inbound
+            .apply_text(&format!(
+                "listeners:
+  - name: in
+    address: 127.0.0.1:0
+    protocol: tcp
+    cluster: local
+    mesh: {{cert_file: {chain}, key_file: {key}, bundle_file: {bundle}, org: acme, allow: [initech/*/*]}}
+clusters:
+  - {{name: local, endpoints: [{{address: '{upstream}'}}]}}
+"
+            ))
+            .await
+            .unwrap();
+        let mesh = inbound.listeners().await[0].1;
+        let [chain, key, bundle] = pki.files_in(caller, "out").map(|p| p.display().to_string());
+        let outbound = Arc::new(Proxy::default());
+        outbound
+            .apply_text(&format!(
+                "listeners:
+  - {{name: out, address: 127.0.0.1:0, protocol: tcp, cluster: api}}
+clusters:
+  - name: api
+    mesh: {{cert_file: {chain}, key_file: {key}, bundle_file: {bundle}, peer: '{callee}'}}
+    endpoints: [{{address: '{mesh}'}}]
+{limits}"
+            ))
+            .await
+            .unwrap();
+        let entry = outbound.listeners().await[0].1;
+        TcpHop {
+            inbound,
+            outbound,
+            mesh,
+            entry,
+        }
+    }
+}
+
+/// A TCP upstream that reads until its client half-closes, then answers how many bytes it read
+/// and closes; counts the connections it accepted.
+async fn byte_counter() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                stream.read_to_end(&mut read).await.unwrap();
+                let answer = format!("read {}", read.len());
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                stream.shutdown().await.unwrap();
+            });
+        }
+    });
+    (address, accepted)
+}
+
+/// A TCP echo upstream: each connection gets back what it sends, and is closed after it
+/// half-closes.
+async fn tcp_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                tokio::io::copy(&mut reader, &mut writer).await.unwrap();
+                tokio::io::AsyncWriteExt::shutdown(&mut writer)
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+    address
+}
+
+/// Sends `sent` to `address`, half-closes, and reads until the other end closes (within 30 s);
+/// a connection closed with a reset (the proxy closed it with bytes unread) ends it too.
+async fn exchange(address: SocketAddr, sent: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = async {
+        // A refused connection may be closed before all is sent.
+        if writer.write_all(sent).await.is_ok() {
+            let _ = writer.shutdown().await;
+        }
+    };
+    let mut received = Vec::new();
+    let receiving = reader.read_to_end(&mut received);
+    let (_, read) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(sending, receiving)
+    })
+    .await
+    .expect("the exchange finished in time");
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    received
+}
+
+/// Waits until `proxy`'s metrics contain `line`.
+async fn metric_shows(proxy: &Proxy, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.metrics_text().contains(line) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{line}` in {}",
+            proxy.metrics_text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_tcp_mesh_hop_carries_a_large_stream_and_a_half_close_intact() {
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let hop = TcpHop::start(&pki, &id("acme", "shop", "web"), &api, tcp_echo().await, "").await;
+    // 8 MiB that differ from byte to byte, so that a lost or repeated chunk shows.
+    let sent: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let echoed = exchange(hop.entry, &sent).await;
+    assert_eq!(echoed.len(), sent.len());
+    assert!(echoed == sent, "the echo differs");
+    metric_shows(
+        &hop.outbound,
+        r#"meridian_proxy_tcp_relayed_bytes_total{listener="out",direction="upstream"} 8388608"#,
+    )
+    .await;
+    metric_shows(
+        &hop.inbound,
+        r#"meridian_proxy_tcp_relayed_bytes_total{listener="in",direction="downstream"} 8388608"#,
+    )
+    .await;
+    metric_shows(
+        &hop.inbound,
+        r#"meridian_proxy_tcp_connections_total{listener="in"} 1"#,
+    )
+    .await;
+
+    // The caller's end of stream crosses both hops, and the answer the upstream gives only
+    // after it comes back over the half-closed connection.
+    let (counter, _) = byte_counter().await;
+    let hop = TcpHop::start(&pki, &id("acme", "shop", "web"), &api, counter, "").await;
+    assert_eq!(exchange(hop.entry, b"twelve bytes").await, b"read 12");
+}
+
+#[tokio::test]
+async fn a_tcp_mesh_listener_closes_callers_of_another_org_before_relaying_a_byte() {
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let (upstream, accepted) = byte_counter().await;
+    let refused = TcpHop::start(&pki, &id("globex", "shop", "web"), &api, upstream, "").await;
+    assert_eq!(exchange(refused.entry, b"let me in").await, b"");
+    metric_shows(
+        &refused.inbound,
+        r#"meridian_proxy_mesh_denied_total{listener="in"} 1"#,
+    )
+    .await;
+    // Plaintext straight to the mesh port is not relayed either (TLS answers it with an alert).
+    let answer = exchange(refused.mesh, b"plain bytes").await;
+    assert!(answer.is_empty() || answer[0] == 21, "{answer:?}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // An org that the policy allows gets through.
+    let allowed = TcpHop::start(&pki, &id("initech", "billing", "api"), &api, upstream, "").await;
+    assert_eq!(exchange(allowed.entry, b"hello").await, b"read 5");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_tcp_mesh_hop_refuses_an_endpoint_that_is_not_the_service_named() {
+    let pki = Pki::new();
+    let db = id("acme", "shop", "db");
+    let (upstream, accepted) = byte_counter().await;
+    // The endpoint proves it is api; the caller wanted db.
+    let hop = TcpHop::start(&pki, &id("acme", "shop", "web"), &db, upstream, "").await;
+    assert_eq!(exchange(hop.entry, b"secret").await, b"");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    metric_shows(
+        &hop.outbound,
+        r#"meridian_proxy_upstream_errors_total{cluster="api",kind="connect"}"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_tcp_relay_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let api = id("acme", "shop", "api");
+    let limits = "limits: {tcp_idle_timeout: 300ms}\n";
+    let hop = TcpHop::start(
+        &pki,
+        &id("acme", "shop", "web"),
+        &api,
+        tcp_echo().await,
+        limits,
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(hop.entry).await.unwrap();
+    // Bytes moving keep it open past the timeout.
+    for _ in 0..4 {
+        stream.write_all(b"ping").await.unwrap();
+        let mut echoed = [0; 4];
+        stream.read_exact(&mut echoed).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then, left alone, it is closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
 }

@@ -1,0 +1,233 @@
+//! TCP services: a port declared `protocol: tcp` is reached by name and by virtual IP from the
+//! instances of services that may reach it, over mutual TLS between node proxies; bytes come
+//! back intact (a large stream, a half-closed connection), and a caller of another org is
+//! refused (it does not see the name, and its certificate is refused at the mesh port: the
+//! connection is closed, counted and written to the audit log).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{gateway, namespaces_allowed, Deployed, RegionalPlane, HELLO};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The TCP echo port of the echo service (meridian-hello's `echo` port).
+const ECHO_PORT: u16 = 7000;
+
+/// meridian-hello as `org`/shop/`name`, with its HTTP port, and its TCP echo port when `echo`.
+fn service(org: &str, name: &str, echo: bool) -> String {
+    let echo_port = if echo {
+        format!(", {{name: echo, port: {ECHO_PORT}, protocol: tcp}}")
+    } else {
+        String::new()
+    };
+    format!(
+        "\
+org: {org}
+app: shop
+name: {name}
+regions: [fra]
+runtime: {{process: {{command: {HELLO}}}}}
+ports: [{{name: http, port: 8080}}{echo_port}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{name}.{org}.example.com]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+"
+    )
+}
+
+/// What `host` answers through the gateway at `gateway` for `path`.
+async fn through(gateway: &str, host: &str, path: &str) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .get(format!("http://{gateway}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
+/// Waits until `host` answers `path` through the gateway with a body containing `wanted`.
+async fn answers(gateway: &str, host: &str, path: &str, wanted: &str) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = through(gateway, host, path).await;
+        if body.contains(wanted) {
+            return body;
+        }
+        assert!(
+            Instant::now() < end,
+            "{host}{path} never answered `{wanted}`: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The address in a meridian-hello greeting or `/tcp` answer: `… (…, <address>)` or
+/// `tcp <addr> (<address>): …`.
+fn address_in(answer: &str, before: &str, after: char) -> String {
+    let start = answer.find(before).map_or(0, |at| at + before.len());
+    answer[start..]
+        .split(after)
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refused() {
+    if !namespaces_allowed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &service("acme", "echo", true));
+    for (org, name) in [("acme", "web"), ("other", "client")] {
+        let file = dir.path().join(format!("{org}-{name}.yaml"));
+        std::fs::write(&file, service(org, name, false)).unwrap();
+        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    }
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let node = support::agent_with(
+        &region,
+        "tcp-node",
+        dir.path(),
+        &["--isolation", "netns", "--instance-network", "100.64.222.0"],
+    );
+    let (_gateway, gateway) = gateway(&region, dir.path()).await;
+    let web = "web.acme.example.com";
+
+    // By name, from another service's instance, in its own namespace: the bytes come back
+    // intact, after the caller's half-close went through both node proxies.
+    let name = format!("echo.shop.internal:{ECHO_PORT}");
+    let small = answers(
+        &gateway,
+        web,
+        &format!("/tcp?addr={name}&bytes=1000"),
+        "intact",
+    )
+    .await;
+    assert!(
+        small.contains("sent 1000, received 1000, intact"),
+        "{small}"
+    );
+    // A large stream too.
+    let large = 8 << 20;
+    let (_, answer) = through(&gateway, web, &format!("/tcp?addr={name}&bytes={large}")).await;
+    assert!(
+        answer.contains(&format!("sent {large}, received {large}, intact")),
+        "{answer}"
+    );
+    // The name resolved to the service's virtual IP, which reaches it too.
+    let vip = address_in(&small, " (", ')');
+    let socket: std::net::SocketAddrV4 = vip.parse().unwrap();
+    let [a, b, _, _] = socket.ip().octets();
+    assert!(
+        a == 100 && b & 0xf0 == 112,
+        "{vip} is not in 100.112.0.0/12"
+    );
+    assert_eq!(socket.port(), ECHO_PORT);
+    let (_, by_vip) = through(&gateway, web, &format!("/tcp?addr={vip}&bytes=5000")).await;
+    assert!(by_vip.contains("received 5000, intact"), "{by_vip}");
+
+    // Another org's instance does not see the name, and reaches nothing at the virtual IP.
+    let other = "client.other.example.com";
+    answers(&gateway, other, "/healthz", "ok").await;
+    let (_, hidden) = through(
+        &gateway,
+        other,
+        &format!("/tcp?addr=echo.shop.acme.internal:{ECHO_PORT}"),
+    )
+    .await;
+    assert!(hidden.contains("failed"), "{hidden}");
+    let (_, by_vip) = through(&gateway, other, &format!("/tcp?addr={vip}")).await;
+    assert!(
+        by_vip.contains("failed") && !by_vip.contains("received"),
+        "{by_vip}"
+    );
+
+    // With a genuine certificate of that org, straight at the echo's mesh port: the node proxy
+    // closes the connection before relaying a byte, counts it and logs it.
+    let greeting = answers(&gateway, "echo.acme.example.com", "/", "hello from echo").await;
+    let instance: std::net::Ipv4Addr = address_in(&greeting, ", ", ')').parse().unwrap();
+    let node_side = std::net::Ipv4Addr::from(u32::from(instance) - 1);
+    let refused = other_org_exchange(&region, node_side, meridian_agent::mesh_port(1)).await;
+    assert_eq!(refused, b"");
+    let denied = r#"meridian_proxy_mesh_denied_total{listener="in/acme/shop/echo-0/echo"} 1"#;
+    let metrics = support::metrics(&node.admin).await;
+    assert!(metrics.contains(denied), "{metrics}");
+    // The three calls that got through were relayed, and their bytes counted.
+    let relayed = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"} 3"#;
+    assert!(metrics.contains(relayed), "{metrics}");
+    let bytes = r#"meridian_proxy_tcp_relayed_bytes_total{listener="in/acme/shop/echo-0/echo",direction="downstream"}"#;
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(bytes)?.trim().parse::<u64>().ok());
+    assert_eq!(counted, Some(1000 + (8 << 20) + 5000), "{metrics}");
+    let caller = "caller=spiffe://meridian.local/org/other/app/shop/service/client";
+    let end = Instant::now() + Duration::from_secs(10);
+    while !node
+        .log()
+        .lines()
+        .any(|l| l.contains("mesh call denied") && l.contains(caller))
+    {
+        assert!(Instant::now() < end, "no audit line in {}", node.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects to `address`:`port` over mutual TLS with a genuine workload certificate of
+/// other/shop/client (from the region, as a rogue agent would get one), sends some bytes,
+/// half-closes, and returns what came back before the connection closed.
+async fn other_org_exchange(
+    region: &RegionalPlane,
+    address: std::net::Ipv4Addr,
+    port: u16,
+) -> Vec<u8> {
+    use meridian_identity::enroll::{join, request_certificate, JoinToken};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = JoinToken::parse(&region.join_token("agent/rogue")).unwrap();
+    let rogue = join(&region.xds, &token).await.unwrap();
+    let trust_domain = "meridian.local";
+    let other = meridian_identity::SpiffeId::workload(trust_domain, "other", "shop", "client");
+    let other = request_certificate(&region.xds, &rogue, Some(&other))
+        .await
+        .unwrap();
+    let echo = meridian_identity::SpiffeId::workload(trust_domain, "acme", "shop", "echo");
+    let tls = meridian_identity::client_config(
+        meridian_identity::CertStore::new(other.certified_key().unwrap()),
+        other.bundle().unwrap(),
+        echo,
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect((address, port))
+        .await
+        .unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(meridian_identity::mesh_server_name(), tcp)
+        .await
+        .unwrap();
+    let _ = stream.write_all(b"let me in").await;
+    let _ = stream.shutdown().await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the connection closed in time");
+    if let Err(e) = read {
+        // Closed without close_notify, or reset: closed all the same.
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        );
+    }
+    received
+}
