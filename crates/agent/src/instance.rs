@@ -8,11 +8,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use meridian_model::ServiceSpec;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::health;
+use crate::image::bundle::{Bundle, BundleInput};
+use crate::image::{runc, ImageStore};
 use crate::logs::{keep, log_dir, MAX_LOG_BYTES};
 
 /// Where an instance is in its life.
@@ -77,6 +81,8 @@ pub struct Launch {
     pub node: String,
     /// The agent's state directory (logs and working directories go below it).
     pub state_dir: PathBuf,
+    /// The node's image store (for image instances).
+    pub images: Arc<ImageStore>,
 }
 
 impl Launch {
@@ -215,14 +221,25 @@ async fn run_lives(
     };
     loop {
         publish(State::Starting, restarts, "started".to_owned());
-        let ended = match spawn(launch) {
+        let started = match &launch.spec.runtime.image {
+            Some(image) => match start_container(launch, image, states, stop).await {
+                Some(started) => started,
+                None => Err("stopped before it started".to_owned()),
+            },
+            None => spawn_process(launch).map_err(|e| e.to_string()),
+        };
+        let ended = match started {
             Ok(mut child) => {
                 let ended = supervise(launch, client, &mut child, states, stop).await;
                 terminate(&mut child, launch.spec.deploy.stop_timeout.0).await;
                 ended
             }
+            Err(_) if *stop.borrow() => Ended::Stopped,
             Err(e) => Ended::Exited(format!("cannot start: {e}")),
         };
+        if launch.spec.runtime.image.is_some() {
+            remove_container(launch).await;
+        }
         let detail = match ended {
             Ended::Stopped => {
                 publish(State::Stopped, restarts, "no longer assigned".to_owned());
@@ -285,19 +302,58 @@ fn program(command: &str) -> PathBuf {
         )
 }
 
+/// The variables the platform gives every instance: `MERIDIAN_*`, the proxy variables, `PORT`
+/// and `MERIDIAN_PORT_<NAME>`.
+fn platform_env(launch: &Launch) -> Vec<(String, String)> {
+    let (org, app, service) = &launch.service;
+    // Calls by name go through the node proxy's outbound listener on the instance's address.
+    let proxy = format!(
+        "http://{}:{}",
+        launch.address,
+        crate::node_proxy::OUTBOUND_PORT
+    );
+    let no_proxy = "localhost,127.0.0.1,::1";
+    let mut env: Vec<(String, String)> = [
+        ("MERIDIAN_INSTANCE", launch.instance.as_str()),
+        ("MERIDIAN_ORG", org),
+        ("MERIDIAN_APP", app),
+        ("MERIDIAN_SERVICE", service),
+        ("MERIDIAN_REGION", &launch.region),
+        ("MERIDIAN_NODE", &launch.node),
+        ("MERIDIAN_ADDRESS", &launch.listen.to_string()),
+        ("HTTP_PROXY", &proxy),
+        ("http_proxy", &proxy),
+        ("NO_PROXY", no_proxy),
+        ("no_proxy", no_proxy),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    if let Some(first) = launch.spec.ports.first() {
+        env.push(("PORT".to_owned(), first.port.to_string()));
+    }
+    for port in &launch.spec.ports {
+        let name = port.name.to_ascii_uppercase().replace('-', "_");
+        env.push((format!("MERIDIAN_PORT_{name}"), port.port.to_string()));
+    }
+    env
+}
+
+/// The instance's own directory (its `HOME` for a process), made if missing.
+fn home(launch: &Launch) -> std::io::Result<PathBuf> {
+    let home = launch.state_dir.join("instances").join(launch.key());
+    std::fs::create_dir_all(&home)?;
+    Ok(home)
+}
+
 /// Starts the process: its own process group, output to logs, and a clean environment (nothing
-/// of the agent's): `PATH`, `HOME`, `PORT`, `MERIDIAN_*` and the proxy variables, then the
-/// definition's `env`.
-fn spawn(launch: &Launch) -> std::io::Result<Child> {
+/// of the agent's): `PATH`, `HOME` and [`platform_env`], then the definition's `env`.
+fn spawn_process(launch: &Launch) -> std::io::Result<Child> {
     let Some(process) = &launch.spec.runtime.process else {
         return Err(std::io::Error::other("the spec runs no process"));
     };
-    let home = launch.state_dir.join("instances").join(launch.key());
-    std::fs::create_dir_all(&home)?;
-    let (org, app, service) = &launch.service;
+    let home = home(launch)?;
     let program = program(&process.command);
-    let error_names_it =
-        |e: std::io::Error| std::io::Error::new(e.kind(), format!("`{}`: {e}", process.command));
     let mut command = match &launch.netns {
         Some(netns) => netns.command(program.as_os_str()),
         None => Command::new(&program),
@@ -313,39 +369,26 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .env_clear()
         .env("PATH", INSTANCE_PATH)
         .env("HOME", &home)
-        .env("MERIDIAN_INSTANCE", &launch.instance)
-        .env("MERIDIAN_ORG", org)
-        .env("MERIDIAN_APP", app)
-        .env("MERIDIAN_SERVICE", service)
-        .env("MERIDIAN_REGION", &launch.region)
-        .env("MERIDIAN_NODE", &launch.node)
-        .env("MERIDIAN_ADDRESS", launch.listen.to_string());
-    // Calls by name go through the node proxy's outbound listener on the instance's address.
-    let proxy = format!(
-        "http://{}:{}",
-        launch.address,
-        crate::node_proxy::OUTBOUND_PORT
-    );
+        .envs(platform_env(launch))
+        .envs(&process.env);
+    spawn_supervised(launch, command, &home)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("`{}`: {e}", process.command)))
+}
+
+/// Spawns `command` in a process group of its own with its output kept in the instance's
+/// logs, and records its pid in `home` (see [`stop_leftovers`]).
+fn spawn_supervised(
+    launch: &Launch,
+    mut command: Command,
+    home: &std::path::Path,
+) -> std::io::Result<Child> {
     command
-        .env("HTTP_PROXY", &proxy)
-        .env("http_proxy", &proxy)
-        .env("NO_PROXY", "localhost,127.0.0.1,::1")
-        .env("no_proxy", "localhost,127.0.0.1,::1");
-    if let Some(first) = launch.spec.ports.first() {
-        command.env("PORT", first.port.to_string());
-    }
-    for port in &launch.spec.ports {
-        let name = port.name.to_ascii_uppercase().replace('-', "_");
-        command.env(format!("MERIDIAN_PORT_{name}"), port.port.to_string());
-    }
-    command
-        .envs(&process.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(error_names_it)?;
+    let mut child = command.spawn()?;
     if let Some(pid) = child.id() {
         std::fs::write(home.join(PID_FILE), pid.to_string())?;
     }
@@ -357,6 +400,110 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         tokio::spawn(keep(stderr, logs.join("stderr.log"), MAX_LOG_BYTES));
     }
     Ok(child)
+}
+
+/// Where runc keeps the state of this agent's containers.
+pub fn runc_root(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("runc")
+}
+
+/// The cgroup path of the instance's container: `meridian/<tag>.<key>` (the tag tells this
+/// node's agent apart from others on the same host, see [`crate::netns::tag`]).
+fn cgroups_path(launch: &Launch) -> String {
+    format!(
+        "meridian/{}.{}",
+        crate::netns::tag(&launch.state_dir),
+        launch.key()
+    )
+}
+
+/// Pulls the image (retrying with backoff while the pull fails, each failure's reason in the
+/// instance's detail), prepares the bundle and starts `runc run` in the foreground. `None` when
+/// the instance is stopped first.
+async fn start_container(
+    launch: &Launch,
+    image: &meridian_model::Image,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Result<Child, String>> {
+    let pulled = pull(launch, &image.reference, states, stop).await?;
+    let home = match home(launch) {
+        Ok(home) => home,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let bundle = Bundle::at(&launch.state_dir, &launch.key());
+    let input = BundleInput {
+        image: image.clone(),
+        platform: platform_env(launch),
+        hostname: launch.instance.clone(),
+        address: launch.listen,
+        netns: launch.netns.as_ref().map(crate::netns::Netns::path),
+        resolv_conf: launch.netns.as_ref().map_or_else(
+            || PathBuf::from("/etc/resolv.conf"),
+            crate::netns::Netns::resolv_conf,
+        ),
+        cgroups_path: cgroups_path(launch),
+    };
+    let prepared = {
+        let bundle = bundle.clone();
+        tokio::task::spawn_blocking(move || bundle.prepare(&pulled, &input)).await
+    };
+    match prepared {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Some(Err(e)),
+        Err(e) => return Some(Err(e.to_string())),
+    }
+    let mut command = runc::run(&runc_root(&launch.state_dir), &bundle.dir, &launch.key());
+    // runc's own environment names the instance, as a process's does (see stop_leftovers);
+    // the container's comes from config.json.
+    command
+        .env_clear()
+        .env("PATH", INSTANCE_PATH)
+        .env("HOME", &home)
+        .envs(platform_env(launch));
+    Some(spawn_supervised(launch, command, &home).map_err(|e| format!("runc: {e}")))
+}
+
+/// The image in the node's store, pulled if needed; retried with backoff while it fails.
+/// `None` when the instance is stopped first.
+async fn pull(
+    launch: &Launch,
+    reference: &str,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<crate::image::Pulled> {
+    let detail = |detail: String| states.send_modify(|s| s.detail = detail);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        detail(format!("pulling {reference}"));
+        let failed = tokio::select! {
+            pulled = launch.images.pull(reference) => match pulled {
+                Ok(pulled) => {
+                    tracing::info!(instance = %launch.instance, %reference, digest = %pulled.digest, "image ready");
+                    return Some(pulled);
+                }
+                Err(e) => e,
+            },
+            _ = stop.wait_for(|stop| *stop) => return None,
+        };
+        tracing::warn!(instance = %launch.instance, %reference, error = %failed, retry_in = ?backoff, "pulling the image failed");
+        detail(format!(
+            "pulling {reference} failed: {failed}; retrying in {}s",
+            backoff.as_secs()
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|stop| *stop) => return None,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Deletes the instance's container (killing what is left of it) and its bundle.
+async fn remove_container(launch: &Launch) {
+    runc::remove(&runc_root(&launch.state_dir), &launch.key()).await;
+    let bundle = Bundle::at(&launch.state_dir, &launch.key());
+    let _ = tokio::task::spawn_blocking(move || bundle.remove()).await;
 }
 
 /// Watches the running process until it exits, fails its checks, or is stopped.

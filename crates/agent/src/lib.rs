@@ -15,6 +15,7 @@ mod assignments;
 mod certs;
 mod drain;
 mod health;
+mod image;
 mod instance;
 mod logs;
 mod netns;
@@ -22,6 +23,8 @@ mod node_proxy;
 mod supervisor;
 
 pub use addresses::AddressPool;
+pub use image::runc::available as runc_available;
+pub use image::{Credential, RegistryOptions};
 pub use instance::{InstanceState, State};
 pub use logs::log_dir;
 pub use netns::{available as netns_available, prefix as netns_prefix};

@@ -24,6 +24,7 @@ use crate::addresses::AddressPool;
 use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
 use crate::drain::Leaving;
+use crate::image::{ImageStore, RegistryOptions};
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
@@ -60,6 +61,8 @@ pub struct AgentOptions {
     pub trust_domain: String,
     /// Where the node proxy's admin port listens (/metrics, /config, /listeners, /healthz).
     pub admin: Option<std::net::SocketAddr>,
+    /// How image instances' registries are reached.
+    pub registries: RegistryOptions,
 }
 
 /// The label of the instances gauge.
@@ -131,6 +134,11 @@ type Instances = Arc<Mutex<BTreeMap<String, Running>>>;
 pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>) {
     hide_from_instances();
     crate::instance::stop_leftovers(&options.state_dir);
+    crate::image::runc::remove_leftovers(&crate::instance::runc_root(&options.state_dir)).await;
+    let images = Arc::new(ImageStore::new(
+        &options.state_dir,
+        options.registries.clone(),
+    ));
     let netns_tag = netns::tag(&options.state_dir);
     if options.isolation == Isolation::Netns {
         netns::delete_leftovers(&netns_tag).await;
@@ -215,7 +223,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                     break;
                 }
                 let wanted = desired.borrow_and_update().clone();
-                reconcile(&options, &netns_tag, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                reconcile(&options, &netns_tag, &images, &wanted, &instances, &mut addresses, &mut tasks, &changed);
             }
             changed_set = services.changed() => {
                 if changed_set.is_err() {
@@ -240,7 +248,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 changed.notify_one();
                 // A replacement may be waiting for this one to stop.
                 let wanted = desired.borrow().clone();
-                reconcile(&options, &netns_tag, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                reconcile(&options, &netns_tag, &images, &wanted, &instances, &mut addresses, &mut tasks, &changed);
             }
         }
         let current = services.borrow().clone();
@@ -404,9 +412,11 @@ impl NodeProxy {
 /// Starts what is wanted and not running, stops what runs and is not wanted (or runs with a spec
 /// that differs in what the instance sees, see [`ServiceSpec::runs_like`]); a changed instance
 /// starts again once its old process has stopped.
+#[allow(clippy::too_many_arguments)]
 fn reconcile(
     options: &AgentOptions,
     netns_tag: &str,
+    images: &Arc<ImageStore>,
     wanted: &Desired,
     instances: &Instances,
     addresses: &mut AddressPool,
@@ -439,7 +449,9 @@ fn reconcile(
             tracing::warn!(instance = %want.instance, "no address left for the instance; raise --instance-count");
             continue;
         };
-        let running = start(options, netns_tag, want, address, tasks, name, changed);
+        let running = start(
+            options, netns_tag, images, want, address, tasks, name, changed,
+        );
         map.insert(name.clone(), running);
     }
 }
@@ -471,9 +483,11 @@ fn start_drains(
 }
 
 /// Starts instance `name` on `address` (its namespace tagged `netns_tag` in that mode).
+#[allow(clippy::too_many_arguments)]
 fn start(
     options: &AgentOptions,
     netns_tag: &str,
+    images: &Arc<ImageStore>,
     want: &Wanted,
     address: Ipv4Addr,
     tasks: &mut JoinSet<(String, Ipv4Addr)>,
@@ -505,6 +519,7 @@ fn start(
         region: options.region.clone(),
         node: options.node.clone(),
         state_dir: options.state_dir.clone(),
+        images: images.clone(),
     };
     // Each state change wakes the reporter.
     let mut watched = state.clone();
