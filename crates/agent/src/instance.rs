@@ -8,12 +8,16 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use meridian_model::ServiceSpec;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::cgroups::{Cgroup, Cgroups, Limits};
 use crate::health;
+use crate::image::bundle::{Bundle, BundleInput};
+use crate::image::{runc, ImageStore};
 use crate::logs::{keep, log_dir, MAX_LOG_BYTES};
 
 /// Where an instance is in its life.
@@ -83,6 +87,8 @@ pub struct Launch {
     /// The node's cgroups, if the agent may use them: each run gets its own, with the spec's
     /// `resources`.
     pub cgroups: Option<Cgroups>,
+    /// The node's image store (for image instances).
+    pub images: Arc<ImageStore>,
 }
 
 impl Launch {
@@ -271,16 +277,15 @@ async fn run_once(
     states: &watch::Sender<InstanceState>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
+    if let Some(image) = &launch.spec.runtime.image {
+        return run_container(launch, image, client, states, stop).await;
+    }
     let cgroup = match cgroup_of(launch) {
         Ok(cgroup) => cgroup,
         Err(e) => return Ended::Exited(format!("cannot apply its resources: {e}")),
     };
-    let ended = match spawn(launch, cgroup.as_ref()) {
-        Ok(mut child) => {
-            let ended = supervise(launch, client, &mut child, states, stop).await;
-            terminate(&mut child, launch.spec.deploy.stop_timeout.0).await;
-            ended
-        }
+    let ended = match spawn_process(launch, cgroup.as_ref()) {
+        Ok(child) => supervise_to_end(launch, client, child, states, stop).await,
         Err(e) => Ended::Exited(format!("cannot start: {e}")),
     };
     let Some(cgroup) = cgroup else {
@@ -296,6 +301,40 @@ async fn run_once(
         }
         (ended, _) => ended,
     }
+}
+
+/// One run of an image instance: pulled if needed, run by runc until it ends or is stopped,
+/// its container removed after.
+async fn run_container(
+    launch: &Launch,
+    image: &meridian_model::Image,
+    client: &reqwest::Client,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let started = start_container(launch, image, states, stop)
+        .await
+        .unwrap_or_else(|| Err("stopped before it started".to_owned()));
+    let ended = match started {
+        Ok(child) => supervise_to_end(launch, client, child, states, stop).await,
+        Err(_) if *stop.borrow() => Ended::Stopped,
+        Err(e) => Ended::Exited(format!("cannot start: {e}")),
+    };
+    remove_container(launch).await;
+    ended
+}
+
+/// Supervises `child` until it ends or is stopped, then makes sure it is gone.
+async fn supervise_to_end(
+    launch: &Launch,
+    client: &reqwest::Client,
+    mut child: Child,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let ended = supervise(launch, client, &mut child, states, stop).await;
+    terminate(&mut child, launch.spec.deploy.stop_timeout.0).await;
+    ended
 }
 
 /// The cgroup of the instance's next run, with its spec's limits; none when the node has no
@@ -340,11 +379,54 @@ fn program(command: &str) -> PathBuf {
         )
 }
 
+/// The variables the platform gives every instance: `MERIDIAN_*`, the proxy variables, `PORT`
+/// and `MERIDIAN_PORT_<NAME>`.
+fn platform_env(launch: &Launch) -> Vec<(String, String)> {
+    let (org, app, service) = &launch.service;
+    // Calls by name go through the node proxy's outbound listener on the instance's address.
+    let proxy = format!(
+        "http://{}:{}",
+        launch.address,
+        crate::node_proxy::OUTBOUND_PORT
+    );
+    let no_proxy = "localhost,127.0.0.1,::1";
+    let mut env: Vec<(String, String)> = [
+        ("MERIDIAN_INSTANCE", launch.instance.as_str()),
+        ("MERIDIAN_ORG", org),
+        ("MERIDIAN_APP", app),
+        ("MERIDIAN_SERVICE", service),
+        ("MERIDIAN_REGION", &launch.region),
+        ("MERIDIAN_NODE", &launch.node),
+        ("MERIDIAN_ADDRESS", &launch.listen.to_string()),
+        ("HTTP_PROXY", &proxy),
+        ("http_proxy", &proxy),
+        ("NO_PROXY", no_proxy),
+        ("no_proxy", no_proxy),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    if let Some(first) = launch.spec.ports.first() {
+        env.push(("PORT".to_owned(), first.port.to_string()));
+    }
+    for port in &launch.spec.ports {
+        let name = port.name.to_ascii_uppercase().replace('-', "_");
+        env.push((format!("MERIDIAN_PORT_{name}"), port.port.to_string()));
+    }
+    env
+}
+
+/// The instance's own directory (its `HOME` for a process), made if missing.
+fn home(launch: &Launch) -> std::io::Result<PathBuf> {
+    let home = launch.state_dir.join("instances").join(launch.key());
+    std::fs::create_dir_all(&home)?;
+    Ok(home)
+}
+
 /// Starts the process: its own process group, output to logs, and a clean environment (nothing
-/// of the agent's): `PATH`, `HOME`, `PORT`, `MERIDIAN_*` and the proxy variables, then the
-/// definition's `env` (with its secrets' values); in `cgroup` from before it executes its
-/// program.
-fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> std::io::Result<Child> {
+/// of the agent's): `PATH`, `HOME` and [`platform_env`], then the definition's `env` (with its
+/// secrets' values); in `cgroup` from before it executes its program.
+fn spawn_process(launch: &Launch, cgroup: Option<&Cgroup>) -> std::io::Result<Child> {
     let Some(process) = &launch.spec.runtime.process else {
         return Err(std::io::Error::other("the spec runs no process"));
     };
@@ -352,12 +434,8 @@ fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> std::io::Result<Child> {
         .secrets
         .resolve(&process.env)
         .map_err(std::io::Error::other)?;
-    let home = launch.state_dir.join("instances").join(launch.key());
-    std::fs::create_dir_all(&home)?;
-    let (org, app, service) = &launch.service;
+    let home = home(launch)?;
     let program = program(&process.command);
-    let error_names_it =
-        |e: std::io::Error| std::io::Error::new(e.kind(), format!("`{}`: {e}", process.command));
     let mut command = match &launch.netns {
         Some(netns) => netns.command(program.as_os_str()),
         None => Command::new(&program),
@@ -373,42 +451,29 @@ fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> std::io::Result<Child> {
         .env_clear()
         .env("PATH", INSTANCE_PATH)
         .env("HOME", &home)
-        .env("MERIDIAN_INSTANCE", &launch.instance)
-        .env("MERIDIAN_ORG", org)
-        .env("MERIDIAN_APP", app)
-        .env("MERIDIAN_SERVICE", service)
-        .env("MERIDIAN_REGION", &launch.region)
-        .env("MERIDIAN_NODE", &launch.node)
-        .env("MERIDIAN_ADDRESS", launch.listen.to_string());
-    // Calls by name go through the node proxy's outbound listener on the instance's address.
-    let proxy = format!(
-        "http://{}:{}",
-        launch.address,
-        crate::node_proxy::OUTBOUND_PORT
-    );
-    command
-        .env("HTTP_PROXY", &proxy)
-        .env("http_proxy", &proxy)
-        .env("NO_PROXY", "localhost,127.0.0.1,::1")
-        .env("no_proxy", "localhost,127.0.0.1,::1");
-    if let Some(first) = launch.spec.ports.first() {
-        command.env("PORT", first.port.to_string());
+        .envs(platform_env(launch))
+        .envs(env);
+    if let Some(cgroup) = cgroup {
+        crate::cgroups::join_before_exec(&mut command, cgroup);
     }
-    for port in &launch.spec.ports {
-        let name = port.name.to_ascii_uppercase().replace('-', "_");
-        command.env(format!("MERIDIAN_PORT_{name}"), port.port.to_string());
-    }
+    spawn_supervised(launch, command, &home)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("`{}`: {e}", process.command)))
+}
+
+/// Spawns `command` in a process group of its own with its output kept in the instance's
+/// logs, and records its pid in `home` (see [`stop_leftovers`]).
+fn spawn_supervised(
+    launch: &Launch,
+    mut command: Command,
+    home: &std::path::Path,
+) -> std::io::Result<Child> {
     command
-        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(cgroup) = cgroup {
-        crate::cgroups::join_before_exec(&mut command, cgroup);
-    }
-    let mut child = command.spawn().map_err(error_names_it)?;
+    let mut child = command.spawn()?;
     if let Some(pid) = child.id() {
         std::fs::write(home.join(PID_FILE), pid.to_string())?;
     }
@@ -420,6 +485,118 @@ fn spawn(launch: &Launch, cgroup: Option<&Cgroup>) -> std::io::Result<Child> {
         tokio::spawn(keep(stderr, logs.join("stderr.log"), MAX_LOG_BYTES));
     }
     Ok(child)
+}
+
+/// Where runc keeps the state of this agent's containers.
+pub fn runc_root(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("runc")
+}
+
+/// The cgroup path of the instance's container: `meridian/<tag>.<key>` (the tag tells this
+/// node's agent apart from others on the same host, see [`crate::netns::tag`]).
+fn cgroups_path(launch: &Launch) -> String {
+    format!(
+        "meridian/{}.{}",
+        crate::netns::tag(&launch.state_dir),
+        launch.key()
+    )
+}
+
+/// Pulls the image (retrying with backoff while the pull fails, each failure's reason in the
+/// instance's detail), prepares the bundle and starts `runc run` in the foreground. `None` when
+/// the instance is stopped first.
+async fn start_container(
+    launch: &Launch,
+    image: &meridian_model::Image,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Result<Child, String>> {
+    let pulled = pull(launch, &image.reference, states, stop).await?;
+    let home = match home(launch) {
+        Ok(home) => home,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let env = match launch.secrets.resolve(&image.env) {
+        Ok(env) => env
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        Err(e) => return Some(Err(e)),
+    };
+    let bundle = Bundle::at(&launch.state_dir, &launch.key());
+    let input = BundleInput {
+        image: image.clone(),
+        platform: platform_env(launch),
+        env,
+        hostname: launch.instance.clone(),
+        address: launch.listen,
+        netns: launch.netns.as_ref().map(crate::netns::Netns::path),
+        resolv_conf: launch.netns.as_ref().map_or_else(
+            || PathBuf::from("/etc/resolv.conf"),
+            crate::netns::Netns::resolv_conf,
+        ),
+        cgroups_path: cgroups_path(launch),
+    };
+    let prepared = {
+        let bundle = bundle.clone();
+        tokio::task::spawn_blocking(move || bundle.prepare(&pulled, &input)).await
+    };
+    match prepared {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Some(Err(e)),
+        Err(e) => return Some(Err(e.to_string())),
+    }
+    let mut command = runc::run(&runc_root(&launch.state_dir), &bundle.dir, &launch.key());
+    // runc's own environment names the instance, as a process's does (see stop_leftovers);
+    // the container's comes from config.json.
+    command
+        .env_clear()
+        .env("PATH", INSTANCE_PATH)
+        .env("HOME", &home)
+        .envs(platform_env(launch));
+    Some(spawn_supervised(launch, command, &home).map_err(|e| format!("runc: {e}")))
+}
+
+/// The image in the node's store, pulled if needed; retried with backoff while it fails.
+/// `None` when the instance is stopped first.
+async fn pull(
+    launch: &Launch,
+    reference: &str,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<crate::image::Pulled> {
+    let detail = |detail: String| states.send_modify(|s| s.detail = detail);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        detail(format!("pulling {reference}"));
+        let failed = tokio::select! {
+            pulled = launch.images.pull(reference) => match pulled {
+                Ok(pulled) => {
+                    tracing::info!(instance = %launch.instance, %reference, digest = %pulled.digest, "image ready");
+                    return Some(pulled);
+                }
+                Err(e) => e,
+            },
+            _ = stop.wait_for(|stop| *stop) => return None,
+        };
+        tracing::warn!(instance = %launch.instance, %reference, error = %failed, retry_in = ?backoff, "pulling the image failed");
+        detail(format!(
+            "pulling {reference} failed: {failed}; retrying in {}s",
+            backoff.as_secs()
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|stop| *stop) => return None,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Deletes the instance's container (killing what is left of it) and its bundle.
+async fn remove_container(launch: &Launch) {
+    runc::remove(&runc_root(&launch.state_dir), &launch.key()).await;
+    let bundle = Bundle::at(&launch.state_dir, &launch.key());
+    let _ = tokio::task::spawn_blocking(move || bundle.remove()).await;
 }
 
 /// Watches the running process until it exits, fails its checks, or is stopped.

@@ -17,6 +17,7 @@ mod certs;
 pub mod cgroups;
 mod drain;
 mod health;
+mod image;
 mod instance;
 mod logs;
 mod netns;
@@ -25,6 +26,8 @@ mod secrets;
 mod supervisor;
 
 pub use addresses::AddressPool;
+pub use image::runc::available as runc_available;
+pub use image::{Credential, RegistryOptions};
 pub use instance::{InstanceState, State};
 pub use logs::log_dir;
 pub use netns::{available as netns_available, prefix as netns_prefix};

@@ -119,11 +119,7 @@ impl Netns {
         // asked of the node's DNS server on the node side.
         let dir = etc_dir(&self.name);
         tokio::fs::create_dir_all(&dir).await?;
-        tokio::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {}\n", self.host),
-        )
-        .await?;
+        tokio::fs::write(self.resolv_conf(), format!("nameserver {}\n", self.host)).await?;
         Ok(())
     }
 
@@ -226,6 +222,16 @@ impl Netns {
     pub async fn delete(&self) {
         let _ = ip(&["netns", "delete", &self.name]).await;
         let _ = tokio::fs::remove_dir_all(etc_dir(&self.name)).await;
+    }
+
+    /// The namespace's file, which a container joins (`ip netns add` makes it).
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(&self.name)
+    }
+
+    /// The resolver configuration of processes in the namespace (the node's DNS server).
+    pub fn resolv_conf(&self) -> std::path::PathBuf {
+        etc_dir(&self.name).join("resolv.conf")
     }
 
     /// A command that runs `program` inside the namespace.

@@ -26,6 +26,7 @@ use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
 use crate::cgroups::Cgroups;
 use crate::drain::Leaving;
+use crate::image::{ImageStore, RegistryOptions};
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
@@ -65,6 +66,8 @@ pub struct AgentOptions {
     pub trust_domain: String,
     /// Where the node proxy's admin port listens (/metrics, /config, /listeners, /healthz).
     pub admin: Option<std::net::SocketAddr>,
+    /// How image instances' registries are reached.
+    pub registries: RegistryOptions,
 }
 
 /// The label of the instances gauge.
@@ -206,6 +209,11 @@ type Instances = Arc<Mutex<BTreeMap<String, Running>>>;
 pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>) {
     hide_from_instances();
     crate::instance::stop_leftovers(&options.state_dir);
+    crate::image::runc::remove_leftovers(&crate::instance::runc_root(&options.state_dir)).await;
+    let images = Arc::new(ImageStore::new(
+        &options.state_dir,
+        options.registries.clone(),
+    ));
     let netns_tag = netns::tag(&options.state_dir);
     if options.isolation == Isolation::Netns {
         netns::delete_leftovers(&netns_tag).await;
@@ -295,7 +303,11 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
             tracing::error!(error = %e, "the node proxy's admin port could not start");
         }
     }
-    let node = NodeSetup { netns_tag, cgroups };
+    let node = NodeSetup {
+        netns_tag,
+        cgroups,
+        images,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
@@ -501,6 +513,7 @@ impl NodeProxy {
 /// Starts what is wanted and not running, stops what runs and is not wanted (or runs with a spec
 /// that differs in what the instance sees, see [`ServiceSpec::runs_like`]); a changed instance
 /// starts again once its old process has stopped.
+#[allow(clippy::too_many_arguments)]
 fn reconcile(
     options: &AgentOptions,
     node: &NodeSetup,
@@ -567,11 +580,13 @@ fn start_drains(
     }
 }
 
-/// What the agent found on its node at start: the tag of its network namespaces and its
-/// cgroups, if it may use them.
+/// What the agent found on its node at start: the tag of its network namespaces, its cgroups
+/// if it may use them, and its image store.
 struct NodeSetup {
     netns_tag: String,
     cgroups: Option<Cgroups>,
+    /// The node's images (pulled once, shared by its container instances).
+    images: Arc<ImageStore>,
 }
 
 /// Starts instance `name` on `address` (in its namespace in that mode, in cgroups if the node
@@ -612,6 +627,7 @@ fn start(
         node: options.node.clone(),
         state_dir: options.state_dir.clone(),
         cgroups: node.cgroups.clone(),
+        images: node.images.clone(),
     };
     // Each state change wakes the reporter.
     let mut watched = state.clone();

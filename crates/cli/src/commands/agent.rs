@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use meridian_agent::{run_agent, AddressPool, AgentOptions, Isolation};
+use meridian_agent::{run_agent, AddressPool, AgentOptions, Isolation, RegistryOptions};
 use meridian_identity::Subject;
 use meridian_model::{Cpu, Memory, Resources};
 
@@ -48,6 +48,10 @@ pub struct AgentArgs {
     /// Where the agent keeps its identity, instances' working directories and logs.
     #[arg(long, default_value = "./agent-state")]
     state_dir: PathBuf,
+    /// A registry (`HOST:PORT`, as image references name it) to pull images from over plain
+    /// HTTP instead of HTTPS; repeat for several. Only for registries on a trusted network.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
 }
 
 /// Runs the agent until Ctrl-C or SIGTERM, then stops its instances.
@@ -122,6 +126,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         trust_domain: id.trust_domain.clone(),
         admin: Some(args.admin),
         state_dir: args.state_dir,
+        registries: RegistryOptions {
+            insecure: args.insecure_registries,
+            ..Default::default()
+        },
     };
     run_agent(options, super::control::shutdown_signal()).await;
     Ok(())
