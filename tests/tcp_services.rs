@@ -8,9 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{gateway, namespaces_allowed, Deployed, RegionalPlane, HELLO};
-
-const DEADLINE: Duration = Duration::from_secs(60);
+use support::{answers, gateway, namespaces_allowed, through, Deployed, RegionalPlane, HELLO};
 
 /// The TCP echo port of the echo service (meridian-hello's `echo` port).
 const ECHO_PORT: u16 = 7000;
@@ -35,33 +33,6 @@ domains: [{name}.{org}.example.com]
 health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
 "
     )
-}
-
-/// What `host` answers through the gateway at `gateway` for `path`.
-async fn through(gateway: &str, host: &str, path: &str) -> (u16, String) {
-    let answer = reqwest::Client::new()
-        .get(format!("http://{gateway}{path}"))
-        .header("host", host)
-        .send()
-        .await
-        .unwrap();
-    (answer.status().as_u16(), answer.text().await.unwrap())
-}
-
-/// Waits until `host` answers `path` through the gateway with a body containing `wanted`.
-async fn answers(gateway: &str, host: &str, path: &str, wanted: &str) -> String {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let (_, body) = through(gateway, host, path).await;
-        if body.contains(wanted) {
-            return body;
-        }
-        assert!(
-            Instant::now() < end,
-            "{host}{path} never answered `{wanted}`: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The address in a meridian-hello greeting or `/tcp` answer: `… (…, <address>)` or
@@ -190,22 +161,11 @@ async fn other_org_exchange(
     address: std::net::Ipv4Addr,
     port: u16,
 ) -> Vec<u8> {
-    use meridian_identity::enroll::{join, request_certificate, JoinToken};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let token = JoinToken::parse(&region.join_token("agent/rogue")).unwrap();
-    let rogue = join(&region.xds, &token).await.unwrap();
     let trust_domain = "meridian.local";
     let other = meridian_identity::SpiffeId::workload(trust_domain, "other", "shop", "client");
-    let other = request_certificate(&region.xds, &rogue, Some(&other))
-        .await
-        .unwrap();
     let echo = meridian_identity::SpiffeId::workload(trust_domain, "acme", "shop", "echo");
-    let tls = meridian_identity::client_config(
-        meridian_identity::CertStore::new(other.certified_key().unwrap()),
-        other.bundle().unwrap(),
-        echo,
-    )
-    .unwrap();
+    let tls = support::rogue_client(region, &other, echo).await;
     let tcp = tokio::net::TcpStream::connect((address, port))
         .await
         .unwrap();
