@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::load::{serving, Load};
-use support::{agent, gateway, logging_agent, namespaces_allowed, said, Deployed, RegionalPlane};
+use support::{
+    agent, answers, gateway, logging_agent, namespaces_allowed, said, through, Deployed,
+    RegionalPlane,
+};
 
 use support::{HELLO, MERIDIAN};
 
@@ -355,36 +358,8 @@ fn deploy_services(platform: &Deployed, dir: &Path, services: &[(&str, &str, u16
     }
 }
 
-/// What `host` answers through the gateway at `gateway` for `path`.
-async fn through(gateway: &str, host: &str, path: &str) -> (u16, String) {
-    let answer = reqwest::Client::new()
-        .get(format!("http://{gateway}{path}"))
-        .header("host", host)
-        .send()
-        .await
-        .unwrap();
-    (answer.status().as_u16(), answer.text().await.unwrap())
-}
-
-/// Waits until `host` answers `path` through the gateway with a body containing `wanted`.
-async fn answers(gateway: &str, host: &str, path: &str, wanted: &str) -> String {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let (_, body) = through(gateway, host, path).await;
-        if body.contains(wanted) {
-            return body;
-        }
-        assert!(
-            Instant::now() < end,
-            "{host}{path} never answered `{wanted}`: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy() {
-    use meridian_identity::enroll::{join, request_certificate, JoinToken};
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &service("acme", "api", 9090, "'partner/*/*'"));
     let clients = [
@@ -459,20 +434,9 @@ async fn services_call_each_other_by_name_over_mtls_and_other_orgs_need_a_policy
         .trim()
         .trim_end_matches(')')
         .to_owned();
-    let token = JoinToken::parse(&region.join_token("agent/rogue")).unwrap();
-    let rogue = join(&region.xds, &token).await.unwrap();
     let other = meridian_identity::SpiffeId::workload(trust_domain, "other", "shop", "client");
-    let other = request_certificate(&region.xds, &rogue, Some(&other))
-        .await
-        .unwrap();
     let api = meridian_identity::SpiffeId::workload(trust_domain, "acme", "shop", "api");
-    let tls = meridian_identity::client_config(
-        meridian_identity::CertStore::new(other.certified_key().unwrap()),
-        other.bundle().unwrap(),
-        api,
-    )
-    .unwrap();
-    let mut tls = tls;
+    let mut tls = support::rogue_client(&region, &other, api).await;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(format!("{address}:15443"))
         .await

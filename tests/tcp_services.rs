@@ -2,21 +2,26 @@
 //! instances of services that may reach it, over mutual TLS between node proxies; bytes come
 //! back intact (a large stream, a half-closed connection), and a caller of another org is
 //! refused (it does not see the name, and its certificate is refused at the mesh port: the
-//! connection is closed, counted and written to the audit log).
+//! connection is closed, counted and written to the audit log). A caller whose region has no
+//! instance of the service reaches one in another region.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{gateway, namespaces_allowed, Deployed, RegionalPlane, HELLO};
-
-const DEADLINE: Duration = Duration::from_secs(60);
+use support::{answers, gateway, namespaces_allowed, through, Deployed, RegionalPlane, HELLO};
 
 /// The TCP echo port of the echo service (meridian-hello's `echo` port).
 const ECHO_PORT: u16 = 7000;
 
-/// meridian-hello as `org`/shop/`name`, with its HTTP port, and its TCP echo port when `echo`.
+/// meridian-hello as `org`/shop/`name` in fra, with its HTTP port, and its TCP echo port when
+/// `echo`.
 fn service(org: &str, name: &str, echo: bool) -> String {
+    service_in(org, name, echo, "fra")
+}
+
+/// [`service`] in `regions`.
+fn service_in(org: &str, name: &str, echo: bool, regions: &str) -> String {
     let echo_port = if echo {
         format!(", {{name: echo, port: {ECHO_PORT}, protocol: tcp}}")
     } else {
@@ -27,7 +32,7 @@ fn service(org: &str, name: &str, echo: bool) -> String {
 org: {org}
 app: shop
 name: {name}
-regions: [fra]
+regions: [{regions}]
 runtime: {{process: {{command: {HELLO}}}}}
 ports: [{{name: http, port: 8080}}{echo_port}]
 routes: [{{path_prefix: /, port: http}}]
@@ -35,33 +40,6 @@ domains: [{name}.{org}.example.com]
 health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
 "
     )
-}
-
-/// What `host` answers through the gateway at `gateway` for `path`.
-async fn through(gateway: &str, host: &str, path: &str) -> (u16, String) {
-    let answer = reqwest::Client::new()
-        .get(format!("http://{gateway}{path}"))
-        .header("host", host)
-        .send()
-        .await
-        .unwrap();
-    (answer.status().as_u16(), answer.text().await.unwrap())
-}
-
-/// Waits until `host` answers `path` through the gateway with a body containing `wanted`.
-async fn answers(gateway: &str, host: &str, path: &str, wanted: &str) -> String {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let (_, body) = through(gateway, host, path).await;
-        if body.contains(wanted) {
-            return body;
-        }
-        assert!(
-            Instant::now() < end,
-            "{host}{path} never answered `{wanted}`: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The address in a meridian-hello greeting or `/tcp` answer: `… (…, <address>)` or
@@ -190,22 +168,11 @@ async fn other_org_exchange(
     address: std::net::Ipv4Addr,
     port: u16,
 ) -> Vec<u8> {
-    use meridian_identity::enroll::{join, request_certificate, JoinToken};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let token = JoinToken::parse(&region.join_token("agent/rogue")).unwrap();
-    let rogue = join(&region.xds, &token).await.unwrap();
     let trust_domain = "meridian.local";
     let other = meridian_identity::SpiffeId::workload(trust_domain, "other", "shop", "client");
-    let other = request_certificate(&region.xds, &rogue, Some(&other))
-        .await
-        .unwrap();
     let echo = meridian_identity::SpiffeId::workload(trust_domain, "acme", "shop", "echo");
-    let tls = meridian_identity::client_config(
-        meridian_identity::CertStore::new(other.certified_key().unwrap()),
-        other.bundle().unwrap(),
-        echo,
-    )
-    .unwrap();
+    let tls = support::rogue_client(region, &other, echo).await;
     let tcp = tokio::net::TcpStream::connect((address, port))
         .await
         .unwrap();
@@ -230,4 +197,41 @@ async fn other_org_exchange(
         );
     }
     received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_service_is_reached_in_another_region_when_the_callers_has_none() {
+    if !namespaces_allowed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &service("acme", "web", false));
+    platform
+        .cli
+        .ok(&["region", "add", "iad", "--lat", "38.95", "--lon", "-77.45"]);
+    let echo = dir.path().join("echo.yaml");
+    std::fs::write(&echo, service_in("acme", "echo", true, "iad")).unwrap();
+    platform.cli.ok(&["deploy", "-f", echo.to_str().unwrap()]);
+    let start =
+        |region, gateway| RegionalPlane::start(&platform.global, &platform.token, region, gateway);
+    let (fra, iad) = (start("fra", Some("127.0.0.1:0")), start("iad", None));
+    let _fra_node = support::agent_with(
+        &fra,
+        "fra-tcp",
+        dir.path(),
+        &["--isolation", "netns", "--instance-network", "100.64.223.0"],
+    );
+    let _iad_node = support::agent(&iad, "iad-tcp", "127.0.221.1", dir.path());
+    let (_gateway, gateway) = gateway(&fra, dir.path()).await;
+
+    // web, in fra, reaches echo, which runs in iad only, by name: over mutual TLS from fra's
+    // node proxy to iad's.
+    let name = format!("echo.shop.internal:{ECHO_PORT}");
+    let web = "web.acme.example.com";
+    let path = format!("/tcp?addr={name}&bytes=100000");
+    let answer = answers(&gateway, web, &path, "intact").await;
+    assert!(
+        answer.contains("sent 100000, received 100000, intact"),
+        "{answer}"
+    );
 }

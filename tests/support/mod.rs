@@ -909,6 +909,54 @@ pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
     }
 }
 
+/// What `host` answers through the gateway at `gateway` for `path`.
+pub async fn through(gateway: &str, host: &str, path: &str) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .get(format!("http://{gateway}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
+/// Waits until `host` answers `path` through the gateway with a body containing `wanted`.
+pub async fn answers(gateway: &str, host: &str, path: &str, wanted: &str) -> String {
+    let end = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        let (_, body) = through(gateway, host, path).await;
+        if body.contains(wanted) {
+            return body;
+        }
+        assert!(
+            Instant::now() < end,
+            "{host}{path} never answered `{wanted}`: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A mutual-TLS client configuration with a genuine workload certificate of `caller`, from the
+/// region (as a rogue agent would get one), expecting the server to be `server`.
+pub async fn rogue_client(
+    region: &RegionalPlane,
+    caller: &meridian_identity::SpiffeId,
+    server: meridian_identity::SpiffeId,
+) -> rustls::ClientConfig {
+    use meridian_identity::enroll::{join, request_certificate, JoinToken};
+    let token = JoinToken::parse(&region.join_token("agent/rogue")).unwrap();
+    let rogue = join(&region.xds, &token).await.unwrap();
+    let issued = request_certificate(&region.xds, &rogue, Some(caller))
+        .await
+        .unwrap();
+    meridian_identity::client_config(
+        meridian_identity::CertStore::new(issued.certified_key().unwrap()),
+        issued.bundle().unwrap(),
+        server,
+    )
+    .unwrap()
+}
+
 /// A TLS client configuration trusting the roots in `roots_pem`, offering `alpn`.
 pub fn tls_client(roots_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
     tls_client_of(rustls::DEFAULT_VERSIONS, roots_pem, alpn)

@@ -8,6 +8,10 @@
 //! - a Cluster of type EDS with round robin, whose endpoints come from
 //! - a ClusterLoadAssignment with the region's endpoints, their locality and health.
 //!
+//! A `protocol: tcp` port has no RouteConfiguration, and its Listener is the one Envoy takes for
+//! TCP: on the service's virtual IP and the port, one filter chain with a `tcp_proxy` to that
+//! Cluster (proxyless gRPC clients have no use for it).
+//!
 //! For Meridian's proxies (namespace `proxy/`), each port of each service is a Cluster
 //! `<org>/<app>/<service>:<port name>` (EDS, least request, outlier detection) with its
 //! ClusterLoadAssignment, and a region's gateway gets a Listener `gateway` on its address whose
@@ -57,7 +61,9 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
-use meridian_model::{Endpoint, EndpointHealth, RegionalDeployment};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpClusterSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use meridian_model::{Endpoint, EndpointHealth, Protocol, RegionalDeployment};
 use std::net::SocketAddr;
 
 use crate::meridian::ServiceInstance;
@@ -82,6 +88,7 @@ pub struct Rendered {
 struct Host<'a> {
     name: String,
     host: &'a str,
+    port: u32,
 }
 
 impl<'a> Host<'a> {
@@ -89,6 +96,7 @@ impl<'a> Host<'a> {
         Host {
             name: format!("{host}:{port}"),
             host,
+            port,
         }
     }
 }
@@ -96,13 +104,27 @@ impl<'a> Host<'a> {
 impl Rendered {
     /// The Listener, RouteConfiguration, Cluster and ClusterLoadAssignment by which `org`'s
     /// proxyless gRPC clients reach a service's port as `host`.
-    fn grpc(&mut self, org: &str, host: &Host<'_>, assignment: &ClusterLoadAssignment) {
+    /// With `tcp` (the service's virtual IP, for a `tcp` port), the Listener is a `tcp_proxy`
+    /// there instead, and there is no RouteConfiguration: TCP is not for gRPC clients.
+    fn grpc(
+        &mut self,
+        org: &str,
+        host: &Host<'_>,
+        assignment: &ClusterLoadAssignment,
+        tcp: Option<std::net::Ipv4Addr>,
+    ) {
         let name = &host.name;
         let cache_name = format!("{}{name}", crate::tenant_namespace(org));
+        let listener = match tcp {
+            Some(vip) => tcp_listener(name, vip, host.port),
+            None => listener(name),
+        };
         self.resources
-            .push((LISTENER, cache_name.clone(), pack(&listener(name))));
-        self.resources
-            .push((ROUTE, cache_name.clone(), pack(&route(name, host.host))));
+            .push((LISTENER, cache_name.clone(), pack(&listener)));
+        if tcp.is_none() {
+            self.resources
+                .push((ROUTE, cache_name.clone(), pack(&route(name, host.host))));
+        }
         self.resources
             .push((CLUSTER, cache_name.clone(), pack(&cluster(name))));
         self.resources
@@ -150,15 +172,16 @@ pub fn service(
         let assignment = |name: &str| {
             load_assignment(name, &deployment.region, &port.name, port.port, endpoints)
         };
+        let tcp = (port.protocol == Protocol::Tcp).then_some(vip);
         let own = Host::new(&own_host, port.port);
-        rendered.grpc(&deployment.org, &own, &assignment(&own.name));
+        rendered.grpc(&deployment.org, &own, &assignment(&own.name), tcp);
         // Proxyless gRPC clients of an org that `mesh.allow` names reach the service by its
         // full name, as instances behind node proxies do. They declare no app or service, so
         // what they see is decided per org.
         let full = Host::new(&full_host, port.port);
         let full_assignment = assignment(&full.name);
         for org in &other_orgs {
-            rendered.grpc(org, &full, &full_assignment);
+            rendered.grpc(org, &full, &full_assignment, tcp);
         }
     }
     let mut instances: Vec<ServiceInstance> = endpoints
@@ -248,22 +271,52 @@ pub const GATEWAY: &str = "gateway";
 /// with the proxy's own certificate, for edges), routes from RDS `gateway`.
 pub fn gateway_listener(name: &str, address: SocketAddr, mesh: bool) -> Any {
     let manager = http_connection_manager(GATEWAY);
-    pack(&Listener {
+    let address = socket_address(&address.ip().to_string(), u32::from(address.port()));
+    pack(&filter_listener(
+        name,
+        address,
+        (
+            "envoy.filters.network.http_connection_manager",
+            pack(&manager),
+        ),
+        mesh.then(gateway_transport_socket),
+    ))
+}
+
+/// A Listener `name` on `address` with one filter chain: the network `filter` (its name and
+/// typed config), over `transport_socket` if any.
+fn filter_listener(
+    name: &str,
+    address: Address,
+    (filter, config): (&str, Any),
+    transport_socket: Option<TransportSocket>,
+) -> Listener {
+    Listener {
         name: name.to_owned(),
-        address: Some(socket_address(
-            &address.ip().to_string(),
-            u32::from(address.port()),
-        )),
+        address: Some(address),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(FilterConfig::TypedConfig(pack(&manager))),
+                name: filter.to_owned(),
+                config_type: Some(FilterConfig::TypedConfig(config)),
             }],
-            transport_socket: mesh.then(gateway_transport_socket),
+            transport_socket,
             ..Default::default()
         }],
         ..Default::default()
-    })
+    }
+}
+
+/// The Listener of a `tcp` port for Envoy: on the service's virtual IP and the port, a
+/// `tcp_proxy` to the cluster of the same name.
+fn tcp_listener(name: &str, vip: std::net::Ipv4Addr, port: u32) -> Listener {
+    let proxy = TcpProxy {
+        stat_prefix: name.to_owned(),
+        cluster_specifier: Some(TcpClusterSpecifier::Cluster(name.to_owned())),
+        ..Default::default()
+    };
+    let address = socket_address(&vip.to_string(), port);
+    let filter = ("envoy.filters.network.tcp_proxy", pack(&proxy));
+    filter_listener(name, address, filter, None)
 }
 
 /// Mutual TLS on a gateway's listener: the proxy's own certificate
@@ -683,6 +736,48 @@ mod tests {
         assert_eq!(
             route.virtual_hosts[0].domains,
             ["api.shop.acme.internal:9090", "api.shop.acme.internal"]
+        );
+    }
+
+    #[test]
+    fn a_tcp_port_is_a_tcp_proxy_listener_on_the_virtual_ip_without_routes() {
+        let definition = meridian_model::parse_definition_json(
+            br#"{"org": "acme", "app": "shop", "name": "db", "regions": ["fra"],
+                "runtime": {"process": {"command": "/bin/true"}},
+                "ports": [{"name": "pg", "port": 5432, "protocol": "tcp"}]}"#,
+        )
+        .unwrap();
+        let deployment = &meridian_model::derive_regional(&definition, 1)[0];
+        let vip = std::net::Ipv4Addr::new(100, 112, 0, 9);
+        let rendered = service(deployment, b"{}", &[], None, &[], vip);
+        let name = "grpc/acme/db.shop.internal:5432";
+        let of = |wanted: &str| {
+            rendered
+                .resources
+                .iter()
+                .find(|(t, n, _)| *t == wanted && n == name)
+                .map(|(_, _, any)| any.clone())
+        };
+        assert!(of(ROUTE).is_none());
+        assert!(of(CLUSTER).is_some() && of(ENDPOINT).is_some());
+        let listener = Listener::decode(of(LISTENER).unwrap().value.as_slice()).unwrap();
+        assert!(listener.api_listener.is_none());
+        let Some(AddressKind::SocketAddress(address)) = listener.address.unwrap().address else {
+            panic!("no socket address");
+        };
+        assert_eq!(address.address, "100.112.0.9");
+        assert_eq!(address.port_specifier, Some(PortSpecifier::PortValue(5432)));
+        let filter = &listener.filter_chains[0].filters[0];
+        assert_eq!(filter.name, "envoy.filters.network.tcp_proxy");
+        let Some(FilterConfig::TypedConfig(config)) = &filter.config_type else {
+            panic!("{filter:?}");
+        };
+        let proxy = TcpProxy::decode(config.value.as_slice()).unwrap();
+        assert_eq!(
+            proxy.cluster_specifier,
+            Some(TcpClusterSpecifier::Cluster(
+                "db.shop.internal:5432".to_owned()
+            ))
         );
     }
 
