@@ -98,15 +98,20 @@ impl<'de> Visitor<'de> for EnvValueVisitor {
     }
 }
 
+/// Whether `name` is an environment variable name: letters, digits and `_`, not starting with
+/// a digit (and not empty).
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Checks a secret name: 1–128 characters, letters, digits and `_`, not starting with a digit
 /// (an environment variable name). The error says why, without the name's owner.
 pub fn check_secret_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
+    if !is_env_name(name) {
         return Err(format!(
             "`{name}` is not a secret name (letters, digits and _, not starting with a digit)"
         ));

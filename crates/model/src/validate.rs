@@ -437,12 +437,7 @@ fn validate_env(errs: &mut ValidationErrors, prefix: &str, env: &BTreeMap<String
     }
     for (key, value) in env {
         let field = format!("{prefix}.{key}");
-        let mut chars = key.chars();
-        let valid = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !crate::env::is_env_name(key) {
             errs.push(
                 field.clone(),
                 "is not an environment variable name (letters, digits and _, not starting with a digit)",

@@ -283,6 +283,17 @@ fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
     })
 }
 
+/// Creates app `org/app` (its org exists) unless it exists, inside the caller's transaction.
+async fn ensure_app(conn: &mut SqliteConnection, org: &str, app: &str) -> Result<()> {
+    sqlx::query("INSERT OR IGNORE INTO apps (org, name, created_at) VALUES (?, ?, ?)")
+        .bind(org)
+        .bind(app)
+        .bind(now_secs())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn exists(conn: &mut SqliteConnection, sql: &str, binds: &[&str]) -> Result<bool> {
     let mut query = sqlx::query(sql);
     for value in binds {
@@ -682,12 +693,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("INSERT OR IGNORE INTO apps (org, name, created_at) VALUES (?, ?, ?)")
-            .bind(org)
-            .bind(app)
-            .bind(now_secs())
-            .execute(&mut *tx)
-            .await?;
+        ensure_app(&mut tx, org, app).await?;
         let deployment = write_version(&mut tx, definition, DeploymentOrigin::Apply, None).await?;
         self.commit(tx, deployment.revision).await?;
         Ok(Applied {

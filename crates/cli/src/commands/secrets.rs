@@ -18,10 +18,12 @@ use super::resources::AppScope;
 /// `meridian secret …`
 #[derive(Subcommand)]
 pub enum SecretCommand {
-    /// Set a secret of an app (a new version when the value changes; the instances of the
-    /// services that use it are replaced with the new value). The value comes from
-    /// `NAME=VALUE`, from --from-file, or else from standard input (one trailing newline
-    /// removed). Reference it in a definition's env as `{secret: NAME}`.
+    /// Set a secret of an app.
+    ///
+    /// The value comes from `NAME=VALUE`, from --from-file, or else from standard input (one
+    /// trailing newline removed). A changed value is a new version: the instances of the
+    /// services that use it are replaced with the new value. Reference it in a definition's
+    /// env as `{secret: NAME}`. An admin token must name the org (--org).
     Set {
         /// `NAME=VALUE`, or `NAME` with --from-file or standard input. NAME: letters, digits
         /// and _, not starting with a digit.

@@ -1010,3 +1010,59 @@ fn a_promoted_rollout_is_not_held_for_its_analysis_window() {
     report_traffic(&fixture, 2, 20, 0);
     assert_eq!(phase(), RolloutPhase::Succeeded);
 }
+
+#[test]
+fn secret_values_go_only_to_assignments_that_reference_them_and_never_to_the_disk_copy() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let value = |version: u64, value: &str| meridian_xds::meridian::SecretValue {
+        name: "DB".to_owned(),
+        version,
+        value: value.to_owned(),
+    };
+    let mut using = deployment("svc1", 1, "svc1.example.com");
+    using.spec.runtime.process.env.insert(
+        "PASSWORD".to_owned(),
+        serde_json::from_str(r#"{"secret":"DB"}"#).unwrap(),
+    );
+    using.spec.secrets.insert("DB".to_owned(), 1);
+    fixture
+        .region
+        .set_secrets(&id("svc1"), vec![value(1, "first-value")]);
+    fixture
+        .region
+        .set_service(id("svc1"), Some(using.clone()), Vec::new());
+    let delivered = |instance: &str| {
+        assignment_in(&fixture.cache, instance)
+            .unwrap()
+            .secrets
+            .into_iter()
+            .map(|s| (s.name, s.version, s.value))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        delivered("svc1-0"),
+        [("DB".to_owned(), 1, "first-value".to_owned())]
+    );
+    assert_eq!(delivered("svc2-0"), []);
+
+    // A new version: the value comes first, then the spec that names it.
+    fixture
+        .region
+        .set_secrets(&id("svc1"), vec![value(2, "second-value")]);
+    using.spec.secrets.insert("DB".to_owned(), 2);
+    fixture
+        .region
+        .set_service(id("svc1"), Some(using), Vec::new());
+    assert_eq!(
+        delivered("svc1-0"),
+        [("DB".to_owned(), 2, "second-value".to_owned())]
+    );
+    let spec: ServiceSpec =
+        serde_json::from_slice(&assignment_in(&fixture.cache, "svc1-0").unwrap().spec_json)
+            .unwrap();
+    assert_eq!(spec.secrets.get("DB"), Some(&2));
+
+    let copy = serde_json::to_string(&fixture.region.disk_copy()).unwrap();
+    assert!(copy.contains("\"DB\""), "the copy names the secret");
+    assert!(!copy.contains("first-value") && !copy.contains("second-value"));
+}

@@ -4,7 +4,9 @@ use meridian_model::env::secret_references;
 use meridian_model::{ChangeKind, ChangeOp, Definition, SecretInfo};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use super::{deployment_from_row, exists, now_secs, record, to_i64, to_u64, DEPLOYMENT_COLUMNS};
+use super::{
+    deployment_from_row, ensure_app, exists, now_secs, record, to_i64, to_u64, DEPLOYMENT_COLUMNS,
+};
 use crate::{Result, StoreError};
 
 /// Creates or replaces secret `name` of `org/app` (the app is made when missing; the org must
@@ -19,13 +21,8 @@ pub(super) async fn put(
     if !exists(conn, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
         return Err(StoreError::NotFound(format!("org `{org}`")));
     }
+    ensure_app(conn, org, app).await?;
     let now = now_secs();
-    sqlx::query("INSERT OR IGNORE INTO apps (org, name, created_at) VALUES (?, ?, ?)")
-        .bind(org)
-        .bind(app)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
     let before: Option<i64> =
         sqlx::query_scalar("SELECT version FROM secrets WHERE org = ? AND app = ? AND name = ?")
             .bind(org)
