@@ -251,10 +251,14 @@ async fn placement_places_no_more_than_a_node_offers_and_says_why() {
         problems(&fra),
         ["1 instance not placed: no node has 0.5 cpu free (the most: 0 on node one)"]
     );
-    // The table says it too.
+    // The table says it too, and the node list shows what the node's instances ask of it.
     let table = platform.cli.ok(&["status", "hello", "--app", "shop"]);
     assert!(
         table.contains("fra: 1 instance not placed: no node has 0.5 cpu free"),
         "{table}"
     );
+    let list = platform
+        .cli
+        .ok(&["node", "list", "--control", &region.admin]);
+    assert!(list.contains("one\tready\t2\t8\t1/1\t0/4Gi"), "{list}");
 }

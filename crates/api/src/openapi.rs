@@ -90,7 +90,10 @@ mod tests {
         assert!(!schemas["Definition"]["properties"]["resources"].is_null());
         assert!(!schemas["RegionOverride"]["properties"]["resources"].is_null());
         let resources = &schemas["Resources"]["properties"];
-        assert!(!resources["cpu"].is_null() && !resources["memory"].is_null(), "{resources}");
+        assert!(
+            !resources["cpu"].is_null() && !resources["memory"].is_null(),
+            "{resources}"
+        );
         assert!(!schemas["RegionStatus"]["properties"]["problems"].is_null());
     }
 }

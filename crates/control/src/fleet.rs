@@ -257,6 +257,17 @@ impl Fleet {
             .collect()
     }
 
+    /// What live node `node` offers its instances and what those placed there ask of it.
+    pub fn room_of(&self, node: &str) -> Option<(Amounts, Amounts)> {
+        let offer = self.nodes.get(node)?.offer;
+        let asked = self
+            .load(None)
+            .get(node)
+            .map(|l| l.asked)
+            .unwrap_or_default();
+        Some((offer, asked))
+    }
+
     /// How many instances the live nodes may run together.
     pub fn capacity(&self) -> u32 {
         self.nodes.values().map(|n| n.capacity).sum()
@@ -1245,6 +1256,12 @@ mod tests {
         fleet.place(&desired, unknown, start);
         assert_eq!(nodes_of(&fleet, "web"), ["a", "a", "b"]);
         assert_eq!(fleet.unplaced(&service("web")), None);
+        let asked = |cpu_millis| Amounts {
+            cpu_millis,
+            memory_bytes: cpu_millis / 1000 * (256 << 20),
+        };
+        assert_eq!(fleet.room_of("a").unwrap().1, asked(2000));
+        assert_eq!(fleet.room_of("b").unwrap().1, asked(1000));
         // An agent that says nothing counts nothing.
         let mut fleet = Fleet::new(start);
         fleet.report(node("c", 8, &[]), start);
