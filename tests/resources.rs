@@ -30,6 +30,19 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     )
 }
 
+/// A platform running `definition` in fra, on node `one` (instances from `addresses`, in host
+/// mode).
+fn platform(
+    definition: &str,
+    addresses: &str,
+) -> (tempfile::TempDir, Deployed, RegionalPlane, support::Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), definition);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    let agent = agent(&region, "one", addresses, dir.path());
+    (dir, platform, region, agent)
+}
+
 /// Whether this test may use cgroups (root, and a memory controller); a skip says so, and
 /// fails under MERIDIAN_TEST_STRICT=1.
 fn cgroups_or_skip() -> bool {
@@ -105,12 +118,9 @@ async fn an_instance_over_its_memory_limit_is_killed_reported_and_restarted() {
     if !cgroups_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     // Allocating 96 MiB under a 48 MiB limit.
     let definition = hello(1, "{memory: 48Mi}", "{HELLO_ALLOCATE_MIB: \"96\"}");
-    let platform = Deployed::start(dir.path(), &definition);
-    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
-    let _agent = agent(&region, "one", "127.0.230.1", dir.path());
+    let (dir, platform, _region, _agent) = platform(&definition, "127.0.230.1");
 
     let fra = status_until(&platform, "oom_killed", |fra| {
         problems(fra).iter().any(|p| p.contains("oom_killed"))
@@ -150,11 +160,8 @@ async fn an_instance_s_limits_are_in_its_cgroup_which_goes_with_it() {
     if !cgroups_or_skip() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     let definition = hello(1, "{cpu: 0.25, memory: 64Mi}", "{}");
-    let platform = Deployed::start(dir.path(), &definition);
-    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
-    let agent = agent(&region, "one", "127.0.231.1", dir.path());
+    let (dir, platform, _region, agent) = platform(&definition, "127.0.231.1");
     status_until(&platform, "running", |fra| fra["state"] == "running").await;
 
     let pid_file = dir.path().join("one/instances/acme.shop.hello-0/pid");
@@ -244,10 +251,14 @@ async fn placement_places_no_more_than_a_node_offers_and_says_why() {
         problems(&fra),
         ["1 instance not placed: no node has 0.5 cpu free (the most: 0 on node one)"]
     );
-    // The table says it too.
+    // The table says it too, and the node list shows what the node's instances ask of it.
     let table = platform.cli.ok(&["status", "hello", "--app", "shop"]);
     assert!(
         table.contains("fra: 1 instance not placed: no node has 0.5 cpu free"),
         "{table}"
     );
+    let list = platform
+        .cli
+        .ok(&["node", "list", "--control", &region.admin]);
+    assert!(list.contains("one\tready\t2\t8\t1/1\t0/4Gi"), "{list}");
 }

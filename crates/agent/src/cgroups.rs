@@ -380,7 +380,7 @@ impl Cgroup {
     }
 
     /// How often the kernel's OOM killer killed a process of this cgroup.
-    pub fn oom_kills(&self) -> u64 {
+    fn oom_kills(&self) -> u64 {
         let file = match self.version {
             1 => "memory.oom_control",
             _ => "memory.events",
@@ -417,22 +417,23 @@ impl Cgroup {
         }
     }
 
-    /// Kills every process left in the cgroup and removes it, waiting up to two seconds for
-    /// them to be gone.
-    pub async fn remove(self) {
-        let removed = tokio::task::spawn_blocking(move || {
+    /// Ends the run's cgroup, off the async threads: reads how often the OOM killer killed
+    /// in it ([`Cgroup::oom_kills`]; returned), then kills every process left and removes it,
+    /// waiting up to two seconds for them to be gone.
+    pub async fn end(self) -> u64 {
+        let ended = tokio::task::spawn_blocking(move || {
+            let oom_kills = self.oom_kills();
             let deadline = std::time::Instant::now() + Duration::from_secs(2);
             while !self.kill_and_remove_now() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            self
+            if self.dirs.iter().any(|(_, d)| d.exists()) {
+                tracing::warn!(cgroup = ?self.dirs, "a cgroup could not be removed");
+            }
+            oom_kills
         })
         .await;
-        if let Ok(cgroup) = removed {
-            if cgroup.dirs.iter().any(|(_, d)| d.exists()) {
-                tracing::warn!(cgroup = ?cgroup.dirs, "a cgroup could not be removed");
-            }
-        }
+        ended.unwrap_or(0)
     }
 
     /// Kills what runs in the cgroup and tries to remove its directories once; whether they

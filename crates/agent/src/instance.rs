@@ -280,7 +280,7 @@ async fn run_once(
     if let Some(image) = &launch.spec.runtime.image {
         return run_container(launch, image, client, states, stop).await;
     }
-    let cgroup = match cgroup_of(launch) {
+    let cgroup = match cgroup_of(launch).await {
         Ok(cgroup) => cgroup,
         Err(e) => return Ended::Exited(format!("cannot apply its resources: {e}")),
     };
@@ -291,8 +291,7 @@ async fn run_once(
     let Some(cgroup) = cgroup else {
         return ended;
     };
-    let oom_killed = cgroup.oom_kills() > 0;
-    cgroup.remove().await;
+    let oom_killed = cgroup.end().await > 0;
     match (ended, launch.spec.resources.memory) {
         (Ended::Exited(detail) | Ended::Unhealthy(detail), Some(limit)) if oom_killed => {
             Ended::Exited(format!(
@@ -337,13 +336,18 @@ async fn supervise_to_end(
     ended
 }
 
-/// The cgroup of the instance's next run, with its spec's limits; none when the node has no
-/// cgroups, or they fail and the spec asks for no resources (then it runs as before).
-fn cgroup_of(launch: &Launch) -> std::io::Result<Option<Cgroup>> {
-    let Some(cgroups) = &launch.cgroups else {
+/// The cgroup of the instance's next run, with its spec's limits (made off the async
+/// threads); none when the node has no cgroups, or they fail and the spec asks for no
+/// resources (then it runs as before).
+async fn cgroup_of(launch: &Launch) -> std::io::Result<Option<Cgroup>> {
+    let Some(cgroups) = launch.cgroups.clone() else {
         return Ok(None);
     };
-    match cgroups.create(&launch.key(), &Limits::of(&launch.spec.resources)) {
+    let (key, limits) = (launch.key(), Limits::of(&launch.spec.resources));
+    let made = tokio::task::spawn_blocking(move || cgroups.create(&key, &limits))
+        .await
+        .map_err(std::io::Error::other)?;
+    match made {
         Ok(cgroup) => Ok(Some(cgroup)),
         Err(e) if launch.spec.resources.is_empty() => {
             tracing::warn!(instance = %launch.instance, error = %e, "cannot make the instance's cgroup; it runs without");

@@ -85,4 +85,18 @@ mod tests {
             assert!(!event[field].is_null(), "{field}: {event}");
         }
     }
+
+    #[test]
+    fn definitions_carry_resources_and_statuses_their_problems() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert!(!schemas["Definition"]["properties"]["resources"].is_null());
+        assert!(!schemas["RegionOverride"]["properties"]["resources"].is_null());
+        let resources = &schemas["Resources"]["properties"];
+        assert!(
+            !resources["cpu"].is_null() && !resources["memory"].is_null(),
+            "{resources}"
+        );
+        assert!(!schemas["RegionStatus"]["properties"]["problems"].is_null());
+    }
 }

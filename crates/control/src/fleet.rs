@@ -47,6 +47,17 @@ struct Node {
     instances: BTreeMap<InstanceKey, InstanceReport>,
 }
 
+/// What is placed on a node.
+#[derive(Debug, Clone, Copy, Default)]
+struct Load {
+    /// Instances of the service being placed.
+    of_service: u32,
+    /// Instances.
+    all: u32,
+    /// What they ask of it.
+    asked: Amounts,
+}
+
 /// What one agent's report changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reported {
@@ -246,6 +257,17 @@ impl Fleet {
             .collect()
     }
 
+    /// What live node `node` offers its instances and what those placed there ask of it.
+    pub fn room_of(&self, node: &str) -> Option<(Amounts, Amounts)> {
+        let offer = self.nodes.get(node)?.offer;
+        let asked = self
+            .load(None)
+            .get(node)
+            .map(|l| l.asked)
+            .unwrap_or_default();
+        Some((offer, asked))
+    }
+
     /// How many instances the live nodes may run together.
     pub fn capacity(&self) -> u32 {
         self.nodes.values().map(|n| n.capacity).sum()
@@ -371,16 +393,14 @@ impl Fleet {
                 moves.drained.insert(key);
             }
         }
-        let mut placed = 0;
-        for _ in 0..start {
+        for placed in 0..start {
             let Some(node) = self.best_node(service, want.asks, &avoid) else {
                 let reason = self.no_room(want.asks);
-                let left = u32::try_from(start - placed).unwrap_or(u32::MAX);
+                let left = start - placed;
                 tracing::debug!(?service, left, %reason, "instances not placed");
                 self.unplaced.insert(service.clone(), (left, reason));
                 return;
             };
-            placed += 1;
             let used: BTreeSet<u32> = self
                 .placed(service)
                 .filter_map(|((_, instance), _)| number_of(instance))
@@ -413,7 +433,8 @@ impl Fleet {
 
     /// Why no live node takes one more instance asking `asks`.
     fn no_room(&self, asks: Amounts) -> String {
-        let (load, used) = self.load(None);
+        let load = self.load(None);
+        let of = |name: &str| load.get(name).copied().unwrap_or_default();
         let open: Vec<(&str, &Node)> = self
             .nodes
             .iter()
@@ -428,14 +449,8 @@ impl Fleet {
         }
         let with_room: Vec<(&str, Amounts, Amounts)> = open
             .iter()
-            .filter(|(name, node)| load.get(name).map_or(0, |l| l.1) < node.capacity)
-            .map(|(name, node)| {
-                (
-                    *name,
-                    node.offer,
-                    used.get(name).copied().unwrap_or_default(),
-                )
-            })
+            .filter(|(name, node)| of(name).all < node.capacity)
+            .map(|(name, node)| (*name, node.offer, of(name).asked))
             .collect();
         if with_room.is_empty() {
             return "every node runs as many instances as its capacity allows".to_owned();
@@ -604,23 +619,18 @@ impl Fleet {
             .any(|n| n.instances.get(key).is_some_and(|i| i.state == "failed"))
     }
 
-    /// Each node's instances (of `service`, and all) and what they ask of it.
-    fn load(
-        &self,
-        service: Option<&ServiceId>,
-    ) -> (BTreeMap<&str, (u32, u32)>, BTreeMap<&str, Amounts>) {
-        let mut load: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
-        let mut used: BTreeMap<&str, Amounts> = BTreeMap::new();
+    /// Each node's load: its instances (of `service`, and all) and what they ask of it.
+    fn load(&self, service: Option<&ServiceId>) -> BTreeMap<&str, Load> {
+        let mut load: BTreeMap<&str, Load> = BTreeMap::new();
         for ((s, _), placed) in &self.placements {
             let entry = load.entry(placed.node.as_str()).or_default();
-            entry.1 += 1;
+            entry.all += 1;
             if Some(s) == service {
-                entry.0 += 1;
+                entry.of_service += 1;
             }
-            let asked = used.entry(placed.node.as_str()).or_default();
-            *asked = asked.plus(placed.asks);
+            entry.asked = entry.asked.plus(placed.asks);
         }
-        (load, used)
+        load
     }
 
     /// The live node with room for one more instance of `service` asking `asks` (by count,
@@ -632,18 +642,21 @@ impl Fleet {
         asks: Amounts,
         avoid: &BTreeSet<String>,
     ) -> Option<String> {
-        let (load, used) = self.load(Some(service));
+        let load = self.load(Some(service));
+        let of = |name: &str| load.get(name).copied().unwrap_or_default();
         self.nodes
             .iter()
             .filter(|(name, _)| !self.cordoned.contains(*name))
-            .filter(|(name, node)| load.get(name.as_str()).map_or(0, |l| l.1) < node.capacity)
-            .filter(|(name, node)| {
-                let used = used.get(name.as_str()).copied().unwrap_or_default();
-                room::fits(node.offer, used, asks)
-            })
+            .filter(|(name, node)| of(name).all < node.capacity)
+            .filter(|(name, node)| room::fits(node.offer, of(name).asked, asks))
             .min_by_key(|(name, _)| {
-                let (same, all) = load.get(name.as_str()).copied().unwrap_or_default();
-                (avoid.contains(*name), same, all, (*name).clone())
+                let load = of(name);
+                (
+                    avoid.contains(*name),
+                    load.of_service,
+                    load.all,
+                    (*name).clone(),
+                )
             })
             .map(|(name, _)| name.clone())
     }
@@ -1243,6 +1256,12 @@ mod tests {
         fleet.place(&desired, unknown, start);
         assert_eq!(nodes_of(&fleet, "web"), ["a", "a", "b"]);
         assert_eq!(fleet.unplaced(&service("web")), None);
+        let asked = |cpu_millis| Amounts {
+            cpu_millis,
+            memory_bytes: cpu_millis / 1000 * (256 << 20),
+        };
+        assert_eq!(fleet.room_of("a").unwrap().1, asked(2000));
+        assert_eq!(fleet.room_of("b").unwrap().1, asked(1000));
         // An agent that says nothing counts nothing.
         let mut fleet = Fleet::new(start);
         fleet.report(node("c", 8, &[]), start);

@@ -80,14 +80,7 @@ async fn set_drained(
             }
             let status: Option<NodeStatus> =
                 nodes.region.nodes().into_iter().find(|n| n.name == node);
-            let fallback = NodeStatus {
-                name: node,
-                live: false,
-                drained,
-                capacity: 0,
-                instances: 0,
-            };
-            Json(status.unwrap_or(fallback)).into_response()
+            Json(status.unwrap_or_else(|| NodeStatus::gone(node, drained))).into_response()
         }
         Err(e) => {
             let body =

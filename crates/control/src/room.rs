@@ -51,33 +51,36 @@ pub fn fits(offer: Amounts, used: Amounts, asks: Amounts) -> bool {
 /// Why an instance asking `asks` fits on none of `nodes` (name, offer, used), which have room
 /// for one more instance by count: the amount no node has free, with the most any has.
 pub fn no_room(nodes: &[(&str, Amounts, Amounts)], asks: Amounts) -> String {
-    let frees: Vec<(&str, Option<u64>, Option<u64>)> = nodes
+    // Each node's free CPU and memory (`None`: not counted).
+    let frees: Vec<(&str, [Option<u64>; 2])> = nodes
         .iter()
         .map(|(name, offer, used)| {
             let (cpu, memory) = free(*offer, *used);
-            (*name, cpu, memory)
+            (*name, [cpu, memory])
         })
         .collect();
-    let cpu_fits = |cpu: Option<u64>| cpu.is_none_or(|free| asks.cpu_millis <= free);
-    let memory_fits = |memory: Option<u64>| memory.is_none_or(|free| asks.memory_bytes <= free);
-    let most = |pick: fn(&(&str, Option<u64>, Option<u64>)) -> Option<u64>| {
+    let fits = |free: Option<u64>, asked: u64| free.is_none_or(|free| asked <= free);
+    let cpu_fits = |cpu: Option<u64>| fits(cpu, asks.cpu_millis);
+    let memory_fits = |memory: Option<u64>| fits(memory, asks.memory_bytes);
+    // The most of amount `i` free on a node, and that node.
+    let most = |i: usize| {
         frees
             .iter()
-            .filter_map(|node| Some((pick(node)?, node.0)))
+            .filter_map(|(name, free)| Some((free[i]?, *name)))
             .max()
     };
     let cpu = Cpu::from_millis(u32::try_from(asks.cpu_millis).unwrap_or(u32::MAX));
     let memory = Memory::from_bytes(asks.memory_bytes);
     let cpu_words = |millis: u64| Cpu::from_millis(u32::try_from(millis).unwrap_or(u32::MAX));
-    if !frees.iter().any(|n| cpu_fits(n.1)) {
-        let (left, node) = most(|n| n.1).unwrap_or_default();
+    if !frees.iter().any(|n| cpu_fits(n.1[0])) {
+        let (left, node) = most(0).unwrap_or_default();
         return format!(
             "no node has {cpu} cpu free (the most: {} on node {node})",
             cpu_words(left)
         );
     }
-    if !frees.iter().any(|n| memory_fits(n.2)) {
-        let (left, node) = most(|n| n.2).unwrap_or_default();
+    if !frees.iter().any(|n| memory_fits(n.1[1])) {
+        let (left, node) = most(1).unwrap_or_default();
         return format!(
             "no node has {memory} memory free (the most: {} on node {node})",
             Memory::from_bytes(left)

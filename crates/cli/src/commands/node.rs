@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use meridian_model::{Cpu, Memory};
 
 use crate::ClientArgs;
 
@@ -69,14 +70,19 @@ pub async fn run(command: NodeCommand, client: ClientArgs) -> Result<()> {
     match command {
         NodeCommand::List(_) => {
             let nodes = body.as_array().cloned().unwrap_or_default();
-            println!("NODE\tSTATE\tINSTANCES\tCAPACITY");
+            println!("NODE\tSTATE\tINSTANCES\tCAPACITY\tCPU\tMEMORY");
             for node in nodes {
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}",
                     node["name"].as_str().unwrap_or_default(),
                     state(&node),
                     node["instances"],
-                    node["capacity"]
+                    node["capacity"],
+                    asked_of(&node, "cpu_millis", |n| Cpu::from_millis(
+                        u32::try_from(n).unwrap_or(u32::MAX)
+                    )
+                    .to_string()),
+                    asked_of(&node, "memory_bytes", |n| Memory::from_bytes(n).to_string()),
                 );
             }
         }
@@ -89,6 +95,17 @@ pub async fn run(command: NodeCommand, client: ClientArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a node's instances ask of its `field` out of what it offers (`1.5/4`), each shown by
+/// `show`; `-` when it does not say.
+fn asked_of(node: &serde_json::Value, field: &str, show: fn(u64) -> String) -> String {
+    let offered = node[field].as_u64().unwrap_or(0);
+    let asked = node[format!("{field}_asked")].as_u64().unwrap_or(0);
+    if offered == 0 {
+        return "-".to_owned();
+    }
+    format!("{}/{}", show(asked), show(offered))
 }
 
 /// How a node is listed: `ready`, `drained`, or `gone` (its agent stopped reporting).

@@ -48,6 +48,32 @@ pub struct NodeStatus {
     pub capacity: u32,
     /// How many instances are placed there (draining ones included).
     pub instances: usize,
+    /// The CPU it offers its instances, in thousandths of a core (0: not said).
+    pub cpu_millis: u64,
+    /// The CPU its instances ask (their `resources.cpu`), in thousandths of a core.
+    pub cpu_millis_asked: u64,
+    /// The memory it offers its instances, in bytes (0: not said).
+    pub memory_bytes: u64,
+    /// The memory its instances ask, in bytes.
+    pub memory_bytes_asked: u64,
+}
+
+impl NodeStatus {
+    /// Node `name`, whose agent does not report (drained or not): nothing placed, nothing
+    /// offered.
+    pub fn gone(name: String, drained: bool) -> NodeStatus {
+        NodeStatus {
+            name,
+            live: false,
+            drained,
+            capacity: 0,
+            instances: 0,
+            cpu_millis: 0,
+            cpu_millis_asked: 0,
+            memory_bytes: 0,
+            memory_bytes_asked: 0,
+        }
+    }
 }
 
 /// Where a region's gateway listens.
@@ -282,23 +308,24 @@ impl Region {
             .fleet
             .node_list()
             .into_iter()
-            .map(|(name, capacity, instances)| NodeStatus {
-                name: name.to_owned(),
-                live: true,
-                drained: drained.contains(name),
-                capacity,
-                instances,
+            .map(|(name, capacity, instances)| {
+                let (offer, asked) = state.fleet.room_of(name).unwrap_or_default();
+                NodeStatus {
+                    name: name.to_owned(),
+                    live: true,
+                    drained: drained.contains(name),
+                    capacity,
+                    instances,
+                    cpu_millis: offer.cpu_millis,
+                    cpu_millis_asked: asked.cpu_millis,
+                    memory_bytes: offer.memory_bytes,
+                    memory_bytes_asked: asked.memory_bytes,
+                }
             })
             .collect();
         for name in drained {
             if !nodes.iter().any(|n| n.name == *name) {
-                nodes.push(NodeStatus {
-                    name: name.clone(),
-                    live: false,
-                    drained: true,
-                    capacity: 0,
-                    instances: 0,
-                });
+                nodes.push(NodeStatus::gone(name.clone(), true));
             }
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1020,7 +1020,7 @@ fn secret_values_go_only_to_assignments_that_reference_them_and_never_to_the_dis
         value: value.to_owned(),
     };
     let mut using = deployment("svc1", 1, "svc1.example.com");
-    using.spec.runtime.process.env.insert(
+    using.spec.runtime.env_mut().unwrap().insert(
         "PASSWORD".to_owned(),
         serde_json::from_str(r#"{"secret":"DB"}"#).unwrap(),
     );
