@@ -24,7 +24,7 @@ use crate::addresses::AddressPool;
 use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
 use crate::drain::Leaving;
-use crate::image::{ImageStore, RegistryOptions};
+use crate::image::ImageStore;
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
@@ -62,7 +62,7 @@ pub struct AgentOptions {
     /// Where the node proxy's admin port listens (/metrics, /config, /listeners, /healthz).
     pub admin: Option<std::net::SocketAddr>,
     /// How image instances' registries are reached.
-    pub registries: RegistryOptions,
+    pub registries: meridian_model::RegistryOptions,
 }
 
 /// The label of the instances gauge.

@@ -35,7 +35,7 @@ pub use domains::{check_domain, contested_domains, covering_wildcards, domains_o
 pub use duration::HumanDuration;
 pub use error::{FieldError, ValidationErrors};
 pub use geo::distance_km;
-pub use image_ref::{check_digest, ImageRef, DEFAULT_REGISTRY};
+pub use image_ref::{check_digest, Credential, ImageRef, RegistryOptions, DEFAULT_REGISTRY};
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{
