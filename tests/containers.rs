@@ -37,7 +37,8 @@ fn prerequisites() -> bool {
     if missing.is_empty() && namespaces {
         return true;
     }
-    let why = format!("missing {missing:?}, network namespaces available: {namespaces} (needs root)");
+    let why =
+        format!("missing {missing:?}, network namespaces available: {namespaces} (needs root)");
     assert!(!support::strict(), "{why} (MERIDIAN_TEST_STRICT=1)");
     eprintln!("skipped: {why}");
     false
@@ -75,7 +76,10 @@ fn start_registry(dir: &Path) -> Registry {
     let process = Killed(child);
     let end = Instant::now() + DEADLINE;
     while std::net::TcpStream::connect(&address).is_err() {
-        assert!(Instant::now() < end, "the registry never listened on {address}");
+        assert!(
+            Instant::now() < end,
+            "the registry never listened on {address}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Registry {
@@ -120,24 +124,32 @@ fn build_image(dir: &Path, tag: &str, greeting: &str) -> PathBuf {
         std::fs::copy(from, &to).unwrap();
     }
     std::fs::create_dir_all(root.join("tmp")).unwrap();
-    let layer = dir.join(format!("layer-{tag}.tar.gz"));
+    let tar_file = dir.join(format!("layer-{tag}.tar"));
     let tar = Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-czf"])
-        .arg(&layer)
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
+        .arg(&tar_file)
         .arg("-C")
         .arg(&root)
         .arg(".")
         .status()
         .unwrap();
     assert!(tar.success());
-    let layer = std::fs::read(&layer).unwrap();
-    let diff_id = {
-        let mut tar = Vec::new();
-        std::io::Read::read_to_end(&mut flate2_free_gunzip(&layer), &mut tar).unwrap();
-        sha256(&tar)
-    };
+    let diff_id = sha256(&std::fs::read(&tar_file).unwrap());
+    let gz_file = dir.join(format!("layer-{tag}.tar.gz"));
+    let gzip = Command::new("gzip")
+        .arg("-c")
+        .arg(&tar_file)
+        .stdout(std::fs::File::create(&gz_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(gzip.success());
+    let layer = std::fs::read(&gz_file).unwrap();
     let layout = dir.join(format!("layout-{tag}"));
-    let layer = blob(&layout, "application/vnd.oci.image.layer.v1.tar+gzip", &layer);
+    let layer = blob(
+        &layout,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &layer,
+    );
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Entrypoint": ["/hello"], "Env": [format!("GREETING={greeting}")], "User": "65534:65534"},
@@ -170,21 +182,6 @@ fn build_image(dir: &Path, tag: &str, greeting: &str) -> PathBuf {
     )
     .unwrap();
     layout
-}
-
-/// The uncompressed tar of a gzip stream, through `gzip -dc` (no compression crate in the
-/// tests' dependencies).
-fn flate2_free_gunzip(gz: &[u8]) -> std::io::Cursor<Vec<u8>> {
-    use std::io::Write;
-    let mut child = Command::new("gzip")
-        .arg("-dc")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(gz).unwrap();
-    let output = child.wait_with_output().unwrap();
-    std::io::Cursor::new(output.stdout)
 }
 
 /// Pushes the layout's image `tag` to `registry` as `hello:as_tag`.
@@ -247,7 +244,11 @@ fn current_image(platform: &Deployed) -> String {
         .ok(&["get", "deployments", "web", "--app", "shop"]);
     let current = table
         .lines()
-        .find(|l| l.split_whitespace().next().is_some_and(|v| v.ends_with('*')))
+        .find(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|v| v.ends_with('*'))
+        })
         .unwrap_or_else(|| panic!("no current version in {table}"));
     current.split_whitespace().nth(3).unwrap().to_owned()
 }
@@ -279,14 +280,23 @@ async fn an_image_runs_pinned_to_its_digest_until_the_next_deploy() {
     let insecure = ["--insecure-registry", registry.address.as_str()];
     let platform = Deployed::start_with(dir.path(), &service(&reference), &insecure);
     assert_eq!(current_image(&platform), format!("{reference}@{v1_digest}"));
-    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", Some("127.0.211.1:8080"));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.211.1:8080"),
+    );
     let node = agent_with(
         &region,
         "fra-1",
         dir.path(),
         &[
-            "--isolation", "netns", "--instance-network", "100.64.210.0",
-            "--insecure-registry", &registry.address,
+            "--isolation",
+            "netns",
+            "--instance-network",
+            "100.64.210.0",
+            "--insecure-registry",
+            &registry.address,
         ],
     );
     let (_gateway, _) = gateway(&region, dir.path()).await;
@@ -304,11 +314,18 @@ async fn an_image_runs_pinned_to_its_digest_until_the_next_deploy() {
     greets(&edge, "from-v2").await;
 
     // A tag the registry does not have is refused at deploy, naming the field; nothing changes.
-    std::fs::write(&platform.definition, service(&format!("{}/hello:missing", registry.address))).unwrap();
+    std::fs::write(
+        &platform.definition,
+        service(&format!("{}/hello:missing", registry.address)),
+    )
+    .unwrap();
     let refused = platform
         .cli
         .fails(&["deploy", "-f", platform.definition.to_str().unwrap()]);
-    assert!(refused.contains("runtime.image.ref") && refused.contains("not found"), "{refused}");
+    assert!(
+        refused.contains("runtime.image.ref") && refused.contains("not found"),
+        "{refused}"
+    );
     assert_eq!(current_image(&platform), format!("{reference}@{v2_digest}"));
 
     // A digest the registry does not have (pinned by its writer, so not asked at deploy) is
@@ -317,9 +334,17 @@ async fn an_image_runs_pinned_to_its_digest_until_the_next_deploy() {
     platform.deploy(&service(&ghost));
     let end = Instant::now() + DEADLINE;
     while node.log().matches("pulling the image failed").count() < 2 {
-        assert!(Instant::now() < end, "the agent never retried the pull: {}", node.log());
+        assert!(
+            Instant::now() < end,
+            "the agent never retried the pull: {}",
+            node.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(node.log().contains("not found in the registry"), "{}", node.log());
+    assert!(
+        node.log().contains("not found in the registry"),
+        "{}",
+        node.log()
+    );
     greets(&edge, "from-v2").await;
 }
