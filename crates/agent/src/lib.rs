@@ -27,7 +27,6 @@ mod supervisor;
 
 pub use addresses::AddressPool;
 pub use image::runc::available as runc_available;
-pub use image::{Credential, RegistryOptions};
 pub use instance::{InstanceState, State};
 pub use logs::log_dir;
 pub use netns::{available as netns_available, prefix as netns_prefix};

@@ -26,7 +26,7 @@ use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
 use crate::cgroups::Cgroups;
 use crate::drain::Leaving;
-use crate::image::{ImageStore, RegistryOptions};
+use crate::image::ImageStore;
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
@@ -67,7 +67,7 @@ pub struct AgentOptions {
     /// Where the node proxy's admin port listens (/metrics, /config, /listeners, /healthz).
     pub admin: Option<std::net::SocketAddr>,
     /// How image instances' registries are reached.
-    pub registries: RegistryOptions,
+    pub registries: meridian_model::RegistryOptions,
 }
 
 /// The label of the instances gauge.

@@ -9,6 +9,7 @@
 mod auth;
 mod error;
 mod extract;
+mod images;
 mod metrics;
 mod openapi;
 mod readiness;
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub(crate) secrets: Option<Arc<SealingKey>>,
     /// What the plane waits for before `/readyz` says it is ready (beyond its store).
     readiness: Readiness,
+    /// The registries image tags are resolved at.
+    pub(crate) registries: Arc<images::Registries>,
 }
 
 /// Who the caller's token belongs to.
@@ -75,6 +78,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         Reports::default(),
         None,
         Readiness::default(),
+        meridian_model::RegistryOptions::default(),
     )
 }
 
@@ -93,8 +97,8 @@ pub struct RootTrust {
 /// process's other metrics in `registry` (rendered with the API's on `/metrics`). Region reports
 /// are recorded in `reports`, which the caller may share (e.g. to publish them to the regions).
 /// Uploaded certificates' keys and apps' secrets are sealed with `secrets`; without it both
-/// are refused.
-/// `/readyz` answers 503, naming what is waited for, until `readiness` is ready.
+/// are refused. `/readyz` answers 503, naming what is waited for, until `readiness` is ready.
+/// Image tags in applied definitions are resolved at the registries as `registries` says.
 pub fn router_with(
     store: Arc<dyn Store>,
     trust: Option<RootTrust>,
@@ -102,6 +106,7 @@ pub fn router_with(
     reports: Reports,
     secrets: Option<Arc<SealingKey>>,
     readiness: Readiness,
+    registries: meridian_model::RegistryOptions,
 ) -> Router {
     use routes::{
         domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy,
@@ -113,6 +118,7 @@ pub fn router_with(
         reports,
         secrets,
         readiness,
+        registries: Arc::new(images::Registries::new(registries)),
     };
     let openapi = openapi::document();
     let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";

@@ -8,6 +8,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// A registry address nothing listens on (the test servers speak plain HTTP to it).
+const CLOSED_REGISTRY: &str = "127.0.210.99:9";
+
 struct Server {
     base: String,
     admin: Option<String>,
@@ -37,6 +40,10 @@ impl Server {
             Default::default(),
             Some(secrets),
             readiness,
+            meridian_model::RegistryOptions {
+                insecure: vec![CLOSED_REGISTRY.to_owned()],
+                ..Default::default()
+            },
         );
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
@@ -1197,4 +1204,33 @@ async fn secrets_are_set_listed_without_values_referenced_and_kept_while_in_use(
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, _) = acme.delete(secret).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_image_whose_registry_cannot_be_reached_is_refused_naming_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let before = admin.revision().await;
+    let mut image = definition("acme", "web", "v1");
+    image["runtime"] = json!({"image": {"ref": format!("{CLOSED_REGISTRY}/shop/web:v1")}});
+    image["overrides"] =
+        json!({"iad": {"runtime": {"image": {"ref": format!("{CLOSED_REGISTRY}/shop/web:v2")}}}});
+    let (status, body) = admin.post("/v1/services", image).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["runtime.image.ref", "overrides.iad.runtime.image.ref"],
+        "{body}"
+    );
+    let message = body["error"]["details"][0]["message"].as_str().unwrap();
+    assert!(message.contains("registry unreachable"), "{message}");
+    assert_eq!(admin.revision().await, before, "nothing was stored");
 }

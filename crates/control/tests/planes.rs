@@ -110,6 +110,7 @@ async fn a_region_run_in_process_follows_the_deployments_of_a_global_plane() {
             listen: ANY.parse().unwrap(),
             xds: ANY.parse().unwrap(),
             say,
+            registries: Default::default(),
         };
         run_global(options, shutdown)
     });
@@ -194,6 +195,7 @@ async fn a_port_in_use_fails_the_start_at_once() {
         listen: address,
         xds: ANY.parse().unwrap(),
         say,
+        registries: Default::default(),
     };
     let started = tokio::time::timeout(DEADLINE, run_global(options, std::future::pending()));
     match started.await.expect("an answer at once") {

@@ -1,7 +1,34 @@
 //! Image references: `[REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST]`, as Docker and OCI
 //! distribution write them.
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+/// A registry's user name and password (HTTP basic; exchanged for a token where the registry
+/// uses a token service).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The user name.
+    pub username: String,
+    /// The password or token; never printed.
+    pub password: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credential({}, <hidden>)", self.username)
+    }
+}
+
+/// How registries are reached, by whoever asks them (the global control plane resolving tags,
+/// agents pulling).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryOptions {
+    /// Registries (`HOST:PORT`, as image references name them) spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Credentials by registry (`HOST[:PORT]`); other registries are asked anonymously.
+    pub credentials: BTreeMap<String, Credential>,
+}
 
 /// The registry a reference without one names (Docker Hub, as every container tool assumes).
 pub const DEFAULT_REGISTRY: &str = "docker.io";

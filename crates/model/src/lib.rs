@@ -39,7 +39,7 @@ pub use duration::HumanDuration;
 pub use env::{check_secret_name, EnvValue, SecretRef};
 pub use error::{FieldError, ValidationErrors};
 pub use geo::distance_km;
-pub use image_ref::{check_digest, ImageRef, DEFAULT_REGISTRY};
+pub use image_ref::{check_digest, Credential, ImageRef, RegistryOptions, DEFAULT_REGISTRY};
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{

@@ -9,4 +9,4 @@ pub mod spec;
 pub mod store;
 pub mod unpack;
 
-pub use store::{Credential, ImageStore, Pulled, RegistryOptions};
+pub use store::{ImageStore, Pulled};

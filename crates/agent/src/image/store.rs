@@ -7,142 +7,17 @@
 //!
 //! A blob is pulled once per node: concurrent pulls of one digest wait for the first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use meridian_model::ImageRef;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use meridian_model::{ImageRef, RegistryOptions};
+use meridian_registry::{auth, client, remote_reference, RegistryError as PullError};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
-use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use oci_spec::image::ImageConfiguration;
 use sha2::{Digest, Sha256};
-
-/// A registry's user name and password (HTTP basic; the registry's token service is asked with
-/// them when it uses one).
-#[derive(Clone)]
-pub struct Credential {
-    /// The user name.
-    pub username: String,
-    /// The password or token.
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credential({}, <hidden>)", self.username)
-    }
-}
-
-/// How registries are reached.
-#[derive(Debug, Clone, Default)]
-pub struct RegistryOptions {
-    /// Registries (`HOST:PORT`, as written in image references) spoken to over plain HTTP.
-    pub insecure: Vec<String>,
-    /// Credentials by registry (`HOST[:PORT]`); others are pulled from anonymously.
-    pub credentials: BTreeMap<String, Credential>,
-}
-
-impl RegistryOptions {
-    /// A client of the OCI distribution protocol with these options.
-    pub fn client(&self) -> oci_client::Client {
-        oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
-            ..Default::default()
-        })
-    }
-
-    /// The credential for `registry`, or anonymous.
-    pub fn auth(&self, registry: &str) -> RegistryAuth {
-        self.credentials
-            .get(registry)
-            .map_or(RegistryAuth::Anonymous, |c| {
-                RegistryAuth::Basic(c.username.clone(), c.password.clone())
-            })
-    }
-}
-
-/// Why an image could not be pulled; each says it in a few words for `meridian status`.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    /// The reference does not parse.
-    #[error("bad image reference: {0}")]
-    BadReference(String),
-    /// The registry has no such repository, tag or digest.
-    #[error("not found in the registry: {0}")]
-    NotFound(String),
-    /// The registry refused the credentials (or their absence).
-    #[error("unauthorized by the registry: {0}")]
-    Unauthorized(String),
-    /// What the registry sent does not have the digest it was asked for.
-    #[error("digest mismatch: expected {expected}, got {got}")]
-    DigestMismatch {
-        /// The digest asked for.
-        expected: String,
-        /// The digest of what came.
-        got: String,
-    },
-    /// The registry could not be reached.
-    #[error("registry unreachable: {0}")]
-    Unreachable(String),
-    /// The registry answered with another error.
-    #[error("registry error: {0}")]
-    Registry(String),
-    /// The image is not one the agent can run (no layers, an unknown layer type).
-    #[error("unsupported image: {0}")]
-    Unsupported(String),
-    /// The node's store failed (disk full, permissions).
-    #[error("image store: {0}")]
-    Store(#[from] std::io::Error),
-}
-
-impl PullError {
-    /// Classifies an error of the distribution client.
-    pub fn from_registry(error: OciDistributionError) -> PullError {
-        match error {
-            OciDistributionError::ImageManifestNotFoundError(what) => PullError::NotFound(what),
-            OciDistributionError::AuthenticationFailure(what) => PullError::Unauthorized(what),
-            OciDistributionError::UnauthorizedError { url } => PullError::Unauthorized(url),
-            OciDistributionError::RegistryError { envelope, url } => {
-                let codes = || envelope.errors.iter().map(|e| &e.code);
-                if codes().any(|c| {
-                    matches!(
-                        c,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::BlobUnknown
-                            | OciErrorCode::NotFound
-                    )
-                }) {
-                    PullError::NotFound(url)
-                } else if codes()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-                {
-                    PullError::Unauthorized(url)
-                } else {
-                    PullError::Registry(format!("{url}: {envelope:?}"))
-                }
-            }
-            OciDistributionError::ServerError { code: 404, url, .. } => PullError::NotFound(url),
-            OciDistributionError::ServerError {
-                code: 401 | 403,
-                url,
-                ..
-            } => PullError::Unauthorized(url),
-            OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
-                PullError::Unreachable(e.to_string())
-            }
-            OciDistributionError::DigestError(e) => PullError::DigestMismatch {
-                expected: "the digest asked for".into(),
-                got: e.to_string(),
-            },
-            other => PullError::Registry(other.to_string()),
-        }
-    }
-}
 
 /// An image on this node, ready to be mounted.
 #[derive(Debug, Clone)]
@@ -192,7 +67,7 @@ impl ImageStore {
     pub fn new(state_dir: &Path, options: RegistryOptions) -> ImageStore {
         ImageStore {
             root: state_dir.join("images"),
-            client: options.client(),
+            client: client(&options),
             options,
             busy: Mutex::default(),
         }
@@ -241,7 +116,7 @@ impl ImageStore {
                 }
             }
         }
-        let auth = self.options.auth(&parsed.registry);
+        let auth = auth(&self.options, &parsed.registry);
         let (manifest, digest, config) = self
             .client
             .pull_manifest_and_config(remote, &auth)
@@ -348,22 +223,6 @@ impl ImageStore {
 fn hex_of(digest: &str) -> Result<&str, PullError> {
     meridian_model::check_digest(digest).map_err(PullError::Unsupported)?;
     Ok(&digest["sha256:".len()..])
-}
-
-/// The distribution client's reference for `parsed` (by digest when it has one).
-pub fn remote_reference(parsed: &ImageRef) -> Reference {
-    match &parsed.digest {
-        Some(digest) => Reference::with_digest(
-            parsed.registry.clone(),
-            parsed.repository.clone(),
-            digest.clone(),
-        ),
-        None => Reference::with_tag(
-            parsed.registry.clone(),
-            parsed.repository.clone(),
-            parsed.tag.clone().unwrap_or_else(|| "latest".into()),
-        ),
-    }
 }
 
 fn sha256(bytes: &[u8]) -> String {

@@ -34,6 +34,9 @@ pub fn unpack_layer(blob: &Path, dir: &Path) -> io::Result<()> {
                 path.display()
             )));
         };
+        if relative.as_os_str().is_empty() {
+            continue; // The root itself (`./`): the directory made above.
+        }
         let name = relative
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -65,7 +68,8 @@ pub fn unpack_layer(blob: &Path, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// `path` without a leading `/` or `./`, if it stays inside its root (no `..`).
+/// `path` without a leading `/` or `./` (empty for the root itself), if it stays inside its
+/// root (no `..`).
 fn contained(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
     for component in path.components() {
@@ -75,7 +79,7 @@ fn contained(path: &Path) -> Option<PathBuf> {
             Component::ParentDir | Component::Prefix(_) => return None,
         }
     }
-    (!out.as_os_str().is_empty()).then_some(out)
+    Some(out)
 }
 
 #[cfg(test)]
@@ -91,6 +95,10 @@ mod tests {
             header.set_uid(0);
             header.set_gid(0);
             header.set_mtime(0);
+            if path.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+            }
             header.set_cksum();
             builder.append_data(&mut header, path, *data).unwrap();
         }
@@ -104,11 +112,12 @@ mod tests {
     fn unpacks_files_and_refuses_entries_outside_the_root() {
         let tmp = tempfile::tempdir().unwrap();
         let blob = tmp.path().join("blob");
-        fs::write(&blob, layer(&[("etc/hello", b"hi")])).unwrap();
+        fs::write(&blob, layer(&[("./", b""), ("etc/hello", b"hi")])).unwrap();
         unpack_layer(&blob, &tmp.path().join("out")).unwrap();
         assert_eq!(fs::read(tmp.path().join("out/etc/hello")).unwrap(), b"hi");
         assert_eq!(contained(Path::new("a/../../b")), None);
         assert_eq!(contained(Path::new("/./a/b")), Some(PathBuf::from("a/b")));
+        assert_eq!(contained(Path::new("./")), Some(PathBuf::new()));
     }
 
     #[test]

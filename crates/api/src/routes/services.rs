@@ -203,6 +203,10 @@ pub const APPLY_HEADER: &str = "meridian-apply";
 /// unless the definition equals the current version's: then nothing changes, and the current
 /// version comes back. The answer's [`APPLY_HEADER`] says which (`created` or `unchanged`).
 ///
+/// Image tags (`runtime.image.ref`, and overrides') are resolved to the digests they name at
+/// their registry and stored pinned (`REPOSITORY:TAG@sha256:…`); an unknown tag or an
+/// unreachable registry is a 422 naming the field, and nothing changes.
+///
 /// An admin token may apply into any org (creating it if missing); an org token only into its
 /// own. The app is created if missing. A public domain belongs to one service across all orgs:
 /// if another service serves one of `domains` (or a wildcard overlapping it), the answer is 409
@@ -216,12 +220,13 @@ pub const APPLY_HEADER: &str = "meridian-apply";
 pub async fn apply(
     State(state): State<ApiState>,
     caller: Caller,
-    JsonBody(definition): JsonBody<Definition>,
+    JsonBody(mut definition): JsonBody<Definition>,
 ) -> Result<([(&'static str, &'static str); 1], Json<Deployment>), ApiError> {
     caller.require_org(&definition.org)?;
     let regions = state.store.list_regions().await?;
     let exists = |name: &str| regions.iter().any(|r| r.name == name);
     validate_definition(&definition, &exists)?;
+    state.registries.pin(&mut definition).await?;
     let missing_org = if caller.is_admin() {
         MissingOrg::Create
     } else {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use meridian_agent::{run_agent, AddressPool, AgentOptions, Isolation, RegistryOptions};
+use meridian_agent::{run_agent, AddressPool, AgentOptions, Isolation};
 use meridian_identity::Subject;
 use meridian_model::{Cpu, Memory, Resources};
 
@@ -126,7 +126,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         trust_domain: id.trust_domain.clone(),
         admin: Some(args.admin),
         state_dir: args.state_dir,
-        registries: RegistryOptions {
+        registries: meridian_model::RegistryOptions {
             insecure: args.insecure_registries,
             ..Default::default()
         },

@@ -79,6 +79,11 @@ pub struct ControlArgs {
     /// not needed once the CA is in the data directory).
     #[arg(long, value_name = "TOKEN", env = "MERIDIAN_JOIN_TOKEN")]
     join_token: Option<String>,
+    /// A registry (`HOST:PORT`, as image references name it) asked over plain HTTP instead of
+    /// HTTPS when image tags are resolved to digests; repeat for several (global only). Only
+    /// for registries on a trusted network.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
     #[command(flatten)]
     certificates: CertificateArgs,
 }
@@ -173,6 +178,10 @@ pub async fn run(args: ControlArgs, client: ClientArgs) -> Result<()> {
                 xds: args.xds.unwrap_or(GLOBAL_XDS),
                 certificates: args.certificates.options(),
                 say,
+                registries: meridian_model::RegistryOptions {
+                    insecure: args.insecure_registries,
+                    ..Default::default()
+                },
             };
             run_global(options, shutdown_signal()).await?;
         }

@@ -382,10 +382,18 @@ fn deployments_table(deployments: &[Deployment]) -> Vec<Vec<String>> {
                 (DeploymentOrigin::Apply, _) => "apply".to_owned(),
             };
             let marker = if Some(d.version) == current { "*" } else { "" };
+            // The pinned reference (REPOSITORY:TAG@sha256:…) that every instance of it runs.
+            let image = d
+                .definition
+                .runtime
+                .image
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |i| i.reference.clone());
             vec![
                 format!("{}{marker}", d.version),
                 origin,
                 d.definition.regions.join(","),
+                image,
                 timestamp(d.created_at),
             ]
         })
@@ -421,7 +429,7 @@ pub async fn get(api: &Client, format: Format, cmd: GetCommand) -> Result<()> {
         GetCommand::Deployments { service, scope } => {
             let path = service_path(api, &service, &scope).await?;
             let deployments: Vec<Deployment> = api.get(&format!("{path}/deployments")).await?;
-            let headers = ["VERSION", "ORIGIN", "REGIONS", "CREATED"];
+            let headers = ["VERSION", "ORIGIN", "REGIONS", "IMAGE", "CREATED"];
             print(format, &deployments, &headers, |list| {
                 deployments_table(list)
             })

@@ -66,6 +66,8 @@ pub struct GlobalOptions {
     pub certificates: CertificateOptions,
     /// Where the plane says what it does.
     pub say: Say,
+    /// The registries at which image tags are resolved to digests when definitions are applied.
+    pub registries: meridian_model::RegistryOptions,
 }
 
 /// Runs the global control plane until `shutdown` resolves (`Ok`) or an essential task ends
@@ -82,6 +84,7 @@ pub async fn run_global(
         xds,
         certificates,
         say,
+        registries,
     } = options;
     std::fs::create_dir_all(&data_dir).map_err(|e| {
         RunError::start(
@@ -228,8 +231,15 @@ pub async fn run_global(
         region_tokens: Arc::new(region_tokens),
     };
     // The API last: its /metrics shows every metric registered above.
-    let router =
-        meridian_api::router_with(store, Some(trust), registry, reports, secrets, readiness);
+    let router = meridian_api::router_with(
+        store,
+        Some(trust),
+        registry,
+        reports,
+        secrets,
+        readiness,
+        registries,
+    );
     let api = axum::serve(listener, router).with_graceful_shutdown(stop.wait());
     supervisor.essential("the API server", api.into_future());
 

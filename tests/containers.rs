@@ -1,0 +1,350 @@
+//! Instances from OCI images: a local registry (Debian's `docker-registry`) holds an image
+//! built here from `meridian-hello` and the libraries it links; a service with
+//! `runtime.image` runs it with runc in the instance's network namespace, reached through an
+//! edge. The control plane pins the tag to its digest at deploy time: moving the tag changes
+//! nothing until the next deploy. A missing tag is refused at deploy; a missing digest is
+//! reported by the agent and retried.
+//!
+//! Needs root, runc, docker-registry and skopeo (and iproute2, nftables): skipped without them
+//! unless MERIDIAN_TEST_STRICT=1. Addresses: 127.0.210.1 (registry), 127.0.211.1 (gateway),
+//! 100.64.210.0/24 (instances).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use support::{agent_with, edge, gateway, Deployed, Killed, RegionalPlane, HELLO};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+const REGISTRY_IP: &str = "127.0.210.1";
+
+/// Whether the tools are here; in CI (strict) they must be.
+fn prerequisites() -> bool {
+    let tool = |name: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let missing: Vec<&str> = ["runc", "docker-registry", "skopeo"]
+        .into_iter()
+        .filter(|t| !tool(t))
+        .collect();
+    let namespaces = meridian_agent::netns_available();
+    if missing.is_empty() && namespaces {
+        return true;
+    }
+    let why =
+        format!("missing {missing:?}, network namespaces available: {namespaces} (needs root)");
+    assert!(!support::strict(), "{why} (MERIDIAN_TEST_STRICT=1)");
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// `docker-registry serve` on a free port of 127.0.210.1, its storage in `dir`.
+struct Registry {
+    _process: Killed,
+    address: String,
+}
+
+fn start_registry(dir: &Path) -> Registry {
+    let port = std::net::TcpListener::bind((REGISTRY_IP, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("{REGISTRY_IP}:{port}");
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.join("registry").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let process = Killed(child);
+    let end = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(
+            Instant::now() < end,
+            "the registry never listened on {address}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Registry {
+        _process: process,
+        address,
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Writes `bytes` as a blob of the OCI layout at `layout`; its descriptor.
+fn blob(layout: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+    let digest = sha256(bytes);
+    let dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&digest["sha256:".len()..]), bytes).unwrap();
+    serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
+}
+
+/// An OCI layout in `dir` with image `tag`: one layer holding meridian-hello as `/hello` and
+/// the libraries `ldd` lists for it, its configuration's Env greeting with `greeting`.
+fn build_image(dir: &Path, tag: &str, greeting: &str) -> PathBuf {
+    let root = dir.join(format!("root-{tag}"));
+    let mut files = vec![(PathBuf::from(HELLO), PathBuf::from("hello"))];
+    let ldd = Command::new("ldd").arg(HELLO).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split_whitespace()
+            .find(|word| word.starts_with('/'))
+            .map(PathBuf::from);
+        if let Some(path) = path {
+            files.push((path.clone(), path.strip_prefix("/").unwrap().to_owned()));
+        }
+    }
+    for (from, to) in &files {
+        let to = root.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, &to).unwrap();
+    }
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let tar_file = dir.join(format!("layer-{tag}.tar"));
+    let tar = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
+        .arg(&tar_file)
+        .arg("-C")
+        .arg(&root)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let diff_id = sha256(&std::fs::read(&tar_file).unwrap());
+    let gz_file = dir.join(format!("layer-{tag}.tar.gz"));
+    let gzip = Command::new("gzip")
+        .arg("-c")
+        .arg(&tar_file)
+        .stdout(std::fs::File::create(&gz_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(gzip.success());
+    let layer = std::fs::read(&gz_file).unwrap();
+    let layout = dir.join(format!("layout-{tag}"));
+    let layer = blob(
+        &layout,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        &layer,
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/hello"], "Env": [format!("GREETING={greeting}")], "User": "65534:65534"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let config = blob(
+        &layout,
+        "application/vnd.oci.image.config.v1+json",
+        config.to_string().as_bytes(),
+    );
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config, "layers": [layer],
+    });
+    let mut manifest = blob(
+        &layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    );
+    manifest["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [manifest]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    layout
+}
+
+/// Pushes the layout's image `tag` to `registry` as `hello:as_tag`.
+fn push(layout: &Path, tag: &str, registry: &str, as_tag: &str) {
+    let output = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{registry}/hello:{as_tag}"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn service(reference: &str) -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: web
+regions: [fra]
+runtime: {{image: {{ref: \"{reference}\", read_only_root_fs: true}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [shop.example.com]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+"
+    )
+}
+
+/// Waits until the edge answers for the shop with `greeting`.
+async fn greets(edge: &str, greeting: &str) {
+    let client = reqwest::Client::new();
+    let end = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    while Instant::now() < end {
+        if let Ok(answer) = client
+            .get(format!("http://{edge}/"))
+            .header("host", "shop.example.com")
+            .send()
+            .await
+        {
+            last = answer.text().await.unwrap_or_default();
+            if last.starts_with(greeting) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the edge never greeted with {greeting}; last answer: {last}");
+}
+
+/// The pinned image of the current deployment, as `meridian get deployments` shows it.
+fn current_image(platform: &Deployed) -> String {
+    let table = platform
+        .cli
+        .ok(&["get", "deployments", "web", "--app", "shop"]);
+    let current = table
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|v| v.ends_with('*'))
+        })
+        .unwrap_or_else(|| panic!("no current version in {table}"));
+    current.split_whitespace().nth(3).unwrap().to_owned()
+}
+
+/// The digest the registry has for `hello:tag`.
+fn registry_digest(registry: &str, tag: &str) -> String {
+    let output = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{registry}/hello:{tag}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_runs_pinned_to_its_digest_until_the_next_deploy() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start_registry(dir.path());
+    let v1 = build_image(dir.path(), "v1", "from-v1");
+    let v2 = build_image(dir.path(), "v2", "from-v2");
+    push(&v1, "v1", &registry.address, "v1");
+    let v1_digest = registry_digest(&registry.address, "v1");
+    assert!(v1_digest.starts_with("sha256:"), "{v1_digest}");
+
+    let reference = format!("{}/hello:v1", registry.address);
+    let insecure = ["--insecure-registry", registry.address.as_str()];
+    let platform = Deployed::start_with(dir.path(), &service(&reference), &insecure);
+    assert_eq!(current_image(&platform), format!("{reference}@{v1_digest}"));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.211.1:8080"),
+    );
+    let node = agent_with(
+        &region,
+        "fra-1",
+        dir.path(),
+        &[
+            "--isolation",
+            "netns",
+            "--instance-network",
+            "100.64.210.0",
+            "--insecure-registry",
+            &registry.address,
+        ],
+    );
+    let (_gateway, _) = gateway(&region, dir.path()).await;
+    let (_edge, edge) = edge(&platform, &region, dir.path());
+    greets(&edge, "from-v1").await;
+
+    // The tag moves: what runs does not, until the next deploy pins the tag again.
+    push(&v2, "v2", &registry.address, "v1");
+    let v2_digest = registry_digest(&registry.address, "v1");
+    assert_ne!(v1_digest, v2_digest);
+    assert_eq!(current_image(&platform), format!("{reference}@{v1_digest}"));
+    greets(&edge, "from-v1").await;
+    platform.deploy(&service(&reference));
+    assert_eq!(current_image(&platform), format!("{reference}@{v2_digest}"));
+    greets(&edge, "from-v2").await;
+
+    // A tag the registry does not have is refused at deploy, naming the field; nothing changes.
+    std::fs::write(
+        &platform.definition,
+        service(&format!("{}/hello:missing", registry.address)),
+    )
+    .unwrap();
+    let refused = platform
+        .cli
+        .fails(&["deploy", "-f", platform.definition.to_str().unwrap()]);
+    assert!(
+        refused.contains("runtime.image.ref") && refused.contains("not found"),
+        "{refused}"
+    );
+    assert_eq!(current_image(&platform), format!("{reference}@{v2_digest}"));
+
+    // A digest the registry does not have (pinned by its writer, so not asked at deploy) is
+    // reported by the agent and retried; the running version keeps serving.
+    let ghost = format!("{}/hello@sha256:{}", registry.address, "0".repeat(64));
+    platform.deploy(&service(&ghost));
+    let end = Instant::now() + DEADLINE;
+    while node.log().matches("pulling the image failed").count() < 2 {
+        assert!(
+            Instant::now() < end,
+            "the agent never retried the pull: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        node.log().contains("not found in the registry"),
+        "{}",
+        node.log()
+    );
+    greets(&edge, "from-v2").await;
+}
