@@ -5,9 +5,12 @@
 //! nothing until the next deploy. A missing tag is refused at deploy; a missing digest is
 //! reported by the agent and retried.
 //!
+//! A container runs in its run's cgroup with the service's `resources`: its CPU quota and
+//! memory limit are in the cgroup's files.
+//!
 //! Needs root, runc, docker-registry and skopeo (and iproute2, nftables): skipped without them
 //! unless MERIDIAN_TEST_STRICT=1. Addresses: 127.0.210.1 (registry), 127.0.211.1 (gateway),
-//! 100.64.210.0/24 (instances).
+//! 127.0.212.1 (a second registry), 100.64.210.0/24 and 100.64.212.0/24 (instances).
 
 mod support;
 
@@ -16,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::{agent_with, edge, gateway, Deployed, Killed, RegionalPlane, HELLO};
+use support::{agent_with, cgroup_dir, edge, gateway, Deployed, Killed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const REGISTRY_IP: &str = "127.0.210.1";
@@ -50,13 +53,14 @@ struct Registry {
     address: String,
 }
 
-fn start_registry(dir: &Path) -> Registry {
-    let port = std::net::TcpListener::bind((REGISTRY_IP, 0))
+/// `docker-registry serve` on a free port of `ip`, its storage under `dir`.
+fn start_registry_at(dir: &Path, ip: &str) -> Registry {
+    let port = std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let address = format!("{REGISTRY_IP}:{port}");
+    let address = format!("{ip}:{port}");
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
@@ -269,7 +273,7 @@ async fn an_image_runs_pinned_to_its_digest_until_the_next_deploy() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let registry = start_registry(dir.path());
+    let registry = start_registry_at(dir.path(), REGISTRY_IP);
     let v1 = build_image(dir.path(), "v1", "from-v1");
     let v2 = build_image(dir.path(), "v2", "from-v2");
     push(&v1, "v1", &registry.address, "v1");
@@ -347,4 +351,70 @@ async fn an_image_runs_pinned_to_its_digest_until_the_next_deploy() {
         node.log()
     );
     greets(&edge, "from-v2").await;
+}
+
+/// The pid of container `id`'s first process, as runc (under the agent's `--root`) says.
+fn container_pid(state_dir: &Path, id: &str) -> Option<String> {
+    let state = Command::new("runc")
+        .arg("--root")
+        .arg(state_dir.join("runc"))
+        .args(["state", id])
+        .output()
+        .ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).ok()?;
+    Some(state["pid"].as_u64().filter(|pid| *pid > 0)?.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_resources_are_in_its_cgroup() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start_registry_at(dir.path(), "127.0.212.1");
+    let image = build_image(dir.path(), "v1", "limited");
+    push(&image, "v1", &registry.address, "v1");
+    let reference = format!("{}/hello:v1", registry.address);
+    let limited =
+        service(&reference).replace("ports:", "resources: {cpu: 0.25, memory: 48Mi}\nports:");
+    let insecure = ["--insecure-registry", registry.address.as_str()];
+    let platform = Deployed::start_with(dir.path(), &limited, &insecure);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    let _node = agent_with(
+        &region,
+        "fra-1",
+        dir.path(),
+        &[
+            "--isolation",
+            "netns",
+            "--instance-network",
+            "100.64.212.0",
+            "--insecure-registry",
+            &registry.address,
+        ],
+    );
+    let state_dir = dir.path().join("fra-1");
+    let end = Instant::now() + DEADLINE;
+    let pid = loop {
+        if let Some(pid) = container_pid(&state_dir, "acme.shop.web-0") {
+            break pid;
+        }
+        assert!(Instant::now() < end, "the container never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let read = |controller: &str, file: &str| {
+        let path = cgroup_dir(&pid, controller).join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    };
+    if cgroup_dir(&pid, "cpu").join("cpu.cfs_quota_us").exists() {
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("memory", "memory.limit_in_bytes"), "50331648");
+    } else {
+        assert_eq!(read("cpu", "cpu.max"), "25000 100000");
+        assert_eq!(read("memory", "memory.max"), "50331648");
+    }
+    assert_eq!(read("pids", "pids.max"), "4096");
 }

@@ -5,10 +5,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{agent, agent_with, strict, Deployed, RegionalPlane, HELLO};
+use support::{agent, agent_with, cgroup_dir, strict, Deployed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -93,24 +93,6 @@ fn problems(fra: &serde_json::Value) -> Vec<String> {
 fn instance_log(dir: &Path, node: &str) -> String {
     let log = dir.join(node).join("logs/acme.shop.hello-0/stdout.log");
     std::fs::read_to_string(log).unwrap_or_default()
-}
-
-/// The cgroup directory of `pid` for v1 controller `controller`, or its v2 directory.
-fn cgroup_dir(pid: &str, controller: &str) -> PathBuf {
-    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let v1 = own.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers.split(',').any(|c| c == controller).then(|| {
-            Path::new("/sys/fs/cgroup")
-                .join(controller)
-                .join(&path[1..])
-        })
-    });
-    v1.unwrap_or_else(|| {
-        let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-        Path::new("/sys/fs/cgroup").join(&path[1..])
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1018,3 +1018,21 @@ pub fn websocket_request(url: &str, host: &str) -> http::Request<()> {
         .body(())
         .unwrap()
 }
+
+/// The cgroup directory of `pid` for v1 controller `controller`, or its v2 directory.
+pub fn cgroup_dir(pid: &str, controller: &str) -> PathBuf {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = own.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == controller).then(|| {
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(&path[1..])
+        })
+    });
+    v1.unwrap_or_else(|| {
+        let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        Path::new("/sys/fs/cgroup").join(&path[1..])
+    })
+}

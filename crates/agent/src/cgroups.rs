@@ -232,6 +232,25 @@ impl Cgroups {
         }
     }
 
+    /// The path an OCI runtime (runc's `linux.cgroupsPath`) is given for instance `key`'s
+    /// cgroup, the one [`Cgroups::create`] makes: in v1 relative (runc puts it under its own
+    /// cgroup of each controller, which is the agent's, as here), in v2 from the hierarchy's
+    /// root.
+    pub fn runtime_path(&self, key: &str) -> String {
+        let named = |dir: &Path| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        match &self.layout {
+            Layout::V1(dirs) => {
+                let agents = dirs.first().map(|(_, d)| named(d)).unwrap_or_default();
+                format!("{agents}/{key}")
+            }
+            Layout::V2(dir) => format!("/{}/{key}", named(dir)),
+        }
+    }
+
     /// Which version this is: 1 or 2.
     pub fn version(&self) -> u8 {
         match self.layout {

@@ -277,21 +277,24 @@ async fn run_once(
     states: &watch::Sender<InstanceState>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
-    if let Some(image) = &launch.spec.runtime.image {
-        return run_container(launch, image, client, states, stop).await;
-    }
     let cgroup = match cgroup_of(launch).await {
         Ok(cgroup) => cgroup,
         Err(e) => return Ended::Exited(format!("cannot apply its resources: {e}")),
     };
-    let ended = match spawn_process(launch, cgroup.as_ref()) {
-        Ok(child) => supervise_to_end(launch, client, child, states, stop).await,
-        Err(e) => Ended::Exited(format!("cannot start: {e}")),
+    let ended = match &launch.spec.runtime.image {
+        Some(image) => run_container(launch, image, client, states, stop).await,
+        None => match spawn_process(launch, cgroup.as_ref()) {
+            Ok(child) => supervise_to_end(launch, client, child, states, stop).await,
+            Err(e) => Ended::Exited(format!("cannot start: {e}")),
+        },
     };
     let Some(cgroup) = cgroup else {
         return ended;
     };
     let oom_killed = cgroup.end().await > 0;
+    if launch.spec.runtime.image.is_some() {
+        remove_container(launch).await;
+    }
     match (ended, launch.spec.resources.memory) {
         (Ended::Exited(detail) | Ended::Unhealthy(detail), Some(limit)) if oom_killed => {
             Ended::Exited(format!(
@@ -302,8 +305,9 @@ async fn run_once(
     }
 }
 
-/// One run of an image instance: pulled if needed, run by runc until it ends or is stopped,
-/// its container removed after.
+/// One run of an image instance: pulled if needed, run by runc (in the run's cgroup, which
+/// [`cgroups_path`] names) until it ends or is stopped. Its container is removed after, by
+/// the caller once it has read the cgroup when the node has cgroups, else here.
 async fn run_container(
     launch: &Launch,
     image: &meridian_model::Image,
@@ -319,7 +323,9 @@ async fn run_container(
         Err(_) if *stop.borrow() => Ended::Stopped,
         Err(e) => Ended::Exited(format!("cannot start: {e}")),
     };
-    remove_container(launch).await;
+    if launch.cgroups.is_none() {
+        remove_container(launch).await;
+    }
     ended
 }
 
@@ -496,14 +502,19 @@ pub fn runc_root(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("runc")
 }
 
-/// The cgroup path of the instance's container: `meridian/<tag>.<key>` (the tag tells this
-/// node's agent apart from others on the same host, see [`crate::netns::tag`]).
+/// The cgroup path of the instance's container, for runc: its run's cgroup where the node has
+/// cgroups ([`crate::cgroups::Cgroups::runtime_path`], made with the spec's limits before runc
+/// starts), else `meridian/<tag>.<key>` (the tag tells this node's agent apart from others on
+/// the same host, see [`crate::netns::tag`]).
 fn cgroups_path(launch: &Launch) -> String {
-    format!(
-        "meridian/{}.{}",
-        crate::netns::tag(&launch.state_dir),
-        launch.key()
-    )
+    match &launch.cgroups {
+        Some(cgroups) => cgroups.runtime_path(&launch.key()),
+        None => format!(
+            "meridian/{}.{}",
+            crate::netns::tag(&launch.state_dir),
+            launch.key()
+        ),
+    }
 }
 
 /// Pulls the image (retrying with backoff while the pull fails, each failure's reason in the
@@ -540,6 +551,7 @@ async fn start_container(
             crate::netns::Netns::resolv_conf,
         ),
         cgroups_path: cgroups_path(launch),
+        limits: Limits::of(&launch.spec.resources),
     };
     let prepared = {
         let bundle = bundle.clone();

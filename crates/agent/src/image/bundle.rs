@@ -33,6 +33,8 @@ pub struct BundleInput {
     pub resolv_conf: PathBuf,
     /// The cgroup path.
     pub cgroups_path: String,
+    /// The limits of the service's `resources`.
+    pub limits: crate::cgroups::Limits,
 }
 
 impl Bundle {
@@ -92,6 +94,7 @@ impl Bundle {
             resolv_conf: input.resolv_conf.clone(),
             hosts,
             cgroups_path: input.cgroups_path.clone(),
+            limits: input.limits,
             read_only_root: input.image.read_only_root_fs,
         };
         runtime_spec(&process, &placement)

@@ -18,13 +18,16 @@ pub fn available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// `runc run` of the bundle in `bundle` as container `id`, its state under `root`.
+/// `runc run` of the bundle in `bundle` as container `id`, its state under `root`. `--keep`:
+/// when the container ends, runc leaves it (and its cgroup) for [`remove`], so that the agent
+/// reads first whether the OOM killer ended it.
 pub fn run(root: &Path, bundle: &Path, id: &str) -> Command {
     let mut command = Command::new(RUNC);
     command
         .arg("--root")
         .arg(root)
         .arg("run")
+        .arg("--keep")
         .arg("--bundle")
         .arg(bundle)
         .arg(id);

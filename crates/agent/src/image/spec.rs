@@ -4,24 +4,21 @@
 //! Confinement by default: every capability dropped but [`CAPABILITIES`], `no_new_privs`, the
 //! masked and read-only paths of runc's default configuration, namespaces of its own (pid,
 //! ipc, uts, mount; network: the instance's), a pids limit, and optionally a read-only root
-//! with a writable tmpfs `/tmp`. Resource limits other than pids are left to the caller.
+//! with a writable tmpfs `/tmp`; the service's `resources` as memory and CPU limits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    MountBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, RootBuilder, Spec, UserBuilder,
 };
 use oci_spec::OciSpecError;
 
 /// The capabilities a container keeps: binding ports below 1024. Every other one is dropped.
 pub const CAPABILITIES: [Capability; 1] = [Capability::NetBindService];
-
-/// Most processes (and threads) one container may run.
-pub const PIDS_LIMIT: i64 = 1024;
 
 /// The `PATH` of a container whose image sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -144,8 +141,10 @@ pub struct Placement {
     pub resolv_conf: PathBuf,
     /// Bound read-only over `/etc/hosts`.
     pub hosts: PathBuf,
-    /// The cgroup path runc creates (relative: under each hierarchy's root).
+    /// The cgroup path runc uses (see `Cgroups::runtime_path`).
     pub cgroups_path: String,
+    /// The limits of the service's `resources` (and the pids limit).
+    pub limits: crate::cgroups::Limits,
     /// Whether the root filesystem is read-only (`/tmp` is then a tmpfs).
     pub read_only_root: bool,
 }
@@ -231,17 +230,38 @@ pub fn runtime_spec(
     }
     linux.set_namespaces(Some(namespaces));
     linux.set_cgroups_path(Some(PathBuf::from(&placement.cgroups_path)));
+    let limits = &placement.limits;
+    let mut memory = LinuxMemoryBuilder::default();
+    if let Some(bytes) = limits.memory_bytes.map(signed) {
+        // `swap` is memory and swap together: no swap beyond the memory limit.
+        memory = memory.limit(bytes).swap(bytes);
+    }
+    let mut cpu = LinuxCpuBuilder::default().period(crate::cgroups::CPU_PERIOD_US);
+    if let Some(quota) = limits.cpu_quota_us.map(signed) {
+        cpu = cpu.quota(quota);
+    }
     linux.set_resources(Some(
         LinuxResourcesBuilder::default()
             .devices(vec![LinuxDeviceCgroupBuilder::default()
                 .allow(false)
                 .access("rwm")
                 .build()?])
-            .pids(LinuxPidsBuilder::default().limit(PIDS_LIMIT).build()?)
+            .pids(
+                LinuxPidsBuilder::default()
+                    .limit(signed(limits.pids_max))
+                    .build()?,
+            )
+            .memory(memory.build()?)
+            .cpu(cpu.build()?)
             .build()?,
     ));
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// A limit as the runtime specification's signed number (saturating).
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -333,6 +353,9 @@ mod tests {
             resolv_conf: "/etc/netns/mrd-x/resolv.conf".into(),
             hosts: "/b/hosts".into(),
             cgroups_path: "meridian/x".into(),
+            limits: crate::cgroups::Limits::of(
+                &serde_json::from_value(serde_json::json!({"cpu": 0.5, "memory": "64Mi"})).unwrap(),
+            ),
             read_only_root: true,
         };
         let spec = serde_json::to_value(runtime_spec(&process, &placement).unwrap()).unwrap();
@@ -347,7 +370,14 @@ mod tests {
         );
         assert_eq!(spec["process"]["noNewPrivileges"], true);
         assert_eq!(spec["root"]["readonly"], true);
-        assert_eq!(spec["linux"]["resources"]["pids"]["limit"], PIDS_LIMIT);
+        let resources = &spec["linux"]["resources"];
+        assert_eq!(resources["pids"]["limit"], crate::cgroups::PIDS_MAX);
+        assert_eq!(resources["memory"]["limit"], 64 << 20);
+        assert_eq!(resources["memory"]["swap"], 64 << 20);
+        assert_eq!(
+            (&resources["cpu"]["quota"], &resources["cpu"]["period"]),
+            (&serde_json::json!(50_000), &serde_json::json!(100_000))
+        );
         assert!(spec["linux"]["maskedPaths"]
             .as_array()
             .is_some_and(|m| !m.is_empty()));
