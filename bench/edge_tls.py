@@ -21,7 +21,9 @@ over the run, master and workers summed):
   connection; "resumed %" says how many really resumed (Meridian resumes from its in-memory
   session cache, nginx and HAProxy from stateless tickets).
 - h2 req/s and CPU µs/request: h2load over TLS (ALPN h2), 10 connections x 10 streams, small
-  `GET /` proxied to the upstream over HTTP/1.1 keep-alive.
+  `GET /` proxied to the upstream over HTTP/1.1 keep-alive. nginx and HAProxy are configured to
+  do what the edge must: set X-Forwarded-For/-Proto/-Host, Forwarded and a random X-Request-ID
+  on each request, and Alt-Svc on each response.
 - HTTP/3 req/s and CPU µs/request (Meridian only: Debian's nginx and HAProxy here have no
   QUIC): tls-client's `h3` mode, 10 QUIC connections x 10 requests in flight, the same `GET /`
   through the same listener (`http3: true`), shown beside Meridian's own HTTP/2 figures.
@@ -67,6 +69,9 @@ def certificate(tmp):
 def configs(tmp, cert, key, combined):
     up = f"127.0.0.1:{UPSTREAM_PORT}"
     files = {"upstream": upstream_config(tmp, up)}
+    # The same work per request as Meridian's edge, which must do it: the forwarding headers
+    # (X-Forwarded-For/-Proto/-Host, Forwarded, a random X-Request-ID) on each request and, as
+    # the edge serves HTTP/3 on the same port, Alt-Svc on each response.
     files["nginx"] = f"""
 worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log /dev/null crit;
 events {{ worker_connections 8192; }}
@@ -76,11 +81,25 @@ http {{ access_log off; keepalive_requests 1000000;
   upstream up {{ server {up}; keepalive 1024; }}
   server {{ listen 127.0.0.1:{PORTS['nginx']} ssl http2;
     location / {{ proxy_pass http://up; proxy_http_version 1.1;
-      proxy_set_header Connection ""; }} }} }}
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
+      proxy_set_header X-Request-ID $request_id;
+      add_header Alt-Svc 'h3=":{PORTS['nginx']}"; ma=86400'; }} }} }}
 """
     files["haproxy"] = haproxy_config(
         [f"127.0.0.1:{PORTS['haproxy']} ssl crt {combined} alpn h2,http/1.1 ssl-min-ver TLSv1.3 "
-         "prefer-client-ciphers"], up)
+         "prefer-client-ciphers"], up,
+        ["option forwardfor",
+         "http-request set-header X-Forwarded-Proto https",
+         "http-request set-header X-Forwarded-Host %[req.hdr(host)]",
+         'http-request set-header Forwarded "for=%[src];proto=https;host=\\"%[req.hdr(host)]\\""',
+         "unique-id-format %[uuid()]",
+         "unique-id-header X-Request-ID",
+         f"http-response set-header Alt-Svc 'h3=\":{PORTS['haproxy']}\"; ma=86400'"])
     files["meridian"] = f"""listeners:
   - name: edge
     address: 127.0.0.1:{PORTS['meridian']}

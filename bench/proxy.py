@@ -129,10 +129,12 @@ http {{ access_log off; keepalive_requests 1000000;
 """
 
 
-def haproxy_config(binds, up):
-    """HAProxy config: one thread, its frontend bound by each of `binds` (`ADDR [options]`),
-    forwarding to `up` with keep-alive and connection reuse (up to 1024 connections)."""
+def haproxy_config(binds, up, frontend=()):
+    """HAProxy config: one thread, its frontend bound by each of `binds` (`ADDR [options]`) with
+    the further `frontend` lines, forwarding to `up` with keep-alive and connection reuse (up to
+    1024 connections)."""
     bind_lines = "".join(f"  bind {bind}\n" for bind in binds)
+    bind_lines += "".join(f"  {line}\n" for line in frontend)
     return f"""
 global
   nbthread 1

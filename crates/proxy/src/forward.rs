@@ -104,8 +104,8 @@ fn strip_port(host: &str) -> &str {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the Connection header names.
 /// `te: trailers` survives: gRPC needs it end to end. A protocol switch being forwarded sets
-/// its own again ([`Switch`]).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// its own again ([`Switch`]). Returns whether `Transfer-Encoding` was among them.
+fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages carry none of them, or `Connection` alone: one pass over the names says
     // which to remove, where a removal each would look every one up.
     let mut present = [false; HOP_BY_HOP.len()];
@@ -140,6 +140,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         headers.remove(header::TE);
     }
+    present[TRANSFER_ENCODING_AT]
+}
+
+/// Readies the head of an upstream's response for the client: without `x-meridian-error` (only
+/// the proxy says why it answered itself), without a `Content-Length` beside
+/// `Transfer-Encoding` (a chunked body's length is where its chunks end, whatever a
+/// Content-Length beside it says, RFC 9112 §6.3; the length of the body sent on is the HTTP
+/// layer's to set), and without hop-by-hop headers: one pass over its names finds those present.
+fn upstream_response_head(headers: &mut HeaderMap) {
+    headers.remove(&PROXY_ERROR);
+    if strip_hop_by_hop(headers) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
 }
 
 /// The headers that are hop-by-hop whatever `Connection` names (`te` aside: see above), the
@@ -152,6 +165,8 @@ const HOP_BY_HOP: [&HeaderName; 5] = [
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
 ];
+/// Where `Transfer-Encoding` is in [`HOP_BY_HOP`].
+const TRANSFER_ENCODING_AT: usize = 3;
 
 /// Whether `Connection` may name a header to remove: anything but the `keep-alive` and `close`
 /// options most messages carry, which name no header other than one removed anyway.
@@ -714,21 +729,14 @@ pub async fn handle(
         body_timeout,
         body_timeouts: &ctx.body_timeouts,
     };
-    let mut switched = None;
     // Boxed: forward's future is large, and the task of an HTTP/2 stream (which holds this
     // one) is moved when spawned; a box is one allocation where each move copied all of it.
     let forwarded = Box::pin(forward(client, route, &target.cluster, metrics)).await;
     let mut response = match forwarded {
         Ok(mut response) => {
-            // Only the proxy says why it answered itself.
-            response.headers_mut().remove(&PROXY_ERROR);
-            // A chunked body's length is where its chunks end, whatever a Content-Length beside
-            // it says (RFC 9112 §6.3); the length of the body sent on is the HTTP layer's to set.
-            if response.headers().contains_key(header::TRANSFER_ENCODING) {
-                response.headers_mut().remove(header::CONTENT_LENGTH);
-            }
+            upstream_response_head(response.headers_mut());
             let upstream_h2 = target.cluster.client.sends_authority();
-            switched = switch
+            let switched = switch
                 .as_ref()
                 .filter(|s| s.agreed(response.status(), upstream_h2));
             if let (Some(_), Some(client_side)) = (switched, client_side) {
@@ -740,19 +748,15 @@ pub async fn handle(
                     (open, retiring),
                 );
             }
+            if let Some(switch) = switched {
+                *response.status_mut() = switch.answer(response.headers_mut());
+            }
             let cluster = target.cluster.clone();
             let metrics = ctx.shared.metrics.clone();
             response.map(|body| Either::Left(ResponseBody::new(body, cluster, metrics)))
         }
         Err(answer) => answer,
     };
-    let headers = response.headers_mut();
-    if !headers.contains_key(&PROXY_ERROR) {
-        strip_hop_by_hop(headers);
-        if let Some(switch) = switched {
-            *response.status_mut() = switch.answer(response.headers_mut());
-        }
-    }
     let headers = response.headers_mut();
     for name in &route.response_remove {
         headers.remove(name);
@@ -1069,6 +1073,27 @@ mod tests {
         let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["te", "x-kept"]);
+    }
+
+    #[test]
+    fn an_upstream_response_head_loses_the_error_header_hop_by_hop_headers_and_a_length_beside_chunks(
+    ) {
+        assert_eq!(*HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
+        let mut chunked = HeaderMap::new();
+        chunked.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        chunked.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        chunked.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        chunked.insert(ERROR_HEADER, "forged".parse().unwrap());
+        chunked.insert("x-kept", "1".parse().unwrap());
+        upstream_response_head(&mut chunked);
+        let names: Vec<&str> = chunked.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        let mut sized = HeaderMap::new();
+        sized.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        sized.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        upstream_response_head(&mut sized);
+        let names: Vec<&str> = sized.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
     }
 
     #[test]
