@@ -19,7 +19,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::{agent_with, cgroup_dir, edge, gateway, Deployed, Killed, RegionalPlane, HELLO};
+use support::{
+    agent_with, cgroup_dir, edge, gateway, Agent, Deployed, Killed, RegionalPlane, HELLO,
+};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 const REGISTRY_IP: &str = "127.0.210.1";
@@ -219,26 +221,23 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     )
 }
 
+/// Node `fra-1` of `region`, its instances in namespaces on `network`, pulling from
+/// `registry` over plain HTTP.
+fn node_of(region: &RegionalPlane, dir: &Path, network: &str, registry: &Registry) -> Agent {
+    let registry = ["--insecure-registry", registry.address.as_str()];
+    let isolation = ["--isolation", "netns", "--instance-network", network];
+    agent_with(
+        region,
+        "fra-1",
+        dir,
+        &[&isolation[..], &registry[..]].concat(),
+    )
+}
+
 /// Waits until the edge answers for the shop with `greeting`.
 async fn greets(edge: &str, greeting: &str) {
-    let client = reqwest::Client::new();
-    let end = Instant::now() + DEADLINE;
-    let mut last = String::new();
-    while Instant::now() < end {
-        if let Ok(answer) = client
-            .get(format!("http://{edge}/"))
-            .header("host", "shop.example.com")
-            .send()
-            .await
-        {
-            last = answer.text().await.unwrap_or_default();
-            if last.starts_with(greeting) {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the edge never greeted with {greeting}; last answer: {last}");
+    let what = format!("with {greeting}");
+    support::until_the_shop_answers(edge, &what, |body| body.starts_with(greeting)).await;
 }
 
 /// The pinned image of the current deployment, as `meridian get deployments` shows it.
@@ -290,19 +289,7 @@ async fn an_image_runs_pinned_to_its_digest_until_the_next_deploy() {
         "fra",
         Some("127.0.211.1:8080"),
     );
-    let node = agent_with(
-        &region,
-        "fra-1",
-        dir.path(),
-        &[
-            "--isolation",
-            "netns",
-            "--instance-network",
-            "100.64.210.0",
-            "--insecure-registry",
-            &registry.address,
-        ],
-    );
+    let node = node_of(&region, dir.path(), "100.64.210.0", &registry);
     let (_gateway, _) = gateway(&region, dir.path()).await;
     let (_edge, edge) = edge(&platform, &region, dir.path());
     greets(&edge, "from-v1").await;
@@ -380,19 +367,7 @@ async fn a_containers_resources_are_in_its_cgroup() {
     let insecure = ["--insecure-registry", registry.address.as_str()];
     let platform = Deployed::start_with(dir.path(), &limited, &insecure);
     let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
-    let _node = agent_with(
-        &region,
-        "fra-1",
-        dir.path(),
-        &[
-            "--isolation",
-            "netns",
-            "--instance-network",
-            "100.64.212.0",
-            "--insecure-registry",
-            &registry.address,
-        ],
-    );
+    let _node = node_of(&region, dir.path(), "100.64.212.0", &registry);
     let state_dir = dir.path().join("fra-1");
     let end = Instant::now() + DEADLINE;
     let pid = loop {

@@ -28,24 +28,9 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
 
 /// Waits until the edge answers for the shop with a greeting from `region`.
 async fn served_from(edge: &str, region: &str) {
-    let client = reqwest::Client::new();
-    let end = Instant::now() + DEADLINE;
-    let mut last = String::new();
-    while Instant::now() < end {
-        if let Ok(answer) = client
-            .get(format!("http://{edge}/"))
-            .header("host", "shop.example.com")
-            .send()
-            .await
-        {
-            last = answer.text().await.unwrap_or_default();
-            if last.contains(&format!(" in {region} ")) {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the edge never served from {region}; last answer: {last}");
+    let from = format!(" in {region} ");
+    let what = format!("from {region}");
+    support::until_the_shop_answers(edge, &what, |body| body.contains(&from)).await;
 }
 
 /// Web in fra and iad, each region with one node and a gateway, and an edge at Paris.

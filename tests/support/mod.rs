@@ -1036,3 +1036,26 @@ pub fn cgroup_dir(pid: &str, controller: &str) -> PathBuf {
         Path::new("/sys/fs/cgroup").join(&path[1..])
     })
 }
+
+/// Asks `edge` for `http://shop.example.com/` until an answer's body satisfies `done`; panics
+/// after 90 s, saying `what` was awaited and the last answer.
+pub async fn until_the_shop_answers(edge: &str, what: &str, done: impl Fn(&str) -> bool) {
+    let client = reqwest::Client::new();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut last = String::new();
+    while std::time::Instant::now() < end {
+        if let Ok(answer) = client
+            .get(format!("http://{edge}/"))
+            .header("host", "shop.example.com")
+            .send()
+            .await
+        {
+            last = answer.text().await.unwrap_or_default();
+            if done(&last) {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the edge never answered {what}; last answer: {last}");
+}

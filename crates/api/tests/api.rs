@@ -398,12 +398,7 @@ async fn rejected_requests_change_nothing_and_say_why() {
     invalid["regions"] = json!(["fra", "mars"]);
     let (status, body) = admin.post("/v1/services", invalid).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = detail_fields(&body);
     assert_eq!(fields, ["regions[1]", "scale.min", "overrides.iad"]);
 
     let raw = |body: &'static str| {
@@ -638,12 +633,7 @@ async fn endpoints_are_registered_listed_by_region_and_validated() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = detail_fields(&body);
     assert_eq!(fields, ["region", "address", "ports.grpc", "ports.grpc"]);
     let (status, _) = acme
         .put(
@@ -755,12 +745,7 @@ async fn region_reports_are_for_admins_validated_and_shown_in_status() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = detail_fields(&body);
     assert_eq!(fields, ["services[0].org", "services[0].healthy"]);
     let (status, _) = admin.put("/v1/regions/mars/report", report(1)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -1219,12 +1204,7 @@ async fn an_image_whose_registry_cannot_be_reached_is_refused_naming_its_field()
         json!({"iad": {"runtime": {"image": {"ref": format!("{CLOSED_REGISTRY}/shop/web:v2")}}}});
     let (status, body) = admin.post("/v1/services", image).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["field"].as_str().unwrap())
-        .collect();
+    let fields = detail_fields(&body);
     assert_eq!(
         fields,
         ["runtime.image.ref", "overrides.iad.runtime.image.ref"],
@@ -1233,4 +1213,14 @@ async fn an_image_whose_registry_cannot_be_reached_is_refused_naming_its_field()
     let message = body["error"]["details"][0]["message"].as_str().unwrap();
     assert!(message.contains("registry unreachable"), "{message}");
     assert_eq!(admin.revision().await, before, "nothing was stored");
+}
+
+/// The fields an error's details name, in order.
+fn detail_fields(body: &Value) -> Vec<&str> {
+    body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect()
 }
