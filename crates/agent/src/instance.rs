@@ -288,10 +288,11 @@ async fn run_once(
             Err(e) => Ended::Exited(format!("cannot start: {e}")),
         },
     };
-    let Some(cgroup) = cgroup else {
-        return ended;
+    // The cgroup is read before a container is deleted (which removes it).
+    let oom_killed = match cgroup {
+        Some(cgroup) => cgroup.end().await > 0,
+        None => false,
     };
-    let oom_killed = cgroup.end().await > 0;
     if launch.spec.runtime.image.is_some() {
         remove_container(launch).await;
     }
@@ -306,8 +307,7 @@ async fn run_once(
 }
 
 /// One run of an image instance: pulled if needed, run by runc (in the run's cgroup, which
-/// [`cgroups_path`] names) until it ends or is stopped. Its container is removed after, by
-/// the caller once it has read the cgroup when the node has cgroups, else here.
+/// [`cgroups_path`] names) until it ends or is stopped. The caller removes the container.
 async fn run_container(
     launch: &Launch,
     image: &meridian_model::Image,
@@ -318,15 +318,11 @@ async fn run_container(
     let started = start_container(launch, image, states, stop)
         .await
         .unwrap_or_else(|| Err("stopped before it started".to_owned()));
-    let ended = match started {
+    match started {
         Ok(child) => supervise_to_end(launch, client, child, states, stop).await,
         Err(_) if *stop.borrow() => Ended::Stopped,
         Err(e) => Ended::Exited(format!("cannot start: {e}")),
-    };
-    if launch.cgroups.is_none() {
-        remove_container(launch).await;
     }
-    ended
 }
 
 /// Supervises `child` until it ends or is stopped, then makes sure it is gone.

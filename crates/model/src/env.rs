@@ -131,55 +131,41 @@ pub fn seal_label(org: &str, app: &str, name: &str) -> String {
     format!("secret/{org}/{app}/{name}")
 }
 
-/// Every reference to a secret in `definition` (`runtime.process.env` and each override's
-/// `env` and `runtime.process.env`), as (field, secret name), in the order of the fields:
-/// e.g. `("runtime.process.env.DB_PASSWORD", "DB_PASSWORD")`.
+/// Every reference to a secret in `definition` (the runtime's `env`, and each override's `env`
+/// and runtime `env`), as (field, secret name), in the order of the fields: e.g.
+/// `("runtime.process.env.DB_PASSWORD", "DB_PASSWORD")`.
 pub fn secret_references(definition: &Definition) -> Vec<(String, &str)> {
-    fn add<'a>(
-        found: &mut Vec<(String, &'a str)>,
-        prefix: &str,
-        env: &'a BTreeMap<String, EnvValue>,
-    ) {
-        for (key, value) in env {
-            if let Some(name) = value.secret() {
-                found.push((format!("{prefix}.{key}"), name));
+    let runtime = &definition.runtime;
+    let mut envs: Vec<(String, &BTreeMap<String, EnvValue>)> = [
+        (
+            "runtime.process.env",
+            runtime.process.as_ref().map(|p| &p.env),
+        ),
+        ("runtime.image.env", runtime.image.as_ref().map(|i| &i.env)),
+    ]
+    .into_iter()
+    .filter_map(|(field, env)| Some((field.to_owned(), env?)))
+    .collect();
+    for (region, o) in &definition.overrides {
+        let runtime = o.runtime.as_ref();
+        let process = runtime.and_then(|r| r.process.as_ref()?.env.as_ref());
+        let image = runtime.and_then(|r| r.image.as_ref()?.env.as_ref());
+        for (field, env) in [
+            ("env", o.env.as_ref()),
+            ("runtime.process.env", process),
+            ("runtime.image.env", image),
+        ] {
+            if let Some(env) = env {
+                envs.push((format!("overrides.{region}.{field}"), env));
             }
         }
     }
-    let mut found = Vec::new();
-    if let Some(process) = &definition.runtime.process {
-        add(&mut found, "runtime.process.env", &process.env);
-    }
-    if let Some(image) = &definition.runtime.image {
-        add(&mut found, "runtime.image.env", &image.env);
-    }
-    for (region, o) in &definition.overrides {
-        if let Some(env) = &o.env {
-            add(&mut found, &format!("overrides.{region}.env"), env);
-        }
-        let runtime = o.runtime.as_ref();
-        if let Some(env) = runtime
-            .and_then(|r| r.process.as_ref())
-            .and_then(|p| p.env.as_ref())
-        {
-            add(
-                &mut found,
-                &format!("overrides.{region}.runtime.process.env"),
-                env,
-            );
-        }
-        if let Some(env) = runtime
-            .and_then(|r| r.image.as_ref())
-            .and_then(|i| i.env.as_ref())
-        {
-            add(
-                &mut found,
-                &format!("overrides.{region}.runtime.image.env"),
-                env,
-            );
-        }
-    }
-    found
+    envs.into_iter()
+        .flat_map(|(prefix, env)| {
+            env.iter()
+                .filter_map(move |(key, value)| Some((format!("{prefix}.{key}"), value.secret()?)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
