@@ -42,6 +42,11 @@
 //! itself (see `grpc.rs`). With a port named `echo` (`$MERIDIAN_PORT_ECHO`, declare it
 //! `protocol: tcp`), it serves there a TCP echo: each connection gets back every byte it sends,
 //! and once it has half-closed (shut down its sending side), the echo closes its own.
+//!
+//! On SIGTERM it stops accepting connections, finishes the requests in flight and exits 0, as a
+//! well-behaved service does. That matters most in a container, where it is the first process:
+//! the kernel ignores a signal that the first process of a PID namespace has no handler for, so
+//! without one a graceful stop would wait for its timeout and end in SIGKILL.
 
 #![forbid(unsafe_code)]
 
@@ -116,13 +121,29 @@ async fn main() -> std::process::ExitCode {
         Ok(None) => {}
         Err(code) => return code,
     }
-    let served = axum::serve(listener, app).await;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(terminated())
+        .await;
     drop(held);
     match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("serving: {e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves when the process gets SIGTERM (never, if the handler cannot be installed).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+            println!("SIGTERM: finishing the requests in flight, then exiting");
+        }
+        Err(e) => {
+            eprintln!("cannot handle SIGTERM: {e}");
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -278,7 +278,8 @@ impl Drop for Killed {
 }
 
 /// A child process asked to stop (SIGTERM) on drop, as an operator would, and killed if it
-/// has not stopped within ten seconds: an agent stops its instances then.
+/// has not stopped within thirty seconds: an agent stops its instances then, each within its
+/// `stop_timeout` (ten seconds by default), and removes their network namespaces.
 pub struct Stopped(pub Child);
 
 impl Drop for Stopped {
@@ -289,7 +290,7 @@ impl Drop for Stopped {
         {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
-        let end = Instant::now() + Duration::from_secs(10);
+        let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             if !matches!(self.0.try_wait(), Ok(None)) {
                 return;
@@ -692,6 +693,9 @@ pub fn agent_with_command(
     program: &Path,
     adjust: impl FnOnce(&mut Command),
 ) -> Agent {
+    if let Some(at) = isolation.iter().position(|a| *a == "--instance-network") {
+        remove_leftover_namespaces(isolation[at + 1], &dir.join(node));
+    }
     let token = region.join_token(&format!("agent/{node}"));
     let log = dir.join(format!("{node}-{LOG_FILE}"));
     let log_file = std::fs::File::create(&log).unwrap();
@@ -721,6 +725,44 @@ pub fn agent_with_command(
         _process: Stopped(child),
         admin,
         log,
+    }
+}
+
+/// Deletes the network namespaces (and their veth pairs) that hold addresses of the /24 of
+/// `network`, left by an agent of an earlier run that was killed before it could remove them.
+/// Each test owns the instance network it gives its agents, so whatever holds one is a
+/// leftover; the agent itself rightly refuses to take addresses another agent holds. Those of
+/// the agent with `state` (an agent started again) are left to it.
+fn remove_leftover_namespaces(network: &str, state: &Path) {
+    let own = meridian_agent::netns_prefix(state);
+    let Some(base) = network.rsplit_once('.').map(|(base, _)| base) else {
+        return;
+    };
+    let Ok(listed) = Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "to", &format!("{base}.0/24")])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let Some(link) = line.split_whitespace().nth(1) else {
+            continue;
+        };
+        let link = link.split('@').next().unwrap_or(link);
+        // The host side `mh<tag><id>` of the pair in namespace `mrd-<tag>-<id>`.
+        if let Some(tag_and_id) = link.strip_prefix("mh").filter(|t| t.len() == 12) {
+            let (tag, id) = tag_and_id.split_at(8);
+            let namespace = format!("mrd-{tag}-{id}");
+            if namespace.starts_with(&own) {
+                continue;
+            }
+            eprintln!("removing namespace {namespace}, left on {network} by an earlier run");
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &namespace])
+                .status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&namespace));
+        }
+        let _ = Command::new("ip").args(["link", "delete", link]).status();
     }
 }
 
