@@ -524,6 +524,29 @@ async fn fra_until(
     }
 }
 
+/// Calls `hello.shop.internal` by name from the service's instances (through the gateway, to
+/// `/call`) until the answers come from both the version greeting `old` and the one greeting
+/// `new`.
+async fn mesh_calls_reach_both(gateway: &str, old: &str, new: &str) {
+    let path = "/call?url=http://hello.shop.internal:8080/";
+    let mut seen = BTreeSet::new();
+    let end = Instant::now() + DEADLINE;
+    while seen.len() < 2 {
+        let (status, body) = support::through(gateway, HOST, path).await;
+        assert_eq!(status, 200, "{body}");
+        let callee = body.split("answered 200: ").nth(1).unwrap_or_default();
+        for greeting in [old, new] {
+            if callee.starts_with(greeting) {
+                seen.insert(greeting);
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "mesh calls reached only {seen:?}; the last answer: {body}"
+        );
+    }
+}
+
 /// Whether `status`'s rollout gives `version` `weight` percent.
 fn weighs(status: &serde_json::Value, version: u64, weight: u64) -> bool {
     let weights = status["rollout"]["weights"].as_array().cloned();
@@ -567,6 +590,9 @@ async fn a_paused_canary_holds_its_weight_until_resumed_and_a_promoted_one_ends_
     let answers = load.answers_of_next(40).await;
     let (old, new) = (greeted_by(&answers, "hello"), greeted_by(&answers, "howdy"));
     assert!(!old.is_empty() && !new.is_empty(), "{answers:?}");
+    // Callers inside the mesh, calling the service by name through their node proxies, are
+    // split the same way.
+    mesh_calls_reach_both(&rig.gateway, "hello", "howdy").await;
     eprintln!(
         "paused canary at 50 % for {:?} past its 2 s pause",
         paused.elapsed()

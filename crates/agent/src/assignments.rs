@@ -77,11 +77,22 @@ fn decode_services(resources: &Resources) -> Result<Services, String> {
                 healthy: instance.healthy,
                 region: instance.region,
                 priority: instance.priority,
+                canary: instance.canary,
             });
         }
         let vip = match service.vip.as_str() {
             "" => None,
             text => Some(parse_vip(text).map_err(|e| format!("service `{name}`: vip: {e}"))?),
+        };
+        let canary_weight = match service.canary_weight {
+            0 => None,
+            weight @ 1..=99 => Some(weight),
+            weight => {
+                return Err(format!(
+                    "service `{name}`: canary_weight: {weight} is not a percent from 1 to 99 \
+                     (or 0 for no split)"
+                ))
+            }
         };
         services.insert(
             (service.org, service.app, service.service),
@@ -89,6 +100,7 @@ fn decode_services(resources: &Resources) -> Result<Services, String> {
                 spec,
                 instances,
                 vip,
+                canary_weight,
             },
         );
     }

@@ -95,6 +95,8 @@ pub struct MeshService {
     pub instances: Vec<MeshInstance>,
     /// Its virtual IP in the region, if it has one.
     pub vip: Option<Ipv4Addr>,
+    /// While a canary splits requests: the percent of them (1–99) its new set gets.
+    pub canary_weight: Option<u32>,
 }
 
 /// An instance of a [`MeshService`].
@@ -108,6 +110,39 @@ pub struct MeshInstance {
     pub region: String,
     /// 0 in this region, then 1, 2, … for other regions by distance.
     pub priority: u32,
+    /// Whether it belongs to a splitting canary's new set.
+    pub canary: bool,
+}
+
+/// Which of a service's instances a cluster reaches.
+#[derive(Clone, Copy, PartialEq)]
+enum Set {
+    /// All of them.
+    All,
+    /// While a canary splits requests, those of the previous version.
+    Stable,
+    /// While a canary splits requests, those of its new set.
+    Canary,
+}
+
+impl Set {
+    /// Whether `instance` belongs to the set.
+    fn has(self, instance: &MeshInstance) -> bool {
+        match self {
+            Set::All => true,
+            Set::Stable => !instance.canary,
+            Set::Canary => instance.canary,
+        }
+    }
+
+    /// What the names of the set's clusters end with.
+    fn suffix(self) -> &'static str {
+        match self {
+            Set::All => "",
+            Set::Stable => "/stable",
+            Set::Canary => "/canary",
+        }
+    }
 }
 
 /// The best priority level the proxy's config accepts is 0, the worst this.
@@ -250,7 +285,7 @@ pub fn config(
                 if port.protocol != Protocol::Tcp {
                     used.virtual_hosts.push(outbound.route(reach, index));
                 } else if reach.region.is_none() {
-                    used.tcp = Some(outbound.cluster(reach, index));
+                    used.tcp = Some(outbound.cluster(reach, index, Set::All));
                 }
             }
         }
@@ -290,8 +325,17 @@ impl Outbound<'_> {
     /// The virtual host for `reach` on the target's `index`-th port (its name, and its virtual
     /// IP for a name not pinned to a region); adds its cluster: over mutual TLS, as the
     /// instance's service, to the target's healthy instances, whose certificates must name it.
+    /// While the target's canary splits requests (and its new set has a healthy instance where
+    /// the name reaches), they are split the same way between the previous version's
+    /// instances and the new set's, as the gateways split them.
     fn route(&mut self, reach: &Reach, index: usize) -> Value {
-        let cluster = self.cluster(reach, index);
+        let split = reach.service.canary_weight.filter(|_| {
+            reach
+                .service
+                .instances
+                .iter()
+                .any(|i| i.canary && i.healthy && reach.region.is_none_or(|r| r == i.region))
+        });
         let Reach {
             domain,
             service,
@@ -305,20 +349,24 @@ impl Outbound<'_> {
         // An instance that just went away is retried elsewhere (requests whose body the proxy
         // holds, within its retry budget): any method when it refused the connection,
         // idempotent ones when it failed after (the proxy's default).
-        json!({
-            "name": domain,
-            "domains": domains,
-            "routes": [{
-                "cluster": cluster,
-                "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
-            }],
-        })
+        let retries = json!({"attempts": 2, "on": ["connect_failure", "gateway_error"]});
+        let route = match split {
+            Some(weight) => json!({
+                "weighted_clusters": [
+                    {"name": self.cluster(reach, index, Set::Stable), "weight": 100 - weight.min(99)},
+                    {"name": self.cluster(reach, index, Set::Canary), "weight": weight.min(99)},
+                ],
+                "retries": retries,
+            }),
+            None => json!({"cluster": self.cluster(reach, index, Set::All), "retries": retries}),
+        };
+        json!({"name": domain, "domains": domains, "routes": [route]})
     }
 
     /// The name of the cluster of `reach`'s `index`-th port, added if new: over mutual TLS, as
-    /// the instance's service, to the target's healthy instances (those of the pinned region
-    /// only, for a pinned name), whose certificates must name it.
-    fn cluster(&mut self, reach: &Reach, index: usize) -> String {
+    /// the instance's service, to the target's healthy instances of `set` (those of the pinned
+    /// region only, for a pinned name), whose certificates must name it.
+    fn cluster(&mut self, reach: &Reach, index: usize, set: Set) -> String {
         let Reach {
             target,
             service,
@@ -332,11 +380,12 @@ impl Outbound<'_> {
             .map_or("", |port| port.name.as_str());
         let (org, app, name) = &self.instance.service;
         let cluster = format!(
-            "via/{org}/{app}/{name}/to/{}/{}/{}:{port_name}{}",
+            "via/{org}/{app}/{name}/to/{}/{}/{}:{port_name}{}{}",
             target.0,
             target.1,
             target.2,
             region.map(|r| format!("/in/{r}")).unwrap_or_default(),
+            set.suffix(),
         );
         if !self.clusters.contains_key(&cluster) {
             let peer = format!(
@@ -346,7 +395,7 @@ impl Outbound<'_> {
             let endpoints: Vec<Value> = service
                 .instances
                 .iter()
-                .filter(|i| i.healthy && region.is_none_or(|r| r == i.region))
+                .filter(|i| i.healthy && set.has(i) && region.is_none_or(|r| r == i.region))
                 .map(|i| {
                     json!({
                         "address": format!("{}:{}", i.address, mesh_port(index)),
@@ -557,6 +606,7 @@ mod tests {
                     spec: spec.clone(),
                     instances: Vec::new(),
                     vip: None,
+                    canary_weight: None,
                 };
                 (key(org, "shop", "web"), service)
             })
@@ -591,9 +641,29 @@ mod tests {
         .unwrap()
     }
 
+    /// A healthy instance in fra at `address`, of a splitting canary's new set if `canary`.
+    fn fra_instance(address: &str, canary: bool) -> MeshInstance {
+        MeshInstance {
+            address: address.to_owned(),
+            healthy: true,
+            region: "fra".to_owned(),
+            priority: 0,
+            canary,
+        }
+    }
+
     /// The configuration of web-0 of acme/shop, in a namespace, seeing acme/shop's `services`
     /// (each with a healthy instance at 127.0.0.9).
     fn web_seeing(services: &[(&str, ServiceSpec)]) -> Value {
+        web_seeing_instances(services, &[fra_instance("127.0.0.9", false)], None)
+    }
+
+    /// [`web_seeing`], each service with `instances` and `canary_weight`.
+    fn web_seeing_instances(
+        services: &[(&str, ServiceSpec)],
+        instances: &[MeshInstance],
+        canary_weight: Option<u32>,
+    ) -> Value {
         let web = key("acme", "shop", "web");
         let local = [LocalInstance {
             instance: "web-0".to_owned(),
@@ -604,19 +674,14 @@ mod tests {
             listen: Ipv4Addr::new(100, 64, 0, 3),
             serving: true,
         }];
-        let instances = vec![MeshInstance {
-            address: "127.0.0.9".to_owned(),
-            healthy: true,
-            region: "fra".to_owned(),
-            priority: 0,
-        }];
         let services = services
             .iter()
             .map(|(name, spec)| {
                 let service = MeshService {
                     spec: spec.clone(),
-                    instances: instances.clone(),
+                    instances: instances.to_vec(),
                     vip: Some(Ipv4Addr::new(100, 112, 0, 7)),
+                    canary_weight,
                 };
                 (key("acme", "shop", name), service)
             })
@@ -631,6 +696,76 @@ mod tests {
         let parsed = meridian_proxy::parse_config(&config.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
         config
+    }
+
+    /// The addresses of the endpoints of cluster `name`.
+    fn endpoints_of(config: &Value, name: &str) -> Vec<String> {
+        let cluster = config["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"));
+        cluster["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["address"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_splitting_canary_splits_the_callers_requests_by_its_weight_and_not_their_connections() {
+        let api = spec_with(&[("http", 8080, "http"), ("db", 5433, "tcp")]);
+        let instances = [
+            fra_instance("127.0.0.9", false),
+            fra_instance("127.0.0.10", true),
+        ];
+        let config = web_seeing_instances(&[("api", api.clone())], &instances, Some(20));
+        let http = listener(&config, "out/acme/shop/web-0/8080").unwrap();
+        let route = &http["virtual_hosts"][0]["routes"][0];
+        assert!(route["cluster"].is_null(), "{route}");
+        let split: Vec<(String, u64)> = route["weighted_clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["name"].as_str().unwrap().to_owned(),
+                    w["weight"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let base = "via/acme/shop/web/to/acme/shop/api:http";
+        assert_eq!(
+            split,
+            [
+                (format!("{base}/stable"), 80),
+                (format!("{base}/canary"), 20)
+            ]
+        );
+        let mesh = |port: u16| vec![format!("127.0.0.9:{port}")];
+        assert_eq!(endpoints_of(&config, &split[0].0), mesh(mesh_port(0)));
+        let canary = vec![format!("127.0.0.10:{}", mesh_port(0))];
+        assert_eq!(endpoints_of(&config, &split[1].0), canary);
+        // A TCP connection is not split: it reaches every instance.
+        let tcp = listener(&config, "out/acme/shop/web-0/5433").unwrap();
+        let tcp_cluster = tcp["cluster"].as_str().unwrap();
+        assert_eq!(endpoints_of(&config, tcp_cluster).len(), 2);
+
+        // With no healthy instance in the new set, every request goes to the previous version.
+        let unhealthy = [
+            fra_instance("127.0.0.9", false),
+            MeshInstance {
+                healthy: false,
+                ..fra_instance("127.0.0.10", true)
+            },
+        ];
+        let config = web_seeing_instances(&[("api", api)], &unhealthy, Some(20));
+        let http = listener(&config, "out/acme/shop/web-0/8080").unwrap();
+        let route = &http["virtual_hosts"][0]["routes"][0];
+        assert_eq!(route["cluster"], base);
+        assert_eq!(endpoints_of(&config, base), mesh(mesh_port(0)));
     }
 
     fn listener<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {

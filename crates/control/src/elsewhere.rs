@@ -80,6 +80,7 @@ pub fn elsewhere(here: &str, regions: &BTreeMap<String, RemoteRegion>) -> Elsewh
                 healthy: true,
                 region: name.clone(),
                 priority,
+                canary: false,
             }));
         }
     }

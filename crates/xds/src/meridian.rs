@@ -255,6 +255,10 @@ pub struct Service {
     /// Its virtual IP in the region (in [`VIP_NETWORK`]), empty if it has none.
     #[prost(string, tag = "7")]
     pub vip: String,
+    /// While a canary splits requests: the percent of them (1–99) that its new set (the
+    /// instances marked [`ServiceInstance::canary`]) gets, the others the rest; 0 otherwise.
+    #[prost(uint32, tag = "8")]
+    pub canary_weight: u32,
 }
 
 /// One instance of a [`Service`].
@@ -276,6 +280,10 @@ pub struct ServiceInstance {
     /// Calls go to the nearest priority with healthy instances.
     #[prost(uint32, tag = "5")]
     pub priority: u32,
+    /// Whether it belongs to the new set of a canary that splits requests (see
+    /// [`Service::canary_weight`]).
+    #[prost(bool, tag = "6")]
+    pub canary: bool,
 }
 
 /// What an agent reports: its node, and the state of each instance it runs.

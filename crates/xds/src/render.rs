@@ -149,6 +149,8 @@ fn allowed_orgs(deployment: &RegionalDeployment) -> std::collections::BTreeSet<&
 /// the caller, who decides what a failure to encode means), `endpoints` (those of this service
 /// in this region), `elsewhere` (its healthy instances in other regions, for the region's
 /// node proxies) and `vip` (its virtual IP in the region, for the node proxies and DNS).
+/// `split` is, while a canary splits requests, its new set (not among `endpoints`) and the
+/// percent of requests it gets: the node proxies split their callers' requests the same way.
 ///
 /// With `mesh` (the trust domain), the endpoints are instances run by agents and Meridian's
 /// proxies reach them over mutual TLS: on their mesh ports, presenting their own certificate
@@ -160,6 +162,7 @@ pub fn service(
     mesh: Option<&str>,
     elsewhere: &[ServiceInstance],
     vip: std::net::Ipv4Addr,
+    split: Option<(&[&Endpoint], u32)>,
 ) -> Rendered {
     let mut rendered = Rendered::default();
     let own_host = format!("{}.{}.internal", deployment.service, deployment.app);
@@ -184,20 +187,28 @@ pub fn service(
             rendered.grpc(org, &full, &full_assignment, tcp);
         }
     }
+    let instance = |e: &&Endpoint, canary: bool| ServiceInstance {
+        instance: e.id.clone(),
+        address: e.address.clone(),
+        healthy: e.health == EndpointHealth::Healthy,
+        region: e.region.clone(),
+        priority: 0,
+        canary,
+    };
+    let (canary, canary_weight) = split.unwrap_or_default();
     let mut instances: Vec<ServiceInstance> = endpoints
         .iter()
-        .map(|e| ServiceInstance {
-            instance: e.id.clone(),
-            address: e.address.clone(),
-            healthy: e.health == EndpointHealth::Healthy,
-            region: e.region.clone(),
-            priority: 0,
-        })
+        .map(|e| instance(e, false))
+        .chain(canary.iter().map(|e| instance(e, true)))
         .collect();
     instances.extend_from_slice(elsewhere);
-    rendered
-        .resources
-        .push(mesh_service(deployment, spec_json.to_vec(), instances, vip));
+    rendered.resources.push(mesh_service(
+        deployment,
+        spec_json.to_vec(),
+        instances,
+        vip,
+        canary_weight,
+    ));
     proxy_clusters(&mut rendered, deployment, "", endpoints, mesh);
     rendered
 }
@@ -618,13 +629,15 @@ fn load_assignment(
 }
 
 /// The [`meridian::Service`](crate::meridian::Service) resource of a deployment with its spec
-/// (`spec_json`, encoded by the caller), instances and virtual IP, for the region's agents
+/// (`spec_json`, encoded by the caller), instances, virtual IP and the percent of requests its
+/// canary's new set gets while a canary splits them (0 otherwise), for the region's agents
 /// (cache name `mesh/<org>/<app>/<service>`).
 pub fn mesh_service(
     deployment: &RegionalDeployment,
     spec_json: Vec<u8>,
     instances: Vec<ServiceInstance>,
     vip: std::net::Ipv4Addr,
+    canary_weight: u32,
 ) -> (&'static str, String, Any) {
     use crate::meridian::{Service, MESH_NAMESPACE, SERVICE};
     let service = Service {
@@ -635,6 +648,7 @@ pub fn mesh_service(
         spec_json,
         instances,
         vip: vip.to_string(),
+        canary_weight,
     };
     let name = format!(
         "{MESH_NAMESPACE}{}/{}/{}",
@@ -707,7 +721,7 @@ mod tests {
         .unwrap();
         let deployment = &meridian_model::derive_regional(&definition, 1)[0];
         let loopback = std::net::Ipv4Addr::LOCALHOST;
-        let rendered = service(deployment, b"{}", &[], None, &[], loopback);
+        let rendered = service(deployment, b"{}", &[], None, &[], loopback, None);
         let grpc: Vec<(&str, &str)> = rendered
             .resources
             .iter()
@@ -749,7 +763,7 @@ mod tests {
         .unwrap();
         let deployment = &meridian_model::derive_regional(&definition, 1)[0];
         let vip = std::net::Ipv4Addr::new(100, 112, 0, 9);
-        let rendered = service(deployment, b"{}", &[], None, &[], vip);
+        let rendered = service(deployment, b"{}", &[], None, &[], vip, None);
         let name = "grpc/acme/db.shop.internal:5432";
         let of = |wanted: &str| {
             rendered

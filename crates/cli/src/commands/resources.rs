@@ -13,13 +13,14 @@ use crate::client::Client;
 use crate::definition;
 use crate::output::{print, timestamp, Format};
 
-/// Which app (and org) a service belongs to.
+/// Which app (and org) a service, or a secret, belongs to.
 #[derive(Args, Clone)]
 pub struct AppScope {
-    /// The app the service belongs to.
+    /// The app: the service's, or the one whose secrets these are.
     #[arg(long)]
     app: String,
-    /// The org; defaults to the token's org, or (admin) the only org with such a service.
+    /// The org; defaults to the token's org. With an admin token: for a service, the only org
+    /// that has one of that name; for secrets, it must be named.
     #[arg(long, env = "MERIDIAN_ORG")]
     org: Option<String>,
 }

@@ -321,11 +321,15 @@ impl Publisher {
                     deployment,
                     endpoints,
                     canary,
+                    split,
                     mesh,
                     elsewhere,
                     vip,
                 } => spec_of(&id, &deployment).map(|spec| {
                     let endpoints: Vec<&Endpoint> = endpoints.iter().collect();
+                    let canary: Option<Vec<&Endpoint>> =
+                        canary.as_ref().map(|canary| canary.iter().collect());
+                    let split_set = canary.as_deref().zip(split);
                     let mut rendered = render::service(
                         &deployment,
                         &spec,
@@ -333,9 +337,9 @@ impl Publisher {
                         mesh.as_deref(),
                         &elsewhere,
                         vip,
+                        split_set,
                     );
                     if let Some(canary) = canary {
-                        let canary: Vec<&Endpoint> = canary.iter().collect();
                         let clusters =
                             render::canary_clusters(&deployment, &canary, mesh.as_deref());
                         rendered.resources.extend(clusters.resources);
@@ -347,7 +351,7 @@ impl Publisher {
                     elsewhere,
                     vip,
                 } => spec_of(&id, &deployment).map(|spec| render::Rendered {
-                    resources: vec![render::mesh_service(&deployment, spec, elsewhere, vip)],
+                    resources: vec![render::mesh_service(&deployment, spec, elsewhere, vip, 0)],
                 }),
                 Shape::Gone => Some(render::Rendered::default()),
             };

@@ -117,6 +117,9 @@ pub(super) enum Shape {
         endpoints: Vec<Endpoint>,
         /// During a canary, the new version's endpoints, served from a cluster of their own.
         canary: Option<Vec<Endpoint>>,
+        /// While the canary splits requests (its endpoints are then not among `endpoints`),
+        /// the percent of them it gets.
+        split: Option<u32>,
         /// The trust domain, when its instances are reached over mutual TLS.
         mesh: Option<String>,
         /// Its healthy instances elsewhere.
@@ -750,6 +753,7 @@ impl RegionState {
                 .collect();
             // A canary's new set has a cluster of its own; while the proxies split requests,
             // the service's cluster has the previous version's instances only.
+            let mut split = None;
             let canary = self
                 .rollouts
                 .canary_set(id, deployment.version)
@@ -763,7 +767,8 @@ impl RegionState {
                     let is_new = |e: &Endpoint| new.contains(e.id.as_str());
                     let canary: Vec<Endpoint> =
                         endpoints.iter().filter(|e| is_new(e)).cloned().collect();
-                    if self.rollouts.canary_weight(id, version).is_some() {
+                    split = self.rollouts.canary_weight(id, version);
+                    if split.is_some() {
                         endpoints.retain(|e| !is_new(e));
                     }
                     canary
@@ -775,6 +780,7 @@ impl RegionState {
                 deployment: deployment.clone(),
                 endpoints,
                 canary,
+                split,
                 mesh: self.trust_domain.clone().filter(|_| agent_run),
                 elsewhere,
                 vip: self.vips.of(id),
