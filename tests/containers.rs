@@ -6,11 +6,16 @@
 //! reported by the agent and retried.
 //!
 //! A container runs in its run's cgroup with the service's `resources`: its CPU quota and
-//! memory limit are in the cgroup's files.
+//! memory limit are in the cgroup's files; one that allocates past its memory limit is
+//! killed, shown `oom_killed` with the limit by `meridian status`, and restarted.
+//!
+//! A TCP service in a container is reached by name from another service's instance, and a
+//! caller of another org is refused.
 //!
 //! Needs root, runc, docker-registry and skopeo (and iproute2, nftables): skipped without them
 //! unless MERIDIAN_TEST_STRICT=1. Addresses: 127.0.210.1 (registry), 127.0.211.1 (gateway),
-//! 127.0.212.1 (a second registry), 100.64.210.0/24 and 100.64.212.0/24 (instances).
+//! 127.0.212.1, 127.0.216.1 and 127.0.217.1 (more registries), 127.0.217.2 (a gateway),
+//! 100.64.210.0/24, 100.64.212.0/24, 100.64.216.0/24 and 100.64.217.0/24 (instances).
 
 mod support;
 
@@ -19,8 +24,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use support::tcp::{address_in, deploy_callers, hello_service, other_org_exchange, ECHO_PORT};
 use support::{
-    agent_with, cgroup_dir, edge, gateway, Agent, Deployed, Killed, RegionalPlane, HELLO,
+    agent_with, answers, cgroup_dir, edge, gateway, problems, through, Agent, Deployed, Killed,
+    RegionalPlane, HELLO,
 };
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -205,6 +212,16 @@ fn push(layout: &Path, tag: &str, registry: &str, as_tag: &str) {
     );
 }
 
+/// A registry on a free port of `ip` holding image `hello:v1` (meridian-hello greeting with
+/// `greeting`), and that image's reference.
+fn registry_with_hello(dir: &Path, ip: &str, greeting: &str) -> (Registry, String) {
+    let registry = start_registry_at(dir, ip);
+    let image = build_image(dir, "v1", greeting);
+    push(&image, "v1", &registry.address, "v1");
+    let reference = format!("{}/hello:v1", registry.address);
+    (registry, reference)
+}
+
 fn service(reference: &str) -> String {
     format!(
         "\
@@ -358,10 +375,7 @@ async fn a_containers_resources_are_in_its_cgroup() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let registry = start_registry_at(dir.path(), "127.0.212.1");
-    let image = build_image(dir.path(), "v1", "limited");
-    push(&image, "v1", &registry.address, "v1");
-    let reference = format!("{}/hello:v1", registry.address);
+    let (registry, reference) = registry_with_hello(dir.path(), "127.0.212.1", "limited");
     let limited =
         service(&reference).replace("ports:", "resources: {cpu: 0.25, memory: 48Mi}\nports:");
     let insecure = ["--insecure-registry", registry.address.as_str()];
@@ -392,4 +406,104 @@ async fn a_containers_resources_are_in_its_cgroup() {
         assert_eq!(read("memory", "memory.max"), "50331648");
     }
     assert_eq!(read("pids", "pids.max"), "4096");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_over_its_memory_limit_is_killed_reported_and_restarted() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, reference) = registry_with_hello(dir.path(), "127.0.216.1", "greedy");
+    // Allocating 96 MiB under a 48 MiB limit.
+    let greedy = service(&reference)
+        .replace(
+            "read_only_root_fs: true",
+            "read_only_root_fs: true, env: {HELLO_ALLOCATE_MIB: \"96\"}",
+        )
+        .replace("ports:", "resources: {memory: 48Mi}\nports:");
+    let insecure = ["--insecure-registry", registry.address.as_str()];
+    let platform = Deployed::start_with(dir.path(), &greedy, &insecure);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    let _node = node_of(&region, dir.path(), "100.64.216.0", &registry);
+
+    // Killed, reported with its limit, restarted: the next run is killed the same way (runc
+    // started it again), and waits longer before its next restart.
+    let oom_killed = "web-0 unhealthy: oom_killed: used more than its memory limit of 48Mi";
+    let fra = platform
+        .status_until("web", "oom_killed after a restart", |fra| {
+            problems(fra)
+                .iter()
+                .any(|p| p.starts_with(oom_killed) && p.contains("restarting in 2s"))
+        })
+        .await;
+    assert_eq!(problems(&fra).len(), 1, "{fra}");
+    let log = dir.path().join("fra-1/logs/acme.shop.web-0/stdout.log");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.matches("allocating 96 MiB").count() >= 2, "{log}");
+
+    // Without the allocation, the same limit lets it run: healthy, and no problem reported.
+    platform.deploy(&greedy.replace("env: {HELLO_ALLOCATE_MIB: \"96\"}", "env: {}"));
+    platform.until_running_without_problems("web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_service_in_a_container_is_reached_by_name_and_other_orgs_are_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, reference) = registry_with_hello(dir.path(), "127.0.217.1", "echoing");
+    let container = format!("{{image: {{ref: \"{reference}\", read_only_root_fs: true}}}}");
+    let insecure = ["--insecure-registry", registry.address.as_str()];
+    let echo = hello_service("acme", "echo", &container, true, "fra");
+    let platform = Deployed::start_with(dir.path(), &echo, &insecure);
+    deploy_callers(&platform, dir.path());
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.217.2:0"),
+    );
+    let node = node_of(&region, dir.path(), "100.64.217.0", &registry);
+    let (_gateway, gateway) = gateway(&region, dir.path()).await;
+
+    // The echo runs in a container.
+    let greeting = answers(&gateway, "echo.acme.example.com", "/", "echoing from echo").await;
+    assert!(container_pid(&dir.path().join("fra-1"), "acme.shop.echo-0").is_some());
+
+    // By name, from another service's instance: the bytes come back intact.
+    let web = "web.acme.example.com";
+    let name = format!("echo.shop.internal:{ECHO_PORT}");
+    let path = format!("/tcp?addr={name}&bytes=100000");
+    let answer = answers(&gateway, web, &path, "intact").await;
+    assert!(
+        answer.contains("sent 100000, received 100000, intact"),
+        "{answer}"
+    );
+
+    // Another org's instance does not see the name, and reaches nothing at the virtual IP.
+    let other = "client.other.example.com";
+    answers(&gateway, other, "/healthz", "ok").await;
+    let hidden = format!("/tcp?addr=echo.shop.acme.internal:{ECHO_PORT}");
+    let (_, hidden) = through(&gateway, other, &hidden).await;
+    assert!(hidden.contains("failed"), "{hidden}");
+    let vip = address_in(&answer, " (", ')');
+    let (_, by_vip) = through(&gateway, other, &format!("/tcp?addr={vip}")).await;
+    assert!(
+        by_vip.contains("failed") && !by_vip.contains("received"),
+        "{by_vip}"
+    );
+
+    // With a genuine certificate of that org, straight at the echo's mesh port: refused
+    // before a byte is relayed, and counted.
+    let instance: std::net::Ipv4Addr = address_in(&greeting, ", ", ')').parse().unwrap();
+    let node_side = std::net::Ipv4Addr::from(u32::from(instance) - 1);
+    let refused = other_org_exchange(&region, node_side, meridian_agent::mesh_port(1)).await;
+    assert_eq!(refused, b"");
+    let metrics = support::metrics(&node.admin).await;
+    let denied = r#"meridian_proxy_mesh_denied_total{listener="in/acme/shop/echo-0/echo"} 1"#;
+    assert!(metrics.contains(denied), "{metrics}");
+    let relayed = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"} 1"#;
+    assert!(metrics.contains(relayed), "{metrics}");
 }

@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{agent, agent_with, cgroup_dir, strict, Deployed, RegionalPlane, HELLO};
+use support::{agent, agent_with, cgroup_dir, problems, strict, Deployed, RegionalPlane, HELLO};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -57,38 +57,6 @@ fn cgroups_or_skip() -> bool {
     false
 }
 
-/// `meridian status hello` as JSON: fra's row.
-fn fra_status(platform: &Deployed) -> serde_json::Value {
-    let status = platform.cli.json(&["status", "hello", "--app", "shop"]);
-    status["regions"][0].clone()
-}
-
-/// Polls fra's status until `done` holds of it (else panics with the last one).
-async fn status_until(
-    platform: &Deployed,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let fra = fra_status(platform);
-        if done(&fra) {
-            return fra;
-        }
-        assert!(Instant::now() < end, "never {what}: {fra}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn problems(fra: &serde_json::Value) -> Vec<String> {
-    fra["problems"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.as_str().map(str::to_owned))
-        .collect()
-}
-
 /// The stdout of instance `hello-0` of node `node` (state under `dir`).
 fn instance_log(dir: &Path, node: &str) -> String {
     let log = dir.join(node).join("logs/acme.shop.hello-0/stdout.log");
@@ -104,10 +72,11 @@ async fn an_instance_over_its_memory_limit_is_killed_reported_and_restarted() {
     let definition = hello(1, "{memory: 48Mi}", "{HELLO_ALLOCATE_MIB: \"96\"}");
     let (dir, platform, _region, _agent) = platform(&definition, "127.0.230.1");
 
-    let fra = status_until(&platform, "oom_killed", |fra| {
-        problems(fra).iter().any(|p| p.contains("oom_killed"))
-    })
-    .await;
+    let fra = platform
+        .status_until("hello", "oom_killed", |fra| {
+            problems(fra).iter().any(|p| p.contains("oom_killed"))
+        })
+        .await;
     let problem = problems(&fra)
         .into_iter()
         .find(|p| p.contains("oom_killed"))
@@ -131,10 +100,7 @@ async fn an_instance_over_its_memory_limit_is_killed_reported_and_restarted() {
 
     // Without the allocation, the same limit lets it run: healthy, and no problem reported.
     platform.deploy(&hello(1, "{memory: 48Mi}", "{}"));
-    status_until(&platform, "running without problems", |fra| {
-        fra["state"] == "running" && problems(fra).is_empty()
-    })
-    .await;
+    platform.until_running_without_problems("hello").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +110,9 @@ async fn an_instance_s_limits_are_in_its_cgroup_which_goes_with_it() {
     }
     let definition = hello(1, "{cpu: 0.25, memory: 64Mi}", "{}");
     let (dir, platform, _region, agent) = platform(&definition, "127.0.231.1");
-    status_until(&platform, "running", |fra| fra["state"] == "running").await;
+    platform
+        .status_until("hello", "running", |fra| fra["state"] == "running")
+        .await;
 
     let pid_file = dir.path().join("one/instances/acme.shop.hello-0/pid");
     let pid = std::fs::read_to_string(pid_file).unwrap();
@@ -225,10 +193,11 @@ async fn placement_places_no_more_than_a_node_offers_and_says_why() {
         "cpu=1,memory=4Gi,instances=8",
     ];
     let _agent = agent_with(&region, "one", dir.path(), &isolation);
-    let fra = status_until(&platform, "two placed and one refused", |fra| {
-        fra["placed"] == 2 && fra["healthy"] == 2 && !problems(fra).is_empty()
-    })
-    .await;
+    let fra = platform
+        .status_until("hello", "two placed and one refused", |fra| {
+            fra["placed"] == 2 && fra["healthy"] == 2 && !problems(fra).is_empty()
+        })
+        .await;
     assert_eq!(
         problems(&fra),
         ["1 instance not placed: no node has 0.5 cpu free (the most: 0 on node one)"]

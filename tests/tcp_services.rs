@@ -9,10 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::tcp::{address_in, deploy_callers, hello_service, other_org_exchange, ECHO_PORT};
 use support::{answers, gateway, namespaces_allowed, through, Deployed, RegionalPlane, HELLO};
-
-/// The TCP echo port of the echo service (meridian-hello's `echo` port).
-const ECHO_PORT: u16 = 7000;
 
 /// meridian-hello as `org`/shop/`name` in fra, with its HTTP port, and its TCP echo port when
 /// `echo`.
@@ -22,36 +20,13 @@ fn service(org: &str, name: &str, echo: bool) -> String {
 
 /// [`service`] in `regions`.
 fn service_in(org: &str, name: &str, echo: bool, regions: &str) -> String {
-    let echo_port = if echo {
-        format!(", {{name: echo, port: {ECHO_PORT}, protocol: tcp}}")
-    } else {
-        String::new()
-    };
-    format!(
-        "\
-org: {org}
-app: shop
-name: {name}
-regions: [{regions}]
-runtime: {{process: {{command: {HELLO}}}}}
-ports: [{{name: http, port: 8080}}{echo_port}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{name}.{org}.example.com]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
-"
+    hello_service(
+        org,
+        name,
+        &format!("{{process: {{command: {HELLO}}}}}"),
+        echo,
+        regions,
     )
-}
-
-/// The address in a meridian-hello greeting or `/tcp` answer: `… (…, <address>)` or
-/// `tcp <addr> (<address>): …`.
-fn address_in(answer: &str, before: &str, after: char) -> String {
-    let start = answer.find(before).map_or(0, |at| at + before.len());
-    answer[start..]
-        .split(after)
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,11 +36,7 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
     }
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &service("acme", "echo", true));
-    for (org, name) in [("acme", "web"), ("other", "client")] {
-        let file = dir.path().join(format!("{org}-{name}.yaml"));
-        std::fs::write(&file, service(org, name, false)).unwrap();
-        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
-    }
+    deploy_callers(&platform, dir.path());
     let region = RegionalPlane::start(
         &platform.global,
         &platform.token,
@@ -158,45 +129,6 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
         assert!(Instant::now() < end, "no audit line in {}", node.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Connects to `address`:`port` over mutual TLS with a genuine workload certificate of
-/// other/shop/client (from the region, as a rogue agent would get one), sends some bytes,
-/// half-closes, and returns what came back before the connection closed.
-async fn other_org_exchange(
-    region: &RegionalPlane,
-    address: std::net::Ipv4Addr,
-    port: u16,
-) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let trust_domain = "meridian.local";
-    let other = meridian_identity::SpiffeId::workload(trust_domain, "other", "shop", "client");
-    let echo = meridian_identity::SpiffeId::workload(trust_domain, "acme", "shop", "echo");
-    let tls = support::rogue_client(region, &other, echo).await;
-    let tcp = tokio::net::TcpStream::connect((address, port))
-        .await
-        .unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(meridian_identity::mesh_server_name(), tcp)
-        .await
-        .unwrap();
-    let _ = stream.write_all(b"let me in").await;
-    let _ = stream.shutdown().await;
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
-        .await
-        .expect("the connection closed in time");
-    if let Err(e) = read {
-        // Closed without close_notify, or reset: closed all the same.
-        assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-            ),
-            "{e}"
-        );
-    }
-    received
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

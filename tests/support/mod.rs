@@ -6,6 +6,7 @@
 pub mod edge_feed;
 pub mod load;
 pub mod pebble;
+pub mod tcp;
 pub mod websocket;
 
 use std::io::{BufRead, BufReader};
@@ -545,6 +546,39 @@ impl Deployed {
             .ok(&["deploy", "-f", self.definition.to_str().unwrap()]);
     }
 
+    /// The first region's row of `meridian status SERVICE --app shop -o json`.
+    pub fn first_region_status(&self, service: &str) -> serde_json::Value {
+        let status = self.cli.json(&["status", service, "--app", "shop"]);
+        status["regions"][0].clone()
+    }
+
+    /// Polls [`Deployed::first_region_status`] of `service` until `done` holds of it; panics
+    /// after 90 s saying `what` was awaited, with the last row.
+    pub async fn status_until(
+        &self,
+        service: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            let row = self.first_region_status(service);
+            if done(&row) {
+                return row;
+            }
+            assert!(Instant::now() < end, "never {what}: {row}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until `service` runs in its first region with no problem reported.
+    pub async fn until_running_without_problems(&self, service: &str) {
+        self.status_until(service, "running without problems", |row| {
+            row["state"] == "running" && problems(row).is_empty()
+        })
+        .await;
+    }
+
     /// Registers endpoint `id` of `service` (app `shop`) in `fra` on 127.0.0.1 with `port`
     /// (as `NAME=NUMBER`) and `health`.
     pub fn set_endpoint(&self, service: &str, id: &str, port: &str, health: &str) {
@@ -565,6 +599,16 @@ impl Deployed {
             health,
         ]);
     }
+}
+
+/// The problems of a region's row of `meridian status` (`problems`, empty when none).
+pub fn problems(row: &serde_json::Value) -> Vec<String> {
+    row["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The example service, built with this binary.

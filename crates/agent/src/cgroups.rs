@@ -259,6 +259,15 @@ impl Cgroups {
         }
     }
 
+    /// The agent's directories (one per v1 controller, or one v2 directory), which hold its
+    /// instances' cgroups.
+    fn agents(&self) -> Vec<&Path> {
+        match &self.layout {
+            Layout::V1(dirs) => dirs.iter().map(|(_, d)| d.as_path()).collect(),
+            Layout::V2(dir) => vec![dir.as_path()],
+        }
+    }
+
     /// The directories of instance `key`'s cgroup, by controller (one, `Memory`, in v2).
     fn dirs(&self, key: &str) -> Vec<(Controller, PathBuf)> {
         match &self.layout {
@@ -267,14 +276,27 @@ impl Cgroups {
         }
     }
 
-    /// Makes the cgroup of a run of instance `key` with `limits` (a leftover of that name is
-    /// removed first).
+    /// Makes the cgroup of a run of instance `key` with `limits`, a new one: a leftover of
+    /// that name (an earlier run's, or an earlier agent's) is emptied and removed first,
+    /// waiting for its killed processes to exit ([`Cgroup::kill_and_remove`]); one that
+    /// cannot be is an error, never joined (the run would share its memory charges, OOM
+    /// count and processes). Blocks: call it off the async threads.
     pub fn create(&self, key: &str, limits: &Limits) -> io::Result<Cgroup> {
         let cgroup = Cgroup {
             version: self.version(),
             dirs: self.dirs(key),
         };
-        cgroup.kill_and_remove_now();
+        if !cgroup.kill_and_remove() {
+            return Err(io::Error::other(format!(
+                "the cgroup of an earlier run, {}, could not be removed",
+                cgroup
+                    .dirs
+                    .iter()
+                    .map(|(_, d)| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         for (_, dir) in &cgroup.dirs {
             std::fs::create_dir_all(dir)?;
         }
@@ -321,12 +343,8 @@ impl Cgroups {
 
     /// Kills what runs in the cgroups an earlier agent with this tag left, and removes them.
     pub fn remove_leftovers(&self) {
-        let parents: Vec<&Path> = match &self.layout {
-            Layout::V1(dirs) => dirs.iter().map(|(_, d)| d.as_path()).collect(),
-            Layout::V2(dir) => vec![dir.as_path()],
-        };
         let mut keys = std::collections::BTreeSet::new();
-        for parent in parents {
+        for parent in self.agents() {
             let Ok(entries) = std::fs::read_dir(parent) else {
                 continue;
             };
@@ -442,17 +460,27 @@ impl Cgroup {
     pub async fn end(self) -> u64 {
         let ended = tokio::task::spawn_blocking(move || {
             let oom_kills = self.oom_kills();
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while !self.kill_and_remove_now() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if self.dirs.iter().any(|(_, d)| d.exists()) {
+            if !self.kill_and_remove() {
                 tracing::warn!(cgroup = ?self.dirs, "a cgroup could not be removed");
             }
             oom_kills
         })
         .await;
         ended.unwrap_or(0)
+    }
+
+    /// Kills what runs in the cgroup and removes it, waiting up to two seconds for the killed
+    /// processes to exit (the kernel refuses to remove a cgroup until they have, and freeing
+    /// their memory takes a moment); whether it is gone. Blocks.
+    fn kill_and_remove(&self) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !self.kill_and_remove_now() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// Kills what runs in the cgroup and tries to remove its directories once; whether they
@@ -556,6 +584,78 @@ mod tests {
         assert_eq!(as_v2(none), [("pids.max", "4096".to_owned())]);
         let small = Limits::of(&resources(serde_json::json!({"cpu": "10m"})));
         assert_eq!(small.cpu_quota_us, Some(1000), "the kernel's least quota");
+    }
+
+    /// A run's cgroup is a new one, never the cgroup of an earlier run of that name whose
+    /// process still holds memory: that one is emptied and removed first, though its killed
+    /// process takes a moment to exit and until then the kernel refuses to remove it.
+    #[tokio::test]
+    async fn a_run_never_joins_the_cgroup_of_an_earlier_one() {
+        use std::os::unix::fs::MetadataExt;
+        if !Cgroups::available() {
+            assert_ne!(
+                std::env::var("MERIDIAN_TEST_STRICT").as_deref(),
+                Ok("1"),
+                "cgroups need root and a memory controller"
+            );
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let cgroups = Cgroups::detect(&crate::netns::tag(state.path())).unwrap();
+        let key = "acme.shop.web-0";
+        let _removed = Removed(cgroups.clone(), key);
+        let limits = Limits::of(&resources(serde_json::json!({"memory": "48Mi"})));
+        let earlier = cgroups.create(key, &limits).unwrap();
+        // The earlier run: a shell holding 24 MiB.
+        let mut command = tokio::process::Command::new("sh");
+        command.args([
+            "-c",
+            "x=$(head -c 25165824 /dev/zero | tr '\\0' a); sleep 600",
+        ]);
+        join_before_exec(&mut command, &earlier);
+        let mut process = command.kill_on_drop(true).spawn().unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while earlier.usage().memory_bytes < 24 << 20 {
+            assert!(std::time::Instant::now() < end, "{:?}", earlier.usage());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let memory = |cgroup: &Cgroup| cgroup.dir(Controller::Memory).unwrap().to_owned();
+        let earlier_inode = std::fs::metadata(memory(&earlier)).unwrap().ino();
+
+        let run = tokio::task::spawn_blocking({
+            let cgroups = cgroups.clone();
+            move || cgroups.create(key, &limits)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_ne!(
+            std::fs::metadata(memory(&run)).unwrap().ino(),
+            earlier_inode,
+            "the earlier run's cgroup was joined"
+        );
+        let procs = std::fs::read_to_string(memory(&run).join("cgroup.procs")).unwrap();
+        assert_eq!(procs, "", "processes of the earlier run are in the new one");
+        assert!(process.wait().await.is_ok());
+
+        assert_eq!(run.end().await, 0);
+    }
+
+    /// When dropped, removes the cgroup of instance `.1` (killing what is left in it) and the
+    /// agent's directories, whatever the test left.
+    struct Removed(Cgroups, &'static str);
+
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let run = Cgroup {
+                version: self.0.version(),
+                dirs: self.0.dirs(self.1),
+            };
+            run.kill_and_remove();
+            for dir in self.0.agents() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 
     const HYBRID: &str = "\
