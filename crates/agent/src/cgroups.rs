@@ -341,6 +341,20 @@ impl Cgroups {
             .then_some(cgroup)
     }
 
+    /// Removes the agent's own directories, at its stop, once every run's cgroup is gone; one
+    /// still in use (a run that did not end) stays, with a warning, for the next agent with
+    /// this tag to clean up.
+    pub fn remove(&self) {
+        for dir in self.agents() {
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "the agent's cgroup stays");
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Kills what runs in the cgroups an earlier agent with this tag left, and removes them.
     pub fn remove_leftovers(&self) {
         let mut keys = std::collections::BTreeSet::new();
@@ -641,6 +655,21 @@ mod tests {
         assert_eq!(run.end().await, 0);
     }
 
+    /// At the agent's stop, once its runs ended, nothing of it stays in the hierarchy.
+    #[test]
+    fn the_agents_directories_go_at_its_stop() {
+        if !Cgroups::available() {
+            assert_ne!(std::env::var("MERIDIAN_TEST_STRICT").as_deref(), Ok("1"));
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let cgroups = Cgroups::detect(&crate::netns::tag(state.path())).unwrap();
+        let dirs: Vec<PathBuf> = cgroups.agents().into_iter().map(Path::to_owned).collect();
+        assert!(dirs.iter().all(|d| d.is_dir()), "{dirs:?}");
+        cgroups.remove();
+        assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+    }
+
     /// When dropped, removes the cgroup of instance `.1` (killing what is left in it) and the
     /// agent's directories, whatever the test left.
     struct Removed(Cgroups, &'static str);
@@ -652,9 +681,7 @@ mod tests {
                 dirs: self.0.dirs(self.1),
             };
             run.kill_and_remove();
-            for dir in self.0.agents() {
-                let _ = std::fs::remove_dir(dir);
-            }
+            self.0.remove();
         }
     }
 

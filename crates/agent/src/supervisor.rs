@@ -362,6 +362,9 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         running.stop.send_replace(true);
     }
     while tasks.join_next().await.is_some() {}
+    if let Some(cgroups) = &node.cgroups {
+        cgroups.remove();
+    }
     reporter.abort();
     tracing::info!("agent stopped; every instance is stopped");
 }
