@@ -612,10 +612,12 @@ async fn pull(
     let mut backoff = Duration::from_secs(1);
     loop {
         detail(format!("pulling {reference}"));
+        let begun = Instant::now();
         let failed = tokio::select! {
             pulled = launch.images.pull(reference) => match pulled {
                 Ok(pulled) => {
-                    tracing::info!(instance = %launch.instance, %reference, digest = %pulled.digest, "image ready");
+                    let took_ms = begun.elapsed().as_secs_f64() * 1000.0;
+                    tracing::info!(instance = %launch.instance, %reference, digest = %pulled.digest, took_ms, "image ready");
                     return Some(pulled);
                 }
                 Err(e) => e,
