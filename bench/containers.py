@@ -361,17 +361,19 @@ def run(p, meridian, hello, rounds):
     }
 
     # (a) starts: the first round is a warm-up (it pulls the hello image).
-    order, deployed = ["process", "image"], set()
+    order, deployed, deploys = ["process", "image"], set(), 0
     for round_ in range(rounds + 1):
         for target in order:
             image = target == "image"
             before = len(agent.starts(image))
             deploy(meridian_cli, work, targets[target](round_))
             deployed.add(target)
+            deploys += 1
             until(f"a start of {target}", lambda: len(agent.starts(image)) > before)
-            # The previous instance gone: one instance per service deployed.
+            # The previous version's instance stopped and gone before the next start.
             until("the old instance to stop",
-                  lambda: agent.metric("meridian_agent_instances{") == len(deployed))
+                  lambda: len(agent.lines("stopping instance")) >= deploys - len(deployed)
+                  and agent.metric("meridian_agent_instances{") == len(deployed))
         order.reverse()
     process = agent.starts(False)[1:]
     container = agent.starts(True)[1:]

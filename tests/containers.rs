@@ -415,7 +415,11 @@ fn layer_of(layout: &Path) -> String {
     };
     let index = read(layout.join("index.json"));
     let manifest = index["manifests"][0]["digest"].as_str().unwrap();
-    let manifest = read(layout.join("blobs/sha256").join(&manifest["sha256:".len()..]));
+    let manifest = read(
+        layout
+            .join("blobs/sha256")
+            .join(&manifest["sha256:".len()..]),
+    );
     manifest["layers"][0]["digest"].as_str().unwrap().to_owned()
 }
 
