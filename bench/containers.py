@@ -344,8 +344,10 @@ def run(p, meridian, hello, rounds):
     layout = os.path.join(work, "layout")
     images = Layout(layout)
     images.image("hello-v1", [hello_layer(hello, "hello")])
+    # 50 MB compressed: the base (hello, ~15 MB) and random layers, the top one of 1 MB.
     base = hello_layer(hello, "big")
-    shared = [random_layer(f"r{i}", 7 * MB) for i in range(7)]
+    fill = 49 * MB - len(gzip.compress(base, compresslevel=1, mtime=0))
+    shared = [random_layer(f"r{i}", fill // 7) for i in range(7)]
     big_v1 = images.image("big-v1", [base, *shared, random_layer("top", MB)])
     big_v2 = images.image("big-v2", [base, *shared, random_layer("top", MB)])
     for tag in ("hello-v1", "big-v1", "big-v2"):
