@@ -78,10 +78,11 @@ def start(cmd, cpu, **kw):
                             stderr=subprocess.DEVNULL, **kw)
 
 
-def stop(proc):
+def stop(proc, timeout=5):
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=5)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

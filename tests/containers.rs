@@ -12,10 +12,14 @@
 //! A TCP service in a container is reached by name from another service's instance, and a
 //! caller of another org is refused.
 //!
+//! The node's image store keeps to its bound: a layer no instance uses any more is evicted,
+//! one in use never is.
+//!
 //! Needs root, runc, docker-registry and skopeo (and iproute2, nftables): skipped without them
 //! unless MERIDIAN_TEST_STRICT=1. Addresses: 127.0.210.1 (registry), 127.0.211.1 (gateway),
-//! 127.0.212.1, 127.0.216.1 and 127.0.217.1 (more registries), 127.0.217.2 (a gateway),
-//! 100.64.210.0/24, 100.64.212.0/24, 100.64.216.0/24 and 100.64.217.0/24 (instances).
+//! 127.0.212.1, 127.0.215.1, 127.0.216.1 and 127.0.217.1 (more registries), 127.0.217.2 (a
+//! gateway), 100.64.210.0/24, 100.64.212.0/24, 100.64.215.0/24, 100.64.216.0/24 and
+//! 100.64.217.0/24 (instances).
 
 mod support;
 
@@ -239,15 +243,21 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
 }
 
 /// Node `fra-1` of `region`, its instances in namespaces on `network`, pulling from
-/// `registry` over plain HTTP.
-fn node_of(region: &RegionalPlane, dir: &Path, network: &str, registry: &Registry) -> Agent {
+/// `registry` over plain HTTP; `extra` arguments after.
+fn node_of(
+    region: &RegionalPlane,
+    dir: &Path,
+    network: &str,
+    registry: &Registry,
+    extra: &[&str],
+) -> Agent {
     let registry = ["--insecure-registry", registry.address.as_str()];
     let isolation = ["--isolation", "netns", "--instance-network", network];
     agent_with(
         region,
         "fra-1",
         dir,
-        &[&isolation[..], &registry[..]].concat(),
+        &[&isolation[..], &registry[..], extra].concat(),
     )
 }
 
@@ -306,7 +316,7 @@ async fn an_image_runs_pinned_to_its_digest_until_the_next_deploy() {
         "fra",
         Some("127.0.211.1:8080"),
     );
-    let node = node_of(&region, dir.path(), "100.64.210.0", &registry);
+    let node = node_of(&region, dir.path(), "100.64.210.0", &registry, &[]);
     let (_gateway, _) = gateway(&region, dir.path()).await;
     let (_edge, edge) = edge(&platform, &region, dir.path());
     greets(&edge, "from-v1").await;
@@ -369,6 +379,18 @@ fn container_pid(state_dir: &Path, id: &str) -> Option<String> {
     Some(state["pid"].as_u64().filter(|pid| *pid > 0)?.to_string())
 }
 
+/// Waits until container `id` of the agent with `state_dir` runs; its first process's pid.
+async fn runs(state_dir: &Path, id: &str) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(pid) = container_pid(state_dir, id) {
+            return pid;
+        }
+        assert!(Instant::now() < end, "container {id} never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_containers_resources_are_in_its_cgroup() {
     if !prerequisites() {
@@ -381,16 +403,8 @@ async fn a_containers_resources_are_in_its_cgroup() {
     let insecure = ["--insecure-registry", registry.address.as_str()];
     let platform = Deployed::start_with(dir.path(), &limited, &insecure);
     let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
-    let _node = node_of(&region, dir.path(), "100.64.212.0", &registry);
-    let state_dir = dir.path().join("fra-1");
-    let end = Instant::now() + DEADLINE;
-    let pid = loop {
-        if let Some(pid) = container_pid(&state_dir, "acme.shop.web-0") {
-            break pid;
-        }
-        assert!(Instant::now() < end, "the container never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let _node = node_of(&region, dir.path(), "100.64.212.0", &registry, &[]);
+    let pid = runs(&dir.path().join("fra-1"), "acme.shop.web-0").await;
     let read = |controller: &str, file: &str| {
         let path = cgroup_dir(&pid, controller).join(file);
         std::fs::read_to_string(&path)
@@ -425,7 +439,7 @@ async fn a_container_over_its_memory_limit_is_killed_reported_and_restarted() {
     let insecure = ["--insecure-registry", registry.address.as_str()];
     let platform = Deployed::start_with(dir.path(), &greedy, &insecure);
     let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
-    let _node = node_of(&region, dir.path(), "100.64.216.0", &registry);
+    let _node = node_of(&region, dir.path(), "100.64.216.0", &registry, &[]);
 
     // Killed, reported with its limit, restarted: the next run is killed the same way (runc
     // started it again), and waits longer before its next restart.
@@ -465,7 +479,7 @@ async fn a_tcp_service_in_a_container_is_reached_by_name_and_other_orgs_are_refu
         "fra",
         Some("127.0.217.2:0"),
     );
-    let node = node_of(&region, dir.path(), "100.64.217.0", &registry);
+    let node = node_of(&region, dir.path(), "100.64.217.0", &registry, &[]);
     let (_gateway, gateway) = gateway(&region, dir.path()).await;
 
     // The echo runs in a container.
@@ -506,4 +520,84 @@ async fn a_tcp_service_in_a_container_is_reached_by_name_and_other_orgs_are_refu
     assert!(metrics.contains(denied), "{metrics}");
     let relayed = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"} 1"#;
     assert!(metrics.contains(relayed), "{metrics}");
+}
+
+/// The digest of the only layer of the layout's image.
+fn layer_of(layout: &Path) -> String {
+    let read = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let index = read(layout.join("index.json"));
+    let manifest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = read(
+        layout
+            .join("blobs/sha256")
+            .join(&manifest["sha256:".len()..]),
+    );
+    manifest["layers"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+/// The value of the agent's metric `name` (0 if it has none).
+async fn agent_metric(node: &Agent, name: &str) -> u64 {
+    support::metrics(&node.admin)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_no_instance_uses_are_evicted_beyond_the_stores_bound() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start_registry_at(dir.path(), "127.0.215.1");
+    let v1 = build_image(dir.path(), "v1", "from-v1");
+    let v2 = build_image(dir.path(), "v2", "from-v2");
+    let (v1_layer, v2_layer) = (layer_of(&v1), layer_of(&v2));
+    assert_ne!(v1_layer, v2_layer, "the versions need layers of their own");
+    push(&v1, "v1", &registry.address, "v1");
+    push(&v2, "v2", &registry.address, "v2");
+    let reference = |tag: &str| format!("{}/hello:{tag}", registry.address);
+    let insecure = ["--insecure-registry", registry.address.as_str()];
+    let platform = Deployed::start_with(dir.path(), &service(&reference("v1")), &insecure);
+    let region = RegionalPlane::start(&platform.global, &platform.token, "fra", None);
+    // A bound of one byte: any layer no instance uses is over it.
+    let bound = ["--image-store-max", "1"];
+    let node = node_of(&region, dir.path(), "100.64.215.0", &registry, &bound);
+    let state_dir = dir.path().join("fra-1");
+    let store = state_dir.join("images");
+    let held = |digest: &str| {
+        let hex = &digest["sha256:".len()..];
+        store.join("layers").join(hex).exists() && store.join("blobs/sha256").join(hex).exists()
+    };
+    runs(&state_dir, "acme.shop.web-0").await;
+
+    // In use, v1's layer stays though the store is over its bound.
+    assert!(held(&v1_layer));
+    assert!(agent_metric(&node, "meridian_agent_image_store_bytes").await > 1);
+    assert_eq!(
+        agent_metric(&node, "meridian_agent_image_store_evictions_total").await,
+        0
+    );
+    assert!(agent_metric(&node, "meridian_agent_image_pulled_bytes_total").await > 0);
+
+    // v2 replaces it (its instance may start before or after v1's stops): once v1's instance
+    // is stopped, its layer goes; v2's, in use, stays.
+    platform.deploy(&service(&reference("v2")));
+    let end = Instant::now() + DEADLINE;
+    while held(&v1_layer) || !held(&v2_layer) {
+        assert!(
+            Instant::now() < end,
+            "v1's layer was never evicted, or v2's never came: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held(&v2_layer));
+    assert_eq!(
+        agent_metric(&node, "meridian_agent_image_store_evictions_total").await,
+        1
+    );
 }

@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use crate::cgroups::{Cgroup, Cgroups, Limits};
 use crate::health;
 use crate::image::bundle::{Bundle, BundleInput};
-use crate::image::{runc, ImageStore};
+use crate::image::{runc, ImageStore, Lease};
 use crate::logs::{keep, log_dir, MAX_LOG_BYTES};
+use crate::start_metrics::StartMetrics;
 
 /// Where an instance is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,8 @@ pub struct Launch {
     pub cgroups: Option<Cgroups>,
     /// The node's image store (for image instances).
     pub images: Arc<ImageStore>,
+    /// Where its start times are counted.
+    pub starts: StartMetrics,
 }
 
 impl Launch {
@@ -223,6 +226,8 @@ async fn run_lives(
 ) {
     let mut restarts = 0;
     let mut backoff = Duration::from_secs(1);
+    // The layers of its image stay in the node's store while it is assigned, restarts and all.
+    let mut image: Option<Arc<Lease>> = None;
     let publish = |state: State, restarts: u32, detail: String| {
         states.send_modify(|s| {
             s.state = state;
@@ -232,7 +237,7 @@ async fn run_lives(
     };
     loop {
         publish(State::Starting, restarts, "started".to_owned());
-        let ended = run_once(launch, client, states, stop).await;
+        let ended = run_once(launch, client, states, stop, &mut image).await;
         let detail = match ended {
             Ended::Stopped => {
                 publish(State::Stopped, restarts, "no longer assigned".to_owned());
@@ -271,20 +276,27 @@ async fn run_lives(
 
 /// One run of the instance in a cgroup of its own (when the node has cgroups), removed when
 /// the run ends; a run the kernel killed for going over its memory limit ended `oom_killed`.
+/// An image instance's lease on its layers is kept in `image`.
 async fn run_once(
     launch: &Launch,
     client: &reqwest::Client,
     states: &watch::Sender<InstanceState>,
     stop: &mut watch::Receiver<bool>,
+    image: &mut Option<Arc<Lease>>,
 ) -> Ended {
+    let run = Run {
+        launch,
+        client,
+        begun: Instant::now(),
+    };
     let cgroup = match cgroup_of(launch).await {
         Ok(cgroup) => cgroup,
         Err(e) => return Ended::Exited(format!("cannot apply its resources: {e}")),
     };
     let ended = match &launch.spec.runtime.image {
-        Some(image) => run_container(launch, image, client, states, stop).await,
+        Some(definition) => run_container(&run, definition, states, stop, image).await,
         None => match spawn_process(launch, cgroup.as_ref()) {
-            Ok(child) => supervise_to_end(launch, client, child, states, stop).await,
+            Ok(child) => supervise_to_end(&run, child, states, stop).await,
             Err(e) => Ended::Exited(format!("cannot start: {e}")),
         },
     };
@@ -306,35 +318,52 @@ async fn run_once(
     }
 }
 
-/// One run of an image instance: pulled if needed, run by runc (in the run's cgroup, which
-/// [`cgroups_path`] names) until it ends or is stopped. The caller removes the container.
+/// One run of an image instance: pulled if needed (its lease kept in `lease`), run by runc (in
+/// the run's cgroup, which [`cgroups_path`] names) until it ends or is stopped. The caller
+/// removes the container.
 async fn run_container(
-    launch: &Launch,
+    run: &Run<'_>,
     image: &meridian_model::Image,
-    client: &reqwest::Client,
     states: &watch::Sender<InstanceState>,
     stop: &mut watch::Receiver<bool>,
+    lease: &mut Option<Arc<Lease>>,
 ) -> Ended {
-    let started = start_container(launch, image, states, stop)
+    let started = start_container(run.launch, image, states, stop, lease)
         .await
         .unwrap_or_else(|| Err("stopped before it started".to_owned()));
     match started {
-        Ok(child) => supervise_to_end(launch, client, child, states, stop).await,
+        Ok(child) => supervise_to_end(run, child, states, stop).await,
         Err(_) if *stop.borrow() => Ended::Stopped,
         Err(e) => Ended::Exited(format!("cannot start: {e}")),
     }
 }
 
+/// One run of an instance: what it is, the client of its health checks, when it began.
+struct Run<'a> {
+    launch: &'a Launch,
+    client: &'a reqwest::Client,
+    begun: Instant,
+}
+
+impl Run<'_> {
+    /// Counts the run's start: it now passes its checks (or runs, without checks).
+    fn started(&self) {
+        let took = self.begun.elapsed();
+        let image = self.launch.spec.runtime.image.is_some();
+        self.launch.starts.observe(image, took);
+        tracing::info!(instance = %self.launch.instance, image, took_ms = took.as_secs_f64() * 1000.0, "instance started");
+    }
+}
+
 /// Supervises `child` until it ends or is stopped, then makes sure it is gone.
 async fn supervise_to_end(
-    launch: &Launch,
-    client: &reqwest::Client,
+    run: &Run<'_>,
     mut child: Child,
     states: &watch::Sender<InstanceState>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let ended = supervise(launch, client, &mut child, states, stop).await;
-    terminate(&mut child, launch.spec.deploy.stop_timeout.0).await;
+    let ended = supervise(run, &mut child, states, stop).await;
+    terminate(&mut child, run.launch.spec.deploy.stop_timeout.0).await;
     ended
 }
 
@@ -515,14 +544,16 @@ fn cgroups_path(launch: &Launch) -> String {
 
 /// Pulls the image (retrying with backoff while the pull fails, each failure's reason in the
 /// instance's detail), prepares the bundle and starts `runc run` in the foreground. `None` when
-/// the instance is stopped first.
+/// the instance is stopped first. The image's lease replaces `lease`'s.
 async fn start_container(
     launch: &Launch,
     image: &meridian_model::Image,
     states: &watch::Sender<InstanceState>,
     stop: &mut watch::Receiver<bool>,
+    lease: &mut Option<Arc<Lease>>,
 ) -> Option<Result<Child, String>> {
     let pulled = pull(launch, &image.reference, states, stop).await?;
+    *lease = Some(pulled.lease.clone());
     let home = match home(launch) {
         Ok(home) => home,
         Err(e) => return Some(Err(e.to_string())),
@@ -581,10 +612,12 @@ async fn pull(
     let mut backoff = Duration::from_secs(1);
     loop {
         detail(format!("pulling {reference}"));
+        let begun = Instant::now();
         let failed = tokio::select! {
             pulled = launch.images.pull(reference) => match pulled {
                 Ok(pulled) => {
-                    tracing::info!(instance = %launch.instance, %reference, digest = %pulled.digest, "image ready");
+                    let took_ms = begun.elapsed().as_secs_f64() * 1000.0;
+                    tracing::info!(instance = %launch.instance, %reference, digest = %pulled.digest, took_ms, "image ready");
                     return Some(pulled);
                 }
                 Err(e) => e,
@@ -611,14 +644,15 @@ async fn remove_container(launch: &Launch) {
     let _ = tokio::task::spawn_blocking(move || bundle.remove()).await;
 }
 
-/// Watches the running process until it exits, fails its checks, or is stopped.
+/// Watches the running process until it exits, fails its checks, or is stopped; counts its
+/// start when it first passes its checks.
 async fn supervise(
-    launch: &Launch,
-    client: &reqwest::Client,
+    run: &Run<'_>,
     child: &mut Child,
     states: &watch::Sender<InstanceState>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
+    let (launch, client) = (run.launch, run.client);
     let checks = &launch.spec.health_checks;
     let set = |state: State, detail: &str| {
         states.send_modify(|s| {
@@ -628,6 +662,7 @@ async fn supervise(
     };
     if checks.is_empty() {
         set(State::Healthy, "running (no health checks declared)");
+        run.started();
     }
     // The checks run together: the shortest interval, the longest grace period, the first
     // check's thresholds.
@@ -646,6 +681,7 @@ async fn supervise(
         .map_or((1, 1), |c| (c.healthy_threshold, c.unhealthy_threshold));
     let started = Instant::now();
     let (mut passes, mut failures) = (0u32, 0u32);
+    let mut counted = false;
     let address = IpAddr::V4(launch.listen);
     loop {
         tokio::select! {
@@ -665,6 +701,10 @@ async fn supervise(
         if all_pass {
             passes += 1;
             failures = 0;
+            if !counted {
+                counted = true;
+                run.started();
+            }
             if passes >= healthy_after {
                 set(State::Healthy, "passing its health checks");
             }

@@ -23,6 +23,7 @@ mod logs;
 mod netns;
 mod node_proxy;
 mod secrets;
+mod start_metrics;
 mod supervisor;
 
 pub use addresses::AddressPool;

@@ -26,10 +26,11 @@ use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
 use crate::cgroups::Cgroups;
 use crate::drain::Leaving;
-use crate::image::ImageStore;
+use crate::image::{ImageStore, StoreMetrics};
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
+use crate::start_metrics::StartMetrics;
 
 /// Longest time between two reports to the control plane (a node that stops reporting is
 /// presumed gone); a state change is reported at once.
@@ -68,6 +69,9 @@ pub struct AgentOptions {
     pub admin: Option<std::net::SocketAddr>,
     /// How image instances' registries are reached.
     pub registries: meridian_model::RegistryOptions,
+    /// The bound, in bytes, of the node's image store: layers no instance uses are evicted,
+    /// least recently used first, while the store holds more.
+    pub image_store_max: u64,
 }
 
 /// The label of the instances gauge.
@@ -210,10 +214,6 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     hide_from_instances();
     crate::instance::stop_leftovers(&options.state_dir);
     crate::image::runc::remove_leftovers(&crate::instance::runc_root(&options.state_dir)).await;
-    let images = Arc::new(ImageStore::new(
-        &options.state_dir,
-        options.registries.clone(),
-    ));
     let netns_tag = netns::tag(&options.state_dir);
     if options.isolation == Isolation::Netns {
         netns::delete_leftovers(&netns_tag).await;
@@ -249,6 +249,17 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     let instances: Instances = Arc::default();
     let changed = Arc::new(Notify::new());
     let mut registry = Registry::with_prefix("meridian_agent");
+    let images = Arc::new(
+        ImageStore::open(
+            &options.state_dir,
+            options.registries.clone(),
+            options.image_store_max,
+            StoreMetrics::new(&mut registry),
+        )
+        .await,
+    );
+    let collector = tokio::spawn(images.clone().collect_garbage());
+    let starts = StartMetrics::new(&mut registry);
     let by_state = Family::<StateLabel, Gauge>::default();
     registry.register(
         "instances",
@@ -307,6 +318,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         netns_tag,
         cgroups,
         images,
+        starts,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -366,6 +378,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         cgroups.remove();
     }
     reporter.abort();
+    collector.abort();
     tracing::info!("agent stopped; every instance is stopped");
 }
 
@@ -590,6 +603,8 @@ struct NodeSetup {
     cgroups: Option<Cgroups>,
     /// The node's images (pulled once, shared by its container instances).
     images: Arc<ImageStore>,
+    /// Instances' start times.
+    starts: StartMetrics,
 }
 
 /// Starts instance `name` on `address` (in its namespace in that mode, in cgroups if the node
@@ -631,6 +646,7 @@ fn start(
         state_dir: options.state_dir.clone(),
         cgroups: node.cgroups.clone(),
         images: node.images.clone(),
+        starts: node.starts.clone(),
     };
     // Each state change wakes the reporter.
     let mut watched = state.clone();

@@ -6,18 +6,32 @@
 //! registry.
 //!
 //! A blob is pulled once per node: concurrent pulls of one digest wait for the first.
+//!
+//! The store is bounded: after each pull and whenever an instance stops using an image, layers
+//! (blob and unpacked files) that no running or starting instance uses are evicted, least
+//! recently used first, until the store's layers fit its size bound (see [`super::evict`]). An
+//! image holds its layers with a [`Lease`], taken before the store looks whether it has them,
+//! so that a layer found is never evicted under it.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use meridian_model::{ImageRef, RegistryOptions};
 use meridian_registry::{auth, client, remote_reference, RegistryError as PullError};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::Reference;
 use oci_spec::image::ImageConfiguration;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use super::evict::{evictions, LayerUse};
 
 /// An image on this node, ready to be mounted.
 #[derive(Debug, Clone)]
@@ -28,6 +42,107 @@ pub struct Pulled {
     pub config: ImageConfiguration,
     /// Its unpacked layers, bottom first.
     pub layers: Vec<PathBuf>,
+    /// Holds its layers in the store (they are not evicted while a clone of it lives).
+    pub lease: Arc<Lease>,
+}
+
+/// The store's figures, registered as `meridian_agent_image_*`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    /// Bytes the store's layers take (blobs and unpacked files).
+    bytes: Gauge,
+    /// Layers evicted to keep the store within its bound.
+    evictions: Counter,
+    /// Bytes of blobs fetched from registries.
+    pulled: Counter,
+}
+
+impl StoreMetrics {
+    /// The store's figures, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> StoreMetrics {
+        let metrics = StoreMetrics::default();
+        registry.register(
+            "image_store_bytes",
+            "Bytes the node's image store holds in layers (blobs and unpacked files)",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "image_store_evictions",
+            "Layers evicted from the node's image store to keep it within --image-store-max",
+            metrics.evictions.clone(),
+        );
+        registry.register(
+            "image_pulled_bytes",
+            "Bytes of layer blobs fetched from registries",
+            metrics.pulled.clone(),
+        );
+        metrics
+    }
+}
+
+/// What the store holds and what is in use, shared with the leases.
+#[derive(Debug, Default)]
+struct Usage {
+    /// Layers the store holds, by digest.
+    layers: HashMap<String, Held>,
+    /// How many leases name each digest (a layer may be named before it is there).
+    users: HashMap<String, u32>,
+}
+
+/// A layer the store holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    bytes: u64,
+    last_used: SystemTime,
+}
+
+impl Usage {
+    fn total(&self) -> u64 {
+        self.layers.values().map(|held| held.bytes).sum()
+    }
+}
+
+/// Shared by the store and its leases: the usage and who to wake to collect garbage.
+#[derive(Debug, Default)]
+struct Shared {
+    usage: Mutex<Usage>,
+    collect: Notify,
+}
+
+impl Shared {
+    fn usage(&self) -> MutexGuard<'_, Usage> {
+        self.usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Layers in use by an image an instance runs (or starts) with: none of them is evicted until
+/// the lease is dropped, which marks them used now and wakes the garbage collection.
+#[derive(Debug)]
+pub struct Lease {
+    shared: Arc<Shared>,
+    digests: Vec<String>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let now = SystemTime::now();
+        let mut usage = self.shared.usage();
+        for digest in &self.digests {
+            if let Some(users) = usage.users.get_mut(digest) {
+                *users -= 1;
+                if *users == 0 {
+                    usage.users.remove(digest);
+                }
+            }
+            if let Some(held) = usage.layers.get_mut(digest) {
+                held.last_used = now;
+            }
+        }
+        drop(usage);
+        self.shared.collect.notify_one();
+    }
 }
 
 /// The manifest and configuration of an image, as kept by digest.
@@ -44,12 +159,19 @@ pub struct ImageStore {
     options: RegistryOptions,
     /// One lock per blob digest being fetched or unpacked.
     busy: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The bound, in bytes, of the layers not in use.
+    max: u64,
+    shared: Arc<Shared>,
+    metrics: StoreMetrics,
+    /// Names evicted layers apart in `trash/` until they are deleted.
+    trashed: AtomicU64,
 }
 
 impl std::fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImageStore")
             .field("root", &self.root)
+            .field("max", &self.max)
             .finish()
     }
 }
@@ -63,14 +185,150 @@ const LAYER_TYPES: [&str; 4] = [
 ];
 
 impl ImageStore {
-    /// The store under `<state_dir>/images`, pulling with `options`.
-    pub fn new(state_dir: &Path, options: RegistryOptions) -> ImageStore {
-        ImageStore {
+    /// The store under `<state_dir>/images`, pulling with `options`, keeping its layers within
+    /// `max` bytes where instances do not use more, its figures in `metrics`. It learns what
+    /// the directory holds (their last use: when each was unpacked) and deletes what an
+    /// earlier agent left half-written, before anything is pulled.
+    pub async fn open(
+        state_dir: &Path,
+        options: RegistryOptions,
+        max: u64,
+        metrics: StoreMetrics,
+    ) -> ImageStore {
+        let store = ImageStore {
             root: state_dir.join("images"),
             client: client(&options),
             options,
             busy: Mutex::default(),
+            max,
+            shared: Arc::default(),
+            metrics,
+            trashed: AtomicU64::new(0),
+        };
+        let root = store.root.clone();
+        let found = tokio::task::spawn_blocking(move || scan(&root))
+            .await
+            .unwrap_or_default();
+        let mut usage = store.shared.usage();
+        usage.layers = found;
+        store.show(&usage);
+        drop(usage);
+        store.shared.collect.notify_one();
+        store
+    }
+
+    /// Collects garbage whenever a pull ends or a lease is dropped (and once at start); runs
+    /// until the agent stops.
+    pub async fn collect_garbage(self: Arc<Self>) {
+        loop {
+            self.shared.collect.notified().await;
+            let store = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || store.collect()).await {
+                tracing::error!(error = %e, "collecting the image store's garbage failed");
+            }
         }
+    }
+
+    /// Evicts the layers [`evictions`] chooses: each is taken out of the store under the lock
+    /// (its unpacked directory moved to `trash/`, its blob deleted), so that no lease can find
+    /// it half-deleted, then deleted. Blocking.
+    pub fn collect(&self) {
+        let mut usage = self.shared.usage();
+        let layers: Vec<LayerUse> = usage
+            .layers
+            .iter()
+            .map(|(digest, held)| LayerUse {
+                digest: digest.clone(),
+                bytes: held.bytes,
+                last_used: held.last_used,
+                in_use: usage.users.contains_key(digest),
+            })
+            .collect();
+        let chosen = evictions(&layers, self.max);
+        if chosen.is_empty() {
+            return;
+        }
+        let trash = self.root.join("trash");
+        let _ = std::fs::create_dir_all(&trash);
+        let mut moved = Vec::with_capacity(chosen.len());
+        for digest in chosen {
+            let Ok(hex) = hex_of(digest) else { continue };
+            let dir = self.root.join("layers").join(hex);
+            let n = self.trashed.fetch_add(1, Ordering::Relaxed);
+            let to = trash.join(format!("{hex}-{n}"));
+            match std::fs::rename(&dir, &to) {
+                Ok(()) => moved.push(to),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(layer = digest, error = %e, "cannot evict the layer; keeping it");
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_file(self.root.join("blobs/sha256").join(hex));
+            usage.layers.remove(digest);
+            self.metrics.evictions.inc();
+            tracing::info!(layer = digest, "evicted the layer from the image store");
+        }
+        self.show(&usage);
+        drop(usage);
+        for dir in moved {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Shows the store's size in its gauge; says when what is in use exceeds the bound.
+    fn show(&self, usage: &Usage) {
+        let total = usage.total();
+        self.metrics
+            .bytes
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        if total > self.max {
+            tracing::warn!(
+                bytes = total,
+                max = self.max,
+                "the image store holds more than its bound: its layers are in use"
+            );
+        }
+    }
+
+    /// A lease on `digests`, marking them used now.
+    fn lease(&self, digests: Vec<String>) -> Lease {
+        let now = SystemTime::now();
+        let mut usage = self.shared.usage();
+        for digest in &digests {
+            *usage.users.entry(digest.clone()).or_default() += 1;
+            if let Some(held) = usage.layers.get_mut(digest) {
+                held.last_used = now;
+            }
+        }
+        drop(usage);
+        Lease {
+            shared: self.shared.clone(),
+            digests,
+        }
+    }
+
+    /// Records that the store holds layer `digest` (unless it knew), measuring it off the
+    /// async threads.
+    async fn record(&self, digest: &str) -> std::io::Result<()> {
+        if self.shared.usage().layers.contains_key(digest) {
+            return Ok(());
+        }
+        let hex = hex_of(digest).map_err(std::io::Error::other)?.to_owned();
+        let root = self.root.clone();
+        let bytes = tokio::task::spawn_blocking(move || layer_bytes(&root, &hex))
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut usage = self.shared.usage();
+        usage.layers.insert(
+            digest.to_owned(),
+            Held {
+                bytes,
+                last_used: SystemTime::now(),
+            },
+        );
+        self.show(&usage);
+        Ok(())
     }
 
     /// Makes `reference` ready on this node: its manifest (from the store when it is pinned to
@@ -82,6 +340,22 @@ impl ImageStore {
         let (kept, digest) = self.manifest(&parsed, &remote).await?;
         let config: ImageConfiguration = serde_json::from_str(&kept.config)
             .map_err(|e| PullError::Unsupported(format!("image configuration: {e}")))?;
+        let digests = kept.manifest.layers.iter().map(|l| l.digest.clone());
+        let lease = Arc::new(self.lease(digests.collect()));
+        let pulled = self.layers(&remote, &kept).await;
+        // Whatever it brought in, the store may now be over its bound.
+        self.shared.collect.notify_one();
+        Ok(Pulled {
+            digest,
+            config,
+            layers: pulled?,
+            lease,
+        })
+    }
+
+    /// Every layer of the image `kept`, bottom first, fetched and unpacked where the store
+    /// lacks it.
+    async fn layers(&self, remote: &Reference, kept: &Kept) -> Result<Vec<PathBuf>, PullError> {
         let mut layers = Vec::with_capacity(kept.manifest.layers.len());
         for layer in &kept.manifest.layers {
             if !LAYER_TYPES.contains(&layer.media_type.as_str()) {
@@ -90,16 +364,12 @@ impl ImageStore {
                     layer.media_type
                 )));
             }
-            layers.push(self.layer(&remote, layer).await?);
+            layers.push(self.layer(remote, layer).await?);
         }
         if layers.is_empty() {
             return Err(PullError::Unsupported("the image has no layers".into()));
         }
-        Ok(Pulled {
-            digest,
-            config,
-            layers,
-        })
+        Ok(layers)
     }
 
     /// The manifest and configuration, from the store for a pinned digest it holds, else
@@ -150,12 +420,23 @@ impl ImageStore {
         let dir = self.root.join("layers").join(hex);
         let lock = self.lock(&layer.digest);
         let _held = lock.lock().await;
-        if tokio::fs::metadata(&dir).await.is_ok() {
-            return Ok(dir);
+        if tokio::fs::metadata(&dir).await.is_err() {
+            self.unpack(remote, layer, &dir).await?;
         }
+        self.record(&layer.digest).await?;
+        Ok(dir)
+    }
+
+    /// Fetches `layer`'s blob unless the store has it and unpacks it to `dir`.
+    async fn unpack(
+        &self,
+        remote: &Reference,
+        layer: &OciDescriptor,
+        dir: &Path,
+    ) -> Result<(), PullError> {
         let blob = self.blob(remote, layer).await?;
         let partial = dir.with_extension("partial");
-        let target = dir.clone();
+        let target = dir.to_owned();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let _ = std::fs::remove_dir_all(&partial);
             super::unpack::unpack_layer(&blob, &partial)?;
@@ -163,7 +444,7 @@ impl ImageStore {
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok(dir)
+        Ok(())
     }
 
     /// The blob of `layer` in the store, fetched and verified unless there.
@@ -184,6 +465,8 @@ impl ImageStore {
             .map_err(PullError::from_registry)?;
         tokio::io::AsyncWriteExt::flush(&mut out).await?;
         drop(out);
+        let fetched = tokio::fs::metadata(&partial).await?.len();
+        self.metrics.pulled.inc_by(fetched);
         let check = partial.clone();
         let got = tokio::task::spawn_blocking(move || sha256_file(&check))
             .await
@@ -218,6 +501,62 @@ impl ImageStore {
     }
 }
 
+/// The layers under `root` (an image store's directory), by digest, each with its size and,
+/// as its last use, when it was unpacked; deletes what is half-written (`*.partial`) or was
+/// being evicted (`trash/`). Blocking; run before anything is pulled.
+fn scan(root: &Path) -> HashMap<String, Held> {
+    let _ = std::fs::remove_dir_all(root.join("trash"));
+    for dir in [root.join("layers"), root.join("blobs/sha256")] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "partial") {
+                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let mut found = HashMap::new();
+    // A blob whose unpacking an earlier agent did not finish counts too, as a layer.
+    let entries = [root.join("layers"), root.join("blobs/sha256")]
+        .into_iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let digest = format!("sha256:{name}");
+        if meridian_model::check_digest(&digest).is_err() || found.contains_key(&digest) {
+            continue;
+        }
+        let last_used = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let bytes = layer_bytes(root, &name);
+        found.insert(digest, Held { bytes, last_used });
+    }
+    found
+}
+
+/// Bytes layer `hex` takes under `root`: its blob and its unpacked files. Blocking.
+fn layer_bytes(root: &Path, hex: &str) -> u64 {
+    let blob = std::fs::metadata(root.join("blobs/sha256").join(hex)).map_or(0, |m| m.len());
+    blob + tree_bytes(&root.join("layers").join(hex))
+}
+
+/// Bytes of the files under `dir` (not following symbolic links). Blocking.
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => pending.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 /// The hex part of a sha256 digest; an error for another algorithm or a malformed one (it is
 /// used in paths).
 fn hex_of(digest: &str) -> Result<&str, PullError> {
@@ -250,4 +589,87 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let partial = path.with_extension("partial");
     tokio::fs::write(&partial, bytes).await?;
     tokio::fs::rename(&partial, path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Layer `n` in the store under `root`: a blob of 50 bytes and 100 bytes unpacked in two
+    /// files, unpacked `age` ago; its digest.
+    fn layer(root: &Path, n: u8, age: Duration) -> String {
+        let hex = format!("{n:064x}");
+        let dir = root.join("layers").join(&hex);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/a"), [0u8; 60]).unwrap();
+        std::fs::write(dir.join("b"), [0u8; 40]).unwrap();
+        std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+        std::fs::write(root.join("blobs/sha256").join(&hex), [0u8; 50]).unwrap();
+        let when = SystemTime::now() - age;
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        format!("sha256:{hex}")
+    }
+
+    fn held(root: &Path, digest: &str) -> bool {
+        let hex = &digest["sha256:".len()..];
+        root.join("layers").join(hex).exists() && root.join("blobs/sha256").join(hex).exists()
+    }
+
+    #[tokio::test]
+    async fn idle_layers_are_evicted_least_recently_used_first_and_leased_ones_never() {
+        let state = tempfile::tempdir().unwrap();
+        let root = state.path().join("images");
+        let hour = Duration::from_secs(3600);
+        let oldest = layer(&root, 1, 3 * hour);
+        let older = layer(&root, 2, 2 * hour);
+        let newer = layer(&root, 3, hour);
+        // Left by an earlier agent: a half-unpacked layer and a half-deleted one.
+        std::fs::create_dir_all(root.join("layers").join(format!("{:064x}.partial", 9))).unwrap();
+        std::fs::create_dir_all(root.join("trash/x")).unwrap();
+        let metrics = StoreMetrics::default();
+        let store = ImageStore::open(
+            state.path(),
+            RegistryOptions::default(),
+            350,
+            metrics.clone(),
+        )
+        .await;
+        assert_eq!(metrics.bytes.get(), 450, "three layers of 150 bytes");
+        assert!(!root.join("trash").exists());
+        assert!(!root.join(format!("layers/{:064x}.partial", 9)).exists());
+
+        // The oldest is in use: the next oldest goes, and that is enough.
+        let lease = store.lease(vec![oldest.clone()]);
+        store.collect();
+        assert!(held(&root, &oldest) && held(&root, &newer));
+        assert!(
+            !held(&root, &older),
+            "the least recently used idle layer stays"
+        );
+        assert_eq!((metrics.bytes.get(), metrics.evictions.get()), (300, 1));
+
+        // Released, the oldest was used last: a new layer over the bound evicts `newer`.
+        drop(lease);
+        let newest = layer(&root, 4, Duration::ZERO);
+        store.record(&newest).await.unwrap();
+        assert_eq!(metrics.bytes.get(), 450);
+        store.collect();
+        assert!(held(&root, &oldest) && held(&root, &newest));
+        assert!(!held(&root, &newer));
+        assert_eq!((metrics.bytes.get(), metrics.evictions.get()), (300, 2));
+
+        // Everything in use over the bound: nothing goes.
+        let _all = store.lease(vec![oldest.clone(), newest.clone()]);
+        let extra = layer(&root, 5, 5 * hour);
+        let _extra = store.lease(vec![extra.clone()]);
+        store.record(&extra).await.unwrap();
+        store.collect();
+        assert!(held(&root, &oldest) && held(&root, &newest) && held(&root, &extra));
+        assert_eq!(metrics.evictions.get(), 2);
+    }
 }

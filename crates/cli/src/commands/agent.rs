@@ -52,6 +52,11 @@ pub struct AgentArgs {
     /// HTTP instead of HTTPS; repeat for several. Only for registries on a trusted network.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
+    /// The bound of the node's image store (<state-dir>/images), a quantity (`10Gi`, `500M`,
+    /// bytes): while its layers take more, those no running or starting instance uses are
+    /// deleted, least recently used first (checked after each pull and when instances stop).
+    #[arg(long, value_name = "QUANTITY", default_value = "10Gi", value_parser = Memory::parse)]
+    image_store_max: Memory,
 }
 
 /// Runs the agent until Ctrl-C or SIGTERM, then stops its instances.
@@ -130,6 +135,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             insecure: args.insecure_registries,
             ..Default::default()
         },
+        image_store_max: args.image_store_max.bytes(),
     };
     run_agent(options, super::control::shutdown_signal()).await;
     Ok(())
