@@ -414,8 +414,9 @@ impl RegionState {
     }
 
     /// What keeps `id`'s instances from running as wanted, in words: those that fit on no
-    /// node and why, then those unhealthy or failed with their agents' reasons; bounded as
-    /// reports are ([`ServiceHealth::PROBLEMS`]).
+    /// node and why, then those unhealthy, failed or failing to pull their image with their
+    /// agents' reasons ([`ServiceHealth::is_problem`]); bounded as reports are
+    /// ([`ServiceHealth::PROBLEMS`]).
     fn problems(&self, id: &ServiceId) -> Vec<String> {
         let unplaced = self.fleet.unplaced(id).map(|(count, reason)| {
             let plural = if *count == 1 { "" } else { "s" };
@@ -425,8 +426,7 @@ impl RegionState {
             .fleet
             .reports_of(id)
             .filter_map(|(instance, _, report)| {
-                let report =
-                    report.filter(|r| matches!(r.state.as_str(), "unhealthy" | "failed"))?;
+                let report = report.filter(|r| ServiceHealth::is_problem(&r.state, &r.detail))?;
                 Some(format!("{instance} {}: {}", report.state, report.detail))
             });
         unplaced
