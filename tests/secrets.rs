@@ -10,11 +10,12 @@
 mod support;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{agent_with_env, Cli, ControlPlane, RegionalPlane, HELLO, MERIDIAN};
+use support::{
+    agent_with_env, files_containing, read, Cli, ControlPlane, RegionalPlane, HELLO, MERIDIAN,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The instance's address (host isolation: it listens there, on port 8080).
@@ -92,36 +93,6 @@ fn set_from_stdin(cli: &Cli, value: &str) -> String {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stdout).unwrap()
-}
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
-}
-
-/// The body of `GET url` (with `token` when given).
-async fn read(url: &str, token: Option<&str>) -> String {
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let answer = request.send().await.unwrap();
-    assert!(answer.status().is_success(), "{url}: {}", answer.status());
-    answer.text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1101,3 +1101,33 @@ pub async fn until_the_shop_answers(edge: &str, what: &str, done: impl Fn(&str) 
     }
     panic!("the edge never answered {what}; last answer: {last}");
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The body of `GET url` (with `token` when given).
+pub async fn read(url: &str, token: Option<&str>) -> String {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let answer = request.send().await.unwrap();
+    assert!(answer.status().is_success(), "{url}: {}", answer.status());
+    answer.text().await.unwrap()
+}

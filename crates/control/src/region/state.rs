@@ -539,7 +539,33 @@ impl RegionState {
 
     /// Sets the values of the secrets service `id` references (none: forgets them); when they
     /// differ from those held, the assignments of its instances are encoded again.
-    pub fn set_secrets(&mut self, id: &ServiceId, values: Vec<SecretValue>) {
+    ///
+    /// The global control plane sends the values the current version references; a value
+    /// held at the version that a spec held here (the current one, or an older one still
+    /// running during a rollout) names, and that `values` lacks, is kept, so that an older
+    /// version's instances keep what they run with (e.g. a registry credential the new version
+    /// dropped) until the service is gone.
+    pub fn set_secrets(&mut self, id: &ServiceId, mut values: Vec<SecretValue>) {
+        let specs = || {
+            let older = self.older.get(id).into_iter().flat_map(BTreeMap::values);
+            self.deployments.get(id).into_iter().chain(older)
+        };
+        let still_used = |held: &&SecretValue| {
+            !values.iter().any(|v| v.name == held.name)
+                && specs().any(|d| d.spec.secrets.get(&held.name) == Some(&held.version))
+        };
+        let kept: Vec<SecretValue> = self
+            .secrets
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter(still_used)
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            values.extend(kept);
+            values.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         if self.secrets.get(id).map_or(&[][..], Vec::as_slice) == values.as_slice() {
             return;
         }
@@ -605,6 +631,7 @@ impl RegionState {
                 None => {
                     self.older.remove(&id);
                     self.rollouts.remove(&id);
+                    self.secrets.remove(&id);
                     self.deployments.remove(&id)
                 }
             };
