@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use support::{
     agent_with_env, cgroup_dir, edge, edge_at, files_containing, gateway, read, Agent, Cli,
-    ControlPlane, Deployed, Killed, RegionalPlane, HELLO, PARIS,
+    Deployed, Killed, RegionalPlane, HELLO, PARIS,
 };
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -508,31 +508,8 @@ async fn a_private_registry_is_asked_with_credentials_from_the_apps_secrets() {
     let digest = registry_digest_as(&registry.address, "v1", &["--creds", &creds]);
     assert!(digest.starts_with("sha256:"), "{digest}");
 
-    let key = dir.path().join("secrets.key");
-    let global = ControlPlane::start_logging(
-        &dir.path().join("data"),
-        &[
-            "--insecure-registry",
-            &registry.address,
-            "--secrets-key",
-            key.to_str().unwrap(),
-            "--create-secrets-key",
-        ],
-        &dir.path().join("global.log"),
-    );
-    let token = global.token.clone().unwrap();
-    let cli = Cli {
-        api: global.api.clone(),
-        token: token.clone(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-    cli.ok(&["org", "create", "acme"]);
-    let platform = Deployed {
-        global,
-        token,
-        cli,
-        definition: dir.path().join("service.yaml"),
-    };
+    let insecure = ["--insecure-registry", registry.address.as_str()];
+    let platform = Deployed::with_secrets(dir.path(), &insecure);
     let reference = format!("{}/hello:v1", registry.address);
     let private = service_with(&reference, CREDENTIALS);
 

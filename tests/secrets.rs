@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{
-    agent_with_env, files_containing, read, Cli, ControlPlane, RegionalPlane, HELLO, MERIDIAN,
+    agent_with_env, files_containing, read, Cli, Deployed, RegionalPlane, HELLO, MERIDIAN,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -98,20 +98,8 @@ fn set_from_stdin(cli: &Cli, value: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("secrets.key");
-    let key = key.to_str().unwrap();
-    let global = ControlPlane::start_logging(
-        &dir.path().join("data"),
-        &["--secrets-key", key, "--create-secrets-key"],
-        &dir.path().join("global.log"),
-    );
-    let token = global.token.clone().unwrap();
-    let cli = Cli {
-        api: global.api.clone(),
-        token: token.clone(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-    cli.ok(&["org", "create", "acme"]);
+    let platform = Deployed::with_secrets(dir.path(), &[]);
+    let (global, token, cli) = (&platform.global, platform.token.as_str(), &platform.cli);
     let definition = dir.path().join("hello.yaml");
 
     // Naming a secret that does not exist: refused, naming the field; nothing stored.
@@ -137,7 +125,7 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
     assert!(set.contains("DB_PASSWORD") && !set.contains(FIRST), "{set}");
     cli.ok(&deploy);
 
-    let region = RegionalPlane::start(&global, &token, "fra", None);
+    let region = RegionalPlane::start(global, token, "fra", None);
     let isolation = ["--instance-addresses", INSTANCE, "--isolation", "host"];
     let agent = agent_with_env(
         &region,
@@ -165,7 +153,7 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
 
     // A new value, from standard input: the instance is replaced and sees it.
     let started = agent.log().matches("starting instance").count();
-    let set = set_from_stdin(&cli, SECOND);
+    let set = set_from_stdin(cli, SECOND);
     assert!(!set.contains(SECOND), "{set}");
     until_shown(SECOND, || agent.log()).await;
     assert!(
@@ -190,7 +178,7 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
         format!("{}/v1/changes?after=0", global.api),
         format!("{}/metrics", global.api),
     ] {
-        seen.push((url.clone(), read(&url, Some(&token)).await));
+        seen.push((url.clone(), read(&url, Some(token)).await));
     }
     for path in ["/config", "/listeners", "/metrics"] {
         let url = format!("{}{path}", agent.admin);

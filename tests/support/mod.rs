@@ -538,6 +538,39 @@ impl Deployed {
         deployed
     }
 
+    /// A control plane with its data in `dir`, sealing secrets with a key it makes there and
+    /// logging at debug to `dir/global.log`, started with `extra` more arguments; with region
+    /// `fra` and org `acme`, nothing deployed yet.
+    pub fn with_secrets(dir: &Path, extra: &[&str]) -> Deployed {
+        let key = dir.join("secrets.key");
+        let key = [
+            "--secrets-key",
+            key.to_str().unwrap(),
+            "--create-secrets-key",
+        ];
+        let global = ControlPlane::start_logging(
+            &dir.join("data"),
+            &[extra, &key[..]].concat(),
+            &dir.join("global.log"),
+        );
+        let token = global
+            .token
+            .clone()
+            .expect("a first start prints the admin token");
+        let cli = Cli {
+            api: global.api.clone(),
+            token: token.clone(),
+        };
+        cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
+        cli.ok(&["org", "create", "acme"]);
+        Deployed {
+            global,
+            token,
+            cli,
+            definition: dir.join("service.yaml"),
+        }
+    }
+
     /// Deploys `definition` (YAML) as the service's new version.
     pub fn deploy(&self, definition: &str) {
         std::fs::write(&self.definition, definition).unwrap();
