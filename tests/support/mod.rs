@@ -518,22 +518,7 @@ impl Deployed {
 
     /// [`Deployed::start`], the control plane started with more arguments (e.g. `--local-ca`).
     pub fn start_with(dir: &Path, definition: &str, extra: &[&str]) -> Deployed {
-        let global = ControlPlane::start_with(&dir.join("data"), extra);
-        let token = global
-            .token
-            .clone()
-            .expect("a first start prints the admin token");
-        let cli = Cli {
-            api: global.api.clone(),
-            token: token.clone(),
-        };
-        cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-        let deployed = Deployed {
-            global,
-            token,
-            cli,
-            definition: dir.join("service.yaml"),
-        };
+        let deployed = Self::around(ControlPlane::start_with(&dir.join("data"), extra), dir);
         deployed.deploy(definition);
         deployed
     }
@@ -553,6 +538,13 @@ impl Deployed {
             &[extra, &key[..]].concat(),
             &dir.join("global.log"),
         );
+        let deployed = Self::around(global, dir);
+        deployed.cli.ok(&["org", "create", "acme"]);
+        deployed
+    }
+
+    /// `global` (first started) with region `fra`, its definition file in `dir`.
+    fn around(global: ControlPlane, dir: &Path) -> Deployed {
         let token = global
             .token
             .clone()
@@ -562,7 +554,6 @@ impl Deployed {
             token: token.clone(),
         };
         cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-        cli.ok(&["org", "create", "acme"]);
         Deployed {
             global,
             token,
