@@ -15,10 +15,17 @@
 //! The node's image store keeps to its bound: a layer no instance uses any more is evicted,
 //! one in use never is.
 //!
-//! Needs root, runc, docker-registry and skopeo (and iproute2, nftables): skipped without them
-//! unless MERIDIAN_TEST_STRICT=1. Addresses: 127.0.210.1 (registry), 127.0.211.1 (gateway),
+//! A private registry (htpasswd) is asked with the credential the definition takes from the
+//! app's secrets, at deploy and by the agent; without it, or with a wrong one, the deploy is
+//! refused naming the field, and an image pinned by digest is reported unauthorized in
+//! `meridian status`. The password appears nowhere else.
+//!
+//! Needs root, runc, docker-registry and skopeo (and iproute2, nftables; htpasswd from
+//! apache2-utils for the private registry): skipped without them unless
+//! MERIDIAN_TEST_STRICT=1. Addresses: 127.0.210.1 (registry), 127.0.211.1 (gateway),
 //! 127.0.212.1, 127.0.215.1, 127.0.216.1 and 127.0.217.1 (more registries), 127.0.217.2 (a
-//! gateway), 100.64.210.0/24, 100.64.212.0/24, 100.64.215.0/24, 100.64.216.0/24 and
+//! gateway), 127.0.213.1 (the private registry), 127.0.214.x (its gateway and edge),
+//! 100.64.210.0/24, 100.64.212.0/24, 100.64.213.0/24, 100.64.215.0/24, 100.64.216.0/24 and
 //! 100.64.217.0/24 (instances).
 
 mod support;
@@ -30,8 +37,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use support::tcp::{address_in, deploy_callers, hello_service, other_org_exchange, ECHO_PORT};
 use support::{
-    agent_with, answers, cgroup_dir, edge, gateway, problems, through, Agent, Deployed, Killed,
-    RegionalPlane, HELLO,
+    agent_with_env, answers, cgroup_dir, edge, edge_at, files_containing, gateway, problems, read,
+    through, Agent, Cli, Deployed, Killed, RegionalPlane, HELLO, PARIS,
 };
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -39,6 +46,11 @@ const REGISTRY_IP: &str = "127.0.210.1";
 
 /// Whether the tools are here; in CI (strict) they must be.
 fn prerequisites() -> bool {
+    prerequisites_and(&[])
+}
+
+/// /// [`prerequisites`], and the tools `more`.
+fn prerequisites_and(more: &[&str]) -> bool {
     let tool = |name: &str| {
         Command::new("sh")
             .args(["-c", &format!("command -v {name}")])
@@ -46,7 +58,9 @@ fn prerequisites() -> bool {
             .is_ok_and(|o| o.status.success())
     };
     let missing: Vec<&str> = ["runc", "docker-registry", "skopeo"]
-        .into_iter()
+        .iter()
+        .chain(more)
+        .copied()
         .filter(|t| !tool(t))
         .collect();
     let namespaces = meridian_agent::netns_available();
@@ -68,6 +82,11 @@ struct Registry {
 
 /// `docker-registry serve` on a free port of `ip`, its storage under `dir`.
 fn start_registry_at(dir: &Path, ip: &str) -> Registry {
+    start_registry_with(dir, ip, "")
+}
+
+/// [`start_registry_at`], with `more` added to its configuration (YAML).
+fn start_registry_with(dir: &Path, ip: &str, more: &str) -> Registry {
     let port = std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
@@ -78,7 +97,7 @@ fn start_registry_at(dir: &Path, ip: &str) -> Registry {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n{more}",
             dir.join("registry").display()
         ),
     )
@@ -203,8 +222,14 @@ fn build_image(dir: &Path, tag: &str, greeting: &str) -> PathBuf {
 
 /// Pushes the layout's image `tag` to `registry` as `hello:as_tag`.
 fn push(layout: &Path, tag: &str, registry: &str, as_tag: &str) {
+    push_as(layout, tag, registry, as_tag, &[]);
+}
+
+/// [`push`], with skopeo's `options` (e.g. `--dest-creds`).
+fn push_as(layout: &Path, tag: &str, registry: &str, as_tag: &str, options: &[&str]) {
     let output = Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
+        .args(options)
         .arg(format!("oci:{}:{tag}", layout.display()))
         .arg(format!("docker://{registry}/hello:{as_tag}"))
         .output()
@@ -227,13 +252,18 @@ fn registry_with_hello(dir: &Path, ip: &str, greeting: &str) -> (Registry, Strin
 }
 
 fn service(reference: &str) -> String {
+    service_with(reference, "")
+}
+
+/// [`service`], with `more` in the image's fields (`, credentials: …`).
+fn service_with(reference: &str, more: &str) -> String {
     format!(
         "\
 org: acme
 app: shop
 name: web
 regions: [fra]
-runtime: {{image: {{ref: \"{reference}\", read_only_root_fs: true}}}}
+runtime: {{image: {{ref: \"{reference}\", read_only_root_fs: true{more}}}}}
 ports: [{{name: http, port: 8080}}]
 routes: [{{path_prefix: /, port: http}}]
 domains: [shop.example.com]
@@ -251,13 +281,26 @@ fn node_of(
     registry: &Registry,
     extra: &[&str],
 ) -> Agent {
+    node_with_env(region, dir, network, registry, extra, &[])
+}
+
+/// [`node_of`], started with `env` added to the test's environment.
+fn node_with_env(
+    region: &RegionalPlane,
+    dir: &Path,
+    network: &str,
+    registry: &Registry,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Agent {
     let registry = ["--insecure-registry", registry.address.as_str()];
     let isolation = ["--isolation", "netns", "--instance-network", network];
-    agent_with(
+    agent_with_env(
         region,
         "fra-1",
         dir,
         &[&isolation[..], &registry[..], extra].concat(),
+        env,
     )
 }
 
@@ -285,8 +328,14 @@ fn current_image(platform: &Deployed) -> String {
 
 /// The digest the registry has for `hello:tag`.
 fn registry_digest(registry: &str, tag: &str) -> String {
+    registry_digest_as(registry, tag, &[])
+}
+
+/// [`registry_digest`], with skopeo's `options` (e.g. `--creds`).
+fn registry_digest_as(registry: &str, tag: &str, options: &[&str]) -> String {
     let output = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .args(options)
         .arg(format!("docker://{registry}/hello:{tag}"))
         .output()
         .unwrap();
@@ -600,4 +649,200 @@ async fn layers_no_instance_uses_are_evicted_beyond_the_stores_bound() {
         agent_metric(&node, "meridian_agent_image_store_evictions_total").await,
         1
     );
+}
+
+/// The private registry's user and password, and a wrong password.
+const ROBOT: &str = "robot";
+const ROBOT_PASSWORD: &str = "r3gistry-Pass-5b7e21c9";
+const WRONG_PASSWORD: &str = "wr0ng-Pass-0c1d2e3f";
+
+/// The image's credential: user `robot`, the password the app's secret `REGISTRY_PASSWORD`.
+const CREDENTIALS: &str = ", credentials: {username: robot, password: {secret: REGISTRY_PASSWORD}}";
+
+/// `docker-registry` on 127.0.213.1 that lets in only `robot` (htpasswd, bcrypt).
+fn start_private_registry(dir: &Path) -> Registry {
+    let htpasswd = Command::new("htpasswd")
+        .args(["-Bbn", ROBOT, ROBOT_PASSWORD])
+        .output()
+        .unwrap();
+    assert!(htpasswd.status.success(), "{htpasswd:?}");
+    let file = dir.join("htpasswd");
+    std::fs::write(&file, &htpasswd.stdout).unwrap();
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: meridian-test\n    path: {}\n",
+        file.display()
+    );
+    start_registry_with(dir, "127.0.213.1", &auth)
+}
+
+/// `meridian secret set REGISTRY_PASSWORD=value` for app `acme/shop`.
+fn set_password(cli: &Cli, value: &str) {
+    let set = cli.ok(&[
+        "secret",
+        "set",
+        &format!("REGISTRY_PASSWORD={value}"),
+        "--app",
+        "shop",
+        "--org",
+        "acme",
+    ]);
+    assert!(!set.contains(value), "{set}");
+}
+
+/// `meridian deploy` of `definition`, refused; the error.
+fn refused(platform: &Deployed, definition: &str) -> String {
+    std::fs::write(&platform.definition, definition).unwrap();
+    platform
+        .cli
+        .fails(&["deploy", "-f", platform.definition.to_str().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_is_asked_with_credentials_from_the_apps_secrets() {
+    if !prerequisites_and(&["htpasswd"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start_private_registry(dir.path());
+    let image = build_image(dir.path(), "v1", "private");
+    let creds = format!("{ROBOT}:{ROBOT_PASSWORD}");
+    push_as(
+        &image,
+        "v1",
+        &registry.address,
+        "v1",
+        &["--dest-creds", &creds],
+    );
+    let digest = registry_digest_as(&registry.address, "v1", &["--creds", &creds]);
+    assert!(digest.starts_with("sha256:"), "{digest}");
+
+    let insecure = ["--insecure-registry", registry.address.as_str()];
+    let platform = Deployed::with_secrets(dir.path(), &insecure);
+    let reference = format!("{}/hello:v1", registry.address);
+    let private = service_with(&reference, CREDENTIALS);
+
+    // Refused at deploy, naming the field: the secret does not exist; no credential; a wrong one.
+    let error = refused(&platform, &private);
+    assert!(
+        error.contains("runtime.image.credentials.password")
+            && error.contains("secret `REGISTRY_PASSWORD` does not exist"),
+        "{error}"
+    );
+    let error = refused(&platform, &service(&reference));
+    assert!(
+        error.contains("runtime.image.ref") && error.contains("unauthorized"),
+        "{error}"
+    );
+    set_password(&platform.cli, WRONG_PASSWORD);
+    let error = refused(&platform, &private);
+    assert!(
+        error.contains("runtime.image.credentials") && error.contains("unauthorized"),
+        "{error}"
+    );
+    assert_eq!(
+        platform.cli.json(&["get", "services"]),
+        serde_json::json!([])
+    );
+
+    // With the right one: pinned at deploy, pulled by the agent, served.
+    set_password(&platform.cli, ROBOT_PASSWORD);
+    platform.deploy(&private);
+    assert_eq!(current_image(&platform), format!("{reference}@{digest}"));
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.214.1:8080"),
+    );
+    let node = node_with_env(
+        &region,
+        dir.path(),
+        "100.64.213.0",
+        &registry,
+        &[],
+        &[("MERIDIAN_LOG", "debug")],
+    );
+    let (_gateway, _) = gateway(&region, dir.path()).await;
+    let edge = edge_at(
+        &platform,
+        &region,
+        dir.path(),
+        &PARIS,
+        "127.0.214.2:0",
+        None,
+    );
+    greets(&edge.http, "private").await;
+
+    // Pinned by digest without a credential: not asked at deploy, but the agent is refused,
+    // although the node holds the image, and says so in `meridian status`; it retries, and
+    // the running version keeps serving.
+    let pinned = format!("{}/hello@{digest}", registry.address);
+    platform.deploy(&service(&pinned));
+    let status = ["status", "web", "--app", "shop"];
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let shown = platform.cli.ok(&status);
+        if shown.contains("pulling image failed: unauthorized") {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "status never showed the refused pull: {shown}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    greets(&edge.http, "private").await;
+
+    // The password is nowhere else: the API's reads, the CLI's, the agent's admin endpoints,
+    // any log or file.
+    let api = &platform.global.api;
+    let service_url = format!("{api}/v1/orgs/acme/apps/shop/services/web");
+    let token = Some(platform.token.as_str());
+    let mut seen = Vec::new();
+    for url in [
+        service_url.clone(),
+        format!("{service_url}/deployments"),
+        format!("{service_url}/deployments/1"),
+        format!("{service_url}/status"),
+        format!("{api}/v1/orgs/acme/apps/shop/secrets"),
+        format!("{api}/v1/regions/fra/deployments"),
+        format!("{api}/v1/changes?after=0"),
+        format!("{api}/metrics"),
+    ] {
+        seen.push((url.clone(), read(&url, token).await));
+    }
+    for path in ["/config", "/listeners", "/metrics"] {
+        let url = format!("{}{path}", node.admin);
+        seen.push((url.clone(), read(&url, None).await));
+    }
+    for args in [
+        &["status", "web", "--app", "shop", "-o", "json"][..],
+        &["get", "deployments", "web", "--app", "shop", "-o", "json"],
+    ] {
+        seen.push((format!("meridian {args:?}"), platform.cli.ok(args)));
+    }
+    assert!(
+        seen.iter()
+            .any(|(_, body)| body.contains("REGISTRY_PASSWORD")),
+        "the reads name the secret"
+    );
+    for password in [ROBOT_PASSWORD, WRONG_PASSWORD] {
+        for (what, body) in &seen {
+            assert!(
+                !body.contains(password),
+                "{what} shows the password: {body}"
+            );
+        }
+        assert_eq!(
+            files_containing(dir.path(), password),
+            Vec::<String>::new(),
+            "files holding the password"
+        );
+        assert!(!node.log().contains(password) && !region.log().contains(password));
+        assert_eq!(
+            files_containing(region.dir.path(), password),
+            Vec::<String>::new()
+        );
+    }
 }

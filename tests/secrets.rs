@@ -10,11 +10,12 @@
 mod support;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{agent_with_env, Cli, ControlPlane, RegionalPlane, HELLO, MERIDIAN};
+use support::{
+    agent_with_env, files_containing, read, Cli, Deployed, RegionalPlane, HELLO, MERIDIAN,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The instance's address (host isolation: it listens there, on port 8080).
@@ -94,53 +95,11 @@ fn set_from_stdin(cli: &Cli, value: &str) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
-}
-
-/// The body of `GET url` (with `token` when given).
-async fn read(url: &str, token: Option<&str>) -> String {
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let answer = request.send().await.unwrap();
-    assert!(answer.status().is_success(), "{url}: {}", answer.status());
-    answer.text().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("secrets.key");
-    let key = key.to_str().unwrap();
-    let global = ControlPlane::start_logging(
-        &dir.path().join("data"),
-        &["--secrets-key", key, "--create-secrets-key"],
-        &dir.path().join("global.log"),
-    );
-    let token = global.token.clone().unwrap();
-    let cli = Cli {
-        api: global.api.clone(),
-        token: token.clone(),
-    };
-    cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-    cli.ok(&["org", "create", "acme"]);
+    let platform = Deployed::with_secrets(dir.path(), &[]);
+    let (global, token, cli) = (&platform.global, platform.token.as_str(), &platform.cli);
     let definition = dir.path().join("hello.yaml");
 
     // Naming a secret that does not exist: refused, naming the field; nothing stored.
@@ -166,7 +125,7 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
     assert!(set.contains("DB_PASSWORD") && !set.contains(FIRST), "{set}");
     cli.ok(&deploy);
 
-    let region = RegionalPlane::start(&global, &token, "fra", None);
+    let region = RegionalPlane::start(global, token, "fra", None);
     let isolation = ["--instance-addresses", INSTANCE, "--isolation", "host"];
     let agent = agent_with_env(
         &region,
@@ -194,7 +153,7 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
 
     // A new value, from standard input: the instance is replaced and sees it.
     let started = agent.log().matches("starting instance").count();
-    let set = set_from_stdin(&cli, SECOND);
+    let set = set_from_stdin(cli, SECOND);
     assert!(!set.contains(SECOND), "{set}");
     until_shown(SECOND, || agent.log()).await;
     assert!(
@@ -219,7 +178,7 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
         format!("{}/v1/changes?after=0", global.api),
         format!("{}/metrics", global.api),
     ] {
-        seen.push((url.clone(), read(&url, Some(&token)).await));
+        seen.push((url.clone(), read(&url, Some(token)).await));
     }
     for path in ["/config", "/listeners", "/metrics"] {
         let url = format!("{}{path}", agent.admin);

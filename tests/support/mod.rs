@@ -519,7 +519,33 @@ impl Deployed {
 
     /// [`Deployed::start`], the control plane started with more arguments (e.g. `--local-ca`).
     pub fn start_with(dir: &Path, definition: &str, extra: &[&str]) -> Deployed {
-        let global = ControlPlane::start_with(&dir.join("data"), extra);
+        let deployed = Self::around(ControlPlane::start_with(&dir.join("data"), extra), dir);
+        deployed.deploy(definition);
+        deployed
+    }
+
+    /// A control plane with its data in `dir`, sealing secrets with a key it makes there and
+    /// logging at debug to `dir/global.log`, started with `extra` more arguments; with region
+    /// `fra` and org `acme`, nothing deployed yet.
+    pub fn with_secrets(dir: &Path, extra: &[&str]) -> Deployed {
+        let key = dir.join("secrets.key");
+        let key = [
+            "--secrets-key",
+            key.to_str().unwrap(),
+            "--create-secrets-key",
+        ];
+        let global = ControlPlane::start_logging(
+            &dir.join("data"),
+            &[extra, &key[..]].concat(),
+            &dir.join("global.log"),
+        );
+        let deployed = Self::around(global, dir);
+        deployed.cli.ok(&["org", "create", "acme"]);
+        deployed
+    }
+
+    /// `global` (first started) with region `fra`, its definition file in `dir`.
+    fn around(global: ControlPlane, dir: &Path) -> Deployed {
         let token = global
             .token
             .clone()
@@ -529,14 +555,12 @@ impl Deployed {
             token: token.clone(),
         };
         cli.ok(&["region", "add", "fra", "--lat", "50.11", "--lon", "8.68"]);
-        let deployed = Deployed {
+        Deployed {
             global,
             token,
             cli,
             definition: dir.join("service.yaml"),
-        };
-        deployed.deploy(definition);
-        deployed
+        }
     }
 
     /// Deploys `definition` (YAML) as the service's new version.
@@ -1144,4 +1168,34 @@ pub async fn until_the_shop_answers(edge: &str, what: &str, done: impl Fn(&str) 
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("the edge never answered {what}; last answer: {last}");
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The body of `GET url` (with `token` when given).
+pub async fn read(url: &str, token: Option<&str>) -> String {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let answer = request.send().await.unwrap();
+    assert!(answer.status().is_success(), "{url}: {}", answer.status());
+    answer.text().await.unwrap()
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use meridian_model::ServiceSpec;
+use meridian_model::{ServiceHealth, ServiceSpec};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -552,7 +552,16 @@ async fn start_container(
     stop: &mut watch::Receiver<bool>,
     lease: &mut Option<Arc<Lease>>,
 ) -> Option<Result<Child, String>> {
-    let pulled = pull(launch, &image.reference, states, stop).await?;
+    let credential = match image
+        .credentials
+        .as_ref()
+        .map(|c| launch.secrets.credential(c))
+    {
+        Some(Ok(credential)) => Some(credential),
+        Some(Err(e)) => return Some(Err(e)),
+        None => None,
+    };
+    let pulled = pull(launch, &image.reference, credential.as_ref(), states, stop).await?;
     *lease = Some(pulled.lease.clone());
     let home = match home(launch) {
         Ok(home) => home,
@@ -600,21 +609,24 @@ async fn start_container(
     Some(spawn_supervised(launch, command, &home).map_err(|e| format!("runc: {e}")))
 }
 
-/// The image in the node's store, pulled if needed; retried with backoff while it fails.
-/// `None` when the instance is stopped first.
+/// The image in the node's store, pulled (with `credential`, when given) if needed; retried
+/// with backoff while it fails, each failure in the instance's detail as a problem
+/// ([`ServiceHealth::PULL_FAILED`]). `None` when the instance is stopped first.
 async fn pull(
     launch: &Launch,
     reference: &str,
+    credential: Option<&meridian_model::Credential>,
     states: &watch::Sender<InstanceState>,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<crate::image::Pulled> {
     let detail = |detail: String| states.send_modify(|s| s.detail = detail);
     let mut backoff = Duration::from_secs(1);
+    // The last failure stays in the detail while the next attempt is made.
+    detail(format!("pulling {reference}"));
     loop {
-        detail(format!("pulling {reference}"));
         let begun = Instant::now();
         let failed = tokio::select! {
-            pulled = launch.images.pull(reference) => match pulled {
+            pulled = launch.images.pull(reference, credential) => match pulled {
                 Ok(pulled) => {
                     let took_ms = begun.elapsed().as_secs_f64() * 1000.0;
                     tracing::info!(instance = %launch.instance, %reference, digest = %pulled.digest, took_ms, "image ready");
@@ -626,7 +638,8 @@ async fn pull(
         };
         tracing::warn!(instance = %launch.instance, %reference, error = %failed, retry_in = ?backoff, "pulling the image failed");
         detail(format!(
-            "pulling {reference} failed: {failed}; retrying in {}s",
+            "{}{failed}; retrying in {}s",
+            ServiceHealth::PULL_FAILED,
             backoff.as_secs()
         ));
         tokio::select! {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use meridian_model::EnvValue;
+use meridian_model::{Credential, EnvValue, RegistryCredentials};
 use meridian_xds::meridian::SecretValue;
 
 /// Secret values by name.
@@ -32,21 +32,45 @@ impl SecretValues {
         env: &'a BTreeMap<String, EnvValue>,
     ) -> Result<Vec<(&'a str, &'a str)>, String> {
         env.iter()
-            .map(|(key, value)| match value {
-                EnvValue::Plain(plain) => Ok((key.as_str(), plain.as_str())),
-                EnvValue::Secret(reference) => self
-                    .0
-                    .get(&reference.secret)
-                    .map(|v| (key.as_str(), v.as_str()))
-                    .ok_or_else(|| {
-                        format!(
-                            "env {key}: secret `{}` was not delivered (it does not exist, or \
-                             the control planes cannot open it or are away)",
-                            reference.secret
-                        )
-                    }),
-            })
+            .map(|(key, value)| Ok((key.as_str(), self.value(|| format!("env {key}"), value)?)))
             .collect()
+    }
+
+    /// The registry credential `credentials` names, its secrets replaced by their values; an
+    /// error naming the field and the secret when one was not delivered.
+    pub fn credential(&self, credentials: &RegistryCredentials) -> Result<Credential, String> {
+        let field = "runtime.image.credentials";
+        Ok(Credential {
+            username: self
+                .value(|| format!("{field}.username"), &credentials.username)?
+                .to_owned(),
+            password: self
+                .value(|| format!("{field}.password"), &credentials.password)?
+                .to_owned(),
+        })
+    }
+
+    /// `value` itself, or the value of the secret it names; else an error naming `field()`.
+    fn value<'a>(
+        &'a self,
+        field: impl FnOnce() -> String,
+        value: &'a EnvValue,
+    ) -> Result<&'a str, String> {
+        match value {
+            EnvValue::Plain(plain) => Ok(plain),
+            EnvValue::Secret(reference) => self
+                .0
+                .get(&reference.secret)
+                .map(String::as_str)
+                .ok_or_else(|| {
+                    format!(
+                        "{}: secret `{}` was not delivered (it does not exist, or the \
+                         control planes cannot open it or are away)",
+                        field(),
+                        reference.secret
+                    )
+                }),
+        }
     }
 }
 
@@ -72,5 +96,21 @@ mod tests {
             serde_json::from_str(r#"{"X":{"secret":"OTHER"}}"#).unwrap();
         let err = values.resolve(&missing).unwrap_err();
         assert!(err.contains("env X") && err.contains("`OTHER`"), "{err}");
+
+        let credentials: RegistryCredentials =
+            serde_json::from_str(r#"{"username":"robot","password":{"secret":"DB"}}"#).unwrap();
+        let credential = values.credential(&credentials).unwrap();
+        assert_eq!(
+            (&*credential.username, &*credential.password),
+            ("robot", "hunter2")
+        );
+        assert!(!format!("{credential:?}").contains("hunter2"));
+        let credentials: RegistryCredentials =
+            serde_json::from_str(r#"{"username":"robot","password":{"secret":"GONE"}}"#).unwrap();
+        let err = values.credential(&credentials).unwrap_err();
+        assert!(
+            err.contains("runtime.image.credentials.password") && err.contains("`GONE`"),
+            "{err}"
+        );
     }
 }

@@ -98,5 +98,12 @@ mod tests {
             "{resources}"
         );
         assert!(!schemas["RegionStatus"]["properties"]["problems"].is_null());
+        assert!(!schemas["Image"]["properties"]["credentials"].is_null());
+        assert!(!schemas["ImageOverride"]["properties"]["credentials"].is_null());
+        let credentials = &schemas["RegistryCredentials"]["properties"];
+        assert!(
+            !credentials["username"].is_null() && !credentials["password"].is_null(),
+            "{credentials}"
+        );
     }
 }

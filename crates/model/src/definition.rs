@@ -167,6 +167,34 @@ pub struct Image {
     /// Mount the root filesystem read-only (`/tmp` stays writable); defaults to false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_root_fs: bool,
+    /// The credential for the image's registry, from the app's secrets; without it the
+    /// registry is asked anonymously (or with the installation's `--registry-credential`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RegistryCredentials>,
+}
+
+/// A registry's user name and password, as a definition names them: the password is always a
+/// secret of the service's app (`{secret: NAME}`, checked by [`crate::validate_definition`]),
+/// the user name a string or a secret. The global control plane uses them to resolve tags at
+/// apply; the agents that run the instances receive them like the environment's secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegistryCredentials {
+    /// The user name: a string or `{secret: NAME}`.
+    pub username: EnvValue,
+    /// The password or token: `{secret: NAME}` only.
+    pub password: EnvValue,
+}
+
+impl RegistryCredentials {
+    /// The secrets named, with the field (under `prefix`, e.g. `runtime.image.credentials`)
+    /// that names each.
+    pub fn secret_references(&self, prefix: &str) -> Vec<(String, &str)> {
+        [("username", &self.username), ("password", &self.password)]
+            .into_iter()
+            .filter_map(|(field, value)| Some((format!("{prefix}.{field}"), value.secret()?)))
+            .collect()
+    }
 }
 
 /// A process the agent starts for each instance.
@@ -471,6 +499,9 @@ pub struct ImageOverride {
     /// Replaces `read_only_root_fs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only_root_fs: Option<bool>,
+    /// Replaces the registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RegistryCredentials>,
 }
 
 /// A partial [`Process`].
@@ -527,9 +558,22 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// The names of the secrets the environment references.
+    /// The names of the secrets the environment and the image's registry credentials
+    /// reference.
     pub fn secret_names(&self) -> impl Iterator<Item = &str> {
-        self.runtime.env().values().filter_map(EnvValue::secret)
+        let credentials = self
+            .runtime
+            .image
+            .as_ref()
+            .and_then(|i| i.credentials.as_ref());
+        let credentials = credentials
+            .into_iter()
+            .flat_map(|c| [&c.username, &c.password]);
+        self.runtime
+            .env()
+            .values()
+            .chain(credentials)
+            .filter_map(EnvValue::secret)
     }
 
     /// Whether an instance started with `self` runs the same as one started with `other`: the

@@ -147,6 +147,9 @@ fn apply_image_override(image: &mut Image, i: &ImageOverride) {
     if let Some(read_only) = i.read_only_root_fs {
         image.read_only_root_fs = read_only;
     }
+    if let Some(credentials) = &i.credentials {
+        image.credentials = Some(credentials.clone());
+    }
     if let Some(env) = &i.env {
         merge_env(&mut image.env, env);
     }

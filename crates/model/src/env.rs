@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::Definition;
+use crate::{Definition, RegistryCredentials};
 
 /// Longest secret name.
 pub const SECRET_NAME_MAX: usize = 128;
@@ -132,8 +132,10 @@ pub fn seal_label(org: &str, app: &str, name: &str) -> String {
 }
 
 /// Every reference to a secret in `definition` (the runtime's `env`, and each override's `env`
-/// and runtime `env`), as (field, secret name), in the order of the fields: e.g.
-/// `("runtime.process.env.DB_PASSWORD", "DB_PASSWORD")`.
+/// and runtime `env`; then the image's registry credentials, and each override's), as (field,
+/// secret name), in the order of the fields: e.g.
+/// `("runtime.process.env.DB_PASSWORD", "DB_PASSWORD")` or
+/// `("runtime.image.credentials.password", "REGISTRY_PASSWORD")`.
 pub fn secret_references(definition: &Definition) -> Vec<(String, &str)> {
     let runtime = &definition.runtime;
     let mut envs: Vec<(String, &BTreeMap<String, EnvValue>)> = [
@@ -160,11 +162,26 @@ pub fn secret_references(definition: &Definition) -> Vec<(String, &str)> {
             }
         }
     }
+    let mut credentials: Vec<(String, &RegistryCredentials)> = Vec::new();
+    if let Some(c) = runtime.image.as_ref().and_then(|i| i.credentials.as_ref()) {
+        credentials.push(("runtime.image.credentials".to_owned(), c));
+    }
+    for (region, o) in &definition.overrides {
+        let image = o.runtime.as_ref().and_then(|r| r.image.as_ref());
+        if let Some(c) = image.and_then(|i| i.credentials.as_ref()) {
+            credentials.push((format!("overrides.{region}.runtime.image.credentials"), c));
+        }
+    }
     envs.into_iter()
         .flat_map(|(prefix, env)| {
             env.iter()
                 .filter_map(move |(key, value)| Some((format!("{prefix}.{key}"), value.secret()?)))
         })
+        .chain(
+            credentials
+                .into_iter()
+                .flat_map(|(prefix, c)| c.secret_references(&prefix)),
+        )
         .collect()
 }
 

@@ -29,8 +29,8 @@ pub use certificates::{CertificateSource, CertificateState};
 pub use compute::{Cpu, Memory, Resources};
 pub use definition::{
     Definition, HealthCheck, Hsts, HttpCheck, Https, Image, ImageOverride, Mesh, Port, Process,
-    ProcessOverride, Protocol, RegionOverride, Route, Runtime, RuntimeOverride, Scale,
-    ScaleOverride, ServiceSpec, TcpCheck,
+    ProcessOverride, Protocol, RegionOverride, RegistryCredentials, Route, Runtime,
+    RuntimeOverride, Scale, ScaleOverride, ServiceSpec, TcpCheck,
 };
 pub use deploy::{Amount, CanaryStep, Deploy, DeployOverride, Strategy};
 pub use derive::{derive_regional, derive_spec, RegionalDeployment};

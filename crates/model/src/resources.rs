@@ -74,7 +74,9 @@ pub struct ServiceHealth {
     pub rollout: Option<crate::RolloutStatus>,
     /// What keeps instances from running as wanted, in words: instances that fit on no node
     /// and why (`1 instance not placed: no node has 2 cpu free …`), instances unhealthy or
-    /// failed and why (`web-0 unhealthy: oom_killed: …`); at most [`ServiceHealth::PROBLEMS`],
+    /// failed and why (`web-0 unhealthy: oom_killed: …`), instances starting whose image
+    /// cannot be pulled (`web-0 starting: pulling image failed: unauthorized …`, see
+    /// [`ServiceHealth::PULL_FAILED`]); at most [`ServiceHealth::PROBLEMS`],
     /// each at most [`ServiceHealth::PROBLEM_LEN`] bytes; empty when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
@@ -85,6 +87,18 @@ impl ServiceHealth {
     pub const PROBLEMS: usize = 8;
     /// Longest problem reported, in bytes.
     pub const PROBLEM_LEN: usize = 512;
+    /// How an agent's detail of a `starting` instance begins while the instance's image
+    /// cannot be pulled (the agent retries with backoff): such an instance is a problem.
+    pub const PULL_FAILED: &'static str = "pulling image failed: ";
+
+    /// Whether an instance reported in `state` with `detail` is a problem.
+    pub fn is_problem(state: &str, detail: &str) -> bool {
+        match state {
+            "unhealthy" | "failed" => true,
+            "starting" => detail.starts_with(Self::PULL_FAILED),
+            _ => false,
+        }
+    }
 }
 
 /// A service's instances in service in a region that run one version.
@@ -327,4 +341,23 @@ pub struct Endpoint {
     pub health: EndpointHealth,
     /// Time of the last change, seconds since the Unix epoch.
     pub updated_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceHealth;
+
+    #[test]
+    fn a_starting_instance_is_a_problem_only_while_its_image_cannot_be_pulled() {
+        let failing = format!(
+            "{}unauthorized by the registry: …; retrying in 4s",
+            ServiceHealth::PULL_FAILED
+        );
+        assert!(ServiceHealth::is_problem("starting", &failing));
+        assert!(!ServiceHealth::is_problem("starting", "pulling r/hello:v1"));
+        assert!(!ServiceHealth::is_problem("starting", "started"));
+        assert!(ServiceHealth::is_problem("unhealthy", "exited 1"));
+        assert!(ServiceHealth::is_problem("failed", "gave up"));
+        assert!(!ServiceHealth::is_problem("healthy", &failing));
+    }
 }

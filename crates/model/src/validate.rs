@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use crate::names::{check_dns_label, check_url_path};
 use crate::{
     check_secret_name, Amount, Definition, EndpointInput, EnvValue, HealthCheck, Image, Port,
-    Process, RegionInput, Runtime, ValidationErrors,
+    Process, RegionInput, RegistryCredentials, Runtime, ValidationErrors,
 };
 
 /// Explicit size limits on a definition.
@@ -343,6 +343,38 @@ fn validate_image(errs: &mut ValidationErrors, prefix: &str, i: &Image) {
         i.working_dir.as_deref(),
         i.user.as_deref(),
     );
+    if let Some(credentials) = &i.credentials {
+        validate_credentials(errs, &format!("{prefix}.credentials"), credentials);
+    }
+}
+
+/// Checks registry credentials: the user name a string (without `:`, which HTTP basic
+/// authentication cannot carry) or a secret, the password a secret only: a plain password
+/// would be stored, and shown, with the definition.
+fn validate_credentials(errs: &mut ValidationErrors, prefix: &str, c: &RegistryCredentials) {
+    let secret = |errs: &mut ValidationErrors, field: String, reference: &crate::SecretRef| {
+        if let Err(reason) = check_secret_name(&reference.secret) {
+            errs.push(format!("{field}.secret"), reason);
+        }
+    };
+    let field = format!("{prefix}.username");
+    match &c.username {
+        EnvValue::Plain(name) if name.is_empty() || name.contains(':') => errs.push(
+            field,
+            "must not be empty nor contain `:` (HTTP basic authentication cannot carry it)",
+        ),
+        EnvValue::Plain(name) => string_value(errs, &field, name),
+        EnvValue::Secret(reference) => secret(errs, field, reference),
+    }
+    let field = format!("{prefix}.password");
+    match &c.password {
+        EnvValue::Plain(_) => errs.push(
+            field,
+            "must be a secret of the app ({secret: NAME}), never the password itself: a \
+             definition is stored and shown as written",
+        ),
+        EnvValue::Secret(reference) => secret(errs, field, reference),
+    }
 }
 
 fn validate_image_ref(errs: &mut ValidationErrors, prefix: &str, reference: &str) {
@@ -897,5 +929,8 @@ fn validate_runtime_override(
             i.working_dir.as_deref(),
             i.user.as_deref(),
         );
+        if let Some(credentials) = &i.credentials {
+            validate_credentials(errs, &format!("{at}.credentials"), credentials);
+        }
     }
 }

@@ -620,3 +620,55 @@ fn an_image_override_replaces_fields_and_merges_env() {
     );
     assert_eq!(derived[0].spec.runtime, def.runtime);
 }
+
+#[test]
+fn registry_credentials_take_the_password_from_a_secret_only() {
+    let creds = |username: serde_json::Value, password: serde_json::Value| {
+        serde_json::json!({"ref": "r.example/hello:v1",
+            "credentials": {"username": username, "password": password}})
+    };
+    let def = parse(with_image(creds(
+        "robot".into(),
+        serde_json::json!({"secret": "REG_PASSWORD"}),
+    )));
+    validate_definition(&def, &known).unwrap();
+    assert_eq!(
+        meridian_model::env::secret_references(&def),
+        [(
+            "runtime.image.credentials.password".to_owned(),
+            "REG_PASSWORD"
+        )]
+    );
+
+    let err = errors(with_image(creds("a:b".into(), "hunter2".into())));
+    assert_eq!(
+        fields(&err),
+        [
+            "runtime.image.credentials.username",
+            "runtime.image.credentials.password"
+        ],
+        "{err}"
+    );
+    assert!(err.to_string().contains("must be a secret"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    let mut def = with_image(serde_json::json!({"ref": "hello:v1"}));
+    def["overrides"] = serde_json::json!({"fra": {"runtime": {"image": {"credentials": {
+        "username": {"secret": "REG_USER"}, "password": {"secret": "1BAD"}}}}}});
+    let err = errors(def.clone());
+    assert_eq!(
+        fields(&err),
+        ["overrides.fra.runtime.image.credentials.password.secret"],
+        "{err}"
+    );
+    def["overrides"]["fra"]["runtime"]["image"]["credentials"]["password"]["secret"] =
+        "REG_PASSWORD".into();
+    let def = parse(def);
+    let fra = meridian_model::derive_spec(&def, def.overrides.get("fra"));
+    let iad = meridian_model::derive_spec(&def, None);
+    assert_eq!(
+        fra.secret_names().collect::<Vec<_>>(),
+        ["REG_USER", "REG_PASSWORD"]
+    );
+    assert_eq!(iad.secret_names().count(), 0);
+}

@@ -5,7 +5,9 @@
 //!
 //! It must not keep images (agents' image store does) nor decide what runs.
 
-use meridian_model::{ImageRef, RegistryOptions};
+use std::borrow::Cow;
+
+use meridian_model::{Credential, ImageRef, RegistryOptions};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -15,6 +17,9 @@ pub use oci_client;
 
 /// A client of the OCI distribution protocol that speaks plain HTTP to `options`' insecure
 /// registries.
+///
+/// A client keeps the first credential it is given for each registry and uses it for every
+/// later request there: share one only for the installation's credentials (see [`client_for`]).
 pub fn client(options: &RegistryOptions) -> oci_client::Client {
     oci_client::Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(options.insecure.clone()),
@@ -22,11 +27,26 @@ pub fn client(options: &RegistryOptions) -> oci_client::Client {
     })
 }
 
-/// The credential `options` holds for `registry`, or anonymous.
-pub fn auth(options: &RegistryOptions, registry: &str) -> RegistryAuth {
-    options
-        .credentials
-        .get(registry)
+/// The client to ask a registry with: `shared` (made by [`client`] with `options`, asked
+/// anonymously or with the installation's credentials) without `given`, a client of its own
+/// with a definition's credential, so that one app's credential never serves another's
+/// requests.
+pub fn client_for<'a>(
+    shared: &'a oci_client::Client,
+    options: &RegistryOptions,
+    given: Option<&Credential>,
+) -> Cow<'a, oci_client::Client> {
+    match given {
+        None => Cow::Borrowed(shared),
+        Some(_) => Cow::Owned(client(options)),
+    }
+}
+
+/// The credential to present to `registry`: `given` (a definition's, from its app's secrets)
+/// when there is one, else the one `options` holds for it, else anonymous.
+pub fn auth(options: &RegistryOptions, registry: &str, given: Option<&Credential>) -> RegistryAuth {
+    given
+        .or_else(|| options.credentials.get(registry))
         .map_or(RegistryAuth::Anonymous, |c| {
             RegistryAuth::Basic(c.username.clone(), c.password.clone())
         })
@@ -129,23 +149,33 @@ pub fn remote_reference(parsed: &ImageRef) -> Reference {
     }
 }
 
-/// The digest of the manifest that `reference` names now (its tag asked of the registry), or
-/// the reference's own digest when it pins one.
+/// The digest of the manifest that `reference` names now (its tag asked of the registry, as
+/// `given` or the installation's credential lets it be asked), or the reference's own digest
+/// when it pins one and no credential is `given`. With a credential, a pinned digest is asked
+/// too, so that a refused credential is refused now rather than at the agents.
 pub async fn resolve(
-    client: &oci_client::Client,
+    shared: &oci_client::Client,
     options: &RegistryOptions,
     reference: &ImageRef,
+    given: Option<&Credential>,
 ) -> Result<String, RegistryError> {
-    if let Some(digest) = &reference.digest {
+    if let (Some(digest), None) = (&reference.digest, given) {
         return Ok(digest.clone());
     }
+    let client = client_for(shared, options, given);
     let digest = client
         .fetch_manifest_digest(
             &remote_reference(reference),
-            &auth(options, &reference.registry),
+            &auth(options, &reference.registry, given),
         )
         .await
         .map_err(RegistryError::from_registry)?;
+    if let Some(expected) = reference.digest.as_ref().filter(|d| **d != digest) {
+        return Err(RegistryError::DigestMismatch {
+            expected: expected.clone(),
+            got: digest,
+        });
+    }
     meridian_model::check_digest(&digest).map_err(RegistryError::Registry)?;
     Ok(digest)
 }

@@ -12,7 +12,12 @@
 //! recently used first, until the store's layers fit its size bound (see [`super::evict`]). An
 //! image holds its layers with a [`Lease`], taken before the store looks whether it has them,
 //! so that a layer found is never evicted under it.
+//!
+//! An image pulled with a credential (a definition's, from its app's secrets) is private: an
+//! instance of it starts from the store only once the registry has accepted that instance's
+//! own credential for its manifest, so that holding a digest never lends another app's access.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,9 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use meridian_model::{ImageRef, RegistryOptions};
-use meridian_registry::{auth, client, remote_reference, RegistryError as PullError};
+use meridian_model::{Credential, ImageRef, RegistryOptions};
+use meridian_registry::{auth, client, client_for, remote_reference, RegistryError as PullError};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use oci_spec::image::ImageConfiguration;
 use prometheus_client::metrics::counter::Counter;
@@ -150,6 +156,17 @@ impl Drop for Lease {
 struct Kept {
     manifest: OciImageManifest,
     config: String,
+    /// Pulled with a definition's credential (see the module's documentation).
+    #[serde(default)]
+    private: bool,
+}
+
+/// How one pull asks the registry.
+struct Asking<'a> {
+    client: Cow<'a, oci_client::Client>,
+    auth: RegistryAuth,
+    /// Whether a definition's credential is given.
+    private: bool,
 }
 
 /// The node's image store.
@@ -331,18 +348,29 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Makes `reference` ready on this node: its manifest (from the store when it is pinned to
-    /// a digest the store holds, else from the registry), its configuration and every layer,
-    /// each verified by digest and fetched only if the store lacks it.
-    pub async fn pull(&self, reference: &str) -> Result<Pulled, PullError> {
+    /// Makes `reference` ready on this node, asking the registry with `credential` (else as
+    /// the node's options say): its manifest (from the store when it is pinned to a digest the
+    /// store holds, and, for a private image, the registry accepts `credential` for it; else
+    /// from the registry), its configuration and every layer, each verified by digest and
+    /// fetched only if the store lacks it.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credential: Option<&Credential>,
+    ) -> Result<Pulled, PullError> {
         let parsed = ImageRef::parse(reference).map_err(PullError::BadReference)?;
         let remote = remote_reference(&parsed);
-        let (kept, digest) = self.manifest(&parsed, &remote).await?;
+        let asking = Asking {
+            client: client_for(&self.client, &self.options, credential),
+            auth: auth(&self.options, &parsed.registry, credential),
+            private: credential.is_some(),
+        };
+        let (kept, digest) = self.manifest(&parsed, &remote, &asking).await?;
         let config: ImageConfiguration = serde_json::from_str(&kept.config)
             .map_err(|e| PullError::Unsupported(format!("image configuration: {e}")))?;
         let digests = kept.manifest.layers.iter().map(|l| l.digest.clone());
         let lease = Arc::new(self.lease(digests.collect()));
-        let pulled = self.layers(&remote, &kept).await;
+        let pulled = self.layers(&remote, &kept, &asking.client).await;
         // Whatever it brought in, the store may now be over its bound.
         self.shared.collect.notify_one();
         Ok(Pulled {
@@ -355,7 +383,12 @@ impl ImageStore {
 
     /// Every layer of the image `kept`, bottom first, fetched and unpacked where the store
     /// lacks it.
-    async fn layers(&self, remote: &Reference, kept: &Kept) -> Result<Vec<PathBuf>, PullError> {
+    async fn layers(
+        &self,
+        remote: &Reference,
+        kept: &Kept,
+        client: &oci_client::Client,
+    ) -> Result<Vec<PathBuf>, PullError> {
         let mut layers = Vec::with_capacity(kept.manifest.layers.len());
         for layer in &kept.manifest.layers {
             if !LAYER_TYPES.contains(&layer.media_type.as_str()) {
@@ -364,7 +397,7 @@ impl ImageStore {
                     layer.media_type
                 )));
             }
-            layers.push(self.layer(remote, layer).await?);
+            layers.push(self.layer(remote, layer, client).await?);
         }
         if layers.is_empty() {
             return Err(PullError::Unsupported("the image has no layers".into()));
@@ -378,18 +411,25 @@ impl ImageStore {
         &self,
         parsed: &ImageRef,
         remote: &Reference,
+        asking: &Asking<'_>,
     ) -> Result<(Kept, String), PullError> {
         if let Some(digest) = &parsed.digest {
             if let Ok(bytes) = tokio::fs::read(self.manifest_path(digest)).await {
                 if let Ok(kept) = serde_json::from_slice::<Kept>(&bytes) {
+                    if kept.private {
+                        asking
+                            .client
+                            .fetch_manifest_digest(remote, &asking.auth)
+                            .await
+                            .map_err(PullError::from_registry)?;
+                    }
                     return Ok((kept, digest.clone()));
                 }
             }
         }
-        let auth = auth(&self.options, &parsed.registry);
-        let (manifest, digest, config) = self
+        let (manifest, digest, config) = asking
             .client
-            .pull_manifest_and_config(remote, &auth)
+            .pull_manifest_and_config(remote, &asking.auth)
             .await
             .map_err(PullError::from_registry)?;
         if let Some(expected) = &parsed.digest {
@@ -407,7 +447,11 @@ impl ImageStore {
                 got,
             });
         }
-        let kept = Kept { manifest, config };
+        let kept = Kept {
+            manifest,
+            config,
+            private: asking.private,
+        };
         let path = self.manifest_path(&digest);
         let bytes = serde_json::to_vec(&kept).map_err(std::io::Error::other)?;
         write_atomically(&path, &bytes).await?;
@@ -415,13 +459,18 @@ impl ImageStore {
     }
 
     /// The unpacked layer `layer`, fetched and unpacked unless the store has it.
-    async fn layer(&self, remote: &Reference, layer: &OciDescriptor) -> Result<PathBuf, PullError> {
+    async fn layer(
+        &self,
+        remote: &Reference,
+        layer: &OciDescriptor,
+        client: &oci_client::Client,
+    ) -> Result<PathBuf, PullError> {
         let hex = hex_of(&layer.digest)?;
         let dir = self.root.join("layers").join(hex);
         let lock = self.lock(&layer.digest);
         let _held = lock.lock().await;
         if tokio::fs::metadata(&dir).await.is_err() {
-            self.unpack(remote, layer, &dir).await?;
+            self.unpack(remote, layer, &dir, client).await?;
         }
         self.record(&layer.digest).await?;
         Ok(dir)
@@ -433,8 +482,9 @@ impl ImageStore {
         remote: &Reference,
         layer: &OciDescriptor,
         dir: &Path,
+        client: &oci_client::Client,
     ) -> Result<(), PullError> {
-        let blob = self.blob(remote, layer).await?;
+        let blob = self.blob(remote, layer, client).await?;
         let partial = dir.with_extension("partial");
         let target = dir.to_owned();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -448,7 +498,12 @@ impl ImageStore {
     }
 
     /// The blob of `layer` in the store, fetched and verified unless there.
-    async fn blob(&self, remote: &Reference, layer: &OciDescriptor) -> Result<PathBuf, PullError> {
+    async fn blob(
+        &self,
+        remote: &Reference,
+        layer: &OciDescriptor,
+        client: &oci_client::Client,
+    ) -> Result<PathBuf, PullError> {
         let path = self.blob_path(&layer.digest)?;
         if tokio::fs::metadata(&path).await.is_ok() {
             return Ok(path);
@@ -459,7 +514,7 @@ impl ImageStore {
         let partial = path.with_extension("partial");
         let file = tokio::fs::File::create(&partial).await?;
         let mut out = tokio::io::BufWriter::new(file);
-        self.client
+        client
             .pull_blob(remote, layer, &mut out)
             .await
             .map_err(PullError::from_registry)?;

@@ -226,7 +226,11 @@ pub async fn apply(
     let regions = state.store.list_regions().await?;
     let exists = |name: &str| regions.iter().any(|r| r.name == name);
     validate_definition(&definition, &exists)?;
-    state.registries.pin(&mut definition).await?;
+    let sealing = state.secrets.as_deref();
+    state
+        .registries
+        .pin(&mut definition, state.store.as_ref(), sealing)
+        .await?;
     let missing_org = if caller.is_admin() {
         MissingOrg::Create
     } else {

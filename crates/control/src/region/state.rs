@@ -417,8 +417,9 @@ impl RegionState {
     }
 
     /// What keeps `id`'s instances from running as wanted, in words: those that fit on no
-    /// node and why, then those unhealthy or failed with their agents' reasons; bounded as
-    /// reports are ([`ServiceHealth::PROBLEMS`]).
+    /// node and why, then those unhealthy, failed or failing to pull their image with their
+    /// agents' reasons ([`ServiceHealth::is_problem`]); bounded as reports are
+    /// ([`ServiceHealth::PROBLEMS`]).
     fn problems(&self, id: &ServiceId) -> Vec<String> {
         let unplaced = self.fleet.unplaced(id).map(|(count, reason)| {
             let plural = if *count == 1 { "" } else { "s" };
@@ -428,8 +429,7 @@ impl RegionState {
             .fleet
             .reports_of(id)
             .filter_map(|(instance, _, report)| {
-                let report =
-                    report.filter(|r| matches!(r.state.as_str(), "unhealthy" | "failed"))?;
+                let report = report.filter(|r| ServiceHealth::is_problem(&r.state, &r.detail))?;
                 Some(format!("{instance} {}: {}", report.state, report.detail))
             });
         unplaced
@@ -542,7 +542,33 @@ impl RegionState {
 
     /// Sets the values of the secrets service `id` references (none: forgets them); when they
     /// differ from those held, the assignments of its instances are encoded again.
-    pub fn set_secrets(&mut self, id: &ServiceId, values: Vec<SecretValue>) {
+    ///
+    /// The global control plane sends the values the current version references; a value
+    /// held at the version that a spec held here (the current one, or an older one still
+    /// running during a rollout) names, and that `values` lacks, is kept, so that an older
+    /// version's instances keep what they run with (e.g. a registry credential the new version
+    /// dropped) until the service is gone.
+    pub fn set_secrets(&mut self, id: &ServiceId, mut values: Vec<SecretValue>) {
+        let specs = || {
+            let older = self.older.get(id).into_iter().flat_map(BTreeMap::values);
+            self.deployments.get(id).into_iter().chain(older)
+        };
+        let still_used = |held: &&SecretValue| {
+            !values.iter().any(|v| v.name == held.name)
+                && specs().any(|d| d.spec.secrets.get(&held.name) == Some(&held.version))
+        };
+        let kept: Vec<SecretValue> = self
+            .secrets
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter(still_used)
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            values.extend(kept);
+            values.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         if self.secrets.get(id).map_or(&[][..], Vec::as_slice) == values.as_slice() {
             return;
         }
@@ -608,6 +634,7 @@ impl RegionState {
                 None => {
                     self.older.remove(&id);
                     self.rollouts.remove(&id);
+                    self.secrets.remove(&id);
                     self.deployments.remove(&id)
                 }
             };

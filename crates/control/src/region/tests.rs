@@ -1066,3 +1066,44 @@ fn secret_values_go_only_to_assignments_that_reference_them_and_never_to_the_dis
     assert!(copy.contains("\"DB\""), "the copy names the secret");
     assert!(!copy.contains("first-value") && !copy.contains("second-value"));
 }
+
+#[test]
+fn an_older_version_keeps_a_secret_value_the_new_one_dropped_while_it_runs() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let value = meridian_xds::meridian::SecretValue {
+        name: "DB".to_owned(),
+        version: 1,
+        value: "kept-value".to_owned(),
+    };
+    let mut using = deployment("svc1", 1, "svc1.example.com");
+    using.spec.runtime.env_mut().unwrap().insert(
+        "PASSWORD".to_owned(),
+        serde_json::from_str(r#"{"secret":"DB"}"#).unwrap(),
+    );
+    using.spec.secrets.insert("DB".to_owned(), 1);
+    fixture.region.set_secrets(&id("svc1"), vec![value]);
+    fixture
+        .region
+        .set_service(id("svc1"), Some(using), Vec::new());
+    let delivered = |instance: &str| {
+        assignment_in(&fixture.cache, instance)
+            .map(|a| a.secrets.into_iter().map(|s| s.value).collect::<Vec<_>>())
+    };
+    assert_eq!(delivered("svc1-0"), Some(vec!["kept-value".to_owned()]));
+
+    // Version 2 references no secret: the global plane sends none; the running version-1
+    // instance keeps its value, the new one gets none.
+    fixture.region.set_secrets(&id("svc1"), Vec::new());
+    fixture.region.set_service(
+        id("svc1"),
+        Some(deployment("svc1", 2, "svc1.example.com")),
+        Vec::new(),
+    );
+    assert_eq!(delivered("svc1-0"), Some(vec!["kept-value".to_owned()]));
+    assert_eq!(delivered("svc1-1"), Some(vec![]));
+
+    // Once the service is gone, so is the value.
+    fixture.region.set_secrets(&id("svc1"), Vec::new());
+    fixture.region.set_service(id("svc1"), None, Vec::new());
+    assert_eq!(delivered("svc1-0"), None);
+}
