@@ -2,7 +2,7 @@
 //! (`{secret: NAME}`) and appears nowhere else: not in any component's log, not in the API's
 //! reads, not in any file the global control plane, the region or the agent writes (the store,
 //! the region's disk copy, the agent's state), not in the node proxy's configuration dump or
-//! any metrics. A new value replaces the instances, which then see it; a secret in use is not
+//! any metrics. A new value rolls the instances over (a new version of the service), and the new ones see it; a secret in use is not
 //! deleted; a deploy naming a missing secret is refused, naming the field.
 //!
 //! Loopback addresses 127.0.215.x only.
@@ -18,7 +18,8 @@ use support::{
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
-/// The instance's address (host isolation: it listens there, on port 8080).
+/// The agent's first instance address (host isolation: an instance listens on one of the
+/// node's four, from this one on, on port 8080).
 const INSTANCE: &str = "127.0.215.1";
 const FIRST: &str = "s3cr3t-Value-7d1f0c2a";
 const SECOND: &str = "an0ther-Value-9e44b1d6";
@@ -43,24 +44,28 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     )
 }
 
-/// What the instance answers for its `DB_PASSWORD`, if it answers.
-async fn shown() -> Option<String> {
-    let url = format!("http://{INSTANCE}:8080/env/DB_PASSWORD");
-    let answer = reqwest::Client::new()
-        .get(url)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    answer.status().is_success().then_some(())?;
-    answer.text().await.ok()
+/// What the instances answer for their `DB_PASSWORD`, one entry per instance that answers.
+async fn shown() -> Vec<String> {
+    let mut values = Vec::new();
+    for last in 1..=4 {
+        let url = format!("http://127.0.215.{last}:8080/env/DB_PASSWORD");
+        let answer = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if let Ok(answer) = answer.and_then(reqwest::Response::error_for_status) {
+            values.extend(answer.text().await.ok());
+        }
+    }
+    values
 }
 
-/// Waits until the instance's `DB_PASSWORD` is `value`; panics with `context()` after
-/// [`DEADLINE`].
+/// Waits until the only instance answering shows `value` as its `DB_PASSWORD`; panics with
+/// `context()` after [`DEADLINE`].
 async fn until_shown(value: &str, context: impl Fn() -> String) {
     let end = Instant::now() + DEADLINE;
-    while shown().await.as_deref() != Some(value) {
+    while shown().await != [value] {
         assert!(
             Instant::now() < end,
             "the instance never showed {value}: {}",
@@ -151,7 +156,8 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
         "{in_use}"
     );
 
-    // A new value, from standard input: the instance is replaced and sees it.
+    // A new value, from standard input: a new version of the service, equal to the current
+    // one, rolls the instance over; the new instance sees it, and the old one is gone.
     let started = agent.log().matches("starting instance").count();
     let set = set_from_stdin(cli, SECOND);
     assert!(!set.contains(SECOND), "{set}");
@@ -160,6 +166,12 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
         agent.log().matches("starting instance").count() > started,
         "{}",
         agent.log()
+    );
+    let versions = cli.ok(&["get", "deployments", "hello", "--app", "shop"]);
+    let current = versions.lines().find(|l| l.starts_with("2*"));
+    assert!(
+        current.is_some_and(|l| l.contains("secret changed")),
+        "{versions}"
     );
     let listed = cli.json(&["secret", "list", "--app", "shop", "--org", "acme"]);
     assert_eq!(listed[0]["name"], "DB_PASSWORD");

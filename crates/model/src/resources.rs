@@ -122,6 +122,9 @@ pub enum DeploymentOrigin {
     Apply,
     /// A rollback copied an earlier version.
     Rollback,
+    /// A secret the definition references changed: a copy of the version before, so that its
+    /// instances roll over to the new value as `deploy.strategy` says.
+    Secret,
 }
 
 /// One version of a service's definition. Versions start at 1 and only grow.

@@ -313,7 +313,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates or replaces secret `name` of `org/app` with `sealed` (sealed by the caller; the
     /// store never sees a value in clear), one version more than before (1 when new). The app
-    /// is created if missing; the org must exist ([`StoreError::NotFound`]).
+    /// is created if missing; the org must exist ([`StoreError::NotFound`]). Each service of
+    /// the app whose current version references the secret gets, in the same transaction, a
+    /// new version equal to it ([`meridian_model::DeploymentOrigin::Secret`]), which rolls its instances over
+    /// to the new value.
     async fn put_secret(
         &self,
         org: &str,

@@ -271,10 +271,10 @@ fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
         version: to_u64(row.try_get("version")?),
         revision: to_u64(row.try_get("revision")?),
         created_at: row.try_get("created_at")?,
-        origin: if origin == "rollback" {
-            DeploymentOrigin::Rollback
-        } else {
-            DeploymentOrigin::Apply
+        origin: match origin.as_str() {
+            "rollback" => DeploymentOrigin::Rollback,
+            "secret" => DeploymentOrigin::Secret,
+            _ => DeploymentOrigin::Apply,
         },
         rolled_back_from: row
             .try_get::<Option<i64>, _>("rolled_back_from")?
@@ -382,6 +382,7 @@ async fn write_version(
     .bind(match origin {
         DeploymentOrigin::Apply => "apply",
         DeploymentOrigin::Rollback => "rollback",
+        DeploymentOrigin::Secret => "secret",
     })
     .bind(rolled_back_from.map(|v| v as i64))
     .bind(text)
@@ -1005,7 +1006,12 @@ impl Store for SqliteStore {
         sealed: &[u8],
     ) -> Result<SecretInfo> {
         let mut tx = self.writer.begin().await?;
-        let (info, revision) = secrets::put(&mut tx, org, app, name, sealed).await?;
+        let (info, mut revision) = secrets::put(&mut tx, org, app, name, sealed).await?;
+        // In the same transaction, so that no one sees the new value without the new versions.
+        for definition in secrets::users(&mut tx, org, app, name).await? {
+            let renewed = write_version(&mut tx, &definition, DeploymentOrigin::Secret, None);
+            revision = renewed.await?.revision;
+        }
         self.commit(tx, revision).await?;
         Ok(info)
     }

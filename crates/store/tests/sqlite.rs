@@ -597,6 +597,29 @@ async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in
         .apply_service(&using, MissingOrg::Reject)
         .await
         .unwrap();
+    // A new value gives the service that uses it a new version equal to the current one, in
+    // the same transaction (the change feed's service change comes after the secret's).
+    let before = store.revision().await.unwrap();
+    store
+        .put_secret("acme", "shop", "DB", b"sealed-3")
+        .await
+        .unwrap();
+    let changes = store.changes_after(before, 10).await.unwrap();
+    let kinds: Vec<(ChangeKind, Option<u64>)> =
+        changes.iter().map(|c| (c.kind, c.version)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (ChangeKind::Secret, Some(3)),
+            (ChangeKind::Service, Some(2))
+        ]
+    );
+    let renewed = store.get_service(&key("web")).await.unwrap().unwrap();
+    assert_eq!(
+        (renewed.version, renewed.origin),
+        (2, DeploymentOrigin::Secret)
+    );
+    assert_eq!(renewed.definition, using);
     match store.delete_secret("acme", "shop", "DB").await {
         Err(StoreError::Conflict(message)) => assert!(message.contains("web"), "{message}"),
         other => panic!("{other:?}"),

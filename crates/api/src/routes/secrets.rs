@@ -60,8 +60,9 @@ fn check_app(org: &str, app: &str) -> Result<(), ApiError> {
 }
 
 /// Sets a secret of an app (creating the app when missing): its version grows by one when the
-/// value changes, and the instances of the services that use it are replaced with the new
-/// value. Setting the value it already has changes nothing.
+/// value changes, and each service that uses it gets a new version equal to its current one
+/// (origin `secret`), which rolls its instances over to the new value as its
+/// `deploy.strategy` says. Setting the value it already has changes nothing.
 #[utoipa::path(put, path = "/v1/orgs/{org}/apps/{app}/secrets/{name}", tag = "secrets",
     params(SecretPath), request_body = SecretValue,
     responses((status = 200, description = "The secret's name and version (never its value)",

@@ -381,6 +381,7 @@ fn deployments_table(deployments: &[Deployment]) -> Vec<Vec<String>> {
                 (DeploymentOrigin::Rollback, Some(from)) => format!("rollback to {from}"),
                 (DeploymentOrigin::Rollback, None) => "rollback".to_owned(),
                 (DeploymentOrigin::Apply, _) => "apply".to_owned(),
+                (DeploymentOrigin::Secret, _) => "secret changed".to_owned(),
             };
             let marker = if Some(d.version) == current { "*" } else { "" };
             // The pinned reference (REPOSITORY:TAG@sha256:…) that every instance of it runs.

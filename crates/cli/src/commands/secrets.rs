@@ -21,8 +21,9 @@ pub enum SecretCommand {
     /// Set a secret of an app.
     ///
     /// The value comes from `NAME=VALUE`, from --from-file, or else from standard input (one
-    /// trailing newline removed). A changed value is a new version: the instances of the
-    /// services that use it are replaced with the new value. Reference it in a definition's
+    /// trailing newline removed). A changed value is a new version, and each service that uses
+    /// it gets a new deployment version (`secret changed`) that rolls its instances over to the
+    /// new value as its deploy.strategy says. Reference it in a definition's
     /// env as `{secret: NAME}`. An admin token must name the org (--org).
     Set {
         /// `NAME=VALUE`, or `NAME` with --from-file or standard input. NAME: letters, digits

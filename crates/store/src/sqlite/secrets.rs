@@ -116,11 +116,10 @@ pub(super) async fn delete(
             "secret `{name}` of app `{org}/{app}`"
         )));
     }
-    let users: Vec<String> = current_definitions(conn, org, app)
+    let users: Vec<String> = users(conn, org, app, name)
         .await?
-        .iter()
-        .filter(|d| secret_references(d).iter().any(|(_, n)| *n == name))
-        .map(|d| d.name.clone())
+        .into_iter()
+        .map(|d| d.name)
         .collect();
     if !users.is_empty() {
         return Err(StoreError::Conflict(format!(
@@ -157,6 +156,18 @@ pub(super) async fn check_references(
         }
     }
     Ok(())
+}
+
+/// The current definitions of the services of `org/app` that reference secret `name`.
+pub(super) async fn users(
+    conn: &mut SqliteConnection,
+    org: &str,
+    app: &str,
+    name: &str,
+) -> Result<Vec<Definition>> {
+    let mut definitions = current_definitions(conn, org, app).await?;
+    definitions.retain(|d| secret_references(d).iter().any(|(_, n)| *n == name));
+    Ok(definitions)
 }
 
 /// The current definitions of the services of `org/app`.
