@@ -2,7 +2,8 @@
 //! instances of services that may reach it, over mutual TLS between node proxies; bytes come
 //! back intact (a large stream, a half-closed connection), and a caller of another org is
 //! refused (it does not see the name, and its certificate is refused at the mesh port: the
-//! connection is closed, counted and written to the audit log). A caller whose region has no
+//! connection is closed, counted and written to the audit log). Two services with a TCP port of
+//! the same number are both reached. A caller whose region has no
 //! instance of the service reaches one in another region.
 
 mod support;
@@ -37,6 +38,10 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::start(dir.path(), &service("acme", "echo", true));
     deploy_callers(&platform, dir.path());
+    // A second echo, its TCP port of the same number.
+    let second = dir.path().join("echo2.yaml");
+    std::fs::write(&second, service("acme", "echo2", true)).unwrap();
+    platform.cli.ok(&["deploy", "-f", second.to_str().unwrap()]);
     let region = RegionalPlane::start(
         &platform.global,
         &platform.token,
@@ -84,6 +89,17 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
     assert_eq!(socket.port(), ECHO_PORT);
     let (_, by_vip) = through(&gateway, web, &format!("/tcp?addr={vip}&bytes=5000")).await;
     assert!(by_vip.contains("received 5000, intact"), "{by_vip}");
+    // The second echo, on the same port number, by its name: its own virtual IP, intact.
+    let path = format!("/tcp?addr=echo2.shop.internal:{ECHO_PORT}&bytes=2000");
+    let other_echo = answers(&gateway, web, &path, "intact").await;
+    assert!(
+        other_echo.contains("sent 2000, received 2000"),
+        "{other_echo}"
+    );
+    assert_ne!(address_in(&other_echo, " (", ')'), vip);
+    let metrics = support::metrics(&node.admin).await;
+    let second = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo2-0/echo"}"#;
+    assert!(metrics.contains(second), "{metrics}");
 
     // Another org's instance does not see the name, and reaches nothing at the virtual IP.
     let other = "client.other.example.com";

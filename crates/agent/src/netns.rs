@@ -12,7 +12,9 @@
 //!
 //! Inside the namespace, nftables rules (made with `nft`) send every connection to a service
 //! virtual IP ([`VIP_NETWORK`]) to the node side, port unchanged, where the node proxy listens
-//! on the ports of the services the instance may reach; and only the node side may open
+//! on the ports of the services the instance may reach — but a TCP connection to a virtual IP
+//! and port in the `relays` map ([`Netns::set_relays`]) goes to that entry's relay port on the
+//! node side, as a TCP connection names no service; and only the node side may open
 //! connections to the instance, so that no other instance reaches it by its address, even on a
 //! node that forwards packets.
 
@@ -21,6 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use meridian_xds::meridian::{VIP_NETWORK, VIP_PREFIX_LEN};
+
+use crate::node_proxy::TcpRelay;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -182,8 +186,12 @@ impl Netns {
     async fn filter(&self) -> std::io::Result<()> {
         let rules = format!(
             "table inet meridian {{
+  map relays {{
+    type ipv4_addr . inet_service : ipv4_addr . inet_service
+  }}
   chain vips {{
     type nat hook output priority -100; policy accept;
+    dnat ip to ip daddr . tcp dport map @relays
     ip daddr {VIP_NETWORK}/{VIP_PREFIX_LEN} dnat ip to {host}
   }}
   chain inbound {{
@@ -198,6 +206,28 @@ impl Netns {
 ",
             host = self.host
         );
+        self.nft(&rules).await
+    }
+
+    /// Replaces the namespace's TCP relays: a connection to `vip:port` of one of them goes to
+    /// its `relay` port on the node side.
+    pub async fn set_relays(&self, relays: &[TcpRelay]) -> std::io::Result<()> {
+        let mut rules = String::from("flush map inet meridian relays\n");
+        if !relays.is_empty() {
+            let elements: Vec<String> = relays
+                .iter()
+                .map(|r| format!("{} . {} : {} . {}", r.vip, r.port, self.host, r.relay))
+                .collect();
+            rules.push_str(&format!(
+                "add element inet meridian relays {{ {} }}\n",
+                elements.join(", ")
+            ));
+        }
+        self.nft(&rules).await
+    }
+
+    /// Runs `nft -f -` in the namespace with `rules`.
+    async fn nft(&self, rules: &str) -> std::io::Result<()> {
         let mut nft = Command::new("ip")
             .args(["netns", "exec", &self.name, "nft", "-f", "-"])
             .stdin(std::process::Stdio::piped())

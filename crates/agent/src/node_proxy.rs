@@ -26,9 +26,11 @@
 //! the service. The node's DNS answers the instance's names with the service's virtual IP
 //! (pinned names with the node side), and the namespace's rules send virtual IPs to the node
 //! side, so that `http://api.shop.internal:9090/` and `http://<its virtual IP>:9090/` both work
-//! unmodified. A `tcp` port of a service is relayed there, over mutual TLS to that port's mesh
-//! port on a healthy instance, when no other service the instance sees has its number (a TCP
-//! connection says only its port).
+//! unmodified. A TCP connection says no name, only an address and a port: each `tcp` port of a
+//! service the instance sees by its virtual IP gets a relay port of its own on the node side
+//! ([`tcp_relays`], from [`RELAY_PORT_BASE`] up), the namespace's rules send that virtual IP and
+//! port there, and the node proxy relays it over mutual TLS to that port's mesh port on a
+//! healthy instance; so two services with a `tcp` port of the same number are both reached.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -44,6 +46,22 @@ pub use meridian_xds::meridian::{mesh_port, MESH_PORT_BASE};
 
 /// The port of the outbound listener on each instance's address.
 pub const OUTBOUND_PORT: u16 = 15001;
+
+/// The first node-side port of the TCP relays ([`tcp_relays`]).
+pub const RELAY_PORT_BASE: u16 = 40000;
+
+/// A `tcp` port of a service that an instance in a namespace reaches by the service's virtual
+/// IP: the namespace's rules send `vip:port` to the node side's `relay` port, where the node
+/// proxy relays the connection to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcpRelay {
+    /// The service's virtual IP.
+    pub vip: Ipv4Addr,
+    /// The service's port.
+    pub port: u16,
+    /// The node-side port it is relayed from.
+    pub relay: u16,
+}
 
 /// Most connections open at once on each `tcp` listener of the node proxy: an instance's
 /// connections to one TCP service, and a TCP port's callers.
@@ -267,46 +285,38 @@ pub fn config(
         }
         // In its own namespace the instance reaches names and virtual IPs at its node side
         // (DNS answers it; the namespace's rules send virtual IPs there, port unchanged): the
-        // node proxy listens there on each port of the services it sees, and routes a name on
-        // a port to that port of the service. A TCP connection names no service, only a port:
-        // a port number that one service alone has, as a `tcp` port, among those the instance
-        // sees relays to that service; one shared with another service carries HTTP only.
-        let mut by_port: BTreeMap<u16, PortUse> = BTreeMap::new();
+        // node proxy listens there on each HTTP port of the services it sees, and routes a name
+        // on a port to that port of the service; and on a relay port per `tcp` port.
+        let mut by_port: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
         for reach in &reaches {
             for (index, port) in reach.service.spec.ports.iter().enumerate() {
                 let Ok(number) = u16::try_from(port.port) else {
                     continue;
                 };
-                if number == OUTBOUND_PORT {
-                    continue;
-                }
-                let used = by_port.entry(number).or_default();
-                used.services.insert(reach.target);
-                if port.protocol != Protocol::Tcp {
-                    used.virtual_hosts.push(outbound.route(reach, index));
-                } else if reach.region.is_none() {
-                    used.tcp = Some(outbound.cluster(reach, index, Set::All));
+                if number != OUTBOUND_PORT && port.protocol != Protocol::Tcp {
+                    let route = outbound.route(reach, index);
+                    by_port.entry(number).or_default().push(route);
                 }
             }
         }
-        for (port, used) in by_port {
-            let listener = format!("out/{name}/{port}");
-            let address = format!("{}:{port}", instance.address);
-            match used.tcp {
-                Some(cluster) if used.services.len() == 1 => listeners.push(json!({
-                    "name": listener, "address": address, "protocol": "tcp",
-                    "sources": sources, "cluster": cluster,
-                    "max_connections": TCP_MAX_CONNECTIONS,
-                })),
-                _ if used.virtual_hosts.is_empty() => {}
-                _ => listeners.push(json!({
-                    "name": listener,
-                    "address": address,
-                    "trust_forwarded": "none",
-                    "sources": sources,
-                    "virtual_hosts": used.virtual_hosts,
-                })),
-            }
+        for (port, virtual_hosts) in by_port {
+            listeners.push(json!({
+                "name": format!("out/{name}/{port}"),
+                "address": format!("{}:{port}", instance.address),
+                "trust_forwarded": "none",
+                "sources": sources,
+                "virtual_hosts": virtual_hosts,
+            }));
+        }
+        for (relay, reach, index) in relays_of(instance, &reaches) {
+            listeners.push(json!({
+                "name": format!("out/{name}/{}:{}", relay.vip, relay.port),
+                "address": format!("{}:{}", instance.address, relay.relay),
+                "protocol": "tcp",
+                "sources": sources,
+                "cluster": outbound.cluster(reach, index, Set::All),
+                "max_connections": TCP_MAX_CONNECTIONS,
+            }));
         }
     }
     let clusters: Vec<Value> = clusters.into_values().collect();
@@ -420,15 +430,62 @@ impl Outbound<'_> {
     }
 }
 
-/// What the services an instance sees do with one port number.
-#[derive(Default)]
-struct PortUse<'a> {
-    /// The services that have a port of that number.
-    services: std::collections::BTreeSet<&'a ServiceKey>,
-    /// The names routed on it (HTTP ports).
-    virtual_hosts: Vec<Value>,
-    /// The cluster of a `tcp` port of that number.
-    tcp: Option<String>,
+/// The TCP relays of `instance` (in a namespace) among the `services` it sees: see
+/// [`TcpRelay`]. Stable while what it sees stays the same.
+pub fn tcp_relays(
+    instance: &LocalInstance,
+    services: &BTreeMap<ServiceKey, MeshService>,
+) -> Vec<TcpRelay> {
+    let reaches: Vec<Reach> = visible(instance, services).collect();
+    relays_of(instance, &reaches)
+        .into_iter()
+        .map(|(relay, _, _)| relay)
+        .collect()
+}
+
+/// The TCP relays of `instance` among `reaches`, each with its reach and port index: one per
+/// `tcp` port of each service reached by a name not pinned to a region and having a virtual
+/// IP, in the order of `reaches`, numbered from [`RELAY_PORT_BASE`] up, skipping the numbers
+/// its node side listens on for other things (HTTP ports, its mesh ports, `HTTP_PROXY`).
+fn relays_of<'r, 'a>(
+    instance: &LocalInstance,
+    reaches: &'r [Reach<'a>],
+) -> Vec<(TcpRelay, &'r Reach<'a>, usize)> {
+    let mut taken: std::collections::BTreeSet<u16> = reaches
+        .iter()
+        .flat_map(|r| r.service.spec.ports.iter())
+        .filter(|p| p.protocol != Protocol::Tcp)
+        .filter_map(|p| u16::try_from(p.port).ok())
+        .collect();
+    taken.insert(OUTBOUND_PORT);
+    taken.extend((0..instance.spec.ports.len()).map(mesh_port));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next = RELAY_PORT_BASE;
+    let mut relays = Vec::new();
+    for reach in reaches {
+        let (None, Some(vip)) = (reach.region, reach.service.vip) else {
+            continue;
+        };
+        for (index, port) in reach.service.spec.ports.iter().enumerate() {
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            if port.protocol != Protocol::Tcp || !seen.insert((vip, number)) {
+                continue;
+            }
+            while taken.contains(&next) {
+                next = next.saturating_add(1);
+            }
+            let relay = TcpRelay {
+                vip,
+                port: number,
+                relay: next,
+            };
+            taken.insert(next);
+            relays.push((relay, reach, index));
+        }
+    }
+    relays
 }
 
 /// The services `instance` may reach, with the names it reaches each by: services of its org as
@@ -653,7 +710,7 @@ mod tests {
     }
 
     /// The configuration of web-0 of acme/shop, in a namespace, seeing acme/shop's `services`
-    /// (each with a healthy instance at 127.0.0.9).
+    /// (each with a healthy instance at 127.0.0.9; virtual IPs 100.112.0.7, .8, … in order).
     fn web_seeing(services: &[(&str, ServiceSpec)]) -> Value {
         web_seeing_instances(services, &[fra_instance("127.0.0.9", false)], None)
     }
@@ -676,11 +733,12 @@ mod tests {
         }];
         let services = services
             .iter()
-            .map(|(name, spec)| {
+            .zip(7..)
+            .map(|((name, spec), last)| {
                 let service = MeshService {
                     spec: spec.clone(),
                     instances: instances.to_vec(),
-                    vip: Some(Ipv4Addr::new(100, 112, 0, 7)),
+                    vip: Some(Ipv4Addr::new(100, 112, 0, last)),
                     canary_weight,
                 };
                 (key("acme", "shop", name), service)
@@ -749,7 +807,7 @@ mod tests {
         let canary = vec![format!("127.0.0.10:{}", mesh_port(0))];
         assert_eq!(endpoints_of(&config, &split[1].0), canary);
         // A TCP connection is not split: it reaches every instance.
-        let tcp = listener(&config, "out/acme/shop/web-0/5433").unwrap();
+        let tcp = listener(&config, "out/acme/shop/web-0/100.112.0.7:5433").unwrap();
         let tcp_cluster = tcp["cluster"].as_str().unwrap();
         assert_eq!(endpoints_of(&config, tcp_cluster).len(), 2);
 
@@ -790,8 +848,9 @@ mod tests {
         assert_eq!(inbound["max_connections"], TCP_MAX_CONNECTIONS);
         // Outbound: the tcp service's port relays over mutual TLS to its instances' mesh port
         // of that port, expecting its identity.
-        let outbound = listener(&config, "out/acme/shop/web-0/5432").unwrap();
+        let outbound = listener(&config, "out/acme/shop/web-0/100.112.0.7:5432").unwrap();
         assert_eq!(outbound["protocol"], "tcp");
+        assert_eq!(outbound["address"], format!("100.64.0.2:{RELAY_PORT_BASE}"));
         assert_eq!(outbound["sources"], json!(["100.64.0.3"]));
         let cluster_name = outbound["cluster"].as_str().unwrap();
         let cluster = config["clusters"]
@@ -829,17 +888,24 @@ mod tests {
     }
 
     #[test]
-    fn a_tcp_port_number_another_service_seen_also_has_carries_http_only() {
+    fn tcp_ports_of_one_number_get_relays_of_their_own_beside_http_ones() {
         let db = spec_with(&[("pg", 5432, "tcp")]);
-        let other = spec_with(&[("pg", 5432, "tcp")]);
-        let config = web_seeing(&[("db", db.clone()), ("replica", other)]);
-        // A connection to 5432 does not say which of the two it is for: neither is relayed.
-        assert!(listener(&config, "out/acme/shop/web-0/5432").is_none());
-        let web = spec_with(&[("http", 5432, "http")]);
-        let config = web_seeing(&[("db", db), ("api", web)]);
+        let replica = spec_with(&[("pg", 5432, "tcp")]);
+        // api's HTTP port has the number the first relay would take.
+        let api = spec_with(&[("http", 5432, "http"), ("other", RELAY_PORT_BASE, "http")]);
+        let services = [("db", db), ("replica", replica), ("api", api)];
+        let config = web_seeing(&services);
+        let relay = |vip: &str| listener(&config, &format!("out/acme/shop/web-0/{vip}:5432"));
+        let (db, replica) = (relay("100.112.0.7").unwrap(), relay("100.112.0.8").unwrap());
+        let next = RELAY_PORT_BASE + 1;
+        assert_eq!(db["address"], format!("100.64.0.2:{next}"));
+        assert_eq!(replica["address"], format!("100.64.0.2:{}", next + 1));
+        let ends =
+            |listener: &Value, with: &str| listener["cluster"].as_str().unwrap().ends_with(with);
+        assert!(ends(db, "/db:pg") && ends(replica, "/replica:pg"));
+        // api's HTTP port 5432 stays HTTP, with api's names (nearest, and pinned to fra).
         let shared = listener(&config, "out/acme/shop/web-0/5432").unwrap();
         assert_ne!(shared["protocol"], "tcp");
-        // api's names (nearest, and pinned to fra) are routed; db's port is not.
         let names: Vec<&str> = shared["virtual_hosts"]
             .as_array()
             .unwrap()
@@ -847,6 +913,40 @@ mod tests {
             .map(|v| v["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["api.shop.internal", "fra.api.shop.internal"]);
+        // The relays the namespace's rules send each virtual IP and port to.
+        let local = LocalInstance {
+            instance: "web-0".to_owned(),
+            service: key("acme", "shop", "web"),
+            version: 1,
+            spec: spec_with(&[("http", 8080, "http")]),
+            address: Ipv4Addr::new(100, 64, 0, 2),
+            listen: Ipv4Addr::new(100, 64, 0, 3),
+            serving: true,
+        };
+        let seen: BTreeMap<ServiceKey, MeshService> = services
+            .iter()
+            .zip(7..)
+            .map(|((name, spec), last)| {
+                let service = MeshService {
+                    spec: spec.clone(),
+                    instances: vec![fra_instance("127.0.0.9", false)],
+                    vip: Some(Ipv4Addr::new(100, 112, 0, last)),
+                    canary_weight: None,
+                };
+                (key("acme", "shop", name), service)
+            })
+            .collect();
+        let relays: Vec<(String, u16, u16)> = tcp_relays(&local, &seen)
+            .iter()
+            .map(|r| (r.vip.to_string(), r.port, r.relay))
+            .collect();
+        assert_eq!(
+            relays,
+            [
+                ("100.112.0.7".to_owned(), 5432, next),
+                ("100.112.0.8".to_owned(), 5432, next + 1)
+            ]
+        );
     }
 
     #[test]

@@ -300,6 +300,8 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         dns_metrics,
         dns_failing: BTreeSet::new(),
         upstream: Arc::new(meridian_dns::Upstream::new(host_resolver())),
+        netns_tag: netns_tag.clone(),
+        relays: BTreeMap::new(),
     };
     let registry = Arc::new(registry);
     node_proxy.proxy.add_metrics(Arc::new(move || {
@@ -400,6 +402,10 @@ struct NodeProxy {
     /// Where names outside the platform's are forwarded: the host's first resolver (shared by
     /// every instance's server, so that one that does not answer fails them all fast).
     upstream: Arc<meridian_dns::Upstream>,
+    /// The tag of the agent's namespaces.
+    netns_tag: String,
+    /// The TCP relays last set in each instance's namespace, by its node side.
+    relays: BTreeMap<Ipv4Addr, Vec<node_proxy::TcpRelay>>,
 }
 
 /// The first `nameserver` of the host's /etc/resolv.conf.
@@ -457,6 +463,7 @@ impl NodeProxy {
                 }
             }
         }
+        self.refresh_relays(&local, services).await;
         let listened: Vec<&str> = local
             .iter()
             .filter(|l| l.serving && files.contains_key(&l.service))
@@ -487,6 +494,31 @@ fn mark_proxied(instances: &Instances, listened: &[&str], changed: &Notify) {
 impl NodeProxy {
     /// Gives each instance in a namespace its DNS table and a server on its node side's port
     /// 53; stops the servers of instances that are gone.
+    /// Sets, in each namespace whose instance's TCP relays changed, the relays the node proxy
+    /// now listens on; forgets those of instances gone. A namespace that refuses is tried
+    /// again at the next refresh.
+    async fn refresh_relays(&mut self, local: &[LocalInstance], services: &Services) {
+        let mut wanted = BTreeMap::new();
+        for instance in local.iter().filter(|l| l.address != l.listen) {
+            wanted.insert(instance.address, node_proxy::tcp_relays(instance, services));
+        }
+        self.relays
+            .retain(|address, _| wanted.contains_key(address));
+        for (address, relays) in wanted {
+            if self.relays.get(&address) == Some(&relays) {
+                continue;
+            }
+            let netns = Netns::new(&self.netns_tag, address);
+            match netns.set_relays(&relays).await {
+                Ok(()) => {
+                    self.relays.insert(address, relays);
+                }
+                Err(e) => tracing::warn!(namespace = %netns.name, error = %e,
+                    "cannot set the namespace's TCP relays; trying again"),
+            }
+        }
+    }
+
     async fn refresh_dns(&mut self, local: &[LocalInstance], services: &Services) {
         self.dns.replace(node_proxy::dns_tables(local, services));
         let wanted: BTreeSet<Ipv4Addr> = local
