@@ -1,6 +1,7 @@
 //! One instance's OCI bundle under `<state>/containers/<key>/`: `rootfs` (an overlayfs of the
-//! image's layers, read-only below, with `upper` and `work` of the instance's own above), an
-//! `/etc/hosts` for it, and `config.json`. Runs blocking: call it from `spawn_blocking`.
+//! image's layers, read-only below, with `upper` and `work` of the instance's own above; where
+//! the host refuses overlayfs, a copy of the layers, [`super::copy_root`]), an `/etc/hosts`
+//! for it, and `config.json`. Runs blocking: call it from `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
 
@@ -67,14 +68,20 @@ impl Bundle {
             work.display()
         ))
         .map_err(|_| "a layer path holds a NUL byte".to_owned())?;
-        rustix::mount::mount(
+        let mounted = rustix::mount::mount(
             "overlay",
             &rootfs,
             "overlay",
             rustix::mount::MountFlags::empty(),
             Some(options.as_c_str()),
-        )
-        .map_err(|e| format!("mounting the root filesystem (overlay): {e}"))?;
+        );
+        if let Err(refused) = mounted {
+            tracing::warn!(bundle = %self.dir.display(), error = %refused,
+                "overlayfs refused: copying the image's layers for the root filesystem");
+            super::copy_root::copy_layers(&pulled.layers, &rootfs).map_err(|e| {
+                format!("overlayfs refused ({refused}), and copying the layers failed: {e}")
+            })?;
+        }
         let hosts = self.dir.join("hosts");
         let text = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
