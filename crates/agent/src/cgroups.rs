@@ -341,12 +341,25 @@ impl Cgroups {
             .then_some(cgroup)
     }
 
-    /// Removes the agent's own directories, at its stop, once every run's cgroup is gone; one
-    /// still in use (a run that did not end) stays, with a warning, for the next agent with
-    /// this tag to clean up.
+    /// Removes the agent's own directories, at its stop, once every run's cgroup is gone: in
+    /// the hierarchies it limits with, and in the others, where runc makes them for a
+    /// container's cgroup. One still in use (a run that did not end) stays, with a warning, for
+    /// the next agent with this tag to clean up.
     pub fn remove(&self) {
-        for dir in self.agents() {
-            match std::fs::remove_dir(dir) {
+        let mut dirs: Vec<PathBuf> = self.agents().into_iter().map(Path::to_owned).collect();
+        if let Some(name) = dirs
+            .first()
+            .and_then(|d| d.file_name())
+            .map(ToOwned::to_owned)
+        {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            dirs.extend(hierarchy_dirs(&mountinfo, &own, Path::new(&name)));
+        }
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            match std::fs::remove_dir(&dir) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     tracing::warn!(dir = %dir.display(), error = %e, "the agent's cgroup stays");
                 }
@@ -378,6 +391,25 @@ impl Cgroups {
             cgroup.kill_and_remove_now();
         }
     }
+}
+
+/// Directory `name` under the agent's own cgroup (from `own`, its `/proc/self/cgroup`) in every
+/// cgroup hierarchy `mountinfo` (of `/proc/self/mountinfo`) shows, v1 and v2.
+fn hierarchy_dirs(mountinfo: &str, own: &str, name: &Path) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(mount_of)
+        .filter_map(|(mount, kind, options)| {
+            let controller = match kind {
+                // The v2 hierarchy's line in /proc/self/cgroup names no controller.
+                "cgroup2" => "",
+                "cgroup" => options.split(',').find(|o| *o != "rw" && *o != "ro")?,
+                _ => return None,
+            };
+            let within = own_path(own, controller).trim_start_matches('/');
+            Some(mount.join(within).join(name))
+        })
+        .collect()
 }
 
 /// The mount point, file system type and super options of a `/proc/self/mountinfo` line.
@@ -664,8 +696,17 @@ mod tests {
         }
         let state = tempfile::tempdir().unwrap();
         let cgroups = Cgroups::detect(&crate::netns::tag(state.path())).unwrap();
-        let dirs: Vec<PathBuf> = cgroups.agents().into_iter().map(Path::to_owned).collect();
+        let mut dirs: Vec<PathBuf> = cgroups.agents().into_iter().map(Path::to_owned).collect();
         assert!(dirs.iter().all(|d| d.is_dir()), "{dirs:?}");
+        // As runc makes them, for a container's cgroup, in every other hierarchy.
+        let name = dirs[0].file_name().unwrap().to_owned();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        for dir in hierarchy_dirs(&mountinfo, &own, Path::new(&name)) {
+            if !dir.exists() && std::fs::create_dir(&dir).is_ok() {
+                dirs.push(dir);
+            }
+        }
         cgroups.remove();
         assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
     }
@@ -693,6 +734,24 @@ mod tests {
 39 25 0:34 / /sys/fs/cgroup/pids rw,relatime shared:14 - cgroup cgroup rw,pids
 40 25 0:35 / /sys/fs/cgroup/systemd rw,relatime shared:15 - cgroup cgroup rw,name=systemd
 ";
+
+    #[test]
+    fn the_agents_directory_is_named_in_every_hierarchy_under_its_own_cgroup() {
+        let own = "4:memory:/m\n9:name=systemd:/s\n2:cpu:/\n0::/u\n";
+        let dirs = hierarchy_dirs(HYBRID, own, Path::new("meridian-t"));
+        let dirs: Vec<&str> = dirs.iter().map(|d| d.to_str().unwrap()).collect();
+        assert_eq!(
+            dirs,
+            [
+                "/sys/fs/cgroup/unified/u/meridian-t",
+                "/sys/fs/cgroup/cpu/meridian-t",
+                "/sys/fs/cgroup/cpuacct/meridian-t",
+                "/sys/fs/cgroup/memory/m/meridian-t",
+                "/sys/fs/cgroup/pids/meridian-t",
+                "/sys/fs/cgroup/systemd/s/meridian-t",
+            ]
+        );
+    }
 
     #[test]
     fn a_hybrid_host_uses_its_v1_controllers_under_the_agents_own_cgroups() {
