@@ -736,12 +736,7 @@ async fn installation_with_namespaces(
         "fra",
         Some("127.0.0.1:0"),
     );
-    let node = support::agent_with(
-        &region,
-        "ns-node",
-        dir,
-        &["--isolation", "netns", "--instance-network", network],
-    );
+    let node = support::netns_agent(&region, "ns-node", dir, network);
     let (gateway, address) = gateway(&region, dir).await;
     Installation {
         _platform: platform,

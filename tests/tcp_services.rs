@@ -48,12 +48,7 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
         "fra",
         Some("127.0.0.1:0"),
     );
-    let node = support::agent_with(
-        &region,
-        "tcp-node",
-        dir.path(),
-        &["--isolation", "netns", "--instance-network", "100.64.222.0"],
-    );
+    let node = support::netns_agent(&region, "tcp-node", dir.path(), "100.64.222.0");
     let (_gateway, gateway) = gateway(&region, dir.path()).await;
     let web = "web.acme.example.com";
 
@@ -163,12 +158,7 @@ async fn a_tcp_service_is_reached_in_another_region_when_the_callers_has_none() 
     let start =
         |region, gateway| RegionalPlane::start(&platform.global, &platform.token, region, gateway);
     let (fra, iad) = (start("fra", Some("127.0.0.1:0")), start("iad", None));
-    let _fra_node = support::agent_with(
-        &fra,
-        "fra-tcp",
-        dir.path(),
-        &["--isolation", "netns", "--instance-network", "100.64.223.0"],
-    );
+    let _fra_node = support::netns_agent(&fra, "fra-tcp", dir.path(), "100.64.223.0");
     let _iad_node = support::agent(&iad, "iad-tcp", "127.0.221.1", dir.path());
     let (_gateway, gateway) = gateway(&fra, dir.path()).await;
 

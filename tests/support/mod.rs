@@ -726,6 +726,17 @@ pub fn namespaces_allowed() -> bool {
     allowed
 }
 
+/// `meridian agent` for `node` of the region, its instances in network namespaces on the /24
+/// of `network` (a third octet of 100.64 that no other test uses); stopped on drop.
+pub fn netns_agent(region: &RegionalPlane, node: &str, dir: &Path, network: &str) -> Agent {
+    agent_with(
+        region,
+        node,
+        dir,
+        &["--isolation", "netns", "--instance-network", network],
+    )
+}
+
 /// `meridian agent` for `node` of the region with `isolation` arguments (addresses and mode);
 /// stopped (with its instances) on drop.
 pub fn agent_with(region: &RegionalPlane, node: &str, dir: &Path, isolation: &[&str]) -> Agent {

@@ -28,7 +28,7 @@
 //! side, so that `http://api.shop.internal:9090/` and `http://<its virtual IP>:9090/` both work
 //! unmodified. A TCP connection says no name, only an address and a port: each `tcp` port of a
 //! service the instance sees by its virtual IP gets a relay port of its own on the node side
-//! ([`tcp_relays`], from [`RELAY_PORT_BASE`] up), the namespace's rules send that virtual IP and
+//! ([`NodeConfig::relays`], from [`RELAY_PORT_BASE`] up), the namespace's rules send that virtual IP and
 //! port there, and the node proxy relays it over mutual TLS to that port's mesh port on a
 //! healthy instance; so two services with a `tcp` port of the same number are both reached.
 
@@ -47,7 +47,7 @@ pub use meridian_xds::meridian::{mesh_port, MESH_PORT_BASE};
 /// The port of the outbound listener on each instance's address.
 pub const OUTBOUND_PORT: u16 = 15001;
 
-/// The first node-side port of the TCP relays ([`tcp_relays`]).
+/// The first node-side port of the TCP relays ([`NodeConfig::relays`]).
 pub const RELAY_PORT_BASE: u16 = 40000;
 
 /// A `tcp` port of a service that an instance in a namespace reaches by the service's virtual
@@ -189,15 +189,26 @@ pub struct CertFiles {
     pub bundle: PathBuf,
 }
 
-/// The node proxy's configuration (the proxy's config format, docs/proxy-config.md) for the
-/// `local` instances that have certificates in `certs`, reaching the `services` of the region.
+/// What [`config`] makes.
+#[derive(Debug)]
+pub struct NodeConfig {
+    /// The node proxy's configuration (the proxy's config format, docs/proxy-config.md).
+    pub json: Value,
+    /// The TCP relays it listens on for each instance in a namespace, by the instance's node
+    /// side (the namespace's rules must send them there).
+    pub relays: BTreeMap<Ipv4Addr, Vec<TcpRelay>>,
+}
+
+/// The node proxy's configuration for the `local` instances that have certificates in
+/// `certs`, reaching the `services` of the region.
 pub fn config(
     local: &[LocalInstance],
     services: &BTreeMap<ServiceKey, MeshService>,
     certs: &BTreeMap<ServiceKey, CertFiles>,
     trust_domain: &str,
-) -> Value {
+) -> NodeConfig {
     let mut listeners = Vec::new();
+    let mut all_relays = BTreeMap::new();
     let mut clusters = BTreeMap::new();
     for instance in local {
         let Some(files) = certs.get(&instance.service) else {
@@ -308,6 +319,7 @@ pub fn config(
                 "virtual_hosts": virtual_hosts,
             }));
         }
+        let mut relays = Vec::new();
         for (relay, reach, index) in relays_of(instance, &reaches) {
             listeners.push(json!({
                 "name": format!("out/{name}/{}:{}", relay.vip, relay.port),
@@ -317,10 +329,15 @@ pub fn config(
                 "cluster": outbound.cluster(reach, index, Set::All),
                 "max_connections": TCP_MAX_CONNECTIONS,
             }));
+            relays.push(relay);
         }
+        all_relays.insert(instance.address, relays);
     }
     let clusters: Vec<Value> = clusters.into_values().collect();
-    json!({"listeners": listeners, "clusters": clusters})
+    NodeConfig {
+        json: json!({"listeners": listeners, "clusters": clusters}),
+        relays: all_relays,
+    }
 }
 
 /// Builds one local instance's outbound routes, and the clusters they need.
@@ -363,8 +380,8 @@ impl Outbound<'_> {
         let route = match split {
             Some(weight) => json!({
                 "weighted_clusters": [
-                    {"name": self.cluster(reach, index, Set::Stable), "weight": 100 - weight.min(99)},
-                    {"name": self.cluster(reach, index, Set::Canary), "weight": weight.min(99)},
+                    {"name": self.cluster(reach, index, Set::Stable), "weight": 100 - weight},
+                    {"name": self.cluster(reach, index, Set::Canary), "weight": weight},
                 ],
                 "retries": retries,
             }),
@@ -428,19 +445,6 @@ impl Outbound<'_> {
         }
         cluster
     }
-}
-
-/// The TCP relays of `instance` (in a namespace) among the `services` it sees: see
-/// [`TcpRelay`]. Stable while what it sees stays the same.
-pub fn tcp_relays(
-    instance: &LocalInstance,
-    services: &BTreeMap<ServiceKey, MeshService>,
-) -> Vec<TcpRelay> {
-    let reaches: Vec<Reach> = visible(instance, services).collect();
-    relays_of(instance, &reaches)
-        .into_iter()
-        .map(|(relay, _, _)| relay)
-        .collect()
 }
 
 /// The TCP relays of `instance` among `reaches`, each with its reach and port index: one per
@@ -677,7 +681,7 @@ mod tests {
             .iter()
             .map(|org| (key(org, "shop", "web"), files.clone()))
             .collect();
-        let config = config(&local, &services, &certs, "meridian.local");
+        let config = config(&local, &services, &certs, "meridian.local").json;
         let parsed = meridian_proxy::parse_config(&config.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
         config
@@ -712,7 +716,7 @@ mod tests {
     /// The configuration of web-0 of acme/shop, in a namespace, seeing acme/shop's `services`
     /// (each with a healthy instance at 127.0.0.9; virtual IPs 100.112.0.7, .8, … in order).
     fn web_seeing(services: &[(&str, ServiceSpec)]) -> Value {
-        web_seeing_instances(services, &[fra_instance("127.0.0.9", false)], None)
+        web_seeing_instances(services, &[fra_instance("127.0.0.9", false)], None).json
     }
 
     /// [`web_seeing`], each service with `instances` and `canary_weight`.
@@ -720,7 +724,7 @@ mod tests {
         services: &[(&str, ServiceSpec)],
         instances: &[MeshInstance],
         canary_weight: Option<u32>,
-    ) -> Value {
+    ) -> NodeConfig {
         let web = key("acme", "shop", "web");
         let local = [LocalInstance {
             instance: "web-0".to_owned(),
@@ -750,10 +754,10 @@ mod tests {
             bundle: "bundle.pem".into(),
         };
         let certs = [(web, files)].into_iter().collect();
-        let config = config(&local, &services, &certs, "meridian.local");
-        let parsed = meridian_proxy::parse_config(&config.to_string());
+        let made = config(&local, &services, &certs, "meridian.local");
+        let parsed = meridian_proxy::parse_config(&made.json.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
-        config
+        made
     }
 
     /// The addresses of the endpoints of cluster `name`.
@@ -779,7 +783,7 @@ mod tests {
             fra_instance("127.0.0.9", false),
             fra_instance("127.0.0.10", true),
         ];
-        let config = web_seeing_instances(&[("api", api.clone())], &instances, Some(20));
+        let config = web_seeing_instances(&[("api", api.clone())], &instances, Some(20)).json;
         let http = listener(&config, "out/acme/shop/web-0/8080").unwrap();
         let route = &http["virtual_hosts"][0]["routes"][0];
         assert!(route["cluster"].is_null(), "{route}");
@@ -819,7 +823,7 @@ mod tests {
                 ..fra_instance("127.0.0.10", true)
             },
         ];
-        let config = web_seeing_instances(&[("api", api)], &unhealthy, Some(20));
+        let config = web_seeing_instances(&[("api", api)], &unhealthy, Some(20)).json;
         let http = listener(&config, "out/acme/shop/web-0/8080").unwrap();
         let route = &http["virtual_hosts"][0]["routes"][0];
         assert_eq!(route["cluster"], base);
@@ -914,29 +918,8 @@ mod tests {
             .collect();
         assert_eq!(names, ["api.shop.internal", "fra.api.shop.internal"]);
         // The relays the namespace's rules send each virtual IP and port to.
-        let local = LocalInstance {
-            instance: "web-0".to_owned(),
-            service: key("acme", "shop", "web"),
-            version: 1,
-            spec: spec_with(&[("http", 8080, "http")]),
-            address: Ipv4Addr::new(100, 64, 0, 2),
-            listen: Ipv4Addr::new(100, 64, 0, 3),
-            serving: true,
-        };
-        let seen: BTreeMap<ServiceKey, MeshService> = services
-            .iter()
-            .zip(7..)
-            .map(|((name, spec), last)| {
-                let service = MeshService {
-                    spec: spec.clone(),
-                    instances: vec![fra_instance("127.0.0.9", false)],
-                    vip: Some(Ipv4Addr::new(100, 112, 0, last)),
-                    canary_weight: None,
-                };
-                (key("acme", "shop", name), service)
-            })
-            .collect();
-        let relays: Vec<(String, u16, u16)> = tcp_relays(&local, &seen)
+        let made = web_seeing_instances(&services, &[fra_instance("127.0.0.9", false)], None);
+        let relays: Vec<(String, u16, u16)> = made.relays[&Ipv4Addr::new(100, 64, 0, 2)]
             .iter()
             .map(|r| (r.vip.to_string(), r.port, r.relay))
             .collect();

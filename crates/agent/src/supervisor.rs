@@ -449,11 +449,11 @@ impl NodeProxy {
         self.certs.request_due(&needed);
         let renewed = std::mem::take(&mut self.renewed);
         let files = self.certs.files();
-        let config = node_proxy::config(&local, services, &files, &options.trust_domain);
-        if config["listeners"].as_array().is_none_or(Vec::is_empty) {
+        let made = node_proxy::config(&local, services, &files, &options.trust_domain);
+        if made.json["listeners"].as_array().is_none_or(Vec::is_empty) {
             return; // Nothing to serve yet (a proxy config needs a listener).
         }
-        let config = config.to_string();
+        let config = made.json.to_string();
         if config != self.applied || renewed {
             match self.proxy.apply_text(&config).await {
                 Ok(()) => self.applied = config,
@@ -463,7 +463,7 @@ impl NodeProxy {
                 }
             }
         }
-        self.refresh_relays(&local, services).await;
+        self.refresh_relays(made.relays).await;
         let listened: Vec<&str> = local
             .iter()
             .filter(|l| l.serving && files.contains_key(&l.service))
@@ -495,13 +495,9 @@ impl NodeProxy {
     /// Gives each instance in a namespace its DNS table and a server on its node side's port
     /// 53; stops the servers of instances that are gone.
     /// Sets, in each namespace whose instance's TCP relays changed, the relays the node proxy
-    /// now listens on; forgets those of instances gone. A namespace that refuses is tried
-    /// again at the next refresh.
-    async fn refresh_relays(&mut self, local: &[LocalInstance], services: &Services) {
-        let mut wanted = BTreeMap::new();
-        for instance in local.iter().filter(|l| l.address != l.listen) {
-            wanted.insert(instance.address, node_proxy::tcp_relays(instance, services));
-        }
+    /// now listens on (`wanted`, by node side); forgets those of instances gone. A namespace
+    /// that refuses is tried again at the next refresh.
+    async fn refresh_relays(&mut self, wanted: BTreeMap<Ipv4Addr, Vec<node_proxy::TcpRelay>>) {
         self.relays
             .retain(|address, _| wanted.contains_key(address));
         for (address, relays) in wanted {
