@@ -15,6 +15,9 @@ mod cluster;
 mod config;
 mod forward;
 mod framing;
+// Not used yet: the upstream exchange in `pool` moves onto it next (branch h1codec).
+#[allow(dead_code)]
+mod h1;
 mod handshakes;
 mod health;
 mod http3;
