@@ -210,3 +210,293 @@ fn list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &
         .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Two: 1\r\n\
+        x-two: 2\r\nContent-Length: 5\r\n\r\nhello";
+
+    fn complete(bytes: &[u8], method: &Method) -> (usize, Head) {
+        match parse_head(bytes, method).unwrap() {
+            Parsed::Complete { head_len, head } => (head_len, head),
+            Parsed::Partial => panic!("partial: {}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    /// The framing and reusability of a response with `head` (an empty line is appended).
+    fn framed(method: &Method, head: &str) -> Result<(BodyFraming, bool), Error> {
+        let bytes = format!("{head}\r\n\r\n");
+        match parse_head(bytes.as_bytes(), method)? {
+            Parsed::Complete { head, .. } => Ok((head.framing, head.reusable)),
+            Parsed::Partial => panic!("partial: {head}"),
+        }
+    }
+
+    #[test]
+    fn a_head_becomes_a_response_and_its_body_stays() {
+        let (head_len, head) = complete(SAMPLE, &Method::GET);
+        assert_eq!(&SAMPLE[head_len..], b"hello");
+        let response = &head.response;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), Version::HTTP_11);
+        assert_eq!(response.headers()["content-type"], "text/plain");
+        let twos: Vec<_> = response.headers().get_all("x-two").iter().collect();
+        assert_eq!(twos, ["1", "2"]);
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert!(head.reusable);
+    }
+
+    #[test]
+    fn a_head_cut_anywhere_is_partial() {
+        let head_len = SAMPLE.len() - 5;
+        for cut in 0..head_len {
+            assert!(
+                matches!(
+                    parse_head(&SAMPLE[..cut], &Method::GET),
+                    Ok(Parsed::Partial)
+                ),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(complete(&SAMPLE[..head_len], &Method::GET).0, head_len);
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_tolerated() {
+        let response = b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok";
+        let (head_len, head) = complete(response, &Method::GET);
+        assert_eq!(&response[head_len..], b"ok");
+        assert_eq!(head.framing, BodyFraming::Length(2));
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        for bad in [
+            &b"HTTP/2.0 200 OK\r\n\r\n"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+            // obs-fold, and whitespace before the colon.
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A : 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX\x01A: 1\r\n\r\n",
+        ] {
+            let result = parse_head(bad, &Method::GET);
+            assert!(
+                matches!(result, Err(Error::MalformedHead(_))),
+                "{}: {result:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse_head(b"HTTP/1.1 099 Low\r\n\r\n", &Method::GET).unwrap_err(),
+            Error::InvalidStatus(99)
+        );
+    }
+
+    #[test]
+    fn more_than_a_hundred_fields_are_refused() {
+        let head = |fields: usize| {
+            let mut head = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..fields {
+                head.push_str(&format!("x-{i}: {i}\r\n"));
+            }
+            head.push_str("content-length: 0\r\n\r\n");
+            head
+        };
+        let (_, ok) = complete(head(99).as_bytes(), &Method::GET);
+        assert_eq!(ok.response.headers().len(), 100);
+        let error = parse_head(head(100).as_bytes(), &Method::GET).unwrap_err();
+        assert_eq!(error, Error::TooManyHeaders);
+        assert_eq!(
+            error.to_string(),
+            "upstream response: more than 100 header fields"
+        );
+    }
+
+    #[test]
+    fn a_head_larger_than_64_kib_is_refused_complete_or_not() {
+        let mut head = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        head.resize(MAX_HEAD, b'a');
+        assert_eq!(
+            parse_head(&head, &Method::GET).unwrap_err(),
+            Error::HeadTooLarge
+        );
+        assert!(matches!(
+            parse_head(&head[..MAX_HEAD - 1], &Method::GET),
+            Ok(Parsed::Partial)
+        ));
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            parse_head(&head, &Method::GET).unwrap_err(),
+            Error::HeadTooLarge
+        );
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let reusable = |head: &str| framed(&Method::GET, head).unwrap().1;
+        assert!(reusable("HTTP/1.1 200 OK\r\ncontent-length: 0"));
+        assert!(!reusable(
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close"
+        ));
+        assert!(!reusable(
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: x-a, Close"
+        ));
+        assert!(!reusable("HTTP/1.0 200 OK\r\ncontent-length: 0"));
+        assert!(reusable(
+            "HTTP/1.0 200 OK\r\ncontent-length: 0\r\nconnection: Keep-Alive"
+        ));
+        assert!(!reusable(
+            "HTTP/1.0 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive, close"
+        ));
+    }
+
+    #[test]
+    fn some_responses_have_no_body_whatever_they_say() {
+        for (method, status) in [
+            (Method::HEAD, "200 OK"),
+            (Method::GET, "204 No Content"),
+            (Method::GET, "304 Not Modified"),
+            (Method::GET, "103 Early Hints"),
+        ] {
+            for framing in ["content-length: 10", "transfer-encoding: chunked"] {
+                let head = format!("HTTP/1.1 {status}\r\n{framing}");
+                assert_eq!(
+                    framed(&method, &head).unwrap(),
+                    (BodyFraming::Empty, true),
+                    "{method} {head}"
+                );
+            }
+        }
+        assert_eq!(
+            framed(
+                &Method::GET,
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket"
+            )
+            .unwrap(),
+            (BodyFraming::Empty, false)
+        );
+    }
+
+    #[test]
+    fn chunked_when_it_is_the_final_coding() {
+        for te in [
+            "chunked",
+            "Chunked",
+            "gzip, chunked",
+            "gzip\r\ntransfer-encoding: chunked",
+        ] {
+            let head = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {te}");
+            assert_eq!(
+                framed(&Method::GET, &head).unwrap(),
+                (BodyFraming::Chunked, true),
+                "{te}"
+            );
+        }
+        for te in [
+            "chunked, gzip",
+            "gzip",
+            "chunked\r\ntransfer-encoding: gzip",
+        ] {
+            let head = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\ncontent-length: 3");
+            assert_eq!(
+                framed(&Method::GET, &head).unwrap(),
+                (BodyFraming::UntilClose, false),
+                "{te}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_beside_a_content_length_is_read_chunked_and_ends_the_connection() {
+        for cl in ["5", "abc"] {
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {cl}\r\ntransfer-encoding: chunked");
+            assert_eq!(
+                framed(&Method::GET, &head).unwrap(),
+                (BodyFraming::Chunked, false)
+            );
+        }
+    }
+
+    #[test]
+    fn a_transfer_coding_in_http_1_0_is_faulty_framing() {
+        let head = "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive";
+        assert_eq!(
+            framed(&Method::GET, head).unwrap(),
+            (BodyFraming::UntilClose, false)
+        );
+    }
+
+    #[test]
+    fn content_length_values_must_be_digits_and_agree() {
+        for (values, length) in [
+            ("0", 0),
+            ("5", 5),
+            ("5, 5", 5),
+            ("5\r\ncontent-length: 5", 5),
+            ("007", 7),
+            ("18446744073709551615", u64::MAX),
+        ] {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {values}");
+            assert_eq!(
+                framed(&Method::GET, &head).unwrap(),
+                (BodyFraming::Length(length), true),
+                "{values}"
+            );
+        }
+        for (values, error) in [
+            ("abc", "invalid content-length `abc`"),
+            ("", "invalid content-length ``"),
+            ("+5", "invalid content-length `+5`"),
+            ("-1", "invalid content-length `-1`"),
+            ("0x10", "invalid content-length `0x10`"),
+            ("5,", "invalid content-length ``"),
+            ("1 2", "invalid content-length `1 2`"),
+            (
+                "18446744073709551616",
+                "invalid content-length `18446744073709551616`",
+            ),
+            ("5, 6", "content-length values differ (`5` and `6`)"),
+            (
+                "5\r\ncontent-length: 50",
+                "content-length values differ (`5` and `50`)",
+            ),
+        ] {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {values}");
+            let result = framed(&Method::GET, &head);
+            assert_eq!(
+                result.map_err(|e| e.to_string()),
+                Err(format!("upstream response: {error}")),
+                "{values}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_framing_the_body_lasts_until_the_connection_closes() {
+        assert_eq!(
+            framed(&Method::GET, "HTTP/1.1 200 OK\r\nx-a: b").unwrap(),
+            (BodyFraming::UntilClose, false)
+        );
+    }
+
+    #[test]
+    fn informational_heads_are_skipped_but_not_a_switch() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 2"[..]);
+        assert!(parse_final_head(&mut buf, &Method::GET).unwrap().is_none());
+        assert_eq!(&buf[..], b"HTTP/1.1 2", "the 1xx heads are consumed");
+        buf.extend_from_slice(b"00 OK\r\ncontent-length: 2\r\n\r\nok");
+        let head = parse_final_head(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(&buf[..], b"ok");
+
+        let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\nframes"[..]);
+        let head = parse_final_head(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(head.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(&buf[..], b"frames");
+    }
+}

@@ -163,7 +163,10 @@ mod tests {
     #[test]
     fn a_target_without_path_is_slash() {
         let request = Request::get("http://shop.example").body(()).unwrap();
-        assert_eq!(head(request, RequestFraming::Empty), "GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            head(request, RequestFraming::Empty),
+            "GET / HTTP/1.1\r\n\r\n"
+        );
         let request = Request::options("*").body(()).unwrap();
         assert_eq!(
             head(request, RequestFraming::Empty),
@@ -212,13 +215,22 @@ mod tests {
     #[test]
     fn framing_follows_what_the_body_knows() {
         assert_eq!(RequestFraming::of_body(true, None), RequestFraming::Empty);
-        assert_eq!(RequestFraming::of_body(true, Some(3)), RequestFraming::Empty);
-        assert_eq!(RequestFraming::of_body(false, Some(0)), RequestFraming::Empty);
+        assert_eq!(
+            RequestFraming::of_body(true, Some(3)),
+            RequestFraming::Empty
+        );
+        assert_eq!(
+            RequestFraming::of_body(false, Some(0)),
+            RequestFraming::Empty
+        );
         assert_eq!(
             RequestFraming::of_body(false, Some(7)),
             RequestFraming::Length(7)
         );
-        assert_eq!(RequestFraming::of_body(false, None), RequestFraming::Chunked);
+        assert_eq!(
+            RequestFraming::of_body(false, None),
+            RequestFraming::Chunked
+        );
     }
 
     #[test]

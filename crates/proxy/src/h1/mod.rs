@@ -42,7 +42,10 @@ pub enum Error {
     #[error("upstream response: chunk size too large")]
     ChunkSizeOverflow,
     /// A chunk-size line (with its extensions) longer than [`body::MAX_CHUNK_LINE`].
-    #[error("upstream response: chunk size line longer than {} bytes", body::MAX_CHUNK_LINE)]
+    #[error(
+        "upstream response: chunk size line longer than {} bytes",
+        body::MAX_CHUNK_LINE
+    )]
     ChunkLineTooLong,
     /// Chunk data not followed by CRLF.
     #[error("upstream response: chunk data not followed by CRLF")]
