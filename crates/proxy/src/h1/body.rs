@@ -3,9 +3,9 @@
 //! (RFC 9112 §7.1).
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 
-use super::decode::{BodyFraming, MAX_HEADERS};
+use super::decode::{header_map, BodyFraming, MAX_HEADERS};
 use super::Error;
 
 /// Most bytes in a chunk-size line, extensions and CRLF included.
@@ -76,21 +76,13 @@ impl BodyDecoder {
                     return Ok(Step::NeedMore)
                 }
                 State::UntilClose => return Ok(Step::Data(buf.split().freeze())),
-                State::Length(left) => {
+                State::Length(left) | State::ChunkData(left) => {
                     let (data, left) = take(buf, left);
-                    self.state = if left == 0 {
-                        State::Done
-                    } else {
-                        State::Length(left)
-                    };
-                    return Ok(Step::Data(data));
-                }
-                State::ChunkData(left) => {
-                    let (data, left) = take(buf, left);
-                    self.state = if left == 0 {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(left)
+                    self.state = match (self.state, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), left) => State::Length(left),
+                        (_, 0) => State::ChunkEnd,
+                        (_, left) => State::ChunkData(left),
                     };
                     return Ok(Step::Data(data));
                 }
@@ -181,25 +173,17 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
 /// The trailer section at the front of `buf` and its length, once it is complete.
 fn trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let len = match httparse::parse_headers(buf, &mut fields) {
-        Ok(httparse::Status::Complete((len, _))) if len <= MAX_TRAILERS => len,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_TRAILERS => return Ok(None),
-        Ok(_) => return Err(Error::InvalidTrailers("larger than 16 KiB")),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Error::InvalidTrailers("more than 100 fields"))
+    let malformed = Error::InvalidTrailers("malformed field");
+    match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete((len, fields))) if len <= MAX_TRAILERS => {
+            let trailers = header_map(fields).map_err(|_| malformed)?;
+            Ok(Some((len, trailers)))
         }
-        Err(_) => return Err(Error::InvalidTrailers("malformed field")),
-    };
-    let mut trailers = HeaderMap::new();
-    for field in fields.iter().take_while(|field| !field.name.is_empty()) {
-        let name = HeaderName::from_bytes(field.name.as_bytes());
-        let value = HeaderValue::from_bytes(field.value);
-        let (Ok(name), Ok(value)) = (name, value) else {
-            return Err(Error::InvalidTrailers("malformed field"));
-        };
-        trailers.append(name, value);
+        Ok(httparse::Status::Partial) if buf.len() < MAX_TRAILERS => Ok(None),
+        Ok(_) => Err(Error::InvalidTrailers("larger than 16 KiB")),
+        Err(httparse::Error::TooManyHeaders) => Err(Error::InvalidTrailers("more than 100 fields")),
+        Err(_) => Err(malformed),
     }
-    Ok(Some((len, trailers)))
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ pub fn parse_final_head(buf: &mut BytesMut, method: &Method) -> Result<Option<He
 }
 
 /// The fields httparse found, as a header map.
-fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
+pub(super) fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
     let mut headers = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let invalid = || Error::InvalidHeader(field.name.to_owned());

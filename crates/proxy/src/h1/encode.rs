@@ -3,7 +3,7 @@
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// How the request body is delimited; the encoder writes the matching framing field and drops
 /// any `Content-Length` or `Transfer-Encoding` the request carried, so that the message has
@@ -44,15 +44,11 @@ pub fn encode_head(parts: &Parts, framing: RequestFraming, dst: &mut Vec<u8>) {
     dst.push(b' ');
     dst.extend_from_slice(target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
-    }
+    let fields = parts.headers.iter();
+    push_fields(
+        fields.filter(|(name, _)| *name != CONTENT_LENGTH && *name != TRANSFER_ENCODING),
+        dst,
+    );
     match framing {
         RequestFraming::Empty if !bodyless(&parts.method) => {
             dst.extend_from_slice(b"content-length: 0\r\n");
@@ -97,13 +93,21 @@ pub fn encode_chunk(data: &[u8], dst: &mut Vec<u8>) {
 /// and CRLF.
 pub fn encode_last_chunk(trailers: Option<&HeaderMap>, dst: &mut Vec<u8>) {
     dst.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
+    push_fields(trailers.into_iter().flatten(), dst);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Appends each field as `name: value CRLF`.
+fn push_fields<'a>(
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    dst: &mut Vec<u8>,
+) {
+    for (name, value) in fields {
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
-    dst.extend_from_slice(b"\r\n");
 }
 
 /// Appends `n` in decimal.
@@ -135,7 +139,7 @@ fn push_digits(mut n: u64, base: u64, dst: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderValue, Request};
+    use http::Request;
 
     fn head(request: Request<()>, framing: RequestFraming) -> String {
         let (parts, ()) = request.into_parts();
