@@ -417,4 +417,33 @@ mod tests {
             decode_in_pieces(BodyFraming::UntilClose, b"all of it", &[3, 4]).unwrap();
         assert_eq!(data, b"all of it");
     }
+
+    proptest::proptest! {
+        /// Whatever the chunks and however the input is cut, what the encoder writes decodes
+        /// to the same body and trailers.
+        #[test]
+        fn encoded_chunks_decode_to_the_same_body(
+            chunks in proptest::collection::vec(proptest::collection::vec(0u8.., 0..40), 0..8),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+            trailer in proptest::option::of("[a-z0-9]{1,8}"),
+        ) {
+            let mut wire = Vec::new();
+            for chunk in &chunks {
+                super::super::encode::encode_chunk(chunk, &mut wire);
+            }
+            let trailers = trailer.map(|value| {
+                let mut map = HeaderMap::new();
+                map.insert("x-t", http::HeaderValue::from_str(&value).unwrap());
+                map
+            });
+            super::super::encode::encode_last_chunk(trailers.as_ref(), &mut wire);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|cut| cut.min(wire.len())).collect();
+            cuts.sort_unstable();
+            let (data, decoded, left) =
+                decode_in_pieces(BodyFraming::Chunked, &wire, &cuts).unwrap();
+            proptest::prop_assert_eq!(data, chunks.concat());
+            proptest::prop_assert_eq!(decoded, trailers);
+            proptest::prop_assert!(left.is_empty());
+        }
+    }
 }

@@ -28,7 +28,8 @@ pub enum BodyFraming {
 /// A response head and what it says about its body and its connection.
 #[derive(Debug)]
 pub struct Head {
-    /// Status, version and header fields (the reason phrase is dropped).
+    /// Status, version and header fields; a reason phrase other than the status code's usual
+    /// one is in its extensions ([`hyper::ext::ReasonPhrase`]), as hyper's client puts it.
     pub response: Response<()>,
     /// How the body is delimited.
     pub framing: BodyFraming,
@@ -75,6 +76,13 @@ pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Error> {
     let headers = header_map(parsed.headers)?;
     let (framing, reusable) = framing(method, status, version, &headers)?;
     let mut response = Response::new(());
+    // A reason phrase of its own is kept (an HTTP/1.1 client sees it); the usual one is implied.
+    let reason = parsed.reason.unwrap_or_default();
+    if status.canonical_reason() != Some(reason) {
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes()) {
+            response.extensions_mut().insert(reason);
+        }
+    }
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
@@ -246,6 +254,22 @@ mod tests {
         assert_eq!(twos, ["1", "2"]);
         assert_eq!(head.framing, BodyFraming::Length(5));
         assert!(head.reusable);
+    }
+
+    #[test]
+    fn only_an_unusual_reason_phrase_is_kept() {
+        let reason = |line: &str| {
+            let (_, head) = complete(format!("{line}\r\n\r\n").as_bytes(), &Method::GET);
+            let phrase = head.response.extensions().get::<hyper::ext::ReasonPhrase>();
+            phrase.map(|p| String::from_utf8(p.as_bytes().to_vec()).unwrap())
+        };
+        assert_eq!(reason("HTTP/1.1 200 OK"), None);
+        assert_eq!(reason("HTTP/1.1 404 Not Found"), None);
+        assert_eq!(
+            reason("HTTP/1.1 200 Fine, thanks"),
+            Some("Fine, thanks".into())
+        );
+        assert_eq!(reason("HTTP/1.1 200 "), Some("".into()));
     }
 
     #[test]
