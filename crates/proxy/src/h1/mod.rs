@@ -29,7 +29,7 @@ pub enum Error {
     /// A field name or value the `http` types refuse.
     #[error("upstream response: invalid header field `{0}`")]
     InvalidHeader(String),
-    /// `Content-Length` is not digits, overflows, or its values differ.
+    /// A `Content-Length` value that is not digits or does not fit 64 bits.
     #[error("upstream response: invalid content-length `{0}`")]
     InvalidContentLength(String),
     /// `Content-Length` values that differ.
@@ -57,4 +57,19 @@ pub enum Error {
     /// The connection closed before the body's end.
     #[error("upstream response: connection closed before the end of the body")]
     Truncated,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_can_end_a_body_and_say_what_was_wrong() {
+        let boxed: Box<dyn std::error::Error + Send + Sync> =
+            Error::InvalidContentLength("abc".into()).into();
+        assert_eq!(
+            boxed.to_string(),
+            "upstream response: invalid content-length `abc`"
+        );
+    }
 }
