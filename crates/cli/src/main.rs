@@ -9,7 +9,7 @@
 mod client;
 mod commands;
 mod definition;
-mod malloc;
+mod allocator;
 mod output;
 mod yaml_depth;
 
@@ -137,7 +137,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    malloc::tune();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
