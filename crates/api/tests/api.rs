@@ -1192,6 +1192,93 @@ async fn secrets_are_set_listed_without_values_referenced_and_kept_while_in_use(
 }
 
 #[tokio::test]
+async fn org_secrets_are_managed_by_their_org_only_resolved_by_its_apps_and_kept_while_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let acme = org_token(&admin, "acme").await;
+    let other = org_token(&admin, "other").await;
+    let secret = "/v1/orgs/acme/secrets/DB_PASSWORD";
+    let value = "org-hunter2-do-not-show";
+
+    let (status, body) = acme
+        .put("/v1/orgs/acme/secrets/1BAD", json!({"value": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "name");
+    let (status, body) = acme.put(secret, json!({"value": value})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["name"].clone(), body["version"].clone()),
+        (json!("DB_PASSWORD"), json!(1))
+    );
+    let (_, body) = acme.put(secret, json!({"value": value})).await;
+    assert_eq!(
+        body["version"], 1,
+        "the same value is no new version: {body}"
+    );
+    let (status, list) = acme.get("/v1/orgs/acme/secrets").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list[0]["name"], "DB_PASSWORD");
+    assert!(!list.to_string().contains(value), "{list}");
+    let (_, apps) = acme.get("/v1/orgs/acme/apps/shop/secrets").await;
+    assert_eq!(apps, json!([]), "an org's secret is not an app's");
+
+    // Another org sees nothing of them, nor may its services use them.
+    for (status, _) in [
+        other.get("/v1/orgs/acme/secrets").await,
+        other.put(secret, json!({"value": "x"})).await,
+        other.delete(secret).await,
+    ] {
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let mut using = definition("other", "web", "hello");
+    using["runtime"]["process"]["env"]["DB_PASSWORD"] = json!({"secret": "DB_PASSWORD"});
+    let (status, body) = other.post("/v1/services", using).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "runtime.process.env.DB_PASSWORD");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("nor in org `other`"), "{message}");
+
+    // acme's services resolve to it; it is then in use.
+    let mut using = definition("acme", "web", "hello");
+    using["runtime"]["process"]["env"]["DB_PASSWORD"] = json!({"secret": "DB_PASSWORD"});
+    let (status, body) = acme.post("/v1/services", using).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = acme.delete(secret).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shop/web"),
+        "{body}"
+    );
+    let (status, _) = acme.delete("/v1/orgs/acme/apps/shop/services/web").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = acme.delete(secret).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _) = acme.delete(secret).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The OpenAPI document describes the routes.
+    let doc: Value = reqwest::get(format!("{}/openapi.json", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = &doc["paths"];
+    assert!(
+        paths["/v1/orgs/{org}/secrets"]["get"].is_object(),
+        "{paths}"
+    );
+    let one = &paths["/v1/orgs/{org}/secrets/{name}"];
+    assert!(one["put"].is_object() && one["delete"].is_object(), "{one}");
+}
+
+#[tokio::test]
 async fn an_image_whose_registry_cannot_be_reached_is_refused_naming_its_field() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
