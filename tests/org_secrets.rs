@@ -9,84 +9,16 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use support::secrets::{hello, region_and_agent, until_shown, Witnesses};
+use support::{Cli, Deployed};
 
-use support::{agent_with_env, files_containing, read, Cli, Deployed, RegionalPlane, HELLO};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-/// The agent's first instance address (host isolation: an instance listens on one of the
-/// node's four, from this one on, on port 8080).
-const INSTANCE: &str = "127.61.0.1";
+/// The network of the agent's instance addresses (host isolation: an instance listens on one
+/// of `NET.1` to `NET.4`, on port 8080).
+const NET: &str = "127.61.0";
 const ORG_FIRST: &str = "0rg-First-3c9a71e4";
 const ORG_SECOND: &str = "0rg-Second-8b02d5f1";
 const ORG_THIRD: &str = "0rg-Third-51e6a0c7";
 const APP_VALUE: &str = "4pp-Value-d27f93b8";
-
-/// `ORG/shop/hello` in fra, its `DB_PASSWORD` the secret `DB_PASSWORD`, shown at
-/// `/env/DB_PASSWORD` (`HELLO_SHOW_ENV`).
-fn hello(org: &str) -> String {
-    format!(
-        "\
-org: {org}
-app: shop
-name: hello
-regions: [fra]
-runtime:
-  process:
-    command: {HELLO}
-    env: {{HELLO_SHOW_ENV: DB_PASSWORD, DB_PASSWORD: {{secret: DB_PASSWORD}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
-"
-    )
-}
-
-/// What the instances answer for their `DB_PASSWORD`, one entry per instance that answers.
-async fn shown() -> Vec<String> {
-    let mut values = Vec::new();
-    for last in 1..=4 {
-        let url = format!("http://127.61.0.{last}:8080/env/DB_PASSWORD");
-        let answer = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if let Ok(answer) = answer.and_then(reqwest::Response::error_for_status) {
-            values.extend(answer.text().await.ok());
-        }
-    }
-    values
-}
-
-/// Waits until the only instance answering shows `value` as its `DB_PASSWORD`; panics with
-/// `context()` after [`DEADLINE`].
-async fn until_shown(value: &str, context: impl Fn() -> String) {
-    let end = Instant::now() + DEADLINE;
-    while shown().await != [value] {
-        assert!(
-            Instant::now() < end,
-            "the instance never showed {value}: {}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A CLI with a new token of `org`, made by the admin `cli`.
-fn org_cli(cli: &Cli, org: &str) -> Cli {
-    let created = cli.ok(&["token", "create", "--org", org]);
-    let token = created
-        .lines()
-        .find_map(|l| l.strip_prefix("secret (shown only now): "))
-        .unwrap_or_else(|| panic!("no secret in {created}"))
-        .trim()
-        .to_owned();
-    Cli {
-        api: cli.api.clone(),
-        token,
-    }
-}
 
 /// The current version of `acme/shop/hello` and its origin, as `meridian get deployments`
 /// shows them (`2*`, `secret changed`).
@@ -111,14 +43,34 @@ fn current_version(cli: &Cli) -> String {
         .to_owned()
 }
 
+/// Sets `DB_PASSWORD` (of the `scope` that `meridian secret set` is given) to `value`, which
+/// makes `version` of `acme/shop/hello` (`secret changed`), whose instance then shows it;
+/// panics with `context()` if it never does.
+async fn rolls_to(
+    acme: &Cli,
+    scope: &[&str],
+    value: &str,
+    version: u32,
+    context: impl Fn() -> String,
+) {
+    let set = format!("DB_PASSWORD={value}");
+    acme.ok(&[&["secret", "set", &set][..], scope].concat());
+    let current = current_version(acme);
+    assert!(
+        current.starts_with(&format!("{version}*")) && current.contains("secret changed"),
+        "{current}"
+    );
+    until_shown(NET, value, context).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_org_secret_reaches_the_apps_that_do_not_shadow_it_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let platform = Deployed::with_secrets(dir.path(), &[]);
     let (global, token, admin) = (&platform.global, platform.token.as_str(), &platform.cli);
     admin.ok(&["org", "create", "rival"]);
-    let acme = org_cli(admin, "acme");
-    let rival = org_cli(admin, "rival");
+    let acme = admin.for_new_org_token("acme");
+    let rival = admin.for_new_org_token("rival");
 
     // Another org's token can neither set nor list nor delete acme's secrets: to it, acme is
     // not there.
@@ -165,31 +117,12 @@ async fn an_org_secret_reaches_the_apps_that_do_not_shadow_it_and_nothing_else()
         "{refused}"
     );
 
-    let region = RegionalPlane::start(global, token, "fra", None);
-    let isolation = ["--instance-addresses", INSTANCE, "--isolation", "host"];
-    let agent = agent_with_env(
-        &region,
-        "one",
-        dir.path(),
-        &isolation,
-        &[("MERIDIAN_LOG", "debug")],
-    );
-    until_shown(ORG_FIRST, || agent.log()).await;
+    let (region, agent) = region_and_agent(global, token, dir.path(), NET);
+
+    until_shown(NET, ORG_FIRST, || agent.log()).await;
 
     // A new value of the org's secret rolls the service: a new version, the new instance sees it.
-    acme.ok(&[
-        "secret",
-        "set",
-        &format!("DB_PASSWORD={ORG_SECOND}"),
-        "--org",
-        "acme",
-    ]);
-    let current = current_version(&acme);
-    assert!(
-        current.starts_with("2*") && current.contains("secret changed"),
-        "{current}"
-    );
-    until_shown(ORG_SECOND, || agent.log()).await;
+    rolls_to(&acme, &["--org", "acme"], ORG_SECOND, 2, || agent.log()).await;
 
     // In use: not deleted, the service named.
     let in_use = acme.fails(&["secret", "delete", "DB_PASSWORD"]);
@@ -199,80 +132,31 @@ async fn an_org_secret_reaches_the_apps_that_do_not_shadow_it_and_nothing_else()
     );
 
     // The app's secret of the same name wins: setting it rolls the service over to it …
-    acme.ok(&[
-        "secret",
-        "set",
-        &format!("DB_PASSWORD={APP_VALUE}"),
-        "--app",
-        "shop",
-    ]);
-    let current = current_version(&acme);
-    assert!(
-        current.starts_with("3*") && current.contains("secret changed"),
-        "{current}"
-    );
-    until_shown(APP_VALUE, || agent.log()).await;
+    rolls_to(&acme, &["--app", "shop"], APP_VALUE, 3, || agent.log()).await;
     // … and a new value of the org's rolls nothing; it may go, as nothing resolves to it.
     acme.ok(&["secret", "set", &format!("DB_PASSWORD={ORG_THIRD}")]);
     assert!(current_version(&acme).starts_with("3*"));
     let listed = acme.json(&["secret", "list"]);
     assert_eq!(listed[0]["version"], 3);
 
-    // Nowhere else: the API's reads, the CLI's, the admin endpoints and dumps, …
-    let service = format!("{}/v1/orgs/acme/apps/shop/services/hello", global.api);
-    let mut seen = Vec::new();
-    for url in [
-        service.clone(),
-        format!("{service}/deployments"),
-        format!("{service}/deployments/1"),
-        format!("{service}/status"),
-        format!("{}/v1/orgs/acme/secrets", global.api),
-        format!("{}/v1/orgs/acme/apps/shop/secrets", global.api),
-        format!("{}/v1/regions/fra/deployments", global.api),
-        format!("{}/v1/changes?after=0", global.api),
-        format!("{}/metrics", global.api),
-    ] {
-        seen.push((url.clone(), read(&url, Some(token)).await));
-    }
-    for path in ["/config", "/listeners", "/metrics"] {
-        let url = format!("{}{path}", agent.admin);
-        seen.push((url.clone(), read(&url, None).await));
-    }
-    let url = format!("{}/metrics", region.admin);
-    seen.push((url.clone(), read(&url, None).await));
-    for args in [
-        &["status", "hello", "--app", "shop", "-o", "json"][..],
-        &["get", "deployments", "hello", "--app", "shop", "-o", "json"],
-        &["secret", "list", "-o", "json"],
-    ] {
-        seen.push((format!("meridian {args:?}"), acme.ok(args)));
-    }
+    // Nowhere else: the API's reads, the CLI's, the admin endpoints and dumps, any file.
+    let witnesses = Witnesses {
+        api: &global.api,
+        token,
+        region: &region,
+        agent: &agent,
+        cli: &acme,
+    };
+    let secrets = ["/v1/orgs/acme/secrets", "/v1/orgs/acme/apps/shop/secrets"];
+    let seen = witnesses.reads(&secrets, &[&["secret", "list"]]).await;
     assert!(
         seen.iter()
             .any(|(what, body)| what.ends_with("/v1/orgs/acme/secrets")
                 && body.contains("DB_PASSWORD")),
         "the reads name the secret"
     );
-    for value in [ORG_FIRST, ORG_SECOND, ORG_THIRD, APP_VALUE] {
-        for (what, body) in &seen {
-            assert!(!body.contains(value), "{what} shows the secret: {body}");
-        }
-        // … and every file: the store, the region's disk copy, the agent's state, every log.
-        assert_eq!(
-            files_containing(dir.path(), value),
-            Vec::<String>::new(),
-            "files holding the secret"
-        );
-        assert_eq!(
-            files_containing(region.dir.path(), value),
-            Vec::<String>::new()
-        );
-        assert!(!region.log().contains(value) && !agent.log().contains(value));
-    }
-    assert!(
-        region.dir.path().join("region-fra/state.json").exists(),
-        "the region keeps a disk copy"
-    );
+    let values = [ORG_FIRST, ORG_SECOND, ORG_THIRD, APP_VALUE];
+    witnesses.assert_nowhere(&seen, dir.path(), &values);
 
     // Now that the app's secret shadows it, the org's may go.
     acme.ok(&["secret", "delete", "DB_PASSWORD"]);
