@@ -3,7 +3,8 @@
 //! in any component's log, the API's reads, any file the global control plane, the region or
 //! the agent writes, nor the node proxy's dumps. A new value rolls the services that resolve
 //! to it (a new version, `secret changed`); an app's secret of the same name wins, and then a
-//! new value of the org's rolls nothing. An org's token manages its own org's secrets only.
+//! new value of the org's rolls nothing; deleting the app's rolls the services over to the
+//! org's. An org's token manages its own org's secrets only.
 //!
 //! Loopback addresses 127.61.0.x only.
 
@@ -43,18 +44,16 @@ fn current_version(cli: &Cli) -> String {
         .to_owned()
 }
 
-/// Sets `DB_PASSWORD` (of the `scope` that `meridian secret set` is given) to `value`, which
-/// makes `version` of `acme/shop/hello` (`secret changed`), whose instance then shows it;
-/// panics with `context()` if it never does.
+/// Runs `meridian secret COMMAND…`, which makes `version` of `acme/shop/hello` (`secret
+/// changed`), whose instance then shows `value`; panics with `context()` if it never does.
 async fn rolls_to(
     acme: &Cli,
-    scope: &[&str],
+    command: &[&str],
     value: &str,
     version: u32,
     context: impl Fn() -> String,
 ) {
-    let set = format!("DB_PASSWORD={value}");
-    acme.ok(&[&["secret", "set", &set][..], scope].concat());
+    acme.ok(&[&["secret"][..], command].concat());
     let current = current_version(acme);
     assert!(
         current.starts_with(&format!("{version}*")) && current.contains("secret changed"),
@@ -122,7 +121,9 @@ async fn an_org_secret_reaches_the_apps_that_do_not_shadow_it_and_nothing_else()
     until_shown(NET, ORG_FIRST, || agent.log()).await;
 
     // A new value of the org's secret rolls the service: a new version, the new instance sees it.
-    rolls_to(&acme, &["--org", "acme"], ORG_SECOND, 2, || agent.log()).await;
+    let set = format!("DB_PASSWORD={ORG_SECOND}");
+    let command = ["set", &set, "--org", "acme"];
+    rolls_to(&acme, &command, ORG_SECOND, 2, || agent.log()).await;
 
     // In use: not deleted, the service named.
     let in_use = acme.fails(&["secret", "delete", "DB_PASSWORD"]);
@@ -132,8 +133,10 @@ async fn an_org_secret_reaches_the_apps_that_do_not_shadow_it_and_nothing_else()
     );
 
     // The app's secret of the same name wins: setting it rolls the service over to it …
-    rolls_to(&acme, &["--app", "shop"], APP_VALUE, 3, || agent.log()).await;
-    // … and a new value of the org's rolls nothing; it may go, as nothing resolves to it.
+    let set = format!("DB_PASSWORD={APP_VALUE}");
+    let command = ["set", &set, "--app", "shop"];
+    rolls_to(&acme, &command, APP_VALUE, 3, || agent.log()).await;
+    // … and a new value of the org's rolls nothing.
     acme.ok(&["secret", "set", &format!("DB_PASSWORD={ORG_THIRD}")]);
     assert!(current_version(&acme).starts_with("3*"));
     let listed = acme.json(&["secret", "list"]);
@@ -158,7 +161,9 @@ async fn an_org_secret_reaches_the_apps_that_do_not_shadow_it_and_nothing_else()
     let values = [ORG_FIRST, ORG_SECOND, ORG_THIRD, APP_VALUE];
     witnesses.assert_nowhere(&seen, dir.path(), &values);
 
-    // Now that the app's secret shadows it, the org's may go.
-    acme.ok(&["secret", "delete", "DB_PASSWORD"]);
-    assert_eq!(acme.json(&["secret", "list"]), serde_json::json!([]));
+    // The app's secret may go, in use as it is: the org's takes its place, rolling the service.
+    let command = ["delete", "DB_PASSWORD", "--app", "shop"];
+    rolls_to(&acme, &command, ORG_THIRD, 4, || agent.log()).await;
+    let in_use = acme.fails(&["secret", "delete", "DB_PASSWORD"]);
+    assert!(in_use.contains("shop/hello"), "{in_use}");
 }

@@ -342,8 +342,11 @@ pub trait Store: Send + Sync + 'static {
         owner: &SecretOwner,
         name: &str,
     ) -> Result<Option<(SecretInfo, Vec<u8>)>>;
-    /// Deletes secret `name` of `owner`; [`StoreError::Conflict`] naming the services whose
-    /// current version references it and resolves it to this one.
+    /// Deletes secret `name` of `owner`. The services whose current version references it
+    /// and resolves it to this one must have another to resolve to (an app's secret that
+    /// shadows the org's of that name): each then gets, in the same transaction, a new version
+    /// equal to it (origin secret) that rolls its instances over to the org's value; otherwise
+    /// [`StoreError::Conflict`] naming them.
     async fn delete_secret(&self, owner: &SecretOwner, name: &str) -> Result<()>;
     /// The secret a reference `{secret: NAME}` of a service of app `org/app` resolves to: the
     /// app's secret of that name if it exists, else the org's; with its owner (whose

@@ -416,6 +416,21 @@ async fn write_version(
     })
 }
 
+/// Gives each of `definitions` a new version equal to it (origin secret: a secret it uses
+/// changed), in the caller's transaction, so that no one sees the secret's change without
+/// them; returns the revision of the last write (`revision` when there is none).
+async fn renew(
+    conn: &mut SqliteConnection,
+    definitions: Vec<Definition>,
+    mut revision: u64,
+) -> Result<u64> {
+    for definition in definitions {
+        let renewed = write_version(conn, &definition, DeploymentOrigin::Secret, None);
+        revision = renewed.await?.revision;
+    }
+    Ok(revision)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn revision(&self) -> Result<u64> {
@@ -1007,12 +1022,9 @@ impl Store for SqliteStore {
         sealed: &[u8],
     ) -> Result<SecretInfo> {
         let mut tx = self.writer.begin().await?;
-        let (info, mut revision) = secrets::put(&mut tx, owner, name, sealed).await?;
-        // In the same transaction, so that no one sees the new value without the new versions.
-        for definition in secrets::users(&mut tx, owner, name).await? {
-            let renewed = write_version(&mut tx, &definition, DeploymentOrigin::Secret, None);
-            revision = renewed.await?.revision;
-        }
+        let (info, revision) = secrets::put(&mut tx, owner, name, sealed).await?;
+        let users = secrets::users(&mut tx, owner, name).await?;
+        let revision = renew(&mut tx, users, revision).await?;
         self.commit(tx, revision).await?;
         Ok(info)
     }
@@ -1031,7 +1043,8 @@ impl Store for SqliteStore {
 
     async fn delete_secret(&self, owner: &SecretOwner, name: &str) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let revision = secrets::delete(&mut tx, owner, name).await?;
+        let (mut revision, users) = secrets::delete(&mut tx, owner, name).await?;
+        revision = renew(&mut tx, users, revision).await?;
         self.commit(tx, revision).await
     }
 }

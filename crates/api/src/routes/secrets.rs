@@ -110,7 +110,9 @@ pub async fn list(
     Ok(Json(state.store.list_secrets(&owner).await?))
 }
 
-/// Deletes a secret no service of the app uses (409 naming the services that do).
+/// Deletes a secret of an app. While services of the app use it, only if the org has a secret
+/// of that name: they then get a new version (origin `secret`) that rolls them over to the
+/// org's; otherwise 409 naming them.
 #[utoipa::path(delete, path = "/v1/orgs/{org}/apps/{app}/secrets/{name}", tag = "secrets",
     params(SecretPath), responses((status = 204, description = "Deleted"), ErrorResponses))]
 pub async fn delete(

@@ -66,7 +66,8 @@ pub enum SecretCommand {
         scope: SecretScope,
     },
     /// Delete a secret no service uses any more (for an org's: no service of an app without
-    /// a secret of that name).
+    /// a secret of that name). An app's secret in use may go when the org has one of that
+    /// name: the services that use it roll over to the org's.
     Delete {
         /// The secret's name.
         name: String,

@@ -158,28 +158,38 @@ pub(super) async fn get(
     .transpose()
 }
 
-/// Deletes secret `name` of `owner`, unless the current version of a service that resolves it
-/// to this secret references it ([`StoreError::Conflict`] naming them); returns the revision
-/// of the change.
+/// Deletes secret `name` of `owner`; returns the revision of the change and the current
+/// definitions of the services that used it and now resolve their references to the org's
+/// secret of that name (an app's secret that shadowed it), which the caller gives a new
+/// version in the same transaction. Refused ([`StoreError::Conflict`] naming them) while
+/// services use it and nothing else would resolve their references.
 pub(super) async fn delete(
     conn: &mut SqliteConnection,
     owner: &SecretOwner,
     name: &str,
-) -> Result<u64> {
+) -> Result<(u64, Vec<Definition>)> {
     let rows = Rows::of(owner);
     if !exists(conn, &rows.select_one("1"), &rows.with_name(name)).await? {
         return Err(StoreError::NotFound(format!("secret `{name}` of {owner}")));
     }
-    let users: Vec<String> = users(conn, owner, name)
-        .await?
-        .into_iter()
-        .map(|d| format!("{}/{}", d.app, d.name))
-        .collect();
-    if !users.is_empty() {
+    let users = users(conn, owner, name).await?;
+    let org = owner.org_name();
+    let fallback = match owner {
+        SecretOwner::App { .. } => {
+            let sql = "SELECT 1 FROM org_secrets WHERE org = ? AND name = ?";
+            exists(conn, sql, &[org, name]).await?
+        }
+        SecretOwner::Org { .. } => false,
+    };
+    if !users.is_empty() && !fallback {
+        let names: Vec<String> = users
+            .iter()
+            .map(|d| format!("{}/{}", d.app, d.name))
+            .collect();
         return Err(StoreError::Conflict(format!(
             "secret `{name}` of {owner} is in use by service(s) {}; \
              deploy them without it first",
-            users.join(", ")
+            names.join(", ")
         )));
     }
     let (kind, key) = owner.change_key(name);
@@ -193,7 +203,7 @@ pub(super) async fn delete(
         query = query.bind(value);
     }
     query.execute(&mut *conn).await?;
-    Ok(revision)
+    Ok((revision, users))
 }
 
 /// Selects a reference `name` of a service of app `org/app` resolves: the app's secret, else
