@@ -95,7 +95,7 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Set, list and delete an app's secrets (referenced in env as `{secret: NAME}`).
+    /// Set, list and delete an app's or an org's secrets (referenced as `{secret: NAME}`).
     #[command(subcommand)]
     Secret(commands::secrets::SecretCommand),
     /// Register, list and remove a service's endpoints (where its instances listen).
