@@ -17,6 +17,7 @@ mod certs;
 pub mod cgroups;
 mod drain;
 mod health;
+mod host_relays;
 mod image;
 mod instance;
 mod logs;

@@ -37,6 +37,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use meridian_model::{Protocol, ServiceSpec};
+
+use crate::host_relays::HostRelay;
 use serde_json::{json, Value};
 
 /// Identifies a service: org, app and name.
@@ -85,6 +87,9 @@ pub struct LocalInstance {
     /// Whether it takes connections from other proxies: not while it drains (its inbound
     /// listeners are removed, and drained: see `crate::drain`; it still reaches others).
     pub serving: bool,
+    /// In host mode, the TCP relays its environment names, fixed at its start (see
+    /// [`crate::host_relays`]); none in a namespace.
+    pub relays: std::sync::Arc<[HostRelay]>,
 }
 
 impl LocalInstance {
@@ -260,7 +265,7 @@ pub fn config(
                 },
             }));
         }
-        let reaches: Vec<Reach> = visible(instance, services).collect();
+        let reaches: Vec<Reach> = visible(&instance.service, services).collect();
         let mut outbound = Outbound {
             instance,
             files,
@@ -292,6 +297,15 @@ pub fn config(
             "virtual_hosts": virtual_hosts,
         }));
         if !in_namespace {
+            for (relay, reach, index) in host_relays_of(instance, &reaches) {
+                listeners.push(json!({
+                    "name": format!("out/{name}/to/{}/{}/{}:{}", relay.target.0, relay.target.1, relay.target.2, relay.port),
+                    "address": format!("{}:{}", instance.address, relay.relay),
+                    "protocol": "tcp",
+                    "cluster": outbound.cluster(reach, index, Set::All),
+                    "max_connections": TCP_MAX_CONNECTIONS,
+                }));
+            }
             continue;
         }
         // In its own namespace the instance reaches names and virtual IPs at its node side
@@ -447,6 +461,28 @@ impl Outbound<'_> {
     }
 }
 
+/// The relays of a host-mode `instance` that have a service to reach, each with its reach and
+/// port index: a relay's service may be gone, no longer reachable by the instance (its
+/// `mesh.allow` changed), or its port no longer `tcp` (then the relay port is not listened on
+/// until it is again).
+fn host_relays_of<'r, 'a>(
+    instance: &'r LocalInstance,
+    reaches: &'r [Reach<'a>],
+) -> impl Iterator<Item = (&'r HostRelay, &'r Reach<'a>, usize)> {
+    instance.relays.iter().filter_map(|relay| {
+        let reach = reaches
+            .iter()
+            .find(|r| r.region.is_none() && *r.target == relay.target)?;
+        let index = reach
+            .service
+            .spec
+            .ports
+            .iter()
+            .position(|p| p.name == relay.port && p.protocol == Protocol::Tcp)?;
+        Some((relay, reach, index))
+    })
+}
+
 /// The TCP relays of `instance` among `reaches`, each with its reach and port index: one per
 /// `tcp` port of each service reached by a name not pinned to a region and having a virtual
 /// IP, in the order of `reaches`, numbered from [`RELAY_PORT_BASE`] up, skipping the numbers
@@ -464,7 +500,7 @@ fn relays_of<'r, 'a>(
     taken.insert(OUTBOUND_PORT);
     taken.extend((0..instance.spec.ports.len()).map(mesh_port));
     let mut seen = std::collections::BTreeSet::new();
-    let mut next = RELAY_PORT_BASE;
+    let mut free = relay_ports(taken);
     let mut relays = Vec::new();
     for reach in reaches {
         let (None, Some(vip)) = (reach.region, reach.service.vip) else {
@@ -477,33 +513,37 @@ fn relays_of<'r, 'a>(
             if port.protocol != Protocol::Tcp || !seen.insert((vip, number)) {
                 continue;
             }
-            while taken.contains(&next) {
-                next = next.saturating_add(1);
-            }
+            let Some(next) = free.next() else {
+                return relays;
+            };
             let relay = TcpRelay {
                 vip,
                 port: number,
                 relay: next,
             };
-            taken.insert(next);
             relays.push((relay, reach, index));
         }
     }
     relays
 }
 
-/// The services `instance` may reach, with the names it reaches each by: services of its org as
-/// `<service>.<app>.internal`, other orgs' services whose `mesh.allow` names its service as
+/// The node-side ports a relay may take, in order: from [`RELAY_PORT_BASE`] up, but `taken`.
+pub fn relay_ports(taken: std::collections::BTreeSet<u16>) -> impl Iterator<Item = u16> {
+    (RELAY_PORT_BASE..=u16::MAX).filter(move |port| !taken.contains(port))
+}
+
+/// The services an instance of `caller` may reach, with the names it reaches each by: services of
+/// its org as `<service>.<app>.internal`, other orgs' services whose `mesh.allow` names it as
 /// `<service>.<app>.<org>.internal`; and each of those with a region in front for each region
 /// where the service has instances.
 pub fn visible<'a>(
-    instance: &'a LocalInstance,
+    caller: &'a ServiceKey,
     services: &'a BTreeMap<ServiceKey, MeshService>,
 ) -> impl Iterator<Item = Reach<'a>> + 'a {
     services.iter().flat_map(move |(target, service)| {
-        let domain = if target.0 == instance.service.0 {
+        let domain = if target.0 == caller.0 {
             format!("{}.{}.internal", target.2, target.1)
-        } else if allows(&service.spec.mesh.allow, &instance.service) {
+        } else if allows(&service.spec.mesh.allow, caller) {
             format!("{}.{}.{}.internal", target.2, target.1, target.0)
         } else {
             return Vec::new();
@@ -547,7 +587,7 @@ pub fn dns_tables(
         .iter()
         .filter(|instance| instance.address != instance.listen)
         .map(|instance| {
-            let table = visible(instance, services)
+            let table = visible(&instance.service, services)
                 .map(
                     |Reach {
                          domain,
@@ -658,6 +698,7 @@ mod tests {
                 address: Ipv4Addr::new(127, 0, 0, last),
                 listen: Ipv4Addr::new(127, 0, 0, last),
                 serving,
+                relays: Default::default(),
             })
             .collect();
         let services = orgs
@@ -734,6 +775,7 @@ mod tests {
             address: Ipv4Addr::new(100, 64, 0, 2),
             listen: Ipv4Addr::new(100, 64, 0, 3),
             serving: true,
+            relays: Default::default(),
         }];
         let services = services
             .iter()
@@ -930,6 +972,121 @@ mod tests {
                 ("100.112.0.8".to_owned(), 5432, next + 1)
             ]
         );
+    }
+
+    /// The configuration of host-mode web-0 of acme/shop at 127.62.0.5 with `relays`, seeing
+    /// `services` (each with a healthy instance at 127.0.0.9).
+    fn host_web(relays: &[HostRelay], services: &[(ServiceKey, ServiceSpec)]) -> Value {
+        let web = key("acme", "shop", "web");
+        let address = Ipv4Addr::new(127, 62, 0, 5);
+        let local = [LocalInstance {
+            instance: "web-0".to_owned(),
+            service: web.clone(),
+            version: 1,
+            spec: spec_with(&[("http", 8080, "http")]),
+            address,
+            listen: address,
+            serving: true,
+            relays: relays.into(),
+        }];
+        let services = services
+            .iter()
+            .map(|(target, spec)| {
+                let service = MeshService {
+                    spec: spec.clone(),
+                    instances: vec![fra_instance("127.0.0.9", false)],
+                    vip: None,
+                    canary_weight: None,
+                };
+                (target.clone(), service)
+            })
+            .collect();
+        let files = CertFiles {
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+            bundle: "bundle.pem".into(),
+        };
+        let certs = [(web, files)].into_iter().collect();
+        let made = config(&local, &services, &certs, "meridian.local");
+        let parsed = meridian_proxy::parse_config(&made.json.to_string());
+        assert!(parsed.is_ok(), "{parsed:?}");
+        assert!(made.relays.is_empty(), "no namespace rules in host mode");
+        made.json
+    }
+
+    /// The host-mode relay listeners of `config`: the target (`org/app/service:port`), the
+    /// address, and the mesh endpoints relayed to.
+    fn host_relay_listeners(config: &Value) -> Vec<(String, String, String)> {
+        config["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let (_, target) = l["name"].as_str().unwrap().split_once("/to/")?;
+                let endpoints = endpoints_of(config, l["cluster"].as_str().unwrap());
+                let address = l["address"].as_str().unwrap().to_owned();
+                Some((target.to_owned(), address, endpoints.join(",")))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn host_relays_keep_their_ports_while_services_come_change_and_go() {
+        let caller = key("acme", "shop", "web");
+        let db = key("acme", "shop", "db");
+        let partner = key("partner", "q", "broker");
+        let pg = spec_with(&[("pg", 5432, "tcp")]);
+        let mut amqp = spec_with(&[("amqp", 5672, "tcp")]);
+        amqp.mesh.allow = vec!["acme/shop/web".to_owned()];
+        let at_start = [(db.clone(), pg.clone()), (partner.clone(), amqp.clone())];
+        let by_name: BTreeMap<ServiceKey, MeshService> = at_start
+            .iter()
+            .map(|(k, spec)| {
+                let service = MeshService {
+                    spec: spec.clone(),
+                    instances: Vec::new(),
+                    vip: None,
+                    canary_weight: None,
+                };
+                (k.clone(), service)
+            })
+            .collect();
+        let relays = crate::host_relays::assign(&caller, &[], &by_name);
+        let config = host_web(&relays, &at_start);
+        let (first, second) = (RELAY_PORT_BASE, RELAY_PORT_BASE + 1);
+        let relayed = |target: &str, port: u16, mesh: usize| {
+            (
+                target.to_owned(),
+                format!("127.62.0.5:{port}"),
+                format!("127.0.0.9:{}", mesh_port(mesh)),
+            )
+        };
+        let (broker, pg_at) = ("partner/q/broker:amqp", "acme/shop/db:pg");
+        assert_eq!(
+            host_relay_listeners(&config),
+            [relayed(broker, first, 0), relayed(pg_at, second, 0)]
+        );
+        let listener = listener(&config, "out/acme/shop/web-0/to/acme/shop/db:pg").unwrap();
+        assert!(listener["sources"].is_null(), "{listener}");
+
+        // Later: a service whose variable sorts first appears, and db's pg becomes its second
+        // port. The relays keep their ports (the instance's environment names them); the new
+        // service gets none; db's relay reaches its pg port's new mesh port.
+        let moved = spec_with(&[("http", 8080, "http"), ("pg", 5432, "tcp")]);
+        let later = [
+            (key("acme", "aaa", "aaa"), pg.clone()),
+            (db.clone(), moved),
+            (partner.clone(), amqp.clone()),
+        ];
+        assert_eq!(
+            host_relay_listeners(&host_web(&relays, &later)),
+            [relayed(broker, first, 0), relayed(pg_at, second, 1)]
+        );
+
+        // The partner no longer allows web, and db is gone: neither is listened on.
+        amqp.mesh.allow.clear();
+        let gone = [(partner, amqp)];
+        assert_eq!(host_relay_listeners(&host_web(&relays, &gone)), []);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
 use crate::cgroups::Cgroups;
 use crate::drain::Leaving;
+use crate::host_relays::{self, HostRelay};
 use crate::image::{ImageStore, StoreMetrics};
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
@@ -172,6 +173,8 @@ struct Running {
     state: watch::Receiver<InstanceState>,
     /// Where it is in leaving service.
     leaving: Leaving,
+    /// In host mode, the TCP relays its environment names (fixed at its start).
+    relays: Arc<[HostRelay]>,
     /// Whether the node proxy listens for it (its inbound listeners are in the configuration
     /// the proxy applied). Until then it is reported `starting` even when its health checks
     /// pass: the region would otherwise send it traffic that the node refuses.
@@ -323,6 +326,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         starts,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut services_seen = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -332,11 +336,21 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                     break;
                 }
                 let wanted = desired.borrow_and_update().clone();
-                reconcile(&options, &node, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                // Instances start once the region's services are known (a host-mode
+                // instance's environment names the TCP services it may reach, fixed at its
+                // start); the control plane sends them with the first assignments.
+                if services_seen {
+                    reconcile(&options, &node, (&wanted, &services.borrow()), &instances, &mut addresses, &mut tasks, &changed);
+                }
             }
             changed_set = services.changed() => {
                 if changed_set.is_err() {
                     break;
+                }
+                if !services_seen {
+                    services_seen = true;
+                    let wanted = desired.borrow().clone();
+                    reconcile(&options, &node, (&wanted, &services.borrow()), &instances, &mut addresses, &mut tasks, &changed);
                 }
             }
             _ = tick.tick() => {}
@@ -358,7 +372,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 changed.notify_one();
                 // A replacement may be waiting for this one to stop.
                 let wanted = desired.borrow().clone();
-                reconcile(&options, &node, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                reconcile(&options, &node, (&wanted, &services.borrow()), &instances, &mut addresses, &mut tasks, &changed);
             }
         }
         let current = services.borrow().clone();
@@ -442,6 +456,7 @@ impl NodeProxy {
                 address: running.address,
                 listen: running.listen,
                 serving: running.leaving == Leaving::No,
+                relays: running.relays.clone(),
             })
             .collect();
         self.refresh_dns(&local, services).await;
@@ -561,7 +576,7 @@ impl NodeProxy {
 fn reconcile(
     options: &AgentOptions,
     node: &NodeSetup,
-    wanted: &Desired,
+    (wanted, services): (&Desired, &Services),
     instances: &Instances,
     addresses: &mut AddressPool,
     tasks: &mut JoinSet<(String, Ipv4Addr)>,
@@ -593,7 +608,15 @@ fn reconcile(
             tracing::warn!(instance = %want.instance, "no address left for the instance; raise --instance-count");
             continue;
         };
-        let running = start(options, node, want, address, tasks, name, changed);
+        let running = start(
+            options,
+            node,
+            (want, services),
+            address,
+            tasks,
+            name,
+            changed,
+        );
         map.insert(name.clone(), running);
     }
 }
@@ -640,7 +663,7 @@ struct NodeSetup {
 fn start(
     options: &AgentOptions,
     node: &NodeSetup,
-    want: &Wanted,
+    (want, services): (&Wanted, &Services),
     address: Ipv4Addr,
     tasks: &mut JoinSet<(String, Ipv4Addr)>,
     name: &str,
@@ -654,11 +677,14 @@ fn start(
         detail: "assigned".to_owned(),
         network_ready: false,
     });
-    let (listen, netns) = match options.isolation {
-        Isolation::Host => (address, None),
+    let (listen, netns, relays): (_, _, Arc<[HostRelay]>) = match options.isolation {
+        Isolation::Host => {
+            let relays = host_relays::assign(&want.service, &want.spec.ports, services);
+            (address, None, Arc::from(relays))
+        }
         Isolation::Netns => {
             let netns = Netns::new(&node.netns_tag, address);
-            (netns.inner, Some(netns))
+            (netns.inner, Some(netns), Arc::default())
         }
     };
     let launch = Launch {
@@ -669,6 +695,7 @@ fn start(
         address,
         listen,
         netns,
+        relays: relays.clone(),
         region: options.region.clone(),
         node: options.node.clone(),
         state_dir: options.state_dir.clone(),
@@ -700,6 +727,7 @@ fn start(
         stop,
         state,
         leaving: Leaving::No,
+        relays,
         proxied: false,
     }
 }
