@@ -173,3 +173,88 @@ async fn a_tcp_service_is_reached_in_another_region_when_the_callers_has_none() 
         "{answer}"
     );
 }
+
+/// meridian-hello as `org`/shop/`name` in fra showing its `MERIDIAN_TCP_*` variables for the
+/// echo (acme's name, and another org's), `more` YAML lines after.
+fn host_caller(org: &str, name: &str, more: &str) -> String {
+    let show = format!("{ECHO_VARIABLE},{ECHO_VARIABLE_ELSEWHERE}");
+    let runtime = format!("{{process: {{command: {HELLO}, env: {{HELLO_SHOW_ENV: '{show}'}}}}}}");
+    hello_service(org, name, &runtime, false, "fra") + more
+}
+
+/// The variable naming acme/shop/echo's port `echo` for an instance of acme.
+const ECHO_VARIABLE: &str = "MERIDIAN_TCP_ECHO_SHOP_ECHO";
+
+/// The variable naming acme/shop/echo's port `echo` for an instance of another org.
+const ECHO_VARIABLE_ELSEWHERE: &str = "MERIDIAN_TCP_ECHO_SHOP_ACME_ECHO";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_mode_instance_reaches_a_tcp_service_at_the_address_its_environment_names() {
+    // Runs without root: the agent's instances are on loopback addresses of their own.
+    let dir = tempfile::tempdir().unwrap();
+    let allow_partner = "mesh: {allow: [partner/shop/client]}\n";
+    let echo = service("acme", "echo", true) + allow_partner;
+    let platform = Deployed::start(dir.path(), &echo);
+    for (org, name) in [("acme", "web"), ("other", "client"), ("partner", "client")] {
+        let file = dir.path().join(format!("{org}-{name}.yaml"));
+        std::fs::write(&file, host_caller(org, name, "")).unwrap();
+        platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    }
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    );
+    let node = support::agent(&region, "host-tcp", "127.62.0.1", dir.path());
+    let (_gateway, gateway) = gateway(&region, dir.path()).await;
+
+    // acme's web: the variable names a relay port on its own address, where the node proxy
+    // relays over mutual TLS to the echo; the bytes come back intact.
+    let web = "web.acme.example.com";
+    let address = answers(&gateway, web, &format!("/env/{ECHO_VARIABLE}"), "127.62.0.").await;
+    let relay: std::net::SocketAddrV4 = address.parse().unwrap();
+    assert!(
+        relay.port() >= 40000,
+        "{address} is not a relay port on web's address"
+    );
+    let path = format!("/tcp?addr={address}&bytes=100000");
+    let called = answers(&gateway, web, &path, "intact").await;
+    assert!(
+        called.contains("sent 100000, received 100000, intact"),
+        "{called}"
+    );
+    // A service of its own org is not named with the org.
+    let (status, _) = through(&gateway, web, &format!("/env/{ECHO_VARIABLE_ELSEWHERE}")).await;
+    assert_eq!(status, 404);
+
+    // partner, which echo's mesh.allow names, gets the name with acme's org in it.
+    let partner = "client.partner.example.com";
+    let elsewhere = format!("/env/{ECHO_VARIABLE_ELSEWHERE}");
+    let address = answers(&gateway, partner, &elsewhere, "127.62.0.").await;
+    let path = format!("/tcp?addr={address}&bytes=5000");
+    let called = answers(&gateway, partner, &path, "intact").await;
+    assert!(called.contains("received 5000, intact"), "{called}");
+
+    // Another org, not allowed: no variable at all.
+    let other = "client.other.example.com";
+    answers(&gateway, other, "/healthz", "ok").await;
+    for variable in [ECHO_VARIABLE, ECHO_VARIABLE_ELSEWHERE] {
+        let (status, body) = through(&gateway, other, &format!("/env/{variable}")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (404, &*format!("{variable}: not set\n"))
+        );
+    }
+    // With a genuine certificate of that org, straight at the echo's mesh port on its
+    // address: closed before a byte is relayed.
+    let greeting = answers(&gateway, "echo.acme.example.com", "/", "hello from echo").await;
+    let instance: std::net::Ipv4Addr = address_in(&greeting, ", ", ')').parse().unwrap();
+    let refused = other_org_exchange(&region, instance, meridian_agent::mesh_port(1)).await;
+    assert_eq!(refused, b"");
+    let metrics = support::metrics(&node.admin).await;
+    let denied = r#"meridian_proxy_mesh_denied_total{listener="in/acme/shop/echo-0/echo"} 1"#;
+    assert!(metrics.contains(denied), "{metrics}");
+    let relayed = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"} 2"#;
+    assert!(metrics.contains(relayed), "{metrics}");
+}
