@@ -19,6 +19,9 @@
 //!   a region in front (`<region>.<service>.<app>.internal`) reaches that region's instances
 //!   only. Each service's virtual IP (given by the region) is routed like its name. Other
 //!   names are not routed. The request goes to the target's first port that is not `tcp`.
+//! - `<address>:<relay>` for each [`HostRelay`] the instance was given at its start (its
+//!   environment names them, see [`crate::host_relays`]): a `tcp` port of a service it may
+//!   reach, relayed over mutual TLS to that port's mesh port on a healthy instance, as below.
 //!
 //! An instance in a network namespace has its own listeners on its node side, which take
 //! connections from the instance only: `<address>:15001` as above, and `<address>:<port>` for
