@@ -10,7 +10,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::tcp::{address_in, deploy_callers, hello_service, other_org_exchange, ECHO_PORT};
+use support::tcp::{
+    address_in, assert_other_org_refused, deploy_callers, hello_service, ECHO_PORT,
+};
 use support::{answers, gateway, namespaces_allowed, through, Deployed, RegionalPlane, HELLO};
 
 /// meridian-hello as `org`/shop/`name` in fra, with its HTTP port, and its TCP echo port when
@@ -30,6 +32,16 @@ fn service_in(org: &str, name: &str, echo: bool, regions: &str) -> String {
     )
 }
 
+/// The control plane of fra, following `platform`'s, with its gateway on loopback.
+fn fra_with_gateway(platform: &Deployed) -> RegionalPlane {
+    RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.0.1:0"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refused() {
     if !namespaces_allowed() {
@@ -42,12 +54,7 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
     let second = dir.path().join("echo2.yaml");
     std::fs::write(&second, service("acme", "echo2", true)).unwrap();
     platform.cli.ok(&["deploy", "-f", second.to_str().unwrap()]);
-    let region = RegionalPlane::start(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.0.1:0"),
-    );
+    let region = fra_with_gateway(&platform);
     let node = support::netns_agent(&region, "tcp-node", dir.path(), "100.64.222.0");
     let (_gateway, gateway) = gateway(&region, dir.path()).await;
     let web = "web.acme.example.com";
@@ -117,14 +124,8 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
     let greeting = answers(&gateway, "echo.acme.example.com", "/", "hello from echo").await;
     let instance: std::net::Ipv4Addr = address_in(&greeting, ", ", ')').parse().unwrap();
     let node_side = std::net::Ipv4Addr::from(u32::from(instance) - 1);
-    let refused = other_org_exchange(&region, node_side, meridian_agent::mesh_port(1)).await;
-    assert_eq!(refused, b"");
-    let denied = r#"meridian_proxy_mesh_denied_total{listener="in/acme/shop/echo-0/echo"} 1"#;
-    let metrics = support::metrics(&node.admin).await;
-    assert!(metrics.contains(denied), "{metrics}");
     // The three calls that got through were relayed, and their bytes counted.
-    let relayed = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"} 3"#;
-    assert!(metrics.contains(relayed), "{metrics}");
+    let metrics = assert_other_org_refused(&region, &node, node_side, 3).await;
     let bytes = r#"meridian_proxy_tcp_relayed_bytes_total{listener="in/acme/shop/echo-0/echo",direction="downstream"}"#;
     let counted = metrics
         .lines()
@@ -200,12 +201,7 @@ async fn a_host_mode_instance_reaches_a_tcp_service_at_the_address_its_environme
         std::fs::write(&file, host_caller(org, name, "")).unwrap();
         platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
     }
-    let region = RegionalPlane::start(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.0.1:0"),
-    );
+    let region = fra_with_gateway(&platform);
     let node = support::agent(&region, "host-tcp", "127.62.0.1", dir.path());
     let (_gateway, gateway) = gateway(&region, dir.path()).await;
 
@@ -250,11 +246,5 @@ async fn a_host_mode_instance_reaches_a_tcp_service_at_the_address_its_environme
     // address: closed before a byte is relayed.
     let greeting = answers(&gateway, "echo.acme.example.com", "/", "hello from echo").await;
     let instance: std::net::Ipv4Addr = address_in(&greeting, ", ", ')').parse().unwrap();
-    let refused = other_org_exchange(&region, instance, meridian_agent::mesh_port(1)).await;
-    assert_eq!(refused, b"");
-    let metrics = support::metrics(&node.admin).await;
-    let denied = r#"meridian_proxy_mesh_denied_total{listener="in/acme/shop/echo-0/echo"} 1"#;
-    assert!(metrics.contains(denied), "{metrics}");
-    let relayed = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"} 2"#;
-    assert!(metrics.contains(relayed), "{metrics}");
+    assert_other_org_refused(&region, &node, instance, 2).await;
 }

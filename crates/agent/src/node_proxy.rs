@@ -769,17 +769,11 @@ mod tests {
         instances: &[MeshInstance],
         canary_weight: Option<u32>,
     ) -> NodeConfig {
-        let web = key("acme", "shop", "web");
-        let local = [LocalInstance {
-            instance: "web-0".to_owned(),
-            service: web.clone(),
-            version: 1,
-            spec: spec_with(&[("db", 5432, "tcp"), ("http", 8080, "http")]),
-            address: Ipv4Addr::new(100, 64, 0, 2),
-            listen: Ipv4Addr::new(100, 64, 0, 3),
-            serving: true,
-            relays: Default::default(),
-        }];
+        let local = web_0(
+            spec_with(&[("db", 5432, "tcp"), ("http", 8080, "http")]),
+            (Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3)),
+            &[],
+        );
         let services = services
             .iter()
             .zip(7..)
@@ -793,13 +787,38 @@ mod tests {
                 (key("acme", "shop", name), service)
             })
             .collect();
+        config_of(local, &services)
+    }
+
+    /// web-0 of acme/shop with `spec`, its node side and its own address `(address, listen)`,
+    /// and `relays`.
+    fn web_0(
+        spec: ServiceSpec,
+        (address, listen): (Ipv4Addr, Ipv4Addr),
+        relays: &[HostRelay],
+    ) -> LocalInstance {
+        LocalInstance {
+            instance: "web-0".to_owned(),
+            service: key("acme", "shop", "web"),
+            version: 1,
+            spec,
+            address,
+            listen,
+            serving: true,
+            relays: relays.into(),
+        }
+    }
+
+    /// The configuration of `local`, with its certificate, seeing `services`; the proxy takes
+    /// it.
+    fn config_of(local: LocalInstance, services: &BTreeMap<ServiceKey, MeshService>) -> NodeConfig {
         let files = CertFiles {
             cert: "cert.pem".into(),
             key: "key.pem".into(),
             bundle: "bundle.pem".into(),
         };
-        let certs = [(web, files)].into_iter().collect();
-        let made = config(&local, &services, &certs, "meridian.local");
+        let certs = [(local.service.clone(), files)].into_iter().collect();
+        let made = config(&[local], services, &certs, "meridian.local");
         let parsed = meridian_proxy::parse_config(&made.json.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
         made
@@ -977,22 +996,9 @@ mod tests {
         );
     }
 
-    /// The configuration of host-mode web-0 of acme/shop at 127.62.0.5 with `relays`, seeing
     /// `services` (each with a healthy instance at 127.0.0.9).
-    fn host_web(relays: &[HostRelay], services: &[(ServiceKey, ServiceSpec)]) -> Value {
-        let web = key("acme", "shop", "web");
-        let address = Ipv4Addr::new(127, 62, 0, 5);
-        let local = [LocalInstance {
-            instance: "web-0".to_owned(),
-            service: web.clone(),
-            version: 1,
-            spec: spec_with(&[("http", 8080, "http")]),
-            address,
-            listen: address,
-            serving: true,
-            relays: relays.into(),
-        }];
-        let services = services
+    fn host_services(services: &[(ServiceKey, ServiceSpec)]) -> BTreeMap<ServiceKey, MeshService> {
+        services
             .iter()
             .map(|(target, spec)| {
                 let service = MeshService {
@@ -1003,16 +1009,19 @@ mod tests {
                 };
                 (target.clone(), service)
             })
-            .collect();
-        let files = CertFiles {
-            cert: "cert.pem".into(),
-            key: "key.pem".into(),
-            bundle: "bundle.pem".into(),
-        };
-        let certs = [(web, files)].into_iter().collect();
-        let made = config(&local, &services, &certs, "meridian.local");
-        let parsed = meridian_proxy::parse_config(&made.json.to_string());
-        assert!(parsed.is_ok(), "{parsed:?}");
+            .collect()
+    }
+
+    /// The configuration of host-mode web-0 of acme/shop at 127.62.0.5 with `relays`, seeing
+    /// [`host_services`] of `services`.
+    fn host_web(relays: &[HostRelay], services: &[(ServiceKey, ServiceSpec)]) -> Value {
+        let address = Ipv4Addr::new(127, 62, 0, 5);
+        let local = web_0(
+            spec_with(&[("http", 8080, "http")]),
+            (address, address),
+            relays,
+        );
+        let made = config_of(local, &host_services(services));
         assert!(made.relays.is_empty(), "no namespace rules in host mode");
         made.json
     }
@@ -1042,19 +1051,7 @@ mod tests {
         let mut amqp = spec_with(&[("amqp", 5672, "tcp")]);
         amqp.mesh.allow = vec!["acme/shop/web".to_owned()];
         let at_start = [(db.clone(), pg.clone()), (partner.clone(), amqp.clone())];
-        let by_name: BTreeMap<ServiceKey, MeshService> = at_start
-            .iter()
-            .map(|(k, spec)| {
-                let service = MeshService {
-                    spec: spec.clone(),
-                    instances: Vec::new(),
-                    vip: None,
-                    canary_weight: None,
-                };
-                (k.clone(), service)
-            })
-            .collect();
-        let relays = crate::host_relays::assign(&caller, &[], &by_name);
+        let relays = crate::host_relays::assign(&caller, &[], &host_services(&at_start));
         let config = host_web(&relays, &at_start);
         let (first, second) = (RELAY_PORT_BASE, RELAY_PORT_BASE + 1);
         let relayed = |target: &str, port: u16, mesh: usize| {
