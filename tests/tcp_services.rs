@@ -176,12 +176,16 @@ async fn a_tcp_service_is_reached_in_another_region_when_the_callers_has_none() 
 }
 
 /// meridian-hello as `org`/shop/`name` in fra showing its `MERIDIAN_TCP_*` variables for the
-/// echo (acme's name, and another org's), `more` YAML lines after.
-fn host_caller(org: &str, name: &str, more: &str) -> String {
-    let show = format!("{ECHO_VARIABLE},{ECHO_VARIABLE_ELSEWHERE}");
+/// echo (acme's name, and another org's) and for acme/shop/aaa's port `echo`.
+fn host_caller(org: &str, name: &str) -> String {
+    let show = format!("{ECHO_VARIABLE},{ECHO_VARIABLE_ELSEWHERE},{LATER_VARIABLE}");
     let runtime = format!("{{process: {{command: {HELLO}, env: {{HELLO_SHOW_ENV: '{show}'}}}}}}");
-    hello_service(org, name, &runtime, false, "fra") + more
+    hello_service(org, name, &runtime, false, "fra")
 }
+
+/// The variable acme/shop/aaa's port `echo` would have for an instance of acme: before
+/// [`ECHO_VARIABLE`] in order.
+const LATER_VARIABLE: &str = "MERIDIAN_TCP_AAA_SHOP_ECHO";
 
 /// The variable naming acme/shop/echo's port `echo` for an instance of acme.
 const ECHO_VARIABLE: &str = "MERIDIAN_TCP_ECHO_SHOP_ECHO";
@@ -198,11 +202,17 @@ async fn a_host_mode_instance_reaches_a_tcp_service_at_the_address_its_environme
     let platform = Deployed::start(dir.path(), &echo);
     for (org, name) in [("acme", "web"), ("other", "client"), ("partner", "client")] {
         let file = dir.path().join(format!("{org}-{name}.yaml"));
-        std::fs::write(&file, host_caller(org, name, "")).unwrap();
+        std::fs::write(&file, host_caller(org, name)).unwrap();
         platform.cli.ok(&["deploy", "-f", file.to_str().unwrap()]);
     }
     let region = fra_with_gateway(&platform);
-    let node = support::agent(&region, "host-tcp", "127.62.0.1", dir.path());
+    let host = ["--instance-addresses", "127.62.0.1", "--isolation", "host"];
+    let node = support::agent_with(
+        &region,
+        "host-tcp",
+        dir.path(),
+        &[&host[..], &["--capacity", "5"]].concat(),
+    );
     let (_gateway, gateway) = gateway(&region, dir.path()).await;
 
     // acme's web: the variable names a relay port on its own address, where the node proxy
@@ -232,6 +242,24 @@ async fn a_host_mode_instance_reaches_a_tcp_service_at_the_address_its_environme
     let called = answers(&gateway, partner, &path, "intact").await;
     assert!(called.contains("received 5000, intact"), "{called}");
 
+    // A TCP service deployed after web started, whose variable sorts first: web's
+    // environment does not name it, and web's relay port stays the echo's as the node proxy's
+    // configuration changes around it.
+    let later = dir.path().join("aaa.yaml");
+    std::fs::write(&later, service("acme", "aaa", true)).unwrap();
+    platform.cli.ok(&["deploy", "-f", later.to_str().unwrap()]);
+    answers(&gateway, "aaa.acme.example.com", "/", "hello from aaa").await;
+    let (status, _) = through(&gateway, web, &format!("/env/{LATER_VARIABLE}")).await;
+    assert_eq!(status, 404);
+    let path = format!("/tcp?addr={relay}&bytes=3000");
+    let called = answers(&gateway, web, &path, "intact").await;
+    assert!(called.contains("received 3000, intact"), "{called}");
+    let metrics = support::metrics(&node.admin).await;
+    assert!(
+        !metrics.contains("listener=\"in/acme/shop/aaa-0/echo\"} 1"),
+        "{metrics}"
+    );
+
     // Another org, not allowed: no variable at all.
     let other = "client.other.example.com";
     answers(&gateway, other, "/healthz", "ok").await;
@@ -246,5 +274,6 @@ async fn a_host_mode_instance_reaches_a_tcp_service_at_the_address_its_environme
     // address: closed before a byte is relayed.
     let greeting = answers(&gateway, "echo.acme.example.com", "/", "hello from echo").await;
     let instance: std::net::Ipv4Addr = address_in(&greeting, ", ", ')').parse().unwrap();
-    assert_other_org_refused(&region, &node, instance, 2).await;
+    // Relayed: web's two calls and the partner's, all to the echo.
+    assert_other_org_refused(&region, &node, instance, 3).await;
 }
