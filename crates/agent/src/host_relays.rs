@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 use meridian_model::{Port, Protocol};
 
 use crate::node_proxy::{mesh_port, visible, MeshService, ServiceKey, OUTBOUND_PORT};
+use crate::relay_numbers::RelayNumbers;
 
 /// A `tcp` port of a service that a host-mode instance reaches at `<its address>:<relay>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub fn variable(org: &str, target: &ServiceKey, port: &str) -> String {
 }
 
 /// The relays of an instance of `caller` whose own ports are `ports`, reaching `services`: one
-/// per `tcp` port of each service it may reach, numbered from
+/// per `tcp` port of each service it may reach, numbered ([`RelayNumbers`]) from
 /// [`crate::node_proxy::RELAY_PORT_BASE`] up in the order of their variables, skipping what the
 /// instance's address already has (its own ports, its mesh ports, `HTTP_PROXY`). Names are
 /// made of DNS labels joined by `_`, so two services may give one variable (`a-b`/`c` and
@@ -75,8 +76,7 @@ pub fn assign(
         .collect();
     taken.insert(OUTBOUND_PORT);
     taken.extend((0..ports.len()).map(mesh_port));
-    let mut free = crate::node_proxy::relay_ports(taken);
-    let mut relays = Vec::new();
+    let mut chosen_claims = Vec::new();
     for (variable, claimants) in claims {
         let own: Vec<_> = claimants.iter().filter(|(own, ..)| *own).collect();
         let chosen: Vec<_> = if own.is_empty() {
@@ -92,18 +92,21 @@ pub fn assign(
             tracing::warn!(%variable, ?claimed, "services share an environment variable: it is given to none of them");
             continue;
         };
-        let Some(relay) = free.next() else {
-            tracing::warn!(%variable, "no relay port left for the instance");
-            break;
-        };
-        relays.push(HostRelay {
-            target: (*target).clone(),
-            port: (*port).to_owned(),
+        chosen_claims.push((variable, (*target).clone(), (*port).to_owned()));
+    }
+    let variables = chosen_claims.iter().map(|(variable, ..)| variable.clone());
+    let numbered = RelayNumbers::default().update(variables, &taken, &BTreeSet::new());
+    // Every key is new: those numbered are the first ones.
+    numbered
+        .into_iter()
+        .zip(chosen_claims)
+        .map(|((variable, relay), (_, target, port))| HostRelay {
+            target,
+            port,
             relay,
             variable,
-        });
-    }
-    relays
+        })
+        .collect()
 }
 
 /// The variables of `relays` on `address`.

@@ -30,6 +30,7 @@ use crate::host_relays::{self, HostRelay};
 use crate::image::{ImageStore, StoreMetrics};
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
+use crate::netns_relays::{NamespaceRelays, TcpRelay};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
 use crate::start_metrics::StartMetrics;
 
@@ -304,7 +305,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         dns_failing: BTreeSet::new(),
         upstream: Arc::new(meridian_dns::Upstream::new(host_resolver())),
         netns_tag: netns_tag.clone(),
-        relays: BTreeMap::new(),
+        namespaces: BTreeMap::new(),
     };
     let registry = Arc::new(registry);
     node_proxy.proxy.add_metrics(Arc::new(move || {
@@ -418,8 +419,9 @@ struct NodeProxy {
     upstream: Arc<meridian_dns::Upstream>,
     /// The tag of the agent's namespaces.
     netns_tag: String,
-    /// The TCP relays last set in each instance's namespace, by its node side.
-    relays: BTreeMap<Ipv4Addr, Vec<node_proxy::TcpRelay>>,
+    /// The TCP relays of each instance in a namespace, by its node side: their numbers, kept
+    /// across configurations, and what its namespace's map may hold.
+    namespaces: BTreeMap<Ipv4Addr, NamespaceRelays>,
 }
 
 /// The first `nameserver` of the host's /etc/resolv.conf.
@@ -464,7 +466,13 @@ impl NodeProxy {
         self.certs.request_due(&needed);
         let renewed = std::mem::take(&mut self.renewed);
         let files = self.certs.files();
-        let made = node_proxy::config(&local, services, &files, &options.trust_domain);
+        let made = node_proxy::config(
+            &local,
+            services,
+            &files,
+            &options.trust_domain,
+            &mut self.namespaces,
+        );
         if made.json["listeners"].as_array().is_none_or(Vec::is_empty) {
             return; // Nothing to serve yet (a proxy config needs a listener).
         }
@@ -478,6 +486,7 @@ impl NodeProxy {
                 }
             }
         }
+        // Only now that the proxy listens on the relays may the namespaces' maps point there.
         self.refresh_relays(made.relays).await;
         let listened: Vec<&str> = local
             .iter()
@@ -507,29 +516,31 @@ fn mark_proxied(instances: &Instances, listened: &[&str], changed: &Notify) {
 }
 
 impl NodeProxy {
-    /// Gives each instance in a namespace its DNS table and a server on its node side's port
-    /// 53; stops the servers of instances that are gone.
     /// Sets, in each namespace whose instance's TCP relays changed, the relays the node proxy
-    /// now listens on (`wanted`, by node side); forgets those of instances gone. A namespace
-    /// that refuses is tried again at the next refresh.
-    async fn refresh_relays(&mut self, wanted: BTreeMap<Ipv4Addr, Vec<node_proxy::TcpRelay>>) {
-        self.relays
-            .retain(|address, _| wanted.contains_key(address));
+    /// now listens on (`wanted`, by node side). A namespace that refuses is tried again at the
+    /// next refresh; until then its map may hold both what it held and `wanted`.
+    async fn refresh_relays(&mut self, wanted: BTreeMap<Ipv4Addr, Vec<TcpRelay>>) {
         for (address, relays) in wanted {
-            if self.relays.get(&address) == Some(&relays) {
+            let Some(namespace) = self.namespaces.get_mut(&address) else {
+                continue;
+            };
+            if namespace.maps(&relays) {
                 continue;
             }
             let netns = Netns::new(&self.netns_tag, address);
             match netns.set_relays(&relays).await {
-                Ok(()) => {
-                    self.relays.insert(address, relays);
+                Ok(()) => namespace.mapped(&relays),
+                Err(e) => {
+                    namespace.may_map(&relays);
+                    tracing::warn!(namespace = %netns.name, error = %e,
+                        "cannot set the namespace's TCP relays; trying again");
                 }
-                Err(e) => tracing::warn!(namespace = %netns.name, error = %e,
-                    "cannot set the namespace's TCP relays; trying again"),
             }
         }
     }
 
+    /// Gives each instance in a namespace its DNS table and a server on its node side's port
+    /// 53; stops the servers of instances that are gone.
     async fn refresh_dns(&mut self, local: &[LocalInstance], services: &Services) {
         self.dns.replace(node_proxy::dns_tables(local, services));
         let wanted: BTreeSet<Ipv4Addr> = local
