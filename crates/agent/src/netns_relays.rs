@@ -11,7 +11,10 @@
 //! the node proxy has applied the configuration the relays were made for. Then a map entry
 //! points either to its own (service, port)'s relay, listened on before the entry was added,
 //! or, once its service is gone (or its number moved), to a port nothing listens on, where
-//! the connection is refused until the map is updated.
+//! the connection is refused until the map is updated. A connection to a virtual IP and port
+//! the map has no entry for (a service just come) goes to the node side at that same port:
+//! relay numbers skip the port numbers of the services the instance sees, so that it finds no
+//! relay there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
