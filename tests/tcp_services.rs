@@ -3,7 +3,8 @@
 //! back intact (a large stream, a half-closed connection), and a caller of another org is
 //! refused (it does not see the name, and its certificate is refused at the mesh port: the
 //! connection is closed, counted and written to the audit log). Two services with a TCP port of
-//! the same number are both reached. A caller whose region has no
+//! the same number are both reached, and one that comes later does not move the relay port of
+//! another. A caller whose region has no
 //! instance of the service reaches one in another region.
 
 mod support;
@@ -55,7 +56,10 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
     std::fs::write(&second, service("acme", "echo2", true)).unwrap();
     platform.cli.ok(&["deploy", "-f", second.to_str().unwrap()]);
     let region = fra_with_gateway(&platform);
-    let node = support::netns_agent(&region, "tcp-node", dir.path(), "100.64.222.0");
+    // Room for one more service's instance, which comes later.
+    let isolation = ["--isolation", "netns", "--instance-network", "100.64.222.0"];
+    let args = [&isolation[..], &["--capacity", "5"]].concat();
+    let node = support::agent_with(&region, "tcp-node", dir.path(), &args);
     let (_gateway, gateway) = gateway(&region, dir.path()).await;
     let web = "web.acme.example.com";
 
@@ -139,6 +143,42 @@ async fn a_tcp_service_is_reached_by_name_and_virtual_ip_and_other_orgs_are_refu
         .any(|l| l.contains("mesh call denied") && l.contains(caller))
     {
         assert!(Instant::now() < end, "no audit line in {}", node.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A TCP service whose name sorts before echo's comes: web's relay of echo keeps its port
+    // (the namespace's map points there; relays numbered afresh gave it to the newcomer), and
+    // echo's virtual IP still reaches echo, not the newcomer.
+    let relay = format!("out/acme/shop/web-0/{vip}");
+    let before = listened_at(&node.admin, &relay).await;
+    let first = dir.path().join("aaa.yaml");
+    std::fs::write(&first, service("acme", "aaa", true)).unwrap();
+    platform.cli.ok(&["deploy", "-f", first.to_str().unwrap()]);
+    let path = format!("/tcp?addr=aaa.shop.internal:{ECHO_PORT}&bytes=100");
+    answers(&gateway, web, &path, "intact").await;
+    assert_eq!(listened_at(&node.admin, &relay).await, before);
+    let (_, by_vip) = through(&gateway, web, &format!("/tcp?addr={vip}&bytes=5000")).await;
+    assert!(by_vip.contains("received 5000, intact"), "{by_vip}");
+    let metrics = support::metrics(&node.admin).await;
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(bytes)?.trim().parse::<u64>().ok());
+    assert_eq!(counted, Some(1000 + (8 << 20) + 2 * 5000), "{metrics}");
+}
+
+/// The address the node proxy with admin port `admin` listens on for `listener`, once it does.
+async fn listened_at(admin: &str, listener: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = reqwest::get(format!("{admin}/listeners")).await.unwrap();
+        let listeners: serde_json::Value = answer.json().await.unwrap();
+        if let Some(address) = listeners[listener].as_str() {
+            return address.to_owned();
+        }
+        assert!(
+            Instant::now() < end,
+            "no listener {listener} in {listeners}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
