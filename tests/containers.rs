@@ -35,7 +35,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::tcp::{address_in, deploy_callers, hello_service, other_org_exchange, ECHO_PORT};
+use support::tcp::{
+    address_in, assert_other_org_refused, deploy_callers, hello_service, ECHO_PORT,
+};
 use support::{
     agent_with_env, answers, cgroup_dir, edge, edge_at, files_containing, gateway, problems, read,
     through, Agent, Cli, Deployed, Killed, RegionalPlane, HELLO, PARIS,
@@ -562,13 +564,7 @@ async fn a_tcp_service_in_a_container_is_reached_by_name_and_other_orgs_are_refu
     // before a byte is relayed, and counted.
     let instance: std::net::Ipv4Addr = address_in(&greeting, ", ", ')').parse().unwrap();
     let node_side = std::net::Ipv4Addr::from(u32::from(instance) - 1);
-    let refused = other_org_exchange(&region, node_side, meridian_agent::mesh_port(1)).await;
-    assert_eq!(refused, b"");
-    let metrics = support::metrics(&node.admin).await;
-    let denied = r#"meridian_proxy_mesh_denied_total{listener="in/acme/shop/echo-0/echo"} 1"#;
-    assert!(metrics.contains(denied), "{metrics}");
-    let relayed = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"} 1"#;
-    assert!(metrics.contains(relayed), "{metrics}");
+    assert_other_org_refused(&region, &node, node_side, 1).await;
 }
 
 /// The digest of the only layer of the layout's image.
