@@ -9,7 +9,7 @@
 mod client;
 mod commands;
 mod definition;
-mod allocator;
+mod malloc;
 mod output;
 mod yaml_depth;
 
@@ -95,7 +95,7 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Set, list and delete an app's or an org's secrets (referenced as `{secret: NAME}`).
+    /// Set, list and delete an app's secrets (referenced in env as `{secret: NAME}`).
     #[command(subcommand)]
     Secret(commands::secrets::SecretCommand),
     /// Register, list and remove a service's endpoints (where its instances listen).
@@ -137,6 +137,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
