@@ -16,7 +16,7 @@
 //! one in use never is.
 //!
 //! A private registry (htpasswd) is asked with the credential the definition takes from the
-//! app's secrets, at deploy and by the agent; without it, or with a wrong one, the deploy is
+//! org's secrets (the app has none of that name), at deploy and by the agent; without it, or with a wrong one, the deploy is
 //! refused naming the field, and an image pinned by digest is reported unauthorized in
 //! `meridian status`. The password appears nowhere else.
 //!
@@ -35,7 +35,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::tcp::{address_in, deploy_callers, hello_service, other_org_exchange, ECHO_PORT};
+use support::tcp::{
+    address_in, assert_other_org_refused, deploy_callers, hello_service, ECHO_PORT,
+};
 use support::{
     agent_with_env, answers, cgroup_dir, edge, edge_at, files_containing, gateway, problems, read,
     through, Agent, Cli, Deployed, Killed, RegionalPlane, HELLO, PARIS,
@@ -562,13 +564,7 @@ async fn a_tcp_service_in_a_container_is_reached_by_name_and_other_orgs_are_refu
     // before a byte is relayed, and counted.
     let instance: std::net::Ipv4Addr = address_in(&greeting, ", ", ')').parse().unwrap();
     let node_side = std::net::Ipv4Addr::from(u32::from(instance) - 1);
-    let refused = other_org_exchange(&region, node_side, meridian_agent::mesh_port(1)).await;
-    assert_eq!(refused, b"");
-    let metrics = support::metrics(&node.admin).await;
-    let denied = r#"meridian_proxy_mesh_denied_total{listener="in/acme/shop/echo-0/echo"} 1"#;
-    assert!(metrics.contains(denied), "{metrics}");
-    let relayed = r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"} 1"#;
-    assert!(metrics.contains(relayed), "{metrics}");
+    assert_other_org_refused(&region, &node, node_side, 1).await;
 }
 
 /// The digest of the only layer of the layout's image.
@@ -656,7 +652,7 @@ const ROBOT: &str = "robot";
 const ROBOT_PASSWORD: &str = "r3gistry-Pass-5b7e21c9";
 const WRONG_PASSWORD: &str = "wr0ng-Pass-0c1d2e3f";
 
-/// The image's credential: user `robot`, the password the app's secret `REGISTRY_PASSWORD`.
+/// The image's credential: user `robot`, the password the secret `REGISTRY_PASSWORD`.
 const CREDENTIALS: &str = ", credentials: {username: robot, password: {secret: REGISTRY_PASSWORD}}";
 
 /// `docker-registry` on 127.0.213.1 that lets in only `robot` (htpasswd, bcrypt).
@@ -675,14 +671,12 @@ fn start_private_registry(dir: &Path) -> Registry {
     start_registry_with(dir, "127.0.213.1", &auth)
 }
 
-/// `meridian secret set REGISTRY_PASSWORD=value` for app `acme/shop`.
+/// `meridian secret set REGISTRY_PASSWORD=value` for org `acme` (its apps share it).
 fn set_password(cli: &Cli, value: &str) {
     let set = cli.ok(&[
         "secret",
         "set",
         &format!("REGISTRY_PASSWORD={value}"),
-        "--app",
-        "shop",
         "--org",
         "acme",
     ]);
@@ -698,7 +692,7 @@ fn refused(platform: &Deployed, definition: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_private_registry_is_asked_with_credentials_from_the_apps_secrets() {
+async fn a_private_registry_is_asked_with_credentials_from_the_orgs_secrets() {
     if !prerequisites_and(&["htpasswd"]) {
         return;
     }
@@ -805,7 +799,7 @@ async fn a_private_registry_is_asked_with_credentials_from_the_apps_secrets() {
         format!("{service_url}/deployments"),
         format!("{service_url}/deployments/1"),
         format!("{service_url}/status"),
-        format!("{api}/v1/orgs/acme/apps/shop/secrets"),
+        format!("{api}/v1/orgs/acme/secrets"),
         format!("{api}/v1/regions/fra/deployments"),
         format!("{api}/v1/changes?after=0"),
         format!("{api}/metrics"),

@@ -339,16 +339,7 @@ async fn a_region_gets_its_ca_with_a_one_time_token_and_keeps_no_admin_token() {
     assert!(body.contains("control/was"), "{body}");
     assert_eq!(intermediate(token, "was").await.0, 401);
     // Only an admin makes them.
-    let created = installation
-        .platform
-        .cli
-        .ok(&["token", "create", "--org", "acme"]);
-    let org_token = created
-        .lines()
-        .find_map(|l| l.strip_prefix("secret (shown only now): "))
-        .unwrap_or_else(|| panic!("no secret in {created}"))
-        .trim()
-        .to_owned();
+    let org_token = installation.platform.cli.for_new_org_token("acme").token;
     let refused = reqwest::Client::new()
         .post(format!("{api}/v1/regions/was/join-tokens"))
         .bearer_auth(&org_token)

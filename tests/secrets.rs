@@ -11,69 +11,15 @@ mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use support::{
-    agent_with_env, files_containing, read, Cli, Deployed, RegionalPlane, HELLO, MERIDIAN,
-};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-/// The agent's first instance address (host isolation: an instance listens on one of the
-/// node's four, from this one on, on port 8080).
-const INSTANCE: &str = "127.0.215.1";
+use support::secrets::{hello, region_and_agent, until_shown, Witnesses};
+use support::{Cli, Deployed, MERIDIAN};
 const FIRST: &str = "s3cr3t-Value-7d1f0c2a";
 const SECOND: &str = "an0ther-Value-9e44b1d6";
 
-/// `acme/shop/hello` in fra, its `DB_PASSWORD` the app's secret `DB_PASSWORD`, shown at
-/// `/env/DB_PASSWORD` (`HELLO_SHOW_ENV`).
-fn hello(secret: &str) -> String {
-    format!(
-        "\
-org: acme
-app: shop
-name: hello
-regions: [fra]
-runtime:
-  process:
-    command: {HELLO}
-    env: {{HELLO_SHOW_ENV: DB_PASSWORD, DB_PASSWORD: {{secret: {secret}}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
-"
-    )
-}
-
-/// What the instances answer for their `DB_PASSWORD`, one entry per instance that answers.
-async fn shown() -> Vec<String> {
-    let mut values = Vec::new();
-    for last in 1..=4 {
-        let url = format!("http://127.0.215.{last}:8080/env/DB_PASSWORD");
-        let answer = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if let Ok(answer) = answer.and_then(reqwest::Response::error_for_status) {
-            values.extend(answer.text().await.ok());
-        }
-    }
-    values
-}
-
-/// Waits until the only instance answering shows `value` as its `DB_PASSWORD`; panics with
-/// `context()` after [`DEADLINE`].
-async fn until_shown(value: &str, context: impl Fn() -> String) {
-    let end = Instant::now() + DEADLINE;
-    while shown().await != [value] {
-        assert!(
-            Instant::now() < end,
-            "the instance never showed {value}: {}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// The network of the agent's instance addresses (host isolation: an instance listens on one
+/// of `NET.1` to `NET.4`, on port 8080).
+const NET: &str = "127.0.215";
 
 /// `meridian secret set DB_PASSWORD --app shop --org acme` with the value on standard input.
 fn set_from_stdin(cli: &Cli, value: &str) -> String {
@@ -108,7 +54,7 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
     let definition = dir.path().join("hello.yaml");
 
     // Naming a secret that does not exist: refused, naming the field; nothing stored.
-    std::fs::write(&definition, hello("DB_PASSWORD")).unwrap();
+    std::fs::write(&definition, hello("acme")).unwrap();
     let deploy = ["deploy", "-f", definition.to_str().unwrap()];
     let refused = cli.fails(&deploy);
     assert!(
@@ -130,16 +76,9 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
     assert!(set.contains("DB_PASSWORD") && !set.contains(FIRST), "{set}");
     cli.ok(&deploy);
 
-    let region = RegionalPlane::start(global, token, "fra", None);
-    let isolation = ["--instance-addresses", INSTANCE, "--isolation", "host"];
-    let agent = agent_with_env(
-        &region,
-        "one",
-        dir.path(),
-        &isolation,
-        &[("MERIDIAN_LOG", "debug")],
-    );
-    until_shown(FIRST, || agent.log()).await;
+    let (region, agent) = region_and_agent(global, token, dir.path(), NET);
+
+    until_shown(NET, FIRST, || agent.log()).await;
 
     // In use: not deleted, the service named.
     let in_use = cli.fails(&[
@@ -161,7 +100,7 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
     let started = agent.log().matches("starting instance").count();
     let set = set_from_stdin(cli, SECOND);
     assert!(!set.contains(SECOND), "{set}");
-    until_shown(SECOND, || agent.log()).await;
+    until_shown(NET, SECOND, || agent.log()).await;
     assert!(
         agent.log().matches("starting instance").count() > started,
         "{}",
@@ -177,61 +116,21 @@ async fn a_secret_reaches_only_the_instance_s_environment_and_a_new_value_replac
     assert_eq!(listed[0]["name"], "DB_PASSWORD");
     assert_eq!(listed[0]["version"], 2);
 
-    // Nowhere else: the API's reads, the CLI's, the admin endpoints and dumps, …
-    let service = format!("{}/v1/orgs/acme/apps/shop/services/hello", global.api);
-    let mut seen = Vec::new();
-    for url in [
-        service.clone(),
-        format!("{service}/deployments"),
-        format!("{service}/deployments/1"),
-        format!("{service}/status"),
-        format!("{}/v1/orgs/acme/apps/shop/secrets", global.api),
-        format!("{}/v1/regions/fra/deployments", global.api),
-        format!("{}/v1/changes?after=0", global.api),
-        format!("{}/metrics", global.api),
-    ] {
-        seen.push((url.clone(), read(&url, Some(token)).await));
-    }
-    for path in ["/config", "/listeners", "/metrics"] {
-        let url = format!("{}{path}", agent.admin);
-        seen.push((url.clone(), read(&url, None).await));
-    }
-    let url = format!("{}/metrics", region.admin);
-    seen.push((url.clone(), read(&url, None).await));
-    for args in [
-        &["status", "hello", "--app", "shop", "-o", "json"][..],
-        &["get", "deployments", "hello", "--app", "shop", "-o", "json"],
-        &["secret", "list", "--app", "shop", "--org", "acme"],
-    ] {
-        seen.push((format!("meridian {args:?}"), cli.ok(args)));
-    }
+    // Nowhere else: the API's reads, the CLI's, the admin endpoints and dumps, any file.
+    let witnesses = Witnesses {
+        api: &global.api,
+        token,
+        region: &region,
+        agent: &agent,
+        cli,
+    };
+    let secrets = ["/v1/orgs/acme/apps/shop/secrets"];
+    let list = ["secret", "list", "--app", "shop", "--org", "acme"];
+    let seen = witnesses.reads(&secrets, &[&list]).await;
     assert!(
         seen.iter().any(|(_, body)| body.contains("DB_PASSWORD")),
         "the reads name the secret"
     );
-    for value in [FIRST, SECOND] {
-        for (what, body) in &seen {
-            assert!(!body.contains(value), "{what} shows the secret: {body}");
-        }
-        // … and every file: the store, the region's disk copy, the agent's state, every log.
-        assert_eq!(
-            files_containing(dir.path(), value),
-            Vec::<String>::new(),
-            "files holding the secret"
-        );
-    }
-    assert!(
-        region.dir.path().join("region-fra/state.json").exists(),
-        "the region keeps a disk copy"
-    );
-    assert_eq!(
-        files_containing(region.dir.path(), FIRST),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        files_containing(region.dir.path(), SECOND),
-        Vec::<String>::new()
-    );
+    witnesses.assert_nowhere(&seen, dir.path(), &[FIRST, SECOND]);
     assert!(agent.log().contains("starting instance"));
-    assert!(!region.log().contains(SECOND) && !agent.log().contains(SECOND));
 }

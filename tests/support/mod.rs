@@ -6,6 +6,7 @@
 pub mod edge_feed;
 pub mod load;
 pub mod pebble;
+pub mod secrets;
 pub mod tcp;
 pub mod websocket;
 
@@ -228,6 +229,21 @@ impl Cli {
             "meridian {args:?} should have failed"
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A CLI with a new token of `org`, made with this one (an admin's).
+    pub fn for_new_org_token(&self, org: &str) -> Cli {
+        let created = self.ok(&["token", "create", "--org", org]);
+        let token = created
+            .lines()
+            .find_map(|l| l.strip_prefix("secret (shown only now): "))
+            .unwrap_or_else(|| panic!("no secret in {created}"))
+            .trim()
+            .to_owned();
+        Cli {
+            api: self.api.clone(),
+            token,
+        }
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {

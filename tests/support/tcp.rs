@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Deployed, RegionalPlane, HELLO};
+use super::{Agent, Deployed, RegionalPlane, HELLO};
 
 /// The TCP echo port of the echo service (meridian-hello's `echo` port).
 pub const ECHO_PORT: u16 = 7000;
@@ -94,4 +94,28 @@ pub async fn other_org_exchange(
         );
     }
     received
+}
+
+/// Asserts that a caller of another org ([`other_org_exchange`]) at the echo's mesh port on
+/// `address`, the node side of instance acme/shop/echo-0 on `node`, is closed before a byte is
+/// relayed, and counted: the port's first denial, after `relayed` connections relayed; returns
+/// the node's metrics.
+pub async fn assert_other_org_refused(
+    region: &RegionalPlane,
+    node: &Agent,
+    address: std::net::Ipv4Addr,
+    relayed: u32,
+) -> String {
+    let refused = other_org_exchange(region, address, meridian_agent::mesh_port(1)).await;
+    assert_eq!(refused, b"");
+    let metrics = super::metrics(&node.admin).await;
+    let denied = r#"meridian_proxy_mesh_denied_total{listener="in/acme/shop/echo-0/echo"} 1"#;
+    assert!(metrics.contains(denied), "{metrics}");
+    let connections =
+        r#"meridian_proxy_tcp_connections_total{listener="in/acme/shop/echo-0/echo"}"#;
+    assert!(
+        metrics.contains(&format!("{connections} {relayed}\n")),
+        "{metrics}"
+    );
+    metrics
 }

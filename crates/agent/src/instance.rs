@@ -79,6 +79,8 @@ pub struct Launch {
     pub listen: Ipv4Addr,
     /// Its network namespace, if it has one.
     pub netns: Option<crate::netns::Netns>,
+    /// In host mode, the TCP relays its environment names.
+    pub relays: Arc<[crate::host_relays::HostRelay]>,
     /// The region and node it runs in.
     pub region: String,
     /// The node.
@@ -415,7 +417,7 @@ fn program(command: &str) -> PathBuf {
 }
 
 /// The variables the platform gives every instance: `MERIDIAN_*`, the proxy variables, `PORT`
-/// and `MERIDIAN_PORT_<NAME>`.
+/// and `MERIDIAN_PORT_<NAME>`; in host mode `MERIDIAN_TCP_*` (see [`crate::host_relays`]).
 fn platform_env(launch: &Launch) -> Vec<(String, String)> {
     let (org, app, service) = &launch.service;
     // Calls by name go through the node proxy's outbound listener on the instance's address.
@@ -448,6 +450,7 @@ fn platform_env(launch: &Launch) -> Vec<(String, String)> {
         let name = port.name.to_ascii_uppercase().replace('-', "_");
         env.push((format!("MERIDIAN_PORT_{name}"), port.port.to_string()));
     }
+    env.extend(crate::host_relays::env(launch.address, &launch.relays));
     env
 }
 

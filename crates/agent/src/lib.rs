@@ -6,7 +6,8 @@
 //! says, restarts it with backoff and reports it failed past its restart limit, and reports every instance's state to the control plane. It runs the
 //! node proxy: each instance's inbound mesh listener (mutual TLS with the instance's workload
 //! certificate, authorized by the service's policy) and its outbound listener (`HTTP_PROXY`),
-//! through which it calls other services by name over mutual TLS.
+//! through which it calls other services by name over mutual TLS (and, in host mode, a relay
+//! port per TCP service port it may reach, named in its `MERIDIAN_TCP_*` variables).
 //!
 //! It must not decide placement (the control plane does) and holds no state that the control
 //! plane cannot send again.
@@ -17,11 +18,14 @@ mod certs;
 pub mod cgroups;
 mod drain;
 mod health;
+mod host_relays;
 mod image;
 mod instance;
 mod logs;
 mod netns;
+mod netns_relays;
 mod node_proxy;
+mod relay_numbers;
 mod secrets;
 mod start_metrics;
 mod supervisor;

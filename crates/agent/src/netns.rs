@@ -24,7 +24,7 @@ use std::path::Path;
 
 use meridian_xds::meridian::{VIP_NETWORK, VIP_PREFIX_LEN};
 
-use crate::node_proxy::TcpRelay;
+use crate::netns_relays::TcpRelay;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 

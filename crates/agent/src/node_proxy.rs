@@ -19,24 +19,34 @@
 //!   a region in front (`<region>.<service>.<app>.internal`) reaches that region's instances
 //!   only. Each service's virtual IP (given by the region) is routed like its name. Other
 //!   names are not routed. The request goes to the target's first port that is not `tcp`.
+//! - `<address>:<relay>` for each [`HostRelay`] the instance was given at its start (its
+//!   environment names them, see [`crate::host_relays`]): a `tcp` port of a service it may
+//!   reach, relayed over mutual TLS to that port's mesh port on a healthy instance, as below.
 //!
 //! An instance in a network namespace has its own listeners on its node side, which take
 //! connections from the instance only: `<address>:15001` as above, and `<address>:<port>` for
-//! each port of the services it may reach, where a name or virtual IP is routed to that port of
-//! the service. The node's DNS answers the instance's names with the service's virtual IP
-//! (pinned names with the node side), and the namespace's rules send virtual IPs to the node
+//! each HTTP port of the services it may reach, where a name or virtual IP is routed to that
+//! port of the service. The node's DNS answers the instance's names with the service's virtual
+//! IP (pinned names with the node side), and the namespace's rules send virtual IPs to the node
 //! side, so that `http://api.shop.internal:9090/` and `http://<its virtual IP>:9090/` both work
 //! unmodified. A TCP connection says no name, only an address and a port: each `tcp` port of a
 //! service the instance sees by its virtual IP gets a relay port of its own on the node side
-//! ([`NodeConfig::relays`], from [`RELAY_PORT_BASE`] up), the namespace's rules send that virtual IP and
-//! port there, and the node proxy relays it over mutual TLS to that port's mesh port on a
-//! healthy instance; so two services with a `tcp` port of the same number are both reached.
+//! ([`NodeConfig::relays`], from [`RELAY_PORT_BASE`] up), the namespace's rules send that
+//! virtual IP and port there, and the node proxy relays it over mutual TLS to that port's mesh
+//! port on a healthy instance; so two services with a `tcp` port of the same number are both
+//! reached. A (service, port) keeps its relay port across configurations, and a port that an
+//! entry of the namespace's rules may still point to is neither another's relay nor an HTTP
+//! listener (see [`crate::netns_relays`]): the agent applies this configuration before it
+//! updates the rules, and no connection reaches a relay of another service.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use meridian_model::{Protocol, ServiceSpec};
+
+use crate::host_relays::HostRelay;
+use crate::netns_relays::{NamespaceRelays, TcpRelay};
 use serde_json::{json, Value};
 
 /// Identifies a service: org, app and name.
@@ -49,19 +59,6 @@ pub const OUTBOUND_PORT: u16 = 15001;
 
 /// The first node-side port of the TCP relays ([`NodeConfig::relays`]).
 pub const RELAY_PORT_BASE: u16 = 40000;
-
-/// A `tcp` port of a service that an instance in a namespace reaches by the service's virtual
-/// IP: the namespace's rules send `vip:port` to the node side's `relay` port, where the node
-/// proxy relays the connection to the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TcpRelay {
-    /// The service's virtual IP.
-    pub vip: Ipv4Addr,
-    /// The service's port.
-    pub port: u16,
-    /// The node-side port it is relayed from.
-    pub relay: u16,
-}
 
 /// Most connections open at once on each `tcp` listener of the node proxy: an instance's
 /// connections to one TCP service, and a TCP port's callers.
@@ -85,6 +82,9 @@ pub struct LocalInstance {
     /// Whether it takes connections from other proxies: not while it drains (its inbound
     /// listeners are removed, and drained: see `crate::drain`; it still reaches others).
     pub serving: bool,
+    /// In host mode, the TCP relays its environment names, fixed at its start (see
+    /// [`crate::host_relays`]); none in a namespace.
+    pub relays: std::sync::Arc<[HostRelay]>,
 }
 
 impl LocalInstance {
@@ -200,13 +200,21 @@ pub struct NodeConfig {
 }
 
 /// The node proxy's configuration for the `local` instances that have certificates in
-/// `certs`, reaching the `services` of the region.
+/// `certs`, reaching the `services` of the region. The TCP relays of instances in a namespace
+/// are numbered by their [`NamespaceRelays`] in `namespaces` (by node side), which the caller
+/// keeps across configurations and tells what each namespace's map holds; those of instances
+/// no longer in `local` are dropped. A node side's port that a map entry may still point to
+/// is not listened on for HTTP until the map no longer does (see [`crate::netns_relays`]).
 pub fn config(
     local: &[LocalInstance],
     services: &BTreeMap<ServiceKey, MeshService>,
     certs: &BTreeMap<ServiceKey, CertFiles>,
     trust_domain: &str,
+    namespaces: &mut BTreeMap<Ipv4Addr, NamespaceRelays>,
 ) -> NodeConfig {
+    let running: BTreeMap<Ipv4Addr, String> = local.iter().map(|l| (l.address, l.name())).collect();
+    namespaces
+        .retain(|address, relays| running.get(address).is_some_and(|name| relays.is_of(name)));
     let mut listeners = Vec::new();
     let mut all_relays = BTreeMap::new();
     let mut clusters = BTreeMap::new();
@@ -260,7 +268,7 @@ pub fn config(
                 },
             }));
         }
-        let reaches: Vec<Reach> = visible(instance, services).collect();
+        let reaches: Vec<Reach> = visible(&instance.service, services).collect();
         let mut outbound = Outbound {
             instance,
             files,
@@ -292,19 +300,31 @@ pub fn config(
             "virtual_hosts": virtual_hosts,
         }));
         if !in_namespace {
+            for (relay, reach, index) in host_relays_of(instance, &reaches) {
+                listeners.push(json!({
+                    "name": format!("out/{name}/to/{}/{}/{}:{}", relay.target.0, relay.target.1, relay.target.2, relay.port),
+                    "address": format!("{}:{}", instance.address, relay.relay),
+                    "protocol": "tcp",
+                    "cluster": outbound.cluster(reach, index, Set::All),
+                    "max_connections": TCP_MAX_CONNECTIONS,
+                }));
+            }
             continue;
         }
         // In its own namespace the instance reaches names and virtual IPs at its node side
         // (DNS answers it; the namespace's rules send virtual IPs there, port unchanged): the
-        // node proxy listens there on each HTTP port of the services it sees, and routes a name
-        // on a port to that port of the service; and on a relay port per `tcp` port.
+        // node proxy listens there on each HTTP port of the services it sees (but one the
+        // namespace's map may still send a relay's connections to), and routes a name on a port
+        // to that port of the service; and on a relay port per `tcp` port.
+        let namespace = NamespaceRelays::of(namespaces, instance);
         let mut by_port: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
         for reach in &reaches {
             for (index, port) in reach.service.spec.ports.iter().enumerate() {
                 let Ok(number) = u16::try_from(port.port) else {
                     continue;
                 };
-                if number != OUTBOUND_PORT && port.protocol != Protocol::Tcp {
+                let free = number != OUTBOUND_PORT && !namespace.holds(number);
+                if free && port.protocol != Protocol::Tcp {
                     let route = outbound.route(reach, index);
                     by_port.entry(number).or_default().push(route);
                 }
@@ -320,7 +340,7 @@ pub fn config(
             }));
         }
         let mut relays = Vec::new();
-        for (relay, reach, index) in relays_of(instance, &reaches) {
+        for (relay, reach, index) in namespace.assign(instance, &reaches) {
             listeners.push(json!({
                 "name": format!("out/{name}/{}:{}", relay.vip, relay.port),
                 "address": format!("{}:{}", instance.address, relay.relay),
@@ -447,63 +467,40 @@ impl Outbound<'_> {
     }
 }
 
-/// The TCP relays of `instance` among `reaches`, each with its reach and port index: one per
-/// `tcp` port of each service reached by a name not pinned to a region and having a virtual
-/// IP, in the order of `reaches`, numbered from [`RELAY_PORT_BASE`] up, skipping the numbers
-/// its node side listens on for other things (HTTP ports, its mesh ports, `HTTP_PROXY`).
-fn relays_of<'r, 'a>(
-    instance: &LocalInstance,
+/// The relays of a host-mode `instance` that have a service to reach, each with its reach and
+/// port index: a relay's service may be gone, no longer reachable by the instance (its
+/// `mesh.allow` changed), or its port no longer `tcp` (then the relay port is not listened on
+/// until it is again).
+fn host_relays_of<'r, 'a>(
+    instance: &'r LocalInstance,
     reaches: &'r [Reach<'a>],
-) -> Vec<(TcpRelay, &'r Reach<'a>, usize)> {
-    let mut taken: std::collections::BTreeSet<u16> = reaches
-        .iter()
-        .flat_map(|r| r.service.spec.ports.iter())
-        .filter(|p| p.protocol != Protocol::Tcp)
-        .filter_map(|p| u16::try_from(p.port).ok())
-        .collect();
-    taken.insert(OUTBOUND_PORT);
-    taken.extend((0..instance.spec.ports.len()).map(mesh_port));
-    let mut seen = std::collections::BTreeSet::new();
-    let mut next = RELAY_PORT_BASE;
-    let mut relays = Vec::new();
-    for reach in reaches {
-        let (None, Some(vip)) = (reach.region, reach.service.vip) else {
-            continue;
-        };
-        for (index, port) in reach.service.spec.ports.iter().enumerate() {
-            let Ok(number) = u16::try_from(port.port) else {
-                continue;
-            };
-            if port.protocol != Protocol::Tcp || !seen.insert((vip, number)) {
-                continue;
-            }
-            while taken.contains(&next) {
-                next = next.saturating_add(1);
-            }
-            let relay = TcpRelay {
-                vip,
-                port: number,
-                relay: next,
-            };
-            taken.insert(next);
-            relays.push((relay, reach, index));
-        }
-    }
-    relays
+) -> impl Iterator<Item = (&'r HostRelay, &'r Reach<'a>, usize)> {
+    instance.relays.iter().filter_map(|relay| {
+        let reach = reaches
+            .iter()
+            .find(|r| r.region.is_none() && *r.target == relay.target)?;
+        let index = reach
+            .service
+            .spec
+            .ports
+            .iter()
+            .position(|p| p.name == relay.port && p.protocol == Protocol::Tcp)?;
+        Some((relay, reach, index))
+    })
 }
 
-/// The services `instance` may reach, with the names it reaches each by: services of its org as
-/// `<service>.<app>.internal`, other orgs' services whose `mesh.allow` names its service as
+/// The services an instance of `caller` may reach, with the names it reaches each by: services of
+/// its org as `<service>.<app>.internal`, other orgs' services whose `mesh.allow` names it as
 /// `<service>.<app>.<org>.internal`; and each of those with a region in front for each region
 /// where the service has instances.
 pub fn visible<'a>(
-    instance: &'a LocalInstance,
+    caller: &'a ServiceKey,
     services: &'a BTreeMap<ServiceKey, MeshService>,
 ) -> impl Iterator<Item = Reach<'a>> + 'a {
     services.iter().flat_map(move |(target, service)| {
-        let domain = if target.0 == instance.service.0 {
+        let domain = if target.0 == caller.0 {
             format!("{}.{}.internal", target.2, target.1)
-        } else if allows(&service.spec.mesh.allow, &instance.service) {
+        } else if allows(&service.spec.mesh.allow, caller) {
             format!("{}.{}.{}.internal", target.2, target.1, target.0)
         } else {
             return Vec::new();
@@ -547,7 +544,7 @@ pub fn dns_tables(
         .iter()
         .filter(|instance| instance.address != instance.listen)
         .map(|instance| {
-            let table = visible(instance, services)
+            let table = visible(&instance.service, services)
                 .map(
                     |Reach {
                          domain,
@@ -658,6 +655,7 @@ mod tests {
                 address: Ipv4Addr::new(127, 0, 0, last),
                 listen: Ipv4Addr::new(127, 0, 0, last),
                 serving,
+                relays: Default::default(),
             })
             .collect();
         let services = orgs
@@ -681,7 +679,14 @@ mod tests {
             .iter()
             .map(|org| (key(org, "shop", "web"), files.clone()))
             .collect();
-        let config = config(&local, &services, &certs, "meridian.local").json;
+        let config = config(
+            &local,
+            &services,
+            &certs,
+            "meridian.local",
+            &mut BTreeMap::new(),
+        )
+        .json;
         let parsed = meridian_proxy::parse_config(&config.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
         config
@@ -725,16 +730,11 @@ mod tests {
         instances: &[MeshInstance],
         canary_weight: Option<u32>,
     ) -> NodeConfig {
-        let web = key("acme", "shop", "web");
-        let local = [LocalInstance {
-            instance: "web-0".to_owned(),
-            service: web.clone(),
-            version: 1,
-            spec: spec_with(&[("db", 5432, "tcp"), ("http", 8080, "http")]),
-            address: Ipv4Addr::new(100, 64, 0, 2),
-            listen: Ipv4Addr::new(100, 64, 0, 3),
-            serving: true,
-        }];
+        let local = web_0(
+            spec_with(&[("db", 5432, "tcp"), ("http", 8080, "http")]),
+            (Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3)),
+            &[],
+        );
         let services = services
             .iter()
             .zip(7..)
@@ -748,13 +748,47 @@ mod tests {
                 (key("acme", "shop", name), service)
             })
             .collect();
+        config_of(local, &services)
+    }
+
+    /// web-0 of acme/shop with `spec`, its node side and its own address `(address, listen)`,
+    /// and `relays`.
+    fn web_0(
+        spec: ServiceSpec,
+        (address, listen): (Ipv4Addr, Ipv4Addr),
+        relays: &[HostRelay],
+    ) -> LocalInstance {
+        LocalInstance {
+            instance: "web-0".to_owned(),
+            service: key("acme", "shop", "web"),
+            version: 1,
+            spec,
+            address,
+            listen,
+            serving: true,
+            relays: relays.into(),
+        }
+    }
+
+    /// The configuration of `local`, with its certificate, seeing `services`; the proxy takes
+    /// it.
+    fn config_of(local: LocalInstance, services: &BTreeMap<ServiceKey, MeshService>) -> NodeConfig {
+        config_kept(local, services, &mut BTreeMap::new())
+    }
+
+    /// [`config_of`], with the relays of instances in a namespace kept in `namespaces`.
+    fn config_kept(
+        local: LocalInstance,
+        services: &BTreeMap<ServiceKey, MeshService>,
+        namespaces: &mut BTreeMap<Ipv4Addr, NamespaceRelays>,
+    ) -> NodeConfig {
         let files = CertFiles {
             cert: "cert.pem".into(),
             key: "key.pem".into(),
             bundle: "bundle.pem".into(),
         };
-        let certs = [(web, files)].into_iter().collect();
-        let made = config(&local, &services, &certs, "meridian.local");
+        let certs = [(local.service.clone(), files)].into_iter().collect();
+        let made = config(&[local], services, &certs, "meridian.local", namespaces);
         let parsed = meridian_proxy::parse_config(&made.json.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
         made
@@ -930,6 +964,230 @@ mod tests {
                 ("100.112.0.8".to_owned(), 5432, next + 1)
             ]
         );
+    }
+
+    /// The configuration of web-0 of acme/shop in a namespace (node side 100.64.0.2), with its
+    /// relays kept in `namespaces`, seeing acme/shop's `services` (name, spec, last byte of its
+    /// virtual IP 100.112.0.x; each with a healthy instance at 127.0.0.9).
+    fn namespace_web(
+        services: &[(&str, &ServiceSpec, u8)],
+        namespaces: &mut BTreeMap<Ipv4Addr, NamespaceRelays>,
+    ) -> NodeConfig {
+        let local = web_0(
+            spec_with(&[("http", 8080, "http")]),
+            (Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3)),
+            &[],
+        );
+        let services = services
+            .iter()
+            .map(|(name, spec, last)| {
+                let service = MeshService {
+                    spec: (*spec).clone(),
+                    instances: vec![fra_instance("127.0.0.9", false)],
+                    vip: Some(Ipv4Addr::new(100, 112, 0, *last)),
+                    canary_weight: None,
+                };
+                (key("acme", "shop", name), service)
+            })
+            .collect();
+        config_kept(local, &services, namespaces)
+    }
+
+    /// The relays of `made` for web-0's namespace: virtual IP and port, the relay, and the
+    /// service and port the relay's listener reaches.
+    fn namespace_relays(made: &NodeConfig) -> Vec<(String, u16, String)> {
+        made.relays[&Ipv4Addr::new(100, 64, 0, 2)]
+            .iter()
+            .map(|r| {
+                let name = format!("out/acme/shop/web-0/{}:{}", r.vip, r.port);
+                let listener = listener(&made.json, &name).unwrap();
+                assert_eq!(listener["address"], format!("100.64.0.2:{}", r.relay));
+                let cluster = listener["cluster"].as_str().unwrap();
+                let (_, target) = cluster.split_once("/to/acme/shop/").unwrap();
+                (format!("{}:{}", r.vip, r.port), r.relay, target.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn namespace_relays_keep_their_numbers_while_services_before_them_come_and_go() {
+        let mut namespaces = BTreeMap::new();
+        let node_side = Ipv4Addr::new(100, 64, 0, 2);
+        let (pg, redis) = (
+            spec_with(&[("pg", 5432, "tcp")]),
+            spec_with(&[("redis", 6379, "tcp")]),
+        );
+        let base = RELAY_PORT_BASE;
+        let relay =
+            |vip: &str, relay: u16, target: &str| (vip.to_owned(), relay, target.to_owned());
+        let db = |number: u16| relay("100.112.0.7:5432", number, "db:pg");
+        let made = namespace_web(&[("db", &pg, 7)], &mut namespaces);
+        assert_eq!(namespace_relays(&made), [db(base)]);
+        // The agent set the namespace's map once the proxy applied the configuration.
+        let mapped = |namespaces: &mut BTreeMap<Ipv4Addr, NamespaceRelays>, made: &NodeConfig| {
+            namespaces
+                .get_mut(&node_side)
+                .unwrap()
+                .mapped(&made.relays[&node_side]);
+        };
+        mapped(&mut namespaces, &made);
+
+        // A service that sorts first comes: db keeps its relay (the map points there), the
+        // newcomer gets the next.
+        let cache = relay("100.112.0.8:6379", base + 1, "cache:redis");
+        let made = namespace_web(&[("cache", &redis, 8), ("db", &pg, 7)], &mut namespaces);
+        assert_eq!(namespace_relays(&made), [cache.clone(), db(base)]);
+        mapped(&mut namespaces, &made);
+
+        // cache goes and another comes before db, while the map still points to cache's relay:
+        // that number is not given to the newcomer.
+        let made = namespace_web(&[("a", &redis, 9), ("db", &pg, 7)], &mut namespaces);
+        let a = relay("100.112.0.9:6379", base + 2, "a:redis");
+        assert_eq!(namespace_relays(&made), [a.clone(), db(base)]);
+        mapped(&mut namespaces, &made);
+
+        // A service whose HTTP port is db's relay number comes: db moves to the number the map
+        // no longer points to; the HTTP port is not listened on while the map still sends db's
+        // connections there, and is once it no longer does.
+        let http = spec_with(&[("http", base, "http")]);
+        let services = [("a", &redis, 9), ("b", &http, 10), ("db", &pg, 7)];
+        let made = namespace_web(&services, &mut namespaces);
+        assert_eq!(namespace_relays(&made), [a.clone(), db(base + 1)]);
+        let http_listener = format!("out/acme/shop/web-0/{base}");
+        assert!(listener(&made.json, &http_listener).is_none());
+        mapped(&mut namespaces, &made);
+        let made = namespace_web(&services, &mut namespaces);
+        assert_eq!(namespace_relays(&made), [a.clone(), db(base + 1)]);
+        let listened = listener(&made.json, &http_listener).unwrap();
+        assert_eq!(listened["virtual_hosts"][0]["name"], "b.shop.internal");
+
+        // A service whose tcp port is db's relay number comes: until the map sends its virtual
+        // IP and port to its relay, a connection there goes to the node side at that port,
+        // where db's relay must not be. db moves, to a number the map does not point to.
+        let odd = spec_with(&[("odd", base + 1, "tcp")]);
+        let services = [
+            ("a", &redis, 9),
+            ("b", &http, 10),
+            ("c", &odd, 11),
+            ("db", &pg, 7),
+        ];
+        let made = namespace_web(&services, &mut namespaces);
+        let c = relay(&format!("100.112.0.11:{}", base + 1), base + 3, "c:odd");
+        assert_eq!(namespace_relays(&made), [a, c, db(base + 4)]);
+
+        // Another instance at that node side starts afresh.
+        let mut other = web_0(
+            spec_with(&[("http", 8080, "http")]),
+            (node_side, Ipv4Addr::new(100, 64, 0, 3)),
+            &[],
+        );
+        other.instance = "web-1".to_owned();
+        let services = [(
+            key("acme", "shop", "db"),
+            MeshService {
+                spec: pg.clone(),
+                instances: vec![fra_instance("127.0.0.9", false)],
+                vip: Some(Ipv4Addr::new(100, 112, 0, 7)),
+                canary_weight: None,
+            },
+        )]
+        .into_iter()
+        .collect();
+        let made = config_kept(other, &services, &mut namespaces);
+        assert_eq!(made.relays[&node_side][0].relay, base);
+    }
+
+    /// `services` (each with a healthy instance at 127.0.0.9).
+    fn host_services(services: &[(ServiceKey, ServiceSpec)]) -> BTreeMap<ServiceKey, MeshService> {
+        services
+            .iter()
+            .map(|(target, spec)| {
+                let service = MeshService {
+                    spec: spec.clone(),
+                    instances: vec![fra_instance("127.0.0.9", false)],
+                    vip: None,
+                    canary_weight: None,
+                };
+                (target.clone(), service)
+            })
+            .collect()
+    }
+
+    /// The configuration of host-mode web-0 of acme/shop at 127.62.0.5 with `relays`, seeing
+    /// [`host_services`] of `services`.
+    fn host_web(relays: &[HostRelay], services: &[(ServiceKey, ServiceSpec)]) -> Value {
+        let address = Ipv4Addr::new(127, 62, 0, 5);
+        let local = web_0(
+            spec_with(&[("http", 8080, "http")]),
+            (address, address),
+            relays,
+        );
+        let made = config_of(local, &host_services(services));
+        assert!(made.relays.is_empty(), "no namespace rules in host mode");
+        made.json
+    }
+
+    /// The host-mode relay listeners of `config`: the target (`org/app/service:port`), the
+    /// address, and the mesh endpoints relayed to.
+    fn host_relay_listeners(config: &Value) -> Vec<(String, String, String)> {
+        config["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let (_, target) = l["name"].as_str().unwrap().split_once("/to/")?;
+                let endpoints = endpoints_of(config, l["cluster"].as_str().unwrap());
+                let address = l["address"].as_str().unwrap().to_owned();
+                Some((target.to_owned(), address, endpoints.join(",")))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn host_relays_keep_their_ports_while_services_come_change_and_go() {
+        let caller = key("acme", "shop", "web");
+        let db = key("acme", "shop", "db");
+        let partner = key("partner", "q", "broker");
+        let pg = spec_with(&[("pg", 5432, "tcp")]);
+        let mut amqp = spec_with(&[("amqp", 5672, "tcp")]);
+        amqp.mesh.allow = vec!["acme/shop/web".to_owned()];
+        let at_start = [(db.clone(), pg.clone()), (partner.clone(), amqp.clone())];
+        let relays = crate::host_relays::assign(&caller, &[], &host_services(&at_start));
+        let config = host_web(&relays, &at_start);
+        let (first, second) = (RELAY_PORT_BASE, RELAY_PORT_BASE + 1);
+        let relayed = |target: &str, port: u16, mesh: usize| {
+            (
+                target.to_owned(),
+                format!("127.62.0.5:{port}"),
+                format!("127.0.0.9:{}", mesh_port(mesh)),
+            )
+        };
+        let (broker, pg_at) = ("partner/q/broker:amqp", "acme/shop/db:pg");
+        assert_eq!(
+            host_relay_listeners(&config),
+            [relayed(broker, first, 0), relayed(pg_at, second, 0)]
+        );
+        let listener = listener(&config, "out/acme/shop/web-0/to/acme/shop/db:pg").unwrap();
+        assert!(listener["sources"].is_null(), "{listener}");
+
+        // Later: a service whose variable sorts first appears, and db's pg becomes its second
+        // port. The relays keep their ports (the instance's environment names them); the new
+        // service gets none; db's relay reaches its pg port's new mesh port.
+        let moved = spec_with(&[("http", 8080, "http"), ("pg", 5432, "tcp")]);
+        let later = [
+            (key("acme", "aaa", "aaa"), pg.clone()),
+            (db.clone(), moved),
+            (partner.clone(), amqp.clone()),
+        ];
+        assert_eq!(
+            host_relay_listeners(&host_web(&relays, &later)),
+            [relayed(broker, first, 0), relayed(pg_at, second, 1)]
+        );
+
+        // The partner no longer allows web, and db is gone: neither is listened on.
+        amqp.mesh.allow.clear();
+        let gone = [(partner, amqp)];
+        assert_eq!(host_relay_listeners(&host_web(&relays, &gone)), []);
     }
 
     #[test]

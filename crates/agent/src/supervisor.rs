@@ -26,9 +26,11 @@ use crate::assignments::{AssignmentHandler, Desired, Services, Wanted};
 use crate::certs::WorkloadCerts;
 use crate::cgroups::Cgroups;
 use crate::drain::Leaving;
+use crate::host_relays::{self, HostRelay};
 use crate::image::{ImageStore, StoreMetrics};
 use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
+use crate::netns_relays::{NamespaceRelays, TcpRelay};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
 use crate::start_metrics::StartMetrics;
 
@@ -172,6 +174,8 @@ struct Running {
     state: watch::Receiver<InstanceState>,
     /// Where it is in leaving service.
     leaving: Leaving,
+    /// In host mode, the TCP relays its environment names (fixed at its start).
+    relays: Arc<[HostRelay]>,
     /// Whether the node proxy listens for it (its inbound listeners are in the configuration
     /// the proxy applied). Until then it is reported `starting` even when its health checks
     /// pass: the region would otherwise send it traffic that the node refuses.
@@ -301,7 +305,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         dns_failing: BTreeSet::new(),
         upstream: Arc::new(meridian_dns::Upstream::new(host_resolver())),
         netns_tag: netns_tag.clone(),
-        relays: BTreeMap::new(),
+        namespaces: BTreeMap::new(),
     };
     let registry = Arc::new(registry);
     node_proxy.proxy.add_metrics(Arc::new(move || {
@@ -323,6 +327,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         starts,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut services_seen = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -332,11 +337,21 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                     break;
                 }
                 let wanted = desired.borrow_and_update().clone();
-                reconcile(&options, &node, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                // Instances start once the region's services are known (a host-mode
+                // instance's environment names the TCP services it may reach, fixed at its
+                // start); the control plane sends them with the first assignments.
+                if services_seen {
+                    reconcile(&options, &node, (&wanted, &services.borrow()), &instances, &mut addresses, &mut tasks, &changed);
+                }
             }
             changed_set = services.changed() => {
                 if changed_set.is_err() {
                     break;
+                }
+                if !services_seen {
+                    services_seen = true;
+                    let wanted = desired.borrow().clone();
+                    reconcile(&options, &node, (&wanted, &services.borrow()), &instances, &mut addresses, &mut tasks, &changed);
                 }
             }
             _ = tick.tick() => {}
@@ -358,7 +373,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
                 changed.notify_one();
                 // A replacement may be waiting for this one to stop.
                 let wanted = desired.borrow().clone();
-                reconcile(&options, &node, &wanted, &instances, &mut addresses, &mut tasks, &changed);
+                reconcile(&options, &node, (&wanted, &services.borrow()), &instances, &mut addresses, &mut tasks, &changed);
             }
         }
         let current = services.borrow().clone();
@@ -404,8 +419,9 @@ struct NodeProxy {
     upstream: Arc<meridian_dns::Upstream>,
     /// The tag of the agent's namespaces.
     netns_tag: String,
-    /// The TCP relays last set in each instance's namespace, by its node side.
-    relays: BTreeMap<Ipv4Addr, Vec<node_proxy::TcpRelay>>,
+    /// The TCP relays of each instance in a namespace, by its node side: their numbers, kept
+    /// across configurations, and what its namespace's map may hold.
+    namespaces: BTreeMap<Ipv4Addr, NamespaceRelays>,
 }
 
 /// The first `nameserver` of the host's /etc/resolv.conf.
@@ -442,6 +458,7 @@ impl NodeProxy {
                 address: running.address,
                 listen: running.listen,
                 serving: running.leaving == Leaving::No,
+                relays: running.relays.clone(),
             })
             .collect();
         self.refresh_dns(&local, services).await;
@@ -449,7 +466,13 @@ impl NodeProxy {
         self.certs.request_due(&needed);
         let renewed = std::mem::take(&mut self.renewed);
         let files = self.certs.files();
-        let made = node_proxy::config(&local, services, &files, &options.trust_domain);
+        let made = node_proxy::config(
+            &local,
+            services,
+            &files,
+            &options.trust_domain,
+            &mut self.namespaces,
+        );
         if made.json["listeners"].as_array().is_none_or(Vec::is_empty) {
             return; // Nothing to serve yet (a proxy config needs a listener).
         }
@@ -463,6 +486,7 @@ impl NodeProxy {
                 }
             }
         }
+        // Only now that the proxy listens on the relays may the namespaces' maps point there.
         self.refresh_relays(made.relays).await;
         let listened: Vec<&str> = local
             .iter()
@@ -492,29 +516,31 @@ fn mark_proxied(instances: &Instances, listened: &[&str], changed: &Notify) {
 }
 
 impl NodeProxy {
-    /// Gives each instance in a namespace its DNS table and a server on its node side's port
-    /// 53; stops the servers of instances that are gone.
     /// Sets, in each namespace whose instance's TCP relays changed, the relays the node proxy
-    /// now listens on (`wanted`, by node side); forgets those of instances gone. A namespace
-    /// that refuses is tried again at the next refresh.
-    async fn refresh_relays(&mut self, wanted: BTreeMap<Ipv4Addr, Vec<node_proxy::TcpRelay>>) {
-        self.relays
-            .retain(|address, _| wanted.contains_key(address));
+    /// now listens on (`wanted`, by node side). A namespace that refuses is tried again at the
+    /// next refresh; until then its map may hold both what it held and `wanted`.
+    async fn refresh_relays(&mut self, wanted: BTreeMap<Ipv4Addr, Vec<TcpRelay>>) {
         for (address, relays) in wanted {
-            if self.relays.get(&address) == Some(&relays) {
+            let Some(namespace) = self.namespaces.get_mut(&address) else {
+                continue;
+            };
+            if namespace.maps(&relays) {
                 continue;
             }
             let netns = Netns::new(&self.netns_tag, address);
             match netns.set_relays(&relays).await {
-                Ok(()) => {
-                    self.relays.insert(address, relays);
+                Ok(()) => namespace.mapped(&relays),
+                Err(e) => {
+                    namespace.may_map(&relays);
+                    tracing::warn!(namespace = %netns.name, error = %e,
+                        "cannot set the namespace's TCP relays; trying again");
                 }
-                Err(e) => tracing::warn!(namespace = %netns.name, error = %e,
-                    "cannot set the namespace's TCP relays; trying again"),
             }
         }
     }
 
+    /// Gives each instance in a namespace its DNS table and a server on its node side's port
+    /// 53; stops the servers of instances that are gone.
     async fn refresh_dns(&mut self, local: &[LocalInstance], services: &Services) {
         self.dns.replace(node_proxy::dns_tables(local, services));
         let wanted: BTreeSet<Ipv4Addr> = local
@@ -561,7 +587,7 @@ impl NodeProxy {
 fn reconcile(
     options: &AgentOptions,
     node: &NodeSetup,
-    wanted: &Desired,
+    (wanted, services): (&Desired, &Services),
     instances: &Instances,
     addresses: &mut AddressPool,
     tasks: &mut JoinSet<(String, Ipv4Addr)>,
@@ -593,7 +619,15 @@ fn reconcile(
             tracing::warn!(instance = %want.instance, "no address left for the instance; raise --instance-count");
             continue;
         };
-        let running = start(options, node, want, address, tasks, name, changed);
+        let running = start(
+            options,
+            node,
+            (want, services),
+            address,
+            tasks,
+            name,
+            changed,
+        );
         map.insert(name.clone(), running);
     }
 }
@@ -640,7 +674,7 @@ struct NodeSetup {
 fn start(
     options: &AgentOptions,
     node: &NodeSetup,
-    want: &Wanted,
+    (want, services): (&Wanted, &Services),
     address: Ipv4Addr,
     tasks: &mut JoinSet<(String, Ipv4Addr)>,
     name: &str,
@@ -654,11 +688,14 @@ fn start(
         detail: "assigned".to_owned(),
         network_ready: false,
     });
-    let (listen, netns) = match options.isolation {
-        Isolation::Host => (address, None),
+    let (listen, netns, relays): (_, _, Arc<[HostRelay]>) = match options.isolation {
+        Isolation::Host => {
+            let relays = host_relays::assign(&want.service, &want.spec.ports, services);
+            (address, None, Arc::from(relays))
+        }
         Isolation::Netns => {
             let netns = Netns::new(&node.netns_tag, address);
-            (netns.inner, Some(netns))
+            (netns.inner, Some(netns), Arc::default())
         }
     };
     let launch = Launch {
@@ -669,6 +706,7 @@ fn start(
         address,
         listen,
         netns,
+        relays: relays.clone(),
         region: options.region.clone(),
         node: options.node.clone(),
         state_dir: options.state_dir.clone(),
@@ -700,6 +738,7 @@ fn start(
         stop,
         state,
         leaving: Leaving::No,
+        relays,
         proxied: false,
     }
 }

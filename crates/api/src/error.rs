@@ -182,13 +182,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::SecretMissing { field, secret, app } => {
                 let mut errors = ValidationErrors::default();
-                errors.push(
-                    field,
-                    format!(
-                        "secret `{secret}` does not exist in app `{app}` \
-                         (set it first with `meridian secret set`)"
-                    ),
-                );
+                errors.push(field, meridian_store::secret_missing(&secret, &app));
                 ApiError::invalid(errors)
             }
             StoreError::Closed => ApiError::new(

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use meridian_identity::SealingKey;
-use meridian_model::env::seal_label;
 use meridian_model::{
     Credential, Definition, EnvValue, ImageRef, RegistryCredentials, RegistryOptions,
     ValidationErrors,
@@ -171,13 +170,10 @@ impl Secrets<'_> {
             EnvValue::Secret(reference) => &reference.secret,
         };
         let (org, app) = (self.org, self.app);
-        let sealed = match self.store.get_secret(org, app, name).await {
-            Ok(Some((_, sealed))) => sealed,
+        let (owner, sealed) = match self.store.resolve_secret(org, app, name).await {
+            Ok(Some((owner, _, sealed))) => (owner, sealed),
             Ok(None) => {
-                let reason = format!(
-                    "secret `{name}` does not exist in app `{org}/{app}` \
-                     (set it first with `meridian secret set`)"
-                );
+                let reason = meridian_store::secret_missing(name, &format!("{org}/{app}"));
                 return Err((field, reason));
             }
             Err(e) => return Err((field, format!("secret `{name}` cannot be read: {e}"))),
@@ -187,7 +183,7 @@ impl Secrets<'_> {
             return Err((field, reason.to_owned()));
         };
         sealing
-            .open(&seal_label(org, app, name), &sealed)
+            .open(&owner.seal_label(name), &sealed)
             .ok()
             .and_then(|plain| String::from_utf8(plain).ok())
             .ok_or_else(|| {

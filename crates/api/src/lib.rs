@@ -158,6 +158,11 @@ pub fn router_with(
                 .get(tenancy::get_app)
                 .delete(tenancy::delete_app),
         )
+        .route("/v1/orgs/{org}/secrets", get(secrets::list_org))
+        .route(
+            "/v1/orgs/{org}/secrets/{name}",
+            put(secrets::put_org).delete(secrets::delete_org),
+        )
         .route("/v1/orgs/{org}/apps/{app}/secrets", get(secrets::list))
         .route(
             "/v1/orgs/{org}/apps/{app}/secrets/{name}",

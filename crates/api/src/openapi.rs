@@ -17,6 +17,7 @@ use crate::routes::{
         tenancy::create_token, tenancy::list_tokens, tenancy::delete_token,
         tenancy::create_app, tenancy::list_apps, tenancy::get_app, tenancy::delete_app,
         secrets::put, secrets::list, secrets::delete,
+        secrets::put_org, secrets::list_org, secrets::delete_org,
         regions::put, regions::list, regions::delete, regions::deployments, regions::endpoints,
         regions::intermediate, regions::create_join_token, reports::put, reports::get,
         services::apply, services::list, services::get, services::delete,

@@ -159,6 +159,17 @@ async fn org_token(admin: &Api, org: &str) -> Api {
     admin.with_token(body["secret"].as_str().unwrap())
 }
 
+/// A server with regions and orgs `acme` and `other`: the server, its admin and each org's
+/// token.
+async fn with_two_orgs(dir: &Path) -> (Server, Api, Api, Api) {
+    let server = Server::start(dir).await;
+    let admin = server.as_admin();
+    with_regions(&admin).await;
+    let acme = org_token(&admin, "acme").await;
+    let other = org_token(&admin, "other").await;
+    (server, admin, acme, other)
+}
+
 #[tokio::test]
 async fn readyz_names_what_the_plane_still_waits_for() {
     let dir = tempfile::tempdir().unwrap();
@@ -1110,17 +1121,12 @@ async fn domains_show_their_certificates_and_an_upload_is_checked_before_it_is_s
 #[tokio::test]
 async fn secrets_are_set_listed_without_values_referenced_and_kept_while_in_use() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
-    let admin = server.as_admin();
-    with_regions(&admin).await;
-    let acme = org_token(&admin, "acme").await;
-    let other = org_token(&admin, "other").await;
+    let (_server, admin, acme, other) = with_two_orgs(dir.path()).await;
     let secret = "/v1/orgs/acme/apps/shop/secrets/DB_PASSWORD";
     let value = "hunter2-do-not-show";
 
     // A deploy naming a secret that does not exist is refused, naming the field; nothing stored.
-    let mut using = definition("acme", "web", "hello");
-    using["runtime"]["process"]["env"]["DB_PASSWORD"] = json!({"secret": "DB_PASSWORD"});
+    let using = using_db_password("acme");
     let before = admin.revision().await;
     let (status, body) = acme.post("/v1/services", using.clone()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -1152,14 +1158,7 @@ async fn secrets_are_set_listed_without_values_referenced_and_kept_while_in_use(
     assert_eq!(admin.revision().await, before);
 
     // Set, set again with the same value (no new version), change.
-    let (status, body) = acme.put(secret, json!({"value": value})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(
-        (body["name"].clone(), body["version"].clone()),
-        (json!("DB_PASSWORD"), json!(1))
-    );
-    let (_, body) = acme.put(secret, json!({"value": value})).await;
-    assert_eq!(body["version"], 1, "{body}");
+    set_twice(&acme, secret, value).await;
     let (_, body) = acme.put(secret, json!({"value": "changed"})).await;
     assert_eq!(body["version"], 2, "{body}");
     let (status, list) = acme.get("/v1/orgs/acme/apps/shop/secrets").await;
@@ -1175,20 +1174,100 @@ async fn secrets_are_set_listed_without_values_referenced_and_kept_while_in_use(
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Now the deploy goes through; the secret is then in use.
+    kept_while_in_use(&acme, secret, using, "web").await;
+}
+
+/// Sets the new secret `DB_PASSWORD` at `secret` (an API path) to `value`: version 1, and still
+/// 1 when set to the same value again.
+async fn set_twice(acme: &Api, secret: &str, value: &str) {
+    let (status, body) = acme.put(secret, json!({"value": value})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["name"].clone(), body["version"].clone()),
+        (json!("DB_PASSWORD"), json!(1))
+    );
+    let (_, body) = acme.put(secret, json!({"value": value})).await;
+    assert_eq!(
+        body["version"], 1,
+        "the same value is no new version: {body}"
+    );
+}
+
+/// `definition` of `org/shop/web`, its env `DB_PASSWORD: {secret: DB_PASSWORD}`.
+fn using_db_password(org: &str) -> Value {
+    let mut using = definition(org, "web", "hello");
+    using["runtime"]["process"]["env"]["DB_PASSWORD"] = json!({"secret": "DB_PASSWORD"});
+    using
+}
+
+/// Deploys `using`, which references the secret at `secret` (an API path): deleting the
+/// secret is then refused naming `users`; once the service is gone it goes.
+async fn kept_while_in_use(acme: &Api, secret: &str, using: Value, users: &str) {
     let (status, body) = acme.post("/v1/services", using).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = acme.delete(secret).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("web"),
-        "{body}"
-    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(users), "{body}");
     let (status, _) = acme.delete("/v1/orgs/acme/apps/shop/services/web").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = acme.delete(secret).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, _) = acme.delete(secret).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn org_secrets_are_managed_by_their_org_only_resolved_by_its_apps_and_kept_while_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, acme, other) = with_two_orgs(dir.path()).await;
+    let secret = "/v1/orgs/acme/secrets/DB_PASSWORD";
+    let value = "org-hunter2-do-not-show";
+
+    let (status, body) = acme
+        .put("/v1/orgs/acme/secrets/1BAD", json!({"value": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "name");
+    set_twice(&acme, secret, value).await;
+    let (status, list) = acme.get("/v1/orgs/acme/secrets").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list[0]["name"], "DB_PASSWORD");
+    assert!(!list.to_string().contains(value), "{list}");
+    let (_, apps) = acme.get("/v1/orgs/acme/apps/shop/secrets").await;
+    assert_eq!(apps, json!([]), "an org's secret is not an app's");
+
+    // Another org sees nothing of them, nor may its services use them.
+    for (status, _) in [
+        other.get("/v1/orgs/acme/secrets").await,
+        other.put(secret, json!({"value": "x"})).await,
+        other.delete(secret).await,
+    ] {
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, body) = other.post("/v1/services", using_db_password("other")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "runtime.process.env.DB_PASSWORD");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("nor in org `other`"), "{message}");
+
+    // acme's services resolve to it; it is then in use.
+    kept_while_in_use(&acme, secret, using_db_password("acme"), "shop/web").await;
+
+    // The OpenAPI document describes the routes.
+    let doc: Value = reqwest::get(format!("{}/openapi.json", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = &doc["paths"];
+    assert!(
+        paths["/v1/orgs/{org}/secrets"]["get"].is_object(),
+        "{paths}"
+    );
+    let one = &paths["/v1/orgs/{org}/secrets/{name}"];
+    assert!(one["put"].is_object() && one["delete"].is_object(), "{one}");
 }
 
 #[tokio::test]

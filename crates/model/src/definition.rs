@@ -167,7 +167,7 @@ pub struct Image {
     /// Mount the root filesystem read-only (`/tmp` stays writable); defaults to false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_root_fs: bool,
-    /// The credential for the image's registry, from the app's secrets; without it the
+    /// The credential for the image's registry, from secrets (the app's, else its org's); without it the
     /// registry is asked anonymously (or with the installation's `--registry-credential`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<RegistryCredentials>,

@@ -1,5 +1,6 @@
-//! Environment values: a plain string, or a reference to one of the app's secrets
-//! (`{secret: NAME}`), which the agent resolves into the instance's environment at start.
+//! Environment values: a plain string, or a reference to a secret (`{secret: NAME}`: the app's
+//! secret of that name, else its org's), which the agent resolves into the instance's
+//! environment at start.
 //!
 //! A plain string serializes as a JSON string, as it always did; a reference as
 //! `{"secret": "NAME"}`. Secret names follow environment variable names (see
@@ -25,11 +26,13 @@ pub const SECRET_VALUE_MAX: usize = 64 * 1024;
 pub enum EnvValue {
     /// The value itself.
     Plain(String),
-    /// The value of a secret of the service's app, resolved by the agent at start.
+    /// The value of a secret (the app's of that name, else its org's), resolved by the agent
+    /// at start.
     Secret(SecretRef),
 }
 
-/// A reference to a secret of the service's app: `{secret: NAME}`.
+/// A reference to a secret: `{secret: NAME}`, the app's secret of that name if it has one,
+/// else its org's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretRef {
@@ -123,12 +126,6 @@ pub fn check_secret_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// The label a secret's sealed value is bound to (see the identity crate's sealing): a value
-/// copied onto another secret's row does not open there.
-pub fn seal_label(org: &str, app: &str, name: &str) -> String {
-    format!("secret/{org}/{app}/{name}")
 }
 
 /// Every reference to a secret in `definition` (the runtime's `env`, and each override's `env`

@@ -44,7 +44,7 @@ pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{
     App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Endpoint, EndpointHealth,
-    EndpointInput, Org, Region, RegionInput, RegionReport, SecretInfo, ServiceHealth,
+    EndpointInput, Org, Region, RegionInput, RegionReport, SecretInfo, SecretOwner, ServiceHealth,
     ServiceSummary, TokenInfo, VersionHealth,
 };
 pub use rollout::{

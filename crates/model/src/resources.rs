@@ -197,6 +197,10 @@ pub enum ChangeKind {
     /// A secret of an app (key: `org/app/NAME`); the change carries the secret's new version,
     /// never its value.
     Secret,
+    /// A secret of an org (key: `org/NAME`); the change carries the secret's new version, never
+    /// its value.
+    #[serde(rename = "org_secret")]
+    OrgSecret,
 }
 
 /// A secret as listed: its name and version, never its value.
@@ -209,6 +213,77 @@ pub struct SecretInfo {
     pub version: u64,
     /// Time of its last change, seconds since the Unix epoch.
     pub updated_at: i64,
+}
+
+/// Whose a secret is: an app's, seen by the app's services only, or an org's, seen by every
+/// app of the org that has no secret of the same name (an app's secret shadows its org's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SecretOwner {
+    /// Secrets of app `app` of org `org`.
+    App {
+        /// The org.
+        org: String,
+        /// The app.
+        app: String,
+    },
+    /// Secrets of org `org`.
+    Org {
+        /// The org.
+        org: String,
+    },
+}
+
+impl SecretOwner {
+    /// The secrets of app `org/app`.
+    pub fn app(org: &str, app: &str) -> SecretOwner {
+        SecretOwner::App {
+            org: org.to_owned(),
+            app: app.to_owned(),
+        }
+    }
+
+    /// The secrets of org `org`.
+    pub fn org(org: &str) -> SecretOwner {
+        SecretOwner::Org {
+            org: org.to_owned(),
+        }
+    }
+
+    /// The org the secrets belong to (directly, or through its app).
+    pub fn org_name(&self) -> &str {
+        match self {
+            SecretOwner::App { org, .. } | SecretOwner::Org { org } => org,
+        }
+    }
+
+    /// The label secret `name`'s sealed value is bound to (see the identity crate's sealing),
+    /// so that a value copied onto another secret's row does not open there:
+    /// `secret/<org>/<app>/<name>` for an app's, `org-secret/<org>/<name>` for an org's.
+    pub fn seal_label(&self, name: &str) -> String {
+        match self {
+            SecretOwner::App { org, app } => format!("secret/{org}/{app}/{name}"),
+            SecretOwner::Org { org } => format!("org-secret/{org}/{name}"),
+        }
+    }
+
+    /// The key of secret `name`'s changes in the feed: `org/app/NAME` ([`ChangeKind::Secret`])
+    /// or `org/NAME` ([`ChangeKind::OrgSecret`]).
+    pub fn change_key(&self, name: &str) -> (ChangeKind, String) {
+        match self {
+            SecretOwner::App { org, app } => (ChangeKind::Secret, format!("{org}/{app}/{name}")),
+            SecretOwner::Org { org } => (ChangeKind::OrgSecret, format!("{org}/{name}")),
+        }
+    }
+}
+
+/// Names the owner as messages do: app `org/app`, or org `org`.
+impl std::fmt::Display for SecretOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretOwner::App { org, app } => write!(f, "app `{org}/{app}`"),
+            SecretOwner::Org { org } => write!(f, "org `{org}`"),
+        }
+    }
 }
 
 /// Whether a change created/updated or removed its resource.

@@ -370,8 +370,8 @@ fn validate_credentials(errs: &mut ValidationErrors, prefix: &str, c: &RegistryC
     match &c.password {
         EnvValue::Plain(_) => errs.push(
             field,
-            "must be a secret of the app ({secret: NAME}), never the password itself: a \
-             definition is stored and shown as written",
+            "must be a secret ({secret: NAME}: the app's, else its org's), never the password \
+             itself: a definition is stored and shown as written",
         ),
         EnvValue::Secret(reference) => secret(errs, field, reference),
     }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use meridian_model::{
     App, CertificateSource, CertificateState, Change, Definition, Deployment, Endpoint,
     EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
-    ServiceSummary, TokenInfo,
+    SecretOwner, ServiceSummary, TokenInfo,
 };
 
 pub use sqlite::SqliteStore;
@@ -163,9 +163,9 @@ pub enum StoreError {
     /// The backend failed (I/O, database).
     #[error("storage failure: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A definition references a secret its app does not have: `field` is the first
-    /// environment variable that does (e.g. `runtime.process.env.DB_PASSWORD`).
-    #[error("{field}: secret `{secret}` does not exist in app `{app}` (set it first with `meridian secret set`)")]
+    /// A definition references a secret neither its app nor its org has: `field` is the first
+    /// field that does (e.g. `runtime.process.env.DB_PASSWORD`).
+    #[error("{field}: {}", secret_missing(secret, app))]
     SecretMissing {
         /// The field that references it.
         field: String,
@@ -180,6 +180,16 @@ pub enum StoreError {
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// Why a reference to secret `secret` of a service of app `app` (`org/app`) resolves to
+/// nothing, and what to do.
+pub fn secret_missing(secret: &str, app: &str) -> String {
+    let org = app.split_once('/').map_or(app, |(org, _)| org);
+    format!(
+        "secret `{secret}` does not exist in app `{app}` nor in org `{org}` \
+         (set it first with `meridian secret set --app` or `--org`)"
+    )
 }
 
 /// Result of a store operation.
@@ -311,29 +321,47 @@ pub trait Store: Send + Sync + 'static {
     /// Stores the sealed TLS session ticket keys, rotated at `rotated_at`.
     async fn put_ticket_keys(&self, sealed: &[u8], rotated_at: i64) -> Result<()>;
 
-    /// Creates or replaces secret `name` of `org/app` with `sealed` (sealed by the caller; the
-    /// store never sees a value in clear), one version more than before (1 when new). The app
-    /// is created if missing; the org must exist ([`StoreError::NotFound`]). Each service of
-    /// the app whose current version references the secret gets, in the same transaction, a
-    /// new version equal to it ([`meridian_model::DeploymentOrigin::Secret`]), which rolls its instances over
-    /// to the new value.
+    /// Creates or replaces secret `name` of `owner` with `sealed` (sealed by the caller; the
+    /// store never sees a value in clear), one version more than before (1 when new). An app
+    /// is created if missing; the org must exist ([`StoreError::NotFound`]). Each service whose
+    /// current version references the secret and resolves it to this one (for an org's: a
+    /// service of the org whose app has no secret of that name) gets, in the same transaction,
+    /// a new version equal to it ([`meridian_model::DeploymentOrigin::Secret`]), which rolls
+    /// its instances over to the new value.
     async fn put_secret(
         &self,
-        org: &str,
-        app: &str,
+        owner: &SecretOwner,
         name: &str,
         sealed: &[u8],
     ) -> Result<SecretInfo>;
-    /// The secrets of `org/app`, by name: names and versions only.
-    async fn list_secrets(&self, org: &str, app: &str) -> Result<Vec<SecretInfo>>;
-    /// Secret `name` of `org/app` with its sealed value, if it exists.
+    /// The secrets of `owner`, by name: names and versions only.
+    async fn list_secrets(&self, owner: &SecretOwner) -> Result<Vec<SecretInfo>>;
+    /// Secret `name` of `owner` with its sealed value, if it exists.
     async fn get_secret(
+        &self,
+        owner: &SecretOwner,
+        name: &str,
+    ) -> Result<Option<(SecretInfo, Vec<u8>)>>;
+    /// Deletes secret `name` of `owner`. The services whose current version references it
+    /// and resolves it to this one must have another to resolve to (an app's secret that
+    /// shadows the org's of that name): each then gets, in the same transaction, a new version
+    /// equal to it (origin secret) that rolls its instances over to the org's value; otherwise
+    /// [`StoreError::Conflict`] naming them.
+    async fn delete_secret(&self, owner: &SecretOwner, name: &str) -> Result<()>;
+    /// The secret a reference `{secret: NAME}` of a service of app `org/app` resolves to: the
+    /// app's secret of that name if it exists, else the org's; with its owner (whose
+    /// [`SecretOwner::seal_label`] opens it) and sealed value.
+    async fn resolve_secret(
         &self,
         org: &str,
         app: &str,
         name: &str,
-    ) -> Result<Option<(SecretInfo, Vec<u8>)>>;
-    /// Deletes secret `name` of `org/app`; [`StoreError::Conflict`] naming the services whose
-    /// current version references it.
-    async fn delete_secret(&self, org: &str, app: &str, name: &str) -> Result<()>;
+    ) -> Result<Option<(SecretOwner, SecretInfo, Vec<u8>)>> {
+        for owner in [SecretOwner::app(org, app), SecretOwner::org(org)] {
+            if let Some((info, sealed)) = self.get_secret(&owner, name).await? {
+                return Ok(Some((owner, info, sealed)));
+            }
+        }
+        Ok(None)
+    }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use meridian_model::{
     App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Endpoint,
     EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
-    ServiceSummary, TokenInfo,
+    SecretOwner, ServiceSummary, TokenInfo,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -160,6 +160,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::Rollout => "rollout",
         ChangeKind::RolloutControl => "rollout_control",
         ChangeKind::Secret => "secret",
+        ChangeKind::OrgSecret => "org_secret",
     }
 }
 
@@ -177,6 +178,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "rollout" => ChangeKind::Rollout,
         "rollout_control" => ChangeKind::RolloutControl,
         "secret" => ChangeKind::Secret,
+        "org_secret" => ChangeKind::OrgSecret,
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unknown change kind `{other}`"
@@ -412,6 +414,21 @@ async fn write_version(
         rolled_back_from,
         definition: definition.clone(),
     })
+}
+
+/// Gives each of `definitions` a new version equal to it (origin secret: a secret it uses
+/// changed), in the caller's transaction, so that no one sees the secret's change without
+/// them; returns the revision of the last write (`revision` when there is none).
+async fn renew(
+    conn: &mut SqliteConnection,
+    definitions: Vec<Definition>,
+    mut revision: u64,
+) -> Result<u64> {
+    for definition in definitions {
+        let renewed = write_version(conn, &definition, DeploymentOrigin::Secret, None);
+        revision = renewed.await?.revision;
+    }
+    Ok(revision)
 }
 
 #[async_trait]
@@ -1000,38 +1017,34 @@ impl Store for SqliteStore {
 
     async fn put_secret(
         &self,
-        org: &str,
-        app: &str,
+        owner: &SecretOwner,
         name: &str,
         sealed: &[u8],
     ) -> Result<SecretInfo> {
         let mut tx = self.writer.begin().await?;
-        let (info, mut revision) = secrets::put(&mut tx, org, app, name, sealed).await?;
-        // In the same transaction, so that no one sees the new value without the new versions.
-        for definition in secrets::users(&mut tx, org, app, name).await? {
-            let renewed = write_version(&mut tx, &definition, DeploymentOrigin::Secret, None);
-            revision = renewed.await?.revision;
-        }
+        let (info, revision) = secrets::put(&mut tx, owner, name, sealed).await?;
+        let users = secrets::users(&mut tx, owner, name).await?;
+        let revision = renew(&mut tx, users, revision).await?;
         self.commit(tx, revision).await?;
         Ok(info)
     }
 
-    async fn list_secrets(&self, org: &str, app: &str) -> Result<Vec<SecretInfo>> {
-        secrets::list(&self.reader, org, app).await
+    async fn list_secrets(&self, owner: &SecretOwner) -> Result<Vec<SecretInfo>> {
+        secrets::list(&self.reader, owner).await
     }
 
     async fn get_secret(
         &self,
-        org: &str,
-        app: &str,
+        owner: &SecretOwner,
         name: &str,
     ) -> Result<Option<(SecretInfo, Vec<u8>)>> {
-        secrets::get(&self.reader, org, app, name).await
+        secrets::get(&self.reader, owner, name).await
     }
 
-    async fn delete_secret(&self, org: &str, app: &str, name: &str) -> Result<()> {
+    async fn delete_secret(&self, owner: &SecretOwner, name: &str) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let revision = secrets::delete(&mut tx, org, app, name).await?;
+        let (mut revision, users) = secrets::delete(&mut tx, owner, name).await?;
+        revision = renew(&mut tx, users, revision).await?;
         self.commit(tx, revision).await
     }
 }

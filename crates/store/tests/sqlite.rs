@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_model::{ChangeKind, ChangeOp, Definition, DeploymentOrigin, Region};
+use meridian_model::{ChangeKind, ChangeOp, Definition, DeploymentOrigin, Region, SecretOwner};
 use meridian_store::{
     wait_for_changes, MissingOrg, ServiceFilter, ServiceKey, SqliteStore, Store, StoreError, Watch,
 };
@@ -544,9 +544,10 @@ async fn acme_accounts_and_ticket_keys_are_kept_and_replaced() {
 async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
+    let shop = SecretOwner::app("acme", "shop");
     with_regions(&store).await;
     assert!(matches!(
-        store.put_secret("acme", "shop", "DB", b"sealed-1").await,
+        store.put_secret(&shop, "DB", b"sealed-1").await,
         Err(StoreError::NotFound(_))
     ));
     store.create_org("acme").await.unwrap();
@@ -567,15 +568,9 @@ async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in
     }
     assert_eq!(store.revision().await.unwrap(), before, "nothing stored");
 
-    let first = store
-        .put_secret("acme", "shop", "DB", b"sealed-1")
-        .await
-        .unwrap();
+    let first = store.put_secret(&shop, "DB", b"sealed-1").await.unwrap();
     assert_eq!(first.version, 1);
-    let second = store
-        .put_secret("acme", "shop", "DB", b"sealed-2")
-        .await
-        .unwrap();
+    let second = store.put_secret(&shop, "DB", b"sealed-2").await.unwrap();
     assert_eq!(second.version, 2);
     let changes = store.changes_after(before, 10).await.unwrap();
     let last = changes.last().unwrap();
@@ -583,13 +578,9 @@ async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in
         (last.kind, last.key.as_str(), last.version),
         (ChangeKind::Secret, "acme/shop/DB", Some(2))
     );
-    let (info, sealed) = store
-        .get_secret("acme", "shop", "DB")
-        .await
-        .unwrap()
-        .unwrap();
+    let (info, sealed) = store.get_secret(&shop, "DB").await.unwrap().unwrap();
     assert_eq!((info.version, sealed.as_slice()), (2, &b"sealed-2"[..]));
-    let listed = store.list_secrets("acme", "shop").await.unwrap();
+    let listed = store.list_secrets(&shop).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].name.as_str(), listed[0].version), ("DB", 2));
 
@@ -600,10 +591,7 @@ async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in
     // A new value gives the service that uses it a new version equal to the current one, in
     // the same transaction (the change feed's service change comes after the secret's).
     let before = store.revision().await.unwrap();
-    store
-        .put_secret("acme", "shop", "DB", b"sealed-3")
-        .await
-        .unwrap();
+    store.put_secret(&shop, "DB", b"sealed-3").await.unwrap();
     let changes = store.changes_after(before, 10).await.unwrap();
     let kinds: Vec<(ChangeKind, Option<u64>)> =
         changes.iter().map(|c| (c.kind, c.version)).collect();
@@ -620,15 +608,230 @@ async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in
         (2, DeploymentOrigin::Secret)
     );
     assert_eq!(renewed.definition, using);
-    match store.delete_secret("acme", "shop", "DB").await {
+    match store.delete_secret(&shop, "DB").await {
         Err(StoreError::Conflict(message)) => assert!(message.contains("web"), "{message}"),
         other => panic!("{other:?}"),
     }
     store.delete_service(&key("web")).await.unwrap();
-    store.delete_secret("acme", "shop", "DB").await.unwrap();
-    assert!(store.list_secrets("acme", "shop").await.unwrap().is_empty());
+    store.delete_secret(&shop, "DB").await.unwrap();
+    assert!(store.list_secrets(&shop).await.unwrap().is_empty());
     assert!(matches!(
-        store.delete_secret("acme", "shop", "DB").await,
+        store.delete_secret(&shop, "DB").await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// `definition` of service `name` in app `app`, with env `DB_PASSWORD: {secret: DB}`.
+fn using_db(app: &str, name: &str) -> Definition {
+    let mut using = definition(name, &["fra"], "hello");
+    using.app = app.into();
+    using.runtime.env_mut().unwrap().insert(
+        "DB_PASSWORD".into(),
+        serde_json::from_str(r#"{"secret":"DB"}"#).unwrap(),
+    );
+    using
+}
+
+#[tokio::test]
+async fn an_org_secret_is_resolved_where_no_app_secret_shadows_it_and_rolls_only_those_services() {
+    // (and an app's secret that shadows it may go, rolling its users over to the org's)
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    with_regions(&store).await;
+    let acme = SecretOwner::org("acme");
+    assert!(matches!(
+        store.put_secret(&acme, "DB", b"org-1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.create_org("acme").await.unwrap();
+    store.create_org("other").await.unwrap();
+    let before = store.revision().await.unwrap();
+    assert_eq!(
+        store
+            .put_secret(&acme, "DB", b"org-1")
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    let changes = store.changes_after(before, 10).await.unwrap();
+    assert_eq!(
+        (changes[0].kind, changes[0].key.as_str(), changes[0].version),
+        (ChangeKind::OrgSecret, "acme/DB", Some(1))
+    );
+
+    // shop/web resolves DB to the org's; admin/api to its app's, which shadows it.
+    store
+        .apply_service(&using_db("shop", "web"), MissingOrg::Reject)
+        .await
+        .unwrap();
+    let admin = SecretOwner::app("acme", "admin");
+    store.put_secret(&admin, "DB", b"app-1").await.unwrap();
+    store
+        .apply_service(&using_db("admin", "api"), MissingOrg::Reject)
+        .await
+        .unwrap();
+    let (owner, info, sealed) = store
+        .resolve_secret("acme", "shop", "DB")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (owner, info.version, sealed),
+        (acme.clone(), 1, b"org-1".to_vec())
+    );
+    let (owner, _, sealed) = store
+        .resolve_secret("acme", "admin", "DB")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((owner, sealed), (admin.clone(), b"app-1".to_vec()));
+    // Another org does not see it.
+    assert!(store
+        .resolve_secret("other", "shop", "DB")
+        .await
+        .unwrap()
+        .is_none());
+    let mut elsewhere = using_db("shop", "web");
+    elsewhere.org = "other".into();
+    match store.apply_service(&elsewhere, MissingOrg::Reject).await {
+        Err(e @ StoreError::SecretMissing { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.starts_with("runtime.process.env.DB_PASSWORD: ")
+                    && message.contains("org `other`"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A new value of the org's secret rolls shop/web, in the same transaction, not admin/api.
+    let before = store.revision().await.unwrap();
+    store.put_secret(&acme, "DB", b"org-2").await.unwrap();
+    let changes: Vec<(ChangeKind, String, Option<u64>)> = store
+        .changes_after(before, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.key, c.version))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (ChangeKind::OrgSecret, "acme/DB".to_owned(), Some(2)),
+            (ChangeKind::Service, "acme/shop/web".to_owned(), Some(2)),
+        ]
+    );
+    let web = ServiceKey {
+        org: "acme".into(),
+        app: "shop".into(),
+        name: "web".into(),
+    };
+    let renewed = store.get_service(&web).await.unwrap().unwrap();
+    assert_eq!(
+        (renewed.version, renewed.origin),
+        (2, DeploymentOrigin::Secret)
+    );
+
+    // Kept while a service resolves to it; the app's own secret keeps admin/api going.
+    match store.delete_secret(&acme, "DB").await {
+        Err(StoreError::Conflict(message)) => {
+            assert!(
+                message.contains("shop/web") && !message.contains("admin/api"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The app's secret may go while in use, as the org's takes its place: admin/api is rolled
+    // over to it in the same transaction.
+    let before = store.revision().await.unwrap();
+    store.delete_secret(&admin, "DB").await.unwrap();
+    let changes: Vec<(ChangeKind, ChangeOp, String)> = store
+        .changes_after(before, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.op, c.key))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                ChangeKind::Secret,
+                ChangeOp::Delete,
+                "acme/admin/DB".to_owned()
+            ),
+            (
+                ChangeKind::Service,
+                ChangeOp::Put,
+                "acme/admin/api".to_owned()
+            ),
+        ]
+    );
+    let (owner, _, _) = store
+        .resolve_secret("acme", "admin", "DB")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner, acme);
+    match store.delete_secret(&acme, "DB").await {
+        Err(StoreError::Conflict(message)) => {
+            assert!(message.contains("admin/api, shop/web"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    store.delete_service(&web).await.unwrap();
+    let api = ServiceKey {
+        name: "api".into(),
+        app: "admin".into(),
+        ..web
+    };
+    store.delete_service(&api).await.unwrap();
+    store.delete_secret(&acme, "DB").await.unwrap();
+    assert!(store.list_secrets(&acme).await.unwrap().is_empty());
+
+    // Org secrets outlive a restart of the store.
+    store.put_secret(&acme, "TOKEN", b"sealed").await.unwrap();
+    drop(store);
+    let reopened = open(&dir).await;
+    let listed = reopened.list_secrets(&acme).await.unwrap();
+    assert_eq!((listed[0].name.as_str(), listed[0].version), ("TOKEN", 1));
+}
+
+#[tokio::test]
+async fn a_database_made_before_org_secrets_gets_their_table_and_keeps_its_app_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meridian.db");
+    let shop = SecretOwner::app("acme", "shop");
+    {
+        let store = open(&dir).await;
+        store.create_org("acme").await.unwrap();
+        store.put_secret(&shop, "DB", b"sealed").await.unwrap();
+    }
+    // Back to the schema before org secrets: no table, no record of its migration.
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::query("DROP TABLE org_secrets")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 9")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = open(&dir).await;
+    assert_eq!(store.list_secrets(&shop).await.unwrap().len(), 1);
+    let acme = SecretOwner::org("acme");
+    let info = store.put_secret(&acme, "TOKEN", b"sealed").await.unwrap();
+    assert_eq!(info.version, 1);
+    let (owner, _, _) = store
+        .resolve_secret("acme", "shop", "TOKEN")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner, acme);
 }

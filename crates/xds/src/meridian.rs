@@ -138,7 +138,7 @@ pub struct Assignment {
     pub secrets: Vec<SecretValue>,
 }
 
-/// The value of one secret of an app, as the global control plane sends it to the regions
+/// The value of one secret (an app's or an org's), as the global control plane sends it to the regions
 /// whose services reference it, and a region to the agents that run their instances (over
 /// the same mutual-TLS streams). Its `Debug` shows the name and version, never the value.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -13,14 +13,14 @@ use crate::client::Client;
 use crate::definition;
 use crate::output::{print, timestamp, Format};
 
-/// Which app (and org) a service, or a secret, belongs to.
+/// Which app (and org) a service belongs to.
 #[derive(Args, Clone)]
 pub struct AppScope {
-    /// The app: the service's, or the one whose secrets these are.
+    /// The service's app.
     #[arg(long)]
     app: String,
-    /// The org; defaults to the token's org. With an admin token: for a service, the only org
-    /// that has one of that name; for secrets, it must be named.
+    /// The org; defaults to the token's org. With an admin token: the only org that has a
+    /// service of that name.
     #[arg(long, env = "MERIDIAN_ORG")]
     org: Option<String>,
 }
@@ -32,13 +32,6 @@ impl AppScope {
             app: app.to_owned(),
             org: Some(org.to_owned()),
         }
-    }
-
-    /// The API path of the app, `/v1/orgs/{org}/apps/{app}`: the org is --org, or the
-    /// token's.
-    pub async fn app_path(&self, api: &Client) -> Result<String> {
-        let org = default_org(api, self.org.clone()).await?;
-        Ok(format!("/v1/orgs/{org}/apps/{}", self.app))
     }
 }
 
@@ -363,7 +356,8 @@ pub(crate) async fn service_path(api: &Client, service: &str, scope: &AppScope) 
     ))
 }
 
-async fn default_org(api: &Client, org: Option<String>) -> Result<String> {
+/// `org`, or else the token's org (an admin token has none: an error asking for --org).
+pub(super) async fn default_org(api: &Client, org: Option<String>) -> Result<String> {
     if let Some(org) = org {
         return Ok(org);
     }

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use meridian_identity::SealingKey;
-use meridian_model::env::seal_label;
 use meridian_model::RegionalDeployment;
 use meridian_store::{ServiceKey, Store, StoreError};
 use meridian_xds::meridian::SecretValue;
@@ -44,16 +43,18 @@ pub(super) async fn resolve(
     Ok(out)
 }
 
-/// Secret `name` of `key`'s app, opened; `None` (logged) when it cannot be.
+/// The secret `name` resolves to for `key` (its app's, else its org's), opened; `None`
+/// (logged) when it cannot be.
 async fn open(
     store: &dyn Store,
     sealing: Option<&SealingKey>,
     key: &ServiceKey,
     name: &str,
 ) -> Result<Option<SecretValue>, StoreError> {
-    let Some((info, sealed)) = store.get_secret(&key.org, &key.app, name).await? else {
+    let Some((owner, info, sealed)) = store.resolve_secret(&key.org, &key.app, name).await? else {
         tracing::warn!(service = %key, secret = name,
-            "the service references a secret its app does not have; its instances cannot start");
+            "the service references a secret neither its app nor its org has; \
+             its instances cannot start");
         return Ok(None);
     };
     let Some(sealing) = sealing else {
@@ -61,7 +62,7 @@ async fn open(
             "a secret cannot be opened: this control plane runs without --secrets-key");
         return Ok(None);
     };
-    let label = seal_label(&key.org, &key.app, name);
+    let label = owner.seal_label(name);
     match sealing.open(&label, &sealed) {
         Ok(plain) => match String::from_utf8(plain) {
             Ok(value) => Ok(Some(SecretValue {

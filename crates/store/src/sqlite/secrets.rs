@@ -1,7 +1,8 @@
-//! Secret rows: the SQL behind an app's secrets. Values arrive and leave sealed.
+//! Secret rows: the SQL behind app and org secrets (one table each, one code path). Values
+//! arrive and leave sealed.
 
 use meridian_model::env::secret_references;
-use meridian_model::{ChangeKind, ChangeOp, Definition, SecretInfo};
+use meridian_model::{ChangeOp, Definition, SecretInfo, SecretOwner};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::{
@@ -9,44 +10,97 @@ use super::{
 };
 use crate::{Result, StoreError};
 
-/// Creates or replaces secret `name` of `org/app` (the app is made when missing; the org must
+/// Where an owner's secrets are: the table, its owner columns, the condition selecting the
+/// owner's rows (binds: [`Rows::owner`]) and the owner's values.
+struct Rows<'a> {
+    table: &'static str,
+    columns: &'static str,
+    filter: &'static str,
+    owner: Vec<&'a str>,
+}
+
+impl<'a> Rows<'a> {
+    fn of(owner: &'a SecretOwner) -> Self {
+        match owner {
+            SecretOwner::App { org, app } => Rows {
+                table: "secrets",
+                columns: "org, app",
+                filter: "org = ? AND app = ?",
+                owner: vec![org, app],
+            },
+            SecretOwner::Org { org } => Rows {
+                table: "org_secrets",
+                columns: "org",
+                filter: "org = ?",
+                owner: vec![org],
+            },
+        }
+    }
+
+    /// `SELECT {what}` of the owner's secret (the name is the last bind).
+    fn select_one(&self, what: &str) -> String {
+        format!(
+            "SELECT {what} FROM {} WHERE {} AND name = ?",
+            self.table, self.filter
+        )
+    }
+
+    /// The owner's values, then `name`.
+    fn with_name<'n>(&self, name: &'n str) -> Vec<&'n str>
+    where
+        'a: 'n,
+    {
+        let mut binds = self.owner.clone();
+        binds.push(name);
+        binds
+    }
+}
+
+/// Creates or replaces secret `name` of `owner` (an app is made when missing; the org must
 /// exist) with the next version; returns its row and the revision of the change.
 pub(super) async fn put(
     conn: &mut SqliteConnection,
-    org: &str,
-    app: &str,
+    owner: &SecretOwner,
     name: &str,
     sealed: &[u8],
 ) -> Result<(SecretInfo, u64)> {
+    let org = owner.org_name();
     if !exists(conn, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
         return Err(StoreError::NotFound(format!("org `{org}`")));
     }
-    ensure_app(conn, org, app).await?;
+    if let SecretOwner::App { org, app } = owner {
+        ensure_app(conn, org, app).await?;
+    }
+    let rows = Rows::of(owner);
     let now = now_secs();
-    let before: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM secrets WHERE org = ? AND app = ? AND name = ?")
-            .bind(org)
-            .bind(app)
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let sql = rows.select_one("version");
+    let mut query = sqlx::query_scalar(&sql);
+    for value in rows.with_name(name) {
+        query = query.bind(value);
+    }
+    let before: Option<i64> = query.fetch_optional(&mut *conn).await?;
     let version = before.map_or(1, |v| to_u64(v) + 1);
-    let key = format!("{org}/{app}/{name}");
-    let revision = record(conn, ChangeKind::Secret, &key, ChangeOp::Put, Some(version)).await?;
-    sqlx::query(
-        "INSERT INTO secrets (org, app, name, version, sealed_value, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (org, app, name) DO UPDATE SET \
+    let (kind, key) = owner.change_key(name);
+    let revision = record(conn, kind, &key, ChangeOp::Put, Some(version)).await?;
+    let sql = format!(
+        "INSERT INTO {table} ({columns}, name, version, sealed_value, updated_at) \
+         VALUES ({owner}?, ?, ?, ?) ON CONFLICT ({columns}, name) DO UPDATE SET \
          version = excluded.version, sealed_value = excluded.sealed_value, \
          updated_at = excluded.updated_at",
-    )
-    .bind(org)
-    .bind(app)
-    .bind(name)
-    .bind(to_i64(version)?)
-    .bind(sealed)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+        table = rows.table,
+        columns = rows.columns,
+        owner = "?, ".repeat(rows.owner.len()),
+    );
+    let mut query = sqlx::query(&sql);
+    for value in rows.with_name(name) {
+        query = query.bind(value);
+    }
+    query
+        .bind(to_i64(version)?)
+        .bind(sealed)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     let info = SecretInfo {
         name: name.to_owned(),
         version,
@@ -55,16 +109,21 @@ pub(super) async fn put(
     Ok((info, revision))
 }
 
-/// The secrets of `org/app`, by name, without their values.
-pub(super) async fn list(pool: &SqlitePool, org: &str, app: &str) -> Result<Vec<SecretInfo>> {
-    let rows = sqlx::query(
-        "SELECT name, version, updated_at FROM secrets WHERE org = ? AND app = ? ORDER BY name",
-    )
-    .bind(org)
-    .bind(app)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
+/// The secrets of `owner`, by name, without their values.
+pub(super) async fn list(pool: &SqlitePool, owner: &SecretOwner) -> Result<Vec<SecretInfo>> {
+    let rows = Rows::of(owner);
+    let sql = format!(
+        "SELECT name, version, updated_at FROM {} WHERE {} ORDER BY name",
+        rows.table, rows.filter
+    );
+    let mut query = sqlx::query(&sql);
+    for value in &rows.owner {
+        query = query.bind(*value);
+    }
+    query
+        .fetch_all(pool)
+        .await?
+        .iter()
         .map(|row| {
             Ok(SecretInfo {
                 name: row.try_get("name")?,
@@ -75,22 +134,19 @@ pub(super) async fn list(pool: &SqlitePool, org: &str, app: &str) -> Result<Vec<
         .collect()
 }
 
-/// Secret `name` of `org/app` with its sealed value, if it exists.
+/// Secret `name` of `owner` with its sealed value, if it exists.
 pub(super) async fn get(
     pool: &SqlitePool,
-    org: &str,
-    app: &str,
+    owner: &SecretOwner,
     name: &str,
 ) -> Result<Option<(SecretInfo, Vec<u8>)>> {
-    let row = sqlx::query(
-        "SELECT version, sealed_value, updated_at FROM secrets \
-         WHERE org = ? AND app = ? AND name = ?",
-    )
-    .bind(org)
-    .bind(app)
-    .bind(name)
-    .fetch_optional(pool)
-    .await?;
+    let rows = Rows::of(owner);
+    let sql = rows.select_one("version, sealed_value, updated_at");
+    let mut query = sqlx::query(&sql);
+    for value in rows.with_name(name) {
+        query = query.bind(value);
+    }
+    let row = query.fetch_optional(pool).await?;
     row.map(|row| {
         let info = SecretInfo {
             name: name.to_owned(),
@@ -102,91 +158,111 @@ pub(super) async fn get(
     .transpose()
 }
 
-/// Deletes secret `name` of `org/app`, unless the current version of one of the app's services
-/// references it ([`StoreError::Conflict`] naming them); returns the revision of the change.
+/// Deletes secret `name` of `owner`; returns the revision of the change and the current
+/// definitions of the services that used it and now resolve their references to the org's
+/// secret of that name (an app's secret that shadowed it), which the caller gives a new
+/// version in the same transaction. Refused ([`StoreError::Conflict`] naming them) while
+/// services use it and nothing else would resolve their references.
 pub(super) async fn delete(
     conn: &mut SqliteConnection,
-    org: &str,
-    app: &str,
+    owner: &SecretOwner,
     name: &str,
-) -> Result<u64> {
-    let sql = "SELECT 1 FROM secrets WHERE org = ? AND app = ? AND name = ?";
-    if !exists(conn, sql, &[org, app, name]).await? {
-        return Err(StoreError::NotFound(format!(
-            "secret `{name}` of app `{org}/{app}`"
-        )));
+) -> Result<(u64, Vec<Definition>)> {
+    let rows = Rows::of(owner);
+    if !exists(conn, &rows.select_one("1"), &rows.with_name(name)).await? {
+        return Err(StoreError::NotFound(format!("secret `{name}` of {owner}")));
     }
-    let users: Vec<String> = users(conn, org, app, name)
-        .await?
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
-    if !users.is_empty() {
+    let users = users(conn, owner, name).await?;
+    let org = owner.org_name();
+    let fallback = match owner {
+        SecretOwner::App { .. } => {
+            let sql = "SELECT 1 FROM org_secrets WHERE org = ? AND name = ?";
+            exists(conn, sql, &[org, name]).await?
+        }
+        SecretOwner::Org { .. } => false,
+    };
+    if !users.is_empty() && !fallback {
+        let names: Vec<String> = users
+            .iter()
+            .map(|d| format!("{}/{}", d.app, d.name))
+            .collect();
         return Err(StoreError::Conflict(format!(
-            "secret `{name}` is in use by service(s) {} of app `{org}/{app}`; \
+            "secret `{name}` of {owner} is in use by service(s) {}; \
              deploy them without it first",
-            users.join(", ")
+            names.join(", ")
         )));
     }
-    let key = format!("{org}/{app}/{name}");
-    let revision = record(conn, ChangeKind::Secret, &key, ChangeOp::Delete, None).await?;
-    sqlx::query("DELETE FROM secrets WHERE org = ? AND app = ? AND name = ?")
-        .bind(org)
-        .bind(app)
-        .bind(name)
-        .execute(&mut *conn)
-        .await?;
-    Ok(revision)
+    let (kind, key) = owner.change_key(name);
+    let revision = record(conn, kind, &key, ChangeOp::Delete, None).await?;
+    let sql = format!(
+        "DELETE FROM {} WHERE {} AND name = ?",
+        rows.table, rows.filter
+    );
+    let mut query = sqlx::query(&sql);
+    for value in rows.with_name(name) {
+        query = query.bind(value);
+    }
+    query.execute(&mut *conn).await?;
+    Ok((revision, users))
 }
 
+/// Selects a reference `name` of a service of app `org/app` resolves: the app's secret, else
+/// the org's (binds: org, app, name, org, name).
+const RESOLVES: &str = "SELECT 1 FROM secrets WHERE org = ? AND app = ? AND name = ? \
+     UNION ALL SELECT 1 FROM org_secrets WHERE org = ? AND name = ?";
+
 /// Fails with [`StoreError::SecretMissing`] naming the first field of `definition` that
-/// references a secret its app does not have.
+/// references a secret neither its app nor its org has.
 pub(super) async fn check_references(
     conn: &mut SqliteConnection,
     definition: &Definition,
 ) -> Result<()> {
-    let sql = "SELECT 1 FROM secrets WHERE org = ? AND app = ? AND name = ?";
+    let (org, app) = (definition.org.as_str(), definition.app.as_str());
     for (field, name) in secret_references(definition) {
-        if !exists(conn, sql, &[&definition.org, &definition.app, name]).await? {
+        if !exists(conn, RESOLVES, &[org, app, name, org, name]).await? {
             return Err(StoreError::SecretMissing {
                 field,
                 secret: name.to_owned(),
-                app: format!("{}/{}", definition.org, definition.app),
+                app: format!("{org}/{app}"),
             });
         }
     }
     Ok(())
 }
 
-/// The current definitions of the services of `org/app` that reference secret `name`.
+/// The current definitions of the services whose references to `name` resolve to `owner`'s
+/// secret and that reference it: for an app's, the app's services; for an org's, the services
+/// of its apps that have no secret of that name.
 pub(super) async fn users(
     conn: &mut SqliteConnection,
-    org: &str,
-    app: &str,
+    owner: &SecretOwner,
     name: &str,
 ) -> Result<Vec<Definition>> {
-    let mut definitions = current_definitions(conn, org, app).await?;
-    definitions.retain(|d| secret_references(d).iter().any(|(_, n)| *n == name));
-    Ok(definitions)
-}
-
-/// The current definitions of the services of `org/app`.
-async fn current_definitions(
-    conn: &mut SqliteConnection,
-    org: &str,
-    app: &str,
-) -> Result<Vec<Definition>> {
-    let rows = sqlx::query(&format!(
+    let (org, app, unshadowed) = match owner {
+        SecretOwner::App { org, app } => (org, Some(app.as_str()), ""),
+        SecretOwner::Org { org } => (
+            org,
+            None,
+            "AND NOT EXISTS (SELECT 1 FROM secrets x \
+             WHERE x.org = s.org AND x.app = s.app AND x.name = ?)",
+        ),
+    };
+    let sql = format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM services s JOIN deployments d \
          ON d.org = s.org AND d.app = s.app AND d.service = s.name \
          AND d.version = s.current_version \
-         WHERE s.org = ? AND s.app = ?"
-    ))
-    .bind(org)
-    .bind(app)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
+         WHERE s.org = ? AND (? IS NULL OR s.app = ?) {unshadowed} \
+         ORDER BY s.app, s.name"
+    );
+    let mut query = sqlx::query(&sql).bind(org).bind(app).bind(app);
+    if app.is_none() {
+        query = query.bind(name);
+    }
+    let rows = query.fetch_all(conn).await?;
+    let mut definitions = rows
+        .iter()
         .map(|row| Ok(deployment_from_row(row)?.definition))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    definitions.retain(|d| secret_references(d).iter().any(|(_, n)| *n == name));
+    Ok(definitions)
 }

@@ -217,6 +217,7 @@ impl Header {
                 header::AGE
                     | header::AUTHORIZATION
                     | header::CONTENT_LENGTH
+                    | header::DATE
                     | header::ETAG
                     | header::IF_MODIFIED_SINCE
                     | header::IF_NONE_MATCH
