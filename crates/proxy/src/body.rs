@@ -337,7 +337,7 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::pool::BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -15,8 +15,6 @@ mod cluster;
 mod config;
 mod forward;
 mod framing;
-// Not used yet: the upstream exchange in `pool` moves onto it next (branch h1codec).
-#[allow(dead_code)]
 mod h1;
 mod handshakes;
 mod health;

@@ -1,11 +1,15 @@
 //! The proxy's own pool of HTTP/1.1 connections to an endpoint, driven by the requests that use
 //! them: no task per connection, no hashing per request. A request takes the idle connection
 //! last returned to its endpoint (checking first that the endpoint has not closed it) or opens
-//! one, polls the connection itself until the response head arrives, and hands it to the
-//! response body ([`ConnectionBody`]), which polls it while the body streams and returns it to
-//! the endpoint's idle list once the body has ended. A body dropped before its end closes the
-//! connection. Idle connections close after [`IDLE_TIMEOUT`]; an endpoint keeps at most
-//! [`IDLE_PER_ENDPOINT`] of them.
+//! one. A request whose body is all there (empty, or buffered for retries) is exchanged with the
+//! proxy's own codec ([`crate::h1`]) in the request's task: head and body in one write, the
+//! response head parsed from the connection's read buffer (its field values share those bytes),
+//! and the response body ([`ConnectionBody`]) decoded from that buffer as it is read, no copy,
+//! no channel. A request whose body still streams in goes through hyper's HTTP/1.1 client on the
+//! same connection, polled by the request and then by its response body. Either way the
+//! connection goes back to the endpoint's idle list once the body has ended, if the response
+//! allows it; a body dropped before its end closes the connection. Idle connections close after
+//! [`IDLE_TIMEOUT`]; an endpoint keeps at most [`IDLE_PER_ENDPOINT`] of them.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -13,12 +17,20 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::io;
+
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
+use http_body_util::{BodyExt, Either};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::forward::UpstreamBody;
+use crate::h1::body::{BodyDecoder, Step};
+use crate::h1::decode;
+use crate::h1::encode::{encode_head, RequestFraming};
 use crate::upstream::{CountedStream, SendError};
 
 /// Idle upstream connections are closed after this long.
@@ -29,29 +41,33 @@ pub const IDLE_PER_ENDPOINT: usize = 1024;
 /// [`IDLE_TIMEOUT`]: a connection closes within `IDLE_TIMEOUT` plus this.
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
-/// An HTTP/1.1 connection to an endpoint: its sender and the connection state, polled by
-/// whoever uses it.
+/// An HTTP/1.1 connection to an endpoint, between requests: its stream, and the buffer its
+/// responses are read into (empty between requests; kept for its allocation).
 pub struct Http1Connection {
-    send: http1::SendRequest<UpstreamBody>,
-    /// Boxed: the connection's state is large, and it moves between the idle list, the
-    /// request's future and the response body.
-    conn: Box<http1::Connection<CountedStream, UpstreamBody>>,
+    io: CountedStream,
+    read: BytesMut,
 }
 
 impl Http1Connection {
-    /// Performs the (I/O-free) HTTP/1.1 handshake on `stream`.
-    pub async fn new(stream: CountedStream) -> Result<Http1Connection, hyper::Error> {
-        let (send, conn) = http1::handshake(stream).await?;
-        Ok(Http1Connection {
-            send,
-            conn: Box::new(conn),
-        })
+    /// A connection on `stream`, which carried no request yet.
+    pub fn new(io: CountedStream) -> Http1Connection {
+        Http1Connection {
+            io,
+            read: BytesMut::new(),
+        }
     }
 
-    /// Whether the connection can carry a request now: polled once, it has not closed or failed
-    /// (the endpoint may have closed it while it was idle) and waits for a request.
+    /// Whether the connection can carry a request now: it has no unread byte, and a read finds
+    /// neither data nor its end (the endpoint may have closed it while it was idle).
     fn usable(&mut self, cx: &mut Context<'_>) -> bool {
-        Pin::new(&mut self.conn).poll(cx).is_pending() && self.send.is_ready()
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut byte);
+        Pin::new(self.io.transport())
+            .poll_read(cx, &mut probe)
+            .is_pending()
     }
 }
 
@@ -151,6 +167,40 @@ impl IdleConnections {
     }
 }
 
+/// Bytes a response read asks for at least.
+const READ_CHUNK: usize = 8 * 1024;
+/// A request body up to this size goes in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// A request as the exchange sends it: whole (its body empty or buffered), sent with the lean
+/// codec ([`crate::h1`]) in the request's task; or with a body still streaming in (or a switch
+/// of protocols), sent through hyper's HTTP/1.1 client.
+enum Message {
+    Whole(http::request::Parts, Bytes),
+    Streaming(Request<UpstreamBody>),
+}
+
+impl Message {
+    /// `request` as whole when its body is empty or buffered, unless it switches protocols.
+    async fn of(request: Request<UpstreamBody>) -> Message {
+        if request.headers().contains_key(header::UPGRADE) {
+            return Message::Streaming(request);
+        }
+        let (parts, body) = request.into_parts();
+        match body {
+            Either::Right(full) => {
+                let data = match full.collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(never) => match never {},
+                };
+                Message::Whole(parts, data)
+            }
+            Either::Left(body) if body.is_end_stream() => Message::Whole(parts, Bytes::new()),
+            body => Message::Streaming(Request::from_parts(parts, body)),
+        }
+    }
+}
+
 /// Sends `request` (origin-form, with a Host) on an idle connection of `idle`, or on one that
 /// `connect` opens; a request that a reused connection could not start (the endpoint closed it
 /// meanwhile) goes once more on a new connection. A request to switch protocols (`Upgrade`)
@@ -158,74 +208,164 @@ impl IdleConnections {
 pub async fn send<C, F>(
     idle: &Arc<IdleConnections>,
     connect: C,
-    mut request: Request<UpstreamBody>,
+    request: Request<UpstreamBody>,
 ) -> Result<Response<ConnectionBody>, SendError>
 where
     C: Fn() -> F,
     F: Future<Output = Result<Http1Connection, SendError>>,
 {
     let upgrade = request.headers().contains_key(header::UPGRADE);
+    let mut message = Message::of(request).await;
     loop {
         let reused = std::future::poll_fn(|cx| Poll::Ready(idle.take(cx))).await;
         let (connection, was_reused) = match reused {
             Some(connection) => (connection, true),
             None => (connect().await?, false),
         };
-        let result = if upgrade {
-            upgraded(connection, request).await
-        } else {
-            exchange(connection, request, idle).await
-        };
-        match result {
-            Ok(response) => return Ok(response),
-            Err(mut error) => match error.take_message() {
-                Some(unsent) if was_reused => request = unsent,
-                _ => return Err(SendError::Http(error.into_error())),
-            },
+        match message {
+            Message::Whole(ref parts, ref data) => {
+                match lean_exchange(connection, parts, data, idle).await {
+                    Ok(response) => return Ok(response),
+                    Err(Failure::Unsent(_)) if was_reused => {}
+                    Err(Failure::Unsent(error) | Failure::Failed(error)) => return Err(error),
+                }
+            }
+            Message::Streaming(request) => {
+                let result = if upgrade {
+                    upgraded(connection, request).await
+                } else {
+                    exchange(connection, request, idle).await
+                };
+                match result {
+                    Ok(response) => return Ok(response),
+                    Err((_, Some(unsent))) if was_reused => message = Message::Streaming(unsent),
+                    Err((error, _)) => return Err(SendError::Http(error)),
+                }
+            }
         }
     }
 }
 
-type Sent =
-    Result<Response<ConnectionBody>, hyper::client::conn::TrySendError<Request<UpstreamBody>>>;
+/// How a lean exchange failed: before anything was sent (the request may go on another
+/// connection), or after.
+enum Failure {
+    Unsent(SendError),
+    Failed(SendError),
+}
 
-/// Sends `request` on `connection`, polling the connection until the response head arrives;
-/// the response body then drives it, and returns it to `idle` at its end.
+/// Sends the head of `parts` and `data` on `connection` and reads the response head; the
+/// response body then reads the rest and returns the connection to `idle` at its end.
+async fn lean_exchange(
+    mut connection: Http1Connection,
+    parts: &http::request::Parts,
+    data: &Bytes,
+    idle: &Arc<IdleConnections>,
+) -> Result<Response<ConnectionBody>, Failure> {
+    let failed = |e| Failure::Failed(SendError::Io(e));
+    let framing = RequestFraming::of_body(data.is_empty(), Some(data.len() as u64));
+    let mut out = Vec::with_capacity(512);
+    encode_head(parts, framing, &mut out);
+    let inline = data.len() <= INLINE_BODY;
+    if inline {
+        out.extend_from_slice(data);
+    }
+    let io = connection.io.transport();
+    // The first write says whether the connection still takes requests; failing, it sent nothing.
+    let written = io
+        .write(&out)
+        .await
+        .map_err(|e| Failure::Unsent(SendError::Io(e)))?;
+    io.write_all(&out[written..]).await.map_err(failed)?;
+    if !inline {
+        io.write_all(data).await.map_err(failed)?;
+    }
+    io.flush().await.map_err(failed)?;
+    let head = loop {
+        let parsed = decode::parse_final_head(&mut connection.read, &parts.method)
+            .map_err(|e| Failure::Failed(SendError::Protocol(e)))?;
+        if let Some(head) = parsed {
+            break head;
+        }
+        connection.read.reserve(READ_CHUNK);
+        let read = connection.io.transport().read_buf(&mut connection.read);
+        if read.await.map_err(failed)? == 0 {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the upstream closed the connection before the response head",
+            )));
+        }
+    };
+    let decode::Head {
+        response,
+        framing,
+        reusable,
+    } = head;
+    let lean = Lean {
+        connection: Some(connection),
+        decoder: BodyDecoder::new(framing),
+        reusable,
+        home: idle.clone(),
+    };
+    Ok(response.map(|()| ConnectionBody::new(Source::Lean(lean))))
+}
+
+/// A response through hyper's client, or why there is none, with the request if it was not sent.
+type Sent = Result<Response<ConnectionBody>, (hyper::Error, Option<Request<UpstreamBody>>)>;
+
+/// hyper's error for a request, and the request if it was not sent.
+fn unsent(
+    mut error: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+) -> (hyper::Error, Option<Request<UpstreamBody>>) {
+    let request = error.take_message();
+    (error.into_error(), request)
+}
+
+/// Sends `request` (its body still streaming in) on `connection` through hyper's HTTP/1.1
+/// client, polling the connection until the response head arrives; the response body then
+/// drives it, and returns it to `idle` at its end.
 async fn exchange(
     connection: Http1Connection,
     request: Request<UpstreamBody>,
     idle: &Arc<IdleConnections>,
 ) -> Sent {
-    let Http1Connection { mut send, conn } = connection;
-    let mut conn = Some(conn);
+    let (mut send, conn) = match http1::handshake(connection.io).await {
+        Ok(handshake) => handshake,
+        Err(error) => return Err((error, Some(request))),
+    };
+    let mut conn = Some(Box::new(conn));
     let mut sent = pin!(send.try_send_request(request));
     let response = std::future::poll_fn(|cx| {
         if let Some(running) = conn.as_mut() {
-            if Pin::new(running).poll(cx).is_ready() {
+            if running.poll_without_shutdown(cx).is_ready() {
                 // Closed or failed: dropping it fails the request, if it was still waiting.
                 conn = None;
             }
         }
         sent.as_mut().poll(cx)
     })
-    .await?;
+    .await
+    .map_err(unsent)?;
     let driver = conn.map(|conn| Driver {
-        connection: Http1Connection { send, conn },
+        send: Some(send),
+        conn,
         home: idle.clone(),
     });
-    Ok(response.map(|body| ConnectionBody::new(body, driver)))
+    Ok(response.map(|body| ConnectionBody::new(Source::Hyper { body, driver })))
 }
 
 /// Sends a request to switch protocols on `connection`, served by a task of its own that hands
 /// the connection over once the switch is agreed (or finishes the exchange if it is refused).
 async fn upgraded(connection: Http1Connection, request: Request<UpstreamBody>) -> Sent {
-    let Http1Connection { mut send, conn } = connection;
+    let (mut send, conn) = match http1::handshake(connection.io).await {
+        Ok(handshake) => handshake,
+        Err(error) => return Err((error, Some(request))),
+    };
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection of a protocol switch failed");
         }
     });
-    let response = send.try_send_request(request).await?;
+    let response = send.try_send_request(request).await.map_err(unsent)?;
     Ok(response.map(ConnectionBody::detached))
 }
 
@@ -239,37 +379,156 @@ pub fn ensure_host(request: &mut Request<UpstreamBody>, authority: &http::uri::A
     }
 }
 
-/// A connection lent to a response body, and where it goes back to.
+/// A hyper connection lent to a response body, and where its stream goes back to.
 struct Driver {
-    connection: Http1Connection,
+    /// Dropped at the body's end, so that the connection lets its stream go.
+    send: Option<http1::SendRequest<UpstreamBody>>,
+    conn: Box<http1::Connection<CountedStream, UpstreamBody>>,
     home: Arc<IdleConnections>,
+}
+
+impl Driver {
+    /// Returns the stream to the idle connections if the connection is done with it and read
+    /// nothing past the response.
+    fn release(mut self) {
+        drop(self.send.take());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Ok(())) = self.conn.poll_without_shutdown(&mut cx) {
+            let parts = self.conn.into_parts();
+            if parts.read_buf.is_empty() {
+                self.home.put(Http1Connection::new(parts.io));
+            }
+        }
+    }
+}
+
+/// A response read with the lean codec, and where its connection goes back to.
+struct Lean {
+    /// Gone once the body has ended or failed.
+    connection: Option<Http1Connection>,
+    decoder: BodyDecoder,
+    /// The response lets the connection carry another request after it.
+    reusable: bool,
+    home: Arc<IdleConnections>,
+}
+
+impl Lean {
+    /// The next frame of the body, reading the connection as needed.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let Some(connection) = self.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let step = match self.decoder.decode(&mut connection.read) {
+                Ok(step) => step,
+                Err(error) => {
+                    self.connection = None;
+                    return Poll::Ready(Some(Err(BodyError::Protocol(error))));
+                }
+            };
+            match step {
+                Step::Data(data) => {
+                    if self.decoder.is_end() {
+                        self.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Step::Trailers(trailers) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Step::End => {
+                    self.release();
+                    return Poll::Ready(None);
+                }
+                Step::NeedMore => {}
+            }
+            connection.read.reserve(READ_CHUNK);
+            let read = tokio_util::io::poll_read_buf(
+                Pin::new(connection.io.transport()),
+                cx,
+                &mut connection.read,
+            );
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.connection = None;
+                    return match self.decoder.eof() {
+                        Ok(()) => Poll::Ready(None),
+                        Err(error) => Poll::Ready(Some(Err(BodyError::Protocol(error)))),
+                    };
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => {
+                    self.connection = None;
+                    return Poll::Ready(Some(Err(BodyError::Io(error))));
+                }
+            }
+        }
+    }
+
+    /// The body has ended: the connection goes back to the idle ones if the response allows
+    /// it and nothing was read past it.
+    fn release(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            if self.reusable && connection.read.is_empty() {
+                self.home.put(connection);
+            }
+        }
+    }
+}
+
+/// Why an upstream response body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Read through hyper's client.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// The connection failed.
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    /// The response broke HTTP/1.1.
+    #[error(transparent)]
+    Protocol(#[from] crate::h1::Error),
+}
+
+/// Where a response body comes from.
+enum Source {
+    /// hyper's client: the body, and the connection it drives (none for a body whose
+    /// connection is driven elsewhere).
+    Hyper {
+        body: Incoming,
+        driver: Option<Driver>,
+    },
+    /// The lean codec.
+    Lean(Lean),
 }
 
 /// An upstream response body; from the proxy's own pool, it drives its connection and returns
 /// it to the endpoint's idle connections once the body has ended.
 pub struct ConnectionBody {
-    body: Incoming,
-    driver: Option<Driver>,
+    source: Source,
     /// The body has been read to its end.
     ended: bool,
     /// The last poll yielded data (see [`Body::poll_frame`] below).
     after_data: bool,
     /// An error held back for one poll after data.
-    held: Option<hyper::Error>,
+    held: Option<BodyError>,
 }
 
 impl ConnectionBody {
-    fn new(body: Incoming, driver: Option<Driver>) -> ConnectionBody {
+    fn new(source: Source) -> ConnectionBody {
         let mut this = ConnectionBody {
-            body,
-            driver,
+            source,
             ended: false,
             after_data: false,
             held: None,
         };
         // A response without a body (204, 304, HEAD, Content-Length: 0) is done already; the
         // server side may never poll it.
-        if this.body.is_end_stream() {
+        if this.source_ended() {
             this.end();
         }
         this
@@ -278,36 +537,63 @@ impl ConnectionBody {
     /// A body whose connection is driven elsewhere (another pool, or a task).
     pub fn detached(body: Incoming) -> ConnectionBody {
         ConnectionBody {
-            body,
-            driver: None,
+            source: Source::Hyper { body, driver: None },
             ended: false,
             after_data: false,
             held: None,
         }
     }
 
-    /// The body has ended: its connection can carry another request.
-    fn end(&mut self) {
-        self.ended = true;
-        if let Some(Driver { connection, home }) = self.driver.take() {
-            home.put(connection);
+    fn source_ended(&self) -> bool {
+        match &self.source {
+            Source::Hyper { body, .. } => body.is_end_stream(),
+            Source::Lean(lean) => lean.decoder.is_end(),
         }
     }
 
-    /// Polls the connection, which reads what the body waits for; drops it once it is done
-    /// (the body then ends or fails with what the connection gave it).
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(driver) = self.driver.as_mut() {
-            if Pin::new(&mut driver.connection.conn).poll(cx).is_ready() {
-                self.driver = None;
+    /// The body has ended: its connection can carry another request.
+    fn end(&mut self) {
+        self.ended = true;
+        match &mut self.source {
+            Source::Hyper { driver, .. } => {
+                if let Some(driver) = driver.take() {
+                    driver.release();
+                }
+            }
+            Source::Lean(lean) => lean.release(),
+        }
+    }
+
+    /// The next frame from the source.
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let (body, driver) = match &mut self.source {
+            Source::Lean(lean) => return lean.poll_frame(cx),
+            Source::Hyper { body, driver } => (body, driver),
+        };
+        let mut frame = Pin::new(&mut *body).poll_frame(cx);
+        if frame.is_pending() {
+            if let Some(running) = driver.as_mut() {
+                // Polls the connection, which reads what the body waits for; drops it once it
+                // is done (the body then ends or fails with what the connection gave it).
+                if running.conn.poll_without_shutdown(cx).is_ready() {
+                    *driver = None;
+                }
+                frame = Pin::new(&mut *body).poll_frame(cx);
             }
         }
+        if let Poll::Ready(Some(Err(_))) = &frame {
+            *driver = None;
+        }
+        frame.map(|f| f.map(|f| f.map_err(BodyError::Hyper)))
     }
 }
 
 impl Body for ConnectionBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Data = Bytes;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -317,16 +603,11 @@ impl Body for ConnectionBody {
         if let Some(error) = this.held.take() {
             return Poll::Ready(Some(Err(error)));
         }
-        let mut frame = Pin::new(&mut this.body).poll_frame(cx);
-        if frame.is_pending() && this.driver.is_some() {
-            this.drive(cx);
-            frame = Pin::new(&mut this.body).poll_frame(cx);
-        }
+        let frame = this.poll_source(cx);
         match frame {
             Poll::Ready(None) => this.end(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.end(),
+            Poll::Ready(Some(Ok(_))) if this.source_ended() => this.end(),
             Poll::Ready(Some(Err(error))) => {
-                this.driver = None;
                 if std::mem::take(&mut this.after_data) {
                     // The connection broke right after data read in the same turn: the error
                     // waits one poll, so that the server side sends that data (and the head)
@@ -344,11 +625,14 @@ impl Body for ConnectionBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.body.is_end_stream()
+        self.ended || self.source_ended()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.source {
+            Source::Hyper { body, .. } => body.size_hint(),
+            Source::Lean(lean) => lean.decoder.size_hint(),
+        }
     }
 }
 
@@ -356,7 +640,7 @@ impl Drop for ConnectionBody {
     fn drop(&mut self) {
         // A body dropped before its end leaves the connection mid-response: it closes (dropped
         // with the driver).
-        if self.body.is_end_stream() && !self.ended {
+        if self.source_ended() && !self.ended {
             self.end();
         }
     }

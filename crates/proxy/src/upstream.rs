@@ -54,6 +54,12 @@ pub enum SendError {
     /// A request through hyper's pools failed.
     #[error(transparent)]
     Pooled(#[from] hyper_util::client::legacy::Error),
+    /// Writing the request or reading the response head failed on the connection.
+    #[error("upstream connection: {0}")]
+    Io(#[source] io::Error),
+    /// The response head broke HTTP/1.1.
+    #[error(transparent)]
+    Protocol(#[from] crate::h1::Error),
 }
 
 impl SendError {
@@ -61,7 +67,7 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         match self {
             SendError::Connect(_) => true,
-            SendError::Http(_) => false,
+            SendError::Http(_) | SendError::Io(_) | SendError::Protocol(_) => false,
             SendError::Pooled(e) => e.is_connect(),
         }
     }
@@ -270,7 +276,7 @@ impl ClusterConnector {
             .build()
             .map_err(|e| SendError::Connect(e.into()))?;
         let stream = self.clone().call(uri).await.map_err(SendError::Connect)?;
-        Ok(Http1Connection::new(stream).await?)
+        Ok(Http1Connection::new(stream))
     }
 }
 
@@ -444,6 +450,13 @@ pub struct CountedStream {
     /// Whether TLS negotiated HTTP/2.
     h2: bool,
     open: Gauge,
+}
+
+impl CountedStream {
+    /// The connection itself, for the lean HTTP/1.1 exchange ([`crate::pool`]).
+    pub(crate) fn transport(&mut self) -> &mut Transport {
+        self.inner.inner_mut()
+    }
 }
 
 impl Drop for CountedStream {

@@ -1,7 +1,7 @@
 //! The head of an upstream HTTP/1.x response, parsed with httparse, and how its body is
 //! delimited and whether the connection can be reused after it (RFC 9112 §6.3, §9.3).
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
@@ -38,83 +38,108 @@ pub struct Head {
     pub reusable: bool,
 }
 
-/// What [`parse_head`] found in a buffer.
-#[derive(Debug)]
-pub enum Parsed {
-    /// The head is not complete yet: read more.
-    Partial,
-    /// The head, in the buffer's first `head_len` bytes.
-    Complete {
-        /// Bytes of the head, its final empty line included.
-        head_len: usize,
-        /// The head.
-        head: Head,
-    },
+/// Where a complete head's parts are in the buffer it was parsed from.
+struct Scan {
+    /// Bytes of the head, its final empty line included.
+    head_len: usize,
+    version: Version,
+    code: u16,
+    reason: std::ops::Range<usize>,
+    /// Each field's name and value.
+    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
-/// Parses the response head at the start of `buf`, for a request with `method`. A head of more
-/// than [`MAX_HEADERS`] fields or [`MAX_HEAD`] bytes (complete or not) is an error. An
-/// informational (1xx) head is returned like any other; [`parse_final_head`] skips them.
-pub fn parse_head(buf: &[u8], method: &Method) -> Result<Parsed, Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let head_len = match parsed.parse(buf) {
+/// Where `part` (a slice of `buf`) is in `buf`.
+fn range_in(buf: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Finds the response head at the start of `buf`; `None` while it is not complete. A head of
+/// more than [`MAX_HEADERS`] fields or [`MAX_HEAD`] bytes (complete or not) is an error.
+fn scan(buf: &[u8]) -> Result<Option<Scan>, Error> {
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let head_len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(head_len)) if head_len <= MAX_HEAD => head_len,
         Ok(httparse::Status::Complete(_)) => return Err(Error::HeadTooLarge),
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(Error::HeadTooLarge),
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Error::TooManyHeaders),
         Err(e) => return Err(Error::MalformedHead(e)),
     };
-    // Complete: httparse has set the version and the code.
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let code = parsed.code.unwrap_or_default();
-    let status = StatusCode::from_u16(code).map_err(|_| Error::InvalidStatus(code))?;
-    let headers = header_map(parsed.headers)?;
-    let (framing, reusable) = framing(method, status, version, &headers)?;
+    // Complete: httparse has set the version, the code and the reason.
+    let fields = parsed
+        .headers
+        .iter()
+        .map(|field| {
+            (
+                range_in(buf, field.name.as_bytes()),
+                range_in(buf, field.value),
+            )
+        })
+        .collect();
+    Ok(Some(Scan {
+        head_len,
+        version: match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        },
+        code: parsed.code.unwrap_or_default(),
+        reason: range_in(buf, parsed.reason.unwrap_or_default().as_bytes()),
+        fields,
+    }))
+}
+
+/// The head `scan` found, from `head` (its bytes, which the field values share).
+fn build(head: &Bytes, scan: Scan, method: &Method) -> Result<Head, Error> {
+    let status = StatusCode::from_u16(scan.code).map_err(|_| Error::InvalidStatus(scan.code))?;
+    let mut headers = HeaderMap::with_capacity(scan.fields.len());
+    for (name, value) in scan.fields {
+        let invalid = || Error::InvalidHeader(String::from_utf8_lossy(&head[name.clone()]).into());
+        let field_name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| invalid())?;
+        let field_value =
+            HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| invalid())?;
+        headers.append(field_name, field_value);
+    }
+    let (framing, reusable) = framing(method, status, scan.version, &headers)?;
     let mut response = Response::new(());
     // A reason phrase of its own is kept (an HTTP/1.1 client sees it); the usual one is implied.
-    let reason = parsed.reason.unwrap_or_default();
-    if status.canonical_reason() != Some(reason) {
-        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes()) {
+    let reason = &head[scan.reason];
+    if status.canonical_reason().map(str::as_bytes) != Some(reason) {
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason) {
             response.extensions_mut().insert(reason);
         }
     }
     *response.status_mut() = status;
-    *response.version_mut() = version;
+    *response.version_mut() = scan.version;
     *response.headers_mut() = headers;
-    Ok(Parsed::Complete {
-        head_len,
-        head: Head {
-            response,
-            framing,
-            reusable,
-        },
+    Ok(Head {
+        response,
+        framing,
+        reusable,
     })
 }
 
 /// Consumes from `buf` the heads of informational responses (1xx but 101) and the final head
 /// after them, which it returns; `None` when that head is not complete yet (the informational
-/// heads before it are consumed already). What follows the head (the body) stays in `buf`.
+/// heads before it are consumed already). What follows the head (the body) stays in `buf`. The
+/// head's field values share its bytes (no copy).
 pub fn parse_final_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
-    loop {
-        match parse_head(buf, method)? {
-            Parsed::Partial => return Ok(None),
-            Parsed::Complete { head_len, head } => {
-                buf.advance(head_len);
-                let status = head.response.status();
-                if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Ok(Some(head));
-                }
-            }
+    while let Some(scan) = scan(buf)? {
+        let bytes = buf.split_to(scan.head_len).freeze();
+        let head = build(&bytes, scan, method)?;
+        let status = head.response.status();
+        if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Some(head));
         }
     }
+    Ok(None)
 }
 
-/// The fields httparse found, as a header map.
+/// The fields httparse found, as a header map (their values copied).
 pub(super) fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
     let mut headers = HeaderMap::with_capacity(fields.len());
     for field in fields {
@@ -226,10 +251,23 @@ mod tests {
     const SAMPLE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Two: 1\r\n\
         x-two: 2\r\nContent-Length: 5\r\n\r\nhello";
 
+    /// What is parsed from `bytes`: the head's length and the head, `None` while partial.
+    /// (1xx heads included: [`parse_final_head`] skips them.)
+    fn parse_head(bytes: &[u8], method: &Method) -> Result<Option<(usize, Head)>, Error> {
+        let Some(scan) = scan(bytes)? else {
+            return Ok(None);
+        };
+        let head_len = scan.head_len;
+        Ok(Some((
+            head_len,
+            build(&Bytes::copy_from_slice(bytes), scan, method)?,
+        )))
+    }
+
     fn complete(bytes: &[u8], method: &Method) -> (usize, Head) {
         match parse_head(bytes, method).unwrap() {
-            Parsed::Complete { head_len, head } => (head_len, head),
-            Parsed::Partial => panic!("partial: {}", String::from_utf8_lossy(bytes)),
+            Some(parsed) => parsed,
+            None => panic!("partial: {}", String::from_utf8_lossy(bytes)),
         }
     }
 
@@ -237,8 +275,8 @@ mod tests {
     fn framed(method: &Method, head: &str) -> Result<(BodyFraming, bool), Error> {
         let bytes = format!("{head}\r\n\r\n");
         match parse_head(bytes.as_bytes(), method)? {
-            Parsed::Complete { head, .. } => Ok((head.framing, head.reusable)),
-            Parsed::Partial => panic!("partial: {head}"),
+            Some((_, head)) => Ok((head.framing, head.reusable)),
+            None => panic!("partial: {head}"),
         }
     }
 
@@ -277,10 +315,7 @@ mod tests {
         let head_len = SAMPLE.len() - 5;
         for cut in 0..head_len {
             assert!(
-                matches!(
-                    parse_head(&SAMPLE[..cut], &Method::GET),
-                    Ok(Parsed::Partial)
-                ),
+                matches!(parse_head(&SAMPLE[..cut], &Method::GET), Ok(None)),
                 "cut at {cut}"
             );
         }
@@ -350,7 +385,7 @@ mod tests {
         );
         assert!(matches!(
             parse_head(&head[..MAX_HEAD - 1], &Method::GET),
-            Ok(Parsed::Partial)
+            Ok(None)
         ));
         head.extend_from_slice(b"\r\n\r\n");
         assert_eq!(

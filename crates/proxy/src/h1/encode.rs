@@ -3,7 +3,7 @@
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 
 /// How the request body is delimited; the encoder writes the matching framing field and drops
 /// any `Content-Length` or `Transfer-Encoding` the request carried, so that the message has
@@ -15,8 +15,8 @@ pub enum RequestFraming {
     Empty,
     /// A body of exactly this many bytes: `content-length: N`.
     Length(u64),
-    /// A body of unknown length: `transfer-encoding: chunked`; send it with [`encode_chunk`]
-    /// and [`encode_last_chunk`].
+    /// A body of unknown length: `transfer-encoding: chunked` (the exchange sends such bodies
+    /// through hyper's client for now).
     Chunked,
 }
 
@@ -77,26 +77,6 @@ fn bodyless(method: &Method) -> bool {
     .contains(method)
 }
 
-/// Appends `data` to `dst` as one chunk: its size in hex, CRLF, the data, CRLF. Empty data
-/// appends nothing (a chunk of size 0 would end the body).
-pub fn encode_chunk(data: &[u8], dst: &mut Vec<u8>) {
-    if data.is_empty() {
-        return;
-    }
-    push_hex(data.len() as u64, dst);
-    dst.extend_from_slice(b"\r\n");
-    dst.extend_from_slice(data);
-    dst.extend_from_slice(b"\r\n");
-}
-
-/// Appends to `dst` the end of a chunked body: the last chunk `0 CRLF`, `trailers` as fields,
-/// and CRLF.
-pub fn encode_last_chunk(trailers: Option<&HeaderMap>, dst: &mut Vec<u8>) {
-    dst.extend_from_slice(b"0\r\n");
-    push_fields(trailers.into_iter().flatten(), dst);
-    dst.extend_from_slice(b"\r\n");
-}
-
 /// Appends each field as `name: value CRLF`.
 fn push_fields<'a>(
     fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
@@ -113,11 +93,6 @@ fn push_fields<'a>(
 /// Appends `n` in decimal.
 fn push_decimal(n: u64, dst: &mut Vec<u8>) {
     push_digits(n, 10, dst);
-}
-
-/// Appends `n` in lower-case hex.
-fn push_hex(n: u64, dst: &mut Vec<u8>) {
-    push_digits(n, 16, dst);
 }
 
 /// Appends `n` written in `base` (at most 16), most significant digit first.
@@ -240,30 +215,9 @@ mod tests {
     #[test]
     fn numbers_are_written_in_full() {
         for n in [0, 9, 10, 255, 256, u64::MAX] {
-            let (mut decimal, mut hex) = (Vec::new(), Vec::new());
+            let mut decimal = Vec::new();
             push_decimal(n, &mut decimal);
-            push_hex(n, &mut hex);
             assert_eq!(decimal, n.to_string().as_bytes());
-            assert_eq!(hex, format!("{n:x}").as_bytes());
         }
-    }
-
-    #[test]
-    fn chunks_are_size_data_crlf_and_end_with_a_last_chunk() {
-        let mut dst = Vec::new();
-        encode_chunk(b"hello", &mut dst);
-        encode_chunk(b"", &mut dst);
-        encode_chunk(&[b'x'; 26], &mut dst);
-        encode_last_chunk(None, &mut dst);
-        let mut expected = b"5\r\nhello\r\n1a\r\n".to_vec();
-        expected.extend_from_slice(&[b'x'; 26]);
-        expected.extend_from_slice(b"\r\n0\r\n\r\n");
-        assert_eq!(dst, expected);
-
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        let mut dst = Vec::new();
-        encode_last_chunk(Some(&trailers), &mut dst);
-        assert_eq!(dst, b"0\r\ngrpc-status: 0\r\n\r\n");
     }
 }
