@@ -674,6 +674,16 @@ mod tests {
     async fn upstream(
         close_after: bool,
     ) -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedReceiver<Seen>) {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+        upstream_answering(ok, close_after).await
+    }
+
+    /// An HTTP/1.1 upstream answering `answer` to each request, as [`upstream`] does.
+    async fn upstream_answering(
+        answer: Vec<u8>,
+        close_after: bool,
+    ) -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedReceiver<Seen>) {
+        let answer: Arc<[u8]> = answer.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -683,7 +693,7 @@ mod tests {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let seen = seen.clone();
+                let (seen, answer) = (seen.clone(), answer.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
@@ -696,10 +706,7 @@ mod tests {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
-                            socket
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await
-                                .unwrap();
+                            socket.write_all(&answer).await.unwrap();
                             if close_after {
                                 drop(socket);
                                 let _ = seen.send(Seen::Closed);
@@ -766,5 +773,53 @@ mod tests {
         client.close_idle(&endpoint);
         assert_eq!(endpoint.idle.len(), 0);
         assert_eq!(next(&mut events).await, Seen::ClosedByPeer);
+    }
+
+    /// Two requests in turn to an upstream answering `answer`: their bodies, and the
+    /// connections the upstream accepted.
+    async fn two_gets(answer: &[u8]) -> (Bytes, Bytes, usize) {
+        let (addr, accepted, _events) = upstream_answering(answer.to_vec(), false).await;
+        let (client, endpoint) = (client(), Endpoint::new(addr).unwrap());
+        let first = get(&client, &endpoint).await;
+        let second = get(&client, &endpoint).await;
+        (first, second, accepted.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_read_whole_and_its_connection_reused() {
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        assert_eq!(two_gets(answer).await, ("ok".into(), "ok".into(), 1));
+    }
+
+    #[tokio::test]
+    async fn a_response_framed_both_ways_is_read_as_chunked_and_its_connection_closed() {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\
+            transfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        assert_eq!(two_gets(answer).await, ("ok".into(), "ok".into(), 2));
+    }
+
+    #[tokio::test]
+    async fn informational_heads_before_the_response_are_skipped() {
+        let answer = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+            HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(two_gets(answer).await, ("ok".into(), "ok".into(), 1));
+    }
+
+    #[tokio::test]
+    async fn a_response_head_over_64_kib_fails_the_request() {
+        let mut answer = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        answer.resize(70 * 1024, b'a');
+        answer.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\nok");
+        let (addr, _accepted, _events) = upstream_answering(answer, false).await;
+        let (client, endpoint) = (client(), Endpoint::new(addr).unwrap());
+        let request = Request::builder()
+            .uri("/")
+            .header(header::HOST, "example.test")
+            .body(Either::Right(Full::new(Bytes::new())))
+            .unwrap();
+        let Err(error) = client.request(&endpoint, request).await else {
+            panic!("a 70 KiB response head was taken");
+        };
+        assert!(error.to_string().contains("head larger than"), "{error}");
     }
 }
