@@ -84,7 +84,8 @@ impl Fixture {
     }
 
     /// Node `node` reports at `at` the instances placed on it, as `report` says (the
-    /// instance's id, service, version and address are filled in).
+    /// instance's id, service and address are filled in, and its version unless `report`
+    /// says one).
     fn report_with(&self, node: &str, at: Instant, report: impl Fn(&Placement) -> InstanceReport) {
         let instances = self
             .region
@@ -96,7 +97,9 @@ impl Fixture {
             .map(|p| {
                 let mut instance = report(&p);
                 instance.address = format!("10.0.0.{}", p.instance.len());
-                instance.version = p.version;
+                if instance.version == 0 {
+                    instance.version = p.version;
+                }
                 (instance.org, instance.app, instance.service) = p.service;
                 instance.instance = p.instance;
                 instance
@@ -602,6 +605,35 @@ fn restarted(fixture: &Fixture) -> Region {
     );
     region.restore(fixture.region.disk_copy());
     region
+}
+
+#[test]
+fn a_report_of_an_earlier_versions_instance_of_the_same_id_fails_no_gate() {
+    use meridian_model::RolloutPhase;
+    let fixture = Fixture::new(serde_json::to_vec);
+    fixture
+        .region
+        .set_service(id("svc0"), Some(svc0("/bin/false", 2)), Vec::new());
+    assert_eq!(assigned_version(&fixture, "svc0-1"), Some(2));
+    // The agent still reports svc0-1 as the version 1 instance it stops.
+    let later = fixture.start + Duration::from_millis(100);
+    for node in NODES {
+        fixture.report_with(node, later, |p| InstanceReport {
+            state: "starting".to_owned(),
+            restarts: u32::from(p.instance == "svc0-1"),
+            detail: "no longer assigned".to_owned(),
+            version: 1,
+            ..Default::default()
+        });
+    }
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_eq!(rollout.phase, RolloutPhase::Progressing, "{rollout:?}");
+    // Its report as the version rolled out does.
+    report_crashed(&fixture, later, &["svc0-1"]);
+    let rollout = rollout_of(&fixture.region).unwrap();
+    assert_ne!(rollout.phase, RolloutPhase::Progressing, "{rollout:?}");
+    let failure = rollout.failure.unwrap();
+    assert!(failure.reason.contains("exited"), "{}", failure.reason);
 }
 
 #[test]

@@ -32,7 +32,10 @@ impl RegionState {
                 .reports_of(id)
                 .filter(|(_, version, _)| *version == plan.version)
                 .filter_map(|(instance, _, report)| {
-                    let report = report?;
+                    // An instance id placed again for this version may still have the report
+                    // of the earlier version's instance of that id (its stop, say): not this
+                    // version's state.
+                    let report = report.filter(|r| r.version == 0 || r.version == plan.version)?;
                     ready += u32::from(report.state == "healthy");
                     Some(Observed {
                         id: instance,
