@@ -41,11 +41,13 @@ pub const IDLE_PER_ENDPOINT: usize = 1024;
 /// [`IDLE_TIMEOUT`]: a connection closes within `IDLE_TIMEOUT` plus this.
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
-/// An HTTP/1.1 connection to an endpoint, between requests: its stream, and the buffer its
-/// responses are read into (empty between requests; kept for its allocation).
+/// An HTTP/1.1 connection to an endpoint, between requests: its stream, and the buffers its
+/// requests are written from and its responses read into (empty between requests; kept for
+/// their allocations).
 pub struct Http1Connection {
     io: CountedStream,
     read: BytesMut,
+    write: Vec<u8>,
 }
 
 impl Http1Connection {
@@ -54,6 +56,7 @@ impl Http1Connection {
         Http1Connection {
             io,
             read: BytesMut::new(),
+            write: Vec::new(),
         }
     }
 
@@ -173,18 +176,19 @@ const READ_CHUNK: usize = 8 * 1024;
 const INLINE_BODY: usize = 16 * 1024;
 
 /// A request as the exchange sends it: whole (its body empty or buffered), sent with the lean
-/// codec ([`crate::h1`]) in the request's task; or with a body still streaming in (or a switch
-/// of protocols), sent through hyper's HTTP/1.1 client.
+/// codec ([`crate::h1`]) in the request's task; with a body still streaming in, or switching
+/// protocols, sent through hyper's HTTP/1.1 client.
 enum Message {
     Whole(http::request::Parts, Bytes),
     Streaming(Request<UpstreamBody>),
+    Switching(Request<UpstreamBody>),
 }
 
 impl Message {
     /// `request` as whole when its body is empty or buffered, unless it switches protocols.
     async fn of(request: Request<UpstreamBody>) -> Message {
         if request.headers().contains_key(header::UPGRADE) {
-            return Message::Streaming(request);
+            return Message::Switching(request);
         }
         let (parts, body) = request.into_parts();
         match body {
@@ -214,7 +218,6 @@ where
     C: Fn() -> F,
     F: Future<Output = Result<Http1Connection, SendError>>,
 {
-    let upgrade = request.headers().contains_key(header::UPGRADE);
     let mut message = Message::of(request).await;
     loop {
         let reused = std::future::poll_fn(|cx| Poll::Ready(idle.take(cx))).await;
@@ -230,18 +233,16 @@ where
                     Err(Failure::Unsent(error) | Failure::Failed(error)) => return Err(error),
                 }
             }
-            Message::Streaming(request) => {
-                let result = if upgrade {
-                    upgraded(connection, request).await
-                } else {
-                    exchange(connection, request, idle).await
-                };
-                match result {
-                    Ok(response) => return Ok(response),
-                    Err((_, Some(unsent))) if was_reused => message = Message::Streaming(unsent),
-                    Err((error, _)) => return Err(SendError::Http(error)),
-                }
-            }
+            Message::Streaming(request) => match exchange(connection, request, idle).await {
+                Ok(response) => return Ok(response),
+                Err((_, Some(unsent))) if was_reused => message = Message::Streaming(unsent),
+                Err((error, _)) => return Err(SendError::Http(error)),
+            },
+            Message::Switching(request) => match upgraded(connection, request).await {
+                Ok(response) => return Ok(response),
+                Err((_, Some(unsent))) if was_reused => message = Message::Switching(unsent),
+                Err((error, _)) => return Err(SendError::Http(error)),
+            },
         }
     }
 }
@@ -263,7 +264,8 @@ async fn lean_exchange(
 ) -> Result<Response<ConnectionBody>, Failure> {
     let failed = |e| Failure::Failed(SendError::Io(e));
     let framing = RequestFraming::of_body(data.is_empty(), Some(data.len() as u64));
-    let mut out = Vec::with_capacity(512);
+    let mut out = std::mem::take(&mut connection.write);
+    out.clear();
     encode_head(parts, framing, &mut out);
     let inline = data.len() <= INLINE_BODY;
     if inline {
@@ -280,6 +282,7 @@ async fn lean_exchange(
         io.write_all(data).await.map_err(failed)?;
     }
     io.flush().await.map_err(failed)?;
+    connection.write = out;
     let head = loop {
         let parsed = decode::parse_final_head(&mut connection.read, &parts.method)
             .map_err(|e| Failure::Failed(SendError::Protocol(e)))?;
