@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use http::HeaderMap;
 
 use crate::config::{
     ClusterConfig, EndpointConfig, HashOn, LbPolicy, OutlierDetection, UpstreamProtocol,
 };
+use crate::fields::OutgoingFields;
 use crate::pool::IdleConnections;
 use crate::upstream::HttpClient;
 
@@ -737,9 +737,14 @@ impl Cluster {
         self.members.load().endpoints.clone()
     }
 
-    /// Picks an endpoint for a request with `headers`, avoiding the endpoint at `avoid` (a retry's
+    /// Picks an endpoint for a request with `fields`, avoiding the endpoint at `avoid` (a retry's
     /// previous one) where another is usable; `None` when no endpoint is usable.
-    pub fn pick(&self, headers: &HeaderMap, avoid: Option<SocketAddr>) -> Option<Lease<'_>> {
+    pub fn pick<'f>(
+        &self,
+        fields: impl Into<OutgoingFields<'f>>,
+        avoid: Option<SocketAddr>,
+    ) -> Option<Lease<'_>> {
+        let fields = fields.into();
         let now_ns = self.now_ns();
         let members = self.members.load_full();
         let panic = members.availability(now_ns) < self.panic_below;
@@ -750,10 +755,10 @@ impl Cluster {
             avoid,
         };
         let index = members
-            .pick_index(&self.balancer, headers, &rules)
+            .pick_index(&self.balancer, fields, &rules)
             .or_else(|| {
                 rules.avoid = None;
-                members.pick_index(&self.balancer, headers, &rules)
+                members.pick_index(&self.balancer, fields, &rules)
             })?;
         members.endpoints[index]
             .in_flight
@@ -771,11 +776,11 @@ impl Members {
     fn pick_index(
         &self,
         balancer: &Balancer,
-        headers: &HeaderMap,
+        fields: OutgoingFields<'_>,
         rules: &PickRules,
     ) -> Option<usize> {
         match balancer {
-            Balancer::RingHash { on } => match hash_key(on, headers) {
+            Balancer::RingHash { on } => match hash_key(on, fields) {
                 Some(key) => self.ring_pick(ring_hash(&[key]), rules),
                 None => self.level_pick(false, rules),
             },
@@ -944,12 +949,13 @@ impl Members {
 }
 
 /// The bytes a ring-hash cluster hashes for this request, if the request has them.
-fn hash_key<'h>(on: &HashOn, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+fn hash_key<'h>(on: &HashOn, fields: OutgoingFields<'h>) -> Option<&'h [u8]> {
     if let Some(name) = &on.header {
-        return headers.get(name.as_str()).map(|v| v.as_bytes());
+        return fields.get(name.as_str()).map(|v| v.as_bytes());
     }
     let cookie_name = on.cookie.as_deref()?;
-    headers
+    fields
+        .headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -963,6 +969,7 @@ fn hash_key<'h>(on: &HashOn, headers: &'h HeaderMap) -> Option<&'h [u8]> {
 mod tests {
     use super::*;
     use crate::config::{parse_config, ProxyConfig};
+    use http::HeaderMap;
 
     fn cluster(yaml: &str) -> Cluster {
         let text = format!("listeners: [{{name: l, address: \"127.0.0.1:1\"}}]\nclusters:\n{yaml}");

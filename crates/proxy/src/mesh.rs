@@ -8,7 +8,8 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use meridian_identity::{SpiffeId, Subject};
 
 use crate::config::MeshConfig;
-use crate::forward::{local_response, Peer, ProxyBody};
+use crate::forward::{local_response, ProxyBody};
+use crate::peer::Peer;
 use crate::server::ListenerContext;
 
 /// The header that names the caller's SPIFFE ID to the upstream.

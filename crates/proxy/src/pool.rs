@@ -27,6 +27,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::fields::{Added, AddedFields};
 use crate::forward::UpstreamBody;
 use crate::h1::body::{BodyDecoder, Step};
 use crate::h1::decode;
@@ -185,12 +186,15 @@ enum Message {
 }
 
 impl Message {
-    /// `request` as whole when its body is empty or buffered, unless it switches protocols.
-    async fn of(request: Request<UpstreamBody>) -> Message {
+    /// `request` as whole when its body is empty or buffered, unless it switches protocols;
+    /// the `added` fields go into the header map of a request that goes through hyper (the
+    /// lean codec writes them from where they are).
+    async fn of(mut request: Request<UpstreamBody>, added: &AddedFields) -> Message {
         if request.headers().contains_key(header::UPGRADE) {
+            added.merge_into(request.headers_mut());
             return Message::Switching(request);
         }
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         match body {
             Either::Right(full) => {
                 let data = match full.collect().await {
@@ -200,25 +204,29 @@ impl Message {
                 Message::Whole(parts, data)
             }
             Either::Left(body) if body.is_end_stream() => Message::Whole(parts, Bytes::new()),
-            body => Message::Streaming(Request::from_parts(parts, body)),
+            body => {
+                added.merge_into(&mut parts.headers);
+                Message::Streaming(Request::from_parts(parts, body))
+            }
         }
     }
 }
 
-/// Sends `request` (origin-form, with a Host) on an idle connection of `idle`, or on one that
-/// `connect` opens; a request that a reused connection could not start (the endpoint closed it
-/// meanwhile) goes once more on a new connection. A request to switch protocols (`Upgrade`)
+/// Sends `request` (origin-form, with a Host) with the `added` fields on an idle connection of
+/// `idle`, or on one that `connect` opens; a request that a reused connection could not start
+/// (the endpoint closed it meanwhile) goes once more on a new connection. A request to switch protocols (`Upgrade`)
 /// gets a connection of its own, served by a task until the switch is done; it is not pooled.
 pub async fn send<C, F>(
     idle: &Arc<IdleConnections>,
     connect: C,
     request: Request<UpstreamBody>,
+    added: &AddedFields,
 ) -> Result<Response<ConnectionBody>, SendError>
 where
     C: Fn() -> F,
     F: Future<Output = Result<Http1Connection, SendError>>,
 {
-    let mut message = Message::of(request).await;
+    let mut message = Message::of(request, added).await;
     loop {
         let reused = std::future::poll_fn(|cx| Poll::Ready(idle.take(cx))).await;
         let (connection, was_reused) = match reused {
@@ -227,7 +235,7 @@ where
         };
         match message {
             Message::Whole(ref parts, ref data) => {
-                match lean_exchange(connection, parts, data, idle).await {
+                match lean_exchange(connection, (parts, added), data, idle).await {
                     Ok(response) => return Ok(response),
                     Err(Failure::Unsent(_)) if was_reused => {}
                     Err(Failure::Unsent(error) | Failure::Failed(error)) => return Err(error),
@@ -254,11 +262,12 @@ enum Failure {
     Failed(SendError),
 }
 
-/// Sends the head of `parts` and `data` on `connection` and reads the response head; the
-/// response body then reads the rest and returns the connection to `idle` at its end.
+/// Sends the head of `parts` with the `added` fields and `data` on `connection` and reads the
+/// response head; the response body then reads the rest and returns the connection to `idle`
+/// at its end.
 async fn lean_exchange(
     mut connection: Http1Connection,
-    parts: &http::request::Parts,
+    (parts, added): (&http::request::Parts, &AddedFields),
     data: &Bytes,
     idle: &Arc<IdleConnections>,
 ) -> Result<Response<ConnectionBody>, Failure> {
@@ -266,7 +275,7 @@ async fn lean_exchange(
     let framing = RequestFraming::of_body(data.is_empty(), Some(data.len() as u64));
     let mut out = std::mem::take(&mut connection.write);
     out.clear();
-    encode_head(parts, framing, &mut out);
+    encode_head(parts, added, framing, &mut out);
     let inline = data.len() <= INLINE_BODY;
     if inline {
         out.extend_from_slice(data);
@@ -372,10 +381,14 @@ async fn upgraded(connection: Http1Connection, request: Request<UpstreamBody>) -
     Ok(response.map(ConnectionBody::detached))
 }
 
-/// Sets `Host` to `authority` when the request has none (an HTTP/1.0 client's): HTTP/1.1
-/// requires it.
-pub fn ensure_host(request: &mut Request<UpstreamBody>, authority: &http::uri::Authority) {
-    if !request.headers().contains_key(header::HOST) {
+/// Sets `Host` to `authority` when neither the request nor the fields `added` to it have one
+/// (an HTTP/1.0 client's): HTTP/1.1 requires it.
+pub fn ensure_host(
+    request: &mut Request<UpstreamBody>,
+    added: &AddedFields,
+    authority: &http::uri::Authority,
+) {
+    if added.get(Added::Host).is_none() && !request.headers().contains_key(header::HOST) {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             request.headers_mut().insert(header::HOST, host);
         }
@@ -733,7 +746,10 @@ mod tests {
             .header(header::HOST, "example.test")
             .body(Either::Right(Full::new(Bytes::new())))
             .unwrap();
-        let response = client.request(endpoint, request).await.unwrap();
+        let response = client
+            .request(endpoint, request, &AddedFields::default())
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         response.into_body().collect().await.unwrap().to_bytes()
     }
@@ -820,7 +836,10 @@ mod tests {
             .header(header::HOST, "example.test")
             .body(Either::Right(Full::new(Bytes::new())))
             .unwrap();
-        let Err(error) = client.request(&endpoint, request).await else {
+        let Err(error) = client
+            .request(&endpoint, request, &AddedFields::default())
+            .await
+        else {
             panic!("a 70 KiB response head was taken");
         };
         assert!(error.to_string().contains("head larger than"), "{error}");

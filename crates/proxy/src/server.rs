@@ -426,7 +426,7 @@ async fn accept_loop(
                         tokio::spawn(serve_tls(stream, peer, acceptor, context, slot));
                     }
                     (None, None) => {
-                        let peer = forward::Peer::new(peer, "http");
+                        let peer = crate::peer::Peer::new(peer, "http");
                         tokio::spawn(serve_connection(stream, peer, context, slot));
                     }
                 }
@@ -453,7 +453,7 @@ async fn serve_tls(
     let Some(tls) = Box::pin(tls_handshake(stream, peer, acceptor, &context)).await else {
         return;
     };
-    let peer = forward::Peer::new(peer, "https").with_identity(tls.1);
+    let peer = crate::peer::Peer::new(peer, "https").with_identity(tls.1);
     serve_connection(tls.0, peer, context, slot).await
 }
 
@@ -525,7 +525,7 @@ pub(crate) async fn tls_handshake(
 /// second copy of `stream` nor HTTP/1.1 state beside HTTP/2 state for as long as it lasts.
 fn serve_connection<S>(
     stream: S,
-    peer: forward::Peer,
+    peer: crate::peer::Peer,
     context: Arc<ListenerContext>,
     slot: ConnectionSlot,
 ) -> impl std::future::Future<Output = ()> + Send + 'static

@@ -25,6 +25,7 @@ use tower::Service as _;
 
 use crate::cluster::Endpoint;
 use crate::config::UpstreamProtocol;
+use crate::fields::AddedFields;
 use crate::forward::UpstreamBody;
 use crate::pool::{ConnectionBody, Http1Connection, IDLE_PER_ENDPOINT, IDLE_TIMEOUT};
 
@@ -145,14 +146,17 @@ impl HttpClient {
         }
     }
 
-    /// Sends `request`, whose URI names [`HttpClient::uri_authority`], to `endpoint`.
+    /// Sends `request`, whose URI names [`HttpClient::uri_authority`], with the `added` fields
+    /// to `endpoint`.
     pub async fn request(
         &self,
         endpoint: &Endpoint,
         mut request: Request<UpstreamBody>,
+        added: &AddedFields,
     ) -> Result<Response<ConnectionBody>, SendError> {
         match &self.0 {
             Pools::PerEndpoint(pools) => {
+                added.merge_into(request.headers_mut());
                 let authority = request.uri().authority().unwrap_or(&endpoint.authority);
                 let response = pools
                     .request(endpoint.addr, authority.clone(), request)
@@ -160,11 +164,11 @@ impl HttpClient {
                 Ok(response.map(ConnectionBody::detached))
             }
             Pools::Http1(connector) => {
-                crate::pool::ensure_host(&mut request, &endpoint.authority);
+                crate::pool::ensure_host(&mut request, added, &endpoint.authority);
                 let connect = || connector.connect_http1(endpoint);
                 // Boxed: the request's future (and the task of an HTTP/2 stream, moved when
                 // spawned) stays small, whatever the size of a connection's state.
-                Box::pin(crate::pool::send(&endpoint.idle, connect, request)).await
+                Box::pin(crate::pool::send(&endpoint.idle, connect, request, added)).await
             }
         }
     }

@@ -5,6 +5,8 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method};
 
+use crate::fields::AddedFields;
+
 /// How the request body is delimited; the encoder writes the matching framing field and drops
 /// any `Content-Length` or `Transfer-Encoding` the request carried, so that the message has
 /// exactly one framing, the one the body is sent with.
@@ -33,9 +35,10 @@ impl RequestFraming {
 
 /// Appends to `dst` the head of `parts` as an HTTP/1.1 request: `METHOD SP origin-form SP
 /// HTTP/1.1 CRLF`, each header field `name: value CRLF` (names are lower case already; the
-/// `http` types admit no CR or LF in either), the framing field of `framing`, and CRLF. The
-/// target is the URI's path and query (`/` when it has none); the caller sets `Host`.
-pub fn encode_head(parts: &Parts, framing: RequestFraming, dst: &mut Vec<u8>) {
+/// `http` types admit no CR or LF in either), those of `added` after them, the framing field of
+/// `framing`, and CRLF. The target is the URI's path and query (`/` when it has none); the
+/// caller sets `Host`.
+pub fn encode_head(parts: &Parts, added: &AddedFields, framing: RequestFraming, dst: &mut Vec<u8>) {
     let target = parts
         .uri
         .path_and_query()
@@ -49,6 +52,7 @@ pub fn encode_head(parts: &Parts, framing: RequestFraming, dst: &mut Vec<u8>) {
         fields.filter(|(name, _)| *name != CONTENT_LENGTH && *name != TRANSFER_ENCODING),
         dst,
     );
+    push_fields(added.iter(), dst);
     match framing {
         RequestFraming::Empty if !bodyless(&parts.method) => {
             dst.extend_from_slice(b"content-length: 0\r\n");
@@ -78,8 +82,8 @@ fn bodyless(method: &Method) -> bool {
 }
 
 /// Appends each field as `name: value CRLF`.
-fn push_fields<'a>(
-    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+fn push_fields<'n, 'v>(
+    fields: impl Iterator<Item = (&'n HeaderName, &'v HeaderValue)>,
     dst: &mut Vec<u8>,
 ) {
     for (name, value) in fields {
@@ -117,9 +121,13 @@ mod tests {
     use http::Request;
 
     fn head(request: Request<()>, framing: RequestFraming) -> String {
+        head_with(request, &AddedFields::default(), framing)
+    }
+
+    fn head_with(request: Request<()>, added: &AddedFields, framing: RequestFraming) -> String {
         let (parts, ()) = request.into_parts();
         let mut dst = b"left".to_vec();
-        encode_head(&parts, framing, &mut dst);
+        encode_head(&parts, added, framing, &mut dst);
         assert!(dst.starts_with(b"left"), "appends");
         String::from_utf8(dst[4..].to_vec()).unwrap()
     }
@@ -136,6 +144,19 @@ mod tests {
             head(request, RequestFraming::Length(12345)),
             "POST /a/b?x=1&y HTTP/1.1\r\nhost: shop.example\r\nx-two: 1\r\nx-two: 2\r\n\
              content-length: 12345\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn added_fields_follow_the_clients() {
+        use crate::fields::Added;
+        let request = Request::get("/").header("accept", "*/*").body(()).unwrap();
+        let mut added = AddedFields::default();
+        added.set(Added::XRequestId, HeaderValue::from_static("7"));
+        added.set(Added::Host, HeaderValue::from_static("shop.example"));
+        assert_eq!(
+            head_with(request, &added, RequestFraming::Empty),
+            "GET / HTTP/1.1\r\naccept: */*\r\nhost: shop.example\r\nx-request-id: 7\r\n\r\n"
         );
     }
 

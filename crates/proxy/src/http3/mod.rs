@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Limits;
-use crate::forward;
 use crate::idle::Activity;
 use crate::server::{ConnectionSlot, ListenerContext};
 
@@ -272,7 +271,7 @@ async fn serve_requests(
         return;
     };
     let activity = Arc::new(Activity::default());
-    let client = forward::Peer::new(peer, "https");
+    let client = crate::peer::Peer::new(peer, "https");
     let mut draining = false;
     loop {
         // After GOAWAY: a few round trips after the last answer, so that its last packets are

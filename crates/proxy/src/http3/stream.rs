@@ -24,7 +24,7 @@ use crate::server::ListenerContext;
 pub async fn serve_request(
     resolver: RequestResolver<checked::Connection, Bytes>,
     context: Arc<ListenerContext>,
-    peer: forward::Peer,
+    peer: crate::peer::Peer,
     _in_flight: InFlight,
     header_timeout: Duration,
 ) {
