@@ -307,12 +307,12 @@ pub const MAX_METRICS_WINDOW_SECONDS: u64 = 3600;
 /// [`MAX_METRICS_WINDOW_SECONDS`] (so at most 360 points).
 pub fn check_metrics_range(window: u64, step: u64) -> Result<(), crate::ValidationErrors> {
     let mut errs = crate::ValidationErrors::default();
-    if step == 0 || step % TRAFFIC_STEP_SECONDS != 0 {
+    if step == 0 || !step.is_multiple_of(TRAFFIC_STEP_SECONDS) {
         errs.push(
             "step",
             format!("must be a positive multiple of {TRAFFIC_STEP_SECONDS}s"),
         );
-    } else if window == 0 || window % step != 0 {
+    } else if window == 0 || !window.is_multiple_of(step) {
         errs.push("window", "must be a positive multiple of step");
     }
     if window > MAX_METRICS_WINDOW_SECONDS {
@@ -423,7 +423,7 @@ pub fn validate_traffic(windows: &[TrafficWindow]) -> Result<(), crate::Validati
         return errs.into_result();
     }
     for (w, window) in windows.iter().enumerate() {
-        if window.start % TRAFFIC_STEP_SECONDS != 0 {
+        if !window.start.is_multiple_of(TRAFFIC_STEP_SECONDS) {
             errs.push(
                 format!("windows[{w}].start"),
                 format!("must be a multiple of {TRAFFIC_STEP_SECONDS}"),

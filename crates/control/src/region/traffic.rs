@@ -42,6 +42,13 @@ enum Source {
     },
 }
 
+/// An agent's last figures: each instance's service, id and cumulative figures.
+type InstanceFigures = Vec<(ServiceId, String, Traffic)>;
+/// A gateway's last figures: each cluster's cumulative figures.
+type ClusterFigures = Vec<(String, Traffic)>;
+/// A gateway run: its node id and run id.
+type GatewayRun = (String, String);
+
 /// The last report of a node or gateway.
 #[derive(Debug)]
 struct Seen<T> {
@@ -55,8 +62,8 @@ struct Seen<T> {
 pub struct TrafficWindows {
     /// When this control plane started, in Unix milliseconds.
     started_ms: u64,
-    nodes: HashMap<String, Seen<Vec<(ServiceId, String, Traffic)>>>,
-    gateways: HashMap<(String, String), Seen<Vec<(String, Traffic)>>>,
+    nodes: HashMap<String, Seen<InstanceFigures>>,
+    gateways: HashMap<GatewayRun, Seen<ClusterFigures>>,
     /// Each counter's value at the end of the last window.
     previous: HashMap<Source, RequestFigures>,
     /// The windows not yet acknowledged by the global control plane, oldest first.
