@@ -296,6 +296,15 @@ async fn xds_opens_only_to_a_certificate_of_the_region() {
     let refused = refused.unwrap_err();
     assert!(refused.starts_with("PermissionDenied"), "{refused}");
     assert!(refused.contains("gateway/fra"), "{refused}");
+    // Nor where an edge's metrics are: only that edge may say.
+    use meridian_xds::meridian::{EdgeReport, EDGE_REPORT_PATH};
+    let edge = EdgeReport {
+        location: "par".to_owned(),
+        metrics_address: "127.0.0.1:9903".to_owned(),
+    };
+    let refused: Result<ReportAck, String> = client.call(EDGE_REPORT_PATH, edge).await;
+    let refused = refused.unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
 
     // fra's gateway reports the requests it answered to fra; was's gateway may not.
     use meridian_xds::meridian::{GatewayReport, GATEWAY_REPORT_PATH};

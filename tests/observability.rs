@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{agent, answers, gateway, through, Deployed, RegionalPlane, HELLO};
+use support::{agent, answers, edge, gateway, through, Deployed, RegionalPlane, HELLO};
 
 /// How long the figures may take to show (a 10 s window, reports every 1-2 s).
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -73,6 +73,7 @@ async fn a_services_requests_show_per_region_and_class_and_every_component_is_di
     );
     let _node = agent(&region, "one", "127.0.70.100", dir.path());
     let (_gateway, address) = gateway(&region, dir.path()).await;
+    let (_edge, _) = edge(&platform, &region, dir.path());
     let host = "hello.example.com";
     answers(&address, host, "/healthz", "ok").await;
     let metrics_path = "/v1/orgs/acme/apps/shop/services/hello/metrics?window=5m&step=10s";
@@ -192,8 +193,8 @@ async fn a_services_requests_show_per_region_and_class_and_every_component_is_di
     let shown = &json[0]["metrics"];
     assert_eq!(classes(shown, "served"), wanted("served"), "{json}");
 
-    // Prometheus discovery lists the global and regional control planes, the agent and the
-    // gateway, each with its labels, and each serves metrics there.
+    // Prometheus discovery lists the global and regional control planes, the agent, the
+    // gateway and the edge, each with its labels, and each serves metrics there.
     let end = Instant::now() + DEADLINE;
     let groups = loop {
         let (status, groups) = api(base, token, "/v1/prometheus/targets").await;
@@ -217,6 +218,7 @@ async fn a_services_requests_show_per_region_and_class_and_every_component_is_di
             "control/fra/fra",
             "agent/fra/one",
             "gateway/fra/gateway-fra",
+            "edge/-/par",
         ];
         if wanted.iter().all(|w| roles.contains(&w.to_string())) {
             break groups;

@@ -54,7 +54,8 @@ pub use own_certificate::{issue_own_certificate, keep_own_certificate};
 pub use plane::{run_global, run_regional, GlobalOptions, RegionalOptions, RunError, Say};
 pub use region::{GatewayListeners, NodeStatus, Region, ServiceId, UnknownNode};
 pub use reports::{
-    GatewayReports, NodeReports, RegionRecorder, RegionReports, ReportMethod, ReportService,
+    EdgeReports, GatewayReports, NodeReports, RegionRecorder, RegionReports, ReportMethod,
+    ReportService,
 };
 pub use rollout::Bounds;
 pub use supervise::TaskEnded;

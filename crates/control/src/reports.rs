@@ -2,7 +2,8 @@
 //! report their node and the states of their instances to their region's control plane (accepted
 //! only from the agent of that node in this region, by its certificate), gateways the requests
 //! they answered (accepted only from a gateway of this region), and regional control planes
-//! report their region to the global one (accepted only from that region's control plane).
+//! report their region to the global one (accepted only from that region's control plane),
+//! and edges where their metrics are (accepted only from that edge location).
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -14,8 +15,8 @@ use meridian_identity::Subject;
 use meridian_model::{validate_region_report, RegionReport};
 use meridian_model::{validate_targets, validate_traffic, MetricsTarget, TrafficWindow};
 use meridian_xds::meridian::{
-    GatewayReport, NodeReport, ReportAck, UpwardReport, GATEWAY_REPORT_PATH, REGION_REPORT_PATH,
-    REPORT_PATH,
+    EdgeReport, GatewayReport, NodeReport, ReportAck, UpwardReport, EDGE_REPORT_PATH,
+    GATEWAY_REPORT_PATH, REGION_REPORT_PATH, REPORT_PATH,
 };
 use tonic::codegen::{http, Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
@@ -58,8 +59,8 @@ impl ReportService<(NodeReports, GatewayReports)> {
     }
 }
 
-impl<M: ReportMethod> ReportService<M> {
-    /// The service with `method`.
+impl<M> ReportService<M> {
+    /// The service with `method`: one [`ReportMethod`], or a pair of them.
     pub fn with(method: M) -> ReportService<M> {
         ReportService { method }
     }
@@ -136,8 +137,8 @@ fn scrape_address(said: &str, peer: &Peer) -> Result<String, Status> {
     Ok(address.to_string())
 }
 
-/// What the global control plane does with a region's report: its summary, its windows of
-/// request figures, and where its components serve `/metrics`.
+/// What the global control plane does with a region's report (its summary, its windows of
+/// request figures, and where its components serve `/metrics`) and with an edge's.
 pub trait RegionRecorder: Send + Sync + 'static {
     /// Records `region`'s summary.
     fn report(&self, region: String, report: RegionReport);
@@ -145,6 +146,49 @@ pub trait RegionRecorder: Send + Sync + 'static {
     fn traffic(&self, region: &str, windows: Vec<TrafficWindow>);
     /// Records where `region`'s components serve `/metrics`.
     fn targets(&self, region: &str, targets: Vec<MetricsTarget>);
+    /// Records where an edge serves `/metrics`.
+    fn edge_target(&self, target: MetricsTarget);
+}
+
+/// Edges' reports of where their metrics are, handed to a recorder.
+#[derive(Clone)]
+pub struct EdgeReports(Arc<dyn RegionRecorder>);
+
+impl EdgeReports {
+    /// Reports that go to `recorder` once checked.
+    pub fn new(recorder: Arc<dyn RegionRecorder>) -> EdgeReports {
+        EdgeReports(recorder)
+    }
+}
+
+impl ReportMethod for EdgeReports {
+    type Report = EdgeReport;
+    const PATH: &'static str = EDGE_REPORT_PATH;
+
+    fn record(&self, peer: Option<Peer>, report: EdgeReport) -> Result<(), Status> {
+        let peer = peer.ok_or_else(|| Status::unauthenticated("reports need a certificate"))?;
+        let id = peer.id.as_ref().ok_or_else(|| {
+            Status::unauthenticated("edge reports need an edge's client certificate")
+        })?;
+        match &id.subject {
+            Subject::Edge { location } if *location == report.location => {}
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "{id} may not report for edge `{}`",
+                    report.location
+                )))
+            }
+        }
+        let address = scrape_address(&report.metrics_address, &peer)?;
+        if !address.is_empty() {
+            self.0.edge_target(MetricsTarget {
+                address,
+                role: "edge".to_owned(),
+                node: report.location,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl RegionRecorder for meridian_api::Reports {
@@ -159,6 +203,10 @@ impl RegionRecorder for meridian_api::Reports {
     fn targets(&self, region: &str, targets: Vec<MetricsTarget>) {
         self.set_targets(region, targets);
     }
+
+    fn edge_target(&self, target: MetricsTarget) {
+        self.set_edge_target(target);
+    }
 }
 
 /// Regional control planes' reports of their regions, handed to a recorder (the global control
@@ -168,8 +216,8 @@ pub struct RegionReports(Arc<dyn RegionRecorder>);
 
 impl RegionReports {
     /// Reports that go to `recorder` once checked.
-    pub fn new(recorder: impl RegionRecorder) -> RegionReports {
-        RegionReports(Arc::new(recorder))
+    pub fn new(recorder: Arc<dyn RegionRecorder>) -> RegionReports {
+        RegionReports(recorder)
     }
 }
 

@@ -83,6 +83,21 @@ pub const REPORT_PATH: &str = "/meridian.v1.Reports/Report";
 /// its region's control plane.
 pub const GATEWAY_REPORT_PATH: &str = "/meridian.v1.Reports/GatewayReport";
 
+/// The gRPC path of the edge report method: an edge tells the global control plane where its
+/// admin port serves `/metrics`.
+pub const EDGE_REPORT_PATH: &str = "/meridian.v1.Reports/EdgeReport";
+
+/// What an edge reports to the global control plane.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EdgeReport {
+    /// The edge's location (must match its certificate).
+    #[prost(string, tag = "1")]
+    pub location: String,
+    /// Where its admin port serves `/metrics` (`ip:port`), for Prometheus discovery.
+    #[prost(string, tag = "2")]
+    pub metrics_address: String,
+}
+
 /// The gRPC path of the region report method: a regional control plane reports its region to
 /// the global control plane.
 pub const REGION_REPORT_PATH: &str = "/meridian.v1.Reports/RegionReport";

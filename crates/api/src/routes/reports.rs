@@ -35,6 +35,8 @@ struct ReportsInner {
     targets: RwLock<HashMap<String, (Vec<MetricsTarget>, Instant)>>,
     /// Where the global control plane serves its own.
     own_target: RwLock<Option<MetricsTarget>>,
+    /// Where each edge serves its own, by location, with when it said so.
+    edges: RwLock<HashMap<String, (MetricsTarget, Instant)>>,
 }
 
 impl Default for Reports {
@@ -45,12 +47,13 @@ impl Default for Reports {
             traffic: TrafficHistory::default(),
             targets: RwLock::default(),
             own_target: RwLock::default(),
+            edges: RwLock::default(),
         }))
     }
 }
 
-/// A region's metrics targets older than this are no longer listed (its control plane stopped
-/// reporting).
+/// Metrics targets older than this are no longer listed (the region's control plane or the
+/// edge stopped reporting).
 const TARGETS_STALE: Duration = Duration::from_secs(60);
 
 impl Reports {
@@ -82,8 +85,17 @@ impl Reports {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(target);
     }
 
+    /// Records where an edge serves `/metrics` (already checked).
+    pub fn set_edge_target(&self, target: MetricsTarget) {
+        self.0
+            .edges
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(target.node.clone(), (target, Instant::now()));
+    }
+
     /// Every component's metrics target, with its region (none for the global control
-    /// plane's), as the regions reported them lately.
+    /// plane's and the edges'), as the regions and edges reported them lately.
     pub fn targets(&self) -> Vec<(Option<String>, MetricsTarget)> {
         let own = self
             .0
@@ -106,6 +118,18 @@ impl Reports {
         for (region, (targets, _)) in regions {
             all.extend(targets.iter().map(|t| (Some(region.clone()), t.clone())));
         }
+        let edges = self
+            .0
+            .edges
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut edges: Vec<&MetricsTarget> = edges
+            .values()
+            .filter(|(_, at)| at.elapsed() <= TARGETS_STALE)
+            .map(|(target, _)| target)
+            .collect();
+        edges.sort();
+        all.extend(edges.into_iter().map(|t| (None, t.clone())));
         all
     }
 

@@ -79,14 +79,14 @@ pub async fn service_metrics(
 pub struct TargetGroup {
     /// The `ip:port` addresses scraped at `/metrics`.
     pub targets: Vec<String>,
-    /// The labels of every target of the group: `role` (control, agent, gateway), `node` and
-    /// `region` (none for the global control plane).
+    /// The labels of every target of the group: `role` (control, agent, gateway, edge),
+    /// `node` and `region` (none for the global control plane and the edges).
     pub labels: BTreeMap<String, String>,
 }
 
 /// Every component's metrics address, for Prometheus' HTTP service discovery (admin only):
-/// the global control plane, and each region's control plane, agents and gateways as the
-/// region last reported them.
+/// the global control plane, each region's control plane, agents and gateways as the region
+/// last reported them, and the edges.
 #[utoipa::path(get, path = "/v1/prometheus/targets", tag = "regions",
     responses((status = 200, description = "Target groups", body = [TargetGroup]),
         ErrorResponses))]

@@ -220,10 +220,14 @@ pub async fn run_global(
         role: "control".to_owned(),
         node: "global".to_owned(),
     });
-    let region_reports = RegionReports::new(reports.clone());
+    let recorder: Arc<dyn crate::RegionRecorder> = Arc::new(reports.clone());
+    let report_methods = (
+        RegionReports::new(recorder.clone()),
+        crate::EdgeReports::new(recorder),
+    );
     let federation = ads.clone().serve_routes(
         Routes::new(AuthenticatedAds::global(ads.into_service()))
-            .add_service(ReportService::with(region_reports)),
+            .add_service(ReportService::with(report_methods)),
         tls_incoming(xds, Arc::new(tls)),
         stop.clone().wait(),
     );
