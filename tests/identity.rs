@@ -290,11 +290,44 @@ async fn xds_opens_only_to_a_certificate_of_the_region() {
     let report = UpwardReport {
         region: "fra".to_owned(),
         report_json: br#"{"nodes": 9, "capacity": 9, "services": []}"#.to_vec(),
+        ..Default::default()
     };
     let refused: Result<ReportAck, String> = client.call(REGION_REPORT_PATH, report).await;
     let refused = refused.unwrap_err();
     assert!(refused.starts_with("PermissionDenied"), "{refused}");
     assert!(refused.contains("gateway/fra"), "{refused}");
+    // Nor where an edge's metrics are: only that edge may say.
+    use meridian_xds::meridian::{EdgeReport, EDGE_REPORT_PATH};
+    let edge = EdgeReport {
+        location: "par".to_owned(),
+        metrics_address: "127.0.0.1:9903".to_owned(),
+    };
+    let refused: Result<ReportAck, String> = client.call(EDGE_REPORT_PATH, edge).await;
+    let refused = refused.unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+
+    // fra's gateway reports the requests it answered to fra; was's gateway may not.
+    use meridian_xds::meridian::{GatewayReport, GATEWAY_REPORT_PATH};
+    let figures = || GatewayReport {
+        node: "gateway-fra".to_owned(),
+        run: "1".to_owned(),
+        ..Default::default()
+    };
+    let client_of = |credentials: &Credentials| {
+        let own = CertStore::new(credentials.certified_key().unwrap());
+        let tls = control_client_config(Some(own), bundle()).unwrap();
+        meridian_xds::UnaryClient::new(&fra.xds, std::sync::Arc::new(tls))
+    };
+    let accepted: Result<ReportAck, String> = client_of(&gateway)
+        .call(GATEWAY_REPORT_PATH, figures())
+        .await;
+    accepted.unwrap();
+    let refused: Result<ReportAck, String> = client_of(&was_gateway)
+        .call(GATEWAY_REPORT_PATH, figures())
+        .await;
+    let refused = refused.unwrap_err();
+    assert!(refused.starts_with("PermissionDenied"), "{refused}");
+    assert!(refused.contains("gateway/was"), "{refused}");
 }
 
 /// Whether an xDS client's error says the server ended the connection in the handshake: no gRPC

@@ -273,6 +273,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     let dns_metrics = Arc::new(meridian_dns::DnsMetrics::new(&mut registry));
     let usage = UsageMetrics::new(&mut registry);
     let proxy = Arc::new(meridian_proxy::Proxy::default());
+    let metrics_address = Arc::new(std::sync::OnceLock::new());
     let reporter = tokio::spawn(report_loop(
         UnaryClient::new(&options.control, options.tls.clone()),
         Reported {
@@ -282,6 +283,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
             instances: instances.clone(),
             proxy: proxy.clone(),
             cgroups: cgroups.clone(),
+            metrics_address: metrics_address.clone(),
         },
         changed.clone(),
         by_state,
@@ -316,8 +318,11 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         text
     }));
     if let Some(admin) = options.admin {
-        if let Err(e) = meridian_proxy::serve_admin(&node_proxy.proxy, admin).await {
-            tracing::error!(error = %e, "the node proxy's admin port could not start");
+        match meridian_proxy::serve_admin(&node_proxy.proxy, admin).await {
+            Ok(bound) => {
+                let _ = metrics_address.set(bound);
+            }
+            Err(e) => tracing::error!(error = %e, "the node proxy's admin port could not start"),
         }
     }
     let node = NodeSetup {
@@ -752,6 +757,8 @@ struct Reported {
     instances: Instances,
     proxy: Arc<meridian_proxy::Proxy>,
     cgroups: Option<Cgroups>,
+    /// Where the admin port serves `/metrics`, once it does.
+    metrics_address: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 impl Reported {
@@ -762,6 +769,11 @@ impl Reported {
             capacity: self.capacity,
             cpu_millis: self.offers.cpu.map_or(0, |cpu| u64::from(cpu.millis())),
             memory_bytes: self.offers.memory.map_or(0, meridian_model::Memory::bytes),
+            metrics_address: self
+                .metrics_address
+                .get()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             instances: instances
                 .values()
                 .map(|running| {

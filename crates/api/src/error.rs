@@ -69,6 +69,14 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// 400: query parameters that are not accepted, each problem named by its parameter.
+    pub fn bad_parameters(errors: ValidationErrors) -> Self {
+        let mut error = Self::bad_request(errors.to_string());
+        error.detail.field = errors.errors.first().map(|e| e.field.clone());
+        error.detail.details = errors.errors;
+        error
+    }
+
     /// 401: no token, or one that is not valid.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)

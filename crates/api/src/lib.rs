@@ -14,6 +14,7 @@ mod metrics;
 mod openapi;
 mod readiness;
 mod routes;
+mod traffic_history;
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ pub use routes::feed::{ChangesPage, RevisionInfo};
 pub use routes::reports::Reports;
 pub use routes::services::{RegionStatus, ServiceStatus, APPLY_HEADER};
 pub use routes::tenancy::CreatedToken;
+pub use routes::traffic::TargetGroup;
+pub use traffic_history::TrafficHistory;
 
 /// Most requests the API serves at once; more wait for a slot.
 pub const MAX_CONCURRENT_REQUESTS: usize = 512;
@@ -109,7 +112,7 @@ pub fn router_with(
     registries: meridian_model::RegistryOptions,
 ) -> Router {
     use routes::{
-        domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy,
+        domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy, traffic,
     };
     let state = ApiState {
         store,
@@ -205,6 +208,11 @@ pub fn router_with(
             post(services::rollback),
         )
         .route(&format!("{service_path}/status"), get(services::status))
+        .route(
+            &format!("{service_path}/metrics"),
+            get(traffic::service_metrics),
+        )
+        .route("/v1/prometheus/targets", get(traffic::prometheus_targets))
         .route(&format!("{service_path}/rollouts"), get(rollouts::history))
         .route(
             &format!("{service_path}/rollout/abort"),

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy,
+    domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy, traffic,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use crate::routes::{
         endpoints::put, endpoints::list, endpoints::delete,
         domains::list, domains::upload,
         feed::revision, feed::changes,
+        traffic::service_metrics, traffic::prometheus_targets,
     ),
     components(schemas(crate::ErrorBody, crate::ErrorDetail, meridian_model::FieldError)),
     modifiers(&BearerAuth),
@@ -85,6 +86,35 @@ mod tests {
         for field in ["at", "phase", "step", "weights", "reason"] {
             assert!(!event[field].is_null(), "{field}: {event}");
         }
+    }
+
+    #[test]
+    fn service_metrics_are_documented_with_their_parameters_and_figures() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let path = &doc["paths"]["/v1/orgs/{org}/apps/{app}/services/{service}/metrics"]["get"];
+        let params: Vec<&str> = path["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(
+            params.contains(&"window") && params.contains(&"step"),
+            "{params:?}"
+        );
+        let schemas = &doc["components"]["schemas"];
+        let rates = &schemas["Rates"]["properties"];
+        for field in [
+            "requests_per_second",
+            "error_ratio_4xx",
+            "error_ratio_5xx",
+            "latency_ms",
+        ] {
+            assert!(!rates[field].is_null(), "{field}: {rates}");
+        }
+        assert!(!schemas["RegionMetrics"]["properties"]["instances"].is_null());
+        assert!(!schemas["StatusClasses"]["properties"]["5xx"].is_null());
+        assert!(!doc["paths"]["/v1/prometheus/targets"]["get"].is_null());
     }
 
     #[test]

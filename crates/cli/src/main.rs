@@ -118,6 +118,9 @@ enum Command {
         #[command(flatten)]
         scope: commands::resources::AppScope,
     },
+    /// Show the live request figures of an app's services per region (requests/s, errors,
+    /// latency, connections, instances), redrawn every few seconds.
+    Top(commands::top::TopArgs),
     /// Make a new version of a service equal to an earlier one.
     Rollback {
         /// The service.
@@ -211,6 +214,7 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Status { service, scope } => {
             resources::status(&Client::new(&args)?, format, &service, &scope).await
         }
+        Command::Top(top_args) => commands::top::top(&Client::new(&args)?, format, top_args).await,
         Command::Rollback { service, scope, to } => {
             resources::rollback(&Client::new(&args)?, format, &service, &scope, to).await
         }

@@ -832,6 +832,7 @@ mod tests {
             capacity,
             cpu_millis: 0,
             memory_bytes: 0,
+            metrics_address: String::new(),
             instances: instances
                 .iter()
                 .map(|(instance, state)| InstanceReport {

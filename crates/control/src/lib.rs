@@ -53,7 +53,10 @@ pub use meridian_identity::{JoinTokens, JoinTokensError};
 pub use own_certificate::{issue_own_certificate, keep_own_certificate};
 pub use plane::{run_global, run_regional, GlobalOptions, RegionalOptions, RunError, Say};
 pub use region::{GatewayListeners, NodeStatus, Region, ServiceId, UnknownNode};
-pub use reports::{NodeReports, RegionReports, ReportMethod, ReportService};
+pub use reports::{
+    EdgeReports, GatewayReports, NodeReports, RegionRecorder, RegionReports, ReportMethod,
+    ReportService,
+};
 pub use rollout::Bounds;
 pub use supervise::TaskEnded;
 pub use tls::{tls_incoming, Peer, PeerStream};

@@ -1,11 +1,15 @@
 //! The region's report to the global control plane (`meridian.v1.Reports/RegionReport` on its
 //! xDS port, over mutual TLS with the region's own certificate): its nodes, capacity and each
 //! service's placed and healthy instances, sent as soon as it changes and every few seconds
-//! anyway. While the global control plane is away the region goes on and reports again when it
-//! is back.
+//! anyway; with it the windows of request figures it has not had yet, and where the region's
+//! components serve `/metrics`. While the global control plane is away the region goes on and
+//! reports again when it is back (the windows of the last minutes with it).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use meridian_model::MetricsTarget;
 
 use meridian_xds::meridian::{ReportAck, UpwardReport, REGION_REPORT_PATH};
 use meridian_xds::UnaryClient;
@@ -15,9 +19,9 @@ use crate::region::Region;
 /// How often the region reports.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reports `region` through `global` when it changes and at least every [`REPORT_INTERVAL`],
-/// for as long as the task runs.
-pub async fn report_upward(mut global: UnaryClient, region: Arc<Region>) {
+/// Reports `region`, whose control plane's admin port is at `admin`, through `global` when it
+/// changes and at least every [`REPORT_INTERVAL`], for as long as the task runs.
+pub async fn report_upward(mut global: UnaryClient, region: Arc<Region>, admin: SocketAddr) {
     let due = region.report_due();
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     let mut failing = false;
@@ -28,12 +32,24 @@ pub async fn report_upward(mut global: UnaryClient, region: Arc<Region>) {
             () = due.notified() => false,
         };
         let report = region.report_upward();
-        if !heartbeat && sent.as_ref() == Some(&report) {
+        let windows = region.pending_traffic();
+        if !heartbeat && windows.is_empty() && sent.as_ref() == Some(&report) {
             continue;
         }
-        let report_json = match serde_json::to_vec(&report) {
-            Ok(json) => json,
-            Err(e) => {
+        let mut targets = region.metrics_targets();
+        targets.push(MetricsTarget {
+            address: admin.to_string(),
+            role: "control".to_owned(),
+            node: region.name().to_owned(),
+        });
+        let encoded = (
+            serde_json::to_vec(&report),
+            serde_json::to_vec(&windows),
+            serde_json::to_vec(&targets),
+        );
+        let (report_json, traffic_json, targets_json) = match encoded {
+            (Ok(report), Ok(traffic), Ok(targets)) => (report, traffic, targets),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 tracing::error!(error = %e, "cannot encode the region's report; not sent");
                 continue;
             }
@@ -41,8 +57,18 @@ pub async fn report_upward(mut global: UnaryClient, region: Arc<Region>) {
         let upward = UpwardReport {
             region: region.name().to_owned(),
             report_json,
+            traffic_json: if windows.is_empty() {
+                Vec::new()
+            } else {
+                traffic_json
+            },
+            targets_json,
         };
+        let newest = windows.last().map(|w| w.start);
         let answer: Result<ReportAck, String> = global.call(REGION_REPORT_PATH, upward).await;
+        if let (Ok(_), Some(newest)) = (&answer, newest) {
+            region.traffic_acknowledged(newest);
+        }
         match answer.map(drop) {
             Ok(()) if failing => {
                 tracing::info!("reporting to the global control plane again");

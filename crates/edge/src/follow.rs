@@ -217,6 +217,7 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
                 versions: Vec::new(),
                 rollout: None,
                 problems: Vec::new(),
+                instances: Default::default(),
             });
             deployments.push(RegionalDeployment {
                 org: service.org,

@@ -276,6 +276,7 @@ mod tests {
                     versions: Vec::new(),
                     rollout: None,
                     problems: Vec::new(),
+                    instances: Default::default(),
                 }],
             }),
             deployments: vec![deployment(name)],
@@ -379,6 +380,7 @@ mod tests {
             versions: Vec::new(),
             rollout: None,
             problems: Vec::new(),
+            instances: Default::default(),
         };
         // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
         // Washington the web of an org whose name sorts first (the order that used to decide)

@@ -21,6 +21,7 @@ mod names;
 mod parse;
 mod resources;
 mod rollout;
+pub mod traffic;
 mod validate;
 pub mod waves;
 
@@ -50,6 +51,12 @@ pub use resources::{
 pub use rollout::{
     Gate, GateFailure, RolloutControl, RolloutEvent, RolloutMode, RolloutPhase, RolloutRecord,
     RolloutStatus, VersionWeight,
+};
+pub use traffic::{
+    check_metrics_range, parse_metrics_range, quantile_ms, validate_targets, validate_traffic,
+    MetricsPoint, MetricsTarget, Percentiles, Rates, RegionMetrics, RequestFigures, ServiceMetrics,
+    ServiceTraffic, StatusClasses, TrafficWindow, LATENCY_BOUNDS_MS, LATENCY_BUCKETS,
+    MAX_METRICS_WINDOW_SECONDS, MAX_REPORTED_WINDOWS, TRAFFIC_STEP_SECONDS,
 };
 pub use validate::{
     validate_definition, validate_endpoint, validate_region, validate_region_report, Limits,

@@ -80,6 +80,11 @@ pub struct ServiceHealth {
     /// each at most [`ServiceHealth::PROBLEM_LEN`] bytes; empty when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Its instances in service by state: `pending` (placed, not reported yet), then as their
+    /// agents report them (`starting`, `healthy`, `unhealthy`, `failed`, `stopped`); empty
+    /// from an older region.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub instances: std::collections::BTreeMap<String, u32>,
 }
 
 impl ServiceHealth {
@@ -90,6 +95,15 @@ impl ServiceHealth {
     /// How an agent's detail of a `starting` instance begins while the instance's image
     /// cannot be pulled (the agent retries with backoff): such an instance is a problem.
     pub const PULL_FAILED: &'static str = "pulling image failed: ";
+    /// The states [`ServiceHealth::instances`] counts by.
+    pub const STATES: [&'static str; 6] = [
+        "pending",
+        "starting",
+        "healthy",
+        "unhealthy",
+        "failed",
+        "stopped",
+    ];
 
     /// Whether an instance reported in `state` with `detail` is a problem.
     pub fn is_problem(state: &str, detail: &str) -> bool {

@@ -137,6 +137,31 @@ pub fn validate_region(name: &str, input: &RegionInput) -> Result<(), Validation
     errs.into_result()
 }
 
+/// Checks a service's instances by state: known states, no more than placed.
+fn validate_states(errs: &mut ValidationErrors, i: usize, service: &crate::ServiceHealth) {
+    let field = format!("services[{i}].instances");
+    if let Some(state) = service
+        .instances
+        .keys()
+        .find(|s| !crate::ServiceHealth::STATES.contains(&s.as_str()))
+    {
+        errs.push(
+            field,
+            format!(
+                "`{state}` is not a state; states are {}",
+                crate::ServiceHealth::STATES.join(", ")
+            ),
+        );
+    } else if service
+        .instances
+        .values()
+        .fold(0u64, |sum, n| sum + u64::from(*n))
+        > u64::from(service.placed)
+    {
+        errs.push(field, "must not count more instances than placed");
+    }
+}
+
 /// Most services one region report may list.
 pub const MAX_REPORTED_SERVICES: usize = 100_000;
 
@@ -189,6 +214,7 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
             );
         }
         validate_versions(&mut errs, i, service);
+        validate_states(&mut errs, i, service);
         validate_rollout(&mut errs, i, service);
         for (j, address) in service.addresses.iter().enumerate() {
             if address.parse::<std::net::IpAddr>().is_err() {

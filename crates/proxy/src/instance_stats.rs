@@ -1,70 +1,25 @@
 //! Request figures per instance, for listeners that serve one instance (a node proxy's inbound
-//! listeners, `instance` in their configuration): requests answered, failures, and a latency
-//! histogram with the fixed bounds of [`LATENCY_BOUNDS_MS`]. Counting a request touches three
-//! atomics and nothing else (no lock, no allocation); the set of instances is looked at only
-//! when a configuration is applied, when metrics are rendered, and when the embedding agent
-//! reads the figures ([`InstanceStatsSet::traffic`]) to report them.
+//! listeners, `instance` in their configuration): requests by status class, a latency histogram
+//! with the fixed bounds of [`LATENCY_BOUNDS_MS`] ([`Figures`]), and the connections open on its
+//! listeners. Counting a request touches three atomics and nothing else (no lock, no
+//! allocation); the set of instances is looked at only when a configuration is applied, when
+//! metrics are rendered, and when the embedding agent reads the figures
+//! ([`InstanceStatsSet::traffic`]) to report them.
 
 use meridian_xds::meridian::{Traffic, LATENCY_BOUNDS_MS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::InstanceConfig;
-
-/// How many latency buckets there are: one per bound, and one for slower requests.
-const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+use crate::figures::Figures;
 
 /// One instance's cumulative figures.
-#[derive(Debug)]
-pub struct InstanceStats {
-    failures: AtomicU64,
-    micros: AtomicU64,
-    buckets: [AtomicU64; BUCKETS],
-}
-
-impl Default for InstanceStats {
-    fn default() -> Self {
-        InstanceStats {
-            failures: AtomicU64::new(0),
-            micros: AtomicU64::new(0),
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
-impl InstanceStats {
-    /// Counts one answered request: `status` (5xx is a failure) after `micros` microseconds
-    /// from its head to the response's head.
-    pub fn record(&self, status: u16, micros: u64) {
-        if status >= 500 {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        self.micros.fetch_add(micros, Ordering::Relaxed);
-        // A request of exactly a bound counts in that bound's bucket.
-        let bucket = LATENCY_BOUNDS_MS.partition_point(|bound| bound * 1000 < micros);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The figures so far. Read counter by counter while requests go on: `requests` is the
-    /// buckets' sum, so the two always agree.
-    pub fn traffic(&self) -> Traffic {
-        let latency_buckets: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        Traffic {
-            requests: latency_buckets.iter().sum(),
-            failures: self.failures.load(Ordering::Relaxed),
-            latency_buckets,
-        }
-    }
-}
+pub type InstanceStats = Figures;
 
 /// The instances' figures, by the name of the instance on the node (`instance.name` of the
 /// listeners' configuration), with the labels they are exposed under. Cloning shares them.
@@ -77,6 +32,15 @@ pub struct InstanceStatsSet {
 struct Entry {
     labels: InstanceLabels,
     stats: Arc<InstanceStats>,
+    /// The open-connection gauges of the listeners serving it.
+    connections: Vec<Gauge>,
+}
+
+impl Entry {
+    fn traffic(&self) -> Traffic {
+        let open: i64 = self.connections.iter().map(Gauge::get).sum();
+        self.stats.traffic(u64::try_from(open).unwrap_or(0))
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,19 +71,27 @@ impl InstanceStatsSet {
         let entry = map.entry(config.name.clone()).or_insert_with(|| Entry {
             labels: labels.clone(),
             stats: Arc::default(),
+            connections: Vec::new(),
         });
         entry.labels = labels;
         entry.stats.clone()
     }
 
-    /// Forgets the instances no longer named by a listener (`keep` says which are).
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        lock(&self.by_name).retain(|name, _| keep(name));
+    /// Forgets the instances no longer named by a listener (`served` has those that are,
+    /// with the open-connection gauges of their listeners, which count as theirs from now on).
+    pub fn retain(&self, mut served: HashMap<&str, Vec<Gauge>>) {
+        lock(&self.by_name).retain(|name, entry| match served.remove(name.as_str()) {
+            Some(gauges) => {
+                entry.connections = gauges;
+                true
+            }
+            None => false,
+        });
     }
 
     /// The figures of instance `name` (its name on the node), if a listener serves it.
     pub fn traffic(&self, name: &str) -> Option<Traffic> {
-        lock(&self.by_name).get(name).map(|e| e.stats.traffic())
+        lock(&self.by_name).get(name).map(Entry::traffic)
     }
 }
 
@@ -128,10 +100,7 @@ impl Collector for InstanceStatsSet {
         let map = lock(&self.by_name);
         let figures: Vec<(&InstanceLabels, Traffic, u64)> = map
             .values()
-            .map(|e| {
-                let micros = e.stats.micros.load(Ordering::Relaxed);
-                (&e.labels, e.stats.traffic(), micros)
-            })
+            .map(|e| (&e.labels, e.traffic(), e.stats.micros()))
             .collect();
         let mut requests = encoder.encode_descriptor(
             "instance_requests",
@@ -202,22 +171,26 @@ mod tests {
     }
 
     #[test]
-    fn requests_count_in_their_latency_bucket_and_5xx_as_failures() {
+    fn an_instance_counts_its_listeners_connections_and_is_forgotten_once_unserved() {
         let set = InstanceStatsSet::default();
         let stats = set.get(&web(2));
         stats.record(200, 900);
         stats.record(200, 1_000);
         stats.record(503, 301_000);
         stats.record(404, 60_000_000);
+        let gauge = Gauge::default();
+        gauge.set(2);
+        set.retain([("acme/shop/web-3", vec![gauge.clone(), Gauge::default()])].into());
         let traffic = set.traffic("acme/shop/web-3").unwrap();
         assert_eq!((traffic.requests, traffic.failures), (4, 1));
-        assert_eq!(traffic.latency_buckets.len(), BUCKETS);
-        assert_eq!(traffic.latency_buckets[0], 2, "up to 1 ms");
-        assert_eq!(traffic.latency_buckets[10], 1, "300 to 400 ms");
-        assert_eq!(traffic.latency_buckets[BUCKETS - 1], 1, "beyond the last");
+        assert_eq!(traffic.by_class, [0, 2, 0, 1, 1]);
+        assert_eq!(
+            traffic.open_connections, 2,
+            "its listeners' open connections"
+        );
         // The same instance under a new version keeps its counts; gone, it is forgotten.
         assert!(Arc::ptr_eq(&stats, &set.get(&web(3))));
-        set.retain(|name| name != "acme/shop/web-3");
+        set.retain(HashMap::new());
         assert_eq!(set.traffic("acme/shop/web-3"), None);
     }
 

@@ -12,8 +12,10 @@ mod acme;
 mod admin;
 mod body;
 mod cluster;
+mod cluster_stats;
 mod config;
 mod fields;
+mod figures;
 mod forward;
 mod forwarding;
 mod framing;
@@ -474,15 +476,17 @@ impl Proxy {
             .enumerate()
             .map(|(at, c)| (c.name.clone(), at))
             .collect();
-        let served: HashSet<&str> = config
-            .listeners
-            .iter()
-            .filter_map(|l| Some(l.instance.as_ref()?.name.as_str()))
-            .collect();
-        self.shared
-            .metrics
-            .instances()
-            .retain(|name| served.contains(name));
+        let mut served: HashMap<&str, Vec<prometheus_client::metrics::gauge::Gauge>> =
+            HashMap::new();
+        for listener in &config.listeners {
+            if let Some(instance) = &listener.instance {
+                let gauge = self.shared.metrics.connections(&listener.name);
+                served.entry(&instance.name).or_default().push(gauge);
+            }
+        }
+        self.shared.metrics.instances().retain(served);
+        let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+        self.shared.metrics.clusters().retain(&clusters);
         active.config = Some(config);
         tracing::info!(
             listeners = active.listeners.len(),
@@ -659,6 +663,12 @@ impl Proxy {
     /// listeners serving it) since a listener first served it, while one does.
     pub fn instance_traffic(&self, name: &str) -> Option<meridian_xds::meridian::Traffic> {
         self.shared.metrics.instances().traffic(name)
+    }
+
+    /// The figures of the requests sent to each cluster (those with requests), since the
+    /// cluster is in the configuration.
+    pub fn cluster_traffic(&self) -> Vec<meridian_xds::meridian::ClusterTraffic> {
+        self.shared.metrics.clusters().traffic()
     }
 
     /// Has the admin port's `/metrics` also render `source`: the metrics of the component that

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::cluster_stats::ClusterStatsSet;
+use crate::figures::Figures;
 use crate::instance_stats::{InstanceStats, InstanceStatsSet};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +92,8 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct RouteMetrics {
     by_class: [Counter; 5],
     latency: Histogram,
+    /// The figures of the target's cluster.
+    cluster: Arc<Figures>,
     /// The figures of the instance the listener serves, if it serves one.
     instance: Option<Arc<InstanceStats>>,
 }
@@ -100,9 +104,11 @@ impl RouteMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.latency.observe(seconds);
+        // Float to integer casts saturate.
+        let micros = (seconds * 1e6) as u64;
+        self.cluster.record(status, micros);
         if let Some(instance) = &self.instance {
-            // Float to integer casts saturate.
-            instance.record(status, (seconds * 1e6) as u64);
+            instance.record(status, micros);
         }
     }
 
@@ -161,6 +167,7 @@ pub struct ProxyMetrics {
     upstream_connections: Family<ClusterLabels, Gauge>,
     connect_time: Family<ClusterLabels, Histogram>,
     instances: InstanceStatsSet,
+    clusters: ClusterStatsSet,
 }
 
 fn latency_histogram() -> Histogram {
@@ -343,6 +350,7 @@ impl Default for ProxyMetrics {
             upstream_connections,
             connect_time,
             instances,
+            clusters: ClusterStatsSet::default(),
         }
     }
 }
@@ -370,6 +378,7 @@ impl ProxyMetrics {
         RouteMetrics {
             by_class,
             latency: self.latency.get_or_create(&labels).clone(),
+            cluster: self.clusters.get(cluster),
             instance: None,
         }
     }
@@ -377,6 +386,11 @@ impl ProxyMetrics {
     /// The figures of the instances listeners serve (`instance` in their configuration).
     pub fn instances(&self) -> &InstanceStatsSet {
         &self.instances
+    }
+
+    /// The figures of the clusters route targets send to.
+    pub fn clusters(&self) -> &ClusterStatsSet {
+        &self.clusters
     }
 
     /// The open-connections gauge of a listener.

@@ -70,8 +70,8 @@ async fn load(proxy: &Proxy, path: &PathBuf) -> Result<String, RunError> {
 }
 
 /// Serves the admin port of `proxy` on `address` in a task of its own; prints its address and
-/// each listener's bound address on standard output.
-pub async fn serve_admin(proxy: &Arc<Proxy>, address: SocketAddr) -> Result<(), RunError> {
+/// each listener's bound address on standard output. Returns the address bound.
+pub async fn serve_admin(proxy: &Arc<Proxy>, address: SocketAddr) -> Result<SocketAddr, RunError> {
     let admin = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| RunError::Admin { address, source })?;
@@ -88,7 +88,7 @@ pub async fn serve_admin(proxy: &Arc<Proxy>, address: SocketAddr) -> Result<(), 
     for (name, address) in proxy.listeners().await {
         println!("listener {name} on {address}");
     }
-    Ok(())
+    Ok(admin_address)
 }
 
 /// Waits for `shutdown`, then drains `proxy`'s connections.

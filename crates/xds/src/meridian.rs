@@ -79,6 +79,25 @@ pub const OWN_CERTIFICATE: &str = "default";
 /// The gRPC path of the report method: an agent reports its node and instances.
 pub const REPORT_PATH: &str = "/meridian.v1.Reports/Report";
 
+/// The gRPC path of the gateway report method: a gateway reports the requests it answered to
+/// its region's control plane.
+pub const GATEWAY_REPORT_PATH: &str = "/meridian.v1.Reports/GatewayReport";
+
+/// The gRPC path of the edge report method: an edge tells the global control plane where its
+/// admin port serves `/metrics`.
+pub const EDGE_REPORT_PATH: &str = "/meridian.v1.Reports/EdgeReport";
+
+/// What an edge reports to the global control plane.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EdgeReport {
+    /// The edge's location (must match its certificate).
+    #[prost(string, tag = "1")]
+    pub location: String,
+    /// Where its admin port serves `/metrics` (`ip:port`), for Prometheus discovery.
+    #[prost(string, tag = "2")]
+    pub metrics_address: String,
+}
+
 /// The gRPC path of the region report method: a regional control plane reports its region to
 /// the global control plane.
 pub const REGION_REPORT_PATH: &str = "/meridian.v1.Reports/RegionReport";
@@ -109,6 +128,14 @@ pub struct UpwardReport {
     /// The region's report (nodes, capacity, gateway, services' health), JSON.
     #[prost(bytes = "vec", tag = "2")]
     pub report_json: Vec<u8>,
+    /// The windows of request figures completed since the last report that got through
+    /// (`[meridian_model::TrafficWindow]`), JSON; empty when none.
+    #[prost(bytes = "vec", tag = "3")]
+    pub traffic_json: Vec<u8>,
+    /// Where the region's components serve `/metrics`
+    /// (`[meridian_model::MetricsTarget]`), JSON; empty from an older region.
+    #[prost(bytes = "vec", tag = "4")]
+    pub targets_json: Vec<u8>,
 }
 
 /// One instance a node must run.
@@ -305,6 +332,10 @@ pub struct NodeReport {
     /// The memory it offers its instances, in bytes (0: not said: not counted).
     #[prost(uint64, tag = "5")]
     pub memory_bytes: u64,
+    /// Where the agent's admin port serves `/metrics` (its node proxy's with its own),
+    /// `ip:port`, for Prometheus discovery; empty when not said.
+    #[prost(string, tag = "6")]
+    pub metrics_address: String,
 }
 
 /// The state of one instance.
@@ -346,9 +377,7 @@ pub struct InstanceReport {
 
 /// The bounds of the latency buckets of [`Traffic`], in milliseconds, ascending; a last
 /// bucket holds what is slower than the last bound. Agents and control planes share them.
-pub const LATENCY_BOUNDS_MS: [u64; 19] = [
-    1, 2, 5, 10, 20, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000,
-];
+pub use meridian_model::LATENCY_BOUNDS_MS;
 
 /// Cumulative figures of the requests a node proxy answered for one instance (every port):
 /// each only grows while the instance runs on the node.
@@ -366,6 +395,47 @@ pub struct Traffic {
     /// the slower ones.
     #[prost(uint64, repeated, tag = "3")]
     pub latency_buckets: Vec<u64>,
+    /// Requests answered by status class: 1xx, 2xx, 3xx, 4xx, 5xx (empty from an older
+    /// proxy).
+    #[prost(uint64, repeated, tag = "4")]
+    pub by_class: Vec<u64>,
+    /// Client connections open now (on an instance's inbound listeners; 0 for a cluster).
+    #[prost(uint64, tag = "5")]
+    pub open_connections: u64,
+    /// When these counts started, in milliseconds since the Unix epoch (0: not said): a
+    /// control plane that starts later counts from its first look, not from zero.
+    #[prost(uint64, tag = "6")]
+    pub started_ms: u64,
+}
+
+/// What a gateway reports to its region's control plane: the requests it answered per
+/// cluster (`<org>/<app>/<service>:<port>`, with `/canary` for a canary's new set).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GatewayReport {
+    /// The gateway's node id.
+    #[prost(string, tag = "1")]
+    pub node: String,
+    /// Identifies this run of the gateway (two gateways may share a node id; a restarted one
+    /// counts anew).
+    #[prost(string, tag = "2")]
+    pub run: String,
+    /// Where its admin port serves `/metrics` (`ip:port`), for Prometheus discovery.
+    #[prost(string, tag = "3")]
+    pub metrics_address: String,
+    /// Its cumulative figures, per cluster.
+    #[prost(message, repeated, tag = "4")]
+    pub clusters: Vec<ClusterTraffic>,
+}
+
+/// One cluster's figures in a [`GatewayReport`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClusterTraffic {
+    /// The cluster's name.
+    #[prost(string, tag = "1")]
+    pub cluster: String,
+    /// Its cumulative figures.
+    #[prost(message, optional, tag = "2")]
+    pub traffic: Option<Traffic>,
 }
 
 /// The answer to a report.

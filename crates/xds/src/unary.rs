@@ -64,3 +64,39 @@ impl UnaryClient {
         result
     }
 }
+
+impl UnaryClient {
+    /// Calls the method at `path` with what `make` gives every `every`, for as long as the task
+    /// runs: a report of `what` that the server takes as the reporter's current state. A
+    /// failure is logged once until a call succeeds again.
+    pub async fn report_every<Request>(
+        mut self,
+        path: &'static str,
+        every: std::time::Duration,
+        what: &str,
+        mut make: impl FnMut() -> Request,
+    ) where
+        Request: prost::Message + Send + Sync + 'static,
+    {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let answer: Result<crate::meridian::ReportAck, String> = self.call(path, make()).await;
+            match answer {
+                Ok(_) if failing => {
+                    tracing::info!(report = what, url = %self.url, "reporting again");
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(report = what, url = %self.url, error = %e,
+                        "cannot report; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}

@@ -9,3 +9,4 @@ pub mod rollouts;
 pub mod secrets;
 pub mod services;
 pub mod tenancy;
+pub mod traffic;

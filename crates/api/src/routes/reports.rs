@@ -1,6 +1,8 @@
 //! Region reports: each region's control plane reports its nodes and the health of its
-//! services (admin only); `status` reads them. Reports are soft state, kept in memory: a
-//! restarted global control plane knows them again at the regions' next reports.
+//! services (admin only); `status` reads them. With them come the request figures of the
+//! region's services ([`TrafficHistory`]) and where its components serve `/metrics`. Reports
+//! are soft state, kept in memory: a restarted global control plane knows them again at the
+//! regions' next reports.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -9,13 +11,14 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use meridian_model::{validate_region_report, RegionReport};
+use meridian_model::{validate_region_report, MetricsTarget, RegionReport, TrafficWindow};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ErrorResponses;
 use crate::extract::{ApiPath, JsonBody};
 use crate::routes::regions::{require_region, RegionPath};
+use crate::traffic_history::TrafficHistory;
 use crate::{ApiError, ApiState, Caller};
 
 /// The last report of each region, with when it came. Cheap to clone (shared).
@@ -26,6 +29,14 @@ struct ReportsInner {
     by_region: RwLock<HashMap<String, (RegionReport, Instant)>>,
     /// Bumped whenever a region reports something new.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The request figures of the regions' services.
+    traffic: TrafficHistory,
+    /// Where each region's components serve `/metrics`, with when the region said so.
+    targets: RwLock<HashMap<String, (Vec<MetricsTarget>, Instant)>>,
+    /// Where the global control plane serves its own.
+    own_target: RwLock<Option<MetricsTarget>>,
+    /// Where each edge serves its own, by location, with when it said so.
+    edges: RwLock<HashMap<String, (MetricsTarget, Instant)>>,
 }
 
 impl Default for Reports {
@@ -33,11 +44,95 @@ impl Default for Reports {
         Reports(Arc::new(ReportsInner {
             by_region: RwLock::default(),
             changes: tokio::sync::watch::channel(0).0,
+            traffic: TrafficHistory::default(),
+            targets: RwLock::default(),
+            own_target: RwLock::default(),
+            edges: RwLock::default(),
         }))
     }
 }
 
+/// Metrics targets older than this are no longer listed (the region's control plane or the
+/// edge stopped reporting).
+const TARGETS_STALE: Duration = Duration::from_secs(60);
+
 impl Reports {
+    /// Records `region`'s windows of request figures (already validated).
+    pub fn record_traffic(&self, region: &str, windows: Vec<TrafficWindow>) {
+        self.0.traffic.record(region, windows);
+    }
+
+    /// The request figures of the regions' services.
+    pub fn traffic(&self) -> &TrafficHistory {
+        &self.0.traffic
+    }
+
+    /// Records where `region`'s components serve `/metrics` (already validated).
+    pub fn set_targets(&self, region: &str, targets: Vec<MetricsTarget>) {
+        self.0
+            .targets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(region.to_owned(), (targets, Instant::now()));
+    }
+
+    /// Has the global control plane's own `/metrics` listed as `target` among the targets.
+    pub fn set_own_target(&self, target: MetricsTarget) {
+        *self
+            .0
+            .own_target
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(target);
+    }
+
+    /// Records where an edge serves `/metrics` (already checked).
+    pub fn set_edge_target(&self, target: MetricsTarget) {
+        self.0
+            .edges
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(target.node.clone(), (target, Instant::now()));
+    }
+
+    /// Every component's metrics target, with its region (none for the global control
+    /// plane's and the edges'), as the regions and edges reported them lately.
+    pub fn targets(&self) -> Vec<(Option<String>, MetricsTarget)> {
+        let own = self
+            .0
+            .own_target
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let by_region = self
+            .0
+            .targets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<(Option<String>, MetricsTarget)> =
+            own.map(|t| (None, t)).into_iter().collect();
+        let mut regions: Vec<_> = by_region
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() <= TARGETS_STALE)
+            .collect();
+        regions.sort_by(|a, b| a.0.cmp(b.0));
+        for (region, (targets, _)) in regions {
+            all.extend(targets.iter().map(|t| (Some(region.clone()), t.clone())));
+        }
+        let edges = self
+            .0
+            .edges
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut edges: Vec<&MetricsTarget> = edges
+            .values()
+            .filter(|(_, at)| at.elapsed() <= TARGETS_STALE)
+            .map(|(target, _)| target)
+            .collect();
+        edges.sort();
+        all.extend(edges.into_iter().map(|t| (None, t.clone())));
+        all
+    }
+
     /// The last report of `region` and its age.
     pub fn get(&self, region: &str) -> Option<(RegionReport, Duration)> {
         let reports = self

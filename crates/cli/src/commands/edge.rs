@@ -1,7 +1,8 @@
 //! `meridian edge --location L`: a public listener that routes each host to the nearest region
 //! with healthy instances, failing over to the next region by distance. It joins at a region's
 //! control plane with a one-time token (as `edge/<location>`) and follows the regions'
-//! summaries on the global control plane's xDS.
+//! summaries on the global control plane's xDS, where it also says where its `/metrics` is
+//! (for Prometheus discovery).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use meridian_edge::{run_edge, EdgeOptions, Location};
+use meridian_xds::meridian::{EdgeReport, EDGE_REPORT_PATH};
+
+/// How often an edge tells the global control plane where its metrics are.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Options of `meridian edge`.
 #[derive(Args)]
@@ -82,6 +87,7 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let proxy = Arc::new(meridian_proxy::Proxy::default());
+    let enrolled_tls = enrolled.tls.clone();
     let options = EdgeOptions {
         location: Location {
             name: args.location.clone(),
@@ -123,12 +129,24 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
             .map(|(_, address)| *address)
     };
     let public = bound("public").context("the edge has no public listener")?;
-    meridian_proxy::serve_admin(&proxy, args.admin).await?;
+    let admin = meridian_proxy::serve_admin(&proxy, args.admin).await?;
+    let global = meridian_xds::UnaryClient::new(&args.global_xds, enrolled_tls);
+    let report = EdgeReport {
+        location: args.location.clone(),
+        metrics_address: admin.to_string(),
+    };
+    let reporter = tokio::spawn(global.report_every(
+        EDGE_REPORT_PATH,
+        REPORT_EVERY,
+        "edge metrics address",
+        move || report.clone(),
+    ));
     println!("meridian edge {} serving http://{public}", args.location);
     if let Some(https) = bound("https") {
         println!("meridian edge {} serving https://{https}", args.location);
     }
     let result = meridian_proxy::serve_until(&proxy, super::control::shutdown_signal()).await;
     follower.abort();
+    reporter.abort();
     Ok(result?)
 }

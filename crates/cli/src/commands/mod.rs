@@ -18,3 +18,4 @@ pub mod region_admin;
 pub mod resources;
 pub mod rollout;
 pub mod secrets;
+pub mod top;

@@ -18,11 +18,11 @@ use crate::output::{print, timestamp, Format};
 pub struct AppScope {
     /// The service's app.
     #[arg(long)]
-    app: String,
+    pub(crate) app: String,
     /// The org; defaults to the token's org. With an admin token: the only org that has a
     /// service of that name.
     #[arg(long, env = "MERIDIAN_ORG")]
-    org: Option<String>,
+    pub(crate) org: Option<String>,
 }
 
 impl AppScope {

@@ -844,6 +844,7 @@ mod tests {
             versions: Vec::new(),
             rollout: None,
             problems: Vec::new(),
+            instances: Default::default(),
         });
         reports.record("fra".to_owned(), fra);
         apply("/bin/two").await;

@@ -215,11 +215,19 @@ pub async fn run_global(
     }
     let stop = supervisor.stop();
     let ads = AdsServer::new(cache, metrics, Limits::default()).answering_when(readiness.ready());
-    let recorder = reports.clone();
-    let region_reports = RegionReports::new(move |region, report| recorder.record(region, report));
+    reports.set_own_target(meridian_model::MetricsTarget {
+        address: addr.to_string(),
+        role: "control".to_owned(),
+        node: "global".to_owned(),
+    });
+    let recorder: Arc<dyn crate::RegionRecorder> = Arc::new(reports.clone());
+    let report_methods = (
+        RegionReports::new(recorder.clone()),
+        crate::EdgeReports::new(recorder),
+    );
     let federation = ads.clone().serve_routes(
         Routes::new(AuthenticatedAds::global(ads.into_service()))
-            .add_service(ReportService::with(region_reports)),
+            .add_service(ReportService::with(report_methods)),
         tls_incoming(xds, Arc::new(tls)),
         stop.clone().wait(),
     );

@@ -193,9 +193,17 @@ pub async fn run_regional(
         let (issuer, own) = (issuer.clone(), own.clone());
         move || issuer.clone().keep_own_certificate(own.clone())
     });
+    let admin_address = local(&admin)?;
     supervisor.restarting("report upward", {
         let (url, tls, state) = (options.global_xds.clone(), to_global.clone(), state.clone());
-        move || report_upward(UnaryClient::new(&url, tls.clone()), state.clone())
+        move || {
+            let global = UnaryClient::new(&url, tls.clone());
+            report_upward(global, state.clone(), admin_address)
+        }
+    });
+    supervisor.restarting("traffic windows", {
+        let state = state.clone();
+        move || close_traffic_windows(state.clone())
     });
     let copy_due = state.copy_due();
     supervisor.restarting("disk copy", {
@@ -260,6 +268,18 @@ pub async fn run_regional(
     supervisor.run(shutdown).await?;
     tracing::info!(region = %region, "stopped");
     Ok(())
+}
+
+/// Ends a window of request figures at each multiple of
+/// [`meridian_model::TRAFFIC_STEP_SECONDS`] of the wall clock, for as long as the task runs.
+async fn close_traffic_windows(state: Arc<Region>) {
+    let step_ms = meridian_model::TRAFFIC_STEP_SECONDS * 1000;
+    loop {
+        let now_ms = crate::region::unix_millis();
+        let end_ms = (now_ms / step_ms + 1) * step_ms;
+        tokio::time::sleep(Duration::from_millis(end_ms - now_ms)).await;
+        state.close_traffic_window(end_ms / 1000, Instant::now());
+    }
 }
 
 /// Ticks the region's fleet every [`TICK`] (node expiry, the first placement), waits for the

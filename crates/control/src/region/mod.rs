@@ -8,14 +8,17 @@
 mod drain;
 mod publish;
 mod state;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use meridian_model::{Endpoint, RegionReport, RegionalDeployment, RolloutControl};
-use meridian_xds::meridian::{NodeReport, SecretValue};
+use meridian_model::{
+    Endpoint, MetricsTarget, RegionReport, RegionalDeployment, RolloutControl, TrafficWindow,
+};
+use meridian_xds::meridian::{GatewayReport, NodeReport, SecretValue};
 use meridian_xds::Cache;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
@@ -26,6 +29,7 @@ use drain::DrainMetrics;
 pub use drain::{AckWait, ACK_WAIT};
 use publish::{EncodeSpec, Publisher};
 use state::RegionState;
+use traffic::TrafficWindows;
 
 /// Identifies a service: org, app and name.
 pub type ServiceId = (String, String, String);
@@ -93,6 +97,9 @@ pub struct Region {
     state: Mutex<RegionState>,
     publisher: Publisher,
     drain_metrics: DrainMetrics,
+    /// The request figures its proxies report, in windows; a lock of its own (never held
+    /// with the state's).
+    traffic: Mutex<TrafficWindows>,
 }
 
 impl Region {
@@ -126,6 +133,7 @@ impl Region {
             state: Mutex::new(RegionState::new(region, gateway, trust_domain)),
             publisher,
             drain_metrics: DrainMetrics::new(registry),
+            traffic: Mutex::new(TrafficWindows::new(unix_millis())),
         };
         // The gateway's routes, empty.
         region.change(|_| ());
@@ -201,7 +209,42 @@ impl Region {
     /// these states. Only the services whose instances it shows differently are rendered
     /// again; placement is redone when the nodes changed or an instance failed.
     pub fn report(&self, report: NodeReport, now: Instant) {
+        self.traffic().node_report(&report, now);
         self.change(|state| state.report(report, now));
+    }
+
+    /// Records a gateway's report (checked by the caller): its figures count from the next
+    /// window on.
+    pub fn gateway_report(&self, report: GatewayReport, now: Instant) {
+        self.traffic().gateway_report(report, now);
+    }
+
+    /// Ends the window of request figures that ends at `end` (Unix seconds, a multiple of
+    /// [`meridian_model::TRAFFIC_STEP_SECONDS`]), and has the region report upward.
+    pub fn close_traffic_window(&self, end: u64, now: Instant) {
+        self.traffic().close(end, now);
+        self.lock().report_due().notify_one();
+    }
+
+    /// The windows of request figures the global control plane has not acknowledged.
+    pub fn pending_traffic(&self) -> Vec<TrafficWindow> {
+        self.traffic().pending()
+    }
+
+    /// The global control plane has the windows up to the one starting at `through`.
+    pub fn traffic_acknowledged(&self, through: u64) {
+        self.traffic().acknowledged(through);
+    }
+
+    /// Where the agents and gateways that report serve `/metrics`.
+    pub fn metrics_targets(&self) -> Vec<MetricsTarget> {
+        self.traffic().targets()
+    }
+
+    fn traffic(&self) -> MutexGuard<'_, TrafficWindows> {
+        self.traffic
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Called every second: forgets nodes whose agents stopped reporting (and places their
@@ -354,6 +397,13 @@ impl Region {
     pub fn copy_due(&self) -> Arc<Notify> {
         self.lock().copy_due()
     }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -410,10 +410,24 @@ impl RegionState {
                             .map(|e| e.address.clone())
                             .collect(),
                         problems: self.problems(id),
+                        instances: self.instance_states(id),
                     }
                 })
                 .collect(),
         }
+    }
+
+    /// `id`'s instances in service by state: as their agents last reported them, `pending`
+    /// while none did.
+    fn instance_states(&self, id: &ServiceId) -> BTreeMap<String, u32> {
+        let mut states = BTreeMap::new();
+        for (_, _, report) in self.fleet.reports_of(id) {
+            let state = report.map_or("pending", |r| r.state.as_str());
+            if ServiceHealth::STATES.contains(&state) {
+                *states.entry(state.to_owned()).or_insert(0u32) += 1;
+            }
+        }
+        states
     }
 
     /// What keeps `id`'s instances from running as wanted, in words: those that fit on no

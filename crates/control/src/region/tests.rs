@@ -943,6 +943,7 @@ fn report_traffic(fixture: &Fixture, version: u64, requests: u64, failures: u64)
                     requests,
                     failures,
                     latency_buckets,
+                    ..Default::default()
                 }),
                 ..Default::default()
             }

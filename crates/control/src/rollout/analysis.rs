@@ -111,28 +111,11 @@ impl Samples {
 }
 
 /// The 99th percentile of the requests counted in `buckets` (per bucket of
-/// [`LATENCY_BOUNDS_MS`], then the slower ones), in milliseconds: interpolated linearly within
-/// its bucket, as Prometheus' `histogram_quantile`; the last bound when it falls beyond it; 0
-/// without requests.
+/// [`LATENCY_BOUNDS_MS`], then the slower ones), in whole milliseconds (see
+/// [`meridian_model::quantile_ms`]); 0 without requests.
 pub fn p99(buckets: &[u64]) -> u64 {
-    let total: u64 = buckets.iter().sum();
-    if total == 0 {
-        return 0;
-    }
-    // The rank of the 99th percentile, rounded up: of 100 requests, the 99th.
-    let rank = (total * 99).div_ceil(100);
-    let mut below = 0;
-    for (i, count) in buckets.iter().enumerate() {
-        if below + count >= rank {
-            let Some(upper) = LATENCY_BOUNDS_MS.get(i) else {
-                break;
-            };
-            let lower = i.checked_sub(1).map_or(0, |j| LATENCY_BOUNDS_MS[j]);
-            return lower + (upper - lower) * (rank - below) / count.max(&1);
-        }
-        below += count;
-    }
-    LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1]
+    // Float to integer casts saturate; the quantile is at most the last bound.
+    meridian_model::quantile_ms(buckets, 990).map_or(0, |ms| ms as u64)
 }
 
 /// What the figures of a window say.
@@ -255,6 +238,7 @@ mod tests {
             requests,
             failures,
             latency_buckets,
+            ..Default::default()
         }
     }
 

@@ -2,9 +2,11 @@
 //! accepted updates are translated resource by resource and applied with work proportional to
 //! the change ([`XdsHandler`]). The configuration in force is copied to disk (at most every
 //! [`DISK_COPY_EVERY`], and at shutdown), and a proxy that starts while its control plane is
-//! away serves that copy until the control plane answers.
+//! away serves that copy until the control plane answers. A gateway following its region over
+//! mutual TLS also reports the requests it answered there ([`report`]).
 
 pub mod fixture;
+mod report;
 mod state;
 mod translate;
 
@@ -19,8 +21,8 @@ use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use meridian_model::ValidationErrors;
 use meridian_xds::{
-    run_delta_client, Changes, ClientOptions, Handler, Interest, Interests, Resources, CLUSTER,
-    LISTENER,
+    run_delta_client, Changes, ClientOptions, Handler, Interest, Interests, Resources, UnaryClient,
+    CLUSTER, LISTENER,
 };
 use tokio::sync::watch;
 
@@ -67,7 +69,7 @@ pub async fn run_xds(
     let proxy = Arc::new(Proxy::default());
     let state_file = options.state_dir.join(STATE_FILE);
     start_from_disk(&proxy, &state_file).await;
-    serve_admin(&proxy, options.admin).await?;
+    let admin = serve_admin(&proxy, options.admin).await?;
     let node = node(&options);
     let identity = options.identity.as_ref().map(|(files, _)| files.clone());
     let handler = XdsHandler::new(proxy.clone(), identity);
@@ -89,10 +91,26 @@ pub async fn run_xds(
         "following xDS at {} as node {}",
         options.server, options.node_id
     );
+    let reports = match (&options.tls, options.role.as_str()) {
+        (Some(tls), "gateway") => {
+            let control = UnaryClient::new(&options.server, tls.clone());
+            let node = options.node_id.clone();
+            Some(tokio::spawn(report::report_gateway(
+                proxy.clone(),
+                control,
+                node,
+                admin,
+            )))
+        }
+        _ => None,
+    };
     let client = tokio::spawn(run_delta_client(client, handler));
     let result = serve_until(&proxy, shutdown).await;
     client.abort();
     disk.abort();
+    if let Some(reports) = reports {
+        reports.abort();
+    }
     // The final state, whatever the last periodic write saw.
     write_copy(&proxy, &state_file).await;
     result
