@@ -36,7 +36,7 @@ pub enum Added {
 
 impl Added {
     /// Every added field, in the order they are written.
-    const ALL: [Added; 6] = [
+    pub const ALL: [Added; 6] = [
         Added::Host,
         Added::XForwardedFor,
         Added::Forwarded,

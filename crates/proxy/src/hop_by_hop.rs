@@ -6,8 +6,8 @@ use http::header::{self, HeaderMap, HeaderName};
 
 use crate::fields::Added;
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The headers that are hop-by-hop whatever `Connection` names (`te` aside: see
 /// [`strip_hop_by_hop`]), the first `Connection` itself. `Trailer` is not one (RFC 9110
@@ -59,15 +59,35 @@ impl Present {
     }
 }
 
-/// The bit of `name` in [`Present`], if it is one of the fields it tracks.
+/// The bit of `name` in [`Present`], if it is one of the fields it tracks: one match on the
+/// name's text, as most names are none of them.
 fn bit_of(name: &HeaderName) -> Option<usize> {
-    if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
-        return Some(i);
+    let added = |field: Added| Some(ADDED_BITS + field as usize);
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "transfer-encoding" => Some(TRANSFER_ENCODING_AT),
+        "upgrade" => Some(4),
+        "te" => Some(TE_BIT),
+        "host" => added(Added::Host),
+        "x-forwarded-for" => added(Added::XForwardedFor),
+        "forwarded" => added(Added::Forwarded),
+        "x-forwarded-proto" => added(Added::XForwardedProto),
+        "x-forwarded-host" => added(Added::XForwardedHost),
+        "x-request-id" => added(Added::XRequestId),
+        _ => None,
     }
-    if name == header::TE {
-        return Some(TE_BIT);
+}
+
+/// Leaves the end-to-end fields of a response head only: no hop-by-hop field, and no
+/// `Content-Length` beside `Transfer-Encoding` (a chunked body's length is where its chunks end,
+/// whatever a Content-Length beside it says, RFC 9112 §6.3; the length of the body sent on is
+/// the next hop's to set).
+pub fn strip_response(headers: &mut HeaderMap) {
+    if strip_hop_by_hop(headers, &mut Present::of(headers)) {
+        headers.remove(header::CONTENT_LENGTH);
     }
-    Added::of(name).map(|field| ADDED_BITS + field as usize)
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the Connection header names,
@@ -164,6 +184,36 @@ mod tests {
             strip(&mut headers);
             assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-kept"], "{named}");
         }
+    }
+
+    #[test]
+    fn every_field_has_its_bit() {
+        for (bit, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(bit_of(name), Some(bit), "{name}");
+        }
+        assert_eq!(bit_of(&header::TE), Some(TE_BIT));
+        for field in Added::ALL {
+            assert_eq!(bit_of(field.name()), Some(ADDED_BITS + field as usize));
+        }
+        assert_eq!(bit_of(&header::ACCEPT), None);
+    }
+
+    #[test]
+    fn a_response_head_loses_hop_by_hop_fields_and_a_length_beside_chunks() {
+        let mut chunked = HeaderMap::new();
+        chunked.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        chunked.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        chunked.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        chunked.insert("x-kept", "1".parse().unwrap());
+        strip_response(&mut chunked);
+        let names: Vec<&str> = chunked.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        let mut sized = HeaderMap::new();
+        sized.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        sized.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        strip_response(&mut sized);
+        let names: Vec<&str> = sized.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
     }
 
     #[test]

@@ -214,8 +214,9 @@ impl Message {
 
 /// Sends `request` (origin-form, with a Host) with the `added` fields on an idle connection of
 /// `idle`, or on one that `connect` opens; a request that a reused connection could not start
-/// (the endpoint closed it meanwhile) goes once more on a new connection. A request to switch protocols (`Upgrade`)
-/// gets a connection of its own, served by a task until the switch is done; it is not pooled.
+/// (the endpoint closed it meanwhile) goes once more on a new connection. A request to switch
+/// protocols (`Upgrade`) gets a connection of its own, served by a task until the switch is
+/// done; it is not pooled. The response has its end-to-end fields only.
 pub async fn send<C, F>(
     idle: &Arc<IdleConnections>,
     connect: C,
@@ -242,12 +243,12 @@ where
                 }
             }
             Message::Streaming(request) => match exchange(connection, request, idle).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok(end_to_end(response)),
                 Err((_, Some(unsent))) if was_reused => message = Message::Streaming(unsent),
                 Err((error, _)) => return Err(SendError::Http(error)),
             },
             Message::Switching(request) => match upgraded(connection, request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok(end_to_end(response)),
                 Err((_, Some(unsent))) if was_reused => message = Message::Switching(unsent),
                 Err((error, _)) => return Err(SendError::Http(error)),
             },
@@ -379,6 +380,12 @@ async fn upgraded(connection: Http1Connection, request: Request<UpstreamBody>) -
     });
     let response = send.try_send_request(request).await.map_err(unsent)?;
     Ok(response.map(ConnectionBody::detached))
+}
+
+/// `response` of hyper's client with its end-to-end fields only, as the lean codec gives them.
+pub fn end_to_end<B>(mut response: Response<B>) -> Response<B> {
+    crate::hop_by_hop::strip_response(response.headers_mut());
+    response
 }
 
 /// Sets `Host` to `authority` when neither the request nor the fields `added` to it have one

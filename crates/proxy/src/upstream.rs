@@ -147,7 +147,7 @@ impl HttpClient {
     }
 
     /// Sends `request`, whose URI names [`HttpClient::uri_authority`], with the `added` fields
-    /// to `endpoint`.
+    /// to `endpoint`; the response has its end-to-end fields only (RFC 9110 §7.6.1).
     pub async fn request(
         &self,
         endpoint: &Endpoint,
@@ -161,7 +161,7 @@ impl HttpClient {
                 let response = pools
                     .request(endpoint.addr, authority.clone(), request)
                     .await?;
-                Ok(response.map(ConnectionBody::detached))
+                Ok(crate::pool::end_to_end(response).map(ConnectionBody::detached))
             }
             Pools::Http1(connector) => {
                 crate::pool::ensure_host(&mut request, added, &endpoint.authority);

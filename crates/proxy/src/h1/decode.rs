@@ -2,10 +2,11 @@
 //! delimited and whether the connection can be reused after it (RFC 9112 §6.3, §9.3).
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::Error;
+use crate::hop_by_hop::{KEEP_ALIVE, PROXY_CONNECTION};
 
 /// Most header fields in a response head (and in a trailer section).
 pub const MAX_HEADERS: usize = 100;
@@ -93,18 +94,31 @@ fn scan(buf: &[u8]) -> Result<Option<Scan>, Error> {
     }))
 }
 
-/// The head `scan` found, from `head` (its bytes, which the field values share).
+/// The head `scan` found, from `head` (its bytes, which the field values share), with its
+/// end-to-end fields only: the connection-level ones are read for framing and left out.
 fn build(head: &Bytes, scan: Scan, method: &Method) -> Result<Head, Error> {
     let status = StatusCode::from_u16(scan.code).map_err(|_| Error::InvalidStatus(scan.code))?;
     let mut headers = HeaderMap::with_capacity(scan.fields.len());
+    let mut connection = ConnectionFields::default();
     for (name, value) in scan.fields {
         let invalid = || Error::InvalidHeader(String::from_utf8_lossy(&head[name.clone()]).into());
         let field_name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| invalid())?;
+        if connection.read(&field_name, &head[value.clone()]) {
+            continue;
+        }
         let field_value =
             HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| invalid())?;
         headers.append(field_name, field_value);
     }
-    let (framing, reusable) = framing(method, status, scan.version, &headers)?;
+    for named in &connection.named {
+        headers.remove(named);
+    }
+    if connection.transfer_encoding {
+        // A chunked body's length is where its chunks end, whatever a Content-Length beside it
+        // says (RFC 9112 §6.3); the length of the body sent on is the next hop's to set.
+        headers.remove(CONTENT_LENGTH);
+    }
+    let (framing, reusable) = connection.framing(method, status, scan.version)?;
     let mut response = Response::new(());
     // A reason phrase of its own is kept (an HTTP/1.1 client sees it); the usual one is implied.
     let reason = &head[scan.reason];
@@ -151,95 +165,142 @@ pub(super) fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, E
     Ok(headers)
 }
 
-/// How the body of a response with `status` to `method` is delimited, and whether the
-/// connection can be reused after it (RFC 9112 §6.3, §6.1, §9.3).
-fn framing(
-    method: &Method,
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<(BodyFraming, bool), Error> {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        // The connection speaks another protocol from here on.
-        return Ok((BodyFraming::Empty, false));
-    }
-    let keep_alive = keep_alive(version, headers);
-    if method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((BodyFraming::Empty, keep_alive));
-    }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        // HTTP/1.0 has no transfer codings: its framing is faulty, the connection closes after
-        // it (§6.1). A Content-Length beside chunked is ignored, but the message may have been
-        // meant to be read otherwise (smuggling): nothing more is read from the connection.
-        return Ok(if version == Version::HTTP_11 && chunked_last(headers) {
-            let alone = !headers.contains_key(CONTENT_LENGTH);
-            (BodyFraming::Chunked, keep_alive && alone)
-        } else {
-            (BodyFraming::UntilClose, false)
-        });
-    }
-    Ok(match content_length(headers)? {
-        Some(length) => (BodyFraming::Length(length), keep_alive),
-        None => (BodyFraming::UntilClose, false),
-    })
+/// What a head's connection-level fields (RFC 9110 §7.6.1, RFC 9112 §6.3) say, gathered as its
+/// fields are read: how its body is delimited, whether the connection persists, and which
+/// fields `Connection` names.
+struct ConnectionFields {
+    /// A `close` option of `Connection`.
+    close: bool,
+    /// A `keep-alive` option of `Connection`.
+    keep_alive: bool,
+    /// The other options of `Connection`: fields that are hop-by-hop too.
+    named: Vec<HeaderName>,
+    /// Whether there is a `Transfer-Encoding`.
+    transfer_encoding: bool,
+    /// Whether the last transfer coding so far is chunked.
+    chunked_last: bool,
+    /// The body length every `Content-Length` value gives (`None` without one), or the first
+    /// thing wrong with them: every value (of every field, and of a comma-separated list) must
+    /// be digits, fit 64 bits, and be the same. Only an error if the length is needed.
+    content_length: Result<Option<u64>, Error>,
 }
 
-/// Whether the connection persists after the message: HTTP/1.1 unless `Connection: close`,
-/// HTTP/1.0 only with `Connection: keep-alive` (§9.3).
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut keep_alive = version == Version::HTTP_11;
-    for token in list(headers, &CONNECTION) {
-        if token.eq_ignore_ascii_case(b"close") {
+impl Default for ConnectionFields {
+    fn default() -> ConnectionFields {
+        ConnectionFields {
+            close: false,
+            keep_alive: false,
+            named: Vec::new(),
+            transfer_encoding: false,
+            chunked_last: false,
+            content_length: Ok(None),
+        }
+    }
+}
+
+impl ConnectionFields {
+    /// Reads the field `name: value`; true if it is connection-level (left out of the head
+    /// passed on): `Connection`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
+    /// `Upgrade`, and a `TE` other than `trailers`.
+    fn read(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if name == CONNECTION {
+            for option in elements(value) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if let Ok(named) = HeaderName::from_bytes(option) {
+                    self.named.push(named);
+                }
+            }
+            return true;
+        }
+        if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            if let Some(last) = elements(value).last() {
+                self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
+            }
+            return true;
+        }
+        if name == CONTENT_LENGTH {
+            if let Ok(length) = &mut self.content_length {
+                if let Err(e) = add_content_length(length, value) {
+                    self.content_length = Err(e);
+                }
+            }
             return false;
         }
-        if token.eq_ignore_ascii_case(b"keep-alive") {
-            keep_alive = true;
+        if name == TE {
+            return !value.eq_ignore_ascii_case(b"trailers");
         }
+        name == UPGRADE || name == KEEP_ALIVE || name == PROXY_CONNECTION
     }
-    keep_alive
-}
 
-/// Whether the final transfer coding is chunked.
-fn chunked_last(headers: &HeaderMap) -> bool {
-    list(headers, &TRANSFER_ENCODING)
-        .last()
-        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The body length `Content-Length` gives, if it is there: every value (of every field, and of
-/// a comma-separated list) must be digits, fit 64 bits, and be the same.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let invalid = || Error::InvalidContentLength(String::from_utf8_lossy(item).into());
-            let digits = item.trim_ascii();
-            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return Err(invalid());
-            }
-            let n = digits.iter().try_fold(0u64, |n, &d| {
-                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    /// How the body of a response with `status` to `method` is delimited, and whether the
+    /// connection can be reused after it (RFC 9112 §6.3, §6.1, §9.3).
+    fn framing(
+        self,
+        method: &Method,
+        status: StatusCode,
+        version: Version,
+    ) -> Result<(BodyFraming, bool), Error> {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection speaks another protocol from here on.
+            return Ok((BodyFraming::Empty, false));
+        }
+        // HTTP/1.1 persists unless `Connection: close`, HTTP/1.0 only with `keep-alive` (§9.3).
+        let keep_alive = !self.close && (version == Version::HTTP_11 || self.keep_alive);
+        if method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok((BodyFraming::Empty, keep_alive));
+        }
+        if self.transfer_encoding {
+            // HTTP/1.0 has no transfer codings: its framing is faulty, the connection closes
+            // after it (§6.1). A Content-Length beside chunked is ignored, but the message may
+            // have been meant to be read otherwise (smuggling): nothing more is read from the
+            // connection.
+            return Ok(if version == Version::HTTP_11 && self.chunked_last {
+                let alone = matches!(self.content_length, Ok(None));
+                (BodyFraming::Chunked, keep_alive && alone)
+            } else {
+                (BodyFraming::UntilClose, false)
             });
-            let n = n.ok_or_else(invalid)?;
-            match length {
-                Some(first) if first != n => return Err(Error::DifferingContentLengths(first, n)),
-                _ => length = Some(n),
-            }
         }
+        Ok(match self.content_length? {
+            Some(length) => (BodyFraming::Length(length), keep_alive),
+            None => (BodyFraming::UntilClose, false),
+        })
     }
-    Ok(length)
 }
 
-/// The comma-separated elements of every `name` field, trimmed; empty ones skipped.
-fn list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .get_all(name)
-        .into_iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+/// Adds the lengths of one `Content-Length` field's `value` to `length`: each must be digits,
+/// fit 64 bits, and be the same as those before.
+fn add_content_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), Error> {
+    for item in value.split(|&b| b == b',') {
+        let invalid = || Error::InvalidContentLength(String::from_utf8_lossy(item).into());
+        let digits = item.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(invalid());
+        }
+        let n = digits.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        });
+        let n = n.ok_or_else(invalid)?;
+        match *length {
+            Some(first) if first != n => return Err(Error::DifferingContentLengths(first, n)),
+            _ => *length = Some(n),
+        }
+    }
+    Ok(())
+}
+
+/// The comma-separated elements of a field value, trimmed; empty ones skipped.
+fn elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
 }
@@ -292,6 +353,22 @@ mod tests {
         assert_eq!(twos, ["1", "2"]);
         assert_eq!(head.framing, BodyFraming::Length(5));
         assert!(head.reusable);
+    }
+
+    #[test]
+    fn connection_level_fields_are_read_and_left_out() {
+        let response = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+            Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\
+            Upgrade: h2c\r\nTE: gzip\r\nX-Kept: 1\r\n\r\n";
+        let (_, head) = complete(response, &Method::GET);
+        let names: Vec<&str> = head.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(head.framing, BodyFraming::Chunked);
+        assert!(!head.reusable, "a length beside chunks");
+        let response = b"HTTP/1.1 200 OK\r\nTE: trailers\r\nContent-Length: 0\r\n\r\n";
+        let (_, head) = complete(response, &Method::GET);
+        let names: Vec<&str> = head.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "content-length"]);
     }
 
     #[test]
