@@ -4,9 +4,9 @@
 import { h, svg } from "./dom.js";
 import { clock } from "./format.js";
 
-const WIDTH = 640;
+const WIDTH = 480;
 const HEIGHT = 220;
-const MARGIN = { top: 12, right: 16, bottom: 28, left: 64 };
+const MARGIN = { top: 12, right: 12, bottom: 28, left: 60 };
 /** Colours a chart tells apart (classes `series-0` … in style.css); more lines reuse them. */
 const COLOURS = 6;
 

@@ -47,7 +47,7 @@ function adminRows(data) {
     return {
       state: reportedState(report),
       cells: [
-        report ? report.report.nodes : "–",
+        { value: report ? report.report.nodes : "–", attrs: { "data-field": "nodes" } },
         report ? report.report.capacity : "–",
         report && report.report.gateway ? report.report.gateway : "–",
         services.length,
