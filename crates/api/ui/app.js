@@ -110,8 +110,13 @@ function show(nodes, first) {
   if (first) return;
   window.scrollTo(0, scroll);
   const again = selector && main.querySelector(selector);
-  if (again) again.focus();
-  else if (hadFocus && !main.contains(document.activeElement)) main.focus();
+  if (again) {
+    again.focus();
+    // A field being typed in keeps its caret.
+    if (typeof focused.selectionStart === "number" && typeof again.setSelectionRange === "function") {
+      again.setSelectionRange(focused.selectionStart, focused.selectionEnd);
+    }
+  } else if (hadFocus && !main.contains(document.activeElement)) main.focus();
 }
 
 function failed(error, first) {
@@ -139,7 +144,9 @@ function schedule() {
   const interval = current && current.page.interval;
   if (!live || !interval) return;
   timer = setTimeout(() => {
-    if (document.hidden) schedule();
+    // Not while nobody looks, nor under an open choice (a redraw would close it).
+    const choosing = document.activeElement && document.activeElement.tagName === "SELECT";
+    if (document.hidden || choosing) schedule();
     else load(false);
   }, interval);
 }
