@@ -134,7 +134,13 @@ async fn stable_service_figures(browser: &mut Browser, base: &str, token: &str) 
     let end = Instant::now() + DEADLINE;
     loop {
         let before = metrics_rows(&api(base, token, &path).await);
-        browser.eval("location.reload()").await;
+        // The old document is marked, so that its page is not taken for the new one's.
+        browser
+            .eval("window.reloading = true; location.reload()")
+            .await;
+        browser
+            .wait_for("the reloaded document", "window.reloading === undefined")
+            .await;
         loaded(browser, "service").await;
         let shown = browser.eval(METRICS_TABLE).await;
         let after = metrics_rows(&api(base, token, &path).await);
@@ -425,5 +431,110 @@ async fn the_dashboard_shows_the_platform_as_the_api_does_in_a_real_browser() {
         browser.eval("0").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    browser.close().await;
+}
+
+/// Imports the dashboard's module `name` in the page and evaluates `body` with it as `m`.
+async fn with_module(browser: &mut Browser, name: &str, body: &str) -> Value {
+    browser
+        .eval(&format!(
+            "(async () => {{ const digest = document.querySelector('link[rel=stylesheet]')\
+             .getAttribute('href').split('/')[2]; \
+             const m = await import(`/ui/${{digest}}/{name}`); {body} }})()"
+        ))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_out_rollout_progress_charts_and_the_map_as_it_should() {
+    if !chromium_installed() {
+        return;
+    }
+    let out = output_dir("dashboard-parts");
+    let dir = tempfile::tempdir().unwrap();
+    let global = support::ControlPlane::start(dir.path());
+    let mut browser = Browser::start(1024, 768, &out.join("chromium.log")).await;
+    browser.open(&format!("{}/ui/", global.api)).await;
+    browser
+        .wait_for(
+            "the sign-in form",
+            "document.getElementById('main')?.dataset.page === 'signin'",
+        )
+        .await;
+
+    // Rollouts: a canary by its new version's share of requests, a rolling one by its new
+    // version's healthy instances against those wanted, a failed one by its reason alone; one
+    // version and no rollout is none.
+    let progress = with_module(
+        &mut browser,
+        "rollout.js",
+        "const row = (rollout, versions) => ({version: 3, desired: 3, versions, rollout}); \
+         const r = (strategy, phase, extra) => Object.assign({version: 3, previous: 2, strategy, \
+             phase, step: 0, steps: 1, started_at: 0, updated_at: 0}, extra); \
+         return [ \
+           m.progressOf(row(r('canary', 'progressing', {step: 1, steps: 4, \
+               weights: [{version: 3, weight: 25}, {version: 2, weight: 75}]}), [])), \
+           m.progressOf(row(r('rolling', 'progressing'), \
+               [{version: 2, placed: 2, healthy: 2}, {version: 3, placed: 2, healthy: 1}])), \
+           m.progressOf(row(r('blue_green', 'rolled_back', {failure: {gate: 'crash_loop', \
+               observed: 1, limit: 0, reason: 'web-3 crashed'}}), [])), \
+           m.progressOf(row(r('rolling', 'succeeded'), [])), \
+           m.progressOf(row(undefined, [{version: 3, placed: 3, healthy: 3}])), \
+         ];",
+    )
+    .await;
+    assert_eq!(
+        progress,
+        serde_json::json!([
+            {"phase": "progressing", "fraction": 0.25,
+             "detail": "canary v2 → v3 · step 2/4 · v3 25%, v2 75%"},
+            {"phase": "progressing", "fraction": 1.0 / 3.0,
+             "detail": "rolling v2 → v3 · v3 1/3 healthy"},
+            {"phase": "rolled back", "fraction": null,
+             "detail": "blue green v2 → v3 · web-3 crashed"},
+            {"phase": "succeeded", "fraction": 1, "detail": "rolling v2 → v3"},
+            null
+        ])
+    );
+
+    // Charts: a missing figure lifts the pen, a lone figure is a dot, the scale ends on a
+    // round number, and the text alternative says each line's last and highest value.
+    let chart = with_module(
+        &mut browser,
+        "chart.js",
+        "const f = m.lineChart({id: 'c', title: 'T', format: String, start: 0, end: 40, \
+           series: [{name: 'fra', points: [{t: 0, v: 1}, {t: 10, v: null}, {t: 20, v: 2}, \
+             {t: 30, v: 3}]}, {name: 'sin', points: [{t: 0, v: null}]}]}); \
+         return [f.querySelector('.series-0 path').getAttribute('d').split('M').length - 1, \
+           f.querySelectorAll('.series-0 circle').length, \
+           [...f.querySelectorAll('.tick.y')].map(t => t.textContent), \
+           f.querySelector('desc').textContent];",
+    )
+    .await;
+    assert_eq!(
+        chart,
+        serde_json::json!([
+            2,
+            1,
+            ["0", "1.25", "2.5", "3.75", "5"],
+            "fra: last 3, highest 3; sin: no figures"
+        ])
+    );
+
+    // The map fits regions at the world's edges inside its frame, and a lone region too.
+    let inside = with_module(
+        &mut browser,
+        "map.js",
+        "const inside = (regions) => [...m.regionMap(regions, 't') \
+             .querySelectorAll('[data-region]')].every(g => { \
+               const [x, y] = g.getAttribute('transform').match(/-?[0-9.]+/g).map(Number); \
+               return x >= 0 && x <= 720 && y >= 0 && y <= 360; }); \
+         return [inside([{name: 'a', lat: 89, lon: -179, state: 'x'}, \
+             {name: 'b', lat: -89, lon: 179, state: 'x'}]), \
+           inside([{name: 'c', lat: 1.35, lon: 103.82, state: 'x'}])];",
+    )
+    .await;
+    assert_eq!(inside, serde_json::json!([true, true]));
+    assert!(browser.errors().is_empty(), "{:#?}", browser.errors());
     browser.close().await;
 }

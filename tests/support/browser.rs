@@ -133,6 +133,13 @@ impl Browser {
     /// Sends `method` with `params` and returns its result; events that come meanwhile are
     /// looked at for errors.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .await
+            .unwrap_or_else(|error| panic!("{method} failed: {error}"))
+    }
+
+    /// [`Browser::call`], its protocol error returned (e.g. a page that is being replaced).
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let request = json!({"id": id, "method": method, "params": params});
@@ -153,10 +160,10 @@ impl Browser {
             };
             let value: Value = serde_json::from_str(&text).unwrap();
             if value["id"] == id {
-                if let Some(error) = value.get("error") {
-                    panic!("{method} failed: {error}");
-                }
-                return value["result"].clone();
+                return match value.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(value["result"].clone()),
+                };
             }
             self.note_event(&value);
         }
@@ -204,24 +211,28 @@ impl Browser {
 
     /// The value of JavaScript `expression` in the page (awaited if a promise).
     pub async fn eval(&mut self, expression: &str) -> Value {
-        let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        if let Some(exception) = result.get("exceptionDetails") {
-            panic!("{expression} threw: {exception}");
+        self.try_eval(expression)
+            .await
+            .unwrap_or_else(|error| panic!("{expression} failed: {error}"))
+    }
+
+    /// [`Browser::eval`], with what it threw (or why it could not run) as the error.
+    async fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
+        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        let result = self.try_call("Runtime.evaluate", params).await?;
+        match result.get("exceptionDetails") {
+            Some(exception) => Err(exception.clone()),
+            None => Ok(result["result"]["value"].clone()),
         }
-        result["result"]["value"].clone()
     }
 
     /// Evaluates `expression` until its value is truthy (not null, false, 0 or ""), and
-    /// returns it; panics after 30 s saying `what` was awaited, with `context` of the page.
+    /// returns it; panics after 30 s saying `what` was awaited, with the page's text. While a
+    /// document replaces another, the expression may fail: that counts as not yet.
     pub async fn wait_for(&mut self, what: &str, expression: &str) -> Value {
         let end = Instant::now() + DEADLINE;
         loop {
-            let value = self.eval(expression).await;
+            let value = self.try_eval(expression).await.unwrap_or(Value::Null);
             let truthy = match &value {
                 Value::Null | Value::Bool(false) => false,
                 Value::Number(n) => n.as_f64() != Some(0.0),

@@ -36,7 +36,10 @@ export function progressOf(row) {
   else if ((r.weights || []).length) {
     const weight = (r.weights.find((w) => w.version === r.version) || {}).weight || 0;
     fraction = weight / 100;
-  } else fraction = byInstances;
+  } else {
+    fraction = byInstances;
+    parts.push(`v${version} ${healthyNew}/${row.desired} healthy`);
+  }
   return { phase: words(r.phase), fraction, detail: parts.join(" · ") };
 }
 
