@@ -41,12 +41,16 @@ export function regionMap(regions, title) {
   for (let lat = Math.ceil(south / 15) * 15; lat <= north; lat += 15) {
     lines.push(svg("line", { class: lat === 0 ? "equator" : null, x1: 0, x2: WIDTH, y1: y(lat), y2: y(lat) }));
   }
-  const markers = regions.map((r) => svg("g", {
-    class: `marker ${severity(r.state)}`, "data-region": r.name,
-    transform: `translate(${x(r.lon).toFixed(1)} ${y(r.lat).toFixed(1)})`,
-  },
-  svg("circle", { r: 7 }),
-  svg("text", { x: 11, y: 4 }, `${r.name} · ${r.state}`)));
+  const markers = regions.map((r) => {
+    // A label runs to the left of a marker in the right part of the map, so that it stays in.
+    const left = x(r.lon) > WIDTH * 0.6;
+    return svg("g", {
+      class: `marker ${severity(r.state)}`, "data-region": r.name,
+      transform: `translate(${x(r.lon).toFixed(1)} ${y(r.lat).toFixed(1)})`,
+    },
+    svg("circle", { r: 7 }),
+    svg("text", { x: left ? -11 : 11, y: 4, class: left ? "left" : null }, `${r.name} · ${r.state}`));
+  });
   const description = regions.length
     ? regions.map((r) => `${r.name} (${r.state}) at ${r.lat}°, ${r.lon}°`).join("; ")
     : "no regions";
