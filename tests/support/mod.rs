@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod edge_feed;
 pub mod load;
 pub mod pebble;

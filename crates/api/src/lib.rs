@@ -1,6 +1,9 @@
 //! Meridian's public HTTP API: JSON over HTTP/1.1 with bearer-token auth, described by an
 //! OpenAPI 3.1 document at `/openapi.json`.
 //!
+//! It also serves the web dashboard at `/ui` (its assets built into the binary), which reads
+//! everything through this API with the user's token.
+//!
 //! It validates input (every problem named by field), authorizes by token scope (an org token
 //! sees only its org; other orgs' resources answer 404) and then calls the [`Store`]; it keeps no
 //! state of its own beyond metrics. It must not reach into a storage backend directly, so that any
@@ -15,6 +18,7 @@ mod openapi;
 mod readiness;
 mod routes;
 mod traffic_history;
+mod ui;
 
 use std::sync::Arc;
 
@@ -136,6 +140,9 @@ pub fn router_with(
                 async move { ([("content-type", "application/json")], doc) }
             }),
         )
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{digest}/{file}", get(ui::asset))
         .route("/v1/whoami", get(whoami))
         .route("/v1/trust-bundle", get(get_trust_bundle))
         .route(

@@ -770,6 +770,7 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
     println!("  curl -H 'host: {EXAMPLE_HOST}' http://{first}/");
     println!("  export MERIDIAN_API={api} MERIDIAN_TOKEN={token}");
     println!("  meridian get services; meridian status web --app shop");
+    println!("  open {api}/ui/ (the dashboard; sign in with the token above)");
     println!(
         "Logs of every component: {}; of the example's instances: meridian logs web --app shop \
          --dev-dir {}",
