@@ -1,0 +1,386 @@
+//! The in-memory tier: stored responses by primary key, each key holding its variants
+//! (RFC 9111 §4.1), bounded in bytes, with a tag index for purges.
+//!
+//! Admission and eviction are moka's (a port of Caffeine's design): a count-min sketch of how
+//! often each key is asked for decides whether a new response may displace the least
+//! recently used one (TinyLFU admission), so a scan of keys seen once does not flush the
+//! keys asked for often. The byte bound is applied when moka runs its pending work, which
+//! the store has it do after every insert, so it holds whenever an insert has returned.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+
+use crate::age::Timing;
+use crate::key::CacheKey;
+use crate::vary::Variant;
+
+/// Most variants kept per key; a new one displaces the oldest.
+pub const MAX_VARIANTS: usize = 32;
+
+/// Bytes counted for each object besides its content, fields, variant and tags: what the
+/// object's allocations, its entry, its key and moka's node take (`tests/overhead.rs`
+/// measures the whole: 2,553 bytes resident per 1 KiB object with 4 fields, of which ~1,070
+/// are the content's allocation, ~850 the field map, ~630 the rest).
+pub const OBJECT_OVERHEAD: usize = 700;
+
+/// Bytes counted per header field besides its name and value: a field map's bucket, with
+/// the room it keeps for more (measured with the object overhead).
+const FIELD_OVERHEAD: usize = 200;
+
+/// A stored response.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its fields as stored.
+    pub headers: HeaderMap,
+    /// Its content.
+    pub body: Bytes,
+    /// When it was received, and its age then.
+    pub timing: Timing,
+    /// Its freshness lifetime.
+    pub lifetime: Duration,
+    /// The request field values it was selected by (its `Vary`, and the service's key
+    /// fields).
+    pub variant: Variant,
+    /// Its purge tags.
+    pub tags: Vec<String>,
+}
+
+impl Object {
+    /// The bytes it is counted for against the store's bound.
+    pub fn weight(&self) -> usize {
+        let fields: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
+            .sum();
+        let tags: usize = self.tags.iter().map(String::len).sum();
+        self.body.len() + fields + self.variant.size() + tags + OBJECT_OVERHEAD
+    }
+}
+
+/// The store's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most bytes held (by [`Object::weight`]).
+    pub max_bytes: u64,
+    /// Largest object stored; larger ones are not.
+    pub max_object_bytes: usize,
+}
+
+impl StoreLimits {
+    /// The largest `max_object_bytes` allowed (moka weighs an entry in 32 bits, and an entry
+    /// holds up to [`MAX_VARIANTS`] objects).
+    pub const MAX_OBJECT_BYTES: usize = (u32::MAX as usize) / MAX_VARIANTS;
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Nothing stored for the key.
+    UriMiss,
+    /// Responses stored for the key, none selected by the request's fields.
+    VaryMiss,
+    /// The stored response the request selects (the most recently stored one).
+    Hit(Arc<Object>),
+}
+
+/// One key's variants, most recent first, with the generation that registered its tags.
+#[derive(Debug)]
+struct Entry {
+    generation: u64,
+    variants: Vec<Arc<Object>>,
+}
+
+impl Entry {
+    fn weight(&self) -> u32 {
+        let bytes: usize = self.variants.iter().map(|o| o.weight()).sum();
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// Tag → keys carrying it, each with the generation of the entry that registered it.
+type TagIndex = HashMap<String, HashMap<CacheKey, u64>>;
+
+/// The in-memory store.
+pub struct Store {
+    objects: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    tags: Arc<Mutex<TagIndex>>,
+    generations: AtomicU64,
+    limits: StoreLimits,
+}
+
+impl Store {
+    /// An empty store with `limits` (`max_object_bytes` capped at
+    /// [`StoreLimits::MAX_OBJECT_BYTES`]).
+    pub fn new(limits: StoreLimits) -> Store {
+        let tags: Arc<Mutex<TagIndex>> = Arc::default();
+        let index = Arc::clone(&tags);
+        let objects = moka::sync::Cache::builder()
+            .max_capacity(limits.max_bytes)
+            .eviction_policy(EvictionPolicy::tiny_lfu())
+            .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight())
+            .eviction_listener(
+                move |key: Arc<CacheKey>, entry: Arc<Entry>, _cause: RemovalCause| {
+                    unregister(&index, &key, &entry);
+                },
+            )
+            .build();
+        Store {
+            objects,
+            tags,
+            generations: AtomicU64::new(0),
+            limits: StoreLimits {
+                max_object_bytes: limits.max_object_bytes.min(StoreLimits::MAX_OBJECT_BYTES),
+                ..limits
+            },
+        }
+    }
+
+    /// The stored response for `key` that a request with `request` fields selects.
+    pub fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Lookup {
+        let Some(entry) = self.objects.get(key) else {
+            return Lookup::UriMiss;
+        };
+        match entry.variants.iter().find(|o| o.variant.matches(request)) {
+            Some(object) => Lookup::Hit(Arc::clone(object)),
+            None => Lookup::VaryMiss,
+        }
+    }
+
+    /// Stores `object` under `key`, replacing the variant with the same field values;
+    /// `false` when it is larger than the largest object stored. Two inserts of new variants
+    /// of one key at once may keep only one of them (the other is fetched again later).
+    pub fn insert(&self, key: CacheKey, object: Object) -> bool {
+        if object.weight() > self.limits.max_object_bytes {
+            return false;
+        }
+        let object = Arc::new(object);
+        let mut variants = vec![Arc::clone(&object)];
+        if let Some(existing) = self.objects.get(&key) {
+            let others = existing
+                .variants
+                .iter()
+                .filter(|o| o.variant != object.variant);
+            variants.extend(others.take(MAX_VARIANTS - 1).cloned());
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+            for tag in variants.iter().flat_map(|o| &o.tags) {
+                index
+                    .entry(tag.clone())
+                    .or_default()
+                    .insert(key.clone(), generation);
+            }
+        }
+        let entry = Arc::new(Entry {
+            generation,
+            variants,
+        });
+        self.objects.insert(key, entry);
+        self.objects.run_pending_tasks();
+        true
+    }
+
+    /// Removes every response stored under `key`; whether there were any.
+    pub fn purge_key(&self, key: &CacheKey) -> bool {
+        let removed = self.objects.remove(key).is_some();
+        self.objects.run_pending_tasks();
+        removed
+    }
+
+    /// Removes every response tagged `tag`; the number of keys removed.
+    pub fn purge_tag(&self, tag: &str) -> usize {
+        let keys = {
+            let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+            index.remove(tag).unwrap_or_default()
+        };
+        let removed = keys
+            .keys()
+            .filter(|key| self.objects.remove(*key).is_some())
+            .count();
+        self.objects.run_pending_tasks();
+        removed
+    }
+
+    /// Removes everything.
+    pub fn purge_all(&self) {
+        self.objects.invalidate_all();
+        self.objects.run_pending_tasks();
+    }
+
+    /// Bytes held (by [`Object::weight`]).
+    pub fn bytes(&self) -> u64 {
+        self.objects.weighted_size()
+    }
+
+    /// Keys held.
+    pub fn keys(&self) -> u64 {
+        self.objects.entry_count()
+    }
+
+    /// Keys the tag index lists for `tag` (for tests and metrics).
+    pub fn tagged(&self, tag: &str) -> usize {
+        let index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+        index.get(tag).map_or(0, HashMap::len)
+    }
+}
+
+/// Drops `entry`'s tags from the index, unless a later entry of the key registered them.
+fn unregister(index: &Mutex<TagIndex>, key: &CacheKey, entry: &Entry) {
+    let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+    for tag in entry.variants.iter().flat_map(|o| &o.tags) {
+        if let Some(keys) = index.get_mut(tag) {
+            if keys.get(key) == Some(&entry.generation) {
+                keys.remove(key);
+            }
+            if keys.is_empty() {
+                index.remove(tag);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::QueryKey;
+    use http::header::HeaderName;
+    use std::time::SystemTime;
+
+    const LIMITS: StoreLimits = StoreLimits {
+        max_bytes: 1 << 20,
+        max_object_bytes: 64 << 10,
+    };
+
+    fn key(path: &str) -> CacheKey {
+        CacheKey::of_uri("https", "shop.example.com", path, &QueryKey::All)
+    }
+
+    fn object(body: &'static str, variant: Variant, tags: &[&str]) -> Object {
+        Object {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            timing: Timing::new(&HeaderMap::new(), SystemTime::now(), SystemTime::now()),
+            lifetime: Duration::from_secs(60),
+            variant,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    fn request(list: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in list {
+            headers.append(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn body(lookup: Lookup) -> Option<Bytes> {
+        match lookup {
+            Lookup::Hit(object) => Some(object.body.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn rfc9111_4_1_variants_of_one_key_are_selected_by_the_request() {
+        let store = Store::new(LIMITS);
+        let names = [HeaderName::from_static("accept-language")];
+        let en = Variant::of(&names, &request(&[("accept-language", "en")]));
+        let fr = Variant::of(&names, &request(&[("accept-language", "fr")]));
+        assert!(matches!(
+            store.lookup(&key("/a"), &HeaderMap::new()),
+            Lookup::UriMiss
+        ));
+        assert!(store.insert(key("/a"), object("hello", en.clone(), &[])));
+        assert!(store.insert(key("/a"), object("bonjour", fr, &[])));
+        assert_eq!(
+            body(store.lookup(&key("/a"), &request(&[("accept-language", "en")]))).unwrap(),
+            "hello"
+        );
+        assert_eq!(
+            body(store.lookup(&key("/a"), &request(&[("accept-language", "fr")]))).unwrap(),
+            "bonjour"
+        );
+        assert!(matches!(
+            store.lookup(&key("/a"), &request(&[("accept-language", "de")])),
+            Lookup::VaryMiss
+        ));
+        // A new response for a variant replaces it.
+        assert!(store.insert(key("/a"), object("hi", en, &[])));
+        assert_eq!(
+            body(store.lookup(&key("/a"), &request(&[("accept-language", "en")]))).unwrap(),
+            "hi"
+        );
+        assert_eq!(store.keys(), 1);
+    }
+
+    #[test]
+    fn purges_by_key_tag_and_all() {
+        let store = Store::new(LIMITS);
+        store.insert(
+            key("/p/1"),
+            object("1", Variant::default(), &["product-1", "catalog"]),
+        );
+        store.insert(
+            key("/p/2"),
+            object("2", Variant::default(), &["product-2", "catalog"]),
+        );
+        store.insert(key("/p/3"), object("3", Variant::default(), &[]));
+        assert_eq!(store.tagged("catalog"), 2);
+        assert_eq!(store.purge_tag("product-1"), 1);
+        assert!(matches!(
+            store.lookup(&key("/p/1"), &HeaderMap::new()),
+            Lookup::UriMiss
+        ));
+        assert_eq!(
+            store.tagged("catalog"),
+            1,
+            "the purged key left the other tags"
+        );
+        assert!(store.purge_key(&key("/p/3")));
+        assert!(!store.purge_key(&key("/p/3")));
+        assert_eq!(store.purge_tag("catalog"), 1);
+        assert_eq!(store.keys(), 0);
+        store.insert(key("/p/4"), object("4", Variant::default(), &["x"]));
+        store.purge_all();
+        assert!(matches!(
+            store.lookup(&key("/p/4"), &HeaderMap::new()),
+            Lookup::UriMiss
+        ));
+        assert_eq!(store.bytes(), 0);
+    }
+
+    #[test]
+    fn a_replaced_entry_keeps_the_tags_of_its_replacement() {
+        let store = Store::new(LIMITS);
+        store.insert(key("/a"), object("1", Variant::default(), &["t"]));
+        store.insert(key("/a"), object("2", Variant::default(), &["t"]));
+        assert_eq!(store.tagged("t"), 1);
+        assert_eq!(store.purge_tag("t"), 1);
+    }
+
+    #[test]
+    fn an_object_over_the_largest_size_is_not_stored() {
+        let store = Store::new(StoreLimits {
+            max_bytes: 1 << 20,
+            max_object_bytes: 800,
+        });
+        assert!(!store.insert(
+            key("/big"),
+            object("x".repeat(200).leak(), Variant::default(), &[])
+        ));
+        assert!(store.insert(key("/small"), object("x", Variant::default(), &[])));
+    }
+}
