@@ -5,10 +5,11 @@
 //! and how the answer is made (HEAD, ranges, `Age`, `Cache-Status`) — are pure functions of
 //! message fields and times given to them, one concern per module, each tested against the
 //! section of the RFC it implements. Beside them: the in-memory store (bounded in bytes,
-//! TinyLFU admission, variants, a tag index for purges). The crate must not do I/O in the
+//! TinyLFU admission, variants, a tag index for purges) and request collapsing. The crate must not do I/O in the
 //! rules, read a clock in them, or know about the proxy that calls it.
 
 pub mod age;
+pub mod collapse;
 pub mod date;
 pub mod directives;
 pub mod freshness;
@@ -27,6 +28,7 @@ pub mod validation;
 pub mod vary;
 
 pub use age::Timing;
+pub use collapse::{Alone, CollapseLimits, Collapser, Join, Leader};
 pub use directives::{CacheControl, FieldNames};
 pub use freshness::{lifetime, Basis, Lifetime};
 pub use key::{CacheKey, QueryKey};
