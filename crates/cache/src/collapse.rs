@@ -125,6 +125,12 @@ impl<T: Clone + Send + Sync + 'static> Collapser<T> {
         flights.get(key).map_or(0, |f| f.waiters)
     }
 
+    /// Requests waiting on any key (for tests and metrics).
+    pub fn waiting(&self) -> usize {
+        let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        flights.values().map(|f| f.waiters).sum()
+    }
+
     /// A waiter that gave up leaves the count of the flight it waited on (if still that one).
     fn leave(&self, key: &CacheKey, outcome: &watch::Receiver<Outcome<T>>) {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);

@@ -159,11 +159,10 @@ impl Store {
     /// Stores `object` under `key`, replacing the variant with the same field values;
     /// `false` when it is larger than the largest object stored. Two inserts of new variants
     /// of one key at once may keep only one of them (the other is fetched again later).
-    pub fn insert(&self, key: CacheKey, object: Object) -> bool {
+    pub fn insert(&self, key: CacheKey, object: Arc<Object>) -> bool {
         if object.weight() > self.limits.max_object_bytes {
             return false;
         }
-        let object = Arc::new(object);
         let mut variants = vec![Arc::clone(&object)];
         if let Some(existing) = self.objects.get(&key) {
             let others = existing
@@ -218,6 +217,11 @@ impl Store {
         self.objects.run_pending_tasks();
     }
 
+    /// The store's bounds.
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
     /// Bytes held (by [`Object::weight`]).
     pub fn bytes(&self) -> u64 {
         self.objects.weighted_size()
@@ -266,8 +270,8 @@ mod tests {
         CacheKey::of_uri("https", "shop.example.com", path, &QueryKey::All)
     }
 
-    fn object(body: &'static str, variant: Variant, tags: &[&str]) -> Object {
-        Object {
+    fn object(body: &'static str, variant: Variant, tags: &[&str]) -> Arc<Object> {
+        Arc::new(Object {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from_static(body.as_bytes()),
@@ -275,7 +279,7 @@ mod tests {
             lifetime: Duration::from_secs(60),
             variant,
             tags: tags.iter().map(|t| t.to_string()).collect(),
-        }
+        })
     }
 
     fn request(list: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -2,6 +2,7 @@
 //! takes, per object, against what the store counts for each ([`Object::weight`]). Its own
 //! test binary, so that nothing else allocates meanwhile.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -66,7 +67,7 @@ fn memory_per_stored_1kib_object_is_within_its_counted_weight() {
             &format!("/objects/{i}"),
             &QueryKey::All,
         );
-        store.insert(key, object(i));
+        store.insert(key, Arc::new(object(i)));
     }
     assert_eq!(store.keys(), OBJECTS as u64);
     let after = resident().unwrap_or(before);

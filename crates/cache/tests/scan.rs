@@ -1,6 +1,7 @@
 //! The store under a scan: ten times its size of objects asked for once each, while a hot set
 //! keeps being asked for. The hot set stays, and the byte bound holds after every insert.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -31,7 +32,7 @@ fn request(store: &Store, path: &str) -> bool {
     match store.lookup(&key, &HeaderMap::new()) {
         Lookup::Hit(_) => true,
         _ => {
-            store.insert(key, object());
+            store.insert(key, Arc::new(object()));
             assert!(store.bytes() <= MAX_BYTES, "{} bytes held", store.bytes());
             false
         }

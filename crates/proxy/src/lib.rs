@@ -11,6 +11,7 @@
 mod acme;
 mod admin;
 mod body;
+mod cache;
 mod cluster;
 mod config;
 mod forward;
@@ -176,6 +177,8 @@ pub struct Proxy {
     extra_metrics: std::sync::Mutex<Option<MetricsSource>>,
     /// Certificate sources listeners may name, with their acceptors.
     tls_sources: std::sync::Mutex<tls::Sources>,
+    /// The shared HTTP cache of the routes that cache, kept across configurations.
+    cache: Arc<cache::HttpCache>,
 }
 
 /// Renders a component's metrics in the OpenMetrics text format (ending with `# EOF`).
@@ -196,6 +199,7 @@ impl Default for Proxy {
             prober: health::Prober::new(metrics),
             extra_metrics: std::sync::Mutex::new(None),
             tls_sources: std::sync::Mutex::new(tls::Sources::new()),
+            cache: Arc::default(),
         }
     }
 }
@@ -281,6 +285,7 @@ impl Proxy {
                         let metrics = self.shared.metrics.route(listener, vhost, route, cluster);
                         metrics.with_instance(instance.clone())
                     },
+                    &self.cache,
                 )
             })
             .collect();
@@ -642,6 +647,12 @@ impl Proxy {
         lock(&self.tls_sources)
             .get(name)
             .map(|(source, _)| source.clone())
+    }
+
+    /// Requests waiting for another request's response to fill the shared HTTP cache (for
+    /// metrics and tests).
+    pub fn cache_waiting(&self) -> usize {
+        self.cache.waiting()
     }
 
     /// Has every plain-HTTP listener answer ACME HTTP-01 challenges from `answers`

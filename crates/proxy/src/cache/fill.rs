@@ -1,0 +1,266 @@
+//! Going upstream for a route that caches: the request asks for the whole representation
+//! (the client's preconditions and range are answered here, from what comes back), and is
+//! conditional when a stored response is being validated; what comes back is stored when
+//! RFC 9111 allows, freshens the stored response if it is a `304` about it, or — on an
+//! error — gives way to the stored response if `stale-if-error` allows.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
+use http::response::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Either};
+use meridian_cache::freshness::lifetime;
+use meridian_cache::tags::tags;
+use meridian_cache::validation::{add_validators, freshen, selects, strip_preconditions};
+use meridian_cache::vary::vary_names;
+use meridian_cache::{
+    storable, CacheControl, CacheKey, CacheStatus, Forward, Freshness, Object, ResponsePolicy,
+    Timing, Variant,
+};
+
+use super::{answer, RouteCache};
+use crate::body::ResponseBody;
+use crate::cluster::Cluster;
+use crate::forward::{forward, local_response, upstream_response_head, ClientRequest, ProxyBody};
+use crate::metrics::ProxyMetrics;
+use crate::pool::ConnectionBody;
+use crate::routing::Route;
+
+/// One trip upstream for a key.
+pub(super) struct Fill<'a> {
+    /// The route's caching.
+    pub cache: &'a RouteCache,
+    /// The key filled.
+    pub key: &'a CacheKey,
+    /// The client's request fields (a stored response's variant is made of them).
+    pub request: &'a HeaderMap,
+    /// The client's cache directives.
+    pub directives: &'a CacheControl,
+    /// The stored response being validated, if any.
+    pub stored: Option<&'a Arc<Object>>,
+    /// Why the request goes upstream.
+    pub reason: Forward,
+}
+
+/// What a trip upstream came to.
+pub(super) enum Fetched {
+    /// A response to answer from: stored (`stored` in its status), or not storable but read
+    /// whole, or the stale one served on an error.
+    Stored(Arc<Object>, CacheStatus),
+    /// The upstream's response, passed on as it came (its `Cache-Status` added).
+    Passed(Response<ConnectionBody>),
+    /// An answer made here: the proxy's own error, or a response too large to store whose
+    /// first bytes were read.
+    Made(Response<ProxyBody>),
+}
+
+/// Status codes after which a stale response may stand in (RFC 5861 §4).
+fn is_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+impl Fill<'_> {
+    /// The stored response, if it may answer instead of an upstream error with `status`.
+    fn stale_on_error(&self, status: StatusCode, now: SystemTime) -> Option<Arc<Object>> {
+        let stored = self.stored.filter(|_| is_error(status))?;
+        let policy = ResponsePolicy::of(&stored.headers);
+        let state = Freshness {
+            directives: &policy.directives,
+            lifetime: stored.lifetime,
+            age: stored.timing.current_age(now),
+        };
+        state
+            .serve_on_error(self.directives)
+            .then(|| Arc::clone(stored))
+    }
+
+    /// A stored response made of what came back.
+    fn object(
+        &self,
+        parts: (StatusCode, HeaderMap, Bytes),
+        times: (SystemTime, SystemTime),
+    ) -> Object {
+        let (status, headers, body) = parts;
+        let (request_time, response_time) = times;
+        let policy = ResponsePolicy::of(&headers);
+        let fresh_for = lifetime(
+            status,
+            &headers,
+            &policy,
+            self.cache.default_ttl,
+            response_time,
+        );
+        let mut names = vary_names(&headers);
+        names.extend(self.cache.key_headers.iter().cloned());
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        Object {
+            status,
+            timing: Timing::new(&headers, request_time, response_time),
+            lifetime: fresh_for.duration,
+            variant: Variant::of(&names, self.request),
+            tags: tags(&headers),
+            headers,
+            body,
+        }
+    }
+
+    /// Stores `object` if it can be of use: fresh for a while, with a validator, or
+    /// servable stale (`stale-while-revalidate`, `stale-if-error`).
+    fn keep(&self, object: Object, mut status: CacheStatus) -> Fetched {
+        let age = object.timing.initial_age;
+        let directives = ResponsePolicy::of(&object.headers).directives;
+        let useful = object.lifetime > age
+            || object.headers.contains_key(ETAG)
+            || object.headers.contains_key(LAST_MODIFIED)
+            || directives.stale_while_revalidate.is_some()
+            || directives.stale_if_error.is_some();
+        let state_ttl = |o: &Object| {
+            let seconds = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            seconds(o.lifetime) - seconds(age)
+        };
+        status.ttl = Some(state_ttl(&object));
+        let object = Arc::new(object);
+        if useful {
+            status.stored = self
+                .cache
+                .cache
+                .store
+                .insert(self.key.clone(), Arc::clone(&object));
+        }
+        Fetched::Stored(object, status)
+    }
+}
+
+/// Makes the trip: see the module's documentation.
+pub(super) async fn fetch(
+    fill: Fill<'_>,
+    mut client: ClientRequest<'_>,
+    route: &Route,
+    cluster: &Arc<Cluster>,
+    metrics: &Arc<ProxyMetrics>,
+) -> Fetched {
+    let headers = client.request.headers_mut();
+    strip_preconditions(headers);
+    if let Some(stored) = fill.stored {
+        add_validators(headers, &stored.headers);
+    }
+    let request_time = SystemTime::now();
+    let result = forward(client, route, cluster, metrics).await;
+    let response_time = SystemTime::now();
+    let times = (request_time, response_time);
+    let mut status = CacheStatus {
+        forward: Some(fill.reason),
+        ..CacheStatus::default()
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(mut made) => {
+            status.forward_status = Some(made.status().as_u16());
+            if let Some(stale) = fill.stale_on_error(made.status(), response_time) {
+                status.detail = Some("stale-if-error".into());
+                return Fetched::Stored(stale, status);
+            }
+            answer::finish(made.headers_mut(), &status);
+            return Fetched::Made(made);
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    upstream_response_head(&mut parts.headers);
+    status.forward_status = Some(parts.status.as_u16());
+    if let Some(stale) = fill.stale_on_error(parts.status, response_time) {
+        status.detail = Some("stale-if-error".into());
+        return Fetched::Stored(stale, status);
+    }
+    if parts.status == StatusCode::NOT_MODIFIED {
+        if let Some(stored) = fill.stored.filter(|s| selects(&parts.headers, &s.headers)) {
+            let headers = freshen(&stored.headers, &parts.headers);
+            let object = fill.object((stored.status, headers, stored.body.clone()), times);
+            return fill.keep(object, status);
+        }
+        return passed(parts, body, &status);
+    }
+    let policy = ResponsePolicy::of(&parts.headers);
+    let verdict = storable(
+        &Method::GET,
+        fill.request,
+        fill.directives,
+        parts.status,
+        &parts.headers,
+        &policy,
+    );
+    let storable = match verdict {
+        Ok(storable) => storable,
+        Err(refusal) => {
+            status.detail = Some(refusal.as_str().into());
+            return passed(parts, body, &status);
+        }
+    };
+    let max = fill.cache.cache.store.limits().max_object_bytes;
+    let length = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    if length
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|l| l > max)
+    {
+        status.detail = Some("too-large".into());
+        return passed(parts, body, &status);
+    }
+    let body = match read_whole(body, max, route.timeout).await {
+        Read::Whole(body) => body,
+        Read::TooLong(read, rest) => {
+            status.detail = Some("too-large".into());
+            answer::finish(&mut parts.headers, &status);
+            let rest = ResponseBody::new(rest, Arc::clone(cluster), Arc::clone(metrics));
+            return Fetched::Made(Response::from_parts(parts, Either::Left(rest.after(read))));
+        }
+        Read::Failed => {
+            metrics.upstream_body_error(&cluster.name);
+            let mut made = local_response(StatusCode::BAD_GATEWAY, "upstream_body_failed");
+            answer::finish(made.headers_mut(), &status);
+            return Fetched::Made(made);
+        }
+    };
+    let headers = storable.stored_headers(&parts.headers);
+    fill.keep(fill.object((parts.status, headers, body), times), status)
+}
+
+/// The upstream's response as it came, with `status` said.
+fn passed(mut parts: Parts, body: ConnectionBody, status: &CacheStatus) -> Fetched {
+    answer::finish(&mut parts.headers, status);
+    Fetched::Passed(Response::from_parts(parts, body))
+}
+
+/// A body read to its end, or as far as it was allowed.
+enum Read {
+    Whole(Bytes),
+    /// More than the limit: what was read, and the rest.
+    TooLong(Bytes, ConnectionBody),
+    /// It failed, or paused longer than allowed.
+    Failed,
+}
+
+/// Reads `body` whole if it is at most `max` bytes, each frame within `pause`.
+async fn read_whole(mut body: ConnectionBody, max: usize, pause: Duration) -> Read {
+    let mut read = BytesMut::new();
+    loop {
+        match tokio::time::timeout(pause, body.frame()).await {
+            Ok(None) => return Read::Whole(read.freeze()),
+            Ok(Some(Ok(frame))) => {
+                // Trailers are not stored.
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
+                    if read.len() > max {
+                        return Read::TooLong(read.freeze(), body);
+                    }
+                }
+            }
+            Ok(Some(Err(_))) | Err(_) => return Read::Failed,
+        }
+    }
+}
