@@ -120,6 +120,13 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
         )
             .into_response(),
         "/tagged" => ([("cache-control", "max-age=60"), ("cache-tag", "t1")], body).into_response(),
+        // What a gateway answers when it has no route: a 404, cacheable by default.
+        "/proxy-made" => (
+            StatusCode::NOT_FOUND,
+            [("x-meridian-error", "no_route")],
+            body,
+        )
+            .into_response(),
         "/slow" => {
             let _permit = gate.acquire().await;
             ([("cache-control", "max-age=60")], body).into_response()
@@ -275,6 +282,20 @@ async fn rfc9111_3_no_store_private_set_cookie_and_authorization_are_not_shared(
     send(&base, "GET", "/auth", &auth).await;
     let second = send(&base, "GET", "/auth", &auth).await;
     assert_eq!(second.body, "/auth #2");
+}
+
+#[tokio::test]
+async fn a_downstream_proxys_own_answer_is_never_stored() {
+    let (_proxy, base, origin) = edge("{default_ttl: 1m}").await;
+    let first = get(&base, "/proxy-made").await;
+    assert_eq!(first.status, 404);
+    assert!(
+        first.cache_status().ends_with("detail=\"proxy-error\""),
+        "{}",
+        first.cache_status()
+    );
+    get(&base, "/proxy-made").await;
+    assert_eq!(origin.count("/proxy-made"), 2);
 }
 
 #[tokio::test]

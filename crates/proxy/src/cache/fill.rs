@@ -24,7 +24,9 @@ use meridian_cache::{
 use super::{answer, RouteCache};
 use crate::body::ResponseBody;
 use crate::cluster::Cluster;
-use crate::forward::{forward, local_response, upstream_response_head, ClientRequest, ProxyBody};
+use crate::forward::{
+    forward, local_response, upstream_response_head, ClientRequest, ProxyBody, ERROR_HEADER,
+};
 use crate::metrics::ProxyMetrics;
 use crate::pool::ConnectionBody;
 use crate::routing::Route;
@@ -169,6 +171,9 @@ pub(super) async fn fetch(
         }
     };
     let (mut parts, body) = response.into_parts();
+    // A downstream Meridian proxy's own answer (no route, no healthy instance) says nothing
+    // about the origin's resource: never stored, whatever its status.
+    let proxy_made = parts.headers.contains_key(ERROR_HEADER);
     upstream_response_head(&mut parts.headers);
     status.forward_status = Some(parts.status.as_u16());
     if let Some(stale) = fill.stale_on_error(parts.status, response_time) {
@@ -193,7 +198,11 @@ pub(super) async fn fetch(
         &policy,
     );
     let storable = match verdict {
-        Ok(storable) => storable,
+        Ok(storable) if !proxy_made => storable,
+        Ok(_) => {
+            status.detail = Some("proxy-error".into());
+            return passed(parts, body, &status);
+        }
         Err(refusal) => {
             status.detail = Some(refusal.as_str().into());
             return passed(parts, body, &status);
