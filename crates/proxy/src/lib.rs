@@ -46,6 +46,7 @@ use meridian_model::ValidationErrors;
 use tokio_rustls::TlsAcceptor;
 
 pub use acme::{Http01Answers, HTTP01_PATH};
+pub use cache::DEFAULT_LIMITS as DEFAULT_CACHE_LIMITS;
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
     HttpsRedirect, InstanceConfig, LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig,
@@ -54,6 +55,7 @@ pub use config::{
 };
 pub use forward::ERROR_HEADER;
 pub use http3::HANDSHAKES_BEFORE_RETRY;
+pub use meridian_cache::StoreLimits as CacheLimits;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_until, RunError, RunOptions};
 pub use tls::{TlsSource, ACME_TLS_ALPN};
@@ -205,6 +207,15 @@ impl Default for Proxy {
 }
 
 impl Proxy {
+    /// A proxy whose shared HTTP cache (for routes with `cache`) holds at most `limits`
+    /// ([`Proxy::default`]: [`DEFAULT_CACHE_LIMITS`]).
+    pub fn with_cache(limits: CacheLimits) -> Proxy {
+        Proxy {
+            cache: Arc::new(cache::HttpCache::new(limits)),
+            ..Proxy::default()
+        }
+    }
+
     /// Validates and applies `config`: binds new listeners first (if one fails, nothing changes),
     /// then swaps every route table; listeners no longer configured stop accepting, while their
     /// open connections finish on the config they started with.
