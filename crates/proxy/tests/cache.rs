@@ -239,7 +239,7 @@ async fn until(what: &str, condition: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn rfc9111_4_2_a_fresh_response_is_answered_from_the_cache() {
-    let (_proxy, base, origin) = edge("{}").await;
+    let (proxy, base, origin) = edge("{}").await;
     let first = get(&base, "/fresh").await;
     assert_eq!((first.status, first.body.as_str()), (200, "/fresh #1"));
     assert_eq!(
@@ -256,6 +256,19 @@ async fn rfc9111_4_2_a_fresh_response_is_answered_from_the_cache() {
     assert!(second.headers.contains_key("age"));
     assert_eq!(second.headers["content-type"], "text/plain");
     assert_eq!(origin.count("/fresh"), 1);
+    let metrics = proxy.metrics_text();
+    for line in [
+        "meridian_proxy_cache_requests_total{result=\"hit\"} 1",
+        "meridian_proxy_cache_requests_total{result=\"miss\"} 1",
+        "meridian_proxy_cache_stored_total 1",
+        "meridian_proxy_cache_keys 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("meridian_proxy_cache_bytes 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

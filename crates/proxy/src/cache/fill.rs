@@ -59,6 +59,9 @@ pub(super) enum Fetched {
     Made(Response<ProxyBody>),
 }
 
+/// The `Cache-Status` detail of a stale response served instead of an error.
+pub(super) const STALE_IF_ERROR: &str = "stale-if-error";
+
 /// Status codes after which a stale response may stand in (RFC 5861 §4).
 fn is_error(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
@@ -163,7 +166,7 @@ pub(super) async fn fetch(
         Err(mut made) => {
             status.forward_status = Some(made.status().as_u16());
             if let Some(stale) = fill.stale_on_error(made.status(), response_time) {
-                status.detail = Some("stale-if-error".into());
+                status.detail = Some(STALE_IF_ERROR.into());
                 return Fetched::Stored(stale, status);
             }
             answer::finish(made.headers_mut(), &status);
@@ -177,7 +180,7 @@ pub(super) async fn fetch(
     upstream_response_head(&mut parts.headers);
     status.forward_status = Some(parts.status.as_u16());
     if let Some(stale) = fill.stale_on_error(parts.status, response_time) {
-        status.detail = Some("stale-if-error".into());
+        status.detail = Some(STALE_IF_ERROR.into());
         return Fetched::Stored(stale, status);
     }
     if parts.status == StatusCode::NOT_MODIFIED {

@@ -23,11 +23,12 @@ use meridian_model::CachePolicy;
 use crate::body::ClientBody;
 use crate::cluster::Cluster;
 use crate::forward::{forward, local_response, ClientRequest, Peer, ProxyBody};
+use crate::metrics::CacheMetrics;
 use crate::pool::ConnectionBody;
 use crate::routing::Route;
 use crate::server::ListenerContext;
 
-use fill::{Fetched, Fill};
+use fill::{Fetched, Fill, STALE_IF_ERROR};
 
 /// The store's bounds unless configured otherwise.
 pub const DEFAULT_LIMITS: StoreLimits = StoreLimits {
@@ -58,6 +59,16 @@ impl HttpCache {
 }
 
 impl HttpCache {
+    /// Sets the size gauges from the store.
+    fn account(&self, metrics: &CacheMetrics) {
+        metrics
+            .bytes
+            .set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
+        metrics
+            .keys
+            .set(i64::try_from(self.store.keys()).unwrap_or(i64::MAX));
+    }
+
     /// Requests waiting for another's response to fill the cache.
     pub fn waiting(&self) -> usize {
         self.collapser.waiting()
@@ -169,6 +180,7 @@ pub(crate) async fn exchange(
             for key in invalidated(&method, place.target(), status, response.headers(), &query) {
                 cache.cache.store.purge_key(&key);
             }
+            cache.cache.account(metrics.cache());
             answer::hide_internal(response.headers_mut());
         }
         return result;
@@ -200,6 +212,7 @@ pub(crate) async fn exchange(
             };
             match state.reuse(&request_directives) {
                 Reuse::Fresh | Reuse::Stale => {
+                    metrics.cache().hit.inc();
                     return Err(answer::from_object(
                         &object,
                         client.request.method(),
@@ -209,6 +222,7 @@ pub(crate) async fn exchange(
                     ));
                 }
                 Reuse::StaleWhileRevalidate => {
+                    metrics.cache().stale.inc();
                     status.detail = Some("stale-while-revalidate".into());
                     revalidate_later(ctx, &client, key, Arc::clone(&object));
                     return Err(answer::from_object(
@@ -228,6 +242,7 @@ pub(crate) async fn exchange(
     };
     if request_directives.only_if_cached {
         // RFC 9111 §5.2.1.7: nothing usable stored.
+        metrics.cache().miss.inc();
         return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
     }
     // A HEAD or a range with nothing stored goes upstream as it is (only whole GETs fill).
@@ -238,6 +253,7 @@ pub(crate) async fn exchange(
     let leader = match cache.cache.collapser.join(&key).await {
         Join::Lead(leader) => Some(leader),
         Join::Shared(object) if object.variant.matches(client.request.headers()) => {
+            metrics.cache().collapsed.inc();
             let status = CacheStatus {
                 forward: Some(reason),
                 forward_status: Some(object.status.as_u16()),
@@ -263,7 +279,10 @@ pub(crate) async fn exchange(
         stored: stored.as_ref(),
         reason,
     };
-    match fill::fetch(fill, client, route, cluster, metrics).await {
+    let validating = stored.is_some();
+    let fetched = fill::fetch(fill, client, route, cluster, metrics).await;
+    count(&cache.cache, metrics.cache(), &fetched, validating);
+    match fetched {
         Fetched::Stored(object, status) => {
             if let (true, Some(leader)) = (status.stored, leader) {
                 leader.share(Arc::clone(&object));
@@ -282,6 +301,26 @@ pub(crate) async fn exchange(
     }
 }
 
+/// Counts a trip upstream of a request (a stale answer on an error is `stale`), and what it
+/// stored.
+fn count(cache: &HttpCache, metrics: &CacheMetrics, fetched: &Fetched, validating: bool) {
+    let status = match fetched {
+        Fetched::Stored(_, status) => Some(status),
+        _ => None,
+    };
+    if status.is_some_and(|s| s.detail.as_deref() == Some(STALE_IF_ERROR)) {
+        metrics.stale.inc();
+    } else if validating {
+        metrics.validate.inc();
+    } else {
+        metrics.miss.inc();
+    }
+    if status.is_some_and(|s| s.stored) {
+        metrics.stored.inc();
+        cache.account(metrics);
+    }
+}
+
 /// Forwards a request the cache does not handle, saying so in `Cache-Status`.
 async fn pass(
     client: ClientRequest<'_>,
@@ -290,6 +329,7 @@ async fn pass(
     ctx: &Arc<ListenerContext>,
     reason: Forward,
 ) -> Result<Response<ConnectionBody>, Response<ProxyBody>> {
+    ctx.shared.metrics.cache().bypass.inc();
     let mut result = forward(client, route, cluster, &ctx.shared.metrics).await;
     if let Ok(response) = &mut result {
         let status = CacheStatus {
@@ -357,11 +397,12 @@ fn revalidate_later(
             reason: Forward::Stale,
         };
         let metrics = &ctx.shared.metrics;
-        if let Fetched::Stored(object, status) =
-            fill::fetch(fill, client, route, &target.cluster, metrics).await
-        {
+        let fetched = fill::fetch(fill, client, route, &target.cluster, metrics).await;
+        if let Fetched::Stored(object, status) = &fetched {
             if status.stored {
-                leader.share(object);
+                metrics.cache().stored.inc();
+                cache.cache.account(metrics.cache());
+                leader.share(Arc::clone(object));
             }
         }
     });
