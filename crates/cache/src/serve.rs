@@ -34,13 +34,14 @@ pub struct Stored<'a> {
 }
 
 /// The answer to a GET or HEAD with `request` fields from `stored`, whose current age is
-/// `age`; `boundary` separates the parts of a multi-range answer.
+/// `age`; `boundary` makes the separator of the parts of a multi-range answer (called only
+/// for one).
 pub fn answer(
     method: &Method,
     request: &HeaderMap,
     stored: Stored<'_>,
     age: Duration,
-    boundary: &str,
+    boundary: &dyn Fn() -> String,
 ) -> Answer {
     let age_value = HeaderValue::from(age.as_secs());
     if not_modified(request, stored.headers) {
@@ -75,7 +76,7 @@ pub fn answer(
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
             let (body, multipart_type) =
-                range::byteranges(stored.body, &parts, content_type, boundary);
+                range::byteranges(stored.body, &parts, content_type, &boundary());
             headers.insert(CONTENT_TYPE, header_value(&multipart_type));
             (StatusCode::PARTIAL_CONTENT, body)
         }
@@ -135,7 +136,7 @@ mod tests {
             &fields(request),
             stored,
             Duration::from_secs(7),
-            "B",
+            &|| "B".to_owned(),
         )
     }
 

@@ -114,6 +114,11 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
         }
         "/flaky" if n > 1 => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
         "/flaky" => ([("cache-control", "max-age=0, stale-if-error=60")], body).into_response(),
+        // Stored with a validator, then no longer storable.
+        "/gone-private" if n > 1 => ([("cache-control", "private")], body).into_response(),
+        "/gone-private" => {
+            ([("cache-control", "max-age=0"), ("etag", "\"g\"")], body).into_response()
+        }
         "/swr" => (
             [("cache-control", "max-age=0, stale-while-revalidate=60")],
             body,
@@ -349,6 +354,41 @@ async fn rfc9111_4_3_a_stale_response_is_validated_and_freshened_by_a_304() {
     // A client's own condition is answered here.
     let conditional = send(&base, "GET", "/etag", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(conditional.status, 304);
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_3_a_full_response_to_a_validation_replaces_the_stored_one() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/gone-private").await;
+    // Stale: validated; the origin answers in full, and privately now.
+    let second = get(&base, "/gone-private").await;
+    assert_eq!(second.body, "/gone-private #2");
+    assert!(
+        second.cache_status().contains("detail=\"private\""),
+        "{}",
+        second.cache_status()
+    );
+    // Nothing left to validate: the next request is a plain miss.
+    let third = get(&base, "/gone-private").await;
+    assert!(
+        third.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        third.cache_status()
+    );
+    assert!(!origin.last("/gone-private").contains_key("if-none-match"));
+}
+
+#[tokio::test]
+async fn rfc9111_4_head_validating_a_stored_get_refreshes_it_with_a_get() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/etag").await;
+    let head = send(&base, "HEAD", "/etag", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["x-version"], "2");
+    // The stored response kept its content.
+    assert_eq!(get(&base, "/etag").await.body, "/etag #1");
+    assert_eq!(origin.count("/etag"), 3);
 }
 
 #[tokio::test]

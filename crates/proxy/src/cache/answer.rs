@@ -49,7 +49,7 @@ pub fn from_object(
         body: &object.body,
     };
     let age = object.timing.current_age(now);
-    let boundary = format!("{:032x}", fastrand::u128(..));
+    let boundary = || format!("{:032x}", fastrand::u128(..));
     let serve::Answer {
         status: code,
         headers,

@@ -113,6 +113,14 @@ impl Fill<'_> {
         }
     }
 
+    /// Removes the responses stored for the key when a full response to their validation
+    /// replaced them and cannot be stored itself.
+    fn forget(&self) {
+        if self.stored.is_some() {
+            self.cache.cache.store.purge_key(self.key);
+        }
+    }
+
     /// Stores `object` if it can be of use: fresh for a while, with a validator, or
     /// servable stale (`stale-while-revalidate`, `stale-if-error`).
     fn keep(&self, object: Object, mut status: CacheStatus) -> Fetched {
@@ -148,6 +156,9 @@ pub(super) async fn fetch(
     cluster: &Arc<Cluster>,
     metrics: &Arc<ProxyMetrics>,
 ) -> Fetched {
+    // The whole representation, also for a HEAD whose stored response is validated: what
+    // comes back replaces what is stored (a HEAD is answered from it).
+    *client.request.method_mut() = Method::GET;
     let headers = client.request.headers_mut();
     strip_preconditions(headers);
     if let Some(stored) = fill.stored {
@@ -184,12 +195,23 @@ pub(super) async fn fetch(
         return Fetched::Stored(stale, status);
     }
     if parts.status == StatusCode::NOT_MODIFIED {
-        if let Some(stored) = fill.stored.filter(|s| selects(&parts.headers, &s.headers)) {
-            let headers = freshen(&stored.headers, &parts.headers);
-            let object = fill.object((stored.status, headers, stored.body.clone()), times);
-            return fill.keep(object, status);
+        match fill.stored {
+            Some(stored) if selects(&parts.headers, &stored.headers) => {
+                let headers = freshen(&stored.headers, &parts.headers);
+                let object = fill.object((stored.status, headers, stored.body.clone()), times);
+                return fill.keep(object, status);
+            }
+            // Not Modified, about another representation than the one stored (§4.3.4): the
+            // stored one is outdated, and the client asked for no condition.
+            Some(_) => {
+                fill.forget();
+                let mut made =
+                    local_response(StatusCode::BAD_GATEWAY, "upstream_validation_mismatch");
+                answer::finish(made.headers_mut(), &status);
+                return Fetched::Made(made);
+            }
+            None => return passed(parts, body, &status),
         }
-        return passed(parts, body, &status);
     }
     let policy = ResponsePolicy::of(&parts.headers);
     let verdict = storable(
@@ -207,6 +229,11 @@ pub(super) async fn fetch(
             return passed(parts, body, &status);
         }
         Err(refusal) => {
+            // What was stored no longer stands for the resource (§4.3.3); a server error
+            // says nothing of it.
+            if !parts.status.is_server_error() {
+                fill.forget();
+            }
             status.detail = Some(refusal.as_str().into());
             return passed(parts, body, &status);
         }
