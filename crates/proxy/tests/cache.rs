@@ -114,6 +114,19 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
         }
         "/flaky" if n > 1 => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
         "/flaky" => ([("cache-control", "max-age=0, stale-if-error=60")], body).into_response(),
+        // Stale on arrival (Age over max-age); a 304 without Age freshens it.
+        "/aged" if header("if-none-match") == "\"a\"" => {
+            (StatusCode::NOT_MODIFIED, [("etag", "\"a\"")]).into_response()
+        }
+        "/aged" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("etag", "\"a\""),
+                ("age", "100"),
+            ],
+            body,
+        )
+            .into_response(),
         // Stored with a validator, then no longer storable.
         "/gone-private" if n > 1 => ([("cache-control", "private")], body).into_response(),
         "/gone-private" => {
@@ -389,6 +402,28 @@ async fn rfc9111_4_head_validating_a_stored_get_refreshes_it_with_a_get() {
     // The stored response kept its content.
     assert_eq!(get(&base, "/etag").await.body, "/etag #1");
     assert_eq!(origin.count("/etag"), 3);
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_4_a_freshened_response_takes_its_age_from_the_304() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/aged").await;
+    let validated = get(&base, "/aged").await;
+    assert!(
+        validated
+            .cache_status()
+            .contains("fwd=stale; fwd-status=304"),
+        "{}",
+        validated.cache_status()
+    );
+    let hit = get(&base, "/aged").await;
+    assert!(
+        hit.cache_status().starts_with("Meridian; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(hit.body, "/aged #1");
+    assert_eq!(origin.count("/aged"), 2);
 }
 
 #[tokio::test]

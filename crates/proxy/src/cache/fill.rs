@@ -198,7 +198,9 @@ pub(super) async fn fetch(
         match fill.stored {
             Some(stored) if selects(&parts.headers, &stored.headers) => {
                 let headers = freshen(&stored.headers, &parts.headers);
-                let object = fill.object((stored.status, headers, stored.body.clone()), times);
+                let mut object = fill.object((stored.status, headers, stored.body.clone()), times);
+                // Its age is the 304's (its Date and Age), not the stored response's.
+                object.timing = Timing::new(&parts.headers, request_time, response_time);
                 return fill.keep(object, status);
             }
             // Not Modified, about another representation than the one stored (§4.3.4): the
