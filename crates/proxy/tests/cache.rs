@@ -545,6 +545,35 @@ async fn a_bypassed_path_is_never_cached_and_tags_are_not_passed_on() {
     assert!(!tagged.headers.contains_key("cache-tag"));
 }
 
+#[tokio::test]
+async fn purges_remove_by_url_by_tag_and_everything() {
+    use meridian_proxy::{CachePurge, PurgeError};
+    let (proxy, base, origin) = edge("{key: {query_exclude: [utm]}}").await;
+    for path in ["/fresh?utm=a", "/tagged", "/item"] {
+        get(&base, path).await;
+    }
+    // A URL is keyed as its route keys it (utm is not in the key), under either scheme.
+    let url = CachePurge::Url("https://shop.example.com/fresh?utm=b".into());
+    assert_eq!(proxy.purge_cache(&url).await.unwrap(), 1);
+    assert_eq!(get(&base, "/fresh").await.body, "/fresh #2");
+    assert_eq!(
+        proxy
+            .purge_cache(&CachePurge::Tag("t1".into()))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(get(&base, "/tagged").await.body, "/tagged #2");
+    assert_eq!(get(&base, "/item").await.body, "/item #1");
+    assert_eq!(proxy.purge_cache(&CachePurge::All).await.unwrap(), 3);
+    assert_eq!(get(&base, "/item").await.body, "/item #2");
+    let bad = proxy
+        .purge_cache(&CachePurge::Url("/relative".into()))
+        .await;
+    assert!(matches!(bad, Err(PurgeError::Url(_))), "{bad:?}");
+    assert_eq!(origin.count("/fresh"), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_on_one_key_make_one_origin_request() {
     let (proxy, base, origin) = edge("{}").await;

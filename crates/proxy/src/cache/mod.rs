@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, RANGE};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use meridian_cache::invalidation::{invalidated, Target};
 use meridian_cache::{
     CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, Forward, Freshness, Join,
@@ -25,7 +25,7 @@ use crate::cluster::Cluster;
 use crate::forward::{forward, local_response, ClientRequest, Peer, ProxyBody};
 use crate::metrics::CacheMetrics;
 use crate::pool::ConnectionBody;
-use crate::routing::Route;
+use crate::routing::{Route, RouteTable};
 use crate::server::ListenerContext;
 
 use fill::{Fetched, Fill, STALE_IF_ERROR};
@@ -87,6 +87,75 @@ impl std::fmt::Debug for HttpCache {
             .field("bytes", &self.store.bytes())
             .field("keys", &self.store.keys())
             .finish()
+    }
+}
+
+/// What to remove from the shared HTTP cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CachePurge {
+    /// The responses stored for an absolute `http://` or `https://` URL, under either scheme,
+    /// keyed as the route that serves it keys them.
+    Url(String),
+    /// Every response its origin tagged so (`Cache-Tag`, `Surrogate-Key`).
+    Tag(String),
+    /// Everything.
+    All,
+}
+
+/// A purge that names nothing the cache can look for.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    /// The URL is not an absolute `http://` or `https://` URL with a host.
+    #[error("url: `{0}` is not an absolute http:// or https:// URL")]
+    Url(String),
+}
+
+impl HttpCache {
+    /// Removes what `purge` names, with `routes` the route tables in force (a URL is keyed as
+    /// the route that serves it keys it); the number of keys removed.
+    pub fn purge(
+        &self,
+        purge: &CachePurge,
+        routes: &[Arc<RouteTable>],
+        metrics: &CacheMetrics,
+    ) -> Result<u64, PurgeError> {
+        let removed = match purge {
+            CachePurge::All => {
+                let held = self.store.keys();
+                self.store.purge_all();
+                held
+            }
+            CachePurge::Tag(tag) => self.store.purge_tag(tag) as u64,
+            CachePurge::Url(url) => {
+                let bad = || PurgeError::Url(url.clone());
+                let uri: Uri = url.parse().map_err(|_| bad())?;
+                let authority = uri.authority().ok_or_else(bad)?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                    return Err(bad());
+                }
+                let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+                let mut keys: Vec<CacheKey> = routes
+                    .iter()
+                    .filter_map(|table| table.find(authority.host(), uri.path(), &HeaderMap::new()))
+                    .filter_map(|route| route.cache.as_ref())
+                    .flat_map(|cache| {
+                        ["http", "https"].map(|scheme| {
+                            CacheKey::of_uri(
+                                scheme,
+                                authority.as_str(),
+                                path_and_query,
+                                &cache.query,
+                            )
+                        })
+                    })
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                keys.iter().filter(|key| self.store.purge_key(key)).count() as u64
+            }
+        };
+        self.account(metrics);
+        Ok(removed)
     }
 }
 
