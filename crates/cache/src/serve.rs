@@ -23,12 +23,12 @@ pub struct Answer {
 }
 
 /// A stored response.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Stored<'a> {
     /// Its status.
     pub status: StatusCode,
-    /// Its fields as stored.
-    pub headers: &'a HeaderMap,
+    /// Its fields as stored (made for this answer, which takes them).
+    pub headers: HeaderMap,
     /// Its content.
     pub body: &'a Bytes,
 }
@@ -44,8 +44,8 @@ pub fn answer(
     boundary: &dyn Fn() -> String,
 ) -> Answer {
     let age_value = HeaderValue::from(age.as_secs());
-    if not_modified(request, stored.headers) {
-        let mut headers = not_modified_headers(stored.headers);
+    if not_modified(request, &stored.headers) {
+        let mut headers = not_modified_headers(&stored.headers);
         headers.insert(AGE, age_value);
         return Answer {
             status: StatusCode::NOT_MODIFIED,
@@ -53,14 +53,14 @@ pub fn answer(
             body: Bytes::new(),
         };
     }
-    let mut headers = stored.headers.clone();
-    headers.insert(AGE, age_value);
     let length = stored.body.len() as u64;
     let ranges = if stored.status == StatusCode::OK && *method == Method::GET {
-        range::answer(request, stored.headers, length)
+        range::answer(request, &stored.headers, length)
     } else {
         RangeAnswer::Full
     };
+    let mut headers = stored.headers;
+    headers.insert(AGE, age_value);
     let (status, body) = match ranges {
         RangeAnswer::Full => (stored.status, stored.body.clone()),
         RangeAnswer::Single(part) => {
@@ -71,12 +71,10 @@ pub fn answer(
             (StatusCode::PARTIAL_CONTENT, part)
         }
         RangeAnswer::Multiple(parts) => {
-            let content_type = stored
-                .headers
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
+            let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let content_type = content_type.map(str::to_owned);
             let (body, multipart_type) =
-                range::byteranges(stored.body, &parts, content_type, &boundary());
+                range::byteranges(stored.body, &parts, content_type.as_deref(), &boundary());
             headers.insert(CONTENT_TYPE, header_value(&multipart_type));
             (StatusCode::PARTIAL_CONTENT, body)
         }
@@ -128,7 +126,7 @@ mod tests {
         let body = Bytes::from_static(b"0123456789");
         let stored = Stored {
             status: StatusCode::OK,
-            headers: &stored_headers,
+            headers: stored_headers,
             body: &body,
         };
         answer(

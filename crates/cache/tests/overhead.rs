@@ -36,15 +36,15 @@ fn object(i: usize) -> Object {
         HeaderValue::from_static("Mon, 07 Dec 2026 04:00:00 GMT"),
     );
     headers.insert(ETAG, HeaderValue::from(i));
-    Object {
-        status: StatusCode::OK,
+    Object::new(
+        StatusCode::OK,
         headers,
-        body: Bytes::from(vec![b'x'; BODY]),
-        timing: Timing::new(&HeaderMap::new(), SystemTime::now(), SystemTime::now()),
-        lifetime: Duration::from_secs(3600),
-        variant: Variant::default(),
-        tags: Vec::new(),
-    }
+        Bytes::from(vec![b'x'; BODY]),
+        Timing::new(&HeaderMap::new(), SystemTime::now(), SystemTime::now()),
+        Duration::from_secs(3600),
+        Variant::default(),
+        Vec::new(),
+    )
 }
 
 #[test]

@@ -15,15 +15,15 @@ fn key(path: &str) -> CacheKey {
 }
 
 fn object() -> Object {
-    Object {
-        status: StatusCode::OK,
-        headers: HeaderMap::new(),
-        body: Bytes::from(vec![b'x'; 1024]),
-        timing: Timing::new(&HeaderMap::new(), SystemTime::now(), SystemTime::now()),
-        lifetime: Duration::from_secs(60),
-        variant: Variant::default(),
-        tags: Vec::new(),
-    }
+    Object::new(
+        StatusCode::OK,
+        HeaderMap::new(),
+        Bytes::from(vec![b'x'; 1024]),
+        Timing::new(&HeaderMap::new(), SystemTime::now(), SystemTime::now()),
+        Duration::from_secs(60),
+        Variant::default(),
+        Vec::new(),
+    )
 }
 
 /// A lookup, and an insert after a miss: what the edge does for each request.

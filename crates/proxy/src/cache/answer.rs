@@ -34,18 +34,19 @@ pub fn ttl(state: &Freshness<'_>) -> i64 {
     seconds(state.lifetime) - seconds(state.age)
 }
 
-/// The answer from `object` to a request with `method` and `request` fields at `now`
-/// (conditions, ranges and HEAD answered, `Age` set).
+/// The answer from `object`, whose fields are `headers` (made by [`Object::headers`]), to a
+/// request with `method` and `request` fields at `now` (conditions, ranges and HEAD
+/// answered, `Age` set).
 pub fn from_object(
     object: &Object,
-    method: &Method,
-    request: &HeaderMap,
+    headers: HeaderMap,
+    (method, request): (&Method, &HeaderMap),
     now: SystemTime,
     status: CacheStatus,
 ) -> Response<ProxyBody> {
     let stored = Stored {
         status: object.status,
-        headers: &object.headers,
+        headers,
         body: &object.body,
     };
     let age = object.timing.current_age(now);

@@ -71,7 +71,7 @@ impl Fill<'_> {
     /// The stored response, if it may answer instead of an upstream error with `status`.
     fn stale_on_error(&self, status: StatusCode, now: SystemTime) -> Option<Arc<Object>> {
         let stored = self.stored.filter(|_| is_error(status))?;
-        let policy = ResponsePolicy::of(&stored.headers);
+        let policy = ResponsePolicy::of(&stored.headers());
         let state = Freshness {
             directives: &policy.directives,
             lifetime: stored.lifetime,
@@ -102,15 +102,17 @@ impl Fill<'_> {
         names.extend(self.cache.key_headers.iter().cloned());
         names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         names.dedup();
-        Object {
+        let timing = Timing::new(&headers, request_time, response_time);
+        let (variant, tags) = (Variant::of(&names, self.request), tags(&headers));
+        Object::new(
             status,
-            timing: Timing::new(&headers, request_time, response_time),
-            lifetime: fresh_for.duration,
-            variant: Variant::of(&names, self.request),
-            tags: tags(&headers),
             headers,
             body,
-        }
+            timing,
+            fresh_for.duration,
+            variant,
+            tags,
+        )
     }
 
     /// Removes the responses stored for the key when a full response to their validation
@@ -125,10 +127,10 @@ impl Fill<'_> {
     /// servable stale (`stale-while-revalidate`, `stale-if-error`).
     fn keep(&self, object: Object, mut status: CacheStatus) -> Fetched {
         let age = object.timing.initial_age;
-        let directives = ResponsePolicy::of(&object.headers).directives;
+        let directives = ResponsePolicy::of(&object.headers()).directives;
         let useful = object.lifetime > age
-            || object.headers.contains_key(ETAG)
-            || object.headers.contains_key(LAST_MODIFIED)
+            || object.header(&ETAG).is_some()
+            || object.header(&LAST_MODIFIED).is_some()
             || directives.stale_while_revalidate.is_some()
             || directives.stale_if_error.is_some();
         let state_ttl = |o: &Object| {
@@ -162,7 +164,7 @@ pub(super) async fn fetch(
     let headers = client.request.headers_mut();
     strip_preconditions(headers);
     if let Some(stored) = fill.stored {
-        add_validators(headers, &stored.headers);
+        add_validators(headers, &stored.headers());
     }
     let request_time = SystemTime::now();
     let result = forward(client, route, cluster, metrics).await;
@@ -195,9 +197,10 @@ pub(super) async fn fetch(
         return Fetched::Stored(stale, status);
     }
     if parts.status == StatusCode::NOT_MODIFIED {
-        match fill.stored {
-            Some(stored) if selects(&parts.headers, &stored.headers) => {
-                let headers = freshen(&stored.headers, &parts.headers);
+        let stored = fill.stored.map(|stored| (stored, stored.headers()));
+        match stored {
+            Some((stored, held)) if selects(&parts.headers, &held) => {
+                let headers = freshen(&held, &parts.headers);
                 let mut object = fill.object((stored.status, headers, stored.body.clone()), times);
                 // Its age is the 304's (its Date and Age), not the stored response's.
                 object.timing = Timing::new(&parts.headers, request_time, response_time);

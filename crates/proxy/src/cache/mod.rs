@@ -268,7 +268,8 @@ pub(crate) async fn exchange(
     let now = SystemTime::now();
     let (reason, stored) = match cache.cache.store.lookup(&key, client.request.headers()) {
         Lookup::Hit(object) => {
-            let policy = ResponsePolicy::of(&object.headers);
+            let headers = object.headers();
+            let policy = ResponsePolicy::of(&headers);
             let state = Freshness {
                 directives: &policy.directives,
                 lifetime: object.lifetime,
@@ -282,25 +283,15 @@ pub(crate) async fn exchange(
             match state.reuse(&request_directives) {
                 Reuse::Fresh | Reuse::Stale => {
                     metrics.cache().hit.inc();
-                    return Err(answer::from_object(
-                        &object,
-                        client.request.method(),
-                        client.request.headers(),
-                        now,
-                        status,
-                    ));
+                    let request = (client.request.method(), client.request.headers());
+                    return Err(answer::from_object(&object, headers, request, now, status));
                 }
                 Reuse::StaleWhileRevalidate => {
                     metrics.cache().stale.inc();
                     status.detail = Some("stale-while-revalidate".into());
                     revalidate_later(ctx, &client, key, Arc::clone(&object));
-                    return Err(answer::from_object(
-                        &object,
-                        client.request.method(),
-                        client.request.headers(),
-                        now,
-                        status,
-                    ));
+                    let request = (client.request.method(), client.request.headers());
+                    return Err(answer::from_object(&object, headers, request, now, status));
                 }
                 Reuse::Validate if state.is_fresh() => (Forward::Request, Some(object)),
                 Reuse::Validate => (Forward::Stale, Some(object)),
@@ -329,11 +320,13 @@ pub(crate) async fn exchange(
                 collapsed: true,
                 ..CacheStatus::default()
             };
+            let request = (client.request.method(), client.request.headers());
+            let now = SystemTime::now();
             return Err(answer::from_object(
                 &object,
-                client.request.method(),
-                client.request.headers(),
-                SystemTime::now(),
+                object.headers(),
+                request,
+                now,
                 status,
             ));
         }
@@ -356,11 +349,12 @@ pub(crate) async fn exchange(
             if let (true, Some(leader)) = (status.stored, leader) {
                 leader.share(Arc::clone(&object));
             }
+            let request = (&request_method, &request_headers);
             let now = SystemTime::now();
             Err(answer::from_object(
                 &object,
-                &request_method,
-                &request_headers,
+                object.headers(),
+                request,
                 now,
                 status,
             ))
