@@ -8,8 +8,14 @@ pub enum Member {
     True,
     /// Boolean false (`?0`): the directive is absent.
     False,
-    /// An integer, decimal, string or token, as text (a string unescaped).
-    Text(String),
+    /// An integer, as written (`-` and up to 15 digits).
+    Integer(String),
+    /// A decimal, as written.
+    Decimal(String),
+    /// A string, unescaped.
+    String(String),
+    /// A token.
+    Token(String),
     /// A byte sequence or an inner list: no directive takes one.
     Other,
 }
@@ -105,8 +111,8 @@ impl Parser<'_> {
 
     fn bare_item(&mut self) -> Option<Member> {
         match self.peek()? {
-            b'-' | b'0'..=b'9' => self.number().map(Member::Text),
-            b'"' => self.string().map(Member::Text),
+            b'-' | b'0'..=b'9' => self.number(),
+            b'"' => self.string().map(Member::String),
             b'?' => {
                 self.at += 1;
                 let value = self.peek()?;
@@ -125,14 +131,14 @@ impl Parser<'_> {
             b if b.is_ascii_alphabetic() || b == b'*' => {
                 let token =
                     self.take_while(|b| crate::directives::is_tchar(b) || b":/".contains(&b));
-                Some(Member::Text(token.to_owned()))
+                Some(Member::Token(token.to_owned()))
             }
             _ => None,
         }
     }
 
     /// An integer (at most 15 digits) or a decimal (12 digits, a dot, 1 to 3 digits).
-    fn number(&mut self) -> Option<String> {
+    fn number(&mut self) -> Option<Member> {
         let negative = self.eat(b'-');
         let integer = self.take_while(|b| b.is_ascii_digit()).to_owned();
         if integer.is_empty() {
@@ -140,11 +146,11 @@ impl Parser<'_> {
         }
         let sign = if negative { "-" } else { "" };
         if !self.eat(b'.') {
-            return (integer.len() <= 15).then(|| format!("{sign}{integer}"));
+            return (integer.len() <= 15).then(|| Member::Integer(format!("{sign}{integer}")));
         }
         let fraction = self.take_while(|b| b.is_ascii_digit());
         let valid = integer.len() <= 12 && (1..=3).contains(&fraction.len());
-        valid.then(|| format!("{sign}{integer}.{fraction}"))
+        valid.then(|| Member::Decimal(format!("{sign}{integer}.{fraction}")))
     }
 
     fn string(&mut self) -> Option<String> {
@@ -199,10 +205,6 @@ impl Parser<'_> {
 mod tests {
     use super::*;
 
-    fn text(value: &str) -> Member {
-        Member::Text(value.to_owned())
-    }
-
     #[test]
     fn rfc8941_4_2_2_dictionaries_parse_with_the_last_value_of_a_key() {
         let members =
@@ -210,9 +212,9 @@ mod tests {
         assert_eq!(
             members,
             [
-                ("max-age".to_owned(), text("5")),
+                ("max-age".to_owned(), Member::Integer("5".into())),
                 ("no-store".to_owned(), Member::True),
-                ("private".to_owned(), text("a, b")),
+                ("private".to_owned(), Member::String("a, b".into())),
             ]
         );
         assert_eq!(
@@ -221,8 +223,8 @@ mod tests {
                 ("a".to_owned(), Member::False),
                 ("b".to_owned(), Member::Other),
                 ("c".to_owned(), Member::Other),
-                ("d".to_owned(), text("tok/en")),
-                ("e".to_owned(), text("1.5")),
+                ("d".to_owned(), Member::Token("tok/en".into())),
+                ("e".to_owned(), Member::Decimal("1.5".into())),
             ]
         );
         assert_eq!(parse_dictionary("").unwrap(), []);

@@ -63,7 +63,9 @@ impl ResponsePolicy {
 }
 
 /// The directives of targeted field `name`, if its lines together are a valid, non-empty
-/// dictionary.
+/// dictionary whose directives have values of their types (RFC 9213 §2.1: an integer for
+/// the delta-seconds ones, a boolean for the flags, a boolean or a string of field names for
+/// `no-cache` and `private`; extensions any).
 fn targeted(headers: &HeaderMap, name: &HeaderName) -> Option<CacheControl> {
     let lines: Vec<&str> = headers
         .get_all(name)
@@ -76,15 +78,40 @@ fn targeted(headers: &HeaderMap, name: &HeaderName) -> Option<CacheControl> {
     }
     let mut directives = CacheControl::default();
     for (key, member) in &members {
-        match member {
-            Member::True => directives.apply(key, None),
-            Member::Text(text) => directives.apply(key, Some(text)),
-            Member::False => {}
-            // No directive takes a byte sequence or a list: an invalid argument.
-            Member::Other => directives.apply(key, Some("")),
-        }
+        let argument = match (kind(key), member) {
+            (_, Member::False) => continue,
+            (Kind::Delta, Member::Integer(seconds)) if !seconds.starts_with('-') => Some(seconds),
+            (Kind::Flag | Kind::Names, Member::True) => None,
+            (Kind::Names, Member::String(names)) => Some(names),
+            (Kind::Extension, _) => continue,
+            // A directive with a value of the wrong type: the field is invalid.
+            _ => return None,
+        };
+        directives.apply(key, argument.map(String::as_str));
     }
     Some(directives)
+}
+
+/// What a directive's value must be.
+enum Kind {
+    /// A non-negative integer.
+    Delta,
+    /// True.
+    Flag,
+    /// True, or a string listing field names.
+    Names,
+    /// Not a directive this cache knows: anything.
+    Extension,
+}
+
+fn kind(directive: &str) -> Kind {
+    match directive {
+        "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error" => Kind::Delta,
+        "no-store" | "public" | "must-revalidate" | "proxy-revalidate" | "must-understand"
+        | "no-transform" | "immutable" => Kind::Flag,
+        "no-cache" | "private" => Kind::Names,
+        _ => Kind::Extension,
+    }
 }
 
 #[cfg(test)]
@@ -157,7 +184,24 @@ mod tests {
             directives.private,
             Some(crate::FieldNames::Only(vec![http::header::SET_COOKIE]))
         );
-        let decimal = headers(&[(&CDN_CACHE_CONTROL, "max-age=1.5")]);
-        assert_eq!(ResponsePolicy::of(&decimal).directives.max_age, Some(0));
+    }
+
+    #[test]
+    fn rfc9213_2_1_a_directive_of_the_wrong_type_invalidates_the_field() {
+        for wrong in [
+            "max-age=\"10000\"",
+            "max-age=1.5",
+            "max-age=-1",
+            "no-store=1",
+            "private=1",
+        ] {
+            let fields = headers(&[(&CACHE_CONTROL, "no-store"), (&CDN_CACHE_CONTROL, wrong)]);
+            let policy = ResponsePolicy::of(&fields);
+            assert_eq!(policy.source, Source::CacheControl, "{wrong}");
+            assert!(policy.directives.no_store, "{wrong}");
+        }
+        // Unknown directives take anything.
+        let fields = headers(&[(&CDN_CACHE_CONTROL, "foo=\"x\", bar=1.5, max-age=60")]);
+        assert_eq!(ResponsePolicy::of(&fields).directives.max_age, Some(60));
     }
 }

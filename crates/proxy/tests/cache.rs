@@ -71,6 +71,14 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
             .into_response(),
         "/no-store" => ([("cache-control", "max-age=60, no-store")], body).into_response(),
         "/private" => ([("cache-control", "private, max-age=60")], body).into_response(),
+        "/private-field" => (
+            [
+                ("cache-control", "max-age=60, private=\"x-user\""),
+                ("x-user", "alice"),
+            ],
+            body,
+        )
+            .into_response(),
         "/cookie" => (
             [("cache-control", "max-age=60"), ("set-cookie", "session=a")],
             body,
@@ -313,6 +321,21 @@ async fn rfc9111_3_no_store_private_set_cookie_and_authorization_are_not_shared(
     send(&base, "GET", "/auth", &auth).await;
     let second = send(&base, "GET", "/auth", &auth).await;
     assert_eq!(second.body, "/auth #2");
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_2_7_a_qualified_private_field_reaches_only_the_client_that_fetched_it() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let first = get(&base, "/private-field").await;
+    assert_eq!(first.headers["x-user"], "alice");
+    let second = get(&base, "/private-field").await;
+    assert!(
+        second.cache_status().starts_with("Meridian; hit"),
+        "{}",
+        second.cache_status()
+    );
+    assert!(!second.headers.contains_key("x-user"));
+    assert_eq!(origin.count("/private-field"), 1);
 }
 
 #[tokio::test]

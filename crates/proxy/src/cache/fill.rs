@@ -50,8 +50,10 @@ pub(super) struct Fill<'a> {
 /// What a trip upstream came to.
 pub(super) enum Fetched {
     /// A response to answer from: stored (`stored` in its status), or not storable but read
-    /// whole, or the stale one served on an error.
-    Stored(Arc<Object>, CacheStatus),
+    /// whole, or the stale one served on an error; with the fields of this client's answer
+    /// when they are more than those stored (`no-cache="…"`, `private="…"` fields, which
+    /// only the client whose request fetched them gets).
+    Stored(Arc<Object>, CacheStatus, Option<HeaderMap>),
     /// The upstream's response, passed on as it came (its `Cache-Status` added).
     Passed(Response<ConnectionBody>),
     /// An answer made here: the proxy's own error, or a response too large to store whose
@@ -146,7 +148,7 @@ impl Fill<'_> {
                 .store
                 .insert(self.key.clone(), Arc::clone(&object));
         }
-        Fetched::Stored(object, status)
+        Fetched::Stored(object, status, None)
     }
 }
 
@@ -180,7 +182,7 @@ pub(super) async fn fetch(
             status.forward_status = Some(made.status().as_u16());
             if let Some(stale) = fill.stale_on_error(made.status(), response_time) {
                 status.detail = Some(STALE_IF_ERROR.into());
-                return Fetched::Stored(stale, status);
+                return Fetched::Stored(stale, status, None);
             }
             answer::finish(made.headers_mut(), &status);
             return Fetched::Made(made);
@@ -194,7 +196,7 @@ pub(super) async fn fetch(
     status.forward_status = Some(parts.status.as_u16());
     if let Some(stale) = fill.stale_on_error(parts.status, response_time) {
         status.detail = Some(STALE_IF_ERROR.into());
-        return Fetched::Stored(stale, status);
+        return Fetched::Stored(stale, status, None);
     }
     if parts.status == StatusCode::NOT_MODIFIED {
         let stored = fill.stored.map(|stored| (stored, stored.headers()));
@@ -271,7 +273,13 @@ pub(super) async fn fetch(
         }
     };
     let headers = storable.stored_headers(&parts.headers);
-    fill.keep(fill.object((parts.status, headers, body), times), status)
+    let fuller = headers.len() < parts.headers.len();
+    match fill.keep(fill.object((parts.status, headers, body), times), status) {
+        Fetched::Stored(object, status, None) if fuller => {
+            Fetched::Stored(object, status, Some(parts.headers))
+        }
+        kept => kept,
+    }
 }
 
 /// The upstream's response as it came, with `status` said.

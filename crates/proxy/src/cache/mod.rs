@@ -345,19 +345,14 @@ pub(crate) async fn exchange(
     let fetched = fill::fetch(fill, client, route, cluster, metrics).await;
     count(&cache.cache, metrics.cache(), &fetched, validating);
     match fetched {
-        Fetched::Stored(object, status) => {
+        Fetched::Stored(object, status, fuller) => {
             if let (true, Some(leader)) = (status.stored, leader) {
                 leader.share(Arc::clone(&object));
             }
             let request = (&request_method, &request_headers);
+            let headers = fuller.unwrap_or_else(|| object.headers());
             let now = SystemTime::now();
-            Err(answer::from_object(
-                &object,
-                object.headers(),
-                request,
-                now,
-                status,
-            ))
+            Err(answer::from_object(&object, headers, request, now, status))
         }
         Fetched::Passed(response) => Ok(response),
         Fetched::Made(response) => Err(response),
@@ -368,7 +363,7 @@ pub(crate) async fn exchange(
 /// stored.
 fn count(cache: &HttpCache, metrics: &CacheMetrics, fetched: &Fetched, validating: bool) {
     let status = match fetched {
-        Fetched::Stored(_, status) => Some(status),
+        Fetched::Stored(_, status, _) => Some(status),
         _ => None,
     };
     if status.is_some_and(|s| s.detail.as_deref() == Some(STALE_IF_ERROR)) {
@@ -461,7 +456,7 @@ fn revalidate_later(
         };
         let metrics = &ctx.shared.metrics;
         let fetched = fill::fetch(fill, client, route, &target.cluster, metrics).await;
-        if let Fetched::Stored(object, status) = &fetched {
+        if let Fetched::Stored(object, status, _) = &fetched {
             if status.stored {
                 metrics.cache().stored.inc();
                 cache.cache.account(metrics.cache());
