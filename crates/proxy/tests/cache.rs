@@ -456,6 +456,7 @@ async fn rfc9111_4_4_an_unsafe_request_invalidates_its_target() {
     assert_eq!(get(&base, "/item").await.body, "/item #1");
     let post = send(&base, "POST", "/item", &[]).await;
     assert_eq!(post.status, 200);
+    assert_eq!(post.cache_status(), "Meridian; fwd=method; fwd-status=200");
     assert_eq!(get(&base, "/item").await.body, "/item #3");
     assert_eq!(origin.count("/item"), 3);
 }

@@ -250,7 +250,12 @@ pub(crate) async fn exchange(
                 cache.cache.store.purge_key(&key);
             }
             cache.cache.account(metrics.cache());
-            answer::hide_internal(response.headers_mut());
+            let status = CacheStatus {
+                forward: Some(Forward::Method),
+                forward_status: Some(status.as_u16()),
+                ..CacheStatus::default()
+            };
+            answer::finish(response.headers_mut(), &status);
         }
         return result;
     }
