@@ -12,6 +12,7 @@ pub mod age;
 pub mod collapse;
 pub mod date;
 pub mod directives;
+pub mod encoding;
 pub mod freshness;
 pub mod invalidation;
 pub mod key;
