@@ -19,6 +19,7 @@ use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 
 use crate::age::Timing;
+use crate::encoding::Coding;
 use crate::key::CacheKey;
 use crate::vary::Variant;
 
@@ -54,6 +55,8 @@ pub struct Object {
     pub variant: Variant,
     /// Its purge tags.
     pub tags: Vec<String>,
+    /// Its content coded by the edge, when the response may be compressed.
+    coded: Option<(Coding, Bytes)>,
 }
 
 impl Object {
@@ -87,7 +90,23 @@ impl Object {
             lifetime,
             variant,
             tags,
+            coded: None,
         }
+    }
+
+    /// The same object with its content also coded with `coding` (`content`).
+    pub fn with_coded(self, coding: Coding, content: Bytes) -> Object {
+        Object {
+            coded: Some((coding, content)),
+            ..self
+        }
+    }
+
+    /// Its content coded by the edge, if it was.
+    pub fn coded(&self) -> Option<(Coding, &Bytes)> {
+        self.coded
+            .as_ref()
+            .map(|(coding, content)| (*coding, content))
     }
 
     /// Its fields as stored, in a map of their own.
@@ -112,7 +131,8 @@ impl Object {
             .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
             .sum();
         let tags: usize = self.tags.iter().map(String::len).sum();
-        self.body.len() + fields + self.variant.size() + tags + OBJECT_OVERHEAD
+        let coded = self.coded.as_ref().map_or(0, |(_, content)| content.len());
+        self.body.len() + coded + fields + self.variant.size() + tags + OBJECT_OVERHEAD
     }
 }
 

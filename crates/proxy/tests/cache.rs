@@ -69,6 +69,15 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
             body,
         )
             .into_response(),
+        "/text" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+                ("etag", "\"t\""),
+            ],
+            "meridian ".repeat(500),
+        )
+            .into_response(),
         "/no-store" => ([("cache-control", "max-age=60, no-store")], body).into_response(),
         "/private" => ([("cache-control", "private, max-age=60")], body).into_response(),
         "/private-field" => (
@@ -336,6 +345,44 @@ async fn rfc9111_5_2_2_7_a_qualified_private_field_reaches_only_the_client_that_
     );
     assert!(!second.headers.contains_key("x-user"));
     assert_eq!(origin.count("/private-field"), 1);
+}
+
+#[tokio::test]
+async fn rfc9110_8_4_a_stored_text_is_answered_gzip_coded_to_clients_that_accept_it() {
+    use std::io::Read;
+    let (_proxy, base, origin) = edge("{}").await;
+    let plain = get(&base, "/text").await;
+    assert_eq!(plain.body, "meridian ".repeat(500));
+    assert_eq!(plain.headers["vary"], "Accept-Encoding");
+    assert!(!plain.headers.contains_key("content-encoding"));
+    let client = reqwest::Client::new();
+    let coded = client
+        .get(format!("{base}/text"))
+        .header("host", "shop.example.com")
+        .header("accept-encoding", "br;q=0.9, gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(coded.headers()["content-encoding"], "gzip");
+    assert_eq!(coded.headers()["vary"], "Accept-Encoding");
+    assert_eq!(coded.headers()["etag"], "W/\"t\"");
+    let bytes = coded.bytes().await.unwrap();
+    assert!(bytes.len() < 4500 / 10, "{} bytes", bytes.len());
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, "meridian ".repeat(500));
+    // Never a coded range; and the origin was asked once.
+    let part = send(
+        &base,
+        "GET",
+        "/text",
+        &[("accept-encoding", "gzip"), ("range", "bytes=0-7")],
+    )
+    .await;
+    assert_eq!((part.status, part.body.as_str()), (206, "meridian"));
+    assert_eq!(origin.count("/text"), 1);
 }
 
 #[tokio::test]

@@ -48,6 +48,7 @@ pub fn from_object(
         status: object.status,
         headers,
         body: &object.body,
+        coded: object.coded(),
     };
     let age = object.timing.current_age(now);
     let boundary = || format!("{:032x}", fastrand::u128(..));

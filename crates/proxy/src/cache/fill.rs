@@ -21,7 +21,7 @@ use meridian_cache::{
     Timing, Variant,
 };
 
-use super::{answer, RouteCache};
+use super::{answer, compress, RouteCache};
 use crate::body::ResponseBody;
 use crate::cluster::Cluster;
 use crate::forward::{
@@ -206,6 +206,10 @@ pub(super) async fn fetch(
                 let mut object = fill.object((stored.status, headers, stored.body.clone()), times);
                 // Its age is the 304's (its Date and Age), not the stored response's.
                 object.timing = Timing::new(&parts.headers, request_time, response_time);
+                // The content is the same: so is its coding.
+                if let Some((coding, content)) = stored.coded() {
+                    object = object.with_coded(coding, content.clone());
+                }
                 return fill.keep(object, status);
             }
             // Not Modified, about another representation than the one stored (§4.3.4): the
@@ -274,7 +278,8 @@ pub(super) async fn fetch(
     };
     let headers = storable.stored_headers(&parts.headers);
     let fuller = headers.len() < parts.headers.len();
-    match fill.keep(fill.object((parts.status, headers, body), times), status) {
+    let object = compress::coded(fill.object((parts.status, headers, body), times)).await;
+    match fill.keep(object, status) {
         Fetched::Stored(object, status, None) if fuller => {
             Fetched::Stored(object, status, Some(parts.headers))
         }

@@ -6,6 +6,7 @@
 //! `Err` side of [`forward`]); responses passed on as they came are the `Ok` side.
 
 mod answer;
+mod compress;
 mod fill;
 
 use std::sync::Arc;
