@@ -462,6 +462,28 @@ async fn rfc9111_4_3_3_a_full_response_to_a_validation_replaces_the_stored_one()
 }
 
 #[tokio::test]
+async fn a_clients_no_store_does_not_drop_what_others_are_served() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/fresh").await;
+    let forced = [("cache-control", "no-cache, no-store")];
+    let refused = send(&base, "GET", "/fresh", &forced).await;
+    assert_eq!(refused.body, "/fresh #2");
+    assert!(
+        refused.cache_status().contains("detail=\"no-store\""),
+        "{}",
+        refused.cache_status()
+    );
+    let hit = get(&base, "/fresh").await;
+    assert!(
+        hit.cache_status().starts_with("Meridian; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(hit.body, "/fresh #1");
+    assert_eq!(origin.count("/fresh"), 2);
+}
+
+#[tokio::test]
 async fn rfc9111_4_head_validating_a_stored_get_refreshes_it_with_a_get() {
     let (_proxy, base, origin) = edge("{}").await;
     get(&base, "/etag").await;

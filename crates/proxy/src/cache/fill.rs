@@ -240,9 +240,20 @@ pub(super) async fn fetch(
             return passed(parts, body, &status);
         }
         Err(refusal) => {
-            // What was stored no longer stands for the resource (§4.3.3); a server error
-            // says nothing of it.
-            if !parts.status.is_server_error() {
+            // What was stored no longer stands for the resource (§4.3.3) if the response
+            // itself cannot be stored: not because of this request (its no-store, its
+            // Authorization), which would let any client drop what others are served; and
+            // a server error says nothing of it.
+            let unstorable = storable(
+                &Method::GET,
+                &HeaderMap::new(),
+                &CacheControl::default(),
+                parts.status,
+                &parts.headers,
+                &policy,
+            )
+            .is_err();
+            if unstorable && !parts.status.is_server_error() {
                 fill.forget();
             }
             status.detail = Some(refusal.as_str().into());
