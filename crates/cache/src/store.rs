@@ -32,6 +32,10 @@ pub const MAX_VARIANTS: usize = 32;
 /// are the content's allocation, ~400 the fields, ~640 the rest), rounded up.
 pub const OBJECT_OVERHEAD: usize = 672;
 
+/// Bytes counted per tag in the tag index besides the tag and the key: two strings and the
+/// entries of two maps.
+const TAG_OVERHEAD: usize = 96;
+
 /// Bytes counted per header field besides its name and value: its place in the object's
 /// slice of fields, and its value's allocation (measured with the object overhead).
 const FIELD_OVERHEAD: usize = 96;
@@ -174,9 +178,17 @@ struct Entry {
 }
 
 impl Entry {
-    fn weight(&self) -> u32 {
-        let bytes: usize = self.variants.iter().map(|o| o.weight()).sum();
-        u32::try_from(bytes).unwrap_or(u32::MAX)
+    /// Its objects' weights, its `key` (held twice: by moka and by the entry's node), and
+    /// what the tag index holds for it: per tag, the tag, the key and map entries.
+    fn weight(&self, key: &CacheKey) -> u32 {
+        let objects: usize = self.variants.iter().map(|o| o.weight()).sum();
+        let index: usize = self
+            .variants
+            .iter()
+            .flat_map(|o| &o.tags)
+            .map(|tag| tag.len() + key.as_str().len() + TAG_OVERHEAD)
+            .sum();
+        u32::try_from(objects + 2 * key.as_str().len() + index).unwrap_or(u32::MAX)
     }
 }
 
@@ -200,7 +212,7 @@ impl Store {
         let objects = moka::sync::Cache::builder()
             .max_capacity(limits.max_bytes)
             .eviction_policy(EvictionPolicy::tiny_lfu())
-            .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight())
+            .weigher(|key: &CacheKey, entry: &Arc<Entry>| entry.weight(key))
             .eviction_listener(
                 move |key: Arc<CacheKey>, entry: Arc<Entry>, _cause: RemovalCause| {
                     unregister(&index, &key, &entry);
@@ -446,6 +458,17 @@ mod tests {
         store.insert(key("/a"), object("2", Variant::default(), &["t"]));
         assert_eq!(store.tagged("t"), 1);
         assert_eq!(store.purge_tag("t"), 1);
+    }
+
+    #[test]
+    fn the_tag_index_and_the_key_are_counted() {
+        let store = Store::new(LIMITS);
+        store.insert(key("/a"), object("x", Variant::default(), &[]));
+        let untagged = store.bytes();
+        store.purge_all();
+        store.insert(key("/a"), object("x", Variant::default(), &["t1", "t2"]));
+        let per_tag = TAG_OVERHEAD + key("/a").as_str().len();
+        assert_eq!(store.bytes(), untagged + 2 * (per_tag as u64 + 2) + 4);
     }
 
     #[test]
