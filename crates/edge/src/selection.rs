@@ -87,6 +87,9 @@ pub fn incumbents(config: &Value) -> Incumbents {
 /// served by none of them otherwise: never handed to another service than its owner
 /// (docs/definition.md, "Domains").
 ///
+/// A service with an enabled `cache` policy has its routes cached by the edge (the policy goes
+/// into each route as it is).
+///
 /// With an HTTPS listener, it serves the same hosts (with the service's HSTS header, if set),
 /// and the plain listener answers a domain the edge holds a certificate for with a redirect to
 /// HTTPS, unless the service turned `https.redirect` off.
@@ -163,10 +166,13 @@ pub fn edge_config(
             continue;
         }
         let cluster = format!("edge/{org}/{app}/{service}");
-        let route = json!({
+        let mut route = json!({
             "cluster": cluster,
             "retries": {"attempts": 2, "on": ["connect_failure", "gateway_error"]},
         });
+        if let Some(cache) = deployment.spec.cache.as_ref().filter(|c| c.enabled) {
+            route["cache"] = json!(cache);
+        }
         let mut plain = domains.clone();
         if let Some(https) = &listeners.https {
             let mut secure_route = route.clone();
@@ -341,6 +347,25 @@ mod tests {
             config["listeners"][0]["virtual_hosts"][0]["domains"],
             json!(["shop.example.com"])
         );
+    }
+
+    #[test]
+    fn a_services_cache_policy_goes_into_its_routes_when_enabled() {
+        let paris = Location {
+            name: "par".into(),
+            lat: 48.86,
+            lon: 2.35,
+        };
+        let cached = |policy: Value| {
+            let mut fra = region("fra", 50.11, 8.68, 1);
+            fra.deployments[0].spec.cache = serde_json::from_value(policy).unwrap();
+            let config = edge_config(&paris, &PLAIN, &[fra], None, &Incumbents::new());
+            config["listeners"][0]["virtual_hosts"][0]["routes"][0]["cache"].clone()
+        };
+        let policy = json!({"enabled": true, "default_ttl": "1m", "bypass": ["/api/"]});
+        assert_eq!(cached(policy.clone()), policy);
+        assert_eq!(cached(json!({"enabled": false})), Value::Null);
+        assert_eq!(cached(Value::Null), Value::Null);
     }
 
     /// The service each host is routed to: (domain, virtual host name).

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::deploy::Deploy;
 use crate::duration::HumanDuration;
 use crate::env::EnvValue;
-use crate::Resources;
+use crate::{CachePolicy, Resources};
 
 /// A service definition: what a user applies with `meridian deploy`.
 ///
@@ -64,6 +64,9 @@ pub struct Definition {
     /// How the edges serve the service's domains over HTTPS.
     #[serde(default, skip_serializing_if = "Https::is_default")]
     pub https: Https,
+    /// How the edges cache the service's responses; nothing is cached when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePolicy>,
     /// How a new version replaces the running one.
     #[serde(default, skip_serializing_if = "Deploy::is_default")]
     pub deploy: Deploy,
@@ -547,6 +550,9 @@ pub struct ServiceSpec {
     /// HTTPS at the edges.
     #[serde(default, skip_serializing_if = "Https::is_default")]
     pub https: Https,
+    /// Caching at the edges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePolicy>,
     /// How a new version replaces the running one.
     #[serde(default, skip_serializing_if = "Deploy::is_default")]
     pub deploy: Deploy,
@@ -578,7 +584,7 @@ impl ServiceSpec {
 
     /// Whether an instance started with `self` runs the same as one started with `other`: the
     /// two differ at most in what the instance never sees — what only the edges read
-    /// (`domains`, `https`) and what only the control planes read (`scale`, `deploy`). A deploy
+    /// (`domains`, `https`, `cache`) and what only the control planes read (`scale`, `deploy`). A deploy
     /// that changes only those keeps the running instances, with the new spec; a new version of
     /// a secret they use (`secrets`) replaces them.
     pub fn runs_like(&self, other: &ServiceSpec) -> bool {
@@ -593,6 +599,7 @@ impl ServiceSpec {
             health_checks,
             mesh,
             https: _,
+            cache: _,
             deploy: _,
             secrets,
         } = self;
@@ -642,6 +649,7 @@ mod tests {
         let unseen = spec(serde_json::json!({
             "domains": ["www.example.com"],
             "https": {"redirect": false, "hsts": {"max_age": "1d"}},
+            "cache": {"default_ttl": "1m"},
             "scale": {"min": 3, "max": 5},
             "deploy": {"max_surge": 2, "drain_delay": "3s"},
         }));

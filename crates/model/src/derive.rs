@@ -68,6 +68,7 @@ pub fn derive_spec(
         health_checks: definition.health_checks.clone(),
         mesh: definition.mesh.clone(),
         https: definition.https.clone(),
+        cache: definition.cache.clone(),
         deploy: definition.deploy.clone(),
         secrets: BTreeMap::new(),
     };

@@ -6,6 +6,7 @@
 //! property tests state the derivation's laws.
 
 pub mod analysis;
+mod cache;
 mod certificates;
 mod compute;
 mod definition;
@@ -26,6 +27,7 @@ mod validate;
 pub mod waves;
 
 pub use analysis::{Analysis, AnalysisFigures, VersionFigures};
+pub use cache::{validate_cache, CacheKeyPolicy, CachePolicy};
 pub use certificates::{CertificateSource, CertificateState};
 pub use compute::{Cpu, Memory, Resources};
 pub use definition::{

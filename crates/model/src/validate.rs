@@ -60,6 +60,9 @@ pub fn validate_definition(
     validate_routes(&mut errs, d, &port_names);
     validate_domains(&mut errs, &d.domains);
     validate_https(&mut errs, &d.https);
+    if let Some(cache) = &d.cache {
+        crate::cache::validate_cache(&mut errs, "cache", cache);
+    }
     validate_deploy(&mut errs, "deploy", &d.deploy);
     validate_waves(&mut errs, d);
     validate_checks(&mut errs, "health_checks", &d.health_checks, &port_names);

@@ -119,6 +119,7 @@ fn definition() -> impl Strategy<Value = Definition> {
                     health_checks,
                     mesh: Mesh::default(),
                     https: Default::default(),
+                    cache: None,
                     deploy: Default::default(),
                     overrides,
                 }

@@ -192,6 +192,43 @@ fn https_settings_are_checked_and_default_to_redirecting() {
 }
 
 #[test]
+fn cache_settings_are_checked_and_caching_is_off_without_them() {
+    assert_eq!(parse(valid()).cache, None);
+    let mut def = valid();
+    def["cache"] = serde_json::json!({});
+    let cache = parse(def.clone()).cache.unwrap();
+    assert!(cache.enabled, "a cache section turns caching on");
+    assert_eq!(cache.default_ttl, None, "no default TTL unless set");
+    def["cache"] = serde_json::json!({"enabled": true, "default_ttl": "5m",
+        "key": {"query_include": ["page"], "headers": ["x-device"]}, "bypass": ["/api/"]});
+    validate_definition(&parse(def.clone()), &known).unwrap();
+    def["cache"] = serde_json::json!({"default_ttl": "0s",
+        "key": {"query_include": ["page", "a&b"], "query_exclude": ["utm"],
+                "headers": ["X-Device", "ok"]},
+        "bypass": ["api", "/ok"]});
+    let err = errors(def.clone());
+    assert_eq!(
+        fields(&err),
+        [
+            "cache.default_ttl",
+            "cache.key.query_exclude",
+            "cache.key.query_include[1]",
+            "cache.key.headers[0]",
+            "cache.bypass[0]"
+        ],
+        "{err}"
+    );
+    def["cache"] = serde_json::json!({"default_ttl": "2y", "bypass": vec!["/x"; 65]});
+    assert_eq!(
+        fields(&errors(def.clone())),
+        ["cache.default_ttl", "cache.bypass"]
+    );
+    def["cache"] = serde_json::json!({"ttl": "5m"});
+    let unknown = parse_definition_json(def.to_string().as_bytes()).unwrap_err();
+    assert_eq!(fields(&unknown), ["cache.ttl"], "{unknown}");
+}
+
+#[test]
 fn deploy_defaults_to_a_rolling_deploy_that_keeps_every_instance_ready() {
     let def = parse(valid());
     assert_eq!(def.deploy, meridian_model::Deploy::default());

@@ -90,6 +90,8 @@ pub enum ClientBody {
     /// HTTP/3: boxed, since an HTTP/3 stream is several times larger than hyper's body, which
     /// would otherwise make every request's body as large.
     Http3(Box<crate::http3::RequestBody>),
+    /// None: a request the proxy makes itself (a cache's background revalidation).
+    Empty,
 }
 
 impl Body for ClientBody {
@@ -103,6 +105,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ClientBody::Http3(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
         }
     }
 
@@ -110,6 +113,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.is_end_stream(),
             ClientBody::Http3(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
         }
     }
 
@@ -117,6 +121,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.size_hint(),
             ClientBody::Http3(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
         }
     }
 }
@@ -322,6 +327,8 @@ pub struct ResponseBody {
     inner: ConnectionBody,
     cluster: Arc<Cluster>,
     metrics: Arc<ProxyMetrics>,
+    /// Bytes of the body already read from `inner`, sent first.
+    read: Option<Bytes>,
 }
 
 impl ResponseBody {
@@ -331,7 +338,14 @@ impl ResponseBody {
             inner,
             cluster,
             metrics,
+            read: None,
         }
+    }
+
+    /// The same body with its first bytes, already read from it, put back in front.
+    pub(crate) fn after(mut self, read: Bytes) -> Self {
+        self.read = Some(read).filter(|b| !b.is_empty());
+        self
     }
 }
 
@@ -343,6 +357,9 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(read) = self.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(e))) = &frame {
             tracing::debug!(cluster = %self.cluster.name, error = %e, "upstream response body failed");
@@ -352,10 +369,20 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.read.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let Some(read) = &self.read else {
+            return self.inner.size_hint();
+        };
+        let read = read.len() as u64;
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + read);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + read);
+        }
+        hint
     }
 }

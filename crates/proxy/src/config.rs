@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meridian_model::{HumanDuration, ValidationErrors};
+use meridian_model::{CachePolicy, HumanDuration, ValidationErrors};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration. Swapped atomically on reload.
@@ -205,6 +205,10 @@ pub struct RouteConfig {
     /// Headers removed from the response to the client.
     #[serde(default)]
     pub response_headers_remove: Vec<String>,
+    /// Answer from, and store in, the proxy's shared HTTP cache (as a service definition's
+    /// `cache:` says); not cached when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePolicy>,
 }
 
 impl Default for RouteConfig {
@@ -223,6 +227,7 @@ impl Default for RouteConfig {
             request_headers_remove: Vec::new(),
             response_headers_add: BTreeMap::new(),
             response_headers_remove: Vec::new(),
+            cache: None,
         }
     }
 }
@@ -1441,6 +1446,9 @@ fn validate_route(
     for (h, name) in route.response_headers_remove.iter().enumerate() {
         check_header_name(errs, format!("{at}.response_headers_remove[{h}]"), name);
     }
+    if let Some(cache) = &route.cache {
+        meridian_model::validate_cache(errs, &format!("{at}.cache"), cache);
+    }
 }
 
 fn validate_mesh(errs: &mut ValidationErrors, at: &str, mesh: &MeshConfig) {
@@ -1654,6 +1662,27 @@ clusters:
             .replace("- cluster: web", route);
         let err = parse_config(&text).unwrap_err();
         err.errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_routes_cache_is_checked_field_by_field() {
+        let route = "listeners[0].virtual_hosts[0].routes[1]";
+        let bad = "- {cluster: web, cache: {default_ttl: 0s, bypass: [api]}}";
+        assert_eq!(
+            refused("", bad),
+            [
+                format!("{route}.cache.default_ttl"),
+                format!("{route}.cache.bypass[0]")
+            ]
+        );
+        let good = "- {cluster: web, cache: {default_ttl: 1m, key: {headers: [x-device]}}}";
+        let config = parse_config(&VALID.replace("- cluster: web", good)).unwrap();
+        let cache = config.listeners[0].virtual_hosts[0].routes[1]
+            .cache
+            .clone()
+            .unwrap();
+        assert!(cache.enabled);
+        assert_eq!(cache.key.headers, ["x-device"]);
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn closing(mut response: Response<ProxyBody>, version: Version) -> Response<Prox
 
 /// The request's host without port: that of the authority the RFCs name
 /// ([`crate::framing::authority`]).
-fn request_host<B>(request: &Request<B>) -> &str {
+pub(crate) fn request_host<B>(request: &Request<B>) -> &str {
     strip_port(crate::framing::authority(request))
 }
 
@@ -100,7 +100,7 @@ fn strip_port(host: &str) -> &str {
 /// Readies the head of an upstream's response (its end-to-end fields only, as the upstream
 /// client gives it) for the client: without `x-meridian-error` (only the proxy says why it
 /// answered itself).
-fn upstream_response_head(headers: &mut HeaderMap) {
+pub(crate) fn upstream_response_head(headers: &mut HeaderMap) {
     headers.remove(&PROXY_ERROR);
 }
 
@@ -528,7 +528,20 @@ pub async fn handle(
     };
     // Boxed: forward's future is large, and the task of an HTTP/2 stream (which holds this
     // one) is moved when spawned; a box is one allocation where each move copied all of it.
-    let forwarded = Box::pin(forward(client, route, &target.cluster, metrics)).await;
+    // A route with a cache answers from it where it may (its answers are the proxy's own).
+    let forwarded = match &route.cache {
+        Some(cache) if switch.is_none() => {
+            Box::pin(crate::cache::exchange(
+                cache,
+                client,
+                route,
+                &target.cluster,
+                &ctx,
+            ))
+            .await
+        }
+        _ => Box::pin(forward(client, route, &target.cluster, metrics)).await,
+    };
     let mut response = match forwarded {
         Ok(mut response) => {
             upstream_response_head(response.headers_mut());
@@ -607,24 +620,22 @@ fn log_access(
     println!("{line}");
 }
 
-/// Sends the request to `cluster`, retrying per the route's policy; `Err` is the proxy's own
-/// answer.
 /// A client's request with what forwarding needs to know about it.
-struct ClientRequest<'p> {
-    request: Request<ClientBody>,
-    peer: &'p Peer,
+pub(crate) struct ClientRequest<'p> {
+    pub(crate) request: Request<ClientBody>,
+    pub(crate) peer: &'p Peer,
     /// Largest body allowed, in bytes.
-    body_limit: Option<u64>,
+    pub(crate) body_limit: Option<u64>,
     /// Whether the client's forwarding headers are kept.
-    trusted: bool,
+    pub(crate) trusted: bool,
     /// The client's HTTP version.
-    version: Version,
+    pub(crate) version: Version,
     /// The protocol the client asks to switch to, if any.
-    switch: Option<&'p Switch>,
+    pub(crate) switch: Option<&'p Switch>,
     /// Time the client has to send a body the proxy reads whole.
-    body_timeout: std::time::Duration,
+    pub(crate) body_timeout: std::time::Duration,
     /// Counts the requests whose body did not arrive in that time.
-    body_timeouts: &'p prometheus_client::metrics::counter::Counter,
+    pub(crate) body_timeouts: &'p prometheus_client::metrics::counter::Counter,
 }
 
 /// The `x-meridian-error` value of a circuit-breaker overflow.
@@ -636,7 +647,9 @@ fn overflow_reason(overflow: Overflow) -> &'static str {
     }
 }
 
-async fn forward(
+/// Sends the request to `cluster`, retrying per the route's policy; `Err` is the proxy's own
+/// answer.
+pub(crate) async fn forward(
     client: ClientRequest<'_>,
     route: &Route,
     cluster: &Cluster,

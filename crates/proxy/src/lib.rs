@@ -11,6 +11,7 @@
 mod acme;
 mod admin;
 mod body;
+mod cache;
 mod cluster;
 mod cluster_stats;
 mod config;
@@ -51,6 +52,7 @@ use meridian_model::ValidationErrors;
 use tokio_rustls::TlsAcceptor;
 
 pub use acme::{Http01Answers, HTTP01_PATH};
+pub use cache::{CachePurge, PurgeError, DEFAULT_LIMITS as DEFAULT_CACHE_LIMITS};
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
     HttpsRedirect, InstanceConfig, LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig,
@@ -59,6 +61,7 @@ pub use config::{
 };
 pub use forward::ERROR_HEADER;
 pub use http3::HANDSHAKES_BEFORE_RETRY;
+pub use meridian_cache::StoreLimits as CacheLimits;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_until, RunError, RunOptions};
 pub use tls::{TlsSource, ACME_TLS_ALPN};
@@ -182,6 +185,8 @@ pub struct Proxy {
     extra_metrics: std::sync::Mutex<Option<MetricsSource>>,
     /// Certificate sources listeners may name, with their acceptors.
     tls_sources: std::sync::Mutex<tls::Sources>,
+    /// The shared HTTP cache of the routes that cache, kept across configurations.
+    cache: Arc<cache::HttpCache>,
 }
 
 /// Renders a component's metrics in the OpenMetrics text format (ending with `# EOF`).
@@ -202,11 +207,21 @@ impl Default for Proxy {
             prober: health::Prober::new(metrics),
             extra_metrics: std::sync::Mutex::new(None),
             tls_sources: std::sync::Mutex::new(tls::Sources::new()),
+            cache: Arc::default(),
         }
     }
 }
 
 impl Proxy {
+    /// A proxy whose shared HTTP cache (for routes with `cache`) holds at most `limits`
+    /// ([`Proxy::default`]: [`DEFAULT_CACHE_LIMITS`]).
+    pub fn with_cache(limits: CacheLimits) -> Proxy {
+        Proxy {
+            cache: Arc::new(cache::HttpCache::new(limits)),
+            ..Proxy::default()
+        }
+    }
+
     /// Validates and applies `config`: binds new listeners first (if one fails, nothing changes),
     /// then swaps every route table; listeners no longer configured stop accepting, while their
     /// open connections finish on the config they started with.
@@ -287,6 +302,7 @@ impl Proxy {
                         let metrics = self.shared.metrics.route(listener, vhost, route, cluster);
                         metrics.with_instance(instance.clone())
                     },
+                    &self.cache,
                 )
             })
             .collect();
@@ -650,6 +666,27 @@ impl Proxy {
         lock(&self.tls_sources)
             .get(name)
             .map(|(source, _)| source.clone())
+    }
+
+    /// Removes from the shared HTTP cache what `purge` names (a URL as the route that serves
+    /// it in the configuration in force keys it); the number of keys removed.
+    pub async fn purge_cache(&self, purge: &CachePurge) -> Result<u64, PurgeError> {
+        let tables: Vec<Arc<RouteTable>> = {
+            let active = self.active.lock().await;
+            active
+                .listeners
+                .values()
+                .map(|(_, _, listener)| listener.context.table.load_full())
+                .collect()
+        };
+        self.cache
+            .purge(purge, &tables, self.shared.metrics.cache())
+    }
+
+    /// Requests waiting for another request's response to fill the shared HTTP cache (for
+    /// metrics and tests).
+    pub fn cache_waiting(&self) -> usize {
+        self.cache.waiting()
     }
 
     /// Has every plain-HTTP listener answer ACME HTTP-01 challenges from `answers`

@@ -79,6 +79,73 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: &'static str,
+}
+
+/// What the shared HTTP cache did, counted; its handles are made once.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics {
+    /// Answered from the cache: fresh, or as stale as the client accepts.
+    pub hit: Counter,
+    /// Answered stale from the cache (stale-while-revalidate, stale-if-error).
+    pub stale: Counter,
+    /// Answered with the response another request fetched (collapsed).
+    pub collapsed: Counter,
+    /// Went upstream with nothing usable stored.
+    pub miss: Counter,
+    /// Went upstream to validate a stored response.
+    pub validate: Counter,
+    /// Went upstream as it came: a bypassed path, a HEAD or range with nothing stored.
+    pub bypass: Counter,
+    /// Responses stored.
+    pub stored: Counter,
+    /// Bytes the store holds.
+    pub bytes: Gauge,
+    /// Keys the store holds.
+    pub keys: Gauge,
+}
+
+impl CacheMetrics {
+    fn register(registry: &mut Registry) -> CacheMetrics {
+        let requests = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Requests of routes that cache, by what the cache did (hit, stale, collapsed, miss, validate, bypass)",
+            requests.clone(),
+        );
+        let result = |result| requests.get_or_create(&CacheLabels { result }).clone();
+        let metrics = CacheMetrics {
+            hit: result("hit"),
+            stale: result("stale"),
+            collapsed: result("collapsed"),
+            miss: result("miss"),
+            validate: result("validate"),
+            bypass: result("bypass"),
+            stored: Counter::default(),
+            bytes: Gauge::default(),
+            keys: Gauge::default(),
+        };
+        registry.register(
+            "cache_stored",
+            "Responses stored in the cache",
+            metrics.stored.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes the cache holds, objects counted with their fields and overhead",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "cache_keys",
+            "Keys the cache holds (each with its variants)",
+            metrics.keys.clone(),
+        );
+        metrics
+    }
+}
+
 fn cluster_labels(cluster: &str) -> ClusterLabels {
     ClusterLabels {
         cluster: cluster.to_owned(),
@@ -168,6 +235,7 @@ pub struct ProxyMetrics {
     connect_time: Family<ClusterLabels, Histogram>,
     instances: InstanceStatsSet,
     clusters: ClusterStatsSet,
+    cache: CacheMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -323,6 +391,7 @@ impl Default for ProxyMetrics {
         );
         let instances = InstanceStatsSet::default();
         registry.register_collector(Box::new(instances.clone()));
+        let cache = CacheMetrics::register(&mut registry);
         ProxyMetrics {
             registry,
             requests,
@@ -351,6 +420,7 @@ impl Default for ProxyMetrics {
             connect_time,
             instances,
             clusters: ClusterStatsSet::default(),
+            cache,
         }
     }
 }
@@ -381,6 +451,11 @@ impl ProxyMetrics {
             cluster: self.clusters.get(cluster),
             instance: None,
         }
+    }
+
+    /// The shared HTTP cache's counters.
+    pub fn cache(&self) -> &CacheMetrics {
+        &self.cache
     }
 
     /// The figures of the instances listeners serve (`instance` in their configuration).

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::cache::{HttpCache, RouteCache};
 use crate::cluster::Cluster;
 use crate::config::{RetryPolicy, RouteConfig, VirtualHost};
 use crate::metrics::RouteMetrics;
@@ -53,6 +54,8 @@ pub struct Route {
     pub response_add: Vec<(HeaderName, HeaderValue)>,
     /// Headers removed from the response.
     pub response_remove: Vec<HeaderName>,
+    /// The shared HTTP cache, if the route's responses are cached.
+    pub cache: Option<RouteCache>,
 }
 
 impl Route {
@@ -154,13 +157,14 @@ fn header_names(names: &[String]) -> Vec<HeaderName> {
 }
 
 impl RouteTable {
-    /// Compiles a listener's validated virtual hosts; `cluster` resolves a cluster by name and
-    /// `metrics` makes a route's metric handles.
+    /// Compiles a listener's validated virtual hosts; `cluster` resolves a cluster by name,
+    /// `metrics` makes a route's metric handles, and routes that cache use `cache`.
     pub fn build(
         listener: &str,
         vhosts: &[VirtualHost],
         cluster: &dyn Fn(&str) -> Option<Arc<Cluster>>,
         metrics: &dyn Fn(&str, &str, &str, &str) -> RouteMetrics,
+        cache: &Arc<HttpCache>,
     ) -> RouteTable {
         let mut table = RouteTable::default();
         for (index, vhost) in vhosts.iter().enumerate() {
@@ -168,7 +172,12 @@ impl RouteTable {
                 .routes
                 .iter()
                 .enumerate()
-                .map(|(r, route)| compile_route(listener, &vhost.name, r, route, cluster, metrics))
+                .map(|(r, route)| {
+                    let mut compiled =
+                        compile_route(listener, &vhost.name, r, route, cluster, metrics);
+                    compiled.cache = route.cache.as_ref().and_then(|c| RouteCache::new(c, cache));
+                    compiled
+                })
                 .collect();
             table.hosts.push(Host { routes });
             for domain in &vhost.domains {
@@ -274,6 +283,7 @@ fn compile_route(
         request_remove: header_names(&route.request_headers_remove),
         response_add: header_pairs(&route.response_headers_add),
         response_remove: header_names(&route.response_headers_remove),
+        cache: None,
     }
 }
 
@@ -320,6 +330,7 @@ mod tests {
             &config.listeners[0].virtual_hosts,
             &|_| None,
             &|_, _, _, _| crate::metrics::ProxyMetrics::default().route("l", "v", "r", "c"),
+            &Arc::default(),
         )
     }
 
@@ -340,6 +351,7 @@ mod tests {
             &config.listeners[0].virtual_hosts,
             &|name| clusters.iter().find(|c| c.name == name).cloned(),
             &|_, _, _, _| crate::metrics::ProxyMetrics::default().route("l", "v", "r", "c"),
+            &Arc::default(),
         );
         let route = table.find("any", "/", &HeaderMap::new()).expect("a route");
         for _ in 0..50 {

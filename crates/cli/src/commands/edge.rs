@@ -52,6 +52,41 @@ pub struct EdgeArgs {
     /// Where the edge keeps its identity.
     #[arg(long, default_value = "./edge-state")]
     state_dir: PathBuf,
+    /// Memory the shared HTTP cache may hold (`512Mi`, `2Gi`), objects with their fields and
+    /// overhead counted.
+    #[arg(long, default_value = "256Mi", value_parser = memory)]
+    cache_memory: u64,
+    /// Largest response the cache stores (`8Mi`); larger ones pass through.
+    #[arg(long, default_value = "8Mi", value_parser = memory)]
+    cache_max_object: u64,
+}
+
+/// A quantity of memory (`256Mi`).
+fn memory(text: &str) -> Result<u64, String> {
+    meridian_model::Memory::parse(text).map(meridian_model::Memory::bytes)
+}
+
+/// The cache's bounds from the flags: both more than zero, an object at most the whole and
+/// at most what the store can weigh.
+fn cache_limits(args: &EdgeArgs) -> Result<meridian_proxy::CacheLimits> {
+    let most = meridian_proxy::CacheLimits::MAX_OBJECT_BYTES as u64;
+    if args.cache_memory == 0 {
+        anyhow::bail!("--cache-memory: must be more than zero");
+    }
+    if args.cache_max_object == 0
+        || args.cache_max_object > args.cache_memory
+        || args.cache_max_object > most
+    {
+        anyhow::bail!(
+            "--cache-max-object: must be more than zero, at most --cache-memory and at most {}",
+            meridian_model::Memory::from_bytes(most)
+        );
+    }
+    Ok(meridian_proxy::CacheLimits {
+        max_bytes: args.cache_memory,
+        // At most `most`, checked above.
+        max_object_bytes: args.cache_max_object as usize,
+    })
 }
 
 /// Runs the edge until Ctrl-C or SIGTERM.
@@ -84,9 +119,10 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
                 .with_context(|| format!("{flag}: cannot listen on {address}"))?,
         );
     }
+    let cache = cache_limits(&args)?;
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
-    let proxy = Arc::new(meridian_proxy::Proxy::default());
+    let proxy = Arc::new(meridian_proxy::Proxy::with_cache(cache));
     let enrolled_tls = enrolled.tls.clone();
     let options = EdgeOptions {
         location: Location {
@@ -149,4 +185,50 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
     follower.abort();
     reporter.abort();
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Edge {
+        #[command(flatten)]
+        args: EdgeArgs,
+    }
+
+    fn limits(flags: &[&str]) -> Result<meridian_proxy::CacheLimits> {
+        let required = [
+            "edge",
+            "--location",
+            "par",
+            "--lat",
+            "48.86",
+            "--lon",
+            "2.35",
+        ];
+        let all = [&required[..], &["--control", "https://127.0.0.1:1"], flags].concat();
+        cache_limits(&Edge::try_parse_from(all).unwrap().args)
+    }
+
+    #[test]
+    fn the_cache_is_sized_by_its_flags_and_bad_sizes_name_the_flag() {
+        let defaults = limits(&[]).unwrap();
+        assert_eq!(defaults, meridian_proxy::DEFAULT_CACHE_LIMITS);
+        let sized = limits(&["--cache-memory", "1Gi", "--cache-max-object", "64Mi"]).unwrap();
+        assert_eq!(
+            (sized.max_bytes, sized.max_object_bytes),
+            (1 << 30, 64 << 20)
+        );
+        let error = limits(&["--cache-memory", "0"]).unwrap_err().to_string();
+        assert!(error.starts_with("--cache-memory:"), "{error}");
+        let error = limits(&["--cache-memory", "1Mi", "--cache-max-object", "2Mi"]).unwrap_err();
+        assert!(
+            error.to_string().starts_with("--cache-max-object:"),
+            "{error}"
+        );
+        let unit = Edge::try_parse_from(["edge", "--cache-memory", "1Zi"]);
+        assert!(unit.is_err());
+    }
 }

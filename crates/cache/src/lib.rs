@@ -1,0 +1,41 @@
+//! Meridian's shared HTTP cache (RFC 9111), as the edges run it.
+//!
+//! The rules — what may be stored, under which key, for how long, when a stored response may
+//! answer a request, how it is validated and freshened, what an unsafe request invalidates,
+//! and how the answer is made (HEAD, ranges, `Age`, `Cache-Status`) — are pure functions of
+//! message fields and times given to them, one concern per module, each tested against the
+//! section of the RFC it implements. Beside them: the in-memory store (bounded in bytes,
+//! TinyLFU admission, variants, a tag index for purges) and request collapsing. The crate must not do I/O in the
+//! rules, read a clock in them, or know about the proxy that calls it.
+
+pub mod age;
+pub mod collapse;
+pub mod date;
+pub mod directives;
+pub mod encoding;
+pub mod freshness;
+pub mod invalidation;
+pub mod key;
+pub mod range;
+pub mod reuse;
+pub mod serve;
+pub mod status;
+pub mod storable;
+pub mod store;
+mod structured;
+pub mod tags;
+pub mod targeted;
+pub mod validation;
+pub mod vary;
+
+pub use age::Timing;
+pub use collapse::{Alone, CollapseLimits, Collapser, Join, Leader};
+pub use directives::{CacheControl, FieldNames};
+pub use freshness::{lifetime, Basis, Lifetime};
+pub use key::{CacheKey, QueryKey};
+pub use reuse::{Freshness, Reuse};
+pub use status::{CacheStatus, Forward, CACHE_STATUS};
+pub use storable::{storable, Refusal, Storable};
+pub use store::{Lookup, Object, Store, StoreLimits};
+pub use targeted::{ResponsePolicy, Source, CDN_CACHE_CONTROL, MERIDIAN_CACHE_CONTROL};
+pub use vary::Variant;

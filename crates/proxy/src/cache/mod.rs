@@ -1,0 +1,474 @@
+//! The cache step of the request path, for routes whose configuration has `cache`: a GET or
+//! HEAD is answered from the shared HTTP cache when RFC 9111 allows (the rules are
+//! `meridian_cache`'s), validated with the upstream when it must be, and filled on a miss —
+//! one upstream request for concurrent misses on a key; a successful unsafe request
+//! invalidates what it changed (§4.4). Answers made from the cache are the proxy's own (the
+//! `Err` side of [`forward`]); responses passed on as they came are the `Ok` side.
+
+mod answer;
+mod compress;
+mod fill;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderName, RANGE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use meridian_cache::invalidation::{invalidated, Target};
+use meridian_cache::{
+    CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, Forward, Freshness, Join,
+    Lookup, Object, QueryKey, ResponsePolicy, Reuse, Store, StoreLimits,
+};
+use meridian_model::CachePolicy;
+
+use crate::body::ClientBody;
+use crate::cluster::Cluster;
+use crate::forward::{forward, local_response, ClientRequest, ProxyBody};
+use crate::peer::Peer;
+use crate::metrics::CacheMetrics;
+use crate::pool::ConnectionBody;
+use crate::routing::{Route, RouteTable};
+use crate::server::ListenerContext;
+
+use fill::{Fetched, Fill, STALE_IF_ERROR};
+
+/// The store's bounds unless configured otherwise.
+pub const DEFAULT_LIMITS: StoreLimits = StoreLimits {
+    max_bytes: 256 << 20,
+    max_object_bytes: 8 << 20,
+};
+
+/// How long, and how many, requests wait for another's response on the same key.
+const COLLAPSE: CollapseLimits = CollapseLimits {
+    max_waiters: 1024,
+    max_wait: Duration::from_secs(15),
+};
+
+/// The proxy's shared HTTP cache: its store and the requests in flight to fill it.
+pub struct HttpCache {
+    store: Store,
+    collapser: Collapser<Arc<Object>>,
+}
+
+impl HttpCache {
+    /// An empty cache within `limits`.
+    pub fn new(limits: StoreLimits) -> HttpCache {
+        HttpCache {
+            store: Store::new(limits),
+            collapser: Collapser::new(COLLAPSE),
+        }
+    }
+}
+
+impl HttpCache {
+    /// Sets the size gauges from the store.
+    fn account(&self, metrics: &CacheMetrics) {
+        metrics
+            .bytes
+            .set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
+        metrics
+            .keys
+            .set(i64::try_from(self.store.keys()).unwrap_or(i64::MAX));
+    }
+
+    /// Requests waiting for another's response to fill the cache.
+    pub fn waiting(&self) -> usize {
+        self.collapser.waiting()
+    }
+}
+
+impl Default for HttpCache {
+    fn default() -> Self {
+        HttpCache::new(DEFAULT_LIMITS)
+    }
+}
+
+impl std::fmt::Debug for HttpCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCache")
+            .field("bytes", &self.store.bytes())
+            .field("keys", &self.store.keys())
+            .finish()
+    }
+}
+
+/// What to remove from the shared HTTP cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CachePurge {
+    /// The responses stored for an absolute `http://` or `https://` URL, under either scheme,
+    /// keyed as the route that serves it keys them.
+    Url(String),
+    /// Every response its origin tagged so (`Cache-Tag`, `Surrogate-Key`).
+    Tag(String),
+    /// Everything.
+    All,
+}
+
+/// A purge that names nothing the cache can look for.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    /// The URL is not an absolute `http://` or `https://` URL with a host.
+    #[error("url: `{0}` is not an absolute http:// or https:// URL")]
+    Url(String),
+}
+
+impl HttpCache {
+    /// Removes what `purge` names, with `routes` the route tables in force (a URL is keyed as
+    /// the route that serves it keys it); the number of keys removed.
+    pub fn purge(
+        &self,
+        purge: &CachePurge,
+        routes: &[Arc<RouteTable>],
+        metrics: &CacheMetrics,
+    ) -> Result<u64, PurgeError> {
+        let removed = match purge {
+            CachePurge::All => {
+                let held = self.store.keys();
+                self.store.purge_all();
+                held
+            }
+            CachePurge::Tag(tag) => self.store.purge_tag(tag) as u64,
+            CachePurge::Url(url) => {
+                let bad = || PurgeError::Url(url.clone());
+                let uri: Uri = url.parse().map_err(|_| bad())?;
+                let authority = uri.authority().ok_or_else(bad)?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                    return Err(bad());
+                }
+                let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+                let mut keys: Vec<CacheKey> = routes
+                    .iter()
+                    .filter_map(|table| table.find(authority.host(), uri.path(), &HeaderMap::new()))
+                    .filter_map(|route| route.cache.as_ref())
+                    .flat_map(|cache| {
+                        ["http", "https"].map(|scheme| {
+                            CacheKey::of_uri(
+                                scheme,
+                                authority.as_str(),
+                                path_and_query,
+                                &cache.query,
+                            )
+                        })
+                    })
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                keys.iter().filter(|key| self.store.purge_key(key)).count() as u64
+            }
+        };
+        self.account(metrics);
+        Ok(removed)
+    }
+}
+
+/// A route's caching: the shared cache and the route's policy, compiled.
+#[derive(Debug)]
+pub struct RouteCache {
+    cache: Arc<HttpCache>,
+    default_ttl: Option<Duration>,
+    query: QueryKey,
+    key_headers: Vec<HeaderName>,
+    bypass: Vec<String>,
+}
+
+impl RouteCache {
+    /// The route's caching by `policy` (validated) in `cache`; `None` when it is disabled.
+    pub fn new(policy: &CachePolicy, cache: &Arc<HttpCache>) -> Option<RouteCache> {
+        if !policy.enabled {
+            return None;
+        }
+        let key = &policy.key;
+        let query = match (&key.query_include, key.query_exclude.is_empty()) {
+            (Some(include), _) => QueryKey::Include(include.clone()),
+            (None, false) => QueryKey::Exclude(key.query_exclude.clone()),
+            (None, true) => QueryKey::All,
+        };
+        Some(RouteCache {
+            cache: Arc::clone(cache),
+            default_ttl: policy.default_ttl.map(|ttl| ttl.0),
+            query,
+            key_headers: key
+                .headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
+            bypass: policy.bypass.clone(),
+        })
+    }
+
+    fn bypassed(&self, path: &str) -> bool {
+        self.bypass
+            .iter()
+            .any(|prefix| path.starts_with(prefix.as_str()))
+    }
+}
+
+/// Where a request went, owned: its scheme, authority and path with query.
+struct Place {
+    scheme: &'static str,
+    authority: String,
+    path_and_query: String,
+}
+
+impl Place {
+    fn of(request: &Request<ClientBody>, peer: &Peer) -> Place {
+        Place {
+            scheme: peer.scheme,
+            authority: crate::framing::authority(request).to_owned(),
+            path_and_query: request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+        }
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target {
+            scheme: self.scheme,
+            authority: &self.authority,
+            path_and_query: &self.path_and_query,
+        }
+    }
+}
+
+/// Serves one request of a route that caches (see the module's documentation).
+pub(crate) async fn exchange(
+    cache: &RouteCache,
+    client: ClientRequest<'_>,
+    route: &Route,
+    cluster: &Arc<Cluster>,
+    ctx: &Arc<ListenerContext>,
+) -> Result<Response<ConnectionBody>, Response<ProxyBody>> {
+    let metrics = &ctx.shared.metrics;
+    let method = client.request.method().clone();
+    let place = Place::of(&client.request, client.peer);
+    if method != Method::GET && method != Method::HEAD {
+        let query = cache.query.clone();
+        let mut result = forward(client, route, cluster, metrics).await;
+        if let Ok(response) = &mut result {
+            let status = response.status();
+            for key in invalidated(&method, place.target(), status, response.headers(), &query) {
+                cache.cache.store.purge_key(&key);
+            }
+            cache.cache.account(metrics.cache());
+            let status = CacheStatus {
+                forward: Some(Forward::Method),
+                forward_status: Some(status.as_u16()),
+                ..CacheStatus::default()
+            };
+            answer::finish(response.headers_mut(), &status);
+        }
+        return result;
+    }
+    let Some(key) = CacheKey::of(
+        &method,
+        place.scheme,
+        &place.authority,
+        &place.path_and_query,
+        &cache.query,
+    )
+    .filter(|_| !cache.bypassed(client.request.uri().path())) else {
+        return pass(client, route, cluster, ctx, Forward::Bypass).await;
+    };
+    let request_directives = CacheControl::from_headers(client.request.headers());
+    let now = SystemTime::now();
+    let (reason, stored) = match cache.cache.store.lookup(&key, client.request.headers()) {
+        Lookup::Hit(object) => {
+            let headers = object.headers();
+            let policy = ResponsePolicy::of(&headers);
+            let state = Freshness {
+                directives: &policy.directives,
+                lifetime: object.lifetime,
+                age: object.timing.current_age(now),
+            };
+            let mut status = CacheStatus {
+                hit: true,
+                ttl: Some(answer::ttl(&state)),
+                ..CacheStatus::default()
+            };
+            match state.reuse(&request_directives) {
+                Reuse::Fresh | Reuse::Stale => {
+                    metrics.cache().hit.inc();
+                    let request = (client.request.method(), client.request.headers());
+                    return Err(answer::from_object(&object, headers, request, now, status));
+                }
+                Reuse::StaleWhileRevalidate => {
+                    metrics.cache().stale.inc();
+                    status.detail = Some("stale-while-revalidate".into());
+                    revalidate_later(ctx, &client, key, Arc::clone(&object));
+                    let request = (client.request.method(), client.request.headers());
+                    return Err(answer::from_object(&object, headers, request, now, status));
+                }
+                Reuse::Validate if state.is_fresh() => (Forward::Request, Some(object)),
+                Reuse::Validate => (Forward::Stale, Some(object)),
+            }
+        }
+        Lookup::VaryMiss => (Forward::VaryMiss, None),
+        Lookup::UriMiss => (Forward::UriMiss, None),
+    };
+    if request_directives.only_if_cached {
+        // RFC 9111 §5.2.1.7: nothing usable stored.
+        metrics.cache().miss.inc();
+        return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
+    }
+    // A HEAD or a range with nothing stored goes upstream as it is (only whole GETs fill).
+    let partial = method == Method::HEAD || client.request.headers().contains_key(RANGE);
+    if stored.is_none() && partial {
+        return pass(client, route, cluster, ctx, reason).await;
+    }
+    let leader = match cache.cache.collapser.join(&key).await {
+        Join::Lead(leader) => Some(leader),
+        Join::Shared(object) if object.variant.matches(client.request.headers()) => {
+            metrics.cache().collapsed.inc();
+            let status = CacheStatus {
+                forward: Some(reason),
+                forward_status: Some(object.status.as_u16()),
+                collapsed: true,
+                ..CacheStatus::default()
+            };
+            let request = (client.request.method(), client.request.headers());
+            let now = SystemTime::now();
+            return Err(answer::from_object(
+                &object,
+                object.headers(),
+                request,
+                now,
+                status,
+            ));
+        }
+        Join::Shared(_) | Join::Alone(_) => None,
+    };
+    let (request_method, request_headers) = (method, client.request.headers().clone());
+    let fill = Fill {
+        cache,
+        key: &key,
+        request: &request_headers,
+        directives: &request_directives,
+        stored: stored.as_ref(),
+        reason,
+    };
+    let validating = stored.is_some();
+    let fetched = fill::fetch(fill, client, route, cluster, metrics).await;
+    count(&cache.cache, metrics.cache(), &fetched, validating);
+    match fetched {
+        Fetched::Stored(object, status, fuller) => {
+            if let (true, Some(leader)) = (status.stored, leader) {
+                leader.share(Arc::clone(&object));
+            }
+            let request = (&request_method, &request_headers);
+            let headers = fuller.unwrap_or_else(|| object.headers());
+            let now = SystemTime::now();
+            Err(answer::from_object(&object, headers, request, now, status))
+        }
+        Fetched::Passed(response) => Ok(response),
+        Fetched::Made(response) => Err(response),
+    }
+}
+
+/// Counts a trip upstream of a request (a stale answer on an error is `stale`), and what it
+/// stored.
+fn count(cache: &HttpCache, metrics: &CacheMetrics, fetched: &Fetched, validating: bool) {
+    let status = match fetched {
+        Fetched::Stored(_, status, _) => Some(status),
+        _ => None,
+    };
+    if status.is_some_and(|s| s.detail.as_deref() == Some(STALE_IF_ERROR)) {
+        metrics.stale.inc();
+    } else if validating {
+        metrics.validate.inc();
+    } else {
+        metrics.miss.inc();
+    }
+    if status.is_some_and(|s| s.stored) {
+        metrics.stored.inc();
+        cache.account(metrics);
+    }
+}
+
+/// Forwards a request the cache does not handle, saying so in `Cache-Status`.
+async fn pass(
+    client: ClientRequest<'_>,
+    route: &Route,
+    cluster: &Arc<Cluster>,
+    ctx: &Arc<ListenerContext>,
+    reason: Forward,
+) -> Result<Response<ConnectionBody>, Response<ProxyBody>> {
+    ctx.shared.metrics.cache().bypass.inc();
+    let mut result = forward(client, route, cluster, &ctx.shared.metrics).await;
+    if let Ok(response) = &mut result {
+        let status = CacheStatus {
+            forward: Some(reason),
+            forward_status: Some(response.status().as_u16()),
+            ..CacheStatus::default()
+        };
+        answer::finish(response.headers_mut(), &status);
+    }
+    result
+}
+
+/// Validates a stale response served meanwhile (`stale-while-revalidate`) in a task of its
+/// own: the request is made again as the proxy's own (no body, the client's fields), on
+/// the route that then serves its host and path; at most one at a time per key.
+fn revalidate_later(
+    ctx: &Arc<ListenerContext>,
+    client: &ClientRequest<'_>,
+    key: CacheKey,
+    object: Arc<Object>,
+) {
+    let ctx = Arc::clone(ctx);
+    let peer = client.peer.clone();
+    let trusted = client.trusted;
+    let version = client.version;
+    let (uri, headers) = (
+        client.request.uri().clone(),
+        client.request.headers().clone(),
+    );
+    tokio::spawn(async move {
+        let mut request = Request::new(ClientBody::Empty);
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        *request.version_mut() = version;
+        let table = ctx.table.load_full();
+        let host = crate::forward::request_host(&request);
+        let Some(route) = table.find(host, request.uri().path(), request.headers()) else {
+            return;
+        };
+        let (Some(cache), Some(target)) = (&route.cache, route.target()) else {
+            return;
+        };
+        let Join::Lead(leader) = cache.cache.collapser.join(&key).await else {
+            return;
+        };
+        let request_headers = request.headers().clone();
+        let directives = CacheControl::from_headers(&request_headers);
+        let body_timeout = ctx.shared.limits.load().request_body_timeout.0;
+        let client = ClientRequest {
+            request,
+            peer: &peer,
+            body_limit: None,
+            trusted,
+            version,
+            switch: None,
+            body_timeout,
+            body_timeouts: &ctx.body_timeouts,
+        };
+        let fill = Fill {
+            cache,
+            key: &key,
+            request: &request_headers,
+            directives: &directives,
+            stored: Some(&object),
+            reason: Forward::Stale,
+        };
+        let metrics = &ctx.shared.metrics;
+        let fetched = fill::fetch(fill, client, route, &target.cluster, metrics).await;
+        if let Fetched::Stored(object, status, _) = &fetched {
+            if status.stored {
+                metrics.cache().stored.inc();
+                cache.cache.account(metrics.cache());
+                leader.share(Arc::clone(object));
+            }
+        }
+    });
+}

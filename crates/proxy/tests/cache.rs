@@ -1,0 +1,693 @@
+//! The shared HTTP cache of a route, between a real client and a real origin on loopback:
+//! one test per rule, named after the section of the RFC it checks. The origin counts the
+//! requests that reach it per path, and answers each path the way its test needs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use meridian_proxy::Proxy;
+use tokio::sync::Semaphore;
+use tokio::time::{sleep, Instant};
+
+/// What the origin saw: requests per path, and the last request's fields per path.
+#[derive(Default)]
+struct Seen {
+    count: HashMap<String, usize>,
+    last: HashMap<String, HeaderMap>,
+}
+
+#[derive(Clone)]
+struct Origin {
+    address: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    /// `/slow` answers once a permit is added.
+    gate: Arc<Semaphore>,
+}
+
+impl Origin {
+    fn count(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .count
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn last(&self, path: &str) -> HeaderMap {
+        self.seen
+            .lock()
+            .unwrap()
+            .last
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The origin's answer to the `n`th request (from 1) for `path`.
+async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> Response {
+    let body = format!("{path} #{n}");
+    let header = |name: &str| {
+        request
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    match path {
+        "/fresh" | "/item" | "/range" | "/bypass/x" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+            ],
+            body,
+        )
+            .into_response(),
+        "/text" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+                ("etag", "\"t\""),
+            ],
+            "meridian ".repeat(500),
+        )
+            .into_response(),
+        "/no-store" => ([("cache-control", "max-age=60, no-store")], body).into_response(),
+        "/private" => ([("cache-control", "private, max-age=60")], body).into_response(),
+        "/private-field" => (
+            [
+                ("cache-control", "max-age=60, private=\"x-user\""),
+                ("x-user", "alice"),
+            ],
+            body,
+        )
+            .into_response(),
+        "/cookie" => (
+            [("cache-control", "max-age=60"), ("set-cookie", "session=a")],
+            body,
+        )
+            .into_response(),
+        "/auth" => ([("cache-control", "max-age=60")], body).into_response(),
+        "/targeted" => (
+            [
+                ("cache-control", "no-store"),
+                ("meridian-cache-control", "max-age=60"),
+            ],
+            body,
+        )
+            .into_response(),
+        "/vary" => {
+            let language = header("accept-language").to_owned();
+            (
+                [("cache-control", "max-age=60"), ("vary", "accept-language")],
+                format!("{body} {language}"),
+            )
+                .into_response()
+        }
+        "/etag" => {
+            if header("if-none-match") == "\"v1\"" {
+                let headers = [
+                    ("etag", "\"v1\""),
+                    ("cache-control", "max-age=0"),
+                    ("x-version", "2"),
+                ];
+                return (StatusCode::NOT_MODIFIED, headers).into_response();
+            }
+            (
+                [
+                    ("etag", "\"v1\""),
+                    ("cache-control", "max-age=0"),
+                    ("x-version", "1"),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        "/flaky" if n > 1 => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+        "/flaky" => ([("cache-control", "max-age=0, stale-if-error=60")], body).into_response(),
+        // Stale on arrival (Age over max-age); a 304 without Age freshens it.
+        "/aged" if header("if-none-match") == "\"a\"" => {
+            (StatusCode::NOT_MODIFIED, [("etag", "\"a\"")]).into_response()
+        }
+        "/aged" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("etag", "\"a\""),
+                ("age", "100"),
+            ],
+            body,
+        )
+            .into_response(),
+        // Stored with a validator, then no longer storable.
+        "/gone-private" if n > 1 => ([("cache-control", "private")], body).into_response(),
+        "/gone-private" => {
+            ([("cache-control", "max-age=0"), ("etag", "\"g\"")], body).into_response()
+        }
+        "/swr" => (
+            [("cache-control", "max-age=0, stale-while-revalidate=60")],
+            body,
+        )
+            .into_response(),
+        "/tagged" => ([("cache-control", "max-age=60"), ("cache-tag", "t1")], body).into_response(),
+        // What a gateway answers when it has no route: a 404, cacheable by default.
+        "/proxy-made" => (
+            StatusCode::NOT_FOUND,
+            [("x-meridian-error", "no_route")],
+            body,
+        )
+            .into_response(),
+        "/slow" => {
+            let _permit = gate.acquire().await;
+            ([("cache-control", "max-age=60")], body).into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, body).into_response(),
+    }
+}
+
+async fn origin() -> Origin {
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let gate = Arc::new(Semaphore::new(0));
+    let (state, permits) = (seen.clone(), gate.clone());
+    let app = axum::Router::new().fallback(move |request: Request| {
+        let (seen, gate) = (state.clone(), permits.clone());
+        async move {
+            let path = request.uri().path().to_owned();
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                seen.last.insert(path.clone(), request.headers().clone());
+                let count = seen.count.entry(path.clone()).or_default();
+                *count += 1;
+                *count
+            };
+            answer(&path, n, request.headers(), &gate).await
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Origin {
+        address,
+        seen,
+        gate,
+    }
+}
+
+/// A proxy in front of a fresh origin, caching with `policy`; its base URL.
+async fn edge(policy: &str) -> (Arc<Proxy>, String, Origin) {
+    let origin = origin().await;
+    let text = format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: shop
+        domains: ["shop.example.com"]
+        routes:
+          - cluster: origin
+            cache: {policy}
+clusters:
+  - name: origin
+    endpoints: [{{address: "{}"}}]
+"#,
+        origin.address
+    );
+    let proxy = Arc::new(Proxy::default());
+    proxy.apply_text(&text).await.unwrap();
+    let address = proxy.listeners().await[0].1;
+    (proxy, format!("http://{address}"), origin)
+}
+
+struct Got {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Got {
+    fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn send(base: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client
+        .request(method, format!("{base}{path}"))
+        .header("host", "shop.example.com");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(base: &str, path: &str) -> Got {
+    send(base, "GET", path, &[]).await
+}
+
+/// Waits for `condition`, failing after a deadline.
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_4_2_a_fresh_response_is_answered_from_the_cache() {
+    let (proxy, base, origin) = edge("{}").await;
+    let first = get(&base, "/fresh").await;
+    assert_eq!((first.status, first.body.as_str()), (200, "/fresh #1"));
+    assert_eq!(
+        first.cache_status(),
+        "Meridian; fwd=uri-miss; fwd-status=200; ttl=60; stored"
+    );
+    let second = get(&base, "/fresh").await;
+    assert_eq!((second.status, second.body.as_str()), (200, "/fresh #1"));
+    assert!(
+        second.cache_status().starts_with("Meridian; hit; ttl="),
+        "{}",
+        second.cache_status()
+    );
+    assert!(second.headers.contains_key("age"));
+    assert_eq!(second.headers["content-type"], "text/plain");
+    assert_eq!(origin.count("/fresh"), 1);
+    let metrics = proxy.metrics_text();
+    for line in [
+        "meridian_proxy_cache_requests_total{result=\"hit\"} 1",
+        "meridian_proxy_cache_requests_total{result=\"miss\"} 1",
+        "meridian_proxy_cache_stored_total 1",
+        "meridian_proxy_cache_keys 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("meridian_proxy_cache_bytes 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_3_no_store_private_set_cookie_and_authorization_are_not_shared() {
+    let (_proxy, base, origin) = edge("{}").await;
+    for (path, detail) in [
+        ("/no-store", "no-store"),
+        ("/private", "private"),
+        ("/cookie", "set-cookie"),
+    ] {
+        let first = get(&base, path).await;
+        assert!(
+            first
+                .cache_status()
+                .ends_with(&format!("detail=\"{detail}\"")),
+            "{}",
+            first.cache_status()
+        );
+        let second = get(&base, path).await;
+        assert_eq!(second.body, format!("{path} #2"));
+        assert_eq!(origin.count(path), 2);
+    }
+    let auth = [("authorization", "Bearer x")];
+    send(&base, "GET", "/auth", &auth).await;
+    let second = send(&base, "GET", "/auth", &auth).await;
+    assert_eq!(second.body, "/auth #2");
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_2_7_a_qualified_private_field_reaches_only_the_client_that_fetched_it() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let first = get(&base, "/private-field").await;
+    assert_eq!(first.headers["x-user"], "alice");
+    let second = get(&base, "/private-field").await;
+    assert!(
+        second.cache_status().starts_with("Meridian; hit"),
+        "{}",
+        second.cache_status()
+    );
+    assert!(!second.headers.contains_key("x-user"));
+    assert_eq!(origin.count("/private-field"), 1);
+}
+
+#[tokio::test]
+async fn rfc9110_8_4_a_stored_text_is_answered_gzip_coded_to_clients_that_accept_it() {
+    use std::io::Read;
+    let (_proxy, base, origin) = edge("{}").await;
+    let plain = get(&base, "/text").await;
+    assert_eq!(plain.body, "meridian ".repeat(500));
+    assert_eq!(plain.headers["vary"], "Accept-Encoding");
+    assert!(!plain.headers.contains_key("content-encoding"));
+    let client = reqwest::Client::new();
+    let coded = client
+        .get(format!("{base}/text"))
+        .header("host", "shop.example.com")
+        .header("accept-encoding", "br;q=0.9, gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(coded.headers()["content-encoding"], "gzip");
+    assert_eq!(coded.headers()["vary"], "Accept-Encoding");
+    assert_eq!(coded.headers()["etag"], "W/\"t\"");
+    let bytes = coded.bytes().await.unwrap();
+    assert!(bytes.len() < 4500 / 10, "{} bytes", bytes.len());
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, "meridian ".repeat(500));
+    // Never a coded range; and the origin was asked once.
+    let part = send(
+        &base,
+        "GET",
+        "/text",
+        &[("accept-encoding", "gzip"), ("range", "bytes=0-7")],
+    )
+    .await;
+    assert_eq!((part.status, part.body.as_str()), (206, "meridian"));
+    assert_eq!(origin.count("/text"), 1);
+}
+
+#[tokio::test]
+async fn a_downstream_proxys_own_answer_is_never_stored() {
+    let (_proxy, base, origin) = edge("{default_ttl: 1m}").await;
+    let first = get(&base, "/proxy-made").await;
+    assert_eq!(first.status, 404);
+    assert!(
+        first.cache_status().ends_with("detail=\"proxy-error\""),
+        "{}",
+        first.cache_status()
+    );
+    get(&base, "/proxy-made").await;
+    assert_eq!(origin.count("/proxy-made"), 2);
+}
+
+#[tokio::test]
+async fn rfc9111_4_1_a_stored_response_answers_only_requests_with_its_varied_fields() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let en = [("accept-language", "en")];
+    let fr = [("accept-language", "fr")];
+    assert_eq!(send(&base, "GET", "/vary", &en).await.body, "/vary #1 en");
+    assert_eq!(send(&base, "GET", "/vary", &en).await.body, "/vary #1 en");
+    let other = send(&base, "GET", "/vary", &fr).await;
+    assert_eq!(other.body, "/vary #2 fr");
+    assert!(
+        other.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        other.cache_status()
+    );
+    assert_eq!(send(&base, "GET", "/vary", &fr).await.body, "/vary #2 fr");
+    assert_eq!(origin.count("/vary"), 2);
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_a_stale_response_is_validated_and_freshened_by_a_304() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let first = get(&base, "/etag").await;
+    assert_eq!(first.headers["x-version"], "1");
+    let second = get(&base, "/etag").await;
+    assert_eq!((second.status, second.body.as_str()), (200, "/etag #1"));
+    assert_eq!(
+        second.headers["x-version"], "2",
+        "freshened from the 304 (§4.3.4)"
+    );
+    assert!(
+        second.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        second.cache_status()
+    );
+    assert_eq!(origin.last("/etag")["if-none-match"], "\"v1\"");
+    // A client's own condition is answered here.
+    let conditional = send(&base, "GET", "/etag", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(conditional.status, 304);
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_3_a_full_response_to_a_validation_replaces_the_stored_one() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/gone-private").await;
+    // Stale: validated; the origin answers in full, and privately now.
+    let second = get(&base, "/gone-private").await;
+    assert_eq!(second.body, "/gone-private #2");
+    assert!(
+        second.cache_status().contains("detail=\"private\""),
+        "{}",
+        second.cache_status()
+    );
+    // Nothing left to validate: the next request is a plain miss.
+    let third = get(&base, "/gone-private").await;
+    assert!(
+        third.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        third.cache_status()
+    );
+    assert!(!origin.last("/gone-private").contains_key("if-none-match"));
+}
+
+#[tokio::test]
+async fn a_clients_no_store_does_not_drop_what_others_are_served() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/fresh").await;
+    let forced = [("cache-control", "no-cache, no-store")];
+    let refused = send(&base, "GET", "/fresh", &forced).await;
+    assert_eq!(refused.body, "/fresh #2");
+    assert!(
+        refused.cache_status().contains("detail=\"no-store\""),
+        "{}",
+        refused.cache_status()
+    );
+    let hit = get(&base, "/fresh").await;
+    assert!(
+        hit.cache_status().starts_with("Meridian; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(hit.body, "/fresh #1");
+    assert_eq!(origin.count("/fresh"), 2);
+}
+
+#[tokio::test]
+async fn rfc9111_4_head_validating_a_stored_get_refreshes_it_with_a_get() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/etag").await;
+    let head = send(&base, "HEAD", "/etag", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["x-version"], "2");
+    // The stored response kept its content.
+    assert_eq!(get(&base, "/etag").await.body, "/etag #1");
+    assert_eq!(origin.count("/etag"), 3);
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_4_a_freshened_response_takes_its_age_from_the_304() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/aged").await;
+    let validated = get(&base, "/aged").await;
+    assert!(
+        validated
+            .cache_status()
+            .contains("fwd=stale; fwd-status=304"),
+        "{}",
+        validated.cache_status()
+    );
+    let hit = get(&base, "/aged").await;
+    assert!(
+        hit.cache_status().starts_with("Meridian; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(hit.body, "/aged #1");
+    assert_eq!(origin.count("/aged"), 2);
+}
+
+#[tokio::test]
+async fn rfc9111_4_4_an_unsafe_request_invalidates_its_target() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/item").await;
+    assert_eq!(get(&base, "/item").await.body, "/item #1");
+    let post = send(&base, "POST", "/item", &[]).await;
+    assert_eq!(post.status, 200);
+    assert_eq!(post.cache_status(), "Meridian; fwd=method; fwd-status=200");
+    assert_eq!(get(&base, "/item").await.body, "/item #3");
+    assert_eq!(origin.count("/item"), 3);
+}
+
+#[tokio::test]
+async fn rfc9111_4_head_is_answered_from_a_stored_get() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/fresh").await;
+    let head = send(&base, "HEAD", "/fresh", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(
+        head.cache_status().contains("hit"),
+        "{}",
+        head.cache_status()
+    );
+    assert_eq!(head.headers["content-length"], "9");
+    assert!(head.body.is_empty());
+    assert_eq!(origin.count("/fresh"), 1);
+}
+
+#[tokio::test]
+async fn rfc9110_14_ranges_are_cut_from_a_stored_response() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/range").await;
+    let part = send(&base, "GET", "/range", &[("range", "bytes=1-5")]).await;
+    assert_eq!((part.status, part.body.as_str()), (206, "range"));
+    assert_eq!(part.headers["content-range"], "bytes 1-5/9");
+    let none = send(&base, "GET", "/range", &[("range", "bytes=100-")]).await;
+    assert_eq!(none.status, 416);
+    assert_eq!(origin.count("/range"), 1);
+}
+
+#[tokio::test]
+async fn rfc5861_4_stale_if_error_answers_with_the_stale_response_when_the_origin_fails() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/flaky").await;
+    let stale = get(&base, "/flaky").await;
+    assert_eq!((stale.status, stale.body.as_str()), (200, "/flaky #1"));
+    assert!(
+        stale.cache_status().contains("fwd-status=503"),
+        "{}",
+        stale.cache_status()
+    );
+    assert!(
+        stale.cache_status().contains("stale-if-error"),
+        "{}",
+        stale.cache_status()
+    );
+    assert_eq!(origin.count("/flaky"), 2);
+}
+
+#[tokio::test]
+async fn rfc5861_3_stale_while_revalidate_answers_at_once_and_revalidates_in_the_background() {
+    let (_proxy, base, origin) = edge("{}").await;
+    get(&base, "/swr").await;
+    let stale = get(&base, "/swr").await;
+    assert_eq!(stale.body, "/swr #1");
+    assert!(
+        stale.cache_status().contains("hit"),
+        "{}",
+        stale.cache_status()
+    );
+    until("the background revalidation", || origin.count("/swr") == 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = get(&base, "/swr").await;
+        if next.body != "/swr #1" {
+            assert!(next.body.starts_with("/swr #"), "{}", next.body);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revalidated response never answered"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_1_7_only_if_cached_without_a_stored_response_is_504() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let got = send(
+        &base,
+        "GET",
+        "/fresh",
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(got.status, 504);
+    assert_eq!(origin.count("/fresh"), 0);
+}
+
+#[tokio::test]
+async fn rfc9213_meridian_cache_control_governs_and_is_not_passed_on() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let first = get(&base, "/targeted").await;
+    assert!(!first.headers.contains_key("meridian-cache-control"));
+    assert_eq!(get(&base, "/targeted").await.body, "/targeted #1");
+    assert_eq!(origin.count("/targeted"), 1);
+}
+
+#[tokio::test]
+async fn a_bypassed_path_is_never_cached_and_tags_are_not_passed_on() {
+    let (_proxy, base, origin) = edge("{bypass: [/bypass/]}").await;
+    let first = get(&base, "/bypass/x").await;
+    assert_eq!(first.cache_status(), "Meridian; fwd=bypass; fwd-status=200");
+    get(&base, "/bypass/x").await;
+    assert_eq!(origin.count("/bypass/x"), 2);
+    let tagged = get(&base, "/tagged").await;
+    assert!(!tagged.headers.contains_key("cache-tag"));
+}
+
+#[tokio::test]
+async fn purges_remove_by_url_by_tag_and_everything() {
+    use meridian_proxy::{CachePurge, PurgeError};
+    let (proxy, base, origin) = edge("{key: {query_exclude: [utm]}}").await;
+    for path in ["/fresh?utm=a", "/tagged", "/item"] {
+        get(&base, path).await;
+    }
+    // A URL is keyed as its route keys it (utm is not in the key), under either scheme.
+    let url = CachePurge::Url("https://shop.example.com/fresh?utm=b".into());
+    assert_eq!(proxy.purge_cache(&url).await.unwrap(), 1);
+    assert_eq!(get(&base, "/fresh").await.body, "/fresh #2");
+    assert_eq!(
+        proxy
+            .purge_cache(&CachePurge::Tag("t1".into()))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(get(&base, "/tagged").await.body, "/tagged #2");
+    assert_eq!(get(&base, "/item").await.body, "/item #1");
+    assert_eq!(proxy.purge_cache(&CachePurge::All).await.unwrap(), 3);
+    assert_eq!(get(&base, "/item").await.body, "/item #2");
+    let bad = proxy
+        .purge_cache(&CachePurge::Url("/relative".into()))
+        .await;
+    assert!(matches!(bad, Err(PurgeError::Url(_))), "{bad:?}");
+    assert_eq!(origin.count("/fresh"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_one_key_make_one_origin_request() {
+    let (proxy, base, origin) = edge("{}").await;
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move { get(&base, "/slow").await })
+        })
+        .collect();
+    until("the first request to reach the origin", || {
+        origin.count("/slow") == 1
+    })
+    .await;
+    until("the others to wait on it", || proxy.cache_waiting() == 19).await;
+    origin.gate.add_permits(100);
+    let mut collapsed = 0;
+    for client in clients {
+        let got = client.await.unwrap();
+        assert_eq!((got.status, got.body.as_str()), (200, "/slow #1"));
+        collapsed += usize::from(got.cache_status().contains("collapsed"));
+    }
+    assert_eq!(origin.count("/slow"), 1);
+    assert_eq!(collapsed, 19);
+}
