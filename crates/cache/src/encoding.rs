@@ -153,16 +153,9 @@ fn textual(content_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::fields;
 
     const ALL: [Coding; 3] = [Coding::Brotli, Coding::Zstd, Coding::Gzip];
-
-    fn fields(list: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in list {
-            headers.append(*name, value.parse().unwrap());
-        }
-        headers
-    }
 
     fn accept(value: &'static str) -> Option<Coding> {
         preferred(&fields(&[("accept-encoding", value)]), &ALL)

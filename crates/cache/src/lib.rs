@@ -39,3 +39,21 @@ pub use storable::{storable, Refusal, Storable};
 pub use store::{Lookup, Object, Store, StoreLimits};
 pub use targeted::{ResponsePolicy, Source, CDN_CACHE_CONTROL, MERIDIAN_CACHE_CONTROL};
 pub use vary::Variant;
+
+/// What the unit tests share.
+#[cfg(test)]
+mod testing {
+    use http::{HeaderMap, HeaderName};
+
+    /// A header map of `list`'s fields, in order.
+    pub fn fields(list: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in list {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        headers
+    }
+}

@@ -164,14 +164,7 @@ pub fn byteranges(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(list: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in list {
-            headers.append(*name, value.parse().unwrap());
-        }
-        headers
-    }
+    use crate::testing::fields;
 
     fn range(spec: &'static str) -> RangeAnswer {
         answer(&fields(&[("range", spec)]), &HeaderMap::new(), 100)

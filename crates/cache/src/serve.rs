@@ -160,14 +160,7 @@ fn header_value(text: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(list: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in list {
-            headers.append(*name, value.parse().unwrap());
-        }
-        headers
-    }
+    use crate::testing::fields;
 
     fn serve(method: Method, request: &[(&'static str, &'static str)]) -> Answer {
         let stored_headers = fields(&[

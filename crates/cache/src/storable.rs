@@ -186,17 +186,7 @@ fn omitted_fields(response: &HeaderMap, directives: &CacheControl) -> Vec<Header
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(list: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in list {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        headers
-    }
+    use crate::testing::fields;
 
     fn check(
         request: &[(&str, &str)],

@@ -140,14 +140,7 @@ pub fn freshen(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(list: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in list {
-            headers.append(*name, value.parse().unwrap());
-        }
-        headers
-    }
+    use crate::testing::fields;
 
     const LM: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
     const LATER: &str = "Mon, 07 Nov 1994 08:49:37 GMT";

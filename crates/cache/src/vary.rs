@@ -90,14 +90,7 @@ fn combined(request: &HeaderMap, name: &HeaderName) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(list: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in list {
-            headers.append(*name, value.parse().unwrap());
-        }
-        headers
-    }
+    use crate::testing::fields;
 
     #[test]
     fn rfc9111_4_1_vary_names_are_case_insensitive_and_combined_over_lines() {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use meridian_xds::meridian::ClusterTraffic;
 
 use crate::figures::Figures;
+use crate::lock;
 
 /// The clusters' figures, by cluster name. Cloning shares them.
 #[derive(Debug, Clone, Default)]
@@ -48,12 +49,6 @@ impl ClusterStatsSet {
         all.sort_by(|a, b| a.cluster.cmp(&b.cluster));
         all
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

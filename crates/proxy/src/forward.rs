@@ -39,6 +39,8 @@ pub const ERROR_HEADER: &str = "x-meridian-error";
 static PROXY_ERROR: HeaderName = HeaderName::from_static(ERROR_HEADER);
 
 /// A response made by the proxy, with the reason in [`ERROR_HEADER`].
+// Cold: the proxy answers itself on paths most requests do not take; their code is kept apart.
+#[cold]
 pub fn local_response(status: StatusCode, reason: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!(
         "{} {reason}\n",
@@ -71,6 +73,7 @@ fn to_https(host: &str, port: u16, uri: &Uri) -> Response<ProxyBody> {
 
 /// `response`, asking an HTTP/1 client to close the connection after it (HTTP/2 streams end on
 /// their own).
+#[cold]
 fn closing(mut response: Response<ProxyBody>, version: Version) -> Response<ProxyBody> {
     if version < Version::HTTP_2 {
         response
@@ -401,6 +404,7 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
 
 /// The answer to a client that did not send its body in time (counted). The rest of the body
 /// may still be on its way: the connection cannot be reused.
+#[cold]
 fn body_timed_out(
     timeouts: &prometheus_client::metrics::counter::Counter,
     version: Version,
@@ -410,6 +414,7 @@ fn body_timed_out(
     closing(answer, version)
 }
 
+#[cold]
 fn too_large() -> Response<ProxyBody> {
     local_response(StatusCode::PAYLOAD_TOO_LARGE, "request_body_too_large")
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::InstanceConfig;
 use crate::figures::Figures;
+use crate::lock;
 
 /// One instance's cumulative figures.
 pub type InstanceStats = Figures;
@@ -149,12 +150,6 @@ impl Collector for InstanceStatsSet {
         }
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
