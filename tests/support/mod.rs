@@ -97,6 +97,12 @@ impl ControlPlane {
         Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", &[], None)
     }
 
+    /// [`ControlPlane::start`] with its API and xDS on `ip` (port 0 each).
+    pub fn start_on(data_dir: &Path, ip: &str) -> ControlPlane {
+        let any_port = format!("{ip}:0");
+        Self::start_at(data_dir, &any_port, &any_port, &[], None)
+    }
+
     /// [`ControlPlane::start`] with more arguments (e.g. `--local-ca`).
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ControlPlane {
         Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, None)

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::ClientArgs;
+use crate::connection::{ClientArgs, Connection};
 
 /// How long one API call may take.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -14,8 +14,7 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Talks to one API endpoint with one token.
 pub struct Client {
     http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+    connection: Connection,
 }
 
 #[derive(Deserialize)]
@@ -33,17 +32,31 @@ struct ErrorDetail {
 }
 
 impl Client {
-    /// A client for the API and token in `args`.
-    pub fn new(args: &ClientArgs) -> Result<Self> {
+    /// A client for the API and token that `args` and the config file's context give.
+    pub async fn new(args: &ClientArgs) -> Result<Self> {
+        Client::connect(args.connection().await?)
+    }
+
+    /// A client of `connection`.
+    pub fn connect(connection: Connection) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
             .context("building the HTTP client")?;
-        Ok(Client {
-            http,
-            base: args.api.trim_end_matches('/').to_owned(),
-            token: args.token.clone().filter(|t| !t.is_empty()),
-        })
+        Ok(Client { http, connection })
+    }
+
+    /// The org to act on when a command is given none: the context's.
+    pub fn default_org(&self) -> Option<&str> {
+        self.connection.org.as_deref()
+    }
+
+    /// `` (from context `prod` (/…/config.yaml))`` when `from_context`, for messages.
+    fn source(&self, from_context: bool) -> String {
+        match &self.connection.context {
+            Some(context) if from_context => format!(" (from {context})"),
+            _ => String::new(),
+        }
     }
 
     /// `GET path`, decoding the JSON answer.
@@ -93,22 +106,28 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(T, HeaderMap)> {
-        let Some(token) = &self.token else {
+        let Some(token) = &self.connection.token else {
+            let context = match &self.connection.context {
+                Some(context) => format!(" ({context} has none)"),
+                None => String::new(),
+            };
             bail!(
-                "no API token: set MERIDIAN_TOKEN (the control plane prints an admin token at \
-                 first start) or pass --token"
+                "no API token{context}: set MERIDIAN_TOKEN (the control plane prints an admin \
+                 token at first start), pass --token, or give a context one (`meridian context \
+                 set NAME --token …`)"
             );
         };
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.connection.api);
         let mut request = self.http.request(method, &url).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| {
             anyhow!(
-                "cannot reach the Meridian API at {}: {e}\n  is `meridian control --global` \
-                 running there? (set MERIDIAN_API or --api)",
-                self.base
+                "cannot reach the Meridian API at {}{}: {e}\n  is `meridian control --global` \
+                 running there? (set MERIDIAN_API or --api, or the context's api-url)",
+                self.connection.api,
+                self.source(self.connection.api_from_context)
             )
         })?;
         let status = response.status();
@@ -124,7 +143,7 @@ impl Client {
             };
             return Ok((body, headers));
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
+        let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) if body.error.details.len() > 1 => {
                 let lines: Vec<String> = body
                     .error
@@ -132,7 +151,7 @@ impl Client {
                     .iter()
                     .map(|d| format!("  {}: {}", d.field, d.message))
                     .collect();
-                bail!(
+                format!(
                     "{status}: the API rejected the request:\n{}",
                     lines.join("\n")
                 )
@@ -144,9 +163,17 @@ impl Client {
                         message,
                         ..
                     },
-            }) if !message.starts_with(&field) => bail!("{status}: {field}: {message}"),
-            Ok(body) => bail!("{status}: {}", body.error.message),
-            Err(_) => bail!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            }) if !message.starts_with(&field) => format!("{status}: {field}: {message}"),
+            Ok(body) => format!("{status}: {}", body.error.message),
+            Err(_) => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "{message}\n  the token{} is not one the API at {} accepts",
+                self.source(self.connection.token_from_context),
+                self.connection.api
+            );
         }
+        bail!("{message}")
     }
 }

@@ -1,13 +1,16 @@
 //! `meridian`: one binary for every Meridian component and for the command-line client.
 //!
-//! Component subcommands (`control`, `dev`) run servers; the others talk to the public API named
-//! by `MERIDIAN_API` with the token in `MERIDIAN_TOKEN`. This crate only wires things together:
-//! the logic lives in the library crates.
+//! Component subcommands (`control`, `dev`, `proxy`, …) run servers; the client commands talk
+//! to the public API named by `--api`/`MERIDIAN_API` with the token of `--token`/`MERIDIAN_TOKEN`,
+//! else those of the config file's context (see [`connection`]). This crate only wires things
+//! together: the logic lives in the library crates.
 
 #![deny(unsafe_code)]
 
 mod client;
 mod commands;
+mod config;
+mod connection;
 mod definition;
 mod malloc;
 mod output;
@@ -16,38 +19,35 @@ mod yaml_depth;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::client::Client;
-use crate::output::Format;
+use crate::connection::ClientArgs;
 
 /// Meridian: run your services in several regions on machines you own.
 #[derive(Parser)]
 #[command(name = "meridian", version, propagate_version = true)]
 struct Cli {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
 
-/// How to reach the API and how to print answers.
-#[derive(clap::Args, Clone)]
-pub struct ClientArgs {
-    /// Base URL of the public API.
-    #[arg(
-        long,
-        env = "MERIDIAN_API",
-        default_value = "http://127.0.0.1:7070",
-        global = true
-    )]
-    pub api: String,
-    /// API token (printed by the control plane at first start, or from `meridian token create`).
-    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
-    pub output: Format,
+/// A client command with subcommands: the API's flags (on each subcommand too), then which one.
+#[derive(Args)]
+struct ClientGroup<C: Subcommand> {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: C,
+}
+
+/// A client command: the API's flags and the command's own.
+#[derive(Args)]
+struct ClientCommand<A: Args> {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    args: A,
 }
 
 #[derive(Subcommand)]
@@ -67,19 +67,15 @@ enum Command {
     /// Run a node's agent: the instances its region assigns to this machine.
     Agent(commands::agent::AgentArgs),
     /// Make a one-time join token for a proxy or agent of a region (admin).
-    JoinToken(commands::join_token::JoinTokenArgs),
+    JoinToken(ClientCommand<commands::join_token::JoinTokenArgs>),
     /// List a region's nodes, or drain one: move its instances elsewhere (admin).
-    #[command(subcommand)]
-    Node(commands::node::NodeCommand),
+    Node(ClientGroup<commands::node::NodeCommand>),
     /// Manage regions (admin).
-    #[command(subcommand)]
-    Region(commands::resources::RegionCommand),
+    Region(ClientGroup<commands::resources::RegionCommand>),
     /// Manage orgs (admin).
-    #[command(subcommand)]
-    Org(commands::resources::OrgCommand),
+    Org(ClientGroup<commands::resources::OrgCommand>),
     /// Manage an org's API tokens.
-    #[command(subcommand)]
-    Token(commands::resources::TokenCommand),
+    Token(ClientGroup<commands::resources::TokenCommand>),
     /// Create or update a service from a definition file (YAML or JSON); prints the new version
     /// and, at a terminal, follows its rollout region by region until it ends.
     Deploy {
@@ -94,21 +90,19 @@ enum Command {
         /// exits non-zero when it failed or was rolled back.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Set, list and delete an app's secrets (referenced in env as `{secret: NAME}`).
-    #[command(subcommand)]
-    Secret(commands::secrets::SecretCommand),
+    Secret(ClientGroup<commands::secrets::SecretCommand>),
     /// Register, list and remove a service's endpoints (where its instances listen).
-    #[command(subcommand)]
-    Endpoint(commands::endpoints::EndpointCommand),
+    Endpoint(ClientGroup<commands::endpoints::EndpointCommand>),
     /// List the public domains of your services and the state of their certificates.
-    Domains(commands::domains::DomainsArgs),
+    Domains(ClientCommand<commands::domains::DomainsArgs>),
     /// Upload a certificate for a public domain.
-    #[command(subcommand)]
-    Cert(commands::domains::CertCommand),
+    Cert(ClientGroup<commands::domains::CertCommand>),
     /// List resources.
-    #[command(subcommand)]
-    Get(commands::resources::GetCommand),
+    Get(ClientGroup<commands::resources::GetCommand>),
     /// Show the output of a service's instances kept by the agents on this machine.
     Logs(commands::logs::LogsArgs),
     /// Show a service's state in each of its regions.
@@ -117,10 +111,12 @@ enum Command {
         service: String,
         #[command(flatten)]
         scope: commands::resources::AppScope,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Show the live request figures of an app's services per region (requests/s, errors,
     /// latency, connections, instances), redrawn every few seconds.
-    Top(commands::top::TopArgs),
+    Top(ClientCommand<commands::top::TopArgs>),
     /// Make a new version of a service equal to an earlier one.
     Rollback {
         /// The service.
@@ -130,13 +126,17 @@ enum Command {
         /// The version to go back to.
         #[arg(long)]
         to: u64,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Follow, list, pause, resume, promote and abort a service's rollouts.
-    #[command(subcommand)]
-    Rollout(commands::rollout::RolloutCommand),
+    Rollout(ClientGroup<commands::rollout::RolloutCommand>),
     /// Delete a resource.
+    Delete(ClientGroup<commands::resources::DeleteCommand>),
+    /// List, choose and change the client's contexts: API URL, token and default org, kept in
+    /// $XDG_CONFIG_HOME/meridian/config.yaml (else ~/.config/meridian/config.yaml).
     #[command(subcommand)]
-    Delete(commands::resources::DeleteCommand),
+    Context(commands::context::ContextCommand),
 }
 
 fn main() -> ExitCode {
@@ -168,7 +168,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, cli.client)) {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -177,14 +177,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<()> {
     use commands::{control, dev, resources};
-    let format = args.output;
     if std::env::var_os(dev::children::EXIT_WITH_PARENT).is_some() {
         tokio::spawn(dev::children::exit_with_parent());
     }
     match command {
-        Command::Control(control_args) => control::run(*control_args, args).await,
+        Command::Control(control_args) => control::run(*control_args).await,
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Agent(agent_args) => commands::agent::run(agent_args).await,
@@ -192,35 +191,72 @@ async fn run(command: Command, args: ClientArgs) -> anyhow::Result<()> {
         Command::Dns(dns_args) => commands::dns::run(dns_args).await,
         Command::Gateway(gateway_args) => commands::gateway::run(gateway_args).await,
         Command::Logs(logs_args) => commands::logs::run(logs_args),
-        Command::JoinToken(join_args) => commands::join_token::run(join_args, args).await,
-        Command::Node(cmd) => commands::node::run(cmd, args).await,
-        Command::Region(cmd) => resources::region(&Client::new(&args)?, format, cmd).await,
-        Command::Org(cmd) => resources::org(&Client::new(&args)?, format, cmd).await,
-        Command::Token(cmd) => resources::token(&Client::new(&args)?, format, cmd).await,
-        Command::Deploy { file, detach, wait } => {
+        Command::Context(cmd) => commands::context::run(cmd).await,
+        Command::JoinToken(c) => commands::join_token::run(c.args, c.client).await,
+        Command::Node(g) => commands::node::run(g.command, g.client).await,
+        Command::Region(g) => {
+            resources::region(&Client::new(&g.client).await?, g.client.output, g.command).await
+        }
+        Command::Org(g) => {
+            resources::org(&Client::new(&g.client).await?, g.client.output, g.command).await
+        }
+        Command::Token(g) => {
+            resources::token(&Client::new(&g.client).await?, g.client.output, g.command).await
+        }
+        Command::Deploy {
+            file,
+            detach,
+            wait,
+            client,
+        } => {
             let at_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
             let follow = wait || (at_terminal && !detach);
-            resources::deploy(&Client::new(&args)?, format, &file, follow).await
+            let api = Client::new(&client).await?;
+            resources::deploy(&api, client.output, &file, follow).await
         }
-        Command::Secret(cmd) => commands::secrets::secret(&Client::new(&args)?, format, cmd).await,
-        Command::Endpoint(cmd) => {
-            commands::endpoints::endpoint(&Client::new(&args)?, format, cmd).await
+        Command::Secret(g) => {
+            let api = Client::new(&g.client).await?;
+            commands::secrets::secret(&api, g.client.output, g.command).await
         }
-        Command::Domains(domains_args) => {
-            commands::domains::domains(&Client::new(&args)?, format, domains_args).await
+        Command::Endpoint(g) => {
+            let api = Client::new(&g.client).await?;
+            commands::endpoints::endpoint(&api, g.client.output, g.command).await
         }
-        Command::Cert(cmd) => commands::domains::cert(&Client::new(&args)?, format, cmd).await,
-        Command::Get(cmd) => resources::get(&Client::new(&args)?, format, cmd).await,
-        Command::Status { service, scope } => {
-            resources::status(&Client::new(&args)?, format, &service, &scope).await
+        Command::Domains(c) => {
+            let api = Client::new(&c.client).await?;
+            commands::domains::domains(&api, c.client.output, c.args).await
         }
-        Command::Top(top_args) => commands::top::top(&Client::new(&args)?, format, top_args).await,
-        Command::Rollback { service, scope, to } => {
-            resources::rollback(&Client::new(&args)?, format, &service, &scope, to).await
+        Command::Cert(g) => {
+            let api = Client::new(&g.client).await?;
+            commands::domains::cert(&api, g.client.output, g.command).await
         }
-        Command::Rollout(cmd) => {
-            commands::rollout::rollout(&Client::new(&args)?, format, cmd).await
+        Command::Get(g) => {
+            resources::get(&Client::new(&g.client).await?, g.client.output, g.command).await
         }
-        Command::Delete(cmd) => resources::delete(&Client::new(&args)?, cmd).await,
+        Command::Status {
+            service,
+            scope,
+            client,
+        } => {
+            let api = Client::new(&client).await?;
+            resources::status(&api, client.output, &service, &scope).await
+        }
+        Command::Top(c) => {
+            commands::top::top(&Client::new(&c.client).await?, c.client.output, c.args).await
+        }
+        Command::Rollback {
+            service,
+            scope,
+            to,
+            client,
+        } => {
+            let api = Client::new(&client).await?;
+            resources::rollback(&api, client.output, &service, &scope, to).await
+        }
+        Command::Rollout(g) => {
+            let api = Client::new(&g.client).await?;
+            commands::rollout::rollout(&api, g.client.output, g.command).await
+        }
+        Command::Delete(g) => resources::delete(&Client::new(&g.client).await?, g.command).await,
     }
 }

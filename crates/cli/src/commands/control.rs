@@ -13,8 +13,6 @@ use meridian_control::{
     GlobalOptions, RegionalOptions, Say,
 };
 
-use crate::ClientArgs;
-
 /// Options of `meridian control`.
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("plane").required(true).args(["global", "region"])))]
@@ -49,6 +47,14 @@ pub struct ControlArgs {
     /// certificate (region only).
     #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:17000")]
     global_xds: String,
+    /// The global control plane's public API, where the region gets its CA at its first start
+    /// (region only).
+    #[arg(long, value_name = "URL", env = "MERIDIAN_API", default_value = crate::connection::DEFAULT_API)]
+    api: String,
+    /// An admin token of the global API, which also gets the region its CA at its first start
+    /// when there is no `--join-token` (region only).
+    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Also serve xDS without authentication here, for proxyless gRPC clients that cannot
     /// present a certificate (grpc-js-xds); nodes there are scoped by the org they declare, so
     /// bind it where only trusted workloads reach it (region only; off by default).
@@ -146,7 +152,7 @@ impl CertificateArgs {
 
 /// Runs the chosen control plane until Ctrl-C or SIGTERM; an error when it cannot start or one
 /// of its essential tasks stops.
-pub async fn run(args: ControlArgs, client: ClientArgs) -> Result<()> {
+pub async fn run(args: ControlArgs) -> Result<()> {
     let say: Say = Arc::new(|line: &str| println!("{line}"));
     match args.region {
         Some(region) => {
@@ -157,8 +163,8 @@ pub async fn run(args: ControlArgs, client: ClientArgs) -> Result<()> {
                 xds_plaintext: args.xds_plaintext,
                 admin: args.admin,
                 global_xds: args.global_xds,
-                global_api: client.api,
-                admin_token: client.token,
+                global_api: args.api,
+                admin_token: args.token.filter(|t| !t.is_empty()),
                 join_token: args.join_token,
                 cert_lifetime: args.cert_lifetime,
                 xds_coalesce: args.xds_coalesce,

@@ -13,8 +13,8 @@ use clap::Args;
 
 use crate::client::Client;
 use crate::commands::resources;
+use crate::connection::Connection;
 use crate::output::Format;
-use crate::ClientArgs;
 
 pub mod children;
 mod component;
@@ -264,10 +264,14 @@ async fn start_and_serve(
     children.keep(control_global, "--xds", socket_address(&xds));
     let first_start = output.contains("admin token (shown only");
     let token = admin_token(data_dir, &output)?;
-    let client = Client::new(&ClientArgs {
+    // Its own platform's API: no context of the config file applies.
+    let client = Client::connect(Connection {
         api: api.clone(),
         token: Some(token.clone()),
-        output: Format::Table,
+        org: None,
+        context: None,
+        api_from_context: false,
+        token_from_context: false,
     })?;
     if first_start {
         for (name, lat, lon) in REGIONS {

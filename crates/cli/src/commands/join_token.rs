@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::ClientArgs;
+use crate::connection::ClientArgs;
 
 /// Options of `meridian join-token`.
 #[derive(Args)]
@@ -24,16 +24,15 @@ pub struct JoinTokenArgs {
 
 /// Prints a new join token on standard output (and what it is for on standard error).
 pub async fn run(args: JoinTokenArgs, client: ClientArgs) -> Result<()> {
-    let token = client
-        .token
-        .context("join tokens are for administrators: pass --token or set MERIDIAN_TOKEN")?;
+    let client = client.connection().await?;
+    let token = client.token.context(
+        "join tokens are for administrators: pass --token, set MERIDIAN_TOKEN or use a context \
+         with an admin token",
+    )?;
     let ttl_seconds = args.ttl.as_secs().max(1);
     let (url, body, what) = match args.identity.strip_prefix("control/") {
         Some(region) => (
-            format!(
-                "{}/v1/regions/{region}/join-tokens",
-                client.api.trim_end_matches('/')
-            ),
+            format!("{}/v1/regions/{region}/join-tokens", client.api),
             serde_json::json!({"ttl_seconds": ttl_seconds}),
             "the global control plane",
         ),

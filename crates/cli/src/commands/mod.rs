@@ -1,6 +1,7 @@
 //! One module per group of subcommands.
 
 pub mod agent;
+pub mod context;
 pub mod control;
 pub mod dev;
 pub mod dns;

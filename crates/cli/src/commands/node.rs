@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use meridian_model::{Cpu, Memory};
 
-use crate::ClientArgs;
+use crate::connection::ClientArgs;
 
 /// `meridian node` subcommands.
 #[derive(Subcommand)]
@@ -42,9 +42,10 @@ pub struct Named {
 
 /// Runs a `meridian node` subcommand.
 pub async fn run(command: NodeCommand, client: ClientArgs) -> Result<()> {
-    let token = client
-        .token
-        .context("nodes are for administrators: pass --token or set MERIDIAN_TOKEN")?;
+    let token = client.connection().await?.token.context(
+        "nodes are for administrators: pass --token, set MERIDIAN_TOKEN or use a context with \
+         an admin token",
+    )?;
     let http = reqwest::Client::new();
     let (request, url, control) = match &command {
         NodeCommand::List(region) => {

@@ -19,8 +19,8 @@ pub struct AppScope {
     /// The service's app.
     #[arg(long)]
     pub(crate) app: String,
-    /// The org; defaults to the token's org. With an admin token: the only org that has a
-    /// service of that name.
+    /// The org; defaults to the context's, else the token's org. With an admin token: the only
+    /// org that has a service of that name.
     #[arg(long, env = "MERIDIAN_ORG")]
     pub(crate) org: Option<String>,
 }
@@ -118,7 +118,7 @@ pub enum GetCommand {
     Orgs,
     /// List an org's apps.
     Apps {
-        /// The org; defaults to the token's org.
+        /// The org; defaults to the context's, else the token's org.
         #[arg(long, env = "MERIDIAN_ORG")]
         org: Option<String>,
     },
@@ -138,7 +138,7 @@ pub enum DeleteCommand {
     App {
         /// The app.
         name: String,
-        /// The org; defaults to the token's org.
+        /// The org; defaults to the context's, else the token's org.
         #[arg(long, env = "MERIDIAN_ORG")]
         org: Option<String>,
     },
@@ -321,10 +321,10 @@ pub async fn deploy_definition(
     Ok((!unchanged).then_some(deployment))
 }
 
-/// Finds the org of `service` in `scope.app` when `--org` was not given.
+/// Finds the org of `service` in `scope.app` when neither `--org` nor the context gives one.
 async fn resolve_org(api: &Client, service: &str, scope: &AppScope) -> Result<String> {
-    if let Some(org) = &scope.org {
-        return Ok(org.clone());
+    if let Some(org) = scope.org.as_deref().or(api.default_org()) {
+        return Ok(org.to_owned());
     }
     let me: WhoAmI = api.get("/v1/whoami").await?;
     if let Some(org) = me.org {
@@ -356,14 +356,17 @@ pub(crate) async fn service_path(api: &Client, service: &str, scope: &AppScope) 
     ))
 }
 
-/// `org`, or else the token's org (an admin token has none: an error asking for --org).
+/// `org`, or else the context's, or else the token's org (an admin token has none: an error
+/// asking for --org).
 pub(super) async fn default_org(api: &Client, org: Option<String>) -> Result<String> {
-    if let Some(org) = org {
+    if let Some(org) = org.or_else(|| api.default_org().map(str::to_owned)) {
         return Ok(org);
     }
     let me: WhoAmI = api.get("/v1/whoami").await?;
-    me.org
-        .context("an admin token has no org of its own; pass --org (or set MERIDIAN_ORG)")
+    me.org.context(
+        "an admin token has no org of its own; pass --org (or set MERIDIAN_ORG, or the \
+         context's org: `meridian context set NAME --org ORG`)",
+    )
 }
 
 fn deployments_table(deployments: &[Deployment]) -> Vec<Vec<String>> {

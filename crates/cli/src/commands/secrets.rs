@@ -22,7 +22,7 @@ pub struct SecretScope {
     /// the org sees them, unless it has a secret of the same name (the app's wins).
     #[arg(long)]
     app: Option<String>,
-    /// The org; defaults to the token's org (an admin token must name it).
+    /// The org; defaults to the context's, else the token's org (an admin token must name it).
     #[arg(long, env = "MERIDIAN_ORG")]
     org: Option<String>,
 }

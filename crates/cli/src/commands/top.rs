@@ -114,7 +114,8 @@ async fn services(api: &Client, args: &TopArgs) -> Result<Vec<(String, String)>>
     let org = args
         .scope
         .org
-        .as_ref()
+        .as_deref()
+        .or(api.default_org())
         .map(|org| format!("&org={org}"))
         .unwrap_or_default();
     let found: Vec<ServiceSummary> = api
