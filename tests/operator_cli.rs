@@ -300,3 +300,66 @@ fn client_flags_are_shown_on_client_commands_only() {
     assert!(documents(&control, "--api <"));
     assert!(!documents(&control, "--context <") && !documents(&control, "--output <"));
 }
+
+/// What bash's completion of `meridian` offers for `words` (the last one being completed).
+fn bash_completes(script: &Path, words: &[&str]) -> Vec<String> {
+    let current = words.len() - 1;
+    let previous = if current > 0 { words[current - 1] } else { "" };
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}' && COMP_WORDS=({}) && COMP_CWORD={current} && \
+         _meridian meridian '{}' '{previous}' && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        quoted.join(" "),
+        words[current],
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn completion_scripts_complete_subcommands_flags_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = Operator {
+        home: dir.path().to_owned(),
+        xdg: None,
+    };
+    let bash = op.ok(&["completions", "bash"]);
+    let script = dir.path().join("meridian.bash");
+    std::fs::write(&script, &bash).unwrap();
+    assert_eq!(
+        bash_completes(&script, &["meridian", "cont"]),
+        ["control", "context"]
+    );
+    let context = bash_completes(&script, &["meridian", "context", ""]);
+    for sub in ["list", "use", "set", "delete"] {
+        assert!(context.iter().any(|w| w == sub), "{context:?}");
+    }
+    assert_eq!(
+        bash_completes(&script, &["meridian", "get", "services", "--o"]),
+        ["--org", "--output"]
+    );
+    assert_eq!(
+        bash_completes(&script, &["meridian", "get", "services", "-o", ""]),
+        ["table", "json"]
+    );
+
+    let zsh = op.ok(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef meridian"), "{}", &zsh[..40]);
+    assert!(zsh.contains("'--context=[") && zsh.contains("(completions)"));
+    let fish = op.ok(&["completions", "fish"]);
+    assert!(fish.contains("complete -c meridian") && fish.contains("-a \"context\""));
+    let refused = op.fails(&["completions", "tcsh"]);
+    assert!(refused.contains("bash") && refused.contains("zsh") && refused.contains("fish"));
+}

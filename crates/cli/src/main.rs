@@ -137,6 +137,13 @@ enum Command {
     /// $XDG_CONFIG_HOME/meridian/config.yaml (else ~/.config/meridian/config.yaml).
     #[command(subcommand)]
     Context(commands::context::ContextCommand),
+    /// Print a completion script for a shell: `source <(meridian completions bash)` in
+    /// ~/.bashrc; for zsh, save it as `_meridian` in a folder of `$fpath`; for fish, as
+    /// ~/.config/fish/completions/meridian.fish.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -192,6 +199,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Gateway(gateway_args) => commands::gateway::run(gateway_args).await,
         Command::Logs(logs_args) => commands::logs::run(logs_args),
         Command::Context(cmd) => commands::context::run(cmd).await,
+        Command::Completions { shell } => commands::completions::run(shell),
         Command::JoinToken(c) => commands::join_token::run(c.args, c.client).await,
         Command::Node(g) => commands::node::run(g.command, g.client).await,
         Command::Region(g) => {
