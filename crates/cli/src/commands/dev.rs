@@ -19,8 +19,10 @@ use crate::output::Format;
 pub mod children;
 mod component;
 mod ports;
+mod progress;
 
 use children::Children;
+use progress::Progress;
 
 /// The example regions, with coordinates.
 const REGIONS: [(&str, f64, f64); 3] = [
@@ -337,7 +339,6 @@ async fn start_and_serve(
         Issuer::LocalCa => Some(global_dir.join("public-ca").join("ca.pem")),
         Issuer::Acme { .. } => None,
     };
-    println!("waiting for the example app to be served…");
     let answers = wait_until_served(&regions).await;
     wait_until_reported(&client).await;
     let edge_answers = wait_until_edges_serve(&edges, trust.as_deref()).await;
@@ -549,21 +550,25 @@ const READY_DEADLINE: Duration = Duration::from_secs(90);
 async fn wait_until_served(regions: &[Region]) -> Vec<String> {
     let client = probe_client();
     let end = Instant::now() + READY_DEADLINE;
+    let mut progress = Progress::start("the example app to be served");
     loop {
         let mut answers = Vec::new();
-        let mut served = true;
+        let mut served = 0;
         for region in regions {
             if !WEB_REGIONS.contains(&region.name) {
                 answers.push("- (web does not run in this region)".to_owned());
                 continue;
             }
             let answer = greeting(&client, region.gateway, "not served in this region yet").await;
-            served &= answer.is_ok();
+            served += usize::from(answer.is_ok());
             answers.push(answer.unwrap_or_else(|why| why));
         }
-        if served || Instant::now() > end {
+        let state = format!("web served in {served} of {} regions", WEB_REGIONS.len());
+        if served == WEB_REGIONS.len() || Instant::now() > end {
+            progress.finish(&state);
             return answers;
         }
+        progress.update(&state);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -671,17 +676,22 @@ async fn edge_answer(
 async fn wait_until_edges_serve(edges: &[Edge], ca: Option<&Path>) -> Vec<String> {
     let plain = probe_client();
     let end = Instant::now() + Duration::from_secs(20);
+    let mut progress = Progress::start("the edges to serve it");
     loop {
         let mut answers = Vec::new();
         for edge in edges {
             answers.push(edge_answer(&plain, edge, ca).await);
         }
-        if answers.iter().all(Result::is_ok) || Instant::now() > end {
+        let serving = answers.iter().filter(|a| a.is_ok()).count();
+        let state = format!("{serving} of {} edges serve web", edges.len());
+        if serving == edges.len() || Instant::now() > end {
+            progress.finish(&state);
             return answers
                 .into_iter()
                 .map(|a| a.unwrap_or_else(|why| why))
                 .collect();
         }
+        progress.update(&state);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -728,25 +738,33 @@ const EXAMPLE_SERVICES: [&str; 2] = ["web", "api"];
 /// the status tables printed next say so and the suggested calls to `api` find it healthy.
 async fn wait_until_reported(client: &Client) {
     let end = Instant::now() + Duration::from_secs(30);
+    let mut progress = Progress::start("every region to report the example running");
+    let mut state = String::new();
     while Instant::now() < end {
-        let mut running = true;
+        let mut running = 0;
         for service in EXAMPLE_SERVICES {
             let status: Result<serde_json::Value> = client
                 .get(&format!(
                     "/v1/orgs/demo/apps/shop/services/{service}/status"
                 ))
                 .await;
-            running &= status.is_ok_and(|s| {
+            running += usize::from(status.is_ok_and(|s| {
                 s["regions"]
                     .as_array()
                     .is_some_and(|r| r.iter().all(|r| r["state"] == "running"))
-            });
+            }));
         }
-        if running {
-            return;
+        state = format!(
+            "{running} of {} services running in all their regions",
+            EXAMPLE_SERVICES.len()
+        );
+        if running == EXAMPLE_SERVICES.len() {
+            break;
         }
+        progress.update(&state);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    progress.finish(&state);
 }
 
 fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], data_dir: &Path) {
