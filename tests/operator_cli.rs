@@ -137,9 +137,15 @@ fn a_contexts_values_reach_the_api_and_flags_and_environment_win() {
         "[]"
     );
 
-    // Flags and environment variables win over the context's API and token.
-    let elsewhere = op.fails(&["get", "regions", "--api", NOWHERE]);
-    assert!(elsewhere.contains(&format!("cannot reach the Meridian API at {NOWHERE}")));
+    // Flags and environment variables win over the context's API and token; the context's
+    // token goes to the context's API only.
+    let withheld = op.fails(&["get", "regions", "--api", NOWHERE]);
+    assert!(withheld.contains("goes to its own API only"), "{withheld}");
+    let elsewhere = op.fails(&["get", "regions", "--api", NOWHERE, "--token", "x"]);
+    assert!(
+        elsewhere.contains(&format!("cannot reach the Meridian API at {NOWHERE}")),
+        "{elsewhere}"
+    );
     assert!(!elsewhere.contains("from context"), "{elsewhere}");
     let wrong = [("MERIDIAN_TOKEN", "mrd_not-a-token")];
     let refused = op.fails_with(&["get", "regions"], &wrong);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use moka::notification::RemovalCause;
@@ -76,6 +76,16 @@ impl Object {
         variant: Variant,
         tags: Vec<String>,
     ) -> Object {
+        // The values and the content are copied into one allocation of the object's own: the
+        // bytes they came in (an upstream connection's read buffer, shared with what else was
+        // read into it) are not kept alive for as long as the object is stored.
+        let values: usize = headers.values().map(HeaderValue::len).sum();
+        let mut own = BytesMut::with_capacity(values + body.len());
+        for value in headers.values() {
+            own.extend_from_slice(value.as_bytes());
+        }
+        own.extend_from_slice(&body);
+        let mut own = own.freeze();
         let mut fields = Vec::with_capacity(headers.len());
         let mut name = None;
         for (key, value) in headers {
@@ -83,14 +93,18 @@ impl Object {
             if let Some(key) = key {
                 name = Some(key);
             }
+            let copy = own.split_to(value.len());
+            // The copy of a valid value is valid: the original stays should it not be.
+            let mut copied = HeaderValue::from_maybe_shared(copy).unwrap_or(value.clone());
+            copied.set_sensitive(value.is_sensitive());
             if let Some(name) = &name {
-                fields.push((name.clone(), value));
+                fields.push((name.clone(), copied));
             }
         }
         Object {
             status,
             fields: fields.into_boxed_slice(),
-            body,
+            body: own,
             timing,
             lifetime,
             variant,

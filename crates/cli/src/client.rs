@@ -108,6 +108,10 @@ impl Client {
     ) -> Result<(T, HeaderMap)> {
         let Some(token) = &self.connection.token else {
             let context = match &self.connection.context {
+                Some(context) if self.connection.token_withheld => format!(
+                    " (the token of {context} goes to its own API only, not to {})",
+                    self.connection.api
+                ),
                 Some(context) => format!(" ({context} has none)"),
                 None => String::new(),
             };

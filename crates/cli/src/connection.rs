@@ -48,6 +48,8 @@ pub struct Connection {
     pub api_from_context: bool,
     /// Whether `token` is the context's.
     pub token_from_context: bool,
+    /// Whether the context has a token that was not used, as the API is not the context's.
+    pub token_withheld: bool,
 }
 
 impl ClientArgs {
@@ -95,12 +97,22 @@ fn resolve(args: &ClientArgs, context: Option<(&config::Context, String)>) -> Co
         .map(|c| c.api_url.clone())
         .filter(|_| args.api.is_none());
     let flag_token = args.token.clone().filter(|t| !t.is_empty());
+    // A context's token goes only to the context's API: an API named by a flag gets none.
+    let same_api = |c: &config::Context| {
+        args.api
+            .as_deref()
+            .is_none_or(|api| api.trim_end_matches('/') == c.api_url.trim_end_matches('/'))
+    };
     let context_token = values
+        .filter(|c| same_api(c))
         .and_then(|c| c.token.clone())
         .filter(|_| flag_token.is_none());
+    let token_withheld =
+        flag_token.is_none() && values.is_some_and(|c| c.token.is_some() && !same_api(c));
     Connection {
         api_from_context: context_api.is_some(),
         token_from_context: context_token.is_some(),
+        token_withheld,
         api: (args.api.clone().or(context_api))
             .unwrap_or_else(|| DEFAULT_API.to_owned())
             .trim_end_matches('/')
@@ -145,6 +157,14 @@ mod tests {
         assert_eq!(flags.token.as_deref(), Some("flag"));
         assert_eq!(flags.org.as_deref(), Some("shop"));
         assert!(!flags.api_from_context && !flags.token_from_context);
+        let elsewhere = resolve(&args(Some("http://127.0.90.1:1"), None), described());
+        assert_eq!(
+            elsewhere.token, None,
+            "the context's token went to another API"
+        );
+        assert!(elsewhere.token_withheld);
+        let same = resolve(&args(Some("https://api.example.com"), None), described());
+        assert_eq!(same.token.as_deref(), Some("from-context"));
         let nothing = resolve(&args(None, Some("")), None);
         assert_eq!(nothing.api, DEFAULT_API);
         assert_eq!(nothing.token, None);

@@ -274,6 +274,7 @@ async fn start_and_serve(
         context: None,
         api_from_context: false,
         token_from_context: false,
+        token_withheld: false,
     })?;
     if first_start {
         for (name, lat, lon) in REGIONS {
