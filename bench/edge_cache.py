@@ -33,7 +33,6 @@ over the run, all its processes summed):
   size on disk per object is shown on its own row.
 """
 
-import argparse
 import os
 import re
 import shutil
@@ -44,8 +43,8 @@ import tempfile
 import time
 import http.client
 
-from proxy import children, cpu_seconds, interleaved, launch_reference, rss_kib, start, stop, \
-    wait_port, write_configs
+from proxy import (bench_arguments, children, cpu_seconds, interleaved, launch_reference, pss_kib,
+                   rss_kib, start, stop, wait_port, write_configs)
 
 ORIGIN_PORT = 19480
 PORTS = {"meridian": 19481, "varnish": 19482, "nginx": 19483}
@@ -221,19 +220,6 @@ def h2load_pass(port, uris, count):
         raise RuntimeError(f"h2load against port {port} did not get {count} 2xx:\n{out}")
 
 
-def pss_kib(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
-
-
 def memory(target, args, port, pids, tmp):
     """Bytes of RSS (and PSS) per cached distinct 1 KB object, on a fresh process."""
     uris = os.path.join(tmp, f"uris-{port}.txt")
@@ -289,13 +275,7 @@ def measure(target, paths, args, lua, tmp):
 
 
 def main():
-    import resource
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--meridian", default="target/release/meridian")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = bench_arguments(__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="per measured wrk run")
     parser.add_argument("--connections", type=int, default=50, help="wrk's connections")
     parser.add_argument("--objects", type=int, default=20000,

@@ -32,7 +32,6 @@ over the run, master and workers summed):
   (VmRSS with them - VmRSS idle) / 1000, in KiB (the kB of /proc). Target: <= 20.
 """
 
-import argparse
 import os
 import re
 import statistics
@@ -41,8 +40,8 @@ import sys
 import tempfile
 import time
 
-from proxy import (children, cpu_seconds, haproxy_config, interleaved, launch_reference, rss_kib,
-                   start, stop, upstream_config, wait_port, write_configs)
+from proxy import (bench_arguments, children, cpu_seconds, haproxy_config, interleaved,
+                   launch_reference, rss_kib, start, stop, upstream_config, wait_port, write_configs)
 
 UPSTREAM_PORT = 19380
 PORTS = {"meridian": 19381, "nginx": 19382, "haproxy": 19383}
@@ -223,14 +222,8 @@ def http3_load(args, port, pids):
 
 
 def main():
-    import resource
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--meridian", default="target/release/meridian")
+    parser = bench_arguments(__doc__)
     parser.add_argument("--client", default="target/release/tls-client")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5, help="per handshake and h2load run")
     parser.add_argument("--concurrency", type=int, default=32, help="handshakes in flight")
     args = parser.parse_args()

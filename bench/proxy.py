@@ -51,17 +51,39 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_kib(pids):
+def status_kib(pids, file, field):
+    """The sum over `pids` of `field` (kB) in /proc/PID/`file`; a process gone counts 0."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{pid}/{file}") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         total += int(line.split()[1])
         except FileNotFoundError:
             pass
     return total
+
+
+def rss_kib(pids):
+    return status_kib(pids, "status", "VmRSS")
+
+
+def pss_kib(pids):
+    return status_kib(pids, "smaps_rollup", "Pss")
+
+
+def bench_arguments(doc):
+    """A benchmark's argument parser with --meridian and --rounds, once the open-files limit is
+    raised to its hard limit (load clients and held connections need many)."""
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meridian", default="target/release/meridian")
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser
 
 
 def children(pid):
@@ -258,12 +280,7 @@ def interleaved(targets, rounds, measure_one):
 
 
 def main():
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--meridian", default="target/release/meridian")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = bench_arguments(__doc__)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=50)
     args = parser.parse_args()
