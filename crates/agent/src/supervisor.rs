@@ -42,6 +42,10 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// report, and reports if so.
 const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
 
+/// Most queries of its instances' output the agent answers at once (followers included); a
+/// query beyond finds the node busy.
+const LOG_QUERIES: usize = 8;
+
 /// How the agent runs.
 pub struct AgentOptions {
     /// The region's control plane, `https://host:port`.
@@ -243,6 +247,15 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         },
         backoff: (Duration::from_millis(100), Duration::from_secs(5)),
     };
+    let log_queries = tokio::spawn(meridian_xds::logs::answer_queries(
+        meridian_xds::logs::AnswerOptions {
+            url: options.control.clone(),
+            tls: options.tls.clone(),
+            concurrency: LOG_QUERIES,
+            who: format!("agent of node {}", options.node),
+        },
+        crate::logs::AgentLogs::new(&options.state_dir),
+    ));
     let follower = tokio::spawn(run_delta_client(
         client,
         AssignmentHandler {
@@ -388,6 +401,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         start_drains(&node_proxy.proxy, &instances, &mut drains);
     }
     follower.abort();
+    log_queries.abort();
     for running in instances
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
