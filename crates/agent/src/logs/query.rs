@@ -104,6 +104,11 @@ impl LocalQuery {
         found
     }
 
+    /// Whether the service has logs under `state_dir`.
+    pub fn found(&self, state_dir: &Path) -> bool {
+        !self.instances(state_dir).is_empty()
+    }
+
     fn filter(&self) -> Filter<'_> {
         Filter {
             since_nanos: self.since_nanos,
