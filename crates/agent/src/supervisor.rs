@@ -78,6 +78,11 @@ pub struct AgentOptions {
     /// The bound, in bytes, of the node's image store: layers no instance uses are evicted,
     /// least recently used first, while the store holds more.
     pub image_store_max: u64,
+    /// Where the node proxy logs every request, if anywhere.
+    pub access_log: Option<(
+        meridian_proxy::AccessLogTarget,
+        meridian_proxy::AccessLogSource,
+    )>,
 }
 
 /// The label of the instances gauge.
@@ -286,6 +291,11 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     let dns_metrics = Arc::new(meridian_dns::DnsMetrics::new(&mut registry));
     let usage = UsageMetrics::new(&mut registry);
     let proxy = Arc::new(meridian_proxy::Proxy::default());
+    if let Some((target, source)) = &options.access_log {
+        if let Err(e) = proxy.log_access(target, source.clone()) {
+            tracing::error!(%target, error = %e, "the node proxy's access log could not start");
+        }
+    }
     let metrics_address = Arc::new(std::sync::OnceLock::new());
     let reporter = tokio::spawn(report_loop(
         UnaryClient::new(&options.control, options.tls.clone()),
