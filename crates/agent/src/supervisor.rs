@@ -255,7 +255,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     let log_queries = tokio::spawn(meridian_xds::logs::answer_queries(
         meridian_xds::logs::AnswerOptions {
             url: options.control.clone(),
-            tls: options.tls.clone(),
+            tls: Some(options.tls.clone()),
             concurrency: LOG_QUERIES,
             who: format!("agent of node {}", options.node),
         },

@@ -20,8 +20,9 @@ use crate::tls::Peer;
 /// How long a query waits for a node or region to take it (one whose offers are all in use
 /// may free one meanwhile).
 const OFFER_WAIT: Duration = Duration::from_secs(3);
-/// Most queries a region answers at once (followers included).
-pub const REGION_LOG_QUERIES: usize = 32;
+/// Most queries a region answers at once (followers included): as many as one connection to
+/// the global control plane carries streams (`max_streams_per_connection`).
+pub const REGION_LOG_QUERIES: usize = 16;
 /// Answers from the regions waiting to be turned into events: past this, reading pauses.
 const EVENT_QUEUE: usize = 16;
 

@@ -217,7 +217,7 @@ pub async fn run_regional(
         move || {
             let options = meridian_xds::logs::AnswerOptions {
                 url: url.clone(),
-                tls: tls.clone(),
+                tls: Some(tls.clone()),
                 concurrency: crate::REGION_LOG_QUERIES,
                 who: format!("region {region}"),
             };

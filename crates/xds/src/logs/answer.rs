@@ -40,8 +40,8 @@ pub trait Answering: Clone + Send + Sync + 'static {
 pub struct AnswerOptions {
     /// The server, `https://host:port`.
     pub url: String,
-    /// Mutual TLS with the caller's certificate.
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Mutual TLS with the caller's certificate (cleartext without: tests only).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Most queries answered at once (each worker keeps one offer open).
     pub concurrency: usize,
     /// What answers, for the log (`agent`, `region fra`).

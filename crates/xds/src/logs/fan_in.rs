@@ -80,6 +80,14 @@ pub async fn fan_in(
             () = out.closed() => return,
         };
         let Some((peer, answer)) = next else {
+            // Every peer has ended: they are all caught up.
+            if !caught_up_sent {
+                let caught_up = LogAnswer {
+                    caught_up: true,
+                    ..LogAnswer::default()
+                };
+                let _ = out.send(caught_up).await;
+            }
             return;
         };
         let mut answer = match answer {
