@@ -2,8 +2,8 @@
 //! signs in with a token by keyboard and shows what the API says of a real small platform (a
 //! global and a regional control plane, an agent, a gateway): the service's health in its
 //! region, its request figures and charts, the rollout of its second version, the regions on a
-//! map, deployments; an org token sees only its org. Screenshots of each page are saved under
-//! `target/test-output/dashboard/`.
+//! map, deployments, a live tail of the instance's output; an org token sees only its org.
+//! Screenshots of each page are saved under `target/test-output/dashboard/`.
 
 mod support;
 
@@ -344,15 +344,32 @@ async fn the_dashboard_shows_the_platform_as_the_api_does_in_a_real_browser() {
     assert_eq!(row, serde_json::json!(["v2", "succeeded", 100]));
     browser.screenshot(&out.join("deployments.png")).await;
 
-    // Logs: not there yet, and the page says so.
-    show(&mut browser, "#/logs", "logs").await;
-    let logs = browser
-        .eval("document.getElementById('logs-unavailable').textContent")
+    // Logs: the service page links to its live tail, which follows the instances' output and
+    // shows a line the instance prints, tagged with its region, instance and stream.
+    show(&mut browser, "#/services/acme/shop/hello", "service").await;
+    let link = browser
+        .eval("document.getElementById('logs-link').getAttribute('href')")
         .await;
-    assert!(
-        logs.as_str().unwrap().contains("not available yet"),
-        "{logs}"
-    );
+    assert_eq!(link, "#/logs/acme/shop/hello");
+    show(&mut browser, "#/logs/acme/shop/hello", "logs").await;
+    browser
+        .wait_for(
+            "the tail following",
+            "document.getElementById('log-status')?.dataset.state === 'following'",
+        )
+        .await;
+    let printed = through(&address, HELLO_HOST, "/print?line=dashboard-tail-marker").await;
+    assert_eq!(printed, (200, "printed\n".to_owned()));
+    let line = browser
+        .wait_for(
+            "the printed line in the tail",
+            "(() => { const l = [...document.querySelectorAll('#log-tail .log-line')]\
+               .find(l => l.querySelector('.text').textContent === 'dashboard-tail-marker'); \
+             return l ? [l.dataset.region, l.dataset.instance, l.dataset.stream] : null; })()",
+        )
+        .await;
+    // The instance of version 2 (the rollout replaced the first).
+    assert_eq!(line, serde_json::json!(["fra", "hello-1", "stdout"]));
     browser.screenshot(&out.join("logs.png")).await;
 
     // Another org's token sees none of acme's services, and no region through them.

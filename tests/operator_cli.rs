@@ -274,6 +274,7 @@ fn client_flags_are_shown_on_client_commands_only() {
         &["node", "list"],
         &["join-token"],
         &["top"],
+        &["logs"],
     ] {
         let lines = flags(command);
         for flag in ["--api <", "--token <", "--context <", "--output <"] {
@@ -290,7 +291,6 @@ fn client_flags_are_shown_on_client_commands_only() {
         &["gateway"],
         &["edge"],
         &["dns"],
-        &["logs"],
         &["context"],
     ] {
         let lines = flags(command);

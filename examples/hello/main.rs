@@ -16,6 +16,8 @@
 //!   with what it got: a call to another service by name, through `HTTP_PROXY` if set; with
 //!   `&direct=1`, without it (the name is resolved by DNS);
 //! - `POST /exit` — exits with status 1, to watch the agent restart it;
+//! - `GET /print?line=<text>[&stream=stderr]` — writes `<text>` as a line of its standard
+//!   output (or error), to watch `meridian logs`;
 //! - `GET /env/<NAME>` — the value of environment variable `NAME`, only if `NAME` is listed
 //!   in `$HELLO_SHOW_ENV` (names separated by commas; none by default), else `404`: to see
 //!   what an instance's environment holds, e.g. a secret's value (`{secret: NAME}` in `env`);
@@ -93,6 +95,7 @@ async fn main() -> std::process::ExitCode {
         .route("/call", get(call))
         .route("/exit", post(exit))
         .route("/env/{name}", get(show_env))
+        .route("/print", get(print))
         .route("/ws", get(echo))
         .route("/tcp", get(tcp_call));
     let listener = match address.parse::<SocketAddr>() {
@@ -251,6 +254,28 @@ async fn show_env(
             format!("{name}: not set\n"),
         ),
     }
+}
+
+/// Writes the query's `line` as a line of its output: standard error with `stream=stderr`,
+/// else standard output.
+async fn print(Query(query): Query<HashMap<String, String>>) -> (axum::http::StatusCode, String) {
+    let Some(line) = query.get("line").filter(|l| !l.contains('\n')) else {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "line: give one line (?line=…)\n".to_owned(),
+        );
+    };
+    match query.get("stream").map(String::as_str) {
+        Some("stderr") => eprintln!("{line}"),
+        None | Some("stdout") => println!("{line}"),
+        Some(other) => {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("stream: `{other}` is neither stdout nor stderr\n"),
+            )
+        }
+    }
+    (axum::http::StatusCode::OK, "printed\n".to_owned())
 }
 
 /// Ends the process with status 1, as a crash would.

@@ -1017,6 +1017,11 @@ pub fn edge_at(
 
 /// The region's gateway, joined with a token; the address of its plain-HTTP listener.
 pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
+    gateway_with(region, dir, &[]).await
+}
+
+/// [`gateway`], started with `extra` arguments (e.g. `--access-log FILE`).
+pub async fn gateway_with(region: &RegionalPlane, dir: &Path, extra: &[&str]) -> (Killed, String) {
     let token = region.join_token("gateway");
     let (child, lines) = spawn_with_lines(
         Command::new(MERIDIAN)
@@ -1029,6 +1034,7 @@ pub async fn gateway(region: &RegionalPlane, dir: &Path) -> (Killed, String) {
                 "--state-dir",
             ])
             .arg(dir.join(format!("gateway-{}", region.region)))
+            .args(extra)
             .env("MERIDIAN_LOG", "warn"),
     );
     let admin = wait_for_line(

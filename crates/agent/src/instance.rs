@@ -18,7 +18,7 @@ use crate::cgroups::{Cgroup, Cgroups, Limits};
 use crate::health;
 use crate::image::bundle::{Bundle, BundleInput};
 use crate::image::{runc, ImageStore, Lease};
-use crate::logs::{keep, log_dir, MAX_LOG_BYTES};
+use crate::logs::{keep, log_dir, Stream, MAX_LOG_BYTES};
 use crate::start_metrics::StartMetrics;
 
 /// Where an instance is in its life.
@@ -517,10 +517,12 @@ fn spawn_supervised(
     }
     let logs = log_dir(&launch.state_dir, &launch.key());
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(keep(stdout, logs.join("stdout.log"), MAX_LOG_BYTES));
+        let path = logs.join(Stream::Stdout.file_name());
+        tokio::spawn(keep(stdout, path, Stream::Stdout, MAX_LOG_BYTES));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(keep(stderr, logs.join("stderr.log"), MAX_LOG_BYTES));
+        let path = logs.join(Stream::Stderr.file_name());
+        tokio::spawn(keep(stderr, path, Stream::Stderr, MAX_LOG_BYTES));
     }
     Ok(child)
 }

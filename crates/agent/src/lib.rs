@@ -2,7 +2,8 @@
 //! its node must run (delta xDS, `meridian.v1.Assignment`), runs each as a process with a clean
 //! environment (its definition's, with `{secret: NAME}` values resolved from those its
 //! assignment delivered, `PORT` and `MERIDIAN_*` variables, never the agent's own) on
-//! an address of its own, keeps its output in rotated files, health-checks it as its definition
+//! an address of its own, keeps its output in rotated files (and answers its region's
+//! queries of it), health-checks it as its definition
 //! says, restarts it with backoff and reports it failed past its restart limit, and reports every instance's state to the control plane. It runs the
 //! node proxy: each instance's inbound mesh listener (mutual TLS with the instance's workload
 //! certificate, authorized by the service's policy) and its outbound listener (`HTTP_PROXY`),
@@ -33,7 +34,7 @@ mod supervisor;
 pub use addresses::AddressPool;
 pub use image::runc::available as runc_available;
 pub use instance::{InstanceState, State};
-pub use logs::log_dir;
+pub use logs::{answer_locally, log_dir, AgentLogs, LocalQuery};
 pub use netns::{available as netns_available, prefix as netns_prefix};
 pub use node_proxy::{mesh_port, MESH_PORT_BASE, OUTBOUND_PORT};
 pub use supervisor::{run_agent, AgentOptions, Isolation};

@@ -42,6 +42,10 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// report, and reports if so.
 const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
 
+/// Most queries of its instances' output the agent answers at once (followers included); a
+/// query beyond finds the node busy.
+const LOG_QUERIES: usize = 8;
+
 /// How the agent runs.
 pub struct AgentOptions {
     /// The region's control plane, `https://host:port`.
@@ -74,6 +78,11 @@ pub struct AgentOptions {
     /// The bound, in bytes, of the node's image store: layers no instance uses are evicted,
     /// least recently used first, while the store holds more.
     pub image_store_max: u64,
+    /// Where the node proxy logs every request, if anywhere.
+    pub access_log: Option<(
+        meridian_proxy::AccessLogTarget,
+        meridian_proxy::AccessLogSource,
+    )>,
 }
 
 /// The label of the instances gauge.
@@ -243,6 +252,15 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         },
         backoff: (Duration::from_millis(100), Duration::from_secs(5)),
     };
+    let log_queries = tokio::spawn(meridian_xds::logs::answer_queries(
+        meridian_xds::logs::AnswerOptions {
+            url: options.control.clone(),
+            tls: Some(options.tls.clone()),
+            concurrency: LOG_QUERIES,
+            who: format!("agent of node {}", options.node),
+        },
+        crate::logs::AgentLogs::new(&options.state_dir),
+    ));
     let follower = tokio::spawn(run_delta_client(
         client,
         AssignmentHandler {
@@ -273,6 +291,11 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     let dns_metrics = Arc::new(meridian_dns::DnsMetrics::new(&mut registry));
     let usage = UsageMetrics::new(&mut registry);
     let proxy = Arc::new(meridian_proxy::Proxy::default());
+    if let Some((target, source)) = &options.access_log {
+        if let Err(e) = proxy.log_access(target, source.clone()) {
+            tracing::error!(%target, error = %e, "the node proxy's access log could not start");
+        }
+    }
     let metrics_address = Arc::new(std::sync::OnceLock::new());
     let reporter = tokio::spawn(report_loop(
         UnaryClient::new(&options.control, options.tls.clone()),
@@ -388,6 +411,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         start_drains(&node_proxy.proxy, &instances, &mut drains);
     }
     follower.abort();
+    log_queries.abort();
     for running in instances
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -117,6 +117,11 @@ impl ApiError {
         error
     }
 
+    /// 503 `unavailable`: the API cannot serve this now (`message` says why and what to do).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// 500: something failed inside; the details go to the log, not the client.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");

@@ -13,6 +13,7 @@ mod auth;
 mod error;
 mod extract;
 mod images;
+mod log_stream;
 mod metrics;
 mod openapi;
 mod readiness;
@@ -44,6 +45,21 @@ pub use routes::tenancy::CreatedToken;
 pub use routes::traffic::TargetGroup;
 pub use traffic_history::TrafficHistory;
 
+pub use routes::logs::MAX_LOG_STREAMS;
+
+/// Where the API gets instances' output from: the regions, through the global control plane.
+pub trait LogSource: Send + Sync + 'static {
+    /// Starts `request` of service `(org, app, name)` in `regions`: its events come on the
+    /// receiver, which ends when the answer is complete (when following, not before it is
+    /// dropped, which cancels the query everywhere).
+    fn open(
+        &self,
+        service: (&str, &str, &str),
+        request: &meridian_model::LogRequest,
+        regions: Vec<String>,
+    ) -> tokio::sync::mpsc::Receiver<meridian_model::LogEvent>;
+}
+
 /// Most requests the API serves at once; more wait for a slot.
 pub const MAX_CONCURRENT_REQUESTS: usize = 512;
 
@@ -64,6 +80,10 @@ pub struct ApiState {
     readiness: Readiness,
     /// The registries image tags are resolved at.
     pub(crate) registries: Arc<images::Registries>,
+    /// Where instances' output comes from, if anywhere.
+    pub(crate) logs: Option<Arc<dyn LogSource>>,
+    /// The log streams that may still open ([`MAX_LOG_STREAMS`] in all).
+    pub(crate) log_streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Who the caller's token belongs to.
@@ -86,6 +106,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         None,
         Readiness::default(),
         meridian_model::RegistryOptions::default(),
+        None,
     )
 }
 
@@ -106,6 +127,8 @@ pub struct RootTrust {
 /// Uploaded certificates' keys and apps' secrets are sealed with `secrets`; without it both
 /// are refused. `/readyz` answers 503, naming what is waited for, until `readiness` is ready.
 /// Image tags in applied definitions are resolved at the registries as `registries` says.
+/// Instances' output is asked of `logs_source`; without it, `…/logs` answers 503.
+#[allow(clippy::too_many_arguments)]
 pub fn router_with(
     store: Arc<dyn Store>,
     trust: Option<RootTrust>,
@@ -114,9 +137,11 @@ pub fn router_with(
     secrets: Option<Arc<SealingKey>>,
     readiness: Readiness,
     registries: meridian_model::RegistryOptions,
+    logs_source: Option<Arc<dyn LogSource>>,
 ) -> Router {
     use routes::{
-        domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy, traffic,
+        domains, endpoints, feed, logs, regions, reports, rollouts, secrets, services, tenancy,
+        traffic,
     };
     let state = ApiState {
         store,
@@ -126,6 +151,8 @@ pub fn router_with(
         secrets,
         readiness,
         registries: Arc::new(images::Registries::new(registries)),
+        logs: logs_source,
+        log_streams: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_STREAMS)),
     };
     let openapi = openapi::document();
     let service_path = "/v1/orgs/{org}/apps/{app}/services/{service}";
@@ -219,6 +246,7 @@ pub fn router_with(
             &format!("{service_path}/metrics"),
             get(traffic::service_metrics),
         )
+        .route(&format!("{service_path}/logs"), get(logs::service_logs))
         .route("/v1/prometheus/targets", get(traffic::prometheus_targets))
         .route(&format!("{service_path}/rollouts"), get(rollouts::history))
         .route(

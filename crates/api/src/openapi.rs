@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy, traffic,
+    domains, endpoints, feed, logs, regions, reports, rollouts, secrets, services, tenancy, traffic,
 };
 
 #[derive(OpenApi)]
@@ -28,6 +28,7 @@ use crate::routes::{
         domains::list, domains::upload,
         feed::revision, feed::changes,
         traffic::service_metrics, traffic::prometheus_targets,
+        logs::service_logs,
     ),
     components(schemas(crate::ErrorBody, crate::ErrorDetail, meridian_model::FieldError)),
     modifiers(&BearerAuth),

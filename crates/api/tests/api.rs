@@ -44,6 +44,7 @@ impl Server {
                 insecure: vec![CLOSED_REGISTRY.to_owned()],
                 ..Default::default()
             },
+            None,
         );
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();

@@ -61,6 +61,51 @@ export async function get(path) {
   return body;
 }
 
+/**
+ * `GET path` of the API's JSON-lines answer (a log stream), read as it comes: `onEvent` gets
+ * each object; resolves when the answer ends, rejects with an ApiError on an error answer.
+ * `signal` aborts it.
+ */
+export async function streamLines(path, onEvent, signal) {
+  const secret = token();
+  if (!secret) throw new ApiError(401, "not signed in");
+  let answer;
+  try {
+    answer = await fetch(path, {
+      headers: { Authorization: `Bearer ${secret}`, Accept: "application/x-ndjson" },
+      cache: "no-store",
+      credentials: "omit",
+      signal,
+    });
+  } catch (e) {
+    throw new ApiError(0, `the API did not answer (${e.message})`);
+  }
+  if (!answer.ok) {
+    let error = null;
+    try {
+      error = (await answer.json()).error;
+    } catch {
+      // Not the API's JSON error: the status says enough.
+    }
+    throw new ApiError(answer.status, error && error.message ? error.message : `the API answered ${answer.status}`,
+      error && error.field);
+  }
+  const reader = answer.body.getReader();
+  const decoder = new TextDecoder();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    pending += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, end);
+      pending = pending.slice(end + 1);
+      if (line) onEvent(JSON.parse(line));
+    }
+  }
+}
+
 /** The API path of a service (`{org, app, name}`), to which `…/status` and the like are added. */
 export function servicePath(service) {
   const part = encodeURIComponent;

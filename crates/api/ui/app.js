@@ -1,5 +1,5 @@
 // The dashboard's shell: the routes (`#/services`, `#/services/ORG/APP/NAME`, `#/regions`,
-// `#/deployments`, `#/logs`), signing in and out, loading a page and refreshing it while live
+// `#/deployments`, `#/logs`, `#/logs/ORG/APP/NAME`), signing in and out, loading a page and refreshing it while live
 // updates are on, and keeping keyboard focus where it was when a page is redrawn.
 
 import { ApiError, forget, get, token } from "./api.js";
@@ -20,6 +20,7 @@ const ROUTES = [
   { pattern: /^#\/regions$/, page: regions },
   { pattern: /^#\/deployments$/, page: deployments },
   { pattern: /^#\/logs$/, page: logs },
+  { pattern: new RegExp(`^#/logs/(${LABEL})/(${LABEL})/(${LABEL})$`), page: logs },
 ];
 
 const main = document.getElementById("main");
@@ -64,7 +65,13 @@ function route() {
   return null;
 }
 
+/** Lets the page shown go (a page that streams stops reading). */
+function leavePage() {
+  if (current && current.page.leave) current.page.leave();
+}
+
 function showSignIn(reason) {
+  leavePage();
   generation += 1;
   clearTimeout(timer);
   who = null;
@@ -156,7 +163,7 @@ async function load(first) {
   try {
     const data = await page.load(params, context());
     if (at !== generation) return;
-    show(page.render(data, context()), first);
+    show(page.render(data, context(), params), first);
     delete main.dataset.error;
     updated.textContent = `Updated at ${clock(Date.now() / 1000)} UTC.`;
     loads += 1;
@@ -170,6 +177,7 @@ async function load(first) {
 }
 
 async function navigate() {
+  leavePage();
   clearTimeout(timer);
   generation += 1;
   const at = generation;

@@ -188,8 +188,8 @@ export const service = {
       rolloutsSection(data.rollouts),
       deploymentsSection(data.deployments, s.version),
       section("logs", "Logs",
-        h("p", null, "A live log tail is not available yet: the API has no log stream. ",
-          h("a", { href: "#/logs" }, "More on logs"), ".")),
+        h("p", null, h("a", { href: `#/logs/${encodeURIComponent(s.org)}/${encodeURIComponent(s.app)}/${encodeURIComponent(s.name)}`, id: "logs-link" },
+          "Live log tail"), " of this service's instances in every region.")),
     ];
   },
 };

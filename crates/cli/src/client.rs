@@ -11,9 +11,15 @@ use crate::connection::{ClientArgs, Connection};
 /// How long one API call may take.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Longest wait for a streamed answer's next bytes (a following log stream sends a heartbeat
+/// every 15 s).
+const STREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Talks to one API endpoint with one token.
 pub struct Client {
     http: reqwest::Client,
+    /// For answers read as they come: no limit on the whole.
+    streaming: reqwest::Client,
     connection: Connection,
 }
 
@@ -43,7 +49,16 @@ impl Client {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .context("building the HTTP client")?;
-        Ok(Client { http, connection })
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(REQUEST_TIMEOUT)
+            .read_timeout(STREAM_READ_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client {
+            http,
+            streaming,
+            connection,
+        })
     }
 
     /// The org to act on when a command is given none: the context's.
@@ -106,34 +121,12 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(T, HeaderMap)> {
-        let Some(token) = &self.connection.token else {
-            let context = match &self.connection.context {
-                Some(context) if self.connection.token_withheld => format!(
-                    " (the token of {context} goes to its own API only, not to {})",
-                    self.connection.api
-                ),
-                Some(context) => format!(" ({context} has none)"),
-                None => String::new(),
-            };
-            bail!(
-                "no API token{context}: set MERIDIAN_TOKEN (the control plane prints an admin \
-                 token at first start), pass --token, or give a context one (`meridian context \
-                 set NAME --token …`)"
-            );
-        };
         let url = format!("{}{path}", self.connection.api);
-        let mut request = self.http.request(method, &url).bearer_auth(token);
+        let mut request = self.http.request(method, &url).bearer_auth(self.token()?);
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the Meridian API at {}{}: {e}\n  is `meridian control --global` \
-                 running there? (set MERIDIAN_API or --api, or the context's api-url)",
-                self.connection.api,
-                self.source(self.connection.api_from_context)
-            )
-        })?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.context("reading the API's answer")?;
@@ -147,7 +140,61 @@ impl Client {
             };
             return Ok((body, headers));
         }
-        let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Err(self.failed(status, &bytes))
+    }
+
+    /// `GET path`, whose answer is read as it comes (no time limit on the whole, one on each
+    /// read): the response, if it succeeded.
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let url = format!("{}{path}", self.connection.api);
+        let response = self
+            .streaming
+            .get(&url)
+            .bearer_auth(self.token()?)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.context("reading the API's answer")?;
+        Err(self.failed(status, &bytes))
+    }
+
+    /// The token, or what to do without one.
+    fn token(&self) -> Result<&str> {
+        if let Some(token) = &self.connection.token {
+            return Ok(token);
+        }
+        let context = match &self.connection.context {
+            Some(context) if self.connection.token_withheld => format!(
+                " (the token of {context} goes to its own API only, not to {})",
+                self.connection.api
+            ),
+            Some(context) => format!(" ({context} has none)"),
+            None => String::new(),
+        };
+        bail!(
+            "no API token{context}: set MERIDIAN_TOKEN (the control plane prints an admin \
+             token at first start), pass --token, or give a context one (`meridian context \
+             set NAME --token …`)"
+        );
+    }
+
+    /// The error of a request that got no answer.
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow!(
+            "cannot reach the Meridian API at {}{}: {e}\n  is `meridian control --global` \
+             running there? (set MERIDIAN_API or --api, or the context's api-url)",
+            self.connection.api,
+            self.source(self.connection.api_from_context)
+        )
+    }
+
+    /// The error of an answer with `status` and `bytes` (the API's JSON error, if it is one).
+    fn failed(&self, status: StatusCode, bytes: &[u8]) -> anyhow::Error {
+        let message = match serde_json::from_slice::<ErrorBody>(bytes) {
             Ok(body) if body.error.details.len() > 1 => {
                 let lines: Vec<String> = body
                     .error
@@ -169,15 +216,15 @@ impl Client {
                     },
             }) if !message.starts_with(&field) => format!("{status}: {field}: {message}"),
             Ok(body) => format!("{status}: {}", body.error.message),
-            Err(_) => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            Err(_) => format!("{status}: {}", String::from_utf8_lossy(bytes)),
         };
         if status == StatusCode::UNAUTHORIZED {
-            bail!(
+            return anyhow!(
                 "{message}\n  the token{} is not one the API at {} accepts",
                 self.source(self.connection.token_from_context),
                 self.connection.api
             );
         }
-        bail!("{message}")
+        anyhow!("{message}")
     }
 }

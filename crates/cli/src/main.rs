@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod connection;
 mod definition;
+mod logging;
 mod malloc;
 mod output;
 mod yaml_depth;
@@ -26,6 +27,16 @@ use crate::connection::ClientArgs;
 #[derive(Parser)]
 #[command(name = "meridian", version, propagate_version = true)]
 struct Cli {
+    /// How this process writes its own log on standard error: `text`, or `json` (one object
+    /// per line); the components `meridian dev` starts write theirs the same way.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "MERIDIAN_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,8 +112,9 @@ enum Command {
     Cert(ClientGroup<commands::domains::CertCommand>),
     /// List resources.
     Get(ClientGroup<commands::resources::GetCommand>),
-    /// Show the output of a service's instances kept by the agents on this machine.
-    Logs(commands::logs::LogsArgs),
+    /// Show the output of a service's instances in every region (or one), each line tagged
+    /// with its region, instance and stream; `-f` follows new lines.
+    Logs(ClientCommand<commands::logs::LogsArgs>),
     /// Show a service's state in each of its regions.
     Status {
         /// The service.
@@ -146,15 +158,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal: a log file or journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init(cli.log_format);
     // The proxy and the DNS server on a single CPU run on the current thread: no cross-thread scheduling on the
     // request path. Everything else (and the proxy on several CPUs) uses the multi-threaded one.
     let single_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
@@ -194,7 +198,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Edge(edge_args) => commands::edge::run(edge_args).await,
         Command::Dns(dns_args) => commands::dns::run(dns_args).await,
         Command::Gateway(gateway_args) => commands::gateway::run(gateway_args).await,
-        Command::Logs(logs_args) => commands::logs::run(logs_args),
+        Command::Logs(c) => commands::logs::run(&c.client, c.args).await,
         Command::Context(cmd) => commands::context::run(cmd).await,
         Command::Completions { shell } => commands::completions::run(shell),
         Command::JoinToken(c) => commands::join_token::run(c.args, c.client).await,

@@ -18,6 +18,7 @@ pub mod env;
 mod error;
 mod geo;
 mod image_ref;
+pub mod logs;
 mod names;
 mod parse;
 mod resources;
@@ -43,6 +44,7 @@ pub use env::{check_secret_name, EnvValue, SecretRef};
 pub use error::{FieldError, ValidationErrors};
 pub use geo::distance_km;
 pub use image_ref::{check_digest, Credential, ImageRef, RegistryOptions, DEFAULT_REGISTRY};
+pub use logs::{compile_grep, LogEvent, LogLine, LogNotice, LogParams, LogRequest, NoticeKind};
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
 pub use resources::{

@@ -107,11 +107,8 @@ pub async fn handle(
         let limits = ctx.shared.limits.load();
         (limits.max_request_body_bytes, limits.request_body_timeout.0)
     };
-    let logged = ctx
-        .shared
-        .access_log
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .then(|| (request.method().clone(), request.uri().clone()));
+    let logged = ctx.shared.access_log.get();
+    let logged = logged.map(|log| crate::access_log::Logged::new(log, &request));
     let switch = Switch::requested(&request);
     let client_side = switch.is_some().then(|| hyper::upgrade::on(&mut request));
     let trusted = match ctx.trust.load() {
@@ -181,46 +178,15 @@ pub async fn handle(
     target
         .metrics
         .record(response.status().as_u16(), elapsed.as_secs_f64());
-    if let Some((method, uri)) = logged {
-        log_access(
-            &ctx.name,
-            route,
-            &target.cluster.name,
-            peer,
-            &method,
-            &uri,
-            &response,
-            elapsed,
+    if let Some(logged) = logged {
+        let by = (
+            ctx.name.as_str(),
+            route.name.as_str(),
+            target.cluster.name.as_str(),
         );
+        logged.answered(by, peer, &response, elapsed);
     }
     response
-}
-
-/// Writes one JSON access-log line to standard output.
-#[allow(clippy::too_many_arguments)]
-fn log_access(
-    listener: &str,
-    route: &Route,
-    cluster: &str,
-    peer: &Peer,
-    method: &Method,
-    uri: &Uri,
-    response: &Response<ProxyBody>,
-    elapsed: std::time::Duration,
-) {
-    let line = serde_json::json!({
-        "time": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-        "listener": listener,
-        "route": route.name,
-        "cluster": cluster,
-        "client": peer.addr.to_string(),
-        "method": method.as_str(),
-        "path": uri.path(),
-        "status": response.status().as_u16(),
-        "duration_us": elapsed.as_micros() as u64,
-        "proxy_error": response.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()),
-    });
-    println!("{line}");
 }
 
 /// A client's request with what forwarding needs to know about it.

@@ -8,6 +8,7 @@
 //! path must not allocate or lock what it need not: route tables are swapped with `arc-swap`, and
 //! metric handles are made when a config is compiled. Nothing a client sends may panic it.
 
+mod access_log;
 mod acme;
 mod admin;
 mod answers;
@@ -55,6 +56,7 @@ use arc_swap::ArcSwap;
 use meridian_model::ValidationErrors;
 use tokio_rustls::TlsAcceptor;
 
+pub use access_log::{AccessLogSource, AccessLogTarget};
 pub use acme::{Http01Answers, HTTP01_PATH};
 pub use answers::ERROR_HEADER;
 pub use cache::{CachePurge, PurgeError, DEFAULT_LIMITS as DEFAULT_CACHE_LIMITS};
@@ -203,7 +205,7 @@ impl Default for Proxy {
             shared: Arc::new(Shared {
                 metrics: metrics.clone(),
                 limits: ArcSwap::from_pointee(Limits::default()),
-                access_log: std::sync::atomic::AtomicBool::new(false),
+                access_log: Default::default(),
                 open: Default::default(),
                 http01: std::sync::OnceLock::new(),
             }),
@@ -224,6 +226,20 @@ impl Proxy {
             cache: Arc::new(cache::HttpCache::new(limits)),
             ..Proxy::default()
         }
+    }
+
+    /// Logs every request from now on (whatever configurations say) to `target`, each event
+    /// naming `source`; a file is opened now. A proxy has one access log: a second call
+    /// changes nothing.
+    pub fn log_access(
+        &self,
+        target: &AccessLogTarget,
+        source: AccessLogSource,
+    ) -> std::io::Result<()> {
+        let counters = self.shared.metrics.access_log_counters();
+        let log = access_log::AccessLog::open(target, source, counters)?;
+        self.shared.access_log.always(log);
+        Ok(())
     }
 
     /// Validates and applies `config`: binds new listeners first (if one fails, nothing changes),
@@ -434,9 +450,15 @@ impl Proxy {
             cluster.endpoints().iter().for_each(|e| e.reset_health());
         }
         self.shared.limits.store(Arc::new(config.limits.clone()));
-        self.shared
-            .access_log
-            .store(config.access_log, std::sync::atomic::Ordering::Relaxed);
+        self.shared.access_log.configure(config.access_log, || {
+            let source = AccessLogSource {
+                component: "proxy".to_owned(),
+                node: String::new(),
+                region: None,
+            };
+            let counters = self.shared.metrics.access_log_counters();
+            access_log::AccessLog::open(&AccessLogTarget::Stdout, source, counters)
+        });
         let mut kept = std::mem::take(&mut active.listeners);
         for (name, serving, udp) in reused {
             if let Some(mut entry) = kept.remove(&name) {

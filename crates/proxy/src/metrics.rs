@@ -236,6 +236,7 @@ pub struct ProxyMetrics {
     instances: InstanceStatsSet,
     clusters: ClusterStatsSet,
     cache: CacheMetrics,
+    access_log: crate::access_log::AccessLogCounters,
 }
 
 fn latency_histogram() -> Histogram {
@@ -392,7 +393,19 @@ impl Default for ProxyMetrics {
         let instances = InstanceStatsSet::default();
         registry.register_collector(Box::new(instances.clone()));
         let cache = CacheMetrics::register(&mut registry);
+        let access_log = crate::access_log::AccessLogCounters::default();
+        registry.register(
+            "access_log_lines",
+            "Access-log lines handed to the writer",
+            access_log.lines.clone(),
+        );
+        registry.register(
+            "access_log_dropped_lines",
+            "Access-log lines dropped: the writer's queue was full, or writing failed",
+            access_log.dropped.clone(),
+        );
         ProxyMetrics {
+            access_log,
             registry,
             requests,
             latency,
@@ -451,6 +464,11 @@ impl ProxyMetrics {
             cluster: self.clusters.get(cluster),
             instance: None,
         }
+    }
+
+    /// The access log's counters (shared handles).
+    pub(crate) fn access_log_counters(&self) -> crate::access_log::AccessLogCounters {
+        self.access_log.clone()
     }
 
     /// The shared HTTP cache's counters.

@@ -21,6 +21,9 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Where the admin port listens (port 0 picks one; it is printed).
     pub admin: SocketAddr,
+    /// Where every request is logged, whatever the file's `access_log` says (which, alone,
+    /// logs to standard output).
+    pub access_log: Option<(crate::AccessLogTarget, crate::AccessLogSource)>,
 }
 
 /// Error starting the proxy.
@@ -41,6 +44,14 @@ pub enum RunError {
         path: String,
         /// Why.
         source: crate::ApplyError,
+    },
+    /// The access log could not be opened.
+    #[error("access log {target}: {source}")]
+    AccessLog {
+        /// Where it was to go.
+        target: crate::AccessLogTarget,
+        /// Why.
+        source: std::io::Error,
     },
     /// The admin port could not be bound.
     #[error("admin port {address}: {source}")]
@@ -101,6 +112,19 @@ pub async fn serve_until(
     Ok(())
 }
 
+/// Starts `proxy`'s access log, if one is asked for.
+pub(crate) fn log_access(
+    proxy: &Proxy,
+    access_log: Option<(crate::AccessLogTarget, crate::AccessLogSource)>,
+) -> Result<(), RunError> {
+    let Some((target, source)) = access_log else {
+        return Ok(());
+    };
+    proxy
+        .log_access(&target, source)
+        .map_err(|source| RunError::AccessLog { target, source })
+}
+
 async fn drain(proxy: &Proxy) {
     let timeout = proxy.limits().drain_timeout.0;
     println!(
@@ -115,6 +139,7 @@ async fn drain(proxy: &Proxy) {
 /// each listener's bound address on standard output once serving.
 pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let proxy = Arc::new(Proxy::default());
+    log_access(&proxy, options.access_log)?;
     let mut applied = load(&proxy, &options.config).await?;
     serve_admin(&proxy, options.admin).await?;
     let mut hangup = signal(SignalKind::hangup()).ok();

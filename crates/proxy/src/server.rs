@@ -36,8 +36,8 @@ pub struct Shared {
     pub metrics: Arc<ProxyMetrics>,
     /// Limits on clients, swapped with the config.
     pub limits: ArcSwap<Limits>,
-    /// Whether to write access-log lines, swapped with the config.
-    pub access_log: std::sync::atomic::AtomicBool,
+    /// Whether and where requests are logged, swapped with the config.
+    pub access_log: crate::access_log::AccessLogSwitch,
     /// Open client connections, for draining.
     pub open: OpenConnections,
     /// The ACME HTTP-01 challenges plain-HTTP listeners answer, if the proxy was given any.

@@ -181,6 +181,29 @@ pub async fn connect(
     }
 }
 
+/// How often a [`kept_alive_channel`] pings an idle connection, and how long an answer may take.
+const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
+
+/// A gRPC channel to the server at `url` over TLS with `tls` (cleartext without), made
+/// without connecting: it connects at its first call and again after a failure, and pings its
+/// connection even while no call is active, so that a call waiting on a connection that died
+/// ends within half a minute.
+pub fn kept_alive_channel(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE.0)
+        .keep_alive_timeout(KEEP_ALIVE.1)
+        .keep_alive_while_idle(true);
+    Ok(match tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(TlsConnect(tls)),
+        None => endpoint.connect_lazy(),
+    })
+}
+
 /// Opens TLS connections to the server's host and port with a rustls config (which checks the
 /// server's identity its own way and may present a client certificate).
 #[derive(Clone)]

@@ -12,6 +12,7 @@
 mod cache;
 mod client;
 mod delta;
+pub mod logs;
 pub mod meridian;
 mod metrics;
 mod node;
@@ -24,8 +25,8 @@ mod unary;
 
 pub use cache::{Cache, Delivery, Dirty, Subscriber, Update, Versioned};
 pub use client::{
-    apply_delta, connect, run_delta_client, Applied, Changes, ClientOptions, Handler, Held,
-    Interest, Interests, Resources,
+    apply_delta, connect, kept_alive_channel, run_delta_client, Applied, Changes, ClientOptions,
+    Handler, Held, Interest, Interests, Resources,
 };
 pub use metrics::XdsMetrics;
 pub use node::{

@@ -57,6 +57,8 @@ pub struct AgentArgs {
     /// deleted, least recently used first (checked after each pull and when instances stop).
     #[arg(long, value_name = "QUANTITY", default_value = "10Gi", value_parser = Memory::parse)]
     image_store_max: Memory,
+    #[command(flatten)]
+    access_log: super::proxy::AccessLogArgs,
 }
 
 /// Runs the agent until Ctrl-C or SIGTERM, then stops its instances.
@@ -86,6 +88,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         Isolation::Netns => AddressPool::pairs(args.instance_network)?,
         Isolation::Host => AddressPool::new(args.instance_addresses, capacity.instances.max(1))?,
     };
+    let access_log = args
+        .access_log
+        .of("node-proxy", &args.node, Some(&args.region));
+    if let Some((meridian_proxy::AccessLogTarget::File(path), _)) = &access_log {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("--access-log: cannot open {}: {e}", path.display()))?;
+    }
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let (tls, id) = (enrolled.tls, enrolled.id);
@@ -136,6 +148,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             ..Default::default()
         },
         image_store_max: args.image_store_max.bytes(),
+        access_log,
     };
     run_agent(options, super::control::shutdown_signal()).await;
     Ok(())

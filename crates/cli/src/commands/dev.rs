@@ -315,7 +315,13 @@ async fn start_and_serve(
             .spawn(
                 &format!("edge-{name}"),
                 &["edge", "--location", name, "--control", &home.xds],
-                &[("--state-dir", state)],
+                &[
+                    ("--state-dir", state),
+                    (
+                        "--access-log",
+                        access_log(data_dir, &format!("edge-{name}")),
+                    ),
+                ],
                 &[
                     ("--lat", lat.to_string()),
                     ("--lon", lon.to_string()),
@@ -468,7 +474,13 @@ async fn start_region(
                     "--control",
                     &xds,
                 ],
-                &[("--state-dir", state)],
+                &[
+                    ("--state-dir", state),
+                    (
+                        "--access-log",
+                        access_log(data_dir, &format!("agent-{node}")),
+                    ),
+                ],
                 &[
                     ("--instance-addresses", first_address),
                     ("--instance-network", network),
@@ -487,7 +499,13 @@ async fn start_region(
         .spawn(
             &format!("gateway-{name}"),
             &["gateway", "--region", name, "--control", &xds],
-            &[("--state-dir", state)],
+            &[
+                ("--state-dir", state),
+                (
+                    "--access-log",
+                    access_log(data_dir, &format!("gateway-{name}")),
+                ),
+            ],
             &[("--admin", "127.0.0.1:0".to_owned())]
                 .into_iter()
                 .chain(join.map(|t| ("--join-token", t)))
@@ -768,6 +786,12 @@ async fn wait_until_reported(client: &Client) {
     progress.finish(&state);
 }
 
+/// Where component `name` writes its access log: `<data>/logs/access-<name>.log` (a developer
+/// sees every request; an installation's components log none unless asked).
+fn access_log(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("logs").join(format!("access-{name}.log"))
+}
+
 fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], data_dir: &Path) {
     println!();
     println!("Meridian dev is up: the global control plane serves {api}");
@@ -795,10 +819,9 @@ fn print_status(api: &str, token: &str, regions: &[Region], answers: &[String], 
     println!("  meridian get services; meridian status web --app shop");
     println!("  open {api}/ui/ (the dashboard; sign in with the token above)");
     println!(
-        "Logs of every component: {}; of the example's instances: meridian logs web --app shop \
-         --dev-dir {}",
+        "Logs of every component: {} (their access logs: access-*.log there); of the example's \
+         instances, from every region: meridian logs web --app shop [-f]",
         data_dir.join("logs").display(),
-        data_dir.display()
     );
     println!(
         "Every hop from the edges on is mutual TLS; instances call each other by name through \

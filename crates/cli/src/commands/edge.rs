@@ -59,6 +59,8 @@ pub struct EdgeArgs {
     /// Largest response the cache stores (`8Mi`); larger ones pass through.
     #[arg(long, default_value = "8Mi", value_parser = memory)]
     cache_max_object: u64,
+    #[command(flatten)]
+    access_log: super::proxy::AccessLogArgs,
 }
 
 /// A quantity of memory (`256Mi`).
@@ -123,6 +125,11 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let proxy = Arc::new(meridian_proxy::Proxy::with_cache(cache));
+    if let Some((target, source)) = args.access_log.of("edge", &args.location, None) {
+        proxy
+            .log_access(&target, source)
+            .with_context(|| format!("--access-log: cannot open {target}"))?;
+    }
     let enrolled_tls = enrolled.tls.clone();
     let options = EdgeOptions {
         location: Location {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::proxy::{run_from_xds, XdsArgs};
+use super::proxy::{run_from_xds, AccessLogArgs, XdsArgs};
 
 /// Options of `meridian gateway`.
 #[derive(Args)]
@@ -29,6 +29,8 @@ pub struct GatewayArgs {
     /// Address of the admin port (/metrics, /config, /listeners, /healthz); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:9904")]
     admin: SocketAddr,
+    #[command(flatten)]
+    access_log: AccessLogArgs,
 }
 
 /// Runs the gateway until Ctrl-C or SIGTERM.
@@ -41,10 +43,12 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
             args.control
         );
     }
+    let node_id = format!("gateway-{}", args.region);
     run_from_xds(XdsArgs {
+        access_log: args.access_log.of("gateway", &node_id, Some(&args.region)),
         server: args.control,
         join_token: args.join_token,
-        node_id: format!("gateway-{}", args.region),
+        node_id,
         role: "gateway".to_owned(),
         region: Some(args.region),
         state_dir: args.state_dir,

@@ -40,6 +40,41 @@ pub struct ProxyArgs {
     /// Address of the admin port (/metrics, /config, /listeners, /healthz); port 0 picks one.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
+    #[command(flatten)]
+    access_log: AccessLogArgs,
+}
+
+/// `--access-log`, of every component that proxies requests.
+#[derive(Args, Clone)]
+pub struct AccessLogArgs {
+    /// Log every request proxied, one JSON object per line (see docs/observability.md), to
+    /// FILE (appended to) or `-` (standard output). Off by default. Lines are written by a
+    /// thread of their own; those that would have to wait are dropped and counted
+    /// (meridian_proxy_access_log_dropped_lines_total).
+    #[arg(long, value_name = "FILE|-")]
+    access_log: Option<String>,
+}
+
+impl AccessLogArgs {
+    /// Where requests are logged, if anywhere, each event naming `component` on `node` (of
+    /// `region`).
+    pub fn of(
+        &self,
+        component: &str,
+        node: &str,
+        region: Option<&str>,
+    ) -> Option<(
+        meridian_proxy::AccessLogTarget,
+        meridian_proxy::AccessLogSource,
+    )> {
+        let target = meridian_proxy::AccessLogTarget::parse(self.access_log.as_deref()?);
+        let source = meridian_proxy::AccessLogSource {
+            component: component.to_owned(),
+            node: node.to_owned(),
+            region: region.map(str::to_owned),
+        };
+        Some((target, source))
+    }
 }
 
 /// Runs the proxy until Ctrl-C or SIGTERM.
@@ -50,11 +85,18 @@ pub async fn run(args: ProxyArgs) -> Result<()> {
             let options = meridian_proxy::RunOptions {
                 config,
                 admin: args.admin,
+                access_log: args
+                    .access_log
+                    .of("proxy", &args.node_id, args.region.as_deref()),
             };
             meridian_proxy::run(options, shutdown).await?;
         }
         (None, Some(server)) => {
+            let access_log = args
+                .access_log
+                .of(&args.role, &args.node_id, args.region.as_deref());
             run_from_xds(XdsArgs {
+                access_log,
                 server,
                 join_token: args.join_token,
                 node_id: args.node_id,
@@ -86,6 +128,11 @@ pub struct XdsArgs {
     pub state_dir: PathBuf,
     /// The admin port.
     pub admin: SocketAddr,
+    /// Where requests are logged, if anywhere.
+    pub access_log: Option<(
+        meridian_proxy::AccessLogTarget,
+        meridian_proxy::AccessLogSource,
+    )>,
 }
 
 /// Runs a proxy from an xDS server until Ctrl-C or SIGTERM: over mutual TLS with its enrolled
@@ -110,6 +157,7 @@ pub async fn run_from_xds(args: XdsArgs) -> Result<()> {
         region: args.region,
         state_dir: args.state_dir,
         admin: args.admin,
+        access_log: args.access_log,
     };
     meridian_proxy::run_xds(options, super::control::shutdown_signal()).await?;
     Ok(())

@@ -225,9 +225,14 @@ pub async fn run_global(
         RegionReports::new(recorder.clone()),
         crate::EdgeReports::new(recorder),
     );
+    let log_offers = meridian_xds::logs::Offers::default();
     let federation = ads.clone().serve_routes(
         Routes::new(AuthenticatedAds::global(ads.into_service()))
-            .add_service(ReportService::with(report_methods)),
+            .add_service(ReportService::with(report_methods))
+            .add_service(meridian_xds::logs::OfferService::new(
+                log_offers.clone(),
+                crate::regional_planes(),
+            )),
         tls_incoming(xds, Arc::new(tls)),
         stop.clone().wait(),
     );
@@ -247,6 +252,7 @@ pub async fn run_global(
         secrets,
         readiness,
         registries,
+        Some(Arc::new(crate::GlobalLogs::new(log_offers))),
     );
     let api = axum::serve(listener, router).with_graceful_shutdown(stop.wait());
     supervisor.essential("the API server", api.into_future());

@@ -6,7 +6,7 @@
 //! - restarted (each holds nothing a restart loses; the region's state lives in [`Region`]):
 //!   renewing the plane's own certificate, following the global control plane (a restart
 //!   takes its first answer as a whole again), writing the disk copy, ticking the fleet,
-//!   reporting upward;
+//!   reporting upward, answering the global control plane's log queries;
 //! - essential (each owns a bound socket; rebinding behind the back of the clients would hide
 //!   a broken port): the authenticated xDS server, the unauthenticated one if any, and the
 //!   admin server. When one ends the plane stops and [`run_regional`] returns the error.
@@ -210,6 +210,21 @@ pub async fn run_regional(
         let (state, due) = (state.clone(), copy_due.clone());
         move || keep_disk_copy(state.clone(), disk_copy.clone(), due.clone())
     });
+    let log_offers = meridian_xds::logs::Offers::default();
+    supervisor.restarting("answer log queries", {
+        let (url, tls, state) = (options.global_xds.clone(), to_global.clone(), state.clone());
+        let (offers, region) = (log_offers.clone(), region.clone());
+        move || {
+            let options = meridian_xds::logs::AnswerOptions {
+                url: url.clone(),
+                tls: Some(tls.clone()),
+                concurrency: crate::REGION_LOG_QUERIES,
+                who: format!("region {region}"),
+            };
+            let logs = crate::RegionLogs::new(state.clone(), offers.clone());
+            meridian_xds::logs::answer_queries(options, logs)
+        }
+    });
     supervisor.restarting("follow global", {
         let (url, state) = (options.global_xds.clone(), state.clone());
         let copy_due = copy_due.clone();
@@ -246,6 +261,10 @@ pub async fn run_regional(
     let authenticated = AuthenticatedAds::regional(ads.clone().into_service(), &region);
     let routes = Routes::new(authenticated)
         .add_service(ReportService::new(state.clone()))
+        .add_service(meridian_xds::logs::OfferService::new(
+            log_offers,
+            crate::agents_of(&region),
+        ))
         .into_axum_router()
         .merge(issuer.routes());
     let server = ads.serve_routes(

@@ -59,6 +59,8 @@ pub struct XdsOptions {
     pub state_dir: PathBuf,
     /// Where the admin port listens.
     pub admin: SocketAddr,
+    /// Where every request is logged, if anywhere.
+    pub access_log: Option<(crate::AccessLogTarget, crate::AccessLogSource)>,
 }
 
 /// Runs the proxy from xDS until `shutdown` resolves.
@@ -67,6 +69,7 @@ pub async fn run_xds(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let proxy = Arc::new(Proxy::default());
+    crate::reload::log_access(&proxy, options.access_log.clone())?;
     let state_file = options.state_dir.join(STATE_FILE);
     start_from_disk(&proxy, &state_file).await;
     let admin = serve_admin(&proxy, options.admin).await?;

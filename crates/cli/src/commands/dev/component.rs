@@ -118,6 +118,7 @@ pub async fn start(
             "MERIDIAN_LOG",
             std::env::var("MERIDIAN_LOG").unwrap_or_else(|_| "info".to_owned()),
         )
+        .env("MERIDIAN_LOG_FORMAT", crate::logging::format().as_str())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log.try_clone()?))
