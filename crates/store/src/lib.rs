@@ -187,6 +187,10 @@ pub enum StoreError {
     /// The store was shut down while a watcher waited.
     #[error("the store was closed")]
     Closed,
+    /// A backup to restore is not one, or not a whole one: the message names the first
+    /// problem (e.g. `tables.orgs[3].created_at: expected an integer`).
+    #[error("not a valid backup: {0}")]
+    InvalidBackup(String),
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

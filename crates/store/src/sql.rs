@@ -22,6 +22,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+mod backup;
 mod certificates;
 mod dialect;
 mod domains;

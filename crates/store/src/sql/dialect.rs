@@ -68,6 +68,41 @@ impl Dialect {
         }
     }
 
+    /// The statement a read transaction starts with to see one snapshot of the whole database
+    /// (SQLite's read transactions do from their first read).
+    pub(super) fn snapshot(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+        }
+    }
+
+    /// The statement listing the store's tables and their columns (table, column), without
+    /// the migrations' own table and PostgreSQL's revision counter.
+    pub(super) fn columns(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                "SELECT m.name, c.name FROM sqlite_master m JOIN pragma_table_info(m.name) c \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+                   AND m.name <> '_sqlx_migrations'"
+            }
+            Dialect::Postgres => {
+                "SELECT CAST(table_name AS TEXT), CAST(column_name AS TEXT) \
+                 FROM information_schema.columns WHERE table_schema = current_schema() \
+                   AND table_name NOT IN ('_sqlx_migrations', 'revision_counter')"
+            }
+        }
+    }
+
+    /// The statement that makes the last revision handed out `$1`, after a restore (SQLite's
+    /// AUTOINCREMENT follows the revisions inserted).
+    pub(super) fn set_revision(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("UPDATE revision_counter SET revision = $1 WHERE id = 1"),
+        }
+    }
+
     /// A table of the strings of the JSON array bound at `param` (e.g. `$5`), in a column
     /// named `value`, to use after `FROM`.
     pub(super) fn json_strings(self, param: &str) -> String {

@@ -27,6 +27,20 @@ impl Backend {
         TestPostgres::start(POSTGRES_HOST).map(Backend::Postgres)
     }
 
+    /// A store on another, empty database of the backend, `name`.
+    pub async fn open_empty(&self, name: &str) -> SqlStore {
+        match self {
+            Backend::Sqlite(dir) => {
+                let path = dir.path().join(format!("{name}.db"));
+                SqlStore::open_sqlite(&path).await
+            }
+            Backend::Postgres(cluster) => {
+                SqlStore::connect_postgres(&cluster.create_database(name)).await
+            }
+        }
+        .unwrap()
+    }
+
     /// A store on the database. Each call opens another, as a restarted (SQLite) or another
     /// (PostgreSQL) control plane would: it sees what the others wrote.
     pub async fn open(&self) -> SqlStore {

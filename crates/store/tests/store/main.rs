@@ -3,6 +3,7 @@
 //! PostgreSQL unless MERIDIAN_TEST_STRICT=1), and what is particular to each backend.
 
 mod backend;
+mod contents;
 mod postgres;
 mod sqlite;
 mod suite;
@@ -48,4 +49,6 @@ conformance!(
     acme_accounts_and_ticket_keys_are_kept_and_replaced,
     secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in_use,
     an_org_secret_is_resolved_where_no_app_secret_shadows_it_and_rolls_only_those_services,
+    a_backup_restored_into_an_empty_store_reads_the_same,
+    a_bad_backup_is_refused_naming_what_is_wrong_and_restores_nothing,
 );

@@ -263,3 +263,24 @@ async fn operations_fail_as_unavailable_while_the_database_is_down_and_succeed_o
     let reopened: SqlStore = backend.open().await;
     assert_eq!(reopened.revision().await.unwrap(), 2);
 }
+
+#[tokio::test]
+async fn a_backup_moves_between_sqlite_and_postgres() {
+    let Some(postgres) = Backend::postgres() else {
+        return;
+    };
+    let sqlite = Backend::sqlite();
+    let source = sqlite.open().await;
+    crate::contents::fill(&source).await;
+    let backup = source.backup().await.unwrap();
+    let on_postgres = postgres.open().await;
+    on_postgres.restore(&backup).await.unwrap();
+    let expected = crate::contents::contents(&source).await;
+    assert_eq!(crate::contents::contents(&on_postgres).await, expected);
+    // And back: the same file, byte for byte.
+    let back = on_postgres.backup().await.unwrap();
+    assert_eq!(back, backup);
+    let on_sqlite = sqlite.open_empty("back").await;
+    on_sqlite.restore(&back).await.unwrap();
+    assert_eq!(crate::contents::contents(&on_sqlite).await, expected);
+}

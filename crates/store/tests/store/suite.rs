@@ -10,6 +10,7 @@ use meridian_store::{
 };
 
 use crate::backend::Backend;
+use crate::contents::{contents, fill};
 
 fn definition(name: &str, regions: &[&str], command: &str) -> Definition {
     let json = serde_json::json!({
@@ -779,4 +780,65 @@ pub async fn an_org_secret_is_resolved_where_no_app_secret_shadows_it_and_rolls_
     let reopened = backend.open().await;
     let listed = reopened.list_secrets(&acme).await.unwrap();
     assert_eq!((listed[0].name.as_str(), listed[0].version), ("TOKEN", 1));
+}
+
+pub async fn a_backup_restored_into_an_empty_store_reads_the_same(backend: &Backend) {
+    let store = backend.open().await;
+    fill(&store).await;
+    let backup = store.backup().await.unwrap();
+    let restored = backend.open_empty("restored").await;
+    let revision = store.revision().await.unwrap();
+    assert_eq!(restored.restore(&backup).await.unwrap(), revision);
+    assert_eq!(contents(&restored).await, contents(&store).await);
+    assert_eq!(restored.backup().await.unwrap(), backup);
+    // It goes on from there, and takes a backup only when empty.
+    restored.create_org("next").await.unwrap();
+    assert_eq!(restored.revision().await.unwrap(), revision + 1);
+    let again = restored.restore(&backup).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+}
+
+pub async fn a_bad_backup_is_refused_naming_what_is_wrong_and_restores_nothing(backend: &Backend) {
+    let store = backend.open().await;
+    fill(&store).await;
+    let good: serde_json::Value = serde_json::from_slice(&store.backup().await.unwrap()).unwrap();
+    let target = backend.open_empty("target").await;
+    let refused = |mut backup: serde_json::Value, change: fn(&mut serde_json::Value)| {
+        change(&mut backup);
+        let target = &target;
+        async move {
+            let restored = target.restore(&serde_json::to_vec(&backup).unwrap()).await;
+            assert_eq!(target.revision().await.unwrap(), 0);
+            assert!(target.changes_after(0, 10).await.unwrap().is_empty());
+            assert!(target.list_orgs().await.unwrap().is_empty());
+            match restored {
+                Err(e @ StoreError::InvalidBackup(_)) => e.to_string(),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let message = refused(good.clone(), |b| {
+        b["tables"]["orgs"][0]["created_at"] = serde_json::json!("yesterday")
+    })
+    .await;
+    assert!(
+        message.contains("tables.orgs[0].created_at: expected an integer"),
+        "{message}"
+    );
+    // An app of an org that is not there.
+    let message = refused(good.clone(), |b| {
+        b["tables"]["orgs"] = serde_json::json!([])
+    })
+    .await;
+    assert!(
+        message.contains("tables.apps[0]: refused by the database"),
+        "{message}"
+    );
+    let message = refused(good.clone(), |b| b["revision"] = serde_json::json!(7)).await;
+    assert!(
+        message.starts_with("not a valid backup: revision: 7"),
+        "{message}"
+    );
+    let message = refused(good, |b| b["tables"]["users"] = serde_json::json!([])).await;
+    assert!(message.contains("tables.users: no such table"), "{message}");
 }
