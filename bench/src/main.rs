@@ -2,7 +2,7 @@
 //! path, each next to a reference measured in the same invocation.
 //!
 //! 1. Apply N services through the API (HTTP + auth + validation + SQLite) — reference: the same
-//!    N applies straight into a `SqliteStore` in this process (the store alone).
+//!    N applies straight into a SQLite `SqlStore` in this process (the store alone).
 //! 2. With those N services stored, write at a steady rate and measure, per change, the time from
 //!    its commit to an HTTP long-poll watcher seeing it — reference: an in-process `Watch` on a
 //!    store written at the same rate.
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Parser;
 use meridian_bench::{cpu_time, percentile, start_control, Api};
-use meridian_store::{MissingOrg, SqliteStore, Store, Watch};
+use meridian_store::{MissingOrg, SqlStore, Store, Watch};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -244,7 +244,8 @@ async fn round(args: &Args, api_first: bool) -> Result<Round> {
         start_control(&args.meridian, &args.control_cpus, &dir.path().join("api")).await?;
     let pid = control.id().context("control plane pid")?;
     let api = Arc::new(api);
-    let direct: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("direct.db")).await?);
+    let direct: Arc<dyn Store> =
+        Arc::new(SqlStore::open_sqlite(&dir.path().join("direct.db")).await?);
     for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
         let body = json!({"lat": lat, "lon": lon});
         api.send(

@@ -203,6 +203,14 @@ impl From<StoreError> for ApiError {
                 "unavailable",
                 "the control plane is shutting down",
             ),
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "the store's database is unreachable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the control plane's database is unreachable; try again shortly",
+                )
+            }
             other => ApiError::internal(other),
         }
     }
@@ -247,4 +255,8 @@ pub enum ErrorResponses {
     /// The body's content is not accepted; `details` lists every problem.
     #[response(status = 422)]
     Invalid(ErrorBody),
+    /// The control plane's database cannot be reached (try again shortly), or the control
+    /// plane is shutting down.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }

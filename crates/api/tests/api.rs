@@ -24,7 +24,7 @@ impl Server {
 
     /// [`Server::start`], ready only as `readiness` says.
     async fn start_with(dir: &Path, readiness: meridian_api::Readiness) -> Server {
-        let store = meridian_store::SqliteStore::open(&dir.join("meridian.db"))
+        let store = meridian_store::SqlStore::open_sqlite(&dir.join("meridian.db"))
             .await
             .unwrap();
         let store: Arc<dyn meridian_store::Store> = Arc::new(store);

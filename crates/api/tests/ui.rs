@@ -9,7 +9,7 @@ use reqwest::{Response, StatusCode};
 
 /// The base URL of an API server on port 0 over a fresh store.
 async fn serve(dir: &std::path::Path) -> String {
-    let store = meridian_store::SqliteStore::open(&dir.join("meridian.db"))
+    let store = meridian_store::SqlStore::open_sqlite(&dir.join("meridian.db"))
         .await
         .unwrap();
     let router = meridian_api::router(Arc::new(store));

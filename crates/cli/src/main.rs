@@ -143,6 +143,11 @@ enum Command {
     Rollout(ClientGroup<commands::rollout::RolloutCommand>),
     /// Delete a resource.
     Delete(ClientGroup<commands::resources::DeleteCommand>),
+    /// Write the global control plane's whole store (definitions and their versions, orgs,
+    /// tokens as hashes, regions, certificates, sealed secrets, the change feed) to one file.
+    Backup(commands::backup::BackupArgs),
+    /// Fill an empty store with a file of `meridian backup` (from either backend).
+    Restore(commands::backup::RestoreArgs),
     /// List, choose and change the client's contexts: API URL, token and default org, kept in
     /// $XDG_CONFIG_HOME/meridian/config.yaml (else ~/.config/meridian/config.yaml).
     #[command(subcommand)]
@@ -201,6 +206,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Logs(c) => commands::logs::run(&c.client, c.args).await,
         Command::Context(cmd) => commands::context::run(cmd).await,
         Command::Completions { shell } => commands::completions::run(shell),
+        Command::Backup(args) => commands::backup::backup(args).await,
+        Command::Restore(args) => commands::backup::restore(args).await,
         Command::JoinToken(c) => commands::join_token::run(c.args, c.client).await,
         Command::Node(g) => commands::node::run(g.command, g.client).await,
         Command::Region(g) => {

@@ -106,6 +106,7 @@ async fn a_region_run_in_process_follows_the_deployments_of_a_global_plane() {
         let options = GlobalOptions {
             certificates: Default::default(),
             data_dir,
+            store: None,
             trust_domain: "meridian.test".to_owned(),
             listen: ANY.parse().unwrap(),
             xds: ANY.parse().unwrap(),
@@ -191,6 +192,7 @@ async fn a_port_in_use_fails_the_start_at_once() {
     let options = GlobalOptions {
         certificates: Default::default(),
         data_dir: dir.path().to_owned(),
+        store: None,
         trust_domain: "meridian.test".to_owned(),
         listen: address,
         xds: ANY.parse().unwrap(),

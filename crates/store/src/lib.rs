@@ -2,13 +2,17 @@
 //! the [`Store`] trait, with one global revision and a gap-free change feed.
 //!
 //! Every write is one transaction that bumps the global revision by exactly one and appends one
-//! [`Change`] to the feed; [`Watch`] yields the feed in order from any revision. Callers see only
-//! the trait: nothing backend-specific (SQL, SQLite types) may leak into it, so that the
-//! PostgreSQL backend can slot in later. Validation is the caller's job; the store enforces only
-//! identity and referential rules (exists, already exists, still in use) and that a public
-//! domain belongs to one service across all orgs.
+//! [`Change`] to the feed; [`Watch`] yields the feed in order from any revision. Two backends
+//! implement it, alike in every rule ([`SqlStore`]): SQLite in a file, the default for one
+//! machine, and PostgreSQL, which several control planes may share. Callers see only the trait:
+//! nothing backend-specific (SQL, database types) may leak into it. Validation is the caller's
+//! job; the store enforces only identity and referential rules (exists, already exists, still in
+//! use) and that a public domain belongs to one service across all orgs.
 
-mod sqlite;
+mod location;
+mod sql;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod watch;
 
 use async_trait::async_trait;
@@ -18,7 +22,8 @@ use meridian_model::{
     SecretOwner, ServiceSummary, TokenInfo,
 };
 
-pub use sqlite::SqliteStore;
+pub use location::StoreLocation;
+pub use sql::SqlStore;
 pub use watch::{wait_for_changes, Watch};
 
 /// What [`Store::apply_service`] did.
@@ -163,6 +168,11 @@ pub enum StoreError {
     /// The backend failed (I/O, database).
     #[error("storage failure: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database cannot be reached (down, restarting, refusing connections, or the
+    /// connection broke, perhaps during a commit). Nothing was written, or, if the connection
+    /// broke during the commit, perhaps everything: try again once it is back.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A definition references a secret neither its app nor its org has: `field` is the first
     /// field that does (e.g. `runtime.process.env.DB_PASSWORD`).
     #[error("{field}: {}", secret_missing(secret, app))]
@@ -177,6 +187,10 @@ pub enum StoreError {
     /// The store was shut down while a watcher waited.
     #[error("the store was closed")]
     Closed,
+    /// A backup to restore is not one, or not a whole one: the message names the first
+    /// problem (e.g. `tables.orgs[3].created_at: expected an integer`).
+    #[error("not a valid backup: {0}")]
+    InvalidBackup(String),
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

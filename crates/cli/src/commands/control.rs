@@ -12,6 +12,7 @@ use meridian_control::{
     run_global, run_regional, AcmeOptions, CertificateOptions, ChallengeKind, GatewayListeners,
     GlobalOptions, RegionalOptions, Say,
 };
+use meridian_store::StoreLocation;
 
 /// Options of `meridian control`.
 #[derive(Args)]
@@ -29,6 +30,12 @@ pub struct ControlArgs {
     /// (region, in `region-<name>/` below it); created if missing.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
+    /// Keep the store in this PostgreSQL database instead of SQLite in the data directory
+    /// (global only): postgres://user:password@host:port/database. Its schema is made or
+    /// brought up to date at start; the root CA stays in the data directory.
+    #[arg(long, value_name = "URL", env = "MERIDIAN_STORE", hide_env_values = true,
+          value_parser = StoreLocation::postgres)]
+    store: Option<StoreLocation>,
     /// The installation's trust domain: the host part of every SPIFFE ID (global only; fixed at
     /// the first start, when the root CA is made).
     #[arg(long, default_value = "meridian.local")]
@@ -179,6 +186,7 @@ pub async fn run(args: ControlArgs) -> Result<()> {
         None => {
             let options = GlobalOptions {
                 data_dir: args.data_dir,
+                store: args.store,
                 trust_domain: args.trust_domain,
                 listen: args.listen,
                 xds: args.xds.unwrap_or(GLOBAL_XDS),

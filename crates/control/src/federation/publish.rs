@@ -606,7 +606,7 @@ mod tests {
     use std::time::Duration;
 
     use meridian_model::Region;
-    use meridian_store::SqliteStore;
+    use meridian_store::SqlStore;
     use tokio::time::Instant;
 
     use super::*;
@@ -615,7 +615,9 @@ mod tests {
 
     /// A store with regions `regions`, in `dir`.
     async fn store_with(dir: &std::path::Path, regions: &[&str]) -> Arc<dyn Store> {
-        let store = SqliteStore::open(&dir.join("meridian.db")).await.unwrap();
+        let store = SqlStore::open_sqlite(&dir.join("meridian.db"))
+            .await
+            .unwrap();
         for name in regions {
             let region = Region {
                 name: (*name).to_owned(),

@@ -1,5 +1,5 @@
 //! The global control plane, assembled: the public API over the store (SQLite in the data
-//! directory), the installation's root CA, and the xDS server from which regional control
+//! directory, or a PostgreSQL database), the installation's root CA, and the xDS server from which regional control
 //! planes follow their regional deployments and to which they report.
 //!
 //! Supervision, task by task:
@@ -26,7 +26,7 @@ use meridian_api::Readiness;
 use meridian_identity::{
     server_config, trust_bundle, Authority, CertStore, SealingKey, SpiffeId, Subject,
 };
-use meridian_store::{SqliteStore, Store};
+use meridian_store::{Store, StoreLocation};
 use meridian_xds::{AdsServer, Cache, Limits, XdsMetrics};
 use prometheus_client::registry::Registry;
 use tonic::service::Routes;
@@ -54,8 +54,10 @@ const FIRST_REPORTS: Duration = REPORT_INTERVAL.saturating_mul(2);
 /// What the global control plane needs; each field is the `meridian control --global` option
 /// of the same name.
 pub struct GlobalOptions {
-    /// Holds the database and the root CA; created if missing.
+    /// Holds the root CA and, unless `store` names another, the database; created if missing.
     pub data_dir: PathBuf,
+    /// Where the store is, if not in SQLite in the data directory.
+    pub store: Option<StoreLocation>,
     /// The installation's trust domain (fixed when the root CA is made, at the first start).
     pub trust_domain: String,
     /// Where the public API listens.
@@ -79,6 +81,7 @@ pub async fn run_global(
 ) -> Result<(), RunError> {
     let GlobalOptions {
         data_dir,
+        store,
         trust_domain,
         listen,
         xds,
@@ -92,11 +95,12 @@ pub async fn run_global(
             e,
         )
     })?;
-    let db = data_dir.join("meridian.db");
+    let location = store.unwrap_or_else(|| StoreLocation::Sqlite(data_dir.join("meridian.db")));
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&db)
+        location
+            .open()
             .await
-            .map_err(|e| RunError::start(format!("opening the store at {}", db.display()), e))?,
+            .map_err(|e| RunError::start(format!("opening the store at {location}"), e))?,
     );
     let admin_token = meridian_api::bootstrap_admin_token(&*store)
         .await
@@ -108,7 +112,7 @@ pub async fn run_global(
     let xds = bind(xds, "xDS")?;
     let addr = local(&listener)?;
     say(&format!(
-        "meridian control (global) serving http://{addr} (data in {})",
+        "meridian control (global) serving http://{addr} (data in {}, store {location})",
         data_dir.display()
     ));
     say(&format!(

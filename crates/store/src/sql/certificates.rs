@@ -1,8 +1,8 @@
 //! Certificates of claimed domains: the rows that live as long as their domain's claim.
 
 use meridian_model::{CertificateSource, CertificateState, ChangeKind, ChangeOp};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::{now_secs, record};
 use crate::{CertificateRecord, DomainClaim, Result, ServiceFilter, ServiceKey, StoreError};
@@ -14,13 +14,13 @@ const COLUMNS: &str = "d.domain, d.org, d.app, d.service, c.source, c.state, c.i
 
 /// Claimed domains of the services `filter` matches, by domain, with their certificates.
 pub(super) async fn list_domains(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     filter: &ServiceFilter,
 ) -> Result<Vec<DomainClaim>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM domains d LEFT JOIN certificates c ON c.domain = d.domain \
-         WHERE (?1 IS NULL OR d.org = ?1) AND (?2 IS NULL OR d.app = ?2) \
-           AND (?3 IS NULL OR d.service = ?3) \
+         WHERE ($1 IS NULL OR d.org = $1) AND ($2 IS NULL OR d.app = $2) \
+           AND ($3 IS NULL OR d.service = $3) \
          ORDER BY d.domain"
     ))
     .bind(filter.org.as_deref())
@@ -32,10 +32,10 @@ pub(super) async fn list_domains(
 }
 
 /// One claimed domain with its certificate.
-pub(super) async fn get_domain(pool: &SqlitePool, domain: &str) -> Result<Option<DomainClaim>> {
+pub(super) async fn get_domain(pool: &AnyPool, domain: &str) -> Result<Option<DomainClaim>> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM domains d LEFT JOIN certificates c ON c.domain = d.domain \
-         WHERE d.domain = ?"
+         WHERE d.domain = $1"
     ))
     .bind(domain)
     .fetch_optional(pool)
@@ -45,11 +45,8 @@ pub(super) async fn get_domain(pool: &SqlitePool, domain: &str) -> Result<Option
 
 /// Writes `certificate` (its domain must be claimed) and records the change; returns its
 /// revision.
-pub(super) async fn put(
-    conn: &mut SqliteConnection,
-    certificate: &CertificateRecord,
-) -> Result<u64> {
-    let claimed = sqlx::query("SELECT 1 FROM domains WHERE domain = ?")
+pub(super) async fn put(conn: &mut AnyConnection, certificate: &CertificateRecord) -> Result<u64> {
+    let claimed = sqlx::query("SELECT 1 FROM domains WHERE domain = $1")
         .bind(&certificate.domain)
         .fetch_optional(&mut *conn)
         .await?
@@ -71,7 +68,7 @@ pub(super) async fn put(
     sqlx::query(
         "INSERT INTO certificates (domain, source, state, issuer, not_before, not_after, \
              chain_pem, sealed_key, last_error, next_attempt, attempts, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (domain) DO UPDATE SET source = excluded.source, state = excluded.state, \
              issuer = excluded.issuer, not_before = excluded.not_before, \
              not_after = excluded.not_after, chain_pem = excluded.chain_pem, \
@@ -96,7 +93,7 @@ pub(super) async fn put(
     Ok(revision)
 }
 
-fn claim_from_row(row: &SqliteRow) -> Result<DomainClaim> {
+fn claim_from_row(row: &AnyRow) -> Result<DomainClaim> {
     let domain: String = row.try_get("domain")?;
     let source: Option<String> = row.try_get("source")?;
     let certificate = match source {

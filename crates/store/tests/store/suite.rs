@@ -1,12 +1,16 @@
-//! The SQLite store against a real database file.
+//! The conformance suite of the [`Store`] trait: every test runs on each backend (see
+//! `conformance!` in main.rs) and must pass on all alike.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_model::{ChangeKind, ChangeOp, Definition, DeploymentOrigin, Region, SecretOwner};
 use meridian_store::{
-    wait_for_changes, MissingOrg, ServiceFilter, ServiceKey, SqliteStore, Store, StoreError, Watch,
+    wait_for_changes, MissingOrg, ServiceFilter, ServiceKey, Store, StoreError, Watch,
 };
+
+use crate::backend::Backend;
+use crate::contents::{contents, fill};
 
 fn definition(name: &str, regions: &[&str], command: &str) -> Definition {
     let json = serde_json::json!({
@@ -16,13 +20,7 @@ fn definition(name: &str, regions: &[&str], command: &str) -> Definition {
     meridian_model::parse_definition_json(json.to_string().as_bytes()).unwrap()
 }
 
-async fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(&dir.path().join("meridian.db"))
-        .await
-        .unwrap()
-}
-
-async fn with_regions(store: &SqliteStore) {
+async fn with_regions(store: &dyn Store) {
     for (name, lat, lon) in [("fra", 50.1, 8.7), ("iad", 38.9, -77.0)] {
         store
             .put_region(&Region {
@@ -43,10 +41,8 @@ fn key(name: &str) -> ServiceKey {
     }
 }
 
-#[tokio::test]
-async fn every_write_bumps_the_revision_by_one_and_failures_by_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+pub async fn every_write_bumps_the_revision_by_one_and_failures_by_none(backend: &Backend) {
+    let store = backend.open().await;
     assert_eq!(store.revision().await.unwrap(), 0);
     store.create_org("acme").await.unwrap();
     assert_eq!(store.revision().await.unwrap(), 1);
@@ -83,10 +79,8 @@ async fn every_write_bumps_the_revision_by_one_and_failures_by_none() {
     );
 }
 
-#[tokio::test]
-async fn an_apply_that_changes_nothing_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+pub async fn an_apply_that_changes_nothing_writes_nothing(backend: &Backend) {
+    let store = backend.open().await;
     with_regions(&store).await;
     let first = store
         .apply_service(&definition("web", &["fra"], "v1"), MissingOrg::Create)
@@ -110,11 +104,11 @@ async fn an_apply_that_changes_nothing_writes_nothing() {
     assert_eq!((changed.changed, changed.deployment.version), (true, 2));
 }
 
-#[tokio::test]
-async fn a_rollout_control_is_kept_per_service_fed_as_a_change_and_goes_with_the_service() {
+pub async fn a_rollout_control_is_kept_per_service_fed_as_a_change_and_goes_with_the_service(
+    backend: &Backend,
+) {
     use meridian_model::{RolloutControl, RolloutMode};
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+    let store = backend.open().await;
     with_regions(&store).await;
     let web = key("web");
     let paused = RolloutControl {
@@ -170,10 +164,10 @@ async fn a_rollout_control_is_kept_per_service_fed_as_a_change_and_goes_with_the
     assert_eq!(store.get_rollout_control(&web).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn rollouts_are_recorded_per_region_and_version_with_their_events_and_go_with_the_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+pub async fn rollouts_are_recorded_per_region_and_version_with_their_events_and_go_with_the_service(
+    backend: &Backend,
+) {
+    let store = backend.open().await;
     with_regions(&store).await;
     let rollout = |version: u64, phase: &str| -> meridian_model::RolloutStatus {
         serde_json::from_value(serde_json::json!({
@@ -249,10 +243,8 @@ async fn rollouts_are_recorded_per_region_and_version_with_their_events_and_go_w
     assert_eq!(store.list_rollouts(&web).await.unwrap(), Vec::new());
 }
 
-#[tokio::test]
-async fn applies_create_versions_and_rollback_copies_an_old_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+pub async fn applies_create_versions_and_rollback_copies_an_old_one(backend: &Backend) {
+    let store = backend.open().await;
     with_regions(&store).await;
     assert!(matches!(
         store
@@ -296,10 +288,10 @@ async fn applies_create_versions_and_rollback_copies_an_old_one() {
     ));
 }
 
-#[tokio::test]
-async fn regions_in_use_cannot_be_deleted_and_index_follows_the_current_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+pub async fn regions_in_use_cannot_be_deleted_and_index_follows_the_current_version(
+    backend: &Backend,
+) {
+    let store = backend.open().await;
     with_regions(&store).await;
     store
         .apply_service(&definition("web", &["fra", "iad"], "a"), MissingOrg::Create)
@@ -341,10 +333,8 @@ async fn regions_in_use_cannot_be_deleted_and_index_follows_the_current_version(
     ));
 }
 
-#[tokio::test]
-async fn watch_yields_every_change_in_order_under_concurrent_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(open(&dir).await);
+pub async fn watch_yields_every_change_in_order_under_concurrent_writes(backend: &Backend) {
+    let store: Arc<dyn Store> = Arc::new(backend.open().await);
     store
         .put_region(&Region {
             name: "fra".into(),
@@ -386,10 +376,8 @@ async fn watch_yields_every_change_in_order_under_concurrent_writes() {
     assert_eq!(keys.len(), WRITERS * EACH, "every write appears once");
 }
 
-#[tokio::test]
-async fn long_poll_returns_on_commit_or_times_out_empty() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(open(&dir).await);
+pub async fn long_poll_returns_on_commit_or_times_out_empty(backend: &Backend) {
+    let store: Arc<dyn Store> = Arc::new(backend.open().await);
     let empty = wait_for_changes(&*store, 0, 10, Duration::from_millis(20))
         .await
         .unwrap();
@@ -404,18 +392,16 @@ async fn long_poll_returns_on_commit_or_times_out_empty() {
     assert_eq!(got[0].key, "acme");
 }
 
-#[tokio::test]
-async fn a_reopened_store_keeps_its_state_and_revision() {
-    let dir = tempfile::tempdir().unwrap();
+pub async fn a_reopened_store_keeps_its_state_and_revision(backend: &Backend) {
     {
-        let store = open(&dir).await;
+        let store = backend.open().await;
         with_regions(&store).await;
         store
             .apply_service(&definition("web", &["fra"], "a"), MissingOrg::Create)
             .await
             .unwrap();
     }
-    let store = open(&dir).await;
+    let store = backend.open().await;
     assert_eq!(store.revision().await.unwrap(), 3);
     assert_eq!(store.list_regions().await.unwrap().len(), 2);
     let web = store.get_service(&key("web")).await.unwrap().unwrap();
@@ -441,10 +427,8 @@ fn certificate(domain: &str) -> meridian_store::CertificateRecord {
     }
 }
 
-#[tokio::test]
-async fn a_certificate_lives_as_long_as_its_domain_claim() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+pub async fn a_certificate_lives_as_long_as_its_domain_claim(backend: &Backend) {
+    let store = backend.open().await;
     with_regions(&store).await;
     let mut web = definition("web", &["fra"], "web");
     web.domains = vec!["shop.example.com".into(), "*.shop.example.com".into()];
@@ -505,10 +489,8 @@ async fn a_certificate_lives_as_long_as_its_domain_claim() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn acme_accounts_and_ticket_keys_are_kept_and_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+pub async fn acme_accounts_and_ticket_keys_are_kept_and_replaced(backend: &Backend) {
+    let store = backend.open().await;
     assert_eq!(
         store.get_acme_account("https://ca/dir").await.unwrap(),
         None
@@ -533,17 +515,17 @@ async fn acme_accounts_and_ticket_keys_are_kept_and_replaced() {
         Some((b"newer".to_vec(), 8))
     );
     drop(store);
-    let reopened = open(&dir).await;
+    let reopened = backend.open().await;
     assert_eq!(
         reopened.get_ticket_keys().await.unwrap(),
         Some((b"newer".to_vec(), 8))
     );
 }
 
-#[tokio::test]
-async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in_use() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+pub async fn secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in_use(
+    backend: &Backend,
+) {
+    let store = backend.open().await;
     let shop = SecretOwner::app("acme", "shop");
     with_regions(&store).await;
     assert!(matches!(
@@ -632,11 +614,11 @@ fn using_db(app: &str, name: &str) -> Definition {
     using
 }
 
-#[tokio::test]
-async fn an_org_secret_is_resolved_where_no_app_secret_shadows_it_and_rolls_only_those_services() {
+pub async fn an_org_secret_is_resolved_where_no_app_secret_shadows_it_and_rolls_only_those_services(
+    backend: &Backend,
+) {
     // (and an app's secret that shadows it may go, rolling its users over to the org's)
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+    let store = backend.open().await;
     with_regions(&store).await;
     let acme = SecretOwner::org("acme");
     assert!(matches!(
@@ -795,43 +777,68 @@ async fn an_org_secret_is_resolved_where_no_app_secret_shadows_it_and_rolls_only
     // Org secrets outlive a restart of the store.
     store.put_secret(&acme, "TOKEN", b"sealed").await.unwrap();
     drop(store);
-    let reopened = open(&dir).await;
+    let reopened = backend.open().await;
     let listed = reopened.list_secrets(&acme).await.unwrap();
     assert_eq!((listed[0].name.as_str(), listed[0].version), ("TOKEN", 1));
 }
 
-#[tokio::test]
-async fn a_database_made_before_org_secrets_gets_their_table_and_keeps_its_app_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("meridian.db");
-    let shop = SecretOwner::app("acme", "shop");
-    {
-        let store = open(&dir).await;
-        store.create_org("acme").await.unwrap();
-        store.put_secret(&shop, "DB", b"sealed").await.unwrap();
-    }
-    // Back to the schema before org secrets: no table, no record of its migration.
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::query("DROP TABLE org_secrets")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 9")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+pub async fn a_backup_restored_into_an_empty_store_reads_the_same(backend: &Backend) {
+    let store = backend.open().await;
+    fill(&store).await;
+    let backup = store.backup().await.unwrap();
+    let restored = backend.open_empty("restored").await;
+    let revision = store.revision().await.unwrap();
+    assert_eq!(restored.restore(&backup).await.unwrap(), revision);
+    assert_eq!(contents(&restored).await, contents(&store).await);
+    assert_eq!(restored.backup().await.unwrap(), backup);
+    // It goes on from there, and takes a backup only when empty.
+    restored.create_org("next").await.unwrap();
+    assert_eq!(restored.revision().await.unwrap(), revision + 1);
+    let again = restored.restore(&backup).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+}
 
-    let store = open(&dir).await;
-    assert_eq!(store.list_secrets(&shop).await.unwrap().len(), 1);
-    let acme = SecretOwner::org("acme");
-    let info = store.put_secret(&acme, "TOKEN", b"sealed").await.unwrap();
-    assert_eq!(info.version, 1);
-    let (owner, _, _) = store
-        .resolve_secret("acme", "shop", "TOKEN")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(owner, acme);
+pub async fn a_bad_backup_is_refused_naming_what_is_wrong_and_restores_nothing(backend: &Backend) {
+    let store = backend.open().await;
+    fill(&store).await;
+    let good: serde_json::Value = serde_json::from_slice(&store.backup().await.unwrap()).unwrap();
+    let target = backend.open_empty("target").await;
+    let refused = |mut backup: serde_json::Value, change: fn(&mut serde_json::Value)| {
+        change(&mut backup);
+        let target = &target;
+        async move {
+            let restored = target.restore(&serde_json::to_vec(&backup).unwrap()).await;
+            assert_eq!(target.revision().await.unwrap(), 0);
+            assert!(target.changes_after(0, 10).await.unwrap().is_empty());
+            assert!(target.list_orgs().await.unwrap().is_empty());
+            match restored {
+                Err(e @ StoreError::InvalidBackup(_)) => e.to_string(),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let message = refused(good.clone(), |b| {
+        b["tables"]["orgs"][0]["created_at"] = serde_json::json!("yesterday")
+    })
+    .await;
+    assert!(
+        message.contains("tables.orgs[0].created_at: expected an integer"),
+        "{message}"
+    );
+    // An app of an org that is not there.
+    let message = refused(good.clone(), |b| {
+        b["tables"]["orgs"] = serde_json::json!([])
+    })
+    .await;
+    assert!(
+        message.contains("tables.apps[0]: refused by the database"),
+        "{message}"
+    );
+    let message = refused(good.clone(), |b| b["revision"] = serde_json::json!(7)).await;
+    assert!(
+        message.starts_with("not a valid backup: revision: 7"),
+        "{message}"
+    );
+    let message = refused(good, |b| b["tables"]["users"] = serde_json::json!([])).await;
+    assert!(message.contains("tables.users: no such table"), "{message}");
 }

@@ -3,7 +3,7 @@
 use meridian_model::{
     ChangeKind, ChangeOp, RolloutControl, RolloutEvent, RolloutRecord, RolloutStatus,
 };
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::{current_version, now_secs, record, to_i64};
 use crate::{Result, ServiceKey, StoreError};
@@ -11,7 +11,7 @@ use crate::{Result, ServiceKey, StoreError};
 /// Upserts `region`'s rollout of `rollout.version`; returns the revision of the change, or
 /// `None` when the row already says the same.
 pub(super) async fn put(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     key: &ServiceKey,
     region: &str,
     rollout: &RolloutStatus,
@@ -24,7 +24,7 @@ pub(super) async fn put(
     let version = to_i64(rollout.version)?;
     let recorded: Option<(String, String)> = sqlx::query_as(
         "SELECT status, events FROM rollouts \
-         WHERE org = ? AND app = ? AND service = ? AND version = ? AND region = ?",
+         WHERE org = $1 AND app = $2 AND service = $3 AND version = $4 AND region = $5",
     )
     .bind(&key.org)
     .bind(&key.app)
@@ -53,7 +53,7 @@ pub(super) async fn put(
     .await?;
     sqlx::query(
         "INSERT INTO rollouts (org, app, service, version, region, status, events, recorded_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (org, app, service, version, region) DO UPDATE SET \
          status = excluded.status, events = excluded.events, recorded_at = excluded.recorded_at",
     )
@@ -71,9 +71,9 @@ pub(super) async fn put(
 }
 
 /// The rollouts of `key`, newest version first, then by region.
-pub(super) async fn list(pool: &SqlitePool, key: &ServiceKey) -> Result<Vec<RolloutRecord>> {
+pub(super) async fn list(pool: &AnyPool, key: &ServiceKey) -> Result<Vec<RolloutRecord>> {
     let rows = sqlx::query(
-        "SELECT region, status, events FROM rollouts WHERE org = ? AND app = ? AND service = ? \
+        "SELECT region, status, events FROM rollouts WHERE org = $1 AND app = $2 AND service = $3 \
          ORDER BY version DESC, region",
     )
     .bind(&key.org)
@@ -105,7 +105,7 @@ fn parse_events(text: &str) -> Result<Vec<RolloutEvent>> {
 /// Sets or removes the control of `key`'s rollout; returns the revision of the change, or
 /// `None` when nothing changes.
 pub(super) async fn put_control(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     key: &ServiceKey,
     control: Option<RolloutControl>,
 ) -> Result<Option<u64>> {
@@ -134,7 +134,7 @@ pub(super) async fn put_control(
             let text = serde_json::to_string(&control)
                 .map_err(|e| StoreError::Corrupt(format!("rollout control: {e}")))?;
             sqlx::query(
-                "INSERT INTO rollout_controls (org, app, service, control) VALUES (?, ?, ?, ?) \
+                "INSERT INTO rollout_controls (org, app, service, control) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (org, app, service) DO UPDATE SET control = excluded.control",
             )
             .bind(&key.org)
@@ -145,12 +145,14 @@ pub(super) async fn put_control(
             .await?;
         }
         None => {
-            sqlx::query("DELETE FROM rollout_controls WHERE org = ? AND app = ? AND service = ?")
-                .bind(&key.org)
-                .bind(&key.app)
-                .bind(&key.name)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "DELETE FROM rollout_controls WHERE org = $1 AND app = $2 AND service = $3",
+            )
+            .bind(&key.org)
+            .bind(&key.app)
+            .bind(&key.name)
+            .execute(&mut *conn)
+            .await?;
         }
     }
     Ok(Some(revision))
@@ -158,11 +160,11 @@ pub(super) async fn put_control(
 
 /// The control of `key`'s rollout, if any.
 pub(super) async fn get_control(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     key: &ServiceKey,
 ) -> Result<Option<RolloutControl>> {
     let text: Option<String> = sqlx::query_scalar(
-        "SELECT control FROM rollout_controls WHERE org = ? AND app = ? AND service = ?",
+        "SELECT control FROM rollout_controls WHERE org = $1 AND app = $2 AND service = $3",
     )
     .bind(&key.org)
     .bind(&key.app)

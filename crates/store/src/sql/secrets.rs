@@ -3,7 +3,7 @@
 
 use meridian_model::env::secret_references;
 use meridian_model::{ChangeOp, Definition, SecretInfo, SecretOwner};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::{
     deployment_from_row, ensure_app, exists, now_secs, record, to_i64, to_u64, DEPLOYMENT_COLUMNS,
@@ -25,24 +25,31 @@ impl<'a> Rows<'a> {
             SecretOwner::App { org, app } => Rows {
                 table: "secrets",
                 columns: "org, app",
-                filter: "org = ? AND app = ?",
+                filter: "org = $1 AND app = $2",
                 owner: vec![org, app],
             },
             SecretOwner::Org { org } => Rows {
                 table: "org_secrets",
                 columns: "org",
-                filter: "org = ?",
+                filter: "org = $1",
                 owner: vec![org],
             },
         }
     }
 
-    /// `SELECT {what}` of the owner's secret (the name is the last bind).
+    /// `SELECT {what}` of the owner's secret (binds: [`Rows::with_name`]).
     fn select_one(&self, what: &str) -> String {
         format!(
-            "SELECT {what} FROM {} WHERE {} AND name = ?",
-            self.table, self.filter
+            "SELECT {what} FROM {} WHERE {} AND {}",
+            self.table,
+            self.filter,
+            self.name_is()
         )
+    }
+
+    /// The condition on the secret's name, whose value is bound after the owner's.
+    fn name_is(&self) -> String {
+        format!("name = ${}", self.owner.len() + 1)
     }
 
     /// The owner's values, then `name`.
@@ -59,13 +66,13 @@ impl<'a> Rows<'a> {
 /// Creates or replaces secret `name` of `owner` (an app is made when missing; the org must
 /// exist) with the next version; returns its row and the revision of the change.
 pub(super) async fn put(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     owner: &SecretOwner,
     name: &str,
     sealed: &[u8],
 ) -> Result<(SecretInfo, u64)> {
     let org = owner.org_name();
-    if !exists(conn, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
+    if !exists(conn, "SELECT 1 FROM orgs WHERE name = $1", &[org]).await? {
         return Err(StoreError::NotFound(format!("org `{org}`")));
     }
     if let SecretOwner::App { org, app } = owner {
@@ -82,14 +89,18 @@ pub(super) async fn put(
     let version = before.map_or(1, |v| to_u64(v) + 1);
     let (kind, key) = owner.change_key(name);
     let revision = record(conn, kind, &key, ChangeOp::Put, Some(version)).await?;
+    // Binds: the owner's values, the name, version, sealed value and time.
+    let values: Vec<String> = (1..=rows.owner.len() + 4)
+        .map(|i| format!("${i}"))
+        .collect();
     let sql = format!(
         "INSERT INTO {table} ({columns}, name, version, sealed_value, updated_at) \
-         VALUES ({owner}?, ?, ?, ?) ON CONFLICT ({columns}, name) DO UPDATE SET \
+         VALUES ({values}) ON CONFLICT ({columns}, name) DO UPDATE SET \
          version = excluded.version, sealed_value = excluded.sealed_value, \
          updated_at = excluded.updated_at",
         table = rows.table,
         columns = rows.columns,
-        owner = "?, ".repeat(rows.owner.len()),
+        values = values.join(", "),
     );
     let mut query = sqlx::query(&sql);
     for value in rows.with_name(name) {
@@ -110,7 +121,7 @@ pub(super) async fn put(
 }
 
 /// The secrets of `owner`, by name, without their values.
-pub(super) async fn list(pool: &SqlitePool, owner: &SecretOwner) -> Result<Vec<SecretInfo>> {
+pub(super) async fn list(pool: &AnyPool, owner: &SecretOwner) -> Result<Vec<SecretInfo>> {
     let rows = Rows::of(owner);
     let sql = format!(
         "SELECT name, version, updated_at FROM {} WHERE {} ORDER BY name",
@@ -136,7 +147,7 @@ pub(super) async fn list(pool: &SqlitePool, owner: &SecretOwner) -> Result<Vec<S
 
 /// Secret `name` of `owner` with its sealed value, if it exists.
 pub(super) async fn get(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     owner: &SecretOwner,
     name: &str,
 ) -> Result<Option<(SecretInfo, Vec<u8>)>> {
@@ -164,7 +175,7 @@ pub(super) async fn get(
 /// version in the same transaction. Refused ([`StoreError::Conflict`] naming them) while
 /// services use it and nothing else would resolve their references.
 pub(super) async fn delete(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     owner: &SecretOwner,
     name: &str,
 ) -> Result<(u64, Vec<Definition>)> {
@@ -176,7 +187,7 @@ pub(super) async fn delete(
     let org = owner.org_name();
     let fallback = match owner {
         SecretOwner::App { .. } => {
-            let sql = "SELECT 1 FROM org_secrets WHERE org = ? AND name = ?";
+            let sql = "SELECT 1 FROM org_secrets WHERE org = $1 AND name = $2";
             exists(conn, sql, &[org, name]).await?
         }
         SecretOwner::Org { .. } => false,
@@ -195,8 +206,10 @@ pub(super) async fn delete(
     let (kind, key) = owner.change_key(name);
     let revision = record(conn, kind, &key, ChangeOp::Delete, None).await?;
     let sql = format!(
-        "DELETE FROM {} WHERE {} AND name = ?",
-        rows.table, rows.filter
+        "DELETE FROM {} WHERE {} AND {}",
+        rows.table,
+        rows.filter,
+        rows.name_is()
     );
     let mut query = sqlx::query(&sql);
     for value in rows.with_name(name) {
@@ -208,13 +221,13 @@ pub(super) async fn delete(
 
 /// Selects a reference `name` of a service of app `org/app` resolves: the app's secret, else
 /// the org's (binds: org, app, name, org, name).
-const RESOLVES: &str = "SELECT 1 FROM secrets WHERE org = ? AND app = ? AND name = ? \
-     UNION ALL SELECT 1 FROM org_secrets WHERE org = ? AND name = ?";
+const RESOLVES: &str = "SELECT 1 FROM secrets WHERE org = $1 AND app = $2 AND name = $3 \
+     UNION ALL SELECT 1 FROM org_secrets WHERE org = $4 AND name = $5";
 
 /// Fails with [`StoreError::SecretMissing`] naming the first field of `definition` that
 /// references a secret neither its app nor its org has.
 pub(super) async fn check_references(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     definition: &Definition,
 ) -> Result<()> {
     let (org, app) = (definition.org.as_str(), definition.app.as_str());
@@ -234,7 +247,7 @@ pub(super) async fn check_references(
 /// secret and that reference it: for an app's, the app's services; for an org's, the services
 /// of its apps that have no secret of that name.
 pub(super) async fn users(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     owner: &SecretOwner,
     name: &str,
 ) -> Result<Vec<Definition>> {
@@ -244,17 +257,17 @@ pub(super) async fn users(
             org,
             None,
             "AND NOT EXISTS (SELECT 1 FROM secrets x \
-             WHERE x.org = s.org AND x.app = s.app AND x.name = ?)",
+             WHERE x.org = s.org AND x.app = s.app AND x.name = $3)",
         ),
     };
     let sql = format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM services s JOIN deployments d \
          ON d.org = s.org AND d.app = s.app AND d.service = s.name \
          AND d.version = s.current_version \
-         WHERE s.org = ? AND (? IS NULL OR s.app = ?) {unshadowed} \
+         WHERE s.org = $1 AND ($2 IS NULL OR s.app = $2) {unshadowed} \
          ORDER BY s.app, s.name"
     );
-    let mut query = sqlx::query(&sql).bind(org).bind(app).bind(app);
+    let mut query = sqlx::query(&sql).bind(org).bind(app);
     if app.is_none() {
         query = query.bind(name);
     }

@@ -1,10 +1,15 @@
-//! The embedded backend: SQLite in one file, in WAL mode.
+//! The SQL backends, SQLite and PostgreSQL: one implementation of the [`Store`] on sqlx's `Any`
+//! driver, so that both follow the same rules by construction. What differs is kept small:
+//! opening ([`sqlite`], [`postgres`]: pools, migrations, background tasks) and a few statements
+//! ([`Dialect`]: how a revision is taken, how a JSON list is read, how writers are serialized).
 //!
-//! Writes go through a pool of exactly one connection, so they are serialized and commit in
-//! revision order; reads use a separate pool of read-only connections and never block writes.
+//! Every write is one transaction on the writer pool, serialized (SQLite: one writer
+//! connection; PostgreSQL: a lock taken first in every write transaction), so that checks and
+//! writes are one step and revisions commit in order; reads use a separate pool.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use meridian_model::{
@@ -12,118 +17,119 @@ use meridian_model::{
     EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
     SecretOwner, ServiceSummary, TokenInfo,
 };
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
+mod backup;
 mod certificates;
+mod dialect;
 mod domains;
 mod endpoints;
+mod postgres;
 mod rollouts;
 mod secrets;
+mod sqlite;
 
+use self::dialect::Dialect;
 use crate::{
     Applied, CertificateRecord, DomainClaim, MissingOrg, NewToken, Result, ServiceFilter,
     ServiceKey, Store, StoreError,
 };
 
-/// Most read connections open at once.
-const READERS: u32 = 4;
-/// How long a statement waits for a lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often written WAL frames are copied back into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A [`Store`] in a SQLite database file.
-pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
-    latest: watch::Sender<u64>,
+/// A [`Store`] in a SQL database: a SQLite file ([`SqlStore::open_sqlite`]) or a PostgreSQL
+/// database ([`SqlStore::connect_postgres`]).
+pub struct SqlStore {
+    writer: AnyPool,
+    reader: AnyPool,
+    dialect: Dialect,
+    latest: Arc<watch::Sender<u64>>,
+    /// Background tasks that end with the store (PostgreSQL's notification listener).
+    tasks: Vec<AbortHandle>,
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Backend(Box::new(e))
+impl SqlStore {
+    /// Opens (creating if missing) the SQLite database at `path` and brings its schema up to
+    /// date.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        sqlite::open(path).await
     }
-}
 
-impl SqliteStore {
-    /// Opens (creating if missing) the database at `path` and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Self> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            // Checkpoints run on their own connection (see `checkpoint_in_background`), not inside
-            // whichever commit happens to cross the threshold: that would stall that commit.
-            .pragma("wal_autocheckpoint", "0");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations")
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .connect_with(options.clone().read_only(true))
-            .await?;
-        let revision: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM changes")
-            .fetch_one(&reader)
-            .await?;
-        tracing::info!(path = %path.display(), revision, "opened SQLite store");
-        let latest = watch::Sender::new(to_u64(revision));
-        // A checkpoint under heavy writes may take seconds; that is expected, not a slow query.
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.log_slow_statements(log::LevelFilter::Debug, CHECKPOINT_INTERVAL))
-            .await?;
-        tokio::spawn(checkpoint_in_background(checkpointer, latest.subscribe()));
-        Ok(SqliteStore {
-            writer,
-            reader,
-            latest,
-        })
+    /// Connects to the PostgreSQL database at `url` (`postgres://user:password@host:port/db`),
+    /// brings its schema up to date and follows the writes of every store on it. Fails when the
+    /// database cannot be reached ([`StoreError::Unavailable`]).
+    pub async fn connect_postgres(url: &str) -> Result<Self> {
+        postgres::connect(url).await
+    }
+
+    /// Starts a write transaction, serialized with every other write (see [`Dialect::write_lock`]).
+    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(lock) = self.dialect.write_lock() {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
+        Ok(tx)
     }
 
     /// Commits `tx` and tells watchers that `revision` is visible.
-    async fn commit(&self, tx: Transaction<'_, Sqlite>, revision: u64) -> Result<()> {
+    async fn commit(&self, tx: Transaction<'_, Any>, revision: u64) -> Result<()> {
         tx.commit().await?;
-        self.latest.send_if_modified(|latest| {
-            let newer = revision > *latest;
-            if newer {
-                *latest = revision;
-            }
-            newer
-        });
+        publish(&self.latest, revision);
         Ok(())
     }
 }
 
-/// Copies committed WAL frames into the database file once a second while there are writes, without
-/// blocking writers (a passive checkpoint). Ends when the store is dropped.
-async fn checkpoint_in_background(pool: SqlitePool, mut latest: watch::Receiver<u64>) {
-    loop {
-        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
-        match latest.has_changed() {
-            Err(_closed) => break,
-            Ok(false) => continue,
-            Ok(true) => latest.mark_unchanged(),
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+impl Drop for SqlStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
         }
     }
-    pool.close().await;
+}
+
+/// Makes `revision` the latest committed revision unless a later one is known already.
+fn publish(latest: &watch::Sender<u64>, revision: u64) {
+    latest.send_if_modified(|latest| {
+        let newer = revision > *latest;
+        if newer {
+            *latest = revision;
+        }
+        newer
+    });
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if unreachable(&e) {
+            StoreError::Unavailable(Box::new(e))
+        } else {
+            StoreError::Backend(Box::new(e))
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => e.into(),
+            other => StoreError::Backend(Box::new(other)),
+        }
+    }
+}
+
+/// Whether `e` says that the database cannot be reached (down, restarting, refusing
+/// connections, or the connection broke), rather than that the statement failed.
+fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
+        // SQLSTATE class 08: connection exception; 57P01-57P03: the server is shutting down,
+        // crashed or starting up; 53300: too many connections.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }
 
 pub(super) fn now_secs() -> i64 {
@@ -189,7 +195,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
 
 /// Appends the change of the write in progress and returns its revision.
 pub(super) async fn record(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     kind: ChangeKind,
     key: &str,
     op: ChangeOp,
@@ -199,21 +205,18 @@ pub(super) async fn record(
         ChangeOp::Put => "put",
         ChangeOp::Delete => "delete",
     };
-    let revision: i64 = sqlx::query_scalar(
-        "INSERT INTO changes (kind, key, op, version, committed_at_us) VALUES (?, ?, ?, ?, ?) \
-         RETURNING revision",
-    )
-    .bind(kind_name(kind))
-    .bind(key)
-    .bind(op)
-    .bind(version.map(|v| v as i64))
-    .bind(now_micros())
-    .fetch_one(conn)
-    .await?;
+    let revision: i64 = sqlx::query_scalar(Dialect::of(conn).record_change())
+        .bind(kind_name(kind))
+        .bind(key)
+        .bind(op)
+        .bind(version.map(|v| v as i64))
+        .bind(now_micros())
+        .fetch_one(conn)
+        .await?;
     Ok(to_u64(revision))
 }
 
-fn change_from_row(row: &SqliteRow) -> Result<Change> {
+fn change_from_row(row: &AnyRow) -> Result<Change> {
     let op: String = row.try_get("op")?;
     Ok(Change {
         revision: to_u64(row.try_get("revision")?),
@@ -229,14 +232,14 @@ fn change_from_row(row: &SqliteRow) -> Result<Change> {
     })
 }
 
-fn org_from_row(row: &SqliteRow) -> Result<Org> {
+fn org_from_row(row: &AnyRow) -> Result<Org> {
     Ok(Org {
         name: row.try_get("name")?,
         created_at: row.try_get("created_at")?,
     })
 }
 
-fn region_from_row(row: &SqliteRow) -> Result<Region> {
+fn region_from_row(row: &AnyRow) -> Result<Region> {
     Ok(Region {
         name: row.try_get("name")?,
         lat: row.try_get("lat")?,
@@ -244,7 +247,7 @@ fn region_from_row(row: &SqliteRow) -> Result<Region> {
     })
 }
 
-fn app_from_row(row: &SqliteRow) -> Result<App> {
+fn app_from_row(row: &AnyRow) -> Result<App> {
     Ok(App {
         org: row.try_get("org")?,
         name: row.try_get("name")?,
@@ -252,7 +255,7 @@ fn app_from_row(row: &SqliteRow) -> Result<App> {
     })
 }
 
-fn token_from_row(row: &SqliteRow) -> Result<TokenInfo> {
+fn token_from_row(row: &AnyRow) -> Result<TokenInfo> {
     Ok(TokenInfo {
         id: row.try_get("id")?,
         org: row.try_get("org")?,
@@ -264,7 +267,7 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenInfo> {
 const DEPLOYMENT_COLUMNS: &str =
     "d.version, d.revision, d.created_at, d.origin, d.rolled_back_from, d.definition";
 
-fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
+fn deployment_from_row(row: &AnyRow) -> Result<Deployment> {
     let text: String = row.try_get("definition")?;
     let definition: Definition = serde_json::from_str(&text)
         .map_err(|e| StoreError::Corrupt(format!("deployment definition: {e}")))?;
@@ -286,17 +289,20 @@ fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
 }
 
 /// Creates app `org/app` (its org exists) unless it exists, inside the caller's transaction.
-async fn ensure_app(conn: &mut SqliteConnection, org: &str, app: &str) -> Result<()> {
-    sqlx::query("INSERT OR IGNORE INTO apps (org, name, created_at) VALUES (?, ?, ?)")
-        .bind(org)
-        .bind(app)
-        .bind(now_secs())
-        .execute(conn)
-        .await?;
+async fn ensure_app(conn: &mut AnyConnection, org: &str, app: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO apps (org, name, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (org, name) DO NOTHING",
+    )
+    .bind(org)
+    .bind(app)
+    .bind(now_secs())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-async fn exists(conn: &mut SqliteConnection, sql: &str, binds: &[&str]) -> Result<bool> {
+async fn exists(conn: &mut AnyConnection, sql: &str, binds: &[&str]) -> Result<bool> {
     let mut query = sqlx::query(sql);
     for value in binds {
         query = query.bind(*value);
@@ -306,14 +312,14 @@ async fn exists(conn: &mut SqliteConnection, sql: &str, binds: &[&str]) -> Resul
 
 /// The current deployment of `key`, read through `conn` (a pool or a transaction).
 async fn current_deployment<'c>(
-    conn: impl sqlx::Executor<'c, Database = Sqlite>,
+    conn: impl sqlx::Executor<'c, Database = Any>,
     key: &ServiceKey,
 ) -> Result<Option<Deployment>> {
     let row = sqlx::query(&format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM services s JOIN deployments d \
          ON d.org = s.org AND d.app = s.app AND d.service = s.name \
          AND d.version = s.current_version \
-         WHERE s.org = ? AND s.app = ? AND s.name = ?"
+         WHERE s.org = $1 AND s.app = $2 AND s.name = $3"
     ))
     .bind(&key.org)
     .bind(&key.app)
@@ -323,9 +329,9 @@ async fn current_deployment<'c>(
     row.as_ref().map(deployment_from_row).transpose()
 }
 
-async fn current_version(conn: &mut SqliteConnection, key: &ServiceKey) -> Result<Option<u64>> {
+async fn current_version(conn: &mut AnyConnection, key: &ServiceKey) -> Result<Option<u64>> {
     let version: Option<i64> = sqlx::query_scalar(
-        "SELECT current_version FROM services WHERE org = ? AND app = ? AND name = ?",
+        "SELECT current_version FROM services WHERE org = $1 AND app = $2 AND name = $3",
     )
     .bind(&key.org)
     .bind(&key.app)
@@ -338,7 +344,7 @@ async fn current_version(conn: &mut SqliteConnection, key: &ServiceKey) -> Resul
 /// Writes a new current version of a service (the row in `services`, the deployment and the
 /// region index), inside the caller's transaction. Returns the stored deployment.
 async fn write_version(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     definition: &Definition,
     origin: DeploymentOrigin,
     rolled_back_from: Option<u64>,
@@ -357,7 +363,7 @@ async fn write_version(
     .await?;
     let now = now_secs();
     sqlx::query(
-        "INSERT INTO services (org, app, name, current_version, updated_at) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO services (org, app, name, current_version, updated_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (org, app, name) DO UPDATE SET \
          current_version = excluded.current_version, updated_at = excluded.updated_at",
     )
@@ -373,7 +379,7 @@ async fn write_version(
     sqlx::query(
         "INSERT INTO deployments \
          (org, app, service, version, revision, created_at, origin, rolled_back_from, definition) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&key.org)
     .bind(&key.app)
@@ -390,20 +396,22 @@ async fn write_version(
     .bind(text)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM service_regions WHERE org = ? AND app = ? AND service = ?")
+    sqlx::query("DELETE FROM service_regions WHERE org = $1 AND app = $2 AND service = $3")
         .bind(&key.org)
         .bind(&key.app)
         .bind(&key.name)
         .execute(&mut *conn)
         .await?;
     for region in &definition.regions {
-        sqlx::query("INSERT INTO service_regions (org, app, service, region) VALUES (?, ?, ?, ?)")
-            .bind(&key.org)
-            .bind(&key.app)
-            .bind(&key.name)
-            .bind(region)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO service_regions (org, app, service, region) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .bind(region)
+        .execute(&mut *conn)
+        .await?;
     }
     domains::claim(conn, &key, &definition.domains, revision).await?;
     Ok(Deployment {
@@ -420,7 +428,7 @@ async fn write_version(
 /// changed), in the caller's transaction, so that no one sees the secret's change without
 /// them; returns the revision of the last write (`revision` when there is none).
 async fn renew(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     definitions: Vec<Definition>,
     mut revision: u64,
 ) -> Result<u64> {
@@ -432,7 +440,7 @@ async fn renew(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn revision(&self) -> Result<u64> {
         Ok(*self.latest.borrow())
     }
@@ -444,7 +452,7 @@ impl Store for SqliteStore {
     async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
         let rows = sqlx::query(
             "SELECT revision, kind, key, op, version, committed_at_us FROM changes \
-             WHERE revision > ? ORDER BY revision LIMIT ?",
+             WHERE revision > $1 ORDER BY revision LIMIT $2",
         )
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
@@ -454,22 +462,24 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, token: NewToken) -> Result<TokenInfo> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         if let Some(org) = &token.org {
-            if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
+            if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = $1", &[org]).await? {
                 return Err(StoreError::NotFound(format!("org `{org}`")));
             }
         }
         let revision = record(&mut tx, ChangeKind::Token, &token.id, ChangeOp::Put, None).await?;
         let created_at = now_secs();
-        sqlx::query("INSERT INTO tokens (id, org, label, hash, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(&token.id)
-            .bind(&token.org)
-            .bind(&token.label)
-            .bind(&token.hash)
-            .bind(created_at)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, org, label, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&token.id)
+        .bind(&token.org)
+        .bind(&token.label)
+        .bind(&token.hash)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await?;
         self.commit(tx, revision).await?;
         Ok(TokenInfo {
             id: token.id,
@@ -480,7 +490,7 @@ impl Store for SqliteStore {
     }
 
     async fn find_token(&self, hash: &str) -> Result<Option<TokenInfo>> {
-        let row = sqlx::query("SELECT id, org, label, created_at FROM tokens WHERE hash = ?")
+        let row = sqlx::query("SELECT id, org, label, created_at FROM tokens WHERE hash = $1")
             .bind(hash)
             .fetch_optional(&self.reader)
             .await?;
@@ -489,7 +499,8 @@ impl Store for SqliteStore {
 
     async fn list_tokens(&self, org: Option<&str>) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(
-            "SELECT id, org, label, created_at FROM tokens WHERE org IS ? ORDER BY created_at, id",
+            "SELECT id, org, label, created_at FROM tokens WHERE org IS NOT DISTINCT FROM $1 \
+             ORDER BY created_at, id",
         )
         .bind(org)
         .fetch_all(&self.reader)
@@ -498,12 +509,12 @@ impl Store for SqliteStore {
     }
 
     async fn delete_token(&self, id: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        if !exists(&mut tx, "SELECT 1 FROM tokens WHERE id = ?", &[id]).await? {
+        let mut tx = self.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM tokens WHERE id = $1", &[id]).await? {
             return Err(StoreError::NotFound(format!("token `{id}`")));
         }
         let revision = record(&mut tx, ChangeKind::Token, id, ChangeOp::Delete, None).await?;
-        sqlx::query("DELETE FROM tokens WHERE id = ?")
+        sqlx::query("DELETE FROM tokens WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -511,13 +522,13 @@ impl Store for SqliteStore {
     }
 
     async fn create_org(&self, name: &str) -> Result<Org> {
-        let mut tx = self.writer.begin().await?;
-        if exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[name]).await? {
+        let mut tx = self.begin().await?;
+        if exists(&mut tx, "SELECT 1 FROM orgs WHERE name = $1", &[name]).await? {
             return Err(StoreError::AlreadyExists(format!("org `{name}`")));
         }
         let revision = record(&mut tx, ChangeKind::Org, name, ChangeOp::Put, None).await?;
         let created_at = now_secs();
-        sqlx::query("INSERT INTO orgs (name, created_at) VALUES (?, ?)")
+        sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
             .bind(name)
             .bind(created_at)
             .execute(&mut *tx)
@@ -537,7 +548,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_org(&self, name: &str) -> Result<Option<Org>> {
-        let row = sqlx::query("SELECT name, created_at FROM orgs WHERE name = ?")
+        let row = sqlx::query("SELECT name, created_at FROM orgs WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.reader)
             .await?;
@@ -545,21 +556,21 @@ impl Store for SqliteStore {
     }
 
     async fn delete_org(&self, name: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[name]).await? {
+        let mut tx = self.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = $1", &[name]).await? {
             return Err(StoreError::NotFound(format!("org `{name}`")));
         }
-        if exists(&mut tx, "SELECT 1 FROM apps WHERE org = ?", &[name]).await? {
+        if exists(&mut tx, "SELECT 1 FROM apps WHERE org = $1", &[name]).await? {
             return Err(StoreError::Conflict(format!(
                 "org `{name}` still has apps; delete them first"
             )));
         }
         let revision = record(&mut tx, ChangeKind::Org, name, ChangeOp::Delete, None).await?;
-        sqlx::query("DELETE FROM tokens WHERE org = ?")
+        sqlx::query("DELETE FROM tokens WHERE org = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM orgs WHERE name = ?")
+        sqlx::query("DELETE FROM orgs WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -567,7 +578,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_region(&self, region: &Region) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         let revision = record(
             &mut tx,
             ChangeKind::Region,
@@ -577,7 +588,7 @@ impl Store for SqliteStore {
         )
         .await?;
         sqlx::query(
-            "INSERT INTO regions (name, lat, lon) VALUES (?, ?, ?) \
+            "INSERT INTO regions (name, lat, lon) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET lat = excluded.lat, lon = excluded.lon",
         )
         .bind(&region.name)
@@ -596,12 +607,12 @@ impl Store for SqliteStore {
     }
 
     async fn delete_region(&self, name: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        if !exists(&mut tx, "SELECT 1 FROM regions WHERE name = ?", &[name]).await? {
+        let mut tx = self.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM regions WHERE name = $1", &[name]).await? {
             return Err(StoreError::NotFound(format!("region `{name}`")));
         }
         let user: Option<(String, String, String)> = sqlx::query_as(
-            "SELECT org, app, service FROM service_regions WHERE region = ? LIMIT 1",
+            "SELECT org, app, service FROM service_regions WHERE region = $1 LIMIT 1",
         )
         .bind(name)
         .fetch_optional(&mut *tx)
@@ -613,7 +624,7 @@ impl Store for SqliteStore {
             )));
         }
         let revision = record(&mut tx, ChangeKind::Region, name, ChangeOp::Delete, None).await?;
-        sqlx::query("DELETE FROM regions WHERE name = ?")
+        sqlx::query("DELETE FROM regions WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -621,18 +632,18 @@ impl Store for SqliteStore {
     }
 
     async fn create_app(&self, org: &str, name: &str) -> Result<App> {
-        let mut tx = self.writer.begin().await?;
-        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
+        let mut tx = self.begin().await?;
+        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = $1", &[org]).await? {
             return Err(StoreError::NotFound(format!("org `{org}`")));
         }
-        let sql = "SELECT 1 FROM apps WHERE org = ? AND name = ?";
+        let sql = "SELECT 1 FROM apps WHERE org = $1 AND name = $2";
         if exists(&mut tx, sql, &[org, name]).await? {
             return Err(StoreError::AlreadyExists(format!("app `{org}/{name}`")));
         }
         let key = format!("{org}/{name}");
         let revision = record(&mut tx, ChangeKind::App, &key, ChangeOp::Put, None).await?;
         let created_at = now_secs();
-        sqlx::query("INSERT INTO apps (org, name, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO apps (org, name, created_at) VALUES ($1, $2, $3)")
             .bind(org)
             .bind(name)
             .bind(created_at)
@@ -648,7 +659,7 @@ impl Store for SqliteStore {
 
     async fn list_apps(&self, org: Option<&str>) -> Result<Vec<App>> {
         let rows = sqlx::query(
-            "SELECT org, name, created_at FROM apps WHERE ?1 IS NULL OR org = ?1 ORDER BY org, name",
+            "SELECT org, name, created_at FROM apps WHERE $1 IS NULL OR org = $1 ORDER BY org, name",
         )
         .bind(org)
         .fetch_all(&self.reader)
@@ -665,12 +676,12 @@ impl Store for SqliteStore {
     }
 
     async fn delete_app(&self, org: &str, name: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        let sql = "SELECT 1 FROM apps WHERE org = ? AND name = ?";
+        let mut tx = self.begin().await?;
+        let sql = "SELECT 1 FROM apps WHERE org = $1 AND name = $2";
         if !exists(&mut tx, sql, &[org, name]).await? {
             return Err(StoreError::NotFound(format!("app `{org}/{name}`")));
         }
-        let sql = "SELECT 1 FROM services WHERE org = ? AND app = ?";
+        let sql = "SELECT 1 FROM services WHERE org = $1 AND app = $2";
         if exists(&mut tx, sql, &[org, name]).await? {
             return Err(StoreError::Conflict(format!(
                 "app `{org}/{name}` still has services; delete them first"
@@ -678,7 +689,7 @@ impl Store for SqliteStore {
         }
         let key = format!("{org}/{name}");
         let revision = record(&mut tx, ChangeKind::App, &key, ChangeOp::Delete, None).await?;
-        sqlx::query("DELETE FROM apps WHERE org = ? AND name = ?")
+        sqlx::query("DELETE FROM apps WHERE org = $1 AND name = $2")
             .bind(org)
             .bind(name)
             .execute(&mut *tx)
@@ -692,7 +703,7 @@ impl Store for SqliteStore {
         missing_org: MissingOrg,
     ) -> Result<Applied> {
         let (org, app) = (definition.org.as_str(), definition.app.as_str());
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         if let Some(current) = current_deployment(&mut *tx, &ServiceKey::of(definition)).await? {
             if current.definition == *definition {
                 return Ok(Applied {
@@ -701,11 +712,11 @@ impl Store for SqliteStore {
                 });
             }
         }
-        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = ?", &[org]).await? {
+        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = $1", &[org]).await? {
             if missing_org == MissingOrg::Reject {
                 return Err(StoreError::NotFound(format!("org `{org}`")));
             }
-            sqlx::query("INSERT INTO orgs (name, created_at) VALUES (?, ?)")
+            sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
                 .bind(org)
                 .bind(now_secs())
                 .execute(&mut *tx)
@@ -723,13 +734,11 @@ impl Store for SqliteStore {
     async fn list_services(&self, filter: &ServiceFilter) -> Result<Vec<ServiceSummary>> {
         let rows = sqlx::query(
             "SELECT s.org, s.app, s.name, s.current_version, s.updated_at, \
-                    (SELECT group_concat(region, ',') FROM \
-                        (SELECT region FROM service_regions r \
-                         WHERE r.org = s.org AND r.app = s.app AND r.service = s.name \
-                         ORDER BY region)) AS regions \
+                    (SELECT string_agg(region, ',' ORDER BY region) FROM service_regions r \
+                     WHERE r.org = s.org AND r.app = s.app AND r.service = s.name) AS regions \
              FROM services s \
-             WHERE (?1 IS NULL OR s.org = ?1) AND (?2 IS NULL OR s.app = ?2) \
-               AND (?3 IS NULL OR s.name = ?3) \
+             WHERE ($1 IS NULL OR s.org = $1) AND ($2 IS NULL OR s.app = $2) \
+               AND ($3 IS NULL OR s.name = $3) \
              ORDER BY s.org, s.app, s.name",
         )
         .bind(filter.org.as_deref())
@@ -762,7 +771,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_service(&self, key: &ServiceKey) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         if current_version(&mut tx, key).await?.is_none() {
             return Err(StoreError::NotFound(format!("service `{key}`")));
         }
@@ -774,7 +783,7 @@ impl Store for SqliteStore {
             None,
         )
         .await?;
-        sqlx::query("DELETE FROM services WHERE org = ? AND app = ? AND name = ?")
+        sqlx::query("DELETE FROM services WHERE org = $1 AND app = $2 AND name = $3")
             .bind(&key.org)
             .bind(&key.app)
             .bind(&key.name)
@@ -786,7 +795,7 @@ impl Store for SqliteStore {
     async fn list_deployments(&self, key: &ServiceKey) -> Result<Vec<Deployment>> {
         let rows = sqlx::query(&format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d \
-             WHERE d.org = ? AND d.app = ? AND d.service = ? ORDER BY d.version"
+             WHERE d.org = $1 AND d.app = $2 AND d.service = $3 ORDER BY d.version"
         ))
         .bind(&key.org)
         .bind(&key.app)
@@ -805,7 +814,7 @@ impl Store for SqliteStore {
         };
         let row = sqlx::query(&format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d \
-             WHERE d.org = ? AND d.app = ? AND d.service = ? AND d.version = ?"
+             WHERE d.org = $1 AND d.app = $2 AND d.service = $3 AND d.version = $4"
         ))
         .bind(&key.org)
         .bind(&key.app)
@@ -817,13 +826,13 @@ impl Store for SqliteStore {
     }
 
     async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         if current_version(&mut tx, key).await?.is_none() {
             return Err(StoreError::NotFound(format!("service `{key}`")));
         }
         let row = sqlx::query(&format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d \
-             WHERE d.org = ? AND d.app = ? AND d.service = ? AND d.version = ?"
+             WHERE d.org = $1 AND d.app = $2 AND d.service = $3 AND d.version = $4"
         ))
         .bind(&key.org)
         .bind(&key.app)
@@ -850,7 +859,7 @@ impl Store for SqliteStore {
         region: &str,
         rollout: &RolloutStatus,
     ) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         match rollouts::put(&mut tx, key, region, rollout).await? {
             Some(revision) => {
                 self.commit(tx, revision).await?;
@@ -869,7 +878,7 @@ impl Store for SqliteStore {
         key: &ServiceKey,
         control: Option<RolloutControl>,
     ) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         match rollouts::put_control(&mut tx, key, control).await? {
             Some(revision) => {
                 self.commit(tx, revision).await?;
@@ -889,7 +898,7 @@ impl Store for SqliteStore {
              JOIN services s ON s.org = r.org AND s.app = r.app AND s.name = r.service \
              JOIN deployments d ON d.org = s.org AND d.app = s.app AND d.service = s.name \
               AND d.version = s.current_version \
-             WHERE r.region = ? ORDER BY s.org, s.app, s.name"
+             WHERE r.region = $1 ORDER BY s.org, s.app, s.name"
         ))
         .bind(region)
         .fetch_all(&self.reader)
@@ -903,7 +912,7 @@ impl Store for SqliteStore {
         id: &str,
         input: &EndpointInput,
     ) -> Result<Endpoint> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         let (revision, endpoint) = endpoints::put(&mut tx, key, id, input).await?;
         self.commit(tx, revision).await?;
         Ok(endpoint)
@@ -911,7 +920,7 @@ impl Store for SqliteStore {
 
     async fn list_endpoints(&self, key: &ServiceKey) -> Result<Vec<Endpoint>> {
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM endpoints WHERE org = ? AND app = ? AND service = ? ORDER BY id",
+            "SELECT {} FROM endpoints WHERE org = $1 AND app = $2 AND service = $3 ORDER BY id",
             endpoints::COLUMNS
         ))
         .bind(&key.org)
@@ -924,7 +933,7 @@ impl Store for SqliteStore {
 
     async fn endpoints_in_region(&self, region: &str) -> Result<Vec<Endpoint>> {
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM endpoints WHERE region = ? ORDER BY org, app, service, id",
+            "SELECT {} FROM endpoints WHERE region = $1 ORDER BY org, app, service, id",
             endpoints::COLUMNS
         ))
         .bind(region)
@@ -934,7 +943,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_endpoint(&self, key: &ServiceKey, id: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         let revision = endpoints::delete(&mut tx, key, id).await?;
         self.commit(tx, revision).await
     }
@@ -948,14 +957,14 @@ impl Store for SqliteStore {
     }
 
     async fn put_certificate(&self, certificate: &CertificateRecord) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         let revision = certificates::put(&mut tx, certificate).await?;
         self.commit(tx, revision).await
     }
 
     async fn get_acme_account(&self, directory: &str) -> Result<Option<Vec<u8>>> {
         Ok(
-            sqlx::query_scalar("SELECT sealed_credentials FROM acme_accounts WHERE directory = ?")
+            sqlx::query_scalar("SELECT sealed_credentials FROM acme_accounts WHERE directory = $1")
                 .bind(directory)
                 .fetch_optional(&self.reader)
                 .await?,
@@ -963,7 +972,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_acme_account(&self, directory: &str, sealed: &[u8]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         let revision = record(
             &mut tx,
             ChangeKind::AcmeAccount,
@@ -974,7 +983,7 @@ impl Store for SqliteStore {
         .await?;
         sqlx::query(
             "INSERT INTO acme_accounts (directory, sealed_credentials, created_at) \
-             VALUES (?, ?, ?) ON CONFLICT (directory) DO UPDATE SET \
+             VALUES ($1, $2, $3) ON CONFLICT (directory) DO UPDATE SET \
              sealed_credentials = excluded.sealed_credentials, created_at = excluded.created_at",
         )
         .bind(directory)
@@ -994,7 +1003,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_ticket_keys(&self, sealed: &[u8], rotated_at: i64) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         let revision = record(
             &mut tx,
             ChangeKind::TicketKeys,
@@ -1004,7 +1013,7 @@ impl Store for SqliteStore {
         )
         .await?;
         sqlx::query(
-            "INSERT INTO ticket_keys (id, sealed_keys, rotated_at) VALUES (1, ?, ?) \
+            "INSERT INTO ticket_keys (id, sealed_keys, rotated_at) VALUES (1, $1, $2) \
              ON CONFLICT (id) DO UPDATE SET \
              sealed_keys = excluded.sealed_keys, rotated_at = excluded.rotated_at",
         )
@@ -1021,7 +1030,7 @@ impl Store for SqliteStore {
         name: &str,
         sealed: &[u8],
     ) -> Result<SecretInfo> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         let (info, revision) = secrets::put(&mut tx, owner, name, sealed).await?;
         let users = secrets::users(&mut tx, owner, name).await?;
         let revision = renew(&mut tx, users, revision).await?;
@@ -1042,7 +1051,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_secret(&self, owner: &SecretOwner, name: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin().await?;
         let (mut revision, users) = secrets::delete(&mut tx, owner, name).await?;
         revision = renew(&mut tx, users, revision).await?;
         self.commit(tx, revision).await

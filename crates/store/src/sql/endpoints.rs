@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use meridian_model::{ChangeKind, ChangeOp, Endpoint, EndpointHealth, EndpointInput};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
 use super::{current_version, now_secs, record};
 use crate::{Result, ServiceKey, StoreError};
@@ -27,7 +27,7 @@ fn parse_health(name: &str) -> Result<EndpointHealth> {
 }
 
 /// Reads one endpoint row selected with [`COLUMNS`].
-pub(super) fn endpoint_from_row(row: &SqliteRow) -> Result<Endpoint> {
+pub(super) fn endpoint_from_row(row: &AnyRow) -> Result<Endpoint> {
     let ports: String = row.try_get("ports")?;
     let ports: BTreeMap<String, u32> = serde_json::from_str(&ports)
         .map_err(|e| StoreError::Corrupt(format!("endpoint ports: {e}")))?;
@@ -47,7 +47,7 @@ pub(super) fn endpoint_from_row(row: &SqliteRow) -> Result<Endpoint> {
 /// Inserts or replaces endpoint `id` of service `key` inside the write transaction `conn`, and
 /// returns the revision and the stored endpoint.
 pub(super) async fn put(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     key: &ServiceKey,
     id: &str,
     input: &EndpointInput,
@@ -62,7 +62,7 @@ pub(super) async fn put(
     let updated_at = now_secs();
     sqlx::query(
         "INSERT INTO endpoints (org, app, service, id, region, address, ports, health, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (org, app, service, id) DO UPDATE SET region = excluded.region, \
          address = excluded.address, ports = excluded.ports, health = excluded.health, \
          updated_at = excluded.updated_at",
@@ -94,9 +94,9 @@ pub(super) async fn put(
 
 /// Deletes endpoint `id` of service `key` inside the write transaction `conn`; returns the
 /// revision.
-pub(super) async fn delete(conn: &mut SqliteConnection, key: &ServiceKey, id: &str) -> Result<u64> {
+pub(super) async fn delete(conn: &mut AnyConnection, key: &ServiceKey, id: &str) -> Result<u64> {
     let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM endpoints WHERE org = ? AND app = ? AND service = ? AND id = ?",
+        "SELECT 1 FROM endpoints WHERE org = $1 AND app = $2 AND service = $3 AND id = $4",
     )
     .bind(&key.org)
     .bind(&key.app)
@@ -116,7 +116,7 @@ pub(super) async fn delete(conn: &mut SqliteConnection, key: &ServiceKey, id: &s
         None,
     )
     .await?;
-    sqlx::query("DELETE FROM endpoints WHERE org = ? AND app = ? AND service = ? AND id = ?")
+    sqlx::query("DELETE FROM endpoints WHERE org = $1 AND app = $2 AND service = $3 AND id = $4")
         .bind(&key.org)
         .bind(&key.app)
         .bind(&key.name)

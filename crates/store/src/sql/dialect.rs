@@ -1,0 +1,116 @@
+//! The few statements SQLite and PostgreSQL write differently. Everything else is one SQL text
+//! that both accept (`$N` parameters, `ON CONFLICT`, `IS NOT DISTINCT FROM`, `string_agg`).
+
+use sqlx::{AnyConnection, Database, Postgres};
+
+/// Which database a connection speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    /// SQLite: one writer connection serializes every write.
+    Sqlite,
+    /// PostgreSQL: writers on any number of connections and processes, serialized by a lock
+    /// on the revision counter (see [`Dialect::write_lock`]).
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect of `conn`.
+    pub(super) fn of(conn: &AnyConnection) -> Dialect {
+        if conn.backend_name() == <Postgres as Database>::NAME {
+            Dialect::Postgres
+        } else {
+            Dialect::Sqlite
+        }
+    }
+
+    /// The statement a write transaction starts with, if the backend needs one to serialize
+    /// writes.
+    ///
+    /// PostgreSQL: the row lock on the revision counter, held until the transaction ends. With
+    /// it taken first, write transactions run one at a time, as on SQLite: the checks a write
+    /// makes (exists, already exists, domain claims, secret references) and its writes are one
+    /// step, because under READ COMMITTED every statement after the lock sees every write
+    /// committed before it and no other write can commit meanwhile. And revisions commit in
+    /// order: a transaction takes revision N+1 only once the holder of N has ended, and
+    /// PostgreSQL releases a transaction's locks only after its commit is visible to new
+    /// snapshots, so a reader that sees N+1 sees N; a transaction that rolls back gives its
+    /// revision back (the counter's update is undone), so the feed has no gap. A sequence
+    /// would not do: it hands out numbers outside transactions, so N+1 could commit before N
+    /// (a reader would skip N for good) and a rollback would leave a hole. An advisory
+    /// transaction lock would serialize writers as well; the counter row keeps the lock and the
+    /// number it guards in one place, and shares no key space with advisory locks taken for
+    /// other work.
+    pub(super) fn write_lock(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => {
+                Some("SELECT revision FROM revision_counter WHERE id = 1 FOR UPDATE")
+            }
+        }
+    }
+
+    /// The statement that appends a change (binds: kind, key, op, version, committed_at_us)
+    /// and returns its revision, one more than the last.
+    pub(super) fn record_change(self) -> &'static str {
+        match self {
+            // The single writer makes AUTOINCREMENT's next value the next revision.
+            Dialect::Sqlite => {
+                "INSERT INTO changes (kind, key, op, version, committed_at_us) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING revision"
+            }
+            // The counter row is locked by this transaction already (`write_lock`).
+            Dialect::Postgres => {
+                "WITH next AS (UPDATE revision_counter SET revision = revision + 1 WHERE id = 1 \
+                               RETURNING revision) \
+                 INSERT INTO changes (revision, kind, key, op, version, committed_at_us) \
+                 SELECT revision, $1, $2, $3, $4, $5 FROM next RETURNING revision"
+            }
+        }
+    }
+
+    /// The statement a read transaction starts with to see one snapshot of the whole database
+    /// (SQLite's read transactions do from their first read).
+    pub(super) fn snapshot(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+        }
+    }
+
+    /// The statement listing the store's tables and their columns (table, column), without
+    /// the migrations' own table and PostgreSQL's revision counter.
+    pub(super) fn columns(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                "SELECT m.name, c.name FROM sqlite_master m JOIN pragma_table_info(m.name) c \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+                   AND m.name <> '_sqlx_migrations'"
+            }
+            Dialect::Postgres => {
+                "SELECT CAST(table_name AS TEXT), CAST(column_name AS TEXT) \
+                 FROM information_schema.columns WHERE table_schema = current_schema() \
+                   AND table_name NOT IN ('_sqlx_migrations', 'revision_counter')"
+            }
+        }
+    }
+
+    /// The statement that makes the last revision handed out `$1`, after a restore (SQLite's
+    /// AUTOINCREMENT follows the revisions inserted).
+    pub(super) fn set_revision(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("UPDATE revision_counter SET revision = $1 WHERE id = 1"),
+        }
+    }
+
+    /// A table of the strings of the JSON array bound at `param` (e.g. `$5`), in a column
+    /// named `value`, to use after `FROM`.
+    pub(super) fn json_strings(self, param: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_each({param})"),
+            Dialect::Postgres => {
+                format!("jsonb_array_elements_text(CAST({param} AS jsonb)) AS strings(value)")
+            }
+        }
+    }
+}

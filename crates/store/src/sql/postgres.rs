@@ -1,0 +1,143 @@
+//! The shared backend: a PostgreSQL database that several control planes may use at once.
+//!
+//! Writes are serialized by a row lock on the revision counter, taken first in every write
+//! transaction (see [`Dialect::write_lock`] for why that makes revision order commit order and
+//! the feed gapless). Every change inserted into the feed notifies channel [`CHANNEL`] (a
+//! trigger, delivered at commit), so a store learns of the writes of every other store on the
+//! database; a notification is only a wake-up, and watchers read the feed by revision. As
+//! notifications sent while the listening connection is down are lost, the store also re-reads
+//! the latest revision at once when that connection is lost and every [`CATCH_UP_INTERVAL`],
+//! so a lost notification delays a watcher by at most that, and never makes it miss a change.
+//!
+//! When the database cannot be reached, operations fail with [`crate::StoreError::Unavailable`] after
+//! at most [`ACQUIRE_TIMEOUT`]; the pools reconnect by themselves once it is back.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::AnyPool;
+use tokio::sync::watch;
+
+use super::{publish, to_u64, Dialect, SqlStore};
+use crate::Result;
+
+/// The channel every change is notified on (payload: its revision); see the migrations.
+pub(super) const CHANNEL: &str = "meridian_changes";
+/// The `application_name` of the connection that listens on [`CHANNEL`].
+const LISTENER_NAME: &str = "meridian-listener";
+/// Most connections writing at once (writes are serialized by the database: more would only
+/// wait there).
+const WRITERS: u32 = 2;
+/// Most connections reading at once.
+const READERS: u32 = 8;
+/// How long an operation waits for a connection (when the database is down: for it to come
+/// back) before it fails with [`crate::StoreError::Unavailable`].
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the latest revision is re-read, in case a notification was lost.
+const CATCH_UP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the listener waits before it tries again to reach an unreachable database.
+const LISTEN_RETRY: Duration = Duration::from_millis(500);
+
+/// Connects to the database at `url`, brings its schema up to date and starts following the
+/// writes of every store on it.
+pub(super) async fn connect(url: &str) -> Result<SqlStore> {
+    sqlx::any::install_default_drivers();
+    let options = AnyConnectOptions::from_str(url)?;
+    let writer = pool(&options, WRITERS).await?;
+    sqlx::migrate!("./migrations/postgres").run(&writer).await?;
+    let reader = pool(&options, READERS).await?;
+    let listener_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(PgConnectOptions::from_str(url)?.application_name(LISTENER_NAME));
+    let mut listener = PgListener::connect_with(&listener_pool).await?;
+    listener.listen(CHANNEL).await?;
+    // Read after listening, so that no commit falls between them unseen.
+    let revision = latest_revision(&reader).await?;
+    tracing::info!(revision, "opened PostgreSQL store");
+    let latest = Arc::new(watch::Sender::new(revision));
+    let tasks = vec![
+        tokio::spawn(listen(listener, reader.clone(), latest.clone())).abort_handle(),
+        tokio::spawn(catch_up_periodically(reader.clone(), latest.clone())).abort_handle(),
+    ];
+    Ok(SqlStore {
+        writer,
+        reader,
+        dialect: Dialect::Postgres,
+        latest,
+        tasks,
+    })
+}
+
+/// A pool of up to `connections` connections to the database of `options`.
+async fn pool(options: &AnyConnectOptions, connections: u32) -> Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.clone())
+        .await?)
+}
+
+/// The revision of the last committed write.
+async fn latest_revision(reader: &AnyPool) -> Result<u64> {
+    let revision: i64 = sqlx::query_scalar("SELECT revision FROM revision_counter WHERE id = 1")
+        .fetch_one(reader)
+        .await?;
+    Ok(to_u64(revision))
+}
+
+/// Reads the latest revision and tells watchers, if it is newer than what they know.
+async fn catch_up(reader: &AnyPool, latest: &watch::Sender<u64>) {
+    match latest_revision(reader).await {
+        Ok(revision) => publish(latest, revision),
+        Err(e) => tracing::debug!(error = %e, "reading the latest revision failed; will retry"),
+    }
+}
+
+/// Tells watchers of each revision notified on [`CHANNEL`]; catches up when the listening
+/// connection was lost (it reconnects by itself).
+async fn listen(mut listener: PgListener, reader: AnyPool, latest: Arc<watch::Sender<u64>>) {
+    let mut failing = false;
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => match notification.payload().parse::<u64>() {
+                Ok(revision) => publish(&latest, revision),
+                Err(_) => tracing::warn!(
+                    payload = notification.payload(),
+                    "a change notification without a revision; ignored"
+                ),
+            },
+            Ok(None) => {
+                tracing::info!("the connection listening for changes was lost; catching up");
+                catch_up(&reader, &latest).await;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "listening for changes failed; retrying");
+                }
+                failing = true;
+                tokio::time::sleep(LISTEN_RETRY).await;
+                continue;
+            }
+        }
+        if failing {
+            tracing::info!("listening for changes again");
+            failing = false;
+            catch_up(&reader, &latest).await;
+        }
+    }
+}
+
+/// Re-reads the latest revision every [`CATCH_UP_INTERVAL`], so that a lost notification
+/// delays watchers by at most that.
+async fn catch_up_periodically(reader: AnyPool, latest: Arc<watch::Sender<u64>>) {
+    let mut ticks = tokio::time::interval(CATCH_UP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        catch_up(&reader, &latest).await;
+    }
+}
