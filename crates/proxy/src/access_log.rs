@@ -17,7 +17,9 @@ use http::{Method, Request, Response, Uri, Version};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
-use crate::forward::{request_host, ProxyBody, ERROR_HEADER};
+use crate::answers::ERROR_HEADER;
+use crate::body::ProxyBody;
+use crate::forward::request_host;
 use crate::peer::Peer;
 
 /// Lines waiting for the writer at most; more are dropped.
