@@ -20,6 +20,7 @@ mod geo;
 mod image_ref;
 mod names;
 mod parse;
+mod purge;
 mod resources;
 mod rollout;
 pub mod traffic;
@@ -45,6 +46,10 @@ pub use geo::distance_km;
 pub use image_ref::{check_digest, Credential, ImageRef, RegistryOptions, DEFAULT_REGISTRY};
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
+pub use purge::{
+    EdgeAcks, Purge, PurgeAccepted, PurgeRequest, PurgeTarget, PURGE_HISTORY, PURGE_TAG_MAX,
+    PURGE_URL_MAX,
+};
 pub use resources::{
     App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Endpoint, EndpointHealth,
     EndpointInput, Org, Region, RegionInput, RegionReport, SecretInfo, SecretOwner, ServiceHealth,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use meridian_model::{
     App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Endpoint,
-    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
+    EndpointInput, Org, Purge, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
     SecretOwner, ServiceSummary, TokenInfo,
 };
 use sqlx::sqlite::{
@@ -21,11 +21,12 @@ use tokio::sync::watch;
 mod certificates;
 mod domains;
 mod endpoints;
+mod purges;
 mod rollouts;
 mod secrets;
 
 use crate::{
-    Applied, CertificateRecord, DomainClaim, MissingOrg, NewToken, Result, ServiceFilter,
+    Applied, CertificateRecord, DomainClaim, MissingOrg, NewPurge, NewToken, Result, ServiceFilter,
     ServiceKey, Store, StoreError,
 };
 
@@ -161,6 +162,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::RolloutControl => "rollout_control",
         ChangeKind::Secret => "secret",
         ChangeKind::OrgSecret => "org_secret",
+        ChangeKind::Purge => "purge",
     }
 }
 
@@ -179,6 +181,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "rollout_control" => ChangeKind::RolloutControl,
         "secret" => ChangeKind::Secret,
         "org_secret" => ChangeKind::OrgSecret,
+        "purge" => ChangeKind::Purge,
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unknown change kind `{other}`"
@@ -1046,5 +1049,16 @@ impl Store for SqliteStore {
         let (mut revision, users) = secrets::delete(&mut tx, owner, name).await?;
         revision = renew(&mut tx, users, revision).await?;
         self.commit(tx, revision).await
+    }
+
+    async fn add_purge(&self, purge: &NewPurge) -> Result<Purge> {
+        let mut tx = self.writer.begin().await?;
+        let (stored, revision) = purges::add(&mut tx, purge).await?;
+        self.commit(tx, revision).await?;
+        Ok(stored)
+    }
+
+    async fn purges_after(&self, after: u64, limit: u32) -> Result<Vec<Purge>> {
+        purges::after(&self.reader, after, limit).await
     }
 }
