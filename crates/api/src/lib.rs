@@ -15,6 +15,7 @@ mod extract;
 mod images;
 mod metrics;
 mod openapi;
+mod purge_acks;
 mod readiness;
 mod routes;
 mod traffic_history;
@@ -35,6 +36,7 @@ pub use auth::{bootstrap_admin_token, hash_secret, Caller};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::MAX_BODY_BYTES;
 pub use metrics::Metrics;
+pub use purge_acks::{PurgeAcks, PURGE_ACK_WAIT};
 pub use readiness::Readiness;
 pub use routes::domains::DomainStatus;
 pub use routes::feed::{ChangesPage, RevisionInfo};
@@ -116,7 +118,8 @@ pub fn router_with(
     registries: meridian_model::RegistryOptions,
 ) -> Router {
     use routes::{
-        domains, endpoints, feed, regions, reports, rollouts, secrets, services, tenancy, traffic,
+        domains, endpoints, feed, purges, regions, reports, rollouts, secrets, services, tenancy,
+        traffic,
     };
     let state = ApiState {
         store,
@@ -178,6 +181,7 @@ pub fn router_with(
             "/v1/orgs/{org}/apps/{app}/secrets/{name}",
             put(secrets::put).delete(secrets::delete),
         )
+        .route("/v1/orgs/{org}/apps/{app}/purges", post(purges::create))
         .route("/v1/regions", get(regions::list))
         .route(
             "/v1/regions/{region}",
