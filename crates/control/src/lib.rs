@@ -26,6 +26,7 @@ mod known_admins;
 mod nodes_admin;
 mod own_certificate;
 mod plane;
+mod purges;
 mod region;
 mod reports;
 mod rollout;

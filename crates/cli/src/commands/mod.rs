@@ -1,6 +1,7 @@
 //! One module per group of subcommands.
 
 pub mod agent;
+pub mod cache;
 pub mod completions;
 pub mod context;
 pub mod control;
