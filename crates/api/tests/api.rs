@@ -1362,7 +1362,7 @@ async fn a_purge_of_an_apps_cached_responses_is_checked_numbered_and_stored() {
         json!({"url": "https://a.img.example.com/x.png"})
     );
     assert_eq!(
-        purge["domains"],
+        accepted["domains"],
         json!(["*.img.example.com", "shop.example.com"])
     );
     assert!(accepted.get("edges").is_none(), "{accepted}");

@@ -150,7 +150,6 @@ fn resource(purge: &Purge) -> Any {
         sequence: purge.sequence,
         org: purge.org.clone(),
         app: purge.app.clone(),
-        domains: purge.domains.clone(),
         ..CachePurge::default()
     };
     match &purge.target {

@@ -20,7 +20,7 @@ use meridian_xds::{
 };
 use prost::Message;
 
-use crate::purges::Purges;
+use crate::purges::{app_domains, AppDomains, Purges};
 use crate::selection::{
     edge_config, incumbents, HttpsListener, Incumbents, Listeners, Location, RegionView,
 };
@@ -94,6 +94,8 @@ pub struct Follower {
     https_port: Option<u16>,
     /// The purges applied to the cache.
     purges: Purges,
+    /// The domains of each app, as the region summaries say (purges stay within them).
+    app_domains: AppDomains,
 }
 
 impl Follower {
@@ -127,6 +129,7 @@ impl Follower {
             tls,
             https_port,
             purges: Purges::default(),
+            app_domains: AppDomains::new(),
         })
     }
 
@@ -159,6 +162,7 @@ impl Follower {
     /// changed; once more if that bound the HTTPS listener on a port redirects did not know.
     async fn configure(&mut self, resources: &Resources) -> Result<(), String> {
         let regions = region_views(resources)?;
+        self.app_domains = app_domains(&regions);
         for _ in 0..2 {
             let config = self.render(&regions);
             let text = config.to_string();
@@ -292,7 +296,8 @@ impl Handler for Follower {
             ACME_CHALLENGE => self.tls.apply_challenges(resources, changes.names)?,
             CACHE_PURGE => {
                 let held = resources.get(CACHE_PURGE);
-                self.purges.follow(&self.proxy, held).await?;
+                let domains = &self.app_domains;
+                self.purges.follow(&self.proxy, held, domains).await?;
             }
             _ => {}
         }

@@ -1,6 +1,8 @@
 //! The purges of the edge's cache: every purge the global control plane holds
 //! (`meridian.v1.CachePurge`, the newest `meridian_model::PURGE_HISTORY`, numbered 1, 2, 3, …
-//! without gaps) is applied once, in order, each within its app's domains.
+//! without gaps) is applied once, in order, each within its app's domains as the region
+//! summaries say (responses stored for other hosts are not the app's, or no route serves them
+//! any more).
 //!
 //! The edge remembers the number of the last purge it applied. What it holds after each
 //! response is the plane's history, oldest to newest; when that no longer continues from the
@@ -10,13 +12,32 @@
 //! its own (a new history), and a purge it cannot read. So it never serves what a purge it
 //! missed removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use meridian_model::check_domain;
+use meridian_model::check_dns_label;
 use meridian_proxy::{CachePurge as Purged, Proxy, PurgeScope};
 use meridian_xds::meridian::{purge_name, purge_sequence, CachePurge};
 use meridian_xds::Held;
 use prost::Message;
+
+use crate::selection::RegionView;
+
+/// The public domains of each app (`org/app`), as the region summaries say.
+pub type AppDomains = HashMap<String, Vec<String>>;
+
+/// The domains of each app deployed in `regions`.
+pub fn app_domains(regions: &[RegionView]) -> AppDomains {
+    let mut by_app: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for deployment in regions.iter().flat_map(|region| &region.deployments) {
+        let app = format!("{}/{}", deployment.org, deployment.app);
+        let domains = deployment.spec.domains.iter().cloned();
+        by_app.entry(app).or_default().extend(domains);
+    }
+    by_app
+        .into_iter()
+        .map(|(app, domains)| (app, domains.into_iter().collect()))
+        .collect()
+}
 
 /// What the edge knows of the purges it applied.
 #[derive(Debug, Default)]
@@ -29,8 +50,9 @@ pub struct Purges {
 #[derive(Debug, PartialEq, Eq)]
 struct Purge {
     sequence: u64,
+    /// Its app, `org/app`.
+    app: String,
     purged: Purged,
-    domains: Vec<String>,
 }
 
 /// What to do with the history held.
@@ -46,12 +68,14 @@ enum Plan {
 
 impl Purges {
     /// Applies the purges in `held` (every [`CachePurge`] the edge holds, by name) that are
-    /// new, in order, to `proxy`'s cache, or purges everything as the module says. A purge that
-    /// cannot be read is rejected (its name and why) once everything was purged.
+    /// new, in order, to `proxy`'s cache, each within its app's `domains`, or purges everything
+    /// as the module says. A purge that cannot be read is rejected (its name and why) once
+    /// everything was purged.
     pub async fn follow(
         &mut self,
         proxy: &Proxy,
         held: Option<&BTreeMap<String, Held>>,
+        domains: &AppDomains,
     ) -> Result<(), String> {
         let Some(held) = held.filter(|held| !held.is_empty()) else {
             // No purge was ever made: from now on, each one is new.
@@ -74,7 +98,8 @@ impl Purges {
             }
             Plan::Apply { purges, newest } => {
                 for purge in purges {
-                    let scope = PurgeScope::Domains(&purge.domains);
+                    let app_domains = domains.get(&purge.app).map_or(&[][..], Vec::as_slice);
+                    let scope = PurgeScope::Domains(app_domains);
                     match proxy.purge_cache(&purge.purged, scope).await {
                         Ok(removed) => tracing::debug!(sequence = purge.sequence, removed,
                             purge = ?purge.purged, "purge applied"),
@@ -158,13 +183,12 @@ fn read(name: &str, held: &Held) -> Result<Purge, String> {
         (true, true, true) => Purged::All,
         _ => return Err(bad("give exactly one of url, tag and all".to_owned())),
     };
-    for (i, domain) in message.domains.iter().enumerate() {
-        check_domain(domain).map_err(|e| bad(format!("domains[{i}]: {e}")))?;
-    }
+    check_dns_label(&message.org).map_err(|e| bad(format!("org: {e}")))?;
+    check_dns_label(&message.app).map_err(|e| bad(format!("app: {e}")))?;
     Ok(Purge {
         sequence: message.sequence,
+        app: format!("{}/{}", message.org, message.app),
         purged,
-        domains: message.domains,
     })
 }
 
@@ -183,7 +207,6 @@ mod tests {
             org: "acme".into(),
             app: "shop".into(),
             tag: format!("t{sequence}"),
-            domains: vec!["shop.example.com".into()],
             ..CachePurge::default()
         }
     }
@@ -242,8 +265,8 @@ mod tests {
             purges[0],
             Purge {
                 sequence: 1,
+                app: "acme/shop".into(),
                 purged: Purged::Tag("t1".into()),
-                domains: vec!["shop.example.com".into()],
             }
         );
     }
@@ -280,8 +303,8 @@ mod tests {
                 .map(|h| (purge_name(3), h)),
         );
         assert!(plan(Some(2), &map).is_err());
-        let mut bad_domain = message(3);
-        bad_domain.domains = vec!["not a domain".into()];
-        assert!(plan(Some(2), &held([bad_domain])).is_err());
+        let mut bad_app = message(3);
+        bad_app.app = "not an app".into();
+        assert!(plan(Some(2), &held([bad_app])).is_err());
     }
 }

@@ -13,12 +13,13 @@ use crate::ValidationErrors;
 /// How many purges the store keeps, the newest (older ones are dropped as new ones come).
 /// An edge away from the global control plane catches up from this history when it is back;
 /// one that missed more purges than it holds purges everything instead. 10,000 purges take
-/// about 2 MB in the plane's memory and on a fresh edge's first connection, and cover hours of
-/// purging at a sustained purge per second.
+/// about 2 MB (20 MiB at most) in the plane's memory and on a new edge's first connection, and
+/// cover hours of purging at a sustained purge per second.
 pub const PURGE_HISTORY: u64 = 10_000;
 
-/// Longest URL a purge names, in bytes.
-pub const PURGE_URL_MAX: usize = 8192;
+/// Longest URL a purge names, in bytes: the whole history fits in the one xDS response a new
+/// edge gets (10,000 × 2 KiB = 20 MiB, under the 64 MiB an edge accepts).
+pub const PURGE_URL_MAX: usize = 2048;
 
 /// Longest tag a purge names, in bytes: the edges never index longer ones
 /// (`meridian_cache::tags::MAX_TAG_LEN`).
@@ -153,12 +154,9 @@ pub struct Purge {
     pub org: String,
     /// The app whose cached responses it removes.
     pub app: String,
-    /// What it removes.
+    /// What it removes (of the responses stored for hosts the app's domains cover).
     #[cfg_attr(feature = "openapi", schema(value_type = PurgeRequest))]
     pub target: PurgeTarget,
-    /// The app's public domains when it was accepted: an edge removes only responses for hosts
-    /// they cover.
-    pub domains: Vec<String>,
     /// When it was accepted, seconds since the Unix epoch.
     pub created_at: i64,
 }
@@ -180,6 +178,8 @@ pub struct EdgeAcks {
 pub struct PurgeAccepted {
     /// The purge, as stored.
     pub purge: Purge,
+    /// The app's public domains: the edges remove only responses stored for hosts they cover.
+    pub domains: Vec<String>,
     /// How the connected edges took it; absent when the control plane could not tell in time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edges: Option<EdgeAcks>,

@@ -83,8 +83,7 @@ pub struct NewToken {
     pub hash: String,
 }
 
-/// A purge to record: the app and what it removes, with the app's domains (the edges remove
-/// responses only for hosts they cover).
+/// A purge to record: the app and what it removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPurge {
     /// The org of the app.
@@ -93,8 +92,6 @@ pub struct NewPurge {
     pub app: String,
     /// What it removes.
     pub target: PurgeTarget,
-    /// The app's public domains now.
-    pub domains: Vec<String>,
 }
 
 /// A public domain's certificate as stored: its private key only sealed (the store never sees

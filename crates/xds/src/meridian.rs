@@ -141,7 +141,9 @@ pub struct AcmeChallenge {
     pub key_authorization: String,
 }
 
-/// A purge of the edges' caches ([`CACHE_PURGE`]): exactly one of `url`, `tag` and `all`.
+/// A purge of the edges' caches ([`CACHE_PURGE`]): exactly one of `url`, `tag` and `all`, of
+/// the responses an edge stored for hosts the app's domains cover (as the edge knows them from
+/// the region summaries).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CachePurge {
     /// Its number: 1, 2, 3, … without gaps across the installation (its name says it too).
@@ -162,9 +164,6 @@ pub struct CachePurge {
     /// Remove every response of the app.
     #[prost(bool, tag = "6")]
     pub all: bool,
-    /// The app's domains when the purge was made: only responses for hosts they cover go.
-    #[prost(string, repeated, tag = "7")]
-    pub domains: Vec<String>,
 }
 
 /// What a regional control plane reports upward.

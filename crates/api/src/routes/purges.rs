@@ -48,8 +48,8 @@ fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
 /// from `Cache-Tag` or `Surrogate-Key`), or all of them (`all: true`). The purge is stored and
 /// numbered, then sent to every edge; the answer comes once every connected edge applied it
 /// (200), or after 5 seconds with how many did (202). An edge that was away applies what it
-/// missed when it is back, before it serves again from what it kept, or purges everything it
-/// holds if it missed more than the newest 10,000 purges.
+/// missed as soon as it is back, or purges everything it holds if it missed more than the
+/// newest 10,000 purges.
 #[utoipa::path(post, path = "/v1/orgs/{org}/apps/{app}/purges", tag = "cache",
     params(PurgesPath), request_body = PurgeRequest,
     responses(
@@ -98,7 +98,6 @@ pub async fn create(
             org: org.to_owned(),
             app: app.to_owned(),
             target,
-            domains,
         })
         .await?;
     tracing::info!(org, app, sequence = purge.sequence, target = ?purge.target, "purge accepted");
@@ -108,7 +107,12 @@ pub async fn create(
         Some(acks) if acks.applied == acks.connected => StatusCode::OK,
         _ => StatusCode::ACCEPTED,
     };
-    Ok((status, Json(PurgeAccepted { purge, edges })))
+    let accepted = PurgeAccepted {
+        purge,
+        domains,
+        edges,
+    };
+    Ok((status, Json(accepted)))
 }
 
 /// Checks that `url` is an absolute `http://` or `https://` URL, without user info or

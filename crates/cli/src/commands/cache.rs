@@ -19,9 +19,8 @@ pub enum CacheCommand {
     ///
     /// The purge is stored and numbered, then sent to every edge; the command returns once
     /// every connected edge applied it, or after about 5 seconds with how many did. An edge
-    /// away from the control plane applies what it missed when it is back, before serving
-    /// again from its cache (or purges everything it holds if it missed more than the newest
-    /// 10,000 purges).
+    /// away from the control plane applies what it missed as soon as it is back (or purges
+    /// everything it holds if it missed more than the newest 10,000 purges).
     Purge(PurgeArgs),
 }
 
@@ -105,7 +104,7 @@ fn summary(accepted: &PurgeAccepted) -> String {
         purge.sequence,
         purge.org,
         purge.app,
-        purge.domains.join(", ")
+        accepted.domains.join(", ")
     )
 }
 
@@ -153,9 +152,9 @@ mod tests {
                 org: "acme".into(),
                 app: "shop".into(),
                 target: PurgeTarget::Tag("catalog".into()),
-                domains: vec!["shop.example.com".into()],
                 created_at: 0,
             },
+            domains: vec!["shop.example.com".into()],
             edges: Some(EdgeAcks {
                 connected: 2,
                 applied: 2,

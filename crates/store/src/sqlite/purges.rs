@@ -33,18 +33,15 @@ pub(super) async fn add(conn: &mut SqliteConnection, purge: &NewPurge) -> Result
         org: org.to_owned(),
         app: app.to_owned(),
         target: purge.target.clone(),
-        domains: purge.domains.clone(),
         created_at: now_secs(),
     };
     sqlx::query(
-        "INSERT INTO purges (sequence, org, app, target, domains, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO purges (sequence, org, app, target, created_at) VALUES (?, ?, ?, ?, ?)",
     )
     .bind(to_i64(sequence)?)
     .bind(org)
     .bind(app)
     .bind(serde_json::to_string(&stored.target).map_err(corrupt)?)
-    .bind(serde_json::to_string(&stored.domains).map_err(corrupt)?)
     .bind(stored.created_at)
     .execute(&mut *conn)
     .await?;
@@ -58,7 +55,7 @@ pub(super) async fn add(conn: &mut SqliteConnection, purge: &NewPurge) -> Result
 /// Up to `limit` kept purges with a sequence greater than `after`, oldest first.
 pub(super) async fn after(pool: &SqlitePool, after: u64, limit: u32) -> Result<Vec<Purge>> {
     let rows = sqlx::query(
-        "SELECT sequence, org, app, target, domains, created_at FROM purges \
+        "SELECT sequence, org, app, target, created_at FROM purges \
          WHERE sequence > ? ORDER BY sequence LIMIT ?",
     )
     .bind(i64::try_from(after).unwrap_or(i64::MAX))
@@ -71,13 +68,11 @@ pub(super) async fn after(pool: &SqlitePool, after: u64, limit: u32) -> Result<V
 fn purge_from_row(row: &SqliteRow) -> Result<Purge> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("purge: {e}"));
     let target: String = row.try_get("target")?;
-    let domains: String = row.try_get("domains")?;
     Ok(Purge {
         sequence: to_u64(row.try_get("sequence")?),
         org: row.try_get("org")?,
         app: row.try_get("app")?,
         target: serde_json::from_str(&target).map_err(corrupt)?,
-        domains: serde_json::from_str(&domains).map_err(corrupt)?,
         created_at: row.try_get("created_at")?,
     })
 }
