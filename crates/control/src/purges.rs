@@ -162,3 +162,59 @@ fn resource(purge: &Purge) -> Any {
         value: message.encode_to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_store::{NewPurge, SqliteStore};
+
+    use super::*;
+
+    fn all() -> NewPurge {
+        NewPurge {
+            org: "acme".into(),
+            app: "shop".into(),
+            target: PurgeTarget::All,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cache_holds_the_stores_history_and_each_new_purge_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteStore::open(&dir.path().join("meridian.db")).await;
+        let store: Arc<dyn Store> = Arc::new(sqlite.unwrap());
+        store.create_org("acme").await.unwrap();
+        store.create_app("acme", "shop").await.unwrap();
+        store.add_purge(&all()).await.unwrap();
+        let sinks = Arc::new(PurgeSinks {
+            cache: Cache::new(),
+            acks: PurgeAcks::default(),
+            readiness: Readiness::waiting_for([PURGES_PUBLISHED]),
+        });
+        let publisher = tokio::spawn({
+            let (store, sinks) = (store.clone(), sinks.clone());
+            async move { publish_purges(store, &sinks).await }
+        });
+        let mut ready = sinks.readiness.ready();
+        ready.wait_for(|ready| *ready).await.unwrap();
+        let prefix = format!("{EDGE_NAMESPACE}{PURGE_PREFIX}");
+        assert_eq!(sinks.cache.names(CACHE_PURGE, &prefix), [cache_name(1)]);
+        // More than the history holds: the oldest leaves the cache as the newest comes.
+        for _ in 0..PURGE_HISTORY {
+            store.add_purge(&all()).await.unwrap();
+        }
+        let newest = PURGE_HISTORY + 1;
+        let wait = Duration::from_secs(60);
+        let nobody = EdgeAcks {
+            connected: 0,
+            applied: 0,
+        };
+        assert_eq!(sinks.acks.wait(newest, wait).await, Some(nobody));
+        let names = sinks.cache.names(CACHE_PURGE, &prefix);
+        assert_eq!(names.len() as u64, PURGE_HISTORY);
+        assert_eq!(names.first(), Some(&cache_name(2)));
+        let last = sinks.cache.get(CACHE_PURGE, &cache_name(newest)).unwrap();
+        let message = CachePurge::decode(last.resource.value.as_slice()).unwrap();
+        assert_eq!((message.sequence, message.all), (newest, true));
+        publisher.abort();
+    }
+}
