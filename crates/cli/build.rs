@@ -29,7 +29,15 @@ fn main() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
     if target("CARGO_CFG_TARGET_ARCH") == "x86_64" && target("CARGO_CFG_TARGET_ENV") == "gnu" {
-        let order = std::path::Path::new(&target("CARGO_MANIFEST_DIR")).join("startup-order.txt");
+        // The linker is given a copy in OUT_DIR, not the checkout's file: cargo does not rerun
+        // this script when the same target directory builds a checkout at another path, but
+        // it does rewrite OUT_DIR in the script's saved output when the target directory moves.
+        let listed = std::path::Path::new(&target("CARGO_MANIFEST_DIR")).join("startup-order.txt");
+        let order = std::path::Path::new(&target("OUT_DIR")).join("startup-order.txt");
+        if let Err(e) = std::fs::copy(&listed, &order) {
+            println!("cargo:warning=startup-order.txt not copied ({e}): functions keep their default layout");
+            return;
+        }
         println!(
             "cargo:rustc-link-arg-bin=meridian=-Wl,--symbol-ordering-file={}",
             order.display()

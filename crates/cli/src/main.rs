@@ -5,8 +5,6 @@
 //! else those of the config file's context (see [`connection`]). This crate only wires things
 //! together: the logic lives in the library crates.
 
-#![deny(unsafe_code)]
-
 mod client;
 mod commands;
 mod config;
@@ -149,7 +147,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    malloc::tune();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -7,7 +7,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 
-use crate::forward::ProxyBody;
+use crate::body::ProxyBody;
 
 /// Where HTTP-01 challenges are asked for: the token follows.
 pub const HTTP01_PATH: &str = "/.well-known/acme-challenge/";

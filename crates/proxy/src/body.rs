@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::cluster::Cluster;
@@ -81,6 +82,13 @@ impl BodyState {
 }
 
 /// The error of a body from a client.
+/// The body of a request to an upstream: the client's, streamed under the body limit, or a
+/// buffered copy for replay.
+pub type UpstreamBody = Either<LimitedBody, Full<Bytes>>;
+
+/// The body of a response the proxy sends: the upstream's, or one the proxy made.
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A client's request body: from hyper (HTTP/1.1, HTTP/2) or from an HTTP/3 request stream.

@@ -10,6 +10,7 @@
 
 mod acme;
 mod admin;
+mod answers;
 mod body;
 mod cache;
 mod cluster;
@@ -31,9 +32,12 @@ mod mesh;
 mod metrics;
 mod peer;
 mod pool;
+mod prepared;
 mod relay;
 mod reload;
+mod request_body;
 mod retire;
+mod retry;
 mod routing;
 mod server;
 mod splice;
@@ -52,6 +56,7 @@ use meridian_model::ValidationErrors;
 use tokio_rustls::TlsAcceptor;
 
 pub use acme::{Http01Answers, HTTP01_PATH};
+pub use answers::ERROR_HEADER;
 pub use cache::{CachePurge, PurgeError, PurgeScope, DEFAULT_LIMITS as DEFAULT_CACHE_LIMITS};
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
@@ -59,7 +64,6 @@ pub use config::{
     ProxyConfig, RouteConfig, RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost,
     WeightedCluster,
 };
-pub use forward::ERROR_HEADER;
 pub use http3::HANDSHAKES_BEFORE_RETRY;
 pub use meridian_cache::StoreLimits as CacheLimits;
 pub use mesh::PEER_HEADER;

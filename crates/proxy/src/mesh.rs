@@ -7,8 +7,9 @@
 use http::{HeaderValue, Request, Response, StatusCode};
 use meridian_identity::{SpiffeId, Subject};
 
+use crate::answers::local_response;
+use crate::body::ProxyBody;
 use crate::config::MeshConfig;
-use crate::forward::{local_response, ProxyBody};
 use crate::peer::Peer;
 use crate::server::ListenerContext;
 

@@ -27,8 +27,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::body::UpstreamBody;
 use crate::fields::{Added, AddedFields};
-use crate::forward::UpstreamBody;
 use crate::h1::body::{BodyDecoder, Step};
 use crate::h1::decode;
 use crate::h1::encode::{encode_head, RequestFraming};
@@ -43,8 +43,9 @@ pub const IDLE_PER_ENDPOINT: usize = 1024;
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
 /// An HTTP/1.1 connection to an endpoint, between requests: its stream, and the buffers its
-/// requests are written from and its responses read into (empty between requests; kept for
-/// their allocations).
+/// requests are written from and its responses read into. The request buffer (a head's size)
+/// is kept for its allocation; the response buffer (at least [`READ_CHUNK`]) is let go while
+/// the connection is idle, so that a pool of many idle connections holds no read buffers.
 pub struct Http1Connection {
     io: CountedStream,
     read: BytesMut,
@@ -125,12 +126,13 @@ impl IdleConnections {
         }
     }
 
-    /// Keeps `connection` for the next request, unless the endpoint has as many idle already
-    /// or no runtime is there to close it once it expires.
-    fn put(self: &Arc<Self>, connection: Http1Connection) {
+    /// Keeps `connection` (without its read buffer) for the next request, unless the endpoint
+    /// has as many idle already or no runtime is there to close it once it expires.
+    fn put(self: &Arc<Self>, mut connection: Http1Connection) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        connection.read = BytesMut::new();
         let mut list = self.lock();
         if list.connections.len() >= IDLE_PER_ENDPOINT {
             drop(list);

@@ -23,10 +23,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpStream;
 use tower::Service as _;
 
+use crate::body::UpstreamBody;
 use crate::cluster::Endpoint;
 use crate::config::UpstreamProtocol;
 use crate::fields::AddedFields;
-use crate::forward::UpstreamBody;
 use crate::pool::{ConnectionBody, Http1Connection, IDLE_PER_ENDPOINT, IDLE_TIMEOUT};
 
 /// The largest HTTP/2 frame a peer may send (both ends): a bulk transfer moves in fewer frames

@@ -9,7 +9,7 @@ use meridian_cache::serve::{self, Stored};
 use meridian_cache::tags::{CACHE_TAG, SURROGATE_KEY};
 use meridian_cache::{CacheStatus, Freshness, Object, MERIDIAN_CACHE_CONTROL};
 
-use crate::forward::ProxyBody;
+use crate::body::ProxyBody;
 
 /// The cache's name in `Cache-Status`.
 pub const CACHE_NAME: &str = "Meridian";

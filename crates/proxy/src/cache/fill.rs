@@ -22,11 +22,11 @@ use meridian_cache::{
 };
 
 use super::{answer, compress, RouteCache};
+use crate::answers::{local_response, ERROR_HEADER};
+use crate::body::ProxyBody;
 use crate::body::ResponseBody;
 use crate::cluster::Cluster;
-use crate::forward::{
-    forward, local_response, upstream_response_head, ClientRequest, ProxyBody, ERROR_HEADER,
-};
+use crate::forward::{forward, upstream_response_head, ClientRequest};
 use crate::metrics::ProxyMetrics;
 use crate::pool::ConnectionBody;
 use crate::routing::Route;

@@ -21,9 +21,11 @@ use meridian_cache::{
 };
 use meridian_model::CachePolicy;
 
+use crate::answers::local_response;
 use crate::body::ClientBody;
+use crate::body::ProxyBody;
 use crate::cluster::Cluster;
-use crate::forward::{forward, local_response, ClientRequest, ProxyBody};
+use crate::forward::{forward, ClientRequest};
 use crate::metrics::CacheMetrics;
 use crate::peer::Peer;
 use crate::pool::ConnectionBody;

@@ -14,8 +14,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::checked;
+use crate::body::ProxyBody;
 use crate::body::{BoxError, ClientBody};
-use crate::forward::{self, ProxyBody};
+use crate::forward;
 use crate::idle::InFlight;
 use crate::server::ListenerContext;
 
