@@ -10,6 +10,8 @@
 //! - `GET /healthz` — `ok`;
 //! - `GET /whoami` — the caller's identity as the mesh passed it (`x-meridian-peer`), or
 //!   `anonymous`;
+//! - `GET /tagged/<tags>` — `tagged <tags>`, with `Cache-Tag: <tags>` (comma-separated), so
+//!   that what an edge cached of it can be purged by tag;
 //! - `GET /forwarded` — the forwarding headers it received, one `name: value` line each
 //!   (`forwarded`, `x-forwarded-for`, `x-forwarded-host`, `x-forwarded-proto`);
 //! - `GET /call?url=<url>` — fetches `url` (e.g. `http://api.shop.internal:8080/`) and answers
@@ -91,6 +93,7 @@ async fn main() -> std::process::ExitCode {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/whoami", get(whoami))
+        .route("/tagged/{tags}", get(tagged))
         .route("/forwarded", get(forwarded))
         .route("/call", get(call))
         .route("/exit", post(exit))
@@ -203,6 +206,14 @@ async fn whoami(headers: axum::http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("anonymous");
     format!("{peer}\n")
+}
+
+/// `tagged <tags>`, with the tags in `Cache-Tag`.
+async fn tagged(
+    axum::extract::Path(tags): axum::extract::Path<String>,
+) -> ([(&'static str, String); 1], String) {
+    let body = format!("tagged {tags}\n");
+    ([("cache-tag", tags)], body)
 }
 
 /// The forwarding headers as they reached the instance, one `name: value` line each.

@@ -988,12 +988,35 @@ pub fn edge_at(
     listen: &str,
     listen_https: Option<&str>,
 ) -> Edge {
+    let global_xds = platform.global.xds.as_str();
+    spawn_edge(region, dir, location, (listen, listen_https), global_xds)
+}
+
+/// `meridian edge` at `location` with a plain listener only, joined at `region`, following the
+/// global control plane's xDS at `global_xds` (e.g. through a relay that a test cuts); once it
+/// serves.
+pub fn edge_via(
+    region: &RegionalPlane,
+    dir: &Path,
+    location: &EdgeLocation,
+    global_xds: &str,
+) -> Edge {
+    spawn_edge(region, dir, location, ("127.0.0.1:0", None), global_xds)
+}
+
+fn spawn_edge(
+    region: &RegionalPlane,
+    dir: &Path,
+    location: &EdgeLocation,
+    (listen, listen_https): (&str, Option<&str>),
+    global_xds: &str,
+) -> Edge {
     let token = region.join_token(&format!("edge/{}", location.name));
     let (child, lines) = spawn_with_lines(
         edge_command(location, listen)
             .args(listen_https.iter().flat_map(|a| ["--listen-https", a]))
             .args(["--control", &region.xds, "--join-token", &token])
-            .args(["--global-xds", &platform.global.xds])
+            .args(["--global-xds", global_xds])
             .arg("--state-dir")
             .arg(dir.join(format!("edge-{}", location.name)))
             .env("MERIDIAN_LOG", "warn"),

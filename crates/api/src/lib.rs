@@ -16,6 +16,7 @@ mod images;
 mod log_stream;
 mod metrics;
 mod openapi;
+mod purge_acks;
 mod readiness;
 mod routes;
 mod traffic_history;
@@ -36,6 +37,7 @@ pub use auth::{bootstrap_admin_token, hash_secret, Caller};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::MAX_BODY_BYTES;
 pub use metrics::Metrics;
+pub use purge_acks::{PurgeAcks, PURGE_ACK_WAIT};
 pub use readiness::Readiness;
 pub use routes::domains::DomainStatus;
 pub use routes::feed::{ChangesPage, RevisionInfo};
@@ -140,8 +142,8 @@ pub fn router_with(
     logs_source: Option<Arc<dyn LogSource>>,
 ) -> Router {
     use routes::{
-        domains, endpoints, feed, logs, regions, reports, rollouts, secrets, services, tenancy,
-        traffic,
+        domains, endpoints, feed, logs, purges, regions, reports, rollouts, secrets, services,
+        tenancy, traffic,
     };
     let state = ApiState {
         store,
@@ -205,6 +207,7 @@ pub fn router_with(
             "/v1/orgs/{org}/apps/{app}/secrets/{name}",
             put(secrets::put).delete(secrets::delete),
         )
+        .route("/v1/orgs/{org}/apps/{app}/purges", post(purges::create))
         .route("/v1/regions", get(regions::list))
         .route(
             "/v1/regions/{region}",

@@ -5,7 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    domains, endpoints, feed, logs, regions, reports, rollouts, secrets, services, tenancy, traffic,
+    domains, endpoints, feed, logs, purges, regions, reports, rollouts, secrets, services, tenancy,
+    traffic,
 };
 
 #[derive(OpenApi)]
@@ -18,6 +19,7 @@ use crate::routes::{
         tenancy::create_app, tenancy::list_apps, tenancy::get_app, tenancy::delete_app,
         secrets::put, secrets::list, secrets::delete,
         secrets::put_org, secrets::list_org, secrets::delete_org,
+        purges::create,
         regions::put, regions::list, regions::delete, regions::deployments, regions::endpoints,
         regions::intermediate, regions::create_join_token, reports::put, reports::get,
         services::apply, services::list, services::get, services::delete,
@@ -137,5 +139,32 @@ mod tests {
             !credentials["username"].is_null() && !credentials["password"].is_null(),
             "{credentials}"
         );
+    }
+
+    #[test]
+    fn purges_are_documented_with_their_body_and_answers() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let path = &doc["paths"]["/v1/orgs/{org}/apps/{app}/purges"]["post"];
+        let answers = &path["responses"];
+        assert!(
+            !answers["200"].is_null() && !answers["202"].is_null(),
+            "{answers}"
+        );
+        let schemas = &doc["components"]["schemas"];
+        let request = &schemas["PurgeRequest"];
+        for field in ["url", "tag", "all"] {
+            assert!(
+                !request["properties"][field].is_null(),
+                "{field}: {request}"
+            );
+        }
+        assert_eq!(request["additionalProperties"], false);
+        let purge = &schemas["Purge"]["properties"];
+        for field in ["sequence", "target"] {
+            assert!(!purge[field].is_null(), "{field}: {purge}");
+        }
+        assert!(!schemas["PurgeAccepted"]["properties"]["domains"].is_null());
+        let edges = &schemas["EdgeAcks"]["properties"];
+        assert!(!edges["connected"].is_null() && !edges["applied"].is_null());
     }
 }

@@ -1304,3 +1304,70 @@ fn detail_fields(body: &Value) -> Vec<&str> {
         .map(|d| d["field"].as_str().unwrap())
         .collect()
 }
+
+#[tokio::test]
+async fn a_purge_of_an_apps_cached_responses_is_checked_numbered_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, admin, acme, other) = with_two_orgs(dir.path()).await;
+    let purges = "/v1/orgs/acme/apps/shop/purges";
+    // An app that serves no public domain has nothing cached at the edges.
+    accepted(&acme, definition("acme", "worker", "v1")).await;
+    let (status, error) = acme.post(purges, json!({"all": true})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["error"]["field"], "app", "{error}");
+    accepted(
+        &acme,
+        serving("acme", "web", &["shop.example.com", "*.img.example.com"]),
+    )
+    .await;
+    let before = admin.revision().await;
+    for (body, field) in [
+        (json!({}), "url"),
+        (
+            json!({"url": "https://shop.example.com/a", "tag": "t"}),
+            "tag",
+        ),
+        (json!({"tag": "t", "all": true}), "all"),
+        (json!({"all": false}), "all"),
+        (json!({"tag": ""}), "tag"),
+        (json!({"tag": "a,b"}), "tag"),
+        (json!({"url": "https://other.example.com/a"}), "url"),
+        (json!({"url": "/a"}), "url"),
+        (json!({"url": "https://shop.example.com/#top"}), "url"),
+        (json!({"uri": "https://shop.example.com/"}), "uri"),
+    ] {
+        let (status, error) = acme.post(purges, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
+        assert_eq!(error["error"]["field"], field, "{body}: {error}");
+    }
+    assert_eq!(
+        acme.post("/v1/orgs/acme/apps/none/purges", json!({"all": true}))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        other.post(purges, json!({"all": true})).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(admin.revision().await, before, "bad purges change nothing");
+    // Without a plane that sends purges to edges, the answer says nothing of them.
+    let (status, accepted) = acme
+        .post(purges, json!({"url": "https://a.img.example.com/x.png"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let purge = &accepted["purge"];
+    assert_eq!(purge["sequence"], 1, "{accepted}");
+    assert_eq!(
+        purge["target"],
+        json!({"url": "https://a.img.example.com/x.png"})
+    );
+    assert_eq!(
+        accepted["domains"],
+        json!(["*.img.example.com", "shop.example.com"])
+    );
+    assert!(accepted.get("edges").is_none(), "{accepted}");
+    let (_, accepted) = admin.post(purges, json!({"tag": "product-7"})).await;
+    assert_eq!(accepted["purge"]["sequence"], 2, "{accepted}");
+    assert_eq!(accepted["purge"]["target"], json!({"tag": "product-7"}));
+}

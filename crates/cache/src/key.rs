@@ -90,6 +90,16 @@ impl CacheKey {
         CacheKey(key)
     }
 
+    /// The host of the key's URI, in lower case, without its port.
+    pub fn host(&self) -> &str {
+        let rest = self.0.split_once("://").map_or("", |(_, rest)| rest);
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        }
+    }
+
     /// The key as text (for `Cache-Status`'s `key` and logs).
     pub fn as_str(&self) -> &str {
         &self.0
@@ -170,5 +180,18 @@ mod tests {
             .as_deref(),
             Some("GET https://s.example/a?page=2&sort")
         );
+    }
+
+    #[test]
+    fn a_keys_host_is_its_uris_without_port() {
+        let host = |authority: &str, path: &str| {
+            CacheKey::of_uri("https", authority, path, &QueryKey::All)
+                .host()
+                .to_owned()
+        };
+        assert_eq!(host("Shop.Example.com", "/a?b=c"), "shop.example.com");
+        assert_eq!(host("shop.example.com:8443", "/"), "shop.example.com");
+        assert_eq!(host("shop.example.com", "?q"), "shop.example.com");
+        assert_eq!(host("[::1]:8443", "/"), "::1");
     }
 }

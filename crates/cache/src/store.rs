@@ -296,15 +296,42 @@ impl Store {
         removed
     }
 
-    /// Removes every response tagged `tag`; the number of keys removed.
-    pub fn purge_tag(&self, tag: &str) -> usize {
-        let keys = {
+    /// Removes every response tagged `tag` whose key `matches`; the number of keys removed.
+    pub fn purge_tag(&self, tag: &str, matches: impl Fn(&CacheKey) -> bool) -> usize {
+        let keys: Vec<CacheKey> = {
             let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
-            index.remove(tag).unwrap_or_default()
+            let Some(tagged) = index.get_mut(tag) else {
+                return 0;
+            };
+            let taken: Vec<CacheKey> = tagged.keys().filter(|key| matches(key)).cloned().collect();
+            for key in &taken {
+                tagged.remove(key);
+            }
+            if tagged.is_empty() {
+                index.remove(tag);
+            }
+            taken
         };
         let removed = keys
-            .keys()
+            .iter()
             .filter(|key| self.objects.remove(*key).is_some())
+            .count();
+        self.objects.run_pending_tasks();
+        removed
+    }
+
+    /// Removes every response whose key `matches`; the number of keys removed. It looks at
+    /// every key held.
+    pub fn purge_matching(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
+        let keys: Vec<Arc<CacheKey>> = self
+            .objects
+            .iter()
+            .filter(|(key, _)| matches(key))
+            .map(|(key, _)| key)
+            .collect();
+        let removed = keys
+            .iter()
+            .filter(|key| self.objects.remove(key.as_ref()).is_some())
             .count();
         self.objects.run_pending_tasks();
         removed
@@ -442,7 +469,7 @@ mod tests {
         );
         store.insert(key("/p/3"), object("3", Variant::default(), &[]));
         assert_eq!(store.tagged("catalog"), 2);
-        assert_eq!(store.purge_tag("product-1"), 1);
+        assert_eq!(store.purge_tag("product-1", |_| true), 1);
         assert!(matches!(
             store.lookup(&key("/p/1"), &HeaderMap::new()),
             Lookup::UriMiss
@@ -454,7 +481,7 @@ mod tests {
         );
         assert!(store.purge_key(&key("/p/3")));
         assert!(!store.purge_key(&key("/p/3")));
-        assert_eq!(store.purge_tag("catalog"), 1);
+        assert_eq!(store.purge_tag("catalog", |_| true), 1);
         assert_eq!(store.keys(), 0);
         store.insert(key("/p/4"), object("4", Variant::default(), &["x"]));
         store.purge_all();
@@ -466,12 +493,36 @@ mod tests {
     }
 
     #[test]
+    fn purges_by_tag_or_by_key_remove_only_the_keys_that_match() {
+        let store = Store::new(LIMITS);
+        let other = CacheKey::of_uri("https", "other.example.org", "/p/1", &QueryKey::All);
+        for key in [key("/p/1"), key("/p/2"), other.clone()] {
+            store.insert(key, object("x", Variant::default(), &["catalog"]));
+        }
+        let shop = |key: &CacheKey| key.host() == "shop.example.com";
+        assert_eq!(
+            store.purge_tag("catalog", |key| key.host() == "other.example.org"),
+            1
+        );
+        assert_eq!(store.tagged("catalog"), 2, "the other keys stay indexed");
+        assert_eq!(store.purge_tag("catalog", |_| false), 0);
+        store.insert(other.clone(), object("x", Variant::default(), &[]));
+        assert_eq!(store.purge_matching(shop), 2);
+        assert_eq!(store.keys(), 1);
+        assert!(matches!(
+            store.lookup(&other, &HeaderMap::new()),
+            Lookup::Hit(_)
+        ));
+        assert_eq!(store.tagged("catalog"), 0);
+    }
+
+    #[test]
     fn a_replaced_entry_keeps_the_tags_of_its_replacement() {
         let store = Store::new(LIMITS);
         store.insert(key("/a"), object("1", Variant::default(), &["t"]));
         store.insert(key("/a"), object("2", Variant::default(), &["t"]));
         assert_eq!(store.tagged("t"), 1);
-        assert_eq!(store.purge_tag("t"), 1);
+        assert_eq!(store.purge_tag("t", |_| true), 1);
     }
 
     #[test]

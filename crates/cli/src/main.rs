@@ -102,6 +102,8 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Purge an app's responses from every edge's cache: by URL, by tag, or all of them.
+    Cache(ClientGroup<commands::cache::CacheCommand>),
     /// Set, list and delete an app's secrets (referenced in env as `{secret: NAME}`).
     Secret(ClientGroup<commands::secrets::SecretCommand>),
     /// Register, list and remove a service's endpoints (where its instances listen).
@@ -229,6 +231,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let follow = wait || (at_terminal && !detach);
             let api = Client::new(&client).await?;
             resources::deploy(&api, client.output, &file, follow).await
+        }
+        Command::Cache(g) => {
+            let api = Client::new(&g.client).await?;
+            commands::cache::cache(&api, g.client.output, g.command).await
         }
         Command::Secret(g) => {
             let api = Client::new(&g.client).await?;

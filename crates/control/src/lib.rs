@@ -27,6 +27,7 @@ mod logs;
 mod nodes_admin;
 mod own_certificate;
 mod plane;
+mod purges;
 mod region;
 mod reports;
 mod rollout;

@@ -1,7 +1,8 @@
 //! The edge's follower: a delta-xDS stream to the global control plane (mutual TLS, with the
 //! edge's own certificate), subscribed to every region's `meridian.v1.RegionSummary` (where it
-//! is, its gateway, what it runs and how healthy it is), and to the edge's `Secret`s
-//! (certificates, session ticket keys) and ACME challenges. Each update that changes the edge's
+//! is, its gateway, what it runs and how healthy it is), to the edge's `Secret`s
+//! (certificates, session ticket keys) and ACME challenges, and to the purges of its cache
+//! (applied as [`crate::purges`] says; the ACK of a response tells the plane they were). Each update that changes the edge's
 //! configuration is applied at once; certificates, keys and challenges are swapped in place,
 //! without a configuration apply. A resource that does not decode or fit is rejected (NACK,
 //! naming it and the reason) and what was held goes on serving, as it does while the global
@@ -13,12 +14,13 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meridian_model::{RegionReport, RegionalDeployment, ServiceHealth};
 use meridian_proxy::Proxy;
-use meridian_xds::meridian::{RegionSummary, ACME_CHALLENGE, REGION_SUMMARY, SECRET};
+use meridian_xds::meridian::{RegionSummary, ACME_CHALLENGE, CACHE_PURGE, REGION_SUMMARY, SECRET};
 use meridian_xds::{
     run_delta_client, Changes, ClientOptions, Handler, Interest, Interests, Resources,
 };
 use prost::Message;
 
+use crate::purges::{app_domains, AppDomains, Purges};
 use crate::selection::{
     edge_config, incumbents, HttpsListener, Incumbents, Listeners, Location, RegionView,
 };
@@ -90,6 +92,10 @@ pub struct Follower {
     tls: EdgeTls,
     /// The HTTPS listener's bound port, once bound (where redirects send clients).
     https_port: Option<u16>,
+    /// The purges applied to the cache.
+    purges: Purges,
+    /// The domains of each app, as the region summaries say (purges stay within them).
+    app_domains: AppDomains,
 }
 
 impl Follower {
@@ -122,6 +128,8 @@ impl Follower {
             incumbents: Incumbents::new(),
             tls,
             https_port,
+            purges: Purges::default(),
+            app_domains: AppDomains::new(),
         })
     }
 
@@ -154,6 +162,7 @@ impl Follower {
     /// changed; once more if that bound the HTTPS listener on a port redirects did not know.
     async fn configure(&mut self, resources: &Resources) -> Result<(), String> {
         let regions = region_views(resources)?;
+        self.app_domains = app_domains(&regions);
         for _ in 0..2 {
             let config = self.render(&regions);
             let text = config.to_string();
@@ -181,7 +190,7 @@ impl Follower {
 }
 
 fn interests() -> Interests {
-    [REGION_SUMMARY, SECRET, ACME_CHALLENGE]
+    [REGION_SUMMARY, SECRET, ACME_CHALLENGE, CACHE_PURGE]
         .into_iter()
         .map(|type_url| (type_url.to_owned(), Interest::Wildcard))
         .collect()
@@ -285,6 +294,11 @@ impl Handler for Follower {
                 }
             }
             ACME_CHALLENGE => self.tls.apply_challenges(resources, changes.names)?,
+            CACHE_PURGE => {
+                let held = resources.get(CACHE_PURGE);
+                let domains = &self.app_domains;
+                self.purges.follow(&self.proxy, held, domains).await?;
+            }
             _ => {}
         }
         if resources.contains_key(REGION_SUMMARY) {

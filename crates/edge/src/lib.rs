@@ -4,7 +4,9 @@
 //! certificates the global control plane sends it as xDS secrets, picked by SNI, answers the
 //! ACME challenges that plane holds, and shares session ticket keys with the other edges; it
 //! follows every region's summary on the global control plane's xDS (mutual TLS with its own
-//! certificate). Caching and the anycast announcement come later and only add to it.
+//! certificate). It caches what the services' policies allow, and applies the purges the
+//! global control plane sends every edge. The anycast announcement comes later and only adds
+//! to it.
 //!
 //! It must not keep state the global control plane cannot give again: it rebuilds its
 //! configuration from what it reads, and keeps serving its last one while it cannot read.
@@ -12,6 +14,7 @@
 mod certificates;
 mod challenges;
 mod follow;
+mod purges;
 mod selection;
 mod tickets;
 mod tls;

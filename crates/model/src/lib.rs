@@ -21,6 +21,7 @@ mod image_ref;
 pub mod logs;
 mod names;
 mod parse;
+mod purge;
 mod resources;
 mod rollout;
 pub mod traffic;
@@ -47,6 +48,10 @@ pub use image_ref::{check_digest, Credential, ImageRef, RegistryOptions, DEFAULT
 pub use logs::{compile_grep, LogEvent, LogLine, LogNotice, LogParams, LogRequest, NoticeKind};
 pub use names::{check_dns_label, check_host_name, check_url_path};
 pub use parse::{parse_definition_json, parse_json};
+pub use purge::{
+    EdgeAcks, Purge, PurgeAccepted, PurgeRequest, PurgeTarget, PURGE_HISTORY, PURGE_TAG_MAX,
+    PURGE_URL_MAX,
+};
 pub use resources::{
     App, Change, ChangeKind, ChangeOp, Deployment, DeploymentOrigin, Endpoint, EndpointHealth,
     EndpointInput, Org, Region, RegionInput, RegionReport, SecretInfo, SecretOwner, ServiceHealth,

@@ -215,6 +215,9 @@ pub enum ChangeKind {
     /// its value.
     #[serde(rename = "org_secret")]
     OrgSecret,
+    /// A purge of an app's responses cached at the edges (key: `org/app`); the change carries
+    /// the purge's sequence number.
+    Purge,
 }
 
 /// A secret as listed: its name and version, never its value.
@@ -323,7 +326,8 @@ pub struct Change {
     pub key: String,
     /// Put or delete.
     pub op: ChangeOp,
-    /// For a service put, the new current version; for a secret put, the secret's new version.
+    /// For a service put, the new current version; for a secret put, the secret's new version;
+    /// for a purge, its sequence number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
     /// Commit time, microseconds since the Unix epoch.

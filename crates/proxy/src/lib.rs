@@ -59,7 +59,7 @@ use tokio_rustls::TlsAcceptor;
 pub use access_log::{AccessLogSource, AccessLogTarget};
 pub use acme::{Http01Answers, HTTP01_PATH};
 pub use answers::ERROR_HEADER;
-pub use cache::{CachePurge, PurgeError, DEFAULT_LIMITS as DEFAULT_CACHE_LIMITS};
+pub use cache::{CachePurge, PurgeError, PurgeScope, DEFAULT_LIMITS as DEFAULT_CACHE_LIMITS};
 pub use config::{
     parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
     HttpsRedirect, InstanceConfig, LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig,
@@ -694,19 +694,26 @@ impl Proxy {
             .map(|(source, _)| source.clone())
     }
 
-    /// Removes from the shared HTTP cache what `purge` names (a URL as the route that serves
-    /// it in the configuration in force keys it); the number of keys removed.
-    pub async fn purge_cache(&self, purge: &CachePurge) -> Result<u64, PurgeError> {
-        let tables: Vec<Arc<RouteTable>> = {
+    /// Removes from the shared HTTP cache what `purge` names within `scope` (a URL as the route
+    /// that serves it in the configuration in force keys it); the number of keys removed.
+    pub async fn purge_cache(
+        &self,
+        purge: &CachePurge,
+        scope: PurgeScope<'_>,
+    ) -> Result<u64, PurgeError> {
+        let served = {
             let active = self.active.lock().await;
-            active
-                .listeners
-                .values()
-                .map(|(_, _, listener)| listener.context.table.load_full())
-                .collect()
+            let listeners = active.listeners.values().map(|(_, _, listener)| listener);
+            cache::Served {
+                tables: listeners
+                    .clone()
+                    .map(|listener| listener.context.table.load_full())
+                    .collect(),
+                ports: listeners.map(|listener| listener.bound.port()).collect(),
+            }
         };
         self.cache
-            .purge(purge, &tables, self.shared.metrics.cache())
+            .purge(purge, scope, &served, self.shared.metrics.cache())
     }
 
     /// Requests waiting for another request's response to fill the shared HTTP cache (for

@@ -240,11 +240,26 @@ impl Got {
 }
 
 async fn send(base: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+    send_to(base, "shop.example.com", method, path, headers).await
+}
+
+/// `GET path` for `host` (its `Host` field).
+async fn get_host(base: &str, host: &str, path: &str) -> Got {
+    send_to(base, host, "GET", path, &[]).await
+}
+
+async fn send_to(
+    base: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Got {
     let client = reqwest::Client::new();
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut request = client
         .request(method, format!("{base}{path}"))
-        .header("host", "shop.example.com");
+        .header("host", host);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -640,31 +655,63 @@ async fn a_bypassed_path_is_never_cached_and_tags_are_not_passed_on() {
 
 #[tokio::test]
 async fn purges_remove_by_url_by_tag_and_everything() {
-    use meridian_proxy::{CachePurge, PurgeError};
+    use meridian_proxy::{CachePurge, PurgeError, PurgeScope::AnyHost};
     let (proxy, base, origin) = edge("{key: {query_exclude: [utm]}}").await;
     for path in ["/fresh?utm=a", "/tagged", "/item"] {
         get(&base, path).await;
     }
     // A URL is keyed as its route keys it (utm is not in the key), under either scheme.
     let url = CachePurge::Url("https://shop.example.com/fresh?utm=b".into());
-    assert_eq!(proxy.purge_cache(&url).await.unwrap(), 1);
+    assert_eq!(proxy.purge_cache(&url, AnyHost).await.unwrap(), 1);
     assert_eq!(get(&base, "/fresh").await.body, "/fresh #2");
-    assert_eq!(
-        proxy
-            .purge_cache(&CachePurge::Tag("t1".into()))
-            .await
-            .unwrap(),
-        1
-    );
+    let tag = CachePurge::Tag("t1".into());
+    assert_eq!(proxy.purge_cache(&tag, AnyHost).await.unwrap(), 1);
     assert_eq!(get(&base, "/tagged").await.body, "/tagged #2");
     assert_eq!(get(&base, "/item").await.body, "/item #1");
-    assert_eq!(proxy.purge_cache(&CachePurge::All).await.unwrap(), 3);
+    assert_eq!(
+        proxy.purge_cache(&CachePurge::All, AnyHost).await.unwrap(),
+        3
+    );
     assert_eq!(get(&base, "/item").await.body, "/item #2");
     let bad = proxy
-        .purge_cache(&CachePurge::Url("/relative".into()))
+        .purge_cache(&CachePurge::Url("/relative".into()), AnyHost)
         .await;
     assert!(matches!(bad, Err(PurgeError::Url(_))), "{bad:?}");
     assert_eq!(origin.count("/fresh"), 2);
+}
+
+#[tokio::test]
+async fn a_purge_within_domains_removes_only_their_hosts_responses() {
+    use meridian_proxy::{CachePurge, PurgeScope};
+    let (proxy, base, _origin) = edge("{}").await;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    // The same paths stored for two hosts: one asked for as a client at this port sends it.
+    let with_port = format!("shop.example.com:{port}");
+    for host in ["shop.example.com", with_port.as_str()] {
+        for path in ["/tagged", "/item", "/fresh"] {
+            get_host(&base, host, path).await;
+        }
+    }
+    let others = ["other.example.org".to_owned()];
+    let elsewhere = PurgeScope::Domains(&others);
+    for purge in [
+        CachePurge::Tag("t1".into()),
+        CachePurge::All,
+        CachePurge::Url("http://shop.example.com/item".into()),
+    ] {
+        assert_eq!(proxy.purge_cache(&purge, elsewhere).await.unwrap(), 0);
+    }
+    let shop = ["*.example.com".to_owned()];
+    let within = PurgeScope::Domains(&shop);
+    // A URL without a port names its host's responses at the listener's port too.
+    let url = CachePurge::Url("http://shop.example.com/item".into());
+    assert_eq!(proxy.purge_cache(&url, within).await.unwrap(), 2);
+    let tag = CachePurge::Tag("t1".into());
+    assert_eq!(proxy.purge_cache(&tag, within).await.unwrap(), 2);
+    assert_eq!(
+        proxy.purge_cache(&CachePurge::All, within).await.unwrap(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
-//! Meridian's store: orgs, tokens, regions, apps, services and their deployment history, behind
-//! the [`Store`] trait, with one global revision and a gap-free change feed.
+//! Meridian's store: orgs, tokens, regions, apps, services and their deployment history, and the
+//! recent purges of the edges' caches, behind the [`Store`] trait, with one global revision and
+//! a gap-free change feed.
 //!
 //! Every write is one transaction that bumps the global revision by exactly one and appends one
 //! [`Change`] to the feed; [`Watch`] yields the feed in order from any revision. Two backends
@@ -18,8 +19,8 @@ mod watch;
 use async_trait::async_trait;
 use meridian_model::{
     App, CertificateSource, CertificateState, Change, Definition, Deployment, Endpoint,
-    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
-    SecretOwner, ServiceSummary, TokenInfo,
+    EndpointInput, Org, Purge, PurgeTarget, Region, RolloutControl, RolloutRecord, RolloutStatus,
+    SecretInfo, SecretOwner, ServiceSummary, TokenInfo,
 };
 
 pub use location::StoreLocation;
@@ -85,6 +86,17 @@ pub struct NewToken {
     pub label: String,
     /// Hash of the secret (hex).
     pub hash: String,
+}
+
+/// A purge to record: the app and what it removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPurge {
+    /// The org of the app.
+    pub org: String,
+    /// The app.
+    pub app: String,
+    /// What it removes.
+    pub target: PurgeTarget,
 }
 
 /// A public domain's certificate as stored: its private key only sealed (the store never sees
@@ -362,6 +374,13 @@ pub trait Store: Send + Sync + 'static {
     /// equal to it (origin secret) that rolls its instances over to the org's value; otherwise
     /// [`StoreError::Conflict`] naming them.
     async fn delete_secret(&self, owner: &SecretOwner, name: &str) -> Result<()>;
+
+    /// Records a purge of an existing app ([`StoreError::NotFound`] otherwise) as the next in
+    /// sequence (one more than the last: 1, 2, 3, … without gaps), and drops the oldest
+    /// beyond [`meridian_model::PURGE_HISTORY`]. The change carries the sequence.
+    async fn add_purge(&self, purge: &NewPurge) -> Result<Purge>;
+    /// Up to `limit` of the purges kept with a sequence greater than `after`, oldest first.
+    async fn purges_after(&self, after: u64, limit: u32) -> Result<Vec<Purge>>;
     /// The secret a reference `{secret: NAME}` of a service of app `org/app` resolves to: the
     /// app's secret of that name if it exists, else the org's; with its owner (whose
     /// [`SecretOwner::seal_label`] opens it) and sealed value.

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use meridian_model::{
     App, Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin, Endpoint,
-    EndpointInput, Org, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
+    EndpointInput, Org, Purge, Region, RolloutControl, RolloutRecord, RolloutStatus, SecretInfo,
     SecretOwner, ServiceSummary, TokenInfo,
 };
 use sqlx::any::AnyRow;
@@ -28,13 +28,14 @@ mod dialect;
 mod domains;
 mod endpoints;
 mod postgres;
+mod purges;
 mod rollouts;
 mod secrets;
 mod sqlite;
 
 use self::dialect::Dialect;
 use crate::{
-    Applied, CertificateRecord, DomainClaim, MissingOrg, NewToken, Result, ServiceFilter,
+    Applied, CertificateRecord, DomainClaim, MissingOrg, NewPurge, NewToken, Result, ServiceFilter,
     ServiceKey, Store, StoreError,
 };
 
@@ -167,6 +168,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::RolloutControl => "rollout_control",
         ChangeKind::Secret => "secret",
         ChangeKind::OrgSecret => "org_secret",
+        ChangeKind::Purge => "purge",
     }
 }
 
@@ -185,6 +187,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "rollout_control" => ChangeKind::RolloutControl,
         "secret" => ChangeKind::Secret,
         "org_secret" => ChangeKind::OrgSecret,
+        "purge" => ChangeKind::Purge,
         other => {
             return Err(StoreError::Corrupt(format!(
                 "unknown change kind `{other}`"
@@ -1055,5 +1058,16 @@ impl Store for SqlStore {
         let (mut revision, users) = secrets::delete(&mut tx, owner, name).await?;
         revision = renew(&mut tx, users, revision).await?;
         self.commit(tx, revision).await
+    }
+
+    async fn add_purge(&self, purge: &NewPurge) -> Result<Purge> {
+        let mut tx = self.writer.begin().await?;
+        let (stored, revision) = purges::add(&mut tx, purge).await?;
+        self.commit(tx, revision).await?;
+        Ok(stored)
+    }
+
+    async fn purges_after(&self, after: u64, limit: u32) -> Result<Vec<Purge>> {
+        purges::after(&self.reader, after, limit).await
     }
 }

@@ -6,7 +6,7 @@
 //! across an `.await`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -29,17 +29,25 @@ pub struct Versioned {
     pub(crate) delivery: Option<Arc<Awaited>>,
 }
 
-/// The acknowledgements a [`Delivery`] waits for: (stream, cache name) pairs.
-#[derive(Debug)]
+/// The acknowledgements a [`Delivery`] waits for: (stream, cache name) pairs; and how many
+/// were owed and came.
+#[derive(Debug, Default)]
 pub(crate) struct Awaited {
     pending: watch::Sender<HashSet<(u64, String)>>,
+    owed: AtomicUsize,
+    came: AtomicUsize,
 }
 
 impl Awaited {
     /// Stream `id` acknowledged a response carrying `name` at this version.
     fn acknowledged(&self, id: u64, name: &str) {
-        self.pending
-            .send_if_modified(|pending| pending.remove(&(id, name.to_owned())));
+        self.pending.send_if_modified(|pending| {
+            let removed = pending.remove(&(id, name.to_owned()));
+            if removed {
+                self.came.fetch_add(1, Ordering::Relaxed);
+            }
+            removed
+        });
     }
 
     /// Stream `id` is gone: it will acknowledge nothing more.
@@ -65,6 +73,15 @@ impl Delivery {
         self.0.pending.borrow().len()
     }
 
+    /// How many (stream, resource) acknowledgements were owed when the resources were put, and
+    /// how many of them came so far (the others are pending, or their streams went away).
+    pub fn tally(&self) -> Tally {
+        Tally {
+            owed: self.0.owed.load(Ordering::Relaxed),
+            acknowledged: self.0.came.load(Ordering::Relaxed),
+        }
+    }
+
     /// Completes once every acknowledgement owed has come (at once when none is owed).
     pub async fn acknowledged(&self) {
         let mut pending = self.0.pending.subscribe();
@@ -80,6 +97,15 @@ impl Delivery {
             .wait_for(|pending| !pending.iter().any(|(_, owed)| owed == name))
             .await;
     }
+}
+
+/// What a [`Delivery`] was owed, and what came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// (stream, resource) acknowledgements owed when the resources were put.
+    pub owed: usize,
+    /// Of which came.
+    pub acknowledged: usize,
 }
 
 impl Versioned {
@@ -177,9 +203,7 @@ impl Cache {
     /// [`Cache::apply`], and the acknowledgements of what it put: every stream then subscribed
     /// to a resource it changed owes an ACK of that resource's new version.
     pub fn apply_tracked(&self, type_url: &str, update: Update) -> Delivery {
-        let awaited = Arc::new(Awaited {
-            pending: watch::Sender::new(HashSet::new()),
-        });
+        let awaited = Arc::new(Awaited::default());
         self.apply_with(type_url, update, Some(&awaited));
         Delivery(awaited)
     }
@@ -371,6 +395,7 @@ fn owe(table: &Table, name: &str, awaited: &Arc<Awaited>) {
             .pending
             .send_if_modified(|pending| pending.insert((*id, name.to_owned())));
         if added {
+            awaited.owed.fetch_add(1, Ordering::Relaxed);
             let mut owes = lock(&watcher.owes);
             owes.retain(|owed| owed.strong_count() > 0);
             owes.push(Arc::downgrade(awaited));

@@ -23,7 +23,7 @@ mod sotw;
 mod stream;
 mod unary;
 
-pub use cache::{Cache, Delivery, Dirty, Subscriber, Update, Versioned};
+pub use cache::{Cache, Delivery, Dirty, Subscriber, Tally, Update, Versioned};
 pub use client::{
     apply_delta, connect, kept_alive_channel, run_delta_client, Applied, Changes, ClientOptions,
     Handler, Held, Interest, Interests, Resources,
@@ -59,6 +59,7 @@ pub(crate) fn type_label(type_url: &str) -> &'static str {
         meridian::REGION_SUMMARY => "region_summary",
         meridian::ACME_CHALLENGE => "acme_challenge",
         meridian::SECRET => "secret",
+        meridian::CACHE_PURGE => "cache_purge",
         _ => "other",
     }
 }

@@ -40,6 +40,28 @@ pub const ACME_CHALLENGE: &str = "type.googleapis.com/meridian.v1.AcmeChallenge"
 /// [`SESSION_TICKET_KEYS`] (`session_ticket_keys`, 80-byte keys, newest first: the first
 /// encrypts new tickets, all decrypt).
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// Type URL of a purge of the edges' caches ([`CachePurge`]), named [`purge_name`] in
+/// [`EDGE_NAMESPACE`]: the global control plane holds the newest purges
+/// (`meridian_model::PURGE_HISTORY`) and every edge follows them all.
+pub const CACHE_PURGE: &str = "type.googleapis.com/meridian.v1.CachePurge";
+/// The name prefix of a [`CACHE_PURGE`].
+pub const PURGE_PREFIX: &str = "purge/";
+
+/// The name of the purge numbered `sequence`: [`PURGE_PREFIX`] and the number in 20 digits,
+/// so that names sort as the numbers do.
+pub fn purge_name(sequence: u64) -> String {
+    format!("{PURGE_PREFIX}{sequence:020}")
+}
+
+/// The number of the purge named `name` ([`purge_name`]), if it is one.
+pub fn purge_sequence(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(PURGE_PREFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The name prefix of a domain's certificate among [`SECRET`]s.
 pub const CERTIFICATE_PREFIX: &str = "certificate/";
 /// The name prefix of an [`ACME_CHALLENGE`].
@@ -47,8 +69,8 @@ pub const CHALLENGE_PREFIX: &str = "challenge/";
 /// The name of the [`SECRET`] holding the TLS session ticket keys every edge shares, so that a
 /// client resumes its session on whichever edge it reaches.
 pub const SESSION_TICKET_KEYS: &str = "session-ticket-keys";
-/// The namespace of what only edges see ([`SECRET`] and [`ACME_CHALLENGE`] resources): private
-/// keys go to no other node.
+/// The namespace of what only edges see ([`SECRET`], [`ACME_CHALLENGE`] and [`CACHE_PURGE`]
+/// resources): private keys go to no other node.
 pub const EDGE_NAMESPACE: &str = "edge/";
 /// The namespace of [`SERVICE`] resources, shared by every agent of the region.
 pub const MESH_NAMESPACE: &str = "mesh/";
@@ -117,6 +139,31 @@ pub struct AcmeChallenge {
     /// The key authorization (`<token>.<account key thumbprint>`).
     #[prost(string, tag = "4")]
     pub key_authorization: String,
+}
+
+/// A purge of the edges' caches ([`CACHE_PURGE`]): exactly one of `url`, `tag` and `all`, of
+/// the responses an edge stored for hosts the app's domains cover (as the edge knows them from
+/// the region summaries).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CachePurge {
+    /// Its number: 1, 2, 3, … without gaps across the installation (its name says it too).
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    /// The org of the app whose responses it removes.
+    #[prost(string, tag = "2")]
+    pub org: String,
+    /// The app.
+    #[prost(string, tag = "3")]
+    pub app: String,
+    /// Remove the responses stored for this absolute URL (under either scheme).
+    #[prost(string, tag = "4")]
+    pub url: String,
+    /// Remove the responses of the app its origin tagged so.
+    #[prost(string, tag = "5")]
+    pub tag: String,
+    /// Remove every response of the app.
+    #[prost(bool, tag = "6")]
+    pub all: bool,
 }
 
 /// What a regional control plane reports upward.
@@ -441,3 +488,26 @@ pub struct ClusterTraffic {
 /// The answer to a report.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ReportAck {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_names_sort_as_their_numbers_and_give_them_back() {
+        let names: Vec<String> = [9, 10, 1, u64::MAX].map(purge_name).into();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, [1, 9, 10, u64::MAX].map(purge_name));
+        for (name, sequence) in names.iter().zip([9, 10, 1, u64::MAX]) {
+            assert_eq!(purge_sequence(name), Some(sequence));
+        }
+        for bad in [
+            "purge/1",
+            "purge/0000000000000000000x",
+            "challenge/00000000000000000001",
+        ] {
+            assert_eq!(purge_sequence(bad), None, "{bad}");
+        }
+    }
+}

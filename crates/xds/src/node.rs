@@ -73,7 +73,7 @@ pub struct Scope {
     /// Whether the node sees every region's summary (a regional control plane or an edge).
     summaries: bool,
     /// Whether the node is an edge (granted so by its certificate), the only one that sees
-    /// certificates, their keys and ACME challenges.
+    /// certificates, their keys, ACME challenges and cache purges.
     edge: bool,
     /// The node's role, for metrics and logs (`metadata.role`, or `unknown`).
     pub role: String,
@@ -129,7 +129,13 @@ impl Scope {
 
     /// The prefix of every cache name of `type_url` the node may see.
     pub fn prefix(&self, type_url: &str) -> &str {
-        if type_url == crate::meridian::SECRET || type_url == crate::meridian::ACME_CHALLENGE {
+        if [
+            crate::meridian::SECRET,
+            crate::meridian::ACME_CHALLENGE,
+            crate::meridian::CACHE_PURGE,
+        ]
+        .contains(&type_url)
+        {
             return if self.edge {
                 crate::meridian::EDGE_NAMESPACE
             } else {
@@ -174,7 +180,7 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meridian::{ACME_CHALLENGE, EDGE_NAMESPACE, SECRET};
+    use crate::meridian::{ACME_CHALLENGE, CACHE_PURGE, EDGE_NAMESPACE, SECRET};
 
     fn granted(role: &str, region: Option<&str>) -> Scope {
         let grant = Grant {
@@ -187,9 +193,9 @@ mod tests {
     }
 
     #[test]
-    fn only_edges_see_certificates_and_challenges() {
+    fn only_edges_see_certificates_challenges_and_purges() {
         let edge = granted("edge", None);
-        for type_url in [SECRET, ACME_CHALLENGE] {
+        for type_url in [SECRET, ACME_CHALLENGE, CACHE_PURGE] {
             assert_eq!(edge.prefix(type_url), EDGE_NAMESPACE);
             assert_eq!(
                 edge.node_name(type_url, "edge/certificate/shop.example.com"),

@@ -769,6 +769,14 @@ async fn a_tracked_put_completes_once_every_subscriber_then_acked_it_or_went_awa
         .expect("complete once the last owing stream is gone")
         .unwrap();
     assert_eq!(delivery.pending(), 0);
+    // Three were owed; two came (the stream that went away acknowledged nothing).
+    assert_eq!(
+        delivery.tally(),
+        meridian_xds::Tally {
+            owed: 3,
+            acknowledged: 2
+        }
+    );
 
     // A put nobody subscribes to, or that changes nothing, owes nothing.
     let nobody = server.cache.apply_tracked(

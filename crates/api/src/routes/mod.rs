@@ -4,6 +4,7 @@ pub mod domains;
 pub mod endpoints;
 pub mod feed;
 pub mod logs;
+pub mod purges;
 pub mod regions;
 pub mod reports;
 pub mod rollouts;

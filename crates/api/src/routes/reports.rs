@@ -2,7 +2,7 @@
 //! services (admin only); `status` reads them. With them come the request figures of the
 //! region's services ([`TrafficHistory`]) and where its components serve `/metrics`. Reports
 //! are soft state, kept in memory: a restarted global control plane knows them again at the
-//! regions' next reports.
+//! regions' next reports. The edges' acknowledgements of purges are kept beside them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use crate::error::ErrorResponses;
 use crate::extract::{ApiPath, JsonBody};
+use crate::purge_acks::PurgeAcks;
 use crate::routes::regions::{require_region, RegionPath};
 use crate::traffic_history::TrafficHistory;
 use crate::{ApiError, ApiState, Caller};
@@ -37,6 +38,8 @@ struct ReportsInner {
     own_target: RwLock<Option<MetricsTarget>>,
     /// Where each edge serves its own, by location, with when it said so.
     edges: RwLock<HashMap<String, (MetricsTarget, Instant)>>,
+    /// How the edges took each purge.
+    purges: PurgeAcks,
 }
 
 impl Default for Reports {
@@ -48,6 +51,7 @@ impl Default for Reports {
             targets: RwLock::default(),
             own_target: RwLock::default(),
             edges: RwLock::default(),
+            purges: PurgeAcks::default(),
         }))
     }
 }
@@ -65,6 +69,11 @@ impl Reports {
     /// The request figures of the regions' services.
     pub fn traffic(&self) -> &TrafficHistory {
         &self.0.traffic
+    }
+
+    /// How the edges took each purge (recorded by the plane's publisher of purges).
+    pub fn purges(&self) -> &PurgeAcks {
+        &self.0.purges
     }
 
     /// Records where `region`'s components serve `/metrics` (already validated).

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod backup;
+pub mod cache;
 pub mod completions;
 pub mod context;
 pub mod control;

@@ -4,14 +4,16 @@
 //!
 //! Supervision, task by task:
 //! - restarted (each rebuilds what it needs from the store and the reports): publishing the
-//!   regional deployments and region summaries, renewing the plane's own certificate, the
-//!   public domains' certificates (orders, renewals, publishing to edges, session ticket keys);
+//!   regional deployments and region summaries, publishing the purges of the edges' caches
+//!   (and recording the edges' acknowledgements of each), renewing the plane's own
+//!   certificate, the public domains' certificates (orders, renewals, publishing to edges,
+//!   session ticket keys);
 //! - essential (each owns a bound socket): the API server and the xDS server for the regions.
 //!   When one ends the plane stops and [`run_global`] returns the error.
 //!
 //! The xDS server answers regions and edges only once the plane is ready: the store's regional
-//! deployments, region summaries and certificates are in its cache, and every region has
-//! reported (or [`FIRST_REPORTS`] has passed). Until then they keep what they hold; answered
+//! deployments, region summaries, purges and certificates are in its cache, and every region
+//! has reported (or [`FIRST_REPORTS`] has passed). Until then they keep what they hold; answered
 //! earlier, a region or edge resuming after a restart of this plane would be told that what the
 //! cache does not hold yet is gone (and stop instances, drop certificates, or route nowhere).
 //! `/readyz` says what the plane still waits for.
@@ -35,6 +37,7 @@ use super::{bind, local, RunError, Say};
 use crate::certificates::{
     CertificateMetrics, CertificateOptions, IssuerConfig, LocalCa, Manager, CERTIFICATES_PUBLISHED,
 };
+use crate::purges::{publish_purges, PurgeSinks, PURGES_PUBLISHED};
 use crate::supervise::Supervisor;
 use crate::{
     issue_own_certificate, keep_own_certificate, publish_regional_deployments, tls_incoming,
@@ -143,8 +146,11 @@ pub async fn run_global(
     let cache = Cache::new();
     let reports = meridian_api::Reports::default();
     let certificates_part = secrets.as_ref().map(|_| CERTIFICATES_PUBLISHED);
-    let readiness =
-        Readiness::waiting_for([PUBLISHED, REPORTED].into_iter().chain(certificates_part));
+    let readiness = Readiness::waiting_for(
+        [PUBLISHED, REPORTED, PURGES_PUBLISHED]
+            .into_iter()
+            .chain(certificates_part),
+    );
     let first = FirstLoad {
         readiness: readiness.clone(),
         reports_by: tokio::time::Instant::now() + FIRST_REPORTS,
@@ -165,6 +171,18 @@ pub async fn run_global(
                 first.clone(),
                 secrets.clone(),
             )
+        }
+    });
+    supervisor.restarting("publish purges", {
+        let store = store.clone();
+        let sinks = Arc::new(PurgeSinks {
+            cache: cache.clone(),
+            acks: reports.purges().clone(),
+            readiness: readiness.clone(),
+        });
+        move || {
+            let (store, sinks) = (store.clone(), sinks.clone());
+            async move { publish_purges(store, &sinks).await }
         }
     });
     supervisor.restarting("record rollouts", {

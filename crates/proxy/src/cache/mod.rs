@@ -98,12 +98,35 @@ impl std::fmt::Debug for HttpCache {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CachePurge {
     /// The responses stored for an absolute `http://` or `https://` URL, under either scheme,
-    /// keyed as the route that serves it keys them.
+    /// keyed as the route that serves it keys them. A URL without a port also names the
+    /// responses stored for its host with the port of one of the proxy's listeners (what a
+    /// client sends in `Host` to a listener on a port other than the scheme's).
     Url(String),
     /// Every response its origin tagged so (`Cache-Tag`, `Surrogate-Key`).
     Tag(String),
     /// Everything.
     All,
+}
+
+/// Which stored responses a purge may remove, by the host they were stored for.
+#[derive(Debug, Clone, Copy)]
+pub enum PurgeScope<'a> {
+    /// Any host's.
+    AnyHost,
+    /// Those of the hosts one of these domains covers: a host name, or `*.` and a host name
+    /// for every name below it (an app's domains).
+    Domains(&'a [String]),
+}
+
+impl PurgeScope<'_> {
+    fn admits(&self, host: &str) -> bool {
+        match self {
+            PurgeScope::AnyHost => true,
+            PurgeScope::Domains(domains) => domains
+                .iter()
+                .any(|domain| meridian_model::domains_overlap(domain, host)),
+        }
+    }
 }
 
 /// A purge that names nothing the cache can look for.
@@ -114,53 +137,74 @@ pub enum PurgeError {
     Url(String),
 }
 
+/// Where the proxy serves: the route tables in force, and its listeners' ports.
+pub(crate) struct Served {
+    /// The route tables (a URL is keyed as the route that serves it keys it).
+    pub tables: Vec<Arc<RouteTable>>,
+    /// The listeners' ports.
+    pub ports: Vec<u16>,
+}
+
 impl HttpCache {
-    /// Removes what `purge` names, with `routes` the route tables in force (a URL is keyed as
-    /// the route that serves it keys it); the number of keys removed.
-    pub fn purge(
+    /// Removes what `purge` names within `scope`, where the proxy serves as `served` says; the
+    /// number of keys removed.
+    pub(crate) fn purge(
         &self,
         purge: &CachePurge,
-        routes: &[Arc<RouteTable>],
+        scope: PurgeScope<'_>,
+        served: &Served,
         metrics: &CacheMetrics,
     ) -> Result<u64, PurgeError> {
-        let removed = match purge {
-            CachePurge::All => {
+        let admitted = |key: &CacheKey| scope.admits(key.host());
+        let removed = match (purge, scope) {
+            (CachePurge::All, PurgeScope::AnyHost) => {
                 let held = self.store.keys();
                 self.store.purge_all();
                 held
             }
-            CachePurge::Tag(tag) => self.store.purge_tag(tag) as u64,
-            CachePurge::Url(url) => {
-                let bad = || PurgeError::Url(url.clone());
-                let uri: Uri = url.parse().map_err(|_| bad())?;
-                let authority = uri.authority().ok_or_else(bad)?;
-                if !matches!(uri.scheme_str(), Some("http" | "https")) {
-                    return Err(bad());
-                }
-                let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-                let mut keys: Vec<CacheKey> = routes
-                    .iter()
-                    .filter_map(|table| table.find(authority.host(), uri.path(), &HeaderMap::new()))
-                    .filter_map(|route| route.cache.as_ref())
-                    .flat_map(|cache| {
-                        ["http", "https"].map(|scheme| {
-                            CacheKey::of_uri(
-                                scheme,
-                                authority.as_str(),
-                                path_and_query,
-                                &cache.query,
-                            )
-                        })
-                    })
-                    .collect();
-                keys.sort();
-                keys.dedup();
-                keys.iter().filter(|key| self.store.purge_key(key)).count() as u64
-            }
+            (CachePurge::All, PurgeScope::Domains(_)) => self.store.purge_matching(admitted) as u64,
+            (CachePurge::Tag(tag), _) => self.store.purge_tag(tag, admitted) as u64,
+            (CachePurge::Url(url), _) => url_keys(url, served)?
+                .iter()
+                .filter(|key| admitted(key) && self.store.purge_key(key))
+                .count() as u64,
         };
         self.account(metrics);
         Ok(removed)
     }
+}
+
+/// The keys of the responses stored for `url` (see [`CachePurge::Url`]).
+fn url_keys(url: &str, served: &Served) -> Result<Vec<CacheKey>, PurgeError> {
+    let bad = || PurgeError::Url(url.to_owned());
+    let uri: Uri = url.parse().map_err(|_| bad())?;
+    let authority = uri.authority().ok_or_else(bad)?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad());
+    }
+    let host = authority.host();
+    let authorities: Vec<String> = match authority.port_u16() {
+        Some(_) => vec![authority.as_str().to_owned()],
+        None => std::iter::once(host.to_owned())
+            .chain(served.ports.iter().map(|port| format!("{host}:{port}")))
+            .collect(),
+    };
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut keys: Vec<CacheKey> = served
+        .tables
+        .iter()
+        .filter_map(|table| table.find(host, uri.path(), &HeaderMap::new()))
+        .filter_map(|route| route.cache.as_ref())
+        .flat_map(|cache| {
+            authorities.iter().flat_map(|authority| {
+                ["http", "https"]
+                    .map(|scheme| CacheKey::of_uri(scheme, authority, path_and_query, &cache.query))
+            })
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// A route's caching: the shared cache and the route's policy, compiled.

@@ -1,6 +1,6 @@
 //! A whole store as one file, and back: every row of every table (definitions and their
 //! versions, orgs, tokens as hashes, regions, endpoints, domain claims, certificates, sealed
-//! secrets and keys, rollouts, and the change feed with its revisions), as JSON. A backup of
+//! secrets and keys, rollouts, the purges of the edges' caches, and the change feed with its revisions), as JSON. A backup of
 //! either backend restores into either; restored into an empty store, it reads exactly as the
 //! store it was taken from (same revisions, same feed).
 //!
@@ -225,6 +225,17 @@ const TABLES: &[Table] = &[
             ("updated_at", Int),
         ],
         key: 2,
+    },
+    Table {
+        name: "purges",
+        columns: &[
+            ("sequence", Int),
+            ("org", Text),
+            ("app", Text),
+            ("target", Text),
+            ("created_at", Int),
+        ],
+        key: 1,
     },
 ];
 

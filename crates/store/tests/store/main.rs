@@ -51,4 +51,5 @@ conformance!(
     an_org_secret_is_resolved_where_no_app_secret_shadows_it_and_rolls_only_those_services,
     a_backup_restored_into_an_empty_store_reads_the_same,
     a_bad_backup_is_refused_naming_what_is_wrong_and_restores_nothing,
+    purges_are_numbered_without_gaps_kept_to_a_bound_and_fed_with_their_number,
 );

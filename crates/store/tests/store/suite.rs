@@ -842,3 +842,57 @@ pub async fn a_bad_backup_is_refused_naming_what_is_wrong_and_restores_nothing(b
     let message = refused(good, |b| b["tables"]["users"] = serde_json::json!([])).await;
     assert!(message.contains("tables.users: no such table"), "{message}");
 }
+
+fn purge(target: meridian_model::PurgeTarget) -> meridian_store::NewPurge {
+    meridian_store::NewPurge {
+        org: "acme".into(),
+        app: "shop".into(),
+        target,
+    }
+}
+
+pub async fn purges_are_numbered_without_gaps_kept_to_a_bound_and_fed_with_their_number(
+    backend: &Backend,
+) {
+    use meridian_model::{PurgeTarget, PURGE_HISTORY};
+    let store = backend.open().await;
+    store.create_org("acme").await.unwrap();
+    // Only an app's responses can be purged: no app, no purge, and nothing written.
+    let before = store.revision().await.unwrap();
+    assert!(matches!(
+        store.add_purge(&purge(PurgeTarget::All)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.revision().await.unwrap(), before);
+    store.create_app("acme", "shop").await.unwrap();
+    let first = store
+        .add_purge(&purge(PurgeTarget::Tag("catalog".into())))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.sequence, &first.target),
+        (1, &PurgeTarget::Tag("catalog".into()))
+    );
+    let feed = store.changes_after(before, 10).await.unwrap();
+    let last = feed.last().unwrap();
+    assert_eq!(
+        (last.kind, last.key.as_str(), last.version),
+        (ChangeKind::Purge, "acme/shop", Some(1))
+    );
+    // The newest PURGE_HISTORY are kept, in order; the numbering goes on past the dropped ones.
+    for _ in 0..PURGE_HISTORY + 1 {
+        store.add_purge(&purge(PurgeTarget::All)).await.unwrap();
+    }
+    let kept = store.purges_after(0, u32::MAX).await.unwrap();
+    let sequences: Vec<u64> = kept.iter().map(|p| p.sequence).collect();
+    let expected: Vec<u64> = (3..=PURGE_HISTORY + 2).collect();
+    assert_eq!(sequences, expected);
+    let tail = store.purges_after(PURGE_HISTORY, 10).await.unwrap();
+    assert_eq!(tail.len(), 2);
+    assert_eq!(tail[1].target, PurgeTarget::All);
+    // A reopened store numbers on from the newest kept.
+    drop(store);
+    let store = backend.open().await;
+    let next = store.add_purge(&purge(PurgeTarget::All)).await.unwrap();
+    assert_eq!(next.sequence, PURGE_HISTORY + 3);
+}
