@@ -19,6 +19,7 @@ use meridian_xds::{
 };
 use prost::Message;
 
+use crate::anycast::{ControlFeed, Gateway};
 use crate::selection::{
     edge_config, incumbents, HttpsListener, Incumbents, Listeners, Location, RegionView,
 };
@@ -49,11 +50,13 @@ pub struct EdgeOptions {
 }
 
 /// Follows the global control plane and keeps `proxy` configured, for as long as the task runs.
-/// Says so through `ready` (once) when the first configuration is applied.
+/// Says so through `ready` (once) when the first configuration is applied, and tells `feed`
+/// whether it follows and which regions' gateways can serve.
 pub async fn run_edge(
     options: EdgeOptions,
     proxy: Arc<Proxy>,
     ready: tokio::sync::oneshot::Sender<()>,
+    feed: ControlFeed,
 ) -> Result<(), rustls::Error> {
     let client = ClientOptions {
         url: options.global_xds.clone(),
@@ -68,7 +71,7 @@ pub async fn run_edge(
         proxy.clone(),
         options.renewed.clone(),
     ));
-    let follower = Follower::new(options, proxy, ready)?;
+    let follower = Follower::new(options, proxy, ready)?.with_feed(feed);
     run_delta_client(client, follower).await;
     Ok(())
 }
@@ -90,6 +93,8 @@ pub struct Follower {
     tls: EdgeTls,
     /// The HTTPS listener's bound port, once bound (where redirects send clients).
     https_port: Option<u16>,
+    /// Told whether the edge follows, and which gateways serve healthy regions.
+    feed: ControlFeed,
 }
 
 impl Follower {
@@ -122,7 +127,15 @@ impl Follower {
             incumbents: Incumbents::new(),
             tls,
             https_port,
+            feed: ControlFeed::new(),
         })
+    }
+
+    /// The follower, telling `feed` whether it follows and which gateways serve healthy
+    /// regions.
+    pub fn with_feed(mut self, feed: ControlFeed) -> Follower {
+        self.feed = feed;
+        self
     }
 
     /// The edge's configuration for `regions`.
@@ -154,6 +167,7 @@ impl Follower {
     /// changed; once more if that bound the HTTPS listener on a port redirects did not know.
     async fn configure(&mut self, resources: &Resources) -> Result<(), String> {
         let regions = region_views(resources)?;
+        self.feed.set_gateways(healthy_gateways(&regions));
         for _ in 0..2 {
             let config = self.render(&regions);
             let text = config.to_string();
@@ -178,6 +192,25 @@ impl Follower {
         }
         Ok(())
     }
+}
+
+/// The gateways of the regions that report healthy instances of some service.
+fn healthy_gateways(regions: &[RegionView]) -> Vec<Gateway> {
+    regions
+        .iter()
+        .filter_map(|region| {
+            let report = region.report.as_ref()?;
+            let address = report.gateway.as_deref()?.parse().ok()?;
+            report
+                .services
+                .iter()
+                .any(|service| service.healthy > 0)
+                .then(|| Gateway {
+                    region: region.name.clone(),
+                    address,
+                })
+        })
+        .collect()
 }
 
 fn interests() -> Interests {
@@ -248,6 +281,10 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
 impl Handler for Follower {
     fn initial_interests(&self) -> Interests {
         interests()
+    }
+
+    fn session_changed(&mut self, open: bool) {
+        self.feed.set_following(open);
     }
 
     async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {

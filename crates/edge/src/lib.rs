@@ -4,15 +4,18 @@
 //! certificates the global control plane sends it as xDS secrets, picked by SNI, answers the
 //! ACME challenges that plane holds, and shares session ticket keys with the other edges; it
 //! follows every region's summary on the global control plane's xDS (mutual TLS with its own
-//! certificate). Caching and the anycast announcement come later and only add to it.
+//! certificate). With anycast addresses, it has its local BIRD announce them over BGP while
+//! it is healthy, and withdraws them before it stops ([`anycast`], [`stop`]).
 //!
 //! It must not keep state the global control plane cannot give again: it rebuilds its
 //! configuration from what it reads, and keeps serving its last one while it cannot read.
 
+pub mod anycast;
 mod certificates;
 mod challenges;
 mod follow;
 mod selection;
+pub mod stop;
 mod tickets;
 mod tls;
 
