@@ -122,58 +122,83 @@ async fn ask(target: SocketAddr, timeout: Duration) -> Result<(), String> {
 }
 
 /// Probes the gateways that `gateways` lists (it changes with the configuration) for as long as
-/// the task runs, publishing which regions are reachable.
+/// the task runs, publishing which regions are reachable. A probe starts every interval
+/// whether the ones before finished or not, so that a region whose gateway stopped answering
+/// (packets dropped: each probe takes the whole timeout) is found out in about
+/// `(fall - 1) × interval + timeout`, not `fall × timeout`.
 pub async fn probe_regions(
     mut gateways: watch::Receiver<Vec<Gateway>>,
     health: HealthOptions,
     out: watch::Sender<RegionCheck>,
 ) {
-    // Failed rounds in a row, per region; a region not probed yet counts as unreachable.
+    // Failed probes in a row, per region; a region not probed yet counts as unreachable.
     let mut failures: BTreeMap<String, u32> = BTreeMap::new();
+    let mut probes = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(health.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let round = Instant::now();
-        let current = gateways.borrow_and_update().clone();
-        let mut by_region: BTreeMap<&str, Vec<SocketAddr>> = BTreeMap::new();
-        for gateway in &current {
-            by_region
-                .entry(&gateway.region)
-                .or_default()
-                .push(gateway.address);
+        tokio::select! {
+            _ = tick.tick() => {
+                for (region, addresses) in by_region(&gateways.borrow_and_update()) {
+                    probes.spawn(probe_region(region, addresses, health.probe_timeout));
+                }
+            }
+            Some(Ok((region, answered))) = probes.join_next() => {
+                let known = by_region(&gateways.borrow());
+                if !known.contains_key(&region) {
+                    continue;
+                }
+                let count = failures.entry(region).or_insert(health.fall);
+                *count = if answered { 0 } else { count.saturating_add(1) };
+            }
+            // New gateways are probed at once.
+            changed = gateways.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tick.reset_immediately();
+            }
         }
-        let probes = by_region.iter().map(|(region, addresses)| async move {
-            let answered = futures_util::future::join_all(addresses.iter().map(|address| {
-                tokio::time::timeout(health.probe_timeout, TcpStream::connect(*address))
-            }))
-            .await
-            .into_iter()
-            .any(|connected| matches!(connected, Ok(Ok(_))));
-            (*region, answered)
-        });
-        let results = futures_util::future::join_all(probes).await;
-        failures.retain(|region, _| by_region.contains_key(region.as_str()));
-        for (region, answered) in &results {
-            let count = failures.entry((*region).to_owned()).or_insert(health.fall);
-            *count = if *answered {
-                0
-            } else {
-                count.saturating_add(1)
-            };
-        }
+        let known = by_region(&gateways.borrow());
+        failures.retain(|region, _| known.contains_key(region));
         let check = RegionCheck {
             reachable: failures
                 .iter()
                 .filter(|(_, count)| **count < health.fall)
                 .map(|(region, _)| region.clone())
                 .collect(),
-            known: by_region.len(),
+            known: known.len(),
         };
         out.send_if_modified(|old| replace(old, check));
-        tokio::select! {
-            () = tokio::time::sleep_until(round + health.probe_interval) => {}
-            // New gateways are probed at once.
-            changed = gateways.changed() => if changed.is_err() { return },
-        }
     }
+}
+
+/// The gateways by region.
+fn by_region(gateways: &[Gateway]) -> BTreeMap<String, Vec<SocketAddr>> {
+    let mut by_region: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    for gateway in gateways {
+        by_region
+            .entry(gateway.region.clone())
+            .or_default()
+            .push(gateway.address);
+    }
+    by_region
+}
+
+/// Whether one of a region's gateways accepts a TCP connection within `timeout`.
+async fn probe_region(
+    region: String,
+    addresses: Vec<SocketAddr>,
+    timeout: Duration,
+) -> (String, bool) {
+    let connected = futures_util::future::join_all(
+        addresses
+            .iter()
+            .map(|address| tokio::time::timeout(timeout, TcpStream::connect(*address))),
+    )
+    .await;
+    let answered = connected.into_iter().any(|c| matches!(c, Ok(Ok(_))));
+    (region, answered)
 }
 
 #[cfg(test)]
