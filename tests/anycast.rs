@@ -720,6 +720,23 @@ async fn start(topology: &Topology, dir: &Path) -> (Platform, Vec<Edge>) {
     (platform, edges)
 }
 
+/// Waits until `meridian get edges -o json` satisfies `done`.
+async fn edges_say(platform: &Platform, what: &str, done: impl Fn(&[serde_json::Value]) -> bool) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let edges = platform.deployed.cli.json(&["get", "edges"]);
+        let list = edges.as_array().cloned().unwrap_or_default();
+        if done(&list) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "meridian get edges never said {what}: {edges}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until edge `edge`'s process has exited; its exit status.
 async fn exited(edge: &mut Edge) -> std::process::ExitStatus {
     let end = Instant::now() + DEADLINE;
@@ -889,6 +906,14 @@ fn clients_reach_the_anycast_address_and_a_draining_edge_loses_no_request() {
                 && routes.contains("(65000,100)"),
             "{routes}"
         );
+        // The global control plane knows both edges announce.
+        edges_say(&platform, "both edges announce", |edges| {
+            edges.len() == 2
+                && edges.iter().all(|e| {
+                    e["anycast"]["announced"] == true && e["anycast"]["reason"] == "healthy"
+                })
+        })
+        .await;
         let (seen, (h1, h2)) = drain(&topology, &mut edges[0], 2).await;
         println!(
             "graceful drain: {} requests, {} failed, served by edge2 {} after the drain began, longest wait for an answer {}",
@@ -910,9 +935,31 @@ fn clients_reach_the_anycast_address_and_a_draining_edge_loses_no_request() {
             Ok((200, true)),
             "HTTP/2: status, and whether the connection ended cleanly"
         );
+        // The edge said it withdrew to drain before it went.
+        let edge1 = |edges: &[serde_json::Value]| {
+            edges
+                .iter()
+                .find(|e| e["location"] == "edge1")
+                .cloned()
+                .unwrap_or_default()
+        };
+        edges_say(&platform, "edge1 withdrew to drain", |edges| {
+            edge1(edges)["anycast"]["reason"] == "draining"
+                && edge1(edges)["anycast"]["announced"] == false
+        })
+        .await;
         // Started again, it announces after its hold-down and is the client's edge again.
         edges[0] = restart(&topology, &platform, 1).await;
         until_served_by(&topology, 1, true).await;
+        edges_say(&platform, "edge1 announces again", |edges| {
+            edge1(edges)["anycast"]["announced"] == true
+        })
+        .await;
+        let table = platform.deployed.cli.ok(&["get", "edges"]);
+        assert!(
+            table.starts_with("EDGE") && table.contains("edge1  announced  healthy"),
+            "{table}"
+        );
     });
 }
 

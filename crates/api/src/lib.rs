@@ -220,6 +220,7 @@ pub fn router_with(
             get(traffic::service_metrics),
         )
         .route("/v1/prometheus/targets", get(traffic::prometheus_targets))
+        .route("/v1/edges", get(reports::edges))
         .route(&format!("{service_path}/rollouts"), get(rollouts::history))
         .route(
             &format!("{service_path}/rollout/abort"),

@@ -20,6 +20,7 @@ use crate::routes::{
         secrets::put_org, secrets::list_org, secrets::delete_org,
         regions::put, regions::list, regions::delete, regions::deployments, regions::endpoints,
         regions::intermediate, regions::create_join_token, reports::put, reports::get,
+        reports::edges,
         services::apply, services::list, services::get, services::delete,
         services::deployments, services::deployment, services::rollback, services::status,
         rollouts::history, rollouts::abort, rollouts::pause, rollouts::resume,

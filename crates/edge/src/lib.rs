@@ -14,6 +14,7 @@ pub mod anycast;
 mod certificates;
 mod challenges;
 mod follow;
+pub mod report;
 mod selection;
 pub mod stop;
 mod tickets;

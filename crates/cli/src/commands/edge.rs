@@ -19,9 +19,9 @@ use clap::{Args, Subcommand};
 use meridian_edge::anycast::{address, Anycast, ControlFeed};
 use meridian_edge::stop::{Stop, StopTiming};
 use meridian_edge::{run_edge, EdgeOptions, Location};
-use meridian_xds::meridian::{EdgeReport, EDGE_REPORT_PATH};
 
-/// How often an edge tells the global control plane where its metrics are.
+/// How often an edge tells the global control plane where its metrics are and whether it
+/// announces (and at once when that changes).
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `meridian edge`: run an edge, or act on a running one.
@@ -260,15 +260,12 @@ async fn serve(args: EdgeArgs, anycast_args: anycast::AnycastArgs) -> Result<()>
     }
     let admin = meridian_proxy::serve_admin_with(&proxy, args.admin, routes).await?;
     let global = meridian_xds::UnaryClient::new(&args.global_xds, enrolled_tls);
-    let report = EdgeReport {
-        location: args.location.clone(),
-        metrics_address: admin.to_string(),
-    };
-    let reporter = tokio::spawn(global.report_every(
-        EDGE_REPORT_PATH,
+    let reporter = tokio::spawn(meridian_edge::report::report(
+        global,
+        args.location.clone(),
+        admin.to_string(),
+        anycast.clone(),
         REPORT_EVERY,
-        "edge metrics address",
-        move || report.clone(),
     ));
     println!("meridian edge {} serving http://{public}", args.location);
     if let Some(https) = bound("https") {
