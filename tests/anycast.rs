@@ -147,7 +147,9 @@ impl Topology {
     }
 
     /// The router marks each new connection to the anycast address with the edge it goes to,
-    /// and routes the connection's next packets by that mark.
+    /// and routes the connection's next packets by that mark. A SYN always follows the routes
+    /// and marks its connection afresh: conntrack reuses the entry of an earlier connection
+    /// with the same addresses and ports that the server closed (TIME_WAIT), mark included.
     fn keep_connections_on_their_edge(&self) {
         let marks: Vec<String> = (1..=self.edges)
             .map(|k| format!("\"r-e{k}\" : {k}"))
@@ -155,10 +157,10 @@ impl Topology {
         let rules = format!(
             "table inet sticky {{\n\
                chain forward {{ type filter hook forward priority 0; policy accept;\n\
-                 ct state new ct mark set oifname map {{ {} }}\n\
+                 tcp flags & (syn | ack) == syn ct mark set oifname map {{ {} }}\n\
                }}\n\
                chain prerouting {{ type filter hook prerouting priority mangle; policy accept;\n\
-                 iifname \"r-c\" ct mark != 0 meta mark set ct mark\n\
+                 iifname \"r-c\" tcp flags & (syn | ack) != syn ct mark != 0 meta mark set ct mark\n\
                }}\n\
              }}\n",
             marks.join(", ")
@@ -474,6 +476,16 @@ impl Edge {
         self.until(topology, "announced", |s| s["announced"] == true)
             .await;
     }
+
+    /// Waits until it has been announcing for two seconds: longer than it takes to notice a
+    /// withdrawal in BIRD (say, its guard's, after the edge was frozen), so that what comes next
+    /// starts from a settled edge.
+    async fn until_settled(&self, topology: &Topology) {
+        self.until(topology, "announced for 2 s", |s| {
+            s["announced"] == true && s["since_seconds"].as_u64() >= Some(2)
+        })
+        .await;
+    }
 }
 
 /// One request of a client: when it started and ended, and which edge answered (or why none).
@@ -645,8 +657,8 @@ impl RequestLoop {
 #[derive(Debug)]
 struct Outcome {
     requests: usize,
-    /// Failed requests.
-    errors: Vec<String>,
+    /// Failed requests: when each began, in milliseconds from the trigger, and why.
+    errors: Vec<(f64, String)>,
     /// From the trigger to the first answer by another edge than `from`.
     moved_after: Option<Duration>,
     /// The longest time without an answer, from the trigger on.
@@ -656,7 +668,14 @@ struct Outcome {
 fn outcome(samples: &[Sample], trigger: Instant, from: u8) -> Outcome {
     let errors = samples
         .iter()
-        .filter_map(|s| s.outcome.as_ref().err().cloned())
+        .filter_map(|s| {
+            let at = if s.start >= trigger {
+                s.start.duration_since(trigger).as_secs_f64()
+            } else {
+                -trigger.duration_since(s.start).as_secs_f64()
+            };
+            Some((at * 1000.0, s.outcome.as_ref().err()?.clone()))
+        })
         .collect();
     let moved_after = samples
         .iter()
@@ -991,7 +1010,7 @@ fn a_killed_or_frozen_edge_stops_attracting_clients() {
         );
         topology.signal_edge_machine(1, "CONT");
         // Back, it announces again after a hold-down, and serves again.
-        edges[0].until_announced(&topology).await;
+        edges[0].until_settled(&topology).await;
         until_served_by(&topology, 1, false).await;
     });
 }
@@ -1016,5 +1035,130 @@ fn an_edge_cut_off_from_every_region_withdraws() {
         topology.reconnect_to_regions(1);
         edges[0].until_announced(&topology).await;
         until_served_by(&topology, 1, false).await;
+    });
+}
+
+/// One scenario's figures over the rounds of the benchmark.
+#[derive(Default)]
+struct Figures {
+    requests: usize,
+    errors: usize,
+    moved: Vec<Duration>,
+    silences: Vec<Duration>,
+}
+
+impl Figures {
+    fn add(&mut self, seen: &Outcome) {
+        if std::env::var_os("MERIDIAN_ANYCAST_ERRORS").is_some() {
+            for (at, error) in seen.errors.iter().take(5) {
+                eprintln!("  failed at {at:+.0} ms: {error}");
+            }
+        }
+        self.requests += seen.requests;
+        self.errors += seen.errors.len();
+        self.moved.extend(seen.moved_after);
+        self.silences.push(seen.longest_silence);
+    }
+
+    /// `min / median / max` in milliseconds.
+    fn spread(values: &[Duration]) -> String {
+        let mut ms: Vec<f64> = values.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        match (ms.first(), ms.get(ms.len() / 2), ms.last()) {
+            (Some(min), Some(median), Some(max)) => format!("{min:.0} / {median:.0} / {max:.0}"),
+            _ => "-".to_owned(),
+        }
+    }
+}
+
+/// Sends `signal` to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    support::netns::run("kill", &[&format!("-{signal}"), &pid.to_string()]);
+}
+
+/// The benchmark of bench/anycast.sh: each scenario on the serving edge, MERIDIAN_ANYCAST_ROUNDS
+/// times (3 unless set), the edge brought back between rounds; prints, per scenario, the
+/// failed requests and the gap from the trigger to the first answer by the other edge.
+#[test]
+#[ignore = "a benchmark: bench/anycast.sh runs it"]
+fn anycast_bench() {
+    let rounds: usize = std::env::var("MERIDIAN_ANYCAST_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let Some((dir, topology)) = topology("macb") else {
+        return;
+    };
+    in_platform(&topology, || async {
+        let (platform, mut edges) = start(&topology, dir.path()).await;
+        let names = [
+            "graceful drain (meridian edge drain)",
+            "all regions lost (packets to them dropped)",
+            "hard kill of the edge process (kill -9; its guard withdraws)",
+            "hard kill of the edge machine (kill -9 of BIRD, edge, guard; BGP/BFD)",
+            "frozen edge machine (SIGSTOP of BIRD, edge, guard; BFD)",
+            "frozen edge process (SIGSTOP; guard timeout 1 s)",
+        ];
+        let mut figures: Vec<Figures> = names.iter().map(|_| Figures::default()).collect();
+        for round in 1..=rounds {
+            let (seen, _) = drain(&topology, &mut edges[0], 2).await;
+            figures[0].add(&seen);
+            edges[0] = restart(&topology, &platform, 1).await;
+
+            let seen = moved_by(&topology, 1, 2, || topology.cut_from_regions(1)).await;
+            figures[1].add(&seen);
+            topology.reconnect_to_regions(1);
+            edges[0].until_settled(&topology).await;
+            until_served_by(&topology, 1, false).await;
+
+            let process = edges[0].process.take();
+            let seen = moved_by(&topology, 1, 2, move || drop(process)).await;
+            figures[2].add(&seen);
+            edges[0] = restart(&topology, &platform, 1).await;
+
+            let seen = moved_by(&topology, 1, 2, || topology.signal_edge_machine(1, "KILL")).await;
+            figures[3].add(&seen);
+            drop(edges[0].process.take());
+            topology.start_edge_bird(1);
+            edges[0] = restart(&topology, &platform, 1).await;
+
+            let seen = moved_by(&topology, 1, 2, || topology.signal_edge_machine(1, "STOP")).await;
+            figures[4].add(&seen);
+            topology.signal_edge_machine(1, "CONT");
+            edges[0].until_settled(&topology).await;
+            until_served_by(&topology, 1, false).await;
+
+            let pid = edges[0]
+                .process
+                .as_ref()
+                .map(|p| p.0.id())
+                .expect("edge1 runs");
+            let seen = moved_by(&topology, 1, 2, || signal(pid, "STOP")).await;
+            figures[5].add(&seen);
+            signal(pid, "CONT");
+            edges[0].until_settled(&topology).await;
+            until_served_by(&topology, 1, false).await;
+            eprintln!("round {round} of {rounds} done");
+        }
+        println!("anycast edges, {rounds} rounds (2 edges, BFD 20 ms x 3, probes every 200 ms, timeout 300 ms, fall 2)");
+        println!(
+            "{:<72} {:>9} {:>9}  {:<24} longest silence ms",
+            "scenario", "requests", "failed", "gap ms min/median/max"
+        );
+        for (name, figures) in names.iter().zip(&figures) {
+            println!(
+                "{:<72} {:>9} {:>9}  {:<24} {}",
+                name,
+                figures.requests,
+                figures.errors,
+                Figures::spread(&figures.moved),
+                Figures::spread(&figures.silences)
+            );
+        }
+        println!(
+            "gap: from the trigger to the first answer by the other edge (for the drain: the \
+             edge began draining); targets: drain 0 failed, regions lost < 1000 ms, hard kill \
+             and frozen machine with BFD < 300 ms"
+        );
     });
 }
