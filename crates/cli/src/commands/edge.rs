@@ -240,10 +240,17 @@ async fn serve(args: EdgeArgs, anycast_args: anycast::AnycastArgs) -> Result<()>
                     |e| tracing::warn!(error = %e, "no anycast guard: cannot find this program"),
                 )
                 .ok();
-            let started = Anycast::start(options, &args.location, public.port(), &feed, guard)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let started = Arc::new(started);
+            let started =
+                match Anycast::start(options, &args.location, public.port(), &feed, guard).await {
+                    Ok(started) => Arc::new(started),
+                    Err(e) => {
+                        // The addresses it bound go with it.
+                        if let Some(addresses) = addresses {
+                            addresses.unbind().await;
+                        }
+                        anyhow::bail!("{e}");
+                    }
+                };
             let metrics = started.clone();
             proxy.add_metrics(Arc::new(move || metrics.metrics_text()));
             Some(started)
