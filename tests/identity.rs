@@ -301,6 +301,7 @@ async fn xds_opens_only_to_a_certificate_of_the_region() {
     let edge = EdgeReport {
         location: "par".to_owned(),
         metrics_address: "127.0.0.1:9903".to_owned(),
+        ..Default::default()
     };
     let refused: Result<ReportAck, String> = client.call(EDGE_REPORT_PATH, edge).await;
     let refused = refused.unwrap_err();

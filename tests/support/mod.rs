@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod edge_feed;
 pub mod load;
+pub mod netns;
 pub mod pebble;
 pub mod secrets;
 pub mod tcp;
@@ -378,6 +379,21 @@ impl RegionalPlane {
         Self::start_in(dir, "127.0.0.1:0", global, token, region, gateway, extra)
     }
 
+    /// [`RegionalPlane::start`] with its xDS on `ip` (port 0), where proxies and edges in
+    /// other network namespaces reach it.
+    pub fn start_on(
+        global: &ControlPlane,
+        token: &str,
+        region: &str,
+        gateway: Option<&str>,
+        ip: &str,
+    ) -> RegionalPlane {
+        let dir = tempfile::tempdir().unwrap();
+        let global = (global.api.as_str(), global.xds.as_str());
+        let xds = format!("{ip}:0");
+        Self::start_in(dir, &xds, global, token, region, gateway, Vec::new())
+    }
+
     /// Stops the control plane and starts it again with the same data directory and xDS
     /// address (its proxies and agents reconnect).
     pub fn restart(self) -> RegionalPlane {
@@ -538,6 +554,14 @@ impl Deployed {
     /// Starts a control plane with its data in `dir` and deploys `definition` (YAML).
     pub fn start(dir: &Path, definition: &str) -> Deployed {
         Self::start_with(dir, definition, &[])
+    }
+
+    /// [`Deployed::start`], the control plane's API and xDS on `ip` (port 0 each), where edges
+    /// in other network namespaces reach it.
+    pub fn start_on(dir: &Path, definition: &str, ip: &str) -> Deployed {
+        let deployed = Self::around(ControlPlane::start_on(&dir.join("data"), ip), dir);
+        deployed.deploy(definition);
+        deployed
     }
 
     /// [`Deployed::start`], the control plane started with more arguments (e.g. `--local-ca`).

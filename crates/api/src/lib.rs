@@ -251,6 +251,7 @@ pub fn router_with(
         )
         .route(&format!("{service_path}/logs"), get(logs::service_logs))
         .route("/v1/prometheus/targets", get(traffic::prometheus_targets))
+        .route("/v1/edges", get(reports::edges))
         .route(&format!("{service_path}/rollouts"), get(rollouts::history))
         .route(
             &format!("{service_path}/rollout/abort"),

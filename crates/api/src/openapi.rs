@@ -22,6 +22,7 @@ use crate::routes::{
         purges::create,
         regions::put, regions::list, regions::delete, regions::deployments, regions::endpoints,
         regions::intermediate, regions::create_join_token, reports::put, reports::get,
+        reports::edges,
         services::apply, services::list, services::get, services::delete,
         services::deployments, services::deployment, services::rollback, services::status,
         rollouts::history, rollouts::abort, rollouts::pause, rollouts::resume,

@@ -72,7 +72,7 @@ enum Command {
     /// Serve the .internal DNS server from a table file (agents run it for their instances).
     Dns(commands::dns::DnsArgs),
     /// Run an edge: a public listener routing each host to the nearest healthy region.
-    Edge(commands::edge::EdgeArgs),
+    Edge(Box<commands::edge::EdgeCommand>),
     /// Run a node's agent: the instances its region assigns to this machine.
     Agent(commands::agent::AgentArgs),
     /// Make a one-time join token for a proxy or agent of a region (admin).
@@ -202,7 +202,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(dev_args) => dev::run(dev_args).await,
         Command::Proxy(proxy_args) => commands::proxy::run(proxy_args).await,
         Command::Agent(agent_args) => commands::agent::run(agent_args).await,
-        Command::Edge(edge_args) => commands::edge::run(edge_args).await,
+        Command::Edge(edge_args) => commands::edge::run(*edge_args).await,
         Command::Dns(dns_args) => commands::dns::run(dns_args).await,
         Command::Gateway(gateway_args) => commands::gateway::run(gateway_args).await,
         Command::Logs(c) => commands::logs::run(&c.client, c.args).await,

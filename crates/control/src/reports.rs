@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use meridian_identity::Subject;
-use meridian_model::{validate_region_report, RegionReport};
+use meridian_model::{validate_edge_anycast, validate_region_report, EdgeAnycast, RegionReport};
 use meridian_model::{validate_targets, validate_traffic, MetricsTarget, TrafficWindow};
 use meridian_xds::meridian::{
     EdgeReport, GatewayReport, NodeReport, ReportAck, UpwardReport, EDGE_REPORT_PATH,
@@ -148,6 +148,8 @@ pub trait RegionRecorder: Send + Sync + 'static {
     fn targets(&self, region: &str, targets: Vec<MetricsTarget>);
     /// Records where an edge serves `/metrics`.
     fn edge_target(&self, target: MetricsTarget);
+    /// Records that edge `location` reported, with its anycast announcement if it has one.
+    fn edge_report(&self, location: &str, anycast: Option<EdgeAnycast>);
 }
 
 /// Edges' reports of where their metrics are, handed to a recorder.
@@ -180,6 +182,17 @@ impl ReportMethod for EdgeReports {
             }
         }
         let address = scrape_address(&report.metrics_address, &peer)?;
+        let anycast = report.anycast.map(|a| EdgeAnycast {
+            announced: a.announced,
+            reason: a.reason,
+            detail: a.detail,
+            since_seconds: a.since_seconds,
+            prefixes: a.prefixes,
+        });
+        if let Some(anycast) = &anycast {
+            validate_edge_anycast(anycast).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        self.0.edge_report(&report.location, anycast);
         if !address.is_empty() {
             self.0.edge_target(MetricsTarget {
                 address,
@@ -206,6 +219,10 @@ impl RegionRecorder for meridian_api::Reports {
 
     fn edge_target(&self, target: MetricsTarget) {
         self.set_edge_target(target);
+    }
+
+    fn edge_report(&self, location: &str, anycast: Option<EdgeAnycast>) {
+        self.set_edge_anycast(location, anycast);
     }
 }
 

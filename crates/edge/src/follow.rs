@@ -20,6 +20,7 @@ use meridian_xds::{
 };
 use prost::Message;
 
+use crate::anycast::{ControlFeed, Gateway};
 use crate::purges::{app_domains, AppDomains, Purges};
 use crate::selection::{
     edge_config, incumbents, HttpsListener, Incumbents, Listeners, Location, RegionView,
@@ -51,11 +52,13 @@ pub struct EdgeOptions {
 }
 
 /// Follows the global control plane and keeps `proxy` configured, for as long as the task runs.
-/// Says so through `ready` (once) when the first configuration is applied.
+/// Says so through `ready` (once) when the first configuration is applied, and tells `feed`
+/// whether it follows and which regions' gateways can serve.
 pub async fn run_edge(
     options: EdgeOptions,
     proxy: Arc<Proxy>,
     ready: tokio::sync::oneshot::Sender<()>,
+    feed: ControlFeed,
 ) -> Result<(), rustls::Error> {
     let client = ClientOptions {
         url: options.global_xds.clone(),
@@ -70,7 +73,7 @@ pub async fn run_edge(
         proxy.clone(),
         options.renewed.clone(),
     ));
-    let follower = Follower::new(options, proxy, ready)?;
+    let follower = Follower::new(options, proxy, ready)?.with_feed(feed);
     run_delta_client(client, follower).await;
     Ok(())
 }
@@ -96,6 +99,8 @@ pub struct Follower {
     purges: Purges,
     /// The domains of each app, as the region summaries say (purges stay within them).
     app_domains: AppDomains,
+    /// Told whether the edge follows, and which gateways serve healthy regions.
+    feed: ControlFeed,
 }
 
 impl Follower {
@@ -130,7 +135,15 @@ impl Follower {
             https_port,
             purges: Purges::default(),
             app_domains: AppDomains::new(),
+            feed: ControlFeed::new(),
         })
+    }
+
+    /// The follower, telling `feed` whether it follows and which gateways serve healthy
+    /// regions.
+    pub fn with_feed(mut self, feed: ControlFeed) -> Follower {
+        self.feed = feed;
+        self
     }
 
     /// The edge's configuration for `regions`.
@@ -163,6 +176,7 @@ impl Follower {
     async fn configure(&mut self, resources: &Resources) -> Result<(), String> {
         let regions = region_views(resources)?;
         self.app_domains = app_domains(&regions);
+        self.feed.set_gateways(healthy_gateways(&regions));
         for _ in 0..2 {
             let config = self.render(&regions);
             let text = config.to_string();
@@ -187,6 +201,25 @@ impl Follower {
         }
         Ok(())
     }
+}
+
+/// The gateways of the regions that report healthy instances of some service.
+fn healthy_gateways(regions: &[RegionView]) -> Vec<Gateway> {
+    regions
+        .iter()
+        .filter_map(|region| {
+            let report = region.report.as_ref()?;
+            let address = report.gateway.as_deref()?.parse().ok()?;
+            report
+                .services
+                .iter()
+                .any(|service| service.healthy > 0)
+                .then(|| Gateway {
+                    region: region.name.clone(),
+                    address,
+                })
+        })
+        .collect()
 }
 
 fn interests() -> Interests {
@@ -257,6 +290,10 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
 impl Handler for Follower {
     fn initial_interests(&self) -> Interests {
         interests()
+    }
+
+    fn session_changed(&mut self, open: bool) {
+        self.feed.set_following(open);
     }
 
     async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {

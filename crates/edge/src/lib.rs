@@ -5,17 +5,21 @@
 //! ACME challenges that plane holds, and shares session ticket keys with the other edges; it
 //! follows every region's summary on the global control plane's xDS (mutual TLS with its own
 //! certificate). It caches what the services' policies allow, and applies the purges the
-//! global control plane sends every edge. The anycast announcement comes later and only adds
-//! to it.
+//! global control plane sends every edge. With anycast addresses, it has its local BIRD
+//! announce them over BGP while it is healthy, and withdraws them before it stops ([`anycast`],
+//! [`stop`]).
 //!
 //! It must not keep state the global control plane cannot give again: it rebuilds its
 //! configuration from what it reads, and keeps serving its last one while it cannot read.
 
+pub mod anycast;
 mod certificates;
 mod challenges;
 mod follow;
 mod purges;
+pub mod report;
 mod selection;
+pub mod stop;
 mod tickets;
 mod tls;
 

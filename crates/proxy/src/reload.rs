@@ -83,13 +83,23 @@ async fn load(proxy: &Proxy, path: &PathBuf) -> Result<String, RunError> {
 /// Serves the admin port of `proxy` on `address` in a task of its own; prints its address and
 /// each listener's bound address on standard output. Returns the address bound.
 pub async fn serve_admin(proxy: &Arc<Proxy>, address: SocketAddr) -> Result<SocketAddr, RunError> {
+    serve_admin_with(proxy, address, axum::Router::new()).await
+}
+
+/// [`serve_admin`] with more routes: those of the component that embeds the proxy (an edge's
+/// `/drain`, say).
+pub async fn serve_admin_with(
+    proxy: &Arc<Proxy>,
+    address: SocketAddr,
+    more: axum::Router,
+) -> Result<SocketAddr, RunError> {
     let admin = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| RunError::Admin { address, source })?;
     let admin_address = admin
         .local_addr()
         .map_err(|source| RunError::Admin { address, source })?;
-    let router = crate::admin::router(proxy.clone());
+    let router = crate::admin::router(proxy.clone()).merge(more);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(admin, router).await {
             tracing::error!(error = %e, "admin port failed");

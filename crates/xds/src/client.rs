@@ -65,6 +65,12 @@ pub trait Handler: Send {
         let accepted = self.accept(resources, changes.type_url);
         async move { accepted.await.map(Some) }
     }
+
+    /// Told `true` when a session with the server opens (its stream is up), and `false` when
+    /// it ends (the client then keeps what it held and connects again). By default, nothing.
+    fn session_changed(&mut self, open: bool) {
+        let _ = open;
+    }
 }
 
 /// What one response changed.
@@ -266,6 +272,7 @@ pub async fn run_delta_client<H: Handler>(options: ClientOptions, mut handler: H
     loop {
         let started = Instant::now();
         let result = session(&options, &mut handler, &mut held, &mut interests).await;
+        handler.session_changed(false);
         // A session that lasted a while was healthy: start the backoff over.
         if started.elapsed() > options.backoff.1 {
             backoff = options.backoff.0;
@@ -362,6 +369,7 @@ async fn session<H: Handler>(
         .into_inner();
     tracing::info!(server = %options.url, resumed = held.values().map(|r| r.len()).sum::<usize>(),
         "xDS stream open");
+    handler.session_changed(true);
     loop {
         let Some(mut response) = responses.message().await? else {
             return Err(SessionError::Closed);

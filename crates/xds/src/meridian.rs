@@ -106,7 +106,7 @@ pub const REPORT_PATH: &str = "/meridian.v1.Reports/Report";
 pub const GATEWAY_REPORT_PATH: &str = "/meridian.v1.Reports/GatewayReport";
 
 /// The gRPC path of the edge report method: an edge tells the global control plane where its
-/// admin port serves `/metrics`.
+/// admin port serves `/metrics`, and whether it announces its anycast prefixes.
 pub const EDGE_REPORT_PATH: &str = "/meridian.v1.Reports/EdgeReport";
 
 /// What an edge reports to the global control plane.
@@ -118,6 +118,29 @@ pub struct EdgeReport {
     /// Where its admin port serves `/metrics` (`ip:port`), for Prometheus discovery.
     #[prost(string, tag = "2")]
     pub metrics_address: String,
+    /// Its anycast announcement, if it has anycast addresses.
+    #[prost(message, optional, tag = "3")]
+    pub anycast: Option<AnycastReport>,
+}
+
+/// An edge's anycast announcement ([`EdgeReport::anycast`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AnycastReport {
+    /// Whether it announces its prefixes.
+    #[prost(bool, tag = "1")]
+    pub announced: bool,
+    /// Why (a word: `healthy`, `hold_down`, `no_region`, …).
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    /// What that means at the edge, for people.
+    #[prost(string, tag = "3")]
+    pub detail: String,
+    /// For how long it has been so, in seconds.
+    #[prost(uint64, tag = "4")]
+    pub since_seconds: u64,
+    /// The prefixes it announces while healthy.
+    #[prost(string, repeated, tag = "5")]
+    pub prefixes: Vec<String>,
 }
 
 /// The gRPC path of the region report method: a regional control plane reports its region to

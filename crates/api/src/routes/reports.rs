@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use meridian_model::{validate_region_report, MetricsTarget, RegionReport, TrafficWindow};
+use meridian_model::{
+    validate_region_report, EdgeAnycast, EdgeStatus, MetricsTarget, RegionReport, TrafficWindow,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -40,6 +42,9 @@ struct ReportsInner {
     edges: RwLock<HashMap<String, (MetricsTarget, Instant)>>,
     /// How the edges took each purge.
     purges: PurgeAcks,
+    /// Each edge's last report of its anycast announcement (none: it has no anycast
+    /// addresses), by location, with when it came.
+    edge_reports: RwLock<HashMap<String, (Option<EdgeAnycast>, Instant)>>,
 }
 
 impl Default for Reports {
@@ -52,6 +57,7 @@ impl Default for Reports {
             own_target: RwLock::default(),
             edges: RwLock::default(),
             purges: PurgeAcks::default(),
+            edge_reports: RwLock::default(),
         }))
     }
 }
@@ -101,6 +107,47 @@ impl Reports {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(target.node.clone(), (target, Instant::now()));
+    }
+
+    /// Records that edge `location` reported, with its anycast announcement (already checked).
+    pub fn set_edge_anycast(&self, location: &str, anycast: Option<EdgeAnycast>) {
+        self.0
+            .edge_reports
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(location.to_owned(), (anycast, Instant::now()));
+    }
+
+    /// Every edge that reported since this control plane started, by location, with its
+    /// metrics address and its announcement as of now (its `since` counts the report's age).
+    pub fn edges(&self) -> Vec<EdgeStatus> {
+        let targets = self
+            .0
+            .edges
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reports = self
+            .0
+            .edge_reports
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut edges: Vec<EdgeStatus> = reports
+            .iter()
+            .map(|(location, (anycast, at))| {
+                let age = at.elapsed().as_secs();
+                EdgeStatus {
+                    location: location.clone(),
+                    metrics_address: targets.get(location).map(|(t, _)| t.address.clone()),
+                    reported_seconds_ago: age,
+                    anycast: anycast.clone().map(|a| EdgeAnycast {
+                        since_seconds: a.since_seconds.saturating_add(age),
+                        ..a
+                    }),
+                }
+            })
+            .collect();
+        edges.sort_by(|a, b| a.location.cmp(&b.location));
+        edges
     }
 
     /// Every component's metrics target, with its region (none for the global control
@@ -220,4 +267,16 @@ pub async fn get(
             path.region()
         ))),
     }
+}
+
+/// The edges that reported since this control plane started, with their anycast announcement
+/// (admin only): `meridian get edges`.
+#[utoipa::path(get, path = "/v1/edges", tag = "regions",
+    responses((status = 200, description = "The edges", body = [EdgeStatus]), ErrorResponses))]
+pub async fn edges(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<EdgeStatus>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.reports.edges()))
 }

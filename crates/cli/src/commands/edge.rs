@@ -2,19 +2,52 @@
 //! with healthy instances, failing over to the next region by distance. It joins at a region's
 //! control plane with a one-time token (as `edge/<location>`) and follows the regions'
 //! summaries on the global control plane's xDS, where it also says where its `/metrics` is
-//! (for Prometheus discovery).
+//! (for Prometheus discovery). With `--anycast`, it has its local BIRD announce the anycast
+//! addresses while it is healthy (docs/anycast.md). On SIGTERM or `meridian edge drain` it
+//! stops gracefully: withdraw, let routes converge, drain connections.
+
+mod anycast;
+mod stopping;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
+use meridian_edge::anycast::{address, Anycast, ControlFeed};
+use meridian_edge::stop::{Stop, StopTiming};
 use meridian_edge::{run_edge, EdgeOptions, Location};
-use meridian_xds::meridian::{EdgeReport, EDGE_REPORT_PATH};
 
-/// How often an edge tells the global control plane where its metrics are.
+/// How often an edge tells the global control plane where its metrics are and whether it
+/// announces (and at once when that changes).
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `meridian edge`: run an edge, or act on a running one.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct EdgeCommand {
+    #[command(subcommand)]
+    command: Option<EdgeSubcommand>,
+    #[command(flatten)]
+    args: Option<EdgeArgs>,
+    // Beside `args`, not in it: clap tells whether an optional flattened group is present by
+    // its own arguments, which it does not collect through a nested flatten.
+    #[command(flatten)]
+    anycast: anycast::AnycastArgs,
+}
+
+/// What to do with a running edge.
+#[derive(Subcommand)]
+enum EdgeSubcommand {
+    /// Stop a running edge gracefully: withdraw its anycast prefixes, let the routes converge,
+    /// drain its connections (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY), and exit.
+    Drain(stopping::DrainArgs),
+    /// The process an edge starts to withdraw its prefixes if it dies or freezes.
+    #[command(hide = true)]
+    Guard(stopping::GuardArgs),
+}
 
 /// Options of `meridian edge`.
 #[derive(Args)]
@@ -61,6 +94,14 @@ pub struct EdgeArgs {
     cache_max_object: u64,
     #[command(flatten)]
     access_log: super::proxy::AccessLogArgs,
+    /// On a graceful stop, how long to go on serving after the anycast prefixes are withdrawn,
+    /// while the routes converge elsewhere.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    converge_wait: Duration,
+    /// On a graceful stop, how long the connections get to finish (long requests, WebSockets)
+    /// before they are cut.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 /// A quantity of memory (`256Mi`).
@@ -91,8 +132,20 @@ fn cache_limits(args: &EdgeArgs) -> Result<meridian_proxy::CacheLimits> {
     })
 }
 
-/// Runs the edge until Ctrl-C or SIGTERM.
-pub async fn run(args: EdgeArgs) -> Result<()> {
+/// Runs `meridian edge`.
+pub async fn run(command: EdgeCommand) -> Result<()> {
+    match (command.command, command.args) {
+        (Some(EdgeSubcommand::Drain(args)), _) => stopping::drain(args).await,
+        (Some(EdgeSubcommand::Guard(args)), _) => stopping::guard(args).await,
+        (None, Some(args)) => serve(args, command.anycast).await,
+        (None, None) => {
+            anyhow::bail!("--location, --lat, --lon and --control are needed to run an edge")
+        }
+    }
+}
+
+/// Runs the edge until Ctrl-C, SIGTERM or `meridian edge drain`, then stops gracefully.
+async fn serve(args: EdgeArgs, anycast_args: anycast::AnycastArgs) -> Result<()> {
     meridian_model::check_dns_label(&args.location)
         .map_err(|reason| anyhow::anyhow!("--location: {reason}"))?;
     if !(-90.0..=90.0).contains(&args.lat) || !(-180.0..=180.0).contains(&args.lon) {
@@ -108,6 +161,19 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
             );
         }
     }
+    let anycast_options = anycast_args.options()?;
+    if let Some(options) = &anycast_options {
+        anycast::check_listener("--listen", args.listen, options)?;
+    }
+    // The anycast addresses first: the listeners may bind them.
+    let addresses = match &anycast_options {
+        Some(options) => Some(
+            address::bind(&options.prefixes, &options.interface)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     // The proxy binds the public port when the first configuration arrives, where a port that
     // someone else holds would only show as a refused configuration: say so now, and exit.
     for (flag, address) in [
@@ -146,7 +212,8 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
         renewed: enrolled.renewed,
     };
     let (ready, first) = tokio::sync::oneshot::channel();
-    let mut follower = tokio::spawn(run_edge(options, proxy.clone(), ready));
+    let feed = ControlFeed::new();
+    let mut follower = tokio::spawn(run_edge(options, proxy.clone(), ready, feed.clone()));
     println!(
         "meridian edge {} following {}; waiting for its first configuration",
         args.location, args.global_xds
@@ -172,26 +239,74 @@ pub async fn run(args: EdgeArgs) -> Result<()> {
             .map(|(_, address)| *address)
     };
     let public = bound("public").context("the edge has no public listener")?;
-    let admin = meridian_proxy::serve_admin(&proxy, args.admin).await?;
-    let global = meridian_xds::UnaryClient::new(&args.global_xds, enrolled_tls);
-    let report = EdgeReport {
-        location: args.location.clone(),
-        metrics_address: admin.to_string(),
+    let anycast = match &anycast_options {
+        Some(options) => {
+            let guard = std::env::current_exe()
+                .map(|program| (program, vec!["edge".to_owned(), "guard".to_owned()]))
+                .map_err(
+                    |e| tracing::warn!(error = %e, "no anycast guard: cannot find this program"),
+                )
+                .ok();
+            let started =
+                match Anycast::start(options, &args.location, public.port(), &feed, guard).await {
+                    Ok(started) => Arc::new(started),
+                    Err(e) => {
+                        // The addresses it bound go with it.
+                        if let Some(addresses) = addresses {
+                            addresses.unbind().await;
+                        }
+                        anyhow::bail!("{e}");
+                    }
+                };
+            let metrics = started.clone();
+            proxy.add_metrics(Arc::new(move || metrics.metrics_text()));
+            Some(started)
+        }
+        None => None,
     };
-    let reporter = tokio::spawn(global.report_every(
-        EDGE_REPORT_PATH,
+    let stop = Stop::new(StopTiming {
+        converge: args.converge_wait,
+        drain: args.drain_timeout,
+    });
+    let mut routes = stop.routes();
+    if let Some(anycast) = &anycast {
+        routes = routes.merge(anycast.routes());
+    }
+    let admin = meridian_proxy::serve_admin_with(&proxy, args.admin, routes).await?;
+    let global = meridian_xds::UnaryClient::new(&args.global_xds, enrolled_tls);
+    let reporter = tokio::spawn(meridian_edge::report::report(
+        global,
+        args.location.clone(),
+        admin.to_string(),
+        anycast.clone(),
         REPORT_EVERY,
-        "edge metrics address",
-        move || report.clone(),
     ));
     println!("meridian edge {} serving http://{public}", args.location);
     if let Some(https) = bound("https") {
         println!("meridian edge {} serving https://{https}", args.location);
     }
-    let result = meridian_proxy::serve_until(&proxy, super::control::shutdown_signal()).await;
+    if let Some(anycast) = &anycast {
+        let prefixes: Vec<String> = anycast.prefixes().iter().map(|p| p.network()).collect();
+        println!(
+            "meridian edge {} announces {} once healthy (see http://{admin}/anycast)",
+            args.location,
+            prefixes.join(", ")
+        );
+    }
+    stop.run(
+        super::control::shutdown_signal(),
+        &proxy,
+        anycast.as_deref(),
+    )
+    .await;
     follower.abort();
     reporter.abort();
-    Ok(result?)
+    // The guard withdraws once more as the edge goes, and exits.
+    drop(anycast);
+    if let Some(addresses) = addresses {
+        addresses.unbind().await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -203,6 +318,44 @@ mod tests {
     struct Edge {
         #[command(flatten)]
         args: EdgeArgs,
+    }
+
+    #[derive(Parser)]
+    struct Meridian {
+        #[command(subcommand)]
+        command: Top,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Top {
+        Edge(EdgeCommand),
+    }
+
+    #[test]
+    fn edge_runs_an_edge_or_drains_a_running_one() {
+        let parse = |flags: &[&str]| {
+            let all = [&["meridian", "edge"][..], flags].concat();
+            match Meridian::try_parse_from(all).map(|m| m.command) {
+                Ok(Top::Edge(command)) => Ok(command),
+                Err(e) => Err(e),
+            }
+        };
+        let run = parse(&[
+            "--location",
+            "par",
+            "--lat",
+            "1",
+            "--lon",
+            "2",
+            "--control",
+            "https://c:1",
+        ])
+        .unwrap();
+        assert!(run.command.is_none(), "a subcommand");
+        assert!(run.args.is_some(), "no args");
+        let drain = parse(&["drain", "--admin", "127.0.0.1:9"]).unwrap();
+        assert!(matches!(drain.command, Some(EdgeSubcommand::Drain(_))));
+        assert!(parse(&["--location", "par"]).is_err());
     }
 
     fn limits(flags: &[&str]) -> Result<meridian_proxy::CacheLimits> {

@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use meridian_api::{CreatedToken, ServiceStatus, WhoAmI};
-use meridian_model::{App, Deployment, DeploymentOrigin, Org, Region, ServiceSummary, TokenInfo};
+use meridian_model::{
+    App, Deployment, DeploymentOrigin, EdgeStatus, Org, Region, ServiceSummary, TokenInfo,
+};
 use reqwest::Method;
 use serde_json::json;
 
@@ -114,6 +116,8 @@ pub enum GetCommand {
     },
     /// List regions.
     Regions,
+    /// List the edges and whether each announces its anycast addresses, and why (admin).
+    Edges,
     /// List orgs.
     Orgs,
     /// List an org's apps.
@@ -434,6 +438,11 @@ pub async fn get(api: &Client, format: Format, cmd: GetCommand) -> Result<()> {
             })
         }
         GetCommand::Regions => list_regions(api, format).await,
+        GetCommand::Edges => {
+            let edges: Vec<EdgeStatus> = api.get("/v1/edges").await?;
+            let headers = ["EDGE", "ANYCAST", "REASON", "SINCE", "REPORTED", "DETAIL"];
+            print(format, &edges, &headers, |list| edges_table(list))
+        }
         GetCommand::Orgs => list_orgs(api, format).await,
         GetCommand::Apps { org } => {
             let org = default_org(api, org).await?;
@@ -445,6 +454,41 @@ pub async fn get(api: &Client, format: Format, cmd: GetCommand) -> Result<()> {
             })
         }
     }
+}
+
+/// The rows of `meridian get edges`: an edge without anycast addresses shows `-`.
+fn edges_table(edges: &[EdgeStatus]) -> Vec<Vec<String>> {
+    let ago =
+        |secs: u64| humantime::format_duration(std::time::Duration::from_secs(secs)).to_string();
+    edges
+        .iter()
+        .map(|edge| {
+            let reported = format!("{} ago", ago(edge.reported_seconds_ago));
+            match &edge.anycast {
+                Some(anycast) => vec![
+                    edge.location.clone(),
+                    if anycast.announced {
+                        "announced"
+                    } else {
+                        "withdrawn"
+                    }
+                    .to_owned(),
+                    anycast.reason.clone(),
+                    ago(anycast.since_seconds),
+                    reported,
+                    anycast.detail.clone(),
+                ],
+                None => vec![
+                    edge.location.clone(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    reported,
+                    String::new(),
+                ],
+            }
+        })
+        .collect()
 }
 
 /// A service's status, its heading (`org/app/service  version N`) printed first for a table.
