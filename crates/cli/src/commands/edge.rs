@@ -32,10 +32,13 @@ pub struct EdgeCommand {
     command: Option<EdgeSubcommand>,
     #[command(flatten)]
     args: Option<EdgeArgs>,
-    // Beside `args`, not in it: clap tells whether an optional flattened group is present by
-    // its own arguments, which it does not collect through a nested flatten.
+    // These two beside `args`, not in it: clap tells whether an optional flattened group is
+    // present by its own arguments, which it does not collect through a nested flatten (with
+    // one inside, `args` is never present).
     #[command(flatten)]
     anycast: anycast::AnycastArgs,
+    #[command(flatten)]
+    access_log: super::proxy::AccessLogArgs,
 }
 
 /// What to do with a running edge.
@@ -92,8 +95,6 @@ pub struct EdgeArgs {
     /// Largest response the cache stores (`8Mi`); larger ones pass through.
     #[arg(long, default_value = "8Mi", value_parser = memory)]
     cache_max_object: u64,
-    #[command(flatten)]
-    access_log: super::proxy::AccessLogArgs,
     /// On a graceful stop, how long to go on serving after the anycast prefixes are withdrawn,
     /// while the routes converge elsewhere.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -137,7 +138,7 @@ pub async fn run(command: EdgeCommand) -> Result<()> {
     match (command.command, command.args) {
         (Some(EdgeSubcommand::Drain(args)), _) => stopping::drain(args).await,
         (Some(EdgeSubcommand::Guard(args)), _) => stopping::guard(args).await,
-        (None, Some(args)) => serve(args, command.anycast).await,
+        (None, Some(args)) => serve(args, command.anycast, command.access_log).await,
         (None, None) => {
             anyhow::bail!("--location, --lat, --lon and --control are needed to run an edge")
         }
@@ -145,7 +146,11 @@ pub async fn run(command: EdgeCommand) -> Result<()> {
 }
 
 /// Runs the edge until Ctrl-C, SIGTERM or `meridian edge drain`, then stops gracefully.
-async fn serve(args: EdgeArgs, anycast_args: anycast::AnycastArgs) -> Result<()> {
+async fn serve(
+    args: EdgeArgs,
+    anycast_args: anycast::AnycastArgs,
+    access_log: super::proxy::AccessLogArgs,
+) -> Result<()> {
     meridian_model::check_dns_label(&args.location)
         .map_err(|reason| anyhow::anyhow!("--location: {reason}"))?;
     if !(-90.0..=90.0).contains(&args.lat) || !(-180.0..=180.0).contains(&args.lon) {
@@ -191,7 +196,7 @@ async fn serve(args: EdgeArgs, anycast_args: anycast::AnycastArgs) -> Result<()>
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let proxy = Arc::new(meridian_proxy::Proxy::with_cache(cache));
-    if let Some((target, source)) = args.access_log.of("edge", &args.location, None) {
+    if let Some((target, source)) = access_log.of("edge", &args.location, None) {
         proxy
             .log_access(&target, source)
             .with_context(|| format!("--access-log: cannot open {target}"))?;
