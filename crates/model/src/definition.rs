@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::autoscale::ScaleTargets;
 use crate::deploy::Deploy;
 use crate::duration::HumanDuration;
 use crate::env::EnvValue;
-use crate::autoscale::ScaleTargets;
 use crate::{CachePolicy, Resources};
 
 /// A service definition: what a user applies with `meridian deploy`.

@@ -901,7 +901,12 @@ fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashS
             let max = scale.max.unwrap_or(d.scale.max);
             let named = [scale.min.is_some(), scale.max.is_some()];
             validate_scale(errs, &format!("{prefix}.scale"), min, max, named);
-            validate_autoscale(errs, &format!("{prefix}.scale"), scale.targets, scale.down_window);
+            validate_autoscale(
+                errs,
+                &format!("{prefix}.scale"),
+                scale.targets,
+                scale.down_window,
+            );
         }
         if let Some(env) = &o.env {
             validate_env(errs, &format!("{prefix}.env"), env);
