@@ -114,6 +114,24 @@ async fn a_concurrent_load_scales_up_to_max_and_back_to_min_without_a_failed_req
         steady.goes_on_for(5).await;
     }
     assert_eq!(said(&agents[0], "draining instance"), 2, "drained first");
+    // Each decision is logged with its inputs.
+    let log = region.log();
+    let decisions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("autoscale decision"))
+        .collect();
+    assert!(
+        decisions
+            .iter()
+            .any(|l| l.contains("from=1") && l.contains("to=3") && l.contains("load=")),
+        "{decisions:?}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|l| l.contains("from=3") && l.contains("to=1")),
+        "{decisions:?}"
+    );
     steady.goes_on_for(20).await;
     let steady_failures = steady.failures();
     let answered = steady.stop().await;
