@@ -157,6 +157,29 @@ pub struct AutoscaleStatus {
     pub decided_at: u64,
 }
 
+impl AutoscaleStatus {
+    /// Longest reason reported, in bytes.
+    pub const REASON_LEN: usize = 512;
+
+    /// Checks a region's report of it, at `prefix` (`services[0].autoscale`).
+    pub(crate) fn validate(&self, errs: &mut ValidationErrors, prefix: &str) {
+        if self.reason.len() > Self::REASON_LEN {
+            errs.push(
+                format!("{prefix}.reason"),
+                format!("at most {} bytes", Self::REASON_LEN),
+            );
+        }
+        for (name, count) in [("current", self.current), ("desired", self.desired)] {
+            if count > crate::validate::Limits::SCALE_MAX {
+                errs.push(
+                    format!("{prefix}.{name}"),
+                    format!("must be at most {}", crate::validate::Limits::SCALE_MAX),
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{derive_spec, parse_definition_json, validate_definition, ScaleTarget};

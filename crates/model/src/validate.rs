@@ -217,6 +217,9 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
                 ),
             );
         }
+        if let Some(autoscale) = &service.autoscale {
+            autoscale.validate(&mut errs, &format!("services[{i}].autoscale"));
+        }
         validate_versions(&mut errs, i, service);
         validate_states(&mut errs, i, service);
         validate_rollout(&mut errs, i, service);

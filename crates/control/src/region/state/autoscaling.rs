@@ -30,21 +30,30 @@ impl RegionState {
     /// Keeps the figures `report`, received at `now`, carries for the instances of
     /// autoscaled services.
     pub(super) fn sample_load(&mut self, report: &NodeReport, now: Instant) {
+        let mut by_service: BTreeMap<ServiceId, Vec<(&str, Figures)>> = BTreeMap::new();
         for instance in &report.instances {
             let id = (
                 instance.org.clone(),
                 instance.app.clone(),
                 instance.service.clone(),
             );
+            let traffic = instance.traffic.as_ref();
+            let figures = Figures {
+                in_flight: traffic.map_or(0, |t| t.in_flight),
+                requests: traffic.map_or(0, |t| t.requests),
+            };
+            by_service
+                .entry(id)
+                .or_default()
+                .push((instance.instance.as_str(), figures));
+        }
+        for (id, instances) in by_service {
             let Some(scaled) = self.scaled_entry(&id) else {
                 continue;
             };
-            let traffic = instance.traffic.clone().unwrap_or_default();
-            let figures = Figures {
-                in_flight: traffic.in_flight,
-                requests: traffic.requests,
-            };
-            scaled.load.record(&instance.instance, now, figures);
+            for (instance, figures) in instances {
+                scaled.load.record(instance, now, figures);
+            }
         }
     }
 
