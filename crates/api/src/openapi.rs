@@ -77,10 +77,18 @@ mod tests {
         let schemas = &doc["components"]["schemas"];
         for field in ["targets", "down_window"] {
             assert!(!schemas["Scale"]["properties"][field].is_null(), "{field}");
-            assert!(!schemas["ScaleOverride"]["properties"][field].is_null(), "{field}");
+            assert!(
+                !schemas["ScaleOverride"]["properties"][field].is_null(),
+                "{field}"
+            );
         }
         let targets = &schemas["ScaleTargets"]["properties"];
-        for field in ["concurrency", "requests_per_second", "cpu_percent", "memory_percent"] {
+        for field in [
+            "concurrency",
+            "requests_per_second",
+            "cpu_percent",
+            "memory_percent",
+        ] {
             assert!(!targets[field].is_null(), "{field}: {targets}");
         }
         assert!(!schemas["RegionStatus"]["properties"]["autoscale"].is_null());

@@ -1186,6 +1186,40 @@ fn an_autoscaled_service_gets_instances_under_load_and_drains_them_after_the_dow
     report_in_flight(&fixture, second(2), 2);
     assert_eq!(healthy_instances(&fixture.region, &svc).len(), 4);
 
+    // A restarted control plane adopts the four its agents run, and trims none to `min`.
+    let region = restarted(&fixture);
+    let restart = Instant::now();
+    for node in NODES {
+        let instances = fixture
+            .region
+            .lock()
+            .fleet
+            .placements()
+            .into_iter()
+            .filter(|p| p.node == node)
+            .map(|p| InstanceReport {
+                state: "healthy".to_owned(),
+                address: format!("10.0.0.{}", p.instance.len()),
+                version: p.version,
+                org: p.service.0,
+                app: p.service.1,
+                service: p.service.2,
+                instance: p.instance,
+                ..Default::default()
+            })
+            .collect();
+        let report = NodeReport {
+            node: node.to_owned(),
+            capacity: 100,
+            instances,
+            ..Default::default()
+        };
+        region.report(report, restart);
+    }
+    region.tick(restart + crate::fleet::SETTLE);
+    assert_eq!(healthy_instances(&region, &svc).len(), 4, "adopted");
+    assert_eq!(autoscaled(&region), (4, 4, 4));
+
     // The load stops, which wants 1: held for the 10 s window, then the others drain.
     for s in 3..=12 {
         fixture.region.tick(second(s));

@@ -106,9 +106,16 @@ impl RegionState {
         changed
     }
 
-    /// The count autoscaling wants of service `id`, if it is autoscaled.
+    /// The count autoscaling wants of service `id`, if it is autoscaled. Before the first
+    /// placement (a control plane that restarted), as many as its agents report running,
+    /// within its bounds: the first placement adopts them rather than trim them to `min`.
     pub(super) fn autoscaled_count(&self, id: &ServiceId) -> Option<u32> {
-        self.autoscaled.get(id).map(|s| s.scaler.desired())
+        if let Some(scaled) = self.autoscaled.get(id) {
+            return Some(scaled.scaler.desired());
+        }
+        let policy = Policy::of(&self.deployments.get(id)?.spec.scale)?;
+        let running = u32::try_from(self.fleet.running_reported(id)).unwrap_or(u32::MAX);
+        Some(running.clamp(policy.min, policy.max))
     }
 
     /// Service `id`'s last autoscaling decision, if it is autoscaled.
@@ -117,8 +124,12 @@ impl RegionState {
     }
 
     /// Service `id`'s autoscaling, made on first use; `None` unless its deployment here
-    /// names a target. Its figures keep only the instances placed in service.
+    /// names a target, and before the first placement (which adopts the instances running).
+    /// Its figures keep only the instances placed in service.
     fn scaled_entry(&mut self, id: &ServiceId) -> Option<&mut Scaled> {
+        if !self.fleet.placed_once() {
+            return None;
+        }
         let policy = Policy::of(&self.deployments.get(id)?.spec.scale)?;
         let in_service: BTreeSet<String> = self
             .fleet
