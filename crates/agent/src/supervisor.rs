@@ -845,13 +845,15 @@ impl Reported {
         self.proxy.instance_traffic(&name)
     }
 
-    /// The requests answered for all the instances so far: a report is due when it moved.
-    fn requests(&self) -> u64 {
+    /// The requests answered for all the instances so far, and those in flight now: a report
+    /// is due when either moved.
+    fn requests(&self) -> (u64, u64) {
         lock_instances(&self.instances)
             .values()
             .filter_map(|running| self.traffic(running))
-            .map(|t| t.requests)
-            .sum()
+            .fold((0, 0), |(answered, in_flight), t| {
+                (answered + t.requests, in_flight + t.in_flight)
+            })
     }
 }
 
@@ -862,8 +864,9 @@ fn lock_instances(instances: &Instances) -> std::sync::MutexGuard<'_, BTreeMap<S
 }
 
 /// Reports the node and its instances on every change, at least every [`HEARTBEAT`], and
-/// every [`TRAFFIC_EVERY`] while requests are answered for them (the region's metric gates
-/// judge the figures over windows of seconds).
+/// every [`TRAFFIC_EVERY`] while requests are answered for them or in flight (the region's
+/// metric gates judge the figures over windows of seconds, and its autoscaling reacts to
+/// them within seconds).
 async fn report_loop(
     mut reporter: UnaryClient,
     reported: Reported,
@@ -876,12 +879,13 @@ async fn report_loop(
             usage = usage.update(cgroups.clone(), reported.keys()).await;
         }
         let report = reported.report();
-        let requests: u64 = report
+        let requests = report
             .instances
             .iter()
             .filter_map(|i| i.traffic.as_ref())
-            .map(|t| t.requests)
-            .sum();
+            .fold((0, 0), |(answered, in_flight), t| {
+                (answered + t.requests, in_flight + t.in_flight)
+            });
         for state in ["starting", "healthy", "unhealthy", "failed", "stopped"] {
             let count = report.instances.iter().filter(|i| i.state == state).count();
             by_state

@@ -75,6 +75,33 @@ pub fn document() -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn autoscaling_is_documented_in_definitions_and_status() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for field in ["targets", "down_window"] {
+            assert!(!schemas["Scale"]["properties"][field].is_null(), "{field}");
+            assert!(
+                !schemas["ScaleOverride"]["properties"][field].is_null(),
+                "{field}"
+            );
+        }
+        let targets = &schemas["ScaleTargets"]["properties"];
+        for field in [
+            "concurrency",
+            "requests_per_second",
+            "cpu_percent",
+            "memory_percent",
+        ] {
+            assert!(!targets[field].is_null(), "{field}: {targets}");
+        }
+        assert!(!schemas["RegionStatus"]["properties"]["autoscale"].is_null());
+        let status = &schemas["AutoscaleStatus"]["properties"];
+        for field in ["current", "desired", "reason", "decided_at"] {
+            assert!(!status[field].is_null(), "{field}: {status}");
+        }
+    }
+
+    #[test]
     fn rollouts_carry_their_metric_gates_figures_and_events() {
         let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
         let schemas = &doc["components"]["schemas"];

@@ -268,6 +268,24 @@ impl Fleet {
         Some((offer, asked))
     }
 
+    /// Whether the first placement was made (until then, reported instances wait to be
+    /// adopted).
+    pub fn placed_once(&self) -> bool {
+        self.placed_once
+    }
+
+    /// How many instances of `service` the live nodes report running (neither failed nor
+    /// stopped), placed or not.
+    pub fn running_reported(&self, service: &ServiceId) -> usize {
+        self.nodes
+            .values()
+            .flat_map(|node| &node.instances)
+            .filter(|(key, report)| {
+                key.0 == *service && !matches!(report.state.as_str(), "failed" | "stopped")
+            })
+            .count()
+    }
+
     /// How many instances the live nodes may run together.
     pub fn capacity(&self) -> u32 {
         self.nodes.values().map(|n| n.capacity).sum()

@@ -14,6 +14,7 @@
 //! operator should read.
 
 mod admin;
+mod autoscale;
 mod ca;
 mod certificates;
 pub mod disk_copy;

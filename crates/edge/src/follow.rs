@@ -260,6 +260,7 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
                 rollout: None,
                 problems: Vec::new(),
                 instances: Default::default(),
+                autoscale: None,
             });
             deployments.push(RegionalDeployment {
                 org: service.org,

@@ -283,6 +283,7 @@ mod tests {
                     rollout: None,
                     problems: Vec::new(),
                     instances: Default::default(),
+                    autoscale: None,
                 }],
             }),
             deployments: vec![deployment(name)],
@@ -406,6 +407,7 @@ mod tests {
             rollout: None,
             problems: Vec::new(),
             instances: Default::default(),
+            autoscale: None,
         };
         // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
         // Washington the web of an org whose name sorts first (the order that used to decide)

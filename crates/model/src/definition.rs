@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::autoscale::ScaleTargets;
 use crate::deploy::Deploy;
 use crate::duration::HumanDuration;
 use crate::env::EnvValue;
@@ -87,6 +88,14 @@ pub struct Scale {
     #[serde(default = "default_scale")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max: u32,
+    /// What each instance should carry: the region runs as many instances as the load needs,
+    /// between `min` and `max`; absent: always `min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<ScaleTargets>,
+    /// How long the load must stay low before instances are removed (the stabilisation
+    /// window of scale-down); defaults to `5m`, at most `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_window: Option<HumanDuration>,
 }
 
 fn default_scale() -> u32 {
@@ -95,7 +104,20 @@ fn default_scale() -> u32 {
 
 impl Default for Scale {
     fn default() -> Self {
-        Scale { min: 1, max: 1 }
+        Scale {
+            min: 1,
+            max: 1,
+            targets: None,
+            down_window: None,
+        }
+    }
+}
+
+impl Scale {
+    /// The stabilisation window of scale-down.
+    pub fn down_window(&self) -> std::time::Duration {
+        self.down_window
+            .map_or(crate::autoscale::DEFAULT_DOWN_WINDOW, |w| w.0)
     }
 }
 
@@ -428,7 +450,7 @@ impl Hsts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegionOverride {
-    /// Replaces `scale.min` and/or `scale.max`.
+    /// Replaces the `scale` fields it sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<ScaleOverride>,
     /// Merged into the runtime's env (`runtime.process.env` or `runtime.image.env`), after the
@@ -463,6 +485,12 @@ pub struct ScaleOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max: Option<u32>,
+    /// Replaces `scale.targets` as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<ScaleTargets>,
+    /// Replaces `scale.down_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_window: Option<HumanDuration>,
 }
 
 /// A partial [`Runtime`].

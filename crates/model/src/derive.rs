@@ -82,6 +82,8 @@ fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
     if let Some(scale) = &o.scale {
         spec.scale.min = scale.min.unwrap_or(spec.scale.min);
         spec.scale.max = scale.max.unwrap_or(spec.scale.max);
+        spec.scale.targets = scale.targets.or(spec.scale.targets);
+        spec.scale.down_window = scale.down_window.or(spec.scale.down_window);
     }
     if let Some(r) = &o.runtime {
         if let (Some(process), Some(p)) = (&mut spec.runtime.process, &r.process) {

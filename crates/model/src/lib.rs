@@ -6,6 +6,7 @@
 //! property tests state the derivation's laws.
 
 pub mod analysis;
+mod autoscale;
 mod cache;
 mod certificates;
 mod compute;
@@ -30,6 +31,7 @@ mod validate;
 pub mod waves;
 
 pub use analysis::{Analysis, AnalysisFigures, VersionFigures};
+pub use autoscale::{AutoscaleStatus, ScaleTarget, ScaleTargets, DEFAULT_DOWN_WINDOW};
 pub use cache::{validate_cache, CacheKeyPolicy, CachePolicy};
 pub use certificates::{CertificateSource, CertificateState};
 pub use compute::{Cpu, Memory, Resources};

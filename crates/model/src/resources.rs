@@ -85,6 +85,10 @@ pub struct ServiceHealth {
     /// from an older region.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub instances: std::collections::BTreeMap<String, u32>,
+    /// The region's last autoscaling decision, when the service scales on its load
+    /// (`scale.targets`): instances in service, wanted, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<crate::AutoscaleStatus>,
 }
 
 impl ServiceHealth {

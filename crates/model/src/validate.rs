@@ -54,6 +54,7 @@ pub fn validate_definition(
 
     validate_regions(&mut errs, &d.regions, region_exists);
     validate_scale(&mut errs, "scale", d.scale.min, d.scale.max, [true, true]);
+    validate_autoscale(&mut errs, "scale", d.scale.targets, d.scale.down_window);
     validate_runtime(&mut errs, &d.runtime);
     validate_ports(&mut errs, &d.ports);
     let port_names: HashSet<&str> = d.ports.iter().map(|p| p.name.as_str()).collect();
@@ -216,6 +217,9 @@ pub fn validate_region_report(report: &crate::RegionReport) -> Result<(), Valida
                 ),
             );
         }
+        if let Some(autoscale) = &service.autoscale {
+            autoscale.validate(&mut errs, &format!("services[{i}].autoscale"));
+        }
         validate_versions(&mut errs, i, service);
         validate_states(&mut errs, i, service);
         validate_rollout(&mut errs, i, service);
@@ -351,6 +355,19 @@ fn validate_scale(errs: &mut ValidationErrors, prefix: &str, min: u32, max: u32,
             format!("min ({min}) is greater than max ({max})"),
         );
     }
+}
+
+/// Checks the autoscaling fields written at `prefix` (`scale`, `overrides.fra.scale`).
+fn validate_autoscale(
+    errs: &mut ValidationErrors,
+    prefix: &str,
+    targets: Option<crate::ScaleTargets>,
+    down_window: Option<crate::HumanDuration>,
+) {
+    if let Some(targets) = targets {
+        targets.validate(errs, &format!("{prefix}.targets"));
+    }
+    crate::autoscale::validate_down_window(errs, &format!("{prefix}.down_window"), down_window);
 }
 
 fn validate_runtime(errs: &mut ValidationErrors, runtime: &Runtime) {
@@ -887,6 +904,12 @@ fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashS
             let max = scale.max.unwrap_or(d.scale.max);
             let named = [scale.min.is_some(), scale.max.is_some()];
             validate_scale(errs, &format!("{prefix}.scale"), min, max, named);
+            validate_autoscale(
+                errs,
+                &format!("{prefix}.scale"),
+                scale.targets,
+                scale.down_window,
+            );
         }
         if let Some(env) = &o.env {
             validate_env(errs, &format!("{prefix}.env"), env);

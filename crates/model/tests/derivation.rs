@@ -40,8 +40,13 @@ fn checks() -> impl Strategy<Value = Vec<HealthCheck>> {
 }
 
 fn region_override() -> impl Strategy<Value = RegionOverride> {
-    let scale = option::of((option::of(0u32..10), option::of(1u32..10)))
-        .prop_map(|s| s.map(|(min, max)| ScaleOverride { min, max }));
+    let scale = option::of((option::of(0u32..10), option::of(1u32..10))).prop_map(|s| {
+        s.map(|(min, max)| ScaleOverride {
+            min,
+            max,
+            ..ScaleOverride::default()
+        })
+    });
     let process = option::of((
         option::of("[a-z]{1,6}"),
         option::of(vec("[a-z]{1,3}", 0..3)),
@@ -98,7 +103,11 @@ fn definition() -> impl Strategy<Value = Definition> {
                     app: "shop".into(),
                     name: "web".into(),
                     regions,
-                    scale: Scale { min, max },
+                    scale: Scale {
+                        min,
+                        max,
+                        ..Scale::default()
+                    },
                     runtime: Runtime::process(Process {
                         command,
                         args,

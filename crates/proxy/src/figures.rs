@@ -1,8 +1,11 @@
 //! Request figures that control planes add up ([`Figures`]): requests by status class and a
 //! latency histogram with the fixed bounds of [`LATENCY_BOUNDS_MS`]. Counting a request touches
 //! three atomics and nothing else (no lock, no allocation); reading them makes a [`Traffic`].
+//! An instance's figures also count the requests in flight ([`Figures::in_flight`]), which
+//! its region autoscales on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meridian_xds::meridian::{Traffic, LATENCY_BOUNDS_MS};
@@ -16,6 +19,8 @@ pub struct Figures {
     by_class: [AtomicU64; 5],
     micros: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
+    /// Requests received whose answer's head is not sent yet.
+    in_flight: AtomicU64,
     /// When counting started, in milliseconds since the Unix epoch.
     started_ms: u64,
 }
@@ -29,6 +34,7 @@ impl Default for Figures {
             by_class: std::array::from_fn(|_| AtomicU64::new(0)),
             micros: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            in_flight: AtomicU64::new(0),
             started_ms,
         }
     }
@@ -44,6 +50,13 @@ impl Figures {
         // A request of exactly a bound counts in that bound's bucket.
         let bucket = LATENCY_BOUNDS_MS.partition_point(|bound| bound * 1000 < micros);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request in flight until the guard is dropped (once its answer's head is
+    /// sent, or the request is given up).
+    pub fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
     }
 
     /// The total time of the requests counted, in microseconds.
@@ -65,7 +78,18 @@ impl Figures {
             by_class,
             open_connections,
             started_ms: self.started_ms,
+            in_flight: load(&self.in_flight),
         }
+    }
+}
+
+/// One request in flight, counted in its [`Figures`] until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Figures>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -91,5 +115,17 @@ mod tests {
         assert_eq!(traffic.open_connections, 3);
         assert!(traffic.started_ms > 0);
         assert_eq!(figures.micros(), 60_302_910);
+    }
+
+    #[test]
+    fn a_request_is_in_flight_until_its_guard_drops() {
+        let figures = Arc::new(Figures::default());
+        let first = figures.in_flight();
+        let second = figures.in_flight();
+        assert_eq!(figures.traffic(0).in_flight, 2);
+        drop(first);
+        assert_eq!(figures.traffic(0).in_flight, 1);
+        drop(second);
+        assert_eq!(figures.traffic(0).in_flight, 0);
     }
 }

@@ -101,6 +101,8 @@ pub async fn handle(
     let Some(target) = route.target() else {
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_cluster");
     };
+    // Counted in flight until the answer's head goes back (the instance's figures only).
+    let _in_flight = target.metrics.in_flight();
     let metrics = &ctx.shared.metrics;
     // Copied out at once: a guard of the limits is not held for the whole round trip.
     let (body_limit, body_timeout) = {

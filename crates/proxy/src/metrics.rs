@@ -179,6 +179,12 @@ impl RouteMetrics {
         }
     }
 
+    /// Counts a request in flight in the figures of the instance the listener serves (if it
+    /// serves one) until the guard drops.
+    pub fn in_flight(&self) -> Option<crate::figures::InFlight> {
+        self.instance.as_ref().map(|i| i.in_flight())
+    }
+
     /// These handles, also counting in `instance`'s figures.
     pub fn with_instance(self, instance: Option<Arc<InstanceStats>>) -> RouteMetrics {
         RouteMetrics { instance, ..self }

@@ -476,6 +476,10 @@ pub struct Traffic {
     /// control plane that starts later counts from its first look, not from zero.
     #[prost(uint64, tag = "6")]
     pub started_ms: u64,
+    /// Requests in flight now: received, their answer's head not yet sent (0 from an older
+    /// proxy, and for a cluster).
+    #[prost(uint64, tag = "7")]
+    pub in_flight: u64,
 }
 
 /// What a gateway reports to its region's control plane: the requests it answered per

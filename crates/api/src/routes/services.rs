@@ -98,7 +98,8 @@ pub struct ServiceStatus {
 pub struct RegionStatus {
     /// The region.
     pub region: String,
-    /// Instances wanted (the region's effective `scale.min`).
+    /// Instances wanted: the region's effective `scale.min`, or, when the service scales on
+    /// its load, what the region's autoscaling last wanted (see `autoscale`).
     pub desired: u32,
     /// Most instances allowed (the region's effective `scale.max`).
     pub max: u32,
@@ -132,6 +133,10 @@ pub struct RegionStatus {
     /// memory limit); empty when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// When the service scales on its load (`scale.targets`), the region's last decision:
+    /// instances in service, wanted, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<meridian_model::AutoscaleStatus>,
 }
 
 /// A region's report older than this says nothing about now: regions report every 2 s, so
@@ -145,7 +150,6 @@ fn region_status(
     report: Option<(RegionReport, u64)>,
     waiting: Option<usize>,
 ) -> RegionStatus {
-    let desired = rd.spec.scale.min;
     let age = report.as_ref().map(|(_, age)| *age);
     let stale = age.is_some_and(|age| age > REPORT_STALE_SECONDS);
     let health = report.as_ref().filter(|_| !stale).and_then(|(report, _)| {
@@ -155,6 +159,8 @@ fn region_status(
             .find(|s| s.org == rd.org && s.app == rd.app && s.service == rd.service)
             .cloned()
     });
+    let autoscale = health.as_ref().and_then(|h| h.autoscale.clone());
+    let desired = autoscale.as_ref().map_or(rd.spec.scale.min, |a| a.desired);
     let waiting = waiting.map(|wave| format!("waiting for wave {}", wave + 1));
     // The rollout of this version, if the region reports one.
     let rollout = health
@@ -192,6 +198,7 @@ fn region_status(
             .unwrap_or_default(),
         problems: health.map(|h| h.problems).unwrap_or_default(),
         rollout,
+        autoscale,
     }
 }
 

@@ -523,9 +523,26 @@ pub async fn status(api: &Client, format: Format, service: &str, scope: &AppScop
     ];
     print(format, &status, &headers, status_table)?;
     if format == Format::Table {
+        print!("{}", autoscaling(&status));
         print!("{}", problems(&status));
     }
     Ok(())
+}
+
+/// Each autoscaled region's last decision, one line each under the table
+/// (`fra: autoscaling: 1 in service, 3 wanted: scaling up from 1 to 3: …`).
+fn autoscaling(status: &ServiceStatus) -> String {
+    status
+        .regions
+        .iter()
+        .filter_map(|r| {
+            let a = r.autoscale.as_ref()?;
+            Some(format!(
+                "{}: autoscaling: {} in service, {} wanted: {}\n",
+                r.region, a.current, a.desired, a.reason
+            ))
+        })
+        .collect()
 }
 
 /// Each region's problems, one line each under the table (`fra: web-0 unhealthy: …`).

@@ -847,6 +847,7 @@ mod tests {
             rollout: None,
             problems: Vec::new(),
             instances: Default::default(),
+            autoscale: None,
         });
         reports.record("fra".to_owned(), fra);
         apply("/bin/two").await;

@@ -24,6 +24,7 @@ use crate::rollout::Bounds;
 use crate::vips::{SavedVip, Vips};
 
 mod analysis;
+mod autoscaling;
 mod rollouts;
 
 /// The region's model.
@@ -64,6 +65,8 @@ pub(super) struct RegionState {
     rollouts: Rollouts,
     /// The request figures of the services whose rollout is under analysis.
     analysed: BTreeMap<ServiceId, analysis::Analysed>,
+    /// The services that scale on their load (`scale.targets`).
+    autoscaled: autoscaling::Autoscaled,
     /// Told whenever something the disk copy keeps changed here (a rollout).
     copy_due: Arc<Notify>,
     /// The values of the secrets each service's environment references, as the global
@@ -171,6 +174,7 @@ impl RegionState {
             vips: Vips::default(),
             rollouts: Rollouts::default(),
             analysed: BTreeMap::new(),
+            autoscaled: BTreeMap::new(),
             copy_due: Arc::new(Notify::new()),
             secrets: BTreeMap::new(),
             dirty: Dirty {
@@ -225,15 +229,18 @@ impl RegionState {
     /// instances the report shows differently are looked at again.
     pub fn report(&mut self, report: NodeReport, now: Instant) {
         let sampled = self.sample_traffic(&report);
+        self.sample_load(&report, now);
         let reported = self.fleet.report(report, now);
         // A gate that fails turns the rollout back before anything else moves.
         self.gate_rollouts(&reported.services);
         let failed = self.gate_analysis(&sampled);
+        let scaled = self.autoscale(now);
         if reported.reshaped {
             self.reconcile_instances(now);
         } else {
-            // A rollout moves on as its instances get ready.
-            self.place_some(&reported.services.union(&failed).cloned().collect(), now);
+            // A rollout moves on as its instances get ready; autoscaling changes the count.
+            let moved = reported.services.union(&failed).chain(&scaled).cloned();
+            self.place_some(&moved.collect(), now);
         }
         let moving: BTreeSet<ServiceId> = reported.services.union(&sampled).cloned().collect();
         self.advance_canaries(&moving, now);
@@ -258,7 +265,8 @@ impl RegionState {
         } else if self.fleet.first_placement_due(now) {
             self.reconcile_instances(now);
         }
-        let late = self.gate_deadlines();
+        let mut late = self.gate_deadlines();
+        late.extend(self.autoscale(now));
         if !late.is_empty() {
             self.place_some(&late, now);
         }
@@ -411,6 +419,7 @@ impl RegionState {
                             .collect(),
                         problems: self.problems(id),
                         instances: self.instance_states(id),
+                        autoscale: self.autoscale_status(id),
                     }
                 })
                 .collect(),
@@ -848,7 +857,11 @@ impl RegionState {
     /// What the region wants of service `id`'s instances under `deployment`: its version's,
     /// or the previous version's when its rollout failed.
     pub(super) fn desired(&self, id: &ServiceId, deployment: &RegionalDeployment) -> Desired {
-        let mut want = desired(deployment, self.rollouts.target(id, deployment.version));
+        let scale = self
+            .autoscaled_count(id)
+            .unwrap_or(deployment.spec.scale.min);
+        let target = self.rollouts.target(id, deployment.version);
+        let mut want = desired(deployment, target, scale);
         want.paused = self.rollouts.paused(id, deployment.version);
         // A canary switches as blue-green at its last step, or to return.
         if want.strategy == Strategy::Canary && !self.rollouts.holds(id, deployment.version) {
@@ -858,10 +871,10 @@ impl RegionState {
     }
 }
 
-/// What the region wants of a service's instances under `deployment`, running `version`.
-fn desired(deployment: &RegionalDeployment, version: u64) -> Desired {
+/// What the region wants of a service's instances under `deployment`, running `version`:
+/// `scale` of them (`scale.min`, or what autoscaling wants).
+fn desired(deployment: &RegionalDeployment, version: u64, scale: u32) -> Desired {
     let spec = &deployment.spec;
-    let scale = spec.scale.min;
     let (surge, unavailable) = spec.deploy.bounds(scale);
     Desired {
         version,

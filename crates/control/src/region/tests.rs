@@ -1140,3 +1140,104 @@ fn an_older_version_keeps_a_secret_value_the_new_one_dropped_while_it_runs() {
     fixture.region.set_service(id("svc1"), None, Vec::new());
     assert_eq!(delivered("svc1-0"), None);
 }
+
+/// Every node reports its instances healthy at `at`, svc0's with `in_flight` requests each.
+fn report_in_flight(fixture: &Fixture, at: Instant, in_flight: u64) {
+    for node in NODES {
+        fixture.report_with(node, at, |p| InstanceReport {
+            state: "healthy".to_owned(),
+            traffic: Some(meridian_xds::meridian::Traffic {
+                in_flight: if p.service.2 == "svc0" { in_flight } else { 0 },
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+}
+
+/// svc0's autoscaling as the region reports it upward: (placed, current, desired).
+fn autoscaled(region: &Region) -> (u32, u32, u32) {
+    let report = region.report_upward();
+    let svc0 = report.services.into_iter().find(|s| s.service == "svc0");
+    let svc0 = svc0.unwrap();
+    let status = svc0.autoscale.unwrap();
+    (svc0.placed, status.current, status.desired)
+}
+
+#[test]
+fn an_autoscaled_service_gets_instances_under_load_and_drains_them_after_the_down_window() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let svc = id("svc0");
+    let mut scaled = svc0("/bin/true", 2);
+    scaled.spec.scale.targets = serde_json::from_str(r#"{"concurrency": 2}"#).unwrap();
+    scaled.spec.scale.down_window = serde_json::from_str(r#""10s""#).unwrap();
+    fixture
+        .region
+        .set_service(svc.clone(), Some(scaled), Vec::new());
+    let second = |s: u64| fixture.start + Duration::from_secs(10 + s);
+    report_in_flight(&fixture, second(0), 1);
+    assert_eq!(autoscaled(&fixture.region), (1, 1, 1));
+
+    // 7 in flight at 2 each would want 4, the max: once the rise lasted a second.
+    report_in_flight(&fixture, second(1), 7);
+    assert_eq!(autoscaled(&fixture.region).2, 1, "not at once");
+    fixture.region.tick(second(2));
+    assert_eq!(autoscaled(&fixture.region), (4, 1, 4));
+    report_in_flight(&fixture, second(2), 2);
+    assert_eq!(healthy_instances(&fixture.region, &svc).len(), 4);
+
+    // A restarted control plane adopts the four its agents run, and trims none to `min`.
+    let region = restarted(&fixture);
+    let restart = Instant::now();
+    for node in NODES {
+        let instances = fixture
+            .region
+            .lock()
+            .fleet
+            .placements()
+            .into_iter()
+            .filter(|p| p.node == node)
+            .map(|p| InstanceReport {
+                state: "healthy".to_owned(),
+                address: format!("10.0.0.{}", p.instance.len()),
+                version: p.version,
+                org: p.service.0,
+                app: p.service.1,
+                service: p.service.2,
+                instance: p.instance,
+                ..Default::default()
+            })
+            .collect();
+        let report = NodeReport {
+            node: node.to_owned(),
+            capacity: 100,
+            instances,
+            ..Default::default()
+        };
+        region.report(report, restart);
+    }
+    region.tick(restart + crate::fleet::SETTLE);
+    assert_eq!(healthy_instances(&region, &svc).len(), 4, "adopted");
+    assert_eq!(autoscaled(&region), (4, 4, 4));
+
+    // The load stops, which wants 1: held for the 10 s window, then the others drain.
+    for s in 3..=12 {
+        fixture.region.tick(second(s));
+        report_in_flight(&fixture, second(s), 0);
+        assert_eq!(autoscaled(&fixture.region).2, 4, "at second {s}");
+    }
+    fixture.region.tick(second(13));
+    assert_eq!(autoscaled(&fixture.region), (1, 4, 1));
+    let reason = fixture.region.report_upward().services[0].autoscale.clone();
+    assert!(
+        reason
+            .as_ref()
+            .is_some_and(|r| r.reason.starts_with("scaling down from 4 to 1 (min)")),
+        "{reason:?}"
+    );
+    assert_eq!(
+        healthy_instances(&fixture.region, &svc).len(),
+        1,
+        "the others drain"
+    );
+}

@@ -321,6 +321,7 @@ mod tests {
             by_class: vec![0, ok, 0, 0, failed],
             open_connections: 1,
             started_ms,
+            in_flight: 0,
         }
     }
 

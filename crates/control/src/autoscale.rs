@@ -1,0 +1,440 @@
+//! Autoscaling decisions (`scale.targets`), as pure functions of the figures the node proxies
+//! count for a service's instances and of time: [`Load`] turns each instance's reported
+//! figures (requests in flight, cumulative requests answered) into the service's load on its
+//! target's figure, and [`Autoscaler`] turns the load over time into a desired instance count
+//! with a reason.
+//!
+//! Each look recommends `ceil(load / target)` instances (the current count while the load per
+//! instance is within [`TOLERANCE`] of the target), within `scale.min`, `scale.max` and what
+//! the region's nodes can run. The desired count goes up to the least recommendation in force
+//! during the last [`UP_WINDOW`] (a rise that lasted that long), and down to the greatest in
+//! force during the last `scale.down_window` (a fall that lasted that long): fast up, slow
+//! down, and no flapping in between. Nothing here reads a clock or does I/O.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use meridian_model::{HumanDuration, Scale, ScaleTarget};
+
+/// How long the load must ask for more instances before they are added.
+pub const UP_WINDOW: Duration = Duration::from_secs(1);
+/// How far the load per instance may be from the target, as a fraction of it, before the
+/// count changes.
+pub const TOLERANCE: f64 = 0.1;
+/// How old an instance's figures may get before they no longer count (agents report every
+/// 2 s at least).
+pub const STALE_AFTER: Duration = Duration::from_secs(6);
+/// The shortest time over which an instance's request rate is measured: closer reports
+/// keep the earlier base.
+pub const RATE_SPAN: Duration = Duration::from_millis(500);
+
+/// How a service scales in a region, from its effective `scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Fewest instances.
+    pub min: u32,
+    /// Most instances.
+    pub max: u32,
+    /// The figure and its value per instance.
+    pub target: ScaleTarget,
+    /// The stabilisation window of scale-down.
+    pub down_window: Duration,
+}
+
+impl Policy {
+    /// The policy of `scale`, if it names a usable target.
+    pub fn of(scale: &Scale) -> Option<Policy> {
+        Some(Policy {
+            min: scale.min,
+            max: scale.max,
+            target: scale.targets?.target()?,
+            down_window: scale.down_window(),
+        })
+    }
+}
+
+/// One instance's figures as its agent reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Requests in flight now.
+    pub in_flight: u64,
+    /// Requests answered so far (cumulative).
+    pub requests: u64,
+}
+
+/// What one instance last reported, with its request rate.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: Instant,
+    in_flight: u64,
+    /// The base of the rate: when, and how many requests had been answered then.
+    base: (Instant, u64),
+    /// Requests answered per second between the base and the report before it.
+    rate: f64,
+}
+
+/// A service's instances' latest figures.
+#[derive(Debug, Default)]
+pub struct Load {
+    by_instance: BTreeMap<String, Seen>,
+}
+
+impl Load {
+    /// Records `figures` reported for `instance` at `at`.
+    pub fn record(&mut self, instance: &str, at: Instant, figures: Figures) {
+        let seen = self.by_instance.entry(instance.to_owned()).or_insert(Seen {
+            at,
+            in_flight: 0,
+            base: (at, figures.requests),
+            rate: 0.0,
+        });
+        seen.at = at;
+        seen.in_flight = figures.in_flight;
+        let (since, answered) = seen.base;
+        if figures.requests < answered {
+            // Counted anew (its node proxy restarted): measured from here.
+            seen.base = (at, figures.requests);
+            seen.rate = 0.0;
+        } else if at.duration_since(since) >= RATE_SPAN {
+            let span = at.duration_since(since).as_secs_f64();
+            seen.rate = (figures.requests - answered) as f64 / span;
+            seen.base = (at, figures.requests);
+        }
+    }
+
+    /// Forgets the instances `keep` does not keep.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.by_instance.retain(|name, _| keep(name));
+    }
+
+    /// The service's load on `target`'s figure at `now`: the sum over the instances whose
+    /// figures are fresh.
+    pub fn total(&self, target: ScaleTarget, now: Instant) -> f64 {
+        self.by_instance
+            .values()
+            .filter(|seen| now.saturating_duration_since(seen.at) <= STALE_AFTER)
+            .map(|seen| match target {
+                ScaleTarget::Concurrency(_) => seen.in_flight as f64,
+                ScaleTarget::RequestsPerSecond(_) => seen.rate,
+            })
+            .sum()
+    }
+}
+
+/// What a look at the load says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inputs {
+    /// The service's load on its target's figure.
+    pub load: f64,
+    /// Instances in service now.
+    pub current: u32,
+    /// Most instances of the service the region's nodes can run now.
+    pub room: u32,
+}
+
+/// An autoscaling decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Instances wanted.
+    pub desired: u32,
+    /// The count wanted before this decision.
+    pub previous: u32,
+    /// Why, with the inputs, in words.
+    pub reason: String,
+}
+
+impl Decision {
+    /// Whether the decision changes the count wanted.
+    pub fn changed(&self) -> bool {
+        self.desired != self.previous
+    }
+}
+
+/// One service's autoscaling in a region: the recommendations over the last down window (and
+/// the one in force at its start), and the count it wants.
+#[derive(Debug)]
+pub struct Autoscaler {
+    recommendations: VecDeque<(Instant, u32)>,
+    desired: u32,
+}
+
+impl Autoscaler {
+    /// Starts wanting `current` instances, within the policy's bounds.
+    pub fn new(policy: &Policy, current: u32) -> Autoscaler {
+        Autoscaler {
+            recommendations: VecDeque::new(),
+            desired: current.clamp(policy.min, policy.max),
+        }
+    }
+
+    /// The count wanted.
+    pub fn desired(&self) -> u32 {
+        self.desired
+    }
+
+    /// Looks at `inputs` at `now` (not earlier than the last look) under `policy`: records
+    /// what they recommend and decides the count wanted.
+    pub fn decide(&mut self, policy: &Policy, now: Instant, inputs: Inputs) -> Decision {
+        let previous = self.desired.clamp(policy.min, policy.max);
+        let (recommended, bound) = recommend(policy, previous, inputs);
+        self.recommendations.push_back((now, recommended));
+        self.forget_before(now, policy.down_window);
+        let up = self.in_force(now, UP_WINDOW).map(|(least, _)| least);
+        let down = self.in_force(now, policy.down_window).map(|(_, most)| most);
+        let (desired, why) = match (up, down) {
+            (Some(up), _) if up > previous => (up, "up"),
+            (_, Some(down)) if down < previous => (down, "down"),
+            _ if recommended > previous => (previous, "rising"),
+            _ if recommended < previous => (previous, "falling"),
+            _ => (previous, "steady"),
+        };
+        self.desired = desired;
+        let figures = describe(policy, inputs);
+        let reason = match why {
+            "up" => format!("scaling up from {previous} to {desired}{bound}: {figures}"),
+            "down" => format!(
+                "scaling down from {previous} to {desired}{bound}: {figures} for {}",
+                HumanDuration(policy.down_window)
+            ),
+            "rising" => format!(
+                "{recommended} wanted{bound} once the rise lasts {}: {figures}",
+                HumanDuration(UP_WINDOW)
+            ),
+            "falling" => format!(
+                "{recommended} wanted{bound} once the fall lasts {}: {figures}",
+                HumanDuration(policy.down_window)
+            ),
+            _ => format!("steady at {desired}{bound}: {figures}"),
+        };
+        Decision {
+            desired,
+            previous,
+            reason,
+        }
+    }
+
+    /// Drops the recommendations that went out of force before the window ending at `now`.
+    fn forget_before(&mut self, now: Instant, window: Duration) {
+        let Some(start) = now.checked_sub(window) else {
+            return;
+        };
+        while self
+            .recommendations
+            .get(1)
+            .is_some_and(|(at, _)| *at <= start)
+        {
+            self.recommendations.pop_front();
+        }
+    }
+
+    /// The least and greatest recommendations in force during the `window` ending at `now`;
+    /// `None` unless the recommendations go back that far.
+    fn in_force(&self, now: Instant, window: Duration) -> Option<(u32, u32)> {
+        let start = now.checked_sub(window)?;
+        let first = self
+            .recommendations
+            .iter()
+            .rposition(|(at, _)| *at <= start)?;
+        let values = self.recommendations.iter().skip(first).map(|(_, n)| *n);
+        let least = values.clone().min()?;
+        let most = values.max()?;
+        Some((least, most))
+    }
+}
+
+/// The count `inputs` recommend when `desired` are wanted, with what bounded it (`""`, or
+/// ` (max)`, ` (min)`, ` (node capacity)`).
+fn recommend(policy: &Policy, desired: u32, inputs: Inputs) -> (u32, &'static str) {
+    let per_instance = f64::from(policy.target.per_instance());
+    let ratio = inputs.load / (f64::from(desired.max(1)) * per_instance);
+    let wanted = if desired > 0 && (ratio - 1.0).abs() <= TOLERANCE {
+        desired
+    } else {
+        // Float to integer casts saturate.
+        (inputs.load / per_instance).ceil() as u32
+    };
+    let room = inputs.room.max(inputs.current).max(policy.min);
+    if wanted > policy.max && policy.max <= room {
+        (policy.max, " (max)")
+    } else if wanted > room {
+        (room, " (node capacity)")
+    } else if wanted < policy.min {
+        (policy.min, " (min)")
+    } else {
+        (wanted, "")
+    }
+}
+
+/// The inputs in words: `concurrency 7.5 over 1 instance, target 2 each`.
+fn describe(policy: &Policy, inputs: Inputs) -> String {
+    let plural = if inputs.current == 1 { "" } else { "s" };
+    format!(
+        "{} {:.1} over {} instance{plural}, target {} each",
+        policy.target.name(),
+        inputs.load,
+        inputs.current,
+        policy.target.per_instance()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn policy() -> Policy {
+        Policy {
+            min: 1,
+            max: 3,
+            target: ScaleTarget::Concurrency(2),
+            down_window: Duration::from_secs(300),
+        }
+    }
+
+    fn inputs(load: f64, current: u32) -> Inputs {
+        Inputs {
+            load,
+            current,
+            room: 100,
+        }
+    }
+
+    /// Looks every second from `start + from` s to `start + to` s (inclusive) at `load`
+    /// carried by as many instances as wanted; returns the decisions that changed the count,
+    /// with the second they came at.
+    fn run(
+        scaler: &mut Autoscaler,
+        policy: &Policy,
+        start: Instant,
+        seconds: std::ops::RangeInclusive<u64>,
+        load: impl Fn(u64) -> f64,
+    ) -> Vec<(u64, u32)> {
+        let mut changes = Vec::new();
+        for s in seconds {
+            let current = scaler.desired();
+            let decision =
+                scaler.decide(policy, start + SECOND * s as u32, inputs(load(s), current));
+            if decision.changed() {
+                changes.push((s, decision.desired));
+            }
+        }
+        changes
+    }
+
+    #[test]
+    fn a_sustained_rise_scales_up_within_two_seconds_and_never_beyond_max() {
+        let (policy, start) = (policy(), Instant::now());
+        let mut scaler = Autoscaler::new(&policy, 1);
+        assert!(run(&mut scaler, &policy, start, 0..=10, |_| 1.0).is_empty());
+        // 5 in flight at 2 each: 3 wanted, from second 11 on.
+        let changes = run(&mut scaler, &policy, start, 11..=20, |_| 5.0);
+        assert_eq!(
+            changes,
+            [(12, 3)],
+            "one second after the first look at the rise"
+        );
+        // 20 in flight would want 10: max is 3.
+        let decision = scaler.decide(&policy, start + SECOND * 21, inputs(20.0, 3));
+        assert_eq!(decision.desired, 3);
+        assert!(
+            decision.reason.starts_with("steady at 3 (max)"),
+            "{}",
+            decision.reason
+        );
+    }
+
+    #[test]
+    fn a_single_spike_does_not_scale_up() {
+        let (policy, start) = (policy(), Instant::now());
+        let mut scaler = Autoscaler::new(&policy, 1);
+        let spiky = |s: u64| if s == 5 { 6.0 } else { 1.0 };
+        assert!(run(&mut scaler, &policy, start, 0..=30, spiky).is_empty());
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_whole_window_and_never_goes_below_min() {
+        let policy = Policy {
+            down_window: Duration::from_secs(60),
+            ..policy()
+        };
+        let start = Instant::now();
+        let mut scaler = Autoscaler::new(&policy, 1);
+        assert_eq!(run(&mut scaler, &policy, start, 0..=5, |_| 6.0), [(1, 3)]);
+        // The load stops at second 6; a blip at 30 restarts the wait.
+        let quiet = |s: u64| if s == 30 { 6.0 } else { 0.0 };
+        let changes = run(&mut scaler, &policy, start, 6..=200, quiet);
+        assert_eq!(changes, [(91, 1)], "60 s after the last look that wanted 3");
+        let decision = scaler.decide(&policy, start + SECOND * 201, inputs(0.0, 1));
+        assert!(
+            decision.reason.starts_with("steady at 1 (min)"),
+            "{}",
+            decision.reason
+        );
+    }
+
+    #[test]
+    fn a_load_near_the_target_holds_the_count() {
+        let policy = Policy {
+            max: 10,
+            down_window: Duration::from_secs(10),
+            ..policy()
+        };
+        let start = Instant::now();
+        let mut scaler = Autoscaler::new(&policy, 4);
+        // 8.7 in flight over 4 at 2 each is within 10% (9 would be 5 instances otherwise), and
+        // 7.3 too (4 otherwise anyway, 3.65 → 4): noise around the target changes nothing.
+        let noisy = |s: u64| if s % 2 == 0 { 8.7 } else { 7.3 };
+        assert!(run(&mut scaler, &policy, start, 0..=120, noisy).is_empty());
+        assert_eq!(scaler.desired(), 4);
+    }
+
+    #[test]
+    fn node_capacity_bounds_the_count() {
+        let (policy, start) = (policy(), Instant::now());
+        let mut scaler = Autoscaler::new(&policy, 1);
+        let full = |load| Inputs {
+            load,
+            current: 1,
+            room: 2,
+        };
+        scaler.decide(&policy, start, full(6.0));
+        let decision = scaler.decide(&policy, start + SECOND, full(6.0));
+        assert_eq!(decision.desired, 2);
+        assert!(
+            decision.reason.starts_with("scaling up from 1 to 2 (node capacity): concurrency 6.0 over 1 instance, target 2 each"),
+            "{}",
+            decision.reason
+        );
+    }
+
+    #[test]
+    fn rates_come_from_the_reported_counts_and_stale_instances_do_not_count() {
+        let start = Instant::now();
+        let mut load = Load::default();
+        let figures = |in_flight, requests| Figures {
+            in_flight,
+            requests,
+        };
+        load.record("web-0", start, figures(2, 100));
+        load.record("web-1", start, figures(1, 0));
+        load.record("web-0", start + SECOND, figures(3, 150));
+        load.record("web-1", start + SECOND, figures(1, 30));
+        // Too close to measure a rate from: the earlier one stays.
+        load.record(
+            "web-1",
+            start + SECOND + Duration::from_millis(100),
+            figures(0, 31),
+        );
+        let now = start + SECOND * 2;
+        let rps = ScaleTarget::RequestsPerSecond(10);
+        assert_eq!(load.total(rps, now), 80.0);
+        assert_eq!(load.total(ScaleTarget::Concurrency(1), now), 3.0);
+        // web-1's proxy restarted: counted anew.
+        load.record("web-1", start + SECOND * 3, figures(0, 2));
+        assert_eq!(load.total(rps, start + SECOND * 3), 50.0);
+        assert_eq!(load.total(rps, start + SECOND * 10), 0.0, "both stale");
+        load.retain(|name| name == "web-0");
+        assert_eq!(load.total(rps, start + SECOND * 3), 50.0);
+    }
+}

@@ -1,0 +1,152 @@
+//! Autoscaling (`scale.targets`): a bounded concurrent load through the region's gateway
+//! makes the regional control plane add instances up to `scale.max`; once the load falls and
+//! the (test-short) `scale.down_window` passes, it removes them down to `scale.min`, draining
+//! each first: not one request fails. `meridian status` shows the counts and why.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use support::load::{greeted_by, serving_exactly, Lane, Load};
+use support::{gateway, logging_agent, said, stops, Deployed, RegionalPlane, HELLO, HELLO_HOST};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// acme/shop/hello in fra, 1 to 3 instances at 2 requests in flight each, each request
+/// answered after 100 ms, scaling down after 3 s of a lower load.
+fn autoscaled_hello() -> String {
+    format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 1, max: 3, targets: {{concurrency: 2}}, down_window: 3s}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello, HELLO_DELAY_MS: '100'}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+"
+    )
+}
+
+/// `count` loops of `GET /` on connections kept alive, each one request at a time.
+fn loops(count: usize) -> Vec<Lane> {
+    let lane = Lane {
+        post: false,
+        fresh_connections: false,
+    };
+    vec![lane; count]
+}
+
+/// The region's autoscaling figures of `row` (from `meridian status -o json`): in service,
+/// wanted.
+fn counts(row: &serde_json::Value) -> (u64, u64) {
+    let autoscale = &row["autoscale"];
+    (
+        autoscale["current"].as_u64().unwrap_or(0),
+        autoscale["desired"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_load_scales_up_to_max_and_back_to_min_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &autoscaled_hello());
+    let region = RegionalPlane::start(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.130.1:8080"),
+    );
+    let agents = [logging_agent(&region, "one", "127.0.130.10", dir.path())];
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+    platform
+        .status_until("hello", "autoscaled at 1", |row| counts(row) == (1, 1))
+        .await;
+
+    // One loop stays all along; five more make 6 requests in flight: 3 instances at 2 each.
+    let steady = Load::start_lanes(&address, HOST, &loops(1));
+    let surge = Load::start_lanes(&address, HOST, &loops(5));
+    let rose = Instant::now();
+    let row = platform
+        .status_until("hello", "scaled up to 3", |row| {
+            row["desired"] == 3 && row["healthy"] == 3
+        })
+        .await;
+    let scaled_up = rose.elapsed();
+    let reason = row["autoscale"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("concurrency"), "{row}");
+    let table = platform.cli.ok(&["status", "hello", "--app", "shop"]);
+    assert!(
+        table.contains("fra: autoscaling: 3 in service, 3 wanted"),
+        "{table}"
+    );
+    // All three answer.
+    let end = Instant::now() + DEADLINE;
+    let mut seen = BTreeSet::new();
+    while seen.len() < 3 {
+        assert!(Instant::now() < end, "only {seen:?} answered");
+        seen.extend(greeted_by(&surge.answers_of_next(30).await, "hello"));
+    }
+
+    // The surge stops: one request in flight wants 1 instance, after the 3 s window.
+    let surge_failures = surge.failures();
+    let surged = surge.stop().await;
+    let fell = Instant::now();
+    platform
+        .status_until("hello", "scaled back to 1", |row| {
+            row["desired"] == 1 && counts(row) == (1, 1) && row["placed"] == 1
+        })
+        .await;
+    let scaled_down = fell.elapsed();
+    while stops(&agents) < 2 {
+        assert!(
+            Instant::now() < end + DEADLINE,
+            "the surplus was never stopped"
+        );
+        steady.goes_on_for(5).await;
+    }
+    assert_eq!(said(&agents[0], "draining instance"), 2, "drained first");
+    // Each decision is logged with its inputs.
+    let log = region.log();
+    let decisions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("autoscale decision"))
+        .collect();
+    assert!(
+        decisions
+            .iter()
+            .any(|l| l.contains("from=1") && l.contains("to=3") && l.contains("load=")),
+        "{decisions:?}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|l| l.contains("from=3") && l.contains("to=1")),
+        "{decisions:?}"
+    );
+    steady.goes_on_for(20).await;
+    let steady_failures = steady.failures();
+    let answered = steady.stop().await;
+    eprintln!(
+        "autoscale: 1 → 3 instances {scaled_up:?} after the load rose (until 3 healthy), \
+         3 → 1 {scaled_down:?} after it fell (down_window 3s); {} requests, failed: {}",
+        surged + answered,
+        surge_failures.len() + steady_failures.len()
+    );
+    assert_eq!(surge_failures, Vec::<String>::new(), "of {surged} requests");
+    assert_eq!(
+        steady_failures,
+        Vec::<String>::new(),
+        "of {answered} requests"
+    );
+}
+
+const HOST: &str = HELLO_HOST;
