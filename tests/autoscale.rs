@@ -114,8 +114,8 @@ async fn a_concurrent_load_scales_up_to_max_and_back_to_min_without_a_failed_req
         steady.goes_on_for(5).await;
     }
     assert_eq!(said(&agents[0], "draining instance"), 2, "drained first");
-    // Each decision is logged with its inputs. The rise may be seen in one step or two (1 → 3,
-    // or 1 → 2 → 3 when the first look found the load over fewer instances' worth).
+    // Each decision is logged with its inputs. The rise and the fall may each be decided in one
+    // step or two (1 → 3 or 1 → 2 → 3; 3 → 1 or 3 → 2 → 1), as the looks fall.
     let log = region.log();
     let decisions: Vec<&str> = log
         .lines()
@@ -136,7 +136,7 @@ async fn a_concurrent_load_scales_up_to_max_and_back_to_min_without_a_failed_req
     assert!(
         decisions
             .iter()
-            .any(|l| l.contains("from=3") && l.contains("to=1")),
+            .any(|l| l.contains("to=1") && l.contains("load=")),
         "{decisions:?}"
     );
     steady.goes_on_for(20).await;
