@@ -25,6 +25,7 @@ use crate::retry::{backoff, Attempt};
 use crate::routing::Route;
 use crate::server::ListenerContext;
 use crate::switch::{tunnel, Switch};
+use crate::trace::hop::Hop;
 use crate::upstream::ConnectionLimitReached;
 
 /// [`ERROR_HEADER`] as a header name, so that each response does not parse it again.
@@ -66,11 +67,41 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     false
 }
 
-/// Serves one request, of any HTTP version: the whole proxy path for one listener.
+/// Whether the client's forwarding (and trace) fields are believed on this listener.
+fn trusted(ctx: &ListenerContext, peer: &Peer) -> bool {
+    match ctx.trust.load() {
+        TrustForwarded::None => false,
+        TrustForwarded::Mesh => peer.identity().is_some(),
+        TrustForwarded::All => true,
+    }
+}
+
+/// Serves one request, of any HTTP version: the whole proxy path for one listener, traced
+/// when the proxy traces ([`crate::Proxy::trace_to`]).
 pub async fn handle(
     mut request: Request<ClientBody>,
     ctx: Arc<ListenerContext>,
     peer: &Peer,
+) -> Response<ProxyBody> {
+    let Some(tracer) = ctx.shared.tracer.get() else {
+        return serve(request, ctx, peer, None).await;
+    };
+    let mut hop = Hop::start(tracer, &mut request, peer, trusted(&ctx, peer));
+    // The context goes into `serve`; the tracer is the proxy's, which outlives both.
+    let shared = ctx.shared.clone();
+    let response = serve(request, ctx, peer, Some(&mut hop)).await;
+    if let Some(tracer) = shared.tracer.get() {
+        hop.answered(tracer, &response);
+    }
+    response
+}
+
+/// Serves one request; `hop`, when it is traced, learns where it was routed.
+async fn serve(
+    mut request: Request<ClientBody>,
+    ctx: Arc<ListenerContext>,
+    peer: &Peer,
+    hop: Option<&mut Hop>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     ctx.count_request(request.version());
@@ -101,6 +132,9 @@ pub async fn handle(
     let Some(target) = route.target() else {
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_cluster");
     };
+    if let Some(hop) = hop {
+        hop.routed(&ctx.name, &route.name, &target.cluster.name);
+    }
     // Counted in flight until the answer's head goes back (the instance's figures only).
     let _in_flight = target.metrics.in_flight();
     let metrics = &ctx.shared.metrics;
@@ -113,11 +147,7 @@ pub async fn handle(
     let logged = logged.map(|log| crate::access_log::Logged::new(log, &request));
     let switch = Switch::requested(&request);
     let client_side = switch.is_some().then(|| hyper::upgrade::on(&mut request));
-    let trusted = match ctx.trust.load() {
-        TrustForwarded::None => false,
-        TrustForwarded::Mesh => peer.identity().is_some(),
-        TrustForwarded::All => true,
-    };
+    let trusted = trusted(&ctx, peer);
     let client = ClientRequest {
         version: request.version(),
         request,

@@ -44,6 +44,7 @@ mod server;
 mod splice;
 mod switch;
 mod tls;
+mod trace;
 mod upstream;
 mod xds;
 
@@ -71,6 +72,7 @@ pub use meridian_cache::StoreLimits as CacheLimits;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_admin_with, serve_until, RunError, RunOptions};
 pub use tls::{TlsSource, ACME_TLS_ALPN};
+pub use trace::{TraceError, TraceOptions};
 pub use xds::fixture as xds_fixture;
 pub use xds::{reapply_on_renewal, run_xds, Identity, XdsHandler, XdsOptions, DISK_COPY_EVERY};
 
@@ -208,6 +210,7 @@ impl Default for Proxy {
                 access_log: Default::default(),
                 open: Default::default(),
                 http01: std::sync::OnceLock::new(),
+                tracer: std::sync::OnceLock::new(),
             }),
             active: tokio::sync::Mutex::new(Active::default()),
             prober: health::Prober::new(metrics),
@@ -240,6 +243,19 @@ impl Proxy {
         let log = access_log::AccessLog::open(target, source, counters)?;
         self.shared.access_log.always(log);
         Ok(())
+    }
+
+    /// Traces every request from now on (docs/observability.md, "Traces"): W3C Trace Context
+    /// at this hop, a server span for the requests sampled, exported over OTLP/gRPC to
+    /// `options.endpoint` (`meridian_proxy_trace_spans_*` count them). Needs a Tokio runtime.
+    /// A proxy has one tracer: a second call changes nothing and returns `Ok(false)`.
+    pub fn trace_to(&self, options: &TraceOptions) -> Result<bool, TraceError> {
+        if self.shared.tracer.get().is_some() {
+            return Ok(false);
+        }
+        let counters = self.shared.metrics.trace_counters();
+        let tracer = trace::Tracer::start(options, counters)?;
+        Ok(self.shared.tracer.set(tracer).is_ok())
     }
 
     /// Validates and applies `config`: binds new listeners first (if one fails, nothing changes),
