@@ -72,6 +72,7 @@ pub use meridian_cache::StoreLimits as CacheLimits;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_admin_with, serve_until, RunError, RunOptions};
 pub use tls::{TlsSource, ACME_TLS_ALPN};
+pub use trace::receiver as trace_fixture;
 pub use trace::{TraceError, TraceOptions};
 pub use xds::fixture as xds_fixture;
 pub use xds::{reapply_on_renewal, run_xds, Identity, XdsHandler, XdsOptions, DISK_COPY_EVERY};

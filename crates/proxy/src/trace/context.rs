@@ -237,8 +237,8 @@ mod tests {
         assert_eq!(
             parent.trace_id,
             [
-                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c,
-                0x80, 0x31, 0x9c
+                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
+                0x31, 0x9c
             ]
         );
         assert_eq!(
@@ -284,7 +284,8 @@ mod tests {
 
     #[test]
     fn a_later_version_is_read_as_00_where_it_can_be() {
-        let future = "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03-what-the-future-holds";
+        let future =
+            "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03-what-the-future-holds";
         let parent = parsed(future).unwrap();
         // Flags it does not know are not carried on.
         assert_eq!(parent.flags, SAMPLED);
@@ -351,7 +352,9 @@ mod tests {
         fields.extend(short.iter().cloned());
         let kept = state(&[&fields.join(",")]).unwrap();
         assert_eq!(kept, short.join(","));
-        let medium: Vec<String> = (0..30).map(|i| format!("k{i:02}={}", "m".repeat(20))).collect();
+        let medium: Vec<String> = (0..30)
+            .map(|i| format!("k{i:02}={}", "m".repeat(20)))
+            .collect();
         let kept = state(&[&medium.join(",")]).unwrap();
         assert!(kept.len() <= TRACESTATE_MAX_BYTES);
         assert!(medium.join(",").starts_with(&kept));

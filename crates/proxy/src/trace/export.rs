@@ -158,13 +158,19 @@ mod tests {
         let span = crate::trace::hop::tests::sample_span;
         queue.push(span());
         // The exporter holds the first batch at its gate: the queue (4) fills behind it.
-        until("the first export", || exporter.entered.load(Ordering::SeqCst) == 1).await;
+        until("the first export", || {
+            exporter.entered.load(Ordering::SeqCst) == 1
+        })
+        .await;
         for _ in 0..6 {
             queue.push(span());
         }
         assert_eq!(counters.dropped.get(), 2);
         exporter.gate.add_permits(100);
-        until("every span queued exported", || counters.exported.get() == 5).await;
+        until("every span queued exported", || {
+            counters.exported.get() == 5
+        })
+        .await;
         assert_eq!(*exporter.batches.lock().unwrap(), [1, 4]);
         exporter.fail.store(true, Ordering::SeqCst);
         queue.push(span());

@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use http::{HeaderMap, Method, Request, Response, Version};
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
@@ -56,7 +58,11 @@ impl Hop {
         };
         let span_id = new_span_id();
         let flags = caller.map_or(0, |c| c.flags);
-        let flags = if sampled { flags | SAMPLED } else { flags & !SAMPLED };
+        let flags = if sampled {
+            flags | SAMPLED
+        } else {
+            flags & !SAMPLED
+        };
         let downstream = match caller {
             Some(caller) if !sampled => caller.span_id,
             _ => span_id,
@@ -112,7 +118,10 @@ impl Hop {
             name,
             mut attributes,
         } = self.recording?;
-        attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
+        attributes.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
         // The proxy's own reason when it answered itself, else a server error's code.
         let proxy_error = headers.get(ERROR_HEADER).and_then(|v| v.to_str().ok());
         let error = match proxy_error {
@@ -161,7 +170,10 @@ impl Recording {
             KeyValue::new("url.path", request.uri().path().to_owned()),
             KeyValue::new("url.scheme", peer.scheme),
             KeyValue::new("network.protocol.name", "http"),
-            KeyValue::new("network.protocol.version", protocol_version(request.version())),
+            KeyValue::new(
+                "network.protocol.version",
+                protocol_version(request.version()),
+            ),
             KeyValue::new("client.address", peer.addr.ip().to_string()),
         ]);
         let host = crate::forward::request_host(request);
@@ -272,7 +284,10 @@ pub(crate) mod tests {
         let span = hop.span(200, &HeaderMap::new(), &tracer.scope).unwrap();
         assert_eq!(span.parent_span_id, SpanId::from_bytes(caller.span_id));
         assert!(span.parent_span_is_remote);
-        assert_eq!(span.span_context.trace_id(), TraceId::from_bytes(caller.trace_id));
+        assert_eq!(
+            span.span_context.trace_id(),
+            TraceId::from_bytes(caller.trace_id)
+        );
         assert_eq!(span.name, "POST");
         let attribute = |key: &str| {
             span.attributes
@@ -282,9 +297,18 @@ pub(crate) mod tests {
         };
         assert_eq!(attribute("http.request.method").as_deref(), Some("POST"));
         assert_eq!(attribute("url.path").as_deref(), Some("/api/items"));
-        assert_eq!(attribute("server.address").as_deref(), Some("shop.example.com"));
-        assert_eq!(attribute("network.protocol.version").as_deref(), Some("1.1"));
-        assert_eq!(attribute("http.response.status_code").as_deref(), Some("200"));
+        assert_eq!(
+            attribute("server.address").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            attribute("network.protocol.version").as_deref(),
+            Some("1.1")
+        );
+        assert_eq!(
+            attribute("http.response.status_code").as_deref(),
+            Some("200")
+        );
         assert_eq!(attribute("error.type"), None);
     }
 
@@ -309,7 +333,10 @@ pub(crate) mod tests {
         let (upstream, _) = sent(&request);
         // Same trace, but the ratio (0) decides: not recorded, the caller stays the parent.
         assert!(!upstream.sampled());
-        assert_eq!(&request.headers()["traceparent"].as_bytes()[..52], &CALLER.as_bytes()[..52]);
+        assert_eq!(
+            &request.headers()["traceparent"].as_bytes()[..52],
+            &CALLER.as_bytes()[..52]
+        );
         assert!(hop.span(200, &HeaderMap::new(), &tracer.scope).is_none());
     }
 
@@ -327,7 +354,10 @@ pub(crate) mod tests {
         let span = hop.span(502, &HeaderMap::new(), &tracer.scope).unwrap();
         assert_eq!(span.parent_span_id, SpanId::INVALID);
         assert!(matches!(span.status, Status::Error { .. }));
-        let error = span.attributes.iter().find(|kv| kv.key.as_str() == "error.type");
+        let error = span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "error.type");
         assert_eq!(error.unwrap().value.to_string(), "502");
     }
 
@@ -351,8 +381,14 @@ pub(crate) mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(ERROR_HEADER, "upstream_timeout".parse().unwrap());
         let span = hop.span(504, &headers, &tracer.scope).unwrap();
-        let error = span.attributes.iter().find(|kv| kv.key.as_str() == "error.type");
+        let error = span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "error.type");
         assert_eq!(error.unwrap().value.to_string(), "upstream_timeout");
-        assert_eq!(method_name(&Method::from_bytes(b"PURGE").unwrap()), "_OTHER");
+        assert_eq!(
+            method_name(&Method::from_bytes(b"PURGE").unwrap()),
+            "_OTHER"
+        );
     }
 }

@@ -7,7 +7,7 @@
 pub(crate) mod context;
 mod export;
 pub(crate) mod hop;
-
+pub mod receiver;
 
 use opentelemetry::trace::{SpanKind, TraceId};
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -59,7 +59,10 @@ pub(crate) struct Tracer {
 
 impl Tracer {
     /// A tracer exporting to `options.endpoint`, counted in `counters`; needs a Tokio runtime.
-    pub(crate) fn start(options: &TraceOptions, counters: TraceCounters) -> Result<Self, TraceError> {
+    pub(crate) fn start(
+        options: &TraceOptions,
+        counters: TraceCounters,
+    ) -> Result<Self, TraceError> {
         if !(0.0..=1.0).contains(&options.sample_ratio) {
             return Err(TraceError::Ratio(options.sample_ratio));
         }
