@@ -83,6 +83,8 @@ pub struct AgentOptions {
         meridian_proxy::AccessLogTarget,
         meridian_proxy::AccessLogSource,
     )>,
+    /// Where the node proxy's spans go, if it traces requests.
+    pub trace: Option<meridian_proxy::TraceOptions>,
 }
 
 /// The label of the instances gauge.
@@ -294,6 +296,11 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     if let Some((target, source)) = &options.access_log {
         if let Err(e) = proxy.log_access(target, source.clone()) {
             tracing::error!(%target, error = %e, "the node proxy's access log could not start");
+        }
+    }
+    if let Some(trace) = &options.trace {
+        if let Err(e) = proxy.trace_to(trace) {
+            tracing::error!(error = %e, "the node proxy's tracing could not start");
         }
     }
     let metrics_address = Arc::new(std::sync::OnceLock::new());
