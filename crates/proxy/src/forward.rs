@@ -79,20 +79,32 @@ fn trusted(ctx: &ListenerContext, peer: &Peer) -> bool {
 /// Serves one request, of any HTTP version: the whole proxy path for one listener, traced
 /// when the proxy traces ([`crate::Proxy::trace_to`]).
 pub async fn handle(
+    request: Request<ClientBody>,
+    ctx: Arc<ListenerContext>,
+    peer: &Peer,
+) -> Response<ProxyBody> {
+    match ctx.shared.tracer.get() {
+        None => serve(request, ctx, peer, None).await,
+        // Boxed: the hop kept across the round trip makes the future larger, which untraced
+        // requests (the HTTP/2 streams that hold this future) need not pay for.
+        Some(_) => Box::pin(traced(request, ctx, peer)).await,
+    }
+}
+
+/// Serves one request as a hop of its trace: W3C Trace Context read and passed on, and a span
+/// recorded if the trace is sampled.
+async fn traced(
     mut request: Request<ClientBody>,
     ctx: Arc<ListenerContext>,
     peer: &Peer,
 ) -> Response<ProxyBody> {
-    let Some(tracer) = ctx.shared.tracer.get() else {
+    let shared = ctx.shared.clone();
+    let Some(tracer) = shared.tracer.get() else {
         return serve(request, ctx, peer, None).await;
     };
     let mut hop = Hop::start(tracer, &mut request, peer, trusted(&ctx, peer));
-    // The context goes into `serve`; the tracer is the proxy's, which outlives both.
-    let shared = ctx.shared.clone();
     let response = serve(request, ctx, peer, Some(&mut hop)).await;
-    if let Some(tracer) = shared.tracer.get() {
-        hop.answered(tracer, &response);
-    }
+    hop.answered(tracer, &response);
     response
 }
 
