@@ -231,3 +231,35 @@ pub async fn run_from_xds(args: XdsArgs) -> Result<()> {
     meridian_proxy::run_xds(options, super::control::shutdown_signal()).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_flags_take_a_collector_url_and_a_ratio_from_0_to_1() {
+        assert!(otlp_endpoint("http://127.0.0.1:4317").is_ok());
+        assert!(otlp_endpoint("https://collector.example.com:4317").is_ok());
+        for bad in ["collector:4317", "ftp://collector:4317", "http://", ""] {
+            assert!(otlp_endpoint(bad).is_err(), "{bad}");
+        }
+        assert_eq!(sample_ratio("0.25"), Ok(0.25));
+        assert_eq!(sample_ratio("0"), Ok(0.0));
+        assert_eq!(sample_ratio("1"), Ok(1.0));
+        for bad in ["1.5", "-0.1", "NaN", "half"] {
+            assert!(sample_ratio(bad).is_err(), "{bad}");
+        }
+        let args = TraceArgs {
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+        };
+        assert_eq!(args.of("edge", "par", None), None, "off by default");
+        let args = TraceArgs {
+            otlp_endpoint: Some("http://127.0.0.1:4317".to_owned()),
+            trace_sample_ratio: 0.5,
+        };
+        let options = args.of("gateway", "gateway-fra", Some("fra")).unwrap();
+        assert_eq!(options.sample_ratio, 0.5);
+        assert_eq!(options.region.as_deref(), Some("fra"));
+    }
+}
