@@ -430,6 +430,8 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     if let Some(cgroups) = &node.cgroups {
         cgroups.remove();
     }
+    // The spans of the node proxy's last requests.
+    node_proxy.proxy.flush_traces().await;
     reporter.abort();
     collector.abort();
     tracing::info!("agent stopped; every instance is stopped");

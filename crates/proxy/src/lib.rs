@@ -198,6 +198,9 @@ pub struct Proxy {
     cache: Arc<cache::HttpCache>,
 }
 
+/// How long a stopping proxy waits for its last spans to be exported.
+pub const TRACE_FLUSH: Duration = Duration::from_secs(5);
+
 /// Renders a component's metrics in the OpenMetrics text format (ending with `# EOF`).
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -664,14 +667,28 @@ impl Proxy {
     }
 
     /// Stops accepting connections, asks open ones to finish their requests in flight and close,
-    /// and waits for them up to `timeout`. Returns how many were still open at the end.
+    /// and waits for them up to `timeout`. Returns how many were still open at the end. The
+    /// spans of traced requests still queued are then exported (at most [`TRACE_FLUSH`]).
     pub async fn drain(&self, timeout: Duration) -> usize {
         {
             let mut active = self.active.lock().await;
             active.listeners.clear();
             active.checks.clear();
         }
-        self.shared.open.drain(timeout).await
+        let left = self.shared.open.drain(timeout).await;
+        self.flush_traces().await;
+        left
+    }
+
+    /// Exports the spans of traced requests still queued, waiting at most [`TRACE_FLUSH`]; a
+    /// component that stops calls it last (after [`Proxy::drain`], which does).
+    pub async fn flush_traces(&self) {
+        let Some(tracer) = self.shared.tracer.get() else {
+            return;
+        };
+        if !tracer.flush(TRACE_FLUSH).await {
+            tracing::warn!("the last spans could not all be exported before the stop");
+        }
     }
 
     /// The client limits in force.

@@ -244,6 +244,22 @@ async fn the_hop_that_decides_samples_by_the_ratio_and_the_next_follows_it() {
 }
 
 #[tokio::test]
+async fn a_stopping_proxy_exports_its_last_spans_before_it_returns() {
+    let chain = Chain::start(1.0).await;
+    let (traceparent, _) = chain.get(&[]).await;
+    let (trace_id, _, _) = fields(&traceparent);
+    // No waiting for the batch delay: the drain exports what is queued before it returns.
+    chain.edge.0.drain(Duration::from_secs(1)).await;
+    let exported: Vec<ReceivedSpan> = chain.receiver.spans();
+    assert!(
+        exported
+            .iter()
+            .any(|s| s.trace_id == trace_id && s.resource["service.name"] == "meridian-edge"),
+        "{exported:#?}"
+    );
+}
+
+#[tokio::test]
 async fn a_collector_that_is_down_costs_failed_spans_not_requests() {
     // A receiver started and stopped: its port refuses connections.
     let gone = OtlpReceiver::start(format!("{LOOPBACK}:0").parse().unwrap())

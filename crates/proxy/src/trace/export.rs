@@ -8,6 +8,7 @@ use std::time::Duration;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
 
 /// Spans waiting for export at most; more are dropped.
 pub(crate) const QUEUE_SPANS: usize = 2048;
@@ -30,6 +31,8 @@ pub struct TraceCounters {
 /// The request path's end of the queue.
 pub(crate) struct SpanQueue {
     sender: mpsc::Sender<SpanData>,
+    /// Asks the exporting task to export what is queued now; it answers when done.
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
     dropped: Counter,
 }
 
@@ -41,10 +44,22 @@ impl SpanQueue {
         capacity: usize,
         counters: TraceCounters,
     ) -> SpanQueue {
-        let (sender, receiver) = mpsc::channel(capacity);
+        let (sender, queue) = mpsc::channel(capacity);
+        let (flushes, flush_requests) = mpsc::channel(1);
         let dropped = counters.dropped.clone();
-        tokio::spawn(export_batches(receiver, exporter, counters));
-        SpanQueue { sender, dropped }
+        let batcher = Batcher {
+            queue,
+            flushes: flush_requests,
+            exporter,
+            counters,
+            failing: false,
+        };
+        tokio::spawn(batcher.run());
+        SpanQueue {
+            sender,
+            flushes,
+            dropped,
+        }
     }
 
     /// A queue of at most `capacity` spans that nothing exports: its reading end is returned.
@@ -54,8 +69,14 @@ impl SpanQueue {
         counters: TraceCounters,
     ) -> (SpanQueue, mpsc::Receiver<SpanData>) {
         let (sender, receiver) = mpsc::channel(capacity);
+        let (flushes, _) = mpsc::channel(1);
         let dropped = counters.dropped;
-        (SpanQueue { sender, dropped }, receiver)
+        let queue = SpanQueue {
+            sender,
+            flushes,
+            dropped,
+        };
+        (queue, receiver)
     }
 
     /// Hands `span` to the exporter, or drops and counts it if the queue is full; never waits.
@@ -67,41 +88,100 @@ impl SpanQueue {
             }
         }
     }
+
+    /// Exports the spans queued now (after the batch being gathered, if any), waiting at most
+    /// `timeout`; whether it was done in time.
+    pub(crate) async fn flush(&self, timeout: Duration) -> bool {
+        let (done, finished) = oneshot::channel();
+        let flushed = async {
+            self.flushes.send(done).await.ok()?;
+            finished.await.ok()
+        };
+        matches!(tokio::time::timeout(timeout, flushed).await, Ok(Some(())))
+    }
 }
 
-/// Takes spans off `queue` in batches (at most [`BATCH_SPANS`], waiting at most
-/// [`BATCH_DELAY`] after the first) and exports each, until the queue is closed and empty.
-async fn export_batches<E: SpanExporter>(
-    mut queue: mpsc::Receiver<SpanData>,
+/// The exporting task: takes spans off the queue in batches (at most [`BATCH_SPANS`], waiting
+/// at most [`BATCH_DELAY`] after the first) and exports each, until the queue is closed and
+/// empty; and exports all that is queued when asked to flush.
+struct Batcher<E> {
+    queue: mpsc::Receiver<SpanData>,
+    flushes: mpsc::Receiver<oneshot::Sender<()>>,
     exporter: E,
     counters: TraceCounters,
-) {
-    let mut failing = false;
-    while let Some(first) = queue.recv().await {
+    /// Whether the last export failed (an outage is logged once).
+    failing: bool,
+}
+
+impl<E: SpanExporter> Batcher<E> {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                // A flush first: whoever asked is waiting.
+                biased;
+                Some(done) = self.flushes.recv() => {
+                    self.export_queued().await;
+                    // The asker may have stopped waiting.
+                    let _ = done.send(());
+                }
+                span = self.queue.recv() => {
+                    let Some(first) = span else { return };
+                    let batch = self.gather(first).await;
+                    self.export(batch).await;
+                }
+            }
+        }
+    }
+
+    /// A batch starting with `first`: the spans that come within [`BATCH_DELAY`], at most
+    /// [`BATCH_SPANS`].
+    async fn gather(&mut self, first: SpanData) -> Vec<SpanData> {
         let mut batch = Vec::with_capacity(BATCH_SPANS);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + BATCH_DELAY;
         while batch.len() < BATCH_SPANS {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
+            match tokio::time::timeout_at(deadline, self.queue.recv()).await {
                 Ok(Some(span)) => batch.push(span),
                 Ok(None) | Err(_) => break,
             }
         }
+        batch
+    }
+
+    /// Exports every span queued now, in batches.
+    async fn export_queued(&mut self) {
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < BATCH_SPANS {
+                match self.queue.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+            self.export(batch).await;
+        }
+    }
+
+    /// Exports `batch`, counting its spans as exported or failed.
+    async fn export(&mut self, batch: Vec<SpanData>) {
         let spans = batch.len() as u64;
-        match exporter.export(batch).await {
+        match self.exporter.export(batch).await {
             Ok(()) => {
-                counters.exported.inc_by(spans);
-                if failing {
+                self.counters.exported.inc_by(spans);
+                if self.failing {
                     tracing::info!("the trace collector takes spans again");
-                    failing = false;
+                    self.failing = false;
                 }
             }
             Err(e) => {
-                counters.failed.inc_by(spans);
+                self.counters.failed.inc_by(spans);
                 // Said once per outage; the counter tells the rest.
-                if !failing {
+                if !self.failing {
                     tracing::warn!(error = %e, spans, "the trace collector did not take spans");
-                    failing = true;
+                    self.failing = true;
                 }
             }
         }
@@ -176,5 +256,30 @@ mod tests {
         queue.push(span());
         until("a failed export counted", || counters.failed.get() == 1).await;
         assert_eq!(counters.exported.get(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_flush_exports_what_is_queued() {
+        let exporter = Kept {
+            batches: Arc::default(),
+            entered: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            fail: Arc::default(),
+        };
+        let counters = TraceCounters::default();
+        let queue = SpanQueue::start(exporter.clone(), 16, counters.clone());
+        // Held at the gate, the first batch lets the next spans wait in the queue.
+        queue.push(crate::trace::hop::tests::sample_span());
+        until("the first export", || {
+            exporter.entered.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        for _ in 0..3 {
+            queue.push(crate::trace::hop::tests::sample_span());
+        }
+        exporter.gate.add_permits(100);
+        assert!(queue.flush(Duration::from_secs(10)).await);
+        assert_eq!(counters.exported.get(), 4);
+        assert_eq!(*exporter.batches.lock().unwrap(), [1, 3]);
     }
 }

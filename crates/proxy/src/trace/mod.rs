@@ -96,6 +96,11 @@ impl Tracer {
         }
     }
 
+    /// Exports the spans waiting, at most `timeout`; whether they went in time.
+    pub(crate) async fn flush(&self, timeout: std::time::Duration) -> bool {
+        self.queue.flush(timeout).await
+    }
+
     /// Whether a trace this proxy decides for is recorded: OpenTelemetry's trace-id ratio
     /// rule, so that every hop deciding with the same ratio decides the same for a trace.
     pub(crate) fn samples(&self, trace_id: [u8; 16]) -> bool {
