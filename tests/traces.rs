@@ -190,3 +190,63 @@ async fn a_requests_spans_chain_from_the_edge_to_the_instance_and_across_a_mesh_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The first port from `from` (by steps of 7) that is free with those at `offsets` from it,
+/// on 127.0.0.1 (where `meridian dev` listens).
+fn free_ports(from: u16, offsets: &[u16]) -> u16 {
+    (from..from + 10_000)
+        .step_by(7)
+        .find(|base| {
+            offsets
+                .iter()
+                .all(|d| std::net::TcpListener::bind(("127.0.0.1", base + d)).is_ok())
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meridian_dev_passes_its_endpoint_to_every_proxy() {
+    let receiver = OtlpReceiver::start("127.0.140.251:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Ports of its gateways (three, and three 100 up), edges (two) and their HTTPS side (two),
+    // all free.
+    let gateways = free_ports(40_000, &[0, 1, 2, 100, 101, 102]);
+    let edges = free_ports(gateways + 200, &[0, 1]);
+    let https = free_ports(edges + 10, &[0, 1]);
+    let dev = std::process::Command::new(support::MERIDIAN)
+        .args(["dev", "--listen", "127.0.140.5:0", "--exit-when-ready"])
+        .arg("--data-dir")
+        .arg(dir.path().join("dev"))
+        .args(["--gateway-port", &gateways.to_string()])
+        .args(["--edge-port", &edges.to_string()])
+        .args(["--edge-https-port", &https.to_string()])
+        .args(["--otlp-endpoint", &receiver.endpoint()])
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Dev asks every gateway and edge for the example before it stops everything.
+    let ended = tokio::task::spawn_blocking(move || dev.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&ended.stderr);
+    assert!(ended.status.success(), "{said}");
+    let end = Instant::now() + DEADLINE;
+    let wanted = ["meridian-edge", "meridian-gateway", "meridian-node-proxy"];
+    loop {
+        let spans = receiver.spans();
+        let seen = |service: &str| spans.iter().any(|s| s.resource["service.name"] == service);
+        if wanted.iter().all(|w| seen(w)) {
+            break;
+        }
+        let services: std::collections::BTreeSet<&str> = spans
+            .iter()
+            .map(|s| s.resource["service.name"].as_str())
+            .collect();
+        assert!(Instant::now() < end, "spans only of {services:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
