@@ -26,6 +26,7 @@ use crate::routing::Route;
 use crate::server::ListenerContext;
 use crate::switch::{tunnel, Switch};
 use crate::trace::hop::Hop;
+use crate::trace::Tracer;
 use crate::upstream::ConnectionLimitReached;
 
 /// [`ERROR_HEADER`] as a header name, so that each response does not parse it again.
@@ -85,26 +86,26 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     match ctx.shared.tracer.get() {
         None => serve(request, ctx, peer, None).await,
-        // Boxed: the hop kept across the round trip makes the future larger, which untraced
-        // requests (the HTTP/2 streams that hold this future) need not pay for.
-        Some(_) => Box::pin(traced(request, ctx, peer)).await,
+        Some(tracer) => {
+            let tracer = tracer.clone();
+            // Boxed: the hop kept across the round trip makes the future larger, which
+            // untraced requests (the HTTP/2 streams that hold this future) need not pay for.
+            Box::pin(traced(request, ctx, peer, tracer)).await
+        }
     }
 }
 
 /// Serves one request as a hop of its trace: W3C Trace Context read and passed on, and a span
-/// recorded if the trace is sampled.
+/// recorded by `tracer` if the trace is sampled.
 async fn traced(
     mut request: Request<ClientBody>,
     ctx: Arc<ListenerContext>,
     peer: &Peer,
+    tracer: Arc<Tracer>,
 ) -> Response<ProxyBody> {
-    let shared = ctx.shared.clone();
-    let Some(tracer) = shared.tracer.get() else {
-        return serve(request, ctx, peer, None).await;
-    };
-    let mut hop = Hop::start(tracer, &mut request, peer, trusted(&ctx, peer));
+    let mut hop = Hop::start(&tracer, &mut request, peer, trusted(&ctx, peer));
     let response = serve(request, ctx, peer, Some(&mut hop)).await;
-    hop.answered(tracer, &response);
+    hop.answered(&tracer, &response);
     response
 }
 

@@ -259,7 +259,7 @@ impl Proxy {
         }
         let counters = self.shared.metrics.trace_counters();
         let tracer = trace::Tracer::start(options, counters)?;
-        Ok(self.shared.tracer.set(tracer).is_ok())
+        Ok(self.shared.tracer.set(Arc::new(tracer)).is_ok())
     }
 
     /// Validates and applies `config`: binds new listeners first (if one fails, nothing changes),
