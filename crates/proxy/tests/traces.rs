@@ -244,6 +244,34 @@ async fn the_hop_that_decides_samples_by_the_ratio_and_the_next_follows_it() {
 }
 
 #[tokio::test]
+async fn without_tracing_the_clients_fields_pass_through_untouched() {
+    let upstream = upstream().await;
+    let proxy = Proxy::default();
+    let config = format!(
+        "listeners: [{{name: p, address: \"{LOOPBACK}:0\", virtual_hosts: [{{name: all, domains: [\"*\"], routes: [{{cluster: next}}]}}]}}]\nclusters: [{{name: next, endpoints: [{{address: \"{upstream}\"}}]}}]\n"
+    );
+    proxy.apply_text(&config).await.unwrap();
+    let at = proxy.listeners().await[0].1;
+    // Even what tracing would refuse (uppercase hex) and reshape (spaces) is left alone.
+    let traceparent = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+    let tracestate = "rojo=1 ,  congo=2";
+    let text = reqwest::Client::new()
+        .get(format!("http://{at}/"))
+        .header("traceparent", traceparent)
+        .header("tracestate", tracestate)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, format!("{traceparent}\n{tracestate}"));
+    assert!(proxy
+        .metrics_text()
+        .contains("meridian_proxy_trace_spans_exported_total 0"));
+}
+
+#[tokio::test]
 async fn a_stopping_proxy_exports_its_last_spans_before_it_returns() {
     let chain = Chain::start(1.0).await;
     let (traceparent, _) = chain.get(&[]).await;
