@@ -12,11 +12,13 @@
 //!   `anonymous`;
 //! - `GET /tagged/<tags>` — `tagged <tags>`, with `Cache-Tag: <tags>` (comma-separated), so
 //!   that what an edge cached of it can be purged by tag;
-//! - `GET /forwarded` — the forwarding headers it received, one `name: value` line each
-//!   (`forwarded`, `x-forwarded-for`, `x-forwarded-host`, `x-forwarded-proto`);
+//! - `GET /forwarded` — the forwarding and trace headers it received, one `name: value` line
+//!   each (`forwarded`, `x-forwarded-for`, `x-forwarded-host`, `x-forwarded-proto`,
+//!   `traceparent`, `tracestate`);
 //! - `GET /call?url=<url>` — fetches `url` (e.g. `http://api.shop.internal:8080/`) and answers
 //!   with what it got: a call to another service by name, through `HTTP_PROXY` if set; with
-//!   `&direct=1`, without it (the name is resolved by DNS);
+//!   `&direct=1`, without it (the name is resolved by DNS). The request's `traceparent` and
+//!   `tracestate` go with the call, as a traced application's would;
 //! - `POST /exit` — exits with status 1, to watch the agent restart it;
 //! - `GET /print?line=<text>[&stream=stderr]` — writes `<text>` as a line of its standard
 //!   output (or error), to watch `meridian logs`;
@@ -216,7 +218,10 @@ async fn tagged(
     ([("cache-tag", tags)], body)
 }
 
-/// The forwarding headers as they reached the instance, one `name: value` line each.
+/// The trace context fields a call passes on (W3C Trace Context).
+const TRACE_FIELDS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// The forwarding and trace headers as they reached the instance, one `name: value` line each.
 async fn forwarded(headers: axum::http::HeaderMap) -> String {
     [
         "forwarded",
@@ -225,6 +230,7 @@ async fn forwarded(headers: axum::http::HeaderMap) -> String {
         "x-forwarded-proto",
     ]
     .iter()
+    .chain(&TRACE_FIELDS)
     .map(|name| {
         let value = headers.get(*name).and_then(|v| v.to_str().ok());
         format!("{name}: {}\n", value.unwrap_or(""))
@@ -295,9 +301,12 @@ async fn exit() -> &'static str {
     std::process::exit(1)
 }
 
-/// Fetches `url` (over the node proxy named by `HTTP_PROXY`, if set) and answers with its body;
-/// a call that takes over 5 s fails.
-async fn call(Query(query): Query<HashMap<String, String>>) -> (axum::http::StatusCode, String) {
+/// Fetches `url` (over the node proxy named by `HTTP_PROXY`, if set) with the request's trace
+/// context and answers with its body; a call that takes over 5 s fails.
+async fn call(
+    headers: axum::http::HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> (axum::http::StatusCode, String) {
     let Some(url) = query.get("url") else {
         return (
             axum::http::StatusCode::BAD_REQUEST,
@@ -316,7 +325,13 @@ async fn call(Query(query): Query<HashMap<String, String>>) -> (axum::http::Stat
             "no HTTP client\n".to_owned(),
         );
     };
-    match client.get(url).send().await {
+    let mut request = client.get(url);
+    for name in TRACE_FIELDS {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value.as_bytes());
+        }
+    }
+    match request.send().await {
         Ok(answer) => {
             let status = answer.status().as_u16();
             let body = answer.text().await.unwrap_or_default();

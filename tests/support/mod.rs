@@ -989,7 +989,19 @@ fn edge_command(location: &EdgeLocation, listen: &str) -> Command {
 
 /// `meridian edge` at Paris, joined at `region`; its public address.
 pub fn edge(platform: &Deployed, region: &RegionalPlane, dir: &Path) -> (Killed, String) {
-    let edge = edge_at(platform, region, dir, &PARIS, "127.0.0.1:0", None);
+    edge_with(platform, region, dir, &[])
+}
+
+/// [`edge`], started with `extra` arguments (e.g. `--otlp-endpoint URL`).
+pub fn edge_with(
+    platform: &Deployed,
+    region: &RegionalPlane,
+    dir: &Path,
+    extra: &[&str],
+) -> (Killed, String) {
+    let global_xds = platform.global.xds.as_str();
+    let listen = ("127.0.0.1:0", None);
+    let edge = spawn_edge(region, dir, &PARIS, listen, (global_xds, extra));
     (edge.process, edge.http)
 }
 
@@ -1013,7 +1025,13 @@ pub fn edge_at(
     listen_https: Option<&str>,
 ) -> Edge {
     let global_xds = platform.global.xds.as_str();
-    spawn_edge(region, dir, location, (listen, listen_https), global_xds)
+    spawn_edge(
+        region,
+        dir,
+        location,
+        (listen, listen_https),
+        (global_xds, &[]),
+    )
 }
 
 /// `meridian edge` at `location` with a plain listener only, joined at `region`, following the
@@ -1025,7 +1043,13 @@ pub fn edge_via(
     location: &EdgeLocation,
     global_xds: &str,
 ) -> Edge {
-    spawn_edge(region, dir, location, ("127.0.0.1:0", None), global_xds)
+    spawn_edge(
+        region,
+        dir,
+        location,
+        ("127.0.0.1:0", None),
+        (global_xds, &[]),
+    )
 }
 
 fn spawn_edge(
@@ -1033,7 +1057,7 @@ fn spawn_edge(
     dir: &Path,
     location: &EdgeLocation,
     (listen, listen_https): (&str, Option<&str>),
-    global_xds: &str,
+    (global_xds, extra): (&str, &[&str]),
 ) -> Edge {
     let token = region.join_token(&format!("edge/{}", location.name));
     let (child, lines) = spawn_with_lines(
@@ -1043,6 +1067,7 @@ fn spawn_edge(
             .args(["--global-xds", global_xds])
             .arg("--state-dir")
             .arg(dir.join(format!("edge-{}", location.name)))
+            .args(extra)
             .env("MERIDIAN_LOG", "warn"),
     );
     let line = wait_for_line(&lines, STARTUP_DEADLINE, "the edge's address", |l| {

@@ -83,6 +83,8 @@ pub struct AgentOptions {
         meridian_proxy::AccessLogTarget,
         meridian_proxy::AccessLogSource,
     )>,
+    /// Where the node proxy's spans go, if it traces requests.
+    pub trace: Option<meridian_proxy::TraceOptions>,
 }
 
 /// The label of the instances gauge.
@@ -296,6 +298,11 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
             tracing::error!(%target, error = %e, "the node proxy's access log could not start");
         }
     }
+    if let Some(trace) = &options.trace {
+        if let Err(e) = proxy.trace_to(trace) {
+            tracing::error!(error = %e, "the node proxy's tracing could not start");
+        }
+    }
     let metrics_address = Arc::new(std::sync::OnceLock::new());
     let reporter = tokio::spawn(report_loop(
         UnaryClient::new(&options.control, options.tls.clone()),
@@ -423,6 +430,8 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     if let Some(cgroups) = &node.cgroups {
         cgroups.remove();
     }
+    // The spans of the node proxy's last requests.
+    node_proxy.proxy.flush_traces().await;
     reporter.abort();
     collector.abort();
     tracing::info!("agent stopped; every instance is stopped");

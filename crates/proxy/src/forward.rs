@@ -25,6 +25,8 @@ use crate::retry::{backoff, Attempt};
 use crate::routing::Route;
 use crate::server::ListenerContext;
 use crate::switch::{tunnel, Switch};
+use crate::trace::hop::Hop;
+use crate::trace::Tracer;
 use crate::upstream::ConnectionLimitReached;
 
 /// [`ERROR_HEADER`] as a header name, so that each response does not parse it again.
@@ -66,11 +68,53 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     false
 }
 
-/// Serves one request, of any HTTP version: the whole proxy path for one listener.
+/// Whether the client's forwarding (and trace) fields are believed on this listener.
+fn trusted(ctx: &ListenerContext, peer: &Peer) -> bool {
+    match ctx.trust.load() {
+        TrustForwarded::None => false,
+        TrustForwarded::Mesh => peer.identity().is_some(),
+        TrustForwarded::All => true,
+    }
+}
+
+/// Serves one request, of any HTTP version: the whole proxy path for one listener, traced
+/// when the proxy traces ([`crate::Proxy::trace_to`]).
 pub async fn handle(
+    request: Request<ClientBody>,
+    ctx: Arc<ListenerContext>,
+    peer: &Peer,
+) -> Response<ProxyBody> {
+    match ctx.shared.tracer.get() {
+        None => serve(request, ctx, peer, None).await,
+        Some(tracer) => {
+            let tracer = tracer.clone();
+            // Boxed: the hop kept across the round trip makes the future larger, which
+            // untraced requests (the HTTP/2 streams that hold this future) need not pay for.
+            Box::pin(traced(request, ctx, peer, tracer)).await
+        }
+    }
+}
+
+/// Serves one request as a hop of its trace: W3C Trace Context read and passed on, and a span
+/// recorded by `tracer` if the trace is sampled.
+async fn traced(
     mut request: Request<ClientBody>,
     ctx: Arc<ListenerContext>,
     peer: &Peer,
+    tracer: Arc<Tracer>,
+) -> Response<ProxyBody> {
+    let mut hop = Hop::start(&tracer, &mut request, peer, trusted(&ctx, peer));
+    let response = serve(request, ctx, peer, Some(&mut hop)).await;
+    hop.answered(&tracer, &response);
+    response
+}
+
+/// Serves one request; `hop`, when it is traced, learns where it was routed.
+async fn serve(
+    mut request: Request<ClientBody>,
+    ctx: Arc<ListenerContext>,
+    peer: &Peer,
+    hop: Option<&mut Hop>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     ctx.count_request(request.version());
@@ -101,6 +145,9 @@ pub async fn handle(
     let Some(target) = route.target() else {
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no_cluster");
     };
+    if let Some(hop) = hop {
+        hop.routed(&ctx.name, &route.name, &target.cluster.name);
+    }
     // Counted in flight until the answer's head goes back (the instance's figures only).
     let _in_flight = target.metrics.in_flight();
     let metrics = &ctx.shared.metrics;
@@ -113,11 +160,7 @@ pub async fn handle(
     let logged = logged.map(|log| crate::access_log::Logged::new(log, &request));
     let switch = Switch::requested(&request);
     let client_side = switch.is_some().then(|| hyper::upgrade::on(&mut request));
-    let trusted = match ctx.trust.load() {
-        TrustForwarded::None => false,
-        TrustForwarded::Mesh => peer.identity().is_some(),
-        TrustForwarded::All => true,
-    };
+    let trusted = trusted(&ctx, peer);
     let client = ClientRequest {
         version: request.version(),
         request,

@@ -44,6 +44,7 @@ mod server;
 mod splice;
 mod switch;
 mod tls;
+mod trace;
 mod upstream;
 mod xds;
 
@@ -71,6 +72,8 @@ pub use meridian_cache::StoreLimits as CacheLimits;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_admin_with, serve_until, RunError, RunOptions};
 pub use tls::{TlsSource, ACME_TLS_ALPN};
+pub use trace::receiver as trace_fixture;
+pub use trace::{TraceError, TraceOptions};
 pub use xds::fixture as xds_fixture;
 pub use xds::{reapply_on_renewal, run_xds, Identity, XdsHandler, XdsOptions, DISK_COPY_EVERY};
 
@@ -195,6 +198,9 @@ pub struct Proxy {
     cache: Arc<cache::HttpCache>,
 }
 
+/// How long a stopping proxy waits for its last spans to be exported.
+pub const TRACE_FLUSH: Duration = Duration::from_secs(5);
+
 /// Renders a component's metrics in the OpenMetrics text format (ending with `# EOF`).
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -208,6 +214,7 @@ impl Default for Proxy {
                 access_log: Default::default(),
                 open: Default::default(),
                 http01: std::sync::OnceLock::new(),
+                tracer: std::sync::OnceLock::new(),
             }),
             active: tokio::sync::Mutex::new(Active::default()),
             prober: health::Prober::new(metrics),
@@ -240,6 +247,19 @@ impl Proxy {
         let log = access_log::AccessLog::open(target, source, counters)?;
         self.shared.access_log.always(log);
         Ok(())
+    }
+
+    /// Traces every request from now on (docs/observability.md, "Traces"): W3C Trace Context
+    /// at this hop, a server span for the requests sampled, exported over OTLP/gRPC to
+    /// `options.endpoint` (`meridian_proxy_trace_spans_*` count them). Needs a Tokio runtime.
+    /// A proxy has one tracer: a second call changes nothing and returns `Ok(false)`.
+    pub fn trace_to(&self, options: &TraceOptions) -> Result<bool, TraceError> {
+        if self.shared.tracer.get().is_some() {
+            return Ok(false);
+        }
+        let counters = self.shared.metrics.trace_counters();
+        let tracer = trace::Tracer::start(options, counters)?;
+        Ok(self.shared.tracer.set(Arc::new(tracer)).is_ok())
     }
 
     /// Validates and applies `config`: binds new listeners first (if one fails, nothing changes),
@@ -647,14 +667,28 @@ impl Proxy {
     }
 
     /// Stops accepting connections, asks open ones to finish their requests in flight and close,
-    /// and waits for them up to `timeout`. Returns how many were still open at the end.
+    /// and waits for them up to `timeout`. Returns how many were still open at the end. The
+    /// spans of traced requests still queued are then exported (at most [`TRACE_FLUSH`]).
     pub async fn drain(&self, timeout: Duration) -> usize {
         {
             let mut active = self.active.lock().await;
             active.listeners.clear();
             active.checks.clear();
         }
-        self.shared.open.drain(timeout).await
+        let left = self.shared.open.drain(timeout).await;
+        self.flush_traces().await;
+        left
+    }
+
+    /// Exports the spans of traced requests still queued, waiting at most [`TRACE_FLUSH`]; a
+    /// component that stops calls it last (after [`Proxy::drain`], which does).
+    pub async fn flush_traces(&self) {
+        let Some(tracer) = self.shared.tracer.get() else {
+            return;
+        };
+        if !tracer.flush(TRACE_FLUSH).await {
+            tracing::warn!("the last spans could not all be exported before the stop");
+        }
     }
 
     /// The client limits in force.

@@ -243,6 +243,7 @@ pub struct ProxyMetrics {
     clusters: ClusterStatsSet,
     cache: CacheMetrics,
     access_log: crate::access_log::AccessLogCounters,
+    trace: crate::trace::TraceCounters,
 }
 
 fn latency_histogram() -> Histogram {
@@ -410,8 +411,25 @@ impl Default for ProxyMetrics {
             "Access-log lines dropped: the writer's queue was full, or writing failed",
             access_log.dropped.clone(),
         );
+        let trace = crate::trace::TraceCounters::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans the trace collector accepted",
+            trace.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full",
+            trace.dropped.clone(),
+        );
+        registry.register(
+            "trace_spans_failed",
+            "Spans in batches the trace collector did not accept (unreachable, refused, timed out)",
+            trace.failed.clone(),
+        );
         ProxyMetrics {
             access_log,
+            trace,
             registry,
             requests,
             latency,
@@ -475,6 +493,11 @@ impl ProxyMetrics {
     /// The access log's counters (shared handles).
     pub(crate) fn access_log_counters(&self) -> crate::access_log::AccessLogCounters {
         self.access_log.clone()
+    }
+
+    /// The trace exporter's counters.
+    pub(crate) fn trace_counters(&self) -> crate::trace::TraceCounters {
+        self.trace.clone()
     }
 
     /// The shared HTTP cache's counters.

@@ -24,6 +24,8 @@ pub struct RunOptions {
     /// Where every request is logged, whatever the file's `access_log` says (which, alone,
     /// logs to standard output).
     pub access_log: Option<(crate::AccessLogTarget, crate::AccessLogSource)>,
+    /// Where the spans of traced requests go, if anywhere.
+    pub trace: Option<crate::TraceOptions>,
 }
 
 /// Error starting the proxy.
@@ -53,6 +55,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// Tracing could not start.
+    #[error("traces: {0}")]
+    Trace(#[from] crate::TraceError),
     /// The admin port could not be bound.
     #[error("admin port {address}: {source}")]
     Admin {
@@ -135,6 +140,14 @@ pub(crate) fn log_access(
         .map_err(|source| RunError::AccessLog { target, source })
 }
 
+/// Starts tracing `proxy`'s requests, if asked for.
+pub(crate) fn trace(proxy: &Proxy, options: Option<&crate::TraceOptions>) -> Result<(), RunError> {
+    if let Some(options) = options {
+        proxy.trace_to(options)?;
+    }
+    Ok(())
+}
+
 async fn drain(proxy: &Proxy) {
     let timeout = proxy.limits().drain_timeout.0;
     println!(
@@ -150,6 +163,7 @@ async fn drain(proxy: &Proxy) {
 pub async fn run(options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let proxy = Arc::new(Proxy::default());
     log_access(&proxy, options.access_log)?;
+    trace(&proxy, options.trace.as_ref())?;
     let mut applied = load(&proxy, &options.config).await?;
     serve_admin(&proxy, options.admin).await?;
     let mut hangup = signal(SignalKind::hangup()).ok();

@@ -59,6 +59,8 @@ pub struct AgentArgs {
     image_store_max: Memory,
     #[command(flatten)]
     access_log: super::proxy::AccessLogArgs,
+    #[command(flatten)]
+    trace: super::proxy::TraceArgs,
 }
 
 /// Runs the agent until Ctrl-C or SIGTERM, then stops its instances.
@@ -98,6 +100,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             .open(path)
             .map_err(|e| anyhow::anyhow!("--access-log: cannot open {}: {e}", path.display()))?;
     }
+    let trace = args.trace.of("node-proxy", &args.node, Some(&args.region));
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
     let (tls, id) = (enrolled.tls, enrolled.id);
@@ -149,6 +152,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         },
         image_store_max: args.image_store_max.bytes(),
         access_log,
+        trace,
     };
     run_agent(options, super::control::shutdown_signal()).await;
     Ok(())

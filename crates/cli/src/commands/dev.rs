@@ -86,6 +86,11 @@ pub struct DevArgs {
     /// Stop everything once the example app is served, instead of running until Ctrl-C.
     #[arg(long)]
     exit_when_ready: bool,
+    /// Trace every request: the edges, gateways and node proxies export their spans with OTLP
+    /// over gRPC to this collector (`http://HOST:4317`; each records all traces, see
+    /// docs/observability.md). Off by default.
+    #[arg(long, value_name = "URL", value_parser = super::proxy::otlp_endpoint)]
+    otlp_endpoint: Option<String>,
 }
 
 /// A region's parts once they run.
@@ -125,7 +130,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let exe = std::env::current_exe().context("finding the meridian binary")?;
     let mut children = Children::new(&exe, &data_dir.join("logs"))?;
     let started = tokio::select! {
-        result = start_and_serve(&args.listen, &ports, &issuer, &data_dir, &mut children) => Some(result),
+        result = start_and_serve(&args.listen, &ports, &issuer, &data_dir, args.otlp_endpoint.as_deref(), &mut children) => Some(result),
         () = stop.requested() => None,
     };
     match started {
@@ -219,6 +224,7 @@ async fn start_and_serve(
     ports: &Ports,
     issuer: &Issuer,
     data_dir: &Path,
+    otlp: Option<&str>,
     children: &mut Children,
 ) -> Result<()> {
     println!(
@@ -298,6 +304,7 @@ async fn start_and_serve(
             api: &api,
             xds: &xds,
             token: &token,
+            otlp,
         };
         regions.push(start_region(name, i, gateway, &global, data_dir, children).await?);
     }
@@ -332,6 +339,7 @@ async fn start_and_serve(
                 ]
                 .into_iter()
                 .chain(join.map(|t| ("--join-token", t)))
+                .chain(tracing_to(otlp))
                 .collect::<Vec<_>>(),
                 "serving http://",
             )
@@ -397,6 +405,13 @@ struct Global<'a> {
     xds: &'a str,
     /// The installation's admin token.
     token: &'a str,
+    /// Where the proxies' spans go, if they trace.
+    otlp: Option<&'a str>,
+}
+
+/// `--otlp-endpoint`, for the proxies' options, when `meridian dev` traces.
+fn tracing_to(otlp: Option<&str>) -> Option<(&'static str, String)> {
+    otlp.map(|endpoint| ("--otlp-endpoint", endpoint.to_owned()))
 }
 
 /// How far above a gateway's plain-HTTP port its listener for edges (mutual TLS) is.
@@ -488,6 +503,7 @@ async fn start_region(
                 ]
                 .into_iter()
                 .chain(join.map(|t| ("--join-token", t)))
+                .chain(tracing_to(global.otlp))
                 .collect::<Vec<_>>(),
                 "meridian agent of node",
             )
@@ -509,6 +525,7 @@ async fn start_region(
             &[("--admin", "127.0.0.1:0".to_owned())]
                 .into_iter()
                 .chain(join.map(|t| ("--join-token", t)))
+                .chain(tracing_to(global.otlp))
                 .collect::<Vec<_>>(),
             "meridian proxy admin on ",
         )

@@ -39,6 +39,8 @@ pub struct EdgeCommand {
     anycast: anycast::AnycastArgs,
     #[command(flatten)]
     access_log: super::proxy::AccessLogArgs,
+    #[command(flatten)]
+    trace: super::proxy::TraceArgs,
 }
 
 /// What to do with a running edge.
@@ -138,7 +140,10 @@ pub async fn run(command: EdgeCommand) -> Result<()> {
     match (command.command, command.args) {
         (Some(EdgeSubcommand::Drain(args)), _) => stopping::drain(args).await,
         (Some(EdgeSubcommand::Guard(args)), _) => stopping::guard(args).await,
-        (None, Some(args)) => serve(args, command.anycast, command.access_log).await,
+        (None, Some(args)) => {
+            let observed = (command.access_log, command.trace);
+            serve(args, command.anycast, observed).await
+        }
         (None, None) => {
             anyhow::bail!("--location, --lat, --lon and --control are needed to run an edge")
         }
@@ -149,7 +154,7 @@ pub async fn run(command: EdgeCommand) -> Result<()> {
 async fn serve(
     args: EdgeArgs,
     anycast_args: anycast::AnycastArgs,
-    access_log: super::proxy::AccessLogArgs,
+    (access_log, trace): (super::proxy::AccessLogArgs, super::proxy::TraceArgs),
 ) -> Result<()> {
     meridian_model::check_dns_label(&args.location)
         .map_err(|reason| anyhow::anyhow!("--location: {reason}"))?;
@@ -200,6 +205,11 @@ async fn serve(
         proxy
             .log_access(&target, source)
             .with_context(|| format!("--access-log: cannot open {target}"))?;
+    }
+    if let Some(options) = trace.of("edge", &args.location, None) {
+        proxy
+            .trace_to(&options)
+            .context("--otlp-endpoint: cannot start tracing")?;
     }
     let enrolled_tls = enrolled.tls.clone();
     let options = EdgeOptions {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::proxy::{run_from_xds, AccessLogArgs, XdsArgs};
+use super::proxy::{run_from_xds, AccessLogArgs, TraceArgs, XdsArgs};
 
 /// Options of `meridian gateway`.
 #[derive(Args)]
@@ -31,6 +31,8 @@ pub struct GatewayArgs {
     admin: SocketAddr,
     #[command(flatten)]
     access_log: AccessLogArgs,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 /// Runs the gateway until Ctrl-C or SIGTERM.
@@ -46,6 +48,7 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
     let node_id = format!("gateway-{}", args.region);
     run_from_xds(XdsArgs {
         access_log: args.access_log.of("gateway", &node_id, Some(&args.region)),
+        trace: args.trace.of("gateway", &node_id, Some(&args.region)),
         server: args.control,
         join_token: args.join_token,
         node_id,

@@ -61,6 +61,8 @@ pub struct XdsOptions {
     pub admin: SocketAddr,
     /// Where every request is logged, if anywhere.
     pub access_log: Option<(crate::AccessLogTarget, crate::AccessLogSource)>,
+    /// Where the spans of traced requests go, if anywhere.
+    pub trace: Option<crate::TraceOptions>,
 }
 
 /// Runs the proxy from xDS until `shutdown` resolves.
@@ -70,6 +72,7 @@ pub async fn run_xds(
 ) -> Result<(), RunError> {
     let proxy = Arc::new(Proxy::default());
     crate::reload::log_access(&proxy, options.access_log.clone())?;
+    crate::reload::trace(&proxy, options.trace.as_ref())?;
     let state_file = options.state_dir.join(STATE_FILE);
     start_from_disk(&proxy, &state_file).await;
     let admin = serve_admin(&proxy, options.admin).await?;
