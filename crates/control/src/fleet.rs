@@ -389,7 +389,7 @@ impl Fleet {
                 current: placed.version == want.version && !self.cordoned.contains(&placed.node),
                 ready: self
                     .report_of(key, &placed.node)
-                    .is_some_and(|r| r.state == "healthy"),
+                    .is_some_and(|r| meridian_model::serves(&r.state)),
             })
             .collect();
         let Step { start, drain } = if want.paused {
@@ -729,9 +729,11 @@ impl Fleet {
         self.reports_of(service)
             .filter_map(|(instance, _, report)| {
                 let report = report.filter(|r| !r.address.is_empty())?;
-                let health = match report.state.as_str() {
-                    "healthy" => EndpointHealth::Healthy,
-                    _ => EndpointHealth::Unhealthy,
+                // An instance asleep takes requests: its node proxy holds them while it wakes.
+                let health = if meridian_model::serves(&report.state) {
+                    EndpointHealth::Healthy
+                } else {
+                    EndpointHealth::Unhealthy
                 };
                 Some(Endpoint {
                     org: service.0.clone(),
@@ -753,7 +755,7 @@ impl Fleet {
     pub fn summary(&self, service: &ServiceId) -> BTreeMap<u64, (usize, usize)> {
         let mut counts: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
         for (_, version, report) in self.reports_of(service) {
-            let up = report.is_some_and(|r| r.state == "healthy");
+            let up = report.is_some_and(|r| meridian_model::serves(&r.state));
             let (placed, healthy) = counts.entry(version).or_default();
             *placed += 1;
             *healthy += usize::from(up);

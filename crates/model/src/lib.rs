@@ -26,11 +26,13 @@ mod parse;
 mod purge;
 mod resources;
 mod rollout;
+mod sleep;
 pub mod traffic;
 mod validate;
 pub mod waves;
 
 pub use analysis::{Analysis, AnalysisFigures, VersionFigures};
+pub use sleep::{serves, Sleep, SleepMode, SLEEPING_DEEP, SLEEPING_LIGHT};
 pub use autoscale::{AutoscaleStatus, ScaleTarget, ScaleTargets, DEFAULT_DOWN_WINDOW};
 pub use cache::{validate_cache, CacheKeyPolicy, CachePolicy};
 pub use certificates::{CertificateSource, CertificateState};
