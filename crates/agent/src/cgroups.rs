@@ -103,14 +103,17 @@ pub enum Controller {
     Memory,
     /// `pids`: the process limit.
     Pids,
+    /// `freezer`: freezes an instance asleep (`scale.sleep`).
+    Freezer,
 }
 
 impl Controller {
-    const ALL: [Controller; 4] = [
+    const ALL: [Controller; 5] = [
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Memory,
         Controller::Pids,
+        Controller::Freezer,
     ];
 
     fn name(self) -> &'static str {
@@ -119,6 +122,7 @@ impl Controller {
             Controller::Cpuacct => "cpuacct",
             Controller::Memory => "memory",
             Controller::Pids => "pids",
+            Controller::Freezer => "freezer",
         }
     }
 }
@@ -443,7 +447,38 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
+/// The file that freezes and thaws a run's cgroup: v1's `freezer.state`, v2's
+/// `cgroup.freeze`. Every process of the run stops where it is, its memory kept, and
+/// goes on when thawed (in microseconds).
+#[derive(Debug, Clone)]
+pub struct Freezer {
+    file: PathBuf,
+    values: [&'static str; 2],
+}
+
+impl Freezer {
+    /// Freezes the cgroup's processes (`true`) or thaws them. Blocks (a write to the cgroup
+    /// file system): call it off the async threads.
+    pub fn set(&self, frozen: bool) -> io::Result<()> {
+        write(&self.file, self.values[usize::from(frozen)])
+    }
+}
+
 impl Cgroup {
+    /// Its freezer, when the node has one (a v1 `freezer` hierarchy, or v2).
+    pub fn freezer(&self) -> Option<Freezer> {
+        match self.version {
+            1 => Some(Freezer {
+                file: self.dir(Controller::Freezer)?.join("freezer.state"),
+                values: ["THAWED", "FROZEN"],
+            }),
+            _ => Some(Freezer {
+                file: self.dirs.first()?.1.join("cgroup.freeze"),
+                values: ["0", "1"],
+            }),
+        }
+    }
+
     fn dir(&self, controller: Controller) -> Option<&Path> {
         self.dirs
             .iter()

@@ -103,6 +103,18 @@ pub async fn handle(
     };
     // Counted in flight until the answer's head goes back (the instance's figures only).
     let _in_flight = target.metrics.in_flight();
+    // An instance that sleeps: used until the response ends (or a switched connection
+    // closes), and held here while it wakes.
+    let mut using = match target.metrics.gate() {
+        Some(gate) => {
+            let using = gate.use_now();
+            if let Err(refusal) = gate.pass().await {
+                return refusal.answer();
+            }
+            Some(using)
+        }
+        None => None,
+    };
     let metrics = &ctx.shared.metrics;
     // Copied out at once: a guard of the limits is not held for the whole round trip.
     let (body_limit, body_timeout) = {
@@ -157,7 +169,7 @@ pub async fn handle(
                 tunnel(
                     client_side,
                     hyper::upgrade::on(&mut response),
-                    (open, retiring),
+                    (open, retiring, using.take()),
                 );
             }
             if let Some(switch) = switched {
@@ -165,7 +177,9 @@ pub async fn handle(
             }
             let cluster = target.cluster.clone();
             let metrics = ctx.shared.metrics.clone();
-            response.map(|body| Either::Left(ResponseBody::new(body, cluster, metrics)))
+            response.map(|body| {
+                Either::Left(ResponseBody::new(body, cluster, metrics).holding(using))
+            })
         }
         Err(answer) => answer,
     };

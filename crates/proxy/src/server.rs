@@ -42,6 +42,8 @@ pub struct Shared {
     pub open: OpenConnections,
     /// The ACME HTTP-01 challenges plain-HTTP listeners answer, if the proxy was given any.
     pub http01: std::sync::OnceLock<Arc<dyn crate::acme::Http01Answers>>,
+    /// The wake gates of the instances that sleep (node proxies).
+    pub gates: crate::wake::WakeGates,
 }
 
 /// Client connections open on all listeners, and the signal that asks them to wind down.
