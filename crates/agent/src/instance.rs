@@ -745,14 +745,11 @@ async fn supervise(
     // Woken from a deep sleep: the held requests go as soon as its port accepts (or its
     // checks pass, if sooner).
     let mut waking = sleeper.filter(|s| s.gate.is_closed());
-    let woken_deep = waking;
+    let mut probing = waking.is_some();
+    let port = launch.spec.ports.first().map(|p| u16::try_from(p.port).unwrap_or(0));
     let mut listening = std::pin::pin!(async move {
-        match (woken_deep, launch.spec.ports.first()) {
-            (Some(sleeper), Some(port)) => {
-                crate::sleep::accepts(address, u16::try_from(port.port).unwrap_or(0), sleeper.policy.wake_timeout()).await
-            }
-            (Some(_), None) => true,
-            (None, _) => std::future::pending().await,
+        if let Some(port) = port {
+            crate::sleep::accepts(address, port).await;
         }
     });
     let mut dozing = false;
@@ -767,8 +764,9 @@ async fn supervise(
             }
             _ = stop.wait_for(|stop| *stop) => return Ended::Stopped,
             () = tokio::time::sleep(interval) => {}
-            accepts = &mut listening, if waking.is_some() => {
-                if let Some(sleeper) = waking.take().filter(|_| accepts) {
+            () = &mut listening, if probing => {
+                probing = false;
+                if let Some(sleeper) = waking.take() {
                     set(State::Healthy, "awake: its port accepts");
                     sleeper.awake(&launch.instance);
                 }
