@@ -96,12 +96,22 @@ async fn an_idle_service_sleeps_light_then_deep_and_the_first_request_wakes_it()
         &hello_process(),
         "1s",
     );
-    let platform = Platform::start(dir.path(), &definition, "127.0.150.1:8080", "127.0.150.10").await;
-    answers(&platform.address, HELLO_HOST, "/", "hello from hello hello-0").await;
+    let platform =
+        Platform::start(dir.path(), &definition, "127.0.150.1:8080", "127.0.150.10").await;
+    answers(
+        &platform.address,
+        HELLO_HOST,
+        "/",
+        "hello from hello hello-0",
+    )
+    .await;
 
     // Idle for 1 s: frozen, still routed to.
     let row = platform.until_state("sleeping (light)").await;
-    assert_eq!(row["healthy"], 1, "an instance asleep takes requests: {row}");
+    assert_eq!(
+        row["healthy"], 1,
+        "an instance asleep takes requests: {row}"
+    );
     let table = platform
         .platform
         .cli
@@ -149,8 +159,15 @@ async fn an_idle_service_sleeps_light_then_deep_and_the_first_request_wakes_it()
 async fn a_websocket_held_open_keeps_the_service_awake() {
     let dir = tempfile::tempdir().unwrap();
     let definition = sleepy_hello("{after: 1s}", &hello_process(), "1s");
-    let platform = Platform::start(dir.path(), &definition, "127.0.150.2:8080", "127.0.150.20").await;
-    answers(&platform.address, HELLO_HOST, "/", "hello from hello hello-0").await;
+    let platform =
+        Platform::start(dir.path(), &definition, "127.0.150.2:8080", "127.0.150.20").await;
+    answers(
+        &platform.address,
+        HELLO_HOST,
+        "/",
+        "hello from hello hello-0",
+    )
+    .await;
 
     // A WebSocket (which wakes the instance if it slept already), quiet once open.
     let stream = tokio::net::TcpStream::connect(&platform.address)
@@ -197,16 +214,20 @@ async fn beyond_the_wake_queue_or_past_the_wake_timeout_requests_get_503_with_re
         &process,
         "30s",
     );
-    let platform = Platform::start(dir.path(), &definition, "127.0.150.3:8080", "127.0.150.30").await;
-    answers(&platform.address, HELLO_HOST, "/", "hello from hello hello-0").await;
+    let platform =
+        Platform::start(dir.path(), &definition, "127.0.150.3:8080", "127.0.150.30").await;
+    answers(
+        &platform.address,
+        HELLO_HOST,
+        "/",
+        "hello from hello hello-0",
+    )
+    .await;
     platform.until_state("sleeping (deep)").await;
 
     // Two at once: one is held (the queue's one place) until the timeout, the other finds the
     // queue full.
-    let (first, second) = tokio::join!(
-        answer(&platform.address),
-        answer(&platform.address)
-    );
+    let (first, second) = tokio::join!(answer(&platform.address), answer(&platform.address));
     let mut reasons: Vec<String> = [&first, &second]
         .iter()
         .map(|(status, retry_after, body)| {
@@ -219,7 +240,13 @@ async fn beyond_the_wake_queue_or_past_the_wake_timeout_requests_get_503_with_re
     assert_eq!(reasons, ["503 wake_queue_full", "503 wake_timeout"]);
 
     // The held request woke it: once started, it answers.
-    answers(&platform.address, HELLO_HOST, "/", "hello from hello hello-0").await;
+    answers(
+        &platform.address,
+        HELLO_HOST,
+        "/",
+        "hello from hello hello-0",
+    )
+    .await;
 }
 
 /// Whether `socket` echoes `word` (meridian-hello's `/ws` answers `echo: <word>`).

@@ -746,7 +746,11 @@ async fn supervise(
     // checks pass, if sooner).
     let mut waking = sleeper.filter(|s| s.gate.is_closed());
     let mut probing = waking.is_some();
-    let port = launch.spec.ports.first().map(|p| u16::try_from(p.port).unwrap_or(0));
+    let port = launch
+        .spec
+        .ports
+        .first()
+        .map(|p| u16::try_from(p.port).unwrap_or(0));
     let mut listening = std::pin::pin!(async move {
         if let Some(port) = port {
             crate::sleep::accepts(address, port).await;
@@ -754,7 +758,8 @@ async fn supervise(
     });
     let mut dozing = false;
     loop {
-        let may_sleep = sleeper.filter(|_| waking.is_none() && states.borrow().state == State::Healthy);
+        let may_sleep =
+            sleeper.filter(|_| waking.is_none() && states.borrow().state == State::Healthy);
         tokio::select! {
             status = child.wait() => {
                 return Ended::Exited(match status {

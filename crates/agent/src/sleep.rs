@@ -154,7 +154,9 @@ impl Sleeper {
 fn waking(
     waking: &Mutex<Option<(Instant, SleepMode)>>,
 ) -> std::sync::MutexGuard<'_, Option<(Instant, SleepMode)>> {
-    waking.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    waking
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How a run's processes are frozen and thawed.
@@ -205,7 +207,10 @@ impl Pause {
 /// refuses.
 pub async fn accepts(address: std::net::IpAddr, port: u16) {
     let mut pause = Duration::from_millis(1);
-    while tokio::net::TcpStream::connect((address, port)).await.is_err() {
+    while tokio::net::TcpStream::connect((address, port))
+        .await
+        .is_err()
+    {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     }

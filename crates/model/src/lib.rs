@@ -32,7 +32,6 @@ mod validate;
 pub mod waves;
 
 pub use analysis::{Analysis, AnalysisFigures, VersionFigures};
-pub use sleep::{serves, Sleep, SleepMode, SLEEPING_DEEP, SLEEPING_LIGHT};
 pub use autoscale::{AutoscaleStatus, ScaleTarget, ScaleTargets, DEFAULT_DOWN_WINDOW};
 pub use cache::{validate_cache, CacheKeyPolicy, CachePolicy};
 pub use certificates::{CertificateSource, CertificateState};
@@ -67,6 +66,7 @@ pub use rollout::{
     Gate, GateFailure, RolloutControl, RolloutEvent, RolloutMode, RolloutPhase, RolloutRecord,
     RolloutStatus, VersionWeight,
 };
+pub use sleep::{serves, Sleep, SleepMode, SLEEPING_DEEP, SLEEPING_LIGHT};
 pub use traffic::{
     check_metrics_range, parse_metrics_range, quantile_ms, validate_targets, validate_traffic,
     MetricsPoint, MetricsTarget, Percentiles, Rates, RegionMetrics, RequestFigures, ServiceMetrics,

@@ -127,7 +127,10 @@ impl Sleep {
                     errs.push(format!("{prefix}.{name}"), "must be at least 1s");
                 }
                 Some(d) if d.0 > longest => {
-                    errs.push(format!("{prefix}.{name}"), format!("must be at most {written}"));
+                    errs.push(
+                        format!("{prefix}.{name}"),
+                        format!("must be at most {written}"),
+                    );
                 }
                 _ => {}
             }
@@ -261,10 +264,17 @@ mod tests {
             (sleep.after.0, sleep.mode, sleep.deep_after),
             (Duration::from_secs(300), SleepMode::Light, None)
         );
-        assert_eq!(fra.fewest_placed(), 1, "one instance placed, asleep when idle");
+        assert_eq!(
+            fra.fewest_placed(),
+            1,
+            "one instance placed, asleep when idle"
+        );
         let iad = derive_spec(&definition, definition.overrides.get("iad")).scale;
         let sleep = iad.sleep.unwrap();
-        assert_eq!((sleep.after.0, sleep.mode), (Duration::from_secs(30), SleepMode::Deep));
+        assert_eq!(
+            (sleep.after.0, sleep.mode),
+            (Duration::from_secs(30), SleepMode::Deep)
+        );
         let plain = crate::Scale {
             min: 0,
             ..crate::Scale::default()

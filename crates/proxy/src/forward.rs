@@ -177,9 +177,8 @@ pub async fn handle(
             }
             let cluster = target.cluster.clone();
             let metrics = ctx.shared.metrics.clone();
-            response.map(|body| {
-                Either::Left(ResponseBody::new(body, cluster, metrics).holding(using))
-            })
+            response
+                .map(|body| Either::Left(ResponseBody::new(body, cluster, metrics).holding(using)))
         }
         Err(answer) => answer,
     };
