@@ -722,6 +722,43 @@ mod tests {
         assert_eq!(run.end().await, 0);
     }
 
+    /// A run's freezer freezes its processes and thaws them (memory kept, no CPU meanwhile).
+    #[tokio::test]
+    async fn a_run_is_frozen_and_thawed() {
+        if !Cgroups::available() {
+            assert_ne!(std::env::var("MERIDIAN_TEST_STRICT").as_deref(), Ok("1"));
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let cgroups = Cgroups::detect(&crate::netns::tag(state.path())).unwrap();
+        let key = "acme.shop.sleepy-0";
+        let _removed = Removed(cgroups.clone(), key);
+        let run = cgroups
+            .create(key, &Limits::of(&Resources::default()))
+            .unwrap();
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", "while :; do :; done"]);
+        join_before_exec(&mut command, &run);
+        let mut process = command.kill_on_drop(true).spawn().unwrap();
+        let freezer = run.freezer().unwrap();
+        freezer.set(true).unwrap();
+        let frozen = |run: &Cgroup| {
+            let cpu = run.usage().cpu_seconds;
+            std::thread::sleep(Duration::from_millis(200));
+            run.usage().cpu_seconds == cpu
+        };
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while !frozen(&run) {
+            assert!(std::time::Instant::now() < end, "still using CPU frozen");
+        }
+        freezer.set(false).unwrap();
+        while frozen(&run) {
+            assert!(std::time::Instant::now() < end, "no CPU used thawed");
+        }
+        process.kill().await.unwrap();
+        assert_eq!(run.end().await, 0);
+    }
+
     /// At the agent's stop, once its runs ended, nothing of it stays in the hierarchy.
     #[test]
     fn the_agents_directories_go_at_its_stop() {

@@ -215,3 +215,77 @@ pub async fn accepts(address: std::net::IpAddr, port: u16) {
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state letter of process `pid` (`/proc/<pid>/stat`'s third field).
+    fn state_of(pid: u32) -> char {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after_name = stat.rsplit_once(") ").unwrap().1;
+        after_name.chars().next().unwrap()
+    }
+
+    /// Waits (with a deadline) until process `pid`'s state letter is `wanted`.
+    async fn until_state(pid: u32, wanted: char) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while state_of(pid) != wanted {
+            assert!(Instant::now() < end, "{pid} is {}", state_of(pid));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_freezer_the_process_group_is_stopped_and_continued() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let pause = Pause::of(None, Some(pid)).unwrap();
+        pause.set(true).await.unwrap();
+        until_state(pid, 'T').await;
+        pause.set(false).await.unwrap();
+        until_state(pid, 'S').await;
+        child.kill().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_port_is_awaited_until_it_accepts() {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        drop(socket);
+        let waiting = tokio::spawn(accepts(std::net::Ipv4Addr::LOCALHOST.into(), port));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn an_instance_is_due_to_sleep_once_idle_for_after() {
+        let gate = Arc::new(WakeGate::default());
+        let policy: meridian_model::Sleep =
+            serde_json::from_value(serde_json::json!({"after": "1s"})).unwrap();
+        let mut registry = Registry::default();
+        let sleeper = Sleeper::new(policy, gate.clone(), SleepMetrics::new(&mut registry));
+        let used = gate.use_now();
+        let begun = Instant::now();
+        let due = tokio::spawn(async move { sleeper.due().await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(used);
+        due.await.unwrap();
+        assert!(
+            begun.elapsed() >= Duration::from_millis(1300),
+            "{:?}",
+            begun.elapsed()
+        );
+    }
+}

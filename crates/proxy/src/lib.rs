@@ -389,6 +389,10 @@ impl Proxy {
                 max_connections: listener.max_connections,
                 trust: listener.trust_forwarded,
                 quic,
+                gate: listener
+                    .instance
+                    .as_ref()
+                    .and_then(|i| self.shared.gates.get(&i.name)),
             };
             if unchanged(listener) {
                 // A kept listener that starts serving HTTP/3 binds its UDP side now.
