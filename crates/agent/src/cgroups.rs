@@ -567,6 +567,11 @@ impl Cgroup {
     /// Kills what runs in the cgroup and tries to remove its directories once; whether they
     /// are all gone.
     fn kill_and_remove_now(&self) -> bool {
+        // A frozen process does not act on SIGKILL until thawed (an instance asleep, left by
+        // an agent that was killed).
+        if let Some(freezer) = self.freezer().filter(|f| f.file.exists()) {
+            let _ = freezer.set(false);
+        }
         let mut gone = true;
         for (_, dir) in &self.dirs {
             if !dir.exists() {
@@ -755,8 +760,10 @@ mod tests {
         while frozen(&run) {
             assert!(std::time::Instant::now() < end, "no CPU used thawed");
         }
-        process.kill().await.unwrap();
+        // Frozen again, as an agent killed while its instance slept leaves it: still removed.
+        freezer.set(true).unwrap();
         assert_eq!(run.end().await, 0);
+        assert!(process.wait().await.is_ok());
     }
 
     /// At the agent's stop, once its runs ended, nothing of it stays in the hierarchy.

@@ -1015,6 +1015,20 @@ mod tests {
         assert_eq!(health(&other), EndpointHealth::Unhealthy);
     }
 
+    #[test]
+    fn an_instance_asleep_takes_requests_and_counts_healthy() {
+        let start = Instant::now();
+        for state in ["sleeping (light)", "sleeping (deep)"] {
+            let mut fleet = Fleet::new(start);
+            fleet.report(node("a", 4, &[("web-0", state)]), start);
+            fleet.place(&BTreeMap::from([(service("web"), want(1))]), unknown, start);
+            let endpoints = fleet.endpoints(&service("web"), "fra");
+            assert_eq!(endpoints[0].health, EndpointHealth::Healthy, "{state}");
+            let summary = fleet.summary(&service("web"));
+            assert_eq!(summary.values().next(), Some(&(1, 1)), "{state}");
+        }
+    }
+
     /// The instances of `web` in service, by id, with their versions.
     fn serving(fleet: &Fleet) -> Vec<(String, u64)> {
         fleet
