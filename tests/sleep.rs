@@ -44,7 +44,7 @@ fn hello_process() -> String {
 /// reaches.
 struct Platform {
     platform: Deployed,
-    _region: RegionalPlane,
+    region: RegionalPlane,
     agent: support::Agent,
     _gateway: support::Killed,
     address: String,
@@ -64,7 +64,7 @@ impl Platform {
         let (gateway, address) = gateway(&region, dir).await;
         Platform {
             platform,
-            _region: region,
+            region,
             agent,
             _gateway: gateway,
             address,
@@ -153,6 +153,10 @@ async fn an_idle_service_sleeps_light_then_deep_and_the_first_request_wakes_it()
     let wake_seconds = r#"meridian_agent_instance_wake_seconds_count{mode="deep"}"#;
     assert_eq!(platform.metric(wake_seconds).await, 1.0);
     assert_eq!(said(&platform.agent, "restarting instance"), 0, "{log}");
+    // The region logged the sleeps and wakes its agent reported.
+    let region = platform.region.log();
+    assert!(region.contains("instance asleep"), "{region}");
+    assert!(region.contains("instance awake"), "{region}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,6 +195,9 @@ impl Fleet {
             if previous.is_none_or(|p| changed(p, instance)) {
                 reported.services.insert(key.0.clone());
             }
+            if let Some(previous) = previous {
+                log_sleep(&report.node, key, &previous.state, &instance.state);
+            }
             reported.reshaped |=
                 instance.state == "failed" && previous.is_none_or(|p| p.state != "failed");
         }
@@ -761,6 +764,41 @@ impl Fleet {
             *healthy += usize::from(up);
         }
         counts
+    }
+}
+
+/// Logs an instance falling asleep or waking (`scale.sleep`), as its agent reported it: the
+/// region's events of scale to zero.
+fn log_sleep(node: &str, key: &InstanceKey, before: &str, now: &str) {
+    let asleep = |state: &str| {
+        state == meridian_model::SLEEPING_LIGHT || state == meridian_model::SLEEPING_DEEP
+    };
+    let ((org, app, service), instance) = key;
+    match (asleep(before), asleep(now)) {
+        (_, true) if before != now => {
+            tracing::info!(
+                node,
+                org,
+                app,
+                service,
+                instance,
+                state = now,
+                "instance asleep"
+            );
+        }
+        (true, false) => {
+            tracing::info!(
+                node,
+                org,
+                app,
+                service,
+                instance,
+                state = now,
+                was = before,
+                "instance awake"
+            );
+        }
+        _ => {}
     }
 }
 
