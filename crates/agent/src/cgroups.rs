@@ -103,14 +103,17 @@ pub enum Controller {
     Memory,
     /// `pids`: the process limit.
     Pids,
+    /// `freezer`: freezes an instance asleep (`scale.sleep`).
+    Freezer,
 }
 
 impl Controller {
-    const ALL: [Controller; 4] = [
+    const ALL: [Controller; 5] = [
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Memory,
         Controller::Pids,
+        Controller::Freezer,
     ];
 
     fn name(self) -> &'static str {
@@ -119,6 +122,7 @@ impl Controller {
             Controller::Cpuacct => "cpuacct",
             Controller::Memory => "memory",
             Controller::Pids => "pids",
+            Controller::Freezer => "freezer",
         }
     }
 }
@@ -443,7 +447,38 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
+/// The file that freezes and thaws a run's cgroup: v1's `freezer.state`, v2's
+/// `cgroup.freeze`. Every process of the run stops where it is, its memory kept, and
+/// goes on when thawed (in microseconds).
+#[derive(Debug, Clone)]
+pub struct Freezer {
+    file: PathBuf,
+    values: [&'static str; 2],
+}
+
+impl Freezer {
+    /// Freezes the cgroup's processes (`true`) or thaws them. Blocks (a write to the cgroup
+    /// file system): call it off the async threads.
+    pub fn set(&self, frozen: bool) -> io::Result<()> {
+        write(&self.file, self.values[usize::from(frozen)])
+    }
+}
+
 impl Cgroup {
+    /// Its freezer, when the node has one (a v1 `freezer` hierarchy, or v2).
+    pub fn freezer(&self) -> Option<Freezer> {
+        match self.version {
+            1 => Some(Freezer {
+                file: self.dir(Controller::Freezer)?.join("freezer.state"),
+                values: ["THAWED", "FROZEN"],
+            }),
+            _ => Some(Freezer {
+                file: self.dirs.first()?.1.join("cgroup.freeze"),
+                values: ["0", "1"],
+            }),
+        }
+    }
+
     fn dir(&self, controller: Controller) -> Option<&Path> {
         self.dirs
             .iter()
@@ -532,6 +567,11 @@ impl Cgroup {
     /// Kills what runs in the cgroup and tries to remove its directories once; whether they
     /// are all gone.
     fn kill_and_remove_now(&self) -> bool {
+        // A frozen process does not act on SIGKILL until thawed (an instance asleep, left by
+        // an agent that was killed).
+        if let Some(freezer) = self.freezer().filter(|f| f.file.exists()) {
+            let _ = freezer.set(false);
+        }
         let mut gone = true;
         for (_, dir) in &self.dirs {
             if !dir.exists() {
@@ -685,6 +725,45 @@ mod tests {
         assert!(process.wait().await.is_ok());
 
         assert_eq!(run.end().await, 0);
+    }
+
+    /// A run's freezer freezes its processes and thaws them (memory kept, no CPU meanwhile).
+    #[tokio::test]
+    async fn a_run_is_frozen_and_thawed() {
+        if !Cgroups::available() {
+            assert_ne!(std::env::var("MERIDIAN_TEST_STRICT").as_deref(), Ok("1"));
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let cgroups = Cgroups::detect(&crate::netns::tag(state.path())).unwrap();
+        let key = "acme.shop.sleepy-0";
+        let _removed = Removed(cgroups.clone(), key);
+        let run = cgroups
+            .create(key, &Limits::of(&Resources::default()))
+            .unwrap();
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", "while :; do :; done"]);
+        join_before_exec(&mut command, &run);
+        let mut process = command.kill_on_drop(true).spawn().unwrap();
+        let freezer = run.freezer().unwrap();
+        freezer.set(true).unwrap();
+        let frozen = |run: &Cgroup| {
+            let cpu = run.usage().cpu_seconds;
+            std::thread::sleep(Duration::from_millis(200));
+            run.usage().cpu_seconds == cpu
+        };
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while !frozen(&run) {
+            assert!(std::time::Instant::now() < end, "still using CPU frozen");
+        }
+        freezer.set(false).unwrap();
+        while frozen(&run) {
+            assert!(std::time::Instant::now() < end, "no CPU used thawed");
+        }
+        // Frozen again, as an agent killed while its instance slept leaves it: still removed.
+        freezer.set(true).unwrap();
+        assert_eq!(run.end().await, 0);
+        assert!(process.wait().await.is_ok());
     }
 
     /// At the agent's stop, once its runs ended, nothing of it stays in the hierarchy.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use meridian_model::{ServiceHealth, ServiceSpec};
+use meridian_model::{ServiceHealth, ServiceSpec, SleepMode};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -19,6 +19,7 @@ use crate::health;
 use crate::image::bundle::{Bundle, BundleInput};
 use crate::image::{runc, ImageStore, Lease};
 use crate::logs::{keep, log_dir, Stream, MAX_LOG_BYTES};
+use crate::sleep::{Pause, Sleeper};
 use crate::start_metrics::StartMetrics;
 
 /// Where an instance is in its life.
@@ -34,6 +35,9 @@ pub enum State {
     Failed,
     /// Stopped because it is no longer assigned.
     Stopped,
+    /// Asleep while idle (`scale.sleep`): frozen (light) or stopped (deep); it takes
+    /// requests, which wake it.
+    Sleeping(SleepMode),
 }
 
 impl State {
@@ -45,6 +49,7 @@ impl State {
             State::Unhealthy => "unhealthy",
             State::Failed => "failed",
             State::Stopped => "stopped",
+            State::Sleeping(mode) => mode.state(),
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Launch {
     pub images: Arc<ImageStore>,
     /// Where its start times are counted.
     pub starts: StartMetrics,
+    /// Its sleeping, when its service sleeps while idle (`scale.sleep`).
+    pub sleeper: Option<Arc<Sleeper>>,
 }
 
 impl Launch {
@@ -178,6 +185,8 @@ enum Ended {
     Unhealthy(String),
     /// It is no longer assigned.
     Stopped,
+    /// It was stopped to sleep (deep) while idle.
+    Slept,
 }
 
 /// Runs the instance until `stop` becomes true, publishing its state on `states`.
@@ -238,12 +247,39 @@ async fn run_lives(
         });
     };
     loop {
-        publish(State::Starting, restarts, "started".to_owned());
+        match launch.sleeper.as_ref().filter(|s| s.gate.is_closed()) {
+            // Woken from a deep sleep: it still takes requests (held) while it starts.
+            Some(_) => publish(
+                State::Sleeping(SleepMode::Deep),
+                restarts,
+                "waking: started".to_owned(),
+            ),
+            None => publish(State::Starting, restarts, "started".to_owned()),
+        }
         let ended = run_once(launch, client, states, stop, &mut image).await;
         let detail = match ended {
             Ended::Stopped => {
                 publish(State::Stopped, restarts, "no longer assigned".to_owned());
                 return;
+            }
+            Ended::Slept => {
+                let Some(sleeper) = &launch.sleeper else {
+                    return;
+                };
+                publish(
+                    State::Sleeping(SleepMode::Deep),
+                    restarts,
+                    "stopped while idle; the first request starts it".to_owned(),
+                );
+                tokio::select! {
+                    () = sleeper.woken(SleepMode::Deep) => {}
+                    _ = stop.wait_for(|stop| *stop) => {
+                        publish(State::Stopped, restarts, "no longer assigned".to_owned());
+                        return;
+                    }
+                }
+                backoff = Duration::from_secs(1);
+                continue;
             }
             Ended::Exited(detail) | Ended::Unhealthy(detail) => detail,
         };
@@ -286,14 +322,16 @@ async fn run_once(
     stop: &mut watch::Receiver<bool>,
     image: &mut Option<Arc<Lease>>,
 ) -> Ended {
-    let run = Run {
-        launch,
-        client,
-        begun: Instant::now(),
-    };
+    let begun = Instant::now();
     let cgroup = match cgroup_of(launch).await {
         Ok(cgroup) => cgroup,
         Err(e) => return Ended::Exited(format!("cannot apply its resources: {e}")),
+    };
+    let run = Run {
+        launch,
+        client,
+        begun,
+        freezer: cgroup.as_ref().and_then(Cgroup::freezer),
     };
     let ended = match &launch.spec.runtime.image {
         Some(definition) => run_container(&run, definition, states, stop, image).await,
@@ -340,11 +378,13 @@ async fn run_container(
     }
 }
 
-/// One run of an instance: what it is, the client of its health checks, when it began.
+/// One run of an instance: what it is, the client of its health checks, when it began, and
+/// its cgroup's freezer if it has one.
 struct Run<'a> {
     launch: &'a Launch,
     client: &'a reqwest::Client,
     begun: Instant,
+    freezer: Option<crate::cgroups::Freezer>,
 }
 
 impl Run<'_> {
@@ -701,7 +741,25 @@ async fn supervise(
     let (mut passes, mut failures) = (0u32, 0u32);
     let mut counted = false;
     let address = IpAddr::V4(launch.listen);
+    let sleeper = launch.sleeper.as_deref();
+    // Woken from a deep sleep: the held requests go as soon as its port accepts (or its
+    // checks pass, if sooner).
+    let mut waking = sleeper.filter(|s| s.gate.is_closed());
+    let mut probing = waking.is_some();
+    let port = launch
+        .spec
+        .ports
+        .first()
+        .map(|p| u16::try_from(p.port).unwrap_or(0));
+    let mut listening = std::pin::pin!(async move {
+        if let Some(port) = port {
+            crate::sleep::accepts(address, port).await;
+        }
+    });
+    let mut dozing = false;
     loop {
+        let may_sleep =
+            sleeper.filter(|_| waking.is_none() && states.borrow().state == State::Healthy);
         tokio::select! {
             status = child.wait() => {
                 return Ended::Exited(match status {
@@ -711,6 +769,23 @@ async fn supervise(
             }
             _ = stop.wait_for(|stop| *stop) => return Ended::Stopped,
             () = tokio::time::sleep(interval) => {}
+            () = &mut listening, if probing => {
+                probing = false;
+                if let Some(sleeper) = waking.take() {
+                    set(State::Healthy, "awake: its port accepts");
+                    sleeper.awake(&launch.instance);
+                }
+                continue;
+            }
+            () = async { if let Some(s) = may_sleep { s.due().await } }, if may_sleep.is_some() => {
+                dozing = true;
+            }
+        }
+        if std::mem::take(&mut dozing) {
+            if let Some(ended) = doze(run, child, states, stop).await {
+                return ended;
+            }
+            continue;
         }
         let mut all_pass = true;
         for check in checks {
@@ -725,6 +800,9 @@ async fn supervise(
             }
             if passes >= healthy_after {
                 set(State::Healthy, "passing its health checks");
+                if let Some(sleeper) = waking.take() {
+                    sleeper.awake(&launch.instance);
+                }
             }
         } else {
             failures += 1;
@@ -735,6 +813,75 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Puts the idle instance of `run` to sleep as its service says (its gate closes first;
+/// something using it meanwhile keeps it awake): deep ends the run ([`Ended::Slept`]); light
+/// freezes it until a request is held for it (then thaws it and opens the gate: `None`, the
+/// run goes on), until `deep_after` (thawed, it ends to sleep deep), or until it is stopped or
+/// exits.
+async fn doze(
+    run: &Run<'_>,
+    child: &mut Child,
+    states: &watch::Sender<InstanceState>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Ended> {
+    let launch = run.launch;
+    let sleeper = launch.sleeper.as_deref()?;
+    if !sleeper.gate.close_if_idle() {
+        return None;
+    }
+    let instance = launch.instance.as_str();
+    if sleeper.policy.mode == SleepMode::Deep {
+        sleeper.fell_asleep(instance, SleepMode::Deep);
+        return Some(Ended::Slept);
+    }
+    let frozen = match Pause::of(run.freezer.clone(), child.id()) {
+        Some(pause) => pause.set(true).await.map(|()| pause),
+        None => Err(std::io::Error::other("no process to stop")),
+    };
+    let pause = match frozen {
+        Ok(pause) => pause,
+        Err(e) => {
+            tracing::warn!(%instance, error = %e, "cannot freeze the idle instance; it stays awake");
+            sleeper.gate.open_now();
+            return None;
+        }
+    };
+    sleeper.fell_asleep(instance, SleepMode::Light);
+    states.send_modify(|s| {
+        s.state = State::Sleeping(SleepMode::Light);
+        s.detail = "frozen while idle; the first request thaws it".to_owned();
+    });
+    let deep_after = sleeper.policy.deep_after.map(|d| d.0);
+    let ended = tokio::select! {
+        () = sleeper.woken(SleepMode::Light) => None,
+        () = async { match deep_after {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        } } => Some(Ended::Slept),
+        _ = stop.wait_for(|stop| *stop) => Some(Ended::Stopped),
+        status = child.wait() => Some(Ended::Exited(match status {
+            Ok(status) => format!("exited while asleep ({status})"),
+            Err(e) => format!("lost track of the process: {e}"),
+        })),
+    };
+    // Thawed whatever comes next: a frozen process would not act on the SIGTERM that stops it.
+    if let Err(e) = pause.set(false).await {
+        tracing::warn!(%instance, error = %e, "cannot thaw the instance");
+    }
+    match ended {
+        None => {
+            states.send_modify(|s| {
+                s.state = State::Healthy;
+                s.detail = "awake: thawed".to_owned();
+            });
+            sleeper.awake(instance);
+        }
+        Some(Ended::Slept) => sleeper.fell_asleep(instance, SleepMode::Deep),
+        Some(_) => {}
+    }
+    ended
 }
 
 /// Stops the process group: SIGTERM, then SIGKILL after `grace` (the definition's

@@ -28,6 +28,7 @@ mod netns_relays;
 mod node_proxy;
 mod relay_numbers;
 mod secrets;
+mod sleep;
 mod start_metrics;
 mod supervisor;
 

@@ -224,6 +224,10 @@ pub fn config(
         };
         let (org, _, _) = &instance.service;
         let name = instance.name();
+        let served = json!({
+            "name": name, "id": instance.instance, "version": instance.version,
+            "service": format!("{org}/{}/{}", instance.service.1, instance.service.2),
+        });
         for (index, port) in instance.spec.ports.iter().enumerate() {
             let local_cluster = format!("local/{name}/{}", port.name);
             clusters.insert(
@@ -247,10 +251,13 @@ pub fn config(
             if port.protocol == Protocol::Tcp {
                 // The mesh port names the instance's port: an admitted caller's connection is
                 // relayed to it as it is.
+                // Its connections count for the instance (and wait while it wakes, when it
+                // sleeps).
                 listeners.push(json!({
                     "name": inbound, "address": address, "protocol": "tcp",
                     "mesh": mesh, "cluster": local_cluster,
                     "max_connections": TCP_MAX_CONNECTIONS,
+                    "instance": served,
                 }));
                 continue;
             }
@@ -262,10 +269,7 @@ pub fn config(
                 "mesh": mesh,
                 "virtual_hosts": [{"name": "local", "domains": ["*"], "routes": [{"cluster": local_cluster}]}],
                 // Its requests are counted for the instance (the agent reports the figures).
-                "instance": {
-                    "name": name, "id": instance.instance, "version": instance.version,
-                    "service": format!("{org}/{}/{}", instance.service.1, instance.service.2),
-                },
+                "instance": served,
             }));
         }
         let reaches: Vec<Reach> = visible(&instance.service, services).collect();

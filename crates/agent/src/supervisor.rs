@@ -32,6 +32,7 @@ use crate::instance::{run_instance, InstanceState, Launch, State};
 use crate::netns::{self, Netns};
 use crate::netns_relays::{NamespaceRelays, TcpRelay};
 use crate::node_proxy::{self, LocalInstance, ServiceKey};
+use crate::sleep::{SleepMetrics, Sleeper};
 use crate::start_metrics::StartMetrics;
 
 /// Longest time between two reports to the control plane (a node that stops reporting is
@@ -284,6 +285,7 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
     );
     let collector = tokio::spawn(images.clone().collect_garbage());
     let starts = StartMetrics::new(&mut registry);
+    let sleeps = SleepMetrics::new(&mut registry);
     let by_state = Family::<StateLabel, Gauge>::default();
     registry.register(
         "instances",
@@ -360,6 +362,8 @@ pub async fn run_agent(options: AgentOptions, shutdown: impl Future<Output = ()>
         cgroups,
         images,
         starts,
+        sleeps,
+        gates: node_proxy.proxy.wake_gates(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut services_seen = false;
@@ -637,8 +641,13 @@ fn reconcile(
     for (name, running) in map.iter_mut() {
         match wanted.get(name) {
             Some(want) if want.spec == running.spec && want.secrets == running.secrets => {}
-            // Changes the instance never sees: it runs on, with the new spec.
-            Some(want) if running.spec.runs_like(&want.spec) && want.secrets == running.secrets => {
+            // Changes the instance never sees: it runs on, with the new spec (a changed
+            // `scale.sleep` starts it again: how it sleeps is fixed at its start).
+            Some(want)
+                if running.spec.runs_like(&want.spec)
+                    && want.secrets == running.secrets
+                    && want.spec.scale.sleep == running.spec.scale.sleep =>
+            {
                 running.spec = want.spec.clone();
                 running.version = want.version;
             }
@@ -705,6 +714,10 @@ struct NodeSetup {
     images: Arc<ImageStore>,
     /// Instances' start times.
     starts: StartMetrics,
+    /// Instances' sleeps and wakes.
+    sleeps: SleepMetrics,
+    /// The node proxy's wake gates of the instances that sleep.
+    gates: meridian_proxy::WakeGates,
 }
 
 /// Starts instance `name` on `address` (in its namespace in that mode, in cgroups if the node
@@ -736,6 +749,12 @@ fn start(
             (netns.inner, Some(netns), Arc::default())
         }
     };
+    // An instance that sleeps has a gate in the node proxy, made before its listeners are.
+    let gate_name = node_proxy::instance_name(&want.service, &want.instance);
+    let sleeper = want.spec.scale.sleep.map(|policy| {
+        let gate = node.gates.make(&gate_name);
+        Arc::new(Sleeper::new(policy, gate, node.sleeps.clone()))
+    });
     let launch = Launch {
         instance: want.instance.clone(),
         service: want.service.clone(),
@@ -751,6 +770,7 @@ fn start(
         cgroups: node.cgroups.clone(),
         images: node.images.clone(),
         starts: node.starts.clone(),
+        sleeper,
     };
     // Each state change wakes the reporter.
     let mut watched = state.clone();
@@ -761,8 +781,13 @@ fn start(
         }
     });
     let name = name.to_owned();
+    let gates = node.gates.clone();
     tasks.spawn(async move {
+        let sleeps = launch.sleeper.is_some();
         run_instance(launch, state_tx, stop_rx).await;
+        if sleeps {
+            gates.remove(&gate_name);
+        }
         (name, address)
     });
     Running {
@@ -895,7 +920,15 @@ async fn report_loop(
             .fold((0, 0), |(answered, in_flight), t| {
                 (answered + t.requests, in_flight + t.in_flight)
             });
-        for state in ["starting", "healthy", "unhealthy", "failed", "stopped"] {
+        for state in [
+            "starting",
+            "healthy",
+            meridian_model::SLEEPING_LIGHT,
+            meridian_model::SLEEPING_DEEP,
+            "unhealthy",
+            "failed",
+            "stopped",
+        ] {
             let count = report.instances.iter().filter(|i| i.state == state).count();
             by_state
                 .get_or_create(&StateLabel { state })

@@ -75,6 +75,22 @@ pub fn document() -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn sleeping_is_documented_in_definitions() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert!(!schemas["Scale"]["properties"]["sleep"].is_null());
+        assert!(!schemas["ScaleOverride"]["properties"]["sleep"].is_null());
+        let sleep = &schemas["Sleep"]["properties"];
+        for field in ["after", "mode", "deep_after", "queue", "wake_timeout"] {
+            assert!(!sleep[field].is_null(), "{field}: {sleep}");
+        }
+        assert_eq!(
+            schemas["SleepMode"]["enum"],
+            serde_json::json!(["light", "deep"])
+        );
+    }
+
+    #[test]
     fn autoscaling_is_documented_in_definitions_and_status() {
         let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
         let schemas = &doc["components"]["schemas"];

@@ -42,10 +42,11 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy of `scale`, if it names a usable target.
+    /// The policy of `scale`, if it names a usable target (a service that sleeps keeps one
+    /// instance placed, asleep while idle: see [`Scale::fewest_placed`]).
     pub fn of(scale: &Scale) -> Option<Policy> {
         Some(Policy {
-            min: scale.min,
+            min: scale.fewest_placed(),
             max: scale.max,
             target: scale.targets?.target()?,
             down_window: scale.down_window(),

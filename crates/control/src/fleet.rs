@@ -195,6 +195,9 @@ impl Fleet {
             if previous.is_none_or(|p| changed(p, instance)) {
                 reported.services.insert(key.0.clone());
             }
+            if let Some(previous) = previous {
+                log_sleep(&report.node, key, &previous.state, &instance.state);
+            }
             reported.reshaped |=
                 instance.state == "failed" && previous.is_none_or(|p| p.state != "failed");
         }
@@ -389,7 +392,7 @@ impl Fleet {
                 current: placed.version == want.version && !self.cordoned.contains(&placed.node),
                 ready: self
                     .report_of(key, &placed.node)
-                    .is_some_and(|r| r.state == "healthy"),
+                    .is_some_and(|r| meridian_model::serves(&r.state)),
             })
             .collect();
         let Step { start, drain } = if want.paused {
@@ -729,9 +732,11 @@ impl Fleet {
         self.reports_of(service)
             .filter_map(|(instance, _, report)| {
                 let report = report.filter(|r| !r.address.is_empty())?;
-                let health = match report.state.as_str() {
-                    "healthy" => EndpointHealth::Healthy,
-                    _ => EndpointHealth::Unhealthy,
+                // An instance asleep takes requests: its node proxy holds them while it wakes.
+                let health = if meridian_model::serves(&report.state) {
+                    EndpointHealth::Healthy
+                } else {
+                    EndpointHealth::Unhealthy
                 };
                 Some(Endpoint {
                     org: service.0.clone(),
@@ -753,12 +758,47 @@ impl Fleet {
     pub fn summary(&self, service: &ServiceId) -> BTreeMap<u64, (usize, usize)> {
         let mut counts: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
         for (_, version, report) in self.reports_of(service) {
-            let up = report.is_some_and(|r| r.state == "healthy");
+            let up = report.is_some_and(|r| meridian_model::serves(&r.state));
             let (placed, healthy) = counts.entry(version).or_default();
             *placed += 1;
             *healthy += usize::from(up);
         }
         counts
+    }
+}
+
+/// Logs an instance falling asleep or waking (`scale.sleep`), as its agent reported it: the
+/// region's events of scale to zero.
+fn log_sleep(node: &str, key: &InstanceKey, before: &str, now: &str) {
+    let asleep = |state: &str| {
+        state == meridian_model::SLEEPING_LIGHT || state == meridian_model::SLEEPING_DEEP
+    };
+    let ((org, app, service), instance) = key;
+    match (asleep(before), asleep(now)) {
+        (_, true) if before != now => {
+            tracing::info!(
+                node,
+                org,
+                app,
+                service,
+                instance,
+                state = now,
+                "instance asleep"
+            );
+        }
+        (true, false) => {
+            tracing::info!(
+                node,
+                org,
+                app,
+                service,
+                instance,
+                state = now,
+                was = before,
+                "instance awake"
+            );
+        }
+        _ => {}
     }
 }
 
@@ -1011,6 +1051,20 @@ mod tests {
         let health = |id: &ServiceId| fleet.endpoints(id, "fra")[0].health;
         assert_eq!(health(&service("web")), EndpointHealth::Healthy);
         assert_eq!(health(&other), EndpointHealth::Unhealthy);
+    }
+
+    #[test]
+    fn an_instance_asleep_takes_requests_and_counts_healthy() {
+        let start = Instant::now();
+        for state in ["sleeping (light)", "sleeping (deep)"] {
+            let mut fleet = Fleet::new(start);
+            fleet.report(node("a", 4, &[("web-0", state)]), start);
+            fleet.place(&BTreeMap::from([(service("web"), want(1))]), unknown, start);
+            let endpoints = fleet.endpoints(&service("web"), "fra");
+            assert_eq!(endpoints[0].health, EndpointHealth::Healthy, "{state}");
+            let summary = fleet.summary(&service("web"));
+            assert_eq!(summary.values().next(), Some(&(1, 1)), "{state}");
+        }
     }
 
     /// The instances of `web` in service, by id, with their versions.

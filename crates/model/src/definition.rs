@@ -96,6 +96,10 @@ pub struct Scale {
     /// window of scale-down); defaults to `5m`, at most `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_window: Option<HumanDuration>,
+    /// With `min: 0`: the instances sleep once idle for `sleep.after` and the first request
+    /// wakes one; absent, `min: 0` runs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<crate::Sleep>,
 }
 
 fn default_scale() -> u32 {
@@ -109,6 +113,7 @@ impl Default for Scale {
             max: 1,
             targets: None,
             down_window: None,
+            sleep: None,
         }
     }
 }
@@ -118,6 +123,16 @@ impl Scale {
     pub fn down_window(&self) -> std::time::Duration {
         self.down_window
             .map_or(crate::autoscale::DEFAULT_DOWN_WINDOW, |w| w.0)
+    }
+
+    /// The fewest instances a region places: `min`, but one for a service that sleeps with
+    /// `min: 0` (it sleeps there and wakes on the first request).
+    pub fn fewest_placed(&self) -> u32 {
+        if self.sleep.is_some() {
+            self.min.max(1)
+        } else {
+            self.min
+        }
     }
 }
 
@@ -491,6 +506,9 @@ pub struct ScaleOverride {
     /// Replaces `scale.down_window`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_window: Option<HumanDuration>,
+    /// Replaces `scale.sleep` as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<crate::Sleep>,
 }
 
 /// A partial [`Runtime`].

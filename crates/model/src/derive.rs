@@ -84,6 +84,7 @@ fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
         spec.scale.max = scale.max.unwrap_or(spec.scale.max);
         spec.scale.targets = scale.targets.or(spec.scale.targets);
         spec.scale.down_window = scale.down_window.or(spec.scale.down_window);
+        spec.scale.sleep = scale.sleep.or(spec.scale.sleep);
     }
     if let Some(r) = &o.runtime {
         if let (Some(process), Some(p)) = (&mut spec.runtime.process, &r.process) {

@@ -26,6 +26,7 @@ mod parse;
 mod purge;
 mod resources;
 mod rollout;
+mod sleep;
 pub mod traffic;
 mod validate;
 pub mod waves;
@@ -65,6 +66,7 @@ pub use rollout::{
     Gate, GateFailure, RolloutControl, RolloutEvent, RolloutMode, RolloutPhase, RolloutRecord,
     RolloutStatus, VersionWeight,
 };
+pub use sleep::{serves, Sleep, SleepMode, SLEEPING_DEEP, SLEEPING_LIGHT};
 pub use traffic::{
     check_metrics_range, parse_metrics_range, quantile_ms, validate_targets, validate_traffic,
     MetricsPoint, MetricsTarget, Percentiles, Rates, RegionMetrics, RequestFigures, ServiceMetrics,

@@ -58,7 +58,7 @@ pub struct ServiceHealth {
     pub version: u64,
     /// Instances placed on nodes.
     pub placed: u32,
-    /// Of those, the healthy ones.
+    /// Of those, the healthy ones (asleep counts: it takes requests, which wake it).
     pub healthy: u32,
     /// The addresses of the healthy instances (their node proxies' mesh listeners are there),
     /// through which other regions' services reach this one.
@@ -81,8 +81,8 @@ pub struct ServiceHealth {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
     /// Its instances in service by state: `pending` (placed, not reported yet), then as their
-    /// agents report them (`starting`, `healthy`, `unhealthy`, `failed`, `stopped`); empty
-    /// from an older region.
+    /// agents report them (`starting`, `healthy`, `sleeping (light)`, `sleeping (deep)`,
+    /// `unhealthy`, `failed`, `stopped`); empty from an older region.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub instances: std::collections::BTreeMap<String, u32>,
     /// The region's last autoscaling decision, when the service scales on its load
@@ -100,10 +100,12 @@ impl ServiceHealth {
     /// cannot be pulled (the agent retries with backoff): such an instance is a problem.
     pub const PULL_FAILED: &'static str = "pulling image failed: ";
     /// The states [`ServiceHealth::instances`] counts by.
-    pub const STATES: [&'static str; 6] = [
+    pub const STATES: [&'static str; 8] = [
         "pending",
         "starting",
         "healthy",
+        crate::SLEEPING_LIGHT,
+        crate::SLEEPING_DEEP,
         "unhealthy",
         "failed",
         "stopped",

@@ -55,6 +55,9 @@ pub fn validate_definition(
     validate_regions(&mut errs, &d.regions, region_exists);
     validate_scale(&mut errs, "scale", d.scale.min, d.scale.max, [true, true]);
     validate_autoscale(&mut errs, "scale", d.scale.targets, d.scale.down_window);
+    if let Some(sleep) = &d.scale.sleep {
+        sleep.validate(&mut errs, "scale.sleep", d.scale.min);
+    }
     validate_runtime(&mut errs, &d.runtime);
     validate_ports(&mut errs, &d.ports);
     let port_names: HashSet<&str> = d.ports.iter().map(|p| p.name.as_str()).collect();
@@ -910,6 +913,15 @@ fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashS
                 scale.targets,
                 scale.down_window,
             );
+        }
+        // The region's effective sleep, checked against its effective min; where the
+        // override names neither, the top level's check said it all.
+        let scale_override = o.scale.unwrap_or_default();
+        if scale_override.sleep.is_some() || scale_override.min.is_some() {
+            let min = scale_override.min.unwrap_or(d.scale.min);
+            if let Some(sleep) = scale_override.sleep.or(d.scale.sleep) {
+                sleep.validate(errs, &format!("{prefix}.scale.sleep"), min);
+            }
         }
         if let Some(env) = &o.env {
             validate_env(errs, &format!("{prefix}.env"), env);

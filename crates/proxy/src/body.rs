@@ -337,6 +337,8 @@ pub struct ResponseBody {
     metrics: Arc<ProxyMetrics>,
     /// Bytes of the body already read from `inner`, sent first.
     read: Option<Bytes>,
+    /// The use of an instance that sleeps, until the body is done with.
+    _using: Option<crate::wake::Use>,
 }
 
 impl ResponseBody {
@@ -347,7 +349,14 @@ impl ResponseBody {
             cluster,
             metrics,
             read: None,
+            _using: None,
         }
+    }
+
+    /// The same body, keeping the instance it comes from in use until it is done with.
+    pub(crate) fn holding(mut self, using: Option<crate::wake::Use>) -> Self {
+        self._using = using;
+        self
     }
 
     /// The same body with its first bytes, already read from it, put back in front.

@@ -150,6 +150,18 @@ async fn serve(
     }
     // Counted in flight until the answer's head goes back (the instance's figures only).
     let _in_flight = target.metrics.in_flight();
+    // An instance that sleeps: used until the response ends (or a switched connection
+    // closes), and held here while it wakes.
+    let mut using = match target.metrics.gate() {
+        Some(gate) => {
+            let using = gate.use_now();
+            if let Err(refusal) = gate.pass().await {
+                return refusal.answer();
+            }
+            Some(using)
+        }
+        None => None,
+    };
     let metrics = &ctx.shared.metrics;
     // Copied out at once: a guard of the limits is not held for the whole round trip.
     let (body_limit, body_timeout) = {
@@ -200,7 +212,7 @@ async fn serve(
                 tunnel(
                     client_side,
                     hyper::upgrade::on(&mut response),
-                    (open, retiring),
+                    (open, retiring, using.take()),
                 );
             }
             if let Some(switch) = switched {
@@ -208,7 +220,8 @@ async fn serve(
             }
             let cluster = target.cluster.clone();
             let metrics = ctx.shared.metrics.clone();
-            response.map(|body| Either::Left(ResponseBody::new(body, cluster, metrics)))
+            response
+                .map(|body| Either::Left(ResponseBody::new(body, cluster, metrics).holding(using)))
         }
         Err(answer) => answer,
     };

@@ -46,6 +46,7 @@ mod switch;
 mod tls;
 mod trace;
 mod upstream;
+mod wake;
 mod xds;
 
 use std::collections::{HashMap, HashSet};
@@ -74,6 +75,7 @@ pub use reload::{run, serve_admin, serve_admin_with, serve_until, RunError, RunO
 pub use tls::{TlsSource, ACME_TLS_ALPN};
 pub use trace::receiver as trace_fixture;
 pub use trace::{TraceError, TraceOptions};
+pub use wake::{Refusal, Use as WakeUse, WakeGate, WakeGates};
 pub use xds::fixture as xds_fixture;
 pub use xds::{reapply_on_renewal, run_xds, Identity, XdsHandler, XdsOptions, DISK_COPY_EVERY};
 
@@ -215,6 +217,7 @@ impl Default for Proxy {
                 open: Default::default(),
                 http01: std::sync::OnceLock::new(),
                 tracer: std::sync::OnceLock::new(),
+                gates: WakeGates::default(),
             }),
             active: tokio::sync::Mutex::new(Active::default()),
             prober: health::Prober::new(metrics),
@@ -334,13 +337,19 @@ impl Proxy {
             .map(|l| {
                 let instances = self.shared.metrics.instances();
                 let instance = l.instance.as_ref().map(|i| instances.get(i));
+                let gate = l
+                    .instance
+                    .as_ref()
+                    .and_then(|i| self.shared.gates.get(&i.name));
                 RouteTable::build(
                     &l.name,
                     &l.virtual_hosts,
                     &|name| clusters.get(name).cloned(),
                     &|listener, vhost, route, cluster| {
                         let metrics = self.shared.metrics.route(listener, vhost, route, cluster);
-                        metrics.with_instance(instance.clone())
+                        metrics
+                            .with_instance(instance.clone())
+                            .with_gate(gate.clone())
                     },
                     &self.cache,
                 )
@@ -400,6 +409,10 @@ impl Proxy {
                 max_connections: listener.max_connections,
                 trust: listener.trust_forwarded,
                 quic,
+                gate: listener
+                    .instance
+                    .as_ref()
+                    .and_then(|i| self.shared.gates.get(&i.name)),
             };
             if unchanged(listener) {
                 // A kept listener that starts serving HTTP/3 binds its UDP side now.
@@ -761,6 +774,12 @@ impl Proxy {
     /// were set already.
     pub fn set_http01_answers(&self, answers: Arc<dyn Http01Answers>) -> bool {
         self.shared.http01.set(answers).is_ok()
+    }
+
+    /// The wake gates of the instances that sleep: a gate made for an instance before a
+    /// configuration with its listeners is applied holds that configuration's requests for it.
+    pub fn wake_gates(&self) -> WakeGates {
+        self.shared.gates.clone()
     }
 
     /// The figures of the requests answered for instance `name` (`instance.name` of the

@@ -163,6 +163,8 @@ pub struct RouteMetrics {
     cluster: Arc<Figures>,
     /// The figures of the instance the listener serves, if it serves one.
     instance: Option<Arc<InstanceStats>>,
+    /// The wake gate of that instance, if it sleeps.
+    gate: Option<Arc<crate::wake::WakeGate>>,
 }
 
 impl RouteMetrics {
@@ -188,6 +190,16 @@ impl RouteMetrics {
     /// These handles, also counting in `instance`'s figures.
     pub fn with_instance(self, instance: Option<Arc<InstanceStats>>) -> RouteMetrics {
         RouteMetrics { instance, ..self }
+    }
+
+    /// These handles, with the wake gate of the instance the listener serves.
+    pub fn with_gate(self, gate: Option<Arc<crate::wake::WakeGate>>) -> RouteMetrics {
+        RouteMetrics { gate, ..self }
+    }
+
+    /// The wake gate of the instance the listener serves, if it sleeps.
+    pub fn gate(&self) -> Option<&Arc<crate::wake::WakeGate>> {
+        self.gate.as_ref()
     }
 }
 
@@ -487,6 +499,7 @@ impl ProxyMetrics {
             latency: self.latency.get_or_create(&labels).clone(),
             cluster: self.clusters.get(cluster),
             instance: None,
+            gate: None,
         }
     }
 

@@ -74,6 +74,19 @@ pub(crate) async fn connection(
 ) {
     context.connections.inc();
     let _open = context.shared.open_connection();
+    // An instance that sleeps: in use while the connection is open, which waits here while it
+    // wakes (closed at once when it cannot: the queue is full or the wake took too long).
+    let _using = match context.gate.load_full() {
+        Some(gate) => {
+            let using = gate.use_now();
+            if gate.pass().await.is_err() {
+                context.connections.dec();
+                return;
+            }
+            Some(using)
+        }
+        None => None,
+    };
     let retiring = context.retirement.connection();
     let metrics = &context.shared.metrics;
     let no_headers = http::HeaderMap::new();

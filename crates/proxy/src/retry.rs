@@ -34,9 +34,18 @@ pub(crate) enum Attempt {
     TimedOut,
 }
 
+/// Whether `response` is a `503` with `Retry-After`: the upstream says when to come back (a
+/// sleeping instance's node proxy that could not hold the request while it wakes). Neither
+/// retried at once nor held against the endpoint.
+fn come_back_later(response: &Response<ConnectionBody>) -> bool {
+    response.status() == http::StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().contains_key(http::header::RETRY_AFTER)
+}
+
 impl Attempt {
     pub(crate) fn outcome(&self) -> Outcome {
         match self {
+            Attempt::Answered(response) if come_back_later(response) => Outcome::Inconclusive,
             Attempt::Answered(response) => Outcome::of_status(response.status().as_u16()),
             Attempt::Failed { .. } | Attempt::TimedOut => Outcome::GatewayError,
         }
@@ -56,6 +65,7 @@ impl Attempt {
         }
         match self {
             Attempt::Failed { .. } | Attempt::TimedOut => on(RetryOn::GatewayError),
+            Attempt::Answered(response) if come_back_later(response) => false,
             Attempt::Answered(response) => {
                 let status = response.status().as_u16();
                 (on(RetryOn::ServerError) && status >= 500)

@@ -44,6 +44,8 @@ pub struct Shared {
     pub http01: std::sync::OnceLock<Arc<dyn crate::acme::Http01Answers>>,
     /// Where the spans of traced requests go, once the component turned tracing on.
     pub(crate) tracer: std::sync::OnceLock<Arc<crate::trace::Tracer>>,
+    /// The wake gates of the instances that sleep (node proxies).
+    pub gates: crate::wake::WakeGates,
 }
 
 /// Client connections open on all listeners, and the signal that asks them to wind down.
@@ -111,6 +113,8 @@ pub struct ListenerContext {
     pub table: ArcSwap<RouteTable>,
     /// The cluster connections are relayed to (`tcp` listeners).
     pub relay: ArcSwapOption<Cluster>,
+    /// The wake gate of the instance the listener serves, if it sleeps.
+    pub gate: ArcSwapOption<crate::wake::WakeGate>,
     /// The TLS acceptor, when the listener terminates TLS.
     pub tls: ArcSwapOption<TlsAcceptor>,
     /// The authorization policy, when it is a mesh listener.
@@ -214,6 +218,9 @@ pub struct Serving {
     /// The QUIC configuration, when the listener also serves HTTP/3 (taken by the
     /// [`Listener`], not the context).
     pub quic: Option<quinn::ServerConfig>,
+    /// The wake gate of the instance the listener serves, if it sleeps (`tcp` listeners hold
+    /// their connections at it; `http` ones their requests, through their routes).
+    pub gate: Option<Arc<crate::wake::WakeGate>>,
 }
 
 impl ListenerContext {
@@ -221,6 +228,7 @@ impl ListenerContext {
     pub fn update(&self, serving: Serving) {
         self.table.store(Arc::new(serving.table));
         self.relay.store(serving.relay);
+        self.gate.store(serving.gate);
         self.tls.store(serving.tls);
         self.mesh.store(serving.mesh);
         self.sources.store(Arc::new(serving.sources));
@@ -309,6 +317,7 @@ impl Listener {
             name: name.to_owned(),
             table: ArcSwap::from_pointee(serving.table),
             relay: ArcSwapOption::new(serving.relay),
+            gate: ArcSwapOption::new(serving.gate),
             tls: ArcSwapOption::new(serving.tls),
             mesh: ArcSwapOption::new(serving.mesh),
             sources: ArcSwap::from_pointee(serving.sources),

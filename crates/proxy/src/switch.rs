@@ -114,10 +114,15 @@ fn websocket_key() -> HeaderValue {
 pub fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    (open, retiring): (crate::server::OpenGuard, crate::retire::Retiring),
+    (open, retiring, using): (
+        crate::server::OpenGuard,
+        crate::retire::Retiring,
+        Option<crate::wake::Use>,
+    ),
 ) {
     tokio::spawn(async move {
-        let _open = open;
+        // An instance that sleeps is in use while the connection is open.
+        let _open = (open, using);
         match tokio::try_join!(client, upstream) {
             Ok((client, upstream)) => {
                 let mut client = hyper_util::rt::TokioIo::new(client);

@@ -119,7 +119,8 @@ pub struct RegionStatus {
     /// returns to the previous version), `rolled back` (it runs the previous version again),
     /// `waiting for wave N` (the version waits for the regions of the waves before N:
     /// `deploy.waves`), `pending` (not reported yet), `unknown` (the region has not reported
-    /// for 10 s), or `scaled to zero`.
+    /// for 10 s), `scaled to zero`, or `sleeping (light)` / `sleeping (deep)` (every instance
+    /// in service asleep, `scale.sleep`: the first request wakes one).
     pub state: String,
     /// During a rollout, the instances in service by the version they run; empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -160,7 +161,10 @@ fn region_status(
             .cloned()
     });
     let autoscale = health.as_ref().and_then(|h| h.autoscale.clone());
-    let desired = autoscale.as_ref().map_or(rd.spec.scale.min, |a| a.desired);
+    let desired = autoscale
+        .as_ref()
+        .map_or(rd.spec.scale.fewest_placed(), |a| a.desired);
+    let asleep = health.as_ref().and_then(asleep);
     let waiting = waiting.map(|wave| format!("waiting for wave {}", wave + 1));
     // The rollout of this version, if the region reports one.
     let rollout = health
@@ -179,6 +183,7 @@ fn region_status(
         _ if phase == Some(RolloutPhase::RolledBack) => "rolled back",
         _ if phase == Some(RolloutPhase::Paused) => "paused",
         (_, Some(h)) if h.versions.len() > 1 => "rolling out",
+        _ if asleep.is_some() => asleep.unwrap_or_default(),
         (_, Some(h)) if h.healthy >= desired => "running",
         (_, Some(h)) if h.healthy > 0 => "degraded",
         (_, Some(_)) => "starting",
@@ -199,6 +204,23 @@ fn region_status(
         problems: health.map(|h| h.problems).unwrap_or_default(),
         rollout,
         autoscale,
+    }
+}
+
+/// `sleeping (light)` or `sleeping (deep)` when every instance of `health` in service is
+/// asleep (`sleeping (light)` when some are frozen and some stopped: it wakes that fast).
+fn asleep(health: &meridian_model::ServiceHealth) -> Option<&'static str> {
+    let count = |state: &str| health.instances.get(state).copied().unwrap_or(0);
+    let (light, deep) = (
+        count(meridian_model::SLEEPING_LIGHT),
+        count(meridian_model::SLEEPING_DEEP),
+    );
+    let all: u32 = health.instances.values().sum();
+    match (light, deep) {
+        (0, 0) => None,
+        _ if light + deep < all => None,
+        (0, _) => Some(meridian_model::SLEEPING_DEEP),
+        _ => Some(meridian_model::SLEEPING_LIGHT),
     }
 }
 

@@ -859,7 +859,7 @@ impl RegionState {
     pub(super) fn desired(&self, id: &ServiceId, deployment: &RegionalDeployment) -> Desired {
         let scale = self
             .autoscaled_count(id)
-            .unwrap_or(deployment.spec.scale.min);
+            .unwrap_or(deployment.spec.scale.fewest_placed());
         let target = self.rollouts.target(id, deployment.version);
         let mut want = desired(deployment, target, scale);
         want.paused = self.rollouts.paused(id, deployment.version);

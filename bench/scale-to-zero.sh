@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Scale to zero (see bench/scale_to_zero.py): latency a light wake (frozen instance) and a deep
+# wake (stopped instance) add to the first request through the gateway (targets: <= 10 ms light,
+# <= 50 ms deep beyond a direct start of the same app measured in the same run), time from a
+# load step to new instances serving (target < 3 s), and the CPU and memory of sleeping
+# instances. Run as root for cgroups (the freezer; without it, SIGSTOP). Addresses 127.0.150.x;
+# stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v taskset >/dev/null || { echo "scale-to-zero.sh needs taskset" >&2; exit 1; }
+cargo build --release --bin meridian --bin meridian-hello
+target="${CARGO_TARGET_DIR:-target}"
+exec python3 bench/scale_to_zero.py --meridian "$target"/release/meridian \
+  --hello "$target"/release/meridian-hello "$@"
