@@ -27,6 +27,7 @@ mod certificates;
 mod dialect;
 mod domains;
 mod endpoints;
+mod leases;
 mod postgres;
 mod purges;
 mod rollouts;
@@ -35,7 +36,7 @@ mod sqlite;
 
 use self::dialect::Dialect;
 use crate::{
-    Applied, CertificateRecord, DomainClaim, MissingOrg, NewPurge, NewToken, Result, ServiceFilter,
+    Applied, CertificateRecord, DomainClaim, Fence, LeaseInfo, MissingOrg, NewPurge, NewToken, Result, ServiceFilter,
     ServiceKey, Store, StoreError,
 };
 
@@ -71,6 +72,25 @@ impl SqlStore {
             sqlx::query(lock).execute(&mut *tx).await?;
         }
         Ok(tx)
+    }
+
+    /// [`SqlStore::begin`], then, with a `fence`, fails with [`StoreError::Fenced`] unless its
+    /// term of the lease is current (and keeps it so until the transaction ends).
+    async fn begin_fenced(&self, fence: Option<&Fence>) -> Result<Transaction<'static, Any>> {
+        let mut tx = self.begin().await?;
+        if let Some(fence) = fence {
+            leases::check(&mut tx, fence).await?;
+        }
+        Ok(tx)
+    }
+
+    /// The pool leases are taken on: SQLite's writer (its only connection that may write);
+    /// PostgreSQL's readers, so that renewals never queue behind a burst of writes.
+    fn lease_pool(&self) -> &AnyPool {
+        match self.dialect {
+            Dialect::Sqlite => &self.writer,
+            Dialect::Postgres => &self.reader,
+        }
     }
 
     /// Commits `tx` and tells watchers that `revision` is visible.
@@ -959,8 +979,12 @@ impl Store for SqlStore {
         certificates::get_domain(&self.reader, domain).await
     }
 
-    async fn put_certificate(&self, certificate: &CertificateRecord) -> Result<()> {
-        let mut tx = self.begin().await?;
+    async fn put_certificate(
+        &self,
+        certificate: &CertificateRecord,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence).await?;
         let revision = certificates::put(&mut tx, certificate).await?;
         self.commit(tx, revision).await
     }
@@ -1005,8 +1029,13 @@ impl Store for SqlStore {
         )
     }
 
-    async fn put_ticket_keys(&self, sealed: &[u8], rotated_at: i64) -> Result<()> {
-        let mut tx = self.begin().await?;
+    async fn put_ticket_keys(
+        &self,
+        sealed: &[u8],
+        rotated_at: i64,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence).await?;
         let revision = record(
             &mut tx,
             ChangeKind::TicketKeys,
@@ -1025,6 +1054,23 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         self.commit(tx, revision).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Fence>> {
+        leases::acquire(self.lease_pool(), self.dialect, name, holder, ttl).await
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> Result<()> {
+        leases::release(self.lease_pool(), fence).await
+    }
+
+    async fn get_lease(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        leases::get(&self.reader, self.dialect, name).await
     }
 
     async fn put_secret(
