@@ -36,8 +36,8 @@ mod sqlite;
 
 use self::dialect::Dialect;
 use crate::{
-    Applied, CertificateRecord, DomainClaim, Fence, LeaseInfo, MissingOrg, NewPurge, NewToken, Result, ServiceFilter,
-    ServiceKey, Store, StoreError,
+    Applied, CertificateRecord, DomainClaim, Fence, LeaseInfo, MissingOrg, NewPurge, NewToken,
+    Result, ServiceFilter, ServiceKey, Store, StoreError,
 };
 
 /// A [`Store`] in a SQL database: a SQLite file ([`SqlStore::open_sqlite`]) or a PostgreSQL

@@ -304,7 +304,11 @@ pub async fn run_delta_client<H: Handler>(options: ClientOptions, mut handler: H
             failed = 0;
         }
         failed += 1;
-        let next = &servers[servers.iter().position(|s| s == server).map_or(0, |i| i + 1) % servers.len()];
+        let next = &servers[servers
+            .iter()
+            .position(|s| s == server)
+            .map_or(0, |i| i + 1)
+            % servers.len()];
         // Another server that has not failed in this round is tried at once.
         let wait = if failed < servers.len() {
             Duration::ZERO

@@ -53,7 +53,11 @@ pub struct ControlArgs {
     /// The global control plane's xDS, which the region follows over mutual TLS with its own
     /// certificate (region only); with several replicas, their URLs separated by commas (it
     /// follows one, moves to the next when it fails, and reports to each).
-    #[arg(long, value_name = "URL[,URL…]", default_value = "https://127.0.0.1:17000")]
+    #[arg(
+        long,
+        value_name = "URL[,URL…]",
+        default_value = "https://127.0.0.1:17000"
+    )]
     global_xds: String,
     /// The global control plane's public API, where the region gets its CA at its first start
     /// (region only).

@@ -81,7 +81,11 @@ pub struct EdgeArgs {
     /// The global control plane's xDS, which the edge follows; with several replicas, their
     /// URLs separated by commas (it follows one, moves to the next when it fails, and reports
     /// to each).
-    #[arg(long, value_name = "URL[,URL…]", default_value = "https://127.0.0.1:17000")]
+    #[arg(
+        long,
+        value_name = "URL[,URL…]",
+        default_value = "https://127.0.0.1:17000"
+    )]
     global_xds: String,
     /// The one-time join token for `edge/<location>` (first start only; ask an administrator:
     /// meridian join-token edge/<location>).

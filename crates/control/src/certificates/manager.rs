@@ -385,9 +385,7 @@ impl Manager {
             (None, Ok(_)) => Some(now),
             (Some(_), Err(_)) => expiry,
             (None, Err(why)) => {
-                let Some(fence) = self.lease.fence() else {
-                    return None;
-                };
+                let fence = self.lease.fence()?;
                 let source = match self.issuer {
                     Issuer::Acme { .. } => CertificateSource::Acme,
                     _ => CertificateSource::Upload,

@@ -152,7 +152,8 @@ pub async fn run_global(
         StoreLocation::Sqlite(_) => SQLITE_HOLDER.to_owned(),
         StoreLocation::Postgres(_) => format!("{addr} pid {}", std::process::id()),
     };
-    let (keeper, lease) = LeaseKeeper::new(store.clone(), &holder, LeaseMetrics::new(&mut registry));
+    let (keeper, lease) =
+        LeaseKeeper::new(store.clone(), &holder, LeaseMetrics::new(&mut registry));
     supervisor.restarting("lease", {
         let keeper = keeper.clone();
         move || keep_lease(keeper.clone())

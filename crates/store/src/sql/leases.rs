@@ -45,12 +45,14 @@ pub(super) async fn acquire(
 /// Lets `fence`'s lease expire now, if its term is still the current one, so that another
 /// replica takes it at its next attempt.
 pub(super) async fn release(pool: &AnyPool, fence: &Fence) -> Result<()> {
-    sqlx::query("UPDATE leases SET expires_at_ms = 0 WHERE name = $1 AND holder = $2 AND token = $3")
-        .bind(&fence.lease)
-        .bind(&fence.holder)
-        .bind(token(fence)?)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE leases SET expires_at_ms = 0 WHERE name = $1 AND holder = $2 AND token = $3",
+    )
+    .bind(&fence.lease)
+    .bind(&fence.holder)
+    .bind(token(fence)?)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -910,7 +910,11 @@ pub async fn a_lease_has_one_holder_whose_token_grows_and_fences_its_writes(back
     assert_eq!((info.holder.as_str(), info.token), ("a", first.token));
     assert!(info.expires_in > Duration::from_secs(50), "{info:?}");
     let before = a.revision().await.unwrap();
-    assert_eq!(before, b.revision().await.unwrap(), "leases write no change");
+    assert_eq!(
+        before,
+        b.revision().await.unwrap(),
+        "leases write no change"
+    );
     a.put_ticket_keys(b"by a", 1, Some(&first)).await.unwrap();
 
     // Handed over: the old holder's writes are refused and change nothing.
@@ -939,7 +943,10 @@ pub async fn a_lease_has_one_holder_whose_token_grows_and_fences_its_writes(back
         if let Some(fence) = a.acquire_lease(LEASE, "a", LONG).await.unwrap() {
             break fence;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the lease never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(third.token, second.token + 1);
