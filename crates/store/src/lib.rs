@@ -9,6 +9,10 @@
 //! nothing backend-specific (SQL, database types) may leak into it. Validation is the caller's
 //! job; the store enforces only identity and referential rules (exists, already exists, still in
 //! use) and that a public domain belongs to one service across all orgs.
+//!
+//! Several control planes sharing a PostgreSQL store share the work that must happen once
+//! through a lease ([`Store::acquire_lease`]): one holder at a time, with a fencing token that
+//! the holder's writes carry and the store checks in the same transaction ([`Fence`]).
 
 mod lease;
 mod location;

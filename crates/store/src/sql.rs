@@ -74,6 +74,20 @@ impl SqlStore {
         Ok(tx)
     }
 
+    /// [`SqlStore::commit`] of a write begun with [`SqlStore::begin_fenced`]: the change is
+    /// recorded as made for `fence`'s term, if any.
+    async fn commit_fenced(
+        &self,
+        mut tx: Transaction<'_, Any>,
+        revision: u64,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        if let Some(fence) = fence {
+            leases::mark(&mut tx, revision, fence).await?;
+        }
+        self.commit(tx, revision).await
+    }
+
     /// [`SqlStore::begin`], then, with a `fence`, fails with [`StoreError::Fenced`] unless its
     /// term of the lease is current (and keeps it so until the transaction ends).
     async fn begin_fenced(&self, fence: Option<&Fence>) -> Result<Transaction<'static, Any>> {
@@ -986,7 +1000,7 @@ impl Store for SqlStore {
     ) -> Result<()> {
         let mut tx = self.begin_fenced(fence).await?;
         let revision = certificates::put(&mut tx, certificate).await?;
-        self.commit(tx, revision).await
+        self.commit_fenced(tx, revision, fence).await
     }
 
     async fn get_acme_account(&self, directory: &str) -> Result<Option<Vec<u8>>> {
@@ -1053,7 +1067,7 @@ impl Store for SqlStore {
         .bind(rotated_at)
         .execute(&mut *tx)
         .await?;
-        self.commit(tx, revision).await
+        self.commit_fenced(tx, revision, fence).await
     }
 
     async fn acquire_lease(

@@ -8,3 +8,7 @@ CREATE TABLE leases (
     token INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL
 );
+
+-- The fencing token of the lease term a change was written for (NULL: not singleton work), so
+-- that an audit sees, in commit order, that no two holders' terms interleaved.
+ALTER TABLE changes ADD COLUMN fence_token INTEGER;

@@ -99,6 +99,17 @@ pub(super) async fn check(conn: &mut AnyConnection, fence: &Fence) -> Result<()>
     }
 }
 
+/// Records with the change at `revision` (the write in progress) that it was made for
+/// `fence`'s term.
+pub(super) async fn mark(conn: &mut AnyConnection, revision: u64, fence: &Fence) -> Result<()> {
+    sqlx::query("UPDATE changes SET fence_token = $1 WHERE revision = $2")
+        .bind(token(fence)?)
+        .bind(i64::try_from(revision).unwrap_or(i64::MAX))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 fn token(fence: &Fence) -> Result<i64> {
     i64::try_from(fence.token).map_err(|_| StoreError::Fenced(fence.clone()))
 }
