@@ -32,4 +32,4 @@ if [ -z "$failover_only" ]; then
     echo "no meridian-bench beside $meridian: throughput figures skipped" >&2
   fi
 fi
-python3 bench/failover.py --meridian "$meridian"
+python3 bench/failover.py --meridian "$meridian" ${FAILOVER_ARGS:-}

@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # --host changes it
 REGION_TARGET = 2.0
 LEASE_TARGET = 5.0
 DEADLINE = 60.0
@@ -152,10 +152,13 @@ def summary(name, figures, target):
 
 
 def main():
+    global HOST
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--meridian", required=True, help="the meridian binary")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--host", default=HOST, help="the loopback address everything binds")
     args = parser.parse_args()
+    HOST = args.host
     work = tempfile.mkdtemp(prefix="meridian-failover-")
     if os.geteuid() == 0:
         os.chmod(work, 0o755)

@@ -15,6 +15,8 @@ mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_store::testing::TestPostgres;
@@ -321,6 +323,24 @@ async fn with_sqlite_the_only_replica_holds_the_lease() {
 const CLIENTS: usize = 4;
 const APPLIES: usize = 25;
 
+/// The clients' progress: applies acknowledged, and whether one of them failed.
+#[derive(Default)]
+struct Progress {
+    acked: AtomicUsize,
+    failed: AtomicBool,
+}
+
+/// Marks `Progress::failed` when the client holding it panics.
+struct FailsLoudly(Arc<Progress>);
+
+impl Drop for FailsLoudly {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// What one client's apply was acknowledged with.
 struct Acked {
     service: String,
@@ -343,13 +363,14 @@ fn chaos_definition(client: usize, step: usize) -> Value {
 
 /// Applies `client`'s steps one after another, each through the next replica in turn (and
 /// through the next again while one fails), until each is acknowledged; counts them in
-/// `acked`.
+/// `progress`.
 async fn apply_steps(
     client: usize,
     apis: Vec<String>,
     token: String,
-    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    progress: Arc<Progress>,
 ) -> Vec<Acked> {
+    let _loud = FailsLoudly(progress.clone());
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -383,7 +404,7 @@ async fn apply_steps(
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        progress.acked.fetch_add(1, Ordering::SeqCst);
         done.push(Acked {
             service: format!("c{client}"),
             step,
@@ -393,10 +414,15 @@ async fn apply_steps(
     done
 }
 
-/// Waits until `acked` reaches `count`.
-async fn acked_reach(acked: &std::sync::atomic::AtomicUsize, count: usize) {
+/// Waits until `progress` counts `count` acknowledged applies; fails at once if a client
+/// failed.
+async fn acked_reach(progress: &Progress, count: usize) {
     let end = Instant::now() + Duration::from_secs(180);
-    while acked.load(std::sync::atomic::Ordering::SeqCst) < count {
+    while progress.acked.load(Ordering::SeqCst) < count {
+        assert!(
+            !progress.failed.load(Ordering::SeqCst),
+            "a client failed (see its panic above)"
+        );
         assert!(
             Instant::now() < end,
             "the clients stalled below {count} acknowledged applies"
@@ -430,9 +456,6 @@ async fn whole_feed(api: &str, token: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_replicas_killed_in_turn_and_a_database_restart_lose_no_acknowledged_write() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
     let Some(mut replicas) = Replicas::start(3, &["--local-ca"]) else {
         return;
     };
@@ -445,28 +468,28 @@ async fn chaos_replicas_killed_in_turn_and_a_database_restart_lose_no_acknowledg
     );
     let (first_holder, first_token) = replicas.holder().await;
     let apis: Vec<String> = replicas.planes.iter().map(|p| p.api.clone()).collect();
-    let acked = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Progress::default());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             tokio::spawn(apply_steps(
                 client,
                 apis.clone(),
                 replicas.token.clone(),
-                acked.clone(),
+                progress.clone(),
             ))
         })
         .collect();
     let total = CLIENTS * APPLIES;
 
     // The holder is killed, then started again once another holds the lease.
-    acked_reach(&acked, total / 5).await;
+    acked_reach(&progress, total / 5).await;
     replicas.kill(first_holder);
     let (second_holder, second_token) = replicas.holder().await;
     assert!(second_token > first_token);
     replicas.restart(first_holder);
 
     // PostgreSQL restarts (fast shutdown) while the applies go on.
-    acked_reach(&acked, 2 * total / 5).await;
+    acked_reach(&progress, 2 * total / 5).await;
     replicas.cluster.stop();
     let end = Instant::now() + DEADLINE;
     while reqwest::get(format!("{}/readyz", apis[second_holder]))
@@ -484,12 +507,12 @@ async fn chaos_replicas_killed_in_turn_and_a_database_restart_lose_no_acknowledg
     replicas.cluster.start_again();
 
     // A replica that does not hold the lease, then the holder again.
-    acked_reach(&acked, 3 * total / 5).await;
+    acked_reach(&progress, 3 * total / 5).await;
     let (holder, _) = replicas.holder().await;
     let follower = (holder + 1) % 3;
     replicas.kill(follower);
     replicas.restart(follower);
-    acked_reach(&acked, 4 * total / 5).await;
+    acked_reach(&progress, 4 * total / 5).await;
     let (holder, _) = replicas.holder().await;
     replicas.kill(holder);
     let (_, last_token) = replicas.holder().await;
