@@ -1,6 +1,7 @@
 //! The global control plane's lease: of several replicas on one database, the holder does the
 //! work that must happen once (certificate orders and renewals, expiry marks, session ticket key
-//! rotation); the others serve the API and the federation xDS port alike and stand by.
+//! rotation, recording the regions' rollouts and rolling back failed ones); the others serve
+//! the API and the federation xDS port alike and stand by.
 //!
 //! [`keep_lease`] tries to take or renew the lease every [`RENEW_EVERY`] for [`LEASE_TTL`]
 //! (the database's clock), and says what it holds through a [`LeaseState`]: the [`Fence`] of

@@ -10,7 +10,8 @@
 //!   session ticket keys);
 //! - the lease (restarted): of several replicas on one PostgreSQL database, the holder of the
 //!   lease does the singleton work (see [`crate::lease`]); the certificates' task of every
-//!   replica publishes, that of the holder alone orders, marks and rotates. At shutdown the
+//!   replica publishes, that of the holder alone orders, marks and rotates; the holder alone
+//!   records the regions' rollouts and rolls back failed ones. At shutdown the
 //!   holder releases the lease, so that another replica takes it at once;
 //! - essential (each owns a bound socket): the API server and the xDS server for the regions.
 //!   When one ends the plane stops and [`run_global`] returns the error.
@@ -205,13 +206,14 @@ pub async fn run_global(
         }
     });
     supervisor.restarting("record rollouts", {
-        let (store, reports) = (store.clone(), reports.clone());
+        let (store, reports, lease) = (store.clone(), reports.clone(), lease.clone());
         move || {
             let latest = reports.clone();
             crate::rollout_history::record_rollouts(
                 store.clone(),
                 Box::new(move |region| latest.get(region)),
                 reports.subscribe(),
+                lease.clone(),
             )
         }
     });
