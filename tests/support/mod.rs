@@ -104,6 +104,12 @@ impl ControlPlane {
         Self::start_at(data_dir, &any_port, &any_port, &[], None)
     }
 
+    /// [`ControlPlane::start_on`] with more arguments (e.g. `--store postgres://…`).
+    pub fn start_on_with(data_dir: &Path, ip: &str, extra: &[&str]) -> ControlPlane {
+        let any_port = format!("{ip}:0");
+        Self::start_at(data_dir, &any_port, &any_port, extra, None)
+    }
+
     /// [`ControlPlane::start`] with more arguments (e.g. `--local-ca`).
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ControlPlane {
         Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, None)
@@ -377,6 +383,26 @@ impl RegionalPlane {
         let global = (global.api.as_str(), global.xds.as_str());
         let extra = extra.iter().map(|a| a.to_string()).collect();
         Self::start_in(dir, "127.0.0.1:0", global, token, region, gateway, extra)
+    }
+
+    /// Starts the control plane of `region`, joining through the global API at `api` and
+    /// following `global_xds` (the xDS URLs of several replicas, separated by commas).
+    pub fn start_following(
+        api: &str,
+        global_xds: &str,
+        token: &str,
+        region: &str,
+    ) -> RegionalPlane {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(
+            dir,
+            "127.0.0.1:0",
+            (api, global_xds),
+            token,
+            region,
+            None,
+            Vec::new(),
+        )
     }
 
     /// [`RegionalPlane::start`] with its xDS on `ip` (port 0), where proxies and edges in

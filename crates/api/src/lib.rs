@@ -300,12 +300,16 @@ async fn readyz(State(state): State<ApiState>) -> Result<(StatusCode, String), A
     // Ready when the store answers a real read and the plane waits for nothing else.
     state.store.list_regions().await?;
     let waiting = state.readiness.waiting();
+    let description = state.readiness.description();
     if waiting.is_empty() {
-        return Ok((StatusCode::OK, "ready\n".to_owned()));
+        return Ok((StatusCode::OK, format!("ready\n{description}")));
     }
     Ok((
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("not ready: waiting for {}\n", waiting.join(", ")),
+        format!(
+            "not ready: waiting for {}\n{description}",
+            waiting.join(", ")
+        ),
     ))
 }
 

@@ -1,7 +1,8 @@
 //! What a control plane waits for before it is ready: named parts (say, "the regional
 //! deployments published"), each done once. `/readyz` answers 503 naming the parts still
 //! waited for; whoever must not act before the plane is ready (its xDS server) watches
-//! [`Readiness::ready`].
+//! [`Readiness::ready`]. A plane may add lines to `/readyz` that say what it does beyond
+//! being ready ([`Readiness::describe_with`]: a global replica, whether it holds the lease).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,9 +14,13 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct Readiness(Arc<Inner>);
 
+/// What a plane says of itself on `/readyz`, one or more lines.
+type Describe = Arc<dyn Fn() -> String + Send + Sync>;
+
 struct Inner {
     waiting: Mutex<BTreeSet<&'static str>>,
     ready: watch::Sender<bool>,
+    describe: Mutex<Option<Describe>>,
 }
 
 impl Default for Readiness {
@@ -33,6 +38,7 @@ impl Readiness {
         Readiness(Arc::new(Inner {
             waiting: Mutex::new(waiting),
             ready,
+            describe: Mutex::new(None),
         }))
     }
 
@@ -60,6 +66,27 @@ impl Readiness {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         waiting.iter().copied().collect()
+    }
+
+    /// Makes `/readyz` add what `describe` says (one or more lines, each ending with a newline)
+    /// after its first line.
+    pub fn describe_with(&self, describe: impl Fn() -> String + Send + Sync + 'static) {
+        *self
+            .0
+            .describe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(describe));
+    }
+
+    /// What the plane says of itself (see [`Readiness::describe_with`]); empty if nothing.
+    pub fn description(&self) -> String {
+        let describe = self
+            .0
+            .describe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        describe.map(|describe| describe()).unwrap_or_default()
     }
 
     /// A receiver that becomes true once every part is done.

@@ -24,6 +24,7 @@ mod fleet;
 mod global_api;
 mod issuer;
 mod known_admins;
+pub mod lease;
 mod logs;
 mod nodes_admin;
 mod own_certificate;

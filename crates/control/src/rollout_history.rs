@@ -3,6 +3,10 @@
 //! current version, the version before it becomes current again (a rollback version, `origin:
 //! rollback`), so that every region returns to it — those that took the failed version, and
 //! those still waiting for their wave.
+//!
+//! Every replica of the global control plane gets every region's reports; only the holder of
+//! the lease records them and rolls back, so that two replicas never make two rollback versions
+//! of one failure. A replica that takes the lease records whatever differs from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,21 +16,34 @@ use meridian_store::{ServiceKey, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::federation::LatestReport;
+use crate::lease::LeaseState;
 
-/// Follows the regions' reports (`latest`, woken by `changed`) into `store` until `changed`
-/// closes. A store failure is logged; the rollouts it missed are recorded with the next report.
+/// Follows the regions' reports (`latest`, woken by `changed`) into `store` while this
+/// replica holds the lease (`lease`), until `changed` closes. A store failure is logged; the
+/// rollouts it missed are recorded with the next report.
 pub async fn record_rollouts(
     store: Arc<dyn Store>,
     latest: Box<LatestReport>,
     mut changed: watch::Receiver<u64>,
+    mut lease: LeaseState,
 ) {
     let mut recorded: HashMap<(ServiceKey, String), RolloutStatus> = HashMap::new();
     loop {
-        if let Err(e) = record_reported(&*store, &*latest, &mut recorded).await {
-            tracing::warn!(error = %e, "recording the regions' rollouts failed; retried with the next report");
+        if lease.fence().is_some() {
+            if let Err(e) = record_reported(&*store, &*latest, &mut recorded).await {
+                tracing::warn!(error = %e, "recording the regions' rollouts failed; retried with the next report");
+            }
+        } else {
+            // What another holder recorded meanwhile is not known here.
+            recorded.clear();
         }
-        if changed.changed().await.is_err() {
-            return;
+        tokio::select! {
+            ended = changed.changed() => {
+                if ended.is_err() {
+                    return;
+                }
+            }
+            Ok(()) = lease.changed() => {}
         }
     }
 }

@@ -9,7 +9,12 @@
 //! nothing backend-specific (SQL, database types) may leak into it. Validation is the caller's
 //! job; the store enforces only identity and referential rules (exists, already exists, still in
 //! use) and that a public domain belongs to one service across all orgs.
+//!
+//! Several control planes sharing a PostgreSQL store share the work that must happen once
+//! through a lease ([`Store::acquire_lease`]): one holder at a time, with a fencing token that
+//! the holder's writes carry and the store checks in the same transaction ([`Fence`]).
 
+mod lease;
 mod location;
 mod sql;
 #[cfg(feature = "testing")]
@@ -23,6 +28,7 @@ use meridian_model::{
     SecretInfo, SecretOwner, ServiceSummary, TokenInfo,
 };
 
+pub use lease::{Fence, LeaseInfo};
 pub use location::StoreLocation;
 pub use sql::SqlStore;
 pub use watch::{wait_for_changes, Watch};
@@ -203,6 +209,13 @@ pub enum StoreError {
     /// problem (e.g. `tables.orgs[3].created_at: expected an integer`).
     #[error("not a valid backup: {0}")]
     InvalidBackup(String),
+    /// A write made for the holder of a lease was refused: the holder's term (its fencing
+    /// token) is over, because the lease expired or another replica took it.
+    #[error(
+        "lease `{}` is no longer held by `{}` with token {}: the write was refused",
+        .0.lease, .0.holder, .0.token
+    )]
+    Fenced(Fence),
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -336,16 +349,42 @@ pub trait Store: Send + Sync + 'static {
     async fn get_domain(&self, domain: &str) -> Result<Option<DomainClaim>>;
     /// Creates or replaces the certificate of a claimed domain ([`StoreError::NotFound`] when
     /// the domain is not claimed: the row lives as long as the claim). `updated_at` is set by
-    /// the store.
-    async fn put_certificate(&self, certificate: &CertificateRecord) -> Result<()>;
+    /// the store. With a `fence` (work done for a lease's holder), the write is refused with
+    /// [`StoreError::Fenced`] unless that term of the lease is still current.
+    async fn put_certificate(
+        &self,
+        certificate: &CertificateRecord,
+        fence: Option<&Fence>,
+    ) -> Result<()>;
     /// The sealed credentials of the ACME account at `directory`, if one was stored.
     async fn get_acme_account(&self, directory: &str) -> Result<Option<Vec<u8>>>;
     /// Stores the sealed credentials of the ACME account at `directory`, replacing any.
     async fn put_acme_account(&self, directory: &str, sealed: &[u8]) -> Result<()>;
     /// The sealed TLS session ticket keys and when they were last rotated, if stored.
     async fn get_ticket_keys(&self) -> Result<Option<(Vec<u8>, i64)>>;
-    /// Stores the sealed TLS session ticket keys, rotated at `rotated_at`.
-    async fn put_ticket_keys(&self, sealed: &[u8], rotated_at: i64) -> Result<()>;
+    /// Stores the sealed TLS session ticket keys, rotated at `rotated_at`; fenced as
+    /// [`Store::put_certificate`].
+    async fn put_ticket_keys(
+        &self,
+        sealed: &[u8],
+        rotated_at: i64,
+        fence: Option<&Fence>,
+    ) -> Result<()>;
+
+    /// Takes lease `name` for `holder` until `ttl` from now (the database's clock) when it is
+    /// free or expired, with a fencing token one greater than the last holder's; renews it,
+    /// same token, when `holder` holds it; `None` when another holds it. Writes no change.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Fence>>;
+    /// Ends `fence`'s term of its lease now (if it is still current), so that another holder
+    /// may take it at once.
+    async fn release_lease(&self, fence: &Fence) -> Result<()>;
+    /// Lease `name`, if it was ever taken.
+    async fn get_lease(&self, name: &str) -> Result<Option<LeaseInfo>>;
 
     /// Creates or replaces secret `name` of `owner` with `sealed` (sealed by the caller; the
     /// store never sees a value in clear), one version more than before (1 when new). An app

@@ -27,6 +27,7 @@ mod certificates;
 mod dialect;
 mod domains;
 mod endpoints;
+mod leases;
 mod postgres;
 mod purges;
 mod rollouts;
@@ -35,8 +36,8 @@ mod sqlite;
 
 use self::dialect::Dialect;
 use crate::{
-    Applied, CertificateRecord, DomainClaim, MissingOrg, NewPurge, NewToken, Result, ServiceFilter,
-    ServiceKey, Store, StoreError,
+    Applied, CertificateRecord, DomainClaim, Fence, LeaseInfo, MissingOrg, NewPurge, NewToken,
+    Result, ServiceFilter, ServiceKey, Store, StoreError,
 };
 
 /// A [`Store`] in a SQL database: a SQLite file ([`SqlStore::open_sqlite`]) or a PostgreSQL
@@ -71,6 +72,39 @@ impl SqlStore {
             sqlx::query(lock).execute(&mut *tx).await?;
         }
         Ok(tx)
+    }
+
+    /// [`SqlStore::commit`] of a write begun with [`SqlStore::begin_fenced`]: the change is
+    /// recorded as made for `fence`'s term, if any.
+    async fn commit_fenced(
+        &self,
+        mut tx: Transaction<'_, Any>,
+        revision: u64,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        if let Some(fence) = fence {
+            leases::mark(&mut tx, revision, fence).await?;
+        }
+        self.commit(tx, revision).await
+    }
+
+    /// [`SqlStore::begin`], then, with a `fence`, fails with [`StoreError::Fenced`] unless its
+    /// term of the lease is current (and keeps it so until the transaction ends).
+    async fn begin_fenced(&self, fence: Option<&Fence>) -> Result<Transaction<'static, Any>> {
+        let mut tx = self.begin().await?;
+        if let Some(fence) = fence {
+            leases::check(&mut tx, fence).await?;
+        }
+        Ok(tx)
+    }
+
+    /// The pool leases are taken on: SQLite's writer (its only connection that may write);
+    /// PostgreSQL's readers, so that renewals never queue behind a burst of writes.
+    fn lease_pool(&self) -> &AnyPool {
+        match self.dialect {
+            Dialect::Sqlite => &self.writer,
+            Dialect::Postgres => &self.reader,
+        }
     }
 
     /// Commits `tx` and tells watchers that `revision` is visible.
@@ -959,10 +993,14 @@ impl Store for SqlStore {
         certificates::get_domain(&self.reader, domain).await
     }
 
-    async fn put_certificate(&self, certificate: &CertificateRecord) -> Result<()> {
-        let mut tx = self.begin().await?;
+    async fn put_certificate(
+        &self,
+        certificate: &CertificateRecord,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence).await?;
         let revision = certificates::put(&mut tx, certificate).await?;
-        self.commit(tx, revision).await
+        self.commit_fenced(tx, revision, fence).await
     }
 
     async fn get_acme_account(&self, directory: &str) -> Result<Option<Vec<u8>>> {
@@ -1005,8 +1043,13 @@ impl Store for SqlStore {
         )
     }
 
-    async fn put_ticket_keys(&self, sealed: &[u8], rotated_at: i64) -> Result<()> {
-        let mut tx = self.begin().await?;
+    async fn put_ticket_keys(
+        &self,
+        sealed: &[u8],
+        rotated_at: i64,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence).await?;
         let revision = record(
             &mut tx,
             ChangeKind::TicketKeys,
@@ -1024,7 +1067,24 @@ impl Store for SqlStore {
         .bind(rotated_at)
         .execute(&mut *tx)
         .await?;
-        self.commit(tx, revision).await
+        self.commit_fenced(tx, revision, fence).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Fence>> {
+        leases::acquire(self.lease_pool(), self.dialect, name, holder, ttl).await
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> Result<()> {
+        leases::release(self.lease_pool(), fence).await
+    }
+
+    async fn get_lease(&self, name: &str) -> Result<Option<LeaseInfo>> {
+        leases::get(&self.reader, self.dialect, name).await
     }
 
     async fn put_secret(

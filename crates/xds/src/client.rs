@@ -2,6 +2,12 @@
 //! that accepts (ACK) or rejects (NACK, with the reason) it as a whole, follows the interests the
 //! handler derives (e.g. routes named by listeners), and reconnects with backoff, resuming with
 //! the versions it holds so that the server sends only what changed.
+//!
+//! A client may be given several servers that serve the same resources (replicas of the global
+//! control plane): it follows one at a time and, when that one fails, moves to the next at
+//! once, resuming there with what it holds (resource versions are digests of the content, so
+//! the same on every replica: the next one sends only the difference). It waits (backoff)
+//! only once every server failed in turn.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -162,7 +168,8 @@ pub fn apply_delta(
 /// Where and as whom a client connects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// The server, e.g. `http://127.0.0.1:18000`, or `https://…` with `tls`.
+    /// The server, e.g. `http://127.0.0.1:18000`, or `https://…` with `tls`; or several,
+    /// separated by commas, that serve the same resources (see [`servers`]).
     pub url: String,
     /// TLS for the connection (with the client's certificate for mutual TLS); `None`: cleartext.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -170,6 +177,16 @@ pub struct ClientOptions {
     pub node: Node,
     /// First and longest wait between reconnection attempts.
     pub backoff: (Duration, Duration),
+}
+
+/// The servers a list of URLs separated by commas names, in order (spaces around each and
+/// empty items are ignored): `https://a:17000,https://b:17000`.
+pub fn servers(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A gRPC channel to the xDS server at `url`: over TLS with `tls` (which checks the server and
@@ -264,30 +281,54 @@ enum SessionError {
     Closed,
 }
 
-/// Runs the client until the task is dropped: connects, resumes, and reconnects after failures.
+/// Runs the client until the task is dropped: connects, resumes, and reconnects after failures
+/// (to the next server, if it has several: see the module's documentation).
 pub async fn run_delta_client<H: Handler>(options: ClientOptions, mut handler: H) {
     let mut held = Resources::new();
     let mut interests = handler.initial_interests();
     let mut backoff = options.backoff.0;
+    let servers = servers(&options.url);
+    let Some(mut server) = servers.first() else {
+        tracing::error!(url = %options.url, "no xDS server to follow");
+        return;
+    };
+    // Sessions that failed in a row without one lasting a while.
+    let mut failed = 0;
     loop {
         let started = Instant::now();
-        let result = session(&options, &mut handler, &mut held, &mut interests).await;
+        let result = session(server, &options, &mut handler, &mut held, &mut interests).await;
         handler.session_changed(false);
         // A session that lasted a while was healthy: start the backoff over.
         if started.elapsed() > options.backoff.1 {
             backoff = options.backoff.0;
+            failed = 0;
         }
-        let wait = backoff.mul_f64(0.5 + fastrand::f64());
+        failed += 1;
+        let next = &servers[servers
+            .iter()
+            .position(|s| s == server)
+            .map_or(0, |i| i + 1)
+            % servers.len()];
+        // Another server that has not failed in this round is tried at once.
+        let wait = if failed < servers.len() {
+            Duration::ZERO
+        } else {
+            failed = 0;
+            backoff.mul_f64(0.5 + fastrand::f64())
+        };
         match result {
             Err(SessionError::Closed) => {
-                tracing::info!(server = %options.url, retry_in = ?wait, "xDS stream closed by the server")
+                tracing::info!(%server, %next, retry_in = ?wait, "xDS stream closed by the server")
             }
-            Err(e) => tracing::warn!(server = %options.url, error = %e, retry_in = ?wait,
+            Err(e) => tracing::warn!(%server, error = %e, %next, retry_in = ?wait,
                 "xDS connection lost; keeping the last accepted configuration"),
             Ok(()) => {}
         }
-        tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(options.backoff.1);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(options.backoff.1);
+        }
+        server = next;
     }
 }
 
@@ -346,12 +387,13 @@ fn changes(old: &Interests, new: &Interests, held: &mut Resources) -> Vec<DeltaD
 }
 
 async fn session<H: Handler>(
+    server: &str,
     options: &ClientOptions,
     handler: &mut H,
     held: &mut Resources,
     interests: &mut Interests,
 ) -> Result<(), SessionError> {
-    let channel = connect(&options.url, options.tls.clone()).await?;
+    let channel = connect(server, options.tls.clone()).await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -367,7 +409,7 @@ async fn session<H: Handler>(
         .delta_aggregated_resources(requests)
         .await?
         .into_inner();
-    tracing::info!(server = %options.url, resumed = held.values().map(|r| r.len()).sum::<usize>(),
+    tracing::info!(%server, resumed = held.values().map(|r| r.len()).sum::<usize>(),
         "xDS stream open");
     handler.session_changed(true);
     loop {

@@ -25,8 +25,8 @@ mod unary;
 
 pub use cache::{Cache, Delivery, Dirty, Subscriber, Tally, Update, Versioned};
 pub use client::{
-    apply_delta, connect, kept_alive_channel, run_delta_client, Applied, Changes, ClientOptions,
-    Handler, Held, Interest, Interests, Resources,
+    apply_delta, connect, kept_alive_channel, run_delta_client, servers, Applied, Changes,
+    ClientOptions, Handler, Held, Interest, Interests, Resources,
 };
 pub use metrics::XdsMetrics;
 pub use node::{

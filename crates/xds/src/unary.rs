@@ -1,68 +1,130 @@
 //! A client of Meridian's small unary gRPC methods (reports flowing upward), over the same
 //! mutual-TLS connection setup as xDS: it connects on first use and again after a failure.
+//! Given several servers (replicas of the global control plane, as a list separated by
+//! commas), it calls each of them, at once, so that every replica has every report.
 
 use std::sync::Arc;
 
+use tokio::task::JoinSet;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic_prost::ProstCodec;
 
-/// A reconnecting client of unary methods at one server.
+/// A reconnecting client of unary methods at one server, or at each of several.
 pub struct UnaryClient {
     url: String,
+    servers: Vec<Server>,
     tls: Arc<rustls::ClientConfig>,
+}
+
+/// One server and its connection, once made.
+struct Server {
+    url: Arc<str>,
     channel: Option<Channel>,
 }
 
 impl UnaryClient {
-    /// A client of the server at `url` (`https://…`), over `tls`.
+    /// A client of the server at `url` (`https://…`; or several, separated by commas), over
+    /// `tls`.
     pub fn new(url: &str, tls: Arc<rustls::ClientConfig>) -> UnaryClient {
+        let servers = crate::servers(url)
+            .into_iter()
+            .map(|url| Server {
+                url: url.into(),
+                channel: None,
+            })
+            .collect();
         UnaryClient {
             url: url.to_owned(),
+            servers,
             tls,
-            channel: None,
         }
     }
 
-    /// Calls the method at `path` with `request`; on failure the next call connects anew. The
-    /// error says what failed (the connection, or the server's status and message).
+    /// Calls the method at `path` with `request` at every server, at once; the first answer
+    /// of those that succeeded, or, when all failed, what failed at each (the connection, or
+    /// the server's status and message). A server that failed is connected anew at the next
+    /// call.
     pub async fn call<Request, Response>(
         &mut self,
         path: &'static str,
         request: Request,
     ) -> Result<Response, String>
     where
-        Request: prost::Message + Send + Sync + 'static,
+        Request: prost::Message + Clone + Send + Sync + 'static,
         Response: prost::Message + Default + Send + Sync + 'static,
     {
-        let channel = match &self.channel {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = crate::connect(&self.url, Some(self.tls.clone()))
-                    .await
-                    .map_err(|e| format!("connecting to {}: {e}", self.url))?;
-                self.channel = Some(channel.clone());
-                channel
+        let mut calls = JoinSet::new();
+        for (index, server) in self.servers.iter().enumerate() {
+            let (url, channel) = (server.url.clone(), server.channel.clone());
+            let (tls, request) = (self.tls.clone(), request.clone());
+            calls.spawn(async move {
+                let (channel, result) = call_one(&url, channel, tls, path, request).await;
+                (index, channel, result)
+            });
+        }
+        let mut answer = None;
+        let mut failures = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            let Ok((index, channel, result)) = done else {
+                continue;
+            };
+            let server = &mut self.servers[index];
+            server.channel = channel;
+            match result {
+                Ok(response) => {
+                    answer.get_or_insert(response);
+                }
+                Err(e) => failures.push(format!("{}: {e}", server.url)),
             }
-        };
-        let mut grpc = tonic::client::Grpc::new(channel);
-        let result = async {
-            grpc.ready().await.map_err(|e| e.to_string())?;
-            grpc.unary(
-                tonic::Request::new(request),
-                PathAndQuery::from_static(path),
-                ProstCodec::<Request, Response>::default(),
-            )
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
         }
-        .await;
-        if result.is_err() {
-            self.channel = None;
+        match answer {
+            Some(response) => {
+                for failure in failures {
+                    tracing::debug!(%failure, "a server did not take the call");
+                }
+                Ok(response)
+            }
+            None if failures.is_empty() => Err(format!("no server in `{}`", self.url)),
+            None => Err(failures.join("; ")),
         }
-        result
     }
+}
+
+/// Calls `path` at `url` over `channel` (connecting first without one): the channel to keep
+/// (none after a failure) and the result.
+async fn call_one<Request, Response>(
+    url: &str,
+    channel: Option<Channel>,
+    tls: Arc<rustls::ClientConfig>,
+    path: &'static str,
+    request: Request,
+) -> (Option<Channel>, Result<Response, String>)
+where
+    Request: prost::Message + Send + Sync + 'static,
+    Response: prost::Message + Default + Send + Sync + 'static,
+{
+    let channel = match channel {
+        Some(channel) => channel,
+        None => match crate::connect(url, Some(tls)).await {
+            Ok(channel) => channel,
+            Err(e) => return (None, Err(format!("connecting to {url}: {e}"))),
+        },
+    };
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    let result = async {
+        grpc.ready().await.map_err(|e| e.to_string())?;
+        grpc.unary(
+            tonic::Request::new(request),
+            PathAndQuery::from_static(path),
+            ProstCodec::<Request, Response>::default(),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    }
+    .await;
+    (result.is_ok().then_some(channel), result)
 }
 
 impl UnaryClient {
@@ -76,7 +138,7 @@ impl UnaryClient {
         what: &str,
         mut make: impl FnMut() -> Request,
     ) where
-        Request: prost::Message + Send + Sync + 'static,
+        Request: prost::Message + Clone + Send + Sync + 'static,
     {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -169,7 +169,7 @@ pub async fn upload(
         attempts: 0,
         updated_at: now,
     };
-    state.store.put_certificate(&record).await?;
+    state.store.put_certificate(&record, None).await?;
     tracing::info!(%domain, service = %claim.service, not_after = facts.not_after,
         "certificate uploaded");
     Ok(Json(DomainStatus::from(DomainClaim {

@@ -51,8 +51,13 @@ pub struct ControlArgs {
     #[arg(long, value_name = "ADDRESS")]
     xds: Option<SocketAddr>,
     /// The global control plane's xDS, which the region follows over mutual TLS with its own
-    /// certificate (region only).
-    #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:17000")]
+    /// certificate (region only); with several replicas, their URLs separated by commas (it
+    /// follows one, moves to the next when it fails, and reports to each).
+    #[arg(
+        long,
+        value_name = "URL[,URL…]",
+        default_value = "https://127.0.0.1:17000"
+    )]
     global_xds: String,
     /// The global control plane's public API, where the region gets its CA at its first start
     /// (region only).

@@ -80,8 +80,14 @@ pub struct EdgeArgs {
     /// and renews its certificate.
     #[arg(long, value_name = "URL")]
     control: String,
-    /// The global control plane's xDS, which the edge follows.
-    #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:17000")]
+    /// The global control plane's xDS, which the edge follows; with several replicas, their
+    /// URLs separated by commas (it follows one, moves to the next when it fails, and reports
+    /// to each).
+    #[arg(
+        long,
+        value_name = "URL[,URL…]",
+        default_value = "https://127.0.0.1:17000"
+    )]
     global_xds: String,
     /// The one-time join token for `edge/<location>` (first start only; ask an administrator:
     /// meridian join-token edge/<location>).
@@ -161,10 +167,13 @@ async fn serve(
     if !(-90.0..=90.0).contains(&args.lat) || !(-180.0..=180.0).contains(&args.lon) {
         anyhow::bail!("--lat and --lon: must be a latitude (-90..90) and a longitude (-180..180)");
     }
-    for (flag, url) in [
-        ("--control", &args.control),
-        ("--global-xds", &args.global_xds),
-    ] {
+    let global_xds = meridian_xds::servers(&args.global_xds);
+    if global_xds.is_empty() {
+        anyhow::bail!("--global-xds: give the global control plane's https://HOST:PORT");
+    }
+    let urls = std::iter::once(("--control", &args.control))
+        .chain(global_xds.iter().map(|url| ("--global-xds", url)));
+    for (flag, url) in urls {
         if !url.starts_with("https://") {
             anyhow::bail!(
                 "{flag}: `{url}` must be https://HOST:PORT (control planes need mutual TLS)"

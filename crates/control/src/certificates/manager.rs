@@ -3,6 +3,11 @@
 //! orders that are due (at most [`CONCURRENT_ORDERS`] at once, each within [`ORDER_TIMEOUT`]),
 //! and rotates the session ticket keys. Work per change is one domain (or one service's
 //! domains); nothing is rescanned on a timer.
+//!
+//! Every replica publishes; only the holder of the lease ([`LeaseState`]) orders, marks
+//! expiries, records why a domain waits and rotates the ticket keys, and its writes carry the
+//! fence of its term, so that a deposed holder's late write is refused. A replica that takes
+//! the lease loads and plans everything again.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -12,7 +17,8 @@ use meridian_api::Readiness;
 use meridian_identity::SealingKey;
 use meridian_model::{CertificateSource, CertificateState, ChangeKind};
 use meridian_store::{
-    wait_for_changes, CertificateRecord, DomainClaim, ServiceFilter, ServiceKey, Store, StoreError,
+    wait_for_changes, CertificateRecord, DomainClaim, Fence, ServiceFilter, ServiceKey, Store,
+    StoreError,
 };
 use meridian_xds::meridian::{
     ACME_CHALLENGE, CERTIFICATE_PREFIX, CHALLENGE_PREFIX, EDGE_NAMESPACE, SECRET,
@@ -27,6 +33,7 @@ use super::publish::{put_certificate, put_ticket_keys, remove_certificate};
 use super::records::{self, key_label, serving};
 use super::schedule::{Clock, Schedule};
 use super::{tickets, IssuerConfig};
+use crate::lease::LeaseState;
 
 /// The readiness part [`Manager::run`] does once every valid certificate and the session
 /// ticket keys are in the cache.
@@ -102,6 +109,7 @@ pub(crate) struct Manager {
     orders: JoinSet<(String, bool)>,
     slots: Arc<Semaphore>,
     tickets_due: i64,
+    lease: LeaseState,
 }
 
 impl Manager {
@@ -112,6 +120,7 @@ impl Manager {
         key: Arc<SealingKey>,
         issuer: IssuerConfig,
         metrics: CertificateMetrics,
+        lease: LeaseState,
     ) -> Self {
         let issuer = match issuer {
             IssuerConfig::None => Issuer::None,
@@ -137,6 +146,7 @@ impl Manager {
             orders: JoinSet::new(),
             slots: Arc::new(Semaphore::new(CONCURRENT_ORDERS)),
             tickets_due: 0,
+            lease,
         }
     }
 
@@ -175,6 +185,14 @@ impl Manager {
                 () = self.schedule.sleep_until(wake) => {
                     self.start_due().await;
                     self.rotate_tickets_if_due().await;
+                }
+                Ok(()) = self.lease.changed() => {
+                    if self.lease.fence().is_some() {
+                        // Whatever was due while another held the lease is planned again.
+                        self.load_all().await?;
+                        self.tickets_due = 0;
+                        self.rotate_tickets_if_due().await;
+                    }
                 }
             }
             self.update_expiry();
@@ -336,11 +354,14 @@ impl Manager {
         if record.last_error.as_ref() == Some(&reason) {
             return;
         }
+        let Some(fence) = self.lease.fence() else {
+            return;
+        };
         let row = CertificateRecord {
             last_error: Some(reason),
             ..record.clone()
         };
-        if let Err(e) = self.store.put_certificate(&row).await {
+        if let Err(e) = self.store.put_certificate(&row, Some(&fence)).await {
             tracing::warn!(domain = %record.domain, error = %e, "could not record why it is not served");
         }
     }
@@ -364,12 +385,13 @@ impl Manager {
             (None, Ok(_)) => Some(now),
             (Some(_), Err(_)) => expiry,
             (None, Err(why)) => {
+                let fence = self.lease.fence()?;
                 let source = match self.issuer {
                     Issuer::Acme { .. } => CertificateSource::Acme,
                     _ => CertificateSource::Upload,
                 };
                 let row = records::waiting(domain, source, why, now);
-                if let Err(e) = self.store.put_certificate(&row).await {
+                if let Err(e) = self.store.put_certificate(&row, Some(&fence)).await {
                     tracing::debug!(%domain, error = %e, "could not record why the domain waits");
                 }
                 None
@@ -397,9 +419,15 @@ impl Manager {
 
     /// Starts the work of every domain that is due: an order, or marking an expired
     /// certificate that nothing renews.
+    /// Without the lease nothing is started: what is due is planned again once this replica
+    /// takes it.
     async fn start_due(&mut self) {
         let now = self.clock.now();
-        for domain in self.schedule.take_due() {
+        let due = self.schedule.take_due();
+        let Some(fence) = self.lease.fence() else {
+            return;
+        };
+        for domain in due {
             let Some(known) = self.known.get(&domain) else {
                 continue;
             };
@@ -409,13 +437,13 @@ impl Manager {
             let record = known.record.clone();
             let renewable = !record.as_ref().is_some_and(uploaded);
             match (self.issuer.can_issue(&domain), renewable) {
-                (Ok(source), true) => self.start_order(domain, source, record),
+                (Ok(source), true) => self.start_order(domain, source, record, fence.clone()),
                 _ => {
                     if let Some(current) =
                         record.filter(|r| !serving(r, now) && r.state == CertificateState::Valid)
                     {
                         let row = records::expired(&current, now);
-                        if let Err(e) = self.store.put_certificate(&row).await {
+                        if let Err(e) = self.store.put_certificate(&row, Some(&fence)).await {
                             tracing::warn!(%domain, error = %e, "could not record an expiry");
                         }
                     }
@@ -424,12 +452,13 @@ impl Manager {
         }
     }
 
-    /// Starts an order for `domain` in its own task.
+    /// Starts an order for `domain` in its own task; its result is written with `fence`.
     fn start_order(
         &mut self,
         domain: String,
         source: CertificateSource,
         previous: Option<CertificateRecord>,
+        fence: Fence,
     ) {
         self.in_flight.insert(domain.clone());
         let (store, key, issuer, cache) = (
@@ -470,9 +499,14 @@ impl Manager {
                     return (domain, true);
                 }
             }
-            match store.put_certificate(&row).await {
+            match store.put_certificate(&row, Some(&fence)).await {
                 Ok(()) => (domain, true),
                 Err(StoreError::NotFound(_)) => (domain, true),
+                Err(e @ StoreError::Fenced(_)) => {
+                    tracing::info!(%domain, error = %e, "the order's result is not stored: \
+                        another replica took the lease and does the work");
+                    (domain, true)
+                }
                 Err(e) => {
                     tracing::warn!(%domain, error = %e, "could not store the certificate");
                     (domain, false)
@@ -493,12 +527,19 @@ impl Manager {
         }
     }
 
-    /// Rotates the session ticket keys when they are due (or missing) and publishes them.
+    /// Rotates the session ticket keys when they are due (or missing) and publishes them;
+    /// without the lease, only publishes the stored ones (the holder's rotation comes through
+    /// the change feed).
     async fn rotate_tickets_if_due(&mut self) {
         let now = self.clock.now();
         if now < self.tickets_due {
             return;
         }
+        let Some(fence) = self.lease.fence() else {
+            self.publish_tickets().await;
+            self.tickets_due = i64::MAX;
+            return;
+        };
         let result = async {
             let stored = match tickets::load(&*self.store, &self.key).await {
                 // Keys sealed with another secrets key are replaced: losing them costs only
@@ -513,7 +554,7 @@ impl Manager {
             if rotated_at > 0 && now < tickets::next_rotation(rotated_at) {
                 return Ok((keys, rotated_at));
             }
-            let keys = tickets::rotate(&*self.store, &self.key, keys, now).await?;
+            let keys = tickets::rotate(&*self.store, &self.key, keys, now, &fence).await?;
             Ok::<_, tickets::TicketKeysError>((keys, now))
         }
         .await;

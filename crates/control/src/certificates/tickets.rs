@@ -4,7 +4,7 @@
 //! `edge/session-ticket-keys` Secret.
 
 use meridian_identity::{random, SealError, SealingKey};
-use meridian_store::{Store, StoreError};
+use meridian_store::{Fence, Store, StoreError};
 
 /// How often a new key is made.
 pub const ROTATE_EVERY: i64 = 12 * 3600;
@@ -45,19 +45,20 @@ pub async fn load(
 }
 
 /// Makes a new key in front of `keys` (keeping the [`KEEP`] newest), stores them sealed as
-/// rotated at `now`, and returns them.
+/// rotated at `now` by the lease's holder (`fence`), and returns them.
 pub async fn rotate(
     store: &dyn Store,
     key: &SealingKey,
     mut keys: Vec<TicketKey>,
     now: i64,
+    fence: &Fence,
 ) -> Result<Vec<TicketKey>, TicketKeysError> {
     let mut fresh = [0u8; KEY_LEN];
     random(&mut fresh)?;
     keys.insert(0, fresh);
     keys.truncate(KEEP);
     let sealed = key.seal(LABEL, &keys.concat())?;
-    store.put_ticket_keys(&sealed, now).await?;
+    store.put_ticket_keys(&sealed, now, Some(fence)).await?;
     Ok(keys)
 }
 

@@ -8,6 +8,11 @@
 //!   (and recording the edges' acknowledgements of each), renewing the plane's own
 //!   certificate, the public domains' certificates (orders, renewals, publishing to edges,
 //!   session ticket keys);
+//! - the lease (restarted): of several replicas on one PostgreSQL database, the holder of the
+//!   lease does the singleton work (see [`crate::lease`]); the certificates' task of every
+//!   replica publishes, that of the holder alone orders, marks and rotates; the holder alone
+//!   records the regions' rollouts and rolls back failed ones. At shutdown the
+//!   holder releases the lease, so that another replica takes it at once;
 //! - essential (each owns a bound socket): the API server and the xDS server for the regions.
 //!   When one ends the plane stops and [`run_global`] returns the error.
 //!
@@ -37,6 +42,7 @@ use super::{bind, local, RunError, Say};
 use crate::certificates::{
     CertificateMetrics, CertificateOptions, IssuerConfig, LocalCa, Manager, CERTIFICATES_PUBLISHED,
 };
+use crate::lease::{keep_lease, LeaseKeeper, LeaseMetrics, LeaseState, SQLITE_HOLDER};
 use crate::purges::{publish_purges, PurgeSinks, PURGES_PUBLISHED};
 use crate::supervise::Supervisor;
 use crate::{
@@ -143,6 +149,16 @@ pub async fn run_global(
     let mut registry = Registry::default();
     let metrics = XdsMetrics::new(&mut registry);
     let mut supervisor = Supervisor::new(&mut registry);
+    let holder = match &location {
+        StoreLocation::Sqlite(_) => SQLITE_HOLDER.to_owned(),
+        StoreLocation::Postgres(_) => format!("{addr} pid {}", std::process::id()),
+    };
+    let (keeper, lease) =
+        LeaseKeeper::new(store.clone(), &holder, LeaseMetrics::new(&mut registry));
+    supervisor.restarting("lease", {
+        let keeper = keeper.clone();
+        move || keep_lease(keeper.clone())
+    });
     let cache = Cache::new();
     let reports = meridian_api::Reports::default();
     let certificates_part = secrets.as_ref().map(|_| CERTIFICATES_PUBLISHED);
@@ -151,6 +167,10 @@ pub async fn run_global(
             .into_iter()
             .chain(certificates_part),
     );
+    readiness.describe_with({
+        let lease = lease.clone();
+        move || describe_lease(&lease)
+    });
     let first = FirstLoad {
         readiness: readiness.clone(),
         reports_by: tokio::time::Instant::now() + FIRST_REPORTS,
@@ -186,13 +206,14 @@ pub async fn run_global(
         }
     });
     supervisor.restarting("record rollouts", {
-        let (store, reports) = (store.clone(), reports.clone());
+        let (store, reports, lease) = (store.clone(), reports.clone(), lease.clone());
         move || {
             let latest = reports.clone();
             crate::rollout_history::record_rollouts(
                 store.clone(),
                 Box::new(move |region| latest.get(region)),
                 reports.subscribe(),
+                lease.clone(),
             )
         }
     });
@@ -218,7 +239,7 @@ pub async fn run_global(
     if let Some(key) = &secrets {
         let certificate_metrics = CertificateMetrics::new(&mut registry);
         let (store, cache, key) = (store.clone(), cache.clone(), key.clone());
-        let readiness = readiness.clone();
+        let (readiness, lease) = (readiness.clone(), lease.clone());
         supervisor.restarting("certificates", move || {
             let manager = Manager::new(
                 store.clone(),
@@ -226,6 +247,7 @@ pub async fn run_global(
                 key.clone(),
                 issuer.clone(),
                 certificate_metrics.clone(),
+                lease.clone(),
             );
             let readiness = readiness.clone();
             async move {
@@ -279,9 +301,26 @@ pub async fn run_global(
     let api = axum::serve(listener, router).with_graceful_shutdown(stop.wait());
     supervisor.essential("the API server", api.into_future());
 
-    supervisor.run(shutdown).await?;
+    let outcome = supervisor.run(shutdown).await;
+    keeper.release().await;
+    outcome?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `/readyz` line saying whether this replica holds the lease.
+fn describe_lease(lease: &LeaseState) -> String {
+    match lease.fence() {
+        Some(fence) => format!(
+            "lease: held by this replica ({}, token {}): it does the singleton work\n",
+            lease.holder(),
+            fence.token
+        ),
+        None => format!(
+            "lease: not held by this replica ({}): another does the singleton work\n",
+            lease.holder()
+        ),
+    }
 }
 
 /// The installation's root CA: loaded from `<data>/ca`, or made there at the first start.

@@ -51,7 +51,9 @@ pub struct RegionalOptions {
     pub xds_plaintext: Option<SocketAddr>,
     /// The admin port (/healthz, /readyz, /metrics, join tokens).
     pub admin: SocketAddr,
-    /// The global control plane's xDS, an `https://` URL.
+    /// The global control plane's xDS, an `https://` URL; or those of several replicas,
+    /// separated by commas: the region follows one and moves to the next when it fails, and
+    /// reports to each.
     pub global_xds: String,
     /// The global control plane's API.
     pub global_api: String,
@@ -88,12 +90,7 @@ pub async fn run_regional(
             reason: "must be between 10s and 30days".to_owned(),
         });
     }
-    if !options.global_xds.starts_with("https://") {
-        return Err(RunError::Option {
-            option: "--global-xds",
-            reason: "must be an https:// URL, e.g. https://127.0.0.1:17000".to_owned(),
-        });
-    }
+    check_global_xds(&options.global_xds)?;
     let join_token = options
         .join_token
         .as_deref()
@@ -354,4 +351,22 @@ async fn obtain_regional_ca(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Fails naming `--global-xds` unless `urls` is one `https://` URL or several separated by
+/// commas.
+fn check_global_xds(urls: &str) -> Result<(), RunError> {
+    let servers = meridian_xds::servers(urls);
+    let bad = servers.iter().find(|url| !url.starts_with("https://"));
+    if servers.is_empty() || bad.is_some() {
+        return Err(RunError::Option {
+            option: "--global-xds",
+            reason: format!(
+                "`{}` is not an https:// URL: give one, e.g. https://127.0.0.1:17000, or \
+                 several separated by commas (replicas of the global control plane)",
+                bad.map_or(urls, String::as_str)
+            ),
+        });
+    }
+    Ok(())
 }

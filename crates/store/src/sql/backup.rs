@@ -56,6 +56,7 @@ const TABLES: &[Table] = &[
             ("op", Text),
             ("version", Int),
             ("committed_at_us", Int),
+            ("fence_token", Int),
         ],
         key: 1,
     },

@@ -78,18 +78,19 @@ impl Dialect {
     }
 
     /// The statement listing the store's tables and their columns (table, column), without
-    /// the migrations' own table and PostgreSQL's revision counter.
+    /// the migrations' own table, PostgreSQL's revision counter and the leases (who works
+    /// now is not desired state).
     pub(super) fn columns(self) -> &'static str {
         match self {
             Dialect::Sqlite => {
                 "SELECT m.name, c.name FROM sqlite_master m JOIN pragma_table_info(m.name) c \
                  WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
-                   AND m.name <> '_sqlx_migrations'"
+                   AND m.name NOT IN ('_sqlx_migrations', 'leases')"
             }
             Dialect::Postgres => {
                 "SELECT CAST(table_name AS TEXT), CAST(column_name AS TEXT) \
                  FROM information_schema.columns WHERE table_schema = current_schema() \
-                   AND table_name NOT IN ('_sqlx_migrations', 'revision_counter')"
+                   AND table_name NOT IN ('_sqlx_migrations', 'revision_counter', 'leases')"
             }
         }
     }
@@ -100,6 +101,24 @@ impl Dialect {
         match self {
             Dialect::Sqlite => None,
             Dialect::Postgres => Some("UPDATE revision_counter SET revision = $1 WHERE id = 1"),
+        }
+    }
+
+    /// An expression for the database's clock now, in milliseconds since the Unix epoch
+    /// (leases expire by it, so that replicas whose clocks differ agree).
+    pub(super) fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// What a `SELECT` in a write transaction ends with to keep the rows it read from being
+    /// changed by others until the transaction ends (SQLite: nothing; its one writer does).
+    pub(super) fn share_lock(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR SHARE",
         }
     }
 

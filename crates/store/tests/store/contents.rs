@@ -83,9 +83,9 @@ pub async fn fill(store: &dyn Store) {
         attempts: 1,
         updated_at: 0,
     };
-    store.put_certificate(&certificate).await.unwrap();
+    store.put_certificate(&certificate, None).await.unwrap();
     store.put_acme_account(ACME, b"\x00account").await.unwrap();
-    store.put_ticket_keys(b"keys\xff", 42).await.unwrap();
+    store.put_ticket_keys(b"keys\xff", 42, None).await.unwrap();
 }
 
 fn web() -> ServiceKey {

@@ -435,7 +435,7 @@ pub async fn a_certificate_lives_as_long_as_its_domain_claim(backend: &Backend) 
     store.apply_service(&web, MissingOrg::Create).await.unwrap();
 
     let unclaimed = store
-        .put_certificate(&certificate("other.example.com"))
+        .put_certificate(&certificate("other.example.com"), None)
         .await;
     assert!(
         matches!(unclaimed, Err(StoreError::NotFound(_))),
@@ -443,11 +443,11 @@ pub async fn a_certificate_lives_as_long_as_its_domain_claim(backend: &Backend) 
     );
     let before = store.revision().await.unwrap();
     store
-        .put_certificate(&certificate("shop.example.com"))
+        .put_certificate(&certificate("shop.example.com"), None)
         .await
         .unwrap();
     store
-        .put_certificate(&certificate("*.shop.example.com"))
+        .put_certificate(&certificate("*.shop.example.com"), None)
         .await
         .unwrap();
     assert_eq!(store.revision().await.unwrap(), before + 2);
@@ -508,8 +508,8 @@ pub async fn acme_accounts_and_ticket_keys_are_kept_and_replaced(backend: &Backe
         Some(b"two".to_vec())
     );
     assert_eq!(store.get_ticket_keys().await.unwrap(), None);
-    store.put_ticket_keys(b"keys", 7).await.unwrap();
-    store.put_ticket_keys(b"newer", 8).await.unwrap();
+    store.put_ticket_keys(b"keys", 7, None).await.unwrap();
+    store.put_ticket_keys(b"newer", 8, None).await.unwrap();
     assert_eq!(
         store.get_ticket_keys().await.unwrap(),
         Some((b"newer".to_vec(), 8))
@@ -895,4 +895,65 @@ pub async fn purges_are_numbered_without_gaps_kept_to_a_bound_and_fed_with_their
     let store = backend.open().await;
     let next = store.add_purge(&purge(PurgeTarget::All)).await.unwrap();
     assert_eq!(next.sequence, PURGE_HISTORY + 3);
+}
+
+pub async fn a_lease_has_one_holder_whose_token_grows_and_fences_its_writes(backend: &Backend) {
+    const LEASE: &str = "global";
+    const LONG: Duration = Duration::from_secs(60);
+    let (a, b) = (backend.open().await, backend.open().await);
+    assert_eq!(a.get_lease(LEASE).await.unwrap(), None);
+    let first = a.acquire_lease(LEASE, "a", LONG).await.unwrap().unwrap();
+    assert_eq!(b.acquire_lease(LEASE, "b", LONG).await.unwrap(), None);
+    let renewed = a.acquire_lease(LEASE, "a", LONG).await.unwrap().unwrap();
+    assert_eq!(renewed.token, first.token, "a renewal keeps the token");
+    let info = b.get_lease(LEASE).await.unwrap().unwrap();
+    assert_eq!((info.holder.as_str(), info.token), ("a", first.token));
+    assert!(info.expires_in > Duration::from_secs(50), "{info:?}");
+    let before = a.revision().await.unwrap();
+    assert_eq!(
+        before,
+        b.revision().await.unwrap(),
+        "leases write no change"
+    );
+    a.put_ticket_keys(b"by a", 1, Some(&first)).await.unwrap();
+
+    // Handed over: the old holder's writes are refused and change nothing.
+    a.release_lease(&first).await.unwrap();
+    let second = b.acquire_lease(LEASE, "b", LONG).await.unwrap().unwrap();
+    assert_eq!(second.token, first.token + 1);
+    let revision = a.revision().await.unwrap();
+    let late = a.put_ticket_keys(b"late", 2, Some(&first)).await;
+    assert!(matches!(late, Err(StoreError::Fenced(_))), "{late:?}");
+    assert_eq!(a.revision().await.unwrap(), revision);
+    assert_eq!(
+        a.get_ticket_keys().await.unwrap(),
+        Some((b"by a".to_vec(), 1))
+    );
+    b.put_ticket_keys(b"by b", 3, Some(&second)).await.unwrap();
+
+    // Expired: another takes it with the next token, and the expired holder is refused.
+    let short = b
+        .acquire_lease(LEASE, "b", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(short.token, second.token);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        if let Some(fence) = a.acquire_lease(LEASE, "a", LONG).await.unwrap() {
+            break fence;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(third.token, second.token + 1);
+    let late = b.put_ticket_keys(b"late", 4, Some(&second)).await;
+    assert!(matches!(late, Err(StoreError::Fenced(_))), "{late:?}");
+    assert_eq!(
+        b.get_ticket_keys().await.unwrap(),
+        Some((b"by b".to_vec(), 3))
+    );
 }

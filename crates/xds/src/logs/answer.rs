@@ -38,7 +38,7 @@ pub trait Answering: Clone + Send + Sync + 'static {
 
 /// Where and how to answer.
 pub struct AnswerOptions {
-    /// The server, `https://host:port`.
+    /// The server, `https://host:port`; or several, separated by commas, each offered to.
     pub url: String,
     /// Mutual TLS with the caller's certificate (cleartext without: tests only).
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -52,19 +52,23 @@ pub struct AnswerOptions {
 /// `answering`, for as long as the task runs. A failure is logged once until an offer is
 /// taken again.
 pub async fn answer_queries<A: Answering>(options: AnswerOptions, answering: A) {
-    let channel = match crate::kept_alive_channel(&options.url, options.tls.clone()) {
-        Ok(channel) => channel,
-        Err(e) => {
-            tracing::error!(url = %options.url, error = %e, "cannot answer log queries");
-            return;
-        }
-    };
     let who: Arc<str> = options.who.into();
     let mut workers = tokio::task::JoinSet::new();
-    for first in 0..options.concurrency.max(1) {
-        let (channel, answering, who) = (channel.clone(), answering.clone(), who.clone());
-        // Only the first worker says that offers fail: they all fail together.
-        workers.spawn(worker(channel, answering, (first == 0).then_some(who)));
+    // Several servers (replicas of the global control plane): offers at each, since a query
+    // comes through whichever one the caller asked.
+    for url in crate::servers(&options.url) {
+        let channel = match crate::kept_alive_channel(&url, options.tls.clone()) {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::error!(%url, error = %e, "cannot answer log queries");
+                continue;
+            }
+        };
+        for first in 0..options.concurrency.max(1) {
+            let (channel, answering, who) = (channel.clone(), answering.clone(), who.clone());
+            // Only the first worker says that offers fail: they all fail together.
+            workers.spawn(worker(channel, answering, (first == 0).then_some(who)));
+        }
     }
     while workers.join_next().await.is_some() {}
 }
