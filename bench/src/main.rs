@@ -433,6 +433,7 @@ fn report(backends: &[Backend], rounds: &[Vec<Round>]) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     println!(
         "control plane pinned to CPUs [{}]; {} services applied {} at a time, then {} writes at \
          {}/s with a watcher and {} reads/s",
