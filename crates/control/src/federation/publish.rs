@@ -250,17 +250,31 @@ async fn publish_then_follow(
         }
         let now = tokio::time::Instant::now();
         if all_summaries || regions_changed {
-            publish_summaries(cache, published, &reports.latest);
+            off_the_runtime(|| publish_summaries(cache, published, &reports.latest));
             dirty.clear();
             coalesced = now + SUMMARY_COALESCE;
             if waiting_for_reports {
                 waiting_for_reports = !tell_reported(first, published, &reports.latest);
             }
         } else if !dirty.is_empty() && now >= coalesced {
-            publish_region_summaries(cache, published, &reports.latest, &dirty);
+            off_the_runtime(|| {
+                publish_region_summaries(cache, published, &reports.latest, &dirty);
+            });
             dirty.clear();
             coalesced = now + SUMMARY_COALESCE;
         }
+    }
+}
+
+/// Runs `render` (work in proportion to the services of a region or more) without holding
+/// up the runtime's other tasks (the API's answers, watchers of the change feed): on a
+/// multi-threaded runtime they move to another worker thread meanwhile.
+fn off_the_runtime<T>(render: impl FnOnce() -> T) -> T {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+        tokio::task::block_in_place(render)
+    } else {
+        render()
     }
 }
 

@@ -17,7 +17,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    check_version, current_deployment, ensure_app, exists, now_micros, now_secs, publish,
+    check_version, current_deployment, ensure_app, now_micros, now_secs, publish,
     write_checked_version, Dialect,
 };
 use crate::{Applied, MissingOrg, Result, ServiceKey, StoreError};
@@ -202,19 +202,28 @@ async fn apply_one(
         });
     }
     // A new service: its org and app may be new too.
-    let org_exists = exists(conn, "SELECT 1 FROM orgs WHERE name = $1", &[org]).await?;
-    if !org_exists && missing_org == MissingOrg::Reject {
+    let (orgs, apps): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM orgs WHERE name = $1), \
+                (SELECT COUNT(*) FROM apps WHERE org = $1 AND name = $2)",
+    )
+    .bind(org)
+    .bind(app)
+    .fetch_one(&mut *conn)
+    .await?;
+    if orgs == 0 && missing_org == MissingOrg::Reject {
         return Err(StoreError::NotFound(format!("org `{org}`")));
     }
     check_version(conn, definition, None).await?;
-    if !org_exists {
+    if orgs == 0 {
         sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
             .bind(org)
             .bind(now_secs())
             .execute(&mut *conn)
             .await?;
     }
-    ensure_app(conn, org, app).await?;
+    if apps == 0 {
+        ensure_app(conn, org, app).await?;
+    }
     let deployment =
         write_checked_version(conn, definition, None, DeploymentOrigin::Apply, None).await?;
     Ok(Applied {
