@@ -421,49 +421,68 @@ async fn write_checked_version(
 ) -> Result<Deployment> {
     let key = ServiceKey::of(definition);
     let version = current.map_or(1, |c| c.version + 1);
-    let revision = record(
-        conn,
-        ChangeKind::Service,
-        &key.to_string(),
-        ChangeOp::Put,
-        Some(version),
-    )
-    .await?;
     let now = now_secs();
-    sqlx::query(
-        "INSERT INTO services (org, app, name, current_version, updated_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (org, app, name) DO UPDATE SET \
-         current_version = excluded.current_version, updated_at = excluded.updated_at",
-    )
-    .bind(&key.org)
-    .bind(&key.app)
-    .bind(&key.name)
-    .bind(version as i64)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
     let text = serde_json::to_string(definition)
         .map_err(|e| StoreError::Corrupt(format!("definition does not serialize: {e}")))?;
-    sqlx::query(
-        "INSERT INTO deployments \
-         (org, app, service, version, revision, created_at, origin, rolled_back_from, definition) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&key.org)
-    .bind(&key.app)
-    .bind(&key.name)
-    .bind(version as i64)
-    .bind(revision as i64)
-    .bind(now)
-    .bind(match origin {
+    let origin_name = match origin {
         DeploymentOrigin::Apply => "apply",
         DeploymentOrigin::Rollback => "rollback",
         DeploymentOrigin::Secret => "secret",
-    })
-    .bind(rolled_back_from.map(|v| v as i64))
-    .bind(text)
-    .execute(&mut *conn)
-    .await?;
+    };
+    let revision = if let Some(sql) = Dialect::of(conn).write_version() {
+        let revision: i64 = sqlx::query_scalar(sql)
+            .bind(key.to_string())
+            .bind(version as i64)
+            .bind(now_micros())
+            .bind(&key.org)
+            .bind(&key.app)
+            .bind(&key.name)
+            .bind(now)
+            .bind(origin_name)
+            .bind(rolled_back_from.map(|v| v as i64))
+            .bind(text)
+            .fetch_one(&mut *conn)
+            .await?;
+        to_u64(revision)
+    } else {
+        let revision = record(
+            conn,
+            ChangeKind::Service,
+            &key.to_string(),
+            ChangeOp::Put,
+            Some(version),
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO services (org, app, name, current_version, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org, app, name) DO UPDATE SET \
+             current_version = excluded.current_version, updated_at = excluded.updated_at",
+        )
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .bind(version as i64)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO deployments \
+             (org, app, service, version, revision, created_at, origin, rolled_back_from, definition) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .bind(version as i64)
+        .bind(revision as i64)
+        .bind(now)
+        .bind(origin_name)
+        .bind(rolled_back_from.map(|v| v as i64))
+        .bind(text)
+        .execute(&mut *conn)
+        .await?;
+        revision
+    };
     if current.map(|c| &c.definition.regions) != Some(&definition.regions) {
         index_regions(conn, &key, &definition.regions, current.is_some()).await?;
     }

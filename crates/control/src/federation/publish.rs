@@ -10,8 +10,11 @@
 //!
 //! The cache wakes only the streams whose resources changed. A summary lists every service of
 //! its region, so rendering one costs in proportion to them: after a change in the store, the
-//! summaries it touched are rendered at once if none was in the last [`SUMMARY_COALESCE`], else
-//! together at the end of it, so that a burst of applies costs a few renderings, not one each.
+//! summaries it touched are rendered at once if the coalescing period that followed the last
+//! rendering is over, else together at its end, so that a burst of applies costs a few
+//! renderings, not one each. The period is [`SUMMARY_SHARE`] times as long as the last
+//! rendering took, within [`SUMMARY_COALESCE`], so that renderings take a bounded share of the
+//! plane's time however many services there are.
 //!
 //! It tells the plane's [`Readiness`] when the first load is in the cache ([`PUBLISHED`]), and
 //! when every region's summary carries a report this process received ([`REPORTED`]), or the
@@ -50,8 +53,12 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 pub const REPORT_STALE: Duration = Duration::from_secs(10);
 /// How often summaries are rendered again without news (so that stale reports drop out).
 const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
-/// Shortest time between two renderings of the summaries a change in the store touched.
-const SUMMARY_COALESCE: Duration = Duration::from_millis(100);
+/// Shortest and longest time between two renderings of the summaries a change in the store
+/// touched.
+const SUMMARY_COALESCE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_millis(500));
+/// The coalescing period is this many times as long as the last rendering.
+const SUMMARY_SHARE: u32 = 50;
 
 /// The readiness part [`publish_regional_deployments`] does once every service's regional
 /// deployments and every region's summary are in the cache.
@@ -252,7 +259,7 @@ async fn publish_then_follow(
         if all_summaries || regions_changed {
             off_the_runtime(|| publish_summaries(cache, published, &reports.latest));
             dirty.clear();
-            coalesced = now + SUMMARY_COALESCE;
+            coalesced = coalescing_end(now);
             if waiting_for_reports {
                 waiting_for_reports = !tell_reported(first, published, &reports.latest);
             }
@@ -261,9 +268,17 @@ async fn publish_then_follow(
                 publish_region_summaries(cache, published, &reports.latest, &dirty);
             });
             dirty.clear();
-            coalesced = now + SUMMARY_COALESCE;
+            coalesced = coalescing_end(now);
         }
     }
+}
+
+/// The end of the coalescing period after a rendering that started at `started` and has
+/// just ended.
+fn coalescing_end(started: tokio::time::Instant) -> tokio::time::Instant {
+    let rendering = started.elapsed();
+    let (shortest, longest) = SUMMARY_COALESCE;
+    started + rendering + (rendering * SUMMARY_SHARE).clamp(shortest, longest)
 }
 
 /// Runs `render` (work in proportion to the services of a region or more) without holding
