@@ -5,7 +5,8 @@
 //!
 //! Every write is one transaction on the writer pool, serialized (SQLite: one writer
 //! connection; PostgreSQL: a lock taken first in every write transaction), so that checks and
-//! writes are one step and revisions commit in order; reads use a separate pool.
+//! writes are one step and revisions commit in order; applies that arrive together share one
+//! ([`applies`]: group commit). Reads use a separate pool.
 
 use std::path::Path;
 use std::sync::Arc;
