@@ -422,15 +422,27 @@ pub async fn applies_arriving_together_commit_or_fail_each_on_their_own(backend:
     let feed = store.changes_after(before, 1000).await.unwrap();
     let revisions: Vec<u64> = feed.iter().map(|c| c.revision).collect();
     let expected: Vec<u64> = (before + 1..=before + applied.len() as u64).collect();
-    assert_eq!(revisions, expected, "one change per apply that succeeded, no gap");
+    assert_eq!(
+        revisions, expected,
+        "one change per apply that succeeded, no gap"
+    );
     for deployment in &applied {
         let change = &feed[(deployment.revision - before - 1) as usize];
         let key = ServiceKey::of(&deployment.definition).to_string();
-        assert_eq!((change.key.as_str(), change.version), (key.as_str(), Some(1)));
+        assert_eq!(
+            (change.key.as_str(), change.version),
+            (key.as_str(), Some(1))
+        );
     }
     let orgs = store.list_orgs().await.unwrap();
-    assert!(orgs.iter().all(|o| !o.name.starts_with("ghost")), "{orgs:?}");
-    assert_eq!(store.revision().await.unwrap(), before + applied.len() as u64);
+    assert!(
+        orgs.iter().all(|o| !o.name.starts_with("ghost")),
+        "{orgs:?}"
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before + applied.len() as u64
+    );
 }
 
 pub async fn long_poll_returns_on_commit_or_times_out_empty(backend: &Backend) {
