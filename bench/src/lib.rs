@@ -101,6 +101,16 @@ pub async fn start_control(
     cpus: &str,
     dir: &Path,
 ) -> Result<(tokio::process::Child, Api)> {
+    start_control_with(meridian, cpus, dir, &[]).await
+}
+
+/// [`start_control`] with `extra` arguments (e.g. `--store postgres://…`).
+pub async fn start_control_with(
+    meridian: &Path,
+    cpus: &str,
+    dir: &Path,
+    extra: &[String],
+) -> Result<(tokio::process::Child, Api)> {
     let mut command = pinned(meridian, cpus);
     let mut child = command
         .args([
@@ -113,6 +123,7 @@ pub async fn start_control(
             "--data-dir",
         ])
         .arg(dir)
+        .args(extra)
         .env("MERIDIAN_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -1,21 +1,25 @@
 //! `meridian-bench control-plane`: the global control plane's write path, change feed and read
-//! path, each next to a reference measured in the same invocation.
+//! path, each next to a reference measured in the same invocation, on each store backend
+//! (`--backends`: SQLite in the data directory, PostgreSQL in a cluster this process starts on
+//! `--postgres-host`, with `fsync` on), side by side.
 //!
-//! 1. Apply N services through the API (HTTP + auth + validation + SQLite) — reference: the same
-//!    N applies straight into a SQLite `SqlStore` in this process (the store alone).
+//! 1. Apply N services through the API (HTTP + auth + validation + store) — reference: the same
+//!    N applies straight into a `SqlStore` of the same backend in this process (the store alone).
 //! 2. With those N services stored, write at a steady rate and measure, per change, the time from
 //!    its commit to an HTTP long-poll watcher seeing it — reference: an in-process `Watch` on a
 //!    store written at the same rate.
-//! 3. While those writes run, `GET` one service (auth + SQLite read + JSON), interleaved with
+//! 3. While those writes run, `GET` one service (auth + store read + JSON), interleaved with
 //!    `GET /healthz` (the HTTP floor) on the same connection pool.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use meridian_bench::{cpu_time, percentile, start_control, Api};
+use clap::{Parser, ValueEnum};
+use meridian_bench::{cpu_time, percentile, start_control_with, Api};
+use meridian_store::testing::TestPostgres;
 use meridian_store::{MissingOrg, SqlStore, Store, Watch};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -47,6 +51,59 @@ struct Args {
     /// CPU list the control plane is pinned to with taskset (empty: no pinning).
     #[arg(long, default_value = "1")]
     control_cpus: String,
+    /// The store backends to measure, comma-separated; each round measures each.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<BackendKind>,
+    /// Loopback address the PostgreSQL cluster listens on.
+    #[arg(long, default_value = "127.0.170.1")]
+    postgres_host: IpAddr,
+}
+
+/// A store backend to measure.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    /// SQLite in the control plane's data directory (the default store).
+    Sqlite,
+    /// PostgreSQL (`--store postgres://…`).
+    Postgres,
+}
+
+/// A backend ready to give each round fresh stores.
+enum Backend {
+    Sqlite,
+    Postgres(Arc<TestPostgres>),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// For round `round`: the control plane's extra arguments (its store) and the reference
+    /// store, both new and empty; `dir` is the round's directory.
+    async fn stores(&self, dir: &Path, round: usize) -> Result<(Vec<String>, Arc<dyn Store>)> {
+        match self {
+            Backend::Sqlite => {
+                let direct = SqlStore::open_sqlite(&dir.join("direct.db")).await?;
+                Ok((Vec::new(), Arc::new(direct)))
+            }
+            Backend::Postgres(cluster) => {
+                let cluster = cluster.clone();
+                let (api, direct) = tokio::task::spawn_blocking(move || {
+                    (
+                        cluster.create_database(&format!("api{round}")),
+                        cluster.create_database(&format!("direct{round}")),
+                    )
+                })
+                .await?;
+                let store = SqlStore::connect_postgres(&direct).await?;
+                Ok((vec!["--store".to_owned(), api], Arc::new(store)))
+            }
+        }
+    }
 }
 
 fn definition(i: usize, command: &str) -> Value {
@@ -238,14 +295,18 @@ fn p50_p99(mut samples: Vec<f64>) -> [f64; 2] {
 
 /// One round on a fresh control plane and a fresh store; `api_first` alternates which of the
 /// pair runs first, so that warm-up and drift do not favour one side.
-async fn round(args: &Args, api_first: bool) -> Result<Round> {
+async fn round(args: &Args, backend: &Backend, number: usize, api_first: bool) -> Result<Round> {
     let dir = tempfile::tempdir()?;
-    let (control, api) =
-        start_control(&args.meridian, &args.control_cpus, &dir.path().join("api")).await?;
+    let (store_args, direct) = backend.stores(dir.path(), number).await?;
+    let (control, api) = start_control_with(
+        &args.meridian,
+        &args.control_cpus,
+        &dir.path().join("api"),
+        &store_args,
+    )
+    .await?;
     let pid = control.id().context("control plane pid")?;
     let api = Arc::new(api);
-    let direct: Arc<dyn Store> =
-        Arc::new(SqlStore::open_sqlite(&dir.path().join("direct.db")).await?);
     for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
         let body = json!({"lat": lat, "lon": lon});
         api.send(
@@ -299,17 +360,31 @@ fn spread(rounds: &[Round], figure: impl Fn(&Round) -> f64) -> (f64, String) {
     (median, text)
 }
 
-fn report(rounds: &[Round]) {
+fn report(backends: &[Backend], rounds: &[Vec<Round>]) {
     println!();
-    println!("median [min–max] over {} rounds", rounds.len());
     println!(
-        "{:<40} {:>24} {:>24} {:>7}",
-        "figure", "Meridian", "reference", "ratio"
+        "median [min–max] over {} rounds",
+        rounds.first().map_or(0, Vec::len)
     );
+    print!("{:<40}", "figure");
+    for backend in backends {
+        let name = backend.name();
+        print!(
+            " {:>24} {:>24} {:>7}",
+            name,
+            format!("{name} reference"),
+            "ratio"
+        );
+    }
+    println!();
     let line = |name: &str, ours: &dyn Fn(&Round) -> f64, reference: &dyn Fn(&Round) -> f64| {
-        let (a, a_text) = spread(rounds, ours);
-        let (b, b_text) = spread(rounds, reference);
-        println!("{name:<40} {a_text:>24} {b_text:>24} {:>6.2}x", a / b);
+        print!("{name:<40}");
+        for rounds in rounds {
+            let (a, a_text) = spread(rounds, ours);
+            let (b, b_text) = spread(rounds, reference);
+            print!(" {a_text:>24} {b_text:>24} {:>6.2}x", a / b);
+        }
+        println!();
     };
     line(
         "apply, services/s (ref: store alone)",
@@ -336,21 +411,29 @@ fn report(rounds: &[Round]) {
         &|r| r.get[1],
         &|r| r.get_ref[1],
     );
-    let (_, cpu_text) = spread(rounds, |r| r.control_cpu_us);
-    println!("{:<40} {cpu_text:>24}", "control-plane CPU µs per apply");
-    let (apply, _) = spread(rounds, |r| r.api_rate);
-    let (watch_p99, _) = spread(rounds, |r| r.watch[1]);
+    print!("{:<40}", "control-plane CPU µs per apply");
+    for rounds in rounds {
+        let (_, cpu_text) = spread(rounds, |r| r.control_cpu_us);
+        print!(" {cpu_text:>24} {:>24} {:>7}", "", "");
+    }
     println!();
-    println!(
-        "targets: apply ≥ 1,000 services/s: {} ({apply:.0}); watch p99 < 5 ms: {} ({watch_p99:.0} µs)",
-        if apply >= 1000.0 { "met" } else { "NOT met" },
-        if watch_p99 < 5000.0 { "met" } else { "NOT met" },
-    );
+    println!();
+    for (backend, rounds) in backends.iter().zip(rounds) {
+        let (apply, _) = spread(rounds, |r| r.api_rate);
+        let (watch_p99, _) = spread(rounds, |r| r.watch[1]);
+        println!(
+            "{}: apply ≥ 1,000 services/s: {} ({apply:.0}); watch p99 < 5 ms: {} ({watch_p99:.0} µs)",
+            backend.name(),
+            if apply >= 1000.0 { "met" } else { "NOT met" },
+            if watch_p99 < 5000.0 { "met" } else { "NOT met" },
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     println!(
         "control plane pinned to CPUs [{}]; {} services applied {} at a time, then {} writes at \
          {}/s with a watcher and {} reads/s",
@@ -361,20 +444,37 @@ async fn main() -> Result<()> {
         args.write_rate,
         args.read_rate
     );
-    let mut rounds = Vec::new();
-    for i in 0..args.rounds + 1 {
-        let figures = round(&args, i % 2 == 0).await?;
-        if i == 0 {
-            println!("warm-up round done (discarded)");
-            continue;
-        }
-        println!(
-            "round {i}: apply {:.0}/s (store {:.0}/s), watch p99 {:.0} µs (ref {:.0}), GET p99 {:.0} µs (ref {:.0})",
-            figures.api_rate, figures.store_rate, figures.watch[1], figures.watch_ref[1],
-            figures.get[1], figures.get_ref[1]
-        );
-        rounds.push(figures);
+    let mut backends = Vec::new();
+    for kind in &args.backends {
+        backends.push(match kind {
+            BackendKind::Sqlite => Backend::Sqlite,
+            BackendKind::Postgres => {
+                let host = args.postgres_host;
+                let cluster =
+                    tokio::task::spawn_blocking(move || TestPostgres::start_durable(host))
+                        .await?
+                        .context("PostgreSQL is not installed (apt-get install postgresql)")?;
+                println!("PostgreSQL (fsync on) at {}", cluster.url());
+                Backend::Postgres(Arc::new(cluster))
+            }
+        });
     }
-    report(&rounds);
+    let mut rounds: Vec<Vec<Round>> = backends.iter().map(|_| Vec::new()).collect();
+    for i in 0..args.rounds + 1 {
+        for (backend, measured) in backends.iter().zip(&mut rounds) {
+            let figures = round(&args, backend, i, i % 2 == 0).await?;
+            if i == 0 {
+                println!("{}: warm-up round done (discarded)", backend.name());
+                continue;
+            }
+            println!(
+                "{} round {i}: apply {:.0}/s (store {:.0}/s), watch p99 {:.0} µs (ref {:.0}), GET p99 {:.0} µs (ref {:.0})",
+                backend.name(), figures.api_rate, figures.store_rate, figures.watch[1],
+                figures.watch_ref[1], figures.get[1], figures.get_ref[1]
+            );
+            measured.push(figures);
+        }
+    }
+    report(&backends, &rounds);
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! recent purges of the edges' caches, behind the [`Store`] trait, with one global revision and
 //! a gap-free change feed.
 //!
-//! Every write is one transaction that bumps the global revision by exactly one and appends one
-//! [`Change`] to the feed; [`Watch`] yields the feed in order from any revision. Two backends
+//! Every write is atomic: it bumps the global revision by exactly one and appends one
+//! [`Change`] to the feed, or writes nothing (applies that arrive together share one
+//! transaction, and one flush to disk, each still all or nothing); a write has committed when
+//! it returns (on SQLite, flushed to disk); [`Watch`] yields the feed in order from any revision. Two backends
 //! implement it, alike in every rule ([`SqlStore`]): SQLite in a file, the default for one
 //! machine, and PostgreSQL, which several control planes may share. Callers see only the trait:
 //! nothing backend-specific (SQL, database types) may leak into it. Validation is the caller's

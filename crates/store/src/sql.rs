@@ -5,7 +5,8 @@
 //!
 //! Every write is one transaction on the writer pool, serialized (SQLite: one writer
 //! connection; PostgreSQL: a lock taken first in every write transaction), so that checks and
-//! writes are one step and revisions commit in order; reads use a separate pool.
+//! writes are one step and revisions commit in order; applies that arrive together share one
+//! ([`applies`]: group commit). Reads use a separate pool.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+mod applies;
 mod backup;
 mod certificates;
 mod dialect;
@@ -47,7 +49,10 @@ pub struct SqlStore {
     reader: AnyPool,
     dialect: Dialect,
     latest: Arc<watch::Sender<u64>>,
-    /// Background tasks that end with the store (PostgreSQL's notification listener).
+    /// Where applies wait for their batch ([`applies`]).
+    applies: applies::Queue,
+    /// Background tasks that end with the store (the batcher of applies, PostgreSQL's
+    /// notification listener).
     tasks: Vec<AbortHandle>,
 }
 
@@ -63,6 +68,32 @@ impl SqlStore {
     /// database cannot be reached ([`StoreError::Unavailable`]).
     pub async fn connect_postgres(url: &str) -> Result<Self> {
         postgres::connect(url).await
+    }
+
+    /// A store over `writer` and `reader`, whose latest revision is in `latest`, with the
+    /// backend's `tasks` and its own batcher of applies.
+    fn new(
+        writer: AnyPool,
+        reader: AnyPool,
+        dialect: Dialect,
+        latest: Arc<watch::Sender<u64>>,
+        mut tasks: Vec<AbortHandle>,
+    ) -> Self {
+        let (queue, requests) = applies::Queue::new();
+        let batcher = applies::Writer {
+            pool: writer.clone(),
+            dialect,
+            latest: latest.clone(),
+        };
+        tasks.push(tokio::spawn(applies::run(batcher, requests)).abort_handle());
+        SqlStore {
+            writer,
+            reader,
+            dialect,
+            latest,
+            applies: queue,
+            tasks,
+        }
     }
 
     /// Starts a write transaction, serialized with every other write (see [`Dialect::write_lock`]).
@@ -173,7 +204,7 @@ pub(super) fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn now_micros() -> i64 {
+pub(super) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
@@ -378,79 +409,121 @@ async fn current_version(conn: &mut AnyConnection, key: &ServiceKey) -> Result<O
     Ok(version.map(to_u64))
 }
 
-/// Writes a new current version of a service (the row in `services`, the deployment and the
-/// region index), inside the caller's transaction. Returns the stored deployment.
+/// Refuses `definition` as the next version of its service, whose current deployment is
+/// `current`, if it claims a domain another service holds or references a secret that does not
+/// exist. Only reads: a refused version leaves nothing written.
+async fn check_version(
+    conn: &mut AnyConnection,
+    definition: &Definition,
+    current: Option<&Deployment>,
+) -> Result<()> {
+    if !same_domains(definition, current) {
+        domains::check(conn, &ServiceKey::of(definition), &definition.domains).await?;
+    }
+    secrets::check_references(conn, definition).await
+}
+
+/// Whether `definition` claims the domains `current` (the service's current deployment, if
+/// any) holds: then the claims stay as they are.
+fn same_domains(definition: &Definition, current: Option<&Deployment>) -> bool {
+    let held = current.map_or(&[][..], |c| c.definition.domains.as_slice());
+    definition.domains == held
+}
+
+/// Checks ([`check_version`]) and writes a new current version of a service whose current
+/// deployment is `current`, inside the caller's transaction. Returns the stored deployment.
 async fn write_version(
     conn: &mut AnyConnection,
     definition: &Definition,
+    current: Option<&Deployment>,
+    origin: DeploymentOrigin,
+    rolled_back_from: Option<u64>,
+) -> Result<Deployment> {
+    check_version(conn, definition, current).await?;
+    write_checked_version(conn, definition, current, origin, rolled_back_from).await
+}
+
+/// Writes a new current version of a service whose current deployment is `current` (the row
+/// in `services`, the deployment, the region index and the domain claims; only what differs
+/// from `current`), inside the caller's transaction, once [`check_version`] has accepted it.
+/// Returns the stored deployment.
+async fn write_checked_version(
+    conn: &mut AnyConnection,
+    definition: &Definition,
+    current: Option<&Deployment>,
     origin: DeploymentOrigin,
     rolled_back_from: Option<u64>,
 ) -> Result<Deployment> {
     let key = ServiceKey::of(definition);
-    domains::check(conn, &key, &definition.domains).await?;
-    secrets::check_references(conn, definition).await?;
-    let version = current_version(conn, &key).await?.map_or(1, |v| v + 1);
-    let revision = record(
-        conn,
-        ChangeKind::Service,
-        &key.to_string(),
-        ChangeOp::Put,
-        Some(version),
-    )
-    .await?;
+    let version = current.map_or(1, |c| c.version + 1);
     let now = now_secs();
-    sqlx::query(
-        "INSERT INTO services (org, app, name, current_version, updated_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (org, app, name) DO UPDATE SET \
-         current_version = excluded.current_version, updated_at = excluded.updated_at",
-    )
-    .bind(&key.org)
-    .bind(&key.app)
-    .bind(&key.name)
-    .bind(version as i64)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
     let text = serde_json::to_string(definition)
         .map_err(|e| StoreError::Corrupt(format!("definition does not serialize: {e}")))?;
-    sqlx::query(
-        "INSERT INTO deployments \
-         (org, app, service, version, revision, created_at, origin, rolled_back_from, definition) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&key.org)
-    .bind(&key.app)
-    .bind(&key.name)
-    .bind(version as i64)
-    .bind(revision as i64)
-    .bind(now)
-    .bind(match origin {
+    let origin_name = match origin {
         DeploymentOrigin::Apply => "apply",
         DeploymentOrigin::Rollback => "rollback",
         DeploymentOrigin::Secret => "secret",
-    })
-    .bind(rolled_back_from.map(|v| v as i64))
-    .bind(text)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM service_regions WHERE org = $1 AND app = $2 AND service = $3")
-        .bind(&key.org)
-        .bind(&key.app)
-        .bind(&key.name)
-        .execute(&mut *conn)
+    };
+    let revision = if let Some(sql) = Dialect::of(conn).write_version() {
+        let revision: i64 = sqlx::query_scalar(sql)
+            .bind(key.to_string())
+            .bind(version as i64)
+            .bind(now_micros())
+            .bind(&key.org)
+            .bind(&key.app)
+            .bind(&key.name)
+            .bind(now)
+            .bind(origin_name)
+            .bind(rolled_back_from.map(|v| v as i64))
+            .bind(text)
+            .fetch_one(&mut *conn)
+            .await?;
+        to_u64(revision)
+    } else {
+        let revision = record(
+            conn,
+            ChangeKind::Service,
+            &key.to_string(),
+            ChangeOp::Put,
+            Some(version),
+        )
         .await?;
-    for region in &definition.regions {
         sqlx::query(
-            "INSERT INTO service_regions (org, app, service, region) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO services (org, app, name, current_version, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org, app, name) DO UPDATE SET \
+             current_version = excluded.current_version, updated_at = excluded.updated_at",
         )
         .bind(&key.org)
         .bind(&key.app)
         .bind(&key.name)
-        .bind(region)
+        .bind(version as i64)
+        .bind(now)
         .execute(&mut *conn)
         .await?;
+        sqlx::query(
+            "INSERT INTO deployments \
+             (org, app, service, version, revision, created_at, origin, rolled_back_from, definition) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .bind(version as i64)
+        .bind(revision as i64)
+        .bind(now)
+        .bind(origin_name)
+        .bind(rolled_back_from.map(|v| v as i64))
+        .bind(text)
+        .execute(&mut *conn)
+        .await?;
+        revision
+    };
+    if current.map(|c| &c.definition.regions) != Some(&definition.regions) {
+        index_regions(conn, &key, &definition.regions, current.is_some()).await?;
     }
-    domains::claim(conn, &key, &definition.domains, revision).await?;
+    if !same_domains(definition, current) {
+        domains::claim(conn, &key, &definition.domains, revision).await?;
+    }
     Ok(Deployment {
         version,
         revision,
@@ -459,6 +532,42 @@ async fn write_version(
         rolled_back_from,
         definition: definition.clone(),
     })
+}
+
+/// Makes `regions` the regions of `key` in the region index (`existed`: it may have others
+/// there already), inside the caller's transaction.
+async fn index_regions(
+    conn: &mut AnyConnection,
+    key: &ServiceKey,
+    regions: &[String],
+    existed: bool,
+) -> Result<()> {
+    if existed {
+        sqlx::query("DELETE FROM service_regions WHERE org = $1 AND app = $2 AND service = $3")
+            .bind(&key.org)
+            .bind(&key.app)
+            .bind(&key.name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if regions.is_empty() {
+        return Ok(());
+    }
+    let list = serde_json::to_string(regions)
+        .map_err(|e| StoreError::Corrupt(format!("region list: {e}")))?;
+    let sql = format!(
+        "INSERT INTO service_regions (org, app, service, region) \
+         SELECT $1, $2, $3, value FROM {}",
+        Dialect::of(conn).json_strings("$4")
+    );
+    sqlx::query(&sql)
+        .bind(&key.org)
+        .bind(&key.app)
+        .bind(&key.name)
+        .bind(list)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Gives each of `definitions` a new version equal to it (origin secret: a secret it uses
@@ -470,7 +579,14 @@ async fn renew(
     mut revision: u64,
 ) -> Result<u64> {
     for definition in definitions {
-        let renewed = write_version(conn, &definition, DeploymentOrigin::Secret, None);
+        let current = current_deployment(&mut *conn, &ServiceKey::of(&definition)).await?;
+        let renewed = write_version(
+            conn,
+            &definition,
+            current.as_ref(),
+            DeploymentOrigin::Secret,
+            None,
+        );
         revision = renewed.await?.revision;
     }
     Ok(revision)
@@ -739,33 +855,7 @@ impl Store for SqlStore {
         definition: &Definition,
         missing_org: MissingOrg,
     ) -> Result<Applied> {
-        let (org, app) = (definition.org.as_str(), definition.app.as_str());
-        let mut tx = self.begin().await?;
-        if let Some(current) = current_deployment(&mut *tx, &ServiceKey::of(definition)).await? {
-            if current.definition == *definition {
-                return Ok(Applied {
-                    deployment: current,
-                    changed: false,
-                });
-            }
-        }
-        if !exists(&mut tx, "SELECT 1 FROM orgs WHERE name = $1", &[org]).await? {
-            if missing_org == MissingOrg::Reject {
-                return Err(StoreError::NotFound(format!("org `{org}`")));
-            }
-            sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
-                .bind(org)
-                .bind(now_secs())
-                .execute(&mut *tx)
-                .await?;
-        }
-        ensure_app(&mut tx, org, app).await?;
-        let deployment = write_version(&mut tx, definition, DeploymentOrigin::Apply, None).await?;
-        self.commit(tx, deployment.revision).await?;
-        Ok(Applied {
-            deployment,
-            changed: true,
-        })
+        self.applies.apply(definition, missing_org).await
     }
 
     async fn list_services(&self, filter: &ServiceFilter) -> Result<Vec<ServiceSummary>> {
@@ -864,9 +954,9 @@ impl Store for SqlStore {
 
     async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment> {
         let mut tx = self.begin().await?;
-        if current_version(&mut tx, key).await?.is_none() {
+        let Some(current) = current_deployment(&mut *tx, key).await? else {
             return Err(StoreError::NotFound(format!("service `{key}`")));
-        }
+        };
         let row = sqlx::query(&format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments d \
              WHERE d.org = $1 AND d.app = $2 AND d.service = $3 AND d.version = $4"
@@ -882,6 +972,7 @@ impl Store for SqlStore {
         let deployment = write_version(
             &mut tx,
             &old.definition,
+            Some(&current),
             DeploymentOrigin::Rollback,
             Some(to),
         )

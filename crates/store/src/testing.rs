@@ -27,12 +27,25 @@ pub struct TestPostgres {
     run_as: Option<&'static str>,
     host: IpAddr,
     port: u16,
+    /// Whether commits reach the disk before they are acknowledged (`fsync` on), as in an
+    /// installation, rather than only the server's memory.
+    durable: bool,
 }
 
 impl TestPostgres {
     /// Starts a cluster listening on `host` (a loopback address) at a free port; `None` (the
     /// test is skipped) when PostgreSQL is not installed, unless `MERIDIAN_TEST_STRICT=1`.
     pub fn start(host: IpAddr) -> Option<TestPostgres> {
+        Self::start_with(host, false)
+    }
+
+    /// [`TestPostgres::start`] with `fsync` on, as an installation runs PostgreSQL: a
+    /// commit is acknowledged once it is on disk (for benchmarks; tests need not pay for it).
+    pub fn start_durable(host: IpAddr) -> Option<TestPostgres> {
+        Self::start_with(host, true)
+    }
+
+    fn start_with(host: IpAddr, durable: bool) -> Option<TestPostgres> {
         let Some(bin) = find_binaries() else {
             let why = "PostgreSQL is not installed (apt-get install postgresql)";
             assert!(!strict(), "{why} (MERIDIAN_TEST_STRICT=1)");
@@ -55,6 +68,7 @@ impl TestPostgres {
             run_as,
             host,
             port: 0,
+            durable,
         };
         cluster.run(cluster.command("initdb").args([
             "--pgdata",
@@ -135,8 +149,9 @@ impl TestPostgres {
     }
 
     fn pg_ctl_start(&self) -> Output {
+        let fsync = if self.durable { "on" } else { "off" };
         let options = format!(
-            "-c listen_addresses={} -c port={} -c unix_socket_directories='' -c fsync=off \
+            "-c listen_addresses={} -c port={} -c unix_socket_directories='' -c fsync={fsync} \
              -c shared_buffers=16MB",
             self.host, self.port
         );

@@ -6,6 +6,7 @@
 mod follow;
 mod publish;
 mod secrets;
+mod summary;
 
 pub use follow::{follow_global, keep_disk_copy};
 pub use publish::{

@@ -8,7 +8,13 @@
 //!   reported (a report older than [`REPORT_STALE`] counts as none), so that every region can
 //!   reach the others' instances.
 //!
-//! The cache wakes only the streams whose resources changed.
+//! The cache wakes only the streams whose resources changed. A summary lists every service of
+//! its region, so rendering one costs in proportion to them: after a change in the store, the
+//! summaries it touched are rendered at once if the coalescing period that followed the last
+//! rendering is over, else together at its end, so that a burst of applies costs a few
+//! renderings, not one each. The period is [`SUMMARY_SHARE`] times as long as the last
+//! rendering took, within [`SUMMARY_COALESCE`], so that renderings take a bounded share of the
+//! plane's time however many services there are.
 //!
 //! It tells the plane's [`Readiness`] when the first load is in the cache ([`PUBLISHED`]), and
 //! when every region's summary carries a report this process received ([`REPORTED`]), or the
@@ -16,7 +22,7 @@
 //! its predecessor had, and until the regions report again it would publish them as not
 //! reporting.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,14 +35,13 @@ use meridian_model::{
     RolloutMode,
 };
 use meridian_store::{wait_for_changes, ServiceFilter, ServiceKey, Store, StoreError};
-use meridian_xds::meridian::{
-    RegionService, RegionSummary, REGIONAL_DEPLOYMENT, REGIONS_NAMESPACE, REGION_SUMMARY,
-};
+use meridian_xds::meridian::{REGIONAL_DEPLOYMENT, REGIONS_NAMESPACE, REGION_SUMMARY};
 use meridian_xds::{region_namespace, Cache, Update};
 use prost::Message;
 use tokio::sync::watch;
 
 use super::secrets;
+use super::summary::{self, ServiceEntry};
 
 /// Most changes read at once.
 const FEED_PAGE: u32 = 1024;
@@ -48,6 +53,12 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::fro
 pub const REPORT_STALE: Duration = Duration::from_secs(10);
 /// How often summaries are rendered again without news (so that stale reports drop out).
 const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
+/// Shortest and longest time between two renderings of the summaries a change in the store
+/// touched.
+const SUMMARY_COALESCE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_millis(500));
+/// The coalescing period is this many times as long as the last rendering.
+const SUMMARY_SHARE: u32 = 50;
 
 /// The readiness part [`publish_regional_deployments`] does once every service's regional
 /// deployments and every region's summary are in the cache.
@@ -78,10 +89,11 @@ pub struct FirstLoad {
     pub reports_by: tokio::time::Instant,
 }
 
-/// A published regional deployment, with its spec as JSON (made once, for every summary).
+/// A published regional deployment, with its entry in its region's summary (made once, for
+/// every summary).
 struct PublishedDeployment {
     deployment: RegionalDeployment,
-    spec_json: Vec<u8>,
+    entry: ServiceEntry,
 }
 
 /// What has been published.
@@ -172,6 +184,10 @@ async fn publish_then_follow(
     first.readiness.done(PUBLISHED);
     let mut waiting_for_reports = first.readiness.waiting().contains(&REPORTED)
         && !tell_reported(first, published, &reports.latest);
+    // Regions whose summaries a change touched and that wait for the end of the coalescing
+    // period, which ends at `coalesced`.
+    let mut dirty = BTreeSet::new();
+    let mut coalesced = tokio::time::Instant::now();
     loop {
         // A report or the refresh period renders every summary; a change in the store only
         // those of the regions it touches, so its cost does not grow with the other services.
@@ -181,6 +197,9 @@ async fn publish_then_follow(
             () = tokio::time::sleep(SUMMARY_REFRESH) => (Ok(Vec::new()), true),
             () = tokio::time::sleep_until(first.reports_by), if waiting_for_reports => {
                 (Ok(Vec::new()), true)
+            }
+            () = tokio::time::sleep_until(coalesced), if !dirty.is_empty() => {
+                (Ok(Vec::new()), false)
             }
         };
         let changes = match changes {
@@ -225,7 +244,6 @@ async fn publish_then_follow(
                 touched.insert((s.org, s.app, s.name));
             }
         }
-        let mut dirty = BTreeSet::new();
         let mut keys: Vec<ServiceKey> = touched
             .into_iter()
             .map(|(org, app, name)| ServiceKey { org, app, name })
@@ -237,14 +255,41 @@ async fn publish_then_follow(
         for key in keys {
             dirty.extend(publish_service(sources, cache, published, &key, &reports.latest).await?);
         }
+        let now = tokio::time::Instant::now();
         if all_summaries || regions_changed {
-            publish_summaries(cache, published, &reports.latest);
+            off_the_runtime(|| publish_summaries(cache, published, &reports.latest));
+            dirty.clear();
+            coalesced = coalescing_end(now);
             if waiting_for_reports {
                 waiting_for_reports = !tell_reported(first, published, &reports.latest);
             }
-        } else if !dirty.is_empty() {
-            publish_region_summaries(cache, published, &reports.latest, &dirty);
+        } else if !dirty.is_empty() && now >= coalesced {
+            off_the_runtime(|| {
+                publish_region_summaries(cache, published, &reports.latest, &dirty);
+            });
+            dirty.clear();
+            coalesced = coalescing_end(now);
         }
+    }
+}
+
+/// The end of the coalescing period after a rendering that started at `started` and has
+/// just ended.
+fn coalescing_end(started: tokio::time::Instant) -> tokio::time::Instant {
+    let rendering = started.elapsed();
+    let (shortest, longest) = SUMMARY_COALESCE;
+    started + rendering + (rendering * SUMMARY_SHARE).clamp(shortest, longest)
+}
+
+/// Runs `render` (work in proportion to the services of a region or more) without holding
+/// up the runtime's other tasks (the API's answers, watchers of the change feed): on a
+/// multi-threaded runtime they move to another worker thread meanwhile.
+fn off_the_runtime<T>(render: impl FnOnce() -> T) -> T {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+        tokio::task::block_in_place(render)
+    } else {
+        render()
     }
 }
 
@@ -389,18 +434,12 @@ async fn publish_service(
         } else {
             regions.insert(deployment.region.clone());
         }
-        let spec_json = to_json(&deployment.spec);
+        let entry = ServiceEntry::new(&deployment);
         published
             .deployed
             .entry(deployment.region.clone())
             .or_default()
-            .insert(
-                name.clone(),
-                PublishedDeployment {
-                    deployment,
-                    spec_json,
-                },
-            );
+            .insert(name.clone(), PublishedDeployment { deployment, entry });
     }
     cache.apply(REGIONAL_DEPLOYMENT, update);
     Ok(regions)
@@ -536,64 +575,19 @@ fn publish_region_summaries(
 fn region_summary(
     published: &Published,
     region: &str,
-    (lat, lon): (f64, f64),
+    coordinates: (f64, f64),
     latest: &LatestReport,
 ) -> (String, Any) {
     let report = latest(region)
         .filter(|(_, age)| *age <= REPORT_STALE)
         .map(|(report, _)| report);
-    let reported: HashMap<(&str, &str, &str), (u32, &Vec<String>)> = report
-        .iter()
-        .flat_map(|r| &r.services)
-        .map(|s| {
-            let key = (s.org.as_str(), s.app.as_str(), s.service.as_str());
-            (key, (s.healthy, &s.addresses))
-        })
-        .collect();
     let services = published
         .deployed
         .get(region)
         .into_iter()
         .flatten()
-        .map(|(_, published)| {
-            let deployment = &published.deployment;
-            let key = (
-                deployment.org.as_str(),
-                deployment.app.as_str(),
-                deployment.service.as_str(),
-            );
-            let (healthy, addresses) = reported
-                .get(&key)
-                .map(|(healthy, addresses)| (*healthy, (*addresses).clone()))
-                .unwrap_or_default();
-            RegionService {
-                org: deployment.org.clone(),
-                app: deployment.app.clone(),
-                service: deployment.service.clone(),
-                version: deployment.version,
-                spec_json: published.spec_json.clone(),
-                addresses,
-                healthy,
-            }
-        })
-        .collect();
-    let summary = RegionSummary {
-        lat,
-        lon,
-        services,
-        reported: report.is_some(),
-        gateway: report
-            .as_ref()
-            .and_then(|r| r.gateway.clone())
-            .unwrap_or_default(),
-    };
-    (
-        format!("{REGIONS_NAMESPACE}{region}"),
-        Any {
-            type_url: REGION_SUMMARY.to_owned(),
-            value: summary.encode_to_vec(),
-        },
-    )
+        .map(|(_, p)| (&p.deployment, &p.entry));
+    summary::render(region, coordinates, services, report.as_ref())
 }
 
 /// `value` as JSON (model types always serialize).
@@ -607,6 +601,7 @@ mod tests {
 
     use meridian_model::Region;
     use meridian_store::SqlStore;
+    use meridian_xds::meridian::RegionSummary;
     use tokio::time::Instant;
 
     use super::*;

@@ -68,6 +68,37 @@ impl Dialect {
         }
     }
 
+    /// The one statement that writes a service's new version, if the backend has one (else:
+    /// [`Dialect::record_change`], then the `services` row, then the deployment, each a round
+    /// trip): appends its change, makes it the current version and stores the deployment;
+    /// returns the revision. Binds: key, version, committed_at_us, org, app, service,
+    /// created_at, origin, rolled_back_from, definition.
+    ///
+    /// PostgreSQL: the foreign key of the deployment on the `services` row is checked at the
+    /// end of the statement, when the row is there.
+    pub(super) fn write_version(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some(
+                "WITH next AS (UPDATE revision_counter SET revision = revision + 1 WHERE id = 1 \
+                               RETURNING revision), \
+                      change AS (INSERT INTO changes \
+                                 (revision, kind, key, op, version, committed_at_us) \
+                                 SELECT revision, 'service', $1, 'put', $2, $3 FROM next), \
+                      current AS (INSERT INTO services \
+                                  (org, app, name, current_version, updated_at) \
+                                  VALUES ($4, $5, $6, $2, $7) \
+                                  ON CONFLICT (org, app, name) DO UPDATE SET \
+                                  current_version = excluded.current_version, \
+                                  updated_at = excluded.updated_at) \
+                 INSERT INTO deployments (org, app, service, version, revision, created_at, \
+                                          origin, rolled_back_from, definition) \
+                 SELECT $4, $5, $6, $2, revision, $7, $8, $9, $10 FROM next \
+                 RETURNING revision",
+            ),
+        }
+    }
+
     /// The statement a read transaction starts with to see one snapshot of the whole database
     /// (SQLite's read transactions do from their first read).
     pub(super) fn snapshot(self) -> Option<&'static str> {

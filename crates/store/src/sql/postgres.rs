@@ -63,13 +63,13 @@ pub(super) async fn connect(url: &str) -> Result<SqlStore> {
         tokio::spawn(listen(listener, reader.clone(), latest.clone())).abort_handle(),
         tokio::spawn(catch_up_periodically(reader.clone(), latest.clone())).abort_handle(),
     ];
-    Ok(SqlStore {
+    Ok(SqlStore::new(
         writer,
         reader,
-        dialect: Dialect::Postgres,
+        Dialect::Postgres,
         latest,
         tasks,
-    })
+    ))
 }
 
 /// A pool of up to `connections` connections to the database of `options`.

@@ -21,11 +21,13 @@ use crate::Result;
 const READERS: u32 = 4;
 /// How often written WAL frames are copied back into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// What every connection sets: WAL mode, commits durable at checkpoints, a statement waits
-/// 10 s for a lock before failing, and checkpoints run on their own connection (see
-/// [`checkpoint_in_background`]), not inside whichever commit happens to cross the threshold:
-/// that would stall that commit.
-const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+/// What every connection sets: WAL mode, each commit flushed to disk before it is acknowledged
+/// (`synchronous = FULL`: an acknowledged write survives a power loss, not only a crash of the
+/// process; applies that arrive together share one commit, see [`super::applies`]), a
+/// statement waits 10 s for a lock before failing, and checkpoints run on their own connection
+/// (see [`checkpoint_in_background`]), not inside whichever commit happens to cross the
+/// threshold: that would stall that commit.
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 10000; PRAGMA wal_autocheckpoint = 0;";
 
 /// Opens (creating if missing) the database at `path` and brings its schema up to date.
@@ -50,13 +52,13 @@ pub(super) async fn open(path: &Path) -> Result<SqlStore> {
         .connect_with(options.log_slow_statements(log::LevelFilter::Debug, CHECKPOINT_INTERVAL))
         .await?;
     tokio::spawn(checkpoint_in_background(checkpointer, latest.subscribe()));
-    Ok(SqlStore {
+    Ok(SqlStore::new(
         writer,
         reader,
-        dialect: Dialect::Sqlite,
+        Dialect::Sqlite,
         latest,
-        tasks: Vec::new(),
-    })
+        Vec::new(),
+    ))
 }
 
 /// A pool of up to `connections` connections opened with `options` and [`PRAGMAS`].

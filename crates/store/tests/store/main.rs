@@ -43,6 +43,7 @@ conformance!(
     applies_create_versions_and_rollback_copies_an_old_one,
     regions_in_use_cannot_be_deleted_and_index_follows_the_current_version,
     watch_yields_every_change_in_order_under_concurrent_writes,
+    applies_arriving_together_commit_or_fail_each_on_their_own,
     long_poll_returns_on_commit_or_times_out_empty,
     a_reopened_store_keeps_its_state_and_revision,
     a_certificate_lives_as_long_as_its_domain_claim,

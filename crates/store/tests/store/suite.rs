@@ -376,6 +376,75 @@ pub async fn watch_yields_every_change_in_order_under_concurrent_writes(backend:
     assert_eq!(keys.len(), WRITERS * EACH, "every write appears once");
 }
 
+/// Applies that arrive together may share a transaction (group commit): each still commits or
+/// fails on its own, refused ones write nothing, and the others get consecutive revisions.
+pub async fn applies_arriving_together_commit_or_fail_each_on_their_own(backend: &Backend) {
+    let store: Arc<dyn Store> = Arc::new(backend.open().await);
+    with_regions(&*store).await;
+    let before = store.revision().await.unwrap();
+    const APPLIES: usize = 48;
+    let mut tasks = Vec::new();
+    for i in 0..APPLIES {
+        let store = store.clone();
+        let mut def = definition(&format!("s{i}"), &["fra"], "x");
+        match i % 3 {
+            // Into an org that does not exist, which it may not create: refused.
+            0 => def.org = format!("ghost{i}"),
+            // All claim one domain: one of them gets it, the others are refused.
+            1 => def.domains = vec!["shared.example.com".to_owned()],
+            _ => {}
+        }
+        let missing_org = if i % 3 == 0 {
+            MissingOrg::Reject
+        } else {
+            MissingOrg::Create
+        };
+        tasks.push(tokio::spawn(async move {
+            (i, store.apply_service(&def, missing_org).await)
+        }));
+    }
+    let mut applied = Vec::new();
+    let mut claimed = 0;
+    for task in tasks {
+        let (i, outcome) = task.await.unwrap();
+        match (i % 3, outcome) {
+            (0, outcome) => assert!(matches!(outcome, Err(StoreError::NotFound(_))), "{i}"),
+            (1, Err(StoreError::DomainTaken { .. })) => {}
+            (1, Ok(done)) => {
+                claimed += 1;
+                applied.push(done.deployment);
+            }
+            (_, outcome) => applied.push(outcome.unwrap().deployment),
+        }
+    }
+    assert_eq!(claimed, 1, "one service holds the domain");
+    assert_eq!(applied.len(), APPLIES / 3 + 1);
+    let feed = store.changes_after(before, 1000).await.unwrap();
+    let revisions: Vec<u64> = feed.iter().map(|c| c.revision).collect();
+    let expected: Vec<u64> = (before + 1..=before + applied.len() as u64).collect();
+    assert_eq!(
+        revisions, expected,
+        "one change per apply that succeeded, no gap"
+    );
+    for deployment in &applied {
+        let change = &feed[(deployment.revision - before - 1) as usize];
+        let key = ServiceKey::of(&deployment.definition).to_string();
+        assert_eq!(
+            (change.key.as_str(), change.version),
+            (key.as_str(), Some(1))
+        );
+    }
+    let orgs = store.list_orgs().await.unwrap();
+    assert!(
+        orgs.iter().all(|o| !o.name.starts_with("ghost")),
+        "{orgs:?}"
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before + applied.len() as u64
+    );
+}
+
 pub async fn long_poll_returns_on_commit_or_times_out_empty(backend: &Backend) {
     let store: Arc<dyn Store> = Arc::new(backend.open().await);
     let empty = wait_for_changes(&*store, 0, 10, Duration::from_millis(20))

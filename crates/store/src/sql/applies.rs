@@ -1,0 +1,233 @@
+//! Group commit of applies: [`Store::apply_service`](crate::Store::apply_service) calls that
+//! arrive while a write is in progress go into the next transaction together, so that a burst
+//! of applies pays for one transaction (and one lock and one flush to disk) per batch instead
+//! of one each, and a reply means the apply is committed (acknowledged = durable).
+//!
+//! Each apply in a batch is still atomic and has its own revision: it makes all its checks
+//! (does the org exist, are its domains free, do its secrets exist) before it writes anything,
+//! so one that is refused leaves nothing behind and the others commit. Should a statement fail
+//! (the transaction is then lost), the batch is rolled back and each of its applies runs again
+//! alone, so that only the apply at fault fails; unless the database is unreachable, which
+//! every apply of the batch is told.
+
+use std::sync::Arc;
+
+use meridian_model::{Definition, Deployment, DeploymentOrigin};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{
+    check_version, current_deployment, ensure_app, now_micros, now_secs, publish,
+    write_checked_version, Dialect,
+};
+use crate::{Applied, MissingOrg, Result, ServiceKey, StoreError};
+
+/// Most applies in one transaction: a batch holds the write lock for its whole duration.
+const MAX_BATCH: usize = 32;
+/// Most applies waiting for a batch.
+const QUEUE: usize = 1024;
+
+/// An apply waiting for its batch.
+pub(super) struct Request {
+    definition: Definition,
+    missing_org: MissingOrg,
+    reply: oneshot::Sender<Result<Applied>>,
+}
+
+/// Where applies are queued for the batcher ([`run`]).
+#[derive(Clone)]
+pub(super) struct Queue(mpsc::Sender<Request>);
+
+impl Queue {
+    /// A queue and its receiving end, for [`run`].
+    pub(super) fn new() -> (Queue, mpsc::Receiver<Request>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Queue(tx), rx)
+    }
+
+    /// Applies `definition` in the next batch; returns once that batch is committed.
+    pub(super) async fn apply(
+        &self,
+        definition: &Definition,
+        missing_org: MissingOrg,
+    ) -> Result<Applied> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            definition: definition.clone(),
+            missing_org,
+            reply,
+        };
+        self.0.send(request).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The writing side of a store, as the batcher needs it.
+pub(super) struct Writer {
+    /// The writer pool.
+    pub(super) pool: AnyPool,
+    /// The backend's dialect.
+    pub(super) dialect: Dialect,
+    /// Told the latest committed revision.
+    pub(super) latest: Arc<watch::Sender<u64>>,
+}
+
+/// Takes the applies queued in `queue` in batches, as many as wait (up to [`MAX_BATCH`]), each
+/// batch in one transaction; ends when every [`Queue`] is gone.
+pub(super) async fn run(writer: Writer, mut queue: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let requests = std::mem::take(&mut batch);
+        let (definitions, replies): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .map(|r| ((r.definition, r.missing_org), r.reply))
+            .unzip();
+        let outcomes = apply_all(&writer, &definitions).await;
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // A caller that went away no longer waits for its answer.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Applies `batch` in one transaction, or, if that fails for another reason than an
+/// unreachable database, each alone.
+async fn apply_all(writer: &Writer, batch: &[(Definition, MissingOrg)]) -> Vec<Result<Applied>> {
+    match transaction(writer, batch).await {
+        Ok(outcomes) => outcomes,
+        Err(e) if batch.len() == 1 => vec![Err(e)],
+        Err(StoreError::Unavailable(e)) => {
+            let message = e.to_string();
+            batch
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(message.clone().into())))
+                .collect()
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, applies = batch.len(),
+                "a batch of applies failed; applying each alone");
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for one in batch {
+                outcomes.push(match transaction(writer, std::slice::from_ref(one)).await {
+                    Ok(mut alone) => alone.pop().unwrap_or(Err(StoreError::Closed)),
+                    Err(e) => Err(e),
+                });
+            }
+            outcomes
+        }
+    }
+}
+
+/// Applies `batch` in one transaction and commits it: the outcome of each apply (a refused one
+/// wrote nothing), or the error that lost the whole transaction (nothing is written).
+async fn transaction(
+    writer: &Writer,
+    batch: &[(Definition, MissingOrg)],
+) -> Result<Vec<Result<Applied>>> {
+    let mut tx: Transaction<'static, Any> = writer.pool.begin().await?;
+    if let Some(lock) = writer.dialect.write_lock() {
+        sqlx::query(lock).execute(&mut *tx).await?;
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut first_revision = None;
+    let mut last_revision = None;
+    for (definition, missing_org) in batch {
+        match apply_one(&mut tx, definition, *missing_org).await {
+            // A statement failed: the transaction is lost.
+            Err(
+                e @ (StoreError::Backend(_) | StoreError::Unavailable(_) | StoreError::Corrupt(_)),
+            ) => {
+                return Err(e);
+            }
+            outcome => {
+                if let Ok(applied) = &outcome {
+                    if applied.changed {
+                        first_revision.get_or_insert(applied.deployment.revision);
+                        last_revision = Some(applied.deployment.revision);
+                    }
+                }
+                outcomes.push(outcome);
+            }
+        }
+    }
+    if let (Some(first), Some(last), true) = (first_revision, last_revision, batch.len() > 1) {
+        // The changes of a batch are committed together: they carry its commit time, not the
+        // time each was written in the transaction.
+        sqlx::query(
+            "UPDATE changes SET committed_at_us = $1 WHERE revision >= $2 AND revision <= $3",
+        )
+        .bind(now_micros())
+        .bind(first as i64)
+        .bind(last as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    if let Some(last) = last_revision {
+        publish(&writer.latest, last);
+    }
+    Ok(outcomes)
+}
+
+/// One apply inside the batch's transaction: nothing when `definition` equals the current
+/// version's; else every check, then the writes (the org, if missing and `missing_org` allows,
+/// the app, the new version).
+async fn apply_one(
+    conn: &mut AnyConnection,
+    definition: &Definition,
+    missing_org: MissingOrg,
+) -> Result<Applied> {
+    let (org, app) = (definition.org.as_str(), definition.app.as_str());
+    let current: Option<Deployment> =
+        current_deployment(&mut *conn, &ServiceKey::of(definition)).await?;
+    if let Some(current) = current {
+        if current.definition == *definition {
+            return Ok(Applied {
+                deployment: current,
+                changed: false,
+            });
+        }
+        check_version(conn, definition, Some(&current)).await?;
+        let deployment = write_checked_version(
+            conn,
+            definition,
+            Some(&current),
+            DeploymentOrigin::Apply,
+            None,
+        )
+        .await?;
+        return Ok(Applied {
+            deployment,
+            changed: true,
+        });
+    }
+    // A new service: its org and app may be new too.
+    let (orgs, apps): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM orgs WHERE name = $1), \
+                (SELECT COUNT(*) FROM apps WHERE org = $1 AND name = $2)",
+    )
+    .bind(org)
+    .bind(app)
+    .fetch_one(&mut *conn)
+    .await?;
+    if orgs == 0 && missing_org == MissingOrg::Reject {
+        return Err(StoreError::NotFound(format!("org `{org}`")));
+    }
+    check_version(conn, definition, None).await?;
+    if orgs == 0 {
+        sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
+            .bind(org)
+            .bind(now_secs())
+            .execute(&mut *conn)
+            .await?;
+    }
+    if apps == 0 {
+        ensure_app(conn, org, app).await?;
+    }
+    let deployment =
+        write_checked_version(conn, definition, None, DeploymentOrigin::Apply, None).await?;
+    Ok(Applied {
+        deployment,
+        changed: true,
+    })
+}
