@@ -17,6 +17,7 @@ mod cache;
 mod cluster;
 mod cluster_stats;
 mod config;
+mod encoder;
 mod fields;
 mod figures;
 mod forward;

@@ -79,6 +79,35 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
         )
             .into_response(),
         "/no-store" => ([("cache-control", "max-age=60, no-store")], body).into_response(),
+        // Not stored, chunked: coded as it streams through.
+        "/stream" => {
+            let chunks = (0..STREAM_CHUNKS).map(|i| Ok::<_, std::io::Error>(stream_chunk(i)));
+            (
+                [
+                    ("cache-control", "no-store"),
+                    ("content-type", "text/plain"),
+                ],
+                axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
+            )
+                .into_response()
+        }
+        "/png" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "image/png"),
+            ],
+            vec![7u8; 4096],
+        )
+            .into_response(),
+        "/origin-coded" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+                ("content-encoding", "gzip"),
+            ],
+            vec![0x1fu8; 4096],
+        )
+            .into_response(),
         "/private" => ([("cache-control", "private, max-age=60")], body).into_response(),
         "/private-field" => (
             [
@@ -170,6 +199,71 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
     }
 }
 
+/// Chunks of `/stream`'s body.
+const STREAM_CHUNKS: usize = 64;
+
+/// The `i`th chunk of `/stream`'s body (16 KiB of text).
+fn stream_chunk(i: usize) -> String {
+    format!("chunk {i:04} of a streamed text\n").repeat(16 << 10 >> 5)
+}
+
+/// `/stream`'s whole body.
+fn stream_body() -> String {
+    (0..STREAM_CHUNKS).map(stream_chunk).collect()
+}
+
+/// The content of `coded` with `coding` (`br`, `zstd`, `gzip`).
+fn decode(coding: &str, coded: &[u8]) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    match coding {
+        "br" => brotli::Decompressor::new(coded, 4096)
+            .read_to_string(&mut text)
+            .unwrap(),
+        "zstd" => zstd::stream::read::Decoder::new(coded)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap(),
+        "gzip" => flate2::read::GzDecoder::new(coded)
+            .read_to_string(&mut text)
+            .unwrap(),
+        other => panic!("unknown coding {other}"),
+    };
+    text
+}
+
+/// A response read as bytes.
+struct Raw {
+    status: u16,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Raw {
+    fn field(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// `GET path` with `headers`, its content as it came.
+async fn get_raw(base: &str, path: &str, headers: &[(&str, &str)]) -> Raw {
+    let mut request = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("host", "shop.example.com");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    Raw {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.unwrap(),
+    }
+}
+
 async fn origin() -> Origin {
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let gate = Arc::new(Semaphore::new(0));
@@ -188,7 +282,9 @@ async fn origin() -> Origin {
             answer(&path, n, request.headers(), &gate).await
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.180.1:0")
+        .await
+        .unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Origin {
@@ -205,7 +301,7 @@ async fn edge(policy: &str) -> (Arc<Proxy>, String, Origin) {
         r#"
 listeners:
   - name: public
-    address: 127.0.0.1:0
+    address: 127.0.180.1:0
     virtual_hosts:
       - name: shop
         domains: ["shop.example.com"]
@@ -398,6 +494,97 @@ async fn rfc9110_8_4_a_stored_text_is_answered_gzip_coded_to_clients_that_accept
     .await;
     assert_eq!((part.status, part.body.as_str()), (206, "meridian"));
     assert_eq!(origin.count("/text"), 1);
+}
+
+#[tokio::test]
+async fn rfc9110_12_5_3_brotli_zstd_or_gzip_by_q_values_each_coding_stored_once() {
+    let (proxy, base, origin) = edge("{}").await;
+    let text = "meridian ".repeat(500);
+    for (accept, coding) in [
+        ("gzip, deflate, br, zstd", "br"),
+        ("gzip;q=0.8, zstd", "zstd"),
+        ("br;q=0.5, gzip", "gzip"),
+        ("*", "br"),
+    ] {
+        let got = get_raw(&base, "/text", &[("accept-encoding", accept)]).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.field("content-encoding"), coding, "{accept}");
+        assert_eq!(got.field("vary"), "Accept-Encoding");
+        assert_eq!(got.field("etag"), "W/\"t\"");
+        assert_eq!(got.field("content-length"), got.body.len().to_string());
+        assert!(
+            got.body.len() < 4500 / 10,
+            "{coding}: {} bytes",
+            got.body.len()
+        );
+        assert_eq!(decode(coding, &got.body), text, "{accept}");
+    }
+    // Each coding was made once and stored: the same bytes again, from the cache.
+    let first = get_raw(&base, "/text", &[("accept-encoding", "zstd")]).await;
+    let again = get_raw(&base, "/text", &[("accept-encoding", "zstd")]).await;
+    assert_eq!(first.body, again.body);
+    assert!(
+        again.field("cache-status").contains("hit"),
+        "{}",
+        again.field("cache-status")
+    );
+    let plain = get_raw(&base, "/text", &[("accept-encoding", "identity")]).await;
+    assert_eq!(
+        (plain.field("content-encoding"), &plain.body[..]),
+        ("", text.as_bytes())
+    );
+    assert_eq!(origin.count("/text"), 1);
+    let metrics = proxy.metrics_text();
+    assert!(metrics.contains("meridian_proxy_cache_keys 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn rfc9110_8_4_1_a_response_not_stored_is_coded_as_it_streams() {
+    let (_proxy, base, origin) = edge("{}").await;
+    for coding in ["br", "zstd", "gzip"] {
+        let got = get_raw(&base, "/stream", &[("accept-encoding", coding)]).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.field("content-encoding"), coding);
+        assert_eq!(got.field("vary"), "Accept-Encoding");
+        assert!(!got.headers.contains_key("content-length"));
+        assert!(
+            got.field("cache-status").contains("detail=\"no-store\""),
+            "{}",
+            got.field("cache-status")
+        );
+        assert!(
+            got.body.len() < stream_body().len() / 10,
+            "{coding}: {}",
+            got.body.len()
+        );
+        assert_eq!(decode(coding, &got.body), stream_body(), "{coding}");
+    }
+    // Not for a client that asks for no coding (but it varies), nor for a range.
+    let plain = get_raw(&base, "/stream", &[]).await;
+    assert_eq!(plain.field("content-encoding"), "");
+    assert_eq!(plain.field("vary"), "Accept-Encoding");
+    assert_eq!(plain.body, stream_body().as_bytes());
+    let range = get_raw(
+        &base,
+        "/stream",
+        &[("accept-encoding", "br"), ("range", "bytes=0-9")],
+    )
+    .await;
+    assert_eq!(range.field("content-encoding"), "");
+    assert_eq!(origin.count("/stream"), 5);
+}
+
+#[tokio::test]
+async fn rfc9110_8_4_types_that_do_not_compress_and_coded_content_are_not_coded() {
+    let (_proxy, base, _origin) = edge("{}").await;
+    for _ in 0..2 {
+        let png = get_raw(&base, "/png", &[("accept-encoding", "br, gzip")]).await;
+        assert_eq!((png.field("content-encoding"), png.field("vary")), ("", ""));
+        assert_eq!(png.body.len(), 4096);
+        let coded = get_raw(&base, "/origin-coded", &[("accept-encoding", "br, zstd")]).await;
+        assert_eq!(coded.field("content-encoding"), "gzip");
+        assert_eq!(coded.body, vec![0x1fu8; 4096]);
+    }
 }
 
 #[tokio::test]

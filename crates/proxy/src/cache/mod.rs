@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, RANGE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use meridian_cache::encoding;
 use meridian_cache::invalidation::{invalidated, Target};
 use meridian_cache::{
     CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, Forward, Freshness, Join,
@@ -25,7 +26,7 @@ use crate::answers::local_response;
 use crate::body::ClientBody;
 use crate::body::ProxyBody;
 use crate::cluster::Cluster;
-use crate::forward::{forward, ClientRequest};
+use crate::forward::{forward, upstream_response_head, ClientRequest};
 use crate::metrics::CacheMetrics;
 use crate::peer::Peer;
 use crate::pool::ConnectionBody;
@@ -337,14 +338,24 @@ pub(crate) async fn exchange(
                 Reuse::Fresh | Reuse::Stale => {
                     metrics.cache().hit.inc();
                     let request = (client.request.method(), client.request.headers());
-                    return Err(answer::from_object(&object, headers, request, now, status));
+                    let answer = Answer {
+                        object,
+                        headers: Some(headers),
+                        status,
+                    };
+                    return Err(answer.make(&cache.cache.store, &key, request).await);
                 }
                 Reuse::StaleWhileRevalidate => {
                     metrics.cache().stale.inc();
                     status.detail = Some("stale-while-revalidate".into());
-                    revalidate_later(ctx, &client, key, Arc::clone(&object));
+                    revalidate_later(ctx, &client, key.clone(), Arc::clone(&object));
                     let request = (client.request.method(), client.request.headers());
-                    return Err(answer::from_object(&object, headers, request, now, status));
+                    let answer = Answer {
+                        object,
+                        headers: Some(headers),
+                        status,
+                    };
+                    return Err(answer.make(&cache.cache.store, &key, request).await);
                 }
                 Reuse::Validate if state.is_fresh() => (Forward::Request, Some(object)),
                 Reuse::Validate => (Forward::Stale, Some(object)),
@@ -374,18 +385,17 @@ pub(crate) async fn exchange(
                 ..CacheStatus::default()
             };
             let request = (client.request.method(), client.request.headers());
-            let now = SystemTime::now();
-            return Err(answer::from_object(
-                &object,
-                object.headers(),
-                request,
-                now,
+            let answer = Answer {
+                object,
+                headers: None,
                 status,
-            ));
+            };
+            return Err(answer.make(&cache.cache.store, &key, request).await);
         }
         Join::Shared(_) | Join::Alone(_) => None,
     };
     let (request_method, request_headers) = (method, client.request.headers().clone());
+    let wanted = encoding::wanted(&request_method, &request_headers);
     let fill = Fill {
         cache,
         key: &key,
@@ -393,6 +403,7 @@ pub(crate) async fn exchange(
         directives: &request_directives,
         stored: stored.as_ref(),
         reason,
+        wanted,
     };
     let validating = stored.is_some();
     let fetched = fill::fetch(fill, client, route, cluster, metrics).await;
@@ -403,11 +414,14 @@ pub(crate) async fn exchange(
                 leader.share(Arc::clone(&object));
             }
             let request = (&request_method, &request_headers);
-            let headers = fuller.unwrap_or_else(|| object.headers());
-            let now = SystemTime::now();
-            Err(answer::from_object(&object, headers, request, now, status))
+            let answer = Answer {
+                object,
+                headers: fuller,
+                status,
+            };
+            Err(answer.make(&cache.cache.store, &key, request).await)
         }
-        Fetched::Passed(response) => Ok(response),
+        Fetched::Passed(response) => compress::passed(response, wanted, (cluster, metrics)),
         Fetched::Made(response) => Err(response),
     }
 }
@@ -440,17 +454,41 @@ async fn pass(
     ctx: &Arc<ListenerContext>,
     reason: Forward,
 ) -> Result<Response<ConnectionBody>, Response<ProxyBody>> {
-    ctx.shared.metrics.cache().bypass.inc();
-    let mut result = forward(client, route, cluster, &ctx.shared.metrics).await;
-    if let Ok(response) = &mut result {
-        let status = CacheStatus {
-            forward: Some(reason),
-            forward_status: Some(response.status().as_u16()),
-            ..CacheStatus::default()
-        };
-        answer::finish(response.headers_mut(), &status);
+    let metrics = &ctx.shared.metrics;
+    metrics.cache().bypass.inc();
+    let wanted = encoding::wanted(client.request.method(), client.request.headers());
+    let mut response = forward(client, route, cluster, metrics).await?;
+    let status = CacheStatus {
+        forward: Some(reason),
+        forward_status: Some(response.status().as_u16()),
+        ..CacheStatus::default()
+    };
+    answer::finish(response.headers_mut(), &status);
+    upstream_response_head(response.headers_mut());
+    compress::passed(response, wanted, (cluster, metrics))
+}
+
+/// An answer to make from a stored (or just fetched) object: its fields when they are not
+/// the object's own (see `fill::Fetched::Stored`), and its `Cache-Status`.
+struct Answer {
+    object: Arc<Object>,
+    headers: Option<HeaderMap>,
+    status: CacheStatus,
+}
+
+impl Answer {
+    /// The answer to a request with `method` and `request` fields, the content coded as it
+    /// asks (the coding made now if it was not, and kept in `store` under `key`).
+    async fn make(
+        self,
+        store: &Store,
+        key: &CacheKey,
+        request: (&Method, &HeaderMap),
+    ) -> Response<ProxyBody> {
+        let object = compress::for_request(store, key, self.object, request).await;
+        let headers = self.headers.unwrap_or_else(|| object.headers());
+        answer::from_object(&object, headers, request, SystemTime::now(), self.status)
     }
-    result
 }
 
 /// Validates a stale response served meanwhile (`stale-while-revalidate`) in a task of its
@@ -506,6 +544,7 @@ fn revalidate_later(
             directives: &directives,
             stored: Some(&object),
             reason: Forward::Stale,
+            wanted: None,
         };
         let metrics = &ctx.shared.metrics;
         let fetched = fill::fetch(fill, client, route, &target.cluster, metrics).await;
