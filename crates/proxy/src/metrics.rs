@@ -105,6 +105,12 @@ pub struct CacheMetrics {
     pub bytes: Gauge,
     /// Keys the store holds.
     pub keys: Gauge,
+    /// Answered with a response read from the disk tier (counted among hits too).
+    pub disk_hit: Counter,
+    /// Bytes of the records the disk tier holds.
+    pub disk_bytes: Gauge,
+    /// Records (responses) the disk tier holds.
+    pub disk_records: Gauge,
 }
 
 impl CacheMetrics {
@@ -126,6 +132,9 @@ impl CacheMetrics {
             stored: Counter::default(),
             bytes: Gauge::default(),
             keys: Gauge::default(),
+            disk_hit: Counter::default(),
+            disk_bytes: Gauge::default(),
+            disk_records: Gauge::default(),
         };
         registry.register(
             "cache_stored",
@@ -141,6 +150,21 @@ impl CacheMetrics {
             "cache_keys",
             "Keys the cache holds (each with its variants)",
             metrics.keys.clone(),
+        );
+        registry.register(
+            "cache_disk_hits",
+            "Requests answered with a response read from the cache's disk tier",
+            metrics.disk_hit.clone(),
+        );
+        registry.register(
+            "cache_disk_bytes",
+            "Bytes of the records the cache's disk tier holds",
+            metrics.disk_bytes.clone(),
+        );
+        registry.register(
+            "cache_disk_records",
+            "Responses the cache's disk tier holds",
+            metrics.disk_records.clone(),
         );
         metrics
     }

@@ -79,6 +79,14 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
         )
             .into_response(),
         "/no-store" => ([("cache-control", "max-age=60, no-store")], body).into_response(),
+        scan if scan.starts_with("/scan/") => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "image/png"),
+            ],
+            vec![1u8; 1000],
+        )
+            .into_response(),
         // Not stored, chunked: coded as it streams through.
         "/stream" => {
             let chunks = (0..STREAM_CHUNKS).map(|i| Ok::<_, std::io::Error>(stream_chunk(i)));
@@ -297,6 +305,13 @@ async fn origin() -> Origin {
 /// A proxy in front of a fresh origin, caching with `policy`; its base URL.
 async fn edge(policy: &str) -> (Arc<Proxy>, String, Origin) {
     let origin = origin().await;
+    let proxy = Arc::new(Proxy::default());
+    let base = serve(&proxy, policy, &origin).await;
+    (proxy, base, origin)
+}
+
+/// Has `proxy` serve `origin`, caching with `policy`; its base URL.
+async fn serve(proxy: &Proxy, policy: &str, origin: &Origin) -> String {
     let text = format!(
         r#"
 listeners:
@@ -314,10 +329,9 @@ clusters:
 "#,
         origin.address
     );
-    let proxy = Arc::new(Proxy::default());
     proxy.apply_text(&text).await.unwrap();
     let address = proxy.listeners().await[0].1;
-    (proxy, format!("http://{address}"), origin)
+    format!("http://{address}")
 }
 
 struct Got {
@@ -924,4 +938,93 @@ async fn concurrent_misses_on_one_key_make_one_origin_request() {
     }
     assert_eq!(origin.count("/slow"), 1);
     assert_eq!(collapsed, 19);
+}
+
+/// A proxy caching in memory over a disk tier in `dir` of `size` bytes.
+fn on_disk(dir: &std::path::Path, size: u64) -> Arc<Proxy> {
+    let tier = meridian_proxy::CacheDiskTier::open(dir, size).unwrap();
+    Arc::new(Proxy::with_cache_on_disk(meridian_proxy::DEFAULT_CACHE_LIMITS, tier).unwrap())
+}
+
+/// The files of the disk tier's records in `dir`, and their bytes.
+fn disk_files(dir: &std::path::Path) -> (usize, u64) {
+    let entries = std::fs::read_dir(dir.join("objects")).unwrap();
+    let sizes: Vec<u64> = entries
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    (sizes.len(), sizes.iter().sum())
+}
+
+#[tokio::test]
+async fn the_disk_tier_survives_a_restart_and_serves_only_once_missed_purges_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = on_disk(dir.path(), 1 << 20);
+    assert_eq!(first.cache_disk_applied(), None);
+    first.cache_purges_caught_up();
+    let before = origin().await;
+    let base = serve(&first, "{}", &before).await;
+    for path in ["/fresh", "/tagged", "/item"] {
+        assert_eq!(get(&base, path).await.body, format!("{path} #1"));
+    }
+    until("three records on disk", || disk_files(dir.path()).0 == 3).await;
+    first.cache_purge_applied(4);
+    until("the purge number on disk", || {
+        dir.path().join("purges").exists()
+    })
+    .await;
+    first.drain(Duration::from_secs(1)).await;
+    drop(first);
+
+    // Restarted, before a new origin: it knows where its purges stopped, and serves nothing
+    // from disk before it has applied those it missed.
+    let second = on_disk(dir.path(), 1 << 20);
+    assert_eq!(second.cache_disk_applied(), Some(4));
+    let origin = origin().await;
+    let base = serve(&second, "{}", &origin).await;
+    assert_eq!(get(&base, "/item").await.body, "/item #1");
+    assert_eq!(origin.count("/item"), 1);
+    let missed = meridian_proxy::CachePurge::Tag("t1".into());
+    let scope = meridian_proxy::PurgeScope::AnyHost;
+    second.purge_cache(&missed, scope).await.unwrap();
+    second.cache_purge_applied(5);
+    second.cache_purges_caught_up();
+    let kept = get(&base, "/fresh").await;
+    assert_eq!(kept.body, "/fresh #1", "the first origin's, from disk");
+    assert!(
+        kept.cache_status().contains("hit"),
+        "{}",
+        kept.cache_status()
+    );
+    assert_eq!(origin.count("/fresh"), 0);
+    let purged = get(&base, "/tagged").await;
+    assert_eq!(purged.body, "/tagged #1", "the second origin's");
+    assert_eq!(origin.count("/tagged"), 1);
+    let metrics = second.metrics_text();
+    let line = "meridian_proxy_cache_disk_hits_total 1";
+    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    // The purge's number was recorded after its files went.
+    until("purge 5 on disk", || {
+        std::fs::read(dir.path().join("purges")).is_ok_and(|b| b[5] == 5)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_disk_tiers_bound_holds_under_a_scan_of_ten_times_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 << 10;
+    let proxy = on_disk(dir.path(), size);
+    proxy.cache_purges_caught_up();
+    let origin = origin().await;
+    let base = serve(&proxy, "{}", &origin).await;
+    // Each record is over 1,000 bytes: this scan writes more than ten times the tier.
+    let scanned = 10 * size / 1000;
+    for i in 0..scanned {
+        get(&base, &format!("/scan/{i}")).await;
+        let (_, bytes) = disk_files(dir.path());
+        assert!(bytes <= size, "{bytes} bytes on disk after {i}");
+    }
+    until("the tier filled", || disk_files(dir.path()).1 > size / 2).await;
+    let (files, bytes) = disk_files(dir.path());
+    assert!(bytes <= size && files < 40, "{files} files, {bytes} bytes");
 }

@@ -124,7 +124,7 @@ impl Fill<'_> {
     /// replaced them and cannot be stored itself.
     fn forget(&self) {
         if self.stored.is_some() {
-            self.cache.cache.store.purge_key(self.key);
+            self.cache.cache.remove_key(self.key);
         }
     }
 
@@ -150,6 +150,9 @@ impl Fill<'_> {
                 .cache
                 .store
                 .insert(self.key.clone(), Arc::clone(&object));
+            if status.stored {
+                self.cache.cache.stored(self.key, &object);
+            }
         }
         Fetched::Stored(object, status, None)
     }

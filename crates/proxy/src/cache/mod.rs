@@ -7,6 +7,7 @@
 
 mod answer;
 mod compress;
+mod disk;
 mod fill;
 
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use meridian_cache::encoding;
 use meridian_cache::invalidation::{invalidated, Target};
 use meridian_cache::{
-    CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, Forward, Freshness, Join,
-    Lookup, Object, QueryKey, ResponsePolicy, Reuse, Store, StoreLimits,
+    CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, DiskTier, Forward, Freshness,
+    Join, Lookup, Object, QueryKey, ResponsePolicy, Reuse, Store, StoreLimits,
 };
 use meridian_model::CachePolicy;
 
@@ -47,9 +48,11 @@ const COLLAPSE: CollapseLimits = CollapseLimits {
     max_wait: Duration::from_secs(15),
 };
 
-/// The proxy's shared HTTP cache: its store and the requests in flight to fill it.
+/// The proxy's shared HTTP cache: its store in memory, its disk tier if it has one, and the
+/// requests in flight to fill it.
 pub struct HttpCache {
     store: Store,
+    disk: Option<disk::DiskCache>,
     collapser: Collapser<Arc<Object>>,
 }
 
@@ -58,20 +61,95 @@ impl HttpCache {
     pub fn new(limits: StoreLimits) -> HttpCache {
         HttpCache {
             store: Store::new(limits),
+            disk: None,
             collapser: Collapser::new(COLLAPSE),
         }
+    }
+
+    /// An empty memory tier within `limits` over the disk tier `disk`, which serves once the
+    /// purges made while it was closed are applied ([`HttpCache::purges_caught_up`]).
+    pub fn with_disk(limits: StoreLimits, disk: DiskTier) -> std::io::Result<HttpCache> {
+        Ok(HttpCache {
+            disk: Some(disk::DiskCache::new(disk)?),
+            ..HttpCache::new(limits)
+        })
+    }
+
+    /// The number of the last purge the disk tier had applied when it was opened; `None`
+    /// without a disk tier, or when it did not know.
+    pub fn disk_applied(&self) -> Option<u64> {
+        self.disk.as_ref().and_then(|disk| disk.tier().applied())
+    }
+
+    /// Records `number` as the last purge applied (on disk, after the files it removed).
+    pub fn purge_applied(&self, number: u64) {
+        if let Some(disk) = &self.disk {
+            disk.applied(number);
+        }
+    }
+
+    /// The purges made while the disk tier was closed are applied: it may serve.
+    pub fn purges_caught_up(&self) {
+        if let Some(disk) = &self.disk {
+            disk.tier().serve();
+        }
+    }
+
+    /// The stored response for `key` that a request with `request` fields selects: from
+    /// memory, or read from the disk tier and kept in memory.
+    async fn lookup(&self, key: &CacheKey, request: &HeaderMap, metrics: &CacheMetrics) -> Lookup {
+        let found = self.store.lookup(key, request);
+        let Some(disk) = self
+            .disk
+            .as_ref()
+            .filter(|_| !matches!(found, Lookup::Hit(_)))
+        else {
+            return found;
+        };
+        let Some((object, epoch)) = disk.lookup(key, request).await else {
+            return found;
+        };
+        let object = Arc::new(object);
+        self.store.insert(key.clone(), Arc::clone(&object));
+        // A purge of the disk tier comes before the memory's: one since the record was read
+        // may have missed the copy just made.
+        if disk.tier().epoch() != epoch {
+            self.store.purge_key(key);
+            return found;
+        }
+        metrics.disk_hit.inc();
+        Lookup::Hit(object)
+    }
+
+    /// Keeps `object`, just stored in memory under `key`, on disk too.
+    fn stored(&self, key: &CacheKey, object: &Arc<Object>) {
+        if let Some(disk) = &self.disk {
+            disk.write(key, object);
+        }
+    }
+
+    /// Removes every response stored under `key`, on disk and in memory; whether memory had
+    /// any.
+    fn remove_key(&self, key: &CacheKey) -> bool {
+        if let Some(disk) = &self.disk {
+            disk.delete(disk.tier().purge_key(key));
+        }
+        self.store.purge_key(key)
     }
 }
 
 impl HttpCache {
     /// Sets the size gauges from the store.
     fn account(&self, metrics: &CacheMetrics) {
-        metrics
-            .bytes
-            .set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
-        metrics
-            .keys
-            .set(i64::try_from(self.store.keys()).unwrap_or(i64::MAX));
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.bytes.set(gauge(self.store.bytes()));
+        metrics.keys.set(gauge(self.store.keys()));
+        if let Some(disk) = &self.disk {
+            metrics.disk_bytes.set(gauge(disk.tier().bytes()));
+            metrics
+                .disk_records
+                .set(gauge(disk.tier().records() as u64));
+        }
     }
 
     /// Requests waiting for another's response to fill the cache.
@@ -157,6 +235,22 @@ impl HttpCache {
         metrics: &CacheMetrics,
     ) -> Result<u64, PurgeError> {
         let admitted = |key: &CacheKey| scope.admits(key.host());
+        let urls = match purge {
+            CachePurge::Url(url) => url_keys(url, served)?,
+            _ => Vec::new(),
+        };
+        // The disk tier's first: see `HttpCache::lookup`.
+        if let Some(disk) = &self.disk {
+            let tier = disk.tier();
+            disk.delete(match (purge, scope) {
+                (CachePurge::All, PurgeScope::AnyHost) => tier.purge_all(),
+                (CachePurge::All, PurgeScope::Domains(_)) => tier.purge_matching(admitted),
+                (CachePurge::Tag(tag), _) => tier.purge_tag(tag, admitted),
+                (CachePurge::Url(_), _) => {
+                    tier.purge_matching(|key| admitted(key) && urls.contains(key))
+                }
+            });
+        }
         let removed = match (purge, scope) {
             (CachePurge::All, PurgeScope::AnyHost) => {
                 let held = self.store.keys();
@@ -165,7 +259,7 @@ impl HttpCache {
             }
             (CachePurge::All, PurgeScope::Domains(_)) => self.store.purge_matching(admitted) as u64,
             (CachePurge::Tag(tag), _) => self.store.purge_tag(tag, admitted) as u64,
-            (CachePurge::Url(url), _) => url_keys(url, served)?
+            (CachePurge::Url(_), _) => urls
                 .iter()
                 .filter(|key| admitted(key) && self.store.purge_key(key))
                 .count() as u64,
@@ -296,7 +390,7 @@ pub(crate) async fn exchange(
         if let Ok(response) = &mut result {
             let status = response.status();
             for key in invalidated(&method, place.target(), status, response.headers(), &query) {
-                cache.cache.store.purge_key(&key);
+                cache.cache.remove_key(&key);
             }
             cache.cache.account(metrics.cache());
             let status = CacheStatus {
@@ -320,7 +414,10 @@ pub(crate) async fn exchange(
     };
     let request_directives = CacheControl::from_headers(client.request.headers());
     let now = SystemTime::now();
-    let (reason, stored) = match cache.cache.store.lookup(&key, client.request.headers()) {
+    let found = (cache.cache)
+        .lookup(&key, client.request.headers(), metrics.cache())
+        .await;
+    let (reason, stored) = match found {
         Lookup::Hit(object) => {
             let headers = object.headers();
             let policy = ResponsePolicy::of(&headers);
