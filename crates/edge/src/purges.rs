@@ -73,10 +73,10 @@ impl Purges {
     /// its cache's disk tier, if it has one that knows (its records are as old as that);
     /// otherwise nothing (its cache is as young as the process).
     pub fn of(proxy: &Proxy) -> Purges {
-        let applied = proxy.cache_disk_applied();
         Purges {
-            applied,
-            recorded: applied,
+            applied: proxy.cache_disk_applied(),
+            // Recorded again at the first follow: its metric is set then.
+            recorded: None,
         }
     }
 

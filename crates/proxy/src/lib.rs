@@ -737,7 +737,8 @@ impl Proxy {
     /// Records `number` as the last purge applied to the cache (kept beside the disk tier's
     /// records, after the files it removed are deleted).
     pub fn cache_purge_applied(&self, number: u64) {
-        self.cache.purge_applied(number);
+        self.cache
+            .purge_applied(number, self.shared.metrics.cache());
     }
 
     /// The purges made while the cache's disk tier was closed have been applied: from now on

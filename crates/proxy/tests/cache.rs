@@ -1000,8 +1000,15 @@ async fn the_disk_tier_survives_a_restart_and_serves_only_once_missed_purges_are
     assert_eq!(purged.body, "/tagged #1", "the second origin's");
     assert_eq!(origin.count("/tagged"), 1);
     let metrics = second.metrics_text();
-    let line = "meridian_proxy_cache_disk_hits_total 1";
-    assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    for line in [
+        "meridian_proxy_cache_disk_hits_total 1",
+        "meridian_proxy_cache_purges_total 1",
+        "meridian_proxy_cache_purged_total{tier=\"disk\"} 1",
+        "meridian_proxy_cache_purged_total{tier=\"memory\"} 0",
+        "meridian_proxy_cache_purge_applied 5",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     // The purge's number was recorded after its files went.
     until("purge 5 on disk", || {
         std::fs::read(dir.path().join("purges")).is_ok_and(|b| b[5] == 5)

@@ -82,7 +82,10 @@ impl HttpCache {
     }
 
     /// Records `number` as the last purge applied (on disk, after the files it removed).
-    pub fn purge_applied(&self, number: u64) {
+    pub fn purge_applied(&self, number: u64, metrics: &CacheMetrics) {
+        metrics
+            .purge_applied
+            .set(i64::try_from(number).unwrap_or(i64::MAX));
         if let Some(disk) = &self.disk {
             disk.applied(number);
         }
@@ -242,14 +245,16 @@ impl HttpCache {
         // The disk tier's first: see `HttpCache::lookup`.
         if let Some(disk) = &self.disk {
             let tier = disk.tier();
-            disk.delete(match (purge, scope) {
+            let names = match (purge, scope) {
                 (CachePurge::All, PurgeScope::AnyHost) => tier.purge_all(),
                 (CachePurge::All, PurgeScope::Domains(_)) => tier.purge_matching(admitted),
                 (CachePurge::Tag(tag), _) => tier.purge_tag(tag, admitted),
                 (CachePurge::Url(_), _) => {
                     tier.purge_matching(|key| admitted(key) && urls.contains(key))
                 }
-            });
+            };
+            metrics.purged_disk.inc_by(names.len() as u64);
+            disk.delete(names);
         }
         let removed = match (purge, scope) {
             (CachePurge::All, PurgeScope::AnyHost) => {
@@ -264,6 +269,8 @@ impl HttpCache {
                 .filter(|key| admitted(key) && self.store.purge_key(key))
                 .count() as u64,
         };
+        metrics.purges.inc();
+        metrics.purged_memory.inc_by(removed);
         self.account(metrics);
         Ok(removed)
     }
