@@ -1035,3 +1035,57 @@ async fn the_disk_tiers_bound_holds_under_a_scan_of_ten_times_its_size() {
     let (files, bytes) = disk_files(dir.path());
     assert!(bytes <= size && files < 40, "{files} files, {bytes} bytes");
 }
+
+#[tokio::test]
+async fn rfc9111_4_a_head_miss_fills_the_cache_with_a_get_and_is_answered_from_it() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let head = send(&base, "HEAD", "/fresh", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["content-length"], "9");
+    assert!(
+        head.cache_status().contains("stored"),
+        "{}",
+        head.cache_status()
+    );
+    let get = get(&base, "/fresh").await;
+    assert_eq!(get.body, "/fresh #1");
+    assert!(get.cache_status().contains("hit"), "{}", get.cache_status());
+    assert_eq!(origin.count("/fresh"), 1);
+}
+
+#[tokio::test]
+async fn rfc9110_14_2_a_range_miss_fills_the_cache_and_is_cut_from_the_whole() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let part = send(&base, "GET", "/range", &[("range", "bytes=1-5")]).await;
+    assert_eq!((part.status, part.body.as_str()), (206, "range"));
+    assert_eq!(part.headers["content-range"], "bytes 1-5/9");
+    // The origin was asked for the whole representation.
+    assert!(!origin.last("/range").contains_key("range"));
+    let other = send(&base, "GET", "/range", &[("range", "bytes=-2")]).await;
+    assert_eq!((other.status, other.body.as_str()), (206, "#1"));
+    assert_eq!(get(&base, "/range").await.body, "/range #1");
+    assert_eq!(origin.count("/range"), 1);
+}
+
+#[tokio::test]
+async fn a_range_miss_of_a_representation_too_large_to_store_goes_upstream_as_asked() {
+    let limits = meridian_proxy::CacheLimits {
+        max_bytes: 1 << 20,
+        max_object_bytes: 512,
+    };
+    let proxy = Arc::new(Proxy::with_cache(limits));
+    let origin = origin().await;
+    let base = serve(&proxy, "{}", &origin).await;
+    let part = send(&base, "GET", "/scan/big", &[("range", "bytes=0-9")]).await;
+    assert_eq!(part.status, 200, "the origin ignores ranges");
+    assert_eq!(part.body.len(), 1000);
+    assert!(
+        part.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        part.cache_status()
+    );
+    // Asked whole first (to fill), then as the client asked once it was too large.
+    assert_eq!(origin.count("/scan/big"), 2, "{}", part.cache_status());
+    assert_eq!(origin.last("/scan/big")["range"], "bytes=0-9");
+}

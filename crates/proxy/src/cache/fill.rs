@@ -59,6 +59,9 @@ pub(super) enum Fetched {
     Stored(Arc<Object>, CacheStatus, Option<HeaderMap>),
     /// The upstream's response, passed on as it came (its `Cache-Status` added).
     Passed(Response<ConnectionBody>),
+    /// The upstream's response, too large to store by its `Content-Length` (its
+    /// `Cache-Status` added): passed on, unless the client asked for less.
+    TooLarge(Response<ConnectionBody>),
     /// An answer made here: the proxy's own error, or a response too large to store whose
     /// first bytes were read.
     Made(Response<ProxyBody>),
@@ -274,7 +277,8 @@ pub(super) async fn fetch(
         .is_some_and(|l| l > max)
     {
         status.detail = Some("too-large".into());
-        return passed(parts, body, &status);
+        answer::finish(&mut parts.headers, &status);
+        return Fetched::TooLarge(Response::from_parts(parts, body));
     }
     let body = match read_whole(body, max, route.timeout).await {
         Read::Whole(body) => body,

@@ -473,11 +473,14 @@ pub(crate) async fn exchange(
         metrics.cache().miss.inc();
         return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
     }
-    // A HEAD or a range with nothing stored goes upstream as it is (only whole GETs fill).
-    let partial = method == Method::HEAD || client.request.headers().contains_key(RANGE);
-    if stored.is_none() && partial {
+    // A HEAD or a range with nothing stored fills the cache with the whole representation
+    // and is answered from it; a range of one too large to store goes upstream again as it
+    // was asked for. A range with a body (which a GET should not have) goes as it is.
+    let range = stored.is_none() && client.request.headers().contains_key(RANGE);
+    if range && !hyper::body::Body::is_end_stream(client.request.body()) {
         return pass(client, route, cluster, ctx, reason).await;
     }
+    let again = range.then(|| Again::of(&client));
     let leader = match cache.cache.collapser.join(&key).await {
         Join::Lead(leader) => Some(leader),
         Join::Shared(object) if object.variant.matches(client.request.headers()) => {
@@ -526,6 +529,14 @@ pub(crate) async fn exchange(
             Err(answer.make(&cache.cache.store, &key, request).await)
         }
         Fetched::Passed(response) => compress::passed(response, wanted, (cluster, metrics)),
+        Fetched::TooLarge(response) => match again {
+            Some(again) => {
+                // Dropped unread: its connection closes.
+                drop(response);
+                pass(again.request(), route, cluster, ctx, reason).await
+            }
+            None => compress::passed(response, wanted, (cluster, metrics)),
+        },
         Fetched::Made(response) => Err(response),
     }
 }
@@ -570,6 +581,49 @@ async fn pass(
     answer::finish(response.headers_mut(), &status);
     upstream_response_head(response.headers_mut());
     compress::passed(response, wanted, (cluster, metrics))
+}
+
+/// A client's request without a body kept to be sent again as it came (see [`exchange`]).
+struct Again<'p> {
+    uri: Uri,
+    headers: HeaderMap,
+    version: http::Version,
+    peer: &'p Peer,
+    trusted: bool,
+    body_timeout: Duration,
+    body_timeouts: &'p prometheus_client::metrics::counter::Counter,
+}
+
+impl<'p> Again<'p> {
+    fn of(client: &ClientRequest<'p>) -> Again<'p> {
+        Again {
+            uri: client.request.uri().clone(),
+            headers: client.request.headers().clone(),
+            version: client.version,
+            peer: client.peer,
+            trusted: client.trusted,
+            body_timeout: client.body_timeout,
+            body_timeouts: client.body_timeouts,
+        }
+    }
+
+    /// The request again.
+    fn request(self) -> ClientRequest<'p> {
+        let mut request = Request::new(ClientBody::Empty);
+        *request.uri_mut() = self.uri;
+        *request.headers_mut() = self.headers;
+        *request.version_mut() = self.version;
+        ClientRequest {
+            request,
+            peer: self.peer,
+            body_limit: None,
+            trusted: self.trusted,
+            version: self.version,
+            switch: None,
+            body_timeout: self.body_timeout,
+            body_timeouts: self.body_timeouts,
+        }
+    }
 }
 
 /// An answer to make from a stored (or just fetched) object: its fields when they are not
