@@ -946,11 +946,13 @@ fn on_disk(dir: &std::path::Path, size: u64) -> Arc<Proxy> {
     Arc::new(Proxy::with_cache_on_disk(meridian_proxy::DEFAULT_CACHE_LIMITS, tier).unwrap())
 }
 
-/// The files of the disk tier's records in `dir`, and their bytes.
+/// The files of the disk tier's records in `dir`, and their bytes (a file the tier's thread
+/// removes while they are counted is not).
 fn disk_files(dir: &std::path::Path) -> (usize, u64) {
     let entries = std::fs::read_dir(dir.join("objects")).unwrap();
     let sizes: Vec<u64> = entries
-        .map(|e| e.unwrap().metadata().unwrap().len())
+        .filter_map(|e| e.unwrap().metadata().ok())
+        .map(|m| m.len())
         .collect();
     (sizes.len(), sizes.iter().sum())
 }
