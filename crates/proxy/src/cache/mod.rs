@@ -2,8 +2,10 @@
 //! HEAD is answered from the shared HTTP cache when RFC 9111 allows (the rules are
 //! `meridian_cache`'s), validated with the upstream when it must be, and filled on a miss —
 //! one upstream request for concurrent misses on a key; a successful unsafe request
-//! invalidates what it changed (§4.4). Answers made from the cache are the proxy's own (the
-//! `Err` side of [`forward`]); responses passed on as they came are the `Ok` side.
+//! invalidates what it changed (§4.4). The cache is in memory, over an optional disk tier
+//! ([`disk`]); compressible content is coded as the client asks ([`compress`]). Answers made
+//! from the cache, and responses coded on their way, are the proxy's own (the `Err` side of
+//! [`forward`]); responses passed on as they came are the `Ok` side.
 
 mod answer;
 mod compress;
