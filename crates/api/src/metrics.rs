@@ -35,6 +35,44 @@ pub struct Metrics {
     requests: Family<StatusLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     revision: Gauge,
+    purges: PurgeMetrics,
+}
+
+/// What the API counts of cache purges.
+#[derive(Debug)]
+pub struct PurgeMetrics {
+    /// Purges accepted.
+    accepted: Counter,
+    /// The number of the newest purge accepted.
+    newest: Gauge,
+    /// From a purge stored until every connected edge applied it.
+    applied: Histogram,
+    /// Connected edges that had not applied a purge when the API answered.
+    unapplied: Counter,
+}
+
+impl PurgeMetrics {
+    /// Counts purge `sequence`, accepted `elapsed` ago, which `edges` took so (`None`: no
+    /// record of them came in time).
+    pub fn accepted(
+        &self,
+        sequence: u64,
+        elapsed: std::time::Duration,
+        edges: Option<meridian_model::EdgeAcks>,
+    ) {
+        self.accepted.inc();
+        self.newest.set(i64::try_from(sequence).unwrap_or(i64::MAX));
+        match edges {
+            Some(acks) if acks.applied >= acks.connected => {
+                self.applied.observe(elapsed.as_secs_f64());
+            }
+            Some(acks) => {
+                let missing = acks.connected.saturating_sub(acks.applied);
+                self.unapplied.inc_by(u64::from(missing));
+            }
+            None => {}
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -51,6 +89,33 @@ impl Metrics {
         let latency =
             Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let revision = Gauge::default();
+        let purges = PurgeMetrics {
+            accepted: Counter::default(),
+            newest: Gauge::default(),
+            // 1 ms to ~16 s.
+            applied: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            unapplied: Counter::default(),
+        };
+        api.register(
+            "cache_purges",
+            "Cache purges accepted",
+            purges.accepted.clone(),
+        );
+        api.register(
+            "cache_purge_newest",
+            "The number of the newest cache purge accepted (an edge's meridian_proxy_cache_purge_applied lags it by the purges it has yet to apply)",
+            purges.newest.clone(),
+        );
+        api.register(
+            "cache_purge_apply_seconds",
+            "From a cache purge stored until every connected edge applied it",
+            purges.applied.clone(),
+        );
+        api.register(
+            "cache_purge_unapplied_edges",
+            "Connected edges that had not applied a purge when the API answered (they apply it when they can)",
+            purges.unapplied.clone(),
+        );
         api.register(
             "requests",
             "API requests by route and status",
@@ -71,7 +136,13 @@ impl Metrics {
             requests,
             latency,
             revision,
+            purges,
         }
+    }
+
+    /// What the API counts of cache purges.
+    pub fn purges(&self) -> &PurgeMetrics {
+        &self.purges
     }
 }
 

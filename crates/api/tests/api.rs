@@ -1308,7 +1308,7 @@ fn detail_fields(body: &Value) -> Vec<&str> {
 #[tokio::test]
 async fn a_purge_of_an_apps_cached_responses_is_checked_numbered_and_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, admin, acme, other) = with_two_orgs(dir.path()).await;
+    let (server, admin, acme, other) = with_two_orgs(dir.path()).await;
     let purges = "/v1/orgs/acme/apps/shop/purges";
     // An app that serves no public domain has nothing cached at the edges.
     accepted(&acme, definition("acme", "worker", "v1")).await;
@@ -1370,4 +1370,19 @@ async fn a_purge_of_an_apps_cached_responses_is_checked_numbered_and_stored() {
     let (_, accepted) = admin.post(purges, json!({"tag": "product-7"})).await;
     assert_eq!(accepted["purge"]["sequence"], 2, "{accepted}");
     assert_eq!(accepted["purge"]["target"], json!({"tag": "product-7"}));
+    // Counted; with no edge's record, neither applied nor missed.
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "meridian_api_cache_purges_total 2",
+        "meridian_api_cache_purge_newest 2",
+        "meridian_api_cache_purge_apply_seconds_count 0",
+        "meridian_api_cache_purge_unapplied_edges_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }

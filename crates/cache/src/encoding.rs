@@ -1,11 +1,13 @@
 //! Content codings for responses the edge compresses itself: which coding a request accepts
-//! best (RFC 9110 §12.5.3, with q-values), and which responses may be compressed (RFC 9110
-//! §7.7: not with `no-transform`; not already coded, not partial, of a compressible type).
+//! best (RFC 9110 §12.5.3, with q-values), which responses may be compressed (RFC 9110
+//! §7.7: not with `no-transform`; not already coded, not partial, of a compressible type),
+//! and the fields of a coded answer (`Content-Encoding`, a weak `ETag`, `Vary`).
 
 use http::header::{
-    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE,
+    VARY,
 };
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::directives::CacheControl;
 
@@ -35,6 +37,19 @@ impl Coding {
             Coding::Identity => "identity",
         }
     }
+}
+
+/// The codings the edge makes, in its order of preference when a request weighs several
+/// alike: Brotli (smallest for text), then zstd (fastest), then gzip (understood by all).
+pub const OFFERED: [Coding; 3] = [Coding::Brotli, Coding::Zstd, Coding::Gzip];
+
+/// The coding of its answer a `method` request with `request` fields asks for, if its answer
+/// may be coded at all: a GET or HEAD without `Range` (a range is of the content as it is).
+/// [`Coding::Identity`] when it accepts none of [`OFFERED`] (or refuses everything: it is
+/// sent the content as it is rather than a `406`).
+pub fn wanted(method: &Method, request: &HeaderMap) -> Option<Coding> {
+    let whole = (*method == Method::GET || *method == Method::HEAD) && !request.contains_key(RANGE);
+    whole.then(|| preferred(request, &OFFERED).unwrap_or(Coding::Identity))
 }
 
 /// The coding of `offered` (in the edge's order of preference, identity implied last) that a
@@ -99,15 +114,16 @@ fn q_value(text: &str) -> Option<u16> {
     }
 }
 
-/// Whether a response with `status`, `response` fields and `length` bytes of content, to a
-/// request with `request` fields, may be compressed by the edge: a complete `200` to a
-/// request without `Range`, not coded already, without `no-transform`, at least
-/// [`MIN_COMPRESSIBLE`] bytes, of a textual type.
+/// Whether a response with `status`, `response` fields and `length` bytes of content (`None`
+/// when it is not known before the end, as for a chunked response), to a request with
+/// `request` fields, may be compressed by the edge: a complete `200` to a request without
+/// `Range`, not coded already, without `no-transform`, at least [`MIN_COMPRESSIBLE`] bytes
+/// when its length is known, of a textual type.
 pub fn compressible(
     status: StatusCode,
     response: &HeaderMap,
     request: &HeaderMap,
-    length: usize,
+    length: Option<usize>,
 ) -> bool {
     let coded = response
         .get_all(CONTENT_ENCODING)
@@ -120,11 +136,42 @@ pub fn compressible(
         && !response.contains_key(CONTENT_RANGE)
         && !coded
         && !transform_forbidden
-        && length >= MIN_COMPRESSIBLE
+        && length.is_none_or(|length| length >= MIN_COMPRESSIBLE)
         && response
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(textual)
+}
+
+/// Adds `Accept-Encoding` to `Vary` unless it is there (RFC 9110 §12.5.5: the answer of a
+/// response the edge may compress depends on it, coded or not).
+pub fn vary_on_accept_encoding(headers: &mut HeaderMap) {
+    let listed = headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim().eq_ignore_ascii_case("accept-encoding"));
+    if !listed {
+        headers.append(VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// Says that the content of a response with `headers` is coded with `coding`: its
+/// `Content-Encoding`, and its entity tag made weak (RFC 9110 §8.8.3: a coded representation
+/// is not the same bytes, so a strong tag cannot stand for both).
+pub fn mark_coded(headers: &mut HeaderMap, coding: Coding) {
+    headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
+    let Some(tag) = headers.get(ETAG) else {
+        return;
+    };
+    if tag.as_bytes().starts_with(b"\"") {
+        let mut weak = b"W/".to_vec();
+        weak.extend_from_slice(tag.as_bytes());
+        if let Ok(weak) = HeaderValue::from_bytes(&weak) {
+            headers.insert(ETAG, weak);
+        }
+    }
 }
 
 /// Whether a media type compresses well: text, JSON, XML, JavaScript, SVG, WebAssembly.
@@ -191,34 +238,75 @@ mod tests {
     }
 
     #[test]
+    fn rfc9110_12_5_3_only_whole_gets_and_heads_ask_for_a_coding() {
+        let asks = |method: Method, list: &[(&str, &str)]| wanted(&method, &fields(list));
+        let all = [("accept-encoding", "gzip, deflate, br, zstd")];
+        assert_eq!(asks(Method::GET, &all), Some(Coding::Brotli));
+        assert_eq!(asks(Method::HEAD, &all), Some(Coding::Brotli));
+        assert_eq!(asks(Method::GET, &[]), Some(Coding::Identity));
+        let refused = [("accept-encoding", "identity;q=0")];
+        assert_eq!(asks(Method::GET, &refused), Some(Coding::Identity));
+        let range = [("accept-encoding", "br"), ("range", "bytes=0-1")];
+        assert_eq!(asks(Method::GET, &range), None);
+        assert_eq!(asks(Method::POST, &all), None);
+    }
+
+    #[test]
+    fn rfc9110_8_8_3_a_coded_answer_has_a_weak_tag_and_varies_on_accept_encoding() {
+        let mut headers = fields(&[("etag", "\"v1\""), ("vary", "Origin")]);
+        mark_coded(&mut headers, Coding::Zstd);
+        vary_on_accept_encoding(&mut headers);
+        vary_on_accept_encoding(&mut headers);
+        assert_eq!(headers[CONTENT_ENCODING], "zstd");
+        assert_eq!(headers[ETAG], "W/\"v1\"");
+        let vary: Vec<_> = headers.get_all(VARY).iter().collect();
+        assert_eq!(vary, ["Origin", "Accept-Encoding"]);
+        let mut weak = fields(&[("etag", "W/\"v1\"")]);
+        mark_coded(&mut weak, Coding::Gzip);
+        assert_eq!(weak[ETAG], "W/\"v1\"");
+    }
+
+    #[test]
     fn rfc9110_7_7_only_complete_uncoded_textual_responses_without_no_transform_compress() {
         let text = [("content-type", "text/html; charset=utf-8")];
         assert!(compressible(
             StatusCode::OK,
             &fields(&text),
             &HeaderMap::new(),
-            2048
+            Some(2048)
         ));
         assert!(!compressible(
             StatusCode::OK,
             &fields(&text),
             &HeaderMap::new(),
-            100
+            Some(100)
         ));
         assert!(!compressible(
             StatusCode::NOT_FOUND,
             &fields(&text),
             &HeaderMap::new(),
-            2048
+            Some(2048)
         ));
         let range = fields(&[("range", "bytes=0-10")]);
-        assert!(!compressible(StatusCode::OK, &fields(&text), &range, 2048));
+        assert!(!compressible(
+            StatusCode::OK,
+            &fields(&text),
+            &range,
+            Some(2048)
+        ));
+        // A length not known yet (chunked) may still be compressed.
+        assert!(compressible(
+            StatusCode::OK,
+            &fields(&text),
+            &HeaderMap::new(),
+            None
+        ));
         let coded = [("content-type", "text/html"), ("content-encoding", "gzip")];
         assert!(!compressible(
             StatusCode::OK,
             &fields(&coded),
             &HeaderMap::new(),
-            2048
+            Some(2048)
         ));
         let kept = [
             ("content-type", "text/html"),
@@ -228,7 +316,7 @@ mod tests {
             StatusCode::OK,
             &fields(&kept),
             &HeaderMap::new(),
-            2048
+            Some(2048)
         ));
         for (kind, yes) in [
             ("application/json", true),
@@ -240,7 +328,7 @@ mod tests {
         ] {
             let headers = HeaderMap::from_iter([(CONTENT_TYPE, kind.parse().unwrap())]);
             assert_eq!(
-                compressible(StatusCode::OK, &headers, &HeaderMap::new(), 4096),
+                compressible(StatusCode::OK, &headers, &HeaderMap::new(), Some(4096)),
                 yes,
                 "{kind}"
             );

@@ -49,6 +49,11 @@ impl CacheKey {
         Some(CacheKey::of_uri(scheme, authority, path_and_query, query))
     }
 
+    /// A key as [`CacheKey::as_str`] gave it (read back from the disk tier).
+    pub(crate) fn from_stored(key: String) -> CacheKey {
+        CacheKey(key)
+    }
+
     /// The key a GET of this URI has: what a purge or an invalidation names.
     pub fn of_uri(
         scheme: &str,

@@ -5,13 +5,15 @@
 //! and how the answer is made (HEAD, ranges, `Age`, `Cache-Status`) — are pure functions of
 //! message fields and times given to them, one concern per module, each tested against the
 //! section of the RFC it implements. Beside them: the in-memory store (bounded in bytes,
-//! TinyLFU admission, variants, a tag index for purges) and request collapsing. The crate must not do I/O in the
-//! rules, read a clock in them, or know about the proxy that calls it.
+//! TinyLFU admission, variants, a tag index for purges), the optional disk tier (blocking
+//! file I/O, for its caller to run off its async workers) and request collapsing. The crate
+//! must not do I/O in the rules, read a clock in them, or know about the proxy that calls it.
 
 pub mod age;
 pub mod collapse;
 pub mod date;
 pub mod directives;
+pub mod disk;
 pub mod encoding;
 pub mod freshness;
 pub mod invalidation;
@@ -31,6 +33,7 @@ pub mod vary;
 pub use age::Timing;
 pub use collapse::{Alone, CollapseLimits, Collapser, Join, Leader};
 pub use directives::{CacheControl, FieldNames};
+pub use disk::DiskTier;
 pub use freshness::{lifetime, Basis, Lifetime};
 pub use key::{CacheKey, QueryKey};
 pub use reuse::{Freshness, Reuse};

@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{
-    AGE, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, VARY,
-};
+use http::header::{AGE, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::encoding::{self, Coding};
@@ -34,8 +32,10 @@ pub struct Stored<'a> {
     pub headers: HeaderMap,
     /// Its content.
     pub body: &'a Bytes,
-    /// Its content coded by the edge, when it may be compressed: the answer varies on
-    /// `Accept-Encoding`, and is coded when the request accepts the coding best.
+    /// Whether the edge may compress its content: the answer varies on `Accept-Encoding`.
+    pub compressible: bool,
+    /// Its content coded with the coding the request accepts best
+    /// ([`encoding::wanted`]), if that is not identity: the whole of it is answered so.
     pub coded: Option<(Coding, &'a Bytes)>,
 }
 
@@ -58,20 +58,14 @@ pub fn answer(
     };
     let mut headers = stored.headers;
     // Ranges are of the content as it is; a coding only for the whole of it.
-    let coded = match (stored.coded, &ranges) {
-        (Some((coding, content)), RangeAnswer::Full)
-            if encoding::preferred(request, &[coding]) == Some(coding) =>
-        {
-            Some((coding, content))
-        }
-        _ => None,
-    };
-    if stored.coded.is_some() {
-        vary_on_accept_encoding(&mut headers);
+    let coded = stored
+        .coded
+        .filter(|_| stored.compressible && ranges == RangeAnswer::Full);
+    if stored.compressible {
+        encoding::vary_on_accept_encoding(&mut headers);
     }
     if let Some((coding, _)) = coded {
-        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
-        weaken_etag(&mut headers);
+        encoding::mark_coded(&mut headers, coding);
     }
     if not_modified(request, &headers) {
         let mut headers = not_modified_headers(&headers);
@@ -124,34 +118,6 @@ pub fn answer(
     }
 }
 
-/// Adds `Accept-Encoding` to `Vary` unless it is there.
-fn vary_on_accept_encoding(headers: &mut HeaderMap) {
-    let listed = headers
-        .get_all(VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|name| name.trim().eq_ignore_ascii_case("accept-encoding"));
-    if !listed {
-        headers.append(VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
-}
-
-/// Makes a strong entity tag weak (RFC 9110 §8.8.3: a coded representation is not the same
-/// bytes, so a strong tag cannot stand for both).
-fn weaken_etag(headers: &mut HeaderMap) {
-    let Some(tag) = headers.get(ETAG) else {
-        return;
-    };
-    if tag.as_bytes().starts_with(b"\"") {
-        let mut weak = b"W/".to_vec();
-        weak.extend_from_slice(tag.as_bytes());
-        if let Ok(weak) = HeaderValue::from_bytes(&weak) {
-            headers.insert(ETAG, weak);
-        }
-    }
-}
-
 fn header_value(text: &str) -> HeaderValue {
     // Made of ASCII digits, tokens and the boundary (a token).
     HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(""))
@@ -161,6 +127,7 @@ fn header_value(text: &str) -> HeaderValue {
 mod tests {
     use super::*;
     use crate::testing::fields;
+    use http::header::{CONTENT_ENCODING, ETAG, VARY};
 
     fn serve(method: Method, request: &[(&'static str, &'static str)]) -> Answer {
         let stored_headers = fields(&[
@@ -174,6 +141,7 @@ mod tests {
             status: StatusCode::OK,
             headers: stored_headers,
             body: &body,
+            compressible: false,
             coded: None,
         };
         answer(
@@ -215,20 +183,23 @@ mod tests {
         let stored_headers = fields(&[("etag", "\"v1\""), ("content-type", "text/plain")]);
         let body = Bytes::from_static(b"0123456789");
         let gzip = Bytes::from_static(b"gz");
+        let request = fields(request);
+        let wanted = encoding::wanted(&method, &request);
         let stored = Stored {
             status: StatusCode::OK,
             headers: stored_headers,
             body: &body,
-            coded: Some((Coding::Gzip, &gzip)),
+            compressible: true,
+            coded: Some((Coding::Gzip, &gzip)).filter(|_| wanted == Some(Coding::Gzip)),
         };
-        answer(&method, &fields(request), stored, Duration::ZERO, &|| {
+        answer(&method, &request, stored, Duration::ZERO, &|| {
             "B".to_owned()
         })
     }
 
     #[test]
     fn rfc9110_8_4_a_coded_answer_for_clients_that_accept_it_varies_on_accept_encoding() {
-        let coded = serve_coded(Method::GET, &[("accept-encoding", "gzip, br")]);
+        let coded = serve_coded(Method::GET, &[("accept-encoding", "gzip, br;q=0.5")]);
         assert_eq!(&coded.body[..], b"gz");
         assert_eq!(coded.headers[CONTENT_ENCODING], "gzip");
         assert_eq!(coded.headers[CONTENT_LENGTH], "2");

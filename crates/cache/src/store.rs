@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 
 use crate::age::Timing;
@@ -59,9 +60,10 @@ pub struct Object {
     pub variant: Variant,
     /// Its purge tags.
     pub tags: Vec<String>,
-    /// Its content coded by the edge, when the response may be compressed (boxed: most
-    /// objects have none, and pay a pointer).
-    coded: Option<Box<(Coding, Bytes)>>,
+    /// When the response may be compressed, its content coded by the edge so far, one
+    /// content per coding (made when a request first asks for the coding); `None` when it
+    /// may not be.
+    coded: Option<Box<[(Coding, Bytes)]>>,
 }
 
 impl Object {
@@ -113,19 +115,50 @@ impl Object {
         }
     }
 
-    /// The same object with its content also coded with `coding` (`content`).
-    pub fn with_coded(self, coding: Coding, content: Bytes) -> Object {
+    /// The same object, marked as one whose content the edge may compress.
+    pub fn compressible(self) -> Object {
         Object {
-            coded: Some(Box::new((coding, content))),
+            coded: Some(self.coded.unwrap_or_default()),
             ..self
         }
     }
 
-    /// Its content coded by the edge, if it was.
-    pub fn coded(&self) -> Option<(Coding, &Bytes)> {
-        self.coded
-            .as_deref()
-            .map(|(coding, content)| (*coding, content))
+    /// Whether the edge may compress its content ([`Object::compressible`]).
+    pub fn is_compressible(&self) -> bool {
+        self.coded.is_some()
+    }
+
+    /// The same object, compressible, with its content also coded with `coding` (`content`),
+    /// in place of any content it had of that coding.
+    pub fn with_coded(self, coding: Coding, content: Bytes) -> Object {
+        let mut list: Vec<(Coding, Bytes)> = self.coded.unwrap_or_default().into_vec();
+        list.retain(|(held, _)| *held != coding);
+        list.push((coding, content));
+        Object {
+            coded: Some(list.into_boxed_slice()),
+            ..self
+        }
+    }
+
+    /// The same object with `other`'s codings (of the same content, as after a `304`).
+    pub fn with_codings_of(self, other: &Object) -> Object {
+        Object {
+            coded: other.coded.clone(),
+            ..self
+        }
+    }
+
+    /// Its content coded with `coding`, if it was.
+    pub fn coding(&self, coding: Coding) -> Option<&Bytes> {
+        self.codings()
+            .iter()
+            .find(|(held, _)| *held == coding)
+            .map(|(_, content)| content)
+    }
+
+    /// Its content coded by the edge, one per coding made.
+    pub fn codings(&self) -> &[(Coding, Bytes)] {
+        self.coded.as_deref().unwrap_or_default()
     }
 
     /// Its fields as stored, in a map of their own.
@@ -150,10 +183,7 @@ impl Object {
             .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
             .sum();
         let tags: usize = self.tags.iter().map(String::len).sum();
-        let coded = self
-            .coded
-            .as_deref()
-            .map_or(0, |(_, content)| content.len());
+        let coded: usize = self.codings().iter().map(|(_, c)| c.len()).sum();
         self.body.len() + coded + fields + self.variant.size() + tags + OBJECT_OVERHEAD
     }
 }
@@ -214,6 +244,10 @@ pub struct Store {
     objects: moka::sync::Cache<CacheKey, Arc<Entry>>,
     tags: Arc<Mutex<TagIndex>>,
     generations: AtomicU64,
+    /// Held to read by a replacement of a stored object ([`Store::recode`]), to write by a
+    /// purge: a purge waits for a replacement under way, and a replacement for a purge, so
+    /// that a purged response is never put back.
+    purging: RwLock<()>,
     limits: StoreLimits,
 }
 
@@ -237,6 +271,7 @@ impl Store {
             objects,
             tags,
             generations: AtomicU64::new(0),
+            purging: RwLock::new(()),
             limits: StoreLimits {
                 max_object_bytes: limits.max_object_bytes.min(StoreLimits::MAX_OBJECT_BYTES),
                 ..limits
@@ -270,16 +305,7 @@ impl Store {
                 .filter(|o| o.variant != object.variant);
             variants.extend(others.take(MAX_VARIANTS - 1).cloned());
         }
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        {
-            let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
-            for tag in variants.iter().flat_map(|o| &o.tags) {
-                index
-                    .entry(tag.clone())
-                    .or_default()
-                    .insert(key.clone(), generation);
-            }
-        }
+        let generation = self.register(&key, &variants);
         let entry = Arc::new(Entry {
             generation,
             variants,
@@ -289,8 +315,56 @@ impl Store {
         true
     }
 
+    /// Puts `recoded` (the same response as `held`, with another coding of its content made)
+    /// in the place of `held` among `key`'s variants, if `held` is still stored there: a
+    /// purge or a newer response in between wins. Whether it did.
+    pub fn recode(&self, key: &CacheKey, held: &Arc<Object>, recoded: &Arc<Object>) -> bool {
+        if recoded.weight() > self.limits.max_object_bytes {
+            return false;
+        }
+        let purges = self.purging.read().unwrap_or_else(PoisonError::into_inner);
+        let result = self.objects.entry(key.clone()).and_compute_with(|entry| {
+            let Some(entry) = entry else {
+                return Op::Nop;
+            };
+            let mut variants = entry.value().variants.clone();
+            let Some(at) = variants.iter().position(|o| Arc::ptr_eq(o, held)) else {
+                return Op::Nop;
+            };
+            variants[at] = Arc::clone(recoded);
+            let generation = self.register(key, &variants);
+            Op::Put(Arc::new(Entry {
+                generation,
+                variants,
+            }))
+        });
+        drop(purges);
+        self.objects.run_pending_tasks();
+        matches!(result, CompResult::ReplacedWith(_))
+    }
+
+    /// Registers the tags of `variants`, about to be stored under `key`, under a new
+    /// generation; the generation.
+    fn register(&self, key: &CacheKey, variants: &[Arc<Object>]) -> u64 {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+        for tag in variants.iter().flat_map(|o| &o.tags) {
+            index
+                .entry(tag.clone())
+                .or_default()
+                .insert(key.clone(), generation);
+        }
+        generation
+    }
+
+    /// Waits for replacements under way ([`Store::recode`]); held while purging.
+    fn purging(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.purging.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Removes every response stored under `key`; whether there were any.
     pub fn purge_key(&self, key: &CacheKey) -> bool {
+        let _purging = self.purging();
         let removed = self.objects.remove(key).is_some();
         self.objects.run_pending_tasks();
         removed
@@ -298,6 +372,7 @@ impl Store {
 
     /// Removes every response tagged `tag` whose key `matches`; the number of keys removed.
     pub fn purge_tag(&self, tag: &str, matches: impl Fn(&CacheKey) -> bool) -> usize {
+        let _purging = self.purging();
         let keys: Vec<CacheKey> = {
             let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(tagged) = index.get_mut(tag) else {
@@ -323,6 +398,7 @@ impl Store {
     /// Removes every response whose key `matches`; the number of keys removed. It looks at
     /// every key held.
     pub fn purge_matching(&self, matches: impl Fn(&CacheKey) -> bool) -> usize {
+        let _purging = self.purging();
         let keys: Vec<Arc<CacheKey>> = self
             .objects
             .iter()
@@ -339,6 +415,7 @@ impl Store {
 
     /// Removes everything.
     pub fn purge_all(&self) {
+        let _purging = self.purging();
         self.objects.invalidate_all();
         self.objects.run_pending_tasks();
     }
@@ -421,6 +498,35 @@ mod tests {
             Lookup::Hit(object) => Some(object.body.clone()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_coding_made_later_replaces_the_object_only_while_it_is_stored() {
+        let store = Store::new(LIMITS);
+        let held = object("hello", Variant::default(), &["t"]);
+        assert!(store.insert(key("/a"), Arc::clone(&held)));
+        let coded = |from: &Arc<Object>| {
+            let object = Object::clone(from).compressible();
+            Arc::new(object.with_coded(Coding::Zstd, Bytes::from_static(b"z")))
+        };
+        let recoded = coded(&held);
+        assert!(store.recode(&key("/a"), &held, &recoded));
+        let Lookup::Hit(found) = store.lookup(&key("/a"), &HeaderMap::new()) else {
+            panic!("not stored");
+        };
+        assert_eq!(found.coding(Coding::Zstd).unwrap(), "z");
+        assert!(found.coding(Coding::Brotli).is_none());
+        assert!(store.bytes() > u64::try_from(held.weight()).unwrap());
+        // Its tags still purge it.
+        assert_eq!(store.tagged("t"), 1);
+        // Not once it was replaced (`held` is no longer there), nor once it was purged.
+        assert!(!store.recode(&key("/a"), &held, &coded(&held)));
+        assert_eq!(store.purge_tag("t", |_| true), 1);
+        assert!(!store.recode(&key("/a"), &found, &coded(&found)));
+        assert!(matches!(
+            store.lookup(&key("/a"), &HeaderMap::new()),
+            Lookup::UriMiss
+        ));
     }
 
     #[test]

@@ -62,6 +62,17 @@ impl Variant {
             .all(|(name, value)| combined(request, name) == *value)
     }
 
+    /// Each field's name and combined value (`None`: absent), as [`Variant::from_fields`]
+    /// takes them back.
+    pub(crate) fn fields(&self) -> &[(HeaderName, Option<String>)] {
+        &self.fields
+    }
+
+    /// The variant of these field values (read back from the disk tier).
+    pub(crate) fn from_fields(fields: Vec<(HeaderName, Option<String>)>) -> Variant {
+        Variant { fields }
+    }
+
     /// Bytes held, for the store's weight.
     pub fn size(&self) -> usize {
         self.fields

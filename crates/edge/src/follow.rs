@@ -124,6 +124,7 @@ impl Follower {
             .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
             .map(|a| a.port())
             .filter(|port| *port != 0);
+        let purges = Purges::of(&proxy);
         Ok(Follower {
             options,
             mesh,
@@ -133,7 +134,7 @@ impl Follower {
             incumbents: Incumbents::new(),
             tls,
             https_port,
-            purges: Purges::default(),
+            purges,
             app_domains: AppDomains::new(),
             feed: ControlFeed::new(),
         })

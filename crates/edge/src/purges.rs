@@ -44,6 +44,8 @@ pub fn app_domains(regions: &[RegionView]) -> AppDomains {
 pub struct Purges {
     /// The number of the last purge applied; `None` until a first history was seen.
     applied: Option<u64>,
+    /// The number last recorded beside the cache's disk tier.
+    recorded: Option<u64>,
 }
 
 /// One purge, read.
@@ -67,11 +69,42 @@ enum Plan {
 }
 
 impl Purges {
+    /// What an edge whose cache is `proxy`'s knows when it starts: the last purge applied to
+    /// its cache's disk tier, if it has one that knows (its records are as old as that);
+    /// otherwise nothing (its cache is as young as the process).
+    pub fn of(proxy: &Proxy) -> Purges {
+        Purges {
+            applied: proxy.cache_disk_applied(),
+            // Recorded again at the first follow: its metric is set then.
+            recorded: None,
+        }
+    }
+
+    /// [`Purges::apply`], then records the last purge applied beside the cache's disk tier
+    /// and lets the tier serve: every purge it missed has been applied (or everything was
+    /// purged).
+    pub async fn follow(
+        &mut self,
+        proxy: &Proxy,
+        held: Option<&BTreeMap<String, Held>>,
+        domains: &AppDomains,
+    ) -> Result<(), String> {
+        let result = self.apply(proxy, held, domains).await;
+        if self.applied != self.recorded {
+            if let Some(number) = self.applied {
+                proxy.cache_purge_applied(number);
+            }
+            self.recorded = self.applied;
+        }
+        proxy.cache_purges_caught_up();
+        result
+    }
+
     /// Applies the purges in `held` (every [`CachePurge`] the edge holds, by name) that are
     /// new, in order, to `proxy`'s cache, each within its app's `domains`, or purges everything
     /// as the module says. A purge that cannot be read is rejected (its name and why) once
     /// everything was purged.
-    pub async fn follow(
+    async fn apply(
         &mut self,
         proxy: &Proxy,
         held: Option<&BTreeMap<String, Held>>,

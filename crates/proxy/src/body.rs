@@ -1,6 +1,6 @@
 //! The client's request body, counted against the configured limit as it streams, and watched so
 //! that a failure of the client's own making is not blamed on the upstream; and the upstream's
-//! response body, whose failures are counted.
+//! response body, whose failures are counted, coded on the fly when the edge compresses it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -11,12 +11,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::cluster::Cluster;
+use crate::encoder::Encoder;
 use crate::metrics::ProxyMetrics;
-use crate::pool::ConnectionBody;
+use crate::pool::{BodyError, ConnectionBody};
 
 /// The error a [`LimitedBody`] yields once the body is over its limit.
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +341,27 @@ pub struct ResponseBody {
     read: Option<Bytes>,
     /// The use of an instance that sleeps, until the body is done with.
     _using: Option<crate::wake::Use>,
+    /// Codes the content as it passes, when the edge compresses it on the fly.
+    coder: Option<Box<Coder>>,
+}
+
+/// A body's coding on the fly: the coder until the content has ended, then the trailers
+/// that came after it, sent after the last coded bytes.
+struct Coder {
+    encoder: Option<Encoder>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Coder {
+    /// The content's last coded bytes, with the trailers that ended it if any.
+    fn finish(&mut self, trailers: Option<HeaderMap>) -> Result<Frame<Bytes>, BodyError> {
+        self.trailers = trailers;
+        let encoder = self.encoder.take();
+        let tail = encoder.map(Encoder::finish).transpose();
+        Ok(Frame::data(
+            tail.map_err(BodyError::Coding)?.unwrap_or_default(),
+        ))
+    }
 }
 
 impl ResponseBody {
@@ -350,6 +373,7 @@ impl ResponseBody {
             metrics,
             read: None,
             _using: None,
+            coder: None,
         }
     }
 
@@ -357,6 +381,31 @@ impl ResponseBody {
     pub(crate) fn holding(mut self, using: Option<crate::wake::Use>) -> Self {
         self._using = using;
         self
+    }
+
+    /// The same body with its content coded by `encoder` as it passes.
+    pub(crate) fn coded(mut self, encoder: Encoder) -> Self {
+        self.coder = Some(Box::new(Coder {
+            encoder: Some(encoder),
+            trailers: None,
+        }));
+        self
+    }
+
+    /// The next frame as it came: the bytes read first, then `inner`'s, failures counted.
+    fn poll_plain(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(read) = self.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &frame {
+            tracing::debug!(cluster = %self.cluster.name, error = %e, "upstream response body failed");
+            self.metrics.upstream_body_error(&self.cluster.name);
+        }
+        frame
     }
 
     /// The same body with its first bytes, already read from it, put back in front.
@@ -371,25 +420,48 @@ impl Body for ResponseBody {
     type Error = crate::pool::BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(read) = self.read.take() {
-            return Poll::Ready(Some(Ok(Frame::data(read))));
+        let this = self.get_mut();
+        loop {
+            if let Some(coder) = this.coder.as_mut().filter(|c| c.encoder.is_none()) {
+                return Poll::Ready(coder.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let frame = std::task::ready!(this.poll_plain(cx));
+            let Some(coder) = this.coder.as_mut() else {
+                return Poll::Ready(frame);
+            };
+            let Some(encoder) = coder.encoder.as_mut() else {
+                continue;
+            };
+            let coded = match frame {
+                None => coder.finish(None),
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => match encoder.write(&data) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => Ok(Frame::data(out)),
+                        Err(error) => Err(BodyError::Coding(error)),
+                    },
+                    Err(frame) => coder.finish(frame.into_trailers().ok()),
+                },
+            };
+            return Poll::Ready(Some(coded));
         }
-        let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &frame {
-            tracing::debug!(cluster = %self.cluster.name, error = %e, "upstream response body failed");
-            self.metrics.upstream_body_error(&self.cluster.name);
-        }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.read.is_none() && self.inner.is_end_stream()
+        match &self.coder {
+            Some(coder) => coder.encoder.is_none() && coder.trailers.is_none(),
+            None => self.read.is_none() && self.inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.coder.is_some() {
+            return SizeHint::default();
+        }
         let Some(read) = &self.read else {
             return self.inner.size_hint();
         };

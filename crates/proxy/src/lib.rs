@@ -17,6 +17,7 @@ mod cache;
 mod cluster;
 mod cluster_stats;
 mod config;
+mod encoder;
 mod fields;
 mod figures;
 mod forward;
@@ -69,6 +70,7 @@ pub use config::{
     WeightedCluster,
 };
 pub use http3::HANDSHAKES_BEFORE_RETRY;
+pub use meridian_cache::DiskTier as CacheDiskTier;
 pub use meridian_cache::StoreLimits as CacheLimits;
 pub use mesh::PEER_HEADER;
 pub use reload::{run, serve_admin, serve_admin_with, serve_until, RunError, RunOptions};
@@ -236,6 +238,16 @@ impl Proxy {
             cache: Arc::new(cache::HttpCache::new(limits)),
             ..Proxy::default()
         }
+    }
+
+    /// A proxy whose shared HTTP cache holds at most `limits` in memory over the disk tier
+    /// `disk` (opened by the caller, off its async workers). The disk tier serves nothing
+    /// until [`Proxy::cache_purges_caught_up`].
+    pub fn with_cache_on_disk(limits: CacheLimits, disk: CacheDiskTier) -> std::io::Result<Proxy> {
+        Ok(Proxy {
+            cache: Arc::new(cache::HttpCache::with_disk(limits, disk)?),
+            ..Proxy::default()
+        })
     }
 
     /// Logs every request from now on (whatever configurations say) to `target`, each event
@@ -761,6 +773,25 @@ impl Proxy {
         };
         self.cache
             .purge(purge, scope, &served, self.shared.metrics.cache())
+    }
+
+    /// The number of the last purge the cache's disk tier had applied when it was opened;
+    /// `None` without a disk tier or when it did not know (every purge is then missed).
+    pub fn cache_disk_applied(&self) -> Option<u64> {
+        self.cache.disk_applied()
+    }
+
+    /// Records `number` as the last purge applied to the cache (kept beside the disk tier's
+    /// records, after the files it removed are deleted).
+    pub fn cache_purge_applied(&self, number: u64) {
+        self.cache
+            .purge_applied(number, self.shared.metrics.cache());
+    }
+
+    /// The purges made while the cache's disk tier was closed have been applied: from now on
+    /// it serves what it holds.
+    pub fn cache_purges_caught_up(&self) {
+        self.cache.purges_caught_up();
     }
 
     /// Requests waiting for another request's response to fill the shared HTTP cache (for

@@ -84,6 +84,12 @@ struct CacheLabels {
     result: &'static str,
 }
 
+/// The tier a purge removed objects from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    tier: &'static str,
+}
+
 /// What the shared HTTP cache did, counted; its handles are made once.
 #[derive(Debug, Clone)]
 pub struct CacheMetrics {
@@ -105,6 +111,20 @@ pub struct CacheMetrics {
     pub bytes: Gauge,
     /// Keys the store holds.
     pub keys: Gauge,
+    /// Answered with a response read from the disk tier (counted among hits too).
+    pub disk_hit: Counter,
+    /// Bytes of the records the disk tier holds.
+    pub disk_bytes: Gauge,
+    /// Records (responses) the disk tier holds.
+    pub disk_records: Gauge,
+    /// Purges applied.
+    pub purges: Counter,
+    /// Keys a purge removed from memory.
+    pub purged_memory: Counter,
+    /// Records a purge removed from the disk tier.
+    pub purged_disk: Counter,
+    /// The number of the last purge applied (set by the component that numbers them).
+    pub purge_applied: Gauge,
 }
 
 impl CacheMetrics {
@@ -126,7 +146,36 @@ impl CacheMetrics {
             stored: Counter::default(),
             bytes: Gauge::default(),
             keys: Gauge::default(),
+            disk_hit: Counter::default(),
+            disk_bytes: Gauge::default(),
+            disk_records: Gauge::default(),
+            purges: Counter::default(),
+            purged_memory: Counter::default(),
+            purged_disk: Counter::default(),
+            purge_applied: Gauge::default(),
         };
+        let purged = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "cache_purged",
+            "Objects purges removed from the cache, by tier (memory: keys, disk: responses)",
+            purged.clone(),
+        );
+        let tier = |tier| purged.get_or_create(&TierLabels { tier }).clone();
+        let metrics = CacheMetrics {
+            purged_memory: tier("memory"),
+            purged_disk: tier("disk"),
+            ..metrics
+        };
+        registry.register(
+            "cache_purges",
+            "Purges applied to the cache",
+            metrics.purges.clone(),
+        );
+        registry.register(
+            "cache_purge_applied",
+            "The number of the last purge applied to the cache (the API's meridian_api_cache_purge_newest less this is how many purges it lags)",
+            metrics.purge_applied.clone(),
+        );
         registry.register(
             "cache_stored",
             "Responses stored in the cache",
@@ -141,6 +190,21 @@ impl CacheMetrics {
             "cache_keys",
             "Keys the cache holds (each with its variants)",
             metrics.keys.clone(),
+        );
+        registry.register(
+            "cache_disk_hits",
+            "Requests answered with a response read from the cache's disk tier",
+            metrics.disk_hit.clone(),
+        );
+        registry.register(
+            "cache_disk_bytes",
+            "Bytes of the records the cache's disk tier holds",
+            metrics.disk_bytes.clone(),
+        );
+        registry.register(
+            "cache_disk_records",
+            "Responses the cache's disk tier holds",
+            metrics.disk_records.clone(),
         );
         metrics
     }

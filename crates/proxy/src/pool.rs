@@ -526,6 +526,9 @@ pub enum BodyError {
     /// The response broke HTTP/1.1.
     #[error(transparent)]
     Protocol(#[from] crate::h1::Error),
+    /// Coding the content on its way to the client failed.
+    #[error("coding the response: {0}")]
+    Coding(io::Error),
 }
 
 /// Where a response body comes from.

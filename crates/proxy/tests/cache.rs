@@ -79,6 +79,43 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
         )
             .into_response(),
         "/no-store" => ([("cache-control", "max-age=60, no-store")], body).into_response(),
+        scan if scan.starts_with("/scan/") => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "image/png"),
+            ],
+            vec![1u8; 1000],
+        )
+            .into_response(),
+        // Not stored, chunked: coded as it streams through.
+        "/stream" => {
+            let chunks = (0..STREAM_CHUNKS).map(|i| Ok::<_, std::io::Error>(stream_chunk(i)));
+            (
+                [
+                    ("cache-control", "no-store"),
+                    ("content-type", "text/plain"),
+                ],
+                axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
+            )
+                .into_response()
+        }
+        "/png" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "image/png"),
+            ],
+            vec![7u8; 4096],
+        )
+            .into_response(),
+        "/origin-coded" => (
+            [
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+                ("content-encoding", "gzip"),
+            ],
+            vec![0x1fu8; 4096],
+        )
+            .into_response(),
         "/private" => ([("cache-control", "private, max-age=60")], body).into_response(),
         "/private-field" => (
             [
@@ -170,6 +207,71 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
     }
 }
 
+/// Chunks of `/stream`'s body.
+const STREAM_CHUNKS: usize = 64;
+
+/// The `i`th chunk of `/stream`'s body (16 KiB of text).
+fn stream_chunk(i: usize) -> String {
+    format!("chunk {i:04} of a streamed text\n").repeat(16 << 10 >> 5)
+}
+
+/// `/stream`'s whole body.
+fn stream_body() -> String {
+    (0..STREAM_CHUNKS).map(stream_chunk).collect()
+}
+
+/// The content of `coded` with `coding` (`br`, `zstd`, `gzip`).
+fn decode(coding: &str, coded: &[u8]) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    match coding {
+        "br" => brotli::Decompressor::new(coded, 4096)
+            .read_to_string(&mut text)
+            .unwrap(),
+        "zstd" => zstd::stream::read::Decoder::new(coded)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap(),
+        "gzip" => flate2::read::GzDecoder::new(coded)
+            .read_to_string(&mut text)
+            .unwrap(),
+        other => panic!("unknown coding {other}"),
+    };
+    text
+}
+
+/// A response read as bytes.
+struct Raw {
+    status: u16,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Raw {
+    fn field(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// `GET path` with `headers`, its content as it came.
+async fn get_raw(base: &str, path: &str, headers: &[(&str, &str)]) -> Raw {
+    let mut request = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("host", "shop.example.com");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    Raw {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.unwrap(),
+    }
+}
+
 async fn origin() -> Origin {
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let gate = Arc::new(Semaphore::new(0));
@@ -188,7 +290,9 @@ async fn origin() -> Origin {
             answer(&path, n, request.headers(), &gate).await
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.180.1:0")
+        .await
+        .unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Origin {
@@ -201,11 +305,18 @@ async fn origin() -> Origin {
 /// A proxy in front of a fresh origin, caching with `policy`; its base URL.
 async fn edge(policy: &str) -> (Arc<Proxy>, String, Origin) {
     let origin = origin().await;
+    let proxy = Arc::new(Proxy::default());
+    let base = serve(&proxy, policy, &origin).await;
+    (proxy, base, origin)
+}
+
+/// Has `proxy` serve `origin`, caching with `policy`; its base URL.
+async fn serve(proxy: &Proxy, policy: &str, origin: &Origin) -> String {
     let text = format!(
         r#"
 listeners:
   - name: public
-    address: 127.0.0.1:0
+    address: 127.0.180.1:0
     virtual_hosts:
       - name: shop
         domains: ["shop.example.com"]
@@ -218,10 +329,9 @@ clusters:
 "#,
         origin.address
     );
-    let proxy = Arc::new(Proxy::default());
     proxy.apply_text(&text).await.unwrap();
     let address = proxy.listeners().await[0].1;
-    (proxy, format!("http://{address}"), origin)
+    format!("http://{address}")
 }
 
 struct Got {
@@ -398,6 +508,97 @@ async fn rfc9110_8_4_a_stored_text_is_answered_gzip_coded_to_clients_that_accept
     .await;
     assert_eq!((part.status, part.body.as_str()), (206, "meridian"));
     assert_eq!(origin.count("/text"), 1);
+}
+
+#[tokio::test]
+async fn rfc9110_12_5_3_brotli_zstd_or_gzip_by_q_values_each_coding_stored_once() {
+    let (proxy, base, origin) = edge("{}").await;
+    let text = "meridian ".repeat(500);
+    for (accept, coding) in [
+        ("gzip, deflate, br, zstd", "br"),
+        ("gzip;q=0.8, zstd", "zstd"),
+        ("br;q=0.5, gzip", "gzip"),
+        ("*", "br"),
+    ] {
+        let got = get_raw(&base, "/text", &[("accept-encoding", accept)]).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.field("content-encoding"), coding, "{accept}");
+        assert_eq!(got.field("vary"), "Accept-Encoding");
+        assert_eq!(got.field("etag"), "W/\"t\"");
+        assert_eq!(got.field("content-length"), got.body.len().to_string());
+        assert!(
+            got.body.len() < 4500 / 10,
+            "{coding}: {} bytes",
+            got.body.len()
+        );
+        assert_eq!(decode(coding, &got.body), text, "{accept}");
+    }
+    // Each coding was made once and stored: the same bytes again, from the cache.
+    let first = get_raw(&base, "/text", &[("accept-encoding", "zstd")]).await;
+    let again = get_raw(&base, "/text", &[("accept-encoding", "zstd")]).await;
+    assert_eq!(first.body, again.body);
+    assert!(
+        again.field("cache-status").contains("hit"),
+        "{}",
+        again.field("cache-status")
+    );
+    let plain = get_raw(&base, "/text", &[("accept-encoding", "identity")]).await;
+    assert_eq!(
+        (plain.field("content-encoding"), &plain.body[..]),
+        ("", text.as_bytes())
+    );
+    assert_eq!(origin.count("/text"), 1);
+    let metrics = proxy.metrics_text();
+    assert!(metrics.contains("meridian_proxy_cache_keys 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn rfc9110_8_4_1_a_response_not_stored_is_coded_as_it_streams() {
+    let (_proxy, base, origin) = edge("{}").await;
+    for coding in ["br", "zstd", "gzip"] {
+        let got = get_raw(&base, "/stream", &[("accept-encoding", coding)]).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.field("content-encoding"), coding);
+        assert_eq!(got.field("vary"), "Accept-Encoding");
+        assert!(!got.headers.contains_key("content-length"));
+        assert!(
+            got.field("cache-status").contains("detail=\"no-store\""),
+            "{}",
+            got.field("cache-status")
+        );
+        assert!(
+            got.body.len() < stream_body().len() / 10,
+            "{coding}: {}",
+            got.body.len()
+        );
+        assert_eq!(decode(coding, &got.body), stream_body(), "{coding}");
+    }
+    // Not for a client that asks for no coding (but it varies), nor for a range.
+    let plain = get_raw(&base, "/stream", &[]).await;
+    assert_eq!(plain.field("content-encoding"), "");
+    assert_eq!(plain.field("vary"), "Accept-Encoding");
+    assert_eq!(plain.body, stream_body().as_bytes());
+    let range = get_raw(
+        &base,
+        "/stream",
+        &[("accept-encoding", "br"), ("range", "bytes=0-9")],
+    )
+    .await;
+    assert_eq!(range.field("content-encoding"), "");
+    assert_eq!(origin.count("/stream"), 5);
+}
+
+#[tokio::test]
+async fn rfc9110_8_4_types_that_do_not_compress_and_coded_content_are_not_coded() {
+    let (_proxy, base, _origin) = edge("{}").await;
+    for _ in 0..2 {
+        let png = get_raw(&base, "/png", &[("accept-encoding", "br, gzip")]).await;
+        assert_eq!((png.field("content-encoding"), png.field("vary")), ("", ""));
+        assert_eq!(png.body.len(), 4096);
+        let coded = get_raw(&base, "/origin-coded", &[("accept-encoding", "br, zstd")]).await;
+        assert_eq!(coded.field("content-encoding"), "gzip");
+        assert_eq!(coded.body, vec![0x1fu8; 4096]);
+    }
 }
 
 #[tokio::test]
@@ -737,4 +938,156 @@ async fn concurrent_misses_on_one_key_make_one_origin_request() {
     }
     assert_eq!(origin.count("/slow"), 1);
     assert_eq!(collapsed, 19);
+}
+
+/// A proxy caching in memory over a disk tier in `dir` of `size` bytes.
+fn on_disk(dir: &std::path::Path, size: u64) -> Arc<Proxy> {
+    let tier = meridian_proxy::CacheDiskTier::open(dir, size).unwrap();
+    Arc::new(Proxy::with_cache_on_disk(meridian_proxy::DEFAULT_CACHE_LIMITS, tier).unwrap())
+}
+
+/// The files of the disk tier's records in `dir`, and their bytes (a file the tier's thread
+/// removes while they are counted is not).
+fn disk_files(dir: &std::path::Path) -> (usize, u64) {
+    let entries = std::fs::read_dir(dir.join("objects")).unwrap();
+    let sizes: Vec<u64> = entries
+        .filter_map(|e| e.unwrap().metadata().ok())
+        .map(|m| m.len())
+        .collect();
+    (sizes.len(), sizes.iter().sum())
+}
+
+#[tokio::test]
+async fn the_disk_tier_survives_a_restart_and_serves_only_once_missed_purges_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = on_disk(dir.path(), 1 << 20);
+    assert_eq!(first.cache_disk_applied(), None);
+    first.cache_purges_caught_up();
+    let before = origin().await;
+    let base = serve(&first, "{}", &before).await;
+    for path in ["/fresh", "/tagged", "/item"] {
+        assert_eq!(get(&base, path).await.body, format!("{path} #1"));
+    }
+    until("three records on disk", || disk_files(dir.path()).0 == 3).await;
+    first.cache_purge_applied(4);
+    until("the purge number on disk", || {
+        dir.path().join("purges").exists()
+    })
+    .await;
+    first.drain(Duration::from_secs(1)).await;
+    drop(first);
+
+    // Restarted, before a new origin: it knows where its purges stopped, and serves nothing
+    // from disk before it has applied those it missed.
+    let second = on_disk(dir.path(), 1 << 20);
+    assert_eq!(second.cache_disk_applied(), Some(4));
+    let origin = origin().await;
+    let base = serve(&second, "{}", &origin).await;
+    assert_eq!(get(&base, "/item").await.body, "/item #1");
+    assert_eq!(origin.count("/item"), 1);
+    let missed = meridian_proxy::CachePurge::Tag("t1".into());
+    let scope = meridian_proxy::PurgeScope::AnyHost;
+    second.purge_cache(&missed, scope).await.unwrap();
+    second.cache_purge_applied(5);
+    second.cache_purges_caught_up();
+    let kept = get(&base, "/fresh").await;
+    assert_eq!(kept.body, "/fresh #1", "the first origin's, from disk");
+    assert!(
+        kept.cache_status().contains("hit"),
+        "{}",
+        kept.cache_status()
+    );
+    assert_eq!(origin.count("/fresh"), 0);
+    let purged = get(&base, "/tagged").await;
+    assert_eq!(purged.body, "/tagged #1", "the second origin's");
+    assert_eq!(origin.count("/tagged"), 1);
+    let metrics = second.metrics_text();
+    for line in [
+        "meridian_proxy_cache_disk_hits_total 1",
+        "meridian_proxy_cache_purges_total 1",
+        "meridian_proxy_cache_purged_total{tier=\"disk\"} 1",
+        "meridian_proxy_cache_purged_total{tier=\"memory\"} 0",
+        "meridian_proxy_cache_purge_applied 5",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    // The purge's number was recorded after its files went.
+    until("purge 5 on disk", || {
+        std::fs::read(dir.path().join("purges")).is_ok_and(|b| b[5] == 5)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_disk_tiers_bound_holds_under_a_scan_of_ten_times_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 << 10;
+    let proxy = on_disk(dir.path(), size);
+    proxy.cache_purges_caught_up();
+    let origin = origin().await;
+    let base = serve(&proxy, "{}", &origin).await;
+    // Each record is over 1,000 bytes: this scan writes more than ten times the tier.
+    let scanned = 10 * size / 1000;
+    for i in 0..scanned {
+        get(&base, &format!("/scan/{i}")).await;
+        let (_, bytes) = disk_files(dir.path());
+        assert!(bytes <= size, "{bytes} bytes on disk after {i}");
+    }
+    until("the tier filled", || disk_files(dir.path()).1 > size / 2).await;
+    let (files, bytes) = disk_files(dir.path());
+    assert!(bytes <= size && files < 40, "{files} files, {bytes} bytes");
+}
+
+#[tokio::test]
+async fn rfc9111_4_a_head_miss_fills_the_cache_with_a_get_and_is_answered_from_it() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let head = send(&base, "HEAD", "/fresh", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["content-length"], "9");
+    assert!(
+        head.cache_status().contains("stored"),
+        "{}",
+        head.cache_status()
+    );
+    let get = get(&base, "/fresh").await;
+    assert_eq!(get.body, "/fresh #1");
+    assert!(get.cache_status().contains("hit"), "{}", get.cache_status());
+    assert_eq!(origin.count("/fresh"), 1);
+}
+
+#[tokio::test]
+async fn rfc9110_14_2_a_range_miss_fills_the_cache_and_is_cut_from_the_whole() {
+    let (_proxy, base, origin) = edge("{}").await;
+    let part = send(&base, "GET", "/range", &[("range", "bytes=1-5")]).await;
+    assert_eq!((part.status, part.body.as_str()), (206, "range"));
+    assert_eq!(part.headers["content-range"], "bytes 1-5/9");
+    // The origin was asked for the whole representation.
+    assert!(!origin.last("/range").contains_key("range"));
+    let other = send(&base, "GET", "/range", &[("range", "bytes=-2")]).await;
+    assert_eq!((other.status, other.body.as_str()), (206, "#1"));
+    assert_eq!(get(&base, "/range").await.body, "/range #1");
+    assert_eq!(origin.count("/range"), 1);
+}
+
+#[tokio::test]
+async fn a_range_miss_of_a_representation_too_large_to_store_goes_upstream_as_asked() {
+    let limits = meridian_proxy::CacheLimits {
+        max_bytes: 1 << 20,
+        max_object_bytes: 512,
+    };
+    let proxy = Arc::new(Proxy::with_cache(limits));
+    let origin = origin().await;
+    let base = serve(&proxy, "{}", &origin).await;
+    let part = send(&base, "GET", "/scan/big", &[("range", "bytes=0-9")]).await;
+    assert_eq!(part.status, 200, "the origin ignores ranges");
+    assert_eq!(part.body.len(), 1000);
+    assert!(
+        part.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        part.cache_status()
+    );
+    // Asked whole first (to fill), then as the client asked once it was too large.
+    assert_eq!(origin.count("/scan/big"), 2, "{}", part.cache_status());
+    assert_eq!(origin.last("/scan/big")["range"], "bytes=0-9");
 }

@@ -101,8 +101,10 @@ pub async fn create(
         })
         .await?;
     tracing::info!(org, app, sequence = purge.sequence, target = ?purge.target, "purge accepted");
+    let stored = std::time::Instant::now();
     let wait = PURGE_ACK_WAIT + RECORD_MARGIN;
     let edges = state.reports.purges().wait(purge.sequence, wait).await;
+    (state.metrics.purges()).accepted(purge.sequence, stored.elapsed(), edges);
     let status = match edges {
         Some(acks) if acks.applied == acks.connected => StatusCode::OK,
         _ => StatusCode::ACCEPTED,

@@ -103,6 +103,15 @@ pub struct EdgeArgs {
     /// Largest response the cache stores (`8Mi`); larger ones pass through.
     #[arg(long, default_value = "8Mi", value_parser = memory)]
     cache_max_object: u64,
+    /// A directory for the cache's disk tier: responses kept across restarts, beside the
+    /// number of the last purge applied to them (after a restart the edge applies the purges
+    /// it missed, or drops the tier, before serving from it). No disk tier when absent.
+    #[arg(long, value_name = "DIR")]
+    cache_disk: Option<PathBuf>,
+    /// Bytes the disk tier may hold (`10Gi`; default 1Gi), each response's file counted
+    /// whole; the least recently used go first.
+    #[arg(long, value_name = "BYTES", value_parser = memory)]
+    cache_disk_size: Option<u64>,
     /// On a graceful stop, how long to go on serving after the anycast prefixes are withdrawn,
     /// while the routes converge elsewhere.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -139,6 +148,17 @@ fn cache_limits(args: &EdgeArgs) -> Result<meridian_proxy::CacheLimits> {
         // At most `most`, checked above.
         max_object_bytes: args.cache_max_object as usize,
     })
+}
+
+/// The disk tier's directory and bound from the flags, if it has one: a bound needs a
+/// directory, and is more than zero.
+fn cache_disk(args: &EdgeArgs) -> Result<Option<(PathBuf, u64)>> {
+    match (&args.cache_disk, args.cache_disk_size) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => anyhow::bail!("--cache-disk-size: needs --cache-disk"),
+        (Some(_), Some(0)) => anyhow::bail!("--cache-disk-size: must be more than zero"),
+        (Some(dir), size) => Ok(Some((dir.clone(), size.unwrap_or(1 << 30)))),
+    }
 }
 
 /// Runs `meridian edge`.
@@ -207,9 +227,23 @@ async fn serve(
         );
     }
     let cache = cache_limits(&args)?;
+    let disk = cache_disk(&args)?;
     let enrolled =
         super::identity::enroll(&args.control, &args.state_dir, args.join_token.as_deref()).await?;
-    let proxy = Arc::new(meridian_proxy::Proxy::with_cache(cache));
+    let proxy = match disk {
+        Some((dir, size)) => {
+            let shown = dir.display().to_string();
+            let tier = tokio::task::spawn_blocking(move || {
+                meridian_proxy::CacheDiskTier::open(&dir, size)
+            })
+            .await?
+            .with_context(|| format!("--cache-disk: cannot open {shown}"))?;
+            meridian_proxy::Proxy::with_cache_on_disk(cache, tier)
+                .context("--cache-disk: cannot start its thread")?
+        }
+        None => meridian_proxy::Proxy::with_cache(cache),
+    };
+    let proxy = Arc::new(proxy);
     if let Some((target, source)) = access_log.of("edge", &args.location, None) {
         proxy
             .log_access(&target, source)
@@ -382,7 +416,7 @@ mod tests {
         assert!(parse(&["--location", "par"]).is_err());
     }
 
-    fn limits(flags: &[&str]) -> Result<meridian_proxy::CacheLimits> {
+    fn args(flags: &[&str]) -> EdgeArgs {
         let required = [
             "edge",
             "--location",
@@ -393,7 +427,35 @@ mod tests {
             "2.35",
         ];
         let all = [&required[..], &["--control", "https://127.0.0.1:1"], flags].concat();
-        cache_limits(&Edge::try_parse_from(all).unwrap().args)
+        Edge::try_parse_from(all).unwrap().args
+    }
+
+    fn limits(flags: &[&str]) -> Result<meridian_proxy::CacheLimits> {
+        cache_limits(&args(flags))
+    }
+
+    #[test]
+    fn the_disk_tier_is_configured_by_its_flags_and_bad_ones_name_the_flag() {
+        assert_eq!(cache_disk(&args(&[])).unwrap(), None);
+        assert_eq!(
+            cache_disk(&args(&["--cache-disk", "/var/cache/m"])).unwrap(),
+            Some((PathBuf::from("/var/cache/m"), 1 << 30))
+        );
+        let sized = args(&["--cache-disk", "d", "--cache-disk-size", "10Gi"]);
+        assert_eq!(
+            cache_disk(&sized).unwrap(),
+            Some((PathBuf::from("d"), 10 << 30))
+        );
+        let alone = cache_disk(&args(&["--cache-disk-size", "1Gi"])).unwrap_err();
+        assert!(
+            alone.to_string().starts_with("--cache-disk-size:"),
+            "{alone}"
+        );
+        let zero = cache_disk(&args(&["--cache-disk", "d", "--cache-disk-size", "0"]));
+        assert!(zero
+            .unwrap_err()
+            .to_string()
+            .starts_with("--cache-disk-size:"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, Method, Response};
 use http_body_util::{Either, Full};
+use meridian_cache::encoding::{self, Coding};
 use meridian_cache::serve::{self, Stored};
 use meridian_cache::tags::{CACHE_TAG, SURROGATE_KEY};
 use meridian_cache::{CacheStatus, Freshness, Object, MERIDIAN_CACHE_CONTROL};
@@ -36,7 +37,8 @@ pub fn ttl(state: &Freshness<'_>) -> i64 {
 
 /// The answer from `object`, whose fields are `headers` (made by [`Object::headers`]), to a
 /// request with `method` and `request` fields at `now` (conditions, ranges and HEAD
-/// answered, `Age` set).
+/// answered, `Age` set, the content coded as the request asks if `object` has that coding:
+/// see `compress::for_request`).
 pub fn from_object(
     object: &Object,
     headers: HeaderMap,
@@ -44,11 +46,13 @@ pub fn from_object(
     now: SystemTime,
     status: CacheStatus,
 ) -> Response<ProxyBody> {
+    let wanted = encoding::wanted(method, request).filter(|c| *c != Coding::Identity);
     let stored = Stored {
         status: object.status,
         headers,
         body: &object.body,
-        coded: object.coded(),
+        compressible: object.is_compressible(),
+        coded: wanted.and_then(|c| object.coding(c).map(|content| (c, content))),
     };
     let age = object.timing.current_age(now);
     let boundary = || format!("{:032x}", fastrand::u128(..));

@@ -12,6 +12,7 @@ use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use http::response::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Either};
+use meridian_cache::encoding::Coding;
 use meridian_cache::freshness::lifetime;
 use meridian_cache::tags::tags;
 use meridian_cache::validation::{add_validators, freshen, selects, strip_preconditions};
@@ -45,6 +46,8 @@ pub(super) struct Fill<'a> {
     pub stored: Option<&'a Arc<Object>>,
     /// Why the request goes upstream.
     pub reason: Forward,
+    /// The coding the client asks for (`encoding::wanted`).
+    pub wanted: Option<Coding>,
 }
 
 /// What a trip upstream came to.
@@ -56,6 +59,9 @@ pub(super) enum Fetched {
     Stored(Arc<Object>, CacheStatus, Option<HeaderMap>),
     /// The upstream's response, passed on as it came (its `Cache-Status` added).
     Passed(Response<ConnectionBody>),
+    /// The upstream's response, too large to store by its `Content-Length` (its
+    /// `Cache-Status` added): passed on, unless the client asked for less.
+    TooLarge(Response<ConnectionBody>),
     /// An answer made here: the proxy's own error, or a response too large to store whose
     /// first bytes were read.
     Made(Response<ProxyBody>),
@@ -121,7 +127,7 @@ impl Fill<'_> {
     /// replaced them and cannot be stored itself.
     fn forget(&self) {
         if self.stored.is_some() {
-            self.cache.cache.store.purge_key(self.key);
+            self.cache.cache.remove_key(self.key);
         }
     }
 
@@ -147,6 +153,9 @@ impl Fill<'_> {
                 .cache
                 .store
                 .insert(self.key.clone(), Arc::clone(&object));
+            if status.stored {
+                self.cache.cache.stored(self.key, &object);
+            }
         }
         Fetched::Stored(object, status, None)
     }
@@ -206,10 +215,8 @@ pub(super) async fn fetch(
                 let mut object = fill.object((stored.status, headers, stored.body.clone()), times);
                 // Its age is the 304's (its Date and Age), not the stored response's.
                 object.timing = Timing::new(&parts.headers, request_time, response_time);
-                // The content is the same: so is its coding.
-                if let Some((coding, content)) = stored.coded() {
-                    object = object.with_coded(coding, content.clone());
-                }
+                // The content is the same: so are its codings.
+                object = object.with_codings_of(stored);
                 return fill.keep(object, status);
             }
             // Not Modified, about another representation than the one stored (§4.3.4): the
@@ -270,7 +277,8 @@ pub(super) async fn fetch(
         .is_some_and(|l| l > max)
     {
         status.detail = Some("too-large".into());
-        return passed(parts, body, &status);
+        answer::finish(&mut parts.headers, &status);
+        return Fetched::TooLarge(Response::from_parts(parts, body));
     }
     let body = match read_whole(body, max, route.timeout).await {
         Read::Whole(body) => body,
@@ -278,7 +286,9 @@ pub(super) async fn fetch(
             status.detail = Some("too-large".into());
             answer::finish(&mut parts.headers, &status);
             let rest = ResponseBody::new(rest, Arc::clone(cluster), Arc::clone(metrics));
-            return Fetched::Made(Response::from_parts(parts, Either::Left(rest.after(read))));
+            let rest = rest.after(read);
+            let rest = compress::passed_body(&mut parts.headers, parts.status, rest, fill.wanted);
+            return Fetched::Made(Response::from_parts(parts, Either::Left(rest)));
         }
         Read::Failed => {
             metrics.upstream_body_error(&cluster.name);
@@ -289,7 +299,8 @@ pub(super) async fn fetch(
     };
     let headers = storable.stored_headers(&parts.headers);
     let fuller = headers.len() < parts.headers.len();
-    let object = compress::coded(fill.object((parts.status, headers, body), times)).await;
+    let object = fill.object((parts.status, headers, body), times);
+    let object = compress::prepare(object, fill.wanted).await;
     match fill.keep(object, status) {
         Fetched::Stored(object, status, None) if fuller => {
             Fetched::Stored(object, status, Some(parts.headers))

@@ -2,11 +2,14 @@
 //! HEAD is answered from the shared HTTP cache when RFC 9111 allows (the rules are
 //! `meridian_cache`'s), validated with the upstream when it must be, and filled on a miss —
 //! one upstream request for concurrent misses on a key; a successful unsafe request
-//! invalidates what it changed (§4.4). Answers made from the cache are the proxy's own (the
-//! `Err` side of [`forward`]); responses passed on as they came are the `Ok` side.
+//! invalidates what it changed (§4.4). The cache is in memory, over an optional disk tier
+//! ([`disk`]); compressible content is coded as the client asks ([`compress`]). Answers made
+//! from the cache, and responses coded on their way, are the proxy's own (the `Err` side of
+//! [`forward`]); responses passed on as they came are the `Ok` side.
 
 mod answer;
 mod compress;
+mod disk;
 mod fill;
 
 use std::sync::Arc;
@@ -14,10 +17,11 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, RANGE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use meridian_cache::encoding;
 use meridian_cache::invalidation::{invalidated, Target};
 use meridian_cache::{
-    CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, Forward, Freshness, Join,
-    Lookup, Object, QueryKey, ResponsePolicy, Reuse, Store, StoreLimits,
+    CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, DiskTier, Forward, Freshness,
+    Join, Lookup, Object, QueryKey, ResponsePolicy, Reuse, Store, StoreLimits,
 };
 use meridian_model::CachePolicy;
 
@@ -25,7 +29,7 @@ use crate::answers::local_response;
 use crate::body::ClientBody;
 use crate::body::ProxyBody;
 use crate::cluster::Cluster;
-use crate::forward::{forward, ClientRequest};
+use crate::forward::{forward, upstream_response_head, ClientRequest};
 use crate::metrics::CacheMetrics;
 use crate::peer::Peer;
 use crate::pool::ConnectionBody;
@@ -46,9 +50,11 @@ const COLLAPSE: CollapseLimits = CollapseLimits {
     max_wait: Duration::from_secs(15),
 };
 
-/// The proxy's shared HTTP cache: its store and the requests in flight to fill it.
+/// The proxy's shared HTTP cache: its store in memory, its disk tier if it has one, and the
+/// requests in flight to fill it.
 pub struct HttpCache {
     store: Store,
+    disk: Option<disk::DiskCache>,
     collapser: Collapser<Arc<Object>>,
 }
 
@@ -57,20 +63,98 @@ impl HttpCache {
     pub fn new(limits: StoreLimits) -> HttpCache {
         HttpCache {
             store: Store::new(limits),
+            disk: None,
             collapser: Collapser::new(COLLAPSE),
         }
+    }
+
+    /// An empty memory tier within `limits` over the disk tier `disk`, which serves once the
+    /// purges made while it was closed are applied ([`HttpCache::purges_caught_up`]).
+    pub fn with_disk(limits: StoreLimits, disk: DiskTier) -> std::io::Result<HttpCache> {
+        Ok(HttpCache {
+            disk: Some(disk::DiskCache::new(disk)?),
+            ..HttpCache::new(limits)
+        })
+    }
+
+    /// The number of the last purge the disk tier had applied when it was opened; `None`
+    /// without a disk tier, or when it did not know.
+    pub fn disk_applied(&self) -> Option<u64> {
+        self.disk.as_ref().and_then(|disk| disk.tier().applied())
+    }
+
+    /// Records `number` as the last purge applied (on disk, after the files it removed).
+    pub fn purge_applied(&self, number: u64, metrics: &CacheMetrics) {
+        metrics
+            .purge_applied
+            .set(i64::try_from(number).unwrap_or(i64::MAX));
+        if let Some(disk) = &self.disk {
+            disk.applied(number);
+        }
+    }
+
+    /// The purges made while the disk tier was closed are applied: it may serve.
+    pub fn purges_caught_up(&self) {
+        if let Some(disk) = &self.disk {
+            disk.tier().serve();
+        }
+    }
+
+    /// The stored response for `key` that a request with `request` fields selects: from
+    /// memory, or read from the disk tier and kept in memory.
+    async fn lookup(&self, key: &CacheKey, request: &HeaderMap, metrics: &CacheMetrics) -> Lookup {
+        let found = self.store.lookup(key, request);
+        let Some(disk) = self
+            .disk
+            .as_ref()
+            .filter(|_| !matches!(found, Lookup::Hit(_)))
+        else {
+            return found;
+        };
+        let Some((object, epoch)) = disk.lookup(key, request).await else {
+            return found;
+        };
+        let object = Arc::new(object);
+        self.store.insert(key.clone(), Arc::clone(&object));
+        // A purge of the disk tier comes before the memory's: one since the record was read
+        // may have missed the copy just made.
+        if disk.tier().epoch() != epoch {
+            self.store.purge_key(key);
+            return found;
+        }
+        metrics.disk_hit.inc();
+        Lookup::Hit(object)
+    }
+
+    /// Keeps `object`, just stored in memory under `key`, on disk too.
+    fn stored(&self, key: &CacheKey, object: &Arc<Object>) {
+        if let Some(disk) = &self.disk {
+            disk.write(key, object);
+        }
+    }
+
+    /// Removes every response stored under `key`, on disk and in memory; whether memory had
+    /// any.
+    fn remove_key(&self, key: &CacheKey) -> bool {
+        if let Some(disk) = &self.disk {
+            disk.delete(disk.tier().purge_key(key));
+        }
+        self.store.purge_key(key)
     }
 }
 
 impl HttpCache {
     /// Sets the size gauges from the store.
     fn account(&self, metrics: &CacheMetrics) {
-        metrics
-            .bytes
-            .set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
-        metrics
-            .keys
-            .set(i64::try_from(self.store.keys()).unwrap_or(i64::MAX));
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.bytes.set(gauge(self.store.bytes()));
+        metrics.keys.set(gauge(self.store.keys()));
+        if let Some(disk) = &self.disk {
+            metrics.disk_bytes.set(gauge(disk.tier().bytes()));
+            metrics
+                .disk_records
+                .set(gauge(disk.tier().records() as u64));
+        }
     }
 
     /// Requests waiting for another's response to fill the cache.
@@ -156,6 +240,24 @@ impl HttpCache {
         metrics: &CacheMetrics,
     ) -> Result<u64, PurgeError> {
         let admitted = |key: &CacheKey| scope.admits(key.host());
+        let urls = match purge {
+            CachePurge::Url(url) => url_keys(url, served)?,
+            _ => Vec::new(),
+        };
+        // The disk tier's first: see `HttpCache::lookup`.
+        if let Some(disk) = &self.disk {
+            let tier = disk.tier();
+            let names = match (purge, scope) {
+                (CachePurge::All, PurgeScope::AnyHost) => tier.purge_all(),
+                (CachePurge::All, PurgeScope::Domains(_)) => tier.purge_matching(admitted),
+                (CachePurge::Tag(tag), _) => tier.purge_tag(tag, admitted),
+                (CachePurge::Url(_), _) => {
+                    tier.purge_matching(|key| admitted(key) && urls.contains(key))
+                }
+            };
+            metrics.purged_disk.inc_by(names.len() as u64);
+            disk.delete(names);
+        }
         let removed = match (purge, scope) {
             (CachePurge::All, PurgeScope::AnyHost) => {
                 let held = self.store.keys();
@@ -164,11 +266,13 @@ impl HttpCache {
             }
             (CachePurge::All, PurgeScope::Domains(_)) => self.store.purge_matching(admitted) as u64,
             (CachePurge::Tag(tag), _) => self.store.purge_tag(tag, admitted) as u64,
-            (CachePurge::Url(url), _) => url_keys(url, served)?
+            (CachePurge::Url(_), _) => urls
                 .iter()
                 .filter(|key| admitted(key) && self.store.purge_key(key))
                 .count() as u64,
         };
+        metrics.purges.inc();
+        metrics.purged_memory.inc_by(removed);
         self.account(metrics);
         Ok(removed)
     }
@@ -295,7 +399,7 @@ pub(crate) async fn exchange(
         if let Ok(response) = &mut result {
             let status = response.status();
             for key in invalidated(&method, place.target(), status, response.headers(), &query) {
-                cache.cache.store.purge_key(&key);
+                cache.cache.remove_key(&key);
             }
             cache.cache.account(metrics.cache());
             let status = CacheStatus {
@@ -319,7 +423,10 @@ pub(crate) async fn exchange(
     };
     let request_directives = CacheControl::from_headers(client.request.headers());
     let now = SystemTime::now();
-    let (reason, stored) = match cache.cache.store.lookup(&key, client.request.headers()) {
+    let found = (cache.cache)
+        .lookup(&key, client.request.headers(), metrics.cache())
+        .await;
+    let (reason, stored) = match found {
         Lookup::Hit(object) => {
             let headers = object.headers();
             let policy = ResponsePolicy::of(&headers);
@@ -337,14 +444,24 @@ pub(crate) async fn exchange(
                 Reuse::Fresh | Reuse::Stale => {
                     metrics.cache().hit.inc();
                     let request = (client.request.method(), client.request.headers());
-                    return Err(answer::from_object(&object, headers, request, now, status));
+                    let answer = Answer {
+                        object,
+                        headers: Some(headers),
+                        status,
+                    };
+                    return Err(answer.make(&cache.cache.store, &key, request).await);
                 }
                 Reuse::StaleWhileRevalidate => {
                     metrics.cache().stale.inc();
                     status.detail = Some("stale-while-revalidate".into());
-                    revalidate_later(ctx, &client, key, Arc::clone(&object));
+                    revalidate_later(ctx, &client, key.clone(), Arc::clone(&object));
                     let request = (client.request.method(), client.request.headers());
-                    return Err(answer::from_object(&object, headers, request, now, status));
+                    let answer = Answer {
+                        object,
+                        headers: Some(headers),
+                        status,
+                    };
+                    return Err(answer.make(&cache.cache.store, &key, request).await);
                 }
                 Reuse::Validate if state.is_fresh() => (Forward::Request, Some(object)),
                 Reuse::Validate => (Forward::Stale, Some(object)),
@@ -358,11 +475,14 @@ pub(crate) async fn exchange(
         metrics.cache().miss.inc();
         return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
     }
-    // A HEAD or a range with nothing stored goes upstream as it is (only whole GETs fill).
-    let partial = method == Method::HEAD || client.request.headers().contains_key(RANGE);
-    if stored.is_none() && partial {
+    // A HEAD or a range with nothing stored fills the cache with the whole representation
+    // and is answered from it; a range of one too large to store goes upstream again as it
+    // was asked for. A range with a body (which a GET should not have) goes as it is.
+    let range = stored.is_none() && client.request.headers().contains_key(RANGE);
+    if range && !hyper::body::Body::is_end_stream(client.request.body()) {
         return pass(client, route, cluster, ctx, reason).await;
     }
+    let again = range.then(|| Again::of(&client));
     let leader = match cache.cache.collapser.join(&key).await {
         Join::Lead(leader) => Some(leader),
         Join::Shared(object) if object.variant.matches(client.request.headers()) => {
@@ -374,18 +494,17 @@ pub(crate) async fn exchange(
                 ..CacheStatus::default()
             };
             let request = (client.request.method(), client.request.headers());
-            let now = SystemTime::now();
-            return Err(answer::from_object(
-                &object,
-                object.headers(),
-                request,
-                now,
+            let answer = Answer {
+                object,
+                headers: None,
                 status,
-            ));
+            };
+            return Err(answer.make(&cache.cache.store, &key, request).await);
         }
         Join::Shared(_) | Join::Alone(_) => None,
     };
     let (request_method, request_headers) = (method, client.request.headers().clone());
+    let wanted = encoding::wanted(&request_method, &request_headers);
     let fill = Fill {
         cache,
         key: &key,
@@ -393,6 +512,7 @@ pub(crate) async fn exchange(
         directives: &request_directives,
         stored: stored.as_ref(),
         reason,
+        wanted,
     };
     let validating = stored.is_some();
     let fetched = fill::fetch(fill, client, route, cluster, metrics).await;
@@ -403,11 +523,22 @@ pub(crate) async fn exchange(
                 leader.share(Arc::clone(&object));
             }
             let request = (&request_method, &request_headers);
-            let headers = fuller.unwrap_or_else(|| object.headers());
-            let now = SystemTime::now();
-            Err(answer::from_object(&object, headers, request, now, status))
+            let answer = Answer {
+                object,
+                headers: fuller,
+                status,
+            };
+            Err(answer.make(&cache.cache.store, &key, request).await)
         }
-        Fetched::Passed(response) => Ok(response),
+        Fetched::Passed(response) => compress::passed(response, wanted, (cluster, metrics)),
+        Fetched::TooLarge(response) => match again {
+            Some(again) => {
+                // Dropped unread: its connection closes.
+                drop(response);
+                pass(again.request(), route, cluster, ctx, reason).await
+            }
+            None => compress::passed(response, wanted, (cluster, metrics)),
+        },
         Fetched::Made(response) => Err(response),
     }
 }
@@ -440,17 +571,84 @@ async fn pass(
     ctx: &Arc<ListenerContext>,
     reason: Forward,
 ) -> Result<Response<ConnectionBody>, Response<ProxyBody>> {
-    ctx.shared.metrics.cache().bypass.inc();
-    let mut result = forward(client, route, cluster, &ctx.shared.metrics).await;
-    if let Ok(response) = &mut result {
-        let status = CacheStatus {
-            forward: Some(reason),
-            forward_status: Some(response.status().as_u16()),
-            ..CacheStatus::default()
-        };
-        answer::finish(response.headers_mut(), &status);
+    let metrics = &ctx.shared.metrics;
+    metrics.cache().bypass.inc();
+    let wanted = encoding::wanted(client.request.method(), client.request.headers());
+    let mut response = forward(client, route, cluster, metrics).await?;
+    let status = CacheStatus {
+        forward: Some(reason),
+        forward_status: Some(response.status().as_u16()),
+        ..CacheStatus::default()
+    };
+    answer::finish(response.headers_mut(), &status);
+    upstream_response_head(response.headers_mut());
+    compress::passed(response, wanted, (cluster, metrics))
+}
+
+/// A client's request without a body kept to be sent again as it came (see [`exchange`]).
+struct Again<'p> {
+    uri: Uri,
+    headers: HeaderMap,
+    version: http::Version,
+    peer: &'p Peer,
+    trusted: bool,
+    body_timeout: Duration,
+    body_timeouts: &'p prometheus_client::metrics::counter::Counter,
+}
+
+impl<'p> Again<'p> {
+    fn of(client: &ClientRequest<'p>) -> Again<'p> {
+        Again {
+            uri: client.request.uri().clone(),
+            headers: client.request.headers().clone(),
+            version: client.version,
+            peer: client.peer,
+            trusted: client.trusted,
+            body_timeout: client.body_timeout,
+            body_timeouts: client.body_timeouts,
+        }
     }
-    result
+
+    /// The request again.
+    fn request(self) -> ClientRequest<'p> {
+        let mut request = Request::new(ClientBody::Empty);
+        *request.uri_mut() = self.uri;
+        *request.headers_mut() = self.headers;
+        *request.version_mut() = self.version;
+        ClientRequest {
+            request,
+            peer: self.peer,
+            body_limit: None,
+            trusted: self.trusted,
+            version: self.version,
+            switch: None,
+            body_timeout: self.body_timeout,
+            body_timeouts: self.body_timeouts,
+        }
+    }
+}
+
+/// An answer to make from a stored (or just fetched) object: its fields when they are not
+/// the object's own (see `fill::Fetched::Stored`), and its `Cache-Status`.
+struct Answer {
+    object: Arc<Object>,
+    headers: Option<HeaderMap>,
+    status: CacheStatus,
+}
+
+impl Answer {
+    /// The answer to a request with `method` and `request` fields, the content coded as it
+    /// asks (the coding made now if it was not, and kept in `store` under `key`).
+    async fn make(
+        self,
+        store: &Store,
+        key: &CacheKey,
+        request: (&Method, &HeaderMap),
+    ) -> Response<ProxyBody> {
+        let object = compress::for_request(store, key, self.object, request).await;
+        let headers = self.headers.unwrap_or_else(|| object.headers());
+        answer::from_object(&object, headers, request, SystemTime::now(), self.status)
+    }
 }
 
 /// Validates a stale response served meanwhile (`stale-while-revalidate`) in a task of its
@@ -506,6 +704,7 @@ fn revalidate_later(
             directives: &directives,
             stored: Some(&object),
             reason: Forward::Stale,
+            wanted: None,
         };
         let metrics = &ctx.shared.metrics;
         let fetched = fill::fetch(fill, client, route, &target.cluster, metrics).await;
