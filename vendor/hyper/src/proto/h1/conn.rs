@@ -258,6 +258,9 @@ where
             Poll::Ready(Ok(msg)) => msg,
             Poll::Ready(Err(e)) => return self.on_read_head_error(e),
             Poll::Pending => {
+                // Meridian patch: waiting for the next message with nothing read yet holds no
+                // read buffer.
+                self.io.release_empty_read_buf();
                 #[cfg(feature = "server")]
                 if self.state.h1_header_read_timeout_running {
                     if let Some(h1_header_read_timeout_fut) =
@@ -855,6 +858,12 @@ where
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(Pin::new(&mut self.io).poll_flush(cx))?;
         self.try_keep_alive(cx);
+        if !self.is_mid_message() {
+            // Meridian patch: between messages, a keep-alive connection holds no write buffer
+            // and no header map kept for reuse.
+            self.io.release_empty_write_buf();
+            self.state.cached_headers = None;
+        }
         trace!("flushed({}): {:?}", T::LOG, self.state);
         Poll::Ready(Ok(()))
     }

@@ -271,6 +271,23 @@ where
         (self.io, self.read_buf.freeze())
     }
 
+    /// Gives back the read buffer when it holds no bytes (Meridian patch: an idle keep-alive
+    /// connection holds no read buffer; the next read allocates one again).
+    pub(crate) fn release_empty_read_buf(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() != 0 {
+            self.read_buf = BytesMut::new();
+        }
+    }
+
+    /// Gives back the write buffers when everything in them has been written (Meridian patch:
+    /// an idle keep-alive connection holds no write buffer; the next message allocates one).
+    pub(crate) fn release_empty_write_buf(&mut self) {
+        if self.write_buf.remaining() == 0 {
+            self.write_buf.headers = Cursor::new(Vec::new());
+            self.write_buf.queue = BufList::new();
+        }
+    }
+
     pub(crate) fn is_read_blocked(&self) -> bool {
         self.read_blocked
     }
@@ -535,7 +552,9 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
-            headers: Cursor::new(Vec::with_capacity(INIT_BUFFER_SIZE)),
+            // Allocated by the first message written (Meridian patch: an idle connection holds
+            // no write buffer).
+            headers: Cursor::new(Vec::new()),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
             strategy,
@@ -891,6 +910,8 @@ mod tests {
         let b = |s: &str| Cursor::new(s.as_bytes().to_vec());
 
         let mut write_buf = WriteBuf::<Cursor<Vec<u8>>>::new(WriteStrategy::Flatten);
+        // Meridian patch: the buffer is allocated by its first use.
+        write_buf.headers.bytes.reserve_exact(INIT_BUFFER_SIZE);
 
         write_buf.buffer(b("hello "));
         write_buf.buffer(b("world, "));
