@@ -45,15 +45,27 @@ use ffi::*;
 /// ```
 pub struct MiMalloc;
 
+/// The alignment every block mimalloc hands out has, whatever its size: one machine word
+/// (Meridian patch, see PATCHES.md in this directory).
+const WORD: usize = core::mem::size_of::<usize>();
+
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
+        if layout.align() <= WORD {
+            mi_malloc(layout.size()) as *mut u8
+        } else {
+            mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
+        }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
+        if layout.align() <= WORD {
+            mi_zalloc(layout.size()) as *mut u8
+        } else {
+            mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
+        }
     }
 
     #[inline]
@@ -63,7 +75,11 @@ unsafe impl GlobalAlloc for MiMalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
+        if layout.align() <= WORD {
+            mi_realloc(ptr as *mut c_void, new_size) as *mut u8
+        } else {
+            mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
+        }
     }
 }
 
