@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates crates/cli/startup-order.txt, the linker's layout of the functions `meridian proxy`
-# runs at start (see bench/startup_order.py and crates/cli/build.rs). Run it after upgrading the
-# compiler or dependencies, then rebuild: bench/proxy.sh shows the idle RSS.
+# runs at start (see bench/startup_order.py and crates/cli/build.rs). Run it when the code that runs
+# at start changes, then rebuild: bench/proxy.sh shows the idle RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v valgrind >/dev/null || ! command -v curl >/dev/null; then

@@ -7,13 +7,11 @@ Why: the kernel maps a program's code in 64 KiB windows around each page it firs
 about 7 MiB of it resident. Laid out together they fit in about 2 MiB (bench/proxy.sh, idle RSS).
 
 How: runs `meridian proxy` under callgrind (valgrind) in front of meridian-hello, makes HTTP/1.1,
-h2c and admin requests, and lists every function of the binary that ran, by mangled name. Names
-carry a hash that stays the same across source edits but changes with the compiler or a
-dependency's version; the `.llvm.N` suffix of about one name in seven (local functions LLVM
-made visible across its units) changes with the code around it and with the checkout's path.
-The linker skips stale names, and those functions fall back to the default layout until this
-script is run again (a clone at another path finds 90% of the names: idle RSS 8.1-8.6 MiB
-instead of 6.7). Run it through bench/startup-order.sh.
+h2c and admin requests, and lists every function of the binary that ran, by mangled name. The
+release link matches each name with its crate hashes and `.llvm.N` suffix as wildcards
+(crates/cli/build.rs), so the list stays good across dependency and compiler changes; run it
+again when the code that runs at start changes (bench/proxy.sh shows the idle RSS). Run it
+through bench/startup-order.sh.
 """
 
 import argparse
