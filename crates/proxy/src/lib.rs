@@ -28,6 +28,7 @@ mod handshakes;
 mod health;
 mod hop_by_hop;
 mod http3;
+mod http_server;
 mod idle;
 mod instance_stats;
 mod mesh;

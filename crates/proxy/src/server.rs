@@ -1,5 +1,6 @@
 //! Listeners: accept loops and per-connection HTTP/1.1 + HTTP/2 (h2c) serving, with the limits
-//! of the current configuration; a TLS listener's HTTP/3 side is [`crate::http3`]'s.
+//! of the current configuration (the HTTP server itself is [`crate::http_server`]'s); a TLS
+//! listener's HTTP/3 side is [`crate::http3`]'s.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -10,8 +11,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
@@ -23,6 +23,7 @@ use crate::cluster::Cluster;
 use crate::config::{Limits, TrustForwarded};
 use crate::forward;
 use crate::handshakes::HandshakeSlots;
+use crate::http_server::{self, Protocol};
 use crate::http3::{QuicListener, QuicSocket};
 use crate::idle::{Activity, Tracked, Watched};
 use crate::mesh::MeshPolicy;
@@ -438,7 +439,7 @@ async fn accept_loop(
                     }
                     (None, None) => {
                         let peer = crate::peer::Peer::new(peer, "http");
-                        tokio::spawn(serve_connection(stream, peer, context, slot));
+                        tokio::spawn(serve_plain(stream, peer, context, slot));
                     }
                 }
             }
@@ -464,8 +465,29 @@ async fn serve_tls(
     let Some(tls) = Box::pin(tls_handshake(stream, peer, acceptor, &context)).await else {
         return;
     };
+    let protocol = Protocol::of_alpn(tls.0.get_ref().1.alpn_protocol());
     let peer = crate::peer::Peer::new(peer, "https").with_identity(tls.1);
-    serve_connection(tls.0, peer, context, slot).await
+    serve_connection(tls.0, protocol, peer, context, slot).await
+}
+
+/// Serves HTTP on a plaintext connection once its first bytes say which version it speaks
+/// (within `header_read_timeout`; a drain or the listener's retirement meanwhile closes it).
+async fn serve_plain(
+    stream: tokio::net::TcpStream,
+    peer: crate::peer::Peer,
+    context: Arc<ListenerContext>,
+    slot: ConnectionSlot,
+) {
+    let timeout = context.shared.limits.load().header_read_timeout.0;
+    let protocol = tokio::select! {
+        sniffed = tokio::time::timeout(timeout, http_server::sniff(&stream)) => match sniffed {
+            Ok(Ok(protocol)) => protocol,
+            Ok(Err(_)) | Err(_) => return,
+        },
+        () = context.shared.open.drain_requested() => return,
+        () = context.retirement.retired() => return,
+    };
+    serve_connection(stream, protocol, peer, context, slot).await
 }
 
 /// A TLS connection that is to serve HTTP, with the SPIFFE ID of its client certificate.
@@ -536,6 +558,7 @@ pub(crate) async fn tls_handshake(
 /// second copy of `stream` nor HTTP/1.1 state beside HTTP/2 state for as long as it lasts.
 fn serve_connection<S>(
     stream: S,
+    protocol: Protocol,
     peer: crate::peer::Peer,
     context: Arc<ListenerContext>,
     slot: ConnectionSlot,
@@ -571,11 +594,7 @@ where
         })
     };
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
-    let mut connection = Box::pin(
-        connection_builder(&limits)
-            .serve_connection_with_upgrades(io, service)
-            .into_owned(),
-    );
+    let mut connection = http_server::serve(protocol, io, service, &limits);
     async move {
         let _slot = slot;
         context.connections.inc();
@@ -611,42 +630,6 @@ where
         }
         context.connections.dec();
     }
-}
-
-/// The HTTP/1.1 and HTTP/2 server of a client connection, bounded by `limits`.
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
-        .max_buf_size(limits.max_header_bytes);
-    let http2 = &limits.http2;
-    let mut h2 = builder.http2();
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_frame_size(crate::upstream::H2_MAX_FRAME)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(http2.max_pending_accept_reset_streams as usize)
-        .max_local_error_reset_streams(http2.max_local_error_reset_streams as usize)
-        .max_send_buf_size(http2.max_send_buffer_bytes as usize)
-        .keep_alive_interval(http2.keep_alive_interval.map(|i| i.0))
-        .keep_alive_timeout(http2.keep_alive_timeout.0)
-        // WebSocket over HTTP/2 (RFC 8441).
-        .enable_connect_protocol();
-    match (
-        http2.initial_stream_window_bytes,
-        http2.initial_connection_window_bytes,
-    ) {
-        (None, None) => {
-            h2.adaptive_window(crate::upstream::H2_ADAPTIVE_WINDOW);
-        }
-        (stream, connection) => {
-            h2.initial_stream_window_size(stream)
-                .initial_connection_window_size(connection);
-        }
-    }
-    builder
 }
 
 #[cfg(test)]
