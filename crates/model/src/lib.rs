@@ -26,6 +26,8 @@ mod parse;
 mod purge;
 mod resources;
 mod rollout;
+#[cfg(test)]
+mod scale_errors;
 mod sleep;
 pub mod traffic;
 mod validate;

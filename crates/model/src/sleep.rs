@@ -165,23 +165,10 @@ impl Sleep {
 mod tests {
     use std::time::Duration;
 
-    use crate::{derive_spec, parse_definition_json, validate_definition, SleepMode};
+    use crate::{derive_spec, parse_definition_json, SleepMode};
 
-    /// The errors of a definition with `scale` and `overrides`, as `field: message`.
     fn errors(scale: &str, overrides: &str) -> Vec<String> {
-        let json = format!(
-            r#"{{"org":"acme","app":"shop","name":"web","regions":["fra","iad"],
-            "runtime":{{"process":{{"command":"x"}}}},"scale":{scale},"overrides":{overrides}}}"#
-        );
-        let definition = parse_definition_json(json.as_bytes()).unwrap();
-        match validate_definition(&definition, &|_| true) {
-            Ok(()) => Vec::new(),
-            Err(errs) => errs
-                .errors
-                .into_iter()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .collect(),
-        }
+        crate::scale_errors::scale_errors(scale, overrides)
     }
 
     #[test]
