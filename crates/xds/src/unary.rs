@@ -43,8 +43,8 @@ impl UnaryClient {
 
     /// Calls the method at `path` with `request` at every server, at once; the first answer
     /// of those that succeeded, or, when all failed, what failed at each (the connection, or
-    /// the server's status and message). A server that failed is connected anew at the next
-    /// call.
+    /// the server's status and message; each after its server's URL when there are several).
+    /// A server that failed is connected anew at the next call.
     pub async fn call<Request, Response>(
         &mut self,
         path: &'static str,
@@ -65,6 +65,7 @@ impl UnaryClient {
         }
         let mut answer = None;
         let mut failures = Vec::new();
+        let several = self.servers.len() > 1;
         while let Some(done) = calls.join_next().await {
             let Ok((index, channel, result)) = done else {
                 continue;
@@ -75,7 +76,8 @@ impl UnaryClient {
                 Ok(response) => {
                     answer.get_or_insert(response);
                 }
-                Err(e) => failures.push(format!("{}: {e}", server.url)),
+                Err(e) if several => failures.push(format!("{}: {e}", server.url)),
+                Err(e) => failures.push(e),
             }
         }
         match answer {
