@@ -177,25 +177,29 @@ mod tests {
         assert_eq!(Protocol::of_alpn(None), Protocol::Http1);
     }
 
+    /// What `sniff` says of a client that sends `first`, and then, once `sniff` has looked at
+    /// `first` alone and is waiting for more, `rest` (when not empty).
     async fn sniffed(first: &[u8], rest: &[u8]) -> Protocol {
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (first, rest) = (first.to_vec(), rest.to_vec());
-        let client = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
-            client.write_all(&first).await.unwrap();
-            client.flush().await.unwrap();
-            if !rest.is_empty() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                client.write_all(&rest).await.unwrap();
-            }
-            client
-        });
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let protocol = sniff(&server).await.unwrap();
-        drop(client.await.unwrap());
-        protocol
+        client.write_all(first).await.unwrap();
+        let mut arrived = [0u8; PREFACE.len()];
+        while server.peek(&mut arrived).await.unwrap() < first.len() {
+            tokio::task::yield_now().await;
+        }
+        let mut sniffing = std::pin::pin!(sniff(&server));
+        if !rest.is_empty() {
+            let first_look = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(sniffing.as_mut().poll(cx).is_pending())
+            });
+            assert!(first_look.await, "a part of the preface is waited on");
+            client.write_all(rest).await.unwrap();
+        }
+        sniffing.await.unwrap()
     }
 
     #[tokio::test]
