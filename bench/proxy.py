@@ -5,6 +5,12 @@ Run through bench/proxy.sh (it installs the tools and builds Meridian). Each pro
 CPU 1 with one worker thread; wrk/h2load and the upstream (nginx, `return 200`, one worker) run on
 CPU 0. Targets are interleaved over several rounds after a warm-up; the tables show medians and
 min-max, and the ratios of Meridian to HAProxy and to nginx measured in this same invocation.
+
+With `--threads 2` (the multi-core figures) each proxy has two workers on both CPUs (Meridian: its
+multi-threaded runtime with two workers; HAProxy: nbthread 2; nginx: two worker processes), and
+wrk and h2load run two threads on both CPUs beside them: on a two-core machine the proxies then
+share the cores with the load, so the figures compare the proxies with each other, in the same
+conditions, rather than measure what two whole cores give.
 """
 
 import argparse
@@ -110,12 +116,12 @@ def stop(proc, timeout=5):
         proc.wait()
 
 
-def configs(tmp, meridian_http2):
+def configs(tmp, meridian_http2, threads=1):
     up = f"127.0.0.1:{UPSTREAM_PORT}"
     files = {}
     files["upstream"] = upstream_config(tmp, up)
     files["nginx"] = f"""
-worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log /dev/null crit;
+worker_processes {threads}; daemon off; pid {tmp}/nginx.pid; error_log /dev/null crit;
 events {{ worker_connections 8192; }}
 http {{ access_log off; keepalive_requests 1000000;
   upstream up {{ server {up}; keepalive 1024; }}
@@ -124,7 +130,7 @@ http {{ access_log off; keepalive_requests 1000000;
       proxy_set_header Connection ""; }} }} }}
 """
     files["haproxy"] = haproxy_config(
-        [f"127.0.0.1:{PORTS['haproxy']}", f"127.0.0.1:{PORTS['haproxy'] + 100} proto h2"], up)
+        [f"127.0.0.1:{PORTS['haproxy']}", f"127.0.0.1:{PORTS['haproxy'] + 100} proto h2"], up, threads=threads)
     listeners = [("web", PORTS["meridian"])]
     if meridian_http2:
         listeners.append(("web2", PORTS["meridian"] + 100))
@@ -152,15 +158,15 @@ http {{ access_log off; keepalive_requests 1000000;
 """
 
 
-def haproxy_config(binds, up, frontend=()):
-    """HAProxy config: one thread, its frontend bound by each of `binds` (`ADDR [options]`) with
+def haproxy_config(binds, up, frontend=(), threads=1):
+    """HAProxy config: `threads` threads, its frontend bound by each of `binds` (`ADDR [options]`) with
     the further `frontend` lines, forwarding to `up` with keep-alive and connection reuse (up to
     1024 connections)."""
     bind_lines = "".join(f"  bind {bind}\n" for bind in binds)
     bind_lines += "".join(f"  {line}\n" for line in frontend)
     return f"""
 global
-  nbthread 1
+  nbthread {threads}
   maxconn 9000
 defaults
   mode http
@@ -195,17 +201,18 @@ def launch_reference(target, path, cpu):
     raise ValueError(target)
 
 
-def launch(target, paths, meridian):
+def launch(target, paths, meridian, cpus="1"):
+    """Starts `target` (meridian, haproxy or nginx) pinned to `cpus`."""
     if target == "meridian":
         return start([meridian, "proxy", "--config", paths["meridian"],
-                      "--admin", f"127.0.0.1:{ADMIN_PORT}"], 1,
+                      "--admin", f"127.0.0.1:{ADMIN_PORT}"], cpus,
                      env={**os.environ, "MERIDIAN_LOG": "error"})
-    return launch_reference(target, paths[target], 1)
+    return launch_reference(target, paths[target], cpus)
 
 
-def wrk(port, connections, seconds, lua):
+def wrk(port, connections, seconds, lua, cpus="0", threads=1):
     out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", lua,
+        ["taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", lua,
          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
     m = re.search(r"RESULT requests=(\d+) errors=(\d+) p50=(\d+) p99=(\d+) p999=(\d+)", out)
     req_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -213,9 +220,9 @@ def wrk(port, connections, seconds, lua):
             "p50": int(m.group(3)), "p99": int(m.group(4)), "p999": int(m.group(5))}
 
 
-def h2load(port, seconds):
+def h2load(port, seconds, cpus="0", threads=1):
     out = subprocess.run(
-        ["taskset", "-c", "0", "h2load", "-c10", "-m10", "-t1", f"-D{seconds}",
+        ["taskset", "-c", cpus, "h2load", "-c10", "-m10", f"-t{threads}", f"-D{seconds}",
          f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
     m = re.search(r"finished in .*?, ([\d.]+) req/s", out)
     ok = re.search(r"(\d+) succeeded, (\d+) failed", out)
@@ -235,7 +242,8 @@ def idle_connections(port, count):
 
 
 def measure(target, paths, meridian, args, lua):
-    proc = None if target == "direct" else launch(target, paths, meridian)
+    proxy_cpus, client_cpus = ("1", "0") if args.threads == 1 else ("0,1", "0,1")
+    proc = None if target == "direct" else launch(target, paths, meridian, proxy_cpus)
     port = PORTS[target]
     wait_port(port)
     pids = [] if proc is None else children(proc.pid)
@@ -244,15 +252,16 @@ def measure(target, paths, meridian, args, lua):
         time.sleep(0.3)
         row["rss_idle"] = rss_kib(pids)
         cpu0 = sum(cpu_seconds(p) for p in pids)
-        load = wrk(port, args.connections, args.seconds, lua)
+        load = wrk(port, args.connections, args.seconds, lua, client_cpus, args.threads)
         cpu1 = sum(cpu_seconds(p) for p in pids)
         row.update(load)
         row["cpu_us"] = (cpu1 - cpu0) * 1e6 / max(load["requests"], 1) if pids else float("nan")
         row["rss_load"] = rss_kib(children(proc.pid)) if proc else 0
-        single = wrk(port, 1, max(2, args.seconds // 2), lua)
+        single = wrk(port, 1, max(2, args.seconds // 2), lua, client_cpus)
         row["single_p50"] = single["p50"]
         h2_port = port + 100 if target != "direct" else None
-        row["h2_req_s"] = h2load(h2_port, args.seconds)["req_s"] if h2_port else float("nan")
+        row["h2_req_s"] = (h2load(h2_port, args.seconds, client_cpus, args.threads)["req_s"]
+                           if h2_port else float("nan"))
         socks = idle_connections(port, 1000)
         time.sleep(0.3)
         row["rss_1000"] = rss_kib(children(proc.pid)) if proc else 0
@@ -283,17 +292,22 @@ def main():
     parser = bench_arguments(__doc__)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--threads", type=int, choices=[1, 2], default=1,
+                        help="workers per proxy (2: proxies and load on both CPUs)")
     args = parser.parse_args()
     targets = ["direct", "meridian", "haproxy", "nginx"]
     tmp = tempfile.mkdtemp(prefix="meridian-bench-")
-    paths = configs(tmp, meridian_http2=True)
+    paths = configs(tmp, meridian_http2=True, threads=args.threads)
     lua = os.path.join(tmp, "report.lua")
     with open(lua, "w") as f:
         f.write(WRK_LUA)
-    upstream = start(["nginx", "-c", paths["upstream"]], 0)
+    upstream = start(["nginx", "-c", paths["upstream"]], 0 if args.threads == 1 else "0,1")
     wait_port(UPSTREAM_PORT)
-    print(f"proxies on CPU 1 (one worker each); wrk, h2load and the upstream on CPU 0; "
-          f"{args.connections} connections, {args.seconds}s per run, {args.rounds} rounds + warm-up")
+    placement = ("proxies on CPU 1 (one worker each); wrk, h2load and the upstream on CPU 0"
+                 if args.threads == 1 else
+                 "proxies with two workers each, wrk and h2load with two threads, and the "
+                 "upstream, all on CPUs 0 and 1")
+    print(f"{placement}; {args.connections} connections, {args.seconds}s per run, {args.rounds} rounds + warm-up")
     try:
         results = interleaved(targets, args.rounds,
                               lambda target: measure(target, paths, args.meridian, args, lua))
