@@ -11,6 +11,7 @@ mod answer;
 mod compress;
 mod disk;
 mod fill;
+mod partial;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -133,13 +134,16 @@ impl HttpCache {
         }
     }
 
-    /// Removes every response stored under `key`, on disk and in memory; whether memory had
-    /// any.
+    /// Removes every response stored under `key`, and the parts stored of its
+    /// representation, on disk and in memory; whether memory had any.
     fn remove_key(&self, key: &CacheKey) -> bool {
+        let partial = key.partial();
         if let Some(disk) = &self.disk {
             disk.delete(disk.tier().purge_key(key));
+            disk.delete(disk.tier().purge_key(&partial));
         }
-        self.store.purge_key(key)
+        let parts = self.store.purge_key(&partial);
+        self.store.purge_key(key) || parts
     }
 }
 
@@ -278,7 +282,8 @@ impl HttpCache {
     }
 }
 
-/// The keys of the responses stored for `url` (see [`CachePurge::Url`]).
+/// The keys of the responses stored for `url` (see [`CachePurge::Url`]), and of the parts
+/// stored of them.
 fn url_keys(url: &str, served: &Served) -> Result<Vec<CacheKey>, PurgeError> {
     let bad = || PurgeError::Url(url.to_owned());
     let uri: Uri = url.parse().map_err(|_| bad())?;
@@ -305,6 +310,7 @@ fn url_keys(url: &str, served: &Served) -> Result<Vec<CacheKey>, PurgeError> {
                     .map(|scheme| CacheKey::of_uri(scheme, authority, path_and_query, &cache.query))
             })
         })
+        .flat_map(|key| [key.partial(), key])
         .collect();
     keys.sort();
     keys.dedup();
@@ -477,10 +483,33 @@ pub(crate) async fn exchange(
     }
     // A HEAD or a range with nothing stored fills the cache with the whole representation
     // and is answered from it; a range of one too large to store goes upstream again as it
-    // was asked for. A range with a body (which a GET should not have) goes as it is.
+    // was asked for, and the part that comes back is stored ([`partial`]). A range with a
+    // body (which a GET should not have) goes as it is.
     let range = stored.is_none() && client.request.headers().contains_key(RANGE);
     if range && !hyper::body::Body::is_end_stream(client.request.body()) {
         return pass(client, route, cluster, ctx, reason).await;
+    }
+    let parts = match range && method == Method::GET {
+        true => partial::lookup(cache, &key, client.request.headers(), metrics.cache()).await,
+        false => None,
+    };
+    if let Some(parts) = parts {
+        let request = client.request.headers();
+        if let Some(answer) = partial::answer(&parts, request, &request_directives, now) {
+            metrics.cache().hit.inc();
+            return Err(answer);
+        }
+        metrics.cache().miss.inc();
+        return partial::fetch(
+            cache,
+            &key,
+            Forward::Partial,
+            client,
+            route,
+            cluster,
+            metrics,
+        )
+        .await;
     }
     let again = range.then(|| Again::of(&client));
     let leader = match cache.cache.collapser.join(&key).await {
@@ -535,7 +564,13 @@ pub(crate) async fn exchange(
             Some(again) => {
                 // Dropped unread: its connection closes.
                 drop(response);
-                pass(again.request(), route, cluster, ctx, reason).await
+                let again = again.request();
+                match request_method == Method::GET {
+                    true => {
+                        partial::fetch(cache, &key, reason, again, route, cluster, metrics).await
+                    }
+                    false => pass(again, route, cluster, ctx, reason).await,
+                }
             }
             None => compress::passed(response, wanted, (cluster, metrics)),
         },
