@@ -1272,3 +1272,26 @@ async fn rfc9110_15_2_a_1xx_response_is_passed_on_to_http_1_1_clients_and_never_
     assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn rfc9110_8_4_concurrent_first_requests_for_a_coding_code_the_content_once() {
+    let (proxy, base, origin) = edge("{}").await;
+    let text = "meridian ".repeat(500);
+    let plain = get_raw(&base, "/text", &[("accept-encoding", "identity")]).await;
+    assert_eq!((plain.status, plain.field("content-encoding")), (200, ""));
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move { get_raw(&base, "/text", &[("accept-encoding", "br")]).await })
+        })
+        .collect();
+    for request in requests {
+        let got = request.await.unwrap();
+        assert_eq!(got.field("content-encoding"), "br");
+        assert_eq!(decode("br", &got.body), text);
+    }
+    let metrics = proxy.metrics_text();
+    let made = "meridian_proxy_cache_codings_total 1";
+    assert!(metrics.lines().any(|l| l == made), "{made} in\n{metrics}");
+    assert_eq!(origin.count("/text"), 1);
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, RANGE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use meridian_cache::encoding;
+use meridian_cache::encoding::{self, Coding};
 use meridian_cache::invalidation::{invalidated, Target};
 use meridian_cache::{
     CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, DiskTier, Forward, Freshness,
@@ -31,7 +31,7 @@ use crate::body::ClientBody;
 use crate::body::ProxyBody;
 use crate::cluster::Cluster;
 use crate::forward::{forward, upstream_response_head, ClientRequest};
-use crate::metrics::CacheMetrics;
+use crate::metrics::{CacheMetrics, ProxyMetrics};
 use crate::peer::Peer;
 use crate::pool::ConnectionBody;
 use crate::routing::{Route, RouteTable};
@@ -51,12 +51,13 @@ const COLLAPSE: CollapseLimits = CollapseLimits {
     max_wait: Duration::from_secs(15),
 };
 
-/// The proxy's shared HTTP cache: its store in memory, its disk tier if it has one, and the
-/// requests in flight to fill it.
+/// The proxy's shared HTTP cache: its store in memory, its disk tier if it has one, the
+/// requests in flight to fill it, and the codings of stored contents being made.
 pub struct HttpCache {
     store: Store,
     disk: Option<disk::DiskCache>,
     collapser: Collapser<Arc<Object>>,
+    coders: Collapser<Arc<Object>, (CacheKey, Coding)>,
 }
 
 impl HttpCache {
@@ -66,6 +67,7 @@ impl HttpCache {
             store: Store::new(limits),
             disk: None,
             collapser: Collapser::new(COLLAPSE),
+            coders: Collapser::new(COLLAPSE),
         }
     }
 
@@ -455,7 +457,7 @@ pub(crate) async fn exchange(
                         headers: Some(headers),
                         status,
                     };
-                    return Err(answer.make(&cache.cache.store, &key, request).await);
+                    return Err(answer.make(&cache.cache, &key, request, metrics).await);
                 }
                 Reuse::StaleWhileRevalidate => {
                     metrics.cache().stale.inc();
@@ -467,7 +469,7 @@ pub(crate) async fn exchange(
                         headers: Some(headers),
                         status,
                     };
-                    return Err(answer.make(&cache.cache.store, &key, request).await);
+                    return Err(answer.make(&cache.cache, &key, request, metrics).await);
                 }
                 Reuse::Validate if state.is_fresh() => (Forward::Request, Some(object)),
                 Reuse::Validate => (Forward::Stale, Some(object)),
@@ -528,7 +530,7 @@ pub(crate) async fn exchange(
                 headers: None,
                 status,
             };
-            return Err(answer.make(&cache.cache.store, &key, request).await);
+            return Err(answer.make(&cache.cache, &key, request, metrics).await);
         }
         Join::Shared(_) | Join::Alone(_) => None,
     };
@@ -557,7 +559,7 @@ pub(crate) async fn exchange(
                 headers: fuller,
                 status,
             };
-            Err(answer.make(&cache.cache.store, &key, request).await)
+            Err(answer.make(&cache.cache, &key, request, metrics).await)
         }
         Fetched::Passed(response) => compress::passed(response, wanted, (cluster, metrics)),
         Fetched::TooLarge(response) => match again {
@@ -673,14 +675,15 @@ struct Answer {
 
 impl Answer {
     /// The answer to a request with `method` and `request` fields, the content coded as it
-    /// asks (the coding made now if it was not, and kept in `store` under `key`).
+    /// asks (the coding made now if it was not, and kept in `cache` under `key`).
     async fn make(
         self,
-        store: &Store,
+        cache: &HttpCache,
         key: &CacheKey,
         request: (&Method, &HeaderMap),
+        metrics: &ProxyMetrics,
     ) -> Response<ProxyBody> {
-        let object = compress::for_request(store, key, self.object, request).await;
+        let object = compress::for_request(cache, key, self.object, request, metrics.cache()).await;
         let headers = self.headers.unwrap_or_else(|| object.headers());
         answer::from_object(&object, headers, request, SystemTime::now(), self.status)
     }
