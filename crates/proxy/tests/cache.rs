@@ -1173,6 +1173,16 @@ async fn rfc9111_3_3_parts_of_a_representation_too_large_to_store_answer_the_ran
         .field("content-type")
         .starts_with("multipart/byteranges"));
     assert_eq!(origin.count("/video"), 3);
+    // §5.2.1.7: only-if-cached is answered from the parts when they hold the range.
+    let cached_only = |spec: &'static str| {
+        let base = base.clone();
+        let headers = [("range", spec), ("cache-control", "only-if-cached")];
+        async move { get_raw(&base, "/video", &headers).await }
+    };
+    let held = cached_only("bytes=20-29").await;
+    assert_eq!((held.status, &held.body[..]), (206, &content[20..30]));
+    assert_eq!(cached_only("bytes=150-249").await.status, 504);
+    assert_eq!(origin.count("/video"), 3);
     // Never a byte that was not stored: 200..250 was not.
     let beyond = ask("bytes=150-249").await;
     assert_eq!((beyond.status, &beyond.body[..]), (206, &content[150..250]));

@@ -478,20 +478,13 @@ pub(crate) async fn exchange(
         Lookup::VaryMiss => (Forward::VaryMiss, None),
         Lookup::UriMiss => (Forward::UriMiss, None),
     };
-    if request_directives.only_if_cached {
-        // RFC 9111 §5.2.1.7: nothing usable stored.
-        metrics.cache().miss.inc();
-        return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
-    }
     // A HEAD or a range with nothing stored fills the cache with the whole representation
     // and is answered from it; a range of one too large to store goes upstream again as it
     // was asked for, and the part that comes back is stored ([`partial`]). A range with a
     // body (which a GET should not have) goes as it is.
     let range = stored.is_none() && client.request.headers().contains_key(RANGE);
-    if range && !hyper::body::Body::is_end_stream(client.request.body()) {
-        return pass(client, route, cluster, ctx, reason).await;
-    }
-    let parts = match range && method == Method::GET {
+    let bodiless = hyper::body::Body::is_end_stream(client.request.body());
+    let parts = match range && bodiless && method == Method::GET {
         true => partial::lookup(cache, &key, client.request.headers(), metrics.cache()).await,
         false => None,
     };
@@ -502,6 +495,9 @@ pub(crate) async fn exchange(
             return Err(answer);
         }
         metrics.cache().miss.inc();
+        if request_directives.only_if_cached {
+            return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
+        }
         return partial::fetch(
             cache,
             &key,
@@ -512,6 +508,14 @@ pub(crate) async fn exchange(
             metrics,
         )
         .await;
+    }
+    if request_directives.only_if_cached {
+        // RFC 9111 §5.2.1.7: nothing usable stored.
+        metrics.cache().miss.inc();
+        return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
+    }
+    if range && !bodiless {
+        return pass(client, route, cluster, ctx, reason).await;
     }
     let again = range.then(|| Again::of(&client));
     let leader = match cache.cache.collapser.join(&key).await {
