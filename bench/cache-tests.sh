@@ -6,6 +6,8 @@
 # nginx and Varnish (results/*.json: the suite's own runs of them, not measured here), and
 # the tests this cache did not pass.
 # Usage: bench/cache-tests.sh SUITE_DIR   (a checkout of http-tests/cache-tests)
+# Environment: MERIDIAN, a meridian binary to test instead of building the debug one;
+# CACHE_TESTS_IP, the loopback address everything listens on (default 127.0.0.1).
 set -euo pipefail
 suite=$(realpath "${1:?usage: bench/cache-tests.sh SUITE_DIR}")
 cd "$(dirname "$0")/.."
@@ -14,8 +16,12 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
 fi
 (cd "$suite" && npm i --omit=dev --no-audit --no-fund >/dev/null)
-cargo build -p meridian-cli --bin meridian
-meridian="${CARGO_TARGET_DIR:-target}/debug/meridian"
+meridian="${MERIDIAN:-}"
+if [[ -z "$meridian" ]]; then
+  cargo build -p meridian-cli --bin meridian
+  meridian="${CARGO_TARGET_DIR:-target}/debug/meridian"
+fi
+ip="${CACHE_TESTS_IP:-127.0.0.1}"
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -25,7 +31,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('$ip', 0)); print(s.getsockname()[1])"; }
 origin=$(free_port)
 proxy=$(free_port)
 (cd "$suite" && exec npm run --silent server --port="$origin" --pidfile="$work/server.pid") \
@@ -34,7 +40,7 @@ pids+=($!)
 cat >"$work/proxy.yaml" <<YAML
 listeners:
   - name: public
-    address: 127.0.0.1:$proxy
+    address: $ip:$proxy
     virtual_hosts:
       - name: all
         domains: ["*"]
@@ -43,12 +49,12 @@ listeners:
             cache: {}
 clusters:
   - name: origin
-    endpoints: [{address: "127.0.0.1:$origin"}]
+    endpoints: [{address: "$ip:$origin"}]
 YAML
-"$meridian" proxy --config "$work/proxy.yaml" --admin 127.0.0.1:0 >"$work/proxy.log" 2>&1 &
+"$meridian" proxy --config "$work/proxy.yaml" --admin "$ip:0" >"$work/proxy.log" 2>&1 &
 pids+=($!)
 deadline=$((SECONDS + 30))
-until curl -s -o /dev/null "http://127.0.0.1:$origin/" && curl -s -o /dev/null "http://127.0.0.1:$proxy/"; do
+until curl -s -o /dev/null "http://$ip:$origin/" && curl -s -o /dev/null "http://$ip:$proxy/"; do
   if ((SECONDS > deadline)); then
     echo "the suite's server or the proxy did not start:" >&2
     cat "$work/server.log" "$work/proxy.log" >&2
@@ -56,7 +62,7 @@ until curl -s -o /dev/null "http://127.0.0.1:$origin/" && curl -s -o /dev/null "
   fi
   sleep 0.2
 done
-(cd "$suite" && npm run --silent cli --base="http://127.0.0.1:$proxy") >"$work/results.json"
+(cd "$suite" && npm run --silent cli --base="http://$ip:$proxy") >"$work/results.json"
 cat >"$work/summary.mjs" <<'JS'
 import fs from 'fs'
 const [suite, ours] = process.argv.slice(2)

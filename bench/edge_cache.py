@@ -46,6 +46,8 @@ import http.client
 from proxy import (bench_arguments, children, cpu_seconds, interleaved, launch_reference, pss_kib,
                    rss_kib, start, stop, wait_port, write_configs)
 
+# The loopback address everything listens on (--host).
+HOST = "127.0.0.1"
 ORIGIN_PORT = 19480
 PORTS = {"meridian": 19481, "varnish": 19482, "nginx": 19483}
 MERIDIAN_ADMIN_PORT = 19491
@@ -77,7 +79,7 @@ def docroot(tmp):
 
 
 def configs(tmp, root):
-    origin = f"127.0.0.1:{ORIGIN_PORT}"
+    origin = f"{HOST}:{ORIGIN_PORT}"
     files = {}
     # Every request is logged (one line each) so that the benchmark sees any that reaches it.
     # /obj/<n>: distinct URLs with the 1 KB object's content, for the memory figure.
@@ -97,17 +99,17 @@ http {{ access_log off; keepalive_requests 1000000;
   proxy_cache_path {tmp}/nginx-cache levels=1:2 keys_zone=edge:32m max_size={STORE_MIB}m
     inactive=1d use_temp_path=off;
   upstream origin {{ server {origin}; keepalive 1024; }}
-  server {{ listen 127.0.0.1:{PORTS['nginx']};
+  server {{ listen {HOST}:{PORTS['nginx']};
     location / {{ proxy_pass http://origin; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_cache edge;
       add_header X-Cache-Status $upstream_cache_status; }} }} }}
 """
     files["varnish"] = f"""vcl 4.1;
-backend origin {{ .host = "127.0.0.1"; .port = "{ORIGIN_PORT}"; }}
+backend origin {{ .host = "{HOST}"; .port = "{ORIGIN_PORT}"; }}
 """
     files["meridian"] = f"""listeners:
   - name: edge
-    address: 127.0.0.1:{PORTS['meridian']}
+    address: {HOST}:{PORTS['meridian']}
     virtual_hosts: [{{name: all, domains: ["*"], routes: [{{cluster: origin, cache: {{}}}}]}}]
 clusters:
   - name: origin
@@ -119,13 +121,13 @@ clusters:
 def launch(target, paths, args, tmp):
     if target == "meridian":
         return start([args.meridian, "proxy", "--config", paths["meridian"],
-                      "--admin", f"127.0.0.1:{MERIDIAN_ADMIN_PORT}"], SERVER_CPU,
+                      "--admin", f"{HOST}:{MERIDIAN_ADMIN_PORT}"], SERVER_CPU,
                      env={**os.environ, "MERIDIAN_LOG": "error"})
     if target == "varnish":
         workdir = os.path.join(tmp, "varnish")
         return start(["varnishd", "-F", "-j", "none", "-n", workdir,
-                      "-a", f"127.0.0.1:{PORTS['varnish']}",
-                      "-T", f"127.0.0.1:{VARNISH_ADMIN_PORT}", "-f", paths["varnish"],
+                      "-a", f"{HOST}:{PORTS['varnish']}",
+                      "-T", f"{HOST}:{VARNISH_ADMIN_PORT}", "-f", paths["varnish"],
                       "-s", f"malloc,{STORE_MIB}m", "-p", "thread_pools=1"], SERVER_CPU)
     if target == "nginx":
         # A cold cache for every process, as for the others (their stores are in memory).
@@ -142,7 +144,7 @@ def origin_requests(tmp):
 
 
 def fetch(port, path):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -180,7 +182,7 @@ def warm(target, port, path, size):
 def wrk(args, port, path, lua):
     out = subprocess.run(
         ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{args.connections}",
-         f"-d{args.seconds}s", "-s", lua, f"http://127.0.0.1:{port}{path}"],
+         f"-d{args.seconds}s", "-s", lua, f"http://{HOST}:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     m = re.search(r"RESULT requests=(\d+) errors=(\d+) p50=(\d+) p99=(\d+)", out)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -224,10 +226,10 @@ def memory(target, args, port, pids, tmp):
     """Bytes of RSS (and PSS) per cached distinct 1 KB object, on a fresh process."""
     uris = os.path.join(tmp, f"uris-{port}.txt")
     with open(uris, "w") as f:
-        f.write("".join(f"http://127.0.0.1:{port}/obj/{i}\n" for i in range(args.objects)))
+        f.write("".join(f"http://{HOST}:{port}/obj/{i}\n" for i in range(args.objects)))
     warm_uris = os.path.join(tmp, f"warm-{port}.txt")
     with open(warm_uris, "w") as f:
-        f.write(f"http://127.0.0.1:{port}/obj/warm\n")
+        f.write(f"http://{HOST}:{port}/obj/warm\n")
     # The first connection, the first miss and hits cost what any use of the server costs.
     h2load_pass(port, warm_uris, 300)
     time.sleep(0.3)
@@ -259,7 +261,7 @@ def measure(target, paths, args, lua, tmp):
     port = PORTS[target]
     row = {}
     try:
-        wait_port(port, deadline=30)
+        wait_port(port, deadline=30, host=HOST)
         pids = children(proc.pid)
         time.sleep(0.3)
         # A fresh process first, so that the objects' memory is not served from what earlier
@@ -275,15 +277,19 @@ def measure(target, paths, args, lua, tmp):
 
 
 def main():
+    global HOST
     parser = bench_arguments(__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="per measured wrk run")
     parser.add_argument("--connections", type=int, default=50, help="wrk's connections")
     parser.add_argument("--objects", type=int, default=20000,
                         help="distinct 1 KB objects for the memory figure")
+    parser.add_argument("--host", default=HOST,
+                        help="the loopback address every server listens on")
     args = parser.parse_args()
+    HOST = args.host
     for port in [ORIGIN_PORT, *PORTS.values(), MERIDIAN_ADMIN_PORT, VARNISH_ADMIN_PORT]:
         try:
-            wait_port(port, deadline=0.1)
+            wait_port(port, deadline=0.1, host=HOST)
         except RuntimeError:
             continue
         raise SystemExit(f"port {port} is taken: is another benchmark running?")
@@ -301,7 +307,7 @@ def main():
           f"{args.seconds}s per run; {args.objects} distinct 1 KB objects for memory; "
           f"{args.rounds} rounds + warm-up", flush=True)
     try:
-        wait_port(ORIGIN_PORT)
+        wait_port(ORIGIN_PORT, host=HOST)
         results = interleaved(targets, args.rounds,
                               lambda target: measure(target, paths, args, lua, tmp))
     finally:

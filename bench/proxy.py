@@ -40,11 +40,11 @@ end
 """
 
 
-def wait_port(port, deadline=20.0):
+def wait_port(port, deadline=20.0, host="127.0.0.1"):
     end = time.time() + deadline
     while time.time() < end:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)

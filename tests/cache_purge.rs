@@ -3,14 +3,17 @@
 //! following the global control plane. A purge by URL, by tag or of everything through
 //! `meridian cache purge` is applied by both edges before the command returns. An edge cut off
 //! from the global control plane during a purge keeps serving what it holds (it cannot know of
-//! the purge), and applies the purge it missed once it is back.
+//! the purge), and applies the purge it missed once it is back. An edge with a disk tier
+//! (`--cache-disk`) serves what it stored from disk after a restart, once it applied the
+//! purges made while it was down.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use support::{
-    agent, edge_at, edge_via, gateway, Deployed, Edge, RegionalPlane, AMSTERDAM, HELLO, PARIS,
+    agent, edge_at, edge_via, edge_with, gateway, Deployed, Edge, RegionalPlane, AMSTERDAM, HELLO,
+    PARIS,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -292,4 +295,71 @@ async fn an_edge_away_during_a_purge_applies_it_once_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     setup.until_edges_connected(2).await;
+}
+
+/// Whether the disk tier at `dir` holds a record whose key ends with `path` (files being
+/// written aside).
+fn on_disk(dir: &std::path::Path, path: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir.join("objects")) else {
+        return false;
+    };
+    let key = format!("shop.example.com{path}");
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .any(|record| record.windows(key.len()).any(|w| w == key.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_restarted_serves_from_its_disk_tier_once_it_applied_the_purges_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Deployed::start(dir.path(), &shop());
+    let (global, token) = (&platform.global, &platform.token);
+    let region = RegionalPlane::start(global, token, "fra", Some("127.0.181.22:8080"));
+    let _node = agent(&region, "fra-1", "127.0.181.21", dir.path());
+    let (gateway_process, _) = gateway(&region, dir.path()).await;
+    let disk = dir.path().join("edge-cache");
+    let extra = ["--cache-disk", disk.to_str().unwrap()];
+    let (edge_process, edge) = edge_with(&platform, &region, dir.path(), &extra);
+    support::until_the_shop_answers(&edge, "a greeting", |body| body.contains(" in fra ")).await;
+    let (kept, purged) = ("/tagged/kept", "/tagged/gone");
+    for path in [kept, purged] {
+        until_cached(&edge, path).await;
+    }
+    // The tier writes on its own thread: both records are on disk before the edge goes.
+    let end = Instant::now() + DEADLINE;
+    while !(on_disk(&disk, kept) && on_disk(&disk, purged)) {
+        assert!(Instant::now() < end, "the records never reached the disk");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(edge_process);
+    let out = platform.cli.ok(&[
+        "cache", "purge", "--app", "shop", "--org", "acme", "--tag", "gone",
+    ]);
+    assert!(out.contains("accepted: tag `gone`"), "{out}");
+    // No origin from now on: whatever the edge answers with 200 comes from its disk.
+    drop(gateway_process);
+    let (_edge_process, edge) = edge_with(&platform, &region, dir.path(), &extra);
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (status, cache_status) = get(&edge, purged).await;
+        assert!(
+            status != 200 && !cache_status.contains("hit"),
+            "the purged object was served after the restart: {status} {cache_status}"
+        );
+        let (status, cache_status) = get(&edge, kept).await;
+        if status == 200 {
+            assert!(
+                cache_status.starts_with("Meridian; hit"),
+                "{status} {cache_status}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "never served from disk: {status} {cache_status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

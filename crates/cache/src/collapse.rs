@@ -2,8 +2,12 @@
 //! request leads (goes upstream); the others wait for its outcome, up to a number of
 //! waiters and a time. A response the leader shares answers them all; one it cannot share
 //! (not storable, an error, the leader gone) releases them to go upstream themselves.
+//!
+//! A flight is keyed by a cache key, or by whatever else its caller does once for many (the
+//! edge codes a stored response's content once per coding: a key and a coding).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,10 +36,10 @@ pub enum Alone {
 }
 
 /// What a request that missed does.
-pub enum Join<T> {
+pub enum Join<T, K: Hash + Eq = CacheKey> {
     /// Go upstream, then [`Leader::share`] the response (or drop the leader to release the
     /// others).
-    Lead(Leader<T>),
+    Lead(Leader<T, K>),
     /// The leader's shared response. It may be of another variant than this request
     /// selects: the caller checks.
     Shared(T),
@@ -55,17 +59,17 @@ struct Flight<T> {
     waiters: usize,
 }
 
-type Flights<T> = Arc<Mutex<HashMap<CacheKey, Flight<T>>>>;
+type Flights<T, K> = Arc<Mutex<HashMap<K, Flight<T>>>>;
 
 /// The requests in flight, by key.
-pub struct Collapser<T> {
-    flights: Flights<T>,
+pub struct Collapser<T, K = CacheKey> {
+    flights: Flights<T, K>,
     limits: CollapseLimits,
 }
 
-impl<T: Clone + Send + Sync + 'static> Collapser<T> {
+impl<T: Clone + Send + Sync + 'static, K: Hash + Eq + Clone> Collapser<T, K> {
     /// No request in flight.
-    pub fn new(limits: CollapseLimits) -> Collapser<T> {
+    pub fn new(limits: CollapseLimits) -> Collapser<T, K> {
         Collapser {
             flights: Arc::default(),
             limits,
@@ -74,7 +78,7 @@ impl<T: Clone + Send + Sync + 'static> Collapser<T> {
 
     /// Joins the flight for `key`: leads it if there is none, else waits for its outcome
     /// (within the limits).
-    pub async fn join(&self, key: &CacheKey) -> Join<T> {
+    pub async fn join(&self, key: &K) -> Join<T, K> {
         let mut outcome = {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             match flights.get_mut(key) {
@@ -120,7 +124,7 @@ impl<T: Clone + Send + Sync + 'static> Collapser<T> {
     }
 
     /// Requests waiting on `key` (for tests and metrics).
-    pub fn waiters(&self, key: &CacheKey) -> usize {
+    pub fn waiters(&self, key: &K) -> usize {
         let flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         flights.get(key).map_or(0, |f| f.waiters)
     }
@@ -132,7 +136,7 @@ impl<T: Clone + Send + Sync + 'static> Collapser<T> {
     }
 
     /// A waiter that gave up leaves the count of the flight it waited on (if still that one).
-    fn leave(&self, key: &CacheKey, outcome: &watch::Receiver<Outcome<T>>) {
+    fn leave(&self, key: &K, outcome: &watch::Receiver<Outcome<T>>) {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(flight) = flights.get_mut(key) {
             if flight.outcome.same_channel(outcome) {
@@ -144,13 +148,13 @@ impl<T: Clone + Send + Sync + 'static> Collapser<T> {
 
 /// The request that goes upstream for a key. Dropping it without sharing releases the
 /// waiters.
-pub struct Leader<T> {
-    key: CacheKey,
+pub struct Leader<T, K: Hash + Eq = CacheKey> {
+    key: K,
     sender: Option<watch::Sender<Outcome<T>>>,
-    flights: Flights<T>,
+    flights: Flights<T, K>,
 }
 
-impl<T> Leader<T> {
+impl<T, K: Hash + Eq> Leader<T, K> {
     /// Answers every waiter with `value` (store it first: requests that arrive from now on
     /// look in the store, not at this flight).
     pub fn share(mut self, value: T) {
@@ -174,7 +178,7 @@ impl<T> Leader<T> {
     }
 }
 
-impl<T> Drop for Leader<T> {
+impl<T, K: Hash + Eq> Drop for Leader<T, K> {
     fn drop(&mut self) {
         self.finish(Outcome::Released);
     }

@@ -28,6 +28,9 @@ impl QueryKey {
     }
 }
 
+/// What a key of parts of a representation begins with (see [`CacheKey::partial`]).
+const PARTIAL: &str = "GET-PARTIAL ";
+
 /// A primary cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey(String);
@@ -93,6 +96,13 @@ impl CacheKey {
             }
         }
         CacheKey(key)
+    }
+
+    /// The key under which parts of this key's representation are stored (RFC 9111 §3.3),
+    /// apart from complete responses: a lookup of the key itself never finds them.
+    pub fn partial(&self) -> CacheKey {
+        let uri = self.0.strip_prefix("GET ").unwrap_or(&self.0);
+        CacheKey(format!("{PARTIAL}{uri}"))
     }
 
     /// The host of the key's URI, in lower case, without its port.

@@ -18,6 +18,7 @@ pub mod encoding;
 pub mod freshness;
 pub mod invalidation;
 pub mod key;
+pub mod partial;
 pub mod range;
 pub mod reuse;
 pub mod serve;

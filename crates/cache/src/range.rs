@@ -132,17 +132,17 @@ pub fn content_range(range: Option<&Range<u64>>, length: u64) -> String {
     }
 }
 
-/// A `multipart/byteranges` body of `ranges` of `body` (RFC 9110 §14.6), each part with
-/// `content_type` if known, separated by `boundary`; and its `Content-Type`.
+/// A `multipart/byteranges` body of `parts` (each a range of a representation of `length`
+/// bytes, and its content) (RFC 9110 §14.6), each part with `content_type` if known,
+/// separated by `boundary`; and its `Content-Type`.
 pub fn byteranges(
-    body: &Bytes,
-    ranges: &[Range<u64>],
+    parts: &[(Range<u64>, Bytes)],
+    length: u64,
     content_type: Option<&str>,
     boundary: &str,
 ) -> (Bytes, String) {
-    let length = body.len() as u64;
     let mut out = BytesMut::new();
-    for range in ranges {
+    for (range, content) in parts {
         out.put_slice(format!("\r\n--{boundary}\r\n").as_bytes());
         if let Some(content_type) = content_type {
             out.put_slice(format!("content-type: {content_type}\r\n").as_bytes());
@@ -152,9 +152,7 @@ pub fn byteranges(
             content_range(Some(range), length)
         );
         out.put_slice(header.as_bytes());
-        // Ranges are resolved within the body's length.
-        let (start, end) = (range.start as usize, range.end as usize);
-        out.put_slice(&body[start.min(body.len())..end.min(body.len())]);
+        out.put_slice(content);
     }
     out.put_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let content_type = format!("multipart/byteranges; boundary={boundary}");
@@ -187,8 +185,11 @@ mod tests {
             RangeAnswer::Multiple(vec![0..10, 50..60])
         );
         assert_eq!(range("bytes=0-9, 5-19"), RangeAnswer::Single(0..20));
-        let body = Bytes::from_static(b"0123456789");
-        let (multipart, content_type) = byteranges(&body, &[0..2, 8..10], Some("text/plain"), "B");
+        let parts = [
+            (0..2, Bytes::from_static(b"01")),
+            (8..10, Bytes::from_static(b"89")),
+        ];
+        let (multipart, content_type) = byteranges(&parts, 10, Some("text/plain"), "B");
         assert_eq!(content_type, "multipart/byteranges; boundary=B");
         assert_eq!(
             &multipart[..],

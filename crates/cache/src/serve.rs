@@ -92,8 +92,18 @@ pub fn answer(
         RangeAnswer::Multiple(parts) => {
             let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
             let content_type = content_type.map(str::to_owned);
+            // Ranges are resolved within the body's length.
+            let parts: Vec<_> = parts
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.clone(),
+                        stored.body.slice(r.start as usize..r.end as usize),
+                    )
+                })
+                .collect();
             let (body, multipart_type) =
-                range::byteranges(stored.body, &parts, content_type.as_deref(), &boundary());
+                range::byteranges(&parts, length, content_type.as_deref(), &boundary());
             headers.insert(CONTENT_TYPE, header_value(&multipart_type));
             (StatusCode::PARTIAL_CONTENT, body)
         }

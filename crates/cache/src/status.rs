@@ -22,6 +22,8 @@ pub enum Forward {
     Stale,
     /// The request asked for validation (`no-cache`, `max-age`, …).
     Request,
+    /// Part of the representation was stored, not all of what the request asks for.
+    Partial,
 }
 
 impl Forward {
@@ -33,6 +35,7 @@ impl Forward {
             Forward::VaryMiss => "vary-miss",
             Forward::Stale => "stale",
             Forward::Request => "request",
+            Forward::Partial => "partial",
         }
     }
 }

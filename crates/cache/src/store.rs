@@ -175,6 +175,17 @@ impl Object {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
+    /// The values of field `name`, in order.
+    pub fn header_values<'a>(
+        &'a self,
+        name: &'a HeaderName,
+    ) -> impl Iterator<Item = &'a HeaderValue> + 'a {
+        self.fields
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
     /// The bytes it is counted for against the store's bound.
     pub fn weight(&self) -> usize {
         let fields: usize = self

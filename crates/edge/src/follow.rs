@@ -99,6 +99,8 @@ pub struct Follower {
     purges: Purges,
     /// The domains of each app, as the region summaries say (purges stay within them).
     app_domains: AppDomains,
+    /// Whether the plane's purges were received (an empty history included).
+    purges_received: bool,
     /// Told whether the edge follows, and which gateways serve healthy regions.
     feed: ControlFeed,
 }
@@ -136,6 +138,7 @@ impl Follower {
             https_port,
             purges,
             app_domains: AppDomains::new(),
+            purges_received: false,
             feed: ControlFeed::new(),
         })
     }
@@ -170,6 +173,19 @@ impl Follower {
             Some(&self.mesh),
             &self.incumbents,
         )
+    }
+
+    /// Applies the purges held that are new, once both they and the region summaries were
+    /// received: a purge stays within its app's domains, which only the summaries say (after
+    /// a restart, purges may arrive first; the disk tier serves only once they are applied).
+    async fn follow_purges(&mut self, resources: &Resources) -> Result<(), String> {
+        if !self.purges_received || !resources.contains_key(REGION_SUMMARY) {
+            return Ok(());
+        }
+        let held = resources.get(CACHE_PURGE);
+        self.purges
+            .follow(&self.proxy, held, &self.app_domains)
+            .await
     }
 
     /// Renders the configuration from the summaries in `resources` and applies it if it
@@ -320,7 +336,10 @@ impl Handler for Follower {
         changes: &Changes<'_>,
     ) -> Result<Option<Interests>, String> {
         match changes.type_url {
-            REGION_SUMMARY => self.configure(resources).await?,
+            REGION_SUMMARY => {
+                self.configure(resources).await?;
+                self.follow_purges(resources).await?;
+            }
             SECRET => {
                 let domains_changed = self.tls.apply_secrets(resources, changes.names)?;
                 if domains_changed && resources.contains_key(REGION_SUMMARY) {
@@ -334,9 +353,8 @@ impl Handler for Follower {
             }
             ACME_CHALLENGE => self.tls.apply_challenges(resources, changes.names)?,
             CACHE_PURGE => {
-                let held = resources.get(CACHE_PURGE);
-                let domains = &self.app_domains;
-                self.purges.follow(&self.proxy, held, domains).await?;
+                self.purges_received = true;
+                self.follow_purges(resources).await?;
             }
             _ => {}
         }

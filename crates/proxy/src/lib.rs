@@ -30,6 +30,7 @@ mod hop_by_hop;
 mod http3;
 mod http_server;
 mod idle;
+mod informational;
 mod instance_stats;
 mod mesh;
 mod metrics;

@@ -107,6 +107,9 @@ pub struct CacheMetrics {
     pub bypass: Counter,
     /// Responses stored.
     pub stored: Counter,
+    /// Contents the cache coded for stored responses (one per response and coding, unless
+    /// the response was replaced or purged meanwhile).
+    pub codings: Counter,
     /// Bytes the store holds.
     pub bytes: Gauge,
     /// Keys the store holds.
@@ -144,6 +147,7 @@ impl CacheMetrics {
             validate: result("validate"),
             bypass: result("bypass"),
             stored: Counter::default(),
+            codings: Counter::default(),
             bytes: Gauge::default(),
             keys: Gauge::default(),
             disk_hit: Counter::default(),
@@ -180,6 +184,11 @@ impl CacheMetrics {
             "cache_stored",
             "Responses stored in the cache",
             metrics.stored.clone(),
+        );
+        registry.register(
+            "cache_codings",
+            "Contents the cache coded (gzip, br, zstd) for stored responses, each made once for concurrent requests",
+            metrics.codings.clone(),
         );
         registry.register(
             "cache_bytes",

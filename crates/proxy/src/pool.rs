@@ -304,9 +304,16 @@ async fn lean_exchange(
     }
     io.flush().await.map_err(failed)?;
     connection.write = out;
+    let sender = parts.extensions.get::<hyper::ext::InformationalSender>();
+    let mut informational = |response| {
+        if let Some(sender) = sender {
+            crate::informational::pass_on(sender, response);
+        }
+    };
     let head = loop {
-        let parsed = decode::parse_final_head(&mut connection.read, &parts.method)
-            .map_err(|e| Failure::Failed(SendError::Protocol(e)))?;
+        let parsed =
+            decode::parse_final_head(&mut connection.read, &parts.method, &mut informational)
+                .map_err(|e| Failure::Failed(SendError::Protocol(e)))?;
         if let Some(head) = parsed {
             break head;
         }
@@ -349,9 +356,10 @@ fn unsent(
 /// drives it, and returns it to `idle` at its end.
 async fn exchange(
     connection: Http1Connection,
-    request: Request<UpstreamBody>,
+    mut request: Request<UpstreamBody>,
     idle: &Arc<IdleConnections>,
 ) -> Sent {
+    crate::informational::through_hyper(&mut request);
     let (mut send, conn) = match http1::handshake(connection.io).await {
         Ok(handshake) => handshake,
         Err(error) => return Err((error, Some(request))),

@@ -36,6 +36,8 @@ pub(crate) struct Prepared {
     pub(crate) method: Method,
     /// The `:protocol` of an extended CONNECT (RFC 8441) to the upstream.
     protocol: Option<hyper::ext::Protocol>,
+    /// Where the 1xx responses the upstream sends go (`crate::informational`).
+    informational: Option<hyper::ext::InformationalSender>,
     /// The authority the client asked for, where the upstream's URI names it (none: HTTP/1.0
     /// without Host, or an upstream that reads it in Host).
     pub(crate) authority: Option<Authority>,
@@ -60,8 +62,10 @@ impl Prepared {
             method,
             uri,
             mut headers,
+            mut extensions,
             ..
         } = parts;
+        let informational = extensions.remove::<hyper::ext::InformationalSender>();
         let path_and_query = match route.rewrite(uri.path(), uri.query()) {
             Some(path) => PathAndQuery::try_from(path)?,
             None => uri
@@ -120,6 +124,7 @@ impl Prepared {
         Ok(Prepared {
             method,
             protocol,
+            informational,
             authority,
             path_and_query,
             headers,
@@ -154,6 +159,9 @@ impl Prepared {
         *request.headers_mut() = headers;
         if let Some(protocol) = &self.protocol {
             request.extensions_mut().insert(protocol.clone());
+        }
+        if let Some(sender) = &self.informational {
+            request.extensions_mut().insert(sender.clone());
         }
         Ok(request)
     }

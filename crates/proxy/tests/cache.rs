@@ -199,12 +199,38 @@ async fn answer(path: &str, n: usize, request: &HeaderMap, gate: &Semaphore) -> 
             body,
         )
             .into_response(),
+        // Larger than the tests' small stores hold whole; answers single ranges.
+        "/video" => {
+            let content = video();
+            let headers = [
+                ("cache-control", "max-age=60"),
+                ("content-type", "video/mp4"),
+                ("etag", "\"vid\""),
+            ];
+            let range = header("range").strip_prefix("bytes=");
+            match range.and_then(|r| r.split_once('-')) {
+                Some((first, last)) => {
+                    let (first, last): (usize, usize) =
+                        (first.parse().unwrap(), last.parse().unwrap());
+                    let range = format!("bytes {first}-{last}/{}", content.len());
+                    let part = content[first..=last].to_vec();
+                    let status = StatusCode::PARTIAL_CONTENT;
+                    (status, headers, [("content-range", range)], part).into_response()
+                }
+                None => (headers, content).into_response(),
+            }
+        }
         "/slow" => {
             let _permit = gate.acquire().await;
             ([("cache-control", "max-age=60")], body).into_response()
         }
         _ => (StatusCode::NOT_FOUND, body).into_response(),
     }
+}
+
+/// `/video`'s content.
+fn video() -> Vec<u8> {
+    (0..4000u32).map(|i| (i % 251) as u8).collect()
 }
 
 /// Chunks of `/stream`'s body.
@@ -290,7 +316,7 @@ async fn origin() -> Origin {
             answer(&path, n, request.headers(), &gate).await
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.180.1:0")
+    let listener = tokio::net::TcpListener::bind("127.0.181.1:0")
         .await
         .unwrap();
     let address = listener.local_addr().unwrap();
@@ -316,7 +342,7 @@ async fn serve(proxy: &Proxy, policy: &str, origin: &Origin) -> String {
         r#"
 listeners:
   - name: public
-    address: 127.0.180.1:0
+    address: 127.0.181.1:0
     virtual_hosts:
       - name: shop
         domains: ["shop.example.com"]
@@ -1090,4 +1116,192 @@ async fn a_range_miss_of_a_representation_too_large_to_store_goes_upstream_as_as
     // Asked whole first (to fill), then as the client asked once it was too large.
     assert_eq!(origin.count("/scan/big"), 2, "{}", part.cache_status());
     assert_eq!(origin.last("/scan/big")["range"], "bytes=0-9");
+}
+
+#[tokio::test]
+async fn rfc9111_3_3_parts_of_a_representation_too_large_to_store_answer_the_ranges_they_hold() {
+    use meridian_proxy::{CachePurge, PurgeScope::AnyHost};
+    let limits = meridian_proxy::CacheLimits {
+        max_bytes: 1 << 20,
+        max_object_bytes: 2048,
+    };
+    let proxy = Arc::new(Proxy::with_cache(limits));
+    let origin = origin().await;
+    let base = serve(&proxy, "{}", &origin).await;
+    let content = video();
+    let ask = |spec: &'static str| {
+        let base = base.clone();
+        async move { get_raw(&base, "/video", &[("range", spec)]).await }
+    };
+    let first = ask("bytes=0-99").await;
+    assert_eq!((first.status, &first.body[..]), (206, &content[..100]));
+    assert_eq!(first.field("content-range"), "bytes 0-99/4000");
+    assert!(
+        first.field("cache-status").contains("stored"),
+        "{}",
+        first.field("cache-status")
+    );
+    // Asked whole first (too large to store), then as the client asked.
+    assert_eq!(origin.count("/video"), 2);
+    assert_eq!(origin.last("/video")["range"], "bytes=0-99");
+    let within = ask("bytes=10-49").await;
+    assert_eq!((within.status, &within.body[..]), (206, &content[10..50]));
+    assert_eq!(within.field("content-range"), "bytes 10-49/4000");
+    assert!(
+        within.field("cache-status").contains("hit"),
+        "{}",
+        within.field("cache-status")
+    );
+    assert_eq!(origin.count("/video"), 2);
+    // Bytes not stored go upstream as asked, not whole first; the part is stored.
+    let next = ask("bytes=100-199").await;
+    assert_eq!((next.status, &next.body[..]), (206, &content[100..200]));
+    let status = next.field("cache-status");
+    assert!(
+        status.contains("fwd=partial") && status.contains("stored"),
+        "{status}"
+    );
+    assert_eq!(origin.count("/video"), 3);
+    // §3.4: the two parts share a strong validator and were combined.
+    let across = ask("bytes=50-149").await;
+    assert_eq!((across.status, &across.body[..]), (206, &content[50..150]));
+    assert!(across.field("cache-status").contains("hit"));
+    assert_eq!(origin.count("/video"), 3);
+    let several = ask("bytes=0-9,190-199").await;
+    assert_eq!(several.status, 206);
+    assert!(several
+        .field("content-type")
+        .starts_with("multipart/byteranges"));
+    assert_eq!(origin.count("/video"), 3);
+    // §5.2.1.7: only-if-cached is answered from the parts when they hold the range.
+    let cached_only = |spec: &'static str| {
+        let base = base.clone();
+        let headers = [("range", spec), ("cache-control", "only-if-cached")];
+        async move { get_raw(&base, "/video", &headers).await }
+    };
+    let held = cached_only("bytes=20-29").await;
+    assert_eq!((held.status, &held.body[..]), (206, &content[20..30]));
+    assert_eq!(cached_only("bytes=150-249").await.status, 504);
+    assert_eq!(origin.count("/video"), 3);
+    // Never a byte that was not stored: 200..250 was not.
+    let beyond = ask("bytes=150-249").await;
+    assert_eq!((beyond.status, &beyond.body[..]), (206, &content[150..250]));
+    assert_eq!(origin.count("/video"), 4);
+    let whole = get_raw(&base, "/video", &[]).await;
+    assert_eq!((whole.status, &whole.body[..]), (200, &content[..]));
+    assert_eq!(origin.count("/video"), 5);
+    // A purge of the URL removes the parts too.
+    let url = CachePurge::Url("http://shop.example.com/video".into());
+    assert_eq!(proxy.purge_cache(&url, AnyHost).await.unwrap(), 1);
+    ask("bytes=10-49").await;
+    assert_eq!(origin.count("/video"), 7);
+}
+
+/// An origin that answers every request with a `103 Early Hints` and then a `200` fresh for
+/// a minute; its address, and the requests it read.
+async fn hinting_origin() -> (Origin, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.181.1:0")
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let count = counted.clone();
+            tokio::spawn(async move {
+                let (mut buffer, mut read) = (vec![0; 4096], Vec::new());
+                loop {
+                    let n = socket.read(&mut buffer).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    read.extend_from_slice(&buffer[..n]);
+                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        read.drain(..end + 4);
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let hint =
+                            "HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n";
+                        socket.write_all(hint.as_bytes()).await.unwrap();
+                        let last = "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\
+                                    content-length: 2\r\n\r\nok";
+                        socket.write_all(last.as_bytes()).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let origin = Origin {
+        address,
+        seen: Arc::default(),
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    (origin, count)
+}
+
+/// What the proxy at `base` writes back on a connection of its own to `request`, which
+/// closes the connection.
+async fn raw_exchange(base: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut read = Vec::new();
+    socket.read_to_end(&mut read).await.unwrap();
+    String::from_utf8(read).unwrap()
+}
+
+#[tokio::test]
+async fn rfc9110_15_2_a_1xx_response_is_passed_on_to_http_1_1_clients_and_never_stored() {
+    use std::sync::atomic::Ordering;
+    let (origin, count) = hinting_origin().await;
+    let proxy = Arc::new(Proxy::default());
+    let base = serve(&proxy, "{}", &origin).await;
+    let request = |version: &str, path: &str| {
+        format!("GET {path} HTTP/{version}\r\nhost: shop.example.com\r\nconnection: close\r\n\r\n")
+    };
+    let miss = raw_exchange(&base, &request("1.1", "/hinted")).await;
+    assert!(miss.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{miss}");
+    let (hint, last) = miss.split_once("\r\n\r\n").unwrap();
+    assert!(hint.contains("link: </style.css>; rel=preload"), "{miss}");
+    assert!(
+        last.starts_with("HTTP/1.1 200 OK\r\n") && last.ends_with("ok"),
+        "{miss}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // The 200 was stored, the 103 was not: a hit has no hint.
+    let hit = raw_exchange(&base, &request("1.1", "/hinted")).await;
+    assert!(hit.starts_with("HTTP/1.1 200 OK\r\n"), "{hit}");
+    assert!(hit.contains("hit"), "{hit}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // Never to an HTTP/1.0 client.
+    let old = raw_exchange(&base, &request("1.0", "/other")).await;
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn rfc9110_8_4_concurrent_first_requests_for_a_coding_code_the_content_once() {
+    let (proxy, base, origin) = edge("{}").await;
+    let text = "meridian ".repeat(500);
+    let plain = get_raw(&base, "/text", &[("accept-encoding", "identity")]).await;
+    assert_eq!((plain.status, plain.field("content-encoding")), (200, ""));
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move { get_raw(&base, "/text", &[("accept-encoding", "br")]).await })
+        })
+        .collect();
+    for request in requests {
+        let got = request.await.unwrap();
+        assert_eq!(got.field("content-encoding"), "br");
+        assert_eq!(decode("br", &got.body), text);
+    }
+    let metrics = proxy.metrics_text();
+    let made = "meridian_proxy_cache_codings_total 1";
+    assert!(metrics.lines().any(|l| l == made), "{made} in\n{metrics}");
+    assert_eq!(origin.count("/text"), 1);
 }

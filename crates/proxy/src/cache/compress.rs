@@ -3,8 +3,8 @@
 //! whichever the request accepts best (`encoding::wanted`).
 //!
 //! A stored response keeps one content per coding, each made the first time a request asks
-//! for it (off the async workers) and put in the store in the place of the object it was
-//! made from. A response that is not stored is coded as it streams through, in bounded
+//! for it (off the async workers; once for concurrent requests, which wait for it as
+//! collapsed misses wait) and put in the store in the place of the object it was made from. A response that is not stored is coded as it streams through, in bounded
 //! memory. Either way the answer varies on `Accept-Encoding`.
 
 use std::sync::Arc;
@@ -14,12 +14,14 @@ use http::header::{ACCEPT_RANGES, CONTENT_LENGTH};
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::Either;
 use meridian_cache::encoding::{self, compressible, Coding};
-use meridian_cache::{CacheKey, Object, Store};
+use meridian_cache::{CacheKey, Join, Object};
+
+use super::HttpCache;
 
 use crate::body::{ProxyBody, ResponseBody};
 use crate::cluster::Cluster;
 use crate::encoder::{code_whole, Effort, Encoder};
-use crate::metrics::ProxyMetrics;
+use crate::metrics::{CacheMetrics, ProxyMetrics};
 use crate::pool::ConnectionBody;
 
 /// `object`, about to be stored, marked compressible if it may be, and with its content coded
@@ -41,23 +43,35 @@ pub(super) async fn prepare(object: Object, wanted: Option<Coding>) -> Object {
 
 /// The object to answer a `method` request with `request` fields from: `object`, or — when
 /// the request asks for a coding of a compressible object not made yet — a copy with that
-/// coding made, which takes `object`'s place under `key` in `store` if it is still there.
+/// coding made, which takes `object`'s place under `key` in `cache`'s store if it is still
+/// there. Concurrent requests for one key and coding make it once: the others wait (as
+/// collapsed misses do) and take the copy if it is of their object, or make their own.
 pub(super) async fn for_request(
-    store: &Store,
+    cache: &HttpCache,
     key: &CacheKey,
     object: Arc<Object>,
     (method, request): (&Method, &HeaderMap),
+    metrics: &CacheMetrics,
 ) -> Arc<Object> {
     let wanted = encoding::wanted(method, request).filter(|c| *c != Coding::Identity);
     let Some(coding) = wanted.filter(|c| object.is_compressible() && object.coding(*c).is_none())
     else {
         return object;
     };
+    let leader = match cache.coders.join(&(key.clone(), coding)).await {
+        Join::Lead(leader) => Some(leader),
+        Join::Shared(recoded) if recoded.body.as_ptr() == object.body.as_ptr() => return recoded,
+        Join::Shared(_) | Join::Alone(_) => None,
+    };
     let Some(content) = whole(object.body.clone(), coding).await else {
         return object;
     };
+    metrics.codings.inc();
     let recoded = Arc::new(Object::clone(&object).with_coded(coding, content));
-    store.recode(key, &object, &recoded);
+    cache.store.recode(key, &object, &recoded);
+    if let Some(leader) = leader {
+        leader.share(Arc::clone(&recoded));
+    }
     recoded
 }
 

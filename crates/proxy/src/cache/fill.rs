@@ -91,7 +91,7 @@ impl Fill<'_> {
     }
 
     /// A stored response made of what came back.
-    fn object(
+    pub(super) fn object(
         &self,
         parts: (StatusCode, HeaderMap, Bytes),
         times: (SystemTime, SystemTime),
@@ -133,7 +133,7 @@ impl Fill<'_> {
 
     /// Stores `object` if it can be of use: fresh for a while, with a validator, or
     /// servable stale (`stale-while-revalidate`, `stale-if-error`).
-    fn keep(&self, object: Object, mut status: CacheStatus) -> Fetched {
+    pub(super) fn keep(&self, object: Object, mut status: CacheStatus) -> Fetched {
         let age = object.timing.initial_age;
         let directives = ResponsePolicy::of(&object.headers()).directives;
         let useful = object.lifetime > age
@@ -316,7 +316,7 @@ fn passed(mut parts: Parts, body: ConnectionBody, status: &CacheStatus) -> Fetch
 }
 
 /// A body read to its end, or as far as it was allowed.
-enum Read {
+pub(super) enum Read {
     Whole(Bytes),
     /// More than the limit: what was read, and the rest.
     TooLong(Bytes, ConnectionBody),
@@ -325,7 +325,7 @@ enum Read {
 }
 
 /// Reads `body` whole if it is at most `max` bytes, each frame within `pause`.
-async fn read_whole(mut body: ConnectionBody, max: usize, pause: Duration) -> Read {
+pub(super) async fn read_whole(mut body: ConnectionBody, max: usize, pause: Duration) -> Read {
     let mut read = BytesMut::new();
     loop {
         match tokio::time::timeout(pause, body.frame()).await {

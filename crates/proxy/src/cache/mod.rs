@@ -11,13 +11,14 @@ mod answer;
 mod compress;
 mod disk;
 mod fill;
+mod partial;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, RANGE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use meridian_cache::encoding;
+use meridian_cache::encoding::{self, Coding};
 use meridian_cache::invalidation::{invalidated, Target};
 use meridian_cache::{
     CacheControl, CacheKey, CacheStatus, CollapseLimits, Collapser, DiskTier, Forward, Freshness,
@@ -30,7 +31,7 @@ use crate::body::ClientBody;
 use crate::body::ProxyBody;
 use crate::cluster::Cluster;
 use crate::forward::{forward, upstream_response_head, ClientRequest};
-use crate::metrics::CacheMetrics;
+use crate::metrics::{CacheMetrics, ProxyMetrics};
 use crate::peer::Peer;
 use crate::pool::ConnectionBody;
 use crate::routing::{Route, RouteTable};
@@ -50,12 +51,13 @@ const COLLAPSE: CollapseLimits = CollapseLimits {
     max_wait: Duration::from_secs(15),
 };
 
-/// The proxy's shared HTTP cache: its store in memory, its disk tier if it has one, and the
-/// requests in flight to fill it.
+/// The proxy's shared HTTP cache: its store in memory, its disk tier if it has one, the
+/// requests in flight to fill it, and the codings of stored contents being made.
 pub struct HttpCache {
     store: Store,
     disk: Option<disk::DiskCache>,
     collapser: Collapser<Arc<Object>>,
+    coders: Collapser<Arc<Object>, (CacheKey, Coding)>,
 }
 
 impl HttpCache {
@@ -65,6 +67,7 @@ impl HttpCache {
             store: Store::new(limits),
             disk: None,
             collapser: Collapser::new(COLLAPSE),
+            coders: Collapser::new(COLLAPSE),
         }
     }
 
@@ -133,13 +136,16 @@ impl HttpCache {
         }
     }
 
-    /// Removes every response stored under `key`, on disk and in memory; whether memory had
-    /// any.
+    /// Removes every response stored under `key`, and the parts stored of its
+    /// representation, on disk and in memory; whether memory had any.
     fn remove_key(&self, key: &CacheKey) -> bool {
+        let partial = key.partial();
         if let Some(disk) = &self.disk {
             disk.delete(disk.tier().purge_key(key));
+            disk.delete(disk.tier().purge_key(&partial));
         }
-        self.store.purge_key(key)
+        let parts = self.store.purge_key(&partial);
+        self.store.purge_key(key) || parts
     }
 }
 
@@ -278,7 +284,8 @@ impl HttpCache {
     }
 }
 
-/// The keys of the responses stored for `url` (see [`CachePurge::Url`]).
+/// The keys of the responses stored for `url` (see [`CachePurge::Url`]), and of the parts
+/// stored of them.
 fn url_keys(url: &str, served: &Served) -> Result<Vec<CacheKey>, PurgeError> {
     let bad = || PurgeError::Url(url.to_owned());
     let uri: Uri = url.parse().map_err(|_| bad())?;
@@ -305,6 +312,7 @@ fn url_keys(url: &str, served: &Served) -> Result<Vec<CacheKey>, PurgeError> {
                     .map(|scheme| CacheKey::of_uri(scheme, authority, path_and_query, &cache.query))
             })
         })
+        .flat_map(|key| [key.partial(), key])
         .collect();
     keys.sort();
     keys.dedup();
@@ -449,7 +457,7 @@ pub(crate) async fn exchange(
                         headers: Some(headers),
                         status,
                     };
-                    return Err(answer.make(&cache.cache.store, &key, request).await);
+                    return Err(answer.make(&cache.cache, &key, request, metrics).await);
                 }
                 Reuse::StaleWhileRevalidate => {
                     metrics.cache().stale.inc();
@@ -461,7 +469,7 @@ pub(crate) async fn exchange(
                         headers: Some(headers),
                         status,
                     };
-                    return Err(answer.make(&cache.cache.store, &key, request).await);
+                    return Err(answer.make(&cache.cache, &key, request, metrics).await);
                 }
                 Reuse::Validate if state.is_fresh() => (Forward::Request, Some(object)),
                 Reuse::Validate => (Forward::Stale, Some(object)),
@@ -470,16 +478,43 @@ pub(crate) async fn exchange(
         Lookup::VaryMiss => (Forward::VaryMiss, None),
         Lookup::UriMiss => (Forward::UriMiss, None),
     };
+    // A HEAD or a range with nothing stored fills the cache with the whole representation
+    // and is answered from it; a range of one too large to store goes upstream again as it
+    // was asked for, and the part that comes back is stored ([`partial`]). A range with a
+    // body (which a GET should not have) goes as it is.
+    let range = stored.is_none() && client.request.headers().contains_key(RANGE);
+    let bodiless = hyper::body::Body::is_end_stream(client.request.body());
+    let parts = match range && bodiless && method == Method::GET {
+        true => partial::lookup(cache, &key, client.request.headers(), metrics.cache()).await,
+        false => None,
+    };
+    if let Some(parts) = parts {
+        let request = client.request.headers();
+        if let Some(answer) = partial::answer(&parts, request, &request_directives, now) {
+            metrics.cache().hit.inc();
+            return Err(answer);
+        }
+        metrics.cache().miss.inc();
+        if request_directives.only_if_cached {
+            return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
+        }
+        return partial::fetch(
+            cache,
+            &key,
+            Forward::Partial,
+            client,
+            route,
+            cluster,
+            metrics,
+        )
+        .await;
+    }
     if request_directives.only_if_cached {
         // RFC 9111 §5.2.1.7: nothing usable stored.
         metrics.cache().miss.inc();
         return Err(local_response(StatusCode::GATEWAY_TIMEOUT, "not_cached"));
     }
-    // A HEAD or a range with nothing stored fills the cache with the whole representation
-    // and is answered from it; a range of one too large to store goes upstream again as it
-    // was asked for. A range with a body (which a GET should not have) goes as it is.
-    let range = stored.is_none() && client.request.headers().contains_key(RANGE);
-    if range && !hyper::body::Body::is_end_stream(client.request.body()) {
+    if range && !bodiless {
         return pass(client, route, cluster, ctx, reason).await;
     }
     let again = range.then(|| Again::of(&client));
@@ -499,7 +534,7 @@ pub(crate) async fn exchange(
                 headers: None,
                 status,
             };
-            return Err(answer.make(&cache.cache.store, &key, request).await);
+            return Err(answer.make(&cache.cache, &key, request, metrics).await);
         }
         Join::Shared(_) | Join::Alone(_) => None,
     };
@@ -528,14 +563,20 @@ pub(crate) async fn exchange(
                 headers: fuller,
                 status,
             };
-            Err(answer.make(&cache.cache.store, &key, request).await)
+            Err(answer.make(&cache.cache, &key, request, metrics).await)
         }
         Fetched::Passed(response) => compress::passed(response, wanted, (cluster, metrics)),
         Fetched::TooLarge(response) => match again {
             Some(again) => {
                 // Dropped unread: its connection closes.
                 drop(response);
-                pass(again.request(), route, cluster, ctx, reason).await
+                let again = again.request();
+                match request_method == Method::GET {
+                    true => {
+                        partial::fetch(cache, &key, reason, again, route, cluster, metrics).await
+                    }
+                    false => pass(again, route, cluster, ctx, reason).await,
+                }
             }
             None => compress::passed(response, wanted, (cluster, metrics)),
         },
@@ -638,14 +679,15 @@ struct Answer {
 
 impl Answer {
     /// The answer to a request with `method` and `request` fields, the content coded as it
-    /// asks (the coding made now if it was not, and kept in `store` under `key`).
+    /// asks (the coding made now if it was not, and kept in `cache` under `key`).
     async fn make(
         self,
-        store: &Store,
+        cache: &HttpCache,
         key: &CacheKey,
         request: (&Method, &HeaderMap),
+        metrics: &ProxyMetrics,
     ) -> Response<ProxyBody> {
-        let object = compress::for_request(store, key, self.object, request).await;
+        let object = compress::for_request(cache, key, self.object, request, metrics.cache()).await;
         let headers = self.headers.unwrap_or_else(|| object.headers());
         answer::from_object(&object, headers, request, SystemTime::now(), self.status)
     }

@@ -137,11 +137,15 @@ fn build(head: &Bytes, scan: Scan, method: &Method) -> Result<Head, Error> {
     })
 }
 
-/// Consumes from `buf` the heads of informational responses (1xx but 101) and the final head
-/// after them, which it returns; `None` when that head is not complete yet (the informational
-/// heads before it are consumed already). What follows the head (the body) stays in `buf`. The
-/// head's field values share its bytes (no copy).
-pub fn parse_final_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+/// Consumes from `buf` the heads of informational responses (1xx but 101), each given to
+/// `informational`, and the final head after them, which it returns; `None` when that head is
+/// not complete yet (the informational heads before it are consumed already). What follows
+/// the head (the body) stays in `buf`. The head's field values share its bytes (no copy).
+pub fn parse_final_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    informational: &mut dyn FnMut(http::Response<()>),
+) -> Result<Option<Head>, Error> {
     while let Some(scan) = scan(buf)? {
         let bytes = buf.split_to(scan.head_len).freeze();
         let head = build(&bytes, scan, method)?;
@@ -149,6 +153,7 @@ pub fn parse_final_head(buf: &mut BytesMut, method: &Method) -> Result<Option<He
         if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Some(head));
         }
+        informational(head.response);
     }
     Ok(None)
 }
@@ -621,17 +626,28 @@ mod tests {
     }
 
     #[test]
-    fn informational_heads_are_skipped_but_not_a_switch() {
+    fn informational_heads_are_given_apart_but_not_a_switch() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 2"[..]);
-        assert!(parse_final_head(&mut buf, &Method::GET).unwrap().is_none());
+        let mut given = Vec::new();
+        let mut keep = |response: http::Response<()>| given.push(response);
+        assert!(parse_final_head(&mut buf, &Method::GET, &mut keep)
+            .unwrap()
+            .is_none());
         assert_eq!(&buf[..], b"HTTP/1.1 2", "the 1xx heads are consumed");
+        assert_eq!(given.len(), 2);
+        assert_eq!(given[1].status(), StatusCode::EARLY_HINTS);
+        assert_eq!(given[1].headers()["link"], "</a>");
         buf.extend_from_slice(b"00 OK\r\ncontent-length: 2\r\n\r\nok");
-        let head = parse_final_head(&mut buf, &Method::GET).unwrap().unwrap();
+        let head = parse_final_head(&mut buf, &Method::GET, &mut |_| {})
+            .unwrap()
+            .unwrap();
         assert_eq!(head.response.status(), StatusCode::OK);
         assert_eq!(&buf[..], b"ok");
 
         let mut buf = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\nframes"[..]);
-        let head = parse_final_head(&mut buf, &Method::GET).unwrap().unwrap();
+        let head = parse_final_head(&mut buf, &Method::GET, &mut |_| {})
+            .unwrap()
+            .unwrap();
         assert_eq!(head.response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(&buf[..], b"frames");
     }

@@ -586,6 +586,29 @@ where
         }
     }
 
+    /// Writes the 1xx `response` ahead of the final response, to an HTTP/1.1 client (RFC 9110
+    /// §15.2: never to an HTTP/1.0 one); the connection's state does not change.
+    #[cfg(feature = "server")]
+    pub(crate) fn write_informational(&mut self, response: http::Response<()>) {
+        if self.state.version != Version::HTTP_11 || !matches!(self.state.writing, Writing::Init) {
+            return;
+        }
+        let status = response.status();
+        let buf = self.io.headers_buf();
+        buf.extend_from_slice(b"HTTP/1.1 ");
+        buf.extend_from_slice(status.as_str().as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        for (name, value) in response.headers() {
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        buf.extend_from_slice(b"\r\n");
+    }
+
     pub(crate) fn can_write_body(&self) -> bool {
         match self.state.writing {
             Writing::Body(..) => true,

@@ -40,6 +40,13 @@ pub(crate) trait Dispatch {
         -> crate::Result<()>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>>;
     fn should_poll(&self) -> bool;
+    /// The next 1xx response to write before the message `poll_msg` gives; with `cx`, the
+    /// task is woken when one is sent while none waits.
+    fn next_informational(&mut self, _cx: Option<&mut Context<'_>>) -> Option<http::Response<()>> {
+        None
+    }
+    /// The message `poll_msg` gave is being written: no 1xx response follows it.
+    fn informational_done(&mut self) {}
 }
 
 cfg_server! {
@@ -48,6 +55,9 @@ cfg_server! {
     pub(crate) struct Server<S: HttpService<B>, B> {
         in_flight: Pin<Box<Option<S::Future>>>,
         pub(crate) service: S,
+        /// The 1xx responses sent for the request in flight (made by the first request
+        /// from an HTTP/1.1 client).
+        informational: Option<crate::ext::InformationalQueue>,
     }
 }
 
@@ -361,7 +371,15 @@ where
                 && self.conn.can_write_head()
                 && self.dispatch.should_poll()
             {
+                while let Some(informational) = self.dispatch.next_informational(Some(cx)) {
+                    self.conn.write_informational(informational);
+                }
                 if let Some(msg) = ready!(Pin::new(&mut self.dispatch).poll_msg(cx)) {
+                    // Those sent as the final response was made come before it.
+                    while let Some(informational) = self.dispatch.next_informational(None) {
+                        self.conn.write_informational(informational);
+                    }
+                    self.dispatch.informational_done();
                     let (head, body) = msg.map_err(crate::Error::new_user_service)?;
 
                     let body_type = if body.is_end_stream() {
@@ -572,6 +590,7 @@ cfg_server! {
             Server {
                 in_flight: Box::pin(None),
                 service,
+                informational: None,
             }
         }
 
@@ -626,6 +645,13 @@ cfg_server! {
             *req.headers_mut() = msg.headers;
             *req.version_mut() = msg.version;
             *req.extensions_mut() = msg.extensions;
+            // RFC 9110 §15.2: no 1xx response to an HTTP/1.0 client.
+            if req.version() == http::Version::HTTP_11 {
+                let queue = self
+                    .informational
+                    .get_or_insert_with(crate::ext::InformationalQueue::new);
+                req.extensions_mut().insert(queue.sender());
+            }
             let fut = self.service.call(req);
             self.in_flight.set(Some(fut));
             Ok(())
@@ -641,6 +667,16 @@ cfg_server! {
 
         fn should_poll(&self) -> bool {
             self.in_flight.is_some()
+        }
+
+        fn next_informational(&mut self, cx: Option<&mut Context<'_>>) -> Option<http::Response<()>> {
+            self.informational.as_ref()?.next(cx)
+        }
+
+        fn informational_done(&mut self) {
+            if let Some(queue) = &self.informational {
+                queue.finish();
+            }
         }
     }
 }
