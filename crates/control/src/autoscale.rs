@@ -1,31 +1,37 @@
 //! Autoscaling decisions (`scale.targets`), as pure functions of the figures the node proxies
 //! count for a service's instances and of time: [`Load`] turns each instance's reported
-//! figures (requests in flight, cumulative requests answered) into the service's load on its
-//! target's figure, and [`Autoscaler`] turns the load over time into a desired instance count
-//! with a reason.
+//! figures (cumulative time in flight and requests answered) into the service's load on its
+//! target's figure, averaged over the span between two reports (not a sample of one moment:
+//! requests that come and go make the count in flight at any moment swing well away from its
+//! average), and [`Autoscaler`] turns the load over time into a desired instance count with a
+//! reason.
 //!
-//! Each look recommends `ceil(load / target)` instances (the current count while the load per
-//! instance is within [`TOLERANCE`] of the target), within `scale.min`, `scale.max` and what
-//! the region's nodes can run. The desired count goes up to the least recommendation in force
-//! during the last [`UP_WINDOW`] (a rise that lasted that long), and down to the greatest in
-//! force during the last `scale.down_window` (a fall that lasted that long): fast up, slow
-//! down, and no flapping in between. Nothing here reads a clock or does I/O.
+//! Each look recommends `ceil(load / target)` instances at once, however many more that is
+//! (the current count while the load per instance is within [`TOLERANCE`] of the target),
+//! within `scale.min`, `scale.max` and what the region's nodes can run. A recommendation
+//! stands from the start of the span its figures were averaged over. The desired count goes
+//! up to the least recommendation in force during the last [`UP_WINDOW`] (a rise measured
+//! over that long), and down to the greatest in force during the last `scale.down_window` (a
+//! fall that lasted that long): fast up, slow down, and no flapping in between. Nothing here
+//! reads a clock or does I/O.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use meridian_model::{HumanDuration, Scale, ScaleTarget};
 
-/// How long the load must ask for more instances before they are added.
-pub const UP_WINDOW: Duration = Duration::from_secs(1);
+/// How long the load must ask for more instances before they are added: a second, less
+/// the jitter of reports sent every second (a figure averaged over the second before a
+/// report that arrives a little early still counts as a second of it).
+pub const UP_WINDOW: Duration = Duration::from_millis(900);
 /// How far the load per instance may be from the target, as a fraction of it, before the
 /// count changes.
 pub const TOLERANCE: f64 = 0.1;
 /// How old an instance's figures may get before they no longer count (agents report every
 /// 2 s at least).
 pub const STALE_AFTER: Duration = Duration::from_secs(6);
-/// The shortest time over which an instance's request rate is measured: closer reports
-/// keep the earlier base.
+/// The shortest time over which an instance's figures are averaged: closer reports keep the
+/// earlier base.
 pub const RATE_SPAN: Duration = Duration::from_millis(500);
 
 /// How a service scales in a region, from its effective `scale`.
@@ -61,17 +67,54 @@ pub struct Figures {
     pub in_flight: u64,
     /// Requests answered so far (cumulative).
     pub requests: u64,
+    /// Request-microseconds in flight so far (cumulative; 0 from an older agent).
+    pub busy_micros: u64,
 }
 
-/// What one instance last reported, with its request rate.
+/// What one instance last reported, with its figures averaged since the report before.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     at: Instant,
     in_flight: u64,
-    /// The base of the rate: when, and how many requests had been answered then.
-    base: (Instant, u64),
-    /// Requests answered per second between the base and the report before it.
+    /// The base of the averages: when, and the cumulative figures then.
+    base: (Instant, Figures),
+    /// The figures averaged over the last span measured, once one was.
+    averaged: Option<Averaged>,
+}
+
+/// An instance's figures averaged over a span between two of its reports.
+#[derive(Debug, Clone, Copy)]
+struct Averaged {
+    /// When the span started.
+    since: Instant,
+    /// Requests answered per second.
     rate: f64,
+    /// Requests in flight on average (`None` from an older agent, which counts no time in
+    /// flight: its count of the moment stands in).
+    concurrency: Option<f64>,
+}
+
+impl Averaged {
+    /// The averages from `base` to `figures` reported `span` later (at least [`RATE_SPAN`]).
+    fn between(since: Instant, base: Figures, figures: Figures, span: Duration) -> Averaged {
+        let seconds = span.as_secs_f64();
+        let busy = figures.busy_micros - base.busy_micros;
+        Averaged {
+            since,
+            rate: (figures.requests - base.requests) as f64 / seconds,
+            concurrency: (figures.busy_micros > 0).then(|| busy as f64 / 1e6 / seconds),
+        }
+    }
+}
+
+/// A service's load on its target's figure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    /// The load: the sum over the instances whose figures are fresh.
+    pub load: f64,
+    /// The start of the span it was averaged over (the latest among the instances'), or the
+    /// moment of the figures where none is averaged yet.
+    pub since: Instant,
 }
 
 /// A service's instances' latest figures.
@@ -86,20 +129,20 @@ impl Load {
         let seen = self.by_instance.entry(instance.to_owned()).or_insert(Seen {
             at,
             in_flight: 0,
-            base: (at, figures.requests),
-            rate: 0.0,
+            base: (at, figures),
+            averaged: None,
         });
         seen.at = at;
         seen.in_flight = figures.in_flight;
-        let (since, answered) = seen.base;
-        if figures.requests < answered {
+        let (since, base) = seen.base;
+        if figures.requests < base.requests || figures.busy_micros < base.busy_micros {
             // Counted anew (its node proxy restarted): measured from here.
-            seen.base = (at, figures.requests);
-            seen.rate = 0.0;
+            seen.base = (at, figures);
+            seen.averaged = None;
         } else if at.duration_since(since) >= RATE_SPAN {
-            let span = at.duration_since(since).as_secs_f64();
-            seen.rate = (figures.requests - answered) as f64 / span;
-            seen.base = (at, figures.requests);
+            let span = at.duration_since(since);
+            seen.averaged = Some(Averaged::between(since, base, figures, span));
+            seen.base = (at, figures);
         }
     }
 
@@ -109,16 +152,36 @@ impl Load {
     }
 
     /// The service's load on `target`'s figure at `now`: the sum over the instances whose
-    /// figures are fresh.
-    pub fn total(&self, target: ScaleTarget, now: Instant) -> f64 {
-        self.by_instance
+    /// figures are fresh of their last averages. Before an instance has one, it adds nothing
+    /// (what it carries shows in the others' last averages until they report again), but for
+    /// the count in flight from an older agent, which counts no time in flight.
+    pub fn total(&self, target: ScaleTarget, now: Instant) -> Measured {
+        let fresh = self
+            .by_instance
             .values()
-            .filter(|seen| now.saturating_duration_since(seen.at) <= STALE_AFTER)
-            .map(|seen| match target {
-                ScaleTarget::Concurrency(_) => seen.in_flight as f64,
-                ScaleTarget::RequestsPerSecond(_) => seen.rate,
-            })
-            .sum()
+            .filter(|seen| now.saturating_duration_since(seen.at) <= STALE_AFTER);
+        let mut since: Option<Instant> = None;
+        let mut load = 0.0;
+        for seen in fresh {
+            let averaged = seen.averaged;
+            let (value, from) = match (target, averaged) {
+                (ScaleTarget::Concurrency(_), Some(a)) => match a.concurrency {
+                    Some(concurrency) => (concurrency, a.since),
+                    None => (seen.in_flight as f64, seen.at),
+                },
+                (ScaleTarget::Concurrency(_), None) if seen.base.1.busy_micros == 0 => {
+                    (seen.in_flight as f64, seen.at)
+                }
+                (ScaleTarget::RequestsPerSecond(_), Some(a)) => (a.rate, a.since),
+                (_, None) => continue,
+            };
+            load += value;
+            since = Some(since.map_or(from, |s| s.max(from)));
+        }
+        Measured {
+            load,
+            since: since.unwrap_or(now),
+        }
     }
 }
 
@@ -127,6 +190,8 @@ impl Load {
 pub struct Inputs {
     /// The service's load on its target's figure.
     pub load: f64,
+    /// The start of the span the load was averaged over ([`Measured::since`]).
+    pub since: Instant,
     /// Instances in service now.
     pub current: u32,
     /// Most instances of the service the region's nodes can run now.
@@ -178,7 +243,10 @@ impl Autoscaler {
     pub fn decide(&mut self, policy: &Policy, now: Instant, inputs: Inputs) -> Decision {
         let previous = self.desired.clamp(policy.min, policy.max);
         let (recommended, bound) = recommend(policy, previous, inputs);
-        self.recommendations.push_back((now, recommended));
+        // It stands from when its figures were measured, never before the one before it.
+        let last = self.recommendations.back().map(|(at, _)| *at);
+        let from = inputs.since.min(now).max(last.unwrap_or(inputs.since));
+        self.recommendations.push_back((from, recommended));
         self.forget_before(now, policy.down_window);
         let up = self.in_force(now, UP_WINDOW).map(|(least, _)| least);
         let down = self.in_force(now, policy.down_window).map(|(_, most)| most);
@@ -293,9 +361,11 @@ mod tests {
         }
     }
 
-    fn inputs(load: f64, current: u32) -> Inputs {
+    /// `load` measured at `at` (not averaged) over `current` instances.
+    fn inputs(load: f64, current: u32, at: Instant) -> Inputs {
         Inputs {
             load,
+            since: at,
             current,
             room: 100,
         }
@@ -314,8 +384,8 @@ mod tests {
         let mut changes = Vec::new();
         for s in seconds {
             let current = scaler.desired();
-            let decision =
-                scaler.decide(policy, start + SECOND * s as u32, inputs(load(s), current));
+            let at = start + SECOND * s as u32;
+            let decision = scaler.decide(policy, at, inputs(load(s), current, at));
             if decision.changed() {
                 changes.push((s, decision.desired));
             }
@@ -336,7 +406,11 @@ mod tests {
             "one second after the first look at the rise"
         );
         // 20 in flight would want 10: max is 3.
-        let decision = scaler.decide(&policy, start + SECOND * 21, inputs(20.0, 3));
+        let decision = scaler.decide(
+            &policy,
+            start + SECOND * 21,
+            inputs(20.0, 3, start + SECOND * 21),
+        );
         assert_eq!(decision.desired, 3);
         assert!(
             decision.reason.starts_with("steady at 3 (max)"),
@@ -366,7 +440,11 @@ mod tests {
         let quiet = |s: u64| if s == 30 { 6.0 } else { 0.0 };
         let changes = run(&mut scaler, &policy, start, 6..=200, quiet);
         assert_eq!(changes, [(91, 1)], "60 s after the last look that wanted 3");
-        let decision = scaler.decide(&policy, start + SECOND * 201, inputs(0.0, 1));
+        let decision = scaler.decide(
+            &policy,
+            start + SECOND * 201,
+            inputs(0.0, 1, start + SECOND * 201),
+        );
         assert!(
             decision.reason.starts_with("steady at 1 (min)"),
             "{}",
@@ -394,13 +472,12 @@ mod tests {
     fn node_capacity_bounds_the_count() {
         let (policy, start) = (policy(), Instant::now());
         let mut scaler = Autoscaler::new(&policy, 1);
-        let full = |load| Inputs {
-            load,
-            current: 1,
+        let full = |at| Inputs {
             room: 2,
+            ..inputs(6.0, 1, at)
         };
-        scaler.decide(&policy, start, full(6.0));
-        let decision = scaler.decide(&policy, start + SECOND, full(6.0));
+        scaler.decide(&policy, start, full(start));
+        let decision = scaler.decide(&policy, start + SECOND, full(start + SECOND));
         assert_eq!(decision.desired, 2);
         assert!(
             decision.reason.starts_with("scaling up from 1 to 2 (node capacity): concurrency 6.0 over 1 instance, target 2 each"),
@@ -416,6 +493,7 @@ mod tests {
         let figures = |in_flight, requests| Figures {
             in_flight,
             requests,
+            busy_micros: 0,
         };
         load.record("web-0", start, figures(2, 100));
         load.record("web-1", start, figures(1, 0));
@@ -429,13 +507,81 @@ mod tests {
         );
         let now = start + SECOND * 2;
         let rps = ScaleTarget::RequestsPerSecond(10);
-        assert_eq!(load.total(rps, now), 80.0);
-        assert_eq!(load.total(ScaleTarget::Concurrency(1), now), 3.0);
+        assert_eq!(load.total(rps, now).load, 80.0);
+        assert_eq!(load.total(ScaleTarget::Concurrency(1), now).load, 3.0);
         // web-1's proxy restarted: counted anew.
         load.record("web-1", start + SECOND * 3, figures(0, 2));
-        assert_eq!(load.total(rps, start + SECOND * 3), 50.0);
-        assert_eq!(load.total(rps, start + SECOND * 10), 0.0, "both stale");
+        assert_eq!(load.total(rps, start + SECOND * 3).load, 50.0);
+        assert_eq!(load.total(rps, start + SECOND * 10).load, 0.0, "both stale");
         load.retain(|name| name == "web-0");
-        assert_eq!(load.total(rps, start + SECOND * 3), 50.0);
+        assert_eq!(load.total(rps, start + SECOND * 3).load, 50.0);
+    }
+
+    #[test]
+    fn concurrency_is_averaged_between_reports_and_a_second_of_it_scales_up_at_once() {
+        let (policy, start) = (policy(), Instant::now());
+        let mut load = Load::default();
+        let mut scaler = Autoscaler::new(&policy, 1);
+        let report = |load: &mut Load, s: u32, in_flight, busy_seconds: u64| {
+            let figures = Figures {
+                in_flight,
+                requests: 0,
+                busy_micros: busy_seconds * 1_000_000,
+            };
+            load.record("web-0", start + SECOND * s, figures);
+        };
+        let look = |scaler: &mut Autoscaler, load: &Load, s: u32| {
+            let now = start + SECOND * s;
+            let measured = load.total(policy.target, now);
+            let inputs = Inputs {
+                load: measured.load,
+                since: measured.since,
+                current: scaler.desired(),
+                room: 100,
+            };
+            scaler.decide(&policy, now, inputs)
+        };
+        // A second at 1 in flight on average, whatever the count at the report.
+        report(&mut load, 0, 0, 10);
+        report(&mut load, 1, 3, 11);
+        assert_eq!(load.total(policy.target, start + SECOND).load, 1.0);
+        assert!(!look(&mut scaler, &load, 1).changed());
+        // Then a second at 6 on average (caught at a report with 2 in flight): the figure of
+        // the whole second past asks for 3 at 2 each, and gets them at this look.
+        report(&mut load, 2, 2, 17);
+        let decision = look(&mut scaler, &load, 2);
+        assert_eq!(decision.desired, 3, "{}", decision.reason);
+        assert!(
+            decision
+                .reason
+                .starts_with("scaling up from 1 to 3: concurrency 6.0 over 1 instance"),
+            "{}",
+            decision.reason
+        );
+        // A new instance adds nothing before it has an average (what it carries is still in
+        // web-0's), and does not move when the load was measured from.
+        let figures = Figures {
+            in_flight: 3,
+            requests: 1,
+            busy_micros: 500_000,
+        };
+        load.record("web-1", start + SECOND * 2, figures);
+        let measured = load.total(policy.target, start + SECOND * 2);
+        assert_eq!((measured.load, measured.since), (6.0, start + SECOND));
+    }
+
+    #[test]
+    fn half_a_second_of_a_rise_is_not_enough() {
+        let (policy, start) = (policy(), Instant::now());
+        let mut scaler = Autoscaler::new(&policy, 1);
+        let half = Duration::from_millis(500);
+        let at = |t: Duration| Inputs {
+            since: start + t - half,
+            ..inputs(6.0, 1, start + t)
+        };
+        scaler.decide(&policy, start, inputs(1.0, 1, start));
+        assert!(!scaler.decide(&policy, start + SECOND, at(SECOND)).changed());
+        let decision = scaler.decide(&policy, start + SECOND + half, at(SECOND + half));
+        assert_eq!(decision.desired, 3, "{}", decision.reason);
     }
 }

@@ -1,12 +1,15 @@
 //! Request figures that control planes add up ([`Figures`]): requests by status class and a
 //! latency histogram with the fixed bounds of [`LATENCY_BOUNDS_MS`]. Counting a request touches
 //! three atomics and nothing else (no lock, no allocation); reading them makes a [`Traffic`].
-//! An instance's figures also count the requests in flight ([`Figures::in_flight`]), which
-//! its region autoscales on.
+//! An instance's figures also count the requests in flight ([`Figures::in_flight`]) and the
+//! time they spent in flight (the integral of the count over time, so that its growth over any
+//! span divided by the span is the average concurrency over it, not a sample of a moment),
+//! which its region autoscales on. Both live in two atomics: one word holds the count and when
+//! it last changed, updated with a compare-and-swap, the other the time accrued before that.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use meridian_xds::meridian::{Traffic, LATENCY_BOUNDS_MS};
 
@@ -19,10 +22,46 @@ pub struct Figures {
     by_class: [AtomicU64; 5],
     micros: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
-    /// Requests received whose answer's head is not sent yet.
+    /// Requests received whose answer's head is not sent yet, and when that count last
+    /// changed: see [`InFlightWord`].
     in_flight: AtomicU64,
+    /// Request-microseconds in flight accrued up to the last change of the count.
+    busy_micros: AtomicU64,
+    /// What the times of `in_flight` count from.
+    epoch: Instant,
     /// When counting started, in milliseconds since the Unix epoch.
     started_ms: u64,
+}
+
+/// The word of [`Figures::in_flight`]: the requests in flight in its low [`COUNT_BITS`] bits,
+/// the microseconds since [`Figures::epoch`] of the count's last change in the others (they
+/// wrap after about 200 days, and only differences between them are used).
+#[derive(Debug, Clone, Copy)]
+struct InFlightWord(u64);
+
+/// How many bits of an [`InFlightWord`] count requests: at most a million in flight per
+/// instance are counted (more are counted as that many).
+const COUNT_BITS: u32 = 20;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+impl InFlightWord {
+    fn count(self) -> u64 {
+        self.0 & COUNT_MASK
+    }
+
+    fn changed(self) -> u64 {
+        self.0 >> COUNT_BITS
+    }
+
+    fn new(count: u64, changed: u64) -> InFlightWord {
+        InFlightWord((changed << COUNT_BITS) | count.min(COUNT_MASK))
+    }
+
+    /// Request-microseconds spent in flight from the last change to `now`.
+    fn accrued(self, now: u64) -> u64 {
+        let span = now.wrapping_sub(self.changed()) & (u64::MAX >> COUNT_BITS);
+        self.count().saturating_mul(span)
+    }
 }
 
 impl Default for Figures {
@@ -35,6 +74,8 @@ impl Default for Figures {
             micros: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
+            epoch: Instant::now(),
             started_ms,
         }
     }
@@ -55,8 +96,41 @@ impl Figures {
     /// Counts one request in flight until the guard is dropped (once its answer's head is
     /// sent, or the request is given up).
     pub fn in_flight(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.change_in_flight(|count| count + 1);
         InFlight(self.clone())
+    }
+
+    /// Sets the count in flight to `to(count)`, accruing the time spent at the old count.
+    fn change_in_flight(&self, to: impl Fn(u64) -> u64) {
+        let now = self.micros_now();
+        let mut word = InFlightWord(self.in_flight.load(Ordering::Relaxed));
+        loop {
+            let next = InFlightWord::new(to(word.count()), now);
+            match self.in_flight.compare_exchange_weak(
+                word.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => word = InFlightWord(seen),
+            }
+        }
+        // A reader between the swap and this add misses this much until its next read.
+        self.busy_micros
+            .fetch_add(word.accrued(now), Ordering::Relaxed);
+    }
+
+    /// Microseconds since [`Figures::epoch`].
+    fn micros_now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Request-microseconds spent in flight so far.
+    fn busy_micros(&self) -> u64 {
+        let word = InFlightWord(self.in_flight.load(Ordering::Acquire));
+        let accrued = self.busy_micros.load(Ordering::Relaxed);
+        accrued.saturating_add(word.accrued(self.micros_now()))
     }
 
     /// The total time of the requests counted, in microseconds.
@@ -78,7 +152,8 @@ impl Figures {
             by_class,
             open_connections,
             started_ms: self.started_ms,
-            in_flight: load(&self.in_flight),
+            in_flight: InFlightWord(load(&self.in_flight)).count(),
+            busy_micros: self.busy_micros(),
         }
     }
 }
@@ -89,7 +164,7 @@ pub struct InFlight(Arc<Figures>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.change_in_flight(|count| count.saturating_sub(1));
     }
 }
 
@@ -127,5 +202,38 @@ mod tests {
         assert_eq!(figures.traffic(0).in_flight, 1);
         drop(second);
         assert_eq!(figures.traffic(0).in_flight, 0);
+    }
+
+    #[test]
+    fn time_in_flight_accrues_per_request_in_flight() {
+        let figures = Arc::new(Figures::default());
+        assert_eq!(figures.traffic(0).busy_micros, 0, "nothing in flight yet");
+        let first = figures.in_flight();
+        let second = figures.in_flight();
+        // Two in flight: their time grows twice as fast as the clock.
+        let before = figures.traffic(0).busy_micros;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let during = figures.traffic(0).busy_micros;
+        assert!(during - before >= 2 * 20_000, "{before} then {during}");
+        drop((first, second));
+        let ended = figures.traffic(0).busy_micros;
+        assert!(ended >= during);
+        // Nothing in flight: it stays put, at no more than twice the time they could have
+        // been in flight.
+        let all = figures.epoch.elapsed();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(figures.traffic(0).busy_micros, ended);
+        assert!(ended <= 2 * u64::try_from(all.as_micros()).unwrap());
+    }
+
+    #[test]
+    fn the_in_flight_word_keeps_the_count_and_wraps_its_time() {
+        let word = InFlightWord::new(3, 1_000);
+        assert_eq!((word.count(), word.changed()), (3, 1_000));
+        assert_eq!(word.accrued(1_500), 1_500);
+        assert_eq!(InFlightWord::new(u64::MAX, 0).count(), COUNT_MASK);
+        // The time bits wrapped between the change and now.
+        let last = (u64::MAX >> COUNT_BITS) - 9;
+        assert_eq!(InFlightWord::new(2, last).accrued(10), 2 * 20);
     }
 }

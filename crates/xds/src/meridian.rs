@@ -480,6 +480,11 @@ pub struct Traffic {
     /// proxy, and for a cluster).
     #[prost(uint64, tag = "7")]
     pub in_flight: u64,
+    /// Request-microseconds in flight so far (the integral over time of `in_flight`): its
+    /// growth over a span divided by the span is the average count in flight over it (0
+    /// from an older proxy, and for a cluster).
+    #[prost(uint64, tag = "8")]
+    pub busy_micros: u64,
 }
 
 /// What a gateway reports to its region's control plane: the requests it answered per

@@ -41,6 +41,7 @@ impl RegionState {
             let figures = Figures {
                 in_flight: traffic.map_or(0, |t| t.in_flight),
                 requests: traffic.map_or(0, |t| t.requests),
+                busy_micros: traffic.map_or(0, |t| t.busy_micros),
             };
             by_service
                 .entry(id)
@@ -77,8 +78,10 @@ impl RegionState {
             let Some(scaled) = self.scaled_entry(&id) else {
                 continue;
             };
+            let measured = scaled.load.total(policy.target, now);
             let inputs = Inputs {
-                load: scaled.load.total(policy.target, now),
+                load: measured.load,
+                since: measured.since,
                 current: in_service,
                 room: capacity.saturating_sub(others),
             };
