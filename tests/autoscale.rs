@@ -1,7 +1,9 @@
 //! Autoscaling (`scale.targets`): a bounded concurrent load through the region's gateway
 //! makes the regional control plane add instances up to `scale.max`; once the load falls and
 //! the (test-short) `scale.down_window` passes, it removes them down to `scale.min`, draining
-//! each first: not one request fails. `meridian status` shows the counts and why.
+//! each first: not one request fails. `meridian status` shows the counts and why. Instances
+//! that use more of their memory than `memory_percent` (from their cgroups) get more
+//! instances too.
 
 mod support;
 
@@ -9,7 +11,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use support::load::{greeted_by, serving_exactly, Lane, Load};
-use support::{gateway, logging_agent, said, stops, Deployed, RegionalPlane, HELLO, HELLO_HOST};
+use support::{
+    agent, gateway, logging_agent, said, stops, strict, Deployed, RegionalPlane, HELLO, HELLO_HOST,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -157,3 +161,51 @@ async fn a_concurrent_load_scales_up_to_max_and_back_to_min_without_a_failed_req
 }
 
 const HOST: &str = HELLO_HOST;
+
+/// acme/shop/hello in fra, 1 to 3 instances meant to use 30% of their 64 MiB each, each
+/// using 40 MiB once it listens.
+const MEMORY_HUNGRY: &str = "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {min: 1, max: 3, targets: {memory_percent: 30}}
+resources: {memory: 64Mi}
+ports: [{name: http, port: 8080}]
+health_checks: [{http: {port: http, path: /healthz}, interval: 200ms, timeout: 200ms, grace_period: 5s}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_over_their_memory_target_get_more_instances_up_to_max() {
+    if !meridian_agent::cgroups::Cgroups::available() {
+        assert!(
+            !strict(),
+            "cgroups need root and a memory controller (MERIDIAN_TEST_STRICT=1)"
+        );
+        eprintln!("skipped: cgroups need root and a memory controller");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let definition = format!(
+        "{MEMORY_HUNGRY}runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello, HELLO_ALLOCATE_MIB: '40'}}}}}}\n"
+    );
+    let platform = Deployed::start_on(dir.path(), &definition, "127.0.182.1");
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        None,
+        "127.0.182.2",
+    );
+    let _agent = agent(&region, "one", "127.0.182.10", dir.path());
+    // Each instance at 40 MiB of 64 is over 60%, twice the target: the first one alone asks
+    // for 3 at once, and 3 stay (max).
+    let row = platform
+        .status_until("hello", "scaled up to 3 on memory", |row| {
+            row["desired"] == 3 && row["healthy"] == 3
+        })
+        .await;
+    let reason = row["autoscale"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("(max): memory_percent"), "{row}");
+    assert!(reason.ends_with("target 30 each"), "{row}");
+}

@@ -1,10 +1,12 @@
 //! Autoscaling decisions (`scale.targets`), as pure functions of the figures the node proxies
-//! count for a service's instances and of time: [`Load`] turns each instance's reported
-//! figures (cumulative time in flight and requests answered) into the service's load on its
+//! count for a service's instances, the figures their agents read from the instances'
+//! cgroups, and time: [`Load`] turns each instance's reported figures (cumulative time in
+//! flight, requests answered and CPU time; memory in use) into the service's load on its
 //! target's figure, averaged over the span between two reports (not a sample of one moment:
 //! requests that come and go make the count in flight at any moment swing well away from its
 //! average), and [`Autoscaler`] turns the load over time into a desired instance count with a
-//! reason.
+//! reason. The load on a percentage target is the sum of the instances' percentages (two
+//! instances at 60% of their CPU are 120%, which wants 3 at a target of 50).
 //!
 //! Each look recommends `ceil(load / target)` instances at once, however many more that is
 //! (the current count while the load per instance is within [`TOLERANCE`] of the target),
@@ -18,7 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use meridian_model::{HumanDuration, Scale, ScaleTarget};
+use meridian_model::{HumanDuration, Resources, Scale, ScaleTarget};
 
 /// How long the load must ask for more instances before they are added: a second, less
 /// the jitter of reports sent every second (a figure averaged over the second before a
@@ -35,7 +37,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(6);
 pub const RATE_SPAN: Duration = Duration::from_millis(500);
 
 /// How a service scales in a region, from its effective `scale`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
     /// Fewest instances.
     pub min: u32,
@@ -45,17 +47,28 @@ pub struct Policy {
     pub target: ScaleTarget,
     /// The stabilisation window of scale-down.
     pub down_window: Duration,
+    /// What each instance may use of what a percentage target is of (cores, or bytes); 1
+    /// for the other targets.
+    pub whole: f64,
 }
 
 impl Policy {
-    /// The policy of `scale`, if it names a usable target (a service that sleeps keeps one
+    /// The policy of `scale` for instances with `resources`, if it names a usable target (a
+    /// percentage target needs the resource it is of; a service that sleeps keeps one
     /// instance placed, asleep while idle: see [`Scale::fewest_placed`]).
-    pub fn of(scale: &Scale) -> Option<Policy> {
+    pub fn of(scale: &Scale, resources: &Resources) -> Option<Policy> {
+        let target = scale.targets?.target()?;
+        let whole = match target {
+            ScaleTarget::Concurrency(_) | ScaleTarget::RequestsPerSecond(_) => 1.0,
+            ScaleTarget::CpuPercent(_) => f64::from(resources.cpu?.millis()) / 1000.0,
+            ScaleTarget::MemoryPercent(_) => resources.memory?.bytes() as f64,
+        };
         Some(Policy {
             min: scale.fewest_placed(),
             max: scale.max,
-            target: scale.targets?.target()?,
+            target,
             down_window: scale.down_window(),
+            whole,
         })
     }
 }
@@ -69,6 +82,11 @@ pub struct Figures {
     pub requests: u64,
     /// Request-microseconds in flight so far (cumulative; 0 from an older agent).
     pub busy_micros: u64,
+    /// CPU time the instance's run used so far, in microseconds (cumulative; 0 where its
+    /// agent reads no cgroup).
+    pub cpu_micros: u64,
+    /// Memory the instance uses now, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// What one instance last reported, with its figures averaged since the report before.
@@ -76,6 +94,7 @@ pub struct Figures {
 struct Seen {
     at: Instant,
     in_flight: u64,
+    memory_bytes: u64,
     /// The base of the averages: when, and the cumulative figures then.
     base: (Instant, Figures),
     /// The figures averaged over the last span measured, once one was.
@@ -92,6 +111,8 @@ struct Averaged {
     /// Requests in flight on average (`None` from an older agent, which counts no time in
     /// flight: its count of the moment stands in).
     concurrency: Option<f64>,
+    /// Cores used on average.
+    cpu: f64,
 }
 
 impl Averaged {
@@ -103,6 +124,7 @@ impl Averaged {
             since,
             rate: (figures.requests - base.requests) as f64 / seconds,
             concurrency: (figures.busy_micros > 0).then(|| busy as f64 / 1e6 / seconds),
+            cpu: (figures.cpu_micros - base.cpu_micros) as f64 / 1e6 / seconds,
         }
     }
 }
@@ -129,14 +151,19 @@ impl Load {
         let seen = self.by_instance.entry(instance.to_owned()).or_insert(Seen {
             at,
             in_flight: 0,
+            memory_bytes: 0,
             base: (at, figures),
             averaged: None,
         });
         seen.at = at;
         seen.in_flight = figures.in_flight;
+        seen.memory_bytes = figures.memory_bytes;
         let (since, base) = seen.base;
-        if figures.requests < base.requests || figures.busy_micros < base.busy_micros {
-            // Counted anew (its node proxy restarted): measured from here.
+        let anew = figures.requests < base.requests
+            || figures.busy_micros < base.busy_micros
+            || figures.cpu_micros < base.cpu_micros;
+        if anew {
+            // Counted anew (its node proxy restarted, or it did): measured from here.
             seen.base = (at, figures);
             seen.averaged = None;
         } else if at.duration_since(since) >= RATE_SPAN {
@@ -151,11 +178,13 @@ impl Load {
         self.by_instance.retain(|name, _| keep(name));
     }
 
-    /// The service's load on `target`'s figure at `now`: the sum over the instances whose
-    /// figures are fresh of their last averages. Before an instance has one, it adds nothing
-    /// (what it carries shows in the others' last averages until they report again), but for
-    /// the count in flight from an older agent, which counts no time in flight.
-    pub fn total(&self, target: ScaleTarget, now: Instant) -> Measured {
+    /// The service's load on `policy`'s figure at `now`: the sum over the instances whose
+    /// figures are fresh of their last averages (and of their memory in use). Before an
+    /// instance has one, it adds nothing (what it carries shows in the others' last averages
+    /// until they report again), but for the count in flight from an older agent, which
+    /// counts no time in flight.
+    pub fn total(&self, policy: &Policy, now: Instant) -> Measured {
+        let percent = |used: f64| used / policy.whole * 100.0;
         let fresh = self
             .by_instance
             .values()
@@ -164,7 +193,7 @@ impl Load {
         let mut load = 0.0;
         for seen in fresh {
             let averaged = seen.averaged;
-            let (value, from) = match (target, averaged) {
+            let (value, from) = match (policy.target, averaged) {
                 (ScaleTarget::Concurrency(_), Some(a)) => match a.concurrency {
                     Some(concurrency) => (concurrency, a.since),
                     None => (seen.in_flight as f64, seen.at),
@@ -173,6 +202,8 @@ impl Load {
                     (seen.in_flight as f64, seen.at)
                 }
                 (ScaleTarget::RequestsPerSecond(_), Some(a)) => (a.rate, a.since),
+                (ScaleTarget::CpuPercent(_), Some(a)) => (percent(a.cpu), a.since),
+                (ScaleTarget::MemoryPercent(_), _) => (percent(seen.memory_bytes as f64), seen.at),
                 (_, None) => continue,
             };
             load += value;
@@ -358,6 +389,7 @@ mod tests {
             max: 3,
             target: ScaleTarget::Concurrency(2),
             down_window: Duration::from_secs(300),
+            whole: 1.0,
         }
     }
 
@@ -493,7 +525,7 @@ mod tests {
         let figures = |in_flight, requests| Figures {
             in_flight,
             requests,
-            busy_micros: 0,
+            ..Figures::default()
         };
         load.record("web-0", start, figures(2, 100));
         load.record("web-1", start, figures(1, 0));
@@ -506,9 +538,12 @@ mod tests {
             figures(0, 31),
         );
         let now = start + SECOND * 2;
-        let rps = ScaleTarget::RequestsPerSecond(10);
+        let rps = &Policy {
+            target: ScaleTarget::RequestsPerSecond(10),
+            ..policy()
+        };
         assert_eq!(load.total(rps, now).load, 80.0);
-        assert_eq!(load.total(ScaleTarget::Concurrency(1), now).load, 3.0);
+        assert_eq!(load.total(&policy(), now).load, 3.0);
         // web-1's proxy restarted: counted anew.
         load.record("web-1", start + SECOND * 3, figures(0, 2));
         assert_eq!(load.total(rps, start + SECOND * 3).load, 50.0);
@@ -527,12 +562,13 @@ mod tests {
                 in_flight,
                 requests: 0,
                 busy_micros: busy_seconds * 1_000_000,
+                ..Figures::default()
             };
             load.record("web-0", start + SECOND * s, figures);
         };
         let look = |scaler: &mut Autoscaler, load: &Load, s: u32| {
             let now = start + SECOND * s;
-            let measured = load.total(policy.target, now);
+            let measured = load.total(&policy, now);
             let inputs = Inputs {
                 load: measured.load,
                 since: measured.since,
@@ -544,7 +580,7 @@ mod tests {
         // A second at 1 in flight on average, whatever the count at the report.
         report(&mut load, 0, 0, 10);
         report(&mut load, 1, 3, 11);
-        assert_eq!(load.total(policy.target, start + SECOND).load, 1.0);
+        assert_eq!(load.total(&policy, start + SECOND).load, 1.0);
         assert!(!look(&mut scaler, &load, 1).changed());
         // Then a second at 6 on average (caught at a report with 2 in flight): the figure of
         // the whole second past asks for 3 at 2 each, and gets them at this look.
@@ -564,9 +600,10 @@ mod tests {
             in_flight: 3,
             requests: 1,
             busy_micros: 500_000,
+            ..Figures::default()
         };
         load.record("web-1", start + SECOND * 2, figures);
-        let measured = load.total(policy.target, start + SECOND * 2);
+        let measured = load.total(&policy, start + SECOND * 2);
         assert_eq!((measured.load, measured.since), (6.0, start + SECOND));
     }
 
@@ -583,5 +620,75 @@ mod tests {
         assert!(!scaler.decide(&policy, start + SECOND, at(SECOND)).changed());
         let decision = scaler.decide(&policy, start + SECOND + half, at(SECOND + half));
         assert_eq!(decision.desired, 3, "{}", decision.reason);
+    }
+
+    #[test]
+    fn cpu_and_memory_are_percentages_of_each_instance_s_resources() {
+        let start = Instant::now();
+        let resources: Resources =
+            serde_json::from_str(r#"{"cpu": 0.5, "memory": "100Mi"}"#).unwrap();
+        let scale = |targets: &str| -> Scale {
+            serde_json::from_str(&format!(r#"{{"min":1,"max":10,"targets":{targets}}}"#)).unwrap()
+        };
+        let cpu = Policy::of(&scale(r#"{"cpu_percent":50}"#), &resources).unwrap();
+        let memory = Policy::of(&scale(r#"{"memory_percent":80}"#), &resources).unwrap();
+        assert_eq!(
+            Policy::of(&scale(r#"{"cpu_percent":50}"#), &Resources::default()),
+            None,
+            "no resources.cpu, nothing to scale on"
+        );
+        let mut load = Load::default();
+        let figures = |cpu_seconds: f64, mib: u64| Figures {
+            cpu_micros: (cpu_seconds * 1e6) as u64,
+            memory_bytes: mib << 20,
+            ..Figures::default()
+        };
+        load.record("web-0", start, figures(10.0, 10));
+        load.record("web-1", start, figures(0.0, 10));
+        // Over 2 s, web-0 used 0.8 s of CPU (0.4 cores: 80% of 0.5), web-1 1.2 s (120%:
+        // beyond its quota is not possible, but the figures say what they say).
+        load.record("web-0", start + SECOND * 2, figures(10.8, 60));
+        load.record("web-1", start + SECOND * 2, figures(1.2, 90));
+        let now = start + SECOND * 2;
+        let measured = load.total(&cpu, now);
+        assert!((measured.load - 200.0).abs() < 1e-9, "{measured:?}");
+        assert_eq!(measured.since, start);
+        let measured = load.total(&memory, now);
+        assert!((measured.load - 150.0).abs() < 1e-9, "{measured:?}");
+        assert_eq!(
+            measured.since, now,
+            "memory in use is a figure of the moment"
+        );
+        // 200% of CPU at 50% each wants 4; 150% of memory at 80% each wants 2.
+        let mut scaler = Autoscaler::new(&cpu, 2);
+        let look = |scaler: &mut Autoscaler, policy: &Policy, measured: Measured| {
+            let inputs = Inputs {
+                load: measured.load,
+                since: measured.since,
+                current: 2,
+                room: 100,
+            };
+            scaler.decide(policy, now, inputs)
+        };
+        scaler.decide(&cpu, start, inputs(100.0, 2, start));
+        let decision = look(&mut scaler, &cpu, load.total(&cpu, now));
+        assert_eq!(decision.desired, 4, "{}", decision.reason);
+        assert!(
+            decision.reason.starts_with(
+                "scaling up from 2 to 4: cpu_percent 200.0 over 2 instances, target 50 each"
+            ),
+            "{}",
+            decision.reason
+        );
+        let mut scaler = Autoscaler::new(&memory, 2);
+        let decision = look(&mut scaler, &memory, load.total(&memory, now));
+        assert_eq!(
+            decision.reason,
+            "steady at 2: memory_percent 150.0 over 2 instances, target 80 each"
+        );
+        // A run that started again is measured from its new start.
+        load.record("web-1", start + SECOND * 3, figures(0.1, 10));
+        let measured = load.total(&cpu, start + SECOND * 3);
+        assert!((measured.load - 80.0).abs() < 1e-9, "{measured:?}");
     }
 }
