@@ -181,8 +181,8 @@ impl Load {
     /// The service's load on `policy`'s figure at `now`: the sum over the instances whose
     /// figures are fresh of their last averages (and of their memory in use). Before an
     /// instance has one, it adds nothing (what it carries shows in the others' last averages
-    /// until they report again), but for the count in flight from an older agent, which
-    /// counts no time in flight.
+    /// until they report again); after, an older agent, which counts no time in flight, adds
+    /// its count in flight at its last report.
     pub fn total(&self, policy: &Policy, now: Instant) -> Measured {
         let percent = |used: f64| used / policy.whole * 100.0;
         let fresh = self
@@ -198,9 +198,6 @@ impl Load {
                     Some(concurrency) => (concurrency, a.since),
                     None => (seen.in_flight as f64, seen.at),
                 },
-                (ScaleTarget::Concurrency(_), None) if seen.base.1.busy_micros == 0 => {
-                    (seen.in_flight as f64, seen.at)
-                }
                 (ScaleTarget::RequestsPerSecond(_), Some(a)) => (a.rate, a.since),
                 (ScaleTarget::CpuPercent(_), Some(a)) => (percent(a.cpu), a.since),
                 (ScaleTarget::MemoryPercent(_), _) => (percent(seen.memory_bytes as f64), seen.at),
