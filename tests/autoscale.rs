@@ -3,7 +3,8 @@
 //! the (test-short) `scale.down_window` passes, it removes them down to `scale.min`, draining
 //! each first: not one request fails. `meridian status` shows the counts and why. Instances
 //! that use more of their memory than `memory_percent` (from their cgroups) get more
-//! instances too.
+//! instances too. An instance's node proxy lets at most `scale.concurrency.hard` requests reach
+//! it at once; more wait briefly, and beyond its bounds get `503` with `Retry-After`.
 
 mod support;
 
@@ -208,4 +209,79 @@ async fn instances_over_their_memory_target_get_more_instances_up_to_max() {
     let reason = row["autoscale"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("(max): memory_percent"), "{row}");
     assert!(reason.ends_with("target 30 each"), "{row}");
+}
+
+/// `GET /` of hello through the gateway at `address`: status, `Retry-After`, body.
+async fn status_of(address: &str) -> (u16, Option<String>, String) {
+    let answer = reqwest::Client::new()
+        .get(format!("http://{address}/"))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = answer
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        answer.status().as_u16(),
+        retry_after,
+        answer.text().await.unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_hard_limit_an_instance_s_requests_wait_then_get_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 1, max: 1, concurrency: {{hard: 2}}}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello, HELLO_DELAY_MS: '400'}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+"
+    );
+    let platform = Deployed::start_on(dir.path(), &definition, "127.0.182.3");
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.182.4:8080"),
+        "127.0.182.4",
+    );
+    let _agent = agent(&region, "one", "127.0.182.20", dir.path());
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+
+    // 8 at once: 2 go in, 2 wait for them (400 ms each, within the 1 s wait), and the others,
+    // with the queue full, are answered at once.
+    let mut requests = Vec::new();
+    for _ in 0..8 {
+        let address = address.clone();
+        requests.push(tokio::spawn(async move { status_of(&address).await }));
+    }
+    let (mut answered, mut refused) = (0, 0);
+    for request in requests {
+        match request.await.unwrap() {
+            (200, _, _) => answered += 1,
+            (503, Some(retry_after), body) if body.starts_with("503 concurrency_") => {
+                assert_eq!(retry_after, "1");
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        answered >= 2 && refused >= 1,
+        "{answered} answered, {refused} refused"
+    );
+    // Once they are done, the next one goes in at once.
+    assert_eq!(status_of(&address).await.0, 200);
 }

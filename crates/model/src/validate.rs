@@ -61,6 +61,9 @@ pub fn validate_definition(
     if let Some(sleep) = &d.scale.sleep {
         sleep.validate(&mut errs, "scale.sleep", d.scale.min);
     }
+    if let Some(concurrency) = &d.scale.concurrency {
+        concurrency.validate(&mut errs, "scale.concurrency");
+    }
     validate_runtime(&mut errs, &d.runtime);
     validate_ports(&mut errs, &d.ports);
     let port_names: HashSet<&str> = d.ports.iter().map(|p| p.name.as_str()).collect();
@@ -916,6 +919,9 @@ fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashS
                 scale.targets,
                 scale.down_window,
             );
+            if let Some(concurrency) = &scale.concurrency {
+                concurrency.validate(errs, &format!("{prefix}.scale.concurrency"));
+            }
             // The region's own targets, against the region's resources.
             if let Some(targets) = scale.targets {
                 let resources = o

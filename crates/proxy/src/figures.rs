@@ -6,10 +6,21 @@
 //! span divided by the span is the average concurrency over it, not a sample of a moment),
 //! which its region autoscales on. Both live in two atomics: one word holds the count and when
 //! it last changed, updated with a compare-and-swap, the other the time accrued before that.
+//!
+//! An instance's count in flight may be limited ([`Figures::limit_in_flight`]): a request
+//! beyond the limit waits for room ([`Figures::admit`]), in a queue as long as the limit and
+//! for at most [`WAIT`], and is refused past either bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use crate::wake::Refusal;
+
+/// How long a request waits for room under an instance's limit of requests in flight.
+pub const WAIT: Duration = Duration::from_secs(1);
 
 use meridian_xds::meridian::{Traffic, LATENCY_BOUNDS_MS};
 
@@ -29,6 +40,12 @@ pub struct Figures {
     busy_micros: AtomicU64,
     /// What the times of `in_flight` count from.
     epoch: Instant,
+    /// Most requests in flight (0: unlimited).
+    limit: AtomicU64,
+    /// Requests waiting for room under the limit.
+    waiting: AtomicU64,
+    /// Told when a request in flight ends while some wait.
+    room: Notify,
     /// When counting started, in milliseconds since the Unix epoch.
     started_ms: u64,
 }
@@ -76,6 +93,9 @@ impl Default for Figures {
             in_flight: AtomicU64::new(0),
             busy_micros: AtomicU64::new(0),
             epoch: Instant::now(),
+            limit: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            room: Notify::new(),
             started_ms,
         }
     }
@@ -96,16 +116,67 @@ impl Figures {
     /// Counts one request in flight until the guard is dropped (once its answer's head is
     /// sent, or the request is given up).
     pub fn in_flight(self: &Arc<Self>) -> InFlight {
-        self.change_in_flight(|count| count + 1);
+        self.change_in_flight(|count| Some(count + 1));
         InFlight(self.clone())
     }
 
-    /// Sets the count in flight to `to(count)`, accruing the time spent at the old count.
-    fn change_in_flight(&self, to: impl Fn(u64) -> u64) {
+    /// Sets the most requests in flight ([`Figures::admit`]); `None`: unlimited.
+    pub fn limit_in_flight(&self, limit: Option<u32>) {
+        self.limit
+            .store(limit.map_or(0, u64::from), Ordering::Relaxed);
+    }
+
+    /// Counts one request in flight, as [`Figures::in_flight`], once there is room under the
+    /// limit: at once while there is, else after waiting for a request in flight to end (as
+    /// many may wait as the limit, each for at most [`WAIT`]).
+    pub async fn admit(self: &Arc<Self>) -> Result<InFlight, Refusal> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return Ok(self.in_flight());
+        }
+        match self.try_in_flight(limit) {
+            Some(admitted) => Ok(admitted),
+            None => self.wait_for_room(limit).await,
+        }
+    }
+
+    /// Counts one request in flight if fewer than `limit` are.
+    fn try_in_flight(self: &Arc<Self>, limit: u64) -> Option<InFlight> {
+        let counted = self.change_in_flight(|count| (count < limit).then_some(count + 1));
+        counted.then(|| InFlight(self.clone()))
+    }
+
+    #[cold]
+    async fn wait_for_room(self: &Arc<Self>, limit: u64) -> Result<InFlight, Refusal> {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Refusal::LimitQueueFull);
+        }
+        let _waiting = Waiting(&self.waiting);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(admitted) = self.try_in_flight(limit) {
+                return Ok(admitted);
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(Refusal::LimitTimeout);
+            }
+        }
+    }
+
+    /// Sets the count in flight to `to(count)` unless that is `None`, accruing the time
+    /// spent at the old count; whether it changed.
+    fn change_in_flight(&self, to: impl Fn(u64) -> Option<u64>) -> bool {
         let now = self.micros_now();
         let mut word = InFlightWord(self.in_flight.load(Ordering::Relaxed));
         loop {
-            let next = InFlightWord::new(to(word.count()), now);
+            let Some(count) = to(word.count()) else {
+                return false;
+            };
+            let next = InFlightWord::new(count, now);
             match self.in_flight.compare_exchange_weak(
                 word.0,
                 next.0,
@@ -119,6 +190,7 @@ impl Figures {
         // A reader between the swap and this add misses this much until its next read.
         self.busy_micros
             .fetch_add(word.accrued(now), Ordering::Relaxed);
+        true
     }
 
     /// Microseconds since [`Figures::epoch`].
@@ -158,13 +230,26 @@ impl Figures {
     }
 }
 
+/// Counts a request waiting for room until dropped.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One request in flight, counted in its [`Figures`] until dropped.
 #[derive(Debug)]
 pub struct InFlight(Arc<Figures>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.change_in_flight(|count| count.saturating_sub(1));
+        self.0
+            .change_in_flight(|count| Some(count.saturating_sub(1)));
+        if self.0.waiting.load(Ordering::SeqCst) > 0 {
+            self.0.room.notify_one();
+        }
     }
 }
 
@@ -224,6 +309,37 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(figures.traffic(0).busy_micros, ended);
         assert!(ended <= 2 * u64::try_from(all.as_micros()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn beyond_the_limit_requests_wait_for_room_and_are_refused_past_the_queue_or_the_wait() {
+        let figures = Arc::new(Figures::default());
+        figures.limit_in_flight(Some(1));
+        let first = figures.admit().await.unwrap();
+        // The second waits for the first to end.
+        let second = tokio::spawn({
+            let figures = figures.clone();
+            async move { figures.admit().await.map(drop) }
+        });
+        while figures.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The queue is as long as the limit: a third is refused at once.
+        assert_eq!(
+            figures.admit().await.map(drop),
+            Err(Refusal::LimitQueueFull)
+        );
+        drop(first);
+        assert_eq!(second.await.unwrap(), Ok(()));
+        // Nothing ends while one waits: refused after the wait.
+        let held = figures.admit().await.unwrap();
+        assert_eq!(figures.admit().await.map(drop), Err(Refusal::LimitTimeout));
+        assert_eq!(figures.traffic(0).in_flight, 1);
+        drop(held);
+        figures.limit_in_flight(None);
+        let unlimited = [figures.admit().await, figures.admit().await];
+        assert_eq!(figures.traffic(0).in_flight, 2);
+        drop(unlimited);
     }
 
     #[test]

@@ -148,8 +148,12 @@ async fn serve(
     if let Some(hop) = hop {
         hop.routed(&ctx.name, &route.name, &target.cluster.name);
     }
-    // Counted in flight until the answer's head goes back (the instance's figures only).
-    let _in_flight = target.metrics.in_flight();
+    // Counted in flight until the answer's head goes back (the instance's figures only),
+    // once the instance's limit leaves room.
+    let _in_flight = match target.metrics.admit().await {
+        Ok(in_flight) => in_flight,
+        Err(refusal) => return refusal.answer(),
+    };
     // An instance that sleeps: used until the response ends (or a switched connection
     // closes), and held here while it wakes.
     let mut using = match target.metrics.gate() {

@@ -246,9 +246,13 @@ impl RouteMetrics {
     }
 
     /// Counts a request in flight in the figures of the instance the listener serves (if it
-    /// serves one) until the guard drops.
-    pub fn in_flight(&self) -> Option<crate::figures::InFlight> {
-        self.instance.as_ref().map(|i| i.in_flight())
+    /// serves one) until the guard drops, once there is room under the instance's limit
+    /// ([`crate::figures::Figures::admit`]).
+    pub async fn admit(&self) -> Result<Option<crate::figures::InFlight>, crate::wake::Refusal> {
+        match &self.instance {
+            Some(instance) => instance.admit().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// These handles, also counting in `instance`'s figures.
