@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use support::load::{greeted_by, serving_exactly, Lane, Load};
 use support::{
-    agent, gateway, logging_agent, said, stops, strict, Deployed, RegionalPlane, HELLO, HELLO_HOST,
+    agent, agent_with, gateway, logging_agent, said, stops, strict, Deployed, RegionalPlane, HELLO,
+    HELLO_HOST,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -256,7 +257,16 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
         Some("127.0.182.4:8080"),
         "127.0.182.4",
     );
-    let _agent = agent(&region, "one", "127.0.182.20", dir.path());
+    let access_log = dir.path().join("node-access.log");
+    let isolation = [
+        "--instance-addresses",
+        "127.0.182.20",
+        "--isolation",
+        "host",
+        "--access-log",
+        access_log.to_str().unwrap(),
+    ];
+    let agent = agent_with(&region, "one", dir.path(), &isolation);
     let (_gateway, address) = gateway(&region, dir.path()).await;
     serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
 
@@ -282,6 +292,24 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
         answered >= 2 && refused >= 1,
         "{answered} answered, {refused} refused"
     );
+    // The node proxy counts them by route and logs them, with why.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let counted = support::inbound_5xx(&agent.admin).await;
+        let logged = std::fs::read_to_string(&access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"status\":503") && l.contains("concurrency_"))
+            .count();
+        if counted == f64::from(refused) && logged == refused as usize {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{refused} refused: {counted} counted, {logged} logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Once they are done, the next one goes in at once.
     assert_eq!(status_of(&address).await.0, 200);
 }
