@@ -272,14 +272,9 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
 
     // 8 at once: 2 go in, 2 wait for them (400 ms each, within the 1 s wait), and the others,
     // with the queue full, are answered at once.
-    let mut requests = Vec::new();
-    for _ in 0..8 {
-        let address = address.clone();
-        requests.push(tokio::spawn(async move { status_of(&address).await }));
-    }
     let (mut answered, mut refused) = (0, 0);
-    for request in requests {
-        match request.await.unwrap() {
+    for answer in eight_at_once(&address).await {
+        match answer {
             (200, _, _) => answered += 1,
             (503, Some(retry_after), body) if body.starts_with("503 concurrency_") => {
                 assert_eq!(retry_after, "1");
@@ -312,4 +307,27 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     }
     // Once they are done, the next one goes in at once.
     assert_eq!(status_of(&address).await.0, 200);
+
+    // A higher limit applies to the instance running (no restart): 8 at once all go in.
+    platform.deploy(&definition.replace("hard: 2", "hard: 10"));
+    let end = Instant::now() + DEADLINE;
+    while eight_at_once(&address).await.iter().any(|a| a.0 != 200) {
+        assert!(Instant::now() < end, "the new limit never applied");
+    }
+    serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+}
+
+/// 8 `GET /` of hello through the gateway at `address` at once: their answers.
+async fn eight_at_once(address: &str) -> Vec<(u16, Option<String>, String)> {
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let address = address.to_owned();
+            tokio::spawn(async move { status_of(&address).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    answers
 }
