@@ -3,12 +3,18 @@
 # wake (stopped instance) add to the first request through the gateway (targets: <= 10 ms light,
 # <= 50 ms deep beyond a direct start of the same app measured in the same run), time from a
 # load step to new instances serving (target < 3 s), and the CPU and memory of sleeping
-# instances. Run as root for cgroups (the freezer; without it, SIGSTOP). Addresses 127.0.150.x;
-# stops what it started.
+# instances. Run as root for cgroups (the freezer; without it, SIGSTOP). Addresses 127.0.150.x
+# (`--base 127.0.N`); stops what it started. `PROFILE=debug` measures a debug build;
+# `--only-step` measures only the load step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v taskset >/dev/null || { echo "scale-to-zero.sh needs taskset" >&2; exit 1; }
-cargo build --release --bin meridian --bin meridian-hello
+profile="${PROFILE:-release}"
+case "$profile" in
+  release) cargo build --release --bin meridian --bin meridian-hello ;;
+  debug) cargo build --bin meridian --bin meridian-hello ;;
+  *) echo "PROFILE must be release or debug, not $profile" >&2; exit 1 ;;
+esac
 target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/scale_to_zero.py --meridian "$target"/release/meridian \
-  --hello "$target"/release/meridian-hello "$@"
+exec python3 bench/scale_to_zero.py --meridian "$target/$profile/meridian" \
+  --hello "$target/$profile/meridian-hello" "$@"

@@ -2,7 +2,7 @@
 """Scale to zero: what sleeping costs the first request, how fast a load step gets new
 instances, and what a sleeping instance uses. Run it through bench/scale-to-zero.sh.
 
-A whole platform on loopback (127.0.150.x): the global control plane, region fra's control
+A whole platform on loopback (127.0.150.x, or `--base`): the global control plane, region fra's control
 plane with its gateway (plain HTTP for the bench), one agent (host isolation, instances in
 cgroups when it runs as root) pinned to core 1; everything else on core 0. Requests go
 through the gateway, as an edge's would: gateway -> node proxy (mutual TLS) -> instance.
@@ -41,9 +41,18 @@ import time
 import urllib.request
 
 BASE = "127.0.150"
-GLOBAL_IP, REGION_IP, AGENT_IP, GATEWAY_IP = (f"{BASE}.{n}" for n in (101, 102, 103, 104))
-FIRST_INSTANCE = f"{BASE}.110"
-DIRECT_IP = f"{BASE}.109"
+
+
+def addresses(base):
+    """The addresses the bench uses under `base` (three octets): the global and regional
+    control planes, the agent, the gateway, the agent's first instance, a direct start."""
+    global GLOBAL_IP, REGION_IP, AGENT_IP, GATEWAY_IP, FIRST_INSTANCE, DIRECT_IP
+    GLOBAL_IP, REGION_IP, AGENT_IP, GATEWAY_IP = (f"{base}.{n}" for n in (101, 102, 103, 104))
+    FIRST_INSTANCE = f"{base}.110"
+    DIRECT_IP = f"{base}.109"
+
+
+addresses(BASE)
 DEADLINE = 120.0
 HOST = "bench.example.com"
 
@@ -128,7 +137,7 @@ def start_platform(p, meridian):
                                   "--admin", f"{REGION_IP}:0", "--api", api, "--global-xds", xds,
                                   "--gateway", f"{GATEWAY_IP}:8443",
                                   "--gateway-plaintext", f"{GATEWAY_IP}:0"],
-                       env={"MERIDIAN_LOG": "warn"})
+                       env={"MERIDIAN_LOG": "warn,meridian_control::region=info"})
     line = wait_line(lines, "regional control plane", lambda l: "serving xDS on " in l)
     region_xds = line.split("serving xDS on ")[1].split(",")[0]
     region_admin = line.split("admin ")[1].split(",")[0]
@@ -345,12 +354,17 @@ def main():
     parser.add_argument("--meridian", required=True)
     parser.add_argument("--hello", required=True)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--base", default=BASE,
+                        help="the first three octets of the loopback addresses to use")
+    parser.add_argument("--only-step", action="store_true",
+                        help="measure only the load step (c)")
     args = parser.parse_args()
+    addresses(args.base)
     meridian, hello = os.path.abspath(args.meridian), os.path.abspath(args.hello)
     work = tempfile.mkdtemp(prefix="meridian-bench-scale-to-zero-")
     p = Platform(work)
     try:
-        run(p, meridian, hello, args.rounds)
+        run(p, meridian, hello, args.rounds, args.only_step)
     except SystemExit:
         # What the agent said last tells why a wait failed.
         with open(os.path.join(work, "agent.log")) as f:
@@ -361,9 +375,12 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(p, meridian, hello, rounds):
+def run(p, meridian, hello, rounds, only_step):
     work = p.work
     meridian_cli, agent, gateway = start_platform(p, meridian)
+    if only_step:
+        print_step(load_step(meridian_cli, work, agent, gateway, hello), work)
+        return
     process = f"{{command: {hello}, env: {{GREETING: hello}}}}"
 
     # (a) light, with the awake baseline and the figures of the awake and frozen instance.
@@ -411,15 +428,24 @@ def run(p, meridian, hello, rounds):
           f"target <= 50 ms: {'met' if ms(statistics.median(deep_added)) <= 50 else 'NOT met'}")
     print(f"  {'  agent: held -> started and port accepts':46} "
           f"{spread([x / 1000 for x in deep_agent])}")
-    print()
-    print(f"Load step (6 loops of 100 ms requests, concurrency target 2, 1 -> 3 instances): "
-          f"a second instance answering after {ms(step[0]):.0f} ms, a third after "
-          f"{ms(step[1]):.0f} ms (target < 3000 ms)")
+    print_step(step, work)
     print()
     print("Instance resources over 5 s (agent's cgroup figures)")
     for what, (cpu, memory) in (("awake, idle", awake_use), ("asleep, light (frozen)", light_use),
                                 ("asleep, deep (stopped)", deep_use)):
         print(f"  {what:26} CPU {cpu * 1000:8.3f} ms   memory {memory / (1 << 20):7.2f} MiB")
+
+
+def print_step(step, work):
+    """The load step's figures, and the region's autoscaling decisions that made them."""
+    print()
+    print(f"Load step (6 loops of 100 ms requests, concurrency target 2, 1 -> 3 instances): "
+          f"a second instance answering after {ms(step[0]):.0f} ms, a third after "
+          f"{ms(step[1]):.0f} ms (target < 3000 ms)")
+    with open(os.path.join(work, "region.log")) as f:
+        for line in f:
+            if "autoscale decision" in line:
+                print("  " + re.sub(r"\x1b\[[0-9;]*m", "", line.strip()))
 
 
 def free_port(ip):

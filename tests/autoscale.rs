@@ -1,7 +1,10 @@
 //! Autoscaling (`scale.targets`): a bounded concurrent load through the region's gateway
 //! makes the regional control plane add instances up to `scale.max`; once the load falls and
 //! the (test-short) `scale.down_window` passes, it removes them down to `scale.min`, draining
-//! each first: not one request fails. `meridian status` shows the counts and why.
+//! each first: not one request fails. `meridian status` shows the counts and why. Instances
+//! that use more of their memory than `memory_percent` (from their cgroups) get more
+//! instances too. An instance's node proxy lets at most `scale.concurrency.hard` requests reach
+//! it at once; more wait briefly, and beyond its bounds get `503` with `Retry-After`.
 
 mod support;
 
@@ -9,7 +12,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use support::load::{greeted_by, serving_exactly, Lane, Load};
-use support::{gateway, logging_agent, said, stops, Deployed, RegionalPlane, HELLO, HELLO_HOST};
+use support::{
+    agent, agent_with, gateway, logging_agent, said, stops, strict, Deployed, RegionalPlane, HELLO,
+    HELLO_HOST,
+};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -157,3 +163,171 @@ async fn a_concurrent_load_scales_up_to_max_and_back_to_min_without_a_failed_req
 }
 
 const HOST: &str = HELLO_HOST;
+
+/// acme/shop/hello in fra, 1 to 3 instances meant to use 30% of their 64 MiB each, each
+/// using 40 MiB once it listens.
+const MEMORY_HUNGRY: &str = "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {min: 1, max: 3, targets: {memory_percent: 30}}
+resources: {memory: 64Mi}
+ports: [{name: http, port: 8080}]
+health_checks: [{http: {port: http, path: /healthz}, interval: 200ms, timeout: 200ms, grace_period: 5s}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_over_their_memory_target_get_more_instances_up_to_max() {
+    if !meridian_agent::cgroups::Cgroups::available() {
+        assert!(
+            !strict(),
+            "cgroups need root and a memory controller (MERIDIAN_TEST_STRICT=1)"
+        );
+        eprintln!("skipped: cgroups need root and a memory controller");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let definition = format!(
+        "{MEMORY_HUNGRY}runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello, HELLO_ALLOCATE_MIB: '40'}}}}}}\n"
+    );
+    let platform = Deployed::start_on(dir.path(), &definition, "127.0.182.1");
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        None,
+        "127.0.182.2",
+    );
+    let _agent = agent(&region, "one", "127.0.182.10", dir.path());
+    // Each instance at 40 MiB of 64 is over 60%, twice the target: the first one alone asks
+    // for 3 at once, and 3 stay (max).
+    let row = platform
+        .status_until("hello", "scaled up to 3 on memory", |row| {
+            row["desired"] == 3 && row["healthy"] == 3
+        })
+        .await;
+    let reason = row["autoscale"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("(max): memory_percent"), "{row}");
+    assert!(reason.ends_with("target 30 each"), "{row}");
+}
+
+/// `GET /` of hello through the gateway at `address`: status, `Retry-After`, body.
+async fn status_of(address: &str) -> (u16, Option<String>, String) {
+    let answer = reqwest::Client::new()
+        .get(format!("http://{address}/"))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = answer
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        answer.status().as_u16(),
+        retry_after,
+        answer.text().await.unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_hard_limit_an_instance_s_requests_wait_then_get_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 1, max: 1, concurrency: {{hard: 2}}}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello, HELLO_DELAY_MS: '400'}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+"
+    );
+    let platform = Deployed::start_on(dir.path(), &definition, "127.0.182.3");
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.182.4:8080"),
+        "127.0.182.4",
+    );
+    let access_log = dir.path().join("node-access.log");
+    let isolation = [
+        "--instance-addresses",
+        "127.0.182.20",
+        "--isolation",
+        "host",
+        "--access-log",
+        access_log.to_str().unwrap(),
+    ];
+    let agent = agent_with(&region, "one", dir.path(), &isolation);
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+
+    // 8 at once: 2 go in, 2 wait for them (400 ms each, within the 1 s wait), and the others,
+    // with the queue full, are answered at once.
+    let (mut answered, mut refused) = (0, 0);
+    for answer in eight_at_once(&address).await {
+        match answer {
+            (200, _, _) => answered += 1,
+            (503, Some(retry_after), body) if body.starts_with("503 concurrency_") => {
+                assert_eq!(retry_after, "1");
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        answered >= 2 && refused >= 1,
+        "{answered} answered, {refused} refused"
+    );
+    // The node proxy counts them by route and logs them, with why.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let counted = support::inbound_5xx(&agent.admin).await;
+        let logged = std::fs::read_to_string(&access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"status\":503") && l.contains("concurrency_"))
+            .count();
+        if counted == f64::from(refused) && logged == refused as usize {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{refused} refused: {counted} counted, {logged} logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once they are done, the next one goes in at once.
+    assert_eq!(status_of(&address).await.0, 200);
+
+    // A higher limit applies to the instance running (no restart): 8 at once all go in.
+    platform.deploy(&definition.replace("hard: 2", "hard: 10"));
+    let end = Instant::now() + DEADLINE;
+    while eight_at_once(&address).await.iter().any(|a| a.0 != 200) {
+        assert!(Instant::now() < end, "the new limit never applied");
+    }
+    serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+}
+
+/// 8 `GET /` of hello through the gateway at `address` at once: their answers.
+async fn eight_at_once(address: &str) -> Vec<(u16, Option<String>, String)> {
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let address = address.to_owned();
+            tokio::spawn(async move { status_of(&address).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    answers
+}

@@ -1,7 +1,7 @@
 //! Scale to zero (`scale: {min: 0, sleep: …}`): an idle service's instance sleeps, light
 //! (frozen) then deep (stopped), and the first request through the region's gateway is held by
 //! its node proxy while the instance wakes, then answered; a WebSocket held open keeps it
-//! awake; requests beyond the wake queue or past the wake timeout are answered `503` with
+//! awake, and so does a plain TCP connection to a `tcp` port; requests beyond the wake queue or past the wake timeout are answered `503` with
 //! `Retry-After`. `meridian status` and the API show `sleeping (light)` / `sleeping (deep)`,
 //! and the agent counts sleeps and wakes.
 
@@ -209,6 +209,58 @@ async fn a_websocket_held_open_keeps_the_service_awake() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_connection_held_open_keeps_the_service_awake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    // acme/shop/echo sleeps; acme/shop/web, awake, names its TCP port in its environment: a
+    // relay port of web's on the host, where the node proxy relays to the echo's node proxy.
+    let process = format!("{{process: {{command: {HELLO}}}}}");
+    let echo = support::tcp::hello_service("acme", "echo", &process, true, "fra")
+        + "scale: {min: 0, max: 1, sleep: {after: 1s}}\n";
+    let platform = Platform::start(dir.path(), &echo, "127.0.182.5:8080", "127.0.182.30").await;
+    let variable = "MERIDIAN_TCP_ECHO_SHOP_ECHO";
+    let shows = format!("{{process: {{command: {HELLO}, env: {{HELLO_SHOW_ENV: {variable}}}}}}}");
+    let web = support::tcp::hello_service("acme", "web", &shows, false, "fra");
+    platform.platform.deploy(&web);
+    let relay = answers(
+        &platform.address,
+        "web.acme.example.com",
+        &format!("/env/{variable}"),
+        "127.0.182.",
+    )
+    .await;
+    let echo_state = |state: &'static str| {
+        platform
+            .platform
+            .status_until("echo", state, move |row| row["state"] == state)
+    };
+    echo_state("sleeping (light)").await;
+
+    // A connection wakes it and is echoed; quiet, it keeps the echo awake.
+    let mut connection = tokio::net::TcpStream::connect(relay.trim()).await.unwrap();
+    let mut echoed = [0u8; 5];
+    connection.write_all(b"first").await.unwrap();
+    connection.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"first");
+    echo_state("running").await;
+    let asleep = said(&platform.agent, "instance asleep");
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(3) {
+        let row = platform.platform.first_region_status("echo");
+        assert_eq!(row["state"], "running", "asleep under a connection: {row}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(said(&platform.agent, "instance asleep"), asleep);
+    connection.write_all(b"still").await.unwrap();
+    connection.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"still");
+
+    // Closed: it sleeps.
+    drop(connection);
+    echo_state("sleeping (light)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_wake_queue_or_past_the_wake_timeout_requests_get_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     // An application that takes 3 s to start, slept deep: a wake outlasts the 500 ms timeout.
@@ -231,6 +283,7 @@ async fn beyond_the_wake_queue_or_past_the_wake_timeout_requests_get_503_with_re
 
     // Two at once: one is held (the queue's one place) until the timeout, the other finds the
     // queue full.
+    let failed_before = support::inbound_5xx(&platform.agent.admin).await;
     let (first, second) = tokio::join!(answer(&platform.address), answer(&platform.address));
     let mut reasons: Vec<String> = [&first, &second]
         .iter()
@@ -242,6 +295,9 @@ async fn beyond_the_wake_queue_or_past_the_wake_timeout_requests_get_503_with_re
         .collect();
     reasons.sort();
     assert_eq!(reasons, ["503 wake_queue_full", "503 wake_timeout"]);
+    // Counted by the node proxy's route (not as the instance's failures).
+    let failed = support::inbound_5xx(&platform.agent.admin).await;
+    assert_eq!(failed - failed_before, 2.0);
 
     // The held request woke it: once started, it answers.
     answers(

@@ -88,6 +88,18 @@ pub async fn metrics(base: &str) -> String {
         .unwrap()
 }
 
+/// The `5xx` answers a node proxy (admin at `base`) counted on its instances' inbound
+/// listeners, by route (which counts those it answered itself: a wake or a limit refused them).
+pub async fn inbound_5xx(base: &str) -> f64 {
+    metrics(base)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("meridian_proxy_requests_total{"))
+        .filter(|l| l.contains("listener=\"in/") && l.contains("status=\"5xx\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Whether tests must fail rather than skip when a prerequisite is missing (as in CI).
 pub fn strict() -> bool {
     std::env::var("MERIDIAN_TEST_STRICT").as_deref() == Ok("1")

@@ -227,6 +227,8 @@ pub fn config(
         let served = json!({
             "name": name, "id": instance.instance, "version": instance.version,
             "service": format!("{org}/{}/{}", instance.service.1, instance.service.2),
+            // Its requests wait in the node proxy beyond the hard limit.
+            "max_in_flight": instance.spec.scale.concurrency.and_then(|c| c.hard),
         });
         for (index, port) in instance.spec.ports.iter().enumerate() {
             let local_cluster = format!("local/{name}/{}", port.name);

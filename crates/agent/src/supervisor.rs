@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meridian_model::ServiceSpec;
-use meridian_xds::meridian::{InstanceReport, NodeReport, ReportAck, Traffic, REPORT_PATH};
+use meridian_xds::meridian::{InstanceReport, NodeReport, ReportAck, Traffic, Usage, REPORT_PATH};
 use meridian_xds::{run_delta_client, ClientOptions, UnaryClient};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -103,12 +103,13 @@ struct InstanceLabel {
     instance: String,
 }
 
-/// Each instance's CPU time and memory, read from its cgroup at each report.
+/// Each instance's CPU time and memory, read from its cgroup at each report, shown as
+/// metrics and sent in the report (the region autoscales on them).
 struct UsageMetrics {
     cpu: Family<InstanceLabel, Gauge<f64, AtomicU64>>,
     memory: Family<InstanceLabel, Gauge>,
-    /// The instances last set (the others' figures are removed).
-    shown: BTreeSet<InstanceLabel>,
+    /// The instances last read, with what they used (the others' figures are removed).
+    shown: BTreeMap<InstanceLabel, Usage>,
 }
 
 impl UsageMetrics {
@@ -116,7 +117,7 @@ impl UsageMetrics {
         let usage = UsageMetrics {
             cpu: Family::default(),
             memory: Family::default(),
-            shown: BTreeSet::new(),
+            shown: BTreeMap::new(),
         };
         registry.register(
             "instance_cpu_usage_seconds",
@@ -146,19 +147,46 @@ impl UsageMetrics {
         })
         .await
         .unwrap_or_default();
-        let now: BTreeSet<InstanceLabel> = read.iter().map(|(label, _)| label.clone()).collect();
-        for gone in self.shown.difference(&now) {
+        let now: BTreeMap<InstanceLabel, crate::cgroups::Usage> = read.into_iter().collect();
+        for gone in self.shown.keys().filter(|label| !now.contains_key(*label)) {
             self.cpu.remove(gone);
             self.memory.remove(gone);
         }
-        for (label, usage) in read {
-            self.cpu.get_or_create(&label).set(usage.cpu_seconds);
-            self.memory
-                .get_or_create(&label)
-                .set(i64::try_from(usage.memory_bytes).unwrap_or(i64::MAX));
-        }
-        self.shown = now;
+        self.shown = now
+            .into_iter()
+            .map(|(label, usage)| {
+                self.cpu.get_or_create(&label).set(usage.cpu_seconds);
+                self.memory
+                    .get_or_create(&label)
+                    .set(i64::try_from(usage.memory_bytes).unwrap_or(i64::MAX));
+                let sent = Usage {
+                    // Float to integer casts saturate.
+                    cpu_micros: (usage.cpu_seconds * 1e6) as u64,
+                    memory_bytes: usage.memory_bytes,
+                };
+                (label, sent)
+            })
+            .collect();
         self
+    }
+
+    /// Puts what each instance of `report` used, as last read, in it.
+    fn fill(&self, report: &mut NodeReport) {
+        for instance in &mut report.instances {
+            let label = InstanceLabel {
+                org: std::mem::take(&mut instance.org),
+                app: std::mem::take(&mut instance.app),
+                service: std::mem::take(&mut instance.service),
+                instance: std::mem::take(&mut instance.instance),
+            };
+            instance.usage = self.shown.get(&label).copied();
+            (
+                instance.org,
+                instance.app,
+                instance.service,
+                instance.instance,
+            ) = (label.org, label.app, label.service, label.instance);
+        }
     }
 }
 
@@ -848,6 +876,7 @@ impl Reported {
                         detail,
                         version: running.version,
                         traffic: self.traffic(running),
+                        usage: None,
                     }
                 })
                 .collect(),
@@ -912,7 +941,8 @@ async fn report_loop(
         if let Some(cgroups) = &reported.cgroups {
             usage = usage.update(cgroups.clone(), reported.keys()).await;
         }
-        let report = reported.report();
+        let mut report = reported.report();
+        usage.fill(&mut report);
         let requests = report
             .instances
             .iter()

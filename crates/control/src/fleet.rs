@@ -823,8 +823,9 @@ pub(crate) fn number_of(instance: &str) -> Option<u32> {
     instance.rsplit_once('-')?.1.parse().ok()
 }
 
-/// Whether an instance's report says more than `before` did, request figures aside (they
-/// move with every request; the metric gates read them, see `RegionState::sample_traffic`).
+/// Whether an instance's report says more than `before` did, request and usage figures aside
+/// (they move with every request; the metric gates and autoscaling read them, see
+/// `RegionState::sample_traffic` and `RegionState::sample_load`).
 fn changed(before: &InstanceReport, now: &InstanceReport) -> bool {
     let InstanceReport {
         instance,
@@ -837,6 +838,7 @@ fn changed(before: &InstanceReport, now: &InstanceReport) -> bool {
         service,
         version,
         traffic: _,
+        usage: _,
     } = now;
     (instance, state, address, restarts, detail)
         != (

@@ -21,11 +21,12 @@ pub struct ScaleTargets {
     /// Requests answered per second per instance (1–1000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u32>,
-    /// CPU used per instance, in percent of its `resources.cpu` (not supported yet: rejected).
+    /// CPU time used per instance, in percent of its `resources.cpu` (1–100; needs
+    /// `resources.cpu`), from its cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<u32>,
-    /// Memory used per instance, in percent of its `resources.memory` (not supported yet:
-    /// rejected).
+    /// Memory in use per instance, in percent of its `resources.memory` (1–100; needs
+    /// `resources.memory`), from its cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_percent: Option<u32>,
 }
@@ -37,6 +38,10 @@ pub enum ScaleTarget {
     Concurrency(u32),
     /// Requests answered per second per instance.
     RequestsPerSecond(u32),
+    /// CPU time used per instance, in percent of its `resources.cpu`.
+    CpuPercent(u32),
+    /// Memory in use per instance, in percent of its `resources.memory`.
+    MemoryPercent(u32),
 }
 
 impl ScaleTarget {
@@ -45,13 +50,18 @@ impl ScaleTarget {
         match self {
             ScaleTarget::Concurrency(_) => "concurrency",
             ScaleTarget::RequestsPerSecond(_) => "requests_per_second",
+            ScaleTarget::CpuPercent(_) => "cpu_percent",
+            ScaleTarget::MemoryPercent(_) => "memory_percent",
         }
     }
 
     /// The figure's value per instance.
     pub fn per_instance(self) -> u32 {
         match self {
-            ScaleTarget::Concurrency(n) | ScaleTarget::RequestsPerSecond(n) => n,
+            ScaleTarget::Concurrency(n)
+            | ScaleTarget::RequestsPerSecond(n)
+            | ScaleTarget::CpuPercent(n)
+            | ScaleTarget::MemoryPercent(n) => n,
         }
     }
 }
@@ -61,13 +71,43 @@ impl ScaleTargets {
     pub const MAX_CONCURRENCY: u32 = 10_000;
     /// Most requests per second per instance a target may name.
     pub const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000;
+    /// Most percent of its CPU or memory an instance may be meant to use.
+    pub const MAX_PERCENT: u32 = 100;
 
     /// The figure to scale on, once validated (`None` when none is usable).
     pub fn target(&self) -> Option<ScaleTarget> {
-        match (self.concurrency, self.requests_per_second) {
-            (Some(n), None) if n > 0 => Some(ScaleTarget::Concurrency(n)),
-            (None, Some(n)) if n > 0 => Some(ScaleTarget::RequestsPerSecond(n)),
+        let set = [
+            self.concurrency.map(ScaleTarget::Concurrency),
+            self.requests_per_second.map(ScaleTarget::RequestsPerSecond),
+            self.cpu_percent.map(ScaleTarget::CpuPercent),
+            self.memory_percent.map(ScaleTarget::MemoryPercent),
+        ];
+        let mut named = set.into_iter().flatten();
+        match (named.next(), named.next()) {
+            (Some(target), None) if target.per_instance() > 0 => Some(target),
             _ => None,
+        }
+    }
+
+    /// Checks that the resources a percentage target is of are set: `resources` are the
+    /// instances' where these targets apply, `prefix` where the targets are written.
+    pub(crate) fn validate_resources(
+        &self,
+        errs: &mut ValidationErrors,
+        prefix: &str,
+        resources: &crate::Resources,
+    ) {
+        if self.cpu_percent.is_some() && resources.cpu.is_none() {
+            errs.push(
+                format!("{prefix}.cpu_percent"),
+                "needs `resources.cpu`: the percentage is of it",
+            );
+        }
+        if self.memory_percent.is_some() && resources.memory.is_none() {
+            errs.push(
+                format!("{prefix}.memory_percent"),
+                "needs `resources.memory`: the percentage is of it",
+            );
         }
     }
 
@@ -102,6 +142,8 @@ impl ScaleTargets {
                 self.requests_per_second,
                 Self::MAX_REQUESTS_PER_SECOND,
             ),
+            ("cpu_percent", self.cpu_percent, Self::MAX_PERCENT),
+            ("memory_percent", self.memory_percent, Self::MAX_PERCENT),
         ];
         for (name, value, max) in bounded {
             match value {
@@ -110,17 +152,6 @@ impl ScaleTargets {
                     errs.push(format!("{prefix}.{name}"), format!("must be at most {max}"));
                 }
                 _ => {}
-            }
-        }
-        for (name, value) in [
-            ("cpu_percent", self.cpu_percent),
-            ("memory_percent", self.memory_percent),
-        ] {
-            if value.is_some() {
-                errs.push(
-                    format!("{prefix}.{name}"),
-                    "not supported yet: scale on `concurrency` or `requests_per_second`",
-                );
             }
         }
     }
@@ -218,8 +249,11 @@ mod tests {
             ["scale.targets.concurrency: must be at least 1"]
         );
         assert_eq!(
-            errors(r#"{"min":1,"max":3,"targets":{"cpu_percent":70}}"#, "{}"),
-            ["scale.targets.cpu_percent: not supported yet: scale on `concurrency` or `requests_per_second`"]
+            errors(r#"{"min":1,"max":3,"targets":{"cpu_percent":101}}"#, "{}"),
+            [
+                "scale.targets.cpu_percent: must be at most 100",
+                "scale.targets.cpu_percent: needs `resources.cpu`: the percentage is of it"
+            ]
         );
         assert_eq!(
             errors(
@@ -237,6 +271,43 @@ mod tests {
                 "overrides.iad.scale.min: min (4) is greater than max (3)",
                 "overrides.iad.scale.targets.concurrency: must be at least 1"
             ]
+        );
+    }
+
+    #[test]
+    fn a_percentage_target_needs_the_resource_it_is_of() {
+        let with_resources = |resources: &str| {
+            let json = format!(
+                r#"{{"org":"acme","app":"shop","name":"web","regions":["fra","iad"],
+                "runtime":{{"process":{{"command":"x"}}}},"resources":{resources},
+                "scale":{{"min":1,"max":3,"targets":{{"cpu_percent":70}}}},
+                "overrides":{{"iad":{{"scale":{{"targets":{{"memory_percent":80}}}}}}}}}}"#
+            );
+            let definition = parse_definition_json(json.as_bytes()).unwrap();
+            match crate::validate_definition(&definition, &|_| true) {
+                Ok(()) => Vec::new(),
+                Err(errs) => errs.errors.into_iter().map(|e| e.field).collect(),
+            }
+        };
+        assert!(with_resources(r#"{"cpu":0.5,"memory":"64Mi"}"#).is_empty());
+        assert_eq!(
+            with_resources(r#"{"cpu":0.5}"#),
+            ["overrides.iad.scale.targets.memory_percent"]
+        );
+        assert_eq!(
+            with_resources(r#"{"memory":"64Mi"}"#),
+            ["scale.targets.cpu_percent"]
+        );
+        let json = br#"{"org":"acme","app":"shop","name":"web","regions":["fra"],
+            "runtime":{"process":{"command":"x"}},"resources":{"memory":"64Mi"},
+            "scale":{"min":1,"max":3,"targets":{"memory_percent":80}}}"#;
+        let definition = parse_definition_json(json).unwrap();
+        assert_eq!(
+            derive_spec(&definition, None)
+                .scale
+                .targets
+                .and_then(|t| t.target()),
+            Some(ScaleTarget::MemoryPercent(80))
         );
     }
 

@@ -100,6 +100,9 @@ pub struct Scale {
     /// wakes one; absent, `min: 0` runs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep: Option<crate::Sleep>,
+    /// Limits on the requests in flight to each instance, enforced by its node proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::Concurrency>,
 }
 
 fn default_scale() -> u32 {
@@ -114,6 +117,7 @@ impl Default for Scale {
             targets: None,
             down_window: None,
             sleep: None,
+            concurrency: None,
         }
     }
 }
@@ -509,6 +513,9 @@ pub struct ScaleOverride {
     /// Replaces `scale.sleep` as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep: Option<crate::Sleep>,
+    /// Replaces `scale.concurrency` as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::Concurrency>,
 }
 
 /// A partial [`Runtime`].

@@ -85,6 +85,7 @@ fn apply_override(spec: &mut ServiceSpec, o: &RegionOverride) {
         spec.scale.targets = scale.targets.or(spec.scale.targets);
         spec.scale.down_window = scale.down_window.or(spec.scale.down_window);
         spec.scale.sleep = scale.sleep.or(spec.scale.sleep);
+        spec.scale.concurrency = scale.concurrency.or(spec.scale.concurrency);
     }
     if let Some(r) = &o.runtime {
         if let (Some(process), Some(p)) = (&mut spec.runtime.process, &r.process) {

@@ -10,6 +10,7 @@ mod autoscale;
 mod cache;
 mod certificates;
 mod compute;
+mod concurrency;
 mod definition;
 mod deploy;
 mod derive;
@@ -38,6 +39,7 @@ pub use autoscale::{AutoscaleStatus, ScaleTarget, ScaleTargets, DEFAULT_DOWN_WIN
 pub use cache::{validate_cache, CacheKeyPolicy, CachePolicy};
 pub use certificates::{CertificateSource, CertificateState};
 pub use compute::{Cpu, Memory, Resources};
+pub use concurrency::Concurrency;
 pub use definition::{
     Definition, HealthCheck, Hsts, HttpCheck, Https, Image, ImageOverride, Mesh, Port, Process,
     ProcessOverride, Protocol, RegionOverride, RegistryCredentials, Route, Runtime,

@@ -55,8 +55,14 @@ pub fn validate_definition(
     validate_regions(&mut errs, &d.regions, region_exists);
     validate_scale(&mut errs, "scale", d.scale.min, d.scale.max, [true, true]);
     validate_autoscale(&mut errs, "scale", d.scale.targets, d.scale.down_window);
+    if let Some(targets) = d.scale.targets {
+        targets.validate_resources(&mut errs, "scale.targets", &d.resources);
+    }
     if let Some(sleep) = &d.scale.sleep {
         sleep.validate(&mut errs, "scale.sleep", d.scale.min);
+    }
+    if let Some(concurrency) = &d.scale.concurrency {
+        concurrency.validate(&mut errs, "scale.concurrency");
     }
     validate_runtime(&mut errs, &d.runtime);
     validate_ports(&mut errs, &d.ports);
@@ -913,6 +919,16 @@ fn validate_overrides(errs: &mut ValidationErrors, d: &Definition, ports: &HashS
                 scale.targets,
                 scale.down_window,
             );
+            if let Some(concurrency) = &scale.concurrency {
+                concurrency.validate(errs, &format!("{prefix}.scale.concurrency"));
+            }
+            // The region's own targets, against the region's resources.
+            if let Some(targets) = scale.targets {
+                let resources = o
+                    .resources
+                    .map_or(d.resources, |r| d.resources.with_override(&r));
+                targets.validate_resources(errs, &format!("{prefix}.scale.targets"), &resources);
+            }
         }
         // The region's effective sleep, checked against its effective min; where the
         // override names neither, the top level's check said it all.

@@ -91,6 +91,11 @@ pub struct InstanceConfig {
     pub version: u64,
     /// Its id (label `instance`).
     pub id: String,
+    /// Most requests in flight to it at once (its `scale.concurrency.hard`): more wait, up to
+    /// as many again and each for at most a second, then are answered `503` with
+    /// `Retry-After`. Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 /// The default of [`ListenerConfig::max_connections`].

@@ -148,19 +148,28 @@ async fn serve(
     if let Some(hop) = hop {
         hop.routed(&ctx.name, &route.name, &target.cluster.name);
     }
-    // Counted in flight until the answer's head goes back (the instance's figures only).
-    let _in_flight = target.metrics.in_flight();
-    // An instance that sleeps: used until the response ends (or a switched connection
-    // closes), and held here while it wakes.
-    let mut using = match target.metrics.gate() {
-        Some(gate) => {
-            let using = gate.use_now();
-            if let Err(refusal) = gate.pass().await {
-                return refusal.answer();
+    let logged = ctx.shared.access_log.get();
+    let logged = logged.map(|log| crate::access_log::Logged::new(log, &request));
+    let by = (
+        ctx.name.as_str(),
+        route.name.as_str(),
+        target.cluster.name.as_str(),
+    );
+    let (_in_flight, mut using) = match admit(&target.metrics).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            // Counted by the route and logged, not in the instance's figures: it did not
+            // fail (the metric gates and autoscaling judge what it answered).
+            let response = refusal.answer();
+            let elapsed = started.elapsed();
+            target
+                .metrics
+                .record_refusal(response.status().as_u16(), elapsed.as_secs_f64());
+            if let Some(logged) = logged {
+                logged.answered(by, peer, &response, elapsed);
             }
-            Some(using)
+            return response;
         }
-        None => None,
     };
     let metrics = &ctx.shared.metrics;
     // Copied out at once: a guard of the limits is not held for the whole round trip.
@@ -168,8 +177,6 @@ async fn serve(
         let limits = ctx.shared.limits.load();
         (limits.max_request_body_bytes, limits.request_body_timeout.0)
     };
-    let logged = ctx.shared.access_log.get();
-    let logged = logged.map(|log| crate::access_log::Logged::new(log, &request));
     let switch = Switch::requested(&request);
     let client_side = switch.is_some().then(|| hyper::upgrade::on(&mut request));
     let trusted = trusted(&ctx, peer);
@@ -237,14 +244,28 @@ async fn serve(
         .metrics
         .record(response.status().as_u16(), elapsed.as_secs_f64());
     if let Some(logged) = logged {
-        let by = (
-            ctx.name.as_str(),
-            route.name.as_str(),
-            target.cluster.name.as_str(),
-        );
         logged.answered(by, peer, &response, elapsed);
     }
     response
+}
+
+/// Lets a request to the instance the listener serves (if it serves one) go on: counted in
+/// flight until the answer's head goes back, once the instance's limit leaves room; and, if
+/// it sleeps, a use of it until the response ends (or a switched connection closes), held
+/// here while it wakes.
+async fn admit(
+    metrics: &crate::metrics::RouteMetrics,
+) -> Result<(Option<crate::figures::InFlight>, Option<crate::wake::Use>), crate::wake::Refusal> {
+    let in_flight = metrics.admit().await?;
+    let using = match metrics.gate() {
+        Some(gate) => {
+            let using = gate.use_now();
+            gate.pass().await?;
+            Some(using)
+        }
+        None => None,
+    };
+    Ok((in_flight, using))
 }
 
 /// A client's request with what forwarding needs to know about it.

@@ -75,6 +75,7 @@ impl InstanceStatsSet {
             connections: Vec::new(),
         });
         entry.labels = labels;
+        entry.stats.limit_in_flight(config.max_in_flight);
         entry.stats.clone()
     }
 
@@ -162,6 +163,7 @@ mod tests {
             service: "acme/shop/web".to_owned(),
             version,
             id: "web-3".to_owned(),
+            max_in_flight: None,
         }
     }
 

@@ -243,9 +243,7 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// Records one answered request.
     pub fn record(&self, status: u16, seconds: f64) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].inc();
-        self.latency.observe(seconds);
+        self.count_by_route(status, seconds);
         // Float to integer casts saturate.
         let micros = (seconds * 1e6) as u64;
         self.cluster.record(status, micros);
@@ -254,10 +252,27 @@ impl RouteMetrics {
         }
     }
 
+    /// Records one request the proxy answered itself for the instance the listener serves
+    /// (its limit, or its wake, refused it): in the route's figures only, not in its
+    /// cluster's or instance's, which count what the instance answered.
+    pub fn record_refusal(&self, status: u16, seconds: f64) {
+        self.count_by_route(status, seconds);
+    }
+
+    fn count_by_route(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.latency.observe(seconds);
+    }
+
     /// Counts a request in flight in the figures of the instance the listener serves (if it
-    /// serves one) until the guard drops.
-    pub fn in_flight(&self) -> Option<crate::figures::InFlight> {
-        self.instance.as_ref().map(|i| i.in_flight())
+    /// serves one) until the guard drops, once there is room under the instance's limit
+    /// ([`crate::figures::Figures::admit`]).
+    pub async fn admit(&self) -> Result<Option<crate::figures::InFlight>, crate::wake::Refusal> {
+        match &self.instance {
+            Some(instance) => instance.admit().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// These handles, also counting in `instance`'s figures.

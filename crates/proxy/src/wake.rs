@@ -60,13 +60,18 @@ impl Default for WakeGate {
     }
 }
 
-/// Why a held request was answered by the proxy.
+/// Why a held request was answered by the proxy (while its instance wakes, or at its limit
+/// of requests in flight).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The queue of held requests was full.
     QueueFull,
     /// The instance did not wake within the wake timeout.
     Timeout,
+    /// As many requests waited for room under the instance's limit as the limit.
+    LimitQueueFull,
+    /// No room came under the instance's limit within [`crate::figures::WAIT`].
+    LimitTimeout,
 }
 
 impl Refusal {
@@ -75,6 +80,8 @@ impl Refusal {
         match self {
             Refusal::QueueFull => "wake_queue_full",
             Refusal::Timeout => "wake_timeout",
+            Refusal::LimitQueueFull => "concurrency_queue_full",
+            Refusal::LimitTimeout => "concurrency_timeout",
         }
     }
 

@@ -443,6 +443,21 @@ pub struct InstanceReport {
     /// configured (none from an older agent, or before any).
     #[prost(message, optional, tag = "10")]
     pub traffic: Option<Traffic>,
+    /// What its current run used, from its cgroup (none from an older agent, or where the
+    /// agent runs instances without cgroups).
+    #[prost(message, optional, tag = "11")]
+    pub usage: Option<Usage>,
+}
+
+/// What an instance's current run used, from its cgroup.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct Usage {
+    /// CPU time used so far (cumulative), in microseconds.
+    #[prost(uint64, tag = "1")]
+    pub cpu_micros: u64,
+    /// Memory in use now, in bytes.
+    #[prost(uint64, tag = "2")]
+    pub memory_bytes: u64,
 }
 
 /// The bounds of the latency buckets of [`Traffic`], in milliseconds, ascending; a last
@@ -480,6 +495,11 @@ pub struct Traffic {
     /// proxy, and for a cluster).
     #[prost(uint64, tag = "7")]
     pub in_flight: u64,
+    /// Request-microseconds in flight so far (the integral over time of `in_flight`): its
+    /// growth over a span divided by the span is the average count in flight over it (0
+    /// from an older proxy, and for a cluster).
+    #[prost(uint64, tag = "8")]
+    pub busy_micros: u64,
 }
 
 /// What a gateway reports to its region's control plane: the requests it answered per

@@ -1183,7 +1183,9 @@ fn an_autoscaled_service_gets_instances_under_load_and_drains_them_after_the_dow
     assert_eq!(autoscaled(&fixture.region).2, 1, "not at once");
     fixture.region.tick(second(2));
     assert_eq!(autoscaled(&fixture.region), (4, 1, 4));
+    // The new ones count once they have figures over a span (2 each: still 4 wanted).
     report_in_flight(&fixture, second(2), 2);
+    report_in_flight(&fixture, second(2) + Duration::from_millis(600), 2);
     assert_eq!(healthy_instances(&fixture.region, &svc).len(), 4);
 
     // A restarted control plane adopts the four its agents run, and trims none to `min`.

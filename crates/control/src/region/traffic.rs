@@ -322,6 +322,7 @@ mod tests {
             open_connections: 1,
             started_ms,
             in_flight: 0,
+            busy_micros: 0,
         }
     }
 

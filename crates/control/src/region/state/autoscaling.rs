@@ -41,6 +41,9 @@ impl RegionState {
             let figures = Figures {
                 in_flight: traffic.map_or(0, |t| t.in_flight),
                 requests: traffic.map_or(0, |t| t.requests),
+                busy_micros: traffic.map_or(0, |t| t.busy_micros),
+                cpu_micros: instance.usage.map_or(0, |u| u.cpu_micros),
+                memory_bytes: instance.usage.map_or(0, |u| u.memory_bytes),
             };
             by_service
                 .entry(id)
@@ -63,7 +66,7 @@ impl RegionState {
         let policies: Vec<(ServiceId, Policy)> = self
             .deployments
             .iter()
-            .filter_map(|(id, d)| Some((id.clone(), Policy::of(&d.spec.scale)?)))
+            .filter_map(|(id, d)| Some((id.clone(), Policy::of(&d.spec.scale, &d.spec.resources)?)))
             .collect();
         self.autoscaled
             .retain(|id, _| policies.iter().any(|(with, _)| with == id));
@@ -77,8 +80,10 @@ impl RegionState {
             let Some(scaled) = self.scaled_entry(&id) else {
                 continue;
             };
+            let measured = scaled.load.total(&policy, now);
             let inputs = Inputs {
-                load: scaled.load.total(policy.target, now),
+                load: measured.load,
+                since: measured.since,
                 current: in_service,
                 room: capacity.saturating_sub(others),
             };
@@ -113,7 +118,8 @@ impl RegionState {
         if let Some(scaled) = self.autoscaled.get(id) {
             return Some(scaled.scaler.desired());
         }
-        let policy = Policy::of(&self.deployments.get(id)?.spec.scale)?;
+        let spec = &self.deployments.get(id)?.spec;
+        let policy = Policy::of(&spec.scale, &spec.resources)?;
         let running = u32::try_from(self.fleet.running_reported(id)).unwrap_or(u32::MAX);
         Some(running.clamp(policy.min, policy.max))
     }
@@ -130,7 +136,8 @@ impl RegionState {
         if !self.fleet.placed_once() {
             return None;
         }
-        let policy = Policy::of(&self.deployments.get(id)?.spec.scale)?;
+        let spec = &self.deployments.get(id)?.spec;
+        let policy = Policy::of(&spec.scale, &spec.resources)?;
         let in_service: BTreeSet<String> = self
             .fleet
             .reports_of(id)
