@@ -95,8 +95,11 @@ impl SqlStore {
         };
         tasks.push(tokio::spawn(applies::run(batcher, requests)).abort_handle());
         let follower = memory::follow(memory.clone(), latest.subscribe(), *latest.borrow(), {
-            let (reader, memory) = (reader.clone(), memory.clone());
-            move |after, limit| read_changes(reader.clone(), memory.clone(), after, limit)
+            let (reader, memory, latest) = (reader.clone(), memory.clone(), latest.clone());
+            move |after, limit| {
+                let known = *latest.borrow();
+                read_changes(reader.clone(), memory.clone(), (after, limit), known)
+            }
         });
         tasks.push(tokio::spawn(follower).abort_handle());
         SqlStore {
@@ -299,15 +302,17 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
     })
 }
 
-/// Up to `limit` changes after `after`, in revision order: from `memory` if it holds the next
-/// one, else from the database through `reader` (and then remembered).
+/// Up to `limit` changes after `after` (`page`), in revision order: from `memory` if it holds
+/// them up to `latest` (the latest revision known committed), else from the database through
+/// `reader` (and then remembered).
 async fn read_changes(
     reader: AnyPool,
     memory: Arc<Memory>,
-    after: u64,
-    limit: u32,
+    page: (u64, u32),
+    latest: u64,
 ) -> Result<Vec<Change>> {
-    if let Some(changes) = memory.changes_after(after, limit) {
+    let (after, limit) = page;
+    if let Some(changes) = memory.changes_after(after, limit, latest) {
         return Ok(changes);
     }
     let rows = sqlx::query(
@@ -680,7 +685,8 @@ impl Store for SqlStore {
     }
 
     async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
-        read_changes(self.reader.clone(), self.memory.clone(), after, limit).await
+        let latest = *self.latest.borrow();
+        read_changes(self.reader.clone(), self.memory.clone(), (after, limit), latest).await
     }
 
     async fn create_token(&self, token: NewToken) -> Result<TokenInfo> {

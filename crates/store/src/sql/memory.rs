@@ -5,8 +5,8 @@
 //!
 //! - **The latest changes** ([`Memory::changes_after`]): a window of consecutive revisions,
 //!   filled by this store's own applies as they commit and by what is read from the database.
-//!   A read that the window holds the next change of is answered from it (a prefix of the
-//!   feed: callers read on from its end); any other goes to the database. The window only ever
+//!   A read is answered from it when it holds the next change and everything up to the latest
+//!   revision the store knows committed; any other goes to the database. The window only ever
 //!   holds consecutive committed revisions, so the feed stays gapless and in order.
 //! - **Tokens and regions**: kept once read, and forgotten when a change of their kind (a
 //!   token, an org, whose deletion takes its tokens, or a region) is committed: at once for the
@@ -67,12 +67,15 @@ impl Memory {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Up to `limit` changes after `after` from the window, if it holds the next one.
-    pub(super) fn changes_after(&self, after: u64, limit: u32) -> Option<Vec<Change>> {
+    /// Up to `limit` changes after `after` from the window, if it holds the next one and
+    /// every change up to `latest` (the latest revision the store knows committed), so that it
+    /// answers as the database would.
+    pub(super) fn changes_after(&self, after: u64, limit: u32, latest: u64) -> Option<Vec<Change>> {
         let inner = self.lock();
         let first = inner.window.front()?.revision;
+        let last = inner.window.back()?.revision;
         let next = after.checked_add(1)?;
-        if next < first || after >= inner.window.back()?.revision {
+        if next < first || after >= last || last < latest {
             return None;
         }
         let skip = usize::try_from(next - first).ok()?;
@@ -250,18 +253,19 @@ mod tests {
     #[test]
     fn the_window_answers_only_reads_whose_next_change_it_holds() {
         let memory = Memory::new();
-        assert!(memory.changes_after(0, 10).is_none());
+        assert!(memory.changes_after(0, 10, 0).is_none());
         memory.remember(&changes(3..=5));
-        assert_eq!(revisions(memory.changes_after(2, 10)), Some(vec![3, 4, 5]));
-        assert_eq!(revisions(memory.changes_after(3, 1)), Some(vec![4]));
-        assert!(memory.changes_after(1, 10).is_none(), "2 is not held");
-        assert!(memory.changes_after(5, 10).is_none(), "nothing after 5 is held");
+        assert_eq!(revisions(memory.changes_after(2, 10, 5)), Some(vec![3, 4, 5]));
+        assert_eq!(revisions(memory.changes_after(3, 1, 5)), Some(vec![4]));
+        assert!(memory.changes_after(1, 10, 5).is_none(), "2 is not held");
+        assert!(memory.changes_after(5, 10, 5).is_none(), "nothing after 5 is held");
+        assert!(memory.changes_after(2, 10, 6).is_none(), "6 is committed, not held");
         // Overlapping and following runs extend it; a run after a gap starts it again.
         memory.remember(&changes(4..=7));
-        assert_eq!(revisions(memory.changes_after(4, 10)), Some(vec![5, 6, 7]));
+        assert_eq!(revisions(memory.changes_after(4, 10, 7)), Some(vec![5, 6, 7]));
         memory.remember(&changes(9..=9));
-        assert!(memory.changes_after(5, 10).is_none());
-        assert_eq!(revisions(memory.changes_after(8, 10)), Some(vec![9]));
+        assert!(memory.changes_after(5, 10, 9).is_none());
+        assert_eq!(revisions(memory.changes_after(8, 10, 9)), Some(vec![9]));
     }
 
     #[test]
