@@ -208,10 +208,7 @@ async fn apply_direct(store: &Arc<dyn Store>, args: &Args) -> Result<f64> {
 
 /// Phases 2 and 3: paced writes (through the replicas in turn), an HTTP watcher of the first
 /// replica, and interleaved GETs of it.
-async fn watch_and_read(
-    apis: &[Arc<Api>],
-    args: &Args,
-) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+async fn watch_and_read(apis: &[Arc<Api>], args: &Args) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let api = &apis[0];
     let revision = api.send(reqwest::Method::GET, "/v1/revision", None).await?["revision"]
         .as_u64()
@@ -521,8 +518,14 @@ async fn main() -> Result<()> {
             println!(
                 "{} round {i}: apply {:.0}/s (store {:.0}/s), watch p50 {:.0} µs (ref {:.0}), \
                  p99 {:.0} µs (ref {:.0}), GET p99 {:.0} µs (ref {:.0})",
-                setup.name(), figures.api_rate, figures.store_rate, figures.watch[0],
-                figures.watch_ref[0], figures.watch[1], figures.watch_ref[1], figures.get[1],
+                setup.name(),
+                figures.api_rate,
+                figures.store_rate,
+                figures.watch[0],
+                figures.watch_ref[0],
+                figures.watch[1],
+                figures.watch_ref[1],
+                figures.get[1],
                 figures.get_ref[1]
             );
             measured.push(figures);

@@ -317,8 +317,12 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a new version equal to version `to`, current from now on; its domains are claimed
     /// as by [`Store::apply_service`]. With a `fence` (a rollback the lease's holder makes), it
     /// is refused with [`StoreError::Fenced`] unless that term of the lease is still current.
-    async fn rollback(&self, key: &ServiceKey, to: u64, fence: Option<&Fence>)
-        -> Result<Deployment>;
+    async fn rollback(
+        &self,
+        key: &ServiceKey,
+        to: u64,
+        fence: Option<&Fence>,
+    ) -> Result<Deployment>;
     /// Records `region`'s rollout of a version of a service, replacing what was recorded for
     /// that region and version (a [`RolloutRecord`] of the history); returns false and writes
     /// nothing when it equals what is recorded. Fails with [`StoreError::NotFound`] when the

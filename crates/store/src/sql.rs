@@ -323,7 +323,10 @@ async fn read_changes(
     .bind(i64::from(limit))
     .fetch_all(&reader)
     .await?;
-    let changes = rows.iter().map(change_from_row).collect::<Result<Vec<_>>>()?;
+    let changes = rows
+        .iter()
+        .map(change_from_row)
+        .collect::<Result<Vec<_>>>()?;
     memory.remember(&changes);
     Ok(changes)
 }
@@ -686,7 +689,13 @@ impl Store for SqlStore {
 
     async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
         let latest = *self.latest.borrow();
-        read_changes(self.reader.clone(), self.memory.clone(), (after, limit), latest).await
+        read_changes(
+            self.reader.clone(),
+            self.memory.clone(),
+            (after, limit),
+            latest,
+        )
+        .await
     }
 
     async fn create_token(&self, token: NewToken) -> Result<TokenInfo> {
@@ -843,7 +852,10 @@ impl Store for SqlStore {
         let rows = sqlx::query("SELECT name, lat, lon FROM regions ORDER BY name")
             .fetch_all(&self.reader)
             .await?;
-        let regions = rows.iter().map(region_from_row).collect::<Result<Vec<_>>>()?;
+        let regions = rows
+            .iter()
+            .map(region_from_row)
+            .collect::<Result<Vec<_>>>()?;
         self.memory.keep_regions(generation, &regions);
         Ok(regions)
     }

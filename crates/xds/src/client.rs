@@ -222,7 +222,8 @@ pub(crate) async fn connect_kept_alive(
 /// How long a connection may go without anything arriving before it is pinged, and how long
 /// the answer may take before the connection is given up: a lost server is noticed within
 /// their sum (half a minute).
-pub(crate) const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
+pub(crate) const KEEP_ALIVE: (Duration, Duration) =
+    (Duration::from_secs(20), Duration::from_secs(10));
 
 /// [`KEEP_ALIVE`] of a client that has other servers to move to (replicas of the global
 /// control plane): a replica lost without a reset is left within 1.5 s, so that the client

@@ -165,7 +165,10 @@ async fn transaction(
         }
     }
     let written = changes.first().zip(changes.last());
-    if let (Some((first, last)), true) = (written.map(|(f, l)| (f.revision, l.revision)), batch.len() > 1) {
+    if let (Some((first, last)), true) = (
+        written.map(|(f, l)| (f.revision, l.revision)),
+        batch.len() > 1,
+    ) {
         // The changes of a batch are committed together: they carry its commit time, not the
         // time each was written in the transaction.
         let at = now_micros();

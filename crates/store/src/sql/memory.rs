@@ -64,7 +64,9 @@ impl Memory {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while the lock was held leaves plain data behind: carry on with it.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Up to `limit` changes after `after` from the window, if it holds the next one and
@@ -255,14 +257,26 @@ mod tests {
         let memory = Memory::new();
         assert!(memory.changes_after(0, 10, 0).is_none());
         memory.remember(&changes(3..=5));
-        assert_eq!(revisions(memory.changes_after(2, 10, 5)), Some(vec![3, 4, 5]));
+        assert_eq!(
+            revisions(memory.changes_after(2, 10, 5)),
+            Some(vec![3, 4, 5])
+        );
         assert_eq!(revisions(memory.changes_after(3, 1, 5)), Some(vec![4]));
         assert!(memory.changes_after(1, 10, 5).is_none(), "2 is not held");
-        assert!(memory.changes_after(5, 10, 5).is_none(), "nothing after 5 is held");
-        assert!(memory.changes_after(2, 10, 6).is_none(), "6 is committed, not held");
+        assert!(
+            memory.changes_after(5, 10, 5).is_none(),
+            "nothing after 5 is held"
+        );
+        assert!(
+            memory.changes_after(2, 10, 6).is_none(),
+            "6 is committed, not held"
+        );
         // Overlapping and following runs extend it; a run after a gap starts it again.
         memory.remember(&changes(4..=7));
-        assert_eq!(revisions(memory.changes_after(4, 10, 7)), Some(vec![5, 6, 7]));
+        assert_eq!(
+            revisions(memory.changes_after(4, 10, 7)),
+            Some(vec![5, 6, 7])
+        );
         memory.remember(&changes(9..=9));
         assert!(memory.changes_after(5, 10, 9).is_none());
         assert_eq!(revisions(memory.changes_after(8, 10, 9)), Some(vec![9]));

@@ -63,7 +63,10 @@ pub async fn fill(store: &dyn Store) {
         "phase": "progressing", "started_at": 1, "updated_at": 2,
     }))
     .unwrap();
-    store.record_rollout(&web, "fra", &rollout, None).await.unwrap();
+    store
+        .record_rollout(&web, "fra", &rollout, None)
+        .await
+        .unwrap();
     let paused = RolloutControl {
         version: 3,
         mode: RolloutMode::Paused,
