@@ -253,6 +253,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub trait Store: Send + Sync + 'static {
     /// The revision of the last write (0 for an empty store).
     async fn revision(&self) -> Result<u64>;
+    /// Reads from the database itself (nothing the store keeps in memory answers it): fails
+    /// with [`StoreError::Unavailable`] when it cannot be reached.
+    async fn check_reachable(&self) -> Result<()>;
     /// A receiver whose value is the latest committed revision; it changes after every commit.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Up to `limit` changes with revision greater than `after`, in revision order.

@@ -683,6 +683,11 @@ impl Store for SqlStore {
         Ok(*self.latest.borrow())
     }
 
+    async fn check_reachable(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.reader).await?;
+        Ok(())
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.latest.subscribe()
     }
