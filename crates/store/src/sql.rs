@@ -6,7 +6,9 @@
 //! Every write is one transaction on the writer pool, serialized (SQLite: one writer
 //! connection; PostgreSQL: a lock taken first in every write transaction), so that checks and
 //! writes are one step and revisions commit in order; applies that arrive together share one
-//! ([`applies`]: group commit). Reads use a separate pool.
+//! ([`applies`]: group commit). Reads use a separate pool, and what every request or every
+//! follower of the feed would read again (the latest changes, tokens, regions) is answered from
+//! memory while the feed says it is current ([`memory`]).
 
 use std::path::Path;
 use std::sync::Arc;
