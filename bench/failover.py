@@ -6,6 +6,9 @@ replicas on it and a region following all three (`--global-xds A,B,C`). Each rou
 - replica killed -> region following another: the replica the region follows is killed
   (SIGKILL) and the time is taken until the region's log says its xDS stream is open at another
   replica (target: < 2 s);
+- replica frozen -> region following another: the same with SIGSTOP (its connections stay open
+  and nothing answers on them, as when its machine freezes or the network to it is cut; the
+  region's HTTP/2 keep-alive pings notice), then SIGCONT and SIGKILL (target: < 2 s);
 - lease holder killed -> new holder: the replica holding the lease is killed (SIGKILL) and the
   time is taken until another replica's /readyz says it holds the lease (target: < 5 s; the
   lease expires 3 s after its last renewal, and the others try every second).
@@ -110,6 +113,12 @@ class Replica:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
+    def freeze(self):
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self):
+        self.process.send_signal(signal.SIGCONT)
+
     def holds_lease(self):
         status, body = http(f"http://{self.api}/readyz")
         return status == 200 and "lease: held by this replica" in body
@@ -193,16 +202,21 @@ def main():
             env={**os.environ, "MERIDIAN_LOG": "info"})
         wait_for(lambda: streams_opened(region_log), "the region to follow a replica")
 
-        region_figures, lease_figures = [], []
+        region_figures, frozen_figures, lease_figures = [], [], []
         for _ in range(args.rounds):
-            opened = streams_opened(region_log)
-            followed = next(r for r in replicas if f"https://{r.xds}" == opened[-1])
-            followed.kill()
-            killed = time.monotonic()
-            wait_for(lambda: len(streams_opened(region_log)) > len(opened),
-                     "the region to follow another replica")
-            region_figures.append(time.monotonic() - killed)
-            followed.start()
+            for lose, figures in ((Replica.kill, region_figures),
+                                  (Replica.freeze, frozen_figures)):
+                opened = streams_opened(region_log)
+                followed = next(r for r in replicas if f"https://{r.xds}" == opened[-1])
+                lose(followed)
+                lost = time.monotonic()
+                wait_for(lambda: len(streams_opened(region_log)) > len(opened),
+                         "the region to follow another replica")
+                figures.append(time.monotonic() - lost)
+                if lose is Replica.freeze:
+                    followed.thaw()
+                    followed.kill()
+                followed.start()
 
             wait_for(lambda: sum(r.holds_lease() for r in replicas) == 1, "a lease holder",
                      every=0.02)
@@ -215,6 +229,7 @@ def main():
             holder.start()
         print(f"failover of {len(replicas)} global replicas on PostgreSQL ({args.meridian}):")
         summary("replica killed -> region following another", region_figures, REGION_TARGET)
+        summary("replica frozen -> region following another", frozen_figures, REGION_TARGET)
         summary("lease holder killed -> new holder", lease_figures, LEASE_TARGET)
     finally:
         if region:

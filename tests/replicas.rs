@@ -8,7 +8,7 @@
 //! replicas while replicas are killed in turn and PostgreSQL restarts: nothing acknowledged is
 //! lost, the feed has no gap, the region converges, and the lease's terms never interleave.
 //!
-//! Loopback addresses: 127.0.160.1 (PostgreSQL), 127.0.160.2-4 (replicas), 127.0.160.5 (the
+//! Loopback addresses: 127.0.183.1 (PostgreSQL), 127.0.183.2-4 (replicas), 127.0.183.5 (the
 //! SQLite plane); the region on 127.0.0.1 port 0.
 
 mod support;
@@ -23,8 +23,8 @@ use meridian_store::testing::TestPostgres;
 use serde_json::Value;
 use support::{Cli, ControlPlane, RegionalPlane};
 
-const POSTGRES_HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 160, 1));
-const REPLICA_IPS: [&str; 3] = ["127.0.160.2", "127.0.160.3", "127.0.160.4"];
+const POSTGRES_HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 183, 1));
+const REPLICA_IPS: [&str; 3] = ["127.0.183.2", "127.0.183.3", "127.0.183.4"];
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Replicas of one installation on one database.
@@ -243,8 +243,29 @@ async fn state_in_fra(cli: &Cli, name: &str) -> String {
         .to_owned()
 }
 
+/// How a test takes the replica a region follows away.
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    /// SIGKILL: its connections are reset.
+    Killed,
+    /// SIGSTOP: its connections stay open and nothing answers on them (as when a machine
+    /// freezes or its network is cut); only the region's keep-alive pings notice.
+    Frozen,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_region_reports_to_every_replica_and_follows_another_when_its_replica_is_killed() {
+    region_follows_another_replica(Loss::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_follows_another_replica_when_its_replica_freezes_without_a_reset() {
+    region_follows_another_replica(Loss::Frozen).await;
+}
+
+/// A region given two replicas reports to both; when the one it follows is lost as `loss`
+/// says, it follows the other, which sends it what changed.
+async fn region_follows_another_replica(loss: Loss) {
     let Some(mut replicas) = Replicas::start(2, &[]) else {
         return;
     };
@@ -277,9 +298,12 @@ async fn a_region_reports_to_every_replica_and_follows_another_when_its_replica_
         region.log()
     );
 
-    replicas.kill(0);
-    let killed = Instant::now();
-    let end = killed + DEADLINE;
+    match loss {
+        Loss::Killed => replicas.kill(0),
+        Loss::Frozen => replicas.planes[0].signal(rustix::process::Signal::STOP),
+    }
+    let lost = Instant::now();
+    let end = lost + DEADLINE;
     while opened(&region.log(), &replicas.planes[1].xds) == 0 {
         assert!(
             Instant::now() < end,
@@ -289,11 +313,12 @@ async fn a_region_reports_to_every_replica_and_follows_another_when_its_replica_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!(
-        "replica killed -> region following another: {:?}",
-        killed.elapsed()
+        "replica {loss:?} -> region following another: {:?}",
+        lost.elapsed()
     );
 
-    // It follows the survivor: a new version reaches the region.
+    // It follows the survivor: a new version reaches the region (and its report the
+    // survivor, while the frozen replica takes none).
     deploy(&replicas.cli(1), dir.path(), "api", "api.example.test");
     let end = Instant::now() + DEADLINE;
     while state_in_fra(&replicas.cli(1), "api").await != "starting" {
@@ -304,12 +329,16 @@ async fn a_region_reports_to_every_replica_and_follows_another_when_its_replica_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if let Loss::Frozen = loss {
+        // Let it go on, so that it stops like the others when the test ends.
+        replicas.planes[0].signal(rustix::process::Signal::CONT);
+    }
 }
 
 #[tokio::test]
 async fn with_sqlite_the_only_replica_holds_the_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let plane = ControlPlane::start_on(dir.path(), "127.0.160.5");
+    let plane = ControlPlane::start_on(dir.path(), "127.0.183.5");
     let end = Instant::now() + DEADLINE;
     while held_token(&readyz(&plane.api).await).is_none() {
         assert!(Instant::now() < end, "{}", readyz(&plane.api).await);

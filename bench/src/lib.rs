@@ -104,7 +104,8 @@ pub async fn start_control(
     start_control_with(meridian, cpus, dir, &[]).await
 }
 
-/// [`start_control`] with `extra` arguments (e.g. `--store postgres://…`).
+/// [`start_control`] with `extra` arguments (e.g. `--store postgres://…`). A replica started
+/// on a store that has its admin token already has an empty [`Api::token`]: set the first's.
 pub async fn start_control_with(
     meridian: &Path,
     cpus: &str,
@@ -138,6 +139,10 @@ pub async fn start_control_with(
             xds = rest.split_whitespace().next().map(str::to_owned);
         } else if let Some((_, t)) = line.split_once("stored hashed): ") {
             token = Some(t.trim().to_owned());
+            break;
+        } else if line.starts_with("admin token: created at first start") {
+            // Another replica on the same store made it: the caller knows it.
+            token = Some(String::new());
             break;
         }
     }

@@ -1,15 +1,19 @@
 //! `meridian-bench control-plane`: the global control plane's write path, change feed and read
 //! path, each next to a reference measured in the same invocation, on each store backend
 //! (`--backends`: SQLite in the data directory, PostgreSQL in a cluster this process starts on
-//! `--postgres-host`, with `fsync` on), side by side.
+//! `--postgres-host`, with `fsync` on) and, on PostgreSQL, with each number of replicas of the
+//! plane on one database (`--replicas`), side by side.
 //!
-//! 1. Apply N services through the API (HTTP + auth + validation + store) — reference: the same
-//!    N applies straight into a `SqlStore` of the same backend in this process (the store alone).
-//! 2. With those N services stored, write at a steady rate and measure, per change, the time from
-//!    its commit to an HTTP long-poll watcher seeing it — reference: an in-process `Watch` on a
-//!    store written at the same rate.
-//! 3. While those writes run, `GET` one service (auth + store read + JSON), interleaved with
-//!    `GET /healthz` (the HTTP floor) on the same connection pool.
+//! 1. Apply N services through the API (HTTP + auth + validation + store), request i through
+//!    replica i mod R — reference: the same N applies straight into a `SqlStore` of the same
+//!    backend in this process (the store alone).
+//! 2. With those N services stored, write at a steady rate (through the replicas in turn) and
+//!    measure, per change, the time from its commit to an HTTP long-poll watcher of the first
+//!    replica seeing it — reference: an in-process `Watch` on a store written at the same rate.
+//! 3. While those writes run, `GET` one service (auth + store read + JSON) from the first
+//!    replica, interleaved with `GET /healthz` (the HTTP floor) on the same connection pool.
+//!
+//! Every replica is pinned to the same `--control-cpus`: R replicas share the CPU one has.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +58,10 @@ struct Args {
     /// The store backends to measure, comma-separated; each round measures each.
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     backends: Vec<BackendKind>,
+    /// The numbers of replicas of the plane to measure on PostgreSQL, comma-separated (SQLite
+    /// has one).
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    replicas: Vec<usize>,
     /// Loopback address the PostgreSQL cluster listens on.
     #[arg(long, default_value = "127.0.170.1")]
     postgres_host: IpAddr,
@@ -69,33 +77,43 @@ enum BackendKind {
 }
 
 /// A backend ready to give each round fresh stores.
+#[derive(Clone)]
 enum Backend {
     Sqlite,
     Postgres(Arc<TestPostgres>),
 }
 
-impl Backend {
-    fn name(&self) -> &'static str {
-        match self {
-            Backend::Sqlite => "SQLite",
-            Backend::Postgres(_) => "PostgreSQL",
+/// What one column of the figures measures: a backend, and how many replicas of the plane
+/// share it.
+struct Setup {
+    backend: Backend,
+    replicas: usize,
+}
+
+impl Setup {
+    fn name(&self) -> String {
+        match (&self.backend, self.replicas) {
+            (Backend::Sqlite, _) => "SQLite".to_owned(),
+            (Backend::Postgres(_), 1) => "PostgreSQL".to_owned(),
+            (Backend::Postgres(_), n) => format!("PostgreSQL ×{n}"),
         }
     }
 
-    /// For round `round`: the control plane's extra arguments (its store) and the reference
+    /// For round `round`: the control planes' extra arguments (their store) and the reference
     /// store, both new and empty; `dir` is the round's directory.
     async fn stores(&self, dir: &Path, round: usize) -> Result<(Vec<String>, Arc<dyn Store>)> {
-        match self {
+        match &self.backend {
             Backend::Sqlite => {
                 let direct = SqlStore::open_sqlite(&dir.join("direct.db")).await?;
                 Ok((Vec::new(), Arc::new(direct)))
             }
             Backend::Postgres(cluster) => {
                 let cluster = cluster.clone();
+                let tag = format!("{round}x{}", self.replicas);
                 let (api, direct) = tokio::task::spawn_blocking(move || {
                     (
-                        cluster.create_database(&format!("api{round}")),
-                        cluster.create_database(&format!("direct{round}")),
+                        cluster.create_database(&format!("api{tag}")),
+                        cluster.create_database(&format!("direct{tag}")),
                     )
                 })
                 .await?;
@@ -131,15 +149,20 @@ struct ApplyFigures {
     control_cpu_us: f64,
 }
 
-/// Phase 1 through the API.
-async fn apply_through_api(api: &Arc<Api>, args: &Args, pid: u32) -> Result<ApplyFigures> {
-    let cpu_before = cpu_time(pid)?;
+/// The CPU time the control planes `pids` have used so far.
+fn cpu_of(pids: &[u32]) -> Result<Duration> {
+    pids.iter().map(|pid| cpu_time(*pid)).sum()
+}
+
+/// Phase 1 through the API: request i through replica i mod R.
+async fn apply_through_api(apis: &[Arc<Api>], args: &Args, pids: &[u32]) -> Result<ApplyFigures> {
+    let cpu_before = cpu_of(pids)?;
     let started = Instant::now();
     let slots = Arc::new(Semaphore::new(args.concurrency));
     let mut tasks = Vec::with_capacity(args.services);
     for i in 0..args.services {
         let permit = slots.clone().acquire_owned().await?;
-        let api = api.clone();
+        let api = apis[i % apis.len()].clone();
         tasks.push(tokio::spawn(async move {
             let body = definition(i, "server");
             let result = api
@@ -153,7 +176,7 @@ async fn apply_through_api(api: &Arc<Api>, args: &Args, pid: u32) -> Result<Appl
         task.await??;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_time(pid)? - cpu_before;
+    let cpu = cpu_of(pids)? - cpu_before;
     Ok(ApplyFigures {
         per_second: args.services as f64 / elapsed.as_secs_f64(),
         control_cpu_us: cpu.as_micros() as f64 / args.services as f64,
@@ -183,8 +206,10 @@ async fn apply_direct(store: &Arc<dyn Store>, args: &Args) -> Result<f64> {
     Ok(args.services as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Phases 2 and 3: paced writes, an HTTP watcher, and interleaved GETs.
-async fn watch_and_read(api: &Arc<Api>, args: &Args) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+/// Phases 2 and 3: paced writes (through the replicas in turn), an HTTP watcher of the first
+/// replica, and interleaved GETs of it.
+async fn watch_and_read(apis: &[Arc<Api>], args: &Args) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let api = &apis[0];
     let revision = api.send(reqwest::Method::GET, "/v1/revision", None).await?["revision"]
         .as_u64()
         .context("revision")?;
@@ -242,7 +267,8 @@ async fn watch_and_read(api: &Arc<Api>, args: &Args) -> Result<(Vec<f64>, Vec<f6
     for i in 0..writes {
         tick.tick().await;
         let body = definition(i % args.services.max(1), &format!("v{i}"));
-        api.send(reqwest::Method::POST, "/v1/services", Some(&body))
+        apis[i % apis.len()]
+            .send(reqwest::Method::POST, "/v1/services", Some(&body))
             .await?;
     }
     let watch = tokio::time::timeout(Duration::from_secs(60), watcher).await???;
@@ -293,28 +319,37 @@ fn p50_p99(mut samples: Vec<f64>) -> [f64; 2] {
     ]
 }
 
-/// One round on a fresh control plane and a fresh store; `api_first` alternates which of the
-/// pair runs first, so that warm-up and drift do not favour one side.
-async fn round(args: &Args, backend: &Backend, number: usize, api_first: bool) -> Result<Round> {
+/// One round on fresh control planes (`setup.replicas` of them, on one store) and a fresh
+/// reference store; `api_first` alternates which of the pair runs first, so that warm-up and
+/// drift do not favour one side.
+async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Result<Round> {
     let dir = tempfile::tempdir()?;
-    let (store_args, direct) = backend.stores(dir.path(), number).await?;
-    let (control, api) = start_control_with(
-        &args.meridian,
-        &args.control_cpus,
-        &dir.path().join("api"),
-        &store_args,
-    )
-    .await?;
-    let pid = control.id().context("control plane pid")?;
-    let api = Arc::new(api);
+    let (store_args, direct) = setup.stores(dir.path(), number).await?;
+    let mut controls = Vec::with_capacity(setup.replicas);
+    let mut apis: Vec<Arc<Api>> = Vec::with_capacity(setup.replicas);
+    for replica in 0..setup.replicas {
+        let data = dir.path().join(format!("api{replica}"));
+        let (control, mut api) =
+            start_control_with(&args.meridian, &args.control_cpus, &data, &store_args).await?;
+        if let Some(first) = apis.first() {
+            api.token = first.token.clone();
+        }
+        controls.push(control);
+        apis.push(Arc::new(api));
+    }
+    let pids = controls
+        .iter()
+        .map(|c| c.id().context("control plane pid"))
+        .collect::<Result<Vec<u32>>>()?;
     for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
         let body = json!({"lat": lat, "lon": lon});
-        api.send(
-            reqwest::Method::PUT,
-            &format!("/v1/regions/{name}"),
-            Some(&body),
-        )
-        .await?;
+        apis[0]
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/regions/{name}"),
+                Some(&body),
+            )
+            .await?;
         let region = meridian_model::Region {
             name: name.into(),
             lat,
@@ -324,27 +359,27 @@ async fn round(args: &Args, backend: &Backend, number: usize, api_first: bool) -
     }
     let mut r = Round::default();
     if api_first {
-        let applied = apply_through_api(&api, args, pid).await?;
+        let applied = apply_through_api(&apis, args, &pids).await?;
         (r.api_rate, r.control_cpu_us) = (applied.per_second, applied.control_cpu_us);
         r.store_rate = apply_direct(&direct, args).await?;
     } else {
         r.store_rate = apply_direct(&direct, args).await?;
-        let applied = apply_through_api(&api, args, pid).await?;
+        let applied = apply_through_api(&apis, args, &pids).await?;
         (r.api_rate, r.control_cpu_us) = (applied.per_second, applied.control_cpu_us);
     }
     let (watch, gets, floors, watch_ref) = if api_first {
-        let (w, g, f) = watch_and_read(&api, args).await?;
+        let (w, g, f) = watch_and_read(&apis, args).await?;
         (w, g, f, watch_direct(&direct, args).await?)
     } else {
         let wr = watch_direct(&direct, args).await?;
-        let (w, g, f) = watch_and_read(&api, args).await?;
+        let (w, g, f) = watch_and_read(&apis, args).await?;
         (w, g, f, wr)
     };
     r.watch = p50_p99(watch);
     r.watch_ref = p50_p99(watch_ref);
     r.get = p50_p99(gets);
     r.get_ref = p50_p99(floors);
-    drop(control);
+    drop(controls);
     Ok(r)
 }
 
@@ -360,15 +395,15 @@ fn spread(rounds: &[Round], figure: impl Fn(&Round) -> f64) -> (f64, String) {
     (median, text)
 }
 
-fn report(backends: &[Backend], rounds: &[Vec<Round>]) {
+fn report(setups: &[Setup], rounds: &[Vec<Round>]) {
     println!();
     println!(
         "median [min–max] over {} rounds",
         rounds.first().map_or(0, Vec::len)
     );
     print!("{:<40}", "figure");
-    for backend in backends {
-        let name = backend.name();
+    for setup in setups {
+        let name = setup.name();
         print!(
             " {:>24} {:>24} {:>7}",
             name,
@@ -418,12 +453,12 @@ fn report(backends: &[Backend], rounds: &[Vec<Round>]) {
     }
     println!();
     println!();
-    for (backend, rounds) in backends.iter().zip(rounds) {
+    for (setup, rounds) in setups.iter().zip(rounds) {
         let (apply, _) = spread(rounds, |r| r.api_rate);
         let (watch_p99, _) = spread(rounds, |r| r.watch[1]);
         println!(
             "{}: apply ≥ 1,000 services/s: {} ({apply:.0}); watch p99 < 5 ms: {} ({watch_p99:.0} µs)",
-            backend.name(),
+            setup.name(),
             if apply >= 1000.0 { "met" } else { "NOT met" },
             if watch_p99 < 5000.0 { "met" } else { "NOT met" },
         );
@@ -444,10 +479,17 @@ async fn main() -> Result<()> {
         args.write_rate,
         args.read_rate
     );
-    let mut backends = Vec::new();
+    anyhow::ensure!(
+        args.replicas.iter().all(|n| *n > 0),
+        "--replicas: each number must be at least 1"
+    );
+    let mut setups = Vec::new();
     for kind in &args.backends {
-        backends.push(match kind {
-            BackendKind::Sqlite => Backend::Sqlite,
+        match kind {
+            BackendKind::Sqlite => setups.push(Setup {
+                backend: Backend::Sqlite,
+                replicas: 1,
+            }),
             BackendKind::Postgres => {
                 let host = args.postgres_host;
                 let cluster =
@@ -455,26 +497,40 @@ async fn main() -> Result<()> {
                         .await?
                         .context("PostgreSQL is not installed (apt-get install postgresql)")?;
                 println!("PostgreSQL (fsync on) at {}", cluster.url());
-                Backend::Postgres(Arc::new(cluster))
+                let backend = Backend::Postgres(Arc::new(cluster));
+                for replicas in &args.replicas {
+                    setups.push(Setup {
+                        backend: backend.clone(),
+                        replicas: *replicas,
+                    });
+                }
             }
-        });
+        }
     }
-    let mut rounds: Vec<Vec<Round>> = backends.iter().map(|_| Vec::new()).collect();
+    let mut rounds: Vec<Vec<Round>> = setups.iter().map(|_| Vec::new()).collect();
     for i in 0..args.rounds + 1 {
-        for (backend, measured) in backends.iter().zip(&mut rounds) {
-            let figures = round(&args, backend, i, i % 2 == 0).await?;
+        for (setup, measured) in setups.iter().zip(&mut rounds) {
+            let figures = round(&args, setup, i, i % 2 == 0).await?;
             if i == 0 {
-                println!("{}: warm-up round done (discarded)", backend.name());
+                println!("{}: warm-up round done (discarded)", setup.name());
                 continue;
             }
             println!(
-                "{} round {i}: apply {:.0}/s (store {:.0}/s), watch p99 {:.0} µs (ref {:.0}), GET p99 {:.0} µs (ref {:.0})",
-                backend.name(), figures.api_rate, figures.store_rate, figures.watch[1],
-                figures.watch_ref[1], figures.get[1], figures.get_ref[1]
+                "{} round {i}: apply {:.0}/s (store {:.0}/s), watch p50 {:.0} µs (ref {:.0}), \
+                 p99 {:.0} µs (ref {:.0}), GET p99 {:.0} µs (ref {:.0})",
+                setup.name(),
+                figures.api_rate,
+                figures.store_rate,
+                figures.watch[0],
+                figures.watch_ref[0],
+                figures.watch[1],
+                figures.watch_ref[1],
+                figures.get[1],
+                figures.get_ref[1]
             );
             measured.push(figures);
         }
     }
-    report(&backends, &rounds);
+    report(&setups, &rounds);
     Ok(())
 }

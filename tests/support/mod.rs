@@ -142,6 +142,14 @@ impl ControlPlane {
         }
     }
 
+    /// Sends the process `signal` (e.g. `STOP` to freeze it without closing its connections,
+    /// `CONT` to let it go on).
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let child = self.child.as_ref().expect("a running process");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a process id");
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
     /// Starts it again with the same data directory, API and xDS addresses.
     pub fn start_again(&mut self) {
         self.stop();

@@ -297,8 +297,8 @@ pub fn openapi_json() -> String {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Result<(StatusCode, String), ApiError> {
-    // Ready when the store answers a real read and the plane waits for nothing else.
-    state.store.list_regions().await?;
+    // Ready when the database answers a real read and the plane waits for nothing else.
+    state.store.check_reachable().await?;
     let waiting = state.readiness.waiting();
     let description = state.readiness.description();
     if waiting.is_empty() {

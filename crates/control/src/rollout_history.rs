@@ -6,13 +6,15 @@
 //!
 //! Every replica of the global control plane gets every region's reports; only the holder of
 //! the lease records them and rolls back, so that two replicas never make two rollback versions
-//! of one failure. A replica that takes the lease records whatever differs from the store.
+//! of one failure. Those writes carry the holder's fence: the store refuses them once its term
+//! is over, even if this replica has not noticed yet. A replica that takes the lease records
+//! whatever differs from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use meridian_model::{RegionReport, RolloutPhase, RolloutStatus};
-use meridian_store::{ServiceKey, Store, StoreError};
+use meridian_store::{Fence, ServiceKey, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::federation::LatestReport;
@@ -29,8 +31,8 @@ pub async fn record_rollouts(
 ) {
     let mut recorded: HashMap<(ServiceKey, String), RolloutStatus> = HashMap::new();
     loop {
-        if lease.fence().is_some() {
-            if let Err(e) = record_reported(&*store, &*latest, &mut recorded).await {
+        if let Some(fence) = lease.fence() {
+            if let Err(e) = record_reported(&*store, &*latest, &mut recorded, &fence).await {
                 tracing::warn!(error = %e, "recording the regions' rollouts failed; retried with the next report");
             }
         } else {
@@ -49,11 +51,12 @@ pub async fn record_rollouts(
 }
 
 /// Records what the regions' last reports say of their rollouts that differs from `recorded`,
-/// and rolls back services whose current version failed somewhere.
+/// and rolls back services whose current version failed somewhere, as `fence`'s holder.
 async fn record_reported(
     store: &dyn Store,
     latest: &LatestReport,
     recorded: &mut HashMap<(ServiceKey, String), RolloutStatus>,
+    fence: &Fence,
 ) -> Result<(), StoreError> {
     for region in store.list_regions().await? {
         let Some((report, _)) = latest(&region.name) else {
@@ -64,12 +67,15 @@ async fn record_reported(
             if recorded.get(&id) == Some(rollout) {
                 continue;
             }
-            match store.record_rollout(&id.0, &region.name, rollout).await {
+            match store
+                .record_rollout(&id.0, &region.name, rollout, Some(fence))
+                .await
+            {
                 Ok(_) | Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
             if rollout.phase == RolloutPhase::RolledBack {
-                roll_back(store, &id.0, &region.name, rollout).await?;
+                roll_back(store, &id.0, &region.name, rollout, fence).await?;
             }
             recorded.insert(id, rollout.clone());
         }
@@ -91,11 +97,13 @@ fn rollouts_in(report: &RegionReport) -> impl Iterator<Item = (ServiceKey, &Roll
 
 /// Makes `rollout.previous` current again if `rollout.version` (which `region` rolled back) is
 /// still the current version of `key`; a newer apply, or an earlier rollback, leaves it be.
+/// Fenced by `fence`.
 async fn roll_back(
     store: &dyn Store,
     key: &ServiceKey,
     region: &str,
     rollout: &RolloutStatus,
+    fence: &Fence,
 ) -> Result<(), StoreError> {
     let current = store.get_service(key).await?;
     if current.is_none_or(|c| c.version != rollout.version) || rollout.previous == 0 {
@@ -105,7 +113,7 @@ async fn roll_back(
         .failure
         .as_ref()
         .map_or("a gate failed", |f| f.reason.as_str());
-    match store.rollback(key, rollout.previous).await {
+    match store.rollback(key, rollout.previous, Some(fence)).await {
         Ok(deployment) => {
             tracing::warn!(service = %key, region, failed = rollout.version,
                 to = rollout.previous, now = deployment.version, reason,

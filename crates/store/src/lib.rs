@@ -72,6 +72,17 @@ impl std::fmt::Display for ServiceKey {
     }
 }
 
+/// What the regions need of a service now ([`Store::service_states`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceState {
+    /// Its current deployment; `None` when the service does not exist.
+    pub deployment: Option<Deployment>,
+    /// The pause or promotion of its rollout, if one was asked.
+    pub control: Option<RolloutControl>,
+    /// Its endpoints, by id.
+    pub endpoints: Vec<Endpoint>,
+}
+
 /// Narrows a service listing; `None` fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceFilter {
@@ -242,6 +253,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub trait Store: Send + Sync + 'static {
     /// The revision of the last write (0 for an empty store).
     async fn revision(&self) -> Result<u64>;
+    /// Reads from the database itself (nothing the store keeps in memory answers it): fails
+    /// with [`StoreError::Unavailable`] when it cannot be reached.
+    async fn check_reachable(&self) -> Result<()>;
     /// A receiver whose value is the latest committed revision; it changes after every commit.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Up to `limit` changes with revision greater than `after`, in revision order.
@@ -304,16 +318,24 @@ pub trait Store: Send + Sync + 'static {
     /// One version of a service.
     async fn get_deployment(&self, key: &ServiceKey, version: u64) -> Result<Option<Deployment>>;
     /// Creates a new version equal to version `to`, current from now on; its domains are claimed
-    /// as by [`Store::apply_service`].
-    async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment>;
+    /// as by [`Store::apply_service`]. With a `fence` (a rollback the lease's holder makes), it
+    /// is refused with [`StoreError::Fenced`] unless that term of the lease is still current.
+    async fn rollback(
+        &self,
+        key: &ServiceKey,
+        to: u64,
+        fence: Option<&Fence>,
+    ) -> Result<Deployment>;
     /// Records `region`'s rollout of a version of a service, replacing what was recorded for
-    /// that region and version (a [`RolloutRecord`] of the history); returns false and writes nothing when it equals what is recorded. Fails with
-    /// [`StoreError::NotFound`] when the service does not exist.
+    /// that region and version (a [`RolloutRecord`] of the history); returns false and writes
+    /// nothing when it equals what is recorded. Fails with [`StoreError::NotFound`] when the
+    /// service does not exist; fenced as [`Store::rollback`].
     async fn record_rollout(
         &self,
         key: &ServiceKey,
         region: &str,
         rollout: &RolloutStatus,
+        fence: Option<&Fence>,
     ) -> Result<bool>;
     /// The rollouts of a service, newest version first, then by region.
     async fn list_rollouts(&self, key: &ServiceKey) -> Result<Vec<RolloutRecord>>;
@@ -327,6 +349,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// The pause or promotion of a service's rollout, if one was asked.
     async fn get_rollout_control(&self, key: &ServiceKey) -> Result<Option<RolloutControl>>;
+    /// For each of `keys`, in order, what [`Store::get_service`],
+    /// [`Store::get_rollout_control`] and [`Store::list_endpoints`] answer, in a few round
+    /// trips however many keys there are.
+    async fn service_states(&self, keys: &[ServiceKey]) -> Result<Vec<ServiceState>>;
     /// The current deployments of every service that runs in `region`, ordered by key.
     async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>>;
 

@@ -6,7 +6,9 @@
 //! Every write is one transaction on the writer pool, serialized (SQLite: one writer
 //! connection; PostgreSQL: a lock taken first in every write transaction), so that checks and
 //! writes are one step and revisions commit in order; applies that arrive together share one
-//! ([`applies`]: group commit). Reads use a separate pool.
+//! ([`applies`]: group commit). Reads use a separate pool, and what every request or every
+//! follower of the feed would read again (the latest changes, tokens, regions) is answered from
+//! memory while the feed says it is current ([`memory`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,17 +31,21 @@ mod certificates;
 mod dialect;
 mod domains;
 mod endpoints;
+mod known;
 mod leases;
+mod memory;
 mod postgres;
 mod purges;
 mod rollouts;
 mod secrets;
 mod sqlite;
+mod states;
 
 use self::dialect::Dialect;
+use self::memory::Memory;
 use crate::{
     Applied, CertificateRecord, DomainClaim, Fence, LeaseInfo, MissingOrg, NewPurge, NewToken,
-    Result, ServiceFilter, ServiceKey, Store, StoreError,
+    Result, ServiceFilter, ServiceKey, ServiceState, Store, StoreError,
 };
 
 /// A [`Store`] in a SQL database: a SQLite file ([`SqlStore::open_sqlite`]) or a PostgreSQL
@@ -51,8 +57,10 @@ pub struct SqlStore {
     latest: Arc<watch::Sender<u64>>,
     /// Where applies wait for their batch ([`applies`]).
     applies: applies::Queue,
-    /// Background tasks that end with the store (the batcher of applies, PostgreSQL's
-    /// notification listener).
+    /// The latest changes, tokens and regions, kept to spare round trips ([`memory`]).
+    memory: Arc<Memory>,
+    /// Background tasks that end with the store (the batcher of applies, the follower of the
+    /// feed that keeps the memory, PostgreSQL's notification listener).
     tasks: Vec<AbortHandle>,
 }
 
@@ -71,7 +79,7 @@ impl SqlStore {
     }
 
     /// A store over `writer` and `reader`, whose latest revision is in `latest`, with the
-    /// backend's `tasks` and its own batcher of applies.
+    /// backend's `tasks`, its own batcher of applies and the follower that keeps its memory.
     fn new(
         writer: AnyPool,
         reader: AnyPool,
@@ -79,19 +87,30 @@ impl SqlStore {
         latest: Arc<watch::Sender<u64>>,
         mut tasks: Vec<AbortHandle>,
     ) -> Self {
+        let memory = Memory::new();
         let (queue, requests) = applies::Queue::new();
         let batcher = applies::Writer {
             pool: writer.clone(),
             dialect,
             latest: latest.clone(),
+            memory: memory.clone(),
         };
         tasks.push(tokio::spawn(applies::run(batcher, requests)).abort_handle());
+        let follower = memory::follow(memory.clone(), latest.subscribe(), *latest.borrow(), {
+            let (reader, memory, latest) = (reader.clone(), memory.clone(), latest.clone());
+            move |after, limit| {
+                let known = *latest.borrow();
+                read_changes(reader.clone(), memory.clone(), (after, limit), known)
+            }
+        });
+        tasks.push(tokio::spawn(follower).abort_handle());
         SqlStore {
             writer,
             reader,
             dialect,
             latest,
             applies: queue,
+            memory,
             tasks,
         }
     }
@@ -144,6 +163,30 @@ impl SqlStore {
         publish(&self.latest, revision);
         Ok(())
     }
+
+    /// [`SqlStore::commit`] of a write that changed tokens or regions: the memory forgets
+    /// them at once (before the caller hears of the commit), not only when the feed brings it.
+    async fn commit_forgetting(
+        &self,
+        tx: Transaction<'_, Any>,
+        revision: u64,
+        forget: Forget,
+    ) -> Result<()> {
+        let outcome = self.commit(tx, revision).await;
+        // Forgotten even when the commit's outcome is unknown (the connection broke).
+        self.memory
+            .forget(forget == Forget::Tokens, forget == Forget::Regions);
+        outcome
+    }
+}
+
+/// What a write makes the store's memory forget.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Forget {
+    /// The tokens (a token or an org was deleted).
+    Tokens,
+    /// The regions.
+    Regions,
 }
 
 impl Drop for SqlStore {
@@ -261,6 +304,35 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
     })
 }
 
+/// Up to `limit` changes after `after` (`page`), in revision order: from `memory` if it holds
+/// them up to `latest` (the latest revision known committed), else from the database through
+/// `reader` (and then remembered).
+async fn read_changes(
+    reader: AnyPool,
+    memory: Arc<Memory>,
+    page: (u64, u32),
+    latest: u64,
+) -> Result<Vec<Change>> {
+    let (after, limit) = page;
+    if let Some(changes) = memory.changes_after(after, limit, latest) {
+        return Ok(changes);
+    }
+    let rows = sqlx::query(
+        "SELECT revision, kind, key, op, version, committed_at_us FROM changes \
+         WHERE revision > $1 ORDER BY revision LIMIT $2",
+    )
+    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+    .bind(i64::from(limit))
+    .fetch_all(&reader)
+    .await?;
+    let changes = rows
+        .iter()
+        .map(change_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    memory.remember(&changes);
+    Ok(changes)
+}
+
 /// Appends the change of the write in progress and returns its revision.
 pub(super) async fn record(
     conn: &mut AnyConnection,
@@ -268,6 +340,18 @@ pub(super) async fn record(
     key: &str,
     op: ChangeOp,
     version: Option<u64>,
+) -> Result<u64> {
+    record_at(conn, kind, key, op, version, now_micros()).await
+}
+
+/// [`record`] with the time the change is stamped with (`committed_at_us`).
+async fn record_at(
+    conn: &mut AnyConnection,
+    kind: ChangeKind,
+    key: &str,
+    op: ChangeOp,
+    version: Option<u64>,
+    committed_at_us: i64,
 ) -> Result<u64> {
     let op = match op {
         ChangeOp::Put => "put",
@@ -278,7 +362,7 @@ pub(super) async fn record(
         .bind(key)
         .bind(op)
         .bind(version.map(|v| v as i64))
-        .bind(now_micros())
+        .bind(committed_at_us)
         .fetch_one(conn)
         .await?;
     Ok(to_u64(revision))
@@ -440,19 +524,21 @@ async fn write_version(
     rolled_back_from: Option<u64>,
 ) -> Result<Deployment> {
     check_version(conn, definition, current).await?;
-    write_checked_version(conn, definition, current, origin, rolled_back_from).await
+    let at = now_micros();
+    write_checked_version(conn, definition, current, origin, rolled_back_from, at).await
 }
 
 /// Writes a new current version of a service whose current deployment is `current` (the row
 /// in `services`, the deployment, the region index and the domain claims; only what differs
-/// from `current`), inside the caller's transaction, once [`check_version`] has accepted it.
-/// Returns the stored deployment.
+/// from `current`), inside the caller's transaction, once [`check_version`] has accepted it;
+/// its change is stamped `committed_at_us`. Returns the stored deployment.
 async fn write_checked_version(
     conn: &mut AnyConnection,
     definition: &Definition,
     current: Option<&Deployment>,
     origin: DeploymentOrigin,
     rolled_back_from: Option<u64>,
+    committed_at_us: i64,
 ) -> Result<Deployment> {
     let key = ServiceKey::of(definition);
     let version = current.map_or(1, |c| c.version + 1);
@@ -468,7 +554,7 @@ async fn write_checked_version(
         let revision: i64 = sqlx::query_scalar(sql)
             .bind(key.to_string())
             .bind(version as i64)
-            .bind(now_micros())
+            .bind(committed_at_us)
             .bind(&key.org)
             .bind(&key.app)
             .bind(&key.name)
@@ -480,12 +566,13 @@ async fn write_checked_version(
             .await?;
         to_u64(revision)
     } else {
-        let revision = record(
+        let revision = record_at(
             conn,
             ChangeKind::Service,
             &key.to_string(),
             ChangeOp::Put,
             Some(version),
+            committed_at_us,
         )
         .await?;
         sqlx::query(
@@ -598,20 +685,24 @@ impl Store for SqlStore {
         Ok(*self.latest.borrow())
     }
 
+    async fn check_reachable(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.reader).await?;
+        Ok(())
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.latest.subscribe()
     }
 
     async fn changes_after(&self, after: u64, limit: u32) -> Result<Vec<Change>> {
-        let rows = sqlx::query(
-            "SELECT revision, kind, key, op, version, committed_at_us FROM changes \
-             WHERE revision > $1 ORDER BY revision LIMIT $2",
+        let latest = *self.latest.borrow();
+        read_changes(
+            self.reader.clone(),
+            self.memory.clone(),
+            (after, limit),
+            latest,
         )
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(change_from_row).collect()
+        .await
     }
 
     async fn create_token(&self, token: NewToken) -> Result<TokenInfo> {
@@ -643,11 +734,19 @@ impl Store for SqlStore {
     }
 
     async fn find_token(&self, hash: &str) -> Result<Option<TokenInfo>> {
+        let generation = match self.memory.token(hash) {
+            Ok(token) => return Ok(Some(token)),
+            Err(generation) => generation,
+        };
         let row = sqlx::query("SELECT id, org, label, created_at FROM tokens WHERE hash = $1")
             .bind(hash)
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(token_from_row).transpose()
+        let token = row.as_ref().map(token_from_row).transpose()?;
+        if let Some(token) = &token {
+            self.memory.keep_token(generation, hash, token);
+        }
+        Ok(token)
     }
 
     async fn list_tokens(&self, org: Option<&str>) -> Result<Vec<TokenInfo>> {
@@ -671,7 +770,7 @@ impl Store for SqlStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        self.commit(tx, revision).await
+        self.commit_forgetting(tx, revision, Forget::Tokens).await
     }
 
     async fn create_org(&self, name: &str) -> Result<Org> {
@@ -727,7 +826,7 @@ impl Store for SqlStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        self.commit(tx, revision).await
+        self.commit_forgetting(tx, revision, Forget::Tokens).await
     }
 
     async fn put_region(&self, region: &Region) -> Result<()> {
@@ -749,14 +848,23 @@ impl Store for SqlStore {
         .bind(region.lon)
         .execute(&mut *tx)
         .await?;
-        self.commit(tx, revision).await
+        self.commit_forgetting(tx, revision, Forget::Regions).await
     }
 
     async fn list_regions(&self) -> Result<Vec<Region>> {
+        let generation = match self.memory.regions() {
+            Ok(regions) => return Ok(regions),
+            Err(generation) => generation,
+        };
         let rows = sqlx::query("SELECT name, lat, lon FROM regions ORDER BY name")
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(region_from_row).collect()
+        let regions = rows
+            .iter()
+            .map(region_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        self.memory.keep_regions(generation, &regions);
+        Ok(regions)
     }
 
     async fn delete_region(&self, name: &str) -> Result<()> {
@@ -781,7 +889,7 @@ impl Store for SqlStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        self.commit(tx, revision).await
+        self.commit_forgetting(tx, revision, Forget::Regions).await
     }
 
     async fn create_app(&self, org: &str, name: &str) -> Result<App> {
@@ -952,8 +1060,13 @@ impl Store for SqlStore {
         row.as_ref().map(deployment_from_row).transpose()
     }
 
-    async fn rollback(&self, key: &ServiceKey, to: u64) -> Result<Deployment> {
-        let mut tx = self.begin().await?;
+    async fn rollback(
+        &self,
+        key: &ServiceKey,
+        to: u64,
+        fence: Option<&Fence>,
+    ) -> Result<Deployment> {
+        let mut tx = self.begin_fenced(fence).await?;
         let Some(current) = current_deployment(&mut *tx, key).await? else {
             return Err(StoreError::NotFound(format!("service `{key}`")));
         };
@@ -977,7 +1090,7 @@ impl Store for SqlStore {
             Some(to),
         )
         .await?;
-        self.commit(tx, deployment.revision).await?;
+        self.commit_fenced(tx, deployment.revision, fence).await?;
         Ok(deployment)
     }
 
@@ -986,11 +1099,12 @@ impl Store for SqlStore {
         key: &ServiceKey,
         region: &str,
         rollout: &RolloutStatus,
+        fence: Option<&Fence>,
     ) -> Result<bool> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         match rollouts::put(&mut tx, key, region, rollout).await? {
             Some(revision) => {
-                self.commit(tx, revision).await?;
+                self.commit_fenced(tx, revision, fence).await?;
                 Ok(true)
             }
             None => Ok(false),
@@ -1018,6 +1132,10 @@ impl Store for SqlStore {
 
     async fn get_rollout_control(&self, key: &ServiceKey) -> Result<Option<RolloutControl>> {
         rollouts::get_control(&mut *self.reader.acquire().await?, key).await
+    }
+
+    async fn service_states(&self, keys: &[ServiceKey]) -> Result<Vec<ServiceState>> {
+        states::read(&self.reader, self.dialect, keys).await
     }
 
     async fn deployments_in_region(&self, region: &str) -> Result<Vec<Deployment>> {

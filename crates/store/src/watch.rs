@@ -33,28 +33,28 @@ impl Watch {
         }
     }
 
-    /// The next change, waiting for one if the watch has caught up.
+    /// The next change, waiting for one if the watch has caught up (with the store's latest
+    /// revision: the feed is read only once there is something new to read).
     pub async fn next(&mut self) -> Result<Change> {
         loop {
             if let Some(change) = self.buffer.pop_front() {
                 self.after = change.revision;
                 return Ok(change);
             }
+            let after = self.after;
+            self.latest
+                .wait_for(|rev| *rev > after)
+                .await
+                .map_err(|_| StoreError::Closed)?;
             let batch = self.store.changes_after(self.after, BATCH).await?;
-            if batch.is_empty() {
-                let after = self.after;
-                self.latest
-                    .wait_for(|rev| *rev > after)
-                    .await
-                    .map_err(|_| StoreError::Closed)?;
-            }
             self.buffer.extend(batch);
         }
     }
 }
 
 /// Up to `limit` changes after `after`; if there are none yet, waits up to `timeout` for the next
-/// commit. Returns an empty list when the time runs out.
+/// commit. Returns an empty list when the time runs out. The feed is read only when the store's
+/// latest revision is past `after` (or `timeout` is zero).
 pub async fn wait_for_changes(
     store: &dyn Store,
     after: u64,
@@ -62,16 +62,13 @@ pub async fn wait_for_changes(
     timeout: Duration,
 ) -> Result<Vec<Change>> {
     let mut latest = store.subscribe();
-    let changes = store.changes_after(after, limit).await?;
-    if !changes.is_empty() || timeout.is_zero() {
-        return Ok(changes);
+    if !timeout.is_zero() && *latest.borrow_and_update() <= after {
+        let waited = tokio::time::timeout(timeout, latest.wait_for(|rev| *rev > after)).await;
+        match waited {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(StoreError::Closed),
+            Err(_elapsed) => return Ok(Vec::new()),
+        }
     }
-    let waited = tokio::time::timeout(timeout, latest.wait_for(|rev| *rev > after))
-        .await
-        .map(|woke| woke.is_ok());
-    match waited {
-        Ok(true) => store.changes_after(after, limit).await,
-        Ok(false) => Err(StoreError::Closed),
-        Err(_elapsed) => Ok(Vec::new()),
-    }
+    store.changes_after(after, limit).await
 }

@@ -55,17 +55,25 @@ impl UnaryClient {
         Response: prost::Message + Default + Send + Sync + 'static,
     {
         let mut calls = JoinSet::new();
+        let several = self.servers.len() > 1;
+        // A call waits for every server: one lost without a reset must not hold up the others'
+        // reports for long.
+        let keep_alive = if several {
+            crate::client::FAILOVER_KEEP_ALIVE
+        } else {
+            crate::client::KEEP_ALIVE
+        };
         for (index, server) in self.servers.iter().enumerate() {
             let (url, channel) = (server.url.clone(), server.channel.clone());
             let (tls, request) = (self.tls.clone(), request.clone());
             calls.spawn(async move {
-                let (channel, result) = call_one(&url, channel, tls, path, request).await;
+                let connection = (&*url, channel, tls, keep_alive);
+                let (channel, result) = call_one(connection, path, request).await;
                 (index, channel, result)
             });
         }
         let mut answer = None;
         let mut failures = Vec::new();
-        let several = self.servers.len() > 1;
         while let Some(done) = calls.join_next().await {
             let Ok((index, channel, result)) = done else {
                 continue;
@@ -93,12 +101,19 @@ impl UnaryClient {
     }
 }
 
-/// Calls `path` at `url` over `channel` (connecting first without one): the channel to keep
-/// (none after a failure) and the result.
+/// Where a call goes: the server's URL, its channel if one is open, the TLS to connect with,
+/// and the keep-alive of a new connection.
+type Connection<'a> = (
+    &'a str,
+    Option<Channel>,
+    Arc<rustls::ClientConfig>,
+    (std::time::Duration, std::time::Duration),
+);
+
+/// Calls `path` at the URL of `connection` over its channel (connecting first without one):
+/// the channel to keep (none after a failure) and the result.
 async fn call_one<Request, Response>(
-    url: &str,
-    channel: Option<Channel>,
-    tls: Arc<rustls::ClientConfig>,
+    connection: Connection<'_>,
     path: &'static str,
     request: Request,
 ) -> (Option<Channel>, Result<Response, String>)
@@ -106,9 +121,10 @@ where
     Request: prost::Message + Send + Sync + 'static,
     Response: prost::Message + Default + Send + Sync + 'static,
 {
+    let (url, channel, tls, keep_alive) = connection;
     let channel = match channel {
         Some(channel) => channel,
-        None => match crate::connect(url, Some(tls)).await {
+        None => match crate::client::connect_kept_alive(url, Some(tls), keep_alive).await {
             Ok(channel) => channel,
             Err(e) => return (None, Err(format!("connecting to {url}: {e}"))),
         },

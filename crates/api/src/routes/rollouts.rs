@@ -60,7 +60,7 @@ pub async fn abort(
     };
     let deployment = state
         .store
-        .rollback(&key, rollout.previous)
+        .rollback(&key, rollout.previous, None)
         .await
         .map_err(|e| ApiError::domain_taken(&caller, e))?;
     tracing::warn!(service = %key, aborted = current.version, to = rollout.previous,

@@ -385,7 +385,7 @@ pub async fn rollback(
     let key = path.authorize(&caller)?;
     let deployment = state
         .store
-        .rollback(&key, request.to)
+        .rollback(&key, request.to, None)
         .await
         .map_err(|e| ApiError::domain_taken(&caller, e))?;
     tracing::info!(service = %key, to = request.to, version = deployment.version, "rolled back");

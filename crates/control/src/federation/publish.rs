@@ -34,7 +34,9 @@ use meridian_model::{
     derive_regional, ChangeKind, Deployment, Endpoint, RegionReport, RegionalDeployment,
     RolloutMode,
 };
-use meridian_store::{wait_for_changes, ServiceFilter, ServiceKey, Store, StoreError};
+use meridian_store::{
+    wait_for_changes, ServiceFilter, ServiceKey, ServiceState, Store, StoreError,
+};
 use meridian_xds::meridian::{REGIONAL_DEPLOYMENT, REGIONS_NAMESPACE, REGION_SUMMARY};
 use meridian_xds::{region_namespace, Cache, Update};
 use prost::Message;
@@ -162,15 +164,18 @@ async fn publish_then_follow(
         .values()
         .flat_map(|services| services.keys().cloned())
         .collect();
-    for summary in &services {
-        let key = ServiceKey {
+    let keys: Vec<ServiceKey> = services
+        .iter()
+        .map(|summary| ServiceKey {
             org: summary.org.clone(),
             app: summary.app.clone(),
             name: summary.name.clone(),
-        };
+        })
+        .collect();
+    for key in &keys {
         stale.remove(&key.to_string());
-        publish_service(sources, cache, published, &key, &reports.latest).await?;
     }
+    publish_services(sources, cache, published, keys, &reports.latest).await?;
     for gone in stale {
         cache.apply(REGIONAL_DEPLOYMENT, withdraw(published, &gone));
     }
@@ -252,9 +257,7 @@ async fn publish_then_follow(
             // What regions report may start the next wave of a service.
             keys.extend(published.held.values().cloned());
         }
-        for key in keys {
-            dirty.extend(publish_service(sources, cache, published, &key, &reports.latest).await?);
-        }
+        dirty.extend(publish_services(sources, cache, published, keys, &reports.latest).await?);
         let now = tokio::time::Instant::now();
         if all_summaries || regions_changed {
             off_the_runtime(|| publish_summaries(cache, published, &reports.latest));
@@ -365,21 +368,46 @@ fn withdraw(published: &mut Published, service: &str) -> Update {
     update
 }
 
-/// Re-reads one service and its endpoints and publishes its regional deployments; regions it
-/// no longer runs in lose theirs. Returns the regions whose summaries this changes: those
-/// where the service's deployment came, went or changed version.
+/// Re-reads services (`keys`, all at once) and publishes their regional deployments; regions
+/// a service no longer runs in lose theirs. Returns the regions whose summaries this changes.
+async fn publish_services(
+    sources: Sources<'_>,
+    cache: &Cache,
+    published: &mut Published,
+    keys: Vec<ServiceKey>,
+    latest: &LatestReport,
+) -> Result<BTreeSet<String>, StoreError> {
+    let mut regions = BTreeSet::new();
+    if keys.is_empty() {
+        return Ok(regions);
+    }
+    let states = sources.store.service_states(&keys).await?;
+    for (key, state) in keys.iter().zip(states) {
+        regions.extend(publish_service(sources, cache, published, key, state, latest).await?);
+    }
+    Ok(regions)
+}
+
+/// Publishes the regional deployments of service `key`, whose current `state` was just read;
+/// regions it no longer runs in lose theirs. Returns the regions whose summaries this
+/// changes: those where the service's deployment came, went or changed version.
 async fn publish_service(
     sources: Sources<'_>,
     cache: &Cache,
     published: &mut Published,
     key: &ServiceKey,
+    state: ServiceState,
     latest: &LatestReport,
 ) -> Result<BTreeSet<String>, StoreError> {
     let store = sources.store;
     let name = key.to_string();
-    let (mut regional, control) = match store.get_service(key).await? {
+    let ServiceState {
+        deployment,
+        control,
+        endpoints,
+    } = state;
+    let (mut regional, control) = match deployment {
         Some(current) => {
-            let control = store.get_rollout_control(key).await?;
             let paused =
                 control.filter(|c| c.version == current.version && c.mode == RolloutMode::Paused);
             let regional =
@@ -392,11 +420,6 @@ async fn publish_service(
         }
     };
     let control_json = control.map(|c| to_json(&c)).unwrap_or_default();
-    let endpoints = if regional.is_empty() {
-        Vec::new()
-    } else {
-        store.list_endpoints(key).await?
-    };
     // The summaries show each deployment's version and spec, not its endpoints: only regions
     // that gain, lose or change a deployment need theirs again.
     let before: BTreeMap<String, u64> = published

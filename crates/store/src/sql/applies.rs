@@ -3,22 +3,25 @@
 //! of applies pays for one transaction (and one lock and one flush to disk) per batch instead
 //! of one each, and a reply means the apply is committed (acknowledged = durable).
 //!
-//! Each apply in a batch is still atomic and has its own revision: it makes all its checks
-//! (does the org exist, are its domains free, do its secrets exist) before it writes anything,
-//! so one that is refused leaves nothing behind and the others commit. Should a statement fail
+//! What the batch needs to know of its services, orgs and apps is read at its start in one
+//! statement ([`Known`]). Each apply in a batch is still atomic and has its own revision: it
+//! makes all its checks (does the org exist, are its domains free, do its secrets exist)
+//! before it writes anything, so one that is refused leaves nothing behind and the others
+//! commit. Should a statement fail
 //! (the transaction is then lost), the batch is rolled back and each of its applies runs again
 //! alone, so that only the apply at fault fails; unless the database is unreachable, which
 //! every apply of the batch is told.
 
 use std::sync::Arc;
 
-use meridian_model::{Definition, Deployment, DeploymentOrigin};
+use meridian_model::{Change, ChangeKind, ChangeOp, Definition, DeploymentOrigin};
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::known::Known;
 use super::{
-    check_version, current_deployment, ensure_app, now_micros, now_secs, publish,
-    write_checked_version, Dialect,
+    check_version, ensure_app, now_micros, now_secs, publish, write_checked_version, Dialect,
+    Memory,
 };
 use crate::{Applied, MissingOrg, Result, ServiceKey, StoreError};
 
@@ -70,6 +73,8 @@ pub(super) struct Writer {
     pub(super) dialect: Dialect,
     /// Told the latest committed revision.
     pub(super) latest: Arc<watch::Sender<u64>>,
+    /// Remembers the changes of each committed batch.
+    pub(super) memory: Arc<Memory>,
 }
 
 /// Takes the applies queued in `queue` in batches, as many as wait (up to [`MAX_BATCH`]), each
@@ -128,11 +133,12 @@ async fn transaction(
     if let Some(lock) = writer.dialect.write_lock() {
         sqlx::query(lock).execute(&mut *tx).await?;
     }
+    let mut known = Known::read(&mut tx, batch.iter().map(|(d, _)| d)).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut first_revision = None;
-    let mut last_revision = None;
+    let mut changes = Vec::new();
     for (definition, missing_org) in batch {
-        match apply_one(&mut tx, definition, *missing_org).await {
+        let at = now_micros();
+        match apply_one(&mut tx, &mut known, definition, *missing_org, at).await {
             // A statement failed: the transaction is lost.
             Err(
                 e @ (StoreError::Backend(_) | StoreError::Unavailable(_) | StoreError::Corrupt(_)),
@@ -140,92 +146,100 @@ async fn transaction(
                 return Err(e);
             }
             outcome => {
-                if let Ok(applied) = &outcome {
-                    if applied.changed {
-                        first_revision.get_or_insert(applied.deployment.revision);
-                        last_revision = Some(applied.deployment.revision);
-                    }
+                if let Ok(Applied {
+                    deployment,
+                    changed: true,
+                }) = &outcome
+                {
+                    changes.push(Change {
+                        revision: deployment.revision,
+                        kind: ChangeKind::Service,
+                        key: ServiceKey::of(definition).to_string(),
+                        op: ChangeOp::Put,
+                        version: Some(deployment.version),
+                        committed_at_us: at,
+                    });
                 }
                 outcomes.push(outcome);
             }
         }
     }
-    if let (Some(first), Some(last), true) = (first_revision, last_revision, batch.len() > 1) {
+    let written = changes.first().zip(changes.last());
+    if let (Some((first, last)), true) = (
+        written.map(|(f, l)| (f.revision, l.revision)),
+        batch.len() > 1,
+    ) {
         // The changes of a batch are committed together: they carry its commit time, not the
         // time each was written in the transaction.
+        let at = now_micros();
         sqlx::query(
             "UPDATE changes SET committed_at_us = $1 WHERE revision >= $2 AND revision <= $3",
         )
-        .bind(now_micros())
+        .bind(at)
         .bind(first as i64)
         .bind(last as i64)
         .execute(&mut *tx)
         .await?;
+        for change in &mut changes {
+            change.committed_at_us = at;
+        }
     }
     tx.commit().await?;
-    if let Some(last) = last_revision {
-        publish(&writer.latest, last);
+    if let Some(last) = changes.last() {
+        writer.memory.remember(&changes);
+        publish(&writer.latest, last.revision);
     }
     Ok(outcomes)
 }
 
-/// One apply inside the batch's transaction: nothing when `definition` equals the current
-/// version's; else every check, then the writes (the org, if missing and `missing_org` allows,
-/// the app, the new version).
+/// One apply inside the batch's transaction, which knows `known`: nothing when `definition`
+/// equals the current version's; else every check, then the writes (the org, if missing and
+/// `missing_org` allows, the app, the new version, whose change is stamped `at`).
 async fn apply_one(
     conn: &mut AnyConnection,
+    known: &mut Known,
     definition: &Definition,
     missing_org: MissingOrg,
+    at: i64,
 ) -> Result<Applied> {
     let (org, app) = (definition.org.as_str(), definition.app.as_str());
-    let current: Option<Deployment> =
-        current_deployment(&mut *conn, &ServiceKey::of(definition)).await?;
-    if let Some(current) = current {
+    let key = ServiceKey::of(definition);
+    let current = known.current(&key).cloned();
+    if let Some(current) = &current {
         if current.definition == *definition {
             return Ok(Applied {
-                deployment: current,
+                deployment: current.clone(),
                 changed: false,
             });
         }
-        check_version(conn, definition, Some(&current)).await?;
-        let deployment = write_checked_version(
-            conn,
-            definition,
-            Some(&current),
-            DeploymentOrigin::Apply,
-            None,
-        )
-        .await?;
-        return Ok(Applied {
-            deployment,
-            changed: true,
-        });
+        check_version(conn, definition, Some(current)).await?;
+    } else {
+        // A new service: its org and app may be new too.
+        if !known.has_org(org) && missing_org == MissingOrg::Reject {
+            return Err(StoreError::NotFound(format!("org `{org}`")));
+        }
+        check_version(conn, definition, None).await?;
+        if !known.has_org(org) {
+            sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
+                .bind(org)
+                .bind(now_secs())
+                .execute(&mut *conn)
+                .await?;
+        }
+        if !known.has_app(org, app) {
+            ensure_app(conn, org, app).await?;
+        }
     }
-    // A new service: its org and app may be new too.
-    let (orgs, apps): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM orgs WHERE name = $1), \
-                (SELECT COUNT(*) FROM apps WHERE org = $1 AND name = $2)",
+    let deployment = write_checked_version(
+        conn,
+        definition,
+        current.as_ref(),
+        DeploymentOrigin::Apply,
+        None,
+        at,
     )
-    .bind(org)
-    .bind(app)
-    .fetch_one(&mut *conn)
     .await?;
-    if orgs == 0 && missing_org == MissingOrg::Reject {
-        return Err(StoreError::NotFound(format!("org `{org}`")));
-    }
-    check_version(conn, definition, None).await?;
-    if orgs == 0 {
-        sqlx::query("INSERT INTO orgs (name, created_at) VALUES ($1, $2)")
-            .bind(org)
-            .bind(now_secs())
-            .execute(&mut *conn)
-            .await?;
-    }
-    if apps == 0 {
-        ensure_app(conn, org, app).await?;
-    }
-    let deployment =
-        write_checked_version(conn, definition, None, DeploymentOrigin::Apply, None).await?;
+    known.wrote(key, deployment.clone());
     Ok(Applied {
         deployment,
         changed: true,

@@ -352,6 +352,7 @@ impl SqlStore {
             sqlx::query(set).bind(revision).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        self.memory.clear();
         publish(&self.latest, backup.revision);
         Ok(backup.revision)
     }

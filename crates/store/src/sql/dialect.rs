@@ -163,4 +163,19 @@ impl Dialect {
             }
         }
     }
+
+    /// A table of the service keys in the JSON array of `[org, app, name]` triples bound at
+    /// `param`, with columns `org`, `app` and `name`, to use after `FROM` (as `alias`).
+    pub(super) fn json_keys(self, param: &str, alias: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!(
+                "(SELECT json_extract(value, '$[0]') AS org, json_extract(value, '$[1]') AS app, \
+                 json_extract(value, '$[2]') AS name FROM json_each({param})) AS {alias}"
+            ),
+            Dialect::Postgres => format!(
+                "(SELECT value->>0 AS org, value->>1 AS app, value->>2 AS name \
+                 FROM jsonb_array_elements(CAST({param} AS jsonb)) AS triples(value)) AS {alias}"
+            ),
+        }
+    }
 }

@@ -50,7 +50,7 @@ pub async fn fill(store: &dyn Store) {
         applied.await.unwrap();
     }
     let web = web();
-    store.rollback(&web, 1).await.unwrap();
+    store.rollback(&web, 1, None).await.unwrap();
     let endpoint = EndpointInput {
         region: "fra".into(),
         address: "10.0.0.7".into(),
@@ -63,7 +63,10 @@ pub async fn fill(store: &dyn Store) {
         "phase": "progressing", "started_at": 1, "updated_at": 2,
     }))
     .unwrap();
-    store.record_rollout(&web, "fra", &rollout).await.unwrap();
+    store
+        .record_rollout(&web, "fra", &rollout, None)
+        .await
+        .unwrap();
     let paused = RolloutControl {
         version: 3,
         mode: RolloutMode::Paused,

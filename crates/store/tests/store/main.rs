@@ -54,4 +54,5 @@ conformance!(
     a_bad_backup_is_refused_naming_what_is_wrong_and_restores_nothing,
     purges_are_numbered_without_gaps_kept_to_a_bound_and_fed_with_their_number,
     a_lease_has_one_holder_whose_token_grows_and_fences_its_writes,
+    rollout_records_and_rollbacks_for_a_lease_term_that_is_over_are_refused,
 );

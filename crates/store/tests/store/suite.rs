@@ -55,7 +55,7 @@ pub async fn every_write_bumps_the_revision_by_one_and_failures_by_none(backend:
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        store.rollback(&key("web"), 1).await,
+        store.rollback(&key("web"), 1, None).await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.revision().await.unwrap(), 1);
@@ -178,7 +178,7 @@ pub async fn rollouts_are_recorded_per_region_and_version_with_their_events_and_
     };
     assert!(matches!(
         store
-            .record_rollout(&key("web"), "fra", &rollout(2, "progressing"))
+            .record_rollout(&key("web"), "fra", &rollout(2, "progressing"), None)
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -193,25 +193,25 @@ pub async fn rollouts_are_recorded_per_region_and_version_with_their_events_and_
     }
     let web = key("web");
     assert!(store
-        .record_rollout(&web, "fra", &rollout(2, "progressing"))
+        .record_rollout(&web, "fra", &rollout(2, "progressing"), None)
         .await
         .unwrap());
     let revision = store.revision().await.unwrap();
     assert!(!store
-        .record_rollout(&web, "fra", &rollout(2, "progressing"))
+        .record_rollout(&web, "fra", &rollout(2, "progressing"), None)
         .await
         .unwrap());
     assert_eq!(store.revision().await.unwrap(), revision);
     assert!(store
-        .record_rollout(&web, "fra", &rollout(2, "succeeded"))
+        .record_rollout(&web, "fra", &rollout(2, "succeeded"), None)
         .await
         .unwrap());
     assert!(store
-        .record_rollout(&web, "iad", &rollout(2, "rolled_back"))
+        .record_rollout(&web, "iad", &rollout(2, "rolled_back"), None)
         .await
         .unwrap());
     assert!(store
-        .record_rollout(&web, "fra", &rollout(1, "succeeded"))
+        .record_rollout(&web, "fra", &rollout(1, "succeeded"), None)
         .await
         .unwrap());
     let history = store.list_rollouts(&web).await.unwrap();
@@ -258,7 +258,7 @@ pub async fn applies_create_versions_and_rollback_copies_an_old_one(backend: &Ba
             .await
             .unwrap();
     }
-    let rolled = store.rollback(&key("web"), 1).await.unwrap();
+    let rolled = store.rollback(&key("web"), 1, None).await.unwrap();
     assert_eq!(rolled.version, 4);
     assert_eq!(rolled.origin, DeploymentOrigin::Rollback);
     assert_eq!(rolled.rolled_back_from, Some(1));
@@ -283,7 +283,7 @@ pub async fn applies_create_versions_and_rollback_copies_an_old_one(backend: &Ba
     let current = store.get_service(&key("web")).await.unwrap().unwrap();
     assert_eq!(current.version, 4);
     assert!(matches!(
-        store.rollback(&key("web"), 9).await,
+        store.rollback(&key("web"), 9, None).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -1025,4 +1025,46 @@ pub async fn a_lease_has_one_holder_whose_token_grows_and_fences_its_writes(back
         b.get_ticket_keys().await.unwrap(),
         Some((b"by b".to_vec(), 3))
     );
+}
+
+pub async fn rollout_records_and_rollbacks_for_a_lease_term_that_is_over_are_refused(
+    backend: &Backend,
+) {
+    const LEASE: &str = "global";
+    const LONG: Duration = Duration::from_secs(60);
+    let (a, b) = (backend.open().await, backend.open().await);
+    with_regions(&a).await;
+    for command in ["v1", "v2"] {
+        a.apply_service(&definition("web", &["fra"], command), MissingOrg::Create)
+            .await
+            .unwrap();
+    }
+    let web = key("web");
+    let failed: meridian_model::RolloutStatus = serde_json::from_value(serde_json::json!({
+        "version": 2, "previous": 1, "strategy": "rolling",
+        "phase": "rolled_back", "started_at": 1, "updated_at": 2,
+    }))
+    .unwrap();
+    let first = a.acquire_lease(LEASE, "a", LONG).await.unwrap().unwrap();
+    a.release_lease(&first).await.unwrap();
+    let second = b.acquire_lease(LEASE, "b", LONG).await.unwrap().unwrap();
+
+    // The old holder's record and rollback change nothing.
+    let revision = a.revision().await.unwrap();
+    let late = a.record_rollout(&web, "fra", &failed, Some(&first)).await;
+    assert!(matches!(late, Err(StoreError::Fenced(_))), "{late:?}");
+    let late = a.rollback(&web, 1, Some(&first)).await;
+    assert!(matches!(late, Err(StoreError::Fenced(_))), "{late:?}");
+    assert_eq!(a.revision().await.unwrap(), revision);
+    assert!(a.list_rollouts(&web).await.unwrap().is_empty());
+    assert_eq!(a.get_service(&web).await.unwrap().unwrap().version, 2);
+
+    // The holder's are made.
+    assert!(b
+        .record_rollout(&web, "fra", &failed, Some(&second))
+        .await
+        .unwrap());
+    let rolled = b.rollback(&web, 1, Some(&second)).await.unwrap();
+    assert_eq!((rolled.version, rolled.rolled_back_from), (3, Some(1)));
+    assert_eq!(b.list_rollouts(&web).await.unwrap().len(), 1);
 }
