@@ -172,11 +172,14 @@ impl SqlStore {
         revision: u64,
         forget: Forget,
     ) -> Result<()> {
-        let outcome = self.commit(tx, revision).await;
-        // Forgotten even when the commit's outcome is unknown (the connection broke).
+        let outcome = tx.commit().await;
+        // Forgotten even when the commit's outcome is unknown (the connection broke), and
+        // before watchers hear of the revision: one woken by it must not read the old ones.
         self.memory
             .forget(forget == Forget::Tokens, forget == Forget::Regions);
-        outcome
+        outcome?;
+        publish(&self.latest, revision);
+        Ok(())
     }
 }
 
@@ -315,6 +318,9 @@ async fn read_changes(
 ) -> Result<Vec<Change>> {
     let (after, limit) = page;
     if let Some(changes) = memory.changes_after(after, limit, latest) {
+        // A reader of the feed then reads tokens or regions as they are after it (another
+        // replica's write may reach this reader before the store's own follower).
+        memory.forget_changed(&changes);
         return Ok(changes);
     }
     let rows = sqlx::query(
@@ -330,6 +336,7 @@ async fn read_changes(
         .map(change_from_row)
         .collect::<Result<Vec<_>>>()?;
     memory.remember(&changes);
+    memory.forget_changed(&changes);
     Ok(changes)
 }
 
