@@ -212,26 +212,6 @@ async fn instances_over_their_memory_target_get_more_instances_up_to_max() {
     assert!(reason.ends_with("target 30 each"), "{row}");
 }
 
-/// `GET /` of hello through the gateway at `address`: status, `Retry-After`, body.
-async fn status_of(address: &str) -> (u16, Option<String>, String) {
-    let answer = reqwest::Client::new()
-        .get(format!("http://{address}/"))
-        .header("host", HOST)
-        .send()
-        .await
-        .unwrap();
-    let retry_after = answer
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (
-        answer.status().as_u16(),
-        retry_after,
-        answer.text().await.unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_its_hard_limit_an_instance_s_requests_wait_then_get_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,7 +286,7 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Once they are done, the next one goes in at once.
-    assert_eq!(status_of(&address).await.0, 200);
+    assert_eq!(support::root_with_retry_after(&address, HOST).await.0, 200);
 
     // A higher limit applies to the instance running (no restart): 8 at once all go in.
     platform.deploy(&definition.replace("hard: 2", "hard: 10"));
@@ -322,7 +302,7 @@ async fn eight_at_once(address: &str) -> Vec<(u16, Option<String>, String)> {
     let requests: Vec<_> = (0..8)
         .map(|_| {
             let address = address.to_owned();
-            tokio::spawn(async move { status_of(&address).await })
+            tokio::spawn(async move { support::root_with_retry_after(&address, HOST).await })
         })
         .collect();
     let mut answers = Vec::new();

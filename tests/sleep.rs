@@ -284,7 +284,10 @@ async fn beyond_the_wake_queue_or_past_the_wake_timeout_requests_get_503_with_re
     // Two at once: one is held (the queue's one place) until the timeout, the other finds the
     // queue full.
     let failed_before = support::inbound_5xx(&platform.agent.admin).await;
-    let (first, second) = tokio::join!(answer(&platform.address), answer(&platform.address));
+    let (first, second) = tokio::join!(
+        support::root_with_retry_after(&platform.address, HELLO_HOST),
+        support::root_with_retry_after(&platform.address, HELLO_HOST)
+    );
     let mut reasons: Vec<String> = [&first, &second]
         .iter()
         .map(|(status, retry_after, body)| {
@@ -317,24 +320,4 @@ async fn echoes(
     socket.send(Message::text(word)).await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), socket.next()).await;
     matches!(answer, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == format!("echo: {word}"))
-}
-
-/// `GET /` of hello through the gateway at `address`: status, `Retry-After`, body.
-async fn answer(address: &str) -> (u16, Option<String>, String) {
-    let answer = reqwest::Client::new()
-        .get(format!("http://{address}/"))
-        .header("host", HELLO_HOST)
-        .send()
-        .await
-        .unwrap();
-    let retry_after = answer
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (
-        answer.status().as_u16(),
-        retry_after,
-        answer.text().await.unwrap(),
-    )
 }

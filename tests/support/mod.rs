@@ -1188,6 +1188,26 @@ pub async fn through(gateway: &str, host: &str, path: &str) -> (u16, String) {
     (answer.status().as_u16(), answer.text().await.unwrap())
 }
 
+/// `GET /` of `host` through the proxy at `address`: the status, `Retry-After` and body.
+pub async fn root_with_retry_after(address: &str, host: &str) -> (u16, Option<String>, String) {
+    let answer = reqwest::Client::new()
+        .get(format!("http://{address}/"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = answer
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        answer.status().as_u16(),
+        retry_after,
+        answer.text().await.unwrap(),
+    )
+}
+
 /// Waits until `host` answers `path` through the gateway with a body containing `wanted`.
 pub async fn answers(gateway: &str, host: &str, path: &str, wanted: &str) -> String {
     let end = Instant::now() + STARTUP_DEADLINE;
