@@ -71,6 +71,11 @@ impl Platform {
         }
     }
 
+    /// Waits until hello's instance answers through the gateway.
+    async fn hello_answers(&self) {
+        answers(&self.address, HELLO_HOST, "/", "hello from hello hello-0").await;
+    }
+
     /// Waits until the region's state of hello is `state`.
     async fn until_state(&self, state: &str) -> serde_json::Value {
         self.platform
@@ -98,13 +103,7 @@ async fn an_idle_service_sleeps_light_then_deep_and_the_first_request_wakes_it()
     );
     let platform =
         Platform::start(dir.path(), &definition, "127.0.150.1:8080", "127.0.150.10").await;
-    answers(
-        &platform.address,
-        HELLO_HOST,
-        "/",
-        "hello from hello hello-0",
-    )
-    .await;
+    platform.hello_answers().await;
 
     // Idle for 1 s: frozen, still routed to.
     let row = platform.until_state("sleeping (light)").await;
@@ -165,13 +164,7 @@ async fn a_websocket_held_open_keeps_the_service_awake() {
     let definition = sleepy_hello("{after: 1s}", &hello_process(), "1s");
     let platform =
         Platform::start(dir.path(), &definition, "127.0.150.2:8080", "127.0.150.20").await;
-    answers(
-        &platform.address,
-        HELLO_HOST,
-        "/",
-        "hello from hello hello-0",
-    )
-    .await;
+    platform.hello_answers().await;
 
     // A WebSocket (which wakes the instance if it slept already), quiet once open.
     let stream = tokio::net::TcpStream::connect(&platform.address)
@@ -272,13 +265,7 @@ async fn beyond_the_wake_queue_or_past_the_wake_timeout_requests_get_503_with_re
     );
     let platform =
         Platform::start(dir.path(), &definition, "127.0.150.3:8080", "127.0.150.30").await;
-    answers(
-        &platform.address,
-        HELLO_HOST,
-        "/",
-        "hello from hello hello-0",
-    )
-    .await;
+    platform.hello_answers().await;
     platform.until_state("sleeping (deep)").await;
 
     // Two at once: one is held (the queue's one place) until the timeout, the other finds the
@@ -303,13 +290,7 @@ async fn beyond_the_wake_queue_or_past_the_wake_timeout_requests_get_503_with_re
     assert_eq!(failed - failed_before, 2.0);
 
     // The held request woke it: once started, it answers.
-    answers(
-        &platform.address,
-        HELLO_HOST,
-        "/",
-        "hello from hello hello-0",
-    )
-    .await;
+    platform.hello_answers().await;
 }
 
 /// Whether `socket` echoes `word` (meridian-hello's `/ws` answers `echo: <word>`).

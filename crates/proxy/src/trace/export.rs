@@ -205,6 +205,18 @@ mod tests {
         fail: Arc<AtomicBool>,
     }
 
+    impl Kept {
+        /// An exporter whose exports wait at its gate until permits are added.
+        fn gated() -> Kept {
+            Kept {
+                batches: Arc::default(),
+                entered: Arc::default(),
+                gate: Arc::new(tokio::sync::Semaphore::new(0)),
+                fail: Arc::default(),
+            }
+        }
+    }
+
     impl SpanExporter for Kept {
         async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
             self.entered.fetch_add(1, Ordering::SeqCst);
@@ -227,12 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn spans_are_exported_in_batches_and_a_full_queue_drops_and_counts() {
-        let exporter = Kept {
-            batches: Arc::default(),
-            entered: Arc::default(),
-            gate: Arc::new(tokio::sync::Semaphore::new(0)),
-            fail: Arc::default(),
-        };
+        let exporter = Kept::gated();
         let counters = TraceCounters::default();
         let queue = SpanQueue::start(exporter.clone(), 4, counters.clone());
         let span = crate::trace::hop::tests::sample_span;
@@ -260,12 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flush_exports_what_is_queued() {
-        let exporter = Kept {
-            batches: Arc::default(),
-            entered: Arc::default(),
-            gate: Arc::new(tokio::sync::Semaphore::new(0)),
-            fail: Arc::default(),
-        };
+        let exporter = Kept::gated();
         let counters = TraceCounters::default();
         let queue = SpanQueue::start(exporter.clone(), 16, counters.clone());
         // Held at the gate, the first batch lets the next spans wait in the queue.
