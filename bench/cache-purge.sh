@@ -5,6 +5,6 @@
 # Usage: bench/cache-purge.sh [--rounds 20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin meridian --bin meridian-hello
-target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/cache_purge.py --meridian "$target"/release/meridian "$@"
+source bench/release.sh
+release_build --bin meridian --bin meridian-hello
+exec python3 bench/cache_purge.py --meridian "$RELEASE_DIR"/meridian "$@"

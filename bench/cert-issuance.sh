@@ -10,6 +10,7 @@ if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pebble openssl
 fi
-cargo build --release -p meridian-cli
-target="${CARGO_TARGET_DIR:-target}/release"
+source bench/release.sh
+release_build -p meridian-cli
+target="$RELEASE_DIR"
 exec python3 bench/cert_issuance.py --meridian "$target/meridian" "$@"

@@ -11,7 +11,7 @@ for tool in runc docker-registry skopeo ip nft taskset; do
   command -v "$tool" >/dev/null || { echo "containers.sh needs $tool" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "containers.sh needs root (namespaces, mounts, runc)" >&2; exit 1; }
-cargo build --release --bin meridian --bin meridian-hello
-target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/containers.py --meridian "$target"/release/meridian \
-  --hello "$target"/release/meridian-hello "$@"
+source bench/release.sh
+release_build --bin meridian --bin meridian-hello
+exec python3 bench/containers.py --meridian "$RELEASE_DIR"/meridian \
+  --hello "$RELEASE_DIR"/meridian-hello "$@"

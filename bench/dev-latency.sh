@@ -4,6 +4,6 @@
 # network namespaces (as meridian dev does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin meridian --bin meridian-hello --bin dev-latency
-target="${CARGO_TARGET_DIR:-target}"
-exec "$target"/release/dev-latency --meridian "$target"/release/meridian "$@"
+source bench/release.sh
+release_build --bin meridian --bin meridian-hello --bin dev-latency
+exec "$RELEASE_DIR"/dev-latency --meridian "$RELEASE_DIR"/meridian "$@"

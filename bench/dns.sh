@@ -6,6 +6,6 @@ if ! command -v dnsperf >/dev/null || ! command -v unbound >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf unbound
 fi
-cargo build --release --bin meridian
-target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/dns.py --meridian "$target"/release/meridian "$@"
+source bench/release.sh
+release_build --bin meridian
+exec python3 bench/dns.py --meridian "$RELEASE_DIR"/meridian "$@"

@@ -11,6 +11,6 @@ if ! command -v varnishd >/dev/null || ! command -v nginx >/dev/null || ! comman
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq varnish nginx wrk nghttp2-client
 fi
-cargo build --release --bin meridian
-target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/edge_cache.py --meridian "$target"/release/meridian "$@"
+source bench/release.sh
+release_build --bin meridian
+exec python3 bench/edge_cache.py --meridian "$RELEASE_DIR"/meridian "$@"

@@ -12,7 +12,8 @@ if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null || ! command
 fi
 # Two builds, as each package alone unifies its dependencies' features (one build of both would
 # build them again the other way).
-cargo build --release -p meridian-cli
-cargo build --release -p meridian-bench --bin tls-client
-target="${CARGO_TARGET_DIR:-target}/release"
+source bench/release.sh
+release_build -p meridian-cli
+release_build -p meridian-bench --bin tls-client
+target="$RELEASE_DIR"
 exec python3 bench/edge_tls.py --meridian "$target/meridian" --client "$target/tls-client" "$@"

@@ -6,6 +6,6 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v 
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk curl
 fi
-cargo build --release --bin meridian --bin mesh-hop
-target="${CARGO_TARGET_DIR:-target}"
-exec "$target"/release/mesh-hop --meridian "$target"/release/meridian "$@"
+source bench/release.sh
+release_build --bin meridian --bin mesh-hop
+exec "$RELEASE_DIR"/mesh-hop --meridian "$RELEASE_DIR"/meridian "$@"

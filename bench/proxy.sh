@@ -7,6 +7,6 @@ if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null || ! command
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx wrk nghttp2-client
 fi
-cargo build --release --bin meridian
-target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/proxy.py --meridian "$target"/release/meridian "$@"
+source bench/release.sh
+release_build --bin meridian
+exec python3 bench/proxy.py --meridian "$RELEASE_DIR"/meridian "$@"

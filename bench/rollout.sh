@@ -5,6 +5,6 @@
 # instances' network namespaces (as meridian dev does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin meridian --bin meridian-hello --bin rollout-bench
-target="${CARGO_TARGET_DIR:-target}"
-exec "$target"/release/rollout-bench --meridian "$target"/release/meridian "$@"
+source bench/release.sh
+release_build --bin meridian --bin meridian-hello --bin rollout-bench
+exec "$RELEASE_DIR"/rollout-bench --meridian "$RELEASE_DIR"/meridian "$@"

@@ -8,7 +8,7 @@ if ! command -v valgrind >/dev/null || ! command -v curl >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind curl
 fi
-cargo build --release --bin meridian --bin meridian-hello
-target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/startup_order.py --meridian "$target"/release/meridian \
-  --hello "$target"/release/meridian-hello --output crates/cli/startup-order.txt
+source bench/release.sh
+release_build --bin meridian --bin meridian-hello
+exec python3 bench/startup_order.py --meridian "$RELEASE_DIR"/meridian \
+  --hello "$RELEASE_DIR"/meridian-hello --output crates/cli/startup-order.txt
