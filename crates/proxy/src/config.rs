@@ -426,6 +426,10 @@ pub struct ClusterConfig {
     /// Limits that shed load with a 503 rather than queue it.
     #[serde(default)]
     pub circuit_breakers: CircuitBreakers,
+    /// Each endpoint's limits of requests in flight (its instance's `scale.concurrency`), which
+    /// picks respect; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_limits: Option<EndpointLimits>,
     /// How many retries the cluster accepts on top of its requests.
     #[serde(default)]
     pub retry_budget: RetryBudgetConfig,
@@ -452,6 +456,7 @@ impl ClusterConfig {
             outlier_detection: None,
             panic_threshold: default_panic_threshold(),
             circuit_breakers: CircuitBreakers::default(),
+            endpoint_limits: None,
             retry_budget: RetryBudgetConfig::default(),
             health_check: None,
             mesh: None,
@@ -471,6 +476,7 @@ impl ClusterConfig {
             outlier_detection,
             panic_threshold,
             circuit_breakers,
+            endpoint_limits,
             retry_budget,
             health_check,
             mesh,
@@ -484,6 +490,7 @@ impl ClusterConfig {
             && *outlier_detection == other.outlier_detection
             && *panic_threshold == other.panic_threshold
             && *circuit_breakers == other.circuit_breakers
+            && *endpoint_limits == other.endpoint_limits
             && *retry_budget == other.retry_budget
             && *health_check == other.health_check
             && *mesh == other.mesh
@@ -633,6 +640,24 @@ fn default_max_ejection() -> HumanDuration {
 
 fn default_max_ejection_percent() -> u32 {
     50
+}
+
+/// Limits of requests in flight to each endpoint of a cluster (its instance's
+/// `scale.concurrency`), counted by this proxy (its own requests to the endpoint: the
+/// least-request balancers' count). A pick takes an endpoint below `soft` while the cluster has
+/// one, else one below `hard`, else any. An attempt to an endpoint that may be at `hard` by its
+/// own count (other proxies send to it too) and that could be retried elsewhere carries
+/// [`crate::elsewhere::HEADER`]: the endpoint's node proxy then answers at once rather than
+/// queue it, and the attempt is retried on another endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointLimits {
+    /// Above this many, other endpoints are preferred (1 to less than `hard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft: Option<u32>,
+    /// At this many, the endpoint takes no more while another has room (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard: Option<u32>,
 }
 
 /// Per-cluster limits; over them the proxy answers 503 with `x-meridian-error: overflow_…`.
@@ -1549,6 +1574,17 @@ fn validate_cluster(errs: &mut ValidationErrors, at: &str, cluster: &ClusterConf
             format!("{at}.circuit_breakers.max_requests"),
             "must be at least 1",
         );
+    }
+    if let Some(limits) = &cluster.endpoint_limits {
+        match (limits.soft, limits.hard) {
+            (Some(0), _) => errs.push(format!("{at}.endpoint_limits.soft"), "must be at least 1"),
+            (_, Some(0)) => errs.push(format!("{at}.endpoint_limits.hard"), "must be at least 1"),
+            (Some(soft), Some(hard)) if soft >= hard => errs.push(
+                format!("{at}.endpoint_limits.soft"),
+                "must be less than `hard`",
+            ),
+            _ => {}
+        }
     }
     if cluster.circuit_breakers.max_connections == 0 {
         errs.push(

@@ -17,6 +17,7 @@ mod cache;
 mod cluster;
 mod cluster_stats;
 mod config;
+mod elsewhere;
 mod encoder;
 mod fields;
 mod figures;
@@ -66,10 +67,10 @@ pub use acme::{Http01Answers, HTTP01_PATH};
 pub use answers::ERROR_HEADER;
 pub use cache::{CachePurge, PurgeError, PurgeScope, DEFAULT_LIMITS as DEFAULT_CACHE_LIMITS};
 pub use config::{
-    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
-    HttpsRedirect, InstanceConfig, LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig,
-    ProxyConfig, RouteConfig, RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost,
-    WeightedCluster,
+    parse_config, validate, ClusterConfig, EndpointConfig, EndpointLimits, HashOn, HeaderMatch,
+    Http2Limits, HttpsRedirect, InstanceConfig, LbPolicy, Limits, ListenerConfig, ListenerProtocol,
+    MeshConfig, ProxyConfig, RouteConfig, RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol,
+    VirtualHost, WeightedCluster,
 };
 pub use http3::HANDSHAKES_BEFORE_RETRY;
 pub use meridian_cache::DiskTier as CacheDiskTier;

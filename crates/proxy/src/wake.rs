@@ -72,6 +72,9 @@ pub enum Refusal {
     LimitQueueFull,
     /// No room came under the instance's limit within [`crate::figures::WAIT`].
     LimitTimeout,
+    /// The instance was at its limit and the sender would retry elsewhere
+    /// ([`crate::elsewhere`]).
+    Elsewhere,
 }
 
 impl Refusal {
@@ -82,16 +85,20 @@ impl Refusal {
             Refusal::Timeout => "wake_timeout",
             Refusal::LimitQueueFull => "concurrency_queue_full",
             Refusal::LimitTimeout => "concurrency_timeout",
+            Refusal::Elsewhere => crate::elsewhere::REASON,
         }
     }
 
-    /// The proxy's answer: `503` with `Retry-After: 1`.
+    /// The proxy's answer: `503` with `Retry-After: 1` (without it when the sender retries
+    /// elsewhere at once).
     #[cold]
     pub(crate) fn answer(self) -> Response<ProxyBody> {
         let mut response = local_response(StatusCode::SERVICE_UNAVAILABLE, self.reason());
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        if self != Refusal::Elsewhere {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

@@ -109,6 +109,25 @@ pub const GATEWAY_REPORT_PATH: &str = "/meridian.v1.Reports/GatewayReport";
 /// admin port serves `/metrics`, and whether it announces its anycast prefixes.
 pub const EDGE_REPORT_PATH: &str = "/meridian.v1.Reports/EdgeReport";
 
+/// Type URL of [`EndpointLimits`].
+pub const ENDPOINT_LIMITS: &str = "type.googleapis.com/meridian.v1.EndpointLimits";
+
+/// The key of a Cluster's `metadata.typed_filter_metadata` that holds its [`EndpointLimits`].
+pub const ENDPOINT_LIMITS_KEY: &str = "meridian.endpoint_limits";
+
+/// The limits of requests in flight to each endpoint of a service's cluster (its instances'
+/// `scale.concurrency`), in the Cluster sent to Meridian's proxies (under
+/// [`ENDPOINT_LIMITS_KEY`]); Envoy ignores it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EndpointLimits {
+    /// Above this many, other endpoints are preferred; 0: none.
+    #[prost(uint32, tag = "1")]
+    pub soft: u32,
+    /// At this many, the endpoint takes no more while another has room; 0: none.
+    #[prost(uint32, tag = "2")]
+    pub hard: u32,
+}
+
 /// What an edge reports to the global control plane.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EdgeReport {

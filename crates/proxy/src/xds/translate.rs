@@ -45,10 +45,10 @@ use meridian_xds::Held;
 use prost::{Message, Name};
 
 use crate::config::{
-    default_max_connections, ClusterConfig, EndpointConfig, HeaderMatch, HealthCheckConfig,
-    HttpHealthCheck, LbPolicy, ListenerConfig, ListenerProtocol, MeshConfig, OutlierDetection,
-    RetryOn, RetryPolicy, RouteConfig, RouteMatch, TcpHealthCheck, TrustForwarded,
-    UpstreamMeshConfig, UpstreamProtocol, VirtualHost, WeightedCluster,
+    default_max_connections, ClusterConfig, EndpointConfig, EndpointLimits, HeaderMatch,
+    HealthCheckConfig, HttpHealthCheck, LbPolicy, ListenerConfig, ListenerProtocol, MeshConfig,
+    OutlierDetection, RetryOn, RetryPolicy, RouteConfig, RouteMatch, TcpHealthCheck,
+    TrustForwarded, UpstreamMeshConfig, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 
 /// Held resources of one type, by name.
@@ -165,6 +165,29 @@ pub fn listener(
     }
 }
 
+/// The endpoint limits in Cluster metadata (see [`meridian_xds::meridian::EndpointLimits`]),
+/// if it has them.
+fn endpoint_limits(cluster: &Cluster, at: &str) -> Result<Option<EndpointLimits>, String> {
+    use meridian_xds::meridian::{EndpointLimits as Limits, ENDPOINT_LIMITS, ENDPOINT_LIMITS_KEY};
+    let Some(any) = cluster
+        .metadata
+        .as_ref()
+        .and_then(|m| m.typed_filter_metadata.get(ENDPOINT_LIMITS_KEY))
+    else {
+        return Ok(None);
+    };
+    let field = format!("{at}.metadata.typed_filter_metadata[{ENDPOINT_LIMITS_KEY}]");
+    if any.type_url != ENDPOINT_LIMITS {
+        return Err(format!("{field}: expected {ENDPOINT_LIMITS}"));
+    }
+    let limits = Limits::decode(any.value.as_slice()).map_err(|e| format!("{field}: {e}"))?;
+    let set = |n: u32| (n > 0).then_some(n);
+    Ok(Some(EndpointLimits {
+        soft: set(limits.soft),
+        hard: set(limits.hard),
+    }))
+}
+
 /// Translates Cluster `name` (held as `any`), taking EDS endpoints from `assignments`; or says
 /// what is wrong, naming the resource and the field. The proxy validates what it applies.
 pub fn cluster(
@@ -236,6 +259,7 @@ pub fn cluster(
             breakers.max_pending_requests = v.value;
         }
     }
+    config.endpoint_limits = endpoint_limits(&cluster, &at)?;
     if let Some(outlier) = &cluster.outlier_detection {
         let mut detection = OutlierDetection::default();
         if let Some(v) = &outlier.consecutive_5xx {
