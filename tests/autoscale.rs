@@ -4,7 +4,8 @@
 //! each first: not one request fails. `meridian status` shows the counts and why. Instances
 //! that use more of their memory than `memory_percent` (from their cgroups) get more
 //! instances too. An instance's node proxy lets at most `scale.concurrency.hard` requests reach
-//! it at once; more wait briefly, and beyond its bounds get `503` with `Retry-After`.
+//! it at once; more go to another instance from every sender when there is one, else wait
+//! briefly, and beyond its bounds get `503` with `Retry-After`.
 
 mod support;
 
@@ -310,4 +311,83 @@ async fn eight_at_once(address: &str) -> Vec<(u16, Option<String>, String)> {
         answers.push(request.await.unwrap());
     }
     answers
+}
+
+/// Which instance of hello greeted in `answer` (`… hello from hello <instance> in …`).
+fn greeter(answer: &str) -> Option<&str> {
+    let (_, rest) = answer.split_once("hello from hello ")?;
+    rest.split(' ').next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_hard_limit_an_instance_s_next_requests_go_to_another_instance_from_every_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 2, max: 2, concurrency: {{hard: 1}}}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+"
+    );
+    let platform = Deployed::start_on(dir.path(), &hello, "127.0.184.3");
+    // web calls hello by name: its node proxy is a second sender, which does not see the
+    // gateway's requests.
+    platform.deploy(&support::shop_web(HELLO, "web.example.com", ""));
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.184.4:8080"),
+        "127.0.184.4",
+    );
+    let isolation = [
+        "--instance-addresses",
+        "127.0.184.20",
+        "--isolation",
+        "host",
+    ];
+    let _agent = agent_with(&region, "one", dir.path(), &isolation);
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    let both = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+    serving_exactly(&address, "hello", &both).await;
+    let call = "/call?url=http://hello.shop.internal:8080/";
+    support::answers(&address, "web.example.com", call, "answered 200").await;
+
+    // One request holds an instance at its limit for 4 s; meanwhile the next requests, from
+    // the gateway and from web's node proxy, go to the other one at once: none waits for the
+    // held one (a second there) or is refused.
+    let held = tokio::spawn({
+        let address = address.clone();
+        async move { support::through(&address, HELLO_HOST, "/slow?ms=4000").await }
+    });
+    let mut answered_by = Vec::new();
+    while !held.is_finished() {
+        for (host, path) in [(HELLO_HOST, "/"), ("web.example.com", call)] {
+            let (status, body) = support::through(&address, host, path).await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("hello from hello "), "{body}");
+            answered_by.push((host, greeter(&body).unwrap_or_default().to_owned()));
+        }
+    }
+    let (status, body) = held.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let busy = greeter(&body).unwrap().to_owned();
+    // The first few may have gone in before the held one: all the others went elsewhere.
+    for host in [HELLO_HOST, "web.example.com"] {
+        let elsewhere = answered_by
+            .iter()
+            .filter(|(h, by)| *h == host && *by != busy)
+            .count();
+        assert!(
+            elsewhere >= 5,
+            "{host}: {elsewhere} answered elsewhere than {busy}: {answered_by:?}"
+        );
+    }
 }

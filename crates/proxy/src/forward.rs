@@ -401,11 +401,14 @@ pub(crate) async fn forward(
                 .is_some_and(|p| retries < p.attempts && attempt.retriable(p, &prepared.method))
             && Instant::now() < deadline;
         if wants_retry {
-            if cluster.allow_retry(&mut admitted) {
+            // An attempt turned away at an instance's limit reached nothing: it goes to
+            // another instance at once, outside the retry budget (its attempts still bound it).
+            let turned_away = attempt.turned_away();
+            if turned_away || cluster.allow_retry(&mut admitted) {
                 retries += 1;
                 avoid = Some(endpoint);
                 metrics.retry(&cluster.name);
-                if let Some(policy) = &route.retries {
+                if let Some(policy) = route.retries.as_ref().filter(|_| !turned_away) {
                     let pause = backoff(policy.backoff.0, retries)
                         .min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;

@@ -45,14 +45,17 @@ fn come_back_later(response: &Response<ConnectionBody>) -> bool {
 impl Attempt {
     pub(crate) fn outcome(&self) -> Outcome {
         match self {
-            Attempt::Answered(response)
-                if come_back_later(response) || crate::elsewhere::turned_away(response) =>
-            {
-                Outcome::Inconclusive
-            }
+            Attempt::Answered(response) if come_back_later(response) => Outcome::Inconclusive,
+            _ if self.turned_away() => Outcome::Inconclusive,
             Attempt::Answered(response) => Outcome::of_status(response.status().as_u16()),
             Attempt::Failed { .. } | Attempt::TimedOut => Outcome::GatewayError,
         }
+    }
+
+    /// Whether an instance at its hard limit turned this attempt away (see
+    /// [`crate::elsewhere`]).
+    pub(crate) fn turned_away(&self) -> bool {
+        matches!(self, Attempt::Answered(response) if crate::elsewhere::turned_away(response))
     }
 
     /// Whether `policy` retries this attempt of a `method` request whose body can be replayed.
@@ -65,7 +68,7 @@ impl Attempt {
         let on = |condition| policy.on.contains(&condition);
         match self {
             Attempt::Failed { connect: true } => return on(RetryOn::ConnectFailure),
-            Attempt::Answered(response) if crate::elsewhere::turned_away(response) => return true,
+            _ if self.turned_away() => return true,
             _ => {}
         }
         if !(policy.non_idempotent || method.is_idempotent()) {
