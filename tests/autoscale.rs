@@ -2,8 +2,8 @@
 //! makes the regional control plane add instances up to `scale.max`; once the load falls and
 //! the (test-short) `scale.down_window` passes, it removes them down to `scale.min`, draining
 //! each first: not one request fails. `meridian status` shows the counts and why. Instances
-//! that use more of their memory than `memory_percent` (from their cgroups) get more
-//! instances too. An instance's node proxy lets at most `scale.concurrency.hard` requests reach
+//! that use more of their memory than `memory_percent`, or of their CPU than `cpu_percent`
+//! (from their cgroups), get more instances too. An instance's node proxy lets at most `scale.concurrency.hard` requests reach
 //! it at once; more go to another instance from every sender when there is one, else wait
 //! briefly, and beyond its bounds get `503` with `Retry-After`.
 
@@ -296,6 +296,60 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
         assert!(Instant::now() < end, "the new limit never applied");
     }
     serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_over_their_cpu_target_get_more_instances_up_to_max() {
+    if !meridian_agent::cgroups::Cgroups::available() {
+        assert!(
+            !strict(),
+            "cgroups need root and a cpu controller (MERIDIAN_TEST_STRICT=1)"
+        );
+        eprintln!("skipped: cgroups need root and a cpu controller");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let definition = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 1, max: 2, targets: {{cpu_percent: 40}}, down_window: 1h}}
+resources: {{cpu: 0.2}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+"
+    );
+    let platform = Deployed::start_on(dir.path(), &definition, "127.0.184.5");
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.184.6:8080"),
+        "127.0.184.6",
+    );
+    let _agent = agent(&region, "one", "127.0.184.30", dir.path());
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+    // One request at a time keeps a CPU busy: the instance uses all of its 0.2 CPU, over
+    // twice its 40% target, until a second instance (max) is asked for.
+    let burning = tokio::spawn(async move {
+        loop {
+            let (status, body) = support::through(&address, HELLO_HOST, "/burn?ms=500").await;
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    let row = platform
+        .status_until("hello", "scaled up to 2 on CPU", |row| row["desired"] == 2)
+        .await;
+    burning.abort();
+    let reason = row["autoscale"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("(max): cpu_percent"), "{row}");
+    assert!(reason.ends_with("target 40 each"), "{row}");
 }
 
 /// 8 `GET /` of hello through the gateway at `address` at once: their answers.
