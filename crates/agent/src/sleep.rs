@@ -84,6 +84,8 @@ pub struct Sleeper {
     metrics: SleepMetrics,
     /// Since when it is being woken, and from which sleep.
     waking: Mutex<Option<(Instant, SleepMode)>>,
+    /// How long its last wake took, in microseconds (0: none yet).
+    last_wake_micros: std::sync::atomic::AtomicU64,
 }
 
 impl Sleeper {
@@ -97,6 +99,7 @@ impl Sleeper {
             gate,
             metrics,
             waking: Mutex::new(None),
+            last_wake_micros: Default::default(),
         }
     }
 
@@ -138,6 +141,9 @@ impl Sleeper {
             return;
         };
         let took = since.elapsed();
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.last_wake_micros
+            .store(micros, std::sync::atomic::Ordering::Relaxed);
         let label = ModeLabel {
             mode: mode.as_str(),
         };
@@ -148,6 +154,15 @@ impl Sleeper {
             .observe(took.as_secs_f64());
         tracing::info!(%instance, mode = mode.as_str(), took_ms = took.as_secs_f64() * 1000.0,
             held = self.gate.held(), "instance awake");
+    }
+}
+
+impl Sleeper {
+    /// How long its last wake took (from the first request held to the gate open), in
+    /// microseconds; 0 before its first.
+    pub fn last_wake_micros(&self) -> u64 {
+        self.last_wake_micros
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

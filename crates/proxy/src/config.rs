@@ -214,6 +214,11 @@ pub struct RouteConfig {
     /// `cache:` says); not cached when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CachePolicy>,
+    /// A cluster to nudge awake with each request of the route (`GET /` for the request's
+    /// host with `x-meridian-wake: 1`, at most one at a time, its answer dropped): an edge's
+    /// route to a warm region while the nearer one, asleep, wakes (see [`crate::nudge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_cluster: Option<String>,
 }
 
 impl Default for RouteConfig {
@@ -233,6 +238,7 @@ impl Default for RouteConfig {
             response_headers_add: BTreeMap::new(),
             response_headers_remove: Vec::new(),
             cache: None,
+            wake_cluster: None,
         }
     }
 }
@@ -1362,6 +1368,14 @@ fn validate_route(
     let m = &route.matcher;
     if m.prefix.is_some() && m.path.is_some() {
         errs.push(format!("{at}.match"), "give `prefix` or `path`, not both");
+    }
+    if let Some(wake) = route.wake_cluster.as_deref() {
+        if !clusters.contains(wake) {
+            errs.push(
+                format!("{at}.wake_cluster"),
+                format!("unknown cluster `{wake}`"),
+            );
+        }
     }
     if let Some(prefix) = &m.prefix {
         check_path(errs, format!("{at}.match.prefix"), prefix);

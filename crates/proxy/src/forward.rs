@@ -155,6 +155,16 @@ async fn serve(
         route.name.as_str(),
         target.cluster.name.as_str(),
     );
+    if let Some(wake) = &route.wake {
+        wake.send(host);
+    }
+    if let Some(gate) = target.metrics.gate() {
+        // A wake nudge is answered here, never by the instance.
+        if crate::nudge::is_nudge(request.headers()) {
+            gate.nudge();
+            return local_response(StatusCode::NO_CONTENT, "wake_nudge");
+        }
+    }
     let (_in_flight, mut using) = match admit(&target.metrics, request.headers_mut()).await {
         Ok(admitted) => admitted,
         Err(refusal) => {

@@ -345,6 +345,12 @@ pub struct RegionService {
     /// How many of its instances there are healthy (agent-run or registered).
     #[prost(uint32, tag = "7")]
     pub healthy: u32,
+    /// Whether all of its instances there sleep (a request waits for a wake).
+    #[prost(bool, tag = "8")]
+    pub asleep: bool,
+    /// The longest of its instances' last wakes there, in milliseconds (0: none measured).
+    #[prost(uint32, tag = "9")]
+    pub wake_ms: u32,
 }
 
 /// A service in the region, for node proxies.
@@ -466,6 +472,10 @@ pub struct InstanceReport {
     /// agent runs instances without cgroups).
     #[prost(message, optional, tag = "11")]
     pub usage: Option<Usage>,
+    /// How long its last wake from sleep took, in microseconds (from the first request held
+    /// to its gate open; 0: it has not woken, or does not sleep).
+    #[prost(uint64, tag = "12")]
+    pub wake_micros: u64,
 }
 
 /// What an instance's current run used, from its cgroup.
