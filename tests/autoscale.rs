@@ -5,7 +5,8 @@
 //! that use more of their memory than `memory_percent`, or of their CPU than `cpu_percent`
 //! (from their cgroups), get more instances too. An instance's node proxy lets at most `scale.concurrency.hard` requests reach
 //! it at once; more go to another instance from every sender when there is one, else wait
-//! briefly, and beyond its bounds get `503` with `Retry-After`.
+//! briefly, and beyond its bounds get `503` with `Retry-After`; above `soft`, a sender's new
+//! requests go to the instances below it.
 
 mod support;
 
@@ -365,6 +366,64 @@ async fn eight_at_once(address: &str) -> Vec<(u16, Option<String>, String)> {
         answers.push(request.await.unwrap());
     }
     answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_its_soft_limit_an_instance_s_sender_prefers_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 3, max: 3, concurrency: {{soft: 1, hard: 10}}}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+"
+    );
+    let platform = Deployed::start_on(dir.path(), &definition, "127.0.184.7");
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.184.8:8080"),
+        "127.0.184.8",
+    );
+    let isolation = [
+        "--instance-addresses",
+        "127.0.184.70",
+        "--isolation",
+        "host",
+    ];
+    let _agent = agent_with(&region, "one", dir.path(), &isolation);
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    let three = BTreeSet::from(["hello-0", "hello-1", "hello-2"].map(str::to_owned));
+    serving_exactly(&address, "hello", &three).await;
+    // Three requests in flight at once through the gateway, each one started after the one
+    // before: each goes to an instance without one (least-request alone would put two on one
+    // instance a third of the time, by drawing two busy ones).
+    for round in 0..5 {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let address = address.clone();
+            held.push(tokio::spawn(async move {
+                support::through(&address, HELLO_HOST, "/slow?ms=1500").await
+            }));
+            // Paces the starts (not a wait for anything): each pick sees the ones before.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut by = BTreeSet::new();
+        for answer in held {
+            let (status, body) = answer.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            by.insert(greeter(&body).unwrap_or_default().to_owned());
+        }
+        assert_eq!(by, three, "round {round}");
+    }
 }
 
 /// Which instance of hello greeted in `answer` (`… hello from hello <instance> in …`).
