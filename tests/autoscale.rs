@@ -2,9 +2,11 @@
 //! makes the regional control plane add instances up to `scale.max`; once the load falls and
 //! the (test-short) `scale.down_window` passes, it removes them down to `scale.min`, draining
 //! each first: not one request fails. `meridian status` shows the counts and why. Instances
-//! that use more of their memory than `memory_percent` (from their cgroups) get more
-//! instances too. An instance's node proxy lets at most `scale.concurrency.hard` requests reach
-//! it at once; more wait briefly, and beyond its bounds get `503` with `Retry-After`.
+//! that use more of their memory than `memory_percent`, or of their CPU than `cpu_percent`
+//! (from their cgroups), get more instances too. An instance's node proxy lets at most `scale.concurrency.hard` requests reach
+//! it at once; more go to another instance from every sender when there is one, else wait
+//! briefly, and beyond its bounds get `503` with `Retry-After`; above `soft`, a sender's new
+//! requests go to the instances below it.
 
 mod support;
 
@@ -297,6 +299,60 @@ health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout
     serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_over_their_cpu_target_get_more_instances_up_to_max() {
+    if !meridian_agent::cgroups::Cgroups::available() {
+        assert!(
+            !strict(),
+            "cgroups need root and a cpu controller (MERIDIAN_TEST_STRICT=1)"
+        );
+        eprintln!("skipped: cgroups need root and a cpu controller");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let definition = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 1, max: 2, targets: {{cpu_percent: 40}}, down_window: 1h}}
+resources: {{cpu: 0.2}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
+"
+    );
+    let platform = Deployed::start_on(dir.path(), &definition, "127.0.184.5");
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.184.6:8080"),
+        "127.0.184.6",
+    );
+    let _agent = agent(&region, "one", "127.0.184.30", dir.path());
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
+    // One request at a time keeps a CPU busy: the instance uses all of its 0.2 CPU, over
+    // twice its 40% target, until a second instance (max) is asked for.
+    let burning = tokio::spawn(async move {
+        loop {
+            let (status, body) = support::through(&address, HELLO_HOST, "/burn?ms=500").await;
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    let row = platform
+        .status_until("hello", "scaled up to 2 on CPU", |row| row["desired"] == 2)
+        .await;
+    burning.abort();
+    let reason = row["autoscale"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("(max): cpu_percent"), "{row}");
+    assert!(reason.ends_with("target 40 each"), "{row}");
+}
+
 /// 8 `GET /` of hello through the gateway at `address` at once: their answers.
 async fn eight_at_once(address: &str) -> Vec<(u16, Option<String>, String)> {
     let requests: Vec<_> = (0..8)
@@ -310,4 +366,141 @@ async fn eight_at_once(address: &str) -> Vec<(u16, Option<String>, String)> {
         answers.push(request.await.unwrap());
     }
     answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_its_soft_limit_an_instance_s_sender_prefers_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 3, max: 3, concurrency: {{soft: 1, hard: 10}}}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+"
+    );
+    let platform = Deployed::start_on(dir.path(), &definition, "127.0.184.7");
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.184.8:8080"),
+        "127.0.184.8",
+    );
+    let isolation = [
+        "--instance-addresses",
+        "127.0.184.70",
+        "--isolation",
+        "host",
+    ];
+    let _agent = agent_with(&region, "one", dir.path(), &isolation);
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    let three = BTreeSet::from(["hello-0", "hello-1", "hello-2"].map(str::to_owned));
+    serving_exactly(&address, "hello", &three).await;
+    // Three requests in flight at once through the gateway, each one started after the one
+    // before: each goes to an instance without one (least-request alone would put two on one
+    // instance a third of the time, by drawing two busy ones).
+    for round in 0..5 {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let address = address.clone();
+            held.push(tokio::spawn(async move {
+                support::through(&address, HELLO_HOST, "/slow?ms=1500").await
+            }));
+            // Paces the starts (not a wait for anything): each pick sees the ones before.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut by = BTreeSet::new();
+        for answer in held {
+            let (status, body) = answer.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            by.insert(greeter(&body).unwrap_or_default().to_owned());
+        }
+        assert_eq!(by, three, "round {round}");
+    }
+}
+
+/// Which instance of hello greeted in `answer` (`… hello from hello <instance> in …`).
+fn greeter(answer: &str) -> Option<&str> {
+    let (_, rest) = answer.split_once("hello from hello ")?;
+    rest.split(' ').next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_its_hard_limit_an_instance_s_next_requests_go_to_another_instance_from_every_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra]
+scale: {{min: 2, max: 2, concurrency: {{hard: 1}}}}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+"
+    );
+    let platform = Deployed::start_on(dir.path(), &hello, "127.0.184.3");
+    // web calls hello by name: its node proxy is a second sender, which does not see the
+    // gateway's requests.
+    platform.deploy(&support::shop_web(HELLO, "web.example.com", ""));
+    let region = RegionalPlane::start_on(
+        &platform.global,
+        &platform.token,
+        "fra",
+        Some("127.0.184.4:8080"),
+        "127.0.184.4",
+    );
+    let isolation = [
+        "--instance-addresses",
+        "127.0.184.20",
+        "--isolation",
+        "host",
+    ];
+    let _agent = agent_with(&region, "one", dir.path(), &isolation);
+    let (_gateway, address) = gateway(&region, dir.path()).await;
+    let both = BTreeSet::from(["hello-0".to_owned(), "hello-1".to_owned()]);
+    serving_exactly(&address, "hello", &both).await;
+    let call = "/call?url=http://hello.shop.internal:8080/";
+    support::answers(&address, "web.example.com", call, "answered 200").await;
+
+    // One request holds an instance at its limit for 4 s; meanwhile the next requests, from
+    // the gateway and from web's node proxy, go to the other one at once: none waits for the
+    // held one (a second there) or is refused.
+    let held = tokio::spawn({
+        let address = address.clone();
+        async move { support::through(&address, HELLO_HOST, "/slow?ms=4000").await }
+    });
+    let mut answered_by = Vec::new();
+    while !held.is_finished() {
+        for (host, path) in [(HELLO_HOST, "/"), ("web.example.com", call)] {
+            let (status, body) = support::through(&address, host, path).await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("hello from hello "), "{body}");
+            answered_by.push((host, greeter(&body).unwrap_or_default().to_owned()));
+        }
+    }
+    let (status, body) = held.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let busy = greeter(&body).unwrap().to_owned();
+    // The first few may have gone in before the held one: all the others went elsewhere.
+    for host in [HELLO_HOST, "web.example.com"] {
+        let elsewhere = answered_by
+            .iter()
+            .filter(|(h, by)| *h == host && *by != busy)
+            .count();
+        assert!(
+            elsewhere >= 5,
+            "{host}: {elsewhere} answered elsewhere than {busy}: {answered_by:?}"
+        );
+    }
 }

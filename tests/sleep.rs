@@ -302,3 +302,117 @@ async fn echoes(
     let answer = tokio::time::timeout(Duration::from_secs(10), socket.next()).await;
     matches!(answer, Ok(Some(Ok(Message::Text(t)))) if t.as_str() == format!("echo: {word}"))
 }
+
+/// hello's row for `region` in `meridian status hello --app shop -o json`.
+fn region_row(platform: &Deployed, region: &str) -> serde_json::Value {
+    let status = platform.cli.json(&["status", "hello", "--app", "shop"]);
+    let regions = status["regions"].as_array().cloned().unwrap_or_default();
+    let row = regions.into_iter().find(|r| r["region"] == region);
+    row.unwrap_or_default()
+}
+
+/// The region that answered `GET /` of hello through `edge` (`… in <region> …`), with the
+/// status.
+async fn answered_from(edge: &str) -> (u16, String) {
+    let (status, body) = through(edge, HELLO_HOST, "/").await;
+    let region = body
+        .split(" in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_default();
+    (status, region.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_elsewhere_the_first_request_goes_to_the_warm_region_and_later_ones_stay_local_once_awake(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    // hello sleeps deep in fra after 2 s idle, and stays awake in nue (an hour), a little
+    // farther from the edge in Paris (about 480 and 640 km: under 2 ms more round trip, far
+    // less than a deep wake).
+    let definition = format!(
+        "\
+org: acme
+app: shop
+name: hello
+regions: [fra, nue]
+scale: {{min: 0, max: 1, sleep: {{after: 2s, mode: deep}}}}
+overrides: {{nue: {{scale: {{min: 0, max: 1, sleep: {{after: 1h, mode: light}}}}}}}}
+runtime: {{process: {}}}
+ports: [{{name: http, port: 8080}}]
+routes: [{{path_prefix: /, port: http}}]
+domains: [{HELLO_HOST}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+",
+        hello_process()
+    );
+    let fra_only = definition.replace("[fra, nue]", "[fra]").replace(
+        "overrides: {nue: {scale: {min: 0, max: 1, sleep: {after: 1h, mode: light}}}}\n",
+        "",
+    );
+    let platform = Deployed::start_on(dir.path(), &fra_only, "127.0.184.40");
+    platform
+        .cli
+        .ok(&["region", "add", "nue", "--lat", "49.45", "--lon", "11.08"]);
+    platform.deploy(&definition);
+    let (global, token) = (&platform.global, platform.token.as_str());
+    let fra = RegionalPlane::start_on(
+        global,
+        token,
+        "fra",
+        Some("127.0.184.41:8080"),
+        "127.0.184.41",
+    );
+    let nue = RegionalPlane::start_on(
+        global,
+        token,
+        "nue",
+        Some("127.0.184.42:8080"),
+        "127.0.184.42",
+    );
+    let _fra_agent = logging_agent(&fra, "fra-1", "127.0.184.50", dir.path());
+    let _nue_agent = logging_agent(&nue, "nue-1", "127.0.184.60", dir.path());
+    let (_fra_gateway, _) = gateway(&fra, dir.path()).await;
+    let (_nue_gateway, _) = gateway(&nue, dir.path()).await;
+    let edge = support::edge_at(
+        &platform,
+        &fra,
+        dir.path(),
+        &support::PARIS,
+        "127.0.184.43:0",
+        None,
+    );
+    let edge = edge.http.clone();
+    let end = Instant::now() + Duration::from_secs(90);
+    let mut first = None;
+    while first.is_none() {
+        // Asleep in fra with a wake measured (the first request of a sleep, while none was
+        // measured, wakes it where it is): once the edge knows, a request goes to nue.
+        let row = region_row(&platform, "fra");
+        if row["state"] == "sleeping (deep)" && row["wake_ms"].as_u64().is_some() {
+            let (status, region) = answered_from(&edge).await;
+            assert_eq!(status, 200, "{region}");
+            if region == "nue" {
+                first = Some(row.clone());
+            }
+        } else if row["state"] == "sleeping (deep)" {
+            let (status, region) = answered_from(&edge).await;
+            assert_eq!((status, region.as_str()), (200, "fra"), "the first wake");
+        }
+        assert!(Instant::now() < end, "never answered from nue: {row}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The request nudged fra awake: the next ones are answered there, not one failing.
+    loop {
+        let (status, region) = answered_from(&edge).await;
+        assert_eq!(status, 200, "{region}");
+        if region == "fra" {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "fra never took the requests back after {first:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

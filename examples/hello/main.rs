@@ -20,6 +20,10 @@
 //!   `&direct=1`, without it (the name is resolved by DNS). The request's `traceparent` and
 //!   `tracestate` go with the call, as a traced application's would;
 //! - `POST /exit` — exits with status 1, to watch the agent restart it;
+//! - `GET /slow?ms=N` — the answer of `GET /` after N more milliseconds (at most 60000): a
+//!   request that stays in flight, to watch concurrency limits at work;
+//! - `GET /burn?ms=N` — keeps a CPU busy for N milliseconds (at most 60000), then answers
+//!   `burned N ms`: CPU load, to watch a `cpu_percent` target at work;
 //! - `GET /print?line=<text>[&stream=stderr]` — writes `<text>` as a line of its standard
 //!   output (or error), to watch `meridian logs`;
 //! - `GET /env/<NAME>` — the value of environment variable `NAME`, only if `NAME` is listed
@@ -87,6 +91,7 @@ async fn main() -> std::process::ExitCode {
     );
     let answer = Answer::from_env(greeting);
     let posted = answer.clone();
+    let slow = answer.clone();
     let app = Router::new()
         .route(
             "/",
@@ -99,6 +104,16 @@ async fn main() -> std::process::ExitCode {
         .route("/forwarded", get(forwarded))
         .route("/call", get(call))
         .route("/exit", post(exit))
+        .route(
+            "/slow",
+            get(
+                move |Query(query): Query<HashMap<String, String>>| async move {
+                    tokio::time::sleep(milliseconds(&query)).await;
+                    slow.next().await
+                },
+            ),
+        )
+        .route("/burn", get(burn))
         .route("/env/{name}", get(show_env))
         .route("/print", get(print))
         .route("/ws", get(echo))
@@ -198,6 +213,31 @@ impl Answer {
             return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, error);
         }
         (axum::http::StatusCode::OK, self.greeting.clone())
+    }
+}
+
+/// The `ms` of a query as a duration, at most a minute (0 if absent or not a number).
+fn milliseconds(query: &HashMap<String, String>) -> std::time::Duration {
+    let ms = query.get("ms").and_then(|ms| ms.parse::<u64>().ok());
+    std::time::Duration::from_millis(ms.unwrap_or(0).min(60_000))
+}
+
+/// Keeps one CPU busy for the query's `ms` (on a blocking thread, so that other requests are
+/// still answered).
+async fn burn(Query(query): Query<HashMap<String, String>>) -> String {
+    let busy = milliseconds(&query);
+    let spin = move || {
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < busy {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+    };
+    match tokio::task::spawn_blocking(spin).await {
+        Ok(()) => format!("burned {} ms\n", busy.as_millis()),
+        Err(e) => format!("burn failed: {e}\n"),
     }
 }
 

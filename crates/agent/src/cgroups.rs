@@ -454,13 +454,48 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 pub struct Freezer {
     file: PathBuf,
     values: [&'static str; 2],
+    /// The file that says when the freeze is complete, and the line it says it with (v1's
+    /// `freezer.state` reads `FROZEN`, v2's `cgroup.events` has `frozen 1`).
+    done: (PathBuf, &'static str),
 }
 
+/// Longest a freeze may take to complete (each process stops at its next return to user
+/// space, or when a sleep it is in ends).
+const FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Freezer {
-    /// Freezes the cgroup's processes (`true`) or thaws them. Blocks (a write to the cgroup
-    /// file system): call it off the async threads.
+    /// Freezes the cgroup's processes (`true`) or thaws them. A freeze returns once it is
+    /// complete (every process stopped: the CPU they use to stop is used by then); one not
+    /// complete within [`FREEZE_WAIT`] is undone and is an error. Blocks (writes to and reads
+    /// of the cgroup file system): call it off the async threads.
     pub fn set(&self, frozen: bool) -> io::Result<()> {
-        write(&self.file, self.values[usize::from(frozen)])
+        write(&self.file, self.values[usize::from(frozen)])?;
+        if !frozen {
+            return Ok(());
+        }
+        let end = std::time::Instant::now() + FREEZE_WAIT;
+        while !self.is_frozen()? {
+            if std::time::Instant::now() >= end {
+                write(&self.file, self.values[0])?;
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: not frozen within {FREEZE_WAIT:?}",
+                        self.done.0.display()
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// Whether the freeze is complete.
+    fn is_frozen(&self) -> io::Result<bool> {
+        let (file, line) = &self.done;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
+        Ok(text.lines().any(|l| l.trim() == *line))
     }
 }
 
@@ -468,14 +503,22 @@ impl Cgroup {
     /// Its freezer, when the node has one (a v1 `freezer` hierarchy, or v2).
     pub fn freezer(&self) -> Option<Freezer> {
         match self.version {
-            1 => Some(Freezer {
-                file: self.dir(Controller::Freezer)?.join("freezer.state"),
-                values: ["THAWED", "FROZEN"],
-            }),
-            _ => Some(Freezer {
-                file: self.dirs.first()?.1.join("cgroup.freeze"),
-                values: ["0", "1"],
-            }),
+            1 => {
+                let state = self.dir(Controller::Freezer)?.join("freezer.state");
+                Some(Freezer {
+                    file: state.clone(),
+                    values: ["THAWED", "FROZEN"],
+                    done: (state, "FROZEN"),
+                })
+            }
+            _ => {
+                let dir = &self.dirs.first()?.1;
+                Some(Freezer {
+                    file: dir.join("cgroup.freeze"),
+                    values: ["0", "1"],
+                    done: (dir.join("cgroup.events"), "frozen 1"),
+                })
+            }
         }
     }
 
@@ -752,10 +795,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(200));
             run.usage().cpu_seconds == cpu
         };
+        // Once the freeze returns, not a microsecond more is used (the figure of a sleeping
+        // instance's CPU is read from then on).
+        assert!(frozen(&run), "CPU used after the freeze returned");
         let end = std::time::Instant::now() + Duration::from_secs(20);
-        while !frozen(&run) {
-            assert!(std::time::Instant::now() < end, "still using CPU frozen");
-        }
         freezer.set(false).unwrap();
         while frozen(&run) {
             assert!(std::time::Instant::now() < end, "no CPU used thawed");

@@ -457,17 +457,19 @@ impl Outbound<'_> {
                 })
                 .collect();
             let files = self.files;
-            self.clusters.insert(
-                cluster.clone(),
-                json!({
-                    "name": cluster,
-                    "mesh": {
-                        "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
-                        "peer": peer,
-                    },
-                    "endpoints": endpoints,
-                }),
-            );
+            let mut config = json!({
+                "name": cluster,
+                "mesh": {
+                    "cert_file": files.cert, "key_file": files.key, "bundle_file": files.bundle,
+                    "peer": peer,
+                },
+                "endpoints": endpoints,
+            });
+            // The target's instances' limits: picks prefer instances below them.
+            if let Some(limits) = service.spec.scale.concurrency {
+                config["endpoint_limits"] = json!({"soft": limits.soft, "hard": limits.hard});
+            }
+            self.clusters.insert(cluster.clone(), config);
         }
         cluster
     }

@@ -84,6 +84,8 @@ pub struct Sleeper {
     metrics: SleepMetrics,
     /// Since when it is being woken, and from which sleep.
     waking: Mutex<Option<(Instant, SleepMode)>>,
+    /// How long its last wake took, in microseconds (0: none yet).
+    last_wake_micros: std::sync::atomic::AtomicU64,
 }
 
 impl Sleeper {
@@ -97,6 +99,7 @@ impl Sleeper {
             gate,
             metrics,
             waking: Mutex::new(None),
+            last_wake_micros: Default::default(),
         }
     }
 
@@ -138,6 +141,9 @@ impl Sleeper {
             return;
         };
         let took = since.elapsed();
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.last_wake_micros
+            .store(micros, std::sync::atomic::Ordering::Relaxed);
         let label = ModeLabel {
             mode: mode.as_str(),
         };
@@ -151,6 +157,15 @@ impl Sleeper {
     }
 }
 
+impl Sleeper {
+    /// How long its last wake took (from the first request held to the gate open), in
+    /// microseconds; 0 before its first.
+    pub fn last_wake_micros(&self) -> u64 {
+        self.last_wake_micros
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 fn waking(
     waking: &Mutex<Option<(Instant, SleepMode)>>,
 ) -> std::sync::MutexGuard<'_, Option<(Instant, SleepMode)>> {
@@ -159,7 +174,7 @@ fn waking(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// How a run's processes are frozen and thawed.
+/// How a run's processes are frozen and thawed. Freezing returns once they are.
 #[derive(Debug, Clone)]
 pub enum Pause {
     /// Its cgroup's freezer.
@@ -196,9 +211,45 @@ impl Pause {
                 } else {
                     rustix::process::Signal::CONT
                 };
-                rustix::process::kill_process_group(*pid, signal).map_err(std::io::Error::from)
+                rustix::process::kill_process_group(*pid, signal).map_err(std::io::Error::from)?;
+                if !frozen {
+                    return Ok(());
+                }
+                let pid = *pid;
+                tokio::task::spawn_blocking(move || until_stopped(pid))
+                    .await
+                    .map_err(std::io::Error::other)?
             }
         }
+    }
+}
+
+/// Longest the leader of a stopped process group may take to stop.
+const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits until process `pid` (the leader of a group sent SIGSTOP) is stopped, as a freeze
+/// waits for its cgroup (the CPU it uses to stop is used by then); past [`STOP_WAIT`] the
+/// group is continued and it is an error. Blocks: reads `/proc`.
+fn until_stopped(pid: rustix::process::Pid) -> std::io::Result<()> {
+    let stat = format!("/proc/{}/stat", pid.as_raw_nonzero());
+    let end = Instant::now() + STOP_WAIT;
+    loop {
+        let text = std::fs::read_to_string(&stat)?;
+        // The state follows the command name in parentheses, which may hold anything.
+        let state = text
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, Some('T' | 't')) {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::CONT);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{stat}: not stopped within {STOP_WAIT:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
@@ -247,7 +298,7 @@ mod tests {
         let pid = child.id().unwrap();
         let pause = Pause::of(None, Some(pid)).unwrap();
         pause.set(true).await.unwrap();
-        until_state(pid, 'T').await;
+        assert_eq!(state_of(pid), 'T', "stopped once the pause returned");
         pause.set(false).await.unwrap();
         until_state(pid, 'S').await;
         child.kill().await.unwrap();

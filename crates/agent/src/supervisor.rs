@@ -220,6 +220,8 @@ struct Running {
     /// the proxy applied). Until then it is reported `starting` even when its health checks
     /// pass: the region would otherwise send it traffic that the node refuses.
     proxied: bool,
+    /// Its sleeping, if its service sleeps (the last wake's duration is reported).
+    sleeper: Option<Arc<Sleeper>>,
 }
 
 impl Running {
@@ -798,7 +800,7 @@ fn start(
         cgroups: node.cgroups.clone(),
         images: node.images.clone(),
         starts: node.starts.clone(),
-        sleeper,
+        sleeper: sleeper.clone(),
     };
     // Each state change wakes the reporter.
     let mut watched = state.clone();
@@ -831,6 +833,7 @@ fn start(
         leaving: Leaving::No,
         relays,
         proxied: false,
+        sleeper,
     }
 }
 
@@ -877,6 +880,7 @@ impl Reported {
                         version: running.version,
                         traffic: self.traffic(running),
                         usage: None,
+                        wake_micros: running.sleeper.as_ref().map_or(0, |s| s.last_wake_micros()),
                     }
                 })
                 .collect(),

@@ -839,14 +839,16 @@ fn changed(before: &InstanceReport, now: &InstanceReport) -> bool {
         version,
         traffic: _,
         usage: _,
+        wake_micros,
     } = now;
-    (instance, state, address, restarts, detail)
+    (instance, state, address, restarts, detail, wake_micros)
         != (
             &before.instance,
             &before.state,
             &before.address,
             &before.restarts,
             &before.detail,
+            &before.wake_micros,
         )
         || (org, app, service, version)
             != (&before.org, &before.app, &before.service, &before.version)

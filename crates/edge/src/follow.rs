@@ -278,6 +278,8 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
                 problems: Vec::new(),
                 instances: Default::default(),
                 autoscale: None,
+                asleep: service.asleep,
+                wake_ms: service.wake_ms,
             });
             deployments.push(RegionalDeployment {
                 org: service.org,

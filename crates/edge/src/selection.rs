@@ -75,9 +75,51 @@ pub fn incumbents(config: &Value) -> Incumbents {
         .collect()
 }
 
+/// A region that can serve a service, as the edge sees it.
+#[derive(Debug, Clone)]
+struct Serving {
+    /// Its gateway.
+    gateway: String,
+    /// Its distance from the edge, km.
+    km: f64,
+    /// Whether the service's instances there all sleep.
+    asleep: bool,
+    /// How long their last wake took there, ms (0: not measured).
+    wake_ms: u32,
+}
+
+/// Round trip per km between an edge and a region, ms: light in fibre covers about 200 km per
+/// ms, there and back. The edge does not measure round trips to gateways yet.
+const RTT_MS_PER_KM: f64 = 2.0 / 200.0;
+
+/// The gateways of `serving` (nearest first) in the order the edge tries them, and the gateway
+/// to nudge awake, if any. Warm elsewhere: when the service sleeps in the nearest region and
+/// its measured wake there is longer than the extra round trip to the nearest region where it
+/// is awake, that region goes first and the sleeping one is nudged (it comes first again once
+/// it reports itself awake).
+fn warm_first(serving: &[Serving]) -> (Vec<String>, Option<String>) {
+    let mut order: Vec<&Serving> = serving.iter().collect();
+    let mut nudge = None;
+    if let Some(near) = serving.first().filter(|s| s.asleep && s.wake_ms > 0) {
+        let warm = serving
+            .iter()
+            .position(|s| !s.asleep && (s.km - near.km) * RTT_MS_PER_KM < f64::from(near.wake_ms));
+        if let Some(warm) = warm {
+            let first = order.remove(warm);
+            order.insert(0, first);
+            nudge = Some(near.gateway.clone());
+        }
+    }
+    (
+        order.into_iter().map(|s| s.gateway.clone()).collect(),
+        nudge,
+    )
+}
+
 /// The edge's proxy configuration (docs/proxy-config.md) on `listeners`: one virtual host per
 /// service with public domains and routes, to a cluster of the gateways of the regions
-/// that report healthy instances of it, nearest first (priority 0, then 1, …). Gateways are
+/// that report healthy instances of it, nearest first (priority 0, then 1, …; but see
+/// [`warm_first`] for a service asleep in the nearest region). Gateways are
 /// health-checked; a failed request is retried on another gateway. With `mesh` (a cluster's
 /// `mesh` section), gateways are reached over mutual TLS.
 ///
@@ -108,7 +150,7 @@ pub fn edge_config(
     // Per service: its deployment (for domains and routes) and the gateways of the regions
     // where it has healthy instances, nearest first. A service healthy nowhere keeps its
     // domains with no gateway: the edge answers 503 (it exists, it cannot answer now), not 404.
-    let mut services: BTreeMap<(String, String, String), (RegionalDeployment, Vec<String>)> =
+    let mut services: BTreeMap<(String, String, String), (RegionalDeployment, Vec<Serving>)> =
         BTreeMap::new();
     for region in &by_distance {
         let gateway = region
@@ -130,18 +172,23 @@ pub fn edge_config(
             let Some((report, gateway)) = gateway else {
                 continue;
             };
-            let healthy = report.services.iter().any(|s| {
+            let healthy = report.services.iter().find(|s| {
                 s.org == deployment.org
                     && s.app == deployment.app
                     && s.service == deployment.service
                     && s.healthy > 0
             });
-            if healthy {
+            if let Some(health) = healthy {
                 if gateways.is_empty() {
                     // Domains and routes come from the nearest region that can serve them.
                     *served = deployment.clone();
                 }
-                gateways.push(gateway.clone());
+                gateways.push(Serving {
+                    gateway: gateway.clone(),
+                    km: distance_km((edge.lat, edge.lon), (region.lat, region.lon)),
+                    asleep: health.asleep,
+                    wake_ms: health.wake_ms,
+                });
             }
         }
     }
@@ -154,8 +201,9 @@ pub fn edge_config(
     let mut virtual_hosts = Vec::new();
     let mut secure_hosts = Vec::new();
     let mut clusters = Vec::new();
-    for ((org, app, service), (deployment, gateways)) in &services {
+    for ((org, app, service), (deployment, serving)) in &services {
         let name = format!("{org}/{app}/{service}");
+        let (gateways, asleep) = warm_first(serving);
         let domains: Vec<&String> = deployment
             .spec
             .domains
@@ -172,6 +220,17 @@ pub fn edge_config(
         });
         if let Some(cache) = deployment.spec.cache.as_ref().filter(|c| c.enabled) {
             route["cache"] = json!(cache);
+        }
+        if let Some(asleep) = asleep {
+            // Its requests nudge the nearer region awake while the warm one answers them.
+            let wake = format!("edge-wake/{org}/{app}/{service}");
+            route["wake_cluster"] = json!(wake);
+            let mut cluster = json!({"name": wake, "lb": "least_request",
+                "endpoints": [{"address": asleep}]});
+            if let Some(mesh) = mesh {
+                cluster["mesh"] = mesh.clone();
+            }
+            clusters.push(cluster);
         }
         let mut plain = domains.clone();
         if let Some(https) = &listeners.https {
@@ -284,10 +343,72 @@ mod tests {
                     problems: Vec::new(),
                     instances: Default::default(),
                     autoscale: None,
+                    asleep: false,
+                    wake_ms: 0,
                 }],
             }),
             deployments: vec![deployment(name)],
         }
+    }
+
+    #[test]
+    fn a_service_asleep_nearby_is_served_warm_elsewhere_when_its_wake_outlasts_the_detour() {
+        let edge = Location {
+            name: "paris".into(),
+            lat: 48.86,
+            lon: 2.35,
+        };
+        // fra is about 480 km from Paris, iad about 6,200 km: some 57 ms more round trip.
+        let asleep = |wake_ms: u32| {
+            let mut fra = region("fra", 50.11, 8.68, 1);
+            if let Some(report) = fra.report.as_mut() {
+                report.services[0].asleep = true;
+                report.services[0].wake_ms = wake_ms;
+            }
+            [fra, region("iad", 38.95, -77.45, 1)]
+        };
+        let order = |regions: &[RegionView]| {
+            let config = edge_config(&edge, &PLAIN, regions, None, &Incumbents::new());
+            let main = config["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == "edge/acme/shop/web")
+                .unwrap()
+                .clone();
+            let first = main["endpoints"][0]["address"].as_str().unwrap().to_owned();
+            let route = &config["listeners"][0]["virtual_hosts"][0]["routes"][0];
+            let wake = route["wake_cluster"].as_str().map(|wake| {
+                let cluster = config["clusters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["name"] == wake)
+                    .unwrap();
+                cluster["endpoints"][0]["address"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            });
+            (first, wake)
+        };
+        // A wake of 200 ms outlasts the detour: iad first, fra nudged.
+        assert_eq!(
+            order(&asleep(200)),
+            (
+                "iad.gateway:80".to_owned(),
+                Some("fra.gateway:80".to_owned())
+            )
+        );
+        // 20 ms does not, nor an unmeasured wake: fra first, as when it is awake.
+        for regions in [asleep(20), asleep(0)] {
+            assert_eq!(order(&regions), ("fra.gateway:80".to_owned(), None));
+        }
+        let awake = [
+            region("fra", 50.11, 8.68, 1),
+            region("iad", 38.95, -77.45, 1),
+        ];
+        assert_eq!(order(&awake), ("fra.gateway:80".to_owned(), None));
     }
 
     fn gateways(config: &Value) -> Vec<(String, u64)> {
@@ -408,6 +529,8 @@ mod tests {
             problems: Vec::new(),
             instances: Default::default(),
             autoscale: None,
+            asleep: false,
+            wake_ms: 0,
         };
         // Regions whose copies disagree: Frankfurt runs acme's web with its domains, and
         // Washington the web of an org whose name sorts first (the order that used to decide)

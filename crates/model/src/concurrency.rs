@@ -1,6 +1,10 @@
-//! Per-instance concurrency limits (`scale.concurrency`): how many requests an instance's node
-//! proxy lets reach it at once (`hard`), and how many more it holds briefly while one of those
-//! ends. The node proxy enforces them; see the proxy's `figures` module.
+//! Per-instance concurrency limits (`scale.concurrency`): above `soft` requests in flight to an
+//! instance, the proxies that send to it (gateways, node proxies) prefer its other instances;
+//! at `hard`, its node proxy lets no more reach it: a sender with another instance to try is
+//! told at once to go there, others wait briefly. The senders count their own requests in
+//! flight per instance (least-request balancing, as Envoy's), so `soft` is per sender; `hard`
+//! is the instance's own count, enforced where it is received. See the proxy's `figures` and
+//! `cluster` modules.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,13 +15,13 @@ use crate::error::ValidationErrors;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Concurrency {
-    /// Above this many requests in flight, new requests would prefer other instances (not
-    /// supported yet: rejected).
+    /// Above this many requests in flight from one proxy (1 up to `hard`, less than it), that
+    /// proxy's new requests go to other instances of the service that are below it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft: Option<u32>,
-    /// Most requests in flight to one instance (1–10000): more wait in its node proxy, up to
-    /// as many again and each for at most [`Concurrency::WAIT`], then are answered `503` with
-    /// `Retry-After`.
+    /// Most requests in flight to one instance (1–10000): more go to another instance with
+    /// room when the sender has one, else wait in its node proxy, up to as many again and
+    /// each for at most [`Concurrency::WAIT`], then are answered `503` with `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hard: Option<u32>,
 }
@@ -30,11 +34,13 @@ impl Concurrency {
 
     /// Checks the limits written at `prefix` (`scale.concurrency`).
     pub(crate) fn validate(&self, errs: &mut ValidationErrors, prefix: &str) {
-        if self.soft.is_some() {
-            errs.push(
+        match (self.soft, self.hard) {
+            (Some(0), _) => errs.push(format!("{prefix}.soft"), "must be at least 1"),
+            (Some(soft), Some(hard)) if soft >= hard => errs.push(
                 format!("{prefix}.soft"),
-                "not supported yet: give `hard` only",
-            );
+                format!("must be less than `hard` ({hard})"),
+            ),
+            _ => {}
         }
         match self.hard {
             None => errs.push(prefix, "give `hard`"),
@@ -57,7 +63,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hard_limit_is_between_1_and_10000_and_a_region_may_replace_it() {
+    fn a_hard_limit_is_between_1_and_10000_soft_below_it_and_a_region_may_replace_them() {
         assert!(errors(r#"{"concurrency":{"hard":50}}"#, "{}").is_empty());
         assert_eq!(
             errors(r#"{"concurrency":{"hard":0}}"#, "{}"),
@@ -70,12 +76,17 @@ mod tests {
         assert_eq!(
             errors(
                 r#"{"concurrency":{}}"#,
-                r#"{"iad":{"scale":{"concurrency":{"soft":5,"hard":9}}}}"#
+                r#"{"iad":{"scale":{"concurrency":{"soft":9,"hard":9}}}}"#
             ),
             [
                 "scale.concurrency: give `hard`",
-                "overrides.iad.scale.concurrency.soft: not supported yet: give `hard` only"
+                "overrides.iad.scale.concurrency.soft: must be less than `hard` (9)"
             ]
+        );
+        assert!(errors(r#"{"concurrency":{"soft":4,"hard":5}}"#, "{}").is_empty());
+        assert_eq!(
+            errors(r#"{"concurrency":{"soft":0,"hard":5}}"#, "{}"),
+            ["scale.concurrency.soft: must be at least 1"]
         );
         let json = br#"{"org":"acme","app":"shop","name":"web","regions":["fra","iad"],
             "runtime":{"process":{"command":"x"}},"scale":{"concurrency":{"hard":8}},

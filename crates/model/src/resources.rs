@@ -89,6 +89,18 @@ pub struct ServiceHealth {
     /// (`scale.targets`): instances in service, wanted, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<crate::AutoscaleStatus>,
+    /// Whether all of its instances in service sleep (`scale.sleep`): a request there waits
+    /// for a wake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asleep: bool,
+    /// The longest of its instances' last wakes, in milliseconds (0: none measured yet): what
+    /// a request waits there when it is asleep, which edges weigh against going elsewhere.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wake_ms: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ServiceHealth {

@@ -214,6 +214,11 @@ pub struct RouteConfig {
     /// `cache:` says); not cached when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CachePolicy>,
+    /// A cluster to nudge awake with each request of the route (`GET /` for the request's
+    /// host with `x-meridian-wake: 1`, at most one at a time, its answer dropped): an edge's
+    /// route to a warm region while the nearer one, asleep, wakes (see [`crate::nudge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_cluster: Option<String>,
 }
 
 impl Default for RouteConfig {
@@ -233,6 +238,7 @@ impl Default for RouteConfig {
             response_headers_add: BTreeMap::new(),
             response_headers_remove: Vec::new(),
             cache: None,
+            wake_cluster: None,
         }
     }
 }
@@ -426,6 +432,10 @@ pub struct ClusterConfig {
     /// Limits that shed load with a 503 rather than queue it.
     #[serde(default)]
     pub circuit_breakers: CircuitBreakers,
+    /// Each endpoint's limits of requests in flight (its instance's `scale.concurrency`), which
+    /// picks respect; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_limits: Option<EndpointLimits>,
     /// How many retries the cluster accepts on top of its requests.
     #[serde(default)]
     pub retry_budget: RetryBudgetConfig,
@@ -452,6 +462,7 @@ impl ClusterConfig {
             outlier_detection: None,
             panic_threshold: default_panic_threshold(),
             circuit_breakers: CircuitBreakers::default(),
+            endpoint_limits: None,
             retry_budget: RetryBudgetConfig::default(),
             health_check: None,
             mesh: None,
@@ -471,6 +482,7 @@ impl ClusterConfig {
             outlier_detection,
             panic_threshold,
             circuit_breakers,
+            endpoint_limits,
             retry_budget,
             health_check,
             mesh,
@@ -484,6 +496,7 @@ impl ClusterConfig {
             && *outlier_detection == other.outlier_detection
             && *panic_threshold == other.panic_threshold
             && *circuit_breakers == other.circuit_breakers
+            && *endpoint_limits == other.endpoint_limits
             && *retry_budget == other.retry_budget
             && *health_check == other.health_check
             && *mesh == other.mesh
@@ -633,6 +646,24 @@ fn default_max_ejection() -> HumanDuration {
 
 fn default_max_ejection_percent() -> u32 {
     50
+}
+
+/// Limits of requests in flight to each endpoint of a cluster (its instance's
+/// `scale.concurrency`), counted by this proxy (its own requests to the endpoint: the
+/// least-request balancers' count). A pick takes an endpoint below `soft` while the cluster has
+/// one, else one below `hard`, else any. An attempt to an endpoint that may be at `hard` by its
+/// own count (other proxies send to it too) and that could be retried elsewhere carries
+/// [`crate::elsewhere::HEADER`]: the endpoint's node proxy then answers at once rather than
+/// queue it, and the attempt is retried on another endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointLimits {
+    /// Above this many, other endpoints are preferred (1 to less than `hard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft: Option<u32>,
+    /// At this many, the endpoint takes no more while another has room (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard: Option<u32>,
 }
 
 /// Per-cluster limits; over them the proxy answers 503 with `x-meridian-error: overflow_…`.
@@ -1338,6 +1369,14 @@ fn validate_route(
     if m.prefix.is_some() && m.path.is_some() {
         errs.push(format!("{at}.match"), "give `prefix` or `path`, not both");
     }
+    if let Some(wake) = route.wake_cluster.as_deref() {
+        if !clusters.contains(wake) {
+            errs.push(
+                format!("{at}.wake_cluster"),
+                format!("unknown cluster `{wake}`"),
+            );
+        }
+    }
     if let Some(prefix) = &m.prefix {
         check_path(errs, format!("{at}.match.prefix"), prefix);
     }
@@ -1549,6 +1588,17 @@ fn validate_cluster(errs: &mut ValidationErrors, at: &str, cluster: &ClusterConf
             format!("{at}.circuit_breakers.max_requests"),
             "must be at least 1",
         );
+    }
+    if let Some(limits) = &cluster.endpoint_limits {
+        match (limits.soft, limits.hard) {
+            (Some(0), _) => errs.push(format!("{at}.endpoint_limits.soft"), "must be at least 1"),
+            (_, Some(0)) => errs.push(format!("{at}.endpoint_limits.hard"), "must be at least 1"),
+            (Some(soft), Some(hard)) if soft >= hard => errs.push(
+                format!("{at}.endpoint_limits.soft"),
+                "must be less than `hard`",
+            ),
+            _ => {}
+        }
     }
     if cluster.circuit_breakers.max_connections == 0 {
         errs.push(

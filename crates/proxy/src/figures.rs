@@ -128,14 +128,16 @@ impl Figures {
 
     /// Counts one request in flight, as [`Figures::in_flight`], once there is room under the
     /// limit: at once while there is, else after waiting for a request in flight to end (as
-    /// many may wait as the limit, each for at most [`WAIT`]).
-    pub async fn admit(self: &Arc<Self>) -> Result<InFlight, Refusal> {
+    /// many may wait as the limit, each for at most [`WAIT`]). A request whose sender would
+    /// retry it `elsewhere` does not wait: it is refused at once.
+    pub async fn admit(self: &Arc<Self>, elsewhere: bool) -> Result<InFlight, Refusal> {
         let limit = self.limit.load(Ordering::Relaxed);
         if limit == 0 {
             return Ok(self.in_flight());
         }
         match self.try_in_flight(limit) {
             Some(admitted) => Ok(admitted),
+            None if elsewhere => Err(Refusal::Elsewhere),
             None => self.wait_for_room(limit).await,
         }
     }
@@ -315,29 +317,34 @@ mod tests {
     async fn beyond_the_limit_requests_wait_for_room_and_are_refused_past_the_queue_or_the_wait() {
         let figures = Arc::new(Figures::default());
         figures.limit_in_flight(Some(1));
-        let first = figures.admit().await.unwrap();
+        let first = figures.admit(false).await.unwrap();
         // The second waits for the first to end.
         let second = tokio::spawn({
             let figures = figures.clone();
-            async move { figures.admit().await.map(drop) }
+            async move { figures.admit(false).await.map(drop) }
         });
         while figures.waiting.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
         // The queue is as long as the limit: a third is refused at once.
         assert_eq!(
-            figures.admit().await.map(drop),
+            figures.admit(false).await.map(drop),
             Err(Refusal::LimitQueueFull)
         );
         drop(first);
         assert_eq!(second.await.unwrap(), Ok(()));
         // Nothing ends while one waits: refused after the wait.
-        let held = figures.admit().await.unwrap();
-        assert_eq!(figures.admit().await.map(drop), Err(Refusal::LimitTimeout));
+        let held = figures.admit(false).await.unwrap();
+        // One its sender would send elsewhere is refused at once.
+        assert_eq!(figures.admit(true).await.map(drop), Err(Refusal::Elsewhere));
+        assert_eq!(
+            figures.admit(false).await.map(drop),
+            Err(Refusal::LimitTimeout)
+        );
         assert_eq!(figures.traffic(0).in_flight, 1);
         drop(held);
         figures.limit_in_flight(None);
-        let unlimited = [figures.admit().await, figures.admit().await];
+        let unlimited = [figures.admit(false).await, figures.admit(false).await];
         assert_eq!(figures.traffic(0).in_flight, 2);
         drop(unlimited);
     }

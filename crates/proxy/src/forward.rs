@@ -155,7 +155,17 @@ async fn serve(
         route.name.as_str(),
         target.cluster.name.as_str(),
     );
-    let (_in_flight, mut using) = match admit(&target.metrics).await {
+    if let Some(wake) = &route.wake {
+        wake.send(host);
+    }
+    if let Some(gate) = target.metrics.gate() {
+        // A wake nudge is answered here, never by the instance.
+        if crate::nudge::is_nudge(request.headers()) {
+            gate.nudge();
+            return local_response(StatusCode::NO_CONTENT, "wake_nudge");
+        }
+    }
+    let (_in_flight, mut using) = match admit(&target.metrics, request.headers_mut()).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
             // Counted by the route and logged, not in the instance's figures: it did not
@@ -249,14 +259,16 @@ async fn serve(
     response
 }
 
-/// Lets a request to the instance the listener serves (if it serves one) go on: counted in
-/// flight until the answer's head goes back, once the instance's limit leaves room; and, if
-/// it sleeps, a use of it until the response ends (or a switched connection closes), held
-/// here while it wakes.
+/// Lets a request (with `headers`) to the instance the listener serves (if it serves one) go
+/// on: counted in flight until the answer's head goes back, once the instance's limit leaves
+/// room (or refused at once if its sender would retry it elsewhere, see [`crate::elsewhere`]);
+/// and, if it sleeps, a use of it until the response ends (or a switched connection closes),
+/// held here while it wakes.
 async fn admit(
     metrics: &crate::metrics::RouteMetrics,
+    headers: &mut http::HeaderMap,
 ) -> Result<(Option<crate::figures::InFlight>, Option<crate::wake::Use>), crate::wake::Refusal> {
-    let in_flight = metrics.admit().await?;
+    let in_flight = metrics.admit(|| crate::elsewhere::asked(headers)).await?;
     let using = match metrics.gate() {
         Some(gate) => {
             let using = gate.use_now();
@@ -360,6 +372,11 @@ pub(crate) async fn forward(
                 "no_healthy_endpoint",
             ));
         };
+        if cluster.may_go_elsewhere() {
+            let retry_left = route.retries.as_ref().is_some_and(|p| retries < p.attempts);
+            let may = retry_left && body.replayable();
+            crate::elsewhere::mark(&mut prepared.headers, may);
+        }
         let per_try = route
             .retries
             .as_ref()
@@ -394,11 +411,14 @@ pub(crate) async fn forward(
                 .is_some_and(|p| retries < p.attempts && attempt.retriable(p, &prepared.method))
             && Instant::now() < deadline;
         if wants_retry {
-            if cluster.allow_retry(&mut admitted) {
+            // An attempt turned away at an instance's limit reached nothing: it goes to
+            // another instance at once, outside the retry budget (its attempts still bound it).
+            let turned_away = attempt.turned_away();
+            if turned_away || cluster.allow_retry(&mut admitted) {
                 retries += 1;
                 avoid = Some(endpoint);
                 metrics.retry(&cluster.name);
-                if let Some(policy) = &route.retries {
+                if let Some(policy) = route.retries.as_ref().filter(|_| !turned_away) {
                     let pause = backoff(policy.backoff.0, retries)
                         .min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;

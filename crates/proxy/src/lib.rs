@@ -17,6 +17,7 @@ mod cache;
 mod cluster;
 mod cluster_stats;
 mod config;
+mod elsewhere;
 mod encoder;
 mod fields;
 mod figures;
@@ -34,6 +35,7 @@ mod informational;
 mod instance_stats;
 mod mesh;
 mod metrics;
+mod nudge;
 mod peer;
 mod pool;
 mod prepared;
@@ -66,15 +68,16 @@ pub use acme::{Http01Answers, HTTP01_PATH};
 pub use answers::ERROR_HEADER;
 pub use cache::{CachePurge, PurgeError, PurgeScope, DEFAULT_LIMITS as DEFAULT_CACHE_LIMITS};
 pub use config::{
-    parse_config, validate, ClusterConfig, EndpointConfig, HashOn, HeaderMatch, Http2Limits,
-    HttpsRedirect, InstanceConfig, LbPolicy, Limits, ListenerConfig, ListenerProtocol, MeshConfig,
-    ProxyConfig, RouteConfig, RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol, VirtualHost,
-    WeightedCluster,
+    parse_config, validate, ClusterConfig, EndpointConfig, EndpointLimits, HashOn, HeaderMatch,
+    Http2Limits, HttpsRedirect, InstanceConfig, LbPolicy, Limits, ListenerConfig, ListenerProtocol,
+    MeshConfig, ProxyConfig, RouteConfig, RouteMatch, TlsConfig, TrustForwarded, UpstreamProtocol,
+    VirtualHost, WeightedCluster,
 };
 pub use http3::HANDSHAKES_BEFORE_RETRY;
 pub use meridian_cache::DiskTier as CacheDiskTier;
 pub use meridian_cache::StoreLimits as CacheLimits;
 pub use mesh::PEER_HEADER;
+pub use nudge::WAKE_HEADER;
 pub use reload::{run, serve_admin, serve_admin_with, serve_until, RunError, RunOptions};
 pub use tls::{TlsSource, ACME_TLS_ALPN};
 pub use trace::receiver as trace_fixture;

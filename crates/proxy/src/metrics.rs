@@ -267,10 +267,14 @@ impl RouteMetrics {
 
     /// Counts a request in flight in the figures of the instance the listener serves (if it
     /// serves one) until the guard drops, once there is room under the instance's limit
-    /// ([`crate::figures::Figures::admit`]).
-    pub async fn admit(&self) -> Result<Option<crate::figures::InFlight>, crate::wake::Refusal> {
+    /// ([`crate::figures::Figures::admit`]); `elsewhere` says (asked only for such a listener)
+    /// whether the request's sender would retry it on another instance.
+    pub async fn admit(
+        &self,
+        elsewhere: impl FnOnce() -> bool,
+    ) -> Result<Option<crate::figures::InFlight>, crate::wake::Refusal> {
         match &self.instance {
-            Some(instance) => instance.admit().await.map(Some),
+            Some(instance) => instance.admit(elsewhere()).await.map(Some),
             None => Ok(None),
         }
     }

@@ -46,19 +46,30 @@ impl Attempt {
     pub(crate) fn outcome(&self) -> Outcome {
         match self {
             Attempt::Answered(response) if come_back_later(response) => Outcome::Inconclusive,
+            _ if self.turned_away() => Outcome::Inconclusive,
             Attempt::Answered(response) => Outcome::of_status(response.status().as_u16()),
             Attempt::Failed { .. } | Attempt::TimedOut => Outcome::GatewayError,
         }
     }
 
+    /// Whether an instance at its hard limit turned this attempt away (see
+    /// [`crate::elsewhere`]).
+    pub(crate) fn turned_away(&self) -> bool {
+        matches!(self, Attempt::Answered(response) if crate::elsewhere::turned_away(response))
+    }
+
     /// Whether `policy` retries this attempt of a `method` request whose body can be replayed.
     /// A connection that could not be made carried nothing, so any method may retry it; after
     /// that the upstream may have acted on the request, so only idempotent methods retry
-    /// (RFC 9110 §9.2.2), unless the policy opts in for the others.
+    /// (RFC 9110 §9.2.2), unless the policy opts in for the others. An attempt an instance at
+    /// its hard limit turned away (it asked to be, see [`crate::elsewhere`]) reached nothing
+    /// either.
     pub(crate) fn retriable(&self, policy: &RetryPolicy, method: &Method) -> bool {
         let on = |condition| policy.on.contains(&condition);
-        if let Attempt::Failed { connect: true } = self {
-            return on(RetryOn::ConnectFailure);
+        match self {
+            Attempt::Failed { connect: true } => return on(RetryOn::ConnectFailure),
+            _ if self.turned_away() => return true,
+            _ => {}
         }
         if !(policy.non_idempotent || method.is_idempotent()) {
             return false;

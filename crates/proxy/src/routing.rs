@@ -56,6 +56,8 @@ pub struct Route {
     pub response_remove: Vec<HeaderName>,
     /// The shared HTTP cache, if the route's responses are cached.
     pub cache: Option<RouteCache>,
+    /// The cluster each request nudges awake, if any.
+    pub wake: Option<crate::nudge::Nudge>,
 }
 
 impl Route {
@@ -284,6 +286,11 @@ fn compile_route(
         response_add: header_pairs(&route.response_headers_add),
         response_remove: header_names(&route.response_headers_remove),
         cache: None,
+        wake: route
+            .wake_cluster
+            .as_deref()
+            .and_then(cluster)
+            .map(crate::nudge::Nudge::new),
     }
 }
 

@@ -26,8 +26,10 @@ pub struct WakeGate {
     asleep: AtomicBool,
     /// `true` while requests may go to the instance; held requests wait for it.
     open: watch::Sender<bool>,
-    /// Rung by a held request.
+    /// Rung by a held request or a nudge.
     wake: Notify,
+    /// Whether a nudge ([`crate::nudge`]) asked for a wake that has not begun.
+    nudged: AtomicBool,
     /// Requests, response bodies and switched connections using the instance now.
     busy: AtomicUsize,
     /// Requests held now.
@@ -49,6 +51,7 @@ impl Default for WakeGate {
             asleep: AtomicBool::new(false),
             open: watch::Sender::new(true),
             wake: Notify::new(),
+            nudged: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(0),
@@ -72,6 +75,9 @@ pub enum Refusal {
     LimitQueueFull,
     /// No room came under the instance's limit within [`crate::figures::WAIT`].
     LimitTimeout,
+    /// The instance was at its limit and the sender would retry elsewhere
+    /// ([`crate::elsewhere`]).
+    Elsewhere,
 }
 
 impl Refusal {
@@ -82,16 +88,20 @@ impl Refusal {
             Refusal::Timeout => "wake_timeout",
             Refusal::LimitQueueFull => "concurrency_queue_full",
             Refusal::LimitTimeout => "concurrency_timeout",
+            Refusal::Elsewhere => crate::elsewhere::REASON,
         }
     }
 
-    /// The proxy's answer: `503` with `Retry-After: 1`.
+    /// The proxy's answer: `503` with `Retry-After: 1` (without it when the sender retries
+    /// elsewhere at once).
     #[cold]
     pub(crate) fn answer(self) -> Response<ProxyBody> {
         let mut response = local_response(StatusCode::SERVICE_UNAVAILABLE, self.reason());
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        if self != Refusal::Elsewhere {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }
@@ -208,16 +218,26 @@ impl WakeGate {
         self.asleep.load(Ordering::SeqCst)
     }
 
-    /// Waits until a request is held (the gate is closed and one arrived).
+    /// Waits until a request is held (the gate is closed and one arrived), or a nudge came.
     pub async fn woken(&self) {
         loop {
             let rung = self.wake.notified();
             tokio::pin!(rung);
             rung.as_mut().enable();
-            if self.held.load(Ordering::SeqCst) > 0 {
+            let nudged = self.nudged.swap(false, Ordering::SeqCst);
+            if nudged || self.held.load(Ordering::SeqCst) > 0 {
                 return;
             }
             rung.await;
+        }
+    }
+
+    /// Asks for a wake without a request to hold (a wake nudge, see [`crate::nudge`]):
+    /// rings the agent if the gate is closed.
+    pub fn nudge(&self) {
+        if self.asleep.load(Ordering::SeqCst) {
+            self.nudged.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
         }
     }
 
@@ -293,6 +313,20 @@ mod tests {
         gate.open_now();
         assert_eq!(waiter.await.unwrap(), Ok(()));
         assert_eq!(gate.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_nudge_rings_the_agent_of_a_closed_gate_only() {
+        let gate = Arc::new(WakeGate::default());
+        gate.nudge();
+        assert!(
+            !gate.nudged.load(Ordering::SeqCst),
+            "an open gate needs no wake"
+        );
+        assert!(gate.close_if_idle());
+        gate.nudge();
+        gate.woken().await;
+        assert_eq!(gate.held(), 0, "woken without a request held");
     }
 
     #[tokio::test]

@@ -109,6 +109,25 @@ pub const GATEWAY_REPORT_PATH: &str = "/meridian.v1.Reports/GatewayReport";
 /// admin port serves `/metrics`, and whether it announces its anycast prefixes.
 pub const EDGE_REPORT_PATH: &str = "/meridian.v1.Reports/EdgeReport";
 
+/// Type URL of [`EndpointLimits`].
+pub const ENDPOINT_LIMITS: &str = "type.googleapis.com/meridian.v1.EndpointLimits";
+
+/// The key of a Cluster's `metadata.typed_filter_metadata` that holds its [`EndpointLimits`].
+pub const ENDPOINT_LIMITS_KEY: &str = "meridian.endpoint_limits";
+
+/// The limits of requests in flight to each endpoint of a service's cluster (its instances'
+/// `scale.concurrency`), in the Cluster sent to Meridian's proxies (under
+/// [`ENDPOINT_LIMITS_KEY`]); Envoy ignores it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EndpointLimits {
+    /// Above this many, other endpoints are preferred; 0: none.
+    #[prost(uint32, tag = "1")]
+    pub soft: u32,
+    /// At this many, the endpoint takes no more while another has room; 0: none.
+    #[prost(uint32, tag = "2")]
+    pub hard: u32,
+}
+
 /// What an edge reports to the global control plane.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EdgeReport {
@@ -326,6 +345,12 @@ pub struct RegionService {
     /// How many of its instances there are healthy (agent-run or registered).
     #[prost(uint32, tag = "7")]
     pub healthy: u32,
+    /// Whether all of its instances there sleep (a request waits for a wake).
+    #[prost(bool, tag = "8")]
+    pub asleep: bool,
+    /// The longest of its instances' last wakes there, in milliseconds (0: none measured).
+    #[prost(uint32, tag = "9")]
+    pub wake_ms: u32,
 }
 
 /// A service in the region, for node proxies.
@@ -447,6 +472,10 @@ pub struct InstanceReport {
     /// agent runs instances without cgroups).
     #[prost(message, optional, tag = "11")]
     pub usage: Option<Usage>,
+    /// How long its last wake from sleep took, in microseconds (from the first request held
+    /// to its gate open; 0: it has not woken, or does not sleep).
+    #[prost(uint64, tag = "12")]
+    pub wake_micros: u64,
 }
 
 /// What an instance's current run used, from its cgroup.

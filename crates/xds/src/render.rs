@@ -30,7 +30,7 @@ use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifi
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TransportSocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality, Metadata,
     SocketAddress, TransportSocket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
@@ -242,6 +242,11 @@ fn proxy_clusters(
         let name = format!("{}{suffix}", proxy_cluster_name(deployment, &port.name));
         let cache_name = format!("{}{name}", crate::PROXY_NAMESPACE);
         let mut cluster = proxy_cluster(&name, port.protocol.is_http2());
+        cluster.metadata = deployment
+            .spec
+            .scale
+            .concurrency
+            .map(endpoint_limits_metadata);
         let mut target_port = port.port;
         if let Some(trust_domain) = mesh {
             let peer = format!(
@@ -482,6 +487,23 @@ fn proxy_cluster(name: &str, http2: bool) -> Cluster {
             Default::default()
         },
         ..cluster(name)
+    }
+}
+
+/// Cluster metadata carrying an instance's concurrency limits to Meridian's proxies (see
+/// [`crate::meridian::EndpointLimits`]).
+fn endpoint_limits_metadata(limits: meridian_model::Concurrency) -> Metadata {
+    let limits = crate::meridian::EndpointLimits {
+        soft: limits.soft.unwrap_or(0),
+        hard: limits.hard.unwrap_or(0),
+    };
+    let any = Any {
+        type_url: crate::meridian::ENDPOINT_LIMITS.to_owned(),
+        value: prost::Message::encode_to_vec(&limits),
+    };
+    Metadata {
+        typed_filter_metadata: [(crate::meridian::ENDPOINT_LIMITS_KEY.to_owned(), any)].into(),
+        ..Default::default()
     }
 }
 

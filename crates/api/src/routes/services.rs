@@ -138,6 +138,10 @@ pub struct RegionStatus {
     /// instances in service, wanted, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<meridian_model::AutoscaleStatus>,
+    /// When the service sleeps (`scale.sleep`), the longest of its instances' last wakes in
+    /// the region, in milliseconds; none before one woke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_ms: Option<u32>,
 }
 
 /// A region's report older than this says nothing about now: regions report every 2 s, so
@@ -201,6 +205,7 @@ fn region_status(
             .as_ref()
             .map(|h| h.versions.clone())
             .unwrap_or_default(),
+        wake_ms: health.as_ref().map(|h| h.wake_ms).filter(|ms| *ms > 0),
         problems: health.map(|h| h.problems).unwrap_or_default(),
         rollout,
         autoscale,

@@ -866,6 +866,8 @@ mod tests {
             problems: Vec::new(),
             instances: Default::default(),
             autoscale: None,
+            asleep: false,
+            wake_ms: 0,
         });
         reports.record("fra".to_owned(), fra);
         apply("/bin/two").await;

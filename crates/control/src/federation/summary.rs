@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 
 use envoy_types::pb::google::protobuf::Any;
-use meridian_model::{RegionReport, RegionalDeployment};
+use meridian_model::{RegionReport, RegionalDeployment, ServiceHealth};
 use meridian_xds::meridian::{RegionService, RegionSummary, REGIONS_NAMESPACE, REGION_SUMMARY};
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, string, uint32, WireType};
+use prost::encoding::{
+    bool, encode_key, encode_varint, encoded_len_varint, string, uint32, WireType,
+};
 use prost::Message;
 
 /// Tag of [`RegionSummary::services`].
@@ -19,6 +21,10 @@ const SERVICES_TAG: u32 = 3;
 const ADDRESSES_TAG: u32 = 6;
 /// Tag of [`RegionService::healthy`].
 const HEALTHY_TAG: u32 = 7;
+/// Tag of [`RegionService::asleep`].
+const ASLEEP_TAG: u32 = 8;
+/// Tag of [`RegionService::wake_ms`].
+const WAKE_MS_TAG: u32 = 9;
 
 /// A service's entry in its region's summary, as far as its deployment says.
 pub(super) struct ServiceEntry {
@@ -37,6 +43,8 @@ impl ServiceEntry {
             spec_json: serde_json::to_vec(&deployment.spec).unwrap_or_default(),
             addresses: Vec::new(),
             healthy: 0,
+            asleep: false,
+            wake_ms: 0,
         };
         ServiceEntry {
             encoded: fields.encode_to_vec(),
@@ -53,13 +61,10 @@ pub(super) fn render<'a>(
     services: impl Iterator<Item = (&'a RegionalDeployment, &'a ServiceEntry)>,
     report: Option<&RegionReport>,
 ) -> (String, Any) {
-    let reported: HashMap<(&str, &str, &str), (u32, &[String])> = report
+    let reported: HashMap<(&str, &str, &str), &ServiceHealth> = report
         .iter()
         .flat_map(|r| &r.services)
-        .map(|s| {
-            let key = (s.org.as_str(), s.app.as_str(), s.service.as_str());
-            (key, (s.healthy, s.addresses.as_slice()))
-        })
+        .map(|s| ((s.org.as_str(), s.app.as_str(), s.service.as_str()), s))
         .collect();
     let mut value = Vec::new();
     let head = RegionSummary {
@@ -74,16 +79,28 @@ pub(super) fn render<'a>(
             deployment.app.as_str(),
             deployment.service.as_str(),
         );
-        let (healthy, addresses) = reported.get(&key).copied().unwrap_or_default();
-        // Proto3 leaves a zero out, as prost's own encoding does.
-        let healthy_len = if healthy == 0 {
-            0
-        } else {
-            uint32::encoded_len(HEALTHY_TAG, &healthy)
+        let health = reported.get(&key).copied();
+        let addresses = health.map_or(&[][..], |h| h.addresses.as_slice());
+        let healthy = health.map_or(0, |h| h.healthy);
+        let asleep = health.is_some_and(|h| h.asleep);
+        let wake_ms = health.map_or(0, |h| h.wake_ms);
+        // Proto3 leaves a zero (or false) out, as prost's own encoding does.
+        let uint_len = |tag, n: u32| {
+            if n == 0 {
+                0
+            } else {
+                uint32::encoded_len(tag, &n)
+            }
         };
         let len = entry.encoded.len()
             + string::encoded_len_repeated(ADDRESSES_TAG, addresses)
-            + healthy_len;
+            + uint_len(HEALTHY_TAG, healthy)
+            + if asleep {
+                bool::encoded_len(ASLEEP_TAG, &asleep)
+            } else {
+                0
+            }
+            + uint_len(WAKE_MS_TAG, wake_ms);
         value.reserve(len + 1 + encoded_len_varint(len as u64));
         encode_key(SERVICES_TAG, WireType::LengthDelimited, &mut value);
         encode_varint(len as u64, &mut value);
@@ -91,6 +108,12 @@ pub(super) fn render<'a>(
         string::encode_repeated(ADDRESSES_TAG, addresses, &mut value);
         if healthy != 0 {
             uint32::encode(HEALTHY_TAG, &healthy, &mut value);
+        }
+        if asleep {
+            bool::encode(ASLEEP_TAG, &asleep, &mut value);
+        }
+        if wake_ms != 0 {
+            uint32::encode(WAKE_MS_TAG, &wake_ms, &mut value);
         }
     }
     let tail = RegionSummary {
@@ -139,6 +162,8 @@ mod tests {
             problems: Vec::new(),
             instances: Default::default(),
             autoscale: None,
+            asleep: false,
+            wake_ms: 0,
         }
     }
 
@@ -157,6 +182,11 @@ mod tests {
             services: vec![
                 health("api", 2, &["10.0.0.1:7000", "10.0.0.2:7000"]),
                 health("db", 0, &[]),
+                ServiceHealth {
+                    asleep: true,
+                    wake_ms: 7,
+                    ..health("web", 1, &["10.0.0.3:7000"])
+                },
             ],
         };
         for report in [Some(&report), None] {
@@ -178,6 +208,8 @@ mod tests {
                             spec_json: serde_json::to_vec(&d.spec).unwrap(),
                             addresses: reported.map(|s| s.addresses.clone()).unwrap_or_default(),
                             healthy: reported.map_or(0, |s| s.healthy),
+                            asleep: reported.is_some_and(|s| s.asleep),
+                            wake_ms: reported.map_or(0, |s| s.wake_ms),
                         }
                     })
                     .collect(),

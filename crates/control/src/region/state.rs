@@ -420,10 +420,38 @@ impl RegionState {
                         problems: self.problems(id),
                         instances: self.instance_states(id),
                         autoscale: self.autoscale_status(id),
+                        asleep: self.asleep(id),
+                        wake_ms: self.wake_ms(id),
                     }
                 })
                 .collect(),
         }
+    }
+
+    /// Whether `id` has instances in service and all of them sleep.
+    fn asleep(&self, id: &ServiceId) -> bool {
+        let mut reports = self.fleet.reports_of(id).peekable();
+        reports.peek().is_some()
+            && reports.all(|(_, _, report)| {
+                report.is_some_and(|r| {
+                    [
+                        meridian_model::SLEEPING_LIGHT,
+                        meridian_model::SLEEPING_DEEP,
+                    ]
+                    .contains(&r.state.as_str())
+                })
+            })
+    }
+
+    /// The longest of `id`'s instances' last wakes, in milliseconds (rounded up; 0: none).
+    fn wake_ms(&self, id: &ServiceId) -> u32 {
+        let micros = self
+            .fleet
+            .reports_of(id)
+            .filter_map(|(_, _, report)| report.map(|r| r.wake_micros))
+            .max()
+            .unwrap_or(0);
+        u32::try_from(micros.div_ceil(1000)).unwrap_or(u32::MAX)
     }
 
     /// `id`'s instances in service by state: as their agents last reported them, `pending`

@@ -18,6 +18,8 @@ pub(super) struct PickRules {
     pub(super) panic: bool,
     /// An endpoint to avoid (the one a retry follows).
     pub(super) avoid: Option<usize>,
+    /// Only endpoints with fewer requests outstanding than this (`u32::MAX`: any).
+    pub(super) below: u32,
 }
 
 /// A cluster's endpoints, their levels, and its balancer over them.
@@ -79,7 +81,10 @@ impl Members {
 
     /// Whether the endpoint at `index` may be picked under `rules`.
     pub(super) fn eligible(&self, index: usize, rules: &PickRules) -> bool {
-        Some(index) != rules.avoid && (rules.panic || self.endpoints[index].usable(rules.now_ns))
+        let endpoint = &self.endpoints[index];
+        Some(index) != rules.avoid
+            && (rules.panic || endpoint.usable(rules.now_ns))
+            && (rules.below == u32::MAX || endpoint.outstanding() < rules.below)
     }
 
     /// An eligible member of `level` sampled by weight.

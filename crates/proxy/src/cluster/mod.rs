@@ -2,8 +2,9 @@
 //! ([`endpoint`]), priority levels ([`priority`]), the balancers that pick one endpoint per
 //! request ([`balance`], one policy per module), the circuit breaker ([`breaker`]), the retry
 //! budget ([`retry_budget`]) and outlier detection ([`outlier`]). [`Cluster`] puts them
-//! together: a request is admitted by the breaker, then picks an endpoint and holds it as a
-//! [`Lease`] until it reports how the exchange ended.
+//! together: a request is admitted by the breaker, then picks an endpoint (below the
+//! endpoints' limits while one is, see [`EndpointLimits`]) and holds it as a [`Lease`] until it
+//! reports how the exchange ended.
 
 mod balance;
 mod breaker;
@@ -26,7 +27,9 @@ pub use endpoint::{Endpoint, Outcome};
 pub use lease::Lease;
 
 use crate::config::UpstreamProtocol;
-use crate::config::{ClusterConfig, EndpointConfig, HashOn, LbPolicy, OutlierDetection};
+use crate::config::{
+    ClusterConfig, EndpointConfig, EndpointLimits, HashOn, LbPolicy, OutlierDetection,
+};
 use crate::fields::OutgoingFields;
 use crate::upstream::HttpClient;
 use breaker::Breaker;
@@ -57,6 +60,8 @@ pub struct Cluster {
     panic_below: f64,
     max_requests: u32,
     max_pending: u32,
+    /// Each endpoint's limits of requests outstanding from this proxy.
+    limits: Option<EndpointLimits>,
     /// Requests in flight and waiting; shared with the cluster's next builds so that a reload
     /// does not reset the circuit breaker.
     breaker: Arc<Breaker>,
@@ -95,6 +100,7 @@ impl Cluster {
             panic_below: f64::from(config.panic_threshold) / 100.0,
             max_requests: config.circuit_breakers.max_requests,
             max_pending: config.circuit_breakers.max_pending_requests,
+            limits: config.endpoint_limits,
             breaker: previous.map_or_else(Default::default, |p| p.breaker.clone()),
             budget: RetryBudget::new(&config.retry_budget),
         }
@@ -158,12 +164,40 @@ impl Cluster {
             now_ns,
             panic,
             avoid,
+            below: u32::MAX,
         };
-        let index = members.pick_index(fields, &rules).or_else(|| {
-            rules.avoid = None;
-            members.pick_index(fields, &rules)
-        })?;
+        let index = self
+            .pick_below_limits(&members, fields, &mut rules)
+            .or_else(|| {
+                rules.avoid = None;
+                self.pick_below_limits(&members, fields, &mut rules)
+            })?;
         Some(Lease::take(self, members, index))
+    }
+
+    /// The balancer's pick among the endpoints below the soft limit, else below the hard
+    /// limit, else among all (the endpoint's node proxy then queues the request).
+    fn pick_below_limits(
+        &self,
+        members: &Members,
+        fields: OutgoingFields<'_>,
+        rules: &mut PickRules,
+    ) -> Option<usize> {
+        let tiers = self.limits.map(|l| [l.soft, l.hard]).unwrap_or_default();
+        for below in tiers.into_iter().flatten() {
+            rules.below = below;
+            if let Some(index) = members.pick_index(fields, rules) {
+                return Some(index);
+            }
+        }
+        rules.below = u32::MAX;
+        members.pick_index(fields, rules)
+    }
+
+    /// Whether an attempt of a request may be turned away by an endpoint at its hard limit
+    /// and retried on another: the cluster has a hard limit and more than one endpoint.
+    pub fn may_go_elsewhere(&self) -> bool {
+        self.limits.is_some_and(|l| l.hard.is_some()) && self.members.load().endpoints.len() > 1
     }
 }
 
@@ -281,6 +315,42 @@ mod tests {
         );
         drop(held);
         assert!(rebuilt.admit(now()).await.is_ok());
+    }
+
+    #[test]
+    fn picks_fill_endpoints_to_their_soft_limit_then_their_hard_one_then_any() {
+        for lb in ["least_request", "round_robin", "p2c_ewma"] {
+            // The first endpoint has nearly all the weight: without limits it gets nearly all.
+            let c = cluster(&format!(
+                "  - {{name: c, lb: {lb}, endpoint_limits: {{soft: 1, hard: 3}}, endpoints: [{{address: \"127.0.0.1:1\", weight: 1000}}, {{address: \"127.0.0.1:2\"}}]}}"
+            ));
+            assert!(c.may_go_elsewhere());
+            let none = HeaderMap::new();
+            let mut held: Vec<Lease> = Vec::new();
+            let on = |held: &[Lease], port| {
+                held.iter()
+                    .filter(|l| l.endpoint().addr.port() == port)
+                    .count()
+            };
+            held.extend((0..2).map(|_| c.pick(&none, None).unwrap()));
+            assert_eq!((on(&held, 1), on(&held, 2)), (1, 1), "{lb}: soft");
+            held.extend((0..4).map(|_| c.pick(&none, None).unwrap()));
+            assert_eq!((on(&held, 1), on(&held, 2)), (3, 3), "{lb}: hard");
+            held.extend((0..20).map(|_| c.pick(&none, None).unwrap()));
+            assert_eq!(held.len(), 26, "{lb}: beyond both, picks go on");
+            // A retry avoiding an endpoint at its limits still gets the other.
+            drop(held);
+            let first: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let retry = c.pick(&none, Some(first)).unwrap();
+            assert_eq!(retry.endpoint().addr.port(), 2, "{lb}");
+        }
+        let single = cluster(
+            "  - {name: c, endpoint_limits: {hard: 3}, endpoints: [{address: \"127.0.0.1:1\"}]}",
+        );
+        assert!(
+            !single.may_go_elsewhere(),
+            "one endpoint: nowhere else to go"
+        );
     }
 
     #[test]

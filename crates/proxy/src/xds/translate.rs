@@ -45,10 +45,10 @@ use meridian_xds::Held;
 use prost::{Message, Name};
 
 use crate::config::{
-    default_max_connections, ClusterConfig, EndpointConfig, HeaderMatch, HealthCheckConfig,
-    HttpHealthCheck, LbPolicy, ListenerConfig, ListenerProtocol, MeshConfig, OutlierDetection,
-    RetryOn, RetryPolicy, RouteConfig, RouteMatch, TcpHealthCheck, TrustForwarded,
-    UpstreamMeshConfig, UpstreamProtocol, VirtualHost, WeightedCluster,
+    default_max_connections, ClusterConfig, EndpointConfig, EndpointLimits, HeaderMatch,
+    HealthCheckConfig, HttpHealthCheck, LbPolicy, ListenerConfig, ListenerProtocol, MeshConfig,
+    OutlierDetection, RetryOn, RetryPolicy, RouteConfig, RouteMatch, TcpHealthCheck,
+    TrustForwarded, UpstreamMeshConfig, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 
 /// Held resources of one type, by name.
@@ -165,6 +165,29 @@ pub fn listener(
     }
 }
 
+/// The endpoint limits in Cluster metadata (see [`meridian_xds::meridian::EndpointLimits`]),
+/// if it has them.
+fn endpoint_limits(cluster: &Cluster, at: &str) -> Result<Option<EndpointLimits>, String> {
+    use meridian_xds::meridian::{EndpointLimits as Limits, ENDPOINT_LIMITS, ENDPOINT_LIMITS_KEY};
+    let Some(any) = cluster
+        .metadata
+        .as_ref()
+        .and_then(|m| m.typed_filter_metadata.get(ENDPOINT_LIMITS_KEY))
+    else {
+        return Ok(None);
+    };
+    let field = format!("{at}.metadata.typed_filter_metadata[{ENDPOINT_LIMITS_KEY}]");
+    if any.type_url != ENDPOINT_LIMITS {
+        return Err(format!("{field}: expected {ENDPOINT_LIMITS}"));
+    }
+    let limits = Limits::decode(any.value.as_slice()).map_err(|e| format!("{field}: {e}"))?;
+    let set = |n: u32| (n > 0).then_some(n);
+    Ok(Some(EndpointLimits {
+        soft: set(limits.soft),
+        hard: set(limits.hard),
+    }))
+}
+
 /// Translates Cluster `name` (held as `any`), taking EDS endpoints from `assignments`; or says
 /// what is wrong, naming the resource and the field. The proxy validates what it applies.
 pub fn cluster(
@@ -236,6 +259,7 @@ pub fn cluster(
             breakers.max_pending_requests = v.value;
         }
     }
+    config.endpoint_limits = endpoint_limits(&cluster, &at)?;
     if let Some(outlier) = &cluster.outlier_detection {
         let mut detection = OutlierDetection::default();
         if let Some(v) = &outlier.consecutive_5xx {
@@ -779,4 +803,61 @@ fn endpoints(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Cluster the region renders for port `http` of a service with `scale`.
+    fn rendered_cluster(scale: &str) -> Cluster {
+        let json = format!(
+            r#"{{"org": "acme", "app": "shop", "name": "web", "regions": ["fra"],
+                "runtime": {{"process": {{"command": "/bin/true"}}}}, "scale": {scale},
+                "ports": [{{"name": "http", "port": 8080}}]}}"#
+        );
+        let definition = meridian_model::parse_definition_json(json.as_bytes()).unwrap();
+        let deployment = &meridian_model::derive_regional(&definition, 1)[0];
+        let vip = std::net::Ipv4Addr::LOCALHOST;
+        let rendered = meridian_xds::render::service(deployment, b"{}", &[], None, &[], vip, None);
+        let (_, _, any) = rendered
+            .resources
+            .iter()
+            .find(|(t, name, _)| {
+                *t == meridian_xds::CLUSTER && name.ends_with("acme/shop/web:http")
+            })
+            .unwrap();
+        Cluster::decode(any.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn a_service_s_concurrency_limits_reach_its_proxies_clusters() {
+        let at = "Cluster `c`";
+        let limited = rendered_cluster(r#"{"concurrency": {"soft": 2, "hard": 5}}"#);
+        assert_eq!(
+            endpoint_limits(&limited, at),
+            Ok(Some(EndpointLimits {
+                soft: Some(2),
+                hard: Some(5)
+            }))
+        );
+        let hard_only = rendered_cluster(r#"{"concurrency": {"hard": 5}}"#);
+        let limits = endpoint_limits(&hard_only, at).unwrap().unwrap();
+        assert_eq!((limits.soft, limits.hard), (None, Some(5)));
+        assert_eq!(endpoint_limits(&rendered_cluster("{}"), at), Ok(None));
+        let mut wrong = limited;
+        let key = meridian_xds::meridian::ENDPOINT_LIMITS_KEY;
+        if let Some(metadata) = wrong.metadata.as_mut() {
+            if let Some(any) = metadata.typed_filter_metadata.get_mut(key) {
+                any.type_url = "type.googleapis.com/meridian.v1.Other".to_owned();
+            }
+        }
+        let error = endpoint_limits(&wrong, at).unwrap_err();
+        assert!(
+            error.starts_with(
+                "Cluster `c`.metadata.typed_filter_metadata[meridian.endpoint_limits]: expected"
+            ),
+            "{error}"
+        );
+    }
 }
