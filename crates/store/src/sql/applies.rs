@@ -136,8 +136,11 @@ async fn transaction(
     let mut known = Known::read(&mut tx, batch.iter().map(|(d, _)| d)).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut changes = Vec::new();
+    // The changes of a batch are committed together: they carry one time, taken before its
+    // first write (a change's notification carries the time it is inserted with, so it is
+    // never changed afterwards).
+    let at = now_micros();
     for (definition, missing_org) in batch {
-        let at = now_micros();
         match apply_one(&mut tx, &mut known, definition, *missing_org, at).await {
             // A statement failed: the transaction is lost.
             Err(
@@ -162,26 +165,6 @@ async fn transaction(
                 }
                 outcomes.push(outcome);
             }
-        }
-    }
-    let written = changes.first().zip(changes.last());
-    if let (Some((first, last)), true) = (
-        written.map(|(f, l)| (f.revision, l.revision)),
-        batch.len() > 1,
-    ) {
-        // The changes of a batch are committed together: they carry its commit time, not the
-        // time each was written in the transaction.
-        let at = now_micros();
-        sqlx::query(
-            "UPDATE changes SET committed_at_us = $1 WHERE revision >= $2 AND revision <= $3",
-        )
-        .bind(at)
-        .bind(first as i64)
-        .bind(last as i64)
-        .execute(&mut *tx)
-        .await?;
-        for change in &mut changes {
-            change.committed_at_us = at;
         }
     }
     tx.commit().await?;
