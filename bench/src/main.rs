@@ -65,6 +65,9 @@ struct Args {
     /// Loopback address the PostgreSQL cluster listens on.
     #[arg(long, default_value = "127.0.170.1")]
     postgres_host: IpAddr,
+    /// Loopback address the control planes listen on (port 0).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
 }
 
 /// A store backend to measure.
@@ -329,8 +332,14 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
     let mut apis: Vec<Arc<Api>> = Vec::with_capacity(setup.replicas);
     for replica in 0..setup.replicas {
         let data = dir.path().join(format!("api{replica}"));
-        let (control, mut api) =
-            start_control_with(&args.meridian, &args.control_cpus, &data, &store_args).await?;
+        let (control, mut api) = start_control_with(
+            &args.meridian,
+            &args.control_cpus,
+            args.host,
+            &data,
+            &store_args,
+        )
+        .await?;
         if let Some(first) = apis.first() {
             api.token = first.token.clone();
         }

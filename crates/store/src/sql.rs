@@ -34,6 +34,7 @@ mod endpoints;
 mod known;
 mod leases;
 mod memory;
+mod pending;
 mod postgres;
 mod purges;
 mod rollouts;
@@ -517,7 +518,7 @@ async fn check_version(
 
 /// Whether `definition` claims the domains `current` (the service's current deployment, if
 /// any) holds: then the claims stay as they are.
-fn same_domains(definition: &Definition, current: Option<&Deployment>) -> bool {
+pub(super) fn same_domains(definition: &Definition, current: Option<&Deployment>) -> bool {
     let held = current.map_or(&[][..], |c| c.definition.domains.as_slice());
     definition.domains == held
 }

@@ -14,14 +14,15 @@
 
 use std::sync::Arc;
 
-use meridian_model::{Change, ChangeKind, ChangeOp, Definition, DeploymentOrigin};
+use meridian_model::{Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin};
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::known::Known;
+use super::pending::Pending;
 use super::{
-    check_version, ensure_app, now_micros, now_secs, publish, write_checked_version, Dialect,
-    Memory,
+    check_version, ensure_app, now_micros, now_secs, publish, same_domains, write_checked_version,
+    Dialect, Memory,
 };
 use crate::{Applied, MissingOrg, Result, ServiceKey, StoreError};
 
@@ -134,66 +135,113 @@ async fn transaction(
         sqlx::query(lock).execute(&mut *tx).await?;
     }
     let mut known = Known::read(&mut tx, batch.iter().map(|(d, _)| d)).await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut outcomes: Vec<Option<Result<Applied>>> = Vec::with_capacity(batch.len());
     let mut changes = Vec::new();
     // The changes of a batch are committed together: they carry one time, taken before its
     // first write (a change's notification carries the time it is inserted with, so it is
     // never changed afterwards).
     let at = now_micros();
-    for (definition, missing_org) in batch {
-        match apply_one(&mut tx, &mut known, definition, *missing_org, at).await {
+    // Versions wait to be written together where the backend can ([`Pending`]); each is
+    // written before the batch goes on with its service, or with an apply that changes domain
+    // claims, so that revisions follow the order of the batch.
+    let together = writer.dialect.write_versions().is_some();
+    let mut pending = Pending::default();
+    for (index, (definition, missing_org)) in batch.iter().enumerate() {
+        let key = ServiceKey::of(definition);
+        if pending.has(&key) {
+            let written = pending.write(&mut tx, &mut known, &mut changes, at).await?;
+            settle(&mut outcomes, written);
+        }
+        let outcome = match check_one(&mut tx, &mut known, definition, *missing_org).await {
+            Ok(Checked::Unchanged(deployment)) => Ok(Applied {
+                deployment,
+                changed: false,
+            }),
+            Ok(Checked::New(current)) if together && same_domains(definition, current.as_ref()) => {
+                pending.add(index, definition, current.as_ref());
+                outcomes.push(None);
+                continue;
+            }
+            Ok(Checked::New(current)) => {
+                let written = pending.write(&mut tx, &mut known, &mut changes, at).await?;
+                settle(&mut outcomes, written);
+                let deployment = write_checked_version(
+                    &mut tx,
+                    definition,
+                    current.as_ref(),
+                    DeploymentOrigin::Apply,
+                    None,
+                    at,
+                )
+                .await?;
+                changes.push(Change {
+                    revision: deployment.revision,
+                    kind: ChangeKind::Service,
+                    key: key.to_string(),
+                    op: ChangeOp::Put,
+                    version: Some(deployment.version),
+                    committed_at_us: at,
+                });
+                known.wrote(key, deployment.clone());
+                Ok(Applied {
+                    deployment,
+                    changed: true,
+                })
+            }
             // A statement failed: the transaction is lost.
             Err(
                 e @ (StoreError::Backend(_) | StoreError::Unavailable(_) | StoreError::Corrupt(_)),
-            ) => {
-                return Err(e);
-            }
-            outcome => {
-                if let Ok(Applied {
-                    deployment,
-                    changed: true,
-                }) = &outcome
-                {
-                    changes.push(Change {
-                        revision: deployment.revision,
-                        kind: ChangeKind::Service,
-                        key: ServiceKey::of(definition).to_string(),
-                        op: ChangeOp::Put,
-                        version: Some(deployment.version),
-                        committed_at_us: at,
-                    });
-                }
-                outcomes.push(outcome);
-            }
-        }
+            ) => return Err(e),
+            Err(refused) => Err(refused),
+        };
+        outcomes.push(Some(outcome));
     }
+    let written = pending.write(&mut tx, &mut known, &mut changes, at).await?;
+    settle(&mut outcomes, written);
     tx.commit().await?;
     if let Some(last) = changes.last() {
         writer.memory.remember(&changes);
         publish(&writer.latest, last.revision);
     }
-    Ok(outcomes)
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or(Err(StoreError::Closed)))
+        .collect())
 }
 
-/// One apply inside the batch's transaction, which knows `known`: nothing when `definition`
-/// equals the current version's; else every check, then the writes (the org, if missing and
-/// `missing_org` allows, the app, the new version, whose change is stamped `at`).
-async fn apply_one(
+/// Puts the outcomes of the versions just `written` in their places.
+fn settle(outcomes: &mut [Option<Result<Applied>>], written: Vec<(usize, Applied)>) {
+    for (index, applied) in written {
+        if let Some(slot) = outcomes.get_mut(index) {
+            *slot = Some(Ok(applied));
+        }
+    }
+}
+
+/// What an apply's checks found.
+enum Checked {
+    /// The definition is the current version's: nothing to write.
+    Unchanged(Deployment),
+    /// A new version after the current one (if any) is to be written: every check passed,
+    /// and its org and app exist.
+    New(Option<Deployment>),
+}
+
+/// The checks of one apply inside the batch's transaction, which knows `known`: nothing to
+/// do when `definition` equals the current version's; else every check, then the org (if
+/// missing and `missing_org` allows) and the app are created.
+async fn check_one(
     conn: &mut AnyConnection,
     known: &mut Known,
     definition: &Definition,
     missing_org: MissingOrg,
-    at: i64,
-) -> Result<Applied> {
+) -> Result<Checked> {
     let (org, app) = (definition.org.as_str(), definition.app.as_str());
     let key = ServiceKey::of(definition);
     let current = known.current(&key).cloned();
     if let Some(current) = &current {
         if current.definition == *definition {
-            return Ok(Applied {
-                deployment: current.clone(),
-                changed: false,
-            });
+            return Ok(Checked::Unchanged(current.clone()));
         }
         check_version(conn, definition, Some(current)).await?;
     } else {
@@ -212,19 +260,7 @@ async fn apply_one(
         if !known.has_app(org, app) {
             ensure_app(conn, org, app).await?;
         }
+        known.created(org, app);
     }
-    let deployment = write_checked_version(
-        conn,
-        definition,
-        current.as_ref(),
-        DeploymentOrigin::Apply,
-        None,
-        at,
-    )
-    .await?;
-    known.wrote(key, deployment.clone());
-    Ok(Applied {
-        deployment,
-        changed: true,
-    })
+    Ok(Checked::New(current))
 }

@@ -110,6 +110,53 @@ impl Dialect {
         }
     }
 
+    /// The one statement that writes several new versions of services (each service at most
+    /// once), if the backend has one ([`pending`](super::pending)): what
+    /// [`Dialect::write_version`] does for each, with consecutive revisions in the order given;
+    /// returns their revisions. Binds: the JSON list of versions (`ord`, from 1, `key`, `org`,
+    /// `app`, `name`, `version`, `definition`, `regions`: a list, or null to leave the region
+    /// index as it is), committed_at_us, created_at.
+    pub(super) fn write_versions(self) -> Option<String> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some(format!(
+                "WITH input AS (SELECT x.* FROM {rows}, \
+                                jsonb_to_record(rows.value) AS x(ord BIGINT, key TEXT, org TEXT, \
+                                app TEXT, name TEXT, version BIGINT, definition TEXT, \
+                                regions JSONB)), \
+                      next AS (UPDATE revision_counter \
+                               SET revision = revision + (SELECT COUNT(*) FROM input) \
+                               WHERE id = 1 RETURNING revision), \
+                      numbered AS (SELECT input.*, \
+                                   next.revision - (SELECT COUNT(*) FROM input) + input.ord \
+                                   AS revision FROM input, next), \
+                      change AS (INSERT INTO changes \
+                                 (revision, kind, key, op, version, committed_at_us) \
+                                 SELECT revision, 'service', key, 'put', version, $2 \
+                                 FROM numbered ORDER BY revision), \
+                      current AS (INSERT INTO services \
+                                  (org, app, name, current_version, updated_at) \
+                                  SELECT org, app, name, version, $3 FROM numbered \
+                                  ON CONFLICT (org, app, name) DO UPDATE SET \
+                                  current_version = excluded.current_version, \
+                                  updated_at = excluded.updated_at), \
+                      dropped AS (DELETE FROM service_regions r USING numbered n \
+                                  WHERE n.regions IS NOT NULL AND r.org = n.org \
+                                    AND r.app = n.app AND r.service = n.name \
+                                    AND NOT (n.regions @> jsonb_build_array(r.region))), \
+                      added AS (INSERT INTO service_regions (org, app, service, region) \
+                                SELECT n.org, n.app, n.name, e.value FROM numbered n, \
+                                jsonb_array_elements_text(n.regions) AS e(value) \
+                                WHERE n.regions IS NOT NULL ON CONFLICT DO NOTHING) \
+                 INSERT INTO deployments (org, app, service, version, revision, created_at, \
+                                          origin, rolled_back_from, definition) \
+                 SELECT org, app, name, version, revision, $3, 'apply', NULL, definition \
+                 FROM numbered RETURNING revision",
+                rows = Self::json_values("$1", "rows"),
+            )),
+        }
+    }
+
     /// The statement a read transaction starts with to see one snapshot of the whole database
     /// (SQLite's read transactions do from their first read).
     pub(super) fn snapshot(self) -> Option<&'static str> {
@@ -192,10 +239,18 @@ impl Dialect {
                  json_extract(value, '$[2]') AS name FROM json_each({param})) AS {alias}"
             ),
             Dialect::Postgres => format!(
-                "(SELECT value->>0 AS org, value->>1 AS app, value->>2 AS name \
-                 FROM unnest(ARRAY(SELECT jsonb_array_elements(CAST({param} AS jsonb)))) \
-                 AS triples(value)) AS {alias}"
+                "(SELECT value->>0 AS org, value->>1 AS app, value->>2 AS name FROM {}) AS {alias}",
+                Self::json_values(param, "triples")
             ),
         }
+    }
+
+    /// PostgreSQL: a table of the elements of the JSON array bound at `param`, in a column
+    /// named `value` (`jsonb`), as `alias`, to use after `FROM`; through `unnest`, for the
+    /// reason given at [`Dialect::json_strings`].
+    fn json_values(param: &str, alias: &str) -> String {
+        format!(
+            "unnest(ARRAY(SELECT jsonb_array_elements(CAST({param} AS jsonb)))) AS {alias}(value)"
+        )
     }
 }
