@@ -7,7 +7,8 @@
 //! statement ([`Known`]). Each apply in a batch is still atomic and has its own revision: it
 //! makes all its checks (does the org exist, are its domains free, do its secrets exist)
 //! before it writes anything, so one that is refused leaves nothing behind and the others
-//! commit. Should a statement fail
+//! commit. On PostgreSQL the checked new versions are written together, in one statement
+//! ([`Pending`]). Should a statement fail
 //! (the transaction is then lost), the batch is rolled back and each of its applies runs again
 //! alone, so that only the apply at fault fails; unless the database is unreachable, which
 //! every apply of the batch is told.
