@@ -303,6 +303,28 @@ async fn watch_direct(store: &Arc<dyn Store>, args: &Args) -> Result<Vec<f64>> {
     tokio::time::timeout(Duration::from_secs(60), watcher).await??
 }
 
+/// Waits (up to 10 s) until `api` lists every region of `names`.
+async fn regions_known(api: &Api, names: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = api.send(reqwest::Method::GET, "/v1/regions", None).await?;
+        let known = |name: &&str| {
+            listed
+                .as_array()
+                .is_some_and(|regions| regions.iter().any(|r| r["name"] == **name))
+        };
+        if names.iter().all(known) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} does not list the regions {names:?}: {listed}",
+            api.base
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The figures of one round.
 #[derive(Default)]
 struct Round {
@@ -365,6 +387,11 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
             lon,
         };
         direct.put_region(&region).await?;
+    }
+    // Another replica learns of the regions from the change feed, a few milliseconds later
+    // (until then it refuses definitions that name them): wait until every one lists them.
+    for api in &apis {
+        regions_known(api, &["fra", "iad"]).await?;
     }
     let mut r = Round::default();
     if api_first {
