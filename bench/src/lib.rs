@@ -101,28 +101,27 @@ pub async fn start_control(
     cpus: &str,
     dir: &Path,
 ) -> Result<(tokio::process::Child, Api)> {
-    start_control_with(meridian, cpus, dir, &[]).await
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    start_control_with(meridian, cpus, localhost, dir, &[]).await
 }
 
-/// [`start_control`] with `extra` arguments (e.g. `--store postgres://…`). A replica started
-/// on a store that has its admin token already has an empty [`Api::token`]: set the first's.
+/// [`start_control`] with its API and xDS ports on `host` (port 0) and `extra` arguments (e.g.
+/// `--store postgres://…`). A replica started on a store that has its admin token already has
+/// an empty [`Api::token`]: set the first's.
 pub async fn start_control_with(
     meridian: &Path,
     cpus: &str,
+    host: std::net::IpAddr,
     dir: &Path,
     extra: &[String],
 ) -> Result<(tokio::process::Child, Api)> {
     let mut command = pinned(meridian, cpus);
+    let address = std::net::SocketAddr::new(host, 0).to_string();
     let mut child = command
         .args([
-            "control",
-            "--global",
-            "--listen",
-            "127.0.0.1:0",
-            "--xds",
-            "127.0.0.1:0",
-            "--data-dir",
+            "control", "--global", "--listen", &address, "--xds", &address,
         ])
+        .arg("--data-dir")
         .arg(dir)
         .args(extra)
         .env("MERIDIAN_LOG", "warn")

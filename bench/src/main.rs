@@ -65,6 +65,9 @@ struct Args {
     /// Loopback address the PostgreSQL cluster listens on.
     #[arg(long, default_value = "127.0.170.1")]
     postgres_host: IpAddr,
+    /// Loopback address the control planes listen on (port 0).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
 }
 
 /// A store backend to measure.
@@ -300,6 +303,28 @@ async fn watch_direct(store: &Arc<dyn Store>, args: &Args) -> Result<Vec<f64>> {
     tokio::time::timeout(Duration::from_secs(60), watcher).await??
 }
 
+/// Waits (up to 10 s) until `api` lists every region of `names`.
+async fn regions_known(api: &Api, names: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = api.send(reqwest::Method::GET, "/v1/regions", None).await?;
+        let known = |name: &&str| {
+            listed
+                .as_array()
+                .is_some_and(|regions| regions.iter().any(|r| r["name"] == **name))
+        };
+        if names.iter().all(known) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} does not list the regions {names:?}: {listed}",
+            api.base
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The figures of one round.
 #[derive(Default)]
 struct Round {
@@ -329,8 +354,14 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
     let mut apis: Vec<Arc<Api>> = Vec::with_capacity(setup.replicas);
     for replica in 0..setup.replicas {
         let data = dir.path().join(format!("api{replica}"));
-        let (control, mut api) =
-            start_control_with(&args.meridian, &args.control_cpus, &data, &store_args).await?;
+        let (control, mut api) = start_control_with(
+            &args.meridian,
+            &args.control_cpus,
+            args.host,
+            &data,
+            &store_args,
+        )
+        .await?;
         if let Some(first) = apis.first() {
             api.token = first.token.clone();
         }
@@ -356,6 +387,11 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
             lon,
         };
         direct.put_region(&region).await?;
+    }
+    // Another replica learns of the regions from the change feed, a few milliseconds later
+    // (until then it refuses definitions that name them): wait until every one lists them.
+    for api in &apis {
+        regions_known(api, &["fra", "iad"]).await?;
     }
     let mut r = Round::default();
     if api_first {

@@ -34,6 +34,7 @@ mod endpoints;
 mod known;
 mod leases;
 mod memory;
+mod pending;
 mod postgres;
 mod purges;
 mod rollouts;
@@ -78,16 +79,17 @@ impl SqlStore {
         postgres::connect(url).await
     }
 
-    /// A store over `writer` and `reader`, whose latest revision is in `latest`, with the
-    /// backend's `tasks`, its own batcher of applies and the follower that keeps its memory.
+    /// A store over `writer` and `reader`, whose latest revision is in `latest`, with its
+    /// `memory`, the backend's `tasks`, its own batcher of applies and the follower that keeps
+    /// its memory.
     fn new(
         writer: AnyPool,
         reader: AnyPool,
         dialect: Dialect,
         latest: Arc<watch::Sender<u64>>,
+        memory: Arc<Memory>,
         mut tasks: Vec<AbortHandle>,
     ) -> Self {
-        let memory = Memory::new();
         let (queue, requests) = applies::Queue::new();
         let batcher = applies::Writer {
             pool: writer.clone(),
@@ -516,7 +518,7 @@ async fn check_version(
 
 /// Whether `definition` claims the domains `current` (the service's current deployment, if
 /// any) holds: then the claims stay as they are.
-fn same_domains(definition: &Definition, current: Option<&Deployment>) -> bool {
+pub(super) fn same_domains(definition: &Definition, current: Option<&Deployment>) -> bool {
     let held = current.map_or(&[][..], |c| c.definition.domains.as_slice());
     definition.domains == held
 }
@@ -557,8 +559,13 @@ async fn write_checked_version(
         DeploymentOrigin::Rollback => "rollback",
         DeploymentOrigin::Secret => "secret",
     };
+    let regions_changed = current.map(|c| &c.definition.regions) != Some(&definition.regions);
     let revision = if let Some(sql) = Dialect::of(conn).write_version() {
-        let revision: i64 = sqlx::query_scalar(sql)
+        let regions = regions_changed
+            .then(|| serde_json::to_string(&definition.regions))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("region list: {e}")))?;
+        let revision: i64 = sqlx::query_scalar(&sql)
             .bind(key.to_string())
             .bind(version as i64)
             .bind(committed_at_us)
@@ -569,6 +576,7 @@ async fn write_checked_version(
             .bind(origin_name)
             .bind(rolled_back_from.map(|v| v as i64))
             .bind(text)
+            .bind(regions)
             .fetch_one(&mut *conn)
             .await?;
         to_u64(revision)
@@ -610,11 +618,11 @@ async fn write_checked_version(
         .bind(text)
         .execute(&mut *conn)
         .await?;
+        if regions_changed {
+            index_regions(conn, &key, &definition.regions, current.is_some()).await?;
+        }
         revision
     };
-    if current.map(|c| &c.definition.regions) != Some(&definition.regions) {
-        index_regions(conn, &key, &definition.regions, current.is_some()).await?;
-    }
     if !same_domains(definition, current) {
         domains::claim(conn, &key, &definition.domains, revision).await?;
     }

@@ -7,21 +7,23 @@
 //! statement ([`Known`]). Each apply in a batch is still atomic and has its own revision: it
 //! makes all its checks (does the org exist, are its domains free, do its secrets exist)
 //! before it writes anything, so one that is refused leaves nothing behind and the others
-//! commit. Should a statement fail
+//! commit. On PostgreSQL the checked new versions are written together, in one statement
+//! ([`Pending`]). Should a statement fail
 //! (the transaction is then lost), the batch is rolled back and each of its applies runs again
 //! alone, so that only the apply at fault fails; unless the database is unreachable, which
 //! every apply of the batch is told.
 
 use std::sync::Arc;
 
-use meridian_model::{Change, ChangeKind, ChangeOp, Definition, DeploymentOrigin};
+use meridian_model::{Change, ChangeKind, ChangeOp, Definition, Deployment, DeploymentOrigin};
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::known::Known;
+use super::pending::Pending;
 use super::{
-    check_version, ensure_app, now_micros, now_secs, publish, write_checked_version, Dialect,
-    Memory,
+    check_version, ensure_app, now_micros, now_secs, publish, same_domains, write_checked_version,
+    Dialect, Memory,
 };
 use crate::{Applied, MissingOrg, Result, ServiceKey, StoreError};
 
@@ -134,83 +136,113 @@ async fn transaction(
         sqlx::query(lock).execute(&mut *tx).await?;
     }
     let mut known = Known::read(&mut tx, batch.iter().map(|(d, _)| d)).await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut outcomes: Vec<Option<Result<Applied>>> = Vec::with_capacity(batch.len());
     let mut changes = Vec::new();
-    for (definition, missing_org) in batch {
-        let at = now_micros();
-        match apply_one(&mut tx, &mut known, definition, *missing_org, at).await {
+    // The changes of a batch are committed together: they carry one time, taken before its
+    // first write (a change's notification carries the time it is inserted with, so it is
+    // never changed afterwards).
+    let at = now_micros();
+    // Versions wait to be written together where the backend can ([`Pending`]); each is
+    // written before the batch goes on with its service, or with an apply that changes domain
+    // claims, so that revisions follow the order of the batch.
+    let together = writer.dialect.write_versions().is_some();
+    let mut pending = Pending::default();
+    for (index, (definition, missing_org)) in batch.iter().enumerate() {
+        let key = ServiceKey::of(definition);
+        if pending.has(&key) {
+            let written = pending.write(&mut tx, &mut known, &mut changes, at).await?;
+            settle(&mut outcomes, written);
+        }
+        let outcome = match check_one(&mut tx, &mut known, definition, *missing_org).await {
+            Ok(Checked::Unchanged(deployment)) => Ok(Applied {
+                deployment,
+                changed: false,
+            }),
+            Ok(Checked::New(current)) if together && same_domains(definition, current.as_ref()) => {
+                pending.add(index, definition, current.as_ref());
+                outcomes.push(None);
+                continue;
+            }
+            Ok(Checked::New(current)) => {
+                let written = pending.write(&mut tx, &mut known, &mut changes, at).await?;
+                settle(&mut outcomes, written);
+                let deployment = write_checked_version(
+                    &mut tx,
+                    definition,
+                    current.as_ref(),
+                    DeploymentOrigin::Apply,
+                    None,
+                    at,
+                )
+                .await?;
+                changes.push(Change {
+                    revision: deployment.revision,
+                    kind: ChangeKind::Service,
+                    key: key.to_string(),
+                    op: ChangeOp::Put,
+                    version: Some(deployment.version),
+                    committed_at_us: at,
+                });
+                known.wrote(key, deployment.clone());
+                Ok(Applied {
+                    deployment,
+                    changed: true,
+                })
+            }
             // A statement failed: the transaction is lost.
             Err(
                 e @ (StoreError::Backend(_) | StoreError::Unavailable(_) | StoreError::Corrupt(_)),
-            ) => {
-                return Err(e);
-            }
-            outcome => {
-                if let Ok(Applied {
-                    deployment,
-                    changed: true,
-                }) = &outcome
-                {
-                    changes.push(Change {
-                        revision: deployment.revision,
-                        kind: ChangeKind::Service,
-                        key: ServiceKey::of(definition).to_string(),
-                        op: ChangeOp::Put,
-                        version: Some(deployment.version),
-                        committed_at_us: at,
-                    });
-                }
-                outcomes.push(outcome);
-            }
-        }
+            ) => return Err(e),
+            Err(refused) => Err(refused),
+        };
+        outcomes.push(Some(outcome));
     }
-    let written = changes.first().zip(changes.last());
-    if let (Some((first, last)), true) = (
-        written.map(|(f, l)| (f.revision, l.revision)),
-        batch.len() > 1,
-    ) {
-        // The changes of a batch are committed together: they carry its commit time, not the
-        // time each was written in the transaction.
-        let at = now_micros();
-        sqlx::query(
-            "UPDATE changes SET committed_at_us = $1 WHERE revision >= $2 AND revision <= $3",
-        )
-        .bind(at)
-        .bind(first as i64)
-        .bind(last as i64)
-        .execute(&mut *tx)
-        .await?;
-        for change in &mut changes {
-            change.committed_at_us = at;
-        }
-    }
+    let written = pending.write(&mut tx, &mut known, &mut changes, at).await?;
+    settle(&mut outcomes, written);
     tx.commit().await?;
     if let Some(last) = changes.last() {
         writer.memory.remember(&changes);
         publish(&writer.latest, last.revision);
     }
-    Ok(outcomes)
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or(Err(StoreError::Closed)))
+        .collect())
 }
 
-/// One apply inside the batch's transaction, which knows `known`: nothing when `definition`
-/// equals the current version's; else every check, then the writes (the org, if missing and
-/// `missing_org` allows, the app, the new version, whose change is stamped `at`).
-async fn apply_one(
+/// Puts the outcomes of the versions just `written` in their places.
+fn settle(outcomes: &mut [Option<Result<Applied>>], written: Vec<(usize, Applied)>) {
+    for (index, applied) in written {
+        if let Some(slot) = outcomes.get_mut(index) {
+            *slot = Some(Ok(applied));
+        }
+    }
+}
+
+/// What an apply's checks found.
+enum Checked {
+    /// The definition is the current version's: nothing to write.
+    Unchanged(Deployment),
+    /// A new version after the current one (if any) is to be written: every check passed,
+    /// and its org and app exist.
+    New(Option<Deployment>),
+}
+
+/// The checks of one apply inside the batch's transaction, which knows `known`: nothing to
+/// do when `definition` equals the current version's; else every check, then the org (if
+/// missing and `missing_org` allows) and the app are created.
+async fn check_one(
     conn: &mut AnyConnection,
     known: &mut Known,
     definition: &Definition,
     missing_org: MissingOrg,
-    at: i64,
-) -> Result<Applied> {
+) -> Result<Checked> {
     let (org, app) = (definition.org.as_str(), definition.app.as_str());
     let key = ServiceKey::of(definition);
     let current = known.current(&key).cloned();
     if let Some(current) = &current {
         if current.definition == *definition {
-            return Ok(Applied {
-                deployment: current.clone(),
-                changed: false,
-            });
+            return Ok(Checked::Unchanged(current.clone()));
         }
         check_version(conn, definition, Some(current)).await?;
     } else {
@@ -229,19 +261,7 @@ async fn apply_one(
         if !known.has_app(org, app) {
             ensure_app(conn, org, app).await?;
         }
+        known.created(org, app);
     }
-    let deployment = write_checked_version(
-        conn,
-        definition,
-        current.as_ref(),
-        DeploymentOrigin::Apply,
-        None,
-        at,
-    )
-    .await?;
-    known.wrote(key, deployment.clone());
-    Ok(Applied {
-        deployment,
-        changed: true,
-    })
+    Ok(Checked::New(current))
 }

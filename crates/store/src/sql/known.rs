@@ -84,11 +84,16 @@ impl Known {
         self.apps.contains(&(org.to_owned(), app.to_owned()))
     }
 
+    /// Notes that org `org` and app `org/app` exist (the batch made them if they were missing).
+    pub(super) fn created(&mut self, org: &str, app: &str) {
+        self.orgs.insert(org.to_owned());
+        self.apps.insert((org.to_owned(), app.to_owned()));
+    }
+
     /// Notes that the batch wrote `deployment`, the new current version of `key`, creating
     /// its org and app if they were missing.
     pub(super) fn wrote(&mut self, key: ServiceKey, deployment: Deployment) {
-        self.orgs.insert(key.org.clone());
-        self.apps.insert((key.org.clone(), key.app.clone()));
+        self.created(&key.org, &key.app);
         self.current.insert(key, deployment);
     }
 }

@@ -4,7 +4,9 @@
 //! name).
 //!
 //! - **The latest changes** ([`Memory::changes_after`]): a window of consecutive revisions,
-//!   filled by this store's own applies as they commit and by what is read from the database.
+//!   filled by this store's own applies as they commit, by the changes PostgreSQL notifies (in
+//!   commit order: those of other stores on the database) and by what is read from the
+//!   database.
 //!   A read is answered from it when it holds the next change and everything up to the latest
 //!   revision the store knows committed; any other goes to the database. The window only ever
 //!   holds consecutive committed revisions, so the feed stays gapless and in order.

@@ -3,8 +3,10 @@
 //! Writes are serialized by a row lock on the revision counter, taken first in every write
 //! transaction (see [`Dialect::write_lock`] for why that makes revision order commit order and
 //! the feed gapless). Every change inserted into the feed notifies channel [`CHANNEL`] (a
-//! trigger, delivered at commit), so a store learns of the writes of every other store on the
-//! database; a notification is only a wake-up, and watchers read the feed by revision. As
+//! trigger, delivered at commit, in commit order), so a store learns of the writes of every
+//! other store on the database. The notification carries the change, which the store keeps in
+//! its window of recent changes before it tells its watchers, so that they read it from
+//! memory; watchers still read the feed by revision, so a lost notification costs only time. As
 //! notifications sent while the listening connection is down are lost, the store also re-reads
 //! the latest revision at once when that connection is lost and every [`CATCH_UP_INTERVAL`],
 //! so a lost notification delays a watcher by at most that, and never makes it miss a change.
@@ -21,10 +23,14 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::AnyPool;
 use tokio::sync::watch;
 
-use super::{publish, to_u64, Dialect, SqlStore};
+use meridian_model::{Change, ChangeOp};
+use serde::Deserialize;
+
+use super::{parse_kind, publish, to_u64, Dialect, Memory, SqlStore};
 use crate::Result;
 
-/// The channel every change is notified on (payload: its revision); see the migrations.
+/// The channel every change is notified on (payload: the change as JSON; from stores of
+/// earlier versions, its revision); see the migrations.
 pub(super) const CHANNEL: &str = "meridian_changes";
 /// The `application_name` of the connection that listens on [`CHANNEL`].
 const LISTENER_NAME: &str = "meridian-listener";
@@ -59,8 +65,15 @@ pub(super) async fn connect(url: &str) -> Result<SqlStore> {
     let revision = latest_revision(&reader).await?;
     tracing::info!(revision, "opened PostgreSQL store");
     let latest = Arc::new(watch::Sender::new(revision));
+    let memory = Memory::new();
     let tasks = vec![
-        tokio::spawn(listen(listener, reader.clone(), latest.clone())).abort_handle(),
+        tokio::spawn(listen(
+            listener,
+            reader.clone(),
+            memory.clone(),
+            latest.clone(),
+        ))
+        .abort_handle(),
         tokio::spawn(catch_up_periodically(reader.clone(), latest.clone())).abort_handle(),
     ];
     Ok(SqlStore::new(
@@ -68,6 +81,7 @@ pub(super) async fn connect(url: &str) -> Result<SqlStore> {
         reader,
         Dialect::Postgres,
         latest,
+        memory,
         tasks,
     ))
 }
@@ -97,17 +111,28 @@ async fn catch_up(reader: &AnyPool, latest: &watch::Sender<u64>) {
     }
 }
 
-/// Tells watchers of each revision notified on [`CHANNEL`]; catches up when the listening
-/// connection was lost (it reconnects by itself).
-async fn listen(mut listener: PgListener, reader: AnyPool, latest: Arc<watch::Sender<u64>>) {
+/// Keeps each change notified on [`CHANNEL`] in `memory` and tells watchers of its revision;
+/// catches up when the listening connection was lost (it reconnects by itself).
+async fn listen(
+    mut listener: PgListener,
+    reader: AnyPool,
+    memory: Arc<Memory>,
+    latest: Arc<watch::Sender<u64>>,
+) {
     let mut failing = false;
     loop {
         match listener.try_recv().await {
-            Ok(Some(notification)) => match notification.payload().parse::<u64>() {
-                Ok(revision) => publish(&latest, revision),
-                Err(_) => tracing::warn!(
+            Ok(Some(notification)) => match notified(notification.payload()) {
+                Some(Notified::Change(change)) => {
+                    // Kept before watchers hear of it, so that they read it from memory.
+                    let revision = change.revision;
+                    memory.remember(std::slice::from_ref(&change));
+                    publish(&latest, revision);
+                }
+                Some(Notified::Revision(revision)) => publish(&latest, revision),
+                None => tracing::warn!(
                     payload = notification.payload(),
-                    "a change notification without a revision; ignored"
+                    "a change notification that is neither a change nor a revision; ignored"
                 ),
             },
             Ok(None) => {
@@ -131,6 +156,46 @@ async fn listen(mut listener: PgListener, reader: AnyPool, latest: Arc<watch::Se
     }
 }
 
+/// What a notification on [`CHANNEL`] says.
+#[derive(Debug, PartialEq)]
+enum Notified {
+    /// A committed change.
+    Change(Change),
+    /// Only that a revision was committed (from a store of an earlier version).
+    Revision(u64),
+}
+
+/// A change as its notification carries it (see the migrations).
+#[derive(Deserialize)]
+struct Payload {
+    revision: i64,
+    kind: String,
+    key: String,
+    op: String,
+    version: Option<i64>,
+    committed_at_us: i64,
+}
+
+/// What `payload` says, or `None` when it is neither a change nor a revision.
+fn notified(payload: &str) -> Option<Notified> {
+    if let Ok(revision) = payload.parse::<u64>() {
+        return Some(Notified::Revision(revision));
+    }
+    let payload: Payload = serde_json::from_str(payload).ok()?;
+    Some(Notified::Change(Change {
+        revision: u64::try_from(payload.revision).ok()?,
+        kind: parse_kind(&payload.kind).ok()?,
+        key: payload.key,
+        op: match payload.op.as_str() {
+            "put" => ChangeOp::Put,
+            "delete" => ChangeOp::Delete,
+            _ => return None,
+        },
+        version: payload.version.map(to_u64),
+        committed_at_us: payload.committed_at_us,
+    }))
+}
+
 /// Re-reads the latest revision every [`CATCH_UP_INTERVAL`], so that a lost notification
 /// delays watchers by at most that.
 async fn catch_up_periodically(reader: AnyPool, latest: Arc<watch::Sender<u64>>) {
@@ -139,5 +204,37 @@ async fn catch_up_periodically(reader: AnyPool, latest: Arc<watch::Sender<u64>>)
     loop {
         ticks.tick().await;
         catch_up(&reader, &latest).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_model::ChangeKind;
+
+    #[test]
+    fn a_notification_carries_a_change_or_a_bare_revision() {
+        let change = r#"{"revision":7,"kind":"service","key":"o/a/s","op":"put","version":3,"committed_at_us":12}"#;
+        assert_eq!(
+            notified(change),
+            Some(Notified::Change(Change {
+                revision: 7,
+                kind: ChangeKind::Service,
+                key: "o/a/s".into(),
+                op: ChangeOp::Put,
+                version: Some(3),
+                committed_at_us: 12,
+            }))
+        );
+        let delete = r#"{"revision":8,"kind":"org","key":"o","op":"delete","version":null,"committed_at_us":13}"#;
+        assert!(matches!(notified(delete), Some(Notified::Change(c)) if c.op == ChangeOp::Delete));
+        assert_eq!(notified("9"), Some(Notified::Revision(9)));
+        assert_eq!(
+            notified(
+                r#"{"revision":7,"kind":"nonsense","key":"k","op":"put","version":null,"committed_at_us":1}"#
+            ),
+            None
+        );
+        assert_eq!(notified("junk"), None);
     }
 }

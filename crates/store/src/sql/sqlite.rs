@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor, SqlitePool};
 use tokio::sync::watch;
 
-use super::{to_u64, Dialect, SqlStore};
+use super::{to_u64, Dialect, Memory, SqlStore};
 use crate::Result;
 
 /// Most read connections open at once.
@@ -57,6 +57,7 @@ pub(super) async fn open(path: &Path) -> Result<SqlStore> {
         reader,
         Dialect::Sqlite,
         latest,
+        Memory::new(),
         Vec::new(),
     ))
 }

@@ -44,6 +44,7 @@ conformance!(
     regions_in_use_cannot_be_deleted_and_index_follows_the_current_version,
     watch_yields_every_change_in_order_under_concurrent_writes,
     applies_arriving_together_commit_or_fail_each_on_their_own,
+    versions_arriving_together_follow_each_other_and_index_their_regions,
     long_poll_returns_on_commit_or_times_out_empty,
     a_reopened_store_keeps_its_state_and_revision,
     a_certificate_lives_as_long_as_its_domain_claim,

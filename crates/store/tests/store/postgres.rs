@@ -126,7 +126,7 @@ async fn concurrent_writes_of_several_stores_check_and_write_as_one_step() {
 }
 
 #[tokio::test]
-async fn every_change_is_notified_at_commit_with_its_revision() {
+async fn every_change_is_notified_at_commit_with_the_change() {
     let Some(backend) = Backend::postgres() else {
         return;
     };
@@ -140,12 +140,18 @@ async fn every_change_is_notified_at_commit_with_its_revision() {
     listener.listen("meridian_changes").await.unwrap();
     store.create_org("acme").await.unwrap();
     store.create_app("acme", "shop").await.unwrap();
-    for revision in ["1", "2"] {
+    for (revision, kind, key) in [(1, "org", "acme"), (2, "app", "acme/shop")] {
         let notification = tokio::time::timeout(DEADLINE, listener.recv())
             .await
             .expect("no notification")
             .unwrap();
-        assert_eq!(notification.payload(), revision);
+        let change: serde_json::Value = serde_json::from_str(notification.payload()).unwrap();
+        assert_eq!(change["revision"], revision);
+        assert_eq!(change["kind"], kind);
+        assert_eq!(change["key"], key);
+        assert_eq!(change["op"], "put");
+        assert_eq!(change["version"], serde_json::Value::Null);
+        assert!(change["committed_at_us"].as_i64().unwrap() > 0);
     }
 }
 

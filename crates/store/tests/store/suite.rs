@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use meridian_model::{ChangeKind, ChangeOp, Definition, DeploymentOrigin, Region, SecretOwner};
 use meridian_store::{
-    wait_for_changes, MissingOrg, ServiceFilter, ServiceKey, Store, StoreError, Watch,
+    wait_for_changes, Applied, MissingOrg, ServiceFilter, ServiceKey, Store, StoreError, Watch,
 };
 
 use crate::backend::Backend;
@@ -443,6 +443,78 @@ pub async fn applies_arriving_together_commit_or_fail_each_on_their_own(backend:
         store.revision().await.unwrap(),
         before + applied.len() as u64
     );
+}
+
+pub async fn versions_arriving_together_follow_each_other_and_index_their_regions(
+    backend: &Backend,
+) {
+    let store: Arc<dyn Store> = Arc::new(backend.open().await);
+    with_regions(&*store).await;
+    store
+        .apply_service(&definition("web", &["fra"], "a"), MissingOrg::Create)
+        .await
+        .unwrap();
+    let before = store.revision().await.unwrap();
+    // Queued in this order (join polls them in order): two versions of one service, one of
+    // which moves it to other regions, and two of a new service.
+    let apply = |name: &'static str, regions: &'static [&'static str], command: &'static str| {
+        let store = store.clone();
+        async move {
+            let def = definition(name, regions, command);
+            store.apply_service(&def, MissingOrg::Create).await.unwrap()
+        }
+    };
+    let (web2, web3, api1, api2) = tokio::join!(
+        apply("web", &["fra", "iad"], "b"),
+        apply("web", &["iad"], "c"),
+        apply("api", &["fra"], "x"),
+        apply("api", &["fra"], "y"),
+    );
+    let versions = |applied: &[&Applied]| -> Vec<u64> {
+        applied.iter().map(|a| a.deployment.version).collect()
+    };
+    assert_eq!(versions(&[&web2, &web3, &api1, &api2]), [2, 3, 1, 2]);
+    let feed = store.changes_after(before, 100).await.unwrap();
+    let fed: Vec<(u64, &str, Option<u64>)> = feed
+        .iter()
+        .map(|c| (c.revision, c.key.as_str(), c.version))
+        .collect();
+    let b = before;
+    assert_eq!(
+        fed,
+        [
+            (b + 1, "acme/shop/web", Some(2)),
+            (b + 2, "acme/shop/web", Some(3)),
+            (b + 3, "acme/shop/api", Some(1)),
+            (b + 4, "acme/shop/api", Some(2)),
+        ]
+    );
+    for (applied, revision) in [
+        (&web2, b + 1),
+        (&web3, b + 2),
+        (&api1, b + 3),
+        (&api2, b + 4),
+    ] {
+        assert_eq!(applied.deployment.revision, revision);
+    }
+    let in_region = |region: &'static str| {
+        let store = store.clone();
+        async move {
+            let found = store.deployments_in_region(region).await.unwrap();
+            found
+                .iter()
+                .map(|d| (d.definition.name.clone(), d.version))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(in_region("fra").await, [("api".to_owned(), 2)]);
+    assert_eq!(in_region("iad").await, [("web".to_owned(), 3)]);
+    let web = store
+        .get_service(&ServiceKey::of(&web3.deployment.definition))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(web, web3.deployment);
 }
 
 pub async fn long_poll_returns_on_commit_or_times_out_empty(backend: &Backend) {
