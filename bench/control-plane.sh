@@ -20,9 +20,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -z "$meridian" ]; then
-  cargo build --release --bin meridian --bin meridian-bench
-  target="${CARGO_TARGET_DIR:-target}"
-  meridian="$target/release/meridian"
+  source bench/release.sh
+  release_build --bin meridian --bin meridian-bench
+  meridian="$RELEASE_DIR/meridian"
 fi
 bench="$(dirname "$meridian")/meridian-bench"
 if [ -z "$failover_only" ]; then

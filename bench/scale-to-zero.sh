@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.."
 command -v taskset >/dev/null || { echo "scale-to-zero.sh needs taskset" >&2; exit 1; }
 profile="${PROFILE:-release}"
 case "$profile" in
-  release) cargo build --release --bin meridian --bin meridian-hello ;;
-  debug) cargo build --bin meridian --bin meridian-hello ;;
+  release) source bench/release.sh; release_build --bin meridian --bin meridian-hello
+    binaries="$RELEASE_DIR" ;;
+  debug) cargo build --bin meridian --bin meridian-hello
+    binaries="${CARGO_TARGET_DIR:-target}/debug" ;;
   *) echo "PROFILE must be release or debug, not $profile" >&2; exit 1 ;;
 esac
-target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/scale_to_zero.py --meridian "$target/$profile/meridian" \
-  --hello "$target/$profile/meridian-hello" "$@"
+exec python3 bench/scale_to_zero.py --meridian "$binaries/meridian" \
+  --hello "$binaries/meridian-hello" "$@"
