@@ -25,12 +25,6 @@ const TRANSFER_ENCODING_AT: usize = 3;
 const TE_BIT: usize = HOP_BY_HOP.len();
 /// The bit of the first [`Added`] field in [`Present`], after `te`'s.
 const ADDED_BITS: usize = TE_BIT + 1;
-/// The bit of Meridian's internal request fields in [`Present`], after the [`Added`] ones.
-const INTERNAL_BIT: usize = ADDED_BITS + Added::ALL.len();
-const _: () = assert!(
-    INTERNAL_BIT < u16::BITS as usize,
-    "Present has a bit for each"
-);
 
 /// Which hop-by-hop fields and which fields the proxy adds ([`Added`]) a message holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,12 +46,6 @@ impl Present {
     /// Whether the message holds the added field `field`.
     pub fn has(self, field: Added) -> bool {
         self.has_bit(ADDED_BITS + field as usize)
-    }
-
-    /// Whether the message holds a field that only Meridian's own proxies set between
-    /// themselves ([`crate::nudge::WAKE_HEADER`], [`crate::elsewhere::HEADER`]).
-    pub fn has_internal(self) -> bool {
-        self.has_bit(INTERNAL_BIT)
     }
 
     fn has_bit(self, bit: usize) -> bool {
@@ -88,7 +76,6 @@ fn bit_of(name: &HeaderName) -> Option<usize> {
         "x-forwarded-proto" => added(Added::XForwardedProto),
         "x-forwarded-host" => added(Added::XForwardedHost),
         "x-request-id" => added(Added::XRequestId),
-        "x-meridian-wake" | "x-meridian-elsewhere" => Some(INTERNAL_BIT),
         _ => None,
     }
 }

@@ -48,9 +48,8 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// Rewrites path and headers per `route`, keeping the client's forwarding headers and
-    /// Meridian's internal fields (a wake nudge, the elsewhere mark) if it is `trusted`, and
-    /// the authority asked for if the upstream `sends_authority`.
+    /// Rewrites path and headers per `route`, keeping the client's forwarding headers if it is
+    /// `trusted`, and the authority asked for if the upstream `sends_authority`.
     pub(crate) fn new(
         parts: http::request::Parts,
         route: &Route,
@@ -76,11 +75,6 @@ impl Prepared {
         };
         let mut present = Present::of(&headers);
         strip_hop_by_hop(&mut headers, &mut present);
-        if !trusted && present.has_internal() {
-            // Only Meridian's own proxies say these to each other; never taken from a client.
-            headers.remove(crate::nudge::WAKE_HEADER);
-            headers.remove(crate::elsewhere::HEADER);
-        }
         // Connections that may speak HTTP/2 are those that carry the authority in the URI.
         let (method, protocol) = match switch {
             Some(switch) => switch.upstream(method, &mut headers, sends_authority),
