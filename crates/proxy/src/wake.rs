@@ -233,8 +233,11 @@ impl WakeGate {
     }
 
     /// Asks for a wake without a request to hold (a wake nudge, see [`crate::nudge`]):
-    /// rings the agent if the gate is closed.
+    /// rings the agent if the gate is closed. A nudge is a use, asleep or awake: the edge that
+    /// sends it has requests for the service and wants it awake here, so an instance it woke
+    /// does not fall asleep again before the edge sends it those requests.
     pub fn nudge(&self) {
+        self.last_used_ms.store(self.now_ms(), Ordering::SeqCst);
         if self.asleep.load(Ordering::SeqCst) {
             self.nudged.store(true, Ordering::SeqCst);
             self.wake.notify_one();
