@@ -68,6 +68,14 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     false
 }
 
+/// Drops the fields only Meridian's own proxies say to each other (a wake nudge, the elsewhere
+/// mark) from a request of a public listener's client (`trust_forwarded: none`: an edge, a
+/// node proxy's outbound listener). Between its proxies they are kept, over mutual TLS or not.
+fn drop_internal_fields(headers: &mut HeaderMap) {
+    headers.remove(crate::nudge::WAKE_HEADER);
+    headers.remove(crate::elsewhere::HEADER);
+}
+
 /// Whether the client's forwarding (and trace) fields are believed on this listener.
 fn trusted(ctx: &ListenerContext, peer: &Peer) -> bool {
     match ctx.trust.load() {
@@ -127,6 +135,9 @@ async fn serve(
     }
     if let Some(refused) = crate::mesh::refuse(&mut request, &ctx, peer) {
         return refused;
+    }
+    if ctx.trust.load() == TrustForwarded::None {
+        drop_internal_fields(request.headers_mut());
     }
     if peer.scheme == "http" {
         if let Some(answer) = crate::acme::answer(&request, &ctx.shared.http01) {

@@ -16,6 +16,7 @@ mod body;
 mod cache;
 mod cluster;
 mod cluster_stats;
+mod coalesce;
 mod config;
 mod elsewhere;
 mod encoder;

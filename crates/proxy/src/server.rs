@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::ClientBody;
 use crate::cluster::Cluster;
+use crate::coalesce::Coalesced;
 use crate::config::{Limits, TrustForwarded};
 use crate::forward;
 use crate::handshakes::HandshakeSlots;
@@ -593,6 +594,8 @@ where
             })
         })
     };
+    // HTTP/2 answers of one round leave in one write (see `crate::coalesce`).
+    let stream = Coalesced::new(stream, protocol == Protocol::Http2);
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
     let mut connection = http_server::serve(protocol, io, service, &limits);
     async move {

@@ -356,6 +356,28 @@ async fn forwarding_headers_of_untrusted_clients_are_replaced() {
     );
 }
 
+#[tokio::test]
+async fn meridians_internal_fields_are_dropped_from_clients_of_public_listeners_only() {
+    let (upstream, _) = counting_upstream().await;
+    // An edge's listener (none), and a gateway's (the default) reached without mutual TLS.
+    for (trust, kept) in [("    trust_forwarded: none", false), ("", true)] {
+        let (_proxy, address) = proxy(&[upstream], trust, "", "", "").await;
+        let seen: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{address}/"))
+            .header("x-meridian-wake", "1")
+            .header("x-meridian-elsewhere", "1")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for name in ["x-meridian-wake", "x-meridian-elsewhere"] {
+            assert_eq!(seen.get(name).is_some(), kept, "{name} ({trust:?}): {seen}");
+        }
+    }
+}
+
 /// An HTTP/2 (prior knowledge) POST to `address` whose body is `first`, then what is sent on
 /// `rest`, ending when it is dropped; its response (within 5 s).
 async fn h2_streaming_post(
