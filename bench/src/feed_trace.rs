@@ -101,7 +101,9 @@ fn stages(logs: &[&Path], received: &[Received]) -> Result<Vec<[f64; 5]>> {
                 None => continue,
             }
         };
-        let Some(&(_, _, read_at)) = read.iter().find(|(first, last, _)| (*first..=*last).contains(&r))
+        let Some(&(_, _, read_at)) = read
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&r))
         else {
             continue;
         };

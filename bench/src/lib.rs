@@ -68,7 +68,10 @@ pub fn run_queue_wait(pid: u32) -> Result<Duration> {
         let Ok(stat) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let field = stat.split_whitespace().nth(1).context("malformed schedstat")?;
+        let field = stat
+            .split_whitespace()
+            .nth(1)
+            .context("malformed schedstat")?;
         waited += field.parse::<u64>()?;
     }
     Ok(Duration::from_nanos(waited))

@@ -358,12 +358,17 @@ fn usage(pids: &[u32]) -> Result<Vec<(Duration, Duration)>> {
 
 /// Prints each plane's CPU time and run-queue wait per change between `before` and `after`.
 fn print_usage(before: &[(Duration, Duration)], after: &[(Duration, Duration)], changes: usize) {
-    let per_change = |a: Duration, b: Duration| a.saturating_sub(b).as_micros() as f64 / changes as f64;
+    let per_change =
+        |a: Duration, b: Duration| a.saturating_sub(b).as_micros() as f64 / changes as f64;
     let figures: Vec<String> = before
         .iter()
         .zip(after)
         .map(|((cpu0, wait0), (cpu1, wait1))| {
-            format!("{:.0} / {:.0}", per_change(*cpu1, *cpu0), per_change(*wait1, *wait0))
+            format!(
+                "{:.0} / {:.0}",
+                per_change(*cpu1, *cpu0),
+                per_change(*wait1, *wait0)
+            )
         })
         .collect();
     println!(

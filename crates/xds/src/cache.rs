@@ -311,13 +311,15 @@ impl Cache {
     /// A publisher left some of its resources behind (it does so only while no stream follows
     /// the cache): streams that open from now on wait until it has [`Cache::caught_up`].
     pub fn fall_behind(&self) {
-        self.behind.send_if_modified(|behind| !std::mem::replace(behind, true));
+        self.behind
+            .send_if_modified(|behind| !std::mem::replace(behind, true));
     }
 
     /// The publisher that fell behind holds every resource current again: waiting streams are
     /// answered.
     pub fn caught_up(&self) {
-        self.behind.send_if_modified(|behind| std::mem::replace(behind, false));
+        self.behind
+            .send_if_modified(|behind| std::mem::replace(behind, false));
     }
 
     /// Completes once no publisher is behind (at once when none is).

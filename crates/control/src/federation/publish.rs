@@ -844,8 +844,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unfollowed_changes_are_published_only_once_a_stream_comes_and_before_it_is_answered()
-    {
+    async fn unfollowed_changes_are_published_only_once_a_stream_comes_and_before_it_is_answered() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with(dir.path(), &["fra"]).await;
         let definition = |command: &str| {
@@ -861,7 +860,10 @@ mod tests {
             .unwrap()
         };
         let create = meridian_store::MissingOrg::Create;
-        store.apply_service(&definition("/bin/one"), create).await.unwrap();
+        store
+            .apply_service(&definition("/bin/one"), create)
+            .await
+            .unwrap();
         let reports = meridian_api::Reports::default();
         let (cache, readiness, task) = publish_followed(
             Cache::new(),
@@ -874,10 +876,15 @@ mod tests {
         // The first load is published whoever follows.
         assert_eq!(published_to(&cache, "fra").await.0, 1);
         assert!(!behind(&cache).await);
-        let summary = cache.get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}fra")).unwrap();
+        let summary = cache
+            .get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}fra"))
+            .unwrap();
 
         // Nobody follows: version 2 is noted, not rendered, and the cache says it is behind.
-        store.apply_service(&definition("/bin/two"), create).await.unwrap();
+        store
+            .apply_service(&definition("/bin/two"), create)
+            .await
+            .unwrap();
         let end = Instant::now() + DEADLINE;
         while !behind(&cache).await {
             assert!(Instant::now() < end, "the publisher never fell behind");
@@ -887,13 +894,23 @@ mod tests {
 
         // A stream comes: everything is published before it may be answered.
         let _stream = cache.subscriber();
-        tokio::time::timeout(DEADLINE, cache.current()).await.unwrap();
+        tokio::time::timeout(DEADLINE, cache.current())
+            .await
+            .unwrap();
         assert_eq!(published_to(&cache, "fra").await.0, 2);
-        let rendered = cache.get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}fra")).unwrap();
-        assert_ne!(rendered.version, summary.version, "the summary shows version 2");
+        let rendered = cache
+            .get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}fra"))
+            .unwrap();
+        assert_ne!(
+            rendered.version, summary.version,
+            "the summary shows version 2"
+        );
 
         // While it follows, changes are published as they come.
-        store.apply_service(&definition("/bin/three"), create).await.unwrap();
+        store
+            .apply_service(&definition("/bin/three"), create)
+            .await
+            .unwrap();
         until_published(&cache, "fra", 3, b"").await;
         assert!(!behind(&cache).await);
         task.abort();
