@@ -57,6 +57,26 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_millis(ticks * 10))
 }
 
+/// How long the threads of a process have waited for a CPU while runnable so far (the
+/// scheduler's run-queue delay, summed over its threads, from /proc/PID/task/*/schedstat;
+/// threads that ended are not counted).
+pub fn run_queue_wait(pid: u32) -> Result<Duration> {
+    let mut waited = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let field = stat
+            .split_whitespace()
+            .nth(1)
+            .context("malformed schedstat")?;
+        waited += field.parse::<u64>()?;
+    }
+    Ok(Duration::from_nanos(waited))
+}
+
 /// An admin client of the public API.
 pub struct Api {
     /// The HTTP client.
@@ -102,22 +122,24 @@ pub async fn start_control(
     dir: &Path,
 ) -> Result<(tokio::process::Child, Api)> {
     let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
-    start_control_with(meridian, cpus, localhost, dir, &[]).await
+    start_control_with(meridian, cpus, localhost, dir, &[], None).await
 }
 
 /// [`start_control`] with its API and xDS ports on `host` (port 0) and `extra` arguments (e.g.
-/// `--store postgres://…`). A replica started on a store that has its admin token already has
-/// an empty [`Api::token`]: set the first's.
+/// `--store postgres://…`). With a `trace` file, its log goes there as JSON lines, with the
+/// change feed's stage trace ([`meridian_store::trace`]). A replica started on a store that
+/// has its admin token already has an empty [`Api::token`]: set the first's.
 pub async fn start_control_with(
     meridian: &Path,
     cpus: &str,
     host: std::net::IpAddr,
     dir: &Path,
     extra: &[String],
+    trace: Option<&Path>,
 ) -> Result<(tokio::process::Child, Api)> {
     let mut command = pinned(meridian, cpus);
     let address = std::net::SocketAddr::new(host, 0).to_string();
-    let mut child = command
+    command
         .args([
             "control", "--global", "--listen", &address, "--xds", &address,
         ])
@@ -126,7 +148,19 @@ pub async fn start_control_with(
         .args(extra)
         .env("MERIDIAN_LOG", "warn")
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    if let Some(trace) = trace {
+        let log = std::fs::File::create(trace)
+            .with_context(|| format!("creating {}", trace.display()))?;
+        command
+            .env(
+                "MERIDIAN_LOG",
+                format!("warn,{}=debug", meridian_store::trace::TARGET),
+            )
+            .env("MERIDIAN_LOG_FORMAT", "json")
+            .stderr(log);
+    }
+    let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", meridian.display()))?;
     let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();

@@ -14,6 +14,11 @@
 //!    replica, interleaved with `GET /healthz` (the HTTP floor) on the same connection pool.
 //!
 //! Every replica is pinned to the same `--control-cpus`: R replicas share the CPU one has.
+//! Each round prints, per replica, the CPU time and the run-queue wait (time runnable but
+//! waiting for the CPU) per change of phase 2; with `--trace`, where phase 2's changes spent
+//! their time on the way to the watcher ([`feed_trace`]).
+
+mod feed_trace;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use meridian_bench::{cpu_time, percentile, start_control_with, Api};
+use meridian_bench::{cpu_time, percentile, run_queue_wait, start_control_with, Api};
 use meridian_store::testing::TestPostgres;
 use meridian_store::{MissingOrg, SqlStore, Store, Watch};
 use serde_json::{json, Value};
@@ -68,6 +73,10 @@ struct Args {
     /// Loopback address the control planes listen on (port 0).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
+    /// Trace each change of phase 2 through the planes' stages and print where its time went
+    /// (the planes then log every stage: their figures are a little worse).
+    #[arg(long)]
+    trace: bool,
 }
 
 /// A store backend to measure.
@@ -209,9 +218,13 @@ async fn apply_direct(store: &Arc<dyn Store>, args: &Args) -> Result<f64> {
     Ok(args.services as f64 / started.elapsed().as_secs_f64())
 }
 
+/// What phases 2 and 3 measured: the changes as the watcher received them, and the GET
+/// latencies of a service and of the floor (µs).
+type Watched = (Vec<feed_trace::Received>, Vec<f64>, Vec<f64>);
+
 /// Phases 2 and 3: paced writes (through the replicas in turn), an HTTP watcher of the first
 /// replica, and interleaved GETs of it.
-async fn watch_and_read(apis: &[Arc<Api>], args: &Args) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+async fn watch_and_read(apis: &[Arc<Api>], args: &Args) -> Result<Watched> {
     let api = &apis[0];
     let revision = api.send(reqwest::Method::GET, "/v1/revision", None).await?["revision"]
         .as_u64()
@@ -221,8 +234,8 @@ async fn watch_and_read(apis: &[Arc<Api>], args: &Args) -> Result<(Vec<f64>, Vec
         let api = api.clone();
         tokio::spawn(async move {
             let mut after = revision;
-            let mut latencies = Vec::with_capacity(writes);
-            while latencies.len() < writes {
+            let mut received = Vec::with_capacity(writes);
+            while received.len() < writes {
                 let page = api
                     .send(
                         reqwest::Method::GET,
@@ -232,14 +245,17 @@ async fn watch_and_read(apis: &[Arc<Api>], args: &Args) -> Result<(Vec<f64>, Vec
                     .await?;
                 let seen = now_us();
                 for change in page["changes"].as_array().context("changes")? {
-                    let committed = change["committed_at_us"]
-                        .as_i64()
-                        .context("committed_at_us")?;
-                    latencies.push((seen - committed) as f64);
+                    received.push(feed_trace::Received {
+                        revision: change["revision"].as_u64().context("revision")?,
+                        stamped: change["committed_at_us"]
+                            .as_i64()
+                            .context("committed_at_us")?,
+                        seen,
+                    });
                 }
                 after = page["next_after"].as_u64().context("next_after")?;
             }
-            anyhow::Ok(latencies)
+            anyhow::Ok(received)
         })
     };
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -325,6 +341,42 @@ async fn regions_known(api: &Api, names: &[&str]) -> Result<()> {
     }
 }
 
+/// [`watch_and_read`], and each plane's CPU time and run-queue wait meanwhile, printed.
+async fn watch_through_api(apis: &[Arc<Api>], args: &Args, pids: &[u32]) -> Result<Watched> {
+    let before = usage(pids)?;
+    let watched = watch_and_read(apis, args).await?;
+    print_usage(&before, &usage(pids)?, args.writes);
+    Ok(watched)
+}
+
+/// Each plane's CPU time and run-queue wait so far.
+fn usage(pids: &[u32]) -> Result<Vec<(Duration, Duration)>> {
+    pids.iter()
+        .map(|pid| Ok((cpu_time(*pid)?, run_queue_wait(*pid)?)))
+        .collect()
+}
+
+/// Prints each plane's CPU time and run-queue wait per change between `before` and `after`.
+fn print_usage(before: &[(Duration, Duration)], after: &[(Duration, Duration)], changes: usize) {
+    let per_change =
+        |a: Duration, b: Duration| a.saturating_sub(b).as_micros() as f64 / changes as f64;
+    let figures: Vec<String> = before
+        .iter()
+        .zip(after)
+        .map(|((cpu0, wait0), (cpu1, wait1))| {
+            format!(
+                "{:.0} / {:.0}",
+                per_change(*cpu1, *cpu0),
+                per_change(*wait1, *wait0)
+            )
+        })
+        .collect();
+    println!(
+        "  phase 2, per change, each replica's CPU / run-queue wait µs: {}",
+        figures.join(", ")
+    );
+}
+
 /// The figures of one round.
 #[derive(Default)]
 struct Round {
@@ -352,7 +404,10 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
     let (store_args, direct) = setup.stores(dir.path(), number).await?;
     let mut controls = Vec::with_capacity(setup.replicas);
     let mut apis: Vec<Arc<Api>> = Vec::with_capacity(setup.replicas);
-    for replica in 0..setup.replicas {
+    let traces: Vec<PathBuf> = (0..setup.replicas)
+        .map(|replica| dir.path().join(format!("trace{replica}.log")))
+        .collect();
+    for (replica, trace) in traces.iter().enumerate() {
         let data = dir.path().join(format!("api{replica}"));
         let (control, mut api) = start_control_with(
             &args.meridian,
@@ -360,6 +415,7 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
             args.host,
             &data,
             &store_args,
+            args.trace.then_some(trace.as_path()),
         )
         .await?;
         if let Some(first) = apis.first() {
@@ -403,14 +459,22 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
         let applied = apply_through_api(&apis, args, &pids).await?;
         (r.api_rate, r.control_cpu_us) = (applied.per_second, applied.control_cpu_us);
     }
-    let (watch, gets, floors, watch_ref) = if api_first {
-        let (w, g, f) = watch_and_read(&apis, args).await?;
-        (w, g, f, watch_direct(&direct, args).await?)
+    let (watched, watch_ref) = if api_first {
+        let watched = watch_through_api(&apis, args, &pids).await?;
+        (watched, watch_direct(&direct, args).await?)
     } else {
-        let wr = watch_direct(&direct, args).await?;
-        let (w, g, f) = watch_and_read(&apis, args).await?;
-        (w, g, f, wr)
+        let watch_ref = watch_direct(&direct, args).await?;
+        (watch_through_api(&apis, args, &pids).await?, watch_ref)
     };
+    let (received, gets, floors) = watched;
+    if args.trace {
+        let logs: Vec<&Path> = traces.iter().map(PathBuf::as_path).collect();
+        feed_trace::report(&logs, &received)?;
+    }
+    let watch = received
+        .iter()
+        .map(|c| (c.seen - c.stamped) as f64)
+        .collect();
     r.watch = p50_p99(watch);
     r.watch_ref = p50_p99(watch_ref);
     r.get = p50_p99(gets);

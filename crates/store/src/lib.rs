@@ -21,6 +21,7 @@ mod location;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 mod watch;
 
 use async_trait::async_trait;

@@ -162,6 +162,7 @@ impl SqlStore {
     /// Commits `tx` and tells watchers that `revision` is visible.
     async fn commit(&self, tx: Transaction<'_, Any>, revision: u64) -> Result<()> {
         tx.commit().await?;
+        crate::trace::stage("committed", revision, revision);
         publish(&self.latest, revision);
         Ok(())
     }
@@ -180,6 +181,7 @@ impl SqlStore {
         self.memory
             .forget(forget == Forget::Tokens, forget == Forget::Regions);
         outcome?;
+        crate::trace::stage("committed", revision, revision);
         publish(&self.latest, revision);
         Ok(())
     }

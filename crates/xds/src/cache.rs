@@ -2,7 +2,13 @@
 //! subscribed to what, so that an update wakes only the streams that asked for what changed.
 //!
 //! Names in the cache are global; a stream that serves a tenant sees them through a
-//! [`crate::Scope`]. The cache lock is a plain mutex, held only for map operations, never
+//! [`crate::Scope`].
+//!
+//! Work in proportion to subscribers: a publisher may leave its resources behind while no
+//! stream follows the cache ([`Cache::followers`]: how many there are) and say so
+//! ([`Cache::fall_behind`]); a stream that opens then waits to be answered until the
+//! publisher has caught up ([`Cache::caught_up`]), so that it is never sent what the
+//! publisher left behind. The cache lock is a plain mutex, held only for map operations, never
 //! across an `.await`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -139,10 +145,24 @@ struct Inner {
 }
 
 /// The shared resource cache. Cheap to share behind an [`Arc`].
-#[derive(Default)]
 pub struct Cache {
     inner: Mutex<Inner>,
     next_watcher: AtomicU64,
+    /// How many [`Subscriber`]s (streams) there are.
+    followers: watch::Sender<usize>,
+    /// Whether a publisher left resources behind (see the module).
+    behind: watch::Sender<bool>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            inner: Mutex::default(),
+            next_watcher: AtomicU64::default(),
+            followers: watch::Sender::new(0),
+            behind: watch::Sender::new(false),
+        }
+    }
 }
 
 /// What a stream has been told changed since it last looked: names by type URL.
@@ -283,8 +303,36 @@ impl Cache {
         self.len(type_url) == 0
     }
 
-    /// A new subscriber handle; its subscriptions end when it is dropped.
+    /// How many subscribers (streams) follow the cache; changes as they come and go.
+    pub fn followers(&self) -> watch::Receiver<usize> {
+        self.followers.subscribe()
+    }
+
+    /// A publisher left some of its resources behind (it does so only while no stream follows
+    /// the cache): streams that open from now on wait until it has [`Cache::caught_up`].
+    pub fn fall_behind(&self) {
+        self.behind
+            .send_if_modified(|behind| !std::mem::replace(behind, true));
+    }
+
+    /// The publisher that fell behind holds every resource current again: waiting streams are
+    /// answered.
+    pub fn caught_up(&self) {
+        self.behind
+            .send_if_modified(|behind| std::mem::replace(behind, false));
+    }
+
+    /// Completes once no publisher is behind (at once when none is).
+    pub async fn current(&self) {
+        let mut behind = self.behind.subscribe();
+        // The sender lives in `self`: waiting cannot fail.
+        let _ = behind.wait_for(|behind| !*behind).await;
+    }
+
+    /// A new subscriber handle; its subscriptions end when it is dropped. It counts as a
+    /// follower of the cache until then.
     pub fn subscriber(self: &Arc<Self>) -> Subscriber {
+        self.followers.send_modify(|followers| *followers += 1);
         Subscriber {
             cache: self.clone(),
             id: self.next_watcher.fetch_add(1, Ordering::Relaxed),
@@ -414,6 +462,9 @@ fn remove_watcher(table: &mut Table, name: &str, id: u64) {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
+        self.cache
+            .followers
+            .send_modify(|followers| *followers = followers.saturating_sub(1));
         for owed in std::mem::take(&mut *lock(&self.watcher.owes)) {
             if let Some(awaited) = owed.upgrade() {
                 awaited.gone(self.id);

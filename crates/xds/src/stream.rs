@@ -86,6 +86,12 @@ pub(crate) fn spawn<P: Protocol>(
                 () = tx.closed() => return,
             }
         }
+        // A publisher that left resources behind while nobody followed catches up first.
+        tokio::select! {
+            () = subscriber.cache().current() => {}
+            _ = closing.wait_for(|closing| *closing) => return,
+            () = tx.closed() => return,
+        }
         let mut cx = Context {
             subscriber,
             scope,

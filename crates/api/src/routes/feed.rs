@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::Json;
 use meridian_model::Change;
+use meridian_store::trace;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -85,7 +86,11 @@ pub async fn changes(
         );
     }
     let wait = Duration::from_millis(query.wait_ms);
+    trace::stage("asked", query.after, query.after);
     let changes = meridian_store::wait_for_changes(&*state.store, query.after, limit, wait).await?;
+    if let (Some(first), Some(last)) = (changes.first(), changes.last()) {
+        trace::stage("read", first.revision, last.revision);
+    }
     let next_after = changes.last().map_or(query.after, |c| c.revision);
     Ok(Json(ChangesPage {
         changes,

@@ -16,6 +16,12 @@
 //! rendering took, within [`SUMMARY_COALESCE`], so that renderings take a bounded share of the
 //! plane's time however many services there are.
 //!
+//! Work is in proportion to followers: while no region or edge follows this plane (the cache
+//! has no stream, as on a replica the others' followers chose), a change in the store, a
+//! report or the refresh period renders nothing; what they touched is noted ([`Behind`]), the
+//! cache is told it is behind ([`Cache::fall_behind`]), and the first stream to open waits
+//! until it is all published ([`Cache::caught_up`]), so it is never sent an outdated resource.
+//!
 //! It tells the plane's [`Readiness`] when the first load is in the cache ([`PUBLISHED`]), and
 //! when every region's summary carries a report this process received ([`REPORTED`]), or the
 //! time given to regions to report has passed: a restarted plane does not know the reports
@@ -96,6 +102,23 @@ pub struct FirstLoad {
 struct PublishedDeployment {
     deployment: RegionalDeployment,
     entry: ServiceEntry,
+}
+
+/// What changed while no stream followed the cache and is not published yet.
+#[derive(Default)]
+struct Behind {
+    /// Services to read and publish again.
+    services: BTreeSet<(String, String, String)>,
+    /// Apps whose services are all to be read and published again (a secret changed).
+    apps: BTreeSet<(String, String)>,
+    /// Whether the summaries are to be rendered again.
+    summaries: bool,
+}
+
+impl Behind {
+    fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.apps.is_empty() && !self.summaries
+    }
 }
 
 /// What has been published.
@@ -181,6 +204,8 @@ async fn publish_then_follow(
     }
     withdraw_leftovers(cache, published);
     publish_summaries(cache, published, &reports.latest);
+    // Everything is current (an earlier run may have left some behind).
+    cache.caught_up();
     tracing::info!(
         revision,
         services = services.len(),
@@ -193,6 +218,8 @@ async fn publish_then_follow(
     // period, which ends at `coalesced`.
     let mut dirty = BTreeSet::new();
     let mut coalesced = tokio::time::Instant::now();
+    let mut followers = cache.followers();
+    let mut behind = Behind::default();
     loop {
         // A report or the refresh period renders every summary; a change in the store only
         // those of the regions it touches, so its cost does not grow with the other services.
@@ -206,6 +233,7 @@ async fn publish_then_follow(
             () = tokio::time::sleep_until(coalesced), if !dirty.is_empty() => {
                 (Ok(Vec::new()), false)
             }
+            Ok(()) = followers.changed(), if !behind.is_empty() => (Ok(Vec::new()), false),
         };
         let changes = match changes {
             Err(StoreError::Closed) => return Ok(()),
@@ -239,6 +267,25 @@ async fn publish_then_follow(
         if regions_changed {
             read_regions(store, published).await?;
         }
+        if *followers.borrow_and_update() == 0 {
+            // Nobody to publish to: note what to publish once somebody comes.
+            if behind.is_empty() {
+                cache.fall_behind();
+            }
+            behind.services.extend(touched);
+            behind.apps.extend(apps);
+            behind.summaries |= all_summaries || regions_changed || !dirty.is_empty();
+            dirty.clear();
+            if waiting_for_reports && all_summaries {
+                waiting_for_reports = !tell_reported(first, published, &reports.latest);
+            }
+            continue;
+        }
+        let caught_up = !behind.is_empty();
+        let all_summaries = all_summaries || caught_up;
+        let left = std::mem::take(&mut behind);
+        touched.extend(left.services);
+        apps.extend(left.apps);
         for (org, app) in apps {
             let filter = ServiceFilter {
                 org: Some(org),
@@ -272,6 +319,9 @@ async fn publish_then_follow(
             });
             dirty.clear();
             coalesced = coalescing_end(now);
+        }
+        if caught_up {
+            cache.caught_up();
         }
     }
 }
@@ -657,12 +707,24 @@ mod tests {
         publish_into(Cache::new(), store, reports, reports_by)
     }
 
-    /// [`publish`] into `cache`, which may hold what an earlier run published.
+    /// [`publish`] into `cache`, which may hold what an earlier run published, followed by a
+    /// stream all along.
     fn publish_into(
         cache: Arc<Cache>,
         store: Arc<dyn Store>,
         reports: &meridian_api::Reports,
         reports_by: Duration,
+    ) -> (Arc<Cache>, Readiness, tokio::task::JoinHandle<()>) {
+        publish_followed(cache, store, reports, reports_by, true)
+    }
+
+    /// [`publish_into`], with a stream that follows the cache all along if `followed`.
+    fn publish_followed(
+        cache: Arc<Cache>,
+        store: Arc<dyn Store>,
+        reports: &meridian_api::Reports,
+        reports_by: Duration,
+        followed: bool,
     ) -> (Arc<Cache>, Readiness, tokio::task::JoinHandle<()>) {
         let readiness = Readiness::waiting_for([PUBLISHED, REPORTED]);
         let latest = reports.clone();
@@ -674,13 +736,12 @@ mod tests {
             readiness: readiness.clone(),
             reports_by: Instant::now() + reports_by,
         };
-        let task = tokio::spawn(publish_regional_deployments(
-            store,
-            cache.clone(),
-            source,
-            first,
-            None,
-        ));
+        let follower = followed.then(|| cache.subscriber());
+        let publishing = publish_regional_deployments(store, cache.clone(), source, first, None);
+        let task = tokio::spawn(async move {
+            let _follower = follower;
+            publishing.await;
+        });
         (cache, readiness, task)
     }
 
@@ -770,6 +831,88 @@ mod tests {
             publish_into(cache, store, &reports, Duration::from_secs(3600));
         done(&readiness, PUBLISHED).await;
         assert!(cache.get(REGIONAL_DEPLOYMENT, &left).is_none());
+        task.abort();
+    }
+
+    /// Whether a stream opening now would wait for the publisher to catch up.
+    async fn behind(cache: &Cache) -> bool {
+        tokio::select! {
+            biased;
+            () = cache.current() => false,
+            () = std::future::ready(()) => true,
+        }
+    }
+
+    #[tokio::test]
+    async fn unfollowed_changes_are_published_only_once_a_stream_comes_and_before_it_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), &["fra"]).await;
+        let definition = |command: &str| {
+            meridian_model::parse_definition_json(
+                serde_json::json!({
+                    "org": "acme", "app": "shop", "name": "web", "regions": ["fra"],
+                    "scale": {"min": 1, "max": 1},
+                    "runtime": {"process": {"command": command}},
+                })
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let create = meridian_store::MissingOrg::Create;
+        store
+            .apply_service(&definition("/bin/one"), create)
+            .await
+            .unwrap();
+        let reports = meridian_api::Reports::default();
+        let (cache, readiness, task) = publish_followed(
+            Cache::new(),
+            store.clone(),
+            &reports,
+            Duration::from_secs(3600),
+            false,
+        );
+        done(&readiness, PUBLISHED).await;
+        // The first load is published whoever follows.
+        assert_eq!(published_to(&cache, "fra").await.0, 1);
+        assert!(!behind(&cache).await);
+        let summary = cache
+            .get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}fra"))
+            .unwrap();
+
+        // Nobody follows: version 2 is noted, not rendered, and the cache says it is behind.
+        store
+            .apply_service(&definition("/bin/two"), create)
+            .await
+            .unwrap();
+        let end = Instant::now() + DEADLINE;
+        while !behind(&cache).await {
+            assert!(Instant::now() < end, "the publisher never fell behind");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(published_to(&cache, "fra").await.0, 1);
+
+        // A stream comes: everything is published before it may be answered.
+        let _stream = cache.subscriber();
+        tokio::time::timeout(DEADLINE, cache.current())
+            .await
+            .unwrap();
+        assert_eq!(published_to(&cache, "fra").await.0, 2);
+        let rendered = cache
+            .get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}fra"))
+            .unwrap();
+        assert_ne!(
+            rendered.version, summary.version,
+            "the summary shows version 2"
+        );
+
+        // While it follows, changes are published as they come.
+        store
+            .apply_service(&definition("/bin/three"), create)
+            .await
+            .unwrap();
+        until_published(&cache, "fra", 3, b"").await;
+        assert!(!behind(&cache).await);
         task.abort();
     }
 

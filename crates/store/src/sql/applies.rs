@@ -200,7 +200,8 @@ async fn transaction(
     let written = pending.write(&mut tx, &mut known, &mut changes, at).await?;
     settle(&mut outcomes, written);
     tx.commit().await?;
-    if let Some(last) = changes.last() {
+    if let (Some(first), Some(last)) = (changes.first(), changes.last()) {
+        crate::trace::stage("committed", first.revision, last.revision);
         writer.memory.remember(&changes);
         publish(&writer.latest, last.revision);
     }

@@ -126,10 +126,14 @@ async fn listen(
                 Some(Notified::Change(change)) => {
                     // Kept before watchers hear of it, so that they read it from memory.
                     let revision = change.revision;
+                    crate::trace::stage("notified", revision, revision);
                     memory.remember(std::slice::from_ref(&change));
                     publish(&latest, revision);
                 }
-                Some(Notified::Revision(revision)) => publish(&latest, revision),
+                Some(Notified::Revision(revision)) => {
+                    crate::trace::stage("notified", revision, revision);
+                    publish(&latest, revision);
+                }
                 None => tracing::warn!(
                     payload = notification.payload(),
                     "a change notification that is neither a change nor a revision; ignored"
