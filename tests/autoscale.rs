@@ -24,20 +24,36 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// acme/shop/hello in fra, 1 to 3 instances at 2 requests in flight each, each request
 /// answered after 100 ms, scaling down after 3 s of a lower load.
 fn autoscaled_hello() -> String {
+    hello_in_fra(
+        "{min: 1, max: 3, targets: {concurrency: 2}, down_window: 3s}",
+        ", HELLO_DELAY_MS: '100'",
+        "1s",
+    )
+}
+
+/// acme/shop/hello in fra: `scale` (a YAML mapping), more of hello's environment after its
+/// greeting (`env`: `, NAME: value` pairs), and a health-check grace period of `grace`.
+fn hello_in_fra(scale: &str, env: &str, grace: &str) -> String {
     format!(
         "\
 org: acme
 app: shop
 name: hello
 regions: [fra]
-scale: {{min: 1, max: 3, targets: {{concurrency: 2}}, down_window: 3s}}
-runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello, HELLO_DELAY_MS: '100'}}}}}}
+scale: {scale}
+runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello{env}}}}}}}
 ports: [{{name: http, port: 8080}}]
 routes: [{{path_prefix: /, port: http}}]
 domains: [{HELLO_HOST}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
+health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: {grace}}}]
 "
     )
+}
+
+/// Region fra of `platform`, its control plane on `ip` and its gateway at `ip`:8080.
+fn fra(platform: &Deployed, ip: &str) -> RegionalPlane {
+    let gateway = format!("{ip}:8080");
+    RegionalPlane::start_on(&platform.global, &platform.token, "fra", Some(&gateway), ip)
 }
 
 /// `count` loops of `GET /` on connections kept alive, each one request at a time.
@@ -217,28 +233,13 @@ async fn instances_over_their_memory_target_get_more_instances_up_to_max() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_its_hard_limit_an_instance_s_requests_wait_then_get_503_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
-    let definition = format!(
-        "\
-org: acme
-app: shop
-name: hello
-regions: [fra]
-scale: {{min: 1, max: 1, concurrency: {{hard: 2}}}}
-runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello, HELLO_DELAY_MS: '400'}}}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{HELLO_HOST}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
-"
+    let definition = hello_in_fra(
+        "{min: 1, max: 1, concurrency: {hard: 2}}",
+        ", HELLO_DELAY_MS: '400'",
+        "1s",
     );
     let platform = Deployed::start_on(dir.path(), &definition, "127.0.182.3");
-    let region = RegionalPlane::start_on(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.182.4:8080"),
-        "127.0.182.4",
-    );
+    let region = fra(&platform, "127.0.182.4");
     let access_log = dir.path().join("node-access.log");
     let isolation = [
         "--instance-addresses",
@@ -310,29 +311,13 @@ async fn instances_over_their_cpu_target_get_more_instances_up_to_max() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let definition = format!(
-        "\
-org: acme
-app: shop
-name: hello
-regions: [fra]
-scale: {{min: 1, max: 2, targets: {{cpu_percent: 40}}, down_window: 1h}}
-resources: {{cpu: 0.2}}
-runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{HELLO_HOST}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 5s}}]
-"
-    );
+    let definition = hello_in_fra(
+        "{min: 1, max: 2, targets: {cpu_percent: 40}, down_window: 1h}",
+        "",
+        "5s",
+    ) + "resources: {cpu: 0.2}\n";
     let platform = Deployed::start_on(dir.path(), &definition, "127.0.184.5");
-    let region = RegionalPlane::start_on(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.184.6:8080"),
-        "127.0.184.6",
-    );
+    let region = fra(&platform, "127.0.184.6");
     let _agent = agent(&region, "one", "127.0.184.30", dir.path());
     let (_gateway, address) = gateway(&region, dir.path()).await;
     serving_exactly(&address, "hello", &BTreeSet::from(["hello-0".to_owned()])).await;
@@ -371,28 +356,13 @@ async fn eight_at_once(address: &str) -> Vec<(u16, Option<String>, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn above_its_soft_limit_an_instance_s_sender_prefers_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let definition = format!(
-        "\
-org: acme
-app: shop
-name: hello
-regions: [fra]
-scale: {{min: 3, max: 3, concurrency: {{soft: 1, hard: 10}}}}
-runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{HELLO_HOST}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
-"
+    let definition = hello_in_fra(
+        "{min: 3, max: 3, concurrency: {soft: 1, hard: 10}}",
+        "",
+        "1s",
     );
     let platform = Deployed::start_on(dir.path(), &definition, "127.0.184.7");
-    let region = RegionalPlane::start_on(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.184.8:8080"),
-        "127.0.184.8",
-    );
+    let region = fra(&platform, "127.0.184.8");
     let isolation = [
         "--instance-addresses",
         "127.0.184.70",
@@ -435,31 +405,12 @@ fn greeter(answer: &str) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_its_hard_limit_an_instance_s_next_requests_go_to_another_instance_from_every_sender() {
     let dir = tempfile::tempdir().unwrap();
-    let hello = format!(
-        "\
-org: acme
-app: shop
-name: hello
-regions: [fra]
-scale: {{min: 2, max: 2, concurrency: {{hard: 1}}}}
-runtime: {{process: {{command: {HELLO}, env: {{GREETING: hello}}}}}}
-ports: [{{name: http, port: 8080}}]
-routes: [{{path_prefix: /, port: http}}]
-domains: [{HELLO_HOST}]
-health_checks: [{{http: {{port: http, path: /healthz}}, interval: 200ms, timeout: 200ms, grace_period: 1s}}]
-"
-    );
+    let hello = hello_in_fra("{min: 2, max: 2, concurrency: {hard: 1}}", "", "1s");
     let platform = Deployed::start_on(dir.path(), &hello, "127.0.184.3");
     // web calls hello by name: its node proxy is a second sender, which does not see the
     // gateway's requests.
     platform.deploy(&support::shop_web(HELLO, "web.example.com", ""));
-    let region = RegionalPlane::start_on(
-        &platform.global,
-        &platform.token,
-        "fra",
-        Some("127.0.184.4:8080"),
-        "127.0.184.4",
-    );
+    let region = fra(&platform, "127.0.184.4");
     let isolation = [
         "--instance-addresses",
         "127.0.184.20",
