@@ -191,3 +191,90 @@ pub async fn start_control_with(
     };
     Ok((child, api))
 }
+
+/// A regional control plane started by [`start_region`], and the admin address it serves
+/// `/readyz` and `/metrics` on.
+pub struct RegionPlane {
+    /// The process (killed when dropped).
+    pub process: tokio::process::Child,
+    /// `http://HOST:PORT` of its admin port.
+    pub admin: String,
+}
+
+/// Starts `meridian control --region <region>` (pinned to `cpus` with taskset unless empty),
+/// its ports on `host` (port 0) and its data in `dir`, joining through `api` (a region of the
+/// global store) and following only `api.xds`; returns once the region has the global control
+/// plane's first answer (its `/readyz` says so), within 30 s.
+pub async fn start_region(
+    meridian: &Path,
+    cpus: &str,
+    host: std::net::IpAddr,
+    dir: &Path,
+    api: &Api,
+    region: &str,
+) -> Result<RegionPlane> {
+    let body = serde_json::json!({"ttl_seconds": 600});
+    let join = api
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/regions/{region}/join-tokens"),
+            Some(&body),
+        )
+        .await?;
+    let join = join["token"].as_str().context("join token answer")?;
+    let address = std::net::SocketAddr::new(host, 0).to_string();
+    let mut command = pinned(meridian, cpus);
+    command
+        .args(["control", "--region", region, "--xds", &address])
+        .args(["--admin", &address, "--api", &api.base])
+        .args(["--global-xds", &api.xds, "--join-token", join])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut process = command
+        .spawn()
+        .with_context(|| format!("starting region {region}"))?;
+    let mut lines = BufReader::new(process.stdout.take().context("no stdout")?).lines();
+    let mut admin = None;
+    while let Some(line) = lines.next_line().await? {
+        if let Some((_, rest)) = line.split_once(", admin ") {
+            admin = rest.split([',', ' ']).next().map(str::to_owned);
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let admin =
+        admin.with_context(|| format!("region {region} did not print its admin address"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = api.http.get(format!("{admin}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Ok(RegionPlane { process, admin });
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "region {region} did not get the global control plane's first answer within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The sum of the series of the metric `name` (a counter or gauge, over its label sets) on the
+/// admin port `admin` (`http://HOST:PORT`, its `/metrics`).
+pub async fn metric_sum(admin: &str, name: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}

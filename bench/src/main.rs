@@ -14,6 +14,11 @@
 //!    replica, interleaved with `GET /healthz` (the HTTP floor) on the same connection pool.
 //!
 //! Every replica is pinned to the same `--control-cpus`: R replicas share the CPU one has.
+//! Regional control planes (`--followers`, one per region: fra, iad) follow the first replica
+//! from the start of each round, as a region follows one replica of a real installation, so
+//! that replica pays the federation push (rendering and sending each change's regional
+//! deployments); they run on `--region-cpus`, beside this load generator, as regions on their
+//! own machines would. Each round checks that they received the changes.
 //! Each round prints, per replica, the CPU time and the run-queue wait (time runnable but
 //! waiting for the CPU) per change of phase 2; with `--trace`, where phase 2's changes spent
 //! their time on the way to the watcher ([`feed_trace`]).
@@ -27,7 +32,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use meridian_bench::{cpu_time, percentile, run_queue_wait, start_control_with, Api};
+use meridian_bench::{
+    cpu_time, metric_sum, percentile, run_queue_wait, start_control_with, start_region, Api,
+    RegionPlane,
+};
 use meridian_store::testing::TestPostgres;
 use meridian_store::{MissingOrg, SqlStore, Store, Watch};
 use serde_json::{json, Value};
@@ -73,6 +81,13 @@ struct Args {
     /// Loopback address the control planes listen on (port 0).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
+    /// Regional control planes following the first replica (one per region, fra then iad; 0:
+    /// none, the replicas then publish nothing).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    followers: u8,
+    /// CPU list the regional control planes are pinned to with taskset (empty: no pinning).
+    #[arg(long, default_value = "0")]
+    region_cpus: String,
     /// Trace each change of phase 2 through the planes' stages and print where its time went
     /// (the planes then log every stage: their figures are a little worse).
     #[arg(long)]
@@ -341,6 +356,50 @@ async fn regions_known(api: &Api, names: &[&str]) -> Result<()> {
     }
 }
 
+/// The regions the benchmark's definitions name, with their coordinates.
+const REGIONS: [(&str, f64, f64); 2] = [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)];
+
+/// Starts `args.followers` regional control planes following the first replica, `dir` their
+/// data.
+async fn start_followers(args: &Args, apis: &[Arc<Api>], dir: &Path) -> Result<Vec<RegionPlane>> {
+    let mut followers = Vec::new();
+    for (name, _, _) in &REGIONS[..usize::from(args.followers)] {
+        let data = dir.join(format!("region-{name}"));
+        let region = start_region(
+            &args.meridian,
+            &args.region_cpus,
+            args.host,
+            &data,
+            &apis[0],
+            name,
+        )
+        .await?;
+        followers.push(region);
+    }
+    Ok(followers)
+}
+
+/// Prints the services each follower rendered per change made through the API, and fails when
+/// one received no change at all (then it did not follow).
+async fn check_followers(followers: &[RegionPlane], changes: usize) -> Result<()> {
+    let mut figures = Vec::with_capacity(followers.len());
+    for (region, (name, _, _)) in followers.iter().zip(&REGIONS) {
+        let renders = metric_sum(&region.admin, "meridian_control_service_renders_total").await?;
+        anyhow::ensure!(
+            renders > 0.0,
+            "region {name} rendered no service: it did not follow the first replica"
+        );
+        figures.push(format!("{name} {:.2}", renders / changes as f64));
+    }
+    if !figures.is_empty() {
+        println!(
+            "  regions following replica 1, services rendered per change: {}",
+            figures.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// [`watch_and_read`], and each plane's CPU time and run-queue wait meanwhile, printed.
 async fn watch_through_api(apis: &[Arc<Api>], args: &Args, pids: &[u32]) -> Result<Watched> {
     let before = usage(pids)?;
@@ -428,7 +487,7 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
         .iter()
         .map(|c| c.id().context("control plane pid"))
         .collect::<Result<Vec<u32>>>()?;
-    for (name, lat, lon) in [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)] {
+    for (name, lat, lon) in REGIONS {
         let body = json!({"lat": lat, "lon": lon});
         apis[0]
             .send(
@@ -449,6 +508,7 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
     for api in &apis {
         regions_known(api, &["fra", "iad"]).await?;
     }
+    let followers = start_followers(args, &apis, dir.path()).await?;
     let mut r = Round::default();
     if api_first {
         let applied = apply_through_api(&apis, args, &pids).await?;
@@ -467,6 +527,7 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
         (watch_through_api(&apis, args, &pids).await?, watch_ref)
     };
     let (received, gets, floors) = watched;
+    check_followers(&followers, args.services + args.writes).await?;
     if args.trace {
         let logs: Vec<&Path> = traces.iter().map(PathBuf::as_path).collect();
         feed_trace::report(&logs, &received)?;
@@ -479,6 +540,7 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
     r.watch_ref = p50_p99(watch_ref);
     r.get = p50_p99(gets);
     r.get_ref = p50_p99(floors);
+    drop(followers);
     drop(controls);
     Ok(r)
 }
@@ -570,9 +632,11 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     println!(
-        "control plane pinned to CPUs [{}]; {} services applied {} at a time, then {} writes at \
-         {}/s with a watcher and {} reads/s",
+        "control plane pinned to CPUs [{}], {} regions following its first replica on CPUs [{}]; \
+         {} services applied {} at a time, then {} writes at {}/s with a watcher and {} reads/s",
         args.control_cpus,
+        args.followers,
+        args.region_cpus,
         args.services,
         args.concurrency,
         args.writes,

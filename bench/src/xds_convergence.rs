@@ -31,7 +31,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use meridian_bench::{cpu_time, percentile, pinned, rss_kib, start_control, Api};
+use meridian_bench::{cpu_time, metric_sum, percentile, pinned, rss_kib, start_control, Api};
 use meridian_xds::ENDPOINT;
 use prost::Message;
 use reqwest::Method;
@@ -501,20 +501,7 @@ async fn run(
 
 /// Open ADS streams on the regional control plane.
 async fn connected(admin: &str) -> Result<u64> {
-    metric_sum(admin, "meridian_xds_connected_clients").await
-}
-
-/// The sum of a metric's series on an admin port.
-async fn metric_sum(admin: &str, name: &str) -> Result<u64> {
-    let text = reqwest::get(format!("{admin}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+    Ok(metric_sum(admin, "meridian_xds_connected_clients").await? as u64)
 }
 
 fn report(args: &Args, runs: &[Run]) {
@@ -752,7 +739,7 @@ fn service_of(name: &str) -> Option<usize> {
 
 /// Responses pushed so far by the regional control plane.
 async fn pushes(admin: &str) -> Result<u64> {
-    metric_sum(admin, "meridian_xds_pushes_total").await
+    Ok(metric_sum(admin, "meridian_xds_pushes_total").await? as u64)
 }
 
 fn report_bursts(args: &Args, bursts: &[(Duration, Burst)]) {
