@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Control-plane benchmark: control plane pinned to CPU 1, this load generator to CPU 0; then the
-# failover of global replicas on PostgreSQL (bench/failover.py).
+# Control-plane benchmark: control plane pinned to CPU 1, this load generator to CPU 0 with the
+# regional control planes that follow the first replica (meridian-bench --followers, default 2);
+# then the failover of global replicas on PostgreSQL (bench/failover.py).
 #
 #   bench/control-plane.sh [--meridian PATH] [--failover-only] [meridian-bench options…]
 #
