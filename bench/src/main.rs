@@ -85,6 +85,11 @@ struct Args {
     /// none, the replicas then publish nothing).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
     followers: u8,
+    /// Run the planes with certificates of public domains on (a secrets key and the local CA,
+    /// as `meridian dev` does), as an installation that serves public domains: each replica then
+    /// also reads the domain claims of every service that changes.
+    #[arg(long)]
+    certificates: bool,
     /// CPU list the regional control planes are pinned to with taskset (empty: no pinning).
     #[arg(long, default_value = "0")]
     region_cpus: String,
@@ -460,7 +465,13 @@ fn p50_p99(mut samples: Vec<f64>) -> [f64; 2] {
 /// drift do not favour one side.
 async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Result<Round> {
     let dir = tempfile::tempdir()?;
-    let (store_args, direct) = setup.stores(dir.path(), number).await?;
+    let (mut store_args, direct) = setup.stores(dir.path(), number).await?;
+    if args.certificates {
+        // One key for every replica: the first makes it, the others (started after) read it.
+        let key = dir.path().join("secrets.key").display().to_string();
+        store_args.extend(["--secrets-key".to_owned(), key]);
+        store_args.extend(["--create-secrets-key", "--local-ca"].map(str::to_owned));
+    }
     let mut controls = Vec::with_capacity(setup.replicas);
     let mut apis: Vec<Arc<Api>> = Vec::with_capacity(setup.replicas);
     let traces: Vec<PathBuf> = (0..setup.replicas)
@@ -632,9 +643,11 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     println!(
-        "control plane pinned to CPUs [{}], {} regions following its first replica on CPUs [{}]; \
-         {} services applied {} at a time, then {} writes at {}/s with a watcher and {} reads/s",
+        "control plane pinned to CPUs [{}] (certificates {}), {} regions following its first replica \
+         on CPUs [{}]; {} services applied {} at a time, then {} writes at {}/s with a watcher and \
+         {} reads/s",
         args.control_cpus,
+        if args.certificates { "on" } else { "off" },
         args.followers,
         args.region_cpus,
         args.services,
