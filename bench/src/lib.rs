@@ -201,7 +201,8 @@ pub struct RegionPlane {
     pub admin: String,
 }
 
-/// Starts `meridian control --region <region>` (pinned to `cpus` with taskset unless empty),
+/// Starts `meridian control --region <region>` (pinned to `cpus` with taskset unless empty,
+/// at the idle scheduling class),
 /// its ports on `host` (port 0) and its data in `dir`, joining through `api` (a region of the
 /// global store) and following only `api.xds`; returns once the region has the global control
 /// plane's first answer (its `/readyz` says so), within 30 s.
@@ -223,8 +224,16 @@ pub async fn start_region(
         .await?;
     let join = join["token"].as_str().context("join token answer")?;
     let address = std::net::SocketAddr::new(host, 0).to_string();
-    let mut command = pinned(meridian, cpus);
+    // At the idle scheduling class: on CPUs shared with the load generator, the region runs only
+    // when the generator does not, so that it never delays the generator's own timings (a
+    // region runs on its own machines in an installation).
+    let mut command = Command::new("chrt");
+    command.args(["--idle", "0"]);
+    if !cpus.is_empty() {
+        command.args(["taskset", "-c", cpus]);
+    }
     command
+        .arg(meridian)
         .args(["control", "--region", region, "--xds", &address])
         .args(["--admin", &address, "--api", &api.base])
         .args(["--global-xds", &api.xds, "--join-token", join])

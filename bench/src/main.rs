@@ -17,8 +17,9 @@
 //! Regional control planes (`--followers`, one per region: fra, iad) follow the first replica
 //! from the start of each round, as a region follows one replica of a real installation, so
 //! that replica pays the federation push (rendering and sending each change's regional
-//! deployments); they run on `--region-cpus`, beside this load generator, as regions on their
-//! own machines would. Each round checks that they received the changes.
+//! deployments); they run on `--region-cpus`, beside this load generator but at the idle
+//! scheduling class, so that they take only the CPU time it leaves (regions have their own
+//! machines in an installation). Each round checks that they received the changes.
 //! Each round prints, per replica, the CPU time and the run-queue wait (time runnable but
 //! waiting for the CPU) per change of phase 2; with `--trace`, where phase 2's changes spent
 //! their time on the way to the watcher ([`feed_trace`]).
