@@ -18,8 +18,8 @@
 //! from the start of each round, as a region follows one replica of a real installation, so
 //! that replica pays the federation push (rendering and sending each change's regional
 //! deployments); they run on `--region-cpus`, beside this load generator but at the idle
-//! scheduling class, so that they take only the CPU time it leaves (regions have their own
-//! machines in an installation). Each round checks that they received the changes.
+//! scheduling class, so that they take only the CPU time it leaves, with their data in memory
+//! (regions have their own machines in an installation). Each round checks that they received the changes.
 //! Each round prints, per replica, the CPU time and the run-queue wait (time runnable but
 //! waiting for the CPU) per change of phase 2; with `--trace`, where phase 2's changes spent
 //! their time on the way to the watcher ([`feed_trace`]).
@@ -365,24 +365,37 @@ async fn regions_known(api: &Api, names: &[&str]) -> Result<()> {
 /// The regions the benchmark's definitions name, with their coordinates.
 const REGIONS: [(&str, f64, f64); 2] = [("fra", 50.11, 8.68), ("iad", 38.95, -77.45)];
 
-/// Starts `args.followers` regional control planes following the first replica, `dir` their
-/// data.
-async fn start_followers(args: &Args, apis: &[Arc<Api>], dir: &Path) -> Result<Vec<RegionPlane>> {
-    let mut followers = Vec::new();
+/// The regional control planes following the first replica, and their data.
+struct Followers {
+    /// Killed when dropped, before their data goes.
+    planes: Vec<RegionPlane>,
+    /// In memory (`/dev/shm`) where there is one: their disk copies (the whole region, written
+    /// every 500 ms) would otherwise compete with the store's commits for the disk, which
+    /// regions on their own machines do not.
+    _data: tempfile::TempDir,
+}
+
+/// Starts `args.followers` regional control planes following the first replica.
+async fn start_followers(args: &Args, apis: &[Arc<Api>]) -> Result<Followers> {
+    let data = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?;
+    let mut planes = Vec::new();
     for (name, _, _) in &REGIONS[..usize::from(args.followers)] {
-        let data = dir.join(format!("region-{name}"));
+        let dir = data.path().join(name);
         let region = start_region(
             &args.meridian,
             &args.region_cpus,
             args.host,
-            &data,
+            &dir,
             &apis[0],
             name,
         )
         .await?;
-        followers.push(region);
+        planes.push(region);
     }
-    Ok(followers)
+    Ok(Followers {
+        planes,
+        _data: data,
+    })
 }
 
 /// Prints the services each follower rendered per change made through the API, and fails when
@@ -520,7 +533,7 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
     for api in &apis {
         regions_known(api, &["fra", "iad"]).await?;
     }
-    let followers = start_followers(args, &apis, dir.path()).await?;
+    let followers = start_followers(args, &apis).await?;
     let mut r = Round::default();
     if api_first {
         let applied = apply_through_api(&apis, args, &pids).await?;
@@ -539,7 +552,7 @@ async fn round(args: &Args, setup: &Setup, number: usize, api_first: bool) -> Re
         (watch_through_api(&apis, args, &pids).await?, watch_ref)
     };
     let (received, gets, floors) = watched;
-    check_followers(&followers, args.services + args.writes).await?;
+    check_followers(&followers.planes, args.services + args.writes).await?;
     if args.trace {
         let logs: Vec<&Path> = traces.iter().map(PathBuf::as_path).collect();
         feed_trace::report(&logs, &received)?;
