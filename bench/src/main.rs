@@ -655,6 +655,24 @@ fn report(setups: &[Setup], rounds: &[Vec<Round>]) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Stopped by Ctrl-C or SIGTERM, the run is dropped: its control planes and regions are
+    // killed, its PostgreSQL cluster stopped and its directories removed (a signal's default
+    // would leave them running).
+    tokio::select! {
+        result = run(args) => result,
+        signal = tokio::signal::ctrl_c() => {
+            signal?;
+            anyhow::bail!("interrupted; the processes this run started are stopped")
+        }
+        _ = terminate.recv() => {
+            anyhow::bail!("terminated; the processes this run started are stopped")
+        }
+    }
+}
+
+/// The whole benchmark, as `args` asks.
+async fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     println!(
         "control plane pinned to CPUs [{}] (certificates {}), {} regions following its first replica \
