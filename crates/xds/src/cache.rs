@@ -145,6 +145,7 @@ struct Inner {
 }
 
 /// The shared resource cache. Cheap to share behind an [`Arc`].
+#[derive(Default)]
 pub struct Cache {
     inner: Mutex<Inner>,
     next_watcher: AtomicU64,
@@ -152,17 +153,6 @@ pub struct Cache {
     followers: watch::Sender<usize>,
     /// Whether a publisher left resources behind (see the module).
     behind: watch::Sender<bool>,
-}
-
-impl Default for Cache {
-    fn default() -> Self {
-        Cache {
-            inner: Mutex::default(),
-            next_watcher: AtomicU64::default(),
-            followers: watch::Sender::new(0),
-            behind: watch::Sender::new(false),
-        }
-    }
 }
 
 /// What a stream has been told changed since it last looked: names by type URL.
