@@ -119,6 +119,24 @@ impl Behind {
     fn is_empty(&self) -> bool {
         self.services.is_empty() && self.apps.is_empty() && !self.summaries
     }
+
+    /// Notes what a change touched (`summaries`: whether the summaries are to be rendered
+    /// again); returns whether the publisher just fell behind: nothing was noted before and
+    /// something is now. A change that touches no region's resource (a certificate's, say)
+    /// notes nothing, so that the cache is not said to be behind with nothing to catch up on
+    /// (the first stream would wait for ever).
+    fn note(
+        &mut self,
+        services: BTreeSet<(String, String, String)>,
+        apps: BTreeSet<(String, String)>,
+        summaries: bool,
+    ) -> bool {
+        let was_behind = !self.is_empty();
+        self.services.extend(services);
+        self.apps.extend(apps);
+        self.summaries |= summaries;
+        !was_behind && !self.is_empty()
+    }
 }
 
 /// What has been published.
@@ -269,12 +287,10 @@ async fn publish_then_follow(
         }
         if *followers.borrow_and_update() == 0 {
             // Nobody to publish to: note what to publish once somebody comes.
-            if behind.is_empty() {
+            let summaries = all_summaries || regions_changed || !dirty.is_empty();
+            if behind.note(touched, apps, summaries) {
                 cache.fall_behind();
             }
-            behind.services.extend(touched);
-            behind.apps.extend(apps);
-            behind.summaries |= all_summaries || regions_changed || !dirty.is_empty();
             dirty.clear();
             if waiting_for_reports && all_summaries {
                 waiting_for_reports = !tell_reported(first, published, &reports.latest);
@@ -832,6 +848,21 @@ mod tests {
         done(&readiness, PUBLISHED).await;
         assert!(cache.get(REGIONAL_DEPLOYMENT, &left).is_none());
         task.abort();
+    }
+
+    #[test]
+    fn only_a_change_that_touches_something_puts_the_publisher_behind() {
+        let mut behind = Behind::default();
+        assert!(!behind.note(BTreeSet::new(), BTreeSet::new(), false));
+        assert!(behind.is_empty());
+        let web = ("acme".to_owned(), "shop".to_owned(), "web".to_owned());
+        assert!(behind.note([web].into(), BTreeSet::new(), false));
+        assert!(
+            !behind.note(BTreeSet::new(), BTreeSet::new(), true),
+            "behind already"
+        );
+        let mut summaries = Behind::default();
+        assert!(summaries.note(BTreeSet::new(), BTreeSet::new(), true));
     }
 
     /// Whether a stream opening now would wait for the publisher to catch up.
