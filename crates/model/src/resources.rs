@@ -213,6 +213,10 @@ pub enum ChangeKind {
     Service,
     /// An endpoint of a service (key: `org/app/service/endpoint`).
     Endpoint,
+    /// The public domains a service claims (key: `org/app/service`): recorded with the version
+    /// that changed them, and only then; a deleted service's claims go with its `service`
+    /// change.
+    Domains,
     /// A public domain's certificate (key: the domain).
     Certificate,
     /// An ACME account (key: the directory URL).

@@ -65,6 +65,18 @@ impl ServiceKey {
             name: definition.name.clone(),
         }
     }
+
+    /// The key that a change's key (`org/app/service`, then anything: an endpoint's
+    /// `org/app/service/endpoint`) names; `None` if it names no service.
+    pub fn from_change_key(key: &str) -> Option<Self> {
+        let mut parts = key.splitn(4, '/');
+        let (org, app, name) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(ServiceKey {
+            org: org.to_owned(),
+            app: app.to_owned(),
+            name: name.to_owned(),
+        })
+    }
 }
 
 impl std::fmt::Display for ServiceKey {

@@ -276,6 +276,7 @@ fn kind_name(kind: ChangeKind) -> &'static str {
         ChangeKind::App => "app",
         ChangeKind::Service => "service",
         ChangeKind::Endpoint => "endpoint",
+        ChangeKind::Domains => "domains",
         ChangeKind::Certificate => "certificate",
         ChangeKind::AcmeAccount => "acme_account",
         ChangeKind::TicketKeys => "ticket_keys",
@@ -295,6 +296,7 @@ fn parse_kind(name: &str) -> Result<ChangeKind> {
         "app" => ChangeKind::App,
         "service" => ChangeKind::Service,
         "endpoint" => ChangeKind::Endpoint,
+        "domains" => ChangeKind::Domains,
         "certificate" => ChangeKind::Certificate,
         "acme_account" => ChangeKind::AcmeAccount,
         "ticket_keys" => ChangeKind::TicketKeys,
@@ -536,13 +538,16 @@ async fn write_version(
 ) -> Result<Deployment> {
     check_version(conn, definition, current).await?;
     let at = now_micros();
-    write_checked_version(conn, definition, current, origin, rolled_back_from, at).await
+    let written = write_checked_version(conn, definition, current, origin, rolled_back_from, at);
+    Ok(written.await?.0)
 }
 
 /// Writes a new current version of a service whose current deployment is `current` (the row
 /// in `services`, the deployment, the region index and the domain claims; only what differs
 /// from `current`), inside the caller's transaction, once [`check_version`] has accepted it;
-/// its change is stamped `committed_at_us`. Returns the stored deployment.
+/// its change (and a [`ChangeKind::Domains`] change before it when the claims differ) is
+/// stamped `committed_at_us`. Returns the stored deployment, and the revision of the
+/// [`ChangeKind::Domains`] change if there is one.
 async fn write_checked_version(
     conn: &mut AnyConnection,
     definition: &Definition,
@@ -550,7 +555,7 @@ async fn write_checked_version(
     origin: DeploymentOrigin,
     rolled_back_from: Option<u64>,
     committed_at_us: i64,
-) -> Result<Deployment> {
+) -> Result<(Deployment, Option<u64>)> {
     let key = ServiceKey::of(definition);
     let version = current.map_or(1, |c| c.version + 1);
     let now = now_secs();
@@ -562,6 +567,26 @@ async fn write_checked_version(
         DeploymentOrigin::Secret => "secret",
     };
     let regions_changed = current.map(|c| &c.definition.regions) != Some(&definition.regions);
+    let domains_changed = !same_domains(definition, current);
+    // Before the version's own change, which stays the transaction's last (its revision is
+    // the one committed).
+    let domains_revision = if domains_changed {
+        let key = key.to_string();
+        let kind = ChangeKind::Domains;
+        Some(
+            record_at(
+                conn,
+                kind,
+                &key,
+                ChangeOp::Put,
+                Some(version),
+                committed_at_us,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let revision = if let Some(sql) = Dialect::of(conn).write_version() {
         let regions = regions_changed
             .then(|| serde_json::to_string(&definition.regions))
@@ -625,17 +650,18 @@ async fn write_checked_version(
         }
         revision
     };
-    if !same_domains(definition, current) {
+    if domains_changed {
         domains::claim(conn, &key, &definition.domains, revision).await?;
     }
-    Ok(Deployment {
+    let deployment = Deployment {
         version,
         revision,
         created_at: now,
         origin,
         rolled_back_from,
         definition: definition.clone(),
-    })
+    };
+    Ok((deployment, domains_revision))
 }
 
 /// Makes `regions` the regions of `key` in the region index (`existed`: it may have others

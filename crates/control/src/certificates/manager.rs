@@ -1,5 +1,6 @@
-//! The certificates' control loop: follows the store's change feed (a service applied or
-//! deleted changes the domain claims; a certificate row changed is republished), starts the
+//! The certificates' control loop: follows the store's change feed (a version that changes a
+//! service's domain claims, or the service's deletion, changes the claims; a certificate row
+//! changed is republished), starts the
 //! orders that are due (at most [`CONCURRENT_ORDERS`] at once, each within [`ORDER_TIMEOUT`]),
 //! and rotates the session ticket keys. Work per change is one domain (or one service's
 //! domains); nothing is rescanned on a timer.
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use meridian_api::Readiness;
 use meridian_identity::SealingKey;
-use meridian_model::{CertificateSource, CertificateState, ChangeKind};
+use meridian_model::{CertificateSource, CertificateState, ChangeKind, ChangeOp};
 use meridian_store::{
     wait_for_changes, CertificateRecord, DomainClaim, Fence, ServiceFilter, ServiceKey, Store,
     StoreError,
@@ -169,7 +170,10 @@ impl Manager {
                     for change in changes {
                         revision = change.revision;
                         match change.kind {
-                            ChangeKind::Service => self.service_changed(&change.key).await?,
+                            ChangeKind::Domains => self.claims_changed(&change.key).await?,
+                            ChangeKind::Service if change.op == ChangeOp::Delete => {
+                                self.service_deleted(&change.key);
+                            }
                             ChangeKind::Certificate => self.certificate_changed(&change.key).await?,
                             ChangeKind::TicketKeys => self.publish_tickets().await,
                             _ => {}
@@ -236,16 +240,10 @@ impl Manager {
         Ok(())
     }
 
-    /// A service changed: its claims are read again; domains it dropped are withdrawn.
-    async fn service_changed(&mut self, key: &str) -> Result<(), StoreError> {
-        let mut parts = key.splitn(3, '/');
-        let (Some(org), Some(app), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+    /// A service's claims changed: they are read again; domains it dropped are withdrawn.
+    async fn claims_changed(&mut self, key: &str) -> Result<(), StoreError> {
+        let Some(service) = ServiceKey::from_change_key(key) else {
             return Ok(());
-        };
-        let service = ServiceKey {
-            org: org.to_owned(),
-            app: app.to_owned(),
-            name: name.to_owned(),
         };
         let filter = ServiceFilter {
             org: Some(service.org.clone()),
@@ -262,6 +260,16 @@ impl Manager {
             self.track(claim).await;
         }
         Ok(())
+    }
+
+    /// A service was deleted, and its claims with it: its domains are withdrawn.
+    fn service_deleted(&mut self, key: &str) {
+        let Some(service) = ServiceKey::from_change_key(key) else {
+            return;
+        };
+        for gone in self.by_service.remove(&service).unwrap_or_default() {
+            self.forget(&gone);
+        }
     }
 
     /// A certificate row changed: it is republished (or withdrawn) and planned again.

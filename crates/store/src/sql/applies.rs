@@ -166,7 +166,7 @@ async fn transaction(
             Ok(Checked::New(current)) => {
                 let written = pending.write(&mut tx, &mut known, &mut changes, at).await?;
                 settle(&mut outcomes, written);
-                let deployment = write_checked_version(
+                let (deployment, domains_revision) = write_checked_version(
                     &mut tx,
                     definition,
                     current.as_ref(),
@@ -175,6 +175,16 @@ async fn transaction(
                     at,
                 )
                 .await?;
+                if let Some(revision) = domains_revision {
+                    changes.push(Change {
+                        revision,
+                        kind: ChangeKind::Domains,
+                        key: key.to_string(),
+                        op: ChangeOp::Put,
+                        version: Some(deployment.version),
+                        committed_at_us: at,
+                    });
+                }
                 changes.push(Change {
                     revision: deployment.revision,
                     kind: ChangeKind::Service,

@@ -48,6 +48,7 @@ conformance!(
     long_poll_returns_on_commit_or_times_out_empty,
     a_reopened_store_keeps_its_state_and_revision,
     a_certificate_lives_as_long_as_its_domain_claim,
+    a_version_that_changes_domain_claims_records_a_domains_change_first,
     acme_accounts_and_ticket_keys_are_kept_and_replaced,
     secrets_are_versioned_referenced_only_when_they_exist_and_kept_while_in_use,
     an_org_secret_is_resolved_where_no_app_secret_shadows_it_and_rolls_only_those_services,

@@ -421,10 +421,11 @@ pub async fn applies_arriving_together_commit_or_fail_each_on_their_own(backend:
     assert_eq!(applied.len(), APPLIES / 3 + 1);
     let feed = store.changes_after(before, 1000).await.unwrap();
     let revisions: Vec<u64> = feed.iter().map(|c| c.revision).collect();
-    let expected: Vec<u64> = (before + 1..=before + applied.len() as u64).collect();
+    // The service that claimed the domain has a domains change too.
+    let expected: Vec<u64> = (before + 1..=before + applied.len() as u64 + claimed).collect();
     assert_eq!(
         revisions, expected,
-        "one change per apply that succeeded, no gap"
+        "one change per apply that succeeded, and one for the claim, no gap"
     );
     for deployment in &applied {
         let change = &feed[(deployment.revision - before - 1) as usize];
@@ -441,7 +442,7 @@ pub async fn applies_arriving_together_commit_or_fail_each_on_their_own(backend:
     );
     assert_eq!(
         store.revision().await.unwrap(),
-        before + applied.len() as u64
+        expected[expected.len() - 1]
     );
 }
 
@@ -623,6 +624,69 @@ pub async fn a_certificate_lives_as_long_as_its_domain_claim(backend: &Backend) 
         "a released domain's certificate is gone"
     );
     store.delete_service(&key("web")).await.unwrap();
+    assert!(store
+        .list_domains(&ServiceFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// The kinds of the changes after `revision`, with their keys and versions.
+async fn kinds_after(store: &dyn Store, revision: u64) -> Vec<(ChangeKind, String, Option<u64>)> {
+    let changes = store.changes_after(revision, 100).await.unwrap();
+    changes
+        .into_iter()
+        .map(|c| (c.kind, c.key, c.version))
+        .collect()
+}
+
+pub async fn a_version_that_changes_domain_claims_records_a_domains_change_first(
+    backend: &Backend,
+) {
+    let store = backend.open().await;
+    with_regions(&store).await;
+    let service = |version: u64| {
+        (
+            ChangeKind::Service,
+            "acme/shop/web".to_owned(),
+            Some(version),
+        )
+    };
+    let domains = |version: u64| {
+        (
+            ChangeKind::Domains,
+            "acme/shop/web".to_owned(),
+            Some(version),
+        )
+    };
+    let mut web = definition("web", &["fra"], "one");
+    let start = store.revision().await.unwrap();
+    store.apply_service(&web, MissingOrg::Create).await.unwrap();
+    let before = store.revision().await.unwrap();
+    assert_eq!(
+        kinds_after(&store, start).await.last(),
+        Some(&service(1)),
+        "no domains, no domains change"
+    );
+
+    web.domains = vec!["shop.example.com".into()];
+    store.apply_service(&web, MissingOrg::Create).await.unwrap();
+    assert_eq!(kinds_after(&store, before).await, [domains(2), service(2)]);
+    let revision = store.revision().await.unwrap();
+
+    // Same claims, another command: only the service changes.
+    web = definition("web", &["fra"], "two");
+    web.domains = vec!["shop.example.com".into()];
+    store.apply_service(&web, MissingOrg::Create).await.unwrap();
+    assert_eq!(kinds_after(&store, revision).await, [service(3)]);
+    let revision = store.revision().await.unwrap();
+
+    // A rollback to a version with other claims changes them again.
+    store.rollback(&key("web"), 1, None).await.unwrap();
+    assert_eq!(
+        kinds_after(&store, revision).await,
+        [domains(4), service(4)]
+    );
     assert!(store
         .list_domains(&ServiceFilter::default())
         .await
