@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meridian_identity::Subject;
-use meridian_xds::meridian::{RegionSummary, REGIONAL_DEPLOYMENT, REGION_SUMMARY, SECRET};
+use meridian_xds::meridian::{
+    RegionService, RegionSummary, REGIONAL_DEPLOYMENT, REGION_SERVICE, REGION_SUMMARY, SECRET,
+};
 use meridian_xds::{run_delta_client, ClientOptions, Handler, Interest, Interests, Resources};
 use prost::Message;
 use support::edge_feed::client_tls;
@@ -67,15 +69,15 @@ impl Handler for Recorder {
 
     async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
         let held = |type_url: &str| resources.get(type_url).into_iter().flatten();
-        let reported_healthy = held(REGION_SUMMARY)
+        let reported = held(REGION_SUMMARY)
             .find(|(name, _)| *name == "fra")
             .and_then(|(_, h)| RegionSummary::decode(h.resource.value.as_slice()).ok())
-            .is_some_and(|s| {
-                s.reported
-                    && s.services
-                        .iter()
-                        .any(|s| s.service == "web" && s.healthy > 0)
-            });
+            .is_some_and(|s| s.reported);
+        let web_healthy = held(REGION_SERVICE)
+            .find(|(name, _)| *name == "fra/acme/shop/web")
+            .and_then(|(_, h)| RegionService::decode(h.resource.value.as_slice()).ok())
+            .is_some_and(|s| s.healthy > 0);
+        let reported_healthy = reported && web_healthy;
         self.seen.lock().unwrap().push(Seen {
             at: Instant::now(),
             type_url: type_url.to_owned(),
@@ -225,9 +227,18 @@ async fn a_restarted_global_plane_changes_nothing_the_regions_and_edges_serve() 
     let as_edge = Subject::Edge {
         location: "test".into(),
     };
-    let (region_seen, _region_follower) =
-        follower(&data, &xds, fra, &[REGIONAL_DEPLOYMENT, REGION_SUMMARY]);
-    let (edge_seen, _edge_follower) = follower(&data, &xds, as_edge, &[REGION_SUMMARY, SECRET]);
+    let (region_seen, _region_follower) = follower(
+        &data,
+        &xds,
+        fra,
+        &[REGIONAL_DEPLOYMENT, REGION_SUMMARY, REGION_SERVICE],
+    );
+    let (edge_seen, _edge_follower) = follower(
+        &data,
+        &xds,
+        as_edge,
+        &[REGION_SUMMARY, REGION_SERVICE, SECRET],
+    );
     let holds_everything = |seen: &Mutex<Vec<Seen>>, edge: bool| {
         seen.lock().unwrap().last().is_some_and(|s| s.whole(edge))
     };

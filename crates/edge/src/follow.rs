@@ -1,6 +1,7 @@
 //! The edge's follower: a delta-xDS stream to the global control plane (mutual TLS, with the
 //! edge's own certificate), subscribed to every region's `meridian.v1.RegionSummary` (where it
-//! is, its gateway, what it runs and how healthy it is), to the edge's `Secret`s
+//! is, its gateway) and `meridian.v1.RegionService` entries (what it runs and how healthy it
+//! is), to the edge's `Secret`s
 //! (certificates, session ticket keys) and ACME challenges, and to the purges of its cache
 //! (applied as [`crate::purges`] says; the ACK of a response tells the plane they were). Each update that changes the edge's
 //! configuration is applied at once; certificates, keys and challenges are swapped in place,
@@ -14,7 +15,10 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meridian_model::{RegionReport, RegionalDeployment, ServiceHealth};
 use meridian_proxy::Proxy;
-use meridian_xds::meridian::{RegionSummary, ACME_CHALLENGE, CACHE_PURGE, REGION_SUMMARY, SECRET};
+use meridian_xds::meridian::{
+    RegionService, RegionSummary, ACME_CHALLENGE, CACHE_PURGE, REGION_SERVICE, REGION_SUMMARY,
+    SECRET,
+};
 use meridian_xds::{
     run_delta_client, Changes, ClientOptions, Handler, Interest, Interests, Resources,
 };
@@ -240,13 +244,20 @@ fn healthy_gateways(regions: &[RegionView]) -> Vec<Gateway> {
 }
 
 fn interests() -> Interests {
-    [REGION_SUMMARY, SECRET, ACME_CHALLENGE, CACHE_PURGE]
-        .into_iter()
-        .map(|type_url| (type_url.to_owned(), Interest::Wildcard))
-        .collect()
+    [
+        REGION_SUMMARY,
+        REGION_SERVICE,
+        SECRET,
+        ACME_CHALLENGE,
+        CACHE_PURGE,
+    ]
+    .into_iter()
+    .map(|type_url| (type_url.to_owned(), Interest::Wildcard))
+    .collect()
 }
 
-/// What the summaries held say of each region, or which summary is bad and why.
+/// What the summaries and service entries held say of each region, or which resource is bad
+/// and why.
 fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
     let mut views = Vec::new();
     for (name, held) in resources.get(REGION_SUMMARY).into_iter().flatten() {
@@ -260,12 +271,33 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
                 summary.gateway
             )));
         }
-        let mut deployments = Vec::new();
-        let mut health = Vec::new();
-        for (i, service) in summary.services.into_iter().enumerate() {
-            let spec = serde_json::from_slice(&service.spec_json)
-                .map_err(|e| bad(format!("services[{i}].spec_json: {e}")))?;
-            health.push(ServiceHealth {
+        let report = summary.reported.then(|| RegionReport {
+            nodes: 0,
+            capacity: 0,
+            gateway: Some(summary.gateway).filter(|g| !g.is_empty()),
+            services: Vec::new(),
+        });
+        views.push(RegionView {
+            name: name.clone(),
+            lat: summary.lat,
+            lon: summary.lon,
+            report,
+            deployments: Vec::new(),
+        });
+    }
+    for (name, held) in resources.get(REGION_SERVICE).into_iter().flatten() {
+        let bad = |reason: String| format!("region service `{name}`: {reason}");
+        let region = name.split('/').next().unwrap_or_default();
+        // An entry whose region's summary has not come yet waits for it.
+        let Some(view) = views.iter_mut().find(|v| v.name == region) else {
+            continue;
+        };
+        let service = RegionService::decode(held.resource.value.as_slice())
+            .map_err(|e| bad(e.to_string()))?;
+        let spec = serde_json::from_slice(&service.spec_json)
+            .map_err(|e| bad(format!("spec_json: {e}")))?;
+        if let Some(report) = &mut view.report {
+            report.services.push(ServiceHealth {
                 org: service.org.clone(),
                 app: service.app.clone(),
                 service: service.service.clone(),
@@ -281,27 +313,14 @@ fn region_views(resources: &Resources) -> Result<Vec<RegionView>, String> {
                 asleep: service.asleep,
                 wake_ms: service.wake_ms,
             });
-            deployments.push(RegionalDeployment {
-                org: service.org,
-                app: service.app,
-                service: service.service,
-                region: name.clone(),
-                version: service.version,
-                spec,
-            });
         }
-        let report = summary.reported.then(|| RegionReport {
-            nodes: 0,
-            capacity: 0,
-            gateway: Some(summary.gateway).filter(|g| !g.is_empty()),
-            services: health,
-        });
-        views.push(RegionView {
-            name: name.clone(),
-            lat: summary.lat,
-            lon: summary.lon,
-            report,
-            deployments,
+        view.deployments.push(RegionalDeployment {
+            org: service.org,
+            app: service.app,
+            service: service.service,
+            region: view.name.clone(),
+            version: service.version,
+            spec,
         });
     }
     Ok(views)
@@ -338,7 +357,7 @@ impl Handler for Follower {
         changes: &Changes<'_>,
     ) -> Result<Option<Interests>, String> {
         match changes.type_url {
-            REGION_SUMMARY => {
+            REGION_SUMMARY | REGION_SERVICE => {
                 self.configure(resources).await?;
                 self.follow_purges(resources).await?;
             }

@@ -18,7 +18,8 @@ use meridian_edge::{EdgeOptions, Follower, Location};
 use meridian_identity::{request_for, Authority, SpiffeId};
 use meridian_proxy::Proxy;
 use meridian_xds::meridian::{
-    AcmeChallenge, RegionService, RegionSummary, ACME_CHALLENGE, REGION_SUMMARY, SECRET,
+    AcmeChallenge, RegionService, RegionSummary, ACME_CHALLENGE, REGION_SERVICE, REGION_SUMMARY,
+    SECRET,
 };
 use meridian_xds::{
     AdsServer, AdsService, Cache, Changes, ClientOptions, Handler, Held, Resources, Update,
@@ -269,16 +270,19 @@ impl Edge {
 
     /// Region `fra` (its gateway at `gateway`) runs the shop, whose `https` settings are given.
     async fn serve_shop(&mut self, gateway: SocketAddr, https: serde_json::Value) {
-        let body = shop_summary(gateway, https);
-        self.deliver(REGION_SUMMARY, vec![("fra", Some(body))])
+        let (summary, web) = shop_summary(gateway, https);
+        self.deliver(REGION_SUMMARY, vec![("fra", Some(summary))])
+            .await
+            .unwrap();
+        self.deliver(REGION_SERVICE, vec![("fra/acme/shop/web", Some(web))])
             .await
             .unwrap();
     }
 }
 
-/// The summary of region `fra` (its gateway at `gateway`), which runs the shop with the
-/// `https` settings given.
-fn shop_summary(gateway: SocketAddr, https: serde_json::Value) -> Vec<u8> {
+/// The summary of region `fra` (its gateway at `gateway`) and its entry of the shop's `web`,
+/// which runs with the `https` settings given.
+fn shop_summary(gateway: SocketAddr, https: serde_json::Value) -> (Vec<u8>, Vec<u8>) {
     {
         let spec = serde_json::json!({
             "scale": {"min": 1, "max": 1},
@@ -295,17 +299,17 @@ fn shop_summary(gateway: SocketAddr, https: serde_json::Value) -> Vec<u8> {
             lon: 8.68,
             reported: true,
             gateway: gateway.to_string(),
-            services: vec![RegionService {
-                org: "acme".into(),
-                app: "shop".into(),
-                service: "web".into(),
-                version: 1,
-                spec_json: spec.to_string().into_bytes(),
-                healthy: 1,
-                ..Default::default()
-            }],
         };
-        summary.encode_to_vec()
+        let web = RegionService {
+            org: "acme".into(),
+            app: "shop".into(),
+            service: "web".into(),
+            version: 1,
+            spec_json: spec.to_string().into_bytes(),
+            healthy: 1,
+            ..Default::default()
+        };
+        (summary.encode_to_vec(), web.encode_to_vec())
     }
 }
 
@@ -803,7 +807,7 @@ async fn an_edge_following_xds_serves_the_certificates_published_for_edges() {
         type_url: type_url.to_owned(),
         value,
     };
-    let summary = shop_summary(gateway_address, serde_json::json!({}));
+    let (summary, web) = shop_summary(gateway_address, serde_json::json!({}));
     let put = |type_url: &str, name: &str, value: Vec<u8>| {
         let update = Update {
             put: vec![(name.to_owned(), any(type_url, value))],
@@ -812,6 +816,7 @@ async fn an_edge_following_xds_serves_the_certificates_published_for_edges() {
         cache.apply(type_url, update);
     };
     put(REGION_SUMMARY, "regions/fra", summary);
+    put(REGION_SERVICE, "regions/fra/acme/shop/web", web);
     let shop = pki.certificate(&[SHOP]);
     put(
         SECRET,

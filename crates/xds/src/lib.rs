@@ -57,6 +57,7 @@ pub(crate) fn type_label(type_url: &str) -> &'static str {
         meridian::SERVICE => "service",
         meridian::REGIONAL_DEPLOYMENT => "regional_deployment",
         meridian::REGION_SUMMARY => "region_summary",
+        meridian::REGION_SERVICE => "region_service",
         meridian::ACME_CHALLENGE => "acme_challenge",
         meridian::SECRET => "secret",
         meridian::CACHE_PURGE => "cache_purge",

@@ -19,13 +19,18 @@ pub const SERVICE: &str = "type.googleapis.com/meridian.v1.Service";
 pub const REGIONAL_DEPLOYMENT: &str = "type.googleapis.com/meridian.v1.RegionalDeployment";
 
 /// Type URL of a region's summary, sent by the global control plane to every regional control
-/// plane and every edge (named after the region there): where the region is, its gateway, and
-/// the healthy instances of each service it runs, through which other regions' services and the
-/// edges reach them.
+/// plane and every edge (named after the region there): where the region is, whether it
+/// reports and its gateway. Each service it runs is a [`REGION_SERVICE`] of its own.
 pub const REGION_SUMMARY: &str = "type.googleapis.com/meridian.v1.RegionSummary";
 
-/// The namespace of [`REGION_SUMMARY`] resources, shared by every regional control plane and
-/// edge.
+/// Type URL of a service deployed in a region, sent with the [`REGION_SUMMARY`] resources
+/// (named `<region>/<org>/<app>/<service>` there): its spec and the healthy instances there,
+/// through which other regions' services and the edges reach them. One resource per service,
+/// so that a change to one service sends only its own.
+pub const REGION_SERVICE: &str = "type.googleapis.com/meridian.v1.RegionService";
+
+/// The namespace of [`REGION_SUMMARY`] and [`REGION_SERVICE`] resources, shared by every
+/// regional control plane and edge.
 pub const REGIONS_NAMESPACE: &str = "regions/";
 
 /// Type URL of an ACME challenge the edges must answer while the global control plane orders a
@@ -309,9 +314,7 @@ pub struct RegionSummary {
     /// The region's longitude, degrees.
     #[prost(double, tag = "2")]
     pub lon: f64,
-    /// The services deployed there.
-    #[prost(message, repeated, tag = "3")]
-    pub services: Vec<RegionService>,
+    // Tag 3 listed the services deployed there, which are [`RegionService`] resources now.
     /// Whether the region reported lately (if not, nothing of it is known to be healthy).
     #[prost(bool, tag = "4")]
     pub reported: bool,
@@ -320,7 +323,7 @@ pub struct RegionSummary {
     pub gateway: String,
 }
 
-/// A service deployed in a region, as a [`RegionSummary`] lists it.
+/// A service deployed in a region (a [`REGION_SERVICE`] resource).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RegionService {
     /// Owning org.

@@ -147,7 +147,12 @@ impl Scope {
         } else if type_url.starts_with(MERIDIAN_TYPES) {
             // A node granted nothing of these (not an agent, a regional control plane or an
             // edge) sees no Meridian resource: no cache name starts so.
-            if type_url == crate::meridian::REGION_SUMMARY {
+            if [
+                crate::meridian::REGION_SUMMARY,
+                crate::meridian::REGION_SERVICE,
+            ]
+            .contains(&type_url)
+            {
                 return if self.summaries {
                     crate::meridian::REGIONS_NAMESPACE
                 } else {

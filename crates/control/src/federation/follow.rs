@@ -1,14 +1,16 @@
 //! The regional control plane's side: a delta-xDS stream to the global control plane (mutual
 //! TLS, with the region's own `control/<region>` certificate), subscribed to every
-//! [`REGIONAL_DEPLOYMENT`] of the region and to every region's [`REGION_SUMMARY`]. The first
-//! answer of regional deployments replaces what the region knew (its disk copy); later ones
-//! re-render only the services whose resources changed. Summaries give the other regions'
-//! healthy instances, which the region's node proxies reach when the region has none. Every accepted
+//! [`REGIONAL_DEPLOYMENT`] of the region and to every region's [`REGION_SUMMARY`] and
+//! [`REGION_SERVICE`] entries. The first answer of regional deployments replaces what the
+//! region knew (its disk copy); later ones re-render only the services whose resources
+//! changed. Summaries and entries give the other regions' healthy instances, which the
+//! region's node proxies reach when the region has none (an entry is decoded only when it
+//! changes). Every accepted
 //! update is written to the disk copy. A bad resource rejects the update (NACK, with the reason)
 //! and changes nothing; when the global control plane is away, the region goes on with what it
 //! has and the client reconnects with backoff, resuming with the versions it holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 
 use meridian_model::{Endpoint, RegionalDeployment, RolloutControl};
-use meridian_xds::meridian::{self, REGIONAL_DEPLOYMENT, REGION_SUMMARY};
+use meridian_xds::meridian::{self, REGIONAL_DEPLOYMENT, REGION_SERVICE, REGION_SUMMARY};
 use meridian_xds::{
     run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
 };
@@ -62,6 +64,7 @@ pub async fn follow_global(
         copy_due,
         applied: BTreeMap::new(),
         first: true,
+        remote: Remote::default(),
     };
     run_delta_client(client, follower).await;
 }
@@ -99,12 +102,15 @@ struct Follower {
     applied: BTreeMap<String, String>,
     /// Whether nothing was accepted yet.
     first: bool,
+    /// The other regions, as last decoded.
+    remote: Remote,
 }
 
 fn interests() -> Interests {
     Interests::from([
         (REGIONAL_DEPLOYMENT.to_owned(), Interest::Wildcard),
         (REGION_SUMMARY.to_owned(), Interest::Wildcard),
+        (REGION_SERVICE.to_owned(), Interest::Wildcard),
     ])
 }
 
@@ -173,44 +179,88 @@ fn decode(region: &str, name: &str, held: &Held) -> Result<Decoded, String> {
     })
 }
 
-/// Decodes and checks every region summary held, or says which one is bad and why.
-fn decode_summaries(resources: &Resources) -> Result<BTreeMap<String, RemoteRegion>, String> {
-    let mut regions = BTreeMap::new();
-    for (name, held) in resources.get(REGION_SUMMARY).into_iter().flatten() {
-        let bad = |reason: String| format!("region summary `{name}`: {reason}");
-        meridian_model::check_dns_label(name).map_err(|e| bad(format!("name: {e}")))?;
-        let summary = meridian::RegionSummary::decode(held.resource.value.as_slice())
-            .map_err(|e| bad(e.to_string()))?;
-        let mut services = Vec::with_capacity(summary.services.len());
-        for (i, service) in summary.services.into_iter().enumerate() {
-            let spec = serde_json::from_slice(&service.spec_json)
-                .map_err(|e| bad(format!("services[{i}].spec_json: {e}")))?;
-            if let Some(address) = service
-                .addresses
-                .iter()
-                .find(|a| a.parse::<std::net::IpAddr>().is_err())
-            {
-                return Err(bad(format!(
-                    "services[{i}].addresses: `{address}` is not an IP address"
-                )));
-            }
-            services.push(RemoteService {
-                id: (service.org, service.app, service.service),
-                version: service.version,
-                spec,
-                addresses: service.addresses,
-            });
-        }
-        regions.insert(
-            name.clone(),
-            RemoteRegion {
+/// The other regions as the summaries and service entries held describe them, decoded once
+/// per version of each resource.
+#[derive(Default)]
+struct Remote {
+    /// Each service entry decoded (`<region>/<org>/<app>/<service>`), with its version.
+    entries: HashMap<String, (String, RemoteService)>,
+}
+
+impl Remote {
+    /// Every region the summaries held describe, with the services their entries list
+    /// (decoding only the entries that are new or changed), or which resource is bad and why
+    /// (then nothing changes).
+    fn regions(&mut self, resources: &Resources) -> Result<BTreeMap<String, RemoteRegion>, String> {
+        let mut regions = BTreeMap::new();
+        for (name, held) in resources.get(REGION_SUMMARY).into_iter().flatten() {
+            let bad = |reason: String| format!("region summary `{name}`: {reason}");
+            meridian_model::check_dns_label(name).map_err(|e| bad(format!("name: {e}")))?;
+            let summary = meridian::RegionSummary::decode(held.resource.value.as_slice())
+                .map_err(|e| bad(e.to_string()))?;
+            let region = RemoteRegion {
                 lat: summary.lat,
                 lon: summary.lon,
-                services,
-            },
-        );
+                services: Vec::new(),
+            };
+            regions.insert(name.clone(), region);
+        }
+        let mut entries = HashMap::with_capacity(self.entries.len());
+        let held = resources.get(REGION_SERVICE).into_iter().flatten();
+        for (name, held) in held {
+            let service = match self.entries.remove(name) {
+                Some((version, service)) if version == held.version => service,
+                _ => decode_entry(name, held)?,
+            };
+            entries.insert(name.clone(), (held.version.clone(), service));
+        }
+        let mut names: Vec<&String> = entries.keys().collect();
+        names.sort_unstable();
+        for name in names {
+            let region = name.split('/').next().unwrap_or_default();
+            // An entry whose region's summary has not come yet waits for it.
+            if let (Some(region), Some((_, service))) = (regions.get_mut(region), entries.get(name))
+            {
+                region.services.push(service.clone());
+            }
+        }
+        self.entries = entries;
+        Ok(regions)
     }
-    Ok(regions)
+}
+
+/// Decodes and checks the service entry `name` (`<region>/<org>/<app>/<service>`), or says
+/// why it is bad.
+fn decode_entry(name: &str, held: &Held) -> Result<RemoteService, String> {
+    let bad = |reason: String| format!("region service `{name}`: {reason}");
+    let (region, service_name) = name
+        .split_once('/')
+        .ok_or_else(|| bad("name: not <region>/<org>/<app>/<service>".to_owned()))?;
+    meridian_model::check_dns_label(region).map_err(|e| bad(format!("name: {e}")))?;
+    let service = meridian::RegionService::decode(held.resource.value.as_slice())
+        .map_err(|e| bad(e.to_string()))?;
+    let id = (service.org, service.app, service.service);
+    if service_of(service_name).as_ref() != Some(&id) {
+        return Err(bad(format!(
+            "org, app and service: `{}/{}/{}` is not the service the name says",
+            id.0, id.1, id.2
+        )));
+    }
+    let spec =
+        serde_json::from_slice(&service.spec_json).map_err(|e| bad(format!("spec_json: {e}")))?;
+    if let Some(address) = service
+        .addresses
+        .iter()
+        .find(|a| a.parse::<std::net::IpAddr>().is_err())
+    {
+        return Err(bad(format!("addresses: `{address}` is not an IP address")));
+    }
+    Ok(RemoteService {
+        id,
+        version: service.version,
+        spec,
+        addresses: service.addresses,
+    })
 }
 
 impl Follower {
@@ -290,8 +340,8 @@ impl Handler for Follower {
     async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
         if type_url == REGIONAL_DEPLOYMENT {
             self.apply(resources).await?;
-        } else if type_url == REGION_SUMMARY {
-            let regions = decode_summaries(resources)?;
+        } else if type_url == REGION_SUMMARY || type_url == REGION_SERVICE {
+            let regions = self.remote.regions(resources)?;
             self.state.set_region_summaries(&regions);
             self.keep_copy();
         }

@@ -1,20 +1,20 @@
-//! The global control plane's side. Two kinds of resources go into an xDS cache:
+//! The global control plane's side. Three kinds of resources go into an xDS cache:
 //!
 //! - every service's regional deployments, with the endpoints registered for them in that
 //!   region, as [`REGIONAL_DEPLOYMENT`] resources named `region/<region>/<org>/<app>/<service>`,
 //!   kept in step with the store's change feed (a change re-reads only the service it names);
-//! - every region's [`REGION_SUMMARY`] (`regions/<region>`): its coordinates and, for each
-//!   service deployed there, its spec and the addresses of the healthy instances the region last
-//!   reported (a report older than [`REPORT_STALE`] counts as none), so that every region can
-//!   reach the others' instances.
+//! - every region's [`REGION_SUMMARY`] (`regions/<region>`): its coordinates, whether it
+//!   reports and its gateway;
+//! - for each service deployed in a region, its [`REGION_SERVICE`] entry
+//!   (`regions/<region>/<org>/<app>/<service>`): its spec and the addresses of the healthy
+//!   instances the region last reported (a report older than [`REPORT_STALE`] counts as
+//!   none), so that every region and edge can reach the others' instances.
 //!
-//! The cache wakes only the streams whose resources changed. A summary lists every service of
-//! its region, so rendering one costs in proportion to them: after a change in the store, the
-//! summaries it touched are rendered at once if the coalescing period that followed the last
-//! rendering is over, else together at its end, so that a burst of applies costs a few
-//! renderings, not one each. The period is [`SUMMARY_SHARE`] times as long as the last
-//! rendering took, within [`SUMMARY_COALESCE`], so that renderings take a bounded share of the
-//! plane's time however many services there are.
+//! The cache wakes only the streams whose resources changed, and every rendering is in
+//! proportion to what changed: a change in the store renders the entries of the service it
+//! touches; a region's report (looked at when one comes and every [`SUMMARY_REFRESH`], so
+//! that stale reports drop out) renders only the entries of the services it shows differently
+//! from the report before.
 //!
 //! Work is in proportion to followers: while no region or edge follows this plane (the cache
 //! has no stream, as on a replica the others' followers chose), a change in the store, a
@@ -28,7 +28,7 @@
 //! its predecessor had, and until the regions report again it would publish them as not
 //! reporting.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,13 +43,15 @@ use meridian_model::{
 use meridian_store::{
     wait_for_changes, ServiceFilter, ServiceKey, ServiceState, Store, StoreError,
 };
-use meridian_xds::meridian::{REGIONAL_DEPLOYMENT, REGIONS_NAMESPACE, REGION_SUMMARY};
+use meridian_xds::meridian::{
+    REGIONAL_DEPLOYMENT, REGIONS_NAMESPACE, REGION_SERVICE, REGION_SUMMARY,
+};
 use meridian_xds::{region_namespace, Cache, Update};
 use prost::Message;
 use tokio::sync::watch;
 
 use super::secrets;
-use super::summary::{self, ServiceEntry};
+use super::summary::{self, ServiceEntry, Shown};
 
 /// Most changes read at once.
 const FEED_PAGE: u32 = 1024;
@@ -59,14 +61,9 @@ const FEED_WAIT: Duration = Duration::from_secs(60);
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
 /// A region's report older than this no longer vouches for its instances.
 pub const REPORT_STALE: Duration = Duration::from_secs(10);
-/// How often summaries are rendered again without news (so that stale reports drop out).
+/// How often the regions' reports are looked at without news (so that stale reports drop
+/// out).
 const SUMMARY_REFRESH: Duration = Duration::from_secs(2);
-/// Shortest and longest time between two renderings of the summaries a change in the store
-/// touched.
-const SUMMARY_COALESCE: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_millis(500));
-/// The coalescing period is this many times as long as the last rendering.
-const SUMMARY_SHARE: u32 = 50;
 
 /// The readiness part [`publish_regional_deployments`] does once every service's regional
 /// deployments and every region's summary are in the cache.
@@ -97,11 +94,12 @@ pub struct FirstLoad {
     pub reports_by: tokio::time::Instant,
 }
 
-/// A published regional deployment, with its entry in its region's summary (made once, for
-/// every summary).
+/// A published regional deployment, with its entry in its region (made once, for every
+/// rendering) and what that entry shows of the region's report.
 struct PublishedDeployment {
     deployment: RegionalDeployment,
     entry: ServiceEntry,
+    shown: Shown,
 }
 
 /// What changed while no stream followed the cache and is not published yet.
@@ -111,7 +109,7 @@ struct Behind {
     services: BTreeSet<(String, String, String)>,
     /// Apps whose services are all to be read and published again (a secret changed).
     apps: BTreeSet<(String, String)>,
-    /// Whether the summaries are to be rendered again.
+    /// Whether the regions' reports (and the regions) are to be looked at again.
     summaries: bool,
 }
 
@@ -120,11 +118,11 @@ impl Behind {
         self.services.is_empty() && self.apps.is_empty() && !self.summaries
     }
 
-    /// Notes what a change touched (`summaries`: whether the summaries are to be rendered
-    /// again); returns whether the publisher just fell behind: nothing was noted before and
-    /// something is now. A change that touches no region's resource (a certificate's, say)
-    /// notes nothing, so that the cache is not said to be behind with nothing to catch up on
-    /// (the first stream would wait for ever).
+    /// Notes what a change touched (`summaries`: whether the regions' reports are to be
+    /// looked at again); returns whether the publisher just fell behind: nothing was noted
+    /// before and something is now. A change that touches no region's resource (a
+    /// certificate's, say) notes nothing, so that the cache is not said to be behind with
+    /// nothing to catch up on (the first stream would wait for ever).
     fn note(
         &mut self,
         services: BTreeSet<(String, String, String)>,
@@ -139,6 +137,22 @@ impl Behind {
     }
 }
 
+/// A region's last fresh report, as the published entries show it.
+#[derive(Default)]
+struct RegionHealth {
+    /// The report (none: the region has no fresh one).
+    report: Option<RegionReport>,
+    /// What it says of each service it lists (`org/app/service`).
+    by_service: HashMap<String, Shown>,
+}
+
+impl RegionHealth {
+    /// What the report says of `service` (`org/app/service`).
+    fn shown(&self, service: &str) -> Shown {
+        self.by_service.get(service).cloned().unwrap_or_default()
+    }
+}
+
 /// What has been published.
 #[derive(Default)]
 struct Published {
@@ -146,15 +160,18 @@ struct Published {
     deployed: BTreeMap<String, BTreeMap<String, PublishedDeployment>>,
     /// Each region's coordinates.
     regions: BTreeMap<String, (f64, f64)>,
+    /// Each region's last fresh report, as last looked at.
+    health: BTreeMap<String, RegionHealth>,
     /// Services whose current version some regions do not take yet (their wave has not
     /// started), by name: published again whenever a region reports.
     held: BTreeMap<String, ServiceKey>,
 }
 
-/// Publishes the regional deployments of every service in `store` and every region's summary
-/// into `cache`, then follows the change feed and `reports`, until the process ends; tells
-/// `first` as it goes. A store failure is logged and retried with backoff, then everything is
-/// published again (unchanged resources keep their versions).
+/// Publishes the regional deployments of every service in `store`, every region's summary
+/// and the entries of the services deployed there into `cache`, then follows the change feed
+/// and `reports`, until the process ends; tells `first` as it goes. A store failure is logged
+/// and retried with backoff, then everything is published again (unchanged resources keep
+/// their versions).
 pub async fn publish_regional_deployments(
     store: Arc<dyn Store>,
     cache: Arc<Cache>,
@@ -199,6 +216,7 @@ async fn publish_then_follow(
     let store = sources.store;
     let mut revision = store.revision().await?;
     read_regions(store, published).await?;
+    look_at_reports(cache, published, &reports.latest);
     let services = store.list_services(&ServiceFilter::default()).await?;
     let mut stale: BTreeSet<String> = published
         .deployed
@@ -218,10 +236,10 @@ async fn publish_then_follow(
     }
     publish_services(sources, cache, published, keys, &reports.latest).await?;
     for gone in stale {
-        cache.apply(REGIONAL_DEPLOYMENT, withdraw(published, &gone));
+        let left = withdraw(published, &gone);
+        apply_removals(cache, &gone, &left);
     }
     withdraw_leftovers(cache, published);
-    publish_summaries(cache, published, &reports.latest);
     // Everything is current (an earlier run may have left some behind).
     cache.caught_up();
     tracing::info!(
@@ -232,24 +250,17 @@ async fn publish_then_follow(
     first.readiness.done(PUBLISHED);
     let mut waiting_for_reports = first.readiness.waiting().contains(&REPORTED)
         && !tell_reported(first, published, &reports.latest);
-    // Regions whose summaries a change touched and that wait for the end of the coalescing
-    // period, which ends at `coalesced`.
-    let mut dirty = BTreeSet::new();
-    let mut coalesced = tokio::time::Instant::now();
     let mut followers = cache.followers();
     let mut behind = Behind::default();
     loop {
-        // A report or the refresh period renders every summary; a change in the store only
-        // those of the regions it touches, so its cost does not grow with the other services.
-        let (changes, all_summaries) = tokio::select! {
+        // A report or the refresh period looks at the regions' reports (rendering what they
+        // changed); a change in the store renders only the services it touches.
+        let (changes, look) = tokio::select! {
             changes = wait_for_changes(store, revision, FEED_PAGE, FEED_WAIT) => (changes, false),
             _ = reports.changed.changed() => (Ok(Vec::new()), true),
             () = tokio::time::sleep(SUMMARY_REFRESH) => (Ok(Vec::new()), true),
             () = tokio::time::sleep_until(first.reports_by), if waiting_for_reports => {
                 (Ok(Vec::new()), true)
-            }
-            () = tokio::time::sleep_until(coalesced), if !dirty.is_empty() => {
-                (Ok(Vec::new()), false)
             }
             Ok(()) = followers.changed(), if !behind.is_empty() => (Ok(Vec::new()), false),
         };
@@ -263,11 +274,8 @@ async fn publish_then_follow(
         for change in &changes {
             match change.kind {
                 ChangeKind::Service | ChangeKind::Endpoint | ChangeKind::RolloutControl => {
-                    let mut parts = change.key.splitn(4, '/');
-                    if let (Some(org), Some(app), Some(name)) =
-                        (parts.next(), parts.next(), parts.next())
-                    {
-                        touched.insert((org.to_owned(), app.to_owned(), name.to_owned()));
+                    if let Some(key) = ServiceKey::from_change_key(&change.key) {
+                        touched.insert((key.org, key.app, key.name));
                     }
                 }
                 ChangeKind::Region => regions_changed = true,
@@ -287,19 +295,17 @@ async fn publish_then_follow(
         }
         if *followers.borrow_and_update() == 0 {
             // Nobody to publish to: note what to publish once somebody comes.
-            let summaries = all_summaries || regions_changed || !dirty.is_empty();
-            if behind.note(touched, apps, summaries) {
+            if behind.note(touched, apps, look || regions_changed) {
                 cache.fall_behind();
             }
-            dirty.clear();
-            if waiting_for_reports && all_summaries {
+            if waiting_for_reports && look {
                 waiting_for_reports = !tell_reported(first, published, &reports.latest);
             }
             continue;
         }
         let caught_up = !behind.is_empty();
-        let all_summaries = all_summaries || caught_up;
         let left = std::mem::take(&mut behind);
+        let look = look || regions_changed || left.summaries;
         touched.extend(left.services);
         apps.extend(left.apps);
         for (org, app) in apps {
@@ -316,49 +322,18 @@ async fn publish_then_follow(
             .into_iter()
             .map(|(org, app, name)| ServiceKey { org, app, name })
             .collect();
-        if all_summaries {
+        if look {
+            look_at_reports(cache, published, &reports.latest);
             // What regions report may start the next wave of a service.
             keys.extend(published.held.values().cloned());
         }
-        dirty.extend(publish_services(sources, cache, published, keys, &reports.latest).await?);
-        let now = tokio::time::Instant::now();
-        if all_summaries || regions_changed {
-            off_the_runtime(|| publish_summaries(cache, published, &reports.latest));
-            dirty.clear();
-            coalesced = coalescing_end(now);
-            if waiting_for_reports {
-                waiting_for_reports = !tell_reported(first, published, &reports.latest);
-            }
-        } else if !dirty.is_empty() && now >= coalesced {
-            off_the_runtime(|| {
-                publish_region_summaries(cache, published, &reports.latest, &dirty);
-            });
-            dirty.clear();
-            coalesced = coalescing_end(now);
+        publish_services(sources, cache, published, keys, &reports.latest).await?;
+        if look && waiting_for_reports {
+            waiting_for_reports = !tell_reported(first, published, &reports.latest);
         }
         if caught_up {
             cache.caught_up();
         }
-    }
-}
-
-/// The end of the coalescing period after a rendering that started at `started` and has
-/// just ended.
-fn coalescing_end(started: tokio::time::Instant) -> tokio::time::Instant {
-    let rendering = started.elapsed();
-    let (shortest, longest) = SUMMARY_COALESCE;
-    started + rendering + (rendering * SUMMARY_SHARE).clamp(shortest, longest)
-}
-
-/// Runs `render` (work in proportion to the services of a region or more) without holding
-/// up the runtime's other tasks (the API's answers, watchers of the change feed): on a
-/// multi-threaded runtime they move to another worker thread meanwhile.
-fn off_the_runtime<T>(render: impl FnOnce() -> T) -> T {
-    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
-        tokio::task::block_in_place(render)
-    } else {
-        render()
     }
 }
 
@@ -398,65 +373,86 @@ fn resource_name(region: &str, service: &str) -> String {
     format!("{}{service}", region_namespace(region))
 }
 
-/// Removes from `cache` every regional deployment that `published` does not hold: when this
-/// task was started again (its record empty), those an earlier run published for services
-/// deleted since.
+/// Removes from `cache` every regional deployment and every service entry that `published`
+/// does not hold: when this task was started again (its record empty), those an earlier run
+/// published for services deleted since.
 fn withdraw_leftovers(cache: &Cache, published: &Published) {
-    let current: BTreeSet<String> = published
-        .deployed
-        .iter()
-        .flat_map(|(region, services)| services.keys().map(|s| resource_name(region, s)))
+    let deployed = || {
+        published
+            .deployed
+            .iter()
+            .flat_map(|(region, services)| services.keys().map(move |s| (region, s)))
+    };
+    let deployments: BTreeSet<String> = deployed().map(|(r, s)| resource_name(r, s)).collect();
+    let entries: BTreeSet<String> = deployed()
+        .map(|(r, s)| summary::service_name(r, s))
         .collect();
-    let remove: Vec<String> = cache
-        .names(REGIONAL_DEPLOYMENT, "")
-        .into_iter()
-        .filter(|name| !current.contains(name))
-        .collect();
-    if !remove.is_empty() {
-        cache.apply(
-            REGIONAL_DEPLOYMENT,
-            Update {
-                put: Vec::new(),
-                remove,
-            },
-        );
-    }
-}
-
-/// Forgets `service` in every region and returns the removal of its resources.
-fn withdraw(published: &mut Published, service: &str) -> Update {
-    let mut update = Update::default();
-    for (region, services) in &mut published.deployed {
-        if services.remove(service).is_some() {
-            update.remove.push(resource_name(region, service));
+    for (type_url, prefix, current) in [
+        (REGIONAL_DEPLOYMENT, "", deployments),
+        (REGION_SERVICE, REGIONS_NAMESPACE, entries),
+    ] {
+        let remove: Vec<String> = cache
+            .names(type_url, prefix)
+            .into_iter()
+            .filter(|name| !current.contains(name))
+            .collect();
+        if !remove.is_empty() {
+            cache.apply(
+                type_url,
+                Update {
+                    put: Vec::new(),
+                    remove,
+                },
+            );
         }
     }
-    update
 }
 
-/// Re-reads services (`keys`, all at once) and publishes their regional deployments; regions
-/// a service no longer runs in lose theirs. Returns the regions whose summaries this changes.
+/// Forgets `service` in every region; returns the regions it was published to.
+fn withdraw(published: &mut Published, service: &str) -> Vec<String> {
+    let mut regions = Vec::new();
+    for (region, services) in &mut published.deployed {
+        if services.remove(service).is_some() {
+            regions.push(region.clone());
+        }
+    }
+    regions
+}
+
+/// Removes `service`'s regional deployment and entry in each of `regions` from `cache`.
+fn apply_removals(cache: &Cache, service: &str, regions: &[String]) {
+    if regions.is_empty() {
+        return;
+    }
+    let removal = |name: fn(&str, &str) -> String| Update {
+        put: Vec::new(),
+        remove: regions.iter().map(|r| name(r, service)).collect(),
+    };
+    cache.apply(REGIONAL_DEPLOYMENT, removal(resource_name));
+    cache.apply(REGION_SERVICE, removal(summary::service_name));
+}
+
+/// Re-reads services (`keys`, all at once) and publishes their regional deployments and
+/// entries; regions a service no longer runs in lose theirs.
 async fn publish_services(
     sources: Sources<'_>,
     cache: &Cache,
     published: &mut Published,
     keys: Vec<ServiceKey>,
     latest: &LatestReport,
-) -> Result<BTreeSet<String>, StoreError> {
-    let mut regions = BTreeSet::new();
+) -> Result<(), StoreError> {
     if keys.is_empty() {
-        return Ok(regions);
+        return Ok(());
     }
     let states = sources.store.service_states(&keys).await?;
     for (key, state) in keys.iter().zip(states) {
-        regions.extend(publish_service(sources, cache, published, key, state, latest).await?);
+        publish_service(sources, cache, published, key, state, latest).await?;
     }
-    Ok(regions)
+    Ok(())
 }
 
-/// Publishes the regional deployments of service `key`, whose current `state` was just read;
-/// regions it no longer runs in lose theirs. Returns the regions whose summaries this
-/// changes: those where the service's deployment came, went or changed version.
+/// Publishes the regional deployments of service `key`, whose current `state` was just read,
+/// and its entry in each of its regions; regions it no longer runs in lose both.
 async fn publish_service(
     sources: Sources<'_>,
     cache: &Cache,
@@ -464,7 +460,7 @@ async fn publish_service(
     key: &ServiceKey,
     state: ServiceState,
     latest: &LatestReport,
-) -> Result<BTreeSet<String>, StoreError> {
+) -> Result<(), StoreError> {
     let store = sources.store;
     let name = key.to_string();
     let ServiceState {
@@ -486,18 +482,10 @@ async fn publish_service(
         }
     };
     let control_json = control.map(|c| to_json(&c)).unwrap_or_default();
-    // The summaries show each deployment's version and spec, not its endpoints: only regions
-    // that gain, lose or change a deployment need theirs again.
-    let before: BTreeMap<String, u64> = published
-        .deployed
-        .iter()
-        .filter_map(|(region, services)| {
-            Some((region.clone(), services.get(&name)?.deployment.version))
-        })
-        .collect();
-    let mut regions: BTreeSet<String> = before.keys().cloned().collect();
     let secrets = secrets::resolve(store, sources.secrets, key, &mut regional).await?;
-    let mut update = withdraw(published, &name);
+    let mut left = withdraw(published, &name);
+    let mut deployments = Update::default();
+    let mut entries = Update::default();
     for (deployment, secrets) in regional.into_iter().zip(secrets) {
         let here: Vec<&Endpoint> = endpoints
             .iter()
@@ -509,29 +497,47 @@ async fn publish_service(
             control_json: control_json.clone(),
             secrets,
         };
-        let cache_name = resource_name(&deployment.region, &name);
-        update.remove.retain(|removed| *removed != cache_name);
-        update.put.push((
-            cache_name,
+        left.retain(|region| *region != deployment.region);
+        deployments.put.push((
+            resource_name(&deployment.region, &name),
             Any {
                 type_url: REGIONAL_DEPLOYMENT.to_owned(),
                 value: resource.encode_to_vec(),
             },
         ));
-        if before.get(&deployment.region) == Some(&deployment.version) {
-            regions.remove(&deployment.region);
-        } else {
-            regions.insert(deployment.region.clone());
-        }
         let entry = ServiceEntry::new(&deployment);
+        let shown = published
+            .health
+            .get(&deployment.region)
+            .map(|h| h.shown(&name))
+            .unwrap_or_default();
+        entries.put.push(summary::render_service(
+            &deployment.region,
+            &name,
+            &entry,
+            &shown,
+        ));
         published
             .deployed
             .entry(deployment.region.clone())
             .or_default()
-            .insert(name.clone(), PublishedDeployment { deployment, entry });
+            .insert(
+                name.clone(),
+                PublishedDeployment {
+                    deployment,
+                    entry,
+                    shown,
+                },
+            );
     }
-    cache.apply(REGIONAL_DEPLOYMENT, update);
-    Ok(regions)
+    deployments.remove = left.iter().map(|r| resource_name(r, &name)).collect();
+    entries.remove = left
+        .iter()
+        .map(|r| summary::service_name(r, &name))
+        .collect();
+    cache.apply(REGIONAL_DEPLOYMENT, deployments);
+    cache.apply(REGION_SERVICE, entries);
+    Ok(())
 }
 
 /// The regional deployments of `current` to publish, in its waves: the regions whose wave has
@@ -618,65 +624,61 @@ async fn in_waves(
     Ok(out)
 }
 
-/// Renders every region's summary from what is deployed there and its last fresh report;
-/// regions that are gone lose theirs.
-fn publish_summaries(cache: &Cache, published: &Published, latest: &LatestReport) {
-    let mut update = Update::default();
+/// Looks at each region's last report and renders every region's summary (regions that are
+/// gone lose theirs; an unchanged summary changes nothing in the cache). In a region whose
+/// fresh report differs from the one looked at before (or that has none any more), the
+/// entries of the services it shows differently are rendered again: work in proportion to
+/// the services of the regions whose reports changed.
+fn look_at_reports(cache: &Cache, published: &mut Published, latest: &LatestReport) {
+    let mut summaries = Update::default();
+    let mut entries = Update::default();
     for (region, &coordinates) in &published.regions {
-        update
-            .put
-            .push(region_summary(published, region, coordinates, latest));
+        let report = latest(region)
+            .filter(|(_, age)| *age <= REPORT_STALE)
+            .map(|(report, _)| report);
+        summaries.put.push(summary::render_summary(
+            region,
+            coordinates,
+            report.as_ref(),
+        ));
+        let health = published.health.entry(region.clone()).or_default();
+        if health.report == report {
+            continue;
+        }
+        health.by_service = report
+            .iter()
+            .flat_map(|r| &r.services)
+            .map(|s| {
+                let name = format!("{}/{}/{}", s.org, s.app, s.service);
+                (name, Shown::of(Some(s)))
+            })
+            .collect();
+        health.report = report;
+        for (service, p) in published.deployed.get_mut(region).into_iter().flatten() {
+            let shown = health.shown(service);
+            if p.shown != shown {
+                entries
+                    .put
+                    .push(summary::render_service(region, service, &p.entry, &shown));
+                p.shown = shown;
+            }
+        }
     }
-    let current: BTreeSet<&str> = update.put.iter().map(|(name, _)| name.as_str()).collect();
-    update.remove = cache
+    published
+        .health
+        .retain(|region, _| published.regions.contains_key(region));
+    let current: BTreeSet<&str> = summaries
+        .put
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    summaries.remove = cache
         .names(REGION_SUMMARY, REGIONS_NAMESPACE)
         .into_iter()
         .filter(|name| !current.contains(name.as_str()))
         .collect();
-    cache.apply(REGION_SUMMARY, update);
-}
-
-/// Renders the summaries of `regions` only (those a change in the store touched).
-fn publish_region_summaries(
-    cache: &Cache,
-    published: &Published,
-    latest: &LatestReport,
-    regions: &BTreeSet<String>,
-) {
-    let put = regions
-        .iter()
-        .filter_map(|region| {
-            let coordinates = *published.regions.get(region)?;
-            Some(region_summary(published, region, coordinates, latest))
-        })
-        .collect();
-    cache.apply(
-        REGION_SUMMARY,
-        Update {
-            put,
-            remove: Vec::new(),
-        },
-    );
-}
-
-/// One region's summary as a cache entry: its coordinates and, for each service deployed
-/// there, its spec and what the region's last fresh report says of it.
-fn region_summary(
-    published: &Published,
-    region: &str,
-    coordinates: (f64, f64),
-    latest: &LatestReport,
-) -> (String, Any) {
-    let report = latest(region)
-        .filter(|(_, age)| *age <= REPORT_STALE)
-        .map(|(report, _)| report);
-    let services = published
-        .deployed
-        .get(region)
-        .into_iter()
-        .flatten()
-        .map(|(_, p)| (&p.deployment, &p.entry));
-    summary::render(region, coordinates, services, report.as_ref())
+    cache.apply(REGION_SERVICE, entries);
+    cache.apply(REGION_SUMMARY, summaries);
 }
 
 /// `value` as JSON (model types always serialize).
@@ -907,8 +909,8 @@ mod tests {
         // The first load is published whoever follows.
         assert_eq!(published_to(&cache, "fra").await.0, 1);
         assert!(!behind(&cache).await);
-        let summary = cache
-            .get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}fra"))
+        let entry = cache
+            .get(REGION_SERVICE, "regions/fra/acme/shop/web")
             .unwrap();
 
         // Nobody follows: version 2 is noted, not rendered, and the cache says it is behind.
@@ -930,12 +932,9 @@ mod tests {
             .unwrap();
         assert_eq!(published_to(&cache, "fra").await.0, 2);
         let rendered = cache
-            .get(REGION_SUMMARY, &format!("{REGIONS_NAMESPACE}fra"))
+            .get(REGION_SERVICE, "regions/fra/acme/shop/web")
             .unwrap();
-        assert_ne!(
-            rendered.version, summary.version,
-            "the summary shows version 2"
-        );
+        assert_ne!(rendered.version, entry.version, "the entry shows version 2");
 
         // While it follows, changes are published as they come.
         store
@@ -944,6 +943,84 @@ mod tests {
             .unwrap();
         until_published(&cache, "fra", 3, b"").await;
         assert!(!behind(&cache).await);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_report_or_an_apply_renders_only_the_entries_it_changes() {
+        use meridian_model::ServiceHealth;
+        use meridian_xds::meridian::RegionService;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), &["fra"]).await;
+        let apply = |name: &'static str, command: &'static str| {
+            let store = store.clone();
+            async move {
+                let definition = meridian_model::parse_definition_json(
+                    serde_json::json!({
+                        "org": "acme", "app": "shop", "name": name, "regions": ["fra"],
+                        "scale": {"min": 1, "max": 1},
+                        "runtime": {"process": {"command": command}},
+                    })
+                    .to_string()
+                    .as_bytes(),
+                )
+                .unwrap();
+                let create = meridian_store::MissingOrg::Create;
+                store.apply_service(&definition, create).await.unwrap();
+            }
+        };
+        apply("web", "/bin/web").await;
+        apply("api", "/bin/api").await;
+        let reports = meridian_api::Reports::default();
+        let (cache, readiness, task) = publish(store.clone(), &reports, Duration::from_secs(3600));
+        done(&readiness, PUBLISHED).await;
+        let entry = |service: &str| {
+            let held = cache
+                .get(REGION_SERVICE, &format!("regions/fra/acme/shop/{service}"))
+                .expect("an entry");
+            let decoded = RegionService::decode(held.resource.value.as_slice()).unwrap();
+            (held.version.clone(), decoded)
+        };
+        let (api_version, api) = entry("api");
+        assert_eq!((api.version, api.healthy), (1, 0));
+
+        // fra reports web healthy: web's entry says so, api's is not rendered again.
+        let mut fra = report();
+        fra.services.push(ServiceHealth {
+            org: "acme".to_owned(),
+            app: "shop".to_owned(),
+            service: "web".to_owned(),
+            version: 1,
+            placed: 1,
+            healthy: 1,
+            addresses: vec!["10.0.0.7".to_owned()],
+            versions: Vec::new(),
+            rollout: None,
+            problems: Vec::new(),
+            instances: Default::default(),
+            autoscale: None,
+            asleep: false,
+            wake_ms: 0,
+        });
+        reports.record("fra".to_owned(), fra);
+        let end = Instant::now() + DEADLINE;
+        while entry("web").1.addresses != ["10.0.0.7"] {
+            assert!(Instant::now() < end, "web's entry never showed the report");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(reported(&cache, "fra"));
+        assert_eq!(entry("web").1.healthy, 1);
+        assert_eq!(entry("api").0, api_version, "api's entry is as it was");
+
+        // A new version of web: its entry changes, api's does not.
+        apply("web", "/bin/web2").await;
+        let end = Instant::now() + DEADLINE;
+        while entry("web").1.version != 2 {
+            assert!(Instant::now() < end, "web's entry never showed version 2");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(entry("web").1.addresses, ["10.0.0.7"], "still as reported");
+        assert_eq!(entry("api").0, api_version, "api's entry is as it was");
         task.abort();
     }
 
