@@ -4,13 +4,13 @@
 //! [`REGION_SERVICE`] entries. The first answer of regional deployments replaces what the
 //! region knew (its disk copy); later ones re-render only the services whose resources
 //! changed. Summaries and entries give the other regions' healthy instances, which the
-//! region's node proxies reach when the region has none (an entry is decoded only when it
-//! changes). Every accepted
+//! region's node proxies reach when the region has none; after the first answer of both, only
+//! the entries a response changes are decoded and taken. Every accepted
 //! update is written to the disk copy. A bad resource rejects the update (NACK, with the reason)
 //! and changes nothing; when the global control plane is away, the region goes on with what it
 //! has and the client reconnects with backoff, resuming with the versions it holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +20,12 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use meridian_model::{Endpoint, RegionalDeployment, RolloutControl};
 use meridian_xds::meridian::{self, REGIONAL_DEPLOYMENT, REGION_SERVICE, REGION_SUMMARY};
 use meridian_xds::{
-    run_delta_client, ClientOptions, Handler, Held, Interest, Interests, Resources,
+    run_delta_client, Changes, ClientOptions, Handler, Held, Interest, Interests, Resources,
 };
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::elsewhere::{RemoteRegion, RemoteService};
+use crate::elsewhere::{RemoteChanges, RemoteRegion, RemoteService};
 use crate::region::{Region, ServiceId};
 
 /// First and longest wait between attempts to reach the global control plane.
@@ -64,7 +64,7 @@ pub async fn follow_global(
         copy_due,
         applied: BTreeMap::new(),
         first: true,
-        remote: Remote::default(),
+        others_taken: false,
     };
     run_delta_client(client, follower).await;
 }
@@ -102,8 +102,8 @@ struct Follower {
     applied: BTreeMap<String, String>,
     /// Whether nothing was accepted yet.
     first: bool,
-    /// The other regions, as last decoded.
-    remote: Remote,
+    /// Whether the other regions were taken as a whole yet.
+    others_taken: bool,
 }
 
 fn interests() -> Interests {
@@ -179,68 +179,55 @@ fn decode(region: &str, name: &str, held: &Held) -> Result<Decoded, String> {
     })
 }
 
-/// The other regions as the summaries and service entries held describe them, decoded once
-/// per version of each resource.
-#[derive(Default)]
-struct Remote {
-    /// Each service entry decoded (`<region>/<org>/<app>/<service>`), with its version.
-    entries: HashMap<String, (String, RemoteService)>,
+/// Every region's coordinates, as the summaries held say, or which summary is bad and why.
+fn coordinates(resources: &Resources) -> Result<BTreeMap<String, (f64, f64)>, String> {
+    let mut coordinates = BTreeMap::new();
+    for (name, held) in resources.get(REGION_SUMMARY).into_iter().flatten() {
+        let bad = |reason: String| format!("region summary `{name}`: {reason}");
+        meridian_model::check_dns_label(name).map_err(|e| bad(format!("name: {e}")))?;
+        let summary = meridian::RegionSummary::decode(held.resource.value.as_slice())
+            .map_err(|e| bad(e.to_string()))?;
+        coordinates.insert(name.clone(), (summary.lat, summary.lon));
+    }
+    Ok(coordinates)
 }
 
-impl Remote {
-    /// Every region the summaries held describe, with the services their entries list
-    /// (decoding only the entries that are new or changed), or which resource is bad and why
-    /// (then nothing changes).
-    fn regions(&mut self, resources: &Resources) -> Result<BTreeMap<String, RemoteRegion>, String> {
-        let mut regions = BTreeMap::new();
-        for (name, held) in resources.get(REGION_SUMMARY).into_iter().flatten() {
-            let bad = |reason: String| format!("region summary `{name}`: {reason}");
-            meridian_model::check_dns_label(name).map_err(|e| bad(format!("name: {e}")))?;
-            let summary = meridian::RegionSummary::decode(held.resource.value.as_slice())
-                .map_err(|e| bad(e.to_string()))?;
-            let region = RemoteRegion {
-                lat: summary.lat,
-                lon: summary.lon,
-                services: Vec::new(),
-            };
-            regions.insert(name.clone(), region);
+/// Every region the summaries held describe, with the services their entries list, or which
+/// resource is bad and why. An entry whose region's summary has not come yet waits for it.
+fn all_regions(resources: &Resources) -> Result<BTreeMap<String, RemoteRegion>, String> {
+    let mut regions: BTreeMap<String, RemoteRegion> = coordinates(resources)?
+        .into_iter()
+        .map(|(name, (lat, lon))| {
+            let services = Vec::new();
+            (name, RemoteRegion { lat, lon, services })
+        })
+        .collect();
+    for (name, held) in resources.get(REGION_SERVICE).into_iter().flatten() {
+        let (region, service) = decode_entry(name, held)?;
+        if let Some(region) = regions.get_mut(&region) {
+            region.services.push(service);
         }
-        let mut entries = HashMap::with_capacity(self.entries.len());
-        let held = resources.get(REGION_SERVICE).into_iter().flatten();
-        for (name, held) in held {
-            let service = match self.entries.remove(name) {
-                Some((version, service)) if version == held.version => service,
-                _ => decode_entry(name, held)?,
-            };
-            entries.insert(name.clone(), (held.version.clone(), service));
-        }
-        let mut names: Vec<&String> = entries.keys().collect();
-        names.sort_unstable();
-        for name in names {
-            let region = name.split('/').next().unwrap_or_default();
-            // An entry whose region's summary has not come yet waits for it.
-            if let (Some(region), Some((_, service))) = (regions.get_mut(region), entries.get(name))
-            {
-                region.services.push(service.clone());
-            }
-        }
-        self.entries = entries;
-        Ok(regions)
     }
+    Ok(regions)
+}
+
+/// The region and service an entry's name (`<region>/<org>/<app>/<service>`) names.
+fn entry_of(name: &str) -> Option<(String, ServiceId)> {
+    let (region, service) = name.split_once('/')?;
+    Some((region.to_owned(), service_of(service)?))
 }
 
 /// Decodes and checks the service entry `name` (`<region>/<org>/<app>/<service>`), or says
 /// why it is bad.
-fn decode_entry(name: &str, held: &Held) -> Result<RemoteService, String> {
+fn decode_entry(name: &str, held: &Held) -> Result<(String, RemoteService), String> {
     let bad = |reason: String| format!("region service `{name}`: {reason}");
-    let (region, service_name) = name
-        .split_once('/')
-        .ok_or_else(|| bad("name: not <region>/<org>/<app>/<service>".to_owned()))?;
-    meridian_model::check_dns_label(region).map_err(|e| bad(format!("name: {e}")))?;
+    let (region, named) =
+        entry_of(name).ok_or_else(|| bad("name: not <region>/<org>/<app>/<service>".to_owned()))?;
+    meridian_model::check_dns_label(&region).map_err(|e| bad(format!("name: {e}")))?;
     let service = meridian::RegionService::decode(held.resource.value.as_slice())
         .map_err(|e| bad(e.to_string()))?;
     let id = (service.org, service.app, service.service);
-    if service_of(service_name).as_ref() != Some(&id) {
+    if named != id {
         return Err(bad(format!(
             "org, app and service: `{}/{}/{}` is not the service the name says",
             id.0, id.1, id.2
@@ -255,12 +242,13 @@ fn decode_entry(name: &str, held: &Held) -> Result<RemoteService, String> {
     {
         return Err(bad(format!("addresses: `{address}` is not an IP address")));
     }
-    Ok(RemoteService {
+    let service = RemoteService {
         id,
         version: service.version,
         spec,
         addresses: service.addresses,
-    })
+    };
+    Ok((region, service))
 }
 
 impl Follower {
@@ -326,6 +314,42 @@ impl Follower {
         Ok(())
     }
 
+    /// Takes what the summaries and entries held say of the other regions: as a whole the
+    /// first time both kinds are held (what the disk copy said goes), then only the entries
+    /// `changes` names, decoded, so that a change costs what it touched. A bad resource
+    /// rejects the update and changes nothing.
+    fn take_other_regions(
+        &mut self,
+        resources: &Resources,
+        changes: &Changes<'_>,
+    ) -> Result<(), String> {
+        if !self.others_taken {
+            if !(resources.contains_key(REGION_SUMMARY) && resources.contains_key(REGION_SERVICE)) {
+                return Ok(());
+            }
+            let regions = all_regions(resources)?;
+            self.state.set_region_summaries(&regions);
+            self.others_taken = true;
+        } else {
+            let mut update = RemoteChanges {
+                coordinates: coordinates(resources)?,
+                ..RemoteChanges::default()
+            };
+            if changes.type_url == REGION_SERVICE {
+                let held = resources.get(REGION_SERVICE);
+                for name in changes.names {
+                    match held.and_then(|held| held.get(name)) {
+                        Some(entry) => update.put.push(decode_entry(name, entry)?),
+                        None => update.removed.extend(entry_of(name)),
+                    }
+                }
+            }
+            self.state.update_other_regions(update);
+        }
+        self.keep_copy();
+        Ok(())
+    }
+
     /// Has the region's disk copy written again.
     fn keep_copy(&self) {
         self.copy_due.notify_one();
@@ -340,11 +364,19 @@ impl Handler for Follower {
     async fn accept(&mut self, resources: &Resources, type_url: &str) -> Result<Interests, String> {
         if type_url == REGIONAL_DEPLOYMENT {
             self.apply(resources).await?;
-        } else if type_url == REGION_SUMMARY || type_url == REGION_SERVICE {
-            let regions = self.remote.regions(resources)?;
-            self.state.set_region_summaries(&regions);
-            self.keep_copy();
         }
         Ok(interests())
+    }
+
+    async fn accept_changes(
+        &mut self,
+        resources: &Resources,
+        changes: &Changes<'_>,
+    ) -> Result<Option<Interests>, String> {
+        if [REGION_SUMMARY, REGION_SERVICE].contains(&changes.type_url) {
+            self.take_other_regions(resources, changes)?;
+            return Ok(Some(interests()));
+        }
+        self.accept(resources, changes.type_url).await.map(Some)
     }
 }

@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 use crate::disk_copy::DiskCopy;
-use crate::elsewhere::RemoteRegion;
+use crate::elsewhere::{RemoteChanges, RemoteRegion};
 use drain::DrainMetrics;
 pub use drain::{AckWait, ACK_WAIT};
 use publish::{EncodeSpec, Publisher};
@@ -308,6 +308,12 @@ impl Region {
     /// view changed.
     pub fn set_region_summaries(&self, regions: &BTreeMap<String, RemoteRegion>) {
         self.change(|state| state.set_region_summaries(regions));
+    }
+
+    /// Takes what changed in the other regions since they were last taken; renders only the
+    /// services whose view changed.
+    pub fn update_other_regions(&self, changes: RemoteChanges) {
+        self.change(|state| state.update_other_regions(changes));
     }
 
     /// Takes back what a disk copy holds (virtual IPs first, then the earlier deployments

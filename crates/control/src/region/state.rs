@@ -17,7 +17,7 @@ use meridian_model::{
 use meridian_xds::meridian::{NodeReport, SecretValue, ServiceInstance};
 
 use super::{GatewayListeners, ServiceId};
-use crate::elsewhere::{Elsewhere, RemoteRegion};
+use crate::elsewhere::{OtherRegions, RemoteChanges, RemoteRegion};
 use crate::fleet::{Desired, Fleet, InstanceKey, Moves};
 use crate::rollout::progress::{Rollouts, SavedRollout};
 use crate::rollout::Bounds;
@@ -50,8 +50,8 @@ pub(super) struct RegionState {
     elsewhere: BTreeMap<ServiceId, Vec<ServiceInstance>>,
     /// Services deployed only in other regions, as the nearest of them runs them.
     remote: BTreeMap<ServiceId, RegionalDeployment>,
-    /// Every region's last summary, by name.
-    summaries: BTreeMap<String, RemoteRegion>,
+    /// The other regions, as their summaries and service entries say.
+    others: OtherRegions,
     /// Told whenever the region's report upward may have changed.
     report_due: Arc<Notify>,
     /// Told whenever an instance starts draining: its delay ends before the next tick.
@@ -167,7 +167,7 @@ impl RegionState {
             fleet: Fleet::new(Instant::now() + crate::fleet::SETTLE),
             elsewhere: BTreeMap::new(),
             remote: BTreeMap::new(),
-            summaries: BTreeMap::new(),
+            others: OtherRegions::new(region),
             report_due: Arc::new(Notify::new()),
             drain_started: Arc::new(Notify::new()),
             ack_waits: Vec::new(),
@@ -318,7 +318,7 @@ impl RegionState {
         crate::disk_copy::DiskCopy {
             deployments: self.deployments.values().map(|d| (**d).clone()).collect(),
             endpoints: self.registered.values().flatten().cloned().collect(),
-            regions: self.summaries.clone(),
+            regions: self.others.summaries(),
             vips: self.vips.saved(),
             older: self
                 .older
@@ -574,21 +574,58 @@ impl RegionState {
     /// node proxies, the nearest region first, and services deployed only elsewhere get a
     /// mesh resource of their own. Marks only the services whose view changed.
     pub fn set_region_summaries(&mut self, regions: &BTreeMap<String, RemoteRegion>) {
-        let Elsewhere {
-            instances: elsewhere,
-            deployments: remote,
-        } = crate::elsewhere::elsewhere(&self.region, regions);
+        self.others = OtherRegions::from_summaries(&self.region, regions);
         let mut ids: BTreeSet<ServiceId> = self.elsewhere.keys().cloned().collect();
         ids.extend(self.remote.keys().cloned());
-        ids.extend(elsewhere.keys().cloned());
-        ids.extend(remote.keys().cloned());
-        let changed = ids.into_iter().filter(|id| {
-            self.elsewhere.get(id) != elsewhere.get(id) || self.remote.get(id) != remote.get(id)
-        });
-        self.dirty.services.extend(changed.collect::<Vec<_>>());
-        self.elsewhere = elsewhere;
-        self.remote = remote;
-        self.summaries = regions.clone();
+        ids.extend(self.others.ids().cloned());
+        for id in ids {
+            self.see_elsewhere(id);
+        }
+    }
+
+    /// Takes what changed in the other regions ([`set_region_summaries`] for only the
+    /// services whose entries changed, or for all of them when the regions' order by distance
+    /// changed).
+    ///
+    /// [`set_region_summaries`]: RegionState::set_region_summaries
+    pub fn update_other_regions(&mut self, changes: RemoteChanges) {
+        let reordered = self.others.set_coordinates(changes.coordinates);
+        let mut ids = BTreeSet::new();
+        for (region, service) in changes.put {
+            ids.insert(service.id.clone());
+            self.others.put(&region, service);
+        }
+        for (region, id) in changes.removed {
+            self.others.remove(&region, &id);
+            ids.insert(id);
+        }
+        if reordered {
+            ids.extend(self.elsewhere.keys().cloned());
+            ids.extend(self.remote.keys().cloned());
+            ids.extend(self.others.ids().cloned());
+        }
+        for id in ids {
+            self.see_elsewhere(id);
+        }
+    }
+
+    /// Takes what the other regions say of service `id`; marks it when its view changed.
+    fn see_elsewhere(&mut self, id: ServiceId) {
+        let (instances, deployment) = self.others.view(&id);
+        let held = self.elsewhere.get(&id).map_or(&[][..], Vec::as_slice);
+        if held == instances.as_slice() && self.remote.get(&id) == deployment.as_ref() {
+            return;
+        }
+        if instances.is_empty() {
+            self.elsewhere.remove(&id);
+        } else {
+            self.elsewhere.insert(id.clone(), instances);
+        }
+        match deployment {
+            Some(deployment) => self.remote.insert(id.clone(), deployment),
+            None => self.remote.remove(&id),
+        };
+        self.dirty.services.insert(id);
     }
 
     /// Sets the values of the secrets service `id` references (none: forgets them); when they

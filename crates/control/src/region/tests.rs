@@ -190,6 +190,86 @@ fn a_report_that_changes_one_instance_renders_its_service_only() {
     );
 }
 
+/// Service `name`'s entry in another region, with healthy instances at `addresses`.
+fn remote(name: &str, addresses: &[&str]) -> crate::RemoteService {
+    let deployment = deployment(name, 1, &format!("{name}.example.com"));
+    crate::RemoteService {
+        id: id(name),
+        version: deployment.version,
+        spec: deployment.spec,
+        addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn another_regions_entry_that_changes_renders_its_service_only() {
+    let fixture = Fixture::new(serde_json::to_vec);
+    let coordinates = BTreeMap::from([
+        ("fra".to_owned(), (50.11, 8.68)),
+        ("iad".to_owned(), (38.95, -77.45)),
+    ]);
+    let services = (0..SERVICES)
+        .map(|i| remote(&name(i), &["10.9.0.1"]))
+        .collect();
+    let regions = BTreeMap::from([
+        (
+            "fra".to_owned(),
+            crate::RemoteRegion {
+                lat: 50.11,
+                lon: 8.68,
+                services: Vec::new(),
+            },
+        ),
+        (
+            "iad".to_owned(),
+            crate::RemoteRegion {
+                lat: 38.95,
+                lon: -77.45,
+                services,
+            },
+        ),
+    ]);
+    fixture.region.set_region_summaries(&regions);
+    let services = fixture.versions(SERVICE);
+    let renders = fixture.renders();
+
+    // iad's entry of svc3 shows another instance: svc3 alone is rendered again.
+    fixture
+        .region
+        .update_other_regions(crate::elsewhere::RemoteChanges {
+            coordinates: coordinates.clone(),
+            put: vec![("iad".to_owned(), remote("svc3", &["10.9.0.1", "10.9.0.2"]))],
+            removed: Vec::new(),
+        });
+    assert_eq!(fixture.renders(), renders + 1, "one service rendered");
+    let changed = changed(&services, &fixture.versions(SERVICE));
+    assert!(!changed.is_empty());
+    assert!(
+        changed.iter().all(|name| name.contains("/svc3")),
+        "{changed:?}"
+    );
+
+    // The same again, and nothing else, renders nothing.
+    fixture
+        .region
+        .update_other_regions(crate::elsewhere::RemoteChanges {
+            coordinates: coordinates.clone(),
+            put: vec![("iad".to_owned(), remote("svc3", &["10.9.0.1", "10.9.0.2"]))],
+            removed: Vec::new(),
+        });
+    fixture
+        .region
+        .update_other_regions(crate::elsewhere::RemoteChanges {
+            coordinates,
+            ..Default::default()
+        });
+    assert_eq!(fixture.renders(), renders + 1, "nothing more rendered");
+    assert_eq!(
+        fixture.region.disk_copy().regions["iad"].services.len(),
+        SERVICES
+    );
+}
+
 #[test]
 fn a_lost_node_re_encodes_the_assignments_of_its_instances_only() {
     let fixture = Fixture::new(serde_json::to_vec);
