@@ -946,9 +946,14 @@ mod tests {
         task.abort();
     }
 
+    /// What a region reports of acme/shop/web running `version`, with one healthy instance at
+    /// `addresses`.
+    fn web_healthy(version: u64, addresses: &[&str]) -> meridian_model::ServiceHealth {
+        super::super::fixtures::health("web", version, 1, addresses)
+    }
+
     #[tokio::test]
     async fn a_report_or_an_apply_renders_only_the_entries_it_changes() {
-        use meridian_model::ServiceHealth;
         use meridian_xds::meridian::RegionService;
         let dir = tempfile::tempdir().unwrap();
         let store = store_with(dir.path(), &["fra"]).await;
@@ -986,22 +991,7 @@ mod tests {
 
         // fra reports web healthy: web's entry says so, api's is not rendered again.
         let mut fra = report();
-        fra.services.push(ServiceHealth {
-            org: "acme".to_owned(),
-            app: "shop".to_owned(),
-            service: "web".to_owned(),
-            version: 1,
-            placed: 1,
-            healthy: 1,
-            addresses: vec!["10.0.0.7".to_owned()],
-            versions: Vec::new(),
-            rollout: None,
-            problems: Vec::new(),
-            instances: Default::default(),
-            autoscale: None,
-            asleep: false,
-            wake_ms: 0,
-        });
+        fra.services.push(web_healthy(1, &["10.0.0.7"]));
         reports.record("fra".to_owned(), fra);
         let end = Instant::now() + DEADLINE;
         while entry("web").1.addresses != ["10.0.0.7"] {
@@ -1059,7 +1049,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_paused_rollout_releases_no_further_wave_and_every_region_gets_the_control() {
-        use meridian_model::{Definition, RolloutControl, RolloutMode, ServiceHealth};
+        use meridian_model::{Definition, RolloutControl, RolloutMode};
         let dir = tempfile::tempdir().unwrap();
         let store = store_with(dir.path(), &["fra", "iad"]).await;
         // Version 1 everywhere at once; version 2 in waves.
@@ -1104,22 +1094,7 @@ mod tests {
         };
         store.set_rollout_control(&web, Some(paused)).await.unwrap();
         let mut fra = report();
-        fra.services.push(ServiceHealth {
-            org: "acme".to_owned(),
-            app: "shop".to_owned(),
-            service: "web".to_owned(),
-            version: 2,
-            placed: 1,
-            healthy: 1,
-            addresses: Vec::new(),
-            versions: Vec::new(),
-            rollout: None,
-            problems: Vec::new(),
-            instances: Default::default(),
-            autoscale: None,
-            asleep: false,
-            wake_ms: 0,
-        });
+        fra.services.push(web_healthy(2, &[]));
         reports.record("fra".to_owned(), fra);
         apply("/bin/two").await;
         let control = to_json(&paused);

@@ -150,20 +150,9 @@ mod tests {
 
     fn health(healthy: u32, addresses: &[&str], asleep: bool, wake_ms: u32) -> ServiceHealth {
         ServiceHealth {
-            org: "acme".to_owned(),
-            app: "shop".to_owned(),
-            service: "api".to_owned(),
-            version: 1,
-            placed: healthy,
-            healthy,
-            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
-            versions: Vec::new(),
-            rollout: None,
-            problems: Vec::new(),
-            instances: Default::default(),
-            autoscale: None,
             asleep,
             wake_ms,
+            ..super::super::fixtures::health("api", 1, healthy, addresses)
         }
     }
 

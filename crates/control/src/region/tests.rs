@@ -234,13 +234,12 @@ fn another_regions_entry_that_changes_renders_its_service_only() {
     let renders = fixture.renders();
 
     // iad's entry of svc3 shows another instance: svc3 alone is rendered again.
-    fixture
-        .region
-        .update_other_regions(crate::elsewhere::RemoteChanges {
-            coordinates: coordinates.clone(),
-            put: vec![("iad".to_owned(), remote("svc3", &["10.9.0.1", "10.9.0.2"]))],
-            removed: Vec::new(),
-        });
+    let svc3_grew = || crate::elsewhere::RemoteChanges {
+        coordinates: coordinates.clone(),
+        put: vec![("iad".to_owned(), remote("svc3", &["10.9.0.1", "10.9.0.2"]))],
+        removed: Vec::new(),
+    };
+    fixture.region.update_other_regions(svc3_grew());
     assert_eq!(fixture.renders(), renders + 1, "one service rendered");
     let changed = changed(&services, &fixture.versions(SERVICE));
     assert!(!changed.is_empty());
@@ -250,13 +249,7 @@ fn another_regions_entry_that_changes_renders_its_service_only() {
     );
 
     // The same again, and nothing else, renders nothing.
-    fixture
-        .region
-        .update_other_regions(crate::elsewhere::RemoteChanges {
-            coordinates: coordinates.clone(),
-            put: vec![("iad".to_owned(), remote("svc3", &["10.9.0.1", "10.9.0.2"]))],
-            removed: Vec::new(),
-        });
+    fixture.region.update_other_regions(svc3_grew());
     fixture
         .region
         .update_other_regions(crate::elsewhere::RemoteChanges {
