@@ -183,7 +183,7 @@ impl Follower {
     /// received: a purge stays within its app's domains, which only the summaries say (after
     /// a restart, purges may arrive first; the disk tier serves only once they are applied).
     async fn follow_purges(&mut self, resources: &Resources) -> Result<(), String> {
-        if !self.purges_received || !resources.contains_key(REGION_SUMMARY) {
+        if !self.purges_received || !regions_known(resources) {
             return Ok(());
         }
         let held = resources.get(CACHE_PURGE);
@@ -254,6 +254,12 @@ fn interests() -> Interests {
     .into_iter()
     .map(|type_url| (type_url.to_owned(), Interest::Wildcard))
     .collect()
+}
+
+/// Whether the summaries and the service entries were both received (a first response each,
+/// empty or not).
+fn regions_known(resources: &Resources) -> bool {
+    resources.contains_key(REGION_SUMMARY) && resources.contains_key(REGION_SERVICE)
 }
 
 /// What the summaries and service entries held say of each region, or which resource is bad
@@ -357,13 +363,15 @@ impl Handler for Follower {
         changes: &Changes<'_>,
     ) -> Result<Option<Interests>, String> {
         match changes.type_url {
-            REGION_SUMMARY | REGION_SERVICE => {
+            // Until both the summaries and the entries came, the regions are not known: the
+            // edge would be configured with regions that run nothing.
+            REGION_SUMMARY | REGION_SERVICE if regions_known(resources) => {
                 self.configure(resources).await?;
                 self.follow_purges(resources).await?;
             }
             SECRET => {
                 let domains_changed = self.tls.apply_secrets(resources, changes.names)?;
-                if domains_changed && resources.contains_key(REGION_SUMMARY) {
+                if domains_changed && regions_known(resources) {
                     // Redirects follow the domains the edge holds certificates for. The
                     // secrets are good and in use whatever happens to the configuration: a
                     // refusal is logged, not a reason to reject them.
@@ -379,7 +387,7 @@ impl Handler for Follower {
             }
             _ => {}
         }
-        if resources.contains_key(REGION_SUMMARY) {
+        if regions_known(resources) {
             if let Some(ready) = self.ready.take() {
                 let _ = ready.send(());
             }
