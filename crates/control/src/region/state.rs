@@ -575,10 +575,7 @@ impl RegionState {
     /// mesh resource of their own. Marks only the services whose view changed.
     pub fn set_region_summaries(&mut self, regions: &BTreeMap<String, RemoteRegion>) {
         self.others = OtherRegions::from_summaries(&self.region, regions);
-        let mut ids: BTreeSet<ServiceId> = self.elsewhere.keys().cloned().collect();
-        ids.extend(self.remote.keys().cloned());
-        ids.extend(self.others.ids().cloned());
-        for id in ids {
+        for id in self.viewed_elsewhere() {
             self.see_elsewhere(id);
         }
     }
@@ -600,13 +597,20 @@ impl RegionState {
             ids.insert(id);
         }
         if reordered {
-            ids.extend(self.elsewhere.keys().cloned());
-            ids.extend(self.remote.keys().cloned());
-            ids.extend(self.others.ids().cloned());
+            ids.extend(self.viewed_elsewhere());
         }
         for id in ids {
             self.see_elsewhere(id);
         }
+    }
+
+    /// Every service that has, had or may have a view elsewhere: those held with one, and
+    /// those with an entry in some region.
+    fn viewed_elsewhere(&self) -> BTreeSet<ServiceId> {
+        let mut ids: BTreeSet<ServiceId> = self.elsewhere.keys().cloned().collect();
+        ids.extend(self.remote.keys().cloned());
+        ids.extend(self.others.ids().cloned());
+        ids
     }
 
     /// Takes what the other regions say of service `id`; marks it when its view changed.
